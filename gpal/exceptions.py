@@ -1,0 +1,68 @@
+"""Exceptions raised by gpal.
+
+Every failure a user can cause with bad input has its own class, so scripts can catch
+exactly what they expect. All derive from :class:`GpalError`; most also derive from the
+built-in exception a Python user would guess (``ValueError``, ``KeyError``, ...).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GpalError",
+    "UnknownSpeciesError",
+    "MissingCellError",
+    "InvalidPositionsError",
+    "OverlappingAtomsError",
+    "MissingLabelsError",
+    "ModelFileError",
+    "NotFittedError",
+    "OracleError",
+]
+
+
+class GpalError(Exception):
+    """Base class of all gpal errors."""
+
+
+class UnknownSpeciesError(GpalError, ValueError):
+    """Atoms contain chemical species the descriptor or model was not built for."""
+
+    def __init__(self, unknown, known):
+        from ase.data import chemical_symbols
+
+        self.unknown = sorted(int(z) for z in unknown)
+        self.known = sorted(int(z) for z in known)
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in self.unknown)
+        known_names = ", ".join(chemical_symbols[z] for z in self.known)
+        super().__init__(
+            f"The following species are not defined for this model: {names}. "
+            f"It knows: {known_names}."
+        )
+
+
+class MissingCellError(GpalError, ValueError):
+    """A periodic model was given atoms without a (non-degenerate) cell."""
+
+
+class InvalidPositionsError(GpalError, ValueError):
+    """Positions or cell contain NaN or infinite values."""
+
+
+class OverlappingAtomsError(GpalError, ValueError):
+    """Two atoms are closer than a physically meaningful distance."""
+
+
+class MissingLabelsError(GpalError, ValueError):
+    """A training frame carries no energy, forces or stress to learn from."""
+
+
+class ModelFileError(GpalError, OSError):
+    """A saved model file is missing, truncated, tampered with or of an unknown format."""
+
+
+class NotFittedError(GpalError, ValueError, AttributeError):
+    """A model was used before ``fit`` was called (same bases as scikit-learn's)."""
+
+
+class OracleError(GpalError, RuntimeError):
+    """The oracle (a reference calculator) crashed, timed out or returned non-finite values."""
