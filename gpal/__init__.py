@@ -1,4 +1,14 @@
-"""gpal: Gaussian-process active learning of machine-learning interatomic potentials."""
+"""gpal: Gaussian-process active learning of machine-learning interatomic potentials.
+
+Main entry points
+-----------------
+SOAP            SOAP descriptor with analytic derivatives (dscribe's definition, in numba)
+SparseGP        sparse GP potential: fit(frames), predict(atoms, return_std=True), save
+load            load a saved model
+GPCalculator    ASE calculator with uncertainties
+ActiveLearner   on-the-fly active learning (MD sampler, GP learner, oracle)
+kernels, selection, calibration   building blocks
+"""
 
 __version__ = "0.1.0"
 
@@ -13,3 +23,11 @@ from .exceptions import (  # noqa: F401
     OverlappingAtomsError,
     UnknownSpeciesError,
 )
+from .descriptors import SOAP  # noqa: F401
+from .kernels import NormalizedDotProduct, SquaredExponential  # noqa: F401
+from .potential import SparseGP  # noqa: F401
+from .io import load  # noqa: F401
+from .calculator import GPCalculator  # noqa: F401
+from .oracle import Oracle, OracleSpec  # noqa: F401
+from .learner import ActiveLearner, MDSettings, Trigger  # noqa: F401
+from . import kernels, selection  # noqa: F401

@@ -1,0 +1,170 @@
+"""Input checks shared by gpal's public entry points.
+
+Everything a user hands to gpal passes through here once, at the boundary, so the
+numerical code behind it can assume clean input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from .exceptions import (
+    InvalidPositionsError,
+    MissingCellError,
+    MissingLabelsError,
+    NotFittedError,
+    OverlappingAtomsError,
+    UnknownSpeciesError,
+)
+
+#: Atoms closer than this (Å) are reported as overlapping: no chemistry happens there
+#: and every descriptor-based model extrapolates wildly.
+DEFAULT_MIN_DISTANCE = 0.5
+
+
+@dataclass
+class Labels:
+    """Reference labels of one frame; any of them may be missing (None).
+
+    Attributes
+    ----------
+    energy : float or None
+        Total potential energy, eV.
+    forces : ndarray of shape (n_atoms, 3) or None
+        Forces, eV/Å.
+    stress : ndarray of shape (6,) or None
+        Voigt stress (xx, yy, zz, yz, xz, xy), eV/Å^3, ASE sign.
+    """
+
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.energy is None and self.forces is None and self.stress is None
+
+
+def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
+    """Validate an :class:`ase.Atoms` for descriptor evaluation.
+
+    Raises
+    ------
+    TypeError
+        Not an ``ase.Atoms``.
+    InvalidPositionsError
+        NaN or infinite positions or cell.
+    UnknownSpeciesError
+        Species outside ``species`` (atomic numbers).
+    MissingCellError
+        ``periodic`` is True and the cell is missing or degenerate.
+    """
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"{what} must be an ase.Atoms, got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise ValueError(f"{what} contains no atoms")
+    pos = atoms.positions
+    if not np.all(np.isfinite(pos)):
+        bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+        raise InvalidPositionsError(
+            f"{what} has non-finite positions at atom indices {bad[:10].tolist()}"
+        )
+    if not np.all(np.isfinite(atoms.cell.array)):
+        raise InvalidPositionsError(f"{what} has a non-finite cell")
+    if species is not None:
+        unknown = set(np.unique(atoms.numbers).tolist()) - set(int(z) for z in species)
+        if unknown:
+            raise UnknownSpeciesError(unknown, species)
+    if periodic:
+        if abs(atoms.cell.volume) < 1e-6 or not np.any(atoms.pbc):
+            raise MissingCellError(
+                f"{what} has no cell (volume {atoms.cell.volume:.3g} Å^3, pbc "
+                f"{atoms.pbc.tolist()}), but the model is periodic. Set atoms.cell and "
+                "atoms.pbc, or use a non-periodic descriptor."
+            )
+
+
+def check_min_distance(distances, min_distance: float, what="atoms") -> None:
+    """Raise :class:`OverlappingAtomsError` if any pair distance is below ``min_distance``."""
+    if min_distance and distances.size:
+        dmin = float(distances.min())
+        if dmin < min_distance:
+            raise OverlappingAtomsError(
+                f"{what} has two atoms {dmin:.3f} Å apart, closer than the physical "
+                f"minimum {min_distance} Å (set min_distance to change this check)"
+            )
+
+
+def frame_labels(atoms: Atoms) -> Labels:
+    """Read energy, forces and stress of a labelled frame.
+
+    Labels are taken from ``atoms.calc.results`` (what ``ase.io.read`` of an extxyz file
+    and a finished calculation provide) and else from ``atoms.info['energy']``,
+    ``atoms.arrays['forces']`` and ``atoms.info['stress']``. Nothing is computed:
+    a live calculator is never called.
+    """
+    results = {}
+    if atoms.calc is not None and getattr(atoms.calc, "results", None):
+        results = atoms.calc.results
+    energy = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    stress = results.get("stress", atoms.info.get("stress"))
+    n = len(atoms)
+    if energy is not None:
+        energy = float(energy)
+        if not np.isfinite(energy):
+            raise MissingLabelsError("frame energy is not finite")
+    if forces is not None:
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (n, 3):
+            raise MissingLabelsError(f"forces have shape {forces.shape}, expected ({n}, 3)")
+        if not np.all(np.isfinite(forces)):
+            raise MissingLabelsError("frame forces contain non-finite values")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=float)
+        if stress.shape == (3, 3):
+            stress = full_3x3_to_voigt_6_stress(stress)
+        if stress.shape != (6,):
+            raise MissingLabelsError(f"stress has shape {stress.shape}, expected (6,)")
+        if not np.all(np.isfinite(stress)):
+            raise MissingLabelsError("frame stress contains non-finite values")
+        if not np.all(atoms.pbc) or abs(atoms.cell.volume) < 1e-6:
+            stress = None  # stress of a non-periodic frame carries no information
+    return Labels(energy, forces, stress)
+
+
+def check_frames(frames, what="frames") -> list:
+    """Return ``frames`` as a list of labelled :class:`ase.Atoms`, or raise."""
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    frames = list(frames)
+    if not frames:
+        raise ValueError(f"{what}: no frames given")
+    for k, atoms in enumerate(frames):
+        check_atoms(atoms, what=f"{what}[{k}]")
+        if frame_labels(atoms).empty:
+            raise MissingLabelsError(
+                f"{what}[{k}] ({atoms.get_chemical_formula()}) has no energy, forces or "
+                "stress. Label it with the oracle first (atoms.calc = ...; "
+                "atoms.get_potential_energy()), or read it from an extxyz file that has "
+                "labels."
+            )
+    return frames
+
+
+def check_is_fitted(estimator, attribute="alpha_") -> None:
+    """Raise :class:`NotFittedError` if ``estimator`` has not been fitted."""
+    if getattr(estimator, attribute, None) is None:
+        raise NotFittedError(
+            f"This {type(estimator).__name__} is not fitted yet. Call 'fit' with "
+            "labelled frames first (or load a saved model with gpal.load)."
+        )
+
+
+def as_rng(random_state) -> np.random.Generator:
+    """Normalise ``random_state`` (None, int or Generator) to a Generator."""
+    return np.random.default_rng(random_state)

@@ -1,0 +1,140 @@
+"""ASE calculator for gpal models, with uncertainties.
+
+Attach a fitted :class:`gpal.SparseGP` to any ASE dynamics, optimiser or NEB::
+
+    atoms.calc = GPCalculator(model)
+    atoms.get_forces()
+    atoms.calc.results["energies_std"]     # DTC std of each local energy, eV
+
+One ``calculate`` call fills energy, free_energy, energies, forces and (for 3D-periodic
+cells) stress together with the requested uncertainties, so an MD step costs exactly
+one model evaluation; ASE's own caching (``check_state``) serves repeated property
+requests at the same positions.
+
+Uncertainty keys (``energies_std``, ``energy_std``, ``forces_std``, ``stress_std``) are
+non-negative standard deviations with the shape of the property they describe. They
+are kept in ``results`` and, with ``record_std=True`` (default), copied into
+``atoms.info`` so that trajectory and extxyz writers keep them. They are left out of
+:meth:`export_properties`, which ASE restricts to its standard property names.
+
+Cost of the uncertainty: the local-energy std costs one (n_atoms x n_sparse) kernel
+block and one triangular solve per species, a few per cent of the energy+forces cost
+(see benchmarks/bench_md.py), so it is computed every step by default
+(``std_every=1``). ``forces_std=True`` needs an explicit derivative pass, about the
+cost of adding a training frame; use it for analysis, or every k-th step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.outputs import Properties, all_outputs
+
+from ._validation import check_is_fitted
+
+__all__ = ["GPCalculator"]
+
+_STD_KEYS = ("energies_std", "energy_std", "forces_std", "stress_std")
+
+
+class GPCalculator(Calculator):
+    """ASE calculator wrapping a fitted :class:`gpal.SparseGP`.
+
+    Parameters
+    ----------
+    model : gpal.SparseGP
+        A fitted model.
+    std_every : int, default 1
+        Compute the local-energy std (``energies_std``, ``energy_std``) every
+        ``std_every``-th evaluation; 0 never. Steps without it simply lack the keys.
+    forces_std : bool or int, default False
+        Also compute ``forces_std`` and ``stress_std``: True every evaluation, an int
+        k every k-th evaluation.
+    calibrated : bool, default False
+        Report stds multiplied by the model's recalibration factors
+        (:meth:`gpal.SparseGP.set_calibration`).
+    record_std : bool, default True
+        Copy the uncertainty results into ``atoms.info`` so that trajectories keep them.
+    **kwargs
+        Passed to :class:`ase.calculators.calculator.Calculator`.
+
+    Attributes
+    ----------
+    n_evaluations : int
+        Number of model evaluations so far (one per ``calculate``).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    default_parameters: dict = {}
+    nolabel = True
+
+    def __init__(
+        self,
+        model,
+        *,
+        std_every: int = 1,
+        forces_std: bool | int = False,
+        calibrated: bool = False,
+        record_std: bool = True,
+        **kwargs,
+    ):
+        check_is_fitted(model)
+        super().__init__(**kwargs)
+        if int(std_every) < 0:
+            raise ValueError(f"std_every must be >= 0, got {std_every}")
+        self.model = model
+        self.std_every = int(std_every)
+        self.forces_std = int(forces_std) if not isinstance(forces_std, bool) else (1 if forces_std else 0)
+        self.calibrated = calibrated
+        self.record_std = record_std
+        self.n_evaluations = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        k = self.n_evaluations
+        want_std = self.std_every > 0 and k % self.std_every == 0
+        want_fstd = self.forces_std > 0 and k % self.forces_std == 0
+        res = self.model.predict(
+            self.atoms,
+            return_std=want_std,
+            forces_std=want_fstd,
+            stress_std=want_fstd,
+            calibrated=self.calibrated,
+        )
+        self.n_evaluations += 1
+        self.results = res
+        if self.record_std and atoms is not None:
+            for key in _STD_KEYS:
+                atoms.info.pop(key, None)
+                if key in res:
+                    atoms.info[key] = res[key]
+
+    def export_properties(self) -> Properties:
+        """Standard ASE properties only (the ``*_std`` keys are not ASE outputs)."""
+        return Properties({k: v for k, v in self.results.items() if k in all_outputs})
+
+    def get_uncertainty(self, atoms=None, key: str = "energies_std") -> np.ndarray:
+        """Return an uncertainty result, computing it if this step did not.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms, optional
+        key : {"energies_std", "energy_std", "forces_std", "stress_std"}
+        """
+        if key not in _STD_KEYS:
+            raise ValueError(f"Unknown uncertainty {key!r}; choose from {_STD_KEYS}")
+        if atoms is None:
+            atoms = self.atoms
+        self.get_property("energy", atoms)
+        if key not in self.results:
+            res = self.model.predict(
+                atoms,
+                return_std=True,
+                forces_std=key in ("forces_std", "stress_std"),
+                stress_std=key == "stress_std",
+                calibrated=self.calibrated,
+            )
+            for k in _STD_KEYS:
+                if k in res:
+                    self.results[k] = res[k]
+        return self.results[key]

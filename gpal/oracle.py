@@ -1,0 +1,271 @@
+"""Oracles: reference calculators that label frames, run safely and in parallel.
+
+An oracle is any ASE calculator. To run it in other processes (a process pool, a dask
+cluster) gpal never ships a live calculator (many cannot be pickled, and those that can
+carry state): it ships an :class:`OracleSpec`, an import path plus keyword arguments,
+and each worker builds (and keeps) its own calculator. Results come back as plain
+arrays.
+
+Failures are part of life with quantum chemistry codes. :class:`Oracle` turns an
+exception, a timeout or a non-finite result into a logged :class:`LabelFailure` and
+retries as configured; the caller decides whether to skip the frame or stop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from .exceptions import OracleError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OracleSpec", "Oracle", "LabelFailure", "as_oracle_spec"]
+
+
+@dataclass(frozen=True)
+class OracleSpec:
+    """A picklable recipe for an ASE calculator.
+
+    Parameters
+    ----------
+    factory : str
+        ``"module:Name"``, e.g. ``"ase.calculators.emt:EMT"`` or ``"tblite.ase:TBLite"``.
+    kwargs : dict
+        Keyword arguments for the factory, e.g. ``{"method": "GFN2-xTB"}``.
+    """
+
+    factory: str
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if ":" not in self.factory:
+            raise ValueError(
+                f"oracle factory must look like 'module:Name' (e.g. "
+                f"'ase.calculators.emt:EMT'), got {self.factory!r}"
+            )
+
+    def make(self):
+        """Import the factory and build a calculator."""
+        module, _, name = self.factory.partition(":")
+        try:
+            obj = importlib.import_module(module)
+        except ImportError as exc:
+            raise OracleError(f"cannot import oracle module {module!r}: {exc}") from exc
+        for part in name.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError as exc:
+                raise OracleError(f"{module!r} has no attribute {name!r}") from exc
+        return obj(**self.kwargs)
+
+    def key(self) -> str:
+        return f"{self.factory}|{sorted(self.kwargs.items())!r}"
+
+    def to_dict(self) -> dict:
+        return {"factory": self.factory, "kwargs": dict(self.kwargs)}
+
+
+def as_oracle_spec(obj) -> OracleSpec | Any:
+    """Normalise a user's oracle: a spec, ``"module:Name"``, a dict, or a live calculator."""
+    if isinstance(obj, OracleSpec):
+        return obj
+    if isinstance(obj, str):
+        return OracleSpec(obj)
+    if isinstance(obj, dict):
+        return OracleSpec(obj["factory"], dict(obj.get("kwargs", {})))
+    if hasattr(obj, "get_potential_energy") or hasattr(obj, "calculate"):
+        return obj  # a live calculator, used in this process only
+    raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
+
+
+# per-process cache, so a worker builds its calculator once
+_WORKER_CALCS: dict[str, Any] = {}
+
+
+def _compute(calc, numbers, positions, cell, pbc, want_stress) -> dict:
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    atoms.calc = calc
+    out = {
+        "energy": float(atoms.get_potential_energy()),
+        "forces": np.array(atoms.get_forces(), dtype=float),
+    }
+    if want_stress:
+        out["stress"] = np.array(atoms.get_stress(), dtype=float)
+    return out
+
+
+def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads):
+    """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    key = spec.key()
+    calc = _WORKER_CALCS.get(key)
+    if calc is None:
+        calc = _WORKER_CALCS[key] = spec.make()
+    t0 = time.perf_counter()
+    out = _compute(calc, numbers, positions, cell, pbc, want_stress)
+    out["wall_time"] = time.perf_counter() - t0
+    return out
+
+
+@dataclass
+class LabelFailure:
+    """Why a frame could not be labelled."""
+
+    index: int
+    reason: str
+    attempts: int
+
+
+def _check_finite(res: dict) -> None:
+    for k in ("energy", "forces", "stress"):
+        if k in res and not np.all(np.isfinite(res[k])):
+            raise OracleError(f"oracle returned non-finite {k}")
+
+
+class Oracle:
+    """Label frames with a reference calculator, with retries, timeouts and NaN checks.
+
+    Parameters
+    ----------
+    calculator : OracleSpec, str, dict or ASE calculator
+        A spec (or ``"module:Name"`` string) can run in any executor; a live calculator
+        runs in this process only.
+    executor : concurrent.futures.Executor, optional
+        Where specs run: a ``ProcessPoolExecutor``, a dask ``Client.get_executor()``...
+        Default: in this process.
+    timeout : float, optional
+        Seconds one label may take (enforced only in an executor).
+    retries : int, default 1
+        Extra attempts after a failure.
+    threads_per_task : int, default 1
+        ``OMP_NUM_THREADS`` set in worker processes.
+    stress : bool, default True
+        Ask for stress on 3D-periodic frames.
+    """
+
+    def __init__(
+        self,
+        calculator,
+        *,
+        executor: cf.Executor | None = None,
+        timeout: float | None = None,
+        retries: int = 1,
+        threads_per_task: int = 1,
+        stress: bool = True,
+    ):
+        self.calculator = as_oracle_spec(calculator)
+        self.executor = executor
+        self.timeout = timeout
+        self.retries = int(retries)
+        self.threads_per_task = threads_per_task
+        self.stress = stress
+        self.n_calls = 0
+        self.n_failures = 0
+        self.wall_time = 0.0
+        if executor is not None and not isinstance(self.calculator, OracleSpec):
+            raise ValueError(
+                "a live calculator cannot be sent to an executor; give the oracle as "
+                "OracleSpec('module:Name', kwargs) or 'module:Name'"
+            )
+
+    @property
+    def is_spec(self) -> bool:
+        return isinstance(self.calculator, OracleSpec)
+
+    def _args(self, atoms: Atoms):
+        want_stress = self.stress and bool(np.all(atoms.pbc)) and atoms.cell.volume > 1e-6
+        return (
+            atoms.numbers.copy(),
+            atoms.positions.copy(),
+            atoms.cell.array.copy(),
+            atoms.pbc.copy(),
+            want_stress,
+        )
+
+    def _run_local(self, atoms: Atoms) -> dict:
+        calc = self.calculator
+        if self.is_spec:
+            calc = _WORKER_CALCS.get(calc.key()) or _WORKER_CALCS.setdefault(calc.key(), calc.make())
+        t0 = time.perf_counter()
+        out = _compute(calc, *self._args(atoms))
+        out["wall_time"] = time.perf_counter() - t0
+        return out
+
+    def label(self, frames: list[Atoms]) -> tuple[list[Atoms | None], list[LabelFailure]]:
+        """Label ``frames`` (concurrently when an executor is set).
+
+        Returns
+        -------
+        labelled : list of ase.Atoms or None
+            A copy of each frame with a SinglePointCalculator holding energy, forces and
+            (3D-periodic frames) stress; None where labelling failed.
+        failures : list of LabelFailure
+        """
+        frames = list(frames)
+        results: list[dict | None] = [None] * len(frames)
+        attempts = [0] * len(frames)
+        reasons: dict[int, str] = {}
+        todo = list(range(len(frames)))
+        while todo:
+            again = []
+            if self.executor is None:
+                for i in todo:
+                    attempts[i] += 1
+                    try:
+                        res = self._run_local(frames[i])
+                        _check_finite(res)
+                        results[i] = res
+                    except Exception as exc:  # the oracle is foreign code: any failure is logged
+                        reasons[i] = f"{type(exc).__name__}: {exc}"
+                        log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
+                        again.append(i)
+            else:
+                futures = {}
+                for i in todo:
+                    attempts[i] += 1
+                    futures[i] = self.executor.submit(
+                        _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task
+                    )
+                deadline = None if self.timeout is None else time.monotonic() + self.timeout
+                for i, fut in futures.items():
+                    try:
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        res = fut.result(timeout=left)
+                        _check_finite(res)
+                        results[i] = res
+                    except cf.TimeoutError:
+                        fut.cancel()
+                        reasons[i] = f"timed out after {self.timeout} s"
+                        log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
+                        again.append(i)
+                    except Exception as exc:  # worker exceptions arrive re-raised here
+                        reasons[i] = f"{type(exc).__name__}: {exc}"
+                        log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
+                        again.append(i)
+            todo = [i for i in again if attempts[i] <= self.retries]
+        labelled: list[Atoms | None] = []
+        failures = []
+        for i, atoms in enumerate(frames):
+            res = results[i]
+            self.n_calls += attempts[i]
+            if res is None:
+                self.n_failures += 1
+                failures.append(LabelFailure(i, reasons.get(i, "unknown"), attempts[i]))
+                labelled.append(None)
+                continue
+            self.wall_time += res.pop("wall_time", 0.0)
+            a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            a.calc = SinglePointCalculator(a, free_energy=res["energy"], **res)
+            labelled.append(a)
+        return labelled, failures

@@ -1,0 +1,987 @@
+"""The gpal potential: SOAP descriptor + kernel + sparse GP, on ASE frames.
+
+Model
+-----
+The total energy of a structure is a sum of local atomic energies plus per-species
+baselines (size-extensive by construction)::
+
+    E = sum_i [ e0(Z_i) + eps(x_i) ],   eps(x) = sum_m alpha_m k(x, z_m)
+
+with ``x_i`` the SOAP vector of atom ``i``'s environment and ``z_m`` the sparse
+(inducing) environments. Environments of different central species never interact:
+``k(x, z) = 0`` when the central species differ, so ``K_mm`` is block-diagonal by species.
+
+Observations are total energies, force components and stress components. Their rows of
+``K_nm`` are the corresponding linear functionals of ``k(., z_m)``:
+
+* energy row:  sum_i k(x_i, z_m)
+* force row:   -d/dr_jk sum_i k(x_i, z_m)            (pair derivatives of SOAP)
+* stress row:  (1/V) d/d(strain) sum_i k(x_i, z_m)   (ASE sign, Voigt order)
+
+Noise: energies ``energy_noise * sqrt(n_atoms)`` (``energy_noise`` is per atom, eV/atom),
+forces ``force_noise`` (eV/Å), stress ``stress_noise`` (eV/Å^3).
+
+Uncertainty
+-----------
+``energies_std`` is the DTC posterior std of each local energy,
+``k(x,x) - k^T K_mm^-1 k + k^T Sigma k``. ``energy_std`` is the std of the total energy
+under the same model, with the (small) residual prior term ``k - Q`` treated as
+independent between atoms (the FITC assumption); the projected part keeps all
+correlations between atoms. ``forces_std``/``stress_std`` (on request, they cost one
+explicit derivative pass) are the projected-process part of the force/stress
+variance, ``a^T Sigma a`` with ``a`` the force/stress row: they omit the residual term,
+so calibrate them (gpal.calibration) before trusting their scale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import chemical_symbols
+
+from ._validation import (
+    DEFAULT_MIN_DISTANCE,
+    Labels,
+    as_rng,
+    check_atoms,
+    check_frames,
+    check_is_fitted,
+    check_min_distance,
+    frame_labels,
+)
+from .descriptors import SOAP, pair_forces, pair_stress
+from .kernels import NormalizedDotProduct
+from .sparse_gp import SparseGPSolver
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SparseGP", "default_descriptor"]
+
+_SPARSE_SELECTIONS = ("fps", "random", "cur")
+# observation groups
+_E, _F, _S = 0, 1, 2
+_GROUP_NAMES = ("energy", "force", "stress")
+
+
+def default_descriptor(frames) -> SOAP:
+    """gpal's default SOAP for ``frames``: r_cut 5 Å, n_max 8, l_max 6, sigma 0.5, smooth cutoff.
+
+    The ``poly`` weighting with ``r0 = r_cut`` makes the descriptor go smoothly to zero at
+    the cutoff, which MD needs for energy conservation.
+    """
+    species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
+    periodic = any(bool(np.any(a.pbc)) for a in frames)
+    return SOAP(
+        species=species,
+        r_cut=5.0,
+        n_max=8,
+        l_max=6,
+        sigma=0.5,
+        periodic=periodic,
+        weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1},
+    )
+
+
+def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
+    """A bare copy of ``atoms`` carrying only its labels (in a SinglePointCalculator)."""
+    copy = Atoms(
+        numbers=atoms.numbers.copy(),
+        positions=atoms.positions.copy(),
+        cell=atoms.cell.array.copy(),
+        pbc=atoms.pbc.copy(),
+    )
+    res = {}
+    if labels.energy is not None:
+        res["energy"] = labels.energy
+        res["free_energy"] = labels.energy
+    if labels.forces is not None:
+        res["forces"] = labels.forces.copy()
+    if labels.stress is not None:
+        res["stress"] = labels.stress.copy()
+    copy.calc = SinglePointCalculator(copy, **res)
+    return copy
+
+
+class SparseGP:
+    """Sparse Gaussian-process interatomic potential on SOAP environments.
+
+    Parameters
+    ----------
+    descriptor : gpal.SOAP, optional
+        Environment descriptor. Default: :func:`default_descriptor` of the training frames.
+    kernel : gpal.kernels kernel, optional
+        Kernel between environments. Default ``NormalizedDotProduct(zeta=4)``.
+    energy_noise : float, default 0.002
+        Energy noise per atom, eV/atom; a frame of N atoms gets ``energy_noise*sqrt(N)``.
+    force_noise : float, default 0.05
+        Force-component noise, eV/Å.
+    stress_noise : float, default 0.005
+        Stress-component noise, eV/Å^3.
+    n_sparse : int or dict, default 200
+        Number of sparse environments: a total shared between species in proportion to
+        their numbers of environments, or ``{species: count}``.
+    sparse_selection : {"fps", "random", "cur"}, default "fps"
+        How the sparse environments are chosen from the training environments
+        (farthest-point sampling in cosine distance, per species).
+    e0 : "fit" or dict, default "fit"
+        Per-species baseline energies (eV): fitted by least squares to the training
+        energies, or given as ``{symbol or Z: value}`` (missing species get 0).
+    min_distance : float, default 0.5
+        Atoms closer than this (Å) raise :class:`gpal.OverlappingAtomsError`.
+    jitter : float, default 1e-8
+        Relative jitter added to the diagonal of K_mm.
+    random_state : int, Generator or None, default 0
+        Seed for sparse selection.
+
+    Attributes
+    ----------
+    descriptor_, kernel_ : the fitted descriptor and kernel.
+    sparse_X_ : ndarray of shape (n_sparse, n_features)
+    sparse_species_ : ndarray of shape (n_sparse,)
+    alpha_ : ndarray of shape (n_sparse,)
+    e0_ : dict mapping atomic number to baseline energy (eV).
+    frames_ : list of ase.Atoms, the training frames with their labels.
+    solver_ : gpal.sparse_gp.SparseGPSolver
+    calibration_ : dict, std scale factors and conformal quantiles set by
+        :meth:`set_calibration` (see gpal.calibration).
+
+    Examples
+    --------
+    >>> model = SparseGP(n_sparse=100).fit(frames)             # doctest: +SKIP
+    >>> res = model.predict(atoms, return_std=True)            # doctest: +SKIP
+    >>> res["energy"], res["forces"].shape, res["energies_std"].shape  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        descriptor: SOAP | None = None,
+        kernel=None,
+        *,
+        energy_noise: float = 0.002,
+        force_noise: float = 0.05,
+        stress_noise: float = 0.005,
+        n_sparse: int | dict = 200,
+        sparse_selection: str = "fps",
+        e0: str | dict = "fit",
+        min_distance: float = DEFAULT_MIN_DISTANCE,
+        jitter: float = 1e-8,
+        random_state=0,
+    ):
+        self.descriptor = descriptor
+        self.kernel = kernel
+        self.energy_noise = energy_noise
+        self.force_noise = force_noise
+        self.stress_noise = stress_noise
+        self.n_sparse = n_sparse
+        self.sparse_selection = sparse_selection
+        self.e0 = e0
+        self.min_distance = min_distance
+        self.jitter = jitter
+        self.random_state = random_state
+        self.alpha_ = None
+
+    # ------------------------------------------------------------------ params
+    def get_params(self, deep: bool = False) -> dict:
+        """Constructor parameters (scikit-learn convention)."""
+        return {
+            k: getattr(self, k)
+            for k in (
+                "descriptor",
+                "kernel",
+                "energy_noise",
+                "force_noise",
+                "stress_noise",
+                "n_sparse",
+                "sparse_selection",
+                "e0",
+                "min_distance",
+                "jitter",
+                "random_state",
+            )
+        }
+
+    def set_params(self, **params) -> "SparseGP":
+        valid = self.get_params()
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"Invalid parameter {k!r}; valid: {sorted(valid)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        fitted = (
+            f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
+            if self.alpha_ is not None
+            else ""
+        )
+        return (
+            f"SparseGP(kernel={self.kernel_ if self.alpha_ is not None else self.kernel!r}, "
+            f"energy_noise={self.energy_noise:.3g}, force_noise={self.force_noise:.3g}, "
+            f"stress_noise={self.stress_noise:.3g}{fitted})"
+        )
+
+    # ------------------------------------------------------------------ fit
+    @property
+    def species_(self) -> np.ndarray:
+        return np.asarray(self.descriptor_.species_numbers_, dtype=np.int64)
+
+    def _check(self, atoms, what="atoms"):
+        check_atoms(
+            atoms,
+            species=self.species_,
+            periodic=self.descriptor_.periodic,
+            what=what,
+        )
+
+    def fit(self, frames) -> "SparseGP":
+        """Fit to labelled frames.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            Each with at least one of energy, forces or stress, as ``ase.io.read``
+            returns them from an extxyz file (or with a finished calculator attached).
+            Molecules simply carry no stress.
+
+        Returns
+        -------
+        self
+        """
+        if self.sparse_selection not in _SPARSE_SELECTIONS:
+            raise ValueError(
+                f"Invalid sparse_selection {self.sparse_selection!r}; "
+                f"choose from {_SPARSE_SELECTIONS}"
+            )
+        for name in ("energy_noise", "force_noise", "stress_noise"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        frames = check_frames(frames)
+        self.descriptor_ = self.descriptor if self.descriptor is not None else (
+            default_descriptor(frames)
+        )
+        self.kernel_ = (self.kernel if self.kernel is not None else NormalizedDotProduct(zeta=4)).clone()
+        labels = [frame_labels(a) for a in frames]
+        for k, a in enumerate(frames):
+            self._check(a, what=f"frames[{k}]")
+        self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
+        self.noise_ = {
+            "energy": float(self.energy_noise),
+            "force": float(self.force_noise),
+            "stress": float(self.stress_noise),
+        }
+        self.e0_ = self._fit_e0(self.frames_)
+        self.calibration_ = {}
+
+        X_list = [self.descriptor_.create(a) for a in self.frames_]
+        for a, X in zip(self.frames_, X_list):
+            check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        Z, zsp = self._select_sparse(
+            X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection
+        )
+        self.sparse_X_ = Z
+        self.sparse_species_ = zsp
+        K_mm = self._k_mm(Z, zsp)
+        K_nm, y, noise, group, frame_index = self._observations(self.frames_, Z, zsp)
+        self.obs_group_ = group
+        self.obs_frame_ = frame_index
+        self.solver_ = SparseGPSolver()
+        self.solver_.fit(K_mm, K_nm, y, noise, jitter=self.jitter)
+        self.alpha_ = self.solver_.alpha_
+        return self
+
+    def _min_pair_distance(self, atoms) -> np.ndarray:
+        from .neighbors import neighbor_list
+
+        _, _, D = neighbor_list(
+            atoms.positions, atoms.cell.array, atoms.pbc, max(self.min_distance, 1e-3)
+        )
+        return np.linalg.norm(D, axis=1)
+
+    def _fit_e0(self, frames) -> dict:
+        species = self.species_
+        if isinstance(self.e0, dict):
+            from ase.data import atomic_numbers
+
+            e0 = {int(z): 0.0 for z in species}
+            for key, val in self.e0.items():
+                z = atomic_numbers[key] if isinstance(key, str) else int(key)
+                if z not in e0:
+                    raise ValueError(f"e0 given for species {key!r} not in the model")
+                e0[z] = float(val)
+            return e0
+        if self.e0 != "fit":
+            raise ValueError(f"e0 must be 'fit' or a dict, got {self.e0!r}")
+        rows, energies = [], []
+        for a in frames:
+            lab = frame_labels(a)
+            if lab.energy is None:
+                continue
+            rows.append([np.count_nonzero(a.numbers == z) for z in species])
+            energies.append(lab.energy)
+        if not rows:
+            return {int(z): 0.0 for z in species}
+        coef, *_ = np.linalg.lstsq(np.array(rows, float), np.array(energies), rcond=None)
+        return {int(z): float(c) for z, c in zip(species, coef)}
+
+    def _e0_of(self, numbers) -> np.ndarray:
+        table = np.zeros(max(self.e0_) + 1)
+        for z, v in self.e0_.items():
+            table[z] = v
+        return table[numbers]
+
+    # ------------------------------------------------------------------ sparse set
+    def _sparse_counts(self, n_sparse, X_list, numbers_list) -> dict:
+        species = self.species_
+        avail = {int(z): int(sum(np.count_nonzero(n == z) for n in numbers_list)) for z in species}
+        present = [z for z in species if avail[int(z)] > 0]
+        if isinstance(n_sparse, dict):
+            from ase.data import atomic_numbers
+
+            counts = {}
+            for key, val in n_sparse.items():
+                z = atomic_numbers[key] if isinstance(key, str) else int(key)
+                counts[z] = min(int(val), avail.get(z, 0))
+            return counts
+        n_sparse = int(n_sparse)
+        if n_sparse < len(present):
+            raise ValueError(
+                f"n_sparse={n_sparse} is smaller than the number of species ({len(present)})"
+            )
+        total = sum(avail[int(z)] for z in present)
+        counts = {}
+        for z in present:
+            share = max(1, int(round(n_sparse * avail[int(z)] / total)))
+            counts[int(z)] = min(share, avail[int(z)])
+        return counts
+
+    def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None):
+        """Choose sparse environments per species; returns (Z, species)."""
+        from . import selection
+
+        rng = as_rng(self.random_state)
+        X_all = np.concatenate(X_list)
+        num_all = np.concatenate(numbers_list)
+        counts = self._sparse_counts(n_sparse, X_list, numbers_list)
+        Z, zsp = [], []
+        for z, count in counts.items():
+            Xs = X_all[num_all == z]
+            if count <= 0 or len(Xs) == 0:
+                continue
+            if method == "fps":
+                idx, dist = selection.farthest_point_sampling(
+                    Xs, min(count, len(Xs)), metric="cosine", random_state=rng,
+                    return_distances=True,
+                )
+                # identical environments (a perfect crystal) would make K_mm singular
+                keep = np.ones(len(idx), bool)
+                keep[1:] = dist[1:] > 1e-6
+                idx = idx[keep]
+            elif method == "random":
+                idx = rng.choice(len(Xs), size=min(count, len(Xs)), replace=False)
+            else:  # cur
+                idx = selection.cur_selection(Xs, min(count, len(Xs)), random_state=rng)
+            Z.append(Xs[np.sort(idx)])
+            zsp.append(np.full(len(idx), z, dtype=np.int64))
+        return np.concatenate(Z), np.concatenate(zsp)
+
+    # ------------------------------------------------------------------ kernel blocks
+    def _k_mm(self, Z, zsp, kernel=None) -> np.ndarray:
+        kernel = kernel or self.kernel_
+        M = len(Z)
+        K = np.zeros((M, M))
+        for z in np.unique(zsp):
+            c = np.flatnonzero(zsp == z)
+            K[np.ix_(c, c)] = kernel(Z[c])
+        return K
+
+    def _k_xm(self, X, numbers, Z, zsp, kernel=None) -> np.ndarray:
+        """Local-energy kernel rows K (n_atoms, M), zero across species."""
+        kernel = kernel or self.kernel_
+        K = np.zeros((len(X), len(Z)))
+        for z in np.unique(numbers):
+            r = np.flatnonzero(numbers == z)
+            c = np.flatnonzero(zsp == z)
+            if len(c):
+                K[np.ix_(r, c)] = kernel(X[r], Z[c])
+        return K
+
+    def _derivative_rows(self, atoms, Z, zsp, derivs=None, kernel=None):
+        """Energy (M,), force (N, 3, M) and stress (6, M) kernel rows of one frame.
+
+        Only one species block of pair derivatives is touched at a time; no
+        (atoms x atoms x 3 x features) array is formed.
+        """
+        kernel = kernel or self.kernel_
+        d = derivs if derivs is not None else self.descriptor_.derivatives(atoms)
+        X = d.descriptor
+        N, M = len(atoms), len(Z)
+        numbers = atoms.numbers
+        rowE = np.zeros(M)
+        rowF = np.zeros((N, 3, M))
+        rowS = np.zeros((6, M))
+        has_cell = np.isfinite(d.volume) and d.volume > 0
+        center_species = numbers[d.center]
+        for z in np.unique(numbers):
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            r = numbers == z
+            rowE[c] = kernel(X[r], Z[c]).sum(axis=0)
+            p = center_species == z
+            if not np.any(p):
+                continue
+            if np.all(p):
+                center, neighbor, dX, vec = d.center, d.neighbor, d.dX, d.vector
+            else:
+                center, neighbor, dX, vec = d.center[p], d.neighbor[p], d.dX[p], d.vector[p]
+            dk = kernel.contract_gradient(X, Z[c], center, dX)  # [P_z, 3, m_z]
+            rowF[:, :, c] = pair_forces(dk, center, neighbor, N)
+            if has_cell:
+                rowS[:, c] = pair_stress(dk, vec, d.volume)
+        return rowE, rowF, rowS
+
+    def _observations(self, frames, Z, zsp, kernel=None):
+        """Stack the observation rows of ``frames``: K_nm, y, noise std, group, frame index."""
+        blocks, ys, noises, groups, fidx = [], [], [], [], []
+        base = len(getattr(self, "frames_", [])) if frames is not getattr(self, "frames_", None) else 0
+        for k, a in enumerate(frames):
+            lab = frame_labels(a)
+            rowE, rowF, rowS = self._derivative_rows(a, Z, zsp, kernel=kernel)
+            n = len(a)
+            if lab.energy is not None:
+                blocks.append(rowE[None])
+                ys.append([lab.energy - self._e0_of(a.numbers).sum()])
+                noises.append([self.noise_["energy"] * np.sqrt(n)])
+                groups.append([_E])
+            if lab.forces is not None:
+                blocks.append(rowF.reshape(3 * n, -1))
+                ys.append(lab.forces.ravel())
+                noises.append(np.full(3 * n, self.noise_["force"]))
+                groups.append(np.full(3 * n, _F))
+            if lab.stress is not None:
+                blocks.append(rowS)
+                ys.append(lab.stress)
+                noises.append(np.full(6, self.noise_["stress"]))
+                groups.append(np.full(6, _S))
+            fidx.append(np.full(sum(len(g) for g in groups) - sum(len(f) for f in fidx), base + k))
+        return (
+            np.concatenate(blocks),
+            np.concatenate([np.asarray(v, float) for v in ys]),
+            np.concatenate([np.asarray(v, float) for v in noises]),
+            np.concatenate([np.asarray(v, np.int64) for v in groups]),
+            np.concatenate(fidx).astype(np.int64),
+        )
+
+    # ------------------------------------------------------------------ predict
+    def predict(
+        self,
+        atoms: Atoms,
+        return_std: bool = False,
+        *,
+        forces_std: bool = False,
+        stress_std: bool = False,
+        calibrated: bool = False,
+    ) -> dict[str, Any]:
+        """Predict energy, forces and stress (and their uncertainties) of ``atoms``.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        return_std : bool, default False
+            Also return ``energies_std`` (DTC std of each local energy, eV, shape
+            (n_atoms,)) and ``energy_std`` (eV).
+        forces_std, stress_std : bool, default False
+            Also return ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å^3.
+            They need an explicit derivative pass (about the cost of one training frame).
+        calibrated : bool, default False
+            Multiply stds by the recalibration factors stored by :meth:`set_calibration`.
+
+        Returns
+        -------
+        dict
+            ASE keys ``energy``, ``free_energy`` (float, eV), ``energies`` (n_atoms,),
+            ``forces`` (n_atoms, 3), ``stress`` (6,) when the frame has a 3D cell, and
+            the ``*_std`` keys requested, each a non-negative std of the same shape.
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        exp = self.descriptor_.expand(atoms)
+        if len(exp.vector):
+            check_min_distance(np.linalg.norm(exp.vector, axis=1), self.min_distance)
+        X = exp.descriptor
+        numbers = atoms.numbers
+        N, F = X.shape
+        Z, zsp, alpha = self.sparse_X_, self.sparse_species_, self.alpha_
+        energies = self._e0_of(numbers).astype(float)
+        G = np.zeros((N, F))
+        want_k = return_std or forces_std or stress_std
+        K = np.zeros((N, len(Z))) if want_k else None
+        for z in np.unique(numbers):
+            r = np.flatnonzero(numbers == z)
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            Xr, Zc = X[r], Z[c]
+            Kz = self.kernel_(Xr, Zc)
+            energies[r] += Kz @ alpha[c]
+            G[r] = self.kernel_.weighted_gradient_x(Xr, Zc, alpha[c])
+            if want_k:
+                K[np.ix_(r, c)] = Kz
+        dE = exp.backward(G)
+        forces = pair_forces(dE, exp.center, exp.neighbor, N)
+        energy = float(energies.sum())
+        out = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": energies,
+            "forces": forces,
+        }
+        has_cell = np.isfinite(exp.volume) and exp.volume > 0 and np.all(atoms.pbc)
+        if has_cell:
+            out["stress"] = pair_stress(dE, exp.vector, exp.volume)
+        if return_std:
+            kdiag = self.kernel_.diag(X)
+            var_local = self.solver_.predict_var(K, kdiag)
+            resid = np.clip(kdiag - self.solver_.var_nystrom(K), 0.0, None)
+            var_E = float(self.solver_.var_sor(K.sum(axis=0)[None])[0] + resid.sum())
+            out["energies_std"] = np.sqrt(var_local)
+            out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))
+        if forces_std or stress_std:
+            _, rowF, rowS = self._derivative_rows(atoms, Z, zsp)
+            if forces_std:
+                out["forces_std"] = np.sqrt(
+                    np.clip(self.solver_.var_sor(rowF.reshape(3 * N, -1)), 0, None)
+                ).reshape(N, 3)
+            if stress_std and has_cell:
+                out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
+        if calibrated:
+            self._apply_calibration(out)
+        return out
+
+    def predict_local_std(self, atoms: Atoms) -> np.ndarray:
+        """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
+        return self.predict(atoms, return_std=True)["energies_std"]
+
+    # ------------------------------------------------------------------ calibration hooks
+    def set_calibration(self, **factors) -> "SparseGP":
+        """Store recalibration data, e.g. ``set_calibration(forces_std=1.3, energies_std=0.9)``.
+
+        Each key names a std output; its value multiplies that std when
+        ``predict(..., calibrated=True)``. Values come from gpal.calibration.
+        """
+        check_is_fitted(self)
+        for key, val in factors.items():
+            if not key.endswith("_std"):
+                raise ValueError(f"calibration keys name std outputs (e.g. forces_std), got {key!r}")
+            if isinstance(val, dict):
+                self.calibration_[key] = dict(val)
+            else:
+                if not (np.isfinite(val) and val > 0):
+                    raise ValueError(f"calibration factor for {key} must be > 0, got {val}")
+                self.calibration_[key] = {"scale": float(val)}
+        return self
+
+    def _apply_calibration(self, out: dict) -> None:
+        for key, cal in self.calibration_.items():
+            if key in out:
+                out[key] = out[key] * cal.get("scale", 1.0)
+        if "energies_std" in out and "energy_std" not in self.calibration_:
+            pass
+
+    # ------------------------------------------------------------------ update
+    def update(
+        self,
+        frames,
+        *,
+        n_sparse: int = 0,
+        sparse_selection: str = "variance",
+    ) -> "SparseGP":
+        """Add labelled frames, and optionally new sparse environments taken from them.
+
+        Existing kernel blocks are not recomputed: the new frames' rows are appended to
+        the factorisation, and new sparse environments add columns (computed for the
+        existing frames' observations only against the new environments).
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            New labelled frames.
+        n_sparse : int, default 0
+            Number of new sparse environments to take from the new frames.
+        sparse_selection : {"variance", "fps", "random"}, default "variance"
+            ``"variance"``: the environments with the largest DTC local-energy variance
+            under the current model, chosen greedily so that no two are near-duplicates;
+            ``"fps"``: farthest from the current sparse set and from each other.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self)
+        choices = ("variance", "fps", "random")
+        if sparse_selection not in choices:
+            raise ValueError(f"Invalid sparse_selection {sparse_selection!r}; choose from {choices}")
+        frames = check_frames(frames)
+        labels = [frame_labels(a) for a in frames]
+        for k, a in enumerate(frames):
+            self._check(a, what=f"frames[{k}]")
+            check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
+        if n_sparse > 0:
+            Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection)
+            if len(Znew):
+                self._add_sparse(Znew, zspnew)
+        K_nm, y, noise, group, fidx = self._observations(new, self.sparse_X_, self.sparse_species_)
+        self.solver_.update(K_nm, y, noise)
+        self.obs_group_ = np.concatenate([self.obs_group_, group])
+        self.obs_frame_ = np.concatenate([self.obs_frame_, fidx])
+        self.frames_ = self.frames_ + new
+        self.alpha_ = self.solver_.alpha_
+        return self
+
+    def _choose_new_sparse(self, frames, n_new, method):
+        from . import selection
+
+        Xs = [self.descriptor_.create(a) for a in frames]
+        X = np.concatenate(Xs)
+        numbers = np.concatenate([a.numbers for a in frames])
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        Zn = self.sparse_X_ / np.linalg.norm(self.sparse_X_, axis=1, keepdims=True)
+        # cosine distance of every candidate to its nearest sparse point of its species
+        dmin = np.full(len(X), np.inf)
+        for z in np.unique(numbers):
+            r = numbers == z
+            c = self.sparse_species_ == z
+            if np.any(c):
+                cos = np.clip(Xn[r] @ Zn[c].T, -1, 1)
+                dmin[r] = np.sqrt(np.clip(2 - 2 * cos.max(axis=1), 0, None))
+        if method == "random":
+            rng = as_rng(self.random_state)
+            cand = np.flatnonzero(dmin > 1e-3)
+            idx = rng.choice(cand, size=min(n_new, len(cand)), replace=False) if len(cand) else cand
+        elif method == "fps":
+            idx = selection.farthest_point_sampling_from(Xn, n_new, dmin, metric="euclidean")
+            idx = idx[dmin[idx] > 1e-3] if len(idx) else idx
+        else:  # variance, greedy with exclusion of near-duplicates
+            K = self._k_xm(X, numbers, self.sparse_X_, self.sparse_species_)
+            var = self.solver_.predict_var(K, self.kernel_.diag(X))
+            order = np.argsort(-var, kind="stable")
+            chosen = []
+            for i in order:
+                if len(chosen) >= n_new:
+                    break
+                if dmin[i] <= 1e-3:
+                    continue
+                if chosen:
+                    cos = Xn[chosen] @ Xn[i]
+                    same = numbers[chosen] == numbers[i]
+                    if np.any(same & (np.sqrt(np.clip(2 - 2 * cos, 0, None)) <= 1e-3)):
+                        continue
+                chosen.append(i)
+            idx = np.array(chosen, dtype=np.int64)
+        idx = np.asarray(idx, dtype=np.int64)
+        return X[idx], numbers[idx].astype(np.int64)
+
+    def _add_sparse(self, Znew, zspnew):
+        """Append sparse environments: new K_mm rows/columns and new K_nm columns."""
+        Z_old, zsp_old = self.sparse_X_, self.sparse_species_
+        Z = np.concatenate([Z_old, Znew])
+        zsp = np.concatenate([zsp_old, zspnew])
+        K_mm = self._k_mm(Z, zsp)
+        # new columns for the existing observations, frame by frame, in the stored order
+        cols = []
+        for a in self.frames_:
+            lab = frame_labels(a)
+            rowE, rowF, rowS = self._derivative_rows(a, Znew, zspnew)
+            if lab.energy is not None:
+                cols.append(rowE[None])
+            if lab.forces is not None:
+                cols.append(rowF.reshape(3 * len(a), -1))
+            if lab.stress is not None:
+                cols.append(rowS)
+        K_new_cols = np.concatenate(cols)
+        self.solver_.add_sparse(K_mm, K_new_cols)
+        self.sparse_X_, self.sparse_species_ = Z, zsp
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _noise_layout(self):
+        """Present groups, their indices 0..G-1 per observation, levels and fixed scales."""
+        present = [g for g in (_E, _F, _S) if np.any(self.obs_group_ == g)]
+        remap = np.full(3, -1)
+        remap[present] = np.arange(len(present))
+        groups = remap[self.obs_group_]
+        levels = np.array([self.noise_[_GROUP_NAMES[g]] for g in present])
+        scale = self.solver_.noise_std_ / levels[groups]
+        return present, groups, levels, scale
+
+    def _blocks(self, kernel):
+        """K_mm, K_nm and their theta-derivatives for ``kernel`` (recomputes everything)."""
+        Z, zsp = self.sparse_X_, self.sparse_species_
+        M, d = len(Z), kernel.n_dims
+        K_mm = np.zeros((M, M))
+        dK_mm = np.zeros((M, M, d))
+        for z in np.unique(zsp):
+            c = np.flatnonzero(zsp == z)
+            K, dK = kernel(Z[c], eval_gradient=True)
+            K_mm[np.ix_(c, c)] = K
+            dK_mm[np.ix_(c, c)] = dK
+        rows, drows = [], []
+        for a in self.frames_:
+            lab = frame_labels(a)
+            e, f, s, de, df, ds = self._derivative_rows_grad(a, Z, zsp, kernel)
+            n = len(a)
+            if lab.energy is not None:
+                rows.append(e[None]); drows.append(de[None])
+            if lab.forces is not None:
+                rows.append(f.reshape(3 * n, M)); drows.append(df.reshape(3 * n, M, d))
+            if lab.stress is not None:
+                rows.append(s); drows.append(ds)
+        return K_mm, np.concatenate(rows), dK_mm, np.concatenate(drows)
+
+    def _derivative_rows_grad(self, atoms, Z, zsp, kernel):
+        d = self.descriptor_.derivatives(atoms)
+        X, numbers, N, M, nd = d.descriptor, atoms.numbers, len(atoms), len(Z), kernel.n_dims
+        e, f, s = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
+        de, df, ds = np.zeros((M, nd)), np.zeros((N, 3, M, nd)), np.zeros((6, M, nd))
+        has_cell = np.isfinite(d.volume) and d.volume > 0
+        cs = numbers[d.center]
+        for z in np.unique(numbers):
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            K, dK = kernel(X[numbers == z], Z[c], eval_gradient=True)
+            e[c], de[c] = K.sum(0), dK.sum(0)
+            p = cs == z
+            if not np.any(p):
+                continue
+            dk, ddk = kernel.contract_gradient(X, Z[c], d.center[p], d.dX[p], eval_gradient=True)
+            m = len(c)
+            f[:, :, c] = pair_forces(dk, d.center[p], d.neighbor[p], N)
+            g = pair_forces(ddk.reshape(-1, 3, m * nd), d.center[p], d.neighbor[p], N)
+            df[:, :, c] = g.reshape(N, 3, m, nd)
+            if has_cell:
+                s[:, c] = pair_stress(dk, d.vector[p], d.volume)
+                ds[:, c] = pair_stress(ddk.reshape(-1, 3, m * nd), d.vector[p], d.volume).reshape(6, m, nd)
+        return e, f, s, de, df, ds
+
+    def _signal_only(self, kernel) -> bool:
+        """True when the kernel's only free hyperparameter is its signal variance."""
+        names = [h.name for h in kernel.hyperparameters if not h.fixed]
+        return names == ["signal_variance"]
+
+    def log_marginal_likelihood(self, theta=None, eval_gradient: bool = False):
+        """Log evidence of the training data under the sparse GP (DTC).
+
+        Parameters
+        ----------
+        theta : array_like, optional
+            ``[log noise of each label group present (energy, force, stress),
+            kernel.theta...]``; default: the current values.
+        eval_gradient : bool, default False
+
+        Returns
+        -------
+        lml : float
+        gradient : ndarray, only with ``eval_gradient``
+        """
+        check_is_fitted(self)
+        present, groups, levels, scale = self._noise_layout()
+        G = len(present)
+        theta0 = np.concatenate([np.log(levels), self.kernel_.theta])
+        theta = theta0 if theta is None else np.asarray(theta, float)
+        if theta.shape != theta0.shape:
+            raise ValueError(f"theta must have shape {theta0.shape}, got {theta.shape}")
+        kernel = self.kernel_.clone_with_theta(theta[G:])
+        K_mm, K_nm, dK_mm, dK_nm = self._kernel_blocks_for(kernel)
+        solver = SparseGPSolver().fit(
+            K_mm, K_nm, self.solver_.y_, np.exp(theta[:G])[groups] * scale, jitter=self.jitter
+        )
+        return solver.log_marginal_likelihood(
+            eval_gradient=eval_gradient, noise_groups=groups,
+            K_mm_gradient=dK_mm if eval_gradient and kernel.n_dims else None,
+            K_nm_gradient=dK_nm if eval_gradient and kernel.n_dims else None,
+        )
+
+    def _kernel_blocks_for(self, kernel):
+        """Kernel blocks at ``kernel``'s theta; cheap rescaling when only sigma^2 is free."""
+        if self._signal_only(kernel):
+            ratio = kernel.signal_variance / self.kernel_.signal_variance
+            K_mm = self.solver_.K_mm_ * ratio
+            K_nm = self.solver_.K_nm_ * ratio
+            return K_mm, K_nm, K_mm[:, :, None], K_nm[:, :, None]
+        return self._blocks(kernel)
+
+    def optimize_hyperparameters(
+        self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=(1e-4, 1.0)
+    ) -> "SparseGP":
+        """Maximise the log marginal likelihood over kernel hyperparameters and noises.
+
+        Optimised in log space with L-BFGS-B and analytic gradients: the kernel's free
+        hyperparameters (signal variance; the length scale of a squared-exponential
+        kernel) and, with ``optimize_noise``, the energy (per atom), force and stress
+        noise levels of the label groups present. When only the signal variance is
+        free, no kernel block is recomputed. The model is refitted at the optimum.
+
+        Returns
+        -------
+        self
+        """
+        from .sparse_gp import optimize_hyperparameters
+
+        check_is_fitted(self)
+        present, groups, levels, scale = self._noise_layout()
+        cache = {}
+
+        def build(theta_k):
+            key = tuple(np.round(theta_k, 14))
+            if key not in cache:
+                cache.clear()
+                cache[key] = self._kernel_blocks_for(self.kernel_.clone_with_theta(theta_k))
+            return cache[key]
+
+        res = optimize_hyperparameters(
+            build, self.solver_.y_, groups, levels, self.kernel_.theta,
+            kernel_bounds=self.kernel_.bounds if self.kernel_.n_dims else None,
+            noise_scale=scale,
+            noise_bounds=noise_bounds if optimize_noise else "fixed",
+            jitter=self.jitter, n_restarts=n_restarts, random_state=self.random_state,
+        )
+        kernel = self.kernel_.clone_with_theta(res.kernel_theta)
+        K_mm, K_nm, _, _ = self._kernel_blocks_for(kernel)
+        for g, lev in zip(present, res.noise_levels):
+            self.noise_[_GROUP_NAMES[g]] = float(lev)
+        self.kernel_ = kernel
+        self.solver_ = SparseGPSolver().fit(
+            K_mm, K_nm, self.solver_.y_, res.noise_levels[groups] * scale, jitter=self.jitter
+        )
+        self.alpha_ = self.solver_.alpha_
+        self.log_marginal_likelihood_value_ = float(res.log_marginal_likelihood)
+        log.info("hyperparameters: %r noise %s lml %.6g", self.kernel_, self.noise_, res.log_marginal_likelihood)
+        return self
+
+    # ------------------------------------------------------------------ save / load
+    _SOLVER_ARRAYS = ("K_mm_", "K_nm_", "y_", "noise_std_", "L_mm_", "R_", "Qtb_")
+
+    def save(self, path):
+        """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path."""
+        from . import __version__
+        from .io import save_model
+
+        check_is_fitted(self)
+        frames = self.frames_
+        nat = np.array([len(a) for a in frames], dtype=np.int64)
+        labels = [frame_labels(a) for a in frames]
+        arrays = {
+            "sparse_X": self.sparse_X_,
+            "sparse_species": self.sparse_species_,
+            "alpha": self.alpha_,
+            "obs_group": self.obs_group_,
+            "obs_frame": self.obs_frame_,
+            "frame_natoms": nat,
+            "frame_numbers": np.concatenate([a.numbers for a in frames]),
+            "frame_positions": np.concatenate([a.positions for a in frames]),
+            "frame_cells": np.array([a.cell.array for a in frames]),
+            "frame_pbc": np.array([a.pbc for a in frames]),
+            "frame_energy": np.array([np.nan if lab.energy is None else lab.energy for lab in labels]),
+            "frame_forces": np.concatenate(
+                [lab.forces if lab.forces is not None else np.full((len(a), 3), np.nan)
+                 for a, lab in zip(frames, labels)]
+            ),
+            "frame_stress": np.array(
+                [lab.stress if lab.stress is not None else np.full(6, np.nan) for lab in labels]
+            ),
+        }
+        for name in self._SOLVER_ARRAYS:
+            arrays["solver_" + name.rstrip("_")] = getattr(self.solver_, name)
+        rs = self.random_state if isinstance(self.random_state, (int, type(None))) else None
+        meta = {
+            "gpal_version": __version__,
+            "descriptor": {"type": "SOAP", "params": self.descriptor_.get_params()},
+            "kernel": self.kernel_.to_dict(),
+            "noise": self.noise_,
+            "e0": {str(z): v for z, v in self.e0_.items()},
+            "calibration": self.calibration_,
+            "solver_jitter": self.solver_.jitter_,
+            "params": {
+                "energy_noise": self.energy_noise, "force_noise": self.force_noise,
+                "stress_noise": self.stress_noise,
+                "n_sparse": self.n_sparse if isinstance(self.n_sparse, int) else
+                {str(k): int(v) for k, v in self.n_sparse.items()},
+                "sparse_selection": self.sparse_selection,
+                "e0": self.e0 if isinstance(self.e0, str) else {str(k): float(v) for k, v in self.e0.items()},
+                "min_distance": self.min_distance, "jitter": self.jitter, "random_state": rs,
+            },
+        }
+        return save_model(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path) -> "SparseGP":
+        """Load a model written by :meth:`save`.
+
+        Raises
+        ------
+        gpal.ModelFileError
+            Missing, truncated, tampered or incompatible file.
+        """
+        from .exceptions import ModelFileError
+        from .io import read_model_file
+        from .kernels import kernel_from_dict
+
+        arrays, meta = read_model_file(path)
+        try:
+            desc = SOAP(**meta["descriptor"]["params"])
+            kernel = kernel_from_dict(meta["kernel"])
+            params = dict(meta["params"])
+            if isinstance(params.get("n_sparse"), dict):
+                params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
+            if isinstance(params.get("e0"), dict):
+                params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
+            self = cls(desc, kernel, **params)
+            self.descriptor_ = desc
+            self.kernel_ = kernel
+            self.noise_ = {k: float(v) for k, v in meta["noise"].items()}
+            self.e0_ = {int(k): float(v) for k, v in meta["e0"].items()}
+            self.calibration_ = dict(meta.get("calibration", {}))
+            self.sparse_X_ = arrays["sparse_X"]
+            self.sparse_species_ = arrays["sparse_species"].astype(np.int64)
+            self.obs_group_ = arrays["obs_group"].astype(np.int64)
+            self.obs_frame_ = arrays["obs_frame"].astype(np.int64)
+            solver = SparseGPSolver()
+            for name in self._SOLVER_ARRAYS:
+                setattr(solver, name, arrays["solver_" + name.rstrip("_")])
+            solver.jitter_ = float(meta["solver_jitter"])
+            solver.jitter_value_ = solver.jitter_ * float(np.mean(np.diag(solver.K_mm_))) if len(solver.K_mm_) else 0.0
+            solver._set_alpha()
+            self.solver_ = solver
+            self.alpha_ = solver.alpha_
+            if not np.array_equal(self.alpha_, arrays["alpha"]):
+                raise ModelFileError(f"{path}: stored weights disagree with the stored factorisation")
+            frames, start = [], 0
+            for k, n in enumerate(arrays["frame_natoms"]):
+                sl = slice(start, start + int(n))
+                start += int(n)
+                a = Atoms(
+                    numbers=arrays["frame_numbers"][sl], positions=arrays["frame_positions"][sl],
+                    cell=arrays["frame_cells"][k], pbc=arrays["frame_pbc"][k],
+                )
+                e = arrays["frame_energy"][k]
+                f = arrays["frame_forces"][sl]
+                s = arrays["frame_stress"][k]
+                lab = Labels(
+                    None if np.isnan(e) else float(e),
+                    None if np.isnan(f).all() else f.copy(),
+                    None if np.isnan(s).all() else s.copy(),
+                )
+                frames.append(_labelled_copy(a, lab))
+            self.frames_ = frames
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
+        return self

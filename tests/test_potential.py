@@ -1,0 +1,330 @@
+"""SparseGP potential: GP maths against a dense reference, physics, I/O, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import voigt_6_to_full_3x3_stress
+from scipy.spatial.transform import Rotation
+
+import gpal
+from gpal import SOAP, SparseGP
+from gpal.kernels import NormalizedDotProduct, SquaredExponential
+from gpal.sparse_gp import SparseGPSolver
+
+from conftest import POLY, SMALL_SOAP, cu_frames, cuag_frames, label
+
+
+def soap_for(frames, periodic=True, **kw):
+    species = sorted({int(z) for a in frames for z in a.numbers})
+    params = dict(SMALL_SOAP, weighting=POLY)
+    params.update(kw)
+    return SOAP(species=species, periodic=periodic, **params)
+
+
+def energy_only(frames):
+    out = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy())
+        out.append(b)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cu_model(cu_train):
+    return SparseGP(soap_for(cu_train), n_sparse=40, energy_noise=0.002).fit(cu_train)
+
+
+@pytest.fixture(scope="module")
+def cuag_model(cuag_train):
+    return SparseGP(soap_for(cuag_train), n_sparse=60).fit(cuag_train)
+
+
+# --------------------------------------------------------------------------- GP maths
+def test_full_sparse_set_equals_dense_gp_on_energies():
+    """Sparse set = all training environments: gpal equals an exact dense GP.
+
+    The reference uses dscribe's SOAP, a numpy kernel and a dense solve, sharing no
+    code with gpal.
+    """
+    from dscribe.descriptors import SOAP as DSOAP
+
+    frames = energy_only(cu_frames(5, seed=11, size=(1, 1, 1)))
+    test = cu_frames(1, seed=12, size=(1, 1, 1))[0]
+    e0 = -0.01
+    desc = soap_for(frames)
+    n_env = sum(len(a) for a in frames)
+    model = SparseGP(
+        desc, NormalizedDotProduct(zeta=2, signal_variance=0.3), energy_noise=0.003,
+        n_sparse=n_env, e0={"Cu": e0}, jitter=1e-13,
+    ).fit(frames)
+    assert len(model.sparse_X_) == n_env
+
+    ds = DSOAP(species=["Cu"], periodic=True, rbf="gto", weighting=POLY, **SMALL_SOAP)
+    Xs = [ds.create(a) for a in frames]
+    Xall = np.concatenate(Xs)
+    Xt = ds.create(test)
+
+    def k(A, B):
+        A = A / np.linalg.norm(A, axis=1, keepdims=True)
+        B = B / np.linalg.norm(B, axis=1, keepdims=True)
+        return 0.3 * (A @ B.T) ** 2
+
+    owner = np.concatenate([np.full(len(x), f) for f, x in enumerate(Xs)])
+    S = np.zeros((len(frames), len(Xall)))  # frame-sum operator
+    S[owner, np.arange(len(Xall))] = 1.0
+    K_EE = S @ k(Xall, Xall) @ S.T
+    noise = 0.003 * np.sqrt([len(a) for a in frames])
+    y = np.array([a.get_potential_energy() - e0 * len(a) for a in frames])
+    C = K_EE + np.diag(noise**2)
+    k_tE = k(Xt, Xall) @ S.T  # [n_test_atoms, n_frames]
+    mean = k_tE @ np.linalg.solve(C, y) + e0
+    var = 0.3 - np.einsum("ij,ji->i", k_tE, np.linalg.solve(C, k_tE.T))
+
+    pred = model.predict(test, return_std=True)
+    np.testing.assert_allclose(pred["energies"], mean, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(pred["energies_std"], np.sqrt(var), rtol=0, atol=1e-7)
+    # total-energy variance: exact GP, and gpal's documented approximation, which keeps
+    # the projected part exactly and treats the residual prior K - Q as independent
+    # between atoms (FITC): Var = 1'(Q_tt + diag(K_tt - Q_tt) - k_tE C^-1 k_Et)1
+    one = np.ones(len(test))
+    K_tt = k(Xt, Xt)
+    varE_exact = one @ K_tt @ one - one @ k_tE @ np.linalg.solve(C, k_tE.T @ one)
+    K_ta = k(Xt, Xall)
+    Q_tt = K_ta @ np.linalg.solve(k(Xall, Xall), K_ta.T)
+    R_tt = K_tt - Q_tt
+    varE_fitc = varE_exact - one @ R_tt @ one + np.trace(R_tt)
+    assert pred["energy_std"] == pytest.approx(np.sqrt(varE_fitc), rel=1e-5)
+    assert pred["energy_std"] == pytest.approx(np.sqrt(varE_exact), rel=1e-2)
+
+
+def test_update_equals_refit_with_same_sparse_set(cu_train):
+    model = SparseGP(soap_for(cu_train), n_sparse=30).fit(cu_train[:3])
+    model.update(cu_train[3:5], n_sparse=5, sparse_selection="variance")
+    model.update(cu_train[5:], n_sparse=0)
+    assert len(model.frames_) == len(cu_train)
+    assert len(model.sparse_X_) == 3 * 8 + 5  # all 24 environments, then 5 more
+    K_mm = model._k_mm(model.sparse_X_, model.sparse_species_)
+    K_nm, y, noise, group, _ = model._observations(model.frames_, model.sparse_X_, model.sparse_species_)
+    ref = SparseGPSolver()
+    ref.fit(K_mm, K_nm, y, noise, jitter=model.jitter)
+    # alpha is ill-conditioned (near-collinear sparse points); compare what it predicts
+    test = cu_frames(1, seed=77)[0]
+    X = model.descriptor_.create(test)
+    K = model._k_xm(X, test.numbers, model.sparse_X_, model.sparse_species_)
+    np.testing.assert_allclose(K @ model.alpha_, K @ ref.alpha_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(model.solver_.var_sor(K), ref.var_sor(K), rtol=1e-6, atol=1e-14)
+    np.testing.assert_array_equal(model.obs_group_, group)
+
+
+# --------------------------------------------------------------------------- physics
+def _fd_forces(model, atoms, h=1e-4):
+    F = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for c in range(3):
+            a = atoms.copy()
+            a.positions[i, c] += h
+            ep = model.predict(a)["energy"]
+            a.positions[i, c] -= 2 * h
+            em = model.predict(a)["energy"]
+            F[i, c] = -(ep - em) / (2 * h)
+    return F
+
+
+def _fd_stress(model, atoms, h=1e-5):
+    V = atoms.get_volume()
+    S = np.zeros((3, 3))
+    for a_ in range(3):
+        for b_ in range(3):
+            e = []
+            for sgn in (1, -1):
+                eps = np.zeros((3, 3))
+                eps[a_, b_] += sgn * h / 2
+                eps[b_, a_] += sgn * h / 2
+                a = atoms.copy()
+                a.set_cell(a.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+                e.append(model.predict(a)["energy"])
+            S[a_, b_] = (e[0] - e[1]) / (2 * h) / V
+    return S.flat[[0, 4, 8, 5, 2, 1]]
+
+
+@pytest.mark.parametrize("which", ["cu", "cuag"])
+def test_forces_and_stress_are_energy_derivatives(which, cu_model, cuag_model):
+    model, frame = (
+        (cu_model, cu_frames(1, seed=99)[0]) if which == "cu" else (cuag_model, cuag_frames(1, seed=98)[0])
+    )
+    pred = model.predict(frame)
+    assert np.abs(pred["forces"]).max() > 1e-3  # not trivially zero
+    np.testing.assert_allclose(pred["forces"], _fd_forces(model, frame), atol=2e-6)
+    np.testing.assert_allclose(pred["stress"], _fd_stress(model, frame), atol=2e-7)
+    assert pred["energy"] == pytest.approx(pred["energies"].sum(), abs=1e-10)
+    assert pred["free_energy"] == pred["energy"]
+
+
+def test_model_learns_emt(cu_train):
+    """Not a benchmark: the fitted model must beat predicting zero forces by far."""
+    model = SparseGP(soap_for(cu_train), n_sparse=60).fit(cu_train)
+    test = cu_frames(3, seed=5)
+    err = np.concatenate([(model.predict(a)["forces"] - a.get_forces()).ravel() for a in test])
+    ref = np.concatenate([a.get_forces().ravel() for a in test])
+    assert np.sqrt(np.mean(err**2)) < 0.3 * np.sqrt(np.mean(ref**2))
+
+
+def test_size_extensivity_periodic(cu_model):
+    a = cu_frames(1, seed=7)[0]
+    aa = a.repeat((2, 1, 1))
+    p1 = cu_model.predict(a, return_std=True)
+    p2 = cu_model.predict(aa, return_std=True)
+    assert p2["energy"] == pytest.approx(2 * p1["energy"], rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(p2["energies"], np.tile(p1["energies"], 2), atol=1e-10)
+    np.testing.assert_allclose(p2["forces"], np.tile(p1["forces"], (2, 1)), atol=1e-9)
+    np.testing.assert_allclose(p2["energies_std"], np.tile(p1["energies_std"], 2), atol=1e-10)
+    np.testing.assert_allclose(p2["stress"], p1["stress"], atol=1e-10)
+    # identical copies are perfectly correlated in the projected part, independent in
+    # the residual: 2 var <= var(E_AA) <= 4 var
+    assert 2 * p1["energy_std"] ** 2 - 1e-12 <= p2["energy_std"] ** 2 <= 4 * p1["energy_std"] ** 2 + 1e-12
+
+
+def test_size_extensivity_two_separated_molecules():
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(6):
+        m = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+        m.positions += rng.normal(0, 0.1, (4, 3))
+        frames.append(label(m, stress=False))
+    model = SparseGP(soap_for(frames, periodic=False), n_sparse=20).fit(frames)
+    a = frames[0].copy()
+    b = frames[1].copy()
+    b.positions += [20.0, 0, 0]  # further apart than the cutoff
+    ab = a + b
+    pa, pb, pab = (model.predict(x, return_std=True) for x in (a, b, ab))
+    assert "stress" not in pab
+    assert pab["energy"] == pytest.approx(pa["energy"] + pb["energy"], abs=1e-10)
+    np.testing.assert_allclose(pab["energies"], np.concatenate([pa["energies"], pb["energies"]]), atol=1e-10)
+    np.testing.assert_allclose(pab["forces"], np.vstack([pa["forces"], pb["forces"]]), atol=1e-10)
+    np.testing.assert_allclose(
+        pab["energies_std"], np.concatenate([pa["energies_std"], pb["energies_std"]]), atol=1e-10
+    )
+    # Var(E_a + E_b) = Var(E_a) + Var(E_b) + 2 Cov(E_a, E_b), Cov from the projected part
+    Ka = model._k_xm(model.descriptor_.create(a), a.numbers, model.sparse_X_, model.sparse_species_)
+    Kb = model._k_xm(model.descriptor_.create(b), b.numbers, model.sparse_X_, model.sparse_species_)
+    cov = model.solver_.cov_sor(Ka.sum(0)[None], Kb.sum(0)[None])[0, 0]
+    assert pab["energy_std"] ** 2 == pytest.approx(pa["energy_std"] ** 2 + pb["energy_std"] ** 2 + 2 * cov, rel=1e-8)
+
+
+def test_invariance_rotation_translation_permutation(cuag_model):
+    a = cuag_frames(1, seed=21)[0]
+    p = cuag_model.predict(a, return_std=True, forces_std=True)
+    R = Rotation.from_euler("xyz", [0.3, -0.7, 1.1]).as_matrix()
+    b = a.copy()
+    b.set_cell(a.cell.array @ R.T)
+    b.positions = a.positions @ R.T + [0.3, -1.2, 2.0]
+    q = cuag_model.predict(b, return_std=True, forces_std=True)
+    assert q["energy"] == pytest.approx(p["energy"], abs=1e-9)
+    np.testing.assert_allclose(q["forces"], p["forces"] @ R.T, atol=1e-8)
+    np.testing.assert_allclose(q["energies_std"], p["energies_std"], atol=1e-9)
+    # the force covariance rotates with the frame: its trace per atom is invariant
+    np.testing.assert_allclose((q["forces_std"] ** 2).sum(1), (p["forces_std"] ** 2).sum(1), rtol=1e-5, atol=1e-12)
+    Sp = voigt_6_to_full_3x3_stress(p["stress"])
+    Sq = voigt_6_to_full_3x3_stress(q["stress"])
+    np.testing.assert_allclose(Sq, R @ Sp @ R.T, atol=1e-9)
+
+    perm = np.random.default_rng(0).permutation(len(a))
+    c = a[perm]
+    r = cuag_model.predict(c, return_std=True)
+    assert r["energy"] == pytest.approx(p["energy"], abs=1e-9)
+    np.testing.assert_allclose(r["forces"], p["forces"][perm], atol=1e-9)
+    np.testing.assert_allclose(r["energies_std"], p["energies_std"][perm], atol=1e-10)
+
+
+def test_stds_nonnegative_and_grow_away_from_data(cu_model):
+    near = cu_frames(1, seed=31)[0]
+    far = bulk("Cu", "fcc", a=3.1, cubic=True).repeat((1, 1, 2))  # 14 % compressed
+    far.positions += np.random.default_rng(0).normal(0, 0.05, far.positions.shape)
+    pn = cu_model.predict(near, return_std=True, forces_std=True, stress_std=True)
+    pf = cu_model.predict(far, return_std=True)
+    for key in ("energies_std", "forces_std", "stress_std"):
+        assert np.all(pn[key] >= 0) and pn[key].shape == np.shape(pn[key.replace("_std", "") if key != "energies_std" else "energies"])
+    assert pf["energies_std"].mean() > 3 * pn["energies_std"].mean()
+
+
+# --------------------------------------------------------------------------- labels / input
+def test_frames_with_partial_labels(cu_train):
+    frames = energy_only(cu_train[:3]) + cu_train[3:]
+    model = SparseGP(soap_for(cu_train), n_sparse=30).fit(frames)
+    groups = np.bincount(model.obs_group_, minlength=3)
+    assert groups[0] == 6 and groups[1] == 3 * sum(len(a) for a in cu_train[3:]) and groups[2] == 18
+
+
+def test_bad_input_errors(cu_model, cu_train):
+    a = cu_train[0].copy()
+    a.numbers[0] = 79
+    with pytest.raises(gpal.UnknownSpeciesError, match="Au"):
+        cu_model.predict(a)
+    b = cu_train[0].copy()
+    b.positions[2, 1] = np.nan
+    with pytest.raises(gpal.InvalidPositionsError):
+        cu_model.predict(b)
+    c = cu_train[0].copy()
+    c.pbc = False
+    c.cell = None
+    with pytest.raises(gpal.MissingCellError):
+        cu_model.predict(c)
+    d = cu_train[0].copy()
+    d.positions[1] = d.positions[0] + [0.1, 0, 0]
+    with pytest.raises(gpal.OverlappingAtomsError):
+        cu_model.predict(d)
+    unlabelled = cu_train[0].copy()
+    unlabelled.calc = None
+    with pytest.raises(gpal.MissingLabelsError):
+        SparseGP(soap_for(cu_train)).fit([unlabelled])
+    with pytest.raises(gpal.NotFittedError):
+        SparseGP().predict(cu_train[0])
+    with pytest.raises(ValueError, match="sparse_selection"):
+        SparseGP(soap_for(cu_train), sparse_selection="best").fit(cu_train)
+
+
+# --------------------------------------------------------------------------- I/O
+def test_save_load_round_trip(tmp_path, cuag_model):
+    path = cuag_model.save(tmp_path / "model")
+    loaded = gpal.load(path)
+    a = cuag_frames(1, seed=41)[0]
+    p, q = (m.predict(a, return_std=True, forces_std=True) for m in (cuag_model, loaded))
+    for key in p:
+        np.testing.assert_array_equal(np.asarray(p[key]), np.asarray(q[key]))
+    # a loaded model can keep learning
+    loaded.update(cuag_frames(1, seed=42), n_sparse=2)
+
+
+def test_corrupted_model_files(tmp_path, cu_model):
+    path = cu_model.save(tmp_path / "model.npz")
+    raw = path.read_bytes()
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(gpal.ModelFileError):
+        gpal.load(trunc)
+    # tamper with one array but keep the metadata
+    with np.load(path, allow_pickle=False) as npz:
+        data = {k: npz[k] for k in npz.files}
+    data["alpha"] = data["alpha"] * 1.01
+    tampered = tmp_path / "tampered.npz"
+    np.savez(tampered, **data)
+    with pytest.raises(gpal.ModelFileError, match="alpha"):
+        gpal.load(tampered)
+    with pytest.raises(gpal.ModelFileError):
+        gpal.load(tmp_path / "missing.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    with pytest.raises(gpal.ModelFileError):
+        gpal.load(junk)
+
+
+def test_squared_exponential_kernel_fits(cu_train):
+    model = SparseGP(soap_for(cu_train), SquaredExponential(length_scale=0.5), n_sparse=30).fit(cu_train)
+    a = cu_frames(1, seed=61)[0]
+    pred = model.predict(a)
+    np.testing.assert_allclose(pred["forces"], _fd_forces(model, a), atol=2e-6)
