@@ -73,7 +73,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     a.calc = calc
     thermalize_momenta(a, temperature_K=cfg["temperature"], rng=rng)
     dyn = Langevin(a, cfg.get("timestep", 1.0) * units.fs, temperature_K=cfg["temperature"],
-                   friction=0.02 / units.fs, rng=rng)
+                   friction=0.02 / units.fs, fixcm=False, rng=rng)
     frames = []
     for _ in range(int(cfg["steps"]) // int(cfg["every"])):
         dyn.run(int(cfg["every"]))
@@ -188,7 +188,7 @@ def cmd_md(args) -> int:
         dyn = VelocityVerlet(atoms, args.timestep * units.fs)
     else:
         dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
-                       friction=0.02 / units.fs, rng=np.random.default_rng(args.seed))
+                       friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(args.seed))
     traj = Trajectory(args.output, "w", atoms)
     dyn.attach(traj.write, interval=args.interval)
     prog = _Progress(args.steps, not args.quiet)

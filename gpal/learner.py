@@ -219,7 +219,7 @@ class _Walker:
             return self.md.factory(self.atoms, ts, temperature, self.rng)
         return Langevin(
             self.atoms, ts, temperature_K=temperature, friction=self.md.friction / units.fs,
-            rng=self.rng,
+            fixcm=False, rng=self.rng,
         )
 
     def set_temperature(self, temperature):
