@@ -272,8 +272,12 @@ class ActiveLearner:
     n_sparse_initial : int, default 100
     sparse_per_label : int, default 10
         New sparse environments taken from each labelled frame (its most uncertain).
-    optimize_every : int, default 0
-        Re-optimise hyperparameters every this many labels (0: never).
+    optimize_every : int, default 5
+        Re-optimise hyperparameters (log marginal likelihood) after the bootstrap and
+        then every this many labels (0: never).
+    optimize_noise : bool, default False
+        Also optimise the noise levels; by default they stay as given (they encode the
+        accuracy asked for) and only kernel hyperparameters (signal variance) move.
     checkpoint_every : int, default 1
         Write model + state every this many labels.
     max_oracle_calls : int, optional
@@ -312,7 +316,8 @@ class ActiveLearner:
         rattle: float = 0.05,
         n_sparse_initial: int = 100,
         sparse_per_label: int = 10,
-        optimize_every: int = 0,
+        optimize_every: int = 5,
+        optimize_noise: bool = False,
         checkpoint_every: int = 1,
         max_oracle_calls: int | None = None,
         validation: Sequence[Atoms] | None = None,
@@ -348,6 +353,7 @@ class ActiveLearner:
         self.n_sparse_initial = n_sparse_initial
         self.sparse_per_label = int(sparse_per_label)
         self.optimize_every = int(optimize_every)
+        self.optimize_noise = bool(optimize_noise)
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.max_oracle_calls = max_oracle_calls
         self.validation = list(validation) if validation is not None else None
@@ -432,6 +438,7 @@ class ActiveLearner:
                 "n_bootstrap": self.n_bootstrap,
                 "sparse_per_label": self.sparse_per_label,
                 "optimize_every": self.optimize_every,
+                "optimize_noise": self.optimize_noise,
                 "checkpoint_every": self.checkpoint_every,
                 "max_oracle_calls": self.max_oracle_calls,
                 "check_every": self.check_every,
@@ -478,12 +485,7 @@ class ActiveLearner:
         else:
             self.model.update(frames, n_sparse=self.sparse_per_label * len(frames), sparse_selection="variance")
         if self.optimize_every and self.n_labelled % self.optimize_every < len(frames):
-            try:
-                self.model.optimize_hyperparameters()
-                self._log({"event": "hyperparameters", "step": self.step,
-                           "kernel": repr(self.model.kernel_), "noise": self.model.noise_})
-            except (GpalError, np.linalg.LinAlgError, ValueError) as exc:
-                self._log({"event": "hyperparameters_failed", "step": self.step, "reason": str(exc)})
+            self._optimize()
         self._times["update"] += time.perf_counter() - t0
         for w in self.walkers:
             w.atoms.calc.reset()
@@ -494,6 +496,14 @@ class ActiveLearner:
             )
         if self.n_labelled % self.checkpoint_every < len(frames):
             self.checkpoint()
+
+    def _optimize(self) -> None:
+        try:
+            self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
+            self._log({"event": "hyperparameters", "step": self.step,
+                       "kernel": repr(self.model.kernel_), "noise": self.model.noise_})
+        except (GpalError, np.linalg.LinAlgError, ValueError) as exc:
+            self._log({"event": "hyperparameters_failed", "step": self.step, "reason": str(exc)})
 
     # ------------------------------------------------------------------ bootstrap
     def _candidates(self, rng) -> list[Atoms]:
@@ -541,6 +551,8 @@ class ActiveLearner:
         t0 = time.perf_counter()
         if self.model.alpha_ is None:
             self.model.fit(frames)
+            if self.optimize_every:
+                self._optimize()
         self._times["update"] += time.perf_counter() - t0
         self.bootstrap_done = True
 
@@ -583,7 +595,7 @@ class ActiveLearner:
         return None
 
     def run(self, steps: int) -> Summary:
-        """Run (or continue) the loop for ``steps`` MD steps per walker.
+        """Run (or continue) the loop until walker step ``steps`` (a total, not an increment).
 
         Returns
         -------
@@ -591,7 +603,7 @@ class ActiveLearner:
         """
         t_start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.total_steps = max(self.total_steps, int(steps))
+        self.total_steps = int(steps)
         if not self.bootstrap_done:
             self._bootstrap()
             self.checkpoint()
@@ -732,30 +744,41 @@ class ActiveLearner:
         )
 
     def _plots(self) -> None:
+        """learning_curve.png: validation error (if any) and oracle calls against MD step."""
         from . import calibration
 
-        steps, calls = [], []
-        path = self.run_dir / "log.jsonl"
-        if not path.exists():
+        path = self.run_dir / "learning_curve.png"
+        if self._val_history:
+            st, err, calls = (np.array(v, float) for v in zip(*self._val_history))
+            tol = getattr(self.stopping, "tolerance", None)
+            calibration.plot_learning_curve(st, err, calls, path, tolerance=tol, units="eV/Å",
+                                            title="force RMSE on the validation set")
             return
-        with open(path) as fh:
+        steps, calls = [], []
+        log_path = self.run_dir / "log.jsonl"
+        if not log_path.exists():
+            return
+        with open(log_path) as fh:
             for line in fh:
                 rec = json.loads(line)
-                if "oracle_calls" in rec and "step" in rec and rec.get("event") in (None, "label"):
+                if rec.get("event") == "label":
                     steps.append(rec["step"])
                     calls.append(rec["oracle_calls"])
         if not steps:
             return
-        vsteps = [s for s, _, _ in self._val_history]
-        verr = [e for _, e, _ in self._val_history]
-        try:
-            calibration.plot_learning_curve(
-                np.array(steps), np.array(calls), self.run_dir / "learning_curve.png",
-                val_steps=np.array(vsteps) if vsteps else None,
-                val_error=np.array(verr) if verr else None,
-            )
-        except (TypeError, ValueError) as exc:
-            log.warning("could not draw the learning curve: %s", exc)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 4.0))
+        ax.step(steps + [self.step], calls + [calls[-1]], where="post")
+        ax.set_xlabel("MD step")
+        ax.set_ylabel("oracle calls (cumulative)")
+        ax.set_title("oracle calls during active learning")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
 
     # ------------------------------------------------------------------ resume
     @classmethod

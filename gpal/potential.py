@@ -547,8 +547,10 @@ class SparseGP:
             out["stress"] = pair_stress(dE, exp.vector, exp.volume)
         if return_std:
             kdiag = self.kernel_.diag(X)
-            var_local = self.solver_.predict_var(K, kdiag)
+            # DTC: k(x,x) - k K_mm^-1 k + k Sigma k; the residual k - Q is >= 0 in exact
+            # arithmetic, so rounding below zero is clipped silently
             resid = np.clip(kdiag - self.solver_.var_nystrom(K), 0.0, None)
+            var_local = resid + self.solver_.var_sor(K)
             var_E = float(self.solver_.var_sor(K.sum(axis=0)[None])[0] + resid.sum())
             out["energies_std"] = np.sqrt(var_local)
             out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))

@@ -1,0 +1,47 @@
+"""Deliberately faulty oracles for the learner's fault-handling tests (importable by workers)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+
+
+class FlakyEMT(EMT):
+    """EMT that raises on every ``fail_every``-th call."""
+
+    def __init__(self, fail_every: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_every = fail_every
+        self.n = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        self.n += 1
+        if self.n % self.fail_every == 0:
+            raise RuntimeError("SCF did not converge (simulated)")
+        super().calculate(atoms, properties, system_changes)
+
+
+class NaNCalculator(Calculator):
+    """Returns NaN energies and forces: a silently broken reference code."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        self.results = {"energy": np.nan, "forces": np.full((n, 3), np.nan), "stress": np.full(6, np.nan)}
+
+
+class SlowEMT(EMT):
+    """EMT that hangs for ``delay`` seconds first."""
+
+    def __init__(self, delay: float = 30.0, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        time.sleep(self.delay)
+        super().calculate(atoms, properties, system_changes)

@@ -1,0 +1,194 @@
+"""ActiveLearner: the loop, persistence and resume after kill -9, faults, parallel oracles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read
+
+import gpal
+from gpal import SOAP, ActiveLearner, MDSettings, OracleSpec, SparseGP, Trigger
+from gpal.calibration import StoppingRule
+
+from _oracles import FlakyEMT, NaNCalculator
+from conftest import POLY, SMALL_SOAP, cu_frames
+
+pytestmark = pytest.mark.slow
+
+
+def start():
+    return bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+
+
+def small_model():
+    return SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30)
+
+
+def learner(run_dir, oracle=None, **kw):
+    kw.setdefault("trigger", Trigger(threshold=0.005))
+    kw.setdefault("md", MDSettings(temperature=(300, 1200)))
+    return ActiveLearner(start(), oracle if oracle is not None else EMT(), small_model(),
+                         run_dir=run_dir, progress=False, **kw)
+
+
+def frames_in(path):
+    return read(str(path), ":") if Path(path).exists() else []
+
+
+def test_run_writes_everything(tmp_path):
+    val = cu_frames(3, seed=9, size=(2, 2, 2))
+    L = learner(tmp_path / "run", validation=val, sparse_per_label=5)
+    summary = L.run(150)
+    assert summary.steps == 150 and summary.bootstrap_frames == 4
+    train = frames_in(tmp_path / "run" / "train.xyz")
+    assert len(train) == summary.labelled_frames == len(L.model.frames_) == L.oracle.n_calls
+    assert summary.labelled_frames > 4  # the trigger fired during MD
+    for a in train:  # labels as ASE writes them
+        assert a.get_forces().shape == (len(a), 3) and np.isfinite(a.get_potential_energy())
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert any(r.get("event") == "label" for r in records)
+    assert any("temperature" in r for r in records)
+    assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
+    assert "force_rmse" in summary.validation
+    model = gpal.load(tmp_path / "run" / "model.npz")
+    assert len(model.frames_) == len(train)
+    assert "forces_std" in model.calibration_  # calibrated on the validation frames
+    assert "oracle calls" in str(summary)
+
+
+def test_resume_after_kill_loses_no_label_and_asks_none_twice(tmp_path):
+    run = tmp_path / "run"
+    script = tmp_path / "learn.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_learner import learner
+        from gpal import Trigger
+        L = learner({str(run)!r}, "ase.calculators.emt:EMT", checkpoint_every=3,
+                    trigger=Trigger(threshold=0.002))
+        L.run(100000)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(gpal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if (run / "state.json").exists() and len(frames_in(run / "train.xyz")) >= 9:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"learner exited early: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+        else:
+            pytest.fail("learner did not label enough frames in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    labelled = frames_in(run / "train.xyz")
+    L = ActiveLearner.resume(run, progress=False)
+    assert len(L.model.frames_) == len(labelled)  # the frames the checkpoint missed are in
+    step0, calls0 = L.step, L.oracle.n_calls
+    L.run(step0 + 40)
+    after = frames_in(run / "train.xyz")
+    assert after[: len(labelled)] == labelled or all(
+        np.array_equal(a.positions, b.positions) for a, b in zip(after, labelled)
+    )
+    assert len(after) == len(L.model.frames_) == L.n_labelled
+    pos = [a.positions.round(8).tobytes() for a in after]
+    assert len(set(pos)) == len(pos)  # no frame was labelled twice
+    assert L.oracle.n_calls >= calls0
+
+
+def test_oracle_failures_are_logged_and_skipped(tmp_path):
+    L = learner(tmp_path / "run", FlakyEMT(fail_every=4), oracle_retries=0)
+    summary = L.run(120)
+    assert summary.oracle_failures > 0
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    fails = [r for r in records if r.get("event") == "oracle_failure"]
+    assert fails and "SCF did not converge" in fails[0]["reason"]
+    assert len(frames_in(tmp_path / "run" / "train.xyz")) == summary.labelled_frames
+
+
+def test_oracle_retry_recovers(tmp_path):
+    L = learner(tmp_path / "run", FlakyEMT(fail_every=4), oracle_retries=2)
+    summary = L.run(60)
+    assert summary.oracle_failures == 0 and summary.oracle_calls > summary.labelled_frames
+
+
+def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
+    with pytest.raises(gpal.OracleError, match="non-finite"):
+        learner(tmp_path / "run", NaNCalculator(), on_oracle_failure="stop", oracle_retries=0).run(10)
+    assert not frames_in(tmp_path / "run" / "train.xyz")  # nothing wrong was written
+
+
+def test_hanging_oracle_times_out(tmp_path):
+    with ProcessPoolExecutor(2) as pool:
+        spec = OracleSpec("_oracles:SlowEMT", {"delay": 60.0})
+        oracle = gpal.Oracle(spec, executor=pool, timeout=1.0, retries=0)
+        t0 = time.time()
+        labelled, failures = oracle.label([start()])
+        assert labelled == [None] and "timed out" in failures[0].reason
+        assert time.time() - t0 < 10
+        for p in pool._processes.values():  # do not wait a minute for the sleeper
+            p.kill()
+
+
+def test_blow_up_rolls_back_and_labels(tmp_path):
+    L = learner(tmp_path / "run", max_force=0.3, trigger=Trigger(threshold=10.0))
+    summary = L.run(40)
+    assert summary.rollbacks > 0
+    reasons = [a.info.get("gpal_reason") for a in frames_in(tmp_path / "run" / "train.xyz")]
+    assert "rollback" in reasons
+
+
+def test_parallel_walkers_process_pool(tmp_path):
+    with ProcessPoolExecutor(2) as pool:
+        L = learner(tmp_path / "run", "ase.calculators.emt:EMT", n_walkers=2, executor=pool)
+        summary = L.run(60)
+    assert len(L.walkers) == 2
+    assert summary.labelled_frames == len(frames_in(tmp_path / "run" / "train.xyz"))
+
+
+def test_dask_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            L = learner(tmp_path / "run", "ase.calculators.emt:EMT", executor=client.get_executor())
+            summary = L.run(40)
+    assert summary.labelled_frames >= 4
+    for a in frames_in(tmp_path / "run" / "train.xyz"):
+        ref = a.copy()
+        ref.calc = EMT()
+        assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)  # xyz keeps 8 decimals
+
+
+def test_stopping_rule_ends_the_run(tmp_path):
+    val = cu_frames(2, seed=19, size=(2, 2, 2))
+    rule = StoppingRule(tolerance=50.0, patience=1, use="scale")
+    L = learner(tmp_path / "run", validation=val, stopping=rule, check_every=20)
+    summary = L.run(1000)
+    assert summary.stopped_early and summary.steps < 1000
+    assert rule.history and rule.history[-1].stop
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="choose from"):
+        Trigger(quantity="stress_std")
+    with pytest.raises(ValueError, match="skip"):
+        ActiveLearner(start(), EMT(), on_oracle_failure="ignore")
+    with pytest.raises(ValueError, match="module:Name"):
+        OracleSpec("EMT")
+    with pytest.raises(ValueError, match="live calculator"):
+        gpal.Oracle(EMT(), executor=ProcessPoolExecutor(1))
