@@ -1,0 +1,264 @@
+"""Numba leaf routines behind :mod:`gpal.kernels`.
+
+Everything here is a small function of plain arrays and scalars, compiled with
+``@numba.njit(cache=True)`` and *without* fastmath: these values feed Cholesky
+factorisations and variance subtractions, where reassociation and flush-to-zero are not
+safe. No argument checking happens here; the public wrappers in :mod:`gpal.kernels`
+hand in C-contiguous float64 arrays of consistent shapes.
+
+The kernels are functions of the cosine ``c = x̂·ẑ`` of two descriptor rows,
+``k = signal_variance * f(c)``. A kernel *kind* is an integer code so that one compiled
+routine serves every kind without passing functions around (which would defeat
+caching):
+
+=========  ======================  ===========================  =======================
+kind       f(c)                    f'(c) = df/dc                shape parameter ``p``
+=========  ======================  ===========================  =======================
+KIND_DOT   c**zeta                 zeta * c**(zeta - 1)         zeta (integer, >= 1)
+KIND_SE    exp((c - 1) / l**2)     f(c) / l**2                  length scale l
+=========  ======================  ===========================  =======================
+
+For ``KIND_SE`` the derivatives with respect to ``log l`` are also provided::
+
+    df/dlog(l)  = -2 (c - 1) / l**2 * f(c)
+    df'/dlog(l) = -2 f'(c) (1 + (c - 1) / l**2)
+
+``KIND_DOT`` has no continuous shape hyperparameter; its ``*_dparam`` values are zero.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+KIND_DOT = 0
+KIND_SE = 1
+
+
+# ----------------------------------------------------------------------------- scalars
+@numba.njit(cache=True)
+def _ipow(c, n):
+    """c**n for an integer n >= 0 by repeated squaring (exact sign for c < 0)."""
+    result = 1.0
+    base = c
+    while n > 0:
+        if n & 1:
+            result *= base
+        base *= base
+        n >>= 1
+    return result
+
+
+@numba.njit(cache=True)
+def _f_scalar(c, kind, p):
+    """f(c) of one cosine."""
+    if kind == KIND_DOT:
+        return _ipow(c, int(p))
+    return np.exp((c - 1.0) / (p * p))
+
+
+@numba.njit(cache=True)
+def _fprime_scalar(c, kind, p):
+    """f'(c) = df/dc of one cosine."""
+    if kind == KIND_DOT:
+        n = int(p)
+        return n * _ipow(c, n - 1)
+    inv_l2 = 1.0 / (p * p)
+    return inv_l2 * np.exp((c - 1.0) * inv_l2)
+
+
+@numba.njit(cache=True)
+def _f_dparam_scalar(c, kind, p):
+    """df/dlog(p) of one cosine (zero for KIND_DOT)."""
+    if kind == KIND_DOT:
+        return 0.0
+    u = (c - 1.0) / (p * p)
+    return -2.0 * u * np.exp(u)
+
+
+@numba.njit(cache=True)
+def _fprime_dparam_scalar(c, kind, p):
+    """df'/dlog(p) of one cosine (zero for KIND_DOT)."""
+    if kind == KIND_DOT:
+        return 0.0
+    inv_l2 = 1.0 / (p * p)
+    u = (c - 1.0) * inv_l2
+    return -2.0 * inv_l2 * np.exp(u) * (1.0 + u)
+
+
+# ----------------------------------------------------------------------------- arrays
+@numba.njit(cache=True)
+def _normalize_rows(X):
+    """Unit rows and norms of X.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, n_features), C-contiguous float64
+
+    Returns
+    -------
+    Xhat : ndarray of shape (n, n_features)
+        ``X[i] / |X[i]|``; a row of zero norm maps to the zero vector.
+    norms : ndarray of shape (n,)
+        ``|X[i]|`` (0 for zero rows).
+    """
+    n, F = X.shape
+    Xhat = np.empty((n, F))
+    norms = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for f in range(F):
+            s += X[i, f] * X[i, f]
+        nrm = np.sqrt(s)
+        norms[i] = nrm
+        if nrm > 0.0:
+            inv = 1.0 / nrm
+            for f in range(F):
+                Xhat[i, f] = X[i, f] * inv
+        else:
+            for f in range(F):
+                Xhat[i, f] = 0.0
+    return Xhat, norms
+
+
+@numba.njit(cache=True)
+def _apply_f(C, kind, p):
+    """Elementwise f(C); C of shape (n, m)."""
+    n, m = C.shape
+    out = np.empty((n, m))
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _f_scalar(C[i, j], kind, p)
+    return out
+
+
+@numba.njit(cache=True)
+def _apply_fprime(C, kind, p):
+    """Elementwise f'(C); C of shape (n, m)."""
+    n, m = C.shape
+    out = np.empty((n, m))
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _fprime_scalar(C[i, j], kind, p)
+    return out
+
+
+@numba.njit(cache=True)
+def _apply_f_dparam(C, kind, p):
+    """Elementwise df/dlog(p) at C; C of shape (n, m)."""
+    n, m = C.shape
+    out = np.empty((n, m))
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _f_dparam_scalar(C[i, j], kind, p)
+    return out
+
+
+@numba.njit(cache=True)
+def _apply_fprime_dparam(C, kind, p):
+    """Elementwise df'/dlog(p) at C; C of shape (n, m)."""
+    n, m = C.shape
+    out = np.empty((n, m))
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _fprime_dparam_scalar(C[i, j], kind, p)
+    return out
+
+
+@numba.njit(cache=True)
+def _kernel_matrix(Xhat, Zhat, kind, p, symmetric, self_cos):
+    """Fused cosine matrix and f: ``C = Xhat Zhatᵀ`` (one BLAS call), then ``f(C)``.
+
+    Parameters
+    ----------
+    Xhat : ndarray of shape (n, n_features)
+    Zhat : ndarray of shape (m, n_features)
+        Unit (or zero) rows.
+    kind, p : int, float
+        Kernel kind code and shape parameter.
+    symmetric : bool
+        ``Zhat is Xhat``: C is symmetrised exactly and its diagonal set to ``self_cos``.
+    self_cos : ndarray of shape (n,)
+        Self-cosines (1 for non-zero rows, 0 for zero rows); used when ``symmetric``.
+
+    Returns
+    -------
+    C : ndarray of shape (n, m)
+        Cosines.
+    Fc : ndarray of shape (n, m)
+        f(C).
+    """
+    C = np.dot(Xhat, Zhat.T)
+    n, m = C.shape
+    if symmetric:
+        for i in range(n):
+            C[i, i] = self_cos[i]
+            for j in range(i + 1, m):
+                v = 0.5 * (C[i, j] + C[j, i])
+                C[i, j] = v
+                C[j, i] = v
+    Fc = np.empty((n, m))
+    for i in range(n):
+        for j in range(m):
+            Fc[i, j] = _f_scalar(C[i, j], kind, p)
+    return C, Fc
+
+
+@numba.njit(cache=True)
+def _pair_projection(dX, Xhat, center):
+    """``b[p, a] = dX[p, a, :] · Xhat[center[p], :]``.
+
+    Parameters
+    ----------
+    dX : ndarray of shape (n_pairs, 3, n_features)
+    Xhat : ndarray of shape (n, n_features)
+    center : ndarray of shape (n_pairs,), int64
+
+    Returns
+    -------
+    b : ndarray of shape (n_pairs, 3)
+    """
+    P, three, F = dX.shape
+    b = np.empty((P, three))
+    for q in range(P):
+        c = center[q]
+        for a in range(three):
+            s = 0.0
+            for f in range(F):
+                s += dX[q, a, f] * Xhat[c, f]
+            b[q, a] = s
+    return b
+
+
+@numba.njit(cache=True)
+def _pair_tangent(A, b, C, center):
+    """In place: ``A[p, a, j] -= C[center[p], j] * b[p, a]``.
+
+    With ``A[p, a, j] = dX[p, a, :]·ẑ_j`` and ``b`` from :func:`_pair_projection` this
+    leaves ``dX[p, a, :]·(ẑ_j - c x̂)``, the tangential part of the cosine gradient.
+    A has shape (n_pairs, 3, m); C has shape (n, m).
+    """
+    P, three, m = A.shape
+    for q in range(P):
+        c = center[q]
+        for a in range(three):
+            ba = b[q, a]
+            for j in range(m):
+                A[q, a, j] -= C[c, j] * ba
+
+
+@numba.njit(cache=True)
+def _pair_scale(D, W, scale, center):
+    """``out[p, a, j] = scale[center[p]] * W[center[p], j] * D[p, a, j]``.
+
+    D has shape (n_pairs, 3, m); W has shape (n, m); scale has shape (n,).
+    """
+    P, three, m = D.shape
+    out = np.empty((P, three, m))
+    for q in range(P):
+        c = center[q]
+        s = scale[c]
+        for a in range(three):
+            for j in range(m):
+                out[q, a, j] = s * W[c, j] * D[q, a, j]
+    return out

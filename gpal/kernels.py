@@ -1,0 +1,633 @@
+"""Kernels on SOAP-like descriptor rows, and their derivatives.
+
+Both kernels here are functions of the cosine between two *raw* (unnormalised)
+descriptor rows, ``c = x̂·ẑ`` with ``x̂ = x / |x|``::
+
+    k(x, z) = signal_variance * f(c)
+
+    NormalizedDotProduct:  f(c) = c**zeta                  (zeta: integer setting)
+    SquaredExponential:    f(c) = exp(-|x̂ - ẑ|² / (2 l²)) = exp((c - 1) / l²)
+
+The gradient with respect to the first argument has the closed form::
+
+    ∂k/∂x = signal_variance * f'(c) * (ẑ - c x̂) / |x|
+
+which is what makes force rows cheap: contracted with descriptor derivatives ``dX`` it
+needs only the two matrix products ``dX·Ẑᵀ`` and ``dX·x̂`` plus elementwise factors,
+never an (n, m, n_features) array (:meth:`CosineKernel.contract_gradient`,
+:meth:`CosineKernel.weighted_gradient_x`).
+
+Hyperparameters follow scikit-learn: each is declared by a :class:`Hyperparameter`;
+``theta`` is the log of the non-fixed ones, ``bounds`` their log bounds, and bounds
+``"fixed"`` leaves a parameter out of ``theta``. The order of ``theta`` is
+``signal_variance`` first, then ``length_scale`` (for :class:`SquaredExponential`).
+
+**Zero-norm rows.** A descriptor row of zero norm has no direction. It is mapped to
+``x̂ = 0``, so its cosine with every row (itself included) is 0 and
+``k = signal_variance * f(0)``; its gradient with respect to ``x`` is defined as 0.
+``diag`` follows the same convention, so ``diag(X) == np.diag(k(X))`` always and kernel
+matrices stay positive semi-definite. (SOAP rows include the central atom's own density
+and are never zero in practice.)
+
+The numerical loops are in :mod:`gpal._jit`; the methods here validate input.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections import namedtuple
+from typing import Any
+
+import numpy as np
+
+from . import _jit
+
+__all__ = [
+    "Hyperparameter",
+    "Kernel",
+    "CosineKernel",
+    "NormalizedDotProduct",
+    "SquaredExponential",
+    "kernel_from_dict",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _as_matrix(X, name: str, n_features: int | None = None) -> np.ndarray:
+    """C-contiguous finite float64 2-D array (copy only if needed)."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D of shape (n_samples, n_features), got shape {X.shape}"
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {X.shape[1]} features but the other argument has {n_features}"
+        )
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def _check_bounds(bounds, name: str):
+    if isinstance(bounds, str):
+        if bounds != "fixed":
+            raise ValueError(
+                f"{name}_bounds must be a (low, high) pair or 'fixed', got {bounds!r}"
+            )
+        return bounds
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name}_bounds must be a (low, high) pair or 'fixed', got {bounds!r}"
+        ) from None
+    if not (0.0 < lo <= hi < np.inf):
+        raise ValueError(
+            f"{name}_bounds must satisfy 0 < low <= high < inf, got {bounds!r}"
+        )
+    return (lo, hi)
+
+
+# ----------------------------------------------------------------------------- base
+class Hyperparameter(
+    namedtuple(
+        "Hyperparameter", ("name", "value_type", "bounds", "n_elements", "fixed")
+    )
+):
+    """Specification of a kernel hyperparameter (scikit-learn's convention).
+
+    Attributes
+    ----------
+    name : str
+        Attribute name of the parameter on the kernel (e.g. ``"length_scale"``).
+    value_type : str
+        ``"numeric"``.
+    bounds : tuple of float (low, high) or "fixed"
+        Bounds in *linear* space. ``"fixed"`` excludes the parameter from ``theta``.
+    n_elements : int
+        Number of scalar elements (1 for every gpal hyperparameter).
+    fixed : bool
+        Whether the parameter is excluded from ``theta``. Defaults to
+        ``bounds == "fixed"``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name, value_type, bounds, n_elements=1, fixed=None):
+        if not (isinstance(bounds, str) and bounds == "fixed"):
+            bounds = tuple(float(b) for b in bounds)
+        if fixed is None:
+            fixed = isinstance(bounds, str) and bounds == "fixed"
+        return super().__new__(
+            cls, name, value_type, bounds, int(n_elements), bool(fixed)
+        )
+
+
+class Kernel:
+    """Base class: parameter handling, ``theta``/``bounds``, cloning, repr, JSON form.
+
+    The constructor of a subclass only stores its arguments (as attributes of the same
+    names); validation happens when the kernel is evaluated. Subclasses list their
+    hyperparameter names in ``_hyperparameter_names``; the bounds of hyperparameter
+    ``name`` are read from the attribute ``name + "_bounds"``.
+    """
+
+    _hyperparameter_names: tuple[str, ...] = ()
+
+    # -- parameters ---------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters of this kernel.
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Accepted for scikit-learn compatibility (these kernels have no sub-kernels).
+
+        Returns
+        -------
+        params : dict
+        """
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "Kernel":
+        """Set constructor parameters; returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            An unknown parameter name (the valid names are listed).
+        """
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for kernel {type(self).__name__}. "
+                    f"Valid parameters are: {valid}"
+                )
+            setattr(self, key, value)
+        return self
+
+    def clone(self) -> "Kernel":
+        """A new kernel of the same type with the same parameters."""
+        return type(self)(**self.get_params())
+
+    def clone_with_theta(self, theta) -> "Kernel":
+        """A clone whose non-fixed hyperparameters are ``exp(theta)``."""
+        new = self.clone()
+        new.theta = theta
+        return new
+
+    # -- hyperparameters -----------------------------------------------------------
+    @property
+    def hyperparameters(self) -> list[Hyperparameter]:
+        """All hyperparameter specifications in ``theta`` order (fixed ones too)."""
+        return [
+            Hyperparameter(
+                name, "numeric", _check_bounds(getattr(self, name + "_bounds"), name)
+            )
+            for name in self._hyperparameter_names
+        ]
+
+    @property
+    def theta(self) -> np.ndarray:
+        """ndarray of shape (n_dims,): log of the non-fixed hyperparameters."""
+        values = [
+            float(getattr(self, h.name)) for h in self.hyperparameters if not h.fixed
+        ]
+        if any(not (v > 0.0 and np.isfinite(v)) for v in values):
+            raise ValueError(f"hyperparameters of {self!r} must be positive and finite")
+        return np.log(np.array(values, dtype=np.float64))
+
+    @theta.setter
+    def theta(self, theta) -> None:
+        theta = np.asarray(theta, dtype=np.float64).ravel()
+        free = [h for h in self.hyperparameters if not h.fixed]
+        if theta.shape != (len(free),):
+            raise ValueError(
+                f"theta has {theta.size} entries but {type(self).__name__} has "
+                f"{len(free)} non-fixed hyperparameters ({[h.name for h in free]})"
+            )
+        for h, t in zip(free, theta):
+            setattr(self, h.name, float(np.exp(t)))
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """ndarray of shape (n_dims, 2): log bounds of the non-fixed hyperparameters."""
+        b = [h.bounds for h in self.hyperparameters if not h.fixed]
+        if not b:
+            return np.empty((0, 2))
+        return np.log(np.array(b, dtype=np.float64))
+
+    @property
+    def n_dims(self) -> int:
+        """Number of non-fixed hyperparameters (length of ``theta``)."""
+        return sum(1 for h in self.hyperparameters if not h.fixed)
+
+    # -- comparison, repr, serialisation -------------------------------------------
+    def __eq__(self, other) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        a, b = self.get_params(), other.get_params()
+        return all(np.all(np.asarray(a[k] == b[k])) for k in a)
+
+    __hash__ = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form: ``{"type": class name, "params": {...}}``.
+
+        Restore with :func:`kernel_from_dict`.
+        """
+        params = {}
+        for key, value in self.get_params().items():
+            if isinstance(value, str):
+                params[key] = value
+            elif isinstance(value, (tuple, list, np.ndarray)):
+                params[key] = [float(v) for v in value]
+            elif isinstance(value, numbers.Integral):
+                params[key] = int(value)
+            else:
+                params[key] = float(value)
+        return {"type": type(self).__name__, "params": params}
+
+    # -- to implement ----------------------------------------------------------------
+    def __call__(self, X, Z=None, eval_gradient: bool = False):  # pragma: no cover
+        raise NotImplementedError
+
+    def diag(self, X) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------- cosine kernels
+class CosineKernel(Kernel):
+    """Abstract kernel ``k(x, z) = signal_variance * f(x̂·ẑ)``, evaluated by numba.
+
+    Subclasses set ``_kind`` (a :mod:`gpal._jit` kind code), ``_hyperparameter_names``
+    (``"signal_variance"`` plus at most one shape hyperparameter) and implement
+    ``_shape_param()`` and ``_validate()``.
+    """
+
+    _kind: int = -1
+
+    def _shape_param(self) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def _validate(self) -> None:
+        sv = self.signal_variance
+        if isinstance(sv, bool) or not isinstance(sv, numbers.Real) or not (
+            0.0 < float(sv) < np.inf
+        ):
+            raise ValueError(
+                f"signal_variance must be a positive finite number, got {sv!r}"
+            )
+        for h in self._hyperparameter_names:
+            _check_bounds(getattr(self, h + "_bounds"), h)
+
+    # -- shared pieces --------------------------------------------------------------
+    def _prepare(self, X, Z):
+        self._validate()
+        X = _as_matrix(X, "X")
+        Xh, xn = _jit._normalize_rows(X)
+        if Z is None:
+            return X, Xh, xn, None, Xh, xn
+        Z = _as_matrix(Z, "Z", X.shape[1])
+        Zh, zn = _jit._normalize_rows(Z)
+        return X, Xh, xn, Z, Zh, zn
+
+    def _cosines(self, Xh, xn, Zh, symmetric):
+        self_cos = (xn > 0.0).astype(np.float64)
+        return _jit._kernel_matrix(
+            Xh, Zh, self._kind, float(self._shape_param()), symmetric, self_cos
+        )
+
+    def _free_names(self) -> list[str]:
+        return [h.name for h in self.hyperparameters if not h.fixed]
+
+    @staticmethod
+    def _inverse_norms(xn):
+        inv = np.zeros_like(xn)
+        np.divide(1.0, xn, out=inv, where=xn > 0.0)
+        return inv
+
+    # -- evaluation -----------------------------------------------------------------
+    def __call__(self, X, Z=None, eval_gradient: bool = False):
+        """Kernel matrix ``K[n, m] = k(x_n, z_m)``, optionally with its θ-gradient.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Raw descriptor rows.
+        Z : array_like of shape (m, n_features), optional
+            Second argument; ``None`` means ``Z = X`` (the result is then exactly
+            symmetric with ``diag(X)`` on its diagonal).
+        eval_gradient : bool, default False
+            Also return the derivative with respect to ``theta`` (log space).
+
+        Returns
+        -------
+        K : ndarray of shape (n, m)
+        K_gradient : ndarray of shape (n, m, n_dims)
+            ``dK/dtheta``; only when ``eval_gradient`` is True.
+        """
+        X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
+        C, Fc = self._cosines(Xh, xn, Zh, Z is None)
+        s2 = float(self.signal_variance)
+        K = s2 * Fc
+        if not eval_gradient:
+            return K
+        names = self._free_names()
+        grad = np.empty(K.shape + (len(names),))
+        p = float(self._shape_param())
+        for k, name in enumerate(names):
+            if name == "signal_variance":  # d(s2 f)/dlog s2 = s2 f
+                grad[..., k] = K
+            else:
+                grad[..., k] = s2 * _jit._apply_f_dparam(C, self._kind, p)
+        return K, grad
+
+    def diag(self, X) -> np.ndarray:
+        """Diagonal ``k(x_n, x_n)``, equal to ``np.diag(self(X))`` but O(n).
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            ``signal_variance`` (``signal_variance * f(0)`` for zero-norm rows).
+        """
+        self._validate()
+        X = _as_matrix(X, "X")
+        self_cos = (np.einsum("ij,ij->i", X, X) > 0.0).astype(np.float64)
+        p = float(self._shape_param())
+        f = _jit._apply_f(self_cos[:, None], self._kind, p)[:, 0]
+        return float(self.signal_variance) * f
+
+    def gradient_x(self, X, Z) -> np.ndarray:
+        """Dense gradient ``G[n, m, :] = ∂k(x_n, z_m)/∂x_n`` (tests, small inputs).
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+        Z : array_like of shape (m, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n, m, n_features)
+        """
+        X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
+        C, _ = self._cosines(Xh, xn, Zh, False)
+        Fp = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
+        w = float(self.signal_variance) * Fp * self._inverse_norms(xn)[:, None]  # [n,m]
+        return w[:, :, None] * (Zh[None, :, :] - C[:, :, None] * Xh[:, None, :])
+
+    def weighted_gradient_x(self, X, Z, alpha) -> np.ndarray:
+        """``G[n] = Σ_m alpha_m ∂k(x_n, z_m)/∂x_n`` without an (n, m, n_features) array.
+
+        This is ``∂ε/∂x_n`` of the local energy ``ε(x) = Σ_m alpha_m k(x, z_m)`` (the
+        force trick): with ``W = alpha ∘ f'(C)``,
+        ``G = signal_variance / |x| * (W Ẑ - rowsum(W ∘ C) x̂)``.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+        Z : array_like of shape (m, n_features)
+        alpha : array_like of shape (m,)
+
+        Returns
+        -------
+        ndarray of shape (n, n_features)
+        """
+        X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
+        alpha = np.asarray(alpha, dtype=np.float64)
+        if alpha.shape != (Zh.shape[0],):
+            raise ValueError(
+                f"alpha must have shape ({Zh.shape[0]},), got {alpha.shape}"
+            )
+        C, _ = self._cosines(Xh, xn, Zh, False)
+        W = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
+        W *= alpha[None, :]  # [n, m]
+        G = W @ Zh  # [n, F]
+        G -= np.einsum("nm,nm->n", W, C)[:, None] * Xh
+        G *= (float(self.signal_variance) * self._inverse_norms(xn))[:, None]
+        return G
+
+    def contract_gradient(self, X, Z, center, dX, eval_gradient: bool = False):
+        """Kernel gradient contracted with pair derivatives of the descriptor.
+
+        ``out[p, a, m] = Σ_f ∂k(x_{c_p}, z_m)/∂x_f · dX[p, a, f]``, ``c_p = center[p]``:
+        the building block of training force and stress rows. Computed from the BLAS
+        product ``dX·Ẑᵀ`` and the per-pair projections ``dX·x̂_{c_p}``; no
+        (n, m, n_features) array is formed.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Descriptor rows of the atoms of a frame.
+        Z : array_like of shape (m, n_features)
+            Sparse (inducing) rows.
+        center : array_like of int, shape (n_pairs,)
+            Row of ``X`` each pair derivative belongs to.
+        dX : array_like of shape (n_pairs, 3, n_features)
+            ``dX[p]`` = derivative of ``X[center[p]]`` with respect to a pair vector.
+        eval_gradient : bool, default False
+            Also return the derivative with respect to ``theta`` (log space).
+
+        Returns
+        -------
+        out : ndarray of shape (n_pairs, 3, m)
+        out_gradient : ndarray of shape (n_pairs, 3, m, n_dims)
+            ``d out / d theta``; only when ``eval_gradient`` is True.
+        """
+        X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
+        n, F = X.shape
+        m = Zh.shape[0]
+        center = np.asarray(center)
+        if center.ndim != 1 or (center.size and center.dtype.kind not in "iu"):
+            raise TypeError("center must be a 1-D integer array of shape (n_pairs,)")
+        center = np.ascontiguousarray(center, dtype=np.int64)
+        P = center.shape[0]
+        if P and (center.min() < 0 or center.max() >= n):
+            raise ValueError(
+                f"center indices must lie in [0, {n}), "
+                f"got [{center.min()}, {center.max()}]"
+            )
+        dX = np.asarray(dX)
+        if dX.dtype.kind not in "biuf":
+            raise TypeError(f"dX must be a real numeric array, got dtype {dX.dtype}")
+        dX = np.ascontiguousarray(dX, dtype=np.float64)
+        if dX.shape != (P, 3, F):
+            raise ValueError(
+                f"dX must have shape (n_pairs, 3, n_features) = {(P, 3, F)}, "
+                f"got {dX.shape}"
+            )
+        C, _ = self._cosines(Xh, xn, Zh, False)
+        p = float(self._shape_param())
+        D = (dX.reshape(P * 3, F) @ Zh.T).reshape(P, 3, m)  # dX·ẑ_j  [P, 3, m]
+        b = _jit._pair_projection(dX, Xh, center)  # dX·x̂_c  [P, 3]
+        _jit._pair_tangent(D, b, C, center)  # dX·(ẑ_j - c x̂)
+        scale = float(self.signal_variance) * self._inverse_norms(xn)  # [n]
+        Fp = _jit._apply_fprime(C, self._kind, p)
+        out = _jit._pair_scale(D, Fp, scale, center)
+        if not eval_gradient:
+            return out
+        names = self._free_names()
+        grad = np.empty(out.shape + (len(names),))
+        for k, name in enumerate(names):
+            if name == "signal_variance":
+                grad[..., k] = out
+            else:
+                grad[..., k] = _jit._pair_scale(
+                    D, _jit._apply_fprime_dparam(C, self._kind, p), scale, center
+                )
+        return out, grad
+
+
+class NormalizedDotProduct(CosineKernel):
+    """Normalised dot-product (SOAP) kernel ``k = signal_variance * (x̂·ẑ)**zeta``.
+
+    Parameters
+    ----------
+    zeta : int, default 4
+        Integer exponent >= 1 (a setting, not a hyperparameter).
+    signal_variance : float, default 1.0
+        Prior variance of the local energy, eV².
+    signal_variance_bounds : (float, float) or "fixed", default (1e-3, 1e3)
+        Bounds for hyperparameter optimisation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpal.kernels import NormalizedDotProduct
+    >>> k = NormalizedDotProduct(zeta=2, signal_variance=2.0)
+    >>> k(np.array([[1.0, 0.0], [1.0, 1.0]]))
+    array([[2., 1.],
+           [1., 2.]])
+    """
+
+    _kind = _jit.KIND_DOT
+    _hyperparameter_names = ("signal_variance",)
+
+    def __init__(self, zeta=4, signal_variance=1.0, signal_variance_bounds=(1e-3, 1e3)):
+        self.zeta = zeta
+        self.signal_variance = signal_variance
+        self.signal_variance_bounds = signal_variance_bounds
+
+    def _shape_param(self) -> float:
+        return float(self.zeta)
+
+    def _validate(self) -> None:
+        z = self.zeta
+        if isinstance(z, bool) or not isinstance(z, numbers.Integral) or z < 1:
+            raise ValueError(f"zeta must be an integer >= 1, got {z!r}")
+        super()._validate()
+
+    def __repr__(self) -> str:
+        return (
+            f"NormalizedDotProduct(zeta={self.zeta}, "
+            f"signal_variance={self.signal_variance:.3g})"
+        )
+
+
+class SquaredExponential(CosineKernel):
+    """Squared-exponential kernel on normalised descriptor rows.
+
+    ``k(x, z) = signal_variance * exp(-|x̂ - ẑ|² / (2 length_scale²))
+    = signal_variance * exp((x̂·ẑ - 1) / length_scale²)``.
+
+    Parameters
+    ----------
+    length_scale : float, default 1.0
+        Length scale in the space of unit descriptor vectors (where distances are <= 2).
+    length_scale_bounds : (float, float) or "fixed", default (1e-2, 1e2)
+    signal_variance : float, default 1.0
+        Prior variance of the local energy, eV².
+    signal_variance_bounds : (float, float) or "fixed", default (1e-3, 1e3)
+    """
+
+    _kind = _jit.KIND_SE
+    _hyperparameter_names = ("signal_variance", "length_scale")
+
+    def __init__(
+        self,
+        length_scale=1.0,
+        length_scale_bounds=(1e-2, 1e2),
+        signal_variance=1.0,
+        signal_variance_bounds=(1e-3, 1e3),
+    ):
+        self.length_scale = length_scale
+        self.length_scale_bounds = length_scale_bounds
+        self.signal_variance = signal_variance
+        self.signal_variance_bounds = signal_variance_bounds
+
+    def _shape_param(self) -> float:
+        return float(self.length_scale)
+
+    def _validate(self) -> None:
+        ls = self.length_scale
+        if isinstance(ls, bool) or not isinstance(ls, numbers.Real) or not (
+            0.0 < float(ls) < np.inf
+        ):
+            raise ValueError(
+                f"length_scale must be a positive finite number, got {ls!r}"
+            )
+        super()._validate()
+
+    def __repr__(self) -> str:
+        return (
+            f"SquaredExponential(length_scale={self.length_scale:.3g}, "
+            f"signal_variance={self.signal_variance:.3g})"
+        )
+
+
+_KERNEL_TYPES = {
+    cls.__name__: cls for cls in (NormalizedDotProduct, SquaredExponential)
+}
+
+
+def kernel_from_dict(d: dict) -> Kernel:
+    """Rebuild a kernel from :meth:`Kernel.to_dict` output.
+
+    Parameters
+    ----------
+    d : dict
+        ``{"type": class name, "params": {...}}``.
+
+    Returns
+    -------
+    Kernel
+
+    Raises
+    ------
+    ValueError
+        Malformed dict or unknown kernel type (the known types are listed).
+    """
+    if not isinstance(d, dict) or "type" not in d or "params" not in d:
+        raise ValueError("a kernel dict needs the keys 'type' and 'params'")
+    cls = _KERNEL_TYPES.get(d["type"])
+    if cls is None:
+        raise ValueError(
+            f"Unknown kernel type {d['type']!r}; choose from {sorted(_KERNEL_TYPES)}"
+        )
+    params = dict(d["params"])
+    for key, value in params.items():
+        if key.endswith("_bounds") and isinstance(value, (list, tuple)):
+            params[key] = tuple(float(v) for v in value)
+    unknown = set(params) - set(cls._param_names())
+    if unknown:
+        raise ValueError(f"Unknown parameters for {cls.__name__}: {sorted(unknown)}")
+    return cls(**params)

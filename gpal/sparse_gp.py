@@ -1,0 +1,860 @@
+"""Sparse Gaussian-process regression on precomputed kernel blocks (no ASE here).
+
+Model (DTC / SoR, as in GAP and FLARE): the latent function has weights on ``M`` sparse
+(inducing) points; observation ``i`` is a linear functional of it with kernel row
+``K_nm[i]`` and Gaussian noise ``noise_std[i]``::
+
+    y ~ N(0, Q + Λ),   Q = K_nm K_mm⁻¹ K_mn,   Λ = diag(noise_std²)
+
+Posterior over the sparse weights (``Σ`` is M×M)::
+
+    Σ⁻¹ = K_mm + K_mn Λ⁻¹ K_nm,   alpha = Σ K_mn Λ⁻¹ y,   mean(s) = K_sm alpha
+
+Solved like GAP and FLARE, by a QR factorisation of the stacked matrix
+(never forming and inverting ``K_mn Λ⁻¹ K_nm``)::
+
+    A = [Λ^{-1/2} K_nm ; L_mmᵀ]  (n_obs + M, M),    b = [Λ^{-1/2} y ; 0]
+    A = Q R  ->  RᵀR = Σ⁻¹,   alpha = R⁻¹ Qᵀb
+
+where ``L_mm`` is the lower Cholesky factor of ``K_mm + jitter * mean(diag K_mm) * I``.
+``Qᵀb`` is obtained by factorising ``[A | b]`` (Q itself is never formed), and ``R`` is
+normalised to a positive diagonal, which makes it unique.
+
+Predictive variances of any linear functional with kernel row ``a`` (shape (M,)):
+
+* SoR:      ``aᵀ Σ a``                          (:meth:`SparseGPSolver.var_sor`)
+* Nyström:  ``aᵀ K_mm⁻¹ a``                      (:meth:`SparseGPSolver.var_nystrom`)
+* DTC:      ``k_ss - aᵀ K_mm⁻¹ a + aᵀ Σ a``     (:meth:`SparseGPSolver.predict_var`)
+
+SoR alone goes to zero far from the data; DTC returns to the prior there, which is
+what active learning needs.
+
+References
+----------
+Quiñonero-Candela & Rasmussen, JMLR 6, 1939 (2005) (SoR/DTC); Bartók & Csányi, Int. J.
+Quantum Chem. 115, 1051 (2015) (GAP); Vandermause et al., npj Comput. Mater. 6, 20
+(2020) (FLARE).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+from .exceptions import GpalError, NotFittedError
+
+__all__ = [
+    "SparseGPSolver",
+    "NotPositiveDefiniteError",
+    "HyperparameterResult",
+    "optimize_hyperparameters",
+]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+class NotPositiveDefiniteError(GpalError, np.linalg.LinAlgError):
+    """The sparse kernel matrix K_mm is not positive definite (even with jitter).
+
+    Derives from ``numpy.linalg.LinAlgError`` (== ``scipy.linalg.LinAlgError``), so code
+    that catches linear-algebra failures catches it too.
+    """
+
+
+# ----------------------------------------------------------------------------- helpers
+def _vector(v, name: str, n: int | None = None) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {v.shape}")
+    if n is not None and v.shape[0] != n:
+        raise ValueError(f"{name} must have length {n}, got {v.shape[0]}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return v
+
+
+def _matrix(A, name: str, n_cols: int | None = None) -> np.ndarray:
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim == 1 and n_cols is not None and A.shape[0] == n_cols:
+        A = A[None, :]
+    if A.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {A.shape}")
+    if n_cols is not None and A.shape[1] != n_cols:
+        raise ValueError(
+            f"{name} must have {n_cols} columns (n_sparse), got shape {A.shape}"
+        )
+    if not np.all(np.isfinite(A)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return A
+
+
+def _noise(noise_std, n: int) -> np.ndarray:
+    s = _vector(noise_std, "noise_std", n)
+    if np.any(s <= 0.0):
+        raise ValueError("noise_std must be strictly positive for every observation")
+    return s
+
+
+def _jittered_cholesky(K_mm: np.ndarray, jitter: float) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor of ``K_mm + jitter * mean(diag) * I``, and the added value.
+
+    Raises :class:`NotPositiveDefiniteError` with advice when it fails.
+    """
+    M = K_mm.shape[0]
+    if M == 0:
+        return np.zeros((0, 0)), 0.0
+    added = float(jitter) * float(np.mean(np.diag(K_mm)))
+    try:
+        L = scipy.linalg.cholesky(
+            K_mm + added * np.eye(M), lower=True, check_finite=False
+        )
+    except np.linalg.LinAlgError as exc:
+        raise NotPositiveDefiniteError(
+            f"The sparse kernel matrix K_mm ({M} x {M}) is not positive definite, "
+            f"even with relative jitter {jitter:g} added to its diagonal ({exc}). "
+            "This usually means duplicate or nearly identical sparse environments, "
+            "or a kernel that is too smooth for them. Try: removing near-duplicate "
+            "sparse points (e.g. farthest-point or CUR selection), gradually "
+            "increasing 'jitter' (e.g. 1e-8, 1e-6), or a sharper kernel (larger "
+            "zeta, shorter length_scale)."
+        ) from None
+    return L, added
+
+
+def _positive_diagonal(R: np.ndarray, n_cols: int) -> None:
+    """Flip row signs in place so that ``diag(R[:n_cols, :n_cols]) > 0``."""
+    d = np.sign(np.diag(R)[:n_cols])
+    d[d == 0] = 1.0
+    R[:n_cols] *= d[:, None]
+
+
+def _triangular_qr(stacked: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """R, Qᵀb and residual² of the least-squares problem ``stacked = [A | b]``.
+
+    ``stacked`` (rows, M+1) is overwritten. Q is never formed (LAPACK geqrf only).
+    """
+    rows = stacked.shape[0]
+    if rows == 0:
+        return np.zeros((M, M)), np.zeros(M), 0.0
+    (_, _), Raug = scipy.linalg.qr(
+        stacked, mode="raw", overwrite_a=True, check_finite=False
+    )
+    Raug = np.array(Raug[: M + 1], copy=True)
+    if Raug.shape[0] < M:  # fewer rows than unknowns (only possible with M = 0)
+        raise np.linalg.LinAlgError("rank-deficient least-squares problem")
+    _positive_diagonal(Raug, M)
+    R = np.ascontiguousarray(Raug[:M, :M])
+    Qtb = np.array(Raug[:M, M])
+    res2 = float(Raug[M, M] ** 2) if Raug.shape[0] > M else 0.0
+    return R, Qtb, res2
+
+
+# ----------------------------------------------------------------------------- solver
+class SparseGPSolver:
+    """Sparse GP (DTC/SoR) solver on kernel blocks, factorised by QR.
+
+    The constructor takes no arguments; :meth:`fit` does the work. Observations may be
+    appended with :meth:`update` and sparse points with :meth:`add_sparse` without the
+    caller recomputing existing kernel blocks: the solver keeps ``K_nm``, ``y`` and the
+    noise (``n_obs x M`` memory).
+
+    Attributes
+    ----------
+    alpha_ : ndarray of shape (n_sparse,)
+        Weights of the posterior mean, ``mean(s) = K_sm @ alpha_``.
+    R_ : ndarray of shape (n_sparse, n_sparse)
+        Upper-triangular factor with positive diagonal, ``R_ᵀ R_ = Σ⁻¹``.
+    Qtb_ : ndarray of shape (n_sparse,)
+        ``Qᵀ b`` of the stacked least-squares problem (``alpha_ = R_⁻¹ Qtb_``).
+    L_mm_ : ndarray of shape (n_sparse, n_sparse)
+        Lower Cholesky factor of ``K_mm_ + jitter_value_ * I``.
+    K_mm_ : ndarray of shape (n_sparse, n_sparse)
+        Sparse kernel matrix as given (without jitter).
+    K_nm_ : ndarray of shape (n_obs, n_sparse)
+        Observation kernel rows.
+    y_ : ndarray of shape (n_obs,)
+    noise_std_ : ndarray of shape (n_obs,)
+    jitter_ : float
+        Relative jitter; ``jitter_value_ = jitter_ * mean(diag(K_mm_))`` was added.
+    n_obs_, n_sparse_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpal.kernels import SquaredExponential
+    >>> from gpal.sparse_gp import SparseGPSolver
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(20, 3)); Z = X[:5]
+    >>> k = SquaredExponential(length_scale=0.7)
+    >>> y = np.sin(X[:, 0])
+    >>> gp = SparseGPSolver().fit(k(Z), k(X, Z), y, np.full(20, 0.1))
+    >>> mean = gp.predict_mean(k(X[:2], Z))
+    >>> std = np.sqrt(gp.predict_var(k(X[:2], Z), k.diag(X[:2])))
+    >>> mean.shape, bool(np.all(std >= 0))
+    ((2,), True)
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        if hasattr(self, "alpha_"):
+            return f"SparseGPSolver(n_obs={self.n_obs_}, n_sparse={self.n_sparse_})"
+        return "SparseGPSolver()"
+
+    # -- fitting ---------------------------------------------------------------------
+    def fit(
+        self, K_mm, K_nm, y, noise_std, *, jitter: float = 1e-10
+    ) -> "SparseGPSolver":
+        """Factorise the sparse GP for the given kernel blocks.
+
+        Parameters
+        ----------
+        K_mm : array_like of shape (n_sparse, n_sparse)
+            Kernel between sparse points (symmetric positive semi-definite).
+        K_nm : array_like of shape (n_obs, n_sparse)
+            Kernel rows of the observations (energy, force, stress functionals).
+        y : array_like of shape (n_obs,)
+            Observed values.
+        noise_std : array_like of shape (n_obs,)
+            Noise standard deviation of each observation (> 0).
+        jitter : float, default 1e-10
+            Relative jitter: ``jitter * mean(diag(K_mm))`` is added to the diagonal of
+            ``K_mm`` before its Cholesky factorisation.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            ``K_mm`` is not positive definite even with the jitter (the message says
+            what to try).
+        """
+        K_mm = _matrix(K_mm, "K_mm")
+        M = K_mm.shape[0]
+        if K_mm.shape != (M, M):
+            raise ValueError(f"K_mm must be square, got shape {K_mm.shape}")
+        scale = max(float(np.max(np.abs(K_mm), initial=0.0)), np.finfo(float).tiny)
+        if not np.allclose(K_mm, K_mm.T, rtol=0.0, atol=1e-10 * scale):
+            raise ValueError("K_mm must be symmetric")
+        K_nm = _matrix(K_nm, "K_nm", M)
+        n = K_nm.shape[0]
+        y = _vector(y, "y", n)
+        s = _noise(noise_std, n)
+        jitter = float(jitter)
+        if not (jitter >= 0.0 and np.isfinite(jitter)):
+            raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
+        self.K_mm_ = np.array(K_mm, copy=True)
+        self.K_nm_ = np.array(K_nm, copy=True)
+        self.y_ = np.array(y, copy=True)
+        self.noise_std_ = np.array(s, copy=True)
+        self.jitter_ = jitter
+        self._factorize()
+        return self
+
+    def _factorize(self) -> None:
+        """Cholesky of K_mm and QR of the stacked matrix from the stored blocks."""
+        M = self.K_mm_.shape[0]
+        n = self.K_nm_.shape[0]
+        self.L_mm_, self.jitter_value_ = _jittered_cholesky(self.K_mm_, self.jitter_)
+        stacked = np.zeros((n + M, M + 1))
+        stacked[:n, :M] = self.K_nm_ / self.noise_std_[:, None]  # Λ^{-1/2} K_nm  [n, M]
+        stacked[:n, M] = self.y_ / self.noise_std_  # Λ^{-1/2} y  [n]
+        stacked[n:, :M] = self.L_mm_.T  # U_mm = L_mmᵀ  [M, M]
+        self.R_, self.Qtb_, _ = _triangular_qr(stacked, M)
+        self._set_alpha()
+
+    def _set_alpha(self) -> None:
+        M = self.R_.shape[0]
+        self.alpha_ = (
+            scipy.linalg.solve_triangular(self.R_, self.Qtb_, check_finite=False)
+            if M
+            else np.zeros(0)
+        )
+        self.n_obs_, self.n_sparse_ = self.K_nm_.shape
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "alpha_"):
+            raise NotFittedError(
+                "This SparseGPSolver instance is not fitted yet. Call 'fit' with "
+                "kernel blocks before using it."
+            )
+
+    def update(self, K_nm_new, y_new, noise_new) -> "SparseGPSolver":
+        """Append observations by a QR update of the existing factor.
+
+        Factorises ``[[R, Qᵀb], [Λ_new^{-1/2} K_nm_new, Λ_new^{-1/2} y_new]]`` (size
+        (n_sparse + n_new) x (n_sparse + 1)); existing kernel blocks are neither needed
+        nor recomputed. The result equals a refit on all observations (up to rounding).
+
+        Parameters
+        ----------
+        K_nm_new : array_like of shape (n_new, n_sparse)
+        y_new : array_like of shape (n_new,)
+        noise_new : array_like of shape (n_new,)
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        M = self.n_sparse_
+        K_new = _matrix(K_nm_new, "K_nm_new", M)
+        k = K_new.shape[0]
+        y_new = _vector(y_new, "y_new", k)
+        s_new = _noise(noise_new, k)
+        if k == 0:
+            return self
+        stacked = np.empty((M + k, M + 1))
+        stacked[:M, :M] = self.R_
+        stacked[:M, M] = self.Qtb_
+        stacked[M:, :M] = K_new / s_new[:, None]
+        stacked[M:, M] = y_new / s_new
+        self.R_, self.Qtb_, _ = _triangular_qr(stacked, M)
+        self.K_nm_ = np.concatenate([self.K_nm_, K_new])
+        self.y_ = np.concatenate([self.y_, y_new])
+        self.noise_std_ = np.concatenate([self.noise_std_, s_new])
+        self._set_alpha()
+        return self
+
+    def add_sparse(self, K_mm, K_nm_new_columns) -> "SparseGPSolver":
+        """Append sparse points; the existing kernel blocks are reused, not recomputed.
+
+        The caller supplies only what is new: the enlarged ``K_mm`` (whose leading
+        ``n_sparse x n_sparse`` block must equal ``K_mm_``; pass e.g.
+        ``np.block([[solver.K_mm_, K_old_new], [K_old_new.T, K_new_new]])``) and the
+        kernel columns of the *existing* observations against the new sparse points.
+        The solver appends the columns to its stored ``K_nm_`` and refactorises
+        (O(n_obs n_sparse²) flops, no kernel evaluations). New sparse points go last.
+
+        Parameters
+        ----------
+        K_mm : array_like of shape (n_sparse + k, n_sparse + k)
+            Kernel matrix of all sparse points, old ones first.
+        K_nm_new_columns : array_like of shape (n_obs, k)
+            Kernel between the stored observations and the k new sparse points.
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        K_mm = _matrix(K_mm, "K_mm")
+        M_old = self.n_sparse_
+        M = K_mm.shape[0]
+        if K_mm.shape != (M, M) or M < M_old:
+            raise ValueError(
+                f"K_mm must be square with at least {M_old} rows (the existing sparse "
+                f"points), got shape {K_mm.shape}"
+            )
+        k = M - M_old
+        cols = np.asarray(K_nm_new_columns, dtype=np.float64)
+        if cols.ndim == 1 and k == 1 and cols.shape[0] == self.n_obs_:
+            cols = cols[:, None]
+        cols = _matrix(cols, "K_nm_new_columns", k)
+        if cols.shape[0] != self.n_obs_:
+            raise ValueError(
+                f"K_nm_new_columns must have one row per stored observation "
+                f"({self.n_obs_}), got shape {cols.shape}"
+            )
+        scale = max(float(np.max(np.abs(K_mm), initial=0.0)), np.finfo(float).tiny)
+        atol = 1e-10 * scale
+        if not np.allclose(K_mm[:M_old, :M_old], self.K_mm_, rtol=0.0, atol=atol):
+            raise ValueError("the leading block of K_mm differs from the stored K_mm_")
+        if not np.allclose(K_mm, K_mm.T, rtol=0.0, atol=atol):
+            raise ValueError("K_mm must be symmetric")
+        if k == 0:
+            return self
+        old = (self.K_mm_, self.K_nm_)
+        self.K_mm_ = np.array(K_mm, copy=True)
+        self.K_nm_ = np.concatenate([self.K_nm_, cols], axis=1)
+        try:
+            self._factorize()
+        except NotPositiveDefiniteError:
+            self.K_mm_, self.K_nm_ = old
+            self._factorize()
+            raise
+        return self
+
+    # -- prediction --------------------------------------------------------------------
+    def predict_mean(self, K_sm) -> np.ndarray:
+        """Posterior mean ``K_sm @ alpha_``.
+
+        Parameters
+        ----------
+        K_sm : array_like of shape (n_test, n_sparse)
+
+        Returns
+        -------
+        ndarray of shape (n_test,)
+        """
+        self._check_fitted()
+        return _matrix(K_sm, "K_sm", self.n_sparse_) @ self.alpha_
+
+    def _sor_factor(self, A) -> np.ndarray:
+        """``R⁻ᵀ Aᵀ``  [M, s]."""
+        return scipy.linalg.solve_triangular(
+            self.R_, A.T, trans="T", lower=False, check_finite=False
+        )
+
+    def _nystrom_factor(self, A) -> np.ndarray:
+        """``L_mm⁻¹ Aᵀ``  [M, s]."""
+        return scipy.linalg.solve_triangular(
+            self.L_mm_, A.T, lower=True, check_finite=False
+        )
+
+    def var_sor(self, A) -> np.ndarray:
+        """``diag(A Σ Aᵀ)`` with ``Σ = R⁻¹R⁻ᵀ`` (triangular solves, no inverse).
+
+        Parameters
+        ----------
+        A : array_like of shape (n_test, n_sparse)
+            Kernel rows of linear functionals (local energies, forces, ...).
+
+        Returns
+        -------
+        ndarray of shape (n_test,)
+        """
+        self._check_fitted()
+        A = _matrix(A, "A", self.n_sparse_)
+        V = self._sor_factor(A)  # [M, s]
+        return np.einsum("ms,ms->s", V, V)
+
+    def var_nystrom(self, A) -> np.ndarray:
+        """``diag(A K_mm⁻¹ Aᵀ)`` (with the jittered ``K_mm``).
+
+        Parameters
+        ----------
+        A : array_like of shape (n_test, n_sparse)
+
+        Returns
+        -------
+        ndarray of shape (n_test,)
+        """
+        self._check_fitted()
+        A = _matrix(A, "A", self.n_sparse_)
+        W = self._nystrom_factor(A)  # [M, s]
+        return np.einsum("ms,ms->s", W, W)
+
+    def cov_sor(self, A, B=None) -> np.ndarray:
+        """SoR covariance ``A Σ Bᵀ`` between linear functionals.
+
+        Parameters
+        ----------
+        A : array_like of shape (n_a, n_sparse)
+        B : array_like of shape (n_b, n_sparse), optional
+            Defaults to ``A``.
+
+        Returns
+        -------
+        ndarray of shape (n_a, n_b)
+        """
+        self._check_fitted()
+        A = _matrix(A, "A", self.n_sparse_)
+        VA = self._sor_factor(A)
+        VB = VA if B is None else self._sor_factor(_matrix(B, "B", self.n_sparse_))
+        return VA.T @ VB
+
+    def cov_nystrom(self, A, B=None) -> np.ndarray:
+        """Nyström covariance ``A K_mm⁻¹ Bᵀ`` (with the jittered ``K_mm``).
+
+        Parameters
+        ----------
+        A : array_like of shape (n_a, n_sparse)
+        B : array_like of shape (n_b, n_sparse), optional
+            Defaults to ``A``.
+
+        Returns
+        -------
+        ndarray of shape (n_a, n_b)
+        """
+        self._check_fitted()
+        A = _matrix(A, "A", self.n_sparse_)
+        WA = self._nystrom_factor(A)
+        WB = WA if B is None else self._nystrom_factor(_matrix(B, "B", self.n_sparse_))
+        return WA.T @ WB
+
+    def predict_var(self, K_sm, k_ss) -> np.ndarray:
+        """DTC predictive variance ``k_ss - var_nystrom(K_sm) + var_sor(K_sm)``.
+
+        Negative values (cancellation when the prior is almost fully explained by the
+        sparse points) are clipped to 0. A warning is issued only when a value is
+        negative beyond round-off (below ``-1e-10 * max(k_ss)``).
+
+        Parameters
+        ----------
+        K_sm : array_like of shape (n_test, n_sparse)
+        k_ss : array_like of shape (n_test,)
+            Prior variances ``k(s, s)`` of the same functionals.
+
+        Returns
+        -------
+        ndarray of shape (n_test,)
+            Non-negative latent variances (no observation noise added).
+        """
+        self._check_fitted()
+        K_sm = _matrix(K_sm, "K_sm", self.n_sparse_)
+        k_ss = _vector(k_ss, "k_ss", K_sm.shape[0])
+        var = k_ss - self.var_nystrom(K_sm) + self.var_sor(K_sm)
+        neg = var < 0.0
+        if np.any(neg):
+            k_max = float(np.max(np.abs(k_ss), initial=0.0))
+            tol = 1e-10 * max(k_max, np.finfo(float).tiny)
+            if np.any(var < -tol):
+                warnings.warn(
+                    "Predicted variances smaller than 0. Setting those variances to 0. "
+                    f"(most negative: {var.min():.3g}; increase 'jitter' if this "
+                    "recurs)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            var[neg] = 0.0
+        return var
+
+    def predict_cov(self, K_sm, K_ss) -> np.ndarray:
+        """DTC predictive covariance ``K_ss - K_sm K_mm⁻¹ K_ms + K_sm Σ K_ms``.
+
+        Parameters
+        ----------
+        K_sm : array_like of shape (n_test, n_sparse)
+        K_ss : array_like of shape (n_test, n_test)
+            Prior covariance of the test functionals.
+
+        Returns
+        -------
+        ndarray of shape (n_test, n_test)
+            Not clipped (use :meth:`predict_var` for the diagonal).
+        """
+        self._check_fitted()
+        K_sm = _matrix(K_sm, "K_sm", self.n_sparse_)
+        K_ss = _matrix(K_ss, "K_ss", K_sm.shape[0])
+        return K_ss - self.cov_nystrom(K_sm) + self.cov_sor(K_sm)
+
+    # -- evidence ----------------------------------------------------------------------
+    def log_marginal_likelihood(
+        self,
+        *,
+        eval_gradient: bool = False,
+        noise_groups=None,
+        signal_variance_gradient: bool = False,
+        K_mm_gradient=None,
+        K_nm_gradient=None,
+    ):
+        """Log evidence of the DTC/SoR model, ``log N(y | 0, Q + Λ)``, and its gradient.
+
+        Computed from the fitted factors::
+
+            yᵀ(Q+Λ)⁻¹y  = |Λ^{-1/2}(y - K_nm alpha)|² + |L_mmᵀ alpha|²
+            log|Q+Λ|    = log|Λ| + 2 Σ log|diag R| - 2 Σ log diag L_mm
+
+        The gradient with respect to a parameter with ``dQ`` and ``dΛ`` is
+        ``½ βᵀ(dQ + dΛ)β - ½ tr((Q+Λ)⁻¹(dQ + dΛ))`` with ``β = Λ⁻¹(y - K_nm alpha)``.
+        Using ``K_mn (Q+Λ)⁻¹ = K_mm Σ K_mn Λ⁻¹`` it reduces to Frobenius products with
+        (n_obs, M) and (M, M) weight matrices::
+
+            d lml = <β αᵀ - Λ⁻¹ K_nm Σ, dK_nm> + ½ <K_mm⁻¹ - Σ - α αᵀ, dK_mm>
+            d lml / d log σ_g = Σ_{i in g} (σ_i² β_i² - 1 + [K_nm Σ K_mn]_ii / σ_i²)
+
+        Parameters
+        ----------
+        eval_gradient : bool, default False
+            Also return the gradient.
+        noise_groups : array_like of int, shape (n_obs,), optional
+            Group label ``0 .. n_groups-1`` of each observation (e.g. 0 energy,
+            1 force, 2 stress). The gradient has one entry per group: the derivative
+            with respect to the log of a factor multiplying the noise std of every
+            observation of that group. ``None``: one group.
+        signal_variance_gradient : bool, default False
+            Include the derivative with respect to log signal variance, i.e. a common
+            factor on ``K_mm`` and ``K_nm``. Leave False if ``K_mm_gradient`` already
+            contains it (a kernel's ``eval_gradient`` output does when its
+            ``signal_variance`` is not fixed).
+        K_mm_gradient : array_like of shape (n_sparse, n_sparse, n_dims), optional
+            ``dK_mm/dθ`` (without jitter; the relative jitter's derivative is added).
+        K_nm_gradient : array_like of shape (n_obs, n_sparse, n_dims), optional
+            ``dK_nm/dθ``; required together with ``K_mm_gradient``.
+
+        Returns
+        -------
+        lml : float
+        gradient : ndarray of shape (n_groups + [1] + n_dims,)
+            Only when ``eval_gradient``: noise groups first, then the log signal
+            variance (if requested), then the kernel hyperparameters.
+        """
+        self._check_fitted()
+        n, M = self.K_nm_.shape
+        s = self.noise_std_
+        resid = (self.y_ - self.K_nm_ @ self.alpha_) / s  # Λ^{-1/2}(y - K_nm α)  [n]
+        Ua = self.L_mm_.T @ self.alpha_  # [M]
+        quad = float(resid @ resid + Ua @ Ua)
+        logdet = (
+            2.0 * np.sum(np.log(s))
+            + 2.0 * np.sum(np.log(np.abs(np.diag(self.R_))))
+            - 2.0 * np.sum(np.log(np.diag(self.L_mm_)))
+        )
+        lml = -0.5 * quad - 0.5 * float(logdet) - 0.5 * n * _LOG_2PI
+        if not eval_gradient:
+            return lml
+
+        # groups
+        if noise_groups is None:
+            groups = np.zeros(n, dtype=np.int64)
+            n_groups = 1
+        else:
+            groups = np.asarray(noise_groups)
+            if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
+                raise ValueError(
+                    f"noise_groups must be an integer array of shape ({n},)"
+                )
+            groups = groups.astype(np.int64)
+            if n and groups.min() < 0:
+                raise ValueError("noise_groups labels must be >= 0")
+            n_groups = int(groups.max()) + 1 if n else 0
+        has_kernel = K_mm_gradient is not None or K_nm_gradient is not None
+        if has_kernel:
+            if K_mm_gradient is None or K_nm_gradient is None:
+                raise ValueError(
+                    "give both K_mm_gradient and K_nm_gradient, or neither"
+                )
+            dK_mm = np.asarray(K_mm_gradient, dtype=np.float64)
+            dK_nm = np.asarray(K_nm_gradient, dtype=np.float64)
+            if dK_mm.ndim == 2:
+                dK_mm = dK_mm[:, :, None]
+            if dK_nm.ndim == 2:
+                dK_nm = dK_nm[:, :, None]
+            d = dK_mm.shape[2]
+            if dK_mm.shape != (M, M, d) or dK_nm.shape != (n, M, d):
+                raise ValueError(
+                    f"K_mm_gradient must have shape ({M}, {M}, n_dims) and "
+                    f"K_nm_gradient ({n}, {M}, n_dims); got {dK_mm.shape} and "
+                    f"{dK_nm.shape}"
+                )
+
+        beta = resid / s  # Λ⁻¹(y - K_nm α)  [n]
+        Y = self._sor_factor(self.K_nm_)  # R⁻ᵀ K_mn  [M, n]
+        v = np.einsum("mn,mn->n", Y, Y)  # diag(K_nm Σ K_mn)  [n]
+        g_noise = np.bincount(
+            groups, weights=s**2 * beta**2 - 1.0 + v / s**2, minlength=n_groups
+        )
+        parts = [g_noise]
+        if signal_variance_gradient or has_kernel:
+            KS = scipy.linalg.solve_triangular(self.R_, Y, check_finite=False).T
+            W_nm = np.outer(beta, self.alpha_) - KS / (s**2)[:, None]  # [n, M]
+            I = np.eye(M)
+            Rinv = scipy.linalg.solve_triangular(self.R_, I, check_finite=False)
+            Sigma = Rinv @ Rinv.T  # [M, M]
+            Kinv = scipy.linalg.cho_solve((self.L_mm_, True), I, check_finite=False)
+            W_mm = 0.5 * (Kinv - Sigma - np.outer(self.alpha_, self.alpha_))  # [M, M]
+            tr_W_mm = float(np.trace(W_mm))
+            mean_diag_scale = self.jitter_ / M if M else 0.0
+            if signal_variance_gradient:  # dK = K for both blocks; jitter scales too
+                K_mm_j = self.K_mm_ + self.jitter_value_ * I
+                g_sv = np.sum(W_nm * self.K_nm_) + np.sum(W_mm * K_mm_j)
+                parts.append(np.array([g_sv]))
+            if has_kernel:
+                g = np.tensordot(W_nm, dK_nm, axes=([0, 1], [0, 1]))
+                g += np.tensordot(W_mm, dK_mm, axes=([0, 1], [0, 1]))
+                # relative jitter: d(jitter mean(diag K_mm)) = jitter mean(diag dK_mm)
+                g += mean_diag_scale * np.einsum("iik->k", dK_mm) * tr_W_mm
+                parts.append(g)
+        return lml, np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------- optimiser
+@dataclass
+class HyperparameterResult:
+    """Outcome of :func:`optimize_hyperparameters`.
+
+    Attributes
+    ----------
+    noise_levels : ndarray of shape (n_groups,)
+        Optimised noise factor of each observation group.
+    kernel_theta : ndarray of shape (n_dims,)
+        Optimised kernel hyperparameters (log space, as ``kernel.theta``).
+    log_marginal_likelihood : float
+        Value at the optimum.
+    optimize_result : scipy.optimize.OptimizeResult
+        The best L-BFGS-B run (``x`` is in log space over the free parameters).
+    n_runs : int
+        Number of L-BFGS-B runs (1 + restarts).
+    """
+
+    noise_levels: np.ndarray
+    kernel_theta: np.ndarray
+    log_marginal_likelihood: float
+    optimize_result: scipy.optimize.OptimizeResult
+    n_runs: int
+
+
+def optimize_hyperparameters(
+    build_blocks: Callable,
+    y,
+    noise_groups,
+    noise_levels0,
+    kernel_theta0,
+    *,
+    kernel_bounds=None,
+    noise_scale=None,
+    noise_bounds=(1e-6, 1e2),
+    jitter: float = 1e-10,
+    n_restarts: int = 0,
+    random_state=None,
+    options: dict | None = None,
+) -> HyperparameterResult:
+    """Maximise the sparse-GP log marginal likelihood with L-BFGS-B in log space.
+
+    The noise std of observation ``i`` is ``noise_levels[noise_groups[i]] *
+    noise_scale[i]`` (``noise_scale`` holds fixed per-observation factors, e.g.
+    ``sqrt(n_atoms)`` for total energies). The kernel blocks are rebuilt by the
+    caller for each kernel θ.
+
+    Parameters
+    ----------
+    build_blocks : callable
+        ``build_blocks(kernel_theta) -> (K_mm, K_nm, dK_mm, dK_nm)`` with shapes
+        (M, M), (n_obs, M), (M, M, n_dims), (n_obs, M, n_dims); derivatives in log
+        space (e.g. from ``kernel.clone_with_theta(theta)(Z, eval_gradient=True)``).
+        ``dK_mm``/``dK_nm`` may be None when ``n_dims == 0``.
+    y : array_like of shape (n_obs,)
+    noise_groups : array_like of int, shape (n_obs,)
+        Group ``0 .. n_groups-1`` of each observation.
+    noise_levels0 : array_like of shape (n_groups,)
+        Initial noise factor of each group.
+    kernel_theta0 : array_like of shape (n_dims,)
+        Initial kernel θ (log space).
+    kernel_bounds : array_like of shape (n_dims, 2), optional
+        Log bounds of the kernel θ (``kernel.bounds``); default unbounded.
+    noise_scale : array_like of shape (n_obs,), optional
+        Fixed per-observation noise factors; default 1.
+    noise_bounds : (float, float), list of them (one per group) or "fixed"
+        Default (1e-6, 1e2).
+        Linear-space bounds of the noise levels; ``"fixed"`` (globally or per group)
+        keeps that level out of the optimisation.
+    jitter : float, default 1e-10
+        Relative jitter passed to :meth:`SparseGPSolver.fit`.
+    n_restarts : int, default 0
+        Extra runs from log-uniform random starts within the bounds (every free
+        parameter must then have finite bounds).
+    random_state : int, numpy.random.Generator or None
+        Seeds the restarts.
+    options : dict, optional
+        Passed to ``scipy.optimize.minimize``.
+
+    Returns
+    -------
+    HyperparameterResult
+    """
+    y = _vector(y, "y")
+    n = y.shape[0]
+    groups = np.asarray(noise_groups)
+    if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
+        raise ValueError(f"noise_groups must be an integer array of shape ({n},)")
+    groups = groups.astype(np.int64)
+    levels0 = _vector(noise_levels0, "noise_levels0")
+    G = levels0.shape[0]
+    if n and (groups.min() < 0 or groups.max() >= G):
+        raise ValueError(f"noise_groups labels must lie in [0, {G})")
+    if np.any(levels0 <= 0):
+        raise ValueError("noise_levels0 must be positive")
+    scale = np.ones(n) if noise_scale is None else _noise(noise_scale, n)
+    theta_k0 = _vector(kernel_theta0, "kernel_theta0")
+    d = theta_k0.shape[0]
+
+    # bounds of the full log vector [log noise levels (G), kernel θ (d)]
+    if isinstance(noise_bounds, str):
+        if noise_bounds != "fixed":
+            raise ValueError(
+                "noise_bounds must be a pair, a list of pairs or 'fixed', "
+                f"got {noise_bounds!r}"
+            )
+        nb = ["fixed"] * G
+    else:
+        nb = list(noise_bounds)
+        if len(nb) == 2 and all(isinstance(b, numbers.Real) for b in nb):
+            nb = [tuple(nb)] * G
+        elif len(nb) != G:
+            raise ValueError(
+                f"noise_bounds needs one (low, high) pair or 'fixed' per group ({G})"
+            )
+    free = np.ones(G + d, dtype=bool)
+    lo = np.full(G + d, -np.inf)
+    hi = np.full(G + d, np.inf)
+    for g, b in enumerate(nb):
+        if isinstance(b, str):
+            if b != "fixed":
+                raise ValueError(f"invalid noise bound {b!r}")
+            free[g] = False
+        else:
+            lo[g], hi[g] = np.log(float(b[0])), np.log(float(b[1]))
+    if kernel_bounds is not None:
+        kb = np.asarray(kernel_bounds, dtype=np.float64).reshape(-1, 2)
+        if kb.shape != (d, 2):
+            raise ValueError(f"kernel_bounds must have shape ({d}, 2), got {kb.shape}")
+        lo[G:], hi[G:] = kb[:, 0], kb[:, 1]
+    full0 = np.concatenate([np.log(levels0), theta_k0])
+    full0[free] = np.clip(full0[free], lo[free], hi[free])
+
+    def unpack(x):
+        full = full0.copy()
+        full[free] = x
+        return full
+
+    def objective(x):
+        full = unpack(x)
+        levels = np.exp(full[:G])
+        K_mm, K_nm, dK_mm, dK_nm = build_blocks(full[G:])
+        if d == 0:
+            dK_mm = dK_nm = None
+        try:
+            noise = levels[groups] * scale
+            solver = SparseGPSolver().fit(K_mm, K_nm, y, noise, jitter=jitter)
+            lml, grad = solver.log_marginal_likelihood(
+                eval_gradient=True,
+                noise_groups=groups,
+                K_mm_gradient=dK_mm,
+                K_nm_gradient=dK_nm,
+            )
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(x.shape)
+        n_lml_groups = int(groups.max()) + 1 if n else 0  # groups seen by the lml
+        g_full = np.zeros(G + d)
+        g_full[:n_lml_groups] = grad[:n_lml_groups]
+        g_full[G:] = grad[n_lml_groups:]
+        return -lml, -g_full[free]
+
+    bounds = [
+        (a if np.isfinite(a) else None, b if np.isfinite(b) else None)
+        for a, b in zip(lo[free], hi[free])
+    ]
+    starts = [full0[free]]
+    if n_restarts > 0:
+        if not (np.all(np.isfinite(lo[free])) and np.all(np.isfinite(hi[free]))):
+            raise ValueError(
+                "n_restarts > 0 requires finite bounds on every free parameter"
+            )
+        rng = np.random.default_rng(random_state)
+        for _ in range(int(n_restarts)):
+            starts.append(rng.uniform(lo[free], hi[free]))
+    best = None
+    for x0 in starts:
+        res = scipy.optimize.minimize(
+            objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    full = unpack(best.x)
+    return HyperparameterResult(
+        noise_levels=np.exp(full[:G]),
+        kernel_theta=full[G:],
+        log_marginal_likelihood=float(-best.fun),
+        optimize_result=best,
+        n_runs=len(starts),
+    )
