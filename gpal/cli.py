@@ -129,10 +129,21 @@ def cmd_learn(args) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(n_workers)
+    descriptor = None
+    if cfg.get("descriptor"):
+        from .descriptors import SOAP
+
+        d = dict(cfg["descriptor"])
+        d.setdefault("weighting", {"function": "poly", "r0": d.get("r_cut", 5.0), "c": 1, "m": 1})
+        descriptor = SOAP(
+            species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
+            periodic=d.pop("periodic", bool(structure.pbc.any())),
+            **d,
+        )
     learner = ActiveLearner(
         structure,
         oracle,
-        SparseGP(**cfg["model"]),
+        SparseGP(descriptor, **cfg["model"]),
         run_dir=run_dir,
         md=MDSettings(temperature=temperature, timestep=md.get("timestep", 1.0), friction=md.get("friction", 0.02)),
         trigger=Trigger(**cfg["trigger"]),
