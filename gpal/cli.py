@@ -254,7 +254,7 @@ def _force_errors(model, frames, calibrated=False):
     for a in frames:
         p = model.predict(a, return_std=True, forces_std=True, calibrated=calibrated)
         err.append((p["forces"] - a.get_forces()).ravel())
-        std.append(p["forces_std"].ravel())
+        std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
     return np.concatenate(err), np.concatenate(std)
 
 

@@ -689,7 +689,7 @@ class ActiveLearner:
         for a in self.validation:
             p = self.model.predict(a, return_std=True, forces_std=True)
             err.append((p["forces"] - a.get_forces()).ravel())
-            std.append(p["forces_std"].ravel())
+            std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
             e_err.append((p["energy"] - a.get_potential_energy()) / len(a))
         err, std = np.concatenate(err), np.concatenate(std)
         cal = calibration.StdCalibrator().fit(err, std)

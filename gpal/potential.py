@@ -668,7 +668,7 @@ class SparseGP:
             cand = np.flatnonzero(dmin > 1e-3)
             idx = rng.choice(cand, size=min(n_new, len(cand)), replace=False) if len(cand) else cand
         elif method == "fps":
-            idx = selection.farthest_point_sampling_from(Xn, n_new, dmin, metric="euclidean")
+            idx = selection.farthest_point_sampling_from(Xn, min(n_new, len(Xn)), dmin, metric="euclidean")
             idx = idx[dmin[idx] > 1e-3] if len(idx) else idx
         else:  # variance, greedy with exclusion of near-duplicates
             K = self._k_xm(X, numbers, self.sparse_X_, self.sparse_species_)

@@ -1,0 +1,572 @@
+"""Tests for gpal.selection: every selector against a plain brute-force reference."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from gpal.selection import (
+    AcquisitionSchedule,
+    LowRankCovariance,
+    cur_selection,
+    farthest_point_sampling,
+    farthest_point_sampling_from,
+    frame_farthest_point_sampling,
+    greedy_batch,
+    greedy_batch_lowrank,
+    greedy_targeted_batch,
+    information_gain,
+    random_selection,
+    select_by_variance,
+    select_frames_by_variance,
+    targeted_acquisition,
+)
+
+
+# --------------------------------------------------------------------------------------
+# brute-force references (plain numpy, written for clarity, not speed)
+# --------------------------------------------------------------------------------------
+def fps_reference(D, n_select, start):
+    """FPS on a distance matrix D: next pick = argmax over unpicked of min distance."""
+    picks = [start]
+    dists = [np.inf]
+    while len(picks) < n_select:
+        d = D[:, picks].min(axis=1)
+        d[picks] = -np.inf
+        nxt = int(np.argmax(d))  # first maximum = lowest index
+        picks.append(nxt)
+        dists.append(d[nxt])
+    return np.array(picks), np.array(dists)
+
+
+def euclidean_matrix(X):
+    return np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+
+
+def cosine_matrix(X):
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return euclidean_matrix(Xn)
+
+
+def frame_distance_matrix(frames, zeta):
+    """d(A,B)² = kbar(A,A) + kbar(B,B) - 2 kbar(A,B); kbar = mean of cos^zeta."""
+    normed = [f / np.linalg.norm(f, axis=1, keepdims=True) for f in frames]
+    n = len(frames)
+    kbar = np.empty((n, n))
+    for a in range(n):
+        for b in range(n):
+            kbar[a, b] = np.mean((normed[a] @ normed[b].T) ** zeta)
+    d2 = np.diag(kbar)[:, None] + np.diag(kbar)[None, :] - 2 * kbar
+    return np.sqrt(np.maximum(d2, 0))
+
+
+def random_psd(rng, n, rank=None, scale=1.0):
+    rank = n if rank is None else rank
+    B = rng.normal(size=(n, rank))
+    return scale * B @ B.T / rank
+
+
+def logdet(M):
+    sign, val = np.linalg.slogdet(M)
+    assert sign > 0
+    return val
+
+
+def information_gain_of_set(K, noise, S):
+    """½ log det(I + N^{-1/2} K_SS N^{-1/2}) = ½ [log det(K_SS + N_S) - Σ log σ_i²]."""
+    S = list(S)
+    if not S:
+        return 0.0
+    return 0.5 * (
+        logdet(K[np.ix_(S, S)] + np.diag(noise[S])) - np.sum(np.log(noise[S]))
+    )
+
+
+def greedy_logdet_reference(K, noise, n_select):
+    """At each step take argmax_i log det(K_{S+i} + σ² I) by explicit determinants.
+
+    With per-candidate noise the objective is the information gain of the set (the Σ log
+    σ_i² term makes noisy candidates no more attractive); for a constant noise it is the
+    plain log det (the subtracted term is the same for every candidate).
+    """
+    S = []
+    for _ in range(n_select):
+        best, best_val = None, -np.inf
+        for i in range(K.shape[0]):
+            if i in S:
+                continue
+            T = S + [i]
+            val = logdet(K[np.ix_(T, T)] + np.diag(noise[T])) - np.sum(np.log(noise[T]))
+            if val > best_val:
+                best, best_val = i, val
+        S.append(best)
+    return np.array(S)
+
+
+# --------------------------------------------------------------------------------------
+# farthest-point sampling
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_fps_matches_reference(metric, seed):
+    rng = np.random.default_rng(seed)
+    n, F = [(120, 13), (200, 8), (90, 3), (150, 40)][seed]
+    # clustered data, like descriptors of a few structural motifs
+    centres = rng.normal(size=(5, F)) * 3
+    X = centres[rng.integers(5, size=n)] + rng.normal(size=(n, F)) * rng.uniform(
+        0.05, 1.0
+    )
+    X += 10.0 if metric == "cosine" else 0.0  # keep rows away from zero norm
+    D = euclidean_matrix(X) if metric == "euclidean" else cosine_matrix(X)
+    start = int(rng.integers(n))
+    n_select = 40 if seed != 2 else n  # seed 2: the complete ordering
+    idx, dist = farthest_point_sampling(
+        X, n_select, start=start, metric=metric, return_distances=True
+    )
+    ref_idx, ref_dist = fps_reference(D, n_select, start)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-10, atol=1e-12)
+    assert idx.dtype == np.int64 and idx.shape == (n_select,)
+    assert np.all(np.diff(dist[1:]) <= 1e-12)  # covering radius never grows
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_fps_high_dimensional_data_uses_blas_screen_and_stays_exact(metric):
+    from gpal import selection
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(400, 64)) + (3.0 if metric == "cosine" else 0.0)
+    D = euclidean_matrix(X) if metric == "euclidean" else cosine_matrix(X)
+    idx, dist = farthest_point_sampling(
+        X, 80, start=7, metric=metric, return_distances=True
+    )
+    ref_idx, ref_dist = fps_reference(D, 80, 7)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-10)
+    # the triangle-inequality screen is useless here; the BLAS screen must kick in
+    scale = np.ones(400) if metric == "euclidean" else 1 / np.linalg.norm(X, axis=1)
+    inf = np.full(400, np.inf)
+    picks, _, n_eval = selection._fps_kernel(
+        X, scale, inf, 7, 80, selection._PRUNE_MARGIN, 0.5, 0.2
+    )
+    np.testing.assert_array_equal(picks, ref_idx)
+    assert n_eval[40:].mean() < 0.2 * 400
+    # and with the BLAS screen disabled the picks are the same
+    plain = selection._fps_kernel(
+        X, scale, inf, 7, 80, selection._PRUNE_MARGIN, 2.0, 0.0
+    )
+    np.testing.assert_array_equal(plain[0], ref_idx)
+    assert plain[2][40:].mean() > 0.5 * 400
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fps_from_existing_selection_matches_reference(metric, seed):
+    rng = np.random.default_rng(20 + seed)
+    F = [5, 16, 40][seed]
+    existing = rng.normal(size=(15, F)) + 4.0
+    X = np.concatenate([rng.normal(size=(150, F)) + 4.0, existing[:3] + 1e-9])
+    both = np.concatenate([X, existing])
+    D = euclidean_matrix(both) if metric == "euclidean" else cosine_matrix(both)
+    d0 = D[: len(X), len(X) :].min(axis=1)
+    # reference: plain FPS over X where the existing points count as earlier picks
+    picks, dists = [], []
+    mind = d0.copy()
+    for _ in range(60):
+        masked = mind.copy()
+        masked[picks] = -np.inf
+        nxt = int(np.argmax(masked))
+        picks.append(nxt)
+        dists.append(mind[nxt])
+        mind = np.minimum(mind, D[: len(X), nxt])
+    idx, dist = farthest_point_sampling_from(
+        X, 60, d0, metric=metric, return_distances=True
+    )
+    np.testing.assert_array_equal(idx, picks)
+    np.testing.assert_allclose(dist, dists, rtol=1e-9, atol=1e-12)
+    assert not set(idx) & {150, 151, 152}  # near-copies of existing points come last
+    # no existing selection: plain FPS from the first row
+    np.testing.assert_array_equal(
+        farthest_point_sampling_from(X, 20, np.full(len(X), np.inf), metric=metric),
+        farthest_point_sampling(X, 20, start=0, metric=metric),
+    )
+
+
+def test_fps_ties_go_to_lowest_index_and_duplicates_come_last():
+    # integer grid (exact distances in any summation order) with duplicated points
+    g = np.array(list(itertools.product(range(3), range(3))), dtype=float)
+    X = np.concatenate([g, g[[4, 0]]])  # rows 9, 10 duplicate rows 4, 0
+    D = euclidean_matrix(X)
+    for start in range(len(X)):
+        idx = farthest_point_sampling(X, len(X), start=start)
+        np.testing.assert_array_equal(idx, fps_reference(D, len(X), start)[0])
+        assert sorted(idx) == list(range(len(X)))  # each row exactly once
+    idx, dist = farthest_point_sampling(X, len(X), start=4, return_distances=True)
+    assert list(idx[:5]) == [
+        4,
+        0,
+        2,
+        6,
+        8,
+    ]  # four corners at equal distance: lowest index first
+    assert np.all(dist[-2:] == 0)  # the duplicates come last
+
+
+def test_fps_random_start_is_seeded():
+    X = np.random.default_rng(5).normal(size=(60, 4))
+    a = farthest_point_sampling(X, 10, random_state=42)
+    b = farthest_point_sampling(X, 10, random_state=np.random.default_rng(42))
+    np.testing.assert_array_equal(a, b)
+    assert a[0] == np.random.default_rng(42).integers(60)
+    assert farthest_point_sampling(X, 0).shape == (0,)
+
+
+def test_fps_accepts_non_contiguous_and_integer_input():
+    X = np.random.default_rng(6).integers(0, 20, size=(50, 9))
+    ref = farthest_point_sampling(X.astype(float), 12, start=3)
+    np.testing.assert_array_equal(farthest_point_sampling(X, 12, start=3), ref)
+    Xf = np.asfortranarray(X.astype(float))
+    np.testing.assert_array_equal(farthest_point_sampling(Xf, 12, start=3), ref)
+
+
+# --------------------------------------------------------------------------------------
+# frame FPS
+# --------------------------------------------------------------------------------------
+def _random_frames(rng, n_frames=25, F=7):
+    frames = []
+    for _ in range(n_frames):
+        n_atoms = int(rng.integers(1, 9))
+        frames.append(
+            np.abs(rng.normal(size=(n_atoms, F))) + rng.uniform(0, 1) * np.arange(F)
+        )
+    return frames
+
+
+@pytest.mark.parametrize("zeta", [1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_frame_fps_matches_reference(zeta, seed):
+    rng = np.random.default_rng(seed)
+    frames = _random_frames(rng)
+    D = frame_distance_matrix(frames, zeta)
+    idx, dist = frame_farthest_point_sampling(
+        frames, 12, zeta=zeta, start=2, return_distances=True
+    )
+    ref_idx, ref_dist = fps_reference(D, 12, 2)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-6, atol=1e-8)
+
+
+def test_frame_distance_is_size_intensive():
+    rng = np.random.default_rng(3)
+    A = rng.random((4, 6)) + 0.1
+    frames = [
+        A,
+        np.concatenate([A, A]),
+        rng.random((3, 6)) + 0.1,
+    ]  # frame 1 = supercell of frame 0
+    for zeta in (1, 2):
+        idx, dist = frame_farthest_point_sampling(
+            frames, 3, zeta=zeta, start=0, return_distances=True
+        )
+        assert list(idx) == [0, 2, 1]
+        assert dist[2] == pytest.approx(0.0, abs=1e-7)
+
+
+# --------------------------------------------------------------------------------------
+# variance / information gain
+# --------------------------------------------------------------------------------------
+def test_select_by_variance_ranks_by_information_gain():
+    rng = np.random.default_rng(0)
+    var = rng.random(50)
+    noise = rng.uniform(0.01, 0.5, 50)
+    idx, score = select_by_variance(var, noise, return_scores=True)
+    np.testing.assert_allclose(score, 0.5 * np.log(1 + var / noise))
+    np.testing.assert_array_equal(idx, np.argsort(-(var / noise), kind="stable"))
+    np.testing.assert_array_equal(select_by_variance(var, noise, n_select=5), idx[:5])
+    thr = np.median(score)
+    sel = select_by_variance(var, noise, threshold=thr)
+    assert set(sel) == set(np.flatnonzero(score > thr)) and np.all(
+        np.diff(score[sel]) <= 0
+    )
+    both = select_by_variance(var, noise, n_select=3, threshold=thr)
+    np.testing.assert_array_equal(both, sel[:3])
+    # constant noise: the maximum-variance rule; ties to the lowest index
+    v = np.array([0.1, 0.3, 0.3, 0.2, 0.3])
+    np.testing.assert_array_equal(select_by_variance(v, 0.01), [1, 2, 4, 3, 0])
+    np.testing.assert_allclose(information_gain(v, 0.01), 0.5 * np.log1p(v / 0.01))
+
+
+@pytest.mark.parametrize("reduce", ["max", "sum"])
+def test_select_frames_by_variance(reduce):
+    rng = np.random.default_rng(1)
+    frames = [rng.random((int(rng.integers(1, 6)), 3)) for _ in range(10)]
+    noise = [rng.uniform(0.1, 1, f.shape) for f in frames]
+    idx, score = select_frames_by_variance(
+        frames, noise, reduce=reduce, return_scores=True
+    )
+    ig = [0.5 * np.log(1 + v / s) for v, s in zip(frames, noise)]
+    expected = np.array([g.max() if reduce == "max" else g.sum() for g in ig])
+    np.testing.assert_allclose(score, expected)
+    np.testing.assert_array_equal(idx, np.argsort(-expected, kind="stable"))
+    np.testing.assert_array_equal(
+        select_frames_by_variance(frames, 0.2, n_select=2, reduce=reduce),
+        select_frames_by_variance(
+            frames, [np.full(f.shape, 0.2) for f in frames], reduce=reduce
+        )[:2],
+    )
+
+
+# --------------------------------------------------------------------------------------
+# greedy batch = greedy log-det
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("hetero", [False, True])
+def test_greedy_batch_equals_bruteforce_logdet(seed, hetero):
+    rng = np.random.default_rng(seed)
+    n = 14
+    K = random_psd(rng, n, rank=6)
+    noise = rng.uniform(0.01, 0.3, n) if hetero else np.full(n, 0.05)
+    ref = greedy_logdet_reference(K, noise, 8)
+    idx, gains = greedy_batch(K, noise if hetero else 0.05, 8, return_gains=True)
+    np.testing.assert_array_equal(idx, ref)
+    # the marginal gains add up to the information gain of the batch, and shrink
+    np.testing.assert_allclose(
+        np.cumsum(gains),
+        [information_gain_of_set(K, noise, ref[: k + 1]) for k in range(8)],
+    )
+    assert np.all(np.diff(gains) <= 1e-12)
+
+
+def test_greedy_batch_within_1_minus_1_over_e_of_optimum():
+    # The guarantee is for the normalised monotone submodular objective
+    # f(S) = log det(I + K_SS/σ²) = log det(K_SS + σ²I) - |S| log σ², f(∅) = 0.
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        n, k = 10, 4
+        K = random_psd(rng, n, rank=3)
+        noise = np.full(n, 0.1)
+        idx = greedy_batch(K, 0.1, k)
+        f = information_gain_of_set
+        best = max(f(K, noise, S) for S in itertools.combinations(range(n), k))
+        assert f(K, noise, idx) >= (1 - 1 / math.e) * best - 1e-12
+        assert f(K, noise, idx) <= best + 1e-12
+
+
+def test_greedy_batch_lowrank_and_callable_equal_dense():
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        n, r = 40, 6
+        A = rng.normal(size=(n, r))
+        d = rng.uniform(0, 0.2, n) if seed % 2 else None
+        dense = A @ A.T + (np.diag(d) if d is not None else 0)
+        noise = rng.uniform(0.05, 0.5, n)
+        ref_idx, ref_gain = greedy_batch(dense, noise, 15, return_gains=True)
+        idx, gain = greedy_batch_lowrank(A, noise, 15, diag=d, return_gains=True)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(gain, ref_gain, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(
+            greedy_batch(LowRankCovariance(A, d), noise, 15), ref_idx
+        )
+        np.testing.assert_array_equal(
+            greedy_batch(lambda i: dense[:, i], noise, 15, diag=np.diag(dense)), ref_idx
+        )
+
+
+# --------------------------------------------------------------------------------------
+# targeted acquisition
+# --------------------------------------------------------------------------------------
+def _joint(rng, n, t):
+    J = random_psd(rng, n + t, rank=5)
+    return J[:n, :n], J[:n, n:], np.diag(J[n:, n:]).copy(), J
+
+
+def test_targeted_acquisition_equals_formula():
+    rng = np.random.default_rng(0)
+    n, t = 20, 6
+    C, C_ct, tv, _ = _joint(rng, n, t)
+    noise = rng.uniform(0.01, 0.1, n)
+    for w in (0.0, 0.3, 1.0):
+        a = targeted_acquisition(C, C_ct, noise, w, target_variance=tv)
+        expected = np.empty(n)
+        for x in range(n):
+            ig = 0.5 * np.log(1 + C[x, x] / noise[x])
+            reduction = sum(C_ct[x, j] ** 2 for j in range(t)) / (C[x, x] + noise[x])
+            expected[x] = w * ig + (1 - w) * reduction / tv.sum()
+        np.testing.assert_allclose(a, expected)
+    # the diagonal alone, or a low-rank covariance, give the same values
+    np.testing.assert_allclose(
+        targeted_acquisition(np.diag(C), C_ct, noise, 0.3, target_variance=tv),
+        targeted_acquisition(C, C_ct, noise, 0.3, target_variance=tv),
+    )
+    A = rng.normal(size=(n, 3))
+    np.testing.assert_allclose(
+        targeted_acquisition(
+            LowRankCovariance(A), C_ct, noise, 0.3, target_variance=tv
+        ),
+        targeted_acquisition(A @ A.T, C_ct, noise, 0.3, target_variance=tv),
+    )
+
+
+def greedy_targeted_reference(J, n, noise, n_select, w):
+    """Condition the joint (candidates + targets) Gaussian explicitly on the labels."""
+    S = []
+    for _ in range(n_select):
+        if S:
+            G = J[np.ix_(S, S)] + np.diag(noise[S])
+            P = J - J[:, S] @ np.linalg.solve(G, J[S, :])
+        else:
+            P = J
+        var, cross, tv = np.diag(P)[:n], P[:n, n:], np.diag(P)[n:]
+        a = (
+            w * 0.5 * np.log(1 + var / noise)
+            + (1 - w) * (cross**2).sum(1) / (var + noise) / tv.sum()
+        )
+        a[S] = -np.inf
+        S.append(int(np.argmax(a)))
+    return np.array(S)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.4, 1.0])
+def test_greedy_targeted_batch_equals_explicit_conditioning(w):
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        n, t = 18, 5
+        C, C_ct, tv, J = _joint(rng, n, t)
+        noise = rng.uniform(0.01, 0.2, n)
+        ref = greedy_targeted_reference(J, n, noise, 7, w)
+        np.testing.assert_array_equal(
+            greedy_targeted_batch(C, C_ct, noise, 7, w, target_variance=tv), ref
+        )
+        if w == 1.0:
+            np.testing.assert_array_equal(ref, greedy_batch(C, noise, 7))
+
+
+def test_greedy_targeted_batch_lowrank_equals_dense():
+    rng = np.random.default_rng(7)
+    n, t, r = 25, 4, 5
+    B = rng.normal(size=(n + t, r))
+    d = rng.uniform(0, 0.1, n)
+    C = B[:n] @ B[:n].T + np.diag(d)
+    C_ct = B[:n] @ B[n:].T
+    tv = (B[n:] ** 2).sum(1)
+    noise = rng.uniform(0.02, 0.2, n)
+    dense = greedy_targeted_batch(C, C_ct, noise, 9, 0.5, target_variance=tv)
+    low = greedy_targeted_batch(
+        LowRankCovariance(B[:n], d), C_ct, noise, 9, 0.5, target_variance=tv
+    )
+    np.testing.assert_array_equal(low, dense)
+
+
+def test_acquisition_schedule_monotone_and_formula():
+    sch = AcquisitionSchedule(w_start=0.9, w_floor=0.2, exponent=2.0)
+    u = np.array([1.0, 0.8, 0.8, 0.5, 0.3, 0.1, 0.01, 0.0])
+    w = [sch.update(x) for x in u]
+    assert np.all(np.diff(w) <= 0)
+    np.testing.assert_allclose(w, 0.2 + 0.7 * np.minimum(u / 1.0, 1) ** 2)
+    assert w[0] == pytest.approx(0.9) and w[-1] == pytest.approx(0.2)
+    assert sch.weight(3.0) == pytest.approx(
+        0.9
+    )  # above the reference: capped at w_start
+    assert [h["weight"] for h in sch.history] == w
+    # the weight follows the current uncertainty: it rises again if uncertainty rises
+    assert sch.update(0.5) > w[-1]
+    fixed = AcquisitionSchedule(reference=2.0)
+    grid = np.linspace(2.0, 0.0, 21)
+    ws = [fixed.weight(x) for x in grid]
+    assert np.all(np.diff(ws) <= 0) and ws[0] == 1.0 and ws[-1] == pytest.approx(0.2)
+
+
+# --------------------------------------------------------------------------------------
+# CUR and random
+# --------------------------------------------------------------------------------------
+def test_cur_selection_leverage_and_determinism():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 12)) @ rng.normal(size=(12, 30))
+    X[:5] = 0.0  # zero rows have zero leverage and are never drawn
+    idx, lev = cur_selection(X, 10, random_state=3, return_leverage=True)
+    U = np.linalg.svd(X, full_matrices=False)[0]
+    np.testing.assert_allclose(lev, (U[:, :10] ** 2).sum(1) / 10, atol=1e-12)
+    assert lev.sum() == pytest.approx(1.0)
+    np.testing.assert_array_equal(idx, cur_selection(X, 10, random_state=3))
+    assert len(set(idx)) == 10 and not set(idx) & set(range(5))
+    idx2 = cur_selection(
+        X, 78, random_state=0
+    )  # more picks than non-zero rows: all of them first
+    assert set(idx2[:75]) == set(range(5, 80)) and len(set(idx2)) == 78
+
+
+def test_random_selection():
+    a = random_selection(100, 30, random_state=1)
+    assert len(set(a)) == 30 and a.min() >= 0 and a.max() < 100
+    np.testing.assert_array_equal(a, random_selection(100, 30, random_state=1))
+
+
+# --------------------------------------------------------------------------------------
+# bad arguments
+# --------------------------------------------------------------------------------------
+def test_bad_options_list_valid_choices():
+    X = np.random.default_rng(0).random((10, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"metric must be one of \{'euclidean', 'cosine'\}; got 'manhattan'",
+    ):
+        farthest_point_sampling(X, 3, metric="manhattan")
+    with pytest.raises(
+        ValueError, match=r"reduce must be one of \{'max', 'sum'\}; got 'mean'"
+    ):
+        select_frames_by_variance([np.ones(3)], 0.1, reduce="mean")
+    with pytest.raises(ValueError, match=r"method must be one of \{'sample'\}"):
+        cur_selection(X, 3, method="deterministic")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda X: farthest_point_sampling(X, 11),
+        lambda X: farthest_point_sampling(X, -1),
+        lambda X: farthest_point_sampling(X, 2.5),
+        lambda X: farthest_point_sampling(X, 3, start=10),
+        lambda X: farthest_point_sampling(np.where(X > 0.5, np.nan, X), 3),
+        lambda X: farthest_point_sampling(X[0], 3),
+        lambda X: farthest_point_sampling(
+            np.vstack([X, np.zeros(3)]), 3, metric="cosine"
+        ),
+        lambda X: farthest_point_sampling_from(X, 3, np.ones(9)),
+        lambda X: farthest_point_sampling_from(X, 3, -np.ones(10)),
+        lambda X: farthest_point_sampling_from(X, 3, np.full(10, np.nan)),
+        lambda X: frame_farthest_point_sampling([X, X[:, :2]], 1),
+        lambda X: frame_farthest_point_sampling([X, X], 1, zeta=0),
+        lambda X: frame_farthest_point_sampling(X, 1),
+        lambda X: select_by_variance(-X[:, 0], 0.1),
+        lambda X: select_by_variance(X[:, 0], 0.0),
+        lambda X: select_by_variance(X[:, 0], np.ones(3)),
+        lambda X: select_by_variance(X[:, 0], 0.1, threshold=np.nan),
+        lambda X: greedy_batch(X, 0.1, 2),
+        lambda X: greedy_batch(X @ X.T, 0.1, 11),
+        lambda X: greedy_batch(lambda i: X[:, 0], 0.1, 2),
+        lambda X: greedy_batch(np.triu(X @ X.T + 1), 0.1, 2),
+        lambda X: greedy_batch(X @ X.T, 0.1, 2, diag=np.ones(10)),
+        lambda X: greedy_batch_lowrank(X, -0.1, 2),
+        lambda X: greedy_batch_lowrank(X, 0.1, 2, diag=-np.ones(10)),
+        lambda X: targeted_acquisition(
+            X @ X.T, X, 0.1, 1.5, target_variance=np.ones(3)
+        ),
+        lambda X: targeted_acquisition(
+            X @ X.T, X, 0.1, 0.5, target_variance=np.ones(4)
+        ),
+        lambda X: targeted_acquisition(
+            X @ X.T, X[:5], 0.1, 0.5, target_variance=np.ones(3)
+        ),
+        lambda X: AcquisitionSchedule(w_start=0.1, w_floor=0.5),
+        lambda X: AcquisitionSchedule(exponent=0.0),
+        lambda X: AcquisitionSchedule().weight(0.5),
+        lambda X: AcquisitionSchedule().update(-1.0),
+        lambda X: cur_selection(X, 3, n_components=0),
+        lambda X: random_selection(5, 6),
+    ],
+)
+def test_bad_arguments_raise_value_error(call):
+    X = np.random.default_rng(0).random((10, 3))
+    with pytest.raises(ValueError):
+        call(X)
