@@ -1,0 +1,795 @@
+"""Numba kernels of gpal's SOAP power spectrum (dscribe ``rbf="gto"`` definition).
+
+Notation (all arrays float64 unless said otherwise)
+----------------------------------------------------
+L = l_max, L1 = L + 1, L2 = L1**2, n = n_max, S = number of species,
+``lm = l*l + l + m``.
+
+For a neighbour at pair vector ``x = (x, y, z)``, ``r2 = |x|^2``, weight ``w(r)``:
+
+    E[l, k]      = exp(A[l, k] * r2)            (A < 0: "aOa" in dscribe)
+    R[l, n]      = w * sum_k B[l, n, k] E[l, k] (radial part)
+    Qd[l, n]     = (w'/r) sum_k B E + 2 w sum_k B[l, n, k] A[l, k] E[l, k]
+                   (so that d R[l, n] / d x_a = x_a * Qd[l, n])
+    Y[lm]        = r^l Y_lm(x / r)              (real solid harmonic, orthonormal Y)
+    c[s, lm, n] += R[l, n] * Y[lm]              (s: the neighbour's species)
+
+A is passed flattened as A[l * n + k], B transposed as BT[l, k, n] (inner loops run
+over n). B already contains pi^{3/2} and the Gaussian-projection prefactors, so the
+power spectrum is
+
+    X[(s, t), l, n, n'] = prel[l] sum_m c[s, lm, n] c[t, lm, n'],
+    prel[l] = pi sqrt(8 / (2l + 1)),
+
+over species pairs s <= t, then l, then n, n' (n <= n' when s == t): dscribe's order.
+
+The centre atom itself (distance zero) only adds ``w_self * sum_k B[0, n, k] * Y_00``
+to ``c[s_i, 0, n]``; it carries no derivative (it moves with the centre).
+
+Every kernel loops over centres in parallel (``prange`` over chunks of centres, with
+per-chunk scratch buffers), and each centre only writes its own rows / pairs: no races.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+# numba's default threading layer here is GNU OpenMP, whose idle threads spin at
+# barriers. With more busy threads than cores (several MD walkers, other jobs) every
+# parallel region then waits a scheduler slice: measured 395 vs 34 µs/atom for a
+# 108-atom create on a loaded 2-core machine. Passive waiting costs a few µs per region
+# on an idle machine. libgomp reads this when numba first launches its thread pool; a
+# value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+# weighting function codes
+W_NONE = 0
+W_POLY = 1
+W_POW = 2
+W_EXP = 3
+
+
+@numba.njit(cache=True)
+def _weight(r, r2, wtype, wpar, w_zero):
+    """Return (w, (dw/dr)/r) for one neighbour. wpar = [r0, c, m, d]."""
+    if r2 == 0.0:
+        return w_zero, 0.0
+    if wtype == W_NONE:
+        return 1.0, 0.0
+    r0 = wpar[0]
+    c = wpar[1]
+    m = wpar[2]
+    d = wpar[3]
+    if wtype == W_POLY:
+        if r > r0:
+            return 0.0, 0.0
+        t = r / r0
+        base = 1.0 + 2.0 * t * t * t - 3.0 * t * t
+        if m == 0.0:
+            return c, 0.0
+        if base <= 0.0:
+            return 0.0, 0.0
+        w = c * base**m
+        # d base / dr = 6 (t^2 - t) / r0  ->  divided by r: 6 (t - 1) / r0^2
+        dwr = c * m * base ** (m - 1.0) * 6.0 * (t - 1.0) / (r0 * r0)
+        return w, dwr
+    if wtype == W_POW:
+        t = r / r0
+        tm = t**m
+        den = d + tm
+        w = c / den
+        # dw/dr = -c m t^(m-1) / r0 / den^2
+        dwr = -c * m * tm / (t * r0 * r) / (den * den) if m != 0.0 else 0.0
+        return w, dwr
+    # W_EXP
+    e = math.exp(-r / r0)
+    den = d + e
+    w = c / den
+    dwr = c * e / (r0 * r) / (den * den)
+    return w, dwr
+
+
+@numba.njit(cache=True)
+def _solid_harmonics(
+    x, y, z, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, grad
+):
+    """Real solid harmonics Y[lm] = r^l Y_lm and (if grad) dY[a, lm] = d Y[lm] / d x_a.
+
+    r^l P_l^m(cos t) = Q_l^m(z, r^2) (r sin t)^m with Q_m^m = (2m-1)!!,
+    Q_{m+1}^m = (2m+1) z Q_m^m, Q_l^m = C1 z Q_{l-1}^m - C2 r^2 Q_{l-2}^m, and
+    (r sin t)^m (cos m phi, sin m phi) = (Re, Im) (x + i y)^m = (A_m, B_m).
+    Qz = dQ/dz at fixed r^2, Qr = dQ/d(r^2) at fixed z.
+    """
+    r2 = x * x + y * y + z * z
+    Am[0] = 1.0
+    Bm[0] = 0.0
+    for m in range(1, L + 1):
+        Am[m] = x * Am[m - 1] - y * Bm[m - 1]
+        Bm[m] = x * Bm[m - 1] + y * Am[m - 1]
+    for m in range(L + 1):
+        Q[m, m] = shQmm[m]
+        Qz[m, m] = 0.0
+        Qr[m, m] = 0.0
+        if m + 1 <= L:
+            Q[m + 1, m] = (2 * m + 1) * z * shQmm[m]
+            Qz[m + 1, m] = (2 * m + 1) * shQmm[m]
+            Qr[m + 1, m] = 0.0
+        for ell in range(m + 2, L + 1):
+            c1 = shC1[ell, m]
+            c2 = shC2[ell, m]
+            Q[ell, m] = c1 * z * Q[ell - 1, m] - c2 * r2 * Q[ell - 2, m]
+            if grad:
+                Qz[ell, m] = (
+                    c1 * (Q[ell - 1, m] + z * Qz[ell - 1, m]) - c2 * r2 * Qz[ell - 2, m]
+                )
+                Qr[ell, m] = c1 * z * Qr[ell - 1, m] - c2 * (
+                    Q[ell - 2, m] + r2 * Qr[ell - 2, m]
+                )
+    for ell in range(L + 1):
+        base = ell * ell + ell
+        k0 = shK[ell, 0]
+        Y[base] = k0 * Q[ell, 0]
+        if grad:
+            qr2 = 2.0 * Qr[ell, 0]
+            dY[0, base] = k0 * qr2 * x
+            dY[1, base] = k0 * qr2 * y
+            dY[2, base] = k0 * (Qz[ell, 0] + qr2 * z)
+        for m in range(1, ell + 1):
+            k = shK[ell, m]
+            q = Q[ell, m]
+            Y[base + m] = k * q * Am[m]
+            Y[base - m] = k * q * Bm[m]
+            if grad:
+                qr2 = 2.0 * Qr[ell, m]
+                qx = qr2 * x
+                qy = qr2 * y
+                qz = Qz[ell, m] + qr2 * z
+                a1 = m * Am[m - 1]
+                b1 = m * Bm[m - 1]
+                dY[0, base + m] = k * (qx * Am[m] + q * a1)
+                dY[1, base + m] = k * (qy * Am[m] - q * b1)
+                dY[2, base + m] = k * qz * Am[m]
+                dY[0, base - m] = k * (qx * Bm[m] + q * b1)
+                dY[1, base - m] = k * (qy * Bm[m] + q * a1)
+                dY[2, base - m] = k * qz * Bm[m]
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = (
+    6.93147180369123816490e-01  # ln 2 split in two parts (fdlibm): exact n * LN2_HI
+)
+_LN2_LO = 1.90821492927058770002e-10
+# 1.5 * 2^52: (t + _ROUND) - _ROUND rounds t to the nearest integer
+_ROUND = 6755399441055744.0
+
+
+@numba.njit(cache=True)
+def _exp_nonpositive(x, out, ibits):
+    """out[k] = exp(x[k]) for x[k] <= 0, in a loop LLVM can vectorise (no libm call).
+
+    exp(x) = 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (|r| <= 0.347,
+    Cody-Waite), e^r by its Taylor series to degree 13 (truncation < 1e-17), 2^n built
+    from its exponent bits. Accurate to 1 ulp for x >= -700; arguments below -700 are
+    clamped (exp < 1e-304). ``ibits`` is int64 scratch of the same length; ``x`` and
+    ``out`` must be different arrays (in place, the loop does not vectorise).
+    """
+    fbits = ibits.view(np.float64)
+    m = x.shape[0]
+    for k in range(m):
+        v = max(x[k], -700.0)
+        nf = (v * _LOG2E + _ROUND) - _ROUND
+        r = (v - nf * _LN2_HI) - nf * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        out[k] = p
+        ibits[k] = (np.int64(nf) + 1023) << 52
+    for k in range(m):
+        out[k] *= fbits[k]
+
+
+@numba.njit(cache=True)
+def _radial(r2, w, dwr, A, BT, E, ibits, R, Qd, grad):
+    """R[l, n] and (if grad) Qd[l, n] for one neighbour (see module docstring).
+
+    A is flattened (L1 * n,); E (2, L1 * n) and ibits (L1 * n,) are scratch
+    (arguments in E[0], exponentials in E[1]: separate buffers, so the exp loop
+    vectorises); BT[l, k, n] = B[l, n, k] (inner loops over n vectorise).
+    """
+    L1 = BT.shape[0]
+    nmax = BT.shape[1]
+    args = E[0]
+    ex = E[1]
+    for q in range(L1 * nmax):
+        args[q] = A[q] * r2
+    _exp_nonpositive(args, ex, ibits)
+    for ell in range(L1):
+        for n in range(nmax):
+            R[ell, n] = 0.0
+            Qd[ell, n] = 0.0
+        for k in range(nmax):
+            q = ell * nmax + k
+            e = w * ex[q]
+            if grad:
+                e2 = (dwr + 2.0 * w * A[q]) * ex[q]
+                for n in range(nmax):
+                    b = BT[ell, k, n]
+                    R[ell, n] += b * e
+                    Qd[ell, n] += b * e2
+            else:
+                for n in range(nmax):
+                    R[ell, n] += BT[ell, k, n] * e
+
+
+@numba.njit(cache=True)
+def _chunks(n_items, n_chunks):
+    bounds = np.empty(n_chunks + 1, dtype=np.int64)
+    for c in range(n_chunks + 1):
+        bounds[c] = (n_items * c) // n_chunks
+    return bounds
+
+
+@numba.njit(cache=True)
+def _power_spectrum_row(c, prel, pair_off, tri, M, out):
+    """out[f] = features of one centre from its coefficients c (S, L2, n).
+
+    M (n, n) is scratch.
+    """
+    S = c.shape[0]
+    nmax = c.shape[2]
+    L1 = prel.shape[0]
+    nsym = nmax * (nmax + 1) // 2
+    for s in range(S):
+        for t in range(s, S):
+            off = pair_off[s, t]
+            for ell in range(L1):
+                pre = prel[ell]
+                for a in range(nmax):
+                    for b in range(nmax):
+                        M[a, b] = 0.0
+                for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                    for a in range(nmax):
+                        ca = pre * c[s, lm, a]
+                        for b in range(nmax):
+                            M[a, b] += ca * c[t, lm, b]
+                if s == t:
+                    base = off + ell * nsym
+                    for a in range(nmax):
+                        k0 = base + tri[a, a] - a
+                        for b in range(a, nmax):
+                            out[k0 + b] = M[a, b]
+                else:
+                    base = off + ell * nmax * nmax
+                    for a in range(nmax):
+                        for b in range(nmax):
+                            out[base + a * nmax + b] = M[a, b]
+
+
+@numba.njit(cache=True)
+def _accumulate_centre(
+    i,
+    vec,
+    nbr_spec,
+    offsets,
+    center_spec,
+    A,
+    BT,
+    wtype,
+    wpar,
+    w_zero,
+    w_self,
+    self0,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    c,
+    E,
+    ibits,
+    R,
+    Qd,
+    Y,
+    dY,
+    Q,
+    Qz,
+    Qr,
+    Am,
+    Bm,
+    store,
+    Rst,
+    Qst,
+    Yst,
+    dYst,
+):
+    """Coefficients c (S, L2, n) of centre i; optionally store per-pair R, Qd, Y, dY."""
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nmax = BT.shape[1]
+    c[:] = 0.0
+    si = center_spec[i]
+    for n in range(nmax):
+        c[si, 0, n] += w_self * self0[n]
+    p0 = offsets[i]
+    for p in range(p0, offsets[i + 1]):
+        x = vec[p, 0]
+        y = vec[p, 1]
+        z = vec[p, 2]
+        r2 = x * x + y * y + z * z
+        r = math.sqrt(r2)
+        w, dwr = _weight(r, r2, wtype, wpar, w_zero)
+        s = nbr_spec[p]
+        _radial(r2, w, dwr, A, BT, E, ibits, R, Qd, store)
+        _solid_harmonics(
+            x, y, z, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, store
+        )
+        for ell in range(L1):
+            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                ylm = Y[lm]
+                for n in range(nmax):
+                    c[s, lm, n] += R[ell, n] * ylm
+        if store:
+            q = p - p0
+            Rst[q] = R
+            Qst[q] = Qd
+            Yst[q] = Y
+            dYst[q] = dY
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_create(
+    vec,
+    nbr_spec,
+    offsets,
+    center_spec,
+    n_species,
+    A,
+    BT,
+    wtype,
+    wpar,
+    w_zero,
+    w_self,
+    self0,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    C_out,
+    X_out,
+    n_chunks,
+):
+    """Descriptor X (N, F) and coefficients C (N, S, L2, n) of every centre."""
+    N = offsets.shape[0] - 1
+    L1 = BT.shape[0]
+    nmax = BT.shape[1]
+    L2 = L1 * L1
+    bounds = _chunks(N, n_chunks)
+    for ch in numba.prange(n_chunks):
+        E = np.empty((2, L1 * nmax))
+        ibits = np.empty(L1 * nmax, dtype=np.int64)
+        R = np.empty((L1, nmax))
+        Qd = np.empty((L1, nmax))
+        Y = np.empty(L2)
+        dY = np.empty((3, L2))
+        Q = np.empty((L1, L1))
+        Qz = np.empty((L1, L1))
+        Qr = np.empty((L1, L1))
+        Am = np.empty(L1)
+        Bm = np.empty(L1)
+        M = np.empty((nmax, nmax))
+        dummy2 = np.empty((1, 1, 1))
+        dummy3 = np.empty((1, 1))
+        dummy4 = np.empty((1, 3, 1))
+        for i in range(bounds[ch], bounds[ch + 1]):
+            _accumulate_centre(
+                i,
+                vec,
+                nbr_spec,
+                offsets,
+                center_spec,
+                A,
+                BT,
+                wtype,
+                wpar,
+                w_zero,
+                w_self,
+                self0,
+                shK,
+                shQmm,
+                shC1,
+                shC2,
+                C_out[i],
+                E,
+                ibits,
+                R,
+                Qd,
+                Y,
+                dY,
+                Q,
+                Qz,
+                Qr,
+                Am,
+                Bm,
+                False,
+                dummy2,
+                dummy2,
+                dummy3,
+                dummy4,
+            )
+            _power_spectrum_row(C_out[i], prel, pair_off, tri, M, X_out[i])
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_derivatives(
+    vec,
+    nbr_spec,
+    offsets,
+    center_spec,
+    n_species,
+    A,
+    BT,
+    wtype,
+    wpar,
+    w_zero,
+    w_self,
+    self0,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    max_pairs,
+    X_out,
+    dX_out,
+    n_chunks,
+):
+    """Descriptor X (N, F) and pair derivatives dX (P, 3, F) (dX zero on entry).
+
+    dX[p, a, f] = d X[center_p, f] / d vec[p, a]; only features whose species pair
+    involves the neighbour's species s are written (the others stay zero). With
+    dc[a, lm, n] = x_a Qd[l, n] Y[lm] + R[l, n] dY[a, lm], the contraction with the
+    coefficients of species t factorises:
+
+        sum_m dc[a, lm, n] c[t, lm, n'] = x_a Qd[l, n] U[l, n'] + R[l, n] V[a, l, n']
+        U[l, n'] = sum_m Y[lm] c[t, lm, n']
+        V[a, l, n'] = sum_m dY[a, lm] c[t, lm, n']
+
+    so each (a, l) block of dX is a rank-2 outer product.
+    """
+    N = offsets.shape[0] - 1
+    L1 = BT.shape[0]
+    nmax = BT.shape[1]
+    L2 = L1 * L1
+    S = n_species
+    nsym = nmax * (nmax + 1) // 2
+    bounds = _chunks(N, n_chunks)
+    for ch in numba.prange(n_chunks):
+        E = np.empty((2, L1 * nmax))
+        ibits = np.empty(L1 * nmax, dtype=np.int64)
+        R = np.empty((L1, nmax))
+        Qd = np.empty((L1, nmax))
+        Y = np.empty(L2)
+        dY = np.empty((3, L2))
+        Q = np.empty((L1, L1))
+        Qz = np.empty((L1, L1))
+        Qr = np.empty((L1, L1))
+        Am = np.empty(L1)
+        Bm = np.empty(L1)
+        M = np.empty((nmax, nmax))
+        c = np.empty((S, L2, nmax))
+        Rst = np.empty((max_pairs, L1, nmax))
+        Qst = np.empty((max_pairs, L1, nmax))
+        Yst = np.empty((max_pairs, L2))
+        dYst = np.empty((max_pairs, 3, L2))
+        U = np.empty((L1, nmax))
+        V = np.empty((3, L1, nmax))
+        xq = np.empty(nmax)
+        rq = np.empty(nmax)
+        present = np.empty(S, dtype=np.bool_)
+        for i in range(bounds[ch], bounds[ch + 1]):
+            _accumulate_centre(
+                i,
+                vec,
+                nbr_spec,
+                offsets,
+                center_spec,
+                A,
+                BT,
+                wtype,
+                wpar,
+                w_zero,
+                w_self,
+                self0,
+                shK,
+                shQmm,
+                shC1,
+                shC2,
+                c,
+                E,
+                ibits,
+                R,
+                Qd,
+                Y,
+                dY,
+                Q,
+                Qz,
+                Qr,
+                Am,
+                Bm,
+                True,
+                Rst,
+                Qst,
+                Yst,
+                dYst,
+            )
+            _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
+            p0 = offsets[i]
+            # species absent from this environment: c[t] = 0, their dX blocks stay zero
+            present[:] = False
+            present[center_spec[i]] = True
+            for p in range(p0, offsets[i + 1]):
+                present[nbr_spec[p]] = True
+            for p in range(p0, offsets[i + 1]):
+                q = p - p0
+                s = nbr_spec[p]
+                for t in range(S):
+                    if not present[t]:
+                        continue
+                    # U, V for the coefficients of species t
+                    for ell in range(L1):
+                        for nb in range(nmax):
+                            U[ell, nb] = 0.0
+                            V[0, ell, nb] = 0.0
+                            V[1, ell, nb] = 0.0
+                            V[2, ell, nb] = 0.0
+                        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                            y = Yst[q, lm]
+                            y0 = dYst[q, 0, lm]
+                            y1 = dYst[q, 1, lm]
+                            y2 = dYst[q, 2, lm]
+                            for nb in range(nmax):
+                                cc = c[t, lm, nb]
+                                U[ell, nb] += y * cc
+                                V[0, ell, nb] += y0 * cc
+                                V[1, ell, nb] += y1 * cc
+                                V[2, ell, nb] += y2 * cc
+                    if t >= s:
+                        off = pair_off[s, t]
+                    else:
+                        off = pair_off[t, s]
+                    for a in range(3):
+                        xa = vec[p, a]
+                        row = dX_out[p, a]
+                        for ell in range(L1):
+                            pre = prel[ell]
+                            Ul = U[ell]
+                            Vl = V[a, ell]
+                            for n in range(nmax):
+                                xq[n] = pre * xa * Qst[q, ell, n]
+                                rq[n] = pre * Rst[q, ell, n]
+                            if t == s:
+                                base = off + ell * nsym
+                                for n in range(nmax):
+                                    qn = xq[n]
+                                    rn = rq[n]
+                                    un = Ul[n]
+                                    vn = Vl[n]
+                                    k0 = base + tri[n, n] - n
+                                    for nb in range(n, nmax):
+                                        row[k0 + nb] = (
+                                            qn * Ul[nb]
+                                            + xq[nb] * un
+                                            + rn * Vl[nb]
+                                            + rq[nb] * vn
+                                        )
+                            elif s < t:
+                                base = off + ell * nmax * nmax
+                                for n in range(nmax):
+                                    qn = xq[n]
+                                    rn = rq[n]
+                                    k0 = base + n * nmax
+                                    for nb in range(nmax):
+                                        row[k0 + nb] = qn * Ul[nb] + rn * Vl[nb]
+                            else:
+                                base = off + ell * nmax * nmax
+                                for n in range(nmax):
+                                    un = Ul[n]
+                                    vn = Vl[n]
+                                    k0 = base + n * nmax
+                                    for nb in range(nmax):
+                                        row[k0 + nb] = xq[nb] * un + rq[nb] * vn
+
+
+@numba.njit(cache=True)
+def _fold_gradient(g, c, prel, pair_off, tri, Gm, h):
+    """h[s, lm, n] = d (g . X) / d c[s, lm, n] for one centre (g: (F,), c: (S, L2, n)).
+
+    Per species pair and l, the features are a bilinear form c_s^T Gm c_t;
+    Gm (n, n) is scratch.
+    """
+    S = c.shape[0]
+    nmax = c.shape[2]
+    L1 = prel.shape[0]
+    nsym = nmax * (nmax + 1) // 2
+    h[:] = 0.0
+    for s in range(S):
+        for t in range(s, S):
+            off = pair_off[s, t]
+            for ell in range(L1):
+                pre = prel[ell]
+                if s == t:
+                    # X_ab = pre sum_m c_a c_b (a <= b): dX/dc_a = sum_b Gsym_ab c_b
+                    # with Gsym_aa = 2 pre g_aa, Gsym_ab = Gsym_ba = pre g_ab
+                    base = off + ell * nsym
+                    for a in range(nmax):
+                        k0 = base + tri[a, a] - a
+                        Gm[a, a] = 2.0 * pre * g[k0 + a]
+                        for b in range(a + 1, nmax):
+                            v = pre * g[k0 + b]
+                            Gm[a, b] = v
+                            Gm[b, a] = v
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        for a in range(nmax):
+                            acc = 0.0
+                            for b in range(nmax):
+                                acc += Gm[a, b] * c[s, lm, b]
+                            h[s, lm, a] += acc
+                else:
+                    base = off + ell * nmax * nmax
+                    for a in range(nmax):
+                        for b in range(nmax):
+                            Gm[a, b] = pre * g[base + a * nmax + b]
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        for a in range(nmax):
+                            acc = 0.0
+                            for b in range(nmax):
+                                acc += Gm[a, b] * c[t, lm, b]
+                            h[s, lm, a] += acc
+                        for b in range(nmax):
+                            cb = 0.0
+                            for a in range(nmax):
+                                cb += Gm[a, b] * c[s, lm, a]
+                            h[t, lm, b] += cb
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_backward(
+    vec,
+    nbr_spec,
+    offsets,
+    A,
+    BT,
+    wtype,
+    wpar,
+    w_zero,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    C,
+    G,
+    out,
+    n_chunks,
+):
+    """out[p, a] = sum_f G[center_p, f] dX[p, a, f], without forming dX.
+
+    G is folded into coefficient space, h = dE/dc (per centre); then for each pair
+
+        dE/dx_a = sum_{lm, n} h[s, lm, n] (x_a Qd[l, n] Y[lm] + R[l, n] dY[a, lm]),
+
+    with the radial and angular factors recomputed on the fly.
+    """
+    N = offsets.shape[0] - 1
+    S = C.shape[1]
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nmax = BT.shape[1]
+    L2 = L1 * L1
+    bounds = _chunks(N, n_chunks)
+    for ch in numba.prange(n_chunks):
+        E = np.empty((2, L1 * nmax))
+        ibits = np.empty(L1 * nmax, dtype=np.int64)
+        R = np.empty((L1, nmax))
+        Qd = np.empty((L1, nmax))
+        Y = np.empty(L2)
+        dY = np.empty((3, L2))
+        Q = np.empty((L1, L1))
+        Qz = np.empty((L1, L1))
+        Qr = np.empty((L1, L1))
+        Am = np.empty(L1)
+        Bm = np.empty(L1)
+        Gm = np.empty((nmax, nmax))
+        h = np.empty((S, L2, nmax))
+        hy = np.empty(nmax)
+        for i in range(bounds[ch], bounds[ch + 1]):
+            if offsets[i + 1] == offsets[i]:
+                continue
+            _fold_gradient(G[i], C[i], prel, pair_off, tri, Gm, h)
+            for p in range(offsets[i], offsets[i + 1]):
+                x = vec[p, 0]
+                y = vec[p, 1]
+                z = vec[p, 2]
+                r2 = x * x + y * y + z * z
+                r = math.sqrt(r2)
+                w, dwr = _weight(r, r2, wtype, wpar, w_zero)
+                s = nbr_spec[p]
+                _radial(r2, w, dwr, A, BT, E, ibits, R, Qd, True)
+                _solid_harmonics(
+                    x, y, z, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
+                )
+                u = 0.0
+                g0 = 0.0
+                g1 = 0.0
+                g2 = 0.0
+                for ell in range(L1):
+                    for n in range(nmax):
+                        hy[n] = 0.0
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        yl = Y[lm]
+                        v = 0.0
+                        for n in range(nmax):
+                            hv = h[s, lm, n]
+                            hy[n] += hv * yl
+                            v += hv * R[ell, n]
+                        g0 += v * dY[0, lm]
+                        g1 += v * dY[1, lm]
+                        g2 += v * dY[2, lm]
+                    for n in range(nmax):
+                        u += Qd[ell, n] * hy[n]
+                out[p, 0] = x * u + g0
+                out[p, 1] = y * u + g1
+                out[p, 2] = z * u + g2
+
+
+@numba.njit(cache=True)
+def pairs_to_dense(dX, center, neighbor, n_atoms):
+    """dscribe's (N, N, 3, F) layout: d[i, j] = dX_i/dr_j (attach=True semantics)."""
+    P = dX.shape[0]
+    F = dX.shape[2]
+    out = np.zeros((n_atoms, n_atoms, 3, F))
+    for p in range(P):
+        i = center[p]
+        j = neighbor[p]
+        for a in range(3):
+            for f in range(F):
+                v = dX[p, a, f]
+                out[i, j, a, f] += v
+                out[i, i, a, f] -= v
+    return out
+
+
+@numba.njit(cache=True)
+def pair_forces_kernel(g, center, neighbor, n_atoms):
+    """F_j = -(sum_{p: n=j} g_p - sum_{p: c=j} g_p) for g (P, K) -> (N, K)."""
+    P = g.shape[0]
+    K = g.shape[1]
+    out = np.zeros((n_atoms, K))
+    for p in range(P):
+        i = center[p]
+        j = neighbor[p]
+        for k in range(K):
+            out[j, k] -= g[p, k]
+            out[i, k] += g[p, k]
+    return out

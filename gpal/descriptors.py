@@ -1,0 +1,797 @@
+"""SOAP power spectrum with analytic derivatives, reproducing dscribe's SOAP (gto).
+
+``SOAP(species, r_cut, n_max, l_max, sigma, periodic, weighting)`` has exactly the
+meaning of ``dscribe.descriptors.SOAP(species=..., r_cut=..., n_max=..., l_max=...,
+sigma=..., rbf="gto", periodic=..., weighting=..., compression={"mode": "off"},
+average="off")``: same features, same order, same values (checked against dscribe 2.1.2
+in the tests). What gpal adds is derivatives on neighbour pairs (memory linear in atoms,
+periodic cells and weighting supported), and an adjoint pass
+(:meth:`SOAPExpansion.backward`) that gives forces and stress of ``E = sum_i G_i . X_i``
+without forming any derivative array (DESIGN.md §2, "force trick").
+
+Definition (re-derived from dscribe's documentation and source, see gpal/_soap_jit.py):
+
+* Radial basis: GTOs ``r^l exp(-alpha_{k,l} r^2)`` with
+  ``alpha_{k,l} = -ln(1e-3 / a_k^l) / a_k^2``, ``a_k`` evenly spaced in [1, r_cut],
+  Löwdin-orthonormalised per l (``beta = S^{-1/2}``).
+* Each neighbour is a Gaussian of width ``sigma`` (``eta = 1 / (2 sigma^2)``), weighted
+  by ``weighting``; its projection on GTO x real spherical harmonic is closed-form:
+  ``pi^{3/2} eta^l / (eta + alpha)^{l + 3/2} exp(-alpha eta r^2 / (eta + alpha))
+  r^l Y_lm``.
+* Neighbours: all atoms (periodic images included if ``periodic``) within
+  ``r_cut + sigma sqrt(-2 ln 1e-3)`` (inclusive), the central atom included (it only
+  adds to l = 0). With ``"poly"`` weighting, neighbours beyond ``r0`` have zero weight
+  and are skipped exactly.
+* Power spectrum ``p = pi sqrt(8 / (2l + 1)) sum_m c_{Z1 n l m} c_{Z2 n' l m}``, ordered
+  by species pair (Z1 <= Z2, atomic-number order), then l, then n, n' (n <= n' when
+  Z1 == Z2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+import scipy.linalg
+from scipy.special import gamma
+
+from . import _soap_jit as jit
+from .exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
+from .neighbors import _pairs
+
+__all__ = ["SOAP", "SOAPDerivatives", "SOAPExpansion", "pair_forces", "pair_stress"]
+
+#: Largest supported l_max (as dscribe).
+L_MAX_SUPPORTED = 20
+_WEIGHTING_FUNCTIONS = ("poly", "pow", "exp")
+_WEIGHTING_KEYS = ("function", "r0", "c", "m", "d", "threshold", "w0")
+# dscribe's cutoff padding: the Gaussians decay to this value at the cutoff
+_GAUSS_THRESHOLD = 1e-3
+# chunks of centres per thread, handed out dynamically to the numba threads
+_CHUNKS_PER_THREAD = 16
+
+
+# --- results ---
+@dataclass
+class SOAPDerivatives:
+    """SOAP descriptor and its derivatives on neighbour pairs.
+
+    Pairs ``p`` are (centre ``i``, neighbour image ``j + shift``), sorted by centre,
+    without the zero-distance self pair. Then
+    ``dX_i / dr_j = sum_{p: c=i, n=j} dX_p - delta_ij sum_{p: c=i} dX_p``.
+
+    Attributes
+    ----------
+    descriptor : ndarray of shape (n_atoms, n_features)
+    center : ndarray of shape (n_pairs,), int64
+    neighbor : ndarray of shape (n_pairs,), int64
+        Index of ``j`` in the cell.
+    vector : ndarray of shape (n_pairs, 3)
+        ``r_j + shift - r_i``.
+    dX : ndarray of shape (n_pairs, 3, n_features)
+        ``d descriptor[center[p]] / d vector[p]``.
+    offsets : ndarray of shape (n_atoms + 1,), int64
+        CSR offsets: centre ``i`` owns pairs ``offsets[i]:offsets[i+1]``.
+    volume : float
+        Cell volume (Å^3), nan when there is no (non-degenerate) cell.
+    numbers : ndarray of shape (n_atoms,), int64
+        Atomic numbers.
+    """
+
+    descriptor: np.ndarray
+    center: np.ndarray
+    neighbor: np.ndarray
+    vector: np.ndarray
+    dX: np.ndarray
+    offsets: np.ndarray
+    volume: float
+    numbers: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.descriptor.shape[0]
+
+    def to_dense(self) -> np.ndarray:
+        """dscribe's layout, ``[i, j] = dX_i/dr_j`` (``attach=True``).
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_atoms, 3, n_features)
+        """
+        return jit.pairs_to_dense(self.dX, self.center, self.neighbor, self.n_atoms)
+
+
+@dataclass
+class SOAPExpansion:
+    """Forward pass of the SOAP expansion, kept for the adjoint (force trick).
+
+    Attributes
+    ----------
+    descriptor : ndarray of shape (n_atoms, n_features)
+    center, neighbor : ndarray of shape (n_pairs,), int64
+    vector : ndarray of shape (n_pairs, 3)
+    offsets : ndarray of shape (n_atoms + 1,), int64
+    numbers : ndarray of shape (n_atoms,), int64
+    volume : float
+    coefficients : ndarray of shape (n_atoms, n_species, (l_max + 1)**2, n_max)
+        Density expansion coefficients (scaled so that the power spectrum prefactor
+        is ``pi sqrt(8 / (2l + 1))``).
+    """
+
+    descriptor: np.ndarray
+    center: np.ndarray
+    neighbor: np.ndarray
+    vector: np.ndarray
+    offsets: np.ndarray
+    numbers: np.ndarray
+    volume: float
+    coefficients: np.ndarray = field(repr=False)
+    _species_index: np.ndarray = field(repr=False)
+    _soap: "SOAP" = field(repr=False)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.descriptor.shape[0]
+
+    def backward(self, G) -> np.ndarray:
+        """Gradient of ``E = sum_i G[i] . X[i]`` with respect to every pair vector.
+
+        Parameters
+        ----------
+        G : array_like of shape (n_atoms, n_features)
+
+        Returns
+        -------
+        dE_dvec : ndarray of shape (n_pairs, 3)
+            ``dE_dvec[p] = sum_f G[center[p], f] dX[p, :, f]``, computed without
+            forming dX. Feed it to :func:`pair_forces` and :func:`pair_stress`.
+        """
+        G = np.ascontiguousarray(G, dtype=np.float64)
+        if G.shape != self.descriptor.shape:
+            raise ValueError(
+                f"G must have shape {self.descriptor.shape} (n_atoms, n_features), "
+                f"got {G.shape}."
+            )
+        return self._soap._backward(self, G)
+
+
+# --- module functions ---
+def pair_forces(dE_dvec, center, neighbor, n_atoms: int) -> np.ndarray:
+    """Forces ``-dE/dr`` from gradients with respect to pair vectors.
+
+    Parameters
+    ----------
+    dE_dvec : array_like of shape (n_pairs, 3) or (n_pairs, 3, n_outputs)
+    center, neighbor : array_like of shape (n_pairs,), int
+    n_atoms : int
+
+    Returns
+    -------
+    forces : ndarray of shape (n_atoms, 3) or (n_atoms, 3, n_outputs)
+        ``F_j = -(sum_{p: neighbor=j} dE_dvec_p - sum_{p: center=j} dE_dvec_p)``.
+    """
+    g = np.asarray(dE_dvec, dtype=np.float64)
+    if g.ndim not in (2, 3) or g.shape[1] != 3:
+        raise ValueError(f"dE_dvec must have shape (n_pairs, 3[, M]), got {g.shape}.")
+    center = np.ascontiguousarray(center, dtype=np.int64)
+    neighbor = np.ascontiguousarray(neighbor, dtype=np.int64)
+    if center.shape != (g.shape[0],) or neighbor.shape != (g.shape[0],):
+        raise ValueError("center and neighbor must have shape (n_pairs,).")
+    flat = np.ascontiguousarray(g.reshape(g.shape[0], -1))
+    out = jit.pair_forces_kernel(flat, center, neighbor, int(n_atoms))
+    return out.reshape((int(n_atoms),) + g.shape[1:])
+
+
+def pair_stress(dE_dvec, vector, volume: float) -> np.ndarray:
+    """Virial stress ``(1/V) sum_p dE_dvec_p (x) vector_p``, symmetrised, Voigt order.
+
+    Parameters
+    ----------
+    dE_dvec : array_like of shape (n_pairs, 3) or (n_pairs, 3, n_outputs)
+    vector : array_like of shape (n_pairs, 3)
+    volume : float
+        Cell volume (Å^3).
+
+    Returns
+    -------
+    stress : ndarray of shape (6,) or (6, n_outputs)
+        (xx, yy, zz, yz, xz, xy), ASE sign: ``stress = (1/V) dE/dstrain``.
+
+    Raises
+    ------
+    MissingCellError
+        If ``volume`` is not a positive finite number (no cell).
+    """
+    if not (np.isfinite(volume) and volume > 0):
+        raise MissingCellError(
+            f"Stress needs a periodic cell with a positive volume, got volume={volume}."
+        )
+    g = np.asarray(dE_dvec, dtype=np.float64)
+    v = np.asarray(vector, dtype=np.float64)
+    if g.ndim not in (2, 3) or g.shape[1] != 3 or v.shape != (g.shape[0], 3):
+        raise ValueError(
+            f"dE_dvec must have shape (n_pairs, 3[, M]) and vector (n_pairs, 3); got "
+            f"{g.shape} and {v.shape}."
+        )
+    if g.ndim == 2:
+        s = g.T @ v  # [a, b] = sum_p g_pa v_pb
+    else:
+        s = np.einsum("pam,pb->abm", g, v)
+    s = 0.5 * (s + np.swapaxes(s, 0, 1)) / volume
+    return s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+
+
+# --- SOAP ---
+def _parse_species(species) -> np.ndarray:
+    from ase.data import atomic_numbers, chemical_symbols
+
+    if isinstance(species, (str, int, np.integer)):
+        species = [species]
+    try:
+        items = list(species)
+    except TypeError:
+        raise ValueError(
+            f"species must be a list of symbols or atomic numbers, got {species!r}."
+        )
+    if len(items) == 0:
+        raise ValueError("species must contain at least one chemical species.")
+    numbers = set()
+    for s in items:
+        if isinstance(s, (bool, np.bool_)):
+            raise ValueError(f"Invalid species {s!r}.")
+        if isinstance(s, str):
+            if s not in atomic_numbers:
+                raise ValueError(f"Unknown chemical symbol {s!r} in species.")
+            numbers.add(int(atomic_numbers[s]))
+        elif isinstance(s, (int, np.integer)):
+            if not 0 < int(s) < len(chemical_symbols):
+                raise ValueError(f"Invalid atomic number {s} in species.")
+            numbers.add(int(s))
+        else:
+            raise ValueError(
+                f"Invalid species {s!r}: give chemical symbols or atomic numbers."
+            )
+    return np.array(sorted(numbers), dtype=np.int64)
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.number)
+    ):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}.")
+    return value
+
+
+def _check_weighting(weighting) -> dict | None:
+    """Validated copy of the weighting dict (floats), or None."""
+    if weighting is None:
+        return None
+    if not isinstance(weighting, dict):
+        raise ValueError(
+            f"weighting must be a dict or None, got {type(weighting).__name__}."
+        )
+    if len(weighting) == 0:
+        return None
+    unknown = set(weighting) - set(_WEIGHTING_KEYS)
+    if unknown:
+        raise ValueError(
+            f"Unknown weighting keys {sorted(unknown)}; "
+            f"valid keys are {list(_WEIGHTING_KEYS)}."
+        )
+    out: dict[str, Any] = {}
+    if "w0" in weighting and weighting["w0"] is not None:
+        w0 = _number(weighting["w0"], "weighting['w0']")
+        if w0 < 0:
+            raise ValueError("Define w0 >= 0 in weighting.")
+        out["w0"] = w0
+    func = weighting.get("function")
+    if func is not None:
+        if func not in _WEIGHTING_FUNCTIONS:
+            raise ValueError(
+                f"Unknown weighting function {func!r}. Valid choices: "
+                f"{', '.join(repr(f) for f in _WEIGHTING_FUNCTIONS)}."
+            )
+        out["function"] = func
+        required = {
+            "poly": ("r0", "c", "m"),
+            "pow": ("r0", "c", "d", "m"),
+            "exp": ("r0", "c", "d"),
+        }
+        for key in required[func]:
+            if weighting.get(key) is None:
+                raise ValueError(
+                    f"Weighting function {func!r} needs the parameters "
+                    f"{list(required[func])}; "
+                    f"{key!r} is missing."
+                )
+            out[key] = _number(weighting[key], f"weighting[{key!r}]")
+        if out["r0"] <= 0:
+            raise ValueError("Define r0 > 0 in weighting.")
+        for key in ("c", "m", "d"):
+            if key in out and out[key] < 0:
+                raise ValueError(f"Define {key} >= 0 in weighting.")
+        if func in ("pow", "exp"):
+            out["threshold"] = _number(
+                weighting.get("threshold", 1e-2), "weighting['threshold']"
+            )
+            if out["threshold"] <= 0:
+                raise ValueError("Define threshold > 0 in weighting.")
+    elif set(weighting) - {"w0"}:
+        raise ValueError(
+            "weighting parameters were given without 'function'; valid functions: "
+            f"{', '.join(repr(f) for f in _WEIGHTING_FUNCTIONS)}."
+        )
+    return out or None
+
+
+def _infer_r_cut(weighting: dict | None) -> float:
+    func = None if weighting is None else weighting.get("function")
+    if func is None:
+        raise ValueError(
+            "Either weighting (with a function) or r_cut need to be defined."
+        )
+    r0 = weighting["r0"]
+    c = weighting["c"]
+    if func == "poly":
+        return r0
+    t = weighting["threshold"]
+    d = weighting["d"]
+    if func == "pow":
+        m = weighting["m"]
+        if c / t - d <= 0 or m == 0:
+            raise ValueError(
+                "Cannot infer r_cut from this 'pow' weighting; give r_cut."
+            )
+        return r0 * (c / t - d) ** (1.0 / m)
+    if c / t - d <= 1:
+        raise ValueError("Cannot infer r_cut from this 'exp' weighting; give r_cut.")
+    return r0 * math.log(c / t - d)
+
+
+def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """GTO exponents and Löwdin coefficients of dscribe's radial basis.
+
+    Returns
+    -------
+    alphas : ndarray of shape (l_max + 1, n_max)
+    betas : ndarray of shape (l_max + 1, n_max, n_max)
+        ``g_{nl}(r) = sum_k betas[l, n, k] r^l exp(-alphas[l, k] r^2)``, orthonormal on
+        ``[0, inf)`` with weight ``r^2``.
+    """
+    a = np.linspace(1.0, r_cut, n_max)
+    alphas = np.zeros((l_max + 1, n_max))
+    betas = np.zeros((l_max + 1, n_max, n_max))
+    for ell in range(l_max + 1):
+        al = -np.log(_GAUSS_THRESHOLD / a**ell) / a**2
+        # overlap of r^l e^{-a r^2} functions:
+        # Gamma(l + 3/2) / (2 (a_i + a_j)^{l + 3/2})
+        s = 0.5 * gamma(ell + 1.5) * np.add.outer(al, al) ** (-ell - 1.5)
+        b = scipy.linalg.sqrtm(scipy.linalg.inv(s))
+        if np.iscomplexobj(b):
+            if np.abs(b.imag).max() > 1e-10 * np.abs(b.real).max():
+                raise ValueError(
+                    "Could not orthonormalise the GTO radial basis in real numbers; "
+                    f"lower n_max (={n_max}) or increase r_cut (={r_cut})."
+                )
+            b = b.real
+        if not np.all(np.isfinite(b)):
+            raise ValueError(
+                f"The GTO radial basis is numerically singular for n_max={n_max}, "
+                f"r_cut={r_cut}; lower n_max or increase r_cut."
+            )
+        alphas[ell] = al
+        betas[ell] = b
+    return alphas, betas
+
+
+def _sh_tables(l_max: int):
+    """Normalisation and recurrence tables of the real solid harmonics."""
+    L1 = l_max + 1
+    K = np.zeros((L1, L1))
+    qmm = np.ones(L1)
+    c1 = np.zeros((L1, L1))
+    c2 = np.zeros((L1, L1))
+    for m in range(1, L1):
+        qmm[m] = qmm[m - 1] * (2 * m - 1)
+    for ell in range(L1):
+        for m in range(ell + 1):
+            norm = math.sqrt(
+                (2 * ell + 1)
+                / (4 * math.pi)
+                * math.exp(math.lgamma(ell - m + 1) - math.lgamma(ell + m + 1))
+            )
+            K[ell, m] = norm * (math.sqrt(2.0) if m > 0 else 1.0)
+            if ell >= m + 2:
+                c1[ell, m] = (2 * ell - 1) / (ell - m)
+                c2[ell, m] = (ell + m - 1) / (ell - m)
+    return K, qmm, c1, c2
+
+
+class SOAP:
+    """Smooth Overlap of Atomic Positions power spectrum (dscribe's gto SOAP), in numba.
+
+    Parameters
+    ----------
+    species : sequence of str or int
+        All chemical species the descriptor will ever see (symbols or atomic numbers).
+    r_cut : float or None
+        Radial cutoff (Å), > 1. May be None when ``weighting`` has a function, in which
+        case it is inferred as dscribe does (``"poly"``: r0).
+    n_max : int
+        Number of radial basis functions, >= 1.
+    l_max : int
+        Maximum degree of the spherical harmonics, 0 <= l_max <= 20.
+    sigma : float, default 1.0
+        Width (Å) of the Gaussian atomic densities.
+    periodic : bool, default False
+        Respect the periodicity of the atoms (their ``pbc``); needs a non-degenerate
+        cell.
+    weighting : dict or None
+        dscribe's weighting of the atomic densities:
+
+        * ``{"function": "poly", "r0", "c", "m"}``:
+          ``c (1 + 2 (r/r0)^3 - 3 (r/r0)^2)^m`` for r <= r0, else 0 (smooth: the one
+          for MD);
+        * ``{"function": "pow", "r0", "c", "d", "m"}``: ``c / (d + (r/r0)^m)``;
+        * ``{"function": "exp", "r0", "c", "d"}``: ``c / (d + exp(-r/r0))``;
+        * and/or ``"w0"``: the weight of the central atom's own density (overrides the
+          function there).
+
+    Attributes
+    ----------
+    species_numbers_ : ndarray of shape (n_species,)
+        Sorted atomic numbers (dscribe's order).
+    cutoff_ : float
+        Neighbour cutoff actually used (Å): ``r_cut + sigma sqrt(-2 ln 1e-3)``, or
+        ``min(that, r0)`` with ``"poly"`` weighting (weights beyond r0 are exactly 0).
+
+    Examples
+    --------
+    >>> from ase.build import bulk
+    >>> soap = SOAP(["Cu"], r_cut=5.0, n_max=8, l_max=6, sigma=0.5, periodic=True,
+    ...             weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1})
+    >>> atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    >>> soap.create(atoms).shape
+    (4, 252)
+    >>> exp = soap.expand(atoms)
+    >>> G = np.ones_like(exp.descriptor)
+    >>> g = exp.backward(G)                      # (n_pairs, 3), no dX formed
+    >>> pair_forces(g, exp.center, exp.neighbor, len(atoms)).shape
+    (4, 3)
+    """
+
+    def __init__(
+        self,
+        species,
+        r_cut: float | None,
+        n_max: int,
+        l_max: int,
+        sigma: float = 1.0,
+        periodic: bool = False,
+        weighting: dict | None = None,
+    ):
+        self.species = species
+        self.r_cut = r_cut
+        self.n_max = n_max
+        self.l_max = l_max
+        self.sigma = sigma
+        self.periodic = periodic
+        self.weighting = weighting
+        self._setup()
+
+    # --- parameters ---
+    def _setup(self) -> None:
+        self.species_numbers_ = _parse_species(self.species)
+        for name in ("n_max", "l_max"):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}.")
+        if self.n_max < 1:
+            raise ValueError(
+                f"Must have at least one radial basis function: n_max={self.n_max}."
+            )
+        if self.l_max < 0:
+            raise ValueError(f"l_max cannot be negative: l_max={self.l_max}.")
+        if self.l_max > L_MAX_SUPPORTED:
+            raise ValueError(
+                f"The maximum supported l_max is {L_MAX_SUPPORTED}, "
+                f"got l_max={self.l_max}."
+            )
+        sigma = _number(self.sigma, "sigma")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got sigma={self.sigma}.")
+        if not isinstance(self.periodic, (bool, np.bool_)):
+            raise ValueError(f"periodic must be True or False, got {self.periodic!r}.")
+        self._weighting = _check_weighting(self.weighting)
+        if self.r_cut is None:
+            r_cut = _infer_r_cut(self._weighting)
+        else:
+            r_cut = _number(self.r_cut, "r_cut")
+        if r_cut <= 1:
+            raise ValueError(
+                "r_cut must be larger than 1 Å for the GTO radial basis, "
+                f"got r_cut={r_cut}."
+            )
+        self.r_cut_ = r_cut
+        self.sigma_ = sigma
+        n, L = int(self.n_max), int(self.l_max)
+        self.alphas_, self.betas_ = gto_basis(r_cut, n, L)
+
+        # Gaussian-density projection: A = -alpha eta / (eta + alpha),
+        # B = pi^{3/2} eta^{-3/2} beta (1 + alpha/eta)^{-(l + 3/2)}
+        eta = 1.0 / (2.0 * sigma**2)
+        ls = np.arange(L + 1)[:, None]
+        one = 1.0 / (1.0 + self.alphas_ / eta)  # (L+1, n)
+        self._A = np.ascontiguousarray((-self.alphas_ * one).ravel())  # [l * n_max + k]
+        fac = math.pi**1.5 * eta**-1.5 * one ** (ls + 1.5)  # (L+1, k)
+        B = self.betas_ * fac[:, None, :]  # [l, n, k]
+        self._BT = np.ascontiguousarray(np.swapaxes(B, 1, 2))  # [l, k, n]
+        self._prel = np.pi * np.sqrt(8.0 / (2.0 * np.arange(L + 1) + 1.0))
+        self._shK, self._shQmm, self._shC1, self._shC2 = _sh_tables(L)
+
+        # weighting
+        w = self._weighting or {}
+        func = w.get("function")
+        self._wtype = {
+            None: jit.W_NONE,
+            "poly": jit.W_POLY,
+            "pow": jit.W_POW,
+            "exp": jit.W_EXP,
+        }[func]
+        self._wpar = np.array(
+            [w.get("r0", 1.0), w.get("c", 1.0), w.get("m", 0.0), w.get("d", 0.0)]
+        )
+        if func is None:
+            w_func0 = 1.0
+        elif func == "poly":
+            w_func0 = w["c"]
+        elif func == "pow":
+            w_func0 = w["c"] / w["d"] if w["d"] > 0 else math.inf
+        else:
+            w_func0 = w["c"] / (w["d"] + 1.0)
+        self._w_zero = float(w.get("w0", w_func0))  # weight of anything at distance 0
+        self._self0 = np.ascontiguousarray(B[0].sum(axis=1) * self._shK[0, 0])
+
+        pad = sigma * math.sqrt(-2.0 * math.log(_GAUSS_THRESHOLD))
+        cutoff = r_cut + pad
+        if func == "poly":
+            cutoff = min(cutoff, w["r0"])
+        self.cutoff_ = float(cutoff)
+
+        # feature layout
+        S = len(self.species_numbers_)
+        nsym = n * (n + 1) // 2
+        self._pair_off = np.zeros((S, S), dtype=np.int64)
+        off = 0
+        for s in range(S):
+            for t in range(s, S):
+                self._pair_off[s, t] = self._pair_off[t, s] = off
+                off += (L + 1) * (nsym if s == t else n * n)
+        self._n_features = off
+        self._tri = np.zeros((n, n), dtype=np.int64)
+        k = 0
+        for a in range(n):
+            for b in range(a, n):
+                self._tri[a, b] = self._tri[b, a] = k
+                k += 1
+        self._z_to_index = np.full(max(self.species_numbers_) + 1, -1, dtype=np.int64)
+        self._z_to_index[self.species_numbers_] = np.arange(S)
+        # constant arguments of the numba kernels (see gpal/_soap_jit.py)
+        self._radial_args = (self._A, self._BT, self._wtype, self._wpar, self._w_zero)
+        self._layout_args = (
+            self._shK, self._shQmm, self._shC1, self._shC2, self._prel,
+            self._pair_off, self._tri,
+        )  # fmt: skip
+
+    def get_number_of_features(self) -> int:
+        """Number of features, ``(S n)(S n + 1)/2 (l_max + 1)`` for S species."""
+        return self._n_features
+
+    def get_params(self) -> dict:
+        """Constructor arguments (JSON-serialisable)."""
+        return {
+            "species": [int(z) for z in self.species_numbers_],
+            "r_cut": float(self.r_cut_),
+            "n_max": int(self.n_max),
+            "l_max": int(self.l_max),
+            "sigma": float(self.sigma_),
+            "periodic": bool(self.periodic),
+            "weighting": None if self._weighting is None else dict(self._weighting),
+        }
+
+    def __repr__(self) -> str:
+        p = self.get_params()
+        return (
+            f"SOAP(species={p['species']}, r_cut={p['r_cut']:g}, n_max={p['n_max']}, "
+            f"l_max={p['l_max']}, sigma={p['sigma']:g}, periodic={p['periodic']}, "
+            f"weighting={p['weighting']})"
+        )
+
+    # --- atoms ---
+    def _prepare(self, atoms):
+        numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
+        pos = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)
+        cell = np.array(atoms.get_cell().array, dtype=np.float64)
+        if not np.all(np.isfinite(pos)):
+            raise InvalidPositionsError(
+                "Atomic positions contain NaN or infinite values."
+            )
+        if not np.all(np.isfinite(cell)):
+            raise InvalidPositionsError("The cell contains NaN or infinite values.")
+        known = set(self.species_numbers_.tolist())
+        unknown = set(numbers.tolist()) - known
+        if unknown:
+            raise UnknownSpeciesError(unknown, known)
+        volume = abs(float(np.linalg.det(cell)))
+        norms = np.linalg.norm(cell, axis=1)
+        if norms.min() == 0.0 or volume <= 1e-10 * float(np.prod(norms)):
+            volume = math.nan
+        if self.periodic:
+            if not math.isfinite(volume):
+                raise MissingCellError(
+                    "periodic=True needs atoms with a non-degenerate cell; got cell "
+                    f"{cell.tolist()} (set atoms.cell, or use periodic=False)."
+                )
+            pbc = np.asarray(atoms.get_pbc(), dtype=np.bool_)
+        else:
+            pbc = np.zeros(3, dtype=np.bool_)
+        spec = self._z_to_index[numbers] if len(numbers) else numbers.copy()
+        if len(numbers):
+            i, j, D, _, offsets = _pairs(pos, cell, pbc, self.cutoff_)
+        else:
+            i = j = np.zeros(0, np.int64)
+            D = np.zeros((0, 3))
+            offsets = np.zeros(1, np.int64)
+        return numbers, spec, i, j, D, offsets, volume
+
+    def _n_chunks(self, n_atoms: int) -> int:
+        return max(1, min(n_atoms, numba.get_num_threads() * _CHUNKS_PER_THREAD))
+
+    @staticmethod
+    def _dynamic():
+        """Dynamic scheduling of the prange chunks (robust when a core is busy)."""
+        return numba.parallel_chunksize(1)
+
+    def _run_create(self, spec, j, D, offsets):
+        N = len(spec)
+        S = len(self.species_numbers_)
+        L2 = (self.l_max + 1) ** 2
+        C = np.zeros((N, S, L2, self.n_max))
+        X = np.empty((N, self._n_features))
+        if N:
+            with self._dynamic():
+                jit.soap_create(
+                    D,
+                    spec[j],
+                    offsets,
+                    spec,
+                    S,
+                    *self._radial_args,
+                    self._w_zero,
+                    self._self0,
+                    *self._layout_args,
+                    C,
+                    X,
+                    self._n_chunks(N),
+                )
+        return C, X
+
+    def create(self, atoms) -> np.ndarray:
+        """SOAP of every atom.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+
+        Returns
+        -------
+        X : ndarray of shape (n_atoms, n_features)
+            Equal to dscribe's ``SOAP.create(atoms)`` with the same parameters.
+        """
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        _, X = self._run_create(spec, j, D, offsets)
+        return X
+
+    def derivatives(self, atoms, dense: bool = False):
+        """Descriptor and its analytic derivatives.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        dense : bool, default False
+            False: a :class:`SOAPDerivatives` with derivatives on neighbour pairs
+            (memory linear in atoms). True: ``(derivatives, X)`` in dscribe's layout,
+            derivatives of shape (n_atoms, n_atoms, 3, n_features) with
+            ``[i, j] = dX_i / dr_j`` (dscribe's ``attach=True``), X of shape
+            (n_atoms, n_features).
+
+        Returns
+        -------
+        SOAPDerivatives or tuple of (ndarray, ndarray)
+        """
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        N = len(spec)
+        P = len(i)
+        X = np.empty((N, self._n_features))
+        dX = np.zeros((P, 3, self._n_features))
+        if N:
+            max_pairs = int(np.max(np.diff(offsets))) if P else 0
+            with self._dynamic():
+                jit.soap_derivatives(
+                    D,
+                    spec[j],
+                    offsets,
+                    spec,
+                    len(self.species_numbers_),
+                    *self._radial_args,
+                    self._w_zero,
+                    self._self0,
+                    *self._layout_args,
+                    max(max_pairs, 1),
+                    X,
+                    dX,
+                    self._n_chunks(N),
+                )
+        res = SOAPDerivatives(
+            descriptor=X,
+            center=i,
+            neighbor=j,
+            vector=D,
+            dX=dX,
+            offsets=offsets,
+            volume=volume,
+            numbers=numbers,
+        )
+        if dense:
+            return res.to_dense(), X
+        return res
+
+    def expand(self, atoms) -> SOAPExpansion:
+        """Descriptor plus the expansion kept for :meth:`SOAPExpansion.backward`.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+
+        Returns
+        -------
+        SOAPExpansion
+        """
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        C, X = self._run_create(spec, j, D, offsets)
+        return SOAPExpansion(
+            descriptor=X,
+            center=i,
+            neighbor=j,
+            vector=D,
+            offsets=offsets,
+            numbers=numbers,
+            volume=volume,
+            coefficients=C,
+            _species_index=spec,
+            _soap=self,
+        )
+
+    def _backward(self, exp: SOAPExpansion, G: np.ndarray) -> np.ndarray:
+        N = exp.n_atoms
+        out = np.empty((len(exp.center), 3))
+        if N and len(exp.center):
+            with self._dynamic():
+                jit.soap_backward(
+                    exp.vector,
+                    exp._species_index[exp.neighbor],
+                    exp.offsets,
+                    *self._radial_args,
+                    *self._layout_args,
+                    exp.coefficients,
+                    G,
+                    out,
+                    self._n_chunks(N),
+                )
+        return out

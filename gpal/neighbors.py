@@ -1,0 +1,379 @@
+"""Neighbour lists: a numba cell list, linear in the number of atoms.
+
+:func:`neighbor_list` returns every pair (i, j, D) with ``D = r_j + S @ cell - r_i`` and
+``|D| <= cutoff`` (inclusive, like dscribe's cell list), over all periodic images ``S``
+along periodic directions, excluding only the zero-distance self pair (i == j, S == 0).
+Pairs are sorted by ``i``. Periodic images of an atom itself are included, and so are
+several images of the same neighbour when the cutoff sphere is larger than the cell.
+
+Algorithm
+---------
+Positions are expressed in a basis whose rows are the cell vectors along periodic
+directions and orthonormal vectors (orthogonal to those) along non-periodic ones.
+Fractional coordinates along periodic directions are wrapped into [0, 1). Each direction
+is cut into bins whose width, measured perpendicular to the bin planes, is at least the
+cutoff (unless the cell itself is thinner, in which case one bin is searched over as
+many periodic images as needed). Any pair within the cutoff then differs by at most
+``reach`` bins along each direction, where ``reach = ceil(cutoff * n_bins / height)``;
+an extended bin index ``e`` maps to bin ``e mod n_bins`` and periodic image ``e //
+n_bins``. The search is done twice (count, then fill) in parallel over atoms, so the
+output is sorted by ``i`` and race-free.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+# passive OpenMP waiting: see the note in gpal/_soap_jit.py (a user's setting wins)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .exceptions import InvalidPositionsError, MissingCellError  # noqa: E402
+
+__all__ = ["neighbor_list"]
+
+_MAX_BINS_PER_ATOM = 8
+
+
+def neighbor_list(
+    positions,
+    cell,
+    pbc,
+    cutoff: float,
+    *,
+    return_shifts: bool = False,
+):
+    """All atom pairs closer than ``cutoff``, periodic images included.
+
+    Parameters
+    ----------
+    positions : array_like of shape (n_atoms, 3)
+        Cartesian positions (Å). They need not be wrapped into the cell.
+    cell : array_like of shape (3, 3) or None
+        Cell vectors as rows. Only the vectors along periodic directions are used; they
+        must be linearly independent.
+    pbc : bool or array_like of shape (3,)
+        Periodicity along each cell vector. Non-periodic directions get no images.
+    cutoff : float
+        Pair cutoff (Å); pairs with ``|D| <= cutoff`` are returned.
+    return_shifts : bool, default False
+        Also return the integer image shifts ``S``.
+
+    Returns
+    -------
+    i : ndarray of shape (n_pairs,), int64
+        Centre atom indices, sorted ascending.
+    j : ndarray of shape (n_pairs,), int64
+        Neighbour atom indices (in the original cell).
+    D : ndarray of shape (n_pairs, 3), float64
+        Pair vectors ``r_j + S @ cell - r_i``.
+    S : ndarray of shape (n_pairs, 3), int64
+        Only if ``return_shifts``: the periodic image of ``j``.
+
+    Raises
+    ------
+    InvalidPositionsError
+        Positions or cell contain NaN or infinite values.
+    MissingCellError
+        A direction is periodic but the cell vectors along periodic directions are
+        degenerate.
+    ValueError
+        Bad shapes or a non-positive cutoff.
+    """
+    pos, cell_arr, pbc_arr = _check_inputs(positions, cell, pbc, cutoff)
+    i, j, D, S, _ = _pairs(pos, cell_arr, pbc_arr, float(cutoff))
+    if return_shifts:
+        return i, j, D, S
+    return i, j, D
+
+
+def _check_inputs(positions, cell, pbc, cutoff):
+    pos = np.ascontiguousarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must have shape (n_atoms, 3), got {pos.shape}.")
+    if not np.all(np.isfinite(pos)):
+        raise InvalidPositionsError("Positions contain NaN or infinite values.")
+    if cell is None:
+        cell_arr = np.zeros((3, 3))
+    else:
+        cell_arr = np.array(cell, dtype=np.float64)
+        if cell_arr.shape == (3,):
+            cell_arr = np.diag(cell_arr)
+        if cell_arr.shape != (3, 3):
+            raise ValueError(f"cell must have shape (3, 3), got {cell_arr.shape}.")
+        if not np.all(np.isfinite(cell_arr)):
+            raise InvalidPositionsError("The cell contains NaN or infinite values.")
+    pbc_arr = np.zeros(3, dtype=np.bool_)
+    pbc_arr[:] = pbc
+    if not (np.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be a positive finite number, got {cutoff}.")
+    return pos, cell_arr, pbc_arr
+
+
+def _basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Rows: the cell vectors along periodic directions, orthonormal ones elsewhere."""
+    periodic = [d for d in range(3) if pbc[d]]
+    vecs = cell[periodic]
+    if len(periodic) > 0:
+        norms = np.linalg.norm(vecs, axis=1)
+        scale = max(norms.max(), 1e-300)
+        sv = np.linalg.svd(vecs / scale, compute_uv=False)
+        if np.any(norms == 0) or sv.min() < 1e-10:
+            raise MissingCellError(
+                "The cell vectors along the periodic directions "
+                f"{[('a', 'b', 'c')[d] for d in periodic]} are missing or linearly "
+                f"dependent (cell={cell.tolist()}, pbc={pbc.tolist()})."
+            )
+    basis = np.zeros((3, 3))
+    for d in periodic:
+        basis[d] = cell[d]
+    free = [d for d in range(3) if not pbc[d]]
+    if free:
+        # orthonormal complement of the periodic vectors
+        if periodic:
+            u, _, _ = np.linalg.svd(vecs.T, full_matrices=True)
+            comp = u[:, len(periodic) :].T  # (3 - n_periodic, 3)
+        else:
+            comp = np.eye(3)
+        for k, d in enumerate(free):
+            basis[d] = comp[k]
+    return basis
+
+
+def _pairs(pos, cell, pbc, cutoff):
+    """Internal: (i, j, D, S, offsets) with CSR offsets of each centre's pairs."""
+    n_atoms = pos.shape[0]
+    if n_atoms == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return (
+            e,
+            e.copy(),
+            np.zeros((0, 3)),
+            np.zeros((0, 3), np.int64),
+            np.zeros(1, np.int64),
+        )
+    basis = _basis(cell, pbc)
+    binv = np.linalg.inv(basis)
+    frac = pos @ binv
+    wrap = np.zeros((n_atoms, 3), dtype=np.int64)
+    height = 1.0 / np.linalg.norm(
+        binv, axis=0
+    )  # plane spacing for unit fractional step
+    n_bins = np.ones(3, dtype=np.int64)
+    lo = np.zeros(3)
+    width = np.ones(3)
+    reach = np.ones(3, dtype=np.int64)
+    for d in range(3):
+        if pbc[d]:
+            w = np.floor(frac[:, d])
+            frac[:, d] -= w
+            # rounding can leave exactly 1.0
+            over = frac[:, d] >= 1.0
+            frac[over, d] = 0.0
+            w[over] += 1
+            wrap[:, d] = w.astype(np.int64)
+            n_bins[d] = max(1, int(height[d] / cutoff))
+        else:
+            lo[d] = frac[:, d].min()
+            span = frac[:, d].max() - lo[d]
+            n_bins[d] = max(1, int(span * height[d] / cutoff))
+    # keep the number of bins proportional to the number of atoms (sparse systems)
+    max_bins = max(27, _MAX_BINS_PER_ATOM * n_atoms)
+    while n_bins.prod() > max_bins:
+        d = int(np.argmax(n_bins))
+        n_bins[d] = max(1, n_bins[d] // 2)
+    for d in range(3):
+        if pbc[d]:
+            width[d] = 1.0 / n_bins[d]
+            reach[d] = max(1, math.ceil(cutoff * n_bins[d] / height[d] * (1.0 + 1e-10)))
+        else:
+            span = frac[:, d].max() - lo[d]
+            width[d] = span / n_bins[d] if span > 0 else 1.0
+            reach[d] = 1
+    shift_cart = np.ascontiguousarray(cell)
+    counts = np.zeros(n_atoms, dtype=np.int64)
+    bin_of, order, bin_start = _bin_atoms(frac, lo, width, n_bins)
+    chunk = max(1, n_atoms // (16 * numba.get_num_threads()))
+    with numba.parallel_chunksize(
+        chunk
+    ):  # dynamic scheduling: robust when a core is busy
+        _search(
+            pos,
+            shift_cart,
+            pbc,
+            wrap,
+            bin_of,
+            order,
+            bin_start,
+            n_bins,
+            reach,
+            cutoff,
+            counts,
+            np.zeros(1, np.int64),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.int64),
+            np.zeros((1, 3)),
+            np.zeros((1, 3), np.int64),
+            False,
+        )
+    offsets = np.zeros(n_atoms + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    n_pairs = int(offsets[-1])
+    i_out = np.empty(n_pairs, dtype=np.int64)
+    j_out = np.empty(n_pairs, dtype=np.int64)
+    D_out = np.empty((n_pairs, 3), dtype=np.float64)
+    S_out = np.empty((n_pairs, 3), dtype=np.int64)
+    with numba.parallel_chunksize(chunk):
+        _search(
+            pos,
+            shift_cart,
+            pbc,
+            wrap,
+            bin_of,
+            order,
+            bin_start,
+            n_bins,
+            reach,
+            cutoff,
+            counts,
+            offsets,
+            i_out,
+            j_out,
+            D_out,
+            S_out,
+            True,
+        )
+    return i_out, j_out, D_out, S_out, offsets
+
+
+@numba.njit(cache=True)
+def _bin_atoms(frac, lo, width, n_bins):
+    """Counting sort of atoms into bins; returns (bin (n_atoms,3), order, bin_start)."""
+    n_atoms = frac.shape[0]
+    nx, ny, nz = n_bins[0], n_bins[1], n_bins[2]
+    bin_of = np.empty((n_atoms, 3), dtype=np.int64)
+    flat = np.empty(n_atoms, dtype=np.int64)
+    n_tot = nx * ny * nz
+    bin_start = np.zeros(n_tot + 1, dtype=np.int64)
+    for a in range(n_atoms):
+        for d in range(3):
+            b = int(math.floor((frac[a, d] - lo[d]) / width[d]))
+            if b < 0:
+                b = 0
+            elif b >= n_bins[d]:
+                b = n_bins[d] - 1
+            bin_of[a, d] = b
+        f = (bin_of[a, 0] * ny + bin_of[a, 1]) * nz + bin_of[a, 2]
+        flat[a] = f
+        bin_start[f + 1] += 1
+    for f in range(n_tot):
+        bin_start[f + 1] += bin_start[f]
+    fill = bin_start[:-1].copy()
+    order = np.empty(n_atoms, dtype=np.int64)
+    for a in range(n_atoms):
+        order[fill[flat[a]]] = a
+        fill[flat[a]] += 1
+    return bin_of, order, bin_start
+
+
+@numba.njit(cache=True, parallel=True)
+def _search(
+    pos,
+    cell,
+    pbc,
+    wrap,
+    bin_of,
+    order,
+    bin_start,
+    n_bins,
+    reach,
+    cutoff,
+    counts,
+    offsets,
+    i_out,
+    j_out,
+    D_out,
+    S_out,
+    fill,
+):
+    """Count (fill=False) or write (fill=True) the pairs of every atom."""
+    n_atoms = pos.shape[0]
+    nx, ny, nz = n_bins[0], n_bins[1], n_bins[2]
+    cut2 = cutoff * cutoff
+    for i in numba.prange(n_atoms):
+        k = 0
+        if fill:
+            k = offsets[i]
+        bx, by, bz = bin_of[i, 0], bin_of[i, 1], bin_of[i, 2]
+        for ex in range(bx - reach[0], bx + reach[0] + 1):
+            if pbc[0]:
+                cx = ex % nx
+                sx = ex // nx
+            else:
+                if ex < 0 or ex >= nx:
+                    continue
+                cx = ex
+                sx = 0
+            for ey in range(by - reach[1], by + reach[1] + 1):
+                if pbc[1]:
+                    cy = ey % ny
+                    sy = ey // ny
+                else:
+                    if ey < 0 or ey >= ny:
+                        continue
+                    cy = ey
+                    sy = 0
+                for ez in range(bz - reach[2], bz + reach[2] + 1):
+                    if pbc[2]:
+                        cz = ez % nz
+                        sz = ez // nz
+                    else:
+                        if ez < 0 or ez >= nz:
+                            continue
+                        cz = ez
+                        sz = 0
+                    f = (cx * ny + cy) * nz + cz
+                    for q in range(bin_start[f], bin_start[f + 1]):
+                        j = order[q]
+                        s0 = sx - wrap[j, 0] + wrap[i, 0]
+                        s1 = sy - wrap[j, 1] + wrap[i, 1]
+                        s2 = sz - wrap[j, 2] + wrap[i, 2]
+                        if j == i and s0 == 0 and s1 == 0 and s2 == 0:
+                            continue
+                        dx = (
+                            pos[j, 0]
+                            - pos[i, 0]
+                            + s0 * cell[0, 0]
+                            + s1 * cell[1, 0]
+                            + s2 * cell[2, 0]
+                        )
+                        dy = (
+                            pos[j, 1]
+                            - pos[i, 1]
+                            + s0 * cell[0, 1]
+                            + s1 * cell[1, 1]
+                            + s2 * cell[2, 1]
+                        )
+                        dz = (
+                            pos[j, 2]
+                            - pos[i, 2]
+                            + s0 * cell[0, 2]
+                            + s1 * cell[1, 2]
+                            + s2 * cell[2, 2]
+                        )
+                        if dx * dx + dy * dy + dz * dz <= cut2:
+                            if fill:
+                                i_out[k] = i
+                                j_out[k] = j
+                                D_out[k, 0] = dx
+                                D_out[k, 1] = dy
+                                D_out[k, 2] = dz
+                                S_out[k, 0] = s0
+                                S_out[k, 1] = s1
+                                S_out[k, 2] = s2
+                            k += 1
+        if not fill:
+            counts[i] = k
