@@ -66,7 +66,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--temperature", type=float, default=1200.0)
-    p.add_argument("--threshold", type=float, default=0.05, help="energies_std trigger (eV)")
+    p.add_argument("--quantity", default="forces_std", choices=("forces_std", "energies_std"))
+    p.add_argument("--threshold", type=float, default=0.05, help="trigger threshold (eV/Å or eV)")
+    p.add_argument("--every", type=int, default=10, help="check the trigger every this many steps")
     p.add_argument("--adaptive", action="store_true", help="VASP-style adaptive threshold")
     p.add_argument("--n-sparse", type=int, default=100)
     p.add_argument("--sparse-per-label", type=int, default=20)
@@ -86,8 +88,8 @@ def main(argv=None):
         cell, EMT(), SparseGP(descriptor(), n_sparse=args.n_sparse),
         run_dir=run_dir,
         md=MDSettings(temperature=args.temperature, timestep=1.0, friction=0.02),
-        trigger=Trigger(quantity="energies_std", threshold=args.threshold, adaptive=args.adaptive,
-                        threshold_min=0.5 * args.threshold),
+        trigger=Trigger(quantity=args.quantity, threshold=args.threshold, adaptive=args.adaptive,
+                        threshold_min=0.5 * args.threshold, every=args.every),
         sparse_per_label=args.sparse_per_label,
         random_state=args.seed,
         log_every=100,

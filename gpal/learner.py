@@ -80,17 +80,32 @@ class Trigger:
         uncertain than the recent trajectory trigger.
     threshold_min : float
         Floor of the adaptive threshold (same unit as ``threshold``).
+    every : int, default 1
+        Check the uncertainty every this many MD steps (blow-up checks still run every
+        step). Use it with ``"forces_std"``, whose evaluation costs several MD steps.
+
+    Notes
+    -----
+    Local-energy stds are cheap but include a part that labels cannot remove: only sums
+    of local energies (total energies) and their gradients (forces, stress) are
+    observed, so the split of an energy between the atoms of a rare environment (a
+    point defect, say) stays uncertain while its forces are already well known. A
+    threshold on ``energies_std`` close to that floor keeps firing on such frames;
+    ``"forces_std"`` measures what MD needs directly.
     """
 
     quantity: str = "energies_std"
-    threshold: float = 0.02
+    threshold: float = 0.05
     relative_to_noise: bool = False
     adaptive: bool = False
     threshold_min: float = 0.005
     adapt_window: int = 50
     adapt_margin: float = 0.5
+    every: int = 1
 
     def __post_init__(self):
+        if int(self.every) < 1:
+            raise ValueError(f"trigger every must be >= 1 step, got {self.every}")
         if self.quantity not in _TRIGGER_QUANTITIES:
             raise ValueError(f"Invalid trigger quantity {self.quantity!r}; choose from {_TRIGGER_QUANTITIES}")
         if not self.threshold > 0:
@@ -143,6 +158,7 @@ class Summary:
     labelled_frames: int
     bootstrap_frames: int
     rollbacks: int
+    sparse_refreshes: int
     wall_time: float
     time_md: float
     time_oracle: float
@@ -159,6 +175,7 @@ class Summary:
             f"{self.oracle_failures} failed)",
             f"  labelled frames       : {self.labelled_frames}",
             f"  rollbacks             : {self.rollbacks}",
+            f"  sparse refreshes      : {self.sparse_refreshes} (uncertain frames resolved without the oracle first)",
             f"  wall time             : {self.wall_time:.1f} s (MD {self.time_md:.1f}, oracle "
             f"{self.time_oracle:.1f}, model updates {self.time_update:.1f})",
         ]
@@ -272,9 +289,16 @@ class ActiveLearner:
     n_sparse_initial : int, default 100
     sparse_per_label : int, default 10
         New sparse environments taken from each labelled frame (its most uncertain).
-    optimize_every : int, default 5
+    optimize_every : float, default 1.5
         Re-optimise hyperparameters (log marginal likelihood) after the bootstrap and
-        then every this many labels (0: never).
+        then whenever the number of labels has grown by this factor since the last time
+        (a geometric schedule: the cost of each optimisation grows with the data, the
+        total stays about that of the last one); 0 never.
+    sparse_refresh : bool, default True
+        Before labelling an uncertain frame, add its most uncertain environments to the
+        sparse set and look again (no oracle call); see :meth:`_refresh_sparse`.
+    max_sparse : int, default 2000
+        Upper bound of the sparse set (prediction cost grows with it).
     optimize_noise : bool, default False
         Also optimise the noise levels; by default they stay as given (they encode the
         accuracy asked for) and only kernel hyperparameters (signal variance) move.
@@ -316,8 +340,10 @@ class ActiveLearner:
         rattle: float = 0.05,
         n_sparse_initial: int = 100,
         sparse_per_label: int = 10,
-        optimize_every: int = 5,
+        optimize_every: float = 1.5,
         optimize_noise: bool = False,
+        sparse_refresh: bool = True,
+        max_sparse: int = 2000,
         checkpoint_every: int = 1,
         max_oracle_calls: int | None = None,
         validation: Sequence[Atoms] | None = None,
@@ -352,8 +378,12 @@ class ActiveLearner:
         self.rattle = float(rattle)
         self.n_sparse_initial = n_sparse_initial
         self.sparse_per_label = int(sparse_per_label)
-        self.optimize_every = int(optimize_every)
+        self.optimize_every = float(optimize_every)
         self.optimize_noise = bool(optimize_noise)
+        self.sparse_refresh = bool(sparse_refresh)
+        self.max_sparse = int(max_sparse)
+        self.n_refresh = 0
+        self._last_opt = 0
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.max_oracle_calls = max_oracle_calls
         self.validation = list(validation) if validation is not None else None
@@ -426,6 +456,8 @@ class ActiveLearner:
             "oracle_calls": self.oracle.n_calls,
             "oracle_failures": self.oracle.n_failures,
             "rollbacks": self.rollbacks,
+            "n_refresh": self.n_refresh,
+            "last_optimization": self._last_opt,
             "threshold": self.threshold_,
             "recent_uncertainty": self._recent_unc[-self.trigger.adapt_window:],
             "n_walkers_total": len(self.walkers),
@@ -439,6 +471,8 @@ class ActiveLearner:
                 "sparse_per_label": self.sparse_per_label,
                 "optimize_every": self.optimize_every,
                 "optimize_noise": self.optimize_noise,
+                "sparse_refresh": self.sparse_refresh,
+                "max_sparse": self.max_sparse,
                 "checkpoint_every": self.checkpoint_every,
                 "max_oracle_calls": self.max_oracle_calls,
                 "check_every": self.check_every,
@@ -484,7 +518,7 @@ class ActiveLearner:
             self.model.fit(frames)
         else:
             self.model.update(frames, n_sparse=self.sparse_per_label * len(frames), sparse_selection="variance")
-        if self.optimize_every and self.n_labelled % self.optimize_every < len(frames):
+        if self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1):
             self._optimize()
         self._times["update"] += time.perf_counter() - t0
         for w in self.walkers:
@@ -498,6 +532,7 @@ class ActiveLearner:
             self.checkpoint()
 
     def _optimize(self) -> None:
+        self._last_opt = self.n_labelled
         try:
             self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
             self._log({"event": "hyperparameters", "step": self.step,
@@ -559,7 +594,7 @@ class ActiveLearner:
     # ------------------------------------------------------------------ MD
     def _init_walkers(self, positions=None) -> None:
         rng = as_rng(self.random_state)
-        calc_kw = dict(std_every=1, forces_std=self.trigger.quantity == "forces_std")
+        calc_kw = dict(std_every=1 if self.trigger.quantity == "energies_std" else 0)
         self.walkers = []
         k = 0
         for s in self.structures:
@@ -580,6 +615,29 @@ class ActiveLearner:
                 calc = GPCalculator(self.model, **calc_kw)
                 self.walkers.append(_Walker(k, a, self.md, wrng, calc, T0))
                 k += 1
+
+    def _refresh_sparse(self, w: _Walker, unc: float) -> bool:
+        """Add the frame's most uncertain environments as sparse points (no oracle call).
+
+        Part of a DTC variance is the sparse approximation's own error; it vanishes when
+        the environment joins the sparse set, while the labels already in the model
+        still decide its posterior. Only if the frame stays uncertain after this is the
+        oracle asked. Returns True if environments were added.
+        """
+        if not self.sparse_refresh or len(self.model.sparse_X_) >= self.max_sparse:
+            return False
+        t0 = time.perf_counter()
+        n = min(self.sparse_per_label, self.max_sparse - len(self.model.sparse_X_))
+        added = self.model.add_sparse_environments(w.atoms, n, sparse_selection="variance")
+        self._times["update"] += time.perf_counter() - t0
+        if not added:
+            return False
+        for other in self.walkers:
+            other.atoms.calc.reset()
+        self.n_refresh += 1
+        self._log({"event": "sparse_refresh", "step": self.step, "walker": w.index, "added": added,
+                   "std_before": unc, "n_sparse": len(self.model.sparse_X_)})
+        return True
 
     def _blown_up(self, w: _Walker) -> str | None:
         try:
@@ -639,7 +697,12 @@ class ActiveLearner:
                     to_label.append(w.atoms.copy())
                     reasons.append("rollback")
                     continue
+                if self.step % self.trigger.every:
+                    w.good = w.snapshot()
+                    continue
                 unc = _uncertainty(w.atoms.calc, w.atoms, q)
+                if unc > self.threshold_ and self._refresh_sparse(w, unc):
+                    unc = _uncertainty(w.atoms.calc, w.atoms, q)
                 unc_max = max(unc_max, unc)
                 if unc > self.threshold_:
                     to_label.append(w.atoms.copy())
@@ -734,6 +797,7 @@ class ActiveLearner:
             labelled_frames=self.n_labelled,
             bootstrap_frames=n_boot,
             rollbacks=self.rollbacks,
+            sparse_refreshes=self.n_refresh,
             wall_time=wall,
             time_md=self._times["md"],
             time_oracle=self._times["oracle"],
@@ -826,6 +890,8 @@ class ActiveLearner:
         self.total_steps = state["total_steps"]
         self.bootstrap_done = state["bootstrap_done"]
         self.rollbacks = state["rollbacks"]
+        self.n_refresh = state.get("n_refresh", 0)
+        self._last_opt = state.get("last_optimization", 0)
         self.threshold_ = state["threshold"]
         self._recent_unc = list(state.get("recent_uncertainty", []))
         self._times = state["times"]

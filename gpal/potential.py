@@ -58,6 +58,7 @@ from ._validation import (
 from .descriptors import SOAP, pair_forces, pair_stress
 from .kernels import NormalizedDotProduct
 from .sparse_gp import SparseGPSolver
+from ._threads import small_blas
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +480,7 @@ class SparseGP:
         )
 
     # ------------------------------------------------------------------ predict
+    @small_blas(lambda self, atoms, *a: len(atoms) * len(getattr(self, "sparse_X_", ())))
     def predict(
         self,
         atoms: Atoms,
@@ -646,6 +648,28 @@ class SparseGP:
         self.frames_ = self.frames_ + new
         self.alpha_ = self.solver_.alpha_
         return self
+
+    def add_sparse_environments(self, atoms, n_sparse: int, *, sparse_selection: str = "variance") -> int:
+        """Add environments of (unlabelled) ``atoms`` to the sparse set; no label needed.
+
+        Sparse (inducing) environments only set where the model can resolve local
+        energies; the labels already in the model then decide their posterior. Adding the
+        environments of a new configuration removes the part of its DTC variance that
+        comes from the sparse approximation (``k - k K_mm^-1 k``) without an oracle call.
+        The active learner does this before deciding that a frame needs a label.
+
+        Returns
+        -------
+        int
+            Number of environments added (near-duplicates of existing ones are skipped).
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        Znew, zspnew = self._choose_new_sparse([atoms], int(n_sparse), sparse_selection)
+        if len(Znew):
+            self._add_sparse(Znew, zspnew)
+            self.alpha_ = self.solver_.alpha_
+        return len(Znew)
 
     def _choose_new_sparse(self, frames, n_new, method):
         from . import selection
