@@ -426,6 +426,30 @@ class CosineKernel(Kernel):
         G *= (float(self.signal_variance) * self._inverse_norms(xn))[:, None]
         return G
 
+    def value_and_weighted_gradient(self, X, Z, alpha) -> tuple[np.ndarray, np.ndarray]:
+        """``(self(X, Z), self.weighted_gradient_x(X, Z, alpha))`` from one cosine matrix.
+
+        The prediction path needs both; this normalises the rows and forms the cosines
+        once.
+
+        Returns
+        -------
+        K : ndarray of shape (n, m)
+        G : ndarray of shape (n, n_features)
+        """
+        X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
+        alpha = np.asarray(alpha, dtype=np.float64)
+        if alpha.shape != (Zh.shape[0],):
+            raise ValueError(f"alpha must have shape ({Zh.shape[0]},), got {alpha.shape}")
+        C, Fc = self._cosines(Xh, xn, Zh, False)
+        s2 = float(self.signal_variance)
+        W = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
+        W *= alpha[None, :]  # [n, m]
+        G = W @ Zh  # [n, F]
+        G -= np.einsum("nm,nm->n", W, C)[:, None] * Xh
+        G *= (s2 * self._inverse_norms(xn))[:, None]
+        return s2 * Fc, G
+
     def contract_gradient(self, X, Z, center, dX, eval_gradient: bool = False):
         """Kernel gradient contracted with pair derivatives of the descriptor.
 

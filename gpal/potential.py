@@ -530,9 +530,8 @@ class SparseGP:
             if not len(c):
                 continue
             Xr, Zc = X[r], Z[c]
-            Kz = self.kernel_(Xr, Zc)
+            Kz, G[r] = self.kernel_.value_and_weighted_gradient(Xr, Zc, alpha[c])
             energies[r] += Kz @ alpha[c]
-            G[r] = self.kernel_.weighted_gradient_x(Xr, Zc, alpha[c])
             if want_k:
                 K[np.ix_(r, c)] = Kz
         dE = exp.backward(G)

@@ -407,3 +407,12 @@ def test_input_validation(data):
 def test_doctests():
     result = doctest.testmod(kernels)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=3, signal_variance=0.7), SquaredExponential(length_scale=0.4)])
+def test_value_and_weighted_gradient_matches_separate_calls(kernel):
+    rng = np.random.default_rng(5)
+    X, Z, alpha = rng.normal(size=(7, 5)), rng.normal(size=(4, 5)), rng.normal(size=4)
+    K, G = kernel.value_and_weighted_gradient(X, Z, alpha)
+    np.testing.assert_allclose(K, kernel(X, Z), rtol=1e-13)
+    np.testing.assert_allclose(G, kernel.weighted_gradient_x(X, Z, alpha), rtol=1e-12, atol=1e-14)
