@@ -25,7 +25,7 @@ learner = ActiveLearner(
     SparseGP(soap, n_sparse=60, energy_noise=0.005, force_noise=0.05),
     run_dir="ethanol_xtb_run",
     md=MDSettings(temperature=500, timestep=0.5),
-    trigger=Trigger(quantity="energies_std", threshold=0.05),
+    trigger=Trigger(quantity="energies_std", threshold=0.1, adaptive=True, threshold_min=0.05),
     rattle=0.05,
 )
 print(learner.run(60 if FAST else 4000))
