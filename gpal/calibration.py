@@ -872,6 +872,10 @@ def plot_error_vs_uncertainty(
     )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):  # minor labels overlap when the data span < 1 decade
+        axis.set_minor_formatter(NullFormatter())
     u = f" ({units})" if units else ""
     ax.set_xlabel(f"RMV = sqrt(mean σ²){u}")
     ax.set_ylabel(f"RMSE{u}")

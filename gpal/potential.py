@@ -278,6 +278,16 @@ class SparseGP:
         }
         self.e0_ = self._fit_e0(self.frames_)
         self.calibration_ = {}
+        seen = {int(z) for a in self.frames_ for z in np.unique(a.numbers)}
+        unseen = [chemical_symbols[int(z)] for z in self.species_ if int(z) not in seen]
+        if unseen:
+            warnings.warn(
+                f"species {', '.join(unseen)} are in the descriptor but in no training frame: "
+                "their local energies are the prior (zero, with baseline e0 = 0) until frames "
+                "containing them are added",
+                UserWarning,
+                stacklevel=2,
+            )
 
         X_list = [self.descriptor_.create(a) for a in self.frames_]
         for a, X in zip(self.frames_, X_list):
@@ -355,9 +365,13 @@ class SparseGP:
                 f"n_sparse={n_sparse} is smaller than the number of species ({len(present)})"
             )
         total = sum(avail[int(z)] for z in present)
+        # proportional to the number of environments, but every species present gets at
+        # least half of an equal share: a rare species would otherwise get a handful of
+        # sparse points and its forces would be poor however much data arrives
+        floor = int(np.ceil(n_sparse / (2 * len(present))))
         counts = {}
         for z in present:
-            share = max(1, int(round(n_sparse * avail[int(z)] / total)))
+            share = max(floor, int(round(n_sparse * avail[int(z)] / total)))
             counts[int(z)] = min(share, avail[int(z)])
         return counts
 
@@ -879,8 +893,11 @@ class SparseGP:
         )
         kernel = self.kernel_.clone_with_theta(res.kernel_theta)
         K_mm, K_nm, _, _ = self._kernel_blocks_for(kernel)
-        for g, lev in zip(present, res.noise_levels):
-            self.noise_[_GROUP_NAMES[g]] = float(lev)
+        if optimize_noise:
+            for g, lev in zip(present, res.noise_levels):
+                self.noise_[_GROUP_NAMES[g]] = float(lev)
+        else:
+            res.noise_levels = levels
         self.kernel_ = kernel
         self.solver_ = SparseGPSolver().fit(
             K_mm, K_nm, self.solver_.y_, res.noise_levels[groups] * scale, jitter=self.jitter

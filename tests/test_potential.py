@@ -328,3 +328,17 @@ def test_squared_exponential_kernel_fits(cu_train):
     a = cu_frames(1, seed=61)[0]
     pred = model.predict(a)
     np.testing.assert_allclose(pred["forces"], _fd_forces(model, a), atol=2e-6)
+
+
+def test_species_without_training_data_warns(cu_train):
+    desc = SOAP(species=["Cu", "Au"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    with pytest.warns(UserWarning, match="Au"):
+        SparseGP(desc, n_sparse=20).fit(cu_train)
+
+
+def test_rare_species_gets_a_fair_share_of_sparse_points(cu_train):
+    frames = cu_train[:5] + cuag_frames(1, seed=3)  # Ag is a few per cent of environments
+    model = SparseGP(soap_for(frames), n_sparse=40).fit(frames)
+    n_ag = int(np.count_nonzero(model.sparse_species_ == 47))
+    n_ag_envs = sum(int(np.count_nonzero(a.numbers == 47)) for a in frames)
+    assert n_ag == min(n_ag_envs, 10)  # at least half an equal share, capped by availability
