@@ -246,6 +246,16 @@ class _Walker:
     def snapshot(self):
         return (self.atoms.positions.copy(), self.atoms.get_momenta().copy(), self.atoms.cell.array.copy())
 
+    def keep_if_good(self, temperature: float) -> None:
+        """Remember this frame for rollbacks unless it is already running hot.
+
+        "Hot" is beyond 4 standard deviations of the canonical kinetic temperature,
+        T (1 + 4 sqrt(2 / 3N)), so a frame on its way to a blow-up is not kept.
+        """
+        n = max(len(self.atoms), 1)
+        if self.atoms.get_temperature() <= temperature * (1.0 + 4.0 * np.sqrt(2.0 / (3.0 * n))):
+            self.good = self.snapshot()
+
     def restore(self, snap):
         pos, mom, cell = snap
         self.atoms.set_cell(cell)
@@ -693,12 +703,15 @@ class ActiveLearner:
                     self.rollbacks += 1
                     self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason})
                     w.restore(w.good)
+                    # fresh Maxwell-Boltzmann momenta: the old ones led into the blow-up
+                    thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
+                    Stationary(w.atoms)
                     w.dyn = w._make_dyn(T)
                     to_label.append(w.atoms.copy())
                     reasons.append("rollback")
                     continue
                 if self.step % self.trigger.every:
-                    w.good = w.snapshot()
+                    w.keep_if_good(T)
                     continue
                 unc = _uncertainty(w.atoms.calc, w.atoms, q)
                 if unc > self.threshold_ and self._refresh_sparse(w, unc):
@@ -710,7 +723,7 @@ class ActiveLearner:
                 else:
                     self._recent_unc.append(unc)
                     del self._recent_unc[: -4 * self.trigger.adapt_window]
-                    w.good = w.snapshot()
+                    w.keep_if_good(T)
             self._times["md"] += time.perf_counter() - t0
             if to_label:
                 for a in to_label:
@@ -719,7 +732,7 @@ class ActiveLearner:
                 self._add_to_model(good)
                 self.threshold_ = self.threshold_ if self.trigger.adaptive else self.trigger.absolute(self.model)
                 for w in self.walkers:
-                    w.good = w.snapshot()
+                    w.keep_if_good(T)
             if self.step % self.log_every == 0 or to_label:
                 w0 = self.walkers[0].atoms
                 self._log({

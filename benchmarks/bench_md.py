@@ -1,0 +1,279 @@
+"""MD benchmark: speed of gpal's GPCalculator in ASE dynamics, and NVE energy conservation.
+
+What it measures:
+
+1. MD speed, VelocityVerlet with 1 fs steps (steps/s and µs per atom per step; wall and
+   CPU time, after warm-up steps), on fcc Cu cells of 108 and 4000 atoms started at 300 K,
+   for
+   * gpal ``GPCalculator(model, std_every=1)`` (local-energy stds every step),
+   * gpal ``GPCalculator(model, std_every=0)`` (no stds),
+   * GAP through quippy's ``Potential`` (same SOAP settings and number of sparse points;
+     skipped with a message when quippy-ase is not installed),
+   * ASE's EMT (the oracle that labelled the data).
+   gpal computes energy, forces and stress every step (one evaluation per step); GAP and
+   EMT compute only what VelocityVerlet asks for (energy and forces).
+2. NVE energy conservation: 108-atom fcc Cu, momenta drawn at 300 K, 1 fs, 2000 steps on
+   the gpal model fitted to the Cu training data: drift of the total energy per atom
+   (max - min, and the slope of a linear fit), target < 1 meV/atom. The same run with EMT
+   is printed as the reference for the integrator's own fluctuation.
+
+Models: gpal and GAP fitted on ``_data.cu_dataset()`` with the settings of
+``bench_fit_predict.py`` (SOAP r_cut 5, n_max 8, l_max 6, sigma 0.5; zeta 4; noises 0.002
+eV/atom, 0.05 eV/Å, 0.005 eV/Å^3). The GAP model is cached under
+``benchmarks/.cache/gap/`` and reused when ``bench_fit_predict.py`` already made it.
+
+Run::
+
+    PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
+    PYTHONPATH=. python benchmarks/bench_md.py --quick    # smoke run (~1-2 min)
+    PYTHONPATH=. python benchmarks/bench_md.py --no-gap --nve-steps 5000
+
+``--threads`` (default 1) sets OMP/OpenBLAS/MKL/NUMBA threads before numpy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _set_threads() -> int:
+    n = 1
+    argv = sys.argv[1:]
+    for k, arg in enumerate(argv):
+        if arg == "--threads" and k + 1 < len(argv):
+            n = int(argv[k + 1])
+        elif arg.startswith("--threads="):
+            n = int(arg.split("=", 1)[1])
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n
+
+
+if __name__ == "__main__":
+    _set_threads()
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from ase import units  # noqa: E402
+from ase.calculators.emt import EMT  # noqa: E402
+from ase.md import thermalize_momenta  # noqa: E402
+from ase.md.verlet import VelocityVerlet  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fit_predict import (  # noqa: E402
+    CACHE_DIR,
+    fit_gap,
+    gap_available,
+    gpal,
+    load_dataset,
+    make_gpal,
+    species_of,
+    table,
+)
+from _data import fcc_cell  # noqa: E402
+
+A_CU = 3.61
+
+
+def start_cell(repeat: int, seed: int, temperature: float = 300.0):
+    """Perfect cubic fcc Cu supercell (4*repeat**3 atoms), momenta drawn at ``temperature`` K."""
+    atoms = fcc_cell(A_CU, repeat, "Cu")
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    return atoms
+
+
+def md_speed(atoms, calc, steps: int, warmup: int) -> dict:
+    """Time ``steps`` VelocityVerlet steps (1 fs) after ``warmup`` steps."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
+    dyn.run(warmup)
+    n_eval0 = getattr(calc, "n_evaluations", None)
+    c0, t0 = time.process_time(), time.perf_counter()
+    dyn.run(steps)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = len(atoms)
+    out = {
+        "steps": steps,
+        "steps_per_s": steps / wall,
+        "us_atom_wall": 1e6 * wall / steps / n,
+        "us_atom_cpu": 1e6 * cpu / steps / n,
+    }
+    if n_eval0 is not None:
+        out["evals_per_step"] = (calc.n_evaluations - n_eval0) / steps
+    return out
+
+
+def nve(atoms, calc, steps: int) -> dict:
+    """NVE run; total energy per atom every step, drift statistics in meV/atom."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
+    n = len(atoms)
+    etot, temp = [], []
+
+    def record():
+        etot.append((atoms.get_potential_energy() + atoms.get_kinetic_energy()) / n)
+        temp.append(atoms.get_temperature())
+
+    dyn.attach(record, interval=1)
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    wall = time.perf_counter() - t0
+    e = 1e3 * np.array(etot)  # meV/atom; record() also runs once before the first step
+    t_ps = np.arange(len(e)) * 1e-3
+    slope = np.polyfit(t_ps, e, 1)[0]
+    return {
+        "steps": steps,
+        "wall": wall,
+        "max_min": float(e.max() - e.min()),
+        "slope": float(slope),  # meV/atom/ps
+        "fit_drift": float(slope * t_ps[-1]),  # meV/atom over the run
+        "end_start": float(e[-1] - e[0]),
+        "std": float(e.std()),
+        "temperature": float(np.mean(temp[len(temp) // 2 :])),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description="MD speed (gpal, GAP, EMT) and NVE energy conservation of a gpal model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--n-sparse", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 10],
+                        help="cubic fcc repeats of the timing cells (3 -> 108, 10 -> 4000 atoms)")
+    parser.add_argument("--steps", type=int, default=30, help="timed MD steps, cells <= 500 atoms")
+    parser.add_argument("--steps-large", type=int, default=5, help="timed MD steps, larger cells")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed MD steps first")
+    parser.add_argument("--nve-steps", type=int, default=2000)
+    parser.add_argument("--nve-temperature", type=float, default=300.0,
+                        help="initial temperature (K) of the NVE run (momenta only, perfect "
+                             "lattice, so the run equilibrates near half of it)")
+    parser.add_argument("--no-nve-reference", action="store_true", help="skip the EMT NVE run")
+    parser.add_argument("--no-gap", action="store_true", help="skip GAP even if installed")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 10 training frames, n_sparse 50, 864-atom large cell, "
+                             "few steps, 300 NVE steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_sparse = min(args.n_sparse, 50)
+        args.sizes = [min(s, 6) for s in args.sizes]
+        args.steps, args.steps_large, args.warmup = 10, 2, 1
+        args.nve_steps = min(args.nve_steps, 300)
+
+    t_start = time.perf_counter()
+    have_gap, why = (False, "--no-gap given") if args.no_gap else gap_available()
+    print("gpal MD benchmark")
+    print(f"  gpal {gpal.__version__}; threads OMP/OPENBLAS/NUMBA="
+          f"{os.environ.get('OMP_NUM_THREADS')}; cpus {os.cpu_count()}; load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if not have_gap:
+        print(f"  GAP part skipped: {why}")
+
+    label, train, _ = load_dataset("cu", args.quick, args.seed)
+    t0 = time.perf_counter()
+    model = make_gpal(species_of(train), args.n_sparse, seed=args.seed).fit(train)
+    print(f"  gpal model: {len(train)} Cu frames, {len(model.alpha_)} sparse points, fitted in "
+          f"{time.perf_counter() - t0:.1f} s (includes numba warm-up)")
+    gap_xml = None
+    if have_gap:
+        zsp = model.sparse_species_
+        counts = {int(z): int(np.count_nonzero(zsp == z)) for z in species_of(train)}
+        workdir = CACHE_DIR / "gap" / f"cu_M{args.n_sparse}{'_quick' if args.quick else ''}"
+        res = fit_gap(train, counts, workdir, args.seed, reuse=True)
+        gap_xml = res["xml"]
+        how = "reused" if res.get("reused") else f"fitted in {res['wall']:.0f} s"
+        print(f"  GAP model: {gap_xml} ({how})")
+
+    def calculators():
+        yield "gpal std_every=1", lambda: gpal.GPCalculator(model, std_every=1)
+        yield "gpal std_every=0", lambda: gpal.GPCalculator(model, std_every=0)
+        if gap_xml:
+            from quippy.potential import Potential
+
+            yield "GAP (quippy)", lambda: Potential(param_filename=gap_xml)
+        yield "ASE EMT", EMT
+
+    # ------------------------------------------------------------------ speed
+    rows, speed = [], {}
+    for repeat in args.sizes:
+        atoms = start_cell(repeat, args.seed)
+        n = len(atoms)
+        steps = args.steps if n <= 500 else args.steps_large
+        for name, make in calculators():
+            r = md_speed(atoms, make(), steps, args.warmup)
+            speed[(name, n)] = r
+            evals = f"{r['evals_per_step']:.2f}" if "evals_per_step" in r else "-"
+            rows.append([name, n, steps, f"{r['steps_per_s']:.2f}", f"{r['us_atom_wall']:.1f}",
+                         f"{r['us_atom_cpu']:.1f}", evals])
+            print(f"  {name:18s} {n:5d} atoms: {r['steps_per_s']:8.2f} steps/s, "
+                  f"{r['us_atom_wall']:8.1f} µs/atom/step "
+                  f"({time.perf_counter() - t_start:.0f} s elapsed)")
+
+    print("\n=== MD speed: VelocityVerlet, 1 fs, 300 K start (timed after "
+          f"{args.warmup} warm-up steps) ===")
+    print(table(["calculator", "atoms", "steps", "steps/s", "µs/atom/step wall", "CPU",
+                 "evals/step"], rows))
+    lines = []
+    for repeat in args.sizes:
+        n = 4 * repeat**3
+        g1, g0 = speed[("gpal std_every=1", n)], speed[("gpal std_every=0", n)]
+        lines.append(f"{n} atoms: local stds every step cost "
+                     f"{100 * (g1['us_atom_cpu'] / g0['us_atom_cpu'] - 1):+.0f} % (CPU)")
+        if ("GAP (quippy)", n) in speed:
+            q = speed[("GAP (quippy)", n)]
+            wall_ratio = q["us_atom_wall"] / g0["us_atom_wall"]
+            lines.append(f"{n} atoms: GAP/gpal time per step {wall_ratio:.1f}x "
+                         f"wall, {q['us_atom_cpu'] / g0['us_atom_cpu']:.1f}x CPU (gpal without "
+                         f"stds), {q['us_atom_cpu'] / g1['us_atom_cpu']:.1f}x CPU (gpal with stds)")
+        e = speed[("ASE EMT", n)]
+        lines.append(f"{n} atoms: gpal (with stds) / EMT time per step "
+                     f"{g1['us_atom_cpu'] / e['us_atom_cpu']:.1f}x CPU")
+    if len(args.sizes) > 1:
+        small, large = 4 * min(args.sizes) ** 3, 4 * max(args.sizes) ** 3
+        for name in ("gpal std_every=1", "gpal std_every=0"):
+            s = speed[(name, large)]["us_atom_cpu"] / speed[(name, small)]["us_atom_cpu"]
+            lines.append(f"{name}: per-atom time {large}/{small} atoms = {s:.2f} "
+                         "(CPU; target <= 1.3)")
+    for line in lines:
+        print("  " + line)
+
+    # ------------------------------------------------------------------ NVE
+    print(f"\n=== NVE energy conservation: 108-atom fcc Cu, {args.nve_temperature:.0f} K start, "
+          f"1 fs, {args.nve_steps} steps ===")
+    atoms = start_cell(3, args.seed + 1, args.nve_temperature)
+    runs = [("gpal", gpal.GPCalculator(model, std_every=0))]
+    if not args.no_nve_reference:
+        runs.append(("EMT (reference)", EMT()))
+    nrows = []
+    for name, calc in runs:
+        r = nve(atoms, calc, args.nve_steps)
+        nrows.append([name, f"{r['max_min']:.4f}", f"{r['slope']:+.2e}", f"{r['fit_drift']:+.2e}",
+                      f"{r['end_start']:+.4f}", f"{r['std']:.4f}", f"{r['temperature']:.0f}",
+                      f"{r['wall']:.0f}"])
+        if name == "gpal":
+            gres = r
+    print(table(["model", "max-min meV/atom", "slope meV/atom/ps", "fit drift meV/atom",
+                 "end-start", "std", "T K (2nd half)", "wall s"], nrows))
+    print(f"  target: total-energy drift < 1 meV/atom -> gpal max-min {gres['max_min']:.4f} "
+          f"meV/atom: {'met' if gres['max_min'] < 1 else 'NOT met'}; linear-fit drift over the run "
+          f"{gres['fit_drift']:+.2e} meV/atom: "
+          f"{'met' if abs(gres['fit_drift']) < 1 else 'NOT met'}")
+    print("\nNotes:")
+    print("  - gpal evaluates energy+forces+stress each step (GPCalculator fills all); GAP and EMT "
+          "compute energy+forces only, as VelocityVerlet requests.")
+    print("  - GAP's SOAP radial basis and cutoff function differ from gpal's (see "
+          "bench_fit_predict.py); same r_cut/n_max/l_max/sigma and sparse count.")
+    print("  - The machine may be shared: CPU-time columns are steadier than wall time.")
+    print(f"\nTotal benchmark time {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
