@@ -6,7 +6,7 @@ Prints: oracle calls, wall time (and its split), and the final model's force RMS
 against xTB on an independent xTB MD trajectory at the same temperature, beside a
 model fitted to the same number of evenly spaced frames of an xTB trajectory.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_xtb.py [--steps 4000]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_xtb.py [--steps 2000]
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def force_rmse(model, frames):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--temperature", type=float, default=500.0)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
-    p.add_argument("--quantity", default="energies_std", choices=("energies_std", "forces_std"))
-    p.add_argument("--threshold", type=float, default=0.1, help="trigger threshold (eV or eV/Å)")
-    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--quantity", default="forces_std", choices=("energies_std", "forces_std"))
+    p.add_argument("--threshold", type=float, default=0.05, help="trigger threshold (eV or eV/Å)")
+    p.add_argument("--every", type=int, default=5)
     p.add_argument("--run-dir", default="benchmarks/.cache/xtb_run")
     args = p.parse_args(argv)
     try:

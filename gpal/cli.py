@@ -34,7 +34,7 @@ DEFAULT_LEARN = {
     "structure": {"bulk": "Cu", "crystal": "fcc", "a": 3.61, "cubic": True, "repeat": [3, 3, 3]},
     "oracle": {"factory": "ase.calculators.emt:EMT", "kwargs": {}},
     "md": {"temperature": [300.0, 1000.0], "timestep": 1.0, "friction": 0.02},
-    "trigger": {"quantity": "energies_std", "threshold": 0.05},
+    "trigger": {"quantity": "forces_std", "threshold": 0.05, "every": 10},
     "model": {"n_sparse": 100, "energy_noise": 0.002, "force_noise": 0.05, "stress_noise": 0.005},
     "learner": {"n_bootstrap": 4, "sparse_per_label": 10, "n_walkers": 1, "random_state": 0},
     "validation": {"steps": 400, "temperature": 1000.0, "every": 40, "seed": 123},

@@ -426,40 +426,74 @@ class SparseGP:
                 K[np.ix_(r, c)] = kernel(X[r], Z[c])
         return K
 
-    def _derivative_rows(self, atoms, Z, zsp, derivs=None, kernel=None):
+    def _derivative_rows(self, atoms, Z, zsp, derivs=None, kernel=None, eval_gradient=False):
         """Energy (M,), force (N, 3, M) and stress (6, M) kernel rows of one frame.
 
+        With ``eval_gradient`` also their theta-derivatives (M, d), (N, 3, M, d), (6, M, d).
         Only one species block of pair derivatives is touched at a time; no
         (atoms x atoms x 3 x features) array is formed.
         """
         kernel = kernel or self.kernel_
         d = derivs if derivs is not None else self.descriptor_.derivatives(atoms)
         X = d.descriptor
-        N, M = len(atoms), len(Z)
+        N, M, nd = len(atoms), len(Z), kernel.n_dims
         numbers = atoms.numbers
-        rowE = np.zeros(M)
-        rowF = np.zeros((N, 3, M))
-        rowS = np.zeros((6, M))
+        rows = [np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))]
+        if eval_gradient:
+            rows += [np.zeros((M, nd)), np.zeros((N, 3, M, nd)), np.zeros((6, M, nd))]
         has_cell = np.isfinite(d.volume) and d.volume > 0
         center_species = numbers[d.center]
         for z in np.unique(numbers):
             c = np.flatnonzero(zsp == z)
             if not len(c):
                 continue
-            r = numbers == z
-            rowE[c] = kernel(X[r], Z[c]).sum(axis=0)
+            m = len(c)
+            K = kernel(X[numbers == z], Z[c], eval_gradient=eval_gradient)
             p = center_species == z
-            if not np.any(p):
+            if not np.any(p):  # isolated atoms of this species: energy rows only
+                for g, Kg in enumerate(K if eval_gradient else (K,)):
+                    rows[3 * g][c] = Kg.sum(axis=0)
                 continue
             if np.all(p):
                 center, neighbor, dX, vec = d.center, d.neighbor, d.dX, d.vector
             else:
                 center, neighbor, dX, vec = d.center[p], d.neighbor[p], d.dX[p], d.vector[p]
-            dk = kernel.contract_gradient(X, Z[c], center, dX)  # [P_z, 3, m_z]
-            rowF[:, :, c] = pair_forces(dk, center, neighbor, N)
-            if has_cell:
-                rowS[:, c] = pair_stress(dk, vec, d.volume)
-        return rowE, rowF, rowS
+            dk = kernel.contract_gradient(X, Z[c], center, dX, eval_gradient=eval_gradient)
+            if not eval_gradient:
+                K, dk = (K,), (dk,)
+            for g, (Kg, dkg) in enumerate(zip(K, dk)):
+                # g = 0: the rows; g = 1: their theta-derivatives, flattened over (m, d)
+                width = m if g == 0 else m * nd
+                flat = dkg.reshape(len(center), 3, width)
+                e, f, s_ = rows[3 * g: 3 * g + 3]
+                e[c] = Kg.sum(axis=0)
+                f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(f[:, :, c].shape)
+                if has_cell:
+                    s_[:, c] = pair_stress(flat, vec, d.volume).reshape(s_[:, c].shape)
+        return tuple(rows)
+
+    def _stacked_rows(self, frames, Z, zsp, kernel=None, eval_gradient=False):
+        """Rows of every label of ``frames`` in observation order (energy, forces, stress).
+
+        Returns K (n_obs, M) and, with ``eval_gradient``, dK (n_obs, M, d).
+        """
+        rows, drows = [], []
+        for a in frames:
+            lab = frame_labels(a)
+            out = self._derivative_rows(a, Z, zsp, kernel=kernel, eval_gradient=eval_gradient)
+            n, M = len(a), len(Z)
+            parts = [
+                (lab.energy is not None, lambda r: r[None]),
+                (lab.forces is not None, lambda r: r.reshape((3 * n, M) + r.shape[3:])),
+                (lab.stress is not None, lambda r: r),
+            ]
+            for k, (present, shape) in enumerate(parts):
+                if present:
+                    rows.append(shape(out[k]))
+                    if eval_gradient:
+                        drows.append(shape(out[3 + k]))
+        K = np.concatenate(rows)
+        return (K, np.concatenate(drows)) if eval_gradient else K
 
     def _observations(self, frames, Z, zsp, kernel=None):
         """Stack the observation rows of ``frames``: K_nm, y, noise std, group, frame index."""
@@ -734,17 +768,7 @@ class SparseGP:
         zsp = np.concatenate([zsp_old, zspnew])
         K_mm = self._k_mm(Z, zsp)
         # new columns for the existing observations, frame by frame, in the stored order
-        cols = []
-        for a in self.frames_:
-            lab = frame_labels(a)
-            rowE, rowF, rowS = self._derivative_rows(a, Znew, zspnew)
-            if lab.energy is not None:
-                cols.append(rowE[None])
-            if lab.forces is not None:
-                cols.append(rowF.reshape(3 * len(a), -1))
-            if lab.stress is not None:
-                cols.append(rowS)
-        K_new_cols = np.concatenate(cols)
+        K_new_cols = self._stacked_rows(self.frames_, Znew, zspnew)
         self.solver_.add_sparse(K_mm, K_new_cols)
         self.sparse_X_, self.sparse_species_ = Z, zsp
 
@@ -770,44 +794,8 @@ class SparseGP:
             K, dK = kernel(Z[c], eval_gradient=True)
             K_mm[np.ix_(c, c)] = K
             dK_mm[np.ix_(c, c)] = dK
-        rows, drows = [], []
-        for a in self.frames_:
-            lab = frame_labels(a)
-            e, f, s, de, df, ds = self._derivative_rows_grad(a, Z, zsp, kernel)
-            n = len(a)
-            if lab.energy is not None:
-                rows.append(e[None]); drows.append(de[None])
-            if lab.forces is not None:
-                rows.append(f.reshape(3 * n, M)); drows.append(df.reshape(3 * n, M, d))
-            if lab.stress is not None:
-                rows.append(s); drows.append(ds)
-        return K_mm, np.concatenate(rows), dK_mm, np.concatenate(drows)
-
-    def _derivative_rows_grad(self, atoms, Z, zsp, kernel):
-        d = self.descriptor_.derivatives(atoms)
-        X, numbers, N, M, nd = d.descriptor, atoms.numbers, len(atoms), len(Z), kernel.n_dims
-        e, f, s = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
-        de, df, ds = np.zeros((M, nd)), np.zeros((N, 3, M, nd)), np.zeros((6, M, nd))
-        has_cell = np.isfinite(d.volume) and d.volume > 0
-        cs = numbers[d.center]
-        for z in np.unique(numbers):
-            c = np.flatnonzero(zsp == z)
-            if not len(c):
-                continue
-            K, dK = kernel(X[numbers == z], Z[c], eval_gradient=True)
-            e[c], de[c] = K.sum(0), dK.sum(0)
-            p = cs == z
-            if not np.any(p):
-                continue
-            dk, ddk = kernel.contract_gradient(X, Z[c], d.center[p], d.dX[p], eval_gradient=True)
-            m = len(c)
-            f[:, :, c] = pair_forces(dk, d.center[p], d.neighbor[p], N)
-            g = pair_forces(ddk.reshape(-1, 3, m * nd), d.center[p], d.neighbor[p], N)
-            df[:, :, c] = g.reshape(N, 3, m, nd)
-            if has_cell:
-                s[:, c] = pair_stress(dk, d.vector[p], d.volume)
-                ds[:, c] = pair_stress(ddk.reshape(-1, 3, m * nd), d.vector[p], d.volume).reshape(6, m, nd)
-        return e, f, s, de, df, ds
+        K_nm, dK_nm = self._stacked_rows(self.frames_, Z, zsp, kernel=kernel, eval_gradient=True)
+        return K_mm, K_nm, dK_mm, dK_nm
 
     def _signal_only(self, kernel) -> bool:
         """True when the kernel's only free hyperparameter is its signal variance."""

@@ -342,3 +342,20 @@ def test_rare_species_gets_a_fair_share_of_sparse_points(cu_train):
     n_ag = int(np.count_nonzero(model.sparse_species_ == 47))
     n_ag_envs = sum(int(np.count_nonzero(a.numbers == 47)) for a in frames)
     assert n_ag == min(n_ag_envs, 10)  # at least half an equal share, capped by availability
+
+
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=4, signal_variance=2.0), SquaredExponential(length_scale=0.5)])
+def test_lml_gradient_matches_finite_differences(cu_train, kernel):
+    """Noise groups (energy, force, stress) and kernel hyperparameters, through real rows."""
+    model = SparseGP(soap_for(cu_train), kernel, n_sparse=20).fit(cu_train[:3])
+    theta = np.concatenate([np.log([0.003, 0.06, 0.004]), model.kernel_.theta])
+    lml, grad = model.log_marginal_likelihood(theta, eval_gradient=True)
+    h = 1e-5
+    fd = np.array([
+        (model.log_marginal_likelihood(theta + h * e) - model.log_marginal_likelihood(theta - h * e)) / (2 * h)
+        for e in np.eye(len(theta))
+    ])
+    np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-4 * np.abs(fd).max())
+    before = model.log_marginal_likelihood()
+    model.optimize_hyperparameters()
+    assert model.log_marginal_likelihood() >= before - 1e-8
