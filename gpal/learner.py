@@ -538,6 +538,8 @@ class ActiveLearner:
             self.threshold_ = max(
                 self.trigger.threshold_min, (1 + self.trigger.adapt_margin) * float(np.mean(recent))
             )
+        if self.validation:  # one point of the learning curve per model update
+            self.validate()
         if self.n_labelled % self.checkpoint_every < len(frames):
             self.checkpoint()
 
@@ -674,6 +676,8 @@ class ActiveLearner:
         self.total_steps = int(steps)
         if not self.bootstrap_done:
             self._bootstrap()
+            if self.validation:
+                self.validate()
             self.checkpoint()
         if not self.walkers:
             self._init_walkers()
