@@ -472,60 +472,57 @@ class SparseGP:
                     s_[:, c] = pair_stress(flat, vec, d.volume).reshape(s_[:, c].shape)
         return tuple(rows)
 
+    def _frame_targets(self, atoms) -> list:
+        """The labels of one frame in observation order: [(group, y, noise std)].
+
+        Energy (baselines subtracted; noise ``energy_noise * sqrt(n_atoms)``), then the
+        force components, then the stress. Every routine that stacks rows follows this.
+        """
+        lab = frame_labels(atoms)
+        n = len(atoms)
+        out = []
+        if lab.energy is not None:
+            y = np.array([lab.energy - self._e0_of(atoms.numbers).sum()])
+            out.append((_E, y, np.array([self.noise_["energy"] * np.sqrt(n)])))
+        if lab.forces is not None:
+            out.append((_F, lab.forces.ravel(), np.full(3 * n, self.noise_["force"])))
+        if lab.stress is not None:
+            out.append((_S, lab.stress, np.full(6, self.noise_["stress"])))
+        return out
+
     def _stacked_rows(self, frames, Z, zsp, kernel=None, eval_gradient=False):
-        """Rows of every label of ``frames`` in observation order (energy, forces, stress).
+        """Kernel rows of every label of ``frames`` in observation order.
 
         Returns K (n_obs, M) and, with ``eval_gradient``, dK (n_obs, M, d).
         """
         rows, drows = [], []
         for a in frames:
-            lab = frame_labels(a)
             out = self._derivative_rows(a, Z, zsp, kernel=kernel, eval_gradient=eval_gradient)
             n, M = len(a), len(Z)
-            parts = [
-                (lab.energy is not None, lambda r: r[None]),
-                (lab.forces is not None, lambda r: r.reshape((3 * n, M) + r.shape[3:])),
-                (lab.stress is not None, lambda r: r),
-            ]
-            for k, (present, shape) in enumerate(parts):
-                if present:
-                    rows.append(shape(out[k]))
-                    if eval_gradient:
-                        drows.append(shape(out[3 + k]))
+            shape = {
+                _E: lambda r: r[None],
+                _F: lambda r: r.reshape((3 * n, M) + r.shape[3:]),
+                _S: lambda r: r,
+            }
+            for group, _, _ in self._frame_targets(a):
+                rows.append(shape[group](out[group]))
+                if eval_gradient:
+                    drows.append(shape[group](out[3 + group]))
         K = np.concatenate(rows)
         return (K, np.concatenate(drows)) if eval_gradient else K
 
     def _observations(self, frames, Z, zsp, kernel=None):
-        """Stack the observation rows of ``frames``: K_nm, y, noise std, group, frame index."""
-        blocks, ys, noises, groups, fidx = [], [], [], [], []
+        """Stack the observations of ``frames``: K_nm, y, noise std, group, frame index."""
         base = len(getattr(self, "frames_", [])) if frames is not getattr(self, "frames_", None) else 0
+        ys, noises, groups, fidx = [], [], [], []
         for k, a in enumerate(frames):
-            lab = frame_labels(a)
-            rowE, rowF, rowS = self._derivative_rows(a, Z, zsp, kernel=kernel)
-            n = len(a)
-            if lab.energy is not None:
-                blocks.append(rowE[None])
-                ys.append([lab.energy - self._e0_of(a.numbers).sum()])
-                noises.append([self.noise_["energy"] * np.sqrt(n)])
-                groups.append([_E])
-            if lab.forces is not None:
-                blocks.append(rowF.reshape(3 * n, -1))
-                ys.append(lab.forces.ravel())
-                noises.append(np.full(3 * n, self.noise_["force"]))
-                groups.append(np.full(3 * n, _F))
-            if lab.stress is not None:
-                blocks.append(rowS)
-                ys.append(lab.stress)
-                noises.append(np.full(6, self.noise_["stress"]))
-                groups.append(np.full(6, _S))
-            fidx.append(np.full(sum(len(g) for g in groups) - sum(len(f) for f in fidx), base + k))
-        return (
-            np.concatenate(blocks),
-            np.concatenate([np.asarray(v, float) for v in ys]),
-            np.concatenate([np.asarray(v, float) for v in noises]),
-            np.concatenate([np.asarray(v, np.int64) for v in groups]),
-            np.concatenate(fidx).astype(np.int64),
-        )
+            for group, y, noise in self._frame_targets(a):
+                ys.append(y)
+                noises.append(noise)
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), base + k, dtype=np.int64))
+        K_nm = self._stacked_rows(frames, Z, zsp, kernel=kernel)
+        return K_nm, np.concatenate(ys), np.concatenate(noises), np.concatenate(groups), np.concatenate(fidx)
 
     # ------------------------------------------------------------------ predict
     @small_blas(lambda self, atoms, *a: len(atoms) * len(getattr(self, "sparse_X_", ())))
