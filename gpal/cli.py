@@ -219,21 +219,20 @@ def cmd_validate(args) -> int:
     model = load(args.model)
     test = read_frames(args.test)
     if args.calibrate:
-        val = read_frames(args.calibrate)
-        err, std = _force_errors(model, val)
-        cal = calibration.StdCalibrator().fit(err, std)
-        conf = calibration.SplitConformal(alpha=args.alpha).fit(err, std)
+        val = model.residuals(read_frames(args.calibrate))
+        cal = calibration.StdCalibrator().fit(val["force_error"], val["force_std"])
+        conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], val["force_std"])
         model.set_calibration(forces_std={"scale": float(cal.scale_), "conformal": float(conf.quantile_)})
         model.save(args.model if not args.output else args.output)
         print(f"gpal: calibrated on {args.calibrate}: scale {cal.scale_:.3f}, conformal q {conf.quantile_:.3f}")
-    err, std = _force_errors(model, test, calibrated=bool(args.calibrate))
+    res = model.residuals(test, calibrated=bool(args.calibrate))
+    err, std = res["force_error"], res["force_std"]
     metrics = calibration.uncertainty_metrics(err, std, alpha=args.alpha)
     e_true = np.array([a.get_potential_energy() for a in test])
-    preds = [model.predict(a, return_std=True) for a in test]
-    n = np.array([len(a) for a in test])
-    e_pred = np.array([p["energy"] for p in preds])
+    n = res["n_atoms"]
+    e_pred = e_true + res["energy_error"] * n
     print(f"{'quantity':<28}{'value':>12}")
-    print(f"{'energy RMSE (eV/atom)':<28}{np.sqrt(np.mean(((e_pred - e_true) / n) ** 2)):>12.4g}")
+    print(f"{'energy RMSE (eV/atom)':<28}{np.sqrt(np.mean(res['energy_error'] ** 2)):>12.4g}")
     for key in ("rmse", "mae", "nll", "zms", "coverage", "miscalibration_area", "spearman", "ence"):
         if key in metrics:
             print(f"{'force ' + key:<28}{metrics[key]:>12.4g}")
@@ -247,15 +246,6 @@ def cmd_validate(args) -> int:
     calibration.plot_z_histogram(err, std, out / "z_histogram.png")
     print(f"gpal: plots in {out}/")
     return 0
-
-
-def _force_errors(model, frames, calibrated=False):
-    err, std = [], []
-    for a in frames:
-        p = model.predict(a, return_std=True, forces_std=True, calibrated=calibrated)
-        err.append((p["forces"] - a.get_forces()).ravel())
-        std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
-    return np.concatenate(err), np.concatenate(std)
 
 
 def cmd_info(args) -> int:

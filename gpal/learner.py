@@ -765,13 +765,8 @@ class ActiveLearner:
 
         if not self.validation:
             return {}
-        err, std, e_err = [], [], []
-        for a in self.validation:
-            p = self.model.predict(a, return_std=True, forces_std=True)
-            err.append((p["forces"] - a.get_forces()).ravel())
-            std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
-            e_err.append((p["energy"] - a.get_potential_energy()) / len(a))
-        err, std = np.concatenate(err), np.concatenate(std)
+        res = self.model.residuals(self.validation)
+        err, std, e_err = res["force_error"], res["force_std"], res["energy_error"]
         cal = calibration.StdCalibrator().fit(err, std)
         conf = calibration.SplitConformal(alpha=0.1).fit(err, std)
         self.model.set_calibration(forces_std={"scale": float(cal.scale_), "conformal_q90": float(conf.quantile_)})

@@ -612,6 +612,32 @@ class SparseGP:
             self._apply_calibration(out)
         return out
 
+    def residuals(self, frames, *, calibrated: bool = False) -> dict:
+        """Prediction errors and stds on labelled frames (one evaluation per frame).
+
+        Returns
+        -------
+        dict
+            ``energy_error`` (n_frames,) eV/atom, ``energy_std`` (n_frames,) eV/atom,
+            ``force_error`` and ``force_std`` (3 n_atoms_total,) eV/Å (components; stds
+            floored at 1e-12 so z-scores stay finite), ``n_atoms`` (n_frames,).
+        """
+        e_err, e_std, f_err, f_std, n = [], [], [], [], []
+        for a in frames:
+            p = self.predict(a, return_std=True, forces_std=True, calibrated=calibrated)
+            n.append(len(a))
+            e_err.append((p["energy"] - a.get_potential_energy()) / len(a))
+            e_std.append(p["energy_std"] / len(a))
+            f_err.append((p["forces"] - a.get_forces()).ravel())
+            f_std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
+        return {
+            "energy_error": np.array(e_err),
+            "energy_std": np.array(e_std),
+            "force_error": np.concatenate(f_err),
+            "force_std": np.concatenate(f_std),
+            "n_atoms": np.array(n),
+        }
+
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
         return self.predict(atoms, return_std=True)["energies_std"]

@@ -359,3 +359,14 @@ def test_lml_gradient_matches_finite_differences(cu_train, kernel):
     before = model.log_marginal_likelihood()
     model.optimize_hyperparameters()
     assert model.log_marginal_likelihood() >= before - 1e-8
+
+
+def test_residuals_match_direct_predictions(cu_model):
+    frames = cu_frames(2, seed=71)
+    res = cu_model.residuals(frames)
+    p = cu_model.predict(frames[1], return_std=True, forces_std=True)
+    n = len(frames[1])
+    assert res["energy_error"][1] == pytest.approx((p["energy"] - frames[1].get_potential_energy()) / n)
+    np.testing.assert_allclose(res["force_error"][-3 * n:], (p["forces"] - frames[1].get_forces()).ravel())
+    np.testing.assert_allclose(res["force_std"][-3 * n:], np.maximum(p["forces_std"].ravel(), 1e-12))
+    assert list(res["n_atoms"]) == [len(a) for a in frames]
