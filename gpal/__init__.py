@@ -30,5 +30,5 @@ from .io import load  # noqa: F401
 from .calculator import GPCalculator  # noqa: F401
 from .oracle import Oracle, OracleSpec  # noqa: F401
 from .learner import ActiveLearner, MDSettings, Trigger  # noqa: F401
-from .compare import compare_kernels  # noqa: F401
+from .compare import compare_kernels, select_kernel_by_evidence  # noqa: F401
 from . import calibration, kernels, selection  # noqa: F401

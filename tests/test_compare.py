@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from gpal import NormalizedDotProduct, SquaredExponential, compare_kernels
+import warnings
+
+import numpy as np
+import pytest
+
+import gpal
+from gpal import SOAP, NormalizedDotProduct, SparseGP, SquaredExponential, compare_kernels
 from gpal.compare import Candidate
 
-from conftest import SMALL_SOAP, cu_frames
+from conftest import POLY, SMALL_SOAP, cu_frames
 
 
 def test_compare_kernels_table_and_plot(tmp_path):
@@ -25,3 +31,41 @@ def test_compare_kernels_table_and_plot(tmp_path):
     assert list(n) == [3, 6]
     assert png.stat().st_size > 1000
     assert table.best()["name"] in ("dot ζ=2", "SE")
+
+
+def test_select_kernel_by_evidence_picks_the_largest_evidence():
+    train = cu_frames(6, seed=11)
+    desc = SOAP(species=[29], periodic=True, weighting=POLY, **SMALL_SOAP)
+    template = SparseGP(desc, n_sparse=20, random_state=0)
+    kernels = [NormalizedDotProduct(zeta=z) for z in (1, 2, 4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zeta=1 may sit at its signal-variance bound
+        sel = gpal.select_kernel_by_evidence(template, train, kernels)
+    lml = [r["log_marginal_likelihood"] for r in sel.rows]
+    assert len(lml) == 3 and sel.best_index == int(np.argmax(lml))
+    assert sel.model.kernel_.zeta == kernels[sel.best_index].zeta
+    # each evidence is what an independent fit + optimisation of that kernel gives
+    for z, value in zip((1, 2, 4), lml):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = SparseGP(desc, NormalizedDotProduct(zeta=z), n_sparse=20, random_state=0).fit(train)
+            m.optimize_hyperparameters()
+        assert m.log_marginal_likelihood() == pytest.approx(value, rel=1e-9, abs=1e-6)
+    # no other choice beats the winner
+    assert sel.model.log_marginal_likelihood() == pytest.approx(max(lml))
+    assert not hasattr(template, "kernel_")  # the template is not fitted
+    assert "log evidence" in str(sel)
+
+
+def test_select_kernel_by_evidence_warns_at_a_bound_and_rejects_bad_input():
+    train = cu_frames(3, seed=12)
+    desc = SOAP(species=[29], periodic=True, weighting=POLY, **SMALL_SOAP)
+    tight = NormalizedDotProduct(zeta=2, signal_variance=1.0, signal_variance_bounds=(1.0, 1.0 + 1e-6))
+    with pytest.warns(UserWarning, match="at a bound"):
+        sel = gpal.select_kernel_by_evidence(SparseGP(desc, n_sparse=10), train, [tight],
+                                             optimize_noise=False)
+    assert sel.rows[0]["at_bound"] == ["signal_variance"]
+    with pytest.raises(ValueError, match="empty"):
+        gpal.select_kernel_by_evidence(SparseGP(desc), train, [])
+    with pytest.raises(TypeError):
+        gpal.select_kernel_by_evidence(object(), train)
