@@ -35,7 +35,6 @@ so calibrate them (gpal.calibration) before trusting their scale.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from typing import Any
@@ -740,6 +739,91 @@ class SparseGP:
             self._add_sparse(Znew, zspnew)
             self.alpha_ = self.solver_.alpha_
         return len(Znew)
+
+    def select_frames(
+        self,
+        candidates,
+        n_select: int,
+        *,
+        labels=("energy", "forces", "stress"),
+        return_gains: bool = False,
+    ):
+        """Choose a batch of frames to label: greedy force information gain.
+
+        Each pick is the candidate whose force labels carry the most information,
+        ``Σ ½ log(1 + σ²_F/σ_f²)`` over its 3N force components (σ²_F the projected
+        posterior force variance, as ``predict(..., forces_std=True)``; σ_f the force
+        noise), under the posterior that already holds the labels of the earlier picks.
+        A posterior variance does not depend on label values, so the earlier picks enter
+        as rows with zero labels in a copy of the factorisation: the whole batch is
+        chosen before any oracle call, and the model is not changed. With one pick this
+        is max-variance selection scaled by the label noise; with more, the picks avoid
+        each other's redundancy (greedy maximisation of the joint information).
+
+        Parameters
+        ----------
+        candidates : sequence of ase.Atoms
+            Unlabelled (or labelled) configurations. Their kernel rows, (1 + 3N + 6) x
+            n_sparse floats each, are held in memory for the duration of the call.
+        n_select : int
+            Batch size (at most ``len(candidates)``).
+        labels : sequence of {"energy", "forces", "stress"}
+            What an oracle call returns, i.e. which rows a pick adds to the posterior
+            (stress only for fully periodic frames). Forces are always scored.
+        return_gains : bool, default False
+            Also return each pick's information gain (nats) at the time it was picked.
+
+        Returns
+        -------
+        indices : ndarray of shape (n_select,), int64
+            Positions in ``candidates``, in pick order.
+        gains : ndarray of shape (n_select,), only if ``return_gains``
+        """
+        import copy
+
+        check_is_fitted(self)
+        frames = list(candidates)
+        if not frames:
+            raise ValueError("candidates is empty")
+        n_select = int(n_select)
+        if not 1 <= n_select <= len(frames):
+            raise ValueError(f"n_select must be in [1, {len(frames)}], got {n_select}")
+        unknown = set(labels) - {"energy", "forces", "stress"}
+        if unknown:
+            raise ValueError(f"unknown labels {sorted(unknown)}; choose from energy, forces, stress")
+        Z, zsp = self.sparse_X_, self.sparse_species_
+        sf = self.noise_["force"]
+        force_rows, add_rows, add_noise = [], [], []
+        for k, a in enumerate(frames):
+            self._check(a, what=f"candidates[{k}]")
+            e_row, f_rows, s_rows = self._derivative_rows(a, Z, zsp)
+            n = len(a)
+            F = f_rows.reshape(3 * n, len(Z))
+            rows, noise = [F], [np.full(3 * n, sf)]
+            if "energy" in labels:
+                rows.insert(0, e_row[None, :])
+                noise.insert(0, np.array([self.noise_["energy"] * np.sqrt(n)]))
+            if "stress" in labels and np.all(a.pbc):
+                rows.append(s_rows)
+                noise.append(np.full(6, self.noise_["stress"]))
+            force_rows.append(F)
+            add_rows.append(np.concatenate(rows))
+            add_noise.append(np.concatenate(noise))
+        solver = copy.deepcopy(self.solver_)
+        picks, gains = [], []
+        available = np.ones(len(frames), dtype=bool)
+        for _ in range(n_select):
+            score = np.full(len(frames), -np.inf)
+            for k in np.flatnonzero(available):
+                score[k] = 0.5 * np.sum(np.log1p(solver.var_sor(force_rows[k]) / sf**2))
+            k = int(np.argmax(score))
+            picks.append(k)
+            gains.append(float(score[k]))
+            available[k] = False
+            if len(picks) < n_select:
+                solver.update(add_rows[k], np.zeros(len(add_rows[k])), add_noise[k])
+        picks = np.asarray(picks, dtype=np.int64)
+        return (picks, np.asarray(gains)) if return_gains else picks
 
     def _choose_new_sparse(self, frames, n_new, method):
         from . import selection

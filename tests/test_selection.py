@@ -570,3 +570,61 @@ def test_bad_arguments_raise_value_error(call):
     X = np.random.default_rng(0).random((10, 3))
     with pytest.raises(ValueError):
         call(X)
+
+
+# --------------------------------------------------------------------------------------
+# SparseGP.select_frames: greedy force information gain over candidate frames
+# --------------------------------------------------------------------------------------
+def _frame_model():
+    from gpal import SOAP, SparseGP
+
+    from conftest import POLY, SMALL_SOAP, cu_frames
+
+    train = cu_frames(3, seed=21)
+    desc = SOAP(species=[29], periodic=True, weighting=POLY, **SMALL_SOAP)
+    model = SparseGP(desc, n_sparse=40, random_state=0).fit(train)
+    pool = cu_frames(5, seed=22, rattle=0.05) + cu_frames(3, seed=23, rattle=0.2)
+    return model, pool
+
+
+def _force_gain(model, atoms):
+    std = model.predict(atoms, forces_std=True)["forces_std"]
+    return 0.5 * np.sum(np.log1p(std**2 / model.noise_["force"] ** 2))
+
+
+def test_select_frames_equals_greedy_with_real_labels():
+    """Each pick maximises the force information gain given the labels of earlier picks.
+
+    Reference: brute force with real labelled updates (SparseGP.update, fixed sparse set)
+    and predict(forces_std=True); the virtual zero-label update must give the same picks
+    and gains, because posterior variances do not depend on label values.
+    """
+    import copy
+
+    model, pool = _frame_model()
+    picks, gains = model.select_frames(pool, 3, return_gains=True)
+    ref = copy.deepcopy(model)
+    left = list(range(len(pool)))
+    for k in range(3):
+        g = {i: _force_gain(ref, pool[i]) for i in left}
+        best = max(left, key=g.get)
+        assert picks[k] == best
+        assert gains[k] == pytest.approx(g[best], rel=1e-7)
+        ref.update([pool[best]])  # EMT labels: energy, forces, stress
+        left.remove(best)
+    assert len(set(picks.tolist())) == 3
+    assert np.all(np.diff(gains) <= 1e-9)  # diminishing returns along the greedy path
+    # the model itself is not changed by selecting
+    assert model.solver_.K_nm_.shape[0] == sum(1 + 3 * len(a) + 6 for a in model.frames_)
+
+
+def test_select_frames_bad_input():
+    model, pool = _frame_model()
+    with pytest.raises(ValueError, match="n_select"):
+        model.select_frames(pool, 0)
+    with pytest.raises(ValueError, match="n_select"):
+        model.select_frames(pool, len(pool) + 1)
+    with pytest.raises(ValueError, match="unknown labels"):
+        model.select_frames(pool, 1, labels=("energy", "charges"))
+    with pytest.raises(ValueError, match="empty"):
+        model.select_frames([], 1)
