@@ -746,14 +746,16 @@ class SparseGP:
         n_select: int,
         *,
         labels=("energy", "forces", "stress"),
+        score=("forces",),
         return_gains: bool = False,
     ):
-        """Choose a batch of frames to label: greedy force information gain.
+        """Choose a batch of frames to label: greedy information gain of their labels.
 
-        Each pick is the candidate whose force labels carry the most information,
-        ``Σ ½ log(1 + σ²_F/σ_f²)`` over its 3N force components (σ²_F the projected
-        posterior force variance, as ``predict(..., forces_std=True)``; σ_f the force
-        noise), under the posterior that already holds the labels of the earlier picks.
+        Each pick is the candidate whose labels carry the most information,
+        ``Σ ½ log(1 + σ²/σ_n²)`` over the scored values (by default its 3N force
+        components, with σ² the projected posterior force variance, as
+        ``predict(..., forces_std=True)``, and σ_n the force noise), under the posterior
+        that already holds the labels of the earlier picks.
         A posterior variance does not depend on label values, so the earlier picks enter
         as rows with zero labels in a copy of the factorisation: the whole batch is
         chosen before any oracle call, and the model is not changed. With one pick this
@@ -769,7 +771,12 @@ class SparseGP:
             Batch size (at most ``len(candidates)``).
         labels : sequence of {"energy", "forces", "stress"}
             What an oracle call returns, i.e. which rows a pick adds to the posterior
-            (stress only for fully periodic frames). Forces are always scored.
+            (stress only for fully periodic frames).
+        score : sequence of {"energy", "forces", "stress"}, default ("forces",)
+            Which values' information gains are summed into a candidate's score. The
+            sum treats the values as uncorrelated (an upper bound on their joint gain,
+            Hadamard's inequality). Forces alone are the default: they are 3N of a
+            frame's 3N + 7 labels and what MD needs.
         return_gains : bool, default False
             Also return each pick's information gain (nats) at the time it was picked.
 
@@ -788,39 +795,41 @@ class SparseGP:
         n_select = int(n_select)
         if not 1 <= n_select <= len(frames):
             raise ValueError(f"n_select must be in [1, {len(frames)}], got {n_select}")
-        unknown = set(labels) - {"energy", "forces", "stress"}
-        if unknown:
-            raise ValueError(f"unknown labels {sorted(unknown)}; choose from energy, forces, stress")
+        for name, given in (("labels", labels), ("score", score)):
+            unknown = set(given) - {"energy", "forces", "stress"}
+            if unknown or not given:
+                raise ValueError(
+                    f"unknown or no {name} {sorted(unknown)}; choose from energy, forces, stress"
+                )
         Z, zsp = self.sparse_X_, self.sparse_species_
-        sf = self.noise_["force"]
-        force_rows, add_rows, add_noise = [], [], []
+        score_rows, score_noise, add_rows, add_noise = [], [], [], []
         for k, a in enumerate(frames):
             self._check(a, what=f"candidates[{k}]")
             e_row, f_rows, s_rows = self._derivative_rows(a, Z, zsp)
             n = len(a)
-            F = f_rows.reshape(3 * n, len(Z))
-            rows, noise = [F], [np.full(3 * n, sf)]
-            if "energy" in labels:
-                rows.insert(0, e_row[None, :])
-                noise.insert(0, np.array([self.noise_["energy"] * np.sqrt(n)]))
-            if "stress" in labels and np.all(a.pbc):
-                rows.append(s_rows)
-                noise.append(np.full(6, self.noise_["stress"]))
-            force_rows.append(F)
-            add_rows.append(np.concatenate(rows))
-            add_noise.append(np.concatenate(noise))
+            block = {
+                "energy": (e_row[None, :], np.array([self.noise_["energy"] * np.sqrt(n)])),
+                "forces": (f_rows.reshape(3 * n, len(Z)), np.full(3 * n, self.noise_["force"])),
+            }
+            if np.all(a.pbc):
+                block["stress"] = (s_rows, np.full(6, self.noise_["stress"]))
+            for names, rows, noise in ((labels, add_rows, add_noise), (score, score_rows, score_noise)):
+                use = [g for g in ("energy", "forces", "stress") if g in names and g in block]
+                rows.append(np.concatenate([block[g][0] for g in use]) if use else np.zeros((0, len(Z))))
+                noise.append(np.concatenate([block[g][1] for g in use]) if use else np.zeros(0))
         solver = copy.deepcopy(self.solver_)
         picks, gains = [], []
         available = np.ones(len(frames), dtype=bool)
         for _ in range(n_select):
-            score = np.full(len(frames), -np.inf)
+            gain = np.full(len(frames), -np.inf)
             for k in np.flatnonzero(available):
-                score[k] = 0.5 * np.sum(np.log1p(solver.var_sor(force_rows[k]) / sf**2))
-            k = int(np.argmax(score))
+                var = solver.var_sor(score_rows[k]) if len(score_rows[k]) else np.zeros(0)
+                gain[k] = 0.5 * np.sum(np.log1p(var / score_noise[k] ** 2))
+            k = int(np.argmax(gain))
             picks.append(k)
-            gains.append(float(score[k]))
+            gains.append(float(gain[k]))
             available[k] = False
-            if len(picks) < n_select:
+            if len(picks) < n_select and len(add_rows[k]):
                 solver.update(add_rows[k], np.zeros(len(add_rows[k])), add_noise[k])
         picks = np.asarray(picks, dtype=np.int64)
         return (picks, np.asarray(gains)) if return_gains else picks

@@ -624,7 +624,23 @@ def test_select_frames_bad_input():
         model.select_frames(pool, 0)
     with pytest.raises(ValueError, match="n_select"):
         model.select_frames(pool, len(pool) + 1)
-    with pytest.raises(ValueError, match="unknown labels"):
+    with pytest.raises(ValueError, match="unknown or no labels"):
         model.select_frames(pool, 1, labels=("energy", "charges"))
     with pytest.raises(ValueError, match="empty"):
         model.select_frames([], 1)
+    with pytest.raises(ValueError, match="unknown or no score"):
+        model.select_frames(pool, 1, score=())
+
+
+def test_select_frames_scores_energy_information_when_asked():
+    model, pool = _frame_model()
+    _, gains = model.select_frames(pool, len(pool), score=("energy",), return_gains=True)
+    first = []
+    for a in pool:
+        e_std = np.sqrt(model.solver_.var_sor(model._derivative_rows(a, model.sparse_X_,
+                                                                     model.sparse_species_)[0][None])[0])
+        first.append(0.5 * np.log1p(e_std**2 / (model.noise_["energy"] ** 2 * len(a))))
+    assert gains[0] == pytest.approx(max(first), rel=1e-9)
+    both = model.select_frames(pool, 1, score=("energy", "forces"), return_gains=True)[1][0]
+    forces = model.select_frames(pool, 1, return_gains=True)[1][0]
+    assert both >= forces - 1e-12
