@@ -3,9 +3,12 @@
 What it measures
 ----------------
 A SparseGP is fitted on ``--n-train`` (20) frames of an EMT Langevin trajectory of fcc Cu
-(``--n-atoms`` 108: 3x3x3 cubic cell) at ``--train-T`` (900 K); its signal variance is
-set by maximising the log marginal likelihood (``--optimize signal``; noises fixed at
-gpal's defaults). The predicted force std (``predict(..., forces_std=True)``) is
+(``--n-atoms`` 108: 3x3x3 cubic cell) at ``--train-T`` (900 K). Its signal variance and
+its energy, force and stress noises are set by maximising the log marginal likelihood
+(``--optimize all``; ``signal`` keeps gpal's default noises), and the exponent ζ of the
+dot-product kernel is the one of 1, 2, 3, 4, 6 with the largest maximised evidence
+(``--zeta auto``, :func:`gpal.select_kernel_by_evidence`). No validation data enters
+the model choice. The predicted force std (``predict(..., forces_std=True)``) is
 then
 
 * calibrated on a held-out trajectory (own seed, ``--calib-T``, 600 K by default):
@@ -46,9 +49,13 @@ A per-species scale is not applicable here (one species). Plots of the eval set
 (calibration curve, binned error vs uncertainty, z histogram, force parity) for the raw
 and the calibrated std go to ``benchmarks/.cache/calibration_plots/``.
 
+Every seed in ``--seeds`` (0,1,2) repeats all of this with its own three trajectories;
+a summary of gpal's headline numbers per seed and their medians ends the output.
+
 Usage::
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_calibration.py
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_calibration.py      (~2 min)
+    python benchmarks/bench_calibration.py --zeta 4 --optimize signal   (earlier setting)
     python benchmarks/bench_calibration.py --calib-T 1200 --eval-T 600   (swap)
 """
 
@@ -267,16 +274,52 @@ def main(argv=None):
     parser.add_argument("--train-T", type=float, default=900.0)
     parser.add_argument("--calib-T", type=float, default=600.0)
     parser.add_argument("--eval-T", type=float, default=1200.0)
-    parser.add_argument("--seed", type=int, default=0, help="trajectory seeds are seed*10 + 1, 2, 3")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma-separated seeds; seed s uses trajectory seeds 10s + 1, 2, 3")
+    parser.add_argument("--zeta", default="auto",
+                        help="dot-product exponent, or 'auto': the largest log evidence among "
+                             "zeta = 1, 2, 3, 4, 6 (gpal.select_kernel_by_evidence)")
     parser.add_argument("--n-sparse", type=int, default=200)
     parser.add_argument("--descriptor", choices=("full", "small"), default="full")
-    parser.add_argument("--optimize", choices=("none", "signal", "all"), default="signal",
+    parser.add_argument("--optimize", choices=("none", "signal", "all"), default="all",
                         help="maximise the evidence over nothing, the signal variance, or "
                              "signal variance and the energy/force/stress noises")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
+    seeds = [int(x) for x in args.seeds.split(",")]
+    summary = {}
+    for seed in seeds:
+        print(f"\n================ seed {seed} ================")
+        summary[seed] = run(args, seed)
+    print(f"\n================ summary over seeds {seeds} (gpal's forces_std = SoR; "
+          f"calib {args.calib_T:g} K -> eval {args.eval_T:g} K) ================")
+    head = (f"{'seed':>4s} {'zeta':>4s} {'F RMSE':>7s} {'raw ZMS':>8s} {'s':>6s} {'ZMS cal':>8s} "
+            f"{'cov90 conf':>10s} {'rho':>6s} {'rho*':>6s}")
+    print(head)
+    print("-" * len(head))
+    for seed, r in summary.items():
+        print(f"{seed:4d} {r['zeta']:4d} {r['rmse']:7.4f} {r['raw_zms']:8.3f} {r['scale']:6.3f} "
+              f"{r['zms']:8.3f} {r['cov']:10.3f} {r['rho']:6.3f} {r['rho_star']:6.3f}")
+    med = {k: float(np.median([r[k] for r in summary.values()]))
+           for k in ("raw_zms", "zms", "cov", "rho", "rho_star")}
+    print(f"median: raw ZMS {med['raw_zms']:.3f}; calibrated ZMS {med['zms']:.3f} "
+          f"[0.8-1.25: {'MET' if 0.8 <= med['zms'] <= 1.25 else 'NOT MET'}; every seed in range: "
+          f"{'yes' if all(0.8 <= r['zms'] <= 1.25 for r in summary.values()) else 'no'}]; "
+          f"conformal coverage {med['cov']:.3f} [0.87-0.93: "
+          f"{'MET' if 0.87 <= med['cov'] <= 0.93 else 'NOT MET'}]; rho {med['rho']:.3f} "
+          f"[>= 0.5: {'MET' if med['rho'] >= 0.5 else 'NOT MET'}; ceiling of a calibrated "
+          f"model with these σ: {med['rho_star']:.3f}]")
+    print(f"total runtime {time.perf_counter() - t_start:.0f} s")
+
+
+def run(args, seed):
+    """One seed: fit, calibrate, evaluate, print the tables; returns gpal's headline numbers."""
+    from gpal import select_kernel_by_evidence
+    from gpal.kernels import NormalizedDotProduct
+
+    args.seed = seed
     rng = np.random.default_rng(args.seed)
 
     t0 = time.perf_counter()
@@ -290,10 +333,18 @@ def main(argv=None):
 
     desc = make_descriptor(args.descriptor)
     t0 = time.perf_counter()
-    model = SparseGP(desc, n_sparse=args.n_sparse, random_state=args.seed).fit(train)
-    sv0 = model.kernel_.signal_variance
-    if args.optimize != "none":
-        model.optimize_hyperparameters(optimize_noise=args.optimize == "all")
+    template = SparseGP(desc, n_sparse=args.n_sparse, random_state=args.seed)
+    if args.zeta == "auto":
+        sel = select_kernel_by_evidence(template, train, optimize_noise=args.optimize == "all")
+        print(f"kernel by evidence ({time.perf_counter() - t0:.1f} s):\n{sel}")
+        model = sel.model
+        sv0 = 1.0
+    else:
+        template.set_params(kernel=NormalizedDotProduct(zeta=int(args.zeta)))
+        model = template.fit(train)
+        sv0 = model.kernel_.signal_variance
+        if args.optimize != "none":
+            model.optimize_hyperparameters(optimize_noise=args.optimize == "all")
     print(f"model ({time.perf_counter() - t0:.1f} s): {args.descriptor} SOAP "
           f"(r_cut {desc.r_cut}, n_max {desc.n_max}, l_max {desc.l_max}, sigma 0.5, poly "
           f"r0=r_cut; {desc.get_number_of_features()} features), NormalizedDotProduct(zeta="
@@ -392,7 +443,8 @@ def main(argv=None):
 
     # ---- plots
     if not args.no_plots:
-        PLOT_DIR.mkdir(parents=True, exist_ok=True)
+        plot_dir = PLOT_DIR / f"seed{seed}"
+        plot_dir.mkdir(parents=True, exist_ok=True)
         written = []
         pick = {("SoR", "raw"): "raw", ("SoR", "scaled"): "scaled", ("DTC", "scaled"): "dtc_scaled"}
         for base, variant, param, m, std in rows:
@@ -400,17 +452,21 @@ def main(argv=None):
             if tag is None:
                 continue
             title = f"{base} {variant} ({param})" if param else f"{base} {variant}"
-            written.append(cal.plot_calibration_curve(err_e, std, PLOT_DIR / f"calibration_curve_{tag}.png",
+            written.append(cal.plot_calibration_curve(err_e, std, plot_dir / f"calibration_curve_{tag}.png",
                                                       title=title))
-            written.append(cal.plot_error_vs_uncertainty(err_e, std, PLOT_DIR / f"error_vs_uncertainty_{tag}.png",
+            written.append(cal.plot_error_vs_uncertainty(err_e, std, plot_dir / f"error_vs_uncertainty_{tag}.png",
                                                          units="eV/Å", title=title))
-            written.append(cal.plot_z_histogram(err_e, std, PLOT_DIR / f"z_histogram_{tag}.png", title=title))
-        written.append(cal.plot_parity(E["true"], E["pred"], PLOT_DIR / "parity_forces.png",
+            written.append(cal.plot_z_histogram(err_e, std, plot_dir / f"z_histogram_{tag}.png", title=title))
+        written.append(cal.plot_parity(E["true"], E["pred"], plot_dir / "parity_forces.png",
                                        label="force component", units="eV/Å",
                                        title=f"EMT Cu {args.eval_T:g} K eval"))
-        print(f"\nplots ({len(written)}): {PLOT_DIR.relative_to(CACHE_DIR.parent.parent)}/ "
+        print(f"\nplots ({len(written)}): {plot_dir.relative_to(CACHE_DIR.parent.parent)}/ "
               + ", ".join(p.name for p in written))
-    print(f"total runtime {time.perf_counter() - t_start:.0f} s")
+    r = {v: (param, m) for b, v, param, m, _ in rows if b == "SoR"}
+    return dict(zeta=int(model.kernel_.zeta), rmse=float(np.sqrt(np.mean(err_e ** 2))),
+                raw_zms=r["raw"][1]["zms"], scale=float(r["scaled"][0].split("=")[1]),
+                zms=r["scaled"][1]["zms"], cov=r["conformal"][1]["cov90"],
+                rho=r["scaled"][1]["rho"], rho_star=r["scaled"][1]["rho_star"])
 
 
 if __name__ == "__main__":
