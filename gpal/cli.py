@@ -166,15 +166,32 @@ def cmd_fit(args) -> int:
     from .potential import SparseGP
 
     frames = read_frames(args.train)
-    kernel = NormalizedDotProduct(zeta=args.zeta) if args.kernel == "dot" else SquaredExponential(args.length_scale)
+    auto = args.kernel == "dot" and args.zeta == "auto"
+    if args.kernel == "dot" and not auto:
+        try:
+            zeta = int(args.zeta)
+        except ValueError:
+            raise SystemExit(f"gpal fit: --zeta must be an integer or 'auto', got {args.zeta!r}")
+        kernel = NormalizedDotProduct(zeta=zeta)
+    elif args.kernel == "se":
+        kernel = SquaredExponential(args.length_scale)
+    else:
+        kernel = None
     model = SparseGP(
         kernel=kernel, n_sparse=args.n_sparse, energy_noise=args.energy_noise,
         force_noise=args.force_noise, stress_noise=args.stress_noise,
     )
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
-    model.fit(frames)
-    if args.optimize:
-        model.optimize_hyperparameters()
+    if auto:
+        from .compare import select_kernel_by_evidence
+
+        sel = select_kernel_by_evidence(model, frames, progress=True)
+        print(sel)
+        model = sel.model
+    else:
+        model.fit(frames)
+        if args.optimize:
+            model.optimize_hyperparameters()
     path = model.save(args.output)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
@@ -291,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("train", help="labelled frames (extxyz)")
     s.add_argument("-o", "--output", default="model.npz")
     s.add_argument("--kernel", choices=("dot", "se"), default="dot")
-    s.add_argument("--zeta", type=int, default=4)
+    s.add_argument("--zeta", default="4",
+                   help="exponent of the dot-product kernel, or 'auto': the one of 1, 2, 3, 4, 6 "
+                        "with the largest log marginal likelihood (hyperparameters and noises "
+                        "optimised for each)")
     s.add_argument("--length-scale", type=float, default=0.5)
     s.add_argument("--n-sparse", type=int, default=200)
     s.add_argument("--energy-noise", type=float, default=0.002)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 from ase.io import write
@@ -49,6 +50,20 @@ def test_fit_info_validate_md(files, capsys):
     assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
                  "--steps", "20", "--interval", "5", "-q"]) == 0
     assert (files / "md.traj").stat().st_size > 0
+
+
+def test_fit_zeta_auto_keeps_the_largest_evidence(files, capsys):
+    model = files / "auto.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zeta=1 may sit at its signal-variance bound
+        assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "30",
+                     "--zeta", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "log evidence" in out and "* NormalizedDotProduct" in out
+    chosen = gpal.load(model).kernel_.zeta
+    assert f"* NormalizedDotProduct(zeta={chosen}" in out
+    with pytest.raises(SystemExit, match="integer or 'auto'"):
+        main(["fit", str(files / "train.xyz"), "-o", str(model), "--zeta", "two"])
 
 
 def test_learn_with_config_and_resume(tmp_path, capsys):
