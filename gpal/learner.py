@@ -83,6 +83,12 @@ class Trigger:
     every : int, default 1
         Check the uncertainty every this many MD steps (blow-up checks still run every
         step). Use it with ``"forces_std"``, whose evaluation costs several MD steps.
+    calibrated : bool, default False
+        Compare the *calibrated* force std (raw std times the recalibration factor that
+        the learner fits on its ``validation`` frames after every update) with the
+        threshold, so that the threshold means eV/Å of expected error. Only for
+        ``"forces_std"``; the learner then needs ``validation`` frames. Until the first
+        validation the factor is 1.
 
     Notes
     -----
@@ -102,8 +108,12 @@ class Trigger:
     adapt_window: int = 50
     adapt_margin: float = 0.5
     every: int = 1
+    calibrated: bool = False
 
     def __post_init__(self):
+        if self.calibrated and self.quantity != "forces_std":
+            raise ValueError("Trigger(calibrated=True) needs quantity='forces_std' (the "
+                             "learner's recalibration factor is fitted for force stds)")
         if int(self.every) < 1:
             raise ValueError(f"trigger every must be >= 1 step, got {self.every}")
         if self.quantity not in _TRIGGER_QUANTITIES:
@@ -397,6 +407,9 @@ class ActiveLearner:
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.max_oracle_calls = max_oracle_calls
         self.validation = list(validation) if validation is not None else None
+        if self.trigger.calibrated and not self.validation:
+            raise ValueError("Trigger(calibrated=True) needs validation frames: the "
+                             "recalibration factor is fitted on them")
         self.stopping = stopping
         self.check_every = int(check_every)
         self.executor = executor
@@ -717,9 +730,9 @@ class ActiveLearner:
                 if self.step % self.trigger.every:
                     w.keep_if_good(T)
                     continue
-                unc = _uncertainty(w.atoms.calc, w.atoms, q)
+                unc = _uncertainty(w.atoms.calc, w.atoms, q) * self._trigger_scale()
                 if unc > self.threshold_ and self._refresh_sparse(w, unc):
-                    unc = _uncertainty(w.atoms.calc, w.atoms, q)
+                    unc = _uncertainty(w.atoms.calc, w.atoms, q) * self._trigger_scale()
                 unc_max = max(unc_max, unc)
                 if unc > self.threshold_:
                     to_label.append(w.atoms.copy())
@@ -757,6 +770,12 @@ class ActiveLearner:
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
         self._plots()
         return summary
+
+    def _trigger_scale(self) -> float:
+        """Factor applied to the trigger's uncertainty: the stored force-std scale or 1."""
+        if not self.trigger.calibrated:
+            return 1.0
+        return float(self.model.calibration_.get("forces_std", {}).get("scale", 1.0))
 
     # ------------------------------------------------------------------ validation / stop
     def validate(self) -> dict:

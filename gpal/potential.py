@@ -664,8 +664,6 @@ class SparseGP:
         for key, cal in self.calibration_.items():
             if key in out:
                 out[key] = out[key] * cal.get("scale", 1.0)
-        if "energies_std" in out and "energy_std" not in self.calibration_:
-            pass
 
     # ------------------------------------------------------------------ update
     def update(

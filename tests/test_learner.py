@@ -183,7 +183,28 @@ def test_stopping_rule_ends_the_run(tmp_path):
     assert rule.history and rule.history[-1].stop
 
 
+def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
+    val = cu_frames(2, seed=9, size=(2, 2, 2))
+    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True)
+    L = learner(tmp_path / "run", validation=val, trigger=trig, sparse_refresh=False)
+    L.run(1)
+    n0 = L.oracle.n_calls
+    L.model.set_calibration(forces_std={"scale": 1e-6, "conformal_q90": 1e-6})
+    L.run(25)
+    assert L.oracle.n_calls == n0  # a tiny calibrated std never crosses the threshold
+    L.model.set_calibration(forces_std={"scale": 1e6, "conformal_q90": 1e6})
+    L.run(26)
+    assert L.oracle.n_calls == n0 + 1  # a huge one crosses it at the next check
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    labels = [r for r in records if r.get("event") == "label" and r.get("reason") == "uncertain"]
+    assert len(labels) == 1 and labels[0]["step"] == 25
+
+
 def test_bad_settings():
+    with pytest.raises(ValueError, match="forces_std"):
+        Trigger(quantity="energies_std", calibrated=True)
+    with pytest.raises(ValueError, match="validation"):
+        ActiveLearner(start(), EMT(), trigger=Trigger(quantity="forces_std", calibrated=True))
     with pytest.raises(ValueError, match="choose from"):
         Trigger(quantity="stress_std")
     with pytest.raises(ValueError, match="skip"):
