@@ -20,33 +20,33 @@ From the pool, k training frames are chosen by
 (a) ``random``    uniformly at random;
 (b) ``fps``       farthest-point sampling of whole frames in descriptor space
                   (:func:`gpal.selection.frame_farthest_point_sampling`, random start);
-(c) ``variance``  greedy variance: start from the first 2 FPS frames, then repeatedly fit
-                  the model on the chosen frames and add the pool frame whose predicted
-                  total-energy variance per atom, Var(E)/N (DTC: SoR part on the summed
-                  kernel row + the local residuals, as ``SparseGP.predict``'s
-                  ``energy_std``), is largest. With the energy label noise
-                  ``energy_noise**2 * N`` this is the largest information gain
-                  ½ log(1 + Var(E)/σ_E²). ``--criterion local`` uses the largest
-                  local-energy variance of any atom of the frame instead;
-                  ``--criterion sor`` drops the residual k - Q (the part of the DTC
-                  variance no label can reduce while the sparse set is fixed) and
-                  scores Var_SoR(E)/N (the batch method then drops it too);
-                  ``--criterion forces`` (default) scores the information gain of the
-                  frame's force labels, Σ ½ log(1 + σ²_F/σ_f²) over its 3N force
-                  components (σ²_F as ``predict(..., forces_std=True)``, force noise
-                  σ_f; :meth:`gpal.SparseGP.select_frames` with one pick), among
+(c) ``variance``  greedy variance: start from the first ``--n-start`` (2) FPS frames, then
+                  repeatedly fit the model on the chosen frames and add the pool frame
+                  whose labels carry the most information. ``--criterion forces``
+                  (default): Σ ½ log(1 + σ²_F/σ_f²) over the frame's 3N force components
+                  (σ²_F as ``predict(..., forces_std=True)``, σ_f the force noise;
+                  :meth:`gpal.SparseGP.select_frames` with one pick), among
                   ``--n-candidates`` (400) unchosen frames drawn at random each step;
-(d) ``batch``     from the same 2 FPS frames, the remaining frames in batches chosen
-                  before labelling: :func:`gpal.selection.greedy_batch` (greedy log-det)
-                  on the posterior covariance of the candidates' total energies,
-                  ``solver_.cov_sor(K_sum) + diag(residual sums)``, noise
-                  ``energy_noise**2 * N``. The first batch tops the start up to 5 frames,
-                  then batches of ``--batch-size`` (5). With ``--criterion forces``
-                  (:meth:`gpal.SparseGP.select_frames`) each pick maximises the
-                  force information gain under the posterior that already holds
-                  the earlier picks' energy, force and stress rows (a
-                  copy of the solver updated with zero labels: variances do not
-                  depend on label values), among ``--n-candidates`` random frames.
+                  ``energy+forces`` adds the energy label's gain. Older criteria, for
+                  comparison, score the whole pool: ``energy``, the total-energy variance
+                  per atom Var(E)/N (DTC: SoR part on the summed kernel row + the local
+                  residuals, as ``SparseGP.predict``'s ``energy_std``), i.e. the gain
+                  ½ log(1 + Var(E)/σ_E²) of the energy label alone; ``local``, the
+                  largest local-energy variance of any atom of the frame; ``sor``,
+                  Var_SoR(E)/N without the residual k - Q (the part of the DTC variance
+                  no label can reduce while the sparse set is fixed);
+(d) ``batch``     from the same FPS frames, the remaining frames in batches fixed before
+                  labelling; the first batch tops the start up to 5 frames, then batches
+                  of ``--batch-size`` (5). With ``forces``/``energy+forces``
+                  (:meth:`gpal.SparseGP.select_frames`) each pick maximises the same
+                  score under the posterior that already holds the earlier picks'
+                  energy, force and stress rows (a copy of the solver updated with zero
+                  labels: variances do not depend on label values), among
+                  ``--n-candidates`` random frames. With the older criteria:
+                  :func:`gpal.selection.greedy_batch` (greedy log-det) on the posterior
+                  covariance of the candidates' total energies,
+                  ``solver_.cov_sor(K_sum) + diag(residual sums)`` (without the residual
+                  for ``sor``), noise ``energy_noise**2 * N``.
 
 Every chosen set is fitted with the same model (``SparseGP``, default noises and kernel,
 ``--n-sparse`` (200) sparse environments by FPS, ``random_state=seed``); the labels used
@@ -383,6 +383,8 @@ def main(argv=None):
                         help="with --criterion forces: frames scored per greedy step, drawn "
                              "at random from the unchosen pool (seeded)")
     parser.add_argument("--batch-size", type=int, default=5)
+    parser.add_argument("--n-start", type=int, default=2,
+                        help="FPS frames that start greedy variance and batch selection")
     parser.add_argument("--target-k", type=int, default=15)
     parser.add_argument("--pool-per-traj", type=int, default=105,
                         help="pool frames per (regime, T) trajectory (20 trajectories)")
@@ -436,11 +438,11 @@ def main(argv=None):
                     model = fit([pool[i] for i in order[:k]], descriptor, n_sparse, seed)
                     curve[k] = evaluate(model, test)
             elif method == "variance":
-                order, curve = run_greedy_variance(pool, feats, fps_order[:2], k_max, n_sparse,
+                order, curve = run_greedy_variance(pool, feats, fps_order[:args.n_start], k_max, n_sparse,
                                                    seed, test, args.criterion, log,
                                                    n_candidates=args.n_candidates)
             else:
-                order, curve = run_batch(pool, feats, fps_order[:2], k_max, n_sparse, seed,
+                order, curve = run_batch(pool, feats, fps_order[:args.n_start], k_max, n_sparse, seed,
                                          test, args.batch_size, energy_noise,
                                          residual=args.criterion != "sor",
                                          criterion=args.criterion,
