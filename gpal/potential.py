@@ -815,7 +815,9 @@ class SparseGP:
                 use = [g for g in ("energy", "forces", "stress") if g in names and g in block]
                 rows.append(np.concatenate([block[g][0] for g in use]) if use else np.zeros((0, len(Z))))
                 noise.append(np.concatenate([block[g][1] for g in use]) if use else np.zeros(0))
-        solver = copy.deepcopy(self.solver_)
+        # a shallow copy suffices: update() rebinds the factor and the stacked arrays to
+        # new arrays and never writes into the model's own
+        solver = copy.copy(self.solver_)
         picks, gains = [], []
         available = np.ones(len(frames), dtype=bool)
         for _ in range(n_select):

@@ -602,7 +602,9 @@ def test_select_frames_equals_greedy_with_real_labels():
     import copy
 
     model, pool = _frame_model()
+    R_before, alpha_before = model.solver_.R_.copy(), model.alpha_.copy()
     picks, gains = model.select_frames(pool, 3, return_gains=True)
+    assert np.array_equal(model.solver_.R_, R_before) and np.array_equal(model.alpha_, alpha_before)
     ref = copy.deepcopy(model)
     left = list(range(len(pool)))
     for k in range(3):
