@@ -273,6 +273,15 @@ def select_fps(feats, k_max, seed):
 FRAME_SCORES = {"forces": ("forces",), "energy+forces": ("energy", "forces")}
 
 
+def select_by_information(model, pool, chosen, n, criterion, n_candidates, rng):
+    """``n`` pool indices by SparseGP.select_frames among random unchosen candidates."""
+    cand = np.setdiff1d(np.arange(len(pool)), chosen)
+    if n_candidates is not None and n_candidates < len(cand):
+        cand = rng.choice(cand, n_candidates, replace=False)
+    picks = model.select_frames([pool[i] for i in cand], n, score=FRAME_SCORES[criterion])
+    return [int(cand[j]) for j in picks]
+
+
 def run_greedy_variance(pool, feats, start, k_max, n_sparse, seed, test, criterion, log,
                         n_candidates=None):
     """Greedy one-at-a-time; returns chosen indices and {k: (force rmse, energy rmse)}."""
@@ -285,11 +294,7 @@ def run_greedy_variance(pool, feats, start, k_max, n_sparse, seed, test, criteri
         if len(chosen) >= k_max:
             break
         if criterion in FRAME_SCORES:
-            cand = np.setdiff1d(np.arange(len(pool)), chosen)
-            if n_candidates is not None and n_candidates < len(cand):
-                cand = rng.choice(cand, n_candidates, replace=False)
-            pick = model.select_frames([pool[i] for i in cand], 1, score=FRAME_SCORES[criterion])
-            chosen.append(int(cand[pick[0]]))
+            chosen += select_by_information(model, pool, chosen, 1, criterion, n_candidates, rng)
             continue
         K_sum, resid_sum, local_max = feats.frame_terms(model)
         if criterion == "energy":
@@ -327,13 +332,10 @@ def run_batch(pool, feats, start, k_max, n_sparse, seed, test, batch_size, energ
             break
         b = (5 - len(chosen)) if len(chosen) < 5 else batch_size
         b = min(b, k_max - len(chosen))
-        cand = np.setdiff1d(np.arange(len(pool)), chosen)
         if criterion in FRAME_SCORES:
-            if n_candidates is not None and n_candidates < len(cand):
-                cand = rng.choice(cand, n_candidates, replace=False)
-            picks = model.select_frames([pool[i] for i in cand], b, score=FRAME_SCORES[criterion])
-            chosen += [int(cand[j]) for j in picks]
+            chosen += select_by_information(model, pool, chosen, b, criterion, n_candidates, rng)
             continue
+        cand = np.setdiff1d(np.arange(len(pool)), chosen)
         K_sum, resid_sum, _ = feats.frame_terms(model, cand)
         cov = model.solver_.cov_sor(K_sum)
         if residual:
