@@ -771,11 +771,13 @@ class ActiveLearner:
         self._plots()
         return summary
 
-    def _trigger_scale(self) -> float:
-        """Factor applied to the trigger's uncertainty: the stored force-std scale or 1."""
-        if not self.trigger.calibrated:
-            return 1.0
+    def _force_std_scale(self) -> float:
+        """The force-std recalibration factor stored in the model (1 before any)."""
         return float(self.model.calibration_.get("forces_std", {}).get("scale", 1.0))
+
+    def _trigger_scale(self) -> float:
+        """Factor applied to the trigger's uncertainty: the force-std scale, or 1."""
+        return self._force_std_scale() if self.trigger.calibrated else 1.0
 
     # ------------------------------------------------------------------ validation / stop
     def validate(self) -> dict:
@@ -802,7 +804,7 @@ class ActiveLearner:
 
     def _check_stop(self) -> bool:
         val = self.validate() if self.validation else {}
-        scale = self.model.calibration_.get("forces_std", {}).get("scale", 1.0)
+        scale = self._force_std_scale()
         bound = 0.0
         for w in self.walkers:
             fstd = w.atoms.calc.get_uncertainty(w.atoms, "forces_std")
