@@ -282,20 +282,29 @@ def select_by_information(model, pool, chosen, n, criterion, n_candidates, rng):
     return [int(cand[j]) for j in picks]
 
 
-def run_greedy_variance(pool, feats, start, k_max, n_sparse, seed, test, criterion, log,
-                        n_candidates=None):
-    """Greedy one-at-a-time; returns chosen indices and {k: (force rmse, energy rmse)}."""
+def grow(pool, feats, start, k_max, n_sparse, seed, test, choose):
+    """Fit on the chosen frames, evaluate, add ``choose(model, chosen)``; until k_max.
+
+    Returns the chosen indices and {k: (force rmse, energy rmse, by regime)}.
+    """
     chosen = list(start)
     curve = {}
-    rng = np.random.default_rng(1000 + seed)
     while True:
         model = fit([pool[i] for i in chosen], feats.descriptor, n_sparse, seed)
         curve[len(chosen)] = evaluate(model, test)
         if len(chosen) >= k_max:
-            break
+            return chosen, curve
+        chosen += choose(model, chosen)
+
+
+def run_greedy_variance(pool, feats, start, k_max, n_sparse, seed, test, criterion, log,
+                        n_candidates=None):
+    """Greedy one frame at a time by ``criterion``."""
+    rng = np.random.default_rng(1000 + seed)
+
+    def choose(model, chosen):
         if criterion in FRAME_SCORES:
-            chosen += select_by_information(model, pool, chosen, 1, criterion, n_candidates, rng)
-            continue
+            return select_by_information(model, pool, chosen, 1, criterion, n_candidates, rng)
         K_sum, resid_sum, local_max = feats.frame_terms(model)
         if criterion == "energy":
             score = (model.solver_.var_sor(K_sum) + resid_sum) / feats.n_atoms
@@ -304,10 +313,11 @@ def run_greedy_variance(pool, feats, start, k_max, n_sparse, seed, test, criteri
         else:
             score = local_max
         score[chosen] = -np.inf
-        chosen.append(int(np.argmax(score)))
-        if len(chosen) == 3 and seed == log["check_seed"]:
+        if len(chosen) == 2 and seed == log["check_seed"]:
             _check_energy_std(model, pool, feats, K_sum, resid_sum, log)
-    return chosen, curve
+        return [int(np.argmax(score))]
+
+    return grow(pool, feats, start, k_max, n_sparse, seed, test, choose)
 
 
 def _check_energy_std(model, pool, feats, K_sum, resid_sum, log):
@@ -322,19 +332,14 @@ def _check_energy_std(model, pool, feats, K_sum, resid_sum, log):
 
 def run_batch(pool, feats, start, k_max, n_sparse, seed, test, batch_size, energy_noise,
               residual=True, criterion="energy", n_candidates=None):
-    chosen = list(start)
-    curve = {}
+    """Batches fixed before labelling: the first tops the start up to 5 frames."""
     rng = np.random.default_rng(2000 + seed)
-    while True:
-        model = fit([pool[i] for i in chosen], feats.descriptor, n_sparse, seed)
-        curve[len(chosen)] = evaluate(model, test)
-        if len(chosen) >= k_max:
-            break
+
+    def choose(model, chosen):
         b = (5 - len(chosen)) if len(chosen) < 5 else batch_size
         b = min(b, k_max - len(chosen))
         if criterion in FRAME_SCORES:
-            chosen += select_by_information(model, pool, chosen, b, criterion, n_candidates, rng)
-            continue
+            return select_by_information(model, pool, chosen, b, criterion, n_candidates, rng)
         cand = np.setdiff1d(np.arange(len(pool)), chosen)
         K_sum, resid_sum, _ = feats.frame_terms(model, cand)
         cov = model.solver_.cov_sor(K_sum)
@@ -342,9 +347,9 @@ def run_batch(pool, feats, start, k_max, n_sparse, seed, test, batch_size, energ
             cov[np.diag_indices_from(cov)] += resid_sum
         cov = 0.5 * (cov + cov.T)
         noise = energy_noise**2 * feats.n_atoms[cand]
-        picks = greedy_batch(cov, noise, b)
-        chosen += [int(cand[p]) for p in picks]
-    return chosen, curve
+        return [int(cand[p]) for p in greedy_batch(cov, noise, b)]
+
+    return grow(pool, feats, start, k_max, n_sparse, seed, test, choose)
 
 
 # ----------------------------------------------------------------------------- report
