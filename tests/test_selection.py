@@ -632,6 +632,16 @@ def test_select_frames_bad_input():
         model.select_frames([], 1)
     with pytest.raises(ValueError, match="unknown or no score"):
         model.select_frames(pool, 1, score=())
+    from gpal import InvalidPositionsError, UnknownSpeciesError
+
+    from conftest import cuag_frames
+
+    with pytest.raises(UnknownSpeciesError, match="Ag"):
+        model.select_frames(pool[:2] + cuag_frames(1), 1)
+    bad = pool[0].copy()
+    bad.positions[0, 0] = np.nan
+    with pytest.raises(InvalidPositionsError):
+        model.select_frames([bad], 1)
 
 
 def test_select_frames_scores_energy_information_when_asked():
