@@ -61,6 +61,7 @@ __all__ = [
     "force_metrics",
     "energy_metrics",
     "StdCalibrator",
+    "TwoTermCalibrator",
     "SplitConformal",
     "Decision",
     "StoppingRule",
@@ -451,6 +452,68 @@ class StdCalibrator:
 
     def __repr__(self) -> str:
         return f"StdCalibrator(scale_={getattr(self, 'scale_', None)})"
+
+
+class TwoTermCalibrator:
+    """Calibrate a predictive std made of a learnable part and a noise floor.
+
+    A sparse GP's std of a new label is ``sqrt(σ² + σ_n²)``: ``σ`` the posterior
+    (learnable) std of the latent value, ``σ_n`` the label noise, which stands for
+    everything the model cannot learn at its size. The two need not be off by the same
+    factor: the floor is fitted on the training data, the learnable part grows where
+    the model extrapolates. ``fit`` chooses ``a, b`` maximising the Gaussian likelihood
+    of the errors under ``N(0, a σ² + b σ_n²)`` (L-BFGS-B in log space, each factor
+    within [1e-2, 1e4]); ``scale_ = sqrt(a)``, ``noise_scale_ = sqrt(b)``. With
+    ``σ = 0`` it reduces to :class:`StdCalibrator` on the noise.
+
+    Attributes
+    ----------
+    scale_, noise_scale_ : float
+    n_samples_ : int
+    """
+
+    def fit(self, error, std, noise) -> "TwoTermCalibrator":
+        """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar)."""
+        import scipy.optimize
+
+        e = _finite_array("error", error).ravel()
+        s = _finite_array("std", std).ravel()
+        n = np.broadcast_to(_finite_array("noise", noise), e.shape).ravel()
+        if s.shape != e.shape:
+            raise ValueError(f"error and std must have the same shape, got {e.shape} and {s.shape}")
+        if e.size == 0:
+            raise ValueError("need at least one error to calibrate")
+        if np.any(s < 0) or np.any(n <= 0):
+            raise ValueError("std must be >= 0 and noise > 0")
+        s2, n2, e2 = s**2, n**2, e**2
+
+        def nll(x):
+            a, b = np.exp(x)
+            v = a * s2 + b * n2
+            f = np.mean(np.log(v) + e2 / v)
+            dv = 1.0 / v - e2 / v**2
+            return f, np.array([np.mean(dv * s2) * a, np.mean(dv * n2) * b])
+
+        b0 = max(float(np.mean(e2) / np.mean(s2 + n2)), 1e-2)
+        res = scipy.optimize.minimize(
+            nll, np.log([b0, b0]), jac=True, method="L-BFGS-B",
+            bounds=[(np.log(1e-2), np.log(1e4))] * 2,
+        )
+        a, b = np.exp(res.x)
+        self.scale_, self.noise_scale_ = float(np.sqrt(a)), float(np.sqrt(b))
+        self.n_samples_ = int(e.size)
+        return self
+
+    def transform(self, std, noise) -> np.ndarray:
+        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)²)`` (shape of ``std``)."""
+        if not hasattr(self, "scale_"):
+            raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
+        s = _finite_array("std", std)
+        return np.sqrt((self.scale_ * s) ** 2 + (self.noise_scale_ * np.asarray(noise, float)) ** 2)
+
+    def __repr__(self) -> str:
+        return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "
+                f"noise_scale_={getattr(self, 'noise_scale_', None)})")
 
 
 class SplitConformal:

@@ -40,6 +40,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
@@ -541,12 +542,21 @@ class SparseGP:
         atoms : ase.Atoms
         return_std : bool, default False
             Also return ``energies_std`` (DTC std of each local energy, eV, shape
-            (n_atoms,)) and ``energy_std`` (eV).
+            (n_atoms,)), ``energy_std`` (eV) and ``novelty`` (n_atoms,): the fraction
+            of each environment's prior variance that the sparse set does not explain,
+            ``(k(x,x) - k K_mm⁻¹ kᵀ) / k(x,x)`` in [0, 1] (0: the environment is a
+            sparse point; 1: unlike every sparse point of its species).
         forces_std, stress_std : bool, default False
-            Also return ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å^3.
-            They need an explicit derivative pass (about the cost of one training frame).
+            Also return ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å^3:
+            the projected (SoR) std of the latent forces, i.e. the part that labels can
+            reduce. They need an explicit derivative pass (about the cost of one
+            training frame).
         calibrated : bool, default False
-            Multiply stds by the recalibration factors stored by :meth:`set_calibration`.
+            Report calibrated stds as stored by :meth:`set_calibration`: the raw std
+            times ``scale``; for a calibration with a ``noise_scale`` (what the active
+            learner stores for forces, see :class:`gpal.calibration.TwoTermCalibrator`)
+            the std of a new *label*, ``sqrt((scale std)² + (noise_scale force_noise)²)``,
+            which is what a prediction error against the oracle is measured against.
 
         Returns
         -------
@@ -599,6 +609,8 @@ class SparseGP:
             var_E = float(self.solver_.var_sor(K.sum(axis=0)[None])[0] + resid.sum())
             out["energies_std"] = np.sqrt(var_local)
             out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["novelty"] = np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
         if forces_std or stress_std:
             _, rowF, rowS = self._derivative_rows(atoms, Z, zsp)
             if forces_std:
@@ -661,9 +673,88 @@ class SparseGP:
         return self
 
     def _apply_calibration(self, out: dict) -> None:
+        noise = {"forces_std": "force", "stress_std": "stress"}
         for key, cal in self.calibration_.items():
-            if key in out:
-                out[key] = out[key] * cal.get("scale", 1.0)
+            if key not in out:
+                continue
+            std = out[key] * cal.get("scale", 1.0)
+            if "noise_scale" in cal and noise.get(key):
+                std = np.sqrt(np.square(std) + (cal["noise_scale"] * self.noise_[noise[key]]) ** 2)
+            out[key] = std
+
+    def calibrated_force_std(self, forces_std) -> np.ndarray:
+        """Calibrated std of a force label from raw (SoR) ``forces_std`` (same shape, eV/Å).
+
+        Without a stored force calibration this is the raw std itself.
+        """
+        out = {"forces_std": np.asarray(forces_std, dtype=float)}
+        self._apply_calibration(out)
+        return out["forces_std"]
+
+    # ------------------------------------------------------------------ cross-validation
+    def loo_residuals(self, frames=None) -> dict:
+        """Leave-one-frame-out errors and stds of the training frames, from the factor.
+
+        For training frame B with kernel rows A (its energy, force and stress
+        observations) the posterior without B follows from the fitted one without a
+        refit: with S = A Σ Aᵀ, Λ the label noise and r = y − A α,
+
+        * error without B:   r₋B = Λ (Λ − S)⁻¹ r,
+        * latent covariance: S₋B = S (Λ − S)⁻¹ Λ
+
+        (Woodbury on Σ₋B⁻¹ = Σ⁻¹ − Aᵀ Λ⁻¹ A). No kernel is evaluated: the rows are the
+        solver's stored ``K_nm_``; the cost per frame is O(n_obs(B) n_sparse²). These
+        are honest held-out errors (cross-validation) of the labels the model already
+        has, so calibration needs no extra oracle call.
+
+        Parameters
+        ----------
+        frames : sequence of int, optional
+            Indices into ``frames_``; default all.
+
+        Returns
+        -------
+        dict
+            ``force_error`` (n_comp,) eV/Å (prediction − label), ``force_std`` (n_comp,)
+            latent SoR std without the frame (eV/Å), ``force_frame`` (n_comp,) frame
+            index of each component, ``energy_error`` (n_e,) and ``energy_std`` (n_e,)
+            in eV/atom, ``energy_frame`` (n_e,).
+        """
+        check_is_fitted(self)
+        idx = range(len(self.frames_)) if frames is None else [int(i) for i in frames]
+        sol = self.solver_
+        out = {k: [] for k in ("force_error", "force_std", "force_frame",
+                               "energy_error", "energy_std", "energy_frame")}
+        for b in idx:
+            rows = np.flatnonzero(self.obs_frame_ == b)
+            if not len(rows):
+                continue
+            A = sol.K_nm_[rows]
+            lam = sol.noise_std_[rows] ** 2
+            V = sol._sor_factor(A)  # [M, n_B]
+            S = V.T @ V
+            r = sol.y_[rows] - A @ sol.alpha_
+            D = np.diag(lam) - S
+            try:
+                cho = scipy.linalg.cho_factor(D, check_finite=False)
+            except np.linalg.LinAlgError:
+                continue  # the frame pins its own posterior to round-off: skip it
+            r_loo = lam * scipy.linalg.cho_solve(cho, r, check_finite=False)
+            var = np.einsum("ij,ji->i", S, scipy.linalg.cho_solve(cho, np.diag(lam), check_finite=False))
+            std = np.sqrt(np.clip(var, 0.0, None))
+            group = self.obs_group_[rows]
+            f = group == _F
+            # errors as prediction − label (r is label − prediction)
+            out["force_error"].append(-r_loo[f])
+            out["force_std"].append(std[f])
+            out["force_frame"].append(np.full(int(f.sum()), b))
+            e = group == _E
+            if np.any(e):
+                n = len(self.frames_[b])
+                out["energy_error"].append(-r_loo[e] / n)
+                out["energy_std"].append(std[e] / n)
+                out["energy_frame"].append(np.full(int(e.sum()), b))
+        return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
 
     # ------------------------------------------------------------------ update
     def update(

@@ -11,6 +11,7 @@ import pytest
 from scipy import optimize, stats
 
 from gpal.calibration import (
+    TwoTermCalibrator,
     Decision,
     SplitConformal,
     StdCalibrator,
@@ -418,3 +419,23 @@ def test_plots_write_png(tmp_path):
         assert p.exists() and _is_png(p)
     with pytest.raises(ValueError):
         plot_learning_curve([0, 1], [0.5], [1, 2], tmp_path / "x.png")
+
+
+def test_two_term_calibrator_recovers_both_factors():
+    rng = np.random.default_rng(0)
+    n = 20000
+    std = rng.uniform(0.0, 0.3, n)
+    noise = 0.1
+    a, b = 2.0**2, 0.5**2
+    err = rng.normal(0.0, np.sqrt(a * std**2 + b * noise**2))
+    cal = TwoTermCalibrator().fit(err, std, noise)
+    assert cal.scale_ == pytest.approx(2.0, rel=0.05)
+    assert cal.noise_scale_ == pytest.approx(0.5, rel=0.05)
+    z = err / cal.transform(std, noise)
+    assert np.mean(z**2) == pytest.approx(1.0, abs=0.03)
+    # a one-factor calibration of the same errors misses badly where std is small
+    s1 = np.sqrt(np.mean(err**2 / (std**2 + noise**2)))
+    small = std < 0.03
+    assert np.mean((err[small] / (s1 * np.sqrt(std[small] ** 2 + noise**2))) ** 2) < 0.7
+    with pytest.raises(ValueError):
+        TwoTermCalibrator().fit(err, -std, noise)

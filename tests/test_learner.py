@@ -185,7 +185,7 @@ def test_stopping_rule_ends_the_run(tmp_path):
 
 def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     val = cu_frames(2, seed=9, size=(2, 2, 2))
-    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True)
+    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, cooldown=0)
     L = learner(tmp_path / "run", validation=val, trigger=trig, sparse_refresh=False)
     L.run(1)
     n0 = L.oracle.n_calls
@@ -203,8 +203,12 @@ def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
 def test_bad_settings():
     with pytest.raises(ValueError, match="forces_std"):
         Trigger(quantity="energies_std", calibrated=True)
-    with pytest.raises(ValueError, match="validation"):
-        ActiveLearner(start(), EMT(), trigger=Trigger(quantity="forces_std", calibrated=True))
+    with pytest.raises(ValueError, match="threshold"):
+        Trigger(quantity="energies_std", calibrated=False)
+    with pytest.raises(ValueError, match="novelty"):
+        Trigger(novelty=0.0)
+    with pytest.raises(ValueError, match="max_labels"):
+        Trigger(max_labels=0)
     with pytest.raises(ValueError, match="choose from"):
         Trigger(quantity="stress_std")
     with pytest.raises(ValueError, match="skip"):
@@ -213,3 +217,65 @@ def test_bad_settings():
         OracleSpec("EMT")
     with pytest.raises(ValueError, match="live calculator"):
         gpal.Oracle(EMT(), executor=ProcessPoolExecutor(1))
+
+
+class CountingEMT(EMT):
+    """EMT that counts its energy/force evaluations of distinct configurations."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.n_evaluations = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        self.n_evaluations += 1
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_default_loop_counts_every_call_and_never_bursts(tmp_path):
+    oracle = CountingEMT()
+    L = ActiveLearner(start(), oracle, small_model(), run_dir=tmp_path / "run", progress=False,
+                      md=MDSettings(temperature=(300, 1500), timestep=2.0), n_sparse_initial=30)
+    summary = L.run(400)
+    assert summary.oracle_calls == oracle.n_evaluations  # reported = made
+    assert sum(summary.oracle_calls_by_reason.values()) == summary.oracle_calls
+    assert summary.oracle_calls_by_reason["bootstrap"] == 4
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["oracle_calls"] == oracle.n_evaluations
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    steps = [r["step"] for r in records if r.get("event") == "label" and r["reason"] == "uncertain"]
+    for s in steps:  # at most Trigger.max_labels (3) labels in any 100-step window
+        assert sum(1 for t in steps if s <= t < s + 100) <= 3
+    cal = L.model.calibration_["forces_std"]
+    assert cal["noise_scale"] > 0 and cal["scale"] > 0 and summary.calibration["n_judge"] >= 1
+    checks = [r for r in records if r.get("event") == "check"]
+    assert checks and all(r["threshold"] > 0 for r in checks)
+
+
+def test_trigger_rate_cap_and_thresholds():
+    trig = Trigger(max_labels=2, window=50)
+    assert not trig.capped([10], 20)
+    assert trig.capped([10, 15], 40)
+    assert not trig.capped([10, 15], 60)
+    model = SparseGP(small_model().descriptor, n_sparse=20).fit(cu_frames(3, seed=1, size=(2, 2, 2)))
+    assert trig.base_threshold(model, scale=2.0) == pytest.approx(0.5 * 2.0 * model.noise_["force"])
+    assert Trigger(threshold=0.1).base_threshold(model, scale=5.0) == pytest.approx(0.1)
+    assert Trigger(threshold=2.0, relative_to_noise=True).base_threshold(model) == pytest.approx(
+        2.0 * model.noise_["force"])
+    assert trig.adaptive_level([]) == 0.0
+    assert trig.adaptive_level([1.0, 3.0]) == pytest.approx(1.2 * 2.0)
+
+
+def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
+    rule = StoppingRule(tolerance=50.0, patience=1, use="conformal")
+    L = learner(tmp_path / "run", stopping=rule, check_every=20)
+    summary = L.run(1000)
+    assert summary.stopped_early and rule.history[-1].use == "conformal"
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    last = [r for r in records if r.get("event") == "stop_check"][-1]
+    w = L.walkers[0].atoms
+    raw = L.model.predict(w, forces_std=True)["forces_std"]
+    c = L.model.calibration_["forces_std"]
+    total = np.sqrt((c["scale"] * raw) ** 2 + (c["noise_scale"] * L.model.noise_["force"]) ** 2)
+    assert last["bound"] == pytest.approx(c["conformal_q90"] * np.sqrt(np.mean(total**2)), rel=1e-6)
+    # the error judged is the held-out half of the leave-one-frame-out errors
+    assert last["validation_error"] == pytest.approx(L._calibration["judge_force_rmse"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -370,3 +372,55 @@ def test_residuals_match_direct_predictions(cu_model):
     np.testing.assert_allclose(res["force_error"][-3 * n:], (p["forces"] - frames[1].get_forces()).ravel())
     np.testing.assert_allclose(res["force_std"][-3 * n:], np.maximum(p["forces_std"].ravel(), 1e-12))
     assert list(res["n_atoms"]) == [len(a) for a in frames]
+
+
+# --------------------------------------------------------------------------- loop support
+def test_novelty_is_zero_on_sparse_points_and_grows_for_new_environments(cu_train):
+    model = SparseGP(soap_for(cu_train), n_sparse=40).fit(cu_train)
+    frame = cu_train[0]
+    p = model.predict(frame, return_std=True)
+    assert p["novelty"].shape == (len(frame),)
+    assert np.all((p["novelty"] >= 0) & (p["novelty"] <= 1))
+    # an environment that is itself a sparse point is fully explained by the sparse set
+    X = model.descriptor_.create(frame)
+    Zn = model.sparse_X_ / np.linalg.norm(model.sparse_X_, axis=1, keepdims=True)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    is_sparse = np.max(Xn @ Zn.T, axis=1) > 1 - 1e-12
+    assert is_sparse.any() and np.all(p["novelty"][is_sparse] < 1e-6)
+    far = bulk("Cu", "fcc", a=3.1, cubic=True).repeat((1, 1, 2))  # 14 % compressed
+    far.positions += np.random.default_rng(0).normal(0, 0.05, far.positions.shape)
+    assert model.predict(far, return_std=True)["novelty"].min() > 10 * p["novelty"].max()
+
+
+def test_leave_one_frame_out_equals_a_refit_without_the_frame(cu_train):
+    model = SparseGP(soap_for(cu_train), n_sparse=30).fit(cu_train[:5])
+    loo = model.loo_residuals()
+    sol = model.solver_
+    for b in range(5):
+        keep = model.obs_frame_ != b
+        ref = SparseGPSolver().fit(sol.K_mm_, sol.K_nm_[keep], sol.y_[keep], sol.noise_std_[keep],
+                                   jitter=model.jitter)
+        rows = np.flatnonzero(~keep)
+        A = sol.K_nm_[rows]
+        forces = model.obs_group_[rows] == 1
+        err = (A @ ref.alpha_ - sol.y_[rows])[forces]
+        std = np.sqrt(ref.var_sor(A))[forces]
+        mine = loo["force_frame"] == b
+        assert np.abs(err).max() > 1e-4  # a real held-out error, not the training fit
+        np.testing.assert_allclose(loo["force_error"][mine], err, atol=1e-8)
+        np.testing.assert_allclose(loo["force_std"][mine], std, atol=1e-9)
+        energy = model.obs_group_[rows] == 0
+        e_ref = (A @ ref.alpha_ - sol.y_[rows])[energy] / len(model.frames_[b])
+        np.testing.assert_allclose(loo["energy_error"][loo["energy_frame"] == b], e_ref, atol=1e-9)
+
+
+def test_calibration_with_noise_is_the_std_of_a_new_label(cu_model):
+    model = copy.deepcopy(cu_model)
+    frame = cu_frames(1, seed=41)[0]
+    raw = model.predict(frame, forces_std=True)["forces_std"]
+    model.set_calibration(forces_std={"scale": 1.7, "noise_scale": 0.6})
+    cal = model.predict(frame, forces_std=True, calibrated=True)["forces_std"]
+    np.testing.assert_allclose(cal, np.sqrt((1.7 * raw) ** 2 + (0.6 * model.noise_["force"]) ** 2))
+    np.testing.assert_allclose(model.calibrated_force_std(raw), cal)
+    model.set_calibration(forces_std={"scale": 2.0})
+    np.testing.assert_allclose(model.predict(frame, forces_std=True, calibrated=True)["forces_std"], 2 * raw)
