@@ -528,8 +528,8 @@ def print_system(name, protocol, r):
           f"RMS reference force {al['reference_force_rms']:.3f} eV/Å")
     print(f"    force RMSE   AL {al['force_rmse']:.4f}  baseline {b['force_rmse']:.4f} eV/Å  "
           f"AL/baseline {r['force_rmse_ratio']:.2f}  [<= 0.8: {verdict(r['force_rmse_ratio'] <= 0.8)}]")
-    print(f"    energy RMSE  AL {1e3 * al['energy_rmse_per_atom']:.2f}  baseline "
-          f"{1e3 * b['energy_rmse_per_atom']:.2f} meV/atom  AL/baseline {r['energy_rmse_ratio']:.2f}  "
+    print(f"    energy RMSE  AL {1e3 * al['energy_rmse_per_atom']:.3f}  baseline "
+          f"{1e3 * b['energy_rmse_per_atom']:.3f} meV/atom  AL/baseline {r['energy_rmse_ratio']:.2f}  "
           f"[<= 1: {verdict(r['energy_rmse_ratio'] <= 1.0)}]")
     print(f"    baseline: {r['baseline_frames']} frames evenly from a {protocol['steps']}-step oracle MD "
           f"trajectory (seed {protocol['seed_trajectory_A']}), which itself needed "
@@ -551,8 +551,11 @@ def print_system(name, protocol, r):
           f"({r['counted_calculate_calls']} calculate calls)"
           + ("" if r["reported_oracle_calls"] == n else "  <- MISMATCH"))
     print(f"      reported fields: {r['reported']}")
+    parts = [r.get(k) for k in ("time_md", "time_oracle", "time_update")]
+    other = r["wall_time"] - sum(parts) if all(x is not None for x in parts) else None
     print(f"    wall time {r['wall_time']:.0f} s (MD {_f(r['time_md'], '.0f')}, oracle "
-          f"{_f(r['time_oracle'], '.0f')}, updates {_f(r['time_update'], '.0f')} s)"
+          f"{_f(r['time_oracle'], '.0f')}, updates {_f(r['time_update'], '.0f')}, rest "
+          f"{_f(other, '.0f')} s; oracle wall inside the wrapper {r['counted_oracle_wall_time']:.1f} s)"
           + ("  ABORTED at the time limit" if r["aborted"] else ""))
 
 
@@ -571,7 +574,7 @@ def print_summary(all_results):
     for name, mode, r in rows:
         al, b = r["al"], r["baseline"]
         print(f"{name:<13}{mode:<9}{al['force_rmse']:8.4f}{b['force_rmse']:8.4f}{r['force_rmse_ratio']:7.2f}"
-              f"{1e3 * al['energy_rmse_per_atom']:7.2f}{1e3 * b['energy_rmse_per_atom']:7.2f}"
+              f"{1e3 * al['energy_rmse_per_atom']:7.3f}{1e3 * b['energy_rmse_per_atom']:7.3f}"
               f"{r['energy_rmse_ratio']:7.2f}{r['labels']['max_labels_per_walker_per_100_steps']:8d}"
               f"{al['z2_mean_raw']:8.3g}{al['coverage90_raw']:8.3f}{al['z2_mean_calibrated']:8.3g}"
               f"{al['coverage90_calibrated']:8.3f}{str(r['reported_oracle_calls']):>10}"
@@ -605,7 +608,18 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="few steps: a smoke run (~1 min per system)")
     p.add_argument("--max-run-minutes", type=float, default=30.0,
                    help="stop an AL run after this long and evaluate what it has (0: no limit)")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
+                   help="print the tables of earlier --out files (merged) and exit; runs nothing")
     args = p.parse_args(argv)
+    if args.summarize:
+        merged = {}
+        for path in args.summarize:
+            merged.update(json.loads(Path(path).read_text())["results"])
+        for name, res in merged.items():
+            for r in res["runs"].values():
+                print_system(name, res["protocol"], r)
+        print_summary(merged)
+        return
     out = Path(args.out) if args.out else Path(args.cache_dir) / "bench_loop_results.json"
     all_results = {}
     for name in args.system:
