@@ -263,7 +263,7 @@ def evenly(frames, n):
 
 
 # --------------------------------------------------------------------------- baseline fit
-def fit_like(learner, frames, *, match_sparse=True):
+def fit_like(learner, frames, *, match_sparse=True, model=None):
     """A model with the learner's final settings fitted to ``frames``, optimised as it does.
 
     Settings: ``learner.model.get_params()`` (the descriptor the learner's model actually
@@ -271,9 +271,10 @@ def fit_like(learner, frames, *, match_sparse=True):
     environments is the final model's (the learner grows its sparse set as it labels), so
     both models have the same capacity. Hyperparameters: as ``ActiveLearner._optimize``,
     ``optimize_hyperparameters(optimize_noise=learner.optimize_noise)`` if the learner
-    optimises at all (``optimize_every``).
+    optimises at all (``optimize_every``). ``model`` replaces ``learner.model`` (e.g. the
+    last checkpoint of an aborted run).
     """
-    model = learner.model
+    model = learner.model if model is None else model
     params = dict(model.get_params())
     if params.get("descriptor") is None and getattr(model, "descriptor_", None) is not None:
         params["descriptor"] = model.descriptor_
@@ -443,7 +444,12 @@ def run_learner(name, spec, structure, steps, cache_dir, tuned, max_minutes):
                     "oracle_calls": getattr(oracle, "n_calls", None),
                     "time_md": times.get("md"), "time_oracle": times.get("oracle"),
                     "time_update": times.get("update"), "aborted": True}
-    return learner, counter, run_dir, reported, wall, aborted
+    model = learner.model
+    if aborted and (run_dir / "model.npz").exists():
+        # the alarm may have interrupted a model update: use the last checkpoint (written
+        # atomically after every label), which is the model after the last complete update
+        model = gpal.load(run_dir / "model.npz")
+    return learner, model, counter, run_dir, reported, wall, aborted
 
 
 # --------------------------------------------------------------------------- one system
@@ -475,16 +481,16 @@ def bench_system(name, args, tuned_modes):
     results = {"protocol": protocol, "runs": {}}
     for mode, tuned in tuned_modes:
         print(f"\n--- {name}: active learning ({mode}) ---")
-        learner, counter, run_dir, reported, wall, aborted = run_learner(
+        learner, model, counter, run_dir, reported, wall, aborted = run_learner(
             name, spec, structure, steps, args.cache_dir, tuned, args.max_run_minutes)
         records = read_log(run_dir)
         windows = label_windows(records)
         n_made = counter.n_distinct
         print(f"  run folder {run_dir}; wall {wall:.0f} s" + ("  ABORTED (time limit)" if aborted else ""))
         t0 = time.perf_counter()
-        al = evaluate(learner.model, traj_b)
+        al = evaluate(model, traj_b)
         base_frames = evenly(traj_a, n_made)
-        base, fit_info = fit_like(learner, base_frames)
+        base, fit_info = fit_like(learner, base_frames, model=model)
         base_m = evaluate(base, traj_b)
         t_eval = time.perf_counter() - t0
         oracle_keys = {k: v for k, v in reported.items()
@@ -556,7 +562,8 @@ def print_system(name, protocol, r):
     print(f"    wall time {r['wall_time']:.0f} s (MD {_f(r['time_md'], '.0f')}, oracle "
           f"{_f(r['time_oracle'], '.0f')}, updates {_f(r['time_update'], '.0f')}, rest "
           f"{_f(other, '.0f')} s; oracle wall inside the wrapper {r['counted_oracle_wall_time']:.1f} s)"
-          + ("  ABORTED at the time limit" if r["aborted"] else ""))
+          + (f"  ABORTED at the time limit after {r['steps_done']} of {protocol['steps']} steps"
+             if r["aborted"] else ""))
 
 
 def print_summary(all_results):
@@ -606,7 +613,7 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=str(HERE / ".cache"))
     p.add_argument("--out", default=None, help="JSON results (default <cache-dir>/bench_loop_results.json)")
     p.add_argument("--quick", action="store_true", help="few steps: a smoke run (~1 min per system)")
-    p.add_argument("--max-run-minutes", type=float, default=30.0,
+    p.add_argument("--max-run-minutes", type=float, default=15.0,
                    help="stop an AL run after this long and evaluate what it has (0: no limit)")
     p.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
                    help="print the tables of earlier --out files (merged) and exit; runs nothing")
