@@ -1,0 +1,654 @@
+"""Does gpal's active-learning loop, with its DEFAULTS, beat the honest baseline?
+
+For each system the benchmark runs ``ActiveLearner`` the way a user would (structure,
+oracle, run folder and the MD protocol: nothing else set) and compares the final model
+with the honest baseline of DESIGN.md §7: a model with the same settings fitted to the
+SAME NUMBER of frames taken evenly from an oracle MD trajectory run with the SAME
+protocol (temperature ramp, time step, number of steps; another seed). The number of
+frames is every oracle call the run made, as counted by a wrapper around the oracle
+(bootstrap, validation and calibration calls included). The baseline additionally needed
+the whole oracle MD trajectory (one oracle call per MD step), which is not counted.
+
+Printed per system (targets in brackets):
+
+* held-out force RMSE and energy RMSE per atom of both models on an independent oracle
+  MD trajectory (same protocol, third seed), and AL / baseline [force <= 0.8, energy <= 1];
+* labels per walker in any 100-step window of MD, from the run's ``log.jsonl`` (bootstrap
+  labels excluded, reported apart) [max <= 3];
+* force z-scores z = (F_pred - F_ref) / forces_std per component on the independent
+  trajectory, raw and ``calibrated=True``: mean z^2 [0.8-1.25] and the fraction with
+  |z| <= 1.645 (90 % interval) [0.87-0.93];
+* oracle calls reported by the run (``summary.json``: ``oracle_calls`` and any breakdown
+  fields) against oracle calls made (distinct configurations the wrapper computed);
+* wall time of the run and its MD / oracle / update split.
+
+Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
+Cu-Ni), ``molecule`` (ethanol with GFN2-xTB; needs ``pip install tblite``) and ``cu``
+(pure EMT Cu, the development system, quick). Their protocols are in ``SYSTEMS`` below.
+Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
+everything that changes them, so reruns only pay for the learner.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_loop.py                      (all three)
+      python benchmarks/bench_loop.py --system cu --quick                   (smoke run)
+      python benchmarks/bench_loop.py --system alloy --tuned --out alloy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from ase import Atoms, units  # noqa: E402
+from ase.build import bulk, molecule  # noqa: E402
+from ase.calculators.calculator import Calculator, all_changes  # noqa: E402
+from ase.calculators.emt import EMT  # noqa: E402
+from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+from ase.io import read, write  # noqa: E402
+from ase.md.langevin import Langevin  # noqa: E402
+from ase.md.velocitydistribution import Stationary, thermalize_momenta  # noqa: E402
+
+import gpal  # noqa: E402
+from gpal import ActiveLearner, MDSettings  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+_VERSION = 1  # bump when the trajectory recipe changes, so stale caches are not reused
+FRICTION = 0.02  # 1/fs: MDSettings' default, used by the oracle trajectories too
+Z90 = 1.6448536269514722  # two-sided 90 % Gaussian interval
+
+# --------------------------------------------------------------------------- tuned mode
+# Settings for the --tuned run, passed on top of the defaults. Easy to edit:
+#   "learner": ActiveLearner keyword arguments (n_bootstrap, sparse_per_label, ...)
+#   "trigger": gpal.Trigger keyword arguments (quantity, threshold, every, ...)
+#   "md":      extra MDSettings keyword arguments (friction, ...)
+#   "model":   gpal.SparseGP keyword arguments (n_sparse, force_noise, ...)
+# TUNED applies to every system; TUNED_BY_SYSTEM[name] is merged on top of it.
+TUNED: dict = {}
+TUNED_BY_SYSTEM: dict = {}
+
+
+# --------------------------------------------------------------------------- systems
+def pt_vacancy(rng):
+    """Pt fcc 3x3x3 cubic (108 sites, a = 3.92 Å) with one atom removed: 107 atoms."""
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True).repeat(3)
+    del atoms[int(rng.integers(len(atoms)))]
+    return atoms
+
+
+def cuni_alloy(rng):
+    """Random Cu50Ni50 fcc 3x3x3 cubic, 108 atoms, Vegard a = (3.61 + 3.52) / 2 Å."""
+    atoms = bulk("Cu", "fcc", a=0.5 * (3.61 + 3.52), cubic=True).repeat(3)
+    numbers = np.full(len(atoms), 29)
+    numbers[rng.choice(len(atoms), size=len(atoms) // 2, replace=False)] = 28
+    atoms.numbers = numbers
+    return atoms
+
+
+def cu_bulk(rng):
+    """Pure Cu fcc 3x3x3 cubic, 108 atoms, a = 3.61 Å."""
+    return bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+
+
+def ethanol(rng):
+    """Ethanol (ase.build.molecule('CH3CH2OH'), 9 atoms), no cell."""
+    return molecule("CH3CH2OH")
+
+
+def emt():
+    return EMT()
+
+
+def xtb():
+    from tblite.ase import TBLite
+
+    return TBLite(method="GFN2-xTB", verbosity=0)
+
+
+SYSTEMS = {
+    "metal-defect": dict(
+        build=pt_vacancy, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1400.0), timestep=2.0, steps=5000, quick_steps=500,
+        stride=2,  # oracle trajectory A keeps every 2nd step as baseline candidates
+    ),
+    "alloy": dict(
+        build=cuni_alloy, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1200.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "molecule": dict(
+        build=ethanol, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
+        temperature=(300.0, 800.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
+    ),
+    "cu": dict(
+        build=cu_bulk, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1200.0), timestep=2.0, steps=2000, quick_steps=400, stride=2,
+    ),
+}
+N_TEST = 48  # frames of the independent trajectory B, evenly over the whole ramp
+
+
+# --------------------------------------------------------------------------- oracle wrapper
+def config_key(atoms) -> str:
+    """A hash of one configuration (numbers, positions, cell, pbc)."""
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.round(np.asarray(atoms.positions, float), 8).tobytes())
+    h.update(np.round(np.asarray(atoms.cell.array, float), 8).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    return h.hexdigest()
+
+
+class CountingCalculator(Calculator):
+    """Wraps a real ASE calculator and counts what it computes.
+
+    ``n_calculate`` counts ``calculate`` calls; ``n_distinct`` the distinct configurations
+    among them (the oracle calls the run actually made). Energy, forces and (for 3D
+    periodic cells) stress are computed together, so asking for stress after energy does
+    not cost a second call.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.n_calculate = 0
+        self.configs: set[str] = set()
+        self.wall_time = 0.0
+
+    @property
+    def n_distinct(self) -> int:
+        return len(self.configs)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms.copy()
+        a.calc = self.inner
+        self.n_calculate += 1
+        self.configs.add(config_key(a))
+        t0 = time.perf_counter()
+        energy = float(a.get_potential_energy())
+        results = {"energy": energy, "free_energy": energy, "forces": np.array(a.get_forces())}
+        if np.all(a.pbc) and a.cell.volume > 1e-6:
+            results["stress"] = np.array(a.get_stress())
+        self.wall_time += time.perf_counter() - t0
+        self.results = results
+
+
+# --------------------------------------------------------------------------- oracle MD
+def temperature_at(T, frac):
+    t0, t1 = T
+    return float(t0 + (t1 - t0) * min(max(frac, 0.0), 1.0))
+
+
+def labelled_copy(atoms, step) -> Atoms:
+    out = Atoms(numbers=atoms.numbers.copy(), positions=atoms.positions.copy(),
+                cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy())
+    e = float(atoms.get_potential_energy())
+    res = {"energy": e, "free_energy": e, "forces": np.array(atoms.get_forces())}
+    if np.all(atoms.pbc):
+        res["stress"] = np.array(atoms.get_stress())
+    out.calc = SinglePointCalculator(out, **res)
+    out.info["md_step"] = int(step)
+    return out
+
+
+def oracle_md(structure, calc, *, steps, timestep, temperature, seed, keep_steps):
+    """Langevin MD on the oracle with the learner's protocol; labelled frames at ``keep_steps``.
+
+    Protocol as in gpal's learner: momenta from Maxwell-Boltzmann at the start
+    temperature, centre-of-mass momentum removed, Langevin with friction 0.02/fs, and
+    before MD step k (k = 0 .. steps-1) the target temperature set to
+    T0 + (T1 - T0) k / (steps - 1). Frame ``s`` is the configuration after ``s`` steps.
+    """
+    keep = set(int(s) for s in keep_steps)
+    rng = np.random.default_rng(seed)
+    a = structure.copy()
+    a.calc = calc
+    thermalize_momenta(a, temperature_K=temperature[0], rng=rng)
+    Stationary(a)
+    dyn = Langevin(a, timestep * units.fs, temperature_K=temperature[0],
+                   friction=FRICTION / units.fs, fixcm=False, rng=rng)
+    frames = []
+    for k in range(steps):
+        dyn.set_temperature(temperature_K=temperature_at(temperature, k / max(steps - 1, 1)))
+        dyn.run(1)
+        if k + 1 in keep:
+            frames.append(labelled_copy(a, k + 1))
+    return frames
+
+
+def cached_trajectory(name, spec, structure, *, steps, seed, keep_steps, cache_dir, role):
+    params = dict(version=_VERSION, system=name, role=role, steps=int(steps), seed=int(seed),
+                  timestep=spec["timestep"], temperature=list(spec["temperature"]),
+                  friction=FRICTION, oracle=spec["oracle_name"],
+                  keep=[int(s) for s in keep_steps],
+                  structure=config_key(structure))
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cache_dir) / f"loop_{name}_{role}_{steps}_{digest}.extxyz"
+    if path.exists():
+        frames = read(path, index=":")
+        print(f"  {role}: {len(frames)} cached frames <- {path}")
+        return frames, 0.0
+    t0 = time.perf_counter()
+    frames = oracle_md(structure, spec["oracle"](), steps=steps, timestep=spec["timestep"],
+                       temperature=spec["temperature"], seed=seed, keep_steps=keep_steps)
+    dt = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.extxyz")
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, path)
+    frames = read(path, index=":")  # exactly what a rerun will see
+    print(f"  {role}: {steps} oracle MD steps in {dt:.0f} s, {len(frames)} frames kept -> {path}")
+    return frames, dt
+
+
+def evenly(frames, n):
+    """``n`` frames evenly spaced over ``frames`` (centres of n equal bins)."""
+    L = len(frames)
+    if n >= L:
+        return list(frames)
+    idx = [int((k + 0.5) * L / n) for k in range(n)]
+    return [frames[i] for i in idx]
+
+
+# --------------------------------------------------------------------------- baseline fit
+def fit_like(learner, frames, *, match_sparse=True, model=None):
+    """A model with the learner's final settings fitted to ``frames``, optimised as it does.
+
+    Settings: ``learner.model.get_params()`` (the descriptor the learner's model actually
+    used when its own was left to the default). With ``match_sparse`` the number of sparse
+    environments is the final model's (the learner grows its sparse set as it labels), so
+    both models have the same capacity. Hyperparameters: as ``ActiveLearner._optimize``,
+    ``optimize_hyperparameters(optimize_noise=learner.optimize_noise)`` if the learner
+    optimises at all (``optimize_every``). ``model`` replaces ``learner.model`` (e.g. the
+    last checkpoint of an aborted run).
+    """
+    model = learner.model if model is None else model
+    params = dict(model.get_params())
+    if params.get("descriptor") is None and getattr(model, "descriptor_", None) is not None:
+        params["descriptor"] = model.descriptor_
+    sparse = getattr(model, "sparse_X_", None)
+    n_final = 0 if sparse is None else len(sparse)
+    if match_sparse and n_final:
+        params["n_sparse"] = int(n_final)
+    base = gpal.SparseGP(**params).fit(frames)
+    info = {"n_sparse_asked": params.get("n_sparse"), "n_sparse": int(len(base.sparse_X_)),
+            "learner_n_sparse": int(n_final), "optimized": False}
+    if getattr(learner, "optimize_every", 1.5):
+        kw = {"optimize_noise": bool(getattr(learner, "optimize_noise", False))}
+        try:
+            base.optimize_hyperparameters(**kw)
+            info["optimized"] = True
+        except Exception as exc:  # as the learner: log and keep the unoptimised model
+            info["optimize_error"] = f"{type(exc).__name__}: {exc}"
+        info.update(kw)
+    info["kernel"] = repr(getattr(base, "kernel_", None))
+    info["learner_kernel"] = repr(getattr(model, "kernel_", None))
+    return base, info
+
+
+# --------------------------------------------------------------------------- metrics
+def evaluate(model, frames):
+    """Force/energy errors and force z-scores (raw and calibrated) on labelled frames."""
+    f_err, f_std_raw, f_std_cal, e_err = [], [], [], []
+    for a in frames:
+        raw = model.predict(a, return_std=True, forces_std=True, calibrated=False)
+        cal = model.predict(a, return_std=True, forces_std=True, calibrated=True)
+        f_err.append((raw["forces"] - a.get_forces()).ravel())
+        f_std_raw.append(raw["forces_std"].ravel())
+        f_std_cal.append(cal["forces_std"].ravel())
+        e_err.append((raw["energy"] - a.get_potential_energy()) / len(a))
+    err = np.concatenate(f_err)
+    out = {
+        "force_rmse": float(np.sqrt(np.mean(err**2))),
+        "force_mae": float(np.mean(np.abs(err))),
+        "energy_rmse_per_atom": float(np.sqrt(np.mean(np.square(e_err)))),
+        "reference_force_rms": float(np.sqrt(np.mean(np.concatenate(
+            [a.get_forces().ravel() for a in frames]) ** 2))),
+        "calibration_stored": dict(getattr(model, "calibration_", {}) or {}),
+    }
+    for tag, stds in (("raw", f_std_raw), ("calibrated", f_std_cal)):
+        z = err / np.maximum(np.concatenate(stds), 1e-12)
+        out[f"z2_mean_{tag}"] = float(np.mean(z**2))
+        out[f"coverage90_{tag}"] = float(np.mean(np.abs(z) <= Z90))
+    return out
+
+
+def read_log(run_dir):
+    path = Path(run_dir) / "log.jsonl"
+    recs = []
+    if path.exists():
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    try:
+                        recs.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+    return recs
+
+
+def label_windows(records, window=100):
+    """Max labels per walker in any ``window``-step window (bootstrap labels apart).
+
+    A label event's ``walker`` may be an int, a list (one entry per labelled frame) or
+    missing (walker 0); ``n`` is the number of frames (default 1).
+    """
+    per_walker: dict[int, list[int]] = {}
+    n_boot = n_md = 0
+    reasons: dict[str, int] = {}
+    for r in records:
+        if r.get("event") != "label":
+            continue
+        n = int(r.get("n", 1))
+        reason = str(r.get("reason", ""))
+        if reason == "bootstrap" or r.get("step") is None:
+            n_boot += n
+            continue
+        reasons[reason] = reasons.get(reason, 0) + n
+        n_md += n
+        w = r.get("walker", 0)
+        walkers = list(w) if isinstance(w, (list, tuple)) else [w] * n
+        if len(walkers) != n:
+            walkers = (walkers + [walkers[-1] if walkers else 0] * n)[:n]
+        for wk in walkers:
+            per_walker.setdefault(int(wk if wk is not None else 0), []).append(int(r["step"]))
+    best, where = 0, None
+    for wk, steps in per_walker.items():
+        steps.sort()
+        j = 0
+        for i, s in enumerate(steps):
+            while steps[j] <= s - window:
+                j += 1
+            if i - j + 1 > best:
+                best, where = i - j + 1, (wk, steps[j], s)
+    return {"max_labels_per_walker_per_100_steps": best,
+            "window": None if where is None else {"walker": where[0], "first_step": where[1],
+                                                  "last_step": where[2]},
+            "md_labels": n_md, "bootstrap_labels": n_boot, "labels_by_reason": reasons,
+            "walkers": sorted(per_walker)}
+
+
+# --------------------------------------------------------------------------- one AL run
+class RunTimeout(BaseException):
+    """Raised by the alarm when a run exceeds --max-run-minutes (not an Exception, so the
+    learner's oracle error handling does not swallow it)."""
+
+
+def _alarm(signum, frame):
+    raise RunTimeout()
+
+
+def summary_dict(summary):
+    if summary is None:
+        return {}
+    if is_dataclass(summary):
+        return asdict(summary)
+    if isinstance(summary, dict):
+        return dict(summary)
+    return dict(getattr(summary, "__dict__", {}))
+
+
+def build_learner(structure, oracle, run_dir, spec, tuned):
+    md_kw = dict(temperature=tuple(spec["temperature"]), timestep=spec["timestep"])
+    if tuned is None:  # defaults: exactly what a user writes
+        return ActiveLearner(structure, oracle, run_dir=run_dir, md=MDSettings(**md_kw))
+    kwargs = dict(tuned.get("learner", {}))
+    md_kw.update(tuned.get("md", {}))
+    if tuned.get("trigger"):
+        kwargs["trigger"] = gpal.Trigger(**tuned["trigger"])
+    model = gpal.SparseGP(**tuned["model"]) if tuned.get("model") else None
+    return ActiveLearner(structure, oracle, model, run_dir=run_dir, md=MDSettings(**md_kw), **kwargs)
+
+
+def run_learner(name, spec, structure, steps, cache_dir, tuned, max_minutes):
+    runs = Path(cache_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}_{'tuned' if tuned is not None else 'defaults'}_",
+                                    dir=runs))
+    counter = CountingCalculator(spec["oracle"]())
+    learner = build_learner(structure, counter, run_dir, spec, tuned)
+    aborted = False
+    old = signal.signal(signal.SIGALRM, _alarm) if max_minutes else None
+    if max_minutes:
+        signal.alarm(int(max_minutes * 60))
+    t0 = time.perf_counter()
+    summary = None
+    try:
+        summary = learner.run(steps)
+    except RunTimeout:
+        aborted = True
+    finally:
+        if max_minutes:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    wall = time.perf_counter() - t0
+    sj = run_dir / "summary.json"
+    reported = json.loads(sj.read_text()) if (sj.exists() and not aborted) else summary_dict(summary)
+    if aborted:  # no summary: what the learner knows so far
+        times = dict(getattr(learner, "_times", {}) or {})
+        oracle = getattr(learner, "oracle", None)
+        reported = {"steps": getattr(learner, "step", None),
+                    "oracle_calls": getattr(oracle, "n_calls", None),
+                    "time_md": times.get("md"), "time_oracle": times.get("oracle"),
+                    "time_update": times.get("update"), "aborted": True}
+    model = learner.model
+    if aborted and (run_dir / "model.npz").exists():
+        # the alarm may have interrupted a model update: use the last checkpoint (written
+        # atomically after every label), which is the model after the last complete update
+        model = gpal.load(run_dir / "model.npz")
+    return learner, model, counter, run_dir, reported, wall, aborted
+
+
+# --------------------------------------------------------------------------- one system
+def bench_system(name, args, tuned_modes):
+    spec = SYSTEMS[name]
+    steps = args.steps or (spec["quick_steps"] if args.quick else spec["steps"])
+    rng = np.random.default_rng(args.seed)
+    structure = spec["build"](rng)
+    seed_a, seed_b = 10_000 + args.seed, 20_000 + args.seed
+    print(f"\n=== {name}: {structure.get_chemical_formula()} ({len(structure)} atoms), "
+          f"{spec['oracle_name']}, Langevin {spec['temperature'][0]:.0f} -> "
+          f"{spec['temperature'][1]:.0f} K over {steps} steps of {spec['timestep']} fs ===")
+    stride = spec["stride"]
+    traj_a, t_a = cached_trajectory(name, spec, structure, steps=steps, seed=seed_a,
+                                    keep_steps=range(stride, steps + 1, stride),
+                                    cache_dir=args.cache_dir, role="baseline_A")
+    test_steps = [int(round((k + 1) * steps / N_TEST)) for k in range(N_TEST)]
+    traj_b, t_b = cached_trajectory(name, spec, structure, steps=steps, seed=seed_b,
+                                    keep_steps=test_steps, cache_dir=args.cache_dir, role="test_B")
+    protocol = {
+        "structure": structure.get_chemical_formula(), "n_atoms": len(structure),
+        "cell": structure.cell.array.round(4).tolist(), "pbc": structure.pbc.tolist(),
+        "oracle": spec["oracle_name"], "temperature_K": list(spec["temperature"]),
+        "timestep_fs": spec["timestep"], "friction_per_fs": FRICTION, "steps": steps,
+        "seed": args.seed, "seed_trajectory_A": seed_a, "seed_trajectory_B": seed_b,
+        "trajectory_A_stride": stride, "trajectory_A_frames": len(traj_a),
+        "test_frames": len(traj_b), "test_steps": test_steps,
+    }
+    results = {"protocol": protocol, "runs": {}}
+    for mode, tuned in tuned_modes:
+        print(f"\n--- {name}: active learning ({mode}) ---")
+        learner, model, counter, run_dir, reported, wall, aborted = run_learner(
+            name, spec, structure, steps, args.cache_dir, tuned, args.max_run_minutes)
+        records = read_log(run_dir)
+        windows = label_windows(records)
+        n_made = counter.n_distinct
+        print(f"  run folder {run_dir}; wall {wall:.0f} s" + ("  ABORTED (time limit)" if aborted else ""))
+        t0 = time.perf_counter()
+        al = evaluate(model, traj_b)
+        base_frames = evenly(traj_a, n_made)
+        base, fit_info = fit_like(learner, base_frames, model=model)
+        base_m = evaluate(base, traj_b)
+        t_eval = time.perf_counter() - t0
+        oracle_keys = {k: v for k, v in reported.items()
+                       if any(s in k for s in ("oracle", "call", "bootstrap", "label", "valid"))}
+        res = {
+            "mode": mode, "tuned_settings": tuned, "run_dir": str(run_dir), "aborted": aborted,
+            "wall_time": wall, "time_md": reported.get("time_md"),
+            "time_oracle": reported.get("time_oracle"), "time_update": reported.get("time_update"),
+            "reported": oracle_keys, "reported_oracle_calls": reported.get("oracle_calls"),
+            "counted_oracle_calls": n_made, "counted_calculate_calls": counter.n_calculate,
+            "counted_oracle_wall_time": counter.wall_time,
+            "steps_done": reported.get("steps"), "labels": windows,
+            "al": al, "baseline": base_m, "baseline_fit": fit_info,
+            "baseline_frames": len(base_frames),
+            "baseline_frames_short": len(base_frames) < n_made,
+            "force_rmse_ratio": al["force_rmse"] / base_m["force_rmse"],
+            "energy_rmse_ratio": al["energy_rmse_per_atom"] / max(base_m["energy_rmse_per_atom"], 1e-300),
+            "eval_time": t_eval, "summary": reported,
+        }
+        results["runs"][mode] = res
+        print_system(name, protocol, res)
+    return results
+
+
+# --------------------------------------------------------------------------- output
+def _f(x, fmt=".4f"):
+    return "n/a" if x is None else format(x, fmt)
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+def print_system(name, protocol, r):
+    al, b = r["al"], r["baseline"]
+    lab = r["labels"]
+    n = r["counted_oracle_calls"]
+    print(f"\n  {name} [{r['mode']}]: results (targets in brackets)")
+    print(f"    test set: {protocol['test_frames']} frames evenly over the whole ramp of an "
+          f"independent oracle MD trajectory (seed {protocol['seed_trajectory_B']}); "
+          f"RMS reference force {al['reference_force_rms']:.3f} eV/Å")
+    print(f"    force RMSE   AL {al['force_rmse']:.4f}  baseline {b['force_rmse']:.4f} eV/Å  "
+          f"AL/baseline {r['force_rmse_ratio']:.2f}  [<= 0.8: {verdict(r['force_rmse_ratio'] <= 0.8)}]")
+    print(f"    energy RMSE  AL {1e3 * al['energy_rmse_per_atom']:.3f}  baseline "
+          f"{1e3 * b['energy_rmse_per_atom']:.3f} meV/atom  AL/baseline {r['energy_rmse_ratio']:.2f}  "
+          f"[<= 1: {verdict(r['energy_rmse_ratio'] <= 1.0)}]")
+    print(f"    baseline: {r['baseline_frames']} frames evenly from a {protocol['steps']}-step oracle MD "
+          f"trajectory (seed {protocol['seed_trajectory_A']}), which itself needed "
+          f"{protocol['steps']} oracle calls; {r['baseline_fit']['n_sparse']} sparse points "
+          f"(AL model {r['baseline_fit']['learner_n_sparse']})"
+          + ("  (fewer frames than calls: trajectory too short)" if r["baseline_frames_short"] else ""))
+    w = lab["window"]
+    print(f"    labels per walker in any 100-step window: max {lab['max_labels_per_walker_per_100_steps']}"
+          f"  [<= 3: {verdict(lab['max_labels_per_walker_per_100_steps'] <= 3)}]"
+          + (f" (walker {w['walker']}, steps {w['first_step']}-{w['last_step']})" if w else "")
+          + f"; MD labels {lab['md_labels']} {lab['labels_by_reason']}, bootstrap {lab['bootstrap_labels']}")
+    for tag in ("raw", "calibrated"):
+        z2, cov = al[f"z2_mean_{tag}"], al[f"coverage90_{tag}"]
+        print(f"    force z {tag:<10}: mean z² {z2:.3g} [0.8-1.25: {verdict(0.8 <= z2 <= 1.25)}]  "
+              f"|z|<=1.645 {cov:.3f} [0.87-0.93: {verdict(0.87 <= cov <= 0.93)}]")
+    if not al["calibration_stored"]:
+        print("      (the AL model stores no calibration: calibrated = raw)")
+    print(f"    oracle calls reported {r['reported_oracle_calls']}  counted {n} distinct configurations "
+          f"({r['counted_calculate_calls']} calculate calls)"
+          + ("" if r["reported_oracle_calls"] == n else "  <- MISMATCH"))
+    print(f"      reported fields: {r['reported']}")
+    parts = [r.get(k) for k in ("time_md", "time_oracle", "time_update")]
+    other = r["wall_time"] - sum(parts) if all(x is not None for x in parts) else None
+    print(f"    wall time {r['wall_time']:.0f} s (MD {_f(r['time_md'], '.0f')}, oracle "
+          f"{_f(r['time_oracle'], '.0f')}, updates {_f(r['time_update'], '.0f')}, rest "
+          f"{_f(other, '.0f')} s; oracle wall inside the wrapper {r['counted_oracle_wall_time']:.1f} s)"
+          + (f"  ABORTED at the time limit after {r['steps_done']} of {protocol['steps']} steps"
+             if r["aborted"] else ""))
+
+
+def print_summary(all_results):
+    rows = []
+    for name, res in all_results.items():
+        for mode, r in res["runs"].items():
+            rows.append((name, mode, r))
+    if not rows:
+        return
+    print("\nsummary (force RMSE eV/Å, energy RMSE meV/atom, on the independent trajectory)")
+    head = (f"{'system':<13}{'mode':<9}{'F AL':>8}{'F base':>8}{'ratio':>7}{'E AL':>7}{'E base':>7}"
+            f"{'ratio':>7}{'lab/100':>8}{'z2 raw':>8}{'cov raw':>8}{'z2 cal':>8}{'cov cal':>8}"
+            f"{'calls rep':>10}{'counted':>8}{'wall s':>8}")
+    print(head)
+    for name, mode, r in rows:
+        al, b = r["al"], r["baseline"]
+        print(f"{name:<13}{mode:<9}{al['force_rmse']:8.4f}{b['force_rmse']:8.4f}{r['force_rmse_ratio']:7.2f}"
+              f"{1e3 * al['energy_rmse_per_atom']:7.3f}{1e3 * b['energy_rmse_per_atom']:7.3f}"
+              f"{r['energy_rmse_ratio']:7.2f}{r['labels']['max_labels_per_walker_per_100_steps']:8d}"
+              f"{al['z2_mean_raw']:8.3g}{al['coverage90_raw']:8.3f}{al['z2_mean_calibrated']:8.3g}"
+              f"{al['coverage90_calibrated']:8.3f}{str(r['reported_oracle_calls']):>10}"
+              f"{r['counted_oracle_calls']:8d}{r['wall_time']:8.0f}"
+              + ("  aborted" if r["aborted"] else ""))
+    print("targets: F ratio <= 0.8, E ratio <= 1, labels/100 steps <= 3, z2 0.8-1.25, coverage 0.87-0.93;"
+          " the baseline also needed the whole oracle MD trajectory")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return repr(obj)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", nargs="+", default=["metal-defect", "alloy", "molecule"],
+                   choices=sorted(SYSTEMS))
+    p.add_argument("--steps", type=int, default=None, help="MD steps (default: the system's)")
+    p.add_argument("--tuned", action="store_true",
+                   help="also run with the settings in TUNED / TUNED_BY_SYSTEM (top of this file)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="alloy decoration / vacancy site and trajectory seeds (A = 10000+S, B = 20000+S)")
+    p.add_argument("--cache-dir", default=str(HERE / ".cache"))
+    p.add_argument("--out", default=None, help="JSON results (default <cache-dir>/bench_loop_results.json)")
+    p.add_argument("--quick", action="store_true", help="few steps: a smoke run (~1 min per system)")
+    p.add_argument("--max-run-minutes", type=float, default=15.0,
+                   help="stop an AL run after this long and evaluate what it has (0: no limit)")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
+                   help="print the tables of earlier --out files (merged) and exit; runs nothing")
+    args = p.parse_args(argv)
+    if args.summarize:
+        merged = {}
+        for path in args.summarize:
+            merged.update(json.loads(Path(path).read_text())["results"])
+        for name, res in merged.items():
+            for r in res["runs"].values():
+                print_system(name, res["protocol"], r)
+        print_summary(merged)
+        return
+    out = Path(args.out) if args.out else Path(args.cache_dir) / "bench_loop_results.json"
+    all_results = {}
+    for name in args.system:
+        if SYSTEMS[name]["oracle"] is xtb:
+            try:
+                import tblite.ase  # noqa: F401
+            except ImportError:
+                print(f"\n{name}: tblite is not installed (pip install tblite): skipped")
+                continue
+        modes = [("defaults", None)]
+        if args.tuned:
+            tuned = {k: dict(v) for k, v in TUNED.items()}
+            for k, v in TUNED_BY_SYSTEM.get(name, {}).items():
+                tuned.setdefault(k, {}).update(v)
+            modes.append(("tuned", tuned))
+        all_results[name] = bench_system(name, args, modes)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"argv": sys.argv[1:], "gpal": getattr(gpal, "__version__", "?"),
+                                   "results": all_results}, indent=1, default=_json_default))
+    print_summary(all_results)
+    print(f"\nresults written to {out}")
+
+
+if __name__ == "__main__":
+    main()
