@@ -47,7 +47,7 @@ from . import selection
 from ._validation import as_rng, check_atoms
 from .calculator import GPCalculator
 from .exceptions import GpalError, OracleError, OverlappingAtomsError
-from .io import append_frame, read_frames
+from .io import append_frame, read_frames, write_frames
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .potential import SparseGP
 
@@ -514,6 +514,7 @@ class ActiveLearner:
         self.n_checks = 0
         self.walkers: list[_Walker] = []
         self.total_steps = 0
+        self.ramp_steps: int | None = None
         self._stopped = (False, "")
         self._val_history: list = []
 
@@ -536,10 +537,14 @@ class ActiveLearner:
         os.replace(tmp, path)
 
     def checkpoint(self) -> None:
-        """Write the model and the learner state (atomically)."""
-        if self.model.alpha_ is None:
-            return
-        self.model.save(self.run_dir / "model.npz")
+        """Write the model, the walkers and the learner state (each atomically).
+
+        Before the bootstrap model exists only the state is written, so a run killed
+        while its first labels arrive resumes too.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.model.alpha_ is not None:
+            self.model.save(self.run_dir / "model.npz")
         self._last_checkpoint = time.perf_counter()
         arrays = {}
         for w in self.walkers:
@@ -549,15 +554,30 @@ class ActiveLearner:
             arrays[f"cell_{w.index}"] = cell
             arrays[f"numbers_{w.index}"] = w.atoms.numbers
             arrays[f"pbc_{w.index}"] = w.atoms.pbc
-        tmp = self.run_dir / "walkers.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.run_dir / "walkers.npz")
+        if arrays:
+            tmp = self.run_dir / "walkers.tmp.npz"
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.run_dir / "walkers.npz")
+        structures = self.run_dir / "structures.xyz"
+        if not structures.exists():
+            from ase.io import write
+
+            tmp = self.run_dir / "structures.tmp.xyz"
+            write(str(tmp), self.structures, format="extxyz")
+            os.replace(tmp, structures)
+        if self.validation and not (self.run_dir / "validation.xyz").exists():
+            tmp = self.run_dir / "validation.tmp.xyz"
+            write_frames(tmp, self.validation)
+            os.replace(tmp, self.run_dir / "validation.xyz")
         state = {
             "step": self.step,
             "total_steps": self.total_steps,
             "bootstrap_done": self.bootstrap_done,
             "n_labelled": self.n_labelled,
-            "model_frames": len(self.model.frames_),
+            "model_frames": len(getattr(self.model, "frames_", [])),
             "oracle_calls": self.oracle.n_calls,
             "oracle_failures": self.oracle.n_failures,
             "rollbacks": self.rollbacks,
@@ -572,7 +592,13 @@ class ActiveLearner:
             "times": self._times,
             "trigger": asdict(self.trigger),
             "md": {k: v for k, v in asdict(self.md).items() if k != "factory"},
+            "md_factory": None if self.md.factory is None else _import_path(self.md.factory),
+            "md_has_factory": self.md.factory is not None,
+            "ramp_steps": self.ramp_steps,
+            "model": _model_spec(self.model),
+            "n_walkers_per_structure": self.n_walkers,
             "oracle": self.oracle_spec.to_dict() if isinstance(self.oracle_spec, OracleSpec) else None,
+            "oracle_rebuilt": None if isinstance(self.oracle_spec, OracleSpec) else _calculator_spec(self.oracle_spec),
             "settings": {
                 "n_walkers": self.n_walkers,
                 "n_bootstrap": self.n_bootstrap,
@@ -596,20 +622,21 @@ class ActiveLearner:
     def _label(self, frames: list[Atoms], reason: str, walkers: Sequence[int] | None = None) -> list[Atoms]:
         t0 = time.perf_counter()
         calls0 = self.oracle.n_calls
-        labelled, failures = self.oracle.label(frames)
-        self._times["oracle"] += time.perf_counter() - t0
-        self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
-        good = []
-        for k, a in enumerate(labelled):
-            if a is None:
-                continue
+
+        def arrived(k: int, a: Atoms) -> None:
             a.info["gpal_step"] = self.step
             a.info["gpal_reason"] = reason
             if walkers is not None:
                 a.info["gpal_walker"] = int(walkers[k])
-            append_frame(self.train_path, a)  # on disk before anything else happens
+            append_frame(self.train_path, a)  # on disk the moment it arrives
             self.n_labelled += 1
-            good.append(a)
+
+        try:
+            labelled, failures = self.oracle.label(frames, on_label=arrived)
+        finally:
+            self._times["oracle"] += time.perf_counter() - t0
+            self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
+        good = [a for a in labelled if a is not None]
         for f in failures:
             self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts})
         if failures and self.on_oracle_failure == "stop":
@@ -781,7 +808,18 @@ class ActiveLearner:
         t_start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = int(steps)
+        if self.ramp_steps is None:  # the temperature protocol spans the first run's steps
+            self.ramp_steps = self.total_steps
+        try:
+            return self._run(t_start)
+        except KeyboardInterrupt:
+            self.checkpoint()
+            self._log({"event": "interrupted", "step": self.step})
+            raise
+
+    def _run(self, t_start: float) -> Summary:
         if not self.bootstrap_done:
+            self.checkpoint()
             self._bootstrap()
             self.calibrate()
             if self.validation:
@@ -795,7 +833,7 @@ class ActiveLearner:
             if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
                 break
-            frac = self.step / max(self.total_steps - 1, 1)
+            frac = self.step / max(self.ramp_steps - 1, 1)
             T = self.md.temperature_at(frac)
             uncertain, rollbacks = [], []
             t0 = time.perf_counter()
@@ -1118,27 +1156,48 @@ class ActiveLearner:
         state_path = run_dir / "state.json"
         if not state_path.exists():
             raise GpalError(f"{run_dir} has no state.json: nothing to resume")
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise GpalError(f"{state_path} is not valid JSON ({exc}); the run folder is damaged") from exc
         if oracle is None:
-            if state.get("oracle") is None:
-                raise ValueError("this run used a live calculator as oracle; pass it as oracle=")
-            oracle = OracleSpec(**state["oracle"])
-        model = load(run_dir / "model.npz")
-        walkers = dict(np.load(run_dir / "walkers.npz", allow_pickle=False))
-        structures = []
-        for k in range(state["n_walkers_total"]):
-            structures.append(Atoms(
-                numbers=walkers[f"numbers_{k}"], positions=walkers[f"positions_{k}"],
-                cell=walkers[f"cell_{k}"], pbc=walkers[f"pbc_{k}"],
-            ))
+            spec = state.get("oracle") or state.get("oracle_rebuilt")
+            if spec is None:
+                raise GpalError("this run's oracle was a live calculator that gpal cannot rebuild; "
+                                "pass it as oracle= (Python) or resume from a TOML config")
+            oracle = OracleSpec(**spec)
+        if (run_dir / "model.npz").exists():
+            model = load(run_dir / "model.npz")
+        else:  # killed before the bootstrap model existed
+            model = _model_from_spec(state["model"])
+        walkers = {}
+        if (run_dir / "walkers.npz").exists():
+            walkers = dict(np.load(run_dir / "walkers.npz", allow_pickle=False))
+        n_total = state.get("n_walkers_total", 0)
+        if n_total and walkers:
+            structures = [Atoms(numbers=walkers[f"numbers_{k}"], positions=walkers[f"positions_{k}"],
+                                cell=walkers[f"cell_{k}"], pbc=walkers[f"pbc_{k}"]) for k in range(n_total)]
+            n_walkers = 1
+        else:
+            structures = read_frames(run_dir / "structures.xyz")
+            n_walkers = state.get("n_walkers_per_structure", state["settings"].get("n_walkers", 1))
         settings = dict(state["settings"])
+        settings.pop("n_walkers", None)
+        md = overrides.pop("md", None)
+        if md is None:
+            md = MDSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["md"].items()})
+            if state.get("md_factory"):
+                md.factory = _import(state["md_factory"])
+            elif state.get("md_has_factory"):
+                raise GpalError("this run's MD factory is not importable (a lambda or a local "
+                                "function); pass md=MDSettings(..., factory=...) to resume")
+        trigger = overrides.pop("trigger", None) or Trigger(**state["trigger"])
+        if "validation" not in overrides and (run_dir / "validation.xyz").exists():
+            overrides["validation"] = read_frames(run_dir / "validation.xyz")
         settings.update(overrides)
-        md = MDSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["md"].items()})
-        self = cls(
-            structures, oracle, model, run_dir=run_dir, md=md, trigger=Trigger(**state["trigger"]),
-            executor=executor, **{k: v for k, v in settings.items() if k not in ("n_walkers",)},
-            n_walkers=1,
-        )
+        self = cls(structures, oracle, model, run_dir=run_dir, md=md, trigger=trigger,
+                   executor=executor, n_walkers=n_walkers, **settings)
+        self.ramp_steps = state.get("ramp_steps") or state["total_steps"]
         self.step = state["step"]
         self.total_steps = state["total_steps"]
         self.bootstrap_done = state["bootstrap_done"]
@@ -1155,14 +1214,64 @@ class ActiveLearner:
         self.oracle.n_failures = state["oracle_failures"]
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
         self.n_labelled = len(labelled)
-        missing = labelled[len(model.frames_):]
+        missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
         if missing:
             model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled)
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing)})
-        self._init_walkers(positions=walkers)
+        if self.bootstrap_done:
+            self._init_walkers(positions=walkers if walkers else None)
         return self
+
+
+def _import_path(obj) -> str | None:
+    """``"module:qualname"`` of a module-level class or function, else None."""
+    mod, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not mod or not name or "<" in name or mod == "__main__":
+        return None
+    return f"{mod}:{name}"
+
+
+def _import(path: str):
+    import importlib
+
+    mod, _, name = path.partition(":")
+    obj = importlib.import_module(mod)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _model_spec(model: SparseGP) -> dict:
+    """The model's constructor settings as JSON (descriptor and kernel by their params)."""
+    params = model.get_params()
+    spec = {k: v for k, v in params.items() if k not in ("descriptor", "kernel")}
+    spec["descriptor"] = None if params["descriptor"] is None else params["descriptor"].get_params()
+    spec["kernel"] = None if params["kernel"] is None else params["kernel"].to_dict()
+    return json.loads(json.dumps(spec, default=_json_default))
+
+
+def _model_from_spec(spec: dict) -> SparseGP:
+    from .descriptors import SOAP
+    from .kernels import kernel_from_dict
+
+    spec = dict(spec)
+    desc = spec.pop("descriptor", None)
+    kern = spec.pop("kernel", None)
+    return SparseGP(None if desc is None else SOAP(**desc), None if kern is None else kernel_from_dict(kern), **spec)
+
+
+def _calculator_spec(calc) -> dict | None:
+    """An OracleSpec dict for a live ASE calculator rebuilt as ``Class(**calc.parameters)``."""
+    path = _import_path(type(calc))
+    if path is None:
+        return None
+    try:
+        kwargs = json.loads(json.dumps(dict(getattr(calc, "parameters", {}) or {})))
+    except (TypeError, ValueError):
+        return None
+    return {"factory": path, "kwargs": kwargs}
 
 
 def _json_default(obj):

@@ -202,8 +202,29 @@ class Oracle:
         out["wall_time"] = time.perf_counter() - t0
         return out
 
-    def label(self, frames: list[Atoms]) -> tuple[list[Atoms | None], list[LabelFailure]]:
+    def _labelled(self, atoms: Atoms, res: dict) -> Atoms:
+        self.wall_time += res.pop("wall_time", 0.0)
+        a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        a.calc = SinglePointCalculator(a, free_energy=res["energy"], **res)
+        return a
+
+    def _deadlines(self, n: int) -> list[float | None]:
+        """Per-task deadlines: a task queued behind others is not charged their time."""
+        if self.timeout is None:
+            return [None] * n
+        workers = max(1, int(getattr(self.executor, "_max_workers", 0) or 1))
+        t0 = time.monotonic()
+        return [t0 + self.timeout * (1 + k // workers) for k in range(n)]
+
+    def label(self, frames: list[Atoms], on_label=None) -> tuple[list[Atoms | None], list[LabelFailure]]:
         """Label ``frames`` (concurrently when an executor is set).
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+        on_label : callable, optional
+            ``on_label(index, labelled_atoms)`` is called as each label arrives, before
+            the others are waited for (the learner writes it to disk there).
 
         Returns
         -------
@@ -213,19 +234,25 @@ class Oracle:
         failures : list of LabelFailure
         """
         frames = list(frames)
-        results: list[dict | None] = [None] * len(frames)
+        labelled: list[Atoms | None] = [None] * len(frames)
         attempts = [0] * len(frames)
         reasons: dict[int, str] = {}
+
+        def arrived(i: int, res: dict) -> None:
+            _check_finite(res)
+            labelled[i] = self._labelled(frames[i], res)
+            if on_label is not None:
+                on_label(i, labelled[i])
+
         todo = list(range(len(frames)))
         while todo:
             again = []
             if self.executor is None:
                 for i in todo:
                     attempts[i] += 1
+                    self.n_calls += 1
                     try:
-                        res = self._run_local(frames[i])
-                        _check_finite(res)
-                        results[i] = res
+                        arrived(i, self._run_local(frames[i]))
                     except Exception as exc:  # the oracle is foreign code: any failure is logged
                         reasons[i] = f"{type(exc).__name__}: {exc}"
                         log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
@@ -234,16 +261,14 @@ class Oracle:
                 futures = {}
                 for i in todo:
                     attempts[i] += 1
+                    self.n_calls += 1
                     futures[i] = self.executor.submit(
                         _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task
                     )
-                deadline = None if self.timeout is None else time.monotonic() + self.timeout
-                for i, fut in futures.items():
+                for (i, fut), deadline in zip(futures.items(), self._deadlines(len(futures))):
                     try:
                         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                        res = fut.result(timeout=left)
-                        _check_finite(res)
-                        results[i] = res
+                        arrived(i, fut.result(timeout=left))
                     except cf.TimeoutError:
                         fut.cancel()
                         reasons[i] = f"timed out after {self.timeout} s"
@@ -254,18 +279,9 @@ class Oracle:
                         log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
                         again.append(i)
             todo = [i for i in again if attempts[i] <= self.retries]
-        labelled: list[Atoms | None] = []
         failures = []
-        for i, atoms in enumerate(frames):
-            res = results[i]
-            self.n_calls += attempts[i]
-            if res is None:
+        for i in range(len(frames)):
+            if labelled[i] is None:
                 self.n_failures += 1
                 failures.append(LabelFailure(i, reasons.get(i, "unknown"), attempts[i]))
-                labelled.append(None)
-                continue
-            self.wall_time += res.pop("wall_time", 0.0)
-            a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-            a.calc = SinglePointCalculator(a, free_energy=res["energy"], **res)
-            labelled.append(a)
         return labelled, failures

@@ -185,7 +185,7 @@ def test_stopping_rule_ends_the_run(tmp_path):
 
 def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     val = cu_frames(2, seed=9, size=(2, 2, 2))
-    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, cooldown=0)
+    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, every=1)
     L = learner(tmp_path / "run", validation=val, trigger=trig, sparse_refresh=False)
     L.run(1)
     n0 = L.oracle.n_calls
@@ -279,3 +279,52 @@ def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
     assert last["bound"] == pytest.approx(c["conformal_q90"] * np.sqrt(np.mean(total**2)), rel=1e-6)
     # the error judged is the held-out half of the leave-one-frame-out errors
     assert last["validation_error"] == pytest.approx(L._calibration["judge_force_rmse"])
+
+
+class InterruptingEMT(EMT):
+    """EMT that is interrupted (as by Ctrl-C) at its ``n``-th evaluation."""
+
+    def __init__(self, n, **kw):
+        super().__init__(**kw)
+        self.n, self.calls = n, 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        super().calculate(atoms, properties, system_changes)
+
+
+def langevin_factory(atoms, timestep, temperature_K, rng):
+    """A module-level MD factory (importable, so a resumed run can rebuild it)."""
+    from ase.md.langevin import Langevin
+
+    return Langevin(atoms, timestep, temperature_K=temperature_K, friction=0.05, fixcm=False, rng=rng)
+
+
+def test_resume_after_an_interrupt_during_the_bootstrap(tmp_path):
+    run = tmp_path / "run"
+    L = learner(run, InterruptingEMT(3), md=MDSettings(temperature=(300, 1200), factory=langevin_factory))
+    with pytest.raises(KeyboardInterrupt):
+        L.run(60)
+    assert len(frames_in(run / "train.xyz")) == 2 and not (run / "model.npz").exists()
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    assert R.md.factory is langevin_factory  # the MD factory survives (import path)
+    summary = R.run(60)
+    train = frames_in(run / "train.xyz")
+    boot = [a for a in train if a.info.get("gpal_reason") == "bootstrap"]
+    assert len(boot) == 4  # two before the interrupt, two after: none asked twice
+    assert len({a.positions.tobytes() for a in boot}) == 4
+    assert summary.steps == 60 and len(R.model.frames_) == len(train)
+
+
+def test_resume_keeps_the_temperature_protocol_and_takes_md_overrides(tmp_path):
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT", md=MDSettings(temperature=(300, 1200)))
+    L.run(100)
+    R = ActiveLearner.resume(run, md=MDSettings(temperature=(300, 1200), timestep=0.5), progress=False)
+    assert R.md.timestep == 0.5
+    R.run(160)
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    later = [r["target_T"] for r in records if "target_T" in r and r["step"] >= 100]
+    assert later and all(t == pytest.approx(1200.0) for t in later)  # the ramp is not re-stretched
