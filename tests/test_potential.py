@@ -424,3 +424,20 @@ def test_calibration_with_noise_is_the_std_of_a_new_label(cu_model):
     np.testing.assert_allclose(model.calibrated_force_std(raw), cal)
     model.set_calibration(forces_std={"scale": 2.0})
     np.testing.assert_allclose(model.predict(frame, forces_std=True, calibrated=True)["forces_std"], 2 * raw)
+
+
+def test_refreshing_the_sparse_set_lets_the_force_std_see_a_new_environment(cu_train):
+    """Novel environments join the sparse set without a label: their novelty drops, and
+    the projected force std there does not (it now includes their prior uncertainty)."""
+    model = SparseGP(soap_for(cu_train), n_sparse=40).fit(cu_train)
+    far = bulk("Cu", "fcc", a=3.1, cubic=True).repeat((1, 1, 2))  # 14 % compressed
+    far.positions += np.random.default_rng(0).normal(0, 0.05, far.positions.shape)
+    near = cu_frames(1, seed=31)[0]
+    before = model.predict(far, return_std=True, forces_std=True)
+    ref = model.predict(near, return_std=True, forces_std=True)
+    assert before["novelty"].max() > 5 * ref["novelty"].max()
+    added = model.add_sparse_environments(far, 8)
+    after = model.predict(far, return_std=True, forces_std=True)
+    assert added > 0 and after["novelty"].max() < 0.1 * before["novelty"].max()
+    assert after["forces_std"].max() >= before["forces_std"].max()
+    assert after["forces_std"].max() > 3 * ref["forces_std"].max()
