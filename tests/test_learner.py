@@ -328,3 +328,19 @@ def test_resume_keeps_the_temperature_protocol_and_takes_md_overrides(tmp_path):
     records = [json.loads(line) for line in open(run / "log.jsonl")]
     later = [r["target_T"] for r in records if "target_T" in r and r["step"] >= 100]
     assert later and all(t == pytest.approx(1200.0) for t in later)  # the ramp is not re-stretched
+
+
+def test_oracle_timeout_is_per_label_not_per_batch():
+    """Three 0.8 s labels on one worker with a 1.5 s timeout: queueing is not charged."""
+    with ProcessPoolExecutor(1) as pool:
+        spec = OracleSpec("_oracles:SlowEMT", {"delay": 0.8})
+        oracle = gpal.Oracle(spec, executor=pool, timeout=1.5, retries=0)
+        pool.submit(time.sleep, 0).result()  # a warm worker: its start-up is not a label
+        frames = [start() for _ in range(3)]
+        for k, a in enumerate(frames):
+            a.positions[0, 0] += 0.01 * k
+        arrived = []
+        labelled, failures = oracle.label(frames, on_label=lambda i, a: arrived.append(i))
+    assert not failures and all(a is not None for a in labelled)
+    assert arrived == [0, 1, 2]  # each label reported as it arrived
+    assert oracle.n_calls == 3
