@@ -1,0 +1,57 @@
+"""gpal leaves the process alone: matplotlib's backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+import gpal
+
+ROOT = Path(gpal.__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(code: str, **env_changes) -> str:
+    """Run ``code`` in a fresh interpreter (gpal and tests/ importable); return stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MPLBACKEND"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env.update(env_changes)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+# ------------------------------------------------------------------------ plots
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    out = _run(f"""
+        import json, sys
+        from pathlib import Path
+        from types import SimpleNamespace
+        import matplotlib
+        matplotlib.use("svg")
+        import numpy as np
+        from gpal import calibration, compare
+        from gpal.learner import ActiveLearner
+
+        tmp = Path({str(tmp_path)!r})
+        rng = np.random.default_rng(0)
+        err, std = rng.normal(size=200), np.full(200, 1.0)
+        calibration.plot_parity(err, err + 0.1, tmp / "parity.png", std=std)
+        calibration.plot_calibration_curve(err, std, tmp / "calib.png")
+        calibration.plot_z_histogram(err, std, tmp / "z.png")
+        compare._plot_learning_curves({{"a": (np.array([2, 4]), np.array([0.2, 0.1]))}},
+                                      tmp / "curves.png")
+        (tmp / "log.jsonl").write_text("\\n".join(json.dumps(
+            {{"event": "label", "step": s, "oracle_calls": k}}) for k, s in enumerate([3, 9, 20])))
+        fake = SimpleNamespace(run_dir=tmp, _val_history=[], step=30, stopping=None)
+        ActiveLearner._plots(fake)
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+    """)
+    assert out.split() == ["svg", "False"]
+    for name in ("parity", "calib", "z", "curves", "learning_curve"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
