@@ -1,4 +1,4 @@
-"""gpal leaves the process alone: matplotlib's backend."""
+"""gpal leaves the process alone: matplotlib's backend, threads of oracle workers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from threadpoolctl import threadpool_info
 
 import gpal
+from gpal.oracle import OracleSpec, _label_task
 
 ROOT = Path(gpal.__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -24,6 +27,10 @@ def _run(code: str, **env_changes) -> str:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def _blas_threads() -> int:
+    return max(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
 
 
 # ------------------------------------------------------------------------ plots
@@ -55,3 +62,20 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     assert out.split() == ["svg", "False"]
     for name in ("parity", "calib", "z", "curves", "learning_curve"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------ oracle workers
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to see a limit")
+def test_oracle_worker_limits_blas_during_the_calculation_only():
+    from ase.build import bulk
+
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    spec = OracleSpec("_oracles:ThreadProbe")
+    before_env, before = dict(os.environ), _blas_threads()
+    args = (a.numbers, a.positions, a.cell.array, a.pbc, False)
+    if before < 2:
+        pytest.skip("BLAS already runs one thread")
+    assert _label_task(spec, *args, 1)["energy"] == 1.0
+    assert _blas_threads() == before and dict(os.environ) == before_env
+    moved = (a.numbers, a.positions + 0.01, a.cell.array, a.pbc, False)  # no cached result
+    assert _label_task(spec, *moved, 0)["energy"] == float(before)  # 0: no limit
