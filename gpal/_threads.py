@@ -46,7 +46,20 @@ seen at the next nested call (the descriptor of the next frame during a fit).
 
 Measured
 --------
-(benchmarks/bench_threads.py; filled in below)
+``benchmarks/bench_threads.py`` (2 cores; fit: 20 frames of 108-atom EMT Cu, 200 sparse
+points, SOAP n_max 6, l_max 4; predict: 108 atoms with ``return_std=True``; medians of 7
+interleaved repeats, ratio to one thread). Other jobs kept the load average at 6-12
+during the whole run, so "quiet" means no load added by the benchmark, and "loaded" one
+more busy-loop process pinned to a core::
+
+                      lib defaults    gpal default    gpal, 2 threads   one thread
+    quiet   fit        15.9 s 2.37x    6.27 s 0.94x    17.7 s 2.65x      6.70 s
+    quiet   predict     267 ms 4.83x   61.5 ms 1.11x   99.3 ms 1.80x     55.2 ms
+    loaded  fit        20.0 s 1.61x    13.2 s 1.07x    23.8 s 1.92x      12.4 s
+    loaded  predict     291 ms 3.22x   91.7 ms 1.01x    124 ms 1.37x     90.4 ms
+
+The default saw the busy cores and chose one thread at every repeat. Not measured: a
+truly idle machine (where the default gives numba and large BLAS blocks both cores).
 """
 
 from __future__ import annotations
