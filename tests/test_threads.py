@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numba
@@ -176,12 +179,10 @@ def test_nested_calls_keep_the_outer_limits():
 
 
 @pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="Linux /proc only")
-def test_a_busy_process_is_seen_and_own_threads_are_not_counted():
+def test_a_busy_process_is_seen():
     assert _threads._runnable_tasks() is not None
     busy = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
     try:
-        import time
-
         time.sleep(0.5)
         seen = []
         for _ in range(20):
@@ -192,5 +193,26 @@ def test_a_busy_process_is_seen_and_own_threads_are_not_counted():
     finally:
         busy.kill()
         busy.wait()
-    running, own = _threads._runnable_tasks()
-    assert own >= 1 and running >= own  # the reading thread itself is running
+        _threads._LOAD_CACHE["time"] = -1e300
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux /proc only")
+def test_own_busy_threads_are_counted_as_own():
+    """A thread of this process working outside the GIL is ours, not another job's."""
+    stop = threading.Event()
+
+    def work():
+        data = b"x" * (8 << 20)
+        while not stop.is_set():
+            hashlib.sha256(data).digest()  # releases the GIL: the thread stays runnable
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        own = [_threads._runnable_tasks()[1] for _ in range(50)]
+    finally:
+        stop.set()
+        worker.join()
+    assert min(own) >= 1  # the reading thread itself
+    assert max(own) >= 2  # and the worker, at least once
