@@ -14,7 +14,7 @@ from _common import FAST, emt_frames, small_soap
 model = gpal.SparseGP(small_soap(), n_sparse=60 if FAST else 200).fit(emt_frames(8 if FAST else 30, seed=1))
 
 atoms = emt_frames(1, seed=3)[0]
-atoms.calc = gpal.GPCalculator(model)          # local-energy std every step (cheap)
+atoms.calc = gpal.GPCalculator(model, record_std=True)  # std every step, kept in atoms.info
 thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(0))
 dyn = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.02 / units.fs, fixcm=False,
                rng=np.random.default_rng(1))

@@ -8,6 +8,7 @@ load            load a saved model
 GPCalculator    ASE calculator with uncertainties
 ActiveLearner   on-the-fly active learning (MD sampler, GP learner, oracle)
 kernels, selection, calibration   building blocks
+set_threads, threads   threads of gpal's computations (default: free cores of this process)
 """
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ from .descriptors import SOAP  # noqa: F401
 from .kernels import NormalizedDotProduct, SquaredExponential  # noqa: F401
 from .potential import SparseGP  # noqa: F401
 from .io import load  # noqa: F401
+from ._threads import get_threads, set_threads, threads  # noqa: F401
 from .calculator import GPCalculator  # noqa: F401
 from .oracle import Oracle, OracleSpec  # noqa: F401
 from .learner import ActiveLearner, MDSettings, Trigger  # noqa: F401

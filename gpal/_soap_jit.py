@@ -33,18 +33,11 @@ per-chunk scratch buffers), and each centre only writes its own rows / pairs: no
 from __future__ import annotations
 
 import math
-import os
 
-# numba's default threading layer here is GNU OpenMP, whose idle threads spin at
-# barriers. With more busy threads than cores (several MD walkers, other jobs) every
-# parallel region then waits a scheduler slice: measured 395 vs 34 µs/atom for a
-# 108-atom create on a loaded 2-core machine. Passive waiting costs a few µs per region
-# on an idle machine. libgomp reads this when numba first launches its thread pool; a
-# value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+# Threads: gpal/_threads.py chooses the numba thread count per call (numba's OpenMP
+# layer spins at barriers, so busy cores are left out); nothing is set at import.
+import numba
+import numpy as np
 
 # weighting function codes
 W_NONE = 0

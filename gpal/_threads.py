@@ -1,50 +1,339 @@
-"""BLAS threading for small, latency-bound linear algebra.
+"""gpal's threading policy: numba and BLAS threads chosen per call, never by environment.
 
-Measured here (2 cores, other processes running): a (108 x 300) @ (300 x 252) product
-took 4.5 ms with OpenBLAS's default two threads and 0.25 ms with one; a triangular solve
-3.3 ms against 0.5 ms. A model evaluation for one MD step is a chain of such small
-products, so gpal runs it with one BLAS thread (its SOAP loops are parallel in numba).
-Large blocks (training) keep the library's default.
+Why
+---
+OpenBLAS's threads and the GNU OpenMP threads under numba's parallel loops spin while
+they wait. With more runnable threads than cores, a spinning thread holds a core that
+the thread it waits for needs: on a loaded 2-core machine a 2260 x 200 QR took 2 s
+with two BLAS threads and 0.02 s with one, and with the libraries' defaults a 20-frame
+fit and a 108-atom prediction were 1.6-2.0x and 3.3x slower than with one thread
+(table below, ``lib`` column). Small blocks are latency-bound even on a quiet machine:
+a (108 x 300) @ (300 x 252) product took 4.5 ms with two OpenBLAS threads and 0.25 ms
+with one, a triangular solve 3.3 against 0.5 ms.
+
+Policy
+------
+Every gpal computation (``SparseGP.fit``, ``update``, ``predict``,
+``optimize_hyperparameters``, ``select_frames``, the SOAP descriptor, neighbour lists)
+runs under :func:`limited`, which while the call runs
+
+* gives numba's loops ``n`` threads (``numba.set_num_threads``, per Python thread) and
+  BLAS ``n`` threads (threadpoolctl's library controllers), or one BLAS thread for an
+  (n_atoms x n_sparse) block smaller than :data:`SMALL_BLOCK` (a model evaluation for
+  an MD step);
+* only ever lowers the counts in force: limits the user set before the call are kept,
+  and a nested call can drop cores that became busy meanwhile but never add any;
+* restores the previous counts on return.
+
+``n`` is the user's :func:`set_threads` / :func:`threads` value, or by default the cores
+in this process's affinity mask less the cores other processes keep busy right now:
+the number of runnable tasks on the machine (``/proc/loadavg``, 4th field) less this
+process's own runnable threads (``/proc/self/task/*/stat``), median of three samples,
+looked at no more than once per :data:`LOAD_REFRESH` second. Not ``os.getloadavg()``: a
+one-minute average lags a minute behind a job starting or ending, and it counts gpal's
+own threads of the last minute (a two-thread fit on an idle two-core machine raises it
+to 2, which would read as busy). Off Linux the load is not seen and ``n`` = the cores.
+
+Nothing is set at import: environment variables such as ``OMP_NUM_THREADS`` or
+``OMP_WAIT_POLICY`` are read once, when a library is loaded, so setting them in a library
+either does nothing (numpy already loaded) or changes every other library of the user's
+process. Overhead: 20-70 µs per call (measured under load), against milliseconds for a
+108-atom prediction.
+
+Limits: BLAS thread counts are process-wide, so gpal calls running at the same time in
+several Python threads share the smallest request. Load that starts during a call is
+seen at the next nested call (the descriptor of the next frame during a fit).
+
+Measured
+--------
+``benchmarks/bench_threads.py`` (2 cores; fit: 20 frames of 108-atom EMT Cu, 200 sparse
+points, SOAP n_max 6, l_max 4; predict: 108 atoms with ``return_std=True``; medians of 7
+interleaved repeats, ratio to one thread). Other jobs kept the load average at 6-12
+during the whole run, so "quiet" means no load added by the benchmark, and "loaded" one
+more busy-loop process pinned to a core::
+
+                      lib defaults    gpal default    gpal, 2 threads   one thread
+    quiet   fit        15.9 s 2.37x    6.27 s 0.94x    17.7 s 2.65x      6.70 s
+    quiet   predict     267 ms 4.83x   61.5 ms 1.11x   99.3 ms 1.80x     55.2 ms
+    loaded  fit        20.0 s 1.61x    13.2 s 1.07x    23.8 s 1.92x      12.4 s
+    loaded  predict     291 ms 3.22x   91.7 ms 1.01x    124 ms 1.37x     90.4 ms
+
+The default saw the busy cores and chose one thread at every repeat. Not measured: a
+truly idle machine (where the default gives numba and large BLAS blocks both cores).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-_CONTROLLER = None
+__all__ = ["available_cores", "default_threads", "get_threads", "set_threads", "threads"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 #: below this many elements in the (n_atoms x n_sparse) kernel block, use one BLAS thread
 SMALL_BLOCK = 4_000_000
+#: seconds between two looks at the machine's load
+LOAD_REFRESH = 1.0
+
+_BLAS_LIBS: list | None = None
+_BLAS_LOCK = threading.Lock()
+_BLAS_REQUESTS: list[int] = []  # limits of the gpal calls running now (all Python threads)
+_BLAS_ORIGINAL: list[int] = []  # BLAS thread counts before the first of them
+_USER_THREADS: int | None = None  # set_threads()
+_LOCAL = threading.local()  # .override: the threads() context of this Python thread
+_LOAD_CACHE: dict[str, float] = {"time": -1e300, "busy": 0.0}
+_LOAD_LOCK = threading.Lock()
+_DISABLED = False  # _policy_disabled(): benchmarks only
 
 
-def _controller():
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
+def available_cores() -> int:
+    """Number of CPU cores this process may run on (its affinity mask, not the machine's).
 
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
-
-
-def single_blas_thread():
-    """Context manager limiting BLAS to one thread (about 7 µs to enter and leave)."""
+    Returns
+    -------
+    int
+        ``len(os.sched_getaffinity(0))`` where available, else ``os.cpu_count()``.
+    """
     try:
-        return _controller().limit(limits=1, user_api="blas")
-    except (ImportError, OSError, RuntimeError):  # no threadpoolctl or no introspectable BLAS
-        return contextlib.nullcontext()
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
-def small_blas(size_of):
-    """Decorator: run the method with one BLAS thread when ``size_of(self, *args) < SMALL_BLOCK``."""
+def _check_n(n: int | None) -> int | None:
+    if n is None:
+        return None
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
+    return int(n)
 
-    def deco(func):
+
+def set_threads(n: int | None) -> None:
+    """Set the number of threads gpal's computations use (numba loops and BLAS).
+
+    This is gpal's own setting: it changes no environment variable and no other
+    library's global state outside gpal's calls. Each gpal call (fit, predict, update,
+    descriptors...) limits numba and BLAS to this number while it runs and restores the
+    previous limits on return. Limits already set lower by the user
+    (``numba.set_num_threads``, ``threadpoolctl.threadpool_limits``) are kept.
+
+    Parameters
+    ----------
+    n : int or None
+        Thread count, or None (default) for automatic: the cores available to this
+        process (:func:`available_cores`) less those kept busy by other processes at
+        the time of the call; small model evaluations use one BLAS thread.
+    """
+    global _USER_THREADS
+    _USER_THREADS = _check_n(n)
+
+
+def get_threads() -> int | None:
+    """The thread count in force for this Python thread (:func:`threads`, then
+    :func:`set_threads`), or None when automatic."""
+    override = getattr(_LOCAL, "override", None)
+    if override is not None:
+        return override[0]
+    return _USER_THREADS
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Context manager: gpal's calls in this block (and this Python thread) use ``n`` threads.
+
+    Parameters
+    ----------
+    n : int or None
+        As in :func:`set_threads`; None for automatic.
+
+    Examples
+    --------
+    >>> import gpal
+    >>> with gpal.threads(1):   # e.g. one MD walker per core
+    ...     pass
+    """
+    n = _check_n(n)
+    old = getattr(_LOCAL, "override", None)
+    _LOCAL.override = (n,)
+    try:
+        yield
+    finally:
+        _LOCAL.override = old
+
+
+def _runnable_tasks() -> tuple[int, int] | None:
+    """(runnable tasks on the machine, runnable threads of this process) right now."""
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as fh:
+                    stat = fh.read()
+            except OSError:  # the thread ended meanwhile
+                continue
+            if stat[stat.rfind(")") + 2] == "R":
+                own += 1
+    except (OSError, ValueError, IndexError):
+        return None
+    return running, own
+
+
+def _busy_cores() -> float:
+    """Cores kept busy by other processes (Linux; 0 elsewhere), cached for LOAD_REFRESH s.
+
+    Three samples of the number of runnable tasks (``/proc/loadavg``) less this process's
+    own runnable threads (``/proc/self/task/*/stat``); the median. An instantaneous count,
+    not the load average, which lags by a minute and counts gpal's own past threads.
+    """
+    now = time.monotonic()
+    with _LOAD_LOCK:
+        if now - _LOAD_CACHE["time"] < LOAD_REFRESH:
+            return _LOAD_CACHE["busy"]
+        samples = []
+        for _ in range(3):
+            got = _runnable_tasks()
+            if got is None:
+                break
+            samples.append(max(0, got[0] - got[1]))
+        busy = float(sorted(samples)[len(samples) // 2]) if samples else 0.0
+        _LOAD_CACHE["time"] = now
+        _LOAD_CACHE["busy"] = busy
+        return busy
+
+
+def default_threads() -> int:
+    """Threads gpal would give a large computation now (numba loops, BLAS on big blocks).
+
+    Returns
+    -------
+    int
+        The user's setting (:func:`threads`, :func:`set_threads`) if any; otherwise the
+        available cores less those busy with other processes, at least 1.
+    """
+    n = get_threads()
+    if n is not None:
+        return n
+    cores = available_cores()
+    if cores == 1:
+        return 1
+    return max(1, min(cores, int(round(cores - _busy_cores()))))
+
+
+def _blas_libraries() -> list:
+    """threadpoolctl controllers of the BLAS libraries loaded now (cached on first use)."""
+    global _BLAS_LIBS
+    if _BLAS_LIBS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_LIBS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except (ImportError, OSError, RuntimeError, AttributeError):  # no introspectable BLAS
+            _BLAS_LIBS = []
+    return _BLAS_LIBS
+
+
+def _set_blas(limit: int | None) -> None:
+    """BLAS threads: min(the user's count before gpal's calls, limit); None restores it."""
+    for lib, original in zip(_blas_libraries(), _BLAS_ORIGINAL):
+        want = original if limit is None else min(original, limit)
+        if lib.num_threads != want:
+            lib.set_num_threads(want)
+
+
+@contextlib.contextmanager
+def _blas_limit(n: int) -> Iterator[None]:
+    """Limit BLAS to at most ``n`` threads while the block runs.
+
+    BLAS thread counts are process-wide: while several gpal calls run (nested, or in
+    several Python threads) the smallest request holds, and the count the user had set
+    before the first of them is restored when the last one ends.
+    """
+    with _BLAS_LOCK:
+        if not _BLAS_REQUESTS:
+            _BLAS_ORIGINAL[:] = [lib.num_threads for lib in _blas_libraries()]
+        _BLAS_REQUESTS.append(n)
+        _set_blas(min(_BLAS_REQUESTS))
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_REQUESTS.remove(n)
+            _set_blas(min(_BLAS_REQUESTS) if _BLAS_REQUESTS else None)
+
+
+@contextlib.contextmanager
+def _numba_limit(n: int) -> Iterator[None]:
+    """Limit numba's parallel loops (this Python thread) to at most ``n`` threads."""
+    import numba
+
+    old = numba.get_num_threads()
+    if old <= n:
+        yield
+        return
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def limited(size: int | None = None) -> Iterator[None]:
+    """Apply gpal's policy for one call: numba and BLAS threads, restored on exit.
+
+    Parameters
+    ----------
+    size : int, optional
+        Elements of the call's largest kernel block; below :data:`SMALL_BLOCK` BLAS runs
+        on one thread (latency-bound products, see the module docstring).
+
+    Limits only ever lower the thread counts in force, so a nested call (``fit``
+    calling ``create``) can leave cores that became busy meanwhile, never take more.
+    """
+    if _DISABLED:
+        yield
+        return
+    n = default_threads()
+    blas = 1 if size is not None and size < SMALL_BLOCK else n
+    with _numba_limit(n), _blas_limit(blas):
+        yield
+
+
+def policy(size_of: Callable[..., int] | None = None) -> Callable[[F], F]:
+    """Decorator: run the function under :func:`limited`.
+
+    Parameters
+    ----------
+    size_of : callable, optional
+        ``size_of(*args, **kwargs)`` gives the ``size`` passed to :func:`limited`.
+    """
+
+    def deco(func: F) -> F:
         @functools.wraps(func)
-        def wrapper(self, *args, **kwargs):
-            if size_of(self, *args) < SMALL_BLOCK:
-                with single_blas_thread():
-                    return func(self, *args, **kwargs)
-            return func(self, *args, **kwargs)
+        def wrapper(*args, **kwargs):
+            with limited(None if size_of is None else size_of(*args, **kwargs)):
+                return func(*args, **kwargs)
 
-        return wrapper
+        return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+@contextlib.contextmanager
+def _policy_disabled() -> Iterator[None]:
+    """Benchmarks only: the libraries' own threading, gpal's policy off (not thread-safe)."""
+    global _DISABLED
+    old = _DISABLED
+    _DISABLED = True
+    try:
+        yield
+    finally:
+        _DISABLED = old

@@ -13,8 +13,9 @@ requests at the same positions.
 
 Uncertainty keys (``energies_std``, ``energy_std``, ``forces_std``, ``stress_std``) are
 non-negative standard deviations with the shape of the property they describe. They
-are kept in ``results`` and, with ``record_std=True`` (default), copied into
-``atoms.info`` so that trajectory and extxyz writers keep them. They are left out of
+are kept in ``results``; the calculator changes nothing else. With ``record_std=True``
+(opt-in) they are also copied into the ``atoms.info`` of the atoms being calculated, so
+that trajectory and extxyz writers keep them. They are left out of
 :meth:`export_properties`, which ASE restricts to its standard property names.
 
 Cost of the uncertainty: the local-energy std costs one (n_atoms x n_sparse) kernel
@@ -53,8 +54,11 @@ class GPCalculator(Calculator):
     calibrated : bool, default False
         Report stds multiplied by the model's recalibration factors
         (:meth:`gpal.SparseGP.set_calibration`).
-    record_std : bool, default True
-        Copy the uncertainty results into ``atoms.info`` so that trajectories keep them.
+    record_std : bool, default False
+        Also copy the uncertainty results into ``atoms.info`` (keys ``energies_std``,
+        ``energy_std``, ``forces_std``, ``stress_std``; stale ones are removed at each
+        evaluation) so that trajectories and extxyz files keep them. Off by default: the
+        user's ``atoms`` then only gain what any ASE calculator gives them.
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
@@ -75,7 +79,7 @@ class GPCalculator(Calculator):
         std_every: int = 1,
         forces_std: bool | int = False,
         calibrated: bool = False,
-        record_std: bool = True,
+        record_std: bool = False,
         **kwargs,
     ):
         check_is_fitted(model)

@@ -33,7 +33,7 @@ What makes a calibration transfer
     variance only; with evidence-fitted noises it is several times too small, so use
     ``calibrated=True`` once a calibration is stored.
 
-Plots (matplotlib, Agg, PNG)
+Plots (PNG; a matplotlib ``Figure`` on an Agg canvas: no pyplot, no backend change)
     :func:`plot_parity`, :func:`plot_calibration_curve`,
     :func:`plot_error_vs_uncertainty`, :func:`plot_z_histogram`,
     :func:`plot_learning_curve`.

@@ -210,7 +210,7 @@ def cmd_md(args) -> int:
 
     model = load(args.model)
     atoms = read(args.start)
-    atoms.calc = GPCalculator(model)
+    atoms.calc = GPCalculator(model, record_std=True)  # the trajectory keeps the stds
     thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     if args.ensemble == "nve":
         dyn = VelocityVerlet(atoms, args.timestep * units.fs)

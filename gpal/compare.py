@@ -177,24 +177,25 @@ def compare_kernels(
         curves[cand.name] = (np.array(counts), np.array(errs))
     table = ComparisonTable(rows, curves)
     if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 4.0))
-        for name, (n, e) in curves.items():
-            ax.plot(n, e, "o-", label=name)
-        ax.set_xlabel("training frames")
-        ax.set_ylabel("force RMSE on test (eV/Å)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-        ax.set_title("learning curves")
-        fig.tight_layout()
-        fig.savefig(plot, dpi=120)
-        plt.close(fig)
+        _plot_learning_curves(curves, plot)
     return table
+
+
+def _plot_learning_curves(curves: dict, path) -> None:
+    """PNG of force RMSE against training frames, one line per candidate."""
+    from .calibration import _new_figure  # no pyplot, no backend change
+
+    fig = _new_figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    for name, (n, e) in curves.items():
+        ax.plot(n, e, "o-", label=name)
+    ax.set_xlabel("training frames")
+    ax.set_ylabel("force RMSE on test (eV/Å)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("learning curves")
+    fig.savefig(path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import scipy.linalg
 from scipy.special import gamma
 
 from . import _soap_jit as jit
+from ._threads import policy as _thread_policy
 from .exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
 from .neighbors import _pairs
 
@@ -682,6 +683,7 @@ class SOAP:
                 )
         return C, X
 
+    @_thread_policy()
     def create(self, atoms) -> np.ndarray:
         """SOAP of every atom.
 
@@ -698,6 +700,7 @@ class SOAP:
         _, X = self._run_create(spec, j, D, offsets)
         return X
 
+    @_thread_policy()
     def derivatives(self, atoms, dense: bool = False):
         """Descriptor and its analytic derivatives.
 
@@ -752,6 +755,7 @@ class SOAP:
             return res.to_dense(), X
         return res
 
+    @_thread_policy()
     def expand(self, atoms) -> SOAPExpansion:
         """Descriptor plus the expansion kept for :meth:`SOAPExpansion.backward`.
 

@@ -1121,19 +1121,13 @@ class ActiveLearner:
                     calls.append(rec["oracle_calls"])
         if not steps:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 4.0))
+        fig = calibration._new_figure(figsize=(5.5, 4.0))  # no pyplot, no backend change
+        ax = fig.add_subplot()
         ax.step(steps + [self.step], calls + [calls[-1]], where="post")
         ax.set_xlabel("MD step")
         ax.set_ylabel("oracle calls (cumulative)")
         ax.set_title("oracle calls during active learning")
-        fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
 
     # ------------------------------------------------------------------ resume
     @classmethod

@@ -23,21 +23,19 @@ output is sorted by ``i`` and race-free.
 from __future__ import annotations
 
 import math
-import os
 
-# passive OpenMP waiting: see the note in gpal/_soap_jit.py (a user's setting wins)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numba
+import numpy as np
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .exceptions import InvalidPositionsError, MissingCellError  # noqa: E402
+from ._threads import policy as _thread_policy
+from .exceptions import InvalidPositionsError, MissingCellError
 
 __all__ = ["neighbor_list"]
 
 _MAX_BINS_PER_ATOM = 8
 
 
+@_thread_policy()
 def neighbor_list(
     positions,
     cell,

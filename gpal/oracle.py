@@ -14,9 +14,9 @@ retries as configured; the caller decides whether to skip the frame or stop.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import importlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,17 +104,31 @@ def _compute(calc, numbers, positions, cell, pbc, want_stress) -> dict:
     return out
 
 
+def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
+    """Limit the BLAS and OpenMP libraries loaded in this process to ``threads`` threads.
+
+    threadpoolctl changes the running libraries' thread counts and restores them on exit;
+    it reaches only libraries already loaded (the calculator is built first). Setting
+    ``OMP_NUM_THREADS`` here would do nothing: OpenMP and BLAS read it once, when they
+    are loaded, which happened when this worker imported numpy.
+    """
+    if not threads:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(threads))
+
+
 def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
-    if threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     key = spec.key()
     calc = _WORKER_CALCS.get(key)
     if calc is None:
         calc = _WORKER_CALCS[key] = spec.make()
-    t0 = time.perf_counter()
-    out = _compute(calc, numbers, positions, cell, pbc, want_stress)
-    out["wall_time"] = time.perf_counter() - t0
+    with _thread_limit(threads):
+        t0 = time.perf_counter()
+        out = _compute(calc, numbers, positions, cell, pbc, want_stress)
+        out["wall_time"] = time.perf_counter() - t0
     return out
 
 
@@ -149,7 +163,18 @@ class Oracle:
     retries : int, default 1
         Extra attempts after a failure.
     threads_per_task : int, default 1
-        ``OMP_NUM_THREADS`` set in worker processes.
+        Threads of the BLAS and OpenMP libraries during each label computed in an
+        executor's worker, set with ``threadpoolctl.threadpool_limits`` around the
+        calculation (0 or None: no limit). Labels computed in this process (no executor)
+        are not limited. This reaches libraries loaded in the worker's Python process by
+        the time the calculator is built; it cannot reach a calculator that runs an
+        external program (ASE's file-based calculators such as VASP or Quantum
+        ESPRESSO), nor one whose library fixes its thread count when loaded. For those,
+        set the count where the program or library starts: in the calculator's command
+        or environment, in the shell that starts Python (``OMP_NUM_THREADS=1 python
+        run.py``), or in each worker process before it imports the calculator (an
+        ``initializer`` of the ``ProcessPoolExecutor`` that sets
+        ``os.environ["OMP_NUM_THREADS"]``).
     stress : bool, default True
         Ask for stress on 3D-periodic frames.
     """

@@ -58,7 +58,7 @@ from ._validation import (
 from .descriptors import SOAP, pair_forces, pair_stress
 from .kernels import NormalizedDotProduct
 from .sparse_gp import SparseGPSolver
-from ._threads import small_blas
+from ._threads import policy as _thread_policy
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ class SparseGP:
             what=what,
         )
 
+    @_thread_policy()
     def fit(self, frames) -> "SparseGP":
         """Fit to labelled frames.
 
@@ -525,7 +526,7 @@ class SparseGP:
         return K_nm, np.concatenate(ys), np.concatenate(noises), np.concatenate(groups), np.concatenate(fidx)
 
     # ------------------------------------------------------------------ predict
-    @small_blas(lambda self, atoms, *a: len(atoms) * len(getattr(self, "sparse_X_", ())))
+    @_thread_policy(lambda self, atoms, *a, **k: len(atoms) * len(getattr(self, "sparse_X_", ())))
     def predict(
         self,
         atoms: Atoms,
@@ -757,6 +758,7 @@ class SparseGP:
         return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
 
     # ------------------------------------------------------------------ update
+    @_thread_policy()
     def update(
         self,
         frames,
@@ -807,6 +809,7 @@ class SparseGP:
         self.alpha_ = self.solver_.alpha_
         return self
 
+    @_thread_policy()
     def add_sparse_environments(self, atoms, n_sparse: int, *, sparse_selection: str = "variance") -> int:
         """Add environments of (unlabelled) ``atoms`` to the sparse set; no label needed.
 
@@ -829,6 +832,7 @@ class SparseGP:
             self.alpha_ = self.solver_.alpha_
         return len(Znew)
 
+    @_thread_policy()
     def select_frames(
         self,
         candidates,
@@ -1009,6 +1013,7 @@ class SparseGP:
         names = [h.name for h in kernel.hyperparameters if not h.fixed]
         return names == ["signal_variance"]
 
+    @_thread_policy()
     def log_marginal_likelihood(self, theta=None, eval_gradient: bool = False):
         """Log evidence of the training data under the sparse GP (DTC).
 
@@ -1051,6 +1056,7 @@ class SparseGP:
             return K_mm, K_nm, K_mm[:, :, None], K_nm[:, :, None]
         return self._blocks(kernel)
 
+    @_thread_policy()
     def optimize_hyperparameters(
         self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=(1e-4, 1.0)
     ) -> "SparseGP":

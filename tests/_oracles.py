@@ -45,3 +45,14 @@ class SlowEMT(EMT):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         time.sleep(self.delay)
         super().calculate(atoms, properties, system_changes)
+
+
+class ThreadProbe(EMT):
+    """EMT whose ``energy`` is the largest BLAS thread count in force during ``calculate``."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from threadpoolctl import threadpool_info
+
+        super().calculate(atoms, properties, system_changes)
+        blas = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+        self.results["energy"] = float(max(blas, default=0))

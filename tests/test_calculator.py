@@ -81,9 +81,30 @@ def test_system_changes_recompute(model):
     assert calc.n_evaluations == 6
 
 
+def test_default_calculator_leaves_atoms_info_alone(model):
+    a = cu(seed=6)
+    a.info["tag"] = "mine"
+    a.calc = GPCalculator(model, forces_std=True)
+    a.get_forces()
+    assert "energies_std" in a.calc.results and "forces_std" in a.calc.results
+    assert a.info == {"tag": "mine"}
+    VelocityVerlet(a, 1.0 * units.fs).run(2)
+    assert a.info == {"tag": "mine"}
+
+
+def test_record_std_keeps_only_fresh_stds(model):
+    a = cu(seed=7)
+    a.calc = GPCalculator(model, record_std=True, forces_std=2)
+    a.get_forces()
+    assert a.info["forces_std"].shape == (len(a), 3)
+    a.positions[0, 0] += 0.01
+    a.get_forces()  # second evaluation: no forces_std, and the stale one is gone
+    assert "forces_std" not in a.info and a.info["energies_std"].shape == (len(a),)
+
+
 def test_properties_export_and_files_keep_stds(model, tmp_path):
     a = cu(seed=4)
-    a.calc = GPCalculator(model, forces_std=True)
+    a.calc = GPCalculator(model, forces_std=True, record_std=True)
     props = a.get_properties(["energy", "forces", "stress", "energies"])
     assert props["forces"].shape == (len(a), 3)
     exported = a.calc.export_properties()
@@ -92,8 +113,8 @@ def test_properties_export_and_files_keep_stds(model, tmp_path):
     write(tmp_path / "frame.xyz", a)
     back = read(tmp_path / "frame.xyz")
     np.testing.assert_allclose(back.get_forces(), a.get_forces(), atol=1e-6)
-    # a trajectory written during MD keeps the stds (atoms.info)
-    a.calc = GPCalculator(model)
+    # a trajectory written during MD keeps the stds (atoms.info, record_std=True)
+    a.calc = GPCalculator(model, record_std=True)
     dyn = VelocityVerlet(a, 1.0 * units.fs)
     with Trajectory(tmp_path / "md.traj", "w", a) as traj:
         dyn.attach(traj.write, interval=1)

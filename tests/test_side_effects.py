@@ -1,0 +1,81 @@
+"""gpal leaves the process alone: matplotlib's backend, threads of oracle workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_info
+
+import gpal
+from gpal.oracle import OracleSpec, _label_task
+
+ROOT = Path(gpal.__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(code: str, **env_changes) -> str:
+    """Run ``code`` in a fresh interpreter (gpal and tests/ importable); return stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MPLBACKEND"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env.update(env_changes)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _blas_threads() -> int:
+    return max(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
+
+
+# ------------------------------------------------------------------------ plots
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    out = _run(f"""
+        import json, sys
+        from pathlib import Path
+        from types import SimpleNamespace
+        import matplotlib
+        matplotlib.use("svg")
+        import numpy as np
+        from gpal import calibration, compare
+        from gpal.learner import ActiveLearner
+
+        tmp = Path({str(tmp_path)!r})
+        rng = np.random.default_rng(0)
+        err, std = rng.normal(size=200), np.full(200, 1.0)
+        calibration.plot_parity(err, err + 0.1, tmp / "parity.png", std=std)
+        calibration.plot_calibration_curve(err, std, tmp / "calib.png")
+        calibration.plot_z_histogram(err, std, tmp / "z.png")
+        compare._plot_learning_curves({{"a": (np.array([2, 4]), np.array([0.2, 0.1]))}},
+                                      tmp / "curves.png")
+        (tmp / "log.jsonl").write_text("\\n".join(json.dumps(
+            {{"event": "label", "step": s, "oracle_calls": k}}) for k, s in enumerate([3, 9, 20])))
+        fake = SimpleNamespace(run_dir=tmp, _val_history=[], step=30, stopping=None)
+        ActiveLearner._plots(fake)
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+    """)
+    assert out.split() == ["svg", "False"]
+    for name in ("parity", "calib", "z", "curves", "learning_curve"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------ oracle workers
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to see a limit")
+def test_oracle_worker_limits_blas_during_the_calculation_only():
+    from ase.build import bulk
+
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    spec = OracleSpec("_oracles:ThreadProbe")
+    before_env, before = dict(os.environ), _blas_threads()
+    args = (a.numbers, a.positions, a.cell.array, a.pbc, False)
+    if before < 2:
+        pytest.skip("BLAS already runs one thread")
+    assert _label_task(spec, *args, 1)["energy"] == 1.0
+    assert _blas_threads() == before and dict(os.environ) == before_env
+    moved = (a.numbers, a.positions + 0.01, a.cell.array, a.pbc, False)  # no cached result
+    assert _label_task(spec, *moved, 0)["energy"] == float(before)  # 0: no limit

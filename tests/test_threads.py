@@ -1,0 +1,218 @@
+"""No process-wide side effects, and gpal's threading policy (gpal/_threads.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numba
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import gpal
+from gpal import SOAP, SparseGP, _threads
+
+from conftest import POLY, SMALL_SOAP, cu_frames
+
+ROOT = Path(gpal.__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(code: str, **env_changes) -> str:
+    """Run ``code`` in a fresh interpreter (gpal and tests/ importable); return stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MPLBACKEND"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env.update(env_changes)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _blas_threads() -> int:
+    return max(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
+
+
+# ------------------------------------------------------------------------ side effects
+def test_importing_every_module_and_computing_leaves_environment_unchanged():
+    out = _run("""
+        import importlib, os, pkgutil
+        before = dict(os.environ)
+        import gpal
+        names = [m.name for m in pkgutil.iter_modules(gpal.__path__)]
+        for name in names:
+            importlib.import_module("gpal." + name)
+        from ase.build import bulk
+        soap = gpal.SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=2, periodic=True)
+        soap.derivatives(bulk("Cu", "fcc", a=3.6, cubic=True))  # numba's thread pool starts
+        after = dict(os.environ)
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        print(len(names), changed)
+    """)
+    n_modules, changed = out.split(" ", 1)
+    assert int(n_modules) >= 15  # cli, learner, descriptors, oracle, ... were all imported
+    assert changed.strip() == "[]"
+
+
+# ------------------------------------------------------------------------ policy
+def test_thread_count_validation_and_context():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises((ValueError, TypeError)):
+            gpal.set_threads(bad)
+        with pytest.raises((ValueError, TypeError)):
+            with gpal.threads(bad):
+                pass
+    assert gpal.get_threads() is None
+    with gpal.threads(1):
+        assert gpal.get_threads() == 1 and _threads.default_threads() == 1
+        with gpal.threads(None):
+            assert gpal.get_threads() is None
+        assert gpal.get_threads() == 1
+    assert gpal.get_threads() is None
+    gpal.set_threads(1)
+    try:
+        assert gpal.get_threads() == 1
+    finally:
+        gpal.set_threads(None)
+
+
+def _probe():
+    """What a gpal call sees: (numba threads, BLAS threads)."""
+    return numba.get_num_threads(), _blas_threads()
+
+
+@pytest.fixture
+def fit_probe(monkeypatch):
+    """Record the thread counts in force while SparseGP.fit factorises."""
+    from gpal import potential
+
+    seen = []
+    orig = potential.SparseGPSolver.fit
+
+    def fit(self, *args, **kwargs):
+        seen.append(_probe())
+        return orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(potential.SparseGPSolver, "fit", fit)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return cu_frames(3, seed=1)
+
+
+def _model():
+    return SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=10)
+
+
+def test_calls_run_with_the_chosen_threads_and_restore_them(fit_probe, frames):
+    outside = _probe()
+    with gpal.threads(1):
+        _model().fit(frames)
+    assert fit_probe[-1] == (1, 1)
+    assert _probe() == outside
+
+
+@pytest.mark.skipif(_threads.available_cores() < 2, reason="needs 2 cores")
+def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames, monkeypatch):
+    cores = _threads.available_cores()
+    if numba.get_num_threads() < cores or _blas_threads() < cores:
+        pytest.skip("numba or BLAS already limited below the core count")
+    monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
+    _model().fit(frames)
+    assert fit_probe[-1] == (cores, cores)
+    monkeypatch.setattr(_threads, "_busy_cores", lambda: float(cores - 1))
+    _model().fit(frames)
+    assert fit_probe[-1] == (1, 1)
+    monkeypatch.setattr(_threads, "_busy_cores", lambda: float(10 * cores))
+    assert _threads.default_threads() == 1
+
+
+def test_user_limits_are_kept(fit_probe, frames):
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"), gpal.threads(2):
+            _model().fit(frames)
+    finally:
+        numba.set_num_threads(old)
+    assert fit_probe[-1] == (1, 1)
+
+
+@pytest.mark.skipif(_threads.available_cores() < 2, reason="needs 2 cores")
+def test_small_predictions_use_one_blas_thread(frames, monkeypatch):
+    model = _model().fit(frames)
+    seen = []
+    orig = type(model.solver_).var_nystrom
+
+    def var_nystrom(self, A):
+        seen.append(_probe())
+        return orig(self, A)
+
+    monkeypatch.setattr(type(model.solver_), "var_nystrom", var_nystrom)
+    monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
+    if _blas_threads() < 2:
+        pytest.skip("BLAS already runs one thread")
+    model.predict(frames[0], return_std=True)
+    assert seen and seen[-1][1] == 1
+
+
+def test_nested_calls_keep_the_outer_limits():
+    @_threads.policy()
+    def inner():
+        return _probe()
+
+    @_threads.policy()
+    def outer():
+        with gpal.threads(2):  # an inner gpal call does not widen the outer call's limits
+            return inner()
+
+    with gpal.threads(1):
+        assert outer() == (1, 1)
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="Linux /proc only")
+def test_a_busy_process_is_seen():
+    assert _threads._runnable_tasks() is not None
+    busy = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        time.sleep(0.5)
+        seen = []
+        for _ in range(20):
+            _threads._LOAD_CACHE["time"] = -1e300
+            seen.append(_threads._busy_cores())
+            time.sleep(0.01)
+        assert max(seen) >= 1.0
+    finally:
+        busy.kill()
+        busy.wait()
+        _threads._LOAD_CACHE["time"] = -1e300
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux /proc only")
+def test_own_busy_threads_are_counted_as_own():
+    """A thread of this process working outside the GIL is ours, not another job's."""
+    stop = threading.Event()
+
+    def work():
+        data = b"x" * (8 << 20)
+        while not stop.is_set():
+            hashlib.sha256(data).digest()  # releases the GIL: the thread stays runnable
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        own = [_threads._runnable_tasks()[1] for _ in range(50)]
+    finally:
+        stop.set()
+        worker.join()
+    assert min(own) >= 1  # the reading thread itself
+    assert max(own) >= 2  # and the worker, at least once
