@@ -958,6 +958,16 @@ class ActiveLearner:
                    "chosen": [uncertain[i][0].index for i in keep], "gains": gains})
         return [uncertain[i][0] for i in keep]
 
+    def count_oracle_calls(self, reason: str, n: int) -> None:
+        """Record oracle calls made for this run outside the learner (e.g. ``"validation"``:
+        an oracle MD trajectory labelled to build validation frames), so the summary
+        counts every call. Only ``"validation"`` is accepted."""
+        if reason != "validation":
+            raise ValueError(f"reason must be 'validation', got {reason!r}")
+        if int(n) < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self._calls["validation"] = self._calls.get("validation", 0) + int(n)
+
     def _force_std_scale(self) -> float:
         """The force-std recalibration factor stored in the model (1 before any)."""
         return float(self.model.calibration_.get("forces_std", {}).get("scale", 1.0))
@@ -1079,7 +1089,7 @@ class ActiveLearner:
         n_boot = min(self.n_bootstrap, self.n_labelled)
         return Summary(
             steps=self.step,
-            oracle_calls=self.oracle.n_calls,
+            oracle_calls=self.oracle.n_calls + self._calls.get("validation", 0),
             oracle_failures=self.oracle.n_failures,
             labelled_frames=self.n_labelled,
             bootstrap_frames=n_boot,
