@@ -12,6 +12,9 @@ kernels, selection, calibration   building blocks
 
 __version__ = "0.1.0"
 
+# first: keeps numba's cache of gpal's compiled functions out of the installed package
+from . import _numba_cache  # noqa: F401
+
 from .exceptions import (  # noqa: F401
     GpalError,
     InvalidPositionsError,
