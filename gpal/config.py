@@ -115,9 +115,11 @@ def _param_docs(obj) -> dict:
     def flush():
         if names:
             text = " ".join(desc)
-            sentence = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0].rstrip(".;") if text else ""
+            text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "")
+            # the first sentence: up to a full stop followed by a capital (not "e.g. x")
+            sentence = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".:") if text else ""
             typ_clean = re.sub(r",?\s*default\b.*$", "", typ).strip()
-            note = "; ".join(s for s in (typ_clean, sentence) if s).replace("``", "")
+            note = "; ".join(s for s in (typ_clean, sentence) if s)
             for n in names:
                 out[n] = note
 

@@ -259,3 +259,13 @@ temperature = 600.0
     longer.write_text(text.replace("steps = 60", "steps = 90"))
     assert main(["learn", str(longer), "--resume", str(tmp_path / "run"), "-q"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 90
+
+
+def test_readme_configuration_example_is_valid():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    user = tomllib.loads(block)
+    assert config.check_config(user, "README") == user
+    assert "--print-config" in readme
