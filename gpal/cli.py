@@ -117,7 +117,7 @@ def _load_state(run_dir: Path) -> dict:
     return state
 
 
-def _resume(args) -> int:
+def _resume(args: argparse.Namespace) -> int:
     from . import config
     from .learner import ActiveLearner
 
@@ -160,7 +160,8 @@ def _resume(args) -> int:
     return 0
 
 
-def cmd_learn(args) -> int:
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .learner import ActiveLearner, MDSettings, Trigger
     from .oracle import OracleSpec
@@ -289,7 +290,8 @@ def _descriptor_from_args(args, frames):
     )
 
 
-def cmd_fit(args) -> int:
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a SparseGP to labelled frames and save it."""
     from .kernels import NormalizedDotProduct, SquaredExponential
     from .potential import SparseGP
 
@@ -341,7 +343,8 @@ def _md_frame(model, atoms, calibrated: bool, info: dict):
     return b
 
 
-def cmd_md(args) -> int:
+def cmd_md(args: argparse.Namespace) -> int:
+    """Run MD on a model; write extxyz frames with per-atom stds (or an ASE .traj)."""
     from ase import units
     from ase.io import Trajectory, write
     from ase.md.langevin import Langevin
@@ -401,7 +404,8 @@ def cmd_md(args) -> int:
 
 
 # --------------------------------------------------------------------------- validate
-def cmd_validate(args) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Errors and calibration metrics on a test set (optionally recalibrate first)."""
     from . import calibration
     from .io import load
 
@@ -468,7 +472,8 @@ def cmd_validate(args) -> int:
 
 
 # --------------------------------------------------------------------------- info
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe a model file: species, descriptor, kernel, noises, calibration, data."""
     from ase.data import chemical_symbols
 
     from .io import load, read_model_file
@@ -505,7 +510,8 @@ def cmd_info(args) -> int:
 
 
 # --------------------------------------------------------------------------- compare
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare kernel and descriptor choices; print each table row as it is measured."""
     from .compare import ComparisonTable, compare_kernels
 
     train = _read_labelled(args.train, args, "training frames")
@@ -678,7 +684,7 @@ def _one_line_warnings(prog: str):
         yield
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse errors exit with 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)

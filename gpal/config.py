@@ -254,8 +254,8 @@ def _check_value(path, section: str, key: Key, value):
             return value
     got = json.dumps(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
     unit = f" ({key.doc})" if key.doc else ""
-    raise ConfigError(f"{path}: {_where(section)} {key.name} must be {key.describe_kinds()}, "
-                      f"got {got}{unit}")
+    where = f"[{section}] " if section else ""
+    raise ConfigError(f"{path}: {where}{key.name} must be {key.describe_kinds()}, got {got}{unit}")
 
 
 def check_config(user: dict, path="config") -> dict:

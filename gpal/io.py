@@ -78,6 +78,8 @@ def read_model_file(path) -> tuple[dict, dict]:
         path = path.with_name(path.name + ".npz")
     if not path.exists():
         raise ModelFileError(f"no model file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a gpal model file (not an .npz archive, or truncated)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
