@@ -192,7 +192,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise GpalError(f"{run_dir} already holds a run; use --resume {run_dir}, or --overwrite "
                             "to move it aside and start afresh")
         elif (run_dir / "config.toml").exists():
-            old_cfg = tomllib.loads((run_dir / "config.toml").read_text())
+            try:
+                old_cfg = tomllib.loads((run_dir / "config.toml").read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
             diff = config.config_difference(old_cfg, cfg, ignore=("run_dir", "steps"))
             if diff is not None:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
