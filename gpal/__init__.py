@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from . import _numba_cache  # noqa: F401
 
 from .exceptions import (  # noqa: F401
+    ConfigError,
     GpalError,
     InvalidPositionsError,
     MissingCellError,
@@ -24,6 +25,7 @@ from .exceptions import (  # noqa: F401
     NotFittedError,
     OracleError,
     OverlappingAtomsError,
+    StructureFileError,
     UnknownSpeciesError,
 )
 from .descriptors import SOAP  # noqa: F401
