@@ -269,3 +269,23 @@ def test_readme_configuration_example_is_valid():
     user = tomllib.loads(block)
     assert config.check_config(user, "README") == user
     assert "--print-config" in readme
+
+
+def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatch):
+    import gpal.compare
+
+    printed_before_return = []
+
+    def fake_compare(train, test, *, plot, progress, on_row):
+        for k, name in enumerate(("dot ζ=2", "SE")):
+            on_row({"name": name, "energy_rmse": 1.0 + k, "force_rmse": 0.01, "force_nll": -2.0,
+                    "force_zms": 1.1, "fit_time": 0.5, "predict_us_per_atom": 100.0})
+            printed_before_return.append(capsys.readouterr().out)
+        return None
+
+    monkeypatch.setattr(gpal.compare, "compare_kernels", fake_compare)
+    assert main(["compare-kernels", str(files / "train.xyz"), str(files / "test.xyz"), "-q",
+                 "--plot", str(files / "k.png")]) == 0
+    first, second = printed_before_return
+    assert first.splitlines()[0].startswith("candidate") and "F RMSE eV/Å" in first
+    assert first.splitlines()[-1].startswith("dot ζ=2") and second.strip().startswith("SE")
