@@ -13,7 +13,11 @@ set_threads, threads   threads of gpal's computations (default: free cores of th
 
 __version__ = "0.1.0"
 
+# first: keeps numba's cache of gpal's compiled functions out of the installed package
+from . import _numba_cache  # noqa: F401
+
 from .exceptions import (  # noqa: F401
+    ConfigError,
     GpalError,
     InvalidPositionsError,
     MissingCellError,
@@ -22,6 +26,7 @@ from .exceptions import (  # noqa: F401
     NotFittedError,
     OracleError,
     OverlappingAtomsError,
+    StructureFileError,
     UnknownSpeciesError,
 )
 from .descriptors import SOAP  # noqa: F401

@@ -1,59 +1,54 @@
 """The ``gpal`` command line.
 
 ``gpal learn``                  active learning; no argument: the embedded EMT Cu demo
-``gpal learn config.toml``      a real run (TOML; the oracle as an import path + kwargs)
+``gpal learn config.toml``      a real run (TOML, checked; ``--print-config`` shows every key)
 ``gpal learn --resume RUN_DIR`` continue a stopped or crashed run
-``gpal fit TRAIN.xyz -o MODEL``  fit a model to labelled frames
-``gpal md MODEL START.xyz``      MD on a model, writing a trajectory with uncertainties
-``gpal validate MODEL TEST.xyz`` metrics table and plots (``--calibrate VAL.xyz``)
+``gpal fit TRAIN.xyz -o MODEL``  fit a model to labelled frames (GAP-style label keys too)
+``gpal md MODEL START.xyz``      MD on a model, writing extxyz with per-atom uncertainties
+``gpal validate MODEL TEST.xyz`` metrics table and plots (``--calibrate VAL.xyz -o OUT``)
 ``gpal info MODEL``              what a model file contains
 ``gpal compare-kernels TRAIN TEST`` kernel/descriptor comparison table + learning curve
 
-Every command has ``--help`` and exits non-zero with a one-line reason on bad input.
+Every command has ``--help``. A bad input (a missing or unreadable file, an unknown
+configuration key, a wrong option value) ends the command with exit code 2 and one line
+on stderr, ``gpal <command>: error: <what is wrong>``; Ctrl-C ends it with exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
+import time
 import tomllib
+import traceback
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .exceptions import GpalError
+from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
+from .exceptions import ConfigError, GpalError
 
 log = logging.getLogger("gpal")
 
-DEFAULT_LEARN = {
-    "run_dir": "gpal_run",
-    "steps": 3000,
-    "structure": {"bulk": "Cu", "crystal": "fcc", "a": 3.61, "cubic": True, "repeat": [3, 3, 3]},
-    "oracle": {"factory": "ase.calculators.emt:EMT", "kwargs": {}},
-    "md": {"temperature": [300.0, 1000.0], "timestep": 1.0, "friction": 0.02},
-    "trigger": {"quantity": "forces_std", "threshold": 0.05, "every": 10},
-    "model": {"n_sparse": 100, "energy_noise": 0.002, "force_noise": 0.05, "stress_noise": 0.005},
-    "learner": {"n_bootstrap": 4, "sparse_per_label": 10, "n_walkers": 1, "random_state": 0},
-    "validation": {"steps": 400, "temperature": 1000.0, "every": 40, "seed": 123},
-}
+#: errors that mean "bad input": one line on stderr, exit code 2
+EXPECTED_ERRORS = (GpalError, ValueError, OSError, KeyError, tomllib.TOMLDecodeError, json.JSONDecodeError)
+_STD_UNITS = {"energies_std": "eV", "forces_std": "eV/Å"}
 
 
-def _deep_update(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
+# --------------------------------------------------------------------------- helpers
 def _structure(spec: dict):
     from ase.build import bulk
-    from ase.io import read
+
+    from .io import read_frames
 
     if "file" in spec:
-        return read(spec["file"], index=spec.get("index", 0))
+        return read_frames(spec["file"], index=spec.get("index", 0))[0]
     atoms = bulk(spec["bulk"], spec.get("crystal", "fcc"), a=spec.get("a"), cubic=spec.get("cubic", True))
     return atoms.repeat(tuple(spec.get("repeat", [1, 1, 1])))
 
@@ -86,39 +81,144 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     return frames
 
 
-def cmd_learn(args) -> int:
+def _move_aside(run_dir: Path) -> Path:
+    """Rename ``run_dir`` to ``RUN_DIR.old-YYYYmmdd-HHMMSS`` (never deletes anything)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    k = 1
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{k}")
+        k += 1
+    run_dir.rename(target)
+    return target
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, file=sys.stderr, leave=False,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+# --------------------------------------------------------------------------- learn
+def _load_state(run_dir: Path) -> dict:
+    state_path = run_dir / "state.json"
+    if not run_dir.is_dir():
+        raise GpalError(f"{run_dir}: no such run folder")
+    if not state_path.exists():
+        raise GpalError(f"{run_dir} has no state.json: nothing to resume (start a run with gpal learn)")
+    try:
+        state = json.loads(state_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GpalError(f"{state_path} is damaged (not valid JSON: {exc}); the labels in "
+                        f"{run_dir / 'train.xyz'} are intact, start a new run from them") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise GpalError(f"{state_path} is not a gpal run state (no 'step' entry)")
+    return state
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from . import config
+    from .learner import ActiveLearner
+
+    run_dir = Path(args.resume)
+    args.run_dir_used = run_dir
+    _load_state(run_dir)
+    steps, executor = args.steps, None
+    if args.config:
+        cfg, user = config.load_config(args.config)
+        stored = run_dir / "config.toml"
+        if not stored.exists():
+            raise ConfigError(f"{run_dir} has no config.toml to compare {args.config} with; "
+                              "resume without a config (--steps N sets the length)")
+        try:
+            old = config.check_config(tomllib.loads(stored.read_text()), stored)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
+        diff = config.config_difference(old, cfg)
+        if diff is not None:
+            raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
+                              f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
+        if steps is None and "steps" in user:
+            steps = int(user["steps"])
+        if int(cfg.get("workers", 1)) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            executor = ProcessPoolExecutor(int(cfg["workers"]))
+    try:
+        learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet)
+    except KeyError as exc:
+        raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
+                        "state this gpal version can resume") from exc
+    try:
+        summary = learner.run(steps if steps is not None else learner.total_steps)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    print(summary)
+    print(f"gpal: model, training set, log and plots are in {run_dir}/")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Active learning from a configuration (or the demo); --resume continues a run."""
+    from . import config
     from .learner import ActiveLearner, MDSettings, Trigger
     from .oracle import OracleSpec
     from .potential import SparseGP
 
-    if args.resume:
-        learner = ActiveLearner.resume(args.resume, progress=not args.quiet)
-        summary = learner.run(args.steps or learner.total_steps)
-        print(summary)
+    if args.print_config:
+        sys.stdout.write(config.default_toml())
         return 0
-    cfg = DEFAULT_LEARN
+    if args.resume:
+        return _resume(args)
     if args.config:
-        path = Path(args.config)
-        if not path.exists():
-            raise GpalError(f"config file {path} does not exist")
-        try:
-            cfg = _deep_update(DEFAULT_LEARN, tomllib.loads(path.read_text()))
-        except tomllib.TOMLDecodeError as exc:
-            raise GpalError(f"{path} is not valid TOML: {exc}") from exc
-    if args.steps:
+        cfg, _ = config.load_config(args.config)
+    else:
+        cfg = copy.deepcopy(config.DEFAULT_LEARN)
+    if args.steps is not None:
         cfg["steps"] = args.steps
     if args.run_dir:
         cfg["run_dir"] = args.run_dir
     run_dir = Path(cfg["run_dir"])
-    if (run_dir / "state.json").exists() and not args.overwrite:
-        raise GpalError(f"{run_dir} already holds a run; use --resume {run_dir} or --overwrite")
-    if args.overwrite and run_dir.exists():
-        for name in ("train.xyz", "log.jsonl", "state.json", "model.npz", "walkers.npz", "bootstrap.xyz", "summary.json"):
-            (run_dir / name).unlink(missing_ok=True)
+    args.run_dir_used = run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GpalError(f"run folder {run_dir} is a file")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if args.overwrite:
+            old = _move_aside(run_dir)
+            print(f"gpal: moved the previous run folder {run_dir} to {old} (nothing deleted)")
+        elif (run_dir / "state.json").exists():
+            raise GpalError(f"{run_dir} already holds a run; use --resume {run_dir}, or --overwrite "
+                            "to move it aside and start afresh")
+        elif (run_dir / "config.toml").exists():
+            try:
+                old_cfg = tomllib.loads((run_dir / "config.toml").read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
+            diff = config.config_difference(old_cfg, cfg, ignore=("run_dir", "steps"))
+            if diff is not None:
+                raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
+                                  f"({diff}); use --overwrite to move it aside")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
-    md = cfg["md"]
-    temperature = tuple(md["temperature"]) if isinstance(md["temperature"], list) else md["temperature"]
+    md = dict(cfg["md"])
+    if isinstance(md.get("temperature"), list):
+        md["temperature"] = tuple(md["temperature"])
+    descriptor = None
+    if cfg.get("descriptor"):
+        from .descriptors import SOAP
+
+        d = dict(cfg["descriptor"])
+        d.setdefault("r_cut", 5.0)
+        d.setdefault("weighting", {"function": "poly", "r0": d["r_cut"], "c": 1, "m": 1})
+        descriptor = SOAP(
+            species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
+            periodic=d.pop("periodic", bool(structure.pbc.any())),
+            **d,
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config.to_toml(cfg))
     validation = None
     if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
         print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
@@ -129,56 +229,88 @@ def cmd_learn(args) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(n_workers)
-    descriptor = None
-    if cfg.get("descriptor"):
-        from .descriptors import SOAP
-
-        d = dict(cfg["descriptor"])
-        d.setdefault("weighting", {"function": "poly", "r0": d.get("r_cut", 5.0), "c": 1, "m": 1})
-        descriptor = SOAP(
-            species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
-            periodic=d.pop("periodic", bool(structure.pbc.any())),
-            **d,
+    try:
+        learner = ActiveLearner(
+            structure,
+            oracle,
+            SparseGP(descriptor, **cfg["model"]),
+            run_dir=run_dir,
+            md=MDSettings(**md),
+            trigger=Trigger(**cfg["trigger"]),
+            validation=validation,
+            executor=executor,
+            progress=not args.quiet,
+            **cfg["learner"],
         )
-    learner = ActiveLearner(
-        structure,
-        oracle,
-        SparseGP(descriptor, **cfg["model"]),
-        run_dir=run_dir,
-        md=MDSettings(temperature=temperature, timestep=md.get("timestep", 1.0), friction=md.get("friction", 0.02)),
-        trigger=Trigger(**cfg["trigger"]),
-        validation=validation,
-        executor=executor,
-        progress=not args.quiet,
-        **cfg["learner"],
-    )
-    summary = learner.run(int(cfg["steps"]))
+        if validation is not None:  # the oracle MD behind them: every call counts
+            learner.count_oracle_calls("validation", int(cfg["validation"]["steps"]))
+        summary = learner.run(int(cfg["steps"]))
+    finally:
+        if executor is not None:
+            executor.shutdown()
     print(summary)
     print(f"gpal: model, training set, log and plots are in {run_dir}/")
-    if executor is not None:
-        executor.shutdown()
     return 0
 
 
-def cmd_fit(args) -> int:
-    from .io import read_frames
+# --------------------------------------------------------------------------- fit
+def _read_labelled(path, args, what: str) -> list:
+    """Frames of ``path`` with their labels, from the standard or the given keys."""
+    from .io import read_frames, relabel_frames
+
+    frames = read_frames(path)
+    keys = dict(energy_key=getattr(args, "energy_key", None), forces_key=getattr(args, "forces_key", None),
+                stress_key=getattr(args, "stress_key", None), virial_key=getattr(args, "virial_key", None))
+    if any(keys.values()):
+        frames = relabel_frames(frames, source=str(path), **keys)
+    from ._validation import check_frames
+
+    return check_frames(frames, what=f"{what} {path}")
+
+
+def _descriptor_from_args(args, frames):
+    """A SOAP from the --r-cut/--n-max/--l-max/--sigma/--species options, or None (default)."""
+    opts = (args.r_cut, args.n_max, args.l_max, args.sigma, args.species)
+    if all(v is None for v in opts):
+        return None
+    from ase.data import atomic_numbers
+
+    from .descriptors import SOAP
+
+    if args.species:
+        species = [s for item in args.species for s in item.replace(",", " ").split()]
+        unknown = [s for s in species if s not in atomic_numbers]
+        if unknown:
+            raise GpalError(f"--species: unknown chemical symbol(s) {', '.join(unknown)}")
+    else:
+        species = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    r_cut = 5.0 if args.r_cut is None else args.r_cut
+    return SOAP(
+        species=species, r_cut=r_cut,
+        n_max=8 if args.n_max is None else args.n_max,
+        l_max=6 if args.l_max is None else args.l_max,
+        sigma=0.5 if args.sigma is None else args.sigma,
+        periodic=any(bool(np.any(a.pbc)) for a in frames),
+        weighting={"function": "poly", "r0": r_cut, "c": 1, "m": 1},
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a SparseGP to labelled frames and save it."""
     from .kernels import NormalizedDotProduct, SquaredExponential
     from .potential import SparseGP
 
-    frames = read_frames(args.train)
+    frames = _read_labelled(args.train, args, "training frames")
+    descriptor = _descriptor_from_args(args, frames)
     auto = args.kernel == "dot" and args.zeta == "auto"
     if args.kernel == "dot" and not auto:
-        try:
-            zeta = int(args.zeta)
-        except ValueError:
-            raise SystemExit(f"gpal fit: --zeta must be an integer or 'auto', got {args.zeta!r}")
-        kernel = NormalizedDotProduct(zeta=zeta)
+        kernel = NormalizedDotProduct(zeta=int(args.zeta))
     elif args.kernel == "se":
         kernel = SquaredExponential(args.length_scale)
     else:
         kernel = None
     model = SparseGP(
-        kernel=kernel, n_sparse=args.n_sparse, energy_noise=args.energy_noise,
+        descriptor, kernel, n_sparse=args.n_sparse, energy_noise=args.energy_noise,
         force_noise=args.force_noise, stress_noise=args.stress_noise,
     )
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
@@ -197,172 +329,394 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def cmd_md(args) -> int:
+# --------------------------------------------------------------------------- md
+def _md_frame(model, atoms, calibrated: bool, info: dict):
+    """A copy of ``atoms`` labelled by the model, with per-atom stds as arrays (extxyz columns)."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    p = model.predict(atoms, return_std=True, forces_std=True, calibrated=calibrated)
+    b = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc,
+              momenta=atoms.get_momenta())
+    b.arrays["energies_std"] = np.asarray(p["energies_std"], dtype=float)
+    b.arrays["forces_std"] = np.asarray(p["forces_std"], dtype=float)
+    res = {"energy": p["energy"], "forces": p["forces"], "energies": p["energies"]}
+    if "stress" in p:
+        res["stress"] = p["stress"]
+    b.calc = SinglePointCalculator(b, **res)
+    b.info.update(info)
+    return b
+
+
+def cmd_md(args: argparse.Namespace) -> int:
+    """Run MD on a model; write extxyz frames with per-atom stds (or an ASE .traj)."""
     from ase import units
-    from ase.io import Trajectory, read
+    from ase.io import Trajectory, write
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     from .calculator import GPCalculator
-    from .io import load
-    from .learner import _Progress
+    from .io import load, read_frames
 
+    out = Path(args.output)
+    kind = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}.get(out.suffix.lower())
+    if kind is None:
+        raise GpalError(f"-o {out}: write extended XYZ (.xyz, .extxyz: with per-atom energies_std "
+                        "and forces_std) or an ASE trajectory (.traj)")
     model = load(args.model)
-    atoms = read(args.start)
-    atoms.calc = GPCalculator(model, record_std=True)  # the trajectory keeps the stds
+    atoms = read_frames(args.start, index=-1)[0]
+    calibrated = "forces_std" in model.calibration_ and not args.raw
+    atoms.calc = GPCalculator(model, calibrated=calibrated, record_std=True)
     thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     if args.ensemble == "nve":
         dyn = VelocityVerlet(atoms, args.timestep * units.fs)
     else:
         dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
                        friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(args.seed))
-    traj = Trajectory(args.output, "w", atoms)
-    dyn.attach(traj.write, interval=args.interval)
-    prog = _Progress(args.steps, not args.quiet)
-    for k in range(args.steps):
-        dyn.run(1)
-        prog.update(k + 1, f"T={atoms.get_temperature():.0f} K max std={atoms.info['energies_std'].max():.3g} eV")
-    prog.close()
-    traj.close()
-    print(f"gpal: wrote {args.output}")
+    std_kind = "calibrated" if calibrated else "raw"
+    traj = Trajectory(str(out), "w") if kind == "traj" else None
+    if kind == "extxyz":
+        out.write_text("")
+
+    def record(step: int):
+        if traj is not None:
+            traj.write(atoms)
+            return
+        frame = _md_frame(model, atoms, calibrated, {
+            "step": step, "time_fs": step * args.timestep,
+            "temperature_K": float(atoms.get_temperature()), "gpal_std": std_kind,
+        })
+        with open(out, "a") as fh:
+            write(fh, frame, format="extxyz")
+
+    record(0)
+    with _progress(args.steps, not args.quiet, "gpal md") as bar:
+        for k in range(1, args.steps + 1):
+            dyn.run(1)
+            if k % args.interval == 0:
+                record(k)
+            bar.update(1)
+            bar.set_postfix_str(f"T={atoms.get_temperature():.0f} K, max energies_std "
+                                f"{atoms.info.get('energies_std', np.zeros(1)).max():.3g} eV ({std_kind})",
+                                refresh=False)
+    if traj is not None:
+        traj.close()
+    what = ("extended XYZ; per-atom columns energies_std (eV) and forces_std (eV/Å), "
+            f"{std_kind}" if kind == "extxyz" else "ASE trajectory; no uncertainties (use .xyz for them)")
+    print(f"gpal: wrote {args.steps // args.interval + 1} frames to {out} ({what})")
     return 0
 
 
-def cmd_validate(args) -> int:
+# --------------------------------------------------------------------------- validate
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Errors and calibration metrics on a test set (optionally recalibrate first)."""
     from . import calibration
-    from .io import load, read_frames
+    from .io import load
 
+    if args.calibrate and not (args.output or args.in_place):
+        raise GpalError("--calibrate writes a calibrated model: give -o OUT.npz, or --in-place to "
+                        f"overwrite {args.model}")
+    if (args.output or args.in_place) and not args.calibrate:
+        raise GpalError("-o/--in-place write a calibrated model: they need --calibrate VAL.xyz")
+    if args.output and args.in_place:
+        raise GpalError("give -o OUT.npz or --in-place, not both")
     model = load(args.model)
-    test = read_frames(args.test)
+    test = _read_labelled(args.test, args, "test frames")
     if args.calibrate:
-        val = model.residuals(read_frames(args.calibrate))
+        val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
         cal = calibration.StdCalibrator().fit(val["force_error"], val["force_std"])
         conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], val["force_std"])
         model.set_calibration(forces_std={"scale": float(cal.scale_), "conformal": float(conf.quantile_)})
-        model.save(args.model if not args.output else args.output)
-        print(f"gpal: calibrated on {args.calibrate}: scale {cal.scale_:.3f}, conformal q {conf.quantile_:.3f}")
-    res = model.residuals(test, calibrated=bool(args.calibrate))
+        path = model.save(args.model if args.in_place else args.output)
+        print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, "
+              f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} (of |error|/std); "
+              f"wrote {path}")
+    calibrated = "forces_std" in model.calibration_ and not args.raw
+    if calibrated:
+        scale = model.calibration_["forces_std"].get("scale", 1.0)
+        std_kind = f"calibrated (raw x {scale:.3g})"
+    else:
+        std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
+    res = model.residuals(test, calibrated=calibrated)
     err, std = res["force_error"], res["force_std"]
     metrics = calibration.uncertainty_metrics(err, std, alpha=args.alpha)
     e_true = np.array([a.get_potential_energy() for a in test])
     n = res["n_atoms"]
     e_pred = e_true + res["energy_error"] * n
-    print(f"{'quantity':<28}{'value':>12}")
-    print(f"{'energy RMSE (eV/atom)':<28}{np.sqrt(np.mean(res['energy_error'] ** 2)):>12.4g}")
-    for key in ("rmse", "mae", "nll", "zms", "coverage", "miscalibration_area", "spearman", "ence"):
-        if key in metrics:
-            print(f"{'force ' + key:<28}{metrics[key]:>12.4g}")
+    print(f"test set {args.test}: {len(test)} frames, {int(n.sum())} atoms; force stds {std_kind}")
+    level = f"{100 * (1 - args.alpha):.0f} %"
+    rows = [
+        ("energy RMSE", 1000 * np.sqrt(np.mean(res["energy_error"] ** 2)), "meV/atom"),
+        ("force RMSE", metrics["rmse"], "eV/Å"),
+        ("force MAE", metrics["mae"], "eV/Å"),
+        ("force RMV (root mean std²)", metrics["rmv"], "eV/Å"),
+        ("force NLL", metrics["nll"], "nats/component"),
+        ("force ZMS (mean z², ideal 1)", metrics["zms"], ""),
+        (f"force coverage of {level} interval", metrics["coverage"], "fraction"),
+        ("force miscalibration area", metrics["miscalibration_area"], ""),
+        ("force Spearman(|error|, std)", metrics["spearman"], ""),
+        ("force ENCE", metrics["ence"], ""),
+    ]
+    print(f"{'quantity':<36}{'value':>12}  unit")
+    for name, value, unit in rows:
+        print(f"{name:<36}{value:>12.4g}  {unit}")
     out = Path(args.plots)
     out.mkdir(parents=True, exist_ok=True)
     f_true = np.concatenate([a.get_forces().ravel() for a in test])
-    calibration.plot_parity(f_true, f_true + err, out / "parity_forces.png", label="force (eV/Å)")
-    calibration.plot_parity(e_true / n, e_pred / n, out / "parity_energy.png", label="energy (eV/atom)")
-    calibration.plot_calibration_curve(err, std, out / "calibration_curve.png")
-    calibration.plot_error_vs_uncertainty(err, std, out / "error_vs_uncertainty.png")
-    calibration.plot_z_histogram(err, std, out / "z_histogram.png")
+    tag = "calibrated" if calibrated else "raw"
+    calibration.plot_parity(f_true, f_true + err, out / "parity_forces.png", label="force component", units="eV/Å")
+    calibration.plot_parity(e_true / n, e_pred / n, out / "parity_energy.png", label="energy", units="eV/atom")
+    calibration.plot_calibration_curve(err, std, out / "calibration_curve.png",
+                                       title=f"force-std calibration ({tag} stds)")
+    calibration.plot_error_vs_uncertainty(err, std, out / "error_vs_uncertainty.png", units="eV/Å",
+                                          title=f"force error vs {tag} std")
+    calibration.plot_z_histogram(err, std, out / "z_histogram.png", title=f"z = force error / {tag} std")
     print(f"gpal: plots in {out}/")
     return 0
 
 
-def cmd_info(args) -> int:
-    from .io import read_model_file
+# --------------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe a model file: species, descriptor, kernel, noises, calibration, data."""
+    from ase.data import chemical_symbols
 
-    arrays, meta = read_model_file(args.model)
+    from .io import load, read_model_file
+
+    _, meta = read_model_file(args.model)
+    model = load(args.model)
+    sym = [chemical_symbols[int(z)] for z in model.species_]
+    d = model.descriptor_.get_params()
+    w = d.get("weighting") or {}
+    weighting = f", weighting {w.get('function')} (r0 {w.get('r0')} Å)" if w else ""
     print(f"gpal model {args.model} (format {meta['format']} v{meta['format_version']}, "
           f"written by gpal {meta.get('gpal_version')})")
-    for key in ("descriptor", "kernel", "noise", "e0", "calibration"):
-        if key in meta:
-            print(f"  {key:<12}: {json.dumps(meta[key])}")
-    print(f"  sparse      : {arrays['sparse_X'].shape[0]} environments x {arrays['sparse_X'].shape[1]} features")
-    if "frame_natoms" in arrays:
-        print(f"  training    : {len(arrays['frame_natoms'])} frames, {int(arrays['frame_natoms'].sum())} atoms")
+    print(f"  species     : {', '.join(sym)}")
+    print(f"  descriptor  : SOAP r_cut {d['r_cut']:g} Å, n_max {d['n_max']}, l_max {d['l_max']}, "
+          f"sigma {d['sigma']:g} Å, {'periodic' if d['periodic'] else 'non-periodic'}{weighting}")
+    print(f"  kernel      : {model.kernel_!r}")
+    nz = model.noise_
+    print(f"  noises      : energy {nz['energy']:.4g} eV/atom, force {nz['force']:.4g} eV/Å, "
+          f"stress {nz['stress']:.4g} eV/Å^3")
+    print("  e0          : " + ", ".join(f"{chemical_symbols[z]} {v:.6g} eV" for z, v in sorted(model.e0_.items())))
+    per = {chemical_symbols[int(z)]: int(np.sum(model.sparse_species_ == z)) for z in model.species_}
+    print(f"  sparse      : {len(model.sparse_X_)} environments ({', '.join(f'{s} {c}' for s, c in per.items())}) "
+          f"x {model.sparse_X_.shape[1]} features")
+    nat = sum(len(a) for a in model.frames_)
+    print(f"  training    : {len(model.frames_)} frames, {nat} atoms")
+    cal = model.calibration_.get("forces_std")
+    if cal:
+        extra = ", ".join(f"{k} {v:.4g}" for k, v in cal.items() if k != "scale")
+        print(f"  calibration : forces_std scale {cal.get('scale', 1.0):.4g} (calibrated std = raw x scale)"
+              + (f"; {extra}" if extra else ""))
+    else:
+        print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")
     return 0
 
 
-def cmd_compare(args) -> int:
-    from .compare import compare_kernels
-    from .io import read_frames
+# --------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare kernel and descriptor choices; print each table row as it is measured."""
+    from .compare import ComparisonTable, compare_kernels
 
-    table = compare_kernels(read_frames(args.train), read_frames(args.test), plot=args.plot)
-    print(table)
+    train = _read_labelled(args.train, args, "training frames")
+    test = _read_labelled(args.test, args, "test frames")
+    widths = ComparisonTable.column_widths()
+    print(ComparisonTable.header(widths), flush=True)
+
+    def show(row: dict) -> None:
+        print(ComparisonTable.format_row(row, widths), flush=True)
+
+    compare_kernels(train, test, plot=args.plot, progress=not args.quiet, on_row=show)
+    if args.plot:
+        print(f"gpal: learning curves in {args.plot}")
     return 0
+
+
+# --------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``gpal <cmd>: error: <message> (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _zeta(text: str):
+    if text == "auto":
+        return text
+    try:
+        z = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text!r}") from None
+    if z < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text!r}")
+    return z
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a positive {'integer' if kind is int else 'number'}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _label_key_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("label keys", "read labels from other extxyz keys (GAP style, e.g. "
+                             "dft_energy, dft_forces, dft_virial); frames lacking a key just lack that label")
+    g.add_argument("--energy-key", metavar="KEY", help="info key of the total energy (eV)")
+    g.add_argument("--forces-key", metavar="KEY", help="per-atom array of the forces (eV/Å)")
+    g.add_argument("--stress-key", metavar="KEY", help="info key of the stress (eV/Å^3, ASE sign, Voigt or 3x3)")
+    g.add_argument("--virial-key", metavar="KEY",
+                   help="info key of the virial (eV, 3x3 or 9 numbers); stress = -virial/volume")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpal", description="Gaussian-process active learning of interatomic potentials.")
+    p = _Parser(prog="gpal", description="Gaussian-process active learning of interatomic potentials.")
     p.add_argument("--version", action="version", version=f"gpal {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("-v", "--verbose", action="store_true", help="log more; tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    labels = _label_key_options()
 
-    s = sub.add_parser("learn", help="active learning (no argument: the embedded EMT Cu demo)")
+    s = sub.add_parser("learn", help="active learning (no argument: the embedded EMT Cu demo)",
+                       description="Active learning. Without a config: the embedded EMT Cu demo. "
+                                   "gpal learn --print-config shows every configuration key.")
     s.add_argument("config", nargs="?", help="TOML configuration (default: the embedded EMT Cu demo)")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    s.add_argument("--steps", type=int, help="MD steps per walker (overrides the config)")
+    s.add_argument("--print-config", action="store_true",
+                   help="print the full default configuration (TOML, with units) and exit")
+    s.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (with a config: only steps and workers may change)")
+    s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", help="run folder (overrides the config)")
-    s.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
+    s.add_argument("--overwrite", action="store_true",
+                   help="start afresh: an existing run folder is moved aside to RUN_DIR.old-<time>")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     s.set_defaults(func=cmd_learn)
 
-    s = sub.add_parser("fit", help="fit a model to labelled frames (extxyz)")
-    s.add_argument("train", help="labelled frames (extxyz)")
-    s.add_argument("-o", "--output", default="model.npz")
+    s = sub.add_parser("fit", help="fit a model to labelled frames (extxyz)", parents=[labels])
+    s.add_argument("train", help="labelled frames (extxyz or any ASE format)")
+    s.add_argument("-o", "--output", default="model.npz", help="model file (default model.npz)")
     s.add_argument("--kernel", choices=("dot", "se"), default="dot")
-    s.add_argument("--zeta", default="4",
+    s.add_argument("--zeta", type=_zeta, default=4,
                    help="exponent of the dot-product kernel, or 'auto': the one of 1, 2, 3, 4, 6 "
                         "with the largest log marginal likelihood (hyperparameters and noises "
                         "optimised for each)")
-    s.add_argument("--length-scale", type=float, default=0.5)
-    s.add_argument("--n-sparse", type=int, default=200)
-    s.add_argument("--energy-noise", type=float, default=0.002)
-    s.add_argument("--force-noise", type=float, default=0.05)
-    s.add_argument("--stress-noise", type=float, default=0.005)
+    s.add_argument("--length-scale", type=_positive(float), default=0.5, help="of the SE kernel")
+    s.add_argument("--n-sparse", type=_positive(int), default=200, help="sparse environments")
+    s.add_argument("--energy-noise", type=_positive(float), default=0.002, help="eV/atom")
+    s.add_argument("--force-noise", type=_positive(float), default=0.05, help="eV/Å")
+    s.add_argument("--stress-noise", type=_positive(float), default=0.005, help="eV/Å^3")
     s.add_argument("--optimize", action="store_true", help="optimise hyperparameters (marginal likelihood)")
+    g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, l_max 6, sigma 0.5, "
+                             "species of the frames, smooth poly cutoff)")
+    g.add_argument("--r-cut", type=_positive(float), help="radial cutoff, Å")
+    g.add_argument("--n-max", type=_positive(int), help="radial basis functions")
+    g.add_argument("--l-max", type=int, help="maximum spherical-harmonic degree")
+    g.add_argument("--sigma", type=_positive(float), help="Gaussian width, Å")
+    g.add_argument("--species", nargs="+", metavar="SYMBOL",
+                   help="chemical symbols the model knows (e.g. Cu Au, or Cu,Au)")
     s.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("md", help="molecular dynamics on a model")
+    s = sub.add_parser("md", help="molecular dynamics on a model (extxyz with per-atom stds)")
     s.add_argument("model")
-    s.add_argument("start", help="start structure (any ASE format)")
-    s.add_argument("-o", "--output", default="md.traj")
-    s.add_argument("--steps", type=int, default=1000)
-    s.add_argument("--temperature", type=float, default=300.0)
-    s.add_argument("--timestep", type=float, default=1.0, help="fs")
+    s.add_argument("start", help="start structure (any ASE format; its last frame)")
+    s.add_argument("-o", "--output", default="md.xyz",
+                   help="extxyz (.xyz: energies_std, forces_std columns) or ASE .traj (default md.xyz)")
+    s.add_argument("--steps", type=_positive(int), default=1000)
+    s.add_argument("--temperature", type=float, default=300.0, help="K")
+    s.add_argument("--timestep", type=_positive(float), default=1.0, help="fs")
     s.add_argument("--ensemble", choices=("nvt", "nve"), default="nvt")
-    s.add_argument("--interval", type=int, default=10)
+    s.add_argument("--interval", type=_positive(int), default=10, help="write every this many steps")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--raw", action="store_true", help="raw stds even if the model stores a calibration")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
 
-    s = sub.add_parser("validate", help="errors, calibration metrics and plots on a test set")
+    s = sub.add_parser("validate", help="errors, calibration metrics and plots on a test set", parents=[labels])
     s.add_argument("model")
     s.add_argument("test", help="labelled test frames (extxyz)")
-    s.add_argument("--calibrate", metavar="VAL.xyz", help="recalibrate the stds on these frames first")
+    s.add_argument("--calibrate", metavar="VAL.xyz",
+                   help="recalibrate the force stds on these frames first (needs -o or --in-place)")
+    s.add_argument("-o", "--output", metavar="OUT.npz", help="write the calibrated model here")
+    s.add_argument("--in-place", action="store_true", help="overwrite MODEL with the calibrated model")
+    s.add_argument("--raw", action="store_true", help="score raw stds even if the model stores a calibration")
     s.add_argument("--alpha", type=float, default=0.1, help="miscoverage level of the intervals")
     s.add_argument("--plots", default="validation_plots")
-    s.add_argument("-o", "--output", help="write the calibrated model here (default: in place)")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("info", help="describe a model file")
     s.add_argument("model")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("compare-kernels", help="compare kernel and descriptor choices")
+    s = sub.add_parser("compare-kernels", help="compare kernel and descriptor choices", parents=[labels])
     s.add_argument("train")
     s.add_argument("test")
     s.add_argument("--plot", default="kernel_comparison.png")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     s.set_defaults(func=cmd_compare)
     return p
 
 
-def main(argv=None) -> int:
+# --------------------------------------------------------------------------- main
+def _message(exc: BaseException) -> str:
+    """One line describing ``exc``."""
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, KeyError) and not isinstance(exc, GpalError):
+        text = f"missing entry {exc.args[0]!r}" if exc.args else "missing entry"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+@contextmanager
+def _one_line_warnings(prog: str):
+    """Show Python warnings as ``gpal <cmd>: warning: ...`` lines."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse errors exit with 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    prog = f"gpal {args.command}"
     try:
-        return int(args.func(args) or 0)
-    except (GpalError, OSError, ValueError, KeyError) as exc:
-        print(f"gpal {args.command}: error: {exc}", file=sys.stderr)
+        with _one_line_warnings(prog):
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        run_dir = getattr(args, "run_dir_used", None)
+        hint = f"; continue with gpal learn --resume {run_dir}" if run_dir is not None else ""
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")  # end a progress line
+        print(f"{prog}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: still one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: unexpected {type(exc).__name__}: {_message(exc)} (a bug in gpal? "
+              "gpal --verbose shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

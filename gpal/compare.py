@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -73,14 +74,28 @@ class ComparisonTable:
         ("predict_us_per_atom", "predict µs/atom", "{:.0f}"),
     )
 
+    @classmethod
+    def column_widths(cls, rows=()) -> list[int]:
+        """Column widths fitting the headings (and ``rows``, if given)."""
+        cells = [[fmt.format(r[k]) for k, _, fmt in cls.COLUMNS] for r in rows]
+        return [max(len(h), 8, *(len(c[i]) for c in cells)) for i, (_, h, _) in enumerate(cls.COLUMNS)]
+
+    @classmethod
+    def header(cls, widths=None) -> str:
+        """The heading line and a rule below it."""
+        widths = widths or cls.column_widths()
+        line = "  ".join(h.ljust(w) for (_, h, _), w in zip(cls.COLUMNS, widths))
+        return line + "\n" + "-" * len(line)
+
+    @classmethod
+    def format_row(cls, row: dict, widths=None) -> str:
+        """One table line for ``row`` (a dict with the COLUMNS keys)."""
+        widths = widths or cls.column_widths([row])
+        return "  ".join(fmt.format(row[k]).ljust(w) for (k, _, fmt), w in zip(cls.COLUMNS, widths))
+
     def __str__(self) -> str:
-        heads = [h for _, h, _ in self.COLUMNS]
-        cells = [[fmt.format(r[k]) for k, _, fmt in self.COLUMNS] for r in self.rows]
-        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-        line = "  ".join(h.ljust(w) for h, w in zip(heads, widths))
-        out = [line, "-" * len(line)]
-        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-        return "\n".join(out)
+        widths = self.column_widths(self.rows)
+        return "\n".join([self.header(widths)] + [self.format_row(r, widths) for r in self.rows])
 
     __repr__ = __str__
 
@@ -124,6 +139,7 @@ def compare_kernels(
     optimize: bool = True,
     plot: str | None = "kernel_comparison.png",
     progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
 ) -> ComparisonTable:
     """Fit every candidate on ``train`` (and on growing subsets) and score it on ``test``.
 
@@ -141,12 +157,16 @@ def compare_kernels(
     plot : str or None
         Path of a learning-curve PNG (force RMSE against training-set size).
     progress : bool, default True
+        A progress bar (tqdm, on stderr) over the fits.
+    on_row : callable, optional
+        Called with each candidate's row (a dict with the ``ComparisonTable.COLUMNS``
+        keys) as soon as it is measured, e.g. to print the table line by line.
 
     Returns
     -------
     ComparisonTable
     """
-    import sys
+    from tqdm.auto import tqdm
 
     candidates = candidates or default_candidates()
     train, test = list(train), list(test)
@@ -155,6 +175,8 @@ def compare_kernels(
     species = sorted({int(z) for a in train + test for z in a.numbers})
     periodic = any(a.pbc.any() for a in train)
     rows, curves = [], {}
+    bar = tqdm(total=len(candidates) * len(sizes), desc="compare-kernels", disable=not progress,
+               leave=False, dynamic_ncols=True)
     for k, cand in enumerate(candidates):
         soap = dict(cand.soap)
         soap.setdefault("weighting", {"function": "poly", "r0": soap["r_cut"], "c": 1, "m": 1})
@@ -162,6 +184,7 @@ def compare_kernels(
         counts, errs = [], []
         for frac in sizes:
             sub = train[: max(1, int(round(frac * len(train))))]
+            bar.set_postfix_str(f"{cand.name}, {len(sub)} frames", refresh=True)
             t0 = time.perf_counter()
             model = SparseGP(desc, cand.kernel, n_sparse=n_sparse).fit(sub)
             if optimize:
@@ -170,11 +193,13 @@ def compare_kernels(
             res = _evaluate(model, test)
             counts.append(len(sub))
             errs.append(res["force_rmse"])
-            if progress:
-                print(f"[gpal] {cand.name}: {len(sub)} frames, force RMSE {res['force_rmse']:.4f} eV/Å",
-                      file=sys.stderr)
+            bar.update(1)
         rows.append({"name": cand.name, "kernel": repr(model.kernel_), "fit_time": fit_time, **res})
         curves[cand.name] = (np.array(counts), np.array(errs))
+        if on_row is not None:
+            bar.clear()
+            on_row(rows[-1])
+    bar.close()
     table = ComparisonTable(rows, curves)
     if plot:
         _plot_learning_curves(curves, plot)

@@ -17,6 +17,8 @@ __all__ = [
     "ModelFileError",
     "NotFittedError",
     "OracleError",
+    "ConfigError",
+    "StructureFileError",
 ]
 
 
@@ -66,3 +68,11 @@ class NotFittedError(GpalError, ValueError, AttributeError):
 
 class OracleError(GpalError, RuntimeError):
     """The oracle (a reference calculator) crashed, timed out or returned non-finite values."""
+
+
+class ConfigError(GpalError, ValueError):
+    """A ``gpal learn`` configuration has an unknown key or section, or a wrong value."""
+
+
+class StructureFileError(GpalError, ValueError):
+    """A structure (frames) file cannot be read, or lacks the labels asked for."""

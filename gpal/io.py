@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import ModelFileError
+from .exceptions import ModelFileError, StructureFileError
 
-__all__ = ["save_model", "load", "read_frames", "write_frames", "append_frame"]
+__all__ = ["save_model", "load", "read_frames", "relabel_frames", "write_frames", "append_frame"]
 
 FORMAT_NAME = "gpal-model"
 FORMAT_VERSION = 1
@@ -78,6 +78,8 @@ def read_model_file(path) -> tuple[dict, dict]:
         path = path.with_name(path.name + ".npz")
     if not path.exists():
         raise ModelFileError(f"no model file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a gpal model file (not an .npz archive, or truncated)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
@@ -127,11 +129,127 @@ def load(path):
 
 # ---------------------------------------------------------------------- frames
 def read_frames(path, index=":") -> list:
-    """Read labelled frames (extxyz or anything ASE reads) as a list of Atoms."""
-    from ase.io import read
+    """Read frames (extxyz or anything ASE reads) as a list of Atoms.
 
-    frames = read(str(path), index=index)
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    StructureFileError
+        The file is not a structure file ASE can read, is damaged, or holds no frame.
+    """
+    from ase.io import read
+    from ase.io.formats import UnknownFileTypeError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if path.is_dir():
+        raise StructureFileError(f"{path} is a folder, not a structure file")
+    try:
+        frames = read(str(path), index=index)
+    except UnknownFileTypeError as exc:
+        raise StructureFileError(f"{path} is not a structure file ASE can read ({exc})") from exc
+    except (ValueError, OSError, IndexError, KeyError, StopIteration, UnicodeDecodeError) as exc:
+        raise StructureFileError(f"{path} cannot be read as frames ({type(exc).__name__}: {exc})") from exc
     return frames if isinstance(frames, list) else [frames]
+
+
+def _virial_to_stress(virial, atoms) -> np.ndarray | None:
+    """Voigt stress (xx, yy, zz, yz, xz, xy; eV/Å^3, ASE sign) = -virial / volume."""
+    from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+
+    v = np.asarray(virial, dtype=float)
+    if v.shape == (9,):
+        v = v.reshape(3, 3)
+    elif v.shape == (6,):
+        v = voigt_6_to_full_3x3_stress(v)
+    if v.shape != (3, 3):
+        raise StructureFileError(f"virial has shape {v.shape}; expected 3x3, 9 or 6 (Voigt) numbers")
+    volume = abs(atoms.cell.volume)
+    if not np.all(atoms.pbc) or volume < 1e-6:
+        return None
+    return full_3x3_to_voigt_6_stress(-v / volume)
+
+
+def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | None = None,
+                   stress_key: str | None = None, virial_key: str | None = None,
+                   source: str = "frames") -> list:
+    """Copies of ``frames`` labelled from custom keys (GAP-style extxyz files).
+
+    ``energy_key``, ``stress_key`` and ``virial_key`` name ``atoms.info`` entries,
+    ``forces_key`` an ``atoms.arrays`` entry. A label whose key is not given keeps the
+    frame's standard label (energy, forces, stress), if any. A frame without a given key
+    simply lacks that label (GAP's convention: isolated atoms carry no virial), but a
+    key found in no frame at all is an error (a typo, most likely). A virial ``W`` (eV;
+    3x3, 9 numbers or Voigt 6) becomes the stress ``-W / volume`` in Voigt order
+    (xx, yy, zz, yz, xz, xy), eV/Å^3, ASE's sign convention.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+    energy_key, forces_key, stress_key, virial_key : str, optional
+    source : str
+        Name of the frames' origin (a file) for error messages.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Copies with a SinglePointCalculator holding energy, forces and stress.
+
+    Raises
+    ------
+    StructureFileError
+        Both stress_key and virial_key given, a key found in no frame, or a label of the
+        wrong shape.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ._validation import frame_labels
+
+    if stress_key and virial_key:
+        raise StructureFileError("give a stress key or a virial key, not both")
+    frames = list(frames)
+    for key, where in ((energy_key, "info"), (forces_key, "arrays"), (stress_key, "info"),
+                       (virial_key, "info")):
+        if key and not any(key in getattr(a, where) for a in frames):
+            seen = sorted({k for a in frames for k in getattr(a, where)} - {"numbers", "positions"})
+            raise StructureFileError(f"{source}: no frame has the {where} key {key!r} "
+                                     f"(its {where} keys: {', '.join(seen) or 'none'})")
+    out = []
+    for k, a in enumerate(frames):
+        try:
+            old = frame_labels(a)
+            b = a.copy()
+            b.calc = None
+            res = {}
+            energy = a.info.get(energy_key) if energy_key else old.energy
+            if energy is not None:
+                res["energy"] = float(energy)
+            forces = a.arrays.get(forces_key) if forces_key else old.forces
+            if forces is not None:
+                forces = np.asarray(forces, dtype=float)
+                if forces.shape != (len(a), 3):
+                    raise StructureFileError(f"forces have shape {forces.shape}, expected ({len(a)}, 3)")
+                res["forces"] = forces
+            if virial_key:
+                stress = _virial_to_stress(a.info[virial_key], a) if virial_key in a.info else None
+            elif stress_key:
+                stress = a.info.get(stress_key)
+            else:
+                stress = old.stress
+            if stress is not None:
+                stress = np.asarray(stress, dtype=float)
+                if stress.shape in ((9,), (3, 3)):
+                    from ase.stress import full_3x3_to_voigt_6_stress
+
+                    stress = full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
+                res["stress"] = stress
+            b.calc = SinglePointCalculator(b, **res)
+        except (ValueError, TypeError) as exc:
+            raise StructureFileError(f"{source} frame {k}: {exc}") from exc
+        out.append(b)
+    return out
 
 
 def write_frames(path, frames) -> None:

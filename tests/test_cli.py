@@ -1,17 +1,24 @@
-"""The gpal command line: every command runs, --help works, bad input exits non-zero."""
+"""The gpal command line: every command runs, --help works, outputs say what they are."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
+import tomllib
 import warnings
 
+import numpy as np
 import pytest
-from ase.io import write
+from ase.io import read, write
 
 import gpal
+from gpal import config
 from gpal.cli import main
 
-from conftest import cu_frames
+from conftest import cu_frames, cuag_frames
+
+SMALL = ["--r-cut", "4", "--n-max", "4", "--l-max", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +44,92 @@ def test_fit_info_validate_md(files, capsys):
     assert gpal.load(model).alpha_ is not None
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "sparse" in out and "training" in out
+    assert "species     : Cu\n" in out
+    assert "kernel      : NormalizedDotProduct(zeta=4, signal_variance=" in out
+    assert re.search(r"noises      : energy \S+ eV/atom, force \S+ eV/Å, stress \S+ eV/Å\^3", out)
+    assert "calibration : none" in out
+    assert "sparse      : 60 environments (Cu 60)" in out and "training    : 6 frames, 192 atoms" in out
+
+    # --calibrate never overwrites the input model silently
+    before = model.read_bytes()
+    assert main(["validate", str(model), str(files / "test.xyz"), "--calibrate", str(files / "val.xyz")]) == 2
+    assert "-o OUT.npz, or --in-place" in capsys.readouterr().err
+    assert model.read_bytes() == before
+
     plots = files / "plots"
     assert main(["validate", str(model), str(files / "test.xyz"), "--calibrate", str(files / "val.xyz"),
                  "--plots", str(plots), "-o", str(files / "calibrated.npz")]) == 0
     out = capsys.readouterr().out
-    assert "force rmse" in out and "force zms" in out
+    assert "force stds calibrated (raw x " in out
+    assert "force RMSE" in out and "eV/Å" in out and "meV/atom" in out and "force ZMS" in out
     for name in ("parity_forces", "parity_energy", "calibration_curve", "error_vs_uncertainty", "z_histogram"):
         assert (plots / f"{name}.png").stat().st_size > 1000
-    assert "forces_std" in gpal.load(files / "calibrated.npz").calibration_
+    assert model.read_bytes() == before
+    scale = gpal.load(files / "calibrated.npz").calibration_["forces_std"]["scale"]
+    assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots)]) == 0
+    assert "force stds raw (the model stores no calibration" in capsys.readouterr().out
+    assert main(["info", str(files / "calibrated.npz")]) == 0
+    assert f"forces_std scale {scale:.4g}" in capsys.readouterr().out
+
+    # md writes extended XYZ with per-atom std columns, not header entries
     write(files / "start.xyz", cu_frames(1, seed=4, size=(2, 2, 2)))
-    assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
+    out_xyz = files / "md.xyz"
+    assert main(["md", str(files / "calibrated.npz"), str(files / "start.xyz"), "-o", str(out_xyz),
                  "--steps", "20", "--interval", "5", "-q"]) == 0
-    assert (files / "md.traj").stat().st_size > 0
+    assert "per-atom columns energies_std (eV) and forces_std (eV/Å), calibrated" in capsys.readouterr().out
+    traj = read(out_xyz, ":")
+    assert len(traj) == 5
+    header = out_xyz.read_text().splitlines()[1]
+    assert "energies_std:R:1" in header and "forces_std:R:3" in header
+    for a in traj:
+        assert a.arrays["energies_std"].shape == (32,) and a.arrays["forces_std"].shape == (32, 3)
+        assert np.all(a.arrays["forces_std"] > 0)
+        assert "energies_std" not in a.info and a.info["gpal_std"] == "calibrated"
+        assert a.get_forces().shape == (32, 3)
+    assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
+                 "--steps", "10", "--interval", "5", "-q"]) == 0
+    assert len(read(files / "md.traj", ":")) == 3
+
+
+def test_fit_reads_gap_style_label_keys(tmp_path, capsys):
+    """dft_energy / dft_forces / dft_virial (9 numbers, eV) as GAP writes them."""
+    frames = cuag_frames(4, seed=5)
+    lines = []
+    for a in frames:
+        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress(voigt=False)
+        virial = -s * a.get_volume()
+        lattice = " ".join(f"{x:.10f}" for x in a.cell.array.ravel())
+        lines += [str(len(a)),
+                  f'Lattice="{lattice}" Properties=species:S:1:pos:R:3:dft_forces:R:3 '
+                  f'dft_energy={e:.10f} dft_virial="{" ".join(f"{x:.10f}" for x in virial.ravel())}" '
+                  'config_type=alloy pbc="T T T"']
+        for sym, p, fi in zip(a.get_chemical_symbols(), a.positions, f):
+            lines.append(f"{sym} {p[0]:.10f} {p[1]:.10f} {p[2]:.10f} {fi[0]:.10f} {fi[1]:.10f} {fi[2]:.10f}")
+    gap = tmp_path / "gap.xyz"
+    gap.write_text("\n".join(lines) + "\n")
+
+    relabelled = gpal.io.relabel_frames(read(gap, ":"), energy_key="dft_energy", forces_key="dft_forces",
+                                        virial_key="dft_virial")
+    for a, b in zip(frames, relabelled):
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-9)  # Voigt xx,yy,zz,yz,xz,xy
+
+    # without the keys the frames carry no labels at all
+    assert main(["fit", str(gap), "-o", str(tmp_path / "m.npz")]) == 2
+    assert "no energy, forces or stress" in capsys.readouterr().err
+    assert main(["fit", str(gap), "-o", str(tmp_path / "m.npz"), "--energy-key", "dft_energy",
+                 "--forces-key", "dft_forces", "--virial-key", "dft_virial", "--n-sparse", "20",
+                 *SMALL, "--sigma", "0.4", "--species", "Cu,Ag,Au"]) == 0
+    model = gpal.load(tmp_path / "m.npz")
+    d = model.descriptor_.get_params()
+    assert (d["r_cut"], d["n_max"], d["l_max"], d["sigma"]) == (4.0, 4, 3, 0.4)
+    assert d["species"] == [29, 47, 79]
+    assert all(a.calc.results.get("stress") is not None for a in model.frames_)
+    # a key found in no frame is a typo
+    assert main(["fit", str(gap), "--energy-key", "DFT_energy"]) == 2
+    err = capsys.readouterr().err
+    assert "no frame has the info key 'DFT_energy'" in err and "dft_energy" in err
 
 
 def test_fit_zeta_auto_keeps_the_largest_evidence(files, capsys):
@@ -62,13 +142,82 @@ def test_fit_zeta_auto_keeps_the_largest_evidence(files, capsys):
     assert "log evidence" in out and "* NormalizedDotProduct" in out
     chosen = gpal.load(model).kernel_.zeta
     assert f"* NormalizedDotProduct(zeta={chosen}" in out
-    with pytest.raises(SystemExit, match="integer or 'auto'"):
-        main(["fit", str(files / "train.xyz"), "-o", str(model), "--zeta", "two"])
+
+
+class _FakeLearner:
+    """Stands in for ActiveLearner: records its arguments, runs instantly."""
+
+    calls: list = []
+
+    def __init__(self, structure, oracle, model, **kwargs):
+        self.kwargs = kwargs
+        _FakeLearner.calls.append(kwargs)
+
+    def run(self, steps):
+        (self.kwargs["run_dir"] / "state.json").write_text(json.dumps({"step": steps}))
+        return f"fake summary: {steps} steps"
+
+
+@pytest.fixture
+def fake_learner(monkeypatch):
+    import gpal.cli
+    import gpal.learner
+
+    _FakeLearner.calls = []
+    monkeypatch.setattr(gpal.learner, "ActiveLearner", _FakeLearner)
+    monkeypatch.setattr(gpal.cli, "_validation_frames", lambda *args: [])
+    return _FakeLearner
+
+
+def test_learn_does_not_mutate_the_defaults_and_moves_old_runs_aside(tmp_path, capsys, fake_learner):
+    before = copy.deepcopy(config.DEFAULT_LEARN)
+    run = tmp_path / "run"
+    assert main(["learn", "--steps", "7", "--run-dir", str(run), "-q"]) == 0
+    assert config.DEFAULT_LEARN == before
+    assert "fake summary: 7 steps" in capsys.readouterr().out
+    assert tomllib.loads((run / "config.toml").read_text())["steps"] == 7
+    (run / "train.xyz").write_text("labels\n")
+    assert main(["learn", "--steps", "7", "--run-dir", str(run), "-q"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["learn", "--steps", "9", "--run-dir", str(run), "--overwrite", "-q"]) == 0
+    out = capsys.readouterr().out
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(moved) == 1 and (moved[0] / "train.xyz").read_text() == "labels\n"
+    assert f"moved the previous run folder {run} to {moved[0]} (nothing deleted)" in out
+    assert not (run / "train.xyz").exists()
+    assert config.DEFAULT_LEARN == before
+
+
+def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_learner):
+    assert main(["learn", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    parsed = tomllib.loads(text)
+    sch = config.schema()
+    for section, keys in sch.items():
+        for name in keys:
+            assert f"{name} = " in text, (section, name)  # set, or commented out
+    assert "eV/Å" in text and "Kelvin" in text and "Femtoseconds" in text
+    assert config.check_config(parsed, "printed") == parsed
+    # the schema follows the code's dataclasses and signatures
+    import dataclasses
+    import inspect
+
+    assert {f.name for f in dataclasses.fields(gpal.Trigger)} == set(sch["trigger"])
+    assert {f.name for f in dataclasses.fields(gpal.MDSettings)} - {"factory"} == set(sch["md"])
+    assert set(gpal.SparseGP().get_params()) - {"descriptor", "kernel"} == set(sch["model"])
+    assert set(sch["learner"]) <= set(inspect.signature(gpal.ActiveLearner.__init__).parameters)
+    # running with the printed configuration is running with the defaults
+    cfg = tmp_path / "printed.toml"
+    cfg.write_text(text.replace('run_dir = "gpal_run"', f'run_dir = "{tmp_path / "run"}"'))
+    assert main(["learn", str(cfg), "-q"]) == 0
+    kwargs = fake_learner.calls[-1]
+    assert kwargs["trigger"] == gpal.Trigger(**config.DEFAULT_LEARN["trigger"])
+    assert kwargs["n_bootstrap"] == config.DEFAULT_LEARN["learner"]["n_bootstrap"]
 
 
 def test_learn_with_config_and_resume(tmp_path, capsys):
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
+    text = f"""
 run_dir = "{tmp_path / 'run'}"
 steps = 60
 [structure]
@@ -87,7 +236,8 @@ n_sparse = 30
 steps = 40
 every = 20
 temperature = 600.0
-""")
+"""
+    cfg.write_text(text)
     assert main(["learn", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
     assert "oracle calls" in out
@@ -98,19 +248,44 @@ temperature = 600.0
     assert "already holds a run" in capsys.readouterr().err
     assert main(["learn", "--resume", str(tmp_path / "run"), "--steps", "80", "-q"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 80
+    # resume with a config: steps may change, anything else is refused in one line
+    hotter = tmp_path / "hotter.toml"
+    hotter.write_text(text.replace("steps = 60", "steps = 90") + "[md]\ntemperature = [300.0, 1200.0]\n")
+    assert main(["learn", str(hotter), "--resume", str(tmp_path / "run"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot change [md] temperature" in err
+    assert "[300.0, 1000.0] in the run, [300.0, 1200.0] in the config" in err
+    longer = tmp_path / "longer.toml"
+    longer.write_text(text.replace("steps = 60", "steps = 90"))
+    assert main(["learn", str(longer), "--resume", str(tmp_path / "run"), "-q"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 90
 
 
-def test_bad_input_exits_nonzero(tmp_path, capsys):
-    assert main(["info", str(tmp_path / "nope.npz")]) == 2
-    assert "error" in capsys.readouterr().err
-    bad = tmp_path / "bad.toml"
-    bad.write_text("this is = = not toml")
-    assert main(["learn", str(bad)]) == 2
-    assert "TOML" in capsys.readouterr().err
-    assert main(["learn", str(tmp_path / "missing.toml")]) == 2
-    unlabelled = tmp_path / "unlabelled.xyz"
-    a = cu_frames(1)[0]
-    a.calc = None
-    write(unlabelled, a)
-    assert main(["fit", str(unlabelled)]) == 2
-    assert "no energy, forces or stress" in capsys.readouterr().err
+def test_readme_configuration_example_is_valid():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    user = tomllib.loads(block)
+    assert config.check_config(user, "README") == user
+    assert "--print-config" in readme
+
+
+def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatch):
+    import gpal.compare
+
+    printed_before_return = []
+
+    def fake_compare(train, test, *, plot, progress, on_row):
+        for k, name in enumerate(("dot ζ=2", "SE")):
+            on_row({"name": name, "energy_rmse": 1.0 + k, "force_rmse": 0.01, "force_nll": -2.0,
+                    "force_zms": 1.1, "fit_time": 0.5, "predict_us_per_atom": 100.0})
+            printed_before_return.append(capsys.readouterr().out)
+        return None
+
+    monkeypatch.setattr(gpal.compare, "compare_kernels", fake_compare)
+    assert main(["compare-kernels", str(files / "train.xyz"), str(files / "test.xyz"), "-q",
+                 "--plot", str(files / "k.png")]) == 0
+    first, second = printed_before_return
+    assert first.splitlines()[0].startswith("candidate") and "F RMSE eV/Å" in first
+    assert first.splitlines()[-1].startswith("dot ζ=2") and second.strip().startswith("SE")

@@ -9,7 +9,7 @@ import pytest
 
 import gpal
 from gpal import SOAP, NormalizedDotProduct, SparseGP, SquaredExponential, compare_kernels
-from gpal.compare import Candidate
+from gpal.compare import Candidate, ComparisonTable
 
 from conftest import POLY, SMALL_SOAP, cu_frames
 
@@ -22,8 +22,13 @@ def test_compare_kernels_table_and_plot(tmp_path):
         Candidate("SE", SquaredExponential(length_scale=0.5), dict(SMALL_SOAP)),
     ]
     png = tmp_path / "curves.png"
-    table = compare_kernels(train, test, cands, n_sparse=30, sizes=(0.5, 1.0), plot=str(png), progress=False)
+    seen = []
+    table = compare_kernels(train, test, cands, n_sparse=30, sizes=(0.5, 1.0), plot=str(png), progress=False,
+                            on_row=lambda row: seen.append((row["name"], len(seen))))
+    assert seen == [("dot ζ=2", 0), ("SE", 1)]  # one call per candidate, as each finishes
     text = str(table)
+    widths = ComparisonTable.column_widths(table.rows)
+    assert text.splitlines()[2:] == [ComparisonTable.format_row(r, widths) for r in table.rows]
     assert "dot ζ=2" in text and "F RMSE" in text
     assert "<table>" in table._repr_html_()
     assert len(table.rows) == 2 and all(r["force_rmse"] > 0 for r in table.rows)

@@ -1,0 +1,462 @@
+"""The configuration file of ``gpal learn``: defaults, schema, checks and TOML output.
+
+A configuration is a TOML file; every key is optional and falls back to the default
+printed by ``gpal learn --print-config`` (the embedded EMT copper demo). The schema
+follows the code: the keys of ``[md]``, ``[trigger]`` and ``[oracle]`` are the fields
+of :class:`gpal.MDSettings`, :class:`gpal.Trigger` and :class:`gpal.OracleSpec`, the
+keys of ``[model]`` the parameters of :class:`gpal.SparseGP` (``get_params``, without
+the descriptor and kernel objects), the keys of ``[learner]`` the keyword parameters of
+:class:`gpal.ActiveLearner` that a TOML value can express, and the keys of
+``[descriptor]`` those of :class:`gpal.SOAP`. Their comments (units) come from the
+same classes' docstrings.
+
+Sections
+--------
+top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
+[structure]   the start structure: ``file`` (+ ``index``), or ``bulk``/``crystal``/``a``/
+              ``cubic``/``repeat`` (ase.build.bulk)
+[oracle]      ``factory = "module:Name"`` and its ``kwargs``
+[md]          Langevin MD settings (K, fs, 1/fs)
+[trigger]     when the model is guessing
+[model]       sparse GP settings (noises in eV/atom, eV/Å, eV/Å^3)
+[descriptor]  SOAP settings (default: gpal's default SOAP for the structure)
+[learner]     everything else the learner takes
+[validation]  an independent oracle MD trajectory for calibration and errors
+              (``steps = 0``: none)
+
+An unknown key or section, or a value of the wrong type, is a :class:`ConfigError`
+whose one-line message names the key and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import inspect
+import json
+import re
+import tomllib
+from pathlib import Path
+
+from .exceptions import ConfigError
+
+__all__ = ["DEFAULT_LEARN", "Key", "schema", "load_config", "check_config", "default_toml",
+           "to_toml", "config_difference"]
+
+DEFAULT_LEARN = {
+    "run_dir": "gpal_run",
+    "steps": 3000,
+    "workers": 1,
+    "structure": {"bulk": "Cu", "crystal": "fcc", "a": 3.61, "cubic": True, "repeat": [3, 3, 3]},
+    "oracle": {"factory": "ase.calculators.emt:EMT", "kwargs": {}},
+    "md": {"temperature": [300.0, 1000.0], "timestep": 1.0, "friction": 0.02},
+    "trigger": {},
+    "model": {"n_sparse": 300},
+    "learner": {"n_walkers": 1, "random_state": 0},
+    "validation": {"steps": 0, "temperature": 1000.0, "every": 40, "seed": 123, "timestep": 1.0},
+}
+
+#: ActiveLearner parameters the command line fills from elsewhere (not from [learner])
+_LEARNER_SET_BY_CLI = ("model", "run_dir", "md", "trigger", "validation", "executor", "progress")
+#: keys that may change when a run is resumed with a configuration
+RESUMABLE = ("steps", "workers")
+
+_MISSING = object()
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               list: "an array", dict: "a table"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One configuration key: allowed TOML kinds, default (or none) and a comment."""
+
+    name: str
+    kinds: tuple
+    default: object = _MISSING
+    doc: str = ""
+
+    def describe_kinds(self) -> str:
+        return " or ".join(_KIND_NAMES[k] for k in self.kinds)
+
+
+# --------------------------------------------------------------------------- schema
+def _kinds(annotation, default) -> tuple:
+    """TOML kinds a Python annotation allows (empty: not expressible in TOML)."""
+    if annotation is inspect.Parameter.empty or annotation is None:
+        if default is None or default is _MISSING:
+            return ()
+        annotation = type(default).__name__
+    if isinstance(annotation, type):
+        annotation = annotation.__name__
+    text = str(annotation).replace("typing.", "")
+    kinds = []
+    for token in (t.strip() for t in text.split("|")):
+        base = token.split("[", 1)[0].strip()
+        kind = {"int": int, "float": float, "bool": bool, "str": str, "tuple": list, "list": list,
+                "Sequence": None, "dict": dict}.get(base, None)
+        if kind is not None and kind not in kinds:
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+def _param_docs(obj) -> dict:
+    """``{name: "type; first sentence"}`` from a numpydoc ``Parameters`` section."""
+    doc = inspect.getdoc(obj) or ""
+    lines = doc.splitlines()
+    out: dict = {}
+    try:
+        start = next(i for i in range(len(lines) - 1)
+                     if lines[i].strip() == "Parameters" and set(lines[i + 1].strip()) == {"-"})
+    except StopIteration:
+        return out
+    names, typ, desc = [], "", []
+
+    def flush():
+        if names:
+            text = " ".join(desc)
+            text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "")
+            # the first sentence: up to a full stop followed by a capital (not "e.g. x")
+            sentence = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".:") if text else ""
+            typ_clean = re.sub(r",?\s*default\b.*$", "", typ).strip()
+            note = "; ".join(s for s in (typ_clean, sentence) if s)
+            for n in names:
+                out[n] = note
+
+    for k in range(start + 2, len(lines)):
+        line = lines[k]
+        if k + 1 < len(lines) and line.strip() and set(lines[k + 1].strip()) == {"-"} and not line.startswith(" "):
+            break  # next section
+        m = re.match(r"^([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_]\w*)*)\s*(?::\s*(.*))?$", line)
+        if m and not line.startswith(" "):
+            flush()
+            names = [n.strip() for n in m.group(1).split(",")]
+            typ, desc = m.group(2) or "", []
+        elif line.strip() and names:
+            desc.append(line.strip())
+    flush()
+    return out
+
+
+def _dataclass_keys(cls, docs_from=None) -> dict:
+    docs = _param_docs(docs_from or cls)
+    keys = {}
+    for f in dataclasses.fields(cls):
+        default = f.default
+        if default is dataclasses.MISSING:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else _MISSING
+        kinds = _kinds(f.type, default)
+        if kinds:
+            keys[f.name] = Key(f.name, kinds, _MISSING if default is None else default, docs.get(f.name, ""))
+    return keys
+
+
+def _signature_keys(func, names=None, exclude=(), docs_from=None) -> dict:
+    docs = _param_docs(docs_from) if docs_from is not None else {}
+    keys = {}
+    for p in inspect.signature(func).parameters.values():
+        if p.name == "self" or p.name in exclude or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if names is not None and p.name not in names:
+            continue
+        if names is None and p.default is p.empty:
+            continue  # required positional arguments come from elsewhere
+        default = _MISSING if p.default in (p.empty, None) else p.default
+        kinds = _kinds(p.annotation, p.default if p.default is not p.empty else _MISSING)
+        if kinds:
+            keys[p.name] = Key(p.name, kinds, default, docs.get(p.name, ""))
+    return keys
+
+
+def _static(*rows) -> dict:
+    return {name: Key(name, kinds, default, doc) for name, kinds, default, doc in rows}
+
+
+def schema() -> dict:
+    """The allowed keys: ``{section: {key: Key}}``; top-level keys are in section ``""``.
+
+    Built from the code each time (dataclass fields, signatures, ``get_params``), so it
+    follows renamed or added parameters.
+    """
+    from .descriptors import SOAP
+    from .learner import ActiveLearner, MDSettings, Trigger
+    from .oracle import OracleSpec
+    from .potential import SparseGP
+
+    model_names = [n for n in SparseGP().get_params() if n not in ("descriptor", "kernel")]
+    soap = _signature_keys(SOAP.__init__, names=("species", "r_cut", "n_max", "l_max", "sigma",
+                                                  "periodic", "weighting"), docs_from=SOAP)
+    soap["species"] = Key("species", (list,), _MISSING,
+                          "chemical symbols (default: those of the structure)")
+    soap["periodic"] = dataclasses.replace(soap["periodic"], default=_MISSING,
+                                           doc="bool; default: whether the structure is periodic")
+    soap["weighting"] = dataclasses.replace(
+        soap["weighting"], default=_MISSING,
+        doc='dscribe weighting; default {function = "poly", r0 = r_cut, c = 1, m = 1} (smooth cutoff)')
+    return {
+        "": _static(
+            ("run_dir", (str,), _MISSING, "run folder: model, train.xyz, log, state, plots"),
+            ("steps", (int,), _MISSING, "MD steps per walker (a total: resume continues up to it)"),
+            ("workers", (int,), _MISSING, "oracle calls in parallel (a process pool when > 1)"),
+        ),
+        "structure": _static(
+            ("file", (str,), _MISSING, "start structure file (any ASE format); replaces bulk"),
+            ("index", (int, str), _MISSING, "frame of file to start from (default 0)"),
+            ("bulk", (str,), _MISSING, "chemical symbol(s) for ase.build.bulk"),
+            ("crystal", (str,), _MISSING, "crystal structure for ase.build.bulk (fcc, bcc, ...)"),
+            ("a", (float,), _MISSING, "lattice constant, Å"),
+            ("cubic", (bool,), _MISSING, "cubic cell"),
+            ("repeat", (list,), _MISSING, "supercell repetitions [nx, ny, nz]"),
+        ),
+        "oracle": _dataclass_keys(OracleSpec),
+        "md": _dataclass_keys(MDSettings),
+        "trigger": _dataclass_keys(Trigger),
+        "model": _signature_keys(SparseGP.__init__, names=model_names, docs_from=SparseGP),
+        "descriptor": soap,
+        "learner": _signature_keys(ActiveLearner.__init__, exclude=_LEARNER_SET_BY_CLI,
+                                   docs_from=ActiveLearner),
+        "validation": _static(
+            ("steps", (int,), _MISSING, "MD steps of the oracle validation trajectory (0: none)"),
+            ("every", (int,), _MISSING, "label every this many steps of it"),
+            ("temperature", (float,), _MISSING, "Langevin temperature, K"),
+            ("timestep", (float,), _MISSING, "fs"),
+            ("seed", (int,), _MISSING, "random seed (independent of the learner's)"),
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- checks
+def _where(section: str) -> str:
+    return f"[{section}]" if section else "top level"
+
+
+def _unknown(path, what: str, name: str, valid, section: str = "") -> ConfigError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "valid: " + ", ".join(valid)
+    if what == "section":
+        hint = f"did you mean [{close[0]}]?" if close else "valid sections: " + ", ".join(f"[{v}]" for v in valid)
+        return ConfigError(f"{path}: unknown section [{name}]; {hint}")
+    return ConfigError(f"{path}: unknown key {name!r} in {_where(section)}; {hint}")
+
+
+def _check_value(path, section: str, key: Key, value):
+    """Return ``value`` normalised (ints accepted as floats), or raise ConfigError."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    for kind in key.kinds:
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and is_number:
+            return value if isinstance(value, int) and int in key.kinds else float(value)
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind in (str, list, dict) and isinstance(value, kind):
+            return value
+    got = json.dumps(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
+    unit = f" ({key.doc})" if key.doc else ""
+    where = f"[{section}] " if section else ""
+    raise ConfigError(f"{path}: {where}{key.name} must be {key.describe_kinds()}, got {got}{unit}")
+
+
+def check_config(user: dict, path="config") -> dict:
+    """Check a parsed configuration against :func:`schema`; returns it with values normalised.
+
+    Raises
+    ------
+    ConfigError
+        Unknown section or key (with the closest valid name), or a wrong type.
+    """
+    sch = schema()
+    out: dict = {}
+    for name, value in user.items():
+        if name in sch[""]:
+            out[name] = _check_value(path, "", sch[""][name], value)
+        elif name in sch and name:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: {name} must be a section [{name}], got {json.dumps(value)}")
+            sec = {}
+            for key, val in value.items():
+                if key not in sch[name]:
+                    raise _unknown(path, "key", key, sch[name], section=name)
+                sec[key] = _check_value(path, name, sch[name][key], val)
+            out[name] = sec
+        elif isinstance(value, dict):
+            raise _unknown(path, "section", name, [s for s in sch if s])
+        else:
+            raise _unknown(path, "key", name, sch[""])
+    _check_semantics(path, out)
+    return out
+
+
+def _check_semantics(path, cfg: dict) -> None:
+    """Checks a type cannot express, run through the classes' own validation."""
+    from .learner import MDSettings, Trigger
+    from .oracle import OracleSpec
+
+    md = cfg.get("md", {})
+    if "temperature" in md and isinstance(md["temperature"], list):
+        t = md["temperature"]
+        if len(t) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in t):
+            raise ConfigError(f"{path}: [md] temperature must be a number or a pair [start, end] of "
+                              f"numbers (K), got {json.dumps(t)}")
+    rep = cfg.get("structure", {}).get("repeat")
+    if rep is not None and (len(rep) != 3 or not all(isinstance(x, int) and x > 0 for x in rep)):
+        raise ConfigError(f"{path}: [structure] repeat must be three positive integers, got {json.dumps(rep)}")
+    for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
+        if section in cfg:
+            merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}
+            try:
+                cls(**merged)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}: [{section}] {exc}") from exc
+
+
+# --------------------------------------------------------------------------- loading
+def _merge(base: dict, new: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else copy.deepcopy(v)
+    return out
+
+
+def load_config(path) -> tuple[dict, dict]:
+    """Read and check a TOML configuration.
+
+    Returns
+    -------
+    (dict, dict)
+        The effective configuration (defaults updated with the file) and the file's
+        own (checked) content.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, invalid TOML, unknown key or section, wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist" if not path.exists()
+                          else f"config file {path} is not a file")
+    try:
+        user = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text (TOML) file: {exc.reason}") from exc
+    user = check_config(user, path)
+    return _merge(DEFAULT_LEARN, user), user
+
+
+def config_difference(old: dict, new: dict, ignore=("run_dir",) + RESUMABLE) -> str | None:
+    """The first key (``"[section] key"``) whose value differs, with both values; None if equal."""
+    sections = sorted(set(old) | set(new), key=lambda s: (isinstance(old.get(s, new.get(s)), dict), s))
+    for name in sections:
+        if name in ignore:
+            continue
+        a, b = old.get(name, _MISSING), new.get(name, _MISSING)
+        if isinstance(a, dict) or isinstance(b, dict):
+            a = a if isinstance(a, dict) else {}
+            b = b if isinstance(b, dict) else {}
+            for key in sorted(set(a) | set(b)):
+                if a.get(key, None) != b.get(key, None):
+                    return (f"[{name}] {key} ({_fmt(a.get(key))} in the run, "
+                            f"{_fmt(b.get(key))} in the config)")
+        elif a != b:
+            return f"{name} ({_fmt(a)} in the run, {_fmt(b)} in the config)"
+    return None
+
+
+# --------------------------------------------------------------------------- TOML output
+def _fmt(value) -> str:
+    if value is None or value is _MISSING:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = ", ".join(f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', str(k)) else json.dumps(str(k))} = {_fmt(v)}"
+                          for k, v in value.items())
+        return "{ " + items + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(cfg: dict) -> str:
+    """A configuration as TOML (no comments); :func:`tomllib.loads` reads it back equal."""
+    top = [f"{k} = {_fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    out = top[:]
+    for name, sec in cfg.items():
+        if isinstance(sec, dict):
+            out += ["", f"[{name}]"] + [f"{k} = {_fmt(v)}" for k, v in sec.items()]
+    return "\n".join(out) + "\n"
+
+
+_SECTION_DOCS = {
+    "structure": "start structure: a file, or ase.build.bulk(bulk, crystal, a=a, cubic=cubic).repeat(repeat)",
+    "oracle": "the reference calculator: an import path 'module:Name' and its keyword arguments",
+    "md": "Langevin MD on the model (gpal.MDSettings)",
+    "trigger": "when to call the oracle (gpal.Trigger); thresholds in eV (energies_std) or eV/Å (forces_std)",
+    "model": "the sparse GP (gpal.SparseGP); noises: energy eV/atom, force eV/Å, stress eV/Å^3",
+    "descriptor": "SOAP (gpal.SOAP, dscribe's names); r_cut and sigma in Å",
+    "learner": "the active learner (gpal.ActiveLearner)",
+    "validation": "an independent oracle MD trajectory for reported errors (steps = 0, the default: none; "
+                  "every one of its oracle calls is counted; calibration needs none)",
+}
+
+
+def _effective_defaults() -> dict:
+    """Every key's default: DEFAULT_LEARN over the code's defaults (``_MISSING`` if none)."""
+    sch = schema()
+    from ase.build import bulk
+
+    from .potential import default_descriptor
+
+    s = DEFAULT_LEARN["structure"]
+    soap = default_descriptor([bulk(s["bulk"], s["crystal"], a=s["a"], cubic=s["cubic"])]).get_params()
+    extra = {"descriptor": {k: soap[k] for k in ("r_cut", "n_max", "l_max", "sigma")}}
+    out = {}
+    for section, keys in sch.items():
+        given = DEFAULT_LEARN if section == "" else {**DEFAULT_LEARN.get(section, {}), **extra.get(section, {})}
+        out[section] = {name: given.get(name, key.default) for name, key in keys.items()}
+    return out
+
+
+def _comment_lines(text: str, width: int = 88) -> list[str]:
+    import textwrap
+
+    return ["# " + line for line in textwrap.wrap(text, width - 2)] if text else []
+
+
+def default_toml() -> str:
+    """The full default configuration as commented TOML (``gpal learn --print-config``).
+
+    Every valid key appears, with its unit in a comment; keys without a default are
+    commented out. Loading the output gives the same run as no configuration at all.
+    """
+    sch = schema()
+    defaults = _effective_defaults()
+    out = ["# gpal learn configuration: every key, with its default (gpal learn --print-config).",
+           "# Keys that are commented out have no default; remove the '#' to set them.", ""]
+
+    def emit(section: str):
+        for name, key in sch[section].items():
+            out.extend(_comment_lines(key.doc))
+            value = defaults[section][name]
+            if value is _MISSING:
+                out.append(f"# {name} = <{key.describe_kinds()}>")
+            else:
+                out.append(f"{name} = {_fmt(list(value) if isinstance(value, tuple) else value)}")
+
+    emit("")
+    for section in sch:
+        if not section:
+            continue
+        out += [""] + _comment_lines(_SECTION_DOCS.get(section, "")) + [f"[{section}]"]
+        emit(section)
+    return "\n".join(out) + "\n"

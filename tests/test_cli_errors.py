@@ -1,0 +1,142 @@
+"""Every bad input to the command line: exit code 2 and exactly one line on stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.io import write
+
+from gpal.cli import main
+
+from conftest import cu_frames
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    """A small fitted model and a collection of files that are wrong in one way each."""
+    d = tmp_path_factory.mktemp("bad")
+    write(d / "train.xyz", cu_frames(3, seed=1))
+    assert main(["fit", str(d / "train.xyz"), "-o", str(d / "model.npz"), "--n-sparse", "10",
+                 "--r-cut", "3.5", "--n-max", "3", "--l-max", "2"]) == 0
+    a = cu_frames(1)[0]
+    a.calc = None
+    write(d / "unlabelled.xyz", a)
+    (d / "some.toml").write_text('steps = 10\n[md]\ntemperature = 500.0\n')
+    (d / "step.toml").write_text("step = 200\n")
+    (d / "temprature.toml").write_text("[md]\ntemprature = 500\n")
+    (d / "otf.toml").write_text("[otf]\nthreshold = 0.1\n")
+    (d / "many.toml").write_text('steps = "many"\n')
+    (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
+    (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
+    np.savez(d / "other.npz", x=np.arange(3.0))
+    (d / "text.npz").write_text("not a zip archive\n")
+    run = d / "run"
+    run.mkdir()
+    (run / "state.json").write_text('{"step": 12, "total_st')
+    nostate = d / "nostate"
+    nostate.mkdir()
+    (nostate / "state.json").write_text('{"total_steps": 3}')
+    return d
+
+
+# (argv with {d} for the fixture folder, a fragment the one-line message must contain)
+CASES = [
+    pytest.param(["validate", "{d}/model.npz", "{d}/unlabelled.xyz"], "has no energy, forces or stress",
+                 id="validate-unlabelled"),
+    pytest.param(["fit", "{d}/some.toml"], "is not a structure file ASE can read", id="fit-toml"),
+    pytest.param(["fit", "{d}/train.xyz", "--zeta", "four"],
+                 "argument --zeta: must be an integer >= 1 or 'auto', got 'four'", id="fit-zeta-four"),
+    pytest.param(["fit", "{d}/train.xyz", "--n-sparse", "-3"], "argument --n-sparse: must be > 0",
+                 id="fit-negative-n-sparse"),
+    pytest.param(["fit", "{d}/train.xyz", "--species", "Cu", "Xy"], "unknown chemical symbol(s) Xy",
+                 id="fit-species"),
+    pytest.param(["learn", "{d}/missing.toml"], "missing.toml does not exist", id="learn-missing"),
+    pytest.param(["learn", "--resume", "{d}/missing_run"], "missing_run: no such run folder",
+                 id="resume-missing"),
+    pytest.param(["fit", "{d}/missing.xyz"], "missing.xyz: No such file or directory", id="fit-missing"),
+    pytest.param(["md", "{d}/missing.npz", "{d}/train.xyz"], "no model file at", id="md-missing-model"),
+    pytest.param(["md", "{d}/model.npz", "{d}/missing.xyz", "-o", "{d}/md.xyz"],
+                 "missing.xyz: No such file or directory", id="md-missing-start"),
+    pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/md.pdb"],
+                 "write extended XYZ (.xyz, .extxyz", id="md-output-format"),
+    pytest.param(["validate", "{d}/missing.npz", "{d}/train.xyz"], "no model file at",
+                 id="validate-missing-model"),
+    pytest.param(["validate", "{d}/model.npz", "{d}/missing.xyz"], "missing.xyz: No such file",
+                 id="validate-missing-test"),
+    pytest.param(["info", "{d}/missing.npz"], "no model file at", id="info-missing"),
+    pytest.param(["compare-kernels", "{d}/missing.xyz", "{d}/train.xyz"], "missing.xyz: No such file",
+                 id="compare-missing"),
+    pytest.param(["learn", "--resume", "{d}/run"], "run/state.json is damaged (not valid JSON",
+                 id="resume-truncated-state"),
+    pytest.param(["learn", "--resume", "{d}/nostate"], "nostate/state.json is not a gpal run state",
+                 id="resume-foreign-state"),
+    pytest.param(["learn", "{d}/step.toml"], "unknown key 'step' in top level; did you mean 'steps'?",
+                 id="config-step"),
+    pytest.param(["learn", "{d}/temprature.toml"],
+                 "unknown key 'temprature' in [md]; did you mean 'temperature'?", id="config-temprature"),
+    pytest.param(["learn", "{d}/otf.toml"], "unknown section [otf]; valid sections: [descriptor]",
+                 id="config-otf-section"),
+    pytest.param(["learn", "{d}/many.toml"], 'many.toml: steps must be an integer, got "many" (MD steps',
+                 id="config-wrong-type"),
+    pytest.param(["learn", "{d}/quantity.toml"], "[trigger] Invalid trigger quantity 'energy'",
+                 id="config-trigger-quantity"),
+    pytest.param(["learn", "{d}/pair.toml"], "[md] temperature must be a number or a pair",
+                 id="config-temperature-triple"),
+    pytest.param(["info", "{d}/other.npz"], "has no gpal metadata: not a gpal model file", id="info-foreign-npz"),
+    pytest.param(["md", "{d}/other.npz", "{d}/train.xyz"], "not a gpal model file", id="md-foreign-npz"),
+    pytest.param(["validate", "{d}/other.npz", "{d}/train.xyz"], "not a gpal model file",
+                 id="validate-foreign-npz"),
+    pytest.param(["info", "{d}/text.npz"], "text.npz is not a gpal model file (not an .npz archive, or truncated)",
+                 id="info-text-file"),
+    pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/x.npz"],
+                 "they need --calibrate", id="validate-output-without-calibrate"),
+    pytest.param(["fit"], "the following arguments are required: train", id="fit-no-argument"),
+    pytest.param(["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'", id="unknown-command"),
+]
+
+
+def _run(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        return exc.code
+
+
+@pytest.mark.parametrize("argv, fragment", CASES)
+def test_bad_input_is_one_line_and_exit_code_2(bad, argv, fragment, capsys):
+    argv = [a.format(d=bad) for a in argv]
+    code = _run(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"gpal{' ' + argv[0] if argv[0] != 'frobnicate' else ''}")
+    assert ": error: " in lines[0]
+    assert fragment in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_bad_input_in_a_real_process(bad):
+    """The console entry point: no traceback, one line, exit code 2."""
+    proc = subprocess.run([sys.executable, "-m", "gpal.cli", "learn", str(bad / "temprature.toml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"gpal learn: error: {bad / 'temprature.toml'}: unknown key 'temprature' in [md]; "
+        "did you mean 'temperature'?"
+    ]
+    assert proc.stdout == ""
+
+
+def test_keyboard_interrupt_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    import gpal.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpal.cli, "cmd_info", interrupted)
+    assert main(["info", "whatever.npz"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["gpal info: interrupted"]

@@ -1,0 +1,70 @@
+"""gpal.io: reading frames (errors name the file) and relabelling GAP-style keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.stress import voigt_6_to_full_3x3_stress
+
+from gpal import StructureFileError
+from gpal.io import read_frames, relabel_frames
+
+from conftest import cu_frames
+
+
+def _gap_style(frames, stress_form: str):
+    """Copies carrying their labels only under custom keys, the stress in ``stress_form``."""
+    out = []
+    for a in frames:
+        b = a.copy()
+        b.calc = None
+        b.info["REF_energy"] = a.get_potential_energy()
+        b.arrays["REF_forces"] = a.get_forces().copy()
+        s = a.get_stress()
+        if stress_form == "stress3x3":
+            b.info["REF_stress"] = voigt_6_to_full_3x3_stress(s)
+        elif stress_form == "virial_voigt":
+            b.info["REF_virial"] = -s * a.get_volume()
+        out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("form", ["stress3x3", "virial_voigt"])
+def test_relabel_stress_forms(form):
+    frames = cu_frames(2, seed=7)
+    keys = {"stress_key": "REF_stress"} if form == "stress3x3" else {"virial_key": "REF_virial"}
+    out = relabel_frames(_gap_style(frames, form), energy_key="REF_energy", forces_key="REF_forces", **keys)
+    for a, b in zip(frames, out):
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy())
+        np.testing.assert_allclose(b.get_forces(), a.get_forces())
+        np.testing.assert_allclose(b.get_stress(), a.get_stress(), atol=1e-12)
+
+
+def test_frames_without_a_key_lack_that_label_only():
+    frames = _gap_style(cu_frames(2, seed=8), "virial_voigt")
+    del frames[1].info["REF_virial"]
+    mol = molecule("H2O")
+    mol.info["REF_energy"] = -14.0  # an isolated molecule: energy, no virial
+    out = relabel_frames(frames + [mol], energy_key="REF_energy", virial_key="REF_virial")
+    assert "stress" in out[0].calc.results and "stress" not in out[1].calc.results
+    assert out[2].calc.results == {"energy": -14.0}
+
+
+def test_relabel_refuses_typos_and_both_stress_keys():
+    frames = _gap_style(cu_frames(1), "virial_voigt")
+    with pytest.raises(StructureFileError, match="no frame has the arrays key 'ref_forces'"):
+        relabel_frames(frames, forces_key="ref_forces", source="x.xyz")
+    with pytest.raises(StructureFileError, match="not both"):
+        relabel_frames(frames, stress_key="a", virial_key="b")
+
+
+def test_read_frames_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.xyz"):
+        read_frames(tmp_path / "nope.xyz")
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("three\nnot a header\n")
+    with pytest.raises(StructureFileError, match="bad.xyz cannot be read as frames"):
+        read_frames(bad)
+    with pytest.raises(StructureFileError, match="is a folder"):
+        read_frames(tmp_path)
