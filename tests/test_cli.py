@@ -212,7 +212,8 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
     assert main(["learn", str(cfg), "-q"]) == 0
     kwargs = fake_learner.calls[-1]
     assert kwargs["trigger"] == gpal.Trigger(**config.DEFAULT_LEARN["trigger"])
-    assert kwargs["n_bootstrap"] == config.DEFAULT_LEARN["learner"]["n_bootstrap"]
+    assert kwargs["n_walkers"] == config.DEFAULT_LEARN["learner"]["n_walkers"]
+    assert kwargs["random_state"] == config.DEFAULT_LEARN["learner"]["random_state"]
 
 
 def test_learn_with_config_and_resume(tmp_path, capsys):
