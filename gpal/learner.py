@@ -270,36 +270,13 @@ class Summary:
         return "\n".join(lines)
 
 
-class _Progress:
-    """A one-line progress display on a terminal; periodic lines otherwise."""
+def _progress(total: int, initial: int, enabled: bool):
+    """tqdm over MD steps: a live bar on a terminal, a line every 30 s in a log file."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, total: int, enabled: bool = True):
-        self.total = max(int(total), 1)
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.last_pct = -10
-
-    def update(self, done: int, text: str = "") -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        pct = 100.0 * done / self.total
-        if self.tty:
-            if now - self.last < 0.2 and done < self.total:
-                return
-            bar = "#" * int(pct / 5)
-            sys.stderr.write(f"\r[{bar:<20}] {pct:5.1f}% {done}/{self.total} {text}   ")
-            sys.stderr.flush()
-        elif pct >= self.last_pct + 10 or done == self.total:
-            self.last_pct = int(pct // 10) * 10
-            sys.stderr.write(f"[gpal] {pct:5.1f}% {done}/{self.total} {text} ({now - self.t0:.0f} s)\n")
-        self.last = now
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", desc="gpal",
+                mininterval=0.2 if tty else 30.0, dynamic_ncols=tty, file=sys.stderr)
 
 
 class _Walker:
@@ -827,8 +804,7 @@ class ActiveLearner:
         if not self.walkers:
             self._init_walkers()
         self.checkpoint()
-        prog = _Progress(self.total_steps - self.step, self.progress)
-        first = self.step
+        prog = _progress(self.total_steps, self.step, self.progress)
         while self.step < self.total_steps:
             if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
@@ -894,7 +870,9 @@ class ActiveLearner:
             self.step += 1
             if time.perf_counter() - self._last_checkpoint > self.checkpoint_seconds:
                 self.checkpoint()
-            prog.update(self.step - first, f"oracle calls {self.oracle.n_calls}")
+            prog.update(1)
+            if self.step % 10 == 0:
+                prog.set_postfix_str(f"oracle calls {self.oracle.n_calls}", refresh=False)
         prog.close()
         self.calibrate()
         if self.validation:
