@@ -69,6 +69,7 @@ def _block_size(model, atoms) -> int | None:
     except TypeError:  # not an Atoms: predict's own checks say so
         return None
 
+
 __all__ = ["SparseGP", "default_descriptor"]
 
 _SPARSE_SELECTIONS = ("fps", "random", "cur")
