@@ -36,7 +36,7 @@ ratios are mode / ``one`` of the same phase.
 
 Run::
 
-    PYTHONPATH=. python benchmarks/bench_threads.py               # ~3-5 min on 2 cores
+    PYTHONPATH=. python benchmarks/bench_threads.py   # 17 min with 4 modes at load 6-12
     PYTHONPATH=. python benchmarks/bench_threads.py --modes lib,all,default,one
 """
 

@@ -58,7 +58,9 @@ more busy-loop process pinned to a core::
     loaded  fit        20.0 s 1.61x    13.2 s 1.07x    23.8 s 1.92x      12.4 s
     loaded  predict     291 ms 3.22x   91.7 ms 1.01x    124 ms 1.37x     90.4 ms
 
-The default saw the busy cores and chose one thread at every repeat. Not measured: a
+A second run (load average 9-10; default modes) gave, in the same order of rows,
+default 0.94x, 0.89x, 1.05x, 0.95x and 2 threads 2.16x, 1.57x, 1.61x, 1.35x. The default
+saw the busy cores and chose one thread at every repeat of both runs. Not measured: a
 truly idle machine (where the default gives numba and large BLAS blocks both cores).
 """
 

@@ -62,6 +62,15 @@ from ._threads import policy as _thread_policy
 
 log = logging.getLogger(__name__)
 
+
+def _block_size(model, atoms) -> int | None:
+    """Elements of the (n_atoms x n_sparse) kernel block of a prediction (None if unknown)."""
+    try:
+        return len(atoms) * len(getattr(model, "sparse_X_", ()))
+    except TypeError:  # not an Atoms: predict's own checks say so
+        return None
+
+
 __all__ = ["SparseGP", "default_descriptor"]
 
 _SPARSE_SELECTIONS = ("fps", "random", "cur")
@@ -526,7 +535,7 @@ class SparseGP:
         return K_nm, np.concatenate(ys), np.concatenate(noises), np.concatenate(groups), np.concatenate(fidx)
 
     # ------------------------------------------------------------------ predict
-    @_thread_policy(lambda self, atoms, *a, **k: len(atoms) * len(getattr(self, "sparse_X_", ())))
+    @_thread_policy(lambda self, atoms=None, *a, **k: _block_size(self, atoms))
     def predict(
         self,
         atoms: Atoms,

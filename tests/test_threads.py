@@ -162,6 +162,8 @@ def test_small_predictions_use_one_blas_thread(frames, monkeypatch):
         pytest.skip("BLAS already runs one thread")
     model.predict(frames[0], return_std=True)
     assert seen and seen[-1][1] == 1
+    model.predict(atoms=frames[0], return_std=True)  # atoms by keyword
+    assert len(seen) == 2 and seen[-1][1] == 1
 
 
 def test_nested_calls_keep_the_outer_limits():
