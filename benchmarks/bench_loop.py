@@ -302,9 +302,10 @@ def fit_like(learner, frames, *, match_sparse=True, model=None):
 def evaluate(model, frames):
     """Force/energy errors and force z-scores (raw and calibrated) on labelled frames."""
     f_err, f_std_raw, f_std_cal, e_err = [], [], [], []
+    has_cal = bool(getattr(model, "calibration_", None))  # without one, calibrated == raw
     for a in frames:
         raw = model.predict(a, return_std=True, forces_std=True, calibrated=False)
-        cal = model.predict(a, return_std=True, forces_std=True, calibrated=True)
+        cal = model.predict(a, return_std=True, forces_std=True, calibrated=True) if has_cal else raw
         f_err.append((raw["forces"] - a.get_forces()).ravel())
         f_std_raw.append(raw["forces_std"].ravel())
         f_std_cal.append(cal["forces_std"].ravel())
