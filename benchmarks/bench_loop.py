@@ -37,6 +37,7 @@ AL runs stopped after 15 min (``--max-run-minutes``) and evaluated from their ch
 | metal-defect | 0.0034 / 0.0055 | 0.62 | 0.033 / 0.028 (1.16) | 3 | 0.17 (0.999) | 17 / 17 | 213 s |
 | alloy | 0.0643 / 0.0252 | 2.55 | 0.998 / 0.243 (4.10) | 40 | 6.85 (0.486) | 44 / 44 | 900 s, stopped at step 39 of 5000 |
 | molecule | 0.740 / 0.0486 | 15.2 | 21.8 / 0.730 (29.9) | 100 | 1.58 (0.826) | 162 / 162 | 901 s, stopped at step 157 of 4000 |
+| cu (2000 steps) | 0.0037 / 0.0040 | 0.93 | 0.031 / 0.029 (1.06) | 13 | 0.29 (0.996) | 20 / 20 | 164 s |
 
 No run stored a calibration (no validation frames by default), so calibrated = raw.
 The default trigger (local-energy std > 0.05 eV, every step) labelled every MD step on
