@@ -28,6 +28,22 @@ Cu-Ni), ``molecule`` (ethanol with GFN2-xTB; needs ``pip install tblite``) and `
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
+Measured on the old loop (branch bench at 1f9e6fb, defaults, seed 0), 2026-11-29, on a
+2-core machine shared with other jobs (load average 6-10, so wall times are inflated),
+AL runs stopped after 15 min (``--max-run-minutes``) and evaluated from their checkpoint:
+
+| system | F RMSE AL / base (eV/Å) | ratio | E RMSE AL / base (meV/atom) | labels/100 steps | z² raw (cov90) | oracle calls rep. / counted | wall |
+|---|---|---|---|---|---|---|---|
+| metal-defect | 0.0034 / 0.0055 | 0.62 | 0.033 / 0.028 (1.16) | 3 | 0.17 (0.999) | 17 / 17 | 213 s |
+| alloy | 0.0643 / 0.0252 | 2.55 | 0.998 / 0.243 (4.10) | 40 | 6.85 (0.486) | 44 / 44 | 900 s, stopped at step 39 of 5000 |
+| molecule | 0.740 / 0.0486 | 15.2 | 21.8 / 0.730 (29.9) | 100 | 1.58 (0.826) | 162 / 162 | 901 s, stopped at step 157 of 4000 |
+| cu (2000 steps) | 0.0037 / 0.0040 | 0.93 | 0.031 / 0.029 (1.06) | 13 | 0.29 (0.996) | 20 / 20 | 164 s |
+
+No run stored a calibration (no validation frames by default), so calibrated = raw.
+The default trigger (local-energy std > 0.05 eV, every step) labelled every MD step on
+the alloy and the molecule (DESIGN.md §7); the alloy and molecule AL models therefore saw
+only the start of the ramp, while the test frames span all of it.
+
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_loop.py                      (all three)
       python benchmarks/bench_loop.py --system cu --quick                   (smoke run)
       python benchmarks/bench_loop.py --system alloy --tuned --out alloy.json
@@ -302,9 +318,10 @@ def fit_like(learner, frames, *, match_sparse=True, model=None):
 def evaluate(model, frames):
     """Force/energy errors and force z-scores (raw and calibrated) on labelled frames."""
     f_err, f_std_raw, f_std_cal, e_err = [], [], [], []
+    has_cal = bool(getattr(model, "calibration_", None))  # without one, calibrated == raw
     for a in frames:
         raw = model.predict(a, return_std=True, forces_std=True, calibrated=False)
-        cal = model.predict(a, return_std=True, forces_std=True, calibrated=True)
+        cal = model.predict(a, return_std=True, forces_std=True, calibrated=True) if has_cal else raw
         f_err.append((raw["forces"] - a.get_forces()).ravel())
         f_std_raw.append(raw["forces_std"].ravel())
         f_std_cal.append(cal["forces_std"].ravel())
