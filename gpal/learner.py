@@ -111,8 +111,12 @@ class Trigger:
     adaptive : bool, default True
     adapt_window : int, default 10
     adapt_margin : float, default 0.2
-    threshold_min : float, default 0.0
-        Floor of the threshold (eV/Å, or eV).
+    threshold_min : float, optional
+        Floor of the threshold: by default 0.02 eV/Å for ``"forces_std"`` (the lower
+        end of the force deviations DP-GEN's users label at, 0.05-0.15 eV/Å for the
+        largest component; without a floor, a model whose fitted noise sits at its
+        bound keeps labelling at the rate the adaptive level allows), 0 for
+        ``"energies_std"``.
     every : int, default 20
         Steps between checks (blow-up checks run every step).
     max_labels, window : int, default 3 and 100
@@ -127,7 +131,7 @@ class Trigger:
     adaptive: bool = True
     adapt_window: int = 10
     adapt_margin: float = 0.2
-    threshold_min: float = 0.0
+    threshold_min: float | None = None
     every: int = 20
     max_labels: int = 3
     window: int = 100
@@ -142,6 +146,8 @@ class Trigger:
             if self.threshold is None:
                 raise ValueError("quantity='energies_std' needs a threshold (eV)")
         self.calibrated = self.quantity == "forces_std" if self.calibrated is None else bool(self.calibrated)
+        if self.threshold_min is None:
+            self.threshold_min = 0.02 if self.quantity == "forces_std" else 0.0
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"trigger threshold must be > 0, got {self.threshold}")
         if not self.noise_ratio > 0:

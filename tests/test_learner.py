@@ -257,7 +257,9 @@ def test_trigger_rate_cap_and_thresholds():
     assert trig.capped([10, 15], 40)
     assert not trig.capped([10, 15], 60)
     model = SparseGP(small_model().descriptor, n_sparse=20).fit(cu_frames(3, seed=1, size=(2, 2, 2)))
-    assert trig.base_threshold(model, scale=2.0) == pytest.approx(0.5 * 2.0 * model.noise_["force"])
+    assert trig.base_threshold(model, scale=2.0) == pytest.approx(max(0.02, 0.5 * 2.0 * model.noise_["force"]))
+    assert Trigger(threshold_min=0.0).base_threshold(model, scale=2.0) == pytest.approx(
+        0.5 * 2.0 * model.noise_["force"])
     assert Trigger(threshold=0.1).base_threshold(model, scale=5.0) == pytest.approx(0.1)
     assert Trigger(threshold=2.0, relative_to_noise=True).base_threshold(model) == pytest.approx(
         2.0 * model.noise_["force"])
