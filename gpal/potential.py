@@ -62,12 +62,21 @@ from ._threads import policy as _thread_policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SparseGP", "default_descriptor"]
+__all__ = ["SparseGP", "default_descriptor", "ZETA_CANDIDATES", "NOISE_BOUNDS"]
 
 _SPARSE_SELECTIONS = ("fps", "random", "cur")
 # observation groups
 _E, _F, _S = 0, 1, 2
 _GROUP_NAMES = ("energy", "force", "stress")
+_HYPERPARAMETER_MODES = ("evidence", "fixed")
+#: exponents of the dot-product kernel the evidence chooses from when no kernel is given
+ZETA_CANDIDATES = (2, 3, 4)
+#: the noise levels a model starts from (and keeps with ``hyperparameters="fixed"``)
+DEFAULT_NOISE = {"energy": 0.002, "force": 0.05, "stress": 0.005}
+#: physical ranges of the noise levels: energy eV/atom (0.1 meV/atom .. 1 eV/atom),
+#: force eV/Å (1 meV/Å .. 10 eV/Å), stress eV/Å^3 (about 1.6 MPa .. 16 GPa)
+NOISE_BOUNDS = {"energy": (1e-4, 1.0), "force": (1e-3, 10.0), "stress": (1e-5, 0.1)}
+_UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
 
 
 def default_descriptor(frames) -> SOAP:
@@ -117,13 +126,26 @@ class SparseGP:
     descriptor : gpal.SOAP, optional
         Environment descriptor. Default: :func:`default_descriptor` of the training frames.
     kernel : gpal.kernels kernel, optional
-        Kernel between environments. Default ``NormalizedDotProduct(zeta=4)``.
-    energy_noise : float, default 0.002
+        Kernel between environments, used as given (its ζ and signal variance are not
+        changed by :meth:`fit`). Default: ``NormalizedDotProduct(zeta)`` with ζ among
+        :data:`ZETA_CANDIDATES` (2, 3, 4) and its signal variance chosen by the evidence
+        (``hyperparameters="evidence"``), or ``NormalizedDotProduct(zeta=4)``
+        (``hyperparameters="fixed"``).
+    energy_noise : float or None, default None
         Energy noise per atom, eV/atom; a frame of N atoms gets ``energy_noise*sqrt(N)``.
-    force_noise : float, default 0.05
-        Force-component noise, eV/Å.
-    stress_noise : float, default 0.005
-        Stress-component noise, eV/Å^3.
+        ``None``: chosen by the evidence within :data:`NOISE_BOUNDS` (from 0.002), or
+        0.002 with ``hyperparameters="fixed"``. A number is kept as given.
+    force_noise : float or None, default None
+        Force-component noise, eV/Å (``None``: as above, from 0.05).
+    stress_noise : float or None, default None
+        Stress-component noise, eV/Å^3 (``None``: as above, from 0.005).
+    hyperparameters : {"evidence", "fixed"}, default "evidence"
+        ``"evidence"``: :meth:`fit` chooses what the user left unset (``kernel=None``:
+        ζ and the signal variance; a noise ``None``: that noise) by maximising the log
+        marginal likelihood of the training data (type-II maximum likelihood; see
+        :meth:`select_hyperparameters`). ``"fixed"``: nothing is chosen; unset values
+        take gpal's earlier defaults (ζ = 4, signal variance 1, noises 0.002, 0.05,
+        0.005), i.e. the behaviour of gpal before the evidence became the default.
     n_sparse : int or dict, default 200
         Number of sparse environments: a total shared between species in proportion to
         their numbers of environments, or ``{species: count}``.
@@ -143,6 +165,15 @@ class SparseGP:
     Attributes
     ----------
     descriptor_, kernel_ : the fitted descriptor and kernel.
+    zeta_ : int or None, the exponent of the fitted dot-product kernel.
+    noise_ : dict, the noise levels in use (energy eV/atom, force eV/Å, stress eV/Å^3).
+    evidence_ : list of dict or None
+        The candidates weighed by the evidence in the last :meth:`fit` or
+        :meth:`select_hyperparameters` (None if nothing was chosen): ``zeta``,
+        ``signal_variance``, ``noise`` and ``log_marginal_likelihood`` of each at its
+        optimum, and ``selected`` (True for the one in use).
+    log_marginal_likelihood_value_ : float, the log evidence of the fitted model (set
+        when hyperparameters were chosen or optimised).
     sparse_X_ : ndarray of shape (n_sparse, n_features)
     sparse_species_ : ndarray of shape (n_sparse,)
     alpha_ : ndarray of shape (n_sparse,)
@@ -164,15 +195,16 @@ class SparseGP:
         descriptor: SOAP | None = None,
         kernel=None,
         *,
-        energy_noise: float = 0.002,
-        force_noise: float = 0.05,
-        stress_noise: float = 0.005,
+        energy_noise: float | None = None,
+        force_noise: float | None = None,
+        stress_noise: float | None = None,
         n_sparse: int | dict = 200,
         sparse_selection: str = "fps",
         e0: str | dict = "fit",
         min_distance: float = DEFAULT_MIN_DISTANCE,
         jitter: float = 1e-8,
         random_state=0,
+        hyperparameters: str = "evidence",
     ):
         self.descriptor = descriptor
         self.kernel = kernel
@@ -185,6 +217,7 @@ class SparseGP:
         self.min_distance = min_distance
         self.jitter = jitter
         self.random_state = random_state
+        self.hyperparameters = hyperparameters
         self.alpha_ = None
 
     # ------------------------------------------------------------------ params
@@ -204,6 +237,7 @@ class SparseGP:
                 "min_distance",
                 "jitter",
                 "random_state",
+                "hyperparameters",
             )
         }
 
@@ -216,15 +250,27 @@ class SparseGP:
         return self
 
     def __repr__(self) -> str:
-        fitted = (
-            f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
-            if self.alpha_ is not None
-            else ""
-        )
+        fitted = self.alpha_ is not None
+
+        def noise(name):
+            if fitted:
+                return f"{self.noise_[name]:.3g}"
+            given = getattr(self, name + "_noise")
+            return "auto" if given is None and self.hyperparameters == "evidence" else (
+                f"{DEFAULT_NOISE[name] if given is None else given:.3g}")
+
+        kernel = self.kernel_ if fitted else (
+            "auto" if self.kernel is None and self.hyperparameters == "evidence" else self.kernel)
+        tail = ""
+        if fitted:
+            tail = f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
+            table = getattr(self, "evidence_", None)
+            if table:
+                tail += ", chosen by evidence (log evidence " + ", ".join(
+                    f"ζ={r['zeta']}: {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
         return (
-            f"SparseGP(kernel={self.kernel_ if self.alpha_ is not None else self.kernel!r}, "
-            f"energy_noise={self.energy_noise:.3g}, force_noise={self.force_noise:.3g}, "
-            f"stress_noise={self.stress_noise:.3g}{fitted})"
+            f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
+            f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
         )
 
     # ------------------------------------------------------------------ fit
@@ -260,22 +306,29 @@ class SparseGP:
                 f"Invalid sparse_selection {self.sparse_selection!r}; "
                 f"choose from {_SPARSE_SELECTIONS}"
             )
+        if self.hyperparameters not in _HYPERPARAMETER_MODES:
+            raise ValueError(
+                f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
+                f"{_HYPERPARAMETER_MODES}"
+            )
         for name in ("energy_noise", "force_noise", "stress_noise"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
         frames = check_frames(frames)
         self.descriptor_ = self.descriptor if self.descriptor is not None else (
             default_descriptor(frames)
         )
         self.kernel_ = (self.kernel if self.kernel is not None else NormalizedDotProduct(zeta=4)).clone()
+        self.evidence_ = None
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         self.noise_ = {
-            "energy": float(self.energy_noise),
-            "force": float(self.force_noise),
-            "stress": float(self.stress_noise),
+            g: float(DEFAULT_NOISE[g] if getattr(self, g + "_noise") is None
+                     else getattr(self, g + "_noise"))
+            for g in _GROUP_NAMES
         }
         self.e0_ = self._fit_e0(self.frames_)
         self.calibration_ = {}
@@ -298,6 +351,9 @@ class SparseGP:
         )
         self.sparse_X_ = Z
         self.sparse_species_ = zsp
+        if self.hyperparameters == "evidence" and self._free_hyperparameters():
+            self._choose_hyperparameters(warn_stacklevel=4)
+            return self
         K_mm = self._k_mm(Z, zsp)
         K_nm, y, noise, group, frame_index = self._observations(self.frames_, Z, zsp)
         self.obs_group_ = group
@@ -306,6 +362,12 @@ class SparseGP:
         self.solver_.fit(K_mm, K_nm, y, noise, jitter=self.jitter)
         self.alpha_ = self.solver_.alpha_
         return self
+
+    @property
+    def zeta_(self):
+        """Exponent ζ of the fitted dot-product kernel (None for other kernels)."""
+        check_is_fitted(self)
+        return int(self.kernel_.zeta) if isinstance(self.kernel_, NormalizedDotProduct) else None
 
     def _min_pair_distance(self, atoms) -> np.ndarray:
         from .neighbors import neighbor_list
@@ -1056,6 +1118,195 @@ class SparseGP:
             return K_mm, K_nm, K_mm[:, :, None], K_nm[:, :, None]
         return self._blocks(kernel)
 
+    def _free_hyperparameters(self) -> list[str]:
+        """Names of what the user left to the evidence (kernel None: ζ and its variance)."""
+        free = ["zeta", "signal_variance"] if self.kernel is None else []
+        return free + [g + "_noise" for g in _GROUP_NAMES if getattr(self, g + "_noise") is None]
+
+    def _rows_for_kernels(self, atoms, Z, zsp, derivs, kernels) -> list:
+        """:meth:`_derivative_rows` of one frame for several kernels from one derivative pass.
+
+        For cosine kernels the expensive contraction of the descriptor derivatives with
+        the sparse rows, ``dX·(ẑ - c x̂)``, does not depend on the kernel's shape (ζ);
+        only the elementwise factor ``f'(c)`` does. It is formed once per species block.
+        """
+        from . import _jit
+        from .kernels import CosineKernel
+
+        if len(kernels) == 1 or not all(isinstance(k, CosineKernel) for k in kernels):
+            return [self._derivative_rows(atoms, Z, zsp, derivs=derivs, kernel=k) for k in kernels]
+        d = derivs
+        X = d.descriptor
+        N, M = len(atoms), len(Z)
+        numbers = atoms.numbers
+        out = [(np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))) for _ in kernels]
+        has_cell = np.isfinite(d.volume) and d.volume > 0
+        center_species = numbers[d.center]
+        k0 = kernels[0]
+        for k in kernels:
+            k._validate()
+        for z in np.unique(numbers):
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            m = len(c)
+            Xa, Xh, xn, Zc, Zh, zn = k0._prepare(X, Z[c])
+            C, _ = k0._cosines(Xh, xn, Zh, False)
+            rz = numbers == z
+            p = center_species == z
+            if np.any(p):
+                center = np.ascontiguousarray(d.center[p], dtype=np.int64)
+                neighbor, vec = d.neighbor[p], d.vector[p]
+                dX = np.ascontiguousarray(d.dX[p], dtype=np.float64)
+                P, F = len(center), dX.shape[2]
+                D = (dX.reshape(P * 3, F) @ Zh.T).reshape(P, 3, m)
+                b = _jit._pair_projection(dX, Xh, center)
+                _jit._pair_tangent(D, b, C, center)
+                inv = k0._inverse_norms(xn)
+            for k, (e, f, s_) in zip(kernels, out):
+                s2, shape = float(k.signal_variance), float(k._shape_param())
+                e[c] = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape).sum(axis=0)
+                if not np.any(p):
+                    continue
+                Fp = _jit._apply_fprime(C, k._kind, shape)
+                flat = _jit._pair_scale(D, Fp, s2 * inv, center)
+                f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(N, 3, m)
+                if has_cell:
+                    s_[:, c] = pair_stress(flat, vec, d.volume).reshape(6, m)
+        return out
+
+    def _choose_hyperparameters(self, zetas=None, warn_stacklevel: int = 3) -> None:
+        """Choose the free hyperparameters by the evidence and refit the solver.
+
+        Every candidate kernel gets its kernel rows from one descriptor-derivative pass
+        per frame; the noise levels and signal variance of each are set by maximising
+        the log marginal likelihood (:func:`_maximise_evidence`, O(n_sparse³) per step
+        after one O(n_obs n_sparse²) pass); the candidate with the largest maximum wins.
+        """
+        frames, Z, zsp = self.frames_, self.sparse_X_, self.sparse_species_
+        free_kernel = self.kernel is None
+        if free_kernel:
+            zetas = tuple(ZETA_CANDIDATES if zetas is None else zetas)
+            if not zetas:
+                raise ValueError("zetas is empty")
+            kernels = [NormalizedDotProduct(zeta=int(z)) for z in zetas]
+        else:
+            kernels = [self.kernel_]
+        # targets, groups and fixed noise factors (sqrt(n_atoms) for energies)
+        ys, scales, groups, fidx = [], [], [], []
+        rows = [[] for _ in kernels]
+        for k, a in enumerate(frames):
+            targets = self._frame_targets(a)
+            outs = self._rows_for_kernels(a, Z, zsp, self.descriptor_.derivatives(a), kernels)
+            n = len(a)
+            for group, y, noise in targets:
+                ys.append(y)
+                scales.append(noise / self.noise_[_GROUP_NAMES[group]])
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), k, dtype=np.int64))
+                for r, out in zip(rows, outs):
+                    r.append(out[group][None] if group == _E else
+                             out[group].reshape(3 * n, len(Z)) if group == _F else out[group])
+        y, scale = np.concatenate(ys), np.concatenate(scales)
+        group, self.obs_frame_ = np.concatenate(groups), np.concatenate(fidx)
+        self.obs_group_ = group
+        present = [g for g in (_E, _F, _S) if np.any(group == g)]
+        remap = np.full(3, -1)
+        remap[present] = np.arange(len(present))
+        gidx = remap[group]
+        names = [_GROUP_NAMES[g] for g in present]
+        levels0 = np.array([self.noise_[nm] for nm in names])
+        noise_bounds = [NOISE_BOUNDS[nm] if getattr(self, nm + "_noise") is None else "fixed"
+                        for nm in names]
+        table, best = [], None
+        for kernel, r in zip(kernels, rows):
+            K_nm = np.concatenate(r)
+            K_mm = self._k_mm(Z, zsp, kernel)
+            sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
+            if isinstance(sv_bounds, str) or kernel.n_dims == 0:
+                sv_bounds = "fixed"
+            levels, ratio = _maximise_evidence(
+                K_mm, K_nm, y, gidx, scale, levels0, noise_bounds,
+                None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
+                self.jitter,
+            )
+            fitted_kernel = kernel.clone()
+            fitted_kernel.signal_variance = float(kernel.signal_variance * ratio)
+            solver = SparseGPSolver().fit(K_mm * ratio, K_nm * ratio, y, levels[gidx] * scale,
+                                          jitter=self.jitter)
+            lml = float(solver.log_marginal_likelihood())
+            noise = dict(self.noise_)
+            noise.update({nm: float(v) for nm, v in zip(names, levels)})
+            table.append({
+                "zeta": int(kernel.zeta) if isinstance(kernel, NormalizedDotProduct) else None,
+                "signal_variance": fitted_kernel.signal_variance,
+                "noise": noise,
+                "log_marginal_likelihood": lml,
+                "selected": False,
+            })
+            if best is None or lml > best[0]:
+                best = (lml, len(table) - 1, fitted_kernel, solver, noise,
+                        levels, None if sv_bounds == "fixed" else sv_bounds)
+        lml, k_best, kernel, solver, noise, levels, sv_bounds = best
+        table[k_best]["selected"] = True
+        self.kernel_ = kernel
+        self.noise_ = noise
+        self.solver_ = solver
+        self.alpha_ = solver.alpha_
+        self.log_marginal_likelihood_value_ = lml
+        self.evidence_ = table
+        log.info("hyperparameters by evidence: %r noise %s lml %.6g", kernel, noise, lml)
+        # a chosen value at the edge of its range: the evidence would go further
+        at_bound = []
+        for nm, lev, b in zip(names, levels, noise_bounds):
+            if b != "fixed":
+                side = _bound_side(lev, b)
+                if side:
+                    at_bound.append(f"{nm}_noise = {lev:.3g} {_UNITS[nm]} (at its {side} bound)")
+        if sv_bounds is not None:
+            side = _bound_side(kernel.signal_variance, sv_bounds)
+            if side:
+                at_bound.append(f"signal_variance = {kernel.signal_variance:.3g} eV² "
+                                f"(at its {side} bound)")
+        if at_bound:
+            warnings.warn(
+                "hyperparameters chosen by the evidence sit at a bound of their range: "
+                + "; ".join(at_bound) + ". The evidence would move them further (a lower "
+                "noise bound is normal for a deterministic oracle); set the value explicitly "
+                "to fix it.",
+                UserWarning,
+                stacklevel=warn_stacklevel,
+            )
+
+    @_thread_policy()
+    def select_hyperparameters(self, *, zetas=None) -> "SparseGP":
+        """Re-choose, by the evidence, what the user left unset; keep the sparse set.
+
+        On the current training frames (including those added by :meth:`update`) and
+        sparse environments: with ``kernel=None`` the exponent ζ of
+        ``NormalizedDotProduct`` among ``zetas`` (default :data:`ZETA_CANDIDATES`) and its
+        signal variance; each noise given as ``None`` within :data:`NOISE_BOUNDS`. Each
+        candidate is scored by its maximised log marginal likelihood; the best is
+        refitted and stored (``kernel_``, ``noise_``, ``zeta_``, ``evidence_``). This is
+        what :meth:`fit` does with ``hyperparameters="evidence"``; call it to re-choose
+        as data arrive (it costs one descriptor-derivative pass over the training
+        frames). Values the user set are kept; with nothing left to choose the model is
+        unchanged. The stored calibration is kept (re-calibrate afterwards).
+
+        Returns
+        -------
+        self
+
+        Warns
+        -----
+        UserWarning
+            A chosen noise or signal variance sits at a bound of its range.
+        """
+        check_is_fitted(self)
+        if self._free_hyperparameters():
+            self._choose_hyperparameters(zetas, warn_stacklevel=4)
+        return self
+
     @_thread_policy()
     def optimize_hyperparameters(
         self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=(1e-4, 1.0)
@@ -1228,3 +1479,118 @@ class SparseGP:
                 raise
             raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
         return self
+
+
+def _bound_side(value, bounds, tol: float = 1e-3):
+    """"lower"/"upper" when ``value`` is within ``tol`` (in log) of a bound, else None."""
+    lo, hi = (float(b) for b in bounds)
+    if abs(np.log(value) - np.log(lo)) <= tol:
+        return "lower"
+    if abs(np.log(value) - np.log(hi)) <= tol:
+        return "upper"
+    return None
+
+
+def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, ratio_bounds, jitter):
+    """Maximise the DTC log evidence over noise levels and a common kernel scale.
+
+    The noise std of observation i is ``levels[groups[i]] * scale[i]``; the kernel
+    blocks are ``r K_mm`` and ``r K_nm`` (r: the signal-variance ratio). With
+    ``K_mm = L Lᵀ`` (jittered as the solver does) and the whitened rows
+    ``Φ = Λ₀^{-1/2} K_nm L⁻ᵀ`` (Λ₀: the fixed factors ``scale²``), one pass forms the
+    per-group Gram matrices ``Φ_gᵀ Φ_g`` (O(n_obs M²)); each evaluation then costs
+    O(M³) + O(n_obs M)::
+
+        yᵀ(Q+Λ)⁻¹y = min_u Σ_g w_g |y_g - r Φ_g u|² + r |u|²      (w_g = levels_g⁻²)
+        log|Q+Λ|   = log|Λ| + log|r I + r² Σ_g w_g Φ_gᵀ Φ_g| - M log r
+
+    (the quadratic form from residuals, which stays accurate when the fit is close;
+    the whitened matrix has eigenvalues >= r, so its Cholesky factor is well
+    conditioned where ``K_mm + K_nmᵀ Λ⁻¹ K_nm`` would not be). The gradient follows by
+    the envelope theorem. ``noise_bounds``: one (low, high) or "fixed" per group;
+    ``ratio_bounds``: (low, high) for r, or None (r = 1).
+
+    Returns
+    -------
+    levels : ndarray (n_groups,), ratio : float
+    """
+    import scipy.optimize
+
+    from .sparse_gp import _jittered_cholesky
+
+    n, M = K_nm.shape
+    G = len(levels0)
+    L_mm, _ = _jittered_cholesky(K_mm, jitter)
+    Phi = scipy.linalg.solve_triangular(L_mm, (K_nm / scale[:, None]).T, lower=True,
+                                        check_finite=False).T  # [n, M]
+    yw = y / scale
+    sel = [groups == g for g in range(G)]
+    gram = np.array([Phi[s].T @ Phi[s] for s in sel])  # [G, M, M]
+    bvec = np.array([Phi[s].T @ yw[s] for s in sel])  # [G, M]
+    n_g = np.array([np.count_nonzero(s) for s in sel], dtype=float)
+    const = 2.0 * np.sum(np.log(scale)) + n * np.log(2.0 * np.pi)
+    eye = np.eye(M)
+
+    lo = np.empty(G + 1)
+    hi = np.empty(G + 1)
+    free = np.ones(G + 1, bool)
+    for g, b in enumerate(noise_bounds):
+        if isinstance(b, str):
+            free[g] = False
+            lo[g] = hi[g] = np.log(levels0[g])
+        else:
+            lo[g], hi[g] = np.log(b[0]), np.log(b[1])
+    if ratio_bounds is None:
+        free[G] = False
+        lo[G] = hi[G] = 0.0
+    else:
+        lo[G], hi[G] = np.log(ratio_bounds[0]), np.log(ratio_bounds[1])
+    x0 = np.concatenate([np.log(levels0), [0.0]])
+    x0 = np.clip(x0, lo, hi)
+
+    def negative(xf):
+        x = x0.copy()
+        x[free] = xf
+        w = np.exp(-2.0 * x[:G])
+        r = np.exp(x[G])
+        A = r * eye + r * r * np.einsum("g,gij->ij", w, gram)
+        try:
+            cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(xf.shape)
+        u = scipy.linalg.cho_solve(cho, r * (w @ bvec), check_finite=False)
+        pred = r * (Phi @ u)
+        res = yw - pred
+        e_g = np.array([res[s] @ res[s] for s in sel])
+        quad_u = r * (u @ u)
+        J = w @ e_g + quad_u
+        L = 2.0 * (n_g @ x[:G]) + 2.0 * np.sum(np.log(np.diag(cho[0]))) - M * x[G]
+        Ainv = scipy.linalg.cho_solve(cho, eye, check_finite=False)
+        tr_g = np.einsum("ij,gij->g", Ainv, gram)
+        grad = np.empty(G + 1)
+        grad[:G] = -2.0 * w * e_g + 2.0 * n_g - 2.0 * w * r * r * tr_g
+        wres = np.zeros(n)
+        for g, s in enumerate(sel):
+            wres[s] = w[g] * res[s]
+        grad[G] = (-2.0 * (wres @ pred) + quad_u) + (r * np.trace(Ainv) + 2.0 * r * r * (w @ tr_g) - M)
+        return 0.5 * (J + L + const), 0.5 * grad[free]
+
+    x = x0.copy()
+    if np.any(free):
+        bounds = list(zip(lo[free], hi[free]))
+        starts = [x0[free]]
+        # a second start from small noises: the evidence can have a second maximum
+        # where the data are explained as noise
+        alt = x0.copy()
+        alt[:G] = np.where(free[:G], np.minimum(lo[:G] + np.log(10.0), x0[:G]), x0[:G])
+        starts.append(alt[free])
+        best = None
+        for start in starts:
+            res = scipy.optimize.minimize(negative, start, jac=True, method="L-BFGS-B",
+                                          bounds=bounds)
+            if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+                best = res
+        if best is None:
+            raise np.linalg.LinAlgError("the evidence could not be evaluated (Cholesky failed)")
+        x[free] = best.x
+    return np.exp(x[:G]), float(np.exp(x[G]))
