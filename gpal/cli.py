@@ -271,7 +271,7 @@ def cmd_info(args) -> int:
     arrays, meta = read_model_file(args.model)
     print(f"gpal model {args.model} (format {meta['format']} v{meta['format_version']}, "
           f"written by gpal {meta.get('gpal_version')})")
-    for key in ("descriptor", "kernel", "noise", "e0", "calibration"):
+    for key in ("descriptor", "kernel", "noise", "hyperparameters", "e0", "calibration"):
         if key in meta:
             print(f"  {key:<12}: {json.dumps(meta[key])}")
     print(f"  sparse      : {arrays['sparse_X'].shape[0]} environments x {arrays['sparse_X'].shape[1]} features")

@@ -1309,7 +1309,7 @@ class SparseGP:
 
     @_thread_policy()
     def optimize_hyperparameters(
-        self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=(1e-4, 1.0)
+        self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=None
     ) -> "SparseGP":
         """Maximise the log marginal likelihood over kernel hyperparameters and noises.
 
@@ -1318,15 +1318,31 @@ class SparseGP:
         kernel) and, with ``optimize_noise``, the energy (per atom), force and stress
         noise levels of the label groups present. When only the signal variance is
         free, no kernel block is recomputed. The model is refitted at the optimum.
+        The exponent ζ is not changed (see :meth:`select_hyperparameters`).
+
+        Parameters
+        ----------
+        optimize_noise : bool, default True
+        n_restarts : int, default 0
+        noise_bounds : (float, float), list of them or None
+            Linear bounds of the noise levels, one pair for all groups or one per group
+            present (energy, force, stress order). Default: :data:`NOISE_BOUNDS`.
 
         Returns
         -------
         self
+
+        Warns
+        -----
+        UserWarning
+            An optimised noise or kernel hyperparameter sits at a bound (named).
         """
         from .sparse_gp import optimize_hyperparameters
 
         check_is_fitted(self)
         present, groups, levels, scale = self._noise_layout()
+        if noise_bounds is None:
+            noise_bounds = [NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
         cache = {}
 
         def build(theta_k):
@@ -1357,6 +1373,29 @@ class SparseGP:
         self.alpha_ = self.solver_.alpha_
         self.log_marginal_likelihood_value_ = float(res.log_marginal_likelihood)
         log.info("hyperparameters: %r noise %s lml %.6g", self.kernel_, self.noise_, res.log_marginal_likelihood)
+        at_bound = []
+        if optimize_noise:
+            nb = list(noise_bounds)
+            if len(nb) == 2 and all(np.isscalar(b) for b in nb):
+                nb = [tuple(nb)] * len(present)
+            for g, lev, b in zip(present, res.noise_levels, nb):
+                side = None if isinstance(b, str) else _bound_side(lev, b)
+                if side:
+                    name = _GROUP_NAMES[g]
+                    at_bound.append(f"{name}_noise = {lev:.3g} {_UNITS[name]} (at its {side} bound)")
+        free = [h for h in kernel.hyperparameters if not h.fixed]
+        for h in free:
+            side = _bound_side(getattr(kernel, h.name), h.bounds)
+            if side:
+                at_bound.append(f"{h.name} = {getattr(kernel, h.name):.3g} (at its {side} bound)")
+        if at_bound:
+            warnings.warn(
+                "optimised hyperparameters sit at a bound of their range: " + "; ".join(at_bound)
+                + ". The evidence would move them further (a lower noise bound is normal for "
+                "a deterministic oracle); widen the bound or fix the value.",
+                UserWarning,
+                stacklevel=3,
+            )
         return self
 
     # ------------------------------------------------------------------ save / load
@@ -1402,7 +1441,15 @@ class SparseGP:
             "e0": {str(z): v for z, v in self.e0_.items()},
             "calibration": self.calibration_,
             "solver_jitter": self.solver_.jitter_,
+            "hyperparameters": {
+                "mode": self.hyperparameters,
+                "zeta": self.zeta_,
+                "log_marginal_likelihood": getattr(self, "log_marginal_likelihood_value_", None),
+                "evidence": getattr(self, "evidence_", None),
+            },
             "params": {
+                "kernel": None if self.kernel is None else self.kernel.to_dict(),
+                "hyperparameters": self.hyperparameters,
                 "energy_noise": self.energy_noise, "force_noise": self.force_noise,
                 "stress_noise": self.stress_noise,
                 "n_sparse": self.n_sparse if isinstance(self.n_sparse, int) else
@@ -1432,13 +1479,21 @@ class SparseGP:
             desc = SOAP(**meta["descriptor"]["params"])
             kernel = kernel_from_dict(meta["kernel"])
             params = dict(meta["params"])
+            # files from before the evidence defaults: the kernel and noises were given
+            params.setdefault("hyperparameters", "fixed")
+            given_kernel = params.pop("kernel", kernel.to_dict())
+            given_kernel = None if given_kernel is None else kernel_from_dict(given_kernel)
             if isinstance(params.get("n_sparse"), dict):
                 params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
             if isinstance(params.get("e0"), dict):
                 params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
-            self = cls(desc, kernel, **params)
+            self = cls(desc, given_kernel, **params)
             self.descriptor_ = desc
             self.kernel_ = kernel
+            choice = meta.get("hyperparameters", {})
+            self.evidence_ = choice.get("evidence")
+            if choice.get("log_marginal_likelihood") is not None:
+                self.log_marginal_likelihood_value_ = float(choice["log_marginal_likelihood"])
             self.noise_ = {k: float(v) for k, v in meta["noise"].items()}
             self.e0_ = {int(k): float(v) for k, v in meta["e0"].items()}
             self.calibration_ = dict(meta.get("calibration", {}))
