@@ -62,7 +62,7 @@ from ._threads import policy as _thread_policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SparseGP", "default_descriptor", "ZETA_CANDIDATES", "NOISE_BOUNDS"]
+__all__ = ["SparseGP", "default_descriptor", "ZETA_CANDIDATES", "L_MAX_CANDIDATES", "NOISE_BOUNDS"]
 
 _SPARSE_SELECTIONS = ("fps", "random", "cur")
 # observation groups
@@ -71,6 +71,8 @@ _GROUP_NAMES = ("energy", "force", "stress")
 _HYPERPARAMETER_MODES = ("evidence", "fixed")
 #: exponents of the dot-product kernel the evidence chooses from when no kernel is given
 ZETA_CANDIDATES = (2, 3, 4)
+#: SOAP l_max the evidence chooses from when no descriptor is given (at most the default's)
+L_MAX_CANDIDATES = (3, 6)
 #: the noise levels a model starts from (and keeps with ``hyperparameters="fixed"``)
 DEFAULT_NOISE = {"energy": 0.002, "force": 0.05, "stress": 0.005}
 #: physical ranges of the noise levels: energy eV/atom (0.1 meV/atom .. 1 eV/atom),
@@ -96,6 +98,26 @@ def default_descriptor(frames) -> SOAP:
         periodic=periodic,
         weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1},
     )
+
+
+def _l_max_subset(soap: SOAP, l_max: int) -> np.ndarray:
+    """Columns of ``soap``'s features that form ``SOAP(..., l_max=l_max)``'s, in its order.
+
+    gpal's (dscribe's) layout is, per species pair, l-major: the features of degrees
+    0..l_max are the first ``(l_max + 1) * size`` of each pair block, and the radial
+    basis of each degree does not depend on l_max.
+    """
+    n, L, S = int(soap.n_max), int(soap.l_max), len(soap.species_numbers_)
+    if not 0 <= l_max <= L:
+        raise ValueError(f"l_max must lie in [0, {L}], got {l_max}")
+    nsym = n * (n + 1) // 2
+    cols = []
+    for s in range(S):
+        for t in range(s, S):
+            off = int(soap._pair_off[s, t])
+            size = nsym if s == t else n * n
+            cols.append(np.arange(off, off + (l_max + 1) * size))
+    return np.concatenate(cols)
 
 
 def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
@@ -266,8 +288,10 @@ class SparseGP:
             tail = f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
             table = getattr(self, "evidence_", None)
             if table:
+                several_l = len({r.get("l_max") for r in table}) > 1
                 tail += ", chosen by evidence (log evidence " + ", ".join(
-                    f"ζ={r['zeta']}: {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
+                    f"ζ={r['zeta']}" + (f" l_max={r['l_max']}" if several_l else "")
+                    + f": {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
         return (
             f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
             f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
@@ -351,8 +375,10 @@ class SparseGP:
         )
         self.sparse_X_ = Z
         self.sparse_species_ = zsp
-        if self.hyperparameters == "evidence" and self._free_hyperparameters():
-            self._choose_hyperparameters(warn_stacklevel=4)
+        if self.hyperparameters == "evidence" and (
+                self._free_hyperparameters() or self.descriptor is None):
+            self._choose_hyperparameters(
+                l_maxes=L_MAX_CANDIDATES if self.descriptor is None else None, warn_stacklevel=4)
             return self
         K_mm = self._k_mm(Z, zsp)
         K_nm, y, noise, group, frame_index = self._observations(self.frames_, Z, zsp)
@@ -1121,7 +1147,8 @@ class SparseGP:
     def _free_hyperparameters(self) -> list[str]:
         """Names of what the user left to the evidence (kernel None: ζ and its variance)."""
         free = ["zeta", "signal_variance"] if self.kernel is None else []
-        return free + [g + "_noise" for g in _GROUP_NAMES if getattr(self, g + "_noise") is None]
+        free += [g + "_noise" for g in _GROUP_NAMES if getattr(self, g + "_noise") is None]
+        return free
 
     def _rows_for_kernels(self, atoms, Z, zsp, derivs, kernels) -> list:
         """:meth:`_derivative_rows` of one frame for several kernels from one derivative pass.
@@ -1175,14 +1202,18 @@ class SparseGP:
                     s_[:, c] = pair_stress(flat, vec, d.volume).reshape(6, m)
         return out
 
-    def _choose_hyperparameters(self, zetas=None, warn_stacklevel: int = 3) -> None:
+    def _choose_hyperparameters(self, zetas=None, l_maxes=None, warn_stacklevel: int = 3) -> None:
         """Choose the free hyperparameters by the evidence and refit the solver.
 
-        Every candidate kernel gets its kernel rows from one descriptor-derivative pass
-        per frame; the noise levels and signal variance of each are set by maximising
-        the log marginal likelihood (:func:`_maximise_evidence`, O(n_sparse³) per step
-        after one O(n_obs n_sparse²) pass); the candidate with the largest maximum wins.
+        Every candidate (kernel, SOAP l_max) gets its kernel rows from one
+        descriptor-derivative pass per frame (a smaller l_max is a subset of the
+        features, :func:`_l_max_subset`, on the same sparse environments); the noise
+        levels and signal variance of each are set by maximising the log marginal
+        likelihood (:func:`_maximise_evidence`, O(n_sparse³) per step after one
+        O(n_obs n_sparse²) pass); the candidate with the largest maximum wins.
         """
+        import dataclasses
+
         frames, Z, zsp = self.frames_, self.sparse_X_, self.sparse_species_
         free_kernel = self.kernel is None
         if free_kernel:
@@ -1192,12 +1223,25 @@ class SparseGP:
             kernels = [NormalizedDotProduct(zeta=int(z)) for z in zetas]
         else:
             kernels = [self.kernel_]
+        L = int(self.descriptor_.l_max)
+        l_maxes = sorted({int(v) for v in (l_maxes or (L,)) if int(v) <= L} | {L})
+        subsets = {lm: None if lm == L else _l_max_subset(self.descriptor_, lm) for lm in l_maxes}
+        cands = [(lm, kern) for lm in l_maxes for kern in kernels]
+        Zs = {lm: Z if cols is None else np.ascontiguousarray(Z[:, cols])
+              for lm, cols in subsets.items()}
         # targets, groups and fixed noise factors (sqrt(n_atoms) for energies)
         ys, scales, groups, fidx = [], [], [], []
-        rows = [[] for _ in kernels]
+        rows = [[] for _ in cands]
         for k, a in enumerate(frames):
             targets = self._frame_targets(a)
-            outs = self._rows_for_kernels(a, Z, zsp, self.descriptor_.derivatives(a), kernels)
+            d = self.descriptor_.derivatives(a)
+            outs = []
+            for lm, cols in subsets.items():
+                dl = d if cols is None else dataclasses.replace(
+                    d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
+                    dX=np.ascontiguousarray(d.dX[:, :, cols]))
+                outs += self._rows_for_kernels(a, Zs[lm], zsp, dl, kernels)
+            del d
             n = len(a)
             for group, y, noise in targets:
                 ys.append(y)
@@ -1219,9 +1263,9 @@ class SparseGP:
         noise_bounds = [NOISE_BOUNDS[nm] if getattr(self, nm + "_noise") is None else "fixed"
                         for nm in names]
         table, best = [], None
-        for kernel, r in zip(kernels, rows):
+        for (lm, kernel), r in zip(cands, rows):
             K_nm = np.concatenate(r)
-            K_mm = self._k_mm(Z, zsp, kernel)
+            K_mm = self._k_mm(Zs[lm], zsp, kernel)
             sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
             if isinstance(sv_bounds, str) or kernel.n_dims == 0:
                 sv_bounds = "fixed"
@@ -1239,6 +1283,7 @@ class SparseGP:
             noise.update({nm: float(v) for nm, v in zip(names, levels)})
             table.append({
                 "zeta": int(kernel.zeta) if isinstance(kernel, NormalizedDotProduct) else None,
+                "l_max": lm,
                 "signal_variance": fitted_kernel.signal_variance,
                 "noise": noise,
                 "log_marginal_likelihood": lml,
@@ -1246,9 +1291,12 @@ class SparseGP:
             })
             if best is None or lml > best[0]:
                 best = (lml, len(table) - 1, fitted_kernel, solver, noise,
-                        levels, None if sv_bounds == "fixed" else sv_bounds)
-        lml, k_best, kernel, solver, noise, levels, sv_bounds = best
+                        levels, None if sv_bounds == "fixed" else sv_bounds, lm)
+        lml, k_best, kernel, solver, noise, levels, sv_bounds, lm = best
         table[k_best]["selected"] = True
+        if lm != L:  # the smaller SOAP: its features on the same sparse environments
+            self.descriptor_ = SOAP(**{**self.descriptor_.get_params(), "l_max": lm})
+            self.sparse_X_ = Zs[lm]
         self.kernel_ = kernel
         self.noise_ = noise
         self.solver_ = solver

@@ -170,3 +170,26 @@ def test_params_clone_and_repr():
     assert "kernel=auto" in repr(model) and "energy_noise=auto" in repr(model)
     model.set_params(hyperparameters="fixed")
     assert "kernel=None" in repr(model) and "energy_noise=0.002" in repr(model)
+
+
+def test_smaller_l_max_is_a_feature_subset_and_chosen_by_evidence(frames):
+    from gpal.potential import L_MAX_CANDIDATES, _l_max_subset, default_descriptor
+
+    full = default_descriptor(frames)
+    small = SOAP(**{**full.get_params(), "l_max": 3})
+    cols = _l_max_subset(full, 3)
+    np.testing.assert_array_equal(full.create(frames[0])[:, cols], small.create(frames[0]))
+    np.testing.assert_array_equal(full.derivatives(frames[0]).dX[:, :, cols],
+                                  small.derivatives(frames[0]).dX)
+    model = quiet_fit(SparseGP(n_sparse=30), frames)
+    table = model.evidence_
+    assert sorted({r["l_max"] for r in table}) == sorted(L_MAX_CANDIDATES)
+    best = max(table, key=lambda r: r["log_marginal_likelihood"])
+    assert model.descriptor_.l_max == best["l_max"] and model.zeta_ == best["zeta"]
+    # the chosen model is the one an explicit fit with that SOAP on those sparse points gives
+    assert model.sparse_X_.shape[1] == model.descriptor_.get_number_of_features()
+    assert model.log_marginal_likelihood() == pytest.approx(best["log_marginal_likelihood"])
+    # a given descriptor is kept
+    given = quiet_fit(SparseGP(full, n_sparse=30), frames)
+    assert given.descriptor_.l_max == full.l_max
+    assert {r["l_max"] for r in given.evidence_} == {full.l_max}
