@@ -1584,8 +1584,8 @@ class SparseGP:
         return self
 
 
-def _bound_side(value, bounds, tol: float = 1e-3):
-    """"lower"/"upper" when ``value`` is within ``tol`` (in log) of a bound, else None."""
+def _bound_side(value, bounds, tol: float = 1e-2):
+    """"lower"/"upper" when ``value`` is within ``tol`` (in log, 1 %) of a bound, else None."""
     lo, hi = (float(b) for b in bounds)
     if abs(np.log(value) - np.log(lo)) <= tol:
         return "lower"
