@@ -73,6 +73,10 @@ _HYPERPARAMETER_MODES = ("evidence", "fixed")
 ZETA_CANDIDATES = (2, 3, 4)
 #: SOAP l_max the evidence chooses from when no descriptor is given (at most the default's)
 L_MAX_CANDIDATES = (3, 6)
+#: range of the default kernel's signal variance (eV²) when the evidence chooses it: in a
+#: crystal all cosines are close to 1 and the varying part of σ² c^ζ is a small fraction
+#: of σ², so σ² itself can exceed the kernel's own default bound of 1e3
+SIGNAL_VARIANCE_BOUNDS = (1e-3, 1e5)
 #: the noise levels a model starts from (and keeps with ``hyperparameters="fixed"``)
 DEFAULT_NOISE = {"energy": 0.002, "force": 0.05, "stress": 0.005}
 #: physical ranges of the noise levels: energy eV/atom (0.1 meV/atom .. 1 eV/atom),
@@ -1198,8 +1202,10 @@ class SparseGP:
                 Fp = _jit._apply_fprime(C, k._kind, shape)
                 flat = _jit._pair_scale(D, Fp, s2 * inv, center)
                 f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(N, 3, m)
-                if has_cell:
-                    s_[:, c] = pair_stress(flat, vec, d.volume).reshape(6, m)
+                if has_cell:  # pair_stress as one BLAS product (its einsum is slow here)
+                    st = (vec.T @ flat.reshape(P, 3 * m)).reshape(3, 3, m)  # [b, a, m]
+                    st = 0.5 * (st + st.transpose(1, 0, 2)) / d.volume
+                    s_[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         return out
 
     def _choose_hyperparameters(self, zetas=None, l_maxes=None, warn_stacklevel: int = 3) -> None:
@@ -1220,7 +1226,8 @@ class SparseGP:
             zetas = tuple(ZETA_CANDIDATES if zetas is None else zetas)
             if not zetas:
                 raise ValueError("zetas is empty")
-            kernels = [NormalizedDotProduct(zeta=int(z)) for z in zetas]
+            kernels = [NormalizedDotProduct(zeta=int(z), signal_variance_bounds=SIGNAL_VARIANCE_BOUNDS)
+                       for z in zetas]
         else:
             kernels = [self.kernel_]
         L = int(self.descriptor_.l_max)
@@ -1269,16 +1276,13 @@ class SparseGP:
             sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
             if isinstance(sv_bounds, str) or kernel.n_dims == 0:
                 sv_bounds = "fixed"
-            levels, ratio = _maximise_evidence(
+            levels, ratio, lml = _maximise_evidence(
                 K_mm, K_nm, y, gidx, scale, levels0, noise_bounds,
                 None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
                 self.jitter,
             )
             fitted_kernel = kernel.clone()
             fitted_kernel.signal_variance = float(kernel.signal_variance * ratio)
-            solver = SparseGPSolver().fit(K_mm * ratio, K_nm * ratio, y, levels[gidx] * scale,
-                                          jitter=self.jitter)
-            lml = float(solver.log_marginal_likelihood())
             noise = dict(self.noise_)
             noise.update({nm: float(v) for nm, v in zip(names, levels)})
             table.append({
@@ -1290,10 +1294,14 @@ class SparseGP:
                 "selected": False,
             })
             if best is None or lml > best[0]:
-                best = (lml, len(table) - 1, fitted_kernel, solver, noise,
+                best = (lml, len(table) - 1, fitted_kernel, (K_mm * ratio, K_nm * ratio), noise,
                         levels, None if sv_bounds == "fixed" else sv_bounds, lm)
-        lml, k_best, kernel, solver, noise, levels, sv_bounds, lm = best
+            del K_nm
+        lml, k_best, kernel, (K_mm, K_nm), noise, levels, sv_bounds, lm = best
         table[k_best]["selected"] = True
+        solver = SparseGPSolver().fit(K_mm, K_nm, y, levels[gidx] * scale, jitter=self.jitter)
+        lml = float(solver.log_marginal_likelihood())  # the QR value (agrees to round-off)
+        table[k_best]["log_marginal_likelihood"] = lml
         if lm != L:  # the smaller SOAP: its features on the same sparse environments
             self.descriptor_ = SOAP(**{**self.descriptor_.get_params(), "l_max": lm})
             self.sparse_X_ = Zs[lm]
@@ -1615,7 +1623,7 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
 
     Returns
     -------
-    levels : ndarray (n_groups,), ratio : float
+    levels : ndarray (n_groups,), ratio : float, lml : float (at the maximum)
     """
     import scipy.optimize
 
@@ -1696,4 +1704,5 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         if best is None:
             raise np.linalg.LinAlgError("the evidence could not be evaluated (Cholesky failed)")
         x[free] = best.x
-    return np.exp(x[:G]), float(np.exp(x[G]))
+    value = negative(x[free])[0] if np.any(free) else negative(np.zeros(0))[0]
+    return np.exp(x[:G]), float(np.exp(x[G])), float(-value)
