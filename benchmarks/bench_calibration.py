@@ -333,7 +333,9 @@ def run(args, seed):
 
     desc = make_descriptor(args.descriptor)
     t0 = time.perf_counter()
-    template = SparseGP(desc, n_sparse=args.n_sparse, random_state=args.seed)
+    # "fixed": the --zeta and --optimize options below decide what is chosen
+    template = SparseGP(desc, n_sparse=args.n_sparse, random_state=args.seed,
+                        hyperparameters="fixed")
     if args.zeta == "auto":
         sel = select_kernel_by_evidence(template, train, optimize_noise=args.optimize == "all")
         print(f"kernel by evidence ({time.perf_counter() - t0:.1f} s):\n{sel}")

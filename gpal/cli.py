@@ -511,6 +511,9 @@ def cmd_info(args: argparse.Namespace) -> int:
               + (f"; {extra}" if extra else ""))
     else:
         print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")
+    hp = meta.get("hyperparameters")
+    if hp:
+        print(f"  evidence    : {json.dumps(hp)}")
     return 0
 
 

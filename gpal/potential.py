@@ -71,12 +71,27 @@ def _block_size(model, atoms) -> int | None:
         return None
 
 
-__all__ = ["SparseGP", "default_descriptor"]
+__all__ = ["SparseGP", "default_descriptor", "ZETA_CANDIDATES", "L_MAX_CANDIDATES", "NOISE_BOUNDS"]
 
 _SPARSE_SELECTIONS = ("fps", "random", "cur")
 # observation groups
 _E, _F, _S = 0, 1, 2
 _GROUP_NAMES = ("energy", "force", "stress")
+_HYPERPARAMETER_MODES = ("evidence", "fixed")
+#: exponents of the dot-product kernel the evidence chooses from when no kernel is given
+ZETA_CANDIDATES = (2, 3, 4)
+#: SOAP l_max the evidence chooses from when no descriptor is given (at most the default's)
+L_MAX_CANDIDATES = (3, 6)
+#: range of the default kernel's signal variance (eV²) when the evidence chooses it: in a
+#: crystal all cosines are close to 1 and the varying part of σ² c^ζ is a small fraction
+#: of σ², so σ² itself can exceed the kernel's own default bound of 1e3
+SIGNAL_VARIANCE_BOUNDS = (1e-3, 1e5)
+#: the noise levels a model starts from (and keeps with ``hyperparameters="fixed"``)
+DEFAULT_NOISE = {"energy": 0.002, "force": 0.05, "stress": 0.005}
+#: physical ranges of the noise levels: energy eV/atom (0.1 meV/atom .. 1 eV/atom),
+#: force eV/Å (1 meV/Å .. 10 eV/Å), stress eV/Å^3 (about 1.6 MPa .. 16 GPa)
+NOISE_BOUNDS = {"energy": (1e-4, 1.0), "force": (1e-3, 10.0), "stress": (1e-5, 0.1)}
+_UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
 
 
 def default_descriptor(frames) -> SOAP:
@@ -96,6 +111,26 @@ def default_descriptor(frames) -> SOAP:
         periodic=periodic,
         weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1},
     )
+
+
+def _l_max_subset(soap: SOAP, l_max: int) -> np.ndarray:
+    """Columns of ``soap``'s features that form ``SOAP(..., l_max=l_max)``'s, in its order.
+
+    gpal's (dscribe's) layout is, per species pair, l-major: the features of degrees
+    0..l_max are the first ``(l_max + 1) * size`` of each pair block, and the radial
+    basis of each degree does not depend on l_max.
+    """
+    n, L, S = int(soap.n_max), int(soap.l_max), len(soap.species_numbers_)
+    if not 0 <= l_max <= L:
+        raise ValueError(f"l_max must lie in [0, {L}], got {l_max}")
+    nsym = n * (n + 1) // 2
+    cols = []
+    for s in range(S):
+        for t in range(s, S):
+            off = int(soap._pair_off[s, t])
+            size = nsym if s == t else n * n
+            cols.append(np.arange(off, off + (l_max + 1) * size))
+    return np.concatenate(cols)
 
 
 def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
@@ -126,13 +161,26 @@ class SparseGP:
     descriptor : gpal.SOAP, optional
         Environment descriptor. Default: :func:`default_descriptor` of the training frames.
     kernel : gpal.kernels kernel, optional
-        Kernel between environments. Default ``NormalizedDotProduct(zeta=4)``.
-    energy_noise : float, default 0.002
+        Kernel between environments, used as given (its ζ and signal variance are not
+        changed by :meth:`fit`). Default: ``NormalizedDotProduct(zeta)`` with ζ among
+        :data:`ZETA_CANDIDATES` (2, 3, 4) and its signal variance chosen by the evidence
+        (``hyperparameters="evidence"``), or ``NormalizedDotProduct(zeta=4)``
+        (``hyperparameters="fixed"``).
+    energy_noise : float or None, default None
         Energy noise per atom, eV/atom; a frame of N atoms gets ``energy_noise*sqrt(N)``.
-    force_noise : float, default 0.05
-        Force-component noise, eV/Å.
-    stress_noise : float, default 0.005
-        Stress-component noise, eV/Å^3.
+        ``None``: chosen by the evidence within :data:`NOISE_BOUNDS` (from 0.002), or
+        0.002 with ``hyperparameters="fixed"``. A number is kept as given.
+    force_noise : float or None, default None
+        Force-component noise, eV/Å (``None``: as above, from 0.05).
+    stress_noise : float or None, default None
+        Stress-component noise, eV/Å^3 (``None``: as above, from 0.005).
+    hyperparameters : {"evidence", "fixed"}, default "evidence"
+        ``"evidence"``: :meth:`fit` chooses what the user left unset (``kernel=None``:
+        ζ and the signal variance; a noise ``None``: that noise) by maximising the log
+        marginal likelihood of the training data (type-II maximum likelihood; see
+        :meth:`select_hyperparameters`). ``"fixed"``: nothing is chosen; unset values
+        take gpal's earlier defaults (ζ = 4, signal variance 1, noises 0.002, 0.05,
+        0.005), i.e. the behaviour of gpal before the evidence became the default.
     n_sparse : int or dict, default 200
         Number of sparse environments: a total shared between species in proportion to
         their numbers of environments, or ``{species: count}``.
@@ -152,6 +200,15 @@ class SparseGP:
     Attributes
     ----------
     descriptor_, kernel_ : the fitted descriptor and kernel.
+    zeta_ : int or None, the exponent of the fitted dot-product kernel.
+    noise_ : dict, the noise levels in use (energy eV/atom, force eV/Å, stress eV/Å^3).
+    evidence_ : list of dict or None
+        The candidates weighed by the evidence in the last :meth:`fit` or
+        :meth:`select_hyperparameters` (None if nothing was chosen): ``zeta``,
+        ``signal_variance``, ``noise`` and ``log_marginal_likelihood`` of each at its
+        optimum, and ``selected`` (True for the one in use).
+    log_marginal_likelihood_value_ : float, the log evidence of the fitted model (set
+        when hyperparameters were chosen or optimised).
     sparse_X_ : ndarray of shape (n_sparse, n_features)
     sparse_species_ : ndarray of shape (n_sparse,)
     alpha_ : ndarray of shape (n_sparse,)
@@ -173,15 +230,16 @@ class SparseGP:
         descriptor: SOAP | None = None,
         kernel=None,
         *,
-        energy_noise: float = 0.002,
-        force_noise: float = 0.05,
-        stress_noise: float = 0.005,
+        energy_noise: float | None = None,
+        force_noise: float | None = None,
+        stress_noise: float | None = None,
         n_sparse: int | dict = 200,
         sparse_selection: str = "fps",
         e0: str | dict = "fit",
         min_distance: float = DEFAULT_MIN_DISTANCE,
         jitter: float = 1e-8,
         random_state=0,
+        hyperparameters: str = "evidence",
     ):
         self.descriptor = descriptor
         self.kernel = kernel
@@ -194,6 +252,7 @@ class SparseGP:
         self.min_distance = min_distance
         self.jitter = jitter
         self.random_state = random_state
+        self.hyperparameters = hyperparameters
         self.alpha_ = None
 
     # ------------------------------------------------------------------ params
@@ -213,6 +272,7 @@ class SparseGP:
                 "min_distance",
                 "jitter",
                 "random_state",
+                "hyperparameters",
             )
         }
 
@@ -225,15 +285,29 @@ class SparseGP:
         return self
 
     def __repr__(self) -> str:
-        fitted = (
-            f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
-            if self.alpha_ is not None
-            else ""
-        )
+        fitted = self.alpha_ is not None
+
+        def noise(name):
+            if fitted:
+                return f"{self.noise_[name]:.3g}"
+            given = getattr(self, name + "_noise")
+            return "auto" if given is None and self.hyperparameters == "evidence" else (
+                f"{DEFAULT_NOISE[name] if given is None else given:.3g}")
+
+        kernel = self.kernel_ if fitted else (
+            "auto" if self.kernel is None and self.hyperparameters == "evidence" else self.kernel)
+        tail = ""
+        if fitted:
+            tail = f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
+            table = getattr(self, "evidence_", None)
+            if table:
+                several_l = len({r.get("l_max") for r in table}) > 1
+                tail += ", chosen by evidence (log evidence " + ", ".join(
+                    f"ζ={r['zeta']}" + (f" l_max={r['l_max']}" if several_l else "")
+                    + f": {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
         return (
-            f"SparseGP(kernel={self.kernel_ if self.alpha_ is not None else self.kernel!r}, "
-            f"energy_noise={self.energy_noise:.3g}, force_noise={self.force_noise:.3g}, "
-            f"stress_noise={self.stress_noise:.3g}{fitted})"
+            f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
+            f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
         )
 
     # ------------------------------------------------------------------ fit
@@ -269,22 +343,29 @@ class SparseGP:
                 f"Invalid sparse_selection {self.sparse_selection!r}; "
                 f"choose from {_SPARSE_SELECTIONS}"
             )
+        if self.hyperparameters not in _HYPERPARAMETER_MODES:
+            raise ValueError(
+                f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
+                f"{_HYPERPARAMETER_MODES}"
+            )
         for name in ("energy_noise", "force_noise", "stress_noise"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
         frames = check_frames(frames)
         self.descriptor_ = self.descriptor if self.descriptor is not None else (
             default_descriptor(frames)
         )
         self.kernel_ = (self.kernel if self.kernel is not None else NormalizedDotProduct(zeta=4)).clone()
+        self.evidence_ = None
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         self.noise_ = {
-            "energy": float(self.energy_noise),
-            "force": float(self.force_noise),
-            "stress": float(self.stress_noise),
+            g: float(DEFAULT_NOISE[g] if getattr(self, g + "_noise") is None
+                     else getattr(self, g + "_noise"))
+            for g in _GROUP_NAMES
         }
         self.e0_ = self._fit_e0(self.frames_)
         self.calibration_ = {}
@@ -307,6 +388,11 @@ class SparseGP:
         )
         self.sparse_X_ = Z
         self.sparse_species_ = zsp
+        if self.hyperparameters == "evidence" and (
+                self._free_hyperparameters() or self.descriptor is None):
+            self._choose_hyperparameters(
+                l_maxes=L_MAX_CANDIDATES if self.descriptor is None else None, warn_stacklevel=4)
+            return self
         K_mm = self._k_mm(Z, zsp)
         K_nm, y, noise, group, frame_index = self._observations(self.frames_, Z, zsp)
         self.obs_group_ = group
@@ -315,6 +401,12 @@ class SparseGP:
         self.solver_.fit(K_mm, K_nm, y, noise, jitter=self.jitter)
         self.alpha_ = self.solver_.alpha_
         return self
+
+    @property
+    def zeta_(self):
+        """Exponent ζ of the fitted dot-product kernel (None for other kernels)."""
+        check_is_fitted(self)
+        return int(self.kernel_.zeta) if isinstance(self.kernel_, NormalizedDotProduct) else None
 
     def _min_pair_distance(self, atoms) -> np.ndarray:
         from .neighbors import neighbor_list
@@ -1065,9 +1157,224 @@ class SparseGP:
             return K_mm, K_nm, K_mm[:, :, None], K_nm[:, :, None]
         return self._blocks(kernel)
 
+    def _free_hyperparameters(self) -> list[str]:
+        """Names of what the user left to the evidence (kernel None: ζ and its variance)."""
+        free = ["zeta", "signal_variance"] if self.kernel is None else []
+        free += [g + "_noise" for g in _GROUP_NAMES if getattr(self, g + "_noise") is None]
+        return free
+
+    def _rows_for_kernels(self, atoms, Z, zsp, derivs, kernels) -> list:
+        """:meth:`_derivative_rows` of one frame for several kernels from one derivative pass.
+
+        For cosine kernels the expensive contraction of the descriptor derivatives with
+        the sparse rows, ``dX·(ẑ - c x̂)``, does not depend on the kernel's shape (ζ);
+        only the elementwise factor ``f'(c)`` does. It is formed once per species block.
+        """
+        from . import _jit
+        from .kernels import CosineKernel
+
+        if len(kernels) == 1 or not all(isinstance(k, CosineKernel) for k in kernels):
+            return [self._derivative_rows(atoms, Z, zsp, derivs=derivs, kernel=k) for k in kernels]
+        d = derivs
+        X = d.descriptor
+        N, M = len(atoms), len(Z)
+        numbers = atoms.numbers
+        out = [(np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))) for _ in kernels]
+        has_cell = np.isfinite(d.volume) and d.volume > 0
+        center_species = numbers[d.center]
+        k0 = kernels[0]
+        for k in kernels:
+            k._validate()
+        for z in np.unique(numbers):
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            m = len(c)
+            Xa, Xh, xn, Zc, Zh, zn = k0._prepare(X, Z[c])
+            C, _ = k0._cosines(Xh, xn, Zh, False)
+            rz = numbers == z
+            p = center_species == z
+            if np.any(p):
+                center = np.ascontiguousarray(d.center[p], dtype=np.int64)
+                neighbor, vec = d.neighbor[p], d.vector[p]
+                dX = np.ascontiguousarray(d.dX[p], dtype=np.float64)
+                P, F = len(center), dX.shape[2]
+                D = (dX.reshape(P * 3, F) @ Zh.T).reshape(P, 3, m)
+                b = _jit._pair_projection(dX, Xh, center)
+                _jit._pair_tangent(D, b, C, center)
+                inv = k0._inverse_norms(xn)
+            for k, (e, f, s_) in zip(kernels, out):
+                s2, shape = float(k.signal_variance), float(k._shape_param())
+                e[c] = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape).sum(axis=0)
+                if not np.any(p):
+                    continue
+                Fp = _jit._apply_fprime(C, k._kind, shape)
+                flat = _jit._pair_scale(D, Fp, s2 * inv, center)
+                f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(N, 3, m)
+                if has_cell:  # pair_stress as one BLAS product (its einsum is slow here)
+                    st = (vec.T @ flat.reshape(P, 3 * m)).reshape(3, 3, m)  # [b, a, m]
+                    st = 0.5 * (st + st.transpose(1, 0, 2)) / d.volume
+                    s_[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        return out
+
+    def _choose_hyperparameters(self, zetas=None, l_maxes=None, warn_stacklevel: int = 3) -> None:
+        """Choose the free hyperparameters by the evidence and refit the solver.
+
+        Every candidate (kernel, SOAP l_max) gets its kernel rows from one
+        descriptor-derivative pass per frame (a smaller l_max is a subset of the
+        features, :func:`_l_max_subset`, on the same sparse environments); the noise
+        levels and signal variance of each are set by maximising the log marginal
+        likelihood (:func:`_maximise_evidence`, O(n_sparse³) per step after one
+        O(n_obs n_sparse²) pass); the candidate with the largest maximum wins.
+        """
+        import dataclasses
+
+        frames, Z, zsp = self.frames_, self.sparse_X_, self.sparse_species_
+        free_kernel = self.kernel is None
+        if free_kernel:
+            zetas = tuple(ZETA_CANDIDATES if zetas is None else zetas)
+            if not zetas:
+                raise ValueError("zetas is empty")
+            kernels = [NormalizedDotProduct(zeta=int(z), signal_variance_bounds=SIGNAL_VARIANCE_BOUNDS)
+                       for z in zetas]
+        else:
+            kernels = [self.kernel_]
+        L = int(self.descriptor_.l_max)
+        l_maxes = sorted({int(v) for v in (l_maxes or (L,)) if int(v) <= L} | {L})
+        subsets = {lm: None if lm == L else _l_max_subset(self.descriptor_, lm) for lm in l_maxes}
+        cands = [(lm, kern) for lm in l_maxes for kern in kernels]
+        Zs = {lm: Z if cols is None else np.ascontiguousarray(Z[:, cols])
+              for lm, cols in subsets.items()}
+        # targets, groups and fixed noise factors (sqrt(n_atoms) for energies)
+        ys, scales, groups, fidx = [], [], [], []
+        rows = [[] for _ in cands]
+        for k, a in enumerate(frames):
+            targets = self._frame_targets(a)
+            d = self.descriptor_.derivatives(a)
+            outs = []
+            for lm, cols in subsets.items():
+                dl = d if cols is None else dataclasses.replace(
+                    d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
+                    dX=np.ascontiguousarray(d.dX[:, :, cols]))
+                outs += self._rows_for_kernels(a, Zs[lm], zsp, dl, kernels)
+            del d
+            n = len(a)
+            for group, y, noise in targets:
+                ys.append(y)
+                scales.append(noise / self.noise_[_GROUP_NAMES[group]])
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), k, dtype=np.int64))
+                for r, out in zip(rows, outs):
+                    r.append(out[group][None] if group == _E else
+                             out[group].reshape(3 * n, len(Z)) if group == _F else out[group])
+        y, scale = np.concatenate(ys), np.concatenate(scales)
+        group, self.obs_frame_ = np.concatenate(groups), np.concatenate(fidx)
+        self.obs_group_ = group
+        present = [g for g in (_E, _F, _S) if np.any(group == g)]
+        remap = np.full(3, -1)
+        remap[present] = np.arange(len(present))
+        gidx = remap[group]
+        names = [_GROUP_NAMES[g] for g in present]
+        levels0 = np.array([self.noise_[nm] for nm in names])
+        noise_bounds = [NOISE_BOUNDS[nm] if getattr(self, nm + "_noise") is None else "fixed"
+                        for nm in names]
+        table, best = [], None
+        for (lm, kernel), r in zip(cands, rows):
+            K_nm = np.concatenate(r)
+            K_mm = self._k_mm(Zs[lm], zsp, kernel)
+            sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
+            if isinstance(sv_bounds, str) or kernel.n_dims == 0:
+                sv_bounds = "fixed"
+            levels, ratio, lml = _maximise_evidence(
+                K_mm, K_nm, y, gidx, scale, levels0, noise_bounds,
+                None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
+                self.jitter,
+            )
+            fitted_kernel = kernel.clone()
+            fitted_kernel.signal_variance = float(kernel.signal_variance * ratio)
+            noise = dict(self.noise_)
+            noise.update({nm: float(v) for nm, v in zip(names, levels)})
+            table.append({
+                "zeta": int(kernel.zeta) if isinstance(kernel, NormalizedDotProduct) else None,
+                "l_max": lm,
+                "signal_variance": fitted_kernel.signal_variance,
+                "noise": noise,
+                "log_marginal_likelihood": lml,
+                "selected": False,
+            })
+            if best is None or lml > best[0]:
+                best = (lml, len(table) - 1, fitted_kernel, (K_mm * ratio, K_nm * ratio), noise,
+                        levels, None if sv_bounds == "fixed" else sv_bounds, lm)
+            del K_nm
+        lml, k_best, kernel, (K_mm, K_nm), noise, levels, sv_bounds, lm = best
+        table[k_best]["selected"] = True
+        solver = SparseGPSolver().fit(K_mm, K_nm, y, levels[gidx] * scale, jitter=self.jitter)
+        lml = float(solver.log_marginal_likelihood())  # the QR value (agrees to round-off)
+        table[k_best]["log_marginal_likelihood"] = lml
+        if lm != L:  # the smaller SOAP: its features on the same sparse environments
+            self.descriptor_ = SOAP(**{**self.descriptor_.get_params(), "l_max": lm})
+            self.sparse_X_ = Zs[lm]
+        self.kernel_ = kernel
+        self.noise_ = noise
+        self.solver_ = solver
+        self.alpha_ = solver.alpha_
+        self.log_marginal_likelihood_value_ = lml
+        self.evidence_ = table
+        log.info("hyperparameters by evidence: %r noise %s lml %.6g", kernel, noise, lml)
+        # a chosen value at the edge of its range: the evidence would go further
+        at_bound = []
+        for nm, lev, b in zip(names, levels, noise_bounds):
+            if b != "fixed":
+                side = _bound_side(lev, b)
+                if side:
+                    at_bound.append(f"{nm}_noise = {lev:.3g} {_UNITS[nm]} (at its {side} bound)")
+        if sv_bounds is not None:
+            side = _bound_side(kernel.signal_variance, sv_bounds)
+            if side:
+                at_bound.append(f"signal_variance = {kernel.signal_variance:.3g} eV² "
+                                f"(at its {side} bound)")
+        if at_bound:
+            warnings.warn(
+                "hyperparameters chosen by the evidence sit at a bound of their range: "
+                + "; ".join(at_bound) + ". The evidence would move them further (a lower "
+                "noise bound is normal for a deterministic oracle); set the value explicitly "
+                "to fix it.",
+                UserWarning,
+                stacklevel=warn_stacklevel,
+            )
+
+    @_thread_policy()
+    def select_hyperparameters(self, *, zetas=None) -> "SparseGP":
+        """Re-choose, by the evidence, what the user left unset; keep the sparse set.
+
+        On the current training frames (including those added by :meth:`update`) and
+        sparse environments: with ``kernel=None`` the exponent ζ of
+        ``NormalizedDotProduct`` among ``zetas`` (default :data:`ZETA_CANDIDATES`) and its
+        signal variance; each noise given as ``None`` within :data:`NOISE_BOUNDS`. Each
+        candidate is scored by its maximised log marginal likelihood; the best is
+        refitted and stored (``kernel_``, ``noise_``, ``zeta_``, ``evidence_``). This is
+        what :meth:`fit` does with ``hyperparameters="evidence"``; call it to re-choose
+        as data arrive (it costs one descriptor-derivative pass over the training
+        frames). Values the user set are kept; with nothing left to choose the model is
+        unchanged. The stored calibration is kept (re-calibrate afterwards).
+
+        Returns
+        -------
+        self
+
+        Warns
+        -----
+        UserWarning
+            A chosen noise or signal variance sits at a bound of its range.
+        """
+        check_is_fitted(self)
+        if self._free_hyperparameters():
+            self._choose_hyperparameters(zetas, warn_stacklevel=4)
+        return self
+
     @_thread_policy()
     def optimize_hyperparameters(
-        self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=(1e-4, 1.0)
+        self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=None
     ) -> "SparseGP":
         """Maximise the log marginal likelihood over kernel hyperparameters and noises.
 
@@ -1076,15 +1383,31 @@ class SparseGP:
         kernel) and, with ``optimize_noise``, the energy (per atom), force and stress
         noise levels of the label groups present. When only the signal variance is
         free, no kernel block is recomputed. The model is refitted at the optimum.
+        The exponent ζ is not changed (see :meth:`select_hyperparameters`).
+
+        Parameters
+        ----------
+        optimize_noise : bool, default True
+        n_restarts : int, default 0
+        noise_bounds : (float, float), list of them or None
+            Linear bounds of the noise levels, one pair for all groups or one per group
+            present (energy, force, stress order). Default: :data:`NOISE_BOUNDS`.
 
         Returns
         -------
         self
+
+        Warns
+        -----
+        UserWarning
+            An optimised noise or kernel hyperparameter sits at a bound (named).
         """
         from .sparse_gp import optimize_hyperparameters
 
         check_is_fitted(self)
         present, groups, levels, scale = self._noise_layout()
+        if noise_bounds is None:
+            noise_bounds = [NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
         cache = {}
 
         def build(theta_k):
@@ -1115,6 +1438,29 @@ class SparseGP:
         self.alpha_ = self.solver_.alpha_
         self.log_marginal_likelihood_value_ = float(res.log_marginal_likelihood)
         log.info("hyperparameters: %r noise %s lml %.6g", self.kernel_, self.noise_, res.log_marginal_likelihood)
+        at_bound = []
+        if optimize_noise:
+            nb = list(noise_bounds)
+            if len(nb) == 2 and all(np.isscalar(b) for b in nb):
+                nb = [tuple(nb)] * len(present)
+            for g, lev, b in zip(present, res.noise_levels, nb):
+                side = None if isinstance(b, str) else _bound_side(lev, b)
+                if side:
+                    name = _GROUP_NAMES[g]
+                    at_bound.append(f"{name}_noise = {lev:.3g} {_UNITS[name]} (at its {side} bound)")
+        free = [h for h in kernel.hyperparameters if not h.fixed]
+        for h in free:
+            side = _bound_side(getattr(kernel, h.name), h.bounds)
+            if side:
+                at_bound.append(f"{h.name} = {getattr(kernel, h.name):.3g} (at its {side} bound)")
+        if at_bound:
+            warnings.warn(
+                "optimised hyperparameters sit at a bound of their range: " + "; ".join(at_bound)
+                + ". The evidence would move them further (a lower noise bound is normal for "
+                "a deterministic oracle); widen the bound or fix the value.",
+                UserWarning,
+                stacklevel=3,
+            )
         return self
 
     # ------------------------------------------------------------------ save / load
@@ -1160,7 +1506,15 @@ class SparseGP:
             "e0": {str(z): v for z, v in self.e0_.items()},
             "calibration": self.calibration_,
             "solver_jitter": self.solver_.jitter_,
+            "hyperparameters": {
+                "mode": self.hyperparameters,
+                "zeta": self.zeta_,
+                "log_marginal_likelihood": getattr(self, "log_marginal_likelihood_value_", None),
+                "evidence": getattr(self, "evidence_", None),
+            },
             "params": {
+                "kernel": None if self.kernel is None else self.kernel.to_dict(),
+                "hyperparameters": self.hyperparameters,
                 "energy_noise": self.energy_noise, "force_noise": self.force_noise,
                 "stress_noise": self.stress_noise,
                 "n_sparse": self.n_sparse if isinstance(self.n_sparse, int) else
@@ -1190,13 +1544,21 @@ class SparseGP:
             desc = SOAP(**meta["descriptor"]["params"])
             kernel = kernel_from_dict(meta["kernel"])
             params = dict(meta["params"])
+            # files from before the evidence defaults: the kernel and noises were given
+            params.setdefault("hyperparameters", "fixed")
+            given_kernel = params.pop("kernel", kernel.to_dict())
+            given_kernel = None if given_kernel is None else kernel_from_dict(given_kernel)
             if isinstance(params.get("n_sparse"), dict):
                 params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
             if isinstance(params.get("e0"), dict):
                 params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
-            self = cls(desc, kernel, **params)
+            self = cls(desc, given_kernel, **params)
             self.descriptor_ = desc
             self.kernel_ = kernel
+            choice = meta.get("hyperparameters", {})
+            self.evidence_ = choice.get("evidence")
+            if choice.get("log_marginal_likelihood") is not None:
+                self.log_marginal_likelihood_value_ = float(choice["log_marginal_likelihood"])
             self.noise_ = {k: float(v) for k, v in meta["noise"].items()}
             self.e0_ = {int(k): float(v) for k, v in meta["e0"].items()}
             self.calibration_ = dict(meta.get("calibration", {}))
@@ -1237,3 +1599,119 @@ class SparseGP:
                 raise
             raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
         return self
+
+
+def _bound_side(value, bounds, tol: float = 1e-2):
+    """"lower"/"upper" when ``value`` is within ``tol`` (in log, 1 %) of a bound, else None."""
+    lo, hi = (float(b) for b in bounds)
+    if abs(np.log(value) - np.log(lo)) <= tol:
+        return "lower"
+    if abs(np.log(value) - np.log(hi)) <= tol:
+        return "upper"
+    return None
+
+
+def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, ratio_bounds, jitter):
+    """Maximise the DTC log evidence over noise levels and a common kernel scale.
+
+    The noise std of observation i is ``levels[groups[i]] * scale[i]``; the kernel
+    blocks are ``r K_mm`` and ``r K_nm`` (r: the signal-variance ratio). With
+    ``K_mm = L Lᵀ`` (jittered as the solver does) and the whitened rows
+    ``Φ = Λ₀^{-1/2} K_nm L⁻ᵀ`` (Λ₀: the fixed factors ``scale²``), one pass forms the
+    per-group Gram matrices ``Φ_gᵀ Φ_g`` (O(n_obs M²)); each evaluation then costs
+    O(M³) + O(n_obs M)::
+
+        yᵀ(Q+Λ)⁻¹y = min_u Σ_g w_g |y_g - r Φ_g u|² + r |u|²      (w_g = levels_g⁻²)
+        log|Q+Λ|   = log|Λ| + log|r I + r² Σ_g w_g Φ_gᵀ Φ_g| - M log r
+
+    (the quadratic form from residuals, which stays accurate when the fit is close;
+    the whitened matrix has eigenvalues >= r, so its Cholesky factor is well
+    conditioned where ``K_mm + K_nmᵀ Λ⁻¹ K_nm`` would not be). The gradient follows by
+    the envelope theorem. ``noise_bounds``: one (low, high) or "fixed" per group;
+    ``ratio_bounds``: (low, high) for r, or None (r = 1).
+
+    Returns
+    -------
+    levels : ndarray (n_groups,), ratio : float, lml : float (at the maximum)
+    """
+    import scipy.optimize
+
+    from .sparse_gp import _jittered_cholesky
+
+    n, M = K_nm.shape
+    G = len(levels0)
+    L_mm, _ = _jittered_cholesky(K_mm, jitter)
+    Phi = scipy.linalg.solve_triangular(L_mm, (K_nm / scale[:, None]).T, lower=True,
+                                        check_finite=False).T  # [n, M]
+    yw = y / scale
+    sel = [groups == g for g in range(G)]
+    gram = np.array([Phi[s].T @ Phi[s] for s in sel])  # [G, M, M]
+    bvec = np.array([Phi[s].T @ yw[s] for s in sel])  # [G, M]
+    n_g = np.array([np.count_nonzero(s) for s in sel], dtype=float)
+    const = 2.0 * np.sum(np.log(scale)) + n * np.log(2.0 * np.pi)
+    eye = np.eye(M)
+
+    lo = np.empty(G + 1)
+    hi = np.empty(G + 1)
+    free = np.ones(G + 1, bool)
+    for g, b in enumerate(noise_bounds):
+        if isinstance(b, str):
+            free[g] = False
+            lo[g] = hi[g] = np.log(levels0[g])
+        else:
+            lo[g], hi[g] = np.log(b[0]), np.log(b[1])
+    if ratio_bounds is None:
+        free[G] = False
+        lo[G] = hi[G] = 0.0
+    else:
+        lo[G], hi[G] = np.log(ratio_bounds[0]), np.log(ratio_bounds[1])
+    x0 = np.concatenate([np.log(levels0), [0.0]])
+    x0 = np.clip(x0, lo, hi)
+
+    def negative(xf):
+        x = x0.copy()
+        x[free] = xf
+        w = np.exp(-2.0 * x[:G])
+        r = np.exp(x[G])
+        A = r * eye + r * r * np.einsum("g,gij->ij", w, gram)
+        try:
+            cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(xf.shape)
+        u = scipy.linalg.cho_solve(cho, r * (w @ bvec), check_finite=False)
+        pred = r * (Phi @ u)
+        res = yw - pred
+        e_g = np.array([res[s] @ res[s] for s in sel])
+        quad_u = r * (u @ u)
+        J = w @ e_g + quad_u
+        L = 2.0 * (n_g @ x[:G]) + 2.0 * np.sum(np.log(np.diag(cho[0]))) - M * x[G]
+        Ainv = scipy.linalg.cho_solve(cho, eye, check_finite=False)
+        tr_g = np.einsum("ij,gij->g", Ainv, gram)
+        grad = np.empty(G + 1)
+        grad[:G] = -2.0 * w * e_g + 2.0 * n_g - 2.0 * w * r * r * tr_g
+        wres = np.zeros(n)
+        for g, s in enumerate(sel):
+            wres[s] = w[g] * res[s]
+        grad[G] = (-2.0 * (wres @ pred) + quad_u) + (r * np.trace(Ainv) + 2.0 * r * r * (w @ tr_g) - M)
+        return 0.5 * (J + L + const), 0.5 * grad[free]
+
+    x = x0.copy()
+    if np.any(free):
+        bounds = list(zip(lo[free], hi[free]))
+        starts = [x0[free]]
+        # a second start from small noises: the evidence can have a second maximum
+        # where the data are explained as noise
+        alt = x0.copy()
+        alt[:G] = np.where(free[:G], np.minimum(lo[:G] + np.log(10.0), x0[:G]), x0[:G])
+        starts.append(alt[free])
+        best = None
+        for start in starts:
+            res = scipy.optimize.minimize(negative, start, jac=True, method="L-BFGS-B",
+                                          bounds=bounds)
+            if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+                best = res
+        if best is None:
+            raise np.linalg.LinAlgError("the evidence could not be evaluated (Cholesky failed)")
+        x[free] = best.x
+    value = negative(x[free])[0] if np.any(free) else negative(np.zeros(0))[0]
+    return np.exp(x[:G]), float(np.exp(x[G])), float(-value)

@@ -1,0 +1,195 @@
+"""The default SparseGP chooses ζ, signal variance and unset noises by the evidence."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from gpal import SOAP, SparseGP
+from gpal.kernels import NormalizedDotProduct
+from gpal.potential import DEFAULT_NOISE, NOISE_BOUNDS, ZETA_CANDIDATES
+
+from conftest import POLY, SMALL_SOAP, cuag_frames
+
+
+def soap_for(frames):
+    species = sorted({int(z) for a in frames for z in a.numbers})
+    return SOAP(species=species, periodic=True, weighting=POLY, **SMALL_SOAP)
+
+
+def quiet_fit(model, frames):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return model.fit(frames)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return cuag_frames(6, seed=2)
+
+
+@pytest.fixture(scope="module")
+def default_model(frames):
+    return quiet_fit(SparseGP(soap_for(frames), n_sparse=30), frames)
+
+
+def test_default_picks_the_zeta_with_the_largest_evidence(frames, default_model):
+    model = default_model
+    assert [r["zeta"] for r in model.evidence_] == list(ZETA_CANDIDATES)
+    explicit = {}
+    for z in ZETA_CANDIDATES:
+        ref = SparseGP(soap_for(frames), NormalizedDotProduct(zeta=z), n_sparse=30,
+                       hyperparameters="fixed").fit(frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ref.optimize_hyperparameters(optimize_noise=True)
+        explicit[z] = ref.log_marginal_likelihood_value_
+    best = max(explicit, key=explicit.get)
+    assert model.zeta_ == best
+    assert model.kernel_.zeta == best
+    for row in model.evidence_:
+        # the same maximum as the general optimiser (QR, all groups free)
+        assert row["log_marginal_likelihood"] == pytest.approx(explicit[row["zeta"]], abs=0.05)
+        assert row["selected"] == (row["zeta"] == best)
+    # the stored value is the evidence of the fitted model itself
+    assert model.log_marginal_likelihood() == pytest.approx(model.log_marginal_likelihood_value_)
+    assert model.log_marginal_likelihood_value_ == pytest.approx(max(explicit.values()), abs=0.05)
+    # noises and signal variance were chosen, within their ranges
+    assert model.kernel_.signal_variance != 1.0
+    for g, (lo, hi) in NOISE_BOUNDS.items():
+        assert lo * (1 - 1e-9) <= model.noise_[g] <= hi * (1 + 1e-9)
+    assert model.noise_["force"] != DEFAULT_NOISE["force"]
+
+
+def test_multi_zeta_rows_equal_single_kernel_rows(frames, default_model):
+    model = default_model
+    a = frames[1]
+    kernels = [NormalizedDotProduct(zeta=z, signal_variance=1.7) for z in (1, 2, 5)]
+    rows = model._rows_for_kernels(a, model.sparse_X_, model.sparse_species_,
+                                   model.descriptor_.derivatives(a), kernels)
+    for k, out in zip(kernels, rows):
+        ref = model._derivative_rows(a, model.sparse_X_, model.sparse_species_, kernel=k)
+        for x, y in zip(out, ref):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13)
+
+
+def test_a_value_the_user_sets_is_kept(frames):
+    desc = soap_for(frames)
+    model = quiet_fit(SparseGP(desc, NormalizedDotProduct(zeta=4), n_sparse=30), frames)
+    assert model.zeta_ == 4
+    assert model.kernel_.signal_variance == 1.0  # the given kernel is used as given
+    assert [r["zeta"] for r in model.evidence_] == [4]
+    assert model.noise_["force"] != DEFAULT_NOISE["force"]  # noises left unset: chosen
+    model = quiet_fit(SparseGP(desc, n_sparse=30, force_noise=0.07), frames)
+    assert model.noise_["force"] == 0.07
+    assert model.noise_["energy"] != DEFAULT_NOISE["energy"]
+    # everything given: nothing is chosen, exactly the fixed model
+    given = dict(kernel=NormalizedDotProduct(zeta=3), energy_noise=0.003, force_noise=0.04,
+                 stress_noise=0.004, n_sparse=30)
+    a = SparseGP(desc, **given).fit(frames)
+    b = SparseGP(desc, hyperparameters="fixed", **given).fit(frames)
+    assert a.evidence_ is None
+    np.testing.assert_array_equal(a.alpha_, b.alpha_)
+
+
+def test_fixed_mode_is_the_earlier_default(frames):
+    model = SparseGP(soap_for(frames), n_sparse=30, hyperparameters="fixed").fit(frames)
+    assert model.zeta_ == 4 and model.kernel_.signal_variance == 1.0
+    assert model.noise_ == DEFAULT_NOISE
+    assert model.evidence_ is None
+    with pytest.raises(ValueError, match="hyperparameters"):
+        SparseGP(soap_for(frames), hyperparameters="auto").fit(frames)
+
+
+def test_a_noise_at_its_bound_warns_with_its_name(frames):
+    # EMT is deterministic: the evidence drives the energy noise to its floor
+    with pytest.warns(UserWarning, match="energy_noise = 0.0001 eV/atom .at its lower bound"):
+        SparseGP(soap_for(frames), n_sparse=30).fit(frames)
+    model = SparseGP(soap_for(frames), NormalizedDotProduct(zeta=2), n_sparse=30,
+                     hyperparameters="fixed").fit(frames)
+    with pytest.warns(UserWarning, match="energy_noise"):
+        model.optimize_hyperparameters(optimize_noise=True)
+    assert model.noise_["energy"] == pytest.approx(NOISE_BOUNDS["energy"][0])
+    # nothing at a bound: no warning
+    model = SparseGP(soap_for(frames), NormalizedDotProduct(zeta=2), n_sparse=30,
+                     energy_noise=0.002, hyperparameters="evidence").fit(frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.optimize_hyperparameters(optimize_noise=False)
+
+
+def test_save_load_keeps_the_choice(tmp_path, frames, default_model):
+    path = default_model.save(tmp_path / "m.npz")
+    loaded = SparseGP.load(path)
+    assert loaded.zeta_ == default_model.zeta_
+    assert loaded.evidence_ == default_model.evidence_
+    assert loaded.noise_ == default_model.noise_
+    assert loaded.kernel is None and loaded.energy_noise is None  # still free to re-choose
+    assert loaded.hyperparameters == "evidence"
+    assert loaded.log_marginal_likelihood_value_ == default_model.log_marginal_likelihood_value_
+    assert "chosen by evidence" in repr(loaded)
+    np.testing.assert_array_equal(loaded.predict(frames[0])["forces"],
+                                  default_model.predict(frames[0])["forces"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loaded.select_hyperparameters()
+    assert loaded.zeta_ == default_model.zeta_
+    assert loaded.log_marginal_likelihood_value_ == pytest.approx(
+        default_model.log_marginal_likelihood_value_, rel=1e-8)
+
+
+def test_select_hyperparameters_after_update(frames):
+    model = quiet_fit(SparseGP(soap_for(frames), n_sparse=30), frames[:3])
+    model.update(frames[3:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.select_hyperparameters(zetas=(1, 2))
+    assert [r["zeta"] for r in model.evidence_] == [1, 2]
+    best = max(model.evidence_, key=lambda r: r["log_marginal_likelihood"])
+    assert model.zeta_ == best["zeta"]
+    assert model.log_marginal_likelihood() == pytest.approx(best["log_marginal_likelihood"])
+    assert len(model.obs_frame_) == len(model.solver_.y_)
+    assert model.obs_frame_.max() == len(frames) - 1
+    # nothing free: unchanged
+    fixed = SparseGP(soap_for(frames), NormalizedDotProduct(zeta=2), energy_noise=0.002,
+                     force_noise=0.05, stress_noise=0.005, n_sparse=30).fit(frames)
+    alpha = fixed.alpha_.copy()
+    fixed.select_hyperparameters()
+    np.testing.assert_array_equal(fixed.alpha_, alpha)
+
+
+def test_params_clone_and_repr():
+    from sklearn.base import clone
+
+    model = SparseGP(force_noise=0.1, n_sparse=50)
+    params = clone(model).get_params()
+    assert params["hyperparameters"] == "evidence"
+    assert params["force_noise"] == 0.1 and params["energy_noise"] is None
+    assert "kernel=auto" in repr(model) and "energy_noise=auto" in repr(model)
+    model.set_params(hyperparameters="fixed")
+    assert "kernel=None" in repr(model) and "energy_noise=0.002" in repr(model)
+
+
+def test_smaller_l_max_is_a_feature_subset_and_chosen_by_evidence(frames):
+    from gpal.potential import L_MAX_CANDIDATES, _l_max_subset, default_descriptor
+
+    full = default_descriptor(frames)
+    small = SOAP(**{**full.get_params(), "l_max": 3})
+    cols = _l_max_subset(full, 3)
+    np.testing.assert_array_equal(full.create(frames[0])[:, cols], small.create(frames[0]))
+    np.testing.assert_array_equal(full.derivatives(frames[0]).dX[:, :, cols],
+                                  small.derivatives(frames[0]).dX)
+    model = quiet_fit(SparseGP(n_sparse=30), frames)
+    table = model.evidence_
+    assert sorted({r["l_max"] for r in table}) == sorted(L_MAX_CANDIDATES)
+    best = max(table, key=lambda r: r["log_marginal_likelihood"])
+    assert model.descriptor_.l_max == best["l_max"] and model.zeta_ == best["zeta"]
+    # the chosen model is the one an explicit fit with that SOAP on those sparse points gives
+    assert model.sparse_X_.shape[1] == model.descriptor_.get_number_of_features()
+    assert model.log_marginal_likelihood() == pytest.approx(best["log_marginal_likelihood"])
+    # a given descriptor is kept
+    given = quiet_fit(SparseGP(full, n_sparse=30), frames)
+    assert given.descriptor_.l_max == full.l_max
+    assert {r["l_max"] for r in given.evidence_} == {full.l_max}
