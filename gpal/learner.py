@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -364,10 +365,13 @@ class ActiveLearner:
     sparse_per_label : int, default 20
         New sparse environments taken from each labelled frame (its most uncertain).
     optimize_every : float, default 1.5
-        Re-optimise hyperparameters (log marginal likelihood) after the bootstrap and
-        then whenever the number of labels has grown by this factor since the last time
-        (a geometric schedule: the cost of each optimisation grows with the data, the
-        total stays about that of the last one); 0 never.
+        Re-choose hyperparameters by the log marginal likelihood whenever the number of
+        labels has grown by this factor since the last time (a geometric schedule: the
+        cost grows with the data, the total stays about that of the last one); 0 never.
+        A model with ``hyperparameters="evidence"`` (the default) re-chooses what the
+        user left unset (ζ, signal variance, noises: :meth:`gpal.SparseGP.select_hyperparameters`);
+        a ``"fixed"`` one re-optimises its signal variance (and, with ``optimize_noise``,
+        its noises).
     sparse_refresh : bool, default True
         Before labelling an uncertain frame, add its most uncertain environments to the
         sparse set and look again (no oracle call); see :meth:`_refresh_sparse`.
@@ -659,9 +663,16 @@ class ActiveLearner:
         """Hyperparameters by the evidence, then a fresh calibration (the noise moved)."""
         self._last_opt = self.n_labelled
         try:
-            self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                if getattr(self.model, "hyperparameters", "fixed") == "evidence":
+                    self.model.select_hyperparameters()  # re-chooses what the user left unset
+                else:
+                    self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
             self._log({"event": "hyperparameters", "step": self.step,
-                       "kernel": repr(self.model.kernel_), "noise": self.model.noise_})
+                       "kernel": repr(self.model.kernel_), "noise": self.model.noise_,
+                       "zeta": getattr(self.model, "zeta_", None),
+                       "warnings": [str(w.message) for w in caught]})
         except (GpalError, np.linalg.LinAlgError, ValueError) as exc:
             self._log({"event": "hyperparameters_failed", "step": self.step, "reason": str(exc)})
         if self.bootstrap_done:
@@ -712,9 +723,10 @@ class ActiveLearner:
             raise OracleError("no bootstrap frame could be labelled; see log.jsonl")
         t0 = time.perf_counter()
         if self.model.alpha_ is None:
-            self.model.fit(frames)
-            if self.optimize_every:
+            self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
+            if self.optimize_every and getattr(self.model, "hyperparameters", "fixed") != "evidence":
                 self._optimize()
+            self._last_opt = max(self.n_labelled, 1)
         self._times["update"] += time.perf_counter() - t0
         self.bootstrap_done = True
 
