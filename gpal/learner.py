@@ -113,7 +113,8 @@ class Trigger:
     adapt_window : int, default 10
     adapt_margin : float, default 0.2
     threshold_min : float, optional
-        Floor of the threshold: by default 0.02 eV/Å for ``"forces_std"`` (the lower
+        Floor of the threshold: by default 0.02 eV/Å under the automatic force threshold
+        (``threshold=None``) and none under a given one (the lower
         end of the force deviations DP-GEN's users label at, 0.05-0.15 eV/Å for the
         largest component; without a floor, a model whose fitted noise sits at its
         bound keeps labelling at the rate the adaptive level allows), 0 for
@@ -147,8 +148,6 @@ class Trigger:
             if self.threshold is None:
                 raise ValueError("quantity='energies_std' needs a threshold (eV)")
         self.calibrated = self.quantity == "forces_std" if self.calibrated is None else bool(self.calibrated)
-        if self.threshold_min is None:
-            self.threshold_min = 0.02 if self.quantity == "forces_std" else 0.0
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"trigger threshold must be > 0, got {self.threshold}")
         if not self.noise_ratio > 0:
@@ -171,7 +170,10 @@ class Trigger:
             thr = self.threshold * noise
         else:
             thr = self.threshold
-        return max(float(thr), float(self.threshold_min))
+        floor = self.threshold_min
+        if floor is None:  # the default floor guards the automatic threshold only
+            floor = 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
+        return max(float(thr), float(floor))
 
     def adaptive_level(self, recent: Sequence[float]) -> float:
         """The adaptive part of the threshold: 0 before any history or if not adaptive."""
