@@ -1206,6 +1206,7 @@ class ActiveLearner:
         self._times.update(state["times"])
         self.oracle.n_calls = state["oracle_calls"]
         self.oracle.n_failures = state["oracle_failures"]
+        cut = _drop_partial_frame(run_dir / "train.xyz")
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
         self.n_labelled = len(labelled)
         missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
@@ -1213,7 +1214,7 @@ class ActiveLearner:
             model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled)
-        self._log({"event": "resume", "step": self.step, "added_frames": len(missing)})
+        self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
         return self
@@ -1276,3 +1277,63 @@ def _json_default(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _complete_frames_end(data: bytes) -> int:
+    """Byte offset where the complete frames of extxyz text ``data`` end.
+
+    A frame is complete when its atom count, its comment line and that many atom lines
+    (all with the same number of columns) are there, each ending with a newline.
+    """
+    pos = end = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        try:
+            n = int(data[pos:nl]) if nl >= 0 else -1
+        except ValueError:
+            break
+        if n < 0:
+            break
+        p, ncols = nl + 1, None
+        for k in range(n + 1):  # the comment line, then the atoms
+            q = data.find(b"\n", p)
+            if q < 0:
+                return end
+            if k:
+                cols = len(data[p:q].split())
+                if ncols is not None and cols != ncols:
+                    return end
+                ncols = cols
+            p = q + 1
+        pos = end = p
+    return end
+
+
+def _drop_partial_frame(path: Path) -> int:
+    """Cut an incomplete last frame off ``train.xyz``: a crash while it was appended.
+
+    The frame's label cannot be trusted (its forces may be cut), so it is not used; the
+    cut text is kept in ``train.xyz.partial``. The walkers restart from their last
+    checkpoint, before that label, and the trigger decides afresh whether the
+    configuration they reach needs one. Returns the number of bytes cut.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    end = _complete_frames_end(data)
+    if not data[end:].strip():
+        return 0
+    with open(path.with_name(path.name + ".partial"), "ab") as fh:
+        fh.write(data[end:] + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    if end == 0:
+        path.unlink()
+    else:
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
+    log.warning("resume: %s ended with an incomplete frame (%d bytes, a crash while it was "
+                "written); moved to %s.partial", path, len(data) - end, path.name)
+    return len(data) - end

@@ -344,3 +344,25 @@ def test_oracle_timeout_is_per_label_not_per_batch():
     assert not failures and all(a is not None for a in labelled)
     assert arrived == [0, 1, 2]  # each label reported as it arrived
     assert oracle.n_calls == 3
+
+
+def test_resume_drops_a_partial_last_frame_of_train_xyz(tmp_path):
+    """A kill while a label is appended leaves half a frame: resume keeps the complete ones."""
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT", trigger=Trigger(threshold=0.002))
+    L.run(30)
+    complete = frames_in(run / "train.xyz")
+    text = (run / "train.xyz").read_text()
+    last = text.splitlines()[-(len(complete[-1]) + 2):]
+    with open(run / "train.xyz", "a") as fh:  # what a kill in the middle of an append leaves
+        fh.write("\n".join(last[: 2 + len(complete[-1]) // 2]) + "\n" + last[-1][:20])
+    R = ActiveLearner.resume(run, progress=False)
+    assert len(R.model.frames_) == R.n_labelled == len(complete)
+    assert (run / "train.xyz.partial").exists()
+    summary = R.run(60)
+    after = frames_in(run / "train.xyz")  # readable: nothing partial left in it
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(after, complete))
+    assert len(after) == len(R.model.frames_) == summary.labelled_frames >= len(complete)
+    assert len({a.positions.tobytes() for a in after}) == len(after)
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    assert [r for r in records if r.get("event") == "resume"][-1]["partial_frame_bytes"] > 0
