@@ -536,14 +536,15 @@ class ActiveLearner:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, model: bool = True) -> None:
         """Write the model, the walkers and the learner state (each atomically).
 
         Before the bootstrap model exists only the state is written, so a run killed
-        while its first labels arrive resumes too.
+        while its first labels arrive resumes too. ``model=False`` leaves the model file
+        as it is (after an interrupt, which may have cut a model update short).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.model.alpha_ is not None:
+        if model and self.model.alpha_ is not None:
             self.model.save(self.run_dir / "model.npz")
         self._last_checkpoint = time.perf_counter()
         arrays = {}
@@ -813,7 +814,9 @@ class ActiveLearner:
         try:
             return self._run(t_start)
         except KeyboardInterrupt:
-            self.checkpoint()
+            # not the model: the interrupt may have cut an update short. The last model
+            # saved stands; resume adds the labels of train.xyz it has not seen.
+            self.checkpoint(model=False)
             self._log({"event": "interrupted", "step": self.step})
             raise
 
@@ -1194,7 +1197,7 @@ class ActiveLearner:
         self.ramp_steps = state.get("ramp_steps") or state["total_steps"]
         self.step = state["step"]
         self.total_steps = state["total_steps"]
-        self.bootstrap_done = state["bootstrap_done"]
+        self.bootstrap_done = state["bootstrap_done"] and model.alpha_ is not None
         self.rollbacks = state["rollbacks"]
         self.n_refresh = state.get("n_refresh", 0)
         self._last_opt = state.get("last_optimization", 0)

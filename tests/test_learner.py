@@ -366,3 +366,51 @@ def test_resume_drops_a_partial_last_frame_of_train_xyz(tmp_path):
     assert len({a.positions.tobytes() for a in after}) == len(after)
     records = [json.loads(line) for line in open(run / "log.jsonl")]
     assert [r for r in records if r.get("event") == "resume"][-1]["partial_frame_bytes"] > 0
+
+
+def test_an_interrupt_during_a_model_update_does_not_save_the_half_updated_model(tmp_path, monkeypatch):
+    """Ctrl-C (or the CLI's SIGTERM) in the middle of an update: the model file stays the last whole one."""
+    from gpal import sparse_gp
+
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT", trigger=Trigger(threshold=0.002))
+    orig = sparse_gp.SparseGPSolver.add_sparse
+    calls = []
+
+    def add_sparse(self, K_mm, cols):  # cut short after changing the solver, as a signal can
+        calls.append(1)
+        if len(calls) == 2:
+            self.K_mm_ = np.array(K_mm)
+            raise KeyboardInterrupt
+        return orig(self, K_mm, cols)
+
+    monkeypatch.setattr(sparse_gp.SparseGPSolver, "add_sparse", add_sparse)
+    with pytest.raises(KeyboardInterrupt):
+        L.run(300)
+    monkeypatch.setattr(sparse_gp.SparseGPSolver, "add_sparse", orig)
+    labelled = frames_in(run / "train.xyz")
+    R = ActiveLearner.resume(run, progress=False)
+    assert len(R.model.frames_) == len(labelled)
+    assert R.model.solver_.K_mm_.shape[0] == len(R.model.sparse_X_) == len(R.model.alpha_)
+    summary = R.run(R.step + 30)
+    after = frames_in(run / "train.xyz")
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(after, labelled))
+    assert summary.steps == R.step and len(after) == len(R.model.frames_)
+
+
+def test_resume_refits_when_the_bootstrap_was_interrupted_before_its_model_was_saved(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(L, "calibrate", interrupted)  # right after the bootstrap fit
+    with pytest.raises(KeyboardInterrupt):
+        L.run(30)
+    assert json.loads((run / "state.json").read_text())["bootstrap_done"]
+    assert not (run / "model.npz").exists()
+    R = ActiveLearner.resume(run, progress=False)
+    summary = R.run(30)
+    assert summary.steps == 30 and summary.bootstrap_frames == 4
+    assert len(frames_in(run / "train.xyz")) == len(R.model.frames_) == summary.labelled_frames
