@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -354,15 +356,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM during ``gpal learn``: unwind like Ctrl-C, so the learner checkpoints."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends at once
+    raise KeyboardInterrupt(signal.SIGTERM)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    learn = args.command == "learn" and threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if learn else None
     try:
         return int(args.func(args) or 0)
     except (GpalError, OSError, ValueError, KeyError) as exc:
         print(f"gpal {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemError) as exc:
+        # an interrupt inside a numba-compiled call arrives as a SystemError caused by it
+        if isinstance(exc, SystemError):
+            exc = exc.__cause__ or exc.__context__
+        if not learn or not isinstance(exc, KeyboardInterrupt):
+            raise
+        sig = signal.SIGTERM if exc.args == (signal.SIGTERM,) else signal.SIGINT
+        run_dir = args.resume or args.run_dir
+        if run_dir and not (Path(run_dir) / "state.json").exists():
+            print(f"gpal learn: interrupted by {sig.name} before the run started; nothing to resume",
+                  file=sys.stderr)
+        else:
+            print(f"gpal learn: interrupted by {sig.name}; progress is saved, continue with: "
+                  f"gpal learn --resume {run_dir or 'RUN_DIR'}", file=sys.stderr)
+        return 128 + sig
+    finally:
+        if learn:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -813,7 +813,9 @@ class ActiveLearner:
             self.ramp_steps = self.total_steps
         try:
             return self._run(t_start)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemError) as exc:
+            if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+                raise  # (an interrupt inside a numba-compiled call arrives as a SystemError)
             # not the model: the interrupt may have cut an update short. The last model
             # saved stands; resume adds the labels of train.xyz it has not seen.
             self.checkpoint(model=False)

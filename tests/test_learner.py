@@ -414,3 +414,55 @@ def test_resume_refits_when_the_bootstrap_was_interrupted_before_its_model_was_s
     summary = R.run(30)
     assert summary.steps == 30 and summary.bootstrap_frames == 4
     assert len(frames_in(run / "train.xyz")) == len(R.model.frames_) == summary.labelled_frames
+
+
+TINY_TOML = """
+[structure]
+repeat = [2, 2, 2]
+[md]
+temperature = [300.0, 1500.0]
+timestep = 2.0
+[trigger]
+threshold = 0.02
+every = 5
+[model]
+n_sparse = 30
+[learner]
+sparse_per_label = 5
+[validation]
+steps = 0
+"""
+
+
+def _gpal_env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(gpal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_learn_checkpoints_and_exits_with_one_line_on_sigterm_and_sigint(tmp_path, sig):
+    run = tmp_path / "run"
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    cmd = [sys.executable, "-m", "gpal.cli", "learn", str(tmp_path / "tiny.toml"), "--run-dir", str(run), "-q"]
+    proc = subprocess.Popen(cmd + ["--steps", "100000"], env=_gpal_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (run / "model.npz").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)  # into MD
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("gpal learn: interrupted by")
+    assert f"--resume {run}" in err
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    assert records[-1]["event"] == "interrupted"  # the learner checkpointed on its way out
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == records[-1]["step"] and state["bootstrap_done"]
+    res = subprocess.run(cmd[:5] + ["--resume", str(run), "--steps", str(state["step"] + 10), "-q"],
+                         env=_gpal_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == state["step"] + 10
