@@ -721,8 +721,10 @@ class ActiveLearner:
             from ase.io import write
 
             write(str(pending_path), chosen, format="extxyz")
-        done = len(read_frames(self.train_path)) if self.train_path.exists() else 0
-        todo = chosen[done:]
+        have = read_frames(self.train_path) if self.train_path.exists() else []
+        # by positions, not by count: a frame whose label failed is not in train.xyz
+        todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]
+        done = len(chosen) - len(todo)
         self._log({"event": "bootstrap", "n": len(chosen), "already_labelled": done})
         labelled = self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
@@ -1342,3 +1344,9 @@ def _drop_partial_frame(path: Path) -> int:
     log.warning("resume: %s ended with an incomplete frame (%d bytes, a crash while it was "
                 "written); moved to %s.partial", path, len(data) - end, path.name)
     return len(data) - end
+
+
+def _same_frame(a: Atoms, b: Atoms, tol: float = 1e-6) -> bool:
+    """Same atoms at the same positions (train.xyz keeps 8 decimals)."""
+    return (len(a) == len(b) and np.array_equal(a.numbers, b.numbers)
+            and np.allclose(a.positions, b.positions, rtol=0.0, atol=tol))

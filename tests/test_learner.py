@@ -466,3 +466,44 @@ def test_cli_learn_checkpoints_and_exits_with_one_line_on_sigterm_and_sigint(tmp
                          env=_gpal_env(), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == state["step"] + 10
+
+
+class FailOnSecondConfigEMT(EMT):
+    """EMT that fails on the second distinct configuration it is asked about."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen = []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        key = atoms.positions.round(6).tobytes()
+        if key not in self.seen:
+            self.seen.append(key)
+        if self.seen.index(key) == 1:
+            raise RuntimeError("SCF did not converge (simulated)")
+        super().calculate(atoms, properties, system_changes)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no handler of the learner runs."""
+
+
+def _killed(*args, **kwargs):
+    raise Killed
+
+
+def test_resume_of_the_bootstrap_after_a_failed_label_asks_no_frame_twice(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    L = learner(run, FailOnSecondConfigEMT(), oracle_retries=0)
+    monkeypatch.setattr(L.model, "fit", _killed)  # killed during the bootstrap fit
+    with pytest.raises(Killed):
+        L.run(20)
+    boot = read(str(run / "bootstrap.xyz"), ":")
+    train = frames_in(run / "train.xyz")
+    assert len(train) == 3 and len(boot) == 4  # the second bootstrap frame failed
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    R.run(20)
+    train = frames_in(run / "train.xyz")
+    firsts = train[:4]
+    assert len({a.positions.tobytes() for a in train}) == len(train)  # none labelled twice
+    assert {a.positions.round(6).tobytes() for a in firsts} == {a.positions.round(6).tobytes() for a in boot}
