@@ -720,7 +720,9 @@ class ActiveLearner:
             chosen = [cands[i] for i in idx]
             from ase.io import write
 
-            write(str(pending_path), chosen, format="extxyz")
+            tmp = self.run_dir / "bootstrap.tmp.xyz"  # whole or absent: a kill cannot cut it
+            write(str(tmp), chosen, format="extxyz")
+            os.replace(tmp, pending_path)
         have = read_frames(self.train_path) if self.train_path.exists() else []
         # by positions, not by count: a frame whose label failed is not in train.xyz
         todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]

@@ -507,3 +507,24 @@ def test_resume_of_the_bootstrap_after_a_failed_label_asks_no_frame_twice(tmp_pa
     firsts = train[:4]
     assert len({a.positions.tobytes() for a in train}) == len(train)  # none labelled twice
     assert {a.positions.round(6).tobytes() for a in firsts} == {a.positions.round(6).tobytes() for a in boot}
+
+
+def test_a_kill_while_bootstrap_xyz_is_written_leaves_no_partial_file(tmp_path, monkeypatch):
+    import ase.io
+
+    run = tmp_path / "run"
+    real_write = ase.io.write
+
+    def write_and_die(filename, images, *args, **kwargs):
+        if Path(str(filename)).name.startswith("bootstrap"):  # the first frame reaches the disk, then SIGKILL
+            real_write(filename, images[:1], *args, **kwargs)
+            raise Killed
+        return real_write(filename, images, *args, **kwargs)
+
+    monkeypatch.setattr(ase.io, "write", write_and_die)
+    with pytest.raises(Killed):
+        learner(run, "ase.calculators.emt:EMT").run(20)
+    monkeypatch.setattr(ase.io, "write", real_write)
+    assert not (run / "bootstrap.xyz").exists()
+    summary = ActiveLearner.resume(run, progress=False).run(20)
+    assert summary.bootstrap_frames == 4 and summary.steps == 20
