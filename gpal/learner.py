@@ -1222,6 +1222,11 @@ class ActiveLearner:
         if missing:
             model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
+        unseen = labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):]
+        for a in unseen:  # labelled after the checkpoint: their calls are not in its counts
+            reason = a.info.get("gpal_reason", "uncertain")
+            self._calls[reason] = self._calls.get(reason, 0) + 1
+        self.oracle.n_calls += len(unseen)
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled)
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         if self.bootstrap_done:

@@ -528,3 +528,15 @@ def test_a_kill_while_bootstrap_xyz_is_written_leaves_no_partial_file(tmp_path, 
     assert not (run / "bootstrap.xyz").exists()
     summary = ActiveLearner.resume(run, progress=False).run(20)
     assert summary.bootstrap_frames == 4 and summary.steps == 20
+
+
+def test_resume_counts_the_oracle_calls_of_labels_made_after_the_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT")
+    monkeypatch.setattr(L.model, "fit", _killed)  # killed after 4 labels, before any checkpoint counted them
+    with pytest.raises(Killed):
+        L.run(20)
+    assert json.loads((run / "state.json").read_text())["oracle_calls"] == 0
+    summary = ActiveLearner.resume(run, progress=False).run(20)
+    assert summary.oracle_calls_by_reason["bootstrap"] == 4
+    assert sum(summary.oracle_calls_by_reason.values()) == summary.oracle_calls >= summary.labelled_frames
