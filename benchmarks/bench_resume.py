@@ -9,8 +9,8 @@ and checks:
   the same order, after the resume;
 * 0 labelled twice: no two frames of the final ``train.xyz`` have the same positions;
 * the final ``state.json`` and ``summary.json`` are at step N;
-* ``summary.json``'s ``oracle_calls`` >= the number of labels, and the final model
-  holds every label (``model.npz``);
+* ``summary.json``'s ``oracle_calls`` >= the number of labels, its breakdown by reason
+  sums to it, and the final model holds every label (``model.npz``);
 * a SIGTERM or SIGINT ends the killed run without a traceback (one line on stderr).
 
 Kill moments (``CASES``), found by watching the run folder (files appearing, the
@@ -25,7 +25,8 @@ events of ``log.jsonl``, the ``*.tmp`` files of an atomic write):
   that moment (one small write), so the case kills during an MD oracle call and then
   appends the first half of a frame to ``train.xyz``, which is what such a kill leaves;
 * ``--random`` kills at seeded random times (seconds after the start, drawn between the
-  first ``state.json`` and the end of an uninterrupted run of the same settings).
+  first ``state.json`` and 80 % of the duration of an uninterrupted run of the same
+  settings); their phase is read from the folder at the kill.
 
 Most kills are SIGKILL; some are SIGTERM or SIGINT (the CLI then checkpoints and exits).
 
@@ -247,10 +248,17 @@ def env_with(delay: float) -> dict:
     return env
 
 
+def _default_sigint():
+    # a background shell starts children with SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: give the learner the SIGINT a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(run_dir: Path, config: Path, steps: int, delay: float, log_path: Path):
     fh = open(log_path, "w")
     proc = subprocess.Popen(gpal_cmd(str(config), "--run-dir", str(run_dir), "--steps", str(steps)),
-                            env=env_with(delay), stdout=fh, stderr=subprocess.STDOUT)
+                            env=env_with(delay), stdout=fh, stderr=subprocess.STDOUT,
+                            cwd=run_dir.parent, preexec_fn=_default_sigint)
     return proc, fh
 
 
@@ -279,7 +287,7 @@ def kill_case(work: Path, config: Path, steps: int, delay: float, name: str, aim
     t0 = time.time()
     proc, fh = start(run_dir, config, steps, delay, work / f"{name}.kill.log")
     w = Watch(run_dir)
-    row = {"case": name, "aim": aim, "signal": signal.Signals(sig).name}
+    row = {"case": name, "aim": aim, "signal": signal.Signals(sig).name, "at": at}
     fired = False
     while proc.poll() is None and time.time() - t0 < timeout:
         t = time.time() - t0
@@ -323,7 +331,7 @@ def kill_case(work: Path, config: Path, steps: int, delay: float, name: str, aim
     # resume to completion (no oracle delay)
     t1 = time.time()
     res = subprocess.run(gpal_cmd("--resume", str(run_dir), "--steps", str(steps)), env=env_with(0.0),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     (work / f"{name}.resume.log").write_text(res.stdout)
     row["resume_rc"] = res.returncode
     row["resume_s"] = round(time.time() - t1, 1)
@@ -337,6 +345,7 @@ def kill_case(work: Path, config: Path, steps: int, delay: float, name: str, aim
     row["final_step"] = state.get("step")
     row["summary_steps"] = summary.get("steps")
     row["oracle_calls"] = summary.get("oracle_calls")
+    row["oracle_calls_by_reason"] = summary.get("oracle_calls_by_reason")
     row["model_frames"] = _model_frames(run_dir / "model.npz")
     problems = []
     if res.returncode != 0:
@@ -351,10 +360,15 @@ def kill_case(work: Path, config: Path, steps: int, delay: float, name: str, aim
         problems.append(f"step {row['final_step']}/{row['summary_steps']} != {steps}")
     if row["oracle_calls"] is None or row["oracle_calls"] < len(after):
         problems.append(f"oracle calls {row['oracle_calls']} < labels {len(after)}")
+    by_reason = sum((row["oracle_calls_by_reason"] or {}).values())
+    if row["oracle_calls"] is not None and by_reason != row["oracle_calls"]:
+        problems.append(f"calls by reason sum to {by_reason}, not {row['oracle_calls']}")
     if row["model_frames"] != len(after):
         problems.append(f"model holds {row['model_frames']} frames, train.xyz {len(after)}")
-    if fired and sig != signal.SIGKILL and (row["traceback"] or rc == 0):
-        problems.append(f"{row['signal']}: exit {rc}" + (" with a traceback" if row["traceback"] else ""))
+    if fired and sig != signal.SIGKILL and (row["traceback"] or rc != 128 + sig
+                                            or not row["kill_msg"].startswith("gpal learn: interrupted")):
+        problems.append(f"{row['signal']}: exit {rc}" + (" with a traceback" if row["traceback"] else "")
+                        + f" (expected {128 + sig} and one line)")
     row["outcome"] = "ok" if not problems else "FAIL: " + "; ".join(problems)
     return row
 
@@ -412,7 +426,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=500, help="MD steps of every run (default 500)")
     p.add_argument("--delay", type=float, default=1.5, help="seconds per oracle calculation in killed runs")
-    p.add_argument("--random", type=int, default=3, help="extra kills at seeded random times")
+    p.add_argument("--random", type=int, default=4, help="extra kills at seeded random times")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cases", help="comma-separated case names (default: all)")
     p.add_argument("--default-config", action="store_true", help="the CLI's default settings")
@@ -440,7 +454,7 @@ def main(argv=None) -> int:
         rows.append(row)
     sigs = [signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
     for k in range(args.random):
-        at = round(rng.uniform(base["t_state"], base["wall"]), 2)
+        at = round(rng.uniform(base["t_state"], 0.8 * base["wall"]), 2)  # runs vary: stay inside
         sig = sigs[k % len(sigs)]
         name = f"random-{k}"
         if wanted and name not in wanted:
