@@ -20,7 +20,9 @@ import argparse
 import copy
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 import tomllib
 import traceback
@@ -669,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM during ``gpal learn``: unwind like Ctrl-C, so the learner checkpoints."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends at once
+    raise KeyboardInterrupt(signal.SIGTERM)
+
+
 # --------------------------------------------------------------------------- main
 def _message(exc: BaseException) -> str:
     """One line describing ``exc``."""
@@ -699,16 +707,36 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     prog = f"gpal {args.command}"
+    learn = args.command == "learn" and threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if learn else None
     try:
         with _one_line_warnings(prog):
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        run_dir = getattr(args, "run_dir_used", None)
-        hint = f"; continue with gpal learn --resume {run_dir}" if run_dir is not None else ""
+    except (KeyboardInterrupt, SystemError) as exc:
+        # an interrupt inside a numba-compiled call arrives as a SystemError caused by it
+        if isinstance(exc, SystemError):
+            cause = exc.__cause__ or exc.__context__
+            if not isinstance(cause, KeyboardInterrupt):
+                if args.verbose:
+                    traceback.print_exc()
+                print(f"{prog}: error: unexpected SystemError: {_message(exc)} (a bug in gpal? "
+                      "gpal --verbose shows the traceback)", file=sys.stderr)
+                return 1
+            exc = cause
+        sig = signal.SIGTERM if exc.args == (signal.SIGTERM,) else signal.SIGINT
         if sys.stderr.isatty():
             sys.stderr.write("\n")  # end a progress line
-        print(f"{prog}: interrupted{hint}", file=sys.stderr)
-        return 130
+        if args.command != "learn":
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 128 + sig
+        run_dir = getattr(args, "run_dir_used", None) or getattr(args, "resume", None) or getattr(args, "run_dir", None)
+        if run_dir and not (Path(run_dir) / "state.json").exists():
+            print(f"{prog}: interrupted by {sig.name} before the run started; nothing to resume",
+                  file=sys.stderr)
+        else:
+            print(f"{prog}: interrupted by {sig.name}; progress is saved, continue with: "
+                  f"gpal learn --resume {run_dir or 'RUN_DIR'}", file=sys.stderr)
+        return 128 + sig
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             traceback.print_exc()
@@ -720,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: unexpected {type(exc).__name__}: {_message(exc)} (a bug in gpal? "
               "gpal --verbose shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if learn:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -525,14 +525,15 @@ class ActiveLearner:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, model: bool = True) -> None:
         """Write the model, the walkers and the learner state (each atomically).
 
         Before the bootstrap model exists only the state is written, so a run killed
-        while its first labels arrive resumes too.
+        while its first labels arrive resumes too. ``model=False`` leaves the model file
+        as it is (after an interrupt, which may have cut a model update short).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.model.alpha_ is not None:
+        if model and self.model.alpha_ is not None:
             self.model.save(self.run_dir / "model.npz")
         self._last_checkpoint = time.perf_counter()
         arrays = {}
@@ -715,9 +716,13 @@ class ActiveLearner:
             chosen = [cands[i] for i in idx]
             from ase.io import write
 
-            write(str(pending_path), chosen, format="extxyz")
-        done = len(read_frames(self.train_path)) if self.train_path.exists() else 0
-        todo = chosen[done:]
+            tmp = self.run_dir / "bootstrap.tmp.xyz"  # whole or absent: a kill cannot cut it
+            write(str(tmp), chosen, format="extxyz")
+            os.replace(tmp, pending_path)
+        have = read_frames(self.train_path) if self.train_path.exists() else []
+        # by positions, not by count: a frame whose label failed is not in train.xyz
+        todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]
+        done = len(chosen) - len(todo)
         self._log({"event": "bootstrap", "n": len(chosen), "already_labelled": done})
         labelled = self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
@@ -809,8 +814,12 @@ class ActiveLearner:
             self.ramp_steps = self.total_steps
         try:
             return self._run(t_start)
-        except KeyboardInterrupt:
-            self.checkpoint()
+        except (KeyboardInterrupt, SystemError) as exc:
+            if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+                raise  # (an interrupt inside a numba-compiled call arrives as a SystemError)
+            # not the model: the interrupt may have cut an update short. The last model
+            # saved stands; resume adds the labels of train.xyz it has not seen.
+            self.checkpoint(model=False)
             self._log({"event": "interrupted", "step": self.step})
             raise
 
@@ -1202,7 +1211,7 @@ class ActiveLearner:
         self.ramp_steps = state.get("ramp_steps") or state["total_steps"]
         self.step = state["step"]
         self.total_steps = state["total_steps"]
-        self.bootstrap_done = state["bootstrap_done"]
+        self.bootstrap_done = state["bootstrap_done"] and model.alpha_ is not None
         self.rollbacks = state["rollbacks"]
         self.n_refresh = state.get("n_refresh", 0)
         self._last_opt = state.get("last_optimization", 0)
@@ -1214,14 +1223,20 @@ class ActiveLearner:
         self._times.update(state["times"])
         self.oracle.n_calls = state["oracle_calls"]
         self.oracle.n_failures = state["oracle_failures"]
+        cut = _drop_partial_frame(run_dir / "train.xyz")
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
         self.n_labelled = len(labelled)
         missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
         if missing:
             model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
+        unseen = labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):]
+        for a in unseen:  # labelled after the checkpoint: their calls are not in its counts
+            reason = a.info.get("gpal_reason", "uncertain")
+            self._calls[reason] = self._calls.get(reason, 0) + 1
+        self.oracle.n_calls += len(unseen)
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled)
-        self._log({"event": "resume", "step": self.step, "added_frames": len(missing)})
+        self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
         return self
@@ -1284,3 +1299,69 @@ def _json_default(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _complete_frames_end(data: bytes) -> int:
+    """Byte offset where the complete frames of extxyz text ``data`` end.
+
+    A frame is complete when its atom count, its comment line and that many atom lines
+    (all with the same number of columns) are there, each ending with a newline.
+    """
+    pos = end = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        try:
+            n = int(data[pos:nl]) if nl >= 0 else -1
+        except ValueError:
+            break
+        if n < 0:
+            break
+        p, ncols = nl + 1, None
+        for k in range(n + 1):  # the comment line, then the atoms
+            q = data.find(b"\n", p)
+            if q < 0:
+                return end
+            if k:
+                cols = len(data[p:q].split())
+                if ncols is not None and cols != ncols:
+                    return end
+                ncols = cols
+            p = q + 1
+        pos = end = p
+    return end
+
+
+def _drop_partial_frame(path: Path) -> int:
+    """Cut an incomplete last frame off ``train.xyz``: a crash while it was appended.
+
+    The frame's label cannot be trusted (its forces may be cut), so it is not used; the
+    cut text is kept in ``train.xyz.partial``. The walkers restart from their last
+    checkpoint, before that label, and the trigger decides afresh whether the
+    configuration they reach needs one. Returns the number of bytes cut.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    end = _complete_frames_end(data)
+    if not data[end:].strip():
+        return 0
+    with open(path.with_name(path.name + ".partial"), "ab") as fh:
+        fh.write(data[end:] + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    if end == 0:
+        path.unlink()
+    else:
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
+    log.warning("resume: %s ended with an incomplete frame (%d bytes, a crash while it was "
+                "written); moved to %s.partial", path, len(data) - end, path.name)
+    return len(data) - end
+
+
+def _same_frame(a: Atoms, b: Atoms, tol: float = 1e-6) -> bool:
+    """Same atoms at the same positions (train.xyz keeps 8 decimals)."""
+    return (len(a) == len(b) and np.array_equal(a.numbers, b.numbers)
+            and np.allclose(a.positions, b.positions, rtol=0.0, atol=tol))

@@ -346,3 +346,199 @@ def test_oracle_timeout_is_per_label_not_per_batch():
     assert not failures and all(a is not None for a in labelled)
     assert arrived == [0, 1, 2]  # each label reported as it arrived
     assert oracle.n_calls == 3
+
+
+def test_resume_drops_a_partial_last_frame_of_train_xyz(tmp_path):
+    """A kill while a label is appended leaves half a frame: resume keeps the complete ones."""
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT", trigger=Trigger(threshold=0.002))
+    L.run(30)
+    complete = frames_in(run / "train.xyz")
+    text = (run / "train.xyz").read_text()
+    last = text.splitlines()[-(len(complete[-1]) + 2):]
+    with open(run / "train.xyz", "a") as fh:  # what a kill in the middle of an append leaves
+        fh.write("\n".join(last[: 2 + len(complete[-1]) // 2]) + "\n" + last[-1][:20])
+    R = ActiveLearner.resume(run, progress=False)
+    assert len(R.model.frames_) == R.n_labelled == len(complete)
+    assert (run / "train.xyz.partial").exists()
+    summary = R.run(60)
+    after = frames_in(run / "train.xyz")  # readable: nothing partial left in it
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(after, complete))
+    assert len(after) == len(R.model.frames_) == summary.labelled_frames >= len(complete)
+    assert len({a.positions.tobytes() for a in after}) == len(after)
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    assert [r for r in records if r.get("event") == "resume"][-1]["partial_frame_bytes"] > 0
+
+
+def test_an_interrupt_during_a_model_update_does_not_save_the_half_updated_model(tmp_path, monkeypatch):
+    """Ctrl-C (or the CLI's SIGTERM) in the middle of an update: the model file stays the last whole one."""
+    from gpal import sparse_gp
+
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT", trigger=Trigger(threshold=0.002))
+    orig = sparse_gp.SparseGPSolver.add_sparse
+    calls = []
+
+    def add_sparse(self, K_mm, cols):  # cut short after changing the solver, as a signal can
+        calls.append(1)
+        if len(calls) == 2:
+            self.K_mm_ = np.array(K_mm)
+            raise KeyboardInterrupt
+        return orig(self, K_mm, cols)
+
+    monkeypatch.setattr(sparse_gp.SparseGPSolver, "add_sparse", add_sparse)
+    with pytest.raises(KeyboardInterrupt):
+        L.run(300)
+    monkeypatch.setattr(sparse_gp.SparseGPSolver, "add_sparse", orig)
+    labelled = frames_in(run / "train.xyz")
+    R = ActiveLearner.resume(run, progress=False)
+    assert len(R.model.frames_) == len(labelled)
+    assert R.model.solver_.K_mm_.shape[0] == len(R.model.sparse_X_) == len(R.model.alpha_)
+    summary = R.run(R.step + 30)
+    after = frames_in(run / "train.xyz")
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(after, labelled))
+    assert summary.steps == R.step and len(after) == len(R.model.frames_)
+
+
+def test_resume_refits_when_the_bootstrap_was_interrupted_before_its_model_was_saved(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(L, "calibrate", interrupted)  # right after the bootstrap fit
+    with pytest.raises(KeyboardInterrupt):
+        L.run(30)
+    assert json.loads((run / "state.json").read_text())["bootstrap_done"]
+    assert not (run / "model.npz").exists()
+    R = ActiveLearner.resume(run, progress=False)
+    summary = R.run(30)
+    assert summary.steps == 30 and summary.bootstrap_frames == 4
+    assert len(frames_in(run / "train.xyz")) == len(R.model.frames_) == summary.labelled_frames
+
+
+TINY_TOML = """
+[structure]
+repeat = [2, 2, 2]
+[md]
+temperature = [300.0, 1500.0]
+timestep = 2.0
+[trigger]
+threshold = 0.02
+every = 5
+[model]
+n_sparse = 30
+[learner]
+sparse_per_label = 5
+[validation]
+steps = 0
+"""
+
+
+def _gpal_env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(gpal.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_learn_checkpoints_and_exits_with_one_line_on_sigterm_and_sigint(tmp_path, sig):
+    run = tmp_path / "run"
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    cmd = [sys.executable, "-m", "gpal.cli", "learn", str(tmp_path / "tiny.toml"), "--run-dir", str(run), "-q"]
+    proc = subprocess.Popen(cmd + ["--steps", "100000"], env=_gpal_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (run / "model.npz").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)  # into MD
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("gpal learn: interrupted by")
+    assert f"--resume {run}" in err
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    assert records[-1]["event"] == "interrupted"  # the learner checkpointed on its way out
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == records[-1]["step"] and state["bootstrap_done"]
+    res = subprocess.run(cmd[:5] + ["--resume", str(run), "--steps", str(state["step"] + 10), "-q"],
+                         env=_gpal_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == state["step"] + 10
+
+
+class FailOnSecondConfigEMT(EMT):
+    """EMT that fails on the second distinct configuration it is asked about."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen = []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        key = atoms.positions.round(6).tobytes()
+        if key not in self.seen:
+            self.seen.append(key)
+        if self.seen.index(key) == 1:
+            raise RuntimeError("SCF did not converge (simulated)")
+        super().calculate(atoms, properties, system_changes)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no handler of the learner runs."""
+
+
+def _killed(*args, **kwargs):
+    raise Killed
+
+
+def test_resume_of_the_bootstrap_after_a_failed_label_asks_no_frame_twice(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    L = learner(run, FailOnSecondConfigEMT(), oracle_retries=0)
+    monkeypatch.setattr(L.model, "fit", _killed)  # killed during the bootstrap fit
+    with pytest.raises(Killed):
+        L.run(20)
+    boot = read(str(run / "bootstrap.xyz"), ":")
+    train = frames_in(run / "train.xyz")
+    assert len(train) == 3 and len(boot) == 4  # the second bootstrap frame failed
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    R.run(20)
+    train = frames_in(run / "train.xyz")
+    firsts = train[:4]
+    assert len({a.positions.tobytes() for a in train}) == len(train)  # none labelled twice
+    assert {a.positions.round(6).tobytes() for a in firsts} == {a.positions.round(6).tobytes() for a in boot}
+
+
+def test_a_kill_while_bootstrap_xyz_is_written_leaves_no_partial_file(tmp_path, monkeypatch):
+    import ase.io
+
+    run = tmp_path / "run"
+    real_write = ase.io.write
+
+    def write_and_die(filename, images, *args, **kwargs):
+        if Path(str(filename)).name.startswith("bootstrap"):  # the first frame reaches the disk, then SIGKILL
+            real_write(filename, images[:1], *args, **kwargs)
+            raise Killed
+        return real_write(filename, images, *args, **kwargs)
+
+    monkeypatch.setattr(ase.io, "write", write_and_die)
+    with pytest.raises(Killed):
+        learner(run, "ase.calculators.emt:EMT").run(20)
+    monkeypatch.setattr(ase.io, "write", real_write)
+    assert not (run / "bootstrap.xyz").exists()
+    summary = ActiveLearner.resume(run, progress=False).run(20)
+    assert summary.bootstrap_frames == 4 and summary.steps == 20
+
+
+def test_resume_counts_the_oracle_calls_of_labels_made_after_the_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    L = learner(run, "ase.calculators.emt:EMT")
+    monkeypatch.setattr(L.model, "fit", _killed)  # killed after 4 labels, before any checkpoint counted them
+    with pytest.raises(Killed):
+        L.run(20)
+    assert json.loads((run / "state.json").read_text())["oracle_calls"] == 0
+    summary = ActiveLearner.resume(run, progress=False).run(20)
+    assert summary.oracle_calls_by_reason["bootstrap"] == 4
+    assert sum(summary.oracle_calls_by_reason.values()) == summary.oracle_calls >= summary.labelled_frames
