@@ -89,7 +89,8 @@ class Trigger:
          nearly the same question. The first check after a model update only sets
          this reference.
     3. **Rate cap.** At most ``max_labels`` labels per walker in any ``window`` MD
-       steps (rollbacks after a blow-up are labelled regardless).
+       steps, rollbacks after a blow-up included (a capped rollback restores the walker
+       without a label).
 
     A check costs about one training frame's kernel rows (10-30 MD steps of a
     108-atom cell), hence ``every``.
@@ -853,13 +854,19 @@ class ActiveLearner:
                     reason = str(exc)
                 if reason is not None:
                     self.rollbacks += 1
-                    self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason})
+                    # the restored frame is labelled unless the walker is at its label cap
+                    # (Trigger: max_labels per window): a burst of blow-ups is no reason to
+                    # ask the oracle again about nearly the same frame
+                    capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
+                    self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason,
+                               "labelled": not capped})
                     w.restore(w.good)
                     # fresh Maxwell-Boltzmann momenta: the old ones led into the blow-up
                     thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
                     Stationary(w.atoms)
                     w.dyn = w._make_dyn(T)
-                    rollbacks.append(w)
+                    if not capped:
+                        rollbacks.append(w)
                     continue
                 if not check:
                     w.keep_if_good(T)

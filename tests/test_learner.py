@@ -150,6 +150,14 @@ def test_blow_up_rolls_back_and_labels(tmp_path):
     assert summary.rollbacks > 0
     reasons = [a.info.get("gpal_reason") for a in frames_in(tmp_path / "run" / "train.xyz")]
     assert "rollback" in reasons
+    # blow-ups do not break the rate cap: at most 3 labels in any 100 steps of the walker
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    steps = [r["step"] for r in records if r.get("event") == "label" and r["reason"] != "bootstrap"]
+    assert all(sum(1 for t in steps if s <= t < s + 100) <= 3 for s in steps)
+    rolls = [r for r in records if r.get("event") == "rollback"]
+    assert len(rolls) == summary.rollbacks
+    if summary.rollbacks > 3:
+        assert not all(r["labelled"] for r in rolls)
 
 
 def test_parallel_walkers_process_pool(tmp_path):
