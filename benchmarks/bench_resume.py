@@ -20,7 +20,7 @@ events of ``log.jsonl``, the ``*.tmp`` files of an atomic write):
   call, during the bootstrap fit / hyperparameter optimisation;
 * MD between labels; during an oracle call of MD (a check event said ``label``, no new
   frame yet); during the model update that follows a label; during a checkpoint
-  write (``model.npz.tmp``, ``walkers.tmp.npz`` or ``state.json.tmp`` present);
+  write (``model.npz.tmp``, ``walkers.npz.tmp`` or ``state.json.tmp`` present);
 * a kill while a label is appended to ``train.xyz``: a SIGKILL cannot be aimed at
   that moment (one small write), so the case kills during an MD oracle call and then
   appends the first half of a frame to ``train.xyz``, which is what such a kill leaves;
@@ -163,7 +163,7 @@ class Watch:
         return (self.run_dir / name).exists()
 
     def tmp_files(self) -> list[str]:
-        return [n for n in ("model.npz.tmp", "walkers.tmp.npz", "state.json.tmp") if self.exists(n)]
+        return [n for n in ("model.npz.tmp", "walkers.npz.tmp", "state.json.tmp") if self.exists(n)]
 
     def count(self, event: str, **match) -> int:
         return sum(1 for e in self.events if e.get("event") == event

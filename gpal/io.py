@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,28 @@ __all__ = ["save_model", "load", "read_frames", "relabel_frames", "write_frames"
 FORMAT_NAME = "gpal-model"
 FORMAT_VERSION = 1
 _META_KEY = "__metadata__"
+
+
+@contextmanager
+def atomic_write(path, mode: str = "w"):
+    """Open ``path`` for writing so that it is either whole or untouched.
+
+    Writes go to ``path.tmp``; on success the data is flushed and fsynced and the file
+    renamed over ``path`` (atomic on POSIX); on an exception the temporary file is
+    removed and ``path`` keeps its old content. A kill at any moment leaves the old or
+    the new file, never a cut one.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -55,12 +78,8 @@ def save_model(path, arrays: dict, metadata: dict) -> Path:
     meta["format_version"] = FORMAT_VERSION
     meta["digests"] = {k: _digest(v) for k, v in arrays.items()}
     blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         np.savez_compressed(fh, **arrays, **{_META_KEY: blob})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -253,10 +272,11 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
 
 
 def write_frames(path, frames) -> None:
-    """Write frames with their labels to extended XYZ."""
+    """Write frames with their labels to extended XYZ (atomically: whole or not at all)."""
     from ase.io import write
 
-    write(str(path), list(frames), format="extxyz")
+    with atomic_write(path) as fh:
+        write(fh, list(frames), format="extxyz")
 
 
 def append_frame(path, atoms) -> None:

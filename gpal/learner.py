@@ -48,7 +48,7 @@ from . import selection
 from ._validation import as_rng, check_atoms
 from .calculator import GPCalculator
 from .exceptions import GpalError, OracleError, OverlappingAtomsError
-from .io import append_frame, read_frames, write_frames
+from .io import append_frame, atomic_write, read_frames, write_frames
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .potential import SparseGP
 
@@ -519,12 +519,8 @@ class ActiveLearner:
             fh.write(json.dumps(record, default=_json_default) + "\n")
 
     def _write_json_atomic(self, path: Path, obj) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as fh:
+        with atomic_write(path) as fh:
             json.dump(obj, fh, indent=1, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
 
     def checkpoint(self, *, model: bool = True) -> None:
         """Write the model, the walkers and the learner state (each atomically).
@@ -546,23 +542,12 @@ class ActiveLearner:
             arrays[f"numbers_{w.index}"] = w.atoms.numbers
             arrays[f"pbc_{w.index}"] = w.atoms.pbc
         if arrays:
-            tmp = self.run_dir / "walkers.tmp.npz"
-            with open(tmp, "wb") as fh:
+            with atomic_write(self.run_dir / "walkers.npz", "wb") as fh:
                 np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.run_dir / "walkers.npz")
-        structures = self.run_dir / "structures.xyz"
-        if not structures.exists():
-            from ase.io import write
-
-            tmp = self.run_dir / "structures.tmp.xyz"
-            write(str(tmp), self.structures, format="extxyz")
-            os.replace(tmp, structures)
+        if not (self.run_dir / "structures.xyz").exists():
+            write_frames(self.run_dir / "structures.xyz", self.structures)
         if self.validation and not (self.run_dir / "validation.xyz").exists():
-            tmp = self.run_dir / "validation.tmp.xyz"
-            write_frames(tmp, self.validation)
-            os.replace(tmp, self.run_dir / "validation.xyz")
+            write_frames(self.run_dir / "validation.xyz", self.validation)
         state = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -715,11 +700,7 @@ class ActiveLearner:
                 Xs, min(self.n_bootstrap, len(cands)), random_state=rng
             )
             chosen = [cands[i] for i in idx]
-            from ase.io import write
-
-            tmp = self.run_dir / "bootstrap.tmp.xyz"  # whole or absent: a kill cannot cut it
-            write(str(tmp), chosen, format="extxyz")
-            os.replace(tmp, pending_path)
+            write_frames(pending_path, chosen)  # whole or absent: a kill cannot cut it
         have = read_frames(self.train_path) if self.train_path.exists() else []
         # by positions, not by count: a frame whose label failed is not in train.xyz
         todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]
