@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import numba
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 import gpal
 from gpal import SOAP, SparseGP, _threads
 
 from conftest import POLY, SMALL_SOAP, cu_frames
 
-ROOT = Path(gpal.__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-
-
-def _run(code: str, **env_changes) -> str:
-    """Run ``code`` in a fresh interpreter (gpal and tests/ importable); return stdout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MPLBACKEND"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    env.update(env_changes)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
-
-def _blas_threads() -> int:
-    return max(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
+from _subprocess import blas_threads as _blas_threads  # noqa: E402
+from _subprocess import run_python as _run  # noqa: E402
 
 
 # ------------------------------------------------------------------------ side effects
