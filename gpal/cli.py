@@ -147,13 +147,25 @@ def _resume(args: argparse.Namespace) -> int:
             from concurrent.futures import ProcessPoolExecutor
 
             executor = ProcessPoolExecutor(int(cfg["workers"]))
+    def resumed():
+        try:
+            learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet)
+        except KeyError as exc:
+            raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
+                            "state this gpal version can resume") from exc
+        return learner, (steps if steps is not None else learner.total_steps)
+
+    return _learn_and_report(resumed, executor, run_dir)
+
+
+def _learn_and_report(make, executor, run_dir) -> int:
+    """Build a learner with ``make() -> (learner, steps)``, run it, print its summary.
+
+    The executor, if any, is shut down whatever happens.
+    """
     try:
-        learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet)
-    except KeyError as exc:
-        raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
-                        "state this gpal version can resume") from exc
-    try:
-        summary = learner.run(steps if steps is not None else learner.total_steps)
+        learner, steps = make()
+        summary = learner.run(steps)
     finally:
         if executor is not None:
             executor.shutdown()
@@ -231,7 +243,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(n_workers)
-    try:
+    def started():
         learner = ActiveLearner(
             structure,
             oracle,
@@ -246,13 +258,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
         )
         if validation is not None:  # the oracle MD behind them: every call counts
             learner.count_oracle_calls("validation", int(cfg["validation"]["steps"]))
-        summary = learner.run(int(cfg["steps"]))
-    finally:
-        if executor is not None:
-            executor.shutdown()
-    print(summary)
-    print(f"gpal: model, training set, log and plots are in {run_dir}/")
-    return 0
+        return learner, int(cfg["steps"])
+
+    return _learn_and_report(started, executor, run_dir)
 
 
 # --------------------------------------------------------------------------- fit
