@@ -306,14 +306,20 @@ def _descriptor_from_args(args, frames):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit a SparseGP to labelled frames and save it."""
+    """Fit a SparseGP to labelled frames and save it.
+
+    Unset values are chosen as ``SparseGP()`` chooses them (by the evidence: ζ, l_max
+    when no descriptor option is given, signal variance, noises); a value given on the
+    command line is kept.
+    """
     from .kernels import NormalizedDotProduct, SquaredExponential
     from .potential import SparseGP
 
     frames = _read_labelled(args.train, args, "training frames")
-    descriptor = _descriptor_from_args(args, frames)
+    given = any(getattr(args, k) is not None for k in ("r_cut", "n_max", "l_max", "sigma", "species"))
+    descriptor = _descriptor_from_args(args, frames) if given else None
     auto = args.kernel == "dot" and args.zeta == "auto"
-    if args.kernel == "dot" and not auto:
+    if args.kernel == "dot" and isinstance(args.zeta, int):
         kernel = NormalizedDotProduct(zeta=int(args.zeta))
     elif args.kernel == "se":
         kernel = SquaredExponential(args.length_scale)
@@ -327,6 +333,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if auto:
         from .compare import select_kernel_by_evidence
 
+        if descriptor is None:
+            model.descriptor = _descriptor_from_args(args, frames)
         sel = select_kernel_by_evidence(model, frames, progress=True)
         print(sel)
         model = sel.model
@@ -334,9 +342,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model.fit(frames)
         if args.optimize:
             model.optimize_hyperparameters()
+    for line in _evidence_lines(getattr(model, "evidence_", None)):
+        print(line)
     path = model.save(args.output)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
+
+
+def _evidence_lines(table) -> list[str]:
+    """The candidates the evidence weighed (``SparseGP.evidence_``), one line each, the chosen one starred."""
+    if not table:
+        return []
+    lines = ["gpal: hyperparameters chosen by the evidence (log marginal likelihood, larger is better):"]
+    for r in table:
+        noise = r.get("noise") or {}
+        lm = f" l_max {r['l_max']}" if r.get("l_max") is not None else ""
+        lines.append(
+            f"  {'*' if r.get('selected') else ' '} zeta {r.get('zeta')}{lm}: log ML {r['log_marginal_likelihood']:.6g}, "
+            f"signal variance {r.get('signal_variance', float('nan')):.4g}, noise energy "
+            f"{noise.get('energy', float('nan')):.3g} eV/atom, force {noise.get('force', float('nan')):.3g} eV/Å")
+    return lines
 
 
 # --------------------------------------------------------------------------- md
@@ -521,8 +546,13 @@ def cmd_info(args: argparse.Namespace) -> int:
               + (f"; {extra}" if extra else ""))
     else:
         print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")
-    hp = meta.get("hyperparameters")
-    if hp:
+    hp = meta.get("hyperparameters") or {}
+    lines = _evidence_lines(hp.get("evidence"))
+    if lines:
+        print("  evidence    : " + lines[0].split(": ", 1)[1])
+        for line in lines[1:]:
+            print("  " + line)
+    elif hp:
         print(f"  evidence    : {json.dumps(hp)}")
     return 0
 
@@ -619,18 +649,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("train", help="labelled frames (extxyz or any ASE format)")
     s.add_argument("-o", "--output", default="model.npz", help="model file (default model.npz)")
     s.add_argument("--kernel", choices=("dot", "se"), default="dot")
-    s.add_argument("--zeta", type=_zeta, default=4,
-                   help="exponent of the dot-product kernel, or 'auto': the one of 1, 2, 3, 4, 6 "
-                        "with the largest log marginal likelihood (hyperparameters and noises "
-                        "optimised for each)")
+    s.add_argument("--zeta", type=_zeta, default=None,
+                   help="exponent of the dot-product kernel (default: 2, 3 or 4, whichever the "
+                        "evidence prefers, with l_max, signal variance and the unset noises), or "
+                        "'auto': the one of 1, 2, 3, 4, 6 with the largest log marginal likelihood "
+                        "(hyperparameters and noises optimised for each)")
     s.add_argument("--length-scale", type=_positive(float), default=0.5, help="of the SE kernel")
     s.add_argument("--n-sparse", type=_positive(int), default=200, help="sparse environments")
-    s.add_argument("--energy-noise", type=_positive(float), default=0.002, help="eV/atom")
-    s.add_argument("--force-noise", type=_positive(float), default=0.05, help="eV/Å")
-    s.add_argument("--stress-noise", type=_positive(float), default=0.005, help="eV/Å^3")
+    s.add_argument("--energy-noise", type=_positive(float), default=None,
+                   help="eV/atom (default: chosen by the evidence)")
+    s.add_argument("--force-noise", type=_positive(float), default=None,
+                   help="eV/Å (default: chosen by the evidence)")
+    s.add_argument("--stress-noise", type=_positive(float), default=None,
+                   help="eV/Å^3 (default: chosen by the evidence)")
     s.add_argument("--optimize", action="store_true", help="optimise hyperparameters (marginal likelihood)")
-    g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, l_max 6, sigma 0.5, "
-                             "species of the frames, smooth poly cutoff)")
+    g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, sigma 0.5, "
+                             "species of the frames, smooth poly cutoff, l_max 3 or 6 by the evidence; "
+                             "with any of these options l_max defaults to 6)")
     g.add_argument("--r-cut", type=_positive(float), help="radial cutoff, Å")
     g.add_argument("--n-max", type=_positive(int), help="radial basis functions")
     g.add_argument("--l-max", type=int, help="maximum spherical-harmonic degree")

@@ -40,12 +40,19 @@ def test_help(cmd, capsys):
 
 def test_fit_info_validate_md(files, capsys):
     model = files / "model.npz"
-    assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "60", "--optimize"]) == 0
-    assert gpal.load(model).alpha_ is not None
+    assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "60"]) == 0
+    fitted = gpal.load(model)
+    assert fitted.alpha_ is not None
+    # defaults as SparseGP(): zeta, l_max and noises chosen by the evidence, printed, starred
+    out = capsys.readouterr().out
+    best = max(fitted.evidence_, key=lambda r: r["log_marginal_likelihood"])
+    assert fitted.kernel_.zeta == best["zeta"] and fitted.descriptor_.l_max == best["l_max"]
+    assert f"* zeta {best['zeta']} l_max {best['l_max']}: log ML" in out
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
     assert "species     : Cu\n" in out
-    assert "kernel      : NormalizedDotProduct(zeta=4, signal_variance=" in out
+    assert f"kernel      : NormalizedDotProduct(zeta={best['zeta']}, signal_variance=" in out
+    assert f"* zeta {best['zeta']} l_max {best['l_max']}: log ML" in out
     assert re.search(r"noises      : energy \S+ eV/atom, force \S+ eV/Å, stress \S+ eV/Å\^3", out)
     assert "calibration : none" in out
     assert "sparse      : 60 environments (Cu 60)" in out and "training    : 6 frames, 192 atoms" in out
@@ -130,6 +137,15 @@ def test_fit_reads_gap_style_label_keys(tmp_path, capsys):
     assert main(["fit", str(gap), "--energy-key", "DFT_energy"]) == 2
     err = capsys.readouterr().err
     assert "no frame has the info key 'DFT_energy'" in err and "dft_energy" in err
+
+
+def test_fit_keeps_what_the_user_sets(files, capsys):
+    model = files / "fixed.npz"
+    assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "40", "--zeta", "4",
+                 "--l-max", "4", "--force-noise", "0.07", "--energy-noise", "0.003"]) == 0
+    m = gpal.load(model)
+    assert m.kernel_.zeta == 4 and m.descriptor_.l_max == 4
+    assert m.noise_["force"] == pytest.approx(0.07) and m.noise_["energy"] == pytest.approx(0.003)
 
 
 def test_fit_zeta_auto_keeps_the_largest_evidence(files, capsys):
