@@ -271,13 +271,41 @@ def cached_trajectory(name, spec, structure, *, steps, seed, keep_steps, cache_d
     return frames, dt
 
 
-def evenly(frames, n):
-    """``n`` frames evenly spaced over ``frames`` (centres of n equal bins)."""
+def evenly(frames, n, phase=0.5):
+    """``n`` frames evenly spaced over ``frames`` (at ``phase`` of each of n equal bins)."""
     L = len(frames)
     if n >= L:
         return list(frames)
-    idx = [int((k + 0.5) * L / n) for k in range(n)]
+    idx = [int((k + phase) * L / n) for k in range(n)]
     return [frames[i] for i in idx]
+
+
+PHASES = (0.5, 0.25, 0.75)  # the baseline's frames at three offsets within their bins
+
+
+def baseline_spread(learner, model, traj_a, traj_b, n):
+    """Force and energy RMSE of the baseline at ``n`` frames for each offset in PHASES."""
+    out = []
+    for ph in PHASES:
+        base, _ = fit_like(learner, evenly(traj_a, n, ph), model=model)
+        m = evaluate(base, traj_b)
+        out.append({"phase": ph, "force_rmse": m["force_rmse"], "energy_rmse_per_atom": m["energy_rmse_per_atom"]})
+    return out
+
+
+def frames_to_match(learner, model, traj_a, traj_b, target, n0, n_max):
+    """Fewest evenly spaced oracle-MD frames (searched on a 1.25x ladder from ``n0``) whose
+    model reaches force RMSE ``target`` on the test frames; None if ``n_max`` does not."""
+    n, last = max(int(n0), 1), None
+    while n <= n_max:
+        base, _ = fit_like(learner, evenly(traj_a, n), model=model)
+        rmse = evaluate(base, traj_b)["force_rmse"]
+        print(f"    baseline with {n} frames: force RMSE {rmse:.4f} eV/Å", flush=True)
+        if rmse <= target:
+            return {"frames": n, "force_rmse": rmse}
+        last = n
+        n = max(n + 1, int(round(1.25 * n)))
+    return {"frames": None, "searched_up_to": last}
 
 
 # --------------------------------------------------------------------------- baseline fit
@@ -511,6 +539,10 @@ def bench_system(name, args, tuned_modes):
         base_frames = evenly(traj_a, n_made)
         base, fit_info = fit_like(learner, base_frames, model=model)
         base_m = evaluate(base, traj_b)
+        spread = baseline_spread(learner, model, traj_a, traj_b, n_made)
+        match = (frames_to_match(learner, model, traj_a, traj_b, al["force_rmse"], n_made + 1,
+                                 min(4 * n_made, len(traj_a)))
+                 if al["force_rmse"] < base_m["force_rmse"] and not args.quick else None)
         t_eval = time.perf_counter() - t0
         oracle_keys = {k: v for k, v in reported.items()
                        if any(s in k for s in ("oracle", "call", "bootstrap", "label", "valid"))}
@@ -523,7 +555,9 @@ def bench_system(name, args, tuned_modes):
             "counted_oracle_wall_time": counter.wall_time,
             "steps_done": reported.get("steps"), "labels": windows,
             "al": al, "baseline": base_m, "baseline_fit": fit_info,
-            "baseline_frames": len(base_frames),
+            "baseline_frames": len(base_frames), "baseline_phases": spread,
+            "force_rmse_ratio_median_phase": al["force_rmse"] / float(np.median([b["force_rmse"] for b in spread])),
+            "baseline_frames_to_match": match,
             "baseline_frames_short": len(base_frames) < n_made,
             "force_rmse_ratio": al["force_rmse"] / base_m["force_rmse"],
             "energy_rmse_ratio": al["energy_rmse_per_atom"] / max(base_m["energy_rmse_per_atom"], 1e-300),
@@ -561,6 +595,16 @@ def print_system(name, protocol, r):
           f"{protocol['steps']} oracle calls; {r['baseline_fit']['n_sparse']} sparse points "
           f"(AL model {r['baseline_fit']['learner_n_sparse']})"
           + ("  (fewer frames than calls: trajectory too short)" if r["baseline_frames_short"] else ""))
+    sp = r.get("baseline_phases") or []
+    if sp:
+        print("    baseline at other offsets of its evenly spaced frames: "
+              + ", ".join(f"{b['force_rmse']:.4f}" for b in sp)
+              + f" eV/Å; AL / median {r['force_rmse_ratio_median_phase']:.2f}")
+    m = r.get("baseline_frames_to_match")
+    if m:
+        print(f"    evenly spaced frames the baseline needs to match the AL force RMSE: "
+              + (f"{m['frames']} ({m['frames'] / n:.2f}x the AL's oracle calls)" if m["frames"]
+                 else f"more than {m['searched_up_to']}"))
     w = lab["window"]
     print(f"    labels per walker in any 100-step window: max {lab['max_labels_per_walker_per_100_steps']}"
           f"  [<= 3: {verdict(lab['max_labels_per_walker_per_100_steps'] <= 3)}]"
