@@ -88,9 +88,12 @@ def _ipi_executable() -> str:
     return exe
 
 
-def test_ipi_run_records_model_forces(model, tmp_path):
+@pytest.mark.parametrize("via", ["python", "cli-template"])
+def test_ipi_run_records_model_forces(model, tmp_path, via, capsys):
     """20 NVE steps of i-PI driven by gpal over a UNIX socket: every force, energy, virial
-    and per-atom std i-PI records is gpal's prediction at the positions i-PI records."""
+    and per-atom std i-PI records is gpal's prediction at the positions i-PI records.
+    Through IPIClient (atoms from the model's one species), and through ``gpal ipi`` with
+    i-PI's own start file as the template."""
     from gpal.engines.ipi import IPIClient
 
     exe = _ipi_executable()
@@ -101,8 +104,13 @@ def test_ipi_run_records_model_forces(model, tmp_path):
     server = subprocess.Popen([exe, "input.xml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        client = IPIClient(model, unixsocket=address, connect_timeout=60)
-        n = client.run()
+        if via == "python":
+            n = IPIClient(model, unixsocket=address, connect_timeout=60).run()
+        else:
+            path = model.save(tmp_path / "model.npz")
+            assert main(["ipi", str(path), "--unix", address, "--template", str(tmp_path / "init.xyz"),
+                         "--connect-timeout", "60"]) == 0
+            n = int(capsys.readouterr().out.split("after ")[1].split()[0])
         out, _ = server.communicate(timeout=60)
     finally:
         if server.poll() is None:
@@ -140,6 +148,9 @@ def test_ipi_client_needs_template_for_several_species(model):
     alloy = gpal.SparseGP(two, gpal.NormalizedDotProduct(zeta=4), n_sparse=10).fit(cuag_frames(2, seed=2))
     with pytest.raises(ValueError, match="several species .*give a template structure"):
         IPIClient(alloy, unixsocket="gpal-none", connect_timeout=0.1)
+    with pytest.raises(gpal.UnknownSpeciesError):
+        IPIClient(model, Atoms("CuAg", positions=[[0, 0, 0], [2, 0, 0]]), unixsocket="gpal-none",
+                  connect_timeout=0.1)
 
 
 def test_cli_ipi_without_server_is_one_line(model, tmp_path, capsys):

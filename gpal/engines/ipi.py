@@ -28,9 +28,9 @@ The stds are calibrated (:meth:`gpal.SparseGP.set_calibration`) when the model s
 calibration, unless ``calibrated=False``.
 
 Atoms: i-PI sends only positions and the cell. A model of one species needs nothing
-else (the atom count comes with the first structure; periodicity follows the model's
-descriptor). Models of several species need a template structure whose atoms are in
-i-PI's order (the file i-PI initialises from is the natural choice).
+else (the atom count comes with the first structure). Models of several species need a
+template structure whose atoms are in i-PI's order (the file i-PI initialises from is the
+natural choice). Periodicity follows the model's descriptor.
 
 Example
 -------
@@ -52,7 +52,7 @@ from ase.calculators.socketio import IPIProtocol, SocketClient
 from ase.parallel import DummyMPI
 
 from ..calculator import GPCalculator
-from .._validation import check_is_fitted
+from .._validation import check_atoms, check_is_fitted
 
 __all__ = ["IPIClient", "serve_ipi"]
 
@@ -99,8 +99,9 @@ class IPIClient:
     model : gpal.SparseGP
         A fitted model (``gpal.load(path)``).
     template : ase.Atoms, optional
-        The system i-PI simulates, atoms in i-PI's order: gives species and
-        periodicity. Optional for a model of one species.
+        The system i-PI simulates, atoms in i-PI's order: gives the species (cell and
+        positions come from i-PI; periodic if the model's descriptor is). Optional for
+        a model of one species.
     unixsocket : str, optional
         Name of i-PI's UNIX socket (``<address>`` of an ``<ffsocket mode='unix'>``;
         the file is ``/tmp/ipi_NAME``). Without it, connect over INET to ``host:port``.
@@ -157,9 +158,9 @@ class IPIClient:
         else:
             if not isinstance(template, Atoms):
                 raise TypeError(f"template must be an ase.Atoms, got {type(template).__name__}")
-            model._check(template, what="the template structure")
-            self.atoms = Atoms(numbers=template.numbers, positions=template.positions,
-                               cell=template.cell, pbc=template.pbc)
+            check_atoms(template, species=species, what="the template structure")
+            # species and order from the template; cell and positions come from i-PI
+            self.atoms = Atoms(numbers=template.numbers, positions=template.positions, pbc=periodic)
             self._species = None
         if calibrated is None:
             calibrated = bool(getattr(model, "calibration_", None))

@@ -11,9 +11,10 @@ predicts energy, forces and stress of the whole system and hands them to LAMMPS:
   (``fix_modify ID virial yes``: part of ``press``, so barostats work);
 * the per-atom uncertainty (DTC std of each local energy, eV; calibrated when the model
   stores a calibration) in a per-atom property ``d_gpal_std`` (``fix property/atom``),
-  usable by ``dump custom ... d_gpal_std``, ``compute reduce max d_gpal_std`` and so
-  ``fix halt`` (stop when the model leaves its training data), and its largest value
-  as the fix's global scalar-like vector element ``f_gpal[1]``.
+  usable by ``dump custom ... d_gpal_std``, ``compute property/atom d_gpal_std`` (and
+  so ``compute reduce``, variables and ``fix halt``: stop when the model leaves its
+  training data); its largest value is also the fix's global vector element
+  ``f_gpal[1]``.
 
 Requirements and limits
 -----------------------
@@ -42,7 +43,8 @@ Example
     ''')
     gp = FixExternalCoupling(lmp, gpal.load("model.npz"), species=["Cu"])
     lmp.commands_string('''
-        compute maxstd all reduce max d_gpal_std
+        compute std all property/atom d_gpal_std
+        compute maxstd all reduce max c_std
         variable maxstd equal c_maxstd
         fix stop all halt 1 v_maxstd > 0.05 error continue
         thermo_style custom step pe press c_maxstd
