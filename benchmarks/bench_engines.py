@@ -19,7 +19,8 @@ Each figure is the median over ``--repeats`` blocks of ``--steps`` steps (after
 as a ratio, and the per-step overhead over the bare model in µs/atom; the same for CPU
 time (this process, plus i-PI's server process for i-PI), steadier than wall time on a
 loaded machine. The blocks of the engines alternate (ASE, i-PI, LAMMPS, ASE, ...), so a
-change of machine load hits every engine alike.
+change of machine load hits every engine alike; the paired ratio is the median over rounds
+of each block's CPU time over the ASE block of the same round.
 
 Model: SOAP r_cut 5 Å, n_max 8, l_max 6, sigma 0.5, smooth poly cutoff; dot-product kernel
 zeta 4; 200 sparse environments; fitted on 6 rattled, strained 108-atom EMT frames.
@@ -260,7 +261,7 @@ def main(argv=None) -> None:
                 if close is not None:
                     close()
     print(f"{'driver':36s} {'wall µs/atom/step':>18s} {'vs ASE':>7s} {'over model':>10s} {'spread':>7s}   "
-          f"{'CPU µs/atom/step':>17s} {'vs ASE':>7s} {'over model':>10s}")
+          f"{'CPU µs/atom/step':>17s} {'vs ASE':>7s} {'over model':>10s}   {'paired CPU vs ASE':>17s}")
     med = {k: (tuple(1e6 * statistics.median(b[i] for b in v) / args.steps / n for i in (0, 1))
                if isinstance(v, list) and v else None) for k, v in runs.items()}
     base, floor = med["ASE VelocityVerlet + GPCalculator"], med["model.predict alone"]
@@ -271,11 +272,13 @@ def main(argv=None) -> None:
         walls = [b[0] for b in v]
         spread = (max(walls) - min(walls)) / statistics.median(walls)
         (w, c), (bw, bc), (fw, fc) = med[k], base, floor
+        paired = statistics.median(b[1] / a[1] for a, b in zip(runs["ASE VelocityVerlet + GPCalculator"], v))
         print(f"{k:36s} {w:18.2f} {w / bw:6.3f}x {w - fw:+10.2f} {100 * spread:6.1f}%   "
-              f"{c:17.2f} {c / bc:6.3f}x {c - fc:+10.2f}")
+              f"{c:17.2f} {c / bc:6.3f}x {c - fc:+10.2f}   {paired:16.3f}x")
     print("\n'over model': µs/atom/step beyond the bare model evaluation (integrator, calculator, socket "
           "or callback); 'spread': (max - min) / median of the wall times of the blocks; CPU: this process, "
-          "plus the i-PI server process for i-PI (its socket loop polls every --ipi-latency s)")
+          "plus the i-PI server process for i-PI (its socket loop polls every --ipi-latency s); "
+          "'paired': median over rounds of (block CPU / the same round's ASE block CPU)")
 
 if __name__ == "__main__":
     main()
