@@ -218,6 +218,7 @@ def test_lammps_fix_external_matches_ase_calculator(model, tmp_path):
     """)
     gp = FixExternalCoupling(lmp, model, ["Cu"])
     lmp.commands_string(f"""
+        compute pea all pe/atom
         variable pe equal pe
         fix pe all print 1 "${{pe}}" file {tmp_path / 'pe.txt'} screen no
         dump d all custom 1 {tmp_path / 'md.dump'} id xu yu zu vx vy vz d_gpal_std
@@ -250,6 +251,10 @@ def test_lammps_fix_external_matches_ase_calculator(model, tmp_path):
     gp.run(0)
     press = [lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")]
     np.testing.assert_allclose(press, -gp.last["stress"][[0, 1, 2, 5, 4, 3]] / units.bar, rtol=1e-6, atol=1e-3)
+    # per-atom energies (compute pe/atom) are the local energies, matched by atom ID
+    tag = lmp.numpy.extract_atom("id")[:32]
+    pea = lmp.numpy.extract_compute("pea", 1, 1)[:32]
+    np.testing.assert_allclose(pea[np.argsort(tag)], gp.last["energies"], rtol=0, atol=1e-12)
     lmp.close()
 
 
