@@ -8,6 +8,7 @@
 ``gpal validate MODEL TEST.xyz`` metrics table and plots (``--calibrate VAL.xyz -o OUT``)
 ``gpal info MODEL``              what a model file contains
 ``gpal compare-kernels TRAIN TEST`` kernel/descriptor comparison table + learning curve
+``gpal ipi MODEL --unix NAME``    serve a model to an i-PI server (or ``--host H --port P``)
 
 Every command has ``--help``. A bad input (a missing or unreadable file, an unknown
 configuration key, a wrong option value) ends the command with exit code 2 and one line
@@ -576,6 +577,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- ipi
+def cmd_ipi(args: argparse.Namespace) -> int:
+    """Serve a model to an i-PI server (energy, forces, virial; per-atom stds as JSON extras)."""
+    from .engines.ipi import IPIClient
+    from .io import load, read_frames
+
+    if args.unix is not None and args.host is not None:
+        raise GpalError("--host goes with --port (an INET socket), not with --unix")
+    model = load(args.model)
+    template = read_frames(args.template, index=-1)[0] if args.template else None
+    client = IPIClient(model, template, unixsocket=args.unix, host=args.host or "localhost", port=args.port,
+                       calibrated=False if args.raw else None, forces_std=args.forces_std,
+                       connect_timeout=args.connect_timeout)
+    print(f"gpal ipi: serving {args.model} to i-PI at {client.address}", file=sys.stderr)
+    n = client.run()
+    print(f"gpal ipi: i-PI ended the run after {n} evaluations")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``gpal <cmd>: error: <message> (see --help)``."""
@@ -711,6 +731,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default="kernel_comparison.png")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("ipi", help="serve a model to i-PI (MD, PIMD, REMD, ...) over a socket",
+                       description="Connect to an i-PI server as its client (driver) and answer its "
+                                   "requests with the model: energy, forces, virial, and the per-atom "
+                                   "uncertainty as JSON extras (energies_std, energy_std, novelty).")
+    s.add_argument("model")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", metavar="NAME", help="i-PI's UNIX socket <address> (file /tmp/ipi_NAME)")
+    where.add_argument("--port", type=_positive(int), help="i-PI's INET port")
+    s.add_argument("--host", help="i-PI's host for --port (default localhost)")
+    s.add_argument("--template", metavar="STRUCTURE",
+                   help="structure with i-PI's atoms in i-PI's order (needed for models of several species)")
+    s.add_argument("--forces-std", action="store_true", help="also send forces_std (eV/Å) in the extras")
+    s.add_argument("--raw", action="store_true", help="raw stds even if the model stores a calibration")
+    s.add_argument("--connect-timeout", type=_positive(float), default=30.0, metavar="SECONDS",
+                   help="keep trying to reach i-PI this long (default 30)")
+    s.set_defaults(func=cmd_ipi)
     return p
 
 

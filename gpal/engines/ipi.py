@@ -1,0 +1,235 @@
+"""A gpal model as an i-PI client (a "driver" in i-PI's words).
+
+i-PI (https://ipi-code.org, ``pip install ipi``) runs the dynamics (MD, path-integral MD,
+replica exchange, PLUMED-biased runs, geometry optimisation, ...) and asks its clients
+for energy, forces and virial over a socket, one structure (bead) at a time. This
+module answers those requests with a fitted :class:`gpal.SparseGP`, on top of ASE's
+i-PI socket client (:class:`ase.calculators.socketio.SocketClient`) and
+:class:`gpal.GPCalculator`.
+
+What goes back to i-PI for each structure
+------------------------------------------
+* potential energy and forces (ASE's socket protocol converts eV, eV/Å to Hartree and
+  Hartree/Bohr);
+* the virial W = -V σ (σ the model's stress, ASE sign convention: positive when the
+  cell pulls inwards), the convention of i-PI's own ASE driver; zero for molecules;
+* an ``extras`` JSON string with the model's uncertainty::
+
+      {"energies_std": [...],      # (n_atoms,) DTC std of each local energy, eV
+       "energy_std": ...,          # std of the total energy, eV
+       "max_energies_std": ...,    # its largest entry, eV
+       "novelty": [...],           # (n_atoms,) unexplained prior-variance fraction, [0, 1]
+       "forces_std": [[...], ...]} # (n_atoms, 3) eV/Å, only with forces_std=True
+
+  i-PI stores it per bead; ``<trajectory filename='std' extra_type='energies_std'>
+  extras </trajectory>`` writes the per-atom stds, one block per step.
+
+The stds are calibrated (:meth:`gpal.SparseGP.set_calibration`) when the model stores a
+calibration, unless ``calibrated=False``.
+
+Atoms: i-PI sends only positions and the cell. A model of one species needs nothing
+else (the atom count comes with the first structure). Models of several species need a
+template structure whose atoms are in i-PI's order (the file i-PI initialises from is the
+natural choice). Periodicity follows the model's descriptor.
+
+Example
+-------
+In one shell ``i-pi input.xml`` (with ``<ffsocket mode='unix'><address>gpal</address>``),
+in another ``gpal ipi model.npz --unix gpal``, or from Python::
+
+    from gpal.engines import serve_ipi
+    serve_ipi(gpal.load("model.npz"), unixsocket="gpal")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.socketio import IPIProtocol, SocketClient
+from ase.parallel import DummyMPI
+
+from ..calculator import GPCalculator
+from .._validation import check_atoms, check_is_fitted
+
+__all__ = ["IPIClient", "serve_ipi"]
+
+
+class _ExtrasProtocol(IPIProtocol):
+    """ASE's i-PI protocol, sending the owner's JSON extras with the forces and growing
+    a template-free structure to the atom count of the first POSDATA."""
+
+    def __init__(self, socket, owner: "IPIClient", txt=None):
+        super().__init__(socket, txt=txt)
+        self.owner = owner
+
+    def recvposdata(self):
+        cell, icell, positions = super().recvposdata()
+        self.owner._match_atoms(len(positions))
+        return cell, icell, positions
+
+    def sendforce(self, energy, forces, virial, morebytes=None):
+        extras = np.frombuffer(self.owner._extras.encode("utf-8"), dtype=np.byte)
+        super().sendforce(energy, forces, virial, extras)
+
+
+class _Client(SocketClient):
+    """:class:`SocketClient` whose ``calculate`` also builds the uncertainty extras."""
+
+    def __init__(self, owner: "IPIClient", *, host, port, unixsocket, timeout, log):
+        super().__init__(host=host, port=port, unixsocket=unixsocket, timeout=timeout, log=log,
+                         comm=DummyMPI())
+        self.protocol = _ExtrasProtocol(self.protocol.socket, owner, txt=log)
+        self.log = self.protocol.log
+        self.owner = owner
+
+    def calculate(self, atoms, use_stress):
+        energy, forces, virial = super().calculate(atoms, use_stress)
+        self.owner._set_extras(atoms.calc.results)
+        return energy, forces, virial
+
+
+class IPIClient:
+    """Serve a fitted gpal model to an i-PI server.
+
+    Parameters
+    ----------
+    model : gpal.SparseGP
+        A fitted model (``gpal.load(path)``).
+    template : ase.Atoms, optional
+        The system i-PI simulates, atoms in i-PI's order: gives the species (cell and
+        positions come from i-PI; periodic if the model's descriptor is). Optional for
+        a model of one species.
+    unixsocket : str, optional
+        Name of i-PI's UNIX socket (``<address>`` of an ``<ffsocket mode='unix'>``;
+        the file is ``/tmp/ipi_NAME``). Without it, connect over INET to ``host:port``.
+    host : str, default "localhost"
+    port : int, optional
+        INET port (i-PI's ``<port>``); default ASE's 31415.
+    calibrated : bool, optional
+        Report calibrated stds; default: when the model stores a calibration.
+    forces_std : bool, default False
+        Also send ``forces_std`` (n_atoms, 3) eV/Å in the extras (costs about one
+        training-frame derivative pass per structure).
+    connect_timeout : float, default 30.0
+        Seconds to keep trying to connect (i-PI may still be starting).
+    timeout : float, optional
+        Socket timeout once connected (None: wait for i-PI indefinitely).
+    log : file object, optional
+        Write ASE's protocol log here.
+
+    Attributes
+    ----------
+    atoms : ase.Atoms
+        The structure of the last request (positions in Å).
+    n_evaluations : int
+        Structures evaluated so far.
+    """
+
+    def __init__(
+        self,
+        model,
+        template: Atoms | None = None,
+        *,
+        unixsocket: str | None = None,
+        host: str = "localhost",
+        port: int | None = None,
+        calibrated: bool | None = None,
+        forces_std: bool = False,
+        connect_timeout: float = 30.0,
+        timeout: float | None = None,
+        log=None,
+    ):
+        check_is_fitted(model)
+        self.model = model
+        species = [int(z) for z in model.species_]
+        periodic = bool(model.descriptor_.periodic)
+        if template is None:
+            if len(species) != 1:
+                from ase.data import chemical_symbols
+
+                names = ", ".join(chemical_symbols[z] for z in species)
+                raise ValueError(f"the model knows several species ({names}): give a template structure "
+                                 "with i-PI's atoms in i-PI's order so gpal knows which atom is which")
+            self.atoms = Atoms(pbc=periodic)
+            self._species = species[0]
+        else:
+            if not isinstance(template, Atoms):
+                raise TypeError(f"template must be an ase.Atoms, got {type(template).__name__}")
+            check_atoms(template, species=species, what="the template structure")
+            # species and order from the template; cell and positions come from i-PI
+            self.atoms = Atoms(numbers=template.numbers, positions=template.positions, pbc=periodic)
+            self._species = None
+        if calibrated is None:
+            calibrated = bool(getattr(model, "calibration_", None))
+        self.calibrated = bool(calibrated)
+        self.forces_std = bool(forces_std)
+        self.atoms.calc = GPCalculator(model, calibrated=self.calibrated, forces_std=self.forces_std)
+        self._extras = "{}"
+        self.n_evaluations = 0
+        self.address = f"UNIX socket {unixsocket!r}" if unixsocket else f"{host}:{port or 31415}"
+        self._client = self._connect(host, port, unixsocket, float(connect_timeout), timeout, log)
+
+    def _connect(self, host, port, unixsocket, connect_timeout, timeout, log) -> _Client:
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            try:
+                return _Client(self, host=host, port=port, unixsocket=unixsocket, timeout=timeout, log=log)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if time.monotonic() >= deadline:
+                    raise ConnectionRefusedError(
+                        f"no i-PI server at {self.address} after {connect_timeout:g} s ({exc.strerror or exc}); "
+                        "start i-pi first, and check the socket name or port") from exc
+                time.sleep(0.1)
+
+    # -------------------------------------------------------------- protocol hooks
+    def _match_atoms(self, n_atoms: int) -> None:
+        if len(self.atoms) == n_atoms:
+            return
+        if len(self.atoms) == 0 and self._species is not None:
+            self.atoms.extend(Atoms(numbers=np.full(n_atoms, self._species), pbc=self.atoms.pbc))
+            return
+        raise ValueError(f"i-PI sent {n_atoms} atoms, the template structure has {len(self.atoms)}")
+
+    def _set_extras(self, results: dict) -> None:
+        extras = {}
+        if "energies_std" in results:
+            std = np.asarray(results["energies_std"], dtype=float)
+            extras["energies_std"] = std.tolist()
+            extras["energy_std"] = float(results["energy_std"])
+            extras["max_energies_std"] = float(std.max())
+        if "novelty" in results:
+            extras["novelty"] = np.asarray(results["novelty"], dtype=float).tolist()
+        if "forces_std" in results:
+            extras["forces_std"] = np.asarray(results["forces_std"], dtype=float).tolist()
+        self._extras = json.dumps(extras)
+        self.n_evaluations += 1
+
+    # -------------------------------------------------------------- running
+    def irun(self):
+        """Serve requests, yielding after each evaluation (``self.atoms`` holds it).
+
+        Ends when i-PI sends EXIT or closes the connection.
+        """
+        yield from self._client.irun(self.atoms, use_stress=bool(np.all(self.atoms.pbc)))
+
+    def run(self) -> int:
+        """Serve requests until i-PI ends the run; returns the number of evaluations."""
+        for _ in self.irun():
+            pass
+        return self.n_evaluations
+
+    def close(self) -> None:
+        """Close the connection (i-PI then drops this client)."""
+        self._client.close()
+
+
+def serve_ipi(model, template: Atoms | None = None, **kwargs) -> int:
+    """Connect ``model`` to an i-PI server and answer it until the run ends.
+
+    Parameters are those of :class:`IPIClient`. Returns the number of structures
+    evaluated.
+    """
+    return IPIClient(model, template, **kwargs).run()
