@@ -30,7 +30,7 @@ def files(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("cmd", ["learn", "fit", "md", "validate", "info", "compare-kernels"])
+@pytest.mark.parametrize("cmd", ["learn", "fit", "md", "validate", "info", "compare-kernels", "ipi"])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])

@@ -94,6 +94,9 @@ CASES = [
     pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/x.npz"],
                  "they need --calibrate", id="validate-output-without-calibrate"),
     pytest.param(["fit"], "the following arguments are required: train", id="fit-no-argument"),
+    pytest.param(["ipi", "{d}/missing.npz", "--unix", "gpal-test"], "no model file at", id="ipi-missing-model"),
+    pytest.param(["ipi", "{d}/model.npz"], "one of the arguments --unix --port is required",
+                 id="ipi-no-socket"),
     pytest.param(["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'", id="unknown-command"),
 ]
 
