@@ -356,19 +356,11 @@ class ActiveLearner:
     trigger : Trigger, optional
     n_walkers : int, default 1
     n_bootstrap : int, default 4
-        Frames labelled before MD starts. With ``rattle="auto"`` the first two per start
-        structure are the structure itself and a copy displaced by 0.02 Å (their force
-        difference measures each species' stiffness); the rest are chosen by FPS among
-        ``n_candidates`` thermally displaced/strained copies.
+        Frames labelled before MD starts, chosen by FPS among ``n_candidates``
+        rattled/strained copies of the start structures.
     n_candidates : int, default 64
-    rattle : "auto" or float, default "auto"
-        Displacements of the bootstrap candidates. ``"auto"``: per species, the thermal
-        amplitude ``sqrt(k_B T / k)`` of an atom bound by the stiffness ``k`` (eV/Å²)
-        measured on the two probe frames, at temperatures drawn over the MD protocol's
-        range; a random Cartesian rattle of one size for every atom over-stretches the
-        stiff bonds of a molecule (its labels lie far off what MD visits). A number: Å,
-        the std of random displacements for every atom (times a factor in [0.3, 2]) and
-        strains up to ``2*rattle/a``.
+    rattle : float, default 0.05
+        Å, std of the candidates' random displacements (strains up to ``2*rattle/a``).
     n_sparse_initial : int, default 300
         Sparse environments of the bootstrap model (FPS). The model's accuracy is
         limited by its sparse set long before it is by its labels (on a random fcc
@@ -432,7 +424,7 @@ class ActiveLearner:
         n_walkers: int = 1,
         n_bootstrap: int = 4,
         n_candidates: int = 64,
-        rattle: float | str = "auto",
+        rattle: float = 0.05,
         n_sparse_initial: int = 300,
         sparse_per_label: int = 20,
         optimize_every: float = 1.5,
@@ -471,14 +463,7 @@ class ActiveLearner:
         self.n_walkers = int(n_walkers)
         self.n_bootstrap = int(n_bootstrap)
         self.n_candidates = int(n_candidates)
-        if isinstance(rattle, str):
-            if rattle != "auto":
-                raise ValueError(f"rattle must be 'auto' or a number of Å, got {rattle!r}")
-            self.rattle = rattle
-        else:
-            self.rattle = float(rattle)
-            if not self.rattle >= 0:
-                raise ValueError(f"rattle must be >= 0 Å, got {rattle!r}")
+        self.rattle = float(rattle)
         self.n_sparse_initial = n_sparse_initial
         self.sparse_per_label = int(sparse_per_label)
         self.optimize_every = float(optimize_every)
@@ -593,8 +578,6 @@ class ActiveLearner:
             "settings": {
                 "n_walkers": self.n_walkers,
                 "n_bootstrap": self.n_bootstrap,
-                "n_candidates": self.n_candidates,
-                "rattle": self.rattle,
                 "sparse_per_label": self.sparse_per_label,
                 "optimize_every": self.optimize_every,
                 "optimize_noise": self.optimize_noise,
@@ -685,102 +668,46 @@ class ActiveLearner:
             self.calibrate()
 
     # ------------------------------------------------------------------ bootstrap
-    def _candidates(self, rng, sigma=None) -> list[Atoms]:
-        """``n_candidates`` displaced (and, for periodic cells, strained) start structures.
-
-        ``sigma``: ``sigma(atoms, T) -> ndarray (n_atoms,)`` of displacement stds (Å) at
-        temperature T drawn over the protocol's range (``rattle="auto"``); None: the
-        fixed ``rattle`` times a factor in [0.3, 2].
-        """
+    def _candidates(self, rng) -> list[Atoms]:
         cands = []
         per = max(1, self.n_candidates // len(self.structures))
-        t_lo, t_hi = self._temperature_range()
         for s in self.structures:
             for _ in range(per):
                 a = s.copy()
-                if sigma is None:
-                    amp = np.full(len(a), self.rattle * rng.uniform(0.3, 2.0))
-                else:
-                    amp = sigma(a, rng.uniform(t_lo, t_hi))
                 if np.all(a.pbc):
                     size = np.cbrt(abs(a.cell.volume) / max(len(a), 1))
-                    strain = 2 * float(np.mean(amp)) / max(size, 1.0) * rng.uniform(-1, 1, (3, 3))
+                    strain = 2 * self.rattle / max(size, 1.0) * rng.uniform(-1, 1, (3, 3))
                     strain = 0.5 * (strain + strain.T)
                     a.set_cell(a.cell.array @ (np.eye(3) + strain), scale_atoms=True)
-                a.positions += rng.normal(0, 1.0, a.positions.shape) * amp[:, None]
+                a.positions += rng.normal(0, self.rattle, a.positions.shape) * rng.uniform(0.3, 2.0)
                 cands.append(a)
         return cands
-
-    def _temperature_range(self) -> tuple[float, float]:
-        """Lowest and highest MD temperature of the protocol (K); a constant T gives [T/2, 3T/2]."""
-        T = self.md.temperature
-        if isinstance(T, (tuple, list)):
-            return float(min(T)), float(max(T))
-        return 0.5 * float(T), 1.5 * float(T)
-
-    def _probes(self, rng) -> list[Atoms]:
-        """Each start structure as given, then displaced by 0.02 Å (std per component)."""
-        out = []
-        for s in self.structures:
-            b = s.copy()
-            b.positions += rng.normal(0, _PROBE_DISPLACEMENT, b.positions.shape)
-            out += [s.copy(), b]
-        return out
-
-    def _label_missing(self, frames: list[Atoms]) -> list[Atoms]:
-        """The labelled versions of ``frames`` (from train.xyz; the missing ones labelled now)."""
-        have = read_frames(self.train_path) if self.train_path.exists() else []
-        # by positions, not by count: a frame whose label failed is not in train.xyz
-        todo = [c for c in frames if not any(_same_frame(c, a) for a in have)]
-        if todo:
-            self._label(todo, "bootstrap")
-            have = read_frames(self.train_path) if self.train_path.exists() else []
-        out = []
-        for c in frames:
-            match = [a for a in have if _same_frame(c, a)]
-            out.append(match[0] if match else None)
-        return out
 
     def _bootstrap(self) -> None:
         rng = as_rng(self.random_state)
         pending_path = self.run_dir / "bootstrap.xyz"
-        auto = self.rattle == "auto" and self.n_bootstrap >= 2
         if pending_path.exists():
             chosen = read_frames(pending_path)
         else:
-            sigma, probes = None, []
-            if auto:
-                probes = self._probes(rng)
-                labelled = self._label_missing(probes)
-                stiffness = species_stiffness(probes, labelled)
-                self.bootstrap_stiffness_ = stiffness
-                self._log({"event": "stiffness", "step": 0, "eV_per_A2": {str(z): k for z, k in stiffness.items()},
-                           "amplitude_A_at_T": {str(z): float(np.sqrt(units.kB * T / k))
-                                                for z, k in stiffness.items()
-                                                for T in [self._temperature_range()[1]]}})
+            cands = self._candidates(rng)
+            desc = self.model.descriptor if self.model.descriptor is not None else None
+            if desc is None:
+                from .potential import default_descriptor
 
-                def sigma(a, T):
-                    k = np.array([stiffness.get(int(z), _STIFFNESS_DEFAULT) for z in a.numbers])
-                    return np.sqrt(units.kB * T / k)
-            n_more = max(self.n_bootstrap - len(probes), 0)
-            picks = []
-            if n_more:
-                cands = self._candidates(rng, sigma)
-                desc = self.model.descriptor if self.model.descriptor is not None else None
-                if desc is None:
-                    from .potential import default_descriptor
-
-                    desc = default_descriptor(self.structures)
-                Xs = [desc.create(a) for a in cands]
-                idx = selection.frame_farthest_point_sampling(Xs, min(n_more, len(cands)), random_state=rng)
-                picks = [cands[i] for i in idx]
-            chosen = probes + picks
+                desc = default_descriptor(self.structures)
+            Xs = [desc.create(a) for a in cands]
+            idx = selection.frame_farthest_point_sampling(
+                Xs, min(self.n_bootstrap, len(cands)), random_state=rng
+            )
+            chosen = [cands[i] for i in idx]
             write_frames(pending_path, chosen)  # whole or absent: a kill cannot cut it
         have = read_frames(self.train_path) if self.train_path.exists() else []
-        done = sum(1 for c in chosen if any(_same_frame(c, a) for a in have))
+        # by positions, not by count: a frame whose label failed is not in train.xyz
+        todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]
+        done = len(chosen) - len(todo)
         self._log({"event": "bootstrap", "n": len(chosen), "already_labelled": done})
-        self._label_missing(chosen)
-        frames = read_frames(self.train_path) if self.train_path.exists() else []
+        labelled = self._label(todo, "bootstrap") if todo else []
+        frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
             raise OracleError("no bootstrap frame could be labelled; see log.jsonl")
         t0 = time.perf_counter()
@@ -1301,52 +1228,6 @@ class ActiveLearner:
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
         return self
-
-
-_PROBE_DISPLACEMENT = 0.02  # Å, std per component of the stiffness probe
-_STIFFNESS_DEFAULT = 10.0  # eV/Å², a species without a usable probe
-_STIFFNESS_RANGE = (0.5, 200.0)  # eV/Å², clip of the measured stiffness
-
-
-def species_stiffness(probes: Sequence[Atoms], labelled: Sequence[Atoms | None]) -> dict[int, float]:
-    """Per-species stiffness (eV/Å²) from pairs (structure, displaced structure).
-
-    For each pair the force change of atom i is, to first order,
-    ``dF_i = -sum_j H_ij u_j``; the random displacements of the other atoms average
-    out of ``-dF_i . u_i``, so ``k = -sum_i dF_i . u_i / sum_i |u_i|^2`` over the atoms of
-    a species is its Einstein spring constant (the mean diagonal of its Hessian blocks).
-    Clipped to [0.5, 200] eV/Å²; a species without a labelled pair gets 10 eV/Å².
-
-    Parameters
-    ----------
-    probes : sequence of ase.Atoms
-        Even length: each structure followed by its displaced copy (same atom order).
-    labelled : sequence of ase.Atoms or None
-        The same frames with oracle forces (None where the label failed).
-
-    Returns
-    -------
-    dict
-        Atomic number -> stiffness, eV/Å².
-    """
-    num: dict[int, float] = {}
-    den: dict[int, float] = {}
-    for k in range(0, len(probes) - 1, 2):
-        a, b = labelled[k], labelled[k + 1]
-        if a is None or b is None:
-            continue
-        u = probes[k + 1].positions - probes[k].positions
-        dF = np.asarray(b.get_forces()) - np.asarray(a.get_forces())
-        for z in np.unique(probes[k].numbers):
-            m = probes[k].numbers == z
-            num[int(z)] = num.get(int(z), 0.0) - float(np.sum(dF[m] * u[m]))
-            den[int(z)] = den.get(int(z), 0.0) + float(np.sum(u[m] ** 2))
-    species = {int(z) for p in probes for z in p.numbers}
-    out = {}
-    for z in sorted(species):
-        k = num[z] / den[z] if den.get(z) else _STIFFNESS_DEFAULT
-        out[z] = float(np.clip(k, *_STIFFNESS_RANGE)) if np.isfinite(k) else _STIFFNESS_DEFAULT
-    return out
 
 
 def _import_path(obj) -> str | None:
