@@ -359,8 +359,14 @@ class ActiveLearner:
         Frames labelled before MD starts, chosen by FPS among ``n_candidates``
         rattled/strained copies of the start structures.
     n_candidates : int, default 64
-    rattle : float, default 0.05
-        Å, std of the candidates' random displacements (strains up to ``2*rattle/a``).
+    rattle : float, optional
+        Å, std of the candidates' random displacements (times a factor in [0.3, 2];
+        strains up to ``2*rattle/a``). Default 0.05 Å for a 3D-periodic start structure,
+        0.02 Å otherwise: a crystal's phonons have similar stiffness, so a random
+        Cartesian rattle looks thermal; a molecule's range from stiff bond stretches to
+        soft torsions, and a rattle of thermal size for the torsions over-stretches the
+        bonds far beyond what MD visits (ethanol, GFN2-xTB, 300-800 K: force RMSE 1.8-1.9x
+        the evenly spaced baseline with 0.05 Å, 1.0-1.06x with 0.02 Å).
     n_sparse_initial : int, default 300
         Sparse environments of the bootstrap model (FPS). The model's accuracy is
         limited by its sparse set long before it is by its labels (on a random fcc
@@ -424,7 +430,7 @@ class ActiveLearner:
         n_walkers: int = 1,
         n_bootstrap: int = 4,
         n_candidates: int = 64,
-        rattle: float = 0.05,
+        rattle: float | None = None,
         n_sparse_initial: int = 300,
         sparse_per_label: int = 20,
         optimize_every: float = 1.5,
@@ -463,7 +469,11 @@ class ActiveLearner:
         self.n_walkers = int(n_walkers)
         self.n_bootstrap = int(n_bootstrap)
         self.n_candidates = int(n_candidates)
+        if rattle is None:
+            rattle = 0.05 if all(np.all(a.pbc) for a in self.structures) else 0.02
         self.rattle = float(rattle)
+        if not self.rattle >= 0:
+            raise ValueError(f"rattle must be >= 0 Å, got {rattle!r}")
         self.n_sparse_initial = n_sparse_initial
         self.sparse_per_label = int(sparse_per_label)
         self.optimize_every = float(optimize_every)
@@ -578,6 +588,8 @@ class ActiveLearner:
             "settings": {
                 "n_walkers": self.n_walkers,
                 "n_bootstrap": self.n_bootstrap,
+                "n_candidates": self.n_candidates,
+                "rattle": self.rattle,
                 "sparse_per_label": self.sparse_per_label,
                 "optimize_every": self.optimize_every,
                 "optimize_noise": self.optimize_noise,

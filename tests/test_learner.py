@@ -221,10 +221,25 @@ def test_bad_settings():
         Trigger(quantity="stress_std")
     with pytest.raises(ValueError, match="skip"):
         ActiveLearner(start(), EMT(), on_oracle_failure="ignore")
+    with pytest.raises(ValueError, match="rattle"):
+        ActiveLearner(start(), EMT(), rattle=-0.1)
     with pytest.raises(ValueError, match="module:Name"):
         OracleSpec("EMT")
     with pytest.raises(ValueError, match="live calculator"):
         gpal.Oracle(EMT(), executor=ProcessPoolExecutor(1))
+
+
+def test_bootstrap_rattle_default_depends_on_periodicity():
+    from ase.build import molecule
+
+    crystal = ActiveLearner(start(), EMT())
+    mol = molecule("CH3OH")
+    assert crystal.rattle == 0.05 and ActiveLearner(mol, EMT()).rattle == 0.02
+    assert ActiveLearner(mol, EMT(), rattle=0.07).rattle == 0.07
+    # the candidates' displacements follow it (std of the factor in [0.3, 2] times rattle)
+    rng = np.random.default_rng(0)
+    shifts = [c.positions - mol.positions for c in ActiveLearner(mol, EMT())._candidates(rng)]
+    assert 0.3 * 0.02 < np.std(np.concatenate(shifts)) < 2.0 * 0.02
 
 
 class CountingEMT(EMT):
