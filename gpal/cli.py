@@ -461,13 +461,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     test = _read_labelled(args.test, args, "test frames")
     if args.calibrate:
         val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
-        cal = calibration.StdCalibrator().fit(val["force_error"], val["force_std"])
-        conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], val["force_std"])
-        model.set_calibration(forces_std={"scale": float(cal.scale_), "conformal": float(conf.quantile_)})
+        # the same calibration as the active learner stores: the std of a new force label
+        # sqrt((scale σ)² + (noise_scale σ_n)²), and a conformal quantile in its units
+        noise = model.noise_["force"]
+        cal = calibration.TwoTermCalibrator().fit(val["force_error"], val["force_std"], noise)
+        total = cal.transform(val["force_std"], noise)
+        conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], total)
+        key = f"conformal_q{round(100 * (1 - args.alpha)):d}"
+        model.set_calibration(forces_std={"scale": float(cal.scale_), "noise_scale": float(cal.noise_scale_),
+                                          key: float(conf.quantile_)})
         path = model.save(args.model if args.in_place else args.output)
-        print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, "
-              f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} (of |error|/std); "
-              f"wrote {path}")
+        print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
+              f"{cal.noise_scale_:.3f}, {100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
+              f"(of |error| / calibrated std); wrote {path}")
     calibrated = "forces_std" in model.calibration_ and not args.raw
     if calibrated:
         scale = model.calibration_["forces_std"].get("scale", 1.0)

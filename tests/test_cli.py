@@ -72,7 +72,10 @@ def test_fit_info_validate_md(files, capsys):
     for name in ("parity_forces", "parity_energy", "calibration_curve", "error_vs_uncertainty", "z_histogram"):
         assert (plots / f"{name}.png").stat().st_size > 1000
     assert model.read_bytes() == before
-    scale = gpal.load(files / "calibrated.npz").calibration_["forces_std"]["scale"]
+    stored = gpal.load(files / "calibrated.npz").calibration_["forces_std"]
+    scale = stored["scale"]
+    # the keys the active learner writes and its stopping rule reads (conformal_q90)
+    assert set(stored) == {"scale", "noise_scale", "conformal_q90"}
     assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots)]) == 0
     assert "force stds raw (the model stores no calibration" in capsys.readouterr().out
     assert main(["info", str(files / "calibrated.npz")]) == 0
