@@ -987,8 +987,10 @@ class ActiveLearner:
         """Update the target weight on this checked frame; True to label it for the target."""
         capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
         t0 = time.perf_counter()
+        ref = (self.trigger.base_threshold(self.model, self._force_noise_scale())
+               if self.trigger.quantity == "forces_std" else None)  # w = 1 at the trigger's level
         res = self.targets.consider(self.model, w.atoms, uncertain=u is not None or capped,
-                                    scale=self._force_std_scale())
+                                    scale=self._force_std_scale(), reference=ref)
         self._times["check"] += time.perf_counter() - t0
         if self.targets.weight_changed():
             self._log({"event": "target_weight", "step": self.step, "weight": res["weight"],

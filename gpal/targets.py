@@ -15,9 +15,12 @@ for every frame its MD walkers offer, two questions:
 
 They are mixed as ``a = w · IG/IG_best + (1 − w) · ρ`` (both terms in [0, 1]; IG_best
 the best candidate's), and the weight w follows an
-:class:`gpal.selection.AcquisitionSchedule`: 1 (explore) while the calibrated global
-force uncertainty is at its initial level, falling toward the schedule's floor as it
-shrinks.
+:class:`gpal.selection.AcquisitionSchedule` on the calibrated global force uncertainty
+u (the mean, over the last checked frames, of the largest calibrated learnable force
+std, the trigger's own measure) relative to the trigger's threshold:
+``w = w_floor + (1 − w_floor) · min(u / threshold, 1) ** exponent``. While the frames
+the sampler visits are as uncertain as the trigger's threshold the learner explores
+(w = 1); as the potential becomes globally sound, w falls toward the floor.
 
 How the learner uses it (the rule)
     The :class:`gpal.Trigger` still decides *when* a walker's frame is uncertain. When
@@ -90,7 +93,7 @@ class TargetSet:
         (ρ: the share of the target's variance its label would remove).
     window : int, default 5
         The global uncertainty u of the schedule is the mean, over the last ``window``
-        checked frames, of their RMS calibrated learnable force std (eV/Å).
+        checked frames, of their largest calibrated learnable force std (eV/Å).
     n_sparse : int, default 20
         Environments of each target structure added to the sparse set (most uncertain
         first; near-duplicates skipped) before the loop starts; 0 adds none.
@@ -193,7 +196,7 @@ class TargetSet:
         Parameters
         ----------
         file : str
-            Structure file, e.g. NEB images in extended XYZ.
+            Structure file (NEB images, for instance), any format ASE reads.
         index : str, default ":"
             Which frames of the file (ASE index syntax).
         quantity : str, default "energies"
@@ -420,7 +423,7 @@ class TargetSet:
 
     @staticmethod
     def _scores(solver, A, noise, fslice, T, total_var, force_noise):
-        """(IG of the force labels, variance removed from the targets, mean force variance)."""
+        """(IG of the force labels, share of target variance removed, mean and max force variance)."""
         C_ff = solver.cov_sor(A)
         var_f = np.clip(np.diag(C_ff)[fslice], 0.0, None)
         ig = 0.5 * float(np.sum(np.log1p(var_f / force_noise**2)))
@@ -432,7 +435,9 @@ class TargetSet:
         except np.linalg.LinAlgError:  # round-off only: C_ff holds the noise on its diagonal
             removed = float(np.sum(C_ft * (np.linalg.pinv(C_ff, hermitian=True) @ C_ft)))
         rho = removed / total_var if total_var > 0 else 0.0
-        return ig, min(max(rho, 0.0), 1.0), float(np.mean(var_f)) if len(var_f) else 0.0
+        if not len(var_f):
+            return ig, min(max(rho, 0.0), 1.0), 0.0, 0.0
+        return ig, min(max(rho, 0.0), 1.0), float(np.mean(var_f)), float(np.max(var_f))
 
     def _total_var(self, model, solver, rows, resid) -> float:
         return float(np.sum(np.clip(solver.var_sor(rows), 0.0, None)) + np.sum(resid))
@@ -451,24 +456,32 @@ class TargetSet:
             ``information_gain`` (n,) nats of the force labels, ``reduction`` (n,) the
             share ρ of the target's total variance its labels would remove (energy,
             forces and stress labels, with their noise), ``force_std`` (n,) RMS
-            learnable force std (eV/Å, uncalibrated).
+            learnable force std (eV/Å, uncalibrated), ``force_std_max`` (n,) the
+            largest one.
         """
         _, T, resid, _ = self._functionals(model)
         total = self._total_var(model, model.solver_, T, resid)
-        out = {"information_gain": [], "reduction": [], "force_std": []}
+        out = {"information_gain": [], "reduction": [], "force_std": [], "force_std_max": []}
         for a in frames:
             A, noise, fs = self._frame_rows(model, a)
-            ig, rho, vf = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
+            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
             out["information_gain"].append(ig)
             out["reduction"].append(rho)
             out["force_std"].append(math.sqrt(vf))
+            out["force_std_max"].append(math.sqrt(vmax))
         return {k: np.array(v) for k, v in out.items()}
 
-    def update_weight(self, force_std: float) -> float:
-        """Feed one checked frame's calibrated RMS learnable force std (eV/Å); returns w."""
+    def update_weight(self, force_std: float, reference: float | None = None) -> float:
+        """Feed one checked frame's largest calibrated learnable force std (eV/Å); returns w.
+
+        ``reference`` (eV/Å, e.g. the trigger's threshold) is the uncertainty at and
+        above which w = 1; None keeps the schedule's (the first value fed, unless set).
+        """
         self._recent_u.append(float(force_std))
         del self._recent_u[: -self.window]
         u = float(np.mean(self._recent_u))
+        if reference is not None and reference > 0:
+            self.schedule_.reference = float(reference)
         if self.schedule_.reference is None and u <= 0:
             self.weight_ = 1.0
         else:
@@ -489,7 +502,8 @@ class TargetSet:
         """True when a tolerance is set and the calibrated target std is under it."""
         return self.tolerance is not None and self.predict(model, scale)["max_std"] <= self.tolerance
 
-    def consider(self, model, atoms: Atoms, *, uncertain: bool, scale: float = 1.0) -> dict:
+    def consider(self, model, atoms: Atoms, *, uncertain: bool, scale: float = 1.0,
+                 reference: float | None = None) -> dict:
         """Judge one checked frame: update w and say whether the target wants its label.
 
         Parameters
@@ -501,22 +515,25 @@ class TargetSet:
             Whether the trigger already labels it.
         scale : float
             The learner's force-std recalibration factor.
+        reference : float, optional
+            The force uncertainty (eV/Å) at which w = 1: the learner passes its
+            trigger's threshold.
 
         Returns
         -------
         dict
             ``label`` (True: label it for the target's sake; never when ``uncertain``),
-            ``weight``, ``reduction``, ``information_gain``, ``force_std`` (calibrated,
-            eV/Å), ``target_std`` (eV or eV/Å).
+            ``weight``, ``reduction``, ``information_gain``, ``force_std`` (the largest
+            calibrated learnable force std, eV/Å), ``target_std`` (eV or eV/Å).
         """
         values, T, resid, _ = self._functionals(model)
         sor = np.clip(model.solver_.var_sor(T), 0.0, None)
         total = float(np.sum(sor) + np.sum(resid))
         target_std = float(np.sqrt(scale**2 * sor + resid).max())
         A, noise, fs = self._frame_rows(model, atoms)
-        ig, rho, vf = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
-        u = scale * math.sqrt(vf)
-        w = self.update_weight(u)
+        ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
+        u = scale * math.sqrt(vmax)
+        w = self.update_weight(u, reference)
         known = self.tolerance is not None and target_std <= self.tolerance
         label = (not uncertain) and (not known) and (1.0 - w) * rho >= self.min_reduction and rho > 0
         return {"label": bool(label), "weight": w, "reduction": rho, "information_gain": ig,

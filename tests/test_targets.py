@@ -107,7 +107,7 @@ def test_one_label_reduces_to_targeted_acquisition(fitted):
     C_ct = model.solver_.cov_sor(rows, T)
     ref = targeted_acquisition(var, C_ct, noise[[0, 5, 17]] ** 2, 0.0, target_variance=[total])
     for k in range(3):
-        _, rho, _ = ts._scores(model.solver_, rows[[k]], noise[[0, 5, 17]][[k]], slice(0, 0), T, total,
+        _, rho, _, _ = ts._scores(model.solver_, rows[[k]], noise[[0, 5, 17]][[k]], slice(0, 0), T, total,
                                model.noise_["force"])
         assert rho == pytest.approx(ref[k], rel=1e-8)
 
