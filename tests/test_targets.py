@@ -168,3 +168,46 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path):
                        targets=TargetSet(images, quantity="barrier", tolerance=100.0))
     s2 = L2.run(50)
     assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 11
+
+
+def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch):
+    import inspect
+
+    import gpal.cli
+    import gpal.learner
+    from gpal import config
+    from gpal.cli import main
+    from gpal.exceptions import ConfigError
+    from gpal.io import write_frames
+
+    sch = config.schema()["targets"]
+    assert set(sch) == set(inspect.signature(TargetSet.from_file).parameters) - {"cls"}
+    images, _ = vacancy_path(3)
+    write_frames(tmp_path / "neb.xyz", images)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 5\n[targets]\nfile = "{tmp_path / "neb.xyz"}"\n'
+                   'quantity = "barrier"\ntolerance = 0.02\n')
+    seen = []
+
+    class Fake:
+        def __init__(self, structure, oracle, model, **kwargs):
+            seen.append(kwargs)
+            self.run_dir = kwargs["run_dir"]
+
+        def run(self, steps):
+            return "fake summary"
+
+    monkeypatch.setattr(gpal.learner, "ActiveLearner", Fake)
+    assert main(["learn", str(cfg), "-q"]) == 0
+    t = seen[-1]["targets"]
+    assert isinstance(t, TargetSet) and t.quantity == "barrier" and t.tolerance == 0.02 and len(t.structures) == 3
+    # no [targets] file: no targets; a changed key without a file is refused in one line
+    assert config.check_config({"targets": {"quantity": "energies"}}) == {"targets": {"quantity": "energies"}}
+    with pytest.raises(ConfigError, match=r"\[targets\] tolerance is set but file is not"):
+        config.check_config({"targets": {"tolerance": 0.01}})
+    with pytest.raises(ConfigError, match="quantity must be"):
+        config.check_config({"targets": {"file": "x", "quantity": "barier"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'run_dir = "{tmp_path / "run2"}"\n[targets]\nfile = "{tmp_path / "none.xyz"}"\n')
+    assert main(["learn", str(bad), "-q"]) == 2
+    assert "target structure file" in capsys.readouterr().err
