@@ -228,14 +228,15 @@ def main(argv=None):
     print("\nT: targeted; U: untargeted (defaults); Q: untargeted at equal calls (low threshold, "
           "stopped at T's calls). Errors |barrier_model - barrier_EMT|.")
     print("| seed | calls T / U / Q | |ΔE‡| at EMT images T / U / Q (meV) | T/U | T/Q | "
-          "NEB on model T / U / Q (meV) | F RMSE T / U / Q (eV/Å) | T/U | T/Q | steps T / U / Q | wall T / U / Q (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "std T (meV) | err/std T | NEB on model T / U / Q (meV) | F RMSE T / U / Q (eV/Å) | T/U | T/Q | steps T / U / Q | wall T / U / Q (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         t, u, q = (r[m]["final"] for m in ("targeted", "untargeted", "eager"))
         trip = lambda key, f: " / ".join(f(x[key]) for x in (t, u, q))  # noqa: E731
         meV = lambda v: f"{1000 * v:.1f}"  # noqa: E731
         print(f"| {r['seed']} | {trip('calls', str)} | {trip('error', meV)} | "
               f"{t['error'] / max(u['error'], 1e-12):.2f} | {t['error'] / max(q['error'], 1e-12):.2f} | "
+              f"{1000 * t['target_std']:.1f} | {t['error'] / t['target_std']:.2f} | "
               f"{trip('relaxed_error', meV)} | {trip('force_rmse', lambda v: f'{v:.4f}')} | "
               f"{t['force_rmse'] / u['force_rmse']:.2f} | {t['force_rmse'] / q['force_rmse']:.2f} | "
               f"{trip('steps', str)} | {trip('wall', lambda v: f'{v:.0f}')} |")

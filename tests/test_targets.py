@@ -160,14 +160,17 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path):
     assert state["targets"]["quantity"] == "barrier" and (run / "targets.xyz").exists()
     R = ActiveLearner.resume(run, progress=False)
     assert isinstance(R.targets, TargetSet) and R.targets.schedule_.reference == ts.schedule_.reference
-    # a tolerance above the target std stops the run at the first check
+    # two uncertain walkers: the targeted acquisition chooses; a tolerance above the
+    # target std stops the run at the first stop check
     run2 = tmp_path / "run2"
     L2 = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run2,
-                       md=MDSettings(temperature=300), trigger=Trigger(threshold=10.0, every=5),
-                       n_bootstrap=2, check_every=10, progress=False,
+                       md=MDSettings(temperature=300), trigger=Trigger(threshold=1e-4, every=5, adaptive=False),
+                       n_bootstrap=2, check_every=10, progress=False, n_walkers=2,
                        targets=TargetSet(images, quantity="barrier", tolerance=100.0))
     s2 = L2.run(50)
     assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 11
+    batches = [json.loads(line) for line in open(run2 / "log.jsonl") if '"batch"' in line]
+    assert batches and all("acquisition" in b and b["chosen"] for b in batches)
 
 
 def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch):
