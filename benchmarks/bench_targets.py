@@ -1,6 +1,7 @@
-"""Targeted vs untargeted active learning of a vacancy-migration barrier (EMT metal).
+"""Targeted vs untargeted active learning of a migration barrier (EMT metal).
 
-System: a vacancy in a 2x2x2 cubic fcc cell (31 atoms) of an EMT metal (Cu by default).
+System: a vacancy in a 2x2x2 cubic fcc cell (31 atoms) of an EMT metal (Cu by default),
+or (``--system adatom``) an adatom hopping over the bridge of a 3x3 fcc(100) slab.
 The oracle (EMT) gives the reference: climbing-image NEB (ase.mep.NEB, improved tangent,
 FIRE to 0.02 eV/Å) between the relaxed vacancy and the relaxed state after one nearest
 neighbour hopped into it; its images are the targets and its barrier the true value.
@@ -27,7 +28,35 @@ targeted run's final barrier error (if it did). Targets (issue 16): barrier erro
 <= 20 meV with <= 0.5x the untargeted calls to the same error, or at equal calls <= 0.5x
 its barrier error; global force RMSE within 1.3x.
 
+Measured 2026-11-29 (EMT Cu, seeds 0 1 2, chunks of 250 steps, a shared 2-core machine).
+T: targeted (defaults + TargetSet(images, "barrier", tolerance)); U: untargeted defaults;
+Q: untargeted with Trigger(threshold=0.005), stopped at T's calls. Errors in meV:
+|barrier error| at the EMT NEB images, then of a climbing-image NEB re-relaxed on the model.
+
+| system (T, steps, tol) | seed | calls T / U / Q | error T / U / Q | NEB on model T / U / Q | F RMSE T / U / Q (eV/Å) |
+|---|---|---|---|---|---|
+| vacancy, 31 atoms, 1000 K, 1000, 10 meV | 0 | 10 / 4 / 10 | 5.9 / 0.1 / 4.3 | 2.1 / 0.9 / 5.5 | 0.0032 / 0.0063 / 0.0024 |
+| (barrier 0.761 eV) | 1 | 10 / 4 / 10 | 3.0 / 3.5 / 5.5 | 4.2 / 4.7 / 6.7 | 0.0027 / 0.0060 / 0.0026 |
+| | 2 | 9 / 4 / 9 | 0.7 / 25.0 / 2.0 | 1.9 / 24.2 / 5.9 | 0.0041 / 0.0117 / 0.0041 |
+| adatom on (100), 28 atoms, 700 K, 1000, 10 meV | 0 | 14 / 7 / 14 | 12.5 / 35.8 / 8.3 | 13.8 / 37.0 / 9.3 | 0.0044 / 0.0090 / 0.0040 |
+| (barrier 0.420 eV) | 1 | 12 / 9 / 12 | 5.6 / 9.5 / 11.8 | 6.8 / 8.7 / 11.0 | 0.0044 / 0.0056 / 0.0047 |
+| | 2 | 10 / 8 / 10 | 1.5 / 17.6 / 11.8 | 0.7 / 16.2 / 10.4 | 0.0065 / 0.0065 / 0.0058 |
+| adatom, 700 K, 1500, 5 meV | 0 | 17 / 8 / 17 | 1.7 / 13.4 / 2.9 | 2.9 / 13.9 / 3.9 | 0.0037 / 0.0074 / 0.0033 |
+| | 1 | 16 / 10 / 16 | 8.0 / 6.4 / 3.8 | 7.0 / 7.4 / 4.9 | 0.0036 / 0.0050 / 0.0035 |
+| | 2 | 13 / 9 / 13 | 2.7 / 24.8 / 11.3 | 1.3 / 23.5 / 10.0 | 0.0048 / 0.0056 / 0.0047 |
+
+Means: vacancy T 3.2 / U 9.5 / Q 3.9 meV (T/Q 0.82); adatom (10 meV) T 6.5 / U 21.0 /
+Q 10.6 (T/Q 0.61); adatom (5 meV) T 4.1 / U 14.9 / Q 6.0 (T/Q 0.68). Global force RMSE
+T/Q 1.01-1.35 (one run above 1.3: vacancy seed 0). Against the issue's targets: every
+targeted run is under 20 meV, but the untargeted defaults get there too in 4 of 6 runs
+with fewer calls (they stop labelling early: 4-10 calls), so "<= 0.5x the calls" is not
+met; at equal calls the ratio is <= 0.5 in 4 of 9 runs, not on average. The calibrated
+barrier std of T at its end was 4.8-11.7 meV, error/std 0.07-1.67 (mean z² 0.71 over the
+9 runs). T's labels were all target-driven but one: its trigger (same defaults as U)
+almost never fired once the target labels had been added.
+
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 1 2
+      OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --system adatom --temperature 700
       OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 --steps 600 --chunk 200  (quick)
 """
 
