@@ -87,7 +87,8 @@ class TargetSet:
     w_floor : float, default 0.2
         The lowest exploration weight (:class:`gpal.selection.AcquisitionSchedule`).
     exponent : float, default 1.0
-        Of the schedule: ``w = w_floor + (1 − w_floor) · min(u/u₀, 1) ** exponent``.
+        Of the schedule: ``w = w_floor + (1 − w_floor) · min(u/u₀, 1) ** exponent``, u₀
+        the trigger's threshold (the learner passes it; else the first u seen).
     min_reduction : float, default 0.1
         A frame the trigger passed over is labelled when ``(1 − w) · ρ`` reaches this
         (ρ: the share of the target's variance its label would remove).
