@@ -44,19 +44,26 @@ Q: untargeted with Trigger(threshold=0.005), stopped at T's calls. Errors in meV
 | adatom, 700 K, 1500, 5 meV | 0 | 17 / 8 / 17 | 1.7 / 13.4 / 2.9 | 2.9 / 13.9 / 3.9 | 0.0037 / 0.0074 / 0.0033 |
 | | 1 | 16 / 10 / 16 | 8.0 / 6.4 / 3.8 | 7.0 / 7.4 / 4.9 | 0.0036 / 0.0050 / 0.0035 |
 | | 2 | 13 / 9 / 13 | 2.7 / 24.8 / 11.3 | 1.3 / 23.5 / 10.0 | 0.0048 / 0.0056 / 0.0047 |
+| Pt vacancy, 31 atoms, 1200 K, 1000, 10 meV | 0 | 9 / 5 / 9 | 22.0 / 8.8 / 0.9 | 24.4 / 9.6 / 1.7 | 0.0024 / 0.0049 / 0.0025 |
+| (barrier 0.988 eV) | 1 | 8 / 4 / 8 | 2.6 / 33.4 / 8.2 | 3.2 / 32.8 / 7.5 | 0.0035 / 0.0083 / 0.0041 |
+| | 2 | 13 / 5 / 13 | 10.3 / 7.9 / 2.3 | 7.9 / 10.0 / 4.7 | 0.0023 / 0.0052 / 0.0021 |
 
-Means: vacancy T 3.2 / U 9.5 / Q 3.9 meV (T/Q 0.82); adatom (10 meV) T 6.5 / U 21.0 /
-Q 10.6 (T/Q 0.61); adatom (5 meV) T 4.1 / U 14.9 / Q 6.0 (T/Q 0.68). Global force RMSE
-T/Q 1.01-1.35 (one run above 1.3: vacancy seed 0). Against the issue's targets: every
-targeted run is under 20 meV, but the untargeted defaults get there too in 4 of 6 runs
-with fewer calls (they stop labelling early: 4-10 calls), so "<= 0.5x the calls" is not
-met; at equal calls the ratio is <= 0.5 in 4 of 9 runs, not on average. The calibrated
-barrier std of T at its end was 4.8-11.7 meV, error/std 0.07-1.67 (mean z² 0.71 over the
-9 runs). T's labels were all target-driven but one: its trigger (same defaults as U)
-almost never fired once the target labels had been added.
+Means: Cu vacancy T 3.2 / U 9.5 / Q 3.9 meV (T/Q 0.82); adatom (10 meV) T 6.5 / U 21.0
+/ Q 10.6 (T/Q 0.61); adatom (5 meV) T 4.1 / U 14.9 / Q 6.0 (T/Q 0.68); Pt vacancy T 11.6
+/ U 16.7 / Q 3.8 (T/Q 3.05: a loss). Global force RMSE T/Q 0.85-1.35 (one run above 1.3:
+Cu vacancy seed 0). Against the issue's targets: 11 of 12 targeted runs are under 20
+meV, but the untargeted defaults get there too in 7 of 12 runs with fewer calls (they stop
+labelling early: 4-10 calls), so "<= 0.5x the calls" is not met; at equal calls the ratio
+is <= 0.5 in 5 of 12 runs, not on average. The calibrated barrier std of T at its end was
+4.8-27.9 meV, error/std 0.07-1.67 (mean z² 0.6 over the 12 runs). T's labels were all
+target-driven but one: its trigger (same defaults as U) almost never fired once the
+target labels had been added. Without the images' environments in the sparse set
+(``--target-sparse 0``, Pt) the barrier std is 105-245 meV, almost all DTC residual that
+labels cannot reduce, so no frame qualifies: 0-1 target labels, errors 8.8 / 33.4 / 7.9.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 1 2
       OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --system adatom --temperature 700
+      OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --metal Pt --temperature 1200
       OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 --steps 600 --chunk 200  (quick)
 """
 
@@ -170,7 +177,8 @@ def force_rmse(model, frames) -> float:
 def run_loop(mode, images, barrier, args, seed, run_dir, budget=None):
     targets, extra = None, {}
     if mode == "targeted":
-        targets = TargetSet(images, quantity="barrier", tolerance=args.tolerance)
+        targets = TargetSet(images, quantity="barrier", tolerance=args.tolerance, n_sparse=args.target_sparse,
+                            min_reduction=args.min_reduction)
     if mode == "eager":  # untargeted, a low threshold, stopped at the targeted run's calls
         extra = {"trigger": Trigger(threshold=args.eager_threshold), "max_oracle_calls": budget}
     L = ActiveLearner(images[0], EMT(), run_dir=run_dir, md=MDSettings(temperature=args.temperature),
@@ -211,6 +219,10 @@ def main(argv=None):
     p.add_argument("--tolerance", type=float, default=0.01, help="target stop, eV (calibrated std)")
     p.add_argument("--eager-threshold", type=float, default=0.005,
                    help="eV/Å: trigger threshold of the equal-calls untargeted run")
+    p.add_argument("--target-sparse", type=int, default=20,
+                   help="TargetSet(n_sparse=): environments of each image added to the sparse set")
+    p.add_argument("--min-reduction", type=float, default=0.1, help="TargetSet(min_reduction=)")
+    p.add_argument("--only-targeted", action="store_true", help="run the targeted loop only")
     p.add_argument("--run-dir", default="bench_targets_runs")
     p.add_argument("--no-relax", action="store_true", help="skip the NEB re-relaxed on the models")
     p.add_argument("--out", default=None, help="write every number as JSON")
@@ -226,7 +238,7 @@ def main(argv=None):
     results = []
     for seed in args.seeds:
         res = {"seed": seed}
-        for mode in ("untargeted", "targeted", "eager"):
+        for mode in (("targeted",) if args.only_targeted else ("untargeted", "targeted", "eager")):
             budget = res["targeted"]["final"]["calls"] if mode == "eager" else None
             L, curve, wall = run_loop(mode, images, barrier, args, seed,
                                       Path(args.run_dir) / f"{mode}_{seed}", budget)
@@ -236,6 +248,13 @@ def main(argv=None):
             final["relaxed_error"] = abs(final["relaxed_barrier"] - barrier)
             final["wall"] = wall
             res[mode] = {"curve": curve, "final": final}
+        if args.only_targeted:
+            t = res["targeted"]["final"]
+            print(f"  seed {seed}: targeted calls {t['calls']}, |barrier err| {1000 * t['error']:.1f} meV "
+                  f"(std {1000 * t['target_std']:.1f}), re-relaxed {1000 * t['relaxed_error']:.1f} meV, "
+                  f"force RMSE {t['force_rmse']:.4f} eV/Å", flush=True)
+            results.append(res)
+            continue
         u, t, g = res["untargeted"], res["targeted"], res["eager"]
         need = next((r["calls"] for r in u["curve"] if r["error"] <= t["final"]["error"]), None)
         res["untargeted_calls_to_targeted_error"] = need
@@ -254,6 +273,8 @@ def main(argv=None):
               f"{1000 * g['final']['relaxed_error']:.1f} meV, force RMSE {g['final']['force_rmse']:.4f} eV/Å",
               flush=True)
 
+    if args.only_targeted:
+        return
     print("\nT: targeted; U: untargeted (defaults); Q: untargeted at equal calls (low threshold, "
           "stopped at T's calls). Errors |barrier_model - barrier_EMT|.")
     print("| seed | calls T / U / Q | |ΔE‡| at EMT images T / U / Q (meV) | T/U | T/Q | "
