@@ -55,7 +55,7 @@ Cu vacancy seed 0). Against the issue's targets: 11 of 12 targeted runs are unde
 meV, but the untargeted defaults get there too in 7 of 12 runs with fewer calls (they stop
 labelling early: 4-10 calls), so "<= 0.5x the calls" is not met; at equal calls the ratio
 is <= 0.5 in 5 of 12 runs, not on average. The calibrated barrier std of T at its end was
-4.8-27.9 meV, error/std 0.07-1.67 (mean z² 0.6 over the 12 runs). T's labels were all
+4.8-27.9 meV, error/std 0.07-1.67 (mean z² 0.65 over the 12 runs). T's labels were all
 target-driven but one: its trigger (same defaults as U) almost never fired once the
 target labels had been added. Without the images' environments in the sparse set
 (``--target-sparse 0``, Pt) the barrier std is 105-245 meV, almost all DTC residual that
