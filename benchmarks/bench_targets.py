@@ -178,7 +178,7 @@ def run_loop(mode, images, barrier, args, seed, run_dir, budget=None):
     targets, extra = None, {}
     if mode == "targeted":
         targets = TargetSet(images, quantity="barrier", tolerance=args.tolerance, n_sparse=args.target_sparse,
-                            min_reduction=args.min_reduction)
+                            min_reduction=args.min_reduction, label_structures=args.label_structures)
     if mode == "eager":  # untargeted, a low threshold, stopped at the targeted run's calls
         extra = {"trigger": Trigger(threshold=args.eager_threshold), "max_oracle_calls": budget}
     L = ActiveLearner(images[0], EMT(), run_dir=run_dir, md=MDSettings(temperature=args.temperature),
@@ -223,6 +223,8 @@ def main(argv=None):
                    help="TargetSet(n_sparse=): environments of each image added to the sparse set")
     p.add_argument("--min-reduction", type=float, default=0.1, help="TargetSet(min_reduction=)")
     p.add_argument("--only-targeted", action="store_true", help="run the targeted loop only")
+    p.add_argument("--label-structures", action="store_true",
+                   help="TargetSet(label_structures=True): the images themselves may be labelled")
     p.add_argument("--run-dir", default="bench_targets_runs")
     p.add_argument("--no-relax", action="store_true", help="skip the NEB re-relaxed on the models")
     p.add_argument("--out", default=None, help="write every number as JSON")

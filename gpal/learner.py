@@ -885,6 +885,8 @@ class ActiveLearner:
                 self._add_to_model(good)
                 for w in self.walkers:
                     w.keep_if_good(T)
+            if self.targets is not None and check and not (chosen or targeted or rollbacks):
+                targeted = self._target_structure()  # TargetSet(label_structures=True) only
             if self.step % self.log_every == 0 or chosen or rollbacks or targeted:
                 w0 = self.walkers[0].atoms
                 self._log({
@@ -998,6 +1000,15 @@ class ActiveLearner:
         if res["label"]:
             self._log({"event": "target_label", "step": self.step, "walker": w.index, **res})
         return res["label"]
+
+    def _target_structure(self) -> list:
+        """Label a target structure itself when that removes the most target variance."""
+        k = self.targets.pick_structure(self.model, self._force_std_scale())
+        if k is None:
+            return []
+        good = self._label([self.targets.structures[k].copy()], "target")
+        self._add_to_model(good)
+        return good
 
     def _check_target_stop(self) -> bool:
         """Stop when the calibrated std of the target quantity is under its tolerance."""

@@ -98,11 +98,19 @@ class TargetSet:
     n_sparse : int, default 20
         Environments of each target structure added to the sparse set (most uncertain
         first; near-duplicates skipped) before the loop starts; 0 adds none.
+    label_structures : bool, default False
+        Let the target structures themselves compete as candidates (as GP-NEB codes
+        label their images): at a check where no walker frame is labelled, the not yet
+        labelled target structure whose labels would remove the largest share ρ of the
+        target's variance is labelled when ``(1 − w) · ρ ≥ min_reduction`` and the
+        target is not yet known to its tolerance. Off by default: the oracle then only
+        sees configurations the sampler visited.
 
     Attributes
     ----------
     weight_ : float or None, the current exploration weight w.
     schedule_ : AcquisitionSchedule
+    labelled_ : list of int, target structures labelled (``label_structures``).
 
     Examples
     --------
@@ -124,6 +132,7 @@ class TargetSet:
         min_reduction: float = 0.1,
         window: int = 5,
         n_sparse: int = 20,
+        label_structures: bool = False,
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
@@ -167,6 +176,8 @@ class TargetSet:
         self.w_floor = float(w_floor)
         self.exponent = float(exponent)
         self.schedule_ = AcquisitionSchedule(1.0, self.w_floor, exponent=self.exponent)
+        self.label_structures = bool(label_structures)
+        self.labelled_: list[int] = []
         self.weight_: float | None = None
         self._recent_u: list[float] = []
         self._logged_weight: float | None = None
@@ -191,6 +202,7 @@ class TargetSet:
         w_floor: float = 0.2,
         min_reduction: float = 0.1,
         n_sparse: int = 20,
+        label_structures: bool = False,
     ) -> "TargetSet":
         """A TargetSet from a structure file (any ASE format; the ``[targets]`` TOML section).
 
@@ -214,6 +226,8 @@ class TargetSet:
             Label a frame the trigger passed over when (1 − w) × (share of target variance removed) reaches it.
         n_sparse : int, default 20
             Environments of each target structure added to the sparse set at the start.
+        label_structures : bool, default False
+            Let the target structures themselves be labelled when that removes the most target variance.
         """
         from ase.io import read
 
@@ -227,7 +241,8 @@ class TargetSet:
         except Exception as exc:  # ASE raises many kinds for unreadable files
             raise GpalError(f"cannot read target structures from {path}: {exc}") from exc
         return cls(frames, quantity=quantity, atoms=atoms, pair=pair, tolerance=tolerance,
-                   w_floor=w_floor, min_reduction=min_reduction, n_sparse=n_sparse)
+                   w_floor=w_floor, min_reduction=min_reduction, n_sparse=n_sparse,
+                   label_structures=label_structures)
 
     def to_dict(self) -> dict:
         """Settings and schedule state as JSON-able values (structures are written apart)."""
@@ -235,6 +250,7 @@ class TargetSet:
             "quantity": self.quantity, "atoms": self.atoms, "pair": list(self.pair) if self.pair else None,
             "tolerance": self.tolerance, "w_floor": self.w_floor, "exponent": self.exponent,
             "min_reduction": self.min_reduction, "window": self.window, "n_sparse": self.n_sparse,
+            "label_structures": self.label_structures, "labelled": list(self.labelled_),
             "reference": self.schedule_.reference, "weight": self.weight_,
             "recent_uncertainty": list(self._recent_u), "logged_weight": self._logged_weight,
         }
@@ -245,7 +261,8 @@ class TargetSet:
         t = cls(structures, quantity=d["quantity"], atoms=d.get("atoms"), pair=d.get("pair"),
                 tolerance=d.get("tolerance"), w_floor=d.get("w_floor", 0.2), exponent=d.get("exponent", 1.0),
                 min_reduction=d.get("min_reduction", 0.1), window=d.get("window", 5),
-                n_sparse=d.get("n_sparse", 20))
+                n_sparse=d.get("n_sparse", 20), label_structures=d.get("label_structures", False))
+        t.labelled_ = [int(k) for k in d.get("labelled", [])]
         if d.get("reference"):
             t.schedule_.reference = float(d["reference"])
         t.weight_ = d.get("weight")
@@ -539,6 +556,36 @@ class TargetSet:
         label = (not uncertain) and (not known) and (1.0 - w) * rho >= self.min_reduction and rho > 0
         return {"label": bool(label), "weight": w, "reduction": rho, "information_gain": ig,
                 "force_std": u, "target_std": target_std}
+
+    def pick_structure(self, model, scale: float = 1.0) -> int | None:
+        """The target structure to label now (``label_structures``), or None.
+
+        The not yet labelled structure whose labels would remove the largest share ρ of
+        the target's variance, if ``(1 − w) · ρ ≥ min_reduction`` and the target is not
+        yet known to its tolerance. It is marked as labelled.
+        """
+        if not self.label_structures or self.weight_ is None:
+            return None
+        _, T, resid, _ = self._functionals(model)
+        sor = np.clip(model.solver_.var_sor(T), 0.0, None)
+        if self.tolerance is not None and float(np.sqrt(scale**2 * sor + resid).max()) <= self.tolerance:
+            return None
+        total = float(np.sum(sor) + np.sum(resid))
+        key = ("rows", self._key(model))
+        if self._cache.get("rows_key") != key:
+            self._cache["rows"] = [self._frame_rows(model, a) for a in self.structures]
+            self._cache["rows_key"] = key
+        best, best_rho = None, 0.0
+        for k, rows in enumerate(self._cache["rows"]):
+            if k in self.labelled_:
+                continue
+            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, model.noise_["force"])
+            if rho > best_rho:
+                best, best_rho = k, rho
+        if best is None or (1.0 - self.weight_) * best_rho < self.min_reduction:
+            return None
+        self.labelled_.append(best)
+        return best
 
     def choose(self, model, frames: Sequence[Atoms], *, keep: float = 0.25) -> tuple[list[int], list[float]]:
         """Which of several uncertain frames to label: greedy targeted acquisition.

@@ -214,3 +214,42 @@ def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch)
     bad.write_text(f'run_dir = "{tmp_path / "run2"}"\n[targets]\nfile = "{tmp_path / "none.xyz"}"\n')
     assert main(["learn", str(bad), "-q"]) == 2
     assert "target structure file" in capsys.readouterr().err
+
+
+def test_pick_structure_takes_the_image_that_removes_most_and_never_twice(fitted):
+    model, images, _ = fitted
+    ts = TargetSet(images, quantity="barrier", label_structures=True, min_reduction=0.05)
+    assert ts.pick_structure(model) is None  # no weight yet: the learner has not checked a frame
+    ts.weight_ = 0.0
+    rho = ts.score_frames(model, images)["reduction"]
+    first = ts.pick_structure(model)
+    assert first == int(np.argmax(rho))
+    second = ts.pick_structure(model)
+    assert second != first and second == int(np.argsort(-rho)[1])
+    assert TargetSet.from_dict(ts.to_dict(), images).labelled_ == [first, second]
+    ts.tolerance = 1e3  # known to its tolerance: nothing more to label
+    assert ts.pick_structure(model) is None
+    assert TargetSet(images, quantity="barrier").pick_structure(model) is None  # off by default
+
+
+@pytest.mark.slow
+def test_learner_labels_a_target_structure_when_no_walker_frame_is_labelled(tmp_path, monkeypatch):
+    images, _ = vacancy_path(3)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    real = TargetSet.consider
+
+    def no_frame(self, *args, **kwargs):  # walker frames never qualify
+        return {**real(self, *args, **kwargs), "label": False}
+
+    monkeypatch.setattr(TargetSet, "consider", no_frame)
+    ts = TargetSet(images, quantity="barrier", w_floor=0.0, min_reduction=0.0, label_structures=True)
+    L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=tmp_path / "r",
+                      md=MDSettings(temperature=300), trigger=Trigger(threshold=10.0, every=5),
+                      n_bootstrap=2, progress=False, targets=ts)
+    s = L.run(12)
+    assert s.oracle_calls_by_reason["target"] == 3 == len(ts.labelled_)  # each image once
+    from ase.io import read
+
+    train = read(str(tmp_path / "r" / "train.xyz"), ":")
+    hits = [k for a in train for k, im in enumerate(images) if np.allclose(a.positions, im.positions)]
+    assert sorted(hits) == [0, 1, 2] and train[-1].info["gpal_reason"] == "target"
