@@ -75,7 +75,7 @@ Without a target stop, at about the untargeted run's calls (0-1 more), the barri
 is 0.006-0.42x the untargeted one in all 6 runs (<= 3.3 meV) and the global force RMSE
 0.66-1.53x (5 of 6 within 1.3x; Pt seed 0: 1.53). With the target stop the run ends at
 the first stop check (step 101) in 4 of 6 runs, with a barrier error <= 1.6 meV but a
-global force RMSE up to 2.7x the untargeted run's: the target stop says the barrier is
+global force RMSE up to 2.4x the untargeted run's: the target stop says the barrier is
 known, not that the potential is.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 1 2
