@@ -244,6 +244,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(n_workers)
+    targets = None
+    if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
+        from .targets import TargetSet
+
+        targets = TargetSet.from_file(**cfg["targets"])
+
     def started():
         learner = ActiveLearner(
             structure,
@@ -255,6 +261,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             validation=validation,
             executor=executor,
             progress=not args.quiet,
+            targets=targets,
             **cfg["learner"],
         )
         if validation is not None:  # the oracle MD behind them: every call counts

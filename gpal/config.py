@@ -23,6 +23,8 @@ top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
 [learner]     everything else the learner takes
 [validation]  an independent oracle MD trajectory for calibration and errors
               (``steps = 0``: none)
+[targets]     learning aimed at a target (gpal.targets.TargetSet.from_file): ``file``
+              of structures (e.g. NEB images), ``quantity``, ``tolerance``; no file: none
 
 An unknown key or section, or a value of the wrong type, is a :class:`ConfigError`
 whose one-line message names the key and suggests the closest valid one.
@@ -182,6 +184,7 @@ def schema() -> dict:
     from .learner import ActiveLearner, MDSettings, Trigger
     from .oracle import OracleSpec
     from .potential import SparseGP
+    from .targets import TargetSet
 
     model_names = [n for n in SparseGP().get_params() if n not in ("descriptor", "kernel")]
     soap = _signature_keys(SOAP.__init__, names=("species", "r_cut", "n_max", "l_max", "sigma",
@@ -222,6 +225,8 @@ def schema() -> dict:
             ("timestep", (float,), _MISSING, "fs"),
             ("seed", (int,), _MISSING, "random seed (independent of the learner's)"),
         ),
+        "targets": _signature_keys(TargetSet.from_file, names=list(inspect.signature(TargetSet.from_file).parameters),
+                                   docs_from=TargetSet.from_file),
     }
 
 
@@ -302,6 +307,16 @@ def _check_semantics(path, cfg: dict) -> None:
     rep = cfg.get("structure", {}).get("repeat")
     if rep is not None and (len(rep) != 3 or not all(isinstance(x, int) and x > 0 for x in rep)):
         raise ConfigError(f"{path}: [structure] repeat must be three positive integers, got {json.dumps(rep)}")
+    targets = cfg.get("targets", {})
+    if targets and "file" not in targets:
+        sch = schema()["targets"]
+        changed = [k for k, v in targets.items() if v != sch[k].default]
+        if changed:
+            raise ConfigError(f"{path}: [targets] {changed[0]} is set but file is not "
+                              "(the target structures, e.g. NEB images)")
+    if targets.get("quantity", "energies") not in ("energies", "forces", "barrier", "difference"):
+        raise ConfigError(f"{path}: [targets] quantity must be energies, forces, barrier or difference, "
+                          f"got {json.dumps(targets['quantity'])}")
     for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
         if section in cfg:
             merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}
@@ -405,6 +420,8 @@ _SECTION_DOCS = {
     "model": "the sparse GP (gpal.SparseGP); noises: energy eV/atom, force eV/Å, stress eV/Å^3",
     "descriptor": "SOAP (gpal.SOAP, dscribe's names); r_cut and sigma in Å",
     "learner": "the active learner (gpal.ActiveLearner)",
+    "targets": "learning aimed at a target (gpal.targets.TargetSet): a file of structures, the quantity "
+               "(energies, forces, barrier, difference) and a tolerance for a target stop; no file: none",
     "validation": "an independent oracle MD trajectory for reported errors (steps = 0, the default: none; "
                   "every one of its oracle calls is counted; calibration needs none)",
 }

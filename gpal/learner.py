@@ -416,6 +416,11 @@ class ActiveLearner:
     log_every : int, default 10
     progress : bool, default True
     random_state : int, default 0
+    targets : gpal.targets.TargetSet, optional
+        What the run should get right (e.g. NEB images and their barrier): frames are
+        then also chosen, and may be labelled, for the variance they remove from the
+        target's prediction, with a weight moving from exploration to the target as
+        the global uncertainty falls; with a tolerance, a target-driven stop.
     """
 
     def __init__(
@@ -452,6 +457,7 @@ class ActiveLearner:
         log_every: int = 10,
         progress: bool = True,
         random_state: int = 0,
+        targets=None,
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
@@ -517,6 +523,7 @@ class ActiveLearner:
         self.ramp_steps: int | None = None
         self._stopped = (False, "")
         self._val_history: list = []
+        self.targets = targets  # gpal.targets.TargetSet or None
 
     # ------------------------------------------------------------------ files
     @property
@@ -604,6 +611,8 @@ class ActiveLearner:
                 "random_state": self.random_state,
             },
         }
+        if self.targets is not None:
+            state["targets"] = self.targets.save(self.run_dir)
         self._write_json_atomic(self.run_dir / "state.json", state)
 
     # ------------------------------------------------------------------ labelling
@@ -821,6 +830,8 @@ class ActiveLearner:
         if not self.bootstrap_done:
             self.checkpoint()
             self._bootstrap()
+            if self.targets is not None:
+                self._target_sparse()
             self.calibrate()
             if self.validation:
                 self.validate()
@@ -834,7 +845,7 @@ class ActiveLearner:
                 break
             frac = self.step / max(self.ramp_steps - 1, 1)
             T = self.md.temperature_at(frac)
-            uncertain, rollbacks = [], []
+            uncertain, rollbacks, targeted = [], [], []
             t0 = time.perf_counter()
             check = self.step % self.trigger.every == 0
             for w in self.walkers:
@@ -865,13 +876,15 @@ class ActiveLearner:
                     w.keep_if_good(T)
                     continue
                 u = self._check_walker(w)
-                if u is not None:
+                if self.targets is not None and self._target_wants(w, u):
+                    targeted.append(w)
+                elif u is not None:
                     uncertain.append((w, u))
                 else:
                     w.keep_if_good(T)
             self._times["md"] += time.perf_counter() - t0
             chosen = self._choose(uncertain)
-            for frames, why in ((rollbacks, "rollback"), (chosen, "uncertain")):
+            for frames, why in ((rollbacks, "rollback"), (chosen, "uncertain"), (targeted, "target")):
                 if not frames:
                     continue
                 batch = []
@@ -884,7 +897,9 @@ class ActiveLearner:
                 self._add_to_model(good)
                 for w in self.walkers:
                     w.keep_if_good(T)
-            if self.step % self.log_every == 0 or chosen or rollbacks:
+            if self.targets is not None and check and not (chosen or targeted or rollbacks):
+                targeted = self._target_structure()  # TargetSet(label_structures=True) only
+            if self.step % self.log_every == 0 or chosen or rollbacks or targeted:
                 w0 = self.walkers[0].atoms
                 self._log({
                     "step": self.step, "temperature": w0.get_temperature(), "target_T": T,
@@ -896,6 +911,10 @@ class ActiveLearner:
                 if self._check_stop():
                     self.step += 1
                     break
+            if (self.targets is not None and self.targets.tolerance is not None and self.check_every
+                    and self.step % self.check_every == 0 and self.step and self._check_target_stop()):
+                self.step += 1
+                break
             self.step += 1
             if time.perf_counter() - self._last_checkpoint > self.checkpoint_seconds:
                 self.checkpoint()
@@ -959,11 +978,63 @@ class ActiveLearner:
         if len(uncertain) <= 1:
             return [w for w, _ in uncertain]
         frames = [w.atoms.copy() for w, _ in uncertain]
+        if self.targets is not None:  # gpal.targets: global gain mixed with the target's
+            keep, acq = self.targets.choose(self.model, frames)
+            self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
+                       "chosen": [uncertain[i][0].index for i in keep], "acquisition": acq,
+                       "weight": self.targets.weight_})
+            return [uncertain[i][0] for i in keep]
         picks, gains = self.model.select_frames(frames, len(frames), return_gains=True)
         keep = [int(i) for i, g in zip(picks, gains) if g >= 0.25 * gains[0]]
         self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
                    "chosen": [uncertain[i][0].index for i in keep], "gains": gains})
         return [uncertain[i][0] for i in keep]
+
+    # ------------------------------------------------------------------ targets (gpal.targets)
+    def _target_sparse(self) -> None:
+        """The target structures' environments join the sparse set (no oracle call)."""
+        added = self.targets.add_to_sparse(self.model, self.max_sparse)
+        self._log({"event": "target_sparse", "step": self.step, "added": added,
+                   "n_sparse": len(self.model.sparse_X_)})
+
+    def _target_wants(self, w: _Walker, u: float | None) -> bool:
+        """Update the target weight on this checked frame; True to label it for the target."""
+        capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
+        t0 = time.perf_counter()
+        ref = (self.trigger.base_threshold(self.model, self._force_noise_scale())
+               if self.trigger.quantity == "forces_std" else None)  # w = 1 at the trigger's level
+        res = self.targets.consider(self.model, w.atoms, uncertain=u is not None or capped,
+                                    scale=self._force_std_scale(), reference=ref)
+        self._times["check"] += time.perf_counter() - t0
+        if self.targets.weight_changed():
+            self._log({"event": "target_weight", "step": self.step, "weight": res["weight"],
+                       "force_std": res["force_std"], "reference": self.targets.schedule_.reference})
+        if res["label"]:
+            self._log({"event": "target_label", "step": self.step, "walker": w.index, **res})
+        return res["label"]
+
+    def _target_structure(self) -> list:
+        """Label a target structure itself when that removes the most target variance."""
+        k = self.targets.pick_structure(self.model, self._force_std_scale())
+        if k is None:
+            return []
+        good = self._label([self.targets.structures[k].copy()], "target")
+        self._add_to_model(good)
+        return good
+
+    def _check_target_stop(self) -> bool:
+        """Stop when the calibrated std of the target quantity is under its tolerance."""
+        if self.stopping is None:  # else _check_stop has just calibrated
+            self.calibrate()
+        res = self.targets.predict(self.model, self._force_std_scale())
+        stop = res["max_std"] <= self.targets.tolerance
+        self._log({"event": "target_stop_check", "step": self.step, "value": res["value"][:8],
+                   "std": res["std"][:8], "max_std": res["max_std"], "tolerance": self.targets.tolerance,
+                   "stop": bool(stop)})
+        if stop:
+            self._stopped = (True, f"target std {res['max_std']:.3g} <= tolerance {self.targets.tolerance}")
+            log.info("gpal: %s", self._stopped[1])
+        return stop
 
     def count_oracle_calls(self, reason: str, n: int) -> None:
         """Record oracle calls made for this run outside the learner (e.g. ``"validation"``:
@@ -1203,6 +1274,10 @@ class ActiveLearner:
                 raise GpalError("this run's MD factory is not importable (a lambda or a local "
                                 "function); pass md=MDSettings(..., factory=...) to resume")
         trigger = overrides.pop("trigger", None) or Trigger(**state["trigger"])
+        if state.get("targets") and "targets" not in overrides:
+            from .targets import TargetSet
+
+            overrides["targets"] = TargetSet.load(state["targets"], run_dir)
         if "validation" not in overrides and (run_dir / "validation.xyz").exists():
             overrides["validation"] = read_frames(run_dir / "validation.xyz")
         settings.update(overrides)

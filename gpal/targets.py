@@ -1,0 +1,626 @@
+"""Learning aimed at a target property: exploration → exploitation inside the loop.
+
+A :class:`TargetSet` names what the user studies: a few structures (NEB images, a
+defect, an adsorbate on a surface), optionally a subset of their atoms, and a quantity
+of them: their energies, their forces, or an energy difference such as a migration
+barrier. The active learner (``ActiveLearner(..., targets=TargetSet(...))``) then asks,
+for every frame its MD walkers offer, two questions:
+
+* how much the frame's labels would teach the model globally: the information gain of
+  its force labels, ``IG = Σ ½ log(1 + σ²/σ_n²)`` (as :meth:`gpal.SparseGP.select_frames`);
+* how much of the target's posterior variance they would remove,
+  ``ΔV = tr(C_tf (C_ff + Λ)⁻¹ C_ft)`` (the exact block form of the rank-1 GP update
+  :func:`gpal.selection.targeted_acquisition` uses for one label), as a fraction
+  ``ρ = ΔV / V`` of the target's current total variance V.
+
+They are mixed as ``a = w · IG/IG_best + (1 − w) · ρ`` (both terms in [0, 1]; IG_best
+the best candidate's), and the weight w follows an
+:class:`gpal.selection.AcquisitionSchedule` on the calibrated global force uncertainty
+u (the mean, over the last checked frames, of the largest calibrated learnable force
+std, the trigger's own measure) relative to the trigger's threshold:
+``w = w_floor + (1 − w_floor) · min(u / threshold, 1) ** exponent``. While the frames
+the sampler visits are as uncertain as the trigger's threshold the learner explores
+(w = 1); as the potential becomes globally sound, w falls toward the floor.
+
+How the learner uses it (the rule)
+    The :class:`gpal.Trigger` still decides *when* a walker's frame is uncertain. When
+    several frames are, the targeted acquisition decides *which* are labelled (greedy,
+    conditioning on the earlier picks; a pick is kept when its acquisition is at least
+    a quarter of the first's). A frame the trigger passed over is labelled as well when
+    ``(1 − w) · ρ ≥ min_reduction`` (its label alone would remove that share of the
+    target's variance, discounted by the exploration weight), the target is not yet
+    known to its tolerance, and the walker is under the trigger's rate cap.
+
+Target uncertainty and the target stop
+    The latent target values are linear functionals of the sparse GP's weights, so
+    their joint posterior is exact: for a barrier ``E_a − E_b``,
+    ``var = var_a + var_b − 2 cov_ab``, with ``var = s² · (learnable SoR part) +
+    (DTC residual)``; ``s`` is the learner's force-std recalibration factor (it
+    rescales the posterior covariance of the weights, which every functional shares)
+    and the residual is the part of the prior the sparse set does not explain (labels
+    cannot reduce it; the target structures' environments join the sparse set once,
+    without an oracle call, so it is small). With a ``tolerance`` the learner stops
+    when the calibrated std of the target quantity (the largest one, for energies or
+    forces) is under it, alongside the global stopping rule (whichever comes first).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from ._validation import check_atoms
+from .selection import AcquisitionSchedule
+
+__all__ = ["TargetSet", "TARGET_QUANTITIES"]
+
+#: quantities a TargetSet can aim at
+TARGET_QUANTITIES = ("energies", "forces", "barrier", "difference")
+
+
+class TargetSet:
+    """The structures and the quantity the active learner should get right.
+
+    Parameters
+    ----------
+    structures : ase.Atoms or sequence of ase.Atoms
+        Target structures (e.g. NEB images, initial state first). Their species must be
+        among the model's.
+    quantity : {"energies", "forces", "barrier", "difference"}, default "energies"
+        ``"energies"``: the energy of each structure (eV); ``"forces"``: every force
+        component of each structure (eV/Å); ``"barrier"``: ``E(image_max) − E(image_0)``
+        (eV), image_max the structure of highest predicted energy (chosen again at every
+        evaluation); ``"difference"``: ``E(pair[0]) − E(pair[1])`` (eV).
+    atoms : sequence of int, optional
+        Atom indices (the same in every structure): energies become the sum of these
+        atoms' local energies, forces those of these atoms. Default: all atoms.
+    pair : (int, int), optional
+        The two structures of ``quantity="difference"``.
+    tolerance : float, optional
+        eV (eV/Å for forces): the learner stops when the calibrated std of the target
+        quantity is under it, and labels no frame for the target's sake after that.
+    w_floor : float, default 0.2
+        The lowest exploration weight (:class:`gpal.selection.AcquisitionSchedule`).
+    exponent : float, default 1.0
+        Of the schedule: ``w = w_floor + (1 − w_floor) · min(u/u₀, 1) ** exponent``, u₀
+        the trigger's threshold (the learner passes it; else the first u seen).
+    min_reduction : float, default 0.1
+        A frame the trigger passed over is labelled when ``(1 − w) · ρ`` reaches this
+        (ρ: the share of the target's variance its label would remove).
+    window : int, default 5
+        The global uncertainty u of the schedule is the mean, over the last ``window``
+        checked frames, of their largest calibrated learnable force std (eV/Å).
+    n_sparse : int, default 20
+        Environments of each target structure added to the sparse set (most uncertain
+        first; near-duplicates skipped) before the loop starts; 0 adds none.
+    label_structures : bool, default False
+        Let the target structures themselves compete as candidates (as GP-NEB codes
+        label their images): at a check where no walker frame is labelled, the not yet
+        labelled target structure whose labels would remove the largest share ρ of the
+        target's variance is labelled when ``(1 − w) · ρ ≥ min_reduction`` and the
+        target is not yet known to its tolerance. Off by default: the oracle then only
+        sees configurations the sampler visited.
+
+    Attributes
+    ----------
+    weight_ : float or None, the current exploration weight w.
+    schedule_ : AcquisitionSchedule
+    labelled_ : list of int, target structures labelled (``label_structures``).
+
+    Examples
+    --------
+    >>> targets = TargetSet(neb_images, quantity="barrier", tolerance=0.02)  # doctest: +SKIP
+    >>> learner = ActiveLearner(initial, EMT(), targets=targets)             # doctest: +SKIP
+    >>> targets.predict(learner.model)["std"]                                # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        structures,
+        *,
+        quantity: str = "energies",
+        atoms: Sequence[int] | None = None,
+        pair: Sequence[int] | None = None,
+        tolerance: float | None = None,
+        w_floor: float = 0.2,
+        exponent: float = 1.0,
+        min_reduction: float = 0.1,
+        window: int = 5,
+        n_sparse: int = 20,
+        label_structures: bool = False,
+    ):
+        if isinstance(structures, Atoms):
+            structures = [structures]
+        self.structures = [a.copy() for a in structures]
+        if not self.structures:
+            raise ValueError("TargetSet needs at least one structure")
+        for k, a in enumerate(self.structures):
+            check_atoms(a, what=f"target structures[{k}]")
+            a.calc = None
+        if quantity not in TARGET_QUANTITIES:
+            raise ValueError(f"Invalid target quantity {quantity!r}; choose from {TARGET_QUANTITIES}")
+        self.quantity = quantity
+        n_min = min(len(a) for a in self.structures)
+        if atoms is not None:
+            atoms = [int(i) for i in np.atleast_1d(atoms)]
+            if not atoms or min(atoms) < 0 or max(atoms) >= n_min:
+                raise ValueError(f"target atoms must be indices in [0, {n_min}), got {atoms}")
+        self.atoms = atoms
+        if quantity == "difference":
+            if pair is None or len(pair) != 2:
+                raise ValueError("quantity='difference' needs pair=(i, j), two structure indices")
+            pair = (int(pair[0]), int(pair[1]))
+            if not all(0 <= p < len(self.structures) for p in pair) or pair[0] == pair[1]:
+                raise ValueError(f"pair must be two different indices in [0, {len(self.structures)}), "
+                                 f"got {pair}")
+        elif pair is not None:
+            raise ValueError("pair= is only used with quantity='difference'")
+        if quantity in ("barrier", "difference") and len(self.structures) < 2:
+            raise ValueError(f"quantity={quantity!r} needs at least two structures")
+        self.pair = pair
+        if tolerance is not None and not (np.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"target tolerance must be > 0, got {tolerance}")
+        self.tolerance = None if tolerance is None else float(tolerance)
+        if not 0 <= float(min_reduction) <= 1:
+            raise ValueError(f"min_reduction must be in [0, 1], got {min_reduction}")
+        self.min_reduction = float(min_reduction)
+        if int(window) < 1 or int(n_sparse) < 0:
+            raise ValueError(f"need window >= 1 and n_sparse >= 0, got {window}, {n_sparse}")
+        self.window = int(window)
+        self.n_sparse = int(n_sparse)
+        self.w_floor = float(w_floor)
+        self.exponent = float(exponent)
+        self.schedule_ = AcquisitionSchedule(1.0, self.w_floor, exponent=self.exponent)
+        self.label_structures = bool(label_structures)
+        self.labelled_: list[int] = []
+        self.weight_: float | None = None
+        self._recent_u: list[float] = []
+        self._logged_weight: float | None = None
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        extra = f", pair={self.pair}" if self.pair else ""
+        return (f"TargetSet({len(self.structures)} structures, quantity={self.quantity!r}{extra}, "
+                f"tolerance={self.tolerance}, weight={self.weight_})")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_file(
+        cls,
+        file: str,
+        *,
+        index: str = ":",
+        quantity: str = "energies",
+        atoms: list | None = None,
+        pair: list | None = None,
+        tolerance: float | None = None,
+        w_floor: float = 0.2,
+        min_reduction: float = 0.1,
+        n_sparse: int = 20,
+        label_structures: bool = False,
+    ) -> "TargetSet":
+        """A TargetSet from a structure file (any ASE format; the ``[targets]`` TOML section).
+
+        Parameters
+        ----------
+        file : str
+            Structure file (NEB images, for instance), any format ASE reads.
+        index : str, default ":"
+            Which frames of the file (ASE index syntax).
+        quantity : str, default "energies"
+            energies, forces, barrier (E(image_max) − E(image_0)) or difference.
+        atoms : list, optional
+            Atom indices the quantity is restricted to.
+        pair : list, optional
+            The two structure indices of quantity = "difference".
+        tolerance : float, optional
+            Stop when the calibrated target std is under it, eV (eV/Å for forces).
+        w_floor : float, default 0.2
+            Lowest exploration weight.
+        min_reduction : float, default 0.1
+            Label a frame the trigger passed over when (1 − w) × (share of target variance removed) reaches it.
+        n_sparse : int, default 20
+            Environments of each target structure added to the sparse set at the start.
+        label_structures : bool, default False
+            Let the target structures themselves be labelled when that removes the most target variance.
+        """
+        from ase.io import read
+
+        from .exceptions import GpalError
+
+        path = Path(file)
+        if not path.is_file():
+            raise GpalError(f"target structure file {path} does not exist")
+        try:
+            frames = read(str(path), index=index)
+        except Exception as exc:  # ASE raises many kinds for unreadable files
+            raise GpalError(f"cannot read target structures from {path}: {exc}") from exc
+        return cls(frames, quantity=quantity, atoms=atoms, pair=pair, tolerance=tolerance,
+                   w_floor=w_floor, min_reduction=min_reduction, n_sparse=n_sparse,
+                   label_structures=label_structures)
+
+    def to_dict(self) -> dict:
+        """Settings and schedule state as JSON-able values (structures are written apart)."""
+        return {
+            "quantity": self.quantity, "atoms": self.atoms, "pair": list(self.pair) if self.pair else None,
+            "tolerance": self.tolerance, "w_floor": self.w_floor, "exponent": self.exponent,
+            "min_reduction": self.min_reduction, "window": self.window, "n_sparse": self.n_sparse,
+            "label_structures": self.label_structures, "labelled": list(self.labelled_),
+            "reference": self.schedule_.reference, "weight": self.weight_,
+            "recent_uncertainty": list(self._recent_u), "logged_weight": self._logged_weight,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, structures) -> "TargetSet":
+        """Inverse of :meth:`to_dict` (with the structures)."""
+        t = cls(structures, quantity=d["quantity"], atoms=d.get("atoms"), pair=d.get("pair"),
+                tolerance=d.get("tolerance"), w_floor=d.get("w_floor", 0.2), exponent=d.get("exponent", 1.0),
+                min_reduction=d.get("min_reduction", 0.1), window=d.get("window", 5),
+                n_sparse=d.get("n_sparse", 20), label_structures=d.get("label_structures", False))
+        t.labelled_ = [int(k) for k in d.get("labelled", [])]
+        if d.get("reference"):
+            t.schedule_.reference = float(d["reference"])
+        t.weight_ = d.get("weight")
+        t._recent_u = [float(u) for u in d.get("recent_uncertainty", [])]
+        t._logged_weight = d.get("logged_weight")
+        return t
+
+    def save(self, run_dir) -> dict:
+        """Write the structures to ``run_dir/targets.xyz`` (once) and return :meth:`to_dict`."""
+        from .io import write_frames
+
+        path = Path(run_dir) / "targets.xyz"
+        if not path.exists():
+            write_frames(path, self.structures)
+        return self.to_dict()
+
+    @classmethod
+    def load(cls, d: dict, run_dir) -> "TargetSet":
+        """The TargetSet a run saved with :meth:`save`."""
+        from .io import read_frames
+
+        return cls.from_dict(d, read_frames(Path(run_dir) / "targets.xyz"))
+
+    # ------------------------------------------------------------------ model side
+    def add_to_sparse(self, model, max_sparse: int | None = None) -> int:
+        """Add the target structures' most uncertain environments to the model's sparse set.
+
+        No oracle call: a sparse point only lets the model resolve that environment's
+        local energy; the labels decide its value. Returns the number added.
+        """
+        added = 0
+        for a in self.structures:
+            n = self.n_sparse
+            if max_sparse is not None:
+                n = min(n, int(max_sparse) - len(model.sparse_X_))
+            if n <= 0:
+                break
+            added += model.add_sparse_environments(a, n, sparse_selection="variance")
+        self._cache = {}
+        return added
+
+    def _key(self, model) -> tuple:
+        return (id(model.solver_), len(model.sparse_X_), repr(model.kernel_),
+                id(model.descriptor_))
+
+    def _structure_data(self, model) -> list[dict]:
+        """Per structure: kernel rows of the selected local energies / forces (model's sparse set)."""
+        key = self._key(model)
+        if self._cache.get("key") == key:
+            return self._cache["data"]
+        Z, zsp = model.sparse_X_, model.sparse_species_
+        data = []
+        for a in self.structures:
+            model._check(a, what="target structure")
+            X = model.descriptor_.create(a)
+            sel = np.arange(len(a)) if self.atoms is None else np.asarray(self.atoms)
+            K = model._k_xm(X[sel], a.numbers[sel], Z, zsp)
+            d = {"X": X[sel], "numbers": a.numbers[sel], "row": K.sum(axis=0)}
+            if self.quantity == "forces":
+                _, f, _ = model._derivative_rows(a, Z, zsp)
+                d["force_rows"] = f[sel].reshape(3 * len(sel), len(Z))
+            data.append(d)
+        self._cache = {"key": key, "data": data}
+        return data
+
+    def _prior_cross(self, model, da: dict, db: dict) -> float:
+        """Σ_ij k(x_i, x_j) over the selected atoms of two structures (same species only)."""
+        total = 0.0
+        for z in np.intersect1d(np.unique(da["numbers"]), np.unique(db["numbers"])):
+            ra, rb = da["X"][da["numbers"] == z], db["X"][db["numbers"] == z]
+            total += float(np.sum(model.kernel_(ra, rb)))
+        return total
+
+    def _energies(self, model) -> np.ndarray:
+        """Predicted energies (eV) of the structures (selected atoms' local energies)."""
+        out = []
+        for a in self.structures:
+            e = model.predict(a)["energies"]
+            out.append(float(e.sum() if self.atoms is None else e[self.atoms].sum()))
+        return np.array(out)
+
+    def _functionals(self, model):
+        """The target values as functionals of the GP weights.
+
+        Returns
+        -------
+        values : ndarray (n_t,)
+            Predicted values (eV or eV/Å).
+        rows : ndarray (n_t, M)
+            Their kernel rows (latent value = row · weights).
+        resid : ndarray (n_t,)
+            DTC residual variances (not reducible by labels), eV².
+        labels : list of str
+        """
+        data = self._structure_data(model)
+        sol = model.solver_
+        if self.quantity == "forces":
+            rows = np.concatenate([d["force_rows"] for d in data])
+            values = []
+            for a in self.structures:
+                f = model.predict(a)["forces"]
+                values.append((f if self.atoms is None else f[self.atoms]).ravel())
+            labels = [f"F[{k}][{i}]" for k, d in enumerate(data) for i in range(d["force_rows"].shape[0])]
+            return np.concatenate(values), rows, np.zeros(len(rows)), labels
+        energies = self._energies(model)
+        if self.quantity == "energies":
+            coeffs = [{k: 1.0} for k in range(len(data))]
+            labels = [f"E[{k}]" for k in range(len(data))]
+        else:
+            if self.quantity == "barrier":
+                a, b = int(np.argmax(energies)), 0
+            else:
+                a, b = self.pair
+            coeffs = [{a: 1.0, b: -1.0}] if a != b else [{a: 0.0}]
+            labels = [f"E[{a}]-E[{b}]"]
+        rows, values, resid = [], [], []
+        for c in coeffs:
+            row = sum(w * data[k]["row"] for k, w in c.items())
+            prior = sum(wa * wb * self._prior_cross(model, data[ka], data[kb])
+                        for ka, wa in c.items() for kb, wb in c.items())
+            nys = float(sol.var_nystrom(row[None])[0])
+            rows.append(row)
+            resid.append(max(prior - nys, 0.0))
+            values.append(sum(w * energies[k] for k, w in c.items()))
+        return np.array(values), np.array(rows), np.array(resid), labels
+
+    def predict(self, model, scale: float = 1.0) -> dict:
+        """The target quantity and its calibrated uncertainty under ``model``.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+        scale : float, default 1.0
+            Recalibration factor of the learnable (SoR) std, e.g. the learner's
+            force-std scale.
+
+        Returns
+        -------
+        dict
+            ``value`` (n_t,) eV or eV/Å, ``std`` (n_t,) calibrated
+            ``sqrt(scale² · var_learnable + var_residual)``, ``std_learnable``,
+            ``std_residual``, ``labels`` (n_t names, e.g. ``"E[3]-E[0]"``) and
+            ``max_std`` (the largest std, what the stop compares with the tolerance).
+        """
+        values, rows, resid, labels = self._functionals(model)
+        sor = np.clip(model.solver_.var_sor(rows), 0.0, None)
+        std = np.sqrt(scale**2 * sor + resid)
+        return {"value": values, "std": std, "std_learnable": scale * np.sqrt(sor),
+                "std_residual": np.sqrt(resid), "labels": labels, "max_std": float(std.max())}
+
+    def covariance(self, model, scale: float = 1.0) -> np.ndarray:
+        """Calibrated joint posterior covariance of the structures' energies (eV²), (n, n).
+
+        Learnable part ``scale² · r_a Σ r_bᵀ`` plus the DTC residual; for any pair,
+        ``var(E_a − E_b) = C_aa + C_bb − 2 C_ab``.
+        """
+        data = self._structure_data(model)
+        R = np.array([d["row"] for d in data])
+        prior = np.array([[self._prior_cross(model, da, db) for db in data] for da in data])
+        resid = prior - model.solver_.cov_nystrom(R)
+        return scale**2 * model.solver_.cov_sor(R) + resid
+
+    # ------------------------------------------------------------------ acquisition
+    @staticmethod
+    def _frame_rows(model, atoms: Atoms):
+        """Kernel rows and noise stds of every label of a frame, and the force rows' slice."""
+        Z, zsp = model.sparse_X_, model.sparse_species_
+        e, f, s = model._derivative_rows(atoms, Z, zsp)
+        n = len(atoms)
+        rows = [e[None], f.reshape(3 * n, len(Z))]
+        noise = [np.array([model.noise_["energy"] * math.sqrt(n)]), np.full(3 * n, model.noise_["force"])]
+        if np.all(atoms.pbc):
+            rows.append(s)
+            noise.append(np.full(6, model.noise_["stress"]))
+        return np.concatenate(rows), np.concatenate(noise), slice(1, 1 + 3 * n)
+
+    @staticmethod
+    def _scores(solver, A, noise, fslice, T, total_var, force_noise):
+        """(IG of the force labels, share of target variance removed, mean and max force variance)."""
+        C_ff = solver.cov_sor(A)
+        var_f = np.clip(np.diag(C_ff)[fslice], 0.0, None)
+        ig = 0.5 * float(np.sum(np.log1p(var_f / force_noise**2)))
+        C_ff[np.diag_indices_from(C_ff)] += noise**2
+        C_ft = solver.cov_sor(A, T)
+        try:
+            W = np.linalg.solve(np.linalg.cholesky(C_ff), C_ft)
+            removed = float(np.sum(W * W))
+        except np.linalg.LinAlgError:  # round-off only: C_ff holds the noise on its diagonal
+            removed = float(np.sum(C_ft * (np.linalg.pinv(C_ff, hermitian=True) @ C_ft)))
+        rho = removed / total_var if total_var > 0 else 0.0
+        if not len(var_f):
+            return ig, min(max(rho, 0.0), 1.0), 0.0, 0.0
+        return ig, min(max(rho, 0.0), 1.0), float(np.mean(var_f)), float(np.max(var_f))
+
+    def _total_var(self, model, solver, rows, resid) -> float:
+        return float(np.sum(np.clip(solver.var_sor(rows), 0.0, None)) + np.sum(resid))
+
+    def score_frames(self, model, frames) -> dict:
+        """Information gain and target variance reduction of each frame, one at a time.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+        frames : sequence of ase.Atoms
+
+        Returns
+        -------
+        dict
+            ``information_gain`` (n,) nats of the force labels, ``reduction`` (n,) the
+            share ρ of the target's total variance its labels would remove (energy,
+            forces and stress labels, with their noise), ``force_std`` (n,) RMS
+            learnable force std (eV/Å, uncalibrated), ``force_std_max`` (n,) the
+            largest one.
+        """
+        _, T, resid, _ = self._functionals(model)
+        total = self._total_var(model, model.solver_, T, resid)
+        out = {"information_gain": [], "reduction": [], "force_std": [], "force_std_max": []}
+        for a in frames:
+            A, noise, fs = self._frame_rows(model, a)
+            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
+            out["information_gain"].append(ig)
+            out["reduction"].append(rho)
+            out["force_std"].append(math.sqrt(vf))
+            out["force_std_max"].append(math.sqrt(vmax))
+        return {k: np.array(v) for k, v in out.items()}
+
+    def update_weight(self, force_std: float, reference: float | None = None) -> float:
+        """Feed one checked frame's largest calibrated learnable force std (eV/Å); returns w.
+
+        ``reference`` (eV/Å, e.g. the trigger's threshold) is the uncertainty at and
+        above which w = 1; None keeps the schedule's (the first value fed, unless set).
+        """
+        self._recent_u.append(float(force_std))
+        del self._recent_u[: -self.window]
+        u = float(np.mean(self._recent_u))
+        if reference is not None and reference > 0:
+            self.schedule_.reference = float(reference)
+        if self.schedule_.reference is None and u <= 0:
+            self.weight_ = 1.0
+        else:
+            self.weight_ = float(self.schedule_.update(u))
+            del self.schedule_.history[:-1]  # the learner's log keeps the history
+        return self.weight_
+
+    def weight_changed(self) -> bool:
+        """True (once) when w moved by at least 0.01 since it was last reported."""
+        if self.weight_ is None:
+            return False
+        if self._logged_weight is None or abs(self.weight_ - self._logged_weight) >= 0.01:
+            self._logged_weight = self.weight_
+            return True
+        return False
+
+    def reached(self, model, scale: float = 1.0) -> bool:
+        """True when a tolerance is set and the calibrated target std is under it."""
+        return self.tolerance is not None and self.predict(model, scale)["max_std"] <= self.tolerance
+
+    def consider(self, model, atoms: Atoms, *, uncertain: bool, scale: float = 1.0,
+                 reference: float | None = None) -> dict:
+        """Judge one checked frame: update w and say whether the target wants its label.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP
+        atoms : ase.Atoms
+            The walker's current frame.
+        uncertain : bool
+            Whether the trigger already labels it.
+        scale : float
+            The learner's force-std recalibration factor.
+        reference : float, optional
+            The force uncertainty (eV/Å) at which w = 1: the learner passes its
+            trigger's threshold.
+
+        Returns
+        -------
+        dict
+            ``label`` (True: label it for the target's sake; never when ``uncertain``),
+            ``weight``, ``reduction``, ``information_gain``, ``force_std`` (the largest
+            calibrated learnable force std, eV/Å), ``target_std`` (eV or eV/Å).
+        """
+        values, T, resid, _ = self._functionals(model)
+        sor = np.clip(model.solver_.var_sor(T), 0.0, None)
+        total = float(np.sum(sor) + np.sum(resid))
+        target_std = float(np.sqrt(scale**2 * sor + resid).max())
+        A, noise, fs = self._frame_rows(model, atoms)
+        ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
+        u = scale * math.sqrt(vmax)
+        w = self.update_weight(u, reference)
+        known = self.tolerance is not None and target_std <= self.tolerance
+        label = (not uncertain) and (not known) and (1.0 - w) * rho >= self.min_reduction and rho > 0
+        return {"label": bool(label), "weight": w, "reduction": rho, "information_gain": ig,
+                "force_std": u, "target_std": target_std}
+
+    def pick_structure(self, model, scale: float = 1.0) -> int | None:
+        """The target structure to label now (``label_structures``), or None.
+
+        The not yet labelled structure whose labels would remove the largest share ρ of
+        the target's variance, if ``(1 − w) · ρ ≥ min_reduction`` and the target is not
+        yet known to its tolerance. It is marked as labelled.
+        """
+        if not self.label_structures or self.weight_ is None:
+            return None
+        _, T, resid, _ = self._functionals(model)
+        sor = np.clip(model.solver_.var_sor(T), 0.0, None)
+        if self.tolerance is not None and float(np.sqrt(scale**2 * sor + resid).max()) <= self.tolerance:
+            return None
+        total = float(np.sum(sor) + np.sum(resid))
+        key = ("rows", self._key(model))
+        if self._cache.get("rows_key") != key:
+            self._cache["rows"] = [self._frame_rows(model, a) for a in self.structures]
+            self._cache["rows_key"] = key
+        best, best_rho = None, 0.0
+        for k, rows in enumerate(self._cache["rows"]):
+            if k in self.labelled_:
+                continue
+            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, model.noise_["force"])
+            if rho > best_rho:
+                best, best_rho = k, rho
+        if best is None or (1.0 - self.weight_) * best_rho < self.min_reduction:
+            return None
+        self.labelled_.append(best)
+        return best
+
+    def choose(self, model, frames: Sequence[Atoms], *, keep: float = 0.25) -> tuple[list[int], list[float]]:
+        """Which of several uncertain frames to label: greedy targeted acquisition.
+
+        Each pick maximises ``a = w · IG/IG_best + (1 − w) · ρ`` (IG_best: the best
+        candidate's gain before any pick) under the posterior
+        that already holds the earlier picks' labels (zero-valued rows in a copy of the
+        factorisation: a variance does not depend on label values), as
+        :func:`gpal.selection.greedy_targeted_batch` does for single labels. Picks whose
+        acquisition is under ``keep`` times the first pick's are dropped.
+
+        Returns
+        -------
+        (list of int, list of float)
+            Positions in ``frames`` in pick order, and their acquisition values.
+        """
+        w = 1.0 if self.weight_ is None else self.weight_
+        _, T, resid, _ = self._functionals(model)
+        solver = copy.copy(model.solver_)
+        rows = [self._frame_rows(model, a) for a in frames]
+        available = list(range(len(frames)))
+        picks, values = [], []
+        ig_best = None
+        while available:
+            total = self._total_var(model, solver, T, resid)
+            sc = {k: self._scores(solver, *rows[k], T, total, model.noise_["force"]) for k in available}
+            if ig_best is None:  # the first round's best: later gains are on the same scale
+                ig_best = max(max(s[0] for s in sc.values()), 1e-300)
+            acq = {k: w * sc[k][0] / ig_best + (1.0 - w) * sc[k][1] for k in available}
+            k = max(available, key=lambda j: (acq[j], -j))
+            if picks and acq[k] < keep * values[0]:
+                break
+            picks.append(k)
+            values.append(float(acq[k]))
+            available.remove(k)
+            A, noise, _ = rows[k]
+            solver.update(A, np.zeros(len(A)), noise)
+        return picks, values

@@ -1,0 +1,255 @@
+"""Targets: the joint posterior of target quantities, the variance a label removes, the loop hooks."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
+from gpal.selection import targeted_acquisition
+from gpal.targets import TargetSet
+
+from conftest import POLY, SMALL_SOAP, label
+
+
+def vacancy_path(n_images=5):
+    """A Cu vacancy hop (31 atoms): linear images of the hopping atom (unrelaxed)."""
+    a0 = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    site = a0.positions[0].copy()
+    ini = a0.copy()
+    del ini[0]
+    hop = int(np.argmin(np.linalg.norm(ini.positions - site, axis=1)))
+    images = []
+    for k in range(n_images):
+        im = ini.copy()
+        f = k / (n_images - 1)
+        im.positions[hop] = (1 - f) * ini.positions[hop] + f * site
+        images.append(im)
+    return images, hop
+
+
+def rattled(atoms, seed, sigma=0.06):
+    a = atoms.copy()
+    a.positions += np.random.default_rng(seed).normal(0, sigma, a.positions.shape)
+    return a
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    images, hop = vacancy_path()
+    frames = [label(rattled(images[0], s, 0.08)) for s in range(3)]
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP),
+                     n_sparse=40, hyperparameters="fixed").fit(frames)
+    return model, images, hop
+
+
+def test_barrier_variance_is_the_joint_posterior_of_the_two_energies(fitted):
+    model, images, _ = fitted
+    model = copy.deepcopy(model)
+    ts = TargetSet(images, quantity="barrier", n_sparse=10)
+    assert ts.add_to_sparse(model) > 0
+    # independent reference: the DTC covariance of the total energies from the solver
+    data = ts._structure_data(model)
+    R = np.array([d["row"] for d in data])
+    n = len(images)
+    prior = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            prior[i, j] = model.kernel_(data[i]["X"], data[j]["X"]).sum()
+    C = model.solver_.predict_cov(R, prior)
+    e = np.array([model.predict(a)["energy"] for a in images])
+    a = int(np.argmax(e))
+    p = ts.predict(model)
+    assert p["labels"] == [f"E[{a}]-E[0]"]
+    np.testing.assert_allclose(p["value"][0], e[a] - e[0], rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(p["std"][0] ** 2, C[a, a] + C[0, 0] - 2 * C[a, 0], rtol=1e-6)
+    np.testing.assert_allclose(ts.covariance(model), C, rtol=1e-6, atol=1e-12)
+    # the calibration factor scales the learnable part only
+    p2 = ts.predict(model, scale=2.0)
+    np.testing.assert_allclose(p2["std"] ** 2, 4 * p["std_learnable"] ** 2 + p["std_residual"] ** 2)
+    # an explicit difference and the energies agree with the same covariance
+    d = TargetSet(images, quantity="difference", pair=(2, 1)).predict(model)
+    np.testing.assert_allclose(d["std"][0] ** 2, C[2, 2] + C[1, 1] - 2 * C[2, 1], rtol=1e-6)
+    en = TargetSet(images, quantity="energies").predict(model)
+    np.testing.assert_allclose(en["std"] ** 2, np.diag(C), rtol=1e-6)
+
+
+def test_reduction_equals_the_variance_removed_by_a_real_update(fitted):
+    model, images, hop = fitted
+    for quantity in ("barrier", "forces"):
+        ts = TargetSet(images, quantity=quantity, atoms=[hop] if quantity == "forces" else None)
+        cands = [rattled(images[2], 10 + s, 0.04) for s in range(2)]
+        sc = ts.score_frames(model, cands)
+        _, T, resid, _ = ts._functionals(model)
+        v0 = model.solver_.var_sor(T).sum() + resid.sum()
+        for c, rho in zip(cands, sc["reduction"]):
+            m2 = copy.deepcopy(model).update([label(c)])  # the oracle's labels, then the refit's variance
+            v1 = m2.solver_.var_sor(T).sum() + resid.sum()
+            np.testing.assert_allclose(rho, (v0 - v1) / v0, rtol=1e-6)
+            assert 0 < rho < 1
+        # the information gain is that of the force labels, as select_frames scores them
+        _, gains = model.select_frames(cands, 1, return_gains=True)
+        assert sc["information_gain"].max() == pytest.approx(gains[0], rel=1e-8)
+
+
+def test_one_label_reduces_to_targeted_acquisition(fitted):
+    model, images, _ = fitted
+    ts = TargetSet(images, quantity="barrier")
+    _, T, resid, _ = ts._functionals(model)
+    A, noise, _ = ts._frame_rows(model, rattled(images[1], 3))
+    rows = A[[0, 5, 17]]
+    total = float(model.solver_.var_sor(T).sum() + resid.sum())
+    var = model.solver_.var_sor(rows)
+    C_ct = model.solver_.cov_sor(rows, T)
+    ref = targeted_acquisition(var, C_ct, noise[[0, 5, 17]] ** 2, 0.0, target_variance=[total])
+    for k in range(3):
+        _, rho, _, _ = ts._scores(model.solver_, rows[[k]], noise[[0, 5, 17]][[k]], slice(0, 0), T, total,
+                               model.noise_["force"])
+        assert rho == pytest.approx(ref[k], rel=1e-8)
+
+
+def test_weight_follows_the_schedule_and_is_reported_on_change():
+    images, _ = vacancy_path(3)
+    ts = TargetSet(images, quantity="barrier", w_floor=0.3, window=1)
+    assert ts.update_weight(0.2) == 1.0 and ts.weight_changed() and not ts.weight_changed()
+    assert ts.update_weight(0.1) == pytest.approx(0.3 + 0.7 * 0.5)
+    assert ts.weight_changed()
+    assert ts.update_weight(0.0) == pytest.approx(0.3)
+    assert ts.update_weight(0.5) == 1.0  # back to exploring in a new uncertain region
+    back = TargetSet.from_dict(json.loads(json.dumps(ts.to_dict())), images)
+    assert back.schedule_.reference == 0.2 and back.weight_ == 1.0 and back.quantity == "barrier"
+
+
+def test_choose_skips_a_duplicate_and_bad_settings_raise(fitted):
+    model, images, _ = fitted
+    ts = TargetSet(images, quantity="barrier")
+    ts.weight_ = 0.5
+    a = rattled(images[2], 1, 0.04)
+    picks, acq = ts.choose(model, [a, a.copy(), rattled(images[0], 2)])
+    assert len(set(picks)) == len(picks) and not {0, 1} <= set(picks)
+    assert acq == sorted(acq, reverse=True)
+    with pytest.raises(ValueError, match="quantity"):
+        TargetSet(images, quantity="barriers")
+    with pytest.raises(ValueError, match="pair"):
+        TargetSet(images, quantity="difference")
+    with pytest.raises(ValueError, match="atoms"):
+        TargetSet(images, atoms=[99])
+    with pytest.raises(ValueError, match="tolerance"):
+        TargetSet(images, tolerance=-1)
+
+
+@pytest.mark.slow
+def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path):
+    images, hop = vacancy_path(3)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    ts = TargetSet(images, quantity="barrier", w_floor=0.0, min_reduction=0.0, tolerance=1e-6)
+    run = tmp_path / "run"
+    L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run,
+                      md=MDSettings(temperature=800), trigger=Trigger(threshold=10.0, every=5),
+                      n_bootstrap=2, check_every=20, progress=False, targets=ts)
+    s = L.run(30)
+    assert s.oracle_calls_by_reason.get("target", 0) >= 1  # the trigger alone never fires at 10 eV/Å
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    events = [r.get("event") for r in records]
+    assert "target_weight" in events and "target_sparse" in events and "target_stop_check" in events
+    state = json.loads((run / "state.json").read_text())
+    assert state["targets"]["quantity"] == "barrier" and (run / "targets.xyz").exists()
+    R = ActiveLearner.resume(run, progress=False)
+    assert isinstance(R.targets, TargetSet) and R.targets.schedule_.reference == ts.schedule_.reference
+    # two uncertain walkers: the targeted acquisition chooses; a tolerance above the
+    # target std stops the run at the first stop check
+    run2 = tmp_path / "run2"
+    L2 = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run2,
+                       md=MDSettings(temperature=300), trigger=Trigger(threshold=1e-4, every=5, adaptive=False),
+                       n_bootstrap=2, check_every=10, progress=False, n_walkers=2,
+                       targets=TargetSet(images, quantity="barrier", tolerance=100.0))
+    s2 = L2.run(50)
+    assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 11
+    batches = [json.loads(line) for line in open(run2 / "log.jsonl") if '"batch"' in line]
+    assert batches and all("acquisition" in b and b["chosen"] for b in batches)
+
+
+def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch):
+    import inspect
+
+    import gpal.cli
+    import gpal.learner
+    from gpal import config
+    from gpal.cli import main
+    from gpal.exceptions import ConfigError
+    from gpal.io import write_frames
+
+    sch = config.schema()["targets"]
+    assert set(sch) == set(inspect.signature(TargetSet.from_file).parameters) - {"cls"}
+    images, _ = vacancy_path(3)
+    write_frames(tmp_path / "neb.xyz", images)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 5\n[targets]\nfile = "{tmp_path / "neb.xyz"}"\n'
+                   'quantity = "barrier"\ntolerance = 0.02\n')
+    seen = []
+
+    class Fake:
+        def __init__(self, structure, oracle, model, **kwargs):
+            seen.append(kwargs)
+            self.run_dir = kwargs["run_dir"]
+
+        def run(self, steps):
+            return "fake summary"
+
+    monkeypatch.setattr(gpal.learner, "ActiveLearner", Fake)
+    assert main(["learn", str(cfg), "-q"]) == 0
+    t = seen[-1]["targets"]
+    assert isinstance(t, TargetSet) and t.quantity == "barrier" and t.tolerance == 0.02 and len(t.structures) == 3
+    # no [targets] file: no targets; a changed key without a file is refused in one line
+    assert config.check_config({"targets": {"quantity": "energies"}}) == {"targets": {"quantity": "energies"}}
+    with pytest.raises(ConfigError, match=r"\[targets\] tolerance is set but file is not"):
+        config.check_config({"targets": {"tolerance": 0.01}})
+    with pytest.raises(ConfigError, match="quantity must be"):
+        config.check_config({"targets": {"file": "x", "quantity": "barier"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'run_dir = "{tmp_path / "run2"}"\n[targets]\nfile = "{tmp_path / "none.xyz"}"\n')
+    assert main(["learn", str(bad), "-q"]) == 2
+    assert "target structure file" in capsys.readouterr().err
+
+
+def test_pick_structure_takes_the_image_that_removes_most_and_never_twice(fitted):
+    model, images, _ = fitted
+    ts = TargetSet(images, quantity="barrier", label_structures=True, min_reduction=0.05)
+    assert ts.pick_structure(model) is None  # no weight yet: the learner has not checked a frame
+    ts.weight_ = 0.0
+    rho = ts.score_frames(model, images)["reduction"]
+    first = ts.pick_structure(model)
+    assert first == int(np.argmax(rho))
+    second = ts.pick_structure(model)
+    assert second != first and second == int(np.argsort(-rho)[1])
+    assert TargetSet.from_dict(ts.to_dict(), images).labelled_ == [first, second]
+    ts.tolerance = 1e3  # known to its tolerance: nothing more to label
+    assert ts.pick_structure(model) is None
+    assert TargetSet(images, quantity="barrier").pick_structure(model) is None  # off by default
+
+
+@pytest.mark.slow
+def test_learner_labels_a_target_structure_when_no_walker_frame_is_labelled(tmp_path, monkeypatch):
+    images, _ = vacancy_path(3)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    real = TargetSet.consider
+
+    def no_frame(self, *args, **kwargs):  # walker frames never qualify
+        return {**real(self, *args, **kwargs), "label": False}
+
+    monkeypatch.setattr(TargetSet, "consider", no_frame)
+    ts = TargetSet(images, quantity="barrier", w_floor=0.0, min_reduction=0.0, label_structures=True)
+    L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=tmp_path / "r",
+                      md=MDSettings(temperature=300), trigger=Trigger(threshold=10.0, every=5),
+                      n_bootstrap=2, progress=False, targets=ts)
+    s = L.run(12)
+    assert s.oracle_calls_by_reason["target"] == 3 == len(ts.labelled_)  # each image once
+    from ase.io import read
+
+    train = read(str(tmp_path / "r" / "train.xyz"), ":")
+    hits = [k for a in train for k, im in enumerate(images) if np.allclose(a.positions, im.positions)]
+    assert sorted(hits) == [0, 1, 2] and train[-1].info["gpal_reason"] == "target"
