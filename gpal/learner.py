@@ -818,8 +818,10 @@ class ActiveLearner:
         try:
             return self._run(t_start)
         except (KeyboardInterrupt, SystemError) as exc:
-            if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
-                raise  # (an interrupt inside a numba-compiled call arrives as a SystemError)
+            cause = exc.__cause__ or exc.__context__
+            if not isinstance(exc, KeyboardInterrupt) and not isinstance(cause, KeyboardInterrupt):
+                raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
+                #        with the KeyboardInterrupt as its cause or its context)
             # not the model: the interrupt may have cut an update short. The last model
             # saved stands; resume adds the labels of train.xyz it has not seen.
             self.checkpoint(model=False)
