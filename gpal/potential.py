@@ -57,7 +57,7 @@ from ._validation import (
 )
 from .descriptors import SOAP, pair_forces, pair_stress
 from .kernels import NormalizedDotProduct
-from .sparse_gp import SparseGPSolver
+from .sparse_gp import SparseGPSolver, _jittered_cholesky
 from ._threads import policy as _thread_policy
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,13 @@ DEFAULT_NOISE = {"energy": 0.002, "force": 0.05, "stress": 0.005}
 #: force eV/Å (1 meV/Å .. 10 eV/Å), stress eV/Å^3 (about 1.6 MPa .. 16 GPa)
 NOISE_BOUNDS = {"energy": (1e-4, 1.0), "force": (1e-3, 10.0), "stress": (1e-5, 0.1)}
 _UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
+#: memory (GB) a model may hold in observation rows when ``memory_budget_gb`` is None
+DEFAULT_MEMORY_BUDGET_GB = 2.0
+#: new sparse points up to which stored frames get their new kernel columns from the
+#: SOAP adjoint (one backward pass per point, no descriptor derivatives); beyond it, from
+#: one descriptor-derivative pass per frame (measured crossover on 108-atom Cu, n_max 8,
+#: l_max 6: ~10 points; see benchmarks/bench_incremental.py)
+_ADJOINT_MAX_COLUMNS = 8
 
 
 def default_descriptor(frames) -> SOAP:
@@ -196,6 +203,15 @@ class SparseGP:
         Relative jitter added to the diagonal of K_mm.
     random_state : int, Generator or None, default 0
         Seed for sparse selection.
+    memory_budget_gb : float or None, default None
+        Memory (GB) the fit may hold in observation rows: the stacked matrix is built
+        and factorised in blocks of at most 1/8 of it, and the ``n_obs x n_sparse``
+        kernel rows are kept (for cheap sparse-set updates, leave-one-out residuals
+        and likelihood gradients) only while they take at most half of it; beyond that
+        they are recomputed frame by frame when needed. ``None``:
+        :data:`DEFAULT_MEMORY_BUDGET_GB`. The descriptors of the training frames, one
+        frame's SOAP derivatives and O(n_sparse²) factors come on top. The evidence
+        (``hyperparameters="evidence"``) still forms the rows of every candidate kernel.
 
     Attributes
     ----------
@@ -240,6 +256,7 @@ class SparseGP:
         jitter: float = 1e-8,
         random_state=0,
         hyperparameters: str = "evidence",
+        memory_budget_gb: float | None = None,
     ):
         self.descriptor = descriptor
         self.kernel = kernel
@@ -253,6 +270,7 @@ class SparseGP:
         self.jitter = jitter
         self.random_state = random_state
         self.hyperparameters = hyperparameters
+        self.memory_budget_gb = memory_budget_gb
         self.alpha_ = None
 
     # ------------------------------------------------------------------ params
@@ -273,6 +291,7 @@ class SparseGP:
                 "jitter",
                 "random_state",
                 "hyperparameters",
+                "memory_budget_gb",
             )
         }
 
@@ -393,14 +412,84 @@ class SparseGP:
             self._choose_hyperparameters(
                 l_maxes=L_MAX_CANDIDATES if self.descriptor is None else None, warn_stacklevel=4)
             return self
-        K_mm = self._k_mm(Z, zsp)
-        K_nm, y, noise, group, frame_index = self._observations(self.frames_, Z, zsp)
-        self.obs_group_ = group
-        self.obs_frame_ = frame_index
-        self.solver_ = SparseGPSolver()
-        self.solver_.fit(K_mm, K_nm, y, noise, jitter=self.jitter)
-        self.alpha_ = self.solver_.alpha_
+        self._fit_solver(self._k_mm(Z, zsp))
         return self
+
+    # ------------------------------------------------------------------ memory
+    def _budget_bytes(self) -> float:
+        gb = DEFAULT_MEMORY_BUDGET_GB if self.memory_budget_gb is None else self.memory_budget_gb
+        try:
+            gb = float(gb)
+        except (TypeError, ValueError):
+            raise ValueError(f"memory_budget_gb must be a number > 0 or None, got {gb!r}") from None
+        if not (np.isfinite(gb) and gb > 0):
+            raise ValueError(f"memory_budget_gb must be a number > 0 or None, got {gb!r}")
+        return gb * 1e9
+
+    def _keep_rows_fits(self, n_obs: int, n_sparse: int) -> bool:
+        """Whether ``n_obs x n_sparse`` kernel rows fit in half of the memory budget."""
+        return 8.0 * n_obs * n_sparse <= 0.5 * self._budget_bytes()
+
+    def _enforce_budget(self) -> None:
+        sol = self.solver_
+        if sol.keep_rows_ and not self._keep_rows_fits(sol.n_obs_, sol.n_sparse_):
+            log.info("observation rows (%d x %d) exceed half the memory budget: not kept",
+                     sol.n_obs_, sol.n_sparse_)
+            sol.drop_rows()
+
+    def _frame_slices(self) -> list[slice]:
+        """Observation rows of each training frame (contiguous, in frame order)."""
+        f = self.obs_frame_
+        nf = len(self.frames_)
+        lo = np.searchsorted(f, np.arange(nf), side="left")
+        hi = np.searchsorted(f, np.arange(nf), side="right")
+        return [slice(int(a), int(b)) for a, b in zip(lo, hi)]
+
+    def _fit_solver(self, K_mm) -> None:
+        """Factorise the training frames' observations, in blocks within the memory budget.
+
+        The kernel rows of one frame at a time are appended to a block; a block of at
+        most 1/8 of the budget (at least one frame) is folded into the QR factor
+        (:meth:`SparseGPSolver.fit_blocks`). When everything fits in one block the
+        stacked matrix is factorised at once, as :meth:`SparseGPSolver.fit` does.
+        """
+        Z, zsp = self.sparse_X_, self.sparse_species_
+        M = len(Z)
+        targets = [self._frame_targets(a) for a in self.frames_]
+        ys, noises, groups, fidx = [], [], [], []
+        for k, tg in enumerate(targets):
+            for group, y, noise in tg:
+                ys.append(y)
+                noises.append(noise)
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), k, dtype=np.int64))
+        y, noise = np.concatenate(ys), np.concatenate(noises)
+        self.obs_group_, self.obs_frame_ = np.concatenate(groups), np.concatenate(fidx)
+        n = len(y)
+        block_bytes = self._budget_bytes() / 8.0
+        keep = self._keep_rows_fits(n, M)
+        solver = SparseGPSolver()
+        if 8.0 * n * (M + 1) <= block_bytes:
+            solver.fit(K_mm, self._stacked_rows(self.frames_, Z, zsp), y, noise, jitter=self.jitter)
+            if not keep:
+                solver.drop_rows()
+        else:
+            slices = self._frame_slices()
+            block_rows = max(int(block_bytes // (8.0 * (M + 1))), 1)
+
+            def blocks():
+                rows, start, count = [], 0, 0
+                for b, a in enumerate(self.frames_):
+                    rows.append(self._stacked_rows([a], Z, zsp))
+                    count += len(rows[-1])
+                    if count >= block_rows or b == len(self.frames_) - 1:
+                        stop = slices[b].stop
+                        yield np.concatenate(rows), y[start:stop], noise[start:stop]
+                        rows, start, count = [], stop, 0
+
+            solver.fit_blocks(K_mm, blocks(), jitter=self.jitter, keep_rows=keep)
+        self.solver_ = solver
+        self.alpha_ = solver.alpha_
 
     @property
     def zeta_(self):
@@ -600,18 +689,61 @@ class SparseGP:
         rows, drows = [], []
         for a in frames:
             out = self._derivative_rows(a, Z, zsp, kernel=kernel, eval_gradient=eval_gradient)
-            n, M = len(a), len(Z)
-            shape = {
-                _E: lambda r: r[None],
-                _F: lambda r: r.reshape((3 * n, M) + r.shape[3:]),
-                _S: lambda r: r,
-            }
-            for group, _, _ in self._frame_targets(a):
-                rows.append(shape[group](out[group]))
-                if eval_gradient:
-                    drows.append(shape[group](out[3 + group]))
+            rows.append(self._in_observation_order(a, out[:3]))
+            if eval_gradient:
+                drows.append(self._in_observation_order(a, out[3:]))
         K = np.concatenate(rows)
         return (K, np.concatenate(drows)) if eval_gradient else K
+
+    def _in_observation_order(self, atoms, out) -> np.ndarray:
+        """Stack one frame's (energy, force, stress) rows as its labels are ordered."""
+        n = len(atoms)
+        e, f, s_ = out
+        parts = []
+        for group, _, _ in self._frame_targets(atoms):
+            parts.append(e[None] if group == _E else
+                         f.reshape((3 * n,) + f.shape[2:]) if group == _F else s_)
+        return np.concatenate(parts) if parts else np.zeros((0,) + e.shape)
+
+    def _adjoint_rows(self, atoms, Z, zsp):
+        """Energy (M,), force (N, 3, M) and stress (6, M) rows by the SOAP adjoint.
+
+        The same rows as :meth:`_derivative_rows`, from one descriptor expansion and one
+        backward pass per sparse point (``∂k(x_i, z)/∂x_i`` folded back onto the pair
+        vectors, as :meth:`predict` folds the mean): no descriptor derivatives are
+        formed, which is cheaper for a few sparse points.
+        """
+        exp = self.descriptor_.expand(atoms)
+        X = exp.descriptor
+        N, M = len(atoms), len(Z)
+        numbers = atoms.numbers
+        e, f, s_ = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
+        has_cell = np.isfinite(exp.volume) and exp.volume > 0
+        one = np.ones(1)
+        G = np.zeros_like(X)
+        for m in range(M):
+            r = np.flatnonzero(numbers == zsp[m])
+            if not len(r):
+                continue
+            K, Gr = self.kernel_.value_and_weighted_gradient(X[r], Z[m: m + 1], one)
+            e[m] = K.sum()
+            if not len(exp.center):
+                continue
+            G[:] = 0.0
+            G[r] = Gr
+            dE = exp.backward(G)
+            f[:, :, m] = pair_forces(dE, exp.center, exp.neighbor, N)
+            if has_cell:
+                s_[:, m] = pair_stress(dE, exp.vector, exp.volume)
+        return e, f, s_
+
+    def _new_columns(self, atoms, Znew, zspnew) -> np.ndarray:
+        """Kernel columns of one stored frame's observations against new sparse points."""
+        if len(Znew) <= _ADJOINT_MAX_COLUMNS:
+            out = self._adjoint_rows(atoms, Znew, zspnew)
+        else:
+            out = self._derivative_rows(atoms, Znew, zspnew)
+        return self._in_observation_order(atoms, out)
 
     def _observations(self, frames, Z, zsp, kernel=None):
         """Stack the observations of ``frames``: K_nm, y, noise std, group, frame index."""
@@ -827,11 +959,13 @@ class SparseGP:
         sol = self.solver_
         out = {k: [] for k in ("force_error", "force_std", "force_frame",
                                "energy_error", "energy_std", "energy_frame")}
+        slices = self._frame_slices()
         for b in idx:
-            rows = np.flatnonzero(self.obs_frame_ == b)
-            if not len(rows):
+            rows = slices[b]
+            if rows.stop <= rows.start:
                 continue
-            A = sol.K_nm_[rows]
+            A = (sol.K_nm_[rows] if sol.keep_rows_ else
+                 self._stacked_rows([self.frames_[b]], self.sparse_X_, self.sparse_species_))
             lam = sol.noise_std_[rows] ** 2
             V = sol._sor_factor(A)  # [M, n_B]
             S = V.T @ V
@@ -908,6 +1042,7 @@ class SparseGP:
         self.obs_frame_ = np.concatenate([self.obs_frame_, fidx])
         self.frames_ = self.frames_ + new
         self.alpha_ = self.solver_.alpha_
+        self._enforce_budget()
         return self
 
     @_thread_policy()
@@ -1013,7 +1148,7 @@ class SparseGP:
                 noise.append(np.concatenate([block[g][1] for g in use]) if use else np.zeros(0))
         # a shallow copy suffices: update() rebinds the factor and the stacked arrays to
         # new arrays and never writes into the model's own
-        solver = copy.copy(self.solver_)
+        solver = copy.copy(self.solver_).drop_rows()  # the copy's factor only
         picks, gains = [], []
         available = np.ones(len(frames), dtype=bool)
         for _ in range(n_select):
@@ -1074,15 +1209,33 @@ class SparseGP:
         return X[idx], numbers[idx].astype(np.int64)
 
     def _add_sparse(self, Znew, zspnew):
-        """Append sparse environments: new K_mm rows/columns and new K_nm columns."""
+        """Append sparse environments: new K_mm rows/columns and new K_nm columns.
+
+        Only what is new is computed: the kernel between the new and the old sparse
+        points, and the new points' columns of the stored frames (frame by frame, no
+        descriptor derivatives of all frames held at once; the SOAP adjoint for a few
+        points). The solver then grows its factors by those columns. Without stored
+        rows (memory budget) the factorisation is rebuilt frame by frame.
+        """
         Z_old, zsp_old = self.sparse_X_, self.sparse_species_
         Z = np.concatenate([Z_old, Znew])
         zsp = np.concatenate([zsp_old, zspnew])
-        K_mm = self._k_mm(Z, zsp)
-        # new columns for the existing observations, frame by frame, in the stored order
-        K_new_cols = self._stacked_rows(self.frames_, Znew, zspnew)
-        self.solver_.add_sparse(K_mm, K_new_cols)
+        sol = self.solver_
+        K_on = self._k_xm(Z_old, zsp_old, Znew, zspnew)  # [M_old, k]
+        K_mm = np.block([[sol.K_mm_, K_on], [K_on.T, self._k_mm(Znew, zspnew)]])
+        if sol.keep_rows_:
+            cols = [self._new_columns(a, Znew, zspnew) for a in self.frames_]
+            sol.add_sparse(K_mm, np.concatenate(cols) if cols else np.zeros((0, len(Znew))))
+        else:  # rows beyond the memory budget: refactorise frame by frame
+            _jittered_cholesky(K_mm, self.jitter)  # a failure leaves the model unchanged
+            self.sparse_X_, self.sparse_species_ = Z, zsp
+            try:
+                self._fit_solver(K_mm)
+            except np.linalg.LinAlgError:
+                self.sparse_X_, self.sparse_species_ = Z_old, zsp_old
+                raise
         self.sparse_X_, self.sparse_species_ = Z, zsp
+        self._enforce_budget()
 
     # ------------------------------------------------------------------ hyperparameters
     def _noise_layout(self):
@@ -1150,7 +1303,7 @@ class SparseGP:
 
     def _kernel_blocks_for(self, kernel):
         """Kernel blocks at ``kernel``'s theta; cheap rescaling when only sigma^2 is free."""
-        if self._signal_only(kernel):
+        if self._signal_only(kernel) and self.solver_.keep_rows_:
             ratio = kernel.signal_variance / self.kernel_.signal_variance
             K_mm = self.solver_.K_mm_ * ratio
             K_nm = self.solver_.K_nm_ * ratio
@@ -1318,6 +1471,7 @@ class SparseGP:
         self.noise_ = noise
         self.solver_ = solver
         self.alpha_ = solver.alpha_
+        self._enforce_budget()
         self.log_marginal_likelihood_value_ = lml
         self.evidence_ = table
         log.info("hyperparameters by evidence: %r noise %s lml %.6g", kernel, noise, lml)
@@ -1436,6 +1590,7 @@ class SparseGP:
             K_mm, K_nm, self.solver_.y_, res.noise_levels[groups] * scale, jitter=self.jitter
         )
         self.alpha_ = self.solver_.alpha_
+        self._enforce_budget()
         self.log_marginal_likelihood_value_ = float(res.log_marginal_likelihood)
         log.info("hyperparameters: %r noise %s lml %.6g", self.kernel_, self.noise_, res.log_marginal_likelihood)
         at_bound = []
@@ -1497,6 +1652,9 @@ class SparseGP:
         }
         for name in self._SOLVER_ARRAYS:
             arrays["solver_" + name.rstrip("_")] = getattr(self.solver_, name)
+        if not self.solver_.keep_rows_:  # rows beyond the memory budget are not stored
+            arrays["solver_K_nm"] = np.zeros((0, len(self.alpha_)))
+        arrays["solver_res2"] = np.array(self.solver_.res2_)
         rs = self.random_state if isinstance(self.random_state, (int, type(None))) else None
         meta = {
             "gpal_version": __version__,
@@ -1522,6 +1680,7 @@ class SparseGP:
                 "sparse_selection": self.sparse_selection,
                 "e0": self.e0 if isinstance(self.e0, str) else {str(k): float(v) for k, v in self.e0.items()},
                 "min_distance": self.min_distance, "jitter": self.jitter, "random_state": rs,
+                "memory_budget_gb": self.memory_budget_gb,
             },
         }
         return save_model(path, arrays, meta)
@@ -1569,6 +1728,10 @@ class SparseGP:
             solver = SparseGPSolver()
             for name in self._SOLVER_ARRAYS:
                 setattr(solver, name, arrays["solver_" + name.rstrip("_")])
+            if len(arrays["solver_K_nm"]) != len(arrays["solver_y"]):
+                solver.drop_rows()  # saved without its rows (memory budget)
+            if "solver_res2" in arrays:
+                solver.res2_ = float(arrays["solver_res2"])
             solver.jitter_ = float(meta["solver_jitter"])
             solver.jitter_value_ = solver.jitter_ * float(np.mean(np.diag(solver.K_mm_))) if len(solver.K_mm_) else 0.0
             solver._set_alpha()
