@@ -964,12 +964,17 @@ class SparseGP:
             rows = slices[b]
             if rows.stop <= rows.start:
                 continue
-            A = (sol.K_nm_[rows] if sol.keep_rows_ else
-                 self._stacked_rows([self.frames_[b]], self.sparse_X_, self.sparse_species_))
+            if sol.keep_rows_:  # whitened rows: R⁻ᵀAᵀ = R_w⁻ᵀΦᵀ, A alpha = Φ L_mmᵀ alpha
+                P = sol.Phi_[rows]
+                V = sol._sor_factor_whitened(P)  # [M, n_B]
+                pred = P @ (sol.L_mm_.T @ sol.alpha_)
+            else:
+                A = self._stacked_rows([self.frames_[b]], self.sparse_X_, self.sparse_species_)
+                V = sol._sor_factor(A)
+                pred = A @ sol.alpha_
             lam = sol.noise_std_[rows] ** 2
-            V = sol._sor_factor(A)  # [M, n_B]
             S = V.T @ V
-            r = sol.y_[rows] - A @ sol.alpha_
+            r = sol.y_[rows] - pred
             D = np.diag(lam) - S
             try:
                 cho = scipy.linalg.cho_factor(D, check_finite=False)
@@ -1619,8 +1624,6 @@ class SparseGP:
         return self
 
     # ------------------------------------------------------------------ save / load
-    _SOLVER_ARRAYS = ("K_mm_", "K_nm_", "y_", "noise_std_", "L_mm_", "R_", "Qtb_")
-
     def save(self, path):
         """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path."""
         from . import __version__
@@ -1650,11 +1653,8 @@ class SparseGP:
                 [lab.stress if lab.stress is not None else np.full(6, np.nan) for lab in labels]
             ),
         }
-        for name in self._SOLVER_ARRAYS:
-            arrays["solver_" + name.rstrip("_")] = getattr(self.solver_, name)
-        if not self.solver_.keep_rows_:  # rows beyond the memory budget are not stored
-            arrays["solver_K_nm"] = np.zeros((0, len(self.alpha_)))
-        arrays["solver_res2"] = np.array(self.solver_.res2_)
+        for name, value in self.solver_._to_arrays().items():
+            arrays["solver_" + name] = value
         rs = self.random_state if isinstance(self.random_state, (int, type(None))) else None
         meta = {
             "gpal_version": __version__,
@@ -1725,19 +1725,15 @@ class SparseGP:
             self.sparse_species_ = arrays["sparse_species"].astype(np.int64)
             self.obs_group_ = arrays["obs_group"].astype(np.int64)
             self.obs_frame_ = arrays["obs_frame"].astype(np.int64)
-            solver = SparseGPSolver()
-            for name in self._SOLVER_ARRAYS:
-                setattr(solver, name, arrays["solver_" + name.rstrip("_")])
-            if len(arrays["solver_K_nm"]) != len(arrays["solver_y"]):
-                solver.drop_rows()  # saved without its rows (memory budget)
-            if "solver_res2" in arrays:
-                solver.res2_ = float(arrays["solver_res2"])
-            solver.jitter_ = float(meta["solver_jitter"])
-            solver.jitter_value_ = solver.jitter_ * float(np.mean(np.diag(solver.K_mm_))) if len(solver.K_mm_) else 0.0
-            solver._set_alpha()
+            solver = SparseGPSolver._from_arrays(
+                {k[len("solver_"):]: v for k, v in arrays.items() if k.startswith("solver_")},
+                float(meta["solver_jitter"]))
             self.solver_ = solver
             self.alpha_ = solver.alpha_
-            if not np.array_equal(self.alpha_, arrays["alpha"]):
+            exact = "solver_R_w" in arrays  # earlier files: the weights from the old factor
+            if not (np.array_equal(self.alpha_, arrays["alpha"]) if exact else
+                    np.allclose(self.alpha_, arrays["alpha"], rtol=1e-6,
+                                atol=1e-9 * float(np.max(np.abs(arrays["alpha"]), initial=0.0)))):
                 raise ModelFileError(f"{path}: stored weights disagree with the stored factorisation")
             frames, start = [], 0
             for k, n in enumerate(arrays["frame_natoms"]):

@@ -155,47 +155,56 @@ def _triangular_qr(stacked: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray,
     return R, Qtb, res2
 
 
-def _condition_estimate(R: np.ndarray) -> float:
-    """LAPACK's 1-norm condition estimate of an upper-triangular matrix (O(M²))."""
-    rcond, info = scipy.linalg.lapack.dtrcon(R, norm="1", uplo="U", diag="N")
-    return float("inf") if info != 0 or rcond <= 0.0 else 1.0 / float(rcond)
-
-
-#: largest condition number of the factor R for which :meth:`SparseGPSolver.add_sparse`
-#: extends it by columns (Gram-Schmidt against ``A R⁻¹``, whose loss of orthogonality
-#: grows like ``eps cond(R)``); above it the stacked matrix is refactorised by
-#: Householder QR. Measured: at cond 1.2e10 the column update's variances differed from
-#: a refit by 4e-5 relative, at cond ~1e4 by ~5e-12.
-MAX_CONDITION_COLUMN_UPDATE = 1e6
-
-
 # ----------------------------------------------------------------------------- solver
 class SparseGPSolver:
     """Sparse GP (DTC/SoR) solver on kernel blocks, factorised by QR.
 
     The constructor takes no arguments; :meth:`fit` does the work. Observations may be
     appended with :meth:`update` and sparse points with :meth:`add_sparse` without the
-    caller recomputing existing kernel blocks: the solver keeps ``K_nm``, ``y`` and the
-    noise (``n_obs x M`` memory).
+    caller recomputing existing kernel blocks: the solver keeps the whitened rows
+    ``Φ = K_nm L_mm⁻ᵀ``, ``y`` and the noise (``n_obs x M`` memory), unless told not to
+    (:meth:`drop_rows`, :meth:`fit_blocks`).
+
+    Factorisation (whitened by the Cholesky factor of ``K_mm``, as in the module
+    docstring but better conditioned): with ``u = L_mmᵀ alpha`` the least-squares problem
+    is ``min |Λ^{-1/2}(y - Φ u)|² + |u|²``, i.e. the QR factorisation of
+
+        B = [Λ^{-1/2} Φ ; I]  (n_obs + M, M)  ->  B = Q_B R_w,   u = R_w⁻¹ Q_Bᵀ b
+
+    and ``R = R_w L_mmᵀ`` is the (unique, positive-diagonal) factor of the unwhitened
+    stacked matrix ``[Λ^{-1/2} K_nm ; L_mmᵀ]``. The singular values of ``B`` are >= 1, so
+    ``cond(R_w)`` stays moderate where ``cond(R)`` reaches 1e9-1e10 (the jitter
+    direction of ``K_mm``); the column update of :meth:`add_sparse` relies on it, and the
+    old whitened columns do not change when sparse points are appended.
 
     Attributes
     ----------
     alpha_ : ndarray of shape (n_sparse,)
         Weights of the posterior mean, ``mean(s) = K_sm @ alpha_``.
     R_ : ndarray of shape (n_sparse, n_sparse)
-        Upper-triangular factor with positive diagonal, ``R_ᵀ R_ = Σ⁻¹``.
+        Upper-triangular factor with positive diagonal, ``R_ᵀ R_ = Σ⁻¹`` (formed from
+        ``R_w_`` on access, O(n_sparse³), then cached).
+    R_w_ : ndarray of shape (n_sparse, n_sparse)
+        Upper-triangular factor of the whitened stacked matrix, ``R_ = R_w_ L_mm_ᵀ``.
     Qtb_ : ndarray of shape (n_sparse,)
-        ``Qᵀ b`` of the stacked least-squares problem (``alpha_ = R_⁻¹ Qtb_``).
+        ``Qᵀ b`` of the stacked least-squares problem (``alpha_ = R_⁻¹ Qtb_``; the same
+        vector for the whitened problem, ``L_mm_ᵀ alpha_ = R_w_⁻¹ Qtb_``).
+    res2_ : float
+        Squared residual of the stacked least-squares problem,
+        ``|Λ^{-1/2}(y - K_nm alpha)|² + |L_mmᵀ alpha|²``.
     L_mm_ : ndarray of shape (n_sparse, n_sparse)
         Lower Cholesky factor of ``K_mm_ + jitter_value_ * I``.
     K_mm_ : ndarray of shape (n_sparse, n_sparse)
         Sparse kernel matrix as given (without jitter).
-    K_nm_ : ndarray of shape (n_obs, n_sparse)
-        Observation kernel rows.
+    Phi_ : ndarray of shape (n_obs, n_sparse) or None
+        Whitened observation rows ``K_nm L_mm⁻ᵀ`` (None when not kept).
+    K_nm_ : ndarray of shape (n_obs, n_sparse) or None
+        Observation kernel rows, ``Phi_ L_mm_ᵀ`` (formed on access, O(n_obs n_sparse²)).
     y_ : ndarray of shape (n_obs,)
     noise_std_ : ndarray of shape (n_obs,)
     jitter_ : float
         Relative jitter; ``jitter_value_ = jitter_ * mean(diag(K_mm_))`` was added.
+    keep_rows_ : bool
     n_obs_, n_sparse_ : int
 
     Examples
@@ -215,7 +224,7 @@ class SparseGPSolver:
     """
 
     def __init__(self) -> None:
-        self._K = None  # row buffer (capacity_rows, capacity_cols); None: rows not kept
+        self._P = None  # whitened-row buffer (capacity_rows, capacity_cols); None: not kept
         self._y = np.zeros(0)
         self._s = np.zeros(0)
         self.keep_rows_ = True
@@ -227,72 +236,83 @@ class SparseGPSolver:
 
     # -- stored observations ------------------------------------------------------------
     # The rows live in a buffer with spare capacity in both directions, so that appending
-    # a frame's rows or a few sparse columns costs O(new entries), not a copy of K_nm.
+    # a frame's rows or a few sparse columns costs O(new entries), not a copy of all rows.
     @property
-    def K_nm_(self) -> np.ndarray:
-        """Stored observation rows ``(n_obs, n_sparse)`` (a view; None if not kept)."""
-        if self._K is None:
+    def Phi_(self) -> np.ndarray | None:
+        if self._P is None:
             return None
-        return self._K[: len(self._y), : self.K_mm_.shape[0]]
+        return self._P[: len(self._y), : self.K_mm_.shape[0]]
 
-    @K_nm_.setter
-    def K_nm_(self, value) -> None:
-        if value is None:
-            self._K = None
-            self.keep_rows_ = False
-            return
-        self._K = np.array(value, dtype=np.float64, order="C", copy=True)
-        self.keep_rows_ = True
+    @property
+    def K_nm_(self) -> np.ndarray | None:
+        """Observation rows ``(n_obs, n_sparse)`` (None if not kept); formed on access."""
+        if self._P is None:
+            return None
+        return self.Phi_ @ self.L_mm_.T
 
     @property
     def y_(self) -> np.ndarray:
         return self._y
 
-    @y_.setter
-    def y_(self, value) -> None:
-        self._y = np.array(value, dtype=np.float64, copy=True)
-
     @property
     def noise_std_(self) -> np.ndarray:
         return self._s
 
-    @noise_std_.setter
-    def noise_std_(self, value) -> None:
-        self._s = np.array(value, dtype=np.float64, copy=True)
+    @property
+    def R_(self) -> np.ndarray:
+        cache = getattr(self, "_R_cache", None)
+        if cache is None or cache[0] is not self.R_w_ or cache[1] is not self.L_mm_:
+            R = self.R_w_ @ self.L_mm_.T if self.R_w_.size else np.zeros_like(self.R_w_)
+            cache = (self.R_w_, self.L_mm_, np.triu(R))
+            self._R_cache = cache
+        return cache[2]
 
-    def _append_rows(self, K_new: np.ndarray, y_new: np.ndarray, s_new: np.ndarray) -> None:
+    def _whiten(self, K: np.ndarray) -> np.ndarray:
+        """``K L_mm⁻ᵀ`` for rows ``K`` (n, M)."""
+        if K.shape[0] == 0 or K.shape[1] == 0:
+            return np.array(K, dtype=np.float64)
+        return scipy.linalg.solve_triangular(
+            self.L_mm_, K.T, lower=True, check_finite=False
+        ).T
+
+    def _set_rows(self, Phi, y, s, keep: bool) -> None:
+        self._y = np.array(y, dtype=np.float64, copy=True)
+        self._s = np.array(s, dtype=np.float64, copy=True)
+        self.keep_rows_ = bool(keep)
+        self._P = np.array(Phi, dtype=np.float64, order="C", copy=True) if keep else None
+
+    def _append_rows(self, P_new: np.ndarray, y_new: np.ndarray, s_new: np.ndarray) -> None:
         n, k = len(self._y), len(y_new)
-        if self._K is not None:
+        if self._P is not None:
             M = self.K_mm_.shape[0]
-            cap_n, cap_m = self._K.shape
+            cap_n, cap_m = self._P.shape
             if n + k > cap_n:
                 grown = np.empty((max(n + k, 2 * cap_n, 64), cap_m))
-                grown[:n] = self._K[:n]
-                self._K = grown
-            self._K[n: n + k, :M] = K_new
+                grown[:n] = self._P[:n]
+                self._P = grown
+            self._P[n: n + k, :M] = P_new
         self._y = np.concatenate([self._y, y_new])
         self._s = np.concatenate([self._s, s_new])
 
-    def _append_columns(self, cols: np.ndarray) -> None:
-        if self._K is None:
+    def _append_columns(self, P_cols: np.ndarray) -> None:
+        if self._P is None:
             return
         n, M = len(self._y), self.K_mm_.shape[0]
-        k = cols.shape[1]
-        cap_n, cap_m = self._K.shape
+        k = P_cols.shape[1]
+        cap_n, cap_m = self._P.shape
         if M + k > cap_m:
             grown = np.empty((cap_n, max(M + k, M + max(M // 4, 16))))
-            grown[:n, :M] = self._K[:n, :M]
-            self._K = grown
-        self._K[:n, M: M + k] = cols
+            grown[:n, :M] = self._P[:n, :M]
+            self._P = grown
+        self._P[:n, M: M + k] = P_cols
 
     def drop_rows(self) -> "SparseGPSolver":
         """Stop keeping the observation rows (frees ``n_obs x n_sparse`` floats).
 
-        The factorisation, weights, variances and the log marginal likelihood (value)
-        do not need them; :meth:`add_sparse` and the likelihood gradient then need the
-        caller to supply what they would have read from the rows.
+        Weights, variances and the log marginal likelihood (value) do not need them;
+        :meth:`add_sparse` and the likelihood gradient do (the caller refits instead).
         """
-        self._K = None
+        self._P = None
         self.keep_rows_ = False
         return self
 
@@ -332,11 +352,12 @@ class SparseGPSolver:
         n = K_nm.shape[0]
         y = _vector(y, "y", n)
         s = _noise(noise_std, n)
-        self.jitter_ = self._check_jitter(jitter)
+        jitter = self._check_jitter(jitter)
+        L, added = _jittered_cholesky(K_mm, jitter)
+        self.jitter_ = jitter
         self.K_mm_ = np.array(K_mm, copy=True)
-        self.K_nm_ = K_nm
-        self.y_ = y
-        self.noise_std_ = s
+        self.L_mm_, self.jitter_value_ = L, added
+        self._set_rows(self._whiten(K_nm), y, s, keep=True)
         self._factorize()
         return self
 
@@ -363,12 +384,12 @@ class SparseGPSolver:
     ) -> "SparseGPSolver":
         """Factorise block by block: the stacked matrix is never formed whole.
 
-        Starts from the factor of the prior block ``L_mmᵀ`` and folds in each block of
-        observations by a QR update of ``[[R, Qᵀb], [0, ρ], [Λ_B^{-1/2} K_B, Λ_B^{-1/2}
-        y_B]]`` (TSQR-style, Householder throughout). Peak memory is that of the largest
-        block plus O(n_sparse²), and the rows are kept only with ``keep_rows``. The result
-        equals :meth:`fit` on the concatenated blocks up to rounding (both are backward
-        stable; measured agreement ~1e-13 relative on predictions).
+        Starts from the factor of the prior block (the identity, in whitened
+        coordinates) and folds in each block of observations by a Householder QR update
+        of ``[[R_w, Qᵀb], [0, ρ], [Λ_B^{-1/2} Φ_B, Λ_B^{-1/2} y_B]]`` (TSQR-style). Peak
+        memory is that of the largest block plus O(n_sparse²), and the rows are kept only
+        with ``keep_rows``. The result equals :meth:`fit` on the concatenated blocks up
+        to rounding.
 
         Parameters
         ----------
@@ -377,8 +398,8 @@ class SparseGPSolver:
             Shapes (n_b, n_sparse), (n_b,), (n_b,), in observation order.
         jitter : float, default 1e-10
         keep_rows : bool, default True
-            Keep the rows (needed by :meth:`add_sparse` without extra input, and by the
-            likelihood gradient).
+            Keep the (whitened) rows, as :meth:`add_sparse` and the likelihood gradient
+            need.
 
         Returns
         -------
@@ -386,14 +407,13 @@ class SparseGPSolver:
         """
         K_mm = self._check_k_mm(K_mm)
         M = K_mm.shape[0]
-        self.jitter_ = self._check_jitter(jitter)
+        jitter = self._check_jitter(jitter)
+        L, added = _jittered_cholesky(K_mm, jitter)
+        self.jitter_ = jitter
         self.K_mm_ = np.array(K_mm, copy=True)
-        self.L_mm_, self.jitter_value_ = _jittered_cholesky(self.K_mm_, self.jitter_)
-        self._K = np.empty((64, M)) if keep_rows else None
-        self.keep_rows_ = bool(keep_rows)
-        self._y, self._s = np.zeros(0), np.zeros(0)
-        # the prior rows [L_mmᵀ | 0] are already upper triangular: R = L_mmᵀ up to signs
-        self.R_ = np.ascontiguousarray(self.L_mm_.T)
+        self.L_mm_, self.jitter_value_ = L, added
+        self._set_rows(np.empty((64, M)), np.zeros(0), np.zeros(0), keep=keep_rows)
+        self.R_w_ = np.eye(M)
         self.Qtb_ = np.zeros(M)
         self.res2_ = 0.0
         for K_b, y_b, s_b in blocks:
@@ -410,44 +430,44 @@ class SparseGPSolver:
         s_new = _noise(noise_new, k)
         if k == 0:
             return
+        P_new = self._whiten(K_new)
         stacked = np.zeros((M + 1 + k, M + 1))
-        stacked[:M, :M] = self.R_
+        stacked[:M, :M] = self.R_w_
         stacked[:M, M] = self.Qtb_
         stacked[M, M] = np.sqrt(max(self.res2_, 0.0))
-        stacked[M + 1:, :M] = K_new / s_new[:, None]
+        stacked[M + 1:, :M] = P_new / s_new[:, None]
         stacked[M + 1:, M] = y_new / s_new
-        self.R_, self.Qtb_, self.res2_ = _triangular_qr(stacked, M)
-        self._append_rows(K_new, y_new, s_new)
+        self.R_w_, self.Qtb_, self.res2_ = _triangular_qr(stacked, M)
+        self._append_rows(P_new, y_new, s_new)
 
     def _factorize(self) -> None:
-        """Cholesky of K_mm and QR of the stacked matrix from the stored blocks."""
+        """QR of the whitened stacked matrix ``[Λ^{-1/2}Φ | Λ^{-1/2}y ; I | 0]``."""
         M = self.K_mm_.shape[0]
-        K_nm = self.K_nm_
-        n = K_nm.shape[0]
-        self.L_mm_, self.jitter_value_ = _jittered_cholesky(self.K_mm_, self.jitter_)
+        P = self.Phi_
+        n = P.shape[0]
         stacked = np.zeros((n + M, M + 1))
-        stacked[:n, :M] = K_nm / self.noise_std_[:, None]  # Λ^{-1/2} K_nm  [n, M]
+        stacked[:n, :M] = P / self.noise_std_[:, None]  # Λ^{-1/2} Φ  [n, M]
         stacked[:n, M] = self.y_ / self.noise_std_  # Λ^{-1/2} y  [n]
-        stacked[n:, :M] = self.L_mm_.T  # U_mm = L_mmᵀ  [M, M]
-        self.R_, self.Qtb_, self.res2_ = _triangular_qr(stacked, M)
+        stacked[n:, :M] = np.eye(M)  # prior rows in whitened coordinates
+        self.R_w_, self.Qtb_, self.res2_ = _triangular_qr(stacked, M)
         self._set_alpha()
 
     def _set_alpha(self) -> None:
-        M = self.R_.shape[0]
-        self.alpha_ = (
-            scipy.linalg.solve_triangular(self.R_, self.Qtb_, check_finite=False)
-            if M
-            else np.zeros(0)
-        )
+        M = self.R_w_.shape[0]
+        if M:
+            u = scipy.linalg.solve_triangular(self.R_w_, self.Qtb_, check_finite=False)
+            self.alpha_ = scipy.linalg.solve_triangular(
+                self.L_mm_, u, trans="T", lower=True, check_finite=False
+            )
+        else:
+            self.alpha_ = np.zeros(0)
         self.n_obs_, self.n_sparse_ = len(self._y), M
-        if not hasattr(self, "res2_"):  # loaded from a file without it
-            self.res2_ = self._residual2() if self._K is not None else float("nan")
 
     def _residual2(self) -> float:
         """``|Λ^{-1/2}(y - K_nm alpha)|² + |L_mmᵀ alpha|²`` from the stored rows."""
-        resid = (self.y_ - self.K_nm_ @ self.alpha_) / self.noise_std_
-        Ua = self.L_mm_.T @ self.alpha_
-        return float(resid @ resid + Ua @ Ua)
+        u = self.L_mm_.T @ self.alpha_
+        resid = (self.y_ - self.Phi_ @ u) / self.noise_std_
+        return float(resid @ resid + u @ u)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "alpha_"):
@@ -459,11 +479,12 @@ class SparseGPSolver:
     def update(self, K_nm_new, y_new, noise_new) -> "SparseGPSolver":
         """Append observations by a QR update of the existing factor.
 
-        Factorises ``[[R, Qᵀb], [0, ρ], [Λ_new^{-1/2} K_nm_new, Λ_new^{-1/2} y_new]]``
-        (size (n_sparse + 1 + n_new) x (n_sparse + 1), ρ the residual norm); existing
-        kernel blocks are neither needed nor recomputed, and the cost does not depend on
-        the number of stored observations. The result equals a refit on all
-        observations (up to rounding).
+        Factorises ``[[R_w, Qᵀb], [0, ρ], [Λ_new^{-1/2} Φ_new, Λ_new^{-1/2} y_new]]``
+        (size (n_sparse + 1 + n_new) x (n_sparse + 1), ρ the residual norm, Φ_new the
+        whitened new rows); existing kernel blocks are neither needed nor recomputed, and
+        the cost, O((n_sparse + n_new) n_sparse²), does not depend on the number of
+        stored observations. The result equals a refit on all observations (up to
+        rounding).
 
         Parameters
         ----------
@@ -489,17 +510,17 @@ class SparseGPSolver:
         kernel columns of the *existing* observations against the new sparse points.
         New sparse points go last.
 
-        The factor grows by its last ``k`` columns only, O(n_obs n_sparse k) flops
-        instead of a new QR's O(n_obs n_sparse²). With ``A`` the old stacked matrix
-        (``A = Q₁ R``, Q₁ never formed but applied as ``A R⁻¹``) and ``Ã`` the new
-        columns of the stacked matrix (``[Λ^{-1/2} C ; L₂₁ᵀ ; L₂₂ᵀ]``, from the
-        extended Cholesky factor of ``K_mm``), the new columns are orthogonalised
-        against ``Q₁`` twice (classical Gram-Schmidt with re-orthogonalisation, which
-        keeps the accuracy of the Householder QR; forming ``Cᵀ C - R₁₂ᵀ R₁₂`` instead
-        loses about half the digits), giving ``R₁₂``; the QR of what remains, next to
-        the old residual vector, gives ``R₂₂``, the new entries of ``Qᵀb`` and the new
-        residual. When the relative jitter's value moves (the mean of ``diag(K_mm)``
-        changed beyond round-off) the whole factorisation is recomputed.
+        The factor grows by its last ``k`` columns only: O(n_obs n_sparse k) flops
+        instead of a new QR's O(n_obs n_sparse²). The Cholesky factor of ``K_mm`` grows
+        by ``L₂₁ = K₂₁ L₁₁⁻ᵀ``, ``L₂₂ = chol(K₂₂ + jitter - L₂₁L₂₁ᵀ)``; the old whitened
+        columns stay as they are and the new ones are ``Φ_C = (C - Φ L₂₁ᵀ) L₂₂⁻ᵀ``. The
+        new columns of the whitened stacked matrix ``B`` (``[Λ^{-1/2}Φ_C ; 0 ; I]``) are
+        orthogonalised twice against ``Q_B = B R_w⁻¹`` (classical Gram-Schmidt with
+        re-orthogonalisation, accurate because ``B`` is well conditioned), giving
+        ``R₁₂``; the QR of what remains next to the old residual vector gives ``R₂₂``,
+        the new entries of ``Qᵀb`` and the new residual. When the relative jitter's
+        value moves (the mean of ``diag(K_mm)`` changed beyond round-off) the whole
+        factorisation is recomputed.
 
         Parameters
         ----------
@@ -520,7 +541,7 @@ class SparseGPSolver:
             The rows are not kept (:meth:`drop_rows`): refit instead.
         """
         self._check_fitted()
-        if self._K is None:
+        if self._P is None:
             raise ValueError(
                 "this solver does not keep its observation rows (drop_rows): adding "
                 "sparse points needs a refit with all rows"
@@ -555,15 +576,12 @@ class SparseGPSolver:
         K_mm[:M_old, :M_old] = self.K_mm_  # exactly the stored block
         if self._extend_columns(K_mm, cols):
             return self
-        old = (self.K_mm_, self._K)
-        self._append_columns(cols)
-        self.K_mm_ = K_mm
-        try:
-            self._factorize()
-        except NotPositiveDefiniteError:
-            self.K_mm_, self._K = old
-            self._factorize()
-            raise
+        # full refactorisation from the raw rows
+        L, added = _jittered_cholesky(K_mm, self.jitter_)  # raises, solver unchanged
+        K_all = np.concatenate([self.K_nm_, cols], axis=1)
+        self.K_mm_, self.L_mm_, self.jitter_value_ = K_mm, L, added
+        self._set_rows(self._whiten(K_all), self._y, self._s, keep=True)
+        self._factorize()
         return self
 
     def _extend_columns(self, K_mm, cols) -> bool:
@@ -574,14 +592,10 @@ class SparseGPSolver:
         jitter_value = self.jitter_ * float(np.mean(np.diag(K_mm)))
         if abs(jitter_value - self.jitter_value_) > 1e-12 * max(abs(jitter_value), 1e-300):
             return False  # the jitter on the old block changed: refactor from scratch
-        if M_old and _condition_estimate(self.R_) > MAX_CONDITION_COLUMN_UPDATE:
-            return False  # Q = A R⁻¹ would be too far from orthogonal: Householder QR
         # Cholesky factor of K_mm: L21 = K21 L11⁻ᵀ, L22 = chol(K22 + j - L21 L21ᵀ)
         # (what a blocked Cholesky of the whole matrix computes)
         L11 = self.L_mm_
-        L21 = scipy.linalg.solve_triangular(
-            L11, K_mm[:M_old, new], lower=True, check_finite=False
-        ).T  # [k, M_old]
+        L21 = self._whiten(K_mm[new, :M_old])  # [k, M_old]
         try:
             L22 = scipy.linalg.cholesky(
                 K_mm[new, new] + self.jitter_value_ * np.eye(k) - L21 @ L21.T,
@@ -592,32 +606,34 @@ class SparseGPSolver:
             return False
         n = self.n_obs_
         s = self.noise_std_
-        K_old = self.K_nm_  # [n, M_old] view of the stored rows
-        # new stacked columns Ã = [Λ^{-1/2} C ; L21ᵀ ; L22ᵀ]; old stacked A = [W ; L11ᵀ ; 0]
-        E_top = cols / s[:, None]  # [n, k]
-        E_mid = np.array(L21.T)  # [M_old, k]
-        E_bot = np.array(L22.T)  # [k, k]
+        P_old = self.Phi_  # [n, M_old]
+        # new whitened columns Φ_C = (C - Φ L21ᵀ) L22⁻ᵀ
+        P_cols = scipy.linalg.solve_triangular(
+            L22, (cols - P_old @ L21.T).T, lower=True, check_finite=False
+        ).T  # [n, k]
+        # new columns of B: [Λ^{-1/2}Φ_C ; 0 (old prior rows) ; I (new prior rows)]
+        E_top = P_cols / s[:, None]
+        E_mid = np.zeros((M_old, k))
         R12 = np.zeros((M_old, k))
-        for _ in range(2):  # CGS2: project out A R⁻¹ (R⁻ᵀ Aᵀ E), twice
-            AtE = K_old.T @ (E_top / s[:, None]) + L11 @ E_mid  # Aᵀ E  [M_old, k]
+        for _ in range(2):  # CGS2 against Q_B = B R_w⁻¹: d = R_w⁻ᵀ Bᵀ E
+            BtE = P_old.T @ (E_top / s[:, None]) + E_mid
             d = scipy.linalg.solve_triangular(
-                self.R_, AtE, trans="T", lower=False, check_finite=False
+                self.R_w_, BtE, trans="T", lower=False, check_finite=False
             )
-            X = scipy.linalg.solve_triangular(self.R_, d, lower=False, check_finite=False)
+            X = scipy.linalg.solve_triangular(self.R_w_, d, lower=False, check_finite=False)
             R12 += d
-            E_top -= (K_old @ X) / s[:, None]
-            E_mid -= L11.T @ X
-        # old residual r = b - A alpha = [Λ^{-1/2}(y - K alpha) ; -L11ᵀ alpha ; 0]
-        r_top = (self.y_ - K_old @ self.alpha_) / s
-        r_mid = -(L11.T @ self.alpha_)
+            E_top -= (P_old @ X) / s[:, None]
+            E_mid -= X
+        # old residual r = b - B u = [Λ^{-1/2}(y - Φ u) ; -u ; 0]
+        u = scipy.linalg.solve_triangular(self.R_w_, self.Qtb_, check_finite=False)
         stacked = np.zeros((n + M_old + k, k + 1))
         stacked[:n, :k] = E_top
         stacked[n: n + M_old, :k] = E_mid
-        stacked[n + M_old:, :k] = E_bot
-        stacked[:n, k] = r_top
-        stacked[n: n + M_old, k] = r_mid
+        stacked[n + M_old:, :k] = np.eye(k)
+        stacked[:n, k] = (self.y_ - P_old @ u) / s
+        stacked[n: n + M_old, k] = -u
         R22, q2, res2 = _triangular_qr(stacked, k)
-        if np.any(np.diag(R22) <= 0.0) or not np.all(np.isfinite(R22)):
+        if not (np.all(np.diag(R22) > 0.0) and np.all(np.isfinite(R22))):
             return False
         # commit
         L = np.zeros((M, M))
@@ -625,36 +641,57 @@ class SparseGPSolver:
         L[new, :M_old] = L21
         L[new, new] = L22
         R = np.zeros((M, M))
-        R[:M_old, :M_old] = self.R_
+        R[:M_old, :M_old] = self.R_w_
         R[:M_old, new] = R12
         R[new, new] = R22
-        self._append_columns(cols)
+        self._append_columns(P_cols)
         self.K_mm_ = K_mm
         self.L_mm_ = L
-        self.R_ = R
+        self.R_w_ = R
         self.Qtb_ = np.concatenate([self.Qtb_, q2])
         self.res2_ = float(res2)
         self._set_alpha()
-        self._refine()
         return True
 
-    def _refine(self) -> None:
-        """One step of iterative refinement of ``alpha_`` from the stored rows.
+    # -- persistence -------------------------------------------------------------------
+    def _to_arrays(self) -> dict:
+        """The fitted state as plain arrays (for a model file; no pickle)."""
+        self._check_fitted()
+        M = self.n_sparse_
+        return {
+            "K_mm": self.K_mm_, "L_mm": self.L_mm_, "R_w": self.R_w_, "Qtb": self.Qtb_,
+            "y": self.y_, "noise_std": self.noise_std_, "res2": np.array(self.res2_),
+            "Phi": self.Phi_ if self._P is not None else np.zeros((0, M)),
+        }
 
-        ``alpha += R⁻¹R⁻ᵀ Aᵀ(b - A alpha)`` (corrected semi-normal equations), O(n_obs
-        n_sparse); ``Qtb_`` and the residual are made consistent with the result.
-        """
-        s = self.noise_std_
-        K = self.K_nm_
-        r_top = (self.y_ - K @ self.alpha_) / s
-        r_mid = -(self.L_mm_.T @ self.alpha_)
-        g = K.T @ (r_top / s) + self.L_mm_ @ r_mid
-        d = scipy.linalg.solve_triangular(
-            self.R_, g, trans="T", lower=False, check_finite=False
-        )
-        self.Qtb_ = self.R_ @ self.alpha_ + d
+    @classmethod
+    def _from_arrays(cls, arrays: dict, jitter: float) -> "SparseGPSolver":
+        """Inverse of :meth:`_to_arrays`; also reads the earlier layout (``K_nm``, ``R``)."""
+        self = cls()
+        self.jitter_ = float(jitter)
+        self.K_mm_ = np.asarray(arrays["K_mm"], dtype=np.float64)
+        self.L_mm_ = np.asarray(arrays["L_mm"], dtype=np.float64)
+        M = self.K_mm_.shape[0]
+        self.jitter_value_ = self.jitter_ * float(np.mean(np.diag(self.K_mm_))) if M else 0.0
+        y, s = arrays["y"], arrays["noise_std"]
+        if "R_w" in arrays:
+            Phi = np.asarray(arrays["Phi"], dtype=np.float64)
+            self.R_w_ = np.asarray(arrays["R_w"], dtype=np.float64)
+        else:  # earlier files: raw rows and the unwhitened factor R = R_w L_mmᵀ
+            Phi = self._whiten(np.asarray(arrays["K_nm"], dtype=np.float64))
+            R = np.asarray(arrays["R"], dtype=np.float64)
+            self.R_w_ = np.triu(self._whiten(R)) if M else R
+        keep = Phi.shape[0] == len(y)
+        self._set_rows(Phi if keep else np.zeros((0, M)), y, s, keep=keep)
+        self.Qtb_ = np.asarray(arrays["Qtb"], dtype=np.float64)
         self._set_alpha()
-        self.res2_ = self._residual2()
+        if "res2" in arrays:
+            self.res2_ = float(arrays["res2"])
+        elif keep:
+            self.res2_ = self._residual2()
+        else:
+            self.res2_ = float("nan")
+        return self
 
     # -- prediction --------------------------------------------------------------------
     def predict_mean(self, K_sm) -> np.ndarray:
@@ -672,9 +709,15 @@ class SparseGPSolver:
         return _matrix(K_sm, "K_sm", self.n_sparse_) @ self.alpha_
 
     def _sor_factor(self, A) -> np.ndarray:
-        """``R⁻ᵀ Aᵀ``  [M, s]."""
+        """``R⁻ᵀ Aᵀ = R_w⁻ᵀ L_mm⁻¹ Aᵀ``  [M, s]."""
         return scipy.linalg.solve_triangular(
-            self.R_, A.T, trans="T", lower=False, check_finite=False
+            self.R_w_, self._nystrom_factor(A), trans="T", lower=False, check_finite=False
+        )
+
+    def _sor_factor_whitened(self, P) -> np.ndarray:
+        """``R_w⁻ᵀ Pᵀ`` for whitened rows ``P``  [M, s]."""
+        return scipy.linalg.solve_triangular(
+            self.R_w_, P.T, trans="T", lower=False, check_finite=False
         )
 
     def _nystrom_factor(self, A) -> np.ndarray:
@@ -864,10 +907,10 @@ class SparseGPSolver:
         self._check_fitted()
         n, M = self.n_obs_, self.n_sparse_
         s = self.noise_std_
-        if self._K is not None:
-            resid = (self.y_ - self.K_nm_ @ self.alpha_) / s  # Λ^{-1/2}(y - K_nm α)  [n]
-            Ua = self.L_mm_.T @ self.alpha_  # [M]
-            quad = float(resid @ resid + Ua @ Ua)
+        if self._P is not None:
+            u = self.L_mm_.T @ self.alpha_  # [M]
+            resid = (self.y_ - self.Phi_ @ u) / s  # Λ^{-1/2}(y - K_nm α)  [n]
+            quad = float(resid @ resid + u @ u)
         else:  # the least-squares residual of the factorisation (same quantity)
             if eval_gradient:
                 raise ValueError(
@@ -875,11 +918,8 @@ class SparseGPSolver:
                     "solver does not keep (drop_rows)"
                 )
             quad = float(self.res2_)
-        logdet = (
-            2.0 * np.sum(np.log(s))
-            + 2.0 * np.sum(np.log(np.abs(np.diag(self.R_))))
-            - 2.0 * np.sum(np.log(np.diag(self.L_mm_)))
-        )
+        # log|R| - log|L_mm| = log|R_w|
+        logdet = 2.0 * np.sum(np.log(s)) + 2.0 * np.sum(np.log(np.abs(np.diag(self.R_w_))))
         lml = -0.5 * quad - 0.5 * float(logdet) - 0.5 * n * _LOG_2PI
         if not eval_gradient:
             return lml
@@ -919,7 +959,8 @@ class SparseGPSolver:
                 )
 
         beta = resid / s  # Λ⁻¹(y - K_nm α)  [n]
-        Y = self._sor_factor(self.K_nm_)  # R⁻ᵀ K_mn  [M, n]
+        K_nm = self.K_nm_
+        Y = self._sor_factor_whitened(self.Phi_)  # R⁻ᵀ K_mn = R_w⁻ᵀ Φᵀ  [M, n]
         v = np.einsum("mn,mn->n", Y, Y)  # diag(K_nm Σ K_mn)  [n]
         g_noise = np.bincount(
             groups, weights=s**2 * beta**2 - 1.0 + v / s**2, minlength=n_groups
@@ -937,7 +978,7 @@ class SparseGPSolver:
             mean_diag_scale = self.jitter_ / M if M else 0.0
             if signal_variance_gradient:  # dK = K for both blocks; jitter scales too
                 K_mm_j = self.K_mm_ + self.jitter_value_ * I
-                g_sv = np.sum(W_nm * self.K_nm_) + np.sum(W_mm * K_mm_j)
+                g_sv = np.sum(W_nm * K_nm) + np.sum(W_mm * K_mm_j)
                 parts.append(np.array([g_sv]))
             if has_kernel:
                 g = np.tensordot(W_nm, dK_nm, axes=([0, 1], [0, 1]))
