@@ -124,13 +124,11 @@ def accuracy(args) -> dict:
     var_new, var_ref = model.solver_.var_sor(K), ref.var_sor(K)
     lml_new = model.solver_.log_marginal_likelihood()
     lml_ref = ref.log_marginal_likelihood()
-    from gpal.sparse_gp import _condition_estimate
-
     return {
         "mean_rel": float(np.max(np.abs(mean_new - mean_ref)) / np.max(np.abs(mean_ref))),
         "var_rel": float(np.max(np.abs(var_new - var_ref)) / np.max(np.abs(var_ref))),
         "lml_rel": float(abs(lml_new - lml_ref) / abs(lml_ref)),
-        "cond_R": _condition_estimate(ref.R_),
+        "cond_R": float(np.linalg.cond(ref.R_)),
         "n_sparse": int(len(Z)),
     }
 

@@ -97,8 +97,8 @@ DEFAULT_MEMORY_BUDGET_GB = 2.0
 #: new sparse points up to which stored frames get their new kernel columns from the
 #: SOAP adjoint (one backward pass per point, no descriptor derivatives); beyond it, from
 #: one descriptor-derivative pass per frame (measured crossover on 108-atom Cu, n_max 8,
-#: l_max 6: ~10 points; see benchmarks/bench_incremental.py)
-_ADJOINT_MAX_COLUMNS = 8
+#: l_max 6, one thread under load: 4-5 points)
+_ADJOINT_MAX_COLUMNS = 4
 
 
 def default_descriptor(frames) -> SOAP:
@@ -371,6 +371,7 @@ class SparseGP:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
+        self._budget_bytes()  # a bad memory_budget_gb fails before any work
         frames = check_frames(frames)
         self.descriptor_ = self.descriptor if self.descriptor is not None else (
             default_descriptor(frames)
