@@ -1010,8 +1010,15 @@ class SparseGP:
         """Add labelled frames, and optionally new sparse environments taken from them.
 
         Existing kernel blocks are not recomputed: the new frames' rows are appended to
-        the factorisation, and new sparse environments add columns (computed for the
-        existing frames' observations only against the new environments).
+        the factorisation (a QR update whose cost does not depend on the frames already
+        held), and new sparse environments add columns: their kernel columns for the
+        stored frames, computed frame by frame (the SOAP adjoint for a few points, else
+        one descriptor-derivative pass per frame: this part grows with the number of
+        frames), extend the factor in O(n_obs n_sparse k) (no new QR of all rows).
+        The result equals a fit from scratch on the same frames and sparse set up to
+        rounding (measured ~1e-10 relative on predictions). A model whose rows exceed
+        half of ``memory_budget_gb`` (rows not kept) refactorises frame by frame when
+        sparse points are added.
 
         Parameters
         ----------

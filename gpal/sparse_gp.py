@@ -18,7 +18,11 @@ Solved like GAP and FLARE, by a QR factorisation of the stacked matrix
 
 where ``L_mm`` is the lower Cholesky factor of ``K_mm + jitter * mean(diag K_mm) * I``.
 ``Qᵀb`` is obtained by factorising ``[A | b]`` (Q itself is never formed), and ``R`` is
-normalised to a positive diagonal, which makes it unique.
+normalised to a positive diagonal, which makes it unique. The solver factorises the same
+problem whitened by ``L_mm`` (``A = B L_mmᵀ``, ``B = [Λ^{-1/2} K_nm L_mm⁻ᵀ ; I]``,
+``R = R_w L_mmᵀ``): ``B`` has singular values >= 1, so its factor stays well conditioned
+when ``R``'s condition number reaches 1e9-1e10, and appending sparse points appends
+columns to ``B`` without changing the old ones (see :meth:`SparseGPSolver.add_sparse`).
 
 Predictive variances of any linear functional with kernel row ``a`` (shape (M,)):
 
