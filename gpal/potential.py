@@ -211,7 +211,9 @@ class SparseGP:
         they are recomputed frame by frame when needed. ``None``:
         :data:`DEFAULT_MEMORY_BUDGET_GB`. The descriptors of the training frames, one
         frame's SOAP derivatives and O(n_sparse²) factors come on top. The evidence
-        (``hyperparameters="evidence"``) still forms the rows of every candidate kernel.
+        (``hyperparameters="evidence"``) keeps every candidate kernel's rows within the
+        same half, else only per-group whitened sums (n_groups x n_sparse² floats per
+        candidate) and then refits the chosen one in a second pass over the frames.
 
     Attributes
     ----------
@@ -1159,9 +1161,9 @@ class SparseGP:
                 use = [g for g in ("energy", "forces", "stress") if g in names and g in block]
                 rows.append(np.concatenate([block[g][0] for g in use]) if use else np.zeros((0, len(Z))))
                 noise.append(np.concatenate([block[g][1] for g in use]) if use else np.zeros(0))
-        # a shallow copy suffices: update() rebinds the factor and the stacked arrays to
-        # new arrays and never writes into the model's own
-        solver = copy.copy(self.solver_).drop_rows()  # the copy's factor only
+        # a shallow copy without the rows: update() then rebinds the factor and the label
+        # arrays to new ones and never writes into the model's own
+        solver = copy.copy(self.solver_).drop_rows()
         picks, gains = [], []
         available = np.ones(len(frames), dtype=bool)
         for _ in range(n_select):
@@ -1314,12 +1316,19 @@ class SparseGP:
             K_nm_gradient=dK_nm if eval_gradient and kernel.n_dims else None,
         )
 
-    def _kernel_blocks_for(self, kernel):
-        """Kernel blocks at ``kernel``'s theta; cheap rescaling when only sigma^2 is free."""
+    def _kernel_blocks_for(self, kernel, rows=None):
+        """Kernel blocks at ``kernel``'s theta; cheap rescaling when only sigma^2 is free.
+
+        ``rows``: a dict in which the stored rows ``K_nm`` (formed from the whitened
+        ones, O(n_obs n_sparse²)) are kept between calls.
+        """
         if self._signal_only(kernel) and self.solver_.keep_rows_:
             ratio = kernel.signal_variance / self.kernel_.signal_variance
+            rows = {} if rows is None else rows
+            if "K_nm" not in rows:
+                rows["K_nm"] = self.solver_.K_nm_
             K_mm = self.solver_.K_mm_ * ratio
-            K_nm = self.solver_.K_nm_ * ratio
+            K_nm = rows["K_nm"] * ratio
             return K_mm, K_nm, K_mm[:, :, None], K_nm[:, :, None]
         return self._blocks(kernel)
 
@@ -1413,9 +1422,37 @@ class SparseGP:
               for lm, cols in subsets.items()}
         # targets, groups and fixed noise factors (sqrt(n_atoms) for energies)
         ys, scales, groups, fidx = [], [], [], []
+        targets = [self._frame_targets(a) for a in frames]
+        for k, tg in enumerate(targets):
+            for group, y, noise in tg:
+                ys.append(y)
+                scales.append(noise / self.noise_[_GROUP_NAMES[group]])
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), k, dtype=np.int64))
+        y, scale = np.concatenate(ys), np.concatenate(scales)
+        group, self.obs_frame_ = np.concatenate(groups), np.concatenate(fidx)
+        self.obs_group_ = group
+        present = [g for g in (_E, _F, _S) if np.any(group == g)]
+        remap = np.full(3, -1)
+        remap[present] = np.arange(len(present))
+        gidx = remap[group]
+        G = len(present)
+        names = [_GROUP_NAMES[g] for g in present]
+        levels0 = np.array([self.noise_[nm] for nm in names])
+        noise_bounds = [NOISE_BOUNDS[nm] if getattr(self, nm + "_noise") is None else "fixed"
+                        for nm in names]
+        # every candidate's rows in memory, or (beyond half the memory budget) only their
+        # whitened per-group sums, accumulated frame by frame
+        M = len(Z)
+        stream = not self._keep_rows_fits(len(y) * len(cands), M)
         rows = [[] for _ in cands]
+        if stream:
+            K_mms = [self._k_mm(Zs[lm], zsp, kern) for lm, kern in cands]
+            L_mms = [_jittered_cholesky(K, self.jitter)[0] for K in K_mms]
+            sums = [[np.zeros((G, M, M)), np.zeros((G, M)), np.zeros(G), np.zeros(G)]
+                    for _ in cands]
+        slices = self._frame_slices()
         for k, a in enumerate(frames):
-            targets = self._frame_targets(a)
             d = self.descriptor_.derivatives(a)
             outs = []
             for lm, cols in subsets.items():
@@ -1424,37 +1461,28 @@ class SparseGP:
                     dX=np.ascontiguousarray(d.dX[:, :, cols]))
                 outs += self._rows_for_kernels(a, Zs[lm], zsp, dl, kernels)
             del d
-            n = len(a)
-            for group, y, noise in targets:
-                ys.append(y)
-                scales.append(noise / self.noise_[_GROUP_NAMES[group]])
-                groups.append(np.full(len(y), group, dtype=np.int64))
-                fidx.append(np.full(len(y), k, dtype=np.int64))
-                for r, out in zip(rows, outs):
-                    r.append(out[group][None] if group == _E else
-                             out[group].reshape(3 * n, len(Z)) if group == _F else out[group])
-        y, scale = np.concatenate(ys), np.concatenate(scales)
-        group, self.obs_frame_ = np.concatenate(groups), np.concatenate(fidx)
-        self.obs_group_ = group
-        present = [g for g in (_E, _F, _S) if np.any(group == g)]
-        remap = np.full(3, -1)
-        remap[present] = np.arange(len(present))
-        gidx = remap[group]
-        names = [_GROUP_NAMES[g] for g in present]
-        levels0 = np.array([self.noise_[nm] for nm in names])
-        noise_bounds = [NOISE_BOUNDS[nm] if getattr(self, nm + "_noise") is None else "fixed"
-                        for nm in names]
+            sl = slices[k]
+            for c, out in enumerate(outs):
+                K_f = self._in_observation_order(a, out)
+                if not stream:
+                    rows[c].append(K_f)
+                    continue
+                Phi = scipy.linalg.solve_triangular(
+                    L_mms[c], (K_f / scale[sl, None]).T, lower=True, check_finite=False).T
+                for acc, part in zip(sums[c], _evidence_sums(Phi, y[sl] / scale[sl], gidx[sl], G)):
+                    acc += part
         table, best = [], None
-        for (lm, kernel), r in zip(cands, rows):
-            K_nm = np.concatenate(r)
-            K_mm = self._k_mm(Zs[lm], zsp, kernel)
+        for c, (lm, kernel) in enumerate(cands):
+            K_nm = None if stream else np.concatenate(rows[c])
+            rows[c] = None
+            K_mm = K_mms[c] if stream else self._k_mm(Zs[lm], zsp, kernel)
             sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
             if isinstance(sv_bounds, str) or kernel.n_dims == 0:
                 sv_bounds = "fixed"
             levels, ratio, lml = _maximise_evidence(
                 K_mm, K_nm, y, gidx, scale, levels0, noise_bounds,
                 None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
-                self.jitter,
+                self.jitter, sums=sums[c] if stream else None,
             )
             fitted_kernel = kernel.clone()
             fitted_kernel.signal_variance = float(kernel.signal_variance * ratio)
@@ -1469,12 +1497,21 @@ class SparseGP:
                 "selected": False,
             })
             if best is None or lml > best[0]:
-                best = (lml, len(table) - 1, fitted_kernel, (K_mm * ratio, K_nm * ratio), noise,
+                best = (lml, len(table) - 1, fitted_kernel,
+                        (K_mm * ratio, None if stream else K_nm * ratio), noise,
                         levels, None if sv_bounds == "fixed" else sv_bounds, lm)
             del K_nm
         lml, k_best, kernel, (K_mm, K_nm), noise, levels, sv_bounds, lm = best
         table[k_best]["selected"] = True
-        solver = SparseGPSolver().fit(K_mm, K_nm, y, levels[gidx] * scale, jitter=self.jitter)
+        if stream:  # a second pass over the frames, with the chosen kernel, in blocks
+            if lm != L:
+                self.descriptor_ = SOAP(**{**self.descriptor_.get_params(), "l_max": lm})
+                self.sparse_X_ = Zs[lm]
+            self.kernel_, self.noise_ = kernel, noise
+            self._fit_solver(K_mm)
+            solver = self.solver_
+        else:
+            solver = SparseGPSolver().fit(K_mm, K_nm, y, levels[gidx] * scale, jitter=self.jitter)
         lml = float(solver.log_marginal_likelihood())  # the QR value (agrees to round-off)
         table[k_best]["log_marginal_likelihood"] = lml
         if lm != L:  # the smaller SOAP: its features on the same sparse environments
@@ -1575,13 +1612,13 @@ class SparseGP:
         present, groups, levels, scale = self._noise_layout()
         if noise_bounds is None:
             noise_bounds = [NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
-        cache = {}
+        cache, rows = {}, {}
 
         def build(theta_k):
             key = tuple(np.round(theta_k, 14))
             if key not in cache:
                 cache.clear()
-                cache[key] = self._kernel_blocks_for(self.kernel_.clone_with_theta(theta_k))
+                cache[key] = self._kernel_blocks_for(self.kernel_.clone_with_theta(theta_k), rows)
             return cache[key]
 
         res = optimize_hyperparameters(
@@ -1592,7 +1629,8 @@ class SparseGP:
             jitter=self.jitter, n_restarts=n_restarts, random_state=self.random_state,
         )
         kernel = self.kernel_.clone_with_theta(res.kernel_theta)
-        K_mm, K_nm, _, _ = self._kernel_blocks_for(kernel)
+        K_mm, K_nm, _, _ = self._kernel_blocks_for(kernel, rows)
+        del rows
         if optimize_noise:
             for g, lev in zip(present, res.noise_levels):
                 self.noise_[_GROUP_NAMES[g]] = float(lev)
@@ -1778,7 +1816,17 @@ def _bound_side(value, bounds, tol: float = 1e-2):
     return None
 
 
-def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, ratio_bounds, jitter):
+def _evidence_sums(Phi, yw, groups, G):
+    """Per-group sums ``(Φ_gᵀΦ_g, Φ_gᵀ y_g, |y_g|², n_g)`` of whitened rows (accumulable)."""
+    sel = [groups == g for g in range(G)]
+    return (np.array([Phi[s].T @ Phi[s] for s in sel]),
+            np.array([Phi[s].T @ yw[s] for s in sel]),
+            np.array([yw[s] @ yw[s] for s in sel]),
+            np.array([np.count_nonzero(s) for s in sel], dtype=float))
+
+
+def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, ratio_bounds, jitter,
+                       sums=None):
     """Maximise the DTC log evidence over noise levels and a common kernel scale.
 
     The noise std of observation i is ``levels[groups[i]] * scale[i]``; the kernel
@@ -1797,6 +1845,12 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
     the envelope theorem. ``noise_bounds``: one (low, high) or "fixed" per group;
     ``ratio_bounds``: (low, high) for r, or None (r = 1).
 
+    ``sums``: instead of ``K_nm`` (None), the sums of :func:`_evidence_sums` accumulated
+    frame by frame over rows whitened by the same ``L_mm`` and ``scale``. The residuals
+    then come from the sums, ``|y_g - rΦ_g u|² = |y_g|² - 2r uᵀΦ_gᵀy_g + r² uᵀΦ_gᵀΦ_g u``
+    (cancellation costs about ``eps |y|²/|residual|²`` relative, ~1e-13 for forces fitted
+    to a few per cent).
+
     Returns
     -------
     levels : ndarray (n_groups,), ratio : float, lml : float (at the maximum)
@@ -1805,16 +1859,19 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
 
     from .sparse_gp import _jittered_cholesky
 
-    n, M = K_nm.shape
     G = len(levels0)
-    L_mm, _ = _jittered_cholesky(K_mm, jitter)
-    Phi = scipy.linalg.solve_triangular(L_mm, (K_nm / scale[:, None]).T, lower=True,
-                                        check_finite=False).T  # [n, M]
+    M = K_mm.shape[0]
+    n = len(y)
     yw = y / scale
     sel = [groups == g for g in range(G)]
-    gram = np.array([Phi[s].T @ Phi[s] for s in sel])  # [G, M, M]
-    bvec = np.array([Phi[s].T @ yw[s] for s in sel])  # [G, M]
-    n_g = np.array([np.count_nonzero(s) for s in sel], dtype=float)
+    if sums is None:
+        L_mm, _ = _jittered_cholesky(K_mm, jitter)
+        Phi = scipy.linalg.solve_triangular(L_mm, (K_nm / scale[:, None]).T, lower=True,
+                                            check_finite=False).T  # [n, M]
+        gram, bvec, yy_g, n_g = _evidence_sums(Phi, yw, groups, G)  # [G, M, M], [G, M]
+    else:
+        Phi = None
+        gram, bvec, yy_g, n_g = sums
     const = 2.0 * np.sum(np.log(scale)) + n * np.log(2.0 * np.pi)
     eye = np.eye(M)
 
@@ -1846,9 +1903,15 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         except np.linalg.LinAlgError:
             return np.inf, np.zeros(xf.shape)
         u = scipy.linalg.cho_solve(cho, r * (w @ bvec), check_finite=False)
-        pred = r * (Phi @ u)
-        res = yw - pred
-        e_g = np.array([res[s] @ res[s] for s in sel])
+        if Phi is not None:
+            pred = r * (Phi @ u)
+            res = yw - pred
+            e_g = np.array([res[s] @ res[s] for s in sel])
+        else:  # from the sums: residual and residual·prediction per group
+            ub = bvec @ u  # [G]
+            uGu = np.einsum("i,gij,j->g", u, gram, u)
+            e_g = yy_g - 2.0 * r * ub + r * r * uGu
+            rp_g = r * ub - r * r * uGu  # res_g · pred_g
         quad_u = r * (u @ u)
         J = w @ e_g + quad_u
         L = 2.0 * (n_g @ x[:G]) + 2.0 * np.sum(np.log(np.diag(cho[0]))) - M * x[G]
@@ -1856,10 +1919,14 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         tr_g = np.einsum("ij,gij->g", Ainv, gram)
         grad = np.empty(G + 1)
         grad[:G] = -2.0 * w * e_g + 2.0 * n_g - 2.0 * w * r * r * tr_g
-        wres = np.zeros(n)
-        for g, s in enumerate(sel):
-            wres[s] = w[g] * res[s]
-        grad[G] = (-2.0 * (wres @ pred) + quad_u) + (r * np.trace(Ainv) + 2.0 * r * r * (w @ tr_g) - M)
+        if Phi is not None:
+            wres = np.zeros(n)
+            for g, s in enumerate(sel):
+                wres[s] = w[g] * res[s]
+            wres_pred = wres @ pred
+        else:
+            wres_pred = w @ rp_g
+        grad[G] = (-2.0 * wres_pred + quad_u) + (r * np.trace(Ainv) + 2.0 * r * r * (w @ tr_g) - M)
         return 0.5 * (J + L + const), 0.5 * grad[free]
 
     x = x0.copy()

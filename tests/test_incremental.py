@@ -206,3 +206,22 @@ def test_memory_budget_bounds_the_fit():
 def test_bad_memory_budget_is_rejected(alloy):
     with pytest.raises(ValueError, match="memory_budget_gb"):
         _model(alloy[:2], memory_budget_gb=-1).fit(alloy[:2])
+
+
+def test_streaming_evidence_equals_in_memory(alloy):
+    """hyperparameters="evidence" beyond the budget: whitened sums, then a second pass."""
+    kw = dict(n_sparse=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        one = SparseGP(_soap(alloy[:6]), **kw).fit(alloy[:6])
+        small = SparseGP(_soap(alloy[:6]), memory_budget_gb=2e-5, **kw).fit(alloy[:6])
+    assert not small.solver_.keep_rows_ and one.solver_.keep_rows_
+    assert small.zeta_ == one.zeta_
+    for a, b in zip(small.evidence_, one.evidence_):
+        assert a["log_marginal_likelihood"] == pytest.approx(b["log_marginal_likelihood"], rel=1e-10)
+        for g in ("energy", "force", "stress"):
+            assert a["noise"][g] == pytest.approx(b["noise"][g], rel=1e-8)
+    for a in alloy[10:12]:
+        p, q = small.predict(a, return_std=True), one.predict(a, return_std=True)
+        assert _rel(p["forces"], q["forces"]) < 1e-8
+        assert _rel(p["energies_std"], q["energies_std"]) < 1e-8
