@@ -159,6 +159,21 @@ def _triangular_qr(stacked: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray,
     return R, Qtb, res2
 
 
+def _triangular_update(Raug: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Upper-triangular factor of ``[Raug ; rows]`` (Raug upper triangular, (p, p)).
+
+    LAPACK ``tpqrt`` (QR of a triangle stacked on a block) costs ~2 n_rows p² flops,
+    without the ~4/3 p³ a general QR of the stacked matrix spends on the triangle.
+    """
+    p = Raug.shape[0]
+    a = np.array(Raug, order="F", copy=True)
+    b = np.array(rows, order="F", copy=True)
+    a, _, _, info = scipy.linalg.lapack.dtpqrt(0, max(1, min(p, 32)), a, b)
+    if info != 0:  # pragma: no cover - LAPACK argument errors only
+        raise np.linalg.LinAlgError(f"tpqrt failed (info={info})")
+    return np.triu(a)
+
+
 # ----------------------------------------------------------------------------- solver
 class SparseGPSolver:
     """Sparse GP (DTC/SoR) solver on kernel blocks, factorised by QR.
@@ -291,7 +306,7 @@ class SparseGPSolver:
             M = self.K_mm_.shape[0]
             cap_n, cap_m = self._P.shape
             if n + k > cap_n:
-                grown = np.empty((max(n + k, 2 * cap_n, 64), cap_m))
+                grown = np.empty((max(n + k, cap_n + cap_n // 4, 64), cap_m))
                 grown[:n] = self._P[:n]
                 self._P = grown
             self._P[n: n + k, :M] = P_new
@@ -390,7 +405,8 @@ class SparseGPSolver:
 
         Starts from the factor of the prior block (the identity, in whitened
         coordinates) and folds in each block of observations by a Householder QR update
-        of ``[[R_w, Qᵀb], [0, ρ], [Λ_B^{-1/2} Φ_B, Λ_B^{-1/2} y_B]]`` (TSQR-style). Peak
+        of ``[[R_w, Qᵀb], [0, ρ], [Λ_B^{-1/2} Φ_B, Λ_B^{-1/2} y_B]]`` (LAPACK ``tpqrt``:
+        ~2 n_B n_sparse² flops per block, as a one-shot QR spends per row). Peak
         memory is that of the largest block plus O(n_sparse²), and the rows are kept only
         with ``keep_rows``. The result equals :meth:`fit` on the concatenated blocks up
         to rounding.
@@ -435,13 +451,18 @@ class SparseGPSolver:
         if k == 0:
             return
         P_new = self._whiten(K_new)
-        stacked = np.zeros((M + 1 + k, M + 1))
-        stacked[:M, :M] = self.R_w_
-        stacked[:M, M] = self.Qtb_
-        stacked[M, M] = np.sqrt(max(self.res2_, 0.0))
-        stacked[M + 1:, :M] = P_new / s_new[:, None]
-        stacked[M + 1:, M] = y_new / s_new
-        self.R_w_, self.Qtb_, self.res2_ = _triangular_qr(stacked, M)
+        Raug = np.zeros((M + 1, M + 1))
+        Raug[:M, :M] = self.R_w_
+        Raug[:M, M] = self.Qtb_
+        Raug[M, M] = np.sqrt(max(self.res2_, 0.0))
+        block = np.empty((k, M + 1))
+        block[:, :M] = P_new / s_new[:, None]
+        block[:, M] = y_new / s_new
+        Raug = _triangular_update(Raug, block)
+        _positive_diagonal(Raug, M)
+        self.R_w_ = np.ascontiguousarray(Raug[:M, :M])
+        self.Qtb_ = np.array(Raug[:M, M])
+        self.res2_ = float(Raug[M, M] ** 2)
         self._append_rows(P_new, y_new, s_new)
 
     def _factorize(self) -> None:
