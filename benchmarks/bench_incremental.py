@@ -83,7 +83,7 @@ def timed(fn):
 
 def timings(args) -> dict:
     """Median seconds per operation for the small and the large model."""
-    frames = frames_108(args.large + 4 * args.repeats + 1)
+    frames = frames_108(args.large + 3 * args.repeats + 1)
     base, extra = frames[: args.large], frames[args.large:]
     out = {}
     for name, n in (("small", args.small), ("large", args.large)):
@@ -110,7 +110,7 @@ def accuracy(args) -> dict:
     """Incremental model against a refit from scratch on the same frames and sparse set."""
     from gpal.sparse_gp import SparseGPSolver
 
-    frames = frames_108(args.large + 4 * args.repeats + 1)
+    frames = frames_108(args.large + 3 * args.repeats + 1)
     model = make_model(frames[: args.small], args.n_sparse)
     adds = frames[args.large: args.large + 3]
     model.update(adds[:1], n_sparse=10)
@@ -158,7 +158,7 @@ def main() -> None:
         cmd = [python, __file__, "--json", "--small", str(args.small), "--large", str(args.large),
                "--n-sparse", str(args.n_sparse), "--repeats", str(args.repeats)]
         env = dict(os.environ, PYTHONPATH=path)
-        frames_108(args.large + 4 * args.repeats + 1)  # build the cache once
+        frames_108(args.large + 3 * args.repeats + 1)  # build the cache once
         print(f"timing {path} ...", file=sys.stderr, flush=True)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         other = json.loads(res.stdout.strip().splitlines()[-1])
