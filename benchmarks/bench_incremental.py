@@ -18,6 +18,22 @@ noises, 200 sparse points fitted on the first frames):
 * ``--compare-main PYTHON:PATH`` reruns the timing part with another checkout of gpal
   (e.g. the previous release) in a child process and prints its times beside these.
 
+Measured (2 shared cores, other jobs keeping the load average at 7-12, so single times
+vary by ~2x between runs; median of 2)::
+
+    operation              10 frames  200 frames  ratio   main: 10    200   ratio  main/this
+    label, 10 new sparse     3.40 s     30.9 s     9.1      3.46 s  70.3 s  20.3     2.27
+    sparse refresh, 3        1.65 s     23.4 s    14.2      3.19 s  47.2 s  14.8     2.02
+    label, no new sparse     0.67 s     0.20 s    0.30      0.73 s  0.60 s   0.8     2.96
+    incremental vs refit (M = 223, cond(R) 2.8e9): mean 2.0e-9, SoR variance 7.4e-10,
+    log marginal likelihood 1.4e-12 (max relative differences)
+
+A label without new sparse points costs the same at 10 and 200 frames. With new sparse
+points the stored frames' new kernel columns dominate: they need each frame's descriptor
+derivatives (or one SOAP backward pass per new point), ~0.1 s per 108-atom frame here,
+which no cache within memory avoids (the derivatives of 200 such frames take 5.8 GB);
+the factor update itself (Gram-Schmidt on the whitened rows) takes ~0.05 s.
+
 Run (single-threaded, as the issue's figures)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_incremental.py \\
