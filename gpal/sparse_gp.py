@@ -18,7 +18,11 @@ Solved like GAP and FLARE, by a QR factorisation of the stacked matrix
 
 where ``L_mm`` is the lower Cholesky factor of ``K_mm + jitter * mean(diag K_mm) * I``.
 ``Qᵀb`` is obtained by factorising ``[A | b]`` (Q itself is never formed), and ``R`` is
-normalised to a positive diagonal, which makes it unique.
+normalised to a positive diagonal, which makes it unique. The solver factorises the same
+problem whitened by ``L_mm`` (``A = B L_mmᵀ``, ``B = [Λ^{-1/2} K_nm L_mm⁻ᵀ ; I]``,
+``R = R_w L_mmᵀ``): ``B`` has singular values >= 1, so its factor stays well conditioned
+when ``R``'s condition number reaches 1e9-1e10, and appending sparse points appends
+columns to ``B`` without changing the old ones (see :meth:`SparseGPSolver.add_sparse`).
 
 Predictive variances of any linear functional with kernel row ``a`` (shape (M,)):
 
@@ -155,33 +159,71 @@ def _triangular_qr(stacked: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray,
     return R, Qtb, res2
 
 
+def _triangular_update(Raug: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Upper-triangular factor of ``[Raug ; rows]`` (Raug upper triangular, (p, p)).
+
+    LAPACK ``tpqrt`` (QR of a triangle stacked on a block) costs ~2 n_rows p² flops,
+    without the ~4/3 p³ a general QR of the stacked matrix spends on the triangle.
+    """
+    p = Raug.shape[0]
+    a = np.array(Raug, order="F", copy=True)
+    b = np.array(rows, order="F", copy=True)
+    a, _, _, info = scipy.linalg.lapack.dtpqrt(0, max(1, min(p, 32)), a, b)
+    if info != 0:  # pragma: no cover - LAPACK argument errors only
+        raise np.linalg.LinAlgError(f"tpqrt failed (info={info})")
+    return np.triu(a)
+
+
 # ----------------------------------------------------------------------------- solver
 class SparseGPSolver:
     """Sparse GP (DTC/SoR) solver on kernel blocks, factorised by QR.
 
     The constructor takes no arguments; :meth:`fit` does the work. Observations may be
     appended with :meth:`update` and sparse points with :meth:`add_sparse` without the
-    caller recomputing existing kernel blocks: the solver keeps ``K_nm``, ``y`` and the
-    noise (``n_obs x M`` memory).
+    caller recomputing existing kernel blocks: the solver keeps the whitened rows
+    ``Φ = K_nm L_mm⁻ᵀ``, ``y`` and the noise (``n_obs x M`` memory), unless told not to
+    (:meth:`drop_rows`, :meth:`fit_blocks`).
+
+    Factorisation (whitened by the Cholesky factor of ``K_mm``, as in the module
+    docstring but better conditioned): with ``u = L_mmᵀ alpha`` the least-squares problem
+    is ``min |Λ^{-1/2}(y - Φ u)|² + |u|²``, i.e. the QR factorisation of
+
+        B = [Λ^{-1/2} Φ ; I]  (n_obs + M, M)  ->  B = Q_B R_w,   u = R_w⁻¹ Q_Bᵀ b
+
+    and ``R = R_w L_mmᵀ`` is the (unique, positive-diagonal) factor of the unwhitened
+    stacked matrix ``[Λ^{-1/2} K_nm ; L_mmᵀ]``. The singular values of ``B`` are >= 1, so
+    ``cond(R_w)`` stays moderate where ``cond(R)`` reaches 1e9-1e10 (the jitter
+    direction of ``K_mm``); the column update of :meth:`add_sparse` relies on it, and the
+    old whitened columns do not change when sparse points are appended.
 
     Attributes
     ----------
     alpha_ : ndarray of shape (n_sparse,)
         Weights of the posterior mean, ``mean(s) = K_sm @ alpha_``.
     R_ : ndarray of shape (n_sparse, n_sparse)
-        Upper-triangular factor with positive diagonal, ``R_ᵀ R_ = Σ⁻¹``.
+        Upper-triangular factor with positive diagonal, ``R_ᵀ R_ = Σ⁻¹`` (formed from
+        ``R_w_`` on access, O(n_sparse³), then cached).
+    R_w_ : ndarray of shape (n_sparse, n_sparse)
+        Upper-triangular factor of the whitened stacked matrix, ``R_ = R_w_ L_mm_ᵀ``.
     Qtb_ : ndarray of shape (n_sparse,)
-        ``Qᵀ b`` of the stacked least-squares problem (``alpha_ = R_⁻¹ Qtb_``).
+        ``Qᵀ b`` of the stacked least-squares problem (``alpha_ = R_⁻¹ Qtb_``; the same
+        vector for the whitened problem, ``L_mm_ᵀ alpha_ = R_w_⁻¹ Qtb_``).
+    res2_ : float
+        Squared residual of the stacked least-squares problem,
+        ``|Λ^{-1/2}(y - K_nm alpha)|² + |L_mmᵀ alpha|²``.
     L_mm_ : ndarray of shape (n_sparse, n_sparse)
         Lower Cholesky factor of ``K_mm_ + jitter_value_ * I``.
     K_mm_ : ndarray of shape (n_sparse, n_sparse)
         Sparse kernel matrix as given (without jitter).
-    K_nm_ : ndarray of shape (n_obs, n_sparse)
-        Observation kernel rows.
+    Phi_ : ndarray of shape (n_obs, n_sparse) or None
+        Whitened observation rows ``K_nm L_mm⁻ᵀ`` (None when not kept).
+    K_nm_ : ndarray of shape (n_obs, n_sparse) or None
+        Observation kernel rows, ``Phi_ L_mm_ᵀ`` (formed on access, O(n_obs n_sparse²)).
     y_ : ndarray of shape (n_obs,)
     noise_std_ : ndarray of shape (n_obs,)
     jitter_ : float
         Relative jitter; ``jitter_value_ = jitter_ * mean(diag(K_mm_))`` was added.
+    keep_rows_ : bool
     n_obs_, n_sparse_ : int
 
     Examples
@@ -201,12 +243,97 @@ class SparseGPSolver:
     """
 
     def __init__(self) -> None:
-        pass
+        self._P = None  # whitened-row buffer (capacity_rows, capacity_cols); None: not kept
+        self._y = np.zeros(0)
+        self._s = np.zeros(0)
+        self.keep_rows_ = True
 
     def __repr__(self) -> str:
         if hasattr(self, "alpha_"):
             return f"SparseGPSolver(n_obs={self.n_obs_}, n_sparse={self.n_sparse_})"
         return "SparseGPSolver()"
+
+    # -- stored observations ------------------------------------------------------------
+    # The rows live in a buffer with spare capacity in both directions, so that appending
+    # a frame's rows or a few sparse columns costs O(new entries), not a copy of all rows.
+    @property
+    def Phi_(self) -> np.ndarray | None:
+        if self._P is None:
+            return None
+        return self._P[: len(self._y), : self.K_mm_.shape[0]]
+
+    @property
+    def K_nm_(self) -> np.ndarray | None:
+        """Observation rows ``(n_obs, n_sparse)`` (None if not kept); formed on access."""
+        if self._P is None:
+            return None
+        return self.Phi_ @ self.L_mm_.T
+
+    @property
+    def y_(self) -> np.ndarray:
+        return self._y
+
+    @property
+    def noise_std_(self) -> np.ndarray:
+        return self._s
+
+    @property
+    def R_(self) -> np.ndarray:
+        cache = getattr(self, "_R_cache", None)
+        if cache is None or cache[0] is not self.R_w_ or cache[1] is not self.L_mm_:
+            R = self.R_w_ @ self.L_mm_.T if self.R_w_.size else np.zeros_like(self.R_w_)
+            cache = (self.R_w_, self.L_mm_, np.triu(R))
+            self._R_cache = cache
+        return cache[2]
+
+    def _whiten(self, K: np.ndarray) -> np.ndarray:
+        """``K L_mm⁻ᵀ`` for rows ``K`` (n, M)."""
+        if K.shape[0] == 0 or K.shape[1] == 0:
+            return np.array(K, dtype=np.float64)
+        return scipy.linalg.solve_triangular(
+            self.L_mm_, K.T, lower=True, check_finite=False
+        ).T
+
+    def _set_rows(self, Phi, y, s, keep: bool) -> None:
+        self._y = np.array(y, dtype=np.float64, copy=True)
+        self._s = np.array(s, dtype=np.float64, copy=True)
+        self.keep_rows_ = bool(keep)
+        self._P = np.array(Phi, dtype=np.float64, order="C", copy=True) if keep else None
+
+    def _append_rows(self, P_new: np.ndarray, y_new: np.ndarray, s_new: np.ndarray) -> None:
+        n, k = len(self._y), len(y_new)
+        if self._P is not None:
+            M = self.K_mm_.shape[0]
+            cap_n, cap_m = self._P.shape
+            if n + k > cap_n:
+                grown = np.empty((max(n + k, cap_n + cap_n // 4, 64), cap_m))
+                grown[:n] = self._P[:n]
+                self._P = grown
+            self._P[n: n + k, :M] = P_new
+        self._y = np.concatenate([self._y, y_new])
+        self._s = np.concatenate([self._s, s_new])
+
+    def _append_columns(self, P_cols: np.ndarray) -> None:
+        if self._P is None:
+            return
+        n, M = len(self._y), self.K_mm_.shape[0]
+        k = P_cols.shape[1]
+        cap_n, cap_m = self._P.shape
+        if M + k > cap_m:
+            grown = np.empty((cap_n, max(M + k, M + max(M // 4, 16))))
+            grown[:n, :M] = self._P[:n, :M]
+            self._P = grown
+        self._P[:n, M: M + k] = P_cols
+
+    def drop_rows(self) -> "SparseGPSolver":
+        """Stop keeping the observation rows (frees ``n_obs x n_sparse`` floats).
+
+        Weights, variances and the log marginal likelihood (value) do not need them;
+        :meth:`add_sparse` and the likelihood gradient do (the caller refits instead).
+        """
+        self._P = None
+        self.keep_rows_ = False
+        return self
 
     # -- fitting ---------------------------------------------------------------------
     def fit(
@@ -238,6 +365,23 @@ class SparseGPSolver:
             ``K_mm`` is not positive definite even with the jitter (the message says
             what to try).
         """
+        K_mm = self._check_k_mm(K_mm)
+        M = K_mm.shape[0]
+        K_nm = _matrix(K_nm, "K_nm", M)
+        n = K_nm.shape[0]
+        y = _vector(y, "y", n)
+        s = _noise(noise_std, n)
+        jitter = self._check_jitter(jitter)
+        L, added = _jittered_cholesky(K_mm, jitter)
+        self.jitter_ = jitter
+        self.K_mm_ = np.array(K_mm, copy=True)
+        self.L_mm_, self.jitter_value_ = L, added
+        self._set_rows(self._whiten(K_nm), y, s, keep=True)
+        self._factorize()
+        return self
+
+    @staticmethod
+    def _check_k_mm(K_mm) -> np.ndarray:
         K_mm = _matrix(K_mm, "K_mm")
         M = K_mm.shape[0]
         if K_mm.shape != (M, M):
@@ -245,41 +389,110 @@ class SparseGPSolver:
         scale = max(float(np.max(np.abs(K_mm), initial=0.0)), np.finfo(float).tiny)
         if not np.allclose(K_mm, K_mm.T, rtol=0.0, atol=1e-10 * scale):
             raise ValueError("K_mm must be symmetric")
-        K_nm = _matrix(K_nm, "K_nm", M)
-        n = K_nm.shape[0]
-        y = _vector(y, "y", n)
-        s = _noise(noise_std, n)
+        return K_mm
+
+    @staticmethod
+    def _check_jitter(jitter) -> float:
         jitter = float(jitter)
         if not (jitter >= 0.0 and np.isfinite(jitter)):
             raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
-        self.K_mm_ = np.array(K_mm, copy=True)
-        self.K_nm_ = np.array(K_nm, copy=True)
-        self.y_ = np.array(y, copy=True)
-        self.noise_std_ = np.array(s, copy=True)
+        return jitter
+
+    def fit_blocks(
+        self, K_mm, blocks, *, jitter: float = 1e-10, keep_rows: bool = True
+    ) -> "SparseGPSolver":
+        """Factorise block by block: the stacked matrix is never formed whole.
+
+        Starts from the factor of the prior block (the identity, in whitened
+        coordinates) and folds in each block of observations by a Householder QR update
+        of ``[[R_w, Qᵀb], [0, ρ], [Λ_B^{-1/2} Φ_B, Λ_B^{-1/2} y_B]]`` (LAPACK ``tpqrt``:
+        ~2 n_B n_sparse² flops per block, as a one-shot QR spends per row). Peak
+        memory is that of the largest block plus O(n_sparse²), and the rows are kept only
+        with ``keep_rows``. The result equals :meth:`fit` on the concatenated blocks up
+        to rounding.
+
+        Parameters
+        ----------
+        K_mm : array_like of shape (n_sparse, n_sparse)
+        blocks : iterable of (K_nm_block, y_block, noise_block)
+            Shapes (n_b, n_sparse), (n_b,), (n_b,), in observation order.
+        jitter : float, default 1e-10
+        keep_rows : bool, default True
+            Keep the (whitened) rows, as :meth:`add_sparse` and the likelihood gradient
+            need.
+
+        Returns
+        -------
+        self
+        """
+        K_mm = self._check_k_mm(K_mm)
+        M = K_mm.shape[0]
+        jitter = self._check_jitter(jitter)
+        L, added = _jittered_cholesky(K_mm, jitter)
         self.jitter_ = jitter
-        self._factorize()
+        self.K_mm_ = np.array(K_mm, copy=True)
+        self.L_mm_, self.jitter_value_ = L, added
+        self._set_rows(np.empty((64, M)), np.zeros(0), np.zeros(0), keep=keep_rows)
+        self.R_w_ = np.eye(M)
+        self.Qtb_ = np.zeros(M)
+        self.res2_ = 0.0
+        for K_b, y_b, s_b in blocks:
+            self._fold_rows(K_b, y_b, s_b)
+        self._set_alpha()
         return self
 
-    def _factorize(self) -> None:
-        """Cholesky of K_mm and QR of the stacked matrix from the stored blocks."""
+    def _fold_rows(self, K_new, y_new, noise_new) -> None:
+        """QR update of the factor with new rows; appends them to the stored data."""
         M = self.K_mm_.shape[0]
-        n = self.K_nm_.shape[0]
-        self.L_mm_, self.jitter_value_ = _jittered_cholesky(self.K_mm_, self.jitter_)
+        K_new = _matrix(K_new, "K_nm_new", M)
+        k = K_new.shape[0]
+        y_new = _vector(y_new, "y_new", k)
+        s_new = _noise(noise_new, k)
+        if k == 0:
+            return
+        P_new = self._whiten(K_new)
+        Raug = np.zeros((M + 1, M + 1))
+        Raug[:M, :M] = self.R_w_
+        Raug[:M, M] = self.Qtb_
+        Raug[M, M] = np.sqrt(max(self.res2_, 0.0))
+        block = np.empty((k, M + 1))
+        block[:, :M] = P_new / s_new[:, None]
+        block[:, M] = y_new / s_new
+        Raug = _triangular_update(Raug, block)
+        _positive_diagonal(Raug, M)
+        self.R_w_ = np.ascontiguousarray(Raug[:M, :M])
+        self.Qtb_ = np.array(Raug[:M, M])
+        self.res2_ = float(Raug[M, M] ** 2)
+        self._append_rows(P_new, y_new, s_new)
+
+    def _factorize(self) -> None:
+        """QR of the whitened stacked matrix ``[Λ^{-1/2}Φ | Λ^{-1/2}y ; I | 0]``."""
+        M = self.K_mm_.shape[0]
+        P = self.Phi_
+        n = P.shape[0]
         stacked = np.zeros((n + M, M + 1))
-        stacked[:n, :M] = self.K_nm_ / self.noise_std_[:, None]  # Λ^{-1/2} K_nm  [n, M]
+        stacked[:n, :M] = P / self.noise_std_[:, None]  # Λ^{-1/2} Φ  [n, M]
         stacked[:n, M] = self.y_ / self.noise_std_  # Λ^{-1/2} y  [n]
-        stacked[n:, :M] = self.L_mm_.T  # U_mm = L_mmᵀ  [M, M]
-        self.R_, self.Qtb_, _ = _triangular_qr(stacked, M)
+        stacked[n:, :M] = np.eye(M)  # prior rows in whitened coordinates
+        self.R_w_, self.Qtb_, self.res2_ = _triangular_qr(stacked, M)
         self._set_alpha()
 
     def _set_alpha(self) -> None:
-        M = self.R_.shape[0]
-        self.alpha_ = (
-            scipy.linalg.solve_triangular(self.R_, self.Qtb_, check_finite=False)
-            if M
-            else np.zeros(0)
-        )
-        self.n_obs_, self.n_sparse_ = self.K_nm_.shape
+        M = self.R_w_.shape[0]
+        if M:
+            u = scipy.linalg.solve_triangular(self.R_w_, self.Qtb_, check_finite=False)
+            self.alpha_ = scipy.linalg.solve_triangular(
+                self.L_mm_, u, trans="T", lower=True, check_finite=False
+            )
+        else:
+            self.alpha_ = np.zeros(0)
+        self.n_obs_, self.n_sparse_ = len(self._y), M
+
+    def _residual2(self) -> float:
+        """``|Λ^{-1/2}(y - K_nm alpha)|² + |L_mmᵀ alpha|²`` from the stored rows."""
+        u = self.L_mm_.T @ self.alpha_
+        resid = (self.y_ - self.Phi_ @ u) / self.noise_std_
+        return float(resid @ resid + u @ u)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "alpha_"):
@@ -291,9 +504,12 @@ class SparseGPSolver:
     def update(self, K_nm_new, y_new, noise_new) -> "SparseGPSolver":
         """Append observations by a QR update of the existing factor.
 
-        Factorises ``[[R, Qᵀb], [Λ_new^{-1/2} K_nm_new, Λ_new^{-1/2} y_new]]`` (size
-        (n_sparse + n_new) x (n_sparse + 1)); existing kernel blocks are neither needed
-        nor recomputed. The result equals a refit on all observations (up to rounding).
+        Factorises ``[[R_w, Qᵀb], [0, ρ], [Λ_new^{-1/2} Φ_new, Λ_new^{-1/2} y_new]]``
+        (size (n_sparse + 1 + n_new) x (n_sparse + 1), ρ the residual norm, Φ_new the
+        whitened new rows); existing kernel blocks are neither needed nor recomputed, and
+        the cost, O((n_sparse + n_new) n_sparse²), does not depend on the number of
+        stored observations. The result equals a refit on all observations (up to
+        rounding).
 
         Parameters
         ----------
@@ -306,22 +522,7 @@ class SparseGPSolver:
         self
         """
         self._check_fitted()
-        M = self.n_sparse_
-        K_new = _matrix(K_nm_new, "K_nm_new", M)
-        k = K_new.shape[0]
-        y_new = _vector(y_new, "y_new", k)
-        s_new = _noise(noise_new, k)
-        if k == 0:
-            return self
-        stacked = np.empty((M + k, M + 1))
-        stacked[:M, :M] = self.R_
-        stacked[:M, M] = self.Qtb_
-        stacked[M:, :M] = K_new / s_new[:, None]
-        stacked[M:, M] = y_new / s_new
-        self.R_, self.Qtb_, _ = _triangular_qr(stacked, M)
-        self.K_nm_ = np.concatenate([self.K_nm_, K_new])
-        self.y_ = np.concatenate([self.y_, y_new])
-        self.noise_std_ = np.concatenate([self.noise_std_, s_new])
+        self._fold_rows(K_nm_new, y_new, noise_new)
         self._set_alpha()
         return self
 
@@ -332,8 +533,19 @@ class SparseGPSolver:
         ``n_sparse x n_sparse`` block must equal ``K_mm_``; pass e.g.
         ``np.block([[solver.K_mm_, K_old_new], [K_old_new.T, K_new_new]])``) and the
         kernel columns of the *existing* observations against the new sparse points.
-        The solver appends the columns to its stored ``K_nm_`` and refactorises
-        (O(n_obs n_sparse²) flops, no kernel evaluations). New sparse points go last.
+        New sparse points go last.
+
+        The factor grows by its last ``k`` columns only: O(n_obs n_sparse k) flops
+        instead of a new QR's O(n_obs n_sparse²). The Cholesky factor of ``K_mm`` grows
+        by ``L₂₁ = K₂₁ L₁₁⁻ᵀ``, ``L₂₂ = chol(K₂₂ + jitter - L₂₁L₂₁ᵀ)``; the old whitened
+        columns stay as they are and the new ones are ``Φ_C = (C - Φ L₂₁ᵀ) L₂₂⁻ᵀ``. The
+        new columns of the whitened stacked matrix ``B`` (``[Λ^{-1/2}Φ_C ; 0 ; I]``) are
+        orthogonalised twice against ``Q_B = B R_w⁻¹`` (classical Gram-Schmidt with
+        re-orthogonalisation, accurate because ``B`` is well conditioned), giving
+        ``R₁₂``; the QR of what remains next to the old residual vector gives ``R₂₂``,
+        the new entries of ``Qᵀb`` and the new residual. When the relative jitter's
+        value moves (the mean of ``diag(K_mm)`` changed beyond round-off) the whole
+        factorisation is recomputed.
 
         Parameters
         ----------
@@ -345,8 +557,20 @@ class SparseGPSolver:
         Returns
         -------
         self
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            The enlarged ``K_mm`` is not positive definite (the solver is unchanged).
+        ValueError
+            The rows are not kept (:meth:`drop_rows`): refit instead.
         """
         self._check_fitted()
+        if self._P is None:
+            raise ValueError(
+                "this solver does not keep its observation rows (drop_rows): adding "
+                "sparse points needs a refit with all rows"
+            )
         K_mm = _matrix(K_mm, "K_mm")
         M_old = self.n_sparse_
         M = K_mm.shape[0]
@@ -373,15 +597,125 @@ class SparseGPSolver:
             raise ValueError("K_mm must be symmetric")
         if k == 0:
             return self
-        old = (self.K_mm_, self.K_nm_)
-        self.K_mm_ = np.array(K_mm, copy=True)
-        self.K_nm_ = np.concatenate([self.K_nm_, cols], axis=1)
+        K_mm = np.array(K_mm, copy=True)
+        K_mm[:M_old, :M_old] = self.K_mm_  # exactly the stored block
+        if self._extend_columns(K_mm, cols):
+            return self
+        # full refactorisation from the raw rows
+        L, added = _jittered_cholesky(K_mm, self.jitter_)  # raises, solver unchanged
+        K_all = np.concatenate([self.K_nm_, cols], axis=1)
+        self.K_mm_, self.L_mm_, self.jitter_value_ = K_mm, L, added
+        self._set_rows(self._whiten(K_all), self._y, self._s, keep=True)
+        self._factorize()
+        return self
+
+    def _extend_columns(self, K_mm, cols) -> bool:
+        """Grow the factors by the new columns; False when a full refactor is needed."""
+        M_old, M = self.n_sparse_, K_mm.shape[0]
+        k = M - M_old
+        new = slice(M_old, M)
+        jitter_value = self.jitter_ * float(np.mean(np.diag(K_mm)))
+        if abs(jitter_value - self.jitter_value_) > 1e-12 * max(abs(jitter_value), 1e-300):
+            return False  # the jitter on the old block changed: refactor from scratch
+        # Cholesky factor of K_mm: L21 = K21 L11⁻ᵀ, L22 = chol(K22 + j - L21 L21ᵀ)
+        # (what a blocked Cholesky of the whole matrix computes)
+        L11 = self.L_mm_
+        L21 = self._whiten(K_mm[new, :M_old])  # [k, M_old]
         try:
-            self._factorize()
-        except NotPositiveDefiniteError:
-            self.K_mm_, self.K_nm_ = old
-            self._factorize()
-            raise
+            L22 = scipy.linalg.cholesky(
+                K_mm[new, new] + self.jitter_value_ * np.eye(k) - L21 @ L21.T,
+                lower=True, check_finite=False,
+            )
+        except np.linalg.LinAlgError:
+            _jittered_cholesky(K_mm, self.jitter_)  # raises the descriptive error
+            return False
+        n = self.n_obs_
+        s = self.noise_std_
+        P_old = self.Phi_  # [n, M_old]
+        # new whitened columns Φ_C = (C - Φ L21ᵀ) L22⁻ᵀ
+        P_cols = scipy.linalg.solve_triangular(
+            L22, (cols - P_old @ L21.T).T, lower=True, check_finite=False
+        ).T  # [n, k]
+        # new columns of B: [Λ^{-1/2}Φ_C ; 0 (old prior rows) ; I (new prior rows)]
+        E_top = P_cols / s[:, None]
+        E_mid = np.zeros((M_old, k))
+        R12 = np.zeros((M_old, k))
+        for _ in range(2):  # CGS2 against Q_B = B R_w⁻¹: d = R_w⁻ᵀ Bᵀ E
+            BtE = P_old.T @ (E_top / s[:, None]) + E_mid
+            d = scipy.linalg.solve_triangular(
+                self.R_w_, BtE, trans="T", lower=False, check_finite=False
+            )
+            X = scipy.linalg.solve_triangular(self.R_w_, d, lower=False, check_finite=False)
+            R12 += d
+            E_top -= (P_old @ X) / s[:, None]
+            E_mid -= X
+        # old residual r = b - B u = [Λ^{-1/2}(y - Φ u) ; -u ; 0]
+        u = scipy.linalg.solve_triangular(self.R_w_, self.Qtb_, check_finite=False)
+        stacked = np.zeros((n + M_old + k, k + 1))
+        stacked[:n, :k] = E_top
+        stacked[n: n + M_old, :k] = E_mid
+        stacked[n + M_old:, :k] = np.eye(k)
+        stacked[:n, k] = (self.y_ - P_old @ u) / s
+        stacked[n: n + M_old, k] = -u
+        R22, q2, res2 = _triangular_qr(stacked, k)
+        if not (np.all(np.diag(R22) > 0.0) and np.all(np.isfinite(R22))):
+            return False
+        # commit
+        L = np.zeros((M, M))
+        L[:M_old, :M_old] = L11
+        L[new, :M_old] = L21
+        L[new, new] = L22
+        R = np.zeros((M, M))
+        R[:M_old, :M_old] = self.R_w_
+        R[:M_old, new] = R12
+        R[new, new] = R22
+        self._append_columns(P_cols)
+        self.K_mm_ = K_mm
+        self.L_mm_ = L
+        self.R_w_ = R
+        self.Qtb_ = np.concatenate([self.Qtb_, q2])
+        self.res2_ = float(res2)
+        self._set_alpha()
+        return True
+
+    # -- persistence -------------------------------------------------------------------
+    def _to_arrays(self) -> dict:
+        """The fitted state as plain arrays (for a model file; no pickle)."""
+        self._check_fitted()
+        M = self.n_sparse_
+        return {
+            "K_mm": self.K_mm_, "L_mm": self.L_mm_, "R_w": self.R_w_, "Qtb": self.Qtb_,
+            "y": self.y_, "noise_std": self.noise_std_, "res2": np.array(self.res2_),
+            "Phi": self.Phi_ if self._P is not None else np.zeros((0, M)),
+        }
+
+    @classmethod
+    def _from_arrays(cls, arrays: dict, jitter: float) -> "SparseGPSolver":
+        """Inverse of :meth:`_to_arrays`; also reads the earlier layout (``K_nm``, ``R``)."""
+        self = cls()
+        self.jitter_ = float(jitter)
+        self.K_mm_ = np.asarray(arrays["K_mm"], dtype=np.float64)
+        self.L_mm_ = np.asarray(arrays["L_mm"], dtype=np.float64)
+        M = self.K_mm_.shape[0]
+        self.jitter_value_ = self.jitter_ * float(np.mean(np.diag(self.K_mm_))) if M else 0.0
+        y, s = arrays["y"], arrays["noise_std"]
+        if "R_w" in arrays:
+            Phi = np.asarray(arrays["Phi"], dtype=np.float64)
+            self.R_w_ = np.asarray(arrays["R_w"], dtype=np.float64)
+        else:  # earlier files: raw rows and the unwhitened factor R = R_w L_mmᵀ
+            Phi = self._whiten(np.asarray(arrays["K_nm"], dtype=np.float64))
+            R = np.asarray(arrays["R"], dtype=np.float64)
+            self.R_w_ = np.triu(self._whiten(R)) if M else R
+        keep = Phi.shape[0] == len(y)
+        self._set_rows(Phi if keep else np.zeros((0, M)), y, s, keep=keep)
+        self.Qtb_ = np.asarray(arrays["Qtb"], dtype=np.float64)
+        self._set_alpha()
+        if "res2" in arrays:
+            self.res2_ = float(arrays["res2"])
+        elif keep:
+            self.res2_ = self._residual2()
+        else:
+            self.res2_ = float("nan")
         return self
 
     # -- prediction --------------------------------------------------------------------
@@ -400,9 +734,15 @@ class SparseGPSolver:
         return _matrix(K_sm, "K_sm", self.n_sparse_) @ self.alpha_
 
     def _sor_factor(self, A) -> np.ndarray:
-        """``R⁻ᵀ Aᵀ``  [M, s]."""
+        """``R⁻ᵀ Aᵀ = R_w⁻ᵀ L_mm⁻¹ Aᵀ``  [M, s]."""
         return scipy.linalg.solve_triangular(
-            self.R_, A.T, trans="T", lower=False, check_finite=False
+            self.R_w_, self._nystrom_factor(A), trans="T", lower=False, check_finite=False
+        )
+
+    def _sor_factor_whitened(self, P) -> np.ndarray:
+        """``R_w⁻ᵀ Pᵀ`` for whitened rows ``P``  [M, s]."""
+        return scipy.linalg.solve_triangular(
+            self.R_w_, P.T, trans="T", lower=False, check_finite=False
         )
 
     def _nystrom_factor(self, A) -> np.ndarray:
@@ -590,16 +930,21 @@ class SparseGPSolver:
             variance (if requested), then the kernel hyperparameters.
         """
         self._check_fitted()
-        n, M = self.K_nm_.shape
+        n, M = self.n_obs_, self.n_sparse_
         s = self.noise_std_
-        resid = (self.y_ - self.K_nm_ @ self.alpha_) / s  # Λ^{-1/2}(y - K_nm α)  [n]
-        Ua = self.L_mm_.T @ self.alpha_  # [M]
-        quad = float(resid @ resid + Ua @ Ua)
-        logdet = (
-            2.0 * np.sum(np.log(s))
-            + 2.0 * np.sum(np.log(np.abs(np.diag(self.R_))))
-            - 2.0 * np.sum(np.log(np.diag(self.L_mm_)))
-        )
+        if self._P is not None:
+            u = self.L_mm_.T @ self.alpha_  # [M]
+            resid = (self.y_ - self.Phi_ @ u) / s  # Λ^{-1/2}(y - K_nm α)  [n]
+            quad = float(resid @ resid + u @ u)
+        else:  # the least-squares residual of the factorisation (same quantity)
+            if eval_gradient:
+                raise ValueError(
+                    "the likelihood gradient needs the observation rows, which this "
+                    "solver does not keep (drop_rows)"
+                )
+            quad = float(self.res2_)
+        # log|R| - log|L_mm| = log|R_w|
+        logdet = 2.0 * np.sum(np.log(s)) + 2.0 * np.sum(np.log(np.abs(np.diag(self.R_w_))))
         lml = -0.5 * quad - 0.5 * float(logdet) - 0.5 * n * _LOG_2PI
         if not eval_gradient:
             return lml
@@ -639,7 +984,8 @@ class SparseGPSolver:
                 )
 
         beta = resid / s  # Λ⁻¹(y - K_nm α)  [n]
-        Y = self._sor_factor(self.K_nm_)  # R⁻ᵀ K_mn  [M, n]
+        K_nm = self.K_nm_
+        Y = self._sor_factor_whitened(self.Phi_)  # R⁻ᵀ K_mn = R_w⁻ᵀ Φᵀ  [M, n]
         v = np.einsum("mn,mn->n", Y, Y)  # diag(K_nm Σ K_mn)  [n]
         g_noise = np.bincount(
             groups, weights=s**2 * beta**2 - 1.0 + v / s**2, minlength=n_groups
@@ -657,7 +1003,7 @@ class SparseGPSolver:
             mean_diag_scale = self.jitter_ / M if M else 0.0
             if signal_variance_gradient:  # dK = K for both blocks; jitter scales too
                 K_mm_j = self.K_mm_ + self.jitter_value_ * I
-                g_sv = np.sum(W_nm * self.K_nm_) + np.sum(W_mm * K_mm_j)
+                g_sv = np.sum(W_nm * K_nm) + np.sum(W_mm * K_mm_j)
                 parts.append(np.array([g_sv]))
             if has_kernel:
                 g = np.tensordot(W_nm, dK_nm, axes=([0, 1], [0, 1]))

@@ -1,0 +1,192 @@
+"""Fit memory benchmark: a two-species fit with 2,000 sparse points within a memory budget.
+
+Data: random fcc Cu(0.75)Au(0.25) alloys of 108 atoms (Vegard lattice constant, a new
+decoration per trajectory), EMT Langevin MD at 300, 600, 900 and 1200 K (4 fs steps,
+ten frames per trajectory, one every 10 steps after 40 steps of equilibration);
+held-out frames from other trajectories. Model: gpal's default SOAP (n_max 8, l_max 6, r_cut 5 Å; 952 features for
+two species), ``NormalizedDotProduct(zeta=4)``, fixed noises (0.002 eV/atom, 0.05 eV/Å,
+0.005 eV/Å^3), FPS sparse points, ``hyperparameters="fixed"``.
+
+Each fit runs in a fresh child process (``--child``) after a small warm-up fit, and
+reports its wall time, its whole peak RSS (``VmHWM``: interpreter, numpy, numba and ASE
+included) and the rise of the peak over the fit, and the held-out force RMSE. The
+stacked rows a one-shot fit holds (``n_obs x n_sparse`` floats, at least twice: the rows
+and the stacked copy QR factorises) are printed beside them. ``--compare-main
+PYTHON:PATH`` fits the same data with another checkout (e.g. the previous release,
+which always forms the whole stacked matrix) in its own child.
+
+Measured (2 shared cores, load average 3-7; ``--frames 40 80 --budget-gb 0.25``; main =
+the release before the memory budget, which forms the whole stacked matrix)::
+
+    frames  n_obs  rows GB  time s  peak GB  F RMSE   main: time s  peak GB   peak ratio
+        40  13240    0.21      64     1.10   0.0074            70     1.61         1.47
+        80  26480    0.42     137     1.13   0.0065           124     2.93         2.60
+
+The budgeted peak does not grow with the data; the one-shot peak grows by ~6 bytes per
+byte of rows (rows, their whitened/stacked copies, QR workspace). Extrapolated to the
+issue's 1,000 frames (331k observations, 5.3 GB of rows): the one-shot fit would need
+~33 GB; the budgeted fit ~2 GB (the 1.1 GB above plus the descriptors of all frames that
+the sparse selection reads, 0.8 GB), in ~1,700 s on one core (1.7 s per frame, dominated
+by the 2,000-column kernel rows of each frame).
+
+Run::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_fit_memory.py --frames 200 400 \\
+        --budget-gb 3 --compare-main /work/venv/bin/python:/work/main
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_fit_memory.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def alloy_frames(n: int, seed: int) -> list:
+    """``n`` labelled 108-atom Cu/Au frames from EMT MD at 300-1200 K (cached extxyz)."""
+    from ase.io import read, write
+
+    sys.path.insert(0, str(HERE))
+    import _data
+
+    path = _data.CACHE_DIR / f"fit_memory_CuAu_{n}_{seed}.extxyz"
+    if path.exists():
+        return read(path, ":")
+    temps = (300.0, 600.0, 900.0, 1200.0)
+    frames = []
+    per_traj = 10  # many short trajectories: every subset mixes temperatures
+    k = 0
+    while len(frames) < n:
+        t = temps[k % len(temps)]
+        rng = np.random.default_rng(seed * 1000 + k)
+        cell = _data._strained(_data.random_alloy(3, 0.25, rng), rng, 0.01)
+        frames += _data._trajectory(cell, t, min(per_traj, n - len(frames)), seed * 1000 + k + 7,
+                                    interval=10, equilibration=40, timestep_fs=4.0,
+                                    friction_per_fs=0.02)
+        k += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, frames)
+    return read(path, ":")
+
+
+def _vm_hwm() -> float:
+    """Peak resident set size of this process (GB), from /proc/self/status."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+def child(args) -> dict:
+    from gpal import SparseGP
+    from gpal.kernels import NormalizedDotProduct
+    from gpal.potential import default_descriptor
+
+    train = alloy_frames(args.frames[0], seed=1)
+    test = alloy_frames(args.n_test, seed=2)
+
+    def model(n_sparse, budget):
+        kw = dict(hyperparameters="fixed", energy_noise=0.002, force_noise=0.05,
+                  stress_noise=0.005, n_sparse=n_sparse)
+        if budget is not None:
+            kw["memory_budget_gb"] = budget
+        return SparseGP(default_descriptor(train), NormalizedDotProduct(zeta=4), **kw)
+
+    model(50, None).fit(train[:3])  # warm-up: numba compilation / cache, BLAS
+    before = _vm_hwm()
+    t0 = time.perf_counter()
+    m = model(args.n_sparse, args.budget_gb).fit(train)
+    elapsed = time.perf_counter() - t0
+    peak = _vm_hwm()
+    err = np.concatenate([(m.predict(a)["forces"] - a.get_forces()).ravel() for a in test])
+    sol = m.solver_
+    return {
+        "time_s": elapsed, "peak_gb": peak, "rise_gb": peak - before,
+        "force_rmse": float(np.sqrt(np.mean(err**2))),
+        "n_obs": int(sol.n_obs_), "n_sparse": int(sol.n_sparse_),
+        "rows_kept": bool(getattr(sol, "keep_rows_", True)),
+    }
+
+
+def run_child(python: str, path: str | None, n: int, args) -> dict:
+    cmd = [python, __file__, "--child", "--frames", str(n), "--n-sparse", str(args.n_sparse),
+           "--n-test", str(args.n_test)]
+    if args.budget_gb is not None and path is None:
+        cmd += ["--budget-gb", str(args.budget_gb)]
+    env = dict(os.environ)
+    if path is not None:
+        env["PYTHONPATH"] = path
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--frames", type=int, nargs="+", default=[200, 400])
+    p.add_argument("--n-sparse", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=20)
+    p.add_argument("--budget-gb", type=float, default=None,
+                   help="SparseGP(memory_budget_gb=...); default: gpal's default")
+    p.add_argument("--compare-main", default=None, metavar="PYTHON:PATH")
+    p.add_argument("--quick", action="store_true", help="20 and 40 frames, 300 sparse points")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    if args.quick:
+        args.frames, args.n_sparse, args.n_test = [20, 40], 300, 5
+    for n in args.frames:  # build the data once, outside the timed children
+        alloy_frames(n, seed=1)
+    alloy_frames(args.n_test, seed=2)
+    rows = []
+    for n in args.frames:
+        print(f"fitting {n} frames ...", file=sys.stderr, flush=True)
+        mine = run_child(sys.executable, None, n, args)
+        other = None
+        if args.compare_main:
+            python, path = args.compare_main.split(":", 1)
+            other = run_child(python, path, n, args)
+        rows.append((n, mine, other))
+    budget = "default" if args.budget_gb is None else f"{args.budget_gb:g} GB"
+    print(f"\nCu/Au 108-atom frames, {args.n_sparse} sparse points, one thread; memory budget "
+          f"{budget}; held-out force RMSE on {args.n_test} frames")
+    hdr = (f"{'frames':>7}{'n_obs':>9}{'rows GB':>9}{'time s':>9}{'peak GB':>9}{'rise GB':>9}"
+           f"{'F RMSE':>9}{'kept':>6}")
+    if args.compare_main:
+        hdr += f"{'main time':>11}{'main peak':>11}{'main rise':>11}{'peak ratio':>12}"
+    print(hdr)
+    for n, mine, other in rows:
+        if "error" in mine:
+            print(f"{n:>7}  failed: {mine['error']}")
+            continue
+        rows_gb = 8 * mine["n_obs"] * mine["n_sparse"] / 1e9
+        line = (f"{n:>7}{mine['n_obs']:>9}{rows_gb:>9.2f}{mine['time_s']:>9.0f}"
+                f"{mine['peak_gb']:>9.2f}{mine['rise_gb']:>9.2f}{mine['force_rmse']:>9.4f}"
+                f"{'yes' if mine['rows_kept'] else 'no':>6}")
+        if other is not None:
+            if "error" in other:
+                line += f"  main failed: {other['error']}"
+            else:
+                line += (f"{other['time_s']:>11.0f}{other['peak_gb']:>11.2f}"
+                         f"{other['rise_gb']:>11.2f}{other['peak_gb'] / mine['peak_gb']:>12.2f}")
+        print(line)
+    print("rows GB: n_obs x n_sparse float64, what a one-shot fit holds at least twice")
+
+
+if __name__ == "__main__":
+    main()

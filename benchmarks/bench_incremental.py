@@ -1,0 +1,207 @@
+"""Incremental learning benchmark: the cost of one label against the size of the model.
+
+What it measures (108-atom fcc Cu cells from EMT Langevin MD at 300-1200 K; gpal's
+default SOAP, n_max 8, l_max 6, r_cut 5 Å; ``NormalizedDotProduct(zeta=4)``, fixed
+noises, 200 sparse points fitted on the first frames):
+
+* ``update([frame], n_sparse=10)``: one new labelled 108-atom frame that also brings 10
+  new sparse environments (what :class:`gpal.ActiveLearner` does per label), on a model
+  holding ``--small`` (10) and ``--large`` (200) frames; the median of ``--repeats``
+  additions, each on a fresh copy of the model that first took one untimed label (the
+  learner's steady state: a fit leaves no spare room in the row buffer, which then
+  grows geometrically). The ratio large/small is the issue's target (<= 1.5);
+* ``add_sparse_environments(frame, 3)``: the learner's sparse refresh (no label);
+* ``update([frame], n_sparse=0)``: a label without new sparse points;
+* accuracy: after the additions to the small model, predictions (mean, SoR variance of
+  a test frame's local energies) and the log marginal likelihood against a solver
+  refitted from scratch on the same frames and sparse set, relative differences;
+* ``--compare-main PYTHON:PATH`` reruns the timing part with another checkout of gpal
+  (e.g. the previous release) in a child process and prints its times beside these.
+
+Measured (2 shared cores, other jobs keeping the load average at 7-12, so single times
+vary by ~2x between runs; median of 2)::
+
+    operation              10 frames  200 frames  ratio   main: 10    200   ratio  main/this
+    label, 10 new sparse     3.40 s     30.9 s     9.1      3.46 s  70.3 s  20.3     2.27
+    sparse refresh, 3        1.65 s     23.4 s    14.2      3.19 s  47.2 s  14.8     2.02
+    label, no new sparse     0.67 s     0.20 s    0.30      0.73 s  0.60 s   0.8     2.96
+    incremental vs refit (M = 223, cond(R) 2.8e9): mean 2.0e-9, SoR variance 7.4e-10,
+    log marginal likelihood 1.4e-12 (max relative differences)
+
+A label without new sparse points costs the same at 10 and 200 frames. With new sparse
+points the stored frames' new kernel columns dominate: they need each frame's descriptor
+derivatives (or one SOAP backward pass per new point), ~0.1 s per 108-atom frame here,
+which no cache within memory avoids (the derivatives of 200 such frames take 5.8 GB);
+the factor update itself (Gram-Schmidt on the whitened rows) takes ~0.05 s.
+
+Run (single-threaded, as the issue's figures)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_incremental.py \\
+        --compare-main /work/venv/bin/python:/work/main
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_incremental.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def frames_108(n: int, seed: int = 0, symbol: str = "Cu") -> list:
+    """``n`` labelled 108-atom fcc frames from EMT Langevin MD at 300-1200 K (cached)."""
+    from ase.io import read, write
+
+    sys.path.insert(0, str(HERE))
+    import _data
+
+    temps = (300.0, 600.0, 900.0, 1200.0)
+    path = _data.CACHE_DIR / f"incremental_{symbol}_{n}_{seed}.extxyz"
+    if path.exists():
+        return read(path, ":")
+    frames = []
+    for t_index, (t, count) in enumerate(zip(temps, _data._split(n, len(temps)))):
+        rng = np.random.default_rng(seed * 100 + t_index)
+        cell = _data._strained(_data.fcc_cell(_data.A_CU, 3, symbol), rng, 0.01)
+        frames += _data._trajectory(cell, t, count, seed * 100 + t_index + 7, interval=10,
+                                    equilibration=40, timestep_fs=4.0, friction_per_fs=0.02)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, frames)
+    return read(path, ":")
+
+
+def make_model(frames, n_sparse):
+    from gpal import SparseGP
+    from gpal.kernels import NormalizedDotProduct
+    from gpal.potential import default_descriptor
+
+    model = SparseGP(default_descriptor(frames), NormalizedDotProduct(zeta=4), n_sparse=n_sparse,
+                     hyperparameters="fixed", energy_noise=0.002, force_noise=0.05,
+                     stress_noise=0.005)
+    return model.fit(frames)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def timings(args) -> dict:
+    """Median seconds per operation for the small and the large model."""
+    frames = frames_108(args.large + 3 * args.repeats + 1)
+    base, extra = frames[: args.large], frames[args.large:]
+    out = {}
+    for name, n in (("small", args.small), ("large", args.large)):
+        t0 = time.perf_counter()
+        model = make_model(base[:n], args.n_sparse)
+        out[f"fit_{name}"] = time.perf_counter() - t0
+        for op, fn in (
+            ("label+10", lambda m, a: m.update([a], n_sparse=10)),
+            ("refresh3", lambda m, a: m.add_sparse_environments(a, 3)),
+            ("label+0", lambda m, a: m.update([a], n_sparse=0)),
+        ):
+            ts = []
+            for r in range(args.repeats):
+                m = copy.deepcopy(model)
+                m.update([extra[-1 - r]], n_sparse=0)  # untimed: the learner's steady state
+                a = extra[r]
+                ts.append(timed(lambda: fn(m, a)))
+            out[f"{op}_{name}"] = float(np.median(ts))
+        print(f"  [{name}: {n} frames done]", file=sys.stderr, flush=True)
+    return out
+
+
+def accuracy(args) -> dict:
+    """Incremental model against a refit from scratch on the same frames and sparse set."""
+    from gpal.sparse_gp import SparseGPSolver
+
+    frames = frames_108(args.large + 3 * args.repeats + 1)
+    model = make_model(frames[: args.small], args.n_sparse)
+    adds = frames[args.large: args.large + 3]
+    model.update(adds[:1], n_sparse=10)
+    model.add_sparse_environments(adds[1], 3)
+    model.update(adds[1:], n_sparse=10)
+    Z, zsp = model.sparse_X_, model.sparse_species_
+    ref = SparseGPSolver().fit(model._k_mm(Z, zsp), model._stacked_rows(model.frames_, Z, zsp),
+                               model.solver_.y_, model.solver_.noise_std_, jitter=model.jitter)
+    test = frames[-1]
+    X = model.descriptor_.create(test)
+    K = model._k_xm(X, test.numbers, Z, zsp)
+    mean_new, mean_ref = K @ model.alpha_, K @ ref.alpha_
+    var_new, var_ref = model.solver_.var_sor(K), ref.var_sor(K)
+    lml_new = model.solver_.log_marginal_likelihood()
+    lml_ref = ref.log_marginal_likelihood()
+    return {
+        "mean_rel": float(np.max(np.abs(mean_new - mean_ref)) / np.max(np.abs(mean_ref))),
+        "var_rel": float(np.max(np.abs(var_new - var_ref)) / np.max(np.abs(var_ref))),
+        "lml_rel": float(abs(lml_new - lml_ref) / abs(lml_ref)),
+        "cond_R": float(np.linalg.cond(ref.R_)),
+        "n_sparse": int(len(Z)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", type=int, default=10)
+    p.add_argument("--large", type=int, default=200)
+    p.add_argument("--n-sparse", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="small=4, large=20, 1 repeat")
+    p.add_argument("--compare-main", default=None, metavar="PYTHON:PATH",
+                   help="interpreter and gpal checkout to time the same operations with")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.small, args.large, args.repeats = 4, 20, 1
+    warnings.simplefilter("ignore")
+    if args.json:  # child mode: timings only
+        print(json.dumps(timings(args)))
+        return
+    other = None
+    if args.compare_main:
+        python, path = args.compare_main.split(":", 1)
+        cmd = [python, __file__, "--json", "--small", str(args.small), "--large", str(args.large),
+               "--n-sparse", str(args.n_sparse), "--repeats", str(args.repeats)]
+        env = dict(os.environ, PYTHONPATH=path)
+        frames_108(args.large + 3 * args.repeats + 1)  # build the cache once
+        print(f"timing {path} ...", file=sys.stderr, flush=True)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        other = json.loads(res.stdout.strip().splitlines()[-1])
+    print("timing this checkout ...", file=sys.stderr, flush=True)
+    mine = timings(args)
+    acc = accuracy(args)
+    print(f"\n108-atom Cu, {args.n_sparse} sparse points, one thread; median of "
+          f"{args.repeats}; seconds")
+    hdr = f"{'operation':<22}{'small':>10}{'large':>10}{'large/small':>13}"
+    if other:
+        hdr += f"{'main small':>12}{'main large':>12}{'main l/s':>10}{'main/this (large)':>19}"
+    print(hdr)
+    for op, label in (("label+10", "label, 10 new sparse"), ("refresh3", "sparse refresh, 3"),
+                      ("label+0", "label, no new sparse"), ("fit", "fit")):
+        key = (lambda name: f"{op}_{name}") if op != "fit" else (lambda name: f"fit_{name}")
+        s, L = mine[key("small")], mine[key("large")]
+        row = f"{label:<22}{s:>10.3f}{L:>10.3f}{L / s:>13.2f}"
+        if other:
+            os_, oL = other[key("small")], other[key("large")]
+            row += f"{os_:>12.3f}{oL:>12.3f}{oL / os_:>10.2f}{oL / L:>19.2f}"
+        print(row)
+    print(f"(small = {args.small} frames, large = {args.large} frames)")
+    print(f"\nincremental vs refit from scratch after 2 labels (+10 sparse each) and a refresh "
+          f"(+3), M = {acc['n_sparse']}, cond(R) ~ {acc['cond_R']:.2g}:")
+    print(f"  local-energy mean {acc['mean_rel']:.2e}, SoR variance {acc['var_rel']:.2e}, "
+          f"log marginal likelihood {acc['lml_rel']:.2e} (max relative differences)")
+
+
+if __name__ == "__main__":
+    main()
