@@ -59,6 +59,7 @@ from .descriptors import SOAP, pair_forces, pair_stress
 from .kernels import NormalizedDotProduct
 from .sparse_gp import SparseGPSolver
 from ._threads import policy as _thread_policy
+from . import baseline as _baseline
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,14 @@ class SparseGP:
         Relative jitter added to the diagonal of K_mm.
     random_state : int, Generator or None, default 0
         Seed for sparse selection.
+    baseline : str, dict, OracleSpec, ASE calculator or None, default None
+        Δ-learning: a cheap model under the GP, as ``"module:Name"`` with
+        ``baseline_kwargs`` (e.g. ``"tblite.ase:TBLite"`` with ``{"method": "GFN1-xTB"}``)
+        or a live ASE calculator. The GP fits the labels minus the
+        baseline and :meth:`predict` returns baseline + GP for energy, forces and stress;
+        the stds are the GP's. See :mod:`gpal.baseline`.
+    baseline_kwargs : dict or None, default None
+        Keyword arguments of a baseline given as ``"module:Name"``.
 
     Attributes
     ----------
@@ -217,6 +226,8 @@ class SparseGP:
     solver_ : gpal.sparse_gp.SparseGPSolver
     calibration_ : dict, std scale factors and conformal quantiles set by
         :meth:`set_calibration` (see gpal.calibration).
+    baseline_ : ASE calculator or None, the Δ-model's baseline in use. With a baseline,
+        ``frames_`` hold the residual labels (oracle − baseline) that the GP fits.
 
     Examples
     --------
@@ -240,6 +251,8 @@ class SparseGP:
         jitter: float = 1e-8,
         random_state=0,
         hyperparameters: str = "evidence",
+        baseline: str | dict | None = None,
+        baseline_kwargs: dict | None = None,
     ):
         self.descriptor = descriptor
         self.kernel = kernel
@@ -253,6 +266,8 @@ class SparseGP:
         self.jitter = jitter
         self.random_state = random_state
         self.hyperparameters = hyperparameters
+        self.baseline = baseline
+        self.baseline_kwargs = baseline_kwargs
         self.alpha_ = None
 
     # ------------------------------------------------------------------ params
@@ -273,6 +288,8 @@ class SparseGP:
                 "jitter",
                 "random_state",
                 "hyperparameters",
+                "baseline",
+                "baseline_kwargs",
             )
         }
 
@@ -361,6 +378,8 @@ class SparseGP:
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
+        self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        labels = self._minus_baseline(frames, labels)
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         self.noise_ = {
             g: float(DEFAULT_NOISE[g] if getattr(self, g + "_noise") is None
@@ -723,6 +742,7 @@ class SparseGP:
                 out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
         if calibrated:
             self._apply_calibration(out)
+        self._plus_baseline(atoms, out)
         return out
 
     def residuals(self, frames, *, calibrated: bool = False) -> dict:
@@ -897,6 +917,7 @@ class SparseGP:
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        labels = self._minus_baseline(frames, labels)
         new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         if n_sparse > 0:
             Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection)
@@ -1463,6 +1484,40 @@ class SparseGP:
             )
         return self
 
+    # ------------------------------------------------------------------ Δ-learning (baseline)
+    def _minus_baseline(self, frames, labels: list) -> list:
+        """The labels the GP fits: ``labels`` minus the baseline's (unchanged without one).
+
+        The one place where labels enter the model (:meth:`fit`, :meth:`update`); the
+        stored ``frames_`` carry the result, so everything downstream (e0, evidence,
+        cross-validation, the saved training set) sees residuals only.
+        """
+        calc = getattr(self, "baseline_", None)
+        if calc is None:
+            return labels
+        out = []
+        for a, lab in zip(frames, labels):
+            b = _baseline.baseline_labels(calc, a, stress=lab.stress is not None)
+            out.append(Labels(
+                None if lab.energy is None else lab.energy - b["energy"],
+                None if lab.forces is None else lab.forces - b["forces"],
+                None if lab.stress is None else lab.stress - b["stress"],
+            ))
+        return out
+
+    def _plus_baseline(self, atoms, out: dict) -> None:
+        """Add the baseline's energy, per-atom energies, forces and stress to a prediction
+        of the GP (in place); the stds stay the GP's."""
+        calc = getattr(self, "baseline_", None)
+        if calc is None:
+            return
+        b = _baseline.baseline_labels(calc, atoms, stress="stress" in out)
+        out["energy"] = out["free_energy"] = out["energy"] + b["energy"]
+        out["energies"] = out["energies"] + b["energies"]
+        out["forces"] = out["forces"] + b["forces"]
+        if "stress" in out:
+            out["stress"] = out["stress"] + b["stress"]
+
     # ------------------------------------------------------------------ save / load
     _SOLVER_ARRAYS = ("K_mm_", "K_nm_", "y_", "noise_std_", "L_mm_", "R_", "Qtb_")
 
@@ -1524,6 +1579,9 @@ class SparseGP:
                 "min_distance": self.min_distance, "jitter": self.jitter, "random_state": rs,
             },
         }
+        spec = _baseline.baseline_spec(self.baseline, self.baseline_kwargs)
+        if spec is not None:  # Δ-model: the baseline as an import path and JSON kwargs
+            meta["baseline"] = spec
         return save_model(path, arrays, meta)
 
     @classmethod
@@ -1552,6 +1610,9 @@ class SparseGP:
                 params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
             if isinstance(params.get("e0"), dict):
                 params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
+            spec = meta.get("baseline")
+            if spec is not None:
+                params["baseline"], params["baseline_kwargs"] = spec["factory"], dict(spec["kwargs"])
             self = cls(desc, given_kernel, **params)
             self.descriptor_ = desc
             self.kernel_ = kernel
@@ -1598,6 +1659,10 @@ class SparseGP:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
+        try:
+            self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        except _baseline.BaselineError as exc:
+            raise _baseline.BaselineError(f"{path}: {exc}") from None
         return self
 
 
