@@ -230,3 +230,43 @@ def test_learner_with_a_delta_model_and_resume(tmp_path):
     resumed = ActiveLearner.resume(tmp_path / "run")
     assert resumed.model.baseline == "ase.calculators.lj:LennardJones"
     resumed.run(30)
+
+
+def test_cli_learn_with_a_baseline_in_the_config(tmp_path, capsys):
+    from gpal.cli import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+steps = 20
+[structure]
+bulk = "Cu"
+repeat = [1, 1, 2]
+[oracle]
+factory = "ase.calculators.emt:EMT"
+[descriptor]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+sigma = 0.5
+[model]
+n_sparse = 20
+hyperparameters = "fixed"
+baseline = "ase.calculators.lj:LennardJones"
+baseline_kwargs = {{sigma = 2.3, epsilon = 0.05, rc = 4.0, smooth = true}}
+[learner]
+n_bootstrap = 2
+n_candidates = 8
+optimize_every = 0
+[validation]
+steps = 0
+""")
+    assert main(["learn", str(cfg), "-q"]) == 0
+    back = gpal.load(tmp_path / "run" / "model.npz")
+    assert back.baseline == "ase.calculators.lj:LennardJones" and back.baseline_kwargs == LJ
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("ase.calculators.lj:LennardJones", "gpal_nope:Calc")
+                   .replace(str(tmp_path / "run"), str(tmp_path / "run2")))
+    assert main(["learn", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gpal_nope" in err
