@@ -305,6 +305,17 @@ def _descriptor_from_args(args, frames):
     )
 
 
+def _json_object(text: str) -> dict:
+    """argparse type: a JSON object (``--baseline-kwargs``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"method\": \"GFN1-xTB\"}'")
+    return value
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a SparseGP to labelled frames and save it."""
     from .kernels import NormalizedDotProduct, SquaredExponential
@@ -322,6 +333,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = SparseGP(
         descriptor, kernel, n_sparse=args.n_sparse, energy_noise=args.energy_noise,
         force_noise=args.force_noise, stress_noise=args.stress_noise,
+        baseline=args.baseline, baseline_kwargs=args.baseline_kwargs,
     )
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
     if auto:
@@ -629,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force-noise", type=_positive(float), default=0.05, help="eV/Å")
     s.add_argument("--stress-noise", type=_positive(float), default=0.005, help="eV/Å^3")
     s.add_argument("--optimize", action="store_true", help="optimise hyperparameters (marginal likelihood)")
+    s.add_argument("--baseline", metavar="MODULE:NAME",
+                   help="Δ-learning: an ASE calculator under the GP, e.g. tblite.ase:TBLite")
+    s.add_argument("--baseline-kwargs", type=_json_object, metavar="JSON",
+                   help='its keyword arguments, e.g. \'{"method": "GFN1-xTB"}\'')
     g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, l_max 6, sigma 0.5, "
                              "species of the frames, smooth poly cutoff)")
     g.add_argument("--r-cut", type=_positive(float), help="radial cutoff, Å")

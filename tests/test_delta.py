@@ -270,3 +270,20 @@ steps = 0
     assert main(["learn", str(bad), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gpal_nope" in err
+
+
+def test_cli_fit_with_a_baseline(tmp_path, train, capsys):
+    from ase.io import write
+
+    from gpal.cli import main
+
+    write(tmp_path / "train.xyz", train[:3])
+    out = tmp_path / "m.npz"
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(out), "--n-sparse", "20", "--r-cut", "4",
+                 "--n-max", "3", "--l-max", "2", "--baseline", "ase.calculators.lj:LennardJones",
+                 "--baseline-kwargs", json.dumps(LJ)]) == 0
+    assert gpal.load(out).baseline_kwargs == LJ
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(tmp_path / "train.xyz"), "--baseline-kwargs", "[1]"])
+    assert info.value.code == 2
+    assert "JSON object" in capsys.readouterr().err
