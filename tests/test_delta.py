@@ -230,6 +230,14 @@ def test_learner_with_a_delta_model_and_resume(tmp_path):
     resumed = ActiveLearner.resume(tmp_path / "run")
     assert resumed.model.baseline == "ase.calculators.lj:LennardJones"
     resumed.run(30)
+    # a live baseline calculator: the run state keeps its class path and parameters
+    live = SparseGP(soap(), n_sparse=20, energy_noise=0.002, hyperparameters="fixed",
+                    baseline=LennardJones(**LJ))
+    ActiveLearner(start, "ase.calculators.emt:EMT", live, run_dir=tmp_path / "live",
+                  md=MDSettings(temperature=600, timestep=2.0), n_bootstrap=2, n_candidates=8,
+                  optimize_every=0, progress=False).run(5)
+    state = json.loads((tmp_path / "live" / "state.json").read_text())
+    assert state["model"]["baseline"] == "ase.calculators.lj:LennardJones"
 
 
 def test_cli_learn_with_a_baseline_in_the_config(tmp_path, capsys):
