@@ -22,7 +22,8 @@ shortest AIMD prefix whose subsampled model is as accurate as gpal's, in DFT cal
 AIMD trajectories are cached in ``benchmarks/.cache/`` (one extxyz per seed and length,
 written frame by frame; a cut run is reused as far as it got and said so).
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_dft.py [--steps 400] [--aimd-steps 600] [--delta]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_dft.py [--steps 400] [--aimd-steps 600] [--delta] \\
+          [--thresholds default 0.15] [--reuse]
       OMP_NUM_THREADS=1 python benchmarks/bench_dft.py --only-aimd --seed 1 --aimd-steps 600
 """
 
@@ -162,14 +163,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=400, help="MD steps of the active learner")
     p.add_argument("--aimd-steps", type=int, default=600, help="steps of the AIMD training trajectory")
     p.add_argument("--test-steps", type=int, default=300, help="steps of the independent AIMD test trajectory")
-    p.add_argument("--test-every", type=int, default=10)
+    p.add_argument("--test-every", type=int, default=5)
     p.add_argument("--delta", action="store_true", help="also learn a Δ-model over GFN2-xTB (tblite)")
     p.add_argument("--only-aimd", action="store_true", help="only build (cache) one AIMD trajectory")
     p.add_argument("--only-learn", action="store_true", help="only run the active learner(s)")
     p.add_argument("--reuse", action="store_true", help="reuse finished learner runs in --run-dir")
     p.add_argument("--no-plain", action="store_true", help="skip the plain (non-Δ) learner run")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="fixed force-std trigger threshold, eV/Å (default: the learner's adaptive default)")
+    p.add_argument("--thresholds", nargs="+", default=["default"],
+                   help="trigger of each learner run: 'default' (the learner's defaults) or a fixed "
+                        "force-std threshold in eV/Å (Trigger(threshold=x, adaptive=False))")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-dir", default=str(CACHE / "dft_run"))
     args = p.parse_args(argv)
@@ -182,65 +184,87 @@ def main(argv=None):
         frames, per_call = aimd(args.aimd_steps, args.seed)
         print(f"AIMD seed {args.seed}: {len(frames)} frames, {per_call:.2f} s per step")
         return
-    runs = [] if args.no_plain else [("gpal", None)]
-    if args.delta:
-        runs.append(("gpal Δ over GFN2-xTB", {"factory": "tblite.ase:TBLite",
-                                              "kwargs": {"method": "GFN2-xTB", "verbosity": 0}}))
+    xtb = {"factory": "tblite.ase:TBLite", "kwargs": {"method": "GFN2-xTB", "verbosity": 0}}
+    runs = []
+    for thr in args.thresholds:
+        threshold = None if thr == "default" else float(thr)
+        tag = "_defaults" if threshold is None else f"_thr{threshold:g}"
+        trig = "defaults" if threshold is None else f"threshold {threshold:g} eV/Å"
+        if not args.no_plain:
+            runs.append((f"gpal ({trig})", None, threshold, Path(args.run_dir + tag)))
+        if args.delta:
+            runs.append((f"gpal Δ over GFN2-xTB ({trig})", xtb, threshold, Path(args.run_dir + "_delta" + tag)))
     if args.only_learn:
-        for name, baseline in runs:
-            model, s, wall = learn(args.steps, Path(args.run_dir + ("_delta" if baseline else "") + (
-                f"_thr{args.threshold:g}" if args.threshold else "_defaults")), baseline, threshold=args.threshold)
-            print(f"{name}: {s['oracle_calls']} DFT calls, wall {wall:.0f} s, DFT {s['time_oracle']:.0f} s")
+        for name, baseline, threshold, run_dir in runs:
+            model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold)
+            print(f"{name}: {s['oracle_calls']} DFT calls, wall {wall:.0f} s, DFT {s['time_oracle']:.0f} s",
+                  flush=True)
         return
     train, t_call, complete = cached_aimd(args.aimd_steps, seed=1)
     test_traj, _, test_complete = cached_aimd(args.test_steps, seed=2)
     test = test_traj[args.test_every - 1::args.test_every]
     if not complete:
-        print(f"NOTE: the AIMD training trajectory was cut at {len(train)} of {args.aimd_steps} steps")
+        print(f"NOTE: reduced run: the AIMD training trajectory was cut at {len(train)} of "
+              f"{args.aimd_steps} steps")
     if not test_complete:
-        print(f"NOTE: the AIMD test trajectory was cut at {len(test_traj)} of {args.test_steps} steps")
+        print(f"NOTE: reduced run: the AIMD test trajectory was cut at {len(test_traj)} of "
+              f"{args.test_steps} steps")
     ref_rms = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in test]) ** 2)))
     print(f"{MOLECULE}, {DFT['xc']}/{DFT['basis']} (RI), {TEMPERATURE:g} K, {TIMESTEP} fs; "
-          f"test: {len(test)} frames of an independent AIMD run (RMS force {ref_rms:.3f} eV/Å)")
+          f"test: {len(test)} frames (every {args.test_every}th step) of an independent AIMD run "
+          f"(RMS force {ref_rms:.3f} eV/Å)")
 
     results = []
-    for name, baseline in runs:
-        model, s, wall = learn(args.steps, Path(args.run_dir + ("_delta" if baseline else "") + (
-                f"_thr{args.threshold:g}" if args.threshold else "_defaults")), baseline,
-                               reuse=args.reuse, threshold=args.threshold)
+    for name, baseline, threshold, run_dir in runs:
+        model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold)
         f_err, e_err = errors(model, test)
-        results.append((name, baseline, s, wall, f_err, e_err, len(model.sparse_X_)))
-        print(f"\n{name}: {s['oracle_calls']} DFT calls ({s['oracle_calls_by_reason']}), failures "
-              f"{s['oracle_failures']}; wall {wall:.0f} s = DFT {s['time_oracle']:.0f} s + gpal "
-              f"{wall - s['time_oracle']:.0f} s; force RMSE {f_err:.4f} eV/Å, energy RMSE {e_err:.2f} meV/atom")
+        results.append((name, baseline, s, f_err, e_err, len(model.sparse_X_)))
+        print(f"\n{name}: {s['steps']} MD steps, {s['oracle_calls']} DFT calls "
+              f"({s['oracle_calls_by_reason']}, {s['oracle_failures']} failed); wall {wall:.0f} s = DFT "
+              f"{s['time_oracle']:.0f} s + gpal {wall - s['time_oracle']:.0f} s; force RMSE {f_err:.4f} "
+              f"eV/Å, energy RMSE {e_err:.2f} meV/atom", flush=True)
+    if not np.isfinite(t_call):
+        per = [r[2]["time_oracle"] / max(r[2]["oracle_calls"], 1) for r in results]
+        t_call = float(np.mean(per))
+        print(f"(DFT time per call taken from the learner runs: {t_call:.2f} s)")
 
-    name, _, s, wall, f_al, e_al, n_sparse = results[0]
-    n_calls = s["oracle_calls"]
-    print(f"\nAIMD alternative (same protocol, {len(train)} steps = {len(train)} DFT calls, "
-          f"{t_call:.2f} s per call, {len(train) * t_call:.0f} s of DFT):")
-    print(f"  {'AIMD steps (calls)':>18} {'frames fitted':>13} {'force RMSE':>11} {'energy':>8}  vs gpal")
-    curve = []
-    lengths = sorted({L for L in (n_calls, 2 * n_calls, 50, 100, 200, 300, 400, 600, len(train)) if L <= len(train)})
-    for L in lengths:
-        n_fit = min(L, max(n_calls, 40))
-        m = fit_subsample(train[:L], n_fit, n_sparse)
-        f, e = errors(m, test)
-        curve.append((L, f))
-        print(f"  {L:>18} {n_fit:>13} {f:>11.4f} {e:>8.2f}  force ×{f / f_al:.2f}")
-    m = fit_subsample(train, n_calls, n_sparse)
-    f_eq, e_eq = errors(m, test)
-    print(f"\nequal DFT calls ({n_calls}): gpal {f_al:.4f} eV/Å, {e_al:.2f} meV/atom; AIMD subsample "
-          f"({n_calls} evenly spaced frames of {len(train)} steps) {f_eq:.4f} eV/Å, {e_eq:.2f} meV/atom "
-          f"(ratio AIMD/gpal {f_eq / f_al:.2f}; that AIMD cost {len(train)} calls)")
-    reach = [L for L, f in curve if f <= f_al]
-    if reach:
-        print(f"equal force error: AIMD needs {reach[0]} DFT calls, gpal {n_calls}: "
-              f"{reach[0] / n_calls:.1f}× fewer DFT calls with gpal")
-    else:
-        print(f"equal force error: no AIMD prefix up to {len(train)} calls reaches gpal's error: "
-              f"> {len(train) / n_calls:.1f}× fewer DFT calls with gpal")
-    print(f"equal DFT wall time: gpal's DFT time {s['time_oracle']:.0f} s buys "
-          f"{s['time_oracle'] / t_call:.0f} AIMD steps")
+    curves = {}
+    lengths = sorted({L for L in (10, 20, 40, 80, 120, 160, 200, 300, 400, 600, len(train)) if L <= len(train)})
+    for kind, baseline in (("plain", None), ("Δ", xtb)):
+        if not any((r[1] is None) == (baseline is None) for r in results):
+            continue
+        n_sparse = max(r[5] for r in results if (r[1] is None) == (baseline is None))
+        print(f"\nAIMD alternative, {kind} model (same protocol; a trajectory of L steps costs L DFT calls, "
+              f"{t_call:.2f} s each); fitted to min(L, 40) evenly spaced frames, {n_sparse} sparse points:")
+        print(f"  {'L = DFT calls':>13} {'frames':>6} {'force RMSE':>11} {'energy':>8}")
+        curve = []
+        for L in lengths:
+            n_fit = min(L, 40)
+            m = fit_subsample(train[:L], n_fit, n_sparse, baseline)
+            f, e = errors(m, test)
+            curve.append((L, f, e))
+            print(f"  {L:>13} {n_fit:>6} {f:>11.4f} {e:>8.2f}", flush=True)
+        curves[kind] = curve
+
+    print("\nsummary (force RMSE eV/Å, energy RMSE meV/atom; held-out AIMD frames)")
+    for name, baseline, s, f_al, e_al, n_sparse in results:
+        n_calls = s["oracle_calls"]
+        curve = curves["plain" if baseline is None else "Δ"]
+        m = fit_subsample(train, n_calls, n_sparse, baseline)
+        f_eq, e_eq = errors(m, test)
+        reach = [L for L, f, _ in curve if f <= f_al]
+        print(f"- {name}: {n_calls} DFT calls ({s['time_oracle']:.0f} s of DFT), force {f_al:.4f}, "
+              f"energy {e_al:.2f}")
+        print(f"    equal calls: {n_calls} evenly spaced frames of the {len(train)}-step AIMD run (which cost "
+              f"{len(train)} calls): force {f_eq:.4f} (AIMD/gpal {f_eq / f_al:.2f}), energy {e_eq:.2f}")
+        if reach:
+            print(f"    equal force error: AIMD needs {reach[0]} DFT calls: {reach[0] / n_calls:.1f}× gpal's")
+        else:
+            best = min(curve, key=lambda c: c[1])
+            print(f"    equal force error: not reached by AIMD up to {len(train)} calls (best {best[1]:.4f} at "
+                  f"L = {best[0]}): more than {len(train) / n_calls:.1f}× gpal's calls")
+        print(f"    equal DFT wall time: gpal's {s['time_oracle']:.0f} s of DFT = "
+              f"{s['time_oracle'] / t_call:.0f} AIMD steps")
 
 
 if __name__ == "__main__":
