@@ -125,6 +125,17 @@ def test_prediction_is_baseline_plus_gp(lj_model, train, test_frame):
     np.testing.assert_allclose(p["energies_std"], q["energies_std"], rtol=1e-10)
 
 
+def test_calculator_runs_the_delta_model(lj_model, test_frame):
+    from gpal import GPCalculator
+
+    a = test_frame.copy()
+    a.calc = GPCalculator(lj_model)
+    p = lj_model.predict(test_frame)
+    assert a.get_potential_energy() == pytest.approx(p["energy"], abs=1e-10)
+    np.testing.assert_allclose(a.get_forces(), p["forces"], atol=1e-10)
+    np.testing.assert_allclose(a.get_stress(), p["stress"], atol=1e-12)
+
+
 def _minus(atoms, calc):
     from ase.calculators.singlepoint import SinglePointCalculator
 
