@@ -102,8 +102,13 @@ def cached_aimd(steps: int, seed: int) -> tuple[list, float, bool]:
     done = path.with_suffix(".done")
     if done.exists():
         return read(path, ":"), float(done.read_text()), True
-    if path.exists():
-        return read(path, ":"), float("nan"), False
+    if path.exists():  # a run cut (or still running): its complete frames
+        import io
+
+        lines = path.read_text().splitlines(keepends=True)
+        per_frame = len(molecule(MOLECULE)) + 2
+        text = "".join(lines[:len(lines) // per_frame * per_frame])
+        return read(io.StringIO(text), ":", format="extxyz"), float("nan"), False
     frames, per_call = aimd(steps, seed)
     return frames, per_call, True
 
@@ -142,6 +147,8 @@ def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, thresho
     if reuse and (run_dir / "summary.json").exists():
         s = json.loads((run_dir / "summary.json").read_text())
         return load(run_dir / "model.npz"), s, s["wall_time"]
+    if reuse and run_dir.exists():
+        raise SystemExit(f"{run_dir} holds an unfinished run (no summary.json); finish it or remove it")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     learner = ActiveLearner(
@@ -229,21 +236,25 @@ def main(argv=None):
         print(f"(DFT time per call taken from the learner runs: {t_call:.2f} s)")
 
     curves = {}
-    lengths = sorted({L for L in (10, 20, 40, 80, 120, 160, 200, 300, 400, 600, len(train)) if L <= len(train)})
+    lengths = sorted({L for L in (10, 20, 40, 80, 120, 160, 240, 400, 600, len(train)) if L <= len(train)})
     for kind, baseline in (("plain", None), ("Δ", xtb)):
         if not any((r[1] is None) == (baseline is None) for r in results):
             continue
         n_sparse = max(r[5] for r in results if (r[1] is None) == (baseline is None))
         print(f"\nAIMD alternative, {kind} model (same protocol; a trajectory of L steps costs L DFT calls, "
-              f"{t_call:.2f} s each); fitted to min(L, 40) evenly spaced frames, {n_sparse} sparse points:")
+              f"{t_call:.2f} s each), fitted to 16 and to 40 evenly spaced frames of it (at most L), "
+              f"{n_sparse} sparse points; the better fit counts:")
         print(f"  {'L = DFT calls':>13} {'frames':>6} {'force RMSE':>11} {'energy':>8}")
         curve = []
         for L in lengths:
-            n_fit = min(L, 40)
-            m = fit_subsample(train[:L], n_fit, n_sparse, baseline)
-            f, e = errors(m, test)
-            curve.append((L, f, e))
-            print(f"  {L:>13} {n_fit:>6} {f:>11.4f} {e:>8.2f}", flush=True)
+            best = None
+            for n_fit in sorted({min(L, 16), min(L, 40)}):
+                m = fit_subsample(train[:L], n_fit, n_sparse, baseline)
+                f, e = errors(m, test)
+                print(f"  {L:>13} {n_fit:>6} {f:>11.4f} {e:>8.2f}", flush=True)
+                if best is None or f < best[1]:
+                    best = (L, f, e)
+            curve.append(best)
         curves[kind] = curve
 
     print("\nsummary (force RMSE eV/Å, energy RMSE meV/atom; held-out AIMD frames)")
