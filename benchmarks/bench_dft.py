@@ -274,6 +274,11 @@ def main(argv=None):
             best = min(curve, key=lambda c: c[1])
             print(f"    equal force error: not reached by AIMD up to {len(train)} calls (best {best[1]:.4f} at "
                   f"L = {best[0]}): more than {len(train) / n_calls:.1f}× gpal's calls")
+        if baseline is not None and "plain" in curves:
+            plain_reach = [L for L, f, _ in curves["plain"] if f <= f_al]
+            print("    against AIMD + the plain model: " + (
+                f"AIMD needs {plain_reach[0]} DFT calls: {plain_reach[0] / n_calls:.1f}× gpal's" if plain_reach
+                else f"not reached up to {len(train)} calls: more than {len(train) / n_calls:.1f}× gpal's"))
         print(f"    equal DFT wall time: gpal's {s['time_oracle']:.0f} s of DFT = "
               f"{s['time_oracle'] / t_call:.0f} AIMD steps")
 
