@@ -78,6 +78,19 @@ def test_baseline_equal_to_the_oracle_leaves_nothing_to_learn(train, test_frame)
     assert np.abs(loo["force_error"]).max() < 1e-10
 
 
+def test_baseline_equal_to_the_oracle_leaves_the_evidence_at_the_prior_floor(train, test_frame):
+    """With the evidence choosing the hyperparameters, zero residuals drive the signal
+    variance to its lower bound: the GP adds (almost) nothing, its stds are the prior's
+    smallest."""
+    from gpal.potential import SIGNAL_VARIANCE_BOUNDS
+
+    with pytest.warns(UserWarning, match="bound"):
+        delta = SparseGP(soap(), n_sparse=30, baseline=EMT()).fit(train)
+    assert delta.kernel_.signal_variance == pytest.approx(SIGNAL_VARIANCE_BOUNDS[0], rel=1e-2)
+    std = delta.predict(test_frame, return_std=True)["energies_std"]
+    assert std.max() <= np.sqrt(SIGNAL_VARIANCE_BOUNDS[0]) * (1 + 1e-6)
+
+
 def _energy(model, atoms):
     return model.predict(atoms)["energy"]
 
