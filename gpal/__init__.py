@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 from . import _numba_cache  # noqa: F401
 
 from .exceptions import (  # noqa: F401
+    BaselineError,
     ConfigError,
     GpalError,
     InvalidPositionsError,

@@ -313,6 +313,17 @@ def _descriptor_from_args(args, frames):
     )
 
 
+def _json_object(text: str) -> dict:
+    """argparse type: a JSON object (``--baseline-kwargs``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"method\": \"GFN1-xTB\"}'")
+    return value
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a SparseGP to labelled frames and save it.
 
@@ -336,6 +347,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = SparseGP(
         descriptor, kernel, n_sparse=args.n_sparse, energy_noise=args.energy_noise,
         force_noise=args.force_noise, stress_noise=args.stress_noise,
+        baseline=args.baseline, baseline_kwargs=args.baseline_kwargs,
     )
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
     if auto:
@@ -696,6 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stress-noise", type=_positive(float), default=None,
                    help="eV/Å^3 (default: chosen by the evidence)")
     s.add_argument("--optimize", action="store_true", help="optimise hyperparameters (marginal likelihood)")
+    s.add_argument("--baseline", metavar="MODULE:NAME",
+                   help="Δ-learning: an ASE calculator under the GP, e.g. tblite.ase:TBLite")
+    s.add_argument("--baseline-kwargs", type=_json_object, metavar="JSON",
+                   help='its keyword arguments, e.g. \'{"method": "GFN1-xTB"}\'')
     g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, sigma 0.5, "
                              "species of the frames, smooth poly cutoff, l_max 3 or 6 by the evidence; "
                              "with any of these options l_max defaults to 6)")

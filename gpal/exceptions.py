@@ -19,6 +19,7 @@ __all__ = [
     "OracleError",
     "ConfigError",
     "StructureFileError",
+    "BaselineError",
 ]
 
 
@@ -76,3 +77,7 @@ class ConfigError(GpalError, ValueError):
 
 class StructureFileError(GpalError, ValueError):
     """A structure (frames) file cannot be read, or lacks the labels asked for."""
+
+
+class BaselineError(GpalError, ValueError):
+    """A Δ-model's baseline calculator cannot be imported, built, saved or evaluated."""

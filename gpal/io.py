@@ -3,7 +3,9 @@
 A model file is one ``.npz`` archive (read with ``allow_pickle=False``: loading never
 executes code). It holds the model's arrays and one extra entry, ``__metadata__``, a
 UTF-8 JSON document with the format name and version, the gpal version, every setting
-needed to rebuild the descriptor and kernel, and a SHA-256 digest of each array. A file
+needed to rebuild the descriptor and kernel (and a Δ-model's baseline calculator, as an
+import path and JSON keyword arguments under ``baseline``: never pickled), and a
+SHA-256 digest of each array. A file
 that is truncated, tampered with, of another format or of a newer format version raises
 :class:`gpal.ModelFileError` naming the problem.
 

@@ -1343,6 +1343,11 @@ def _model_spec(model: SparseGP) -> dict:
     spec = {k: v for k, v in params.items() if k not in ("descriptor", "kernel")}
     spec["descriptor"] = None if params["descriptor"] is None else params["descriptor"].get_params()
     spec["kernel"] = None if params["kernel"] is None else params["kernel"].to_dict()
+    if params.get("baseline") is not None:  # a Δ-model's baseline: its import path and kwargs
+        from .baseline import baseline_spec
+
+        base = baseline_spec(params["baseline"], params.get("baseline_kwargs"))
+        spec["baseline"], spec["baseline_kwargs"] = base["factory"], base["kwargs"]
     return json.loads(json.dumps(spec, default=_json_default))
 
 

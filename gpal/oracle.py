@@ -8,7 +8,11 @@ arrays.
 
 Failures are part of life with quantum chemistry codes. :class:`Oracle` turns an
 exception, a timeout or a non-finite result into a logged :class:`LabelFailure` and
-retries as configured; the caller decides whether to skip the frame or stop.
+retries as configured; the caller decides whether to skip the frame or stop. An
+exception whose class sets ``retryable = False`` (e.g. :class:`gpal.dft.SCFConvergenceError`,
+raised after the calculator already retried with safer settings) is not retried.
+
+DFT: :func:`pyscf_oracle` is the spec of gpal's PySCF calculator (:mod:`gpal.dft`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .exceptions import OracleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OracleSpec", "Oracle", "LabelFailure", "as_oracle_spec"]
+__all__ = ["OracleSpec", "Oracle", "LabelFailure", "as_oracle_spec", "pyscf_oracle"]
 
 
 @dataclass(frozen=True)
@@ -281,7 +285,8 @@ class Oracle:
                     except Exception as exc:  # the oracle is foreign code: any failure is logged
                         reasons[i] = f"{type(exc).__name__}: {exc}"
                         log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
-                        again.append(i)
+                        if getattr(exc, "retryable", True):
+                            again.append(i)
             else:
                 futures = {}
                 for i in todo:
@@ -302,7 +307,8 @@ class Oracle:
                     except Exception as exc:  # worker exceptions arrive re-raised here
                         reasons[i] = f"{type(exc).__name__}: {exc}"
                         log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
-                        again.append(i)
+                        if getattr(exc, "retryable", True):
+                            again.append(i)
             todo = [i for i in again if attempts[i] <= self.retries]
         failures = []
         for i in range(len(frames)):
@@ -310,3 +316,57 @@ class Oracle:
                 self.n_failures += 1
                 failures.append(LabelFailure(i, reasons.get(i, "unknown"), attempts[i]))
         return labelled, failures
+
+
+def pyscf_oracle(
+    xc: str = "PBE",
+    basis: str = "def2-SVP",
+    *,
+    charge: int = 0,
+    spin: int = 0,
+    density_fit: bool = True,
+    threads: int | None = None,
+    **settings,
+) -> OracleSpec:
+    """The spec of a Kohn-Sham DFT oracle run by PySCF (:class:`gpal.dft.PySCF`).
+
+    Parameters
+    ----------
+    xc : str, default "PBE"
+        Exchange-correlation functional.
+    basis : str, default "def2-SVP"
+        Basis set.
+    charge : int, default 0
+        Total charge.
+    spin : int, default 0
+        Unpaired electrons 2S (0: RKS, else UKS).
+    density_fit : bool, default True
+        Density fitting (RI) of the Coulomb integrals.
+    threads : int or None, default None
+        Threads of each calculation (None: the process's setting; in a process pool use
+        ``Oracle(threads_per_task=...)``).
+    **settings
+        Further :class:`gpal.dft.PySCF` settings (``auxbasis``, ``grid_level``,
+        ``conv_tol``, ``max_cycle``, ``reuse_guess``, ``verbose``).
+
+    Returns
+    -------
+    OracleSpec
+        ``OracleSpec("gpal.dft:PySCF", {...})``: picklable, runs in any executor. Needs
+        ``pip install pyscf`` where it runs.
+
+    Examples
+    --------
+    >>> spec = pyscf_oracle("PBE", "def2-SVP")
+    >>> spec.factory
+    'gpal.dft:PySCF'
+    """
+    from .dft import PySCF
+
+    kwargs = {"xc": xc, "basis": basis, "charge": int(charge), "spin": int(spin),
+              "density_fit": bool(density_fit), "threads": threads, **settings}
+    unknown = sorted(set(kwargs) - set(PySCF.default_parameters))
+    if unknown:
+        raise TypeError(f"pyscf_oracle got unknown setting(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(PySCF.default_parameters)}")
+    return OracleSpec("gpal.dft:PySCF", kwargs)

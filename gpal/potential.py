@@ -59,6 +59,7 @@ from .descriptors import SOAP, pair_forces, pair_stress
 from .kernels import NormalizedDotProduct
 from .sparse_gp import SparseGPSolver, _jittered_cholesky
 from ._threads import policy as _thread_policy
+from . import baseline as _baseline
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,14 @@ class SparseGP:
         (``hyperparameters="evidence"``) keeps every candidate kernel's rows within the
         same half, else only per-group whitened sums (n_groups x n_sparse² floats per
         candidate) and then refits the chosen one in a second pass over the frames.
+    baseline : str, dict, OracleSpec, ASE calculator or None, default None
+        Δ-learning: a cheap model under the GP, as ``"module:Name"`` with
+        ``baseline_kwargs`` (e.g. ``"tblite.ase:TBLite"`` with ``{"method": "GFN1-xTB"}``)
+        or a live ASE calculator. The GP fits the labels minus the
+        baseline and :meth:`predict` returns baseline + GP for energy, forces and stress;
+        the stds are the GP's. See :mod:`gpal.baseline`.
+    baseline_kwargs : dict or None, default None
+        Keyword arguments of a baseline given as ``"module:Name"``.
 
     Attributes
     ----------
@@ -235,6 +244,8 @@ class SparseGP:
     solver_ : gpal.sparse_gp.SparseGPSolver
     calibration_ : dict, std scale factors and conformal quantiles set by
         :meth:`set_calibration` (see gpal.calibration).
+    baseline_ : ASE calculator or None, the Δ-model's baseline in use. With a baseline,
+        ``frames_`` hold the residual labels (oracle − baseline) that the GP fits.
 
     Examples
     --------
@@ -259,6 +270,8 @@ class SparseGP:
         random_state=0,
         hyperparameters: str = "evidence",
         memory_budget_gb: float | None = None,
+        baseline: str | dict | None = None,
+        baseline_kwargs: dict | None = None,
     ):
         self.descriptor = descriptor
         self.kernel = kernel
@@ -273,6 +286,8 @@ class SparseGP:
         self.random_state = random_state
         self.hyperparameters = hyperparameters
         self.memory_budget_gb = memory_budget_gb
+        self.baseline = baseline
+        self.baseline_kwargs = baseline_kwargs
         self.alpha_ = None
 
     # ------------------------------------------------------------------ params
@@ -294,6 +309,8 @@ class SparseGP:
                 "random_state",
                 "hyperparameters",
                 "memory_budget_gb",
+                "baseline",
+                "baseline_kwargs",
             )
         }
 
@@ -383,6 +400,8 @@ class SparseGP:
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
+        self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        labels = self._minus_baseline(frames, labels)
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         self.noise_ = {
             g: float(DEFAULT_NOISE[g] if getattr(self, g + "_noise") is None
@@ -858,6 +877,7 @@ class SparseGP:
                 out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
         if calibrated:
             self._apply_calibration(out)
+        self._plus_baseline(atoms, out)
         return out
 
     def residuals(self, frames, *, calibrated: bool = False) -> dict:
@@ -1046,6 +1066,7 @@ class SparseGP:
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        labels = self._minus_baseline(frames, labels)
         new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         if n_sparse > 0:
             Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection)
@@ -1669,6 +1690,40 @@ class SparseGP:
             )
         return self
 
+    # ------------------------------------------------------------------ Δ-learning (baseline)
+    def _minus_baseline(self, frames, labels: list) -> list:
+        """The labels the GP fits: ``labels`` minus the baseline's (unchanged without one).
+
+        The one place where labels enter the model (:meth:`fit`, :meth:`update`); the
+        stored ``frames_`` carry the result, so everything downstream (e0, evidence,
+        cross-validation, the saved training set) sees residuals only.
+        """
+        calc = getattr(self, "baseline_", None)
+        if calc is None:
+            return labels
+        out = []
+        for a, lab in zip(frames, labels):
+            b = _baseline.baseline_labels(calc, a, stress=lab.stress is not None)
+            out.append(Labels(
+                None if lab.energy is None else lab.energy - b["energy"],
+                None if lab.forces is None else lab.forces - b["forces"],
+                None if lab.stress is None else lab.stress - b["stress"],
+            ))
+        return out
+
+    def _plus_baseline(self, atoms, out: dict) -> None:
+        """Add the baseline's energy, per-atom energies, forces and stress to a prediction
+        of the GP (in place); the stds stay the GP's."""
+        calc = getattr(self, "baseline_", None)
+        if calc is None:
+            return
+        b = _baseline.baseline_labels(calc, atoms, stress="stress" in out)
+        out["energy"] = out["free_energy"] = out["energy"] + b["energy"]
+        out["energies"] = out["energies"] + b["energies"]
+        out["forces"] = out["forces"] + b["forces"]
+        if "stress" in out:
+            out["stress"] = out["stress"] + b["stress"]
+
     # ------------------------------------------------------------------ save / load
     def save(self, path):
         """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path."""
@@ -1729,6 +1784,9 @@ class SparseGP:
                 "memory_budget_gb": self.memory_budget_gb,
             },
         }
+        spec = _baseline.baseline_spec(self.baseline, self.baseline_kwargs)
+        if spec is not None:  # Δ-model: the baseline as an import path and JSON kwargs
+            meta["baseline"] = spec
         return save_model(path, arrays, meta)
 
     @classmethod
@@ -1757,6 +1815,9 @@ class SparseGP:
                 params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
             if isinstance(params.get("e0"), dict):
                 params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
+            spec = meta.get("baseline")
+            if spec is not None:
+                params["baseline"], params["baseline_kwargs"] = spec["factory"], dict(spec["kwargs"])
             self = cls(desc, given_kernel, **params)
             self.descriptor_ = desc
             self.kernel_ = kernel
@@ -1803,6 +1864,10 @@ class SparseGP:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
+        try:
+            self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        except _baseline.BaselineError as exc:
+            raise _baseline.BaselineError(f"{path}: {exc}") from None
         return self
 
 

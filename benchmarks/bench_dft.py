@@ -1,0 +1,287 @@
+"""On-the-fly learning with a DFT oracle (PySCF) against AIMD subsampled into a training set.
+
+System: methanol (6 atoms), PBE/def2-SVP with density fitting (gpal.dft.PySCF), Langevin
+MD at 500 K, 0.5 fs steps, friction 0.02 /fs. Needs ``pip install pyscf``.
+
+The two ways a user gets a potential for this molecule:
+
+* **gpal**: ``ActiveLearner`` with its defaults and the MD protocol above, ``--steps``
+  MD steps on the model; every DFT call it makes is counted (bootstrap, uncertain
+  frames, rollbacks, failures).
+* **AIMD alternative**: run the same MD protocol with DFT forces (one DFT call per step)
+  and fit the same model to evenly spaced frames of it. A trajectory of L steps costs L
+  DFT calls whatever number of frames is then kept.
+
+Both are judged on held-out frames of an independent AIMD trajectory (another seed):
+force RMSE (eV/Å) and energy RMSE (meV/atom). Printed: DFT calls, DFT wall time, gpal's
+own time, and errors; "equal calls" fits the AIMD model to as many frames as gpal made
+calls (they come from a trajectory of ``--aimd-steps`` calls); "equal error" gives the
+shortest AIMD prefix whose subsampled model is as accurate as gpal's, in DFT calls.
+``--delta`` adds an active-learning run of a Δ-model over GFN2-xTB (tblite).
+
+AIMD trajectories are cached in ``benchmarks/.cache/`` (one extxyz per seed and length,
+written frame by frame; a cut run is reused as far as it got and said so).
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_dft.py [--steps 400] [--aimd-steps 600] [--delta] \\
+          [--thresholds default 0.15] [--reuse]
+      OMP_NUM_THREADS=1 python benchmarks/bench_dft.py --only-aimd --seed 1 --aimd-steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from ase import units  # noqa: E402
+from ase.build import molecule  # noqa: E402
+from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+from ase.io import read, write  # noqa: E402
+from ase.md.langevin import Langevin  # noqa: E402
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+TEMPERATURE, TIMESTEP, FRICTION = 500.0, 0.5, 0.02
+DFT = {"xc": "PBE", "basis": "def2-SVP", "density_fit": True}
+MOLECULE = "CH3OH"
+
+
+def aimd(steps: int, seed: int, *, verbose: bool = True) -> tuple[list, float]:
+    """Langevin AIMD with PySCF, every step's frame labelled; cached. Returns (frames, s/call)."""
+    from gpal.dft import PySCF
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"aimd_{MOLECULE}_{DFT['xc']}_{DFT['basis']}_T{TEMPERATURE:g}_dt{TIMESTEP:g}_s{seed}_n{steps}.xyz"
+    done = path.with_suffix(".done")
+    if done.exists():
+        frames = read(path, ":")
+        return frames, float(done.read_text())
+    if path.exists():
+        path.unlink()
+    a = molecule(MOLECULE)
+    a.calc = PySCF(**DFT)
+    rng = np.random.default_rng(seed)
+    thermalize_momenta(a, temperature_K=TEMPERATURE, rng=rng)
+    Stationary(a)
+    ZeroRotation(a)
+    dyn = Langevin(a, TIMESTEP * units.fs, temperature_K=TEMPERATURE, friction=FRICTION / units.fs,
+                   fixcm=False, rng=rng)
+    frames, t_dft = [], 0.0
+
+    def record():
+        nonlocal t_dft
+        t0 = time.perf_counter()
+        e, f = a.get_potential_energy(), a.get_forces()
+        t_dft += time.perf_counter() - t0
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=e, forces=f)
+        write(path, b, append=True)
+        frames.append(b)
+
+    t0 = time.perf_counter()
+    for k in range(steps):
+        dyn.run(1)  # the force call of this step is the DFT call; record() reuses it
+        record()
+        if verbose and (k + 1) % 50 == 0:
+            print(f"  AIMD seed {seed}: {k + 1}/{steps} steps, {(time.perf_counter() - t0) / (k + 1):.2f} s/step",
+                  flush=True)
+    per_call = (time.perf_counter() - t0) / steps
+    done.write_text(f"{per_call}")
+    return frames, per_call
+
+
+def cached_aimd(steps: int, seed: int) -> tuple[list, float, bool]:
+    """The cached AIMD frames, complete or as far as a cut run got: (frames, s/call, complete)."""
+    path = CACHE / f"aimd_{MOLECULE}_{DFT['xc']}_{DFT['basis']}_T{TEMPERATURE:g}_dt{TIMESTEP:g}_s{seed}_n{steps}.xyz"
+    done = path.with_suffix(".done")
+    if done.exists():
+        return read(path, ":"), float(done.read_text()), True
+    if path.exists():  # a run cut (or still running): its complete frames
+        import io
+
+        lines = path.read_text().splitlines(keepends=True)
+        per_frame = len(molecule(MOLECULE)) + 2
+        text = "".join(lines[:len(lines) // per_frame * per_frame])
+        return read(io.StringIO(text), ":", format="extxyz"), float("nan"), False
+    frames, per_call = aimd(steps, seed)
+    return frames, per_call, True
+
+
+def errors(model, frames) -> tuple[float, float]:
+    """Force RMSE (eV/Å) and energy RMSE (meV/atom) of ``model`` on labelled ``frames``."""
+    fe, ee = [], []
+    for a in frames:
+        p = model.predict(a)
+        fe.append((p["forces"] - a.get_forces()).ravel())
+        ee.append((p["energy"] - a.get_potential_energy()) / len(a))
+    ee = np.array(ee)
+    ee -= ee.mean()  # a constant energy offset is not an error of a potential
+    return float(np.sqrt(np.mean(np.concatenate(fe) ** 2))), 1000 * float(np.sqrt(np.mean(ee**2)))
+
+
+def fit_subsample(frames, n: int, n_sparse: int, baseline=None):
+    from gpal import SparseGP
+
+    idx = np.unique(np.linspace(0, len(frames) - 1, n).round().astype(int))
+    model = SparseGP(n_sparse=n_sparse, baseline=baseline)  # gpal's defaults, as the learner's
+    return model.fit([frames[i] for i in idx])
+
+
+def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, threshold: float | None = None):
+    """The active learner with its defaults (a Δ-model over ``baseline`` if given).
+
+    Returns (model, summary dict, wall time in s); with ``reuse`` a finished run in
+    ``run_dir`` is read back instead of repeated.
+    """
+    import json
+
+    from gpal import ActiveLearner, MDSettings, SparseGP, Trigger, load
+    from gpal.oracle import pyscf_oracle
+
+    if reuse and (run_dir / "summary.json").exists():
+        s = json.loads((run_dir / "summary.json").read_text())
+        return load(run_dir / "model.npz"), s, s["wall_time"]
+    if reuse and run_dir.exists():
+        raise SystemExit(f"{run_dir} holds an unfinished run (no summary.json); finish it or remove it")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    learner = ActiveLearner(
+        molecule(MOLECULE), pyscf_oracle(**DFT),
+        None if baseline is None else SparseGP(n_sparse=300, baseline=baseline),  # 300: the default
+        run_dir=run_dir, md=MDSettings(temperature=TEMPERATURE, timestep=TIMESTEP, friction=FRICTION),
+        trigger=Trigger() if threshold is None else Trigger(threshold=threshold, adaptive=False),
+        log_every=100, progress=False,
+    )
+    t0 = time.perf_counter()
+    summary = learner.run(steps)
+    from dataclasses import asdict
+
+    return learner.model, asdict(summary), time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=400, help="MD steps of the active learner")
+    p.add_argument("--aimd-steps", type=int, default=600, help="steps of the AIMD training trajectory")
+    p.add_argument("--test-steps", type=int, default=300, help="steps of the independent AIMD test trajectory")
+    p.add_argument("--test-every", type=int, default=5)
+    p.add_argument("--delta", action="store_true", help="also learn a Δ-model over GFN2-xTB (tblite)")
+    p.add_argument("--only-aimd", action="store_true", help="only build (cache) one AIMD trajectory")
+    p.add_argument("--only-learn", action="store_true", help="only run the active learner(s)")
+    p.add_argument("--reuse", action="store_true", help="reuse finished learner runs in --run-dir")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain (non-Δ) learner run")
+    p.add_argument("--thresholds", nargs="+", default=["default"],
+                   help="trigger of each learner run: 'default' (the learner's defaults) or a fixed "
+                        "force-std threshold in eV/Å (Trigger(threshold=x, adaptive=False))")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--run-dir", default=str(CACHE / "dft_run"))
+    args = p.parse_args(argv)
+    try:
+        import pyscf  # noqa: F401
+    except ImportError:
+        print("pyscf is not installed (pip install pyscf): benchmark skipped")
+        return
+    if args.only_aimd:
+        frames, per_call = aimd(args.aimd_steps, args.seed)
+        print(f"AIMD seed {args.seed}: {len(frames)} frames, {per_call:.2f} s per step")
+        return
+    xtb = {"factory": "tblite.ase:TBLite", "kwargs": {"method": "GFN2-xTB", "verbosity": 0}}
+    runs = []
+    for thr in args.thresholds:
+        threshold = None if thr == "default" else float(thr)
+        tag = "_defaults" if threshold is None else f"_thr{threshold:g}"
+        trig = "defaults" if threshold is None else f"threshold {threshold:g} eV/Å"
+        if not args.no_plain:
+            runs.append((f"gpal ({trig})", None, threshold, Path(args.run_dir + tag)))
+        if args.delta:
+            runs.append((f"gpal Δ over GFN2-xTB ({trig})", xtb, threshold, Path(args.run_dir + "_delta" + tag)))
+    if args.only_learn:
+        for name, baseline, threshold, run_dir in runs:
+            model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold)
+            print(f"{name}: {s['oracle_calls']} DFT calls, wall {wall:.0f} s, DFT {s['time_oracle']:.0f} s",
+                  flush=True)
+        return
+    train, t_call, complete = cached_aimd(args.aimd_steps, seed=1)
+    test_traj, _, test_complete = cached_aimd(args.test_steps, seed=2)
+    test = test_traj[args.test_every - 1::args.test_every]
+    if not complete:
+        print(f"NOTE: reduced run: the AIMD training trajectory was cut at {len(train)} of "
+              f"{args.aimd_steps} steps")
+    if not test_complete:
+        print(f"NOTE: reduced run: the AIMD test trajectory was cut at {len(test_traj)} of "
+              f"{args.test_steps} steps")
+    ref_rms = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in test]) ** 2)))
+    print(f"{MOLECULE}, {DFT['xc']}/{DFT['basis']} (RI), {TEMPERATURE:g} K, {TIMESTEP} fs; "
+          f"test: {len(test)} frames (every {args.test_every}th step) of an independent AIMD run "
+          f"(RMS force {ref_rms:.3f} eV/Å)")
+
+    results = []
+    for name, baseline, threshold, run_dir in runs:
+        model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold)
+        f_err, e_err = errors(model, test)
+        results.append((name, baseline, s, f_err, e_err, len(model.sparse_X_)))
+        print(f"\n{name}: {s['steps']} MD steps, {s['oracle_calls']} DFT calls "
+              f"({s['oracle_calls_by_reason']}, {s['oracle_failures']} failed); wall {wall:.0f} s = DFT "
+              f"{s['time_oracle']:.0f} s + gpal {wall - s['time_oracle']:.0f} s; force RMSE {f_err:.4f} "
+              f"eV/Å, energy RMSE {e_err:.2f} meV/atom", flush=True)
+    if not np.isfinite(t_call):
+        per = [r[2]["time_oracle"] / max(r[2]["oracle_calls"], 1) for r in results]
+        t_call = float(np.mean(per))
+        print(f"(DFT time per call taken from the learner runs: {t_call:.2f} s)")
+
+    curves = {}
+    lengths = sorted({L for L in (10, 20, 40, 80, 120, 160, 240, 400, 600, len(train)) if L <= len(train)})
+    for kind, baseline in (("plain", None), ("Δ", xtb)):
+        if not any((r[1] is None) == (baseline is None) for r in results):
+            continue
+        n_sparse = max(r[5] for r in results if (r[1] is None) == (baseline is None))
+        print(f"\nAIMD alternative, {kind} model (same protocol; a trajectory of L steps costs L DFT calls, "
+              f"{t_call:.2f} s each), fitted to 16 and to 40 evenly spaced frames of it (at most L), "
+              f"{n_sparse} sparse points; the better fit counts:")
+        print(f"  {'L = DFT calls':>13} {'frames':>6} {'force RMSE':>11} {'energy':>8}")
+        curve = []
+        for L in lengths:
+            best = None
+            for n_fit in sorted({min(L, 16), min(L, 40)}):
+                m = fit_subsample(train[:L], n_fit, n_sparse, baseline)
+                f, e = errors(m, test)
+                print(f"  {L:>13} {n_fit:>6} {f:>11.4f} {e:>8.2f}", flush=True)
+                if best is None or f < best[1]:
+                    best = (L, f, e)
+            curve.append(best)
+        curves[kind] = curve
+
+    print("\nsummary (force RMSE eV/Å, energy RMSE meV/atom; held-out AIMD frames)")
+    for name, baseline, s, f_al, e_al, n_sparse in results:
+        n_calls = s["oracle_calls"]
+        curve = curves["plain" if baseline is None else "Δ"]
+        m = fit_subsample(train, n_calls, n_sparse, baseline)
+        f_eq, e_eq = errors(m, test)
+        reach = [L for L, f, _ in curve if f <= f_al]
+        print(f"- {name}: {n_calls} DFT calls ({s['time_oracle']:.0f} s of DFT), force {f_al:.4f}, "
+              f"energy {e_al:.2f}")
+        print(f"    equal calls: {n_calls} evenly spaced frames of the {len(train)}-step AIMD run (which cost "
+              f"{len(train)} calls): force {f_eq:.4f} (AIMD/gpal {f_eq / f_al:.2f}), energy {e_eq:.2f}")
+        if reach:
+            print(f"    equal force error: AIMD needs {reach[0]} DFT calls: {reach[0] / n_calls:.1f}× gpal's")
+        else:
+            best = min(curve, key=lambda c: c[1])
+            print(f"    equal force error: not reached by AIMD up to {len(train)} calls (best {best[1]:.4f} at "
+                  f"L = {best[0]}): more than {len(train) / n_calls:.1f}× gpal's calls")
+        if baseline is not None and "plain" in curves:
+            plain_reach = [L for L, f, _ in curves["plain"] if f <= f_al]
+            print("    against AIMD + the plain model: " + (
+                f"AIMD needs {plain_reach[0]} DFT calls: {plain_reach[0] / n_calls:.1f}× gpal's" if plain_reach
+                else f"not reached up to {len(train)} calls: more than {len(train) / n_calls:.1f}× gpal's"))
+        print(f"    equal DFT wall time: gpal's {s['time_oracle']:.0f} s of DFT = "
+              f"{s['time_oracle'] / t_call:.0f} AIMD steps")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Δ-learning: a cheap physical model under the GP.
+
+A Δ-model predicts ``baseline + GP``: the sparse GP is fitted to the residual labels
+``oracle − baseline`` (energy, forces, stress) and the baseline's energy, forces and
+stress are added back at prediction. The uncertainty is the GP's: the baseline is a
+deterministic function of the positions. A good baseline (GFN1-xTB under GFN2-xTB, xTB
+under DFT, a universal potential under DFT) leaves a small, smooth residual that takes
+far fewer labels to learn than the full potential energy surface.
+
+The baseline is any ASE calculator, given as
+
+* an import path ``"module:Name"`` plus keyword arguments (``baseline_kwargs``), e.g.
+  ``SparseGP(baseline="tblite.ase:TBLite", baseline_kwargs={"method": "GFN1-xTB"})``;
+  this is what a saved model stores (never a pickle), and what ``[model] baseline =
+  "module:Name"`` with ``[model.baseline_kwargs]`` means in a ``gpal learn`` config;
+* a live calculator, e.g. ``SparseGP(baseline=TBLite(method="GFN1-xTB"))``: usable at
+  once; saving the model needs its class to be importable as ``module:Name`` and its
+  ``parameters`` (the ASE convention for a calculator's settings) to be JSON, so that
+  ``Class(**parameters)`` rebuilds it on load.
+
+A model file whose baseline cannot be imported on load raises
+:class:`gpal.exceptions.BaselineError` with a one-line message naming the module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .exceptions import BaselineError
+
+__all__ = ["ZeroBaseline", "make_baseline", "baseline_spec", "baseline_labels"]
+
+
+class ZeroBaseline(Calculator):
+    """A baseline that is zero everywhere (energy, forces, stress): a Δ-model over it is
+    the plain model. Useful in tests and as a placeholder in configurations."""
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        self.results = {"energy": 0.0, "free_energy": 0.0, "energies": np.zeros(n),
+                        "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+
+
+def _import(path: str):
+    if not isinstance(path, str) or ":" not in path:
+        raise BaselineError(f"baseline must look like 'module:Name' (e.g. 'tblite.ase:TBLite'), got {path!r}")
+    module, _, name = path.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as exc:
+        raise BaselineError(
+            f"cannot import baseline module {module!r} ({type(exc).__name__}: {exc}); "
+            f"install it to use this model"
+        ) from None
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BaselineError(f"baseline module {module!r} has no attribute {name!r}") from None
+    return obj
+
+
+def _split(baseline, kwargs) -> tuple[str | None, dict]:
+    """(import path or None, kwargs) of a baseline given as a path, a dict or an OracleSpec."""
+    if isinstance(baseline, str):
+        return baseline, dict(kwargs or {})
+    if isinstance(baseline, dict) or hasattr(baseline, "factory"):
+        d = baseline if isinstance(baseline, dict) else baseline.to_dict()
+        if "factory" not in d:
+            raise BaselineError(f"a baseline dict needs a 'factory' key ('module:Name'), got keys {sorted(d)}")
+        if kwargs:
+            raise BaselineError("give baseline kwargs either in the baseline dict or as baseline_kwargs, not both")
+        return d["factory"], dict(d.get("kwargs") or {})
+    return None, {}
+
+
+def make_baseline(baseline, kwargs: dict | None = None):
+    """Build (or pass through) the baseline calculator.
+
+    Parameters
+    ----------
+    baseline : str, dict, OracleSpec, ASE calculator or None
+        ``"module:Name"`` (with ``kwargs``), ``{"factory": "module:Name", "kwargs": {...}}``,
+        a :class:`gpal.OracleSpec`, or a live ASE calculator (returned as is).
+    kwargs : dict, optional
+        Keyword arguments for an import path.
+
+    Returns
+    -------
+    ASE calculator or None
+
+    Raises
+    ------
+    BaselineError
+        Not importable, not a calculator, or kwargs given with a live calculator.
+    """
+    if baseline is None:
+        if kwargs:
+            raise BaselineError("baseline_kwargs given without a baseline")
+        return None
+    path, kw = _split(baseline, kwargs)
+    if path is None:
+        if not (hasattr(baseline, "get_potential_energy") or hasattr(baseline, "calculate")):
+            raise BaselineError(
+                f"baseline must be an ASE calculator or 'module:Name', got {type(baseline).__name__}")
+        if kwargs:
+            raise BaselineError("baseline_kwargs apply to an import path, not to a live calculator")
+        return baseline
+    factory = _import(path)
+    try:
+        return factory(**kw)
+    except TypeError as exc:
+        raise BaselineError(f"cannot build baseline {path} with kwargs {kw}: {exc}") from None
+
+
+def baseline_spec(baseline, kwargs: dict | None = None) -> dict | None:
+    """The JSON recipe a saved model keeps: ``{"factory": "module:Name", "kwargs": {...}}``.
+
+    A live calculator is described by its class's import path and its ``parameters``
+    (ASE's record of the settings it was built with).
+
+    Raises
+    ------
+    BaselineError
+        A live calculator whose class has no import path (defined in ``__main__`` or in
+        a function) or whose parameters are not JSON.
+    """
+    if baseline is None:
+        return None
+    path, kw = _split(baseline, kwargs)
+    if path is None:
+        cls = type(baseline)
+        mod, name = getattr(cls, "__module__", None), getattr(cls, "__qualname__", "")
+        if not mod or mod == "__main__" or "<" in name:
+            raise BaselineError(
+                f"cannot save the baseline {cls.__name__}: its class is not importable "
+                f"(defined in {mod or 'nowhere'}); give the baseline as 'module:Name' with baseline_kwargs"
+            )
+        path, kw = f"{mod}:{name}", dict(getattr(baseline, "parameters", None) or {})
+    try:
+        kw = json.loads(json.dumps(kw))
+    except (TypeError, ValueError) as exc:
+        raise BaselineError(
+            f"cannot save the baseline {path}: its keyword arguments are not JSON ({exc}); "
+            "give the baseline as 'module:Name' with JSON baseline_kwargs"
+        ) from None
+    return {"factory": path, "kwargs": kw}
+
+
+def baseline_labels(calc, atoms: Atoms, *, stress: bool = False) -> dict[str, Any]:
+    """Energy (eV), per-atom energies (n_atoms,), forces (n_atoms, 3) and, when asked,
+    stress (6,) eV/Å^3 of the baseline on a bare copy of ``atoms``.
+
+    ``energies`` come from the calculator when it offers them, otherwise the energy is
+    shared equally between the atoms (only their sum, the energy, is physical).
+    ASE calculators cache their results, so asking twice for the same positions costs
+    one calculation.
+
+    Raises
+    ------
+    BaselineError
+        The baseline fails, returns non-finite values, or has no stress when one is needed.
+    """
+    a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    name = type(calc).__name__
+    try:
+        energy = float(calc.get_potential_energy(a))
+        forces = np.array(calc.get_forces(a), dtype=float)
+        out = {"energy": energy, "forces": forces}
+        if stress:
+            try:
+                out["stress"] = np.array(calc.get_stress(a), dtype=float).reshape(-1)
+            except (PropertyNotImplementedError, NotImplementedError):
+                raise BaselineError(f"baseline {name} gives no stress, which this periodic frame needs") from None
+        energies = None
+        if "energies" in getattr(calc, "implemented_properties", ()):
+            try:
+                energies = np.array(calc.get_potential_energies(a), dtype=float)
+            except (PropertyNotImplementedError, NotImplementedError):
+                energies = None
+    except BaselineError:
+        raise
+    except Exception as exc:  # the baseline is foreign code
+        raise BaselineError(f"baseline {name} failed: {type(exc).__name__}: {exc}") from exc
+    if energies is None or energies.shape != (len(a),):
+        energies = np.full(len(a), energy / max(len(a), 1))
+    out["energies"] = energies
+    for k, v in out.items():
+        if not np.all(np.isfinite(v)):
+            raise BaselineError(f"baseline {name} returned non-finite {k}")
+    if out["forces"].shape != (len(a), 3):
+        raise BaselineError(f"baseline {name} returned forces of shape {out['forces'].shape}")
+    return out

@@ -1,0 +1,199 @@
+"""A DFT oracle: an ASE calculator running PySCF (Kohn-Sham DFT on molecules and clusters).
+
+PySCF's own ASE interface (``pyscf.pbc.tools.pyscf_ase.PySCF``) wraps a live PySCF
+method object, which cannot be described by an import path and JSON keyword arguments
+and so cannot travel to an executor's worker as an :class:`gpal.OracleSpec`. This module
+is that missing recipe: :class:`PySCF` builds the molecule and the Kohn-Sham method from
+plain settings, so ``OracleSpec("gpal.dft:PySCF", {"xc": "PBE", "basis": "def2-SVP"})``
+(or :func:`gpal.oracle.pyscf_oracle`) labels frames in any process.
+
+Energies are in eV and forces in eV/Å (analytic nuclear gradients). Molecules only:
+frames must not be periodic.
+
+SCF convergence is checked on every calculation. A calculation that does not converge
+is logged (a warning on the ``gpal.dft`` logger) and repeated once with safer settings:
+a level shift, damping, DIIS starting later and more cycles, from a fresh initial guess.
+If that fails too, :class:`SCFConvergenceError` (an :class:`gpal.OracleError`) is raised:
+:class:`gpal.Oracle` records the frame as a :class:`gpal.oracle.LabelFailure` and, since
+the safer settings were already tried, does not repeat it; the active learner then
+skips the frame (``on_oracle_failure="skip"``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from .exceptions import OracleError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PySCF", "SCFConvergenceError"]
+
+#: the settings of the second attempt after an unconverged SCF
+SAFER_SCF = {"level_shift": 0.25, "damp": 0.5, "diis_start_cycle": 4, "max_cycle": 300}
+
+
+class SCFConvergenceError(OracleError):
+    """The SCF did not converge, with the standard nor with the safer settings."""
+
+    #: gpal.Oracle does not retry: the safer settings were the retry
+    retryable = False
+
+
+class PySCF(Calculator):
+    """Kohn-Sham DFT with PySCF as an ASE calculator (energy, forces).
+
+    Parameters
+    ----------
+    xc : str, default "PBE"
+        Exchange-correlation functional, any name PySCF's libxc interface knows
+        ("PBE", "B3LYP", "PBE0", "wB97X-D"...).
+    basis : str, default "def2-SVP"
+        Gaussian basis set name.
+    charge : int, default 0
+        Total charge (elementary charges).
+    spin : int, default 0
+        Number of unpaired electrons, 2S (PySCF's convention): 0 gives restricted
+        Kohn-Sham (RKS), anything else unrestricted (UKS).
+    density_fit : bool, default True
+        Resolution of the identity for the Coulomb (and exact-exchange) integrals: much
+        faster, errors far below a force-field's (about 1e-5 Ha in energy).
+    auxbasis : str or None, default None
+        Auxiliary basis for density fitting (None: PySCF's default for ``basis``, e.g.
+        def2-universal-jkfit).
+    grid_level : int, default 3
+        PySCF's integration grid level (0-9); 3 is its default.
+    conv_tol : float, default 1e-9
+        SCF energy convergence, Hartree (tight, because forces are derivatives).
+    max_cycle : int, default 100
+        SCF iterations of the first attempt.
+    threads : int or None, default None
+        OpenMP and BLAS threads of each calculation, set with threadpoolctl around it
+        and restored afterwards (None: leave the process's setting). In a process pool
+        prefer ``threads_per_task`` of :class:`gpal.Oracle`, or ``OMP_NUM_THREADS`` in
+        the shell that starts Python.
+    reuse_guess : bool, default True
+        Start each SCF from the previous density matrix (PySCF's scanner): saves SCF
+        cycles along an MD trajectory; results agree to ``conv_tol``.
+    verbose : int, default 0
+        PySCF's verbosity (0: silent).
+
+    Attributes
+    ----------
+    n_scf_retries : int
+        Calculations repeated with the safer settings.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    default_parameters = {
+        "xc": "PBE",
+        "basis": "def2-SVP",
+        "charge": 0,
+        "spin": 0,
+        "density_fit": True,
+        "auxbasis": None,
+        "grid_level": 3,
+        "conv_tol": 1e-9,
+        "max_cycle": 100,
+        "threads": None,
+        "reuse_guess": True,
+        "verbose": 0,
+    }
+
+    def __init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - set(self.default_parameters))
+        if unknown:
+            raise TypeError(
+                f"PySCF got unknown setting(s) {', '.join(unknown)}; valid: {', '.join(self.default_parameters)}")
+        super().__init__(**kwargs)
+        p = self.parameters
+        if int(p["spin"]) < 0:
+            raise ValueError(f"spin (2S, unpaired electrons) must be >= 0, got {p['spin']}")
+        self.n_scf_retries = 0
+        self._dm = None  # previous density matrix, the next initial guess
+
+    # ---------------------------------------------------------------- helpers
+    def _mol(self, atoms):
+        from pyscf import gto
+
+        p = self.parameters
+        try:
+            return gto.M(
+                atom=[(int(z), tuple(r)) for z, r in zip(atoms.numbers, atoms.positions)],
+                unit="Angstrom", basis=p["basis"], charge=int(p["charge"]), spin=int(p["spin"]),
+                verbose=int(p["verbose"]),
+            )
+        except RuntimeError as exc:  # e.g. electron count and spin disagree
+            raise ValueError(f"PySCF cannot build this molecule: {exc}") from None
+
+    def _method(self, mol, safer: bool):
+        from pyscf import dft
+
+        p = self.parameters
+        mf = (dft.RKS if int(p["spin"]) == 0 else dft.UKS)(mol, xc=p["xc"])
+        if p["density_fit"]:
+            mf = mf.density_fit(auxbasis=p["auxbasis"])
+        mf.grids.level = int(p["grid_level"])
+        mf.conv_tol = float(p["conv_tol"])
+        mf.max_cycle = int(p["max_cycle"])
+        mf.verbose = int(p["verbose"])
+        if safer:
+            mf.level_shift = SAFER_SCF["level_shift"]
+            mf.damp = SAFER_SCF["damp"]
+            mf.diis_start_cycle = SAFER_SCF["diis_start_cycle"]
+            mf.max_cycle = max(mf.max_cycle, SAFER_SCF["max_cycle"])
+        return mf
+
+    def _scf(self, mol, safer: bool):
+        mf = self._method(mol, safer)
+        dm0 = None
+        if not safer and self.parameters["reuse_guess"] and self._dm is not None:
+            if np.shape(self._dm)[-1] == mol.nao_nr():
+                dm0 = self._dm
+        mf.kernel(dm0=dm0)
+        return mf
+
+    # ---------------------------------------------------------------- ASE
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if np.any(atoms.pbc):
+            raise ValueError("gpal.dft.PySCF computes molecules only: set atoms.pbc = False")
+        from pyscf.data.nist import BOHR, HARTREE2EV
+
+        threads = self.parameters["threads"]
+        if threads:
+            from threadpoolctl import threadpool_limits
+
+            limit = threadpool_limits(limits=int(threads))
+        else:
+            limit = None
+        try:
+            mol = self._mol(atoms)
+            mf = self._scf(mol, safer=False)
+            if not mf.converged:
+                self.n_scf_retries += 1
+                log.warning("SCF not converged (%s/%s, %d cycles); retrying with level shift %.2f, "
+                            "damping %.1f, %d cycles", self.parameters["xc"], self.parameters["basis"],
+                            mf.max_cycle, SAFER_SCF["level_shift"], SAFER_SCF["damp"], SAFER_SCF["max_cycle"])
+                mf = self._scf(mol, safer=True)
+                if not mf.converged:
+                    self._dm = None
+                    raise SCFConvergenceError(
+                        f"SCF not converged ({self.parameters['xc']}/{self.parameters['basis']}), "
+                        "also with level shift, damping and more cycles")
+            self._dm = mf.make_rdm1()
+            energy = float(mf.e_tot) * HARTREE2EV
+            grad = mf.nuc_grad_method().kernel()
+        finally:
+            if limit is not None:
+                limit.restore_original_limits()
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": -np.asarray(grad, dtype=float) * (HARTREE2EV / BOHR),
+        }

@@ -1,0 +1,321 @@
+"""Δ-learning: SparseGP(baseline=...) fits labels − baseline and predicts baseline + GP."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.calculators.lj import LennardJones
+
+import gpal
+from gpal import SOAP, SparseGP
+from gpal.baseline import ZeroBaseline, baseline_spec, make_baseline
+from gpal.exceptions import BaselineError
+from gpal.io import read_model_file, save_model
+
+from conftest import POLY, SMALL_SOAP, cu_frames
+
+LJ = {"sigma": 2.3, "epsilon": 0.05, "rc": 4.0, "smooth": True}
+
+
+def soap():
+    return SOAP(species=[29], periodic=True, weighting=POLY, **SMALL_SOAP)
+
+
+def fixed(**kw):
+    # fixed hyperparameters: exact comparisons and fast fits
+    return SparseGP(soap(), n_sparse=30, energy_noise=0.002, hyperparameters="fixed", **kw)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return cu_frames(5, seed=11)
+
+
+@pytest.fixture(scope="module")
+def test_frame():
+    return cu_frames(1, seed=12)[0]
+
+
+@pytest.fixture(scope="module")
+def lj_model(train):
+    return fixed(baseline="ase.calculators.lj:LennardJones", baseline_kwargs=LJ).fit(train)
+
+
+def _all(pred):
+    return {k: np.asarray(v, dtype=float) for k, v in pred.items()}
+
+
+def test_zero_baseline_is_the_plain_model(train, test_frame):
+    plain = fixed().fit(train)
+    delta = fixed(baseline="gpal.baseline:ZeroBaseline").fit(train)
+    delta.update(cu_frames(1, seed=13), n_sparse=4)
+    plain.update(cu_frames(1, seed=13), n_sparse=4)
+    a = _all(plain.predict(test_frame, return_std=True, forces_std=True, stress_std=True))
+    b = _all(delta.predict(test_frame, return_std=True, forces_std=True, stress_std=True))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-10, err_msg=k)
+
+
+def test_baseline_equal_to_the_oracle_leaves_nothing_to_learn(train, test_frame):
+    """Labels from EMT, baseline EMT: the residuals are zero, the GP mean is zero, the
+    prediction is EMT's, and the stds are the GP's (the same as the plain model's: DTC
+    stds depend on the inputs, not on the labels)."""
+    delta = fixed(baseline=EMT()).fit(train)
+    plain = fixed().fit(train)
+    assert np.abs(delta.alpha_).max() < 1e-10
+    assert all(abs(v) < 1e-10 for v in delta.e0_.values())
+    p = delta.predict(test_frame, return_std=True)
+    assert p["energy"] == pytest.approx(test_frame.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(p["forces"], test_frame.get_forces(), atol=1e-10)
+    np.testing.assert_allclose(p["stress"], test_frame.get_stress(), atol=1e-12)
+    np.testing.assert_allclose(p["energies_std"], plain.predict(test_frame, return_std=True)["energies_std"],
+                               rtol=1e-10)
+    loo = delta.loo_residuals()
+    assert np.abs(loo["force_error"]).max() < 1e-10
+
+
+def test_baseline_equal_to_the_oracle_leaves_the_evidence_at_the_prior_floor(train, test_frame):
+    """With the evidence choosing the hyperparameters, zero residuals drive the signal
+    variance to its lower bound: the GP adds (almost) nothing, its stds are the prior's
+    smallest."""
+    from gpal.potential import SIGNAL_VARIANCE_BOUNDS
+
+    with pytest.warns(UserWarning, match="bound"):
+        delta = SparseGP(soap(), n_sparse=30, baseline=EMT()).fit(train)
+    assert delta.kernel_.signal_variance == pytest.approx(SIGNAL_VARIANCE_BOUNDS[0], rel=1e-2)
+    std = delta.predict(test_frame, return_std=True)["energies_std"]
+    assert std.max() <= np.sqrt(SIGNAL_VARIANCE_BOUNDS[0]) * (1 + 1e-6)
+
+
+def _energy(model, atoms):
+    return model.predict(atoms)["energy"]
+
+
+def test_forces_and_stress_are_derivatives_including_the_baseline(lj_model, test_frame):
+    pred = lj_model.predict(test_frame)
+    base = make_baseline("ase.calculators.lj:LennardJones", LJ)
+    assert np.abs(base.get_forces(test_frame.copy())).max() > 1e-2  # the baseline matters here
+    h = 1e-4
+    fd = np.zeros_like(pred["forces"])
+    for i in range(len(test_frame)):
+        for c in range(3):
+            e = []
+            for sgn in (1, -1):
+                a = test_frame.copy()
+                a.positions[i, c] += sgn * h
+                e.append(_energy(lj_model, a))
+            fd[i, c] = -(e[0] - e[1]) / (2 * h)
+    np.testing.assert_allclose(pred["forces"], fd, atol=2e-6)
+    V = test_frame.get_volume()
+    S = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            e = []
+            for sgn in (1, -1):
+                eps = np.zeros((3, 3))
+                eps[i, j] += sgn * h / 2
+                eps[j, i] += sgn * h / 2
+                a = test_frame.copy()
+                a.set_cell(a.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+                e.append(_energy(lj_model, a))
+            S[i, j] = (e[0] - e[1]) / (2 * h) / V
+    np.testing.assert_allclose(pred["stress"], S.flat[[0, 4, 8, 5, 2, 1]], atol=2e-7)
+    assert pred["energy"] == pytest.approx(pred["energies"].sum(), abs=1e-10)
+    assert pred["free_energy"] == pred["energy"]
+
+
+def test_prediction_is_baseline_plus_gp(lj_model, train, test_frame):
+    gp_only = fixed().fit([_minus(a, LennardJones(**LJ)) for a in train])
+    p, q = lj_model.predict(test_frame, return_std=True), gp_only.predict(test_frame, return_std=True)
+    b = test_frame.copy()
+    b.calc = LennardJones(**LJ)
+    assert p["energy"] == pytest.approx(q["energy"] + b.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(p["forces"], q["forces"] + b.get_forces(), atol=1e-9)
+    np.testing.assert_allclose(p["energies_std"], q["energies_std"], rtol=1e-10)
+
+
+def test_calculator_runs_the_delta_model(lj_model, test_frame):
+    from gpal import GPCalculator
+
+    a = test_frame.copy()
+    a.calc = GPCalculator(lj_model)
+    p = lj_model.predict(test_frame)
+    assert a.get_potential_energy() == pytest.approx(p["energy"], abs=1e-10)
+    np.testing.assert_allclose(a.get_forces(), p["forces"], atol=1e-10)
+    np.testing.assert_allclose(a.get_stress(), p["stress"], atol=1e-12)
+
+
+def _minus(atoms, calc):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    b = atoms.copy()
+    b.calc = calc
+    e, f, s = b.get_potential_energy(), b.get_forces(), b.get_stress()
+    c = atoms.copy()
+    c.calc = SinglePointCalculator(c, energy=atoms.get_potential_energy() - e,
+                                   forces=atoms.get_forces() - f, stress=atoms.get_stress() - s)
+    return c
+
+
+def test_save_load_round_trip_keeps_the_baseline_as_an_import_path(tmp_path, lj_model, test_frame):
+    path = lj_model.save(tmp_path / "m.npz")
+    _, meta = read_model_file(path)
+    assert meta["baseline"] == {"factory": "ase.calculators.lj:LennardJones", "kwargs": LJ}
+    back = gpal.load(path)
+    assert isinstance(back.baseline_, LennardJones)
+    a, b = _all(lj_model.predict(test_frame, return_std=True)), _all(back.predict(test_frame, return_std=True))
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-12, err_msg=k)
+    # a live calculator of an importable class is saved as its class path + parameters
+    live = fixed(baseline=LennardJones(**LJ)).fit(cu_frames(2, seed=3))
+    _, meta = read_model_file(live.save(tmp_path / "live.npz"))
+    assert meta["baseline"]["factory"] == "ase.calculators.lj:LennardJones"
+    assert meta["baseline"]["kwargs"]["sigma"] == LJ["sigma"]
+    assert "baseline" not in read_model_file(fixed().fit(cu_frames(2, seed=3)).save(tmp_path / "p.npz"))[1]
+
+
+def test_unsaveable_baselines_raise_at_save(tmp_path, train):
+    class Local(ZeroBaseline):
+        pass
+
+    model = fixed(baseline=Local()).fit(train[:2])
+    with pytest.raises(BaselineError, match="not importable"):
+        model.save(tmp_path / "m.npz")
+    bad = ZeroBaseline()
+    bad.parameters["thing"] = object()
+    with pytest.raises(BaselineError, match="not JSON"):
+        baseline_spec(bad)
+
+
+def test_missing_baseline_module_on_load_is_one_line(tmp_path, lj_model):
+    path = lj_model.save(tmp_path / "m.npz")
+    arrays, meta = read_model_file(path)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "digests")}
+    meta["baseline"] = {"factory": "gpal_no_such_module.calc:Calc", "kwargs": {}}
+    save_model(tmp_path / "missing.npz", arrays, meta)
+    with pytest.raises(BaselineError) as info:
+        gpal.load(tmp_path / "missing.npz")
+    msg = str(info.value)
+    assert "\n" not in msg and "gpal_no_such_module" in msg and "missing.npz" in msg
+
+    from gpal.cli import main
+
+    assert main(["info", str(tmp_path / "missing.npz")]) == 2
+
+
+@pytest.mark.parametrize("bad, kwargs, match", [
+    ("no_colon", None, "module:Name"),
+    ("gpal.baseline:Nope", None, "no attribute"),
+    (3.0, None, "ASE calculator"),
+    (None, {"a": 1}, "without a baseline"),
+    (EMT(), {"a": 1}, "live calculator"),
+])
+def test_bad_baselines(train, bad, kwargs, match):
+    with pytest.raises(BaselineError, match=match):
+        fixed(baseline=bad, baseline_kwargs=kwargs).fit(train[:2])
+
+
+def test_params_and_config_know_the_baseline():
+    from gpal.config import schema
+
+    params = SparseGP(baseline="tblite.ase:TBLite", baseline_kwargs={"method": "GFN1-xTB"}).get_params()
+    assert params["baseline"] == "tblite.ase:TBLite"
+    keys = schema()["model"]
+    assert str in keys["baseline"].kinds and dict in keys["baseline_kwargs"].kinds
+    json.dumps({k: v for k, v in params.items() if k not in ("descriptor", "kernel")})
+
+
+def test_learner_with_a_delta_model_and_resume(tmp_path):
+    """The learner fits, updates, checkpoints and resumes a Δ-model (the labels in
+    train.xyz are the oracle's; the model holds the residuals)."""
+    from ase.build import bulk
+
+    from gpal import ActiveLearner, MDSettings, Trigger
+
+    start = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2))
+    model = SparseGP(soap(), n_sparse=20, energy_noise=0.002, hyperparameters="fixed",
+                     baseline="ase.calculators.lj:LennardJones", baseline_kwargs=LJ)
+    learner = ActiveLearner(start, "ase.calculators.emt:EMT", model, run_dir=tmp_path / "run",
+                            md=MDSettings(temperature=600, timestep=2.0), trigger=Trigger(threshold=0.05),
+                            n_bootstrap=2, n_candidates=8, optimize_every=0, progress=False,
+                            sparse_per_label=4)
+    summary = learner.run(20)
+    assert summary.oracle_calls >= 2
+    back = gpal.load(tmp_path / "run" / "model.npz")
+    assert back.baseline == "ase.calculators.lj:LennardJones" and back.baseline_kwargs == LJ
+    labelled = gpal.io.read_frames(tmp_path / "run" / "train.xyz")
+    a = labelled[-1]
+    p = back.predict(a)
+    np.testing.assert_allclose(p["forces"], learner.model.predict(a)["forces"], atol=1e-10)
+    resumed = ActiveLearner.resume(tmp_path / "run")
+    assert resumed.model.baseline == "ase.calculators.lj:LennardJones"
+    resumed.run(30)
+    # a live baseline calculator: the run state keeps its class path and parameters
+    live = SparseGP(soap(), n_sparse=20, energy_noise=0.002, hyperparameters="fixed",
+                    baseline=LennardJones(**LJ))
+    ActiveLearner(start, "ase.calculators.emt:EMT", live, run_dir=tmp_path / "live",
+                  md=MDSettings(temperature=600, timestep=2.0), n_bootstrap=2, n_candidates=8,
+                  optimize_every=0, progress=False).run(5)
+    state = json.loads((tmp_path / "live" / "state.json").read_text())
+    assert state["model"]["baseline"] == "ase.calculators.lj:LennardJones"
+
+
+def test_cli_learn_with_a_baseline_in_the_config(tmp_path, capsys):
+    from gpal.cli import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+steps = 20
+[structure]
+bulk = "Cu"
+repeat = [1, 1, 2]
+[oracle]
+factory = "ase.calculators.emt:EMT"
+[descriptor]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+sigma = 0.5
+[model]
+n_sparse = 20
+hyperparameters = "fixed"
+baseline = "ase.calculators.lj:LennardJones"
+baseline_kwargs = {{sigma = 2.3, epsilon = 0.05, rc = 4.0, smooth = true}}
+[learner]
+n_bootstrap = 2
+n_candidates = 8
+optimize_every = 0
+[validation]
+steps = 0
+""")
+    assert main(["learn", str(cfg), "-q"]) == 0
+    back = gpal.load(tmp_path / "run" / "model.npz")
+    assert back.baseline == "ase.calculators.lj:LennardJones" and back.baseline_kwargs == LJ
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("ase.calculators.lj:LennardJones", "gpal_nope:Calc")
+                   .replace(str(tmp_path / "run"), str(tmp_path / "run2")))
+    assert main(["learn", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gpal_nope" in err
+
+
+def test_cli_fit_with_a_baseline(tmp_path, train, capsys):
+    from ase.io import write
+
+    from gpal.cli import main
+
+    write(tmp_path / "train.xyz", train[:3])
+    out = tmp_path / "m.npz"
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(out), "--n-sparse", "20", "--r-cut", "4",
+                 "--n-max", "3", "--l-max", "2", "--baseline", "ase.calculators.lj:LennardJones",
+                 "--baseline-kwargs", json.dumps(LJ)]) == 0
+    assert gpal.load(out).baseline_kwargs == LJ
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(tmp_path / "train.xyz"), "--baseline-kwargs", "[1]"])
+    assert info.value.code == 2
+    assert "JSON object" in capsys.readouterr().err

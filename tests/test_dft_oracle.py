@@ -1,0 +1,110 @@
+"""The PySCF DFT oracle (gpal.dft.PySCF): physics against PySCF itself and finite
+differences, SCF failure handling, and the oracle machinery (spec, executor)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+pytest.importorskip("pyscf")
+
+from gpal import Oracle  # noqa: E402
+from gpal.dft import PySCF, SCFConvergenceError  # noqa: E402
+from gpal.oracle import OracleSpec, pyscf_oracle  # noqa: E402
+
+FAST = {"basis": "sto-3g", "grid_level": 3, "threads": 1}  # threads: the machine may be busy
+
+
+def water():
+    return Atoms("OH2", positions=[[0.0, 0.0, 0.12], [0.0, 0.76, -0.47], [0.0, -0.78, -0.45]])
+
+
+@pytest.fixture(scope="module")
+def reference():
+    a = water()
+    a.calc = PySCF(xc="PBE", **FAST)
+    return a.get_potential_energy(), a.get_forces()
+
+
+def test_energy_matches_pyscf_and_forces_are_minus_the_gradient(reference):
+    from pyscf import dft, gto
+    from pyscf.data.nist import HARTREE2EV
+    from threadpoolctl import threadpool_limits
+
+    a = water()
+    e, f = reference
+    mol = gto.M(atom=[(s, p) for s, p in zip(a.get_chemical_symbols(), a.positions)], basis="sto-3g",
+                unit="Angstrom", verbose=0)
+    mf = dft.RKS(mol, xc="PBE").density_fit()
+    mf.grids.level = 3
+    with threadpool_limits(1):
+        assert e == pytest.approx(mf.kernel() * HARTREE2EV, abs=1e-6)
+    assert np.abs(f.sum(axis=0)).max() < 1e-2  # translation invariance, up to the grid
+    h = 1e-3
+    for i, c in ((0, 2), (1, 1)):
+        es = []
+        for sgn in (1, -1):
+            b = a.copy()
+            b.positions[i, c] += sgn * h
+            b.calc = PySCF(xc="PBE", reuse_guess=False, **FAST)
+            es.append(b.get_potential_energy())
+        # the grid moves with the atoms (no grid response in the gradient): ~1e-3 eV/Å
+        assert f[i, c] == pytest.approx(-(es[0] - es[1]) / (2 * h), abs=5e-3)
+
+
+def test_unconverged_scf_is_retried_with_safer_settings(caplog, reference):
+    a = water()
+    a.calc = PySCF(xc="PBE", max_cycle=2, **FAST)
+    with caplog.at_level(logging.WARNING, logger="gpal.dft"):
+        e = a.get_potential_energy()
+    assert a.calc.n_scf_retries == 1 and "SCF not converged" in caplog.text
+    assert e == pytest.approx(reference[0], abs=1e-5)
+
+
+def test_scf_that_never_converges_is_one_logged_failure_not_retried(monkeypatch):
+    import gpal.dft
+
+    monkeypatch.setitem(gpal.dft.SAFER_SCF, "max_cycle", 3)
+    oracle = Oracle(pyscf_oracle("PBE", "sto-3g", conv_tol=1e-30, max_cycle=2, grid_level=3), retries=1)
+    labelled, failures = oracle.label([water()])
+    assert labelled == [None] and len(failures) == 1
+    assert "SCFConvergenceError" in failures[0].reason and failures[0].attempts == 1
+    assert oracle.n_calls == 1 and oracle.n_failures == 1
+    assert issubclass(SCFConvergenceError, gpal.OracleError)
+
+
+def test_open_shell_charge_and_bad_settings():
+    oh = Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.98]])
+    oh.calc = PySCF(spin=1, **FAST)  # UKS
+    e_radical = oh.get_potential_energy()
+    anion = oh.copy()
+    anion.calc = PySCF(charge=-1, **FAST)
+    assert np.isfinite(e_radical) and anion.get_potential_energy() != pytest.approx(e_radical, abs=1e-3)
+    bad = water()
+    bad.calc = PySCF(spin=1, **FAST)  # 10 electrons cannot have one unpaired
+    with pytest.raises(ValueError, match="cannot build"):
+        bad.get_potential_energy()
+    with pytest.raises(TypeError, match="unknown setting"):
+        PySCF(functional="PBE")
+    with pytest.raises(TypeError, match="unknown setting"):
+        pyscf_oracle(functional="PBE")
+    periodic = water()
+    periodic.pbc = True
+    periodic.cell = [8, 8, 8]
+    periodic.calc = PySCF(**FAST)
+    with pytest.raises(ValueError, match="molecules only"):
+        periodic.get_potential_energy()
+
+
+def test_spec_runs_in_a_process_pool(reference):
+    spec = pyscf_oracle("PBE", **FAST)
+    assert spec == OracleSpec("gpal.dft:PySCF", spec.kwargs) and spec.factory == "gpal.dft:PySCF"
+    with cf.ProcessPoolExecutor(max_workers=1) as ex:
+        remote, failures = Oracle(spec, executor=ex).label([water()])
+    assert not failures
+    assert remote[0].get_potential_energy() == pytest.approx(reference[0], abs=1e-6)
+    np.testing.assert_allclose(remote[0].get_forces(), reference[1], atol=1e-5)
