@@ -88,6 +88,13 @@ class Trigger:
          has seen on the trajectory are labelled, since consecutive MD frames are
          nearly the same question. The first check after a model update only sets
          this reference.
+       Both parts are capped at the **ceiling** ``ceiling x`` the RMS force of the
+       oracle's labels (forces_std only): whatever the fitted noise (which a model of
+       a few frames may set near the forces themselves, treating everything as noise)
+       or the recent level (which follows a model uniformly unsure of everything), a
+       frame whose most uncertain force component has a calibrated std above a quarter
+       of the RMS force the model must predict (a typical error of about a tenth) is
+       labelled. The floor ``threshold_min`` wins over the ceiling.
     3. **Rate cap.** At most ``max_labels`` labels per walker in any ``window`` MD
        steps, rollbacks after a blow-up included (a capped rollback restores the walker
        without a label).
@@ -120,6 +127,10 @@ class Trigger:
         largest component; without a floor, a model whose fitted noise sits at its
         bound keeps labelling at the rate the adaptive level allows), 0 for
         ``"energies_std"``.
+    ceiling : float or None, default 0.25
+        Fraction of the RMS oracle force of the labels (eV/Å) above which the automatic
+        threshold and the adaptive level never go; None: no ceiling. A user's fixed
+        ``threshold`` is kept as given.
     every : int, default 20
         Steps between checks (blow-up checks run every step).
     max_labels, window : int, default 3 and 100
@@ -135,6 +146,7 @@ class Trigger:
     adapt_window: int = 10
     adapt_margin: float = 0.2
     threshold_min: float | None = None
+    ceiling: float | None = 0.25
     every: int = 20
     max_labels: int = 3
     window: int = 100
@@ -155,6 +167,8 @@ class Trigger:
             raise ValueError(f"noise_ratio must be > 0, got {self.noise_ratio}")
         if not 0 < self.novelty <= 1:
             raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
+        if self.ceiling is not None and not self.ceiling > 0:
+            raise ValueError(f"trigger ceiling must be > 0 or None, got {self.ceiling}")
         for name in ("every", "max_labels", "window", "adapt_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
@@ -175,6 +189,24 @@ class Trigger:
         if floor is None:  # the default floor guards the automatic threshold only
             floor = 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
         return max(float(thr), float(floor))
+
+    def level(self, model: SparseGP, recent: Sequence[float], scale: float = 1.0,
+              force_rms: float | None = None) -> tuple[float, float]:
+        """The threshold a check compares with, and its base (both eV/Å, or eV).
+
+        ``max(base, adaptive level)``, where the automatic base and the adaptive level
+        are capped at ``ceiling x force_rms`` (the RMS oracle force of the labels,
+        eV/Å; no cap when None or for energies_std), the floor winning over the cap.
+        """
+        base = self.base_threshold(model, scale)
+        adaptive = self.adaptive_level(recent)
+        if self.ceiling is not None and force_rms and self.quantity == "forces_std":
+            cap = self.ceiling * float(force_rms)
+            adaptive = min(adaptive, cap)
+            if self.threshold is None:
+                floor = 0.02 if self.threshold_min is None else float(self.threshold_min)
+                base = max(min(base, cap), floor)
+        return max(base, adaptive), base
 
     def adaptive_level(self, recent: Sequence[float]) -> float:
         """The adaptive part of the threshold: 0 before any history or if not adaptive."""
@@ -512,6 +544,7 @@ class ActiveLearner:
         self.rollbacks = 0
         self.threshold_ = None
         self._recent_unc: list[float] = []
+        self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
         self._label_steps: dict[int, list[int]] = {}
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
         self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0}
@@ -578,6 +611,7 @@ class ActiveLearner:
             "last_optimization": self._last_opt,
             "threshold": self.threshold_,
             "recent_uncertainty": self._recent_unc[-self.trigger.adapt_window:],
+            "label_force_squares": self._force_sq,
             "label_steps": {str(k): v[-self.trigger.max_labels:] for k, v in self._label_steps.items()},
             "oracle_calls_by_reason": self._calls,
             "calibration": getattr(self, "_calibration", {}),
@@ -621,6 +655,12 @@ class ActiveLearner:
         calls0 = self.oracle.n_calls
 
         def arrived(k: int, a: Atoms) -> None:
+            try:
+                f = np.asarray(a.get_forces(), dtype=float)
+                self._force_sq[0] += float(np.sum(f**2))
+                self._force_sq[1] += int(f.size)
+            except Exception:  # a label without forces does not set the force scale
+                pass
             a.info["gpal_step"] = self.step
             a.info["gpal_reason"] = reason
             if walkers is not None:
@@ -950,12 +990,12 @@ class ActiveLearner:
         if forces:
             scale = self._force_std_scale() if trig.calibrated else 1.0
             u = float(np.max(res["forces_std"])) * scale
-            base = trig.base_threshold(self.model, self._force_noise_scale())
+            thr, base = trig.level(self.model, self._recent_unc, self._force_noise_scale(),
+                                   self._force_rms())
         else:
             u = float(np.max(res["energies_std"]))
-            base = trig.base_threshold(self.model)
+            thr, base = trig.level(self.model, self._recent_unc)
         reference = trig.adaptive and not self._recent_unc
-        thr = max(base, trig.adaptive_level(self._recent_unc))
         self.threshold_ = thr
         self._times["check"] += time.perf_counter() - t0
         label = u > thr and not reference
@@ -1047,6 +1087,21 @@ class ActiveLearner:
         if int(n) < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         self._calls["validation"] = self._calls.get("validation", 0) + int(n)
+
+    def _force_rms(self) -> float | None:
+        """RMS oracle force of the labels so far (eV/Å); None before any."""
+        if not self._force_sq[1]:
+            if self.train_path.exists():  # a resumed run: from its labels
+                for a in read_frames(self.train_path):
+                    try:
+                        f = np.asarray(a.get_forces(), dtype=float)
+                    except Exception:
+                        continue
+                    self._force_sq[0] += float(np.sum(f**2))
+                    self._force_sq[1] += int(f.size)
+            if not self._force_sq[1]:
+                return None
+        return float(np.sqrt(self._force_sq[0] / self._force_sq[1]))
 
     def _force_std_scale(self) -> float:
         """The force-std recalibration factor stored in the model (1 before any)."""
@@ -1294,6 +1349,8 @@ class ActiveLearner:
         self._last_opt = state.get("last_optimization", 0)
         self.threshold_ = state["threshold"]
         self._recent_unc = list(state.get("recent_uncertainty", []))
+        if "label_force_squares" in state:  # (else recomputed from train.xyz when needed)
+            self._force_sq = [float(state["label_force_squares"][0]), int(state["label_force_squares"][1])]
         self._label_steps = {int(k): list(v) for k, v in state.get("label_steps", {}).items()}
         self._calls.update(state.get("oracle_calls_by_reason", {}))
         self._calibration = state.get("calibration", {})

@@ -288,6 +288,20 @@ def test_trigger_rate_cap_and_thresholds():
         2.0 * model.noise_["force"])
     assert trig.adaptive_level([]) == 0.0
     assert trig.adaptive_level([1.0, 3.0]) == pytest.approx(1.2 * 2.0)
+    # the ceiling: a quarter of the RMS label force caps the automatic base and the adaptive
+    # level (a model that calls everything noise, or is unsure of everything, still labels)
+    noisy = Trigger(noise_ratio=1e3)
+    assert noisy.base_threshold(model) > 1.0
+    thr, base = noisy.level(model, [5.0, 5.0], force_rms=1.5)
+    assert thr == pytest.approx(0.375) and base == pytest.approx(0.375)
+    assert Trigger(ceiling=None).level(model, [5.0], force_rms=1.5)[0] == pytest.approx(6.0)
+    # the floor wins over the ceiling; a user's threshold is kept
+    assert Trigger().level(model, [], force_rms=0.05)[0] == pytest.approx(0.02)
+    assert Trigger(ceiling=0.1).level(model, [5.0], force_rms=1.5)[0] == pytest.approx(0.15)
+    assert Trigger(threshold=0.5).level(model, [1.0], force_rms=1.0) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert Trigger().level(model, [1.0])[0] == pytest.approx(1.2)  # no labels yet: no ceiling
+    with pytest.raises(ValueError, match="ceiling"):
+        Trigger(ceiling=0.0)
 
 
 def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
