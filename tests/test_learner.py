@@ -483,15 +483,22 @@ def test_cli_learn_checkpoints_and_exits_with_one_line_on_sigterm_and_sigint(tmp
     run = tmp_path / "run"
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     cmd = [sys.executable, "-m", "gpal.cli", "learn", str(tmp_path / "tiny.toml"), "--run-dir", str(run), "-q"]
-    proc = subprocess.Popen(cmd + ["--steps", "100000"], env=_gpal_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # faulthandler: if the run ever ignores the signal, SIGABRT dumps every thread's stack
+    proc = subprocess.Popen(cmd + ["--steps", "100000"], env=dict(_gpal_env(), PYTHONFAULTHANDLER="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 600  # a cold numba cache on a busy machine
         while not (run / "model.npz").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
+        assert (run / "model.npz").exists(), "no bootstrap model after 600 s"
         time.sleep(1.0)  # into MD
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"gpal learn ignored signal {sig} for 180 s; its stacks:\n{err[-6000:]}")
     finally:
         proc.kill()
     assert proc.returncode == 128 + sig, err
