@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
-from .exceptions import ConfigError, GpalError
+from .exceptions import ConfigError, GpalError, interrupt_in
 
 log = logging.getLogger("gpal")
 
@@ -824,8 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, SystemError) as exc:
         # an interrupt inside a numba-compiled call arrives as a SystemError caused by it
         if isinstance(exc, SystemError):
-            cause = exc.__cause__ or exc.__context__
-            if not isinstance(cause, KeyboardInterrupt):
+            cause = interrupt_in(exc)
+            if cause is None:
                 if args.verbose:
                     traceback.print_exc()
                 print(f"{prog}: error: unexpected SystemError: {_message(exc)} (a bug in gpal? "

@@ -81,3 +81,19 @@ class StructureFileError(GpalError, ValueError):
 
 class BaselineError(GpalError, ValueError):
     """A Δ-model's baseline calculator cannot be imported, built, saved or evaluated."""
+
+
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind ``exc``, if any (itself, or up its cause/context chain).
+
+    A signal whose Python handler raises while a numba-compiled function runs surfaces as
+    a ``SystemError`` ("returned a result with an exception set"), sometimes wrapped once
+    more by the compiled caller; the interrupt is somewhere in its chain.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

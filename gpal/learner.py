@@ -47,7 +47,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from . import selection
 from ._validation import as_rng, check_atoms
 from .calculator import GPCalculator
-from .exceptions import GpalError, OracleError, OverlappingAtomsError
+from .exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
 from .io import append_frame, atomic_write, read_frames, write_frames
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .potential import SparseGP
@@ -860,10 +860,9 @@ class ActiveLearner:
         try:
             return self._run(t_start)
         except (KeyboardInterrupt, SystemError) as exc:
-            cause = exc.__cause__ or exc.__context__
-            if not isinstance(exc, KeyboardInterrupt) and not isinstance(cause, KeyboardInterrupt):
+            if interrupt_in(exc) is None:
                 raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
-                #        with the KeyboardInterrupt as its cause or its context)
+                #        with the KeyboardInterrupt in its cause/context chain)
             # not the model: the interrupt may have cut an update short. The last model
             # saved stands; resume adds the labels of train.xyz it has not seen.
             self.checkpoint(model=False)

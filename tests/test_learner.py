@@ -484,8 +484,12 @@ def test_cli_learn_checkpoints_and_exits_with_one_line_on_sigterm_and_sigint(tmp
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     cmd = [sys.executable, "-m", "gpal.cli", "learn", str(tmp_path / "tiny.toml"), "--run-dir", str(run), "-q"]
     # faulthandler: if the run ever ignores the signal, SIGABRT dumps every thread's stack
+    # SIGINT's default action restored in the child: a test run started in the background
+    # by a non-interactive shell inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler (as POSIX wants for background jobs)
     proc = subprocess.Popen(cmd + ["--steps", "100000"], env=dict(_gpal_env(), PYTHONFAULTHANDLER="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 600  # a cold numba cache on a busy machine
         while not (run / "model.npz").exists() and time.time() < deadline and proc.poll() is None:
