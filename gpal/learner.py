@@ -185,10 +185,13 @@ class Trigger:
             thr = self.threshold * noise
         else:
             thr = self.threshold
-        floor = self.threshold_min
-        if floor is None:  # the default floor guards the automatic threshold only
-            floor = 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
-        return max(float(thr), float(floor))
+        return max(float(thr), self.floor())
+
+    def floor(self) -> float:
+        """``threshold_min``, or by default 0.02 eV/Å under the automatic force threshold, else 0."""
+        if self.threshold_min is not None:
+            return float(self.threshold_min)
+        return 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
 
     def level(self, model: SparseGP, recent: Sequence[float], scale: float = 1.0,
               force_rms: float | None = None) -> tuple[float, float]:
@@ -204,8 +207,7 @@ class Trigger:
             cap = self.ceiling * float(force_rms)
             adaptive = min(adaptive, cap)
             if self.threshold is None:
-                floor = 0.02 if self.threshold_min is None else float(self.threshold_min)
-                base = max(min(base, cap), floor)
+                base = max(min(base, cap), self.floor())
         return max(base, adaptive), base
 
     def adaptive_level(self, recent: Sequence[float]) -> float:
@@ -657,12 +659,7 @@ class ActiveLearner:
         calls0 = self.oracle.n_calls
 
         def arrived(k: int, a: Atoms) -> None:
-            try:
-                f = np.asarray(a.get_forces(), dtype=float)
-                self._force_sq[0] += float(np.sum(f**2))
-                self._force_sq[1] += int(f.size)
-            except Exception:  # a label without forces does not set the force scale
-                pass
+            self._add_force_squares([a])
             a.info["gpal_step"] = self.step
             a.info["gpal_reason"] = reason
             if walkers is not None:
@@ -1089,19 +1086,20 @@ class ActiveLearner:
             raise ValueError(f"n must be >= 0, got {n}")
         self._calls["validation"] = self._calls.get("validation", 0) + int(n)
 
+    def _add_force_squares(self, frames) -> None:
+        """Add the oracle forces of labelled ``frames`` to the running RMS (frames without forces add nothing)."""
+        for a in frames:
+            try:
+                f = np.asarray(a.get_forces(), dtype=float)
+            except RuntimeError:  # no forces (PropertyNotImplementedError), or no calculator
+                continue
+            self._force_sq[0] += float(np.sum(f**2))
+            self._force_sq[1] += int(f.size)
+
     def _force_rms(self) -> float | None:
         """RMS oracle force of the labels so far (eV/Å); None before any."""
         if not self._force_sq[1]:
-            if self.train_path.exists():  # a resumed run: from its labels
-                for a in read_frames(self.train_path):
-                    try:
-                        f = np.asarray(a.get_forces(), dtype=float)
-                    except Exception:
-                        continue
-                    self._force_sq[0] += float(np.sum(f**2))
-                    self._force_sq[1] += int(f.size)
-            if not self._force_sq[1]:
-                return None
+            return None
         return float(np.sqrt(self._force_sq[0] / self._force_sq[1]))
 
     def _force_std_scale(self) -> float:
@@ -1350,8 +1348,10 @@ class ActiveLearner:
         self._last_opt = state.get("last_optimization", 0)
         self.threshold_ = state["threshold"]
         self._recent_unc = list(state.get("recent_uncertainty", []))
-        if "label_force_squares" in state:  # (else recomputed from train.xyz when needed)
+        if "label_force_squares" in state:
             self._force_sq = [float(state["label_force_squares"][0]), int(state["label_force_squares"][1])]
+        elif self.train_path.exists():  # a run state written before the force scale was kept
+            self._add_force_squares(read_frames(self.train_path))
         self._label_steps = {int(k): list(v) for k, v in state.get("label_steps", {}).items()}
         self._calls.update(state.get("oracle_calls_by_reason", {}))
         self._calibration = state.get("calibration", {})
