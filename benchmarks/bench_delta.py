@@ -22,34 +22,10 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from ase import units  # noqa: E402
 from ase.build import molecule  # noqa: E402
-from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
-from ase.md.langevin import Langevin  # noqa: E402
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta  # noqa: E402
+from bench_xtb import xtb_trajectory  # noqa: E402  (the same GFN2-xTB Langevin frames)
 
 BASELINE = {"baseline": "tblite.ase:TBLite", "baseline_kwargs": {"method": "GFN1-xTB", "verbosity": 0}}
-
-
-def trajectory(atoms, steps, every, temperature, seed, timestep=0.5):
-    """GFN2-xTB Langevin MD; one labelled frame every ``every`` steps."""
-    from tblite.ase import TBLite
-
-    a = atoms.copy()
-    a.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(a, temperature_K=temperature, rng=rng)
-    Stationary(a)
-    ZeroRotation(a)
-    dyn = Langevin(a, timestep * units.fs, temperature_K=temperature, friction=0.02 / units.fs,
-                   fixcm=False, rng=rng)
-    frames = []
-    for _ in range(steps // every):
-        dyn.run(every)
-        b = a.copy()
-        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces())
-        frames.append(b)
-    return frames
 
 
 def errors(predict, frames):
@@ -79,8 +55,8 @@ def main(argv=None):
 
     mol = molecule(args.molecule)
     t0 = time.perf_counter()
-    pool = trajectory(mol, args.steps, 10, args.temperature, seed=1)
-    test = trajectory(mol, 2000, 50, args.temperature, seed=2)
+    pool = xtb_trajectory(mol, args.steps, 10, args.temperature, seed=1, timestep=0.5)
+    test = xtb_trajectory(mol, 2000, 50, args.temperature, seed=2, timestep=0.5)
     print(f"{args.molecule}, GFN2-xTB labels, {args.temperature:g} K: training pool {len(pool)} frames "
           f"(every 10th of {args.steps} steps), test {len(test)} frames of an independent run "
           f"({time.perf_counter() - t0:.0f} s of xTB MD)")
