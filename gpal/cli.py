@@ -52,6 +52,10 @@ def _structure(spec: dict):
 
     if "file" in spec:
         return read_frames(spec["file"], index=spec.get("index", 0))[0]
+    from ase.data import atomic_numbers
+
+    if spec["bulk"] not in atomic_numbers:  # (ASE would say only "missing entry")
+        raise ConfigError(f"[structure] bulk: unknown chemical symbol {spec['bulk']!r}")
     atoms = bulk(spec["bulk"], spec.get("crystal", "fcc"), a=spec.get("a"), cubic=spec.get("cubic", True))
     return atoms.repeat(tuple(spec.get("repeat", [1, 1, 1])))
 

@@ -37,6 +37,7 @@ def bad(tmp_path_factory):
     run.mkdir()
     (run / "state.json").write_text('{"step": 12, "total_st')
     nostate = d / "nostate"
+    (d / "element.toml").write_text('[structure]\nbulk = "Xx"\n')
     nostate.mkdir()
     (nostate / "state.json").write_text('{"total_steps": 3}')
     return d
@@ -94,6 +95,8 @@ CASES = [
     pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/x.npz"],
                  "they need --calibrate", id="validate-output-without-calibrate"),
     pytest.param(["fit"], "the following arguments are required: train", id="fit-no-argument"),
+    pytest.param(["learn", "{d}/element.toml"], "[structure] bulk: unknown chemical symbol 'Xx'",
+                 id="config-unknown-element"),
     pytest.param(["ipi", "{d}/missing.npz", "--unix", "gpal-test"], "no model file at", id="ipi-missing-model"),
     pytest.param(["ipi", "{d}/model.npz"], "one of the arguments --unix --port is required",
                  id="ipi-no-socket"),
