@@ -63,10 +63,10 @@ def _structure(spec: dict):
 def _validation_frames(structure, oracle_spec, cfg: dict):
     """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled."""
     from ase import units
-    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
 
+    from .io import labelled
     from .oracle import OracleSpec
 
     calc = OracleSpec(**oracle_spec).make()
@@ -79,12 +79,9 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     frames = []
     for _ in range(int(cfg["steps"]) // int(cfg["every"])):
         dyn.run(int(cfg["every"]))
-        b = a.copy()
-        res = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
-        if np.all(a.pbc):
-            res["stress"] = a.get_stress()
-        b.calc = SinglePointCalculator(b, **res)
-        frames.append(b)
+        stress = a.get_stress() if np.all(a.pbc) else None
+        frames.append(labelled(a, energy=a.get_potential_energy(), forces=a.get_forces(),
+                               stress=stress, bare=False))
     return frames
 
 
@@ -391,18 +388,14 @@ def _evidence_lines(table) -> list[str]:
 # --------------------------------------------------------------------------- md
 def _md_frame(model, atoms, calibrated: bool, info: dict):
     """A copy of ``atoms`` labelled by the model, with per-atom stds as arrays (extxyz columns)."""
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
+    from .io import labelled
 
     p = model.predict(atoms, return_std=True, forces_std=True, calibrated=calibrated)
-    b = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc,
-              momenta=atoms.get_momenta())
+    b = labelled(atoms, energy=p["energy"], forces=p["forces"], energies=p["energies"],
+                 stress=p.get("stress"))
+    b.set_momenta(atoms.get_momenta())
     b.arrays["energies_std"] = np.asarray(p["energies_std"], dtype=float)
     b.arrays["forces_std"] = np.asarray(p["forces_std"], dtype=float)
-    res = {"energy": p["energy"], "forces": p["forces"], "energies": p["energies"]}
-    if "stress" in p:
-        res["stress"] = p["stress"]
-    b.calc = SinglePointCalculator(b, **res)
     b.info.update(info)
     return b
 
@@ -416,7 +409,8 @@ def cmd_md(args: argparse.Namespace) -> int:
     from ase.md.verlet import VelocityVerlet
 
     from .calculator import GPCalculator
-    from .io import load, read_frames
+    from .io import read_frames
+    from .potential import load
 
     out = Path(args.output)
     kind = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}.get(out.suffix.lower())
@@ -471,7 +465,7 @@ def cmd_md(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Errors and calibration metrics on a test set (optionally recalibrate first)."""
     from . import calibration
-    from .io import load
+    from .potential import load
 
     if args.calibrate and not (args.output or args.in_place):
         raise GpalError("--calibrate writes a calibrated model: give -o OUT.npz, or --in-place to "
@@ -546,7 +540,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model file: species, descriptor, kernel, noises, calibration, data."""
     from ase.data import chemical_symbols
 
-    from .io import load, read_model_file
+    from .io import read_model_file
+    from .potential import load
 
     _, meta = read_model_file(args.model)
     model = load(args.model)
@@ -610,7 +605,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ipi(args: argparse.Namespace) -> int:
     """Serve a model to an i-PI server (energy, forces, virial; per-atom stds as JSON extras)."""
     from .engines.ipi import IPIClient
-    from .io import load, read_frames
+    from .io import read_frames
+    from .potential import load
 
     if args.unix is not None and args.host is not None:
         raise GpalError("--host goes with --port (an INET socket), not with --unix")

@@ -25,11 +25,59 @@ import numpy as np
 
 from .exceptions import ModelFileError, StructureFileError
 
-__all__ = ["save_model", "load", "read_frames", "relabel_frames", "write_frames", "append_frame"]
+__all__ = ["save_model", "load", "read_frames", "relabel_frames", "write_frames", "append_frame",
+           "labelled", "atomic_write"]
 
 FORMAT_NAME = "gpal-model"
 FORMAT_VERSION = 1
 _META_KEY = "__metadata__"
+
+
+def labelled(atoms, *, energy=None, forces=None, stress=None, energies=None, bare: bool = True):
+    """A copy of ``atoms`` carrying the given labels in a ``SinglePointCalculator``.
+
+    The one way gpal attaches labels to a frame (oracle results, model predictions,
+    relabelled files), so every labelled frame answers ``get_potential_energy``,
+    ``get_forces`` and ``get_stress`` the same way and writes the same extended XYZ.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    energy : float, optional
+        Total energy (eV); also stored as ``free_energy``.
+    forces : array_like of shape (N, 3), optional
+        eV/Å.
+    stress : array_like of shape (6,), optional
+        Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³.
+    energies : array_like of shape (N,), optional
+        Per-atom energies (eV).
+    bare : bool, default True
+        True: the copy has only numbers, positions, cell and pbc (no info, arrays,
+        constraints or momenta of ``atoms``). False: ``atoms.copy()`` without its
+        calculator.
+
+    Returns
+    -------
+    ase.Atoms
+    """
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    if bare:
+        out = Atoms(numbers=atoms.numbers.copy(), positions=atoms.positions.copy(),
+                    cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy())
+    else:
+        out = atoms.copy()
+        out.calc = None
+    res = {}
+    if energy is not None:
+        res["energy"] = float(energy)
+        res["free_energy"] = float(energy)
+    for name, value in (("forces", forces), ("stress", stress), ("energies", energies)):
+        if value is not None:
+            res[name] = np.array(value, dtype=float)
+    out.calc = SinglePointCalculator(out, **res)
+    return out
 
 
 @contextmanager
@@ -224,8 +272,6 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
         Both stress_key and virial_key given, a key found in no frame, or a label of the
         wrong shape.
     """
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     from ._validation import frame_labels
 
     if stress_key and virial_key:
@@ -241,8 +287,6 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
     for k, a in enumerate(frames):
         try:
             old = frame_labels(a)
-            b = a.copy()
-            b.calc = None
             res = {}
             energy = a.info.get(energy_key) if energy_key else old.energy
             if energy is not None:
@@ -266,7 +310,7 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
 
                     stress = full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
                 res["stress"] = stress
-            b.calc = SinglePointCalculator(b, **res)
+            b = labelled(a, bare=False, **res)
         except (ValueError, TypeError) as exc:
             raise StructureFileError(f"{source} frame {k}: {exc}") from exc
         out.append(b)

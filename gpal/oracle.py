@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from .exceptions import OracleError
+from .io import labelled
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,7 @@ class Oracle:
 
     def _labelled(self, atoms: Atoms, res: dict) -> Atoms:
         self.wall_time += res.pop("wall_time", 0.0)
-        a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        a.calc = SinglePointCalculator(a, free_energy=res["energy"], **res)
-        return a
+        return labelled(atoms, energy=res["energy"], forces=res["forces"], stress=res.get("stress"))
 
     def _deadlines(self, n: int) -> list[float | None]:
         """Per-task deadlines: a task queued behind others is not charged their time."""

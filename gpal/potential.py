@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
 from ._validation import (
@@ -143,22 +142,9 @@ def _l_max_subset(soap: SOAP, l_max: int) -> np.ndarray:
 
 def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
     """A bare copy of ``atoms`` carrying only its labels (in a SinglePointCalculator)."""
-    copy = Atoms(
-        numbers=atoms.numbers.copy(),
-        positions=atoms.positions.copy(),
-        cell=atoms.cell.array.copy(),
-        pbc=atoms.pbc.copy(),
-    )
-    res = {}
-    if labels.energy is not None:
-        res["energy"] = labels.energy
-        res["free_energy"] = labels.energy
-    if labels.forces is not None:
-        res["forces"] = labels.forces.copy()
-    if labels.stress is not None:
-        res["stress"] = labels.stress.copy()
-    copy.calc = SinglePointCalculator(copy, **res)
-    return copy
+    from .io import labelled
+
+    return labelled(atoms, energy=labels.energy, forces=labels.forces, stress=labels.stress)
 
 
 class SparseGP:
@@ -2014,3 +2000,22 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         x[free] = best.x
     value = negative(x[free])[0] if np.any(free) else negative(np.zeros(0))[0]
     return np.exp(x[:G]), float(np.exp(x[G])), float(-value)
+
+
+def load(path) -> SparseGP:
+    """Load a model saved with :meth:`SparseGP.save` (``gpal.load``).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    gpal.SparseGP
+
+    Raises
+    ------
+    gpal.ModelFileError
+        Missing, truncated, tampered or incompatible file.
+    """
+    return SparseGP.load(path)

@@ -48,7 +48,7 @@ def test_frames_without_a_key_lack_that_label_only():
     mol.info["REF_energy"] = -14.0  # an isolated molecule: energy, no virial
     out = relabel_frames(frames + [mol], energy_key="REF_energy", virial_key="REF_virial")
     assert "stress" in out[0].calc.results and "stress" not in out[1].calc.results
-    assert out[2].calc.results == {"energy": -14.0}
+    assert out[2].calc.results == {"energy": -14.0, "free_energy": -14.0}  # no forces, no stress
 
 
 def test_relabel_refuses_typos_and_both_stress_keys():
@@ -68,3 +68,19 @@ def test_read_frames_errors_name_the_file(tmp_path):
         read_frames(bad)
     with pytest.raises(StructureFileError, match="is a folder"):
         read_frames(tmp_path)
+
+
+def test_labelled_copies_positions_and_labels_only():
+    from gpal.io import labelled
+
+    a = cu_frames(1, seed=3)[0]
+    a.info["tag"] = "kept?"
+    f = np.arange(3 * len(a), dtype=float).reshape(-1, 3)
+    b = labelled(a, energy=-1.5, forces=f, stress=np.ones(6))
+    f[0, 0] = 99.0  # the copy owns its arrays
+    assert b is not a and "tag" not in b.info and b.get_forces()[0, 0] == 0.0
+    np.testing.assert_array_equal(b.positions, a.positions)
+    assert b.get_potential_energy() == b.get_potential_energy(force_consistent=True) == -1.5
+    np.testing.assert_array_equal(b.get_stress(), np.ones(6))
+    c = labelled(a, energy=2.0, bare=False)
+    assert c.info["tag"] == "kept?" and set(c.calc.results) == {"energy", "free_energy"}

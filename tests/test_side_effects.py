@@ -58,3 +58,14 @@ def test_oracle_worker_limits_blas_during_the_calculation_only():
     assert _blas_threads() == before and dict(os.environ) == before_env
     moved = (a.numbers, a.positions + 0.01, a.cell.array, a.pbc, False)  # no cached result
     assert _label_task(spec, *moved, 0)["energy"] == float(before)  # 0: no limit
+
+
+# ------------------------------------------------------------------------ import
+def test_import_gpal_leaves_the_environment_and_matplotlib_alone():
+    out = _run("""
+        import os, sys
+        before = dict(os.environ)
+        import gpal, gpal.cli, gpal.learner, gpal.calibration, gpal.selection, gpal.engines
+        print(dict(os.environ) == before, "matplotlib" in sys.modules)
+    """)
+    assert out.split() == ["True", "False"]
