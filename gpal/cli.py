@@ -484,17 +484,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cal = calibration.TwoTermCalibrator().fit(val["force_error"], val["force_std"], noise)
         total = cal.transform(val["force_std"], noise)
         conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], total)
-        key = f"conformal_q{round(100 * (1 - args.alpha)):d}"
-        model.set_calibration(forces_std={"scale": float(cal.scale_), "noise_scale": float(cal.noise_scale_),
-                                          key: float(conf.quantile_)})
+        # stored: the 90 % quantile, the one the learner's stopping rule reads
+        q90 = conf if args.alpha == 0.1 else calibration.SplitConformal(alpha=0.1).fit(val["force_error"], total)
+        model.set_calibration(forces_std=calibration.Calibration(
+            scale=cal.scale_, noise_scale=cal.noise_scale_, conformal_q90=q90.quantile_))
         path = model.save(args.model if args.in_place else args.output)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, {100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
               f"(of |error| / calibrated std); wrote {path}")
     calibrated = "forces_std" in model.calibration_ and not args.raw
     if calibrated:
-        scale = model.calibration_["forces_std"].get("scale", 1.0)
-        std_kind = f"calibrated (raw x {scale:.3g})"
+        c = model.calibration_of("forces_std")
+        std_kind = f"calibrated (raw x {c.scale:.3g}, noise x {c.noise_scale:.3g})"
     else:
         std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
     res = model.residuals(test, calibrated=calibrated)
@@ -564,11 +565,12 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"x {model.sparse_X_.shape[1]} features")
     nat = sum(len(a) for a in model.frames_)
     print(f"  training    : {len(model.frames_)} frames, {nat} atoms")
-    cal = model.calibration_.get("forces_std")
-    if cal:
-        extra = ", ".join(f"{k} {v:.4g}" for k, v in cal.items() if k != "scale")
-        print(f"  calibration : forces_std scale {cal.get('scale', 1.0):.4g} (calibrated std = raw x scale)"
-              + (f"; {extra}" if extra else ""))
+    if "forces_std" in model.calibration_:
+        c = model.calibration_of("forces_std")
+        q = "not measured" if c.conformal_q90 is None else f"{c.conformal_q90:.4g}"
+        print(f"  calibration : forces_std scale {c.scale:.4g}, noise_scale {c.noise_scale:.4g} "
+              f"(calibrated std = sqrt((scale x raw)^2 + (noise_scale x force noise)^2)); "
+              f"90 % conformal quantile {q}")
     else:
         print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")
     hp = meta.get("hyperparameters") or {}

@@ -59,6 +59,7 @@ from .kernels import NormalizedDotProduct
 from .sparse_gp import SparseGPSolver, _jittered_cholesky
 from ._threads import policy as _thread_policy
 from . import baseline as _baseline
+from .selection import greedy_select
 
 log = logging.getLogger(__name__)
 
@@ -897,33 +898,40 @@ class SparseGP:
         return self.predict(atoms, return_std=True)["energies_std"]
 
     # ------------------------------------------------------------------ calibration hooks
-    def set_calibration(self, **factors) -> "SparseGP":
-        """Store recalibration data, e.g. ``set_calibration(forces_std=1.3, energies_std=0.9)``.
+    def set_calibration(self, **calibrations) -> "SparseGP":
+        """Store recalibrations, e.g. ``set_calibration(forces_std=Calibration(1.3, 0.8))``.
 
-        Each key names a std output; its value multiplies that std when
-        ``predict(..., calibrated=True)``. Values come from gpal.calibration.
+        Each key names a std output (``forces_std``, ``energies_std``, ``energy_std``,
+        ``stress_std``); its value is a :class:`gpal.calibration.Calibration`, its dict
+        form, or a number (a scale), applied when ``predict(..., calibrated=True)``.
+
+        Raises
+        ------
+        ValueError
+            A key that names no std output, or a calibration with unknown keys or
+            non-positive factors.
         """
+        from .calibration import Calibration
+
         check_is_fitted(self)
-        for key, val in factors.items():
+        for key, val in calibrations.items():
             if not key.endswith("_std"):
                 raise ValueError(f"calibration keys name std outputs (e.g. forces_std), got {key!r}")
-            if isinstance(val, dict):
-                self.calibration_[key] = dict(val)
-            else:
-                if not (np.isfinite(val) and val > 0):
-                    raise ValueError(f"calibration factor for {key} must be > 0, got {val}")
-                self.calibration_[key] = {"scale": float(val)}
+            self.calibration_[key] = Calibration.from_dict(val).to_dict()
         return self
+
+    def calibration_of(self, output: str = "forces_std"):
+        """The stored :class:`gpal.calibration.Calibration` of a std output (identity if none)."""
+        from .calibration import Calibration
+
+        return Calibration.from_dict(self.calibration_.get(output, {}))
 
     def _apply_calibration(self, out: dict) -> None:
         noise = {"forces_std": "force", "stress_std": "stress"}
-        for key, cal in self.calibration_.items():
-            if key not in out:
-                continue
-            std = out[key] * cal.get("scale", 1.0)
-            if "noise_scale" in cal and noise.get(key):
-                std = np.sqrt(np.square(std) + (cal["noise_scale"] * self.noise_[noise[key]]) ** 2)
-            out[key] = std
+        for key in self.calibration_:
+            if key in out:
+                cal = self.calibration_of(key)
+                out[key] = cal.apply(out[key], self.noise_[noise[key]] if key in noise else 0.0)
 
     def calibrated_force_std(self, forces_std) -> np.ndarray:
         """Calibrated std of a force label from raw (SoR) ``forces_std`` (same shape, eV/Å).
@@ -1099,6 +1107,7 @@ class SparseGP:
         labels=("energy", "forces", "stress"),
         score=("forces",),
         return_gains: bool = False,
+        keep: float | None = None,
     ):
         """Choose a batch of frames to label: greedy information gain of their labels.
 
@@ -1130,12 +1139,21 @@ class SparseGP:
             frame's 3N + 7 labels and what MD needs.
         return_gains : bool, default False
             Also return each pick's information gain (nats) at the time it was picked.
+        keep : float or None
+            Stop before a pick whose gain, given the earlier picks, is under ``keep``
+            times the first pick's (the active learner uses 0.25: near-duplicates of a
+            pick are not labelled twice). None: always ``n_select`` picks.
 
         Returns
         -------
-        indices : ndarray of shape (n_select,), int64
-            Positions in ``candidates``, in pick order.
-        gains : ndarray of shape (n_select,), only if ``return_gains``
+        indices : ndarray of shape (k,), int64
+            Positions in ``candidates``, in pick order (``k = n_select`` unless ``keep``).
+        gains : ndarray of shape (k,), only if ``return_gains``
+
+        Notes
+        -----
+        The greedy loop is :func:`gpal.selection.greedy_select`, gpal's one engine of
+        label-free batch design.
         """
         import copy
 
@@ -1171,21 +1189,17 @@ class SparseGP:
         # a shallow copy without the rows: update() then rebinds the factor and the label
         # arrays to new ones and never writes into the model's own
         solver = copy.copy(self.solver_).drop_rows()
-        picks, gains = [], []
-        available = np.ones(len(frames), dtype=bool)
-        for _ in range(n_select):
-            gain = np.full(len(frames), -np.inf)
-            for k in np.flatnonzero(available):
-                var = solver.var_sor(score_rows[k]) if len(score_rows[k]) else np.zeros(0)
-                gain[k] = 0.5 * np.sum(np.log1p(var / score_noise[k] ** 2))
-            k = int(np.argmax(gain))
-            picks.append(k)
-            gains.append(float(gain[k]))
-            available[k] = False
-            if len(picks) < n_select and len(add_rows[k]):
+
+        def scores(idx):
+            return [0.5 * np.sum(np.log1p(solver.var_sor(score_rows[k]) / score_noise[k] ** 2))
+                    if len(score_rows[k]) else 0.0 for k in idx]
+
+        def observe(k):
+            if len(add_rows[k]):
                 solver.update(add_rows[k], np.zeros(len(add_rows[k])), add_noise[k])
-        picks = np.asarray(picks, dtype=np.int64)
-        return (picks, np.asarray(gains)) if return_gains else picks
+
+        picks, gains = greedy_select(len(frames), n_select, scores, observe, keep=keep)
+        return (picks, gains) if return_gains else picks
 
     def _choose_new_sparse(self, frames, n_new, method):
         from . import selection
@@ -1813,7 +1827,10 @@ class SparseGP:
                 self.log_marginal_likelihood_value_ = float(choice["log_marginal_likelihood"])
             self.noise_ = {k: float(v) for k, v in meta["noise"].items()}
             self.e0_ = {int(k): float(v) for k, v in meta["e0"].items()}
-            self.calibration_ = dict(meta.get("calibration", {}))
+            from .calibration import Calibration
+
+            self.calibration_ = {k: Calibration.from_dict(v).to_dict()
+                                 for k, v in meta.get("calibration", {}).items()}
             self.sparse_X_ = arrays["sparse_X"]
             self.sparse_species_ = arrays["sparse_species"].astype(np.int64)
             self.obs_group_ = arrays["obs_group"].astype(np.int64)

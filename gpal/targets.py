@@ -10,7 +10,7 @@ for every frame its MD walkers offer, two questions:
   its force labels, ``IG = Σ ½ log(1 + σ²/σ_n²)`` (as :meth:`gpal.SparseGP.select_frames`);
 * how much of the target's posterior variance they would remove,
   ``ΔV = tr(C_tf (C_ff + Λ)⁻¹ C_ft)`` (the exact block form of the rank-1 GP update
-  :func:`gpal.selection.targeted_acquisition` uses for one label), as a fraction
+  the targeted acquisition uses for one label), as a fraction
   ``ρ = ΔV / V`` of the target's current total variance V.
 
 They are mixed as ``a = w · IG/IG_best + (1 − w) · ρ`` (both terms in [0, 1]; IG_best
@@ -55,7 +55,7 @@ import numpy as np
 from ase import Atoms
 
 from ._validation import check_atoms
-from .selection import AcquisitionSchedule
+from .selection import AcquisitionSchedule, greedy_select
 
 __all__ = ["TargetSet", "TARGET_QUANTITIES"]
 
@@ -594,7 +594,7 @@ class TargetSet:
         candidate's gain before any pick) under the posterior
         that already holds the earlier picks' labels (zero-valued rows in a copy of the
         factorisation: a variance does not depend on label values), as
-        :func:`gpal.selection.greedy_targeted_batch` does for single labels. Picks whose
+        :func:`gpal.selection.greedy_select`, gpal's one greedy engine, does for all batches. Picks whose
         acquisition is under ``keep`` times the first pick's are dropped.
 
         Returns
@@ -606,21 +606,18 @@ class TargetSet:
         _, T, resid, _ = self._functionals(model)
         solver = copy.copy(model.solver_)
         rows = [self._frame_rows(model, a) for a in frames]
-        available = list(range(len(frames)))
-        picks, values = [], []
-        ig_best = None
-        while available:
+        ig_best = []
+
+        def scores(idx):
             total = self._total_var(model, solver, T, resid)
-            sc = {k: self._scores(solver, *rows[k], T, total, model.noise_["force"]) for k in available}
-            if ig_best is None:  # the first round's best: later gains are on the same scale
-                ig_best = max(max(s[0] for s in sc.values()), 1e-300)
-            acq = {k: w * sc[k][0] / ig_best + (1.0 - w) * sc[k][1] for k in available}
-            k = max(available, key=lambda j: (acq[j], -j))
-            if picks and acq[k] < keep * values[0]:
-                break
-            picks.append(k)
-            values.append(float(acq[k]))
-            available.remove(k)
+            sc = [self._scores(solver, *rows[k], T, total, model.noise_["force"]) for k in idx]
+            if not ig_best:  # the first round's best: later gains are on the same scale
+                ig_best.append(max(max(s[0] for s in sc), 1e-300))
+            return [w * s[0] / ig_best[0] + (1.0 - w) * s[1] for s in sc]
+
+        def observe(k):
             A, noise, _ = rows[k]
             solver.update(A, np.zeros(len(A)), noise)
-        return picks, values
+
+        picks, values = greedy_select(len(frames), len(frames), scores, observe, keep=keep)
+        return [int(k) for k in picks], [float(v) for v in values]

@@ -429,6 +429,27 @@ def test_calibration_with_noise_is_the_std_of_a_new_label(cu_model):
     np.testing.assert_allclose(model.predict(frame, forces_std=True, calibrated=True)["forces_std"], 2 * raw)
 
 
+def test_stored_calibration_is_checked_and_survives_save_load(cu_model, tmp_path):
+    """One calibration form for model, file, learner and CLI: a misspelt key is refused
+    (the CLI once stored ``conformal``, which the learner never read)."""
+    from gpal.calibration import Calibration
+
+    model = copy.deepcopy(cu_model)
+    with pytest.raises(ValueError, match="unknown calibration keys"):
+        model.set_calibration(forces_std={"scale": 1.2, "conformal_q": 2.0})
+    with pytest.raises(ValueError, match="scale must be"):
+        model.set_calibration(forces_std={"scale": -1.0})
+    model.set_calibration(forces_std=Calibration(scale=1.3, noise_scale=0.4, conformal_q90=1.8))
+    frame = cu_frames(1, seed=43)[0]
+    before = model.predict(frame, forces_std=True, calibrated=True)["forces_std"]
+    back = SparseGP.load(model.save(tmp_path / "m.npz"))
+    assert back.calibration_of("forces_std") == Calibration(1.3, 0.4, 1.8)
+    np.testing.assert_allclose(back.predict(frame, forces_std=True, calibrated=True)["forces_std"], before,
+                               rtol=1e-12)
+    # gpal 0.1's CLI form: a quantile of |error| / raw std, read in calibrated units
+    assert Calibration.from_dict({"scale": 2.0, "conformal": 3.0}).conformal_q90 == 1.5
+
+
 def test_refreshing_the_sparse_set_lets_the_force_std_see_a_new_environment(cu_train):
     """Novel environments join the sparse set without a label: their novelty drops, and
     the projected force std there does not (it now includes their prior uncertainty)."""

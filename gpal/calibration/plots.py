@@ -1,0 +1,256 @@
+"""Calibration and parity plots (PNG; a matplotlib ``Figure`` on an Agg canvas: no pyplot,
+no backend change)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from ._checks import _check_error_std, _check_positive_int, _finite_array
+from .metrics import _area_between, binned_rmse_rmv, calibration_curve
+
+__all__ = ["plot_parity", "plot_calibration_curve", "plot_error_vs_uncertainty",
+           "plot_z_histogram", "plot_learning_curve"]
+
+
+def _new_figure(figsize=(4.5, 4.0)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path) -> Path:
+    path = Path(os.fspath(path))
+    fig.savefig(path, dpi=120, format="png")
+    return path
+
+
+def plot_parity(
+    true,
+    pred,
+    path,
+    *,
+    std=None,
+    label: str = "",
+    units: str = "",
+    title: str | None = None,
+) -> Path:
+    """Parity plot (predicted vs reference) with the y = x line, RMSE and MAE.
+
+    Parameters
+    ----------
+    true, pred : array_like of the same shape (flattened)
+    path : str or path-like
+        PNG file to write.
+    std : array_like, optional
+        Predicted std; drawn as error bars.
+    label, units : str
+        Axis label and units, e.g. ``"force component"``, ``"eV/Å"``.
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    t = _finite_array("true", true).ravel()
+    p = _finite_array("pred", pred).ravel()
+    if t.shape != p.shape:
+        raise ValueError(
+            f"true and pred must have the same size, got {t.size} and {p.size}"
+        )
+    if std is not None:
+        _check_error_std(p - t, np.asarray(std).ravel())
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    if std is not None:
+        ax.errorbar(
+            t,
+            p,
+            yerr=np.asarray(std, dtype=float).ravel(),
+            fmt="none",
+            ecolor="0.7",
+            lw=0.5,
+            zorder=1,
+        )
+    ax.scatter(t, p, s=6, alpha=0.6, zorder=2)
+    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
+    err = p - t
+    u = f" {units}" if units else ""
+    ax.text(
+        0.03,
+        0.97,
+        f"RMSE {np.sqrt(np.mean(err**2)):.3g}{u}\nMAE {np.mean(np.abs(err)):.3g}{u}",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+    )
+    unit_txt = f" ({units})" if units else ""
+    ax.set_xlabel(f"reference {label}{unit_txt}".replace("  ", " "))
+    ax.set_ylabel(f"predicted {label}{unit_txt}".replace("  ", " "))
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_calibration_curve(error, std, path, *, title: str | None = None) -> Path:
+    """Observed vs expected coverage of central Gaussian intervals (ideal: diagonal).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    expected, observed = calibration_curve(error, std)
+    area = _area_between(expected, observed - expected)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.plot(expected, observed, lw=1.5, label=f"model (miscal. area {area:.3f})")
+    ax.fill_between(expected, expected, observed, alpha=0.2)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("expected fraction in central interval")
+    ax.set_ylabel("observed fraction")
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_error_vs_uncertainty(
+    error, std, path, *, n_bins: int = 10, units: str = "", title: str | None = None
+) -> Path:
+    """Binned RMSE vs RMV (equal-count std bins) with the ideal y = x line, log-log.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    rmv, rmse, count = binned_rmse_rmv(error, std, n_bins)
+    ence = float(np.mean(np.abs(rmv - rmse) / rmv))
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    pos = rmse > 0
+    lo = float(min(rmv.min(), rmse[pos].min() if pos.any() else rmv.min()))
+    hi = float(max(rmv.max(), rmse.max()))
+    ax.plot(
+        [lo / 1.5, hi * 1.5],
+        [lo / 1.5, hi * 1.5],
+        "k--",
+        lw=1,
+        label="ideal (RMSE = RMV)",
+    )
+    ax.plot(
+        rmv, np.where(pos, rmse, np.nan), "o-", ms=4, label=f"binned (ENCE {ence:.3f})"
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):  # minor labels overlap when the data span < 1 decade
+        axis.set_minor_formatter(NullFormatter())
+    u = f" ({units})" if units else ""
+    ax.set_xlabel(f"RMV = sqrt(mean σ²){u}")
+    ax.set_ylabel(f"RMSE{u}")
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_z_histogram(
+    error, std, path, *, bins: int = 50, title: str | None = None
+) -> Path:
+    """Histogram of z = error/std with the standard normal density overlaid.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    e, s = _check_error_std(error, std)
+    bins = _check_positive_int("bins", bins)
+    z = e / s
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    lim = max(4.0, float(np.quantile(np.abs(z), 0.995)))
+    ax.hist(
+        np.clip(z, -lim, lim),
+        bins=bins,
+        range=(-lim, lim),
+        density=True,
+        alpha=0.6,
+        label=f"z (ZMS {np.mean(z**2):.3g})",
+    )
+    grid = np.linspace(-lim, lim, 400)
+    ax.plot(grid, stats.norm.pdf(grid), "k-", lw=1.2, label="N(0, 1)")
+    ax.set_xlabel("z = error / std")
+    ax.set_ylabel("density")
+    ax.legend(loc="upper right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_learning_curve(
+    steps,
+    val_error,
+    oracle_calls,
+    path,
+    *,
+    tolerance: float | None = None,
+    units: str = "",
+    title: str | None = None,
+) -> Path:
+    """Validation error (log scale) and cumulative oracle calls against learner step.
+
+    Parameters
+    ----------
+    steps, val_error, oracle_calls : array_like of shape (n_checks,)
+    path : str or path-like
+    tolerance : float, optional
+        Drawn as a horizontal line.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    st = _finite_array("steps", steps).ravel()
+    ve = _finite_array("val_error", val_error).ravel()
+    oc = _finite_array("oracle_calls", oracle_calls).ravel()
+    if not (st.size == ve.size == oc.size) or st.size == 0:
+        raise ValueError(
+            f"steps, val_error and oracle_calls must have the same non-zero length, "
+            f"got {st.size}, {ve.size}, {oc.size}"
+        )
+    if np.any(ve < 0):
+        raise ValueError("val_error must be non-negative")
+    fig = _new_figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    ax.plot(st, ve, "o-", color="C0", ms=4, label="validation error")
+    if tolerance is not None:
+        ax.axhline(float(tolerance), color="C0", ls=":", lw=1, label="tolerance")
+    if np.all(ve > 0):
+        ax.set_yscale("log")
+    u = f" ({units})" if units else ""
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"validation error{u}", color="C0")
+    ax2 = ax.twinx()
+    ax2.step(st, oc, where="post", color="C1", label="oracle calls")
+    ax2.set_ylabel("oracle calls (cumulative)", color="C1")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(
+        lines[0] + lines2[0], lines[1] + lines2[1], loc="upper center", fontsize=8
+    )
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

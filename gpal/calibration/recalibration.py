@@ -1,0 +1,328 @@
+"""Recalibration of predicted stds on held-out errors: one scale, scale plus noise, conformal."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ..exceptions import NotFittedError
+from ._checks import _check_alpha, _check_error_std, _finite_array
+
+__all__ = ["Calibration", "StdCalibrator", "TwoTermCalibrator", "SplitConformal"]
+
+
+class StdCalibrator:
+    """Rescale predicted std by one factor s fitted on held-out errors.
+
+    ``fit`` sets ``scale_ = sqrt(mean(z²))``, z = error/std. This is the
+    maximum-likelihood factor: the Gaussian NLL of ``error ~ N(0, (s·std)²)`` is, up to
+    a constant, ``log s + mean(z²)/(2 s²)``, whose derivative ``1/s - mean(z²)/s³``
+    vanishes only at ``s² = mean(z²)``.
+
+    Attributes
+    ----------
+    scale_ : float
+    n_samples_ : int
+    """
+
+    def fit(self, error, std) -> "StdCalibrator":
+        """Fit on arrays of the same shape (error = prediction - reference, std > 0)."""
+        e, s = _check_error_std(error, std)
+        self.scale_ = float(np.sqrt(np.mean((e / s) ** 2)))
+        self.n_samples_ = int(e.size)
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "scale_"):
+            raise NotFittedError(
+                "This StdCalibrator is not fitted yet; call fit(error, std) first."
+            )
+
+    def transform(self, std) -> np.ndarray:
+        """Calibrated std, ``scale_ * std`` (same shape)."""
+        self._check_fitted()
+        s = _finite_array("std", std)
+        if np.any(s < 0):
+            raise ValueError("std must be non-negative")
+        return self.scale_ * s
+
+    def bound(self, std) -> np.ndarray:
+        """Calibrated bound ``scale_ * std`` (:class:`StoppingRule`, use="scale")."""
+        return self.transform(std)
+
+    def to_dict(self) -> dict:
+        """JSON-able state.
+
+        ``{"class": "StdCalibrator", "scale": float | None, "n_samples": int | None}``
+        """
+        return {
+            "class": "StdCalibrator",
+            "scale": getattr(self, "scale_", None),
+            "n_samples": getattr(self, "n_samples_", None),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StdCalibrator":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("class") != "StdCalibrator":
+            raise ValueError(f"not a StdCalibrator dict: {d!r}")
+        obj = cls()
+        if d.get("scale") is not None:
+            scale = float(d["scale"])
+            if not (np.isfinite(scale) and scale > 0):
+                raise ValueError(f"invalid scale {d['scale']!r}")
+            obj.scale_ = scale
+            obj.n_samples_ = int(d["n_samples"])
+        return obj
+
+    def __repr__(self) -> str:
+        return f"StdCalibrator(scale_={getattr(self, 'scale_', None)})"
+
+
+class TwoTermCalibrator:
+    """Calibrate a predictive std made of a learnable part and a noise floor.
+
+    A sparse GP's std of a new label is ``sqrt(σ² + σ_n²)``: ``σ`` the posterior
+    (learnable) std of the latent value, ``σ_n`` the label noise, which stands for
+    everything the model cannot learn at its size. The two need not be off by the same
+    factor: the floor is fitted on the training data, the learnable part grows where
+    the model extrapolates. ``fit`` chooses ``a, b`` maximising the Gaussian likelihood
+    of the errors under ``N(0, a σ² + b σ_n²)`` (L-BFGS-B in log space, each factor
+    within [1e-2, 1e4]); ``scale_ = sqrt(a)``, ``noise_scale_ = sqrt(b)``. With
+    ``σ = 0`` it reduces to :class:`StdCalibrator` on the noise.
+
+    Attributes
+    ----------
+    scale_, noise_scale_ : float
+    n_samples_ : int
+    """
+
+    def fit(self, error, std, noise) -> "TwoTermCalibrator":
+        """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar)."""
+        import scipy.optimize
+
+        e = _finite_array("error", error).ravel()
+        s = _finite_array("std", std).ravel()
+        n = np.broadcast_to(_finite_array("noise", noise), e.shape).ravel()
+        if s.shape != e.shape:
+            raise ValueError(f"error and std must have the same shape, got {e.shape} and {s.shape}")
+        if e.size == 0:
+            raise ValueError("need at least one error to calibrate")
+        if np.any(s < 0) or np.any(n <= 0):
+            raise ValueError("std must be >= 0 and noise > 0")
+        s2, n2, e2 = s**2, n**2, e**2
+
+        def nll(x):
+            a, b = np.exp(x)
+            v = a * s2 + b * n2
+            f = np.mean(np.log(v) + e2 / v)
+            dv = 1.0 / v - e2 / v**2
+            return f, np.array([np.mean(dv * s2) * a, np.mean(dv * n2) * b])
+
+        b0 = max(float(np.mean(e2) / np.mean(s2 + n2)), 1e-2)
+        res = scipy.optimize.minimize(
+            nll, np.log([b0, b0]), jac=True, method="L-BFGS-B",
+            bounds=[(np.log(1e-2), np.log(1e4))] * 2,
+        )
+        a, b = np.exp(res.x)
+        self.scale_, self.noise_scale_ = float(np.sqrt(a)), float(np.sqrt(b))
+        self.n_samples_ = int(e.size)
+        return self
+
+    def transform(self, std, noise) -> np.ndarray:
+        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)²)`` (shape of ``std``)."""
+        if not hasattr(self, "scale_"):
+            raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
+        s = _finite_array("std", std)
+        return np.sqrt((self.scale_ * s) ** 2 + (self.noise_scale_ * np.asarray(noise, float)) ** 2)
+
+    def __repr__(self) -> str:
+        return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "
+                f"noise_scale_={getattr(self, 'noise_scale_', None)})")
+
+
+class SplitConformal:
+    """Split-conformal bound on |error| from normalised scores |error|/std.
+
+    With n calibration scores, ``quantile_`` q̂ is the k-th smallest score,
+    k = ⌈(n + 1)(1 - α)⌉, i.e. the k/n empirical quantile. For a new exchangeable
+    sample ``P(|error| <= q̂·std) >= 1 - α`` (and ``<= 1 - α + 1/(n+1)`` without ties).
+    If k > n (fewer than ``1/α - 1`` samples) no finite bound is valid: q̂ = inf, with
+    a warning.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1), default 0.1
+
+    Attributes
+    ----------
+    quantile_ : float
+    n_samples_ : int
+    """
+
+    def __init__(self, alpha: float = 0.1):
+        self.alpha = _check_alpha(alpha)
+
+    def fit(self, error, std) -> "SplitConformal":
+        """Fit on arrays of the same shape (error = prediction - reference, std > 0)."""
+        e, s = _check_error_std(error, std)
+        scores = np.sort(np.abs(e / s))
+        n = scores.size
+        # exact rational arithmetic on alpha's shortest decimal form, so that e.g.
+        # n = 19, alpha = 0.1 gives k = 18, not 19 through 20 * 0.9 = 18.000...04
+        k = math.ceil((n + 1) * (1 - Fraction(repr(self.alpha))))
+        if k > n:
+            warnings.warn(
+                f"SplitConformal: {n} calibration samples are too few for "
+                f"alpha={self.alpha} (need at least "
+                f"{math.ceil(1.0 / self.alpha - 1.0)}); the bound is infinite.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.quantile_ = float("inf")
+        else:
+            self.quantile_ = float(scores[k - 1])
+        self.n_samples_ = int(n)
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "quantile_"):
+            raise NotFittedError(
+                "This SplitConformal is not fitted yet; call fit(error, std) first."
+            )
+
+    def bound(self, std) -> np.ndarray:
+        """Half-width of the interval, ``quantile_ * std`` (same shape)."""
+        self._check_fitted()
+        s = _finite_array("std", std)
+        if np.any(s < 0):
+            raise ValueError("std must be non-negative")
+        return self.quantile_ * s
+
+    def interval(self, pred, std) -> tuple[np.ndarray, np.ndarray]:
+        """``(pred - q̂·std, pred + q̂·std)``, each of the shape of ``pred``."""
+        p = _finite_array("pred", pred)
+        b = self.bound(std)
+        if b.shape != p.shape:
+            raise ValueError(
+                f"pred and std must have the same shape, got {p.shape} and {b.shape}"
+            )
+        return p - b, p + b
+
+    def to_dict(self) -> dict:
+        """JSON-able state; an infinite quantile is stored as the string ``"inf"``."""
+        q = getattr(self, "quantile_", None)
+        if q is not None and not np.isfinite(q):
+            q = "inf"
+        return {
+            "class": "SplitConformal",
+            "alpha": self.alpha,
+            "quantile": q,
+            "n_samples": getattr(self, "n_samples_", None),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitConformal":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("class") != "SplitConformal":
+            raise ValueError(f"not a SplitConformal dict: {d!r}")
+        obj = cls(alpha=d["alpha"])
+        q = d.get("quantile")
+        if q is not None:
+            q = float("inf") if q == "inf" else float(q)
+            if np.isnan(q) or q < 0:
+                raise ValueError(f"invalid quantile {d['quantile']!r}")
+            obj.quantile_ = q
+            obj.n_samples_ = int(d["n_samples"])
+        return obj
+
+    def __repr__(self) -> str:
+        q = getattr(self, "quantile_", None)
+        return f"SplitConformal(alpha={self.alpha}, quantile_={q})"
+
+
+# --------------------------------------------------------------------------------------
+# the stored calibration of a model
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Calibration:
+    """How a model's raw std of one output becomes the std of a new label.
+
+    ``calibrated = sqrt((scale * std)² + (noise_scale * σ_n)²)``, σ_n the model's label
+    noise of that output (:class:`TwoTermCalibrator`; ``noise_scale = 0`` is the one-factor
+    :class:`StdCalibrator`). ``conformal_q90`` is the split-conformal 90 % quantile of
+    ``|error| / calibrated`` (:class:`SplitConformal` on calibrated stds), the factor a
+    stopping rule with ``use="conformal"`` puts on the calibrated std; None if not measured.
+
+    The one form in which gpal stores a calibration: ``SparseGP.set_calibration``, the
+    model file, the active learner and ``gpal validate --calibrate`` all read and write it
+    through :meth:`from_dict` / :meth:`to_dict`, so a key one of them writes is a key the
+    others read.
+
+    Parameters
+    ----------
+    scale : float, default 1
+        Factor on the raw std (> 0).
+    noise_scale : float, default 0
+        Factor on the label noise σ_n (≥ 0).
+    conformal_q90 : float or None
+        In units of the calibrated std (> 0).
+    """
+
+    scale: float = 1.0
+    noise_scale: float = 0.0
+    conformal_q90: float | None = None
+
+    def __post_init__(self):
+        for name, value, low in (("scale", self.scale, "> 0"), ("noise_scale", self.noise_scale, ">= 0")):
+            ok = isinstance(value, (int, float, np.floating)) and math.isfinite(value) and (
+                value > 0 if low == "> 0" else value >= 0)
+            if not ok:
+                raise ValueError(f"Calibration {name} must be a finite number {low}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        q = self.conformal_q90
+        if q is not None:
+            if not (isinstance(q, (int, float, np.floating)) and q > 0):  # inf: too few frames
+                raise ValueError(f"Calibration conformal_q90 must be > 0 or None, got {q!r}")
+            object.__setattr__(self, "conformal_q90", float(q))
+
+    def apply(self, std, noise=0.0) -> np.ndarray:
+        """Calibrated std (shape of ``std``) from the raw ``std`` and the label noise ``noise``."""
+        s = np.asarray(std, dtype=float)
+        if self.noise_scale == 0.0:
+            return self.scale * s
+        return np.sqrt((self.scale * s) ** 2 + (self.noise_scale * np.asarray(noise, dtype=float)) ** 2)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (keys ``scale``, ``noise_scale``, ``conformal_q90`` if measured)."""
+        out = {"scale": self.scale, "noise_scale": self.noise_scale}
+        if self.conformal_q90 is not None:
+            out["conformal_q90"] = self.conformal_q90
+        return out
+
+    @classmethod
+    def from_dict(cls, d) -> "Calibration":
+        """Read :meth:`to_dict`'s form; a number is a scale; unknown keys are an error.
+
+        Files written by gpal 0.1's ``gpal validate --calibrate`` hold ``conformal``, the
+        quantile of ``|error| / raw std``; it is converted to calibrated units
+        (``conformal / scale``).
+        """
+        if isinstance(d, Calibration):
+            return d
+        if isinstance(d, (int, float, np.floating)) and not isinstance(d, bool):
+            return cls(scale=float(d))
+        if not isinstance(d, dict):
+            raise TypeError(f"a calibration is a Calibration, a dict or a number, not {type(d).__name__}")
+        d = dict(d)
+        if "conformal" in d and "conformal_q90" not in d and "noise_scale" not in d:
+            d["conformal_q90"] = d.pop("conformal") / d.get("scale", 1.0)
+        unknown = set(d) - {"scale", "noise_scale", "conformal_q90"}
+        if unknown:
+            raise ValueError(f"unknown calibration keys {sorted(unknown)}; "
+                             "known: scale, noise_scale, conformal_q90")
+        return cls(**d)

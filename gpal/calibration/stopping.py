@@ -1,0 +1,202 @@
+"""The stopping rule: stop when the calibrated bound stays under the user's tolerance."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ._checks import _check_option, _check_positive_int
+from .recalibration import SplitConformal, StdCalibrator
+
+__all__ = ["Decision", "StoppingRule", "STOPPING_BOUNDS"]
+
+STOPPING_BOUNDS = ("conformal", "scale")
+
+
+@dataclass
+class Decision:
+    """One check of a :class:`StoppingRule`, with every number it used."""
+
+    step: int
+    stop: bool
+    reason: str
+    bound: float
+    tolerance: float
+    consecutive: int
+    patience: int
+    use: str
+    validation_error: float | None = None
+    validation_step: int | None = None
+    validation_tolerance: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able copy (an infinite bound becomes the string ``"inf"``)."""
+        d = asdict(self)
+        if not np.isfinite(d["bound"]):
+            d["bound"] = "inf"
+        return d
+
+
+@dataclass
+class StoppingRule:
+    """Stop active learning when the calibrated error bound stays under tolerance.
+
+    At each check the learner passes the largest calibrated bound over the frames the
+    sampler visited since the last check (``q̂·σ`` for ``use="conformal"``, ``s·σ`` for
+    ``use="scale"``; :meth:`compute_bound` makes it from a fitted calibrator). The rule
+    stops when
+
+    - that bound was ``< tolerance`` at ``patience`` consecutive checks (a check at or
+      above tolerance, or with an infinite bound, resets the count), and
+    - the latest validation error given so far, if any, is ``< validation_tolerance``
+      (default: ``tolerance``).
+
+    Parameters
+    ----------
+    tolerance : float > 0
+        In the units of the bound (e.g. eV/Å for forces).
+    patience : int >= 1, default 3
+    use : {"conformal", "scale"}, default "conformal"
+        Which calibrated bound the learner feeds in (recorded in every decision).
+    validation_tolerance : float > 0 or None
+
+    Attributes
+    ----------
+    history : list of Decision
+    """
+
+    tolerance: float
+    patience: int = 3
+    use: str = "conformal"
+    validation_tolerance: float | None = None
+    history: list = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self):
+        self.tolerance = self._positive("tolerance", self.tolerance)
+        self.patience = _check_positive_int("patience", self.patience)
+        _check_option("use", self.use, STOPPING_BOUNDS)
+        if self.validation_tolerance is not None:
+            self.validation_tolerance = self._positive(
+                "validation_tolerance", self.validation_tolerance
+            )
+        self._streak = 0
+        self._last_val: tuple[int, float] | None = None
+
+    @staticmethod
+    def _positive(name, x) -> float:
+        x = float(x)
+        if not (np.isfinite(x) and x > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {x!r}")
+        return x
+
+    def compute_bound(self, std_max: float, calibrator) -> float:
+        """Calibrated bound from the largest raw std and a fitted calibrator.
+
+        ``calibrator`` must be a :class:`SplitConformal` when ``use="conformal"`` and a
+        :class:`StdCalibrator` when ``use="scale"``.
+        """
+        expected = SplitConformal if self.use == "conformal" else StdCalibrator
+        if not isinstance(calibrator, expected):
+            raise ValueError(
+                f"use={self.use!r} needs a {expected.__name__}, "
+                f"got {type(calibrator).__name__}"
+            )
+        return float(calibrator.bound(np.asarray(float(std_max))))
+
+    def update(
+        self,
+        step: int,
+        calibrated_bound_max: float,
+        validation_error: float | None = None,
+    ) -> Decision:
+        """Record one check and decide.
+
+        Parameters
+        ----------
+        step : int
+            Learner iteration; must increase from check to check.
+        calibrated_bound_max : float
+            Largest calibrated bound over the sampled frames (``inf`` allowed, e.g. an
+            under-sampled conformal quantile; never NaN or negative).
+        validation_error : float or None
+            Error on the held-out validation set at this step, if measured.
+
+        Returns
+        -------
+        Decision
+        """
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+            raise ValueError(f"step must be an integer, got {step!r}")
+        step = int(step)
+        if self.history and step <= self.history[-1].step:
+            raise ValueError(
+                f"step must increase: got {step} after {self.history[-1].step}"
+            )
+        bound = float(calibrated_bound_max)
+        if np.isnan(bound) or bound < 0:
+            raise ValueError(
+                "calibrated_bound_max must be non-negative (inf allowed), "
+                f"got {bound!r}"
+            )
+        if validation_error is not None:
+            v = float(validation_error)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(
+                    "validation_error must be finite and non-negative, "
+                    f"got {validation_error!r}"
+                )
+            self._last_val = (step, v)
+
+        below = bound < self.tolerance
+        self._streak = self._streak + 1 if below else 0
+        val_tol = (
+            self.validation_tolerance
+            if self.validation_tolerance is not None
+            else self.tolerance
+        )
+        bound_txt = f"calibrated bound {bound:.6g} ({self.use})"
+        if not below:
+            stop = False
+            reason = (
+                f"{bound_txt} >= tolerance {self.tolerance:.6g}: count reset to 0, "
+                f"patience {self.patience}"
+            )
+        elif self._streak < self.patience:
+            stop = False
+            reason = (
+                f"{bound_txt} < tolerance {self.tolerance:.6g}: "
+                f"{self._streak} consecutive "
+                f"check(s), patience {self.patience}"
+            )
+        else:
+            head = (
+                f"{bound_txt} < tolerance {self.tolerance:.6g} "
+                f"for {self._streak} consecutive "
+                f"check(s), patience {self.patience}"
+            )
+            if self._last_val is None:
+                stop = True
+                reason = f"stop: {head}; no validation error given"
+            else:
+                vstep, v = self._last_val
+                stop = v < val_tol
+                rel = "<" if stop else ">="
+                tail = f"validation error {v:.6g} (step {vstep}) {rel} {val_tol:.6g}"
+                reason = f"stop: {head} and {tail}" if stop else f"{head}, but {tail}"
+        decision = Decision(
+            step=step,
+            stop=stop,
+            reason=reason,
+            bound=bound,
+            tolerance=self.tolerance,
+            consecutive=self._streak,
+            patience=self.patience,
+            use=self.use,
+            validation_error=None if self._last_val is None else self._last_val[1],
+            validation_step=None if self._last_val is None else self._last_val[0],
+            validation_tolerance=val_tol if self._last_val is not None else None,
+        )
+        self.history.append(decision)
+        return decision
