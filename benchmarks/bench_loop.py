@@ -321,7 +321,7 @@ def fit_like(learner, frames, *, match_sparse=True, model=None):
     last checkpoint of an aborted run).
     """
     model = learner.model if model is None else model
-    params = dict(model.get_params())
+    params = dict(model.get_params(deep=False))
     if params.get("descriptor") is None and getattr(model, "descriptor_", None) is not None:
         params["descriptor"] = model.descriptor_
     sparse = getattr(model, "sparse_X_", None)

@@ -330,7 +330,7 @@ def select_kernel_by_evidence(
     kernels = list(kernels)
     if not kernels:
         raise ValueError("kernels is empty")
-    params = model.get_params()
+    params = model.get_params(deep=False)
     rows, best, best_model = [], None, None
     for k, kernel in enumerate(kernels):
         t0 = time.perf_counter()

@@ -594,8 +594,13 @@ class SOAP:
         """Number of features, ``(S n)(S n + 1)/2 (l_max + 1)`` for S species."""
         return self._n_features
 
-    def get_params(self) -> dict:
-        """Constructor arguments (JSON-serialisable)."""
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor arguments as resolved (JSON-serialisable; scikit-learn's protocol).
+
+        ``r_cut`` and ``sigma`` are the values in use (an inferred cutoff included) and
+        ``species`` are atomic numbers, so ``SOAP(**soap.get_params())`` is the same
+        descriptor. ``deep`` is accepted for scikit-learn (SOAP has no sub-estimators).
+        """
         return {
             "species": [int(z) for z in self.species_numbers_],
             "r_cut": float(self.r_cut_),
@@ -605,6 +610,24 @@ class SOAP:
             "periodic": bool(self.periodic),
             "weighting": None if self._weighting is None else dict(self._weighting),
         }
+
+    def set_params(self, **params) -> "SOAP":
+        """Change constructor arguments (scikit-learn's protocol); returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            An unknown parameter name, or values SOAP refuses (as the constructor).
+        """
+        valid = self.get_params()
+        unknown = set(params) - set(valid)
+        if unknown:
+            raise ValueError(f"Invalid parameter(s) {sorted(unknown)} for SOAP. Valid parameters are: {sorted(valid)}")
+        self.__init__(**{**valid, **params})
+        return self
+
+    def __sklearn_clone__(self) -> "SOAP":
+        return SOAP(**self.get_params())
 
     def __repr__(self) -> str:
         p = self.get_params()

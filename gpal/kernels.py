@@ -34,12 +34,12 @@ The numerical loops are in :mod:`gpal._jit`; the methods here validate input.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections import namedtuple
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from . import _jit
 
@@ -128,7 +128,7 @@ class Hyperparameter(
         )
 
 
-class Kernel:
+class Kernel(BaseEstimator):
     """Base class: parameter handling, ``theta``/``bounds``, cloning, repr, JSON form.
 
     The constructor of a subclass only stores its arguments (as attributes of the same
@@ -139,51 +139,16 @@ class Kernel:
 
     _hyperparameter_names: tuple[str, ...] = ()
 
-    # -- parameters ---------------------------------------------------------------
+    # -- parameters: get_params / set_params are scikit-learn's BaseEstimator's -------
     @classmethod
     def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in sig.parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor parameters of this kernel.
-
-        Parameters
-        ----------
-        deep : bool, default True
-            Accepted for scikit-learn compatibility (these kernels have no sub-kernels).
-
-        Returns
-        -------
-        params : dict
-        """
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params) -> "Kernel":
-        """Set constructor parameters; returns ``self``.
-
-        Raises
-        ------
-        ValueError
-            An unknown parameter name (the valid names are listed).
-        """
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(
-                    f"Invalid parameter {key!r} for kernel {type(self).__name__}. "
-                    f"Valid parameters are: {valid}"
-                )
-            setattr(self, key, value)
-        return self
+        return list(cls._get_param_names())
 
     def clone(self) -> "Kernel":
-        """A new kernel of the same type with the same parameters."""
-        return type(self)(**self.get_params())
+        """A new kernel of the same type with the same parameters (``sklearn.base.clone``)."""
+        from sklearn.base import clone
+
+        return clone(self)
 
     def clone_with_theta(self, theta) -> "Kernel":
         """A clone whose non-fixed hyperparameters are ``exp(theta)``."""

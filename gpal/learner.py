@@ -1397,7 +1397,7 @@ def _import(path: str):
 
 def _model_spec(model: SparseGP) -> dict:
     """The model's constructor settings as JSON (descriptor and kernel by their params)."""
-    params = model.get_params()
+    params = model.get_params(deep=False)
     spec = {k: v for k, v in params.items() if k not in ("descriptor", "kernel")}
     spec["descriptor"] = None if params["descriptor"] is None else params["descriptor"].get_params()
     spec["kernel"] = None if params["kernel"] is None else params["kernel"].to_dict()

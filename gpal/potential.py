@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+from sklearn.base import BaseEstimator
 from ase import Atoms
 from ase.data import chemical_symbols
 
@@ -148,7 +149,7 @@ def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
     return labelled(atoms, energy=labels.energy, forces=labels.forces, stress=labels.stress)
 
 
-class SparseGP:
+class SparseGP(BaseEstimator):
     """Sparse Gaussian-process interatomic potential on SOAP environments.
 
     Parameters
@@ -278,36 +279,8 @@ class SparseGP:
         self.alpha_ = None
 
     # ------------------------------------------------------------------ params
-    def get_params(self, deep: bool = False) -> dict:
-        """Constructor parameters (scikit-learn convention)."""
-        return {
-            k: getattr(self, k)
-            for k in (
-                "descriptor",
-                "kernel",
-                "energy_noise",
-                "force_noise",
-                "stress_noise",
-                "n_sparse",
-                "sparse_selection",
-                "e0",
-                "min_distance",
-                "jitter",
-                "random_state",
-                "hyperparameters",
-                "memory_budget_gb",
-                "baseline",
-                "baseline_kwargs",
-            )
-        }
-
-    def set_params(self, **params) -> "SparseGP":
-        valid = self.get_params()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"Invalid parameter {k!r}; valid: {sorted(valid)}")
-            setattr(self, k, v)
-        return self
+    # get_params / set_params / clone: scikit-learn's BaseEstimator (constructor arguments;
+    # nested ``descriptor__r_cut``, ``kernel__zeta`` with deep=True)
 
     def __repr__(self) -> str:
         fitted = self.alpha_ is not None

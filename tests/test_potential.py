@@ -465,3 +465,27 @@ def test_refreshing_the_sparse_set_lets_the_force_std_see_a_new_environment(cu_t
     assert added > 0 and after["novelty"].max() < 0.1 * before["novelty"].max()
     assert after["forces_std"].max() >= before["forces_std"].max()
     assert after["forces_std"].max() > 3 * ref["forces_std"].max()
+
+
+def test_model_kernel_and_descriptor_follow_the_scikit_learn_estimator_api():
+    """BaseEstimator: clone gives an unfitted copy with equal (not shared) parameters;
+    nested ``descriptor__``/``kernel__`` parameters are read and set as scikit-learn does."""
+    from sklearn.base import BaseEstimator, clone
+
+    from gpal import NormalizedDotProduct
+
+    desc = SOAP(species=["Cu"], r_cut=3.5, n_max=3, l_max=2, periodic=True)
+    model = SparseGP(desc, NormalizedDotProduct(zeta=2), force_noise=0.07, n_sparse=30)
+    assert isinstance(model, BaseEstimator) and isinstance(model.kernel, BaseEstimator)
+    twin = clone(model)
+    assert twin is not model and twin.descriptor is not desc and twin.kernel is not model.kernel
+    assert twin.get_params(deep=False).keys() == model.get_params(deep=False).keys()
+    deep = twin.get_params(deep=True)
+    assert deep["descriptor__l_max"] == 2 and deep["kernel__zeta"] == 2 and deep["force_noise"] == 0.07
+    twin.set_params(descriptor__l_max=3, kernel__zeta=4, n_sparse=20)
+    assert (twin.descriptor.l_max, twin.kernel.zeta, twin.n_sparse) == (3, 4, 20)
+    assert (desc.l_max, model.kernel.zeta) == (2, 2)  # the original is untouched
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        twin.set_params(descriptor__rcut=4.0)
+    fitted = clone(model).fit(cu_frames(2, seed=5))
+    assert getattr(clone(fitted), "alpha_", None) is None  # a clone is never fitted
