@@ -626,6 +626,43 @@ class SOAP:
         self.__init__(**{**valid, **params})
         return self
 
+    @classmethod
+    def from_dscribe(cls, soap) -> "SOAP":
+        """gpal's SOAP equal to a ``dscribe.descriptors.SOAP`` (same features, same order).
+
+        Parameters
+        ----------
+        soap : dscribe.descriptors.SOAP
+            With ``rbf="gto"``, ``average="off"`` and no compression (the power spectrum
+            gpal computes).
+
+        Raises
+        ------
+        ValueError
+            A dscribe setting gpal does not compute (another rbf, averaging, compression).
+        """
+        rbf, average = getattr(soap, "_rbf", None), getattr(soap, "average", None)
+        mode = (getattr(soap, "_compression", None) or {}).get("mode", "off")
+        if rbf != "gto" or average != "off" or mode != "off":
+            raise ValueError(f"gpal's SOAP is dscribe's rbf='gto', average='off', compression off; "
+                             f"got rbf={rbf!r}, average={average!r}, compression {mode!r}")
+        weighting = getattr(soap, "_weighting", None)
+        return cls(species=[int(z) for z in soap._atomic_numbers], r_cut=float(soap._r_cut),
+                   n_max=int(soap._n_max), l_max=int(soap._l_max), sigma=float(soap._sigma),
+                   periodic=bool(soap.periodic), weighting=None if weighting is None else dict(weighting))
+
+    def to_dscribe(self, **kwargs):
+        """The same descriptor as a ``dscribe.descriptors.SOAP`` (``rbf="gto"``, no averaging).
+
+        ``kwargs`` go to dscribe's constructor (e.g. ``sparse=True``, ``dtype="float32"``).
+        """
+        from dscribe.descriptors import SOAP as DscribeSOAP
+
+        p = self.get_params()
+        return DscribeSOAP(species=p["species"], r_cut=p["r_cut"], n_max=p["n_max"], l_max=p["l_max"],
+                           sigma=p["sigma"], rbf="gto", periodic=p["periodic"], weighting=p["weighting"],
+                           compression={"mode": "off"}, average="off", **kwargs)
+
     def __sklearn_clone__(self) -> "SOAP":
         return SOAP(**self.get_params())
 

@@ -487,3 +487,22 @@ def test_invalid_parameters(kwargs, match):
     params.update(kwargs)
     with pytest.raises(ValueError, match=match):
         SOAP(**params)
+
+
+# --- dscribe interop ---
+@pytest.mark.parametrize("weighting", [None, {"function": "poly", "r0": 3.8, "c": 1, "m": 1}])
+def test_from_dscribe_and_to_dscribe_give_the_same_features(weighting):
+    rng = np.random.default_rng(11)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms.numbers[[1, 5]] = 79
+    atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+    theirs = DscribeSOAP(species=["Cu", "Au"], r_cut=3.8, n_max=4, l_max=3, sigma=0.7, rbf="gto",
+                         periodic=True, weighting=weighting, compression={"mode": "off"}, average="off")
+    ours = SOAP.from_dscribe(theirs)
+    np.testing.assert_allclose(ours.create(atoms), theirs.create(atoms), rtol=1e-10, atol=1e-14)
+    back = ours.to_dscribe()
+    np.testing.assert_allclose(back.create(atoms), theirs.create(atoms), rtol=1e-12, atol=1e-15)
+    assert SOAP.from_dscribe(back).get_params() == ours.get_params()
+    with pytest.raises(ValueError, match="average="):
+        SOAP.from_dscribe(DscribeSOAP(species=["Cu"], r_cut=3.8, n_max=4, l_max=3, average="inner",
+                                      periodic=True))
