@@ -51,8 +51,9 @@ def _fallback_root() -> str:
 
 
 def _is_gpal_source(py_file: str) -> bool:
+    """A file of gpal's package or of one of its subpackages (selection/, descriptors/, ...)."""
     try:
-        return os.path.dirname(os.path.abspath(py_file)) == _PACKAGE_DIR
+        return os.path.commonpath([os.path.abspath(py_file), _PACKAGE_DIR]) == _PACKAGE_DIR
     except (TypeError, ValueError):
         return False
 

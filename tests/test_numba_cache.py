@@ -19,12 +19,14 @@ PROBE = r"""
 import json, os
 import numba
 from numba.core.caching import NullCache
+import sys
 import gpal
-from gpal import _jit, _soap_jit, neighbors, selection
+from gpal import _jit
 
 pkg = os.path.dirname(os.path.abspath(gpal.__file__))
 locators = {}
-for mod in (_jit, _soap_jit, neighbors, selection):
+# every gpal module imported by ``import gpal``, subpackages included
+for mod in [m for n, m in sorted(sys.modules.items()) if n == "gpal" or n.startswith("gpal.")]:
     for name, obj in vars(mod).items():
         cache = getattr(obj, "_cache", None)
         if isinstance(obj, numba.core.registry.CPUDispatcher) and not isinstance(cache, NullCache):
@@ -56,7 +58,8 @@ def test_cache_outside_the_package_and_reused(tmp_path):
     pkg = Path(gpal.__file__).resolve().parent
     before = _cache_files(pkg)
     first = _probe(tmp_path)
-    assert len(first["locators"]) > 20  # every cached routine of the four jit modules
+    assert len(first["locators"]) > 20  # every cached routine of gpal's jit modules
+    assert any(".selection." in name for name in first["locators"])  # subpackages too
     for name, (kind, path) in first["locators"].items():
         assert kind == "GpalCacheLocator", name
         assert Path(path).is_relative_to(tmp_path / "gpal" / "numba"), (name, path)
