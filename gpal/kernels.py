@@ -128,6 +128,9 @@ class Hyperparameter(
         )
 
 
+_KERNEL_TYPES: dict[str, type] = {}
+
+
 class Kernel(BaseEstimator):
     """Base class: parameter handling, ``theta``/``bounds``, cloning, repr, JSON form.
 
@@ -138,6 +141,17 @@ class Kernel(BaseEstimator):
     """
 
     _hyperparameter_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        # the registry model files name kernels by (kernel_from_dict): every class with
+        # its own constructor (abstract bases such as CosineKernel have none)
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        old = _KERNEL_TYPES.get(cls.__name__)
+        if old is not None and old.__module__.startswith("gpal.") and not cls.__module__.startswith("gpal."):
+            raise TypeError(f"gpal already has a kernel named {cls.__name__!r}; give yours another class name")
+        _KERNEL_TYPES[cls.__name__] = cls
 
     # -- parameters: get_params / set_params are scikit-learn's BaseEstimator's -------
     @classmethod
@@ -583,9 +597,6 @@ class SquaredExponential(CosineKernel):
         )
 
 
-_KERNEL_TYPES = {
-    cls.__name__: cls for cls in (NormalizedDotProduct, SquaredExponential)
-}
 
 
 def kernel_from_dict(d: dict) -> Kernel:

@@ -55,7 +55,7 @@ from ._validation import (
     check_min_distance,
     frame_labels,
 )
-from .descriptors import SOAP, pair_forces, pair_stress
+from .descriptors import SOAP, descriptor_from_dict, pair_forces, pair_stress
 from .kernels import NormalizedDotProduct
 from .sparse_gp import SparseGPSolver, _jittered_cholesky
 from ._threads import policy as _thread_policy
@@ -480,7 +480,7 @@ class SparseGP(BaseEstimator):
         return int(self.kernel_.zeta) if isinstance(self.kernel_, NormalizedDotProduct) else None
 
     def _min_pair_distance(self, atoms) -> np.ndarray:
-        from .neighbors import neighbor_list
+        from .descriptors.neighbors import neighbor_list
 
         _, _, D = neighbor_list(
             atoms.positions, atoms.cell.array, atoms.pbc, max(self.min_distance, 1e-3)
@@ -1408,8 +1408,9 @@ class SparseGP(BaseEstimator):
                        for z in zetas]
         else:
             kernels = [self.kernel_]
-        L = int(self.descriptor_.l_max)
-        l_maxes = sorted({int(v) for v in (l_maxes or (L,)) if int(v) <= L} | {L})
+        # the l_max choice is SOAP's (a smaller l_max is a subset of its features)
+        L = int(self.descriptor_.l_max) if isinstance(self.descriptor_, SOAP) else None
+        l_maxes = [None] if L is None else sorted({int(v) for v in (l_maxes or (L,)) if int(v) <= L} | {L})
         subsets = {lm: None if lm == L else _l_max_subset(self.descriptor_, lm) for lm in l_maxes}
         cands = [(lm, kern) for lm in l_maxes for kern in kernels]
         Zs = {lm: Z if cols is None else np.ascontiguousarray(Z[:, cols])
@@ -1732,7 +1733,7 @@ class SparseGP(BaseEstimator):
         rs = self.random_state if isinstance(self.random_state, (int, type(None))) else None
         meta = {
             "gpal_version": __version__,
-            "descriptor": {"type": "SOAP", "params": self.descriptor_.get_params()},
+            "descriptor": self.descriptor_.to_dict(),
             "kernel": self.kernel_.to_dict(),
             "noise": self.noise_,
             "e0": {str(z): v for z, v in self.e0_.items()},
@@ -1777,7 +1778,7 @@ class SparseGP(BaseEstimator):
 
         arrays, meta = read_model_file(path)
         try:
-            desc = SOAP(**meta["descriptor"]["params"])
+            desc = descriptor_from_dict(meta["descriptor"])
             kernel = kernel_from_dict(meta["kernel"])
             params = dict(meta["params"])
             # files from before the evidence defaults: the kernel and noises were given

@@ -1,4 +1,4 @@
-"""gpal.neighbors.neighbor_list against ase.neighborlist.neighbor_list."""
+"""gpal.descriptors.neighbors.neighbor_list against ase.neighborlist.neighbor_list."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from gpal.exceptions import InvalidPositionsError, MissingCellError
-from gpal.neighbors import neighbor_list
+from gpal.descriptors.neighbors import neighbor_list
 
 
 def _pair_dict(i, j, S, D):

@@ -9,7 +9,7 @@ periodic cells and weighting supported), and an adjoint pass
 (:meth:`SOAPExpansion.backward`) that gives forces and stress of ``E = sum_i G_i . X_i``
 without forming any derivative array (DESIGN.md §2, "force trick").
 
-Definition (re-derived from dscribe's documentation and source, see gpal/_soap_jit.py):
+Definition (re-derived from dscribe's documentation and source, see gpal/descriptors/_soap_jit.py):
 
 * Radial basis: GTOs ``r^l exp(-alpha_{k,l} r^2)`` with
   ``alpha_{k,l} = -ln(1e-3 / a_k^l) / a_k^2``, ``a_k`` evenly spaced in [1, r_cut],
@@ -39,8 +39,9 @@ import scipy.linalg
 from scipy.special import gamma
 
 from . import _soap_jit as jit
-from ._threads import policy as _thread_policy
-from .exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
+from .._threads import policy as _thread_policy
+from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
+from .base import Descriptor
 from .neighbors import _pairs
 
 __all__ = ["SOAP", "SOAPDerivatives", "SOAPExpansion", "pair_forces", "pair_stress"]
@@ -414,7 +415,7 @@ def _sh_tables(l_max: int):
     return K, qmm, c1, c2
 
 
-class SOAP:
+class SOAP(Descriptor):
     """Smooth Overlap of Atomic Positions power spectrum (dscribe's gto SOAP), in numba.
 
     Parameters
@@ -583,7 +584,7 @@ class SOAP:
                 k += 1
         self._z_to_index = np.full(max(self.species_numbers_) + 1, -1, dtype=np.int64)
         self._z_to_index[self.species_numbers_] = np.arange(S)
-        # constant arguments of the numba kernels (see gpal/_soap_jit.py)
+        # constant arguments of the numba kernels (see gpal/descriptors/_soap_jit.py)
         self._radial_args = (self._A, self._BT, self._wtype, self._wpar, self._w_zero)
         self._layout_args = (
             self._shK, self._shQmm, self._shC1, self._shC2, self._prel,

@@ -27,8 +27,8 @@ import math
 import numba
 import numpy as np
 
-from ._threads import policy as _thread_policy
-from .exceptions import InvalidPositionsError, MissingCellError
+from .._threads import policy as _thread_policy
+from ..exceptions import InvalidPositionsError, MissingCellError
 
 __all__ = ["neighbor_list"]
 
