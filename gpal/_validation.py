@@ -168,3 +168,35 @@ def check_is_fitted(estimator, attribute="alpha_") -> None:
 def as_rng(random_state) -> np.random.Generator:
     """Normalise ``random_state`` (None, int or Generator) to a Generator."""
     return np.random.default_rng(random_state)
+
+
+# ---------------------------------------------------------------------- argument checks
+def check_option(name: str, value, valid) -> str:
+    """``value`` if it is one of the strings ``valid``; else a ValueError listing them."""
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(
+            f"{name} must be one of {{{', '.join(repr(v) for v in valid)}}}; "
+            f"got {value!r}"
+        )
+    return value
+
+
+def finite_array(name: str, a) -> np.ndarray:
+    """``a`` as a float64 array; a ValueError if it holds NaN or infinities."""
+    a = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int if it is an integer >= 1 (not a bool); else a ValueError."""
+    import numbers
+
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

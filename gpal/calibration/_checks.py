@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-def _check_option(name: str, value, valid) -> str:
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(
-            f"{name} must be one of {{{', '.join(repr(v) for v in valid)}}}; "
-            f"got {value!r}"
-        )
-    return value
-
-
-def _finite_array(name: str, a) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
+from .._validation import check_option as _check_option  # noqa: F401,E402
+from .._validation import check_positive_int as _check_positive_int  # noqa: F401,E402
+from .._validation import finite_array as _finite_array  # noqa: E402
 
 
 def _check_error_std(error, std, *, error_name="error", std_name="std"):
@@ -51,17 +38,3 @@ def _check_alpha(alpha) -> float:
     if not 0.0 < a < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     return a
-
-
-def _check_positive_int(name: str, value) -> int:
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-# --------------------------------------------------------------------------------------
-# metrics

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 
 RandomState = Union[None, int, np.random.Generator]
 
 
-def _check_option(name: str, value, valid: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(
-            f"{name} must be one of {{{', '.join(repr(v) for v in valid)}}}; "
-            f"got {value!r}"
-        )
-    return value
+from .._validation import check_option as _check_option  # noqa: F401,E402
 
 
 def _check_finite(name: str, a: np.ndarray) -> None:
