@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ def _block_size(model, atoms) -> int | None:
         return None
 
 
-__all__ = ["SparseGP", "default_descriptor", "ZETA_CANDIDATES", "L_MAX_CANDIDATES", "NOISE_BOUNDS"]
+__all__ = ["SparseGP", "ObservationRows", "default_descriptor", "ZETA_CANDIDATES", "L_MAX_CANDIDATES", "NOISE_BOUNDS"]
 
 _SPARSE_SELECTIONS = ("fps", "random", "cur")
 # observation groups
@@ -147,6 +148,23 @@ def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
     from .io import labelled
 
     return labelled(atoms, energy=labels.energy, forces=labels.forces, stress=labels.stress)
+
+
+@dataclass(frozen=True)
+class ObservationRows:
+    """Kernel rows of one frame's labels against a model's sparse set (:meth:`SparseGP.observation_rows`).
+
+    Attributes
+    ----------
+    energy : ndarray of shape (n_sparse,)
+    forces : ndarray of shape (n_atoms, 3, n_sparse)
+    stress : ndarray of shape (6, n_sparse) or None
+        None for a frame without a periodic cell.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray | None
 
 
 class SparseGP(BaseEstimator):
@@ -865,6 +883,40 @@ class SparseGP(BaseEstimator):
             "force_std": np.concatenate(f_std),
             "n_atoms": np.array(n),
         }
+
+    # ------------------------------------------------------------------ observation rows
+    def local_kernel(self, atoms: Atoms) -> np.ndarray:
+        """Kernel of each atom's environment with the sparse set (zero across species).
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_sparse)
+            ``local_kernel(atoms) @ alpha_`` are the atoms' local energies (eV) without
+            their e0 (and without a Δ-model's baseline).
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        X = self.descriptor_.create(atoms)
+        return self._k_xm(X, atoms.numbers, self.sparse_X_, self.sparse_species_)
+
+    def observation_rows(self, atoms: Atoms) -> ObservationRows:
+        """The rows of the linear map from the sparse weights ``alpha_`` to a frame's labels.
+
+        ``rows.energy @ alpha_``, ``rows.forces @ alpha_`` and ``rows.stress @ alpha_``
+        are the model's energy (eV, without e0 and baseline), forces (eV/Å) and stress
+        (eV/Å³) of ``atoms``; they are what a label of this frame adds to the fit, and what
+        label-free design (:meth:`select_frames`) scores.
+
+        Returns
+        -------
+        ObservationRows
+            ``energy`` (n_sparse,), ``forces`` (n_atoms, 3, n_sparse), ``stress`` (6,
+            n_sparse) or None without a periodic cell.
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        e, f, s = self._derivative_rows(atoms, self.sparse_X_, self.sparse_species_)
+        return ObservationRows(e, f, s if bool(np.all(atoms.pbc)) else None)
 
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""

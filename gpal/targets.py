@@ -313,16 +313,16 @@ class TargetSet:
         key = self._key(model)
         if self._cache.get("key") == key:
             return self._cache["data"]
-        Z, zsp = model.sparse_X_, model.sparse_species_
+        Z = model.sparse_X_
         data = []
         for a in self.structures:
             model._check(a, what="target structure")
             X = model.descriptor_.create(a)
             sel = np.arange(len(a)) if self.atoms is None else np.asarray(self.atoms)
-            K = model._k_xm(X[sel], a.numbers[sel], Z, zsp)
+            K = model.local_kernel(a)[sel]
             d = {"X": X[sel], "numbers": a.numbers[sel], "row": K.sum(axis=0)}
             if self.quantity == "forces":
-                _, f, _ = model._derivative_rows(a, Z, zsp)
+                f = model.observation_rows(a).forces
                 d["force_rows"] = f[sel].reshape(3 * len(sel), len(Z))
             data.append(d)
         self._cache = {"key": key, "data": data}
@@ -429,13 +429,12 @@ class TargetSet:
     @staticmethod
     def _frame_rows(model, atoms: Atoms):
         """Kernel rows and noise stds of every label of a frame, and the force rows' slice."""
-        Z, zsp = model.sparse_X_, model.sparse_species_
-        e, f, s = model._derivative_rows(atoms, Z, zsp)
+        obs = model.observation_rows(atoms)
         n = len(atoms)
-        rows = [e[None], f.reshape(3 * n, len(Z))]
+        rows = [obs.energy[None], obs.forces.reshape(3 * n, -1)]
         noise = [np.array([model.noise_["energy"] * math.sqrt(n)]), np.full(3 * n, model.noise_["force"])]
-        if np.all(atoms.pbc):
-            rows.append(s)
+        if obs.stress is not None:
+            rows.append(obs.stress)
             noise.append(np.full(6, model.noise_["stress"]))
         return np.concatenate(rows), np.concatenate(noise), slice(1, 1 + 3 * n)
 

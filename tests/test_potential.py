@@ -118,8 +118,7 @@ def test_update_equals_refit_with_same_sparse_set(cu_train):
     ref.fit(K_mm, K_nm, y, noise, jitter=model.jitter)
     # alpha is ill-conditioned (near-collinear sparse points); compare what it predicts
     test = cu_frames(1, seed=77)[0]
-    X = model.descriptor_.create(test)
-    K = model._k_xm(X, test.numbers, model.sparse_X_, model.sparse_species_)
+    K = model.local_kernel(test)
     np.testing.assert_allclose(K @ model.alpha_, K @ ref.alpha_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(model.solver_.var_sor(K), ref.var_sor(K), rtol=1e-6, atol=1e-14)
     np.testing.assert_array_equal(model.obs_group_, group)
@@ -214,8 +213,7 @@ def test_size_extensivity_two_separated_molecules():
         pab["energies_std"], np.concatenate([pa["energies_std"], pb["energies_std"]]), atol=1e-10
     )
     # Var(E_a + E_b) = Var(E_a) + Var(E_b) + 2 Cov(E_a, E_b), Cov from the projected part
-    Ka = model._k_xm(model.descriptor_.create(a), a.numbers, model.sparse_X_, model.sparse_species_)
-    Kb = model._k_xm(model.descriptor_.create(b), b.numbers, model.sparse_X_, model.sparse_species_)
+    Ka, Kb = model.local_kernel(a), model.local_kernel(b)
     cov = model.solver_.cov_sor(Ka.sum(0)[None], Kb.sum(0)[None])[0, 0]
     assert pab["energy_std"] ** 2 == pytest.approx(pa["energy_std"] ** 2 + pb["energy_std"] ** 2 + 2 * cov, rel=1e-8)
 
@@ -489,3 +487,14 @@ def test_model_kernel_and_descriptor_follow_the_scikit_learn_estimator_api():
         twin.set_params(descriptor__rcut=4.0)
     fitted = clone(model).fit(cu_frames(2, seed=5))
     assert getattr(clone(fitted), "alpha_", None) is None  # a clone is never fitted
+
+
+def test_observation_rows_are_the_linear_map_from_weights_to_predictions(cu_model):
+    """Public rows: energy, forces and stress of a frame are its rows times alpha_ (plus e0)."""
+    frame = cu_frames(1, seed=47)[0]
+    rows, pred = cu_model.observation_rows(frame), cu_model.predict(frame)
+    e0 = sum(cu_model.e0_[int(z)] for z in frame.numbers)
+    assert rows.energy @ cu_model.alpha_ + e0 == pytest.approx(pred["energy"], rel=1e-10)
+    np.testing.assert_allclose(rows.forces @ cu_model.alpha_, pred["forces"], atol=1e-10)
+    np.testing.assert_allclose(rows.stress @ cu_model.alpha_, pred["stress"], atol=1e-12)
+    np.testing.assert_allclose(cu_model.local_kernel(frame).sum(axis=0), rows.energy, rtol=1e-12)

@@ -520,8 +520,7 @@ def test_select_frames_scores_energy_information_when_asked():
     _, gains = model.select_frames(pool, len(pool), score=("energy",), return_gains=True)
     first = []
     for a in pool:
-        e_std = np.sqrt(model.solver_.var_sor(model._derivative_rows(a, model.sparse_X_,
-                                                                     model.sparse_species_)[0][None])[0])
+        e_std = np.sqrt(model.solver_.var_sor(model.observation_rows(a).energy[None])[0])
         first.append(0.5 * np.log1p(e_std**2 / (model.noise_["energy"] ** 2 * len(a))))
     assert gains[0] == pytest.approx(max(first), rel=1e-9)
     both = model.select_frames(pool, 1, score=("energy", "forces"), return_gains=True)[1][0]
