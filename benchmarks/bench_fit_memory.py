@@ -91,7 +91,7 @@ def _vm_hwm() -> float:
 def child(args) -> dict:
     from gpal import SparseGP
     from gpal.kernels import NormalizedDotProduct
-    from gpal.potential import default_descriptor
+    from gpal.model import default_descriptor
 
     train = alloy_frames(args.frames[0], seed=1)
     test = alloy_frames(args.n_test, seed=2)

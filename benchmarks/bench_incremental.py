@@ -83,7 +83,7 @@ def frames_108(n: int, seed: int = 0, symbol: str = "Cu") -> list:
 def make_model(frames, n_sparse):
     from gpal import SparseGP
     from gpal.kernels import NormalizedDotProduct
-    from gpal.potential import default_descriptor
+    from gpal.model import default_descriptor
 
     model = SparseGP(default_descriptor(frames), NormalizedDotProduct(zeta=4), n_sparse=n_sparse,
                      hyperparameters="fixed", energy_noise=0.002, force_noise=0.05,

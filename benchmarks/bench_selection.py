@@ -96,7 +96,7 @@ from ase.md import thermalize_momenta  # noqa: E402
 from ase.md.langevin import Langevin  # noqa: E402
 
 from gpal import SOAP, SparseGP  # noqa: E402
-from gpal.potential import DEFAULT_NOISE  # noqa: E402
+from gpal.model import DEFAULT_NOISE  # noqa: E402
 from gpal.selection import (  # noqa: E402
     frame_farthest_point_sampling,
     greedy_batch,

@@ -33,7 +33,7 @@ from .exceptions import (  # noqa: F401
 )
 from .descriptors import SOAP  # noqa: F401
 from .kernels import NormalizedDotProduct, SquaredExponential  # noqa: F401
-from .potential import SparseGP, load  # noqa: F401
+from .model import SparseGP, load  # noqa: F401
 from ._threads import get_threads, set_threads, threads  # noqa: F401
 from .calculator import GPCalculator  # noqa: F401
 from .oracle import Oracle, OracleSpec  # noqa: F401

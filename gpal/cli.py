@@ -181,7 +181,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from . import config
     from .learner import ActiveLearner, MDSettings, Trigger
     from .oracle import OracleSpec
-    from .potential import SparseGP
+    from .model import SparseGP
 
     if args.print_config:
         sys.stdout.write(config.default_toml())
@@ -333,7 +333,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     command line is kept.
     """
     from .kernels import NormalizedDotProduct, SquaredExponential
-    from .potential import SparseGP
+    from .model import SparseGP
 
     frames = _read_labelled(args.train, args, "training frames")
     given = any(getattr(args, k) is not None for k in ("r_cut", "n_max", "l_max", "sigma", "species"))
@@ -410,7 +410,7 @@ def cmd_md(args: argparse.Namespace) -> int:
 
     from .calculator import GPCalculator
     from .io import read_frames
-    from .potential import load
+    from .model import load
 
     out = Path(args.output)
     kind = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}.get(out.suffix.lower())
@@ -465,7 +465,7 @@ def cmd_md(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Errors and calibration metrics on a test set (optionally recalibrate first)."""
     from . import calibration
-    from .potential import load
+    from .model import load
 
     if args.calibrate and not (args.output or args.in_place):
         raise GpalError("--calibrate writes a calibrated model: give -o OUT.npz, or --in-place to "
@@ -542,7 +542,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ase.data import chemical_symbols
 
     from .io import read_model_file
-    from .potential import load
+    from .model import load
 
     _, meta = read_model_file(args.model)
     model = load(args.model)
@@ -608,7 +608,7 @@ def cmd_ipi(args: argparse.Namespace) -> int:
     """Serve a model to an i-PI server (energy, forces, virial; per-atom stds as JSON extras)."""
     from .engines.ipi import IPIClient
     from .io import read_frames
-    from .potential import load
+    from .model import load
 
     if args.unix is not None and args.host is not None:
         raise GpalError("--host goes with --port (an INET socket), not with --unix")

@@ -24,7 +24,7 @@ import numpy as np
 from .calibration import uncertainty_metrics
 from .descriptors import SOAP
 from .kernels import NormalizedDotProduct, SquaredExponential
-from .potential import SparseGP
+from .model import SparseGP
 
 __all__ = [
     "Candidate",

@@ -183,7 +183,7 @@ def schema() -> dict:
     from .descriptors import SOAP
     from .learner import ActiveLearner, MDSettings, Trigger
     from .oracle import OracleSpec
-    from .potential import SparseGP
+    from .model import SparseGP
     from .targets import TargetSet
 
     model_names = [n for n in SparseGP().get_params() if n not in ("descriptor", "kernel")]
@@ -432,7 +432,7 @@ def _effective_defaults() -> dict:
     sch = schema()
     from ase.build import bulk
 
-    from .potential import default_descriptor
+    from .model import default_descriptor
 
     s = DEFAULT_LEARN["structure"]
     soap = default_descriptor([bulk(s["bulk"], s["crystal"], a=s["a"], cubic=s["cubic"])]).get_params()

@@ -191,7 +191,7 @@ def load(path):
     -------
     gpal.SparseGP
     """
-    from .potential import SparseGP
+    from .model import SparseGP
 
     return SparseGP.load(path)
 

@@ -50,7 +50,7 @@ from .calculator import GPCalculator
 from .exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
 from .io import append_frame, atomic_write, read_frames, write_frames
 from .oracle import Oracle, OracleSpec, as_oracle_spec
-from .potential import SparseGP
+from .model import SparseGP
 
 log = logging.getLogger(__name__)
 
@@ -752,7 +752,7 @@ class ActiveLearner:
             cands = self._candidates(rng)
             desc = self.model.descriptor if self.model.descriptor is not None else None
             if desc is None:
-                from .potential import default_descriptor
+                from .model import default_descriptor
 
                 desc = default_descriptor(self.structures)
             Xs = [desc.create(a) for a in cands]

@@ -9,7 +9,7 @@ import pytest
 
 from gpal import SOAP, SparseGP
 from gpal.kernels import NormalizedDotProduct
-from gpal.potential import DEFAULT_NOISE, NOISE_BOUNDS, ZETA_CANDIDATES
+from gpal.model import DEFAULT_NOISE, NOISE_BOUNDS, ZETA_CANDIDATES
 
 from conftest import POLY, SMALL_SOAP, cuag_frames
 
@@ -173,7 +173,8 @@ def test_params_clone_and_repr():
 
 
 def test_smaller_l_max_is_a_feature_subset_and_chosen_by_evidence(frames):
-    from gpal.potential import L_MAX_CANDIDATES, _l_max_subset, default_descriptor
+    from gpal.model import L_MAX_CANDIDATES, default_descriptor
+    from gpal.model.evidence import _l_max_subset
 
     full = default_descriptor(frames)
     small = SOAP(**{**full.get_params(), "l_max": 3})

@@ -82,7 +82,7 @@ def test_baseline_equal_to_the_oracle_leaves_the_evidence_at_the_prior_floor(tra
     """With the evidence choosing the hyperparameters, zero residuals drive the signal
     variance to its lower bound: the GP adds (almost) nothing, its stds are the prior's
     smallest."""
-    from gpal.potential import SIGNAL_VARIANCE_BOUNDS
+    from gpal.model import SIGNAL_VARIANCE_BOUNDS
 
     with pytest.warns(UserWarning, match="bound"):
         delta = SparseGP(soap(), n_sparse=30, baseline=EMT()).fit(train)

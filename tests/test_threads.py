@@ -73,7 +73,7 @@ def _probe():
 @pytest.fixture
 def fit_probe(monkeypatch):
     """Record the thread counts in force while SparseGP.fit factorises."""
-    from gpal import potential
+    from gpal.model import potential
 
     seen = []
     orig = potential.SparseGPSolver.fit

@@ -1,0 +1,56 @@
+"""Defaults and constants of gpal's sparse-GP potential (noises, candidates, bounds, budgets)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..descriptors import SOAP
+
+__all__ = ["ZETA_CANDIDATES", "L_MAX_CANDIDATES", "SIGNAL_VARIANCE_BOUNDS", "DEFAULT_NOISE", "NOISE_BOUNDS",
+           "DEFAULT_MEMORY_BUDGET_GB", "default_descriptor"]
+
+_SPARSE_SELECTIONS = ("fps", "random", "cur")
+# observation groups
+_E, _F, _S = 0, 1, 2
+_GROUP_NAMES = ("energy", "force", "stress")
+_HYPERPARAMETER_MODES = ("evidence", "fixed")
+#: exponents of the dot-product kernel the evidence chooses from when no kernel is given
+ZETA_CANDIDATES = (2, 3, 4)
+#: SOAP l_max the evidence chooses from when no descriptor is given (at most the default's)
+L_MAX_CANDIDATES = (3, 6)
+#: range of the default kernel's signal variance (eV²) when the evidence chooses it: in a
+#: crystal all cosines are close to 1 and the varying part of σ² c^ζ is a small fraction
+#: of σ², so σ² itself can exceed the kernel's own default bound of 1e3
+SIGNAL_VARIANCE_BOUNDS = (1e-3, 1e5)
+#: the noise levels a model starts from (and keeps with ``hyperparameters="fixed"``)
+DEFAULT_NOISE = {"energy": 0.002, "force": 0.05, "stress": 0.005}
+#: physical ranges of the noise levels: energy eV/atom (0.1 meV/atom .. 1 eV/atom),
+#: force eV/Å (1 meV/Å .. 10 eV/Å), stress eV/Å^3 (about 1.6 MPa .. 16 GPa)
+NOISE_BOUNDS = {"energy": (1e-4, 1.0), "force": (1e-3, 10.0), "stress": (1e-5, 0.1)}
+_UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
+#: memory (GB) a model may hold in observation rows when ``memory_budget_gb`` is None
+DEFAULT_MEMORY_BUDGET_GB = 2.0
+#: new sparse points up to which stored frames get their new kernel columns from the
+#: SOAP adjoint (one backward pass per point, no descriptor derivatives); beyond it, from
+#: one descriptor-derivative pass per frame (measured crossover on 108-atom Cu, n_max 8,
+#: l_max 6, one thread under load: 4-5 points)
+_ADJOINT_MAX_COLUMNS = 4
+
+
+def default_descriptor(frames) -> SOAP:
+    """gpal's default SOAP for ``frames``: r_cut 5 Å, n_max 8, l_max 6, sigma 0.5, smooth cutoff.
+
+    The ``poly`` weighting with ``r0 = r_cut`` makes the descriptor go smoothly to zero at
+    the cutoff, which MD needs for energy conservation.
+    """
+    species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
+    periodic = any(bool(np.any(a.pbc)) for a in frames)
+    return SOAP(
+        species=species,
+        r_cut=5.0,
+        n_max=8,
+        l_max=6,
+        sigma=0.5,
+        periodic=periodic,
+        weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1},
+    )

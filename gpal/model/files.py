@@ -1,0 +1,191 @@
+"""Saving and loading a SparseGP (``.npz`` + JSON metadata, no pickle; see :mod:`gpal.io`)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+from ase import Atoms
+
+from .._validation import (
+    Labels,
+    check_is_fitted,
+    frame_labels,
+)
+from ..descriptors import descriptor_from_dict
+from ..sparse_gp import SparseGPSolver
+from .. import baseline as _baseline
+from .rows import _labelled_copy
+
+
+class _Files:
+    """SparseGP.save / SparseGP.load."""
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path):
+        """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path."""
+        from .. import __version__
+        from ..io import save_model
+
+        check_is_fitted(self)
+        frames = self.frames_
+        nat = np.array([len(a) for a in frames], dtype=np.int64)
+        labels = [frame_labels(a) for a in frames]
+        arrays = {
+            "sparse_X": self.sparse_X_,
+            "sparse_species": self.sparse_species_,
+            "alpha": self.alpha_,
+            "obs_group": self.obs_group_,
+            "obs_frame": self.obs_frame_,
+            "frame_natoms": nat,
+            "frame_numbers": np.concatenate([a.numbers for a in frames]),
+            "frame_positions": np.concatenate([a.positions for a in frames]),
+            "frame_cells": np.array([a.cell.array for a in frames]),
+            "frame_pbc": np.array([a.pbc for a in frames]),
+            "frame_energy": np.array([np.nan if lab.energy is None else lab.energy for lab in labels]),
+            "frame_forces": np.concatenate(
+                [lab.forces if lab.forces is not None else np.full((len(a), 3), np.nan)
+                 for a, lab in zip(frames, labels)]
+            ),
+            "frame_stress": np.array(
+                [lab.stress if lab.stress is not None else np.full(6, np.nan) for lab in labels]
+            ),
+        }
+        for name, value in self.solver_._to_arrays().items():
+            arrays["solver_" + name] = value
+        rs = self.random_state if isinstance(self.random_state, (int, type(None))) else None
+        meta = {
+            "gpal_version": __version__,
+            "descriptor": self.descriptor_.to_dict(),
+            "kernel": self.kernel_.to_dict(),
+            "noise": self.noise_,
+            "e0": {str(z): v for z, v in self.e0_.items()},
+            "calibration": self.calibration_,
+            "solver_jitter": self.solver_.jitter_,
+            "hyperparameters": {
+                "mode": self.hyperparameters,
+                "zeta": self.zeta_,
+                "log_marginal_likelihood": getattr(self, "log_marginal_likelihood_value_", None),
+                "evidence": getattr(self, "evidence_", None),
+            },
+            "params": {
+                "kernel": None if self.kernel is None else self.kernel.to_dict(),
+                "hyperparameters": self.hyperparameters,
+                "energy_noise": self.energy_noise, "force_noise": self.force_noise,
+                "stress_noise": self.stress_noise,
+                "n_sparse": self.n_sparse if isinstance(self.n_sparse, int) else
+                {str(k): int(v) for k, v in self.n_sparse.items()},
+                "sparse_selection": self.sparse_selection,
+                "e0": self.e0 if isinstance(self.e0, str) else {str(k): float(v) for k, v in self.e0.items()},
+                "min_distance": self.min_distance, "jitter": self.jitter, "random_state": rs,
+                "memory_budget_gb": self.memory_budget_gb,
+            },
+        }
+        spec = _baseline.baseline_spec(self.baseline, self.baseline_kwargs)
+        if spec is not None:  # Δ-model: the baseline as an import path and JSON kwargs
+            meta["baseline"] = spec
+        return save_model(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path) -> "SparseGP":
+        """Load a model written by :meth:`save`.
+
+        Raises
+        ------
+        gpal.ModelFileError
+            Missing, truncated, tampered or incompatible file.
+        """
+        from ..exceptions import ModelFileError
+        from ..io import read_model_file
+        from ..kernels import kernel_from_dict
+
+        arrays, meta = read_model_file(path)
+        try:
+            desc = descriptor_from_dict(meta["descriptor"])
+            kernel = kernel_from_dict(meta["kernel"])
+            params = dict(meta["params"])
+            # files from before the evidence defaults: the kernel and noises were given
+            params.setdefault("hyperparameters", "fixed")
+            given_kernel = params.pop("kernel", kernel.to_dict())
+            given_kernel = None if given_kernel is None else kernel_from_dict(given_kernel)
+            if isinstance(params.get("n_sparse"), dict):
+                params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
+            if isinstance(params.get("e0"), dict):
+                params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
+            spec = meta.get("baseline")
+            if spec is not None:
+                params["baseline"], params["baseline_kwargs"] = spec["factory"], dict(spec["kwargs"])
+            self = cls(desc, given_kernel, **params)
+            self.descriptor_ = desc
+            self.kernel_ = kernel
+            choice = meta.get("hyperparameters", {})
+            self.evidence_ = choice.get("evidence")
+            if choice.get("log_marginal_likelihood") is not None:
+                self.log_marginal_likelihood_value_ = float(choice["log_marginal_likelihood"])
+            self.noise_ = {k: float(v) for k, v in meta["noise"].items()}
+            self.e0_ = {int(k): float(v) for k, v in meta["e0"].items()}
+            from ..calibration import Calibration
+
+            self.calibration_ = {k: Calibration.from_dict(v).to_dict()
+                                 for k, v in meta.get("calibration", {}).items()}
+            self.sparse_X_ = arrays["sparse_X"]
+            self.sparse_species_ = arrays["sparse_species"].astype(np.int64)
+            self.obs_group_ = arrays["obs_group"].astype(np.int64)
+            self.obs_frame_ = arrays["obs_frame"].astype(np.int64)
+            solver = SparseGPSolver._from_arrays(
+                {k[len("solver_"):]: v for k, v in arrays.items() if k.startswith("solver_")},
+                float(meta["solver_jitter"]))
+            self.solver_ = solver
+            self.alpha_ = solver.alpha_
+            exact = "solver_R_w" in arrays  # earlier files: the weights from the old factor
+            if not (np.array_equal(self.alpha_, arrays["alpha"]) if exact else
+                    np.allclose(self.alpha_, arrays["alpha"], rtol=1e-6,
+                                atol=1e-9 * float(np.max(np.abs(arrays["alpha"]), initial=0.0)))):
+                raise ModelFileError(f"{path}: stored weights disagree with the stored factorisation")
+            frames, start = [], 0
+            for k, n in enumerate(arrays["frame_natoms"]):
+                sl = slice(start, start + int(n))
+                start += int(n)
+                a = Atoms(
+                    numbers=arrays["frame_numbers"][sl], positions=arrays["frame_positions"][sl],
+                    cell=arrays["frame_cells"][k], pbc=arrays["frame_pbc"][k],
+                )
+                e = arrays["frame_energy"][k]
+                f = arrays["frame_forces"][sl]
+                s = arrays["frame_stress"][k]
+                lab = Labels(
+                    None if np.isnan(e) else float(e),
+                    None if np.isnan(f).all() else f.copy(),
+                    None if np.isnan(s).all() else s.copy(),
+                )
+                frames.append(_labelled_copy(a, lab))
+            self.frames_ = frames
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
+        try:
+            self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        except _baseline.BaselineError as exc:
+            raise _baseline.BaselineError(f"{path}: {exc}") from None
+        return self
+
+
+def load(path):
+    """Load a model saved with :meth:`SparseGP.save` (``gpal.load``).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    gpal.SparseGP
+
+    Raises
+    ------
+    gpal.ModelFileError
+        Missing, truncated, tampered or incompatible file.
+    """
+    from .potential import SparseGP
+
+    return SparseGP.load(path)

@@ -1,0 +1,909 @@
+"""The gpal potential: SOAP descriptor + kernel + sparse GP, on ASE frames.
+
+Model
+-----
+The total energy of a structure is a sum of local atomic energies plus per-species
+baselines (size-extensive by construction)::
+
+    E = sum_i [ e0(Z_i) + eps(x_i) ],   eps(x) = sum_m alpha_m k(x, z_m)
+
+with ``x_i`` the SOAP vector of atom ``i``'s environment and ``z_m`` the sparse
+(inducing) environments. Environments of different central species never interact:
+``k(x, z) = 0`` when the central species differ, so ``K_mm`` is block-diagonal by species.
+
+Observations are total energies, force components and stress components. Their rows of
+``K_nm`` are the corresponding linear functionals of ``k(., z_m)``:
+
+* energy row:  sum_i k(x_i, z_m)
+* force row:   -d/dr_jk sum_i k(x_i, z_m)            (pair derivatives of SOAP)
+* stress row:  (1/V) d/d(strain) sum_i k(x_i, z_m)   (ASE sign, Voigt order)
+
+Noise: energies ``energy_noise * sqrt(n_atoms)`` (``energy_noise`` is per atom, eV/atom),
+forces ``force_noise`` (eV/Å), stress ``stress_noise`` (eV/Å^3).
+
+Uncertainty
+-----------
+``energies_std`` is the DTC posterior std of each local energy,
+``k(x,x) - k^T K_mm^-1 k + k^T Sigma k``. ``energy_std`` is the std of the total energy
+under the same model, with the (small) residual prior term ``k - Q`` treated as
+independent between atoms (the FITC assumption); the projected part keeps all
+correlations between atoms. ``forces_std``/``stress_std`` (on request, they cost one
+explicit derivative pass) are the projected-process part of the force/stress
+variance, ``a^T Sigma a`` with ``a`` the force/stress row: they omit the residual term,
+so calibrate them (gpal.calibration) before trusting their scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from ase import Atoms
+from ase.data import chemical_symbols
+from sklearn.base import BaseEstimator
+
+from .._threads import policy as _thread_policy
+from .._validation import (
+    DEFAULT_MIN_DISTANCE,
+    Labels,
+    check_atoms,
+    check_frames,
+    check_is_fitted,
+    check_min_distance,
+    frame_labels,
+)
+from ..descriptors import SOAP, pair_forces, pair_stress
+from ..kernels import NormalizedDotProduct
+from ..selection import greedy_select
+from ..sparse_gp import SparseGPSolver
+from .. import baseline as _baseline
+from .rows import _labelled_copy
+from .defaults import (
+    _E,
+    _F,
+    _GROUP_NAMES,
+    _HYPERPARAMETER_MODES,
+    _SPARSE_SELECTIONS,
+    DEFAULT_MEMORY_BUDGET_GB,
+    DEFAULT_NOISE,
+    L_MAX_CANDIDATES,
+    NOISE_BOUNDS,
+    ZETA_CANDIDATES,
+    default_descriptor,
+)
+
+log = logging.getLogger(__name__)
+from .evidence import _Evidence
+from .files import _Files
+from .rows import ObservationRows, _Rows  # noqa: F401
+from .sparse_set import _SparseSet
+
+
+def _block_size(model, atoms) -> int | None:
+    """Elements of the (n_atoms x n_sparse) kernel block of a prediction (None if unknown)."""
+    try:
+        return len(atoms) * len(getattr(model, "sparse_X_", ()))
+    except TypeError:  # not an Atoms: predict's own checks say so
+        return None
+
+
+__all__ = ["SparseGP", "ObservationRows", "default_descriptor", "ZETA_CANDIDATES", "L_MAX_CANDIDATES", "NOISE_BOUNDS"]
+
+
+class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
+    """Sparse Gaussian-process interatomic potential on SOAP environments.
+
+    Parameters
+    ----------
+    descriptor : gpal.SOAP, optional
+        Environment descriptor. Default: :func:`default_descriptor` of the training frames.
+    kernel : gpal.kernels kernel, optional
+        Kernel between environments, used as given (its ζ and signal variance are not
+        changed by :meth:`fit`). Default: ``NormalizedDotProduct(zeta)`` with ζ among
+        :data:`ZETA_CANDIDATES` (2, 3, 4) and its signal variance chosen by the evidence
+        (``hyperparameters="evidence"``), or ``NormalizedDotProduct(zeta=4)``
+        (``hyperparameters="fixed"``).
+    energy_noise : float or None, default None
+        Energy noise per atom, eV/atom; a frame of N atoms gets ``energy_noise*sqrt(N)``.
+        ``None``: chosen by the evidence within :data:`NOISE_BOUNDS` (from 0.002), or
+        0.002 with ``hyperparameters="fixed"``. A number is kept as given.
+    force_noise : float or None, default None
+        Force-component noise, eV/Å (``None``: as above, from 0.05).
+    stress_noise : float or None, default None
+        Stress-component noise, eV/Å^3 (``None``: as above, from 0.005).
+    hyperparameters : {"evidence", "fixed"}, default "evidence"
+        ``"evidence"``: :meth:`fit` chooses what the user left unset (``kernel=None``:
+        ζ and the signal variance; a noise ``None``: that noise) by maximising the log
+        marginal likelihood of the training data (type-II maximum likelihood; see
+        :meth:`select_hyperparameters`). ``"fixed"``: nothing is chosen; unset values
+        take gpal's earlier defaults (ζ = 4, signal variance 1, noises 0.002, 0.05,
+        0.005), i.e. the behaviour of gpal before the evidence became the default.
+    n_sparse : int or dict, default 200
+        Number of sparse environments: a total shared between species in proportion to
+        their numbers of environments, or ``{species: count}``.
+    sparse_selection : {"fps", "random", "cur"}, default "fps"
+        How the sparse environments are chosen from the training environments
+        (farthest-point sampling in cosine distance, per species).
+    e0 : "fit" or dict, default "fit"
+        Per-species baseline energies (eV): fitted by least squares to the training
+        energies, or given as ``{symbol or Z: value}`` (missing species get 0).
+    min_distance : float, default 0.5
+        Atoms closer than this (Å) raise :class:`gpal.OverlappingAtomsError`.
+    jitter : float, default 1e-8
+        Relative jitter added to the diagonal of K_mm.
+    random_state : int, Generator or None, default 0
+        Seed for sparse selection.
+    memory_budget_gb : float or None, default None
+        Memory (GB) the fit may hold in observation rows: the stacked matrix is built
+        and factorised in blocks of at most 1/8 of it, and the ``n_obs x n_sparse``
+        kernel rows are kept (for cheap sparse-set updates, leave-one-out residuals
+        and likelihood gradients) only while they take at most half of it; beyond that
+        they are recomputed frame by frame when needed. ``None``:
+        :data:`DEFAULT_MEMORY_BUDGET_GB`. The descriptors of the training frames, one
+        frame's SOAP derivatives and O(n_sparse²) factors come on top. The evidence
+        (``hyperparameters="evidence"``) keeps every candidate kernel's rows within the
+        same half, else only per-group whitened sums (n_groups x n_sparse² floats per
+        candidate) and then refits the chosen one in a second pass over the frames.
+    baseline : str, dict, OracleSpec, ASE calculator or None, default None
+        Δ-learning: a cheap model under the GP, as ``"module:Name"`` with
+        ``baseline_kwargs`` (e.g. ``"tblite.ase:TBLite"`` with ``{"method": "GFN1-xTB"}``)
+        or a live ASE calculator. The GP fits the labels minus the
+        baseline and :meth:`predict` returns baseline + GP for energy, forces and stress;
+        the stds are the GP's. See :mod:`gpal.baseline`.
+    baseline_kwargs : dict or None, default None
+        Keyword arguments of a baseline given as ``"module:Name"``.
+
+    Attributes
+    ----------
+    descriptor_, kernel_ : the fitted descriptor and kernel.
+    zeta_ : int or None, the exponent of the fitted dot-product kernel.
+    noise_ : dict, the noise levels in use (energy eV/atom, force eV/Å, stress eV/Å^3).
+    evidence_ : list of dict or None
+        The candidates weighed by the evidence in the last :meth:`fit` or
+        :meth:`select_hyperparameters` (None if nothing was chosen): ``zeta``,
+        ``signal_variance``, ``noise`` and ``log_marginal_likelihood`` of each at its
+        optimum, and ``selected`` (True for the one in use).
+    log_marginal_likelihood_value_ : float, the log evidence of the fitted model (set
+        when hyperparameters were chosen or optimised).
+    sparse_X_ : ndarray of shape (n_sparse, n_features)
+    sparse_species_ : ndarray of shape (n_sparse,)
+    alpha_ : ndarray of shape (n_sparse,)
+    e0_ : dict mapping atomic number to baseline energy (eV).
+    frames_ : list of ase.Atoms, the training frames with their labels.
+    solver_ : gpal.sparse_gp.SparseGPSolver
+    calibration_ : dict, std scale factors and conformal quantiles set by
+        :meth:`set_calibration` (see gpal.calibration).
+    baseline_ : ASE calculator or None, the Δ-model's baseline in use. With a baseline,
+        ``frames_`` hold the residual labels (oracle − baseline) that the GP fits.
+
+    Examples
+    --------
+    >>> model = SparseGP(n_sparse=100).fit(frames)             # doctest: +SKIP
+    >>> res = model.predict(atoms, return_std=True)            # doctest: +SKIP
+    >>> res["energy"], res["forces"].shape, res["energies_std"].shape  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        descriptor: SOAP | None = None,
+        kernel=None,
+        *,
+        energy_noise: float | None = None,
+        force_noise: float | None = None,
+        stress_noise: float | None = None,
+        n_sparse: int | dict = 200,
+        sparse_selection: str = "fps",
+        e0: str | dict = "fit",
+        min_distance: float = DEFAULT_MIN_DISTANCE,
+        jitter: float = 1e-8,
+        random_state=0,
+        hyperparameters: str = "evidence",
+        memory_budget_gb: float | None = None,
+        baseline: str | dict | None = None,
+        baseline_kwargs: dict | None = None,
+    ):
+        self.descriptor = descriptor
+        self.kernel = kernel
+        self.energy_noise = energy_noise
+        self.force_noise = force_noise
+        self.stress_noise = stress_noise
+        self.n_sparse = n_sparse
+        self.sparse_selection = sparse_selection
+        self.e0 = e0
+        self.min_distance = min_distance
+        self.jitter = jitter
+        self.random_state = random_state
+        self.hyperparameters = hyperparameters
+        self.memory_budget_gb = memory_budget_gb
+        self.baseline = baseline
+        self.baseline_kwargs = baseline_kwargs
+        self.alpha_ = None
+
+    # ------------------------------------------------------------------ params
+    # get_params / set_params / clone: scikit-learn's BaseEstimator (constructor arguments;
+    # nested ``descriptor__r_cut``, ``kernel__zeta`` with deep=True)
+
+    def __repr__(self) -> str:
+        fitted = self.alpha_ is not None
+
+        def noise(name):
+            if fitted:
+                return f"{self.noise_[name]:.3g}"
+            given = getattr(self, name + "_noise")
+            return "auto" if given is None and self.hyperparameters == "evidence" else (
+                f"{DEFAULT_NOISE[name] if given is None else given:.3g}")
+
+        kernel = self.kernel_ if fitted else (
+            "auto" if self.kernel is None and self.hyperparameters == "evidence" else self.kernel)
+        tail = ""
+        if fitted:
+            tail = f", fitted: {len(self.frames_)} frames, {len(self.alpha_)} sparse"
+            table = getattr(self, "evidence_", None)
+            if table:
+                several_l = len({r.get("l_max") for r in table}) > 1
+                tail += ", chosen by evidence (log evidence " + ", ".join(
+                    f"ζ={r['zeta']}" + (f" l_max={r['l_max']}" if several_l else "")
+                    + f": {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
+        return (
+            f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
+            f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
+        )
+
+    # ------------------------------------------------------------------ fit
+    @property
+    def species_(self) -> np.ndarray:
+        return np.asarray(self.descriptor_.species_numbers_, dtype=np.int64)
+
+    def _check(self, atoms, what="atoms"):
+        check_atoms(
+            atoms,
+            species=self.species_,
+            periodic=self.descriptor_.periodic,
+            what=what,
+        )
+
+    @_thread_policy()
+    def fit(self, frames) -> "SparseGP":
+        """Fit to labelled frames.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            Each with at least one of energy, forces or stress, as ``ase.io.read``
+            returns them from an extxyz file (or with a finished calculator attached).
+            Molecules simply carry no stress.
+
+        Returns
+        -------
+        self
+        """
+        if self.sparse_selection not in _SPARSE_SELECTIONS:
+            raise ValueError(
+                f"Invalid sparse_selection {self.sparse_selection!r}; "
+                f"choose from {_SPARSE_SELECTIONS}"
+            )
+        if self.hyperparameters not in _HYPERPARAMETER_MODES:
+            raise ValueError(
+                f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
+                f"{_HYPERPARAMETER_MODES}"
+            )
+        for name in ("energy_noise", "force_noise", "stress_noise"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+        self._budget_bytes()  # a bad memory_budget_gb fails before any work
+        frames = check_frames(frames)
+        self.descriptor_ = self.descriptor if self.descriptor is not None else (
+            default_descriptor(frames)
+        )
+        self.kernel_ = (self.kernel if self.kernel is not None else NormalizedDotProduct(zeta=4)).clone()
+        self.evidence_ = None
+        labels = [frame_labels(a) for a in frames]
+        for k, a in enumerate(frames):
+            self._check(a, what=f"frames[{k}]")
+        self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        labels = self._minus_baseline(frames, labels)
+        self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
+        self.noise_ = {
+            g: float(DEFAULT_NOISE[g] if getattr(self, g + "_noise") is None
+                     else getattr(self, g + "_noise"))
+            for g in _GROUP_NAMES
+        }
+        self.e0_ = self._fit_e0(self.frames_)
+        self.calibration_ = {}
+        seen = {int(z) for a in self.frames_ for z in np.unique(a.numbers)}
+        unseen = [chemical_symbols[int(z)] for z in self.species_ if int(z) not in seen]
+        if unseen:
+            warnings.warn(
+                f"species {', '.join(unseen)} are in the descriptor but in no training frame: "
+                "their local energies are the prior (zero, with baseline e0 = 0) until frames "
+                "containing them are added",
+                UserWarning,
+                stacklevel=2,
+            )
+
+        X_list = [self.descriptor_.create(a) for a in self.frames_]
+        for a, X in zip(self.frames_, X_list):
+            check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        Z, zsp = self._select_sparse(
+            X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection
+        )
+        self.sparse_X_ = Z
+        self.sparse_species_ = zsp
+        if self.hyperparameters == "evidence" and (
+                self._free_hyperparameters() or self.descriptor is None):
+            self._choose_hyperparameters(
+                l_maxes=L_MAX_CANDIDATES if self.descriptor is None else None, warn_stacklevel=4)
+            return self
+        self._fit_solver(self._k_mm(Z, zsp))
+        return self
+
+    # ------------------------------------------------------------------ memory
+    def _budget_bytes(self) -> float:
+        gb = DEFAULT_MEMORY_BUDGET_GB if self.memory_budget_gb is None else self.memory_budget_gb
+        try:
+            gb = float(gb)
+        except (TypeError, ValueError):
+            raise ValueError(f"memory_budget_gb must be a number > 0 or None, got {gb!r}") from None
+        if not (np.isfinite(gb) and gb > 0):
+            raise ValueError(f"memory_budget_gb must be a number > 0 or None, got {gb!r}")
+        return gb * 1e9
+
+    def _keep_rows_fits(self, n_obs: int, n_sparse: int) -> bool:
+        """Whether ``n_obs x n_sparse`` kernel rows fit in half of the memory budget."""
+        return 8.0 * n_obs * n_sparse <= 0.5 * self._budget_bytes()
+
+    def _enforce_budget(self) -> None:
+        sol = self.solver_
+        if sol.keep_rows_ and not self._keep_rows_fits(sol.n_obs_, sol.n_sparse_):
+            log.info("observation rows (%d x %d) exceed half the memory budget: not kept",
+                     sol.n_obs_, sol.n_sparse_)
+            sol.drop_rows()
+
+    def _frame_slices(self) -> list[slice]:
+        """Observation rows of each training frame (contiguous, in frame order)."""
+        f = self.obs_frame_
+        nf = len(self.frames_)
+        lo = np.searchsorted(f, np.arange(nf), side="left")
+        hi = np.searchsorted(f, np.arange(nf), side="right")
+        return [slice(int(a), int(b)) for a, b in zip(lo, hi)]
+
+    def _fit_solver(self, K_mm) -> None:
+        """Factorise the training frames' observations, in blocks within the memory budget.
+
+        The kernel rows of one frame at a time are appended to a block; a block of at
+        most 1/8 of the budget (at least one frame) is folded into the QR factor
+        (:meth:`SparseGPSolver.fit_blocks`). When everything fits in one block the
+        stacked matrix is factorised at once, as :meth:`SparseGPSolver.fit` does.
+        """
+        Z, zsp = self.sparse_X_, self.sparse_species_
+        M = len(Z)
+        targets = [self._frame_targets(a) for a in self.frames_]
+        ys, noises, groups, fidx = [], [], [], []
+        for k, tg in enumerate(targets):
+            for group, y, noise in tg:
+                ys.append(y)
+                noises.append(noise)
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), k, dtype=np.int64))
+        y, noise = np.concatenate(ys), np.concatenate(noises)
+        self.obs_group_, self.obs_frame_ = np.concatenate(groups), np.concatenate(fidx)
+        n = len(y)
+        block_bytes = self._budget_bytes() / 8.0
+        keep = self._keep_rows_fits(n, M)
+        solver = SparseGPSolver()
+        if 8.0 * n * (M + 1) <= block_bytes:
+            solver.fit(K_mm, self._stacked_rows(self.frames_, Z, zsp), y, noise, jitter=self.jitter)
+            if not keep:
+                solver.drop_rows()
+        else:
+            slices = self._frame_slices()
+            block_rows = max(int(block_bytes // (8.0 * (M + 1))), 1)
+
+            def blocks():
+                rows, start, count = [], 0, 0
+                for b, a in enumerate(self.frames_):
+                    rows.append(self._stacked_rows([a], Z, zsp))
+                    count += len(rows[-1])
+                    if count >= block_rows or b == len(self.frames_) - 1:
+                        stop = slices[b].stop
+                        yield np.concatenate(rows), y[start:stop], noise[start:stop]
+                        rows, start, count = [], stop, 0
+
+            solver.fit_blocks(K_mm, blocks(), jitter=self.jitter, keep_rows=keep)
+        self.solver_ = solver
+        self.alpha_ = solver.alpha_
+
+    @property
+    def zeta_(self):
+        """Exponent ζ of the fitted dot-product kernel (None for other kernels)."""
+        check_is_fitted(self)
+        return int(self.kernel_.zeta) if isinstance(self.kernel_, NormalizedDotProduct) else None
+
+    def _min_pair_distance(self, atoms) -> np.ndarray:
+        from ..descriptors.neighbors import neighbor_list
+
+        _, _, D = neighbor_list(
+            atoms.positions, atoms.cell.array, atoms.pbc, max(self.min_distance, 1e-3)
+        )
+        return np.linalg.norm(D, axis=1)
+
+    def _fit_e0(self, frames) -> dict:
+        species = self.species_
+        if isinstance(self.e0, dict):
+            from ase.data import atomic_numbers
+
+            e0 = {int(z): 0.0 for z in species}
+            for key, val in self.e0.items():
+                z = atomic_numbers[key] if isinstance(key, str) else int(key)
+                if z not in e0:
+                    raise ValueError(f"e0 given for species {key!r} not in the model")
+                e0[z] = float(val)
+            return e0
+        if self.e0 != "fit":
+            raise ValueError(f"e0 must be 'fit' or a dict, got {self.e0!r}")
+        rows, energies = [], []
+        for a in frames:
+            lab = frame_labels(a)
+            if lab.energy is None:
+                continue
+            rows.append([np.count_nonzero(a.numbers == z) for z in species])
+            energies.append(lab.energy)
+        if not rows:
+            return {int(z): 0.0 for z in species}
+        coef, *_ = np.linalg.lstsq(np.array(rows, float), np.array(energies), rcond=None)
+        return {int(z): float(c) for z, c in zip(species, coef)}
+
+    def _e0_of(self, numbers) -> np.ndarray:
+        table = np.zeros(max(self.e0_) + 1)
+        for z, v in self.e0_.items():
+            table[z] = v
+        return table[numbers]
+
+    # ------------------------------------------------------------------ predict
+    @_thread_policy(lambda self, atoms=None, *a, **k: _block_size(self, atoms))
+    def predict(
+        self,
+        atoms: Atoms,
+        return_std: bool = False,
+        *,
+        forces_std: bool = False,
+        stress_std: bool = False,
+        calibrated: bool = False,
+    ) -> dict[str, Any]:
+        """Predict energy, forces and stress (and their uncertainties) of ``atoms``.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        return_std : bool, default False
+            Also return ``energies_std`` (DTC std of each local energy, eV, shape
+            (n_atoms,)), ``energy_std`` (eV) and ``novelty`` (n_atoms,): the fraction
+            of each environment's prior variance that the sparse set does not explain,
+            ``(k(x,x) - k K_mm⁻¹ kᵀ) / k(x,x)`` in [0, 1] (0: the environment is a
+            sparse point; 1: unlike every sparse point of its species).
+        forces_std, stress_std : bool, default False
+            Also return ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å^3:
+            the projected (SoR) std of the latent forces, i.e. the part that labels can
+            reduce. They need an explicit derivative pass (about the cost of one
+            training frame).
+        calibrated : bool, default False
+            Report calibrated stds as stored by :meth:`set_calibration`: the raw std
+            times ``scale``; for a calibration with a ``noise_scale`` (what the active
+            learner stores for forces, see :class:`gpal.calibration.TwoTermCalibrator`)
+            the std of a new *label*, ``sqrt((scale std)² + (noise_scale force_noise)²)``,
+            which is what a prediction error against the oracle is measured against.
+
+        Returns
+        -------
+        dict
+            ASE keys ``energy``, ``free_energy`` (float, eV), ``energies`` (n_atoms,),
+            ``forces`` (n_atoms, 3), ``stress`` (6,) when the frame has a 3D cell, and
+            the ``*_std`` keys requested, each a non-negative std of the same shape.
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        exp = self.descriptor_.expand(atoms)
+        if len(exp.vector):
+            check_min_distance(np.linalg.norm(exp.vector, axis=1), self.min_distance)
+        X = exp.descriptor
+        numbers = atoms.numbers
+        N, F = X.shape
+        Z, zsp, alpha = self.sparse_X_, self.sparse_species_, self.alpha_
+        energies = self._e0_of(numbers).astype(float)
+        G = np.zeros((N, F))
+        want_k = return_std or forces_std or stress_std
+        K = np.zeros((N, len(Z))) if want_k else None
+        for z in np.unique(numbers):
+            r = np.flatnonzero(numbers == z)
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            Xr, Zc = X[r], Z[c]
+            Kz, G[r] = self.kernel_.value_and_weighted_gradient(Xr, Zc, alpha[c])
+            energies[r] += Kz @ alpha[c]
+            if want_k:
+                K[np.ix_(r, c)] = Kz
+        dE = exp.backward(G)
+        forces = pair_forces(dE, exp.center, exp.neighbor, N)
+        energy = float(energies.sum())
+        out = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": energies,
+            "forces": forces,
+        }
+        has_cell = np.isfinite(exp.volume) and exp.volume > 0 and np.all(atoms.pbc)
+        if has_cell:
+            out["stress"] = pair_stress(dE, exp.vector, exp.volume)
+        if return_std:
+            kdiag = self.kernel_.diag(X)
+            # DTC: k(x,x) - k K_mm^-1 k + k Sigma k; the residual k - Q is >= 0 in exact
+            # arithmetic, so rounding below zero is clipped silently
+            resid = np.clip(kdiag - self.solver_.var_nystrom(K), 0.0, None)
+            var_local = resid + self.solver_.var_sor(K)
+            var_E = float(self.solver_.var_sor(K.sum(axis=0)[None])[0] + resid.sum())
+            out["energies_std"] = np.sqrt(var_local)
+            out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["novelty"] = np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
+        if forces_std or stress_std:
+            _, rowF, rowS = self._derivative_rows(atoms, Z, zsp)
+            if forces_std:
+                out["forces_std"] = np.sqrt(
+                    np.clip(self.solver_.var_sor(rowF.reshape(3 * N, -1)), 0, None)
+                ).reshape(N, 3)
+            if stress_std and has_cell:
+                out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
+        if calibrated:
+            self._apply_calibration(out)
+        self._plus_baseline(atoms, out)
+        return out
+
+    def residuals(self, frames, *, calibrated: bool = False) -> dict:
+        """Prediction errors and stds on labelled frames (one evaluation per frame).
+
+        Returns
+        -------
+        dict
+            ``energy_error`` (n_frames,) eV/atom, ``energy_std`` (n_frames,) eV/atom,
+            ``force_error`` and ``force_std`` (3 n_atoms_total,) eV/Å (components; stds
+            floored at 1e-12 so z-scores stay finite), ``n_atoms`` (n_frames,).
+        """
+        e_err, e_std, f_err, f_std, n = [], [], [], [], []
+        for a in frames:
+            p = self.predict(a, return_std=True, forces_std=True, calibrated=calibrated)
+            n.append(len(a))
+            e_err.append((p["energy"] - a.get_potential_energy()) / len(a))
+            e_std.append(p["energy_std"] / len(a))
+            f_err.append((p["forces"] - a.get_forces()).ravel())
+            f_std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
+        return {
+            "energy_error": np.array(e_err),
+            "energy_std": np.array(e_std),
+            "force_error": np.concatenate(f_err),
+            "force_std": np.concatenate(f_std),
+            "n_atoms": np.array(n),
+        }
+
+    def predict_local_std(self, atoms: Atoms) -> np.ndarray:
+        """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
+        return self.predict(atoms, return_std=True)["energies_std"]
+
+    # ------------------------------------------------------------------ calibration hooks
+    def set_calibration(self, **calibrations) -> "SparseGP":
+        """Store recalibrations, e.g. ``set_calibration(forces_std=Calibration(1.3, 0.8))``.
+
+        Each key names a std output (``forces_std``, ``energies_std``, ``energy_std``,
+        ``stress_std``); its value is a :class:`gpal.calibration.Calibration`, its dict
+        form, or a number (a scale), applied when ``predict(..., calibrated=True)``.
+
+        Raises
+        ------
+        ValueError
+            A key that names no std output, or a calibration with unknown keys or
+            non-positive factors.
+        """
+        from ..calibration import Calibration
+
+        check_is_fitted(self)
+        for key, val in calibrations.items():
+            if not key.endswith("_std"):
+                raise ValueError(f"calibration keys name std outputs (e.g. forces_std), got {key!r}")
+            self.calibration_[key] = Calibration.from_dict(val).to_dict()
+        return self
+
+    def calibration_of(self, output: str = "forces_std"):
+        """The stored :class:`gpal.calibration.Calibration` of a std output (identity if none)."""
+        from ..calibration import Calibration
+
+        return Calibration.from_dict(self.calibration_.get(output, {}))
+
+    def _apply_calibration(self, out: dict) -> None:
+        noise = {"forces_std": "force", "stress_std": "stress"}
+        for key in self.calibration_:
+            if key in out:
+                cal = self.calibration_of(key)
+                out[key] = cal.apply(out[key], self.noise_[noise[key]] if key in noise else 0.0)
+
+    def calibrated_force_std(self, forces_std) -> np.ndarray:
+        """Calibrated std of a force label from raw (SoR) ``forces_std`` (same shape, eV/Å).
+
+        Without a stored force calibration this is the raw std itself.
+        """
+        out = {"forces_std": np.asarray(forces_std, dtype=float)}
+        self._apply_calibration(out)
+        return out["forces_std"]
+
+    # ------------------------------------------------------------------ cross-validation
+    def loo_residuals(self, frames=None) -> dict:
+        """Leave-one-frame-out errors and stds of the training frames, from the factor.
+
+        For training frame B with kernel rows A (its energy, force and stress
+        observations) the posterior without B follows from the fitted one without a
+        refit: with S = A Σ Aᵀ, Λ the label noise and r = y − A α,
+
+        * error without B:   r₋B = Λ (Λ − S)⁻¹ r,
+        * latent covariance: S₋B = S (Λ − S)⁻¹ Λ
+
+        (Woodbury on Σ₋B⁻¹ = Σ⁻¹ − Aᵀ Λ⁻¹ A). No kernel is evaluated: the rows are the
+        solver's stored ``K_nm_``; the cost per frame is O(n_obs(B) n_sparse²). These
+        are honest held-out errors (cross-validation) of the labels the model already
+        has, so calibration needs no extra oracle call.
+
+        Parameters
+        ----------
+        frames : sequence of int, optional
+            Indices into ``frames_``; default all.
+
+        Returns
+        -------
+        dict
+            ``force_error`` (n_comp,) eV/Å (prediction − label), ``force_std`` (n_comp,)
+            latent SoR std without the frame (eV/Å), ``force_frame`` (n_comp,) frame
+            index of each component, ``energy_error`` (n_e,) and ``energy_std`` (n_e,)
+            in eV/atom, ``energy_frame`` (n_e,).
+        """
+        check_is_fitted(self)
+        idx = range(len(self.frames_)) if frames is None else [int(i) for i in frames]
+        sol = self.solver_
+        out = {k: [] for k in ("force_error", "force_std", "force_frame",
+                               "energy_error", "energy_std", "energy_frame")}
+        slices = self._frame_slices()
+        for b in idx:
+            rows = slices[b]
+            if rows.stop <= rows.start:
+                continue
+            if sol.keep_rows_:  # whitened rows: R⁻ᵀAᵀ = R_w⁻ᵀΦᵀ, A alpha = Φ L_mmᵀ alpha
+                P = sol.Phi_[rows]
+                V = sol._sor_factor_whitened(P)  # [M, n_B]
+                pred = P @ (sol.L_mm_.T @ sol.alpha_)
+            else:
+                A = self._stacked_rows([self.frames_[b]], self.sparse_X_, self.sparse_species_)
+                V = sol._sor_factor(A)
+                pred = A @ sol.alpha_
+            lam = sol.noise_std_[rows] ** 2
+            S = V.T @ V
+            r = sol.y_[rows] - pred
+            D = np.diag(lam) - S
+            try:
+                cho = scipy.linalg.cho_factor(D, check_finite=False)
+            except np.linalg.LinAlgError:
+                continue  # the frame pins its own posterior to round-off: skip it
+            r_loo = lam * scipy.linalg.cho_solve(cho, r, check_finite=False)
+            var = np.einsum("ij,ji->i", S, scipy.linalg.cho_solve(cho, np.diag(lam), check_finite=False))
+            std = np.sqrt(np.clip(var, 0.0, None))
+            group = self.obs_group_[rows]
+            f = group == _F
+            # errors as prediction − label (r is label − prediction)
+            out["force_error"].append(-r_loo[f])
+            out["force_std"].append(std[f])
+            out["force_frame"].append(np.full(int(f.sum()), b))
+            e = group == _E
+            if np.any(e):
+                n = len(self.frames_[b])
+                out["energy_error"].append(-r_loo[e] / n)
+                out["energy_std"].append(std[e] / n)
+                out["energy_frame"].append(np.full(int(e.sum()), b))
+        return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+
+    # ------------------------------------------------------------------ update
+    @_thread_policy()
+    def update(
+        self,
+        frames,
+        *,
+        n_sparse: int = 0,
+        sparse_selection: str = "variance",
+    ) -> "SparseGP":
+        """Add labelled frames, and optionally new sparse environments taken from them.
+
+        Existing kernel blocks are not recomputed: the new frames' rows are appended to
+        the factorisation (a QR update whose cost does not depend on the frames already
+        held), and new sparse environments add columns: their kernel columns for the
+        stored frames, computed frame by frame (the SOAP adjoint for a few points, else
+        one descriptor-derivative pass per frame: this part grows with the number of
+        frames), extend the factor in O(n_obs n_sparse k) (no new QR of all rows).
+        The result equals a fit from scratch on the same frames and sparse set up to
+        rounding (measured ~1e-10 relative on predictions). A model whose rows exceed
+        half of ``memory_budget_gb`` (rows not kept) refactorises frame by frame when
+        sparse points are added.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            New labelled frames.
+        n_sparse : int, default 0
+            Number of new sparse environments to take from the new frames.
+        sparse_selection : {"variance", "fps", "random"}, default "variance"
+            ``"variance"``: the environments with the largest DTC local-energy variance
+            under the current model, chosen greedily so that no two are near-duplicates;
+            ``"fps"``: farthest from the current sparse set and from each other.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self)
+        choices = ("variance", "fps", "random")
+        if sparse_selection not in choices:
+            raise ValueError(f"Invalid sparse_selection {sparse_selection!r}; choose from {choices}")
+        frames = check_frames(frames)
+        labels = [frame_labels(a) for a in frames]
+        for k, a in enumerate(frames):
+            self._check(a, what=f"frames[{k}]")
+            check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        labels = self._minus_baseline(frames, labels)
+        new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
+        if n_sparse > 0:
+            Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection)
+            if len(Znew):
+                self._add_sparse(Znew, zspnew)
+        K_nm, y, noise, group, fidx = self._observations(new, self.sparse_X_, self.sparse_species_)
+        self.solver_.update(K_nm, y, noise)
+        self.obs_group_ = np.concatenate([self.obs_group_, group])
+        self.obs_frame_ = np.concatenate([self.obs_frame_, fidx])
+        self.frames_ = self.frames_ + new
+        self.alpha_ = self.solver_.alpha_
+        self._enforce_budget()
+        return self
+
+    @_thread_policy()
+    def select_frames(
+        self,
+        candidates,
+        n_select: int,
+        *,
+        labels=("energy", "forces", "stress"),
+        score=("forces",),
+        return_gains: bool = False,
+        keep: float | None = None,
+    ):
+        """Choose a batch of frames to label: greedy information gain of their labels.
+
+        Each pick is the candidate whose labels carry the most information,
+        ``Σ ½ log(1 + σ²/σ_n²)`` over the scored values (by default its 3N force
+        components, with σ² the projected posterior force variance, as
+        ``predict(..., forces_std=True)``, and σ_n the force noise), under the posterior
+        that already holds the labels of the earlier picks.
+        A posterior variance does not depend on label values, so the earlier picks enter
+        as rows with zero labels in a copy of the factorisation: the whole batch is
+        chosen before any oracle call, and the model is not changed. With one pick this
+        is max-variance selection scaled by the label noise; with more, the picks avoid
+        each other's redundancy (greedy maximisation of the joint information).
+
+        Parameters
+        ----------
+        candidates : sequence of ase.Atoms
+            Unlabelled (or labelled) configurations. Their kernel rows, (1 + 3N + 6) x
+            n_sparse floats each, are held in memory for the duration of the call.
+        n_select : int
+            Batch size (at most ``len(candidates)``).
+        labels : sequence of {"energy", "forces", "stress"}
+            What an oracle call returns, i.e. which rows a pick adds to the posterior
+            (stress only for fully periodic frames).
+        score : sequence of {"energy", "forces", "stress"}, default ("forces",)
+            Which values' information gains are summed into a candidate's score. The
+            sum treats the values as uncorrelated (an upper bound on their joint gain,
+            Hadamard's inequality). Forces alone are the default: they are 3N of a
+            frame's 3N + 7 labels and what MD needs.
+        return_gains : bool, default False
+            Also return each pick's information gain (nats) at the time it was picked.
+        keep : float or None
+            Stop before a pick whose gain, given the earlier picks, is under ``keep``
+            times the first pick's (the active learner uses 0.25: near-duplicates of a
+            pick are not labelled twice). None: always ``n_select`` picks.
+
+        Returns
+        -------
+        indices : ndarray of shape (k,), int64
+            Positions in ``candidates``, in pick order (``k = n_select`` unless ``keep``).
+        gains : ndarray of shape (k,), only if ``return_gains``
+
+        Notes
+        -----
+        The greedy loop is :func:`gpal.selection.greedy_select`, gpal's one engine of
+        label-free batch design.
+        """
+        import copy
+
+        check_is_fitted(self)
+        frames = list(candidates)
+        if not frames:
+            raise ValueError("candidates is empty")
+        n_select = int(n_select)
+        if not 1 <= n_select <= len(frames):
+            raise ValueError(f"n_select must be in [1, {len(frames)}], got {n_select}")
+        for name, given in (("labels", labels), ("score", score)):
+            unknown = set(given) - {"energy", "forces", "stress"}
+            if unknown or not given:
+                raise ValueError(
+                    f"unknown or no {name} {sorted(unknown)}; choose from energy, forces, stress"
+                )
+        Z, zsp = self.sparse_X_, self.sparse_species_
+        score_rows, score_noise, add_rows, add_noise = [], [], [], []
+        for k, a in enumerate(frames):
+            self._check(a, what=f"candidates[{k}]")
+            e_row, f_rows, s_rows = self._derivative_rows(a, Z, zsp)
+            n = len(a)
+            block = {
+                "energy": (e_row[None, :], np.array([self.noise_["energy"] * np.sqrt(n)])),
+                "forces": (f_rows.reshape(3 * n, len(Z)), np.full(3 * n, self.noise_["force"])),
+            }
+            if np.all(a.pbc):
+                block["stress"] = (s_rows, np.full(6, self.noise_["stress"]))
+            for names, rows, noise in ((labels, add_rows, add_noise), (score, score_rows, score_noise)):
+                use = [g for g in ("energy", "forces", "stress") if g in names and g in block]
+                rows.append(np.concatenate([block[g][0] for g in use]) if use else np.zeros((0, len(Z))))
+                noise.append(np.concatenate([block[g][1] for g in use]) if use else np.zeros(0))
+        # a shallow copy without the rows: update() then rebinds the factor and the label
+        # arrays to new ones and never writes into the model's own
+        solver = copy.copy(self.solver_).drop_rows()
+
+        def scores(idx):
+            return [0.5 * np.sum(np.log1p(solver.var_sor(score_rows[k]) / score_noise[k] ** 2))
+                    if len(score_rows[k]) else 0.0 for k in idx]
+
+        def observe(k):
+            if len(add_rows[k]):
+                solver.update(add_rows[k], np.zeros(len(add_rows[k])), add_noise[k])
+
+        picks, gains = greedy_select(len(frames), n_select, scores, observe, keep=keep)
+        return (picks, gains) if return_gains else picks
+
+    # ------------------------------------------------------------------ Δ-learning (baseline)
+    def _minus_baseline(self, frames, labels: list) -> list:
+        """The labels the GP fits: ``labels`` minus the baseline's (unchanged without one).
+
+        The one place where labels enter the model (:meth:`fit`, :meth:`update`); the
+        stored ``frames_`` carry the result, so everything downstream (e0, evidence,
+        cross-validation, the saved training set) sees residuals only.
+        """
+        calc = getattr(self, "baseline_", None)
+        if calc is None:
+            return labels
+        out = []
+        for a, lab in zip(frames, labels):
+            b = _baseline.baseline_labels(calc, a, stress=lab.stress is not None)
+            out.append(Labels(
+                None if lab.energy is None else lab.energy - b["energy"],
+                None if lab.forces is None else lab.forces - b["forces"],
+                None if lab.stress is None else lab.stress - b["stress"],
+            ))
+        return out
+
+    def _plus_baseline(self, atoms, out: dict) -> None:
+        """Add the baseline's energy, per-atom energies, forces and stress to a prediction
+        of the GP (in place); the stds stay the GP's."""
+        calc = getattr(self, "baseline_", None)
+        if calc is None:
+            return
+        b = _baseline.baseline_labels(calc, atoms, stress="stress" in out)
+        out["energy"] = out["free_energy"] = out["energy"] + b["energy"]
+        out["energies"] = out["energies"] + b["energies"]
+        out["forces"] = out["forces"] + b["forces"]
+        if "stress" in out:
+            out["stress"] = out["stress"] + b["stress"]

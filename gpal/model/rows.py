@@ -1,0 +1,245 @@
+"""Observation rows: the kernel rows that map a model's sparse weights to a frame's labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from .._validation import (
+    Labels,
+    check_is_fitted,
+    frame_labels,
+)
+from ..descriptors import pair_forces, pair_stress
+from .defaults import (
+    _ADJOINT_MAX_COLUMNS,
+    _E,
+    _F,
+    _S,
+)
+
+
+def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
+    """A bare copy of ``atoms`` carrying only its labels (in a SinglePointCalculator)."""
+    from ..io import labelled
+
+    return labelled(atoms, energy=labels.energy, forces=labels.forces, stress=labels.stress)
+
+
+@dataclass(frozen=True)
+class ObservationRows:
+    """Kernel rows of one frame's labels against a model's sparse set (:meth:`SparseGP.observation_rows`).
+
+    Attributes
+    ----------
+    energy : ndarray of shape (n_sparse,)
+    forces : ndarray of shape (n_atoms, 3, n_sparse)
+    stress : ndarray of shape (6, n_sparse) or None
+        None for a frame without a periodic cell.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray | None
+
+
+class _Rows:
+    """SparseGP's kernel blocks: K_mm, local-energy rows, energy/force/stress rows of frames."""
+
+    # ------------------------------------------------------------------ kernel blocks
+    def _k_mm(self, Z, zsp, kernel=None) -> np.ndarray:
+        kernel = kernel or self.kernel_
+        M = len(Z)
+        K = np.zeros((M, M))
+        for z in np.unique(zsp):
+            c = np.flatnonzero(zsp == z)
+            K[np.ix_(c, c)] = kernel(Z[c])
+        return K
+
+    def _k_xm(self, X, numbers, Z, zsp, kernel=None) -> np.ndarray:
+        """Local-energy kernel rows K (n_atoms, M), zero across species."""
+        kernel = kernel or self.kernel_
+        K = np.zeros((len(X), len(Z)))
+        for z in np.unique(numbers):
+            r = np.flatnonzero(numbers == z)
+            c = np.flatnonzero(zsp == z)
+            if len(c):
+                K[np.ix_(r, c)] = kernel(X[r], Z[c])
+        return K
+
+    def _derivative_rows(self, atoms, Z, zsp, derivs=None, kernel=None, eval_gradient=False):
+        """Energy (M,), force (N, 3, M) and stress (6, M) kernel rows of one frame.
+
+        With ``eval_gradient`` also their theta-derivatives (M, d), (N, 3, M, d), (6, M, d).
+        Only one species block of pair derivatives is touched at a time; no
+        (atoms x atoms x 3 x features) array is formed.
+        """
+        kernel = kernel or self.kernel_
+        d = derivs if derivs is not None else self.descriptor_.derivatives(atoms)
+        X = d.descriptor
+        N, M, nd = len(atoms), len(Z), kernel.n_dims
+        numbers = atoms.numbers
+        rows = [np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))]
+        if eval_gradient:
+            rows += [np.zeros((M, nd)), np.zeros((N, 3, M, nd)), np.zeros((6, M, nd))]
+        has_cell = np.isfinite(d.volume) and d.volume > 0
+        center_species = numbers[d.center]
+        for z in np.unique(numbers):
+            c = np.flatnonzero(zsp == z)
+            if not len(c):
+                continue
+            m = len(c)
+            K = kernel(X[numbers == z], Z[c], eval_gradient=eval_gradient)
+            p = center_species == z
+            if not np.any(p):  # isolated atoms of this species: energy rows only
+                for g, Kg in enumerate(K if eval_gradient else (K,)):
+                    rows[3 * g][c] = Kg.sum(axis=0)
+                continue
+            if np.all(p):
+                center, neighbor, dX, vec = d.center, d.neighbor, d.dX, d.vector
+            else:
+                center, neighbor, dX, vec = d.center[p], d.neighbor[p], d.dX[p], d.vector[p]
+            dk = kernel.contract_gradient(X, Z[c], center, dX, eval_gradient=eval_gradient)
+            if not eval_gradient:
+                K, dk = (K,), (dk,)
+            for g, (Kg, dkg) in enumerate(zip(K, dk)):
+                # g = 0: the rows; g = 1: their theta-derivatives, flattened over (m, d)
+                width = m if g == 0 else m * nd
+                flat = dkg.reshape(len(center), 3, width)
+                e, f, s_ = rows[3 * g: 3 * g + 3]
+                e[c] = Kg.sum(axis=0)
+                f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(f[:, :, c].shape)
+                if has_cell:
+                    s_[:, c] = pair_stress(flat, vec, d.volume).reshape(s_[:, c].shape)
+        return tuple(rows)
+
+    def _frame_targets(self, atoms) -> list:
+        """The labels of one frame in observation order: [(group, y, noise std)].
+
+        Energy (baselines subtracted; noise ``energy_noise * sqrt(n_atoms)``), then the
+        force components, then the stress. Every routine that stacks rows follows this.
+        """
+        lab = frame_labels(atoms)
+        n = len(atoms)
+        out = []
+        if lab.energy is not None:
+            y = np.array([lab.energy - self._e0_of(atoms.numbers).sum()])
+            out.append((_E, y, np.array([self.noise_["energy"] * np.sqrt(n)])))
+        if lab.forces is not None:
+            out.append((_F, lab.forces.ravel(), np.full(3 * n, self.noise_["force"])))
+        if lab.stress is not None:
+            out.append((_S, lab.stress, np.full(6, self.noise_["stress"])))
+        return out
+
+    def _stacked_rows(self, frames, Z, zsp, kernel=None, eval_gradient=False):
+        """Kernel rows of every label of ``frames`` in observation order.
+
+        Returns K (n_obs, M) and, with ``eval_gradient``, dK (n_obs, M, d).
+        """
+        rows, drows = [], []
+        for a in frames:
+            out = self._derivative_rows(a, Z, zsp, kernel=kernel, eval_gradient=eval_gradient)
+            rows.append(self._in_observation_order(a, out[:3]))
+            if eval_gradient:
+                drows.append(self._in_observation_order(a, out[3:]))
+        K = np.concatenate(rows)
+        return (K, np.concatenate(drows)) if eval_gradient else K
+
+    def _in_observation_order(self, atoms, out) -> np.ndarray:
+        """Stack one frame's (energy, force, stress) rows as its labels are ordered."""
+        n = len(atoms)
+        e, f, s_ = out
+        parts = []
+        for group, _, _ in self._frame_targets(atoms):
+            parts.append(e[None] if group == _E else
+                         f.reshape((3 * n,) + f.shape[2:]) if group == _F else s_)
+        return np.concatenate(parts) if parts else np.zeros((0,) + e.shape)
+
+    def _adjoint_rows(self, atoms, Z, zsp):
+        """Energy (M,), force (N, 3, M) and stress (6, M) rows by the SOAP adjoint.
+
+        The same rows as :meth:`_derivative_rows`, from one descriptor expansion and one
+        backward pass per sparse point (``∂k(x_i, z)/∂x_i`` folded back onto the pair
+        vectors, as :meth:`predict` folds the mean): no descriptor derivatives are
+        formed, which is cheaper for a few sparse points.
+        """
+        exp = self.descriptor_.expand(atoms)
+        X = exp.descriptor
+        N, M = len(atoms), len(Z)
+        numbers = atoms.numbers
+        e, f, s_ = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
+        has_cell = np.isfinite(exp.volume) and exp.volume > 0
+        one = np.ones(1)
+        G = np.zeros_like(X)
+        for m in range(M):
+            r = np.flatnonzero(numbers == zsp[m])
+            if not len(r):
+                continue
+            K, Gr = self.kernel_.value_and_weighted_gradient(X[r], Z[m: m + 1], one)
+            e[m] = K.sum()
+            if not len(exp.center):
+                continue
+            G[:] = 0.0
+            G[r] = Gr
+            dE = exp.backward(G)
+            f[:, :, m] = pair_forces(dE, exp.center, exp.neighbor, N)
+            if has_cell:
+                s_[:, m] = pair_stress(dE, exp.vector, exp.volume)
+        return e, f, s_
+
+    def _new_columns(self, atoms, Znew, zspnew) -> np.ndarray:
+        """Kernel columns of one stored frame's observations against new sparse points."""
+        if len(Znew) <= _ADJOINT_MAX_COLUMNS:
+            out = self._adjoint_rows(atoms, Znew, zspnew)
+        else:
+            out = self._derivative_rows(atoms, Znew, zspnew)
+        return self._in_observation_order(atoms, out)
+
+    def _observations(self, frames, Z, zsp, kernel=None):
+        """Stack the observations of ``frames``: K_nm, y, noise std, group, frame index."""
+        base = len(getattr(self, "frames_", [])) if frames is not getattr(self, "frames_", None) else 0
+        ys, noises, groups, fidx = [], [], [], []
+        for k, a in enumerate(frames):
+            for group, y, noise in self._frame_targets(a):
+                ys.append(y)
+                noises.append(noise)
+                groups.append(np.full(len(y), group, dtype=np.int64))
+                fidx.append(np.full(len(y), base + k, dtype=np.int64))
+        K_nm = self._stacked_rows(frames, Z, zsp, kernel=kernel)
+        return K_nm, np.concatenate(ys), np.concatenate(noises), np.concatenate(groups), np.concatenate(fidx)
+
+    # ------------------------------------------------------------------ observation rows
+    def local_kernel(self, atoms: Atoms) -> np.ndarray:
+        """Kernel of each atom's environment with the sparse set (zero across species).
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_sparse)
+            ``local_kernel(atoms) @ alpha_`` are the atoms' local energies (eV) without
+            their e0 (and without a Δ-model's baseline).
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        X = self.descriptor_.create(atoms)
+        return self._k_xm(X, atoms.numbers, self.sparse_X_, self.sparse_species_)
+
+    def observation_rows(self, atoms: Atoms) -> ObservationRows:
+        """The rows of the linear map from the sparse weights ``alpha_`` to a frame's labels.
+
+        ``rows.energy @ alpha_``, ``rows.forces @ alpha_`` and ``rows.stress @ alpha_``
+        are the model's energy (eV, without e0 and baseline), forces (eV/Å) and stress
+        (eV/Å³) of ``atoms``; they are what a label of this frame adds to the fit, and what
+        label-free design (:meth:`select_frames`) scores.
+
+        Returns
+        -------
+        ObservationRows
+            ``energy`` (n_sparse,), ``forces`` (n_atoms, 3, n_sparse), ``stress`` (6,
+            n_sparse) or None without a periodic cell.
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        e, f, s = self._derivative_rows(atoms, self.sparse_X_, self.sparse_species_)
+        return ObservationRows(e, f, s if bool(np.all(atoms.pbc)) else None)

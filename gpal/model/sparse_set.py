@@ -1,0 +1,171 @@
+"""The sparse set: which atomic environments the model's weights sit on, and how it grows."""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from .._threads import policy as _thread_policy
+from .._validation import (
+    as_rng,
+    check_is_fitted,
+)
+from ..sparse_gp import _jittered_cholesky
+
+
+class _SparseSet:
+    """SparseGP's sparse-set policy: counts per species, FPS/CUR/random picks, growth."""
+
+    # ------------------------------------------------------------------ sparse set
+    def _sparse_counts(self, n_sparse, X_list, numbers_list) -> dict:
+        species = self.species_
+        avail = {int(z): int(sum(np.count_nonzero(n == z) for n in numbers_list)) for z in species}
+        present = [z for z in species if avail[int(z)] > 0]
+        if isinstance(n_sparse, dict):
+            from ase.data import atomic_numbers
+
+            counts = {}
+            for key, val in n_sparse.items():
+                z = atomic_numbers[key] if isinstance(key, str) else int(key)
+                counts[z] = min(int(val), avail.get(z, 0))
+            return counts
+        n_sparse = int(n_sparse)
+        if n_sparse < len(present):
+            raise ValueError(
+                f"n_sparse={n_sparse} is smaller than the number of species ({len(present)})"
+            )
+        total = sum(avail[int(z)] for z in present)
+        # proportional to the number of environments, but every species present gets at
+        # least half of an equal share: a rare species would otherwise get a handful of
+        # sparse points and its forces would be poor however much data arrives
+        floor = int(np.ceil(n_sparse / (2 * len(present))))
+        counts = {}
+        for z in present:
+            share = max(floor, int(round(n_sparse * avail[int(z)] / total)))
+            counts[int(z)] = min(share, avail[int(z)])
+        return counts
+
+    def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None):
+        """Choose sparse environments per species; returns (Z, species)."""
+        from .. import selection
+
+        rng = as_rng(self.random_state)
+        X_all = np.concatenate(X_list)
+        num_all = np.concatenate(numbers_list)
+        counts = self._sparse_counts(n_sparse, X_list, numbers_list)
+        Z, zsp = [], []
+        for z, count in counts.items():
+            Xs = X_all[num_all == z]
+            if count <= 0 or len(Xs) == 0:
+                continue
+            if method == "fps":
+                idx, dist = selection.farthest_point_sampling(
+                    Xs, min(count, len(Xs)), metric="cosine", random_state=rng,
+                    return_distances=True,
+                )
+                # identical environments (a perfect crystal) would make K_mm singular
+                keep = np.ones(len(idx), bool)
+                keep[1:] = dist[1:] > 1e-6
+                idx = idx[keep]
+            elif method == "random":
+                idx = rng.choice(len(Xs), size=min(count, len(Xs)), replace=False)
+            else:  # cur
+                idx = selection.cur_selection(Xs, min(count, len(Xs)), random_state=rng)
+            Z.append(Xs[np.sort(idx)])
+            zsp.append(np.full(len(idx), z, dtype=np.int64))
+        return np.concatenate(Z), np.concatenate(zsp)
+
+    @_thread_policy()
+    def add_sparse_environments(self, atoms, n_sparse: int, *, sparse_selection: str = "variance") -> int:
+        """Add environments of (unlabelled) ``atoms`` to the sparse set; no label needed.
+
+        Sparse (inducing) environments only set where the model can resolve local
+        energies; the labels already in the model then decide their posterior. Adding the
+        environments of a new configuration removes the part of its DTC variance that
+        comes from the sparse approximation (``k - k K_mm^-1 k``) without an oracle call.
+        The active learner does this before deciding that a frame needs a label.
+
+        Returns
+        -------
+        int
+            Number of environments added (near-duplicates of existing ones are skipped).
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        Znew, zspnew = self._choose_new_sparse([atoms], int(n_sparse), sparse_selection)
+        if len(Znew):
+            self._add_sparse(Znew, zspnew)
+            self.alpha_ = self.solver_.alpha_
+        return len(Znew)
+
+    def _choose_new_sparse(self, frames, n_new, method):
+        from .. import selection
+
+        Xs = [self.descriptor_.create(a) for a in frames]
+        X = np.concatenate(Xs)
+        numbers = np.concatenate([a.numbers for a in frames])
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        Zn = self.sparse_X_ / np.linalg.norm(self.sparse_X_, axis=1, keepdims=True)
+        # cosine distance of every candidate to its nearest sparse point of its species
+        dmin = np.full(len(X), np.inf)
+        for z in np.unique(numbers):
+            r = numbers == z
+            c = self.sparse_species_ == z
+            if np.any(c):
+                cos = np.clip(Xn[r] @ Zn[c].T, -1, 1)
+                dmin[r] = np.sqrt(np.clip(2 - 2 * cos.max(axis=1), 0, None))
+        if method == "random":
+            rng = as_rng(self.random_state)
+            cand = np.flatnonzero(dmin > 1e-3)
+            idx = rng.choice(cand, size=min(n_new, len(cand)), replace=False) if len(cand) else cand
+        elif method == "fps":
+            idx = selection.farthest_point_sampling_from(Xn, min(n_new, len(Xn)), dmin, metric="euclidean")
+            idx = idx[dmin[idx] > 1e-3] if len(idx) else idx
+        else:  # variance, greedy with exclusion of near-duplicates
+            K = self._k_xm(X, numbers, self.sparse_X_, self.sparse_species_)
+            var = self.solver_.predict_var(K, self.kernel_.diag(X))
+            order = np.argsort(-var, kind="stable")
+            chosen = []
+            for i in order:
+                if len(chosen) >= n_new:
+                    break
+                if dmin[i] <= 1e-3:
+                    continue
+                if chosen:
+                    cos = Xn[chosen] @ Xn[i]
+                    same = numbers[chosen] == numbers[i]
+                    if np.any(same & (np.sqrt(np.clip(2 - 2 * cos, 0, None)) <= 1e-3)):
+                        continue
+                chosen.append(i)
+            idx = np.array(chosen, dtype=np.int64)
+        idx = np.asarray(idx, dtype=np.int64)
+        return X[idx], numbers[idx].astype(np.int64)
+
+    def _add_sparse(self, Znew, zspnew):
+        """Append sparse environments: new K_mm rows/columns and new K_nm columns.
+
+        Only what is new is computed: the kernel between the new and the old sparse
+        points, and the new points' columns of the stored frames (frame by frame, no
+        descriptor derivatives of all frames held at once; the SOAP adjoint for a few
+        points). The solver then grows its factors by those columns. Without stored
+        rows (memory budget) the factorisation is rebuilt frame by frame.
+        """
+        Z_old, zsp_old = self.sparse_X_, self.sparse_species_
+        Z = np.concatenate([Z_old, Znew])
+        zsp = np.concatenate([zsp_old, zspnew])
+        sol = self.solver_
+        K_on = self._k_xm(Z_old, zsp_old, Znew, zspnew)  # [M_old, k]
+        K_mm = np.block([[sol.K_mm_, K_on], [K_on.T, self._k_mm(Znew, zspnew)]])
+        if sol.keep_rows_:
+            cols = [self._new_columns(a, Znew, zspnew) for a in self.frames_]
+            sol.add_sparse(K_mm, np.concatenate(cols) if cols else np.zeros((0, len(Znew))))
+        else:  # rows beyond the memory budget: refactorise frame by frame
+            _jittered_cholesky(K_mm, self.jitter)  # a failure leaves the model unchanged
+            self.sparse_X_, self.sparse_species_ = Z, zsp
+            try:
+                self._fit_solver(K_mm)
+            except np.linalg.LinAlgError:
+                self.sparse_X_, self.sparse_species_ = Z_old, zsp_old
+                raise
+        self.sparse_X_, self.sparse_species_ = Z, zsp
+        self._enforce_budget()
