@@ -142,7 +142,7 @@ def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, thresho
     import json
 
     from gpal import ActiveLearner, MDSettings, SparseGP, Trigger, load
-    from gpal.oracle import pyscf_oracle
+    from gpal.dft import pyscf_oracle
 
     if reuse and (run_dir / "summary.json").exists():
         s = json.loads((run_dir / "summary.json").read_text())

@@ -104,7 +104,7 @@ from ase.mep import NEB
 from ase.optimize import BFGS, FIRE
 
 from gpal import ActiveLearner, GPCalculator, MDSettings, Trigger
-from gpal.targets import TargetSet
+from gpal import TargetSet
 
 
 def vacancy_neb(metal: str, n_inner: int = 5, fmax: float = 0.02, system: str = "vacancy"):

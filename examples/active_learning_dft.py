@@ -24,7 +24,7 @@ except ImportError:
 from ase.build import molecule
 
 from gpal import ActiveLearner, MDSettings, SparseGP, Trigger
-from gpal.oracle import pyscf_oracle
+from gpal.dft import pyscf_oracle
 from _common import FAST
 
 methanol = molecule("CH3OH")

@@ -16,7 +16,7 @@ from ase.mep import NEB
 from ase.optimize import BFGS, FIRE
 
 from gpal import ActiveLearner, MDSettings, SparseGP
-from gpal.targets import TargetSet
+from gpal import TargetSet
 from _common import FAST, small_soap
 
 # %% the reference: a climbing-image NEB with the oracle

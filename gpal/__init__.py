@@ -7,7 +7,7 @@ SparseGP        sparse GP potential: fit(frames), predict(atoms, return_std=True
 load            load a saved model
 GPCalculator    ASE calculator with uncertainties
 ActiveLearner   on-the-fly active learning (MD sampler, GP learner, oracle)
-TargetSet       what a run should get right (e.g. NEB images and their barrier): gpal.targets
+TargetSet       what a run should get right (e.g. NEB images and their barrier)
 kernels, selection, calibration   building blocks
 set_threads, threads   threads of gpal's computations (default: free cores of this process)
 """
@@ -36,8 +36,6 @@ from .kernels import NormalizedDotProduct, SquaredExponential  # noqa: F401
 from .model import SparseGP, load  # noqa: F401
 from ._threads import get_threads, set_threads, threads  # noqa: F401
 from .calculator import GPCalculator  # noqa: F401
-from .oracle import Oracle, OracleSpec  # noqa: F401
-from .learner import ActiveLearner, MDSettings, Trigger  # noqa: F401
+from .learning import ActiveLearner, MDSettings, Oracle, OracleSpec, TargetSet, Trigger  # noqa: F401
 from .compare import compare_kernels, select_kernel_by_evidence  # noqa: F401
 from . import calibration, kernels, selection  # noqa: F401
-from .targets import TargetSet  # noqa: F401

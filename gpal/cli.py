@@ -67,7 +67,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     from ase.md.velocitydistribution import thermalize_momenta
 
     from .io import labelled
-    from .oracle import OracleSpec
+    from .learning.oracle import OracleSpec
 
     calc = OracleSpec(**oracle_spec).make()
     rng = np.random.default_rng(cfg.get("seed", 123))
@@ -123,7 +123,7 @@ def _load_state(run_dir: Path) -> dict:
 
 def _resume(args: argparse.Namespace) -> int:
     from . import config
-    from .learner import ActiveLearner
+    from .learning.learner import ActiveLearner
 
     run_dir = Path(args.resume)
     args.run_dir_used = run_dir
@@ -179,8 +179,8 @@ def _learn_and_report(make, executor, run_dir) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
-    from .learner import ActiveLearner, MDSettings, Trigger
-    from .oracle import OracleSpec
+    from .learning.learner import ActiveLearner, MDSettings, Trigger
+    from .learning.oracle import OracleSpec
     from .model import SparseGP
 
     if args.print_config:
@@ -247,7 +247,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         executor = ProcessPoolExecutor(n_workers)
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
-        from .targets import TargetSet
+        from .learning.targets import TargetSet
 
         targets = TargetSet.from_file(**cfg["targets"])
 

@@ -23,7 +23,7 @@ top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
 [learner]     everything else the learner takes
 [validation]  an independent oracle MD trajectory for calibration and errors
               (``steps = 0``: none)
-[targets]     learning aimed at a target (gpal.targets.TargetSet.from_file): ``file``
+[targets]     learning aimed at a target (gpal.TargetSet.from_file): ``file``
               of structures (e.g. NEB images), ``quantity``, ``tolerance``; no file: none
 
 An unknown key or section, or a value of the wrong type, is a :class:`ConfigError`
@@ -181,10 +181,10 @@ def schema() -> dict:
     follows renamed or added parameters.
     """
     from .descriptors import SOAP
-    from .learner import ActiveLearner, MDSettings, Trigger
-    from .oracle import OracleSpec
+    from .learning.learner import ActiveLearner, MDSettings, Trigger
+    from .learning.oracle import OracleSpec
     from .model import SparseGP
-    from .targets import TargetSet
+    from .learning.targets import TargetSet
 
     model_names = [n for n in SparseGP().get_params() if n not in ("descriptor", "kernel")]
     soap = _signature_keys(SOAP.__init__, names=("species", "r_cut", "n_max", "l_max", "sigma",
@@ -295,8 +295,8 @@ def check_config(user: dict, path="config") -> dict:
 
 def _check_semantics(path, cfg: dict) -> None:
     """Checks a type cannot express, run through the classes' own validation."""
-    from .learner import MDSettings, Trigger
-    from .oracle import OracleSpec
+    from .learning.learner import MDSettings, Trigger
+    from .learning.oracle import OracleSpec
 
     md = cfg.get("md", {})
     if "temperature" in md and isinstance(md["temperature"], list):
@@ -420,7 +420,7 @@ _SECTION_DOCS = {
     "model": "the sparse GP (gpal.SparseGP); noises: energy eV/atom, force eV/Å, stress eV/Å^3",
     "descriptor": "SOAP (gpal.SOAP, dscribe's names); r_cut and sigma in Å",
     "learner": "the active learner (gpal.ActiveLearner)",
-    "targets": "learning aimed at a target (gpal.targets.TargetSet): a file of structures, the quantity "
+    "targets": "learning aimed at a target (gpal.TargetSet): a file of structures, the quantity "
                "(energies, forces, barrier, difference) and a tolerance for a target stop; no file: none",
     "validation": "an independent oracle MD trajectory for reported errors (steps = 0, the default: none; "
                   "every one of its oracle calls is counted; calibration needs none)",

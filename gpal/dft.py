@@ -5,7 +5,7 @@ method object, which cannot be described by an import path and JSON keyword argu
 and so cannot travel to an executor's worker as an :class:`gpal.OracleSpec`. This module
 is that missing recipe: :class:`PySCF` builds the molecule and the Kohn-Sham method from
 plain settings, so ``OracleSpec("gpal.dft:PySCF", {"xc": "PBE", "basis": "def2-SVP"})``
-(or :func:`gpal.oracle.pyscf_oracle`) labels frames in any process.
+(or :func:`pyscf_oracle`) labels frames in any process.
 
 Energies are in eV and forces in eV/Å (analytic nuclear gradients). Molecules only:
 frames must not be periodic.
@@ -14,7 +14,7 @@ SCF convergence is checked on every calculation. A calculation that does not con
 is logged (a warning on the ``gpal.dft`` logger) and repeated once with safer settings:
 a level shift, damping, DIIS starting later and more cycles, from a fresh initial guess.
 If that fails too, :class:`SCFConvergenceError` (an :class:`gpal.OracleError`) is raised:
-:class:`gpal.Oracle` records the frame as a :class:`gpal.oracle.LabelFailure` and, since
+:class:`gpal.Oracle` records the frame as a :class:`gpal.learning.oracle.LabelFailure` and, since
 the safer settings were already tried, does not repeat it; the active learner then
 skips the frame (``on_oracle_failure="skip"``).
 """
@@ -30,7 +30,7 @@ from .exceptions import OracleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PySCF", "SCFConvergenceError"]
+__all__ = ["PySCF", "SCFConvergenceError", "pyscf_oracle"]
 
 #: the settings of the second attempt after an unconverged SCF
 SAFER_SCF = {"level_shift": 0.25, "damp": 0.5, "diis_start_cycle": 4, "max_cycle": 300}
@@ -197,3 +197,57 @@ class PySCF(Calculator):
             "free_energy": energy,
             "forces": -np.asarray(grad, dtype=float) * (HARTREE2EV / BOHR),
         }
+
+
+def pyscf_oracle(
+    xc: str = "PBE",
+    basis: str = "def2-SVP",
+    *,
+    charge: int = 0,
+    spin: int = 0,
+    density_fit: bool = True,
+    threads: int | None = None,
+    **settings,
+) -> "OracleSpec":
+    """The spec of a Kohn-Sham DFT oracle run by PySCF (:class:`gpal.dft.PySCF`).
+
+    Parameters
+    ----------
+    xc : str, default "PBE"
+        Exchange-correlation functional.
+    basis : str, default "def2-SVP"
+        Basis set.
+    charge : int, default 0
+        Total charge.
+    spin : int, default 0
+        Unpaired electrons 2S (0: RKS, else UKS).
+    density_fit : bool, default True
+        Density fitting (RI) of the Coulomb integrals.
+    threads : int or None, default None
+        Threads of each calculation (None: the process's setting; in a process pool use
+        ``Oracle(threads_per_task=...)``).
+    **settings
+        Further :class:`gpal.dft.PySCF` settings (``auxbasis``, ``grid_level``,
+        ``conv_tol``, ``max_cycle``, ``reuse_guess``, ``verbose``).
+
+    Returns
+    -------
+    OracleSpec
+        ``OracleSpec("gpal.dft:PySCF", {...})``: picklable, runs in any executor. Needs
+        ``pip install pyscf`` where it runs.
+
+    Examples
+    --------
+    >>> spec = pyscf_oracle("PBE", "def2-SVP")
+    >>> spec.factory
+    'gpal.dft:PySCF'
+    """
+    from .learning.oracle import OracleSpec
+
+    kwargs = {"xc": xc, "basis": basis, "charge": int(charge), "spin": int(spin),
+              "density_fit": bool(density_fit), "threads": threads, **settings}
+    unknown = sorted(set(kwargs) - set(PySCF.default_parameters))
+    if unknown:
+        raise TypeError(f"pyscf_oracle got unknown setting(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(PySCF.default_parameters)}")
+    return OracleSpec("gpal.dft:PySCF", kwargs)

@@ -180,10 +180,10 @@ class _FakeLearner:
 @pytest.fixture
 def fake_learner(monkeypatch):
     import gpal.cli
-    import gpal.learner
+    import gpal.learning.learner
 
     _FakeLearner.calls = []
-    monkeypatch.setattr(gpal.learner, "ActiveLearner", _FakeLearner)
+    monkeypatch.setattr(gpal.learning.learner, "ActiveLearner", _FakeLearner)
     monkeypatch.setattr(gpal.cli, "_validation_frames", lambda *args: [])
     return _FakeLearner
 

@@ -14,7 +14,8 @@ pytest.importorskip("pyscf")
 
 from gpal import Oracle  # noqa: E402
 from gpal.dft import PySCF, SCFConvergenceError  # noqa: E402
-from gpal.oracle import OracleSpec, pyscf_oracle  # noqa: E402
+from gpal.dft import pyscf_oracle  # noqa: E402
+from gpal.learning.oracle import OracleSpec  # noqa: E402
 
 FAST = {"basis": "sto-3g", "grid_level": 3, "threads": 1}  # threads: the machine may be busy
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gpal.oracle import OracleSpec, _label_task
+from gpal.learning.oracle import OracleSpec, _label_task
 
 from _subprocess import blas_threads as _blas_threads  # noqa: E402
 from _subprocess import run_python as _run  # noqa: E402
@@ -22,7 +22,7 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
         matplotlib.use("svg")
         import numpy as np
         from gpal import calibration, compare
-        from gpal.learner import ActiveLearner
+        from gpal.learning.learner import ActiveLearner
 
         tmp = Path({str(tmp_path)!r})
         rng = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def test_import_gpal_leaves_the_environment_and_matplotlib_alone():
     out = _run("""
         import os, sys
         before = dict(os.environ)
-        import gpal, gpal.cli, gpal.learner, gpal.calibration, gpal.selection, gpal.engines
+        import gpal, gpal.cli, gpal.learning, gpal.calibration, gpal.selection, gpal.engines
         print(dict(os.environ) == before, "matplotlib" in sys.modules)
     """)
     assert out.split() == ["True", "False"]

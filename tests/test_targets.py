@@ -10,7 +10,7 @@ import pytest
 from ase.build import bulk
 
 from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
-from gpal.targets import TargetSet
+from gpal import TargetSet
 
 from conftest import POLY, SMALL_SOAP, label
 
@@ -177,7 +177,7 @@ def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch)
     import inspect
 
     import gpal.cli
-    import gpal.learner
+    import gpal.learning.learner
     from gpal import config
     from gpal.cli import main
     from gpal.exceptions import ConfigError
@@ -200,7 +200,7 @@ def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch)
         def run(self, steps):
             return "fake summary"
 
-    monkeypatch.setattr(gpal.learner, "ActiveLearner", Fake)
+    monkeypatch.setattr(gpal.learning.learner, "ActiveLearner", Fake)
     assert main(["learn", str(cfg), "-q"]) == 0
     t = seen[-1]["targets"]
     assert isinstance(t, TargetSet) and t.quantity == "barrier" and t.tolerance == 0.02 and len(t.structures) == 3

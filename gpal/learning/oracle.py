@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from .exceptions import OracleError
-from .io import labelled
+from ..exceptions import OracleError
+from ..io import labelled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OracleSpec", "Oracle", "LabelFailure", "as_oracle_spec", "pyscf_oracle"]
+__all__ = ["OracleSpec", "Oracle", "LabelFailure", "as_oracle_spec"]
 
 
 @dataclass(frozen=True)
@@ -314,57 +314,3 @@ class Oracle:
                 self.n_failures += 1
                 failures.append(LabelFailure(i, reasons.get(i, "unknown"), attempts[i]))
         return labelled, failures
-
-
-def pyscf_oracle(
-    xc: str = "PBE",
-    basis: str = "def2-SVP",
-    *,
-    charge: int = 0,
-    spin: int = 0,
-    density_fit: bool = True,
-    threads: int | None = None,
-    **settings,
-) -> OracleSpec:
-    """The spec of a Kohn-Sham DFT oracle run by PySCF (:class:`gpal.dft.PySCF`).
-
-    Parameters
-    ----------
-    xc : str, default "PBE"
-        Exchange-correlation functional.
-    basis : str, default "def2-SVP"
-        Basis set.
-    charge : int, default 0
-        Total charge.
-    spin : int, default 0
-        Unpaired electrons 2S (0: RKS, else UKS).
-    density_fit : bool, default True
-        Density fitting (RI) of the Coulomb integrals.
-    threads : int or None, default None
-        Threads of each calculation (None: the process's setting; in a process pool use
-        ``Oracle(threads_per_task=...)``).
-    **settings
-        Further :class:`gpal.dft.PySCF` settings (``auxbasis``, ``grid_level``,
-        ``conv_tol``, ``max_cycle``, ``reuse_guess``, ``verbose``).
-
-    Returns
-    -------
-    OracleSpec
-        ``OracleSpec("gpal.dft:PySCF", {...})``: picklable, runs in any executor. Needs
-        ``pip install pyscf`` where it runs.
-
-    Examples
-    --------
-    >>> spec = pyscf_oracle("PBE", "def2-SVP")
-    >>> spec.factory
-    'gpal.dft:PySCF'
-    """
-    from .dft import PySCF
-
-    kwargs = {"xc": xc, "basis": basis, "charge": int(charge), "spin": int(spin),
-              "density_fit": bool(density_fit), "threads": threads, **settings}
-    unknown = sorted(set(kwargs) - set(PySCF.default_parameters))
-    if unknown:
-        raise TypeError(f"pyscf_oracle got unknown setting(s) {', '.join(unknown)}; "
-                        f"valid: {', '.join(PySCF.default_parameters)}")
-    return OracleSpec("gpal.dft:PySCF", kwargs)

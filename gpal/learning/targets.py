@@ -54,8 +54,8 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from ._validation import check_atoms
-from .selection import AcquisitionSchedule, greedy_select
+from .._validation import check_atoms
+from ..selection import AcquisitionSchedule, greedy_select
 
 __all__ = ["TargetSet", "TARGET_QUANTITIES"]
 
@@ -231,7 +231,7 @@ class TargetSet:
         """
         from ase.io import read
 
-        from .exceptions import GpalError
+        from ..exceptions import GpalError
 
         path = Path(file)
         if not path.is_file():
@@ -272,7 +272,7 @@ class TargetSet:
 
     def save(self, run_dir) -> dict:
         """Write the structures to ``run_dir/targets.xyz`` (once) and return :meth:`to_dict`."""
-        from .io import write_frames
+        from ..io import write_frames
 
         path = Path(run_dir) / "targets.xyz"
         if not path.exists():
@@ -282,7 +282,7 @@ class TargetSet:
     @classmethod
     def load(cls, d: dict, run_dir) -> "TargetSet":
         """The TargetSet a run saved with :meth:`save`."""
-        from .io import read_frames
+        from ..io import read_frames
 
         return cls.from_dict(d, read_frames(Path(run_dir) / "targets.xyz"))
 

@@ -44,13 +44,13 @@ from ase import Atoms, units
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from . import selection
-from ._validation import as_rng, check_atoms
-from .calculator import GPCalculator
-from .exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
-from .io import append_frame, atomic_write, read_frames, write_frames
+from .. import selection
+from .._validation import as_rng, check_atoms
+from ..calculator import GPCalculator
+from ..exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
+from ..io import append_frame, atomic_write, read_frames, write_frames
 from .oracle import Oracle, OracleSpec, as_oracle_spec
-from .model import SparseGP
+from ..model import SparseGP
 
 log = logging.getLogger(__name__)
 
@@ -752,7 +752,7 @@ class ActiveLearner:
             cands = self._candidates(rng)
             desc = self.model.descriptor if self.model.descriptor is not None else None
             if desc is None:
-                from .model import default_descriptor
+                from ..model import default_descriptor
 
                 desc = default_descriptor(self.structures)
             Xs = [desc.create(a) for a in cands]
@@ -1134,7 +1134,7 @@ class ActiveLearner:
             ``n_calibration``/``n_judge`` (frames), ``judge_force_rmse`` (eV/Å),
             ``judge_zms``, ``judge_coverage90``; empty with fewer than 2 frames.
         """
-        from . import calibration
+        from .. import calibration
 
         t0 = time.perf_counter()
         n = len(self.model.frames_)
@@ -1244,7 +1244,7 @@ class ActiveLearner:
 
     def _plots(self) -> None:
         """learning_curve.png: validation error (if any) and oracle calls against MD step."""
-        from . import calibration
+        from .. import calibration
 
         path = self.run_dir / "learning_curve.png"
         if self._val_history:
@@ -1288,7 +1288,7 @@ class ActiveLearner:
             Needed when the run's oracle was a live calculator (not recorded); runs with
             an OracleSpec reuse it.
         """
-        from .io import load
+        from ..io import load
 
         run_dir = Path(run_dir)
         state_path = run_dir / "state.json"
@@ -1402,7 +1402,7 @@ def _model_spec(model: SparseGP) -> dict:
     spec["descriptor"] = None if params["descriptor"] is None else params["descriptor"].get_params()
     spec["kernel"] = None if params["kernel"] is None else params["kernel"].to_dict()
     if params.get("baseline") is not None:  # a Δ-model's baseline: its import path and kwargs
-        from .baseline import baseline_spec
+        from ..baseline import baseline_spec
 
         base = baseline_spec(params["baseline"], params.get("baseline_kwargs"))
         spec["baseline"], spec["baseline_kwargs"] = base["factory"], base["kwargs"]
@@ -1410,8 +1410,8 @@ def _model_spec(model: SparseGP) -> dict:
 
 
 def _model_from_spec(spec: dict) -> SparseGP:
-    from .descriptors import SOAP
-    from .kernels import kernel_from_dict
+    from ..descriptors import SOAP
+    from ..kernels import kernel_from_dict
 
     spec = dict(spec)
     desc = spec.pop("descriptor", None)

@@ -1,0 +1,22 @@
+"""The active-learning loop: sampler, trigger, oracle, targets, settings.
+
+:mod:`gpal.learning.learner`
+    :class:`ActiveLearner` (the loop, checkpoint and resume), :class:`MDSettings` (the
+    sampler), :class:`Trigger` (when a frame is labelled).
+:mod:`gpal.learning.settings`
+    The learner's grouped settings (:class:`Bootstrap`, :class:`ModelGrowth`,
+    :class:`OracleSettings`, :class:`Validation`, :class:`RunSettings`) and their
+    checkpointed form.
+:mod:`gpal.learning.oracle`
+    :class:`Oracle`: labels frames with any ASE calculator, in this process or an executor,
+    with retries, per-label timeouts and failures recorded.
+:mod:`gpal.learning.targets`
+    :class:`TargetSet`: what a run should get right (NEB images, a barrier, chosen atoms).
+"""
+
+from .oracle import LabelFailure, Oracle, OracleSpec  # noqa: F401
+from .learner import ActiveLearner, MDSettings, Summary, Trigger  # noqa: F401
+from .targets import TargetSet  # noqa: F401
+
+__all__ = ["ActiveLearner", "MDSettings", "Trigger", "Summary", "Oracle", "OracleSpec", "LabelFailure",
+           "TargetSet"]

@@ -1,0 +1,226 @@
+"""The active learner's settings, grouped by what they govern.
+
+:class:`gpal.ActiveLearner` takes one object per group (the sampler is
+:class:`gpal.MDSettings`, the trigger :class:`gpal.Trigger`); each group is a dataclass
+whose fields are the run's settings of that kind. The learner's checkpoint
+(``state.json``) is generated from these objects (:func:`settings_state`), so a setting
+added to a group is saved and restored with no list to keep by hand.
+
+The flat names of earlier gpal versions (``n_bootstrap=``, ``oracle_timeout=``, ...)
+and the TOML ``[learner]`` keys are the fields themselves, routed to their group by
+:data:`FLAT_NAMES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Bootstrap", "ModelGrowth", "OracleSettings", "RunSettings", "Validation", "FLAT_NAMES",
+           "group_flat", "settings_state", "settings_from_state"]
+
+
+@dataclass
+class Bootstrap:
+    """The first labels, before any MD.
+
+    Parameters
+    ----------
+    n_frames : int, default 4
+        Frames labelled before MD starts, chosen by FPS among ``n_candidates`` rattled
+        and strained copies of the start structures.
+    n_candidates : int, default 64
+    rattle : float, optional
+        Å, std of the candidates' random displacements (times a factor in [0.3, 2];
+        strains up to ``2*rattle/a``). Default 0.05 Å for a 3D-periodic start structure,
+        0.02 Å otherwise: a crystal's phonons have similar stiffness, so a random
+        Cartesian rattle looks thermal; a molecule's range from stiff bond stretches to
+        soft torsions, and a rattle of thermal size for the torsions over-stretches the
+        bonds (ethanol, GFN2-xTB, 300-800 K: force RMSE 1.8-1.9x the evenly spaced
+        baseline with 0.05 Å, 1.0-1.06x with 0.02 Å).
+    n_sparse : int, default 300
+        Sparse environments of the bootstrap model (FPS). The model's accuracy is limited
+        by its sparse set long before it is by its labels (random fcc alloy, 16 frames:
+        force RMSE 0.12 eV/Å with 100 sparse points, 0.043 with 400).
+    """
+
+    n_frames: int = 4
+    n_candidates: int = 64
+    rattle: float | None = None
+    n_sparse: int = 300
+
+
+@dataclass
+class ModelGrowth:
+    """How the model grows as labels arrive.
+
+    Parameters
+    ----------
+    sparse_per_label : int, default 20
+        New sparse environments taken from each labelled frame (its most uncertain).
+    optimize_every : float, default 1.5
+        Re-choose hyperparameters by the evidence whenever the number of labels has grown
+        by this factor since the last time (a geometric schedule: the total cost stays
+        about that of the last refit); 0 never.
+    optimize_noise : bool, default True
+        Also fit the noise levels by the evidence: the force noise then measures what the
+        model cannot learn at its size, which sets the default trigger threshold and the
+        calibrated error floor.
+    sparse_refresh : bool, default True
+        Before labelling an uncertain frame, add its novel environments to the sparse set
+        and look again (no oracle call).
+    max_sparse : int, default 2000
+        Upper bound of the sparse set (prediction cost grows with it).
+    """
+
+    sparse_per_label: int = 20
+    optimize_every: float = 1.5
+    optimize_noise: bool = True
+    sparse_refresh: bool = True
+    max_sparse: int = 2000
+
+
+@dataclass
+class OracleSettings:
+    """Where and how the oracle runs, and what a failure does.
+
+    Parameters
+    ----------
+    executor : concurrent.futures.Executor, optional
+        Runs oracle calls concurrently (a process pool, dask's ``Client.get_executor()``).
+        Not saved: give it again on resume.
+    timeout : float, optional
+        Seconds per label, counted from when the label starts (queueing is not charged).
+    retries : int, default 1
+    on_failure : {"skip", "stop"}, default "skip"
+    max_calls : int, optional
+        Stop the run when this many oracle calls have been made (bootstrap included).
+    """
+
+    executor: Any = field(default=None, metadata={"state": False})
+    timeout: float | None = None
+    retries: int = 1
+    on_failure: str = "skip"
+    max_calls: int | None = None
+
+
+@dataclass
+class Validation:
+    """Held-out frames and the stopping rule.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms, optional
+        Labelled frames (no oracle call) used to report errors and to judge the stopping
+        rule. Without them the learner calibrates and judges on leave-one-frame-out
+        errors of its own labels. Saved as ``validation.xyz`` in the run folder.
+    stopping : gpal.calibration.StoppingRule, optional
+    check_every : int, default 100
+        MD steps between stopping-rule checks.
+    """
+
+    frames: Any = field(default=None, metadata={"state": False})
+    stopping: Any = field(default=None, metadata={"state": False})
+    check_every: int = 100
+
+
+@dataclass
+class RunSettings:
+    """Book-keeping of a run: checkpoints, log, progress bar, seed, MD safety limits.
+
+    Parameters
+    ----------
+    checkpoint_every : int, default 1
+        Write model and state every this many labels.
+    checkpoint_seconds : float, default 60
+        Also when this much wall time has passed since the last checkpoint.
+    log_every : int, default 10
+    progress : bool, default True
+    random_state : int, default 0
+    max_force : float, default 20
+        eV/Å; a larger predicted force counts as an MD blow-up (rolled back).
+    max_temperature : float, optional
+        K; default 3x the highest MD temperature + 500 K.
+    """
+
+    checkpoint_every: int = 1
+    checkpoint_seconds: float = 60.0
+    log_every: int = 10
+    progress: bool = field(default=True, metadata={"state": False})
+    random_state: int = 0
+    max_force: float = 20.0
+    max_temperature: float | None = None
+
+
+GROUPS = {"bootstrap": Bootstrap, "growth": ModelGrowth, "oracle_settings": OracleSettings,
+          "validation": Validation, "run": RunSettings}
+
+#: flat keyword (earlier versions, TOML ``[learner]``) -> (group, field)
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "n_bootstrap": ("bootstrap", "n_frames"),
+    "n_candidates": ("bootstrap", "n_candidates"),
+    "rattle": ("bootstrap", "rattle"),
+    "n_sparse_initial": ("bootstrap", "n_sparse"),
+    **{f.name: ("growth", f.name) for f in dataclasses.fields(ModelGrowth)},
+    "executor": ("oracle_settings", "executor"),
+    "oracle_timeout": ("oracle_settings", "timeout"),
+    "oracle_retries": ("oracle_settings", "retries"),
+    "on_oracle_failure": ("oracle_settings", "on_failure"),
+    "max_oracle_calls": ("oracle_settings", "max_calls"),
+    "stopping": ("validation", "stopping"),
+    "check_every": ("validation", "check_every"),
+    **{f.name: ("run", f.name) for f in dataclasses.fields(RunSettings)},
+}
+
+
+def group_flat(groups: dict, flat: dict) -> dict:
+    """Settings objects of every group, from given objects (or None) and flat keywords.
+
+    Parameters
+    ----------
+    groups : dict
+        Group name -> an instance of its dataclass, or None for the defaults.
+    flat : dict
+        Flat keywords (:data:`FLAT_NAMES`); each sets one field of a copy of its group.
+
+    Raises
+    ------
+    TypeError
+        An unknown keyword (the known ones are listed).
+    """
+    unknown = sorted(set(flat) - set(FLAT_NAMES))
+    if unknown:
+        raise TypeError(f"ActiveLearner got unknown settings {unknown}; settings are grouped in "
+                        f"{', '.join(GROUPS)} (flat names: {', '.join(sorted(FLAT_NAMES))})")
+    out = {}
+    for name, cls in GROUPS.items():
+        given = groups.get(name)
+        if given is not None and not isinstance(given, cls):
+            raise TypeError(f"{name} must be a gpal.{cls.__name__}, got {type(given).__name__}")
+        updates = {fld: flat[k] for k, (g, fld) in FLAT_NAMES.items() if g == name and k in flat}
+        out[name] = dataclasses.replace(given or cls(), **updates)
+    return out
+
+
+def _state_fields(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.metadata.get("state", True)}
+
+
+def settings_state(groups: dict) -> dict:
+    """The JSON form of the settings groups kept in ``state.json`` (runtime objects left out)."""
+    return {name: _state_fields(obj) for name, obj in groups.items()}
+
+
+def settings_from_state(state: dict) -> dict:
+    """Flat keywords from a checkpoint: grouped (this version) or flat (earlier ones)."""
+    if "groups" in state:
+        flat = {}
+        inverse = {v: k for k, v in FLAT_NAMES.items()}
+        for name, fields in state["groups"].items():
+            for fld, value in fields.items():
+                key = inverse.get((name, fld))
+                if key is not None:
+                    flat[key] = value
+        return flat
+    return {k: v for k, v in state.get("settings", {}).items() if k in FLAT_NAMES}
