@@ -13,7 +13,7 @@ import pytest
 from ase.io import read, write
 
 import gpal
-from gpal import config
+from gpal.cli import config
 from gpal.cli import main
 
 from conftest import cu_frames, cuag_frames

@@ -220,7 +220,7 @@ def test_bad_baselines(train, bad, kwargs, match):
 
 
 def test_params_and_config_know_the_baseline():
-    from gpal.config import schema
+    from gpal.cli.config import schema
 
     params = SparseGP(baseline="tblite.ase:TBLite", baseline_kwargs={"method": "GFN1-xTB"}).get_params()
     assert params["baseline"] == "tblite.ase:TBLite"

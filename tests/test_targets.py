@@ -178,7 +178,7 @@ def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch)
 
     import gpal.cli
     import gpal.learning.learner
-    from gpal import config
+    from gpal.cli import config
     from gpal.cli import main
     from gpal.exceptions import ConfigError
     from gpal.io import write_frames

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
-from .exceptions import ConfigError, GpalError, interrupt_in
+from ..exceptions import ConfigError, GpalError, interrupt_in
 
 log = logging.getLogger("gpal")
 
@@ -48,7 +48,7 @@ _STD_UNITS = {"energies_std": "eV", "forces_std": "eV/Å"}
 def _structure(spec: dict):
     from ase.build import bulk
 
-    from .io import read_frames
+    from ..io import read_frames
 
     if "file" in spec:
         return read_frames(spec["file"], index=spec.get("index", 0))[0]
@@ -66,8 +66,8 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
 
-    from .io import labelled
-    from .learning.oracle import OracleSpec
+    from ..io import labelled
+    from ..learning.oracle import OracleSpec
 
     calc = OracleSpec(**oracle_spec).make()
     rng = np.random.default_rng(cfg.get("seed", 123))
@@ -123,7 +123,7 @@ def _load_state(run_dir: Path) -> dict:
 
 def _resume(args: argparse.Namespace) -> int:
     from . import config
-    from .learning.learner import ActiveLearner
+    from ..learning.learner import ActiveLearner
 
     run_dir = Path(args.resume)
     args.run_dir_used = run_dir
@@ -179,9 +179,9 @@ def _learn_and_report(make, executor, run_dir) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
-    from .learning.learner import ActiveLearner, MDSettings, Trigger
-    from .learning.oracle import OracleSpec
-    from .model import SparseGP
+    from ..learning.learner import ActiveLearner, MDSettings, Trigger
+    from ..learning.oracle import OracleSpec
+    from ..model import SparseGP
 
     if args.print_config:
         sys.stdout.write(config.default_toml())
@@ -223,7 +223,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         md["temperature"] = tuple(md["temperature"])
     descriptor = None
     if cfg.get("descriptor"):
-        from .descriptors import SOAP
+        from ..descriptors import SOAP
 
         d = dict(cfg["descriptor"])
         d.setdefault("r_cut", 5.0)
@@ -247,7 +247,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         executor = ProcessPoolExecutor(n_workers)
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
-        from .learning.targets import TargetSet
+        from ..learning.targets import TargetSet
 
         targets = TargetSet.from_file(**cfg["targets"])
 
@@ -275,14 +275,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- fit
 def _read_labelled(path, args, what: str) -> list:
     """Frames of ``path`` with their labels, from the standard or the given keys."""
-    from .io import read_frames, relabel_frames
+    from ..io import read_frames, relabel_frames
 
     frames = read_frames(path)
     keys = dict(energy_key=getattr(args, "energy_key", None), forces_key=getattr(args, "forces_key", None),
                 stress_key=getattr(args, "stress_key", None), virial_key=getattr(args, "virial_key", None))
     if any(keys.values()):
         frames = relabel_frames(frames, source=str(path), **keys)
-    from ._validation import check_frames
+    from .._validation import check_frames
 
     return check_frames(frames, what=f"{what} {path}")
 
@@ -294,7 +294,7 @@ def _descriptor_from_args(args, frames):
         return None
     from ase.data import atomic_numbers
 
-    from .descriptors import SOAP
+    from ..descriptors import SOAP
 
     if args.species:
         species = [s for item in args.species for s in item.replace(",", " ").split()]
@@ -332,8 +332,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     when no descriptor option is given, signal variance, noises); a value given on the
     command line is kept.
     """
-    from .kernels import NormalizedDotProduct, SquaredExponential
-    from .model import SparseGP
+    from ..kernels import NormalizedDotProduct, SquaredExponential
+    from ..model import SparseGP
 
     frames = _read_labelled(args.train, args, "training frames")
     given = any(getattr(args, k) is not None for k in ("r_cut", "n_max", "l_max", "sigma", "species"))
@@ -352,7 +352,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
     if auto:
-        from .compare import select_kernel_by_evidence
+        from ..compare import select_kernel_by_evidence
 
         if descriptor is None:
             model.descriptor = _descriptor_from_args(args, frames)
@@ -388,7 +388,7 @@ def _evidence_lines(table) -> list[str]:
 # --------------------------------------------------------------------------- md
 def _md_frame(model, atoms, calibrated: bool, info: dict):
     """A copy of ``atoms`` labelled by the model, with per-atom stds as arrays (extxyz columns)."""
-    from .io import labelled
+    from ..io import labelled
 
     p = model.predict(atoms, return_std=True, forces_std=True, calibrated=calibrated)
     b = labelled(atoms, energy=p["energy"], forces=p["forces"], energies=p["energies"],
@@ -408,9 +408,9 @@ def cmd_md(args: argparse.Namespace) -> int:
     from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
-    from .calculator import GPCalculator
-    from .io import read_frames
-    from .model import load
+    from ..calculator import GPCalculator
+    from ..io import read_frames
+    from ..model import load
 
     out = Path(args.output)
     kind = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}.get(out.suffix.lower())
@@ -464,8 +464,8 @@ def cmd_md(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- validate
 def cmd_validate(args: argparse.Namespace) -> int:
     """Errors and calibration metrics on a test set (optionally recalibrate first)."""
-    from . import calibration
-    from .model import load
+    from .. import calibration
+    from ..model import load
 
     if args.calibrate and not (args.output or args.in_place):
         raise GpalError("--calibrate writes a calibrated model: give -o OUT.npz, or --in-place to "
@@ -541,8 +541,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model file: species, descriptor, kernel, noises, calibration, data."""
     from ase.data import chemical_symbols
 
-    from .io import read_model_file
-    from .model import load
+    from ..io import read_model_file
+    from ..model import load
 
     _, meta = read_model_file(args.model)
     model = load(args.model)
@@ -587,7 +587,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare kernel and descriptor choices; print each table row as it is measured."""
-    from .compare import ComparisonTable, compare_kernels
+    from ..compare import ComparisonTable, compare_kernels
 
     train = _read_labelled(args.train, args, "training frames")
     test = _read_labelled(args.test, args, "test frames")
@@ -606,9 +606,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- ipi
 def cmd_ipi(args: argparse.Namespace) -> int:
     """Serve a model to an i-PI server (energy, forces, virial; per-atom stds as JSON extras)."""
-    from .engines.ipi import IPIClient
-    from .io import read_frames
-    from .model import load
+    from ..engines.ipi import IPIClient
+    from ..io import read_frames
+    from ..model import load
 
     if args.unix is not None and args.host is not None:
         raise GpalError("--host goes with --port (an INET socket), not with --unix")
@@ -863,6 +863,3 @@ def main(argv: list[str] | None = None) -> int:
         if learn:
             signal.signal(signal.SIGTERM, old_term)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

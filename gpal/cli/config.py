@@ -41,7 +41,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from .exceptions import ConfigError
+from ..exceptions import ConfigError
 
 __all__ = ["DEFAULT_LEARN", "Key", "schema", "load_config", "check_config", "default_toml",
            "to_toml", "config_difference"]
@@ -180,11 +180,11 @@ def schema() -> dict:
     Built from the code each time (dataclass fields, signatures, ``get_params``), so it
     follows renamed or added parameters.
     """
-    from .descriptors import SOAP
-    from .learning.learner import ActiveLearner, MDSettings, Trigger
-    from .learning.oracle import OracleSpec
-    from .model import SparseGP
-    from .learning.targets import TargetSet
+    from ..descriptors import SOAP
+    from ..learning.learner import ActiveLearner, MDSettings, Trigger
+    from ..learning.oracle import OracleSpec
+    from ..model import SparseGP
+    from ..learning.targets import TargetSet
 
     model_names = [n for n in SparseGP().get_params() if n not in ("descriptor", "kernel")]
     soap = _signature_keys(SOAP.__init__, names=("species", "r_cut", "n_max", "l_max", "sigma",
@@ -295,8 +295,8 @@ def check_config(user: dict, path="config") -> dict:
 
 def _check_semantics(path, cfg: dict) -> None:
     """Checks a type cannot express, run through the classes' own validation."""
-    from .learning.learner import MDSettings, Trigger
-    from .learning.oracle import OracleSpec
+    from ..learning.learner import MDSettings, Trigger
+    from ..learning.oracle import OracleSpec
 
     md = cfg.get("md", {})
     if "temperature" in md and isinstance(md["temperature"], list):
@@ -432,7 +432,7 @@ def _effective_defaults() -> dict:
     sch = schema()
     from ase.build import bulk
 
-    from .model import default_descriptor
+    from ..model import default_descriptor
 
     s = DEFAULT_LEARN["structure"]
     soap = default_descriptor([bulk(s["bulk"], s["crystal"], a=s["a"], cubic=s["cubic"])]).get_params()

@@ -1,0 +1,7 @@
+"""``python -m gpal.cli``: the ``gpal`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
