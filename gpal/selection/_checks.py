@@ -74,12 +74,5 @@ def _check_variance(name: str, variance, *, ndim: int = 1) -> np.ndarray:
     return v
 
 
-def _check_weight(weight) -> float:
-    w = float(weight)
-    if not (0.0 <= w <= 1.0):
-        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
-    return w
-
-
 def _rng(random_state: RandomState) -> np.random.Generator:
     return np.random.default_rng(random_state)
