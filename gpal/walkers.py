@@ -403,7 +403,9 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             L.checkpoint()
             raise GpalError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
                             f"the run is saved in {L.run_dir}: resume it") from exc
-        L._times["md"] += time.perf_counter() - t0
+        md_wall = time.perf_counter() - t0
+        L._times["md"] += md_wall
+        t1 = time.perf_counter()
         changed = False
         rollbacks, uncertain, novel = [], [], []
         for w, r in zip(active, results):
@@ -460,6 +462,11 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                     "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
                     "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
                     "n_sparse": len(L.model.sparse_X_)})
+        # the learner's share of the round (walkers idle): judging novel frames, choosing,
+        # labelling, updating
+        L._log({"event": "round", "round": L._round, "step": L.step, "walkers": len(active),
+                "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
+                "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
         prog.update(L.step - prog.n)
         prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
         if L.stopping is not None and L.check_every and L.step // L.check_every > checked:
