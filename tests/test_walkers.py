@@ -99,20 +99,70 @@ def test_a_worker_judges_a_frame_as_the_learner_does(tmp_path):
             assert j["uncertainty"] == pytest.approx(last["uncertainty"], rel=1e-12)
 
 
-def test_walkers_on_a_process_pool(tmp_path):
+CONFIG = """
+run_dir = "{run}"
+steps = 60
+walker_workers = 2
+[structure]
+bulk = "Cu"
+crystal = "fcc"
+a = 3.61
+cubic = true
+repeat = [2, 1, 1]
+[md]
+temperature = [300.0, 1200.0]
+timestep = 2.0
+[trigger]
+threshold = 0.003
+every = 5
+[model]
+n_sparse = 20
+[descriptor]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+[learner]
+n_walkers = 4
+check_every = 20
+n_candidates = 16
+n_sparse_initial = 20
+sparse_per_label = 4
+optimize_every = 0
+"""
+
+
+def test_gpal_learn_runs_walkers_on_a_local_process_pool(tmp_path, capsys):
+    """walker_workers = 2 in the TOML: a spawn process pool, four walkers, one batch per round."""
+    from gpal.cli import main
+
     run = tmp_path / "run"
-    with ProcessPoolExecutor(2, mp_context=SPAWN) as pool:
-        L = learner(run, walker_executor=pool)
-        summary = L.run(60)
+    cfg = tmp_path / "learn.toml"
+    cfg.write_text(CONFIG.format(run=run))
+    assert main(["learn", str(cfg), "--quiet"]) == 0
+    L = ActiveLearner.resume(run, progress=False)  # (no walker executor: resumes serially)
+    L._walker_steps = {int(k): v for k, v in json.loads((run / "state.json").read_text())["walker_steps"].items()}
     segs = check_consistent(L, run, 60)
-    assert summary.steps == 60 and summary.labelled_frames > summary.bootstrap_frames
-    assert {r["walker"] for r in segs} == {0, 1, 2, 3}
+    assert {r["walker"] for r in segs} == {0, 1, 2, 3} and len({r["pid"] for r in segs}) == 2
     assert sum(r["steps"] for r in segs) == 4 * 60  # every walker made every step once
-    recs = records(run)
-    labels = [r for r in recs if r.get("event") == "label" and r["reason"] == "uncertain"]
+    labels = [r for r in records(run) if r.get("event") == "label" and r["reason"] == "uncertain"]
     assert labels and all(r["walker"] for r in labels)
-    state = json.loads((run / "state.json").read_text())
-    assert state["walker_steps"] == {str(k): 60 for k in range(4)}
+    rounds = [r for r in records(run) if r.get("event") == "round"]
+    assert rounds and all(r["md_wall"] > 0 and r["learner_wall"] >= 0 for r in rounds)
+
+
+def test_walker_keys_of_the_configuration_are_checked(tmp_path):
+    from gpal.config import check_config, config_difference, default_toml
+    from gpal.exceptions import ConfigError
+
+    assert check_config({"walker_workers": 2})["walker_workers"] == 2
+    assert check_config({"walker_scheduler": "tcp://10.0.0.5:8786"})
+    for bad, msg in (({"walker_workers": 0}, ">= 1"), ({"walker_workers": "2"}, "an integer"),
+                     ({"walker_workers": 2, "walker_scheduler": "tcp://h:1"}, "not both"),
+                     ({"walker_scheduler": "h:8786"}, "scheduler address")):
+        with pytest.raises(ConfigError, match=msg):
+            check_config(bad)
+    assert config_difference({"walker_workers": 2}, {"walker_scheduler": "tcp://h:1"}) is None  # resumable
+    assert "walker_workers" in default_toml() and "walker_scheduler" in default_toml()
 
 
 def test_bad_walker_settings_are_refused(tmp_path):
