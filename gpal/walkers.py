@@ -371,47 +371,64 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     ``L._walker_steps`` (checkpointed). Stops like the serial loop: at
     ``L.total_steps``, at ``max_oracle_calls``, or by the stopping rule (checked when
     the walkers pass a multiple of ``check_every``).
+
+    With ``L._walker_overlap = True`` (an experiment kept for ``benchmarks/bench_walkers.py``)
+    the next round's segments start on the old model as soon as a round's segments are
+    back, while the learner labels and updates.
     """
     ex = L.walker_executor
     seg = segment_steps(L)
+    overlap = bool(getattr(L, "_walker_overlap", False))
     steps = L._walker_steps
     for w in L.walkers:
         steps.setdefault(w.index, L.step)
     L.step = min(steps.values())
     checked = L.step // L.check_every if L.check_every else 0
-    data = key = None
-    changed = True
-    while True:
-        active = [w for w in L.walkers if steps[w.index] < L.total_steps]
-        if not active:
-            break
+    snap = {"data": None, "key": None, "changed": True}
+
+    def runnable() -> bool:
         if L.max_oracle_calls is not None and L.oracle.n_calls >= L.max_oracle_calls:
             L._stopped = (True, f"max_oracle_calls={L.max_oracle_calls} reached")
-            break
-        if changed:
-            data = model_to_bytes(L.model)
-            key = _digest(data)
+            return False
+        return any(steps[w.index] < L.total_steps for w in L.walkers)
+
+    def submit():
+        if snap["changed"]:
+            snap["data"] = model_to_bytes(L.model)
+            snap["key"] = _digest(snap["data"])
+            snap["changed"] = False
+        active = [w for w in L.walkers if steps[w.index] < L.total_steps]
         L._round += 1
-        t0 = time.perf_counter()
         futures = [ex.submit(run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
-                                                data, key)) for w in active]
+                                                snap["data"], snap["key"])) for w in active]
+        return L._round, active, futures, time.perf_counter()
+
+    def collect(futures) -> list:
         try:
-            results = [f.result() for f in futures]
+            return [f.result() for f in futures]
         except Exception as exc:
             for f in futures:
                 f.cancel()
             L.checkpoint()
             raise GpalError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
                             f"the run is saved in {L.run_dir}: resume it") from exc
+
+    def take_state(w, r) -> None:
+        w.restore((r["positions"], r["momenta"], r["cell"]))
+        w.good = tuple(np.array(x, dtype=float) for x in r["good"])
+        steps[w.index] = int(r["step_end"])
+
+    pending = None
+    while pending is not None or runnable():
+        rnd, active, futures, t0 = pending if pending is not None else submit()
+        results = collect(futures)
+        pending = None
         md_wall = time.perf_counter() - t0
         L._times["md"] += md_wall
         t1 = time.perf_counter()
-        changed = False
         rollbacks, uncertain, novel = [], [], []
         for w, r in zip(active, results):
-            w.restore((r["positions"], r["momenta"], r["cell"]))
-            w.good = tuple(np.array(x, dtype=float) for x in r["good"])
-            steps[w.index] = int(r["step_end"])
+            take_state(w, r)
             for rb in r["rollbacks"]:
                 L.rollbacks += 1
                 L._log({"event": "rollback", "step": rb["step"], "walker": w.index, "reason": rb["reason"],
@@ -422,7 +439,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             L.n_checks += len(r["checks"])
             L._recent_unc.extend(r["recent"])
             cand = r["candidate"]
-            L._log({"event": "segment", "round": L._round, "walker": w.index, "host": r["host"],
+            L._log({"event": "segment", "round": rnd, "walker": w.index, "host": r["host"],
                     "pid": r["pid"], "wait": r["wait"], "run": r["run"], "steps": r["summary"]["steps"],
                     "step_start": r["step_start"], "step_end": r["step_end"], "check_time": r["check_time"],
                     "candidate": None if cand is None else cand["kind"], **{
@@ -430,10 +447,12 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             if cand is not None:
                 {"rollback": rollbacks, "uncertain": uncertain, "novel": novel}[cand["kind"]].append((w, cand))
         del L._recent_unc[: -4 * L.trigger.adapt_window]
+        if overlap and runnable():  # the next segments run on the old model meanwhile
+            pending = submit()
         for w, cand in novel:  # sparse refresh and judgement on the learner's model
             L.step = cand["step"]
             u = L._check_walker(w)
-            changed = True
+            snap["changed"] = True
             if u is not None:
                 uncertain.append((w, {"kind": "uncertain", "step": cand["step"], "uncertainty": u}))
             else:
@@ -452,30 +471,34 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 L._label_steps.setdefault(w.index, []).append(cand_step[w.index])
             good = L._label(batch, why, walkers=[w.index for w in group])
             L._add_to_model(good)
-            changed = True
+            snap["changed"] = True
             for w in L.walkers:
                 w.keep_if_good(_temperature(L, steps[w.index]))
-        if rollbacks or chosen or L._round % max(1, L.log_every // max(seg, 1)) == 0:
+        # the learner's share of the round (walkers idle unless overlapping): judging
+        # novel frames, choosing, labelling, updating
+        L._log({"event": "round", "round": rnd, "step": L.step, "walkers": len(active),
+                "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
+                "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
+        if rollbacks or chosen or rnd % max(1, L.log_every // max(seg, 1)) == 0:
             w0 = L.walkers[0].atoms
-            L._log({"step": L.step, "round": L._round, "temperature": w0.get_temperature(),
+            L._log({"step": L.step, "round": rnd, "temperature": w0.get_temperature(),
                     "target_T": _temperature(L, steps[L.walkers[0].index]),
                     "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
                     "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
                     "n_sparse": len(L.model.sparse_X_)})
-        # the learner's share of the round (walkers idle): judging novel frames, choosing,
-        # labelling, updating
-        L._log({"event": "round", "round": L._round, "step": L.step, "walkers": len(active),
-                "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
-                "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
         prog.update(L.step - prog.n)
         prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
         if L.stopping is not None and L.check_every and L.step // L.check_every > checked:
             checked = L.step // L.check_every
-            changed = True  # (calibration)
+            snap["changed"] = True  # (calibration)
             if L._check_stop():
                 break
         if time.perf_counter() - L._last_checkpoint > L.checkpoint_seconds:
             L.checkpoint()
+    if pending is not None:  # stopped while segments ran: their MD stands, their frames wait
+        for w, r in zip(pending[1], collect(pending[2])):
+            take_state(w, r)
+        L.step = min(steps.values())
 
 
 def local_walker_executor(workers: int | None = None, scheduler: str | None = None):
