@@ -1,7 +1,7 @@
 """Walkers on a dask cluster: 4 walkers on 2 workers against 1 worker (gpal.walkers).
 
-The same learning run (EMT Cu, 32 atoms, temperature ramp 300 -> 1200 K, 4 walkers,
-the same total MD steps) three ways:
+The same learning run (EMT Cu, 32 atoms, temperature ramp 300 -> 1500 K, trigger at
+0.008 eV/Å, 4 walkers, the same total MD steps) four ways:
 
 * ``serial``: the walkers step in the learner's process (``walker_executor=None``,
   today's loop; its own random streams, so its trajectory differs);
@@ -96,8 +96,8 @@ def warm():
 
 def learner(run_dir, steps_per_segment, walker_executor=None):
     return ActiveLearner(start(), "ase.calculators.emt:EMT", model(), run_dir=run_dir, progress=False,
-                         md=MDSettings(temperature=(300, 1200), timestep=2.0), n_walkers=4,
-                         trigger=Trigger(every=10), check_every=steps_per_segment,
+                         md=MDSettings(temperature=(300, 1500), timestep=2.0), n_walkers=4,
+                         trigger=Trigger(threshold=0.008, every=10), check_every=steps_per_segment,
                          n_sparse_initial=60, sparse_per_label=8, random_state=0,
                          walker_executor=walker_executor)
 
@@ -108,7 +108,13 @@ def rounds(run_dir):
     segs = [x for x in recs if x.get("event") == "segment"]
     md = sum(x["md_wall"] for x in r)
     lw = sum(x["learner_wall"] for x in r)
-    return {"rounds": len(r), "md_wall": md, "learner_wall": lw,
+    # critical path: per round, the busiest worker's summed segment run time, plus the
+    # learner's time; what the wall time would be if nothing else competed for the cores
+    busy: dict = {}
+    for x in segs:
+        busy[(x["round"], x["pid"])] = busy.get((x["round"], x["pid"]), 0.0) + x["run"]
+    crit = lw + sum(max(v for (rr, _), v in busy.items() if rr == x["round"]) for x in r)
+    return {"rounds": len(r), "md_wall": md, "learner_wall": lw, "critical_path": crit,
             "pids": len({x["pid"] for x in segs}),
             "wait_mean": float(np.mean([x["wait"] for x in segs])) if segs else 0.0}
 
@@ -179,6 +185,9 @@ def main(argv=None):
         print(f"2 workers, walkers on the old model while labels are computed: wall {o['wall']:.1f} s "
               f"({o['wall'] / two['wall']:.3f} x waiting), oracle calls {o['oracle_calls']}, force RMSE "
               f"{o['force_rmse']:.4f} eV/Å, {o['rounds']} rounds")
+    print(f"critical path 2 workers / 1    : {two['critical_path']:.1f} / {one['critical_path']:.1f} s = "
+          f"{two['critical_path'] / one['critical_path']:.3f} (per round the busiest worker's segment "
+          "run times plus the learner's time: the wall time with no other load on the cores)")
     for r in (one, two):
         share = r["learner_wall"] / max(r["md_wall"] + r["learner_wall"], 1e-9)
         print(f"{r['name']:<10}: {r['rounds']} rounds, worker pids {r['pids']}, mean segment wait "
