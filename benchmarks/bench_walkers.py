@@ -155,6 +155,8 @@ def main(argv=None):
     p.add_argument("--segment", type=int, default=50, help="steps per segment (the learner's check_every)")
     p.add_argument("--quick", action="store_true", help="100 steps, segments of 25")
     p.add_argument("--no-serial", action="store_true", help="skip the in-process reference run")
+    p.add_argument("--keep", metavar="DIR", help="keep the run folders in DIR (default: a temporary folder)")
+    p.add_argument("--only-two", action="store_true", help="only the 2-worker run (a quick look at its log)")
     p.add_argument("--no-overlap", action="store_true",
                    help="skip the 2-worker run whose walkers keep running on the old model while it labels")
     args = p.parse_args(argv)
@@ -164,6 +166,10 @@ def main(argv=None):
     test = held_out()
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp
+        if args.only_two:
+            run_one("2 workers", tmp, steps, segment, test, n_workers=2)
+            return
         if not args.no_serial:
             res["serial"] = run_one("serial", tmp, steps, segment, test)
         res["1"] = run_one("1 worker", tmp, steps, segment, test, n_workers=1)

@@ -36,6 +36,7 @@ and the MD steps it made.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import io
 import os
@@ -338,20 +339,24 @@ def segment_steps(learner: "ActiveLearner") -> int:
     return int(learner.check_every) if learner.check_every else DEFAULT_SEGMENT
 
 
-def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str) -> dict:
+def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, state: dict | None = None) -> dict:
+    """The task of walker ``w``'s segment [start, end); from ``state`` (a segment's result) if given."""
     from .learner import _import_path
 
     md = {k: v for k, v in asdict(L.md).items() if k != "factory"}
     md["factory"] = None if L.md.factory is None else _import_path(L.md.factory)
     base = L.random_state if isinstance(L.random_state, (int, np.integer)) else 0
+    if state is None:
+        state = {"positions": w.atoms.positions, "momenta": w.atoms.get_momenta(), "cell": w.atoms.cell.array,
+                 "good": w.good, "recent": []}
     return {
         "model": data, "model_key": key,
         "walker": w.index, "numbers": w.atoms.numbers.copy(), "pbc": w.atoms.pbc.copy(),
-        "positions": w.atoms.positions.copy(), "momenta": w.atoms.get_momenta().copy(),
-        "cell": w.atoms.cell.array.copy(), "good": tuple(np.array(x) for x in w.good),
+        "positions": np.array(state["positions"]), "momenta": np.array(state["momenta"]),
+        "cell": np.array(state["cell"]), "good": tuple(np.array(x) for x in state["good"]),
         "start": int(start), "end": int(end), "ramp_steps": int(L.ramp_steps),
         "md": md, "trigger": asdict(L.trigger), "seed": [int(base), int(w.index), int(start)],
-        "recent": list(L._recent_unc[-4 * L.trigger.adapt_window:]),
+        "recent": (list(L._recent_unc) + list(state["recent"]))[-4 * L.trigger.adapt_window:],
         "label_steps": list(L._label_steps.get(w.index, [])),
         "force_std_scale": L._force_std_scale(), "noise_scale": L._force_noise_scale(),
         "force_rms": L._force_rms(), "sparse_refresh": L.sparse_refresh, "max_sparse": L.max_sparse,
@@ -413,6 +418,30 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             raise GpalError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
                             f"the run is saved in {L.run_dir}: resume it") from exc
 
+    spec: dict = {}  # walker index -> its next segment, submitted on the same model
+
+    def collect_speculating(active, futures) -> list:
+        """Results in walker order; a walker back without a candidate starts its next
+        segment at once on the same model (kept if the round changes no model, else
+        dropped): no barrier between rounds that label nothing."""
+        index = {f: w for w, f in zip(active, futures)}
+        results, todo = {}, set(futures)
+        while todo:
+            done, todo = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                w = index[f]
+                results[w.index] = r = collect([f])[0]
+                if r["candidate"] is None and r["step_end"] < L.total_steps:
+                    end = min(r["step_end"] + seg, L.total_steps)
+                    spec[w.index] = ex.submit(run_segment, _task(L, w, r["step_end"], end, snap["data"],
+                                                                 snap["key"], state=r))
+        return [results[w.index] for w in active]
+
+    def drop_spec() -> None:
+        for f in spec.values():
+            f.cancel()
+        spec.clear()
+
     def take_state(w, r) -> None:
         w.restore((r["positions"], r["momenta"], r["cell"]))
         w.good = tuple(np.array(x, dtype=float) for x in r["good"])
@@ -421,7 +450,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     pending = None
     while pending is not None or runnable():
         rnd, active, futures, t0 = pending if pending is not None else submit()
-        results = collect(futures)
+        results = collect(futures) if overlap else collect_speculating(active, futures)
         pending = None
         md_wall = time.perf_counter() - t0
         L._times["md"] += md_wall
@@ -495,6 +524,18 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 break
         if time.perf_counter() - L._last_checkpoint > L.checkpoint_seconds:
             L.checkpoint()
+        if spec:
+            if snap["changed"] or not runnable():
+                drop_spec()
+            else:  # nothing labelled: the segments started meanwhile are the next round
+                L._round += 1
+                nxt = [w for w in L.walkers if steps[w.index] < L.total_steps]
+                futs = [spec.pop(w.index, None) or ex.submit(
+                    run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
+                                       snap["data"], snap["key"])) for w in nxt]
+                drop_spec()
+                pending = (L._round, nxt, futs, time.perf_counter())
+    drop_spec()
     if pending is not None:  # stopped while segments ran: their MD stands, their frames wait
         for w, r in zip(pending[1], collect(pending[2])):
             take_state(w, r)
