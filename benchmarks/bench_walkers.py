@@ -119,7 +119,7 @@ def rounds(run_dir):
             "wait_mean": float(np.mean([x["wait"] for x in segs])) if segs else 0.0}
 
 
-def run_one(name, tmp, steps, segment, test, n_workers=None, overlap=False):
+def run_one(name, tmp, steps, segment, test, n_workers=None, overlap=False, speculate=True):
     run_dir = Path(tmp) / name.replace(" ", "_")
     load0 = os.getloadavg()
     if n_workers is None:
@@ -136,6 +136,7 @@ def run_one(name, tmp, steps, segment, test, n_workers=None, overlap=False):
             client.run(warm)
             L = learner(run_dir, segment, client.get_executor())
             L._walker_overlap = overlap  # the next segments start on the old model while it labels
+            L._walker_speculate = speculate  # a quiet walker's next segment starts at once
             t0 = time.perf_counter()
             s = L.run(steps)
             wall = time.perf_counter() - t0

@@ -384,6 +384,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     ex = L.walker_executor
     seg = segment_steps(L)
     overlap = bool(getattr(L, "_walker_overlap", False))
+    speculate = not overlap and bool(getattr(L, "_walker_speculate", True))
     steps = L._walker_steps
     for w in L.walkers:
         steps.setdefault(w.index, L.step)
@@ -450,7 +451,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     pending = None
     while pending is not None or runnable():
         rnd, active, futures, t0 = pending if pending is not None else submit()
-        results = collect(futures) if overlap else collect_speculating(active, futures)
+        results = collect_speculating(active, futures) if speculate else collect(futures)
         pending = None
         md_wall = time.perf_counter() - t0
         L._times["md"] += md_wall
