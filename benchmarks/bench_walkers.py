@@ -114,7 +114,9 @@ def rounds(run_dir):
     for x in segs:
         busy[(x["round"], x["pid"])] = busy.get((x["round"], x["pid"]), 0.0) + x["run"]
     crit = lw + sum(max(v for (rr, _), v in busy.items() if rr == x["round"]) for x in r)
+    steps = sum(x["steps"] for x in segs)
     return {"rounds": len(r), "md_wall": md, "learner_wall": lw, "critical_path": crit,
+            "ms_per_step": 1e3 * sum(x["run"] for x in segs) / max(steps, 1),
             "pids": len({x["pid"] for x in segs}),
             "wait_mean": float(np.mean([x["wait"] for x in segs])) if segs else 0.0}
 
@@ -194,7 +196,10 @@ def main(argv=None):
               f"{o['force_rmse']:.4f} eV/Å, {o['rounds']} rounds")
     print(f"critical path 2 workers / 1    : {two['critical_path']:.1f} / {one['critical_path']:.1f} s = "
           f"{two['critical_path'] / one['critical_path']:.3f} (per round the busiest worker's segment "
-          "run times plus the learner's time: the wall time with no other load on the cores)")
+          "run times plus the learner's time)")
+    print(f"MD time per walker step in a segment, 2 workers / 1: {two['ms_per_step']:.1f} / "
+          f"{one['ms_per_step']:.1f} ms (the same work: a ratio near 2 means the two workers shared "
+          "the cores the one worker had, i.e. the machine had no spare core)")
     for r in (one, two):
         share = r["learner_wall"] / max(r["md_wall"] + r["learner_wall"], 1e-9)
         print(f"{r['name']:<10}: {r['rounds']} rounds, worker pids {r['pids']}, mean segment wait "

@@ -24,10 +24,13 @@ Each task is seeded from ``(random_state, walker, first step)``, so a run does n
 depend on which worker ran which segment.
 
 Walkers wait for the labels: each round's segments start on the model updated with
-the previous round's batch. On the machines this was measured on, the model update
-and the oracle calls of a round compete with the walkers for the same cores, and
-walkers running on the old model meanwhile keep finding the frames the batch is
-about to teach (see the README's "Walkers on a cluster" for the figures).
+the previous round's batch. Running them on the old model meanwhile could save at
+most the learner's share of a round (5-10 % in ``benchmarks/bench_walkers.py``),
+and walkers on the old model keep finding the frames the batch is about to teach:
+14 oracle calls instead of 9 there, for the same held-out error. A walker whose
+segment ends without a candidate starts its next one at once on the same model; it
+is kept when the round labels nothing and dropped otherwise, so quiet rounds have no
+barrier and the results do not change.
 
 The log (``log.jsonl``) has one ``segment`` record per task: walker, worker host and
 process id, the time it waited to start (submission to start, wall clocks) and ran,
