@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.io import read
 
 from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
