@@ -110,15 +110,34 @@ def _digest(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _is_file_object(path) -> bool:
+    return hasattr(path, "read") or hasattr(path, "write")
+
+
+class _NamedFile:
+    """A binary file object that reads as "model snapshot" in error messages."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        fh.seek(0)
+
+    def __str__(self) -> str:
+        return "model snapshot"
+
+
 def save_model(path, arrays: dict, metadata: dict) -> Path:
     """Write ``arrays`` and JSON ``metadata`` to ``path`` (``.npz`` is appended if missing).
+
+    ``path`` may also be a writable binary file object (``io.BytesIO``): the same
+    archive, written to it as is (:func:`read_model_file` reads it back).
 
     The file is written to a temporary name and renamed, so a crash never leaves a
     half-written model under the final name.
     """
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    if not _is_file_object(path):
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype == object:
@@ -128,6 +147,9 @@ def save_model(path, arrays: dict, metadata: dict) -> Path:
     meta["format_version"] = FORMAT_VERSION
     meta["digests"] = {k: _digest(v) for k, v in arrays.items()}
     blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    if _is_file_object(path):  # a binary file object (io.BytesIO): a model snapshot in memory
+        np.savez_compressed(path, **arrays, **{_META_KEY: blob})
+        return path
     with atomic_write(path, "wb") as fh:
         np.savez_compressed(fh, **arrays, **{_META_KEY: blob})
     return path
@@ -142,15 +164,18 @@ def read_model_file(path) -> tuple[dict, dict]:
         Missing, truncated or corrupted file, wrong format, newer format version, or an
         array whose digest does not match the metadata.
     """
-    path = Path(path)
-    if not path.exists() and path.with_name(path.name + ".npz").exists():
-        path = path.with_name(path.name + ".npz")
-    if not path.exists():
-        raise ModelFileError(f"no model file at {path}")
-    if not zipfile.is_zipfile(path):
+    if _is_file_object(path):  # a snapshot in memory (io.BytesIO), named so in messages
+        path = _NamedFile(path)
+    else:
+        path = Path(path)
+        if not path.exists() and path.with_name(path.name + ".npz").exists():
+            path = path.with_name(path.name + ".npz")
+        if not path.exists():
+            raise ModelFileError(f"no model file at {path}")
+    if not zipfile.is_zipfile(path.fh if isinstance(path, _NamedFile) else path):
         raise ModelFileError(f"{path} is not a gpal model file (not an .npz archive, or truncated)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(path.fh if isinstance(path, _NamedFile) else path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelFileError(

@@ -149,21 +149,31 @@ def _resume(args: argparse.Namespace) -> int:
             from concurrent.futures import ProcessPoolExecutor
 
             executor = ProcessPoolExecutor(int(cfg["workers"]))
+    walkers = _walker_executor(cfg if args.config else {})
+
     def resumed():
         try:
-            learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet)
+            learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet,
+                                           walker_executor=walkers[0])
         except KeyError as exc:
             raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
                             "state this gpal version can resume") from exc
         return learner, (steps if steps is not None else learner.total_steps)
 
-    return _learn_and_report(resumed, executor, run_dir)
+    return _learn_and_report(resumed, executor, run_dir, walkers[1])
 
 
-def _learn_and_report(make, executor, run_dir) -> int:
+def _walker_executor(cfg: dict):
+    """``(executor, close)`` for the walkers from ``walker_workers`` / ``walker_scheduler``."""
+    from .walkers import local_walker_executor
+
+    return local_walker_executor(cfg.get("walker_workers"), cfg.get("walker_scheduler"))
+
+
+def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     """Build a learner with ``make() -> (learner, steps)``, run it, print its summary.
 
-    The executor, if any, is shut down whatever happens.
+    The executor, if any, is shut down whatever happens (and the walkers' executor closed).
     """
     try:
         learner, steps = make()
@@ -171,6 +181,8 @@ def _learn_and_report(make, executor, run_dir) -> int:
     finally:
         if executor is not None:
             executor.shutdown()
+        if close_walkers is not None:
+            close_walkers()
     print(summary)
     print(f"gpal: model, training set, log and plots are in {run_dir}/")
     return 0
@@ -245,6 +257,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(n_workers)
+    walkers = _walker_executor(cfg)
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
@@ -263,13 +276,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
             executor=executor,
             progress=not args.quiet,
             targets=targets,
+            walker_executor=walkers[0],
             **cfg["learner"],
         )
         if validation is not None:  # the oracle MD behind them: every call counts
             learner.count_oracle_calls("validation", int(cfg["validation"]["steps"]))
         return learner, int(cfg["steps"])
 
-    return _learn_and_report(started, executor, run_dir)
+    return _learn_and_report(started, executor, run_dir, walkers[1])
 
 
 # --------------------------------------------------------------------------- fit

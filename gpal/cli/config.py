@@ -12,7 +12,9 @@ same classes' docstrings.
 
 Sections
 --------
-top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
+top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``;
+              ``walker_workers`` or ``walker_scheduler``: the walkers' MD as tasks
+              (gpal.walkers) on a local process pool or a running dask scheduler
 [structure]   the start structure: ``file`` (+ ``index``), or ``bulk``/``crystal``/``a``/
               ``cubic``/``repeat`` (ase.build.bulk)
 [oracle]      ``factory = "module:Name"`` and its ``kwargs``
@@ -62,7 +64,7 @@ DEFAULT_LEARN = {
 #: ActiveLearner parameters the command line fills from elsewhere (not from [learner])
 _LEARNER_SET_BY_CLI = ("model", "run_dir", "md", "trigger", "validation", "executor", "progress")
 #: keys that may change when a run is resumed with a configuration
-RESUMABLE = ("steps", "workers")
+RESUMABLE = ("steps", "workers", "walker_workers", "walker_scheduler")
 
 _MISSING = object()
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -201,6 +203,11 @@ def schema() -> dict:
             ("run_dir", (str,), _MISSING, "run folder: model, train.xyz, log, state, plots"),
             ("steps", (int,), _MISSING, "MD steps per walker (a total: resume continues up to it)"),
             ("workers", (int,), _MISSING, "oracle calls in parallel (a process pool when > 1)"),
+            ("walker_workers", (int,), _MISSING,
+             "walkers' MD segments on this many local processes (gpal.walkers; > 1 to use it)"),
+            ("walker_scheduler", (str,), _MISSING,
+             "walkers' MD segments on the dask scheduler at this address (\"tcp://host:8786\"; "
+             "needs dask.distributed)"),
         ),
         "structure": _static(
             ("file", (str,), _MISSING, "start structure file (any ASE format); replaces bulk"),
@@ -304,6 +311,14 @@ def _check_semantics(path, cfg: dict) -> None:
         if len(t) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in t):
             raise ConfigError(f"{path}: [md] temperature must be a number or a pair [start, end] of "
                               f"numbers (K), got {json.dumps(t)}")
+    if "walker_workers" in cfg and cfg["walker_workers"] < 1:
+        raise ConfigError(f"{path}: walker_workers must be >= 1, got {cfg['walker_workers']}")
+    if "walker_workers" in cfg and "walker_scheduler" in cfg:
+        raise ConfigError(f"{path}: set walker_workers (local processes) or walker_scheduler (a dask "
+                          "scheduler), not both")
+    if "walker_scheduler" in cfg and not re.match(r"^[a-z+]+://\S+$", cfg["walker_scheduler"]):
+        raise ConfigError(f"{path}: walker_scheduler must be a scheduler address such as "
+                          f"\"tcp://host:8786\", got {json.dumps(cfg['walker_scheduler'])}")
     rep = cfg.get("structure", {}).get("repeat")
     if rep is not None and (len(rep) != 3 or not all(isinstance(x, int) and x > 0 for x in rep)):
         raise ConfigError(f"{path}: [structure] repeat must be three positive integers, got {json.dumps(rep)}")

@@ -441,7 +441,7 @@ class ActiveLearner:
     check_every : int, default 100
         Steps between stopping-rule checks.
     executor : concurrent.futures.Executor, optional
-        Runs oracle calls concurrently (the walkers' MD runs in this process).
+        Runs oracle calls concurrently.
     oracle_timeout : float, optional
     oracle_retries : int, default 1
     on_oracle_failure : {"skip", "stop"}, default "skip"
@@ -457,6 +457,14 @@ class ActiveLearner:
         then also chosen, and may be labelled, for the variance they remove from the
         target's prediction, with a weight moving from exploration to the target as
         the global uncertainty falls; with a tolerance, a target-driven stop.
+    walker_executor : concurrent.futures.Executor, optional
+        Runs the walkers' MD as tasks (:mod:`gpal.walkers`): a ``ProcessPoolExecutor``,
+        or ``dask.distributed.Client(...).get_executor()`` on a cluster. Each round, every
+        walker runs a segment of up to ``check_every`` steps (100 if 0) on a snapshot of
+        the model, ending at its first frame that crosses the trigger; one batch is then
+        chosen across all walkers' frames, labelled and added, and the next round starts
+        on the updated model. Default: the walkers step in this process. Not with
+        ``targets``.
     """
 
     def __init__(
@@ -494,6 +502,7 @@ class ActiveLearner:
         progress: bool = True,
         random_state: int = 0,
         targets=None,
+        walker_executor=None,
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
@@ -561,6 +570,13 @@ class ActiveLearner:
         self._stopped = (False, "")
         self._val_history: list = []
         self.targets = targets  # gpal.targets.TargetSet or None
+        self.walker_executor = walker_executor  # gpal.walkers: MD segments as tasks
+        self._walker_steps: dict[int, int] = {}  # each walker's own step (walker_executor)
+        self._round = 0
+        if walker_executor is not None:
+            from .walkers import check_walker_settings
+
+            check_walker_settings(self)
 
     # ------------------------------------------------------------------ files
     @property
@@ -651,6 +667,8 @@ class ActiveLearner:
         }
         if self.targets is not None:
             state["targets"] = self.targets.save(self.run_dir)
+        if self._walker_steps:  # walkers run as tasks (gpal.walkers): each one's own step
+            state["walker_steps"] = {str(k): v for k, v in self._walker_steps.items()}
         self._write_json_atomic(self.run_dir / "state.json", state)
 
     # ------------------------------------------------------------------ labelling
@@ -879,7 +897,11 @@ class ActiveLearner:
             self._init_walkers()
         self.checkpoint()
         prog = _progress(self.total_steps, self.step, self.progress)
-        while self.step < self.total_steps:
+        if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.walkers
+            from .walkers import run_rounds
+
+            run_rounds(self, prog)
+        while self.walker_executor is None and self.step < self.total_steps:
             if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
                 break
@@ -1275,7 +1297,8 @@ class ActiveLearner:
 
     # ------------------------------------------------------------------ resume
     @classmethod
-    def resume(cls, run_dir, oracle=None, *, executor=None, **overrides) -> "ActiveLearner":
+    def resume(cls, run_dir, oracle=None, *, executor=None, walker_executor=None,
+               **overrides) -> "ActiveLearner":
         """Continue a run from its folder after a stop or a crash.
 
         Labels in ``train.xyz`` that the checkpointed model had not yet seen are added to
@@ -1287,6 +1310,9 @@ class ActiveLearner:
         oracle : optional
             Needed when the run's oracle was a live calculator (not recorded); runs with
             an OracleSpec reuse it.
+        executor, walker_executor : concurrent.futures.Executor, optional
+            As in the constructor (not recorded in the run folder): a run whose walkers
+            ran as tasks may continue with or without them.
         """
         from ..io import load
 
@@ -1338,7 +1364,7 @@ class ActiveLearner:
             overrides["validation"] = read_frames(run_dir / "validation.xyz")
         settings.update(overrides)
         self = cls(structures, oracle, model, run_dir=run_dir, md=md, trigger=trigger,
-                   executor=executor, n_walkers=n_walkers, **settings)
+                   executor=executor, n_walkers=n_walkers, walker_executor=walker_executor, **settings)
         self.ramp_steps = state.get("ramp_steps") or state["total_steps"]
         self.step = state["step"]
         self.total_steps = state["total_steps"]
@@ -1374,6 +1400,9 @@ class ActiveLearner:
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
+        if walker_executor is not None:  # each walker continues from its own step
+            saved = {int(k): int(v) for k, v in state.get("walker_steps", {}).items()}
+            self._walker_steps = {w.index: saved.get(w.index, self.step) for w in self.walkers}
         return self
 
 

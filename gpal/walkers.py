@@ -1,0 +1,579 @@
+"""Walkers as tasks: MD segments on a process pool or a dask cluster, one batch per round.
+
+With ``ActiveLearner(..., walker_executor=ex)`` the walkers' MD leaves the learner's
+process. The loop runs in rounds::
+
+    learner:  model snapshot (gpal's .npz format, in memory: arrays + JSON, no pickle)
+              -> one task per walker on ``ex`` (ex.submit(run_segment, task))
+    worker:   MD on the snapshot from the walker's state, checking the trigger as the
+              serial loop does (Trigger, every ``trigger.every`` steps, blow-up checks
+              every step); the segment ends at the first frame that needs the learner
+              (its uncertainty crossed the threshold, a novel environment, a blow-up
+              rolled back) or after ``check_every`` steps
+    learner:  all segments back -> novel frames judged on the learner's model (sparse
+              refresh, as the serial loop) -> ONE label-free batch across every
+              walker's candidates (SparseGP.select_frames, greedy information gain)
+              -> oracle (the learner's ``executor``) -> one model update -> next round
+
+``ex`` is any :class:`concurrent.futures.Executor`: a ``ProcessPoolExecutor`` on one
+machine (started with ``mp_context=multiprocessing.get_context("spawn")``: numba's
+OpenMP threads do not survive ``fork``; :func:`local_walker_executor` makes one), ``dask.distributed.Client(...).get_executor()`` on a cluster (e.g. a
+dask-jobqueue ``SLURMCluster``, see ``examples/dask_slurm.py``). A task carries plain
+arrays, numbers and the model's bytes; a worker needs gpal installed, nothing else.
+Each task is seeded from ``(random_state, walker, first step)``, so a run does not
+depend on which worker ran which segment.
+
+Walkers wait for the labels: each round's segments start on the model updated with
+the previous round's batch. Running them on the old model meanwhile could save at
+most the learner's share of a round (5-10 % in ``benchmarks/bench_walkers.py``),
+and walkers on the old model keep finding the frames the batch is about to teach:
+14 oracle calls instead of 9 there, for the same held-out error. A walker whose
+segment ends without a candidate starts its next one at once on the same model; it
+is kept when the round labels nothing and dropped otherwise, so quiet rounds have no
+barrier and the results do not change.
+
+The log (``log.jsonl``) has one ``segment`` record per task: walker, worker host and
+process id, the time it waited to start (submission to start, wall clocks) and ran,
+and the MD steps it made.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import io
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+from ase import Atoms
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+from .exceptions import GpalError, OverlappingAtomsError
+from .potential import SparseGP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .learner import ActiveLearner, Trigger
+
+__all__ = ["model_to_bytes", "model_from_bytes", "judge_frame", "blown_up", "run_segment",
+           "local_walker_executor"]
+
+#: segment length when the learner's ``check_every`` is 0 (no stopping-rule checks)
+DEFAULT_SEGMENT = 100
+
+
+# ---------------------------------------------------------------------- snapshots
+def model_to_bytes(model: SparseGP) -> bytes:
+    """A fitted model as bytes: the ``.npz`` archive :meth:`SparseGP.save` writes.
+
+    Arrays and a JSON document (no pickle); :func:`model_from_bytes` verifies the
+    digests and rebuilds the model, whose predictions equal the original's.
+    """
+    buf = io.BytesIO()
+    model.save(buf)
+    return buf.getvalue()
+
+
+def model_from_bytes(data: bytes) -> SparseGP:
+    """The model of :func:`model_to_bytes` (``allow_pickle=False``).
+
+    Raises
+    ------
+    gpal.ModelFileError
+        The bytes are not a whole, untampered gpal model archive.
+    """
+    return SparseGP.load(io.BytesIO(data))
+
+
+_CACHE_LOCK = threading.Lock()
+_MODEL_CACHE: dict = {}  # per worker process: the latest snapshot, by digest
+
+
+def _cached_model(data: bytes, key: str) -> SparseGP:
+    """The snapshot ``key``, loaded once per worker process (the walkers of a round share it)."""
+    with _CACHE_LOCK:
+        model = _MODEL_CACHE.get(key)
+        if model is None:
+            model = model_from_bytes(data)
+            _MODEL_CACHE.clear()
+            _MODEL_CACHE[key] = model
+        return model
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# ---------------------------------------------------------------------- per-frame checks
+def blown_up(atoms: Atoms, max_force: float, max_temperature: float) -> str | None:
+    """Why the walker's frame is a blow-up (overlap, huge force, runaway temperature), or None.
+
+    The same test as the learner's serial loop (``ActiveLearner._blown_up``).
+    """
+    try:
+        forces = atoms.get_forces()
+    except OverlappingAtomsError as exc:
+        return str(exc)
+    fmax = float(np.sqrt((forces**2).sum(1)).max())
+    if not np.isfinite(fmax) or fmax > max_force:
+        return f"max force {fmax:.3g} eV/Å > {max_force}"
+    T = atoms.get_temperature()
+    if not np.isfinite(T) or T > max_temperature:
+        return f"temperature {T:.0f} K > {max_temperature:.0f} K"
+    return None
+
+
+def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, label_steps, step: int,
+                force_std_scale: float = 1.0, noise_scale: float = 1.0, force_rms: float | None = None,
+                sparse_refresh: bool = True, max_sparse: int = 2000) -> dict:
+    """Judge one frame by :class:`gpal.Trigger` without a learner (what a worker runs).
+
+    The logic of ``ActiveLearner._check_walker`` with the learner's state passed in,
+    except the sparse refresh, which changes the model: a frame with novel
+    environments (and room in the sparse set) is returned as ``novel`` for the
+    learner to refresh and judge on its own model.
+
+    Parameters
+    ----------
+    model : SparseGP
+    atoms : ase.Atoms
+        The walker's frame.
+    trigger : Trigger
+    recent : list of float
+        Uncertainties of the unlabelled checks since the last model update (the
+        adaptive level's history); not changed here.
+    label_steps : list of int
+        Steps at which this walker was labelled (the rate cap).
+    step : int
+    force_std_scale, noise_scale : float
+        The model's force-std recalibration factor and force-noise factor.
+    force_rms : float or None
+        RMS oracle force of the labels, eV/Å (the ceiling).
+    sparse_refresh : bool
+    max_sparse : int
+
+    Returns
+    -------
+    dict
+        ``novel`` (environments above the novelty threshold; when > 0 nothing else is
+        judged), ``novelty`` (largest), and otherwise ``uncertainty``, ``threshold``,
+        ``base_threshold`` (eV/Å, or eV for energies_std), ``label`` (bool, the cap
+        applied) and ``capped``.
+    """
+    forces = trigger.quantity == "forces_std"
+    res = model.predict(atoms, return_std=True, forces_std=forces)
+    if sparse_refresh and len(model.sparse_X_) < max_sparse:
+        novel = int(np.count_nonzero(res["novelty"] > trigger.novelty))
+        if novel:
+            return {"novel": novel, "novelty": float(res["novelty"].max())}
+    if forces:
+        scale = force_std_scale if trigger.calibrated else 1.0
+        u = float(np.max(res["forces_std"])) * scale
+        thr, base = trigger.level(model, recent, noise_scale, force_rms)
+    else:
+        u = float(np.max(res["energies_std"]))
+        thr, base = trigger.level(model, recent)
+    reference = trigger.adaptive and not recent
+    label = u > thr and not reference
+    capped = label and trigger.capped(label_steps, step)
+    return {"novel": 0, "uncertainty": u, "threshold": thr, "base_threshold": base,
+            "label": bool(label and not capped), "capped": bool(capped)}
+
+
+# ---------------------------------------------------------------------- the task
+def run_segment(task: dict) -> dict:
+    """Run one walker's MD segment on a model snapshot (the task a worker runs).
+
+    Parameters
+    ----------
+    task : dict
+        Built by the learner: ``model`` (bytes of :func:`model_to_bytes`) and
+        ``model_key``; the walker's ``walker`` index, ``numbers``, ``positions`` (Å,
+        (N, 3)), ``momenta`` (ASE units, (N, 3)), ``cell`` (Å, (3, 3)), ``pbc`` and
+        ``good`` (its last good frame: positions, momenta, cell); ``start``/``end``
+        (steps, end exclusive), ``ramp_steps``; ``md`` (MDSettings fields, the
+        factory as an import path), ``trigger`` (Trigger fields); ``seed`` (list of
+        int); the trigger state ``recent``, ``label_steps``, ``force_std_scale``,
+        ``noise_scale``, ``force_rms``, ``sparse_refresh``, ``max_sparse``; the blow-up
+        limits ``max_force`` (eV/Å) and ``max_temperature`` (K); ``submitted``
+        (``time.time()`` at submission).
+
+    Returns
+    -------
+    dict
+        The walker's new state (``positions``, ``momenta``, ``cell``, ``good``,
+        ``step_end``); ``candidate`` (None, or ``kind`` = "uncertain" | "novel" |
+        "rollback", ``step``, ``uncertainty`` or ``novelty``, and the ``frame``:
+        numbers, positions, cell, pbc); ``checks``, ``rollbacks`` (records for the
+        log); ``recent`` (uncertainties of the unlabelled checks, in order);
+        ``summary`` (steps, temperature mean/max in K, potential energy first/last/min
+        in eV); ``host``, ``pid``, ``wait`` and ``run`` (s), ``check_time`` (s).
+    """
+    from .calculator import GPCalculator
+    from .learner import MDSettings, Trigger, _import, _Walker  # (gpal.learner imports this module lazily)
+
+    started = time.time()
+    t0 = time.perf_counter()
+    model = _cached_model(task["model"], task["model_key"])
+    md_fields = dict(task["md"])
+    factory = md_fields.pop("factory", None)
+    md = MDSettings(**md_fields, factory=_import(factory) if factory else None)
+    trig = Trigger(**task["trigger"])
+    start, end = int(task["start"]), int(task["end"])
+    ramp = max(int(task["ramp_steps"]) - 1, 1)
+    atoms = Atoms(numbers=task["numbers"], positions=task["positions"], cell=task["cell"], pbc=task["pbc"])
+    atoms.set_momenta(task["momenta"])
+    rng = np.random.default_rng([int(s) for s in task["seed"]])
+    calc = GPCalculator(model, std_every=0, record_std=False)  # the trigger asks the model itself
+    w = _Walker(int(task["walker"]), atoms, md, rng, calc, md.temperature_at(start / ramp))
+    w.good = tuple(np.array(x, dtype=float) for x in task["good"])
+    recent = list(task["recent"])
+    label_steps = list(task["label_steps"])
+    checks, rollbacks, new_recent, temps, energies = [], [], [], [], []
+    candidate = None
+    check_time = 0.0
+    step = start
+    while step < end and candidate is None:
+        T = md.temperature_at(step / ramp)
+        w.set_temperature(T)
+        try:
+            w.step()
+            reason = blown_up(w.atoms, task["max_force"], task["max_temperature"])
+        except OverlappingAtomsError as exc:
+            reason = str(exc)
+        if reason is not None:
+            capped = trig.capped(label_steps, step)
+            rollbacks.append({"step": step, "reason": reason, "labelled": not capped})
+            w.restore(w.good)
+            thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
+            Stationary(w.atoms)
+            w.dyn = w._make_dyn(T)
+            if not capped:
+                candidate = {"kind": "rollback", "step": step}
+            step += 1
+            continue
+        temps.append(float(w.atoms.get_temperature()))
+        energies.append(float(w.atoms.get_potential_energy()))
+        if step % trig.every:
+            w.keep_if_good(T)
+            step += 1
+            continue
+        tc = time.perf_counter()
+        j = judge_frame(model, w.atoms, trig, recent=recent, label_steps=label_steps, step=step,
+                        force_std_scale=task["force_std_scale"], noise_scale=task["noise_scale"],
+                        force_rms=task["force_rms"], sparse_refresh=task["sparse_refresh"],
+                        max_sparse=task["max_sparse"])
+        check_time += time.perf_counter() - tc
+        if j["novel"]:
+            candidate = {"kind": "novel", "step": step, "novelty": j["novelty"]}
+        else:
+            checks.append({"step": step, "uncertainty": j["uncertainty"], "threshold": j["threshold"],
+                           "base_threshold": j["base_threshold"], "novel": 0, "label": j["label"],
+                           "capped": j["capped"]})
+            if j["label"]:
+                candidate = {"kind": "uncertain", "step": step, "uncertainty": j["uncertainty"]}
+            else:
+                if not j["capped"]:  # (the serial loop's history: unlabelled, uncapped checks)
+                    recent.append(j["uncertainty"])
+                    new_recent.append(j["uncertainty"])
+                w.keep_if_good(T)
+        step += 1
+    if candidate is not None:
+        a = w.atoms
+        candidate["frame"] = {"numbers": a.numbers.copy(), "positions": a.positions.copy(),
+                              "cell": a.cell.array.copy(), "pbc": a.pbc.copy()}
+    gpos, gmom, gcell = w.good
+    return {
+        "walker": w.index,
+        "step_start": start,
+        "step_end": step,
+        "positions": w.atoms.positions.copy(),
+        "momenta": w.atoms.get_momenta().copy(),
+        "cell": w.atoms.cell.array.copy(),
+        "good": (gpos, gmom, gcell),
+        "candidate": candidate,
+        "checks": checks,
+        "rollbacks": rollbacks,
+        "recent": new_recent,
+        "summary": {
+            "steps": step - start,
+            "temperature_mean": float(np.mean(temps)) if temps else None,
+            "temperature_max": float(np.max(temps)) if temps else None,
+            "energy_first": energies[0] if energies else None,
+            "energy_last": energies[-1] if energies else None,
+            "energy_min": float(np.min(energies)) if energies else None,
+        },
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "wait": max(0.0, started - float(task["submitted"])),
+        "run": time.perf_counter() - t0,
+        "check_time": check_time,
+    }
+
+
+# ---------------------------------------------------------------------- the learner's side
+def check_walker_settings(learner: "ActiveLearner") -> None:
+    """Refuse settings the walkers cannot run with on other processes (one-line errors)."""
+    ex = learner.walker_executor
+    if not callable(getattr(ex, "submit", None)):
+        raise TypeError(f"walker_executor must be a concurrent.futures.Executor (with submit), "
+                        f"got {type(ex).__name__}")
+    ctx = getattr(ex, "_mp_context", None)  # a ProcessPoolExecutor's start method
+    if ctx is not None and getattr(ctx, "get_start_method", lambda: None)() == "fork":
+        raise ValueError("a ProcessPoolExecutor for walkers needs mp_context=multiprocessing."
+                         "get_context('spawn') (or 'forkserver'): numba's OpenMP threads do not survive fork")
+    if learner.targets is not None:
+        raise ValueError("targets are not supported with walker_executor (the target "
+                         "weight follows every checked frame); run the walkers in the learner's process")
+    if learner.md.factory is not None:
+        from .learner import _import_path
+
+        if _import_path(learner.md.factory) is None:
+            raise ValueError("MDSettings.factory must be a module-level function or class to run "
+                             "on walker_executor (workers import it by its path)")
+
+
+def segment_steps(learner: "ActiveLearner") -> int:
+    """MD steps of one walker per round: ``check_every``, or 100 when it is 0."""
+    return int(learner.check_every) if learner.check_every else DEFAULT_SEGMENT
+
+
+def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, state: dict | None = None) -> dict:
+    """The task of walker ``w``'s segment [start, end); from ``state`` (a segment's result) if given."""
+    from .learner import _import_path
+
+    md = {k: v for k, v in asdict(L.md).items() if k != "factory"}
+    md["factory"] = None if L.md.factory is None else _import_path(L.md.factory)
+    base = L.random_state if isinstance(L.random_state, (int, np.integer)) else 0
+    if state is None:
+        state = {"positions": w.atoms.positions, "momenta": w.atoms.get_momenta(), "cell": w.atoms.cell.array,
+                 "good": w.good, "recent": []}
+    return {
+        "model": data, "model_key": key,
+        "walker": w.index, "numbers": w.atoms.numbers.copy(), "pbc": w.atoms.pbc.copy(),
+        "positions": np.array(state["positions"]), "momenta": np.array(state["momenta"]),
+        "cell": np.array(state["cell"]), "good": tuple(np.array(x) for x in state["good"]),
+        "start": int(start), "end": int(end), "ramp_steps": int(L.ramp_steps),
+        "md": md, "trigger": asdict(L.trigger), "seed": [int(base), int(w.index), int(start)],
+        "recent": (list(L._recent_unc) + list(state["recent"]))[-4 * L.trigger.adapt_window:],
+        "label_steps": list(L._label_steps.get(w.index, [])),
+        "force_std_scale": L._force_std_scale(), "noise_scale": L._force_noise_scale(),
+        "force_rms": L._force_rms(), "sparse_refresh": L.sparse_refresh, "max_sparse": L.max_sparse,
+        "max_force": L.max_force, "max_temperature": L.max_temperature,
+        "submitted": time.time(),
+    }
+
+
+def _temperature(L: "ActiveLearner", step: int) -> float:
+    return L.md.temperature_at(step / max(L.ramp_steps - 1, 1))
+
+
+def run_rounds(L: "ActiveLearner", prog) -> None:
+    """The learner's loop with the walkers on ``L.walker_executor`` (see the module doc).
+
+    Advances ``L.step`` to the smallest walker step; each walker's own step is in
+    ``L._walker_steps`` (checkpointed). Stops like the serial loop: at
+    ``L.total_steps``, at ``max_oracle_calls``, or by the stopping rule (checked when
+    the walkers pass a multiple of ``check_every``).
+
+    With ``L._walker_overlap = True`` (an experiment kept for ``benchmarks/bench_walkers.py``)
+    the next round's segments start on the old model as soon as a round's segments are
+    back, while the learner labels and updates.
+    """
+    ex = L.walker_executor
+    seg = segment_steps(L)
+    overlap = bool(getattr(L, "_walker_overlap", False))
+    speculate = not overlap and bool(getattr(L, "_walker_speculate", True))
+    steps = L._walker_steps
+    for w in L.walkers:
+        steps.setdefault(w.index, L.step)
+    L.step = min(steps.values())
+    checked = L.step // L.check_every if L.check_every else 0
+    snap = {"data": None, "key": None, "changed": True}
+
+    def runnable() -> bool:
+        if L.max_oracle_calls is not None and L.oracle.n_calls >= L.max_oracle_calls:
+            L._stopped = (True, f"max_oracle_calls={L.max_oracle_calls} reached")
+            return False
+        return any(steps[w.index] < L.total_steps for w in L.walkers)
+
+    def submit():
+        if snap["changed"]:
+            snap["data"] = model_to_bytes(L.model)
+            snap["key"] = _digest(snap["data"])
+            snap["changed"] = False
+        active = [w for w in L.walkers if steps[w.index] < L.total_steps]
+        L._round += 1
+        futures = [ex.submit(run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
+                                                snap["data"], snap["key"])) for w in active]
+        return L._round, active, futures, time.perf_counter()
+
+    def collect(futures) -> list:
+        try:
+            return [f.result() for f in futures]
+        except Exception as exc:
+            for f in futures:
+                f.cancel()
+            L.checkpoint()
+            raise GpalError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
+                            f"the run is saved in {L.run_dir}: resume it") from exc
+
+    spec: dict = {}  # walker index -> its next segment, submitted on the same model
+
+    def collect_speculating(active, futures) -> list:
+        """Results in walker order; a walker back without a candidate starts its next
+        segment at once on the same model (kept if the round changes no model, else
+        dropped): no barrier between rounds that label nothing."""
+        index = {f: w for w, f in zip(active, futures)}
+        results, todo = {}, set(futures)
+        while todo:
+            done, todo = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                w = index[f]
+                results[w.index] = r = collect([f])[0]
+                if r["candidate"] is None and r["step_end"] < L.total_steps:
+                    end = min(r["step_end"] + seg, L.total_steps)
+                    spec[w.index] = ex.submit(run_segment, _task(L, w, r["step_end"], end, snap["data"],
+                                                                 snap["key"], state=r))
+        return [results[w.index] for w in active]
+
+    def drop_spec() -> None:
+        for f in spec.values():
+            f.cancel()
+        spec.clear()
+
+    def take_state(w, r) -> None:
+        w.restore((r["positions"], r["momenta"], r["cell"]))
+        w.good = tuple(np.array(x, dtype=float) for x in r["good"])
+        steps[w.index] = int(r["step_end"])
+
+    pending = None
+    while pending is not None or runnable():
+        rnd, active, futures, t0 = pending if pending is not None else submit()
+        results = collect_speculating(active, futures) if speculate else collect(futures)
+        pending = None
+        md_wall = time.perf_counter() - t0
+        L._times["md"] += md_wall
+        t1 = time.perf_counter()
+        rollbacks, uncertain, novel = [], [], []
+        for w, r in zip(active, results):
+            take_state(w, r)
+            for rb in r["rollbacks"]:
+                L.rollbacks += 1
+                L._log({"event": "rollback", "step": rb["step"], "walker": w.index, "reason": rb["reason"],
+                        "labelled": rb["labelled"]})
+            for c in r["checks"]:
+                L._log({"event": "check", "walker": w.index, **c})
+                L.threshold_ = c["threshold"]
+            L.n_checks += len(r["checks"])
+            L._recent_unc.extend(r["recent"])
+            cand = r["candidate"]
+            L._log({"event": "segment", "round": rnd, "walker": w.index, "host": r["host"],
+                    "pid": r["pid"], "wait": r["wait"], "run": r["run"], "steps": r["summary"]["steps"],
+                    "step_start": r["step_start"], "step_end": r["step_end"], "check_time": r["check_time"],
+                    "candidate": None if cand is None else cand["kind"], **{
+                        k: v for k, v in r["summary"].items() if k != "steps"}})
+            if cand is not None:
+                {"rollback": rollbacks, "uncertain": uncertain, "novel": novel}[cand["kind"]].append((w, cand))
+        del L._recent_unc[: -4 * L.trigger.adapt_window]
+        if overlap and runnable():  # the next segments run on the old model meanwhile
+            pending = submit()
+        for w, cand in novel:  # sparse refresh and judgement on the learner's model
+            L.step = cand["step"]
+            u = L._check_walker(w)
+            snap["changed"] = True
+            if u is not None:
+                uncertain.append((w, {"kind": "uncertain", "step": cand["step"], "uncertainty": u}))
+            else:
+                w.keep_if_good(_temperature(L, cand["step"]))
+        L.step = min(steps.values())
+        cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
+        chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
+        for group, why in (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain")):
+            if not group:
+                continue
+            batch = []
+            for w in group:
+                a = w.atoms.copy()
+                a.calc = None
+                batch.append(a)
+                L._label_steps.setdefault(w.index, []).append(cand_step[w.index])
+            good = L._label(batch, why, walkers=[w.index for w in group])
+            L._add_to_model(good)
+            snap["changed"] = True
+            for w in L.walkers:
+                w.keep_if_good(_temperature(L, steps[w.index]))
+        # the learner's share of the round (walkers idle unless overlapping): judging
+        # novel frames, choosing, labelling, updating
+        L._log({"event": "round", "round": rnd, "step": L.step, "walkers": len(active),
+                "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
+                "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
+        if rollbacks or chosen or rnd % max(1, L.log_every // max(seg, 1)) == 0:
+            w0 = L.walkers[0].atoms
+            L._log({"step": L.step, "round": rnd, "temperature": w0.get_temperature(),
+                    "target_T": _temperature(L, steps[L.walkers[0].index]),
+                    "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
+                    "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
+                    "n_sparse": len(L.model.sparse_X_)})
+        prog.update(L.step - prog.n)
+        prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
+        if L.stopping is not None and L.check_every and L.step // L.check_every > checked:
+            checked = L.step // L.check_every
+            snap["changed"] = True  # (calibration)
+            if L._check_stop():
+                break
+        if time.perf_counter() - L._last_checkpoint > L.checkpoint_seconds:
+            L.checkpoint()
+        if spec:
+            if snap["changed"] or not runnable():
+                drop_spec()
+            else:  # nothing labelled: the segments started meanwhile are the next round
+                L._round += 1
+                nxt = [w for w in L.walkers if steps[w.index] < L.total_steps]
+                futs = [spec.pop(w.index, None) or ex.submit(
+                    run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
+                                       snap["data"], snap["key"])) for w in nxt]
+                drop_spec()
+                pending = (L._round, nxt, futs, time.perf_counter())
+    drop_spec()
+    if pending is not None:  # stopped while segments ran: their MD stands, their frames wait
+        for w, r in zip(pending[1], collect(pending[2])):
+            take_state(w, r)
+        L.step = min(steps.values())
+
+
+def local_walker_executor(workers: int | None = None, scheduler: str | None = None):
+    """The walker executor of ``gpal learn``'s ``walker_workers`` / ``walker_scheduler`` keys.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Local worker processes (a ``ProcessPoolExecutor``); ignored with ``scheduler``.
+    scheduler : str, optional
+        Address of a running dask scheduler (``"tcp://host:8786"``), e.g. one that a
+        dask-jobqueue cluster or ``dask scheduler`` started; needs ``dask.distributed``.
+
+    Returns
+    -------
+    (executor, close) : (concurrent.futures.Executor or None, callable)
+        ``close()`` shuts the pool down or closes the dask client.
+    """
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise GpalError("walker_scheduler needs dask.distributed (pip install "
+                            "\"dask[distributed]\")") from exc
+        client = Client(scheduler)
+        return client.get_executor(), client.close
+    if workers and int(workers) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"))
+        return pool, pool.shutdown
+    return None, lambda: None

@@ -1,0 +1,210 @@
+"""Walkers as tasks (gpal.walkers): snapshots, per-frame judgement, process pool and dask runs."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import read
+
+from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
+from gpal.exceptions import GpalError, ModelFileError
+from gpal.walkers import judge_frame, model_from_bytes, model_to_bytes
+
+from conftest import POLY, SMALL_SOAP, cu_frames
+
+pytestmark = pytest.mark.slow
+SPAWN = multiprocessing.get_context("spawn")  # numba's OpenMP threads do not survive fork
+
+
+def start():
+    return bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))  # 8 atoms
+
+
+def small_model(n_sparse=20):
+    return SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=n_sparse)
+
+
+def learner(run_dir, **kw):
+    kw.setdefault("trigger", Trigger(threshold=0.003, every=5))
+    kw.setdefault("md", MDSettings(temperature=(300, 1200), timestep=2.0))
+    kw.setdefault("n_walkers", 4)
+    kw.setdefault("check_every", 20)  # = the segment length
+    return ActiveLearner(start(), "ase.calculators.emt:EMT", small_model(), run_dir=run_dir,
+                         progress=False, n_candidates=16, n_sparse_initial=20, sparse_per_label=4,
+                         optimize_every=0, **kw)
+
+
+def records(run_dir):
+    return [json.loads(line) for line in open(Path(run_dir) / "log.jsonl")]
+
+
+def check_consistent(L, run_dir, steps):
+    train = read(str(Path(run_dir) / "train.xyz"), ":")
+    assert len(train) == len(L.model.frames_) == L.n_labelled == L.oracle.n_calls
+    pos = [a.positions.round(8).tobytes() for a in train]
+    assert len(set(pos)) == len(pos)  # no frame labelled twice
+    assert all(s == steps for s in L._walker_steps.values()) and L.step == steps
+    segs = [r for r in records(run_dir) if r.get("event") == "segment"]
+    for r in segs:
+        assert r["host"] and r["pid"] > 0 and r["wait"] >= 0 and r["run"] > 0 and r["steps"] >= 1
+    return segs
+
+
+def test_snapshot_round_trip_predicts_the_same_to_1e12():
+    model = small_model(30).fit(cu_frames(4, seed=3))
+    model.set_calibration(forces_std={"scale": 1.3, "noise_scale": 0.9, "conformal_q90": 1.7})
+    data = model_to_bytes(model)
+    assert isinstance(data, bytes) and data[:2] == b"PK"  # the .npz archive of SparseGP.save
+    copy = model_from_bytes(data)
+    for a in cu_frames(2, seed=8, size=(2, 1, 1)):
+        p = model.predict(a, return_std=True, forces_std=True, calibrated=True)
+        q = copy.predict(a, return_std=True, forces_std=True, calibrated=True)
+        for k in ("energy", "forces", "energies_std", "forces_std", "novelty"):
+            np.testing.assert_allclose(q[k], p[k], rtol=0, atol=1e-12)
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    with pytest.raises(ModelFileError, match="model snapshot"):
+        model_from_bytes(bytes(bad))
+
+
+def test_a_worker_judges_a_frame_as_the_learner_does(tmp_path):
+    """judge_frame (run on workers) against ActiveLearner._check_walker on the same state."""
+    for trig in (Trigger(threshold=0.02, every=5), Trigger(every=5),
+                 Trigger(quantity="energies_std", threshold=1e-3, every=5, adaptive=False)):
+        L = learner(tmp_path / f"run_{trig.quantity}_{trig.threshold}", n_walkers=1, sparse_refresh=False,
+                    trigger=trig)
+        L.run_dir.mkdir(parents=True)
+        L._bootstrap()
+        L.calibrate()
+        L._init_walkers()
+        w = L.walkers[0]
+        for k in range(3):
+            w.atoms.positions += np.random.default_rng(k).normal(0, 0.06, w.atoms.positions.shape)
+            recent = list(L._recent_unc)
+            j = judge_frame(L.model, w.atoms, trig, recent=recent, label_steps=[], step=L.step,
+                            force_std_scale=L._force_std_scale(), noise_scale=L._force_noise_scale(),
+                            force_rms=L._force_rms(), sparse_refresh=False)
+            u = L._check_walker(w)
+            assert j["novel"] == 0 and j["threshold"] == pytest.approx(L.threshold_, rel=1e-12)
+            assert (u is not None) == j["label"]
+            last = [r for r in records(L.run_dir) if r.get("event") == "check"][-1]
+            assert j["uncertainty"] == pytest.approx(last["uncertainty"], rel=1e-12)
+
+
+CONFIG = """
+run_dir = "{run}"
+steps = 60
+walker_workers = 2
+[structure]
+bulk = "Cu"
+crystal = "fcc"
+a = 3.61
+cubic = true
+repeat = [2, 1, 1]
+[md]
+temperature = [300.0, 1200.0]
+timestep = 2.0
+[trigger]
+threshold = 0.003
+every = 5
+[model]
+n_sparse = 20
+[descriptor]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+[learner]
+n_walkers = 4
+check_every = 20
+n_candidates = 16
+n_sparse_initial = 20
+sparse_per_label = 4
+optimize_every = 0
+"""
+
+
+def test_gpal_learn_runs_walkers_on_a_local_process_pool(tmp_path, capsys):
+    """walker_workers = 2 in the TOML: a spawn process pool, four walkers, one batch per round."""
+    from gpal.cli import main
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "learn.toml"
+    cfg.write_text(CONFIG.format(run=run))
+    assert main(["learn", str(cfg), "--quiet"]) == 0
+    L = ActiveLearner.resume(run, progress=False)  # (no walker executor: resumes serially)
+    L._walker_steps = {int(k): v for k, v in json.loads((run / "state.json").read_text())["walker_steps"].items()}
+    segs = check_consistent(L, run, 60)
+    assert {r["walker"] for r in segs} == {0, 1, 2, 3} and len({r["pid"] for r in segs}) == 2
+    assert sum(r["steps"] for r in segs) == 4 * 60  # every walker made every step once
+    labels = [r for r in records(run) if r.get("event") == "label" and r["reason"] == "uncertain"]
+    assert labels and all(r["walker"] for r in labels)
+    rounds = [r for r in records(run) if r.get("event") == "round"]
+    assert rounds and all(r["md_wall"] > 0 and r["learner_wall"] >= 0 for r in rounds)
+
+
+def test_walker_keys_of_the_configuration_are_checked(tmp_path):
+    from gpal.config import check_config, config_difference, default_toml
+    from gpal.exceptions import ConfigError
+
+    assert check_config({"walker_workers": 2})["walker_workers"] == 2
+    assert check_config({"walker_scheduler": "tcp://10.0.0.5:8786"})
+    for bad, msg in (({"walker_workers": 0}, ">= 1"), ({"walker_workers": "2"}, "an integer"),
+                     ({"walker_workers": 2, "walker_scheduler": "tcp://h:1"}, "not both"),
+                     ({"walker_scheduler": "h:8786"}, "scheduler address")):
+        with pytest.raises(ConfigError, match=msg):
+            check_config(bad)
+    assert config_difference({"walker_workers": 2}, {"walker_scheduler": "tcp://h:1"}) is None  # resumable
+    assert "walker_workers" in default_toml() and "walker_scheduler" in default_toml()
+
+
+def test_bad_walker_settings_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="walker_executor must be"):
+        learner(tmp_path / "a", walker_executor=4)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        with pytest.raises(ValueError, match="spawn"):
+            learner(tmp_path / "c", walker_executor=pool)
+    with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
+        with pytest.raises(ValueError, match="module-level"):
+            learner(tmp_path / "b", walker_executor=pool,
+                    md=MDSettings(factory=lambda atoms, dt, T, rng: None))
+
+
+def test_a_failing_segment_saves_the_run(tmp_path):
+    from concurrent.futures import Future
+
+    class Broken:
+        def submit(self, fn, *args):
+            f = Future()
+            f.set_exception(RuntimeError("worker lost"))
+            return f
+
+    L = learner(tmp_path / "run", walker_executor=Broken())
+    with pytest.raises(GpalError, match="worker lost.*resume"):
+        L.run(20)
+    assert (tmp_path / "run" / "state.json").exists()
+
+
+def test_dask_cluster_runs_walkers_on_both_workers_and_resumes(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    run = tmp_path / "run"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        L = learner(run, walker_executor=client.get_executor())
+        L.run(40)
+        segs = check_consistent(L, run, 40)
+        pids = {r["pid"] for r in segs}
+        workers = set(client.run(os.getpid).values())  # the two worker processes
+        assert len(pids) == 2 and pids == workers  # segments ran on both workers
+        n0 = L.n_labelled
+        R = ActiveLearner.resume(run, progress=False, walker_executor=client.get_executor())
+        assert R._walker_steps == {k: 40 for k in range(4)} and len(R.model.frames_) == n0
+        R.run(80)
+    check_consistent(R, run, 80)
+    assert any(r.get("event") == "resume" for r in records(run))
