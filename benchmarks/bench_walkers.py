@@ -1,4 +1,4 @@
-"""Walkers on a dask cluster: 4 walkers on 2 workers against 1 worker (gpal.walkers).
+"""Walkers on a dask cluster: 4 walkers on 2 workers against 1 worker (gpal.learning.walkers).
 
 The same learning run (EMT Cu, 32 atoms, temperature ramp 300 -> 1500 K, trigger at
 0.008 eV/Å, 4 walkers, the same total MD steps) four ways:

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Walkers and oracle calls on a SLURM cluster (dask-jobqueue)
 # Each SLURM job is one dask worker; every round, each walker's MD segment runs as a task
-# on some worker (gpal.walkers), the learner picks one batch across all walkers' uncertain
+# on some worker (gpal.learning.walkers), the learner picks one batch across all walkers' uncertain
 # frames, and the oracle calls go to the same workers. The learner itself (model updates,
 # train.xyz, log.jsonl, checkpoints) stays in this script's process: run it on a login or
 # a head node, or inside a small SLURM job of its own.

@@ -1,4 +1,4 @@
-"""Walkers as tasks (gpal.walkers): snapshots, per-frame judgement, process pool and dask runs."""
+"""Walkers as tasks (gpal.learning.walkers): snapshots, per-frame judgement, process pool and dask runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ase.io import read
 
 from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
 from gpal.exceptions import GpalError, ModelFileError
-from gpal.walkers import judge_frame, model_from_bytes, model_to_bytes
+from gpal.learning.walkers import judge_frame, model_from_bytes, model_to_bytes
 
 from conftest import POLY, SMALL_SOAP, cu_frames
 
@@ -150,7 +150,7 @@ def test_gpal_learn_runs_walkers_on_a_local_process_pool(tmp_path, capsys):
 
 
 def test_walker_keys_of_the_configuration_are_checked(tmp_path):
-    from gpal.config import check_config, config_difference, default_toml
+    from gpal.cli.config import check_config, config_difference, default_toml
     from gpal.exceptions import ConfigError
 
     assert check_config({"walker_workers": 2})["walker_workers"] == 2

@@ -165,7 +165,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _walker_executor(cfg: dict):
     """``(executor, close)`` for the walkers from ``walker_workers`` / ``walker_scheduler``."""
-    from .walkers import local_walker_executor
+    from ..learning.walkers import local_walker_executor
 
     return local_walker_executor(cfg.get("walker_workers"), cfg.get("walker_scheduler"))
 

@@ -14,7 +14,7 @@ Sections
 --------
 top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``;
               ``walker_workers`` or ``walker_scheduler``: the walkers' MD as tasks
-              (gpal.walkers) on a local process pool or a running dask scheduler
+              (gpal.learning.walkers) on a local process pool or a running dask scheduler
 [structure]   the start structure: ``file`` (+ ``index``), or ``bulk``/``crystal``/``a``/
               ``cubic``/``repeat`` (ase.build.bulk)
 [oracle]      ``factory = "module:Name"`` and its ``kwargs``
@@ -204,7 +204,7 @@ def schema() -> dict:
             ("steps", (int,), _MISSING, "MD steps per walker (a total: resume continues up to it)"),
             ("workers", (int,), _MISSING, "oracle calls in parallel (a process pool when > 1)"),
             ("walker_workers", (int,), _MISSING,
-             "walkers' MD segments on this many local processes (gpal.walkers; > 1 to use it)"),
+             "walkers' MD segments on this many local processes (gpal.learning.walkers; > 1 to use it)"),
             ("walker_scheduler", (str,), _MISSING,
              "walkers' MD segments on the dask scheduler at this address (\"tcp://host:8786\"; "
              "needs dask.distributed)"),

@@ -10,6 +10,9 @@
 :mod:`gpal.learning.oracle`
     :class:`Oracle`: labels frames with any ASE calculator, in this process or an executor,
     with retries, per-label timeouts and failures recorded.
+:mod:`gpal.learning.walkers`
+    Walkers' MD as tasks on an executor (process pool, dask), one label-free batch per
+    round (``ActiveLearner(walker_executor=...)``).
 :mod:`gpal.learning.targets`
     :class:`TargetSet`: what a run should get right (NEB images, a barrier, chosen atoms).
 """

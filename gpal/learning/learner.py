@@ -458,7 +458,7 @@ class ActiveLearner:
         target's prediction, with a weight moving from exploration to the target as
         the global uncertainty falls; with a tolerance, a target-driven stop.
     walker_executor : concurrent.futures.Executor, optional
-        Runs the walkers' MD as tasks (:mod:`gpal.walkers`): a ``ProcessPoolExecutor``,
+        Runs the walkers' MD as tasks (:mod:`gpal.learning.walkers`): a ``ProcessPoolExecutor``,
         or ``dask.distributed.Client(...).get_executor()`` on a cluster. Each round, every
         walker runs a segment of up to ``check_every`` steps (100 if 0) on a snapshot of
         the model, ending at its first frame that crosses the trigger; one batch is then
@@ -570,7 +570,7 @@ class ActiveLearner:
         self._stopped = (False, "")
         self._val_history: list = []
         self.targets = targets  # gpal.targets.TargetSet or None
-        self.walker_executor = walker_executor  # gpal.walkers: MD segments as tasks
+        self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
         self._walker_steps: dict[int, int] = {}  # each walker's own step (walker_executor)
         self._round = 0
         if walker_executor is not None:
@@ -667,7 +667,7 @@ class ActiveLearner:
         }
         if self.targets is not None:
             state["targets"] = self.targets.save(self.run_dir)
-        if self._walker_steps:  # walkers run as tasks (gpal.walkers): each one's own step
+        if self._walker_steps:  # walkers run as tasks (gpal.learning.walkers): each one's own step
             state["walker_steps"] = {str(k): v for k, v in self._walker_steps.items()}
         self._write_json_atomic(self.run_dir / "state.json", state)
 
@@ -897,7 +897,7 @@ class ActiveLearner:
             self._init_walkers()
         self.checkpoint()
         prog = _progress(self.total_steps, self.step, self.progress)
-        if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.walkers
+        if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.learning.walkers
             from .walkers import run_rounds
 
             run_rounds(self, prog)

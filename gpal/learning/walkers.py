@@ -53,8 +53,8 @@ import numpy as np
 from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from .exceptions import GpalError, OverlappingAtomsError
-from .potential import SparseGP
+from ..exceptions import GpalError, OverlappingAtomsError
+from ..model import SparseGP
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import ActiveLearner, Trigger
@@ -213,8 +213,8 @@ def run_segment(task: dict) -> dict:
         ``summary`` (steps, temperature mean/max in K, potential energy first/last/min
         in eV); ``host``, ``pid``, ``wait`` and ``run`` (s), ``check_time`` (s).
     """
-    from .calculator import GPCalculator
-    from .learner import MDSettings, Trigger, _import, _Walker  # (gpal.learner imports this module lazily)
+    from ..calculator import GPCalculator
+    from .learner import MDSettings, Trigger, _import, _Walker  # (gpal.learning.learner imports this module lazily)
 
     started = time.time()
     t0 = time.perf_counter()
