@@ -1,8 +1,13 @@
 """The active-learning loop: sampler, trigger, oracle, targets, settings.
 
 :mod:`gpal.learning.learner`
-    :class:`ActiveLearner` (the loop, checkpoint and resume), :class:`MDSettings` (the
-    sampler), :class:`Trigger` (when a frame is labelled).
+    :class:`ActiveLearner`: the loop, checkpoint and resume.
+:mod:`gpal.learning.sampler`
+    :class:`MDSettings` and the walkers that run MD on the current model.
+:mod:`gpal.learning.trigger`
+    :class:`Trigger`: when a frame goes to the oracle.
+:mod:`gpal.learning.state`
+    The run folder's state: settings as JSON, import paths, labels that survive a kill.
 :mod:`gpal.learning.settings`
     The learner's grouped settings (:class:`Bootstrap`, :class:`ModelGrowth`,
     :class:`OracleSettings`, :class:`Validation`, :class:`RunSettings`) and their
@@ -18,7 +23,9 @@
 """
 
 from .oracle import LabelFailure, Oracle, OracleSpec  # noqa: F401
-from .learner import ActiveLearner, MDSettings, Summary, Trigger  # noqa: F401
+from .learner import ActiveLearner, Summary  # noqa: F401
+from .sampler import MDSettings  # noqa: F401
+from .trigger import Trigger  # noqa: F401
 from .targets import TargetSet  # noqa: F401
 
 __all__ = ["ActiveLearner", "MDSettings", "Trigger", "Summary", "Oracle", "OracleSpec", "LabelFailure",

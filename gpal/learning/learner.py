@@ -31,17 +31,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-from ase import Atoms, units
-from ase.md.langevin import Langevin
+from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
@@ -49,207 +47,24 @@ from .._validation import as_rng, check_atoms
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
 from ..io import append_frame, atomic_write, read_frames, write_frames
-from .oracle import Oracle, OracleSpec, as_oracle_spec
 from ..model import SparseGP
+from .oracle import Oracle, OracleSpec, as_oracle_spec
+from .sampler import MDSettings, _Walker
+from .state import (
+    _calculator_spec,
+    _drop_partial_frame,
+    _import,
+    _import_path,
+    _json_default,
+    _model_from_spec,
+    _model_spec,
+    _same_frame,
+)
+from .trigger import Trigger
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ActiveLearner", "Trigger", "MDSettings", "Summary"]
-
-_TRIGGER_QUANTITIES = ("forces_std", "energies_std")
-
-
-@dataclass
-class Trigger:
-    """When a walker's frame goes to the oracle.
-
-    Every ``every`` MD steps each walker's current frame is judged:
-
-    1. **Novelty** (no oracle call). Environments whose ``novelty`` (the fraction of
-       their prior variance that the sparse set does not explain, see
-       :meth:`gpal.SparseGP.predict`) exceeds ``novelty`` join the sparse set. The
-       projected force std of stage 2 cannot see an environment unlike every sparse
-       point (it falls to zero there); once the environment is a sparse point with no
-       labels near it, its forces are as uncertain as the prior says.
-    2. **Force uncertainty.** ``u`` = the calibrated std of the learnable part of the
-       most uncertain force component, ``scale x max(forces_std)`` (eV/Å; ``scale`` is
-       the recalibration factor the learner fits on leave-one-frame-out errors of its
-       own labels, :meth:`ActiveLearner.calibrate`). The frame is labelled when ``u``
-       exceeds the threshold, the larger of
-
-       * the base: with ``threshold=None`` (the default) ``noise_ratio x`` the
-         calibrated force noise ``noise_scale x force_noise``, the error the model cannot
-         learn away at its size (a label then carries at least
-         ``½ log(1 + noise_ratio²)`` nats on that component); a number is eV/Å (with
-         ``relative_to_noise``, a multiple of the force noise);
-       * with ``adaptive``, ``(1 + adapt_margin) x`` the mean ``u`` of the last
-         ``adapt_window`` unlabelled checks since the model last changed
-         (VASP-style): only frames clearly more uncertain than what the current model
-         has seen on the trajectory are labelled, since consecutive MD frames are
-         nearly the same question. The first check after a model update only sets
-         this reference.
-       Both parts are capped at the **ceiling** ``ceiling x`` the RMS force of the
-       oracle's labels (forces_std only): whatever the fitted noise (which a model of
-       a few frames may set near the forces themselves, treating everything as noise)
-       or the recent level (which follows a model uniformly unsure of everything), a
-       frame whose most uncertain force component has a calibrated std above a quarter
-       of the RMS force the model must predict (a typical error of about a tenth) is
-       labelled. The floor ``threshold_min`` wins over the ceiling.
-    3. **Rate cap.** At most ``max_labels`` labels per walker in any ``window`` MD
-       steps, rollbacks after a blow-up included (a capped rollback restores the walker
-       without a label).
-
-    A check costs about one training frame's kernel rows (10-30 MD steps of a
-    108-atom cell), hence ``every``.
-
-    Parameters
-    ----------
-    quantity : {"forces_std", "energies_std"}, default "forces_std"
-        ``"energies_std"`` uses the largest DTC local-energy std (eV) with an absolute
-        ``threshold`` instead: cheap, but it has a floor that labels cannot lower
-        (only sums of local energies are observed), so it fires on defects and
-        molecules unless adaptive.
-    threshold : float or None, default None
-    noise_ratio : float, default 0.5
-    relative_to_noise : bool, default False
-    calibrated : bool, optional
-        Multiply the force std by the learner's recalibration factor (1 until the
-        first calibration); default True for ``"forces_std"``.
-    novelty : float, default 0.05
-        Stage-1 threshold in (0, 1]; 1 never refreshes.
-    adaptive : bool, default True
-    adapt_window : int, default 10
-    adapt_margin : float, default 0.2
-    threshold_min : float, optional
-        Floor of the threshold: by default 0.02 eV/Å under the automatic force threshold
-        (``threshold=None``) and none under a given one (the lower
-        end of the force deviations DP-GEN's users label at, 0.05-0.15 eV/Å for the
-        largest component; without a floor, a model whose fitted noise sits at its
-        bound keeps labelling at the rate the adaptive level allows), 0 for
-        ``"energies_std"``.
-    ceiling : float or None, default 0.25
-        Fraction of the RMS oracle force of the labels (eV/Å) above which the automatic
-        threshold and the adaptive level never go; None: no ceiling. A user's fixed
-        ``threshold`` is kept as given.
-    every : int, default 20
-        Steps between checks (blow-up checks run every step).
-    max_labels, window : int, default 3 and 100
-    """
-
-    quantity: str = "forces_std"
-    threshold: float | None = None
-    noise_ratio: float = 0.5
-    relative_to_noise: bool = False
-    calibrated: bool | None = None
-    novelty: float = 0.05
-    adaptive: bool = True
-    adapt_window: int = 10
-    adapt_margin: float = 0.2
-    threshold_min: float | None = None
-    ceiling: float | None = 0.25
-    every: int = 20
-    max_labels: int = 3
-    window: int = 100
-
-    def __post_init__(self):
-        if self.quantity not in _TRIGGER_QUANTITIES:
-            raise ValueError(f"Invalid trigger quantity {self.quantity!r}; choose from {_TRIGGER_QUANTITIES}")
-        if self.quantity == "energies_std":
-            if self.calibrated:
-                raise ValueError("Trigger(calibrated=True) needs quantity='forces_std' (the "
-                                 "learner's recalibration factor is fitted for force stds)")
-            if self.threshold is None:
-                raise ValueError("quantity='energies_std' needs a threshold (eV)")
-        self.calibrated = self.quantity == "forces_std" if self.calibrated is None else bool(self.calibrated)
-        if self.threshold is not None and not self.threshold > 0:
-            raise ValueError(f"trigger threshold must be > 0, got {self.threshold}")
-        if not self.noise_ratio > 0:
-            raise ValueError(f"noise_ratio must be > 0, got {self.noise_ratio}")
-        if not 0 < self.novelty <= 1:
-            raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
-        if self.ceiling is not None and not self.ceiling > 0:
-            raise ValueError(f"trigger ceiling must be > 0 or None, got {self.ceiling}")
-        for name in ("every", "max_labels", "window", "adapt_window"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
-
-    def base_threshold(self, model: SparseGP, scale: float = 1.0) -> float:
-        """The base threshold: eV/Å of calibrated force std (eV for energies_std).
-
-        ``scale`` is the calibration factor of the force noise.
-        """
-        noise = model.noise_["energy"] if self.quantity == "energies_std" else model.noise_["force"]
-        if self.threshold is None:
-            thr = self.noise_ratio * noise * (scale if self.calibrated else 1.0)
-        elif self.relative_to_noise:
-            thr = self.threshold * noise
-        else:
-            thr = self.threshold
-        return max(float(thr), self.floor())
-
-    def floor(self) -> float:
-        """``threshold_min``, or by default 0.02 eV/Å under the automatic force threshold, else 0."""
-        if self.threshold_min is not None:
-            return float(self.threshold_min)
-        return 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
-
-    def level(self, model: SparseGP, recent: Sequence[float], scale: float = 1.0,
-              force_rms: float | None = None) -> tuple[float, float]:
-        """The threshold a check compares with, and its base (both eV/Å, or eV).
-
-        ``max(base, adaptive level)``, where the automatic base and the adaptive level
-        are capped at ``ceiling x force_rms`` (the RMS oracle force of the labels,
-        eV/Å; no cap when None or for energies_std), the floor winning over the cap.
-        """
-        base = self.base_threshold(model, scale)
-        adaptive = self.adaptive_level(recent)
-        if self.ceiling is not None and force_rms and self.quantity == "forces_std":
-            cap = self.ceiling * float(force_rms)
-            adaptive = min(adaptive, cap)
-            if self.threshold is None:
-                base = max(min(base, cap), self.floor())
-        return max(base, adaptive), base
-
-    def adaptive_level(self, recent: Sequence[float]) -> float:
-        """The adaptive part of the threshold: 0 before any history or if not adaptive."""
-        if not self.adaptive or not recent:
-            return 0.0
-        return (1.0 + self.adapt_margin) * float(np.mean(recent[-self.adapt_window:]))
-
-    def capped(self, label_steps: Sequence[int], step: int) -> bool:
-        """True when a walker that labelled at ``label_steps`` may not label at ``step``."""
-        recent = [s for s in label_steps if step - s < self.window]
-        return len(recent) >= self.max_labels
-
-
-@dataclass
-class MDSettings:
-    """The sampler: Langevin MD by default, any ASE dynamics through ``factory``.
-
-    Parameters
-    ----------
-    temperature : float or (float, float)
-        Kelvin; a pair ramps linearly from the first to the second over the run.
-    timestep : float
-        Femtoseconds.
-    friction : float
-        Langevin friction, 1/fs.
-    factory : callable, optional
-        ``factory(atoms, timestep_ase_units, temperature_K, rng) -> ase dynamics``;
-        replaces Langevin (e.g. VelocityVerlet, NPT). Must return an object with
-        ``run(steps)``; ``set_temperature(temperature_K=...)`` is used when present.
-    """
-
-    temperature: float | tuple = 300.0
-    timestep: float = 1.0
-    friction: float = 0.02
-    factory: Callable | None = None
-
-    def temperature_at(self, frac: float) -> float:
-        if isinstance(self.temperature, (tuple, list)):
-            t0, t1 = self.temperature
-            return float(t0 + (t1 - t0) * min(max(frac, 0.0), 1.0))
-        return float(self.temperature)
 
 
 @dataclass
@@ -324,54 +139,6 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", desc="gpal",
                 mininterval=0.2 if tty else 30.0, dynamic_ncols=tty, file=sys.stderr)
 
-
-class _Walker:
-    """One MD trajectory on the GP."""
-
-    def __init__(self, index, atoms, md: MDSettings, rng, calc, temperature):
-        self.index = index
-        self.atoms = atoms
-        self.md = md
-        self.rng = rng
-        self.atoms.calc = calc
-        self.dyn = self._make_dyn(temperature)
-        self.good = self.snapshot()
-
-    def _make_dyn(self, temperature):
-        ts = self.md.timestep * units.fs
-        if self.md.factory is not None:
-            return self.md.factory(self.atoms, ts, temperature, self.rng)
-        return Langevin(
-            self.atoms, ts, temperature_K=temperature, friction=self.md.friction / units.fs,
-            fixcm=False, rng=self.rng,
-        )
-
-    def set_temperature(self, temperature):
-        if hasattr(self.dyn, "set_temperature"):
-            self.dyn.set_temperature(temperature_K=temperature)
-
-    def snapshot(self):
-        return (self.atoms.positions.copy(), self.atoms.get_momenta().copy(), self.atoms.cell.array.copy())
-
-    def keep_if_good(self, temperature: float) -> None:
-        """Remember this frame for rollbacks unless it is already running hot.
-
-        "Hot" is beyond 4 standard deviations of the canonical kinetic temperature,
-        T (1 + 4 sqrt(2 / 3N)), so a frame on its way to a blow-up is not kept.
-        """
-        n = max(len(self.atoms), 1)
-        if self.atoms.get_temperature() <= temperature * (1.0 + 4.0 * np.sqrt(2.0 / (3.0 * n))):
-            self.good = self.snapshot()
-
-    def restore(self, snap):
-        pos, mom, cell = snap
-        self.atoms.set_cell(cell)
-        self.atoms.positions = pos
-        self.atoms.set_momenta(mom)
-        self.atoms.calc.reset()
-
-    def step(self):
-        self.dyn.run(1)
 
 
 class ActiveLearner:
@@ -1406,131 +1173,3 @@ class ActiveLearner:
         return self
 
 
-def _import_path(obj) -> str | None:
-    """``"module:qualname"`` of a module-level class or function, else None."""
-    mod, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not mod or not name or "<" in name or mod == "__main__":
-        return None
-    return f"{mod}:{name}"
-
-
-def _import(path: str):
-    import importlib
-
-    mod, _, name = path.partition(":")
-    obj = importlib.import_module(mod)
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _model_spec(model: SparseGP) -> dict:
-    """The model's constructor settings as JSON (descriptor and kernel by their params)."""
-    params = model.get_params(deep=False)
-    spec = {k: v for k, v in params.items() if k not in ("descriptor", "kernel")}
-    spec["descriptor"] = None if params["descriptor"] is None else params["descriptor"].get_params()
-    spec["kernel"] = None if params["kernel"] is None else params["kernel"].to_dict()
-    if params.get("baseline") is not None:  # a Δ-model's baseline: its import path and kwargs
-        from ..baseline import baseline_spec
-
-        base = baseline_spec(params["baseline"], params.get("baseline_kwargs"))
-        spec["baseline"], spec["baseline_kwargs"] = base["factory"], base["kwargs"]
-    return json.loads(json.dumps(spec, default=_json_default))
-
-
-def _model_from_spec(spec: dict) -> SparseGP:
-    from ..descriptors import SOAP
-    from ..kernels import kernel_from_dict
-
-    spec = dict(spec)
-    desc = spec.pop("descriptor", None)
-    kern = spec.pop("kernel", None)
-    return SparseGP(None if desc is None else SOAP(**desc), None if kern is None else kernel_from_dict(kern), **spec)
-
-
-def _calculator_spec(calc) -> dict | None:
-    """An OracleSpec dict for a live ASE calculator rebuilt as ``Class(**calc.parameters)``."""
-    path = _import_path(type(calc))
-    if path is None:
-        return None
-    try:
-        kwargs = json.loads(json.dumps(dict(getattr(calc, "parameters", {}) or {})))
-    except (TypeError, ValueError):
-        return None
-    return {"factory": path, "kwargs": kwargs}
-
-
-def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _complete_frames_end(data: bytes) -> int:
-    """Byte offset where the complete frames of extxyz text ``data`` end.
-
-    A frame is complete when its atom count, its comment line and that many atom lines
-    (all with the same number of columns) are there, each ending with a newline.
-    """
-    pos = end = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        try:
-            n = int(data[pos:nl]) if nl >= 0 else -1
-        except ValueError:
-            break
-        if n < 0:
-            break
-        p, ncols = nl + 1, None
-        for k in range(n + 1):  # the comment line, then the atoms
-            q = data.find(b"\n", p)
-            if q < 0:
-                return end
-            if k:
-                cols = len(data[p:q].split())
-                if ncols is not None and cols != ncols:
-                    return end
-                ncols = cols
-            p = q + 1
-        pos = end = p
-    return end
-
-
-def _drop_partial_frame(path: Path) -> int:
-    """Cut an incomplete last frame off ``train.xyz``: a crash while it was appended.
-
-    The frame's label cannot be trusted (its forces may be cut), so it is not used; the
-    cut text is kept in ``train.xyz.partial``. The walkers restart from their last
-    checkpoint, before that label, and the trigger decides afresh whether the
-    configuration they reach needs one. Returns the number of bytes cut.
-    """
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    end = _complete_frames_end(data)
-    if not data[end:].strip():
-        return 0
-    with open(path.with_name(path.name + ".partial"), "ab") as fh:
-        fh.write(data[end:] + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    if end == 0:
-        path.unlink()
-    else:
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-            fh.flush()
-            os.fsync(fh.fileno())
-    log.warning("resume: %s ended with an incomplete frame (%d bytes, a crash while it was "
-                "written); moved to %s.partial", path, len(data) - end, path.name)
-    return len(data) - end
-
-
-def _same_frame(a: Atoms, b: Atoms, tol: float = 1e-6) -> bool:
-    """Same atoms at the same positions (train.xyz keeps 8 decimals)."""
-    return (len(a) == len(b) and np.array_equal(a.numbers, b.numbers)
-            and np.allclose(a.positions, b.positions, rtol=0.0, atol=tol))

@@ -57,7 +57,8 @@ from ..exceptions import GpalError, OverlappingAtomsError
 from ..model import SparseGP
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .learner import ActiveLearner, Trigger
+    from .learner import ActiveLearner
+    from .trigger import Trigger
 
 __all__ = ["model_to_bytes", "model_from_bytes", "judge_frame", "blown_up", "run_segment",
            "local_walker_executor"]
@@ -214,7 +215,9 @@ def run_segment(task: dict) -> dict:
         in eV); ``host``, ``pid``, ``wait`` and ``run`` (s), ``check_time`` (s).
     """
     from ..calculator import GPCalculator
-    from .learner import MDSettings, Trigger, _import, _Walker  # (gpal.learning.learner imports this module lazily)
+    from .sampler import MDSettings, _Walker
+    from .state import _import
+    from .trigger import Trigger
 
     started = time.time()
     t0 = time.perf_counter()
@@ -330,7 +333,7 @@ def check_walker_settings(learner: "ActiveLearner") -> None:
         raise ValueError("targets are not supported with walker_executor (the target "
                          "weight follows every checked frame); run the walkers in the learner's process")
     if learner.md.factory is not None:
-        from .learner import _import_path
+        from .state import _import_path
 
         if _import_path(learner.md.factory) is None:
             raise ValueError("MDSettings.factory must be a module-level function or class to run "
@@ -344,7 +347,7 @@ def segment_steps(learner: "ActiveLearner") -> int:
 
 def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, state: dict | None = None) -> dict:
     """The task of walker ``w``'s segment [start, end); from ``state`` (a segment's result) if given."""
-    from .learner import _import_path
+    from .state import _import_path
 
     md = {k: v for k, v in asdict(L.md).items() if k != "factory"}
     md["factory"] = None if L.md.factory is None else _import_path(L.md.factory)

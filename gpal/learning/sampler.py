@@ -1,0 +1,95 @@
+"""The sampler: MD settings and the walkers that run MD on the current model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from ase import units
+from ase.md.langevin import Langevin
+
+
+__all__ = ["MDSettings"]
+
+
+@dataclass
+class MDSettings:
+    """The sampler: Langevin MD by default, any ASE dynamics through ``factory``.
+
+    Parameters
+    ----------
+    temperature : float or (float, float)
+        Kelvin; a pair ramps linearly from the first to the second over the run.
+    timestep : float
+        Femtoseconds.
+    friction : float
+        Langevin friction, 1/fs.
+    factory : callable, optional
+        ``factory(atoms, timestep_ase_units, temperature_K, rng) -> ase dynamics``;
+        replaces Langevin (e.g. VelocityVerlet, NPT). Must return an object with
+        ``run(steps)``; ``set_temperature(temperature_K=...)`` is used when present.
+    """
+
+    temperature: float | tuple = 300.0
+    timestep: float = 1.0
+    friction: float = 0.02
+    factory: Callable | None = None
+
+    def temperature_at(self, frac: float) -> float:
+        if isinstance(self.temperature, (tuple, list)):
+            t0, t1 = self.temperature
+            return float(t0 + (t1 - t0) * min(max(frac, 0.0), 1.0))
+        return float(self.temperature)
+
+
+
+class _Walker:
+    """One MD trajectory on the GP."""
+
+    def __init__(self, index, atoms, md: MDSettings, rng, calc, temperature):
+        self.index = index
+        self.atoms = atoms
+        self.md = md
+        self.rng = rng
+        self.atoms.calc = calc
+        self.dyn = self._make_dyn(temperature)
+        self.good = self.snapshot()
+
+    def _make_dyn(self, temperature):
+        ts = self.md.timestep * units.fs
+        if self.md.factory is not None:
+            return self.md.factory(self.atoms, ts, temperature, self.rng)
+        return Langevin(
+            self.atoms, ts, temperature_K=temperature, friction=self.md.friction / units.fs,
+            fixcm=False, rng=self.rng,
+        )
+
+    def set_temperature(self, temperature):
+        if hasattr(self.dyn, "set_temperature"):
+            self.dyn.set_temperature(temperature_K=temperature)
+
+    def snapshot(self):
+        return (self.atoms.positions.copy(), self.atoms.get_momenta().copy(), self.atoms.cell.array.copy())
+
+    def keep_if_good(self, temperature: float) -> None:
+        """Remember this frame for rollbacks unless it is already running hot.
+
+        "Hot" is beyond 4 standard deviations of the canonical kinetic temperature,
+        T (1 + 4 sqrt(2 / 3N)), so a frame on its way to a blow-up is not kept.
+        """
+        n = max(len(self.atoms), 1)
+        if self.atoms.get_temperature() <= temperature * (1.0 + 4.0 * np.sqrt(2.0 / (3.0 * n))):
+            self.good = self.snapshot()
+
+    def restore(self, snap):
+        pos, mom, cell = snap
+        self.atoms.set_cell(cell)
+        self.atoms.positions = pos
+        self.atoms.set_momenta(mom)
+        self.atoms.calc.reset()
+
+    def step(self):
+        self.dyn.run(1)
+
+

@@ -1,0 +1,179 @@
+"""When the active learner asks the oracle: the trigger on a frame's calibrated uncertainty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..model import SparseGP
+
+__all__ = ["Trigger"]
+
+_TRIGGER_QUANTITIES = ("forces_std", "energies_std")
+
+
+@dataclass
+class Trigger:
+    """When a walker's frame goes to the oracle.
+
+    Every ``every`` MD steps each walker's current frame is judged:
+
+    1. **Novelty** (no oracle call). Environments whose ``novelty`` (the fraction of
+       their prior variance that the sparse set does not explain, see
+       :meth:`gpal.SparseGP.predict`) exceeds ``novelty`` join the sparse set. The
+       projected force std of stage 2 cannot see an environment unlike every sparse
+       point (it falls to zero there); once the environment is a sparse point with no
+       labels near it, its forces are as uncertain as the prior says.
+    2. **Force uncertainty.** ``u`` = the calibrated std of the learnable part of the
+       most uncertain force component, ``scale x max(forces_std)`` (eV/Å; ``scale`` is
+       the recalibration factor the learner fits on leave-one-frame-out errors of its
+       own labels, :meth:`ActiveLearner.calibrate`). The frame is labelled when ``u``
+       exceeds the threshold, the larger of
+
+       * the base: with ``threshold=None`` (the default) ``noise_ratio x`` the
+         calibrated force noise ``noise_scale x force_noise``, the error the model cannot
+         learn away at its size (a label then carries at least
+         ``½ log(1 + noise_ratio²)`` nats on that component); a number is eV/Å (with
+         ``relative_to_noise``, a multiple of the force noise);
+       * with ``adaptive``, ``(1 + adapt_margin) x`` the mean ``u`` of the last
+         ``adapt_window`` unlabelled checks since the model last changed
+         (VASP-style): only frames clearly more uncertain than what the current model
+         has seen on the trajectory are labelled, since consecutive MD frames are
+         nearly the same question. The first check after a model update only sets
+         this reference.
+       Both parts are capped at the **ceiling** ``ceiling x`` the RMS force of the
+       oracle's labels (forces_std only): whatever the fitted noise (which a model of
+       a few frames may set near the forces themselves, treating everything as noise)
+       or the recent level (which follows a model uniformly unsure of everything), a
+       frame whose most uncertain force component has a calibrated std above a quarter
+       of the RMS force the model must predict (a typical error of about a tenth) is
+       labelled. The floor ``threshold_min`` wins over the ceiling.
+    3. **Rate cap.** At most ``max_labels`` labels per walker in any ``window`` MD
+       steps, rollbacks after a blow-up included (a capped rollback restores the walker
+       without a label).
+
+    A check costs about one training frame's kernel rows (10-30 MD steps of a
+    108-atom cell), hence ``every``.
+
+    Parameters
+    ----------
+    quantity : {"forces_std", "energies_std"}, default "forces_std"
+        ``"energies_std"`` uses the largest DTC local-energy std (eV) with an absolute
+        ``threshold`` instead: cheap, but it has a floor that labels cannot lower
+        (only sums of local energies are observed), so it fires on defects and
+        molecules unless adaptive.
+    threshold : float or None, default None
+    noise_ratio : float, default 0.5
+    relative_to_noise : bool, default False
+    calibrated : bool, optional
+        Multiply the force std by the learner's recalibration factor (1 until the
+        first calibration); default True for ``"forces_std"``.
+    novelty : float, default 0.05
+        Stage-1 threshold in (0, 1]; 1 never refreshes.
+    adaptive : bool, default True
+    adapt_window : int, default 10
+    adapt_margin : float, default 0.2
+    threshold_min : float, optional
+        Floor of the threshold: by default 0.02 eV/Å under the automatic force threshold
+        (``threshold=None``) and none under a given one (the lower
+        end of the force deviations DP-GEN's users label at, 0.05-0.15 eV/Å for the
+        largest component; without a floor, a model whose fitted noise sits at its
+        bound keeps labelling at the rate the adaptive level allows), 0 for
+        ``"energies_std"``.
+    ceiling : float or None, default 0.25
+        Fraction of the RMS oracle force of the labels (eV/Å) above which the automatic
+        threshold and the adaptive level never go; None: no ceiling. A user's fixed
+        ``threshold`` is kept as given.
+    every : int, default 20
+        Steps between checks (blow-up checks run every step).
+    max_labels, window : int, default 3 and 100
+    """
+
+    quantity: str = "forces_std"
+    threshold: float | None = None
+    noise_ratio: float = 0.5
+    relative_to_noise: bool = False
+    calibrated: bool | None = None
+    novelty: float = 0.05
+    adaptive: bool = True
+    adapt_window: int = 10
+    adapt_margin: float = 0.2
+    threshold_min: float | None = None
+    ceiling: float | None = 0.25
+    every: int = 20
+    max_labels: int = 3
+    window: int = 100
+
+    def __post_init__(self):
+        if self.quantity not in _TRIGGER_QUANTITIES:
+            raise ValueError(f"Invalid trigger quantity {self.quantity!r}; choose from {_TRIGGER_QUANTITIES}")
+        if self.quantity == "energies_std":
+            if self.calibrated:
+                raise ValueError("Trigger(calibrated=True) needs quantity='forces_std' (the "
+                                 "learner's recalibration factor is fitted for force stds)")
+            if self.threshold is None:
+                raise ValueError("quantity='energies_std' needs a threshold (eV)")
+        self.calibrated = self.quantity == "forces_std" if self.calibrated is None else bool(self.calibrated)
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"trigger threshold must be > 0, got {self.threshold}")
+        if not self.noise_ratio > 0:
+            raise ValueError(f"noise_ratio must be > 0, got {self.noise_ratio}")
+        if not 0 < self.novelty <= 1:
+            raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
+        if self.ceiling is not None and not self.ceiling > 0:
+            raise ValueError(f"trigger ceiling must be > 0 or None, got {self.ceiling}")
+        for name in ("every", "max_labels", "window", "adapt_window"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
+
+    def base_threshold(self, model: SparseGP, scale: float = 1.0) -> float:
+        """The base threshold: eV/Å of calibrated force std (eV for energies_std).
+
+        ``scale`` is the calibration factor of the force noise.
+        """
+        noise = model.noise_["energy"] if self.quantity == "energies_std" else model.noise_["force"]
+        if self.threshold is None:
+            thr = self.noise_ratio * noise * (scale if self.calibrated else 1.0)
+        elif self.relative_to_noise:
+            thr = self.threshold * noise
+        else:
+            thr = self.threshold
+        return max(float(thr), self.floor())
+
+    def floor(self) -> float:
+        """``threshold_min``, or by default 0.02 eV/Å under the automatic force threshold, else 0."""
+        if self.threshold_min is not None:
+            return float(self.threshold_min)
+        return 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
+
+    def level(self, model: SparseGP, recent: Sequence[float], scale: float = 1.0,
+              force_rms: float | None = None) -> tuple[float, float]:
+        """The threshold a check compares with, and its base (both eV/Å, or eV).
+
+        ``max(base, adaptive level)``, where the automatic base and the adaptive level
+        are capped at ``ceiling x force_rms`` (the RMS oracle force of the labels,
+        eV/Å; no cap when None or for energies_std), the floor winning over the cap.
+        """
+        base = self.base_threshold(model, scale)
+        adaptive = self.adaptive_level(recent)
+        if self.ceiling is not None and force_rms and self.quantity == "forces_std":
+            cap = self.ceiling * float(force_rms)
+            adaptive = min(adaptive, cap)
+            if self.threshold is None:
+                base = max(min(base, cap), self.floor())
+        return max(base, adaptive), base
+
+    def adaptive_level(self, recent: Sequence[float]) -> float:
+        """The adaptive part of the threshold: 0 before any history or if not adaptive."""
+        if not self.adaptive or not recent:
+            return 0.0
+        return (1.0 + self.adapt_margin) * float(np.mean(recent[-self.adapt_window:]))
+
+    def capped(self, label_steps: Sequence[int], step: int) -> bool:
+        """True when a walker that labelled at ``label_steps`` may not label at ``step``."""
+        recent = [s for s in label_steps if step - s < self.window]
+        return len(recent) >= self.max_labels
+
+
