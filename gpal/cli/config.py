@@ -172,6 +172,24 @@ def _signature_keys(func, names=None, exclude=(), docs_from=None) -> dict:
     return keys
 
 
+def _learner_keys(learner_cls) -> dict:
+    """``[learner]``: the learner's own arguments and every settings group's fields by their
+    flat names (gpal.learning.settings.FLAT_NAMES), documented from the groups."""
+    from ..learning import settings as groups
+
+    keys = _signature_keys(learner_cls.__init__, exclude=_LEARNER_SET_BY_CLI, docs_from=learner_cls)
+    for flat, (group, name) in groups.FLAT_NAMES.items():
+        if flat in _LEARNER_SET_BY_CLI:
+            continue
+        cls = groups.GROUPS[group]
+        field = {f.name: f for f in dataclasses.fields(cls)}[name]
+        kinds = _kinds(field.type, field.default)
+        if kinds:
+            default = _MISSING if field.default is None else field.default
+            keys[flat] = Key(flat, kinds, default, _param_docs(cls).get(name, ""))
+    return keys
+
+
 def _static(*rows) -> dict:
     return {name: Key(name, kinds, default, doc) for name, kinds, default, doc in rows}
 
@@ -223,8 +241,7 @@ def schema() -> dict:
         "trigger": _dataclass_keys(Trigger),
         "model": _signature_keys(SparseGP.__init__, names=model_names, docs_from=SparseGP),
         "descriptor": soap,
-        "learner": _signature_keys(ActiveLearner.__init__, exclude=_LEARNER_SET_BY_CLI,
-                                   docs_from=ActiveLearner),
+        "learner": _learner_keys(ActiveLearner),
         "validation": _static(
             ("steps", (int,), _MISSING, "MD steps of the oracle validation trajectory (0: none)"),
             ("every", (int,), _MISSING, "label every this many steps of it"),

@@ -25,8 +25,9 @@
 from .oracle import LabelFailure, Oracle, OracleSpec  # noqa: F401
 from .learner import ActiveLearner, Summary  # noqa: F401
 from .sampler import MDSettings  # noqa: F401
+from .settings import Bootstrap, ModelGrowth, OracleSettings, RunSettings, Validation  # noqa: F401
 from .trigger import Trigger  # noqa: F401
 from .targets import TargetSet  # noqa: F401
 
-__all__ = ["ActiveLearner", "MDSettings", "Trigger", "Summary", "Oracle", "OracleSpec", "LabelFailure",
-           "TargetSet"]
+__all__ = ["ActiveLearner", "MDSettings", "Trigger", "Summary", "Bootstrap", "ModelGrowth", "OracleSettings",
+           "Validation", "RunSettings", "Oracle", "OracleSpec", "LabelFailure", "TargetSet"]

@@ -50,6 +50,16 @@ from ..io import append_frame, atomic_write, read_frames, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker
+from .settings import (
+    Bootstrap,
+    ModelGrowth,
+    OracleSettings,
+    RunSettings,
+    Validation,
+    group_flat,
+    settings_from_state,
+    settings_state,
+)
 from .state import (
     _calculator_spec,
     _drop_partial_frame,
@@ -158,68 +168,31 @@ class ActiveLearner:
     md : MDSettings, optional
     trigger : Trigger, optional
     n_walkers : int, default 1
-    n_bootstrap : int, default 4
-        Frames labelled before MD starts, chosen by FPS among ``n_candidates``
-        rattled/strained copies of the start structures.
-    n_candidates : int, default 64
-    rattle : float, optional
-        Å, std of the candidates' random displacements (times a factor in [0.3, 2];
-        strains up to ``2*rattle/a``). Default 0.05 Å for a 3D-periodic start structure,
-        0.02 Å otherwise: a crystal's phonons have similar stiffness, so a random
-        Cartesian rattle looks thermal; a molecule's range from stiff bond stretches to
-        soft torsions, and a rattle of thermal size for the torsions over-stretches the
-        bonds far beyond what MD visits (ethanol, GFN2-xTB, 300-800 K: force RMSE 1.8-1.9x
-        the evenly spaced baseline with 0.05 Å, 1.0-1.06x with 0.02 Å).
-    n_sparse_initial : int, default 300
-        Sparse environments of the bootstrap model (FPS). The model's accuracy is
-        limited by its sparse set long before it is by its labels (on a random fcc
-        alloy, 16 frames: force RMSE 0.12 eV/Å with 100 sparse points, 0.043 with 400).
-    sparse_per_label : int, default 20
-        New sparse environments taken from each labelled frame (its most uncertain).
-    optimize_every : float, default 1.5
-        Re-choose hyperparameters by the log marginal likelihood whenever the number of
-        labels has grown by this factor since the last time (a geometric schedule: the
-        cost grows with the data, the total stays about that of the last one); 0 never.
-        A model with ``hyperparameters="evidence"`` (the default) re-chooses what the
-        user left unset (ζ, signal variance, noises: :meth:`gpal.SparseGP.select_hyperparameters`);
-        a ``"fixed"`` one re-optimises its signal variance (and, with ``optimize_noise``,
-        its noises).
-    sparse_refresh : bool, default True
-        Before labelling an uncertain frame, add its most uncertain environments to the
-        sparse set and look again (no oracle call); see :meth:`_refresh_sparse`.
-    max_sparse : int, default 2000
-        Upper bound of the sparse set (prediction cost grows with it).
-    optimize_noise : bool, default True
-        Also optimise the noise levels by the evidence: the force noise then measures
-        what the model cannot learn at its size, which sets the default trigger
-        threshold (:class:`Trigger`) and the calibrated error floor.
-    checkpoint_every : int, default 1
-        Write model + state every this many labels.
-    checkpoint_seconds : float, default 60
-        Also write them when this much wall time has passed since the last checkpoint,
-        so MD progress between labels survives a crash.
-    max_oracle_calls : int, optional
-        Stop when reached.
-    validation : list of ase.Atoms, optional
-        Labelled frames (no oracle call) used to report errors and to judge the
-        stopping rule. Without them the learner calibrates and judges on
-        leave-one-frame-out errors of its own labels (:meth:`calibrate`).
-    stopping : gpal.calibration.StoppingRule, optional
-    check_every : int, default 100
-        Steps between stopping-rule checks.
-    executor : concurrent.futures.Executor, optional
-        Runs oracle calls concurrently.
-    oracle_timeout : float, optional
-    oracle_retries : int, default 1
-    on_oracle_failure : {"skip", "stop"}, default "skip"
-    max_force : float, default 20.0
-        eV/Å; larger predicted forces count as a blow-up.
-    max_temperature : float, optional
-        K; default 3 x the highest MD temperature + 500 K.
-    log_every : int, default 10
-    progress : bool, default True
-    random_state : int, default 0
-    targets : gpal.targets.TargetSet, optional
+        MD walkers per start structure, each with its own seed.
+    bootstrap : Bootstrap, optional
+        The first labels: ``n_frames`` (4) chosen by FPS among ``n_candidates`` (64)
+        rattled/strained copies (``rattle``: 0.05 Å for crystals, 0.02 Å otherwise) and
+        the bootstrap model's ``n_sparse`` (300) environments
+        (:class:`gpal.learning.settings.Bootstrap`).
+    growth : ModelGrowth, optional
+        How the model grows: ``sparse_per_label`` (20), ``optimize_every`` (1.5, a
+        geometric schedule of evidence refits), ``optimize_noise``, ``sparse_refresh``,
+        ``max_sparse`` (2000) (:class:`gpal.learning.settings.ModelGrowth`).
+    oracle_settings : OracleSettings, optional
+        ``executor`` for concurrent oracle calls (process pool, dask), ``timeout`` per
+        label, ``retries``, ``on_failure`` ("skip" or "stop"), ``max_calls``
+        (:class:`gpal.learning.settings.OracleSettings`).
+    validation : Validation or list of ase.Atoms, optional
+        Held-out labelled ``frames`` (no oracle call) that report errors and judge the
+        ``stopping`` rule (a :class:`gpal.calibration.StoppingRule`) every
+        ``check_every`` (100) steps; without frames the learner calibrates and judges on
+        leave-one-frame-out errors of its own labels (:meth:`calibrate`). A plain list is
+        the frames (:class:`gpal.learning.settings.Validation`).
+    run : RunSettings, optional
+        Checkpoints (every label and every 60 s), log interval, progress bar, seed, the
+        MD blow-up limits ``max_force`` (20 eV/Å) and ``max_temperature``
+        (:class:`gpal.learning.settings.RunSettings`).
+    targets : gpal.TargetSet, optional
         What the run should get right (e.g. NEB images and their barrier): frames are
         then also chosen, and may be labelled, for the variance they remove from the
         target's prediction, with a weight moving from exploration to the target as
@@ -232,6 +205,11 @@ class ActiveLearner:
         chosen across all walkers' frames, labelled and added, and the next round starts
         on the updated model. Default: the walkers step in this process. Not with
         ``targets``.
+    **settings
+        Any field of the groups by its flat name, e.g. ``n_bootstrap=8``,
+        ``oracle_timeout=600``, ``max_oracle_calls=50``, ``random_state=1``
+        (:data:`gpal.learning.settings.FLAT_NAMES`; the TOML ``[learner]`` keys): each
+        sets that field of its group. An unknown name is a ``TypeError``.
     """
 
     def __init__(
@@ -244,32 +222,14 @@ class ActiveLearner:
         md: MDSettings | None = None,
         trigger: Trigger | None = None,
         n_walkers: int = 1,
-        n_bootstrap: int = 4,
-        n_candidates: int = 64,
-        rattle: float | None = None,
-        n_sparse_initial: int = 300,
-        sparse_per_label: int = 20,
-        optimize_every: float = 1.5,
-        optimize_noise: bool = True,
-        sparse_refresh: bool = True,
-        max_sparse: int = 2000,
-        checkpoint_every: int = 1,
-        checkpoint_seconds: float = 60.0,
-        max_oracle_calls: int | None = None,
-        validation: Sequence[Atoms] | None = None,
-        stopping=None,
-        check_every: int = 100,
-        executor=None,
-        oracle_timeout: float | None = None,
-        oracle_retries: int = 1,
-        on_oracle_failure: str = "skip",
-        max_force: float = 20.0,
-        max_temperature: float | None = None,
-        log_every: int = 10,
-        progress: bool = True,
-        random_state: int = 0,
+        bootstrap: Bootstrap | None = None,
+        growth: ModelGrowth | None = None,
+        oracle_settings: OracleSettings | None = None,
+        validation: Validation | Sequence[Atoms] | None = None,
+        run: RunSettings | None = None,
         targets=None,
         walker_executor=None,
+        **settings,
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
@@ -277,46 +237,53 @@ class ActiveLearner:
         for k, a in enumerate(self.structures):
             check_atoms(a, what=f"structures[{k}]")
             a.calc = None
+        if validation is not None and not isinstance(validation, Validation):
+            validation = Validation(frames=validation)  # a list of labelled frames
+        groups = group_flat({"bootstrap": bootstrap, "growth": growth, "oracle_settings": oracle_settings,
+                             "validation": validation, "run": run}, settings)
+        self._groups = groups
+        boot, grow, orc, val, rs = (groups[k] for k in ("bootstrap", "growth", "oracle_settings",
+                                                          "validation", "run"))
         self.oracle_spec = as_oracle_spec(oracle)
-        self.model = model if model is not None else SparseGP(n_sparse=n_sparse_initial)
+        self.model = model if model is not None else SparseGP(n_sparse=boot.n_sparse)
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         self.trigger = trigger or Trigger()
-        if on_oracle_failure not in ("skip", "stop"):
-            raise ValueError(f"on_oracle_failure must be 'skip' or 'stop', got {on_oracle_failure!r}")
+        if orc.on_failure not in ("skip", "stop"):
+            raise ValueError(f"on_oracle_failure must be 'skip' or 'stop', got {orc.on_failure!r}")
         self.n_walkers = int(n_walkers)
-        self.n_bootstrap = int(n_bootstrap)
-        self.n_candidates = int(n_candidates)
+        # the groups' fields under the names the loop uses
+        self.n_bootstrap = int(boot.n_frames)
+        self.n_candidates = int(boot.n_candidates)
+        rattle = boot.rattle
         if rattle is None:
             rattle = 0.05 if all(np.all(a.pbc) for a in self.structures) else 0.02
         self.rattle = float(rattle)
         if not self.rattle >= 0:
             raise ValueError(f"rattle must be >= 0 Å, got {rattle!r}")
-        self.n_sparse_initial = n_sparse_initial
-        self.sparse_per_label = int(sparse_per_label)
-        self.optimize_every = float(optimize_every)
-        self.optimize_noise = bool(optimize_noise)
-        self.sparse_refresh = bool(sparse_refresh)
-        self.max_sparse = int(max_sparse)
+        self.n_sparse_initial = boot.n_sparse
+        self.sparse_per_label = int(grow.sparse_per_label)
+        self.optimize_every = float(grow.optimize_every)
+        self.optimize_noise = bool(grow.optimize_noise)
+        self.sparse_refresh = bool(grow.sparse_refresh)
+        self.max_sparse = int(grow.max_sparse)
         self.n_refresh = 0
         self._last_opt = 0
-        self.checkpoint_every = max(1, int(checkpoint_every))
-        self.checkpoint_seconds = float(checkpoint_seconds)
-        self.max_oracle_calls = max_oracle_calls
-        self.validation = list(validation) if validation is not None else None
-        self.stopping = stopping
-        self.check_every = int(check_every)
-        self.executor = executor
-        self.oracle = Oracle(
-            self.oracle_spec, executor=executor, timeout=oracle_timeout, retries=oracle_retries
-        )
-        self.on_oracle_failure = on_oracle_failure
-        self.max_force = float(max_force)
+        self.checkpoint_every = max(1, int(rs.checkpoint_every))
+        self.checkpoint_seconds = float(rs.checkpoint_seconds)
+        self.max_oracle_calls = orc.max_calls
+        self.validation = list(val.frames) if val.frames is not None else None
+        self.stopping = val.stopping
+        self.check_every = int(val.check_every)
+        self.executor = orc.executor
+        self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
+        self.on_oracle_failure = orc.on_failure
+        self.max_force = float(rs.max_force)
         tmax = self.md.temperature if not isinstance(self.md.temperature, (tuple, list)) else max(self.md.temperature)
-        self.max_temperature = float(max_temperature) if max_temperature else 3.0 * tmax + 500.0
-        self.log_every = int(log_every)
-        self.progress = progress
-        self.random_state = random_state
+        self.max_temperature = float(rs.max_temperature) if rs.max_temperature else 3.0 * tmax + 500.0
+        self.log_every = int(rs.log_every)
+        self.progress = rs.progress
+        self.random_state = rs.random_state
         # run state
         self.step = 0
         self.bootstrap_done = False
@@ -336,7 +303,7 @@ class ActiveLearner:
         self.ramp_steps: int | None = None
         self._stopped = (False, "")
         self._val_history: list = []
-        self.targets = targets  # gpal.targets.TargetSet or None
+        self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
         self._walker_steps: dict[int, int] = {}  # each walker's own step (walker_executor)
         self._round = 0
@@ -413,24 +380,8 @@ class ActiveLearner:
             "n_walkers_per_structure": self.n_walkers,
             "oracle": self.oracle_spec.to_dict() if isinstance(self.oracle_spec, OracleSpec) else None,
             "oracle_rebuilt": None if isinstance(self.oracle_spec, OracleSpec) else _calculator_spec(self.oracle_spec),
-            "settings": {
-                "n_walkers": self.n_walkers,
-                "n_bootstrap": self.n_bootstrap,
-                "n_candidates": self.n_candidates,
-                "rattle": self.rattle,
-                "sparse_per_label": self.sparse_per_label,
-                "optimize_every": self.optimize_every,
-                "optimize_noise": self.optimize_noise,
-                "sparse_refresh": self.sparse_refresh,
-                "max_sparse": self.max_sparse,
-                "checkpoint_every": self.checkpoint_every,
-                "checkpoint_seconds": self.checkpoint_seconds,
-                "max_oracle_calls": self.max_oracle_calls,
-                "check_every": self.check_every,
-                "max_force": self.max_force,
-                "max_temperature": self.max_temperature,
-                "random_state": self.random_state,
-            },
+            # every settings group, generated from its dataclass (runtime objects left out)
+            "groups": settings_state(self._groups),
         }
         if self.targets is not None:
             state["targets"] = self.targets.save(self.run_dir)
@@ -807,7 +758,7 @@ class ActiveLearner:
         if len(uncertain) <= 1:
             return [w for w, _ in uncertain]
         frames = [w.atoms.copy() for w, _ in uncertain]
-        if self.targets is not None:  # gpal.targets: global gain mixed with the target's
+        if self.targets is not None:  # gpal.TargetSet: global gain mixed with the target's
             keep, acq = self.targets.choose(self.model, frames)
             self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
                        "chosen": [uncertain[i][0].index for i in keep], "acquisition": acq,
@@ -819,7 +770,7 @@ class ActiveLearner:
                    "chosen": [uncertain[i][0].index for i in keep], "gains": gains})
         return [uncertain[i][0] for i in keep]
 
-    # ------------------------------------------------------------------ targets (gpal.targets)
+    # ------------------------------------------------------------------ targets (gpal.TargetSet)
     def _target_sparse(self) -> None:
         """The target structures' environments join the sparse set (no oracle call)."""
         added = self.targets.add_to_sparse(self.model, self.max_sparse)
@@ -1111,9 +1062,8 @@ class ActiveLearner:
             n_walkers = 1
         else:
             structures = read_frames(run_dir / "structures.xyz")
-            n_walkers = state.get("n_walkers_per_structure", state["settings"].get("n_walkers", 1))
-        settings = dict(state["settings"])
-        settings.pop("n_walkers", None)
+            n_walkers = state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1))
+        settings = settings_from_state(state)  # grouped (this version) or flat (earlier ones)
         md = overrides.pop("md", None)
         if md is None:
             md = MDSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["md"].items()})

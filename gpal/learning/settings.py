@@ -197,7 +197,7 @@ def group_flat(groups: dict, flat: dict) -> dict:
     for name, cls in GROUPS.items():
         given = groups.get(name)
         if given is not None and not isinstance(given, cls):
-            raise TypeError(f"{name} must be a gpal.{cls.__name__}, got {type(given).__name__}")
+            raise TypeError(f"{name} must be a gpal.learning.{cls.__name__}, got {type(given).__name__}")
         updates = {fld: flat[k] for k, (g, fld) in FLAT_NAMES.items() if g == name and k in flat}
         out[name] = dataclasses.replace(given or cls(), **updates)
     return out

@@ -1,0 +1,84 @@
+"""The learner's grouped settings: groups and flat names agree, the checkpoint is generated
+from the groups, and a run folder written with flat settings still resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
+from gpal.learning.settings import (
+    FLAT_NAMES,
+    GROUPS,
+    Bootstrap,
+    ModelGrowth,
+    OracleSettings,
+    RunSettings,
+    Validation,
+    settings_from_state,
+    settings_state,
+)
+
+from conftest import POLY, SMALL_SOAP, cu_frames
+
+
+def _learner(tmp_path, **kw):
+    start = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30)
+    return ActiveLearner(start, EMT(), model, run_dir=tmp_path / "run", md=MDSettings(temperature=600),
+                         trigger=Trigger(threshold=0.01), **kw)
+
+
+def test_groups_and_flat_names_set_the_same_fields(tmp_path):
+    grouped = _learner(tmp_path, bootstrap=Bootstrap(n_frames=2, n_candidates=8, rattle=0.03),
+                       growth=ModelGrowth(sparse_per_label=5), oracle_settings=OracleSettings(retries=3),
+                       run=RunSettings(progress=False, random_state=7, max_force=9.0))
+    flat = _learner(tmp_path, n_bootstrap=2, n_candidates=8, rattle=0.03, sparse_per_label=5,
+                    oracle_retries=3, progress=False, random_state=7, max_force=9.0)
+    for name in ("n_bootstrap", "n_candidates", "rattle", "sparse_per_label", "random_state", "max_force"):
+        assert getattr(grouped, name) == getattr(flat, name), name
+    assert (grouped.n_bootstrap, grouped.rattle, grouped.oracle.retries) == (2, 0.03, 3)
+    assert settings_state(grouped._groups) == settings_state(flat._groups)
+    # a flat name on top of a group object changes that field only
+    mixed = _learner(tmp_path, bootstrap=Bootstrap(n_frames=2), n_candidates=16, progress=False)
+    assert (mixed.n_bootstrap, mixed.n_candidates) == (2, 16)
+
+
+def test_unknown_settings_and_wrong_group_types_are_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown settings \['n_boostrap'\]"):
+        _learner(tmp_path, n_boostrap=3)
+    with pytest.raises(TypeError, match="bootstrap must be a gpal.learning.Bootstrap"):
+        _learner(tmp_path, bootstrap=ModelGrowth())
+
+
+def test_a_list_of_frames_is_the_validation_group(tmp_path):
+    frames = cu_frames(2, seed=3)
+    a = _learner(tmp_path, validation=frames, check_every=50, progress=False)
+    b = _learner(tmp_path, validation=Validation(frames=frames, check_every=50), progress=False)
+    assert len(a.validation) == len(b.validation) == 2 and a.check_every == b.check_every == 50
+
+
+def test_the_checkpoint_holds_every_group_field_and_resume_reads_it(tmp_path):
+    L = _learner(tmp_path, n_bootstrap=2, n_candidates=6, sparse_per_label=3, oracle_timeout=30.0,
+                 checkpoint_seconds=5.0, progress=False)
+    L.checkpoint()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    for name, cls in GROUPS.items():  # generated from the dataclasses: nothing to keep by hand
+        kept = {f.name for f in dataclasses.fields(cls) if f.metadata.get("state", True)}
+        assert set(state["groups"][name]) == kept, name
+    assert state["groups"]["bootstrap"]["n_frames"] == 2 and state["groups"]["oracle_settings"]["timeout"] == 30.0
+    R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
+    assert (R.n_bootstrap, R.n_candidates, R.sparse_per_label, R.oracle.timeout, R.checkpoint_seconds) == (
+        2, 6, 3, 30.0, 5.0)
+
+
+def test_a_run_state_with_flat_settings_still_resumes():
+    old = {"settings": {"n_walkers": 2, "n_bootstrap": 6, "oracle_retries": 2, "max_force": 12.0}}
+    assert settings_from_state(old) == {"n_bootstrap": 6, "oracle_retries": 2, "max_force": 12.0}
+    new = {"groups": {"bootstrap": {"n_frames": 6}, "oracle_settings": {"retries": 2}, "run": {"max_force": 12.0}}}
+    assert settings_from_state(new) == settings_from_state(old)
+    assert all(group in GROUPS and hasattr(GROUPS[group](), field) for group, field in FLAT_NAMES.values())
