@@ -25,7 +25,7 @@ import numpy as np
 
 from .exceptions import ModelFileError, StructureFileError
 
-__all__ = ["save_model", "load", "read_frames", "relabel_frames", "write_frames", "append_frame",
+__all__ = ["save_model", "read_frames", "relabel_frames", "write_frames", "append_frame",
            "labelled", "atomic_write"]
 
 FORMAT_NAME = "gpal-model"
@@ -203,22 +203,6 @@ def read_model_file(path) -> tuple[dict, dict]:
         if _digest(v) != digests[k]:
             raise ModelFileError(f"{path}: array {k!r} does not match its checksum (tampered?)")
     return data, meta
-
-
-def load(path):
-    """Load a model saved with ``SparseGP.save``.
-
-    Parameters
-    ----------
-    path : str or Path
-
-    Returns
-    -------
-    gpal.SparseGP
-    """
-    from .model import SparseGP
-
-    return SparseGP.load(path)
 
 
 # ---------------------------------------------------------------------- frames

@@ -1032,7 +1032,7 @@ class ActiveLearner:
             As in the constructor (not recorded in the run folder): a run whose walkers
             ran as tasks may continue with or without them.
         """
-        from ..io import load
+        from ..model import load
 
         run_dir = Path(run_dir)
         state_path = run_dir / "state.json"
