@@ -590,3 +590,52 @@ def test_resume_counts_the_oracle_calls_of_labels_made_after_the_checkpoint(tmp_
     summary = ActiveLearner.resume(run, progress=False).run(20)
     assert summary.oracle_calls_by_reason["bootstrap"] == 4
     assert sum(summary.oracle_calls_by_reason.values()) == summary.oracle_calls >= summary.labelled_frames
+
+
+def test_trigger_floor_ratio_and_min_gap():
+    t = Trigger(floor_ratio=0.01)
+    assert t.floor() == pytest.approx(0.02)  # before any label: the absolute floor
+    assert t.floor(1.5) == pytest.approx(0.015)
+    assert Trigger(floor_ratio=0.01, threshold_min=0.05).floor(1.5) == pytest.approx(0.05)
+    assert Trigger(floor_ratio=0.01, threshold=0.1).floor(1.5) == 0.0  # a user's threshold
+    model = SparseGP(small_model().descriptor, n_sparse=20).fit(cu_frames(3, seed=1, size=(2, 2, 2)))
+    thr, base = Trigger(floor_ratio=0.01, threshold_min=None, noise_ratio=1e-9).level(model, [], force_rms=1.5)
+    assert thr == pytest.approx(0.015) and base == pytest.approx(0.015)
+    gap = Trigger(min_gap=30)
+    assert gap.capped([10], 39) and not gap.capped([10], 40)
+    assert not gap.capped([], 5)
+    for bad in (dict(pool=-1), dict(min_gap=-1), dict(floor_ratio=-0.1)):
+        with pytest.raises(ValueError):
+            Trigger(**bad)
+
+
+def test_pool_labels_the_most_informative_checked_frame(tmp_path):
+    L = learner(tmp_path / "run", trigger=Trigger(pool=4))
+    L.run(0)  # bootstrap and walkers, no MD step
+    w = L.walkers[0]
+    rng = np.random.default_rng(3)
+    cands = []
+    for r in (0.01, 0.15, 0.03):
+        a = start()
+        a.positions += rng.normal(0, r, a.positions.shape)
+        cands.append(a)
+    # the information gain of each frame's force labels from its own predicted stds
+    sn = L.model.noise_["force"]
+    gain = [0.5 * np.sum(np.log1p(L.model.predict(a, forces_std=True)["forces_std"] ** 2 / sn**2))
+            for a in cands]
+    L._pool[w.index] = cands[:2]
+    L._pick_from_pool(w, cands[2])
+    picked = L._frame_of(w)
+    assert _same(picked, cands[int(np.argmax(gain))]) and int(np.argmax(gain)) == 1
+    assert L._pool.get(w.index) is None and w.index not in L._picked
+    assert _same(L._frame_of(w), w.atoms)  # no pick: the walker's current frame
+    # a run with a pool labels frames it checked
+    summary = L.run(120)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    picks = [r for r in records if r.get("event") == "pool_pick" and r["picked_step"] is not None]
+    assert summary.oracle_calls == len(frames_in(tmp_path / "run" / "train.xyz"))
+    assert all(r["picked_step"] <= r["step"] and r["n_pool"] >= 2 for r in picks)
+
+
+def _same(a, b):
+    return a.positions.shape == b.positions.shape and np.allclose(a.positions, b.positions)
