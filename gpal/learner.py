@@ -134,6 +134,19 @@ class Trigger:
     every : int, default 20
         Steps between checks (blow-up checks run every step).
     max_labels, window : int, default 3 and 100
+    pool : int, default 0
+        With ``pool > 0``, the walker's last ``pool`` checked frames since its last
+        label are kept, and when a check fires the frame labelled is the one among them
+        and the current frame whose force labels carry the most information under the
+        current model (label-free, :meth:`gpal.SparseGP.select_frames`): the trigger
+        decides when, the information gain which frame. Not kept across a resume.
+    min_gap : int, default 0
+        MD steps after a walker's label during which it is not labelled again (a
+        decorrelation time on top of the ``max_labels`` cap).
+    floor_ratio : float, optional
+        The floor under the automatic force threshold as this fraction of the RMS
+        oracle force of the labels (eV/Å) instead of the absolute 0.02 eV/Å (which
+        still applies before any label); ``threshold_min`` wins over it.
     """
 
     quantity: str = "forces_std"
