@@ -134,19 +134,6 @@ class Trigger:
     every : int, default 20
         Steps between checks (blow-up checks run every step).
     max_labels, window : int, default 3 and 100
-    pool : int, default 0
-        With ``pool > 0``, the walker's last ``pool`` checked frames since its last
-        label are kept, and when a check fires the frame labelled is the one among them
-        and the current frame whose force labels carry the most information under the
-        current model (label-free, :meth:`gpal.SparseGP.select_frames`): the trigger
-        decides when, the information gain which frame. Not kept across a resume.
-    min_gap : int, default 0
-        MD steps after a walker's label during which it is not labelled again (a
-        decorrelation time on top of the ``max_labels`` cap).
-    floor_ratio : float, optional
-        The floor under the automatic force threshold as this fraction of the RMS
-        oracle force of the labels (eV/Å) instead of the absolute 0.02 eV/Å (which
-        still applies before any label); ``threshold_min`` wins over it.
     """
 
     quantity: str = "forces_std"
@@ -163,9 +150,6 @@ class Trigger:
     every: int = 20
     max_labels: int = 3
     window: int = 100
-    pool: int = 0
-    min_gap: int = 0
-    floor_ratio: float | None = None
 
     def __post_init__(self):
         if self.quantity not in _TRIGGER_QUANTITIES:
@@ -188,17 +172,11 @@ class Trigger:
         for name in ("every", "max_labels", "window", "adapt_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pool", "min_gap"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"trigger {name} must be >= 0, got {getattr(self, name)}")
-        if self.floor_ratio is not None and not self.floor_ratio >= 0:
-            raise ValueError(f"trigger floor_ratio must be >= 0 or None, got {self.floor_ratio}")
 
-    def base_threshold(self, model: SparseGP, scale: float = 1.0, force_rms: float | None = None) -> float:
+    def base_threshold(self, model: SparseGP, scale: float = 1.0) -> float:
         """The base threshold: eV/Å of calibrated force std (eV for energies_std).
 
-        ``scale`` is the calibration factor of the force noise; ``force_rms`` the RMS
-        oracle force of the labels (eV/Å), for a ``floor_ratio`` floor.
+        ``scale`` is the calibration factor of the force noise.
         """
         noise = model.noise_["energy"] if self.quantity == "energies_std" else model.noise_["force"]
         if self.threshold is None:
@@ -207,18 +185,13 @@ class Trigger:
             thr = self.threshold * noise
         else:
             thr = self.threshold
-        return max(float(thr), self.floor(force_rms))
+        return max(float(thr), self.floor())
 
-    def floor(self, force_rms: float | None = None) -> float:
-        """``threshold_min``; else under the automatic force threshold ``floor_ratio x
-        force_rms`` (eV/Å) once there are labels, or 0.02 eV/Å; else 0."""
+    def floor(self) -> float:
+        """``threshold_min``, or by default 0.02 eV/Å under the automatic force threshold, else 0."""
         if self.threshold_min is not None:
             return float(self.threshold_min)
-        if self.quantity != "forces_std" or self.threshold is not None:
-            return 0.0
-        if self.floor_ratio is not None and force_rms:
-            return float(self.floor_ratio) * float(force_rms)
-        return 0.02
+        return 0.02 if self.quantity == "forces_std" and self.threshold is None else 0.0
 
     def level(self, model: SparseGP, recent: Sequence[float], scale: float = 1.0,
               force_rms: float | None = None) -> tuple[float, float]:
@@ -228,13 +201,13 @@ class Trigger:
         are capped at ``ceiling x force_rms`` (the RMS oracle force of the labels,
         eV/Å; no cap when None or for energies_std), the floor winning over the cap.
         """
-        base = self.base_threshold(model, scale, force_rms)
+        base = self.base_threshold(model, scale)
         adaptive = self.adaptive_level(recent)
         if self.ceiling is not None and force_rms and self.quantity == "forces_std":
             cap = self.ceiling * float(force_rms)
             adaptive = min(adaptive, cap)
             if self.threshold is None:
-                base = max(min(base, cap), self.floor(force_rms))
+                base = max(min(base, cap), self.floor())
         return max(base, adaptive), base
 
     def adaptive_level(self, recent: Sequence[float]) -> float:
@@ -246,8 +219,6 @@ class Trigger:
     def capped(self, label_steps: Sequence[int], step: int) -> bool:
         """True when a walker that labelled at ``label_steps`` may not label at ``step``."""
         recent = [s for s in label_steps if step - s < self.window]
-        if self.min_gap and label_steps and step - max(label_steps) < self.min_gap:
-            return True
         return len(recent) >= self.max_labels
 
 
@@ -579,8 +550,6 @@ class ActiveLearner:
         self._recent_unc: list[float] = []
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
         self._label_steps: dict[int, list[int]] = {}
-        self._pool: dict[int, list[Atoms]] = {}  # Trigger.pool: checked frames since the last label
-        self._picked: dict[int, Atoms] = {}  # the frame a walker labels (Trigger.pool), by walker
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
         self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0}
         self._last_checkpoint = time.perf_counter()
@@ -960,7 +929,9 @@ class ActiveLearner:
                     continue
                 batch = []
                 for w in frames:
-                    batch.append(self._frame_of(w, why == "uncertain"))
+                    a = w.atoms.copy()
+                    a.calc = None
+                    batch.append(a)
                     self._label_steps.setdefault(w.index, []).append(self.step)
                 good = self._label(batch, why, walkers=[w.index for w in frames])
                 self._add_to_model(good)
@@ -1030,55 +1001,11 @@ class ActiveLearner:
         self._log({"event": "check", "step": self.step, "walker": w.index, "uncertainty": u,
                    "threshold": thr, "base_threshold": base, "novel": refreshed,
                    "label": bool(label and not capped), "capped": bool(capped)})
-        if trig.pool:
-            frame = w.atoms.copy()
-            frame.calc = None
-            frame.info["gpal_check_step"] = self.step
         if not label:
             self._recent_unc.append(u)
             del self._recent_unc[: -4 * trig.adapt_window]
-            if trig.pool:
-                pool = self._pool.setdefault(w.index, [])
-                pool.append(frame)
-                del pool[: -trig.pool]
             return None
-        if capped:
-            return None
-        if trig.pool:
-            self._pick_from_pool(w, frame)
-        return u
-
-    def _pick_from_pool(self, w: _Walker, frame: Atoms) -> None:
-        """The frame walker ``w`` labels: the most informative of its pool and ``frame``.
-
-        The pool (:class:`Trigger` ``pool``) holds the frames checked since the walker's
-        last label; the trigger decides when a label is due, the label-free force
-        information gain under the current model (:meth:`gpal.SparseGP.select_frames`)
-        which frame carries it.
-        """
-        cands = self._pool.pop(w.index, []) + [frame]
-        if len(cands) == 1:
-            self._picked[w.index] = frame
-            return
-        t0 = time.perf_counter()
-        picks, gains = self.model.select_frames(cands, 1, return_gains=True)
-        self._times["check"] += time.perf_counter() - t0
-        k = int(picks[0])
-        self._picked[w.index] = cands[k]
-        self._log({"event": "pool_pick", "step": self.step, "walker": w.index, "n_pool": len(cands),
-                   "picked_step": cands[k].info.get("gpal_check_step"), "gain": float(gains[0])})
-
-    def _frame_of(self, w: _Walker, pick: bool = True) -> Atoms:
-        """The frame to label for walker ``w`` (no calculator): with ``pick``, its pool
-        pick if it has one, else its current frame. The walker's pool is emptied."""
-        a = self._picked.pop(w.index, None)
-        if a is None or not pick:
-            a = w.atoms.copy()
-            a.calc = None
-        else:
-            a.info.pop("gpal_check_step", None)
-        self._pool.pop(w.index, None)
-        return a
+        return None if capped else u
 
     def _choose(self, uncertain: list) -> list:
         """Which of the walkers whose frames crossed the threshold are labelled.
@@ -1090,7 +1017,7 @@ class ActiveLearner:
         """
         if len(uncertain) <= 1:
             return [w for w, _ in uncertain]
-        frames = [self._picked.get(w.index, w.atoms).copy() for w, _ in uncertain]
+        frames = [w.atoms.copy() for w, _ in uncertain]
         if self.targets is not None:  # gpal.targets: global gain mixed with the target's
             keep, acq = self.targets.choose(self.model, frames)
             self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
@@ -1101,8 +1028,6 @@ class ActiveLearner:
         keep = [int(i) for i, g in zip(picks, gains) if g >= 0.25 * gains[0]]
         self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
                    "chosen": [uncertain[i][0].index for i in keep], "gains": gains})
-        for i in set(range(len(uncertain))) - set(keep):  # a pool pick not labelled is dropped
-            self._picked.pop(uncertain[i][0].index, None)
         return [uncertain[i][0] for i in keep]
 
     # ------------------------------------------------------------------ targets (gpal.targets)
