@@ -20,6 +20,9 @@ Printed per system (targets in brackets):
   |z| <= 1.645 (90 % interval) [0.87-0.93];
 * oracle calls reported by the run (``summary.json``: ``oracle_calls`` and any breakdown
   fields) against oracle calls made (distinct configurations the wrapper computed);
+* force RMSE of both models on each sixth of the test trajectory (the ramp in time
+  order) and the run's MD labels per sixth of its steps: where along the ramp the loop
+  spent its labels and where it wins or loses;
 * wall time of the run and its MD / oracle / update split.
 
 Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
