@@ -20,6 +20,9 @@ Printed per system (targets in brackets):
   |z| <= 1.645 (90 % interval) [0.87-0.93];
 * oracle calls reported by the run (``summary.json``: ``oracle_calls`` and any breakdown
   fields) against oracle calls made (distinct configurations the wrapper computed);
+* force RMSE of both models on each sixth of the test trajectory (the ramp in time
+  order) and the run's MD labels per sixth of its steps: where along the ramp the loop
+  spent its labels and where it wins or loses;
 * wall time of the run and its MD / oracle / update split.
 
 Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
@@ -372,6 +375,26 @@ def evaluate(model, frames):
     return out
 
 
+N_BLOCKS = 6  # the test trajectory's ramp cut in this many consecutive blocks
+
+
+def block_force_rmse(model, frames, n_blocks=N_BLOCKS):
+    """Force RMSE (eV/Å) on each of ``n_blocks`` consecutive blocks of ``frames`` (the ramp
+    in time order: block k holds temperatures from the k-th n_blocks-th of the ramp)."""
+    sq = [float(np.mean((model.predict(a)["forces"] - a.get_forces()) ** 2)) for a in frames]
+    edges = np.linspace(0, len(frames), n_blocks + 1).astype(int)
+    return [float(np.sqrt(np.mean(sq[i:j]))) for i, j in zip(edges[:-1], edges[1:])]
+
+
+def label_histogram(records, steps, n_blocks=N_BLOCKS):
+    """MD labels (bootstrap apart) per block of ``steps / n_blocks`` MD steps, from log.jsonl."""
+    at = []
+    for r in records:
+        if r.get("event") == "label" and r.get("reason") != "bootstrap" and r.get("step") is not None:
+            at += [int(r["step"])] * int(r.get("n", 1))
+    return np.histogram(at, bins=n_blocks, range=(0, steps))[0].tolist()
+
+
 def read_log(run_dir):
     path = Path(run_dir) / "log.jsonl"
     recs = []
@@ -560,6 +583,8 @@ def bench_system(name, args, tuned_modes):
             "baseline_frames_to_match": match,
             "baseline_frames_short": len(base_frames) < n_made,
             "force_rmse_ratio": al["force_rmse"] / base_m["force_rmse"],
+            "block_force_rmse": {"al": block_force_rmse(model, traj_b), "baseline": block_force_rmse(base, traj_b)},
+            "labels_per_block": label_histogram(records, steps),
             "energy_rmse_ratio": al["energy_rmse_per_atom"] / max(base_m["energy_rmse_per_atom"], 1e-300),
             "eval_time": t_eval, "summary": reported,
         }
@@ -600,6 +625,11 @@ def print_system(name, protocol, r):
         print("    baseline at other offsets of its evenly spaced frames: "
               + ", ".join(f"{b['force_rmse']:.4f}" for b in sp)
               + f" eV/Å; AL / median {r['force_rmse_ratio_median_phase']:.2f}")
+    bl = r.get("block_force_rmse")
+    if bl:
+        print(f"    force RMSE by sixth of the ramp (AL / baseline): "
+              + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in zip(bl["al"], bl["baseline"]))
+              + f"; MD labels per sixth of the run {r['labels_per_block']}")
     m = r.get("baseline_frames_to_match")
     if m:
         print(f"    evenly spaced frames the baseline needs to match the AL force RMSE: "
