@@ -603,6 +603,40 @@ class ActiveLearner:
             raise
 
     def _run(self, t_start: float) -> Summary:
+        """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
+        self._start()
+        prog = _progress(self.total_steps, self.step, self.progress)
+        if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.learning.walkers
+            from .walkers import run_rounds
+
+            run_rounds(self, prog)
+        while self.walker_executor is None and self.step < self.total_steps:
+            if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
+                self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
+                break
+            T = self.md.temperature_at(self.step / max(self.ramp_steps - 1, 1))
+            check = self.step % self.trigger.every == 0
+            uncertain, rollbacks, targeted = self._md_step(T, check)
+            chosen = self._choose(uncertain)
+            self._label_round(T, ((rollbacks, "rollback"), (chosen, "uncertain"), (targeted, "target")))
+            if self.targets is not None and check and not (chosen or targeted or rollbacks):
+                targeted = self._target_structure()  # TargetSet(label_structures=True) only
+            if self.step % self.log_every == 0 or chosen or rollbacks or targeted:
+                self._log_step(T)
+            if self._should_stop():
+                self.step += 1
+                break
+            self.step += 1
+            if time.perf_counter() - self._last_checkpoint > self.checkpoint_seconds:
+                self.checkpoint()
+            prog.update(1)
+            if self.step % 10 == 0:
+                prog.set_postfix_str(f"oracle calls {self.oracle.n_calls}", refresh=False)
+        prog.close()
+        return self._finish(t_start)
+
+    def _start(self) -> None:
+        """The bootstrap labels and model (first run only), then the walkers."""
         if not self.bootstrap_done:
             self.checkpoint()
             self._bootstrap()
@@ -614,94 +648,95 @@ class ActiveLearner:
         if not self.walkers:
             self._init_walkers()
         self.checkpoint()
-        prog = _progress(self.total_steps, self.step, self.progress)
-        if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.learning.walkers
-            from .walkers import run_rounds
 
-            run_rounds(self, prog)
-        while self.walker_executor is None and self.step < self.total_steps:
-            if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
-                self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
-                break
-            frac = self.step / max(self.ramp_steps - 1, 1)
-            T = self.md.temperature_at(frac)
-            uncertain, rollbacks, targeted = [], [], []
-            t0 = time.perf_counter()
-            check = self.step % self.trigger.every == 0
+    def _md_step(self, T: float, check: bool) -> tuple[list, list, list]:
+        """One MD step of every walker at temperature ``T`` (K); with ``check``, the trigger.
+
+        Returns the walkers whose frames are uncertain (with their uncertainty), those
+        rolled back after a blow-up (their restored frame is to be labelled), and those
+        a target wants labelled.
+        """
+        uncertain, rollbacks, targeted = [], [], []
+        t0 = time.perf_counter()
+        for w in self.walkers:
+            w.set_temperature(T)
+            reason = None
+            try:
+                w.step()
+                reason = self._blown_up(w)
+            except OverlappingAtomsError as exc:
+                reason = str(exc)
+            if reason is not None:
+                if self._roll_back(w, T, reason):
+                    rollbacks.append(w)
+                continue
+            if not check:
+                w.keep_if_good(T)
+                continue
+            u = self._check_walker(w)
+            if self.targets is not None and self._target_wants(w, u):
+                targeted.append(w)
+            elif u is not None:
+                uncertain.append((w, u))
+            else:
+                w.keep_if_good(T)
+        self._times["md"] += time.perf_counter() - t0
+        return uncertain, rollbacks, targeted
+
+    def _roll_back(self, w: _Walker, T: float, reason: str) -> bool:
+        """Restore walker ``w``'s last good frame with fresh momenta; True if it is to be labelled.
+
+        The restored frame is labelled unless the walker is at its label cap (Trigger:
+        max_labels per window): a burst of blow-ups is no reason to ask the oracle again
+        about nearly the same frame.
+        """
+        self.rollbacks += 1
+        capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
+        self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason,
+                   "labelled": not capped})
+        w.restore(w.good)
+        # fresh Maxwell-Boltzmann momenta: the old ones led into the blow-up
+        thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
+        Stationary(w.atoms)
+        w.dyn = w._make_dyn(T)
+        return not capped
+
+    def _label_round(self, T: float, groups) -> None:
+        """Label each ``(walkers, reason)`` group's current frames and add them to the model."""
+        for frames, why in groups:
+            if not frames:
+                continue
+            batch = []
+            for w in frames:
+                a = w.atoms.copy()
+                a.calc = None
+                batch.append(a)
+                self._label_steps.setdefault(w.index, []).append(self.step)
+            good = self._label(batch, why, walkers=[w.index for w in frames])
+            self._add_to_model(good)
             for w in self.walkers:
-                w.set_temperature(T)
-                reason = None
-                try:
-                    w.step()
-                    reason = self._blown_up(w)
-                except OverlappingAtomsError as exc:
-                    reason = str(exc)
-                if reason is not None:
-                    self.rollbacks += 1
-                    # the restored frame is labelled unless the walker is at its label cap
-                    # (Trigger: max_labels per window): a burst of blow-ups is no reason to
-                    # ask the oracle again about nearly the same frame
-                    capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
-                    self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason,
-                               "labelled": not capped})
-                    w.restore(w.good)
-                    # fresh Maxwell-Boltzmann momenta: the old ones led into the blow-up
-                    thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
-                    Stationary(w.atoms)
-                    w.dyn = w._make_dyn(T)
-                    if not capped:
-                        rollbacks.append(w)
-                    continue
-                if not check:
-                    w.keep_if_good(T)
-                    continue
-                u = self._check_walker(w)
-                if self.targets is not None and self._target_wants(w, u):
-                    targeted.append(w)
-                elif u is not None:
-                    uncertain.append((w, u))
-                else:
-                    w.keep_if_good(T)
-            self._times["md"] += time.perf_counter() - t0
-            chosen = self._choose(uncertain)
-            for frames, why in ((rollbacks, "rollback"), (chosen, "uncertain"), (targeted, "target")):
-                if not frames:
-                    continue
-                batch = []
-                for w in frames:
-                    a = w.atoms.copy()
-                    a.calc = None
-                    batch.append(a)
-                    self._label_steps.setdefault(w.index, []).append(self.step)
-                good = self._label(batch, why, walkers=[w.index for w in frames])
-                self._add_to_model(good)
-                for w in self.walkers:
-                    w.keep_if_good(T)
-            if self.targets is not None and check and not (chosen or targeted or rollbacks):
-                targeted = self._target_structure()  # TargetSet(label_structures=True) only
-            if self.step % self.log_every == 0 or chosen or rollbacks or targeted:
-                w0 = self.walkers[0].atoms
-                self._log({
-                    "step": self.step, "temperature": w0.get_temperature(), "target_T": T,
-                    "energy": float(w0.get_potential_energy()), "threshold": self.threshold_,
-                    "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
-                    "n_sparse": len(self.model.sparse_X_),
-                })
-            if self.stopping is not None and self.check_every and self.step % self.check_every == 0 and self.step:
-                if self._check_stop():
-                    self.step += 1
-                    break
-            if (self.targets is not None and self.targets.tolerance is not None and self.check_every
-                    and self.step % self.check_every == 0 and self.step and self._check_target_stop()):
-                self.step += 1
-                break
-            self.step += 1
-            if time.perf_counter() - self._last_checkpoint > self.checkpoint_seconds:
-                self.checkpoint()
-            prog.update(1)
-            if self.step % 10 == 0:
-                prog.set_postfix_str(f"oracle calls {self.oracle.n_calls}", refresh=False)
-        prog.close()
+                w.keep_if_good(T)
+
+    def _log_step(self, T: float) -> None:
+        w0 = self.walkers[0].atoms
+        self._log({
+            "step": self.step, "temperature": w0.get_temperature(), "target_T": T,
+            "energy": float(w0.get_potential_energy()), "threshold": self.threshold_,
+            "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
+            "n_sparse": len(self.model.sparse_X_),
+        })
+
+    def _should_stop(self) -> bool:
+        """The stopping rule and the target's tolerance, every ``check_every`` steps."""
+        due = self.check_every and self.step % self.check_every == 0 and self.step
+        if not due:
+            return False
+        if self.stopping is not None and self._check_stop():
+            return True
+        return bool(self.targets is not None and self.targets.tolerance is not None and self._check_target_stop())
+
+    def _finish(self, t_start: float) -> Summary:
+        """Final calibration and validation, checkpoint, summary.json and plots."""
         self.calibrate()
         if self.validation:
             self.validate()
