@@ -82,3 +82,24 @@ def test_a_run_state_with_flat_settings_still_resumes():
     new = {"groups": {"bootstrap": {"n_frames": 6}, "oracle_settings": {"retries": 2}, "run": {"max_force": 12.0}}}
     assert settings_from_state(new) == settings_from_state(old)
     assert all(group in GROUPS and hasattr(GROUPS[group](), field) for group, field in FLAT_NAMES.values())
+
+
+class EveryCheck(Trigger):
+    """A new trigger rule is one method: label every checked frame (at most the rate cap)."""
+
+    def judge(self, prediction, *, model, recent, label_steps, step, **scales):
+        capped = self.capped(label_steps, step)
+        return {"uncertainty": float(prediction["forces_std"].max()), "threshold": 0.0, "base_threshold": 0.0,
+                "label": not capped, "capped": capped}
+
+
+def test_a_trigger_rule_is_one_method_and_survives_resume(tmp_path):
+    L = _learner(tmp_path, n_bootstrap=2, n_candidates=6, progress=False)
+    L.trigger = EveryCheck(every=10, max_labels=2, window=100)
+    L.run(40)
+    checks = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    checks = [c for c in checks if c.get("event") == "check"]
+    assert [c["label"] for c in checks] == [True, True, False, False]  # every check, then the cap
+    assert L._calls["uncertain"] == 2
+    R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
+    assert type(R.trigger) is EveryCheck and R.trigger.every == 10

@@ -372,6 +372,7 @@ class ActiveLearner:
             "n_walkers_total": len(self.walkers),
             "times": self._times,
             "trigger": asdict(self.trigger),
+            "trigger_class": _import_path(type(self.trigger)),  # a Trigger subclass: its own judge
             "md": {k: v for k, v in asdict(self.md).items() if k != "factory"},
             "md_factory": None if self.md.factory is None else _import_path(self.md.factory),
             "md_has_factory": self.md.factory is not None,
@@ -760,27 +761,20 @@ class ActiveLearner:
                 refreshed = novel
                 res = self.model.predict(w.atoms, return_std=True, forces_std=forces)
         self.n_checks += 1
-        if forces:
-            scale = self._force_std_scale() if trig.calibrated else 1.0
-            u = float(np.max(res["forces_std"])) * scale
-            thr, base = trig.level(self.model, self._recent_unc, self._force_noise_scale(),
-                                   self._force_rms())
-        else:
-            u = float(np.max(res["energies_std"]))
-            thr, base = trig.level(self.model, self._recent_unc)
-        reference = trig.adaptive and not self._recent_unc
-        self.threshold_ = thr
+        j = trig.judge(res, model=self.model, recent=self._recent_unc, label_steps=self._label_steps.get(w.index, []),
+                       step=self.step, force_std_scale=self._force_std_scale(),
+                       noise_scale=self._force_noise_scale(), force_rms=self._force_rms())
+        u = j["uncertainty"]
+        self.threshold_ = j["threshold"]
         self._times["check"] += time.perf_counter() - t0
-        label = u > thr and not reference
-        capped = label and trig.capped(self._label_steps.get(w.index, []), self.step)
         self._log({"event": "check", "step": self.step, "walker": w.index, "uncertainty": u,
-                   "threshold": thr, "base_threshold": base, "novel": refreshed,
-                   "label": bool(label and not capped), "capped": bool(capped)})
-        if not label:
+                   "threshold": j["threshold"], "base_threshold": j["base_threshold"], "novel": refreshed,
+                   "label": j["label"], "capped": j["capped"]})
+        if not (j["label"] or j["capped"]):
             self._recent_unc.append(u)
             del self._recent_unc[: -4 * trig.adapt_window]
             return None
-        return None if capped else u
+        return u if j["label"] else None
 
     def _choose(self, uncertain: list) -> list:
         """Which of the walkers whose frames crossed the threshold are labelled.
@@ -1107,7 +1101,10 @@ class ActiveLearner:
             elif state.get("md_has_factory"):
                 raise GpalError("this run's MD factory is not importable (a lambda or a local "
                                 "function); pass md=MDSettings(..., factory=...) to resume")
-        trigger = overrides.pop("trigger", None) or Trigger(**state["trigger"])
+        trigger = overrides.pop("trigger", None)
+        if trigger is None:
+            rule = _import(state["trigger_class"]) if state.get("trigger_class") else Trigger
+            trigger = rule(**state["trigger"])
         if state.get("targets") and "targets" not in overrides:
             from .targets import TargetSet
 

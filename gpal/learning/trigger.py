@@ -18,7 +18,10 @@ _TRIGGER_QUANTITIES = ("forces_std", "energies_std")
 class Trigger:
     """When a walker's frame goes to the oracle.
 
-    Every ``every`` MD steps each walker's current frame is judged:
+    The loop asks one method, :meth:`judge` (in the learner and on walker workers); a new
+    trigger rule is a subclass that overrides it (it is saved by import path and rebuilt
+    on resume and on workers). The default rule: every ``every`` MD steps each walker's
+    current frame is judged:
 
     1. **Novelty** (no oracle call). Environments whose ``novelty`` (the fraction of
        their prior variance that the sparse set does not explain, see
@@ -170,6 +173,50 @@ class Trigger:
         if not self.adaptive or not recent:
             return 0.0
         return (1.0 + self.adapt_margin) * float(np.mean(recent[-self.adapt_window:]))
+
+    def judge(self, prediction: dict, *, model: SparseGP, recent: Sequence[float], label_steps: Sequence[int],
+              step: int, force_std_scale: float = 1.0, noise_scale: float = 1.0,
+              force_rms: float | None = None) -> dict:
+        """The trigger's decision on one frame: is it labelled?
+
+        The one method the loop asks (in the learner's process and on walker workers
+        alike); a new trigger rule is a subclass that overrides it.
+
+        Parameters
+        ----------
+        prediction : dict
+            ``model.predict(frame, return_std=True, forces_std=...)`` of the frame.
+        model : SparseGP
+        recent : sequence of float
+            Uncertainties of the unlabelled checks since the last update (the adaptive
+            level's history).
+        label_steps : sequence of int
+            Steps at which this walker was labelled (the rate cap).
+        step : int
+        force_std_scale, noise_scale : float
+            The model's force-std recalibration factor and force-noise factor.
+        force_rms : float or None
+            RMS oracle force of the labels, eV/Å (the ceiling).
+
+        Returns
+        -------
+        dict
+            ``uncertainty``, ``threshold``, ``base_threshold`` (eV/Å of calibrated force
+            std, or eV for energies_std), ``label`` (after the rate cap) and ``capped``
+            (it would be labelled but the walker is at its cap).
+        """
+        if self.quantity == "forces_std":
+            scale = force_std_scale if self.calibrated else 1.0
+            u = float(np.max(prediction["forces_std"])) * scale
+            thr, base = self.level(model, recent, noise_scale, force_rms)
+        else:
+            u = float(np.max(prediction["energies_std"]))
+            thr, base = self.level(model, recent)
+        reference = self.adaptive and not recent  # the first check only sets the level
+        label = u > thr and not reference
+        capped = label and self.capped(label_steps, step)
+        return {"uncertainty": u, "threshold": thr, "base_threshold": base,
+                "label": bool(label and not capped), "capped": bool(capped)}
 
     def capped(self, label_steps: Sequence[int], step: int) -> bool:
         """True when a walker that labelled at ``label_steps`` may not label at ``step``."""

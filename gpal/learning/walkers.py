@@ -131,9 +131,9 @@ def blown_up(atoms: Atoms, max_force: float, max_temperature: float) -> str | No
 def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, label_steps, step: int,
                 force_std_scale: float = 1.0, noise_scale: float = 1.0, force_rms: float | None = None,
                 sparse_refresh: bool = True, max_sparse: int = 2000) -> dict:
-    """Judge one frame by :class:`gpal.Trigger` without a learner (what a worker runs).
+    """Judge one frame by :meth:`gpal.Trigger.judge` without a learner (what a worker runs).
 
-    The logic of ``ActiveLearner._check_walker`` with the learner's state passed in,
+    ``ActiveLearner._check_walker`` with the learner's state passed in,
     except the sparse refresh, which changes the model: a frame with novel
     environments (and room in the sparse set) is returned as ``novel`` for the
     learner to refresh and judge on its own model.
@@ -171,18 +171,9 @@ def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, la
         novel = int(np.count_nonzero(res["novelty"] > trigger.novelty))
         if novel:
             return {"novel": novel, "novelty": float(res["novelty"].max())}
-    if forces:
-        scale = force_std_scale if trigger.calibrated else 1.0
-        u = float(np.max(res["forces_std"])) * scale
-        thr, base = trigger.level(model, recent, noise_scale, force_rms)
-    else:
-        u = float(np.max(res["energies_std"]))
-        thr, base = trigger.level(model, recent)
-    reference = trigger.adaptive and not recent
-    label = u > thr and not reference
-    capped = label and trigger.capped(label_steps, step)
-    return {"novel": 0, "uncertainty": u, "threshold": thr, "base_threshold": base,
-            "label": bool(label and not capped), "capped": bool(capped)}
+    j = trigger.judge(res, model=model, recent=recent, label_steps=label_steps, step=step,
+                      force_std_scale=force_std_scale, noise_scale=noise_scale, force_rms=force_rms)
+    return {"novel": 0, **j}
 
 
 # ---------------------------------------------------------------------- the task
@@ -225,7 +216,8 @@ def run_segment(task: dict) -> dict:
     md_fields = dict(task["md"])
     factory = md_fields.pop("factory", None)
     md = MDSettings(**md_fields, factory=_import(factory) if factory else None)
-    trig = Trigger(**task["trigger"])
+    # a Trigger subclass (its own judge) is rebuilt by its import path
+    trig = (_import(task["trigger_class"]) if task.get("trigger_class") else Trigger)(**task["trigger"])
     start, end = int(task["start"]), int(task["end"])
     ramp = max(int(task["ramp_steps"]) - 1, 1)
     atoms = Atoms(numbers=task["numbers"], positions=task["positions"], cell=task["cell"], pbc=task["pbc"])
@@ -361,7 +353,8 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "positions": np.array(state["positions"]), "momenta": np.array(state["momenta"]),
         "cell": np.array(state["cell"]), "good": tuple(np.array(x) for x in state["good"]),
         "start": int(start), "end": int(end), "ramp_steps": int(L.ramp_steps),
-        "md": md, "trigger": asdict(L.trigger), "seed": [int(base), int(w.index), int(start)],
+        "md": md, "trigger": asdict(L.trigger), "trigger_class": _import_path(type(L.trigger)),
+        "seed": [int(base), int(w.index), int(start)],
         "recent": (list(L._recent_unc) + list(state["recent"]))[-4 * L.trigger.adapt_window:],
         "label_steps": list(L._label_steps.get(w.index, [])),
         "force_std_scale": L._force_std_scale(), "noise_scale": L._force_noise_scale(),
