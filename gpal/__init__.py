@@ -9,6 +9,7 @@ GPCalculator    ASE calculator with uncertainties
 ActiveLearner   on-the-fly active learning (MD sampler, GP learner, oracle)
 TargetSet       what a run should get right (e.g. NEB images and their barrier)
 kernels, selection, calibration   building blocks
+descriptors, model, learning, cli  the packages behind them (README: "where things live")
 set_threads, threads   threads of gpal's computations (default: free cores of this process)
 """
 
