@@ -62,6 +62,10 @@ def alloy_frames(n: int, seed: int) -> list:
     path = _data.CACHE_DIR / f"fit_memory_CuAu_{n}_{seed}.extxyz"
     if path.exists():
         return read(path, ":")
+    if n % 10 == 0:  # whole trajectories: the first n frames of a larger cached set
+        for other in sorted(_data.CACHE_DIR.glob(f"fit_memory_CuAu_*_{seed}.extxyz")):
+            if int(other.name.split("_")[3]) > n:
+                return read(other, f":{n}")
     temps = (300.0, 600.0, 900.0, 1200.0)
     frames = []
     per_traj = 10  # many short trajectories: every subset mixes temperatures
@@ -119,6 +123,52 @@ def child(args) -> dict:
     }
 
 
+def run_gap(n: int, args) -> dict:
+    """gap_fit on the first ``n`` training frames, same SOAP sizes and sparse count.
+
+    Runs under an address-space limit of ``--gap-memory-gb`` (``prlimit --as``) so that a
+    fit that needs more memory fails cleanly instead of pushing the machine into swap or
+    the OOM killer; returns time and peak RSS, or the failure and gap_fit's own memory
+    estimate when it printed one.
+    """
+    import re
+    import shutil
+
+    sys.path.insert(0, str(HERE))
+    from bench_fit_predict import fit_gap, gap_available
+
+    ok, why = gap_available()
+    if not ok:
+        return {"error": why}
+    frames = alloy_frames(n, seed=1)
+    numbers = np.concatenate([a.numbers for a in frames])
+    species = sorted(int(z) for z in np.unique(numbers))
+    frac = {z: np.count_nonzero(numbers == z) / len(numbers) for z in species}
+    counts = {z: int(round(args.n_sparse * frac[z])) for z in species}
+    counts[species[0]] += args.n_sparse - sum(counts.values())
+    workdir = HERE / ".cache" / "gap_fit_memory" / f"CuAu_{n}_M{args.n_sparse}"
+    limit = int(args.gap_memory_gb * 1e9)
+    import bench_fit_predict as bfp
+
+    real = bfp.gap_fit_binary() or shutil.which("gap_fit")
+    wrapper = workdir / "gap_fit_limited.sh"
+    workdir.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(f"#!/bin/sh\nexec prlimit --as={limit} {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    old = bfp.gap_fit_binary
+    bfp.gap_fit_binary = lambda: str(wrapper)
+    try:
+        res = fit_gap(frames, counts, workdir, seed=0)
+        out = {"time_s": res["wall"], "peak_gb": res["peak_rss_mb"] / 1e3, "counts": counts}
+    except RuntimeError as exc:
+        log = (workdir / "gap_fit.log").read_text(errors="replace")
+        est = re.findall(r"(?i)memory.{0,80}", log)
+        out = {"error": str(exc).splitlines()[0], "estimate": est[-3:], "counts": counts}
+    finally:
+        bfp.gap_fit_binary = old
+    return out
+
+
 def run_child(python: str, path: str | None, n: int, args) -> dict:
     cmd = [python, __file__, "--child", "--frames", str(n), "--n-sparse", str(args.n_sparse),
            "--n-test", str(args.n_test)]
@@ -142,6 +192,11 @@ def main() -> None:
                    help="SparseGP(memory_budget_gb=...); default: gpal's default")
     p.add_argument("--compare-main", default=None, metavar="PYTHON:PATH")
     p.add_argument("--quick", action="store_true", help="20 and 40 frames, 300 sparse points")
+    p.add_argument("--gap-frames", type=int, nargs="*", default=[],
+                   help="also run gap_fit on this many frames (same SOAP sizes, sparse count)")
+    p.add_argument("--gap-memory-gb", type=float, default=12.0,
+                   help="address-space limit of gap_fit (it fails cleanly beyond it)")
+    p.add_argument("--no-gpal", action="store_true", help="only the gap_fit runs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.simplefilter("ignore")
@@ -153,8 +208,12 @@ def main() -> None:
     for n in args.frames:  # build the data once, outside the timed children
         alloy_frames(n, seed=1)
     alloy_frames(args.n_test, seed=2)
+    gap_rows = []
+    for n in args.gap_frames:
+        print(f"gap_fit on {n} frames ...", file=sys.stderr, flush=True)
+        gap_rows.append((n, run_gap(n, args)))
     rows = []
-    for n in args.frames:
+    for n in ([] if args.no_gpal else args.frames):
         print(f"fitting {n} frames ...", file=sys.stderr, flush=True)
         mine = run_child(sys.executable, None, n, args)
         other = None
@@ -186,6 +245,13 @@ def main() -> None:
                          f"{other['rise_gb']:>11.2f}{other['peak_gb'] / mine['peak_gb']:>12.2f}")
         print(line)
     print("rows GB: n_obs x n_sparse float64, what a one-shot fit holds at least twice")
+    for n, g in gap_rows:
+        if "error" in g:
+            print(f"gap_fit {n} frames, sparse {g.get('counts')}, limit {args.gap_memory_gb:g} "
+                  f"GB: failed: {g['error']}; {' | '.join(g.get('estimate', []))}")
+        else:
+            print(f"gap_fit {n} frames, sparse {g['counts']}: {g['time_s']:.0f} s, peak "
+                  f"{g['peak_gb']:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -668,7 +668,7 @@ class SOAP:
         N = len(spec)
         S = len(self.species_numbers_)
         L2 = (self.l_max + 1) ** 2
-        C = np.zeros((N, S, L2, self.n_max))
+        C = np.empty((N, S, L2, self.n_max))  # every kernel zeroes each centre's block
         X = np.empty((N, self._n_features))
         if N:
             with self._dynamic():
