@@ -162,8 +162,10 @@ def run_gap(n: int, args) -> dict:
         out = {"time_s": res["wall"], "peak_gb": res["peak_rss_mb"] / 1e3, "counts": counts}
     except RuntimeError as exc:
         log = (workdir / "gap_fit.log").read_text(errors="replace")
-        est = re.findall(r"(?i)memory.{0,80}", log)
-        out = {"error": str(exc).splitlines()[0], "estimate": est[-3:], "counts": counts}
+        est = [" ".join(m.split()) for m in re.findall(r"(?m)^(?:PEAK|Free system memory)\s.*$", log)]
+        out = {"error": str(exc).splitlines()[0], "estimate": ["gap_fit's estimate: " + e
+                                                            for e in est[-2:]],
+               "counts": counts}
     finally:
         bfp.gap_fit_binary = old
     return out

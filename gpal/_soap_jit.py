@@ -1118,6 +1118,56 @@ def soap_create_batched(
             _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _contract8(hl, Rl, Ql, Yr, d0, d1, d2, q0, q1, u, g0, g1, g2):
+    """One (s, lm) term of :func:`soap_backward_batched` for n_max = 8, pairs q0:q1.
+
+    HR = sum_k h_k R[k], HQ = sum_k h_k Qd[k] are formed per pair in registers, then
+    u += HQ Y, g_a += HR dY_a (u, g_a already sliced to q0:q1).
+    """
+    h0 = hl[0]
+    h1 = hl[1]
+    h2 = hl[2]
+    h3 = hl[3]
+    h4 = hl[4]
+    h5 = hl[5]
+    h6 = hl[6]
+    h7 = hl[7]
+    R0 = Rl[0, q0:q1]
+    R1 = Rl[1, q0:q1]
+    R2 = Rl[2, q0:q1]
+    R3 = Rl[3, q0:q1]
+    R4 = Rl[4, q0:q1]
+    R5 = Rl[5, q0:q1]
+    R6 = Rl[6, q0:q1]
+    R7 = Rl[7, q0:q1]
+    Q0 = Ql[0, q0:q1]
+    Q1 = Ql[1, q0:q1]
+    Q2 = Ql[2, q0:q1]
+    Q3 = Ql[3, q0:q1]
+    Q4 = Ql[4, q0:q1]
+    Q5 = Ql[5, q0:q1]
+    Q6 = Ql[6, q0:q1]
+    Q7 = Ql[7, q0:q1]
+    y = Yr[q0:q1]
+    e0 = d0[q0:q1]
+    e1 = d1[q0:q1]
+    e2 = d2[q0:q1]
+    for q in range(q1 - q0):
+        hr = (
+            h0 * R0[q] + h1 * R1[q] + h2 * R2[q] + h3 * R3[q]
+            + h4 * R4[q] + h5 * R5[q] + h6 * R6[q] + h7 * R7[q]
+        )  # fmt: skip
+        hq = (
+            h0 * Q0[q] + h1 * Q1[q] + h2 * Q2[q] + h3 * Q3[q]
+            + h4 * Q4[q] + h5 * Q5[q] + h6 * Q6[q] + h7 * Q7[q]
+        )  # fmt: skip
+        u[q] += hq * y[q]
+        g0[q] += hr * e0[q]
+        g1[q] += hr * e1[q]
+        g2[q] += hr * e2[q]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
 def soap_backward_batched(
     vec,
@@ -1204,6 +1254,12 @@ def soap_backward_batched(
                 g2s = g2[q0:q1]
                 for ell in range(L1):
                     for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        if nk == 8:  # the default n_max: one pass, sums in registers
+                            _contract8(
+                                h[s, lm], R[ell], Qd[ell], Y[lm], dY[0, lm], dY[1, lm],
+                                dY[2, lm], q0, q1, us, g0s, g1s, g2s,
+                            )  # fmt: skip
+                            continue
                         for q in range(m):
                             HRs[q] = 0.0
                             HQs[q] = 0.0

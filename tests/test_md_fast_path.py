@@ -51,10 +51,11 @@ def _systems():
     ]
 
 
+@pytest.mark.parametrize("n_max", [5, 8])  # 8: the specialised contraction
 @pytest.mark.parametrize("name, atoms, species, periodic, weighting", _systems(),
                          ids=[s[0] for s in _systems()])
-def test_batched_kernels_equal_reference(name, atoms, species, periodic, weighting):
-    soap = SOAP(species, periodic=periodic, weighting=weighting, **SOAP_MD)
+def test_batched_kernels_equal_reference(name, atoms, species, periodic, weighting, n_max):
+    soap = SOAP(species, periodic=periodic, weighting=weighting, **{**SOAP_MD, "n_max": n_max})
     numbers, spec, i, j, D, offsets, volume = soap._prepare(atoms)
     C_ref, X_ref = soap._run_create(spec, j, D, offsets, reference=True)
     C, X = soap._run_create(spec, j, D, offsets)
