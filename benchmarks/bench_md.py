@@ -22,6 +22,26 @@ Models: gpal and GAP fitted on ``_data.cu_dataset()`` with the settings of
 eV/atom, 0.05 eV/Å, 0.005 eV/Å^3). The GAP model is cached under
 ``benchmarks/.cache/gap/`` and reused when ``bench_fit_predict.py`` already made it.
 
+``--interleaved`` (the issue-15 measurement) times gpal with local stds every step, EMT
+and GAP in interleaved blocks (each calculator its own trajectory, the order rotating
+from block to block) and reports CPU medians; ``--load busy`` runs a second CPU-bound
+process (``python -c "while True: pass"``) meanwhile, ``--load both`` does both.
+Measured (2 shared cores, other jobs kept the load average at 6.5-8 throughout, so
+"quiet" means no load added by the benchmark; 500 sparse points, n_max 8, l_max 6;
+``--n-sparse 500 --sizes 3 10 --interleaved --load both --steps 20 --steps-large 2
+--nve-steps 0``), CPU µs/atom/step::
+
+    machine  atoms   gpal    EMT    GAP   gpal/EMT   GAP/gpal
+    quiet      108  150.0  129.5   3655       1.16         24
+    quiet     4000  149.6  131.4   3950       1.14         26
+    busy       108  172.9  130.2   4489       1.33         26
+    busy      4000  117.6  128.0   3160       0.92         27
+
+Targets (<= 0.7x EMT, >= 60x GAP) not met at 500 sparse points: the local-energy std
+alone costs two triangular solves with the (M x M) factors per atom (2 M² flops) and the
+kernel two (n_atoms x F x M) products, together ~50 µs/atom at M = 500 before any SOAP
+work.
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
