@@ -37,6 +37,11 @@ Measured (2 shared cores, other jobs kept the load average at 6.5-8 throughout, 
     busy       108  172.9  130.2   4489       1.33         26
     busy      4000  117.6  128.0   3160       0.92         27
 
+A later run at load average 2 (``--sizes 3``, 7 blocks): quiet 158.7 / 100.9 / 3493
+(1.57x EMT, GAP 22x), busy 157.5 / 120.0 / 3114 (1.31x, 20x). Against the previous
+release in two concurrent processes (same load; 108 atoms, 11 blocks): gpal/EMT 1.90
+before, 1.38 after (255 -> 178 µs/atom CPU).
+
 Targets (<= 0.7x EMT, >= 60x GAP) not met at 500 sparse points: the local-energy std
 alone costs two triangular solves with the (M x M) factors per atom (2 M² flops) and the
 kernel two (n_atoms x F x M) products, together ~50 µs/atom at M = 500 before any SOAP
