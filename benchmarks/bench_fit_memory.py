@@ -29,11 +29,29 @@ issue's 1,000 frames (331k observations, 5.3 GB of rows): the one-shot fit would
 the sparse selection reads, 0.8 GB), in ~1,700 s on one core (1.7 s per frame, dominated
 by the 2,000-column kernel rows of each frame).
 
+With ``--budget-gb 1`` (rows beyond 0.5 GB streamed; load average 6-8, so wall times
+are inflated)::
+
+    frames  n_obs  rows GB  time s  CPU s  peak GB  F RMSE eV/Å
+        50  16550    0.26     705      -     1.52   0.0083
+       200  66200    1.06     949      -     1.51   0.0065
+       400 132400    2.12     692    442     1.69   0.0065
+
+1,000 frames (not run to the end here): ~1,100 s CPU (1.1 s per frame) and a peak of
+~2.2 GB (the 400-frame peak plus the descriptors of 600 more frames, 0.5 GB), within the
+4 GB target; a one-shot fit would hold 5.3 GB of rows several times.
+
+gap_fit (``--gap-frames 200``, same frames, SOAP n_max 8 / l_max 6 / r_cut 5, 1,500 Cu +
+500 Au sparse points, run under ``prlimit --as`` of ``--gap-memory-gb``): on 200 frames
+gap_fit's own estimate is a 65 GB peak (descriptor derivatives ``xPrime``: 16 GB per
+species descriptor); it failed at allocation under a 12 GB limit on a 25 GB machine.
+
 Run::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_fit_memory.py --frames 200 400 \\
         --budget-gb 3 --compare-main /work/venv/bin/python:/work/main
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_fit_memory.py --quick
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_fit_memory.py --no-gpal --gap-frames 200
 """
 
 from __future__ import annotations
@@ -62,6 +80,10 @@ def alloy_frames(n: int, seed: int) -> list:
     path = _data.CACHE_DIR / f"fit_memory_CuAu_{n}_{seed}.extxyz"
     if path.exists():
         return read(path, ":")
+    if n % 10 == 0:  # whole trajectories: the first n frames of a larger cached set
+        for other in sorted(_data.CACHE_DIR.glob(f"fit_memory_CuAu_*_{seed}.extxyz")):
+            if int(other.name.split("_")[3]) > n:
+                return read(other, f":{n}")
     temps = (300.0, 600.0, 900.0, 1200.0)
     frames = []
     per_traj = 10  # many short trajectories: every subset mixes temperatures
@@ -105,18 +127,66 @@ def child(args) -> dict:
 
     model(50, None).fit(train[:3])  # warm-up: numba compilation / cache, BLAS
     before = _vm_hwm()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     m = model(args.n_sparse, args.budget_gb).fit(train)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _vm_hwm()
     err = np.concatenate([(m.predict(a)["forces"] - a.get_forces()).ravel() for a in test])
     sol = m.solver_
     return {
-        "time_s": elapsed, "peak_gb": peak, "rise_gb": peak - before,
+        "time_s": elapsed, "cpu_s": cpu, "peak_gb": peak, "rise_gb": peak - before,
         "force_rmse": float(np.sqrt(np.mean(err**2))),
         "n_obs": int(sol.n_obs_), "n_sparse": int(sol.n_sparse_),
         "rows_kept": bool(getattr(sol, "keep_rows_", True)),
     }
+
+
+def run_gap(n: int, args) -> dict:
+    """gap_fit on the first ``n`` training frames, same SOAP sizes and sparse count.
+
+    Runs under an address-space limit of ``--gap-memory-gb`` (``prlimit --as``) so that a
+    fit that needs more memory fails cleanly instead of pushing the machine into swap or
+    the OOM killer; returns time and peak RSS, or the failure and gap_fit's own memory
+    estimate when it printed one.
+    """
+    import re
+    import shutil
+
+    sys.path.insert(0, str(HERE))
+    from bench_fit_predict import fit_gap, gap_available
+
+    ok, why = gap_available()
+    if not ok:
+        return {"error": why}
+    frames = alloy_frames(n, seed=1)
+    numbers = np.concatenate([a.numbers for a in frames])
+    species = sorted(int(z) for z in np.unique(numbers))
+    frac = {z: np.count_nonzero(numbers == z) / len(numbers) for z in species}
+    counts = {z: int(round(args.n_sparse * frac[z])) for z in species}
+    counts[species[0]] += args.n_sparse - sum(counts.values())
+    workdir = HERE / ".cache" / "gap_fit_memory" / f"CuAu_{n}_M{args.n_sparse}"
+    limit = int(args.gap_memory_gb * 1e9)
+    import bench_fit_predict as bfp
+
+    real = bfp.gap_fit_binary() or shutil.which("gap_fit")
+    wrapper = workdir / "gap_fit_limited.sh"
+    workdir.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(f"#!/bin/sh\nexec prlimit --as={limit} {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    old = bfp.gap_fit_binary
+    bfp.gap_fit_binary = lambda: str(wrapper)
+    try:
+        res = fit_gap(frames, counts, workdir, seed=0)
+        out = {"time_s": res["wall"], "peak_gb": res["peak_rss_mb"] / 1e3, "counts": counts}
+    except RuntimeError as exc:
+        log = (workdir / "gap_fit.log").read_text(errors="replace")
+        est = [" ".join(m.split()) for m in re.findall(r"(?m)^(?:PEAK|Free system memory)\s.*$", log)]
+        out = {"error": str(exc).splitlines()[0], "estimate": ["gap_fit's estimate: " + e
+                                                            for e in est[-2:]],
+               "counts": counts}
+    finally:
+        bfp.gap_fit_binary = old
+    return out
 
 
 def run_child(python: str, path: str | None, n: int, args) -> dict:
@@ -142,6 +212,11 @@ def main() -> None:
                    help="SparseGP(memory_budget_gb=...); default: gpal's default")
     p.add_argument("--compare-main", default=None, metavar="PYTHON:PATH")
     p.add_argument("--quick", action="store_true", help="20 and 40 frames, 300 sparse points")
+    p.add_argument("--gap-frames", type=int, nargs="*", default=[],
+                   help="also run gap_fit on this many frames (same SOAP sizes, sparse count)")
+    p.add_argument("--gap-memory-gb", type=float, default=12.0,
+                   help="address-space limit of gap_fit (it fails cleanly beyond it)")
+    p.add_argument("--no-gpal", action="store_true", help="only the gap_fit runs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.simplefilter("ignore")
@@ -153,8 +228,12 @@ def main() -> None:
     for n in args.frames:  # build the data once, outside the timed children
         alloy_frames(n, seed=1)
     alloy_frames(args.n_test, seed=2)
+    gap_rows = []
+    for n in args.gap_frames:
+        print(f"gap_fit on {n} frames ...", file=sys.stderr, flush=True)
+        gap_rows.append((n, run_gap(n, args)))
     rows = []
-    for n in args.frames:
+    for n in ([] if args.no_gpal else args.frames):
         print(f"fitting {n} frames ...", file=sys.stderr, flush=True)
         mine = run_child(sys.executable, None, n, args)
         other = None
@@ -165,7 +244,8 @@ def main() -> None:
     budget = "default" if args.budget_gb is None else f"{args.budget_gb:g} GB"
     print(f"\nCu/Au 108-atom frames, {args.n_sparse} sparse points, one thread; memory budget "
           f"{budget}; held-out force RMSE on {args.n_test} frames")
-    hdr = (f"{'frames':>7}{'n_obs':>9}{'rows GB':>9}{'time s':>9}{'peak GB':>9}{'rise GB':>9}"
+    hdr = (f"{'frames':>7}{'n_obs':>9}{'rows GB':>9}{'time s':>9}{'CPU s':>9}{'peak GB':>9}"
+           f"{'rise GB':>9}"
            f"{'F RMSE':>9}{'kept':>6}")
     if args.compare_main:
         hdr += f"{'main time':>11}{'main peak':>11}{'main rise':>11}{'peak ratio':>12}"
@@ -176,6 +256,7 @@ def main() -> None:
             continue
         rows_gb = 8 * mine["n_obs"] * mine["n_sparse"] / 1e9
         line = (f"{n:>7}{mine['n_obs']:>9}{rows_gb:>9.2f}{mine['time_s']:>9.0f}"
+                f"{mine.get('cpu_s', float('nan')):>9.0f}"
                 f"{mine['peak_gb']:>9.2f}{mine['rise_gb']:>9.2f}{mine['force_rmse']:>9.4f}"
                 f"{'yes' if mine['rows_kept'] else 'no':>6}")
         if other is not None:
@@ -186,6 +267,13 @@ def main() -> None:
                          f"{other['rise_gb']:>11.2f}{other['peak_gb'] / mine['peak_gb']:>12.2f}")
         print(line)
     print("rows GB: n_obs x n_sparse float64, what a one-shot fit holds at least twice")
+    for n, g in gap_rows:
+        if "error" in g:
+            print(f"gap_fit {n} frames, sparse {g.get('counts')}, limit {args.gap_memory_gb:g} "
+                  f"GB: failed: {g['error']}; {' | '.join(g.get('estimate', []))}")
+        else:
+            print(f"gap_fit {n} frames, sparse {g['counts']}: {g['time_s']:.0f} s, peak "
+                  f"{g['peak_gb']:.2f} GB")
 
 
 if __name__ == "__main__":

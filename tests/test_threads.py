@@ -133,13 +133,14 @@ def test_user_limits_are_kept(fit_probe, frames):
 def test_small_predictions_use_one_blas_thread(frames, monkeypatch):
     model = _model().fit(frames)
     seen = []
-    orig = type(model.solver_).var_nystrom
+    # the local-std triangular solve (once per prediction)
+    orig = type(model.solver_)._sor_factor_whitened
 
-    def var_nystrom(self, A):
+    def sor_factor_whitened(self, P):
         seen.append(_probe())
-        return orig(self, A)
+        return orig(self, P)
 
-    monkeypatch.setattr(type(model.solver_), "var_nystrom", var_nystrom)
+    monkeypatch.setattr(type(model.solver_), "_sor_factor_whitened", sor_factor_whitened)
     monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
     if _blas_threads() < 2:
         pytest.skip("BLAS already runs one thread")

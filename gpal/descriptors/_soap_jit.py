@@ -786,3 +786,501 @@ def pair_forces_kernel(g, center, neighbor, n_atoms):
             out[j, k] -= g[p, k]
             out[i, k] += g[p, k]
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Pair-batched kernels (the fast path of ``SOAP.create``/``expand`` and ``backward``).
+#
+# Same mathematics as ``soap_create`` / ``soap_backward`` above, which stay as the
+# reference (tests compare both to 1e-10). Each centre's pairs are gathered, grouped by
+# neighbour species (``perm``), into structure-of-arrays scratch whose innermost index is
+# the pair: the exponentials, radial contractions and solid-harmonic recurrences then run
+# as long vector loops over pairs instead of tiny loops of length n_max per pair.
+# ``fastmath`` is limited to reassociation and FMA contraction ({"reassoc", "contract"}):
+# sums are reordered (rounding changes at the 1e-15 relative level), nothing else.
+# ---------------------------------------------------------------------------------------
+_FM = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True)
+def _gather_centre(vec, nbr_spec, p0, p1, S, perm, sstart, geo, wtype, wpar, w_zero):
+    """Gather the pairs p0:p1 of one centre grouped by species.
+
+    perm[q] = p (q-th gathered pair), pairs of species s at q in sstart[s]:sstart[s+1];
+    geo[0:3, q] = vector, geo[3, q] = r², geo[4, q] = w, geo[5, q] = (dw/dr)/r.
+    """
+    n = p1 - p0
+    for s in range(S + 1):
+        sstart[s] = 0
+    for p in range(p0, p1):
+        sstart[nbr_spec[p] + 1] += 1
+    for s in range(S):
+        sstart[s + 1] += sstart[s]
+    for p in range(p0, p1):
+        s = nbr_spec[p]
+        q = sstart[s]
+        sstart[s] = q + 1
+        perm[q] = p
+    for s in range(S, 0, -1):
+        sstart[s] = sstart[s - 1]
+    sstart[0] = 0
+    for q in range(n):
+        p = perm[q]
+        x = vec[p, 0]
+        y = vec[p, 1]
+        z = vec[p, 2]
+        r2 = x * x + y * y + z * z
+        w, dwr = _weight(math.sqrt(r2), r2, wtype, wpar, w_zero)
+        geo[0, q] = x
+        geo[1, q] = y
+        geo[2, q] = z
+        geo[3, q] = r2
+        geo[4, q] = w
+        geo[5, q] = dwr
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
+    """R[l, k, q] (and Qd if grad) of n gathered pairs; see the module docstring.
+
+    args, ex (L1 n_max n,), ibits (same, int64) are scratch laid out [l, k, q] with
+    stride n; R, Qd have shape (L1, n_max, >= n).
+    """
+    L1 = BT.shape[0]
+    nk = BT.shape[1]
+    m = L1 * nk * n
+    argv = args[:m].reshape((L1 * nk, n))
+    exv = ex[:m].reshape((L1 * nk, n))
+    r2 = geo[3]
+    w = geo[4]
+    dwr = geo[5]
+    for lk in range(L1 * nk):
+        a = A[lk]
+        row = argv[lk]
+        for q in range(n):
+            row[q] = a * r2[q]
+    _exp_nonpositive(args[:m], ex[:m], ibits[:m])
+    if not grad:
+        for ell in range(L1):
+            for nn in range(nk):
+                Rr = R[ell, nn]
+                for q in range(n):
+                    Rr[q] = 0.0
+                for k in range(nk):
+                    b = BT[ell, k, nn]
+                    e = exv[ell * nk + k]
+                    for q in range(n):
+                        Rr[q] += b * e[q]
+                for q in range(n):
+                    Rr[q] *= w[q]
+        return
+    for ell in range(L1):
+        for nn in range(nk):
+            Rr = R[ell, nn]
+            Qr = Qd[ell, nn]
+            for q in range(n):
+                Rr[q] = 0.0
+                Qr[q] = 0.0
+            for k in range(nk):
+                b = BT[ell, k, nn]
+                ba = BAT[ell, k, nn]
+                e = exv[ell * nk + k]
+                for q in range(n):
+                    Rr[q] += b * e[q]
+                    Qr[q] += ba * e[q]
+            # Qd = (w'/r) sum B E + 2 w sum B A E ;  R = w sum B E
+            for q in range(n):
+                Qr[q] = dwr[q] * Rr[q] + 2.0 * w[q] * Qr[q]
+                Rr[q] *= w[q]
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _batch_harmonics(n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, grad):
+    """Solid harmonics Y[lm, q] (and dY[a, lm, q] if grad) of n gathered pairs.
+
+    Same recurrences as :func:`_solid_harmonics`, vectorised over pairs. Q, Qz, Qr
+    (L1, L1, >= n), Am, Bm (L1, >= n) are scratch.
+    """
+    x = geo[0]
+    y = geo[1]
+    z = geo[2]
+    r2 = geo[3]
+    for q in range(n):
+        Am[0, q] = 1.0
+        Bm[0, q] = 0.0
+    for m in range(1, L + 1):
+        for q in range(n):
+            Am[m, q] = x[q] * Am[m - 1, q] - y[q] * Bm[m - 1, q]
+            Bm[m, q] = x[q] * Bm[m - 1, q] + y[q] * Am[m - 1, q]
+    for m in range(L + 1):
+        qmm = shQmm[m]
+        for q in range(n):
+            Q[m, m, q] = qmm
+        if grad:
+            for q in range(n):
+                Qz[m, m, q] = 0.0
+                Qr[m, m, q] = 0.0
+        if m + 1 <= L:
+            f = (2 * m + 1) * qmm
+            for q in range(n):
+                Q[m + 1, m, q] = f * z[q]
+            if grad:
+                for q in range(n):
+                    Qz[m + 1, m, q] = f
+                    Qr[m + 1, m, q] = 0.0
+        for ell in range(m + 2, L + 1):
+            c1 = shC1[ell, m]
+            c2 = shC2[ell, m]
+            for q in range(n):
+                Q[ell, m, q] = c1 * z[q] * Q[ell - 1, m, q] - c2 * r2[q] * Q[ell - 2, m, q]
+            if grad:
+                for q in range(n):
+                    Qz[ell, m, q] = (
+                        c1 * (Q[ell - 1, m, q] + z[q] * Qz[ell - 1, m, q])
+                        - c2 * r2[q] * Qz[ell - 2, m, q]
+                    )
+                    Qr[ell, m, q] = c1 * z[q] * Qr[ell - 1, m, q] - c2 * (
+                        Q[ell - 2, m, q] + r2[q] * Qr[ell - 2, m, q]
+                    )
+    for ell in range(L + 1):
+        base = ell * ell + ell
+        k0 = shK[ell, 0]
+        for q in range(n):
+            Y[base, q] = k0 * Q[ell, 0, q]
+        if grad:
+            for q in range(n):
+                qr2 = 2.0 * Qr[ell, 0, q]
+                dY[0, base, q] = k0 * qr2 * x[q]
+                dY[1, base, q] = k0 * qr2 * y[q]
+                dY[2, base, q] = k0 * (Qz[ell, 0, q] + qr2 * z[q])
+        for m in range(1, ell + 1):
+            k = shK[ell, m]
+            for q in range(n):
+                kq = k * Q[ell, m, q]
+                Y[base + m, q] = kq * Am[m, q]
+                Y[base - m, q] = kq * Bm[m, q]
+            if grad:
+                for q in range(n):
+                    qv = Q[ell, m, q]
+                    qr2 = 2.0 * Qr[ell, m, q]
+                    qx = qr2 * x[q]
+                    qy = qr2 * y[q]
+                    qz = Qz[ell, m, q] + qr2 * z[q]
+                    a1 = m * Am[m - 1, q]
+                    b1 = m * Bm[m - 1, q]
+                    dY[0, base + m, q] = k * (qx * Am[m, q] + qv * a1)
+                    dY[1, base + m, q] = k * (qy * Am[m, q] - qv * b1)
+                    dY[2, base + m, q] = k * qz * Am[m, q]
+                    dY[0, base - m, q] = k * (qx * Bm[m, q] + qv * b1)
+                    dY[1, base - m, q] = k * (qy * Bm[m, q] + qv * a1)
+                    dY[2, base - m, q] = k * qz * Bm[m, q]
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _batch_coefficients(c, sstart, R, Y, L1):
+    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] Y[lm, q]."""
+    S = c.shape[0]
+    nk = c.shape[2]
+    n8 = nk - nk % 8
+    for s in range(S):
+        q0 = sstart[s]
+        q1 = sstart[s + 1]
+        if q1 == q0:
+            continue
+        m = q1 - q0
+        for ell in range(L1):
+            Rl = R[ell][:, q0:q1]
+            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                Yr = Y[lm, q0:q1]
+                for kb in range(0, n8, 8):
+                    R0 = Rl[kb]
+                    R1 = Rl[kb + 1]
+                    R2 = Rl[kb + 2]
+                    R3 = Rl[kb + 3]
+                    R4 = Rl[kb + 4]
+                    R5 = Rl[kb + 5]
+                    R6 = Rl[kb + 6]
+                    R7 = Rl[kb + 7]
+                    a0 = 0.0
+                    a1 = 0.0
+                    a2 = 0.0
+                    a3 = 0.0
+                    a4 = 0.0
+                    a5 = 0.0
+                    a6 = 0.0
+                    a7 = 0.0
+                    for q in range(m):
+                        yv = Yr[q]
+                        a0 += R0[q] * yv
+                        a1 += R1[q] * yv
+                        a2 += R2[q] * yv
+                        a3 += R3[q] * yv
+                        a4 += R4[q] * yv
+                        a5 += R5[q] * yv
+                        a6 += R6[q] * yv
+                        a7 += R7[q] * yv
+                    c[s, lm, kb] += a0
+                    c[s, lm, kb + 1] += a1
+                    c[s, lm, kb + 2] += a2
+                    c[s, lm, kb + 3] += a3
+                    c[s, lm, kb + 4] += a4
+                    c[s, lm, kb + 5] += a5
+                    c[s, lm, kb + 6] += a6
+                    c[s, lm, kb + 7] += a7
+                for k in range(n8, nk):
+                    Rk = Rl[k]
+                    a0 = 0.0
+                    for q in range(m):
+                        a0 += Rk[q] * Yr[q]
+                    c[s, lm, k] += a0
+
+
+@numba.njit(cache=True)
+def _batch_scratch(max_pairs, L1, nk, S):
+    """Per-thread scratch of the pair-batched kernels."""
+    Pm = max(max_pairs, 1)
+    L2 = L1 * L1
+    return (
+        np.empty(Pm, dtype=np.int64),  # perm
+        np.empty(S + 1, dtype=np.int64),  # sstart
+        np.empty((6, Pm)),  # geo
+        np.empty(L1 * nk * Pm),  # args
+        np.empty(L1 * nk * Pm),  # ex
+        np.empty(L1 * nk * Pm, dtype=np.int64),  # ibits
+        np.empty((L1, nk, Pm)),  # R
+        np.empty((L1, nk, Pm)),  # Qd
+        np.empty((L2, Pm)),  # Y
+        np.empty((3, L2, Pm)),  # dY
+        np.empty((L1, L1, Pm)),  # Q
+        np.empty((L1, L1, Pm)),  # Qz
+        np.empty((L1, L1, Pm)),  # Qr
+        np.empty((L1, Pm)),  # Am
+        np.empty((L1, Pm)),  # Bm
+    )
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_create_batched(
+    vec,
+    nbr_spec,
+    offsets,
+    center_spec,
+    n_species,
+    A,
+    BT,
+    BAT,
+    wtype,
+    wpar,
+    w_zero,
+    w_self,
+    self0,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    max_pairs,
+    C_out,
+    X_out,
+    n_chunks,
+):
+    """Descriptor X (N, F) and coefficients C (N, S, L2, n) (as :func:`soap_create`)."""
+    N = offsets.shape[0] - 1
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nk = BT.shape[1]
+    S = n_species
+    bounds = _chunks(N, n_chunks)
+    for ch in numba.prange(n_chunks):
+        (perm, sstart, geo, args, ex, ibits, R, Qd, Y, dY, Q, Qz, Qr, Am, Bm) = (
+            _batch_scratch(max_pairs, L1, nk, S)
+        )
+        M = np.empty((nk, nk))
+        for i in range(bounds[ch], bounds[ch + 1]):
+            c = C_out[i]
+            c[:] = 0.0
+            si = center_spec[i]
+            for k in range(nk):
+                c[si, 0, k] += w_self * self0[k]
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            if n > 0:
+                _gather_centre(
+                    vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
+                )
+                _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, False)
+                _batch_harmonics(
+                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False
+                )
+                _batch_coefficients(c, sstart, R, Y, L1)
+            _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _contract8(hl, Rl, Ql, Yr, d0, d1, d2, q0, q1, u, g0, g1, g2):
+    """One (s, lm) term of :func:`soap_backward_batched` for n_max = 8, pairs q0:q1.
+
+    HR = sum_k h_k R[k], HQ = sum_k h_k Qd[k] are formed per pair in registers, then
+    u += HQ Y, g_a += HR dY_a (u, g_a already sliced to q0:q1).
+    """
+    h0 = hl[0]
+    h1 = hl[1]
+    h2 = hl[2]
+    h3 = hl[3]
+    h4 = hl[4]
+    h5 = hl[5]
+    h6 = hl[6]
+    h7 = hl[7]
+    R0 = Rl[0, q0:q1]
+    R1 = Rl[1, q0:q1]
+    R2 = Rl[2, q0:q1]
+    R3 = Rl[3, q0:q1]
+    R4 = Rl[4, q0:q1]
+    R5 = Rl[5, q0:q1]
+    R6 = Rl[6, q0:q1]
+    R7 = Rl[7, q0:q1]
+    Q0 = Ql[0, q0:q1]
+    Q1 = Ql[1, q0:q1]
+    Q2 = Ql[2, q0:q1]
+    Q3 = Ql[3, q0:q1]
+    Q4 = Ql[4, q0:q1]
+    Q5 = Ql[5, q0:q1]
+    Q6 = Ql[6, q0:q1]
+    Q7 = Ql[7, q0:q1]
+    y = Yr[q0:q1]
+    e0 = d0[q0:q1]
+    e1 = d1[q0:q1]
+    e2 = d2[q0:q1]
+    for q in range(q1 - q0):
+        hr = (
+            h0 * R0[q] + h1 * R1[q] + h2 * R2[q] + h3 * R3[q]
+            + h4 * R4[q] + h5 * R5[q] + h6 * R6[q] + h7 * R7[q]
+        )  # fmt: skip
+        hq = (
+            h0 * Q0[q] + h1 * Q1[q] + h2 * Q2[q] + h3 * Q3[q]
+            + h4 * Q4[q] + h5 * Q5[q] + h6 * Q6[q] + h7 * Q7[q]
+        )  # fmt: skip
+        u[q] += hq * y[q]
+        g0[q] += hr * e0[q]
+        g1[q] += hr * e1[q]
+        g2[q] += hr * e2[q]
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_FM)
+def soap_backward_batched(
+    vec,
+    nbr_spec,
+    offsets,
+    A,
+    BT,
+    BAT,
+    wtype,
+    wpar,
+    w_zero,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    max_pairs,
+    C,
+    G,
+    out,
+    n_chunks,
+):
+    """out[p, a] = sum_f G[center_p, f] dX[p, a, f], as :func:`soap_backward`.
+
+    Per centre: h = dE/dc (:func:`_fold_gradient`), then for the pairs of species s,
+    HR[q] = sum_k h[s, lm, k] R[l, k, q], HQ[q] = sum_k h[s, lm, k] Qd[l, k, q] and
+
+        out[p, a] = x_a sum_lm HQ Y[lm] + sum_lm HR dY[a, lm],
+
+    all as vector loops over the centre's pairs.
+    """
+    N = offsets.shape[0] - 1
+    S = C.shape[1]
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nk = BT.shape[1]
+    L2 = L1 * L1
+    bounds = _chunks(N, n_chunks)
+    for ch in numba.prange(n_chunks):
+        (perm, sstart, geo, args, ex, ibits, R, Qd, Y, dY, Q, Qz, Qr, Am, Bm) = (
+            _batch_scratch(max_pairs, L1, nk, S)
+        )
+        Gm = np.empty((nk, nk))
+        h = np.empty((S, L2, nk))
+        Pm = max(max_pairs, 1)
+        acc = np.empty((6, Pm))  # HR, HQ, u, g0, g1, g2
+        for i in range(bounds[ch], bounds[ch + 1]):
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            if n == 0:
+                continue
+            _fold_gradient(G[i], C[i], prel, pair_off, tri, Gm, h)
+            _gather_centre(
+                vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
+            )
+            _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, True)
+            _batch_harmonics(
+                n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
+            )
+            HR = acc[0]
+            HQ = acc[1]
+            u = acc[2]
+            g0 = acc[3]
+            g1 = acc[4]
+            g2 = acc[5]
+            for q in range(n):
+                u[q] = 0.0
+                g0[q] = 0.0
+                g1[q] = 0.0
+                g2[q] = 0.0
+            for s in range(S):
+                q0 = sstart[s]
+                q1 = sstart[s + 1]
+                if q1 == q0:
+                    continue
+                m = q1 - q0
+                HRs = HR[q0:q1]
+                HQs = HQ[q0:q1]
+                us = u[q0:q1]
+                g0s = g0[q0:q1]
+                g1s = g1[q0:q1]
+                g2s = g2[q0:q1]
+                for ell in range(L1):
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        if nk == 8:  # the default n_max: one pass, sums in registers
+                            _contract8(
+                                h[s, lm], R[ell], Qd[ell], Y[lm], dY[0, lm], dY[1, lm],
+                                dY[2, lm], q0, q1, us, g0s, g1s, g2s,
+                            )  # fmt: skip
+                            continue
+                        for q in range(m):
+                            HRs[q] = 0.0
+                            HQs[q] = 0.0
+                        for k in range(nk):
+                            hv = h[s, lm, k]
+                            Rr = R[ell, k, q0:q1]
+                            Qr_ = Qd[ell, k, q0:q1]
+                            for q in range(m):
+                                HRs[q] += hv * Rr[q]
+                                HQs[q] += hv * Qr_[q]
+                        Yr = Y[lm, q0:q1]
+                        d0 = dY[0, lm, q0:q1]
+                        d1 = dY[1, lm, q0:q1]
+                        d2 = dY[2, lm, q0:q1]
+                        for q in range(m):
+                            us[q] += HQs[q] * Yr[q]
+                            g0s[q] += HRs[q] * d0[q]
+                            g1s[q] += HRs[q] * d1[q]
+                            g2s[q] += HRs[q] * d2[q]
+            for q in range(n):
+                p = perm[q]
+                out[p, 0] = geo[0, q] * u[q] + g0[q]
+                out[p, 1] = geo[1, q] * u[q] + g1[q]
+                out[p, 2] = geo[2, q] * u[q] + g2[q]

@@ -375,3 +375,175 @@ def _search(
                             k += 1
         if not fill:
             counts[i] = k
+
+
+# ------------------------------------------------------------------ reuse across MD steps
+#: extra distance (Å) of the candidate pairs kept for reuse (a Verlet skin): a list built
+#: with ``cutoff + SKIN`` holds every pair within ``cutoff`` until some atom has moved
+#: more than ``SKIN / 2`` from where it was at the build
+SKIN = 1.0
+
+
+class PairCache:
+    """Neighbour lists of consecutive calls on one system, rebuilt only when needed.
+
+    A call whose system (number of atoms, cell, periodicity) is the one of the previous
+    call, with atoms moved but every atom within ``skin / 2`` of its previous position
+    (consecutive MD or optimiser steps), builds a candidate list with ``cutoff + skin`` once; later calls
+    only filter it while no atom has moved more than ``skin / 2`` from the positions of
+    that build. Other calls (a new system, frames far apart: a fit over a data set, the
+    same positions again) get a plain :func:`neighbor_list`-style search.
+
+    The result is the same pairs, with bit-identical pair vectors (``r_j - r_i + S @
+    cell`` evaluated as the search does), in the same order as a fresh search: sorted by
+    centre, then by neighbour and image shift (:func:`_canonical_order`).
+
+    Parameters
+    ----------
+    cutoff : float
+        Pair cutoff (Å), inclusive.
+    skin : float, default :data:`SKIN`
+        Verlet skin (Å), > 0.
+    """
+
+    def __init__(self, cutoff: float, skin: float = SKIN):
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        # (key, positions of the last call)
+        self._last = None
+        # (key, positions at the build, i, j, S, offsets) of the candidate list
+        self._list = None
+        self.n_builds = 0
+        self.n_reuses = 0
+
+    @staticmethod
+    def _key(pos, cell, pbc):
+        return (pos.shape[0], cell.tobytes(), pbc.tobytes())
+
+    def pairs(self, pos, cell, pbc):
+        """``(i, j, D, S, offsets)`` of all pairs within the cutoff (see :func:`_pairs`).
+
+        ``pos`` (n, 3), ``cell`` (3, 3) float64 and ``pbc`` (3,) bool arrays, already
+        validated.
+        """
+        key = self._key(pos, cell, pbc)
+        half = 0.5 * self.skin
+        entry = self._list
+        if entry is not None and entry[0] == key and _max_displacement(pos, entry[1]) <= half:
+            self.n_reuses += 1
+            self._last = (key, pos.copy())
+            return _filter_pairs(pos, cell, entry[2], entry[3], entry[4], entry[5],
+                                 self.cutoff)  # candidates are in canonical order
+        last = self._last
+        self._last = (key, pos.copy())
+        moved = _max_displacement(pos, last[1]) if last is not None and last[0] == key else -1.0
+        if 0.0 < moved <= half:
+            i, j, D, S, offsets = _canonical_order(*_pairs(pos, cell, pbc, self.cutoff + self.skin))
+            self._list = (key, pos.copy(), i, j, S, offsets)
+            self.n_builds += 1
+            return _filter_pairs(pos, cell, i, j, S, offsets, self.cutoff)
+        return _canonical_order(*_pairs(pos, cell, pbc, self.cutoff))
+
+
+@numba.njit(cache=True)
+def _canonical_order(i, j, D, S, offsets):
+    """Pairs of each centre sorted by (neighbour, image shift), in place; returns them.
+
+    Fresh and reused lists then list the same pairs in the same order, so results do not
+    depend on which one a call got (not even in the last bit).
+    """
+    n_atoms = offsets.shape[0] - 1
+    if i.shape[0] == 0:
+        return i, j, D, S, offsets
+    lo = min(S[:, 0].min(), S[:, 1].min(), S[:, 2].min())
+    hi = max(S[:, 0].max(), S[:, 1].max(), S[:, 2].max())
+    R = hi - lo + 1
+    jt = np.empty(0, dtype=np.int64)
+    Dt = np.empty((0, 3))
+    St = np.empty((0, 3), dtype=np.int64)
+    for a in range(n_atoms):
+        p0 = offsets[a]
+        p1 = offsets[a + 1]
+        if p1 - p0 < 2:
+            continue
+        key = np.empty(p1 - p0, dtype=np.int64)
+        for p in range(p0, p1):
+            key[p - p0] = ((j[p] * R + (S[p, 0] - lo)) * R + (S[p, 1] - lo)) * R + (S[p, 2] - lo)
+        order = np.argsort(key)
+        jt = j[p0:p1].copy()
+        Dt = D[p0:p1].copy()
+        St = S[p0:p1].copy()
+        for q in range(p1 - p0):
+            o = order[q]
+            j[p0 + q] = jt[o]
+            D[p0 + q, 0] = Dt[o, 0]
+            D[p0 + q, 1] = Dt[o, 1]
+            D[p0 + q, 2] = Dt[o, 2]
+            S[p0 + q, 0] = St[o, 0]
+            S[p0 + q, 1] = St[o, 1]
+            S[p0 + q, 2] = St[o, 2]
+    return i, j, D, S, offsets
+
+
+@numba.njit(cache=True)
+def _max_displacement(a, b):
+    """Largest |a[k] - b[k]| over rows (a, b of shape (n, 3))."""
+    m = 0.0
+    for k in range(a.shape[0]):
+        dx = a[k, 0] - b[k, 0]
+        dy = a[k, 1] - b[k, 1]
+        dz = a[k, 2] - b[k, 2]
+        d = dx * dx + dy * dy + dz * dz
+        if d > m:
+            m = d
+    return math.sqrt(m)
+
+
+@numba.njit(cache=True)
+def _filter_pairs(pos, cell, ci, cj, cS, coff, cutoff):
+    """Candidate pairs (ci, cj, cS; CSR offsets coff) with ``|D| <= cutoff`` now.
+
+    D is evaluated exactly as :func:`_search` evaluates it.
+    """
+    n_atoms = coff.shape[0] - 1
+    cut2 = cutoff * cutoff
+    P = ci.shape[0]
+    keep = np.empty(P, dtype=np.bool_)
+    D = np.empty((P, 3))
+    offsets = np.zeros(n_atoms + 1, dtype=np.int64)
+    for a in range(n_atoms):
+        k = 0
+        for p in range(coff[a], coff[a + 1]):
+            i = ci[p]
+            j = cj[p]
+            s0 = cS[p, 0]
+            s1 = cS[p, 1]
+            s2 = cS[p, 2]
+            dx = pos[j, 0] - pos[i, 0] + s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]
+            dy = pos[j, 1] - pos[i, 1] + s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]
+            dz = pos[j, 2] - pos[i, 2] + s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]
+            D[p, 0] = dx
+            D[p, 1] = dy
+            D[p, 2] = dz
+            keep[p] = dx * dx + dy * dy + dz * dz <= cut2
+            if keep[p]:
+                k += 1
+        offsets[a + 1] = offsets[a] + k
+    n = offsets[n_atoms]
+    i_out = np.empty(n, dtype=np.int64)
+    j_out = np.empty(n, dtype=np.int64)
+    D_out = np.empty((n, 3))
+    S_out = np.empty((n, 3), dtype=np.int64)
+    k = 0
+    for p in range(P):
+        if keep[p]:
+            i_out[k] = ci[p]
+            j_out[k] = cj[p]
+            D_out[k, 0] = D[p, 0]
+            D_out[k, 1] = D[p, 1]
+            D_out[k, 2] = D[p, 2]
+            S_out[k, 0] = cS[p, 0]
+            S_out[k, 1] = cS[p, 1]
+            S_out[k, 2] = cS[p, 2]
+            k += 1
+    return i_out, j_out, D_out, S_out, offsets

@@ -42,7 +42,7 @@ from . import _soap_jit as jit
 from .._threads import policy as _thread_policy
 from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
 from .base import Descriptor
-from .neighbors import _pairs
+from .neighbors import PairCache
 
 __all__ = ["SOAP", "SOAPDerivatives", "SOAPExpansion", "pair_forces", "pair_stress"]
 
@@ -534,6 +534,8 @@ class SOAP(Descriptor):
         fac = math.pi**1.5 * eta**-1.5 * one ** (ls + 1.5)  # (L+1, k)
         B = self.betas_ * fac[:, None, :]  # [l, n, k]
         self._BT = np.ascontiguousarray(np.swapaxes(B, 1, 2))  # [l, k, n]
+        # B * A of the radial derivative (pair-batched kernels): BAT[l, k, n]
+        self._BAT = np.ascontiguousarray(self._BT * self._A.reshape(L + 1, n)[:, :, None])
         self._prel = np.pi * np.sqrt(8.0 / (2.0 * np.arange(L + 1) + 1.0))
         self._shK, self._shQmm, self._shC1, self._shC2 = _sh_tables(L)
 
@@ -565,6 +567,7 @@ class SOAP(Descriptor):
         if func == "poly":
             cutoff = min(cutoff, w["r0"])
         self.cutoff_ = float(cutoff)
+        self._pair_cache = PairCache(self.cutoff_)
 
         # feature layout
         S = len(self.species_numbers_)
@@ -705,7 +708,8 @@ class SOAP(Descriptor):
             pbc = np.zeros(3, dtype=np.bool_)
         spec = self._z_to_index[numbers] if len(numbers) else numbers.copy()
         if len(numbers):
-            i, j, D, _, offsets = _pairs(pos, cell, pbc, self.cutoff_)
+            # consecutive calls on one system (MD steps) reuse a Verlet list
+            i, j, D, _, offsets = self._pair_cache.pairs(pos, cell, pbc)
         else:
             i = j = np.zeros(0, np.int64)
             D = np.zeros((0, 3))
@@ -720,28 +724,27 @@ class SOAP(Descriptor):
         """Dynamic scheduling of the prange chunks (robust when a core is busy)."""
         return numba.parallel_chunksize(1)
 
-    def _run_create(self, spec, j, D, offsets):
+    def _run_create(self, spec, j, D, offsets, reference: bool = False):
+        """Coefficients C and descriptor X; ``reference`` runs the per-pair kernel."""
         N = len(spec)
         S = len(self.species_numbers_)
         L2 = (self.l_max + 1) ** 2
-        C = np.zeros((N, S, L2, self.n_max))
+        C = np.empty((N, S, L2, self.n_max))  # every kernel zeroes each centre's block
         X = np.empty((N, self._n_features))
         if N:
             with self._dynamic():
-                jit.soap_create(
-                    D,
-                    spec[j],
-                    offsets,
-                    spec,
-                    S,
-                    *self._radial_args,
-                    self._w_zero,
-                    self._self0,
-                    *self._layout_args,
-                    C,
-                    X,
-                    self._n_chunks(N),
-                )
+                if reference:
+                    jit.soap_create(
+                        D, spec[j], offsets, spec, S, *self._radial_args, self._w_zero,
+                        self._self0, *self._layout_args, C, X, self._n_chunks(N),
+                    )  # fmt: skip
+                else:
+                    A, BT, wtype, wpar, w_zero = self._radial_args
+                    jit.soap_create_batched(
+                        D, spec[j], offsets, spec, S, A, BT, self._BAT, wtype, wpar,
+                        w_zero, self._w_zero, self._self0, *self._layout_args,
+                        _max_pairs(offsets), C, X, self._n_chunks(N),
+                    )  # fmt: skip
         return C, X
 
     @_thread_policy()
@@ -843,20 +846,29 @@ class SOAP(Descriptor):
             _soap=self,
         )
 
-    def _backward(self, exp: SOAPExpansion, G: np.ndarray) -> np.ndarray:
+    def _backward(
+        self, exp: SOAPExpansion, G: np.ndarray, reference: bool = False
+    ) -> np.ndarray:
         N = exp.n_atoms
         out = np.empty((len(exp.center), 3))
         if N and len(exp.center):
+            nbr_spec = exp._species_index[exp.neighbor]
             with self._dynamic():
-                jit.soap_backward(
-                    exp.vector,
-                    exp._species_index[exp.neighbor],
-                    exp.offsets,
-                    *self._radial_args,
-                    *self._layout_args,
-                    exp.coefficients,
-                    G,
-                    out,
-                    self._n_chunks(N),
-                )
+                if reference:
+                    jit.soap_backward(
+                        exp.vector, nbr_spec, exp.offsets, *self._radial_args,
+                        *self._layout_args, exp.coefficients, G, out, self._n_chunks(N),
+                    )  # fmt: skip
+                else:
+                    A, BT, wtype, wpar, w_zero = self._radial_args
+                    jit.soap_backward_batched(
+                        exp.vector, nbr_spec, exp.offsets, A, BT, self._BAT, wtype, wpar,
+                        w_zero, *self._layout_args, _max_pairs(exp.offsets),
+                        exp.coefficients, G, out, self._n_chunks(N),
+                    )  # fmt: skip
         return out
+
+
+def _max_pairs(offsets) -> int:
+    """Largest number of pairs of one centre (scratch size of the batched kernels)."""
+    return int(np.max(np.diff(offsets))) if len(offsets) > 1 else 0

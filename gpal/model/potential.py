@@ -543,8 +543,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             kdiag = self.kernel_.diag(X)
             # DTC: k(x,x) - k K_mm^-1 k + k Sigma k; the residual k - Q is >= 0 in exact
             # arithmetic, so rounding below zero is clipped silently
-            resid = np.clip(kdiag - self.solver_.var_nystrom(K), 0.0, None)
-            var_local = resid + self.solver_.var_sor(K)
+            # (var_nystrom and var_sor, sharing their first triangular solve W = L⁻¹Kᵀ)
+            W = self.solver_._nystrom_factor(K)
+            V = self.solver_._sor_factor_whitened(W.T)
+            resid = np.clip(kdiag - np.einsum("ms,ms->s", W, W), 0.0, None)
+            var_local = resid + np.einsum("ms,ms->s", V, V)
             var_E = float(self.solver_.var_sor(K.sum(axis=0)[None])[0] + resid.sum())
             out["energies_std"] = np.sqrt(var_local)
             out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))
