@@ -41,7 +41,7 @@ from scipy.special import gamma
 from . import _soap_jit as jit
 from .._threads import policy as _thread_policy
 from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
-from .base import Descriptor
+from .base import Descriptor, PairDerivatives
 from .neighbors import PairCache
 
 __all__ = ["SOAP", "SOAPDerivatives", "SOAPExpansion", "pair_forces", "pair_stress"]
@@ -58,43 +58,13 @@ _CHUNKS_PER_THREAD = 16
 
 # --- results ---
 @dataclass
-class SOAPDerivatives:
-    """SOAP descriptor and its derivatives on neighbour pairs.
+class SOAPDerivatives(PairDerivatives):
+    """SOAP descriptor and its derivatives on neighbour pairs (:class:`PairDerivatives`).
 
     Pairs ``p`` are (centre ``i``, neighbour image ``j + shift``), sorted by centre,
     without the zero-distance self pair. Then
     ``dX_i / dr_j = sum_{p: c=i, n=j} dX_p - delta_ij sum_{p: c=i} dX_p``.
-
-    Attributes
-    ----------
-    descriptor : ndarray of shape (n_atoms, n_features)
-    center : ndarray of shape (n_pairs,), int64
-    neighbor : ndarray of shape (n_pairs,), int64
-        Index of ``j`` in the cell.
-    vector : ndarray of shape (n_pairs, 3)
-        ``r_j + shift - r_i``.
-    dX : ndarray of shape (n_pairs, 3, n_features)
-        ``d descriptor[center[p]] / d vector[p]``.
-    offsets : ndarray of shape (n_atoms + 1,), int64
-        CSR offsets: centre ``i`` owns pairs ``offsets[i]:offsets[i+1]``.
-    volume : float
-        Cell volume (Å^3), nan when there is no (non-degenerate) cell.
-    numbers : ndarray of shape (n_atoms,), int64
-        Atomic numbers.
     """
-
-    descriptor: np.ndarray
-    center: np.ndarray
-    neighbor: np.ndarray
-    vector: np.ndarray
-    dX: np.ndarray
-    offsets: np.ndarray
-    volume: float
-    numbers: np.ndarray = field(default=None, repr=False)
-
-    @property
-    def n_atoms(self) -> int:
-        return self.descriptor.shape[0]
 
     def to_dense(self) -> np.ndarray:
         """dscribe's layout, ``[i, j] = dX_i/dr_j`` (``attach=True``).
