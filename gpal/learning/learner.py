@@ -702,8 +702,14 @@ class ActiveLearner:
         w.dyn = w._make_dyn(T)
         return not capped
 
-    def _label_round(self, T: float, groups) -> None:
-        """Label each ``(walkers, reason)`` group's current frames and add them to the model."""
+    def _label_round(self, T, groups, steps: dict | None = None) -> bool:
+        """Label each ``(walkers, reason)`` group's current frames and add them to the model.
+
+        ``T`` is the temperature (K) at which the walkers keep their frames as good, a
+        number or a function of the walker; ``steps`` the MD step of each walker's frame
+        (default: the learner's step). Returns whether anything was labelled.
+        """
+        done = False
         for frames, why in groups:
             if not frames:
                 continue
@@ -712,11 +718,13 @@ class ActiveLearner:
                 a = w.atoms.copy()
                 a.calc = None
                 batch.append(a)
-                self._label_steps.setdefault(w.index, []).append(self.step)
+                self._label_steps.setdefault(w.index, []).append(self.step if steps is None else steps[w.index])
             good = self._label(batch, why, walkers=[w.index for w in frames])
             self._add_to_model(good)
+            done = True
             for w in self.walkers:
-                w.keep_if_good(T)
+                w.keep_if_good(T(w) if callable(T) else T)
+        return done
 
     def _log_step(self, T: float) -> None:
         w0 = self.walkers[0].atoms

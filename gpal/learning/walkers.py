@@ -489,20 +489,9 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         L.step = min(steps.values())
         cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
         chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
-        for group, why in (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain")):
-            if not group:
-                continue
-            batch = []
-            for w in group:
-                a = w.atoms.copy()
-                a.calc = None
-                batch.append(a)
-                L._label_steps.setdefault(w.index, []).append(cand_step[w.index])
-            good = L._label(batch, why, walkers=[w.index for w in group])
-            L._add_to_model(good)
+        if L._label_round(lambda w: _temperature(L, steps[w.index]),
+                          (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain")), steps=cand_step):
             snap["changed"] = True
-            for w in L.walkers:
-                w.keep_if_good(_temperature(L, steps[w.index]))
         # the learner's share of the round (walkers idle unless overlapping): judging
         # novel frames, choosing, labelling, updating
         L._log({"event": "round", "round": rnd, "step": L.step, "walkers": len(active),
