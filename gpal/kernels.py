@@ -243,11 +243,43 @@ class Kernel(BaseEstimator):
         return {"type": type(self).__name__, "params": params}
 
     # -- to implement ----------------------------------------------------------------
+    # A kernel implements __call__ and gradient_x; the rest have generic forms here
+    # (CosineKernel replaces them with ones that never form an (n, m, n_features) array).
+    # The evidence rescales ``signal_variance`` analytically, so a kernel has one, as a
+    # hyperparameter (an overall factor of k).
     def __call__(self, X, Z=None, eval_gradient: bool = False):  # pragma: no cover
+        """Kernel matrix ``K[n, m] = k(x_n, z_m)`` (and ``dK/dθ`` of shape (n, m, n_dims))."""
         raise NotImplementedError
 
-    def diag(self, X) -> np.ndarray:  # pragma: no cover
+    def gradient_x(self, X, Z) -> np.ndarray:  # pragma: no cover
+        """``G[n, m, :] = ∂k(x_n, z_m)/∂x_n``, shape (n, m, n_features)."""
         raise NotImplementedError
+
+    def diag(self, X) -> np.ndarray:
+        """``k(x_n, x_n)``, shape (n,) (generic: one row at a time)."""
+        X = np.asarray(X, dtype=np.float64)
+        return np.array([self(X[i:i + 1], X[i:i + 1])[0, 0] for i in range(len(X))])
+
+    def value_and_weighted_gradient(self, X, Z, alpha) -> tuple[np.ndarray, np.ndarray]:
+        """``(K, Σ_m alpha_m ∂k(x_n, z_m)/∂x_n)``: the kernel rows and what forces need."""
+        return self(X, Z), np.einsum("nmf,m->nf", self.gradient_x(X, Z), np.asarray(alpha, dtype=np.float64))
+
+    def contract_gradient(self, X, Z, center, dX, eval_gradient: bool = False):
+        """``out[p, a, m] = Σ_f ∂k(x_{center[p]}, z_m)/∂x_f · dX[p, a, f]``, shape (n_pairs, 3, m).
+
+        The building block of training force and stress rows. The generic form supports
+        ``eval_gradient`` only for the signal variance (an overall factor); other
+        hyperparameters need the kernel's own form (as CosineKernel has).
+        """
+        G = self.gradient_x(X, Z)
+        out = np.einsum("pmf,paf->pam", G[np.asarray(center)], np.asarray(dX, dtype=np.float64))
+        if not eval_gradient:
+            return out
+        names = [h.name for h in self.hyperparameters if not h.fixed]
+        if set(names) - {"signal_variance"}:
+            raise NotImplementedError(f"{type(self).__name__} needs its own contract_gradient to optimise "
+                                      f"{sorted(set(names) - {'signal_variance'})}")
+        return out, np.repeat(out[..., None], len(names), axis=-1)
 
 
 # ----------------------------------------------------------------------- cosine kernels
