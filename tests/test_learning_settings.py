@@ -103,3 +103,15 @@ def test_a_trigger_rule_is_one_method_and_survives_resume(tmp_path):
     assert L._calls["uncertain"] == 2
     R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
     assert type(R.trigger) is EveryCheck and R.trigger.every == 10
+
+
+def test_flat_names_are_views_of_the_groups(tmp_path):
+    """One copy of each setting: changing it by its flat name changes the checkpoint."""
+    L = _learner(tmp_path, progress=False)
+    assert L.rattle == 0.05 and L.max_temperature == 3 * 600 + 500  # resolved defaults, kept
+    L.sparse_per_label = 7
+    L.max_oracle_calls = 11
+    L.checkpoint()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["groups"]["growth"]["sparse_per_label"] == 7 and state["groups"]["oracle_settings"]["max_calls"] == 11
+    assert state["groups"]["bootstrap"]["rattle"] == 0.05

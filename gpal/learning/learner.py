@@ -51,6 +51,7 @@ from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker
 from .settings import (
+    FLAT_NAMES,
     Bootstrap,
     ModelGrowth,
     OracleSettings,
@@ -252,38 +253,24 @@ class ActiveLearner:
         if orc.on_failure not in ("skip", "stop"):
             raise ValueError(f"on_oracle_failure must be 'skip' or 'stop', got {orc.on_failure!r}")
         self.n_walkers = int(n_walkers)
-        # the groups' fields under the names the loop uses
-        self.n_bootstrap = int(boot.n_frames)
-        self.n_candidates = int(boot.n_candidates)
-        rattle = boot.rattle
-        if rattle is None:
-            rattle = 0.05 if all(np.all(a.pbc) for a in self.structures) else 0.02
-        self.rattle = float(rattle)
-        if not self.rattle >= 0:
-            raise ValueError(f"rattle must be >= 0 Å, got {rattle!r}")
-        self.n_sparse_initial = boot.n_sparse
-        self.sparse_per_label = int(grow.sparse_per_label)
-        self.optimize_every = float(grow.optimize_every)
-        self.optimize_noise = bool(grow.optimize_noise)
-        self.sparse_refresh = bool(grow.sparse_refresh)
-        self.max_sparse = int(grow.max_sparse)
+        # the groups hold the settings (the flat names below read and write them, and
+        # state.json is generated from them); the resolved defaults are written back
+        if boot.rattle is None:
+            boot.rattle = 0.05 if all(np.all(a.pbc) for a in self.structures) else 0.02
+        if not float(boot.rattle) >= 0:
+            raise ValueError(f"rattle must be >= 0 Å, got {boot.rattle!r}")
+        boot.n_frames, boot.n_candidates, boot.rattle = int(boot.n_frames), int(boot.n_candidates), float(boot.rattle)
+        grow.sparse_per_label, grow.max_sparse = int(grow.sparse_per_label), int(grow.max_sparse)
+        grow.optimize_every = float(grow.optimize_every)
+        rs.checkpoint_every = max(1, int(rs.checkpoint_every))
+        if not rs.max_temperature:
+            t = self.md.temperature
+            rs.max_temperature = 3.0 * (max(t) if isinstance(t, (tuple, list)) else t) + 500.0
+        val.check_every = int(val.check_every)
         self.n_refresh = 0
         self._last_opt = 0
-        self.checkpoint_every = max(1, int(rs.checkpoint_every))
-        self.checkpoint_seconds = float(rs.checkpoint_seconds)
-        self.max_oracle_calls = orc.max_calls
         self.validation = list(val.frames) if val.frames is not None else None
-        self.stopping = val.stopping
-        self.check_every = int(val.check_every)
-        self.executor = orc.executor
         self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
-        self.on_oracle_failure = orc.on_failure
-        self.max_force = float(rs.max_force)
-        tmax = self.md.temperature if not isinstance(self.md.temperature, (tuple, list)) else max(self.md.temperature)
-        self.max_temperature = float(rs.max_temperature) if rs.max_temperature else 3.0 * tmax + 500.0
-        self.log_every = int(rs.log_every)
-        self.progress = rs.progress
-        self.random_state = rs.random_state
         # run state
         self.step = 0
         self.bootstrap_done = False
@@ -1163,3 +1150,17 @@ class ActiveLearner:
         return self
 
 
+def _group_field(group: str, name: str) -> property:
+    def get(self):
+        return getattr(self._groups[group], name)
+
+    def set(self, value):
+        setattr(self._groups[group], name, value)
+
+    return property(get, set, doc=f"The ``{name}`` field of the learner's ``{group}`` settings.")
+
+
+# the learner's settings by their flat names (n_bootstrap, max_oracle_calls, ...): views of
+# the settings groups, so there is one copy of each setting
+for _flat, (_group, _name) in FLAT_NAMES.items():
+    setattr(ActiveLearner, _flat, _group_field(_group, _name))
