@@ -42,6 +42,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from . import _jit
+from ._registry import register
 
 __all__ = [
     "Hyperparameter",
@@ -146,12 +147,8 @@ class Kernel(BaseEstimator):
         # the registry model files name kernels by (kernel_from_dict): every class with
         # its own constructor (abstract bases such as CosineKernel have none)
         super().__init_subclass__(**kwargs)
-        if "__init__" not in cls.__dict__:
-            return
-        old = _KERNEL_TYPES.get(cls.__name__)
-        if old is not None and old.__module__.startswith("gpal.") and not cls.__module__.startswith("gpal."):
-            raise TypeError(f"gpal already has a kernel named {cls.__name__!r}; give yours another class name")
-        _KERNEL_TYPES[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            register(_KERNEL_TYPES, cls, "kernel")
 
     # -- parameters: get_params / set_params are scikit-learn's BaseEstimator's -------
     @classmethod

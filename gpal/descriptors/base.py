@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from .._registry import register
+
 __all__ = ["Descriptor", "PairDerivatives", "PairExpansion", "descriptor_from_dict", "descriptor_types"]
 
 _REGISTRY: dict[str, type] = {}
@@ -110,11 +112,7 @@ class Descriptor(BaseEstimator):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        name = cls.__name__
-        old = _REGISTRY.get(name)
-        if old is not None and old.__module__.startswith("gpal.") and not cls.__module__.startswith("gpal."):
-            raise TypeError(f"gpal already has a descriptor named {name!r}; give yours another class name")
-        _REGISTRY[name] = cls
+        register(_REGISTRY, cls, "descriptor")
 
     def create(self, atoms) -> np.ndarray:
         """Descriptor rows, ndarray of shape (n_atoms, n_features)."""

@@ -319,7 +319,7 @@ class TargetSet:
             model._check(a, what="target structure")
             X = model.descriptor_.create(a)
             sel = np.arange(len(a)) if self.atoms is None else np.asarray(self.atoms)
-            K = model.local_kernel(a)[sel]
+            K = model.local_kernel(a, X)[sel]
             d = {"X": X[sel], "numbers": a.numbers[sel], "row": K.sum(axis=0)}
             if self.quantity == "forces":
                 f = model.observation_rows(a).forces

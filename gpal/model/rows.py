@@ -211,8 +211,10 @@ class _Rows:
         return K_nm, np.concatenate(ys), np.concatenate(noises), np.concatenate(groups), np.concatenate(fidx)
 
     # ------------------------------------------------------------------ observation rows
-    def local_kernel(self, atoms: Atoms) -> np.ndarray:
+    def local_kernel(self, atoms: Atoms, X=None) -> np.ndarray:
         """Kernel of each atom's environment with the sparse set (zero across species).
+
+        ``X`` (n_atoms, n_features): the descriptor rows of ``atoms``, if already computed.
 
         Returns
         -------
@@ -222,7 +224,7 @@ class _Rows:
         """
         check_is_fitted(self)
         self._check(atoms)
-        X = self.descriptor_.create(atoms)
+        X = self.descriptor_.create(atoms) if X is None else np.asarray(X, dtype=np.float64)
         return self._k_xm(X, atoms.numbers, self.sparse_X_, self.sparse_species_)
 
     def observation_rows(self, atoms: Atoms) -> ObservationRows:
