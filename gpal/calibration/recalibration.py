@@ -137,8 +137,13 @@ class TwoTermCalibrator:
         """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)²)`` (shape of ``std``)."""
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
-        s = _finite_array("std", std)
-        return np.sqrt((self.scale_ * s) ** 2 + (self.noise_scale_ * np.asarray(noise, float)) ** 2)
+        return self.calibration().apply(_finite_array("std", std), noise)
+
+    def calibration(self) -> "Calibration":
+        """The fitted factors as the :class:`Calibration` a model stores."""
+        if not hasattr(self, "scale_"):
+            raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
+        return Calibration(scale=self.scale_, noise_scale=self.noise_scale_)
 
     def __repr__(self) -> str:
         return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import signal
@@ -500,8 +501,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], total)
         # stored: the 90 % quantile, the one the learner's stopping rule reads
         q90 = conf if args.alpha == 0.1 else calibration.SplitConformal(alpha=0.1).fit(val["force_error"], total)
-        model.set_calibration(forces_std=calibration.Calibration(
-            scale=cal.scale_, noise_scale=cal.noise_scale_, conformal_q90=q90.quantile_))
+        model.set_calibration(forces_std=dataclasses.replace(cal.calibration(), conformal_q90=q90.quantile_))
         path = model.save(args.model if args.in_place else args.output)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, {100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "

@@ -29,6 +29,7 @@ lost and none is asked for twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -928,8 +929,7 @@ class ActiveLearner:
             "judge_zms": float(np.mean(zj**2)),
             "judge_coverage90": float(np.mean(np.abs(zj) <= 1.6448536269514722)),
         }
-        self.model.set_calibration(forces_std={"scale": tt.scale_, "noise_scale": tt.noise_scale_,
-                                               "conformal_q90": out["conformal_q90"]})
+        self.model.set_calibration(forces_std=dataclasses.replace(tt.calibration(), conformal_q90=out["conformal_q90"]))
         self._times["calibration"] += time.perf_counter() - t0
         self._log({"event": "calibration", "step": self.step, **out})
         self._calibration = out
