@@ -94,10 +94,14 @@ def warm():
     return os.getpid()
 
 
+#: the trigger of the runs: one that fires on EMT Cu, or (--default-trigger) gpal's default
+TRIGGER = {"trigger": Trigger(threshold=0.008, every=10)}
+
+
 def learner(run_dir, steps_per_segment, walker_executor=None):
     return ActiveLearner(start(), "ase.calculators.emt:EMT", model(), run_dir=run_dir, progress=False,
                          md=MDSettings(temperature=(300, 1500), timestep=2.0), n_walkers=4,
-                         trigger=Trigger(threshold=0.008, every=10), check_every=steps_per_segment,
+                         **TRIGGER, check_every=steps_per_segment,
                          n_sparse_initial=60, sparse_per_label=8, random_state=0,
                          walker_executor=walker_executor)
 
@@ -157,6 +161,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=400, help="MD steps per walker (4 walkers)")
     p.add_argument("--segment", type=int, default=50, help="steps per segment (the learner's check_every)")
     p.add_argument("--quick", action="store_true", help="100 steps, segments of 25")
+    p.add_argument("--default-trigger", action="store_true",
+                   help="gpal's default Trigger() (what a user who sets nothing gets) instead of 0.008 eV/Å")
     p.add_argument("--no-serial", action="store_true", help="skip the in-process reference run")
     p.add_argument("--keep", metavar="DIR", help="keep the run folders in DIR (default: a temporary folder)")
     p.add_argument("--only-two", action="store_true", help="only the 2-worker run (a quick look at its log)")
@@ -164,6 +170,8 @@ def main(argv=None):
                    help="skip the 2-worker run whose walkers keep running on the old model while it labels")
     args = p.parse_args(argv)
     steps, segment = (100, 25) if args.quick else (args.steps, args.segment)
+    if args.default_trigger:
+        TRIGGER.clear()
     print(f"4 walkers x {steps} MD steps, segments of {segment}; EMT Cu 32 atoms; "
           f"cores {os.cpu_count()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     test = held_out()
