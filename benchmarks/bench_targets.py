@@ -195,10 +195,12 @@ def force_rmse(model, frames) -> float:
 
 def run_loop(mode, images, barrier, args, seed, run_dir, budget=None):
     targets, extra = None, {}
-    if mode == "targeted":
+    if mode in ("targeted", "explore"):  # explore: walkers started from the images too
         targets = TargetSet(images, quantity="barrier", tolerance=args.tolerance, n_sparse=args.target_sparse,
-                            min_reduction=args.min_reduction, label_structures=args.label_structures)
-    if mode == "eager":  # untargeted, a low threshold, stopped at the targeted run's calls
+                            min_reduction=args.min_reduction, label_structures=args.label_structures,
+                            explore=args.explore if mode == "explore" else 0,
+                            restart_every=args.restart_every)
+    if mode.startswith("eager"):  # untargeted, a low threshold, stopped at the targeted run's calls
         extra = {"trigger": Trigger(threshold=args.eager_threshold), "max_oracle_calls": budget}
     L = ActiveLearner(images[0], EMT(), run_dir=run_dir, md=MDSettings(temperature=args.temperature),
                       progress=False, random_state=seed, targets=targets, **extra)
@@ -242,6 +244,10 @@ def main(argv=None):
                    help="TargetSet(n_sparse=): environments of each image added to the sparse set")
     p.add_argument("--min-reduction", type=float, default=0.1, help="TargetSet(min_reduction=)")
     p.add_argument("--only-targeted", action="store_true", help="run the targeted loop only")
+    p.add_argument("--explore", type=int, default=2,
+                   help="TargetSet(explore=) of the targeted-exploration run X (0: no X run)")
+    p.add_argument("--restart-every", type=int, default=100, help="TargetSet(restart_every=) of X")
+    p.add_argument("--only-explore", action="store_true", help="run the targeted-exploration loop X only")
     p.add_argument("--label-structures", action="store_true",
                    help="TargetSet(label_structures=True): the images themselves may be labelled")
     p.add_argument("--run-dir", default="bench_targets_runs")
@@ -259,8 +265,20 @@ def main(argv=None):
     results = []
     for seed in args.seeds:
         res = {"seed": seed}
-        for mode in (("targeted",) if args.only_targeted else ("untargeted", "targeted", "eager")):
-            budget = res["targeted"]["final"]["calls"] if mode == "eager" else None
+        modes = ("untargeted", "targeted", "eager") + (("explore", "eager_explore") if args.explore else ())
+        if args.only_explore:
+            modes = ("explore",)
+        elif args.only_targeted:
+            modes = ("targeted",)
+        for mode in modes:
+            budget = None
+            if mode == "eager":
+                budget = res["targeted"]["final"]["calls"]
+            elif mode == "eager_explore":  # Q at X's calls (the same run as Q when the calls agree)
+                budget = res["explore"]["final"]["calls"]
+                if budget == res["targeted"]["final"]["calls"]:
+                    res[mode] = res["eager"]
+                    continue
             L, curve, wall = run_loop(mode, images, barrier, args, seed,
                                       Path(args.run_dir) / f"{mode}_{seed}", budget)
             final = curve[-1]
@@ -269,11 +287,11 @@ def main(argv=None):
             final["relaxed_error"] = abs(final["relaxed_barrier"] - barrier)
             final["wall"] = wall
             res[mode] = {"curve": curve, "final": final}
-        if args.only_targeted:
-            t = res["targeted"]["final"]
+        if args.only_targeted or args.only_explore:
+            t = res["explore" if args.only_explore else "targeted"]["final"]
             print(f"  seed {seed}: targeted calls {t['calls']}, |barrier err| {1000 * t['error']:.1f} meV "
                   f"(std {1000 * t['target_std']:.1f}), re-relaxed {1000 * t['relaxed_error']:.1f} meV, "
-                  f"force RMSE {t['force_rmse']:.4f} eV/Å", flush=True)
+                  f"force RMSE {t['force_rmse']:.4f} eV/Å, calls by reason {t['by_reason']}", flush=True)
             results.append(res)
             continue
         u, t, g = res["untargeted"], res["targeted"], res["eager"]
@@ -294,8 +312,29 @@ def main(argv=None):
               f"{1000 * g['final']['relaxed_error']:.1f} meV, force RMSE {g['final']['force_rmse']:.4f} eV/Å",
               flush=True)
 
-    if args.only_targeted:
+    if args.only_targeted or args.only_explore:
         return
+    if args.explore:
+        print(f"\nX: targeted exploration (T + TargetSet(explore={args.explore}, restart_every="
+              f"{args.restart_every})); QX: untargeted at X's calls (low threshold), as Q for T.")
+        print("| seed | calls X / QX | |ΔE‡| X / QX (meV) | X/QX | T/Q | NEB on model X / QX (meV) | "
+              "F RMSE X / QX (eV/Å) | X/QX | labels X by reason | wall X / QX (s) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in results:
+            x, qx, t, q = (r[m]["final"] for m in ("explore", "eager_explore", "targeted", "eager"))
+            print(f"| {r['seed']} | {x['calls']} / {qx['calls']} | {1000 * x['error']:.1f} / {1000 * qx['error']:.1f} | "
+                  f"{x['error'] / max(qx['error'], 1e-12):.2f} | {t['error'] / max(q['error'], 1e-12):.2f} | "
+                  f"{1000 * x['relaxed_error']:.1f} / {1000 * qx['relaxed_error']:.1f} | "
+                  f"{x['force_rmse']:.4f} / {qx['force_rmse']:.4f} | {x['force_rmse'] / qx['force_rmse']:.2f} | "
+                  f"{x['by_reason']} | {x['wall']:.0f} / {qx['wall']:.0f} |")
+        ratios = [(r["explore"]["final"]["error"] / max(r["eager_explore"]["final"]["error"], 1e-12),
+                   r["targeted"]["final"]["error"] / max(r["eager"]["final"]["error"], 1e-12)) for r in results]
+        mean = lambda m: np.mean([r[m]["final"]["error"] for r in results])  # noqa: E731
+        print(f"means (meV): X {1000 * mean('explore'):.1f} / QX {1000 * mean('eager_explore'):.1f} "
+              f"(ratio of means {mean('explore') / mean('eager_explore'):.2f}, mean of ratios "
+              f"{np.mean([a for a, _ in ratios]):.2f}); T {1000 * mean('targeted'):.1f} / Q "
+              f"{1000 * mean('eager'):.1f} ({mean('targeted') / mean('eager'):.2f}, "
+              f"{np.mean([b for _, b in ratios]):.2f})")
     print("\nT: targeted; U: untargeted (defaults); Q: untargeted at equal calls (low threshold, "
           "stopped at T's calls). Errors |barrier_model - barrier_EMT|.")
     print("| seed | calls T / U / Q | |ΔE‡| at EMT images T / U / Q (meV) | T/U | T/Q | "
