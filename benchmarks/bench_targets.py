@@ -196,7 +196,8 @@ def force_rmse(model, frames) -> float:
 def run_loop(mode, images, barrier, args, seed, run_dir, budget=None):
     targets, extra = None, {}
     if mode in ("targeted", "explore"):  # explore: walkers started from the images too
-        targets = TargetSet(images, quantity="barrier", tolerance=args.tolerance, n_sparse=args.target_sparse,
+        tol = args.explore_tolerance if mode == "explore" and args.explore_tolerance is not None else args.tolerance
+        targets = TargetSet(images, quantity="barrier", tolerance=tol, n_sparse=args.target_sparse,
                             min_reduction=args.min_reduction, label_structures=args.label_structures,
                             explore=args.explore if mode == "explore" else 0,
                             restart_every=args.restart_every)
@@ -244,9 +245,11 @@ def main(argv=None):
                    help="TargetSet(n_sparse=): environments of each image added to the sparse set")
     p.add_argument("--min-reduction", type=float, default=0.1, help="TargetSet(min_reduction=)")
     p.add_argument("--only-targeted", action="store_true", help="run the targeted loop only")
-    p.add_argument("--explore", type=int, default=2,
+    p.add_argument("--explore", type=int, default=1,
                    help="TargetSet(explore=) of the targeted-exploration run X (0: no X run)")
     p.add_argument("--restart-every", type=int, default=100, help="TargetSet(restart_every=) of X")
+    p.add_argument("--explore-tolerance", type=float, default=None,
+                   help="target stop of X, eV (default: --tolerance, as T)")
     p.add_argument("--only-explore", action="store_true", help="run the targeted-exploration loop X only")
     p.add_argument("--label-structures", action="store_true",
                    help="TargetSet(label_structures=True): the images themselves may be labelled")

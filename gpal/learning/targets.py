@@ -42,6 +42,20 @@ Target uncertainty and the target stop
     without an oracle call, so it is small). With a ``tolerance`` the learner stops
     when the calibrated std of the target quantity (the largest one, for energies or
     forces) is under it, alongside the global stopping rule (whichever comes first).
+
+Targeted exploration (``explore``)
+    The frames above are only those the sampler visits, and MD from a minimum rarely
+    visits a transition region: the frames chosen for a barrier's sake are then
+    themselves far from the path. With ``explore=n`` the learner adds n MD walkers
+    that start from the target structures (for a barrier, the image of highest
+    predicted energy and its neighbours) with thermal momenta at the protocol's
+    temperature, so the sampler itself crosses the region the target lives in; their
+    frames are judged by the same trigger and acquisition as any walker's, from
+    ``trigger.every`` steps after each start on, so the target structures themselves
+    are not labelled. A walker starts again from its structure every
+    ``restart_every`` steps (it has fallen into a basin the other walkers sample) and
+    after a blow-up. The walkers' frames and their start structures are checkpointed
+    and restored on resume.
 """
 
 from __future__ import annotations
@@ -105,7 +119,7 @@ class TargetSet:
         target's variance is labelled when ``(1 − w) · ρ ≥ min_reduction`` and the
         target is not yet known to its tolerance. Off by default: the oracle then only
         sees configurations the sampler visited.
-    explore : int or sequence of int, default 0
+    explore : int or sequence of int, default 1
         Targeted exploration: MD walkers that start from the target structures
         themselves (with thermal momenta at the protocol's temperature), in addition
         to the learner's walkers, so the sampler visits the target's region (e.g. the
@@ -117,7 +131,8 @@ class TargetSet:
         the structures in order (cycling). A sequence: one walker per given
         structure index. Their frames are judged by the same trigger and target
         acquisition as every walker's, from ``trigger.every`` MD steps after each
-        start on (the start itself, the target structure, is never labelled).
+        start on (the start itself, the target structure, is never labelled). 0:
+        none (the walkers start from the learner's structures only).
     restart_every : int, default 100
         MD steps after which an exploring walker starts again from its target
         structure with fresh thermal momenta (it has drifted into a basin the other
@@ -151,7 +166,7 @@ class TargetSet:
         window: int = 5,
         n_sparse: int = 20,
         label_structures: bool = False,
-        explore: int | Sequence[int] = 0,
+        explore: int | Sequence[int] = 1,
         restart_every: int = 100,
     ):
         if isinstance(structures, Atoms):
@@ -280,7 +295,7 @@ class TargetSet:
         min_reduction: float = 0.1,
         n_sparse: int = 20,
         label_structures: bool = False,
-        explore: int | list = 0,
+        explore: int | list = 1,
         restart_every: int = 100,
     ) -> "TargetSet":
         """A TargetSet from a structure file (any ASE format; the ``[targets]`` TOML section).
@@ -307,7 +322,7 @@ class TargetSet:
             Environments of each target structure added to the sparse set at the start.
         label_structures : bool, default False
             Let the target structures themselves be labelled when that removes the most target variance.
-        explore : int or list, default 0
+        explore : int or list, default 1
             MD walkers started from the target structures (a count, or a list of structure indices).
         restart_every : int, default 100
             MD steps after which an exploring walker starts again from its target structure (0: never).
