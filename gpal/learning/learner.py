@@ -198,7 +198,10 @@ class ActiveLearner:
         What the run should get right (e.g. NEB images and their barrier): frames are
         then also chosen, and may be labelled, for the variance they remove from the
         target's prediction, with a weight moving from exploration to the target as
-        the global uncertainty falls; with a tolerance, a target-driven stop.
+        the global uncertainty falls; with a tolerance, a target-driven stop. Its
+        ``explore`` walkers (1 by default) start from the target structures, after
+        the learner's own (indices ``n_walkers × len(structures)`` on), and again every
+        ``restart_every`` steps.
     walker_executor : concurrent.futures.Executor, optional
         Runs the walkers' MD as tasks (:mod:`gpal.learning.walkers`): a ``ProcessPoolExecutor``,
         or ``dask.distributed.Client(...).get_executor()`` on a cluster. Each round, every
