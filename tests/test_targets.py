@@ -320,3 +320,10 @@ def test_exploring_walkers_start_at_the_targets_restart_and_resume(tmp_path):
     R.run(32)
     starts = [json.loads(line) for line in open(run / "log.jsonl") if '"explore_start"' in line]
     assert [r["step"] for r in starts][-2:] == [30, 30] and len(starts) == 8
+    # a blow-up next to the start: the restored frame is (almost) the target structure, not
+    # labelled; the walker starts again from its structure at the next step
+    assert R.step - R._explore[1]["start"] < 4 and R._roll_back(R.walkers[1], 600.0, "test") is False
+    assert R._explore[1]["restart"] and R.oracle.n_calls == 2
+    R.run(33)
+    starts = [json.loads(line) for line in open(run / "log.jsonl") if '"explore_start"' in line]
+    assert (starts[-1]["step"], starts[-1]["walker"], len(starts)) == (32, 1, 9)
