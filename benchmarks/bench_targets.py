@@ -78,9 +78,52 @@ the first stop check (step 101) in 4 of 6 runs, with a barrier error <= 1.6 meV 
 global force RMSE up to 2.4x the untargeted run's: the target stop says the barrier is
 known, not that the potential is.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 1 2
-      OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --system adatom --temperature 700
-      OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --metal Pt --temperature 1200
+Targeted exploration, X (measured 2026-11-30; X, QX, T, U and Q of each system in one run,
+3 seeds, 1000 steps, chunks of 250): T plus ``TargetSet(explore=1, restart_every=100)``,
+one more MD walker that starts from the image of highest predicted energy (thermal
+momenta at the run's temperature) and again every 100 steps; its frames are judged from
+20 steps (``trigger.every``) after each start, so no image is labelled. QX: as Q, the
+untargeted loop with ``Trigger(threshold=0.005)`` stopped at X's calls. In brackets the
+same run's T, Q, U (the vacancies' T/U/Q equal the table above; the adatom's differ from
+it: the loop's defaults changed since). Errors in meV as above.
+
+| system | seed | calls X / QX (T / U) | error X / QX (T / Q / U) | X/QX (T/Q) | NEB on model X / QX | F RMSE X / QX (eV/Å) | X/QX (T/Q) | steps X |
+|---|---|---|---|---|---|---|---|---|
+| Cu vacancy, 1000 K | 0 | 5 / 5 (10 / 4) | 0.7 / 3.1 (5.9 / 4.3 / 0.1) | 0.21 (1.37) | 0.5 / 4.2 | 0.0047 / 0.0051 | 0.92 (1.35) | 101 |
+|  | 1 | 6 / 6 (10 / 4) | 0.6 / 1.5 (3.0 / 5.5 / 3.5) | 0.42 (0.54) | 1.8 / 2.8 | 0.0039 / 0.0045 | 0.87 (1.05) | 101 |
+|  | 2 | 6 / 6 (9 / 4) | 0.6 / 6.8 (0.7 / 2.0 / 25.0) | 0.09 (0.33) | 0.6 / 8.0 | 0.0084 / 0.0079 | 1.05 (1.01) | 101 |
+| Cu adatom, 700 K | 0 | 7 / 7 (16 / 6) | 0.6 / 30.7 (13.3 / 6.5 / 2.3) | 0.02 (2.06) | 1.8 / 31.5 | 0.0099 / 0.0114 | 0.86 (1.11) | 101 |
+|  | 1 | 6 / 6 (13 / 8) | 3.0 / 57.9 (7.4 / 3.6 / 2.7) | 0.05 (2.08) | 2.6 / 60.9 | 0.0190 / 0.0164 | 1.16 (1.05) | 101 |
+|  | 2 | 6 / 6 (11 / 6) | 1.9 / 9.5 (2.3 / 6.5 / 0.1) | 0.20 (0.36) | 1.3 / 10.7 | 0.0219 / 0.0132 | 1.66 (1.12) | 101 |
+| Pt vacancy, 1200 K | 0 | 6 / 6 (9 / 5) | 0.8 / 10.1 (22.0 / 0.9 / 8.8) | 0.08 (24.43) | 1.6 / 10.1 | 0.0042 / 0.0054 | 0.78 (0.94) | 1000 |
+|  | 1 | 5 / 5 (8 / 4) | 0.6 / 25.7 (2.6 / 8.2 / 33.4) | 0.02 (0.32) | 0.2 / 26.2 | 0.0063 / 0.0065 | 0.96 (0.85) | 1000 |
+|  | 2 | 6 / 6 (13 / 5) | 0.9 / 13.2 (10.3 / 2.3 / 7.9) | 0.07 (4.56) | 1.8 / 15.2 | 0.0070 / 0.0064 | 1.10 (1.07) | 101 |
+
+Means: Cu vacancy X 0.6 / QX 3.8 meV (ratio of means 0.17, mean of ratios 0.24; T/Q
+0.81 and 0.75 in the same run); adatom X 1.8 / QX 32.7 (0.06, 0.09; T/Q 1.39, 1.50); Pt
+vacancy X 0.8 / QX 16.3 (0.05, 0.06; T/Q 3.09, 9.77). X/QX <= 0.5 in 9 of 9 runs (T/Q: 3
+of 9 in the same runs). Global force RMSE X/QX 0.78-1.66, within 1.3x in 8 of 9 runs
+(adatom seed 2: 1.66); T/Q 0.85-1.35, 8 of 9. X used 5-7 calls (1-3 labels after the 4
+bootstrap frames) against T's 8-16; it reached the target stop (calibrated barrier std
+under 10 meV) at the first stop check, step 101, in 7 of 9 runs (Pt seeds 0, 1: std
+13.9 and 14.8 meV, no stop, 5-6 calls over 1000 steps).
+
+Caveats: QX stopped at 5-7 calls is also a short run (41-141 MD steps), a weak baseline
+there. The untargeted defaults U, which spend 4-8 calls over 1000 steps, have 9.5 meV on
+the Cu vacancy (0.1 / 3.5 / 25.0 with 4 calls; X 0.7 / 0.6 / 0.6 with 5-6) and 16.7 meV on
+the Pt vacancy (8.8 / 33.4 / 7.9 with 5 / 4 / 5; X 0.8 / 0.6 / 0.9 with 6 / 5 / 6), but
+1.7 meV on the adatom (2.3 / 2.7 / 0.1 with 6 / 8 / 6 calls; X 0.6 / 3.0 / 1.9 with
+7 / 6 / 6: no better than U there). X's worst run is 3.0 meV; U's 2.7, 25.0 and 33.4. With the target stop off
+(``--explore-tolerance 1e-6``, ``explore=2``, Cu) the X runs went on for 1000 steps with
+0-1 more label (after step 750): the trigger and the target rule were satisfied, so the
+barrier errors stayed those of step 101 (0.1 / 0.4 / 2.1 meV at 1000 steps). ``explore=2`` with the target stop: Cu X/QX
+0.07 / 0.69 / 0.35, force 0.95 / 0.86 / 1.48; adatom 0.11 / 0.06 / 0.06, force 0.86 /
+1.28 / 1.96, i.e. no better than one walker, at 0-2 more calls.
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 1 2 --steps 1000
+      OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --system adatom --temperature 700 --steps 1000
+      OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --metal Pt --temperature 1200 --steps 1000
+      (each also runs X, targeted exploration, and QX; --explore 0 leaves them out)
       OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --system adatom --temperature 700 \
           --only-targeted --label-structures --tolerance 1e-6
       OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --seeds 0 --steps 600 --chunk 200  (quick)
@@ -195,10 +238,13 @@ def force_rmse(model, frames) -> float:
 
 def run_loop(mode, images, barrier, args, seed, run_dir, budget=None):
     targets, extra = None, {}
-    if mode == "targeted":
-        targets = TargetSet(images, quantity="barrier", tolerance=args.tolerance, n_sparse=args.target_sparse,
-                            min_reduction=args.min_reduction, label_structures=args.label_structures)
-    if mode == "eager":  # untargeted, a low threshold, stopped at the targeted run's calls
+    if mode in ("targeted", "explore"):  # explore: walkers started from the images too
+        tol = args.explore_tolerance if mode == "explore" and args.explore_tolerance is not None else args.tolerance
+        targets = TargetSet(images, quantity="barrier", tolerance=tol, n_sparse=args.target_sparse,
+                            min_reduction=args.min_reduction, label_structures=args.label_structures,
+                            explore=args.explore if mode == "explore" else 0,
+                            restart_every=args.restart_every)
+    if mode.startswith("eager"):  # untargeted, a low threshold, stopped at the targeted run's calls
         extra = {"trigger": Trigger(threshold=args.eager_threshold), "max_oracle_calls": budget}
     L = ActiveLearner(images[0], EMT(), run_dir=run_dir, md=MDSettings(temperature=args.temperature),
                       progress=False, random_state=seed, targets=targets, **extra)
@@ -242,6 +288,12 @@ def main(argv=None):
                    help="TargetSet(n_sparse=): environments of each image added to the sparse set")
     p.add_argument("--min-reduction", type=float, default=0.1, help="TargetSet(min_reduction=)")
     p.add_argument("--only-targeted", action="store_true", help="run the targeted loop only")
+    p.add_argument("--explore", type=int, default=1,
+                   help="TargetSet(explore=) of the targeted-exploration run X (0: no X run)")
+    p.add_argument("--restart-every", type=int, default=100, help="TargetSet(restart_every=) of X")
+    p.add_argument("--explore-tolerance", type=float, default=None,
+                   help="target stop of X, eV (default: --tolerance, as T)")
+    p.add_argument("--only-explore", action="store_true", help="run the targeted-exploration loop X only")
     p.add_argument("--label-structures", action="store_true",
                    help="TargetSet(label_structures=True): the images themselves may be labelled")
     p.add_argument("--run-dir", default="bench_targets_runs")
@@ -259,8 +311,20 @@ def main(argv=None):
     results = []
     for seed in args.seeds:
         res = {"seed": seed}
-        for mode in (("targeted",) if args.only_targeted else ("untargeted", "targeted", "eager")):
-            budget = res["targeted"]["final"]["calls"] if mode == "eager" else None
+        modes = ("untargeted", "targeted", "eager") + (("explore", "eager_explore") if args.explore else ())
+        if args.only_explore:
+            modes = ("explore",)
+        elif args.only_targeted:
+            modes = ("targeted",)
+        for mode in modes:
+            budget = None
+            if mode == "eager":
+                budget = res["targeted"]["final"]["calls"]
+            elif mode == "eager_explore":  # Q at X's calls (the same run as Q when the calls agree)
+                budget = res["explore"]["final"]["calls"]
+                if budget == res["targeted"]["final"]["calls"]:
+                    res[mode] = res["eager"]
+                    continue
             L, curve, wall = run_loop(mode, images, barrier, args, seed,
                                       Path(args.run_dir) / f"{mode}_{seed}", budget)
             final = curve[-1]
@@ -269,11 +333,11 @@ def main(argv=None):
             final["relaxed_error"] = abs(final["relaxed_barrier"] - barrier)
             final["wall"] = wall
             res[mode] = {"curve": curve, "final": final}
-        if args.only_targeted:
-            t = res["targeted"]["final"]
+        if args.only_targeted or args.only_explore:
+            t = res["explore" if args.only_explore else "targeted"]["final"]
             print(f"  seed {seed}: targeted calls {t['calls']}, |barrier err| {1000 * t['error']:.1f} meV "
                   f"(std {1000 * t['target_std']:.1f}), re-relaxed {1000 * t['relaxed_error']:.1f} meV, "
-                  f"force RMSE {t['force_rmse']:.4f} eV/Å", flush=True)
+                  f"force RMSE {t['force_rmse']:.4f} eV/Å, calls by reason {t['by_reason']}", flush=True)
             results.append(res)
             continue
         u, t, g = res["untargeted"], res["targeted"], res["eager"]
@@ -294,8 +358,29 @@ def main(argv=None):
               f"{1000 * g['final']['relaxed_error']:.1f} meV, force RMSE {g['final']['force_rmse']:.4f} eV/Å",
               flush=True)
 
-    if args.only_targeted:
+    if args.only_targeted or args.only_explore:
         return
+    if args.explore:
+        print(f"\nX: targeted exploration (T + TargetSet(explore={args.explore}, restart_every="
+              f"{args.restart_every})); QX: untargeted at X's calls (low threshold), as Q for T.")
+        print("| seed | calls X / QX | |ΔE‡| X / QX (meV) | X/QX | T/Q | NEB on model X / QX (meV) | "
+              "F RMSE X / QX (eV/Å) | X/QX | labels X by reason | wall X / QX (s) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in results:
+            x, qx, t, q = (r[m]["final"] for m in ("explore", "eager_explore", "targeted", "eager"))
+            print(f"| {r['seed']} | {x['calls']} / {qx['calls']} | {1000 * x['error']:.1f} / {1000 * qx['error']:.1f} | "
+                  f"{x['error'] / max(qx['error'], 1e-12):.2f} | {t['error'] / max(q['error'], 1e-12):.2f} | "
+                  f"{1000 * x['relaxed_error']:.1f} / {1000 * qx['relaxed_error']:.1f} | "
+                  f"{x['force_rmse']:.4f} / {qx['force_rmse']:.4f} | {x['force_rmse'] / qx['force_rmse']:.2f} | "
+                  f"{x['by_reason']} | {x['wall']:.0f} / {qx['wall']:.0f} |")
+        ratios = [(r["explore"]["final"]["error"] / max(r["eager_explore"]["final"]["error"], 1e-12),
+                   r["targeted"]["final"]["error"] / max(r["eager"]["final"]["error"], 1e-12)) for r in results]
+        mean = lambda m: np.mean([r[m]["final"]["error"] for r in results])  # noqa: E731
+        print(f"means (meV): X {1000 * mean('explore'):.1f} / QX {1000 * mean('eager_explore'):.1f} "
+              f"(ratio of means {mean('explore') / mean('eager_explore'):.2f}, mean of ratios "
+              f"{np.mean([a for a, _ in ratios]):.2f}); T {1000 * mean('targeted'):.1f} / Q "
+              f"{1000 * mean('eager'):.1f} ({mean('targeted') / mean('eager'):.2f}, "
+              f"{np.mean([b for _, b in ratios]):.2f})")
     print("\nT: targeted; U: untargeted (defaults); Q: untargeted at equal calls (low threshold, "
           "stopped at T's calls). Errors |barrier_model - barrier_EMT|.")
     print("| seed | calls T / U / Q | |ΔE‡| at EMT images T / U / Q (meV) | T/U | T/Q | "

@@ -4,7 +4,9 @@
 # images and the reference barrier. The active learner explores by MD at 1000 K; with
 # the NEB images as targets it also labels frames that remove much of the barrier's
 # variance once the potential is globally sound, and stops when the calibrated std of
-# the barrier is under the tolerance.
+# the barrier is under the tolerance. One more MD walker (``TargetSet(explore=1)``, the
+# default) starts from the image of highest predicted energy and again every 100 steps,
+# so the sampler crosses the transition region itself.
 
 # %%
 import json

@@ -253,3 +253,77 @@ def test_learner_labels_a_target_structure_when_no_walker_frame_is_labelled(tmp_
     train = read(str(tmp_path / "r" / "train.xyz"), ":")
     hits = [k for a in train for k, im in enumerate(images) if np.allclose(a.positions, im.positions)]
     assert sorted(hits) == [0, 1, 2] and train[-1].info["gpal_reason"] == "target"
+
+
+def test_explore_option_is_checked_and_starts_near_the_highest_image(fitted):
+    model, images, _ = fitted
+    for bad, match in ((-1, "walker count >= 0"), ("2", "walker count >= 0"), (1.5, "walker count >= 0"),
+                       ([0, 9], r"structure indices in \[0, 5\)"), ([True], "integers")):
+        with pytest.raises(ValueError, match=match):
+            TargetSet(images, quantity="barrier", explore=bad)
+    with pytest.raises(ValueError, match="restart_every must be an integer >= 0"):
+        TargetSet(images, quantity="barrier", explore=1, restart_every=-5)
+    ts = TargetSet(images, quantity="barrier", explore=3)
+    assert ts.n_explore == 3 and TargetSet(images).n_explore == 1 and TargetSet(images, explore=0).n_explore == 0
+    e = np.array([model.predict(a)["energy"] for a in images])
+    top = int(np.argmax(e))
+    starts = [ts.explore_start(model, j) for j in range(3)]
+    assert starts[0] == top and len(set(starts)) == 3  # the highest image, then its nearest ones
+    assert set(starts[1:]) <= {top - 2, top - 1, top + 1, top + 2}
+    if 0 < top < len(images) - 1:  # the higher neighbour first
+        assert starts[1:] == sorted([top - 1, top + 1], key=lambda k: -e[k])
+    with pytest.raises(ValueError, match="slot"):
+        ts.explore_start(model, 3)
+    listed = TargetSet(images, quantity="barrier", explore=[4, 2], restart_every=7)
+    assert [listed.explore_start(model, j) for j in range(2)] == [4, 2]
+    back = TargetSet.from_dict(listed.to_dict(), images)
+    assert back.explore == [4, 2] and back.restart_every == 7
+    pair = TargetSet(images, quantity="difference", pair=(3, 1), explore=3)
+    assert [pair.explore_start(model, j) for j in range(3)] == [3, 1, 0]
+
+
+@pytest.mark.slow
+def test_exploring_walkers_start_at_the_targets_restart_and_resume(tmp_path):
+    images, _ = vacancy_path(3)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    run = tmp_path / "run"
+    ts = TargetSet(images, quantity="barrier", explore=2, restart_every=10, min_reduction=1.0)
+    L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run,
+                      md=MDSettings(temperature=600), trigger=Trigger(threshold=10.0, every=4),
+                      n_bootstrap=2, check_every=0, progress=False, targets=ts, random_state=3)
+    L.run(1)
+    assert len(L.walkers) == 3 and sorted(L._explore) == [1, 2]
+    for w in L.walkers[1:]:  # each exploring walker starts at its target structure (one MD step ago)
+        img = images[L._explore[w.index]["image"]]
+        assert 0 < np.abs(w.atoms.positions - img.positions).max() < 0.05
+    assert np.abs(L.walkers[0].atoms.positions - images[0].positions).max() < 0.05
+    s = L.run(25)  # restarts at steps 10 and 20
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    starts = [r for r in records if r.get("event") == "explore_start"]
+    assert [r["step"] for r in starts] == [0, 0, 10, 10, 20, 20]
+    begun = {}
+    for r in records:  # no exploring walker's frame is judged within trigger.every steps of its start
+        if r.get("event") == "explore_start":
+            begun[r["walker"]] = r["step"]
+        elif r.get("event") == "check" and r["walker"] in begun:
+            assert r["step"] - begun[r["walker"]] >= 4
+    assert any(r.get("event") == "check" and r["walker"] in (1, 2) for r in records)
+    assert s.oracle_calls == 2  # the trigger never fires at 10 eV/Å; no target label (min_reduction 1)
+    state = json.loads((run / "state.json").read_text())
+    assert state["n_walkers_total"] == 3 and set(state["explore_walkers"]) == {"1", "2"}
+    saved = dict(np.load(run / "walkers.npz"))
+    R = ActiveLearner.resume(run, progress=False)
+    assert len(R.walkers) == 3 and R._explore == L._explore and R.targets.n_explore == 2
+    for w in R.walkers:  # every walker, exploring or not, continues from its saved frame
+        assert np.allclose(w.atoms.positions, saved[f"positions_{w.index}"])
+    assert len(R.structures) == 1
+    R.run(32)
+    starts = [json.loads(line) for line in open(run / "log.jsonl") if '"explore_start"' in line]
+    assert [r["step"] for r in starts][-2:] == [30, 30] and len(starts) == 8
+    # a blow-up next to the start: the restored frame is (almost) the target structure, not
+    # labelled; the walker starts again from its structure at the next step
+    assert R.step - R._explore[1]["start"] < 4 and R._roll_back(R.walkers[1], 600.0, "test") is False
+    assert R._explore[1]["restart"] and R.oracle.n_calls == 2
+    R.run(33)
+    starts = [json.loads(line) for line in open(run / "log.jsonl") if '"explore_start"' in line]
+    assert (starts[-1]["step"], starts[-1]["walker"], len(starts)) == (32, 1, 9)

@@ -198,7 +198,10 @@ class ActiveLearner:
         What the run should get right (e.g. NEB images and their barrier): frames are
         then also chosen, and may be labelled, for the variance they remove from the
         target's prediction, with a weight moving from exploration to the target as
-        the global uncertainty falls; with a tolerance, a target-driven stop.
+        the global uncertainty falls; with a tolerance, a target-driven stop. Its
+        ``explore`` walkers (1 by default) start from the target structures, after
+        the learner's own (indices ``n_walkers × len(structures)`` on), and again every
+        ``restart_every`` steps.
     walker_executor : concurrent.futures.Executor, optional
         Runs the walkers' MD as tasks (:mod:`gpal.learning.walkers`): a ``ProcessPoolExecutor``,
         or ``dask.distributed.Client(...).get_executor()`` on a cluster. Each round, every
@@ -294,6 +297,9 @@ class ActiveLearner:
         self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
         self._walker_steps: dict[int, int] = {}  # each walker's own step (walker_executor)
+        # exploring walkers (TargetSet(explore=...)): walker index -> slot, target
+        # structure it started from, step of that start
+        self._explore: dict[int, dict] = {}
         self._round = 0
         if walker_executor is not None:
             from .walkers import check_walker_settings
@@ -374,6 +380,8 @@ class ActiveLearner:
         }
         if self.targets is not None:
             state["targets"] = self.targets.save(self.run_dir)
+        if self._explore:  # walkers started from the target structures (TargetSet(explore=...))
+            state["explore_walkers"] = {str(k): v for k, v in self._explore.items()}
         if self._walker_steps:  # walkers run as tasks (gpal.learning.walkers): each one's own step
             state["walker_steps"] = {str(k): v for k, v in self._walker_steps.items()}
         self._write_json_atomic(self.run_dir / "state.json", state)
@@ -528,6 +536,45 @@ class ActiveLearner:
                 calc = GPCalculator(self.model, **calc_kw)
                 self.walkers.append(_Walker(k, a, self.md, wrng, calc, T0))
                 k += 1
+        saved, self._explore = self._explore, {}
+        for slot in range(self.targets.n_explore if self.targets is not None else 0):
+            wrng = np.random.default_rng(int(rng.integers(2**31)) + self.step)
+            T0 = self.md.temperature_at(self.step / max((self.ramp_steps or 1) - 1, 1))
+            prev = saved.get(k)
+            if positions is not None and f"positions_{k}" in positions and prev and prev["slot"] == slot:
+                a = Atoms(numbers=positions[f"numbers_{k}"], positions=positions[f"positions_{k}"],
+                          cell=positions[f"cell_{k}"], pbc=positions[f"pbc_{k}"])
+                a.set_momenta(positions[f"momenta_{k}"])
+                self.walkers.append(_Walker(k, a, self.md, wrng, GPCalculator(self.model, **calc_kw), T0))
+                self._explore[k] = dict(prev)
+            else:
+                self.walkers.append(self._explore_walker(k, slot, wrng, T0))
+            k += 1
+
+    def _explore_walker(self, k: int, slot: int, rng, T: float) -> _Walker:
+        """Walker ``k`` started from a target structure (TargetSet(explore=...)), thermal momenta at ``T`` K."""
+        img = self.targets.explore_start(self.model, slot)
+        a = self.targets.structures[img].copy()
+        thermalize_momenta(a, temperature_K=T, rng=rng)
+        Stationary(a)
+        self._explore[k] = {"slot": slot, "image": img, "start": self.step}
+        self._log({"event": "explore_start", "step": self.step, "walker": k, "structure": img})
+        return _Walker(k, a, self.md, rng, GPCalculator(self.model, std_every=0, record_std=False), T)
+
+    def _explore_young(self, w: _Walker) -> bool:
+        """An exploring walker fewer than ``trigger.every`` steps from its start (its frames are not judged)."""
+        e = self._explore.get(w.index)
+        return e is not None and self.step - e["start"] < self.trigger.every
+
+    def _restart_explorers(self, T: float) -> None:
+        """Exploring walkers due (``restart_every`` steps, or a rollback) start again from a target structure."""
+        for pos, w in enumerate(self.walkers):
+            e = self._explore.get(w.index)
+            if e is None:
+                continue
+            every = self.targets.restart_every
+            if e.get("restart") or (every and self.step - e["start"] >= every):
+                self.walkers[pos] = self._explore_walker(w.index, e["slot"], w.rng, T)
 
     def _refresh_sparse(self, w: _Walker, novelty: float, n_novel: int) -> bool:
         """Add the frame's novel environments to the sparse set (no oracle call).
@@ -647,6 +694,8 @@ class ActiveLearner:
         """
         uncertain, rollbacks, targeted = [], [], []
         t0 = time.perf_counter()
+        if self._explore:
+            self._restart_explorers(T)
         for w in self.walkers:
             w.set_temperature(T)
             reason = None
@@ -659,7 +708,7 @@ class ActiveLearner:
                 if self._roll_back(w, T, reason):
                     rollbacks.append(w)
                 continue
-            if not check:
+            if not check or (self._explore and self._explore_young(w)):
                 w.keep_if_good(T)
                 continue
             u = self._check_walker(w)
@@ -681,6 +730,10 @@ class ActiveLearner:
         """
         self.rollbacks += 1
         capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
+        if w.index in self._explore:  # an exploring walker starts again from its target structure
+            # next step; its last good frame is labelled unless that is (next to) the start
+            capped = capped or self._explore_young(w)
+            self._explore[w.index]["restart"] = True
         self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason,
                    "labelled": not capped})
         w.restore(w.good)
@@ -1079,7 +1132,8 @@ class ActiveLearner:
         walkers = {}
         if (run_dir / "walkers.npz").exists():
             walkers = dict(np.load(run_dir / "walkers.npz", allow_pickle=False))
-        n_total = state.get("n_walkers_total", 0)
+        explore = {int(k): v for k, v in state.get("explore_walkers", {}).items()}
+        n_total = state.get("n_walkers_total", 0) - len(explore)  # the learner's own walkers
         if n_total and walkers:
             structures = [Atoms(numbers=walkers[f"numbers_{k}"], positions=walkers[f"positions_{k}"],
                                 cell=walkers[f"cell_{k}"], pbc=walkers[f"pbc_{k}"]) for k in range(n_total)]
@@ -1142,6 +1196,7 @@ class ActiveLearner:
         self.oracle.n_calls += len(unseen)
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled)
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
+        self._explore = explore
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
         if walker_executor is not None:  # each walker continues from its own step

@@ -42,6 +42,20 @@ Target uncertainty and the target stop
     without an oracle call, so it is small). With a ``tolerance`` the learner stops
     when the calibrated std of the target quantity (the largest one, for energies or
     forces) is under it, alongside the global stopping rule (whichever comes first).
+
+Targeted exploration (``explore``)
+    The frames above are only those the sampler visits, and MD from a minimum rarely
+    visits a transition region: the frames chosen for a barrier's sake are then
+    themselves far from the path. With ``explore=n`` the learner adds n MD walkers
+    that start from the target structures (for a barrier, the image of highest
+    predicted energy and its neighbours) with thermal momenta at the protocol's
+    temperature, so the sampler itself crosses the region the target lives in; their
+    frames are judged by the same trigger and acquisition as any walker's, from
+    ``trigger.every`` steps after each start on, so the target structures themselves
+    are not labelled. A walker starts again from its structure every
+    ``restart_every`` steps (it has fallen into a basin the other walkers sample) and
+    after a blow-up. The walkers' frames and their start structures are checkpointed
+    and restored on resume.
 """
 
 from __future__ import annotations
@@ -105,6 +119,25 @@ class TargetSet:
         target's variance is labelled when ``(1 − w) · ρ ≥ min_reduction`` and the
         target is not yet known to its tolerance. Off by default: the oracle then only
         sees configurations the sampler visited.
+    explore : int or sequence of int, default 1
+        Targeted exploration: MD walkers that start from the target structures
+        themselves (with thermal momenta at the protocol's temperature), in addition
+        to the learner's walkers, so the sampler visits the target's region (e.g. the
+        transition region of a barrier, which MD from a minimum rarely reaches). A
+        count n: for ``"barrier"`` walker j starts from the j-th structure nearest (in
+        index) to the image of highest predicted energy, the higher-energy neighbour
+        first, chosen again on the current model at every start; for
+        ``"difference"`` from ``pair[0]``, ``pair[1]``, then the others; else from
+        the structures in order (cycling). A sequence: one walker per given
+        structure index. Their frames are judged by the same trigger and target
+        acquisition as every walker's, from ``trigger.every`` MD steps after each
+        start on (the start itself, the target structure, is never labelled). 0:
+        none (the walkers start from the learner's structures only).
+    restart_every : int, default 100
+        MD steps after which an exploring walker starts again from its target
+        structure with fresh thermal momenta (it has drifted into a basin the other
+        walkers sample); it also starts again after a blow-up rollback. 0: never
+        (rollbacks then restore its last good frame, as for any walker).
 
     Attributes
     ----------
@@ -133,6 +166,8 @@ class TargetSet:
         window: int = 5,
         n_sparse: int = 20,
         label_structures: bool = False,
+        explore: int | Sequence[int] = 1,
+        restart_every: int = 100,
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
@@ -177,11 +212,68 @@ class TargetSet:
         self.exponent = float(exponent)
         self.schedule_ = AcquisitionSchedule(1.0, self.w_floor, exponent=self.exponent)
         self.label_structures = bool(label_structures)
+        self.explore = self._check_explore(explore, len(self.structures))
+        if isinstance(restart_every, bool) or not isinstance(restart_every, (int, np.integer)) or restart_every < 0:
+            raise ValueError(f"restart_every must be an integer >= 0 (MD steps; 0: never), got {restart_every!r}")
+        self.restart_every = int(restart_every)
         self.labelled_: list[int] = []
         self.weight_: float | None = None
         self._recent_u: list[float] = []
         self._logged_weight: float | None = None
         self._cache: dict = {}
+
+    @staticmethod
+    def _check_explore(explore, n: int) -> int | list[int]:
+        """A walker count >= 0, or a list of distinct structure indices in [0, n)."""
+        if isinstance(explore, (int, np.integer)) and not isinstance(explore, bool):
+            if explore < 0:
+                raise ValueError(f"explore must be a walker count >= 0 or a list of structure indices, "
+                                 f"got {explore}")
+            return int(explore)
+        if isinstance(explore, (str, bytes, bool, float)) or not hasattr(explore, "__iter__"):
+            raise ValueError(f"explore must be a walker count >= 0 or a list of structure indices, "
+                             f"got {explore!r}")
+        idx = list(explore)
+        if not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in idx):
+            raise ValueError(f"explore indices must be integers, got {idx!r}")
+        idx = [int(k) for k in idx]
+        if not all(0 <= k < n for k in idx):
+            raise ValueError(f"explore indices must be structure indices in [0, {n}), got {idx}")
+        return idx
+
+    @property
+    def n_explore(self) -> int:
+        """The number of exploring walkers (``explore``)."""
+        return self.explore if isinstance(self.explore, int) else len(self.explore)
+
+    def explore_start(self, model, slot: int) -> int:
+        """The target structure exploring walker ``slot`` (0 ≤ slot < n_explore) starts from.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+            Ranks the images of a barrier by their predicted energies.
+
+        Returns
+        -------
+        int
+            An index into :attr:`structures`.
+        """
+        if not 0 <= slot < self.n_explore:
+            raise ValueError(f"slot must be in [0, {self.n_explore}), got {slot}")
+        if not isinstance(self.explore, int):
+            return self.explore[slot]
+        n = len(self.structures)
+        if self.quantity == "barrier":
+            e = self._energies(model)
+            top = int(np.argmax(e))
+            # nearest in index first; at equal distance the higher predicted energy
+            order = sorted(range(n), key=lambda k: (abs(k - top), -e[k]))
+        elif self.quantity == "difference":
+            order = list(self.pair) + [k for k in range(n) if k not in self.pair]
+        else:
+            order = list(range(n))
+        return order[slot % n]
 
     def __repr__(self) -> str:
         extra = f", pair={self.pair}" if self.pair else ""
@@ -203,6 +295,8 @@ class TargetSet:
         min_reduction: float = 0.1,
         n_sparse: int = 20,
         label_structures: bool = False,
+        explore: int | list = 1,
+        restart_every: int = 100,
     ) -> "TargetSet":
         """A TargetSet from a structure file (any ASE format; the ``[targets]`` TOML section).
 
@@ -228,6 +322,10 @@ class TargetSet:
             Environments of each target structure added to the sparse set at the start.
         label_structures : bool, default False
             Let the target structures themselves be labelled when that removes the most target variance.
+        explore : int or list, default 1
+            MD walkers started from the target structures (a count, or a list of structure indices).
+        restart_every : int, default 100
+            MD steps after which an exploring walker starts again from its target structure (0: never).
         """
         from ase.io import read
 
@@ -242,7 +340,7 @@ class TargetSet:
             raise GpalError(f"cannot read target structures from {path}: {exc}") from exc
         return cls(frames, quantity=quantity, atoms=atoms, pair=pair, tolerance=tolerance,
                    w_floor=w_floor, min_reduction=min_reduction, n_sparse=n_sparse,
-                   label_structures=label_structures)
+                   label_structures=label_structures, explore=explore, restart_every=restart_every)
 
     def to_dict(self) -> dict:
         """Settings and schedule state as JSON-able values (structures are written apart)."""
@@ -251,6 +349,8 @@ class TargetSet:
             "tolerance": self.tolerance, "w_floor": self.w_floor, "exponent": self.exponent,
             "min_reduction": self.min_reduction, "window": self.window, "n_sparse": self.n_sparse,
             "label_structures": self.label_structures, "labelled": list(self.labelled_),
+            "explore": self.explore if isinstance(self.explore, int) else list(self.explore),
+            "restart_every": self.restart_every,
             "reference": self.schedule_.reference, "weight": self.weight_,
             "recent_uncertainty": list(self._recent_u), "logged_weight": self._logged_weight,
         }
@@ -261,7 +361,8 @@ class TargetSet:
         t = cls(structures, quantity=d["quantity"], atoms=d.get("atoms"), pair=d.get("pair"),
                 tolerance=d.get("tolerance"), w_floor=d.get("w_floor", 0.2), exponent=d.get("exponent", 1.0),
                 min_reduction=d.get("min_reduction", 0.1), window=d.get("window", 5),
-                n_sparse=d.get("n_sparse", 20), label_structures=d.get("label_structures", False))
+                n_sparse=d.get("n_sparse", 20), label_structures=d.get("label_structures", False),
+                explore=d.get("explore", 0), restart_every=d.get("restart_every", 100))
         t.labelled_ = [int(k) for k in d.get("labelled", [])]
         if d.get("reference"):
             t.schedule_.reference = float(d["reference"])
