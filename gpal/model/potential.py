@@ -70,6 +70,7 @@ from .defaults import (
     DEFAULT_MEMORY_BUDGET_GB,
     DEFAULT_NOISE,
     L_MAX_CANDIDATES,
+    SIGMA_CANDIDATES,
     NOISE_BOUNDS,
     ZETA_CANDIDATES,
     default_descriptor,
@@ -328,15 +329,19 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         X_list = [self.descriptor_.create(a) for a in self.frames_]
         for a, X in zip(self.frames_, X_list):
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
-        Z, zsp = self._select_sparse(
-            X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection
+        Z, zsp, where = self._select_sparse(
+            X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection,
+            return_index=True,
         )
         self.sparse_X_ = Z
         self.sparse_species_ = zsp
         if self.hyperparameters == "evidence" and (
                 self._free_hyperparameters() or self.descriptor is None):
+            default = self.descriptor is None
             self._choose_hyperparameters(
-                l_maxes=L_MAX_CANDIDATES if self.descriptor is None else None, warn_stacklevel=4)
+                l_maxes=L_MAX_CANDIDATES if default else None,
+                sigmas=SIGMA_CANDIDATES if default else None, sparse_index=where,
+                warn_stacklevel=4)
             return self
         self._fit_solver(self._k_mm(Z, zsp))
         return self
