@@ -393,6 +393,11 @@ def _evidence_lines(table) -> list[str]:
     for r in table:
         noise = r.get("noise") or {}
         lm = f" l_max {r['l_max']}" if r.get("l_max") is not None else ""
+        lm += f" sigma {r['sigma']:g}" if r.get("sigma") is not None else ""
+        if "ranking_log_marginal_likelihood" in r:  # ranked on some frames, refitted on all
+            lm += f" (ranked by {r['ranking_log_marginal_likelihood']:.6g})"
+        elif r.get("n_frames") is not None:
+            lm += f" (on {r['n_frames']} frames)"
         lines.append(
             f"  {'*' if r.get('selected') else ' '} zeta {r.get('zeta')}{lm}: log ML {r['log_marginal_likelihood']:.6g}, "
             f"signal variance {r.get('signal_variance', float('nan')):.4g}, noise energy "

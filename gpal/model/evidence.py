@@ -383,7 +383,6 @@ class _Evidence:
                                 acc += part
                 del ds
         results, best, blocks = [], None, None
-        warm = {}  # the previous optimum of the same SOAP: a close start for the next ζ
         for c, (i, lm, kernel) in enumerate(cands):
             K_nm = None if stream else np.concatenate(rows[c])
             rows[c] = None
@@ -394,12 +393,7 @@ class _Evidence:
                 k_mm(c), K_nm, y_s, g_s, scale_s, levels0, noise_bounds,
                 None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
                 self.jitter, sums=sums[c] if stream else None,
-                start=warm.get((i, lm)) if sv_bounds == "fixed" else (
-                    None if (i, lm) not in warm else
-                    (warm[(i, lm)][0], warm[(i, lm)][1] / kernel.signal_variance)),
-                second_start=(i, lm) not in warm,
             )
-            warm[(i, lm)] = (levels, ratio * kernel.signal_variance)
             results.append((lml, levels, ratio, None if sv_bounds == "fixed" else sv_bounds))
             if best is None or lml > results[best][0]:
                 best = c
@@ -522,7 +516,15 @@ class _Evidence:
         kernel = kernel.clone()
         kernel.signal_variance = float(kernel.signal_variance * ratio)
         k_best = best
-        if two_stage:  # the winner alone on all frames, from its ranking optimum
+        # the sparse environments the winner itself picks (farthest points in its own
+        # features), as SparseGP(descriptor=winner) would: the same model either way
+        reselect = sparse_index is not None and soap and (
+            not np.isclose(desc.sigma, desc0.sigma) or int(desc.l_max) != L)
+        if reselect:
+            Z, self.sparse_species_ = self._select_sparse(
+                [desc.create(a) for a in frames], [a.numbers for a in frames], self.n_sparse,
+                self.sparse_selection)
+        if two_stage or reselect:  # the winner alone on all frames, from its ranking optimum
             levels0 = levels
             results, _, blocks = self._score_candidates(
                 everything, [(0, None, kernel)], [desc], {(0, None): Z}, y, scale, gidx,
@@ -542,7 +544,7 @@ class _Evidence:
             solver = SparseGPSolver().fit(K_mm, K_nm, y, levels[gidx] * scale, jitter=self.jitter)
         lml = float(solver.log_marginal_likelihood())  # the QR value (agrees to round-off)
         best_row = table[k_best]
-        if two_stage:
+        if two_stage or reselect:
             best_row["ranking_log_marginal_likelihood"] = best_row["log_marginal_likelihood"]
             best_row.update(signal_variance=kernel.signal_variance, noise=noise,
                             n_frames=len(frames))
@@ -719,7 +721,7 @@ def _evidence_sums(Phi, yw, groups, G):
 
 
 def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, ratio_bounds, jitter,
-                       sums=None, start=None, second_start: bool = True):
+                       sums=None):
     """Maximise the DTC log evidence over noise levels and a common kernel scale.
 
     The noise std of observation i is ``levels[groups[i]] * scale[i]``; the kernel
@@ -743,12 +745,6 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
     then come from the sums, ``|y_g - rΦ_g u|² = |y_g|² - 2r uᵀΦ_gᵀy_g + r² uᵀΦ_gᵀΦ_g u``
     (cancellation costs about ``eps |y|²/|residual|²`` relative, ~1e-13 for forces fitted
     to a few per cent).
-
-    ``start``: ``(levels, ratio)`` to start the free values from instead of ``levels0``
-    and 1 (e.g. a neighbouring candidate's optimum). ``second_start``: also start from
-    small noises (the evidence can have a second maximum where the data are explained
-    as noise); a start from a neighbouring candidate's optimum, itself the better of
-    both, can do without.
 
     Returns
     -------
@@ -788,8 +784,6 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
     else:
         lo[G], hi[G] = np.log(ratio_bounds[0]), np.log(ratio_bounds[1])
     x0 = np.concatenate([np.log(levels0), [0.0]])
-    if start is not None:
-        x0[free] = np.concatenate([np.log(start[0]), [np.log(start[1])]])[free]
     x0 = np.clip(x0, lo, hi)
     potri = scipy.linalg.get_lapack_funcs("potri", (gram,))
 
@@ -842,10 +836,11 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
     if np.any(free):
         bounds = list(zip(lo[free], hi[free]))
         starts = [x0[free]]
-        if second_start:  # from small noises: the evidence can have a second maximum
-            alt = x0.copy()  # where the data are explained as noise
-            alt[:G] = np.where(free[:G], np.minimum(lo[:G] + np.log(10.0), x0[:G]), x0[:G])
-            starts.append(alt[free])
+        # a second start from small noises: the evidence can have a second maximum
+        # where the data are explained as noise
+        alt = x0.copy()
+        alt[:G] = np.where(free[:G], np.minimum(lo[:G] + np.log(10.0), x0[:G]), x0[:G])
+        starts.append(alt[free])
         best = None
         for x_start in starts:
             res = scipy.optimize.minimize(negative, x_start, jac=True, method="L-BFGS-B",

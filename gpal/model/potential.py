@@ -245,9 +245,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             table = getattr(self, "evidence_", None)
             if table:
                 several_l = len({r.get("l_max") for r in table}) > 1
-                tail += ", chosen by evidence (log evidence " + ", ".join(
+                several_s = len({r.get("sigma") for r in table}) > 1
+
+                def lml(r):  # the value the candidates were ranked by
+                    return r.get("ranking_log_marginal_likelihood", r["log_marginal_likelihood"])
+
+                ranked = min(r.get("n_frames", len(self.frames_)) for r in table)
+                tail += ", chosen by evidence (log evidence" + (
+                    f" on {ranked} of {len(self.frames_)} frames" if ranked != len(self.frames_) else "") + " " + ", ".join(
                     f"ζ={r['zeta']}" + (f" l_max={r['l_max']}" if several_l else "")
-                    + f": {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
+                    + (f" sigma={r['sigma']:g}" if several_s else "")
+                    + f": {lml(r):.1f}" + ("*" if r.get("selected") else "") for r in table) + ")"
         return (
             f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
             f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
