@@ -25,7 +25,7 @@ SIGMA_CANDIDATES = (0.3, 0.5)
 #: with several candidates, they are ranked by their evidence on evenly spaced training
 #: frames holding at least this many labels per sparse point (all frames if fewer);
 #: only the winner is then fitted to all frames
-_RANK_ROWS_PER_SPARSE = 4
+_RANK_ROWS_PER_SPARSE = 2
 #: range of the default kernel's signal variance (eV²) when the evidence chooses it: in a
 #: crystal all cosines are close to 1 and the varying part of σ² c^ζ is a small fraction
 #: of σ², so σ² itself can exceed the kernel's own default bound of 1e3

@@ -588,10 +588,12 @@ class _Evidence:
         signal variance; each noise given as ``None`` within :data:`NOISE_BOUNDS`. Each
         candidate is scored by its maximised log marginal likelihood; the best is
         refitted and stored (``kernel_``, ``noise_``, ``zeta_``, ``evidence_``). This is
-        what :meth:`fit` does with ``hyperparameters="evidence"``; call it to re-choose
-        as data arrive (it costs one descriptor-derivative pass over the training
-        frames). Values the user set are kept; with nothing left to choose the model is
-        unchanged. The stored calibration is kept (re-calibrate afterwards).
+        what :meth:`fit` does with ``hyperparameters="evidence"`` (there also with the
+        SOAP's l_max and sigma, which are kept here); call it to re-choose as data
+        arrive (it costs one descriptor-derivative pass over the ranking frames and
+        one over all frames when they are more). Values the user set are kept; with
+        nothing left to choose the model is unchanged. The stored calibration is kept
+        (re-calibrate afterwards).
 
         Returns
         -------
