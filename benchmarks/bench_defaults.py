@@ -11,7 +11,7 @@ fastest of ``--repeats`` fits each):
 * ``evidence`` ``SparseGP(n_sparse=M)``: the new default: ζ ∈ {2, 3, 4} × SOAP
   l_max ∈ {3, 6} at sigma 0.5, then sigma 0.3 at the chosen l_max (× ζ), each with its
   signal variance and noises at the maximised log marginal likelihood of the training
-  frames only (ranked on evenly spaced frames with 4 labels per sparse point; the
+  frames only (ranked on evenly spaced frames with 2 labels per sparse point; the
   winner picks its own sparse environments and is refitted on all frames).
 
 ``fixed`` uses gpal's earlier default SOAP (r_cut 5 Å, n_max 8, l_max 6, sigma 0.5).

@@ -300,12 +300,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         among :data:`L_MAX_CANDIDATES` at sigma 0.5 (``descriptor=None``), then, at the
         l_max chosen there, the other widths of :data:`SIGMA_CANDIDATES` × ζ. The
         sparse environments are picked (``sparse_selection``) with the 0.5 Å, l_max 6
-        SOAP and described by each candidate's SOAP. With more than 4 labels per sparse
-        point, candidates are ranked on evenly spaced frames holding 4 per sparse point;
+        SOAP and described by each candidate's SOAP. With more than 2 labels per sparse
+        point, candidates are ranked on evenly spaced frames holding 2 per sparse point;
         the winner then picks its own sparse environments (as
         ``SparseGP(descriptor=winner)`` would) and is fitted to all frames. The
         candidates and their evidence are in ``evidence_``. Cost at 20 frames
-        (benchmarks/bench_defaults.py): 1.1-2.9x a fit with fixed hyperparameters.
+        (benchmarks/bench_defaults.py): 0.9-2.9x a fit with fixed hyperparameters.
 
         Returns
         -------
