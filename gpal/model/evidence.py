@@ -408,14 +408,17 @@ class _Evidence:
                                 warn_stacklevel: int = 3) -> None:
         """Choose the free hyperparameters by the evidence and refit the solver.
 
-        Candidates: the kernels (``kernel=None``: ζ among ``zetas``) × SOAP ``l_max``
-        among ``l_maxes`` (a smaller l_max is a subset of the fitted SOAP's features on
-        the same sparse environments) × SOAP ``sigma`` among ``sigmas`` (the same
+        Candidates, in two steps: (1) the kernels (``kernel=None``: ζ among ``zetas``)
+        × SOAP ``l_max`` among ``l_maxes`` (a smaller l_max is a subset of the fitted
+        SOAP's features on the same sparse environments); (2) at the l_max step 1
+        chose, the kernels × the other SOAP widths among ``sigmas`` (the same
         environments, ``sparse_index`` as :meth:`_select_sparse` returns it, described
-        with another Gaussian width). For each, the noise
-        levels and signal variance are set by maximising the log marginal likelihood
-        (:func:`_maximise_evidence`, O(n_sparse³) per step after one O(n_obs
-        n_sparse²) pass); the candidate with the largest maximum wins.
+        with another Gaussian width). For each, the noise levels and signal variance
+        are set by maximising the log marginal likelihood (:func:`_maximise_evidence`,
+        O(n_sparse³) per step after one O(n_obs n_sparse²) pass); the candidate with
+        the largest maximum of both steps wins. A winner with another SOAP than the
+        fitted one then picks its own sparse environments (``sparse_selection`` in its
+        features, as a fit with that SOAP would) and is maximised again on all frames.
 
         With several candidates and more labels than ``_RANK_ROWS_PER_SPARSE`` per
         sparse point, the candidates are ranked on evenly spaced frames holding about
