@@ -45,20 +45,15 @@ class _SparseSet:
             counts[int(z)] = min(share, avail[int(z)])
         return counts
 
-    def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None,
-                       return_index: bool = False):
-        """Choose sparse environments per species; returns (Z, species[, index]).
-
-        ``index`` (with ``return_index``): each row's position in the concatenated
-        environments of ``X_list`` (frame after frame).
-        """
+    def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None):
+        """Choose sparse environments per species; returns (Z, species)."""
         from .. import selection
 
         rng = as_rng(self.random_state)
         X_all = np.concatenate(X_list)
         num_all = np.concatenate(numbers_list)
         counts = self._sparse_counts(n_sparse, X_list, numbers_list)
-        Z, zsp, where = [], [], []
+        Z, zsp = [], []
         for z, count in counts.items():
             Xs = X_all[num_all == z]
             if count <= 0 or len(Xs) == 0:
@@ -78,9 +73,6 @@ class _SparseSet:
                 idx = selection.cur_selection(Xs, min(count, len(Xs)), random_state=rng)
             Z.append(Xs[np.sort(idx)])
             zsp.append(np.full(len(idx), z, dtype=np.int64))
-            where.append(np.flatnonzero(num_all == z)[np.sort(idx)])
-        if return_index:
-            return np.concatenate(Z), np.concatenate(zsp), np.concatenate(where)
         return np.concatenate(Z), np.concatenate(zsp)
 
     @_thread_policy()
