@@ -171,15 +171,22 @@ def run_gap(n: int, args) -> dict:
     real = bfp.gap_fit_binary() or shutil.which("gap_fit")
     wrapper = workdir / "gap_fit_limited.sh"
     workdir.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text(f"#!/bin/sh\nexec prlimit --as={limit} {real} \"$@\"\n")
+    timeout = f"timeout -s KILL {int(args.gap_timeout_s)} " if args.gap_timeout_s else ""
+    wrapper.write_text(f"#!/bin/sh\nexec {timeout}prlimit --as={limit} {real} \"$@\"\n")
     wrapper.chmod(0o755)
     old = bfp.gap_fit_binary
     bfp.gap_fit_binary = lambda: str(wrapper)
     try:
         res = fit_gap(frames, counts, workdir, seed=0)
-        out = {"time_s": res["wall"], "peak_gb": res["peak_rss_mb"] / 1e3, "counts": counts}
+        predict = bfp.gap_predictor(res["xml"], with_std=False)
+        test = alloy_frames(args.n_test, seed=2)
+        err = np.concatenate([(predict(a)["forces"] - a.get_forces()).ravel() for a in test])
+        out = {"time_s": res["wall"], "cpu_s": res["cpu"], "peak_gb": res["peak_rss_mb"] / 1e3,
+               "force_rmse": float(np.sqrt(np.mean(err**2))), "counts": counts}
     except RuntimeError as exc:
         log = (workdir / "gap_fit.log").read_text(errors="replace")
+        if "(-9)" in str(exc) or "(137)" in str(exc):
+            exc = RuntimeError(f"killed (time limit {args.gap_timeout_s:g} s or memory)")
         est = [" ".join(m.split()) for m in re.findall(r"(?m)^(?:PEAK|Free system memory)\s.*$", log)]
         out = {"error": str(exc).splitlines()[0], "estimate": ["gap_fit's estimate: " + e
                                                             for e in est[-2:]],
@@ -216,6 +223,8 @@ def main() -> None:
                    help="also run gap_fit on this many frames (same SOAP sizes, sparse count)")
     p.add_argument("--gap-memory-gb", type=float, default=12.0,
                    help="address-space limit of gap_fit (it fails cleanly beyond it)")
+    p.add_argument("--gap-timeout-s", type=float, default=1200.0,
+                   help="gap_fit is killed after this many seconds (0: no limit)")
     p.add_argument("--no-gpal", action="store_true", help="only the gap_fit runs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -272,8 +281,16 @@ def main() -> None:
             print(f"gap_fit {n} frames, sparse {g.get('counts')}, limit {args.gap_memory_gb:g} "
                   f"GB: failed: {g['error']}; {' | '.join(g.get('estimate', []))}")
         else:
-            print(f"gap_fit {n} frames, sparse {g['counts']}: {g['time_s']:.0f} s, peak "
-                  f"{g['peak_gb']:.2f} GB")
+            line = (f"gap_fit {n} frames, sparse {g['counts']}: {g['time_s']:.0f} s "
+                    f"(CPU {g['cpu_s']:.0f} s), peak {g['peak_gb']:.2f} GB, "
+                    f"F RMSE {g['force_rmse']:.4f} eV/Å")
+            same = next((m for k, m, _ in rows if k == n and "error" not in m), None)
+            if same is not None:
+                line += (f"; gap_fit / gpal: time {g['time_s'] / same['time_s']:.2f}, CPU "
+                         f"{g['cpu_s'] / same['cpu_s']:.2f}, peak "
+                         f"{g['peak_gb'] / same['peak_gb']:.2f}, F RMSE "
+                         f"{g['force_rmse'] / same['force_rmse']:.2f}")
+            print(line)
 
 
 if __name__ == "__main__":
