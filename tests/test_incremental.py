@@ -203,6 +203,29 @@ def test_memory_budget_bounds_the_fit():
     assert bounded - half < 0.15 * rows_bytes
 
 
+def test_sparse_selection_holds_one_species_rows_at_a_time(alloy):
+    """FPS per species on rows gathered frame by frame: the picks of FPS on the stacked
+    rows of that species, and no stacked copy of every descriptor row is formed."""
+    from gpal.selection import farthest_point_sampling
+
+    model = _model(alloy, random_state=3).fit(alloy)
+    X_list = [model.descriptor_.create(a) for a in alloy]
+    numbers = [a.numbers for a in alloy]
+    tracemalloc.start()
+    try:
+        Z, zsp = model._select_sparse(X_list, numbers, 20, "fps")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    X_all, num_all = np.concatenate(X_list), np.concatenate(numbers)
+    assert peak < 0.8 * X_all.nbytes  # a stacked copy alone would be X_all.nbytes
+    rng = np.random.default_rng(3)
+    for z, count in model._sparse_counts(20, X_list, numbers).items():
+        Xs = X_all[num_all == z]
+        idx = farthest_point_sampling(Xs, count, metric="cosine", random_state=rng)
+        np.testing.assert_array_equal(Z[zsp == z], Xs[np.sort(idx)])
+
+
 def test_bad_memory_budget_is_rejected(alloy):
     with pytest.raises(ValueError, match="memory_budget_gb"):
         _model(alloy[:2], memory_budget_gb=-1).fit(alloy[:2])

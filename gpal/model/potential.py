@@ -331,6 +331,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         Z, zsp = self._select_sparse(
             X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection
         )
+        del X_list  # the kernel rows recompute descriptors frame by frame
         self.sparse_X_ = Z
         self.sparse_species_ = zsp
         if self.hyperparameters == "evidence" and (

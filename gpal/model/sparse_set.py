@@ -13,6 +13,24 @@ from .._validation import (
 from ..sparse_gp import _jittered_cholesky
 
 
+def _species_rows(X_list, numbers_list, z) -> np.ndarray:
+    """Descriptor rows of species ``z`` of every frame, in frame order.
+
+    Filled into one array frame by frame: neither a stacked copy of every row (the size
+    of all descriptors of the training set) nor per-frame pieces are held beside it.
+    """
+    n = sum(int(np.count_nonzero(num == z)) for num in numbers_list)
+    width = X_list[0].shape[1] if X_list else 0
+    out = np.empty((n, width), dtype=np.result_type(*X_list) if X_list else np.float64)
+    start = 0
+    for X, num in zip(X_list, numbers_list):
+        mask = num == z
+        k = int(np.count_nonzero(mask))
+        out[start:start + k] = X[mask]
+        start += k
+    return out
+
+
 class _SparseSet:
     """SparseGP's sparse-set policy: counts per species, FPS/CUR/random picks, growth."""
 
@@ -50,12 +68,10 @@ class _SparseSet:
         from .. import selection
 
         rng = as_rng(self.random_state)
-        X_all = np.concatenate(X_list)
-        num_all = np.concatenate(numbers_list)
         counts = self._sparse_counts(n_sparse, X_list, numbers_list)
         Z, zsp = [], []
         for z, count in counts.items():
-            Xs = X_all[num_all == z]
+            Xs = _species_rows(X_list, numbers_list, z)
             if count <= 0 or len(Xs) == 0:
                 continue
             if method == "fps":
@@ -73,6 +89,7 @@ class _SparseSet:
                 idx = selection.cur_selection(Xs, min(count, len(Xs)), random_state=rng)
             Z.append(Xs[np.sort(idx)])
             zsp.append(np.full(len(idx), z, dtype=np.int64))
+            del Xs  # freed before the next species' rows are gathered
         return np.concatenate(Z), np.concatenate(zsp)
 
     @_thread_policy()
