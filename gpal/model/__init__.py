@@ -9,7 +9,7 @@
 :mod:`gpal.model.sparse_set`
     Which environments the weights sit on and how the set grows.
 :mod:`gpal.model.evidence`
-    Hyperparameters (kernel exponent, SOAP l_max, noises) by the evidence.
+    Hyperparameters (kernel exponent, SOAP l_max and sigma, noises) by the evidence.
 :mod:`gpal.model.files`
     ``save`` / ``load`` (``.npz`` + JSON, no pickle).
 :mod:`gpal.baseline`
@@ -24,6 +24,7 @@ from .defaults import (  # noqa: F401
     DEFAULT_NOISE,
     L_MAX_CANDIDATES,
     NOISE_BOUNDS,
+    SIGMA_CANDIDATES,
     SIGNAL_VARIANCE_BOUNDS,
     ZETA_CANDIDATES,
     default_descriptor,
@@ -32,4 +33,4 @@ from .files import load  # noqa: F401
 from .potential import ObservationRows, SparseGP  # noqa: F401
 
 __all__ = ["SparseGP", "ObservationRows", "load", "default_descriptor", "ZETA_CANDIDATES", "L_MAX_CANDIDATES",
-           "DEFAULT_NOISE", "NOISE_BOUNDS", "SIGNAL_VARIANCE_BOUNDS", "DEFAULT_MEMORY_BUDGET_GB"]
+           "SIGMA_CANDIDATES",           "DEFAULT_NOISE", "NOISE_BOUNDS", "SIGNAL_VARIANCE_BOUNDS", "DEFAULT_MEMORY_BUDGET_GB"]

@@ -24,7 +24,11 @@ from .defaults import (
     NOISE_BOUNDS,
     SIGNAL_VARIANCE_BOUNDS,
     ZETA_CANDIDATES,
+    _RANK_ROWS_PER_SPARSE,
 )
+
+#: frames without a cell are stacked up to this many atoms for the evidence's kernel rows
+_BATCH_ATOMS = 256
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +149,73 @@ class _Evidence:
         the sparse rows, ``dX·(ẑ - c x̂)``, does not depend on the kernel's shape (ζ);
         only the elementwise factor ``f'(c)`` does. It is formed once per species block.
         """
-        from .. import _jit
+        return self._rows_for_batch([atoms], Z, zsp, [derivs], kernels)[0]
+
+    def _rows_for_batch(self, frames, Z, zsp, derivs, kernels, cols=None) -> list:
+        """:meth:`_rows_for_kernels` of several frames, as one system (frames without a cell).
+
+        ``cols``: the feature columns of a smaller l_max (:func:`_l_max_subset`) the rows
+        are for (None: all). The pair derivatives are used where they lie: per frame
+        and centre species a slice (a copy only when that species' atoms are not
+        contiguous), and a column subset by zero-padding the (small) normalised
+        descriptors instead of copying ``dX``. Energy rows are summed per frame; a
+        frame with a 3D cell is done alone.
+
+        Returns
+        -------
+        list (per frame) of lists (per kernel) of (energy (M,), force (N, 3, M), stress (6, M))
+        """
+        import dataclasses
+
         from ..kernels import CosineKernel
 
-        if len(kernels) == 1 or not all(isinstance(k, CosineKernel) for k in kernels):
-            return [self._derivative_rows(atoms, Z, zsp, derivs=derivs, kernel=k) for k in kernels]
-        d = derivs
-        X = d.descriptor
-        N, M = len(atoms), len(Z)
-        numbers = atoms.numbers
-        out = [(np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))) for _ in kernels]
-        has_cell = np.isfinite(d.volume) and d.volume > 0
-        center_species = numbers[d.center]
+        if (len(kernels) == 1 and len(frames) == 1) or not all(
+                isinstance(k, CosineKernel) for k in kernels):
+            if cols is not None:
+                derivs = [dataclasses.replace(
+                    d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
+                    dX=np.ascontiguousarray(d.dX[:, :, cols])) for d in derivs]
+            return [[self._derivative_rows(a, Z, zsp, derivs=d, kernel=k) for k in kernels]
+                    for a, d in zip(frames, derivs)]
+        if len(frames) > 1 and any(np.isfinite(d.volume) and d.volume > 0 for d in derivs):
+            raise ValueError("frames with a cell are done one at a time")
+        sizes = np.array([len(a) for a in frames])
+        start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        numbers = np.concatenate([np.asarray(a.numbers) for a in frames])
+        X = np.concatenate([d.descriptor for d in derivs])
+        blocks = {}
+        for a, d, s in zip(frames, derivs, start):
+            center_species = np.asarray(a.numbers)[d.center]
+            for z in np.unique(center_species):
+                p = np.flatnonzero(center_species == z)
+                if p[-1] - p[0] + 1 == len(p):  # contiguous: views
+                    sl = slice(int(p[0]), int(p[-1]) + 1)
+                    piece = (d.center[sl] + s, d.neighbor[sl] + s, d.vector[sl], d.dX[sl])
+                else:
+                    piece = (d.center[p] + s, d.neighbor[p] + s, d.vector[p], d.dX[p])
+                blocks.setdefault(z, []).append(piece)
+        frame_of_atom = np.repeat(np.arange(len(frames)), sizes)
+        out = self._cosine_rows(numbers, X, blocks, derivs[0].volume if len(frames) == 1 else np.nan,
+                                Z, zsp, kernels, frame_of_atom, len(frames), cols)
+        stop = start + sizes
+        return [[(e[k], f[start[k]:stop[k]], s_) for e, f, s_ in out] for k in range(len(frames))]
+
+    def _cosine_rows(self, numbers, X, blocks, volume, Z, zsp, kernels, frame_of_atom=None,
+                     n_frames: int = 1, cols=None):
+        """Rows of cosine ``kernels`` from one derivative pass; energy rows (n_frames, M).
+
+        ``blocks``: per centre species z, a list of pair pieces ``(center, neighbor,
+        vector, dX)`` (indices into ``X``'s rows). ``cols``: the feature columns the
+        kernel uses (``Z`` has only those); ``X`` and ``dX`` have all.
+        """
+        from .. import _jit
+
+        N, M = len(numbers), len(Z)
+        if frame_of_atom is None:
+            frame_of_atom = np.zeros(N, dtype=np.int64)
+        out = [(np.zeros((n_frames, M)), np.zeros((N, 3, M)), np.zeros((6, M))) for _ in kernels]
+        has_cell = np.isfinite(volume) and volume > 0
+        Xk = X if cols is None else np.ascontiguousarray(X[:, cols])
         k0 = kernels[0]
         for k in kernels:
             k._validate()
@@ -165,46 +224,215 @@ class _Evidence:
             if not len(c):
                 continue
             m = len(c)
-            Xa, Xh, xn, Zc, Zh, zn = k0._prepare(X, Z[c])
+            Xa, Xh, xn, Zc, Zh, zn = k0._prepare(Xk, Z[c])
             C, _ = k0._cosines(Xh, xn, Zh, False)
             rz = numbers == z
-            p = center_species == z
-            if np.any(p):
-                center = np.ascontiguousarray(d.center[p], dtype=np.int64)
-                neighbor, vec = d.neighbor[p], d.vector[p]
-                dX = np.ascontiguousarray(d.dX[p], dtype=np.float64)
-                P, F = len(center), dX.shape[2]
-                D = (dX.reshape(P * 3, F) @ Zh.T).reshape(P, 3, m)
-                b = _jit._pair_projection(dX, Xh, center)
+            fz = frame_of_atom[rz]
+            pieces = blocks.get(z, [])
+            has_pairs = sum(len(q[0]) for q in pieces) > 0
+            if has_pairs:
+                F = X.shape[1]
+                if cols is not None:  # zero-padded to all features: dX is used as it is
+                    Zp = np.zeros((m, F))
+                    Zp[:, cols] = Zh
+                    Xp = np.zeros((N, F))
+                    Xp[:, cols] = Xh
+                else:
+                    Zp, Xp = Zh, np.ascontiguousarray(Xh)
+                center = np.ascontiguousarray(np.concatenate([q[0] for q in pieces]), dtype=np.int64)
+                neighbor = np.concatenate([q[1] for q in pieces])
+                vec = np.concatenate([q[2] for q in pieces])
+                P = len(center)
+                D = np.concatenate([(q[3].reshape(-1, F) @ Zp.T).reshape(-1, 3, m) for q in pieces])
+                b = np.concatenate([_jit._pair_projection(np.ascontiguousarray(q[3]), Xp,
+                                                          np.ascontiguousarray(q[0], dtype=np.int64))
+                                    for q in pieces])
                 _jit._pair_tangent(D, b, C, center)
                 inv = k0._inverse_norms(xn)
             for k, (e, f, s_) in zip(kernels, out):
                 s2, shape = float(k.signal_variance), float(k._shape_param())
-                e[c] = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape).sum(axis=0)
-                if not np.any(p):
+                vals = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape)
+                if n_frames == 1:
+                    e[0, c] = vals.sum(axis=0)
+                else:
+                    sub = np.zeros((n_frames, m))
+                    np.add.at(sub, fz, vals)
+                    e[:, c] = sub
+                if not has_pairs:
                     continue
                 Fp = _jit._apply_fprime(C, k._kind, shape)
                 flat = _jit._pair_scale(D, Fp, s2 * inv, center)
                 f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(N, 3, m)
                 if has_cell:  # pair_stress as one BLAS product (its einsum is slow here)
                     st = (vec.T @ flat.reshape(P, 3 * m)).reshape(3, 3, m)  # [b, a, m]
-                    st = 0.5 * (st + st.transpose(1, 0, 2)) / d.volume
+                    st = 0.5 * (st + st.transpose(1, 0, 2)) / volume
                     s_[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         return out
 
-    def _choose_hyperparameters(self, zetas=None, l_maxes=None, warn_stacklevel: int = 3) -> None:
+    def _sparse_features(self, descriptor, where) -> np.ndarray:
+        """``descriptor``'s features of the sparse environments.
+
+        ``where``: each sparse environment's position among the training frames' atoms
+        taken frame after frame (as :meth:`_select_sparse` returns it).
+        """
+        sizes = np.array([len(a) for a in self.frames_])
+        frame = np.searchsorted(np.cumsum(sizes), where, side="right")
+        atom = where - np.concatenate([[0], np.cumsum(sizes)[:-1]])[frame]
+        Z = np.empty((len(where), descriptor.get_number_of_features()))
+        for k in np.unique(frame):
+            sel = frame == k
+            Z[sel] = descriptor.create(self.frames_[k])[atom[sel]]
+        return Z
+
+    def _ranking_frames(self, n_sparse: int, slices) -> np.ndarray:
+        """Evenly spaced training frames with at least ``_RANK_ROWS_PER_SPARSE * n_sparse`` labels.
+
+        All frames when they have fewer. The candidates are ranked by their evidence on
+        these frames; only the winner is then fitted to all of them.
+        """
+        rows = np.array([s.stop - s.start for s in slices])
+        need = _RANK_ROWS_PER_SPARSE * n_sparse
+        nf = len(rows)
+        if rows.sum() <= need:
+            return np.arange(nf)
+        for k in range(1, nf + 1):
+            idx = np.unique(np.round(np.linspace(0, nf - 1, k)).astype(int))
+            if rows[idx].sum() >= need:
+                return idx
+        return np.arange(nf)
+
+    def _score_candidates(self, fids, cands, descs, Zs, y, scale, gidx, slices, levels0,
+                          noise_bounds, free_kernel, keep_best: bool):
+        """Maximised evidence of each candidate ``(descriptor index, l_max, kernel)`` on frames ``fids``.
+
+        Every candidate of one descriptor gets its kernel rows from one
+        descriptor-derivative pass per frame (a smaller l_max is a subset of the
+        features, :func:`_l_max_subset`; the ζ share the contraction,
+        :meth:`_rows_for_kernels`). Rows are kept in memory, or (beyond half the
+        memory budget) only their whitened per-group sums.
+
+        Returns
+        -------
+        results : list of (lml, levels, ratio, sv_bounds or None)
+        best : int, the index of the largest evidence
+        blocks : (K_mm, K_nm or None) of the best at its optimum, when ``keep_best``
+        """
+        G = len(levels0)
+        rows_sel = np.concatenate([np.arange(slices[k].start, slices[k].stop) for k in fids])
+        y_s, scale_s, g_s = y[rows_sel], scale[rows_sel], gidx[rows_sel]
+        M = len(self.sparse_species_)
+        stream = not self._keep_rows_fits(len(rows_sel) * len(cands), M)
+        kmm = {}
+
+        def k_mm(c):
+            if c not in kmm:
+                i, lm, kern = cands[c]
+                kmm[c] = self._k_mm(Zs[(i, lm)], self.sparse_species_, kern)
+            return kmm[c]
+
+        if stream:
+            L_mms = [_jittered_cholesky(k_mm(c), self.jitter)[0] for c in range(len(cands))]
+            sums = [[np.zeros((G, M, M)), np.zeros((G, M)), np.zeros(G), np.zeros(G)]
+                    for _ in cands]
+        rows = [[] for _ in cands]
+        # per descriptor: its l_max values and, per l_max, the kernels (in candidate order)
+        plan = {}
+        for c, (i, lm, kern) in enumerate(cands):
+            plan.setdefault(i, {}).setdefault(lm, []).append((c, kern))
+        # frames without a cell go through in batches (one stacked system each)
+        batches, cur, n_at = [], [], 0
+        for k in fids:
+            a = self.frames_[k]
+            if np.all(a.pbc) or n_at + len(a) > _BATCH_ATOMS:
+                if cur:
+                    batches.append(cur)
+                cur, n_at = [], 0
+            cur.append(k)
+            n_at += len(a)
+            if np.all(a.pbc):
+                batches.append(cur)
+                cur, n_at = [], 0
+        if cur:
+            batches.append(cur)
+        offset = {}
+        start = 0
+        for k in fids:
+            offset[k] = start
+            start += slices[k].stop - slices[k].start
+        for batch in batches:
+            group = [self.frames_[k] for k in batch]
+            for i, by_l in plan.items():
+                ds = [descs[i].derivatives(a) for a in group]
+                L = int(descs[i].l_max) if isinstance(descs[i], SOAP) else None
+                for lm, ck in by_l.items():
+                    cols = _l_max_subset(descs[i], lm) if lm is not None and lm != L else None
+                    per_frame = self._rows_for_batch(group, Zs[(i, lm)], self.sparse_species_,
+                                                     ds, [kern for _, kern in ck], cols)
+                    for k, a, outs in zip(batch, group, per_frame):
+                        sl = slice(offset[k], offset[k] + slices[k].stop - slices[k].start)
+                        for (c, _), out in zip(ck, outs):
+                            K_f = self._in_observation_order(a, out)
+                            if not stream:
+                                rows[c].append(K_f)
+                                continue
+                            Phi = scipy.linalg.solve_triangular(
+                                L_mms[c], (K_f / scale_s[sl, None]).T, lower=True,
+                                check_finite=False).T
+                            for acc, part in zip(sums[c], _evidence_sums(
+                                    Phi, y_s[sl] / scale_s[sl], g_s[sl], G)):
+                                acc += part
+                del ds
+        results, best, blocks = [], None, None
+        for c, (i, lm, kernel) in enumerate(cands):
+            K_nm = None if stream else np.concatenate(rows[c])
+            rows[c] = None
+            sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
+            if isinstance(sv_bounds, str) or kernel.n_dims == 0:
+                sv_bounds = "fixed"
+            levels, ratio, lml = _maximise_evidence(
+                k_mm(c), K_nm, y_s, g_s, scale_s, levels0, noise_bounds,
+                None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
+                self.jitter, sums=sums[c] if stream else None,
+            )
+            results.append((lml, levels, ratio, None if sv_bounds == "fixed" else sv_bounds))
+            if best is None or lml > results[best][0]:
+                best = c
+                if keep_best:
+                    blocks = (k_mm(c) * ratio, None if stream else K_nm * ratio)
+            del K_nm
+            if c != best:
+                kmm.pop(c, None)
+        return results, best, blocks
+
+    def _choose_hyperparameters(self, zetas=None, l_maxes=None, sigmas=None, sparse_index=None,
+                                search: bool = True, warn_stacklevel: int = 3) -> None:
         """Choose the free hyperparameters by the evidence and refit the solver.
 
-        Every candidate (kernel, SOAP l_max) gets its kernel rows from one
-        descriptor-derivative pass per frame (a smaller l_max is a subset of the
-        features, :func:`_l_max_subset`, on the same sparse environments); the noise
-        levels and signal variance of each are set by maximising the log marginal
-        likelihood (:func:`_maximise_evidence`, O(n_sparse³) per step after one
-        O(n_obs n_sparse²) pass); the candidate with the largest maximum wins.
-        """
-        import dataclasses
+        Candidates, in two steps: (1) the kernels (``kernel=None``: ζ among ``zetas``)
+        × SOAP ``l_max`` among ``l_maxes`` (a smaller l_max is a subset of the fitted
+        SOAP's features on the same sparse environments); (2) at the l_max step 1
+        chose, the kernels × the other SOAP widths among ``sigmas`` (the same
+        environments, ``sparse_index`` as :meth:`_select_sparse` returns it, described
+        with another Gaussian width). For each, the noise levels and signal variance
+        are set by maximising the log marginal likelihood (:func:`_maximise_evidence`,
+        O(n_sparse³) per step after one O(n_obs n_sparse²) pass); the candidate with
+        the largest maximum of both steps wins. A winner with another SOAP than the
+        fitted one then picks its own sparse environments (``sparse_selection`` in its
+        features, as a fit with that SOAP would) and is maximised again on all frames.
 
-        frames, Z, zsp = self.frames_, self.sparse_X_, self.sparse_species_
+        With several candidates and more labels than ``_RANK_ROWS_PER_SPARSE`` per
+        sparse point, the candidates are ranked on evenly spaced frames holding about
+        that many (:meth:`_ranking_frames`) and only the winner is maximised again on
+        all frames (its rows computed with its own, possibly smaller, SOAP). The
+        differences of log evidence between candidates grow about linearly with the
+        data, so the ranking is decided early; the cost is that of one fit with the
+        winner plus a fraction of one per candidate.
+
+        With ``search=False`` the candidates are ranked on all frames and the winner
+        keeps the fitted sparse environments (a smaller l_max as a subset of their
+        features).
+        """
+        frames = self.frames_
         free_kernel = self.kernel is None
         if free_kernel:
             zetas = tuple(ZETA_CANDIDATES if zetas is None else zetas)
@@ -214,17 +442,21 @@ class _Evidence:
                        for z in zetas]
         else:
             kernels = [self.kernel_]
+        desc0 = self.descriptor_
+        soap = isinstance(desc0, SOAP)
+        other_sigmas = []
+        if soap and sigmas and sparse_index is not None:
+            other_sigmas = [s for s in sorted({float(v) for v in sigmas})
+                            if not np.isclose(s, desc0.sigma)]
         # the l_max choice is SOAP's (a smaller l_max is a subset of its features)
-        L = int(self.descriptor_.l_max) if isinstance(self.descriptor_, SOAP) else None
-        l_maxes = [None] if L is None else sorted({int(v) for v in (l_maxes or (L,)) if int(v) <= L} | {L})
-        subsets = {lm: None if lm == L else _l_max_subset(self.descriptor_, lm) for lm in l_maxes}
-        cands = [(lm, kern) for lm in l_maxes for kern in kernels]
-        Zs = {lm: Z if cols is None else np.ascontiguousarray(Z[:, cols])
-              for lm, cols in subsets.items()}
+        L = int(desc0.l_max) if soap else None
+        l_list = [None] if L is None else sorted({int(v) for v in (l_maxes or (L,)) if int(v) <= L} | {L})
+        Zs = {(0, lm): self.sparse_X_ if lm in (None, L) else
+              np.ascontiguousarray(self.sparse_X_[:, _l_max_subset(desc0, lm)]) for lm in l_list}
+        cands = [(0, lm, kern) for lm in l_list for kern in kernels]
         # targets, groups and fixed noise factors (sqrt(n_atoms) for energies)
         ys, scales, groups, fidx = [], [], [], []
-        targets = [self._frame_targets(a) for a in frames]
-        for k, tg in enumerate(targets):
+        for k, tg in enumerate(self._frame_targets(a) for a in frames):
             for group, y, noise in tg:
                 ys.append(y)
                 scales.append(noise / self.noise_[_GROUP_NAMES[group]])
@@ -237,95 +469,100 @@ class _Evidence:
         remap = np.full(3, -1)
         remap[present] = np.arange(len(present))
         gidx = remap[group]
-        G = len(present)
         names = [_GROUP_NAMES[g] for g in present]
         levels0 = np.array([self.noise_[nm] for nm in names])
         noise_bounds = [NOISE_BOUNDS[nm] if getattr(self, nm + "_noise") is None else "fixed"
                         for nm in names]
-        # every candidate's rows in memory, or (beyond half the memory budget) only their
-        # whitened per-group sums, accumulated frame by frame
-        M = len(Z)
-        stream = not self._keep_rows_fits(len(y) * len(cands), M)
-        rows = [[] for _ in cands]
-        if stream:
-            K_mms = [self._k_mm(Zs[lm], zsp, kern) for lm, kern in cands]
-            L_mms = [_jittered_cholesky(K, self.jitter)[0] for K in K_mms]
-            sums = [[np.zeros((G, M, M)), np.zeros((G, M)), np.zeros(G), np.zeros(G)]
-                    for _ in cands]
         slices = self._frame_slices()
-        for k, a in enumerate(frames):
-            d = self.descriptor_.derivatives(a)
-            outs = []
-            for lm, cols in subsets.items():
-                dl = d if cols is None else dataclasses.replace(
-                    d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
-                    dX=np.ascontiguousarray(d.dX[:, :, cols]))
-                outs += self._rows_for_kernels(a, Zs[lm], zsp, dl, kernels)
-            del d
-            sl = slices[k]
-            for c, out in enumerate(outs):
-                K_f = self._in_observation_order(a, out)
-                if not stream:
-                    rows[c].append(K_f)
-                    continue
-                Phi = scipy.linalg.solve_triangular(
-                    L_mms[c], (K_f / scale[sl, None]).T, lower=True, check_finite=False).T
-                for acc, part in zip(sums[c], _evidence_sums(Phi, y[sl] / scale[sl], gidx[sl], G)):
-                    acc += part
-        table, best = [], None
-        for c, (lm, kernel) in enumerate(cands):
-            K_nm = None if stream else np.concatenate(rows[c])
-            rows[c] = None
-            K_mm = K_mms[c] if stream else self._k_mm(Zs[lm], zsp, kernel)
-            sv_bounds = kernel.signal_variance_bounds if free_kernel else "fixed"
-            if isinstance(sv_bounds, str) or kernel.n_dims == 0:
-                sv_bounds = "fixed"
-            levels, ratio, lml = _maximise_evidence(
-                K_mm, K_nm, y, gidx, scale, levels0, noise_bounds,
-                None if sv_bounds == "fixed" else np.array(sv_bounds) / kernel.signal_variance,
-                self.jitter, sums=sums[c] if stream else None,
-            )
-            fitted_kernel = kernel.clone()
-            fitted_kernel.signal_variance = float(kernel.signal_variance * ratio)
+        M = len(self.sparse_X_)
+        everything = np.arange(len(frames))
+        n_cands = len(cands) + len(other_sigmas) * len(kernels)
+        fids = self._ranking_frames(M, slices) if (n_cands > 1 and search) else everything
+        two_stage = len(fids) < len(frames)
+        args = (y, scale, gidx, slices, levels0, noise_bounds, free_kernel)
+        # step 1: kernel × l_max with the fitted SOAP
+        results, k_best, blocks = self._score_candidates(
+            fids, cands, [desc0], Zs, *args, keep_best=not two_stage)
+        # (SOAP at its l_max, sparse features, sigma, l_max, kernel, result) of every candidate
+        records = []
+        for (i, lm, kern), res in zip(cands, results):
+            d = desc0 if lm in (None, L) else SOAP(**{**desc0.get_params(), "l_max": lm})
+            records.append((d, Zs[(i, lm)], float(desc0.sigma) if soap else None, lm, kern, res))
+        best, best_blocks = k_best, blocks
+        # step 2: the other SOAP widths at the l_max step 1 chose (same environments)
+        if other_sigmas:
+            lm_best = records[k_best][3]
+            descs = [SOAP(**{**desc0.get_params(), "sigma": s, "l_max": lm_best}) for s in other_sigmas]
+            Zs2 = {(j, None): self._sparse_features(d, sparse_index) for j, d in enumerate(descs)}
+            cands2 = [(j, None, kern) for j in range(len(descs)) for kern in kernels]
+            results2, k2, blocks2 = self._score_candidates(
+                fids, cands2, descs, Zs2, *args, keep_best=not two_stage)
+            for (j, _, kern), res in zip(cands2, results2):
+                records.append((descs[j], Zs2[(j, None)], other_sigmas[j], lm_best, kern, res))
+            if results2[k2][0] > records[best][5][0]:
+                best, best_blocks = len(cands) + k2, blocks2
+
+        def entry(c, record):
+            _, _, sg, lm, kernel, (lml, levels, ratio, _) = record
             noise = dict(self.noise_)
             noise.update({nm: float(v) for nm, v in zip(names, levels)})
-            table.append({
+            return {
                 "zeta": int(kernel.zeta) if isinstance(kernel, NormalizedDotProduct) else None,
                 "l_max": lm,
-                "signal_variance": fitted_kernel.signal_variance,
+                "sigma": sg,
+                "signal_variance": float(kernel.signal_variance * ratio),
                 "noise": noise,
-                "log_marginal_likelihood": lml,
-                "selected": False,
-            })
-            if best is None or lml > best[0]:
-                best = (lml, len(table) - 1, fitted_kernel,
-                        (K_mm * ratio, None if stream else K_nm * ratio), noise,
-                        levels, None if sv_bounds == "fixed" else sv_bounds, lm)
-            del K_nm
-        lml, k_best, kernel, (K_mm, K_nm), noise, levels, sv_bounds, lm = best
-        table[k_best]["selected"] = True
-        if stream:  # a second pass over the frames, with the chosen kernel, in blocks
-            if lm != L:
-                self.descriptor_ = SOAP(**{**self.descriptor_.get_params(), "l_max": lm})
-                self.sparse_X_ = Zs[lm]
-            self.kernel_, self.noise_ = kernel, noise
+                "log_marginal_likelihood": float(lml),
+                "n_frames": len(fids),
+                "selected": c == best,
+            }
+
+        table = [entry(c, r) for c, r in enumerate(records)]
+        desc, Z, sg, lm, kernel, (lml, levels, ratio, sv_bounds) = records[best]
+        blocks = best_blocks
+        kernel = kernel.clone()
+        kernel.signal_variance = float(kernel.signal_variance * ratio)
+        k_best = best
+        # the sparse environments the winner itself picks (farthest points in its own
+        # features), as SparseGP(descriptor=winner) would: the same model either way
+        reselect = search and sparse_index is not None and soap and (
+            not np.isclose(desc.sigma, desc0.sigma) or int(desc.l_max) != L)
+        if reselect:
+            Z, self.sparse_species_ = self._select_sparse(
+                [desc.create(a) for a in frames], [a.numbers for a in frames], self.n_sparse,
+                self.sparse_selection)
+        if two_stage or reselect:  # the winner alone on all frames, from its ranking optimum
+            levels0 = levels
+            results, _, blocks = self._score_candidates(
+                everything, [(0, None, kernel)], [desc], {(0, None): Z}, y, scale, gidx,
+                slices, levels0, noise_bounds, free_kernel, keep_best=True)
+            lml, levels, ratio, sv_bounds = results[0]
+            kernel = kernel.clone()
+            kernel.signal_variance = float(kernel.signal_variance * ratio)
+        K_mm, K_nm = blocks
+        noise = dict(self.noise_)
+        noise.update({nm: float(v) for nm, v in zip(names, levels)})
+        self.descriptor_, self.sparse_X_ = desc, Z
+        self.kernel_, self.noise_ = kernel, noise
+        if K_nm is None:  # streamed: a second pass over the frames, with the chosen kernel, in blocks
             self._fit_solver(K_mm)
             solver = self.solver_
         else:
             solver = SparseGPSolver().fit(K_mm, K_nm, y, levels[gidx] * scale, jitter=self.jitter)
         lml = float(solver.log_marginal_likelihood())  # the QR value (agrees to round-off)
-        table[k_best]["log_marginal_likelihood"] = lml
-        if lm != L:  # the smaller SOAP: its features on the same sparse environments
-            self.descriptor_ = SOAP(**{**self.descriptor_.get_params(), "l_max": lm})
-            self.sparse_X_ = Zs[lm]
-        self.kernel_ = kernel
-        self.noise_ = noise
+        best_row = table[k_best]
+        if two_stage or reselect:
+            best_row["ranking_log_marginal_likelihood"] = best_row["log_marginal_likelihood"]
+            best_row.update(signal_variance=kernel.signal_variance, noise=noise,
+                            n_frames=len(frames))
+        best_row["log_marginal_likelihood"] = lml
         self.solver_ = solver
         self.alpha_ = solver.alpha_
         self._enforce_budget()
         self.log_marginal_likelihood_value_ = lml
         self.evidence_ = table
-        log.info("hyperparameters by evidence: %r noise %s lml %.6g", kernel, noise, lml)
+        log.info("hyperparameters by evidence: %r sigma %s l_max %s noise %s lml %.6g",
+                 kernel, sg, lm, noise, lml)
         # a chosen value at the edge of its range: the evidence would go further
         at_bound = []
         for nm, lev, b in zip(names, levels, noise_bounds):
@@ -358,10 +595,11 @@ class _Evidence:
         signal variance; each noise given as ``None`` within :data:`NOISE_BOUNDS`. Each
         candidate is scored by its maximised log marginal likelihood; the best is
         refitted and stored (``kernel_``, ``noise_``, ``zeta_``, ``evidence_``). This is
-        what :meth:`fit` does with ``hyperparameters="evidence"``; call it to re-choose
-        as data arrive (it costs one descriptor-derivative pass over the training
-        frames). Values the user set are kept; with nothing left to choose the model is
-        unchanged. The stored calibration is kept (re-calibrate afterwards).
+        what :meth:`fit` does with ``hyperparameters="evidence"`` (there also with the
+        SOAP's l_max and sigma, which are kept here); call it to re-choose as data
+        arrive (it costs one descriptor-derivative pass over all frames). Values the
+        user set are kept; with nothing left to choose the model is unchanged. The stored calibration is kept
+        (re-calibrate afterwards).
 
         Returns
         -------
@@ -374,7 +612,9 @@ class _Evidence:
         """
         check_is_fitted(self)
         if self._free_hyperparameters():
-            self._choose_hyperparameters(zetas, warn_stacklevel=4)
+            # on all frames, as the first fit of a few frames did: the learner re-chooses
+            # here on its refit schedule, and its runs stay comparable from refit to refit
+            self._choose_hyperparameters(zetas, search=False, warn_stacklevel=4)
         return self
 
     @_thread_policy()
@@ -538,7 +778,6 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         Phi = None
         gram, bvec, yy_g, n_g = sums
     const = 2.0 * np.sum(np.log(scale)) + n * np.log(2.0 * np.pi)
-    eye = np.eye(M)
 
     lo = np.empty(G + 1)
     hi = np.empty(G + 1)
@@ -556,18 +795,26 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         lo[G], hi[G] = np.log(ratio_bounds[0]), np.log(ratio_bounds[1])
     x0 = np.concatenate([np.log(levels0), [0.0]])
     x0 = np.clip(x0, lo, hi)
+    potri = scipy.linalg.get_lapack_funcs("potri", (gram,))
+
+    potrf, potrs = scipy.linalg.get_lapack_funcs(("potrf", "potrs"), (gram,))
+    lower = np.tril(np.ones((M, M), bool))
+    gram_lower = np.where(lower, 2.0 * gram, 0.0)  # Σ_ij A⁻¹_ij G_ij from A⁻¹'s lower triangle
+    gram_lower[:, np.arange(M), np.arange(M)] *= 0.5
+    # potri returns a Fortran-ordered factor: its memory order is that of the transpose
+    gram_lower = np.ascontiguousarray(gram_lower.transpose(0, 2, 1)).reshape(G, M * M)
 
     def negative(xf):
         x = x0.copy()
         x[free] = xf
         w = np.exp(-2.0 * x[:G])
         r = np.exp(x[G])
-        A = r * eye + r * r * np.einsum("g,gij->ij", w, gram)
-        try:
-            cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
+        A = (r * r) * np.tensordot(w, gram, 1)
+        A.flat[:: M + 1] += r
+        chol, info = potrf(A, lower=1, clean=0, overwrite_a=1)
+        if info:
             return np.inf, np.zeros(xf.shape)
-        u = scipy.linalg.cho_solve(cho, r * (w @ bvec), check_finite=False)
+        u, info = potrs(chol, r * (w @ bvec), lower=1)
         if Phi is not None:
             pred = r * (Phi @ u)
             res = yw - pred
@@ -579,16 +826,17 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
             rp_g = r * ub - r * r * uGu  # res_g · pred_g
         quad_u = r * (u @ u)
         J = w @ e_g + quad_u
-        L = 2.0 * (n_g @ x[:G]) + 2.0 * np.sum(np.log(np.diag(cho[0]))) - M * x[G]
-        Ainv = scipy.linalg.cho_solve(cho, eye, check_finite=False)
-        tr_g = np.einsum("ij,gij->g", Ainv, gram)
+        L = 2.0 * (n_g @ x[:G]) + 2.0 * np.sum(np.log(np.diagonal(chol))) - M * x[G]
+        # A⁻¹ from its Cholesky factor (LAPACK potri: a third of the work of two
+        # triangular solves with the identity); only its lower triangle is used
+        Ainv, info = potri(chol, lower=1)
+        if info:
+            return np.inf, np.zeros(xf.shape)
+        tr_g = gram_lower @ np.ravel(Ainv, order="K")
         grad = np.empty(G + 1)
         grad[:G] = -2.0 * w * e_g + 2.0 * n_g - 2.0 * w * r * r * tr_g
         if Phi is not None:
-            wres = np.zeros(n)
-            for g, s in enumerate(sel):
-                wres[s] = w[g] * res[s]
-            wres_pred = wres @ pred
+            wres_pred = (w[groups] * res) @ pred
         else:
             wres_pred = w @ rp_g
         grad[G] = (-2.0 * wres_pred + quad_u) + (r * np.trace(Ainv) + 2.0 * r * r * (w @ tr_g) - M)
@@ -604,8 +852,8 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         alt[:G] = np.where(free[:G], np.minimum(lo[:G] + np.log(10.0), x0[:G]), x0[:G])
         starts.append(alt[free])
         best = None
-        for start in starts:
-            res = scipy.optimize.minimize(negative, start, jac=True, method="L-BFGS-B",
+        for x_start in starts:
+            res = scipy.optimize.minimize(negative, x_start, jac=True, method="L-BFGS-B",
                                           bounds=bounds)
             if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                 best = res

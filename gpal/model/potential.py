@@ -70,6 +70,8 @@ from .defaults import (
     DEFAULT_MEMORY_BUDGET_GB,
     DEFAULT_NOISE,
     L_MAX_CANDIDATES,
+    SIGMA_CANDIDATES,
+    _MIN_FRAMES_DESCRIPTOR_SEARCH,
     NOISE_BOUNDS,
     ZETA_CANDIDATES,
     default_descriptor,
@@ -99,7 +101,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     Parameters
     ----------
     descriptor : gpal.SOAP, optional
-        Environment descriptor. Default: :func:`default_descriptor` of the training frames.
+        Environment descriptor, used as given. Default: :func:`default_descriptor` of
+        the training frames (r_cut 5 Å, n_max 8) with, when ``hyperparameters="evidence"``,
+        l_max among :data:`L_MAX_CANDIDATES` (3, 6) and sigma among
+        :data:`SIGMA_CANDIDATES` (0.3, 0.5 Å) chosen by the evidence (see
+        :meth:`fit`); l_max 6 and sigma 0.5 with ``hyperparameters="fixed"``.
     kernel : gpal.kernels kernel, optional
         Kernel between environments, used as given (its ζ and signal variance are not
         changed by :meth:`fit`). Default: ``NormalizedDotProduct(zeta)`` with ζ among
@@ -164,8 +170,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     evidence_ : list of dict or None
         The candidates weighed by the evidence in the last :meth:`fit` or
         :meth:`select_hyperparameters` (None if nothing was chosen): ``zeta``,
-        ``signal_variance``, ``noise`` and ``log_marginal_likelihood`` of each at its
-        optimum, and ``selected`` (True for the one in use).
+        ``l_max``, ``sigma``, ``signal_variance``, ``noise`` and
+        ``log_marginal_likelihood`` of each at its optimum on its ``n_frames`` (the
+        ranking frames), and ``selected`` (True for the one in use). When the winner
+        was refitted (on all frames, or on its own sparse environments), its entry
+        holds the refitted values and ``ranking_log_marginal_likelihood``.
     log_marginal_likelihood_value_ : float, the log evidence of the fitted model (set
         when hyperparameters were chosen or optimised).
     sparse_X_ : ndarray of shape (n_sparse, n_features)
@@ -244,9 +253,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             table = getattr(self, "evidence_", None)
             if table:
                 several_l = len({r.get("l_max") for r in table}) > 1
-                tail += ", chosen by evidence (log evidence " + ", ".join(
+                several_s = len({r.get("sigma") for r in table}) > 1
+
+                def lml(r):  # the value the candidates were ranked by
+                    return r.get("ranking_log_marginal_likelihood", r["log_marginal_likelihood"])
+
+                ranked = min(r.get("n_frames", len(self.frames_)) for r in table)
+                tail += ", chosen by evidence (log evidence" + (
+                    f" on {ranked} of {len(self.frames_)} frames" if ranked != len(self.frames_) else "") + " " + ", ".join(
                     f"ζ={r['zeta']}" + (f" l_max={r['l_max']}" if several_l else "")
-                    + f": {r['log_marginal_likelihood']:.1f}" for r in table) + ")"
+                    + (f" sigma={r['sigma']:g}" if several_s else "")
+                    + f": {lml(r):.1f}" + ("*" if r.get("selected") else "") for r in table) + ")"
         return (
             f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
             f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
@@ -276,9 +293,29 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             returns them from an extxyz file (or with a finished calculator attached).
             Molecules simply carry no stress.
 
+        With ``hyperparameters="evidence"``, what the user left unset is chosen by the
+        maximised log marginal likelihood of these frames (type-II maximum likelihood,
+        no validation data): for each candidate, its signal variance and the unset
+        noises are maximised, and the candidate with the largest evidence wins.
+        Candidates: ζ among :data:`ZETA_CANDIDATES` (``kernel=None``) × SOAP l_max
+        among :data:`L_MAX_CANDIDATES` at sigma 0.5 (``descriptor=None``), then, at the
+        l_max chosen there, the other widths of :data:`SIGMA_CANDIDATES` × ζ. The
+        sparse environments are picked (``sparse_selection``) with the 0.5 Å, l_max 6
+        SOAP and described by each candidate's SOAP. With more than 2 labels per sparse
+        point, candidates are ranked on evenly spaced frames holding 2 per sparse point;
+        the winner then picks its own sparse environments (as
+        ``SparseGP(descriptor=winner)`` would) and is fitted to all frames. The
+        candidates and their evidence are in ``evidence_``. Cost at 20 frames
+        (benchmarks/bench_defaults.py): 0.9-2.9x a fit with fixed hyperparameters.
+
         Returns
         -------
         self
+
+        Warns
+        -----
+        UserWarning
+            A chosen noise or signal variance sits at a bound of its range.
         """
         if self.sparse_selection not in _SPARSE_SELECTIONS:
             raise ValueError(
@@ -328,16 +365,23 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         X_list = [self.descriptor_.create(a) for a in self.frames_]
         for a, X in zip(self.frames_, X_list):
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
-        Z, zsp = self._select_sparse(
-            X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection
+        Z, zsp, where = self._select_sparse(
+            X_list, [a.numbers for a in self.frames_], self.n_sparse, self.sparse_selection,
+            return_index=True,
         )
         del X_list  # the kernel rows recompute descriptors frame by frame
         self.sparse_X_ = Z
         self.sparse_species_ = zsp
         if self.hyperparameters == "evidence" and (
                 self._free_hyperparameters() or self.descriptor is None):
+            default = self.descriptor is None
+            # the SOAP width, the ranking on a subset of frames and the winner's own
+            # sparse environments only from _MIN_FRAMES_DESCRIPTOR_SEARCH frames on
+            search = default and len(self.frames_) >= _MIN_FRAMES_DESCRIPTOR_SEARCH
             self._choose_hyperparameters(
-                l_maxes=L_MAX_CANDIDATES if self.descriptor is None else None, warn_stacklevel=4)
+                l_maxes=L_MAX_CANDIDATES if default else None,
+                sigmas=SIGMA_CANDIDATES if search else None, sparse_index=where,
+                search=search, warn_stacklevel=4)
             return self
         self._fit_solver(self._k_mm(Z, zsp))
         return self

@@ -63,13 +63,18 @@ class _SparseSet:
             counts[int(z)] = min(share, avail[int(z)])
         return counts
 
-    def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None):
-        """Choose sparse environments per species; returns (Z, species)."""
+    def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None,
+                       return_index: bool = False):
+        """Choose sparse environments per species; returns (Z, species[, index]).
+
+        ``index`` (with ``return_index``): each row's position in the concatenated
+        environments of ``X_list`` (frame after frame).
+        """
         from .. import selection
 
         rng = as_rng(self.random_state)
         counts = self._sparse_counts(n_sparse, X_list, numbers_list)
-        Z, zsp = [], []
+        Z, zsp, where = [], [], []
         for z, count in counts.items():
             Xs = _species_rows(X_list, numbers_list, z)
             if count <= 0 or len(Xs) == 0:
@@ -90,6 +95,10 @@ class _SparseSet:
             Z.append(Xs[np.sort(idx)])
             zsp.append(np.full(len(idx), z, dtype=np.int64))
             del Xs  # freed before the next species' rows are gathered
+            if return_index:  # positions among all environments (the atom numbers only)
+                where.append(np.flatnonzero(np.concatenate(numbers_list) == z)[np.sort(idx)])
+        if return_index:
+            return np.concatenate(Z), np.concatenate(zsp), np.concatenate(where)
         return np.concatenate(Z), np.concatenate(zsp)
 
     @_thread_policy()
