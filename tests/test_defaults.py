@@ -25,9 +25,36 @@ def quiet_fit(model, frames):
         return model.fit(frames)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _descriptor_search_from_one_frame():
+    """This module's systems are small: the default fit's descriptor search from 1 frame on
+    (gpal's own threshold, ``_MIN_FRAMES_DESCRIPTOR_SEARCH``, is tested on its own below)."""
+    import gpal.model.potential as potential
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(potential, "_MIN_FRAMES_DESCRIPTOR_SEARCH", 1)
+        yield
+
+
 @pytest.fixture(scope="module")
 def frames():
     return cuag_frames(6, seed=2)
+
+
+def test_few_frames_keep_the_default_soap_width_and_rank_on_all_frames(frames, monkeypatch):
+    """Under the threshold (e.g. a learner's bootstrap) only ζ and l_max are chosen, on all frames."""
+    import gpal.model.potential as potential
+    from gpal.model import default_descriptor
+
+    monkeypatch.setattr(potential, "_MIN_FRAMES_DESCRIPTOR_SEARCH", len(frames) + 1)
+    model = quiet_fit(SparseGP(n_sparse=30), frames)
+    sigma0 = default_descriptor(frames).sigma
+    assert {r["sigma"] for r in model.evidence_} == {sigma0}
+    assert model.descriptor_.sigma == sigma0
+    assert {r["n_frames"] for r in model.evidence_} == {len(frames)}
+    monkeypatch.setattr(potential, "_MIN_FRAMES_DESCRIPTOR_SEARCH", len(frames))
+    searched = quiet_fit(SparseGP(n_sparse=30), frames)
+    assert len({r["sigma"] for r in searched.evidence_}) > 1
 
 
 @pytest.fixture(scope="module")

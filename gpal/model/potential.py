@@ -377,10 +377,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             default = self.descriptor is None
             # the SOAP width, the ranking on a subset of frames and the winner's own
             # sparse environments only from _MIN_FRAMES_DESCRIPTOR_SEARCH frames on
-            search = default and len(self.frames_) >= _MIN_FRAMES_DESCRIPTOR_SEARCH
+            search = len(self.frames_) >= _MIN_FRAMES_DESCRIPTOR_SEARCH
             self._choose_hyperparameters(
                 l_maxes=L_MAX_CANDIDATES if default else None,
-                sigmas=SIGMA_CANDIDATES if search else None, sparse_index=where,
+                sigmas=SIGMA_CANDIDATES if default and search else None, sparse_index=where,
                 search=search, warn_stacklevel=4)
             return self
         self._fit_solver(self._k_mm(Z, zsp))
