@@ -104,8 +104,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         Environment descriptor, used as given. Default: :func:`default_descriptor` of
         the training frames (r_cut 5 Å, n_max 8) with, when ``hyperparameters="evidence"``,
         l_max among :data:`L_MAX_CANDIDATES` (3, 6) and sigma among
-        :data:`SIGMA_CANDIDATES` (0.3, 0.5 Å) chosen by the evidence (see
-        :meth:`fit`); l_max 6 and sigma 0.5 with ``hyperparameters="fixed"``.
+        :data:`SIGMA_CANDIDATES` (0.3, 0.5 Å; from 10 training frames on) chosen by
+        the evidence (see :meth:`fit`); l_max 6 and sigma 0.5 with
+        ``hyperparameters="fixed"``.
     kernel : gpal.kernels kernel, optional
         Kernel between environments, used as given (its ζ and signal variance are not
         changed by :meth:`fit`). Default: ``NormalizedDotProduct(zeta)`` with ζ among
@@ -305,7 +306,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         point, candidates are ranked on evenly spaced frames holding 2 per sparse point;
         the winner then picks its own sparse environments (as
         ``SparseGP(descriptor=winner)`` would) and is fitted to all frames. The
-        candidates and their evidence are in ``evidence_``. Cost at 20 frames
+        candidates and their evidence are in ``evidence_``. With fewer than 10 frames
+        (an active learner's bootstrap) the width stays 0.5 Å and ζ × l_max are ranked
+        on all frames with the fitted sparse environments: there the evidence of a
+        descriptor change rests on too few labels (on a 4-frame Pt bootstrap it took
+        sigma 0.3 with the force noise at its bound and the loop never labelled).
+        Cost at 20 frames
         (benchmarks/bench_defaults.py): 0.9-2.9x a fit with fixed hyperparameters.
 
         Returns
