@@ -590,3 +590,45 @@ def test_resume_counts_the_oracle_calls_of_labels_made_after_the_checkpoint(tmp_
     summary = ActiveLearner.resume(run, progress=False).run(20)
     assert summary.oracle_calls_by_reason["bootstrap"] == 4
     assert sum(summary.oracle_calls_by_reason.values()) == summary.oracle_calls >= summary.labelled_frames
+
+
+def test_scheduled_refit_chooses_the_default_soap_once_the_labels_suffice(tmp_path, monkeypatch):
+    """With gpal's default SOAP, the refit on the schedule is a whole evidence fit (SOAP width too)."""
+    import json
+
+    import gpal.model.defaults as defaults
+    import gpal.model.potential as potential
+
+    for mod in (defaults, potential):
+        monkeypatch.setattr(mod, "_MIN_FRAMES_DESCRIPTOR_SEARCH", 3)
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms: the default SOAP is the large one
+    L = ActiveLearner(cell, EMT(), SparseGP(n_sparse=12), run_dir=tmp_path / "run", progress=False,
+                      n_bootstrap=3, md=MDSettings(temperature=(300, 600)))
+    L.run(0)
+    assert L._descriptor_free()
+    L._optimize()
+    model = L.model
+    assert {r["sigma"] for r in model.evidence_} == set(potential.SIGMA_CANDIDATES)
+    events = [json.loads(line) for line in open(L.run_dir / "log.jsonl")]
+    assert any(e.get("event") == "descriptor" for e in events)
+    # the same as an independent default fit of the labels with the same sparse count
+    ref = SparseGP(n_sparse=len(model.sparse_X_))
+    with _no_warning_check():
+        ref.fit(frames_in(L.train_path))
+    probe = cell.copy()
+    probe.rattle(0.05, seed=3)
+    np.testing.assert_allclose(model.predict(probe)["forces"], ref.predict(probe)["forces"], rtol=1e-8, atol=1e-10)
+    # a descriptor the user gave is kept: the refit only re-chooses ζ and the noises
+    assert not learner(tmp_path / "given")._descriptor_free()
+
+
+class _no_warning_check:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)

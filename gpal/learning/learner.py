@@ -447,7 +447,9 @@ class ActiveLearner:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
-                if getattr(self.model, "hyperparameters", "fixed") == "evidence":
+                if self._descriptor_free():
+                    self._refit_by_evidence()
+                elif getattr(self.model, "hyperparameters", "fixed") == "evidence":
                     self.model.select_hyperparameters()  # re-chooses what the user left unset
                 else:
                     self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
@@ -459,6 +461,29 @@ class ActiveLearner:
             self._log({"event": "hyperparameters_failed", "step": self.step, "reason": str(exc)})
         if self.bootstrap_done:
             self.calibrate()
+
+    def _descriptor_free(self) -> bool:
+        """The model's SOAP is gpal's default (the user gave none) and the labels are enough to choose it."""
+        from ..model.defaults import _MIN_FRAMES_DESCRIPTOR_SEARCH
+
+        return (getattr(self.model, "hyperparameters", "fixed") == "evidence"
+                and getattr(self.model, "descriptor", None) is None
+                and self.n_labelled >= _MIN_FRAMES_DESCRIPTOR_SEARCH and self.train_path.exists())
+
+    def _refit_by_evidence(self) -> None:
+        """A whole evidence fit of every label: ζ, noises, SOAP l_max and width, sparse set.
+
+        The first fit chose on the bootstrap frames, too few to choose a descriptor
+        (:data:`gpal.model.defaults._MIN_FRAMES_DESCRIPTOR_SEARCH`); this is the scheduled
+        refit that may. The sparse set keeps its size and is picked again from the
+        labelled frames in the chosen SOAP's features.
+        """
+        frames = read_frames(self.train_path)  # oracle labels (a baseline is subtracted by fit)
+        self.model.set_params(n_sparse=int(len(self.model.sparse_X_)))
+        self.model.fit(frames)
+        d = self.model.descriptor_
+        self._log({"event": "descriptor", "step": self.step, "sigma": getattr(d, "sigma", None),
+                   "l_max": getattr(d, "l_max", None), "n_sparse": int(len(self.model.sparse_X_))})
 
     # ------------------------------------------------------------------ bootstrap
     def _candidates(self, rng) -> list[Atoms]:
