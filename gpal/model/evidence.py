@@ -598,8 +598,8 @@ class _Evidence:
         what :meth:`fit` does with ``hyperparameters="evidence"`` (there also with the
         SOAP's l_max and sigma, which are kept here); call it to re-choose as data
         arrive (it costs one descriptor-derivative pass over all frames). Values the
-        user set are kept; with nothing left to choose the model is unchanged. The stored calibration is kept
-        (re-calibrate afterwards).
+        user set are kept; with nothing left to choose the model is unchanged. The
+        stored calibration is kept (re-calibrate afterwards).
 
         Returns
         -------

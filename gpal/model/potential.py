@@ -311,8 +311,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         on all frames with the fitted sparse environments: there the evidence of a
         descriptor change rests on too few labels (on a 4-frame Pt bootstrap it took
         sigma 0.3 with the force noise at its bound and the loop never labelled).
-        Cost at 20 frames
-        (benchmarks/bench_defaults.py): 0.9-2.9x a fit with fixed hyperparameters.
+        Cost at 20 frames (benchmarks/bench_defaults.py): 0.9-3.0x a fit with fixed
+        hyperparameters.
 
         Returns
         -------

@@ -75,6 +75,7 @@ class _SparseSet:
         rng = as_rng(self.random_state)
         counts = self._sparse_counts(n_sparse, X_list, numbers_list)
         Z, zsp, where = [], [], []
+        num_all = np.concatenate(numbers_list) if return_index else None  # atom numbers only
         for z, count in counts.items():
             Xs = _species_rows(X_list, numbers_list, z)
             if count <= 0 or len(Xs) == 0:
@@ -95,8 +96,8 @@ class _SparseSet:
             Z.append(Xs[np.sort(idx)])
             zsp.append(np.full(len(idx), z, dtype=np.int64))
             del Xs  # freed before the next species' rows are gathered
-            if return_index:  # positions among all environments (the atom numbers only)
-                where.append(np.flatnonzero(np.concatenate(numbers_list) == z)[np.sort(idx)])
+            if return_index:  # positions among all environments
+                where.append(np.flatnonzero(num_all == z)[np.sort(idx)])
         if return_index:
             return np.concatenate(Z), np.concatenate(zsp), np.concatenate(where)
         return np.concatenate(Z), np.concatenate(zsp)
