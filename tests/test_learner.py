@@ -242,6 +242,24 @@ def test_bootstrap_rattle_default_depends_on_periodicity():
     assert 0.3 * 0.02 < np.std(np.concatenate(shifts)) < 2.0 * 0.02
 
 
+def test_bootstrap_strains_the_cell_only_when_the_sampler_may_change_it():
+    from ase.md.verlet import VelocityVerlet
+
+    from gpal.learning import MDSettings
+
+    rng = np.random.default_rng(0)
+    fixed = ActiveLearner(start(), EMT())._candidates(rng)  # Langevin at fixed cell
+    assert all(np.allclose(c.cell.array, start().cell.array) for c in fixed)
+    assert max(np.abs(c.positions - start().positions).max() for c in fixed) > 0.01
+
+    def factory(atoms, timestep, temperature, rng):
+        return VelocityVerlet(atoms, timestep=timestep)
+
+    own = ActiveLearner(start(), EMT(), md=MDSettings(factory=factory))._candidates(rng)
+    strains = [np.abs(np.linalg.solve(start().cell.array, c.cell.array) - np.eye(3)).max() for c in own]
+    assert 0.0 < max(strains) <= 2 * 0.05 / np.cbrt(start().get_volume() / len(start())) + 1e-12
+
+
 class CountingEMT(EMT):
     """EMT that counts its energy/force evaluations of distinct configurations."""
 

@@ -173,7 +173,8 @@ class ActiveLearner:
         MD walkers per start structure, each with its own seed.
     bootstrap : Bootstrap, optional
         The first labels: ``n_frames`` (4) chosen by FPS among ``n_candidates`` (64)
-        rattled/strained copies (``rattle``: 0.05 Å for crystals, 0.02 Å otherwise) and
+        rattled copies (``rattle``: 0.05 Å for crystals, 0.02 Å otherwise; cells
+        strained too only under a user MD factory, which may change the cell) and
         the bootstrap model's ``n_sparse`` (300) environments
         (:class:`gpal.learning.settings.Bootstrap`).
     growth : ModelGrowth, optional
@@ -492,7 +493,9 @@ class ActiveLearner:
         for s in self.structures:
             for _ in range(per):
                 a = s.copy()
-                if np.all(a.pbc):
+                # strain only if the sampler may change the cell (the default Langevin
+                # keeps it: strained labels would be off the sampled distribution)
+                if np.all(a.pbc) and self.md.factory is not None:
                     size = np.cbrt(abs(a.cell.volume) / max(len(a), 1))
                     strain = 2 * self.rattle / max(size, 1.0) * rng.uniform(-1, 1, (3, 3))
                     strain = 0.5 * (strain + strain.T)

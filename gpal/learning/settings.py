@@ -29,11 +29,17 @@ class Bootstrap:
     ----------
     n_frames : int, default 4
         Frames labelled before MD starts, chosen by FPS among ``n_candidates`` rattled
-        and strained copies of the start structures.
+        copies of the start structures. Periodic cells are also strained when the
+        sampler may change the cell (a user ``MDSettings.factory``, e.g. NPT); the
+        default Langevin sampler keeps its cell, and strained frames would be labels
+        it never visits (random CuNi alloy, EMT, 300-1200 K, three seeds: force RMSE
+        against as many evenly spaced oracle-MD frames 1.04-1.14x with strained
+        bootstrap frames, 0.87-1.03x without; energy 1.34-2.26x and 1.04-1.75x).
     n_candidates : int, default 64
     rattle : float, optional
         Å, std of the candidates' random displacements (times a factor in [0.3, 2];
-        strains up to ``2*rattle/a``). Default 0.05 Å for a 3D-periodic start structure,
+        strains, when applied, up to ``2*rattle/a``, ``a`` the volume per atom to
+        the 1/3). Default 0.05 Å for a 3D-periodic start structure,
         0.02 Å otherwise: a crystal's phonons have similar stiffness, so a random
         Cartesian rattle looks thermal; a molecule's range from stiff bond stretches to
         soft torsions, and a rattle of thermal size for the torsions over-stretches the
