@@ -46,10 +46,11 @@ _UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
 #: memory (GB) a model may hold in observation rows when ``memory_budget_gb`` is None
 DEFAULT_MEMORY_BUDGET_GB = 2.0
 #: new sparse points up to which stored frames get their new kernel columns from the
-#: SOAP adjoint (one backward pass per point, no descriptor derivatives); beyond it, from
-#: one descriptor-derivative pass per frame (measured crossover on 108-atom Cu, n_max 8,
-#: l_max 6, one thread under load: 4-5 points)
-_ADJOINT_MAX_COLUMNS = 4
+#: SOAP adjoint (one expansion and one backward pass for all the points, no descriptor
+#: derivatives); beyond it, from one descriptor-derivative pass per frame. Measured on
+#: 108-atom Cu, n_max 8, l_max 6, one thread: the adjoint takes ~12 ms + ~2 ms per point,
+#: the derivative pass ~40 ms + ~0.4 ms per point; crossover 20-30 points
+_ADJOINT_MAX_COLUMNS = 24
 
 
 def default_descriptor(frames) -> SOAP:
