@@ -135,8 +135,12 @@ def test_multi_backward_input_checks():
     np.testing.assert_array_equal(exp.backward(G), 0.0)
 
 
-@pytest.mark.parametrize("n_new", [1, 6])
-def test_adjoint_columns_equal_derivative_columns(n_new):
+@pytest.mark.parametrize("n_new, block", [(1, None), (6, None), (6, 1)])  # block 1: a pass per point
+def test_adjoint_columns_equal_derivative_columns(n_new, block, monkeypatch):
+    import gpal.model.rows
+
+    if block is not None:
+        monkeypatch.setattr(gpal.model.rows, "_ADJOINT_BLOCK", block)
     frames = cuag_frames(5, seed=7)
     model = SparseGP(SOAP(species=[29, 47], periodic=True, weighting=POLY, **SMALL_SOAP),
                      NormalizedDotProduct(zeta=4), n_sparse=16, hyperparameters="fixed")

@@ -1345,84 +1345,28 @@ def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Gm, h):
 
 
 @numba.njit(cache=True, fastmath=_FM)
-def _contract_pair8(ha, hb, Rl, Ql, Yr, dY, lm, q0, q1, ua, ub):
-    """Two gradients' (s, lm) term for n_max = 8 over the pairs q0:q1.
+def _pair_jacobian(R, Qd, Y, dY, geo, q0, q1, D):
+    """D[lm * n_max + k, a * m + q] = d c[lm, k] / d x_a of the pairs q0:q1 (m of them).
 
-    HR = sum_k h_k R[k], HQ = sum_k h_k Qd[k] per pair for the gradients a and b from
-    one load of R and Qd; then u[0] += HQ Y, u[1 + x] += HR dY[x] (u: (4, >= q1)).
+    ``x_a Qd[l, k] Y[lm] + R[l, k] dY[a, lm]`` (see the module docstring): the pairs'
+    Jacobian from coefficient space to their vectors, rows in the layout of h.
     """
-    a0 = ha[0]
-    a1 = ha[1]
-    a2 = ha[2]
-    a3 = ha[3]
-    a4 = ha[4]
-    a5 = ha[5]
-    a6 = ha[6]
-    a7 = ha[7]
-    b0 = hb[0]
-    b1 = hb[1]
-    b2 = hb[2]
-    b3 = hb[3]
-    b4 = hb[4]
-    b5 = hb[5]
-    b6 = hb[6]
-    b7 = hb[7]
-    for q in range(q0, q1):
-        r0 = Rl[0, q]
-        r1 = Rl[1, q]
-        r2 = Rl[2, q]
-        r3 = Rl[3, q]
-        r4 = Rl[4, q]
-        r5 = Rl[5, q]
-        r6 = Rl[6, q]
-        r7 = Rl[7, q]
-        s0 = Ql[0, q]
-        s1 = Ql[1, q]
-        s2 = Ql[2, q]
-        s3 = Ql[3, q]
-        s4 = Ql[4, q]
-        s5 = Ql[5, q]
-        s6 = Ql[6, q]
-        s7 = Ql[7, q]
-        hra = (a0 * r0 + a1 * r1 + a2 * r2 + a3 * r3
-               + a4 * r4 + a5 * r5 + a6 * r6 + a7 * r7)  # fmt: skip
-        hqa = (a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3
-               + a4 * s4 + a5 * s5 + a6 * s6 + a7 * s7)  # fmt: skip
-        hrb = (b0 * r0 + b1 * r1 + b2 * r2 + b3 * r3
-               + b4 * r4 + b5 * r5 + b6 * r6 + b7 * r7)  # fmt: skip
-        hqb = (b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3
-               + b4 * s4 + b5 * s5 + b6 * s6 + b7 * s7)  # fmt: skip
-        y = Yr[q]
-        d0 = dY[0, lm, q]
-        d1 = dY[1, lm, q]
-        d2 = dY[2, lm, q]
-        ua[0, q] += hqa * y
-        ua[1, q] += hra * d0
-        ua[2, q] += hra * d1
-        ua[3, q] += hra * d2
-        ub[0, q] += hqb * y
-        ub[1, q] += hrb * d0
-        ub[2, q] += hrb * d1
-        ub[3, q] += hrb * d2
-
-
-@numba.njit(cache=True, fastmath=_FM)
-def _contract_one(h, Rl, Ql, Yr, dY, lm, q0, q1, u, HR, HQ):
-    """One gradient's (s, lm) term for any n_max (HR, HQ: scratch of length >= q1)."""
-    nk = h.shape[0]
-    for q in range(q0, q1):
-        HR[q] = 0.0
-        HQ[q] = 0.0
-    for k in range(nk):
-        hv = h[k]
-        for q in range(q0, q1):
-            HR[q] += hv * Rl[k, q]
-            HQ[q] += hv * Ql[k, q]
-    for q in range(q0, q1):
-        u[0, q] += HQ[q] * Yr[q]
-        u[1, q] += HR[q] * dY[0, lm, q]
-        u[2, q] += HR[q] * dY[1, lm, q]
-        u[3, q] += HR[q] * dY[2, lm, q]
+    L1 = R.shape[0]
+    nk = R.shape[1]
+    m = q1 - q0
+    for ell in range(L1):
+        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+            y = Y[lm, q0:q1]
+            for k in range(nk):
+                Rr = R[ell, k, q0:q1]
+                Qr = Qd[ell, k, q0:q1]
+                row = D[lm * nk + k]
+                for a in range(3):
+                    xa = geo[a, q0:q1]
+                    da = dY[a, lm, q0:q1]
+                    o = a * m
+                    for q in range(m):
+                        row[o + q] = xa[q] * Qr[q] * y[q] + Rr[q] * da[q]
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
@@ -1452,14 +1396,16 @@ def soap_backward_multi(
     """out[p, a, k] = sum_f G[center_p, k, f] dX[p, a, f] for K gradients at once.
 
     G has shape (N, K, F), out (P, 3, K). Per centre: the gradients that are not zero
-    on it are folded into coefficient space (h_k = dE_k/dc); the centre's pairs are
-    gathered by species and their radial functions, harmonics and derivatives computed
-    once; then for each gradient (two at a time for n_max = 8)
+    on it are folded into coefficient space (h_k = dE_k/dc, :func:`_fold_gradients`);
+    the centre's pairs are gathered by species and their radial functions, harmonics
+    and derivatives computed once, giving each species' pair Jacobian D (L2 n_max,
+    3 m) (:func:`_pair_jacobian`); then one matrix product
 
-        out[p, a, k] = x_a sum_lm HQ_k Y[lm] + sum_lm HR_k dY[a, lm]
+        out[q, a, k] = sum_{lm, n} h_k[s, lm, n] D[lm n, a m + q]
 
-    as in :func:`soap_backward_batched`. Gradients that vanish on a centre (another
-    species' sparse points) cost nothing there.
+    for all the gradients. Gradients that vanish on a centre (another species' sparse
+    points) cost nothing there. The product calls BLAS: run it with one BLAS thread
+    (numba's threads already share the centres).
     """
     N = offsets.shape[0] - 1
     S = C.shape[1]
@@ -1475,12 +1421,13 @@ def soap_backward_multi(
             _batch_scratch(max_pairs, L1, nk, S)
         )
         Pm = max(max_pairs, 1)
+        Kp = max(K, 1)
         Gm = np.empty((nk, nk))
-        h = np.empty((max(K, 1), S, L2, nk))
-        active = np.empty(max(K, 1), dtype=np.int64)
-        acc = np.empty((max(K, 1), 4, Pm))  # per gradient: u, g0, g1, g2
-        HR = np.empty(Pm)
-        HQ = np.empty(Pm)
+        hk = np.empty((Kp, S, L2, nk))  # folded gradients, one after the other
+        hs = np.empty(Kp * L2 * nk)  # one species' rows of the active gradients
+        active = np.empty(Kp, dtype=np.int64)
+        Dbuf = np.empty(L2 * nk * 3 * Pm)
+        Obuf = np.empty(Kp * 3 * Pm)
         for i in range(bounds[ch], bounds[ch + 1]):
             p0 = offsets[i]
             n = offsets[i + 1] - p0
@@ -1503,7 +1450,7 @@ def soap_backward_multi(
                         out[p, 2, k] = 0.0
             if na == 0:
                 continue
-            _fold_gradients(G[i], C[i], prel, pair_off, tri, active, na, Gm, h)
+            _fold_gradients(G[i], C[i], prel, pair_off, tri, active, na, Gm, hk)
             _gather_centre(
                 vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
             )
@@ -1511,38 +1458,26 @@ def soap_backward_multi(
             _batch_harmonics(
                 n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
             )
-            for ia in range(na):
-                for x in range(4):
-                    for q in range(n):
-                        acc[ia, x, q] = 0.0
             for s in range(S):
                 q0 = sstart[s]
                 q1 = sstart[s + 1]
-                if q1 == q0:
+                m = q1 - q0
+                if m == 0:
                     continue
-                for ell in range(L1):
-                    Rl = R[ell]
-                    Ql = Qd[ell]
-                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        Yr = Y[lm]
-                        ia = 0
-                        if nk == 8:
-                            while ia + 1 < na:
-                                _contract_pair8(
-                                    h[ia, s, lm], h[ia + 1, s, lm], Rl, Ql, Yr, dY, lm,
-                                    q0, q1, acc[ia], acc[ia + 1],
-                                )  # fmt: skip
-                                ia += 2
-                        while ia < na:
-                            _contract_one(
-                                h[ia, s, lm], Rl, Ql, Yr, dY, lm, q0, q1, acc[ia], HR, HQ
-                            )  # fmt: skip
-                            ia += 1
-            for ia in range(na):
-                k = active[ia]
-                u = acc[ia]
-                for q in range(n):
-                    p = perm[q]
-                    out[p, 0, k] = geo[0, q] * u[0, q] + u[1, q]
-                    out[p, 1, k] = geo[1, q] * u[0, q] + u[2, q]
-                    out[p, 2, k] = geo[2, q] * u[0, q] + u[3, q]
+                H = hs[: na * L2 * nk].reshape((na, L2 * nk))
+                for ia in range(na):
+                    src = hk[ia, s]
+                    dst = H[ia]
+                    for lm in range(L2):
+                        for k in range(nk):
+                            dst[lm * nk + k] = src[lm, k]
+                D = Dbuf[: L2 * nk * 3 * m].reshape((L2 * nk, 3 * m))
+                _pair_jacobian(R, Qd, Y, dY, geo, q0, q1, D)
+                O = Obuf[: na * 3 * m].reshape((na, 3 * m))
+                np.dot(H, D, O)
+                for ia in range(na):
+                    k = active[ia]
+                    row = O[ia]
+                    for a in range(3):
+                        for q in range(m):
+                            out[perm[q0 + q], a, k] = row[a * m + q]

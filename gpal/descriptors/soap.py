@@ -39,6 +39,7 @@ import scipy.linalg
 from scipy.special import gamma
 
 from . import _soap_jit as jit
+from .._threads import _blas_limit
 from .._threads import policy as _thread_policy
 from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
 from .base import Descriptor, PairDerivatives
@@ -867,7 +868,8 @@ class SOAP(Descriptor):
         if N and K and len(exp.center):
             nbr_spec = exp._species_index[exp.neighbor]
             A, BT, wtype, wpar, w_zero = self._radial_args
-            with self._dynamic():
+            # numba's threads share the centres: one BLAS thread in each product
+            with self._dynamic(), _blas_limit(1):
                 jit.soap_backward_multi(
                     exp.vector, nbr_spec, exp.offsets, A, BT, self._BAT, wtype, wpar,
                     w_zero, *self._layout_args, _max_pairs(exp.offsets),

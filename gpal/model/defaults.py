@@ -48,9 +48,12 @@ DEFAULT_MEMORY_BUDGET_GB = 2.0
 #: new sparse points up to which stored frames get their new kernel columns from the
 #: SOAP adjoint (one expansion and one backward pass for all the points, no descriptor
 #: derivatives); beyond it, from one descriptor-derivative pass per frame. Measured on
-#: 108-atom Cu, n_max 8, l_max 6, one thread: the adjoint takes ~12 ms + ~2 ms per point,
-#: the derivative pass ~40 ms + ~0.4 ms per point; crossover 20-30 points
-_ADJOINT_MAX_COLUMNS = 24
+#: 108-atom Cu, n_max 8, l_max 6, one thread: the adjoint takes ~10 ms + ~0.8 ms per
+#: point, the derivative pass ~40 ms + ~0.3 ms per point; crossover 60-70 points
+_ADJOINT_MAX_COLUMNS = 64
+#: elements of the kernel-gradient block (n_atoms x points x n_features) one adjoint
+#: pass takes (32 MB); more points go in several passes
+_ADJOINT_BLOCK = 4_000_000
 
 
 def default_descriptor(frames) -> SOAP:

@@ -14,6 +14,7 @@ from .._validation import (
 )
 from ..descriptors import SOAP, pair_forces, pair_stress
 from .defaults import (
+    _ADJOINT_BLOCK,
     _ADJOINT_MAX_COLUMNS,
     _E,
     _F,
@@ -171,19 +172,24 @@ class _Rows:
         numbers = atoms.numbers
         kernel = self.kernel_
         e, f, s_ = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
-        G = np.zeros((N, M, X.shape[1]))  # G[i, m] = ∂k(x_i, z_m)/∂x_i
-        for z in np.unique(numbers):
-            r = np.flatnonzero(numbers == z)
-            c = np.flatnonzero(zsp == z)
-            if not len(c):
-                continue
-            e[c] = kernel(X[r], Z[c]).sum(axis=0)
-            G[r[:, None], c[None, :]] = kernel.gradient_x(X[r], Z[c])
-        if len(exp.center) and M:
-            dE = exp.backward_stacked(G)  # (n_pairs, 3, M)
-            f = pair_forces(dE, exp.center, exp.neighbor, N)
-            if np.isfinite(exp.volume) and exp.volume > 0:
-                s_ = pair_stress(dE, exp.vector, exp.volume)
+        has_cell = np.isfinite(exp.volume) and exp.volume > 0
+        width = max(1, _ADJOINT_BLOCK // max(N * X.shape[1], 1))  # points per pass
+        for b0 in range(0, M, width):
+            b = slice(b0, min(M, b0 + width))
+            Zb, zb = Z[b], zsp[b]
+            G = np.zeros((N, len(Zb), X.shape[1]))  # G[i, m] = ∂k(x_i, z_m)/∂x_i
+            for z in np.unique(numbers):
+                r = np.flatnonzero(numbers == z)
+                c = np.flatnonzero(zb == z)
+                if not len(c):
+                    continue
+                e[b][c] = kernel(X[r], Zb[c]).sum(axis=0)
+                G[r[:, None], c[None, :]] = kernel.gradient_x(X[r], Zb[c])
+            if len(exp.center):
+                dE = exp.backward_stacked(G)  # (n_pairs, 3, points)
+                f[:, :, b] = pair_forces(dE, exp.center, exp.neighbor, N)
+                if has_cell:
+                    s_[:, b] = pair_stress(dE, exp.vector, exp.volume)
         return e, f, s_
 
     def _new_columns(self, atoms, Znew, zspnew) -> np.ndarray:
