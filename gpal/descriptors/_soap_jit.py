@@ -1291,12 +1291,13 @@ def soap_backward_batched(
 # kernel columns of a frame against K sparse points). Each pair's radial basis and
 # harmonics (and their derivatives) are computed once and contracted K times.
 # ---------------------------------------------------------------------------------------
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=_FM)
 def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Gm, h):
     """h[a, s, lm, n] = d (G[active[a]] . X) / d c[s, lm, n] for one centre.
 
-    G (K, F), c (S, L2, n); the same bilinear forms as :func:`_fold_gradient`, one
-    gradient after the other (``Gm`` (n, n) is scratch).
+    G (K, F), c (S, L2, n); the bilinear forms of :func:`_fold_gradient`, one gradient
+    after the other, with the innermost loops running over n (``Gm`` (n, n) is
+    scratch; it holds the form transposed where that keeps the loops contiguous).
     """
     S = c.shape[0]
     nmax = c.shape[2]
@@ -1312,6 +1313,7 @@ def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Gm, h):
                 for ell in range(L1):
                     pre = prel[ell]
                     if s == t:
+                        # symmetric: h_a = sum_b Gm_ab c_b with Gm_aa = 2 pre g_aa
                         base = off + ell * nsym
                         for a in range(nmax):
                             k0 = base + tri[a, a] - a
@@ -1321,27 +1323,35 @@ def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Gm, h):
                                 Gm[a, b] = v
                                 Gm[b, a] = v
                         for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                            for a in range(nmax):
-                                acc = 0.0
-                                for b in range(nmax):
-                                    acc += Gm[a, b] * c[s, lm, b]
-                                hk[s, lm, a] += acc
+                            hrow = hk[s, lm]
+                            crow = c[s, lm]
+                            for b in range(nmax):
+                                cb = crow[b]
+                                gb = Gm[b]
+                                for a in range(nmax):
+                                    hrow[a] += gb[a] * cb
                     else:
+                        # X_ab = pre sum_m c_s,a c_t,b: Gm[b, a] = pre g_ab (transposed)
                         base = off + ell * nmax * nmax
                         for a in range(nmax):
                             for b in range(nmax):
-                                Gm[a, b] = pre * g[base + a * nmax + b]
+                                Gm[b, a] = pre * g[base + a * nmax + b]
                         for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                            for a in range(nmax):
-                                acc = 0.0
-                                for b in range(nmax):
-                                    acc += Gm[a, b] * c[t, lm, b]
-                                hk[s, lm, a] += acc
-                            for b in range(nmax):
-                                cb = 0.0
+                            hs_ = hk[s, lm]
+                            ht = hk[t, lm]
+                            cs = c[s, lm]
+                            ct = c[t, lm]
+                            for b in range(nmax):  # h_s,a += sum_b Gm[b, a] c_t,b
+                                cb = ct[b]
+                                gb = Gm[b]
                                 for a in range(nmax):
-                                    cb += Gm[a, b] * c[s, lm, a]
-                                hk[t, lm, b] += cb
+                                    hs_[a] += gb[a] * cb
+                            for b in range(nmax):  # h_t,b += sum_a Gm[b, a] c_s,a
+                                gb = Gm[b]
+                                acc = 0.0
+                                for a in range(nmax):
+                                    acc += gb[a] * cs[a]
+                                ht[b] += acc
 
 
 @numba.njit(cache=True, fastmath=_FM)

@@ -214,7 +214,7 @@ def pair_stress(dE_dvec, vector, volume: float) -> np.ndarray:
     if g.ndim == 2:
         s = g.T @ v  # [a, b] = sum_p g_pa v_pb
     else:
-        s = np.einsum("pam,pb->abm", g, v)
+        s = np.moveaxis(np.tensordot(g, v, axes=([0], [0])), 2, 1)  # one BLAS product
     s = 0.5 * (s + np.swapaxes(s, 0, 1)) / volume
     return s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
