@@ -106,6 +106,11 @@ def timings(args) -> dict:
         t0 = time.perf_counter()
         model = make_model(base[:n], args.n_sparse)
         out[f"fit_{name}"] = time.perf_counter() - t0
+        if name == "small":  # one stored frame's kernel columns for 10 new sparse points
+            Z, zsp = model.sparse_X_[-10:], model.sparse_species_[-10:]
+            model._new_columns(model.frames_[0], Z, zsp)  # compiled before timing
+            out["columns"] = float(np.median([timed(lambda a=a: model._new_columns(a, Z, zsp))
+                                              for a in model.frames_[:5]]))
         for op, fn in (
             ("label+10", lambda m, a: m.update([a], n_sparse=10)),
             ("refresh3", lambda m, a: m.add_sparse_environments(a, 3)),
@@ -169,6 +174,7 @@ def main() -> None:
         print(json.dumps(timings(args)))
         return
     other = None
+    load0 = os.getloadavg()
     if args.compare_main:
         python, path = args.compare_main.split(":", 1)
         cmd = [python, __file__, "--json", "--small", str(args.small), "--large", str(args.large),
@@ -197,6 +203,13 @@ def main() -> None:
             row += f"{os_:>12.3f}{oL:>12.3f}{oL / os_:>10.2f}{oL / L:>19.2f}"
         print(row)
     print(f"(small = {args.small} frames, large = {args.large} frames)")
+    row = f"one stored frame's columns for 10 new sparse points: {1e3 * mine['columns']:.1f} ms"
+    if other and "columns" in other:
+        row += f", main {1e3 * other['columns']:.1f} ms (main/this {other['columns'] / mine['columns']:.2f})"
+    print(row)
+    load = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
+          f"at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"\nincremental vs refit from scratch after 2 labels (+10 sparse each) and a refresh "
           f"(+3), M = {acc['n_sparse']}, cond(R) ~ {acc['cond_R']:.2g}:")
     print(f"  local-energy mean {acc['mean_rel']:.2e}, SoR variance {acc['var_rel']:.2e}, "
