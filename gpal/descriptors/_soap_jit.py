@@ -1292,66 +1292,74 @@ def soap_backward_batched(
 # harmonics (and their derivatives) are computed once and contracted K times.
 # ---------------------------------------------------------------------------------------
 @numba.njit(cache=True, fastmath=_FM)
-def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Gm, h):
-    """h[a, s, lm, n] = d (G[active[a]] . X) / d c[s, lm, n] for one centre.
+def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Ga, Gb, h):
+    """h[s, lm, a * n + k] = d (G[active[a]] . X) / d c[s, lm, k] for one centre.
 
-    G (K, F), c (S, L2, n); the bilinear forms of :func:`_fold_gradient`, one gradient
-    after the other, with the innermost loops running over n (``Gm`` (n, n) is
-    scratch; it holds the form transposed where that keeps the loops contiguous).
+    G (K, F), c (S, L2, n). Per species pair and l the features are bilinear forms
+    ``pre c_s^T g c_t`` (as in :func:`_fold_gradient`); the forms of all active
+    gradients are laid side by side in Ga, Gb (n, K n) so that each coefficient row
+    updates every gradient's h in one contiguous loop.
     """
     S = c.shape[0]
     nmax = c.shape[2]
     L1 = prel.shape[0]
     nsym = nmax * (nmax + 1) // 2
-    for ia in range(n_active):
-        g = G[active[ia]]
-        hk = h[ia]
-        hk[:] = 0.0
-        for s in range(S):
-            for t in range(s, S):
-                off = pair_off[s, t]
-                for ell in range(L1):
-                    pre = prel[ell]
-                    if s == t:
-                        # symmetric: h_a = sum_b Gm_ab c_b with Gm_aa = 2 pre g_aa
-                        base = off + ell * nsym
+    w = n_active * nmax
+    for s in range(S):
+        for lm in range(c.shape[1]):
+            for j in range(w):
+                h[s, lm, j] = 0.0
+    for s in range(S):
+        for t in range(s, S):
+            off = pair_off[s, t]
+            for ell in range(L1):
+                pre = prel[ell]
+                if s == t:
+                    # X_ab = pre sum_m c_a c_b (a <= b): h_a = sum_b Gsym_ab c_b,
+                    # Gsym_aa = 2 pre g_aa, Gsym_ab = Gsym_ba = pre g_ab
+                    base = off + ell * nsym
+                    for ia in range(n_active):
+                        g = G[active[ia]]
+                        o = ia * nmax
                         for a in range(nmax):
                             k0 = base + tri[a, a] - a
-                            Gm[a, a] = 2.0 * pre * g[k0 + a]
+                            Ga[a, o + a] = 2.0 * pre * g[k0 + a]
                             for b in range(a + 1, nmax):
                                 v = pre * g[k0 + b]
-                                Gm[a, b] = v
-                                Gm[b, a] = v
-                        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                            hrow = hk[s, lm]
-                            crow = c[s, lm]
-                            for b in range(nmax):
-                                cb = crow[b]
-                                gb = Gm[b]
-                                for a in range(nmax):
-                                    hrow[a] += gb[a] * cb
-                    else:
-                        # X_ab = pre sum_m c_s,a c_t,b: Gm[b, a] = pre g_ab (transposed)
-                        base = off + ell * nmax * nmax
+                                Ga[a, o + b] = v
+                                Ga[b, o + a] = v
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        hrow = h[s, lm]
+                        for b in range(nmax):
+                            cb = c[s, lm, b]
+                            gb = Ga[b]
+                            for j in range(w):
+                                hrow[j] += cb * gb[j]
+                else:
+                    # X_ab = pre sum_m c_s,a c_t,b: h_s,a = sum_b pre g_ab c_t,b and
+                    # h_t,b = sum_a pre g_ab c_s,a
+                    base = off + ell * nmax * nmax
+                    for ia in range(n_active):
+                        g = G[active[ia]]
+                        o = ia * nmax
                         for a in range(nmax):
                             for b in range(nmax):
-                                Gm[b, a] = pre * g[base + a * nmax + b]
-                        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                            hs_ = hk[s, lm]
-                            ht = hk[t, lm]
-                            cs = c[s, lm]
-                            ct = c[t, lm]
-                            for b in range(nmax):  # h_s,a += sum_b Gm[b, a] c_t,b
-                                cb = ct[b]
-                                gb = Gm[b]
-                                for a in range(nmax):
-                                    hs_[a] += gb[a] * cb
-                            for b in range(nmax):  # h_t,b += sum_a Gm[b, a] c_s,a
-                                gb = Gm[b]
-                                acc = 0.0
-                                for a in range(nmax):
-                                    acc += gb[a] * cs[a]
-                                ht[b] += acc
+                                v = pre * g[base + a * nmax + b]
+                                Ga[b, o + a] = v
+                                Gb[a, o + b] = v
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        hs_ = h[s, lm]
+                        ht = h[t, lm]
+                        for b in range(nmax):
+                            cb = c[t, lm, b]
+                            gb = Ga[b]
+                            for j in range(w):
+                                hs_[j] += cb * gb[j]
+                        for a in range(nmax):
+                            ca = c[s, lm, a]
+                            ga = Gb[a]
+                            for j in range(w):
+                                ht[j] += ca * ga[j]
 
 
 @numba.njit(cache=True, fastmath=_FM)
@@ -1432,8 +1440,9 @@ def soap_backward_multi(
         )
         Pm = max(max_pairs, 1)
         Kp = max(K, 1)
-        Gm = np.empty((nk, nk))
-        hk = np.empty((Kp, S, L2, nk))  # folded gradients, one after the other
+        Ga = np.empty((nk, Kp * nk))
+        Gb = np.empty((nk, Kp * nk))
+        hk = np.empty((S, L2, Kp * nk))  # folded gradients, side by side
         hs = np.empty(Kp * L2 * nk)  # one species' rows of the active gradients
         active = np.empty(Kp, dtype=np.int64)
         Dbuf = np.empty(L2 * nk * 3 * Pm)
@@ -1460,7 +1469,7 @@ def soap_backward_multi(
                         out[p, 2, k] = 0.0
             if na == 0:
                 continue
-            _fold_gradients(G[i], C[i], prel, pair_off, tri, active, na, Gm, hk)
+            _fold_gradients(G[i], C[i], prel, pair_off, tri, active, na, Ga, Gb, hk)
             _gather_centre(
                 vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
             )
@@ -1475,12 +1484,11 @@ def soap_backward_multi(
                 if m == 0:
                     continue
                 H = hs[: na * L2 * nk].reshape((na, L2 * nk))
-                for ia in range(na):
-                    src = hk[ia, s]
-                    dst = H[ia]
-                    for lm in range(L2):
+                for lm in range(L2):
+                    src = hk[s, lm]
+                    for ia in range(na):
                         for k in range(nk):
-                            dst[lm * nk + k] = src[lm, k]
+                            H[ia, lm * nk + k] = src[ia * nk + k]
                 D = Dbuf[: L2 * nk * 3 * m].reshape((L2 * nk, 3 * m))
                 _pair_jacobian(R, Qd, Y, dY, geo, q0, q1, D)
                 O = Obuf[: na * 3 * m].reshape((na, 3 * m))
