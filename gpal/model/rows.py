@@ -177,15 +177,20 @@ class _Rows:
         for b0 in range(0, M, width):
             b = slice(b0, min(M, b0 + width))
             Zb, zb = Z[b], zsp[b]
-            G = np.zeros((N, len(Zb), X.shape[1]))  # G[i, m] = ∂k(x_i, z_m)/∂x_i
+            G = None  # G[i, m] = ∂k(x_i, z_m)/∂x_i, zero across species
             for z in np.unique(numbers):
                 r = np.flatnonzero(numbers == z)
                 c = np.flatnonzero(zb == z)
                 if not len(c):
                     continue
                 e[b][c] = kernel(X[r], Zb[c]).sum(axis=0)
+                if len(r) == N and len(c) == len(Zb):  # one species: no scatter
+                    G = np.ascontiguousarray(kernel.gradient_x(X, Zb), dtype=np.float64)
+                    continue
+                if G is None:
+                    G = np.zeros((N, len(Zb), X.shape[1]))
                 G[r[:, None], c[None, :]] = kernel.gradient_x(X[r], Zb[c])
-            if len(exp.center):
+            if G is not None and len(exp.center):
                 dE = exp.backward_stacked(G)  # (n_pairs, 3, points)
                 f[:, :, b] = pair_forces(dE, exp.center, exp.neighbor, N)
                 if has_cell:
