@@ -18,21 +18,40 @@ noises, 200 sparse points fitted on the first frames):
 * ``--compare-main PYTHON:PATH`` reruns the timing part with another checkout of gpal
   (e.g. the previous release) in a child process and prints its times beside these.
 
-Measured (2 shared cores, other jobs keeping the load average at 7-12, so single times
-vary by ~2x between runs; median of 2)::
+Measured (2 shared cores, other jobs keeping the load average at 3-8, so single times
+vary by ~2x between runs; median of 3; the ``fit`` row, which this version does not
+change, shows how the load treated the two checkouts)::
 
     operation              10 frames  200 frames  ratio   main: 10    200   ratio  main/this
-    label, 10 new sparse     3.40 s     30.9 s     9.1      3.46 s  70.3 s  20.3     2.27
-    sparse refresh, 3        1.65 s     23.4 s    14.2      3.19 s  47.2 s  14.8     2.02
-    label, no new sparse     0.67 s     0.20 s    0.30      0.73 s  0.60 s   0.8     2.96
-    incremental vs refit (M = 223, cond(R) 2.8e9): mean 2.0e-9, SoR variance 7.4e-10,
-    log marginal likelihood 1.4e-12 (max relative differences)
+    label, 10 new sparse     0.27 s     3.78 s    14.2      0.74 s  10.9 s  14.7     2.89
+    sparse refresh, 3        0.14 s     3.02 s    22.0      0.34 s   4.58 s 13.3     1.52
+    label, no new sparse     0.09 s     0.08 s    0.86      0.15 s   0.10 s  0.67    1.29
+    fit                      2.12 s     20.6 s     9.7      3.31 s  33.3 s  10.1     1.62
+    one stored frame's columns for 10 new sparse points: 13.3 ms, main 53.7 ms (4.0x)
+    incremental vs refit (M = 223, cond(R) 2.8e9): mean 2.5e-9, SoR variance 4.2e-10,
+    log marginal likelihood 2.1e-11 (max relative differences; main 3.8e-10, 3.9e-10,
+    1.2e-11, and this version with descriptor-derivative columns 2.6e-9, 4.3e-10,
+    2.1e-11: round-off amplified by cond(R), not the column method)
+
+Two earlier runs under heavier load (7-8), where the fit took the same time in both
+checkouts (main/this 0.99 and 0.91): label with 10 new sparse points 0.43 / 6.6 s
+against main's 0.62-0.93 / 12.7-13.4 s (main/this 1.9-2.0 at 200 frames).
 
 A label without new sparse points costs the same at 10 and 200 frames. With new sparse
-points the stored frames' new kernel columns dominate: they need each frame's descriptor
-derivatives (or one SOAP backward pass per new point), ~0.1 s per 108-atom frame here,
-which no cache within memory avoids (the derivatives of 200 such frames take 5.8 GB);
-the factor update itself (Gram-Schmidt on the whitened rows) takes ~0.05 s.
+points every stored frame needs its kernel columns for the new points; they now come
+from one SOAP expansion and one backward pass for all the points
+(:meth:`SOAPExpansion.backward` with K gradients: each pair's radial functions and
+harmonics once, one BLAS product per centre), ~16 ms per 108-atom frame for 10 points
+on a quiet core against ~45 ms for the frame's descriptor derivatives before. What
+remains per frame (10 points, one quiet core): expansion and neighbour list 2.3 ms,
+kernel gradient 1.4 ms, backward pass ~10 ms (pair geometry ~2.5, pair Jacobian ~2.5,
+fold of the gradients ~2, product ~2.4), forces and stress 0.3 ms. The factor update
+(Gram-Schmidt on the whitened rows, O(rows x M x k)) takes ~0.05 s at 10 frames and
+~0.6-1.2 s at 200, half of it copying the row buffer when its column capacity grows
+(every M/4 new points). The 1.5x target would need ~0.5 ms per stored frame: exact
+columns need every pair's descriptor derivative against every new point (>= ~750
+flops per pair and point), or a cache of the derivatives (28 MB per frame, 5.8 GB for
+200 frames).
 
 Run (single-threaded, as the issue's figures)::
 
@@ -106,6 +125,14 @@ def timings(args) -> dict:
         t0 = time.perf_counter()
         model = make_model(base[:n], args.n_sparse)
         out[f"fit_{name}"] = time.perf_counter() - t0
+        if name == "small":  # one stored frame's kernel columns for 10 new sparse points
+            from gpal._threads import limited  # the threads update() would use
+
+            Z, zsp = model.sparse_X_[-10:], model.sparse_species_[-10:]
+            model._new_columns(model.frames_[0], Z, zsp)  # compiled before timing
+            with limited():
+                out["columns"] = float(np.median([timed(lambda a=a: model._new_columns(a, Z, zsp))
+                                                  for a in model.frames_]))
         for op, fn in (
             ("label+10", lambda m, a: m.update([a], n_sparse=10)),
             ("refresh3", lambda m, a: m.add_sparse_environments(a, 3)),
@@ -169,6 +196,7 @@ def main() -> None:
         print(json.dumps(timings(args)))
         return
     other = None
+    load0 = os.getloadavg()
     if args.compare_main:
         python, path = args.compare_main.split(":", 1)
         cmd = [python, __file__, "--json", "--small", str(args.small), "--large", str(args.large),
@@ -197,6 +225,13 @@ def main() -> None:
             row += f"{os_:>12.3f}{oL:>12.3f}{oL / os_:>10.2f}{oL / L:>19.2f}"
         print(row)
     print(f"(small = {args.small} frames, large = {args.large} frames)")
+    row = f"one stored frame's columns for 10 new sparse points: {1e3 * mine['columns']:.1f} ms"
+    if other and "columns" in other:
+        row += f", main {1e3 * other['columns']:.1f} ms (main/this {other['columns'] / mine['columns']:.2f})"
+    print(row)
+    load = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
+          f"at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"\nincremental vs refit from scratch after 2 labels (+10 sparse each) and a refresh "
           f"(+3), M = {acc['n_sparse']}, cond(R) ~ {acc['cond_R']:.2g}:")
     print(f"  local-energy mean {acc['mean_rel']:.2e}, SoR variance {acc['var_rel']:.2e}, "

@@ -79,8 +79,11 @@ def test_adjoint_rows_equal_derivative_rows(alloy):
             np.testing.assert_allclose(x, y, rtol=0, atol=1e-12 * np.max(np.abs(y)))
 
 
-@pytest.mark.parametrize("n_new", [3, 7])  # the adjoint and the derivative columns
-def test_updates_equal_refit_from_scratch(alloy, n_new):
+@pytest.mark.parametrize("n_new, max_adjoint", [(3, 24), (7, 0)])  # adjoint / derivative columns
+def test_updates_equal_refit_from_scratch(alloy, n_new, max_adjoint, monkeypatch):
+    import gpal.model.rows
+
+    monkeypatch.setattr(gpal.model.rows, "_ADJOINT_MAX_COLUMNS", max_adjoint)
     model = _model(alloy[:4]).fit(alloy[:4])
     model.update(alloy[4:5], n_sparse=n_new)
     model.update(alloy[5:7], n_sparse=0)

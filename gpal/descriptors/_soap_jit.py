@@ -1284,3 +1284,218 @@ def soap_backward_batched(
                 out[p, 0] = geo[0, q] * u[q] + g0[q]
                 out[p, 1] = geo[1, q] * u[q] + g1[q]
                 out[p, 2] = geo[2, q] * u[q] + g2[q]
+
+
+# ---------------------------------------------------------------------------------------
+# Several gradients at once: the adjoint of K energies E_k = sum_i G[i, k] . X[i] (the
+# kernel columns of a frame against K sparse points). Each pair's radial basis and
+# harmonics (and their derivatives) are computed once and contracted K times.
+# ---------------------------------------------------------------------------------------
+@numba.njit(cache=True, fastmath=_FM)
+def _fold_gradients(G, c, prel, pair_off, tri, active, n_active, Ga, Gb, h):
+    """h[s, lm, a * n + k] = d (G[active[a]] . X) / d c[s, lm, k] for one centre.
+
+    G (K, F), c (S, L2, n). Per species pair and l the features are bilinear forms
+    ``pre c_s^T g c_t`` (as in :func:`_fold_gradient`); the forms of all active
+    gradients are laid side by side in Ga, Gb (n, K n) so that each coefficient row
+    updates every gradient's h in one contiguous loop.
+    """
+    S = c.shape[0]
+    nmax = c.shape[2]
+    L1 = prel.shape[0]
+    nsym = nmax * (nmax + 1) // 2
+    w = n_active * nmax
+    for s in range(S):
+        for lm in range(c.shape[1]):
+            for j in range(w):
+                h[s, lm, j] = 0.0
+    for s in range(S):
+        for t in range(s, S):
+            off = pair_off[s, t]
+            for ell in range(L1):
+                pre = prel[ell]
+                if s == t:
+                    # X_ab = pre sum_m c_a c_b (a <= b): h_a = sum_b Gsym_ab c_b,
+                    # Gsym_aa = 2 pre g_aa, Gsym_ab = Gsym_ba = pre g_ab
+                    base = off + ell * nsym
+                    for ia in range(n_active):
+                        g = G[active[ia]]
+                        o = ia * nmax
+                        for a in range(nmax):
+                            k0 = base + tri[a, a] - a
+                            Ga[a, o + a] = 2.0 * pre * g[k0 + a]
+                            for b in range(a + 1, nmax):
+                                v = pre * g[k0 + b]
+                                Ga[a, o + b] = v
+                                Ga[b, o + a] = v
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        hrow = h[s, lm]
+                        for b in range(nmax):
+                            cb = c[s, lm, b]
+                            gb = Ga[b]
+                            for j in range(w):
+                                hrow[j] += cb * gb[j]
+                else:
+                    # X_ab = pre sum_m c_s,a c_t,b: h_s,a = sum_b pre g_ab c_t,b and
+                    # h_t,b = sum_a pre g_ab c_s,a
+                    base = off + ell * nmax * nmax
+                    for ia in range(n_active):
+                        g = G[active[ia]]
+                        o = ia * nmax
+                        for a in range(nmax):
+                            for b in range(nmax):
+                                v = pre * g[base + a * nmax + b]
+                                Ga[b, o + a] = v
+                                Gb[a, o + b] = v
+                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                        hs_ = h[s, lm]
+                        ht = h[t, lm]
+                        for b in range(nmax):
+                            cb = c[t, lm, b]
+                            gb = Ga[b]
+                            for j in range(w):
+                                hs_[j] += cb * gb[j]
+                        for a in range(nmax):
+                            ca = c[s, lm, a]
+                            ga = Gb[a]
+                            for j in range(w):
+                                ht[j] += ca * ga[j]
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _pair_jacobian(R, Qd, Y, dY, geo, q0, q1, D):
+    """D[lm * n_max + k, a * m + q] = d c[lm, k] / d x_a of the pairs q0:q1 (m of them).
+
+    ``x_a Qd[l, k] Y[lm] + R[l, k] dY[a, lm]`` (see the module docstring): the pairs'
+    Jacobian from coefficient space to their vectors, rows in the layout of h.
+    """
+    L1 = R.shape[0]
+    nk = R.shape[1]
+    m = q1 - q0
+    for ell in range(L1):
+        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+            y = Y[lm, q0:q1]
+            for k in range(nk):
+                Rr = R[ell, k, q0:q1]
+                Qr = Qd[ell, k, q0:q1]
+                row = D[lm * nk + k]
+                for a in range(3):
+                    xa = geo[a, q0:q1]
+                    da = dY[a, lm, q0:q1]
+                    o = a * m
+                    for q in range(m):
+                        row[o + q] = xa[q] * Qr[q] * y[q] + Rr[q] * da[q]
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_FM)
+def soap_backward_multi(
+    vec,
+    nbr_spec,
+    offsets,
+    A,
+    BT,
+    BAT,
+    wtype,
+    wpar,
+    w_zero,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    max_pairs,
+    C,
+    G,
+    out,
+    n_chunks,
+):
+    """out[p, a, k] = sum_f G[center_p, k, f] dX[p, a, f] for K gradients at once.
+
+    G has shape (N, K, F), out (P, 3, K). Per centre: the gradients that are not zero
+    on it are folded into coefficient space (h_k = dE_k/dc, :func:`_fold_gradients`);
+    the centre's pairs are gathered by species and their radial functions, harmonics
+    and derivatives computed once, giving each species' pair Jacobian D (L2 n_max,
+    3 m) (:func:`_pair_jacobian`); then one matrix product
+
+        out[q, a, k] = sum_{lm, n} h_k[s, lm, n] D[lm n, a m + q]
+
+    for all the gradients. Gradients that vanish on a centre (another species' sparse
+    points) cost nothing there. The product calls BLAS: run it with one BLAS thread
+    (numba's threads already share the centres).
+    """
+    N = offsets.shape[0] - 1
+    S = C.shape[1]
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nk = BT.shape[1]
+    L2 = L1 * L1
+    K = G.shape[1]
+    F = G.shape[2]
+    bounds = _chunks(N, n_chunks)
+    for ch in numba.prange(n_chunks):
+        (perm, sstart, geo, args, ex, ibits, R, Qd, Y, dY, Q, Qz, Qr, Am, Bm) = (
+            _batch_scratch(max_pairs, L1, nk, S)
+        )
+        Pm = max(max_pairs, 1)
+        Kp = max(K, 1)
+        Ga = np.empty((nk, Kp * nk))
+        Gb = np.empty((nk, Kp * nk))
+        hk = np.empty((S, L2, Kp * nk))  # folded gradients, side by side
+        hs = np.empty(Kp * L2 * nk)  # one species' rows of the active gradients
+        active = np.empty(Kp, dtype=np.int64)
+        Dbuf = np.empty(L2 * nk * 3 * Pm)
+        Obuf = np.empty(Kp * 3 * Pm)
+        for i in range(bounds[ch], bounds[ch + 1]):
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            if n == 0:
+                continue
+            na = 0
+            for k in range(K):
+                nz = False
+                for f in range(F):
+                    if G[i, k, f] != 0.0:
+                        nz = True
+                        break
+                if nz:
+                    active[na] = k
+                    na += 1
+                else:
+                    for p in range(p0, p0 + n):
+                        out[p, 0, k] = 0.0
+                        out[p, 1, k] = 0.0
+                        out[p, 2, k] = 0.0
+            if na == 0:
+                continue
+            _fold_gradients(G[i], C[i], prel, pair_off, tri, active, na, Ga, Gb, hk)
+            _gather_centre(
+                vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
+            )
+            _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, True)
+            _batch_harmonics(
+                n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
+            )
+            for s in range(S):
+                q0 = sstart[s]
+                q1 = sstart[s + 1]
+                m = q1 - q0
+                if m == 0:
+                    continue
+                H = hs[: na * L2 * nk].reshape((na, L2 * nk))
+                for lm in range(L2):
+                    src = hk[s, lm]
+                    for ia in range(na):
+                        for k in range(nk):
+                            H[ia, lm * nk + k] = src[ia * nk + k]
+                D = Dbuf[: L2 * nk * 3 * m].reshape((L2 * nk, 3 * m))
+                _pair_jacobian(R, Qd, Y, dY, geo, q0, q1, D)
+                O = Obuf[: na * 3 * m].reshape((na, 3 * m))
+                np.dot(H, D, O)
+                for ia in range(na):
+                    k = active[ia]
+                    row = O[ia]
+                    for a in range(3):
+                        for q in range(m):
+                            out[perm[q0 + q], a, k] = row[a * m + q]

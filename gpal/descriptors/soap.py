@@ -39,6 +39,7 @@ import scipy.linalg
 from scipy.special import gamma
 
 from . import _soap_jit as jit
+from .._threads import _blas_limit
 from .._threads import policy as _thread_policy
 from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
 from .base import Descriptor, PairDerivatives
@@ -113,21 +114,43 @@ class SOAPExpansion:
 
         Parameters
         ----------
-        G : array_like of shape (n_atoms, n_features)
+        G : array_like of shape (n_atoms, n_features) or (n_atoms, n_features, K)
+            With a third axis, K energies ``E_k = sum_i G[i, :, k] . X[i]`` in one
+            pass: each pair's radial functions and harmonics are computed once and
+            contracted K times (what K kernel columns of a frame need).
 
         Returns
         -------
-        dE_dvec : ndarray of shape (n_pairs, 3)
+        dE_dvec : ndarray of shape (n_pairs, 3) or (n_pairs, 3, K)
             ``dE_dvec[p] = sum_f G[center[p], f] dX[p, :, f]``, computed without
             forming dX. Feed it to :func:`pair_forces` and :func:`pair_stress`.
         """
-        G = np.ascontiguousarray(G, dtype=np.float64)
-        if G.shape != self.descriptor.shape:
+        G = np.asarray(G, dtype=np.float64)
+        if G.ndim not in (2, 3) or G.shape[:2] != self.descriptor.shape:
             raise ValueError(
-                f"G must have shape {self.descriptor.shape} (n_atoms, n_features), "
-                f"got {G.shape}."
+                f"G must have shape {self.descriptor.shape} (n_atoms, n_features) or "
+                f"{self.descriptor.shape + ('K',)}, got {G.shape}."
             )
-        return self._soap._backward(self, G)
+        if G.ndim == 3:
+            return self.backward_stacked(np.moveaxis(G, 2, 1))
+        return self._soap._backward(self, np.ascontiguousarray(G))
+
+    def backward_stacked(self, G) -> np.ndarray:
+        """:meth:`backward` of K gradients laid out as G[i, k, :] (no transposed copy).
+
+        Parameters
+        ----------
+        G : array_like of shape (n_atoms, K, n_features)
+
+        Returns
+        -------
+        dE_dvec : ndarray of shape (n_pairs, 3, K)
+        """
+        G = np.ascontiguousarray(G, dtype=np.float64)
+        N, F = self.descriptor.shape
+        if G.ndim != 3 or G.shape[0] != N or G.shape[2] != F:
+            raise ValueError(f"G must have shape ({N}, K, {F}) (n_atoms, K, n_features), got {G.shape}.")
+        return self._soap._backward_multi(self, G)
 
 
 # --- module functions ---
@@ -191,7 +214,7 @@ def pair_stress(dE_dvec, vector, volume: float) -> np.ndarray:
     if g.ndim == 2:
         s = g.T @ v  # [a, b] = sum_p g_pa v_pb
     else:
-        s = np.einsum("pam,pb->abm", g, v)
+        s = np.moveaxis(np.tensordot(g, v, axes=([0], [0])), 2, 1)  # one BLAS product
     s = 0.5 * (s + np.swapaxes(s, 0, 1)) / volume
     return s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
@@ -837,6 +860,23 @@ class SOAP(Descriptor):
                         exp.coefficients, G, out, self._n_chunks(N),
                     )  # fmt: skip
         return out
+
+    def _backward_multi(self, exp: SOAPExpansion, G: np.ndarray) -> np.ndarray:
+        """(n_pairs, 3, K) adjoint of K gradients G (n_atoms, K, n_features)."""
+        N, K = exp.n_atoms, G.shape[1]
+        out = np.zeros((len(exp.center), 3, K))
+        if N and K and len(exp.center):
+            nbr_spec = exp._species_index[exp.neighbor]
+            A, BT, wtype, wpar, w_zero = self._radial_args
+            # numba's threads share the centres: one BLAS thread in each product
+            with self._dynamic(), _blas_limit(1):
+                jit.soap_backward_multi(
+                    exp.vector, nbr_spec, exp.offsets, A, BT, self._BAT, wtype, wpar,
+                    w_zero, *self._layout_args, _max_pairs(exp.offsets),
+                    exp.coefficients, G, out, self._n_chunks(N),
+                )  # fmt: skip
+        return out
+
 
 
 def _max_pairs(offsets) -> int:

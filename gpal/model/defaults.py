@@ -46,10 +46,14 @@ _UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
 #: memory (GB) a model may hold in observation rows when ``memory_budget_gb`` is None
 DEFAULT_MEMORY_BUDGET_GB = 2.0
 #: new sparse points up to which stored frames get their new kernel columns from the
-#: SOAP adjoint (one backward pass per point, no descriptor derivatives); beyond it, from
-#: one descriptor-derivative pass per frame (measured crossover on 108-atom Cu, n_max 8,
-#: l_max 6, one thread under load: 4-5 points)
-_ADJOINT_MAX_COLUMNS = 4
+#: SOAP adjoint (one expansion and one backward pass for all the points, no descriptor
+#: derivatives); beyond it, from one descriptor-derivative pass per frame. Measured on
+#: 108-atom Cu, n_max 8, l_max 6, one thread: the adjoint takes ~10 ms + ~0.8 ms per
+#: point, the derivative pass ~40 ms + ~0.3 ms per point; crossover 60-70 points
+_ADJOINT_MAX_COLUMNS = 64
+#: elements of the kernel-gradient block (n_atoms x points x n_features) one adjoint
+#: pass takes (32 MB); more points go in several passes
+_ADJOINT_BLOCK = 4_000_000
 
 
 def default_descriptor(frames) -> SOAP:

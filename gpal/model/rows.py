@@ -12,8 +12,9 @@ from .._validation import (
     check_is_fitted,
     frame_labels,
 )
-from ..descriptors import pair_forces, pair_stress
+from ..descriptors import SOAP, pair_forces, pair_stress
 from .defaults import (
+    _ADJOINT_BLOCK,
     _ADJOINT_MAX_COLUMNS,
     _E,
     _F,
@@ -161,37 +162,44 @@ class _Rows:
         """Energy (M,), force (N, 3, M) and stress (6, M) rows by the SOAP adjoint.
 
         The same rows as :meth:`_derivative_rows`, from one descriptor expansion and one
-        backward pass per sparse point (``∂k(x_i, z)/∂x_i`` folded back onto the pair
-        vectors, as :meth:`predict` folds the mean): no descriptor derivatives are
-        formed, which is cheaper for a few sparse points.
+        backward pass for all M sparse points (``∂k(x_i, z_m)/∂x_i`` folded back onto
+        the pair vectors, as :meth:`predict` folds the mean; each pair's radial basis
+        and harmonics computed once for all M): no descriptor derivatives are formed.
         """
         exp = self.descriptor_.expand(atoms)
         X = exp.descriptor
         N, M = len(atoms), len(Z)
         numbers = atoms.numbers
+        kernel = self.kernel_
         e, f, s_ = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
         has_cell = np.isfinite(exp.volume) and exp.volume > 0
-        one = np.ones(1)
-        G = np.zeros_like(X)
-        for m in range(M):
-            r = np.flatnonzero(numbers == zsp[m])
-            if not len(r):
-                continue
-            K, Gr = self.kernel_.value_and_weighted_gradient(X[r], Z[m: m + 1], one)
-            e[m] = K.sum()
-            if not len(exp.center):
-                continue
-            G[:] = 0.0
-            G[r] = Gr
-            dE = exp.backward(G)
-            f[:, :, m] = pair_forces(dE, exp.center, exp.neighbor, N)
-            if has_cell:
-                s_[:, m] = pair_stress(dE, exp.vector, exp.volume)
+        width = max(1, _ADJOINT_BLOCK // max(N * X.shape[1], 1))  # points per pass
+        for b0 in range(0, M, width):
+            b = slice(b0, min(M, b0 + width))
+            Zb, zb = Z[b], zsp[b]
+            G = None  # G[i, m] = ∂k(x_i, z_m)/∂x_i, zero across species
+            for z in np.unique(numbers):
+                r = np.flatnonzero(numbers == z)
+                c = np.flatnonzero(zb == z)
+                if not len(c):
+                    continue
+                e[b][c] = kernel(X[r], Zb[c]).sum(axis=0)
+                if len(r) == N and len(c) == len(Zb):  # one species: no scatter
+                    G = np.ascontiguousarray(kernel.gradient_x(X, Zb), dtype=np.float64)
+                    continue
+                if G is None:
+                    G = np.zeros((N, len(Zb), X.shape[1]))
+                G[r[:, None], c[None, :]] = kernel.gradient_x(X[r], Zb[c])
+            if G is not None and len(exp.center):
+                dE = exp.backward_stacked(G)  # (n_pairs, 3, points)
+                f[:, :, b] = pair_forces(dE, exp.center, exp.neighbor, N)
+                if has_cell:
+                    s_[:, b] = pair_stress(dE, exp.vector, exp.volume)
         return e, f, s_
 
     def _new_columns(self, atoms, Znew, zspnew) -> np.ndarray:
         """Kernel columns of one stored frame's observations against new sparse points."""
-        if len(Znew) <= _ADJOINT_MAX_COLUMNS:
+        if len(Znew) <= _ADJOINT_MAX_COLUMNS and isinstance(self.descriptor_, SOAP):
             out = self._adjoint_rows(atoms, Znew, zspnew)
         else:
             out = self._derivative_rows(atoms, Znew, zspnew)

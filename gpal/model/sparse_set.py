@@ -172,10 +172,12 @@ class _SparseSet:
         """Append sparse environments: new K_mm rows/columns and new K_nm columns.
 
         Only what is new is computed: the kernel between the new and the old sparse
-        points, and the new points' columns of the stored frames (frame by frame, no
-        descriptor derivatives of all frames held at once; the SOAP adjoint for a few
-        points). The solver then grows its factors by those columns. Without stored
-        rows (memory budget) the factorisation is rebuilt frame by frame.
+        points, and the new points' columns of the stored frames, frame by frame (no
+        descriptor derivatives of all frames held at once): one SOAP expansion and one
+        backward pass per frame for all the new points (:meth:`_adjoint_rows`), or
+        the frame's descriptor derivatives beyond ``_ADJOINT_MAX_COLUMNS`` points. The
+        solver then grows its factors by those columns. Without stored rows (memory
+        budget) the factorisation is rebuilt frame by frame.
         """
         Z_old, zsp_old = self.sparse_X_, self.sparse_species_
         Z = np.concatenate([Z_old, Znew])
