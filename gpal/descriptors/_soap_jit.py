@@ -1168,6 +1168,42 @@ def _contract8(hl, Rl, Ql, Yr, d0, d1, d2, q0, q1, u, g0, g1, g2):
         g2[q] += hr * e2[q]
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc):
+    """All (l, m) terms of :func:`soap_backward_batched` for n_max = 8, species s, pairs q0:q1.
+
+    As :func:`_contract8` for every lm, with the sums accumulated in acc[2] (u) and
+    acc[3:6] (g_a) by direct indexing of whole scratch arrays (no per-term slices:
+    fewer pointers for the vectoriser's overlap checks; the same operations in the
+    same order, so the same result).
+    """
+    for ell in range(L1):
+        Rl = R[ell]
+        Ql = Qd[ell]
+        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+            h0 = h[s, lm, 0]
+            h1 = h[s, lm, 1]
+            h2 = h[s, lm, 2]
+            h3 = h[s, lm, 3]
+            h4 = h[s, lm, 4]
+            h5 = h[s, lm, 5]
+            h6 = h[s, lm, 6]
+            h7 = h[s, lm, 7]
+            for q in range(q0, q1):
+                hr = (
+                    h0 * Rl[0, q] + h1 * Rl[1, q] + h2 * Rl[2, q] + h3 * Rl[3, q]
+                    + h4 * Rl[4, q] + h5 * Rl[5, q] + h6 * Rl[6, q] + h7 * Rl[7, q]
+                )  # fmt: skip
+                hq = (
+                    h0 * Ql[0, q] + h1 * Ql[1, q] + h2 * Ql[2, q] + h3 * Ql[3, q]
+                    + h4 * Ql[4, q] + h5 * Ql[5, q] + h6 * Ql[6, q] + h7 * Ql[7, q]
+                )  # fmt: skip
+                acc[2, q] += hq * Y[lm, q]
+                acc[3, q] += hr * dY[0, lm, q]
+                acc[4, q] += hr * dY[1, lm, q]
+                acc[5, q] += hr * dY[2, lm, q]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
 def soap_backward_batched(
     vec,
@@ -1245,6 +1281,9 @@ def soap_backward_batched(
                 q1 = sstart[s + 1]
                 if q1 == q0:
                     continue
+                if nk == 8:  # the default n_max: one pass per term, sums in registers
+                    _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
+                    continue
                 m = q1 - q0
                 HRs = HR[q0:q1]
                 HQs = HQ[q0:q1]
@@ -1254,12 +1293,6 @@ def soap_backward_batched(
                 g2s = g2[q0:q1]
                 for ell in range(L1):
                     for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        if nk == 8:  # the default n_max: one pass, sums in registers
-                            _contract8(
-                                h[s, lm], R[ell], Qd[ell], Y[lm], dY[0, lm], dY[1, lm],
-                                dY[2, lm], q0, q1, us, g0s, g1s, g2s,
-                            )  # fmt: skip
-                            continue
                         for q in range(m):
                             HRs[q] = 0.0
                             HQs[q] = 0.0

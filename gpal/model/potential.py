@@ -119,9 +119,15 @@ class _LocalStdFactors:
     values are >= 1). ``L`` is block-diagonal by species (``K_mm`` is), so an atom
     involves only its own species' sparse points in ``w``.
 
-    The factors are formed once per factorisation: ``key`` holds the arrays they were
-    made from and :meth:`SparseGP._local_std_factors` rebuilds them when the solver's
-    factors are replaced (update, sparse points added, refit, load).
+    The factors are formed once per factorisation, by the first prediction with stds
+    (O(M³), ~0.02 s at M = 500; M² floats of memory): ``key`` holds the arrays they
+    were made from and :meth:`SparseGP._local_std_factors` rebuilds them when the
+    solver's factors are replaced (update, sparse points added, refit, load).
+
+    Accuracy: the stds agree with the two triangular solves to ~1e-8 relative on the
+    environments of a well-fitted model (variance ~1e-3 of the prior), where both
+    are 2-7e-9 from the exact value (measured against a long-double refinement;
+    ``k(x,x) - |w|²`` cancels there); energies, forces and stress do not use them.
 
     Attributes
     ----------
