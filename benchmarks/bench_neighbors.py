@@ -14,18 +14,19 @@ of ``bench_md.py``):
 Both return the same pairs (checked). ``vesin`` is not a gpal requirement: without it
 only gpal's figures are printed.
 
-Measured (2 shared cores, load average 2-3, ``OMP_NUM_THREADS=1``)::
+Measured (2 shared cores, load average 3.4, ``OMP_NUM_THREADS=1``)::
 
     atoms  search                gpal   vesin   vesin sorted
-      108  fresh                 11.7    5.5    7.2
-      108  MD step (skin 1 Å)     0.8    2.3    3.0
-     4000  fresh                  8.8    4.7    8.4
-     4000  MD step (skin 1 Å)     1.1    2.2    3.9
+      108  fresh                 10.5    4.1     7.3
+      108  MD step (skin 1 Å)     0.8    2.5     4.2
+     4000  fresh                  8.1    3.7     5.8
+     4000  MD step (skin 1 Å)     3.0    2.1     4.5
 
-In MD (the case gpal's prediction path meets) gpal's Verlet reuse is 2-4x faster than
-vesin and ~1 % of the MD step; vesin is faster only for fresh searches (fitting,
-frames far apart), where the search is a few % of a frame's SOAP derivatives. gpal
-therefore keeps its own list.
+gpal's descriptors need the pairs sorted by centre (CSR offsets), i.e. vesin's
+``sorted=True``: in MD (the case of the prediction path) gpal's Verlet reuse is then
+1.5-5x faster than vesin and 1-3 % of the MD step. vesin is faster for fresh searches
+(fitting, frames far apart), where the search is a few % of a frame's SOAP
+derivatives. gpal therefore keeps its own list and does not use vesin.
 
 Run::
 
