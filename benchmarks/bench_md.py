@@ -26,26 +26,37 @@ eV/atom, 0.05 eV/Å, 0.005 eV/Å^3). The GAP model is cached under
 and GAP in interleaved blocks (each calculator its own trajectory, the order rotating
 from block to block) and reports CPU medians; ``--load busy`` runs a second CPU-bound
 process (``python -c "while True: pass"``) meanwhile, ``--load both`` does both.
-Measured (2 shared cores, other jobs kept the load average at 6.5-8 throughout, so
-"quiet" means no load added by the benchmark; 500 sparse points, n_max 8, l_max 6;
-``--n-sparse 500 --sizes 3 10 --interleaved --load both --steps 20 --steps-large 2
---nve-steps 0``), CPU µs/atom/step::
+Measured, this release against the previous one (git 31da9e8) as two concurrent
+processes, each ``--n-sparse 500 --sizes 3 10 --interleaved --load both --steps 20
+--steps-large 2 --nve-steps 0`` (2 shared cores; other jobs kept the load average at
+3.4-7, so "quiet" means no load added by the benchmark), CPU µs/atom/step; two runs,
+before -> after::
 
-    machine  atoms   gpal    EMT    GAP   gpal/EMT   GAP/gpal
-    quiet      108  150.0  129.5   3655       1.16         24
-    quiet     4000  149.6  131.4   3950       1.14         26
-    busy       108  172.9  130.2   4489       1.33         26
-    busy      4000  117.6  128.0   3160       0.92         27
+    run  machine  atoms   gpal          EMT          GAP           gpal/EMT      GAP/gpal
+    1    quiet      108   186.5 -> 152.9  118.9 / 127.7  3881 / 4183  1.57 -> 1.20  21 -> 27
+    1    quiet     4000   111.0 ->  97.9   84.3 /  86.4  3072 / 3118  1.32 -> 1.13  28 -> 32
+    1    busy       108   193.3 -> 153.3  126.7 / 133.5  4404 / 3462  1.53 -> 1.15  23 -> 23
+    1    busy      4000   117.0 ->  95.1   86.0 /  87.4  2751 / 2762  1.36 -> 1.09  24 -> 29
+    2    quiet      108   170.2 -> 154.4  112.0 / 136.1  3862 / 3605  1.52 -> 1.13  23 -> 23
+    2    quiet     4000   108.0 ->  87.2   80.3 /  78.9  2598 / 2564  1.35 -> 1.11  24 -> 29
+    2    busy       108   148.6 -> 122.4   99.7 / 101.8  3050 / 3010  1.49 -> 1.20  21 -> 25
+    2    busy      4000   109.7 ->  84.9   84.5 /  87.0  2746 / 2776  1.30 -> 0.98  25 -> 33
 
-A later run at load average 2 (``--sizes 3``, 7 blocks): quiet 158.7 / 100.9 / 3493
-(1.57x EMT, GAP 22x), busy 157.5 / 120.0 / 3114 (1.31x, 20x). Against the previous
-release in two concurrent processes (same load; 108 atoms, 11 blocks): gpal/EMT 1.90
-before, 1.38 after (255 -> 178 µs/atom CPU).
+(run 1 without the backward-contraction change of run 2; EMT and GAP columns: the
+"before" process / the "after" process.) The local stds now cost ~15 µs/atom (were
+~24: a blocked forward substitution with precomputed inverse blocks instead of two
+triangular solves), the kernel values, energies and weighted gradient ~12-15 (were
+~20: one compiled pass over the cosines, sparse rows normalised once per model).
 
-Targets (<= 0.7x EMT, >= 60x GAP) not met at 500 sparse points: the local-energy std
-alone costs two triangular solves with the (M x M) factors per atom (2 M² flops) and the
-kernel two (n_atoms x F x M) products, together ~50 µs/atom at M = 500 before any SOAP
-work.
+Targets (<= 0.7x EMT, >= 60x GAP) not met at 500 sparse points: gpal is 1.0-1.2x EMT
+and 23-33x faster than GAP. The remaining floor, per stage of one prediction with stds
+(load average 3, CPU µs/atom, 108 / 4000 atoms): SOAP expansion 25 / 32 (neighbour list
+~1-3 of it, Verlet reuse), kernel 12 / 15, SOAP backward 37 / 52 (recomputing the
+radial and angular derivatives 22 / 34 of it, the contraction the rest), local stds
+14 / 17; total 95 / 109. The SOAP passes alone (~65-85) exceed 0.7x EMT (~55-95 in
+these runs) and the ~50 µs/atom that 60x GAP would need; the next step would be one
+pass per block of centres that forms X, the kernel gradient and the backward while the
+radial and angular terms are in cache (no recomputation).
 
 Run::
 

@@ -86,7 +86,8 @@ def main() -> None:
         fresh = {"gpal": us * cpu_per_call(lambda: neighbor_list(pos, cell, pbc, CUTOFF), n)}
         steps = md_positions(pos, 8 * n + 20)
         cache, k = PairCache(CUTOFF, SKIN), iter(range(10**9))
-        md = {"gpal": us * cpu_per_call(lambda: cache.pairs(steps[next(k) % len(steps)], cell, pbc), n)}
+        md = {"gpal": us * cpu_per_call(
+            lambda: cache.pairs(steps[next(k) % len(steps)], cell, pbc), n)}
         i, j, D = neighbor_list(pos, cell, pbc, CUTOFF)[:3]
         if vesin is not None:
             for name, srt in (("vesin", False), ("vesin sorted", True)):

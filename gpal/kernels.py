@@ -539,7 +539,9 @@ class CosineKernel(Kernel):
         Xh, xn = _jit._normalize_rows(X)
         s2 = float(self.signal_variance)
         C = Xh @ Z_unit.T
-        K, energy, rowdot = _fused_prediction_pass(C, alpha, self._kind, float(self._shape_param()), s2)
+        K, energy, rowdot = _fused_prediction_pass(
+            C, alpha, self._kind, float(self._shape_param()), s2
+        )
         G = C @ Z_unit  # C now holds the weights alpha_m f'(c_nm)
         G -= rowdot[:, None] * Xh
         G *= (s2 * self._inverse_norms(xn))[:, None]

@@ -76,7 +76,8 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(potential, "_STD_CHUNK", 5)
 
 
-@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=3), SquaredExponential(length_scale=0.4)])
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=3),
+                                    SquaredExponential(length_scale=0.4)])
 def test_two_species_prediction_equals_the_direct_formulas(small_blocks, kernel):
     train = cuag_frames(5, seed=3)
     model = SparseGP(soap_for(train), kernel, n_sparse=30, hyperparameters="fixed").fit(train)
