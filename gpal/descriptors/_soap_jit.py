@@ -840,6 +840,62 @@ def _gather_centre(vec, nbr_spec, p0, p1, S, perm, sstart, geo, wtype, wpar, w_z
 
 
 @numba.njit(cache=True, fastmath=_FM)
+def _radial8(n, L1, exv, BT, BAT, w, dwr, R, Qd, grad):
+    """The contraction of :func:`_batch_radial` for n_max = 8 (same sums, same order).
+
+    R[l, nn, q] = w sum_k BT[l, k, nn] E[l, k, q] and, if grad, Qd = (w'/r) sum_k BT E
+    + 2 w sum_k BAT E, with the 8 terms of each sum formed in registers (no load and
+    store of R, Qd per k).
+    """
+    for ell in range(L1):
+        e0 = exv[ell * 8]
+        e1 = exv[ell * 8 + 1]
+        e2 = exv[ell * 8 + 2]
+        e3 = exv[ell * 8 + 3]
+        e4 = exv[ell * 8 + 4]
+        e5 = exv[ell * 8 + 5]
+        e6 = exv[ell * 8 + 6]
+        e7 = exv[ell * 8 + 7]
+        for nn in range(8):
+            b0 = BT[ell, 0, nn]
+            b1 = BT[ell, 1, nn]
+            b2 = BT[ell, 2, nn]
+            b3 = BT[ell, 3, nn]
+            b4 = BT[ell, 4, nn]
+            b5 = BT[ell, 5, nn]
+            b6 = BT[ell, 6, nn]
+            b7 = BT[ell, 7, nn]
+            Rr = R[ell, nn]
+            if not grad:
+                for q in range(n):
+                    Rr[q] = w[q] * (
+                        b0 * e0[q] + b1 * e1[q] + b2 * e2[q] + b3 * e3[q]
+                        + b4 * e4[q] + b5 * e5[q] + b6 * e6[q] + b7 * e7[q]
+                    )  # fmt: skip
+                continue
+            a0 = BAT[ell, 0, nn]
+            a1 = BAT[ell, 1, nn]
+            a2 = BAT[ell, 2, nn]
+            a3 = BAT[ell, 3, nn]
+            a4 = BAT[ell, 4, nn]
+            a5 = BAT[ell, 5, nn]
+            a6 = BAT[ell, 6, nn]
+            a7 = BAT[ell, 7, nn]
+            Qr = Qd[ell, nn]
+            for q in range(n):
+                r = (
+                    b0 * e0[q] + b1 * e1[q] + b2 * e2[q] + b3 * e3[q]
+                    + b4 * e4[q] + b5 * e5[q] + b6 * e6[q] + b7 * e7[q]
+                )  # fmt: skip
+                a = (
+                    a0 * e0[q] + a1 * e1[q] + a2 * e2[q] + a3 * e3[q]
+                    + a4 * e4[q] + a5 * e5[q] + a6 * e6[q] + a7 * e7[q]
+                )  # fmt: skip
+                Qr[q] = dwr[q] * r + 2.0 * w[q] * a
+                Rr[q] = w[q] * r
+
+
+@numba.njit(cache=True, fastmath=_FM)
 def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
     """R[l, k, q] (and Qd if grad) of n gathered pairs; see the module docstring.
 
@@ -860,6 +916,9 @@ def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
         for q in range(n):
             row[q] = a * r2[q]
     _exp_nonpositive(args[:m], ex[:m], ibits[:m])
+    if nk == 8:  # the default n_max: the k sums in registers, one pass per (l, n)
+        _radial8(n, L1, exv, BT, BAT, w, dwr, R, Qd, grad)
+        return
     if not grad:
         for ell in range(L1):
             for nn in range(nk):
