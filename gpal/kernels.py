@@ -38,6 +38,7 @@ import numbers
 from collections import namedtuple
 from typing import Any
 
+import numba
 import numpy as np
 from sklearn.base import BaseEstimator
 
@@ -280,6 +281,33 @@ class Kernel(BaseEstimator):
 
 
 # ----------------------------------------------------------------------- cosine kernels
+@numba.njit(cache=True)
+def _fused_prediction_pass(C, alpha, kind, p, s2):
+    """One pass over the cosines ``C`` (n, m) of :meth:`CosineKernel.prediction_terms`.
+
+    Returns ``K = s2 f(C)``, ``K @ alpha`` and ``Σ_m alpha_m f'(c_nm) c_nm`` per row, and
+    overwrites ``C`` with the weights ``alpha_m f'(c_nm)``.
+    """
+    n, m = C.shape
+    K = np.empty((n, m))
+    energy = np.empty(n)
+    rowdot = np.empty(n)
+    for i in range(n):
+        se = 0.0
+        sd = 0.0
+        for j in range(m):
+            c = C[i, j]
+            k = s2 * _jit._f_scalar(c, kind, p)
+            w = _jit._fprime_scalar(c, kind, p) * alpha[j]
+            K[i, j] = k
+            C[i, j] = w
+            se += k * alpha[j]
+            sd += w * c
+        energy[i] = se
+        rowdot[i] = sd
+    return K, energy, rowdot
+
+
 class CosineKernel(Kernel):
     """Abstract kernel ``k(x, z) = signal_variance * f(x̂·ẑ)``, evaluated by numba.
 
@@ -457,6 +485,67 @@ class CosineKernel(Kernel):
         G -= np.einsum("nm,nm->n", W, C)[:, None] * Xh
         G *= (s2 * self._inverse_norms(xn))[:, None]
         return s2 * Fc, G
+
+    @staticmethod
+    def unit_rows(Z) -> np.ndarray:
+        """Rows of ``Z`` scaled to unit norm (zero rows stay zero): the second argument
+        of :meth:`prediction_terms`, formed once for a fixed sparse set.
+
+        Parameters
+        ----------
+        Z : array_like of shape (m, n_features)
+
+        Returns
+        -------
+        ndarray of shape (m, n_features)
+        """
+        return _jit._normalize_rows(_as_matrix(Z, "Z"))[0]
+
+    def prediction_terms(self, X, Z_unit, alpha) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Kernel rows, their weighted sum and its gradient, in one pass over the cosines.
+
+        Equal to ``K = self(X, Z)``, ``K @ alpha`` and ``self.weighted_gradient_x(X, Z,
+        alpha)`` (up to summation order), for the unit rows ``Z_unit =
+        self.unit_rows(Z)`` of a sparse set that does not change between calls (the
+        prediction path: no renormalisation or validation of ``Z`` per call). After the
+        BLAS product ``C = X̂ Ẑᵀ`` one compiled pass forms ``K``, ``K alpha`` and the
+        weights ``alpha_m f'(c_nm)`` in place of ``C``; a second BLAS product with
+        ``Ẑ`` gives the gradient.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Raw descriptor rows.
+        Z_unit : ndarray of shape (m, n_features)
+            Unit (or zero) sparse rows, C-contiguous float64.
+        alpha : ndarray of shape (m,)
+
+        Returns
+        -------
+        K : ndarray of shape (n, m)
+        energy : ndarray of shape (n,)
+            ``K @ alpha``.
+        G : ndarray of shape (n, n_features)
+            ``Σ_m alpha_m ∂k(x_n, z_m)/∂x_n``.
+        """
+        self._validate()
+        X = _as_matrix(X, "X")
+        alpha = np.ascontiguousarray(alpha, dtype=np.float64)
+        if Z_unit.ndim != 2 or Z_unit.shape[1] != X.shape[1] or alpha.shape != (Z_unit.shape[0],):
+            raise ValueError(
+                f"Z_unit must have shape (m, {X.shape[1]}) and alpha (m,); got "
+                f"{Z_unit.shape} and {alpha.shape}"
+            )
+        Xh, xn = _jit._normalize_rows(X)
+        s2 = float(self.signal_variance)
+        C = Xh @ Z_unit.T
+        K, energy, rowdot = _fused_prediction_pass(
+            C, alpha, self._kind, float(self._shape_param()), s2
+        )
+        G = C @ Z_unit  # C now holds the weights alpha_m f'(c_nm)
+        G -= rowdot[:, None] * Xh
+        G *= (s2 * self._inverse_norms(xn))[:, None]
+        return K, energy, G
 
     def contract_gradient(self, X, Z, center, dX, eval_gradient: bool = False):
         """Kernel gradient contracted with pair derivatives of the descriptor.

@@ -840,6 +840,62 @@ def _gather_centre(vec, nbr_spec, p0, p1, S, perm, sstart, geo, wtype, wpar, w_z
 
 
 @numba.njit(cache=True, fastmath=_FM)
+def _radial8(n, L1, exv, BT, BAT, w, dwr, R, Qd, grad):
+    """The contraction of :func:`_batch_radial` for n_max = 8 (same sums, same order).
+
+    R[l, nn, q] = w sum_k BT[l, k, nn] E[l, k, q] and, if grad, Qd = (w'/r) sum_k BT E
+    + 2 w sum_k BAT E, with the 8 terms of each sum formed in registers (no load and
+    store of R, Qd per k).
+    """
+    for ell in range(L1):
+        e0 = exv[ell * 8]
+        e1 = exv[ell * 8 + 1]
+        e2 = exv[ell * 8 + 2]
+        e3 = exv[ell * 8 + 3]
+        e4 = exv[ell * 8 + 4]
+        e5 = exv[ell * 8 + 5]
+        e6 = exv[ell * 8 + 6]
+        e7 = exv[ell * 8 + 7]
+        for nn in range(8):
+            b0 = BT[ell, 0, nn]
+            b1 = BT[ell, 1, nn]
+            b2 = BT[ell, 2, nn]
+            b3 = BT[ell, 3, nn]
+            b4 = BT[ell, 4, nn]
+            b5 = BT[ell, 5, nn]
+            b6 = BT[ell, 6, nn]
+            b7 = BT[ell, 7, nn]
+            Rr = R[ell, nn]
+            if not grad:
+                for q in range(n):
+                    Rr[q] = w[q] * (
+                        b0 * e0[q] + b1 * e1[q] + b2 * e2[q] + b3 * e3[q]
+                        + b4 * e4[q] + b5 * e5[q] + b6 * e6[q] + b7 * e7[q]
+                    )  # fmt: skip
+                continue
+            a0 = BAT[ell, 0, nn]
+            a1 = BAT[ell, 1, nn]
+            a2 = BAT[ell, 2, nn]
+            a3 = BAT[ell, 3, nn]
+            a4 = BAT[ell, 4, nn]
+            a5 = BAT[ell, 5, nn]
+            a6 = BAT[ell, 6, nn]
+            a7 = BAT[ell, 7, nn]
+            Qr = Qd[ell, nn]
+            for q in range(n):
+                r = (
+                    b0 * e0[q] + b1 * e1[q] + b2 * e2[q] + b3 * e3[q]
+                    + b4 * e4[q] + b5 * e5[q] + b6 * e6[q] + b7 * e7[q]
+                )  # fmt: skip
+                a = (
+                    a0 * e0[q] + a1 * e1[q] + a2 * e2[q] + a3 * e3[q]
+                    + a4 * e4[q] + a5 * e5[q] + a6 * e6[q] + a7 * e7[q]
+                )  # fmt: skip
+                Qr[q] = dwr[q] * r + 2.0 * w[q] * a
+                Rr[q] = w[q] * r
+
+
+@numba.njit(cache=True, fastmath=_FM)
 def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
     """R[l, k, q] (and Qd if grad) of n gathered pairs; see the module docstring.
 
@@ -860,6 +916,9 @@ def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
         for q in range(n):
             row[q] = a * r2[q]
     _exp_nonpositive(args[:m], ex[:m], ibits[:m])
+    if nk == 8:  # the default n_max: the k sums in registers, one pass per (l, n)
+        _radial8(n, L1, exv, BT, BAT, w, dwr, R, Qd, grad)
+        return
     if not grad:
         for ell in range(L1):
             for nn in range(nk):
@@ -1168,6 +1227,42 @@ def _contract8(hl, Rl, Ql, Yr, d0, d1, d2, q0, q1, u, g0, g1, g2):
         g2[q] += hr * e2[q]
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc):
+    """All (l, m) terms of :func:`soap_backward_batched` for n_max = 8, species s, pairs q0:q1.
+
+    As :func:`_contract8` for every lm, with the sums accumulated in acc[2] (u) and
+    acc[3:6] (g_a) by direct indexing of whole scratch arrays (no per-term slices:
+    fewer pointers for the vectoriser's overlap checks; the same operations in the
+    same order, so the same result).
+    """
+    for ell in range(L1):
+        Rl = R[ell]
+        Ql = Qd[ell]
+        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+            h0 = h[s, lm, 0]
+            h1 = h[s, lm, 1]
+            h2 = h[s, lm, 2]
+            h3 = h[s, lm, 3]
+            h4 = h[s, lm, 4]
+            h5 = h[s, lm, 5]
+            h6 = h[s, lm, 6]
+            h7 = h[s, lm, 7]
+            for q in range(q0, q1):
+                hr = (
+                    h0 * Rl[0, q] + h1 * Rl[1, q] + h2 * Rl[2, q] + h3 * Rl[3, q]
+                    + h4 * Rl[4, q] + h5 * Rl[5, q] + h6 * Rl[6, q] + h7 * Rl[7, q]
+                )  # fmt: skip
+                hq = (
+                    h0 * Ql[0, q] + h1 * Ql[1, q] + h2 * Ql[2, q] + h3 * Ql[3, q]
+                    + h4 * Ql[4, q] + h5 * Ql[5, q] + h6 * Ql[6, q] + h7 * Ql[7, q]
+                )  # fmt: skip
+                acc[2, q] += hq * Y[lm, q]
+                acc[3, q] += hr * dY[0, lm, q]
+                acc[4, q] += hr * dY[1, lm, q]
+                acc[5, q] += hr * dY[2, lm, q]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
 def soap_backward_batched(
     vec,
@@ -1245,6 +1340,9 @@ def soap_backward_batched(
                 q1 = sstart[s + 1]
                 if q1 == q0:
                     continue
+                if nk == 8:  # the default n_max: one pass per term, sums in registers
+                    _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
+                    continue
                 m = q1 - q0
                 HRs = HR[q0:q1]
                 HQs = HQ[q0:q1]
@@ -1254,12 +1352,6 @@ def soap_backward_batched(
                 g2s = g2[q0:q1]
                 for ell in range(L1):
                     for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        if nk == 8:  # the default n_max: one pass, sums in registers
-                            _contract8(
-                                h[s, lm], R[ell], Qd[ell], Y[lm], dY[0, lm], dY[1, lm],
-                                dY[2, lm], q0, q1, us, g0s, g1s, g2s,
-                            )  # fmt: skip
-                            continue
                         for q in range(m):
                             HRs[q] = 0.0
                             HQs[q] = 0.0

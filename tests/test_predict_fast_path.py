@@ -1,0 +1,137 @@
+"""The prediction path's precomputed pieces against the plain computation they replace.
+
+``SparseGP.predict`` normalises the sparse rows once per model, forms kernel values,
+energies and the weighted gradient in one pass (``CosineKernel.prediction_terms``) and
+computes the local-energy variances by a blocked forward substitution with precomputed
+inverse blocks (``_LocalStdFactors``). Each is checked here against the direct
+formulas (kernel calls, triangular solves), on one- and two-species models, with the
+block and chunk sizes made small so that several blocks and chunks are exercised, and
+after the factorisation changes (new frames, new sparse points).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpal.model.potential as potential
+from gpal import SOAP, SparseGP
+from gpal.descriptors import pair_forces, pair_stress
+from gpal.kernels import NormalizedDotProduct, SquaredExponential
+
+from conftest import POLY, SMALL_SOAP, cu_frames, cuag_frames
+
+
+def soap_for(frames):
+    species = sorted({int(z) for a in frames for z in a.numbers})
+    return SOAP(species=species, periodic=True, weighting=POLY, **SMALL_SOAP)
+
+
+def reference(model, atoms) -> dict:
+    """Prediction by the direct formulas: per-species kernel calls, triangular solves."""
+    exp = model.descriptor_.expand(atoms)
+    X, numbers = exp.descriptor, atoms.numbers
+    Z, zsp, alpha = model.sparse_X_, model.sparse_species_, model.alpha_
+    N, M = len(atoms), len(Z)
+    energies = model._e0_of(numbers).astype(float)
+    G, K = np.zeros(X.shape), np.zeros((N, M))
+    for z in np.unique(numbers):
+        r, c = np.flatnonzero(numbers == z), np.flatnonzero(zsp == z)
+        if len(c):
+            K[np.ix_(r, c)] = model.kernel_(X[r], Z[c])
+            G[r] = model.kernel_.weighted_gradient_x(X[r], Z[c], alpha[c])
+    energies += K @ alpha
+    dE = exp.backward(G)
+    sol = model.solver_
+    W = sol._nystrom_factor(K)  # L⁻¹Kᵀ by a triangular solve
+    V = sol._sor_factor_whitened(W.T)
+    kdiag = model.kernel_.diag(X)
+    resid = np.clip(kdiag - np.einsum("ms,ms->s", W, W), 0.0, None)
+    var_E = sol.var_sor(K.sum(axis=0)[None])[0] + resid.sum()
+    return {
+        "energies": energies,
+        "forces": pair_forces(dE, exp.center, exp.neighbor, N),
+        "stress": pair_stress(dE, exp.vector, exp.volume),
+        "energies_std": np.sqrt(resid + np.einsum("ms,ms->s", V, V)),
+        "energy_std": np.sqrt(var_E),
+        "novelty": resid / kdiag,
+    }
+
+
+def assert_matches(pred, ref, rtol_std=1e-8):
+    scale = np.abs(ref["forces"]).max()
+    np.testing.assert_allclose(pred["energies"], ref["energies"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(pred["forces"], ref["forces"], rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(pred["stress"], ref["stress"], rtol=0,
+                               atol=1e-10 * np.abs(ref["stress"]).max())
+    np.testing.assert_allclose(pred["energies_std"], ref["energies_std"], rtol=rtol_std)
+    np.testing.assert_allclose(pred["energy_std"], ref["energy_std"], rtol=rtol_std)
+    np.testing.assert_allclose(pred["novelty"], ref["novelty"], rtol=0, atol=1e-10)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 7 sparse columns and chunks of 5 atoms: several of each per prediction."""
+    monkeypatch.setattr(potential, "_STD_BLOCK", 7)
+    monkeypatch.setattr(potential, "_STD_CHUNK", 5)
+
+
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=3),
+                                    SquaredExponential(length_scale=0.4)])
+def test_two_species_prediction_equals_the_direct_formulas(small_blocks, kernel):
+    train = cuag_frames(5, seed=3)
+    model = SparseGP(soap_for(train), kernel, n_sparse=30, hyperparameters="fixed").fit(train)
+    big = cuag_frames(1, seed=11)[0].repeat((2, 1, 1))  # 16 atoms: 3+ chunks per species
+    assert_matches(model.predict(big, return_std=True), reference(model, big))
+    fac = model._local_std_factors()
+    assert fac.blocks is not None and set(fac.blocks) == {29, 47}
+
+
+def test_stds_follow_new_frames_and_new_sparse_points(small_blocks):
+    """The cached factors are rebuilt when the factorisation changes; sparse points
+    added later leave a species' columns non-contiguous (the general path)."""
+    train = cuag_frames(4, seed=5)
+    model = SparseGP(soap_for(train), n_sparse=20, hyperparameters="fixed").fit(train)
+    test = cuag_frames(1, seed=17)[0]
+    assert_matches(model.predict(test, return_std=True), reference(model, test))
+    first = model._local_std_factors()
+    model.update(cuag_frames(2, seed=6), n_sparse=6)
+    c = np.flatnonzero(model.sparse_species_ == 29)
+    assert c[-1] - c[0] + 1 > len(c)  # Cu columns no longer contiguous
+    assert_matches(model.predict(test, return_std=True), reference(model, test))
+    assert model._local_std_factors() is not first
+
+
+def test_one_species_md_cell_equals_the_direct_formulas(small_blocks):
+    train = cu_frames(4, seed=7)
+    model = SparseGP(soap_for(train), n_sparse=25, hyperparameters="fixed").fit(train)
+    cell = cu_frames(1, seed=8, size=(2, 2, 2))[0]
+    assert_matches(model.predict(cell, return_std=True), reference(model, cell))
+    # an MD-like sequence of positions: the same model, the cached pieces reused
+    for k in range(2):
+        cell.positions += np.random.default_rng(k).normal(0, 0.01, cell.positions.shape)
+        assert_matches(model.predict(cell, return_std=True), reference(model, cell))
+
+
+def test_default_block_sizes_on_a_saved_and_loaded_model(tmp_path):
+    train = cu_frames(4, seed=9, size=(2, 2, 2))  # 128 environments
+    model = SparseGP(soap_for(train), n_sparse=110, hyperparameters="fixed").fit(train)
+    back = SparseGP.load(model.save(tmp_path / "m.npz"))
+    test = cu_frames(1, seed=10, size=(2, 2, 2))[0]
+    assert len(back.sparse_X_) > potential._STD_BLOCK
+    assert_matches(back.predict(test, return_std=True), reference(back, test))
+
+
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=4, signal_variance=0.7),
+                                    SquaredExponential(length_scale=0.3, signal_variance=2.0)])
+def test_prediction_terms_equal_the_kernel_and_its_weighted_gradient(kernel):
+    rng = np.random.default_rng(0)
+    X, Z = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
+    X[3] = 0.0  # a zero-norm row: k = signal_variance f(0), gradient 0
+    alpha = rng.normal(size=5)
+    K, e, G = kernel.prediction_terms(X, kernel.unit_rows(Z), alpha)
+    np.testing.assert_allclose(K, kernel(X, Z), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(e, kernel(X, Z) @ alpha, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(G, kernel.weighted_gradient_x(X, Z, alpha), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="Z_unit must have shape"):
+        kernel.prediction_terms(X, kernel.unit_rows(Z), alpha[:4])
