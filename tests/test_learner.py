@@ -193,7 +193,8 @@ def test_stopping_rule_ends_the_run(tmp_path):
 
 def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     val = cu_frames(2, seed=9, size=(2, 2, 2))
-    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, every=1)
+    trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, every=1,
+                   recheck_temperature=None)
     L = learner(tmp_path / "run", validation=val, trigger=trig, sparse_refresh=False)
     L.run(1)
     n0 = L.oracle.n_calls
@@ -206,6 +207,26 @@ def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     labels = [r for r in records if r.get("event") == "label" and r.get("reason") == "uncertain"]
     assert len(labels) == 1 and labels[0]["step"] == 25
+
+
+def test_a_rising_temperature_relabels_past_the_hottest_labelled_temperature(tmp_path):
+    # a threshold no std reaches: only the temperature rule labels. Ramp 300 -> 1200 K over
+    # 30 steps (T = 300 + 900 s / 29): the bootstrap counts as 300 K, so with the factor 1.5
+    # labels come at the first checks past 450 K (step 5, 455 K), 683 K (step 13, 703 K)
+    # and 1055 K (step 25, 1076 K)
+    trig = Trigger(threshold=100.0, adaptive=False, every=1, max_labels=5)
+    L = learner(tmp_path / "run", trigger=trig, sparse_refresh=False)
+    summary = L.run(30)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    hot = [r["step"] for r in records if r.get("event") == "label" and r.get("reason") == "temperature"]
+    assert hot == [5, 13, 25]
+    assert summary.oracle_calls_by_reason.get("temperature") == 3
+    assert [a.info["gpal_reason"] for a in frames_in(tmp_path / "run" / "train.xyz")].count("temperature") == 3
+    off = learner(tmp_path / "off", trigger=Trigger(threshold=100.0, adaptive=False, every=1,
+                                                     recheck_temperature=None), sparse_refresh=False)
+    assert off.run(30).oracle_calls_by_reason.get("temperature", 0) == 0
+    with pytest.raises(ValueError, match="recheck_temperature"):
+        Trigger(recheck_temperature=1.0)
 
 
 def test_bad_settings():

@@ -285,6 +285,7 @@ class ActiveLearner:
         self._recent_unc: list[float] = []
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
         self._label_steps: dict[int, list[int]] = {}
+        self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
         self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0}
         self._last_checkpoint = time.perf_counter()
@@ -682,7 +683,10 @@ class ActiveLearner:
             check = self.step % self.trigger.every == 0
             uncertain, rollbacks, targeted = self._md_step(T, check)
             chosen = self._choose(uncertain)
-            self._label_round(T, ((rollbacks, "rollback"), (chosen, "uncertain"), (targeted, "target")))
+            hotter = [] if (chosen or rollbacks or targeted or not check) else self._hotter_than_labels(T)
+            self._label_round(T, ((rollbacks, "rollback"), (chosen, "uncertain"), (targeted, "target"),
+                                  (hotter, "temperature")))
+            chosen = chosen or hotter
             if self.targets is not None and check and not (chosen or targeted or rollbacks):
                 targeted = self._target_structure()  # TargetSet(label_structures=True) only
             if self.step % self.log_every == 0 or chosen or rollbacks or targeted:
@@ -749,6 +753,24 @@ class ActiveLearner:
         self._times["md"] += time.perf_counter() - t0
         return uncertain, rollbacks, targeted
 
+    def _hotter_than_labels(self, T: float) -> list:
+        """``[walker]`` to label because ``T`` (K) is past ``Trigger.recheck_temperature``
+        times the hottest labelled step's temperature; ``[]`` otherwise."""
+        factor = self.trigger.recheck_temperature
+        if factor is None or not self.walkers:
+            return []
+        if self._hottest_label is None:  # first call of this process (also after a resume)
+            ramp = max((self.ramp_steps or 1) - 1, 1)
+            steps = [int(a.info.get("gpal_step", 0)) for a in read_frames(self.train_path)] \
+                if self.train_path.exists() else []
+            self._hottest_label = max([self.md.temperature_at(s / ramp) for s in steps]
+                                      or [self.md.temperature_at(0.0)])
+        hottest = self._hottest_label
+        w = self.walkers[0]
+        if T <= factor * hottest or self.trigger.capped(self._label_steps.get(w.index, []), self.step):
+            return []
+        return [w]
+
     def _roll_back(self, w: _Walker, T: float, reason: str) -> bool:
         """Restore walker ``w``'s last good frame with fresh momenta; True if it is to be labelled.
 
@@ -789,6 +811,8 @@ class ActiveLearner:
                 batch.append(a)
                 self._label_steps.setdefault(w.index, []).append(self.step if steps is None else steps[w.index])
             good = self._label(batch, why, walkers=[w.index for w in frames])
+            if self._hottest_label is not None and not callable(T):
+                self._hottest_label = max(self._hottest_label, float(T))
             self._add_to_model(good)
             done = True
             for w in self.walkers:

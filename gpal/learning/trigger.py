@@ -92,6 +92,16 @@ class Trigger:
     every : int, default 20
         Steps between checks (blow-up checks run every step).
     max_labels, window : int, default 3 and 100
+    recheck_temperature : float or None, default 1.5
+        Under a rising temperature protocol, label the first walker's frame at a check
+        when the sampler's temperature exceeds this factor times the highest temperature
+        at which a frame was labelled (the bootstrap counts as the start temperature),
+        whatever the uncertainty says (reason ``"temperature"``; counted and rate-capped
+        like any label). The calibration that turns stds into expected errors was
+        measured on the labels; hotter MD is outside what it has seen, and a model that
+        looks certain there may just be extrapolating its calibration (Pt vacancy, EMT,
+        300-1400 K: the loop's labels stopped at the bootstrap, z² 1.3-1.9 on
+        independent frames). None: never. Serial loop only (not with a walker executor).
     """
 
     quantity: str = "forces_std"
@@ -108,6 +118,7 @@ class Trigger:
     every: int = 20
     max_labels: int = 3
     window: int = 100
+    recheck_temperature: float | None = 1.5
 
     def __post_init__(self):
         if self.quantity not in _TRIGGER_QUANTITIES:
@@ -127,6 +138,8 @@ class Trigger:
             raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
         if self.ceiling is not None and not self.ceiling > 0:
             raise ValueError(f"trigger ceiling must be > 0 or None, got {self.ceiling}")
+        if self.recheck_temperature is not None and not self.recheck_temperature > 1:
+            raise ValueError(f"recheck_temperature must be > 1 or None, got {self.recheck_temperature}")
         for name in ("every", "max_labels", "window", "adapt_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
