@@ -208,3 +208,23 @@ def test_dask_cluster_runs_walkers_on_both_workers_and_resumes(tmp_path):
         R.run(80)
     check_consistent(R, run, 80)
     assert any(r.get("event") == "resume" for r in records(run))
+
+
+def test_walkers_on_an_executor_relabel_past_the_hottest_labelled_temperature(tmp_path):
+    from concurrent.futures import Future
+
+    class Inline:  # runs each segment at once, in this process
+        def submit(self, fn, *args, **kwargs):
+            f = Future()
+            f.set_result(fn(*args, **kwargs))
+            return f
+
+    # nothing uncertain or novel: only the temperature rule labels. Rounds end every 20
+    # steps of a 300 -> 1200 K ramp over 100 steps (T = 300 + 900 s / 99): 482 K at step
+    # 20 (past 1.5 x 300), 664 at 40 (not past 1.5 x 482), 845 at 60 (past 723), 1027 at 80
+    trig = Trigger(threshold=100.0, adaptive=False, novelty=1.0, every=5, max_labels=5)
+    L = learner(tmp_path / "run", walker_executor=Inline(), n_walkers=1, trigger=trig)
+    summary = L.run(100)
+    hot = [r["step"] for r in records(tmp_path / "run") if r.get("event") == "label" and r.get("reason") == "temperature"]
+    assert hot == [20, 60]
+    assert summary.oracle_calls_by_reason.get("temperature") == 2

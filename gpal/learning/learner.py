@@ -753,9 +753,10 @@ class ActiveLearner:
         self._times["md"] += time.perf_counter() - t0
         return uncertain, rollbacks, targeted
 
-    def _hotter_than_labels(self, T: float) -> list:
+    def _hotter_than_labels(self, T: float, step: int | None = None) -> list:
         """``[walker]`` to label because ``T`` (K) is past ``Trigger.recheck_temperature``
-        times the hottest labelled step's temperature; ``[]`` otherwise."""
+        times the hottest labelled step's temperature; ``[]`` otherwise. ``step``: the
+        first walker's step (default the learner's), for its label cap."""
         factor = self.trigger.recheck_temperature
         if factor is None or not self.walkers:
             return []
@@ -767,7 +768,8 @@ class ActiveLearner:
                                       or [self.md.temperature_at(0.0)])
         hottest = self._hottest_label
         w = self.walkers[0]
-        if T <= factor * hottest or self.trigger.capped(self._label_steps.get(w.index, []), self.step):
+        step = self.step if step is None else int(step)
+        if T <= factor * hottest or self.trigger.capped(self._label_steps.get(w.index, []), step):
             return []
         return [w]
 
@@ -811,8 +813,9 @@ class ActiveLearner:
                 batch.append(a)
                 self._label_steps.setdefault(w.index, []).append(self.step if steps is None else steps[w.index])
             good = self._label(batch, why, walkers=[w.index for w in frames])
-            if self._hottest_label is not None and not callable(T):
-                self._hottest_label = max(self._hottest_label, float(T))
+            if self._hottest_label is not None:
+                temps = [T(w) for w in frames] if callable(T) else [T]
+                self._hottest_label = max([self._hottest_label] + [float(t) for t in temps])
             self._add_to_model(good)
             done = True
             for w in self.walkers:

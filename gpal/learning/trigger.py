@@ -101,7 +101,8 @@ class Trigger:
         measured on the labels; hotter MD is outside what it has seen, and a model that
         looks certain there may just be extrapolating its calibration (Pt vacancy, EMT,
         300-1400 K: the loop's labels stopped at the bootstrap, z² 1.3-1.9 on
-        independent frames). None: never. Serial loop only (not with a walker executor).
+        independent frames). None: never. With a walker executor the rule is judged
+        once per round, on the first walker's frame at the end of its segment.
     """
 
     quantity: str = "forces_std"

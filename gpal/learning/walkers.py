@@ -489,9 +489,17 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         L.step = min(steps.values())
         cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
         chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
+        hotter = []  # Trigger.recheck_temperature: the first walker's frame, once per round
+        if not (rollbacks or chosen) and L.walkers:
+            w0 = L.walkers[0]
+            hotter = L._hotter_than_labels(_temperature(L, steps[w0.index]), step=steps[w0.index])
+            if hotter:
+                cand_step[w0.index] = steps[w0.index]
         if L._label_round(lambda w: _temperature(L, steps[w.index]),
-                          (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain")), steps=cand_step):
+                          (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain"),
+                           (hotter, "temperature")), steps=cand_step):
             snap["changed"] = True
+        chosen = chosen + hotter
         # the learner's share of the round (walkers idle unless overlapping): judging
         # novel frames, choosing, labelling, updating
         L._log({"event": "round", "round": rnd, "step": L.step, "walkers": len(active),
