@@ -227,6 +227,7 @@ def test_a_rising_temperature_relabels_past_the_hottest_labelled_temperature(tmp
     assert off.run(30).oracle_calls_by_reason.get("temperature", 0) == 0
     with pytest.raises(ValueError, match="recheck_temperature"):
         Trigger(recheck_temperature=1.0)
+    assert Trigger(recheck_temperature=False).recheck_temperature is None
 
 
 def test_bad_settings():

@@ -101,8 +101,9 @@ class Trigger:
         measured on the labels; hotter MD is outside what it has seen, and a model that
         looks certain there may just be extrapolating its calibration (Pt vacancy, EMT,
         300-1400 K: the loop's labels stopped at the bootstrap, z² 1.3-1.9 on
-        independent frames). None: never. With a walker executor the rule is judged
-        once per round, on the first walker's frame at the end of its segment.
+        independent frames). None (or False, in a TOML configuration): never. With a
+        walker executor the rule is judged once per round, on the first walker's frame
+        at the end of its segment.
     """
 
     quantity: str = "forces_std"
@@ -119,7 +120,7 @@ class Trigger:
     every: int = 20
     max_labels: int = 3
     window: int = 100
-    recheck_temperature: float | None = 1.5
+    recheck_temperature: float | bool | None = 1.5  # False: never (TOML has no None)
 
     def __post_init__(self):
         if self.quantity not in _TRIGGER_QUANTITIES:
@@ -139,8 +140,10 @@ class Trigger:
             raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
         if self.ceiling is not None and not self.ceiling > 0:
             raise ValueError(f"trigger ceiling must be > 0 or None, got {self.ceiling}")
+        if self.recheck_temperature is False:  # what a TOML configuration can say
+            self.recheck_temperature = None
         if self.recheck_temperature is not None and not self.recheck_temperature > 1:
-            raise ValueError(f"recheck_temperature must be > 1 or None, got {self.recheck_temperature}")
+            raise ValueError(f"recheck_temperature must be > 1, or None (false in TOML), got {self.recheck_temperature}")
         for name in ("every", "max_labels", "window", "adapt_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
