@@ -471,25 +471,27 @@ def summary_dict(summary):
     return dict(getattr(summary, "__dict__", {}))
 
 
-def build_learner(structure, oracle, run_dir, spec, tuned):
+def build_learner(structure, oracle, run_dir, spec, tuned, random_state=0):
     md_kw = dict(temperature=tuple(spec["temperature"]), timestep=spec["timestep"])
+    seed = {"random_state": random_state} if random_state else {}  # 0 is the default
     if tuned is None:  # defaults: exactly what a user writes
-        return ActiveLearner(structure, oracle, run_dir=run_dir, md=MDSettings(**md_kw))
+        return ActiveLearner(structure, oracle, run_dir=run_dir, md=MDSettings(**md_kw), **seed)
     kwargs = dict(tuned.get("learner", {}))
     md_kw.update(tuned.get("md", {}))
     if tuned.get("trigger"):
         kwargs["trigger"] = gpal.Trigger(**tuned["trigger"])
     model = gpal.SparseGP(**tuned["model"]) if tuned.get("model") else None
+    kwargs = {**seed, **kwargs}
     return ActiveLearner(structure, oracle, model, run_dir=run_dir, md=MDSettings(**md_kw), **kwargs)
 
 
-def run_learner(name, spec, structure, steps, cache_dir, tuned, max_minutes):
+def run_learner(name, spec, structure, steps, cache_dir, tuned, max_minutes, random_state=0):
     runs = Path(cache_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}_{'tuned' if tuned is not None else 'defaults'}_",
                                     dir=runs))
     counter = CountingCalculator(spec["oracle"]())
-    learner = build_learner(structure, counter, run_dir, spec, tuned)
+    learner = build_learner(structure, counter, run_dir, spec, tuned, random_state)
     aborted = False
     old = signal.signal(signal.SIGALRM, _alarm) if max_minutes else None
     if max_minutes:
@@ -544,7 +546,7 @@ def bench_system(name, args, tuned_modes):
         "cell": structure.cell.array.round(4).tolist(), "pbc": structure.pbc.tolist(),
         "oracle": spec["oracle_name"], "temperature_K": list(spec["temperature"]),
         "timestep_fs": spec["timestep"], "friction_per_fs": FRICTION, "steps": steps,
-        "seed": args.seed, "seed_trajectory_A": seed_a, "seed_trajectory_B": seed_b,
+        "seed": args.seed, "learner_seed": args.learner_seed, "seed_trajectory_A": seed_a, "seed_trajectory_B": seed_b,
         "trajectory_A_stride": stride, "trajectory_A_frames": len(traj_a),
         "test_frames": len(traj_b), "test_steps": test_steps,
     }
@@ -552,7 +554,7 @@ def bench_system(name, args, tuned_modes):
     for mode, tuned in tuned_modes:
         print(f"\n--- {name}: active learning ({mode}) ---")
         learner, model, counter, run_dir, reported, wall, aborted = run_learner(
-            name, spec, structure, steps, args.cache_dir, tuned, args.max_run_minutes)
+            name, spec, structure, steps, args.cache_dir, tuned, args.max_run_minutes, args.learner_seed)
         records = read_log(run_dir)
         windows = label_windows(records)
         n_made = counter.n_distinct
@@ -703,6 +705,9 @@ def main(argv=None):
                    help="also run with the settings in TUNED / TUNED_BY_SYSTEM (top of this file)")
     p.add_argument("--seed", type=int, default=0,
                    help="alloy decoration / vacancy site and trajectory seeds (A = 10000+S, B = 20000+S)")
+    p.add_argument("--learner-seed", type=int, default=0,
+                   help="the learner's random_state (bootstrap choice, MD noise); the system and "
+                        "trajectories stay those of --seed (the README's seeds 0 / 1 / 2)")
     p.add_argument("--cache-dir", default=str(HERE / ".cache"))
     p.add_argument("--out", default=None, help="JSON results (default <cache-dir>/bench_loop_results.json)")
     p.add_argument("--quick", action="store_true", help="few steps: a smoke run (~1 min per system)")
