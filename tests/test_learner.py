@@ -225,6 +225,13 @@ def test_a_rising_temperature_relabels_past_the_hottest_labelled_temperature(tmp
     off = learner(tmp_path / "off", trigger=Trigger(threshold=100.0, adaptive=False, every=1,
                                                      recheck_temperature=None), sparse_refresh=False)
     assert off.run(30).oracle_calls_by_reason.get("temperature", 0) == 0
+    # from 0 K the reference is 100 K: T = 600 s / 29 passes 150 K at step 8 (166 K),
+    # then 248 K at step 13 (269 K) and 403 K at step 20 (414 K)
+    cold = learner(tmp_path / "cold", trigger=trig, md=MDSettings(temperature=(0, 600)), sparse_refresh=False)
+    cold.run(30)
+    hot = [r["step"] for r in (json.loads(line) for line in open(tmp_path / "cold" / "log.jsonl"))
+           if r.get("event") == "label" and r.get("reason") == "temperature"]
+    assert hot == [8, 13, 20]
     with pytest.raises(ValueError, match="recheck_temperature"):
         Trigger(recheck_temperature=1.0)
     assert Trigger(recheck_temperature=False).recheck_temperature is None

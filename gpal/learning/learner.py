@@ -153,6 +153,10 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 
+#: K, the lowest reference temperature of Trigger.recheck_temperature
+_RECHECK_MIN_K = 100.0
+
+
 class ActiveLearner:
     """On-the-fly active learning of a gpal SparseGP.
 
@@ -766,7 +770,9 @@ class ActiveLearner:
                 if self.train_path.exists() else []
             self._hottest_label = max([self.md.temperature_at(s / ramp) for s in steps]
                                       or [self.md.temperature_at(0.0)])
-        hottest = self._hottest_label
+        # a reference of at least _RECHECK_MIN_K: a ramp from ~0 K would otherwise label
+        # its first cold steps at geometric intervals
+        hottest = max(self._hottest_label, _RECHECK_MIN_K)
         w = self.walkers[0]
         step = self.step if step is None else int(step)
         if T <= factor * hottest or self.trigger.capped(self._label_steps.get(w.index, []), step):

@@ -95,7 +95,9 @@ class Trigger:
     recheck_temperature : float or None, default 1.5
         Under a rising temperature protocol, label the first walker's frame at a check
         when the sampler's temperature exceeds this factor times the highest temperature
-        at which a frame was labelled (the bootstrap counts as the start temperature),
+        at which a frame was labelled (the bootstrap counts as the start temperature;
+        the reference is at least 100 K, so a ramp from 0 K does not label its first
+        cold steps),
         whatever the uncertainty says (reason ``"temperature"``; counted and rate-capped
         like any label). The calibration that turns stds into expected errors was
         measured on the labels; hotter MD is outside what it has seen, and a model that
