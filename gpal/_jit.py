@@ -86,6 +86,33 @@ def _fprime_dparam_scalar(c, kind, p):
     return -2.0 * inv_l2 * np.exp(u) * (1.0 + u)
 
 
+@numba.njit(cache=True)
+def _prediction_pass(C, alpha, kind, p, s2):
+    """One pass over the cosines ``C`` (n, m) of ``gpal.kernels.CosineKernel.prediction_terms``.
+
+    Returns ``K = s2 f(C)``, ``K @ alpha`` and ``Σ_m alpha_m f'(c_nm) c_nm`` per row, and
+    overwrites ``C`` with the weights ``alpha_m f'(c_nm)``.
+    """
+    n, m = C.shape
+    K = np.empty((n, m))
+    energy = np.empty(n)
+    rowdot = np.empty(n)
+    for i in range(n):
+        se = 0.0
+        sd = 0.0
+        for j in range(m):
+            c = C[i, j]
+            k = s2 * _f_scalar(c, kind, p)
+            w = _fprime_scalar(c, kind, p) * alpha[j]
+            K[i, j] = k
+            C[i, j] = w
+            se += k * alpha[j]
+            sd += w * c
+        energy[i] = se
+        rowdot[i] = sd
+    return K, energy, rowdot
+
+
 # ----------------------------------------------------------------------------- arrays
 @numba.njit(cache=True)
 def _normalize_rows(X):

@@ -38,7 +38,6 @@ import numbers
 from collections import namedtuple
 from typing import Any
 
-import numba
 import numpy as np
 from sklearn.base import BaseEstimator
 
@@ -281,33 +280,6 @@ class Kernel(BaseEstimator):
 
 
 # ----------------------------------------------------------------------- cosine kernels
-@numba.njit(cache=True)
-def _fused_prediction_pass(C, alpha, kind, p, s2):
-    """One pass over the cosines ``C`` (n, m) of :meth:`CosineKernel.prediction_terms`.
-
-    Returns ``K = s2 f(C)``, ``K @ alpha`` and ``Σ_m alpha_m f'(c_nm) c_nm`` per row, and
-    overwrites ``C`` with the weights ``alpha_m f'(c_nm)``.
-    """
-    n, m = C.shape
-    K = np.empty((n, m))
-    energy = np.empty(n)
-    rowdot = np.empty(n)
-    for i in range(n):
-        se = 0.0
-        sd = 0.0
-        for j in range(m):
-            c = C[i, j]
-            k = s2 * _jit._f_scalar(c, kind, p)
-            w = _jit._fprime_scalar(c, kind, p) * alpha[j]
-            K[i, j] = k
-            C[i, j] = w
-            se += k * alpha[j]
-            sd += w * c
-        energy[i] = se
-        rowdot[i] = sd
-    return K, energy, rowdot
-
-
 class CosineKernel(Kernel):
     """Abstract kernel ``k(x, z) = signal_variance * f(x̂·ẑ)``, evaluated by numba.
 
@@ -454,13 +426,7 @@ class CosineKernel(Kernel):
             raise ValueError(
                 f"alpha must have shape ({Zh.shape[0]},), got {alpha.shape}"
             )
-        C, _ = self._cosines(Xh, xn, Zh, False)
-        W = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
-        W *= alpha[None, :]  # [n, m]
-        G = W @ Zh  # [n, F]
-        G -= np.einsum("nm,nm->n", W, C)[:, None] * Xh
-        G *= (float(self.signal_variance) * self._inverse_norms(xn))[:, None]
-        return G
+        return self._terms(Xh, xn, Zh, alpha)[2]
 
     def value_and_weighted_gradient(self, X, Z, alpha) -> tuple[np.ndarray, np.ndarray]:
         """``(self(X, Z), self.weighted_gradient_x(X, Z, alpha))`` from one cosine matrix.
@@ -477,14 +443,8 @@ class CosineKernel(Kernel):
         alpha = np.asarray(alpha, dtype=np.float64)
         if alpha.shape != (Zh.shape[0],):
             raise ValueError(f"alpha must have shape ({Zh.shape[0]},), got {alpha.shape}")
-        C, Fc = self._cosines(Xh, xn, Zh, False)
-        s2 = float(self.signal_variance)
-        W = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
-        W *= alpha[None, :]  # [n, m]
-        G = W @ Zh  # [n, F]
-        G -= np.einsum("nm,nm->n", W, C)[:, None] * Xh
-        G *= (s2 * self._inverse_norms(xn))[:, None]
-        return s2 * Fc, G
+        K, _, G = self._terms(Xh, xn, Zh, alpha)
+        return K, G
 
     @staticmethod
     def unit_rows(Z) -> np.ndarray:
@@ -537,12 +497,22 @@ class CosineKernel(Kernel):
                 f"{Z_unit.shape} and {alpha.shape}"
             )
         Xh, xn = _jit._normalize_rows(X)
+        return self._terms(Xh, xn, Z_unit, alpha)
+
+    def _terms(self, Xh, xn, Zh, alpha):
+        """``(K, K @ alpha, G)`` from unit rows ``Xh`` (norms ``xn``) and unit ``Zh``.
+
+        After the BLAS product ``C = X̂ Ẑᵀ`` one compiled pass forms ``K``, ``K alpha``
+        and the weights ``W = alpha ∘ f'(C)`` in place of ``C``; then
+        ``G = signal_variance / |x| * (W Ẑ - rowsum(W ∘ C) x̂)``.
+        """
         s2 = float(self.signal_variance)
-        C = Xh @ Z_unit.T
-        K, energy, rowdot = _fused_prediction_pass(
-            C, alpha, self._kind, float(self._shape_param()), s2
+        C = Xh @ Zh.T
+        K, energy, rowdot = _jit._prediction_pass(
+            C, np.ascontiguousarray(alpha, dtype=np.float64), self._kind,
+            float(self._shape_param()), s2,
         )
-        G = C @ Z_unit  # C now holds the weights alpha_m f'(c_nm)
+        G = C @ Zh  # C now holds the weights alpha_m f'(c_nm)
         G -= rowdot[:, None] * Xh
         G *= (s2 * self._inverse_norms(xn))[:, None]
         return K, energy, G

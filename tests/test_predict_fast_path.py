@@ -85,6 +85,8 @@ def test_two_species_prediction_equals_the_direct_formulas(small_blocks, kernel)
     assert_matches(model.predict(big, return_std=True), reference(model, big))
     fac = model._local_std_factors()
     assert fac.blocks is not None and set(fac.blocks) == {29, 47}
+    fac.blocks = None  # the triangular-solve path (a factor not block-diagonal by species)
+    assert_matches(model.predict(big, return_std=True), reference(model, big))
 
 
 def test_stds_follow_new_frames_and_new_sparse_points(small_blocks):

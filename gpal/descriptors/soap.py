@@ -29,6 +29,7 @@ Definition (re-derived from dscribe's documentation and source, see gpal/descrip
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,7 +151,7 @@ class SOAPExpansion:
         N, F = self.descriptor.shape
         if G.ndim != 3 or G.shape[0] != N or G.shape[2] != F:
             raise ValueError(f"G must have shape ({N}, K, {F}) (n_atoms, K, n_features), got {G.shape}.")
-        return self._soap._backward_multi(self, G)
+        return self._soap._backward(self, G)
 
 
 # --- module functions ---
@@ -842,41 +843,31 @@ class SOAP(Descriptor):
     def _backward(
         self, exp: SOAPExpansion, G: np.ndarray, reference: bool = False
     ) -> np.ndarray:
-        N = exp.n_atoms
-        out = np.empty((len(exp.center), 3))
-        if N and len(exp.center):
-            nbr_spec = exp._species_index[exp.neighbor]
+        """Adjoint of ``G``: (n_atoms, n_features) -> (n_pairs, 3); K gradients laid out
+        (n_atoms, K, n_features) -> (n_pairs, 3, K) in one pass."""
+        N, multi = exp.n_atoms, G.ndim == 3
+        out = np.zeros((len(exp.center), 3) + G.shape[1:2] * multi)
+        if not (N and len(exp.center) and out.size):
+            return out
+        nbr_spec = exp._species_index[exp.neighbor]
+        if reference:
             with self._dynamic():
-                if reference:
-                    jit.soap_backward(
-                        exp.vector, nbr_spec, exp.offsets, *self._radial_args,
-                        *self._layout_args, exp.coefficients, G, out, self._n_chunks(N),
-                    )  # fmt: skip
-                else:
-                    A, BT, wtype, wpar, w_zero = self._radial_args
-                    jit.soap_backward_batched(
-                        exp.vector, nbr_spec, exp.offsets, A, BT, self._BAT, wtype, wpar,
-                        w_zero, *self._layout_args, _max_pairs(exp.offsets),
-                        exp.coefficients, G, out, self._n_chunks(N),
-                    )  # fmt: skip
-        return out
-
-    def _backward_multi(self, exp: SOAPExpansion, G: np.ndarray) -> np.ndarray:
-        """(n_pairs, 3, K) adjoint of K gradients G (n_atoms, K, n_features)."""
-        N, K = exp.n_atoms, G.shape[1]
-        out = np.zeros((len(exp.center), 3, K))
-        if N and K and len(exp.center):
-            nbr_spec = exp._species_index[exp.neighbor]
-            A, BT, wtype, wpar, w_zero = self._radial_args
-            # numba's threads share the centres: one BLAS thread in each product
-            with self._dynamic(), _blas_limit(1):
-                jit.soap_backward_multi(
-                    exp.vector, nbr_spec, exp.offsets, A, BT, self._BAT, wtype, wpar,
-                    w_zero, *self._layout_args, _max_pairs(exp.offsets),
-                    exp.coefficients, G, out, self._n_chunks(N),
+                jit.soap_backward(
+                    exp.vector, nbr_spec, exp.offsets, *self._radial_args,
+                    *self._layout_args, exp.coefficients, G, out, self._n_chunks(N),
                 )  # fmt: skip
+            return out
+        A, BT, wtype, wpar, w_zero = self._radial_args
+        kernel = jit.soap_backward_multi if multi else jit.soap_backward_batched
+        # the multi pass's numba threads share the centres: one BLAS thread in each of
+        # its products (the single pass, the MD step's, calls no BLAS)
+        with self._dynamic(), _blas_limit(1) if multi else contextlib.nullcontext():
+            kernel(
+                exp.vector, nbr_spec, exp.offsets, A, BT, self._BAT, wtype, wpar,
+                w_zero, *self._layout_args, _max_pairs(exp.offsets),
+                exp.coefficients, G, out, self._n_chunks(N),
+            )  # fmt: skip
         return out
-
 
 
 def _max_pairs(offsets) -> int:

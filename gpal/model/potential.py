@@ -664,21 +664,22 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         G = np.zeros((N, F))
         kblocks = []  # (atoms r, sparse columns c, K[r, c]) per species
         species = np.unique(numbers)
+        one = len(species) == 1  # one species: no row gathers or scatters
         for z, (c, Zc, ac) in self._prediction_sparse_rows().items():
             if z not in species:
                 continue
-            r = np.flatnonzero(numbers == z) if len(species) > 1 else np.arange(N)
-            Xr = X[r] if len(species) > 1 else X
+            r = np.arange(N) if one else np.flatnonzero(numbers == z)
+            Xr = X if one else X[r]
             if isinstance(self.kernel_, CosineKernel):
                 Kz, e, Gz = self.kernel_.prediction_terms(Xr, Zc, ac)
             else:
                 Kz, Gz = self.kernel_.value_and_weighted_gradient(Xr, Zc, ac)
                 e = Kz @ ac
             energies[r] += e
-            if len(species) > 1:
-                G[r] = Gz
-            else:
+            if one:
                 G = Gz
+            else:
+                G[r] = Gz
             kblocks.append((r, c, Kz))
         dE = exp.backward(G)
         forces = pair_forces(dE, exp.center, exp.neighbor, N)

@@ -183,7 +183,7 @@ class _Rows:
                 c = np.flatnonzero(zb == z)
                 if not len(c):
                     continue
-                e[b][c] = kernel(X[r], Zb[c]).sum(axis=0)
+                e[b0 + c] = kernel(X[r], Zb[c]).sum(axis=0)
                 if len(r) == N and len(c) == len(Zb):  # one species: no scatter
                     G = np.ascontiguousarray(kernel.gradient_x(X, Zb), dtype=np.float64)
                     continue
