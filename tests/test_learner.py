@@ -194,7 +194,7 @@ def test_stopping_rule_ends_the_run(tmp_path):
 def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     val = cu_frames(2, seed=9, size=(2, 2, 2))
     trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, every=1,
-                   recheck_temperature=None)
+                   temperature_steps=None)
     L = learner(tmp_path / "run", validation=val, trigger=trig, sparse_refresh=False)
     L.run(1)
     n0 = L.oracle.n_calls
@@ -209,32 +209,42 @@ def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     assert len(labels) == 1 and labels[0]["step"] == 25
 
 
-def test_a_rising_temperature_relabels_past_the_hottest_labelled_temperature(tmp_path):
+def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     # a threshold no std reaches: only the temperature rule labels. Ramp 300 -> 1200 K over
-    # 30 steps (T = 300 + 900 s / 29): the bootstrap counts as 300 K, so with the factor 1.5
-    # labels come at the first checks past 450 K (step 5, 455 K), 683 K (step 13, 703 K)
-    # and 1055 K (step 25, 1076 K)
+    # 30 steps (T = 300 + 900 s / 29), 4 steps of 225 K: 525, 750, 975 and 1200 K, each
+    # reached within 2 % of the span (18 K), so labels come at the first checks past 507 K
+    # (step 7, 517 K), 732 K (step 14, 734 K), 957 K (step 22, 983 K) and 1182 K (step 29)
     trig = Trigger(threshold=100.0, adaptive=False, every=1, max_labels=5)
     L = learner(tmp_path / "run", trigger=trig, sparse_refresh=False)
     summary = L.run(30)
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     hot = [r["step"] for r in records if r.get("event") == "label" and r.get("reason") == "temperature"]
-    assert hot == [5, 13, 25]
-    assert summary.oracle_calls_by_reason.get("temperature") == 3
-    assert [a.info["gpal_reason"] for a in frames_in(tmp_path / "run" / "train.xyz")].count("temperature") == 3
+    assert hot == [7, 14, 22, 29]
+    assert summary.oracle_calls_by_reason.get("temperature") == 4
+    assert [a.info["gpal_reason"] for a in frames_in(tmp_path / "run" / "train.xyz")].count("temperature") == 4
     off = learner(tmp_path / "off", trigger=Trigger(threshold=100.0, adaptive=False, every=1,
-                                                     recheck_temperature=None), sparse_refresh=False)
+                                                     temperature_steps=None), sparse_refresh=False)
     assert off.run(30).oracle_calls_by_reason.get("temperature", 0) == 0
-    # from 0 K the reference is 100 K: T = 600 s / 29 passes 150 K at step 8 (166 K),
-    # then 248 K at step 13 (269 K) and 403 K at step 20 (414 K)
-    cold = learner(tmp_path / "cold", trigger=trig, md=MDSettings(temperature=(0, 600)), sparse_refresh=False)
+    # 0 -> 600 K in 3 steps (200, 400, 600 K, within 12 K): T = 600 s / 29 passes 188 K at
+    # step 10 (207 K), 388 K at step 19 (393 K) and 588 K at step 29
+    cold = learner(tmp_path / "cold", trigger=Trigger(threshold=100.0, adaptive=False, every=1, max_labels=5,
+                                                      temperature_steps=3),
+                   md=MDSettings(temperature=(0, 600)), sparse_refresh=False)
     cold.run(30)
     hot = [r["step"] for r in (json.loads(line) for line in open(tmp_path / "cold" / "log.jsonl"))
            if r.get("event") == "label" and r.get("reason") == "temperature"]
-    assert hot == [8, 13, 20]
-    with pytest.raises(ValueError, match="recheck_temperature"):
-        Trigger(recheck_temperature=1.0)
-    assert Trigger(recheck_temperature=False).recheck_temperature is None
+    assert hot == [10, 19, 29]
+    # a constant temperature never relabels
+    flat = learner(tmp_path / "flat", trigger=trig, md=MDSettings(temperature=600), sparse_refresh=False)
+    assert flat.run(30).oracle_calls_by_reason.get("temperature", 0) == 0
+    for bad in (0, 2.5, True, -1):
+        with pytest.raises(ValueError, match="temperature_steps"):
+            Trigger(temperature_steps=bad)
+    assert Trigger(temperature_steps=False).temperature_steps is None
+    # the earlier name: false still turns the rule off; a factor is replaced, with a warning
+    assert Trigger(recheck_temperature=False).temperature_steps is None
+    with pytest.warns(DeprecationWarning, match="temperature_steps"):
+        assert Trigger(recheck_temperature=1.5).temperature_steps == 4
 
 
 def test_bad_settings():

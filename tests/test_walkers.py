@@ -210,7 +210,7 @@ def test_dask_cluster_runs_walkers_on_both_workers_and_resumes(tmp_path):
     assert any(r.get("event") == "resume" for r in records(run))
 
 
-def test_walkers_on_an_executor_relabel_past_the_hottest_labelled_temperature(tmp_path):
+def test_walkers_on_an_executor_label_each_temperature_step(tmp_path):
     from concurrent.futures import Future
 
     class Inline:  # runs each segment at once, in this process
@@ -220,11 +220,12 @@ def test_walkers_on_an_executor_relabel_past_the_hottest_labelled_temperature(tm
             return f
 
     # nothing uncertain or novel: only the temperature rule labels. Rounds end every 20
-    # steps of a 300 -> 1200 K ramp over 100 steps (T = 300 + 900 s / 99): 482 K at step
-    # 20 (past 1.5 x 300), 664 at 40 (not past 1.5 x 482), 845 at 60 (past 723), 1027 at 80
+    # steps of a 300 -> 1200 K ramp over 100 steps (T = 300 + 900 s / 99); the 4 temperature
+    # steps are reached at 507, 732, 957 and 1182 K: not at step 20 (482 K), then at 40
+    # (664 K), 60 (845 K), 80 (1027 K) and 100 (1200 K)
     trig = Trigger(threshold=100.0, adaptive=False, novelty=1.0, every=5, max_labels=5)
     L = learner(tmp_path / "run", walker_executor=Inline(), n_walkers=1, trigger=trig)
     summary = L.run(100)
     hot = [r["step"] for r in records(tmp_path / "run") if r.get("event") == "label" and r.get("reason") == "temperature"]
-    assert hot == [20, 60]
-    assert summary.oracle_calls_by_reason.get("temperature") == 2
+    assert hot == [40, 60, 80, 100]
+    assert summary.oracle_calls_by_reason.get("temperature") == 4

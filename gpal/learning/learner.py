@@ -153,8 +153,10 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 
-#: K, the lowest reference temperature of Trigger.recheck_temperature
-_RECHECK_MIN_K = 100.0
+#: fraction of the protocol's temperature span within which a step of
+#: Trigger.temperature_steps counts as reached (checks come every few MD steps, and the
+#: last one of a ramp may fall just short of its end temperature)
+_TEMPERATURE_STEP_TOL = 0.02
 
 
 class ActiveLearner:
@@ -758,24 +760,30 @@ class ActiveLearner:
         return uncertain, rollbacks, targeted
 
     def _hotter_than_labels(self, T: float, step: int | None = None) -> list:
-        """``[walker]`` to label because ``T`` (K) is past ``Trigger.recheck_temperature``
-        times the hottest labelled step's temperature; ``[]`` otherwise. ``step``: the
-        first walker's step (default the learner's), for its label cap."""
-        factor = self.trigger.recheck_temperature
-        if factor is None or not self.walkers:
+        """``[walker]`` to label because ``T`` (K) has reached a step of
+        ``Trigger.temperature_steps`` above the hottest labelled temperature; ``[]``
+        otherwise. ``step``: the first walker's step (default the learner's), for its
+        label cap."""
+        n = self.trigger.temperature_steps
+        if n is None or not self.walkers:
+            return []
+        T0, T1 = self.md.temperature_at(0.0), self.md.temperature_at(1.0)
+        if not T1 > T0:  # constant or falling protocol
+            return []
+        span, tol = T1 - T0, _TEMPERATURE_STEP_TOL * (T1 - T0)
+        k = min(int(np.floor((T - T0 + tol) / span * n)), n)  # the highest step reached
+        if k < 1:
             return []
         if self._hottest_label is None:  # first call of this process (also after a resume)
             ramp = max((self.ramp_steps or 1) - 1, 1)
             steps = [int(a.info.get("gpal_step", 0)) for a in read_frames(self.train_path)] \
                 if self.train_path.exists() else []
-            self._hottest_label = max([self.md.temperature_at(s / ramp) for s in steps]
-                                      or [self.md.temperature_at(0.0)])
-        # a reference of at least _RECHECK_MIN_K: a ramp from ~0 K would otherwise label
-        # its first cold steps at geometric intervals
-        hottest = max(self._hottest_label, _RECHECK_MIN_K)
+            self._hottest_label = max([self.md.temperature_at(s / ramp) for s in steps] or [T0])
+        if self._hottest_label >= T0 + k * span / n - tol:  # labelled there already
+            return []
         w = self.walkers[0]
         step = self.step if step is None else int(step)
-        if T <= factor * hottest or self.trigger.capped(self._label_steps.get(w.index, []), step):
+        if self.trigger.capped(self._label_steps.get(w.index, []), step):
             return []
         return [w]
 

@@ -489,7 +489,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         L.step = min(steps.values())
         cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
         chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
-        hotter = []  # Trigger.recheck_temperature: the first walker's frame, once per round
+        hotter = []  # Trigger.temperature_steps: the first walker's frame, once per round
         if not (rollbacks or chosen) and L.walkers:
             w0 = L.walkers[0]
             hotter = L._hotter_than_labels(_temperature(L, steps[w0.index]), step=steps[w0.index])
