@@ -1263,6 +1263,68 @@ def _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc):
                 acc[5, q] += hr * dY[2, lm, q]
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out):
+    """The contraction of one centre's n gathered pairs with h = dE/dc (its pair terms
+    R, Qd, Y, dY, geo in scratch, grouped by species at sstart): writes out[perm[q]].
+
+    HR[q] = sum_k h[s, lm, k] R[l, k, q], HQ[q] = sum_k h[s, lm, k] Qd[l, k, q] and
+    out[p, a] = x_a sum_lm HQ Y[lm] + sum_lm HR dY[a, lm]; acc (6, >= n) is scratch.
+    """
+    HR = acc[0]
+    HQ = acc[1]
+    u = acc[2]
+    g0 = acc[3]
+    g1 = acc[4]
+    g2 = acc[5]
+    for q in range(n):
+        u[q] = 0.0
+        g0[q] = 0.0
+        g1[q] = 0.0
+        g2[q] = 0.0
+    for s in range(S):
+        q0 = sstart[s]
+        q1 = sstart[s + 1]
+        if q1 == q0:
+            continue
+        if nk == 8:  # the default n_max: one pass per term, sums in registers
+            _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
+            continue
+        m = q1 - q0
+        HRs = HR[q0:q1]
+        HQs = HQ[q0:q1]
+        us = u[q0:q1]
+        g0s = g0[q0:q1]
+        g1s = g1[q0:q1]
+        g2s = g2[q0:q1]
+        for ell in range(L1):
+            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                for q in range(m):
+                    HRs[q] = 0.0
+                    HQs[q] = 0.0
+                for k in range(nk):
+                    hv = h[s, lm, k]
+                    Rr = R[ell, k, q0:q1]
+                    Qr_ = Qd[ell, k, q0:q1]
+                    for q in range(m):
+                        HRs[q] += hv * Rr[q]
+                        HQs[q] += hv * Qr_[q]
+                Yr = Y[lm, q0:q1]
+                d0 = dY[0, lm, q0:q1]
+                d1 = dY[1, lm, q0:q1]
+                d2 = dY[2, lm, q0:q1]
+                for q in range(m):
+                    us[q] += HQs[q] * Yr[q]
+                    g0s[q] += HRs[q] * d0[q]
+                    g1s[q] += HRs[q] * d1[q]
+                    g2s[q] += HRs[q] * d2[q]
+    for q in range(n):
+        p = perm[q]
+        out[p, 0] = geo[0, q] * u[q] + g0[q]
+        out[p, 1] = geo[1, q] * u[q] + g1[q]
+        out[p, 2] = geo[2, q] * u[q] + g2[q]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
 def soap_backward_batched(
     vec,
@@ -1324,58 +1386,155 @@ def soap_backward_batched(
             _batch_harmonics(
                 n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
             )
-            HR = acc[0]
-            HQ = acc[1]
-            u = acc[2]
-            g0 = acc[3]
-            g1 = acc[4]
-            g2 = acc[5]
-            for q in range(n):
-                u[q] = 0.0
-                g0[q] = 0.0
-                g1[q] = 0.0
-                g2[q] = 0.0
-            for s in range(S):
-                q0 = sstart[s]
-                q1 = sstart[s + 1]
-                if q1 == q0:
-                    continue
-                if nk == 8:  # the default n_max: one pass per term, sums in registers
-                    _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
-                    continue
-                m = q1 - q0
-                HRs = HR[q0:q1]
-                HQs = HQ[q0:q1]
-                us = u[q0:q1]
-                g0s = g0[q0:q1]
-                g1s = g1[q0:q1]
-                g2s = g2[q0:q1]
-                for ell in range(L1):
-                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        for q in range(m):
-                            HRs[q] = 0.0
-                            HQs[q] = 0.0
-                        for k in range(nk):
-                            hv = h[s, lm, k]
-                            Rr = R[ell, k, q0:q1]
-                            Qr_ = Qd[ell, k, q0:q1]
-                            for q in range(m):
-                                HRs[q] += hv * Rr[q]
-                                HQs[q] += hv * Qr_[q]
-                        Yr = Y[lm, q0:q1]
-                        d0 = dY[0, lm, q0:q1]
-                        d1 = dY[1, lm, q0:q1]
-                        d2 = dY[2, lm, q0:q1]
-                        for q in range(m):
-                            us[q] += HQs[q] * Yr[q]
-                            g0s[q] += HRs[q] * d0[q]
-                            g1s[q] += HRs[q] * d1[q]
-                            g2s[q] += HRs[q] * d2[q]
-            for q in range(n):
-                p = perm[q]
-                out[p, 0] = geo[0, q] * u[q] + g0[q]
-                out[p, 1] = geo[1, q] * u[q] + g1[q]
-                out[p, 2] = geo[2, q] * u[q] + g2[q]
+            _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out)
+
+
+# ---------------------------------------------------------------------------------------
+# The MD step's fused pair of passes over one block of centres (``SOAP._fused_step``):
+# :func:`soap_create_stored` forms the coefficients and X of the block and keeps each
+# pair's radial functions, harmonics and their gradients; after the kernel gradient G of
+# the block is known, :func:`soap_backward_stored` contracts it with the kept terms
+# instead of recomputing them (what :func:`soap_backward_batched` does). Same functions,
+# same operations in the same order as the batched passes.
+#
+# Store layout: centre i of the block owns the flat slice
+# ``store[(offsets[i] - offsets[i0]) * PS : (offsets[i + 1] - offsets[i0]) * PS]``,
+# PS = :func:`stored_pair_size`, holding geo (6, n), R (L1, nk, n), Qd (L1, nk, n),
+# Y (L2, n) and dY (3, L2, n) of its n pairs (pair index innermost, as the scratch of
+# the batched kernels); perm_store[offsets[i] - offsets[i0] + q] is the pair index of
+# its q-th gathered pair and sstart_store[i - i0] its species starts.
+# ---------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def stored_pair_size(L1, nk):
+    """Doubles kept per pair by :func:`soap_create_stored`."""
+    return 6 + 2 * L1 * nk + 4 * L1 * L1
+
+
+@numba.njit(cache=True)
+def _stored_views(store, base, n, L1, nk):
+    """(geo, R, Qd, Y, dY) of n pairs starting at ``store[base]`` (C-contiguous views)."""
+    L2 = L1 * L1
+    o = base
+    geo = store[o:o + 6 * n].reshape((6, n))
+    o += 6 * n
+    R = store[o:o + L1 * nk * n].reshape((L1, nk, n))
+    o += L1 * nk * n
+    Qd = store[o:o + L1 * nk * n].reshape((L1, nk, n))
+    o += L1 * nk * n
+    Y = store[o:o + L2 * n].reshape((L2, n))
+    o += L2 * n
+    dY = store[o:o + 3 * L2 * n].reshape((3, L2, n))
+    return geo, R, Qd, Y, dY
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_create_stored(
+    vec,
+    nbr_spec,
+    offsets,
+    center_spec,
+    n_species,
+    A,
+    BT,
+    BAT,
+    wtype,
+    wpar,
+    w_zero,
+    w_self,
+    self0,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    max_pairs,
+    i0,
+    i1,
+    store,
+    perm_store,
+    sstart_store,
+    C_out,
+    X_out,
+    n_chunks,
+):
+    """X[i0:i1] (into ``X_out[i0:i1]``) and coefficients (``C_out[i - i0]``) of a block
+    of centres, as :func:`soap_create_batched`, keeping the pair terms (see above)."""
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nk = BT.shape[1]
+    S = n_species
+    PS = stored_pair_size(L1, nk)
+    P0 = offsets[i0]
+    bounds = _chunks(i1 - i0, n_chunks)
+    for ch in numba.prange(n_chunks):
+        Pm = max(max_pairs, 1)
+        args = np.empty(L1 * nk * Pm)
+        ex = np.empty(L1 * nk * Pm)
+        ibits = np.empty(L1 * nk * Pm, dtype=np.int64)
+        Q = np.empty((L1, L1, Pm))
+        Qz = np.empty((L1, L1, Pm))
+        Qr = np.empty((L1, L1, Pm))
+        Am = np.empty((L1, Pm))
+        Bm = np.empty((L1, Pm))
+        M = np.empty((nk, nk))
+        for b in range(bounds[ch], bounds[ch + 1]):
+            i = i0 + b
+            c = C_out[b]
+            c[:] = 0.0
+            si = center_spec[i]
+            for k in range(nk):
+                c[si, 0, k] += w_self * self0[k]
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            sstart = sstart_store[b]
+            if n > 0:
+                o = p0 - P0
+                geo, R, Qd, Y, dY = _stored_views(store, o * PS, n, L1, nk)
+                _gather_centre(
+                    vec, nbr_spec, p0, p0 + n, S, perm_store[o:o + n], sstart, geo,
+                    wtype, wpar, w_zero,
+                )  # fmt: skip
+                _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, True)
+                _batch_harmonics(
+                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
+                )
+                _batch_coefficients(c, sstart, R, Y, L1)
+            _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_FM)
+def soap_backward_stored(
+    offsets, i0, i1, prel, pair_off, tri, max_pairs, store, perm_store, sstart_store,
+    C, G, out, n_chunks,
+):
+    """out[p, a] = sum_f G[center_p - i0, f] dX[p, a, f] for the pairs of centres i0:i1,
+    from the terms :func:`soap_create_stored` kept (C, G: the block's rows)."""
+    S = C.shape[1]
+    L2 = C.shape[2]
+    nk = C.shape[3]
+    L1 = prel.shape[0]
+    PS = stored_pair_size(L1, nk)
+    P0 = offsets[i0]
+    bounds = _chunks(i1 - i0, n_chunks)
+    for ch in numba.prange(n_chunks):
+        Gm = np.empty((nk, nk))
+        h = np.empty((S, L2, nk))
+        acc = np.empty((6, max(max_pairs, 1)))
+        for b in range(bounds[ch], bounds[ch + 1]):
+            i = i0 + b
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            if n == 0:
+                continue
+            o = p0 - P0
+            _fold_gradient(G[b], C[b], prel, pair_off, tri, Gm, h)
+            geo, R, Qd, Y, dY = _stored_views(store, o * PS, n, L1, nk)
+            _backward_centre(
+                h, S, sstart_store[b], R, Qd, Y, dY, geo, perm_store[o:o + n], n, L1, nk,
+                acc, out,
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

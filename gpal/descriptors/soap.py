@@ -56,6 +56,8 @@ _WEIGHTING_KEYS = ("function", "r0", "c", "m", "d", "threshold", "w0")
 _GAUSS_THRESHOLD = 1e-3
 # chunks of centres per thread, handed out dynamically to the numba threads
 _CHUNKS_PER_THREAD = 16
+# bytes of kept pair terms per block of centres of SOAP._fused_step (see there)
+_FUSED_STORE_BYTES = 2 << 20
 
 
 # --- results ---
@@ -868,6 +870,90 @@ class SOAP(Descriptor):
                 exp.coefficients, G, out, self._n_chunks(N),
             )  # fmt: skip
         return out
+
+    def _fused_step(self, atoms, block_gradient, check_vectors=None) -> _FusedStep:
+        """Descriptor of ``atoms`` and the adjoint of ``E = sum_i G[i] . X[i]``, block of
+        centres by block of centres (the MD step's prediction path).
+
+        Each block of consecutive centres (at most :data:`_FUSED_STORE_BYTES` of kept
+        pair terms) is expanded once with the pair radial functions, harmonics and
+        their gradients kept (``jit.soap_create_stored``); ``block_gradient(i0, i1,
+        X[i0:i1])`` returns the block's ``G`` (i1 - i0, n_features); the back-pass
+        (``jit.soap_backward_stored``) contracts it with the kept terms while they are
+        in cache, where :meth:`expand` then ``backward`` computes them twice. Equal to
+        ``expand(atoms)`` and ``backward(G)`` up to summation order.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        block_gradient : callable ``(i0, i1, X_block) -> G_block``
+        check_vectors : callable ``(vectors (n_pairs, 3)) -> None``, optional
+            Called on the pair vectors before any SOAP work (e.g. a minimum-distance
+            check that raises).
+        """
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        if check_vectors is not None and len(D):
+            check_vectors(D)
+        N, F, S = len(spec), self._n_features, len(self.species_numbers_)
+        L1, nk = self.l_max + 1, self.n_max
+        X = np.empty((N, F))
+        out = np.zeros((len(i), 3))
+        if not N:
+            return _FusedStep(X, i, j, D, volume, out)
+        PS = jit.stored_pair_size(L1, nk)
+        max_pairs = _max_pairs(offsets)
+        budget = max(max_pairs, _FUSED_STORE_BYTES // (8 * PS))
+        blocks = _fused_blocks(offsets, budget)
+        nb_max = max(i1 - i0 for i0, i1 in blocks)
+        pairs_max = max(int(offsets[i1] - offsets[i0]) for i0, i1 in blocks)
+        store = np.empty(max(pairs_max, 1) * PS)
+        perm = np.empty(max(pairs_max, 1), dtype=np.int64)
+        sstart = np.empty((nb_max, S + 1), dtype=np.int64)
+        C = np.empty((nb_max, S, L1 * L1, nk))
+        nbr_spec = spec[j]
+        A, BT, wtype, wpar, w_zero = self._radial_args
+        with self._dynamic():
+            for i0, i1 in blocks:
+                n_chunks = self._n_chunks(i1 - i0)
+                jit.soap_create_stored(
+                    D, nbr_spec, offsets, spec, S, A, BT, self._BAT, wtype, wpar, w_zero,
+                    self._w_zero, self._self0, *self._layout_args, max_pairs, i0, i1,
+                    store, perm, sstart, C, X, n_chunks,
+                )  # fmt: skip
+                G = np.ascontiguousarray(block_gradient(i0, i1, X[i0:i1]), dtype=np.float64)
+                if G.shape != (i1 - i0, F):
+                    raise ValueError(f"block_gradient returned shape {G.shape}, expected {(i1 - i0, F)}")
+                jit.soap_backward_stored(
+                    offsets, i0, i1, self._prel, self._pair_off, self._tri, max_pairs,
+                    store, perm, sstart, C, G, out, n_chunks,
+                )  # fmt: skip
+        return _FusedStep(X, i, j, D, volume, out)
+
+
+@dataclass
+class _FusedStep:
+    """What :meth:`SOAP._fused_step` returns: a frame's descriptor, pairs and the adjoint
+    ``dE`` (n_pairs, 3) of the block gradients (``SOAPExpansion.backward``'s output)."""
+
+    descriptor: np.ndarray
+    center: np.ndarray
+    neighbor: np.ndarray
+    vector: np.ndarray
+    volume: float
+    dE: np.ndarray
+
+
+def _fused_blocks(offsets, budget_pairs: int) -> list:
+    """Consecutive centre blocks ``(i0, i1)`` of at most ``budget_pairs`` pairs each
+    (at least one centre per block)."""
+    N = len(offsets) - 1
+    blocks, i0 = [], 0
+    while i0 < N:
+        i1 = int(np.searchsorted(offsets, offsets[i0] + budget_pairs, side="right")) - 1
+        i1 = min(max(i1, i0 + 1), N)
+        blocks.append((i0, i1))
+        i0 = i1
+    return blocks
 
 
 def _max_pairs(offsets) -> int:
