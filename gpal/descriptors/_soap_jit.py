@@ -1397,22 +1397,29 @@ def soap_backward_batched(
 # instead of recomputing them (what :func:`soap_backward_batched` does). Same functions,
 # same operations in the same order as the batched passes.
 #
+# The harmonics' gradients are not kept: the gradient of a solid harmonic of degree l is
+# a solid harmonic of degree l - 1, d Y[lm] / d x_a = sum_{l'm'} T_a[lm, l'm'] Y[l'm']
+# (l' = l - 1, at most two terms per (lm, a): m' = m for z, m' = m +- 1 mixed for x, y),
+# so the back-pass forms dY from the kept Y: T as gc (L2, 3, 2) int64 (the l'm' of the
+# two terms) and gv (L2, 3, 2) (their coefficients; 0 for a missing term, 0 for l = 0),
+# made by ``SOAP._gradient_map``.
+#
 # Store layout: centre i of the block owns the flat slice
 # ``store[(offsets[i] - offsets[i0]) * PS : (offsets[i + 1] - offsets[i0]) * PS]``,
-# PS = :func:`stored_pair_size`, holding geo (6, n), R (L1, nk, n), Qd (L1, nk, n),
-# Y (L2, n) and dY (3, L2, n) of its n pairs (pair index innermost, as the scratch of
-# the batched kernels); perm_store[offsets[i] - offsets[i0] + q] is the pair index of
-# its q-th gathered pair and sstart_store[i - i0] its species starts.
+# PS = :func:`stored_pair_size`, holding geo (6, n), R (L1, nk, n), Qd (L1, nk, n) and
+# Y (L2, n) of its n pairs (pair index innermost, as the scratch of the batched
+# kernels); perm_store[offsets[i] - offsets[i0] + q] is the pair index of its q-th
+# gathered pair and sstart_store[i - i0] its species starts.
 # ---------------------------------------------------------------------------------------
 @numba.njit(cache=True)
 def stored_pair_size(L1, nk):
     """Doubles kept per pair by :func:`soap_create_stored`."""
-    return 6 + 2 * L1 * nk + 4 * L1 * L1
+    return 6 + 2 * L1 * nk + L1 * L1
 
 
 @numba.njit(cache=True)
 def _stored_views(store, base, n, L1, nk):
-    """(geo, R, Qd, Y, dY) of n pairs starting at ``store[base]`` (C-contiguous views)."""
+    """(geo, R, Qd, Y) of n pairs starting at ``store[base]`` (C-contiguous views)."""
     L2 = L1 * L1
     o = base
     geo = store[o:o + 6 * n].reshape((6, n))
@@ -1422,9 +1429,7 @@ def _stored_views(store, base, n, L1, nk):
     Qd = store[o:o + L1 * nk * n].reshape((L1, nk, n))
     o += L1 * nk * n
     Y = store[o:o + L2 * n].reshape((L2, n))
-    o += L2 * n
-    dY = store[o:o + 3 * L2 * n].reshape((3, L2, n))
-    return geo, R, Qd, Y, dY
+    return geo, R, Qd, Y
 
 
 @numba.njit(cache=True, parallel=True)
@@ -1474,8 +1479,9 @@ def soap_create_stored(
         ex = np.empty(L1 * nk * Pm)
         ibits = np.empty(L1 * nk * Pm, dtype=np.int64)
         Q = np.empty((L1, L1, Pm))
-        Qz = np.empty((L1, L1, Pm))
-        Qr = np.empty((L1, L1, Pm))
+        Qz = np.empty((1, 1, 1))  # no harmonic gradients
+        Qr = np.empty((1, 1, 1))
+        dY = np.empty((1, 1, 1))
         Am = np.empty((L1, Pm))
         Bm = np.empty((L1, Pm))
         M = np.empty((nk, nk))
@@ -1491,23 +1497,100 @@ def soap_create_stored(
             sstart = sstart_store[b]
             if n > 0:
                 o = p0 - P0
-                geo, R, Qd, Y, dY = _stored_views(store, o * PS, n, L1, nk)
+                geo, R, Qd, Y = _stored_views(store, o * PS, n, L1, nk)
                 _gather_centre(
                     vec, nbr_spec, p0, p0 + n, S, perm_store[o:o + n], sstart, geo,
                     wtype, wpar, w_zero,
                 )  # fmt: skip
                 _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, True)
                 _batch_harmonics(
-                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
+                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False
                 )
                 _batch_coefficients(c, sstart, R, Y, L1)
             _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _backward_centre_map(h, S, sstart, R, Qd, Y, geo, perm, n, L1, nk, gc, gv, HR, HQ, u, g, out):
+    """As :func:`_backward_centre` with the harmonics' gradients from the kept harmonics
+    through the map T (see above) instead of dY: out[p, a] = x_a sum_lm HQ Y[lm] +
+    sum_lm HR dY_a[lm], dY_a[lm] = gv[lm, a, 0] Y[gc[lm, a, 0]] + gv[lm, a, 1] Y[gc[lm, a, 1]].
+    HR, HQ, u (>= n,) and g (3, >= n) are scratch."""
+    for q in range(n):
+        u[q] = 0.0
+        g[0, q] = 0.0
+        g[1, q] = 0.0
+        g[2, q] = 0.0
+    for s in range(S):
+        q0 = sstart[s]
+        q1 = sstart[s + 1]
+        if q1 == q0:
+            continue
+        for ell in range(L1):
+            Rl = R[ell]
+            Ql = Qd[ell]
+            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                Ylm = Y[lm]
+                v00 = gv[lm, 0, 0]
+                v01 = gv[lm, 0, 1]
+                v10 = gv[lm, 1, 0]
+                v11 = gv[lm, 1, 1]
+                v20 = gv[lm, 2, 0]
+                v21 = gv[lm, 2, 1]
+                Y00 = Y[gc[lm, 0, 0]]
+                Y01 = Y[gc[lm, 0, 1]]
+                Y10 = Y[gc[lm, 1, 0]]
+                Y11 = Y[gc[lm, 1, 1]]
+                Y20 = Y[gc[lm, 2, 0]]
+                Y21 = Y[gc[lm, 2, 1]]
+                if nk == 8:  # the default n_max: the k sums in registers
+                    h0 = h[s, lm, 0]
+                    h1 = h[s, lm, 1]
+                    h2 = h[s, lm, 2]
+                    h3 = h[s, lm, 3]
+                    h4 = h[s, lm, 4]
+                    h5 = h[s, lm, 5]
+                    h6 = h[s, lm, 6]
+                    h7 = h[s, lm, 7]
+                    for q in range(q0, q1):
+                        hr = (
+                            h0 * Rl[0, q] + h1 * Rl[1, q] + h2 * Rl[2, q] + h3 * Rl[3, q]
+                            + h4 * Rl[4, q] + h5 * Rl[5, q] + h6 * Rl[6, q] + h7 * Rl[7, q]
+                        )  # fmt: skip
+                        hq = (
+                            h0 * Ql[0, q] + h1 * Ql[1, q] + h2 * Ql[2, q] + h3 * Ql[3, q]
+                            + h4 * Ql[4, q] + h5 * Ql[5, q] + h6 * Ql[6, q] + h7 * Ql[7, q]
+                        )  # fmt: skip
+                        u[q] += hq * Ylm[q]
+                        g[0, q] += hr * (v00 * Y00[q] + v01 * Y01[q])
+                        g[1, q] += hr * (v10 * Y10[q] + v11 * Y11[q])
+                        g[2, q] += hr * (v20 * Y20[q] + v21 * Y21[q])
+                    continue
+                for q in range(q0, q1):
+                    HR[q] = 0.0
+                    HQ[q] = 0.0
+                for k in range(nk):
+                    hv = h[s, lm, k]
+                    for q in range(q0, q1):
+                        HR[q] += hv * Rl[k, q]
+                        HQ[q] += hv * Ql[k, q]
+                for q in range(q0, q1):
+                    hr = HR[q]
+                    u[q] += HQ[q] * Ylm[q]
+                    g[0, q] += hr * (v00 * Y00[q] + v01 * Y01[q])
+                    g[1, q] += hr * (v10 * Y10[q] + v11 * Y11[q])
+                    g[2, q] += hr * (v20 * Y20[q] + v21 * Y21[q])
+    for q in range(n):
+        p = perm[q]
+        out[p, 0] = geo[0, q] * u[q] + g[0, q]
+        out[p, 1] = geo[1, q] * u[q] + g[1, q]
+        out[p, 2] = geo[2, q] * u[q] + g[2, q]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
 def soap_backward_stored(
     offsets, i0, i1, prel, pair_off, tri, max_pairs, store, perm_store, sstart_store,
-    C, G, out, n_chunks,
+    gc, gv, C, G, out, n_chunks,
 ):
     """out[p, a] = sum_f G[center_p - i0, f] dX[p, a, f] for the pairs of centres i0:i1,
     from the terms :func:`soap_create_stored` kept (C, G: the block's rows)."""
@@ -1521,7 +1604,11 @@ def soap_backward_stored(
     for ch in numba.prange(n_chunks):
         Gm = np.empty((nk, nk))
         h = np.empty((S, L2, nk))
-        acc = np.empty((6, max(max_pairs, 1)))
+        Pm = max(max_pairs, 1)
+        HR = np.empty(Pm)
+        HQ = np.empty(Pm)
+        u = np.empty(Pm)
+        g = np.empty((3, Pm))
         for b in range(bounds[ch], bounds[ch + 1]):
             i = i0 + b
             p0 = offsets[i]
@@ -1530,10 +1617,10 @@ def soap_backward_stored(
                 continue
             o = p0 - P0
             _fold_gradient(G[b], C[b], prel, pair_off, tri, Gm, h)
-            geo, R, Qd, Y, dY = _stored_views(store, o * PS, n, L1, nk)
-            _backward_centre(
-                h, S, sstart_store[b], R, Qd, Y, dY, geo, perm_store[o:o + n], n, L1, nk,
-                acc, out,
+            geo, R, Qd, Y = _stored_views(store, o * PS, n, L1, nk)
+            _backward_centre_map(
+                h, S, sstart_store[b], R, Qd, Y, geo, perm_store[o:o + n], n, L1, nk,
+                gc, gv, HR, HQ, u, g, out,
             )  # fmt: skip
 
 

@@ -871,13 +871,61 @@ class SOAP(Descriptor):
             )  # fmt: skip
         return out
 
+    def _gradient_map(self):
+        """Sparse map T of the harmonics' gradients onto the harmonics one degree lower,
+        ``d Y[lm] / d x_a = sum T_a[lm, l'm'] Y[l'm']`` (l' = l - 1), as ``(gc, gv)``
+        of shapes (L2, 3, 2): at most two terms ``gv[lm, a, t] * Y[gc[lm, a, t]]`` per
+        ``(lm, a)`` (a missing term has coefficient 0).
+
+        The gradient of a harmonic polynomial of degree l is harmonic of degree l - 1,
+        so T is exact; its entries are found once per SOAP by least squares on the
+        harmonics and gradients of random points (:func:`jit._solid_harmonics`), entries
+        below 1e-12 of the largest dropped, and the fit is checked to 1e-12.
+        """
+        cached = getattr(self, "_gmap", None)  # (l_max, map): set_params may change l_max
+        if cached is not None and cached[0] == self.l_max:
+            return cached[1]
+        L, L1 = self.l_max, self.l_max + 1
+        L2 = L1 * L1
+        P = 8 * (2 * L + 1) + 16
+        pts = np.random.default_rng(12345).normal(size=(P, 3))
+        pts /= np.linalg.norm(pts, axis=1)[:, None]  # unit points: no r^l growth
+        pts *= np.random.default_rng(54321).uniform(0.5, 1.5, size=(P, 1))
+        Ys, dYs = np.empty((P, L2)), np.empty((P, 3, L2))
+        Q, Qz, Qr = (np.empty((L1, L1)) for _ in range(3))
+        Am, Bm = np.empty(L1), np.empty(L1)
+        for k, (x, y, z) in enumerate(pts):
+            jit._solid_harmonics(x, y, z, L, self._shK, self._shQmm, self._shC1, self._shC2,
+                                 Ys[k], dYs[k], Q, Qz, Qr, Am, Bm, True)
+        gc = np.zeros((L2, 3, 2), dtype=np.int64)
+        gv = np.zeros((L2, 3, 2))
+        for ell in range(1, L1):
+            lo, hi = (ell - 1) ** 2, ell * ell
+            B = Ys[:, lo:hi]
+            for a in range(3):
+                target = dYs[:, a, hi:(ell + 1) ** 2]
+                T = np.linalg.lstsq(B, target, rcond=None)[0]  # (2l - 1, 2l + 1)
+                T[np.abs(T) < 1e-12 * np.abs(T).max()] = 0.0
+                err = np.abs(B @ T - target).max() / np.abs(target).max()
+                if not err < 1e-12:  # pragma: no cover - a broken harmonic recurrence
+                    raise RuntimeError(f"harmonic gradient map of l={ell} off by {err:.1e}")
+                for m in range(2 * ell + 1):
+                    cols = np.flatnonzero(T[:, m])
+                    if len(cols) > 2:  # pragma: no cover - not for real solid harmonics
+                        raise RuntimeError(f"harmonic gradient of l={ell} has {len(cols)} terms")
+                    gc[hi + m, a, :len(cols)] = lo + cols
+                    gv[hi + m, a, :len(cols)] = T[cols, m]
+        self._gmap = (L, (gc, gv))
+        return self._gmap[1]
+
     def _fused_step(self, atoms, block_gradient, check_vectors=None) -> _FusedStep:
         """Descriptor of ``atoms`` and the adjoint of ``E = sum_i G[i] . X[i]``, block of
         centres by block of centres (the MD step's prediction path).
 
         Each block of consecutive centres (at most :data:`_FUSED_STORE_BYTES` of kept
-        pair terms) is expanded once with the pair radial functions, harmonics and
-        their gradients kept (``jit.soap_create_stored``); ``block_gradient(i0, i1,
+        pair terms) is expanded once with the pair radial functions, their gradients and
+        the harmonics kept (``jit.soap_create_stored``; the harmonics' gradients follow
+        from the harmonics through :meth:`_gradient_map`); ``block_gradient(i0, i1,
         X[i0:i1])`` returns the block's ``G`` (i1 - i0, n_features); the back-pass
         (``jit.soap_backward_stored``) contracts it with the kept terms while they are
         in cache, where :meth:`expand` then ``backward`` computes them twice. Equal to
@@ -900,6 +948,7 @@ class SOAP(Descriptor):
         out = np.zeros((len(i), 3))
         if not N:
             return _FusedStep(X, i, j, D, volume, out)
+        gmap = self._gradient_map()
         PS = jit.stored_pair_size(L1, nk)
         max_pairs = _max_pairs(offsets)
         budget = max(max_pairs, _FUSED_STORE_BYTES // (8 * PS))
@@ -925,7 +974,7 @@ class SOAP(Descriptor):
                     raise ValueError(f"block_gradient returned shape {G.shape}, expected {(i1 - i0, F)}")
                 jit.soap_backward_stored(
                     offsets, i0, i1, self._prel, self._pair_off, self._tri, max_pairs,
-                    store, perm, sstart, C, G, out, n_chunks,
+                    store, perm, sstart, *gmap, C, G, out, n_chunks,
                 )  # fmt: skip
         return _FusedStep(X, i, j, D, volume, out)
 
