@@ -170,3 +170,20 @@ def test_minimum_distance_is_checked_before_the_fused_pass(monkeypatch):
     model._fused_step = False
     with pytest.raises(type(fused_err.value)):
         model.predict(atoms)
+
+
+def test_isolated_atoms_and_no_stds(small_blocks, monkeypatch):
+    """Centres without neighbours (blocks of no pairs) and a prediction without stds."""
+    train = molecule_frames(4, seed=71)
+    model = fitted(train, periodic=False, n_sparse=15)
+    far = molecule_frames(1, seed=72)[0]
+    far.positions[0] += [20.0, 0.0, 0.0]  # a lone C atom
+    far.positions[5] += [0.0, 20.0, 0.0]  # a lone H atom
+    assert_same(*predict_both(model, far, monkeypatch))
+    new = model.predict(far)
+    model._fused_step = False
+    old = model.predict(far)
+    assert "energies_std" not in new
+    for key in ("energy", "energies", "forces"):
+        np.testing.assert_allclose(new[key], old[key], rtol=0,
+                                   atol=1e-10 * np.abs(old[key]).max(), err_msg=key)

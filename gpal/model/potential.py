@@ -662,7 +662,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         Z, zsp = self.sparse_X_, self.sparse_species_
         energies = self._e0_of(numbers).astype(float)
         if self._use_fused_step():
-            exp, dE, kblocks = self._fused_terms(atoms, energies)
+            exp, dE, kblocks = self._fused_terms(atoms, energies, keep_k=return_std)
             X = exp.descriptor
         else:
             exp = self.descriptor_.expand(atoms)
@@ -750,19 +750,20 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             G = np.zeros(X.shape)
         return G
 
-    def _fused_terms(self, atoms, energies):
+    def _fused_terms(self, atoms, energies, keep_k: bool = True):
         """The SOAP expansion, kernel terms and back-pass of :meth:`predict` block by block
         (:meth:`gpal.descriptors.SOAP._fused_step`): the pair terms the expansion
         computes are reused by the back-pass instead of recomputed.
 
         Returns ``(step, dE, kblocks)`` as the two-pass path forms ``(exp, dE, kblocks)``
-        (kernel blocks merged per species).
+        (kernel blocks merged per species; none unless ``keep_k``, what the local stds
+        need).
         """
         numbers = atoms.numbers
         parts = []
 
         def block_gradient(i0, i1, Xb):
-            return self._kernel_terms(Xb, numbers, energies, parts, i0)
+            return self._kernel_terms(Xb, numbers, energies, parts if keep_k else [], i0)
 
         def check(D):
             check_min_distance(np.linalg.norm(D, axis=1), self.min_distance)
