@@ -1511,80 +1511,115 @@ def soap_create_stored(
 
 
 @numba.njit(cache=True, fastmath=_FM)
-def _backward_centre_map(h, S, sstart, R, Qd, Y, geo, perm, n, L1, nk, gc, gv, HR, HQ, u, g, out):
+def _contract_map(h, s, R, Qd, Y, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2):
+    """The back-pass sums of m pairs of species s, all in arrays indexed from 0:
+    u[t] = sum_lm HQ Y[lm] and g_a[t] = sum_lm HR dY_a[lm], with HR = sum_k h[s, lm, k]
+    R[l, k], HQ = sum_k h[s, lm, k] Qd[l, k] and dY_a[lm] from the kept harmonics
+    through the map T (gc, gv; see above). HR, HQ (>= m,) are scratch.
+
+    The pair loops run from index 0 over whole arrays (no per-term slices): few
+    pointers for the vectoriser's overlap checks and no negative-index wraparound in
+    the loops (a loop from an unknown q0 keeps it, and then does not vectorise).
+    """
+    for t in range(m):
+        u[t] = 0.0
+        g0[t] = 0.0
+        g1[t] = 0.0
+        g2[t] = 0.0
+    for ell in range(L1):
+        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+            v00 = gv[lm, 0, 0]
+            v01 = gv[lm, 0, 1]
+            v10 = gv[lm, 1, 0]
+            v11 = gv[lm, 1, 1]
+            v20 = gv[lm, 2, 0]
+            v21 = gv[lm, 2, 1]
+            c00 = gc[lm, 0, 0]
+            c01 = gc[lm, 0, 1]
+            c10 = gc[lm, 1, 0]
+            c11 = gc[lm, 1, 1]
+            c20 = gc[lm, 2, 0]
+            c21 = gc[lm, 2, 1]
+            if nk == 8:  # the default n_max: the k sums in registers
+                h0 = h[s, lm, 0]
+                h1 = h[s, lm, 1]
+                h2 = h[s, lm, 2]
+                h3 = h[s, lm, 3]
+                h4 = h[s, lm, 4]
+                h5 = h[s, lm, 5]
+                h6 = h[s, lm, 6]
+                h7 = h[s, lm, 7]
+                for t in range(m):
+                    hr = (
+                        h0 * R[ell, 0, t] + h1 * R[ell, 1, t] + h2 * R[ell, 2, t]
+                        + h3 * R[ell, 3, t] + h4 * R[ell, 4, t] + h5 * R[ell, 5, t]
+                        + h6 * R[ell, 6, t] + h7 * R[ell, 7, t]
+                    )  # fmt: skip
+                    hq = (
+                        h0 * Qd[ell, 0, t] + h1 * Qd[ell, 1, t] + h2 * Qd[ell, 2, t]
+                        + h3 * Qd[ell, 3, t] + h4 * Qd[ell, 4, t] + h5 * Qd[ell, 5, t]
+                        + h6 * Qd[ell, 6, t] + h7 * Qd[ell, 7, t]
+                    )  # fmt: skip
+                    u[t] += hq * Y[lm, t]
+                    g0[t] += hr * (v00 * Y[c00, t] + v01 * Y[c01, t])
+                    g1[t] += hr * (v10 * Y[c10, t] + v11 * Y[c11, t])
+                    g2[t] += hr * (v20 * Y[c20, t] + v21 * Y[c21, t])
+                continue
+            for t in range(m):
+                HR[t] = 0.0
+                HQ[t] = 0.0
+            for k in range(nk):
+                hv = h[s, lm, k]
+                for t in range(m):
+                    HR[t] += hv * R[ell, k, t]
+                    HQ[t] += hv * Qd[ell, k, t]
+            for t in range(m):
+                hr = HR[t]
+                u[t] += HQ[t] * Y[lm, t]
+                g0[t] += hr * (v00 * Y[c00, t] + v01 * Y[c01, t])
+                g1[t] += hr * (v10 * Y[c10, t] + v11 * Y[c11, t])
+                g2[t] += hr * (v20 * Y[c20, t] + v21 * Y[c21, t])
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _backward_centre_map(
+    h, S, sstart, R, Qd, Y, geo, perm, n, L1, nk, gc, gv, scratch, HR, HQ, u, g0, g1, g2, out
+):
     """As :func:`_backward_centre` with the harmonics' gradients from the kept harmonics
     through the map T (see above) instead of dY: out[p, a] = x_a sum_lm HQ Y[lm] +
     sum_lm HR dY_a[lm], dY_a[lm] = gv[lm, a, 0] Y[gc[lm, a, 0]] + gv[lm, a, 1] Y[gc[lm, a, 1]].
-    HR, HQ, u (>= n,) and g (3, >= n) are scratch."""
-    for q in range(n):
-        u[q] = 0.0
-        g[0, q] = 0.0
-        g[1, q] = 0.0
-        g[2, q] = 0.0
+
+    A species holding all n pairs is contracted in place; the pairs of a species among
+    others are first copied to ``scratch`` = (Rs (L1, nk, >= n), Qs, Ys (L2, >= n)), so
+    that :func:`_contract_map` indexes every array from 0. HR, HQ, u, g_a (>= n,) are
+    scratch.
+    """
+    Rs, Qs, Ys = scratch
+    L2 = L1 * L1
     for s in range(S):
         q0 = sstart[s]
         q1 = sstart[s + 1]
-        if q1 == q0:
+        m = q1 - q0
+        if m == 0:
             continue
-        for ell in range(L1):
-            Rl = R[ell]
-            Ql = Qd[ell]
-            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                Ylm = Y[lm]
-                v00 = gv[lm, 0, 0]
-                v01 = gv[lm, 0, 1]
-                v10 = gv[lm, 1, 0]
-                v11 = gv[lm, 1, 1]
-                v20 = gv[lm, 2, 0]
-                v21 = gv[lm, 2, 1]
-                Y00 = Y[gc[lm, 0, 0]]
-                Y01 = Y[gc[lm, 0, 1]]
-                Y10 = Y[gc[lm, 1, 0]]
-                Y11 = Y[gc[lm, 1, 1]]
-                Y20 = Y[gc[lm, 2, 0]]
-                Y21 = Y[gc[lm, 2, 1]]
-                if nk == 8:  # the default n_max: the k sums in registers
-                    h0 = h[s, lm, 0]
-                    h1 = h[s, lm, 1]
-                    h2 = h[s, lm, 2]
-                    h3 = h[s, lm, 3]
-                    h4 = h[s, lm, 4]
-                    h5 = h[s, lm, 5]
-                    h6 = h[s, lm, 6]
-                    h7 = h[s, lm, 7]
-                    for q in range(q0, q1):
-                        hr = (
-                            h0 * Rl[0, q] + h1 * Rl[1, q] + h2 * Rl[2, q] + h3 * Rl[3, q]
-                            + h4 * Rl[4, q] + h5 * Rl[5, q] + h6 * Rl[6, q] + h7 * Rl[7, q]
-                        )  # fmt: skip
-                        hq = (
-                            h0 * Ql[0, q] + h1 * Ql[1, q] + h2 * Ql[2, q] + h3 * Ql[3, q]
-                            + h4 * Ql[4, q] + h5 * Ql[5, q] + h6 * Ql[6, q] + h7 * Ql[7, q]
-                        )  # fmt: skip
-                        u[q] += hq * Ylm[q]
-                        g[0, q] += hr * (v00 * Y00[q] + v01 * Y01[q])
-                        g[1, q] += hr * (v10 * Y10[q] + v11 * Y11[q])
-                        g[2, q] += hr * (v20 * Y20[q] + v21 * Y21[q])
-                    continue
-                for q in range(q0, q1):
-                    HR[q] = 0.0
-                    HQ[q] = 0.0
+        if m == n:
+            _contract_map(h, s, R, Qd, Y, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2)
+        else:
+            for ell in range(L1):
                 for k in range(nk):
-                    hv = h[s, lm, k]
-                    for q in range(q0, q1):
-                        HR[q] += hv * Rl[k, q]
-                        HQ[q] += hv * Ql[k, q]
-                for q in range(q0, q1):
-                    hr = HR[q]
-                    u[q] += HQ[q] * Ylm[q]
-                    g[0, q] += hr * (v00 * Y00[q] + v01 * Y01[q])
-                    g[1, q] += hr * (v10 * Y10[q] + v11 * Y11[q])
-                    g[2, q] += hr * (v20 * Y20[q] + v21 * Y21[q])
-    for q in range(n):
-        p = perm[q]
-        out[p, 0] = geo[0, q] * u[q] + g[0, q]
-        out[p, 1] = geo[1, q] * u[q] + g[1, q]
-        out[p, 2] = geo[2, q] * u[q] + g[2, q]
+                    for t in range(m):
+                        Rs[ell, k, t] = R[ell, k, q0 + t]
+                        Qs[ell, k, t] = Qd[ell, k, q0 + t]
+            for lm in range(L2):
+                for t in range(m):
+                    Ys[lm, t] = Y[lm, q0 + t]
+            _contract_map(h, s, Rs, Qs, Ys, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2)
+        for t in range(m):
+            q = q0 + t
+            p = perm[q]
+            out[p, 0] = geo[0, q] * u[t] + g0[t]
+            out[p, 1] = geo[1, q] * u[t] + g1[t]
+            out[p, 2] = geo[2, q] * u[t] + g2[t]
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
@@ -1608,7 +1643,10 @@ def soap_backward_stored(
         HR = np.empty(Pm)
         HQ = np.empty(Pm)
         u = np.empty(Pm)
-        g = np.empty((3, Pm))
+        g0 = np.empty(Pm)
+        g1 = np.empty(Pm)
+        g2 = np.empty(Pm)
+        scratch = (np.empty((L1, nk, Pm)), np.empty((L1, nk, Pm)), np.empty((L2, Pm)))
         for b in range(bounds[ch], bounds[ch + 1]):
             i = i0 + b
             p0 = offsets[i]
@@ -1620,7 +1658,7 @@ def soap_backward_stored(
             geo, R, Qd, Y = _stored_views(store, o * PS, n, L1, nk)
             _backward_centre_map(
                 h, S, sstart_store[b], R, Qd, Y, geo, perm_store[o:o + n], n, L1, nk,
-                gc, gv, HR, HQ, u, g, out,
+                gc, gv, scratch, HR, HQ, u, g0, g1, g2, out,
             )  # fmt: skip
 
 
