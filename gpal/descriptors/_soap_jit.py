@@ -1037,7 +1037,12 @@ def _batch_harmonics(n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm
 
 @numba.njit(cache=True, fastmath=_FM)
 def _batch_coefficients(c, sstart, R, Y, L1):
-    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] Y[lm, q]."""
+    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] Y[lm, q].
+
+    The sums run over 1-D C-contiguous slices indexed from 0 (a 2-D slice of R has
+    unknown strides, and a loop from q0 over whole rows keeps numba's negative-index
+    wraparound: neither vectorises).
+    """
     S = c.shape[0]
     nk = c.shape[2]
     n8 = nk - nk % 8
@@ -1048,18 +1053,17 @@ def _batch_coefficients(c, sstart, R, Y, L1):
             continue
         m = q1 - q0
         for ell in range(L1):
-            Rl = R[ell][:, q0:q1]
             for lm in range(ell * ell, (ell + 1) * (ell + 1)):
                 Yr = Y[lm, q0:q1]
                 for kb in range(0, n8, 8):
-                    R0 = Rl[kb]
-                    R1 = Rl[kb + 1]
-                    R2 = Rl[kb + 2]
-                    R3 = Rl[kb + 3]
-                    R4 = Rl[kb + 4]
-                    R5 = Rl[kb + 5]
-                    R6 = Rl[kb + 6]
-                    R7 = Rl[kb + 7]
+                    R0 = R[ell, kb, q0:q1]
+                    R1 = R[ell, kb + 1, q0:q1]
+                    R2 = R[ell, kb + 2, q0:q1]
+                    R3 = R[ell, kb + 3, q0:q1]
+                    R4 = R[ell, kb + 4, q0:q1]
+                    R5 = R[ell, kb + 5, q0:q1]
+                    R6 = R[ell, kb + 6, q0:q1]
+                    R7 = R[ell, kb + 7, q0:q1]
                     a0 = 0.0
                     a1 = 0.0
                     a2 = 0.0
@@ -1087,7 +1091,7 @@ def _batch_coefficients(c, sstart, R, Y, L1):
                     c[s, lm, kb + 6] += a6
                     c[s, lm, kb + 7] += a7
                 for k in range(n8, nk):
-                    Rk = Rl[k]
+                    Rk = R[ell, k, q0:q1]
                     a0 = 0.0
                     for q in range(m):
                         a0 += Rk[q] * Yr[q]
