@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 from ase import Atoms
+from scipy.linalg.blas import dtrmm as _dtrmm
 from ase.data import chemical_symbols
 from sklearn.base import BaseEstimator
 
@@ -167,6 +168,16 @@ class _LocalStdFactors:
                               np.ascontiguousarray(LiT), int(c[b0]) - c0))
             blocks[int(z)] = (c, c0, np.ascontiguousarray(Rinv[c, c0:]), steps)
         self.blocks = blocks
+        # v = w R_w⁻¹[c, c0:] by one triangular product (BLAS trmm, ~20 % faster than the
+        # block-by-block products at M = 500) where the species' columns are contiguous:
+        # R_w⁻¹[c, c] is then upper triangular, stored here transposed in Fortran order
+        # (lower triangular for trmm), with the dense columns of later species beside it
+        self.trmm = {}
+        for z, (c, c0, Rinv_c, steps) in (blocks or {}).items():
+            m = len(c)
+            if c[-1] - c0 + 1 == m:
+                self.trmm[z] = (np.asfortranarray(Rinv_c[:, :m].T),
+                                np.ascontiguousarray(Rinv_c[:, m:]))
 
     def matches(self, solver, sparse_species) -> bool:
         k = self.key
@@ -180,6 +191,22 @@ class _LocalStdFactors:
         c, c0, Rinv_c, steps = self.blocks[z]
         n, m = Kz.shape
         q, sor, wsum = np.empty(n), np.empty(n), np.zeros(m)
+        if z in self.trmm:
+            UT, D = self.trmm[z]
+            for s in range(0, n, _STD_CHUNK):
+                Kc = Kz[s:s + _STD_CHUNK]
+                W = np.empty(Kc.shape)
+                for b0, b1, LT, LiT, v0 in steps:
+                    rhs = Kc[:, b0:b1] - W[:, :b0] @ LT if b0 else Kc[:, b0:b1]
+                    W[:, b0:b1] = rhs @ LiT
+                Vt = _dtrmm(1.0, UT, W.T, side=0, lower=1)  # (W R_w⁻¹[c, c])ᵀ
+                q[s:s + _STD_CHUNK] = np.einsum("ij,ij->i", W, W)
+                sor[s:s + _STD_CHUNK] = np.einsum("ij,ij->j", Vt, Vt)
+                if D.shape[1]:
+                    V2 = W @ D
+                    sor[s:s + _STD_CHUNK] += np.einsum("ij,ij->i", V2, V2)
+                wsum += W.sum(axis=0)
+            return q, sor, wsum
         for s in range(0, n, _STD_CHUNK):
             Kc = Kz[s:s + _STD_CHUNK]
             W = np.empty(Kc.shape)
