@@ -9,6 +9,13 @@ periodic cells and weighting supported), and an adjoint pass
 (:meth:`SOAPExpansion.backward`) that gives forces and stress of ``E = sum_i G_i . X_i``
 without forming any derivative array (DESIGN.md §2, "force trick").
 
+The prediction of an MD step (``SparseGP.predict``) runs both passes block of centres
+by block of centres (``SOAP._fused_step``): the expansion keeps each pair's radial
+functions, their gradients and the harmonics (~8 MB per block), the caller forms the
+block's kernel gradient, and the back-pass contracts it with the kept terms instead
+of recomputing them (the harmonics' gradients follow from the harmonics one degree
+lower). Same results as ``expand`` then ``backward`` up to summation order.
+
 Definition (re-derived from dscribe's documentation and source, see gpal/descriptors/_soap_jit.py):
 
 * Radial basis: GTOs ``r^l exp(-alpha_{k,l} r^2)`` with
