@@ -64,6 +64,43 @@ passes alone (~60) are at or above 0.7x EMT (~55-80 in these runs) and above the
 centres forming X, the kernel gradient and the backward while the radial and angular
 terms are in cache (no recomputation, ~20 µs/atom).
 
+The fused MD step (issue 15, item 3). ``SparseGP.predict`` now runs the SOAP passes
+block of centres by block of centres (~8 MB of kept pair terms, ~150 centres of this
+cell): the expansion keeps each pair's radial functions, their gradients and the
+harmonics, the kernel gradient of the block follows, and the back-pass contracts it
+with the kept terms (the harmonics' gradients from the harmonics one degree lower)
+with its pair loops vectorised. Also: SOAP coefficient sums vectorised (both paths),
+the local stds' ``v = w R_w⁻¹`` by one BLAS trmm, the dot-product kernel's prediction
+pass with vectorised powers. Per stage, same process (``--profile``; CPU µs/atom, one
+thread, load average 1.9, 108 / 4000 atoms)::
+
+    path      SOAP expansion  kernel     SOAP back-pass  stds + rest    predict
+    two-pass  16.9 / 16.6     12.6/13.1  32.7 / 39.5     15.5+2 / 16.5+2  86.5 / 88.3
+    fused     18.8 / 18.8     12.8/14.1  11.5 / 11.5     23.9 / 19.5    66.8 / 64.5
+
+(two-pass expansion includes the neighbour list; fused "rest" = neighbour list, forces,
+stress, local stds and bookkeeping). The release before (git e092100), profiled the same
+way at the start of this work: expand 19 / 19, kernel 13 / 15, backward 32 / 34, stds
+17 / 18, predict 90 / 97.
+
+MD step with stds every step, CPU µs/atom/step, medians of 7 (108) and 3 (4000)
+interleaved blocks, ``--n-sparse 500 --sizes 3 10 --steps 20 --steps-large 2
+--nve-steps 0 --interleaved``, the previous release (e092100) and this one as two
+concurrent processes (load average 2.2; EMT: each process's own)::
+
+    atoms  e092100  this   ratio  EMT (e092100 / this)  gpal/EMT (e092100 -> this)
+    108    125.5    93.9   0.75   129.1 / 121.3         0.97 -> 0.77
+    4000   109.7    68.0   0.62    99.4 / 119.8         1.10 -> 0.57
+
+and in one process with ``--ab`` (the two-pass path of this release beside the fused
+one; it shares the vectorised coefficient sums, stds and kernel pass): gpal/two-pass
+0.71-0.86 at 108 atoms and 0.64-0.73 at 4000 over four runs; gpal/EMT 0.74-0.92 (108)
+and 0.57-0.76 (4000) in the same runs (EMT itself varied 85-132 µs/atom with the load).
+Target <= 0.7x EMT: met at 4000 atoms in most runs, not at 108, where a predict call
+also carries ~0.5 ms of fixed cost (validation, neighbour-list bookkeeping, the
+per-call reads of the M x M std factors and M x F sparse rows) and ASE's own
+per-step checks ~1 ms.
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
