@@ -74,12 +74,12 @@ the local stds' ``v = w R_w⁻¹`` by one BLAS trmm, the dot-product kernel's pr
 pass with vectorised powers. Per stage, same process (``--profile``; CPU µs/atom, one
 thread, load average 1.9, 108 / 4000 atoms)::
 
-    path      SOAP expansion  kernel     SOAP back-pass  stds + rest    predict
-    two-pass  16.9 / 16.6     12.6/13.1  32.7 / 39.5     15.5+2 / 16.5+2  86.5 / 88.3
-    fused     18.8 / 18.8     12.8/14.1  11.5 / 11.5     23.9 / 19.5    66.8 / 64.5
+    path      SOAP expansion  kernel       SOAP back-pass  forces+stress  stds         predict
+    two-pass  16.9 / 16.6     12.6 / 13.1  32.7 / 39.5     0.9 / 0.9      15.5 / 16.5  86.5 / 88.3
+    fused     18.8 / 18.8     12.8 / 14.1  11.5 / 11.5     rest: 23.9 / 19.5           66.8 / 64.5
 
-(two-pass expansion includes the neighbour list; fused "rest" = neighbour list, forces,
-stress, local stds and bookkeeping). The release before (git e092100), profiled the same
+(the two-pass expansion includes the neighbour list; the fused "rest" is the
+neighbour list, forces, stress, local stds and bookkeeping). The release before (git e092100), profiled the same
 way at the start of this work: expand 19 / 19, kernel 13 / 15, backward 32 / 34, stds
 17 / 18, predict 90 / 97.
 
@@ -96,10 +96,11 @@ and in one process with ``--ab`` (the two-pass path of this release beside the f
 one; it shares the vectorised coefficient sums, stds and kernel pass): gpal/two-pass
 0.71-0.86 at 108 atoms and 0.64-0.73 at 4000 over four runs; gpal/EMT 0.74-0.92 (108)
 and 0.57-0.76 (4000) in the same runs (EMT itself varied 85-132 µs/atom with the load).
-Target <= 0.7x EMT: met at 4000 atoms in most runs, not at 108, where a predict call
-also carries ~0.5 ms of fixed cost (validation, neighbour-list bookkeeping, the
-per-call reads of the M x M std factors and M x F sparse rows) and ASE's own
-per-step checks ~1 ms.
+Target <= 0.7x EMT: met at 4000 atoms in most runs, not at 108, where the fixed cost of
+a call weighs more (a 4-atom predict with stds takes 1.3 ms: validation, neighbour-list
+bookkeeping, reading the M x M std factors and the M x F sparse rows once per call),
+and the calculator step adds ~14 µs/atom over predict (ASE's per-step state checks
+included).
 
 Run::
 
