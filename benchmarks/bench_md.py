@@ -85,12 +85,14 @@ way at the start of this work: expand 19 / 19, kernel 13 / 15, backward 32 / 34,
 
 MD step with stds every step, CPU µs/atom/step, medians of 7 (108) and 3 (4000)
 interleaved blocks, ``--n-sparse 500 --sizes 3 10 --steps 20 --steps-large 2
---nve-steps 0 --interleaved``, the previous release (e092100) and this one as two
-concurrent processes (load average 2.2; EMT: each process's own)::
+--nve-steps 0 --interleaved --blocks 7``, the previous release (e092100) and this one
+as two concurrent processes, two runs (load average 2.1-2.2; EMT: each process's own)::
 
-    atoms  e092100  this   ratio  EMT (e092100 / this)  gpal/EMT (e092100 -> this)
-    108    125.5    93.9   0.75   129.1 / 121.3         0.97 -> 0.77
-    4000   109.7    68.0   0.62    99.4 / 119.8         1.10 -> 0.57
+    run  atoms  e092100  this   ratio  EMT (e092100 / this)  gpal/EMT (e092100 -> this)
+    1    108    125.5    93.9   0.75   129.1 / 121.3         0.97 -> 0.77
+    1    4000   109.7    68.0   0.62    99.4 / 119.8         1.10 -> 0.57
+    2    108    108.5    76.2   0.70    95.0 / 104.5         1.14 -> 0.73
+    2    4000   115.5    70.2   0.61   105.4 / 104.0         1.10 -> 0.68
 
 and in one process with ``--ab`` (the two-pass path of this release beside the fused
 one; it shares the vectorised coefficient sums, stds and kernel pass): gpal/two-pass
