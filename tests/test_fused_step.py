@@ -187,3 +187,28 @@ def test_isolated_atoms_and_no_stds(small_blocks, monkeypatch):
     for key in ("energy", "energies", "forces"):
         np.testing.assert_allclose(new[key], old[key], rtol=0,
                                    atol=1e-10 * np.abs(old[key]).max(), err_msg=key)
+
+
+@pytest.mark.parametrize("l_max, n_max", [(0, 2), (9, 3), (6, 8)])
+def test_soap_fused_step_equals_expand_then_backward(monkeypatch, l_max, n_max):
+    """The descriptor pass alone, any G: X and dE as expand + backward (the harmonics'
+    gradient map up to l_max 9; the n_max 8 and the general contraction)."""
+    atoms = cuni_frames(1, seed=81)[0]
+    soap = SOAP(species=[28, 29], r_cut=4.0, n_max=n_max, l_max=l_max, sigma=0.5,
+                periodic=True, weighting=POLY)
+    size = soap_module.jit.stored_pair_size(l_max + 1, n_max)
+    monkeypatch.setattr(soap_module, "_FUSED_STORE_BYTES", 100 * 8 * size)  # ~4 blocks
+    G = np.random.default_rng(0).normal(size=(len(atoms), soap.get_number_of_features()))
+    exp = soap.expand(atoms)
+    ref = exp.backward(G)
+    seen = []
+
+    def block_gradient(i0, i1, Xb):
+        seen.append((i0, i1))
+        np.testing.assert_array_equal(Xb, exp.descriptor[i0:i1])
+        return G[i0:i1]
+
+    step = soap._fused_step(atoms, block_gradient)
+    assert len(seen) > 1 and seen[0][0] == 0 and seen[-1][1] == len(atoms)
+    np.testing.assert_array_equal(step.descriptor, exp.descriptor)
+    np.testing.assert_allclose(step.dE, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
