@@ -64,6 +64,46 @@ passes alone (~60) are at or above 0.7x EMT (~55-80 in these runs) and above the
 centres forming X, the kernel gradient and the backward while the radial and angular
 terms are in cache (no recomputation, ~20 µs/atom).
 
+The fused MD step (issue 15, item 3). ``SparseGP.predict`` now runs the SOAP passes
+block of centres by block of centres (~8 MB of kept pair terms, ~150 centres of this
+cell): the expansion keeps each pair's radial functions, their gradients and the
+harmonics, the kernel gradient of the block follows, and the back-pass contracts it
+with the kept terms (the harmonics' gradients from the harmonics one degree lower)
+with its pair loops vectorised. Also: SOAP coefficient sums vectorised (both paths),
+the local stds' ``v = w R_w⁻¹`` by one BLAS trmm, the dot-product kernel's prediction
+pass with vectorised powers. Per stage, same process (``--profile``; CPU µs/atom, one
+thread, load average 1.9, 108 / 4000 atoms)::
+
+    path      SOAP expansion  kernel       SOAP back-pass  forces+stress  stds         predict
+    two-pass  16.9 / 16.6     12.6 / 13.1  32.7 / 39.5     0.9 / 0.9      15.5 / 16.5  86.5 / 88.3
+    fused     18.8 / 18.8     12.8 / 14.1  11.5 / 11.5     rest: 23.9 / 19.5           66.8 / 64.5
+
+(the two-pass expansion includes the neighbour list; the fused "rest" is the
+neighbour list, forces, stress, local stds and bookkeeping). The release before (git e092100), profiled the same
+way at the start of this work: expand 19 / 19, kernel 13 / 15, backward 32 / 34, stds
+17 / 18, predict 90 / 97.
+
+MD step with stds every step, CPU µs/atom/step, medians of 7 (108) and 3 (4000)
+interleaved blocks, ``--n-sparse 500 --sizes 3 10 --steps 20 --steps-large 2
+--nve-steps 0 --interleaved --blocks 7``, the previous release (e092100) and this one
+as two concurrent processes, two runs (load average 2.1-2.2; EMT: each process's own)::
+
+    run  atoms  e092100  this   ratio  EMT (e092100 / this)  gpal/EMT (e092100 -> this)
+    1    108    125.5    93.9   0.75   129.1 / 121.3         0.97 -> 0.77
+    1    4000   109.7    68.0   0.62    99.4 / 119.8         1.10 -> 0.57
+    2    108    108.5    76.2   0.70    95.0 / 104.5         1.14 -> 0.73
+    2    4000   115.5    70.2   0.61   105.4 / 104.0         1.10 -> 0.68
+
+and in one process with ``--ab`` (the two-pass path of this release beside the fused
+one; it shares the vectorised coefficient sums, stds and kernel pass): gpal/two-pass
+0.71-0.86 at 108 atoms and 0.64-0.73 at 4000 over four runs; gpal/EMT 0.74-0.92 (108)
+and 0.57-0.76 (4000) in the same runs (EMT itself varied 85-132 µs/atom with the load).
+Target <= 0.7x EMT: met at 4000 atoms in most runs, not at 108, where the fixed cost of
+a call weighs more (a 4-atom predict with stds takes 1.3 ms: validation, neighbour-list
+bookkeeping, reading the M x M std factors and the M x F sparse rows once per call),
+and the calculator step adds ~14 µs/atom over predict (ASE's per-step state checks
+included).
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
@@ -126,6 +166,110 @@ def start_cell(repeat: int, seed: int, temperature: float = 300.0):
     atoms = fcc_cell(A_CU, repeat, "Cu")
     thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     return atoms
+
+
+TWO_PASS = "gpal two-pass (stds)"
+
+
+def two_pass_model(model):
+    """A shallow copy of ``model`` that predicts on the two-pass SOAP path (the private
+    switch ``_fused_step``: expand, kernel terms, backward recomputing the pair terms)."""
+    import copy
+
+    other = copy.copy(model)
+    other._fused_step = False
+    return other
+
+
+def stage_profile(model, sizes, reps: int, seed: int) -> None:
+    """CPU µs/atom of each stage of one prediction with local stds, both SOAP paths.
+
+    Two-pass: neighbour list + expansion (``expand``), kernel terms, ``backward``,
+    forces and stress from the pair gradients, local stds, and the whole ``predict``.
+    Fused: the block loop's SOAP expansion (``soap_create_stored``), kernel terms and
+    back-pass (``soap_backward_stored``), the rest of the step (neighbour list, forces,
+    stress, local stds...), and the whole ``predict``. Medians of ``reps`` calls on a
+    slightly rattled cell (a new geometry each call, the Verlet list reused).
+    """
+    from gpal.descriptors import _soap_jit as sjit
+    from gpal.descriptors import pair_forces, pair_stress
+
+    rows = []
+    for repeat in sizes:
+        atoms = start_cell(repeat, seed)
+        n = len(atoms)
+        reps_n = reps if n <= 500 else max(2, reps // 5)
+        tp = two_pass_model(model)
+        (c, Zc, ac), = model._prediction_sparse_rows().values()  # one species (Cu)
+        old = {k: [] for k in ("expand", "kernel", "backward", "forces+stress", "stds",
+                               "predict")}
+        new = {k: [] for k in ("create", "kernel", "backward", "rest", "predict")}
+        clock = time.process_time
+        timers = {"create": 0.0, "backward": 0.0, "kernel": 0.0}
+
+        def timed(fn, key):
+            def run(*a, **k):
+                t = clock()
+                out = fn(*a, **k)
+                timers[key] += clock() - t
+                return out
+            return run
+
+        originals = {"create": sjit.soap_create_stored, "backward": sjit.soap_backward_stored,
+                     "kernel": model._kernel_terms}
+        for k in range(reps_n + 1):
+            atoms.positions += np.random.default_rng(k).normal(0, 0.005, atoms.positions.shape)
+            t0 = clock()
+            exp = tp.descriptor_.expand(atoms)
+            t1 = clock()
+            K, e, G = tp.kernel_.prediction_terms(exp.descriptor, Zc, ac)
+            t2 = clock()
+            dE = exp.backward(G)
+            t3 = clock()
+            pair_forces(dE, exp.center, exp.neighbor, n)
+            pair_stress(dE, exp.vector, exp.volume)
+            t4 = clock()
+            tp.kernel_.diag(exp.descriptor)
+            tp._local_variance_terms([(np.arange(n), c, K)], n)
+            t5 = clock()
+            tp.predict(atoms, return_std=True)
+            t6 = clock()
+            for key in timers:
+                timers[key] = 0.0
+            sjit.soap_create_stored = timed(originals["create"], "create")
+            sjit.soap_backward_stored = timed(originals["backward"], "backward")
+            model._kernel_terms = timed(originals["kernel"], "kernel")
+            try:
+                t7 = clock()
+                model.predict(atoms, return_std=True)
+                t8 = clock()
+            finally:
+                sjit.soap_create_stored = originals["create"]
+                sjit.soap_backward_stored = originals["backward"]
+                del model._kernel_terms
+            if k == 0:
+                continue  # warm-up
+            for key, a, b in [("expand", t0, t1), ("kernel", t1, t2), ("backward", t2, t3),
+                              ("forces+stress", t3, t4), ("stds", t4, t5), ("predict", t5, t6)]:
+                old[key].append(1e6 * (b - a) / n)
+            for key in timers:
+                new[key].append(1e6 * timers[key] / n)
+            new["predict"].append(1e6 * (t8 - t7) / n)
+            new["rest"].append(new["predict"][-1] - sum(new[key][-1] for key in timers))
+        med = {k: float(np.median(v)) for k, v in old.items()}
+        rows.append(["two-pass", n] + [f"{med[k]:.1f}" for k in old] + ["-"])
+        med = {k: float(np.median(v)) for k, v in new.items()}
+        rows.append(["fused", n, f"{med['create']:.1f}", f"{med['kernel']:.1f}",
+                     f"{med['backward']:.1f}", "-", "-", f"{med['predict']:.1f}",
+                     f"rest {med['rest']:.1f}"])
+        print(f"  profile {n} atoms done", flush=True)
+    print("\n=== One prediction with local stds, per stage, CPU µs/atom (medians) ===")
+    print(table(["path", "atoms", "SOAP expansion", "kernel terms", "SOAP back-pass",
+                 "forces+stress", "local stds", "predict", "fused: rest of predict"], rows))
+    print("  two-pass: expand (with the neighbour list), kernel, backward (recomputing each "
+          "pair's radial and angular terms), forces/stress and stds timed separately.\n"
+          "  fused: the block loop's expansion (keeping the pair terms), kernel terms and "
+          "back-pass; rest = neighbour list, forces, stress, local stds, bookkeeping.")
 
 
 def md_speed(atoms, calc, steps: int, warmup: int) -> dict:
@@ -202,6 +346,8 @@ def speed_section(args, model, gap_xml) -> None:
     def makers(n):
         out = {"gpal (stds every step)": lambda: gpal.GPCalculator(model, std_every=1),
                "ASE EMT": EMT}
+        if args.ab:  # the same model on the two-pass SOAP path (expand, then backward)
+            out[TWO_PASS] = lambda: gpal.GPCalculator(two_pass_model(model), std_every=1)
         if gap_xml:
             from quippy.potential import Potential
 
@@ -232,10 +378,20 @@ def speed_section(args, model, gap_xml) -> None:
         g = r["gpal (stds every step)"]["cpu"]
         e = r["ASE EMT"]["cpu"]
         q = r.get("GAP (quippy)", {}).get("cpu")
-        rows.append([mode, n, f"{load:.1f}", f"{g:.1f}", f"{e:.1f}",
-                     f"{q:.0f}" if q else "-", f"{g / e:.2f}", f"{q / g:.0f}" if q else "-"])
-    print(table(["machine", "atoms", "load avg", "gpal", "EMT", "GAP", "gpal/EMT (target "
-                 "<= 0.7)", "GAP/gpal (target >= 60)"], rows))
+        row = [mode, n, f"{load:.1f}", f"{g:.1f}", f"{e:.1f}",
+               f"{q:.0f}" if q else "-", f"{g / e:.2f}", f"{q / g:.0f}" if q else "-"]
+        if args.ab:
+            t = r[TWO_PASS]["cpu"]
+            row[4:4] = [f"{t:.1f}", f"{g / t:.2f}"]
+        rows.append(row)
+    head = ["machine", "atoms", "load avg", "gpal", "EMT", "GAP", "gpal/EMT (target <= 0.7)",
+            "GAP/gpal (target >= 60)"]
+    if args.ab:
+        head[4:4] = ["gpal two-pass", "gpal/two-pass"]
+    print(table(head, rows))
+    if args.ab:
+        print("  gpal two-pass: the same model on the SOAP path before the fused step "
+              "(expand, kernel, backward recomputing the pair terms).")
     print("  gpal: GPCalculator(model, std_every=1): energy, forces, stress and local-energy "
           "stds every step; EMT and GAP: energy and forces (what VelocityVerlet asks).")
 
@@ -300,6 +456,14 @@ def main(argv=None) -> None:
     parser.add_argument("--interleaved", action="store_true",
                         help="interleaved-block timing (gpal with stds, EMT, GAP) instead of "
                              "the sequential table")
+    parser.add_argument("--ab", action="store_true",
+                        help="with --interleaved: also time gpal on the two-pass SOAP path "
+                             "(expand, then backward; the path before the fused step)")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-stage CPU profile of one prediction with stds on both SOAP "
+                             "paths (the --sizes cells), then the rest of the run")
+    parser.add_argument("--profile-reps", type=int, default=15,
+                        help="predictions per profiled cell (a fifth for cells > 500 atoms)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -342,6 +506,8 @@ def main(argv=None) -> None:
             yield "GAP (quippy)", lambda: Potential(param_filename=gap_xml)
         yield "ASE EMT", EMT
 
+    if args.profile:
+        stage_profile(model, args.sizes, args.profile_reps, args.seed)
     if args.interleaved:
         speed_section(args, model, gap_xml)
         if args.nve_steps <= 0:

@@ -87,6 +87,67 @@ def _fprime_dparam_scalar(c, kind, p):
 
 
 @numba.njit(cache=True)
+def _ipow_row(c, n, result, base):
+    """result[j] = c[j]**n, the operations of :func:`_ipow` per element, as passes
+    over the row (vectorised; the bits of n are the outer loop). base is scratch."""
+    for j in range(c.shape[0]):
+        result[j] = 1.0
+        base[j] = c[j]
+    while n > 0:
+        if n & 1:
+            for j in range(c.shape[0]):
+                result[j] *= base[j]
+        n >>= 1
+        if n > 0:
+            for j in range(c.shape[0]):
+                base[j] *= base[j]
+
+
+@numba.njit(cache=True)
+def _prediction_pass_dot(C, alpha, zeta, s2, K, energy, rowdot):
+    """:func:`_prediction_pass` for ``KIND_DOT``: the same values per element (powers by
+    :func:`_ipow_row`), the row sums in four interleaved partial sums (a serial sum
+    waits on each addition; the order changes the sums at the rounding level only)."""
+    n, m = C.shape
+    fz = np.empty(m)
+    fp = np.empty(m)
+    base = np.empty(m)
+    m4 = m - m % 4
+    for i in range(n):
+        c = C[i]
+        _ipow_row(c, zeta, fz, base)
+        _ipow_row(c, zeta - 1, fp, base)
+        Ki = K[i]
+        for j in range(m):
+            Ki[j] = s2 * fz[j]
+            fp[j] = (zeta * fp[j]) * alpha[j]
+        e0 = 0.0
+        e1 = 0.0
+        e2 = 0.0
+        e3 = 0.0
+        d0 = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        d3 = 0.0
+        for j in range(0, m4, 4):
+            e0 += Ki[j] * alpha[j]
+            e1 += Ki[j + 1] * alpha[j + 1]
+            e2 += Ki[j + 2] * alpha[j + 2]
+            e3 += Ki[j + 3] * alpha[j + 3]
+            d0 += fp[j] * c[j]
+            d1 += fp[j + 1] * c[j + 1]
+            d2 += fp[j + 2] * c[j + 2]
+            d3 += fp[j + 3] * c[j + 3]
+        for j in range(m4, m):
+            e0 += Ki[j] * alpha[j]
+            d0 += fp[j] * c[j]
+        energy[i] = (e0 + e1) + (e2 + e3)
+        rowdot[i] = (d0 + d1) + (d2 + d3)
+        for j in range(m):
+            c[j] = fp[j]
+
+
+@numba.njit(cache=True)
 def _prediction_pass(C, alpha, kind, p, s2):
     """One pass over the cosines ``C`` (n, m) of ``gpal.kernels.CosineKernel.prediction_terms``.
 
@@ -97,6 +158,9 @@ def _prediction_pass(C, alpha, kind, p, s2):
     K = np.empty((n, m))
     energy = np.empty(n)
     rowdot = np.empty(n)
+    if kind == KIND_DOT:
+        _prediction_pass_dot(C, alpha, int(p), s2, K, energy, rowdot)
+        return K, energy, rowdot
     for i in range(n):
         se = 0.0
         sd = 0.0

@@ -1037,7 +1037,12 @@ def _batch_harmonics(n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm
 
 @numba.njit(cache=True, fastmath=_FM)
 def _batch_coefficients(c, sstart, R, Y, L1):
-    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] Y[lm, q]."""
+    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] Y[lm, q].
+
+    The sums run over 1-D C-contiguous slices indexed from 0 (a 2-D slice of R has
+    unknown strides, and a loop from q0 over whole rows keeps numba's negative-index
+    wraparound: neither vectorises).
+    """
     S = c.shape[0]
     nk = c.shape[2]
     n8 = nk - nk % 8
@@ -1048,18 +1053,17 @@ def _batch_coefficients(c, sstart, R, Y, L1):
             continue
         m = q1 - q0
         for ell in range(L1):
-            Rl = R[ell][:, q0:q1]
             for lm in range(ell * ell, (ell + 1) * (ell + 1)):
                 Yr = Y[lm, q0:q1]
                 for kb in range(0, n8, 8):
-                    R0 = Rl[kb]
-                    R1 = Rl[kb + 1]
-                    R2 = Rl[kb + 2]
-                    R3 = Rl[kb + 3]
-                    R4 = Rl[kb + 4]
-                    R5 = Rl[kb + 5]
-                    R6 = Rl[kb + 6]
-                    R7 = Rl[kb + 7]
+                    R0 = R[ell, kb, q0:q1]
+                    R1 = R[ell, kb + 1, q0:q1]
+                    R2 = R[ell, kb + 2, q0:q1]
+                    R3 = R[ell, kb + 3, q0:q1]
+                    R4 = R[ell, kb + 4, q0:q1]
+                    R5 = R[ell, kb + 5, q0:q1]
+                    R6 = R[ell, kb + 6, q0:q1]
+                    R7 = R[ell, kb + 7, q0:q1]
                     a0 = 0.0
                     a1 = 0.0
                     a2 = 0.0
@@ -1087,7 +1091,7 @@ def _batch_coefficients(c, sstart, R, Y, L1):
                     c[s, lm, kb + 6] += a6
                     c[s, lm, kb + 7] += a7
                 for k in range(n8, nk):
-                    Rk = Rl[k]
+                    Rk = R[ell, k, q0:q1]
                     a0 = 0.0
                     for q in range(m):
                         a0 += Rk[q] * Yr[q]
@@ -1263,6 +1267,68 @@ def _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc):
                 acc[5, q] += hr * dY[2, lm, q]
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out):
+    """The contraction of one centre's n gathered pairs with h = dE/dc (its pair terms
+    R, Qd, Y, dY, geo in scratch, grouped by species at sstart): writes out[perm[q]].
+
+    HR[q] = sum_k h[s, lm, k] R[l, k, q], HQ[q] = sum_k h[s, lm, k] Qd[l, k, q] and
+    out[p, a] = x_a sum_lm HQ Y[lm] + sum_lm HR dY[a, lm]; acc (6, >= n) is scratch.
+    """
+    HR = acc[0]
+    HQ = acc[1]
+    u = acc[2]
+    g0 = acc[3]
+    g1 = acc[4]
+    g2 = acc[5]
+    for q in range(n):
+        u[q] = 0.0
+        g0[q] = 0.0
+        g1[q] = 0.0
+        g2[q] = 0.0
+    for s in range(S):
+        q0 = sstart[s]
+        q1 = sstart[s + 1]
+        if q1 == q0:
+            continue
+        if nk == 8:  # the default n_max: one pass per term, sums in registers
+            _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
+            continue
+        m = q1 - q0
+        HRs = HR[q0:q1]
+        HQs = HQ[q0:q1]
+        us = u[q0:q1]
+        g0s = g0[q0:q1]
+        g1s = g1[q0:q1]
+        g2s = g2[q0:q1]
+        for ell in range(L1):
+            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                for q in range(m):
+                    HRs[q] = 0.0
+                    HQs[q] = 0.0
+                for k in range(nk):
+                    hv = h[s, lm, k]
+                    Rr = R[ell, k, q0:q1]
+                    Qr_ = Qd[ell, k, q0:q1]
+                    for q in range(m):
+                        HRs[q] += hv * Rr[q]
+                        HQs[q] += hv * Qr_[q]
+                Yr = Y[lm, q0:q1]
+                d0 = dY[0, lm, q0:q1]
+                d1 = dY[1, lm, q0:q1]
+                d2 = dY[2, lm, q0:q1]
+                for q in range(m):
+                    us[q] += HQs[q] * Yr[q]
+                    g0s[q] += HRs[q] * d0[q]
+                    g1s[q] += HRs[q] * d1[q]
+                    g2s[q] += HRs[q] * d2[q]
+    for q in range(n):
+        p = perm[q]
+        out[p, 0] = geo[0, q] * u[q] + g0[q]
+        out[p, 1] = geo[1, q] * u[q] + g1[q]
+        out[p, 2] = geo[2, q] * u[q] + g2[q]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FM)
 def soap_backward_batched(
     vec,
@@ -1324,58 +1390,280 @@ def soap_backward_batched(
             _batch_harmonics(
                 n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
             )
-            HR = acc[0]
-            HQ = acc[1]
-            u = acc[2]
-            g0 = acc[3]
-            g1 = acc[4]
-            g2 = acc[5]
-            for q in range(n):
-                u[q] = 0.0
-                g0[q] = 0.0
-                g1[q] = 0.0
-                g2[q] = 0.0
-            for s in range(S):
-                q0 = sstart[s]
-                q1 = sstart[s + 1]
-                if q1 == q0:
-                    continue
-                if nk == 8:  # the default n_max: one pass per term, sums in registers
-                    _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
-                    continue
-                m = q1 - q0
-                HRs = HR[q0:q1]
-                HQs = HQ[q0:q1]
-                us = u[q0:q1]
-                g0s = g0[q0:q1]
-                g1s = g1[q0:q1]
-                g2s = g2[q0:q1]
-                for ell in range(L1):
-                    for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        for q in range(m):
-                            HRs[q] = 0.0
-                            HQs[q] = 0.0
-                        for k in range(nk):
-                            hv = h[s, lm, k]
-                            Rr = R[ell, k, q0:q1]
-                            Qr_ = Qd[ell, k, q0:q1]
-                            for q in range(m):
-                                HRs[q] += hv * Rr[q]
-                                HQs[q] += hv * Qr_[q]
-                        Yr = Y[lm, q0:q1]
-                        d0 = dY[0, lm, q0:q1]
-                        d1 = dY[1, lm, q0:q1]
-                        d2 = dY[2, lm, q0:q1]
-                        for q in range(m):
-                            us[q] += HQs[q] * Yr[q]
-                            g0s[q] += HRs[q] * d0[q]
-                            g1s[q] += HRs[q] * d1[q]
-                            g2s[q] += HRs[q] * d2[q]
-            for q in range(n):
-                p = perm[q]
-                out[p, 0] = geo[0, q] * u[q] + g0[q]
-                out[p, 1] = geo[1, q] * u[q] + g1[q]
-                out[p, 2] = geo[2, q] * u[q] + g2[q]
+            _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out)
+
+
+# ---------------------------------------------------------------------------------------
+# The MD step's fused pair of passes over one block of centres (``SOAP._fused_step``):
+# :func:`soap_create_stored` forms the coefficients and X of the block and keeps each
+# pair's radial functions, harmonics and their gradients; after the kernel gradient G of
+# the block is known, :func:`soap_backward_stored` contracts it with the kept terms
+# instead of recomputing them (what :func:`soap_backward_batched` does). Same functions,
+# same operations in the same order as the batched passes.
+#
+# The harmonics' gradients are not kept: the gradient of a solid harmonic of degree l is
+# a solid harmonic of degree l - 1, d Y[lm] / d x_a = sum_{l'm'} T_a[lm, l'm'] Y[l'm']
+# (l' = l - 1, at most two terms per (lm, a): m' = m for z, m' = m +- 1 mixed for x, y),
+# so the back-pass forms dY from the kept Y: T as gc (L2, 3, 2) int64 (the l'm' of the
+# two terms) and gv (L2, 3, 2) (their coefficients; 0 for a missing term, 0 for l = 0),
+# made by ``SOAP._gradient_map``.
+#
+# Store layout: centre i of the block owns the flat slice
+# ``store[(offsets[i] - offsets[i0]) * PS : (offsets[i + 1] - offsets[i0]) * PS]``,
+# PS = :func:`stored_pair_size`, holding geo (6, n), R (L1, nk, n), Qd (L1, nk, n) and
+# Y (L2, n) of its n pairs (pair index innermost, as the scratch of the batched
+# kernels); perm_store[offsets[i] - offsets[i0] + q] is the pair index of its q-th
+# gathered pair and sstart_store[i - i0] its species starts.
+# ---------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def stored_pair_size(L1, nk):
+    """Doubles kept per pair by :func:`soap_create_stored`."""
+    return 6 + 2 * L1 * nk + L1 * L1
+
+
+@numba.njit(cache=True)
+def _stored_views(store, base, n, L1, nk):
+    """(geo, R, Qd, Y) of n pairs starting at ``store[base]`` (C-contiguous views)."""
+    L2 = L1 * L1
+    o = base
+    geo = store[o:o + 6 * n].reshape((6, n))
+    o += 6 * n
+    R = store[o:o + L1 * nk * n].reshape((L1, nk, n))
+    o += L1 * nk * n
+    Qd = store[o:o + L1 * nk * n].reshape((L1, nk, n))
+    o += L1 * nk * n
+    Y = store[o:o + L2 * n].reshape((L2, n))
+    return geo, R, Qd, Y
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_create_stored(
+    vec,
+    nbr_spec,
+    offsets,
+    center_spec,
+    n_species,
+    A,
+    BT,
+    BAT,
+    wtype,
+    wpar,
+    w_zero,
+    w_self,
+    self0,
+    shK,
+    shQmm,
+    shC1,
+    shC2,
+    prel,
+    pair_off,
+    tri,
+    max_pairs,
+    i0,
+    i1,
+    store,
+    perm_store,
+    sstart_store,
+    C_out,
+    X_out,
+    n_chunks,
+):
+    """X[i0:i1] (into ``X_out[i0:i1]``) and coefficients (``C_out[i - i0]``) of a block
+    of centres, as :func:`soap_create_batched`, keeping the pair terms (see above)."""
+    L1 = BT.shape[0]
+    L = L1 - 1
+    nk = BT.shape[1]
+    S = n_species
+    PS = stored_pair_size(L1, nk)
+    P0 = offsets[i0]
+    bounds = _chunks(i1 - i0, n_chunks)
+    for ch in numba.prange(n_chunks):
+        Pm = max(max_pairs, 1)
+        args = np.empty(L1 * nk * Pm)
+        ex = np.empty(L1 * nk * Pm)
+        ibits = np.empty(L1 * nk * Pm, dtype=np.int64)
+        Q = np.empty((L1, L1, Pm))
+        Qz = np.empty((1, 1, 1))  # no harmonic gradients
+        Qr = np.empty((1, 1, 1))
+        dY = np.empty((1, 1, 1))
+        Am = np.empty((L1, Pm))
+        Bm = np.empty((L1, Pm))
+        M = np.empty((nk, nk))
+        for b in range(bounds[ch], bounds[ch + 1]):
+            i = i0 + b
+            c = C_out[b]
+            c[:] = 0.0
+            si = center_spec[i]
+            for k in range(nk):
+                c[si, 0, k] += w_self * self0[k]
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            sstart = sstart_store[b]
+            if n > 0:
+                o = p0 - P0
+                geo, R, Qd, Y = _stored_views(store, o * PS, n, L1, nk)
+                _gather_centre(
+                    vec, nbr_spec, p0, p0 + n, S, perm_store[o:o + n], sstart, geo,
+                    wtype, wpar, w_zero,
+                )  # fmt: skip
+                _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, True)
+                _batch_harmonics(
+                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False
+                )
+                _batch_coefficients(c, sstart, R, Y, L1)
+            _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _contract_map(h, s, R, Qd, Y, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2):
+    """The back-pass sums of m pairs of species s, all in arrays indexed from 0:
+    u[t] = sum_lm HQ Y[lm] and g_a[t] = sum_lm HR dY_a[lm], with HR = sum_k h[s, lm, k]
+    R[l, k], HQ = sum_k h[s, lm, k] Qd[l, k] and dY_a[lm] from the kept harmonics
+    through the map T (gc, gv; see above). HR, HQ (>= m,) are scratch.
+
+    The pair loops run from index 0 over whole arrays (no per-term slices): few
+    pointers for the vectoriser's overlap checks and no negative-index wraparound in
+    the loops (a loop from an unknown q0 keeps it, and then does not vectorise).
+    """
+    for t in range(m):
+        u[t] = 0.0
+        g0[t] = 0.0
+        g1[t] = 0.0
+        g2[t] = 0.0
+    for ell in range(L1):
+        for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+            v00 = gv[lm, 0, 0]
+            v01 = gv[lm, 0, 1]
+            v10 = gv[lm, 1, 0]
+            v11 = gv[lm, 1, 1]
+            v20 = gv[lm, 2, 0]
+            v21 = gv[lm, 2, 1]
+            c00 = gc[lm, 0, 0]
+            c01 = gc[lm, 0, 1]
+            c10 = gc[lm, 1, 0]
+            c11 = gc[lm, 1, 1]
+            c20 = gc[lm, 2, 0]
+            c21 = gc[lm, 2, 1]
+            if nk == 8:  # the default n_max: the k sums in registers
+                h0 = h[s, lm, 0]
+                h1 = h[s, lm, 1]
+                h2 = h[s, lm, 2]
+                h3 = h[s, lm, 3]
+                h4 = h[s, lm, 4]
+                h5 = h[s, lm, 5]
+                h6 = h[s, lm, 6]
+                h7 = h[s, lm, 7]
+                for t in range(m):
+                    hr = (
+                        h0 * R[ell, 0, t] + h1 * R[ell, 1, t] + h2 * R[ell, 2, t]
+                        + h3 * R[ell, 3, t] + h4 * R[ell, 4, t] + h5 * R[ell, 5, t]
+                        + h6 * R[ell, 6, t] + h7 * R[ell, 7, t]
+                    )  # fmt: skip
+                    hq = (
+                        h0 * Qd[ell, 0, t] + h1 * Qd[ell, 1, t] + h2 * Qd[ell, 2, t]
+                        + h3 * Qd[ell, 3, t] + h4 * Qd[ell, 4, t] + h5 * Qd[ell, 5, t]
+                        + h6 * Qd[ell, 6, t] + h7 * Qd[ell, 7, t]
+                    )  # fmt: skip
+                    u[t] += hq * Y[lm, t]
+                    g0[t] += hr * (v00 * Y[c00, t] + v01 * Y[c01, t])
+                    g1[t] += hr * (v10 * Y[c10, t] + v11 * Y[c11, t])
+                    g2[t] += hr * (v20 * Y[c20, t] + v21 * Y[c21, t])
+                continue
+            for t in range(m):
+                HR[t] = 0.0
+                HQ[t] = 0.0
+            for k in range(nk):
+                hv = h[s, lm, k]
+                for t in range(m):
+                    HR[t] += hv * R[ell, k, t]
+                    HQ[t] += hv * Qd[ell, k, t]
+            for t in range(m):
+                hr = HR[t]
+                u[t] += HQ[t] * Y[lm, t]
+                g0[t] += hr * (v00 * Y[c00, t] + v01 * Y[c01, t])
+                g1[t] += hr * (v10 * Y[c10, t] + v11 * Y[c11, t])
+                g2[t] += hr * (v20 * Y[c20, t] + v21 * Y[c21, t])
+
+
+@numba.njit(cache=True, fastmath=_FM)
+def _backward_centre_map(
+    h, S, sstart, R, Qd, Y, geo, perm, n, L1, nk, gc, gv, scratch, HR, HQ, u, g0, g1, g2, out
+):
+    """As :func:`_backward_centre` with the harmonics' gradients from the kept harmonics
+    through the map T (see above) instead of dY: out[p, a] = x_a sum_lm HQ Y[lm] +
+    sum_lm HR dY_a[lm], dY_a[lm] = gv[lm, a, 0] Y[gc[lm, a, 0]] + gv[lm, a, 1] Y[gc[lm, a, 1]].
+
+    A species holding all n pairs is contracted in place; the pairs of a species among
+    others are first copied to ``scratch`` = (Rs (L1, nk, >= n), Qs, Ys (L2, >= n)), so
+    that :func:`_contract_map` indexes every array from 0. HR, HQ, u, g_a (>= n,) are
+    scratch.
+    """
+    Rs, Qs, Ys = scratch
+    L2 = L1 * L1
+    for s in range(S):
+        q0 = sstart[s]
+        q1 = sstart[s + 1]
+        m = q1 - q0
+        if m == 0:
+            continue
+        if m == n:
+            _contract_map(h, s, R, Qd, Y, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2)
+        else:
+            for ell in range(L1):
+                for k in range(nk):
+                    for t in range(m):
+                        Rs[ell, k, t] = R[ell, k, q0 + t]
+                        Qs[ell, k, t] = Qd[ell, k, q0 + t]
+            for lm in range(L2):
+                for t in range(m):
+                    Ys[lm, t] = Y[lm, q0 + t]
+            _contract_map(h, s, Rs, Qs, Ys, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2)
+        for t in range(m):
+            q = q0 + t
+            p = perm[q]
+            out[p, 0] = geo[0, q] * u[t] + g0[t]
+            out[p, 1] = geo[1, q] * u[t] + g1[t]
+            out[p, 2] = geo[2, q] * u[t] + g2[t]
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_FM)
+def soap_backward_stored(
+    offsets, i0, i1, prel, pair_off, tri, max_pairs, store, perm_store, sstart_store,
+    gc, gv, C, G, out, n_chunks,
+):
+    """out[p, a] = sum_f G[center_p - i0, f] dX[p, a, f] for the pairs of centres i0:i1,
+    from the terms :func:`soap_create_stored` kept (C, G: the block's rows)."""
+    S = C.shape[1]
+    L2 = C.shape[2]
+    nk = C.shape[3]
+    L1 = prel.shape[0]
+    PS = stored_pair_size(L1, nk)
+    P0 = offsets[i0]
+    bounds = _chunks(i1 - i0, n_chunks)
+    for ch in numba.prange(n_chunks):
+        Gm = np.empty((nk, nk))
+        h = np.empty((S, L2, nk))
+        Pm = max(max_pairs, 1)
+        HR = np.empty(Pm)
+        HQ = np.empty(Pm)
+        u = np.empty(Pm)
+        g0 = np.empty(Pm)
+        g1 = np.empty(Pm)
+        g2 = np.empty(Pm)
+        scratch = (np.empty((L1, nk, Pm)), np.empty((L1, nk, Pm)), np.empty((L2, Pm)))
+        for b in range(bounds[ch], bounds[ch + 1]):
+            i = i0 + b
+            p0 = offsets[i]
+            n = offsets[i + 1] - p0
+            if n == 0:
+                continue
+            o = p0 - P0
+            _fold_gradient(G[b], C[b], prel, pair_off, tri, Gm, h)
+            geo, R, Qd, Y = _stored_views(store, o * PS, n, L1, nk)
+            _backward_centre_map(
+                h, S, sstart_store[b], R, Qd, Y, geo, perm_store[o:o + n], n, L1, nk,
+                gc, gv, scratch, HR, HQ, u, g0, g1, g2, out,
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

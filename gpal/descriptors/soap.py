@@ -9,6 +9,13 @@ periodic cells and weighting supported), and an adjoint pass
 (:meth:`SOAPExpansion.backward`) that gives forces and stress of ``E = sum_i G_i . X_i``
 without forming any derivative array (DESIGN.md §2, "force trick").
 
+The prediction of an MD step (``SparseGP.predict``) runs both passes block of centres
+by block of centres (``SOAP._fused_step``): the expansion keeps each pair's radial
+functions, their gradients and the harmonics (~8 MB per block), the caller forms the
+block's kernel gradient, and the back-pass contracts it with the kept terms instead
+of recomputing them (the harmonics' gradients follow from the harmonics one degree
+lower). Same results as ``expand`` then ``backward`` up to summation order.
+
 Definition (re-derived from dscribe's documentation and source, see gpal/descriptors/_soap_jit.py):
 
 * Radial basis: GTOs ``r^l exp(-alpha_{k,l} r^2)`` with
@@ -56,6 +63,12 @@ _WEIGHTING_KEYS = ("function", "r0", "c", "m", "d", "threshold", "w0")
 _GAUSS_THRESHOLD = 1e-3
 # chunks of centres per thread, handed out dynamically to the numba threads
 _CHUNKS_PER_THREAD = 16
+# bytes of kept pair terms per block of centres of SOAP._fused_step: 8 MB, ~150 centres
+# of fcc Cu at n_max 8, l_max 6, r_cut 5 Å (1.3 kB per pair, 42 pairs per centre), so
+# the kernel's products have enough rows for BLAS; measured (108 and 4,000 atoms, 500
+# sparse points, one thread, CPU with 2 MB L2 and a large L3): 4 MB blocks 5-20 %
+# slower (products of fewer rows), 16 MB the same within the noise
+_FUSED_STORE_BYTES = 8 << 20
 
 
 # --- results ---
@@ -868,6 +881,139 @@ class SOAP(Descriptor):
                 exp.coefficients, G, out, self._n_chunks(N),
             )  # fmt: skip
         return out
+
+    def _gradient_map(self):
+        """Sparse map T of the harmonics' gradients onto the harmonics one degree lower,
+        ``d Y[lm] / d x_a = sum T_a[lm, l'm'] Y[l'm']`` (l' = l - 1), as ``(gc, gv)``
+        of shapes (L2, 3, 2): at most two terms ``gv[lm, a, t] * Y[gc[lm, a, t]]`` per
+        ``(lm, a)`` (a missing term has coefficient 0).
+
+        The gradient of a harmonic polynomial of degree l is harmonic of degree l - 1,
+        so T is exact; its entries are found once per SOAP by least squares on the
+        harmonics and gradients of random points (:func:`jit._solid_harmonics`), entries
+        below 1e-12 of the largest dropped, and the fit is checked to 1e-12.
+        """
+        cached = getattr(self, "_gmap", None)  # (l_max, map): set_params may change l_max
+        if cached is not None and cached[0] == self.l_max:
+            return cached[1]
+        L, L1 = self.l_max, self.l_max + 1
+        L2 = L1 * L1
+        P = 8 * (2 * L + 1) + 16
+        pts = np.random.default_rng(12345).normal(size=(P, 3))
+        pts /= np.linalg.norm(pts, axis=1)[:, None]  # unit points: no r^l growth
+        pts *= np.random.default_rng(54321).uniform(0.5, 1.5, size=(P, 1))
+        Ys, dYs = np.empty((P, L2)), np.empty((P, 3, L2))
+        Q, Qz, Qr = (np.empty((L1, L1)) for _ in range(3))
+        Am, Bm = np.empty(L1), np.empty(L1)
+        for k, (x, y, z) in enumerate(pts):
+            jit._solid_harmonics(x, y, z, L, self._shK, self._shQmm, self._shC1, self._shC2,
+                                 Ys[k], dYs[k], Q, Qz, Qr, Am, Bm, True)
+        gc = np.zeros((L2, 3, 2), dtype=np.int64)
+        gv = np.zeros((L2, 3, 2))
+        for ell in range(1, L1):
+            lo, hi = (ell - 1) ** 2, ell * ell
+            B = Ys[:, lo:hi]
+            for a in range(3):
+                target = dYs[:, a, hi:(ell + 1) ** 2]
+                T = np.linalg.lstsq(B, target, rcond=None)[0]  # (2l - 1, 2l + 1)
+                T[np.abs(T) < 1e-12 * np.abs(T).max()] = 0.0
+                err = np.abs(B @ T - target).max() / np.abs(target).max()
+                if not err < 1e-12:  # pragma: no cover - a broken harmonic recurrence
+                    raise RuntimeError(f"harmonic gradient map of l={ell} off by {err:.1e}")
+                for m in range(2 * ell + 1):
+                    cols = np.flatnonzero(T[:, m])
+                    if len(cols) > 2:  # pragma: no cover - not for real solid harmonics
+                        raise RuntimeError(f"harmonic gradient of l={ell} has {len(cols)} terms")
+                    gc[hi + m, a, :len(cols)] = lo + cols
+                    gv[hi + m, a, :len(cols)] = T[cols, m]
+        self._gmap = (L, (gc, gv))
+        return self._gmap[1]
+
+    def _fused_step(self, atoms, block_gradient, check_vectors=None) -> _FusedStep:
+        """Descriptor of ``atoms`` and the adjoint of ``E = sum_i G[i] . X[i]``, block of
+        centres by block of centres (the MD step's prediction path).
+
+        Each block of consecutive centres (at most :data:`_FUSED_STORE_BYTES` of kept
+        pair terms) is expanded once with the pair radial functions, their gradients and
+        the harmonics kept (``jit.soap_create_stored``; the harmonics' gradients follow
+        from the harmonics through :meth:`_gradient_map`); ``block_gradient(i0, i1,
+        X[i0:i1])`` returns the block's ``G`` (i1 - i0, n_features); the back-pass
+        (``jit.soap_backward_stored``) contracts it with the kept terms while they are
+        in cache, where :meth:`expand` then ``backward`` computes them twice. Equal to
+        ``expand(atoms)`` and ``backward(G)`` up to summation order.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        block_gradient : callable ``(i0, i1, X_block) -> G_block``
+        check_vectors : callable ``(vectors (n_pairs, 3)) -> None``, optional
+            Called on the pair vectors before any SOAP work (e.g. a minimum-distance
+            check that raises).
+        """
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        if check_vectors is not None and len(D):
+            check_vectors(D)
+        N, F, S = len(spec), self._n_features, len(self.species_numbers_)
+        L1, nk = self.l_max + 1, self.n_max
+        X = np.empty((N, F))
+        out = np.zeros((len(i), 3))
+        if not N:
+            return _FusedStep(X, i, j, D, volume, out)
+        gmap = self._gradient_map()
+        PS = jit.stored_pair_size(L1, nk)
+        max_pairs = _max_pairs(offsets)
+        budget = max(max_pairs, _FUSED_STORE_BYTES // (8 * PS))
+        blocks = _fused_blocks(offsets, budget)
+        nb_max = max(i1 - i0 for i0, i1 in blocks)
+        pairs_max = max(int(offsets[i1] - offsets[i0]) for i0, i1 in blocks)
+        store = np.empty(max(pairs_max, 1) * PS)
+        perm = np.empty(max(pairs_max, 1), dtype=np.int64)
+        sstart = np.empty((nb_max, S + 1), dtype=np.int64)
+        C = np.empty((nb_max, S, L1 * L1, nk))
+        nbr_spec = spec[j]
+        A, BT, wtype, wpar, w_zero = self._radial_args
+        with self._dynamic():
+            for i0, i1 in blocks:
+                n_chunks = self._n_chunks(i1 - i0)
+                jit.soap_create_stored(
+                    D, nbr_spec, offsets, spec, S, A, BT, self._BAT, wtype, wpar, w_zero,
+                    self._w_zero, self._self0, *self._layout_args, max_pairs, i0, i1,
+                    store, perm, sstart, C, X, n_chunks,
+                )  # fmt: skip
+                G = np.ascontiguousarray(block_gradient(i0, i1, X[i0:i1]), dtype=np.float64)
+                if G.shape != (i1 - i0, F):
+                    raise ValueError(f"block_gradient returned shape {G.shape}, expected {(i1 - i0, F)}")
+                jit.soap_backward_stored(
+                    offsets, i0, i1, self._prel, self._pair_off, self._tri, max_pairs,
+                    store, perm, sstart, *gmap, C, G, out, n_chunks,
+                )  # fmt: skip
+        return _FusedStep(X, i, j, D, volume, out)
+
+
+@dataclass
+class _FusedStep:
+    """What :meth:`SOAP._fused_step` returns: a frame's descriptor, pairs and the adjoint
+    ``dE`` (n_pairs, 3) of the block gradients (``SOAPExpansion.backward``'s output)."""
+
+    descriptor: np.ndarray
+    center: np.ndarray
+    neighbor: np.ndarray
+    vector: np.ndarray
+    volume: float
+    dE: np.ndarray
+
+
+def _fused_blocks(offsets, budget_pairs: int) -> list:
+    """Consecutive centre blocks ``(i0, i1)`` of at most ``budget_pairs`` pairs each
+    (at least one centre per block)."""
+    N = len(offsets) - 1
+    blocks, i0 = [], 0
+    while i0 < N:
+        i1 = int(np.searchsorted(offsets, offsets[i0] + budget_pairs, side="right")) - 1
+        i1 = min(max(i1, i0 + 1), N)
+        blocks.append((i0, i1))
+        i0 = i1
+    return blocks
 
 
 def _max_pairs(offsets) -> int:
