@@ -112,7 +112,8 @@ def _run(argv) -> int:
 
 
 @pytest.mark.parametrize("argv, fragment", CASES)
-def test_bad_input_is_one_line_and_exit_code_2(bad, argv, fragment, capsys):
+def test_bad_input_is_one_line_and_exit_code_2(bad, argv, fragment, capsys, monkeypatch):
+    monkeypatch.chdir(bad)  # a default run directory (gpal_run) lands here, not in the caller's folder
     argv = [a.format(d=bad) for a in argv]
     code = _run(argv)
     captured = capsys.readouterr()

@@ -500,7 +500,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
         # the same calibration as the active learner stores: the std of a new force label
         # sqrt((scale σ)² + (noise_scale σ_n)²), and a conformal quantile in its units
-        noise = model.noise_["force"]
+        noise = val["force_noise"]  # per component: a model with a force_noise_knee
         cal = calibration.TwoTermCalibrator().fit(val["force_error"], val["force_std"], noise)
         total = cal.transform(val["force_std"], noise)
         conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], total)

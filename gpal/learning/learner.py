@@ -1033,11 +1033,12 @@ class ActiveLearner:
             return {}
         loo = self.model.loo_residuals(idx)
         err, std, fr = loo["force_error"], loo["force_std"], loo["force_frame"]
-        noise = self.model.noise_["force"]
+        noise = loo.get("force_noise", self.model.noise_["force"])  # per component (force_noise_knee)
         order = {f: k for k, f in enumerate(sorted(set(fr.tolist())))}
         half = np.array([order[f] % 2 for f in fr.tolist()])
         cal, judge = half == 0, half == 1
-        tt = calibration.TwoTermCalibrator().fit(err[cal], std[cal], noise)
+        noise = np.broadcast_to(noise, err.shape)
+        tt = calibration.TwoTermCalibrator().fit(err[cal], std[cal], noise[cal])
         total = tt.transform(std, noise)
         conf = calibration.SplitConformal(alpha=0.1).fit(err[cal], total[cal])
         zj = err[judge] / total[judge]

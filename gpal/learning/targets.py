@@ -533,7 +533,7 @@ class TargetSet:
         obs = model.observation_rows(atoms)
         n = len(atoms)
         rows = [obs.energy[None], obs.forces.reshape(3 * n, -1)]
-        noise = [np.array([model.noise_["energy"] * math.sqrt(n)]), np.full(3 * n, model.noise_["force"])]
+        noise = [np.array([model.noise_["energy"] * math.sqrt(n)]), np.full(3 * n, model.typical_force_noise())]
         if obs.stress is not None:
             rows.append(obs.stress)
             noise.append(np.full(6, model.noise_["stress"]))
@@ -582,7 +582,7 @@ class TargetSet:
         out = {"information_gain": [], "reduction": [], "force_std": [], "force_std_max": []}
         for a in frames:
             A, noise, fs = self._frame_rows(model, a)
-            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
+            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.typical_force_noise())
             out["information_gain"].append(ig)
             out["reduction"].append(rho)
             out["force_std"].append(math.sqrt(vf))
@@ -649,7 +649,7 @@ class TargetSet:
         total = float(np.sum(sor) + np.sum(resid))
         target_std = float(np.sqrt(scale**2 * sor + resid).max())
         A, noise, fs = self._frame_rows(model, atoms)
-        ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.noise_["force"])
+        ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.typical_force_noise())
         u = scale * math.sqrt(vmax)
         w = self.update_weight(u, reference)
         known = self.tolerance is not None and target_std <= self.tolerance
@@ -679,7 +679,7 @@ class TargetSet:
         for k, rows in enumerate(self._cache["rows"]):
             if k in self.labelled_:
                 continue
-            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, model.noise_["force"])
+            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, model.typical_force_noise())
             if rho > best_rho:
                 best, best_rho = k, rho
         if best is None or (1.0 - self.weight_) * best_rho < self.min_reduction:
@@ -710,7 +710,7 @@ class TargetSet:
 
         def scores(idx):
             total = self._total_var(model, solver, T, resid)
-            sc = [self._scores(solver, *rows[k], T, total, model.noise_["force"]) for k in idx]
+            sc = [self._scores(solver, *rows[k], T, total, model.typical_force_noise()) for k in idx]
             if not ig_best:  # the first round's best: later gains are on the same scale
                 ig_best.append(max(max(s[0] for s in sc), 1e-300))
             return [w * s[0] / ig_best[0] + (1.0 - w) * s[1] for s in sc]

@@ -175,7 +175,8 @@ class Trigger:
 
         ``scale`` is the calibration factor of the force noise.
         """
-        noise = model.noise_["energy"] if self.quantity == "energies_std" else model.noise_["force"]
+        # with a force_noise_knee, the RMS noise of the labels' force components
+        noise = model.noise_["energy"] if self.quantity == "energies_std" else model.typical_force_noise()
         if self.threshold is None:
             thr = self.noise_ratio * noise * (scale if self.calibrated else 1.0)
         elif self.relative_to_noise:

@@ -58,6 +58,7 @@ class _Files:
             "descriptor": self.descriptor_.to_dict(),
             "kernel": self.kernel_.to_dict(),
             "noise": self.noise_,
+            "force_noise_knee": getattr(self, "force_noise_knee_", None),
             "e0": {str(z): v for z, v in self.e0_.items()},
             "calibration": self.calibration_,
             "solver_jitter": self.solver_.jitter_,
@@ -78,6 +79,7 @@ class _Files:
                 "e0": self.e0 if isinstance(self.e0, str) else {str(k): float(v) for k, v in self.e0.items()},
                 "min_distance": self.min_distance, "jitter": self.jitter, "random_state": rs,
                 "memory_budget_gb": self.memory_budget_gb,
+                "force_noise_knee": getattr(self, "force_noise_knee", None),
             },
         }
         spec = _baseline.baseline_spec(self.baseline, self.baseline_kwargs)
@@ -122,6 +124,8 @@ class _Files:
             if choice.get("log_marginal_likelihood") is not None:
                 self.log_marginal_likelihood_value_ = float(choice["log_marginal_likelihood"])
             self.noise_ = {k: float(v) for k, v in meta["noise"].items()}
+            knee = meta.get("force_noise_knee")  # absent in earlier files: one force noise
+            self.force_noise_knee_ = None if knee is None else float(knee)
             self.e0_ = {int(k): float(v) for k, v in meta["e0"].items()}
             from ..calibration import Calibration
 

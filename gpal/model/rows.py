@@ -120,7 +120,7 @@ class _Rows:
         """The labels of one frame in observation order: [(group, y, noise std)].
 
         Energy (baselines subtracted; noise ``energy_noise * sqrt(n_atoms)``), then the
-        force components, then the stress. Every routine that stacks rows follows this.
+        force components (noise :meth:`force_label_noise`), then the stress. Every routine that stacks rows follows this.
         """
         lab = frame_labels(atoms)
         n = len(atoms)
@@ -129,7 +129,7 @@ class _Rows:
             y = np.array([lab.energy - self._e0_of(atoms.numbers).sum()])
             out.append((_E, y, np.array([self.noise_["energy"] * np.sqrt(n)])))
         if lab.forces is not None:
-            out.append((_F, lab.forces.ravel(), np.full(3 * n, self.noise_["force"])))
+            out.append((_F, lab.forces.ravel(), self.force_label_noise(lab.forces).ravel()))
         if lab.stress is not None:
             out.append((_S, lab.stress, np.full(6, self.noise_["stress"])))
         return out
