@@ -1182,67 +1182,20 @@ def soap_create_batched(
 
 
 @numba.njit(cache=True, fastmath=_FM)
-def _contract8(hl, Rl, Ql, Yr, d0, d1, d2, q0, q1, u, g0, g1, g2):
-    """One (s, lm) term of :func:`soap_backward_batched` for n_max = 8, pairs q0:q1.
+def _contract8_species(h, s, R, Qd, Y, dY, m, L1, u, g0, g1, g2):
+    """The back-pass sums of m pairs of species s for n_max = 8, all in arrays indexed
+    from 0: u[t] = sum_lm HQ Y[lm] and g_a[t] = sum_lm HR dY[a, lm], with HR = sum_k
+    h[s, lm, k] R[l, k] and HQ = sum_k h[s, lm, k] Qd[l, k] formed per pair in registers.
 
-    HR = sum_k h_k R[k], HQ = sum_k h_k Qd[k] are formed per pair in registers, then
-    u += HQ Y, g_a += HR dY_a (u, g_a already sliced to q0:q1).
+    The pair loops run from 0 over whole arrays (as :func:`_contract_map`): a loop from
+    an unknown offset keeps numba's negative-index wraparound and does not vectorise.
     """
-    h0 = hl[0]
-    h1 = hl[1]
-    h2 = hl[2]
-    h3 = hl[3]
-    h4 = hl[4]
-    h5 = hl[5]
-    h6 = hl[6]
-    h7 = hl[7]
-    R0 = Rl[0, q0:q1]
-    R1 = Rl[1, q0:q1]
-    R2 = Rl[2, q0:q1]
-    R3 = Rl[3, q0:q1]
-    R4 = Rl[4, q0:q1]
-    R5 = Rl[5, q0:q1]
-    R6 = Rl[6, q0:q1]
-    R7 = Rl[7, q0:q1]
-    Q0 = Ql[0, q0:q1]
-    Q1 = Ql[1, q0:q1]
-    Q2 = Ql[2, q0:q1]
-    Q3 = Ql[3, q0:q1]
-    Q4 = Ql[4, q0:q1]
-    Q5 = Ql[5, q0:q1]
-    Q6 = Ql[6, q0:q1]
-    Q7 = Ql[7, q0:q1]
-    y = Yr[q0:q1]
-    e0 = d0[q0:q1]
-    e1 = d1[q0:q1]
-    e2 = d2[q0:q1]
-    for q in range(q1 - q0):
-        hr = (
-            h0 * R0[q] + h1 * R1[q] + h2 * R2[q] + h3 * R3[q]
-            + h4 * R4[q] + h5 * R5[q] + h6 * R6[q] + h7 * R7[q]
-        )  # fmt: skip
-        hq = (
-            h0 * Q0[q] + h1 * Q1[q] + h2 * Q2[q] + h3 * Q3[q]
-            + h4 * Q4[q] + h5 * Q5[q] + h6 * Q6[q] + h7 * Q7[q]
-        )  # fmt: skip
-        u[q] += hq * y[q]
-        g0[q] += hr * e0[q]
-        g1[q] += hr * e1[q]
-        g2[q] += hr * e2[q]
-
-
-@numba.njit(cache=True, fastmath=_FM)
-def _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc):
-    """All (l, m) terms of :func:`soap_backward_batched` for n_max = 8, species s, pairs q0:q1.
-
-    As :func:`_contract8` for every lm, with the sums accumulated in acc[2] (u) and
-    acc[3:6] (g_a) by direct indexing of whole scratch arrays (no per-term slices:
-    fewer pointers for the vectoriser's overlap checks; the same operations in the
-    same order, so the same result).
-    """
+    for t in range(m):
+        u[t] = 0.0
+        g0[t] = 0.0
+        g1[t] = 0.0
+        g2[t] = 0.0
     for ell in range(L1):
-        Rl = R[ell]
-        Ql = Qd[ell]
         for lm in range(ell * ell, (ell + 1) * (ell + 1)):
             h0 = h[s, lm, 0]
             h1 = h[s, lm, 1]
@@ -1252,28 +1205,34 @@ def _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc):
             h5 = h[s, lm, 5]
             h6 = h[s, lm, 6]
             h7 = h[s, lm, 7]
-            for q in range(q0, q1):
+            for t in range(m):
                 hr = (
-                    h0 * Rl[0, q] + h1 * Rl[1, q] + h2 * Rl[2, q] + h3 * Rl[3, q]
-                    + h4 * Rl[4, q] + h5 * Rl[5, q] + h6 * Rl[6, q] + h7 * Rl[7, q]
+                    h0 * R[ell, 0, t] + h1 * R[ell, 1, t] + h2 * R[ell, 2, t]
+                    + h3 * R[ell, 3, t] + h4 * R[ell, 4, t] + h5 * R[ell, 5, t]
+                    + h6 * R[ell, 6, t] + h7 * R[ell, 7, t]
                 )  # fmt: skip
                 hq = (
-                    h0 * Ql[0, q] + h1 * Ql[1, q] + h2 * Ql[2, q] + h3 * Ql[3, q]
-                    + h4 * Ql[4, q] + h5 * Ql[5, q] + h6 * Ql[6, q] + h7 * Ql[7, q]
+                    h0 * Qd[ell, 0, t] + h1 * Qd[ell, 1, t] + h2 * Qd[ell, 2, t]
+                    + h3 * Qd[ell, 3, t] + h4 * Qd[ell, 4, t] + h5 * Qd[ell, 5, t]
+                    + h6 * Qd[ell, 6, t] + h7 * Qd[ell, 7, t]
                 )  # fmt: skip
-                acc[2, q] += hq * Y[lm, q]
-                acc[3, q] += hr * dY[0, lm, q]
-                acc[4, q] += hr * dY[1, lm, q]
-                acc[5, q] += hr * dY[2, lm, q]
+                u[t] += hq * Y[lm, t]
+                g0[t] += hr * dY[0, lm, t]
+                g1[t] += hr * dY[1, lm, t]
+                g2[t] += hr * dY[2, lm, t]
 
 
 @numba.njit(cache=True, fastmath=_FM)
-def _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out):
+def _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, scratch, out):
     """The contraction of one centre's n gathered pairs with h = dE/dc (its pair terms
     R, Qd, Y, dY, geo in scratch, grouped by species at sstart): writes out[perm[q]].
 
     HR[q] = sum_k h[s, lm, k] R[l, k, q], HQ[q] = sum_k h[s, lm, k] Qd[l, k, q] and
     out[p, a] = x_a sum_lm HQ Y[lm] + sum_lm HR dY[a, lm]; acc (6, >= n) is scratch.
+    For n_max = 8 a species holding all n pairs is contracted in place and the pairs
+    of a species among others are first copied to ``scratch`` = (Rs (L1, 8, >= n), Qs,
+    Ys (L2, >= n), dYs (3, L2, >= n)), so that :func:`_contract8_species` indexes every
+    array from 0.
     """
     HR = acc[0]
     HQ = acc[1]
@@ -1281,6 +1240,38 @@ def _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out)
     g0 = acc[3]
     g1 = acc[4]
     g2 = acc[5]
+    if nk == 8:  # the default n_max: one pass per term, sums in registers
+        Rs, Qs, Ys, dYs = scratch
+        L2 = L1 * L1
+        for s in range(S):
+            q0 = sstart[s]
+            q1 = sstart[s + 1]
+            m = q1 - q0
+            if m == 0:
+                continue
+            if m == n:
+                _contract8_species(h, s, R, Qd, Y, dY, m, L1, u, g0, g1, g2)
+            else:
+                for ell in range(L1):
+                    for k in range(nk):
+                        for t in range(m):
+                            Rs[ell, k, t] = R[ell, k, q0 + t]
+                            Qs[ell, k, t] = Qd[ell, k, q0 + t]
+                for lm in range(L2):
+                    for t in range(m):
+                        Ys[lm, t] = Y[lm, q0 + t]
+                for a in range(3):
+                    for lm in range(L2):
+                        for t in range(m):
+                            dYs[a, lm, t] = dY[a, lm, q0 + t]
+                _contract8_species(h, s, Rs, Qs, Ys, dYs, m, L1, u, g0, g1, g2)
+            for t in range(m):
+                q = q0 + t
+                p = perm[q]
+                out[p, 0] = geo[0, q] * u[t] + g0[t]
+                out[p, 1] = geo[1, q] * u[t] + g1[t]
+                out[p, 2] = geo[2, q] * u[t] + g2[t]
+        return
     for q in range(n):
         u[q] = 0.0
         g0[q] = 0.0
@@ -1290,9 +1281,6 @@ def _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out)
         q0 = sstart[s]
         q1 = sstart[s + 1]
         if q1 == q0:
-            continue
-        if nk == 8:  # the default n_max: one pass per term, sums in registers
-            _contract8_species(h, s, R, Qd, Y, dY, q0, q1, L1, acc)
             continue
         m = q1 - q0
         HRs = HR[q0:q1]
@@ -1377,6 +1365,12 @@ def soap_backward_batched(
         h = np.empty((S, L2, nk))
         Pm = max(max_pairs, 1)
         acc = np.empty((6, Pm))  # HR, HQ, u, g0, g1, g2
+        L8 = L1 if nk == 8 else 0  # a species' pairs for _contract8_species
+        P8 = Pm if nk == 8 else 0
+        scratch = (
+            np.empty((L8, 8, P8)), np.empty((L8, 8, P8)), np.empty((L8 * L8, P8)),
+            np.empty((3, L8 * L8, P8)),
+        )
         for i in range(bounds[ch], bounds[ch + 1]):
             p0 = offsets[i]
             n = offsets[i + 1] - p0
@@ -1390,7 +1384,9 @@ def soap_backward_batched(
             _batch_harmonics(
                 n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, True
             )
-            _backward_centre(h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, out)
+            _backward_centre(
+                h, S, sstart, R, Qd, Y, dY, geo, perm, n, L1, nk, acc, scratch, out
+            )
 
 
 # ---------------------------------------------------------------------------------------
