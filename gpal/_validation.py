@@ -83,7 +83,8 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
         lo, hi = int(numbers.min()), int(numbers.max())
         if lo < 0 or hi >= len(allowed) or not allowed[numbers].all():
             unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)
-            raise UnknownSpeciesError(unknown, species)
+            if unknown:
+                raise UnknownSpeciesError(unknown, species)
     if periodic:
         if abs(_det3(cell)) < 1e-6 or not atoms.pbc.any():
             raise MissingCellError(
