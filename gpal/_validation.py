@@ -6,6 +6,7 @@ numerical code behind it can assume clean input.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,24 +69,46 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
     if len(atoms) == 0:
         raise ValueError(f"{what} contains no atoms")
     pos = atoms.positions
-    if not np.all(np.isfinite(pos)):
+    if not np.isfinite(pos).all():
         bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
         raise InvalidPositionsError(
             f"{what} has non-finite positions at atom indices {bad[:10].tolist()}"
         )
-    if not np.all(np.isfinite(atoms.cell.array)):
+    cell = atoms.cell.array
+    if not np.isfinite(cell).all():
         raise InvalidPositionsError(f"{what} has a non-finite cell")
     if species is not None:
-        unknown = set(np.unique(atoms.numbers).tolist()) - set(int(z) for z in species)
-        if unknown:
-            raise UnknownSpeciesError(unknown, species)
+        numbers = atoms.numbers
+        allowed = _species_table(tuple(int(z) for z in species))
+        lo, hi = int(numbers.min()), int(numbers.max())
+        if lo < 0 or hi >= len(allowed) or not allowed[numbers].all():
+            unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)
+            if unknown:
+                raise UnknownSpeciesError(unknown, species)
     if periodic:
-        if abs(atoms.cell.volume) < 1e-6 or not np.any(atoms.pbc):
+        if abs(_det3(cell)) < 1e-6 or not atoms.pbc.any():
             raise MissingCellError(
                 f"{what} has no cell (volume {atoms.cell.volume:.3g} Å^3, pbc "
                 f"{atoms.pbc.tolist()}), but the model is periodic. Set atoms.cell and "
                 "atoms.pbc, or use a non-periodic descriptor."
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _species_table(species: tuple) -> np.ndarray:
+    """Boolean lookup by atomic number: True for the numbers in ``species``."""
+    table = np.zeros(max((z for z in species if z >= 0), default=-1) + 1, dtype=bool)
+    for z in species:
+        if z >= 0:
+            table[z] = True
+    table.setflags(write=False)
+    return table
+
+
+def _det3(cell: np.ndarray) -> float:
+    """Determinant of a 3x3 cell matrix (the signed volume, Å^3), without LAPACK."""
+    (a, b, c), (d, e, f), (g, h, i) = cell.tolist()
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def check_min_distance(distances, min_distance: float, what="atoms") -> None:
