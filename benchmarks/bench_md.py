@@ -104,6 +104,22 @@ bookkeeping, reading the M x M std factors and the M x F sparse rows once per ca
 and the calculator step adds ~14 µs/atom over predict (ASE's per-step state checks
 included).
 
+With GAP, this release and the previous one each in its own run (``--n-sparse 500
+--sizes 3 10 --interleaved --load both --steps 20 --steps-large 2 --nve-steps 0``, load
+average 1.3-2.4; CPU µs/atom/step; EMT and GAP of each run beside it)::
+
+    machine  atoms  e092100 -> this  EMT (e092100 / this)  GAP (e092100 / this)  gpal/EMT      GAP/gpal
+    quiet    108    90.6 -> 65.6     79.4 / 78.8           2576 / 2927           1.14 -> 0.83  28 -> 45
+    quiet    4000   75.8 -> 56.7     75.3 / 75.1           2451 / 2839           1.01 -> 0.76  32 -> 50
+    busy     108    91.5 -> 72.9     80.0 / 95.4           2658 / 2981           1.14 -> 0.76  29 -> 41
+    busy     4000   75.6 -> 57.9     76.9 / 79.1           2468 / 2552           0.98 -> 0.73  33 -> 44
+
+The fixed cost of a step, then cut (``GPCalculator.check_state`` exact-first: 86 -> 11-32
+µs per ask, three asks per step; nested thread limits that lower nothing: 35 -> 13 µs
+per predict; ``check_atoms`` by a lookup table: 19 -> 10 µs): 108 atoms, 40 steps x 9
+blocks, before and after as concurrent processes, gpal/EMT 0.86 -> 0.72 quiet, 0.90 ->
+0.83 busy; 4000 atoms unchanged. Target >= 60x GAP: not met (41-50x).
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
