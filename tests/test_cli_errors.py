@@ -38,6 +38,8 @@ def bad(tmp_path_factory):
     (run / "state.json").write_text('{"step": 12, "total_st')
     nostate = d / "nostate"
     (d / "element.toml").write_text('[structure]\nbulk = "Xx"\n')
+    (d / "knee.toml").write_text('run_dir = "knee_run"\n[model]\nforce_noise_knee = "sometimes"\n')
+    (d / "noise.toml").write_text('run_dir = "noise_run"\n[model]\nforce_noise = -1.0\n')
     nostate.mkdir()
     (nostate / "state.json").write_text('{"total_steps": 3}')
     return d
@@ -97,6 +99,10 @@ CASES = [
     pytest.param(["fit"], "the following arguments are required: train", id="fit-no-argument"),
     pytest.param(["learn", "{d}/element.toml"], "[structure] bulk: unknown chemical symbol 'Xx'",
                  id="config-unknown-element"),
+    pytest.param(["learn", "{d}/knee.toml"], "force_noise_knee must be > 0 (eV/Å), 'auto' or None",
+                 id="config-model-knee"),
+    pytest.param(["learn", "{d}/noise.toml"], "force_noise must be > 0 or None, got -1.0",
+                 id="config-model-noise"),
     pytest.param(["ipi", "{d}/missing.npz", "--unix", "gpal-test"], "no model file at", id="ipi-missing-model"),
     pytest.param(["ipi", "{d}/model.npz"], "one of the arguments --unix --port is required",
                  id="ipi-no-socket"),
@@ -147,3 +153,13 @@ def test_keyboard_interrupt_is_one_line_and_exit_code_130(monkeypatch, capsys):
     monkeypatch.setattr(gpal.cli, "cmd_info", interrupted)
     assert main(["info", "whatever.npz"]) == 130
     assert capsys.readouterr().err.splitlines() == ["gpal info: interrupted"]
+
+
+def test_a_bad_model_setting_costs_no_oracle_call(bad, capsys, monkeypatch):
+    # the model's settings are checked when the learner is built, not at the first fit
+    # after the bootstrap labels
+    monkeypatch.chdir(bad)
+    for name in ("knee", "noise"):
+        assert _run(["learn", str(bad / f"{name}.toml")]) == 2
+        assert len(capsys.readouterr().err.splitlines()) == 1
+        assert not (bad / f"{name}_run" / "train.xyz").exists()

@@ -258,6 +258,8 @@ class ActiveLearner:
                                                           "validation", "run"))
         self.oracle_spec = as_oracle_spec(oracle)
         self.model = model if model is not None else SparseGP(n_sparse=boot.n_sparse)
+        if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
+            self.model._check_params()
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         self.trigger = trigger or Trigger()

@@ -428,6 +428,32 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             what=what,
         )
 
+    def _check_params(self) -> None:
+        """Raise ``ValueError`` (one line) for a constructor argument :meth:`fit` cannot use.
+
+        Called by :meth:`fit`, and by an active learner before its first oracle call, so
+        a bad setting never costs a label.
+        """
+        if self.sparse_selection not in _SPARSE_SELECTIONS:
+            raise ValueError(
+                f"Invalid sparse_selection {self.sparse_selection!r}; "
+                f"choose from {_SPARSE_SELECTIONS}"
+            )
+        if self.hyperparameters not in _HYPERPARAMETER_MODES:
+            raise ValueError(
+                f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
+                f"{_HYPERPARAMETER_MODES}"
+            )
+        for name in ("energy_noise", "force_noise", "stress_noise"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+        self._budget_bytes()  # a bad memory_budget_gb
+        knee = self.force_noise_knee
+        if not (knee is None or (isinstance(knee, str) and knee == "auto") or (
+                isinstance(knee, (int, float, np.floating)) and not isinstance(knee, bool) and knee > 0)):
+            raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
+
     @_thread_policy()
     def fit(self, frames) -> "SparseGP":
         """Fit to labelled frames.
@@ -468,25 +494,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         UserWarning
             A chosen noise or signal variance sits at a bound of its range.
         """
-        if self.sparse_selection not in _SPARSE_SELECTIONS:
-            raise ValueError(
-                f"Invalid sparse_selection {self.sparse_selection!r}; "
-                f"choose from {_SPARSE_SELECTIONS}"
-            )
-        if self.hyperparameters not in _HYPERPARAMETER_MODES:
-            raise ValueError(
-                f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
-                f"{_HYPERPARAMETER_MODES}"
-            )
-        for name in ("energy_noise", "force_noise", "stress_noise"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
-        self._budget_bytes()  # a bad memory_budget_gb fails before any work
-        knee = self.force_noise_knee
-        if not (knee is None or (isinstance(knee, str) and knee == "auto") or (
-                isinstance(knee, (int, float, np.floating)) and not isinstance(knee, bool) and knee > 0)):
-            raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
+        self._check_params()
         frames = check_frames(frames)
         self.descriptor_ = self.descriptor if self.descriptor is not None else (
             default_descriptor(frames)
