@@ -58,3 +58,18 @@ def cu_train():
 @pytest.fixture(scope="session")
 def cuag_train():
     return cuag_frames(6, seed=2)
+
+
+def refit_without_frame(model, b):
+    """The model's solver refitted without training frame ``b``, and ``b``'s observation rows.
+
+    The reference for leave-one-frame-out residuals: a fresh factorisation of the stored
+    kernel rows, labels and noises of every other frame.
+    """
+    from gpal.sparse_gp import SparseGPSolver
+
+    sol = model.solver_
+    keep = model.obs_frame_ != b
+    ref = SparseGPSolver().fit(sol.K_mm_, sol.K_nm_[keep], sol.y_[keep], sol.noise_std_[keep],
+                               jitter=model.jitter)
+    return ref, np.flatnonzero(~keep)

@@ -1238,10 +1238,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             self._check(a, what=f"candidates[{k}]")
             e_row, f_rows, s_rows = self._derivative_rows(a, Z, zsp)
             n = len(a)
+            F_rows = f_rows.reshape(3 * n, len(Z))  # noise at the predicted force
             block = {
                 "energy": (e_row[None, :], np.array([self.noise_["energy"] * np.sqrt(n)])),
-                "forces": (f_rows.reshape(3 * n, len(Z)),  # noise at the predicted force
-                           self.force_label_noise((f_rows.reshape(3 * n, len(Z)) @ self.alpha_).reshape(n, 3)).ravel()),
+                "forces": (F_rows, self.force_label_noise((F_rows @ self.alpha_).reshape(n, 3)).ravel()),
             }
             if np.all(a.pbc):
                 block["stress"] = (s_rows, np.full(6, self.noise_["stress"]))
