@@ -1010,7 +1010,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         for key in self.calibration_:
             if key in out:
                 cal = self.calibration_of(key)
-                if key == "forces_std" and "forces" in out:  # the std of a new label at the predicted force
+                if key == "forces_std" and "forces" in out and getattr(self, "force_noise_knee_", None) is not None:
+                    # with a force_noise_knee: the std of a new label at the predicted force
                     level = self.force_label_noise(out["forces"]).reshape(np.shape(out[key]))
                 else:
                     level = self.noise_[noise[key]] if key in noise else 0.0
