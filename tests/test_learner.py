@@ -209,6 +209,22 @@ def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     assert len(labels) == 1 and labels[0]["step"] == 25
 
 
+def test_calibration_leaves_the_bootstrap_frames_out_also_after_resume(tmp_path):
+    # the temperature rule labels at steps 7, 14, 22 and 29 (see the next test): 4 bootstrap
+    # frames and 4 others. The model keeps bare copies of its frames, so which are bootstrap
+    # comes from the learner's record: 2 + 2 frames of the 4 others, not 4 + 4 of all 8
+    trig = Trigger(threshold=100.0, adaptive=False, every=1, max_labels=5)
+    L = learner(tmp_path / "run", trigger=trig, sparse_refresh=False)
+    L.run(30)
+    assert len(L.model.frames_) == 8
+    out = L.calibrate()
+    assert (out["n_calibration"], out["n_judge"]) == (2, 2)
+    R = ActiveLearner.resume(tmp_path / "run", progress=False)
+    again = R.calibrate()
+    assert (again["n_calibration"], again["n_judge"]) == (2, 2)
+    assert again["scale"] == pytest.approx(out["scale"], rel=1e-8)
+
+
 def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     # a threshold no std reaches: only the temperature rule labels. Ramp 300 -> 1200 K over
     # 30 steps (T = 300 + 900 s / 29), 4 steps of 225 K: 525, 750, 975 and 1200 K, each

@@ -292,6 +292,7 @@ class ActiveLearner:
         self.threshold_ = None
         self._recent_unc: list[float] = []
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
+        self._reasons: list[str] = []  # why each line of train.xyz was labelled, in its order
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
@@ -405,6 +406,7 @@ class ActiveLearner:
             self._add_force_squares([a])
             a.info["gpal_step"] = self.step
             a.info["gpal_reason"] = reason
+            self._reasons.append(reason)
             if walkers is not None:
                 a.info["gpal_walker"] = int(walkers[k])
             append_frame(self.train_path, a)  # on disk the moment it arrives
@@ -1027,7 +1029,10 @@ class ActiveLearner:
 
         t0 = time.perf_counter()
         n = len(self.model.frames_)
-        idx = [i for i, a in enumerate(self.model.frames_) if a.info.get("gpal_reason") != "bootstrap"]
+        # the model's frames are train.xyz's, in its order (fit on it, then updated by appending);
+        # the model keeps bare copies, so why each was labelled comes from the learner's record
+        reasons = self._reasons if len(self._reasons) == n else [""] * n
+        idx = [i for i in range(n) if reasons[i] != "bootstrap"]
         if len(idx) < 4:
             idx = list(range(n))
         idx = idx[-40:]
@@ -1257,6 +1262,7 @@ class ActiveLearner:
         cut = _drop_partial_frame(run_dir / "train.xyz")
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
         self.n_labelled = len(labelled)
+        self._reasons = [str(a.info.get("gpal_reason", "uncertain")) for a in labelled]
         missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
         if missing:
             model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
