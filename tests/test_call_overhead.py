@@ -54,13 +54,35 @@ def test_check_state_gives_ases_answer(model):
     v.set_initial_charges(np.ones(len(a)))
     v = variants["momenta only"] = a.copy()
     v.set_momenta(np.zeros((len(a), 3)))
-    for name, other in variants.items():
-        assert sorted(calc.check_state(other)) == sorted(
-            compare_atoms(calc.atoms, other, tol=1e-15)
-        ), name
+    for tol in (1e-15, 1e-7, 1e-3):
+        for name, other in variants.items():
+            assert sorted(calc.check_state(other, tol)) == sorted(
+                compare_atoms(calc.atoms, other, tol=tol)
+            ), (name, tol)
     assert calc.check_state(variants["same"]) == []
     assert calc.check_state(variants["tiny"]) == []
     assert calc.check_state(variants["momenta only"]) == []
+    # nothing ASE checks changed: answered without ASE's tolerance comparison (an MD step
+    # changes the momenta between its force calls)
+    from ase.calculators.calculator import Calculator
+
+    def not_asked(*args, **kwargs):
+        raise AssertionError("ASE's comparison was asked")
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(Calculator, "check_state", not_asked)
+    try:
+        assert calc.check_state(variants["momenta only"]) == []
+        assert calc.check_state(variants["same"]) == []
+        assert calc.check_state(variants["moved"]) == ["positions"]  # beyond tol: moved
+        for name in ("tiny", "nan", "cell", "charges"):  # within tol, or not an MD step: ASE
+            with pytest.raises(AssertionError, match="was asked"):
+                calc.check_state(variants[name])
+        calc.ignored_changes = {"positions"}
+        with pytest.raises(AssertionError, match="was asked"):
+            calc.check_state(variants["moved"])
+    finally:
+        monkey.undo()
     calc.ignored_changes = {"initial_charges"}
     assert calc.check_state(variants["charges"]) == []
 
