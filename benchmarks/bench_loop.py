@@ -372,6 +372,12 @@ def evaluate(model, frames):
         z = err / np.maximum(np.concatenate(stds), 1e-12)
         out[f"z2_mean_{tag}"] = float(np.mean(z**2))
         out[f"coverage90_{tag}"] = float(np.mean(np.abs(z) <= Z90))
+    # the 90 % interval gpal gives (and its conformal stopping bound uses): the split-conformal
+    # quantile of the learner's own held-out errors, in calibrated stds, times the calibrated std
+    q90 = out["calibration_stored"].get("forces_std", {}).get("conformal_q90")
+    out["conformal_q90"] = q90
+    z_cal = err / np.maximum(np.concatenate(f_std_cal), 1e-12)
+    out["coverage90_conformal"] = float(np.mean(np.abs(z_cal) <= q90)) if q90 else None
     return out
 
 
@@ -646,6 +652,10 @@ def print_system(name, protocol, r):
         z2, cov = al[f"z2_mean_{tag}"], al[f"coverage90_{tag}"]
         print(f"    force z {tag:<10}: mean z² {z2:.3g} [0.8-1.25: {verdict(0.8 <= z2 <= 1.25)}]  "
               f"|z|<=1.645 {cov:.3f} [0.87-0.93: {verdict(0.87 <= cov <= 0.93)}]")
+    if al.get("coverage90_conformal") is not None:
+        cov = al["coverage90_conformal"]
+        print(f"    conformal 90 % interval (±{al['conformal_q90']:.3g} calibrated stds): coverage {cov:.3f}"
+              f" [0.87-0.93: {verdict(0.87 <= cov <= 0.93)}]")
     if not al["calibration_stored"]:
         print("      (the AL model stores no calibration: calibrated = raw)")
     print(f"    oracle calls reported {r['reported_oracle_calls']}  counted {n} distinct configurations "
@@ -671,7 +681,7 @@ def print_summary(all_results):
     print("\nsummary (force RMSE eV/Å, energy RMSE meV/atom, on the independent trajectory)")
     head = (f"{'system':<13}{'mode':<9}{'F AL':>8}{'F base':>8}{'ratio':>7}{'E AL':>7}{'E base':>7}"
             f"{'ratio':>7}{'lab/100':>8}{'z2 raw':>8}{'cov raw':>8}{'z2 cal':>8}{'cov cal':>8}"
-            f"{'calls rep':>10}{'counted':>8}{'wall s':>8}")
+            f"{'cov conf':>9}{'calls rep':>10}{'counted':>8}{'wall s':>8}")
     print(head)
     for name, mode, r in rows:
         al, b = r["al"], r["baseline"]
@@ -679,7 +689,8 @@ def print_summary(all_results):
               f"{1e3 * al['energy_rmse_per_atom']:7.3f}{1e3 * b['energy_rmse_per_atom']:7.3f}"
               f"{r['energy_rmse_ratio']:7.2f}{r['labels']['max_labels_per_walker_per_100_steps']:8d}"
               f"{al['z2_mean_raw']:8.3g}{al['coverage90_raw']:8.3f}{al['z2_mean_calibrated']:8.3g}"
-              f"{al['coverage90_calibrated']:8.3f}{str(r['reported_oracle_calls']):>10}"
+              f"{al['coverage90_calibrated']:8.3f}{_f(al.get('coverage90_conformal'), '9.3f'):>9}"
+              f"{str(r['reported_oracle_calls']):>10}"
               f"{r['counted_oracle_calls']:8d}{r['wall_time']:8.0f}"
               + ("  aborted" if r["aborted"] else ""))
     print("targets: F ratio <= 0.8, E ratio <= 1, labels/100 steps <= 3, z2 0.8-1.25, coverage 0.87-0.93;"
