@@ -225,6 +225,35 @@ def test_calibration_leaves_the_bootstrap_frames_out_also_after_resume(tmp_path)
     assert again["scale"] == pytest.approx(out["scale"], rel=1e-8)
 
 
+@pytest.mark.parametrize("delta", [False, True])
+def test_a_fitted_model_starts_the_run_with_its_frames_and_no_bootstrap_label(tmp_path, delta):
+    # a model fitted before the run: its frames are the run's initial data (train.xyz, the
+    # scheduled refits, resume), with the oracle's labels (a Δ-model stores residuals), and
+    # no bootstrap call; only the temperature rule labels here (steps 7, 14, 22 and 29)
+    initial = cu_frames(3, seed=1, size=(2, 2, 2))
+    kw = dict(baseline="ase.calculators.lj:LennardJones",
+              baseline_kwargs={"sigma": 2.3, "epsilon": 0.4, "rc": 4.0}) if delta else {}
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30,
+                     **kw).fit(initial)
+    trig = Trigger(threshold=100.0, adaptive=False, every=1, max_labels=5)
+    L = ActiveLearner(start(), EMT(), model, run_dir=tmp_path / "run", progress=False, trigger=trig,
+                      md=MDSettings(temperature=(300, 1200)), sparse_refresh=False)
+    summary = L.run(30)
+    assert summary.oracle_calls == L.oracle.n_calls == 4
+    assert summary.oracle_calls_by_reason.get("bootstrap", 0) == 0 and summary.bootstrap_frames == 0
+    train = frames_in(tmp_path / "run" / "train.xyz")
+    assert len(train) == len(L.model.frames_) == summary.labelled_frames == 7
+    assert [a.info["gpal_reason"] for a in train[:3]] == ["initial"] * 3
+    for a, b in zip(train[:3], initial):  # the oracle's labels (as extxyz writes them), not residuals
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-7)
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-6)
+    R = ActiveLearner.resume(tmp_path / "run", progress=False)
+    assert R.oracle.n_calls == 4 and len(R.model.frames_) == 7
+    again = R.run(40)
+    assert again.oracle_calls_by_reason.get("bootstrap", 0) == 0
+    assert len(frames_in(tmp_path / "run" / "train.xyz")) == len(R.model.frames_) == again.labelled_frames
+
+
 def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     # a threshold no std reaches: only the temperature rule labels. Ramp 300 -> 1200 K over
     # 30 steps (T = 300 + 900 s / 29), 4 steps of 225 K: 525, 750, 975 and 1200 K, each

@@ -171,7 +171,10 @@ class ActiveLearner:
         ``executor`` (process pool, dask).
     model : SparseGP, optional
         Settings of the model to learn (it is fitted on the bootstrap data). Default
-        ``SparseGP(n_sparse=...)`` with gpal's default descriptor.
+        ``SparseGP(n_sparse=...)`` with gpal's default descriptor. A model already
+        fitted is continued: its training frames become the run's initial data
+        (written to ``train.xyz`` with reason ``"initial"``, the oracle's labels) and
+        no bootstrap label is made.
     run_dir : str or Path, default "gpal_run"
     md : MDSettings, optional
     trigger : Trigger, optional
@@ -515,7 +518,48 @@ class ActiveLearner:
                 cands.append(a)
         return cands
 
+    def _adopt_model_frames(self) -> None:
+        """A model fitted before the run: its training frames become the run's initial data.
+
+        They are written to ``train.xyz`` (reason ``"initial"``, the oracle's labels: a
+        Δ-model's stored residuals plus its baseline) and no bootstrap label is made, so
+        the scheduled refits, the calibration and a resume see the same data as the
+        model. No oracle call.
+        """
+        from .._validation import frame_labels
+        from ..baseline import baseline_labels
+        from ..io import labelled
+
+        base = getattr(self.model, "baseline_", None)
+        frames = []
+        for a in self.model.frames_:
+            lab = frame_labels(a)
+            e, f, st = lab.energy, lab.forces, lab.stress
+            if base is not None:
+                b = baseline_labels(base, a, stress=st is not None)
+                e = None if e is None else e + b["energy"]
+                f = None if f is None else f + b["forces"]
+                st = None if st is None else st + b["stress"]
+            c = labelled(a, energy=e, forces=f, stress=st)
+            c.info["gpal_step"] = 0
+            c.info["gpal_reason"] = "initial"
+            frames.append(c)
+        write_frames(self.train_path, frames)  # whole or absent
+        self._reasons = ["initial"] * len(frames)
+        self.n_labelled = len(frames)
+        self._add_force_squares(frames)
+        self._last_opt = max(self.n_labelled, 1)
+        self._log({"event": "initial_frames", "n": len(frames), "oracle_calls": 0})
+
     def _bootstrap(self) -> None:
+        if self.model.alpha_ is not None:  # a model fitted before the run: no bootstrap labels
+            if not self.train_path.exists():
+                self._adopt_model_frames()
+                self.bootstrap_done = True
+                return
+            if self._reasons and all(r == "initial" for r in self._reasons):  # adopted, then cut
+                self.bootstrap_done = True
+                return
         rng = as_rng(self.random_state)
         pending_path = self.run_dir / "bootstrap.xyz"
         if pending_path.exists():
@@ -1114,7 +1158,8 @@ class ActiveLearner:
         if self.validation:
             v = self.validate()
             val = {k: v[k] for k in ("force_rmse", "energy_rmse_per_atom", "force_zms", "force_coverage90")}
-        n_boot = min(self.n_bootstrap, self.n_labelled)
+        n_boot = self._reasons.count("bootstrap") if len(self._reasons) == self.n_labelled else \
+            min(self.n_bootstrap, self.n_labelled)
         return Summary(
             steps=self.step,
             oracle_calls=self.oracle.n_calls + self._calls.get("validation", 0),
@@ -1268,11 +1313,13 @@ class ActiveLearner:
             model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
         unseen = labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):]
+        unseen = [a for a in unseen if a.info.get("gpal_reason") != "initial"]  # no oracle call
         for a in unseen:  # labelled after the checkpoint: their calls are not in its counts
             reason = a.info.get("gpal_reason", "uncertain")
             self._calls[reason] = self._calls.get(reason, 0) + 1
         self.oracle.n_calls += len(unseen)
-        self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled)
+        # every labelled frame but a fitted model's initial ones cost an oracle call
+        self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled - self._reasons.count("initial"))
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         self._explore = explore
         if self.bootstrap_done:
