@@ -575,6 +575,9 @@ def main(argv=None) -> None:
             print("  " + line)
 
     # ------------------------------------------------------------------ NVE
+    if args.nve_steps <= 0:
+        print(f"\nTotal benchmark time {time.perf_counter() - t_start:.0f} s (no NVE run: --nve-steps 0)")
+        return
     print(f"\n=== NVE energy conservation: 108-atom fcc Cu, {args.nve_temperature:.0f} K start, "
           f"1 fs, {args.nve_steps} steps ===")
     atoms = start_cell(3, args.seed + 1, args.nve_temperature)
