@@ -354,7 +354,7 @@ def fit_like(learner, frames, *, match_sparse=True, model=None):
 # --------------------------------------------------------------------------- metrics
 def evaluate(model, frames):
     """Force/energy errors and force z-scores (raw and calibrated) on labelled frames."""
-    f_err, f_std_raw, f_std_cal, e_err = [], [], [], []
+    f_err, f_std_raw, f_std_cal, e_err, f_int = [], [], [], [], []
     has_cal = bool(getattr(model, "calibration_", None))  # without one, calibrated == raw
     for a in frames:
         raw = model.predict(a, return_std=True, forces_std=True, calibrated=False)
@@ -362,6 +362,8 @@ def evaluate(model, frames):
         f_err.append((raw["forces"] - a.get_forces()).ravel())
         f_std_raw.append(raw["forces_std"].ravel())
         f_std_cal.append(cal["forces_std"].ravel())
+        if "forces_interval90" in cal:
+            f_int.append(cal["forces_interval90"].ravel())
         e_err.append((raw["energy"] - a.get_potential_energy()) / len(a))
     err = np.concatenate(f_err)
     out = {
@@ -376,12 +378,12 @@ def evaluate(model, frames):
         z = err / np.maximum(np.concatenate(stds), 1e-12)
         out[f"z2_mean_{tag}"] = float(np.mean(z**2))
         out[f"coverage90_{tag}"] = float(np.mean(np.abs(z) <= Z90))
-    # the 90 % interval gpal gives (and its conformal stopping bound uses): the split-conformal
-    # quantile of the learner's own held-out errors, in calibrated stds, times the calibrated std
-    q90 = out["calibration_stored"].get("forces_std", {}).get("conformal_q90")
-    out["conformal_q90"] = q90
-    z_cal = err / np.maximum(np.concatenate(f_std_cal), 1e-12)
-    out["coverage90_conformal"] = float(np.mean(np.abs(z_cal) <= q90)) if q90 else None
+    # the 90 % interval gpal gives (predict(..., calibrated=True)["forces_interval90"], what
+    # its conformal stopping bound uses): the split-conformal quantile of the learner's own
+    # held-out errors, in calibrated stds, times the calibrated std
+    out["conformal_q90"] = out["calibration_stored"].get("forces_std", {}).get("conformal_q90")
+    out["coverage90_conformal"] = (float(np.mean(np.abs(err) <= np.concatenate(f_int)))
+                                   if len(f_int) == len(frames) else None)
     return out
 
 

@@ -38,7 +38,7 @@ _ARRAY_CHANGES = tuple(k for k in all_changes if k not in ("cell", "pbc"))
 
 __all__ = ["GPCalculator"]
 
-_STD_KEYS = ("energies_std", "energy_std", "forces_std", "stress_std")
+_STD_KEYS = ("energies_std", "energy_std", "forces_std", "stress_std", "forces_interval90")
 
 
 class GPCalculator(Calculator):
@@ -149,7 +149,9 @@ class GPCalculator(Calculator):
         Parameters
         ----------
         atoms : ase.Atoms, optional
-        key : {"energies_std", "energy_std", "forces_std", "stress_std"}
+        key : {"energies_std", "energy_std", "forces_std", "stress_std", "forces_interval90"}
+            ``forces_interval90`` (the half-width of the 90 % conformal interval of each
+            force label, eV/Å) needs ``calibrated=True`` and a stored conformal quantile.
         """
         if key not in _STD_KEYS:
             raise ValueError(f"Unknown uncertainty {key!r}; choose from {_STD_KEYS}")
@@ -160,13 +162,16 @@ class GPCalculator(Calculator):
             res = self.model.predict(
                 atoms,
                 return_std=True,
-                forces_std=key in ("forces_std", "stress_std"),
+                forces_std=key in ("forces_std", "stress_std", "forces_interval90"),
                 stress_std=key == "stress_std",
                 calibrated=self.calibrated,
             )
             for k in _STD_KEYS:
                 if k in res:
                     self.results[k] = res[k]
+        if key not in self.results:  # forces_interval90 without a calibrated conformal quantile
+            raise ValueError(f"{key!r} needs GPCalculator(calibrated=True) and a stored force "
+                             "calibration with a conformal quantile (ActiveLearner, gpal calibrate)")
         return self.results[key]
 
 

@@ -445,6 +445,36 @@ def test_stored_calibration_is_checked_and_survives_save_load(cu_model, tmp_path
     assert Calibration.from_dict({"scale": 2.0, "conformal": 3.0}).conformal_q90 == 1.5
 
 
+def test_calibrated_prediction_gives_the_conformal_90_interval(cu_model):
+    """``forces_interval90`` = conformal_q90 x the calibrated std of a force label, only when
+    the stored calibration has the quantile; the calculator passes it on."""
+    import ase.calculators.calculator as ase_calc
+
+    from gpal import GPCalculator
+
+    model = copy.deepcopy(cu_model)
+    frame = cu_frames(1, seed=44)[0]
+    model.set_calibration(forces_std={"scale": 1.5, "noise_scale": 0.5})
+    p = model.predict(frame, forces_std=True, calibrated=True)
+    assert "forces_interval90" not in p  # no quantile stored
+    model.set_calibration(forces_std={"scale": 1.5, "noise_scale": 0.5, "conformal_q90": 1.7})
+    p = model.predict(frame, forces_std=True, calibrated=True)
+    raw = model.predict(frame, forces_std=True)
+    assert "forces_interval90" not in raw  # uncalibrated: stds only
+    expected = 1.7 * np.sqrt((1.5 * raw["forces_std"]) ** 2 + (0.5 * model.noise_["force"]) ** 2)
+    np.testing.assert_allclose(p["forces_interval90"], expected, rtol=1e-12)
+    calc = GPCalculator(model, forces_std=1, calibrated=True)
+    a = frame.copy()
+    a.calc = calc
+    a.get_forces()
+    np.testing.assert_allclose(calc.get_uncertainty(a, "forces_interval90"), expected, rtol=1e-12)
+    assert "forces_interval90" not in ase_calc.all_outputs
+    b = frame.copy()
+    b.calc = GPCalculator(model)  # not calibrated: no interval, and a clear error
+    with pytest.raises(ValueError, match="calibrated=True"):
+        b.calc.get_uncertainty(b, "forces_interval90")
+
+
 def test_refreshing_the_sparse_set_lets_the_force_std_see_a_new_environment(cu_train):
     """Novel environments join the sparse set without a label: their novelty drops, and
     the projected force std there does not (it now includes their prior uncertainty)."""

@@ -705,6 +705,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             learner stores for forces, see :class:`gpal.calibration.TwoTermCalibrator`)
             the std of a new *label*, ``sqrt((scale std)² + (noise_scale force_noise)²)``,
             which is what a prediction error against the oracle is measured against.
+            When the stored force calibration has a split-conformal quantile
+            (``conformal_q90``, which the active learner and ``gpal calibrate`` store),
+            ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
+            the half-width of the 90 % interval of each force label, ``conformal_q90``
+            times the calibrated std (held-out coverage, not a Gaussian assumption).
 
         Returns
         -------
@@ -1016,6 +1021,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 else:
                     level = self.noise_[noise[key]] if key in noise else 0.0
                 out[key] = cal.apply(out[key], level)
+                if key == "forces_std" and cal.conformal_q90 is not None:
+                    # half-width of the 90 % split-conformal interval of each force label
+                    out["forces_interval90"] = cal.conformal_q90 * out[key]
 
     def calibrated_force_std(self, forces_std) -> np.ndarray:
         """Calibrated std of a force label from raw (SoR) ``forces_std`` (same shape, eV/Å).
