@@ -71,6 +71,14 @@ def test_fit_info_validate_md(files, capsys):
     out = capsys.readouterr().out
     assert "force stds calibrated (raw x " in out
     assert "force RMSE" in out and "eV/Å" in out and "meV/atom" in out and "force ZMS" in out
+    # the coverage of the stored 90 % interval (forces_interval90) on the test frames
+    cal_model = gpal.load(files / "calibrated.npz")
+    test_frames = read(files / "test.xyz", ":")
+    hits = [np.abs(cal_model.predict(a, forces_std=True)["forces"] - a.get_forces())
+            <= cal_model.predict(a, forces_std=True, calibrated=True)["forces_interval90"] for a in test_frames]
+    cov = float(np.mean(np.concatenate([h.ravel() for h in hits])))
+    line = next(x for x in out.splitlines() if x.startswith("force coverage, 90 % conformal"))
+    assert float(line.split()[-2]) == pytest.approx(cov, abs=6e-4)
     for name in ("parity_forces", "parity_energy", "calibration_curve", "error_vs_uncertainty", "z_histogram"):
         assert (plots / f"{name}.png").stat().st_size > 1000
     assert model.read_bytes() == before

@@ -537,6 +537,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ("force Spearman(|error|, std)", metrics["spearman"], ""),
         ("force ENCE", metrics["ence"], ""),
     ]
+    q90 = model.calibration_of("forces_std").conformal_q90 if calibrated else None
+    if q90 is not None:  # the interval predict(..., calibrated=True) gives: forces_interval90
+        rows.append(("force coverage, 90 % conformal", float(np.mean(np.abs(err) <= q90 * std)),
+                     "fraction"))
     print(f"{'quantity':<36}{'value':>12}  unit")
     for name, value, unit in rows:
         print(f"{name:<36}{value:>12.4g}  {unit}")
