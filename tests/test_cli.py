@@ -233,7 +233,7 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
 
     assert {f.name for f in dataclasses.fields(gpal.Trigger)} == set(sch["trigger"])
     assert {f.name for f in dataclasses.fields(gpal.MDSettings)} - {"factory"} == set(sch["md"])
-    assert set(gpal.SparseGP().get_params()) - {"descriptor", "kernel"} == set(sch["model"])
+    assert set(gpal.SparseGP().get_params()) - {"descriptor", "kernel"} == set(sch["model"]) - {"file"}
     from gpal.learning.settings import FLAT_NAMES  # the settings groups' fields by their flat names
 
     assert set(sch["learner"]) <= set(inspect.signature(gpal.ActiveLearner.__init__).parameters) | set(FLAT_NAMES)
@@ -292,6 +292,45 @@ temperature = 600.0
     longer.write_text(text.replace("steps = 60", "steps = 90"))
     assert main(["learn", str(longer), "--resume", str(tmp_path / "run"), "-q"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 90
+
+
+def test_learn_continues_a_fitted_model_file(tmp_path, capsys):
+    # [model] file: the fitted model's frames start train.xyz, no bootstrap label; its
+    # settings come with it, so a changed [model] or [descriptor] key is a one-line error
+    from gpal import SOAP, SparseGP
+
+    from conftest import POLY, SMALL_SOAP
+
+    initial = cu_frames(3, seed=2, size=(2, 2, 2))
+    path = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30).fit(
+        initial).save(tmp_path / "fitted.npz")
+    text = f"""
+run_dir = "{tmp_path / 'run'}"
+steps = 30
+[structure]
+bulk = "Cu"
+repeat = [2, 2, 2]
+[model]
+file = "{path}"
+[trigger]
+temperature_steps = false
+"""
+    cfg = tmp_path / "cont.toml"
+    cfg.write_text(text)
+    assert main(["learn", str(cfg), "-q"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["oracle_calls_by_reason"].get("bootstrap", 0) == 0 and summary["bootstrap_frames"] == 0
+    train = read(tmp_path / "run" / "train.xyz", ":")
+    assert [a.info["gpal_reason"] for a in train[:3]] == ["initial"] * 3
+    assert summary["labelled_frames"] == len(train) == 3 + summary["oracle_calls"]
+    capsys.readouterr()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(f'file = "{path}"', f'file = "{path}"\nn_sparse = 50').replace(
+        str(tmp_path / "run"), str(tmp_path / "run2")))
+    assert main(["learn", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[model] file gives a fitted model" in err and "remove [model] n_sparse" in err
+    assert not (tmp_path / "run2" / "train.xyz").exists()
 
 
 def test_readme_configuration_example_is_valid():

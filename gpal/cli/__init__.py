@@ -265,11 +265,19 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
         targets = TargetSet.from_file(**cfg["targets"])
 
+    model_cfg = dict(cfg["model"])
+    if "file" in model_cfg:  # a fitted model to continue (its settings come with it)
+        from .. import load
+
+        model = load(model_cfg["file"])
+    else:
+        model = SparseGP(descriptor, **model_cfg)
+
     def started():
         learner = ActiveLearner(
             structure,
             oracle,
-            SparseGP(descriptor, **cfg["model"]),
+            model,
             run_dir=run_dir,
             md=MDSettings(**md),
             trigger=Trigger(**cfg["trigger"]),

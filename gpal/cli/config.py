@@ -20,7 +20,8 @@ top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
 [oracle]      ``factory = "module:Name"`` and its ``kwargs``
 [md]          Langevin MD settings (K, fs, 1/fs)
 [trigger]     when the model is guessing
-[model]       sparse GP settings (noises in eV/atom, eV/Å, eV/Å^3)
+[model]       sparse GP settings (noises in eV/atom, eV/Å, eV/Å^3), or ``file``: a fitted
+              model (.npz) to continue (its frames start the run; no bootstrap labels)
 [descriptor]  SOAP settings (default: gpal's default SOAP for the structure)
 [learner]     everything else the learner takes
 [validation]  an independent oracle MD trajectory for calibration and errors
@@ -239,7 +240,13 @@ def schema() -> dict:
         "oracle": _dataclass_keys(OracleSpec),
         "md": _dataclass_keys(MDSettings),
         "trigger": _dataclass_keys(Trigger),
-        "model": _signature_keys(SparseGP.__init__, names=model_names, docs_from=SparseGP),
+        "model": {
+            **_signature_keys(SparseGP.__init__, names=model_names, docs_from=SparseGP),
+            "file": Key("file", (str,), _MISSING,
+                        "a fitted model (.npz) to continue: its settings and training frames start "
+                        "the run, no bootstrap label; other [model] and [descriptor] keys stay at "
+                        "their defaults"),
+        },
         "descriptor": soap,
         "learner": _learner_keys(ActiveLearner),
         "validation": _static(
@@ -339,6 +346,19 @@ def _check_semantics(path, cfg: dict) -> None:
     rep = cfg.get("structure", {}).get("repeat")
     if rep is not None and (len(rep) != 3 or not all(isinstance(x, int) and x > 0 for x in rep)):
         raise ConfigError(f"{path}: [structure] repeat must be three positive integers, got {json.dumps(rep)}")
+    model = cfg.get("model", {})
+    if "file" in model:  # a fitted model brings its settings: any other one would be ignored
+        sch = schema()
+
+        def changed(section):
+            base = DEFAULT_LEARN.get(section, {})
+            return [k for k, v in cfg.get(section, {}).items()
+                    if k != "file" and v != base.get(k, sch[section][k].default)]
+
+        other = [f"[model] {k}" for k in changed("model")] + [f"[descriptor] {k}" for k in changed("descriptor")]
+        if other:
+            raise ConfigError(f"{path}: [model] file gives a fitted model, whose settings come with it; "
+                              f"remove {other[0]}")
     targets = cfg.get("targets", {})
     if targets and "file" not in targets:
         sch = schema()["targets"]
