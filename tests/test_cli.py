@@ -331,6 +331,11 @@ temperature_steps = false
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "[model] file gives a fitted model" in err and "remove [model] n_sparse" in err
     assert not (tmp_path / "run2" / "train.xyz").exists()
+    missing = tmp_path / "missing.toml"  # a wrong path: one line, and no run folder made
+    missing.write_text(text.replace(str(path), str(tmp_path / "nope.npz")).replace(
+        str(tmp_path / "run"), str(tmp_path / "run3")))
+    assert main(["learn", str(missing), "-q"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "run3").exists()
 
 
 def test_readme_configuration_example_is_valid():

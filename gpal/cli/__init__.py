@@ -246,6 +246,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
             periodic=d.pop("periodic", bool(structure.pbc.any())),
             **d,
         )
+    model_cfg = dict(cfg["model"])
+    if "file" in model_cfg:  # a fitted model to continue (its settings come with it);
+        # read before the run folder is made: a wrong path leaves nothing behind
+        from .. import load
+
+        model = load(model_cfg["file"])
+    else:
+        model = SparseGP(descriptor, **model_cfg)
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
     validation = None
@@ -264,14 +273,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
         from ..learning.targets import TargetSet
 
         targets = TargetSet.from_file(**cfg["targets"])
-
-    model_cfg = dict(cfg["model"])
-    if "file" in model_cfg:  # a fitted model to continue (its settings come with it)
-        from .. import load
-
-        model = load(model_cfg["file"])
-    else:
-        model = SparseGP(descriptor, **model_cfg)
 
     def started():
         learner = ActiveLearner(
