@@ -101,6 +101,10 @@ def test_fit_info_validate_md(files, capsys):
     assert len(traj) == 5
     header = out_xyz.read_text().splitlines()[1]
     assert "energies_std:R:1" in header and "forces_std:R:3" in header
+    assert "forces_interval90:R:3" in header  # the calibrated model stores a conformal quantile
+    q90 = gpal.load(files / "calibrated.npz").calibration_["forces_std"]["conformal_q90"]
+    first = read(out_xyz, 0)
+    np.testing.assert_allclose(first.arrays["forces_interval90"], q90 * first.arrays["forces_std"], atol=1e-7)
     for a in traj:
         assert a.arrays["energies_std"].shape == (32,) and a.arrays["forces_std"].shape == (32, 3)
         assert np.all(a.arrays["forces_std"] > 0)

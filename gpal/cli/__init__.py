@@ -425,6 +425,8 @@ def _md_frame(model, atoms, calibrated: bool, info: dict):
     b.set_momenta(atoms.get_momenta())
     b.arrays["energies_std"] = np.asarray(p["energies_std"], dtype=float)
     b.arrays["forces_std"] = np.asarray(p["forces_std"], dtype=float)
+    if "forces_interval90" in p:  # a calibrated model with a conformal quantile
+        b.arrays["forces_interval90"] = np.asarray(p["forces_interval90"], dtype=float)
     b.info.update(info)
     return b
 
@@ -484,8 +486,10 @@ def cmd_md(args: argparse.Namespace) -> int:
                                 refresh=False)
     if traj is not None:
         traj.close()
+    interval = calibrated and model.calibration_of("forces_std").conformal_q90 is not None
     what = ("extended XYZ; per-atom columns energies_std (eV) and forces_std (eV/Å), "
-            f"{std_kind}" if kind == "extxyz" else "ASE trajectory; no uncertainties (use .xyz for them)")
+            f"{std_kind}" + (", and forces_interval90 (eV/Å, the 90 % conformal half-width)" if interval else "")
+            if kind == "extxyz" else "ASE trajectory; no uncertainties (use .xyz for them)")
     print(f"gpal: wrote {args.steps // args.interval + 1} frames to {out} ({what})")
     return 0
 
