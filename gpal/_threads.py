@@ -250,41 +250,35 @@ def _set_blas(limit: int | None) -> None:
             lib.set_num_threads(want)
 
 
-@contextlib.contextmanager
-def _blas_limit(n: int) -> Iterator[None]:
-    """Limit BLAS to at most ``n`` threads while the block runs.
+def _blas_request(n: int) -> None:
+    """Add a request for at most ``n`` BLAS threads; the smallest request in force holds.
 
     BLAS thread counts are process-wide: while several gpal calls run (nested, or in
     several Python threads) the smallest request holds, and the count the user had set
-    before the first of them is restored when the last one ends.
+    before the first of them is restored when the last one ends (:func:`_blas_release`).
     """
     with _BLAS_LOCK:
         if not _BLAS_REQUESTS:
             _BLAS_ORIGINAL[:] = [lib.num_threads for lib in _blas_libraries()]
         _BLAS_REQUESTS.append(n)
         _set_blas(min(_BLAS_REQUESTS))
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS_REQUESTS.remove(n)
-            _set_blas(min(_BLAS_REQUESTS) if _BLAS_REQUESTS else None)
+
+
+def _blas_release(n: int) -> None:
+    """Withdraw a request made by :func:`_blas_request`."""
+    with _BLAS_LOCK:
+        _BLAS_REQUESTS.remove(n)
+        _set_blas(min(_BLAS_REQUESTS) if _BLAS_REQUESTS else None)
 
 
 @contextlib.contextmanager
-def _numba_limit(n: int) -> Iterator[None]:
-    """Limit numba's parallel loops (this Python thread) to at most ``n`` threads."""
-    import numba
-
-    old = numba.get_num_threads()
-    if old <= n:
-        yield
-        return
-    numba.set_num_threads(n)
+def _blas_limit(n: int) -> Iterator[None]:
+    """Limit BLAS to at most ``n`` threads while the block runs (see :func:`_blas_request`)."""
+    _blas_request(n)
     try:
         yield
     finally:
-        numba.set_num_threads(old)
+        _blas_release(n)
 
 
 class limited:
@@ -333,12 +327,8 @@ class limited:
                 numba.set_num_threads(n)
                 self._numba_old = old
         try:
-            with _BLAS_LOCK:
-                if not _BLAS_REQUESTS:
-                    _BLAS_ORIGINAL[:] = [lib.num_threads for lib in _blas_libraries()]
-                _BLAS_REQUESTS.append(blas)
-                self._blas = blas
-                _set_blas(min(_BLAS_REQUESTS))
+            _blas_request(blas)
+            self._blas = blas
         except BaseException:
             self._restore()
             raise
@@ -350,9 +340,7 @@ class limited:
 
     def _restore(self) -> None:
         if self._blas is not None:
-            with _BLAS_LOCK:
-                _BLAS_REQUESTS.remove(self._blas)
-                _set_blas(min(_BLAS_REQUESTS) if _BLAS_REQUESTS else None)
+            _blas_release(self._blas)
             self._blas = None
         if self._numba_old is not None:
             _numba().set_num_threads(self._numba_old)
