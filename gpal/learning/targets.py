@@ -580,9 +580,10 @@ class TargetSet:
         _, T, resid, _ = self._functionals(model)
         total = self._total_var(model, model.solver_, T, resid)
         out = {"information_gain": [], "reduction": [], "force_std": [], "force_std_max": []}
+        f_noise = model.typical_force_noise()
         for a in frames:
             A, noise, fs = self._frame_rows(model, a)
-            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.typical_force_noise())
+            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, f_noise)
             out["information_gain"].append(ig)
             out["reduction"].append(rho)
             out["force_std"].append(math.sqrt(vf))
@@ -676,10 +677,11 @@ class TargetSet:
             self._cache["rows"] = [self._frame_rows(model, a) for a in self.structures]
             self._cache["rows_key"] = key
         best, best_rho = None, 0.0
+        f_noise = model.typical_force_noise()
         for k, rows in enumerate(self._cache["rows"]):
             if k in self.labelled_:
                 continue
-            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, model.typical_force_noise())
+            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, f_noise)
             if rho > best_rho:
                 best, best_rho = k, rho
         if best is None or (1.0 - self.weight_) * best_rho < self.min_reduction:
@@ -707,10 +709,11 @@ class TargetSet:
         solver = copy.copy(model.solver_)
         rows = [self._frame_rows(model, a) for a in frames]
         ig_best = []
+        f_noise = model.typical_force_noise()
 
         def scores(idx):
             total = self._total_var(model, solver, T, resid)
-            sc = [self._scores(solver, *rows[k], T, total, model.typical_force_noise()) for k in idx]
+            sc = [self._scores(solver, *rows[k], T, total, f_noise) for k in idx]
             if not ig_best:  # the first round's best: later gains are on the same scale
                 ig_best.append(max(max(s[0] for s in sc), 1e-300))
             return [w * s[0] / ig_best[0] + (1.0 - w) * s[1] for s in sc]
