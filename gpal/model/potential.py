@@ -191,35 +191,31 @@ class _LocalStdFactors:
         c, c0, Rinv_c, steps = self.blocks[z]
         n, m = Kz.shape
         q, sor, wsum = np.empty(n), np.empty(n), np.zeros(m)
-        if z in self.trmm:
-            UT, D = self.trmm[z]
-            for s in range(0, n, _STD_CHUNK):
-                Kc = Kz[s:s + _STD_CHUNK]
-                W = np.empty(Kc.shape)
-                for b0, b1, LT, LiT, v0 in steps:
-                    rhs = Kc[:, b0:b1] - W[:, :b0] @ LT if b0 else Kc[:, b0:b1]
-                    W[:, b0:b1] = rhs @ LiT
-                Vt = _dtrmm(1.0, UT, W.T, side=0, lower=1)  # (W R_w⁻¹[c, c])ᵀ
-                q[s:s + _STD_CHUNK] = np.einsum("ij,ij->i", W, W)
-                sor[s:s + _STD_CHUNK] = np.einsum("ij,ij->j", Vt, Vt)
-                if D.shape[1]:
-                    V2 = W @ D
-                    sor[s:s + _STD_CHUNK] += np.einsum("ij,ij->i", V2, V2)
-                wsum += W.sum(axis=0)
-            return q, sor, wsum
         for s in range(0, n, _STD_CHUNK):
-            Kc = Kz[s:s + _STD_CHUNK]
-            W = np.empty(Kc.shape)
-            V = np.zeros((Kc.shape[0], Rinv_c.shape[1]))
-            for b0, b1, LT, LiT, v0 in steps:
-                rhs = Kc[:, b0:b1] - W[:, :b0] @ LT if b0 else Kc[:, b0:b1]
-                Wb = rhs @ LiT
-                W[:, b0:b1] = Wb
-                V[:, v0:] += Wb @ Rinv_c[b0:b1, v0:]
+            W = np.empty((min(n - s, _STD_CHUNK), m))
+            for b0, b1, LT, LiT, v0 in steps:  # w = L⁻¹ k, blocked forward substitution
+                rhs = Kz[s:s + _STD_CHUNK, b0:b1]
+                W[:, b0:b1] = (rhs - W[:, :b0] @ LT if b0 else rhs) @ LiT
             q[s:s + _STD_CHUNK] = np.einsum("ij,ij->i", W, W)
-            sor[s:s + _STD_CHUNK] = np.einsum("ij,ij->i", V, V)
+            sor[s:s + _STD_CHUNK] = self._v_squared(z, W)
             wsum += W.sum(axis=0)
         return q, sor, wsum
+
+    def _v_squared(self, z: int, W: np.ndarray) -> np.ndarray:
+        """``|v|²`` per row of ``v = w R_w⁻¹[c, c0:]`` for the rows ``W`` of species ``z``."""
+        if z in self.trmm:
+            UT, D = self.trmm[z]
+            Vt = _dtrmm(1.0, UT, W.T, side=0, lower=1)  # (W R_w⁻¹[c, c])ᵀ
+            out = np.einsum("ij,ij->j", Vt, Vt)
+            if D.shape[1]:
+                V2 = W @ D
+                out += np.einsum("ij,ij->i", V2, V2)
+            return out
+        c, c0, Rinv_c, steps = self.blocks[z]
+        V = np.zeros((W.shape[0], Rinv_c.shape[1]))
+        for b0, b1, LT, LiT, v0 in steps:
+            V[:, v0:] += W[:, b0:b1] @ Rinv_c[b0:b1, v0:]
+        return np.einsum("ij,ij->i", V, V)
 
 
 class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
@@ -931,9 +927,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             n.append(len(a))
             e_err.append((p["energy"] - a.get_potential_energy()) / len(a))
             e_std.append(p["energy_std"] / len(a))
-            f_err.append((p["forces"] - a.get_forces()).ravel())
-            f_std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
             F = a.get_forces()
+            f_err.append((p["forces"] - F).ravel())
+            f_std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
             if getattr(self, "force_noise_knee_", None) is not None and getattr(self, "baseline_", None) is not None:
                 F = F - _baseline.baseline_labels(self.baseline_, a)["forces"]
             f_noise.append(self.force_label_noise(F).ravel())
