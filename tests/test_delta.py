@@ -319,3 +319,14 @@ def test_cli_fit_with_a_baseline(tmp_path, train, capsys):
         main(["fit", str(tmp_path / "train.xyz"), "--baseline-kwargs", "[1]"])
     assert info.value.code == 2
     assert "JSON object" in capsys.readouterr().err
+
+
+def test_training_frames_give_the_oracle_labels_back(lj_model, train):
+    """A Δ-model stores residuals; training_frames adds the baseline back (copies)."""
+    back = lj_model.training_frames()
+    assert len(back) == len(train)
+    for a, b, stored in zip(back, train, lj_model.frames_):
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-10)
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-9)
+        assert not np.allclose(stored.get_forces(), b.get_forces())  # frames_ holds residuals
+        assert a is not stored

@@ -526,24 +526,10 @@ class ActiveLearner:
         the scheduled refits, the calibration and a resume see the same data as the
         model. No oracle call.
         """
-        from .._validation import frame_labels
-        from ..baseline import baseline_labels
-        from ..io import labelled
-
-        base = getattr(self.model, "baseline_", None)
-        frames = []
-        for a in self.model.frames_:
-            lab = frame_labels(a)
-            e, f, st = lab.energy, lab.forces, lab.stress
-            if base is not None:
-                b = baseline_labels(base, a, stress=st is not None)
-                e = None if e is None else e + b["energy"]
-                f = None if f is None else f + b["forces"]
-                st = None if st is None else st + b["stress"]
-            c = labelled(a, energy=e, forces=f, stress=st)
-            c.info["gpal_step"] = 0
-            c.info["gpal_reason"] = "initial"
-            frames.append(c)
+        frames = self.model.training_frames()
+        for a in frames:
+            a.info["gpal_step"] = 0
+            a.info["gpal_reason"] = "initial"
         write_frames(self.train_path, frames)  # whole or absent
         self._reasons = ["initial"] * len(frames)
         self.n_labelled = len(frames)
@@ -1084,11 +1070,10 @@ class ActiveLearner:
             return {}
         loo = self.model.loo_residuals(idx)
         err, std, fr = loo["force_error"], loo["force_std"], loo["force_frame"]
-        noise = loo.get("force_noise", self.model.noise_["force"])  # per component (force_noise_knee)
+        noise = loo["force_noise"]  # per component (a force_noise_knee varies it)
         order = {f: k for k, f in enumerate(sorted(set(fr.tolist())))}
         half = np.array([order[f] % 2 for f in fr.tolist()])
         cal, judge = half == 0, half == 1
-        noise = np.broadcast_to(noise, err.shape)
         tt = calibration.TwoTermCalibrator().fit(err[cal], std[cal], noise[cal])
         total = tt.transform(std, noise)
         conf = calibration.SplitConformal(alpha=0.1).fit(err[cal], total[cal])

@@ -1290,6 +1290,29 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ))
         return out
 
+    def training_frames(self) -> list:
+        """Copies of the training frames with the oracle's labels (eV, eV/Å, eV/Å^3).
+
+        A Δ-model stores the residuals (labels − baseline) in ``frames_``; here the
+        baseline's energy, forces and stress are added back. Without a baseline the
+        labels are ``frames_``'s.
+        """
+        from ..io import labelled
+
+        check_is_fitted(self)
+        calc = getattr(self, "baseline_", None)
+        out = []
+        for a in self.frames_:
+            lab = frame_labels(a)
+            e, f, st = lab.energy, lab.forces, lab.stress
+            if calc is not None:
+                b = _baseline.baseline_labels(calc, a, stress=st is not None)
+                e = None if e is None else e + b["energy"]
+                f = None if f is None else f + b["forces"]
+                st = None if st is None else st + b["stress"]
+            out.append(labelled(a, energy=e, forces=f, stress=st))
+        return out
+
     def _plus_baseline(self, atoms, out: dict) -> None:
         """Add the baseline's energy, per-atom energies, forces and stress to a prediction
         of the GP (in place); the stds stay the GP's."""
