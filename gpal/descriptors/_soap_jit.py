@@ -1181,6 +1181,23 @@ def soap_create_batched(
             _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
 
 
+@numba.njit(cache=True, fastmath=_FM, inline="always")
+def _radial_sums8(h0, h1, h2, h3, h4, h5, h6, h7, R, Qd, ell, t):
+    """``(HR, HQ)`` of pair t at degree ell for n_max = 8: ``sum_k h_k R[ell, k, t]`` and
+    ``sum_k h_k Qd[ell, k, t]``, the h_k held in registers by the caller (inlined)."""
+    hr = (
+        h0 * R[ell, 0, t] + h1 * R[ell, 1, t] + h2 * R[ell, 2, t]
+        + h3 * R[ell, 3, t] + h4 * R[ell, 4, t] + h5 * R[ell, 5, t]
+        + h6 * R[ell, 6, t] + h7 * R[ell, 7, t]
+    )  # fmt: skip
+    hq = (
+        h0 * Qd[ell, 0, t] + h1 * Qd[ell, 1, t] + h2 * Qd[ell, 2, t]
+        + h3 * Qd[ell, 3, t] + h4 * Qd[ell, 4, t] + h5 * Qd[ell, 5, t]
+        + h6 * Qd[ell, 6, t] + h7 * Qd[ell, 7, t]
+    )  # fmt: skip
+    return hr, hq
+
+
 @numba.njit(cache=True, fastmath=_FM)
 def _contract8_species(h, s, R, Qd, Y, dY, m, L1, u, g0, g1, g2):
     """The back-pass sums of m pairs of species s for n_max = 8, all in arrays indexed
@@ -1206,16 +1223,7 @@ def _contract8_species(h, s, R, Qd, Y, dY, m, L1, u, g0, g1, g2):
             h6 = h[s, lm, 6]
             h7 = h[s, lm, 7]
             for t in range(m):
-                hr = (
-                    h0 * R[ell, 0, t] + h1 * R[ell, 1, t] + h2 * R[ell, 2, t]
-                    + h3 * R[ell, 3, t] + h4 * R[ell, 4, t] + h5 * R[ell, 5, t]
-                    + h6 * R[ell, 6, t] + h7 * R[ell, 7, t]
-                )  # fmt: skip
-                hq = (
-                    h0 * Qd[ell, 0, t] + h1 * Qd[ell, 1, t] + h2 * Qd[ell, 2, t]
-                    + h3 * Qd[ell, 3, t] + h4 * Qd[ell, 4, t] + h5 * Qd[ell, 5, t]
-                    + h6 * Qd[ell, 6, t] + h7 * Qd[ell, 7, t]
-                )  # fmt: skip
+                hr, hq = _radial_sums8(h0, h1, h2, h3, h4, h5, h6, h7, R, Qd, ell, t)
                 u[t] += hq * Y[lm, t]
                 g0[t] += hr * dY[0, lm, t]
                 g1[t] += hr * dY[1, lm, t]
@@ -1550,16 +1558,7 @@ def _contract_map(h, s, R, Qd, Y, m, L1, nk, gc, gv, HR, HQ, u, g0, g1, g2):
                 h6 = h[s, lm, 6]
                 h7 = h[s, lm, 7]
                 for t in range(m):
-                    hr = (
-                        h0 * R[ell, 0, t] + h1 * R[ell, 1, t] + h2 * R[ell, 2, t]
-                        + h3 * R[ell, 3, t] + h4 * R[ell, 4, t] + h5 * R[ell, 5, t]
-                        + h6 * R[ell, 6, t] + h7 * R[ell, 7, t]
-                    )  # fmt: skip
-                    hq = (
-                        h0 * Qd[ell, 0, t] + h1 * Qd[ell, 1, t] + h2 * Qd[ell, 2, t]
-                        + h3 * Qd[ell, 3, t] + h4 * Qd[ell, 4, t] + h5 * Qd[ell, 5, t]
-                        + h6 * Qd[ell, 6, t] + h7 * Qd[ell, 7, t]
-                    )  # fmt: skip
+                    hr, hq = _radial_sums8(h0, h1, h2, h3, h4, h5, h6, h7, R, Qd, ell, t)
                     u[t] += hq * Y[lm, t]
                     g0[t] += hr * (v00 * Y[c00, t] + v01 * Y[c01, t])
                     g1[t] += hr * (v10 * Y[c10, t] + v11 * Y[c11, t])
