@@ -414,9 +414,11 @@ def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     last = [r for r in records if r.get("event") == "stop_check"][-1]
     w = L.walkers[0].atoms
-    raw = L.model.predict(w, forces_std=True)["forces_std"]
+    p = L.model.predict(w, return_std=True, forces_std=True)
+    raw = p["forces_std"]
     c = L.model.calibration_["forces_std"]
-    total = np.sqrt((c["scale"] * raw) ** 2 + (c["noise_scale"] * L.model.noise_["force"]) ** 2)
+    total = np.sqrt((c["scale"] * raw) ** 2 + (c["noise_scale"] * L.model.noise_["force"]) ** 2
+                    + c.get("novelty_scale", 0.0) ** 2 * p["novelty"][:, None])
     assert last["bound"] == pytest.approx(c["conformal_q90"] * np.sqrt(np.mean(total**2)), rel=1e-6)
     # the error judged is the held-out half of the leave-one-frame-out errors
     assert last["validation_error"] == pytest.approx(L._calibration["judge_force_rmse"])

@@ -95,14 +95,28 @@ class TwoTermCalibrator:
     within [1e-2, 1e4]); ``scale_ = sqrt(a)``, ``noise_scale_ = sqrt(b)``. With
     ``σ = 0`` it reduces to :class:`StdCalibrator` on the noise.
 
+    With ``novelty`` (each error's environment novelty ν in [0, 1], the fraction of
+    its prior variance the sparse set does not explain, ``SparseGP.predict``'s
+    ``novelty``), a third term ``c ν`` is fitted beside them: the part of the error
+    the projected std ``σ`` cannot see, since ``σ`` lives in the span of the sparse
+    points while the DTC posterior keeps the residual ``k - Q`` outside it.
+    ``novelty_scale_ = sqrt(c)`` (eV/Å for forces: the error std it assigns to an
+    environment unlike every sparse point), 0 when the likelihood puts it at its lower
+    bound (1e-10 of the mean squared error per unit ν) or when no error has ν > 0.
+
     Attributes
     ----------
     scale_, noise_scale_ : float
+    novelty_scale_ : float
+        0 unless fitted with ``novelty``.
     n_samples_ : int
     """
 
-    def fit(self, error, std, noise) -> "TwoTermCalibrator":
-        """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar)."""
+    def fit(self, error, std, noise, novelty=None) -> "TwoTermCalibrator":
+        """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar).
+
+        ``novelty`` (n,) in [0, 1], optional: also fit the novelty term (see the class).
+        """
         import scipy.optimize
 
         e = _finite_array("error", error).ravel()
@@ -114,40 +128,67 @@ class TwoTermCalibrator:
             raise ValueError("need at least one error to calibrate")
         if np.any(s < 0) or np.any(n <= 0):
             raise ValueError("std must be >= 0 and noise > 0")
+        nu = None
+        if novelty is not None:
+            nu = _finite_array("novelty", novelty).ravel()
+            if nu.shape != e.shape:
+                raise ValueError(f"error and novelty must have the same shape, got {e.shape} and {nu.shape}")
+            if np.any(nu < 0) or np.any(nu > 1):
+                raise ValueError("novelty must lie in [0, 1]")
+            if not np.any(nu > 0):
+                nu = None
         s2, n2, e2 = s**2, n**2, e**2
+        g = np.zeros_like(e) if nu is None else nu
 
         def nll(x):
-            a, b = np.exp(x)
-            v = a * s2 + b * n2
+            a, b = np.exp(x[:2])
+            c = np.exp(x[2]) if nu is not None else 0.0
+            v = a * s2 + b * n2 + c * g
             f = np.mean(np.log(v) + e2 / v)
             dv = 1.0 / v - e2 / v**2
-            return f, np.array([np.mean(dv * s2) * a, np.mean(dv * n2) * b])
+            grad = [np.mean(dv * s2) * a, np.mean(dv * n2) * b]
+            if nu is not None:
+                grad.append(np.mean(dv * g) * c)
+            return f, np.array(grad)
 
         b0 = max(float(np.mean(e2) / np.mean(s2 + n2)), 1e-2)
-        res = scipy.optimize.minimize(
-            nll, np.log([b0, b0]), jac=True, method="L-BFGS-B",
-            bounds=[(np.log(1e-2), np.log(1e4))] * 2,
-        )
-        a, b = np.exp(res.x)
+        x0, bounds = [np.log(b0), np.log(b0)], [(np.log(1e-2), np.log(1e4))] * 2
+        if nu is not None:
+            # c in units of the mean squared error per unit novelty, from 1e-10 to 1e10 of it
+            c_unit = float(np.mean(e2)) / float(np.mean(nu)) if np.mean(e2) > 0 else 1.0
+            c_low = np.log(1e-10 * c_unit)
+            bounds = bounds + [(c_low, np.log(1e10 * c_unit))]
+        best = None
+        for c0 in ((None,) if nu is None else (1e-6, 1e-3, 1e-1)):
+            start = x0 if c0 is None else x0 + [np.log(c0 * c_unit)]
+            res = scipy.optimize.minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds)
+            if best is None or res.fun < best.fun:
+                best = res
+        a, b = np.exp(best.x[:2])
         self.scale_, self.noise_scale_ = float(np.sqrt(a)), float(np.sqrt(b))
+        self.novelty_scale_ = 0.0
+        if nu is not None and best.x[2] > c_low + 1e-6:
+            self.novelty_scale_ = float(np.sqrt(np.exp(best.x[2])))
         self.n_samples_ = int(e.size)
         return self
 
-    def transform(self, std, noise) -> np.ndarray:
-        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)²)`` (shape of ``std``)."""
+    def transform(self, std, noise, novelty=0.0) -> np.ndarray:
+        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² ν)``."""
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
-        return self.calibration().apply(_finite_array("std", std), noise)
+        return self.calibration().apply(_finite_array("std", std), noise, novelty)
 
     def calibration(self) -> "Calibration":
         """The fitted factors as the :class:`Calibration` a model stores."""
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
-        return Calibration(scale=self.scale_, noise_scale=self.noise_scale_)
+        return Calibration(scale=self.scale_, noise_scale=self.noise_scale_,
+                           novelty_scale=getattr(self, "novelty_scale_", 0.0))
 
     def __repr__(self) -> str:
         return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "
-                f"noise_scale_={getattr(self, 'noise_scale_', None)})")
+                f"noise_scale_={getattr(self, 'noise_scale_', None)}, "
+                f"novelty_scale_={getattr(self, 'novelty_scale_', None)})")
 
 
 class SplitConformal:
@@ -257,9 +298,10 @@ class SplitConformal:
 class Calibration:
     """How a model's raw std of one output becomes the std of a new label.
 
-    ``calibrated = sqrt((scale * std)² + (noise_scale * σ_n)²)``, σ_n the model's label
-    noise of that output (:class:`TwoTermCalibrator`; ``noise_scale = 0`` is the one-factor
-    :class:`StdCalibrator`). ``conformal_q90`` is the split-conformal 90 % quantile of
+    ``calibrated = sqrt((scale * std)² + (noise_scale * σ_n)² + novelty_scale² ν)``, σ_n
+    the model's label noise of that output and ν the novelty of the atom's environment
+    (forces only; :class:`TwoTermCalibrator`; ``noise_scale = novelty_scale = 0`` is the
+    one-factor :class:`StdCalibrator`). ``conformal_q90`` is the split-conformal 90 % quantile of
     ``|error| / calibrated`` (:class:`SplitConformal` on calibrated stds), the factor a
     stopping rule with ``use="conformal"`` puts on the calibrated std; None if not measured.
 
@@ -274,6 +316,9 @@ class Calibration:
         Factor on the raw std (> 0).
     noise_scale : float, default 0
         Factor on the label noise σ_n (≥ 0).
+    novelty_scale : float, default 0
+        Std (units of the output, eV/Å for forces) of the error of an environment
+        unlike every sparse point (ν = 1), ≥ 0.
     conformal_q90 : float or None
         In units of the calibrated std (> 0).
     """
@@ -281,9 +326,11 @@ class Calibration:
     scale: float = 1.0
     noise_scale: float = 0.0
     conformal_q90: float | None = None
+    novelty_scale: float = 0.0
 
     def __post_init__(self):
-        for name, value, low in (("scale", self.scale, "> 0"), ("noise_scale", self.noise_scale, ">= 0")):
+        for name, value, low in (("scale", self.scale, "> 0"), ("noise_scale", self.noise_scale, ">= 0"),
+                                 ("novelty_scale", self.novelty_scale, ">= 0")):
             ok = isinstance(value, (int, float, np.floating)) and math.isfinite(value) and (
                 value > 0 if low == "> 0" else value >= 0)
             if not ok:
@@ -295,18 +342,25 @@ class Calibration:
                 raise ValueError(f"Calibration conformal_q90 must be > 0 or None, got {q!r}")
             object.__setattr__(self, "conformal_q90", float(q))
 
-    def apply(self, std, noise=0.0) -> np.ndarray:
-        """Calibrated std (shape of ``std``) from the raw ``std`` and the label noise ``noise``."""
+    def apply(self, std, noise=0.0, novelty=0.0) -> np.ndarray:
+        """Calibrated std (shape of ``std``) from the raw ``std``, the label noise ``noise``
+        and the environments' ``novelty`` (both broadcast against ``std``)."""
         s = np.asarray(std, dtype=float)
-        if self.noise_scale == 0.0:
+        if self.noise_scale == 0.0 and self.novelty_scale == 0.0:
             return self.scale * s
-        return np.sqrt((self.scale * s) ** 2 + (self.noise_scale * np.asarray(noise, dtype=float)) ** 2)
+        var = (self.scale * s) ** 2 + (self.noise_scale * np.asarray(noise, dtype=float)) ** 2
+        if self.novelty_scale:
+            var = var + self.novelty_scale**2 * np.asarray(novelty, dtype=float)
+        return np.sqrt(var)
 
     def to_dict(self) -> dict:
-        """JSON-able dict (keys ``scale``, ``noise_scale``, ``conformal_q90`` if measured)."""
+        """JSON-able dict (keys ``scale``, ``noise_scale``; ``conformal_q90`` if measured,
+        ``novelty_scale`` if not 0)."""
         out = {"scale": self.scale, "noise_scale": self.noise_scale}
         if self.conformal_q90 is not None:
             out["conformal_q90"] = self.conformal_q90
+        if self.novelty_scale:
+            out["novelty_scale"] = self.novelty_scale
         return out
 
     @classmethod
@@ -326,8 +380,8 @@ class Calibration:
         d = dict(d)
         if "conformal" in d and "conformal_q90" not in d and "noise_scale" not in d:
             d["conformal_q90"] = d.pop("conformal") / d.get("scale", 1.0)
-        unknown = set(d) - {"scale", "noise_scale", "conformal_q90"}
+        unknown = set(d) - {"scale", "noise_scale", "conformal_q90", "novelty_scale"}
         if unknown:
             raise ValueError(f"unknown calibration keys {sorted(unknown)}; "
-                             "known: scale, noise_scale, conformal_q90")
+                             "known: scale, noise_scale, conformal_q90, novelty_scale")
         return cls(**d)

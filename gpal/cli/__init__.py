@@ -512,22 +512,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.calibrate:
         val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
         # the same calibration as the active learner stores: the std of a new force label
-        # sqrt((scale σ)² + (noise_scale σ_n)²), and a conformal quantile in its units
+        # sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² ν), and a conformal quantile
+        # in its units
         noise = val["force_noise"]  # per component: a model with a force_noise_knee
-        cal = calibration.TwoTermCalibrator().fit(val["force_error"], val["force_std"], noise)
-        total = cal.transform(val["force_std"], noise)
+        nu = val["force_novelty"]
+        cal = calibration.TwoTermCalibrator().fit(val["force_error"], val["force_std"], noise, nu)
+        total = cal.transform(val["force_std"], noise, nu)
         conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], total)
         # stored: the 90 % quantile, the one the learner's stopping rule reads
         q90 = conf if args.alpha == 0.1 else calibration.SplitConformal(alpha=0.1).fit(val["force_error"], total)
         model.set_calibration(forces_std=dataclasses.replace(cal.calibration(), conformal_q90=q90.quantile_))
         path = model.save(args.model if args.in_place else args.output)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
-              f"{cal.noise_scale_:.3f}, {100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
+              f"{cal.noise_scale_:.3f}, novelty scale {cal.novelty_scale_:.3g} eV/Å, "
+              f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
               f"(of |error| / calibrated std); wrote {path}")
     calibrated = "forces_std" in model.calibration_ and not args.raw
     if calibrated:
         c = model.calibration_of("forces_std")
-        std_kind = f"calibrated (raw x {c.scale:.3g}, noise x {c.noise_scale:.3g})"
+        std_kind = f"calibrated (raw x {c.scale:.3g}, noise x {c.noise_scale:.3g}" + (
+            f", novelty term {c.novelty_scale:.3g} eV/Å)" if c.novelty_scale else ")")
     else:
         std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
     res = model.residuals(test, calibrated=calibrated)
@@ -604,9 +608,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "forces_std" in model.calibration_:
         c = model.calibration_of("forces_std")
         q = "not measured" if c.conformal_q90 is None else f"{c.conformal_q90:.4g}"
-        print(f"  calibration : forces_std scale {c.scale:.4g}, noise_scale {c.noise_scale:.4g} "
-              f"(calibrated std = sqrt((scale x raw)^2 + (noise_scale x force noise)^2)); "
-              f"90 % conformal quantile {q}")
+        print(f"  calibration : forces_std scale {c.scale:.4g}, noise_scale {c.noise_scale:.4g}, "
+              f"novelty_scale {c.novelty_scale:.4g} eV/Å (calibrated std = sqrt((scale x raw)^2 + "
+              f"(noise_scale x force noise)^2 + novelty_scale^2 x novelty)); 90 % conformal quantile {q}")
     else:
         print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")
     hp = meta.get("hyperparameters") or {}

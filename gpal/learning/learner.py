@@ -915,7 +915,8 @@ class ActiveLearner:
         self.n_checks += 1
         j = trig.judge(res, model=self.model, recent=self._recent_unc, label_steps=self._label_steps.get(w.index, []),
                        step=self.step, force_std_scale=self._force_std_scale(),
-                       noise_scale=self._force_noise_scale(), force_rms=self._force_rms())
+                       noise_scale=self._force_noise_scale(), force_rms=self._force_rms(),
+                       novelty_scale=self._force_novelty_scale())
         u = j["uncertainty"]
         self.threshold_ = j["threshold"]
         self._times["check"] += time.perf_counter() - t0
@@ -1031,6 +1032,10 @@ class ActiveLearner:
         """The calibration factor of the force noise (1 before any calibration)."""
         return float(self.model.calibration_.get("forces_std", {}).get("noise_scale", 1.0))
 
+    def _force_novelty_scale(self) -> float:
+        """The novelty term of the force calibration, eV/Å (0 before any calibration)."""
+        return float(self.model.calibration_.get("forces_std", {}).get("novelty_scale", 0.0))
+
     # ------------------------------------------------------------------ calibration / stop
     def calibrate(self) -> dict:
         """Calibrate the force std on leave-one-frame-out errors of the labels (no oracle call).
@@ -1039,8 +1044,9 @@ class ActiveLearner:
         (:meth:`gpal.SparseGP.loo_residuals`), are split in two disjoint halves by
         frame (alternating in time; bootstrap frames left out once there are four
         others). The *calibration* half fits the std of a new force label,
-        ``sqrt((scale σ)² + (noise_scale σ_n)²)`` (:class:`gpal.calibration.TwoTermCalibrator`;
-        σ the SoR force std, σ_n the force noise), and the 90 % split-conformal
+        ``sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² ν)``
+        (:class:`gpal.calibration.TwoTermCalibrator`; σ the SoR force std, σ_n the force
+        noise, ν the novelty of the atom's environment), and the 90 % split-conformal
         quantile of the errors in units of that std; the *judging* half, used for
         neither, gives the held-out force RMSE and the calibrated mean z² and 90 %
         coverage that the stopping rule and the log report. The result is stored in
@@ -1051,7 +1057,7 @@ class ActiveLearner:
         Returns
         -------
         dict
-            ``scale``, ``noise_scale``, ``conformal_q90`` (in calibrated stds),
+            ``scale``, ``noise_scale``, ``novelty_scale`` (eV/Å), ``conformal_q90`` (in calibrated stds),
             ``n_calibration``/``n_judge`` (frames), ``judge_force_rmse`` (eV/Å),
             ``judge_zms``, ``judge_coverage90``; empty with fewer than 2 frames.
         """
@@ -1071,16 +1077,18 @@ class ActiveLearner:
         loo = self.model.loo_residuals(idx)
         err, std, fr = loo["force_error"], loo["force_std"], loo["force_frame"]
         noise = loo["force_noise"]  # per component (a force_noise_knee varies it)
+        nu = loo["force_novelty"]
         order = {f: k for k, f in enumerate(sorted(set(fr.tolist())))}
         half = np.array([order[f] % 2 for f in fr.tolist()])
         cal, judge = half == 0, half == 1
-        tt = calibration.TwoTermCalibrator().fit(err[cal], std[cal], noise[cal])
-        total = tt.transform(std, noise)
+        tt = calibration.TwoTermCalibrator().fit(err[cal], std[cal], noise[cal], nu[cal])
+        total = tt.transform(std, noise, nu)
         conf = calibration.SplitConformal(alpha=0.1).fit(err[cal], total[cal])
         zj = err[judge] / total[judge]
         out = {
             "scale": tt.scale_,
             "noise_scale": tt.noise_scale_,
+            "novelty_scale": tt.novelty_scale_,
             "conformal_q90": float(conf.quantile_),
             "n_calibration": int(len(set(fr[cal].tolist()))),
             "n_judge": int(len(set(fr[judge].tolist()))),

@@ -700,7 +700,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             times ``scale``; for a calibration with a ``noise_scale`` (what the active
             learner stores for forces, see :class:`gpal.calibration.TwoTermCalibrator`)
             the std of a new *label*, ``sqrt((scale std)² + (noise_scale force_noise)²)``,
-            which is what a prediction error against the oracle is measured against.
+            which is what a prediction error against the oracle is measured against;
+            with a ``novelty_scale`` also ``+ novelty_scale² novelty`` of the atom
+            under the root (the error the projected std cannot see, for environments
+            away from the sparse points).
             When the stored force calibration has a split-conformal quantile
             (``conformal_q90``, which the active learner and ``gpal calibrate`` store),
             ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
@@ -720,8 +723,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         N = len(numbers)
         Z, zsp = self.sparse_X_, self.sparse_species_
         energies = self._e0_of(numbers).astype(float)
+        # a force calibration with a novelty term needs each environment's novelty
+        need_novelty = (calibrated and forces_std and "forces_std" in self.calibration_
+                        and self.calibration_of("forces_std").novelty_scale > 0)
+        local = return_std or need_novelty
         if self._use_fused_step():
-            exp, dE, kblocks = self._fused_terms(atoms, energies, keep_k=return_std)
+            exp, dE, kblocks = self._fused_terms(atoms, energies, keep_k=local)
             X = exp.descriptor
         else:
             exp = self.descriptor_.expand(atoms)
@@ -742,18 +749,21 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         has_cell = np.isfinite(exp.volume) and exp.volume > 0 and np.all(atoms.pbc)
         if has_cell:
             out["stress"] = pair_stress(dE, exp.vector, exp.volume)
-        if return_std:
+        novelty = None
+        if local:
             kdiag = self.kernel_.diag(X)
             # DTC: k(x,x) - k K_mm^-1 k + k Sigma k; the residual k - Q is >= 0 in exact
             # arithmetic, so rounding below zero is clipped silently
             q, sor, wsum = self._local_variance_terms(kblocks, N)
             resid = np.clip(kdiag - q, 0.0, None)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                novelty = np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
+        if return_std:
             var_local = resid + sor
             var_E = float(self._var_sor_whitened(wsum) + resid.sum())
             out["energies_std"] = np.sqrt(var_local)
             out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out["novelty"] = np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
+            out["novelty"] = novelty
         if forces_std or stress_std:
             _, rowF, rowS = self._derivative_rows(atoms, Z, zsp)
             if forces_std:
@@ -763,7 +773,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if stress_std and has_cell:
                 out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
         if calibrated:
-            self._apply_calibration(out)
+            self._apply_calibration(out, novelty)
         self._plus_baseline(atoms, out)
         return out
 
@@ -919,9 +929,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``force_error`` and ``force_std`` (3 n_atoms_total,) eV/Å (components; stds
             floored at 1e-12 so z-scores stay finite), ``force_noise`` (3 n_atoms_total,)
             the noise std of each label component (eV/Å, :meth:`force_label_noise`; with
-            a baseline, at the label minus the baseline), ``n_atoms`` (n_frames,).
+            a baseline, at the label minus the baseline), ``force_novelty``
+            (3 n_atoms_total,) the novelty of each component's atom (``predict``'s
+            ``novelty``), ``n_atoms`` (n_frames,).
         """
-        e_err, e_std, f_err, f_std, f_noise, n = [], [], [], [], [], []
+        e_err, e_std, f_err, f_std, f_noise, f_nov, n = [], [], [], [], [], [], []
         for a in frames:
             p = self.predict(a, return_std=True, forces_std=True, calibrated=calibrated)
             n.append(len(a))
@@ -930,6 +942,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             F = a.get_forces()
             f_err.append((p["forces"] - F).ravel())
             f_std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
+            f_nov.append(np.repeat(p["novelty"], 3))
             if getattr(self, "force_noise_knee_", None) is not None and getattr(self, "baseline_", None) is not None:
                 F = F - _baseline.baseline_labels(self.baseline_, a)["forces"]
             f_noise.append(self.force_label_noise(F).ravel())
@@ -939,8 +952,30 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             "force_error": np.concatenate(f_err),
             "force_std": np.concatenate(f_std),
             "force_noise": np.concatenate(f_noise),
+            "force_novelty": np.concatenate(f_nov),
             "n_atoms": np.array(n),
         }
+
+    def novelty(self, atoms: Atoms) -> np.ndarray:
+        """Novelty of each atom's environment, shape (n_atoms,), in [0, 1].
+
+        The fraction of the environment's prior variance the sparse set does not
+        explain, ``(k(x,x) - k K_mm⁻¹ kᵀ) / k(x,x)``: ``predict(atoms, return_std=True)``'s
+        ``novelty`` without the forces, the stds and the baseline.
+        """
+        check_is_fitted(self)
+        self._check(atoms)
+        X = self.descriptor_.create(atoms)
+        numbers = atoms.numbers
+        kblocks = []
+        for z, (c, Zc, _) in self._prediction_sparse_rows().items():
+            r = np.flatnonzero(numbers == z)
+            if len(r):
+                kblocks.append((r, c, self.kernel_(X[r], self.sparse_X_[c])))
+        kdiag = self.kernel_.diag(X)
+        q = self._local_variance_terms(kblocks, len(numbers))[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(kdiag > 0, np.clip((kdiag - q) / kdiag, 0.0, 1.0), 0.0)
 
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
@@ -1006,7 +1041,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         f = self.obs_group_ == _F
         return float(np.sqrt(np.mean(self.solver_.noise_std_[f] ** 2))) if np.any(f) else float(self.noise_["force"])
 
-    def _apply_calibration(self, out: dict) -> None:
+    def _apply_calibration(self, out: dict, novelty=None) -> None:
+        """Calibrate the std outputs in ``out`` in place; ``novelty`` (n_atoms,) is each
+        atom's environment novelty, needed by a force calibration with a novelty term."""
         noise = {"forces_std": "force", "stress_std": "stress"}
         for key in self.calibration_:
             if key in out:
@@ -1016,18 +1053,25 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                     level = self.force_label_noise(out["forces"]).reshape(np.shape(out[key]))
                 else:
                     level = self.noise_[noise[key]] if key in noise else 0.0
-                out[key] = cal.apply(out[key], level)
+                nu = 0.0
+                if key == "forces_std" and cal.novelty_scale:
+                    if novelty is None:
+                        raise ValueError("this force calibration has a novelty term: pass the atoms' novelty")
+                    nu = np.asarray(novelty, dtype=float).reshape(-1, 1)
+                out[key] = cal.apply(out[key], level, nu)
                 if key == "forces_std" and cal.conformal_q90 is not None:
                     # half-width of the 90 % split-conformal interval of each force label
                     out["forces_interval90"] = cal.conformal_q90 * out[key]
 
-    def calibrated_force_std(self, forces_std) -> np.ndarray:
-        """Calibrated std of a force label from raw (SoR) ``forces_std`` (same shape, eV/Å).
+    def calibrated_force_std(self, forces_std, novelty=None) -> np.ndarray:
+        """Calibrated std of a force label from raw (SoR) ``forces_std`` (n_atoms, 3), eV/Å.
 
-        Without a stored force calibration this is the raw std itself.
+        ``novelty`` (n_atoms,): the atoms' environment novelty (``predict``'s
+        ``novelty``), needed when the stored calibration has a novelty term. Without a
+        stored force calibration this is the raw std itself.
         """
         out = {"forces_std": np.asarray(forces_std, dtype=float)}
-        self._apply_calibration(out)
+        self._apply_calibration(out, novelty)
         return out["forces_std"]
 
     # ------------------------------------------------------------------ cross-validation
@@ -1057,13 +1101,16 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``force_error`` (n_comp,) eV/Å (prediction − label), ``force_std`` (n_comp,)
             latent SoR std without the frame (eV/Å), ``force_frame`` (n_comp,) frame
             index of each component, ``force_noise`` (n_comp,) the label noise std of
-            each component (eV/Å, :meth:`force_label_noise`), ``energy_error`` (n_e,)
-            and ``energy_std`` (n_e,) in eV/atom, ``energy_frame`` (n_e,).
+            each component (eV/Å, :meth:`force_label_noise`), ``force_novelty``
+            (n_comp,) the :meth:`novelty` of each component's atom (its environment
+            against the sparse set, which keeps the frame's own sparse points),
+            ``energy_error`` (n_e,) and ``energy_std`` (n_e,) in eV/atom,
+            ``energy_frame`` (n_e,).
         """
         check_is_fitted(self)
         idx = range(len(self.frames_)) if frames is None else [int(i) for i in frames]
         sol = self.solver_
-        out = {k: [] for k in ("force_error", "force_std", "force_frame", "force_noise",
+        out = {k: [] for k in ("force_error", "force_std", "force_frame", "force_noise", "force_novelty",
                                "energy_error", "energy_std", "energy_frame")}
         slices = self._frame_slices()
         for b in idx:
@@ -1096,6 +1143,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             out["force_std"].append(std[f])
             out["force_noise"].append(np.sqrt(lam[f]))
             out["force_frame"].append(np.full(int(f.sum()), b))
+            nu = np.repeat(self.novelty(self.frames_[b]), 3)
+            if len(nu) != int(f.sum()):  # force rows are (atom, xyz) in order; else none
+                nu = np.zeros(int(f.sum()))
+            out["force_novelty"].append(nu)
             e = group == _E
             if np.any(e):
                 n = len(self.frames_[b])
