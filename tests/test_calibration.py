@@ -11,6 +11,7 @@ import pytest
 from scipy import optimize, stats
 
 from gpal.calibration import (
+    Calibration,
     TwoTermCalibrator,
     Decision,
     SplitConformal,
@@ -439,3 +440,47 @@ def test_two_term_calibrator_recovers_both_factors():
     assert np.mean((err[small] / (s1 * np.sqrt(std[small] ** 2 + noise**2))) ** 2) < 0.7
     with pytest.raises(ValueError):
         TwoTermCalibrator().fit(err, -std, noise)
+
+
+def test_novelty_term_is_recovered_and_not_invented():
+    """var = a σ² + b σ_n² + c ν: the third factor is found when the errors carry it,
+    and is (near) zero when they do not; all-zero novelty is the two-term fit."""
+    rng = np.random.default_rng(1)
+    n = 40000
+    std = rng.uniform(0.0, 0.3, n)
+    nu = rng.uniform(0.0, 1e-3, n) * (rng.random(n) < 0.5)  # half the environments known
+    noise = 0.1
+    a, b, c = 2.0**2, 0.5**2, 3.0**2
+    err = rng.normal(0.0, np.sqrt(a * std**2 + b * noise**2 + c * nu))
+    cal = TwoTermCalibrator().fit(err, std, noise, nu)
+    assert cal.scale_ == pytest.approx(2.0, rel=0.05)
+    assert cal.noise_scale_ == pytest.approx(0.5, rel=0.08)
+    assert cal.novelty_scale_ == pytest.approx(3.0, rel=0.08)
+    # where the novelty is large the two-term fit is too confident, the three-term is not
+    two = TwoTermCalibrator().fit(err, std, noise)
+    hot = nu > 8e-4
+    assert np.mean((err[hot] / two.transform(std[hot], noise)) ** 2) > 1.15
+    assert np.mean((err[hot] / cal.transform(std[hot], noise, nu[hot])) ** 2) == pytest.approx(1.0, abs=0.08)
+    # errors without a novelty part: the term stays negligible
+    err0 = rng.normal(0.0, np.sqrt(a * std**2 + b * noise**2))
+    cal0 = TwoTermCalibrator().fit(err0, std, noise, nu)
+    assert cal0.novelty_scale_**2 * 1e-3 < 0.02 * b * noise**2
+    # no novelty anywhere: exactly the two-term fit
+    same = TwoTermCalibrator().fit(err0, std, noise, np.zeros(n))
+    ref = TwoTermCalibrator().fit(err0, std, noise)
+    assert same.novelty_scale_ == 0.0
+    assert (same.scale_, same.noise_scale_) == (ref.scale_, ref.noise_scale_)
+    with pytest.raises(ValueError, match="novelty"):
+        TwoTermCalibrator().fit(err, std, noise, nu + 2.0)
+    with pytest.raises(ValueError, match="same shape"):
+        TwoTermCalibrator().fit(err, std, noise, nu[:-1])
+
+
+def test_calibration_novelty_term_round_trips_and_is_checked():
+    c = Calibration(scale=1.5, noise_scale=0.3, conformal_q90=1.7, novelty_scale=2.0)
+    assert Calibration.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert "novelty_scale" not in Calibration(scale=1.5).to_dict()
+    s, n, nu = np.array([0.1, 0.2]), 0.05, np.array([0.0, 0.01])
+    np.testing.assert_allclose(c.apply(s, n, nu), np.sqrt((1.5 * s) ** 2 + (0.3 * n) ** 2 + 4.0 * nu))
+    with pytest.raises(ValueError, match="novelty_scale"):
+        Calibration(novelty_scale=-1.0)

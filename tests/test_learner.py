@@ -376,6 +376,22 @@ def test_default_loop_counts_every_call_and_never_bursts(tmp_path):
     assert checks and all(r["threshold"] > 0 for r in checks)
 
 
+def test_trigger_uncertainty_includes_the_calibrations_novelty_term():
+    """u = max over components of sqrt((scale σ)² + novelty_scale² ν_atom); the scaled
+    projected std alone without the term or when the trigger is not calibrated."""
+    model = SparseGP(small_model().descriptor, n_sparse=20).fit(cu_frames(3, seed=1, size=(2, 2, 2)))
+    sigma = np.array([[0.01, 0.02, 0.0], [0.005, 0.0, 0.001]])
+    pred = {"forces_std": sigma, "novelty": np.array([0.0, 1e-4])}
+    trig = Trigger(threshold=0.05, adaptive=False)
+    kw = dict(model=model, recent=[], label_steps=[], step=0, force_std_scale=2.0)
+    assert trig.judge(pred, **kw)["uncertainty"] == pytest.approx(0.04)
+    j = trig.judge(pred, novelty_scale=10.0, **kw)
+    assert j["uncertainty"] == pytest.approx(np.sqrt(0.01**2 + 100.0 * 1e-4))  # atom 1 wins
+    assert j["label"] and not trig.judge(pred, **kw)["label"]
+    off = Trigger(threshold=0.05, adaptive=False, calibrated=False)
+    assert off.judge(pred, novelty_scale=10.0, **kw)["uncertainty"] == pytest.approx(0.02)
+
+
 def test_trigger_rate_cap_and_thresholds():
     trig = Trigger(max_labels=2, window=50)
     assert not trig.capped([10], 20)

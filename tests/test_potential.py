@@ -424,6 +424,44 @@ def test_calibration_with_noise_is_the_std_of_a_new_label(cu_model):
     np.testing.assert_allclose(model.predict(frame, forces_std=True, calibrated=True)["forces_std"], 2 * raw)
 
 
+def test_calibration_novelty_term_uses_each_atoms_novelty(cu_model, tmp_path):
+    """forces_std calibrated with a novelty term: sqrt((s σ)² + (n σ_n)² + c² ν_atom) for
+    each component, with ν what predict(return_std=True) and novelty() give; the same
+    whether or not the local stds are asked for, and through a save/load."""
+    model = copy.deepcopy(cu_model)
+    frame = cu_frames(1, seed=44, rattle=0.2)[0]
+    raw = model.predict(frame, return_std=True, forces_std=True)
+    nu = raw["novelty"]
+    assert nu.max() > 1e-7  # a strongly rattled frame: environments away from the sparse set
+    np.testing.assert_array_equal(model.novelty(frame), nu)
+    model.set_calibration(forces_std={"scale": 1.7, "noise_scale": 0.6, "novelty_scale": 30.0,
+                                      "conformal_q90": 1.5})
+    want = np.sqrt((1.7 * raw["forces_std"]) ** 2 + (0.6 * model.noise_["force"]) ** 2 + 900.0 * nu[:, None])
+    got = model.predict(frame, forces_std=True, calibrated=True)
+    np.testing.assert_allclose(got["forces_std"], want, rtol=1e-12)
+    np.testing.assert_allclose(got["forces_interval90"], 1.5 * want, rtol=1e-12)
+    assert "novelty" not in got and "energies_std" not in got
+    np.testing.assert_allclose(model.predict(frame, return_std=True, forces_std=True, calibrated=True)["forces_std"],
+                               want, rtol=1e-12)
+    np.testing.assert_allclose(model.calibrated_force_std(raw["forces_std"], nu), want, rtol=1e-12)
+    with pytest.raises(ValueError, match="novelty"):
+        model.calibrated_force_std(raw["forces_std"])
+    # without the term (novelty_scale 0) the atoms' novelty changes nothing
+    plain = np.sqrt((1.7 * raw["forces_std"]) ** 2 + (0.6 * model.noise_["force"]) ** 2)
+    assert np.max(np.abs(want - plain)) > 1e-3 * np.max(plain)
+    back = SparseGP.load(model.save(tmp_path / "m.npz"))
+    assert back.calibration_of("forces_std").novelty_scale == 30.0
+    np.testing.assert_allclose(back.predict(frame, forces_std=True, calibrated=True)["forces_std"], want, rtol=1e-10)
+
+
+def test_loo_novelty_is_each_training_atoms_novelty(cu_model):
+    loo = cu_model.loo_residuals([0, 2])
+    for b in (0, 2):
+        mine = loo["force_frame"] == b
+        np.testing.assert_array_equal(loo["force_novelty"][mine], np.repeat(cu_model.novelty(cu_model.frames_[b]), 3))
+    assert loo["force_novelty"].shape == loo["force_error"].shape
+
+
 def test_stored_calibration_is_checked_and_survives_save_load(cu_model, tmp_path):
     """One calibration form for model, file, learner and CLI: a misspelt key is refused
     (the CLI once stored ``conformal``, which the learner never read)."""
