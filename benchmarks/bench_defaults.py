@@ -206,9 +206,17 @@ def evaluate(model, test, hot):
     two = TwoTermCalibrator().fit(e_t, s_t, noise)
     # and its conformal interval: the split-conformal quantile of |error| / two-term std
     conf2 = SplitConformal(0.1).fit(e_t, two.transform(s_t, noise))
+    # what it stores now: the same with a term in each atom's environment novelty
+    nu_t, nu_h = r_t["force_novelty"], r_h["force_novelty"]
+    three = TwoTermCalibrator().fit(e_t, s_t, noise, nu_t)
+    conf3 = SplitConformal(0.1).fit(e_t, three.transform(s_t, noise, nu_t))
+    c3_h = three.transform(s_h, noise, nu_h)
     return {
         "zms_hot_2term": float(np.mean((e_h / two.transform(s_h, noise)) ** 2)),
         "cov_hot_2term": float(np.mean(np.abs(e_h) <= conf2.bound(two.transform(s_h, noise)))),
+        "zms_hot_learner": float(np.mean((e_h / c3_h) ** 2)),
+        "cov_hot_learner": float(np.mean(np.abs(e_h) <= conf3.bound(c3_h))),
+        "novelty_scale": three.novelty_scale_,
         "zms_hot_ci": _zms_interval(model, test, hot),
         "rmse": float(np.sqrt(np.mean(e_t ** 2))),
         "rmse_hot": float(np.sqrt(np.mean(e_h ** 2))),
@@ -286,6 +294,14 @@ def main(argv=None):
         print(f"{'':8s} {'cov90 hot 2-term':14s} {e['cov_hot_2term']:7.3f} {f['cov_hot_2term']:9.3f} {'':7s}  "
               f"0.87-0.93  {ok(0.87 <= e['cov_hot_2term'] <= 0.93)} (fixed "
               f"{ok(0.87 <= f['cov_hot_2term'] <= 0.93)})")
+        print(f"{'':8s} {'novelty scale':14s} {e['novelty_scale']:9.3g} {f['novelty_scale']:9.3g} {'':7s}  "
+              f"(eV/Å; the learner's calibration: 2-term + novelty term)")
+        print(f"{'':8s} {'ZMS hot learner':14s} {e['zms_hot_learner']:7.3f} {f['zms_hot_learner']:9.3f} {'':7s}  "
+              f"0.8-1.25   {ok(0.8 <= e['zms_hot_learner'] <= 1.25)} (fixed "
+              f"{ok(0.8 <= f['zms_hot_learner'] <= 1.25)})")
+        print(f"{'':8s} {'cov90 hot learner':14s} {e['cov_hot_learner']:6.3f} {f['cov_hot_learner']:9.3f} {'':7s}  "
+              f"0.87-0.93  {ok(0.87 <= e['cov_hot_learner'] <= 0.93)} (fixed "
+              f"{ok(0.87 <= f['cov_hot_learner'] <= 0.93)})")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     return results
 
