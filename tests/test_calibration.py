@@ -456,6 +456,9 @@ def test_novelty_term_is_recovered_and_not_invented():
     assert cal.scale_ == pytest.approx(2.0, rel=0.05)
     assert cal.noise_scale_ == pytest.approx(0.5, rel=0.08)
     assert cal.novelty_scale_ == pytest.approx(3.0, rel=0.08)
+    assert cal.novelty_max_ == nu.max()  # the range the term was fitted on caps it
+    np.testing.assert_allclose(cal.transform(std[:3], noise, np.full(3, 0.5)),
+                               cal.transform(std[:3], noise, np.full(3, nu.max())))
     # where the novelty is large the two-term fit is too confident, the three-term is not
     two = TwoTermCalibrator().fit(err, std, noise)
     hot = nu > 8e-4
@@ -479,6 +482,12 @@ def test_novelty_term_is_recovered_and_not_invented():
 def test_calibration_novelty_term_round_trips_and_is_checked():
     c = Calibration(scale=1.5, noise_scale=0.3, conformal_q90=1.7, novelty_scale=2.0)
     assert Calibration.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    capped = Calibration(scale=1.5, novelty_scale=2.0, novelty_max=0.005)
+    assert Calibration.from_dict(json.loads(json.dumps(capped.to_dict()))) == capped
+    np.testing.assert_allclose(capped.apply([0.1, 0.1], 0.0, [0.001, 0.5]),
+                               np.sqrt(0.15**2 + 4.0 * np.array([0.001, 0.005])))
+    with pytest.raises(ValueError, match="novelty_max"):
+        Calibration(novelty_scale=1.0, novelty_max=2.0)
     assert "novelty_scale" not in Calibration(scale=1.5).to_dict()
     s, n, nu = np.array([0.1, 0.2]), 0.05, np.array([0.0, 0.01])
     np.testing.assert_allclose(c.apply(s, n, nu), np.sqrt((1.5 * s) ** 2 + (0.3 * n) ** 2 + 4.0 * nu))

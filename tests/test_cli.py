@@ -87,7 +87,7 @@ def test_fit_info_validate_md(files, capsys):
     # the keys the active learner writes and its stopping rule reads (conformal_q90)
     # (novelty_scale when the validation frames support a novelty term)
     assert {"scale", "noise_scale", "conformal_q90"} <= set(stored) <= {
-        "scale", "noise_scale", "conformal_q90", "novelty_scale"}
+        "scale", "noise_scale", "conformal_q90", "novelty_scale", "novelty_max"}
     assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots)]) == 0
     assert "force stds raw (the model stores no calibration" in capsys.readouterr().out
     assert main(["info", str(files / "calibrated.npz")]) == 0

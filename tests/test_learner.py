@@ -388,6 +388,9 @@ def test_trigger_uncertainty_includes_the_calibrations_novelty_term():
     j = trig.judge(pred, novelty_scale=10.0, **kw)
     assert j["uncertainty"] == pytest.approx(np.sqrt(0.01**2 + 100.0 * 1e-4))  # atom 1 wins
     assert j["label"] and not trig.judge(pred, **kw)["label"]
+    # ν above the calibration's range counts as its largest fitted value
+    capped = trig.judge(pred, novelty_scale=30.0, novelty_max=1e-5, **kw)["uncertainty"]
+    assert capped == pytest.approx(np.sqrt(0.01**2 + 900.0 * 1e-5))
     off = Trigger(threshold=0.05, adaptive=False, calibrated=False)
     assert off.judge(pred, novelty_scale=10.0, **kw)["uncertainty"] == pytest.approx(0.02)
 
@@ -434,7 +437,8 @@ def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
     raw = p["forces_std"]
     c = L.model.calibration_["forces_std"]
     total = np.sqrt((c["scale"] * raw) ** 2 + (c["noise_scale"] * L.model.noise_["force"]) ** 2
-                    + c.get("novelty_scale", 0.0) ** 2 * p["novelty"][:, None])
+                    + c.get("novelty_scale", 0.0) ** 2
+                    * np.minimum(p["novelty"], c.get("novelty_max", 1.0))[:, None])
     assert last["bound"] == pytest.approx(c["conformal_q90"] * np.sqrt(np.mean(total**2)), rel=1e-6)
     # the error judged is the held-out half of the leave-one-frame-out errors
     assert last["validation_error"] == pytest.approx(L._calibration["judge_force_rmse"])

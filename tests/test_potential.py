@@ -449,6 +449,15 @@ def test_calibration_novelty_term_uses_each_atoms_novelty(cu_model, tmp_path):
     # without the term (novelty_scale 0) the atoms' novelty changes nothing
     plain = np.sqrt((1.7 * raw["forces_std"]) ** 2 + (0.6 * model.noise_["force"]) ** 2)
     assert np.max(np.abs(want - plain)) > 1e-3 * np.max(plain)
+    # ν beyond the range the term was fitted on counts as its largest value
+    model.set_calibration(forces_std={"scale": 1.7, "noise_scale": 0.6, "novelty_scale": 30.0,
+                                      "novelty_max": float(np.median(nu)), "conformal_q90": 1.5})
+    cap = np.sqrt((1.7 * raw["forces_std"]) ** 2 + (0.6 * model.noise_["force"]) ** 2
+                  + 900.0 * np.minimum(nu, np.median(nu))[:, None])
+    np.testing.assert_allclose(model.predict(frame, forces_std=True, calibrated=True)["forces_std"], cap, rtol=1e-12)
+    assert np.all(cap <= want) and np.any(cap < want)
+    model.set_calibration(forces_std={"scale": 1.7, "noise_scale": 0.6, "novelty_scale": 30.0,
+                                      "conformal_q90": 1.5})
     back = SparseGP.load(model.save(tmp_path / "m.npz"))
     assert back.calibration_of("forces_std").novelty_scale == 30.0
     np.testing.assert_allclose(back.predict(frame, forces_std=True, calibrated=True)["forces_std"], want, rtol=1e-10)

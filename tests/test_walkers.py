@@ -91,7 +91,7 @@ def test_a_worker_judges_a_frame_as_the_learner_does(tmp_path):
             j = judge_frame(L.model, w.atoms, trig, recent=recent, label_steps=[], step=L.step,
                             force_std_scale=L._force_std_scale(), noise_scale=L._force_noise_scale(),
                             force_rms=L._force_rms(), sparse_refresh=False,
-                            novelty_scale=L._force_novelty_scale())
+                            novelty_scale=L._force_novelty_scale(), novelty_max=L._force_novelty_max())
             u = L._check_walker(w)
             assert j["novel"] == 0 and j["threshold"] == pytest.approx(L.threshold_, rel=1e-12)
             assert (u is not None) == j["label"]

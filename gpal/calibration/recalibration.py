@@ -100,15 +100,21 @@ class TwoTermCalibrator:
     ``novelty``), a third term ``c ν`` is fitted beside them: the part of the error
     the projected std ``σ`` cannot see, since ``σ`` lives in the span of the sparse
     points while the DTC posterior keeps the residual ``k - Q`` outside it.
-    ``novelty_scale_ = sqrt(c)`` (eV/Å for forces: the error std it assigns to an
-    environment unlike every sparse point), 0 when the likelihood puts it at its lower
-    bound (1e-10 of the mean squared error per unit ν) or when no error has ν > 0.
+    ``novelty_scale_ = sqrt(c)`` (eV/Å for forces), 0 when the likelihood puts it at its
+    lower bound (1e-10 of the mean squared error per unit ν) or when no error has ν > 0.
+    The term is linear in ν only over the range it was fitted on: ``novelty_max_``, the
+    largest ν of the fit, caps the ν it is applied to (an environment far outside that
+    range joins the sparse set in the loop anyway). Without the cap a term fitted on
+    labelled environments, whose ν sit at the jitter floor (~1e-8), would be applied to
+    new ones a thousand times more novel.
 
     Attributes
     ----------
     scale_, noise_scale_ : float
     novelty_scale_ : float
         0 unless fitted with ``novelty``.
+    novelty_max_ : float or None
+        The largest ν of the fit (None without the term).
     n_samples_ : int
     """
 
@@ -166,14 +172,15 @@ class TwoTermCalibrator:
                 best = res
         a, b = np.exp(best.x[:2])
         self.scale_, self.noise_scale_ = float(np.sqrt(a)), float(np.sqrt(b))
-        self.novelty_scale_ = 0.0
+        self.novelty_scale_, self.novelty_max_ = 0.0, None
         if nu is not None and best.x[2] > c_low + 1e-6:
             self.novelty_scale_ = float(np.sqrt(np.exp(best.x[2])))
+            self.novelty_max_ = float(nu.max())
         self.n_samples_ = int(e.size)
         return self
 
     def transform(self, std, noise, novelty=0.0) -> np.ndarray:
-        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² ν)``."""
+        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² min(ν, novelty_max_))``."""
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
         return self.calibration().apply(_finite_array("std", std), noise, novelty)
@@ -183,7 +190,8 @@ class TwoTermCalibrator:
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
         return Calibration(scale=self.scale_, noise_scale=self.noise_scale_,
-                           novelty_scale=getattr(self, "novelty_scale_", 0.0))
+                           novelty_scale=getattr(self, "novelty_scale_", 0.0),
+                           novelty_max=getattr(self, "novelty_max_", None))
 
     def __repr__(self) -> str:
         return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "
@@ -298,8 +306,8 @@ class SplitConformal:
 class Calibration:
     """How a model's raw std of one output becomes the std of a new label.
 
-    ``calibrated = sqrt((scale * std)² + (noise_scale * σ_n)² + novelty_scale² ν)``, σ_n
-    the model's label noise of that output and ν the novelty of the atom's environment
+    ``calibrated = sqrt((scale * std)² + (noise_scale * σ_n)² + novelty_scale² min(ν, novelty_max))``,
+    σ_n the model's label noise of that output and ν the novelty of the atom's environment
     (forces only; :class:`TwoTermCalibrator`; ``noise_scale = novelty_scale = 0`` is the
     one-factor :class:`StdCalibrator`). ``conformal_q90`` is the split-conformal 90 % quantile of
     ``|error| / calibrated`` (:class:`SplitConformal` on calibrated stds), the factor a
@@ -317,8 +325,10 @@ class Calibration:
     noise_scale : float, default 0
         Factor on the label noise σ_n (≥ 0).
     novelty_scale : float, default 0
-        Std (units of the output, eV/Å for forces) of the error of an environment
-        unlike every sparse point (ν = 1), ≥ 0.
+        Factor (units of the output, eV/Å for forces) on ``sqrt(ν)``, ≥ 0.
+    novelty_max : float or None
+        ν above this counts as this (the range the term was fitted on), in (0, 1];
+        None: no cap.
     conformal_q90 : float or None
         In units of the calibrated std (> 0).
     """
@@ -327,6 +337,7 @@ class Calibration:
     noise_scale: float = 0.0
     conformal_q90: float | None = None
     novelty_scale: float = 0.0
+    novelty_max: float | None = None
 
     def __post_init__(self):
         for name, value, low in (("scale", self.scale, "> 0"), ("noise_scale", self.noise_scale, ">= 0"),
@@ -341,6 +352,11 @@ class Calibration:
             if not (isinstance(q, (int, float, np.floating)) and q > 0):  # inf: too few frames
                 raise ValueError(f"Calibration conformal_q90 must be > 0 or None, got {q!r}")
             object.__setattr__(self, "conformal_q90", float(q))
+        m = self.novelty_max
+        if m is not None:
+            if not (isinstance(m, (int, float, np.floating)) and 0 < m <= 1):
+                raise ValueError(f"Calibration novelty_max must be in (0, 1] or None, got {m!r}")
+            object.__setattr__(self, "novelty_max", float(m))
 
     def apply(self, std, noise=0.0, novelty=0.0) -> np.ndarray:
         """Calibrated std (shape of ``std``) from the raw ``std``, the label noise ``noise``
@@ -350,17 +366,22 @@ class Calibration:
             return self.scale * s
         var = (self.scale * s) ** 2 + (self.noise_scale * np.asarray(noise, dtype=float)) ** 2
         if self.novelty_scale:
-            var = var + self.novelty_scale**2 * np.asarray(novelty, dtype=float)
+            nu = np.asarray(novelty, dtype=float)
+            if self.novelty_max is not None:
+                nu = np.minimum(nu, self.novelty_max)
+            var = var + self.novelty_scale**2 * nu
         return np.sqrt(var)
 
     def to_dict(self) -> dict:
         """JSON-able dict (keys ``scale``, ``noise_scale``; ``conformal_q90`` if measured,
-        ``novelty_scale`` if not 0)."""
+        ``novelty_scale`` if not 0, ``novelty_max`` if set)."""
         out = {"scale": self.scale, "noise_scale": self.noise_scale}
         if self.conformal_q90 is not None:
             out["conformal_q90"] = self.conformal_q90
         if self.novelty_scale:
             out["novelty_scale"] = self.novelty_scale
+        if self.novelty_max is not None:
+            out["novelty_max"] = self.novelty_max
         return out
 
     @classmethod
@@ -380,8 +401,8 @@ class Calibration:
         d = dict(d)
         if "conformal" in d and "conformal_q90" not in d and "noise_scale" not in d:
             d["conformal_q90"] = d.pop("conformal") / d.get("scale", 1.0)
-        unknown = set(d) - {"scale", "noise_scale", "conformal_q90", "novelty_scale"}
+        unknown = set(d) - {"scale", "noise_scale", "conformal_q90", "novelty_scale", "novelty_max"}
         if unknown:
             raise ValueError(f"unknown calibration keys {sorted(unknown)}; "
-                             "known: scale, noise_scale, conformal_q90, novelty_scale")
+                             "known: scale, noise_scale, conformal_q90, novelty_scale, novelty_max")
         return cls(**d)

@@ -916,7 +916,7 @@ class ActiveLearner:
         j = trig.judge(res, model=self.model, recent=self._recent_unc, label_steps=self._label_steps.get(w.index, []),
                        step=self.step, force_std_scale=self._force_std_scale(),
                        noise_scale=self._force_noise_scale(), force_rms=self._force_rms(),
-                       novelty_scale=self._force_novelty_scale())
+                       novelty_scale=self._force_novelty_scale(), novelty_max=self._force_novelty_max())
         u = j["uncertainty"]
         self.threshold_ = j["threshold"]
         self._times["check"] += time.perf_counter() - t0
@@ -1036,6 +1036,10 @@ class ActiveLearner:
         """The novelty term of the force calibration, eV/Å (0 before any calibration)."""
         return float(self.model.calibration_.get("forces_std", {}).get("novelty_scale", 0.0))
 
+    def _force_novelty_max(self) -> float | None:
+        """The force calibration's cap on the novelty (None: none)."""
+        return self.model.calibration_.get("forces_std", {}).get("novelty_max")
+
     # ------------------------------------------------------------------ calibration / stop
     def calibrate(self) -> dict:
         """Calibrate the force std on leave-one-frame-out errors of the labels (no oracle call).
@@ -1044,9 +1048,10 @@ class ActiveLearner:
         (:meth:`gpal.SparseGP.loo_residuals`), are split in two disjoint halves by
         frame (alternating in time; bootstrap frames left out once there are four
         others). The *calibration* half fits the std of a new force label,
-        ``sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² ν)``
+        ``sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² min(ν, novelty_max))``
         (:class:`gpal.calibration.TwoTermCalibrator`; σ the SoR force std, σ_n the force
-        noise, ν the novelty of the atom's environment), and the 90 % split-conformal
+        noise, ν the novelty of the atom's environment, capped at the largest ν of the
+        fit), and the 90 % split-conformal
         quantile of the errors in units of that std; the *judging* half, used for
         neither, gives the held-out force RMSE and the calibrated mean z² and 90 %
         coverage that the stopping rule and the log report. The result is stored in
@@ -1057,7 +1062,8 @@ class ActiveLearner:
         Returns
         -------
         dict
-            ``scale``, ``noise_scale``, ``novelty_scale`` (eV/Å), ``conformal_q90`` (in calibrated stds),
+            ``scale``, ``noise_scale``, ``novelty_scale`` (eV/Å), ``novelty_max``, ``conformal_q90``
+            (in calibrated stds),
             ``n_calibration``/``n_judge`` (frames), ``judge_force_rmse`` (eV/Å),
             ``judge_zms``, ``judge_coverage90``; empty with fewer than 2 frames.
         """
@@ -1089,6 +1095,7 @@ class ActiveLearner:
             "scale": tt.scale_,
             "noise_scale": tt.noise_scale_,
             "novelty_scale": tt.novelty_scale_,
+            "novelty_max": tt.novelty_max_,
             "conformal_q90": float(conf.quantile_),
             "n_calibration": int(len(set(fr[cal].tolist()))),
             "n_judge": int(len(set(fr[judge].tolist()))),

@@ -34,8 +34,8 @@ class Trigger:
        most uncertain force component, ``scale x max(forces_std)`` (eV/Å; ``scale`` is
        the recalibration factor the learner fits on leave-one-frame-out errors of its
        own labels, :meth:`ActiveLearner.calibrate`), or, when that calibration has a
-       novelty term, ``max sqrt((scale σ)² + novelty_scale² ν)`` over the atoms'
-       components (ν the atom's novelty: the residual of environments below the
+       novelty term, ``max sqrt((scale σ)² + novelty_scale² min(ν, novelty_max))`` over
+       the atoms' components (ν the atom's novelty: the residual of environments below the
        novelty threshold, which stage 1 leaves out of the sparse set, is part of the
        error too). The frame is labelled when ``u``
        exceeds the threshold, the larger of
@@ -220,7 +220,8 @@ class Trigger:
 
     def judge(self, prediction: dict, *, model: SparseGP, recent: Sequence[float], label_steps: Sequence[int],
               step: int, force_std_scale: float = 1.0, noise_scale: float = 1.0,
-              force_rms: float | None = None, novelty_scale: float = 0.0) -> dict:
+              force_rms: float | None = None, novelty_scale: float = 0.0,
+              novelty_max: float | None = None) -> dict:
         """The trigger's decision on one frame: is it labelled?
 
         The one method the loop asks (in the learner's process and on walker workers
@@ -243,8 +244,10 @@ class Trigger:
             RMS oracle force of the labels, eV/Å (the ceiling).
         novelty_scale : float
             The novelty term of the model's force calibration, eV/Å: with it the
-            uncertainty of an atom is ``sqrt((scale σ)² + novelty_scale² ν)``, ν the
-            ``novelty`` of its environment in ``prediction``.
+            uncertainty of an atom is ``sqrt((scale σ)² + novelty_scale² min(ν, novelty_max))``,
+            ν the ``novelty`` of its environment in ``prediction``.
+        novelty_max : float or None
+            The calibration's cap on ν (the largest ν it was fitted on).
 
         Returns
         -------
@@ -257,8 +260,10 @@ class Trigger:
             scale = force_std_scale if self.calibrated else 1.0
             if self.calibrated and novelty_scale > 0 and "novelty" in prediction:
                 # the learnable part of the calibrated std of a new label (no noise term)
-                var = (scale * np.asarray(prediction["forces_std"])) ** 2 \
-                    + novelty_scale**2 * np.asarray(prediction["novelty"])[:, None]
+                nu = np.asarray(prediction["novelty"])
+                if novelty_max is not None:
+                    nu = np.minimum(nu, novelty_max)
+                var = (scale * np.asarray(prediction["forces_std"])) ** 2 + novelty_scale**2 * nu[:, None]
                 u = float(np.sqrt(np.max(var)))
             else:
                 u = float(np.max(prediction["forces_std"])) * scale

@@ -130,7 +130,8 @@ def blown_up(atoms: Atoms, max_force: float, max_temperature: float) -> str | No
 
 def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, label_steps, step: int,
                 force_std_scale: float = 1.0, noise_scale: float = 1.0, force_rms: float | None = None,
-                sparse_refresh: bool = True, max_sparse: int = 2000, novelty_scale: float = 0.0) -> dict:
+                sparse_refresh: bool = True, max_sparse: int = 2000, novelty_scale: float = 0.0,
+                novelty_max: float | None = None) -> dict:
     """Judge one frame by :meth:`gpal.Trigger.judge` without a learner (what a worker runs).
 
     ``ActiveLearner._check_walker`` with the learner's state passed in,
@@ -156,8 +157,8 @@ def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, la
         RMS oracle force of the labels, eV/Å (the ceiling).
     sparse_refresh : bool
     max_sparse : int
-    novelty_scale : float
-        The novelty term of the model's force calibration, eV/Å.
+    novelty_scale, novelty_max : float, float or None
+        The novelty term of the model's force calibration (eV/Å) and its cap on ν.
 
     Returns
     -------
@@ -175,7 +176,7 @@ def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, la
             return {"novel": novel, "novelty": float(res["novelty"].max())}
     j = trigger.judge(res, model=model, recent=recent, label_steps=label_steps, step=step,
                       force_std_scale=force_std_scale, noise_scale=noise_scale, force_rms=force_rms,
-                      novelty_scale=novelty_scale)
+                      novelty_scale=novelty_scale, novelty_max=novelty_max)
     return {"novel": 0, **j}
 
 
@@ -193,7 +194,7 @@ def run_segment(task: dict) -> dict:
         (steps, end exclusive), ``ramp_steps``; ``md`` (MDSettings fields, the
         factory as an import path), ``trigger`` (Trigger fields); ``seed`` (list of
         int); the trigger state ``recent``, ``label_steps``, ``force_std_scale``,
-        ``noise_scale``, ``novelty_scale``, ``force_rms``, ``sparse_refresh``, ``max_sparse``; the blow-up
+        ``noise_scale``, ``novelty_scale``, ``novelty_max``, ``force_rms``, ``sparse_refresh``, ``max_sparse``; the blow-up
         limits ``max_force`` (eV/Å) and ``max_temperature`` (K); ``submitted``
         (``time.time()`` at submission).
 
@@ -264,7 +265,8 @@ def run_segment(task: dict) -> dict:
         j = judge_frame(model, w.atoms, trig, recent=recent, label_steps=label_steps, step=step,
                         force_std_scale=task["force_std_scale"], noise_scale=task["noise_scale"],
                         force_rms=task["force_rms"], sparse_refresh=task["sparse_refresh"],
-                        max_sparse=task["max_sparse"], novelty_scale=task.get("novelty_scale", 0.0))
+                        max_sparse=task["max_sparse"], novelty_scale=task.get("novelty_scale", 0.0),
+                        novelty_max=task.get("novelty_max"))
         check_time += time.perf_counter() - tc
         if j["novel"]:
             candidate = {"kind": "novel", "step": step, "novelty": j["novelty"]}
@@ -361,7 +363,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "recent": (list(L._recent_unc) + list(state["recent"]))[-4 * L.trigger.adapt_window:],
         "label_steps": list(L._label_steps.get(w.index, [])),
         "force_std_scale": L._force_std_scale(), "noise_scale": L._force_noise_scale(),
-        "novelty_scale": L._force_novelty_scale(),
+        "novelty_scale": L._force_novelty_scale(), "novelty_max": L._force_novelty_max(),
         "force_rms": L._force_rms(), "sparse_refresh": L.sparse_refresh, "max_sparse": L.max_sparse,
         "max_force": L.max_force, "max_temperature": L.max_temperature,
         "submitted": time.time(),

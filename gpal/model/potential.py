@@ -701,9 +701,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             learner stores for forces, see :class:`gpal.calibration.TwoTermCalibrator`)
             the std of a new *label*, ``sqrt((scale std)² + (noise_scale force_noise)²)``,
             which is what a prediction error against the oracle is measured against;
-            with a ``novelty_scale`` also ``+ novelty_scale² novelty`` of the atom
-            under the root (the error the projected std cannot see, for environments
-            away from the sparse points).
+            with a ``novelty_scale`` also ``+ novelty_scale² min(novelty, novelty_max)``
+            of the atom under the root (the error the projected std cannot see, for
+            environments away from the sparse points).
             When the stored force calibration has a split-conformal quantile
             (``conformal_q90``, which the active learner and ``gpal calibrate`` store),
             ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
