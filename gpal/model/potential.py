@@ -106,6 +106,14 @@ _STD_BLOCK = 96
 _STD_CHUNK = 256
 
 
+def _residual_and_novelty(kdiag: np.ndarray, q: np.ndarray):
+    """The DTC residual ``k(x,x) - k K_mm⁻¹ kᵀ`` (>= 0 in exact arithmetic, so rounding
+    below zero is clipped) and its fraction of the prior variance, the novelty in [0, 1]."""
+    resid = np.clip(kdiag - q, 0.0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return resid, np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
+
+
 class _LocalStdFactors:
     """What the local-energy variances of a fitted model need, precomputed once.
 
@@ -752,12 +760,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         novelty = None
         if local:
             kdiag = self.kernel_.diag(X)
-            # DTC: k(x,x) - k K_mm^-1 k + k Sigma k; the residual k - Q is >= 0 in exact
-            # arithmetic, so rounding below zero is clipped silently
+            # DTC: k(x,x) - k K_mm^-1 k + k Sigma k
             q, sor, wsum = self._local_variance_terms(kblocks, N)
-            resid = np.clip(kdiag - q, 0.0, None)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                novelty = np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
+            resid, novelty = _residual_and_novelty(kdiag, q)
         if return_std:
             var_local = resid + sor
             var_E = float(self._var_sor_whitened(wsum) + resid.sum())
@@ -972,10 +977,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             r = np.flatnonzero(numbers == z)
             if len(r):
                 kblocks.append((r, c, self.kernel_(X[r], self.sparse_X_[c])))
-        kdiag = self.kernel_.diag(X)
         q = self._local_variance_terms(kblocks, len(numbers))[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(kdiag > 0, np.clip((kdiag - q) / kdiag, 0.0, 1.0), 0.0)
+        return _residual_and_novelty(self.kernel_.diag(X), q)[1]
 
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
