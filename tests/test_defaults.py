@@ -185,8 +185,9 @@ def test_save_load_keeps_the_choice(tmp_path, frames, default_model):
         warnings.simplefilter("ignore", UserWarning)
         loaded.select_hyperparameters()
     assert loaded.zeta_ == default_model.zeta_
+    # the same maximum, to the optimiser's tolerance (1e-6 relative change of the evidence)
     assert loaded.log_marginal_likelihood_value_ == pytest.approx(
-        default_model.log_marginal_likelihood_value_, rel=1e-8)
+        default_model.log_marginal_likelihood_value_, rel=1e-6)
 
 
 def test_select_hyperparameters_after_update(frames):

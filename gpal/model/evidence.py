@@ -853,8 +853,11 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         starts.append(alt[free])
         best = None
         for x_start in starts:
+            # stopping at 1e-6 relative change of the evidence (and 1e-3 on its gradient in
+            # log parameters): the noise levels move by ~1e-5 relative against the
+            # defaults' 1e-9, a fifth to a quarter fewer evaluations
             res = scipy.optimize.minimize(negative, x_start, jac=True, method="L-BFGS-B",
-                                          bounds=bounds)
+                                          bounds=bounds, options={"ftol": 1e-6, "gtol": 1e-3})
             if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                 best = res
         if best is None:
