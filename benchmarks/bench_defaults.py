@@ -30,53 +30,46 @@ trajectory at ``T + --hotter`` (300 K). Reported per system and model:
              T by one scale factor (gpal.calibration.StdCalibrator) [0.8 - 1.25]
   cov hot    coverage on the hot frames of the 90 % split-conformal interval fitted on
              the test frames at T (gpal.calibration.SplitConformal)  [0.87 - 0.93];
-             "2-term": the same on the two-term calibrated std (what the learner uses)
+             "2-term": the same on the two-term calibrated std (std and noise scales);
+             "learner": on the std the active learner and ``gpal validate --calibrate``
+             store, the two-term std with a term in each atom's environment novelty
 
 The stds are ``predict(..., forces_std=True)`` (the SoR force std; ``model.residuals``).
 Also printed: a 5-95 % bootstrap interval of ZMS hot (resampling whole test and hot
-frames: how well 10 + 10 frames pin it down) and ZMS hot of the calibration the active
-learner stores (``TwoTermCalibrator``: a std scale and a force-noise floor).
+frames: how well 10 + 10 frames pin it down).
 
-Measured (2 shared cores under load 5, ``OMP_NUM_THREADS=1``, default options;
-evidence vs fixed; ZMS hot with its 5-95 % bootstrap interval):
+Measured (2 cores, ``OMP_NUM_THREADS=1``, ``--repeats 3``; evidence vs fixed; ZMS hot
+with its 5-95 % bootstrap interval; ``learner``: ZMS hot and cov90 hot of the
+learner's calibration):
 
-=======  ===================  =====  ===================  ======  =====  =====
-system   F RMSE eV/Å (ratio)  fit    ZMS hot              2-term  cov90  fixed
-=======  ===================  =====  ===================  ======  =====  =====
-Ni       0.0013 / 0.0044 0.30 1.02x  0.727 (0.67-0.78)    0.930   0.945  1.527
-CuAu     0.0254 / 0.0742 0.34 0.87x  1.279 (1.05-1.57)    1.281   0.886  1.287
-ethanol  0.1514 / 0.2555 0.59 2.89x  1.361 (0.93-1.89)    1.366   0.889  1.025
-=======  ===================  =====  ===================  ======  =====  =====
+=======  ===================  =====  ===================  ======  =====  =============
+system   F RMSE eV/Å (ratio)  fit    ZMS hot              2-term  cov90  learner
+=======  ===================  =====  ===================  ======  =====  =============
+Ni       0.0013 / 0.0044 0.30 1.02x  0.727 (0.67-0.78)    0.930   0.945  0.930 / 0.910
+CuAu     0.0254 / 0.0742 0.34 0.98x  1.279 (1.05-1.57)    1.281   0.886  1.137 / 0.884
+ethanol  0.1514 / 0.2555 0.59 2.44x  1.361 (0.93-1.89)    1.366   0.889  1.228 / 0.863
+=======  ===================  =====  ===================  ======  =====  =============
 
-(``fixed``: the fixed model's ZMS hot.)
-
-Before sigma was a candidate (ζ × l_max at sigma 0.5 only, rows on all frames): F RMSE
-ratios 0.31 / 0.54 / 0.95, fit ratios 2.84 / 2.29 / 2.03, ZMS hot 0.772 / 1.171 /
-1.016, cov90 hot 0.934 / 0.897 / 0.904. The evidence prefers sigma 0.3 on all three
-(the 0.3 Å SOAP has fewer neighbours within its cutoff, and the candidates are ranked
-on 2 of 20 metal frames: the metal fits got cheaper). Ni's one-scale ZMS hot stays
-below 0.8 (its SoR std grows 1.68x from 600 to 900 K, its error 1.39x); the two-term
-calibration the learner stores puts it at 0.93 (coverage 0.912). CuAu's 1.28 and
-ethanol's 1.36 lie within the bootstrap spread of their earlier 1.17 and 1.02 (ethanol:
-its sharper model's error grows 1.65x from 300 to 600 K, its std 1.43x). Ethanol's hot
-frames are at twice its training temperature; at +200 K (``--hotter 200``): ZMS hot
-1.227, cov90 0.889 (fixed 0.967, 0.919).
+Ni's one-scale ZMS hot stays below 0.8 (its SoR std grows 1.68x from 600 to 900 K, its
+error 1.39x); the two-term calibration puts it at 0.93. The novelty term (CuAu 5.6 eV/Å,
+ethanol 8.0 eV/Å per unit novelty; Ni: none) brings CuAu's and ethanol's z² within
+target; ethanol's coverage with 10 frames stays 0.007 under. Ethanol's hot frames are
+at twice its training temperature.
 
 With three times the held-out frames (``--n-test 30``: 30 test and 30 hot frames, a
-tighter estimate; ``cov90 2-term``: the split-conformal interval on the two-term std, as
-the learner's stopping rule uses it):
+tighter estimate) and at +200 K:
 
-=======  ======  ===================  ======  =====  ============
-system   F RMSE  ZMS hot              2-term  cov90  cov90 2-term
-=======  ======  ===================  ======  =====  ============
-Ni       0.27    0.666 (0.63-0.70)    0.850   0.952  0.923
-CuAu     0.35    1.210 (1.08-1.35)    1.137   0.882  0.859
-ethanol  0.61    1.354 (1.10-1.67)    1.359   0.872  0.872
-=======  ======  ===================  ======  =====  ============
+=======  ======  ===================  ============  ============  ==============
+system   F RMSE  ZMS hot              2-term        learner       learner +200 K
+=======  ======  ===================  ============  ============  ==============
+Ni       0.27    0.666 (0.63-0.70)    0.850 / 0.923 0.850 / 0.923 0.901 / 0.915
+CuAu     0.35    1.210 (1.08-1.35)    1.137 / 0.859 1.119 / 0.885 1.050 / 0.893
+ethanol  0.61    1.354 (1.10-1.67)    1.359 / 0.872 1.169 / 0.877 1.028 / 0.899
+=======  ======  ===================  ============  ============  ==============
 
-With the learner's own (two-term) calibration Ni is within both targets, CuAu's z² is
-and its coverage is 0.011 under; ethanol at twice its training temperature stays over
-in z² (1.36) and within in coverage.
+(ZMS hot / cov90 hot.) With the learner's calibration all three systems are within both
+targets at +300 K and at +200 K; with the two-term one CuAu's coverage was 0.011 under
+and ethanol's z² over.
 
 Frames are cached under ``benchmarks/.cache/``. Runtime about 5-8 min on 2 busy cores::
 
