@@ -41,7 +41,10 @@ Stds compared (all computed inside this script; gpal is not modified):
   floor    s²(σ² + σ₀²): a scale and a constant variance floor fitted jointly by
            Gaussian NLL on the calibration set (a common two-parameter fix);
   power    a σ^b, fitted by Gaussian NLL on the calibration set (lets the calibrated
-           std grow faster than σ where the error does).
+           std grow faster than σ where the error does);
+  learner  the std the active learner and ``gpal validate --calibrate`` store:
+           sqrt((s σ)² + (s_n σ_n)² + c² min(ν, ν_max)), σ_n the force noise and ν each
+           atom's environment novelty (:class:`gpal.calibration.TwoTermCalibrator`).
 
 For the two-parameter maps the rows are ``fitted`` (the fitted std) and ``conformal``.
 
@@ -191,14 +194,15 @@ def check_prior_force_variance(model, atoms, h=1e-3):
 # ----------------------------------------------------------------------------- predictions
 def predict_set(model, frames, with_dtc=True):
     """Stacked forces: reference, predicted, SoR std, DTC std; and the min residual seen."""
-    Ft, Fp, s_sor, s_dtc = [], [], [], []
+    Ft, Fp, s_sor, s_dtc, nov = [], [], [], [], []
     min_resid = np.inf
     Z, zsp = model.sparse_X_, model.sparse_species_
     for a in frames:
-        p = model.predict(a, forces_std=True)
+        p = model.predict(a, return_std=True, forces_std=True)
         Ft.append(a.get_forces())
         Fp.append(p["forces"])
         s_sor.append(p["forces_std"])
+        nov.append(np.repeat(p["novelty"][:, None], 3, axis=1))
         if with_dtc:
             _, rowF, _ = model._derivative_rows(a, Z, zsp)
             A = rowF.reshape(3 * len(a), -1)
@@ -206,7 +210,8 @@ def predict_set(model, frames, with_dtc=True):
             min_resid = min(min_resid, resid.min())
             var = model.solver_.var_sor(A) + np.clip(resid, 0, None)
             s_dtc.append(np.sqrt(var).reshape(-1, 3))
-    out = dict(true=np.concatenate(Ft), pred=np.concatenate(Fp), SoR=np.concatenate(s_sor))
+    out = dict(true=np.concatenate(Ft), pred=np.concatenate(Fp), SoR=np.concatenate(s_sor),
+               novelty=np.concatenate(nov))
     if with_dtc:
         out["DTC"] = np.concatenate(s_dtc)
     return out, min_resid
@@ -376,9 +381,15 @@ def run(args, seed):
 
     # ---- calibrate each std on calib, evaluate on eval
     rows = []
-    for base in ("SoR", "DTC", "SoR floor", "SoR power", "DTC power"):
+    for base in ("SoR", "DTC", "SoR floor", "SoR power", "DTC power", "SoR learner"):
         raw = base.split()[0]
-        if base.endswith("floor"):
+        if base.endswith("learner"):  # what the active learner stores: scale, noise, novelty
+            noise = model.noise_["force"]
+            tt = cal.TwoTermCalibrator().fit(err_c, C[raw], noise, C["novelty"])
+            std_c = tt.transform(C[raw], noise, C["novelty"])
+            std_e = tt.transform(E[raw], noise, E["novelty"])
+            fitted = f"s={tt.scale_:.2f} n={tt.noise_scale_:.2f} c={tt.novelty_scale_:.3g}"
+        elif base.endswith("floor"):
             p = fit_scale_floor(err_c, C[raw])
             std_c = np.sqrt(_floor_var(C[raw] ** 2, p))
             std_e = np.sqrt(_floor_var(E[raw] ** 2, p))
