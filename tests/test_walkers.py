@@ -89,9 +89,7 @@ def test_a_worker_judges_a_frame_as_the_learner_does(tmp_path):
             w.atoms.positions += np.random.default_rng(k).normal(0, 0.06, w.atoms.positions.shape)
             recent = list(L._recent_unc)
             j = judge_frame(L.model, w.atoms, trig, recent=recent, label_steps=[], step=L.step,
-                            force_std_scale=L._force_std_scale(), noise_scale=L._force_noise_scale(),
-                            force_rms=L._force_rms(), sparse_refresh=False,
-                            novelty_scale=L._force_novelty_scale(), novelty_max=L._force_novelty_max())
+                            force_rms=L._force_rms(), sparse_refresh=False, **L._trigger_scales())
             u = L._check_walker(w)
             assert j["novel"] == 0 and j["threshold"] == pytest.approx(L.threshold_, rel=1e-12)
             assert (u is not None) == j["label"]

@@ -914,9 +914,7 @@ class ActiveLearner:
                 res = self.model.predict(w.atoms, return_std=True, forces_std=forces)
         self.n_checks += 1
         j = trig.judge(res, model=self.model, recent=self._recent_unc, label_steps=self._label_steps.get(w.index, []),
-                       step=self.step, force_std_scale=self._force_std_scale(),
-                       noise_scale=self._force_noise_scale(), force_rms=self._force_rms(),
-                       novelty_scale=self._force_novelty_scale(), novelty_max=self._force_novelty_max())
+                       step=self.step, force_rms=self._force_rms(), **self._trigger_scales())
         u = j["uncertainty"]
         self.threshold_ = j["threshold"]
         self._times["check"] += time.perf_counter() - t0
@@ -1024,21 +1022,21 @@ class ActiveLearner:
             return None
         return float(np.sqrt(self._force_sq[0] / self._force_sq[1]))
 
+    def _trigger_scales(self) -> dict:
+        """The stored force calibration as :meth:`Trigger.judge` takes it: ``force_std_scale``
+        and ``noise_scale`` (1 before any calibration), ``novelty_scale`` (eV/Å, 0 before
+        any) and ``novelty_max`` (None: no cap)."""
+        c = self.model.calibration_.get("forces_std", {})
+        return {"force_std_scale": float(c.get("scale", 1.0)), "noise_scale": float(c.get("noise_scale", 1.0)),
+                "novelty_scale": float(c.get("novelty_scale", 0.0)), "novelty_max": c.get("novelty_max")}
+
     def _force_std_scale(self) -> float:
         """The force-std recalibration factor stored in the model (1 before any)."""
-        return float(self.model.calibration_.get("forces_std", {}).get("scale", 1.0))
+        return self._trigger_scales()["force_std_scale"]
 
     def _force_noise_scale(self) -> float:
         """The calibration factor of the force noise (1 before any calibration)."""
-        return float(self.model.calibration_.get("forces_std", {}).get("noise_scale", 1.0))
-
-    def _force_novelty_scale(self) -> float:
-        """The novelty term of the force calibration, eV/Å (0 before any calibration)."""
-        return float(self.model.calibration_.get("forces_std", {}).get("novelty_scale", 0.0))
-
-    def _force_novelty_max(self) -> float | None:
-        """The force calibration's cap on the novelty (None: none)."""
-        return self.model.calibration_.get("forces_std", {}).get("novelty_max")
+        return self._trigger_scales()["noise_scale"]
 
     # ------------------------------------------------------------------ calibration / stop
     def calibrate(self) -> dict:

@@ -194,7 +194,7 @@ def run_segment(task: dict) -> dict:
         (steps, end exclusive), ``ramp_steps``; ``md`` (MDSettings fields, the
         factory as an import path), ``trigger`` (Trigger fields); ``seed`` (list of
         int); the trigger state ``recent``, ``label_steps``, ``force_std_scale``,
-        ``noise_scale``, ``novelty_scale``, ``novelty_max``, ``force_rms``, ``sparse_refresh``, ``max_sparse``; the blow-up
+        ``trigger_scales`` (the force calibration's keyword arguments of :meth:`Trigger.judge`), ``force_rms``, ``sparse_refresh``, ``max_sparse``; the blow-up
         limits ``max_force`` (eV/Å) and ``max_temperature`` (K); ``submitted``
         (``time.time()`` at submission).
 
@@ -263,10 +263,8 @@ def run_segment(task: dict) -> dict:
             continue
         tc = time.perf_counter()
         j = judge_frame(model, w.atoms, trig, recent=recent, label_steps=label_steps, step=step,
-                        force_std_scale=task["force_std_scale"], noise_scale=task["noise_scale"],
                         force_rms=task["force_rms"], sparse_refresh=task["sparse_refresh"],
-                        max_sparse=task["max_sparse"], novelty_scale=task.get("novelty_scale", 0.0),
-                        novelty_max=task.get("novelty_max"))
+                        max_sparse=task["max_sparse"], **task["trigger_scales"])
         check_time += time.perf_counter() - tc
         if j["novel"]:
             candidate = {"kind": "novel", "step": step, "novelty": j["novelty"]}
@@ -362,8 +360,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "seed": [int(base), int(w.index), int(start)],
         "recent": (list(L._recent_unc) + list(state["recent"]))[-4 * L.trigger.adapt_window:],
         "label_steps": list(L._label_steps.get(w.index, [])),
-        "force_std_scale": L._force_std_scale(), "noise_scale": L._force_noise_scale(),
-        "novelty_scale": L._force_novelty_scale(), "novelty_max": L._force_novelty_max(),
+        "trigger_scales": L._trigger_scales(),
         "force_rms": L._force_rms(), "sparse_refresh": L.sparse_refresh, "max_sparse": L.max_sparse,
         "max_force": L.max_force, "max_temperature": L.max_temperature,
         "submitted": time.time(),
