@@ -610,7 +610,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         q = "not measured" if c.conformal_q90 is None else f"{c.conformal_q90:.4g}"
         print(f"  calibration : forces_std scale {c.scale:.4g}, noise_scale {c.noise_scale:.4g}, "
               f"novelty_scale {c.novelty_scale:.4g} eV/Å (calibrated std = sqrt((scale x raw)^2 + "
-              f"(noise_scale x force noise)^2 + novelty_scale^2 x min(novelty, {c.novelty_max if c.novelty_max is not None else 1:.3g}))); "
+              f"(noise_scale x force noise)^2 + novelty_scale^2 x min(novelty, {c.novelty_max or 1.0:.3g}))); "
               f"90 % conformal quantile {q}")
     else:
         print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")

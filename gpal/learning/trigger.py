@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..calibration import Calibration
 from ..model import SparseGP
 
 __all__ = ["Trigger"]
@@ -260,11 +261,9 @@ class Trigger:
             scale = force_std_scale if self.calibrated else 1.0
             if self.calibrated and novelty_scale > 0 and "novelty" in prediction:
                 # the learnable part of the calibrated std of a new label (no noise term)
-                nu = np.asarray(prediction["novelty"])
-                if novelty_max is not None:
-                    nu = np.minimum(nu, novelty_max)
-                var = (scale * np.asarray(prediction["forces_std"])) ** 2 + novelty_scale**2 * nu[:, None]
-                u = float(np.sqrt(np.max(var)))
+                learnable = Calibration(scale=scale, novelty_scale=novelty_scale, novelty_max=novelty_max)
+                u = float(np.max(learnable.apply(prediction["forces_std"], 0.0,
+                                                 np.asarray(prediction["novelty"])[:, None])))
             else:
                 u = float(np.max(prediction["forces_std"])) * scale
             thr, base = self.level(model, recent, noise_scale, force_rms)
