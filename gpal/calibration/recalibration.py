@@ -144,17 +144,18 @@ class TwoTermCalibrator:
             if not np.any(nu > 0):
                 nu = None
         s2, n2, e2 = s**2, n**2, e**2
-        g = np.zeros_like(e) if nu is None else nu
 
         def nll(x):
             a, b = np.exp(x[:2])
-            c = np.exp(x[2]) if nu is not None else 0.0
-            v = a * s2 + b * n2 + c * g
+            v = a * s2 + b * n2
+            if nu is not None:
+                c = np.exp(x[2])
+                v = v + c * nu
             f = np.mean(np.log(v) + e2 / v)
             dv = 1.0 / v - e2 / v**2
             grad = [np.mean(dv * s2) * a, np.mean(dv * n2) * b]
             if nu is not None:
-                grad.append(np.mean(dv * g) * c)
+                grad.append(np.mean(dv * nu) * c)
             return f, np.array(grad)
 
         b0 = max(float(np.mean(e2) / np.mean(s2 + n2)), 1e-2)
@@ -190,8 +191,7 @@ class TwoTermCalibrator:
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
         return Calibration(scale=self.scale_, noise_scale=self.noise_scale_,
-                           novelty_scale=getattr(self, "novelty_scale_", 0.0),
-                           novelty_max=getattr(self, "novelty_max_", None))
+                           novelty_scale=self.novelty_scale_, novelty_max=self.novelty_max_)
 
     def __repr__(self) -> str:
         return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "

@@ -973,7 +973,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         X = self.descriptor_.create(atoms)
         numbers = atoms.numbers
         kblocks = []
-        for z, (c, Zc, _) in self._prediction_sparse_rows().items():
+        for z, (c, _, _) in self._prediction_sparse_rows().items():  # the species' sparse columns
             r = np.flatnonzero(numbers == z)
             if len(r):
                 kblocks.append((r, c, self.kernel_(X[r], self.sparse_X_[c])))
