@@ -191,21 +191,23 @@ class _LocalStdFactors:
         k = self.key
         return k[0] is solver.L_mm_ and k[1] is solver.R_w_ and k[2] is sparse_species
 
-    def terms(self, Kz: np.ndarray, z: int):
+    def terms(self, Kz: np.ndarray, z: int, with_sor: bool = True):
         """``(|w|², |v|², Σ_i w_i)`` of the kernel rows ``Kz`` (n, len(c)) of species ``z``.
 
-        Returns arrays of shapes (n,), (n,) and (len(c),) (``w`` in the species' columns).
+        Returns arrays of shapes (n,), (n,) and (len(c),) (``w`` in the species' columns);
+        ``|v|²`` stays zero without ``with_sor`` (the Nyström part only).
         """
         c, c0, Rinv_c, steps = self.blocks[z]
         n, m = Kz.shape
-        q, sor, wsum = np.empty(n), np.empty(n), np.zeros(m)
+        q, sor, wsum = np.empty(n), np.zeros(n), np.zeros(m)
         for s in range(0, n, _STD_CHUNK):
             W = np.empty((min(n - s, _STD_CHUNK), m))
             for b0, b1, LT, LiT, v0 in steps:  # w = L⁻¹ k, blocked forward substitution
                 rhs = Kz[s:s + _STD_CHUNK, b0:b1]
                 W[:, b0:b1] = (rhs - W[:, :b0] @ LT if b0 else rhs) @ LiT
             q[s:s + _STD_CHUNK] = np.einsum("ij,ij->i", W, W)
-            sor[s:s + _STD_CHUNK] = self._v_squared(z, W)
+            if with_sor:
+                sor[s:s + _STD_CHUNK] = self._v_squared(z, W)
             wsum += W.sum(axis=0)
         return q, sor, wsum
 
@@ -761,7 +763,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if local:
             kdiag = self.kernel_.diag(X)
             # DTC: k(x,x) - k K_mm^-1 k + k Sigma k
-            q, sor, wsum = self._local_variance_terms(kblocks, N)
+            q, sor, wsum = self._local_variance_terms(kblocks, N, with_sor=return_std)
             resid, novelty = _residual_and_novelty(kdiag, q)
         if return_std:
             var_local = resid + sor
@@ -882,7 +884,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self._pred_rows = (key, rows)
         return rows
 
-    def _local_variance_terms(self, kblocks, N: int):
+    def _local_variance_terms(self, kblocks, N: int, with_sor: bool = True):
         """Terms of the DTC local-energy variances from per-species kernel blocks.
 
         Parameters
@@ -892,6 +894,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             rows ``K[r, c]`` (all other entries of the (N, M) kernel rows are zero).
         N : int
             Number of atoms.
+        with_sor : bool, default True
+            False: ``sor`` stays zero (what the novelty alone needs).
 
         Returns
         -------
@@ -910,11 +914,14 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             for r, c, Kz in kblocks:
                 K[np.ix_(r, c)] = Kz
             W = sol._nystrom_factor(K)
-            V = sol._sor_factor_whitened(W.T)
-            return (np.einsum("ms,ms->s", W, W), np.einsum("ms,ms->s", V, V), W.sum(axis=1))
+            sor = np.zeros(N)
+            if with_sor:
+                V = sol._sor_factor_whitened(W.T)
+                sor = np.einsum("ms,ms->s", V, V)
+            return np.einsum("ms,ms->s", W, W), sor, W.sum(axis=1)
         q, sor, wsum = np.zeros(N), np.zeros(N), np.zeros(M)
         for r, c, Kz in kblocks:
-            q[r], sor[r], wsum[c] = fac.terms(Kz, int(self.sparse_species_[c[0]]))
+            q[r], sor[r], wsum[c] = fac.terms(Kz, int(self.sparse_species_[c[0]]), with_sor)
         return q, sor, wsum
 
     def _var_sor_whitened(self, w: np.ndarray) -> float:
@@ -977,7 +984,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             r = np.flatnonzero(numbers == z)
             if len(r):
                 kblocks.append((r, c, self.kernel_(X[r], self.sparse_X_[c])))
-        q = self._local_variance_terms(kblocks, len(numbers))[0]
+        q = self._local_variance_terms(kblocks, len(numbers), with_sor=False)[0]
         return _residual_and_novelty(self.kernel_.diag(X), q)[1]
 
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
