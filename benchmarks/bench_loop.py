@@ -130,6 +130,35 @@ def ethanol(rng):
     return molecule("CH3CH2OH")
 
 
+def ni_interstitial(rng):
+    """Ni fcc 3x3x3 cubic (108 atoms, a = 3.52 Å) with one extra Ni put in an octahedral
+    hole and relaxed with EMT (BFGS, fmax 0.01 eV/Å; the user's preparation, not counted):
+    109 atoms (held out: not a system the defaults were developed on)."""
+    from ase.optimize import BFGS
+
+    atoms = bulk("Ni", "fcc", a=3.52, cubic=True).repeat(3)
+    atoms.append("Ni")
+    atoms.positions[-1] = 3.52 * np.array([1.5, 1.0, 1.0]) + rng.normal(0.0, 0.05, 3)
+    atoms.calc = EMT()
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
+    atoms.calc = None
+    return atoms
+
+
+def agpd_alloy(rng):
+    """Random Ag50Pd50 fcc 3x3x3 cubic, 108 atoms, Vegard a = (4.09 + 3.89) / 2 Å (held out)."""
+    atoms = bulk("Ag", "fcc", a=0.5 * (4.09 + 3.89), cubic=True).repeat(3)
+    numbers = np.full(len(atoms), 47)
+    numbers[rng.choice(len(atoms), size=len(atoms) // 2, replace=False)] = 46
+    atoms.numbers = numbers
+    return atoms
+
+
+def butane(rng):
+    """trans-Butane (ase.build.molecule('trans-butane'), 14 atoms), no cell (held out)."""
+    return molecule("trans-butane")
+
+
 def emt():
     return EMT()
 
@@ -153,6 +182,19 @@ SYSTEMS = {
     "molecule": dict(
         build=ethanol, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
         temperature=(300.0, 800.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
+    ),
+    # held out: systems the defaults were not developed on (same kinds of protocol)
+    "interstitial": dict(
+        build=ni_interstitial, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1400.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "alloy-agpd": dict(
+        build=agpd_alloy, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1000.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "butane": dict(
+        build=butane, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
+        temperature=(300.0, 700.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
     ),
     "cu": dict(
         build=cu_bulk, oracle=emt, oracle_name="EMT",
