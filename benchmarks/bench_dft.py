@@ -203,9 +203,13 @@ def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, thresho
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1200, help="MD steps of the active learner")
-    p.add_argument("--aimd-steps", type=int, default=600, help="steps of the AIMD training trajectory")
-    p.add_argument("--test-steps", type=int, default=300, help="steps of the independent AIMD test trajectory")
-    p.add_argument("--test-every", type=int, default=5)
+    p.add_argument("--aimd-steps", type=int, default=None,
+                   help="steps of the AIMD training trajectory (default: --steps)")
+    p.add_argument("--test-steps", type=int, default=None,
+                   help="steps of the independent AIMD test trajectory (default: --steps, the time "
+                        "the learner's model is asked to cover)")
+    p.add_argument("--test-every", type=int, default=None,
+                   help="keep every n-th test step (default: 30 frames over the test run)")
     p.add_argument("--delta", action="store_true", help="also learn a Δ-model over GFN2-xTB (tblite)")
     p.add_argument("--only-aimd", action="store_true", help="only build (cache) one AIMD trajectory")
     p.add_argument("--only-learn", action="store_true", help="only run the active learner(s)")
@@ -218,6 +222,9 @@ def main(argv=None):
     p.add_argument("--quick-curves", action="store_true", help="fewer AIMD prefix lengths")
     p.add_argument("--run-dir", default=str(CACHE / "dft_run"))
     args = p.parse_args(argv)
+    args.aimd_steps = args.aimd_steps or args.steps
+    args.test_steps = args.test_steps or args.steps
+    args.test_every = args.test_every or max(1, args.test_steps // 30)
     try:
         import pyscf  # noqa: F401
     except ImportError:
@@ -272,7 +279,7 @@ def main(argv=None):
         print(f"(DFT time per call taken from the learner runs: {t_call:.2f} s)")
 
     curves = {}
-    lengths = sorted({L for L in (10, 20, 30, 40, 60, 80, 120, 160, 240, 400, 600, len(train)) if L <= len(train)})
+    lengths = sorted({L for L in (10, 20, 30, 40, 60, 80, 120, 160, 240, 400, 600, 800, len(train)) if L <= len(train)})
     if args.quick_curves:
         lengths = [L for L in lengths if L in (10, 20, 40, 60, 80, 120, 160, len(train))]
     for kind, baseline in (("plain", None), ("Δ", xtb)):
