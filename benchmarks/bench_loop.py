@@ -28,7 +28,10 @@ Printed per system (targets in brackets):
 
 Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
 Cu-Ni), ``molecule`` (ethanol with GFN2-xTB; needs ``pip install tblite``) and ``cu``
-(pure EMT Cu, the development system, quick). Their protocols are in ``SYSTEMS`` below.
+(pure EMT Cu, the development system, quick); and three held out, run only to check the
+defaults on systems they were not developed on: ``interstitial`` (EMT Ni with a relaxed
+self-interstitial), ``alloy-agpd`` (random EMT Ag-Pd) and ``butane`` (trans-butane with
+GFN2-xTB). Their protocols are in ``SYSTEMS`` below.
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
