@@ -627,6 +627,59 @@ class NormalizedDotProduct(CosineKernel):
             raise ValueError(f"zeta must be an integer >= 1, got {z!r}")
         super()._validate()
 
+    def quadratic_form(self, Z_unit, alpha) -> np.ndarray | None:
+        """``A = Σ_m alpha_m ẑ_m ẑ_mᵀ`` for ζ = 2, else None.
+
+        With ζ = 2 the weighted kernel sum is a quadratic form in the unit descriptor,
+        ``Σ_m alpha_m k(x, z_m) = signal_variance x̂ᵀ A x̂``: a prediction that needs no
+        kernel rows (no local stds) costs one (n, F) × (F, F) product instead of two
+        (n, F) × (F, m) ones (:meth:`quadratic_terms`).
+
+        Parameters
+        ----------
+        Z_unit : ndarray of shape (m, n_features)
+            Unit (or zero) sparse rows (:meth:`CosineKernel.unit_rows`).
+        alpha : ndarray of shape (m,)
+
+        Returns
+        -------
+        ndarray of shape (n_features, n_features) or None
+        """
+        self._validate()
+        if self.zeta != 2:
+            return None
+        Z_unit = np.asarray(Z_unit, dtype=np.float64)
+        A = Z_unit.T @ (np.asarray(alpha, dtype=np.float64)[:, None] * Z_unit)
+        return np.ascontiguousarray(0.5 * (A + A.T))
+
+    def quadratic_terms(self, X, A) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted kernel sums and their gradient from :meth:`quadratic_form` (ζ = 2).
+
+        Equal to ``prediction_terms(X, Z_unit, alpha)[1:]`` (up to summation order):
+        ``energy = s x̂ᵀAx̂`` and ``G = 2 s / |x| (A x̂ - (x̂ᵀAx̂) x̂)``, s the signal variance.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Raw descriptor rows.
+        A : ndarray of shape (n_features, n_features)
+
+        Returns
+        -------
+        energy : ndarray of shape (n,)
+        G : ndarray of shape (n, n_features)
+        """
+        X = _as_matrix(X, "X")
+        if A.shape != (X.shape[1], X.shape[1]):
+            raise ValueError(f"A must have shape ({X.shape[1]}, {X.shape[1]}), got {A.shape}")
+        s2 = float(self.signal_variance)
+        Xh, xn = _jit._normalize_rows(X)
+        G = Xh @ A
+        q = np.einsum("ij,ij->i", G, Xh)
+        G -= q[:, None] * Xh
+        G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
+        return s2 * q, G
+
     def __repr__(self) -> str:
         return (
             f"NormalizedDotProduct(zeta={self.zeta}, "

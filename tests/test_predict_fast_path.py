@@ -137,3 +137,78 @@ def test_prediction_terms_equal_the_kernel_and_its_weighted_gradient(kernel):
     np.testing.assert_allclose(G, kernel.weighted_gradient_x(X, Z, alpha), rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="Z_unit must have shape"):
         kernel.prediction_terms(X, kernel.unit_rows(Z), alpha[:4])
+
+
+def test_quadratic_terms_equal_the_prediction_terms_at_zeta_2():
+    """ζ = 2: the weighted kernel sum is x̂ᵀAx̂; energies and gradient from A equal the
+    kernel-row path, a zero row included; other ζ have no quadratic form."""
+    kernel = NormalizedDotProduct(zeta=2, signal_variance=0.7)
+    rng = np.random.default_rng(1)
+    X, Z = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
+    X[3] = 0.0
+    alpha = rng.normal(size=5)
+    Zu = kernel.unit_rows(Z)
+    e, G = kernel.quadratic_terms(X, kernel.quadratic_form(Zu, alpha))
+    _, e0, G0 = kernel.prediction_terms(X, Zu, alpha)
+    np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(G, G0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(G, kernel.weighted_gradient_x(X, Z, alpha), rtol=1e-12, atol=1e-14)
+    assert NormalizedDotProduct(zeta=3).quadratic_form(Zu, alpha) is None
+    with pytest.raises(ValueError, match="A must have shape"):
+        kernel.quadratic_terms(X, np.eye(4))
+
+
+def _plain_terms(pred, ref):
+    scale = np.abs(ref["forces"]).max()
+    np.testing.assert_allclose(pred["energies"], ref["energies"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(pred["forces"], ref["forces"], rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(pred["stress"], ref["stress"], rtol=0,
+                               atol=1e-10 * np.abs(ref["stress"]).max())
+
+
+def test_zeta_2_prediction_without_stds_goes_through_the_quadratic_form(monkeypatch):
+    """A ζ = 2 model predicts without stds from its quadratic form (F = 40 features < 2 ×
+    25 sparse rows): the same energies, forces and stress as the direct formulas and as
+    the kernel-row path the stds take, forces = -dE/dr, and the form follows new data."""
+    train = cu_frames(4, seed=7)
+    model = SparseGP(soap_for(train), NormalizedDotProduct(zeta=2), n_sparse=25,
+                     hyperparameters="fixed").fit(train)
+    assert model._prediction_quadratic()[29] is not None
+    cell = cu_frames(1, seed=8, size=(2, 2, 2))[0]
+    calls = []
+    quadratic_terms = NormalizedDotProduct.quadratic_terms
+    monkeypatch.setattr(NormalizedDotProduct, "quadratic_terms",
+                        lambda self, X, A: calls.append(len(X)) or quadratic_terms(self, X, A))
+    plain = model.predict(cell)
+    assert "energies_std" not in plain and sum(calls) == len(cell)
+    model.predict(cell, return_std=True)
+    assert sum(calls) == len(cell)  # the stds need the kernel rows
+    _plain_terms(plain, reference(model, cell))
+    _plain_terms(plain, model.predict(cell, return_std=True))
+    # forces are the negative gradient of the energy the quadratic form gives
+    h, i = 1e-5, 3
+    for a in range(3):
+        up, down = cell.copy(), cell.copy()
+        up.positions[i, a] += h
+        down.positions[i, a] -= h
+        fd = -(model.predict(up)["energy"] - model.predict(down)["energy"]) / (2 * h)
+        assert abs(fd - plain["forces"][i, a]) < 1e-6 * max(1.0, abs(fd))
+    first = model._prediction_quadratic()[29]
+    model.update(cu_frames(2, seed=6), n_sparse=5)
+    assert model._prediction_quadratic()[29] is not first
+    _plain_terms(model.predict(cell), reference(model, cell))
+
+
+def test_two_species_quadratic_and_kernel_row_paths_mix():
+    """One species through its quadratic form, the other through kernel rows."""
+    train = cuag_frames(8, seed=3)
+    species = sorted({int(z) for a in train for z in a.numbers})
+    soap = SOAP(species=species, periodic=True, weighting=POLY, r_cut=4.0, n_max=2, l_max=1, sigma=0.5)
+    model = SparseGP(soap, NormalizedDotProduct(zeta=2), n_sparse=40, hyperparameters="fixed").fit(train)
+    quad = model._prediction_quadratic()
+    assert quad[29] is not None and quad[47] is not None  # 20 features < 2 × ~20 rows each
+    big = cuag_frames(1, seed=11)[0].repeat((2, 1, 1))
+    ref = reference(model, big)
+    _plain_terms(model.predict(big), ref)
+    quad[47] = None  # Ag by its kernel rows
+    _plain_terms(model.predict(big), ref)

@@ -746,7 +746,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 check_min_distance(np.linalg.norm(exp.vector, axis=1), self.min_distance)
             X = exp.descriptor
             kblocks = []  # (atoms r, sparse columns c, K[r, c]) per species
-            G = self._kernel_terms(X, numbers, energies, kblocks, 0)
+            G = self._kernel_terms(X, numbers, energies, kblocks, 0, need_k=local)
             dE = exp.backward(G)
         forces = pair_forces(dE, exp.center, exp.neighbor, N)
         energy = float(energies.sum())
@@ -794,24 +794,30 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """
         return getattr(self, "_fused_step", _FUSED_STEP) and type(self.descriptor_) is SOAP
 
-    def _kernel_terms(self, X, numbers, energies, kblocks, i0: int) -> np.ndarray:
+    def _kernel_terms(self, X, numbers, energies, kblocks, i0: int, need_k: bool = True) -> np.ndarray:
         """Kernel rows, local energies and their gradient for the atoms ``i0 : i0 + len(X)``.
 
         Adds the local energies to ``energies[i0:]``, appends ``(r, c, K[r, c])`` (global
         atom indices ``r``) to ``kblocks`` per species, returns ``G`` (len(X), n_features)
-        = ``∂ε/∂x`` of each row.
+        = ``∂ε/∂x`` of each row. Without ``need_k`` (no local stds) the kernel rows may be
+        skipped: a ζ = 2 kernel then goes through its quadratic form, and ``kblocks``
+        stays as it is for those species.
         """
         n = len(X)
         nums = numbers[i0:i0 + n]
         species = np.unique(nums)
         one = len(species) == 1  # one species: no row gathers or scatters
         G = None if one else np.zeros(X.shape)
+        quad = {} if need_k else self._prediction_quadratic()
         for z, (c, Zc, ac) in self._prediction_sparse_rows().items():
             if z not in species:
                 continue
             r = np.arange(n) if one else np.flatnonzero(nums == z)
             Xr = X if one else X[r]
-            if isinstance(self.kernel_, CosineKernel):
+            Kz = None
+            if quad.get(z) is not None:
+                e, Gz = self.kernel_.quadratic_terms(Xr, quad[z])
+            elif isinstance(self.kernel_, CosineKernel):
                 Kz, e, Gz = self.kernel_.prediction_terms(Xr, Zc, ac)
             else:
                 Kz, Gz = self.kernel_.value_and_weighted_gradient(Xr, Zc, ac)
@@ -821,7 +827,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 G = Gz
             else:
                 G[r] = Gz
-            kblocks.append((i0 + r, c, Kz))
+            if Kz is not None:
+                kblocks.append((i0 + r, c, Kz))
         if G is None:  # no sparse point of the block's species
             G = np.zeros(X.shape)
         return G
@@ -839,7 +846,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         parts = []
 
         def block_gradient(i0, i1, Xb):
-            return self._kernel_terms(Xb, numbers, energies, parts if keep_k else [], i0)
+            return self._kernel_terms(Xb, numbers, energies, parts, i0, need_k=keep_k)
 
         def check(D):
             check_min_distance(np.linalg.norm(D, axis=1), self.min_distance)
@@ -861,6 +868,23 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             f = _LocalStdFactors(self.solver_, self.sparse_species_)
             self._std_factors = f
         return f
+
+    def _prediction_quadratic(self) -> dict:
+        """``{species: A or None}``: the kernel's quadratic form of each species' weighted
+        sparse rows (:meth:`gpal.kernels.NormalizedDotProduct.quadratic_form`, ζ = 2), cached
+        per fitted model; None where it would not be cheaper than the kernel rows (an
+        (F, F) product against two (F, m) ones: F < 2 m) or the kernel has none.
+        """
+        rows = self._prediction_sparse_rows()
+        key = (rows, getattr(self.kernel_, "zeta", None))
+        cache = getattr(self, "_pred_quad", None)
+        if cache is not None and cache[0][0] is rows and cache[0][1] == key[1]:
+            return cache[1]
+        form = getattr(self.kernel_, "quadratic_form", None)
+        quad = {z: (form(Zc, ac) if form is not None and Zc.shape[1] < 2 * Zc.shape[0] else None)
+                for z, (c, Zc, ac) in rows.items()}
+        self._pred_quad = (key, quad)
+        return quad
 
     def _prediction_sparse_rows(self) -> dict:
         """``{species: (c, Z_c, alpha_c)}`` of the sparse set, cached per fitted model.
