@@ -185,6 +185,7 @@ def start_cell(repeat: int, seed: int, temperature: float = 300.0):
 
 
 TWO_PASS = "gpal two-pass (stds)"
+NO_STDS = "gpal (no stds)"
 
 
 def two_pass_model(model):
@@ -362,6 +363,8 @@ def speed_section(args, model, gap_xml) -> None:
     def makers(n):
         out = {"gpal (stds every step)": lambda: gpal.GPCalculator(model, std_every=1),
                "ASE EMT": EMT}
+        if args.no_std_row:  # what the active learner's walkers run (the trigger asks apart)
+            out[NO_STDS] = lambda: gpal.GPCalculator(model, std_every=0)
         if args.ab:  # the same model on the two-pass SOAP path (expand, then backward)
             out[TWO_PASS] = lambda: gpal.GPCalculator(two_pass_model(model), std_every=1)
         if gap_xml:
@@ -399,11 +402,16 @@ def speed_section(args, model, gap_xml) -> None:
         if args.ab:
             t = r[TWO_PASS]["cpu"]
             row[4:4] = [f"{t:.1f}", f"{g / t:.2f}"]
+        if args.no_std_row:
+            t = r[NO_STDS]["cpu"]
+            row += [f"{t:.1f}", f"{t / e:.2f}"]
         rows.append(row)
     head = ["machine", "atoms", "load avg", "gpal", "EMT", "GAP", "gpal/EMT (target <= 0.7)",
             "GAP/gpal (target >= 60)"]
     if args.ab:
         head[4:4] = ["gpal two-pass", "gpal/two-pass"]
+    if args.no_std_row:
+        head += ["gpal, no stds", "no stds/EMT"]
     print(table(head, rows))
     if args.ab:
         print("  gpal two-pass: the same model on the SOAP path before the fused step "
@@ -480,9 +488,21 @@ def main(argv=None) -> None:
                              "paths (the --sizes cells), then the rest of the run")
     parser.add_argument("--profile-reps", type=int, default=15,
                         help="predictions per profiled cell (a fifth for cells > 500 atoms)")
+    parser.add_argument("--no-std-row", action="store_true",
+                        help="with --interleaved: also time gpal without stds (std_every=0, "
+                             "what the active learner's walkers run)")
+    parser.add_argument("--zeta", type=int, default=None,
+                        help="kernel exponent of the gpal and GAP models (default: "
+                             "bench_fit_predict's 4); gpal's evidence-chosen defaults pick 2 "
+                             "on every system of bench_loop, and a zeta-2 model predicts "
+                             "without stds through its quadratic form")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.zeta is not None:
+        import bench_fit_predict
+
+        bench_fit_predict.ZETA = args.zeta
     if args.quick:
         args.n_sparse = min(args.n_sparse, 50)
         args.sizes = [min(s, 6) for s in args.sizes]
@@ -507,7 +527,8 @@ def main(argv=None) -> None:
     if have_gap:
         zsp = model.sparse_species_
         counts = {int(z): int(np.count_nonzero(zsp == z)) for z in species_of(train)}
-        workdir = CACHE_DIR / "gap" / f"cu_M{args.n_sparse}{'_quick' if args.quick else ''}"
+        zeta = "" if args.zeta in (None, 4) else f"_zeta{args.zeta}"
+        workdir = CACHE_DIR / "gap" / f"cu_M{args.n_sparse}{zeta}{'_quick' if args.quick else ''}"
         res = fit_gap(train, counts, workdir, args.seed, reuse=True)
         gap_xml = res["xml"]
         how = "reused" if res.get("reused") else f"fitted in {res['wall']:.0f} s"
