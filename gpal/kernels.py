@@ -680,6 +680,31 @@ class NormalizedDotProduct(CosineKernel):
         G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
         return s2 * q, G
 
+    def quadratic_rows(self, X, Z_unit, A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(K, energy, G)`` as :meth:`prediction_terms` gives them, for ζ = 2 with the
+        energies and gradient from the quadratic form ``A`` (:meth:`quadratic_terms`,
+        the same numbers a prediction without kernel rows gets) and ``K = s (X̂Ẑᵀ)²``.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+        Z_unit : ndarray of shape (m, n_features)
+        A : ndarray of shape (n_features, n_features)
+
+        Returns
+        -------
+        K : ndarray of shape (n, m)
+        energy : ndarray of shape (n,)
+        G : ndarray of shape (n, n_features)
+        """
+        X = _as_matrix(X, "X")
+        energy, G = self.quadratic_terms(X, A)
+        Xh, _ = _jit._normalize_rows(X)
+        K = Xh @ Z_unit.T
+        K *= K
+        K *= float(self.signal_variance)
+        return K, energy, G
+
     def __repr__(self) -> str:
         return (
             f"NormalizedDotProduct(zeta={self.zeta}, "

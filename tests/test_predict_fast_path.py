@@ -212,3 +212,38 @@ def test_two_species_quadratic_and_kernel_row_paths_mix():
     _plain_terms(model.predict(big), ref)
     quad[47] = None  # Ag by its kernel rows
     _plain_terms(model.predict(big), ref)
+
+
+def test_quadratic_rows_equal_the_kernel_rows_and_prediction_terms():
+    kernel = NormalizedDotProduct(zeta=2, signal_variance=1.3)
+    rng = np.random.default_rng(2)
+    X, Z = rng.normal(size=(7, 5)), rng.normal(size=(9, 5))
+    X[2] = 0.0
+    alpha = rng.normal(size=9)
+    Zu = kernel.unit_rows(Z)
+    K, e, G = kernel.quadratic_rows(X, Zu, kernel.quadratic_form(Zu, alpha))
+    K0, e0, G0 = kernel.prediction_terms(X, Zu, alpha)
+    np.testing.assert_allclose(K, kernel(X, Z), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(G, G0, rtol=1e-12, atol=1e-14)
+
+
+def test_zeta_2_with_stds_uses_the_quadratic_form_where_features_are_fewer(small_blocks, monkeypatch):
+    """F = 40 features < 50 sparse rows: a prediction with stds also takes energies and
+    gradient from the quadratic form (the same numbers as without stds) and its stds
+    from the kernel rows, all equal to the direct formulas."""
+    train = cu_frames(8, seed=4)
+    model = SparseGP(soap_for(train), NormalizedDotProduct(zeta=2), n_sparse=50,
+                     hyperparameters="fixed").fit(train)
+    cell = cu_frames(1, seed=12, size=(2, 2, 2))[0]
+    calls = []
+    quadratic_rows = NormalizedDotProduct.quadratic_rows
+    monkeypatch.setattr(NormalizedDotProduct, "quadratic_rows",
+                        lambda self, X, Z, A: calls.append(len(X)) or quadratic_rows(self, X, Z, A))
+    pred = model.predict(cell, return_std=True)
+    assert sum(calls) == len(cell)
+    assert_matches(pred, reference(model, cell))
+    plain = model.predict(cell)
+    np.testing.assert_allclose(plain["energies"], pred["energies"], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(plain["forces"], pred["forces"], rtol=0,
+                               atol=1e-14 * np.abs(pred["forces"]).max())

@@ -799,8 +799,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
 
         Adds the local energies to ``energies[i0:]``, appends ``(r, c, K[r, c])`` (global
         atom indices ``r``) to ``kblocks`` per species, returns ``G`` (len(X), n_features)
-        = ``∂ε/∂x`` of each row. Without ``need_k`` (no local stds) the kernel rows may be
-        skipped: a ζ = 2 kernel then goes through its quadratic form, and ``kblocks``
+        = ``∂ε/∂x`` of each row. A ζ = 2 kernel takes energies and gradient from its
+        quadratic form where that is cheaper (F < 2m without kernel rows, F < m with
+        them); without ``need_k`` (no local stds) it forms no kernel rows, and ``kblocks``
         stays as it is for those species.
         """
         n = len(X)
@@ -808,15 +809,18 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         species = np.unique(nums)
         one = len(species) == 1  # one species: no row gathers or scatters
         G = None if one else np.zeros(X.shape)
-        quad = {} if need_k else self._prediction_quadratic()
+        quad = self._prediction_quadratic()
         for z, (c, Zc, ac) in self._prediction_sparse_rows().items():
             if z not in species:
                 continue
             r = np.arange(n) if one else np.flatnonzero(nums == z)
             Xr = X if one else X[r]
             Kz = None
-            if quad.get(z) is not None:
-                e, Gz = self.kernel_.quadratic_terms(Xr, quad[z])
+            A = quad.get(z)
+            if A is not None and not need_k:
+                e, Gz = self.kernel_.quadratic_terms(Xr, A)
+            elif A is not None and A.shape[0] < len(c):  # F < m: cheaper with kernel rows too
+                Kz, e, Gz = self.kernel_.quadratic_rows(Xr, Zc, A)
             elif isinstance(self.kernel_, CosineKernel):
                 Kz, e, Gz = self.kernel_.prediction_terms(Xr, Zc, ac)
             else:
