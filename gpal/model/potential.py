@@ -104,6 +104,7 @@ _FUSED_STEP = True
 _STD_BLOCK = 96
 #: atoms per chunk of that substitution (keeps a chunk's rows in cache)
 _STD_CHUNK = 256
+_QUADRATIC_MAX_FEATURES = 1024  # largest F whose ζ = 2 quadratic form A (F, F) is kept
 
 
 def _residual_and_novelty(kdiag: np.ndarray, q: np.ndarray):
@@ -877,7 +878,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """``{species: A or None}``: the kernel's quadratic form of each species' weighted
         sparse rows (:meth:`gpal.kernels.NormalizedDotProduct.quadratic_form`, ζ = 2), cached
         per fitted model; None where it would not be cheaper than the kernel rows (an
-        (F, F) product against two (F, m) ones: F < 2 m) or the kernel has none.
+        (F, F) product against two (F, m) ones: F < 2 m), where A would be large (F >
+        ``_QUADRATIC_MAX_FEATURES``: 8 MB, built in m F² operations after each update), or
+        the kernel has none.
         """
         rows = self._prediction_sparse_rows()
         key = (rows, getattr(self.kernel_, "zeta", None))
@@ -885,7 +888,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if cache is not None and cache[0][0] is rows and cache[0][1] == key[1]:
             return cache[1]
         form = getattr(self.kernel_, "quadratic_form", None)
-        quad = {z: (form(Zc, ac) if form is not None and Zc.shape[1] < 2 * Zc.shape[0] else None)
+        quad = {z: (form(Zc, ac) if form is not None and Zc.shape[1] < 2 * Zc.shape[0]
+                    and Zc.shape[1] <= _QUADRATIC_MAX_FEATURES else None)
                 for z, (c, Zc, ac) in rows.items()}
         self._pred_quad = (key, quad)
         return quad
