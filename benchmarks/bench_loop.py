@@ -78,6 +78,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from ase import Atoms, units  # noqa: E402
 from ase.build import bulk, molecule  # noqa: E402
+from ase.data import atomic_numbers  # noqa: E402
 from ase.calculators.calculator import Calculator, all_changes  # noqa: E402
 from ase.calculators.emt import EMT  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
@@ -114,13 +115,18 @@ def pt_vacancy(rng):
     return atoms
 
 
-def cuni_alloy(rng):
-    """Random Cu50Ni50 fcc 3x3x3 cubic, 108 atoms, Vegard a = (3.61 + 3.52) / 2 Å."""
-    atoms = bulk("Cu", "fcc", a=0.5 * (3.61 + 3.52), cubic=True).repeat(3)
-    numbers = np.full(len(atoms), 29)
-    numbers[rng.choice(len(atoms), size=len(atoms) // 2, replace=False)] = 28
+def random_fcc_alloy(rng, host: str, guest: str, a_host: float, a_guest: float):
+    """Random 50/50 fcc 3x3x3 cubic alloy, 108 atoms, at the Vegard lattice constant."""
+    atoms = bulk(host, "fcc", a=0.5 * (a_host + a_guest), cubic=True).repeat(3)
+    numbers = np.full(len(atoms), atomic_numbers[host])
+    numbers[rng.choice(len(atoms), size=len(atoms) // 2, replace=False)] = atomic_numbers[guest]
     atoms.numbers = numbers
     return atoms
+
+
+def cuni_alloy(rng):
+    """Random Cu50Ni50 fcc 3x3x3 cubic, 108 atoms, Vegard a = (3.61 + 3.52) / 2 Å."""
+    return random_fcc_alloy(rng, "Cu", "Ni", 3.61, 3.52)
 
 
 def cu_bulk(rng):
@@ -150,11 +156,7 @@ def ni_interstitial(rng):
 
 def agpd_alloy(rng):
     """Random Ag50Pd50 fcc 3x3x3 cubic, 108 atoms, Vegard a = (4.09 + 3.89) / 2 Å (held out)."""
-    atoms = bulk("Ag", "fcc", a=0.5 * (4.09 + 3.89), cubic=True).repeat(3)
-    numbers = np.full(len(atoms), 47)
-    numbers[rng.choice(len(atoms), size=len(atoms) // 2, replace=False)] = 46
-    atoms.numbers = numbers
-    return atoms
+    return random_fcc_alloy(rng, "Ag", "Pd", 4.09, 3.89)
 
 
 def butane(rng):

@@ -141,7 +141,8 @@ def test_prediction_terms_equal_the_kernel_and_its_weighted_gradient(kernel):
 
 def test_quadratic_terms_equal_the_prediction_terms_at_zeta_2():
     """ζ = 2: the weighted kernel sum is x̂ᵀAx̂; energies and gradient from A equal the
-    kernel-row path, a zero row included; other ζ have no quadratic form."""
+    kernel-row path, a zero row included, with or without the kernel rows; other ζ have
+    no quadratic form."""
     kernel = NormalizedDotProduct(zeta=2, signal_variance=0.7)
     rng = np.random.default_rng(1)
     X, Z = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
@@ -153,6 +154,11 @@ def test_quadratic_terms_equal_the_prediction_terms_at_zeta_2():
     np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(G, G0, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(G, kernel.weighted_gradient_x(X, Z, alpha), rtol=1e-12, atol=1e-14)
+    # with the kernel rows (what a prediction with stds needs)
+    K, e2, G2 = kernel.quadratic_rows(X, Zu, kernel.quadratic_form(Zu, alpha))
+    np.testing.assert_allclose(K, kernel(X, Z), rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(e2, e)
+    np.testing.assert_array_equal(G2, G)
     assert NormalizedDotProduct(zeta=3).quadratic_form(Zu, alpha) is None
     with pytest.raises(ValueError, match="A must have shape"):
         kernel.quadratic_terms(X, np.eye(4))
@@ -212,20 +218,6 @@ def test_two_species_quadratic_and_kernel_row_paths_mix():
     _plain_terms(model.predict(big), ref)
     quad[47] = None  # Ag by its kernel rows
     _plain_terms(model.predict(big), ref)
-
-
-def test_quadratic_rows_equal_the_kernel_rows_and_prediction_terms():
-    kernel = NormalizedDotProduct(zeta=2, signal_variance=1.3)
-    rng = np.random.default_rng(2)
-    X, Z = rng.normal(size=(7, 5)), rng.normal(size=(9, 5))
-    X[2] = 0.0
-    alpha = rng.normal(size=9)
-    Zu = kernel.unit_rows(Z)
-    K, e, G = kernel.quadratic_rows(X, Zu, kernel.quadratic_form(Zu, alpha))
-    K0, e0, G0 = kernel.prediction_terms(X, Zu, alpha)
-    np.testing.assert_allclose(K, kernel(X, Z), rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(G, G0, rtol=1e-12, atol=1e-14)
 
 
 def test_zeta_2_with_stds_uses_the_quadratic_form_where_features_are_fewer(small_blocks, monkeypatch):
