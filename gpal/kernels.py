@@ -670,10 +670,14 @@ class NormalizedDotProduct(CosineKernel):
         G : ndarray of shape (n, n_features)
         """
         X = _as_matrix(X, "X")
-        if A.shape != (X.shape[1], X.shape[1]):
-            raise ValueError(f"A must have shape ({X.shape[1]}, {X.shape[1]}), got {A.shape}")
+        return self._quadratic(*_jit._normalize_rows(X), A)
+
+    def _quadratic(self, Xh, xn, A) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`quadratic_terms` from unit rows ``Xh`` and their norms ``xn``."""
+        F = Xh.shape[1]
+        if A.shape != (F, F):
+            raise ValueError(f"A must have shape ({F}, {F}), got {A.shape}")
         s2 = float(self.signal_variance)
-        Xh, xn = _jit._normalize_rows(X)
         G = Xh @ A
         q = np.einsum("ij,ij->i", G, Xh)
         G -= q[:, None] * Xh
@@ -698,8 +702,8 @@ class NormalizedDotProduct(CosineKernel):
         G : ndarray of shape (n, n_features)
         """
         X = _as_matrix(X, "X")
-        energy, G = self.quadratic_terms(X, A)
-        Xh, _ = _jit._normalize_rows(X)
+        Xh, xn = _jit._normalize_rows(X)
+        energy, G = self._quadratic(Xh, xn, A)
         K = Xh @ Z_unit.T
         K *= K
         K *= float(self.signal_variance)

@@ -239,3 +239,16 @@ def test_zeta_2_with_stds_uses_the_quadratic_form_where_features_are_fewer(small
     np.testing.assert_allclose(plain["energies"], pred["energies"], rtol=1e-14, atol=0)
     np.testing.assert_allclose(plain["forces"], pred["forces"], rtol=0,
                                atol=1e-14 * np.abs(pred["forces"]).max())
+
+
+def test_a_prediction_without_stds_keeps_no_kernel_rows():
+    """Without stds no kernel blocks are kept or merged, for a kernel with a quadratic
+    form (ζ = 2) and one without (ζ = 4): the MD step pays for none."""
+    train = cu_frames(4, seed=7)
+    cell = cu_frames(1, seed=8, size=(2, 2, 2))[0]
+    for zeta in (2, 4):
+        model = SparseGP(soap_for(train), NormalizedDotProduct(zeta=zeta), n_sparse=25,
+                         hyperparameters="fixed").fit(train)
+        energies = model._e0_of(cell.numbers).astype(float)
+        assert model._fused_terms(cell, energies, keep_k=False)[2] == []
+        assert len(model._fused_terms(cell, energies.copy(), keep_k=True)[2]) == 1

@@ -802,8 +802,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         atom indices ``r``) to ``kblocks`` per species, returns ``G`` (len(X), n_features)
         = ``∂ε/∂x`` of each row. A ζ = 2 kernel takes energies and gradient from its
         quadratic form where that is cheaper (F < 2m without kernel rows, F < m with
-        them); without ``need_k`` (no local stds) it forms no kernel rows, and ``kblocks``
-        stays as it is for those species.
+        them). Without ``need_k`` (no local stds) ``kblocks`` stays as it is, and a ζ = 2
+        kernel forms no kernel rows at all.
         """
         n = len(X)
         nums = numbers[i0:i0 + n]
@@ -832,7 +832,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 G = Gz
             else:
                 G[r] = Gz
-            if Kz is not None:
+            if need_k:
                 kblocks.append((i0 + r, c, Kz))
         if G is None:  # no sparse point of the block's species
             G = np.zeros(X.shape)
