@@ -353,3 +353,44 @@ def _pair_scale(D, W, scale, center):
             for j in range(m):
                 out[q, a, j] = s * W[c, j] * D[q, a, j]
     return out
+
+
+@numba.njit(cache=True)
+def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial):
+    """Accumulate the force rows and virial of a block of pairs, in place.
+
+    With ``g[q, a, j] = scale[c] W[c, j] (D[q, a, j] - C[c, j] b[q, a])`` (``c =
+    center[q]``; ``D = dX·Ẑᵀ`` and ``b = dX·x̂_c`` of the block, so ``g`` is
+    :func:`_pair_scale` of :func:`_pair_tangent`'s result), this adds ``-g`` to
+    ``rows_f[neighbor[q]]``, ``+g`` to ``rows_f[center[q]]`` (:func:`pair_forces`'s
+    convention) and ``g[q, a, j] vector[q, b]`` to ``virial[a, b, j]``: the training
+    rows without the (n_pairs, 3, m) arrays in memory.
+
+    D (P, 3, m); b (P, 3); C, W (n, m); scale (n,); center, neighbor (P,) int64;
+    vector (P, 3); rows_f (n_atoms, 3, m); virial (3, 3, m).
+    """
+    P, three, m = D.shape
+    g = np.empty(m)
+    for q in range(P):
+        c = center[q]
+        nb = neighbor[q]
+        s = scale[c]
+        v0 = vector[q, 0]
+        v1 = vector[q, 1]
+        v2 = vector[q, 2]
+        for a in range(three):
+            ba = b[q, a]
+            # one short loop per target (each vectorises; the row of ``nb`` may be
+            # the row of ``c``)
+            for j in range(m):
+                g[j] = s * W[c, j] * (D[q, a, j] - C[c, j] * ba)
+            for j in range(m):
+                rows_f[c, a, j] += g[j]
+            for j in range(m):
+                rows_f[nb, a, j] -= g[j]
+            for j in range(m):
+                virial[a, 0, j] += g[j] * v0
+            for j in range(m):
+                virial[a, 1, j] += g[j] * v1
+            for j in range(m):
+                virial[a, 2, j] += g[j] * v2

@@ -207,6 +207,32 @@ def test_contract_gradient_theta_derivative(kernel, data):
         assert_allclose(G, approx, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("kernel", KERNELS, ids=IDS)
+@pytest.mark.parametrize("block", [2, 128])
+def test_contract_rows_equal_pair_sums(kernel, data, block):
+    """Force rows and virial equal the dense per-pair gradient summed onto both atoms."""
+    from gpal.descriptors import pair_forces
+
+    X, Z, center, dX = data
+    rng = np.random.default_rng(3)
+    neighbor = rng.integers(0, len(X), size=len(center))
+    neighbor[0] = center[0]  # a pair of an atom with its own image adds nothing
+    vector = rng.normal(size=(len(center), 3))
+    dense = np.einsum("pmf,paf->pam", kernel.gradient_x(X, Z)[center], dX)
+    rows_f, virial = kernel.contract_rows(X, Z, center, neighbor, dX, vector, len(X), block=block)
+    assert_allclose(rows_f, pair_forces(dense, center, neighbor, len(X)), rtol=1e-12, atol=1e-13)
+    assert_allclose(virial, np.einsum("pam,pb->abm", dense, vector), rtol=1e-12, atol=1e-13)
+    # a subset of the pairs, gathered block by block
+    sub = np.array([1, 4, 5, 8])
+    rows_f, virial = kernel.contract_rows(X, Z, center, neighbor, dX, vector, len(X), pairs=sub,
+                                          block=block)
+    assert_allclose(rows_f, pair_forces(dense[sub], center[sub], neighbor[sub], len(X)),
+                    rtol=1e-12, atol=1e-13)
+    assert_allclose(virial, np.einsum("pam,pb->abm", dense[sub], vector[sub]), rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError):
+        kernel.contract_rows(X, Z, center, neighbor, dX, vector, len(X), pairs=[len(center)])
+
+
 def test_contract_gradient_no_pairs(data):
     X, Z, _, _ = data
     k = SquaredExponential()

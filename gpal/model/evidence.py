@@ -12,8 +12,8 @@ from .._threads import policy as _thread_policy
 from .._validation import (
     check_is_fitted,
 )
-from ..descriptors import SOAP, pair_forces
-from ..kernels import NormalizedDotProduct
+from ..descriptors import SOAP
+from ..kernels import _ROWS_BLOCK, NormalizedDotProduct
 from ..sparse_gp import SparseGPSolver, _jittered_cholesky
 from .defaults import (
     _E,
@@ -239,17 +239,26 @@ class _Evidence:
                     Xp[:, cols] = Xh
                 else:
                     Zp, Xp = Zh, np.ascontiguousarray(Xh)
-                center = np.ascontiguousarray(np.concatenate([q[0] for q in pieces]), dtype=np.int64)
-                neighbor = np.concatenate([q[1] for q in pieces])
-                vec = np.concatenate([q[2] for q in pieces])
-                P = len(center)
-                D = np.concatenate([(q[3].reshape(-1, F) @ Zp.T).reshape(-1, 3, m) for q in pieces])
-                b = np.concatenate([_jit._pair_projection(np.ascontiguousarray(q[3]), Xp,
-                                                          np.ascontiguousarray(q[0], dtype=np.int64))
-                                    for q in pieces])
-                _jit._pair_tangent(D, b, C, center)
                 inv = k0._inverse_norms(xn)
-            for k, (e, f, s_) in zip(kernels, out):
+                acc = [(np.zeros((N, 3, m)), np.zeros((3, 3, m))) for _ in kernels]
+                weights = [(_jit._apply_fprime(C, k._kind, float(k._shape_param())),
+                            float(k.signal_variance) * inv) for k in kernels]
+                ZT = np.ascontiguousarray(Zp.T)
+                # block by block (CosineKernel.contract_rows): the products dX·Ẑᵀ of a
+                # block serve every kernel while they are in cache
+                for q in pieces:
+                    qc = np.ascontiguousarray(q[0], dtype=np.int64)
+                    qn = np.ascontiguousarray(q[1], dtype=np.int64)
+                    qv = np.ascontiguousarray(q[2], dtype=np.float64)
+                    qd = np.ascontiguousarray(q[3])
+                    for p0 in range(0, len(qc), _ROWS_BLOCK):
+                        p1 = min(p0 + _ROWS_BLOCK, len(qc))
+                        D = (qd[p0:p1].reshape(-1, F) @ ZT).reshape(p1 - p0, 3, m)
+                        b = _jit._pair_projection(qd[p0:p1], Xp, qc[p0:p1])
+                        for (W, scale), (rows_f, virial) in zip(weights, acc):
+                            _jit._pair_rows(D, b, C, W, scale, qc[p0:p1], qn[p0:p1], qv[p0:p1],
+                                            rows_f, virial)
+            for k, (e, f, s_), racc in zip(kernels, out, acc if has_pairs else [None] * len(kernels)):
                 s2, shape = float(k.signal_variance), float(k._shape_param())
                 vals = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape)
                 if n_frames == 1:
@@ -260,12 +269,10 @@ class _Evidence:
                     e[:, c] = sub
                 if not has_pairs:
                     continue
-                Fp = _jit._apply_fprime(C, k._kind, shape)
-                flat = _jit._pair_scale(D, Fp, s2 * inv, center)
-                f[:, :, c] = pair_forces(flat, center, neighbor, N).reshape(N, 3, m)
-                if has_cell:  # pair_stress as one BLAS product (its einsum is slow here)
-                    st = (vec.T @ flat.reshape(P, 3 * m)).reshape(3, 3, m)  # [b, a, m]
-                    st = 0.5 * (st + st.transpose(1, 0, 2)) / volume
+                rows_f, virial = racc
+                f[:, :, c] = rows_f
+                if has_cell:
+                    st = 0.5 * (virial + virial.transpose(1, 0, 2)) / volume
                     s_[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         return out
 

@@ -13,6 +13,7 @@ from .._validation import (
     frame_labels,
 )
 from ..descriptors import SOAP, pair_forces, pair_stress
+from ..kernels import CosineKernel
 from .defaults import (
     _ADJOINT_BLOCK,
     _ADJOINT_MAX_COLUMNS,
@@ -97,6 +98,15 @@ class _Rows:
             if not np.any(p):  # isolated atoms of this species: energy rows only
                 for g, Kg in enumerate(K if eval_gradient else (K,)):
                     rows[3 * g][c] = Kg.sum(axis=0)
+                continue
+            if not eval_gradient and isinstance(kernel, CosineKernel):  # no pair-sized arrays
+                rows_f, virial = kernel.contract_rows(X, Z[c], d.center, d.neighbor, d.dX, d.vector, N,
+                                                      pairs=None if np.all(p) else np.flatnonzero(p))
+                rows[0][c] = K.sum(axis=0)
+                rows[1][:, :, c] = rows_f
+                if has_cell:
+                    st = 0.5 * (virial + virial.transpose(1, 0, 2)) / d.volume
+                    rows[2][:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
                 continue
             if np.all(p):
                 center, neighbor, dX, vec = d.center, d.neighbor, d.dX, d.vector
