@@ -592,7 +592,7 @@ class CosineKernel(Kernel):
         return out, grad
 
     def contract_rows(self, X, Z, center, neighbor, dX, vector, n_atoms: int, pairs=None,
-                      block: int = _ROWS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+                      cols=None, block: int = _ROWS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
         """Force rows and virial of a frame from its pair derivatives, block by block.
 
         Equal (up to summation order) to :func:`gpal.descriptors.pair_forces` of
@@ -619,6 +619,10 @@ class CosineKernel(Kernel):
         pairs : array_like of int, optional
             Use only these pairs (indices into the pair arrays), gathered a block at a
             time instead of copied up front (one species' centres of a frame).
+        cols : array_like of int, optional
+            The only features where these pairs' ``dX`` can be non-zero (the pairs of
+            one neighbour species, :meth:`gpal.SOAP.neighbor_columns`): the products
+            skip the others. The kernel's norms and cosines still use every feature.
         block : int, optional
             Pairs per BLAS product.
 
@@ -655,12 +659,20 @@ class CosineKernel(Kernel):
         scale = float(self.signal_variance) * self._inverse_norms(xn)
         rows_f = np.zeros((int(n_atoms), 3, m))
         virial = np.zeros((3, 3, m))
-        ZT = np.ascontiguousarray(Zh.T)
+        if cols is not None:
+            cols = np.asarray(cols, dtype=np.int64)
+            if cols.ndim != 1 or (cols.size and (cols.min() < 0 or cols.max() >= F)):
+                raise ValueError(f"cols must be indices into the {F} features")
+            ZT, Xc, Fc = np.ascontiguousarray(Zh[:, cols].T), np.ascontiguousarray(Xh[:, cols]), len(cols)
+        else:
+            ZT, Xc, Fc = np.ascontiguousarray(Zh.T), Xh, F
         for p0 in range(0, P, block):
             p1 = min(p0 + block, P)
             dXb = dX[p0:p1] if pairs is None else dX[pairs[p0:p1]]
-            D = (dXb.reshape(-1, F) @ ZT).reshape(p1 - p0, 3, m)
-            b = _jit._pair_projection(dXb, Xh, center[p0:p1])
+            if cols is not None:
+                dXb = np.ascontiguousarray(dXb[:, :, cols])
+            D = (dXb.reshape(-1, Fc) @ ZT).reshape(p1 - p0, 3, m)
+            b = _jit._pair_projection(dXb, Xc, center[p0:p1])
             _jit._pair_rows(D, b, C, W, scale, center[p0:p1], neighbor[p0:p1], vector[p0:p1],
                             rows_f, virial)
         return rows_f, virial

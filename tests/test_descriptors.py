@@ -117,6 +117,26 @@ def test_create_matches_dscribe_molecule(weighting):
     assert_matches_dscribe(soap, multi_molecule())
 
 
+def test_get_location_matches_dscribe_and_bounds_pair_derivatives():
+    """Species-pair locations equal dscribe's; a neighbour's dX is zero off its columns."""
+    soap = SOAP(["Ni", "Cu", "O"], periodic=True, **SMALL)
+    twin = dscribe_twin(soap)
+    for pair in [("Cu", "Cu"), ("Cu", "Ni"), ("Ni", "Cu"), ("O", "Ni"), ("O", "O"), (8, 29)]:
+        assert soap.get_location(pair) == twin.get_location(pair)
+    atoms = cuni_alloy()
+    atoms.numbers[:3] = 8
+    d = soap.derivatives(atoms)
+    nbr = atoms.numbers[d.neighbor]
+    for z in (8, 28, 29):
+        off = np.ones(soap.get_number_of_features(), bool)
+        off[soap.neighbor_columns(z)] = False
+        n, L1 = soap.n_max, soap.l_max + 1
+        assert (~off).sum() == L1 * (n * (n + 1) // 2 + 2 * n * n)  # (z, z) and two cross pairs
+        assert np.any(d.dX[nbr == z]) and not np.any(d.dX[nbr == z][:, :, off])
+    with pytest.raises(ValueError):
+        soap.get_location(("Cu", "Au"))
+
+
 def test_create_matches_dscribe_md_settings():
     """The benchmark/MD settings: n_max 8, l_max 6, sigma 0.5, r_cut 5, poly r0 5."""
     soap = SOAP(

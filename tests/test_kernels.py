@@ -442,3 +442,21 @@ def test_value_and_weighted_gradient_matches_separate_calls(kernel):
     K, G = kernel.value_and_weighted_gradient(X, Z, alpha)
     np.testing.assert_allclose(K, kernel(X, Z), rtol=1e-13)
     np.testing.assert_allclose(G, kernel.weighted_gradient_x(X, Z, alpha), rtol=1e-12, atol=1e-14)
+
+
+def test_contract_rows_on_the_columns_a_pair_can_change(data):
+    """Restricting the products to the columns where dX is non-zero changes nothing."""
+    X, Z, center, dX = data
+    k = NormalizedDotProduct(zeta=3, signal_variance=1.3)
+    rng = np.random.default_rng(5)
+    neighbor = rng.integers(0, len(X), size=len(center))
+    vector = rng.normal(size=(len(center), 3))
+    cols = np.array([0, 2, 3])
+    dX0 = dX.copy()
+    dX0[:, :, [1, 4]] = 0.0
+    full = k.contract_rows(X, Z, center, neighbor, dX0, vector, len(X))
+    part = k.contract_rows(X, Z, center, neighbor, dX0, vector, len(X), cols=cols, block=4)
+    for a, b in zip(part, full):
+        assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError):
+        k.contract_rows(X, Z, center, neighbor, dX0, vector, len(X), cols=[5])

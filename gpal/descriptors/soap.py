@@ -605,6 +605,52 @@ class SOAP(Descriptor):
         """Number of features, ``(S n)(S n + 1)/2 (l_max + 1)`` for S species."""
         return self._n_features
 
+    def get_location(self, species) -> slice:
+        """The features of one pair of species, as dscribe's ``SOAP.get_location``.
+
+        Parameters
+        ----------
+        species : (str or int, str or int)
+            Two chemical symbols or atomic numbers, in either order.
+
+        Returns
+        -------
+        slice
+            The columns of ``create``'s output that belong to the pair.
+        """
+        try:
+            s, t = species
+        except (TypeError, ValueError):
+            raise ValueError(f"species must be a pair of species, got {species!r}") from None
+        s, t = sorted(self._species_index(x) for x in (s, t))
+        n, L = self.n_max, self.l_max
+        off = int(self._pair_off[s, t])
+        return slice(off, off + (L + 1) * (n * (n + 1) // 2 if s == t else n * n))
+
+    def _species_index(self, z) -> int:
+        from ase.data import atomic_numbers
+
+        number = atomic_numbers.get(z, -1) if isinstance(z, str) else int(z)
+        if not 0 <= number < len(self._z_to_index) or self._z_to_index[number] < 0:
+            raise ValueError(f"species {z!r} is not one of this descriptor's species "
+                             f"{[int(x) for x in self.species_numbers_]}")
+        return int(self._z_to_index[number])
+
+    def neighbor_columns(self, z: int) -> np.ndarray:
+        """The features a neighbour of species ``z`` can change: every pair with ``z``.
+
+        The pair derivatives of a neighbour of species ``z`` are zero outside these
+        columns (:meth:`derivatives`), which the training rows use to skip them.
+
+        Returns
+        -------
+        ndarray of int, shape (n_columns,), sorted
+        """
+        i = self._species_index(z)
+        cols = [np.arange(self._n_features)[self.get_location((self.species_numbers_[i], t))]
+                for t in self.species_numbers_]
+        return np.sort(np.concatenate(cols))
+
     def get_params(self, deep: bool = True) -> dict:
         """Constructor arguments as resolved (JSON-serialisable; scikit-learn's protocol).
 

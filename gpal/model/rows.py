@@ -100,8 +100,8 @@ class _Rows:
                     rows[3 * g][c] = Kg.sum(axis=0)
                 continue
             if not eval_gradient and isinstance(kernel, CosineKernel):  # no pair-sized arrays
-                rows_f, virial = kernel.contract_rows(X, Z[c], d.center, d.neighbor, d.dX, d.vector, N,
-                                                      pairs=None if np.all(p) else np.flatnonzero(p))
+                rows_f, virial = self._contract_rows(kernel, X, Z[c], d, p, numbers, N,
+                                                     self.descriptor_ if derivs is None else None)
                 rows[0][c] = K.sum(axis=0)
                 rows[1][:, :, c] = rows_f
                 if has_cell:
@@ -125,6 +125,29 @@ class _Rows:
                 if has_cell:
                     s_[:, c] = pair_stress(flat, vec, d.volume).reshape(s_[:, c].shape)
         return tuple(rows)
+
+    @staticmethod
+    def _contract_rows(kernel, X, Zc, d, p, numbers, N, descriptor=None):
+        """Force rows and virial of the pairs ``p`` (a mask) of one centre species.
+
+        With several species and the ``descriptor`` that made ``d``, the pairs of each
+        neighbour species are contracted on the features that species can change
+        (:meth:`gpal.SOAP.neighbor_columns`): a pair derivative is zero elsewhere, so
+        the products skip 26 % of the columns with two species and half with three.
+        """
+        nbr_z = numbers[d.neighbor]
+        species = np.unique(nbr_z[p])
+        if len(species) < 2 or not hasattr(descriptor, "neighbor_columns") \
+                or X.shape[1] != descriptor.get_number_of_features():
+            return kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
+                                        pairs=None if np.all(p) else np.flatnonzero(p))
+        rows_f, virial = 0.0, 0.0
+        for s in species:
+            rf, vir = kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
+                                           pairs=np.flatnonzero(p & (nbr_z == s)),
+                                           cols=descriptor.neighbor_columns(int(s)))
+            rows_f, virial = rows_f + rf, virial + vir
+        return rows_f, virial
 
     def _frame_targets(self, atoms) -> list:
         """The labels of one frame in observation order: [(group, y, noise std)].
