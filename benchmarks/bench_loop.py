@@ -634,6 +634,8 @@ def bench_system(name, args, tuned_modes):
             "mode": mode, "tuned_settings": tuned, "run_dir": str(run_dir), "aborted": aborted,
             "wall_time": wall, "time_md": reported.get("time_md"),
             "time_oracle": reported.get("time_oracle"), "time_update": reported.get("time_update"),
+            "time_check": reported.get("time_check"),
+            "n_checks": sum(1 for e in read_log(run_dir) if e.get("event") == "check"),
             "reported": oracle_keys, "reported_oracle_calls": reported.get("oracle_calls"),
             "counted_oracle_calls": n_made, "counted_calculate_calls": counter.n_calculate,
             "counted_oracle_wall_time": counter.wall_time,
@@ -722,6 +724,12 @@ def print_system(name, protocol, r):
           f"{_f(other, '.0f')} s; oracle wall inside the wrapper {r['counted_oracle_wall_time']:.1f} s)"
           + (f"  ABORTED at the time limit after {r['steps_done']} of {protocol['steps']} steps"
              if r["aborted"] else ""))
+    if r.get("time_check") is not None and r.get("n_checks") and r.get("steps_done") and r.get("time_md"):
+        # the learner's MD time includes its checks
+        step = (r["time_md"] - r["time_check"]) / r["steps_done"]
+        check = r["time_check"] / r["n_checks"]
+        print(f"    uncertainty checks: {r['n_checks']} in {r['time_check']:.1f} s, {1e3 * check:.0f} ms each "
+              f"= {check / step:.0f} MD steps of the model ({1e3 * step:.1f} ms per step)")
 
 
 def print_summary(all_results):

@@ -157,8 +157,8 @@ class _Evidence:
         ``cols``: the feature columns of a smaller l_max (:func:`_l_max_subset`) the rows
         are for (None: all). The pair derivatives are used where they lie: per frame
         and centre species a slice (a copy only when that species' atoms are not
-        contiguous), and a column subset by zero-padding the (small) normalised
-        descriptors instead of copying ``dX``. Energy rows are summed per frame; a
+        contiguous), and a column subset gathered from ``dX`` a block of pairs at a
+        time (:meth:`_cosine_rows`), not copied whole. Energy rows are summed per frame; a
         frame with a 3D cell is done alone.
 
         Returns
@@ -231,14 +231,9 @@ class _Evidence:
             pieces = blocks.get(z, [])
             has_pairs = sum(len(q[0]) for q in pieces) > 0
             if has_pairs:
-                F = X.shape[1]
-                if cols is not None:  # zero-padded to all features: dX is used as it is
-                    Zp = np.zeros((m, F))
-                    Zp[:, cols] = Zh
-                    Xp = np.zeros((N, F))
-                    Xp[:, cols] = Xh
-                else:
-                    Zp, Xp = Zh, np.ascontiguousarray(Xh)
+                # a column subset (a smaller l_max) is gathered a block of dX at a time
+                F = X.shape[1] if cols is None else len(cols)
+                Zp, Xp = Zh, np.ascontiguousarray(Xh)
                 inv = k0._inverse_norms(xn)
                 acc = [(np.zeros((N, 3, m)), np.zeros((3, 3, m))) for _ in kernels]
                 weights = [(_jit._apply_fprime(C, k._kind, float(k._shape_param())),
@@ -253,8 +248,9 @@ class _Evidence:
                     qd = np.ascontiguousarray(q[3])
                     for p0 in range(0, len(qc), _ROWS_BLOCK):
                         p1 = min(p0 + _ROWS_BLOCK, len(qc))
-                        D = (qd[p0:p1].reshape(-1, F) @ ZT).reshape(p1 - p0, 3, m)
-                        b = _jit._pair_projection(qd[p0:p1], Xp, qc[p0:p1])
+                        dXb = qd[p0:p1] if cols is None else np.ascontiguousarray(qd[p0:p1][:, :, cols])
+                        D = (dXb.reshape(-1, F) @ ZT).reshape(p1 - p0, 3, m)
+                        b = _jit._pair_projection(dXb, Xp, qc[p0:p1])
                         for (W, scale), (rows_f, virial) in zip(weights, acc):
                             _jit._pair_rows(D, b, C, W, scale, qc[p0:p1], qn[p0:p1], qv[p0:p1],
                                             rows_f, virial)
