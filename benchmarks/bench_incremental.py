@@ -33,6 +33,16 @@ change, shows how the load treated the two checkouts)::
     1.2e-11, and this version with descriptor-derivative columns 2.6e-9, 4.3e-10,
     2.1e-11: round-off amplified by cond(R), not the column method)
 
+The next release (training and force-std rows block by block, CosineKernel.contract_rows)
+against this one as "main", quiet machine (load 1.0-1.3)::
+
+    operation              10 frames  200 frames  ratio   main: 10    200   ratio  main/this
+    label, 10 new sparse     0.19 s     1.81 s     9.3      0.20 s   2.27 s 11.1     1.25
+    sparse refresh, 3        0.10 s     1.42 s    14.7      0.10 s   1.51 s 15.8     1.07
+    label, no new sparse     0.07 s     0.06 s    0.81      0.13 s   0.08 s  0.66    1.37
+    fit                      1.72 s     12.8 s     7.5      1.98 s  20.8 s  10.5     1.62
+    one stored frame's columns for 10 new sparse points: 7.5 ms, main 9.3 ms
+
 Two earlier runs under heavier load (7-8), where the fit took the same time in both
 checkouts (main/this 0.99 and 0.91): label with 10 new sparse points 0.43 / 6.6 s
 against main's 0.62-0.93 / 12.7-13.4 s (main/this 1.9-2.0 at 200 frames).
