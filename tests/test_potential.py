@@ -168,6 +168,28 @@ def test_forces_and_stress_are_energy_derivatives(which, cu_model, cuag_model):
     assert pred["free_energy"] == pred["energy"]
 
 
+def test_training_rows_equal_the_per_pair_contraction(cuag_model, cuag_train):
+    """The block-wise rows (per neighbour species, on its columns) equal the per-pair
+    kernel gradient summed onto atoms, for a two-species periodic frame."""
+    from gpal.descriptors import pair_forces, pair_stress
+
+    m = cuag_model
+    a = cuag_train[0].copy()
+    Z, zsp = m.sparse_X_, m.sparse_species_
+    _, rows_f, rows_s = m._derivative_rows(a, Z, zsp)
+    d = m.descriptor_.derivatives(a)
+    ref_f, ref_s = np.zeros_like(rows_f), np.zeros_like(rows_s)
+    for z in np.unique(a.numbers):
+        c = np.flatnonzero(zsp == z)
+        p = a.numbers[d.center] == z
+        g = m.kernel_.contract_gradient(d.descriptor, Z[c], d.center[p], d.dX[p])
+        ref_f[:, :, c] = pair_forces(g, d.center[p], d.neighbor[p], len(a))
+        ref_s[:, c] = pair_stress(g, d.vector[p], d.volume)
+    assert np.abs(ref_f).max() > 0 and np.abs(ref_s).max() > 0
+    np.testing.assert_allclose(rows_f, ref_f, rtol=1e-11, atol=1e-12 * np.abs(ref_f).max())
+    np.testing.assert_allclose(rows_s, ref_s, rtol=1e-11, atol=1e-12 * np.abs(ref_s).max())
+
+
 def test_model_learns_emt(cu_train):
     """Not a benchmark: the fitted model must beat predicting zero forces by far."""
     model = SparseGP(soap_for(cu_train), n_sparse=60).fit(cu_train)
