@@ -356,11 +356,12 @@ def _pair_scale(D, W, scale, center):
 
 
 @numba.njit(cache=True)
-def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial):
+def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial, c0):
     """Accumulate the force rows and virial of a block of pairs, in place.
 
-    With ``g[q, a, j] = scale[c] W[c, j] (D[q, a, j] - C[c, j] b[q, a])`` (``c =
-    center[q]``; ``D = dX·Ẑᵀ`` and ``b = dX·x̂_c`` of the block, so ``g`` is
+    With ``g[q, a, j] = scale[r] W[r, j] (D[q, a, j] - C[r, j] b[q, a])`` (``r =
+    center[q] - c0``, the centre's row of ``C``, ``W`` and ``scale``, which start at
+    atom ``c0``; ``D = dX·Ẑᵀ`` and ``b = dX·x̂_c`` of the block, so ``g`` is
     :func:`_pair_scale` of :func:`_pair_tangent`'s result), this adds ``-g`` to
     ``rows_f[neighbor[q]]``, ``+g`` to ``rows_f[center[q]]`` (:func:`pair_forces`'s
     convention) and ``g[q, a, j] vector[q, b]`` to ``virial[a, b, j]``: the training
@@ -373,8 +374,9 @@ def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial):
     g = np.empty(m)
     for q in range(P):
         c = center[q]
+        r = c - c0
         nb = neighbor[q]
-        s = scale[c]
+        s = scale[r]
         v0 = vector[q, 0]
         v1 = vector[q, 1]
         v2 = vector[q, 2]
@@ -383,7 +385,7 @@ def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial):
             # one short loop per target (each vectorises; the row of ``nb`` may be
             # the row of ``c``)
             for j in range(m):
-                g[j] = s * W[c, j] * (D[q, a, j] - C[c, j] * ba)
+                g[j] = s * W[r, j] * (D[q, a, j] - C[r, j] * ba)
             for j in range(m):
                 rows_f[c, a, j] += g[j]
             for j in range(m):

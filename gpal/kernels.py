@@ -592,7 +592,8 @@ class CosineKernel(Kernel):
         return out, grad
 
     def contract_rows(self, X, Z, center, neighbor, dX, vector, n_atoms: int, pairs=None,
-                      cols=None, block: int = _ROWS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+                      cols=None, first: int = 0, out=None,
+                      block: int = _ROWS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
         """Force rows and virial of a frame from its pair derivatives, block by block.
 
         Equal (up to summation order) to :func:`gpal.descriptors.pair_forces` of
@@ -606,11 +607,12 @@ class CosineKernel(Kernel):
         Parameters
         ----------
         X : array_like of shape (n, n_features)
-            Descriptor rows of the frame's atoms.
+            Descriptor rows of the frame's atoms ``first:first + n`` (all of them, or
+            the centres of one :meth:`gpal.SOAP.derivative_blocks` block).
         Z : array_like of shape (m, n_features)
             Sparse rows.
         center, neighbor : array_like of int, shape (n_pairs,)
-            Atoms (rows of ``X``, ``< n_atoms``) of each pair.
+            Atoms (``< n_atoms``) of each pair; every centre has its row in ``X``.
         dX : ndarray of shape (n_pairs, 3, n_features)
             ``dX[p]`` = derivative of ``X[center[p]]`` with respect to pair vector ``p``.
         vector : array_like of shape (n_pairs, 3)
@@ -623,6 +625,10 @@ class CosineKernel(Kernel):
             The only features where these pairs' ``dX`` can be non-zero (the pairs of
             one neighbour species, :meth:`gpal.SOAP.neighbor_columns`): the products
             skip the others. The kernel's norms and cosines still use every feature.
+        first : int, default 0
+            The atom of ``X``'s first row.
+        out : (rows_f, virial), optional
+            Arrays of the shapes returned, added to in place (and returned).
         block : int, optional
             Pairs per BLAS product.
 
@@ -651,14 +657,18 @@ class CosineKernel(Kernel):
                 raise ValueError(f"pairs must be indices into the {P} pairs")
             center, neighbor, vector = center[pairs], neighbor[pairs], vector[pairs]
             P = len(pairs)
-        if P and (min(center.min(), neighbor.min()) < 0 or center.max() >= len(X)
+        if P and (min(center.min() - first, neighbor.min()) < 0 or center.max() - first >= len(X)
                   or max(center.max(), neighbor.max()) >= n_atoms):
             raise ValueError("center or neighbor index out of range")
         C, _ = self._cosines(Xh, xn, Zh, False)
         W = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
         scale = float(self.signal_variance) * self._inverse_norms(xn)
-        rows_f = np.zeros((int(n_atoms), 3, m))
-        virial = np.zeros((3, 3, m))
+        if out is None:
+            rows_f, virial = np.zeros((int(n_atoms), 3, m)), np.zeros((3, 3, m))
+        else:
+            rows_f, virial = out
+            if rows_f.shape != (int(n_atoms), 3, m) or virial.shape != (3, 3, m):
+                raise ValueError(f"out must have shapes ({int(n_atoms)}, 3, {m}) and (3, 3, {m})")
         if cols is not None:
             cols = np.asarray(cols, dtype=np.int64)
             if cols.ndim != 1 or (cols.size and (cols.min() < 0 or cols.max() >= F)):
@@ -672,9 +682,9 @@ class CosineKernel(Kernel):
             if cols is not None:
                 dXb = np.ascontiguousarray(dXb[:, :, cols])
             D = (dXb.reshape(-1, Fc) @ ZT).reshape(p1 - p0, 3, m)
-            b = _jit._pair_projection(dXb, Xc, center[p0:p1])
+            b = _jit._pair_projection(dXb, Xc, center[p0:p1] - first)
             _jit._pair_rows(D, b, C, W, scale, center[p0:p1], neighbor[p0:p1], vector[p0:p1],
-                            rows_f, virial)
+                            rows_f, virial, first)
         return rows_f, virial
 
 

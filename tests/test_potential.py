@@ -168,15 +168,22 @@ def test_forces_and_stress_are_energy_derivatives(which, cu_model, cuag_model):
     assert pred["free_energy"] == pred["energy"]
 
 
-def test_training_rows_equal_the_per_pair_contraction(cuag_model, cuag_train):
-    """The block-wise rows (per neighbour species, on its columns) equal the per-pair
-    kernel gradient summed onto atoms, for a two-species periodic frame."""
+@pytest.mark.parametrize("block_bytes", [64e6, 3e4], ids=["one-block", "centre-blocks"])
+def test_training_rows_equal_the_per_pair_contraction(cuag_model, cuag_train, monkeypatch, block_bytes):
+    """The rows built block by block (blocks of centres, per neighbour species on its
+    columns) equal the per-pair kernel gradient summed onto atoms, for a two-species
+    periodic frame."""
+    import gpal.descriptors.soap as soap_module
     from gpal.descriptors import pair_forces, pair_stress
 
     m = cuag_model
-    a = cuag_train[0].copy()
+    a = cuag_train[0].repeat((2, 1, 1))
+    a.rattle(0.05, seed=4)
     Z, zsp = m.sparse_X_, m.sparse_species_
-    _, rows_f, rows_s = m._derivative_rows(a, Z, zsp)
+    monkeypatch.setattr(soap_module, "_DERIVATIVE_BLOCK_BYTES", block_bytes)
+    blocks = [i1 - i0 for i0, i1, _ in m.descriptor_.derivative_blocks(a)]
+    assert len(blocks) == (1 if block_bytes > 1e6 else len(a))  # 3e4 B: one centre each
+    e_row, rows_f, rows_s = m._derivative_rows(a, Z, zsp)
     d = m.descriptor_.derivatives(a)
     ref_f, ref_s = np.zeros_like(rows_f), np.zeros_like(rows_s)
     for z in np.unique(a.numbers):
@@ -186,6 +193,11 @@ def test_training_rows_equal_the_per_pair_contraction(cuag_model, cuag_train):
         ref_f[:, :, c] = pair_forces(g, d.center[p], d.neighbor[p], len(a))
         ref_s[:, c] = pair_stress(g, d.vector[p], d.volume)
     assert np.abs(ref_f).max() > 0 and np.abs(ref_s).max() > 0
+    ref_e = np.zeros_like(e_row)
+    for z in np.unique(a.numbers):  # an environment meets sparse points of its own species
+        c = np.flatnonzero(zsp == z)
+        ref_e[c] = m.kernel_(d.descriptor[a.numbers == z], Z[c]).sum(axis=0)
+    np.testing.assert_allclose(e_row, ref_e, rtol=1e-12)
     np.testing.assert_allclose(rows_f, ref_f, rtol=1e-11, atol=1e-12 * np.abs(ref_f).max())
     np.testing.assert_allclose(rows_s, ref_s, rtol=1e-11, atol=1e-12 * np.abs(ref_s).max())
 

@@ -63,6 +63,8 @@ _WEIGHTING_KEYS = ("function", "r0", "c", "m", "d", "threshold", "w0")
 _GAUSS_THRESHOLD = 1e-3
 # chunks of centres per thread, handed out dynamically to the numba threads
 _CHUNKS_PER_THREAD = 16
+# pair derivatives held at once by SOAP.derivative_blocks (the rows of a large cell)
+_DERIVATIVE_BLOCK_BYTES = 64e6
 # bytes of kept pair terms per block of centres of SOAP._fused_step: 8 MB, ~150 centres
 # of fcc Cu at n_max 8, l_max 6, r_cut 5 Å (1.3 kB per pair, 42 pairs per centre), so
 # the kernel's products have enough rows for BLAS; measured (108 and 4,000 atoms, 500
@@ -836,28 +838,9 @@ class SOAP(Descriptor):
         SOAPDerivatives or tuple of (ndarray, ndarray)
         """
         numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
-        N = len(spec)
-        P = len(i)
-        X = np.empty((N, self._n_features))
-        dX = np.zeros((P, 3, self._n_features))
-        if N:
-            max_pairs = int(np.max(np.diff(offsets))) if P else 0
-            with self._dynamic():
-                jit.soap_derivatives(
-                    D,
-                    spec[j],
-                    offsets,
-                    spec,
-                    len(self.species_numbers_),
-                    *self._radial_args,
-                    self._w_zero,
-                    self._self0,
-                    *self._layout_args,
-                    max(max_pairs, 1),
-                    X,
-                    dX,
-                    self._n_chunks(N),
-                )
+        X = np.empty((len(spec), self._n_features))
+        dX = np.zeros((len(i), 3, self._n_features))
+        self._run_derivatives(D, np.ascontiguousarray(spec[j]), offsets, spec, X, dX)
         res = SOAPDerivatives(
             descriptor=X,
             center=i,
@@ -871,6 +854,62 @@ class SOAP(Descriptor):
         if dense:
             return res.to_dense(), X
         return res
+
+    def derivative_blocks(self, atoms, max_bytes: float | None = None):
+        """:meth:`derivatives` of consecutive blocks of centres, one block at a time.
+
+        Memory is one block's pair derivatives (at most ``max_bytes``, or one centre's)
+        instead of the whole frame's: 1.2 GB for a 4,000-atom fcc cell with 252
+        features. The blocks together hold exactly the pairs and rows of
+        :meth:`derivatives`.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        max_bytes : float, optional
+            Bytes of ``dX`` per block (default ``_DERIVATIVE_BLOCK_BYTES``, 64 MB).
+
+        Yields
+        ------
+        (i0, i1, SOAPDerivatives)
+            Centres ``i0:i1``: ``descriptor`` holds their rows only (``i1 - i0`` of them)
+            and ``offsets`` their pairs from 0; ``center``, ``neighbor``, ``numbers``
+            and ``volume`` are the frame's (global atom indices).
+        """
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        N, F = len(spec), self._n_features
+        max_bytes = _DERIVATIVE_BLOCK_BYTES if max_bytes is None else float(max_bytes)
+        per_block = max(1, int(max_bytes // (3 * F * 8)))
+        i0 = 0
+        while i0 < N:
+            i1 = int(np.searchsorted(offsets, offsets[i0] + per_block, side="right")) - 1
+            i1 = min(max(i1, i0 + 1), N)
+            p0, p1 = int(offsets[i0]), int(offsets[i1])
+            off = np.ascontiguousarray(offsets[i0:i1 + 1] - p0)
+            X = np.empty((i1 - i0, F))
+            dX = np.zeros((p1 - p0, 3, F))
+            Db = np.ascontiguousarray(D[p0:p1])
+            self._run_derivatives(Db, np.ascontiguousarray(spec[j[p0:p1]]), off,
+                                  np.ascontiguousarray(spec[i0:i1]), X, dX)
+            yield i0, i1, SOAPDerivatives(
+                descriptor=X, center=i[p0:p1], neighbor=j[p0:p1], vector=Db, dX=dX,
+                offsets=off, volume=volume, numbers=numbers,
+            )
+            i0 = i1
+
+    @_thread_policy()
+    def _run_derivatives(self, D, nbr_spec, offsets, spec, X, dX) -> None:
+        """Fill ``X`` and ``dX`` (zero on entry) for the centres of ``offsets``."""
+        N = len(spec)
+        if not N:
+            return
+        max_pairs = int(np.max(np.diff(offsets))) if len(D) else 0
+        with self._dynamic():
+            jit.soap_derivatives(
+                D, nbr_spec, offsets, spec, len(self.species_numbers_),
+                *self._radial_args, self._w_zero, self._self0, *self._layout_args,
+                max(max_pairs, 1), X, dX, self._n_chunks(N),
+            )
 
     @_thread_policy()
     def expand(self, atoms) -> SOAPExpansion:

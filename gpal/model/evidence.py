@@ -253,7 +253,7 @@ class _Evidence:
                         b = _jit._pair_projection(dXb, Xp, qc[p0:p1])
                         for (W, scale), (rows_f, virial) in zip(weights, acc):
                             _jit._pair_rows(D, b, C, W, scale, qc[p0:p1], qn[p0:p1], qv[p0:p1],
-                                            rows_f, virial)
+                                            rows_f, virial, 0)
             for k, (e, f, s_), racc in zip(kernels, out, acc if has_pairs else [None] * len(kernels)):
                 s2, shape = float(k.signal_variance), float(k._shape_param())
                 vals = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape)

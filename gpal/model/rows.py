@@ -79,6 +79,9 @@ class _Rows:
         (atoms x atoms x 3 x features) array is formed.
         """
         kernel = kernel or self.kernel_
+        if (derivs is None and not eval_gradient and isinstance(kernel, CosineKernel)
+                and hasattr(self.descriptor_, "derivative_blocks")):
+            return self._blocked_rows(atoms, Z, zsp, kernel)
         d = derivs if derivs is not None else self.descriptor_.derivatives(atoms)
         X = d.descriptor
         N, M, nd = len(atoms), len(Z), kernel.n_dims
@@ -126,8 +129,47 @@ class _Rows:
                     s_[:, c] = pair_stress(flat, vec, d.volume).reshape(s_[:, c].shape)
         return tuple(rows)
 
+    def _blocked_rows(self, atoms, Z, zsp, kernel):
+        """:meth:`_derivative_rows` of a cosine kernel, a block of centres at a time.
+
+        The frame's pair derivatives are never all in memory (:meth:`gpal.SOAP.
+        derivative_blocks`, 64 MB of them at a time): each block adds its energy rows,
+        force rows and virial to the frame's.
+        """
+        desc = self.descriptor_
+        numbers = atoms.numbers
+        N, M = len(numbers), len(Z)
+        e_row, f_rows, s_rows = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
+        cols = {int(z): np.flatnonzero(zsp == z) for z in np.unique(numbers)}
+        cols = {z: c for z, c in cols.items() if len(c)}
+        acc, volume = {}, np.nan
+        for i0, i1, d in desc.derivative_blocks(atoms):
+            volume = d.volume
+            nb = numbers[i0:i1]
+            center_z = numbers[d.center]
+            for z, c in cols.items():
+                here = nb == z
+                if not np.any(here):
+                    continue
+                e_row[c] += kernel(d.descriptor[here], Z[c]).sum(axis=0)
+                p = center_z == z
+                if not np.any(p):  # isolated atoms: energy rows only
+                    continue
+                if z not in acc:
+                    acc[z] = (np.zeros((N, 3, len(c))), np.zeros((3, 3, len(c))))
+                self._contract_rows(kernel, d.descriptor, Z[c], d, p, numbers, N, desc,
+                                    first=i0, out=acc[z])
+        has_cell = np.isfinite(volume) and volume > 0
+        for z, (rows_f, virial) in acc.items():
+            c = cols[z]
+            f_rows[:, :, c] = rows_f
+            if has_cell:
+                st = 0.5 * (virial + virial.transpose(1, 0, 2)) / volume
+                s_rows[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        return e_row, f_rows, s_rows
+
     @staticmethod
-    def _contract_rows(kernel, X, Zc, d, p, numbers, N, descriptor=None):
+    def _contract_rows(kernel, X, Zc, d, p, numbers, N, descriptor=None, first=0, out=None):
         """Force rows and virial of the pairs ``p`` (a mask) of one centre species.
 
         With several species and the ``descriptor`` that made ``d``, the pairs of each
@@ -140,14 +182,15 @@ class _Rows:
         if len(species) < 2 or not hasattr(descriptor, "neighbor_columns") \
                 or X.shape[1] != descriptor.get_number_of_features():
             return kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
-                                        pairs=None if np.all(p) else np.flatnonzero(p))
-        rows_f, virial = 0.0, 0.0
+                                        pairs=None if np.all(p) else np.flatnonzero(p),
+                                        first=first, out=out)
+        if out is None:
+            out = (np.zeros((N, 3, len(Zc))), np.zeros((3, 3, len(Zc))))
         for s in species:
-            rf, vir = kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
-                                           pairs=np.flatnonzero(p & (nbr_z == s)),
-                                           cols=descriptor.neighbor_columns(int(s)))
-            rows_f, virial = rows_f + rf, virial + vir
-        return rows_f, virial
+            kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
+                                 pairs=np.flatnonzero(p & (nbr_z == s)),
+                                 cols=descriptor.neighbor_columns(int(s)), first=first, out=out)
+        return out
 
     def _frame_targets(self, atoms) -> list:
         """The labels of one frame in observation order: [(group, y, noise std)].
