@@ -174,6 +174,7 @@ def test_training_rows_equal_the_per_pair_contraction(cuag_model, cuag_train, mo
     columns) equal the per-pair kernel gradient summed onto atoms, for a two-species
     periodic frame."""
     import gpal.descriptors.soap as soap_module
+    import gpal.model.rows as rows_module
     from gpal.descriptors import pair_forces, pair_stress
 
     m = cuag_model
@@ -181,6 +182,7 @@ def test_training_rows_equal_the_per_pair_contraction(cuag_model, cuag_train, mo
     a.rattle(0.05, seed=4)
     Z, zsp = m.sparse_X_, m.sparse_species_
     monkeypatch.setattr(soap_module, "_DERIVATIVE_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(rows_module, "_SPLIT_MIN_PRODUCT", 0)  # split this small cell too
     blocks = [i1 - i0 for i0, i1, _ in m.descriptor_.derivative_blocks(a)]
     assert len(blocks) == (1 if block_bytes > 1e6 else len(a))  # 3e4 B: one centre each
     e_row, rows_f, rows_s = m._derivative_rows(a, Z, zsp)

@@ -22,6 +22,10 @@ from .defaults import (
     _S,
 )
 
+# multiply-adds of a centre species' pair products below which _Rows._contract_rows
+# does not split them by neighbour species (the calls' fixed cost would dominate)
+_SPLIT_MIN_PRODUCT = 1e8
+
 
 def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
     """A bare copy of ``atoms`` carrying only its labels (in a SinglePointCalculator)."""
@@ -76,7 +80,10 @@ class _Rows:
 
         With ``eval_gradient`` also their theta-derivatives (M, d), (N, 3, M, d), (6, M, d).
         Only one species block of pair derivatives is touched at a time; no
-        (atoms x atoms x 3 x features) array is formed.
+        (atoms x atoms x 3 x features) array is formed. A cosine kernel's rows of a
+        frame given without ``derivs`` (a prediction's force stds, a new label) are
+        built a block of centres at a time (:meth:`_blocked_rows`), and no (pairs x 3
+        x M) array either (:meth:`gpal.kernels.CosineKernel.contract_rows`).
         """
         kernel = kernel or self.kernel_
         if (derivs is None and not eval_gradient and isinstance(kernel, CosineKernel)
@@ -103,8 +110,7 @@ class _Rows:
                     rows[3 * g][c] = Kg.sum(axis=0)
                 continue
             if not eval_gradient and isinstance(kernel, CosineKernel):  # no pair-sized arrays
-                rows_f, virial = self._contract_rows(kernel, X, Z[c], d, p, numbers, N,
-                                                     self.descriptor_ if derivs is None else None)
+                rows_f, virial = self._contract_rows(kernel, X, Z[c], d, p, numbers, N)
                 rows[0][c] = K.sum(axis=0)
                 rows[1][:, :, c] = rows_f
                 if has_cell:
@@ -176,10 +182,12 @@ class _Rows:
         neighbour species are contracted on the features that species can change
         (:meth:`gpal.SOAP.neighbor_columns`): a pair derivative is zero elsewhere, so
         the products skip 26 % of the columns with two species and half with three.
+        Small products (a molecule's) are not split: one call costs less there.
         """
         nbr_z = numbers[d.neighbor]
         species = np.unique(nbr_z[p])
-        if len(species) < 2 or not hasattr(descriptor, "neighbor_columns") \
+        small = np.count_nonzero(p) * 3 * X.shape[1] * len(Zc) < _SPLIT_MIN_PRODUCT
+        if len(species) < 2 or small or not hasattr(descriptor, "neighbor_columns") \
                 or X.shape[1] != descriptor.get_number_of_features():
             return kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
                                         pairs=None if np.all(p) else np.flatnonzero(p),
