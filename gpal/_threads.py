@@ -18,9 +18,9 @@ Every gpal computation (``SparseGP.fit``, ``update``, ``predict``,
 runs under :func:`limited`, which while the call runs
 
 * gives numba's loops ``n`` threads (``numba.set_num_threads``, per Python thread) and
-  BLAS ``n`` threads (threadpoolctl's library controllers), or one BLAS thread for an
-  (n_atoms x n_sparse) block smaller than :data:`SMALL_BLOCK` (a model evaluation for
-  an MD step);
+  BLAS one thread (threadpoolctl's library controllers), or ``n`` BLAS threads for a
+  call that declares an (n_atoms x n_sparse) block of at least :data:`SMALL_BLOCK`
+  elements (a prediction of a large cell);
 * only ever lowers the counts in force: limits the user set before the call are kept,
   and a nested call can drop cores that became busy meanwhile but never add any;
 * restores the previous counts on return.
@@ -39,6 +39,17 @@ Nothing is set at import: environment variables such as ``OMP_NUM_THREADS`` or
 either does nothing (numpy already loaded) or changes every other library of the user's
 process. Overhead: ~10 µs per call, ~4 µs for a call nested in another that changes
 nothing (one thread, OMP_NUM_THREADS=1), against milliseconds for a 108-atom prediction.
+
+Why one BLAS thread by default: OpenBLAS's threads spin for a while after each
+parallel product, and numba's parallel loops run between gpal's products all the time
+(descriptors, neighbour lists, row passes). On an idle 2-core machine the earlier
+default (``n`` BLAS threads for every call without a declared block) made a 20-frame
+fit 2.0-2.2x slower than one thread everywhere (1.58 against 0.72 s; a default evidence
+fit of 12 frames 4.4 against 2.4 s): the neighbour search ran 19x and the kernel
+matrix 12x slower while a BLAS thread spun on the other core, and even a 4,000 x 200
+Gram product took 3.7x as long with two BLAS threads as with one. With one BLAS thread
+and numba on both cores the same fits take 0.56-0.67 and 1.30 s (one thread
+everywhere: 0.65-0.75 and 1.40 s).
 
 Limits: BLAS thread counts are process-wide, so gpal calls running at the same time in
 several Python threads share the smallest request. Load that starts during a call is
@@ -60,8 +71,18 @@ more busy-loop process pinned to a core::
 
 A second run (load average 9-10; default modes) gave, in the same order of rows,
 default 0.94x, 0.89x, 1.05x, 0.95x and 2 threads 2.16x, 1.57x, 1.61x, 1.35x. The default
-saw the busy cores and chose one thread at every repeat of both runs. Not measured: a
-truly idle machine (where the default gives numba and large BLAS blocks both cores).
+saw the busy cores and chose one thread at every repeat of both runs.
+
+On an idle machine (load average ~1, ``--repeats 4``; the first default gave BLAS every
+core for calls without a declared block, the current one gives it one thread)::
+
+                      first default   current default   one thread
+    quiet   fit        2.84 s 2.16x    1.40 s 0.86x      1.32 / 1.63 s
+    quiet   predict    6.91 ms 0.60x   7.57 ms 0.70x     11.5 / 10.8 ms
+    loaded  fit        1.44 s 0.91x    1.76 s 0.98x      1.57 / 1.80 s
+    loaded  predict    8.96 ms 1.04x   10.5 ms 0.94x     8.64 / 11.1 ms
+
+(two runs, one thread's figures of each beside them; ratios within each run).
 """
 
 from __future__ import annotations
@@ -78,7 +99,7 @@ __all__ = ["available_cores", "default_threads", "get_threads", "set_threads", "
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: below this many elements in the (n_atoms x n_sparse) kernel block, use one BLAS thread
+#: from this many elements in a call's (n_atoms x n_sparse) kernel block, BLAS gets n threads
 SMALL_BLOCK = 4_000_000
 #: seconds between two looks at the machine's load
 LOAD_REFRESH = 1.0
@@ -289,8 +310,9 @@ class limited:
     Parameters
     ----------
     size : int, optional
-        Elements of the call's largest kernel block; below :data:`SMALL_BLOCK` BLAS runs
-        on one thread (latency-bound products, see the module docstring).
+        Elements of the call's largest kernel block; BLAS runs ``n`` threads from
+        :data:`SMALL_BLOCK` elements on, one thread below it or without a size (see
+        the module docstring).
 
     Limits only ever lower the thread counts in force, so a nested call (``fit``
     calling ``create``) can leave cores that became busy meanwhile, never take more.
@@ -311,7 +333,7 @@ class limited:
         if _DISABLED:
             return None
         n = default_threads()
-        blas = 1 if self.size is not None and self.size < SMALL_BLOCK else n
+        blas = n if self.size is not None and self.size >= SMALL_BLOCK else 1
         stack = getattr(_LOCAL, "limits", None)
         if stack is None:
             stack = _LOCAL.limits = []

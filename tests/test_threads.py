@@ -110,7 +110,14 @@ def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames
         pytest.skip("numba or BLAS already limited below the core count")
     monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
     _model().fit(frames)
-    assert fit_probe[-1] == (cores, cores)
+    # numba's loops take every core; BLAS runs one thread unless a call declares a
+    # block of at least SMALL_BLOCK elements (a second OpenBLAS thread spins between
+    # numba's parallel loops and slowed a 20-frame fit 2x on an idle 2-core machine)
+    assert fit_probe[-1] == (cores, 1)
+    with _threads.limited(_threads.SMALL_BLOCK):
+        assert _probe() == (cores, cores)
+    with _threads.limited(_threads.SMALL_BLOCK - 1):
+        assert _probe() == (cores, 1)
     monkeypatch.setattr(_threads, "_busy_cores", lambda: float(cores - 1))
     _model().fit(frames)
     assert fit_probe[-1] == (1, 1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from .._threads import policy as _thread_policy
 from .._validation import (
     Labels,
     check_is_fitted,
@@ -75,6 +76,10 @@ class _Rows:
                 K[np.ix_(r, c)] = kernel(X[r], Z[c])
         return K
 
+    # one BLAS thread even inside a call that declared a large block (the force stds of
+    # a large cell): the products here are a block of pairs each (~20-50 M
+    # multiply-adds), between numba's parallel loops (see gpal._threads)
+    @_thread_policy(lambda *a, **k: 0)
     def _derivative_rows(self, atoms, Z, zsp, derivs=None, kernel=None, eval_gradient=False):
         """Energy (M,), force (N, 3, M) and stress (6, M) kernel rows of one frame.
 
