@@ -125,6 +125,28 @@ def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames
     assert _threads.default_threads() == 1
 
 
+@pytest.mark.skipif(_threads.available_cores() < 2, reason="needs 2 cores")
+def test_a_large_fit_gives_its_factorisation_every_core_and_its_rows_one(fit_probe, frames, monkeypatch):
+    from gpal.model import evidence
+
+    cores = _threads.available_cores()
+    if numba.get_num_threads() < cores or _blas_threads() < cores:
+        pytest.skip("numba or BLAS already limited below the core count")
+    monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
+    seen_rows = []  # inside the row passes of the evidence fit (blocks of pairs)
+    orig = evidence._Evidence._cosine_rows
+
+    def cosine_rows(self, *a, **k):
+        seen_rows.append(_probe())
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(evidence._Evidence, "_cosine_rows", cosine_rows)
+    monkeypatch.setattr(_threads, "SMALL_BLOCK", 100)  # these 3 frames count as a large fit
+    _model().fit(frames)
+    assert fit_probe[-1] == (cores, cores)
+    assert seen_rows and set(seen_rows) == {(cores, 1)}
+
+
 def test_user_limits_are_kept(fit_probe, frames):
     old = numba.get_num_threads()
     numba.set_num_threads(1)

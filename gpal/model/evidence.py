@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import scipy.linalg
 
+from .._threads import limited as _thread_limited
 from .._threads import policy as _thread_policy
 from .._validation import (
     check_is_fitted,
@@ -151,6 +152,7 @@ class _Evidence:
         """
         return self._rows_for_batch([atoms], Z, zsp, [derivs], kernels)[0]
 
+    @_thread_policy(lambda *a, **k: 0)  # one BLAS thread: blocks of pairs (gpal._threads)
     def _rows_for_batch(self, frames, Z, zsp, derivs, kernels, cols=None) -> list:
         """:meth:`_rows_for_kernels` of several frames, as one system (frames without a cell).
 
@@ -855,14 +857,17 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         alt[:G] = np.where(free[:G], np.minimum(lo[:G] + np.log(10.0), x0[:G]), x0[:G])
         starts.append(alt[free])
         best = None
-        for x_start in starts:
-            # stopping at 1e-6 relative change of the evidence (and 1e-3 on its gradient in
-            # log parameters): the noise levels move by ~1e-5 relative against the
-            # defaults' 1e-9, a fifth to a quarter fewer evaluations
-            res = scipy.optimize.minimize(negative, x_start, jac=True, method="L-BFGS-B",
-                                          bounds=bounds, options={"ftol": 1e-6, "gtol": 1e-3})
-            if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-                best = res
+        # each evaluation: an M x M Cholesky and inverse, on one BLAS thread below
+        # SMALL_BLOCK elements (inside a large fit, which gives BLAS every core)
+        with _thread_limited(M * M):
+            for x_start in starts:
+                # stopping at 1e-6 relative change of the evidence (and 1e-3 on its gradient
+                # in log parameters): the noise levels move by ~1e-5 relative against the
+                # defaults' 1e-9, a fifth to a quarter fewer evaluations
+                res = scipy.optimize.minimize(negative, x_start, jac=True, method="L-BFGS-B",
+                                              bounds=bounds, options={"ftol": 1e-6, "gtol": 1e-3})
+                if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+                    best = res
         if best is None:
             raise np.linalg.LinAlgError("the evidence could not be evaluated (Cholesky failed)")
         x[free] = best.x

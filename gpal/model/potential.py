@@ -85,6 +85,21 @@ from .rows import ObservationRows, _Rows  # noqa: F401
 from .sparse_set import _SparseSet
 
 
+def _fit_size(model, frames=None, *args, **kwargs) -> int | None:
+    """Elements of a fit's stacked (observations x sparse points) matrix, at most.
+
+    The thread policy gives BLAS every free core from :data:`gpal._threads.SMALL_BLOCK`
+    elements on (its QR and Gram products); the row passes inside lower it to one.
+    """
+    try:
+        n_obs = sum(1 + 3 * len(a) + 6 for a in frames)
+        m = model.n_sparse
+        m = sum(m.values()) if isinstance(m, dict) else int(m)
+        return int(n_obs) * min(m, n_obs)
+    except (TypeError, ValueError, AttributeError):  # fit's own checks report bad input
+        return None
+
+
 def _block_size(model, atoms) -> int | None:
     """Elements of the (n_atoms x n_sparse) kernel block of a prediction (None if unknown)."""
     try:
@@ -461,7 +476,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 isinstance(knee, (int, float, np.floating)) and not isinstance(knee, bool) and knee > 0)):
             raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
 
-    @_thread_policy()
+    @_thread_policy(_fit_size)
     def fit(self, frames) -> "SparseGP":
         """Fit to labelled frames.
 
