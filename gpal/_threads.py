@@ -19,8 +19,11 @@ runs under :func:`limited`, which while the call runs
 
 * gives numba's loops ``n`` threads (``numba.set_num_threads``, per Python thread) and
   BLAS one thread (threadpoolctl's library controllers), or ``n`` BLAS threads for a
-  call that declares an (n_atoms x n_sparse) block of at least :data:`SMALL_BLOCK`
-  elements (a prediction of a large cell);
+  call that declares a block of at least :data:`SMALL_BLOCK` elements: a prediction's
+  (n_atoms x n_sparse) kernel block, a fit's stacked (observations x sparse points)
+  matrix (whose QR and Gram products gain from the cores: a 30,000 x 1,000 QR took
+  1.7 s on two threads against 2.9 s on one); the row passes and evidence steps
+  inside such a fit lower BLAS to one thread again;
 * only ever lowers the counts in force: limits the user set before the call are kept,
   and a nested call can drop cores that became busy meanwhile but never add any;
 * restores the previous counts on return.
