@@ -103,12 +103,18 @@ def test_calls_run_with_the_chosen_threads_and_restore_them(fit_probe, frames):
     assert _probe() == outside
 
 
-@pytest.mark.skipif(_threads.available_cores() < 2, reason="needs 2 cores")
-def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames, monkeypatch):
+def _quiet_machine(monkeypatch) -> int:
+    """Every core free (as gpal sees the load); skips when the process is already limited."""
     cores = _threads.available_cores()
     if numba.get_num_threads() < cores or _blas_threads() < cores:
         pytest.skip("numba or BLAS already limited below the core count")
     monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
+    return cores
+
+
+@pytest.mark.skipif(_threads.available_cores() < 2, reason="needs 2 cores")
+def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames, monkeypatch):
+    cores = _quiet_machine(monkeypatch)
     _model().fit(frames)
     # numba's loops take every core; BLAS runs one thread unless a call declares a
     # block of at least SMALL_BLOCK elements (a second OpenBLAS thread spins between
@@ -129,10 +135,7 @@ def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames
 def test_a_large_fit_gives_its_factorisation_every_core_and_its_rows_one(fit_probe, frames, monkeypatch):
     from gpal.model import evidence
 
-    cores = _threads.available_cores()
-    if numba.get_num_threads() < cores or _blas_threads() < cores:
-        pytest.skip("numba or BLAS already limited below the core count")
-    monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
+    cores = _quiet_machine(monkeypatch)
     seen_rows = []  # inside the row passes of the evidence fit (blocks of pairs)
     orig = evidence._Evidence._cosine_rows
 
