@@ -102,7 +102,8 @@ __all__ = ["available_cores", "default_threads", "get_threads", "set_threads", "
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: from this many elements in a call's (n_atoms x n_sparse) kernel block, BLAS gets n threads
+#: from this many elements in a call's declared block (a prediction's kernel block, a
+#: fit's stacked matrix), BLAS gets n threads
 SMALL_BLOCK = 4_000_000
 #: seconds between two looks at the machine's load
 LOAD_REFRESH = 1.0
