@@ -48,6 +48,30 @@ from ._registry import register
 # columns is 1.5 MB of products, which stays in cache for the pass that scatters them
 _ROWS_BLOCK = 128
 
+
+def _pair_rows_blocked(dX, pairs, cols, Xc, ZT, C, center, neighbor, vector, targets,
+                       first=0, block=_ROWS_BLOCK) -> None:
+    """Add pair derivatives' kernel gradients to force rows and virials, a block at a time.
+
+    For each block of ``block`` pairs: ``D = dX[pairs][:, :, cols]·Ẑᵀ`` (one BLAS
+    product; ``ZT`` = the sparse unit rows' transpose on ``cols``), ``b = dX·x̂_c``
+    (``Xc``: the centres' unit rows on ``cols``, from atom ``first``), then
+    :func:`gpal._jit._pair_rows` for each ``(W, scale, rows_f, virial)`` of
+    ``targets`` (kernels sharing the cosines ``C`` share the products). ``center``,
+    ``neighbor`` and ``vector`` are those of the selected pairs.
+    """
+    m = ZT.shape[1]
+    for p0 in range(0, len(center), block):
+        p1 = min(p0 + block, len(center))
+        dXb = dX[p0:p1] if pairs is None else dX[pairs[p0:p1]]
+        if cols is not None:
+            dXb = np.ascontiguousarray(dXb[:, :, cols])
+        D = (dXb.reshape(-1, ZT.shape[0]) @ ZT).reshape(p1 - p0, 3, m)
+        b = _jit._pair_projection(dXb, Xc, center[p0:p1] - first)
+        for W, scale, rows_f, virial in targets:
+            _jit._pair_rows(D, b, C, W, scale, center[p0:p1], neighbor[p0:p1], vector[p0:p1],
+                            rows_f, virial, first)
+
 __all__ = [
     "Hyperparameter",
     "Kernel",
@@ -642,7 +666,6 @@ class CosineKernel(Kernel):
         """
         X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
         F = X.shape[1]
-        m = Zh.shape[0]
         center = np.ascontiguousarray(center, dtype=np.int64)
         neighbor = np.ascontiguousarray(neighbor, dtype=np.int64)
         vector = np.ascontiguousarray(vector, dtype=np.float64)
@@ -651,40 +674,43 @@ class CosineKernel(Kernel):
         if dX.shape != (P, 3, F) or neighbor.shape != (P,) or vector.shape != (P, 3):
             raise ValueError(f"dX, neighbor and vector must have shapes {(P, 3, F)}, ({P},) and "
                              f"({P}, 3); got {dX.shape}, {neighbor.shape} and {vector.shape}")
-        if pairs is not None:
-            pairs = np.asarray(pairs, dtype=np.int64)
-            if pairs.ndim != 1 or (pairs.size and (pairs.min() < 0 or pairs.max() >= P)):
-                raise ValueError(f"pairs must be indices into the {P} pairs")
-            center, neighbor, vector = center[pairs], neighbor[pairs], vector[pairs]
-            P = len(pairs)
-        if P and (min(center.min() - first, neighbor.min()) < 0 or center.max() - first >= len(X)
-                  or max(center.max(), neighbor.max()) >= n_atoms):
+        sel = np.arange(P) if pairs is None else np.asarray(pairs, dtype=np.int64)
+        if sel.ndim != 1 or (sel.size and (sel.min() < 0 or sel.max() >= P)):
+            raise ValueError(f"pairs must be indices into the {P} pairs")
+        if sel.size and (min(center[sel].min() - first, neighbor[sel].min()) < 0
+                         or center[sel].max() - first >= len(X)
+                         or max(center[sel].max(), neighbor[sel].max()) >= n_atoms):
             raise ValueError("center or neighbor index out of range")
-        C, _ = self._cosines(Xh, xn, Zh, False)
-        W = _jit._apply_fprime(C, self._kind, float(self._shape_param()))
-        scale = float(self.signal_variance) * self._inverse_norms(xn)
-        if out is None:
-            rows_f, virial = np.zeros((int(n_atoms), 3, m)), np.zeros((3, 3, m))
-        else:
-            rows_f, virial = out
-            if rows_f.shape != (int(n_atoms), 3, m) or virial.shape != (3, 3, m):
-                raise ValueError(f"out must have shapes ({int(n_atoms)}, 3, {m}) and (3, 3, {m})")
         if cols is not None:
             cols = np.asarray(cols, dtype=np.int64)
             if cols.ndim != 1 or (cols.size and (cols.min() < 0 or cols.max() >= F)):
                 raise ValueError(f"cols must be indices into the {F} features")
-            ZT, Xc, Fc = np.ascontiguousarray(Zh[:, cols].T), np.ascontiguousarray(Xh[:, cols]), len(cols)
-        else:
-            ZT, Xc, Fc = np.ascontiguousarray(Zh.T), Xh, F
-        for p0 in range(0, P, block):
-            p1 = min(p0 + block, P)
-            dXb = dX[p0:p1] if pairs is None else dX[pairs[p0:p1]]
-            if cols is not None:
-                dXb = np.ascontiguousarray(dXb[:, :, cols])
-            D = (dXb.reshape(-1, Fc) @ ZT).reshape(p1 - p0, 3, m)
-            b = _jit._pair_projection(dXb, Xc, center[p0:p1] - first)
-            _jit._pair_rows(D, b, C, W, scale, center[p0:p1], neighbor[p0:p1], vector[p0:p1],
-                            rows_f, virial, first)
+        m = Zh.shape[0]
+        if out is not None and (out[0].shape != (int(n_atoms), 3, m) or out[1].shape != (3, 3, m)):
+            raise ValueError(f"out must have shapes ({int(n_atoms)}, 3, {m}) and (3, 3, {m})")
+        return self._contract_groups(Xh, xn, Zh, center, neighbor, dX, vector, int(n_atoms),
+                                     [(pairs, cols)], first, out, block)
+
+    def _contract_groups(self, Xh, xn, Zh, center, neighbor, dX, vector, n_atoms, groups,
+                         first=0, out=None, block=_ROWS_BLOCK):
+        """:meth:`contract_rows` of several (pairs, cols) groups with one set of cosines.
+
+        Unit rows ``Xh`` (norms ``xn``) and ``Zh`` as :meth:`_prepare` gives them;
+        arrays already checked. The cosines and kernel weights of the centres are
+        formed once for all the groups (the neighbour species of a frame).
+        """
+        C, _ = self._cosines(Xh, xn, Zh, False)
+        targets = [(_jit._apply_fprime(C, self._kind, float(self._shape_param())),
+                    float(self.signal_variance) * self._inverse_norms(xn))]
+        m = Zh.shape[0]
+        rows_f, virial = out if out is not None else (np.zeros((n_atoms, 3, m)), np.zeros((3, 3, m)))
+        for pairs, cols in groups:
+            sel = slice(None) if pairs is None else np.asarray(pairs, dtype=np.int64)
+            ZT = np.ascontiguousarray((Zh if cols is None else Zh[:, cols]).T)
+            Xc = Xh if cols is None else np.ascontiguousarray(Xh[:, cols])
+            _pair_rows_blocked(dX, None if pairs is None else sel, cols, Xc, ZT, C,
+                               center[sel], neighbor[sel], vector[sel],
+                               [(W, sc, rows_f, virial) for W, sc in targets], first, block)
         return rows_f, virial
 
 

@@ -231,7 +231,25 @@ def pair_stress(dE_dvec, vector, volume: float) -> np.ndarray:
         s = g.T @ v  # [a, b] = sum_p g_pa v_pb
     else:
         s = np.moveaxis(np.tensordot(g, v, axes=([0], [0])), 2, 1)  # one BLAS product
-    s = 0.5 * (s + np.swapaxes(s, 0, 1)) / volume
+    return virial_stress(s, volume)
+
+
+def virial_stress(virial, volume: float) -> np.ndarray:
+    """Voigt stress (xx, yy, zz, yz, xz, xy) from an unsymmetrised virial.
+
+    Parameters
+    ----------
+    virial : ndarray of shape (3, 3) or (3, 3, n_outputs)
+        ``[a, b] = sum_p dE/dvector[p, a] vector[p, b]``.
+    volume : float
+        Cell volume (Å^3).
+
+    Returns
+    -------
+    ndarray of shape (6,) or (6, n_outputs)
+        The symmetric part over the volume, ASE sign.
+    """
+    s = 0.5 * (virial + np.swapaxes(virial, 0, 1)) / volume
     return s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 

@@ -14,7 +14,8 @@ from .._validation import (
     check_is_fitted,
 )
 from ..descriptors import SOAP
-from ..kernels import _ROWS_BLOCK, NormalizedDotProduct
+from ..descriptors.soap import virial_stress
+from ..kernels import NormalizedDotProduct, _pair_rows_blocked
 from ..sparse_gp import SparseGPSolver, _jittered_cholesky
 from .defaults import (
     _E,
@@ -233,29 +234,20 @@ class _Evidence:
             pieces = blocks.get(z, [])
             has_pairs = sum(len(q[0]) for q in pieces) > 0
             if has_pairs:
-                # a column subset (a smaller l_max) is gathered a block of dX at a time
-                F = X.shape[1] if cols is None else len(cols)
-                Zp, Xp = Zh, np.ascontiguousarray(Xh)
+                # a column subset (a smaller l_max) is gathered a block of dX at a time;
+                # the products of a block serve every kernel while they are in cache
                 inv = k0._inverse_norms(xn)
                 acc = [(np.zeros((N, 3, m)), np.zeros((3, 3, m))) for _ in kernels]
-                weights = [(_jit._apply_fprime(C, k._kind, float(k._shape_param())),
-                            float(k.signal_variance) * inv) for k in kernels]
-                ZT = np.ascontiguousarray(Zp.T)
-                # block by block (CosineKernel.contract_rows): the products dX·Ẑᵀ of a
-                # block serve every kernel while they are in cache
+                targets = [(_jit._apply_fprime(C, k._kind, float(k._shape_param())),
+                            float(k.signal_variance) * inv, rows_f, virial)
+                           for k, (rows_f, virial) in zip(kernels, acc)]
+                ZT = np.ascontiguousarray(Zh.T)
+                Xp = np.ascontiguousarray(Xh)
                 for q in pieces:
-                    qc = np.ascontiguousarray(q[0], dtype=np.int64)
-                    qn = np.ascontiguousarray(q[1], dtype=np.int64)
-                    qv = np.ascontiguousarray(q[2], dtype=np.float64)
-                    qd = np.ascontiguousarray(q[3])
-                    for p0 in range(0, len(qc), _ROWS_BLOCK):
-                        p1 = min(p0 + _ROWS_BLOCK, len(qc))
-                        dXb = qd[p0:p1] if cols is None else np.ascontiguousarray(qd[p0:p1][:, :, cols])
-                        D = (dXb.reshape(-1, F) @ ZT).reshape(p1 - p0, 3, m)
-                        b = _jit._pair_projection(dXb, Xp, qc[p0:p1])
-                        for (W, scale), (rows_f, virial) in zip(weights, acc):
-                            _jit._pair_rows(D, b, C, W, scale, qc[p0:p1], qn[p0:p1], qv[p0:p1],
-                                            rows_f, virial, 0)
+                    _pair_rows_blocked(np.ascontiguousarray(q[3]), None, cols, Xp, ZT, C,
+                                       np.ascontiguousarray(q[0], dtype=np.int64),
+                                       np.ascontiguousarray(q[1], dtype=np.int64),
+                                       np.ascontiguousarray(q[2], dtype=np.float64), targets)
             for k, (e, f, s_), racc in zip(kernels, out, acc if has_pairs else [None] * len(kernels)):
                 s2, shape = float(k.signal_variance), float(k._shape_param())
                 vals = s2 * _jit._apply_f(np.ascontiguousarray(C[rz]), k._kind, shape)
@@ -270,8 +262,7 @@ class _Evidence:
                 rows_f, virial = racc
                 f[:, :, c] = rows_f
                 if has_cell:
-                    st = 0.5 * (virial + virial.transpose(1, 0, 2)) / volume
-                    s_[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+                    s_[:, c] = virial_stress(virial, volume)
         return out
 
     def _sparse_features(self, descriptor, where) -> np.ndarray:

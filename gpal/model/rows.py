@@ -14,6 +14,7 @@ from .._validation import (
     frame_labels,
 )
 from ..descriptors import SOAP, pair_forces, pair_stress
+from ..descriptors.soap import virial_stress
 from ..kernels import CosineKernel
 from .defaults import (
     _ADJOINT_BLOCK,
@@ -91,9 +92,9 @@ class _Rows:
         x M) array either (:meth:`gpal.kernels.CosineKernel.contract_rows`).
         """
         kernel = kernel or self.kernel_
-        if (derivs is None and not eval_gradient and isinstance(kernel, CosineKernel)
-                and hasattr(self.descriptor_, "derivative_blocks")):
-            return self._blocked_rows(atoms, Z, zsp, kernel)
+        if not eval_gradient and isinstance(kernel, CosineKernel) and (
+                derivs is not None or hasattr(self.descriptor_, "derivative_blocks")):
+            return self._blocked_rows(atoms, Z, zsp, kernel, derivs)
         d = derivs if derivs is not None else self.descriptor_.derivatives(atoms)
         X = d.descriptor
         N, M, nd = len(atoms), len(Z), kernel.n_dims
@@ -114,14 +115,6 @@ class _Rows:
                 for g, Kg in enumerate(K if eval_gradient else (K,)):
                     rows[3 * g][c] = Kg.sum(axis=0)
                 continue
-            if not eval_gradient and isinstance(kernel, CosineKernel):  # no pair-sized arrays
-                rows_f, virial = self._contract_rows(kernel, X, Z[c], d, p, numbers, N)
-                rows[0][c] = K.sum(axis=0)
-                rows[1][:, :, c] = rows_f
-                if has_cell:
-                    st = 0.5 * (virial + virial.transpose(1, 0, 2)) / d.volume
-                    rows[2][:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-                continue
             if np.all(p):
                 center, neighbor, dX, vec = d.center, d.neighbor, d.dX, d.vector
             else:
@@ -140,21 +133,24 @@ class _Rows:
                     s_[:, c] = pair_stress(flat, vec, d.volume).reshape(s_[:, c].shape)
         return tuple(rows)
 
-    def _blocked_rows(self, atoms, Z, zsp, kernel):
+    def _blocked_rows(self, atoms, Z, zsp, kernel, derivs=None):
         """:meth:`_derivative_rows` of a cosine kernel, a block of centres at a time.
 
         The frame's pair derivatives are never all in memory (:meth:`gpal.SOAP.
         derivative_blocks`, 64 MB of them at a time): each block adds its energy rows,
-        force rows and virial to the frame's.
+        force rows and virial to the frame's. ``derivs`` given (another descriptor's,
+        e.g. an evidence candidate's): they are the one block, contracted on all
+        their features.
         """
-        desc = self.descriptor_
+        desc = self.descriptor_ if derivs is None else None
         numbers = atoms.numbers
         N, M = len(numbers), len(Z)
         e_row, f_rows, s_rows = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
         cols = {int(z): np.flatnonzero(zsp == z) for z in np.unique(numbers)}
         cols = {z: c for z, c in cols.items() if len(c)}
         acc, volume = {}, np.nan
-        for i0, i1, d in desc.derivative_blocks(atoms):
+        blocks = desc.derivative_blocks(atoms) if derivs is None else [(0, len(numbers), derivs)]
+        for i0, i1, d in blocks:
             volume = d.volume
             nb = numbers[i0:i1]
             center_z = numbers[d.center]
@@ -172,11 +168,9 @@ class _Rows:
                                     first=i0, out=acc[z])
         has_cell = np.isfinite(volume) and volume > 0
         for z, (rows_f, virial) in acc.items():
-            c = cols[z]
-            f_rows[:, :, c] = rows_f
+            f_rows[:, :, cols[z]] = rows_f
             if has_cell:
-                st = 0.5 * (virial + virial.transpose(1, 0, 2)) / volume
-                s_rows[:, c] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+                s_rows[:, cols[z]] = virial_stress(virial, volume)
         return e_row, f_rows, s_rows
 
     @staticmethod
@@ -194,16 +188,13 @@ class _Rows:
         small = np.count_nonzero(p) * 3 * X.shape[1] * len(Zc) < _SPLIT_MIN_PRODUCT
         if len(species) < 2 or small or not hasattr(descriptor, "neighbor_columns") \
                 or X.shape[1] != descriptor.get_number_of_features():
-            return kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
-                                        pairs=None if np.all(p) else np.flatnonzero(p),
-                                        first=first, out=out)
-        if out is None:
-            out = (np.zeros((N, 3, len(Zc))), np.zeros((3, 3, len(Zc))))
-        for s in species:
-            kernel.contract_rows(X, Zc, d.center, d.neighbor, d.dX, d.vector, N,
-                                 pairs=np.flatnonzero(p & (nbr_z == s)),
-                                 cols=descriptor.neighbor_columns(int(s)), first=first, out=out)
-        return out
+            groups = [(None if np.all(p) else np.flatnonzero(p), None)]
+        else:
+            groups = [(np.flatnonzero(p & (nbr_z == s)), descriptor.neighbor_columns(int(s)))
+                      for s in species]
+        _, Xh, xn, _, Zh, _ = kernel._prepare(X, Zc)
+        return kernel._contract_groups(Xh, xn, Zh, d.center, d.neighbor, d.dX, d.vector, N,
+                                       groups, first, out)
 
     def _frame_targets(self, atoms) -> list:
         """The labels of one frame in observation order: [(group, y, noise std)].
