@@ -191,6 +191,22 @@ def test_stopping_rule_ends_the_run(tmp_path):
     assert rule.history and rule.history[-1].stop
 
 
+def test_resume_keeps_the_stopping_rule_and_its_count(tmp_path):
+    # every check passes (tolerance 50 eV/Å); patience 3 at checks every 20 steps
+    L = learner(tmp_path / "run", stopping=StoppingRule(tolerance=50.0, patience=3, use="scale"),
+                check_every=20)
+    L.run(50)
+    streak = L.stopping._streak
+    assert 1 <= streak < 3 and not L.stopping.history[-1].stop
+    R = ActiveLearner.resume(tmp_path / "run")  # the run's oracle is rebuilt (EMT)
+    assert R.stopping is not None and R.stopping.tolerance == 50.0 and R.stopping.patience == 3
+    summary = R.run(1000)
+    # the resumed rule counts on from where it was: 3 - streak more checks, not 3
+    assert summary.stopped_early and len(R.stopping.history) == 3 - streak
+    with pytest.raises(ValueError, match="step must increase"):
+        R.stopping.update(R.stopping.history[-1].step, 1.0)
+
+
 def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     val = cu_frames(2, seed=9, size=(2, 2, 2))
     trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, every=1,

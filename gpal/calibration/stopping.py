@@ -83,6 +83,30 @@ class StoppingRule:
             )
         self._streak = 0
         self._last_val: tuple[int, float] | None = None
+        self._last_step: int | None = None  # of the last check (kept by from_state)
+
+    def state(self) -> dict:
+        """The rule as plain values (its settings and its count so far), for a run's
+        ``state.json``; :meth:`from_state` rebuilds it. The decision history is in the
+        run's ``log.jsonl``, not here."""
+        return {"tolerance": self.tolerance, "patience": self.patience, "use": self.use,
+                "validation_tolerance": self.validation_tolerance, "streak": self._streak,
+                "last_validation": None if self._last_val is None else list(self._last_val),
+                "last_step": self._previous_step()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "StoppingRule":
+        """The rule :meth:`state` described, with its count of consecutive passing checks."""
+        rule = cls(tolerance=state["tolerance"], patience=state["patience"], use=state["use"],
+                   validation_tolerance=state.get("validation_tolerance"))
+        rule._streak = int(state.get("streak", 0))
+        last = state.get("last_validation")
+        rule._last_val = None if last is None else (int(last[0]), float(last[1]))
+        rule._last_step = state.get("last_step")
+        return rule
+
+    def _previous_step(self) -> int | None:
+        return self.history[-1].step if self.history else self._last_step
 
     @staticmethod
     def _positive(name, x) -> float:
@@ -130,10 +154,9 @@ class StoppingRule:
         if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
             raise ValueError(f"step must be an integer, got {step!r}")
         step = int(step)
-        if self.history and step <= self.history[-1].step:
-            raise ValueError(
-                f"step must increase: got {step} after {self.history[-1].step}"
-            )
+        previous = self._previous_step()
+        if previous is not None and step <= previous:
+            raise ValueError(f"step must increase: got {step} after {previous}")
         bound = float(calibrated_bound_max)
         if np.isnan(bound) or bound < 0:
             raise ValueError(

@@ -394,6 +394,8 @@ class ActiveLearner:
         }
         if self.targets is not None:
             state["targets"] = self.targets.save(self.run_dir)
+        if self.stopping is not None:  # its settings and its count of passing checks
+            state["stopping"] = self.stopping.state()
         if self._explore:  # walkers started from the target structures (TargetSet(explore=...))
             state["explore_walkers"] = {str(k): v for k, v in self._explore.items()}
         if self._walker_steps:  # walkers run as tasks (gpal.learning.walkers): each one's own step
@@ -1223,8 +1225,10 @@ class ActiveLearner:
         ----------
         run_dir : str or Path
         oracle : optional
-            Needed when the run's oracle was a live calculator (not recorded); runs with
-            an OracleSpec reuse it.
+            A live calculator for the oracle. Without it, a run with an OracleSpec
+            reuses it, and a run whose calculator gpal recorded (an importable class
+            whose keyword arguments are plain values, e.g. EMT) rebuilds it;
+            otherwise :class:`gpal.GpalError`.
         executor, walker_executor : concurrent.futures.Executor, optional
             As in the constructor (not recorded in the run folder): a run whose walkers
             ran as tasks may continue with or without them.
@@ -1278,6 +1282,10 @@ class ActiveLearner:
             from .targets import TargetSet
 
             overrides["targets"] = TargetSet.load(state["targets"], run_dir)
+        if state.get("stopping") and "stopping" not in overrides:
+            from ..calibration import StoppingRule
+
+            overrides["stopping"] = StoppingRule.from_state(state["stopping"])
         if "validation" not in overrides and (run_dir / "validation.xyz").exists():
             overrides["validation"] = read_frames(run_dir / "validation.xyz")
         settings.update(overrides)
