@@ -62,7 +62,8 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
     UnknownSpeciesError
         Species outside ``species`` (atomic numbers).
     MissingCellError
-        ``periodic`` is True and the cell is missing or degenerate.
+        ``periodic`` is True and the atoms have a periodic direction but a missing or
+        degenerate cell.
     """
     if not isinstance(atoms, Atoms):
         raise TypeError(f"{what} must be an ase.Atoms, got {type(atoms).__name__}")
@@ -85,13 +86,12 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
             unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)
             if unknown:
                 raise UnknownSpeciesError(unknown, species)
-    if periodic:
-        if abs(_det3(cell)) < 1e-6 or not atoms.pbc.any():
-            raise MissingCellError(
-                f"{what} has no cell (volume {atoms.cell.volume:.3g} Å^3, pbc "
-                f"{atoms.pbc.tolist()}), but the model is periodic. Set atoms.cell and "
-                "atoms.pbc, or use a non-periodic descriptor."
-            )
+    if periodic and atoms.pbc.any() and abs(_det3(cell)) < 1e-6:
+        raise MissingCellError(
+            f"{what} has periodic boundaries (pbc {atoms.pbc.tolist()}) but no cell (volume "
+            f"{atoms.cell.volume:.3g} Å^3). Set atoms.cell, or atoms.pbc = False for an "
+            "isolated structure."
+        )
 
 
 @functools.lru_cache(maxsize=64)

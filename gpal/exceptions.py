@@ -7,6 +7,8 @@ built-in exception a Python user would guess (``ValueError``, ``KeyError``, ...)
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
 __all__ = [
     "GpalError",
     "UnknownSpeciesError",
@@ -63,8 +65,9 @@ class ModelFileError(GpalError, OSError):
     """A saved model file is missing, truncated, tampered with or of an unknown format."""
 
 
-class NotFittedError(GpalError, ValueError, AttributeError):
-    """A model was used before ``fit`` was called (same bases as scikit-learn's)."""
+class NotFittedError(GpalError, _SklearnNotFittedError):
+    """A model was used before ``fit`` was called (a scikit-learn ``NotFittedError`` too,
+    so ``except sklearn.exceptions.NotFittedError`` catches it)."""
 
 
 class OracleError(GpalError, RuntimeError):

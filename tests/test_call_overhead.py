@@ -108,7 +108,7 @@ def test_bad_input_still_raises_through_the_calculator(model):
     with pytest.raises(OverlappingAtomsError):
         bad.get_forces()
     bad = a.copy()
-    bad.pbc = False
+    bad.cell = None  # periodic boundaries without a cell
     bad.calc = calc
     with pytest.raises(MissingCellError):
         bad.get_forces()

@@ -466,8 +466,12 @@ def test_unknown_species():
 
 def test_missing_cell_and_invalid_positions():
     soap = SOAP(["H", "C", "N", "O"], periodic=True, **SMALL)
+    isolated = SOAP(["H", "C", "N", "O"], periodic=False, **SMALL).create(multi_molecule())
+    np.testing.assert_array_equal(soap.create(multi_molecule()), isolated)  # no pbc: isolated
+    pbc_no_cell = multi_molecule()
+    pbc_no_cell.pbc = True
     with pytest.raises(MissingCellError):
-        soap.create(multi_molecule())
+        soap.create(pbc_no_cell)
     flat = cu_rattled()
     flat.cell[2] = [0.0, 0.0, 0.0]
     with pytest.raises(MissingCellError):

@@ -298,6 +298,42 @@ def test_frames_with_partial_labels(cu_train):
     assert groups[0] == 6 and groups[1] == 3 * sum(len(a) for a in cu_train[3:]) and groups[2] == 18
 
 
+def _clusters(n):
+    from ase.calculators.emt import EMT
+    from ase.cluster import Icosahedron
+
+    out = []
+    for k in range(n):
+        a = Icosahedron("Cu", 2)
+        a.rattle(0.1, seed=k)
+        out.append(label(a, EMT()))
+    return out
+
+
+def test_each_structure_pbc_decides_periodicity(cu_model, cu_train):
+    # a model fitted on clusters (no cell, no pbc) still evaluates a crystal as periodic
+    clusters = _clusters(3)
+    model = SparseGP(n_sparse=30, hyperparameters="fixed").fit(clusters)
+    assert model.descriptor_.periodic
+    bulk_cell = cu_train[0].copy()
+    isolated = bulk_cell.copy()
+    isolated.pbc = False
+    e_bulk, e_isolated = model.predict(bulk_cell)["energy"], model.predict(isolated)["energy"]
+    assert abs(e_bulk - e_isolated) > 1.0
+    # the same descriptor with periodic=False treats both as clusters, and says so
+    flat = SparseGP(descriptor=SOAP(**{**model.descriptor_.get_params(), "periodic": False}),
+                    n_sparse=30, hyperparameters="fixed").fit(clusters)
+    with pytest.warns(UserWarning, match="periodic=False"):
+        e_flat = flat.predict(bulk_cell)["energy"]
+    assert e_flat == pytest.approx(flat.predict(isolated)["energy"], abs=1e-10)
+    assert model.predict(clusters[0])["energy"] == pytest.approx(flat.predict(clusters[0])["energy"], abs=1e-9)
+    # a periodic model takes a cluster without a cell, and one in a box without pbc
+    boxed = clusters[0].copy()
+    boxed.center(vacuum=6.0)
+    assert cu_model.predict(boxed)["energy"] == pytest.approx(cu_model.predict(clusters[0])["energy"],
+                                                              abs=1e-9)
+
+
 def test_bad_input_errors(cu_model, cu_train):
     a = cu_train[0].copy()
     a.numbers[0] = 79
@@ -308,9 +344,8 @@ def test_bad_input_errors(cu_model, cu_train):
     with pytest.raises(gpal.InvalidPositionsError):
         cu_model.predict(b)
     c = cu_train[0].copy()
-    c.pbc = False
-    c.cell = None
-    with pytest.raises(gpal.MissingCellError):
+    c.cell = None  # periodic boundaries without a cell
+    with pytest.raises(gpal.MissingCellError, match="periodic boundaries"):
         cu_model.predict(c)
     d = cu_train[0].copy()
     d.positions[1] = d.positions[0] + [0.1, 0, 0]
@@ -336,6 +371,20 @@ def test_save_load_round_trip(tmp_path, cuag_model):
         np.testing.assert_array_equal(np.asarray(p[key]), np.asarray(q[key]))
     # a loaded model can keep learning
     loaded.update(cuag_frames(1, seed=42), n_sparse=2)
+
+
+def test_a_loaded_model_has_the_constructor_parameters_it_was_saved_with(tmp_path):
+    from sklearn.base import clone
+
+    frames = cu_frames(3, seed=43)
+    model = SparseGP(n_sparse=20, hyperparameters="fixed").fit(frames)  # descriptor and kernel unset
+    loaded = gpal.load(model.save(tmp_path / "model.npz"))
+    params, back = model.get_params(deep=False), loaded.get_params(deep=False)
+    assert back["descriptor"] is None and back["kernel"] is None
+    assert {k: v for k, v in back.items()} == {k: v for k, v in params.items()}
+    # so a clone of the loaded model chooses its descriptor afresh, e.g. for new species
+    new = clone(loaded).fit(cuag_frames(2, seed=44))
+    assert set(new.species_.tolist()) == {29, 47}
 
 
 def test_corrupted_model_files(tmp_path, cu_model):
@@ -595,7 +644,15 @@ def test_model_kernel_and_descriptor_follow_the_scikit_learn_estimator_api():
     assert (desc.l_max, model.kernel.zeta) == (2, 2)  # the original is untouched
     with pytest.raises(ValueError, match="Invalid parameter"):
         twin.set_params(descriptor__rcut=4.0)
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+    with pytest.raises(NotFittedError):  # gpal's own error is scikit-learn's too
+        model.predict(cu_frames(1, seed=5)[0])
     fitted = clone(model).fit(cu_frames(2, seed=5))
+    check_is_fitted(fitted)
     assert getattr(clone(fitted), "alpha_", None) is None  # a clone is never fitted
 
 

@@ -243,7 +243,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         d.setdefault("weighting", {"function": "poly", "r0": d["r_cut"], "c": 1, "m": 1})
         descriptor = SOAP(
             species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
-            periodic=d.pop("periodic", bool(structure.pbc.any())),
+            periodic=d.pop("periodic", True),  # each structure's pbc decides
             **d,
         )
     model_cfg = dict(cfg["model"])
@@ -333,7 +333,7 @@ def _descriptor_from_args(args, frames):
         n_max=8 if args.n_max is None else args.n_max,
         l_max=6 if args.l_max is None else args.l_max,
         sigma=0.5 if args.sigma is None else args.sigma,
-        periodic=any(bool(np.any(a.pbc)) for a in frames),
+        periodic=True,  # each frame's pbc decides
         weighting={"function": "poly", "r0": r_cut, "c": 1, "m": 1},
     )
 

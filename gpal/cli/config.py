@@ -213,7 +213,7 @@ def schema() -> dict:
     soap["species"] = Key("species", (list,), _MISSING,
                           "chemical symbols (default: those of the structure)")
     soap["periodic"] = dataclasses.replace(soap["periodic"], default=_MISSING,
-                                           doc="bool; default: whether the structure is periodic")
+                                           doc="bool; default true: each structure's pbc decides (false ignores pbc)")
     soap["weighting"] = dataclasses.replace(
         soap["weighting"], default=_MISSING,
         doc='dscribe weighting; default {function = "poly", r0 = r_cut, c = 1, m = 1} (smooth cutoff)')

@@ -459,8 +459,10 @@ class SOAP(Descriptor):
     sigma : float, default 1.0
         Width (Å) of the Gaussian atomic densities.
     periodic : bool, default False
-        Respect the periodicity of the atoms (their ``pbc``); needs a non-degenerate
-        cell.
+        Respect the periodicity of the atoms (their ``pbc``), as dscribe does; atoms
+        with a periodic direction need a non-degenerate cell. Atoms without one are
+        isolated, with or without a cell (dscribe asks for a cell here). With False
+        the ``pbc`` of the atoms is ignored: every structure is an isolated cluster.
     weighting : dict or None
         dscribe's weighting of the atomic densities:
 
@@ -771,12 +773,13 @@ class SOAP(Descriptor):
         if norms.min() == 0.0 or volume <= 1e-10 * float(np.prod(norms)):
             volume = math.nan
         if self.periodic:
-            if not math.isfinite(volume):
-                raise MissingCellError(
-                    "periodic=True needs atoms with a non-degenerate cell; got cell "
-                    f"{cell.tolist()} (set atoms.cell, or use periodic=False)."
-                )
             pbc = np.asarray(atoms.get_pbc(), dtype=np.bool_)
+            if pbc.any() and not math.isfinite(volume):
+                raise MissingCellError(
+                    f"atoms with periodic boundaries (pbc {pbc.tolist()}) need a non-degenerate "
+                    f"cell; got cell {cell.tolist()} (set atoms.cell, or atoms.pbc = False for "
+                    "an isolated structure)."
+                )
         else:
             pbc = np.zeros(3, dtype=np.bool_)
         spec = self._z_to_index[numbers] if len(numbers) else numbers.copy()

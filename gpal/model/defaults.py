@@ -60,10 +60,12 @@ def default_descriptor(frames) -> SOAP:
     """gpal's default SOAP for ``frames``: r_cut 5 Å, n_max 8, l_max 6, sigma 0.5, smooth cutoff.
 
     The ``poly`` weighting with ``r0 = r_cut`` makes the descriptor go smoothly to zero at
-    the cutoff, which MD needs for energy conservation.
+    the cutoff, which MD needs for energy conservation. ``periodic=True`` whatever the
+    frames: each structure's own ``pbc`` decides, so a model fitted on molecules treats a
+    periodic cell as periodic, and one fitted on crystals treats a cluster as a cluster.
     """
     species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
-    periodic = any(bool(np.any(a.pbc)) for a in frames)
+    periodic = True
     return SOAP(
         species=species,
         r_cut=5.0,

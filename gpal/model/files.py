@@ -69,6 +69,7 @@ class _Files:
                 "evidence": getattr(self, "evidence_", None),
             },
             "params": {
+                "descriptor": None if self.descriptor is None else self.descriptor.to_dict(),
                 "kernel": None if self.kernel is None else self.kernel.to_dict(),
                 "hyperparameters": self.hyperparameters,
                 "energy_noise": self.energy_noise, "force_noise": self.force_noise,
@@ -109,6 +110,9 @@ class _Files:
             params.setdefault("hyperparameters", "fixed")
             given_kernel = params.pop("kernel", kernel.to_dict())
             given_kernel = None if given_kernel is None else kernel_from_dict(given_kernel)
+            # files from before it was kept: the fitted descriptor stands for the given one
+            given_desc = params.pop("descriptor", meta["descriptor"])
+            given_desc = None if given_desc is None else descriptor_from_dict(given_desc)
             if isinstance(params.get("n_sparse"), dict):
                 params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
             if isinstance(params.get("e0"), dict):
@@ -116,7 +120,7 @@ class _Files:
             spec = meta.get("baseline")
             if spec is not None:
                 params["baseline"], params["baseline_kwargs"] = spec["factory"], dict(spec["kwargs"])
-            self = cls(desc, given_kernel, **params)
+            self = cls(given_desc, given_kernel, **params)
             self.descriptor_ = desc
             self.kernel_ = kernel
             choice = meta.get("hyperparameters", {})

@@ -399,6 +399,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self.force_noise_knee = force_noise_knee
         self.alpha_ = None
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """For ``sklearn.utils.validation.check_is_fitted`` (``alpha_`` exists unfitted)."""
+        return self.alpha_ is not None
+
     # ------------------------------------------------------------------ params
     # get_params / set_params / clone: scikit-learn's BaseEstimator (constructor arguments;
     # nested ``descriptor__r_cut``, ``kernel__zeta`` with deep=True)
@@ -443,12 +447,16 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return np.asarray(self.descriptor_.species_numbers_, dtype=np.int64)
 
     def _check(self, atoms, what="atoms"):
-        check_atoms(
-            atoms,
-            species=self.species_,
-            periodic=self.descriptor_.periodic,
-            what=what,
-        )
+        periodic = self.descriptor_.periodic
+        check_atoms(atoms, species=self.species_, periodic=periodic, what=what)
+        if not periodic and atoms.pbc.any():
+            warnings.warn(
+                "the model's descriptor has periodic=False: the periodic boundaries of these "
+                "atoms are ignored and they are evaluated as an isolated cluster (a descriptor "
+                "with periodic=True respects each structure's pbc)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _check_params(self) -> None:
         """Raise ``ValueError`` (one line) for a constructor argument :meth:`fit` cannot use.
