@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -562,13 +563,18 @@ def test_stored_calibration_is_checked_and_survives_save_load(cu_model, tmp_path
     from gpal.calibration import Calibration
 
     model = copy.deepcopy(cu_model)
+    frame = cu_frames(1, seed=43)[0]
+    with pytest.warns(UserWarning, match="no calibration"):  # nothing stored: raw stds, said
+        raw = model.predict(frame, forces_std=True, calibrated=True)["forces_std"]
+    np.testing.assert_array_equal(raw, model.predict(frame, forces_std=True)["forces_std"])
     with pytest.raises(ValueError, match="unknown calibration keys"):
         model.set_calibration(forces_std={"scale": 1.2, "conformal_q": 2.0})
     with pytest.raises(ValueError, match="scale must be"):
         model.set_calibration(forces_std={"scale": -1.0})
     model.set_calibration(forces_std=Calibration(scale=1.3, noise_scale=0.4, conformal_q90=1.8))
-    frame = cu_frames(1, seed=43)[0]
-    before = model.predict(frame, forces_std=True, calibrated=True)["forces_std"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        before = model.predict(frame, forces_std=True, calibrated=True)["forces_std"]
     back = SparseGP.load(model.save(tmp_path / "m.npz"))
     assert back.calibration_of("forces_std") == Calibration(1.3, 0.4, 1.8)
     np.testing.assert_allclose(back.predict(frame, forces_std=True, calibrated=True)["forces_std"], before,

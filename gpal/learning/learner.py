@@ -85,9 +85,11 @@ class Summary:
 
     ``oracle_calls`` counts every call of the oracle in this run folder, failures and
     retries included; ``oracle_calls_by_reason`` splits them (``bootstrap``,
-    ``uncertain``, ``rollback``, ``target`` for labels asked by a
-    :class:`gpal.TargetSet`, ``validation`` for calls recorded with
-    :meth:`ActiveLearner.count_oracle_calls`); a user's validation frames cost none.
+    ``uncertain``, ``temperature`` for the first frame at a new temperature step of the
+    sampler's ramp (:class:`gpal.Trigger`'s ``temperature_steps``), ``rollback``,
+    ``target`` for labels asked by a :class:`gpal.TargetSet`, ``validation`` for calls
+    recorded with :meth:`ActiveLearner.count_oracle_calls`); a user's validation frames
+    cost none.
     ``calibration`` holds the leave-one-frame-out calibration (:meth:`ActiveLearner.calibrate`);
     ``validation`` the errors on the user's validation frames, if any. Times are
     cumulative over the run and its resumes, except ``wall_time`` (this session).

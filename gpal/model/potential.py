@@ -743,6 +743,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
             the half-width of the 90 % interval of each force label, ``conformal_q90``
             times the calibrated std (held-out coverage, not a Gaussian assumption).
+            Stds without a stored calibration stay raw; when none of those asked for
+            has one, a ``UserWarning`` says so.
 
         Returns
         -------
@@ -804,6 +806,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if stress_std and has_cell:
                 out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
         if calibrated:
+            if not any(k in self.calibration_ for k in out if k.endswith("_std")):
+                warnings.warn(
+                    "calibrated=True, but the model stores no calibration of the stds asked for: "
+                    "they are the raw ones (an active-learning run or `gpal calibrate` stores one)",
+                    UserWarning, stacklevel=2)
             self._apply_calibration(out, novelty)
         self._plus_baseline(atoms, out)
         return out
