@@ -179,7 +179,8 @@ def needs(curve, f_al: float, n_calls: int) -> str | None:
     return None
 
 
-def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, threshold: float | None = None):
+def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, threshold: float | None = None,
+          n_sparse: int | None = None):
     """The active learner with its defaults (a Δ-model over ``baseline`` if given).
 
     Returns (model, summary dict, wall time in s); with ``reuse`` a finished run in
@@ -199,7 +200,8 @@ def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, thresho
         shutil.rmtree(run_dir)
     learner = ActiveLearner(
         molecule(MOLECULE), pyscf_oracle(**DFT),
-        None if baseline is None else SparseGP(n_sparse=300, baseline=baseline),  # 300: the default
+        None if baseline is None and n_sparse is None
+        else SparseGP(n_sparse=n_sparse or 300, baseline=baseline),  # 300: the default
         run_dir=run_dir, md=MDSettings(temperature=TEMPERATURE, timestep=TIMESTEP, friction=FRICTION),
         trigger=Trigger() if threshold is None else Trigger(threshold=threshold, adaptive=False),
         log_every=100, progress=False,
@@ -229,6 +231,8 @@ def main(argv=None):
     p.add_argument("--thresholds", nargs="+", default=["default"],
                    help="trigger of each learner run: 'default' (the learner's defaults) or a fixed "
                         "force-std threshold in eV/Å (Trigger(threshold=x, adaptive=False))")
+    p.add_argument("--n-sparse", type=int, default=None,
+                   help="the learner's model size (default: the learner's default model, 300)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick-curves", action="store_true", help="fewer AIMD prefix lengths")
     p.add_argument("--run-dir", default=str(CACHE / "dft_run"))
@@ -249,7 +253,8 @@ def main(argv=None):
     runs = []
     for thr in args.thresholds:
         threshold = None if thr == "default" else float(thr)
-        tag = "_defaults" if threshold is None else f"_thr{threshold:g}"
+        tag = ("_defaults" if threshold is None else f"_thr{threshold:g}") + (
+            f"_m{args.n_sparse}" if args.n_sparse else "")
         trig = "defaults" if threshold is None else f"threshold {threshold:g} eV/Å"
         if not args.no_plain:
             runs.append((f"gpal ({trig})", None, threshold, Path(args.run_dir + tag)))
@@ -257,7 +262,8 @@ def main(argv=None):
             runs.append((f"gpal Δ over GFN2-xTB ({trig})", xtb, threshold, Path(args.run_dir + "_delta" + tag)))
     if args.only_learn:
         for name, baseline, threshold, run_dir in runs:
-            model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold)
+            model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold,
+                                   n_sparse=args.n_sparse)
             print(f"{name}: {s['oracle_calls']} DFT calls, wall {wall:.0f} s, DFT {s['time_oracle']:.0f} s",
                   flush=True)
         return
@@ -277,7 +283,8 @@ def main(argv=None):
 
     results = []
     for name, baseline, threshold, run_dir in runs:
-        model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold)
+        model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold,
+                                   n_sparse=args.n_sparse)
         f_err, e_err = errors(model, test)
         results.append((name, baseline, s, f_err, e_err, len(model.sparse_X_)))
         print(f"\n{name}: {s['steps']} MD steps, {s['oracle_calls']} DFT calls "
