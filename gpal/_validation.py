@@ -223,3 +223,26 @@ def check_positive_int(name: str, value) -> int:
     ):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_number(name: str, value, *, low: float = -np.inf, strict: bool = False, integer: bool = False,
+                 none: bool = False, unit: str = ""):
+    """``value`` checked against a lower bound (``> low`` if ``strict`` else ``>= low``).
+
+    ``integer`` asks for an integer (not a bool) and returns an int, otherwise a finite
+    float; ``none`` lets None through. A ValueError (one line, naming ``name``) otherwise.
+    """
+    import numbers
+
+    if value is None and none:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = int(value) if integer else float(value)
+        ok = bool(np.isfinite(value)) and (value > low if strict else value >= low)
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bound = "" if low == -np.inf else f" {'>' if strict else '>='} {low:g}{unit and ' ' + unit}"
+        raise ValueError(f"{name} must be {what}{bound}{' or None' if none else ''}, got {value!r}")
+    return value

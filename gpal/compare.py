@@ -66,7 +66,7 @@ class ComparisonTable:
 
     COLUMNS = (
         ("name", "candidate", "{}"),
-        ("energy_rmse", "E RMSE meV/atom", "{:.2f}"),
+        ("energy_rmse", "E RMSE meV/atom", "{:.3g}"),
         ("force_rmse", "F RMSE eV/Å", "{:.4f}"),
         ("force_nll", "F NLL", "{:.3f}"),
         ("force_zms", "F ZMS", "{:.2f}"),
@@ -75,10 +75,12 @@ class ComparisonTable:
     )
 
     @classmethod
-    def column_widths(cls, rows=()) -> list[int]:
-        """Column widths fitting the headings (and ``rows``, if given)."""
+    def column_widths(cls, rows=(), names=()) -> list[int]:
+        """Column widths fitting the headings, ``rows`` and the candidate ``names``, if given."""
         cells = [[fmt.format(r[k]) for k, _, fmt in cls.COLUMNS] for r in rows]
-        return [max(len(h), 8, *(len(c[i]) for c in cells)) for i, (_, h, _) in enumerate(cls.COLUMNS)]
+        widths = [max(len(h), 8, *(len(c[i]) for c in cells)) for i, (_, h, _) in enumerate(cls.COLUMNS)]
+        widths[0] = max(widths[0], *(len(n) for n in names)) if names else widths[0]
+        return widths
 
     @classmethod
     def header(cls, widths=None) -> str:

@@ -298,6 +298,19 @@ temperature = 600.0
     longer.write_text(text.replace("steps = 60", "steps = 90"))
     assert main(["learn", str(longer), "--resume", str(tmp_path / "run"), "-q"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 90
+    # steps are a total: fewer than the run has made is refused, not silently ignored
+    assert main(["learn", "--resume", str(tmp_path / "run"), "--steps", "50", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps 50 is below the 90 steps this run has made" in err
+
+
+def test_learn_descriptor_keys_left_out_take_gpal_defaults(tmp_path, capsys):
+    cfg = tmp_path / "rc.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 5\n[structure]\nbulk = "Cu"\n'
+                   'repeat = [2, 2, 2]\n[descriptor]\nr_cut = 4.0\n[model]\nn_sparse = 20\n')
+    assert main(["learn", str(cfg), "-q"]) == 0
+    d = gpal.load(tmp_path / "run" / "model.npz").descriptor_
+    assert (d.r_cut, d.n_max, d.l_max, d.sigma, d.periodic) == (4.0, 8, 6, 0.5, True)
 
 
 def test_learn_continues_a_fitted_model_file(tmp_path, capsys):

@@ -42,6 +42,15 @@ def bad(tmp_path_factory):
     (d / "noise.toml").write_text('run_dir = "noise_run"\n[model]\nforce_noise = -1.0\n')
     nostate.mkdir()
     (nostate / "state.json").write_text('{"total_steps": 3}')
+    # bad values a type check lets through: each must fail before the run folder exists
+    for name, text in {
+        "walkers0": "[learner]\nn_walkers = 0\n", "timestep": "[md]\ntimestep = -1.0\n",
+        "coldtemp": "[md]\ntemperature = -300.0\n", "steps": "steps = -5\n", "workers": "workers = 0\n",
+        "boot0": "[learner]\nn_bootstrap = 0\n", "oracle": '[oracle]\nfactory = "nosuchmodule:Calc"\n',
+        "retries": "[learner]\noracle_retries = -1\n", "sparse": "[model]\nn_sparse = -3\n",
+        "vstep": "[validation]\nsteps = 10\ntimestep = 0.0\n",
+    }.items():
+        (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
 
 
@@ -107,6 +116,28 @@ CASES = [
     pytest.param(["ipi", "{d}/model.npz"], "one of the arguments --unix --port is required",
                  id="ipi-no-socket"),
     pytest.param(["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'", id="unknown-command"),
+    pytest.param(["learn", "{d}/v_walkers0.toml"], "[learner] n_walkers must be an integer >= 1, got 0",
+                 id="config-zero-walkers"),
+    pytest.param(["learn", "{d}/v_timestep.toml"], "[md] timestep must be a finite number > 0 fs, got -1.0",
+                 id="config-negative-timestep"),
+    pytest.param(["learn", "{d}/v_coldtemp.toml"], "[md] temperature must be a finite number >= 0 K",
+                 id="config-negative-temperature"),
+    pytest.param(["learn", "{d}/v_steps.toml"], "steps must be >= 0, got -5", id="config-negative-steps"),
+    pytest.param(["learn", "{d}/v_workers.toml"], "workers must be >= 1, got 0", id="config-zero-workers"),
+    pytest.param(["learn", "{d}/v_boot0.toml"], "n_bootstrap must be >= 1 for a new model",
+                 id="config-zero-bootstrap"),
+    pytest.param(["learn", "{d}/v_oracle.toml"], "cannot import oracle module 'nosuchmodule'",
+                 id="config-oracle-import"),
+    pytest.param(["learn", "{d}/v_retries.toml"], "oracle_retries must be an integer >= 0, got -1",
+                 id="config-negative-retries"),
+    pytest.param(["learn", "{d}/v_sparse.toml"], "n_sparse must be an integer >= 1, got -3",
+                 id="config-negative-n-sparse"),
+    pytest.param(["learn", "{d}/v_vstep.toml"], "[validation] timestep must be a finite number > 0",
+                 id="config-validation-timestep"),
+    pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "--temperature", "-100"],
+                 "argument --temperature: must be a finite number >= 0", id="md-negative-temperature"),
+    pytest.param(["fit", "{d}/train.xyz", "-o", "{d}/no/such/folder/m.npz"], "does not exist",
+                 id="fit-output-folder"),
 ]
 
 
@@ -130,6 +161,7 @@ def test_bad_input_is_one_line_and_exit_code_2(bad, argv, fragment, capsys, monk
     assert ": error: " in lines[0]
     assert fragment in lines[0]
     assert "Traceback" not in captured.err
+    assert not any(bad.glob("v_*_run"))  # a bad configuration leaves no run folder behind
 
 
 def test_bad_input_in_a_real_process(bad):

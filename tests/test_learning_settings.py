@@ -115,3 +115,35 @@ def test_flat_names_are_views_of_the_groups(tmp_path):
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["groups"]["growth"]["sparse_per_label"] == 7 and state["groups"]["oracle_settings"]["max_calls"] == 11
     assert state["groups"]["bootstrap"]["rattle"] == 0.05
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda: MDSettings(timestep=0.0), "timestep must be a finite number > 0 fs"),
+    (lambda: MDSettings(temperature=(300.0, -5.0)), "temperature must be a finite number >= 0 K"),
+    (lambda: MDSettings(temperature=float("nan")), "temperature must be a finite number"),
+    (lambda: MDSettings(friction=-0.1), "friction must be a finite number >= 0"),
+    (lambda: Bootstrap(n_frames=-1), "n_bootstrap must be an integer >= 0"),
+    (lambda: Bootstrap(n_candidates=2.5), "n_candidates must be an integer >= 1"),
+    (lambda: Bootstrap(rattle=-0.1), "rattle must be a finite number >= 0 Å"),
+    (lambda: ModelGrowth(optimize_every=0.5), "optimize_every must be 0 (never) or a growth factor >= 1"),
+    (lambda: ModelGrowth(max_sparse=0), "max_sparse must be an integer >= 1"),
+    (lambda: OracleSettings(timeout=0.0), "oracle_timeout must be a finite number > 0 s or None"),
+    (lambda: OracleSettings(on_failure="retry"), "on_oracle_failure must be one of"),
+    (lambda: Validation(check_every=-1), "check_every must be an integer >= 0"),
+    (lambda: RunSettings(log_every=True), "log_every must be an integer >= 1"),
+])
+def test_settings_refuse_values_outside_their_range(make, fragment):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert fragment in str(err.value)
+
+
+def test_learner_refuses_bad_counts_before_any_oracle_call(tmp_path):
+    with pytest.raises(ValueError, match="n_walkers must be an integer >= 1"):
+        _learner(tmp_path, n_walkers=0)
+    with pytest.raises(ValueError, match="n_bootstrap must be >= 1 for a model that is not fitted"):
+        _learner(tmp_path, n_bootstrap=0)
+    L = _learner(tmp_path)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        L.run(-5)
+    assert L.oracle.n_calls == 0 and not (tmp_path / "run").exists()

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import tomllib
+import os
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -128,7 +129,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.resume)
     args.run_dir_used = run_dir
-    _load_state(run_dir)
+    state = _load_state(run_dir)
     steps, executor = args.steps, None
     if args.config:
         cfg, user = config.load_config(args.config)
@@ -146,6 +147,10 @@ def _resume(args: argparse.Namespace) -> int:
                               f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
         if steps is None and "steps" in user:
             steps = int(user["steps"])
+    if steps is not None and steps < int(state["step"]):
+        raise GpalError(f"--steps {steps} is below the {state['step']} steps this run has made: steps "
+                        "are a total, not an increment (give more to continue)")
+    if args.config:
         if int(cfg.get("workers", 1)) > 1:
             from concurrent.futures import ProcessPoolExecutor
 
@@ -192,8 +197,10 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
+    from .._validation import check_number
     from ..learning.learner import ActiveLearner, MDSettings, Trigger
     from ..learning.oracle import OracleSpec
+    from ..learning.settings import FLAT_NAMES, group_flat
     from ..model import SparseGP
 
     if args.print_config:
@@ -209,6 +216,50 @@ def cmd_learn(args: argparse.Namespace) -> int:
         cfg["steps"] = args.steps
     if args.run_dir:
         cfg["run_dir"] = args.run_dir
+    # everything the run needs is built and checked before its folder is touched
+    for key, low in (("steps", 0), ("workers", 1), ("walker_workers", 1)):
+        if key in cfg and int(cfg[key]) < low:
+            raise ConfigError(f"{key} must be >= {low}, got {cfg[key]}")
+    for key, low, strict in (("steps", 0, False), ("every", 1, False), ("temperature", 0, False),
+                             ("timestep", 0, True)):
+        if key in cfg.get("validation", {}):
+            check_number(f"[validation] {key}", cfg["validation"][key], low=low, strict=strict)
+    structure = _structure(cfg["structure"])
+    oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
+    oracle.resolve()  # an unimportable factory fails here, not on every label
+    md = dict(cfg["md"])
+    if isinstance(md.get("temperature"), list):
+        md["temperature"] = tuple(md["temperature"])
+    md = MDSettings(**md)
+    trigger = Trigger(**cfg["trigger"])
+    learner_cfg = dict(cfg["learner"])
+    check_number("[learner] n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
+    group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
+    descriptor = None
+    if cfg.get("descriptor"):
+        from ..descriptors import SOAP
+
+        d = dict(cfg["descriptor"])
+        for key, value in (("r_cut", 5.0), ("n_max", 8), ("l_max", 6), ("sigma", 0.5)):
+            d.setdefault(key, value)  # gpal's defaults (gpal learn --print-config)
+        d.setdefault("weighting", {"function": "poly", "r0": d["r_cut"], "c": 1, "m": 1})
+        descriptor = SOAP(
+            species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
+            periodic=d.pop("periodic", True),  # each structure's pbc decides
+            **d,
+        )
+    model_cfg = dict(cfg["model"])
+    if "file" in model_cfg:  # a fitted model to continue (its settings come with it);
+        # read before the run folder is made: a wrong path leaves nothing behind
+        from .. import load
+
+        model = load(model_cfg["file"])
+    else:
+        model = SparseGP(descriptor, **model_cfg)
+        model._check_params()
+        if learner_cfg.get("n_bootstrap", 1) < 1:
+            raise ConfigError("[learner] n_bootstrap must be >= 1 for a new model (the first labels "
+                              "make it); 0 only with [model] file")
     run_dir = Path(cfg["run_dir"])
     args.run_dir_used = run_dir
     if run_dir.exists() and not run_dir.is_dir():
@@ -229,32 +280,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
             if diff is not None:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
                                   f"({diff}); use --overwrite to move it aside")
-    structure = _structure(cfg["structure"])
-    oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
-    md = dict(cfg["md"])
-    if isinstance(md.get("temperature"), list):
-        md["temperature"] = tuple(md["temperature"])
-    descriptor = None
-    if cfg.get("descriptor"):
-        from ..descriptors import SOAP
-
-        d = dict(cfg["descriptor"])
-        d.setdefault("r_cut", 5.0)
-        d.setdefault("weighting", {"function": "poly", "r0": d["r_cut"], "c": 1, "m": 1})
-        descriptor = SOAP(
-            species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
-            periodic=d.pop("periodic", True),  # each structure's pbc decides
-            **d,
-        )
-    model_cfg = dict(cfg["model"])
-    if "file" in model_cfg:  # a fitted model to continue (its settings come with it);
-        # read before the run folder is made: a wrong path leaves nothing behind
-        from .. import load
-
-        model = load(model_cfg["file"])
-    else:
-        model = SparseGP(descriptor, **model_cfg)
-
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
     validation = None
@@ -280,14 +305,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
             oracle,
             model,
             run_dir=run_dir,
-            md=MDSettings(**md),
-            trigger=Trigger(**cfg["trigger"]),
+            md=md,
+            trigger=trigger,
             validation=validation,
             executor=executor,
             progress=not args.quiet,
             targets=targets,
             walker_executor=walkers[0],
-            **cfg["learner"],
+            **learner_cfg,
         )
         if validation is not None:  # the oracle MD behind them: every call counts
             learner.count_oracle_calls("validation", int(cfg["validation"]["steps"]))
@@ -374,6 +399,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         force_noise=args.force_noise, stress_noise=args.stress_noise,
         baseline=args.baseline, baseline_kwargs=args.baseline_kwargs,
     )
+    # what would fail after the fit fails before it: the output folder, the baseline
+    _check_output_folder(args.output)
+    if args.baseline:
+        from .. import baseline as _baseline
+
+        _baseline.make_baseline(args.baseline, args.baseline_kwargs)
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
     if auto:
         from ..compare import select_kernel_by_evidence
@@ -392,6 +423,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = model.save(args.output)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
+
+
+def _check_output_folder(path) -> None:
+    """A GpalError now (not after a long fit) if ``path``'s folder is missing or not writable."""
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise GpalError(f"-o {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise GpalError(f"-o {path}: the folder {folder} is not writable")
 
 
 def _evidence_lines(table) -> list[str]:
@@ -561,6 +601,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{'quantity':<36}{'value':>12}  unit")
     for name, value, unit in rows:
         print(f"{name:<36}{value:>12.4g}  {unit}")
+    if args.no_plots:
+        return 0
     out = Path(args.plots)
     out.mkdir(parents=True, exist_ok=True)
     f_true = np.concatenate([a.get_forces().ravel() for a in test])
@@ -594,7 +636,7 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"written by gpal {meta.get('gpal_version')})")
     print(f"  species     : {', '.join(sym)}")
     print(f"  descriptor  : SOAP r_cut {d['r_cut']:g} Å, n_max {d['n_max']}, l_max {d['l_max']}, "
-          f"sigma {d['sigma']:g} Å, {'periodic' if d['periodic'] else 'non-periodic'}{weighting}")
+          f"sigma {d['sigma']:g} Å, {'periodic (each structure pbc)' if d['periodic'] else 'non-periodic (pbc ignored)'}{weighting}")
     print(f"  kernel      : {model.kernel_!r}")
     nz = model.noise_
     print(f"  noises      : energy {nz['energy']:.4g} eV/atom, force {nz['force']:.4g} eV/Å, "
@@ -621,18 +663,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         for line in lines[1:]:
             print("  " + line)
     elif hp:
-        print(f"  evidence    : {json.dumps(hp)}")
+        lml = hp.get("log_marginal_likelihood")
+        given = "every hyperparameter given" if hp.get("mode") == "evidence" else f"mode {hp.get('mode')!r}"
+        print(f"  evidence    : none ({given}"
+              + ("" if lml is None else f"; log marginal likelihood {lml:.6g}") + ")")
     return 0
 
 
 # --------------------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare kernel and descriptor choices; print each table row as it is measured."""
-    from ..compare import ComparisonTable, compare_kernels
+    from ..compare import ComparisonTable, compare_kernels, default_candidates
 
     train = _read_labelled(args.train, args, "training frames")
     test = _read_labelled(args.test, args, "test frames")
-    widths = ComparisonTable.column_widths()
+    widths = ComparisonTable.column_widths(names=[c.name for c in default_candidates()])
     print(ComparisonTable.header(widths), flush=True)
 
     def show(row: dict) -> None:
@@ -696,6 +741,20 @@ def _positive(kind):
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"non-negative {kind.__name__}"
     return parse
 
 
@@ -772,11 +831,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("start", help="start structure (any ASE format; its last frame)")
     s.add_argument("-o", "--output", default="md.xyz",
                    help="extxyz (.xyz: energies_std, forces_std columns) or ASE .traj (default md.xyz)")
-    s.add_argument("--steps", type=_positive(int), default=1000)
-    s.add_argument("--temperature", type=float, default=300.0, help="K")
-    s.add_argument("--timestep", type=_positive(float), default=1.0, help="fs")
-    s.add_argument("--ensemble", choices=("nvt", "nve"), default="nvt")
-    s.add_argument("--interval", type=_positive(int), default=10, help="write every this many steps")
+    s.add_argument("--steps", type=_positive(int), default=1000, help="MD steps (default 1000)")
+    s.add_argument("--temperature", type=_non_negative(float), default=300.0,
+                   help="K: Langevin thermostat (nvt), initial momenta (nve) (default 300)")
+    s.add_argument("--timestep", type=_positive(float), default=1.0, help="fs (default 1)")
+    s.add_argument("--ensemble", choices=("nvt", "nve"), default="nvt", help="default nvt")
+    s.add_argument("--interval", type=_positive(int), default=10,
+                   help="write every this many steps (default 10)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--raw", action="store_true", help="raw stds even if the model stores a calibration")
     s.add_argument("-q", "--quiet", action="store_true")
@@ -791,7 +852,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--in-place", action="store_true", help="overwrite MODEL with the calibrated model")
     s.add_argument("--raw", action="store_true", help="score raw stds even if the model stores a calibration")
     s.add_argument("--alpha", type=float, default=0.1, help="miscoverage level of the intervals")
-    s.add_argument("--plots", default="validation_plots")
+    s.add_argument("--plots", default="validation_plots", metavar="DIR",
+                   help="folder for the parity, calibration and z-score plots (PNG; default "
+                        "validation_plots)")
+    s.add_argument("--no-plots", action="store_true", help="print the table only")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("info", help="describe a model file")
@@ -858,7 +922,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format=f"gpal {args.command}: %(levelname)s: %(message)s"
+                        + (" [%(name)s]" if args.verbose else ""))
     prog = f"gpal {args.command}"
     learn = args.command == "learn" and threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if learn else None

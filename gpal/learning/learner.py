@@ -44,7 +44,7 @@ from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import as_rng, check_atoms
+from .._validation import as_rng, check_atoms, check_number
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
 from ..io import append_frame, atomic_write, read_frames, write_frames
@@ -268,15 +268,14 @@ class ActiveLearner:
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         self.trigger = trigger or Trigger()
-        if orc.on_failure not in ("skip", "stop"):
-            raise ValueError(f"on_oracle_failure must be 'skip' or 'stop', got {orc.on_failure!r}")
-        self.n_walkers = int(n_walkers)
+        self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
+        if boot.n_frames < 1 and getattr(self.model, "alpha_", None) is None:
+            raise ValueError("n_bootstrap must be >= 1 for a model that is not fitted yet (the first "
+                             "labels make it), got 0")
         # the groups hold the settings (the flat names below read and write them, and
         # state.json is generated from them); the resolved defaults are written back
         if boot.rattle is None:
             boot.rattle = 0.05 if all(np.all(a.pbc) for a in self.structures) else 0.02
-        if not float(boot.rattle) >= 0:
-            raise ValueError(f"rattle must be >= 0 Å, got {boot.rattle!r}")
         boot.n_frames, boot.n_candidates, boot.rattle = int(boot.n_frames), int(boot.n_candidates), float(boot.rattle)
         grow.sparse_per_label, grow.max_sparse = int(grow.sparse_per_label), int(grow.max_sparse)
         grow.optimize_every = float(grow.optimize_every)
@@ -425,6 +424,7 @@ class ActiveLearner:
             self._times["oracle"] += time.perf_counter() - t0
             self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
         good = [a for a in labelled if a is not None]
+        self._last_failures = failures
         for f in failures:
             self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts})
         if failures and self.on_oracle_failure == "stop":
@@ -575,7 +575,9 @@ class ActiveLearner:
         labelled = self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
-            raise OracleError("no bootstrap frame could be labelled; see log.jsonl")
+            failures = getattr(self, "_last_failures", [])
+            first = f" (the first failure: {failures[0].reason})" if failures else ""
+            raise OracleError(f"no bootstrap frame could be labelled{first}; see log.jsonl")
         t0 = time.perf_counter()
         if self.model.alpha_ is None:
             self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
@@ -695,8 +697,12 @@ class ActiveLearner:
         Summary
         """
         t_start = time.perf_counter()
+        steps = check_number("steps", steps, low=0, integer=True)
+        if steps < self.step:
+            warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
+                          "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.total_steps = int(steps)
+        self.total_steps = steps
         if self.ramp_steps is None:  # the temperature protocol spans the first run's steps
             self.ramp_steps = self.total_steps
         try:

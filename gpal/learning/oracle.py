@@ -60,6 +60,10 @@ class OracleSpec:
 
     def make(self):
         """Import the factory and build a calculator."""
+        return self.resolve()(**self.kwargs)
+
+    def resolve(self):
+        """The factory itself (imported, not called), or :class:`gpal.OracleError`."""
         module, _, name = self.factory.partition(":")
         try:
             obj = importlib.import_module(module)
@@ -70,7 +74,9 @@ class OracleSpec:
                 obj = getattr(obj, part)
             except AttributeError as exc:
                 raise OracleError(f"{module!r} has no attribute {name!r}") from exc
-        return obj(**self.kwargs)
+        if not callable(obj):
+            raise OracleError(f"oracle factory {self.factory!r} is not callable")
+        return obj
 
     def key(self) -> str:
         return f"{self.factory}|{sorted(self.kwargs.items())!r}"

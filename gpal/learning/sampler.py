@@ -9,6 +9,8 @@ import numpy as np
 from ase import units
 from ase.md.langevin import Langevin
 
+from .._validation import check_number
+
 
 __all__ = ["MDSettings"]
 
@@ -35,6 +37,19 @@ class MDSettings:
     timestep: float = 1.0
     friction: float = 0.02
     factory: Callable | None = None
+
+    def __post_init__(self):
+        t = self.temperature
+        if isinstance(t, (tuple, list)):
+            if len(t) != 2:
+                raise ValueError(f"temperature must be a number or a (start, end) pair in K, got {t!r}")
+            self.temperature = tuple(check_number("temperature", x, low=0, unit="K") for x in t)
+        else:
+            self.temperature = check_number("temperature", t, low=0, unit="K")
+        self.timestep = check_number("timestep", self.timestep, low=0, strict=True, unit="fs")
+        self.friction = check_number("friction", self.friction, low=0, unit="1/fs")
+        if self.factory is not None and not callable(self.factory):
+            raise TypeError(f"factory must be callable, got {type(self.factory).__name__}")
 
     def temperature_at(self, frac: float) -> float:
         if isinstance(self.temperature, (tuple, list)):

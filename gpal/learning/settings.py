@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validation import check_number, check_option
+
 __all__ = ["Bootstrap", "ModelGrowth", "OracleSettings", "RunSettings", "Validation", "FLAT_NAMES",
            "group_flat", "settings_state", "settings_from_state"]
 
@@ -56,6 +58,12 @@ class Bootstrap:
     rattle: float | None = None
     n_sparse: int = 300
 
+    def __post_init__(self):
+        self.n_frames = check_number("n_bootstrap", self.n_frames, low=0, integer=True)
+        self.n_candidates = check_number("n_candidates", self.n_candidates, low=1, integer=True)
+        self.rattle = check_number("rattle", self.rattle, low=0, none=True, unit="Å")
+        self.n_sparse = check_number("n_sparse_initial", self.n_sparse, low=1, integer=True)
+
 
 @dataclass
 class ModelGrowth:
@@ -86,6 +94,13 @@ class ModelGrowth:
     sparse_refresh: bool = True
     max_sparse: int = 2000
 
+    def __post_init__(self):
+        self.sparse_per_label = check_number("sparse_per_label", self.sparse_per_label, low=0, integer=True)
+        self.optimize_every = check_number("optimize_every", self.optimize_every, low=0)
+        if 0 < self.optimize_every < 1:
+            raise ValueError(f"optimize_every must be 0 (never) or a growth factor >= 1, got {self.optimize_every!r}")
+        self.max_sparse = check_number("max_sparse", self.max_sparse, low=1, integer=True)
+
 
 @dataclass
 class OracleSettings:
@@ -110,6 +125,12 @@ class OracleSettings:
     on_failure: str = "skip"
     max_calls: int | None = None
 
+    def __post_init__(self):
+        self.timeout = check_number("oracle_timeout", self.timeout, low=0, strict=True, none=True, unit="s")
+        self.retries = check_number("oracle_retries", self.retries, low=0, integer=True)
+        check_option("on_oracle_failure", self.on_failure, ("skip", "stop"))
+        self.max_calls = check_number("max_oracle_calls", self.max_calls, low=1, integer=True, none=True)
+
 
 @dataclass
 class Validation:
@@ -123,12 +144,15 @@ class Validation:
         errors of its own labels. Saved as ``validation.xyz`` in the run folder.
     stopping : gpal.calibration.StoppingRule, optional
     check_every : int, default 100
-        MD steps between stopping-rule checks.
+        MD steps between stopping-rule checks; 0 never checks.
     """
 
     frames: Any = field(default=None, metadata={"state": False})
     stopping: Any = field(default=None, metadata={"state": False})
     check_every: int = 100
+
+    def __post_init__(self):
+        self.check_every = check_number("check_every", self.check_every, low=0, integer=True)
 
 
 @dataclass
@@ -157,6 +181,14 @@ class RunSettings:
     random_state: int = 0
     max_force: float = 20.0
     max_temperature: float | None = None
+
+    def __post_init__(self):
+        self.checkpoint_every = check_number("checkpoint_every", self.checkpoint_every, low=1, integer=True)
+        self.checkpoint_seconds = check_number("checkpoint_seconds", self.checkpoint_seconds, low=0, unit="s")
+        self.log_every = check_number("log_every", self.log_every, low=1, integer=True)
+        self.max_force = check_number("max_force", self.max_force, low=0, strict=True, unit="eV/Å")
+        self.max_temperature = check_number("max_temperature", self.max_temperature, low=0, strict=True,
+                                            none=True, unit="K")
 
 
 GROUPS = {"bootstrap": Bootstrap, "growth": ModelGrowth, "oracle_settings": OracleSettings,

@@ -564,7 +564,9 @@ class _Evidence:
         for nm, lev, b in zip(names, levels, noise_bounds):
             if b != "fixed":
                 side = _bound_side(lev, b)
-                if side:
+                if side == "lower":  # the noise floor: what a deterministic oracle gives
+                    log.info("%s_noise at its lower bound %.3g %s", nm, lev, _UNITS[nm])
+                elif side:
                     at_bound.append(f"{nm}_noise = {lev:.3g} {_UNITS[nm]} (at its {side} bound)")
         if sv_bounds is not None:
             side = _bound_side(kernel.signal_variance, sv_bounds)
@@ -574,9 +576,8 @@ class _Evidence:
         if at_bound:
             warnings.warn(
                 "hyperparameters chosen by the evidence sit at a bound of their range: "
-                + "; ".join(at_bound) + ". The evidence would move them further (a lower "
-                "noise bound is normal for a deterministic oracle); set the value explicitly "
-                "to fix it.",
+                + "; ".join(at_bound) + ". The evidence would move them further; set the "
+                "value explicitly to fix it.",
                 UserWarning,
                 stacklevel=warn_stacklevel,
             )
@@ -688,8 +689,10 @@ class _Evidence:
                 nb = [tuple(nb)] * len(present)
             for g, lev, b in zip(present, res.noise_levels, nb):
                 side = None if isinstance(b, str) else _bound_side(lev, b)
-                if side:
-                    name = _GROUP_NAMES[g]
+                name = _GROUP_NAMES[g]
+                if side == "lower":  # the noise floor: what a deterministic oracle gives
+                    log.info("%s_noise at its lower bound %.3g %s", name, lev, _UNITS[name])
+                elif side:
                     at_bound.append(f"{name}_noise = {lev:.3g} {_UNITS[name]} (at its {side} bound)")
         free = [h for h in kernel.hyperparameters if not h.fixed]
         for h in free:
@@ -699,8 +702,7 @@ class _Evidence:
         if at_bound:
             warnings.warn(
                 "optimised hyperparameters sit at a bound of their range: " + "; ".join(at_bound)
-                + ". The evidence would move them further (a lower noise bound is normal for "
-                "a deterministic oracle); widen the bound or fix the value.",
+                + ". The evidence would move them further; widen the bound or fix the value.",
                 UserWarning,
                 stacklevel=3,
             )

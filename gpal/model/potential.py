@@ -54,6 +54,7 @@ from .._validation import (
     check_frames,
     check_is_fitted,
     check_min_distance,
+    check_number,
     frame_labels,
 )
 from ..descriptors import SOAP, pair_forces, pair_stress
@@ -479,6 +480,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
         self._budget_bytes()  # a bad memory_budget_gb
+        sizes = self.n_sparse.values() if isinstance(self.n_sparse, dict) else [self.n_sparse]
+        for size in sizes:
+            check_number("n_sparse", size, low=1, integer=True)
         knee = self.force_noise_knee
         if not (knee is None or (isinstance(knee, str) and knee == "auto") or (
                 isinstance(knee, (int, float, np.floating)) and not isinstance(knee, bool) and knee > 0)):
@@ -743,8 +747,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
             the half-width of the 90 % interval of each force label, ``conformal_q90``
             times the calibrated std (held-out coverage, not a Gaussian assumption).
-            Stds without a stored calibration stay raw; when none of those asked for
-            has one, a ``UserWarning`` says so.
+            Stds without a stored calibration stay raw (a model without any calibration
+            warns).
 
         Returns
         -------
@@ -806,10 +810,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if stress_std and has_cell:
                 out["stress_std"] = np.sqrt(np.clip(self.solver_.var_sor(rowS), 0, None))
         if calibrated:
-            if not any(k in self.calibration_ for k in out if k.endswith("_std")):
+            if not self.calibration_:
                 warnings.warn(
-                    "calibrated=True, but the model stores no calibration of the stds asked for: "
-                    "they are the raw ones (an active-learning run or `gpal calibrate` stores one)",
+                    "calibrated=True, but the model stores no calibration: the stds are the raw "
+                    "ones (an active-learning run or `gpal validate --calibrate` stores one)",
                     UserWarning, stacklevel=2)
             self._apply_calibration(out, novelty)
         self._plus_baseline(atoms, out)
