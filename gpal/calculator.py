@@ -171,7 +171,7 @@ class GPCalculator(Calculator):
                     self.results[k] = res[k]
         if key not in self.results:  # forces_interval90 without a calibrated conformal quantile
             raise ValueError(f"{key!r} needs GPCalculator(calibrated=True) and a stored force "
-                             "calibration with a conformal quantile (ActiveLearner, gpal calibrate)")
+                             "calibration with a conformal quantile (ActiveLearner, gpal validate --calibrate)")
         return self.results[key]
 
 

@@ -743,7 +743,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             of the atom under the root (the error the projected std cannot see, for
             environments away from the sparse points).
             When the stored force calibration has a split-conformal quantile
-            (``conformal_q90``, which the active learner and ``gpal calibrate`` store),
+            (``conformal_q90``, which the active learner and ``gpal validate --calibrate`` store),
             ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
             the half-width of the 90 % interval of each force label, ``conformal_q90``
             times the calibrated std (held-out coverage, not a Gaussian assumption).
