@@ -335,6 +335,20 @@ def test_each_structure_pbc_decides_periodicity(cu_model, cu_train):
                                                               abs=1e-9)
 
 
+def test_atoms_without_neighbours(cu_model, cu_train):
+    # an isolated atom (no pair within the cutoff) and two far apart: no pair terms at all
+    one = cu_train[0][:1]
+    one.pbc, one.cell = False, None
+    two = cu_train[0][:2]
+    two.pbc, two.cell = False, None
+    two.positions[1] = two.positions[0] + [8.0, 0.0, 0.0]
+    p1 = cu_model.predict(one, return_std=True, forces_std=True)
+    p2 = cu_model.predict(two, return_std=True, forces_std=True)
+    assert p2["energy"] == pytest.approx(2 * p1["energy"], rel=1e-10)
+    assert not p1["forces"].any() and not p2["forces"].any() and not p2["forces_std"].any()
+    np.testing.assert_allclose(p2["energies_std"], p1["energies_std"][0], rtol=1e-12)
+
+
 def test_bad_input_errors(cu_model, cu_train):
     a = cu_train[0].copy()
     a.numbers[0] = 79

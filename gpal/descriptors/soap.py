@@ -191,7 +191,7 @@ def pair_forces(dE_dvec, center, neighbor, n_atoms: int) -> np.ndarray:
     neighbor = np.ascontiguousarray(neighbor, dtype=np.int64)
     if center.shape != (g.shape[0],) or neighbor.shape != (g.shape[0],):
         raise ValueError("center and neighbor must have shape (n_pairs,).")
-    flat = np.ascontiguousarray(g.reshape(g.shape[0], -1))
+    flat = np.ascontiguousarray(g.reshape(g.shape[0], int(np.prod(g.shape[1:]))))  # 0 pairs too
     out = jit.pair_forces_kernel(flat, center, neighbor, int(n_atoms))
     return out.reshape((int(n_atoms),) + g.shape[1:])
 
