@@ -282,6 +282,8 @@ temperature = 600.0
     assert "oracle calls" in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 60
+    # the validation trajectory's calls as made: its start and each of its 40 MD steps
+    assert summary["oracle_calls_by_reason"]["validation"] == 41
     # a second start in the same folder refuses; resume continues
     assert main(["learn", str(cfg), "-q"]) == 2
     assert "already holds a run" in capsys.readouterr().err

@@ -131,11 +131,21 @@ def test_flat_names_are_views_of_the_groups(tmp_path):
     (lambda: OracleSettings(on_failure="retry"), "on_oracle_failure must be one of"),
     (lambda: Validation(check_every=-1), "check_every must be an integer >= 0"),
     (lambda: RunSettings(log_every=True), "log_every must be an integer >= 1"),
+    (lambda: RunSettings(random_state=1.5), "random_state must be an integer >= 0"),
+    (lambda: Bootstrap(n_frames=5, n_candidates=2), "n_candidates (2) must be >= n_bootstrap (5)"),
+    (lambda: ModelGrowth(optimize_noise="no"), "optimize_noise must be True or False"),
+    (lambda: Trigger(threshold=float("inf")), "trigger threshold must be a finite number > 0"),
+    (lambda: Trigger(adapt_margin=float("nan")), "adapt_margin must be a finite number >= 0"),
+    (lambda: Trigger(every=2.5), "trigger every must be an integer >= 1"),
+    (lambda: Trigger(max_labels=True), "trigger max_labels must be an integer >= 1"),
+    (lambda: Trigger(threshold=0.1, threshold_min=0.5), "threshold_min (0.5) must not exceed"),
 ])
 def test_settings_refuse_values_outside_their_range(make, fragment):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises((ValueError, TypeError)) as err:
         make()
     assert fragment in str(err.value)
+    with pytest.raises(TypeError, match="StoppingRule"):
+        Validation(stopping=5)
 
 
 def test_learner_refuses_bad_counts_before_any_oracle_call(tmp_path):
@@ -143,6 +153,8 @@ def test_learner_refuses_bad_counts_before_any_oracle_call(tmp_path):
         _learner(tmp_path, n_walkers=0)
     with pytest.raises(ValueError, match="n_bootstrap must be >= 1 for a model that is not fitted"):
         _learner(tmp_path, n_bootstrap=0)
+    with pytest.raises(ValueError, match=r"max_sparse \(10\) is below the model's n_sparse \(30\)"):
+        _learner(tmp_path, max_sparse=10)
     L = _learner(tmp_path)
     with pytest.raises(ValueError, match="steps must be an integer >= 0"):
         L.run(-5)

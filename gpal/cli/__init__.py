@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
-from ..exceptions import ConfigError, GpalError, interrupt_in
+from ..exceptions import ConfigError, GpalError, StructureFileError, interrupt_in
 
 log = logging.getLogger("gpal")
 
@@ -53,17 +53,31 @@ def _structure(spec: dict):
     from ..io import read_frames
 
     if "file" in spec:
-        return read_frames(spec["file"], index=spec.get("index", 0))[0]
+        index = spec.get("index", 0)
+        try:
+            return read_frames(spec["file"], index=index)[0]
+        except StructureFileError:
+            n = len(read_frames(spec["file"]))  # readable as a whole: the index is the problem
+            raise ConfigError(f"[structure] index {index} is out of range: {spec['file']} holds "
+                              f"{n} frame(s)") from None
     from ase.data import atomic_numbers
 
     if spec["bulk"] not in atomic_numbers:  # (ASE would say only "missing entry")
         raise ConfigError(f"[structure] bulk: unknown chemical symbol {spec['bulk']!r}")
+    if spec.get("a") is not None and not spec["a"] > 0:
+        raise ConfigError(f"[structure] a must be > 0 Å, got {spec['a']}")
+    if "repeat" in spec and (len(spec["repeat"]) != 3 or any(
+            not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in spec["repeat"])):
+        raise ConfigError(f"[structure] repeat must be three integers >= 1, got {spec['repeat']}")
     atoms = bulk(spec["bulk"], spec.get("crystal", "fcc"), a=spec.get("a"), cubic=spec.get("cubic", True))
     return atoms.repeat(tuple(spec.get("repeat", [1, 1, 1])))
 
 
 def _validation_frames(structure, oracle_spec, cfg: dict):
-    """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled."""
+    """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled.
+
+    Returns the frames and the number of oracle evaluations the trajectory made.
+    """
     from ase import units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
@@ -72,6 +86,15 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     from ..learning.oracle import OracleSpec
 
     calc = OracleSpec(**oracle_spec).make()
+    n_calls = 0
+    evaluate = calc.calculate
+
+    def counted(*args, **kwargs):  # every evaluation of the oracle is a call to count
+        nonlocal n_calls
+        n_calls += 1
+        return evaluate(*args, **kwargs)
+
+    calc.calculate = counted
     rng = np.random.default_rng(cfg.get("seed", 123))
     a = structure.copy()
     a.calc = calc
@@ -84,7 +107,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
         stress = a.get_stress() if np.all(a.pbc) else None
         frames.append(labelled(a, energy=a.get_potential_energy(), forces=a.get_forces(),
                                stress=stress, bare=False))
-    return frames
+    return frames, n_calls
 
 
 def _move_aside(run_dir: Path) -> Path:
@@ -197,10 +220,10 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
-    from .._validation import check_number
+    from .._validation import check_atoms, check_number
     from ..learning.learner import ActiveLearner, MDSettings, Trigger
     from ..learning.oracle import OracleSpec
-    from ..learning.settings import FLAT_NAMES, group_flat
+    from ..learning.settings import FLAT_NAMES, ModelGrowth, group_flat
     from ..model import SparseGP
 
     if args.print_config:
@@ -221,9 +244,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if key in cfg and int(cfg[key]) < low:
             raise ConfigError(f"{key} must be >= {low}, got {cfg[key]}")
     for key, low, strict in (("steps", 0, False), ("every", 1, False), ("temperature", 0, False),
-                             ("timestep", 0, True)):
+                             ("timestep", 0, True), ("seed", 0, False)):
         if key in cfg.get("validation", {}):
             check_number(f"[validation] {key}", cfg["validation"][key], low=low, strict=strict)
+    val_cfg = cfg.get("validation", {})
+    if val_cfg.get("steps", 0) > 0 and val_cfg.get("every", 1) > val_cfg["steps"]:
+        raise ConfigError(f"[validation] every ({val_cfg['every']}) must be <= steps ({val_cfg['steps']}): "
+                          "no frame would be labelled")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
     oracle.resolve()  # an unimportable factory fails here, not on every label
@@ -260,6 +287,17 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if learner_cfg.get("n_bootstrap", 1) < 1:
             raise ConfigError("[learner] n_bootstrap must be >= 1 for a new model (the first labels "
                               "make it); 0 only with [model] file")
+        max_sparse = learner_cfg.get("max_sparse", ModelGrowth.max_sparse)
+        if isinstance(model.n_sparse, int) and max_sparse < model.n_sparse:
+            raise ConfigError(f"[learner] max_sparse ({max_sparse}) is below the model's n_sparse "
+                              f"({model.n_sparse}): raise max_sparse or lower [model] n_sparse")
+    if descriptor is not None:  # the start structure's species must be the descriptor's
+        check_atoms(structure, species=descriptor.species_numbers_, what="[structure]")
+    targets = None
+    if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
+        from ..learning.targets import TargetSet
+
+        targets = TargetSet.from_file(**cfg["targets"])
     run_dir = Path(cfg["run_dir"])
     args.run_dir_used = run_dir
     if run_dir.exists() and not run_dir.is_dir():
@@ -285,7 +323,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     validation = None
     if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
         print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
-        validation = _validation_frames(structure, cfg["oracle"], cfg["validation"])
+        validation, n_validation_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"])
     executor = None
     n_workers = int(cfg.get("workers", 1))
     if n_workers > 1:
@@ -293,11 +331,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
         executor = ProcessPoolExecutor(n_workers)
     walkers = _walker_executor(cfg)
-    targets = None
-    if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
-        from ..learning.targets import TargetSet
-
-        targets = TargetSet.from_file(**cfg["targets"])
 
     def started():
         learner = ActiveLearner(
@@ -315,7 +348,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             **learner_cfg,
         )
         if validation is not None:  # the oracle MD behind them: every call counts
-            learner.count_oracle_calls("validation", int(cfg["validation"]["steps"]))
+            learner.count_oracle_calls("validation", n_validation_calls)
         return learner, int(cfg["steps"])
 
     return _learn_and_report(started, executor, run_dir, walkers[1])

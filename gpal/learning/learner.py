@@ -269,6 +269,11 @@ class ActiveLearner:
         self.md = md or MDSettings()
         self.trigger = trigger or Trigger()
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
+        size = getattr(self.model, "n_sparse", None)
+        wanted = boot.n_sparse if model is None else (sum(size.values()) if isinstance(size, dict) else size)
+        if isinstance(wanted, int) and getattr(self.model, "alpha_", None) is None and grow.max_sparse < wanted:
+            raise ValueError(f"max_sparse ({grow.max_sparse}) is below the model's n_sparse ({wanted}): "
+                             "raise max_sparse or lower n_sparse")
         if boot.n_frames < 1 and getattr(self.model, "alpha_", None) is None:
             raise ValueError("n_bootstrap must be >= 1 for a model that is not fitted yet (the first "
                              "labels make it), got 0")

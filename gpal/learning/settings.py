@@ -63,6 +63,9 @@ class Bootstrap:
         self.n_candidates = check_number("n_candidates", self.n_candidates, low=1, integer=True)
         self.rattle = check_number("rattle", self.rattle, low=0, none=True, unit="Å")
         self.n_sparse = check_number("n_sparse_initial", self.n_sparse, low=1, integer=True)
+        if self.n_candidates < self.n_frames:
+            raise ValueError(f"n_candidates ({self.n_candidates}) must be >= n_bootstrap ({self.n_frames}): "
+                             "the bootstrap frames are chosen among the candidates")
 
 
 @dataclass
@@ -100,6 +103,9 @@ class ModelGrowth:
         if 0 < self.optimize_every < 1:
             raise ValueError(f"optimize_every must be 0 (never) or a growth factor >= 1, got {self.optimize_every!r}")
         self.max_sparse = check_number("max_sparse", self.max_sparse, low=1, integer=True)
+        for name in ("optimize_noise", "sparse_refresh"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -153,6 +159,8 @@ class Validation:
 
     def __post_init__(self):
         self.check_every = check_number("check_every", self.check_every, low=0, integer=True)
+        if self.stopping is not None and not hasattr(self.stopping, "update"):
+            raise TypeError(f"stopping must be a gpal.calibration.StoppingRule, got {type(self.stopping).__name__}")
 
 
 @dataclass
@@ -186,6 +194,7 @@ class RunSettings:
         self.checkpoint_every = check_number("checkpoint_every", self.checkpoint_every, low=1, integer=True)
         self.checkpoint_seconds = check_number("checkpoint_seconds", self.checkpoint_seconds, low=0, unit="s")
         self.log_every = check_number("log_every", self.log_every, low=1, integer=True)
+        self.random_state = check_number("random_state", self.random_state, low=0, integer=True, none=True)
         self.max_force = check_number("max_force", self.max_force, low=0, strict=True, unit="eV/Å")
         self.max_temperature = check_number("max_temperature", self.max_temperature, low=0, strict=True,
                                             none=True, unit="K")

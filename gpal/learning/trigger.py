@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._validation import check_number
 from ..calibration import Calibration
 from ..model import SparseGP
 
@@ -147,14 +148,20 @@ class Trigger:
             if self.threshold is None:
                 raise ValueError("quantity='energies_std' needs a threshold (eV)")
         self.calibrated = self.quantity == "forces_std" if self.calibrated is None else bool(self.calibrated)
-        if self.threshold is not None and not self.threshold > 0:
-            raise ValueError(f"trigger threshold must be > 0, got {self.threshold}")
-        if not self.noise_ratio > 0:
-            raise ValueError(f"noise_ratio must be > 0, got {self.noise_ratio}")
-        if not 0 < self.novelty <= 1:
+        self.threshold = check_number("trigger threshold", self.threshold, low=0, strict=True, none=True)
+        self.noise_ratio = check_number("noise_ratio", self.noise_ratio, low=0, strict=True)
+        self.novelty = check_number("novelty", self.novelty, low=0, strict=True)
+        if self.novelty > 1:
             raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
-        if self.ceiling is not None and not self.ceiling > 0:
-            raise ValueError(f"trigger ceiling must be > 0 or None, got {self.ceiling}")
+        self.ceiling = check_number("trigger ceiling", self.ceiling, low=0, strict=True, none=True)
+        self.adapt_margin = check_number("adapt_margin", self.adapt_margin, low=0)
+        self.threshold_min = check_number("threshold_min", self.threshold_min, low=0, none=True)
+        if None not in (self.threshold, self.threshold_min) and self.threshold_min > self.threshold:
+            raise ValueError(f"threshold_min ({self.threshold_min}) must not exceed the threshold "
+                             f"({self.threshold})")
+        for name in ("relative_to_noise", "adaptive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"trigger {name} must be True or False, got {getattr(self, name)!r}")
         if self.recheck_temperature is not None:  # a configuration or run state of an earlier gpal
             if self.recheck_temperature is False:
                 self.temperature_steps = None
@@ -172,8 +179,7 @@ class Trigger:
                                  f"got {self.temperature_steps!r}")
             self.temperature_steps = int(self.temperature_steps)
         for name in ("every", "max_labels", "window", "adapt_window"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"trigger {name} must be >= 1, got {getattr(self, name)}")
+            setattr(self, name, check_number(f"trigger {name}", getattr(self, name), low=1, integer=True))
 
     def base_threshold(self, model: SparseGP, scale: float = 1.0) -> float:
         """The base threshold: eV/Å of calibrated force std (eV for energies_std).

@@ -483,6 +483,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         sizes = self.n_sparse.values() if isinstance(self.n_sparse, dict) else [self.n_sparse]
         for size in sizes:
             check_number("n_sparse", size, low=1, integer=True)
+        check_number("min_distance", self.min_distance, low=0, unit="Å")
+        check_number("jitter", self.jitter, low=0)
         knee = self.force_noise_knee
         if not (knee is None or (isinstance(knee, str) and knee == "auto") or (
                 isinstance(knee, (int, float, np.floating)) and not isinstance(knee, bool) and knee > 0)):
