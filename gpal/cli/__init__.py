@@ -782,9 +782,11 @@ def _non_negative(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what} >= 0, got {text!r}") from None
         if not value >= 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} >= 0, got {text!r}")
         return value
 
     parse.__name__ = f"non-negative {kind.__name__}"
@@ -871,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ensemble", choices=("nvt", "nve"), default="nvt", help="default nvt")
     s.add_argument("--interval", type=_positive(int), default=10,
                    help="write every this many steps (default 10)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_non_negative(int), default=0, help="random seed (default 0)")
     s.add_argument("--raw", action="store_true", help="raw stds even if the model stores a calibration")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
