@@ -221,7 +221,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .._validation import check_atoms, check_number
-    from ..learning.learner import ActiveLearner, MDSettings, Trigger
+    from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_sparse_budget
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, ModelGrowth, group_flat
     from ..model import SparseGP
@@ -287,10 +287,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if learner_cfg.get("n_bootstrap", 1) < 1:
             raise ConfigError("[learner] n_bootstrap must be >= 1 for a new model (the first labels "
                               "make it); 0 only with [model] file")
-        max_sparse = learner_cfg.get("max_sparse", ModelGrowth.max_sparse)
-        if isinstance(model.n_sparse, int) and max_sparse < model.n_sparse:
-            raise ConfigError(f"[learner] max_sparse ({max_sparse}) is below the model's n_sparse "
-                              f"({model.n_sparse}): raise max_sparse or lower [model] n_sparse")
+        check_sparse_budget(model, learner_cfg.get("max_sparse", ModelGrowth.max_sparse))
     if descriptor is not None:  # the start structure's species must be the descriptor's
         check_atoms(structure, species=descriptor.species_numbers_, what="[structure]")
     targets = None

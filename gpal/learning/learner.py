@@ -79,6 +79,16 @@ log = logging.getLogger(__name__)
 __all__ = ["ActiveLearner", "Trigger", "MDSettings", "Summary"]
 
 
+def check_sparse_budget(model, max_sparse: int) -> None:
+    """A ValueError if an unfitted ``model`` would start with more sparse points than the
+    learner's ``max_sparse`` lets the sparse set hold."""
+    size = getattr(model, "n_sparse", None)
+    wanted = sum(size.values()) if isinstance(size, dict) else size
+    if isinstance(wanted, int) and getattr(model, "alpha_", None) is None and max_sparse < wanted:
+        raise ValueError(f"max_sparse ({max_sparse}) is below the model's n_sparse ({wanted}): raise "
+                         "max_sparse or lower n_sparse")
+
+
 @dataclass
 class Summary:
     """What a run did, with every oracle call it made.
@@ -269,11 +279,7 @@ class ActiveLearner:
         self.md = md or MDSettings()
         self.trigger = trigger or Trigger()
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
-        size = getattr(self.model, "n_sparse", None)
-        wanted = boot.n_sparse if model is None else (sum(size.values()) if isinstance(size, dict) else size)
-        if isinstance(wanted, int) and getattr(self.model, "alpha_", None) is None and grow.max_sparse < wanted:
-            raise ValueError(f"max_sparse ({grow.max_sparse}) is below the model's n_sparse ({wanted}): "
-                             "raise max_sparse or lower n_sparse")
+        check_sparse_budget(self.model, grow.max_sparse)
         if boot.n_frames < 1 and getattr(self.model, "alpha_", None) is None:
             raise ValueError("n_bootstrap must be >= 1 for a model that is not fitted yet (the first "
                              "labels make it), got 0")
@@ -302,6 +308,7 @@ class ActiveLearner:
         self._recent_unc: list[float] = []
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
         self._reasons: list[str] = []  # why each line of train.xyz was labelled, in its order
+        self._last_failures: list = []  # of the last labelling (named when nothing could be labelled)
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
@@ -580,7 +587,7 @@ class ActiveLearner:
         labelled = self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
-            failures = getattr(self, "_last_failures", [])
+            failures = self._last_failures
             first = f" (the first failure: {failures[0].reason})" if failures else ""
             raise OracleError(f"no bootstrap frame could be labelled{first}; see log.jsonl")
         t0 = time.perf_counter()
