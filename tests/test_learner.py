@@ -126,6 +126,30 @@ def test_oracle_retry_recovers(tmp_path):
     assert summary.oracle_failures == 0 and summary.oracle_calls > summary.labelled_frames
 
 
+class NaNOnceEMT(EMT):
+    """EMT whose first evaluation returns NaN forces (a transient failure); counts its runs."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.runs = 0
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.runs += 1
+        if self.runs == 1:
+            self.results["forces"] = self.results["forces"] * np.nan
+
+
+def test_a_retry_computes_the_frame_again():
+    # the retry must run the calculator, not read back ASE's cache of the failed attempt
+    calc = NaNOnceEMT()
+    oracle = gpal.Oracle(calc, retries=2)
+    labelled, failures = oracle.label([start()])
+    assert not failures and labelled[0] is not None
+    assert calc.runs == 2 and oracle.n_calls == 2
+    assert np.isfinite(labelled[0].get_forces()).all()
+
+
 def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
     with pytest.raises(gpal.OracleError, match="non-finite"):
         learner(tmp_path / "run", NaNCalculator(), on_oracle_failure="stop", oracle_retries=0).run(10)

@@ -102,7 +102,12 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
 _WORKER_CALCS: dict[str, Any] = {}
 
 
-def _compute(calc, numbers, positions, cell, pbc, want_stress) -> dict:
+def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False) -> dict:
+    """Energy, forces (and stress) of one frame; ``fresh`` (a retry) first clears what the
+    calculator kept from its last evaluation, so the same frame is computed again rather
+    than read back from ASE's cache of the failed attempt."""
+    if fresh and hasattr(calc, "reset"):
+        calc.reset()
     atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
     atoms.calc = calc
     out = {
@@ -129,7 +134,7 @@ def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=int(threads))
 
 
-def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads):
+def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads, fresh=False):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
     key = spec.key()
     calc = _WORKER_CALCS.get(key)
@@ -137,7 +142,7 @@ def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, th
         calc = _WORKER_CALCS[key] = spec.make()
     with _thread_limit(threads):
         t0 = time.perf_counter()
-        out = _compute(calc, numbers, positions, cell, pbc, want_stress)
+        out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh)
         out["wall_time"] = time.perf_counter() - t0
     return out
 
@@ -228,12 +233,12 @@ class Oracle:
             want_stress,
         )
 
-    def _run_local(self, atoms: Atoms) -> dict:
+    def _run_local(self, atoms: Atoms, fresh: bool = False) -> dict:
         calc = self.calculator
         if self.is_spec:
             calc = _WORKER_CALCS.get(calc.key()) or _WORKER_CALCS.setdefault(calc.key(), calc.make())
         t0 = time.perf_counter()
-        out = _compute(calc, *self._args(atoms))
+        out = _compute(calc, *self._args(atoms), fresh=fresh)
         out["wall_time"] = time.perf_counter() - t0
         return out
 
@@ -285,7 +290,7 @@ class Oracle:
                     attempts[i] += 1
                     self.n_calls += 1
                     try:
-                        arrived(i, self._run_local(frames[i]))
+                        arrived(i, self._run_local(frames[i], fresh=attempts[i] > 1))
                     except Exception as exc:  # the oracle is foreign code: any failure is logged
                         reasons[i] = f"{type(exc).__name__}: {exc}"
                         log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
@@ -297,7 +302,8 @@ class Oracle:
                     attempts[i] += 1
                     self.n_calls += 1
                     futures[i] = self.executor.submit(
-                        _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task
+                        _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task,
+                        attempts[i] > 1,
                     )
                 for (i, fut), deadline in zip(futures.items(), self._deadlines(len(futures))):
                     try:
