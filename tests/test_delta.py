@@ -191,6 +191,15 @@ def test_unsaveable_baselines_raise_at_save(tmp_path, train):
         baseline_spec(bad)
 
 
+def test_info_names_the_baseline(tmp_path, lj_model, capsys):
+    from gpal.cli import main
+
+    path = lj_model.save(tmp_path / "m.npz")
+    assert main(["info", str(path)]) == 0
+    factory = read_model_file(path)[1]["baseline"]["factory"]
+    assert f"baseline    : {factory}" in capsys.readouterr().out
+
+
 def test_missing_baseline_module_on_load_is_one_line(tmp_path, lj_model):
     path = lj_model.save(tmp_path / "m.npz")
     arrays, meta = read_model_file(path)

@@ -668,6 +668,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  descriptor  : SOAP r_cut {d['r_cut']:g} Å, n_max {d['n_max']}, l_max {d['l_max']}, "
           f"sigma {d['sigma']:g} Å, {'periodic (each structure pbc)' if d['periodic'] else 'non-periodic (pbc ignored)'}{weighting}")
     print(f"  kernel      : {model.kernel_!r}")
+    spec = meta.get("baseline")
+    if spec:  # a Δ-model: predictions are this calculator plus the GP
+        print(f"  baseline    : {spec['factory']} {json.dumps(spec.get('kwargs') or {})} (predictions "
+              "add it to the GP's; e0, kernel and noises describe the residual)")
     nz = model.noise_
     print(f"  noises      : energy {nz['energy']:.4g} eV/atom, force {nz['force']:.4g} eV/Å, "
           f"stress {nz['stress']:.4g} eV/Å^3")

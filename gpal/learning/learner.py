@@ -99,7 +99,8 @@ class Summary:
     sampler's ramp (:class:`gpal.Trigger`'s ``temperature_steps``), ``rollback``,
     ``target`` for labels asked by a :class:`gpal.TargetSet`, ``validation`` for calls
     recorded with :meth:`ActiveLearner.count_oracle_calls`); a user's validation frames
-    cost none.
+    cost none. ``oracle_failures`` counts frames that could not be labelled after every
+    attempt (a failed attempt that a retry recovered is a call, not a failure).
     ``calibration`` holds the leave-one-frame-out calibration (:meth:`ActiveLearner.calibrate`);
     ``validation`` the errors on the user's validation frames, if any. Times are
     cumulative over the run and its resumes, except ``wall_time`` (this session).
