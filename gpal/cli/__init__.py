@@ -22,12 +22,12 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import tomllib
-import os
 import traceback
 import warnings
 from contextlib import contextmanager
