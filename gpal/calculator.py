@@ -29,7 +29,7 @@ cost of adding a training frame; use it for analysis, or every k-th step.
 from __future__ import annotations
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.outputs import Properties, all_outputs
 
 from ._validation import check_is_fitted
@@ -169,6 +169,9 @@ class GPCalculator(Calculator):
             for k in _STD_KEYS:
                 if k in res:
                     self.results[k] = res[k]
+        if key == "stress_std" and key not in self.results:
+            raise PropertyNotImplementedError("stress_std needs a cell periodic in all three directions "
+                                              f"(pbc {atoms.pbc.tolist()}), as stress does")
         if key not in self.results:  # forces_interval90 without a calibrated conformal quantile
             raise ValueError(f"{key!r} needs GPCalculator(calibrated=True) and a stored force "
                              "calibration with a conformal quantile (ActiveLearner, gpal validate --calibrate)")

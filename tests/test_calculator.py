@@ -138,6 +138,13 @@ def test_std_every_controls_cost(model):
     assert a.calc.get_uncertainty(a, "energies_std").shape == (len(a),)
     with pytest.raises(ValueError, match="choose from"):
         a.calc.get_uncertainty(a, "charges_std")
+    slab = cu(seed=5)
+    slab.pbc = [True, True, False]  # no stress, so no stress std either: said as such
+    slab.calc = GPCalculator(model)
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    with pytest.raises(PropertyNotImplementedError, match="periodic in all three directions"):
+        slab.calc.get_uncertainty(slab, "stress_std")
 
 
 @pytest.mark.parametrize("dynamics", ["verlet", "langevin", "npt"])
