@@ -529,6 +529,9 @@ def test_from_dscribe_and_to_dscribe_give_the_same_features(weighting):
     back = ours.to_dscribe()
     np.testing.assert_allclose(back.create(atoms), theirs.create(atoms), rtol=1e-12, atol=1e-15)
     assert SOAP.from_dscribe(back).get_params() == ours.get_params()
+    mol = multi_molecule()  # no cell: dscribe's periodic=True refuses it, periodic=False is the same
+    gp = SOAP(["H", "C", "N", "O"], periodic=True, weighting=weighting, **SMALL)
+    np.testing.assert_allclose(gp.to_dscribe(periodic=False).create(mol), gp.create(mol), rtol=1e-8, atol=1e-12)
     with pytest.raises(ValueError, match="average="):
         SOAP.from_dscribe(DscribeSOAP(species=["Cu"], r_cut=3.8, n_max=4, l_max=3, average="inner",
                                       periodic=True))

@@ -733,14 +733,18 @@ class SOAP(Descriptor):
     def to_dscribe(self, **kwargs):
         """The same descriptor as a ``dscribe.descriptors.SOAP`` (``rbf="gto"``, no averaging).
 
-        ``kwargs`` go to dscribe's constructor (e.g. ``sparse=True``, ``dtype="float32"``).
+        ``kwargs`` go to dscribe's constructor (e.g. ``sparse=True``, ``dtype="float32"``)
+        and may override a setting: dscribe's ``periodic=True`` asks for a cell even for
+        structures without periodic boundaries, where gpal's does not, so for molecules
+        without a cell pass ``periodic=False`` (the same features).
         """
         from dscribe.descriptors import SOAP as DscribeSOAP
 
         p = self.get_params()
-        return DscribeSOAP(species=p["species"], r_cut=p["r_cut"], n_max=p["n_max"], l_max=p["l_max"],
-                           sigma=p["sigma"], rbf="gto", periodic=p["periodic"], weighting=p["weighting"],
-                           compression={"mode": "off"}, average="off", **kwargs)
+        settings = dict(species=p["species"], r_cut=p["r_cut"], n_max=p["n_max"], l_max=p["l_max"],
+                        sigma=p["sigma"], rbf="gto", periodic=p["periodic"], weighting=p["weighting"],
+                        compression={"mode": "off"}, average="off")
+        return DscribeSOAP(**{**settings, **kwargs})
 
     def __sklearn_clone__(self) -> "SOAP":
         return SOAP(**self.get_params())
