@@ -117,6 +117,16 @@ def test_fit_info_validate_md(files, capsys):
     assert len(read(files / "md.traj", ":")) == 3
 
 
+def test_outputs_are_replaced_only_when_asked(files, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    args = ["fit", str(files / "train.xyz"), "-o", str(out), "--n-sparse", "20", "--zeta", "2", *SMALL]
+    assert main(args) == 0
+    before = out.read_bytes()
+    assert main(args) == 2 and out.read_bytes() == before  # nothing the user made is overwritten
+    assert "exists" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
 def test_fit_reads_gap_style_label_keys(tmp_path, capsys):
     """dft_energy / dft_forces / dft_virial (9 numbers, eV) as GAP writes them."""
     frames = cuag_frames(4, seed=5)

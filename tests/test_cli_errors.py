@@ -159,6 +159,12 @@ CASES = [
                  "argument --temperature: must be a finite number >= 0", id="md-negative-temperature"),
     pytest.param(["fit", "{d}/train.xyz", "-o", "{d}/no/such/folder/m.npz"], "does not exist",
                  id="fit-output-folder"),
+    pytest.param(["fit", "{d}/train.xyz", "-o", "{d}/model"], "model.npz exists; give another name, or "
+                 "--overwrite to replace it", id="fit-existing-output"),
+    pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/train.xyz"], "train.xyz exists",
+                 id="md-existing-output"),
+    pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "--calibrate", "{d}/train.xyz", "-o",
+                  "{d}/model.npz"], "model.npz exists", id="validate-existing-output"),
 ]
 
 

@@ -429,8 +429,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         force_noise=args.force_noise, stress_noise=args.stress_noise,
         baseline=args.baseline, baseline_kwargs=args.baseline_kwargs,
     )
-    # what would fail after the fit fails before it: the output folder, the baseline
-    _check_output_folder(args.output)
+    # what would fail after the fit fails before it: the output file, the baseline
+    _check_output(args.output, args.overwrite, ".npz")
     if args.baseline:
         from .. import baseline as _baseline
 
@@ -453,6 +453,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = model.save(args.output)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
+
+
+def _check_output(path, overwrite: bool, suffix: str | None = None) -> None:
+    """A GpalError now (not after the work) if ``path`` (with ``suffix`` added when it has
+    another) exists and ``overwrite`` is not given, or its folder is missing or not writable."""
+    target = Path(path)
+    if suffix and target.suffix != suffix:
+        target = target.with_name(target.name + suffix)
+    if target.exists() and not overwrite:
+        raise GpalError(f"-o {path}: {target} exists; give another name, or --overwrite to replace it")
+    _check_output_folder(target)
 
 
 def _check_output_folder(path) -> None:
@@ -518,6 +529,7 @@ def cmd_md(args: argparse.Namespace) -> int:
     if kind is None:
         raise GpalError(f"-o {out}: write extended XYZ (.xyz, .extxyz: with per-atom energies_std "
                         "and forces_std) or an ASE trajectory (.traj)")
+    _check_output(out, args.overwrite)
     model = load(args.model)
     atoms = read_frames(args.start, index=-1)[0]
     calibrated = "forces_std" in model.calibration_ and not args.raw
@@ -577,6 +589,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise GpalError("-o/--in-place write a calibrated model: they need --calibrate VAL.xyz")
     if args.output and args.in_place:
         raise GpalError("give -o OUT.npz or --in-place, not both")
+    if args.output:
+        _check_output(args.output, args.overwrite, ".npz")
     model = load(args.model)
     test = _read_labelled(args.test, args, "test frames")
     if args.calibrate:
@@ -831,6 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fit", help="fit a model to labelled frames (extxyz)", parents=[labels])
     s.add_argument("train", help="labelled frames (extxyz or any ASE format)")
     s.add_argument("-o", "--output", default="model.npz", help="model file (default model.npz)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.add_argument("--kernel", choices=("dot", "se"), default="dot")
     s.add_argument("--zeta", type=_zeta, default=None,
                    help="exponent of the dot-product kernel (default: 2, 3 or 4, whichever the "
@@ -867,6 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("start", help="start structure (any ASE format; its last frame)")
     s.add_argument("-o", "--output", default="md.xyz",
                    help="extxyz (.xyz: energies_std, forces_std columns) or ASE .traj (default md.xyz)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.add_argument("--steps", type=_positive(int), default=1000, help="MD steps (default 1000)")
     s.add_argument("--temperature", type=_non_negative(float), default=300.0,
                    help="K: Langevin thermostat (nvt), initial momenta (nve) (default 300)")
@@ -886,6 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recalibrate the force stds on these frames first (needs -o or --in-place)")
     s.add_argument("-o", "--output", metavar="OUT.npz", help="write the calibrated model here")
     s.add_argument("--in-place", action="store_true", help="overwrite MODEL with the calibrated model")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     s.add_argument("--raw", action="store_true", help="score raw stds even if the model stores a calibration")
     s.add_argument("--alpha", type=float, default=0.1, help="miscoverage level of the intervals")
     s.add_argument("--plots", default="validation_plots", metavar="DIR",
