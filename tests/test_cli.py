@@ -196,7 +196,7 @@ class _FakeLearner:
 
     def __init__(self, structure, oracle, model, **kwargs):
         self.kwargs = kwargs
-        _FakeLearner.calls.append(kwargs)
+        _FakeLearner.calls.append({**kwargs, "model": model})
 
     def run(self, steps):
         (self.kwargs["run_dir"] / "state.json").write_text(json.dumps({"step": steps}))
@@ -260,6 +260,10 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
     assert main(["learn", str(cfg), "-q"]) == 0
     kwargs = fake_learner.calls[-1]
     assert kwargs["trigger"] == gpal.Trigger(**config.DEFAULT_LEARN["trigger"])
+    # the same model settings: no [descriptor] fixed by the printed file (the evidence chooses)
+    assert main(["learn", "--run-dir", str(tmp_path / "plain"), "-q"]) == 0
+    assert kwargs["model"].get_params() == fake_learner.calls[-1]["model"].get_params()
+    assert kwargs["model"].descriptor is None
     assert kwargs["n_walkers"] == config.DEFAULT_LEARN["learner"]["n_walkers"]
     assert kwargs["random_state"] == config.DEFAULT_LEARN["learner"]["random_state"]
 

@@ -838,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",
-                   help="start afresh: an existing run folder is moved aside to RUN_DIR.old-<time>")
+                   help="start afresh: an existing run folder is moved aside to RUN_DIR.old-<date>-<time>")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     s.set_defaults(func=cmd_learn)
 

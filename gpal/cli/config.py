@@ -212,6 +212,12 @@ def schema() -> dict:
                                                   "periodic", "weighting"), docs_from=SOAP)
     soap["species"] = Key("species", (list,), _MISSING,
                           "chemical symbols (default: those of the structure)")
+    # printed commented out: any [descriptor] key fixes the SOAP (no evidence choice of
+    # l_max and sigma), so the printed configuration runs as no configuration does
+    for name, default in (("r_cut", "default 5"), ("n_max", "default 8"),
+                          ("l_max", "default: 3 or 6 by the evidence; 6 once any [descriptor] key is set"),
+                          ("sigma", "default: 0.3 or 0.5 Å by the evidence; 0.5 once any [descriptor] key is set")):
+        soap[name] = dataclasses.replace(soap[name], default=_MISSING, doc=f"{soap[name].doc}; {default}")
     soap["periodic"] = dataclasses.replace(soap["periodic"], default=_MISSING,
                                            doc="bool; default true: each structure's pbc decides (false ignores pbc)")
     soap["weighting"] = dataclasses.replace(
@@ -482,16 +488,9 @@ _SECTION_DOCS = {
 def _effective_defaults() -> dict:
     """Every key's default: DEFAULT_LEARN over the code's defaults (``_MISSING`` if none)."""
     sch = schema()
-    from ase.build import bulk
-
-    from ..model import default_descriptor
-
-    s = DEFAULT_LEARN["structure"]
-    soap = default_descriptor([bulk(s["bulk"], s["crystal"], a=s["a"], cubic=s["cubic"])]).get_params()
-    extra = {"descriptor": {k: soap[k] for k in ("r_cut", "n_max", "l_max", "sigma")}}
     out = {}
     for section, keys in sch.items():
-        given = DEFAULT_LEARN if section == "" else {**DEFAULT_LEARN.get(section, {}), **extra.get(section, {})}
+        given = DEFAULT_LEARN if section == "" else DEFAULT_LEARN.get(section, {})
         out[section] = {name: given.get(name, key.default) for name, key in keys.items()}
     return out
 
