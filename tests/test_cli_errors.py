@@ -203,6 +203,15 @@ def test_bad_input_in_a_real_process(bad):
     assert proc.stdout == ""
 
 
+def test_a_reader_that_goes_away_is_not_an_error(bad):
+    """``gpal info model.npz | head -1``: the pipe closes early; no message, exit 141 (SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "gpal.cli", "info", str(bad / "model.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before gpal writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == ""
+
+
 def test_keyboard_interrupt_is_one_line_and_exit_code_130(monkeypatch, capsys):
     import gpal.cli
 

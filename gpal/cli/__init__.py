@@ -1008,6 +1008,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: interrupted by {sig.name}; progress is saved, continue with: "
                   f"gpal learn --resume {run_dir or 'RUN_DIR'}", file=sys.stderr)
         return 128 + sig
+    except BrokenPipeError:  # the reader went away (gpal info model.npz | head): not an error
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+            pass
+        return 128 + signal.SIGPIPE
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             traceback.print_exc()
