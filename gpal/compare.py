@@ -152,8 +152,9 @@ def compare_kernels(
     candidates : list of Candidate, optional
         Default :func:`default_candidates`.
     n_sparse : int, default 200
-    sizes : sequence of float
-        Fractions of ``train`` for the learning curve (the last should be 1.0).
+    sizes : sequence of float in (0, 1]
+        Fractions of ``train`` for the learning curve; the table's row is the fit on
+        the largest.
     optimize : bool, default True
         Optimise the kernel's hyperparameters (log marginal likelihood) for each fit.
     plot : str or None
@@ -170,12 +171,21 @@ def compare_kernels(
     """
     from tqdm.auto import tqdm
 
-    candidates = candidates or default_candidates()
+    from ._validation import check_frames
+
+    candidates = default_candidates() if candidates is None else list(candidates)
+    if not candidates:
+        raise ValueError("candidates is empty (None: gpal's default candidates)")
+    sizes = sorted(float(f) for f in sizes)
+    if not sizes or not all(0 < f <= 1 for f in sizes):
+        raise ValueError(f"sizes must be fractions of the training set in (0, 1], got {sizes}")
     train, test = list(train), list(test)
     if not train or not test:
         raise ValueError("compare_kernels needs non-empty train and test sets")
+    check_frames(train, what="train")  # unlabelled frames fail here, before any fit
+    check_frames(test, what="test")
     species = sorted({int(z) for a in train + test for z in a.numbers})
-    periodic = any(a.pbc.any() for a in train)
+    periodic = True  # each structure's pbc decides
     rows, curves = [], {}
     bar = tqdm(total=len(candidates) * len(sizes), desc="compare-kernels", disable=not progress,
                leave=False, dynamic_ncols=True)
@@ -332,6 +342,10 @@ def select_kernel_by_evidence(
     kernels = list(kernels)
     if not kernels:
         raise ValueError("kernels is empty")
+    for k, kernel in enumerate(kernels):
+        if not (hasattr(kernel, "clone") and hasattr(kernel, "theta")):
+            raise TypeError(f"kernels[{k}] is not a gpal kernel (e.g. gpal.NormalizedDotProduct(zeta=2)), "
+                            f"got {type(kernel).__name__}")
     params = model.get_params(deep=False)
     rows, best, best_model = [], None, None
     for k, kernel in enumerate(kernels):

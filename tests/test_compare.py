@@ -74,3 +74,18 @@ def test_select_kernel_by_evidence_warns_at_a_bound_and_rejects_bad_input():
         gpal.select_kernel_by_evidence(SparseGP(desc), train, [])
     with pytest.raises(TypeError):
         gpal.select_kernel_by_evidence(object(), train)
+
+
+def test_compare_kernels_checks_its_arguments_before_fitting():
+    train = cu_frames(3, seed=12)
+    unlabelled = [a.copy() for a in train]
+    for a in unlabelled:
+        a.calc = None
+    with pytest.raises(ValueError, match="candidates is empty"):
+        gpal.compare_kernels(train, train, candidates=[], progress=False, plot=None)
+    with pytest.raises(gpal.MissingLabelsError, match="test"):
+        gpal.compare_kernels(train, unlabelled, progress=False, plot=None)
+    with pytest.raises(ValueError, match=r"sizes must be fractions"):
+        gpal.compare_kernels(train, train, sizes=(0.0, 1.0), progress=False, plot=None)
+    with pytest.raises(TypeError, match=r"kernels\[0\] is not a gpal kernel"):
+        gpal.select_kernel_by_evidence(SparseGP(n_sparse=10), train, ["foo"])

@@ -526,3 +526,14 @@ def test_select_frames_scores_energy_information_when_asked():
     both = model.select_frames(pool, 1, score=("energy", "forces"), return_gains=True)[1][0]
     forces = model.select_frames(pool, 1, return_gains=True)[1][0]
     assert both >= forces - 1e-12
+
+
+def test_greedy_select_refuses_what_it_cannot_do():
+    from gpal.selection import greedy_select
+
+    with pytest.raises(ValueError, match="n_select must be between 0 and the 3 candidates"):
+        greedy_select(3, 5, lambda i: np.ones(len(i)), lambda i: None)
+    with pytest.raises(ValueError, match="finite values"):
+        greedy_select(3, 2, lambda i: np.full(len(i), np.nan), lambda i: None)
+    with pytest.raises(ValueError, match=r"got shape \(1,\)"):
+        greedy_select(3, 2, lambda i: np.ones(1), lambda i: None)

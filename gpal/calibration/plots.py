@@ -64,6 +64,8 @@ def plot_parity(
         raise ValueError(
             f"true and pred must have the same size, got {t.size} and {p.size}"
         )
+    if t.size == 0:
+        raise ValueError("true and pred are empty: nothing to plot")
     if std is not None:
         _check_error_std(p - t, np.asarray(std).ravel())
     fig = _new_figure()

@@ -184,7 +184,10 @@ class TwoTermCalibrator:
         """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² min(ν, novelty_max_))``."""
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
-        return self.calibration().apply(_finite_array("std", std), noise, novelty)
+        std = _finite_array("std", std)
+        if np.any(std < 0):
+            raise ValueError("std must be non-negative")
+        return self.calibration().apply(std, noise, novelty)
 
     def calibration(self) -> "Calibration":
         """The fitted factors as the :class:`Calibration` a model stores."""

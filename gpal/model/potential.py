@@ -1335,10 +1335,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             frame's 3N + 7 labels and what MD needs.
         return_gains : bool, default False
             Also return each pick's information gain (nats) at the time it was picked.
-        keep : float or None
+        keep : float >= 0 or None
             Stop before a pick whose gain, given the earlier picks, is under ``keep``
-            times the first pick's (the active learner uses 0.25: near-duplicates of a
-            pick are not labelled twice). None: always ``n_select`` picks.
+            times the first pick's (the active learner uses 0.25). A near-duplicate of a
+            pick gains less than it would alone, but whether it falls under ``keep``
+            depends on how far its stds are above the label noise: an exact copy can
+            still be picked when the stds are small. None: always ``n_select`` picks.
 
         Returns
         -------
@@ -1360,6 +1362,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         n_select = int(n_select)
         if not 1 <= n_select <= len(frames):
             raise ValueError(f"n_select must be in [1, {len(frames)}], got {n_select}")
+        labels = (labels,) if isinstance(labels, str) else labels  # one name as a string
+        score = (score,) if isinstance(score, str) else score
+        check_number("keep", keep, low=0, none=True)
         for name, given in (("labels", labels), ("score", score)):
             unknown = set(given) - {"energy", "forces", "stress"}
             if unknown or not given:

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ._checks import _as_2d, _check_finite, _check_n_select, _check_noise, _check_variance
+from .._validation import check_number
 
 __all__ = ["greedy_select", "information_gain", "LowRankCovariance", "greedy_batch",
            "greedy_batch_lowrank", "AcquisitionSchedule"]
@@ -57,9 +58,10 @@ def greedy_select(
     observe : callable
         ``observe(i)`` conditions the posterior on candidate i's label (its value is not
         needed). Not called after the last pick.
-    keep : float or None
+    keep : float >= 0 or None
         Stop early when a pick scores under ``keep`` times the first pick's score
-        (e.g. 0.25: a near-duplicate of an earlier pick is not labelled).
+        (e.g. 0.25: stop when what is left adds under a quarter of the first pick's
+        score; whether a near-duplicate falls under it depends on the score).
 
     Returns
     -------
@@ -68,11 +70,19 @@ def greedy_select(
     values : ndarray of shape (k,)
         Each pick's score when it was picked.
     """
-    available = np.ones(int(n_candidates), dtype=bool)
+    n_candidates = check_number("n_candidates", n_candidates, low=0, integer=True)
+    n_select = check_number("n_select", n_select, low=0, integer=True)
+    if n_select > n_candidates:
+        raise ValueError(f"n_select must be between 0 and the {n_candidates} candidates, got {n_select}")
+    keep = check_number("keep", keep, low=0, none=True)
+    available = np.ones(n_candidates, dtype=bool)
     picks, values = [], []
-    for k in range(int(n_select)):
+    for k in range(n_select):
         idx = np.flatnonzero(available)
         s = np.asarray(scores(idx), dtype=np.float64)
+        if s.shape != idx.shape or not np.isfinite(s).all():
+            raise ValueError(f"scores must return {len(idx)} finite values for {len(idx)} candidates, "
+                             f"got shape {s.shape}" + ("" if np.isfinite(s).all() else " with NaN or inf"))
         j = int(np.argmax(s))  # ties: lowest index (idx is sorted)
         i, v = int(idx[j]), float(s[j])
         if keep is not None and picks and v < keep * values[0]:
