@@ -215,6 +215,17 @@ def test_stopping_rule_ends_the_run(tmp_path):
     assert rule.history and rule.history[-1].stop
 
 
+def test_a_new_learner_does_not_take_over_another_run(tmp_path):
+    L = learner(tmp_path / "run")
+    L.run(20)
+    labels = (tmp_path / "run" / "train.xyz").read_text()
+    with pytest.raises(gpal.GpalError, match="already holds a run; ActiveLearner.resume"):
+        learner(tmp_path / "run").run(40)  # e.g. a script run a second time
+    assert (tmp_path / "run" / "train.xyz").read_text() == labels  # nothing mixed in
+    L.run(30)  # the learner that made the run continues it
+    assert ActiveLearner.resume(tmp_path / "run").run(40).steps == 40  # and so does a resume
+
+
 def test_resume_keeps_the_stopping_rule_and_its_count(tmp_path):
     # every check passes (tolerance 50 eV/Å); patience 3 at checks every 20 steps
     L = learner(tmp_path / "run", stopping=StoppingRule(tolerance=50.0, patience=3, use="scale"),

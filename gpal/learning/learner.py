@@ -310,6 +310,7 @@ class ActiveLearner:
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
         self._reasons: list[str] = []  # why each line of train.xyz was labelled, in its order
         self._last_failures: list = []  # of the last labelling (named when nothing could be labelled)
+        self._owns_run_dir = False  # True once this learner has run there, or resumed it
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
@@ -711,6 +712,11 @@ class ActiveLearner:
         """
         t_start = time.perf_counter()
         steps = check_number("steps", steps, low=0, integer=True)
+        if not self._owns_run_dir and (self.run_dir / "state.json").exists():
+            # another learner's run: continuing it silently would mix its labels into this one
+            raise GpalError(f"{self.run_dir} already holds a run; ActiveLearner.resume({str(self.run_dir)!r}) "
+                            "continues it, or give another run_dir for a new run")
+        self._owns_run_dir = True
         if steps < self.step:
             warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
                           "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
@@ -1349,6 +1355,7 @@ class ActiveLearner:
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled - self._reasons.count("initial"))
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         self._explore = explore
+        self._owns_run_dir = True
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
         if walker_executor is not None:  # each walker continues from its own step
