@@ -17,8 +17,8 @@ import sys
 try:
     import pyscf  # noqa: F401
     from tblite.ase import TBLite  # noqa: F401
-except ImportError:
-    print("pyscf or tblite is not installed: `pip install pyscf tblite` to run this example (skipped)")
+except ImportError as exc:
+    print(f"{exc.name} is not installed: `pip install pyscf tblite` to run this example (skipped)")
     sys.exit(0)
 
 from ase.build import molecule
@@ -39,7 +39,7 @@ learner = ActiveLearner(
     oracle,
     model,
     run_dir="methanol_dft_run",
-    md=MDSettings(temperature=500, timestep=0.5),  # the learner's default trigger
+    md=MDSettings(temperature=500, timestep=0.5),  # the learner's default trigger and model size
     n_bootstrap=2 if FAST else 4,
     progress=False,
 )

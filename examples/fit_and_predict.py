@@ -25,7 +25,8 @@ print("energy  %.4f eV  (reference %.4f eV, std %.4f eV)"
       % (res["energy"], test[0].get_potential_energy(), res["energy_std"]))
 err = np.concatenate([(model.predict(a)["forces"] - a.get_forces()).ravel() for a in test])
 print("force RMSE on test: %.4f eV/Å" % np.sqrt(np.mean(err**2)))
-print("mean force std    : %.4f eV/Å" % res["forces_std"].mean())
+print("mean force std    : %.4f eV/Å (raw: the projected std, smaller than the error; "
+      "select_and_calibrate.py calibrates it)" % res["forces_std"].mean())
 
 # %%
 path = model.save("model.npz")       # arrays in .npz + JSON metadata, no pickle

@@ -272,11 +272,12 @@ class EvidenceSelection:
     best_index: int
 
     def __str__(self) -> str:
-        lines = [f"{'':2s}{'kernel':48s} {'log evidence':>14s} {'F noise':>9s}  at bound"]
+        w = max([len("kernel")] + [len(r["kernel"]) for r in self.rows])  # whole names, aligned
+        lines = [f"{'':2s}{'kernel':{w}s} {'log evidence':>14s} {'F noise':>9s}  at bound"]
         for k, r in enumerate(self.rows):
             mark = "* " if k == self.best_index else "  "
             lines.append(
-                f"{mark}{r['kernel'][:48]:48s} {r['log_marginal_likelihood']:14.2f} "
+                f"{mark}{r['kernel']:{w}s} {r['log_marginal_likelihood']:14.2f} "
                 f"{r['noise'].get('force', float('nan')):9.4g}  {', '.join(r['at_bound']) or '-'}"
             )
         return "\n".join(lines)
