@@ -11,8 +11,8 @@ from _common import FAST, emt_frames, small_soap
 
 train = emt_frames(8 if FAST else 30, seed=1)
 test = emt_frames(3 if FAST else 10, seed=2)
-write("train.xyz", train)            # extxyz with labels, as ASE writes it
-frames = read("train.xyz", ":")      # ... and as a user would load them
+write("example_train.xyz", train)    # extxyz with labels, as ASE writes it
+frames = read("example_train.xyz", ":")  # ... and as a user would load them
 
 # %%
 model = gpal.SparseGP(small_soap(), n_sparse=60 if FAST else 200).fit(frames)
@@ -29,7 +29,7 @@ print("mean force std    : %.4f eV/Å (raw: the projected std, smaller than the 
       "select_and_calibrate.py calibrates it)" % res["forces_std"].mean())
 
 # %%
-path = model.save("model.npz")       # arrays in .npz + JSON metadata, no pickle
+path = model.save("example_model.npz")  # arrays in .npz + JSON metadata, no pickle
 again = gpal.load(path)
 assert np.allclose(again.predict(test[0])["forces"], res["forces"])
 print("saved and reloaded", path)

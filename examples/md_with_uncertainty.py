@@ -20,7 +20,7 @@ dyn = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.02 / units.fs,
                rng=np.random.default_rng(1))
 
 # %%
-with Trajectory("md.traj", "w", atoms) as traj:
+with Trajectory("example_md.traj", "w", atoms) as traj:
     dyn.attach(traj.write, interval=10)
     for step in range(0, 50 if FAST else 500, 10):
         dyn.run(10)
@@ -29,5 +29,5 @@ with Trajectory("md.traj", "w", atoms) as traj:
               f"max local-energy std {1000 * std.max():6.2f} meV")
 
 # %%
-frames = read("md.traj", ":")                  # the stds travel with the trajectory
+frames = read("example_md.traj", ":")          # the stds travel with the trajectory
 print("frames:", len(frames), "max std in last frame (meV):", 1000 * max(frames[-1].info["energies_std"]))
