@@ -778,33 +778,34 @@ def _zeta(text: str):
 
 
 def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be a positive {'integer' if kind is int else 'number'}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
+    """argparse type: a number (``kind``) > 0."""
+    return _bounded(kind, strict=True)
 
 
 def _non_negative(kind):
+    """argparse type: a finite number (``kind``) >= 0."""
+    return _bounded(kind, strict=False)
+
+
+def _bounded(kind, strict: bool):
+    what = "an integer" if kind is int else "a number"
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            what = "an integer" if kind is int else "a number"
+            if strict:
+                raise argparse.ArgumentTypeError(
+                    f"must be a positive {'integer' if kind is int else 'number'}, got {text!r}") from None
             raise argparse.ArgumentTypeError(f"must be {what} >= 0, got {text!r}") from None
-        if not value >= 0 or value == float("inf"):
-            what = "an integer" if kind is int else "a finite number"
-            raise argparse.ArgumentTypeError(f"must be {what} >= 0, got {text!r}")
+        if strict and not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if not strict and (not value >= 0 or value == float("inf")):
+            finite = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {finite} >= 0, got {text!r}")
         return value
 
-    parse.__name__ = f"non-negative {kind.__name__}"
+    parse.__name__ = f"{'positive' if strict else 'non-negative'} {kind.__name__}"
     return parse
 
 

@@ -563,11 +563,7 @@ class _Evidence:
         at_bound = []
         for nm, lev, b in zip(names, levels, noise_bounds):
             if b != "fixed":
-                side = _bound_side(lev, b)
-                if side == "lower":  # the noise floor: what a deterministic oracle gives
-                    log.info("%s_noise at its lower bound %.3g %s", nm, lev, _UNITS[nm])
-                elif side:
-                    at_bound.append(f"{nm}_noise = {lev:.3g} {_UNITS[nm]} (at its {side} bound)")
+                _noise_at_bound(nm, lev, b, at_bound)
         if sv_bounds is not None:
             side = _bound_side(kernel.signal_variance, sv_bounds)
             if side:
@@ -688,12 +684,8 @@ class _Evidence:
             if len(nb) == 2 and all(np.isscalar(b) for b in nb):
                 nb = [tuple(nb)] * len(present)
             for g, lev, b in zip(present, res.noise_levels, nb):
-                side = None if isinstance(b, str) else _bound_side(lev, b)
-                name = _GROUP_NAMES[g]
-                if side == "lower":  # the noise floor: what a deterministic oracle gives
-                    log.info("%s_noise at its lower bound %.3g %s", name, lev, _UNITS[name])
-                elif side:
-                    at_bound.append(f"{name}_noise = {lev:.3g} {_UNITS[name]} (at its {side} bound)")
+                if not isinstance(b, str):
+                    _noise_at_bound(_GROUP_NAMES[g], lev, b, at_bound)
         free = [h for h in kernel.hyperparameters if not h.fixed]
         for h in free:
             side = _bound_side(getattr(kernel, h.name), h.bounds)
@@ -707,6 +699,16 @@ class _Evidence:
                 stacklevel=3,
             )
         return self
+
+
+def _noise_at_bound(name: str, level: float, bounds, at_bound: list) -> None:
+    """Add ``name``'s noise to ``at_bound`` (what the warning names) at its upper bound;
+    at its lower bound, the floor a deterministic oracle (EMT, DFT) always reaches, only log."""
+    side = _bound_side(level, bounds)
+    if side == "lower":
+        log.info("%s_noise at its lower bound %.3g %s", name, level, _UNITS[name])
+    elif side:
+        at_bound.append(f"{name}_noise = {level:.3g} {_UNITS[name]} (at its {side} bound)")
 
 
 def _bound_side(value, bounds, tol: float = 1e-2):
