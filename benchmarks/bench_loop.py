@@ -785,6 +785,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="few steps: a smoke run (~1 min per system)")
     p.add_argument("--max-run-minutes", type=float, default=15.0,
                    help="stop an AL run after this long and evaluate what it has (0: no limit)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="run the defaults with these ActiveLearner keywords changed instead "
+                        "(values read as JSON, else as strings), e.g. stored_frames=projected")
     p.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
                    help="print the tables of earlier --out files (merged) and exit; runs nothing")
     args = p.parse_args(argv)
@@ -807,6 +810,15 @@ def main(argv=None):
                 print(f"\n{name}: tblite is not installed (pip install tblite): skipped")
                 continue
         modes = [("defaults", None)]
+        if args.set:
+            extra = {}
+            for item in args.set:
+                key, _, value = item.partition("=")
+                try:
+                    extra[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    extra[key] = value
+            modes = [("defaults+" + ",".join(args.set), {"learner": extra})]
         if args.tuned:
             tuned = {k: dict(v) for k, v in TUNED.items()}
             for k, v in TUNED_BY_SYSTEM.get(name, {}).items():

@@ -224,6 +224,9 @@ class SparseGPSolver:
     jitter_ : float
         Relative jitter; ``jitter_value_ = jitter_ * mean(diag(K_mm_))`` was added.
     keep_rows_ : bool
+    n_projected_ : int
+        Sparse points added with projected columns (:meth:`add_sparse` with None)
+        since the last fit; 0 when every column is exact.
     n_obs_, n_sparse_ : int
 
     Examples
@@ -378,6 +381,7 @@ class SparseGPSolver:
         self.L_mm_, self.jitter_value_ = L, added
         self._set_rows(self._whiten(K_nm), y, s, keep=True)
         self._factorize()
+        self.n_projected_ = 0
         return self
 
     @staticmethod
@@ -439,6 +443,7 @@ class SparseGPSolver:
         for K_b, y_b, s_b in blocks:
             self._fold_rows(K_b, y_b, s_b)
         self._set_alpha()
+        self.n_projected_ = 0
         return self
 
     def _fold_rows(self, K_new, y_new, noise_new) -> None:
@@ -526,7 +531,7 @@ class SparseGPSolver:
         self._set_alpha()
         return self
 
-    def add_sparse(self, K_mm, K_nm_new_columns) -> "SparseGPSolver":
+    def add_sparse(self, K_mm, K_nm_new_columns=None, *, first_row: int = 0) -> "SparseGPSolver":
         """Append sparse points; the existing kernel blocks are reused, not recomputed.
 
         The caller supplies only what is new: the enlarged ``K_mm`` (whose leading
@@ -547,12 +552,34 @@ class SparseGPSolver:
         value moves (the mean of ``diag(K_mm)`` changed beyond round-off) the whole
         factorisation is recomputed.
 
+        With ``K_nm_new_columns=None`` the stored observations are *projected*: their
+        columns are taken as the Nyström values ``K_nm K_mm⁻¹ K_m,new`` (what the old
+        sparse points say of the new ones), whose whitened columns are exactly zero.
+        Then nothing of size ``n_obs`` is computed: ``R_w`` grows by an identity block,
+        ``Qᵀb`` by zeros, the weights and the residual do not change, and the stored
+        rows (if kept) get zero columns. This is the posterior of a model in which the
+        stored observations see only the part of the function spanned by the old
+        sparse points (a streaming sparse GP): the mean and the variances do not move
+        when the points are added, and along the new points' directions only
+        observations added afterwards inform the posterior. A fit (or a refit of all
+        rows) makes it exact again; ``n_projected_`` counts the sparse points added this
+        way since then (also when only some rows were projected).
+
+        With ``first_row > 0`` the columns given are those of observations
+        ``first_row, ..., n_obs - 1`` and the earlier ones are projected: the factor
+        grows by the given rows only (``R₁₂ = R_w⁻ᵀ Bᵀ E``, ``R₂₂`` the Cholesky factor
+        of ``EᵀE - R₁₂ᵀR₁₂``, which the new prior rows keep >= I), in
+        O(n_given n_sparse k + n_sparse² k) whatever ``n_obs`` is.
+
         Parameters
         ----------
         K_mm : array_like of shape (n_sparse + k, n_sparse + k)
             Kernel matrix of all sparse points, old ones first.
-        K_nm_new_columns : array_like of shape (n_obs, k)
-            Kernel between the stored observations and the k new sparse points.
+        K_nm_new_columns : array_like of shape (n_obs - first_row, k) or None
+            Kernel between the stored observations and the k new sparse points; None:
+            projected (above), cost independent of ``n_obs`` and rows not needed.
+        first_row : int, default 0
+            First observation the columns belong to; the ones before are projected.
 
         Returns
         -------
@@ -563,22 +590,30 @@ class SparseGPSolver:
         NotPositiveDefiniteError
             The enlarged ``K_mm`` is not positive definite (the solver is unchanged).
         ValueError
-            The rows are not kept (:meth:`drop_rows`): refit instead.
+            The rows are not kept (:meth:`drop_rows`) and columns were given: refit
+            instead.
         """
         self._check_fitted()
+        first_row = int(first_row)
+        if not 0 <= first_row <= self.n_obs_:
+            raise ValueError(f"first_row must be in [0, {self.n_obs_}], got {first_row}")
+        if K_nm_new_columns is None:
+            return self._add_sparse_projected(K_mm, None, self.n_obs_)
+        if first_row > 0:
+            if self._P is None:
+                raise ValueError(
+                    "this solver does not keep its observation rows (drop_rows): exact "
+                    "columns of some observations need their stored rows"
+                )
+            return self._add_sparse_projected(K_mm, K_nm_new_columns, first_row)
         if self._P is None:
             raise ValueError(
                 "this solver does not keep its observation rows (drop_rows): adding "
                 "sparse points needs a refit with all rows"
             )
-        K_mm = _matrix(K_mm, "K_mm")
+        K_mm = self._check_grown_k_mm(K_mm)
         M_old = self.n_sparse_
         M = K_mm.shape[0]
-        if K_mm.shape != (M, M) or M < M_old:
-            raise ValueError(
-                f"K_mm must be square with at least {M_old} rows (the existing sparse "
-                f"points), got shape {K_mm.shape}"
-            )
         k = M - M_old
         cols = np.asarray(K_nm_new_columns, dtype=np.float64)
         if cols.ndim == 1 and k == 1 and cols.shape[0] == self.n_obs_:
@@ -589,16 +624,8 @@ class SparseGPSolver:
                 f"K_nm_new_columns must have one row per stored observation "
                 f"({self.n_obs_}), got shape {cols.shape}"
             )
-        scale = max(float(np.max(np.abs(K_mm), initial=0.0)), np.finfo(float).tiny)
-        atol = 1e-10 * scale
-        if not np.allclose(K_mm[:M_old, :M_old], self.K_mm_, rtol=0.0, atol=atol):
-            raise ValueError("the leading block of K_mm differs from the stored K_mm_")
-        if not np.allclose(K_mm, K_mm.T, rtol=0.0, atol=atol):
-            raise ValueError("K_mm must be symmetric")
         if k == 0:
             return self
-        K_mm = np.array(K_mm, copy=True)
-        K_mm[:M_old, :M_old] = self.K_mm_  # exactly the stored block
         if self._extend_columns(K_mm, cols):
             return self
         # full refactorisation from the raw rows
@@ -608,6 +635,132 @@ class SparseGPSolver:
         self._set_rows(self._whiten(K_all), self._y, self._s, keep=True)
         self._factorize()
         return self
+
+    def _add_sparse_projected(self, K_mm, cols, first_row: int) -> "SparseGPSolver":
+        """:meth:`add_sparse` with the observations before ``first_row`` projected."""
+        K_mm = self._check_grown_k_mm(K_mm)
+        M_old, M = self.n_sparse_, K_mm.shape[0]
+        k = M - M_old
+        n = self.n_obs_
+        tail = slice(first_row, n)
+        n_tail = n - first_row
+        if cols is None:
+            cols = np.zeros((0, k))
+        cols = np.asarray(cols, dtype=np.float64)
+        if cols.ndim == 1 and k == 1 and cols.shape[0] == n_tail:
+            cols = cols[:, None]
+        cols = _matrix(cols, "K_nm_new_columns", k)
+        if cols.shape[0] != n_tail:
+            raise ValueError(
+                f"K_nm_new_columns must have one row per stored observation from row "
+                f"{first_row} on ({n_tail}), got shape {cols.shape}"
+            )
+        if k == 0:
+            return self
+        jitter_value = self.jitter_ * float(np.mean(np.diag(K_mm)))
+        if abs(jitter_value - self.jitter_value_) > 1e-12 * max(abs(jitter_value), 1e-300):
+            # the jitter of the old block moves with mean(diag K_mm): refactorise the rows
+            # (unwhitened, a projected row's new columns are Φ L21ᵀ) with the new one
+            if self._P is None:
+                raise ValueError(
+                    "adding these sparse points changes the jitter's value (the mean of "
+                    "diag(K_mm) moved) and the rows are not kept: refit instead"
+                )
+            L, _ = _jittered_cholesky(K_mm, self.jitter_)  # raises, solver unchanged
+            L21 = scipy.linalg.solve_triangular(
+                L[:M_old, :M_old], K_mm[M_old:, :M_old].T, lower=True, check_finite=False
+            ).T
+            new_cols = self.Phi_ @ L21.T
+            new_cols[tail] = cols
+            n_projected = self.n_projected_ + k
+            K_all = np.concatenate([self.K_nm_, new_cols], axis=1)
+            self.K_mm_, self.L_mm_, self.jitter_value_ = K_mm, L, jitter_value
+            self._set_rows(self._whiten(K_all), self._y, self._s, keep=True)
+            self._factorize()
+            self.n_projected_ = n_projected
+            return self
+        new = slice(M_old, M)
+        L21 = self._whiten(K_mm[new, :M_old])  # [k, M_old]
+        try:
+            L22 = scipy.linalg.cholesky(
+                K_mm[new, new] + self.jitter_value_ * np.eye(k) - L21 @ L21.T,
+                lower=True, check_finite=False,
+            )
+        except np.linalg.LinAlgError:
+            _jittered_cholesky(K_mm, self.jitter_)  # raises the descriptive error
+            raise NotPositiveDefiniteError(
+                "the new sparse points' kernel block is not positive definite given the "
+                "old ones (near-duplicates of existing sparse points?)"
+            ) from None
+        R12 = np.zeros((M_old, k))
+        R22 = np.eye(k)
+        q2 = np.zeros(k)
+        res2 = self.res2_
+        if n_tail:
+            # new whitened columns of the given rows, Φ_C = (C - Φ L21ᵀ) L22⁻ᵀ; the new
+            # columns of B are E = [Λ^{-1/2}Φ_C (given rows, 0 above) ; 0 ; I]
+            s_t = self._s[tail]
+            P_t = self._P[tail, :M_old]
+            P_cols = scipy.linalg.solve_triangular(
+                L22, (cols - P_t @ L21.T).T, lower=True, check_finite=False
+            ).T
+            E_t = P_cols / s_t[:, None]
+            R12 = scipy.linalg.solve_triangular(  # R_w⁻ᵀ Bᵀ E
+                self.R_w_, P_t.T @ (E_t / s_t[:, None]), trans="T", lower=False,
+                check_finite=False,
+            )
+            G = E_t.T @ E_t + np.eye(k) - R12.T @ R12  # Eᵀ(I - Q_B Q_Bᵀ)E >= I
+            try:
+                R22 = scipy.linalg.cholesky(G, lower=False, check_finite=False)
+            except np.linalg.LinAlgError:  # round-off beyond repair: the exact path
+                full = self.Phi_ @ L21.T  # the projected rows' (Nyström) columns
+                full[tail] = cols
+                return self.add_sparse(K_mm, full)
+            Etb = E_t.T @ (self._y[tail] / s_t)
+            q2 = scipy.linalg.solve_triangular(R22, Etb - R12.T @ self.Qtb_, trans="T",
+                                               lower=False, check_finite=False)
+            res2 = max(self.res2_ - float(q2 @ q2), 0.0)
+        L = np.zeros((M, M))
+        L[:M_old, :M_old] = self.L_mm_
+        L[new, :M_old] = L21
+        L[new, new] = L22
+        R = np.zeros((M, M))
+        R[:M_old, :M_old] = self.R_w_
+        R[:M_old, new] = R12
+        R[new, new] = R22
+        if self._P is not None:
+            block = np.zeros((n, k))
+            if n_tail:
+                block[tail] = P_cols
+            self._append_columns(block)
+        self.K_mm_ = K_mm
+        self.L_mm_ = L
+        self.R_w_ = R
+        self.Qtb_ = np.concatenate([self.Qtb_, q2])
+        self.res2_ = res2
+        self._set_alpha()
+        if first_row > 0:
+            self.n_projected_ += k
+        return self
+
+    def _check_grown_k_mm(self, K_mm) -> np.ndarray:
+        """The enlarged ``K_mm`` checked against the stored block (returned as a copy)."""
+        K_mm = _matrix(K_mm, "K_mm")
+        M_old, M = self.n_sparse_, K_mm.shape[0]
+        if K_mm.shape != (M, M) or M < M_old:
+            raise ValueError(
+                f"K_mm must be square with at least {M_old} rows (the existing sparse "
+                f"points), got shape {K_mm.shape}"
+            )
+        scale = max(float(np.max(np.abs(K_mm), initial=0.0)), np.finfo(float).tiny)
+        atol = 1e-10 * scale
+        if not np.allclose(K_mm[:M_old, :M_old], self.K_mm_, rtol=0.0, atol=atol):
+            raise ValueError("the leading block of K_mm differs from the stored K_mm_")
+        if not np.allclose(K_mm, K_mm.T, rtol=0.0, atol=atol):
+            raise ValueError("K_mm must be symmetric")
+        K_mm = np.array(K_mm, copy=True)
+        K_mm[:M_old, :M_old] = self.K_mm_  # exactly the stored block
+        return K_mm
 
     def _extend_columns(self, K_mm, cols) -> bool:
         """Grow the factors by the new columns; False when a full refactor is needed."""
@@ -687,6 +840,7 @@ class SparseGPSolver:
             "K_mm": self.K_mm_, "L_mm": self.L_mm_, "R_w": self.R_w_, "Qtb": self.Qtb_,
             "y": self.y_, "noise_std": self.noise_std_, "res2": np.array(self.res2_),
             "Phi": self.Phi_ if self._P is not None else np.zeros((0, M)),
+            "n_projected": np.array(self.n_projected_, dtype=np.int64),
         }
 
     @classmethod
@@ -710,6 +864,7 @@ class SparseGPSolver:
         self._set_rows(Phi if keep else np.zeros((0, M)), y, s, keep=keep)
         self.Qtb_ = np.asarray(arrays["Qtb"], dtype=np.float64)
         self._set_alpha()
+        self.n_projected_ = int(arrays["n_projected"]) if "n_projected" in arrays else 0
         if "res2" in arrays:
             self.res2_ = float(arrays["res2"])
         elif keep:

@@ -253,3 +253,66 @@ def test_streaming_evidence_equals_in_memory(alloy):
         p, q = small.predict(a, return_std=True), one.predict(a, return_std=True)
         assert _rel(p["forces"], q["forces"]) < 1e-8
         assert _rel(p["energies_std"], q["energies_std"]) < 1e-8
+
+
+# ----------------------------------------------------------------------------- projected columns
+@pytest.mark.parametrize("exact_frames", [0, 2])
+def test_windowed_update_is_the_posterior_with_nystrom_rows_for_older_frames(alloy, exact_frames,
+                                                                             monkeypatch):
+    # reference built independently: the stored frames' rows against the old sparse set,
+    # extended to the new points through the old ones (K K_mm^-1 K_m,new) for all but the
+    # last `exact_frames` frames, whose columns are exact; the new frame's rows against
+    # every point; one solver fitted at once
+    model = _model(alloy[:5]).fit(alloy[:5])
+    Z_old, zsp_old = model.sparse_X_.copy(), model.sparse_species_.copy()
+    K_old = model._stacked_rows(model.frames_, Z_old, zsp_old)
+    L_old = model.solver_.L_mm_.copy()  # K_mm + jitter of the old points
+    first = model._frame_slices()[5 - exact_frames].start if exact_frames else None
+    touched = []
+    new_columns = model._new_columns
+    monkeypatch.setattr(model, "_new_columns", lambda a, *r: touched.append(a) or new_columns(a, *r))
+    model.update(alloy[5:6], n_sparse=4, exact_frames=exact_frames)
+    assert len(touched) == exact_frames  # only the window's frames were computed
+    assert model.solver_.n_projected_ == len(model.sparse_X_) - len(Z_old) == 4
+    Z, zsp = model.sparse_X_, model.sparse_species_
+    Znew, zspnew = Z[len(Z_old):], zsp[len(Z_old):]
+    cols = K_old @ np.linalg.solve(L_old @ L_old.T, model._k_xm(Z_old, zsp_old, Znew, zspnew))
+    if exact_frames:
+        cols[first:] = model._stacked_rows(model.frames_[5 - exact_frames: 5], Znew, zspnew)
+    rows = np.vstack([np.hstack([K_old, cols]), model._stacked_rows(model.frames_[5:], Z, zsp)])
+    ref = SparseGPSolver().fit(model._k_mm(Z, zsp), rows, model.solver_.y_,
+                               model.solver_.noise_std_, jitter=model.jitter)
+    _assert_same_posterior(model, ref, alloy[10:12], tol=1e-7)
+
+
+def test_windowed_updates_then_refit_equal_exact_updates(alloy, tmp_path):
+    import gpal
+
+    exact = _model(alloy[:4]).fit(alloy[:4])
+    proj = _model(alloy[:4]).fit(alloy[:4])
+    for a in alloy[4:8]:
+        exact.update([a], n_sparse=3)
+        proj.update([a], n_sparse=3, exact_frames=1)
+    proj.add_sparse_environments(alloy[8], 2, exact_frames=1)
+    exact.add_sparse_environments(alloy[8], 2)
+    np.testing.assert_array_equal(proj.sparse_X_, exact.sparse_X_)
+    test = alloy[10]
+    f_exact = exact.predict(test)["forces"]
+    # before the refit the older frames do not inform the new points: a different model
+    assert np.max(np.abs(proj.predict(test)["forces"] - f_exact)) > 1e-6
+    path = tmp_path / "proj.npz"
+    proj.save(path)
+    assert gpal.load(path).solver_.n_projected_ == proj.solver_.n_projected_ == 14
+    proj.refit()
+    assert proj.solver_.n_projected_ == 0
+    np.testing.assert_allclose(proj.predict(test)["forces"], f_exact, rtol=0,
+                               atol=1e-8 * np.abs(f_exact).max())
+    # a window holding every frame is the exact update
+    assert exact.solver_.n_projected_ == 0
+    exact2 = _model(alloy[:4]).fit(alloy[:4]).update(alloy[4:5], n_sparse=3, exact_frames=4)
+    assert exact2.solver_.n_projected_ == 0
+    for bad in (-1, 1.5, "all", True):
+        with pytest.raises(ValueError, match="exact_frames"):
+            proj.update(alloy[8:9], n_sparse=2, exact_frames=bad)
+    with pytest.raises(ValueError, match="exact_frames"):
+        proj.add_sparse_environments(alloy[8], 2, exact_frames=-2)

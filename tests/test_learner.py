@@ -242,6 +242,32 @@ def test_resume_keeps_the_stopping_rule_and_its_count(tmp_path):
         R.stopping.update(R.stopping.history[-1].step, 1.0)
 
 
+def test_windowed_labels_are_made_exact_on_the_refit_schedule_and_resume_keeps_the_setting(tmp_path):
+    L = learner(tmp_path / "run", exact_frames=0, optimize_every=0, sparse_refresh=False,
+                sparse_per_label=5)
+    refit, projected = L.model.refit, []
+
+    def counting_refit():
+        projected.append(L.model.solver_.n_projected_)
+        return refit()
+
+    L.model.refit = counting_refit
+    L.run(150)
+    labels = [json.loads(x) for x in open(tmp_path / "run" / "log.jsonl")]
+    md_labels = sum(r["n"] for r in labels if r.get("event") == "label" and r.get("reason") != "bootstrap")
+    assert md_labels >= 3
+    # refits whenever the labels grew x1.5 since the last one, and at the end of the run:
+    # each made exact what the labels since the one before had projected
+    assert len(projected) >= 2 and all(0 < p <= 5 * md_labels for p in projected)
+    assert L.model.solver_.n_projected_ == 0
+    saved = gpal.load(tmp_path / "run" / "model.npz")
+    assert saved.solver_.n_projected_ == 0
+    R = ActiveLearner.resume(tmp_path / "run")
+    assert R.exact_frames == 0
+    with pytest.raises(ValueError, match="exact_frames"):
+        learner(tmp_path / "bad", exact_frames=-1)
+
+
 def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     val = cu_frames(2, seed=9, size=(2, 2, 2))
     trig = Trigger(quantity="forces_std", threshold=0.01, calibrated=True, adaptive=False, every=1,

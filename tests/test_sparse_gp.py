@@ -217,6 +217,64 @@ def test_add_sparse_validation_and_failure_keeps_state(problem):
     assert_allclose(gp.alpha_, alpha)
 
 
+def test_projected_add_sparse_equals_a_fit_on_nystrom_columns(problem):
+    # K_nm_new_columns=None: the stored observations see the new points through the old
+    # ones (K_nm K_mm^-1 K_m,new); a solver fitted at once on those columns is the reference
+    p = problem
+    kernel, X, Z = p["kernel"], p["X"], p["Z"]
+    cols = lambda Zc: np.vstack(  # noqa: E731
+        [kernel(X[:30], Zc), kernel(X, Zc)[np.arange(40).reshape(10, 4)].sum(axis=1)]
+    )
+    K_old = cols(Z[:6])
+    gp = SparseGPSolver().fit(kernel(Z[:6]), K_old, p["y"], p["s"])
+    Xs = np.random.default_rng(3).normal(size=(7, 6))
+    mean0 = gp.predict_mean(kernel(Xs, Z[:6]))
+    var0 = gp.predict_var(kernel(Xs, Z[:6]), kernel.diag(Xs))
+    gp.add_sparse(kernel(Z))
+    assert gp.n_sparse_ == 10 and gp.n_projected_ == 4
+    nystrom = K_old @ np.linalg.solve(jittered(kernel(Z[:6])), kernel(Z[:6], Z[6:]))
+    ref = SparseGPSolver().fit(kernel(Z), np.hstack([K_old, nystrom]), p["y"], p["s"])
+    assert ref.n_projected_ == 0
+    assert_allclose(gp.alpha_, ref.alpha_, rtol=1e-8, atol=1e-8 * np.abs(ref.alpha_).max())
+    assert_allclose(gp.log_marginal_likelihood(), ref.log_marginal_likelihood(), rtol=1e-10)
+    assert_allclose(gp.Phi_[:, 6:], 0.0)
+    # adding points informed by nothing moves neither the mean nor the DTC variance
+    A = kernel(Xs, Z)
+    assert_allclose(gp.predict_mean(A), mean0, rtol=1e-9, atol=1e-12)
+    assert_allclose(gp.predict_var(A, kernel.diag(Xs)), var0, rtol=1e-9, atol=1e-12)
+    # observations added afterwards see every point; the exact solver differs
+    Xn = np.random.default_rng(4).normal(size=(6, 6))
+    yn = np.sin(Xn[:, 0])
+    gp.update(kernel(Xn, Z), yn, np.full(6, 0.1))
+    ref.update(kernel(Xn, Z), yn, np.full(6, 0.1))
+    assert_allclose(gp.predict_mean(A), ref.predict_mean(A), rtol=1e-8, atol=1e-10)
+    exact = SparseGPSolver().fit(kernel(Z), np.vstack([cols(Z), kernel(Xn, Z)]),
+                                 np.r_[p["y"], yn], np.r_[p["s"], np.full(6, 0.1)])
+    assert np.max(np.abs(exact.predict_mean(A) - gp.predict_mean(A))) > 1e-4
+    # rows not kept: the projected columns need none
+    lean = SparseGPSolver().fit(kernel(Z[:6]), K_old, p["y"], p["s"]).drop_rows()
+    lean.add_sparse(kernel(Z))
+    assert_allclose(lean.alpha_, SparseGPSolver().fit(kernel(Z[:6]), K_old, p["y"], p["s"])
+                    .add_sparse(kernel(Z)).alpha_, rtol=1e-12, atol=1e-14)
+    # the file layout keeps the count
+    back = SparseGPSolver._from_arrays(gp._to_arrays(), gp.jitter_)
+    assert back.n_projected_ == 4
+    assert_allclose(back.alpha_, gp.alpha_)
+
+
+def test_projected_add_sparse_validation_keeps_state(problem):
+    p = problem
+    gp = SparseGPSolver().fit(p["K_mm"], p["K_nm"], p["y"], p["s"])
+    alpha = gp.alpha_.copy()
+    with pytest.raises(ValueError, match="leading block"):
+        gp.add_sparse(np.eye(11))
+    K = np.block([[p["K_mm"], p["K_mm"][:, :1]], [p["K_mm"][:1], p["K_mm"][:1, :1] * (1 - 1e-3)]])
+    with pytest.raises(NotPositiveDefiniteError):
+        gp.add_sparse(K)
+    assert gp.n_sparse_ == 10 and gp.n_projected_ == 0
+    assert_allclose(gp.alpha_, alpha)
+
+
 # ----------------------------------------------------------------------------- evidence
 def test_lml_vs_dense(problem):
     p = problem

@@ -202,7 +202,8 @@ class ActiveLearner:
     growth : ModelGrowth, optional
         How the model grows: ``sparse_per_label`` (20), ``optimize_every`` (1.5, a
         geometric schedule of evidence refits), ``optimize_noise``, ``sparse_refresh``,
-        ``max_sparse`` (2000) (:class:`gpal.learning.settings.ModelGrowth`).
+        ``max_sparse`` (2000), ``exact_frames`` (all)
+        (:class:`gpal.learning.settings.ModelGrowth`).
     oracle_settings : OracleSettings, optional
         ``executor`` for concurrent oracle calls (process pool, dask), ``timeout`` per
         label, ``retries``, ``on_failure`` ("skip" or "stop"), ``max_calls``
@@ -460,9 +461,15 @@ class ActiveLearner:
         if self.model.alpha_ is None:
             self.model.fit(frames)
         else:
-            self.model.update(frames, n_sparse=self.sparse_per_label * len(frames), sparse_selection="variance")
+            self.model.update(frames, n_sparse=self.sparse_per_label * len(frames), sparse_selection="variance",
+                              exact_frames=self.exact_frames)
         if self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1):
             self._optimize()
+        elif (getattr(self.model.solver_, "n_projected_", 0)
+              and self.n_labelled >= 1.5 * max(self._last_opt, 1)):
+            # no hyperparameter schedule: projected columns made exact on the same geometric one
+            self._last_opt = self.n_labelled
+            self.model.refit()
         self._times["update"] += time.perf_counter() - t0
         for w in self.walkers:
             w.atoms.calc.reset()
@@ -486,6 +493,8 @@ class ActiveLearner:
                     self.model.select_hyperparameters()  # re-chooses what the user left unset
                 else:
                     self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
+            if getattr(self.model.solver_, "n_projected_", 0):  # nothing was left to re-choose
+                self.model.refit()
             self._log({"event": "hyperparameters", "step": self.step,
                        "kernel": repr(self.model.kernel_), "noise": self.model.noise_,
                        "zeta": getattr(self.model, "zeta_", None),
@@ -679,7 +688,8 @@ class ActiveLearner:
             return False
         t0 = time.perf_counter()
         n = min(self.sparse_per_label, n_novel, self.max_sparse - len(self.model.sparse_X_))
-        added = self.model.add_sparse_environments(w.atoms, n, sparse_selection="variance")
+        added = self.model.add_sparse_environments(w.atoms, n, sparse_selection="variance",
+                                                   exact_frames=self.exact_frames)
         self._times["update"] += time.perf_counter() - t0
         if not added:
             return False
@@ -919,6 +929,10 @@ class ActiveLearner:
 
     def _finish(self, t_start: float) -> Summary:
         """Final calibration and validation, checkpoint, summary.json and plots."""
+        if getattr(self.model.solver_, "n_projected_", 0):  # the saved model is exact
+            t0 = time.perf_counter()
+            self.model.refit()
+            self._times["update"] += time.perf_counter() - t0
         self.calibrate()
         if self.validation:
             self.validate()
@@ -1343,7 +1357,8 @@ class ActiveLearner:
         self._reasons = [str(a.info.get("gpal_reason", "uncertain")) for a in labelled]
         missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
         if missing:
-            model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance")
+            model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance",
+                         exact_frames=self.exact_frames)
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
         unseen = labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):]
         unseen = [a for a in unseen if a.info.get("gpal_reason") != "initial"]  # no oracle call

@@ -89,6 +89,13 @@ class ModelGrowth:
         and look again (no oracle call).
     max_sparse : int, default 2000
         Upper bound of the sparse set (prediction cost grows with it).
+    exact_frames : int, optional
+        How many of the frames already labelled, the most recent, get exact kernel
+        columns for new sparse environments (a label's or a refresh's; unset: all;
+        :meth:`gpal.SparseGP.update`). Unset, the model always equals a fit from
+        scratch, but a label then costs more the more frames are held. An
+        int k: the cost no longer grows with the frames held; older frames inform the
+        new environments from the scheduled refit on, which makes the model exact again.
     """
 
     sparse_per_label: int = 20
@@ -96,6 +103,7 @@ class ModelGrowth:
     optimize_noise: bool = True
     sparse_refresh: bool = True
     max_sparse: int = 2000
+    exact_frames: int | None = None
 
     def __post_init__(self):
         self.sparse_per_label = check_number("sparse_per_label", self.sparse_per_label, low=0, integer=True)
@@ -103,6 +111,8 @@ class ModelGrowth:
         if 0 < self.optimize_every < 1:
             raise ValueError(f"optimize_every must be 0 (never) or a growth factor >= 1, got {self.optimize_every!r}")
         self.max_sparse = check_number("max_sparse", self.max_sparse, low=1, integer=True)
+        if self.exact_frames is not None:
+            self.exact_frames = check_number("exact_frames", self.exact_frames, low=0, integer=True)
         for name in ("optimize_noise", "sparse_refresh"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 from .evidence import _Evidence
 from .files import _Files
 from .rows import ObservationRows, _Rows  # noqa: F401
-from .sparse_set import _SparseSet
+from .sparse_set import _SparseSet, _check_exact_frames
 
 
 def _fit_size(model, frames=None, *args, **kwargs) -> int | None:
@@ -1241,19 +1241,31 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         *,
         n_sparse: int = 0,
         sparse_selection: str = "variance",
+        exact_frames: int | None = None,
     ) -> "SparseGP":
         """Add labelled frames, and optionally new sparse environments taken from them.
 
         Existing kernel blocks are not recomputed: the new frames' rows are appended to
         the factorisation (a QR update whose cost does not depend on the frames already
-        held), and new sparse environments add columns: their kernel columns for the
-        stored frames, computed frame by frame (the SOAP adjoint for a few points, else
-        one descriptor-derivative pass per frame: this part grows with the number of
-        frames), extend the factor in O(n_obs n_sparse k) (no new QR of all rows).
-        The result equals a fit from scratch on the same frames and sparse set up to
-        rounding (measured ~1e-10 relative on predictions). A model whose rows exceed
-        half of ``memory_budget_gb`` (rows not kept) refactorises frame by frame when
-        sparse points are added.
+        held), and new sparse environments add columns. With ``exact_frames=None``
+        their kernel columns for the stored frames are computed frame by frame (the
+        SOAP adjoint for a few points, else one descriptor-derivative pass per frame:
+        this part grows with the number of frames) and extend the factor in
+        O(n_obs n_sparse k) (no new QR of all rows); the result equals a fit from
+        scratch on the same frames and sparse set up to rounding (measured ~1e-10
+        relative on predictions). A model whose rows exceed half of
+        ``memory_budget_gb`` (rows not kept) refactorises frame by frame when sparse
+        points are added.
+
+        With ``exact_frames=k`` only the ``k`` most recently added stored frames get
+        those columns; the older ones are *projected*: their labels are taken as
+        observations of the part of the local-energy function that the old sparse
+        points span (:meth:`SparseGPSolver.add_sparse` with ``first_row``, a streaming
+        sparse GP), so the cost of an update does not depend on the number of frames
+        held (``k = 0``: no stored frame is touched). The new points are then informed
+        by the new and the ``k`` recent frames only, until :meth:`refit` (or a
+        hyperparameter refit) makes the model exact again; the number of points added
+        this way is ``solver_.n_projected_``.
 
         Parameters
         ----------
@@ -1265,6 +1277,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``"variance"``: the environments with the largest DTC local-energy variance
             under the current model, chosen greedily so that no two are near-duplicates;
             ``"fps"``: farthest from the current sparse set and from each other.
+        exact_frames : int or None, default None
+            How many of the frames already held (the most recent) get exact kernel
+            columns for the new sparse points (above); None: all.
 
         Returns
         -------
@@ -1274,6 +1289,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         choices = ("variance", "fps", "random")
         if sparse_selection not in choices:
             raise ValueError(f"Invalid sparse_selection {sparse_selection!r}; choose from {choices}")
+        exact_frames = _check_exact_frames(exact_frames)
         frames = check_frames(frames)
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
@@ -1284,13 +1300,31 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if n_sparse > 0:
             Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection)
             if len(Znew):
-                self._add_sparse(Znew, zspnew)
+                self._add_sparse(Znew, zspnew, exact_frames)
         K_nm, y, noise, group, fidx = self._observations(new, self.sparse_X_, self.sparse_species_)
         self.solver_.update(K_nm, y, noise)
         self.obs_group_ = np.concatenate([self.obs_group_, group])
         self.obs_frame_ = np.concatenate([self.obs_frame_, fidx])
         self.frames_ = self.frames_ + new
         self.alpha_ = self.solver_.alpha_
+        self._enforce_budget()
+        return self
+
+    @_thread_policy()
+    def refit(self) -> "SparseGP":
+        """Recompute every training frame's kernel rows and refactorise.
+
+        Keeps the sparse set, the hyperparameters, the reference energies and the
+        calibration; after updates with ``exact_frames`` set the model is
+        exact again (``solver_.n_projected_`` is 0). Costs one pass over all frames, as
+        a fit with fixed hyperparameters does.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self)
+        self._fit_solver(self._k_mm(self.sparse_X_, self.sparse_species_))
         self._enforce_budget()
         return self
 

@@ -9,6 +9,7 @@ from .._threads import policy as _thread_policy
 from .._validation import (
     as_rng,
     check_is_fitted,
+    check_number,
 )
 from ..sparse_gp import _jittered_cholesky
 
@@ -29,6 +30,11 @@ def _species_rows(X_list, numbers_list, z) -> np.ndarray:
         out[start:start + k] = X[mask]
         start += k
     return out
+
+
+def _check_exact_frames(value) -> int | None:
+    """``exact_frames``: None (every stored frame) or an int >= 0."""
+    return check_number("exact_frames", value, low=0, integer=True, none=True)
 
 
 class _SparseSet:
@@ -103,7 +109,8 @@ class _SparseSet:
         return np.concatenate(Z), np.concatenate(zsp)
 
     @_thread_policy()
-    def add_sparse_environments(self, atoms, n_sparse: int, *, sparse_selection: str = "variance") -> int:
+    def add_sparse_environments(self, atoms, n_sparse: int, *, sparse_selection: str = "variance",
+                                exact_frames: int | None = None) -> int:
         """Add environments of (unlabelled) ``atoms`` to the sparse set; no label needed.
 
         Sparse (inducing) environments only set where the model can resolve local
@@ -112,6 +119,17 @@ class _SparseSet:
         comes from the sparse approximation (``k - k K_mm^-1 k``) without an oracle call.
         The active learner does this before deciding that a frame needs a label.
 
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        n_sparse : int
+            At most this many environments are added.
+        sparse_selection : {"variance", "fps", "random"}, default "variance"
+        exact_frames : int or None, default None
+            Training frames that get exact kernel columns for the new points, the most
+            recent ones (as in :meth:`update`); the others do not inform the new points
+            until a refit. None: all.
+
         Returns
         -------
         int
@@ -119,9 +137,10 @@ class _SparseSet:
         """
         check_is_fitted(self)
         self._check(atoms)
+        exact_frames = _check_exact_frames(exact_frames)
         Znew, zspnew = self._choose_new_sparse([atoms], int(n_sparse), sparse_selection)
         if len(Znew):
-            self._add_sparse(Znew, zspnew)
+            self._add_sparse(Znew, zspnew, exact_frames)
             self.alpha_ = self.solver_.alpha_
         return len(Znew)
 
@@ -168,7 +187,7 @@ class _SparseSet:
         idx = np.asarray(idx, dtype=np.int64)
         return X[idx], numbers[idx].astype(np.int64)
 
-    def _add_sparse(self, Znew, zspnew):
+    def _add_sparse(self, Znew, zspnew, exact_frames: int | None = None):
         """Append sparse environments: new K_mm rows/columns and new K_nm columns.
 
         Only what is new is computed: the kernel between the new and the old sparse
@@ -177,7 +196,10 @@ class _SparseSet:
         backward pass per frame for all the new points (:meth:`_adjoint_rows`), or
         the frame's descriptor derivatives beyond ``_ADJOINT_MAX_COLUMNS`` points. The
         solver then grows its factors by those columns. Without stored rows (memory
-        budget) the factorisation is rebuilt frame by frame.
+        budget) the factorisation is rebuilt frame by frame. With ``exact_frames`` an
+        int, only the last ``exact_frames`` stored frames get their columns and the
+        others are projected (:meth:`SparseGPSolver.add_sparse` with ``first_row``); with
+        0, or without stored rows, no stored frame is touched.
         """
         Z_old, zsp_old = self.sparse_X_, self.sparse_species_
         Z = np.concatenate([Z_old, Znew])
@@ -185,7 +207,15 @@ class _SparseSet:
         sol = self.solver_
         K_on = self._k_xm(Z_old, zsp_old, Znew, zspnew)  # [M_old, k]
         K_mm = np.block([[sol.K_mm_, K_on], [K_on.T, self._k_mm(Znew, zspnew)]])
-        if sol.keep_rows_:
+        n_frames = len(self.frames_)
+        if exact_frames is not None and (exact_frames == 0 or not sol.keep_rows_):
+            sol.add_sparse(K_mm)  # projected; a failure leaves the solver unchanged
+        elif exact_frames is not None and exact_frames < n_frames:
+            recent = self.frames_[n_frames - exact_frames:]
+            cols = [self._new_columns(a, Znew, zspnew) for a in recent]
+            first = self._frame_slices()[n_frames - exact_frames].start
+            sol.add_sparse(K_mm, np.concatenate(cols), first_row=first)
+        elif sol.keep_rows_:
             cols = [self._new_columns(a, Znew, zspnew) for a in self.frames_]
             sol.add_sparse(K_mm, np.concatenate(cols) if cols else np.zeros((0, len(Znew))))
         else:  # rows beyond the memory budget: refactorise frame by frame
