@@ -67,6 +67,30 @@ columns need every pair's descriptor derivative against every new point (>= ~750
 flops per pair and point), or a cache of the derivatives (28 MB per frame, 5.8 GB for
 200 frames).
 
+Since ``exact_frames`` (:meth:`gpal.SparseGP.update`): a label's new sparse points get
+exact kernel columns for the most recent ``--window`` (10) stored frames only, the older
+ones projected through the old sparse set (a streaming sparse GP; exact again after
+``SparseGP.refit()`` or a hyperparameter refit). Times are now the mean of a sequence of
+6 operations on one model after one untimed (the row buffer's geometric growth
+amortised, as in a run); quiet machine (load 1.4-1.5), one thread::
+
+    operation                  small     large  large/small
+    label, 10 new sparse       0.256     2.773        10.84
+    sparse refresh, 3          0.091     1.302        14.29
+    label, no new sparse       0.065     0.060         0.93
+    label, 10 new, window      0.204     0.209         1.02
+    refresh, 3, window         0.094     0.083         0.88
+    label, 10 new, proj.       0.084     0.097         1.16     (exact_frames=0)
+    fit                        1.656    15.181         9.17
+
+    6 labels (+10 sparse each) on a 40-frame model, force RMSE on 10 held-out frames:
+    exact 0.0014 eV/Å, window of 10 frames 0.0016 (1.10x), projected 0.0019 (1.31x),
+    projected then refit 0.0014
+
+What a window costs is its frames' columns (10.6 ms per 108-atom frame for 10 points)
+plus the new frame's rows; what it loses, until the next refit, is what older frames
+say about the new points.
+
 Run (single-threaded, as the issue's figures)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_incremental.py \\
