@@ -159,3 +159,13 @@ def test_learner_refuses_bad_counts_before_any_oracle_call(tmp_path):
     with pytest.raises(ValueError, match="steps must be an integer >= 0"):
         L.run(-5)
     assert L.oracle.n_calls == 0 and not (tmp_path / "run").exists()
+
+
+def test_exact_frames_default_all_and_range():
+    assert ModelGrowth().exact_frames == 50
+    assert ModelGrowth(exact_frames="all").exact_frames is None  # what a TOML file writes
+    assert ModelGrowth(exact_frames=None).exact_frames is None
+    assert ModelGrowth(exact_frames=0).exact_frames == 0
+    for bad in (-1, 2.5, "some", True):
+        with pytest.raises(ValueError, match="exact_frames"):
+            ModelGrowth(exact_frames=bad)

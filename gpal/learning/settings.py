@@ -89,13 +89,15 @@ class ModelGrowth:
         and look again (no oracle call).
     max_sparse : int, default 2000
         Upper bound of the sparse set (prediction cost grows with it).
-    exact_frames : int, optional
+    exact_frames : int, "all" or None, default 50
         How many of the frames already labelled, the most recent, get exact kernel
-        columns for new sparse environments (a label's or a refresh's; unset: all;
-        :meth:`gpal.SparseGP.update`). Unset, the model always equals a fit from
-        scratch, but a label then costs more the more frames are held. An
-        int k: the cost no longer grows with the frames held; older frames inform the
-        new environments from the scheduled refit on, which makes the model exact again.
+        columns for new sparse environments (a label's or a refresh's; None or "all":
+        all;
+        :meth:`gpal.SparseGP.update`). Older frames inform the new environments from the
+        next scheduled refit on, which makes the model exact again (and so does the end
+        of a run): a label's cost stops growing with the frames held beyond this many.
+        None keeps the model equal to a fit from scratch after every label, at a cost
+        that grows with the frames held.
     """
 
     sparse_per_label: int = 20
@@ -103,7 +105,7 @@ class ModelGrowth:
     optimize_noise: bool = True
     sparse_refresh: bool = True
     max_sparse: int = 2000
-    exact_frames: int | None = None
+    exact_frames: int | str | None = 50
 
     def __post_init__(self):
         self.sparse_per_label = check_number("sparse_per_label", self.sparse_per_label, low=0, integer=True)
@@ -111,6 +113,8 @@ class ModelGrowth:
         if 0 < self.optimize_every < 1:
             raise ValueError(f"optimize_every must be 0 (never) or a growth factor >= 1, got {self.optimize_every!r}")
         self.max_sparse = check_number("max_sparse", self.max_sparse, low=1, integer=True)
+        if self.exact_frames == "all":  # what a TOML file, which has no None, writes
+            self.exact_frames = None
         if self.exact_frames is not None:
             self.exact_frames = check_number("exact_frames", self.exact_frames, low=0, integer=True)
         for name in ("optimize_noise", "sparse_refresh"):
