@@ -189,7 +189,7 @@ def timings(args) -> dict:
             # then the mean of a sequence on the same model (the buffer's growth amortised)
             m = copy.deepcopy(model)
             fn(m, extra[-1])
-            ts = [timed(lambda a=a: fn(m, a)) for a in extra[: 2 * args.repeats]]
+            ts = [timed(lambda a=a, m=m: fn(m, a)) for a in extra[: 2 * args.repeats]]
             out[f"{op}_{name}"] = float(np.mean(ts))
             del m
         print(f"  [{name}: {n} frames done]", file=sys.stderr, flush=True)

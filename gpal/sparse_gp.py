@@ -679,19 +679,12 @@ class SparseGPSolver:
             self._factorize()
             self.n_projected_ = n_projected
             return self
-        new = slice(M_old, M)
-        L21 = self._whiten(K_mm[new, :M_old])  # [k, M_old]
-        try:
-            L22 = scipy.linalg.cholesky(
-                K_mm[new, new] + self.jitter_value_ * np.eye(k) - L21 @ L21.T,
-                lower=True, check_finite=False,
-            )
-        except np.linalg.LinAlgError:
-            _jittered_cholesky(K_mm, self.jitter_)  # raises the descriptive error
+        L21, L22 = self._grown_cholesky(K_mm, M_old)
+        if L22 is None:
             raise NotPositiveDefiniteError(
                 "the new sparse points' kernel block is not positive definite given the "
                 "old ones (near-duplicates of existing sparse points?)"
-            ) from None
+            )
         R12 = np.zeros((M_old, k))
         R22 = np.eye(k)
         q2 = np.zeros(k)
@@ -720,28 +713,36 @@ class SparseGPSolver:
             q2 = scipy.linalg.solve_triangular(R22, Etb - R12.T @ self.Qtb_, trans="T",
                                                lower=False, check_finite=False)
             res2 = max(self.res2_ - float(q2 @ q2), 0.0)
-        L = np.zeros((M, M))
-        L[:M_old, :M_old] = self.L_mm_
-        L[new, :M_old] = L21
-        L[new, new] = L22
-        R = np.zeros((M, M))
-        R[:M_old, :M_old] = self.R_w_
-        R[:M_old, new] = R12
-        R[new, new] = R22
+        block = None
         if self._P is not None:
             block = np.zeros((n, k))
             if n_tail:
                 block[tail] = P_cols
-            self._append_columns(block)
-        self.K_mm_ = K_mm
-        self.L_mm_ = L
-        self.R_w_ = R
-        self.Qtb_ = np.concatenate([self.Qtb_, q2])
-        self.res2_ = res2
-        self._set_alpha()
+        self._commit_columns(K_mm, L21, L22, R12, R22, block, q2, res2)
         if first_row > 0:
             self.n_projected_ += k
         return self
+
+    def _grown_cholesky(self, K_mm, M_old: int):
+        """New rows of the Cholesky factor of the grown ``K_mm`` (jitter as stored).
+
+        ``L21 = K21 L11⁻ᵀ`` and ``L22 = chol(K22 + jitter - L21 L21ᵀ)``, what a blocked
+        Cholesky of the whole matrix computes. ``L22`` is None when that block is not
+        positive definite and the whole matrix with its jitter is (else the descriptive
+        :class:`NotPositiveDefiniteError` of :func:`_jittered_cholesky` is raised).
+        """
+        new = slice(M_old, K_mm.shape[0])
+        k = K_mm.shape[0] - M_old
+        L21 = self._whiten(K_mm[new, :M_old])  # [k, M_old]
+        try:
+            L22 = scipy.linalg.cholesky(
+                K_mm[new, new] + self.jitter_value_ * np.eye(k) - L21 @ L21.T,
+                lower=True, check_finite=False,
+            )
+        except np.linalg.LinAlgError:
+            _jittered_cholesky(K_mm, self.jitter_)  # raises the descriptive error
+            return L21, None
+        return L21, L22
 
     def _check_grown_k_mm(self, K_mm) -> np.ndarray:
         """The enlarged ``K_mm`` checked against the stored block (returned as a copy)."""
@@ -766,21 +767,11 @@ class SparseGPSolver:
         """Grow the factors by the new columns; False when a full refactor is needed."""
         M_old, M = self.n_sparse_, K_mm.shape[0]
         k = M - M_old
-        new = slice(M_old, M)
         jitter_value = self.jitter_ * float(np.mean(np.diag(K_mm)))
         if abs(jitter_value - self.jitter_value_) > 1e-12 * max(abs(jitter_value), 1e-300):
             return False  # the jitter on the old block changed: refactor from scratch
-        # Cholesky factor of K_mm: L21 = K21 L11⁻ᵀ, L22 = chol(K22 + j - L21 L21ᵀ)
-        # (what a blocked Cholesky of the whole matrix computes)
-        L11 = self.L_mm_
-        L21 = self._whiten(K_mm[new, :M_old])  # [k, M_old]
-        try:
-            L22 = scipy.linalg.cholesky(
-                K_mm[new, new] + self.jitter_value_ * np.eye(k) - L21 @ L21.T,
-                lower=True, check_finite=False,
-            )
-        except np.linalg.LinAlgError:
-            _jittered_cholesky(K_mm, self.jitter_)  # raises the descriptive error
+        L21, L22 = self._grown_cholesky(K_mm, M_old)
+        if L22 is None:
             return False
         n = self.n_obs_
         s = self.noise_std_
@@ -813,23 +804,31 @@ class SparseGPSolver:
         R22, q2, res2 = _triangular_qr(stacked, k)
         if not (np.all(np.diag(R22) > 0.0) and np.all(np.isfinite(R22))):
             return False
-        # commit
+        self._commit_columns(K_mm, L21, L22, R12, R22, P_cols, q2, res2)
+        return True
+
+    def _commit_columns(self, K_mm, L21, L22, R12, R22, P_cols, q2, res2) -> None:
+        """Install grown factors: ``L_mm`` and ``R_w`` by their new blocks, the stored
+        rows' new whitened columns (``P_cols``; None when the rows are not kept), the
+        new entries of ``Qᵀb``, the residual and the weights."""
+        M_old, M = self.n_sparse_, K_mm.shape[0]
+        new = slice(M_old, M)
         L = np.zeros((M, M))
-        L[:M_old, :M_old] = L11
+        L[:M_old, :M_old] = self.L_mm_
         L[new, :M_old] = L21
         L[new, new] = L22
         R = np.zeros((M, M))
         R[:M_old, :M_old] = self.R_w_
         R[:M_old, new] = R12
         R[new, new] = R22
-        self._append_columns(P_cols)
+        if P_cols is not None:
+            self._append_columns(P_cols)
         self.K_mm_ = K_mm
         self.L_mm_ = L
         self.R_w_ = R
         self.Qtb_ = np.concatenate([self.Qtb_, q2])
         self.res2_ = float(res2)
         self._set_alpha()
-        return True
 
     # -- persistence -------------------------------------------------------------------
     def _to_arrays(self) -> dict:
