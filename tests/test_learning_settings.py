@@ -162,7 +162,7 @@ def test_learner_refuses_bad_counts_before_any_oracle_call(tmp_path):
 
 
 def test_exact_frames_default_all_and_range():
-    assert ModelGrowth().exact_frames == 50
+    assert ModelGrowth().exact_frames == 10
     assert ModelGrowth(exact_frames="all").exact_frames is None  # what a TOML file writes
     assert ModelGrowth(exact_frames=None).exact_frames is None
     assert ModelGrowth(exact_frames=0).exact_frames == 0

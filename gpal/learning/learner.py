@@ -202,7 +202,7 @@ class ActiveLearner:
     growth : ModelGrowth, optional
         How the model grows: ``sparse_per_label`` (20), ``optimize_every`` (1.5, a
         geometric schedule of evidence refits), ``optimize_noise``, ``sparse_refresh``,
-        ``max_sparse`` (2000), ``exact_frames`` (50)
+        ``max_sparse`` (2000), ``exact_frames`` (10)
         (:class:`gpal.learning.settings.ModelGrowth`).
     oracle_settings : OracleSettings, optional
         ``executor`` for concurrent oracle calls (process pool, dask), ``timeout`` per

@@ -89,15 +89,14 @@ class ModelGrowth:
         and look again (no oracle call).
     max_sparse : int, default 2000
         Upper bound of the sparse set (prediction cost grows with it).
-    exact_frames : int, "all" or None, default 50
+    exact_frames : int, "all" or None, default 10
         How many of the frames already labelled, the most recent, get exact kernel
         columns for new sparse environments (a label's or a refresh's; None or "all":
-        all;
-        :meth:`gpal.SparseGP.update`). Older frames inform the new environments from the
-        next scheduled refit on, which makes the model exact again (and so does the end
-        of a run): a label's cost stops growing with the frames held beyond this many.
-        None keeps the model equal to a fit from scratch after every label, at a cost
-        that grows with the frames held.
+        all; :meth:`gpal.SparseGP.update`). Older frames inform the new environments
+        from the next scheduled refit on, which makes the model exact again (and so
+        does the end of a run): a label's cost stops growing with the frames held
+        beyond this many. None keeps the model equal to a fit from scratch after every
+        label, at a cost that grows with the frames held.
     """
 
     sparse_per_label: int = 20
@@ -105,7 +104,7 @@ class ModelGrowth:
     optimize_noise: bool = True
     sparse_refresh: bool = True
     max_sparse: int = 2000
-    exact_frames: int | str | None = 50
+    exact_frames: int | str | None = 10
 
     def __post_init__(self):
         self.sparse_per_label = check_number("sparse_per_label", self.sparse_per_label, low=0, integer=True)
