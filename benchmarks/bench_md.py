@@ -120,6 +120,18 @@ per predict; ``check_atoms`` by a lookup table: 19 -> 10 µs): 108 atoms, 40 ste
 blocks, before and after as concurrent processes, gpal/EMT 0.86 -> 0.72 quiet, 0.90 ->
 0.83 busy; 4000 atoms unchanged. Target >= 60x GAP: not met (41-50x).
 
+The same command on another 2-core machine (a new session, quiet: load average 0.6-1.1;
+``--load both``), CPU µs/atom/step, medians of interleaved blocks::
+
+    machine  atoms  gpal   EMT   GAP   gpal/EMT  GAP/gpal
+    quiet    108    59.8   68.1  2179  0.88      36
+    quiet    4000   52.7   67.0  2041  0.79      39
+    busy     108    69.7   84.5  2266  0.82      33
+    busy     4000   53.3   68.3  2090  0.78      39
+
+gpal is about as fast as above, but EMT and GAP are faster on this machine, so neither
+target is met here (<= 0.7x EMT, >= 60x GAP).
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
