@@ -465,7 +465,7 @@ class ActiveLearner:
                               exact_frames=self.exact_frames)
         if self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1):
             self._optimize()
-        elif (getattr(self.model.solver_, "n_projected_", 0)
+        elif (self._n_projected()
               and self.n_labelled >= 1.5 * max(self._last_opt, 1)):
             # no hyperparameter schedule: projected columns made exact on the same geometric one
             self._last_opt = self.n_labelled
@@ -481,6 +481,10 @@ class ActiveLearner:
         if self.n_labelled % self.checkpoint_every < len(frames):
             self.checkpoint()
 
+    def _n_projected(self) -> int:
+        """Sparse points whose columns the older frames see only projected (exact_frames)."""
+        return int(getattr(getattr(self.model, "solver_", None), "n_projected_", 0))
+
     def _optimize(self) -> None:
         """Hyperparameters by the evidence, then a fresh calibration (the noise moved)."""
         self._last_opt = self.n_labelled
@@ -493,7 +497,7 @@ class ActiveLearner:
                     self.model.select_hyperparameters()  # re-chooses what the user left unset
                 else:
                     self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)
-            if getattr(self.model.solver_, "n_projected_", 0):  # nothing was left to re-choose
+            if self._n_projected():  # nothing was left to re-choose
                 self.model.refit()
             self._log({"event": "hyperparameters", "step": self.step,
                        "kernel": repr(self.model.kernel_), "noise": self.model.noise_,
@@ -929,7 +933,7 @@ class ActiveLearner:
 
     def _finish(self, t_start: float) -> Summary:
         """Final calibration and validation, checkpoint, summary.json and plots."""
-        if getattr(self.model.solver_, "n_projected_", 0):  # the saved model is exact
+        if self._n_projected():  # the saved model is exact
             t0 = time.perf_counter()
             self.model.refit()
             self._times["update"] += time.perf_counter() - t0
