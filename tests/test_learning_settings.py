@@ -108,7 +108,7 @@ def test_a_trigger_rule_is_one_method_and_survives_resume(tmp_path):
 def test_flat_names_are_views_of_the_groups(tmp_path):
     """One copy of each setting: changing it by its flat name changes the checkpoint."""
     L = _learner(tmp_path, progress=False)
-    assert L.rattle == 0.05 and L.max_temperature == 3 * 600 + 500  # resolved defaults, kept
+    assert L.rattle == 0.05 and L.max_temperature is None  # per step: 3 T + 500 K
     L.sparse_per_label = 7
     L.max_oracle_calls = 11
     L.checkpoint()
@@ -169,3 +169,22 @@ def test_exact_frames_default_all_and_range():
     for bad in (-1, 2.5, "some", True):
         with pytest.raises(ValueError, match="exact_frames"):
             ModelGrowth(exact_frames=bad)
+
+
+def test_blow_up_limit_follows_the_temperature_of_the_step(tmp_path):
+    import numpy as np
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from gpal.learning.sampler import temperature_limit
+
+    assert temperature_limit(None, 300.0) == 1400.0 and temperature_limit(None, 800.0) == 2900.0
+    assert temperature_limit(5000.0, 300.0) == 5000.0
+    L = _learner(tmp_path, progress=False)
+    L.run(1)  # the bootstrap makes a model and the walkers
+    w = L.walkers[0]
+    MaxwellBoltzmannDistribution(w.atoms, temperature_K=2000.0, rng=np.random.default_rng(0),
+                                 force_temp=True)
+    assert "> 1400 K" in L._blown_up(w, 300.0)  # hot for the start of the ramp
+    assert L._blown_up(w, 600.0) is None  # not for its end (2300 K)
+    L.max_temperature = 2500.0  # a limit the user sets holds at every step
+    assert L._blown_up(w, 300.0) is None

@@ -50,7 +50,7 @@ from ..exceptions import GpalError, OracleError, OverlappingAtomsError, interrup
 from ..io import append_frame, atomic_write, read_frames, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
-from .sampler import MDSettings, _Walker
+from .sampler import MDSettings, _Walker, temperature_limit
 from .settings import (
     FLAT_NAMES,
     Bootstrap,
@@ -293,9 +293,6 @@ class ActiveLearner:
         grow.sparse_per_label, grow.max_sparse = int(grow.sparse_per_label), int(grow.max_sparse)
         grow.optimize_every = float(grow.optimize_every)
         rs.checkpoint_every = max(1, int(rs.checkpoint_every))
-        if not rs.max_temperature:
-            t = self.md.temperature
-            rs.max_temperature = 3.0 * (max(t) if isinstance(t, (tuple, list)) else t) + 500.0
         val.check_every = int(val.check_every)
         self.n_refresh = 0
         self._last_opt = 0
@@ -704,7 +701,9 @@ class ActiveLearner:
                    "novelty": novelty, "n_sparse": len(self.model.sparse_X_)})
         return True
 
-    def _blown_up(self, w: _Walker) -> str | None:
+    def _blown_up(self, w: _Walker, T: float) -> str | None:
+        """Why walker ``w``'s frame is an MD blow-up (None if it is not); ``T`` the
+        thermostat's temperature (K) at this step (:func:`temperature_limit`)."""
         try:
             forces = w.atoms.get_forces()
         except OverlappingAtomsError as exc:
@@ -712,9 +711,9 @@ class ActiveLearner:
         fmax = float(np.sqrt((forces**2).sum(1)).max())
         if not np.isfinite(fmax) or fmax > self.max_force:
             return f"max force {fmax:.3g} eV/Å > {self.max_force}"
-        T = w.atoms.get_temperature()
-        if not np.isfinite(T) or T > self.max_temperature:
-            return f"temperature {T:.0f} K > {self.max_temperature:.0f} K"
+        T_kin, limit = w.atoms.get_temperature(), temperature_limit(self.max_temperature, T)
+        if not np.isfinite(T_kin) or T_kin > limit:
+            return f"temperature {T_kin:.0f} K > {limit:.0f} K"
         return None
 
     def run(self, steps: int) -> Summary:
@@ -816,7 +815,7 @@ class ActiveLearner:
             reason = None
             try:
                 w.step()
-                reason = self._blown_up(w)
+                reason = self._blown_up(w, T)
             except OverlappingAtomsError as exc:
                 reason = str(exc)
             if reason is not None:

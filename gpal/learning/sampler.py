@@ -59,6 +59,19 @@ class MDSettings:
 
 
 
+def temperature_limit(max_temperature: float | None, temperature: float) -> float:
+    """Kinetic temperature (K) beyond which an MD frame counts as a blow-up.
+
+    ``max_temperature`` when the user set one, else 3x the thermostat's temperature at
+    this step + 500 K: a walker of a ramp that starts at 300 K is rolled back above
+    1400 K, not only above the limit of the ramp's hottest end (a model that heats its
+    MD early would otherwise have its off-distribution frames labelled for hundreds of
+    steps). For 9 atoms at T the kinetic temperature exceeds 3T + 500 K with a
+    probability below 1e-8 per frame.
+    """
+    return float(max_temperature) if max_temperature else 3.0 * float(temperature) + 500.0
+
+
 class _Walker:
     """One MD trajectory on the GP."""
 

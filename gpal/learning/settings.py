@@ -192,7 +192,8 @@ class RunSettings:
     max_force : float, default 20
         eV/Å; a larger predicted force counts as an MD blow-up (rolled back).
     max_temperature : float, optional
-        K; default 3x the highest MD temperature + 500 K.
+        K; a higher kinetic temperature counts as an MD blow-up. Default: 3x the MD
+        temperature at that step + 500 K (1400 K at 300 K, 2900 K at 800 K).
     """
 
     checkpoint_every: int = 1

@@ -210,7 +210,7 @@ def run_segment(task: dict) -> dict:
         in eV); ``host``, ``pid``, ``wait`` and ``run`` (s), ``check_time`` (s).
     """
     from ..calculator import GPCalculator
-    from .sampler import MDSettings, _Walker
+    from .sampler import MDSettings, _Walker, temperature_limit
     from .state import _import
     from .trigger import Trigger
 
@@ -241,7 +241,7 @@ def run_segment(task: dict) -> dict:
         w.set_temperature(T)
         try:
             w.step()
-            reason = blown_up(w.atoms, task["max_force"], task["max_temperature"])
+            reason = blown_up(w.atoms, task["max_force"], temperature_limit(task["max_temperature"], T))
         except OverlappingAtomsError as exc:
             reason = str(exc)
         if reason is not None:
