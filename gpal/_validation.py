@@ -214,15 +214,7 @@ def finite_array(name: str, a) -> np.ndarray:
 
 def check_positive_int(name: str, value) -> int:
     """``value`` as an int if it is an integer >= 1 (not a bool); else a ValueError."""
-    import numbers
-
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_number(name, value, low=1, integer=True)
 
 
 def check_number(name: str, value, *, low: float = -np.inf, strict: bool = False, integer: bool = False,

@@ -463,12 +463,7 @@ def _check_output(path, overwrite: bool, suffix: str | None = None) -> None:
         target = target.with_name(target.name + suffix)
     if target.exists() and not overwrite:
         raise GpalError(f"-o {path}: {target} exists; give another name, or --overwrite to replace it")
-    _check_output_folder(target)
-
-
-def _check_output_folder(path) -> None:
-    """A GpalError now (not after a long fit) if ``path``'s folder is missing or not writable."""
-    folder = Path(path).expanduser().resolve().parent
+    folder = target.expanduser().resolve().parent
     if not folder.is_dir():
         raise GpalError(f"-o {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
