@@ -50,7 +50,7 @@ from ..exceptions import GpalError, OracleError, OverlappingAtomsError, interrup
 from ..io import append_frame, atomic_write, read_frames, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
-from .sampler import MDSettings, _Walker, temperature_limit
+from .sampler import MDSettings, _Walker, blown_up, temperature_limit
 from .settings import (
     FLAT_NAMES,
     Bootstrap,
@@ -704,17 +704,7 @@ class ActiveLearner:
     def _blown_up(self, w: _Walker, T: float) -> str | None:
         """Why walker ``w``'s frame is an MD blow-up (None if it is not); ``T`` the
         thermostat's temperature (K) at this step (:func:`temperature_limit`)."""
-        try:
-            forces = w.atoms.get_forces()
-        except OverlappingAtomsError as exc:
-            return str(exc)
-        fmax = float(np.sqrt((forces**2).sum(1)).max())
-        if not np.isfinite(fmax) or fmax > self.max_force:
-            return f"max force {fmax:.3g} eV/Å > {self.max_force}"
-        T_kin, limit = w.atoms.get_temperature(), temperature_limit(self.max_temperature, T)
-        if not np.isfinite(T_kin) or T_kin > limit:
-            return f"temperature {T_kin:.0f} K > {limit:.0f} K"
-        return None
+        return blown_up(w.atoms, self.max_force, temperature_limit(self.max_temperature, T))
 
     def run(self, steps: int) -> Summary:
         """Run (or continue) the loop until walker step ``steps`` (a total, not an increment).

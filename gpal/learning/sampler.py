@@ -10,6 +10,7 @@ from ase import units
 from ase.md.langevin import Langevin
 
 from .._validation import check_number
+from ..exceptions import OverlappingAtomsError
 
 
 __all__ = ["MDSettings"]
@@ -70,6 +71,23 @@ def temperature_limit(max_temperature: float | None, temperature: float) -> floa
     probability below 1e-8 per frame.
     """
     return float(max_temperature) if max_temperature else 3.0 * float(temperature) + 500.0
+
+
+def blown_up(atoms, max_force: float, max_temperature: float) -> str | None:
+    """Why an MD frame is a blow-up (overlap, a force above ``max_force`` eV/Å, a kinetic
+    temperature above ``max_temperature`` K), or None; the learner's serial loop and the
+    walker tasks (:mod:`gpal.learning.walkers`) both ask this."""
+    try:
+        forces = atoms.get_forces()
+    except OverlappingAtomsError as exc:
+        return str(exc)
+    fmax = float(np.sqrt((forces**2).sum(1)).max())
+    if not np.isfinite(fmax) or fmax > max_force:
+        return f"max force {fmax:.3g} eV/Å > {max_force}"
+    T = atoms.get_temperature()
+    if not np.isfinite(T) or T > max_temperature:
+        return f"temperature {T:.0f} K > {max_temperature:.0f} K"
+    return None
 
 
 class _Walker:

@@ -55,6 +55,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from ..exceptions import GpalError, OverlappingAtomsError
 from ..model import SparseGP
+from .sampler import blown_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import ActiveLearner
@@ -110,22 +111,7 @@ def _digest(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------- per-frame checks
-def blown_up(atoms: Atoms, max_force: float, max_temperature: float) -> str | None:
-    """Why the walker's frame is a blow-up (overlap, huge force, runaway temperature), or None.
-
-    The same test as the learner's serial loop (``ActiveLearner._blown_up``).
-    """
-    try:
-        forces = atoms.get_forces()
-    except OverlappingAtomsError as exc:
-        return str(exc)
-    fmax = float(np.sqrt((forces**2).sum(1)).max())
-    if not np.isfinite(fmax) or fmax > max_force:
-        return f"max force {fmax:.3g} eV/Å > {max_force}"
-    T = atoms.get_temperature()
-    if not np.isfinite(T) or T > max_temperature:
-        return f"temperature {T:.0f} K > {max_temperature:.0f} K"
-    return None
+# blown_up (gpal.learning.sampler): the same test as the learner's serial loop
 
 
 def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, label_steps, step: int,
