@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from ase.build import bulk
 from ase.io import write
 
 from gpal.cli import main
@@ -24,6 +25,7 @@ def bad(tmp_path_factory):
     a = cu_frames(1)[0]
     a.calc = None
     write(d / "unlabelled.xyz", a)
+    write(d / "gold.xyz", bulk("Au", "fcc", a=4.08, cubic=True))  # a species the model lacks
     (d / "some.toml").write_text('steps = 10\n[md]\ntemperature = 500.0\n')
     (d / "step.toml").write_text("step = 200\n")
     (d / "temprature.toml").write_text("[md]\ntemprature = 500\n")
@@ -146,6 +148,8 @@ CASES = [
                  id="config-trigger-margin"),
     pytest.param(["learn", "{d}/v_tmin.toml"], "threshold_min must be a finite number >= 0",
                  id="config-trigger-threshold-min"),
+    pytest.param(["md", "{d}/model.npz", "{d}/gold.xyz", "-o", "{d}/gold.traj"],
+                 "not defined for this model: Au (Z=79). It knows: Cu", id="md-start-species"),
     pytest.param(["learn", "{d}/v_species.toml"], "not defined for this model: Cu (Z=29). It knows: Au",
                  id="config-descriptor-species"),
     pytest.param(["learn", "{d}/v_jitter.toml"], "jitter must be a finite number >= 0", id="config-jitter"),

@@ -527,6 +527,7 @@ def cmd_md(args: argparse.Namespace) -> int:
     _check_output(out, args.overwrite)
     model = load(args.model)
     atoms = read_frames(args.start, index=-1)[0]
+    model._check(atoms, what=f"{args.start} (the start frame)")  # species, cell: before any MD
     calibrated = "forces_std" in model.calibration_ and not args.raw
     atoms.calc = GPCalculator(model, calibrated=calibrated, record_std=True)
     thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
