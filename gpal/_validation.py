@@ -212,6 +212,29 @@ def finite_array(name: str, a) -> np.ndarray:
     return a
 
 
+def species_number(key, what: str = "species") -> int:
+    """The atomic number a per-species key names: a symbol ("Cu"), an integer (29, also
+    numpy's) or its digits ("29", what a JSON round trip makes of an integer key).
+
+    Raises a ValueError naming ``what`` and the key for anything else.
+    """
+    import numbers
+
+    from ase.data import atomic_numbers
+
+    if isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_)):
+        z = int(key)
+    elif isinstance(key, str) and key.strip().isdigit():
+        z = int(key)
+    elif isinstance(key, str) and key.strip() in atomic_numbers:
+        z = atomic_numbers[key.strip()]
+    else:
+        raise ValueError(f"{what}: {key!r} is not a chemical symbol or an atomic number")
+    if not 1 <= z <= 118:
+        raise ValueError(f"{what}: {key!r} is not a chemical symbol or an atomic number")
+    return z
+
+
 def check_positive_int(name: str, value) -> int:
     """``value`` as an int if it is an integer >= 1 (not a bool); else a ValueError."""
     return check_number(name, value, low=1, integer=True)

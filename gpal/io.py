@@ -148,13 +148,25 @@ def save_model(path, arrays: dict, metadata: dict) -> Path:
     meta["format"] = FORMAT_NAME
     meta["format_version"] = FORMAT_VERSION
     meta["digests"] = {k: _digest(v) for k, v in arrays.items()}
-    blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    blob = np.frombuffer(json.dumps(meta, sort_keys=True, default=json_default).encode("utf-8"), dtype=np.uint8)
     if _is_file_object(path):  # a binary file object (io.BytesIO): a model snapshot in memory
         np.savez(path, **arrays, **{_META_KEY: blob})
         return path
     with atomic_write(path, "wb") as fh:
         np.savez(fh, **arrays, **{_META_KEY: blob})
     return path
+
+
+def json_default(obj):
+    """JSON form of the numpy values that settings and metadata may hold (``json.dumps(...,
+    default=json_default)``): arrays as lists, numpy scalars as Python numbers."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def read_model_file(path) -> tuple[dict, dict]:

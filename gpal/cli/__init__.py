@@ -591,6 +591,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     test = _read_labelled(args.test, args, "test frames")
     if args.calibrate:
         val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
+        if not val["force_error"].size:
+            raise GpalError(f"{args.calibrate}: no frame has force labels; the calibration is of force stds")
         # the same calibration as the active learner stores: the std of a new force label
         # sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² ν), and a conformal quantile
         # in its units
@@ -614,16 +616,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f", novelty term {c.novelty_scale:.3g} eV/Å)" if c.novelty_scale else ")")
     else:
         std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
+    from .._validation import frame_labels
+
     res = model.residuals(test, calibrated=calibrated)
     err, std = res["force_error"], res["force_std"]
+    if not err.size:
+        raise GpalError(f"{args.test}: no frame has force labels; gpal validate measures force errors")
     metrics = calibration.uncertainty_metrics(err, std, alpha=args.alpha)
-    e_true = np.array([a.get_potential_energy() for a in test])
     n = res["n_atoms"]
-    e_pred = e_true + res["energy_error"] * n
-    print(f"test set {args.test}: {len(test)} frames, {int(n.sum())} atoms; force stds {std_kind}")
+    n_e = n[res["energy_frame"]]  # atoms of each frame with an energy label
+    e_true_per_atom = np.array([frame_labels(test[i]).energy / n[i] for i in res["energy_frame"]])
+    e_pred_per_atom = e_true_per_atom + res["energy_error"]
+    print(f"test set {args.test}: {len(test)} frames, {int(n.sum())} atoms; force stds {std_kind}"
+          + ("" if len(n_e) == len(n) else f"; {len(n_e)} frames with an energy label"))
     level = f"{100 * (1 - args.alpha):.0f} %"
+    e_rmse = 1000 * np.sqrt(np.mean(res["energy_error"] ** 2)) if len(n_e) else float("nan")
     rows = [
-        ("energy RMSE", 1000 * np.sqrt(np.mean(res["energy_error"] ** 2)), "meV/atom"),
+        ("energy RMSE", e_rmse, "meV/atom"),
         ("force RMSE", metrics["rmse"], "eV/Å"),
         ("force MAE", metrics["mae"], "eV/Å"),
         ("force RMV (root mean std²)", metrics["rmv"], "eV/Å"),
@@ -645,10 +654,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.plots)
     out.mkdir(parents=True, exist_ok=True)
-    f_true = np.concatenate([a.get_forces().ravel() for a in test])
+    f_true = np.concatenate([frame_labels(test[i]).forces.ravel() for i in np.unique(res["force_frame"])])
     tag = "calibrated" if calibrated else "raw"
     calibration.plot_parity(f_true, f_true + err, out / "parity_forces.png", label="force component", units="eV/Å")
-    calibration.plot_parity(e_true / n, e_pred / n, out / "parity_energy.png", label="energy", units="eV/atom")
+    if len(n_e):
+        calibration.plot_parity(e_true_per_atom, e_pred_per_atom, out / "parity_energy.png", label="energy",
+                                units="eV/atom")
     calibration.plot_calibration_curve(err, std, out / "calibration_curve.png",
                                        title=f"force-std calibration ({tag} stds)")
     calibration.plot_error_vs_uncertainty(err, std, out / "error_vs_uncertainty.png", units="eV/Å",

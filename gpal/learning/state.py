@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from ..io import json_default as _json_default
 from ..model import SparseGP
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,6 @@ def _calculator_spec(calc) -> dict | None:
     except (TypeError, ValueError):
         return None
     return {"factory": path, "kwargs": kwargs}
-
-
-def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _complete_frames_end(data: bytes) -> int:

@@ -10,6 +10,7 @@ from .._validation import (
     Labels,
     check_is_fitted,
     frame_labels,
+    species_number,
 )
 from ..descriptors import descriptor_from_dict
 from ..sparse_gp import SparseGPSolver
@@ -74,10 +75,11 @@ class _Files:
                 "hyperparameters": self.hyperparameters,
                 "energy_noise": self.energy_noise, "force_noise": self.force_noise,
                 "stress_noise": self.stress_noise,
-                "n_sparse": self.n_sparse if isinstance(self.n_sparse, int) else
-                {str(k): int(v) for k, v in self.n_sparse.items()},
+                "n_sparse": ({str(species_number(k, "n_sparse")): int(v) for k, v in self.n_sparse.items()}
+                             if isinstance(self.n_sparse, dict) else int(self.n_sparse)),
                 "sparse_selection": self.sparse_selection,
-                "e0": self.e0 if isinstance(self.e0, str) else {str(k): float(v) for k, v in self.e0.items()},
+                "e0": self.e0 if isinstance(self.e0, str) else
+                {str(species_number(k, "e0")): float(v) for k, v in self.e0.items()},
                 "min_distance": self.min_distance, "jitter": self.jitter, "random_state": rs,
                 "memory_budget_gb": self.memory_budget_gb,
                 "force_noise_knee": getattr(self, "force_noise_knee", None),
@@ -114,9 +116,9 @@ class _Files:
             given_desc = params.pop("descriptor", meta["descriptor"])
             given_desc = None if given_desc is None else descriptor_from_dict(given_desc)
             if isinstance(params.get("n_sparse"), dict):
-                params["n_sparse"] = {int(k): v for k, v in params["n_sparse"].items()}
+                params["n_sparse"] = {species_number(k, "n_sparse"): v for k, v in params["n_sparse"].items()}
             if isinstance(params.get("e0"), dict):
-                params["e0"] = {int(k) if k.isdigit() else k: v for k, v in params["e0"].items()}
+                params["e0"] = {species_number(k, "e0"): v for k, v in params["e0"].items()}
             spec = meta.get("baseline")
             if spec is not None:
                 params["baseline"], params["baseline_kwargs"] = spec["factory"], dict(spec["kwargs"])

@@ -56,6 +56,7 @@ from .._validation import (
     check_min_distance,
     check_number,
     frame_labels,
+    species_number,
 )
 from ..descriptors import SOAP, pair_forces, pair_stress
 from ..kernels import CosineKernel, NormalizedDotProduct
@@ -480,9 +481,18 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
         self._budget_bytes()  # a bad memory_budget_gb
-        sizes = self.n_sparse.values() if isinstance(self.n_sparse, dict) else [self.n_sparse]
-        for size in sizes:
-            check_number("n_sparse", size, low=1, integer=True)
+        if isinstance(self.n_sparse, dict):
+            for key, size in self.n_sparse.items():
+                species_number(key, "n_sparse")
+                check_number(f"n_sparse[{key!r}]", size, low=1, integer=True)
+        else:
+            check_number("n_sparse", self.n_sparse, low=1, integer=True)
+        if isinstance(self.e0, dict):
+            for key, val in self.e0.items():
+                species_number(key, "e0")
+                check_number(f"e0[{key!r}]", val, unit="eV")
+        elif not (isinstance(self.e0, str) and self.e0 == "fit"):
+            raise ValueError(f"e0 must be 'fit' or a dict {{species: eV}}, got {self.e0!r}")
         check_number("min_distance", self.min_distance, low=0, unit="Å")
         check_number("jitter", self.jitter, low=0)
         knee = self.force_noise_knee
@@ -679,11 +689,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     def _fit_e0(self, frames) -> dict:
         species = self.species_
         if isinstance(self.e0, dict):
-            from ase.data import atomic_numbers
-
             e0 = {int(z): 0.0 for z in species}
             for key, val in self.e0.items():
-                z = atomic_numbers[key] if isinstance(key, str) else int(key)
+                z = species_number(key, "e0")
                 if z not in e0:
                     raise ValueError(f"e0 given for species {key!r} not in the model")
                 e0[z] = float(val)
@@ -1002,39 +1010,49 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     def residuals(self, frames, *, calibrated: bool = False) -> dict:
         """Prediction errors and stds on labelled frames (one evaluation per frame).
 
+        Labels are read as :meth:`fit` reads them (:func:`gpal._validation.frame_labels`:
+        a calculator's results, else ``atoms.info["energy"]`` and
+        ``atoms.arrays["forces"]``); a frame without an energy adds no energy entry, a
+        frame without forces no force components.
+
         Returns
         -------
         dict
-            ``energy_error`` (n_frames,) eV/atom, ``energy_std`` (n_frames,) eV/atom,
-            ``force_error`` and ``force_std`` (3 n_atoms_total,) eV/Å (components; stds
-            floored at 1e-12 so z-scores stay finite), ``force_noise`` (3 n_atoms_total,)
-            the noise std of each label component (eV/Å, :meth:`force_label_noise`; with
-            a baseline, at the label minus the baseline), ``force_novelty``
-            (3 n_atoms_total,) the novelty of each component's atom (``predict``'s
-            ``novelty``), ``n_atoms`` (n_frames,).
+            ``energy_error`` (n_e,) eV/atom, ``energy_std`` (n_e,) eV/atom and
+            ``energy_frame`` (n_e,) the index of each entry's frame; ``force_error``
+            and ``force_std`` (n_comp,) eV/Å (components; stds floored at 1e-12 so
+            z-scores stay finite), ``force_noise`` (n_comp,) the noise std of each
+            label component (eV/Å, :meth:`force_label_noise`; with a baseline, at the
+            label minus the baseline), ``force_novelty`` (n_comp,) the novelty of each
+            component's atom (``predict``'s ``novelty``), ``force_frame`` (n_comp,);
+            ``n_atoms`` (n_frames,).
         """
-        e_err, e_std, f_err, f_std, f_noise, f_nov, n = [], [], [], [], [], [], []
-        for a in frames:
-            p = self.predict(a, return_std=True, forces_std=True, calibrated=calibrated)
+        out = {k: [] for k in ("energy_error", "energy_std", "energy_frame", "force_error", "force_std",
+                               "force_noise", "force_novelty", "force_frame")}
+        n = []
+        for i, a in enumerate(frames):
+            lab = frame_labels(a)
+            p = self.predict(a, return_std=True, forces_std=lab.forces is not None, calibrated=calibrated)
             n.append(len(a))
-            e_err.append((p["energy"] - a.get_potential_energy()) / len(a))
-            e_std.append(p["energy_std"] / len(a))
-            F = a.get_forces()
-            f_err.append((p["forces"] - F).ravel())
-            f_std.append(np.maximum(p["forces_std"].ravel(), 1e-12))
-            f_nov.append(np.repeat(p["novelty"], 3))
+            if lab.energy is not None:
+                out["energy_error"].append([(p["energy"] - lab.energy) / len(a)])
+                out["energy_std"].append([p["energy_std"] / len(a)])
+                out["energy_frame"].append([i])
+            if lab.forces is None:
+                continue
+            F = lab.forces
+            out["force_error"].append((p["forces"] - F).ravel())
+            out["force_std"].append(np.maximum(p["forces_std"].ravel(), 1e-12))
+            out["force_novelty"].append(np.repeat(p["novelty"], 3))
+            out["force_frame"].append(np.full(F.size, i))
             if getattr(self, "force_noise_knee_", None) is not None and getattr(self, "baseline_", None) is not None:
                 F = F - _baseline.baseline_labels(self.baseline_, a)["forces"]
-            f_noise.append(self.force_label_noise(F).ravel())
-        return {
-            "energy_error": np.array(e_err),
-            "energy_std": np.array(e_std),
-            "force_error": np.concatenate(f_err),
-            "force_std": np.concatenate(f_std),
-            "force_noise": np.concatenate(f_noise),
-            "force_novelty": np.concatenate(f_nov),
-            "n_atoms": np.array(n),
-        }
+            out["force_noise"].append(self.force_label_noise(F).ravel())
+        res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+        for k in ("energy_frame", "force_frame"):
+            res[k] = res[k].astype(int)
+        res["n_atoms"] = np.array(n, dtype=int)
+        return res
 
     def novelty(self, atoms: Atoms) -> np.ndarray:
         """Novelty of each atom's environment, shape (n_atoms,), in [0, 1].

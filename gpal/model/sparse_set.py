@@ -10,6 +10,7 @@ from .._validation import (
     as_rng,
     check_is_fitted,
     check_number,
+    species_number,
 )
 from ..sparse_gp import _jittered_cholesky
 
@@ -46,11 +47,9 @@ class _SparseSet:
         avail = {int(z): int(sum(np.count_nonzero(n == z) for n in numbers_list)) for z in species}
         present = [z for z in species if avail[int(z)] > 0]
         if isinstance(n_sparse, dict):
-            from ase.data import atomic_numbers
-
             counts = {}
             for key, val in n_sparse.items():
-                z = atomic_numbers[key] if isinstance(key, str) else int(key)
+                z = species_number(key, "n_sparse")
                 counts[z] = min(int(val), avail.get(z, 0))
             return counts
         n_sparse = int(n_sparse)
