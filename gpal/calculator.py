@@ -95,6 +95,24 @@ class GPCalculator(Calculator):
         self.calibrated = calibrated
         self.record_std = record_std
         self.n_evaluations = 0
+        self._model_state = None
+
+    def _model_key(self) -> tuple:
+        """What the model's predictions depend on, by identity (a fit, update, refit or
+        load replaces these arrays) and, for calibrated stds, the stored calibration."""
+        m = self.model
+        key = (m.alpha_, m.sparse_X_, m.kernel_, m.descriptor_, getattr(m, "e0_", None))
+        if self.calibrated:
+            key += tuple((k, tuple(sorted(v.items()))) for k, v in sorted(m.calibration_.items()))
+        return key
+
+    def _model_changed(self) -> bool:
+        old = self._model_state
+        if old is None:
+            return False
+        new = self._model_key()
+        return len(new) != len(old) or any(
+            (a != b) if isinstance(a, tuple) else (a is not b) for a, b in zip(new, old))
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """Properties of ``atoms`` changed since the last calculation (ASE's check).
@@ -105,9 +123,13 @@ class GPCalculator(Calculator):
         calculation (nothing changed; the momenta do not count), or all of them but the
         positions, which moved by more than ``tol`` somewhere (``["positions"]``, an MD
         step). Anything else (a move within ``tol``, NaN, other changes, ignored
-        changes) is answered by ASE's own :meth:`Calculator.check_state`.
+        changes) is answered by ASE's own :meth:`Calculator.check_state`. A model fitted,
+        updated, refitted or recalibrated since the last calculation is a change too
+        (every property), so results never outlive the model that made them.
         """
         old = self.atoms
+        if old is not None and self._model_changed():  # updated in place since: recompute
+            return list(all_changes)
         if old is not None and _identical(old, atoms, but="positions"):
             if old.positions.shape == atoms.positions.shape:
                 moved = np.abs(atoms.positions - old.positions)
@@ -133,6 +155,7 @@ class GPCalculator(Calculator):
         )
         self.n_evaluations += 1
         self.results = res
+        self._model_state = self._model_key()
         if self.record_std and atoms is not None:
             for key in _STD_KEYS:
                 atoms.info.pop(key, None)

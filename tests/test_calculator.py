@@ -84,6 +84,29 @@ def test_system_changes_recompute(model):
     assert calc.n_evaluations == 6
 
 
+def test_model_changed_in_place_recomputes():
+    """A model updated, refitted or recalibrated after a calculation: the calculator's
+    next answer is the new model's (results do not outlive the model that made them)."""
+    from gpal.calibration import Calibration
+
+    frames = cu_frames(4, seed=5, rattle=0.1, size=(2, 2, 2))
+    desc = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    m = SparseGP(desc, n_sparse=30, hyperparameters="fixed").fit(frames[:2])
+    a = cu(seed=6)
+    a.calc = GPCalculator(m, forces_std=True, calibrated=True)
+    e0, f0 = a.get_potential_energy(), a.get_forces().copy()
+    n = a.calc.n_evaluations
+    assert a.get_potential_energy() == e0 and a.calc.n_evaluations == n  # unchanged: cached
+    m.update(frames[2:], n_sparse=5)
+    ref = m.predict(a)
+    assert a.get_potential_energy() == pytest.approx(ref["energy"], abs=1e-12) != e0
+    np.testing.assert_allclose(a.get_forces(), ref["forces"], atol=1e-12)
+    assert not np.allclose(a.get_forces(), f0)
+    s1 = a.calc.get_uncertainty(a, "forces_std").copy()
+    m.set_calibration(forces_std=Calibration(scale=2.0))
+    np.testing.assert_allclose(a.calc.get_uncertainty(a, "forces_std"), 2 * s1, rtol=1e-10)
+
+
 def test_default_calculator_leaves_atoms_info_alone(model):
     a = cu(seed=6)
     a.info["tag"] = "mine"

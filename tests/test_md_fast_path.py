@@ -17,7 +17,6 @@ import copy
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
 from ase.md.verlet import VelocityVerlet
 from ase import units
 

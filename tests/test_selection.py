@@ -16,7 +16,6 @@ from gpal.selection import (
     greedy_batch,
     greedy_batch_lowrank,
     greedy_select,
-    information_gain,
     random_selection,
 )
 
