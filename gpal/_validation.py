@@ -86,12 +86,26 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
             unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)
             if unknown:
                 raise UnknownSpeciesError(unknown, species)
-    if periodic and atoms.pbc.any() and abs(_det3(cell)) < 1e-6:
+    if periodic and atoms.pbc.any() and abs(_det3(cell)) < 1e-6 and not periodic_vectors_ok(cell, atoms.pbc):
         raise MissingCellError(
-            f"{what} has periodic boundaries (pbc {atoms.pbc.tolist()}) but no cell (volume "
-            f"{atoms.cell.volume:.3g} Å^3). Set atoms.cell, or atoms.pbc = False for an "
-            "isolated structure."
+            f"{what} has periodic boundaries (pbc {atoms.pbc.tolist()}) but its cell vectors "
+            f"along them are missing or linearly dependent (cell {np.round(cell, 6).tolist()}). "
+            "Set atoms.cell, or atoms.pbc = False for an isolated structure."
         )
+
+
+def periodic_vectors_ok(cell, pbc) -> bool:
+    """Whether the cell vectors along the periodic directions are non-zero and linearly
+    independent (the vectors along non-periodic directions may be anything, zero
+    included: ASE's surface and wire builders leave them zero without vacuum)."""
+    vecs = np.asarray(cell, dtype=float)[np.asarray(pbc, dtype=bool)]
+    if not len(vecs):
+        return True
+    norms = np.linalg.norm(vecs, axis=1)
+    if not np.all(norms > 1e-8):
+        return False
+    sv = np.linalg.svd(vecs / norms[:, None], compute_uv=False)
+    return bool(sv.min() > 1e-8)
 
 
 @functools.lru_cache(maxsize=64)

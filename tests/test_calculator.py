@@ -107,6 +107,30 @@ def test_model_changed_in_place_recomputes():
     np.testing.assert_allclose(a.calc.get_uncertainty(a, "forces_std"), 2 * s1, rtol=1e-10)
 
 
+@pytest.mark.parametrize("pbc", [(True, True, False), (False, False, True)])
+def test_zero_cell_vector_along_a_free_direction(model, pbc):
+    """ASE's builders leave the cell vector of a non-periodic direction zero (fcc111,
+    graphene, nanotube without vacuum): the structure is the same as with any vector
+    there, and one missing along a periodic direction is still an error."""
+    from gpal.exceptions import MissingCellError
+
+    a = cu(seed=7)
+    a.pbc = pbc
+    free = [d for d in range(3) if not pbc[d]]
+    ref = a.copy()
+    ref.cell[free] = 40.0 * np.eye(3)[free]
+    a.cell[free] = 0.0
+    p, q = model.predict(a, return_std=True, forces_std=True), model.predict(ref, return_std=True, forces_std=True)
+    for key in ("energy", "forces", "energies_std", "forces_std"):
+        np.testing.assert_allclose(p[key], q[key], rtol=1e-12, atol=1e-12)
+    a.calc = GPCalculator(model)
+    np.testing.assert_allclose(a.get_forces(), q["forces"], atol=1e-12)
+    bad = ref.copy()
+    bad.cell[[d for d in range(3) if pbc[d]][0]] = 0.0
+    with pytest.raises(MissingCellError, match="missing or linearly dependent"):
+        model.predict(bad)
+
+
 def test_default_calculator_leaves_atoms_info_alone(model):
     a = cu(seed=6)
     a.info["tag"] = "mine"

@@ -50,6 +50,7 @@ from . import _soap_jit as jit
 from .._threads import _blas_limit
 from .._threads import policy as _thread_policy
 from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
+from .._validation import periodic_vectors_ok
 from .base import Descriptor, PairDerivatives
 from .neighbors import PairCache
 
@@ -778,7 +779,7 @@ class SOAP(Descriptor):
             volume = math.nan
         if self.periodic:
             pbc = np.asarray(atoms.get_pbc(), dtype=np.bool_)
-            if pbc.any() and not math.isfinite(volume):
+            if pbc.any() and not math.isfinite(volume) and not periodic_vectors_ok(cell, pbc):
                 raise MissingCellError(
                     f"atoms with periodic boundaries (pbc {pbc.tolist()}) need a non-degenerate "
                     f"cell; got cell {cell.tolist()} (set atoms.cell, or atoms.pbc = False for "
