@@ -297,7 +297,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         0.005), i.e. the behaviour of gpal before the evidence became the default.
     n_sparse : int or dict, default 200
         Number of sparse environments: a total shared between species in proportion to
-        their numbers of environments, or ``{species: count}``.
+        their numbers of environments, except that every species present gets at least
+        ``ceil(n_sparse / (2 n_species))`` (a rare species would otherwise get a handful
+        and its forces stay poor), which can take the total above ``n_sparse`` (ethanol,
+        ``n_sparse=200``: 34 O, 44 C, 133 H); each species at most its environments. Or
+        ``{species: count}``, species by symbol or atomic number.
     sparse_selection : {"fps", "random", "cur"}, default "fps"
         How the sparse environments are chosen from the training environments
         (farthest-point sampling in cosine distance, per species).
