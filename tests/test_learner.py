@@ -788,7 +788,11 @@ def test_resume_counts_the_oracle_calls_of_labels_made_after_the_checkpoint(tmp_
     with pytest.raises(Killed):
         L.run(20)
     assert json.loads((run / "state.json").read_text())["oracle_calls"] == 0
-    summary = ActiveLearner.resume(run, progress=False).run(20)
+    R = ActiveLearner.resume(run, progress=False)
+    train = frames_in(run / "train.xyz")  # their forces set the trigger's force scale too
+    assert R._force_sq[1] == sum(a.get_forces().size for a in train) > 0
+    assert R._force_sq[0] == pytest.approx(sum(float(np.sum(a.get_forces() ** 2)) for a in train))
+    summary = R.run(20)
     assert summary.oracle_calls_by_reason["bootstrap"] == 4
     assert sum(summary.oracle_calls_by_reason.values()) == summary.oracle_calls >= summary.labelled_frames
 
@@ -833,3 +837,9 @@ class _no_warning_check:
 
     def __exit__(self, *exc):
         return self._w.__exit__(*exc)
+
+
+def test_max_sparse_bounds_the_sparse_set_of_every_label(tmp_path):
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=0.001, max_labels=10), max_sparse=40)
+    L.run(60)
+    assert L.n_labelled > 5 and len(L.model.sparse_X_) == 40

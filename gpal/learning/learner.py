@@ -458,7 +458,7 @@ class ActiveLearner:
         if self.model.alpha_ is None:
             self.model.fit(frames)
         else:
-            self.model.update(frames, n_sparse=self.sparse_per_label * len(frames), sparse_selection="variance",
+            self.model.update(frames, n_sparse=self._new_sparse(len(frames)), sparse_selection="variance",
                               exact_frames=self.exact_frames)
         if self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1):
             self._optimize()
@@ -477,6 +477,12 @@ class ActiveLearner:
             self.validate()
         if self.n_labelled % self.checkpoint_every < len(frames):
             self.checkpoint()
+
+    def _new_sparse(self, n_frames: int) -> int:
+        """Sparse points a label of ``n_frames`` frames adds: ``sparse_per_label`` each,
+        within ``max_sparse``."""
+        held = len(self.model.sparse_X_) if self.model.alpha_ is not None else 0
+        return max(0, min(self.sparse_per_label * n_frames, self.max_sparse - held))
 
     def _n_projected(self) -> int:
         """Sparse points whose columns the older frames see only projected (exact_frames)."""
@@ -1347,10 +1353,12 @@ class ActiveLearner:
         cut = _drop_partial_frame(run_dir / "train.xyz")
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
         self.n_labelled = len(labelled)
+        if "label_force_squares" in state:  # labels since the checkpoint join the force scale
+            self._add_force_squares(labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):])
         self._reasons = [str(a.info.get("gpal_reason", "uncertain")) for a in labelled]
         missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
         if missing:
-            model.update(missing, n_sparse=self.sparse_per_label * len(missing), sparse_selection="variance",
+            model.update(missing, n_sparse=self._new_sparse(len(missing)), sparse_selection="variance",
                          exact_frames=self.exact_frames)
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
         unseen = labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):]

@@ -88,7 +88,8 @@ class ModelGrowth:
         Before labelling an uncertain frame, add its novel environments to the sparse set
         and look again (no oracle call).
     max_sparse : int, default 2000
-        Upper bound of the sparse set (prediction cost grows with it).
+        Upper bound of the sparse set (prediction cost grows with it): labels, sparse
+        refreshes and target structures add no sparse environment beyond it.
     exact_frames : int, "all" or None, default 10
         How many of the frames already labelled, the most recent, get exact kernel
         columns for new sparse environments (a label's or a refresh's; None or "all":
