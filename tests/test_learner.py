@@ -22,7 +22,7 @@ import gpal
 from gpal import SOAP, ActiveLearner, MDSettings, OracleSpec, SparseGP, Trigger
 from gpal.calibration import StoppingRule
 
-from _oracles import FlakyEMT, NaNCalculator
+from _oracles import FlakyEMT, NaNCalculator, NoStressEMT
 from conftest import POLY, SMALL_SOAP, cu_frames
 
 pytestmark = pytest.mark.slow
@@ -843,3 +843,12 @@ def test_max_sparse_bounds_the_sparse_set_of_every_label(tmp_path):
     L = learner(tmp_path / "run", trigger=Trigger(threshold=0.001, max_labels=10), max_sparse=40)
     L.run(60)
     assert L.n_labelled > 5 and len(L.model.sparse_X_) == 40
+
+
+def test_an_oracle_without_stress_labels_periodic_frames(tmp_path):
+    """Energy and forces only (the calculator implements no stress): the frames are
+    labelled without stress."""
+    summary = learner(tmp_path / "run", NoStressEMT()).run(20)
+    train = frames_in(tmp_path / "run" / "train.xyz")
+    assert summary.oracle_failures == 0 and len(train) == summary.labelled_frames >= 4
+    assert all("stress" not in a.calc.results and "forces" in a.calc.results for a in train)

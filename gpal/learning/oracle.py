@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from ..exceptions import OracleError
 from ..io import labelled
@@ -114,8 +115,13 @@ def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = Fal
         "energy": float(atoms.get_potential_energy()),
         "forces": np.array(atoms.get_forces(), dtype=float),
     }
-    if want_stress:
-        out["stress"] = np.array(atoms.get_stress(), dtype=float)
+    # stress where the calculator has one: a calculator of energy and forces only labels
+    # the frame without it (the model then learns no stress from that frame)
+    if want_stress and "stress" in getattr(calc, "implemented_properties", ("stress",)):
+        try:
+            out["stress"] = np.array(atoms.get_stress(), dtype=float)
+        except PropertyNotImplementedError:
+            pass
     return out
 
 
