@@ -852,3 +852,20 @@ def test_an_oracle_without_stress_labels_periodic_frames(tmp_path):
     train = frames_in(tmp_path / "run" / "train.xyz")
     assert summary.oracle_failures == 0 and len(train) == summary.labelled_frames >= 4
     assert all("stress" not in a.calc.results and "forces" in a.calc.results for a in train)
+
+
+def test_unlabelled_validation_frames_are_refused_before_any_oracle_call(tmp_path):
+    from gpal.exceptions import MissingLabelsError
+
+    frames = cu_frames(2, seed=1, size=(2, 2, 2))
+    bare = frames[1].copy()  # positions only
+    calls = []
+
+    class Counting(EMT):
+        def calculate(self, *a, **k):
+            calls.append(1)
+            super().calculate(*a, **k)
+
+    with pytest.raises(MissingLabelsError, match="validation frame 1 has no energy"):
+        learner(tmp_path / "run", Counting(), validation=[frames[0], bare])
+    assert not calls

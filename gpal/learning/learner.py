@@ -44,9 +44,9 @@ from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import as_rng, check_atoms, check_number
+from .._validation import as_rng, check_atoms, check_number, frame_labels
 from ..calculator import GPCalculator
-from ..exceptions import GpalError, OracleError, OverlappingAtomsError, interrupt_in
+from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
 from ..io import append_frame, atomic_write, read_frames, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
@@ -297,6 +297,11 @@ class ActiveLearner:
         self.n_refresh = 0
         self._last_opt = 0
         self.validation = list(val.frames) if val.frames is not None else None
+        for k, a in enumerate(self.validation or []):  # before any oracle call: they judge the run
+            lab = frame_labels(a)
+            if lab.energy is None or lab.forces is None:
+                raise MissingLabelsError(f"validation frame {k} has no {'energy' if lab.energy is None else 'forces'} "
+                                         "label; validation frames need energy and forces (labelled by the oracle)")
         self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
         # run state
         self.step = 0
