@@ -253,7 +253,8 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
     from gpal.learning.settings import FLAT_NAMES  # the settings groups' fields by their flat names
 
     assert set(sch["learner"]) <= set(inspect.signature(gpal.ActiveLearner.__init__).parameters) | set(FLAT_NAMES)
-    assert set(FLAT_NAMES) - {"executor", "stopping", "progress"} <= set(sch["learner"])
+    # n_sparse_initial: the command line makes the model, whose size is [model] n_sparse
+    assert set(FLAT_NAMES) - {"executor", "stopping", "progress", "n_sparse_initial"} <= set(sch["learner"])
     # running with the printed configuration is running with the defaults
     cfg = tmp_path / "printed.toml"
     cfg.write_text(text.replace('run_dir = "gpal_run"', f'run_dir = "{tmp_path / "run"}"'))

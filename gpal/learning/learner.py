@@ -542,7 +542,7 @@ class ActiveLearner:
     # ------------------------------------------------------------------ bootstrap
     def _candidates(self, rng) -> list[Atoms]:
         cands = []
-        per = max(1, self.n_candidates // len(self.structures))
+        per = max(1, -(-self.n_candidates // len(self.structures)))  # at least n_candidates in all
         for s in self.structures:
             for _ in range(per):
                 a = s.copy()

@@ -30,7 +30,10 @@ and walkers on the old model keep finding the frames the batch is about to teach
 14 oracle calls instead of 9 there, for the same held-out error. A walker whose
 segment ends without a candidate starts its next one at once on the same model; it
 is kept when the round labels nothing and dropped otherwise, so quiet rounds have no
-barrier and the results do not change.
+barrier. With one walker the results do not change. With several, the segment started
+early judges its frames against the trigger's adaptive history as it stood before the
+other walkers' checks of that round were merged, so a threshold can differ slightly
+(measured: 10 of 120 checks, by 2 %, with the same labels).
 
 The log (``log.jsonl``) has one ``segment`` record per task: walker, worker host and
 process id, the time it waited to start (submission to start, wall clocks) and ran,
