@@ -869,3 +869,23 @@ def test_unlabelled_validation_frames_are_refused_before_any_oracle_call(tmp_pat
     with pytest.raises(MissingLabelsError, match="validation frame 1 has no energy"):
         learner(tmp_path / "run", Counting(), validation=[frames[0], bare])
     assert not calls
+
+
+def test_a_trigger_subclass_that_cannot_be_imported_is_never_replaced_silently(tmp_path):
+    """A Trigger subclass defined locally (or in a script's __main__): walker workers
+    and a resume cannot rebuild it by import, so they ask for it instead of running
+    the plain Trigger."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    class NeverLabel(Trigger):
+        def judge(self, *args, **kwargs):
+            return {**super().judge(*args, **kwargs), "label": False}
+
+    with ThreadPoolExecutor(1) as ex, pytest.raises(ValueError, match="NeverLabel must be defined at module level"):
+        learner(tmp_path / "w", trigger=NeverLabel(), walker_executor=ex)
+    L = learner(tmp_path / "run", trigger=NeverLabel(threshold=0.005))
+    L.run(10)
+    with pytest.raises(gpal.GpalError, match="Trigger subclass is not importable"):
+        ActiveLearner.resume(tmp_path / "run", progress=False)
+    R = ActiveLearner.resume(tmp_path / "run", trigger=NeverLabel(threshold=0.005), progress=False)
+    assert type(R.trigger) is NeverLabel

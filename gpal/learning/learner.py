@@ -399,6 +399,7 @@ class ActiveLearner:
             "times": self._times,
             "trigger": asdict(self.trigger),
             "trigger_class": _import_path(type(self.trigger)),  # a Trigger subclass: its own judge
+            "trigger_has_class": type(self.trigger) is not Trigger,
             "md": {k: v for k, v in asdict(self.md).items() if k != "factory"},
             "md_factory": None if self.md.factory is None else _import_path(self.md.factory),
             "md_has_factory": self.md.factory is not None,
@@ -1321,6 +1322,9 @@ class ActiveLearner:
                                 "function); pass md=MDSettings(..., factory=...) to resume")
         trigger = overrides.pop("trigger", None)
         if trigger is None:
+            if not state.get("trigger_class") and state.get("trigger_has_class"):
+                raise GpalError("this run's Trigger subclass is not importable (defined in __main__ or "
+                                "locally); pass trigger=YourTrigger(...) to resume")
             rule = _import(state["trigger_class"]) if state.get("trigger_class") else Trigger
             trigger = rule(**state["trigger"])
         if state.get("targets") and "targets" not in overrides:

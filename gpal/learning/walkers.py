@@ -316,12 +316,16 @@ def check_walker_settings(learner: "ActiveLearner") -> None:
     if learner.targets is not None:
         raise ValueError("targets are not supported with walker_executor (the target "
                          "weight follows every checked frame); run the walkers in the learner's process")
-    if learner.md.factory is not None:
-        from .state import _import_path
+    from .state import _import_path
+    from .trigger import Trigger
 
-        if _import_path(learner.md.factory) is None:
-            raise ValueError("MDSettings.factory must be a module-level function or class to run "
-                             "on walker_executor (workers import it by its path)")
+    if learner.md.factory is not None and _import_path(learner.md.factory) is None:
+        raise ValueError("MDSettings.factory must be a module-level function or class to run "
+                         "on walker_executor (workers import it by its path)")
+    if type(learner.trigger) is not Trigger and _import_path(type(learner.trigger)) is None:
+        raise ValueError(f"the Trigger subclass {type(learner.trigger).__qualname__} must be defined at module "
+                         "level in an importable module (not __main__) to run on walker_executor (workers "
+                         "import it by its path)")
 
 
 def segment_steps(learner: "ActiveLearner") -> int:
