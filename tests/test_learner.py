@@ -889,3 +889,22 @@ def test_a_trigger_subclass_that_cannot_be_imported_is_never_replaced_silently(t
         ActiveLearner.resume(tmp_path / "run", progress=False)
     R = ActiveLearner.resume(tmp_path / "run", trigger=NeverLabel(threshold=0.005), progress=False)
     assert type(R.trigger) is NeverLabel
+
+
+def test_resume_takes_settings_groups_whole_and_flat_names_field_by_field(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpal.learning import OracleSettings, RunSettings, Validation
+
+    val = cu_frames(2, seed=9, size=(2, 2, 2))
+    learner(tmp_path / "run", validation=Validation(frames=val, stopping=StoppingRule(tolerance=1e-6))).run(10)
+    with ThreadPoolExecutor(1) as ex:
+        R = ActiveLearner.resume(tmp_path / "run", "ase.calculators.emt:EMT",
+                                 run=RunSettings(log_every=1, max_force=50.0, progress=False),
+                                 oracle_settings=OracleSettings(max_calls=3, executor=ex, retries=5),
+                                 validation=Validation(check_every=7))
+        assert (R.log_every, R.max_force, R.max_oracle_calls, R.oracle.retries) == (1, 50.0, 3, 5)
+        assert R.oracle.executor is ex and R.check_every == 7
+        assert len(R.validation) == 2 and R.stopping.tolerance == 1e-6  # the run's, kept
+    R = ActiveLearner.resume(tmp_path / "run", log_every=3, progress=False)
+    assert R.log_every == 3 and R.max_force == RunSettings().max_force

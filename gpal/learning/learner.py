@@ -53,6 +53,7 @@ from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, temperature_limit
 from .settings import (
     FLAT_NAMES,
+    GROUPS,
     Bootstrap,
     ModelGrowth,
     OracleSettings,
@@ -1278,6 +1279,11 @@ class ActiveLearner:
         executor, walker_executor : concurrent.futures.Executor, optional
             As in the constructor (not recorded in the run folder): a run whose walkers
             ran as tasks may continue with or without them.
+        **overrides
+            Constructor settings that change on resuming: a flat name (``log_every=1``)
+            changes that field of the stored settings; a settings group
+            (``run=RunSettings(...)``) replaces the stored group whole, except that a
+            :class:`Validation` without frames or stopping rule keeps the run's.
         """
         from ..model import load
 
@@ -1331,15 +1337,31 @@ class ActiveLearner:
             from .targets import TargetSet
 
             overrides["targets"] = TargetSet.load(state["targets"], run_dir)
-        if state.get("stopping") and "stopping" not in overrides:
+        # a settings group given whole replaces the stored one (its validation frames and
+        # stopping rule, when it has none, are the run's); flat names change one field
+        given = {name for name, group in GROUPS.items() if isinstance(overrides.get(name), group)}
+        settings = {k: v for k, v in settings.items() if FLAT_NAMES[k][0] not in given}
+        stored_frames = read_frames(run_dir / "validation.xyz") if (run_dir / "validation.xyz").exists() else None
+        stopping = None
+        if state.get("stopping"):
             from ..calibration import StoppingRule
 
-            overrides["stopping"] = StoppingRule.from_state(state["stopping"])
-        if "validation" not in overrides and (run_dir / "validation.xyz").exists():
-            overrides["validation"] = read_frames(run_dir / "validation.xyz")
+            stopping = StoppingRule.from_state(state["stopping"])
+        val = overrides.get("validation")
+        if isinstance(val, Validation):
+            overrides["validation"] = dataclasses.replace(
+                val, frames=stored_frames if val.frames is None else val.frames,
+                stopping=stopping if val.stopping is None and "stopping" not in overrides else val.stopping)
+        else:
+            if stopping is not None and "stopping" not in overrides:
+                overrides["stopping"] = stopping
+            if val is None and stored_frames is not None:
+                overrides["validation"] = stored_frames
+        if executor is not None or "oracle_settings" not in given:
+            overrides["executor"] = executor
         settings.update(overrides)
         self = cls(structures, oracle, model, run_dir=run_dir, md=md, trigger=trigger,
-                   executor=executor, n_walkers=n_walkers, walker_executor=walker_executor, **settings)
+                   n_walkers=n_walkers, walker_executor=walker_executor, **settings)
         self.ramp_steps = state.get("ramp_steps") or state["total_steps"]
         self.step = state["step"]
         self.total_steps = state["total_steps"]
