@@ -233,6 +233,29 @@ def test_learn_does_not_mutate_the_defaults_and_moves_old_runs_aside(tmp_path, c
     assert config.DEFAULT_LEARN == before
 
 
+def test_learn_never_writes_into_a_folder_of_the_users(tmp_path, capsys, fake_learner, monkeypatch):
+    """A folder with files gpal did not write (a project folder, run_dir = "."): exit 2,
+    every file as it was; an unfinished start of gpal's own continues."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    mine = {"config.toml": "# my notes\nsteps = 5\nrun_dir = \".\"\n", "train.xyz": "my labels\n",
+            "model.npz": "mine"}
+    for name, text in mine.items():
+        (proj / name).write_text(text)
+    monkeypatch.chdir(proj)
+    for argv in (["learn", "config.toml", "-q"], ["learn", "--run-dir", ".", "-q"],
+                 ["learn", "--run-dir", ".", "--overwrite", "-q"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("gpal did not write" in err or "current folder" in err), err
+    assert {p.name: p.read_text() for p in proj.iterdir()} == mine
+    assert not fake_learner.calls
+    start = tmp_path / "start"  # an unfinished start: gpal's config.toml only
+    assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0
+    (start / "state.json").unlink()
+    assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0
+
+
 def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_learner):
     assert main(["learn", "--print-config"]) == 0
     text = capsys.readouterr().out

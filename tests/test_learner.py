@@ -908,3 +908,12 @@ def test_resume_takes_settings_groups_whole_and_flat_names_field_by_field(tmp_pa
         assert len(R.validation) == 2 and R.stopping.tolerance == 1e-6  # the run's, kept
     R = ActiveLearner.resume(tmp_path / "run", log_every=3, progress=False)
     assert R.log_every == 3 and R.max_force == RunSettings().max_force
+
+
+def test_a_new_run_never_writes_into_files_it_did_not_make(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.xyz").write_text("my labels\n")
+    with pytest.raises(gpal.GpalError, match="already holds train.xyz but no run state"):
+        learner(run).run(5)
+    assert (run / "train.xyz").read_text() == "my labels\n" and len(list(run.iterdir())) == 1

@@ -112,6 +112,10 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
 
 def _move_aside(run_dir: Path) -> Path:
     """Rename ``run_dir`` to ``RUN_DIR.old-YYYYmmdd-HHMMSS`` (never deletes anything)."""
+    run_dir = run_dir.resolve()
+    if run_dir == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(run_dir):
+        raise GpalError(f"--overwrite cannot move {run_dir} aside: it is the current folder (or holds it); "
+                        "give run_dir a folder of its own")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
     k = 1
@@ -221,7 +225,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .._validation import check_atoms, check_number
-    from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_sparse_budget
+    from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_sparse_budget, foreign_files
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, ModelGrowth, group_flat
     from ..model import SparseGP
@@ -306,11 +310,18 @@ def cmd_learn(args: argparse.Namespace) -> int:
         elif (run_dir / "state.json").exists():
             raise GpalError(f"{run_dir} already holds a run; use --resume {run_dir}, or --overwrite "
                             "to move it aside and start afresh")
-        elif (run_dir / "config.toml").exists():
+        else:  # only an unfinished start of gpal's own may be continued in place
+            stored = run_dir / "config.toml"
+            others = foreign_files(run_dir)
+            if others or not stored.exists() or not stored.read_text().startswith(config.TOML_HEADER):
+                theirs = others or sorted(p.name for p in run_dir.iterdir())
+                raise GpalError(f"run folder {run_dir} holds files gpal did not write ({', '.join(theirs[:5])}"
+                                f"{', ...' if len(theirs) > 5 else ''}); a run needs a new or empty folder: "
+                                "set run_dir (or --run-dir)")
             try:
-                old_cfg = tomllib.loads((run_dir / "config.toml").read_text())
+                old_cfg = tomllib.loads(stored.read_text())
             except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
+                raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
             diff = config.config_difference(old_cfg, cfg, ignore=("run_dir", "steps"))
             if diff is not None:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "

@@ -468,10 +468,16 @@ def _fmt(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+#: first line of the config.toml gpal learn writes into a run folder (how a start of
+#: gpal's own is told from a user's file)
+TOML_HEADER = "# gpal learn: the configuration of this run"
+
+
 def to_toml(cfg: dict) -> str:
-    """A configuration as TOML (no comments); :func:`tomllib.loads` reads it back equal."""
+    """A configuration as TOML (comment: :data:`TOML_HEADER`); :func:`tomllib.loads` reads
+    it back equal."""
     top = [f"{k} = {_fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
-    out = top[:]
+    out = [TOML_HEADER] + top
     for name, sec in cfg.items():
         if isinstance(sec, dict):
             out += ["", f"[{name}]"] + [f"{k} = {_fmt(v)}" for k, v in sec.items()]

@@ -77,6 +77,18 @@ from .trigger import Trigger
 
 log = logging.getLogger(__name__)
 
+#: the files a run writes into its folder (``gpal learn`` adds ``config.toml``)
+RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz", "structures.xyz",
+                       "validation.xyz", "targets.xyz", "log.jsonl", "summary.json", "model.npz",
+                       "walkers.npz", "learning_curve.png"})
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Names in ``run_dir`` that no gpal run writes (atomic-write ``.tmp`` files count as theirs)."""
+    return sorted(p.name for p in Path(run_dir).iterdir()
+                  if p.name not in RUN_FILES and p.name.removesuffix(".tmp") not in RUN_FILES)
+
+
 __all__ = ["ActiveLearner", "Trigger", "MDSettings", "Summary"]
 
 
@@ -732,6 +744,12 @@ class ActiveLearner:
             # another learner's run: continuing it silently would mix its labels into this one
             raise GpalError(f"{self.run_dir} already holds a run; ActiveLearner.resume({str(self.run_dir)!r}) "
                             "continues it, or give another run_dir for a new run")
+        if not self._owns_run_dir and self.run_dir.is_dir():
+            # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
+            ours = sorted((RUN_FILES - {"config.toml"}) & {p.name for p in self.run_dir.iterdir()})
+            if ours:
+                raise GpalError(f"{self.run_dir} already holds {', '.join(ours)} but no run state (state.json): "
+                                "give a new or empty run_dir (nothing there is replaced)")
         self._owns_run_dir = True
         if steps < self.step:
             warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
