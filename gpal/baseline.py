@@ -122,6 +122,20 @@ def make_baseline(baseline, kwargs: dict | None = None):
         raise BaselineError(f"cannot build baseline {path} with kwargs {kw}: {exc}") from None
 
 
+def check_baseline(baseline, kwargs: dict | None = None) -> None:
+    """Raise :class:`BaselineError` for a baseline :func:`make_baseline` would refuse,
+    without building it (an import path is imported, its class not instantiated)."""
+    if baseline is None:
+        if kwargs:
+            raise BaselineError("baseline_kwargs given without a baseline")
+        return
+    path, _ = _split(baseline, kwargs)
+    if path is None:
+        make_baseline(baseline, kwargs)  # a live calculator: checked, returned as is
+    else:
+        _import(path)
+
+
 def baseline_spec(baseline, kwargs: dict | None = None) -> dict | None:
     """The JSON recipe a saved model keeps: ``{"factory": "module:Name", "kwargs": {...}}``.
 

@@ -58,6 +58,10 @@ def bad(tmp_path_factory):
         "seed": "[learner]\nrandom_state = -1\n", "lattice": '[structure]\nbulk = "Cu"\na = -3.6\n',
         "targets": '[targets]\nfile = "nowhere.xyz"\n', "maxsp": "[learner]\nmax_sparse = 5\n",
         "index": '[structure]\nfile = "train.xyz"\nindex = 99\n',
+        "mseed": "[model]\nrandom_state = -1\n", "mbase": '[model]\nbaseline = "nomod:X"\n',
+        "mfile": f'[structure]\nbulk = "Au"\n[model]\nfile = "{d / "model.npz"}"\n',
+        "tspecies": f'[targets]\nfile = "{d / "gold.xyz"}"\n',
+        "twalkers": f'walker_workers = 2\n[targets]\nfile = "{d / "train.xyz"}"\n',
     }.items():
         (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
@@ -162,6 +166,13 @@ CASES = [
     pytest.param(["learn", "{d}/v_maxsp.toml"], "max_sparse (5) is below the model's n_sparse",
                  id="config-max-sparse"),
     pytest.param(["learn", "{d}/v_index.toml"], "[structure] index 99 is out of range", id="config-index"),
+    pytest.param(["learn", "{d}/v_mseed.toml"], "random_state must be an integer >= 0", id="config-model-seed"),
+    pytest.param(["learn", "{d}/v_mbase.toml"], "cannot import baseline module 'nomod'", id="config-baseline"),
+    pytest.param(["learn", "{d}/v_mfile.toml"], "[structure]: The following species are not defined for this "
+                 "model: Au", id="config-model-file-species"),
+    pytest.param(["learn", "{d}/v_tspecies.toml"], "[targets] structure 0: The following species", id="config-targets-species"),
+    pytest.param(["learn", "{d}/v_twalkers.toml"], "[targets] cannot run with walker_workers",
+                 id="config-targets-walkers"),
     pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "--temperature", "-100"],
                  "argument --temperature: must be a finite number >= 0", id="md-negative-temperature"),
     pytest.param(["fit", "{d}/train.xyz", "-o", "{d}/no/such/folder/m.npz"], "does not exist",

@@ -292,13 +292,33 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise ConfigError("[learner] n_bootstrap must be >= 1 for a new model (the first labels "
                               "make it); 0 only with [model] file")
         check_sparse_budget(model, learner_cfg.get("max_sparse", ModelGrowth.max_sparse))
-    if descriptor is not None:  # the start structure's species must be the descriptor's
-        check_atoms(structure, species=descriptor.species_numbers_, what="[structure]")
+    # the species every structure must have: the descriptor's, the fitted model's, or
+    # else those of the start structure (the default descriptor is made from them)
+    if descriptor is not None:
+        species = descriptor.species_numbers_
+    elif getattr(model, "alpha_", None) is not None:
+        species = model.species_
+    else:
+        species = sorted(set(structure.numbers.tolist()))
+    from ..exceptions import UnknownSpeciesError
+
+    def check_species(atoms, what):
+        try:
+            check_atoms(atoms, species=species, what=what)
+        except UnknownSpeciesError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+    check_species(structure, "[structure]")
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
 
         targets = TargetSet.from_file(**cfg["targets"])
+        for k, a in enumerate(targets.structures):
+            check_species(a, f"[targets] structure {k}")
+        if cfg.get("walker_workers") or cfg.get("walker_scheduler"):
+            raise ConfigError("[targets] cannot run with walker_workers or walker_scheduler (the target "
+                              "weight follows every checked frame); run the walkers in the learner's process")
     run_dir = Path(cfg["run_dir"])
     args.run_dir_used = run_dir
     if run_dir.exists() and not run_dir.is_dir():

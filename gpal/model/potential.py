@@ -475,6 +475,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 f"Invalid sparse_selection {self.sparse_selection!r}; "
                 f"choose from {_SPARSE_SELECTIONS}"
             )
+        if not (self.random_state is None or isinstance(self.random_state, np.random.Generator)):
+            check_number("random_state", self.random_state, low=0, integer=True, none=True)
+        _baseline.check_baseline(self.baseline, self.baseline_kwargs)
         if self.hyperparameters not in _HYPERPARAMETER_MODES:
             raise ValueError(
                 f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
