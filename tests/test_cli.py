@@ -425,3 +425,14 @@ def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatc
     first, second = printed_before_return
     assert first.splitlines()[0].startswith("candidate") and "F RMSE eV/Å" in first
     assert first.splitlines()[-1].startswith("dot ζ=2") and second.strip().startswith("SE")
+
+
+def test_a_default_written_out_is_no_change_of_configuration():
+    """Resuming with `gpal learn --print-config` output (every default written out) is not a
+    change; a real change is named with both values."""
+    printed = config._merge(config.DEFAULT_LEARN, config.check_config(tomllib.loads(config.default_toml()), "p"))
+    started = config._merge(config.DEFAULT_LEARN, {"steps": 40})  # what gpal learn stores for a run
+    assert config.config_difference(started, printed) is None
+    changed = copy.deepcopy(printed)
+    changed["trigger"]["every"] = 7
+    assert config.config_difference(started, changed) == "[trigger] every (20 in the run, 7 in the config)"

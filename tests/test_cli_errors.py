@@ -62,6 +62,7 @@ def bad(tmp_path_factory):
         "mfile": f'[structure]\nbulk = "Au"\n[model]\nfile = "{d / "model.npz"}"\n',
         "tspecies": f'[targets]\nfile = "{d / "gold.xyz"}"\n',
         "twalkers": f'walker_workers = 2\n[targets]\nfile = "{d / "train.xyz"}"\n',
+        "sindex": f'[structure]\nfile = "{d / "train.xyz"}"\nindex = "abc"\n',
     }.items():
         (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
@@ -173,6 +174,11 @@ CASES = [
     pytest.param(["learn", "{d}/v_tspecies.toml"], "[targets] structure 0: The following species", id="config-targets-species"),
     pytest.param(["learn", "{d}/v_twalkers.toml"], "[targets] cannot run with walker_workers",
                  id="config-targets-walkers"),
+    pytest.param(["learn", "{d}/v_sindex.toml"], "[structure] index must be an integer or an ASE slice",
+                 id="config-index-text"),
+    pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),
+    pytest.param(["learn", "--resume", "{d}/run", "--run-dir", "{d}/other"], "--resume continues RUN_DIR in place",
+                 id="resume-with-run-dir"),
     pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "--temperature", "-100"],
                  "argument --temperature: must be a finite number >= 0", id="md-negative-temperature"),
     pytest.param(["fit", "{d}/train.xyz", "-o", "{d}/no/such/folder/m.npz"], "does not exist",

@@ -365,7 +365,7 @@ def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     assert Trigger(temperature_steps=False).temperature_steps is None
     # the earlier name: false still turns the rule off; a factor is replaced, with a warning
     assert Trigger(recheck_temperature=False).temperature_steps is None
-    with pytest.warns(DeprecationWarning, match="temperature_steps"):
+    with pytest.warns(FutureWarning, match="temperature_steps"):
         assert Trigger(recheck_temperature=1.5).temperature_steps == 4
 
 

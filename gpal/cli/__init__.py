@@ -54,6 +54,13 @@ def _structure(spec: dict):
 
     if "file" in spec:
         index = spec.get("index", 0)
+        if isinstance(index, str):  # ASE's index syntax: "-1", "0:10", "::2"
+            from ase.io.formats import string2index
+
+            index = string2index(index)
+            if isinstance(index, str):
+                raise ConfigError(f"[structure] index must be an integer or an ASE slice such as \"-1\" or "
+                                  f"\"0:10\", got {spec['index']!r}")
         try:
             return read_frames(spec["file"], index=index)[0]
         except StructureFileError:
@@ -175,14 +182,22 @@ def _resume(args: argparse.Namespace) -> int:
         if steps is None and "steps" in user:
             steps = int(user["steps"])
     if steps is not None and steps < int(state["step"]):
-        raise GpalError(f"--steps {steps} is below the {state['step']} steps this run has made: steps "
+        given = f"--steps {steps}" if args.steps is not None else f"steps = {steps} in {args.config}"
+        raise GpalError(f"{given} is below the {state['step']} steps this run has made: steps "
                         "are a total, not an increment (give more to continue)")
-    if args.config:
-        if int(cfg.get("workers", 1)) > 1:
-            from concurrent.futures import ProcessPoolExecutor
+    if not args.config:  # the run's own workers and walker scheduler, as it was started
+        cfg = {}
+        if (run_dir / "config.toml").exists():
+            try:
+                stored_cfg = tomllib.loads((run_dir / "config.toml").read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
+            cfg = {k: stored_cfg[k] for k in ("workers", "walker_workers", "walker_scheduler") if k in stored_cfg}
+    if int(cfg.get("workers", 1)) > 1:
+        from concurrent.futures import ProcessPoolExecutor
 
-            executor = ProcessPoolExecutor(int(cfg["workers"]))
-    walkers = _walker_executor(cfg if args.config else {})
+        executor = ProcessPoolExecutor(int(cfg["workers"]))
+    walkers = _walker_executor(cfg)
 
     def resumed():
         try:
@@ -234,6 +249,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         sys.stdout.write(config.default_toml())
         return 0
     if args.resume:
+        if args.run_dir or args.overwrite:
+            raise GpalError("--resume continues RUN_DIR in place; --run-dir and --overwrite are for a new run")
         return _resume(args)
     if args.config:
         cfg, _ = config.load_config(args.config)
@@ -815,6 +832,17 @@ def _zeta(text: str):
     return z
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return port
+
+
 def _positive(kind):
     """argparse type: a number (``kind``) > 0."""
     return _bounded(kind, strict=True)
@@ -873,7 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-config", action="store_true",
                    help="print the full default configuration (TOML, with units) and exit")
     s.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR (with a config: only steps and workers may change)")
+                   help="continue the run in RUN_DIR, with the workers it was started with (with a config: only "
+                        "steps and workers may change)")
     s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",
@@ -968,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="NAME", help="i-PI's UNIX socket <address> (file /tmp/ipi_NAME)")
-    where.add_argument("--port", type=_positive(int), help="i-PI's INET port")
+    where.add_argument("--port", type=_port, help="i-PI's INET port (1-65535)")
     s.add_argument("--host", help="i-PI's host for --port (default localhost)")
     s.add_argument("--template", metavar="STRUCTURE",
                    help="structure with i-PI's atoms in i-PI's order (needed for models of several species)")

@@ -429,7 +429,19 @@ def load_config(path) -> tuple[dict, dict]:
 
 
 def config_difference(old: dict, new: dict, ignore=("run_dir",) + RESUMABLE) -> str | None:
-    """The first key (``"[section] key"``) whose value differs, with both values; None if equal."""
+    """The first key (``"[section] key"``) whose value differs, with both values; None if equal.
+
+    A key left out counts as its default (``gpal learn --print-config`` writes every
+    default out, and a run started without them has the same settings).
+    """
+    sch = schema()
+
+    def value(d: dict, section: str, key: str):
+        if key in d:
+            return d[key]
+        k = sch.get(section, {}).get(key)
+        return None if k is None or k.default is _MISSING else k.default
+
     sections = sorted(set(old) | set(new), key=lambda s: (isinstance(old.get(s, new.get(s)), dict), s))
     for name in sections:
         if name in ignore:
@@ -439,12 +451,20 @@ def config_difference(old: dict, new: dict, ignore=("run_dir",) + RESUMABLE) -> 
             a = a if isinstance(a, dict) else {}
             b = b if isinstance(b, dict) else {}
             for key in sorted(set(a) | set(b)):
-                if a.get(key, None) != b.get(key, None):
-                    return (f"[{name}] {key} ({_fmt(a.get(key))} in the run, "
-                            f"{_fmt(b.get(key))} in the config)")
-        elif a != b:
-            return f"{name} ({_fmt(a)} in the run, {_fmt(b)} in the config)"
+                va, vb = value(a, name, key), value(b, name, key)
+                if _same(va, vb):
+                    continue
+                return f"[{name}] {key} ({_fmt(va)} in the run, {_fmt(vb)} in the config)"
+        elif not _same(value(old, "", name), value(new, "", name)):
+            return f"{name} ({_fmt(value(old, '', name))} in the run, {_fmt(value(new, '', name))} in the config)"
     return None
+
+
+def _same(a, b) -> bool:
+    """Equal as configuration values (a TOML array and a tuple default alike)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 # --------------------------------------------------------------------------- TOML output

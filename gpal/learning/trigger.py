@@ -118,7 +118,7 @@ class Trigger:
         end of its segment.
     recheck_temperature : None
         Replaced by ``temperature_steps``; ``False`` turns the rule off (as
-        ``temperature_steps=None``), a number is ignored with a ``DeprecationWarning``.
+        ``temperature_steps=None``), a number is ignored with a ``FutureWarning`` (shown by default).
     """
 
     quantity: str = "forces_std"
@@ -168,7 +168,7 @@ class Trigger:
             else:
                 warnings.warn("Trigger(recheck_temperature=...) is replaced by temperature_steps "
                               f"(labels at equal steps of a rising temperature protocol); using "
-                              f"temperature_steps={self.temperature_steps}", DeprecationWarning, stacklevel=3)
+                              f"temperature_steps={self.temperature_steps}", FutureWarning, stacklevel=3)
             self.recheck_temperature = None
         if self.temperature_steps is False:  # what a TOML configuration can say
             self.temperature_steps = None
