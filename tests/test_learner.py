@@ -917,3 +917,12 @@ def test_a_new_run_never_writes_into_files_it_did_not_make(tmp_path):
     with pytest.raises(gpal.GpalError, match="already holds train.xyz but no run state"):
         learner(run).run(5)
     assert (run / "train.xyz").read_text() == "my labels\n" and len(list(run.iterdir())) == 1
+
+
+def test_optimize_noise_false_keeps_the_noises_of_the_first_fit(tmp_path):
+    L = learner(tmp_path / "run", optimize_noise=False, trigger=Trigger(threshold=0.002, every=2, max_labels=10))
+    L.run(60)
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    noises = [e["noise"]["force"] for e in events if e.get("event") == "hyperparameters"]
+    assert len(noises) >= 2 and len(set(noises)) == 1
+    assert L.model.noise_["force"] == noises[0]

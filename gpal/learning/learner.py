@@ -510,12 +510,18 @@ class ActiveLearner:
     def _optimize(self) -> None:
         """Hyperparameters by the evidence, then a fresh calibration (the noise moved)."""
         self._last_opt = self.n_labelled
+        evidence = getattr(self.model, "hyperparameters", "fixed") == "evidence"
+        if evidence and not self.optimize_noise and getattr(self.model, "noise_", None):
+            # the evidence re-chooses what is unset: the noises it chose first are kept
+            names = {"energy": "energy_noise", "force": "force_noise", "stress": "stress_noise"}
+            self.model.set_params(**{p: float(self.model.noise_[g]) for g, p in names.items()
+                                     if getattr(self.model, p) is None and g in self.model.noise_})
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 if self._descriptor_free():
                     self._refit_by_evidence()
-                elif getattr(self.model, "hyperparameters", "fixed") == "evidence":
+                elif evidence:
                     self.model.select_hyperparameters()  # re-chooses what the user left unset
                 else:
                     self.model.optimize_hyperparameters(optimize_noise=self.optimize_noise)

@@ -85,7 +85,9 @@ class ModelGrowth:
     optimize_noise : bool, default True
         Also fit the noise levels by the evidence: the force noise then measures what the
         model cannot learn at its size, which sets the default trigger threshold and the
-        calibrated error floor.
+        calibrated error floor. False: the noises stay as given to the model, or as its
+        first fit chose them (the model's default, ``hyperparameters="evidence"``, chooses
+        unset noises once).
     sparse_refresh : bool, default True
         Before labelling an uncertain frame, add its novel environments to the sparse set
         and look again (no oracle call).
