@@ -926,3 +926,8 @@ def test_optimize_noise_false_keeps_the_noises_of_the_first_fit(tmp_path):
     noises = [e["noise"]["force"] for e in events if e.get("event") == "hyperparameters"]
     assert len(noises) >= 2 and len(set(noises)) == 1
     assert L.model.noise_["force"] == noises[0]
+
+
+def test_an_oracle_timeout_without_executor_warns_that_it_is_not_applied(tmp_path):
+    with pytest.warns(UserWarning, match="oracle_timeout=5 s is not applied without an oracle executor"):
+        learner(tmp_path / "run", oracle_timeout=5)

@@ -136,7 +136,12 @@ class OracleSettings:
         Runs oracle calls concurrently (a process pool, dask's ``Client.get_executor()``).
         Not saved: give it again on resume.
     timeout : float, optional
-        Seconds per label, counted from when the label starts (queueing is not charged).
+        Seconds per label in an ``executor``, counted from when the label could start
+        (queueing behind the executor's other labels is not charged). Without an
+        executor the oracle runs in the learner's process, where nothing can stop it: the
+        timeout is then not applied (the learner warns). Python cannot stop a running
+        task either: a timed-out calculation keeps its worker until it returns, and
+        labels waiting for that worker can time out too.
     retries : int, default 1
     on_failure : {"skip", "stop"}, default "skip"
     max_calls : int, optional
