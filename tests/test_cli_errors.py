@@ -63,6 +63,7 @@ def bad(tmp_path_factory):
         "tspecies": f'[targets]\nfile = "{d / "gold.xyz"}"\n',
         "twalkers": f'walker_workers = 2\n[targets]\nfile = "{d / "train.xyz"}"\n',
         "sindex": f'[structure]\nfile = "{d / "train.xyz"}"\nindex = "abc"\n',
+        "maxcalls": "[learner]\nmax_oracle_calls = 2\n",
     }.items():
         (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
@@ -176,6 +177,8 @@ CASES = [
                  id="config-targets-walkers"),
     pytest.param(["learn", "{d}/v_sindex.toml"], "[structure] index must be an integer or an ASE slice",
                  id="config-index-text"),
+    pytest.param(["learn", "{d}/v_maxcalls.toml"], "max_oracle_calls (2) is below n_bootstrap (4)",
+                 id="config-max-calls"),
     pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),
     pytest.param(["learn", "--resume", "{d}/run", "--run-dir", "{d}/other"], "--resume continues RUN_DIR in place",
                  id="resume-with-run-dir"),

@@ -931,3 +931,12 @@ def test_optimize_noise_false_keeps_the_noises_of_the_first_fit(tmp_path):
 def test_an_oracle_timeout_without_executor_warns_that_it_is_not_applied(tmp_path):
     with pytest.warns(UserWarning, match="oracle_timeout=5 s is not applied without an oracle executor"):
         learner(tmp_path / "run", oracle_timeout=5)
+
+
+def test_max_oracle_calls_cuts_a_batch_and_refuses_a_larger_bootstrap(tmp_path):
+    with pytest.raises(ValueError, match=r"max_oracle_calls \(3\) is below n_bootstrap \(4\)"):
+        learner(tmp_path / "a", max_oracle_calls=3)
+    L = learner(tmp_path / "b", max_oracle_calls=5, n_walkers=4,
+                trigger=Trigger(threshold=0.0001, adaptive=False, every=1))
+    summary = L.run(30)
+    assert summary.oracle_calls == 5 and summary.stopped_early

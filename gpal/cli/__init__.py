@@ -242,7 +242,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from .._validation import check_atoms, check_number
     from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_sparse_budget, foreign_files
     from ..learning.oracle import OracleSpec
-    from ..learning.settings import FLAT_NAMES, ModelGrowth, group_flat
+    from ..learning.settings import FLAT_NAMES, Bootstrap, ModelGrowth, group_flat
     from ..model import SparseGP
 
     if args.print_config:
@@ -308,6 +308,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if learner_cfg.get("n_bootstrap", 1) < 1:
             raise ConfigError("[learner] n_bootstrap must be >= 1 for a new model (the first labels "
                               "make it); 0 only with [model] file")
+        n_boot = learner_cfg.get("n_bootstrap", Bootstrap.n_frames)
+        if learner_cfg.get("max_oracle_calls") is not None and learner_cfg["max_oracle_calls"] < n_boot:
+            raise ConfigError(f"[learner] max_oracle_calls ({learner_cfg['max_oracle_calls']}) is below "
+                              f"n_bootstrap ({n_boot}): the bootstrap alone would pass it")
         check_sparse_budget(model, learner_cfg.get("max_sparse", ModelGrowth.max_sparse))
     # the species every structure must have: the descriptor's, the fitted model's, or
     # else those of the start structure (the default descriptor is made from them)

@@ -298,6 +298,10 @@ class ActiveLearner:
         if boot.n_frames < 1 and getattr(self.model, "alpha_", None) is None:
             raise ValueError("n_bootstrap must be >= 1 for a model that is not fitted yet (the first "
                              "labels make it), got 0")
+        if (orc.max_calls is not None and getattr(self.model, "alpha_", None) is None
+                and orc.max_calls < boot.n_frames):
+            raise ValueError(f"max_oracle_calls ({orc.max_calls}) is below n_bootstrap ({boot.n_frames}): "
+                             "the bootstrap alone would pass it")
         # the groups hold the settings (the flat names below read and write them, and
         # state.json is generated from them); the resolved defaults are written back
         if boot.rattle is None:
@@ -924,6 +928,8 @@ class ActiveLearner:
         """
         done = False
         for frames, why in groups:
+            if self.max_oracle_calls is not None:  # a batch never goes past the budget
+                frames = frames[:max(0, self.max_oracle_calls - self.oracle.n_calls)]
             if not frames:
                 continue
             batch = []

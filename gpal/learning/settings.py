@@ -145,7 +145,8 @@ class OracleSettings:
     retries : int, default 1
     on_failure : {"skip", "stop"}, default "skip"
     max_calls : int, optional
-        Stop the run when this many oracle calls have been made (bootstrap included).
+        Stop the run when this many oracle calls have been made (bootstrap included); a
+        batch of labels is cut to what is left (retries of a failed label can still pass it).
     """
 
     executor: Any = field(default=None, metadata={"state": False})
