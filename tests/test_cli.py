@@ -256,6 +256,13 @@ def test_learn_never_writes_into_a_folder_of_the_users(tmp_path, capsys, fake_le
     assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0
 
 
+def test_n_sparse_initial_sizes_the_model_the_command_line_makes(tmp_path, fake_learner):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 3\n[learner]\nn_sparse_initial = 50\n')
+    assert main(["learn", str(cfg), "-q"]) == 0
+    assert fake_learner.calls[0]["model"].n_sparse == 50
+
+
 def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_learner):
     assert main(["learn", "--print-config"]) == 0
     text = capsys.readouterr().out
@@ -276,8 +283,7 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
     from gpal.learning.settings import FLAT_NAMES  # the settings groups' fields by their flat names
 
     assert set(sch["learner"]) <= set(inspect.signature(gpal.ActiveLearner.__init__).parameters) | set(FLAT_NAMES)
-    # n_sparse_initial: the command line makes the model, whose size is [model] n_sparse
-    assert set(FLAT_NAMES) - {"executor", "stopping", "progress", "n_sparse_initial"} <= set(sch["learner"])
+    assert set(FLAT_NAMES) - {"executor", "stopping", "progress"} <= set(sch["learner"])
     # running with the printed configuration is running with the defaults
     cfg = tmp_path / "printed.toml"
     cfg.write_text(text.replace('run_dir = "gpal_run"', f'run_dir = "{tmp_path / "run"}"'))

@@ -29,7 +29,7 @@ def bad(tmp_path_factory):
     (d / "some.toml").write_text('steps = 10\n[md]\ntemperature = 500.0\n')
     (d / "step.toml").write_text("step = 200\n")
     (d / "temprature.toml").write_text("[md]\ntemprature = 500\n")
-    (d / "initial.toml").write_text("[learner]\nn_sparse_initial = 100\n")
+    (d / "initial.toml").write_text("[model]\nn_sparse = 200\n[learner]\nn_sparse_initial = 100\n")
     (d / "otf.toml").write_text("[otf]\nthreshold = 0.1\n")
     (d / "many.toml").write_text('steps = "many"\n')
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
@@ -104,8 +104,8 @@ CASES = [
                  id="config-step"),
     pytest.param(["learn", "{d}/temprature.toml"],
                  "unknown key 'temprature' in [md]; did you mean 'temperature'?", id="config-temprature"),
-    pytest.param(["learn", "{d}/initial.toml"], "unknown key 'n_sparse_initial' in [learner]; the model's "
-                 "number of sparse environments is [model] n_sparse", id="config-n-sparse-initial"),
+    pytest.param(["learn", "{d}/initial.toml"], "[learner] n_sparse_initial (100) and [model] n_sparse (200) "
+                 "disagree", id="config-n-sparse-initial"),
     pytest.param(["learn", "{d}/otf.toml"], "unknown section [otf]; valid sections: [descriptor]",
                  id="config-otf-section"),
     pytest.param(["learn", "{d}/many.toml"], 'many.toml: steps must be an integer, got "many" (MD steps',

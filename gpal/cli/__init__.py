@@ -252,8 +252,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if args.run_dir or args.overwrite:
             raise GpalError("--resume continues RUN_DIR in place; --run-dir and --overwrite are for a new run")
         return _resume(args)
+    user: dict = {}
     if args.config:
-        cfg, _ = config.load_config(args.config)
+        cfg, user = config.load_config(args.config)
     else:
         cfg = copy.deepcopy(config.DEFAULT_LEARN)
     if args.steps is not None:
@@ -297,6 +298,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
             **d,
         )
     model_cfg = dict(cfg["model"])
+    # the command line makes the model: [learner] n_sparse_initial is its size unless
+    # [model] n_sparse says otherwise
+    initial = learner_cfg.pop("n_sparse_initial", None)
+    if initial is not None and "n_sparse" in user.get("model", {}) and initial != user["model"]["n_sparse"]:
+        raise ConfigError(f"[learner] n_sparse_initial ({initial}) and [model] n_sparse "
+                          f"({user['model']['n_sparse']}) disagree: the model's size is [model] n_sparse")
+    if initial is not None and "file" not in model_cfg:
+        model_cfg["n_sparse"] = initial
     if "file" in model_cfg:  # a fitted model to continue (its settings come with it);
         # read before the run folder is made: a wrong path leaves nothing behind
         from .. import load

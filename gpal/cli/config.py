@@ -62,10 +62,8 @@ DEFAULT_LEARN = {
     "validation": {"steps": 0, "temperature": 1000.0, "every": 40, "seed": 123, "timestep": 1.0},
 }
 
-#: ActiveLearner parameters the command line fills from elsewhere (not from [learner]);
-#: the command line always makes the model, whose size is [model] n_sparse
-_LEARNER_SET_BY_CLI = ("model", "run_dir", "md", "trigger", "validation", "executor", "progress",
-                       "n_sparse_initial")
+#: ActiveLearner parameters the command line fills from elsewhere (not from [learner])
+_LEARNER_SET_BY_CLI = ("model", "run_dir", "md", "trigger", "validation", "executor", "progress")
 #: keys that may change when a run is resumed with a configuration
 RESUMABLE = ("steps", "workers", "walker_workers", "walker_scheduler")
 
@@ -281,13 +279,7 @@ def _unknown(path, what: str, name: str, valid, section: str = "") -> ConfigErro
     if what == "section":
         hint = f"did you mean [{close[0]}]?" if close else "valid sections: " + ", ".join(f"[{v}]" for v in valid)
         return ConfigError(f"{path}: unknown section [{name}]; {hint}")
-    if (section, name) in _ELSEWHERE:
-        hint = _ELSEWHERE[section, name]
     return ConfigError(f"{path}: unknown key {name!r} in {_where(section)}; {hint}")
-
-
-#: keys of the Python API that a configuration sets in another place
-_ELSEWHERE = {("learner", "n_sparse_initial"): "the model's number of sparse environments is [model] n_sparse"}
 
 
 def _check_value(path, section: str, key: Key, value):

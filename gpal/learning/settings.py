@@ -49,8 +49,9 @@ class Bootstrap:
         baseline with 0.05 Å, 1.0-1.06x with 0.02 Å).
     n_sparse : int, default 300
         Sparse environments of the bootstrap model (FPS) when the learner makes the
-        model (``ActiveLearner(..., model=None)``, the TOML without ``[model]
-        n_sparse``); a model given to the learner keeps its own ``n_sparse``. The model's accuracy is limited
+        model (``ActiveLearner(..., model=None)``; in a TOML configuration, the model's
+        ``n_sparse`` unless ``[model] n_sparse`` is given); a model given to the learner
+        keeps its own ``n_sparse``. The model's accuracy is limited
         by its sparse set long before it is by its labels (random fcc alloy, 16 frames:
         force RMSE 0.12 eV/Å with 100 sparse points, 0.043 with 400).
     """
