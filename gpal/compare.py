@@ -123,7 +123,7 @@ def _evaluate(model, test):
     e_err, f_err, f_std = res["energy_error"], res["force_error"], res["force_std"]
     m = uncertainty_metrics(f_err, f_std)
     return {
-        "energy_rmse": 1000 * float(np.sqrt(np.mean(np.square(e_err)))),
+        "energy_rmse": 1000 * float(np.sqrt(np.mean(np.square(e_err)))) if len(e_err) else float("nan"),
         "force_rmse": float(np.sqrt(np.mean(f_err**2))),
         "force_nll": float(m["nll"]),
         "force_zms": float(m["zms"]),

@@ -177,6 +177,10 @@ CASES = [
                  id="config-targets-walkers"),
     pytest.param(["learn", "{d}/v_sindex.toml"], "[structure] index must be an integer or an ASE slice",
                  id="config-index-text"),
+    pytest.param(["fit", "{d}/train.xyz", "--kernel", "se", "--zeta", "5"], "--zeta is the exponent of the "
+                 "dot-product kernel", id="fit-se-zeta"),
+    pytest.param(["fit", "{d}/train.xyz", "--length-scale", "0.3"], "--length-scale is the SE kernel's",
+                 id="fit-dot-length-scale"),
     pytest.param(["learn", "{d}/v_maxcalls.toml"], "max_oracle_calls (2) is below n_bootstrap (4)",
                  id="config-max-calls"),
     pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),

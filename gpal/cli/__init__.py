@@ -475,6 +475,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ..kernels import NormalizedDotProduct, SquaredExponential
     from ..model import SparseGP
 
+    if args.kernel == "se" and args.zeta is not None:
+        raise GpalError("--zeta is the exponent of the dot-product kernel; --kernel se takes --length-scale")
+    if args.kernel == "dot" and args.length_scale is not None:
+        raise GpalError("--length-scale is the SE kernel's; the dot-product kernel (--kernel dot) takes --zeta")
     frames = _read_labelled(args.train, args, "training frames")
     given = any(getattr(args, k) is not None for k in ("r_cut", "n_max", "l_max", "sigma", "species"))
     descriptor = _descriptor_from_args(args, frames) if given else None
@@ -482,7 +486,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.kernel == "dot" and isinstance(args.zeta, int):
         kernel = NormalizedDotProduct(zeta=int(args.zeta))
     elif args.kernel == "se":
-        kernel = SquaredExponential(args.length_scale)
+        kernel = SquaredExponential(0.5 if args.length_scale is None else args.length_scale)
     else:
         kernel = None
     model = SparseGP(
@@ -933,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "evidence prefers, with l_max, signal variance and the unset noises), or "
                         "'auto': the one of 1, 2, 3, 4, 6 with the largest log marginal likelihood "
                         "(hyperparameters and noises optimised for each)")
-    s.add_argument("--length-scale", type=_positive(float), default=0.5, help="of the SE kernel")
+    s.add_argument("--length-scale", type=_positive(float), default=None, help="of the SE kernel (default 0.5)")
     s.add_argument("--n-sparse", type=_positive(int), default=200, help="sparse environments")
     s.add_argument("--energy-noise", type=_positive(float), default=None,
                    help="eV/atom (default: chosen by the evidence)")

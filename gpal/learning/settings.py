@@ -121,7 +121,10 @@ class ModelGrowth:
         if self.exact_frames == "all":  # what a TOML file, which has no None, writes
             self.exact_frames = None
         if self.exact_frames is not None:
-            self.exact_frames = check_number("exact_frames", self.exact_frames, low=0, integer=True)
+            try:
+                self.exact_frames = check_number("exact_frames", self.exact_frames, low=0, integer=True)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (or \"all\")") from None
         for name in ("optimize_noise", "sparse_refresh"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
