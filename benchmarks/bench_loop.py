@@ -759,13 +759,12 @@ def print_summary(all_results):
 
 
 def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return repr(obj)
+    from gpal.io import json_default
+
+    try:
+        return json_default(obj)
+    except TypeError:  # anything else is recorded by its repr
+        return repr(obj)
 
 
 def main(argv=None):
