@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -186,6 +188,29 @@ def baseline_labels(calc, atoms: Atoms, *, stress: bool = False) -> dict[str, An
     """
     a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     name = type(calc).__name__
+    with _lock_of(calc):  # an ASE calculator keeps state: one evaluation at a time
+        return _evaluate(calc, a, name, stress)
+
+
+_LOCKS: dict = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(calc) -> threading.Lock:
+    """The lock of one baseline calculator: threads that share a model (walker tasks
+    on a multi-threaded worker) evaluate its baseline one at a time."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(id(calc))
+        if lock is None or lock[1]() is not calc:
+            try:
+                ref = weakref.ref(calc)
+            except TypeError:  # a calculator without weak references: kept alive
+                ref = (lambda c: lambda: c)(calc)
+            lock = _LOCKS[id(calc)] = (threading.Lock(), ref)
+        return lock[0]
+
+
+def _evaluate(calc, a: Atoms, name: str, stress: bool) -> dict[str, Any]:
     try:
         energy = float(calc.get_potential_energy(a))
         forces = np.array(calc.get_forces(a), dtype=float)

@@ -339,3 +339,19 @@ def test_training_frames_give_the_oracle_labels_back(lj_model, train):
         assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-9)
         assert not np.allclose(stored.get_forces(), b.get_forces())  # frames_ holds residuals
         assert a is not stored
+
+
+def test_a_delta_model_shared_by_threads_gives_each_its_own_answer(lj_model):
+    """Walker tasks on a multi-threaded worker share one model: its baseline calculator
+    (ASE keeps state in it) is evaluated one frame at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = cu_frames(4, seed=21) + cu_frames(4, seed=22, size=(1, 2, 2))
+    ref = [lj_model.predict(a) for a in frames]
+
+    def err(k):
+        p, r = lj_model.predict(frames[k % 8]), ref[k % 8]
+        return max(abs(p["energy"] - r["energy"]), float(np.abs(p["forces"] - r["forces"]).max()))
+
+    with ThreadPoolExecutor(4) as ex:
+        assert max(ex.map(err, range(200))) < 1e-10

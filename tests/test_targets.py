@@ -327,3 +327,22 @@ def test_exploring_walkers_start_at_the_targets_restart_and_resume(tmp_path):
     R.run(33)
     starts = [json.loads(line) for line in open(run / "log.jsonl") if '"explore_start"' in line]
     assert (starts[-1]["step"], starts[-1]["walker"], len(starts)) == (32, 1, 9)
+
+
+def test_a_resume_with_another_target_set_keeps_it_for_the_next_resume(tmp_path):
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    base = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    first = [base.copy() for _ in range(2)]
+    first[1].positions[0] += [0.3, 0, 0]
+    new = [base.copy() for _ in range(3)]
+    for k, b in enumerate(new):
+        b.positions[1] += [0, 0.1 * (k + 1), 0]
+    run = tmp_path / "run"
+    ActiveLearner(base, "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=10), run_dir=run,
+                  md=MDSettings(temperature=300), trigger=Trigger(threshold=10.0, every=5), n_bootstrap=2,
+                  progress=False, targets=TargetSet(first, quantity="energies", explore=0)).run(10)
+    R = ActiveLearner.resume(run, progress=False, targets=TargetSet(new, quantity="difference", pair=(1, 2), explore=0))
+    R.run(20)
+    again = ActiveLearner.resume(run, progress=False).targets
+    assert again.quantity == "difference" and len(again.structures) == 3
+    assert all(np.allclose(a.positions, b.positions) for a, b in zip(again.structures, new))

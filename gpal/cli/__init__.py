@@ -825,7 +825,8 @@ def cmd_ipi(args: argparse.Namespace) -> int:
                        connect_timeout=args.connect_timeout)
     print(f"gpal ipi: serving {args.model} to i-PI at {client.address}", file=sys.stderr)
     n = client.run()
-    print(f"gpal ipi: i-PI ended the run after {n} evaluations")
+    how = "ended the run" if client.ended_by == "EXIT" else "closed the connection (no EXIT message)"
+    print(f"gpal ipi: i-PI {how} after {n} evaluations")
     return 0
 
 

@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.socketio import IPIProtocol, SocketClient
+from ase.calculators.socketio import IPIProtocol, SocketClient, SocketClosed
 from ase.parallel import DummyMPI
 
 from ..calculator import GPCalculator
@@ -64,6 +64,16 @@ class _ExtrasProtocol(IPIProtocol):
     def __init__(self, socket, owner: "IPIClient", txt=None):
         super().__init__(socket, txt=txt)
         self.owner = owner
+
+    def recvmsg(self):
+        try:
+            msg = super().recvmsg()
+        except (SocketClosed, ConnectionResetError):  # the server went away without EXIT
+            self.owner.ended_by = "disconnect"
+            raise SocketClosed from None
+        if msg == "EXIT":
+            self.owner.ended_by = "EXIT"
+        return msg
 
     def recvposdata(self):
         cell, icell, positions = super().recvposdata()
@@ -169,6 +179,7 @@ class IPIClient:
         self.atoms.calc = GPCalculator(model, calibrated=self.calibrated, forces_std=self.forces_std)
         self._extras = "{}"
         self.n_evaluations = 0
+        self.ended_by = None  # "EXIT" (i-PI ended the run) or "disconnect" (the socket closed)
         self.address = f"UNIX socket {unixsocket!r}" if unixsocket else f"{host}:{port or 31415}"
         self._client = self._connect(host, port, unixsocket, float(connect_timeout), timeout, log)
 
@@ -216,9 +227,22 @@ class IPIClient:
         yield from self._client.irun(self.atoms, use_stress=bool(np.all(self.atoms.pbc)))
 
     def run(self) -> int:
-        """Serve requests until i-PI ends the run; returns the number of evaluations."""
+        """Serve requests until i-PI ends the run; returns the number of evaluations.
+
+        Raises
+        ------
+        gpal.GpalError
+            The server closed the connection after sending a structure and before asking
+            for its forces (it crashed or was killed). A close without i-PI's EXIT at any
+            other moment ends the run normally, with ``ended_by = "disconnect"``.
+        """
+        from ..exceptions import GpalError
+
         for _ in self.irun():
             pass
+        if self.ended_by != "EXIT" and self._client.state == "HAVEDATA":
+            raise GpalError(f"the i-PI server closed the connection before asking for the forces of the "
+                            f"structure it sent (it may have crashed); {self.n_evaluations} evaluations made")
         return self.n_evaluations
 
     def close(self) -> None:

@@ -27,7 +27,8 @@ Uncertainty
 ``k(x,x) - k^T K_mm^-1 k + k^T Sigma k``. ``energy_std`` is the std of the total energy
 under the same model, with the (small) residual prior term ``k - Q`` treated as
 independent between atoms (the FITC assumption); the projected part keeps all
-correlations between atoms. ``forces_std``/``stress_std`` (on request, they cost one
+correlations between atoms. (:meth:`gpal.TargetSet.predict` keeps the residual
+correlations too, and so gives a larger std for the same energy.) ``forces_std``/``stress_std`` (on request, they cost one
 explicit derivative pass) are the projected-process part of the force/stress
 variance, ``a^T Sigma a`` with ``a`` the force/stress row: they omit the residual term,
 so calibrate them (gpal.calibration) before trusting their scale.
