@@ -71,6 +71,18 @@ def _import(path: str):
     return obj
 
 
+def _calculator_class(path: str) -> type:
+    """The ASE calculator class ``path`` names. Only such a class is built: a model file
+    names its baseline, and loading a file must not call whatever its metadata names."""
+    from ase.calculators.calculator import BaseCalculator
+
+    factory = _import(path)
+    if not (isinstance(factory, type) and issubclass(factory, BaseCalculator)):
+        raise BaselineError(f"baseline {path} is not an ASE calculator class (a subclass of "
+                            f"ase.calculators.calculator.BaseCalculator); got {type(factory).__name__}")
+    return factory
+
+
 def _split(baseline, kwargs) -> tuple[str | None, dict]:
     """(import path or None, kwargs) of a baseline given as a path, a dict or an OracleSpec."""
     if isinstance(baseline, str):
@@ -117,7 +129,7 @@ def make_baseline(baseline, kwargs: dict | None = None):
         if kwargs:
             raise BaselineError("baseline_kwargs apply to an import path, not to a live calculator")
         return baseline
-    factory = _import(path)
+    factory = _calculator_class(path)
     try:
         return factory(**kw)
     except TypeError as exc:
@@ -135,7 +147,7 @@ def check_baseline(baseline, kwargs: dict | None = None) -> None:
     if path is None:
         make_baseline(baseline, kwargs)  # a live calculator: checked, returned as is
     else:
-        _import(path)
+        _calculator_class(path)
 
 
 def baseline_spec(baseline, kwargs: dict | None = None) -> dict | None:

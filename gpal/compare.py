@@ -171,7 +171,7 @@ def compare_kernels(
     """
     from tqdm.auto import tqdm
 
-    from ._validation import check_frames
+    from ._validation import check_frames, frame_labels
 
     candidates = default_candidates() if candidates is None else list(candidates)
     if not candidates:
@@ -184,6 +184,8 @@ def compare_kernels(
         raise ValueError("compare_kernels needs non-empty train and test sets")
     check_frames(train, what="train")  # unlabelled frames fail here, before any fit
     check_frames(test, what="test")
+    if not any(frame_labels(a).forces is not None for a in test):
+        raise ValueError("no test frame has force labels: compare_kernels measures force errors")
     species = sorted({int(z) for a in train + test for z in a.numbers})
     periodic = True  # each structure's pbc decides
     rows, curves = [], {}

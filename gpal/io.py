@@ -1,13 +1,15 @@
 """Saving and loading gpal models, and reading/writing labelled frames.
 
-A model file is one ``.npz`` archive (read with ``allow_pickle=False``: loading never
-executes code). It holds the model's arrays and one extra entry, ``__metadata__``, a
-UTF-8 JSON document with the format name and version, the gpal version, every setting
-needed to rebuild the descriptor and kernel (and a Δ-model's baseline calculator, as an
-import path and JSON keyword arguments under ``baseline``: never pickled), and a
-SHA-256 digest of each array. A file
-that is truncated, tampered with, of another format or of a newer format version raises
-:class:`gpal.ModelFileError` naming the problem.
+A model file is one ``.npz`` archive (read with ``allow_pickle=False``: no pickle). It
+holds the model's arrays and one extra entry, ``__metadata__``, a UTF-8 JSON document
+with the format name and version, the gpal version, every setting needed to rebuild the
+descriptor and kernel (and a Δ-model's baseline calculator, as an import path and JSON
+keyword arguments under ``baseline``: never pickled; loading builds only an ASE
+calculator class, so load Δ-models from sources you trust as you would run their
+baseline code), a SHA-256 digest of each array and one of the metadata. A file that is
+truncated, edited, of another format or of a newer format version raises
+:class:`gpal.ModelFileError` naming the problem (the digests find accidental damage and
+edits; they are not a signature).
 
 Training data are kept as extended XYZ, exactly as ASE writes it.
 """
@@ -69,6 +71,12 @@ def labelled(atoms, *, energy=None, forces=None, stress=None, energies=None, bar
     else:
         out = atoms.copy()
         out.calc = None
+        # the labels live in the calculator only (extended XYZ refuses a label in both)
+        for key in ("energy", "free_energy", "stress", "virial"):
+            out.info.pop(key, None)
+        for key in ("forces", "energies"):
+            if key in out.arrays:
+                del out.arrays[key]
     res = {}
     if energy is not None:
         res["energy"] = float(energy)
@@ -100,6 +108,13 @@ def atomic_write(path, mode: str = "w"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _metadata_digest(meta: dict) -> str:
+    """SHA-256 of the metadata's canonical JSON, without the digest itself (files of
+    earlier gpal versions have none and are read without the check)."""
+    body = {k: v for k, v in meta.items() if k != "metadata_digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -148,6 +163,8 @@ def save_model(path, arrays: dict, metadata: dict) -> Path:
     meta["format"] = FORMAT_NAME
     meta["format_version"] = FORMAT_VERSION
     meta["digests"] = {k: _digest(v) for k, v in arrays.items()}
+    meta = json.loads(json.dumps(meta, default=json_default))  # the form a reader sees
+    meta["metadata_digest"] = _metadata_digest(meta)
     blob = np.frombuffer(json.dumps(meta, sort_keys=True, default=json_default).encode("utf-8"), dtype=np.uint8)
     if _is_file_object(path):  # a binary file object (io.BytesIO): a model snapshot in memory
         np.savez(path, **arrays, **{_META_KEY: blob})
@@ -201,14 +218,20 @@ def read_model_file(path) -> tuple[dict, dict]:
         meta = json.loads(data.pop(_META_KEY).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: metadata is not a JSON object: not a gpal model file")
     if meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: format is {meta.get('format')!r}, not {FORMAT_NAME!r}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise ModelFileError(f"{path}: format version {version!r} is not a format version (1, 2, ...)")
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: format version {version!r} is newer than this gpal reads "
             f"({FORMAT_VERSION}); upgrade gpal"
         )
+    if "metadata_digest" in meta and meta["metadata_digest"] != _metadata_digest(meta):
+        raise ModelFileError(f"{path}: metadata does not match its checksum (edited?)")
     digests = meta.get("digests", {})
     if set(digests) != set(data):
         missing = sorted(set(digests) ^ set(data))
@@ -300,30 +323,41 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
     if stress_key and virial_key:
         raise StructureFileError("give a stress key or a virial key, not both")
     frames = list(frames)
+
+    def value(a, key, where):
+        """``key`` of a frame's info/arrays, or of its calculator's results: the reader of
+        extended XYZ moves the standard names (energy, free_energy, forces, stress) there."""
+        v = getattr(a, where).get(key)
+        if v is None and a.calc is not None:
+            v = (getattr(a.calc, "results", None) or {}).get(key)
+        return v
+
     for key, where in ((energy_key, "info"), (forces_key, "arrays"), (stress_key, "info"),
                        (virial_key, "info")):
-        if key and not any(key in getattr(a, where) for a in frames):
-            seen = sorted({k for a in frames for k in getattr(a, where)} - {"numbers", "positions"})
+        if key and not any(value(a, key, where) is not None for a in frames):
+            seen = sorted({k for a in frames for k in getattr(a, where)} - {"numbers", "positions"}
+                          | {k for a in frames if a.calc is not None for k in (getattr(a.calc, "results", None) or {})})
             raise StructureFileError(f"{source}: no frame has the {where} key {key!r} "
-                                     f"(its {where} keys: {', '.join(seen) or 'none'})")
+                                     f"(its {where} keys and labels: {', '.join(seen) or 'none'})")
     out = []
     for k, a in enumerate(frames):
         try:
             old = frame_labels(a)
             res = {}
-            energy = a.info.get(energy_key) if energy_key else old.energy
+            energy = value(a, energy_key, "info") if energy_key else old.energy
             if energy is not None:
                 res["energy"] = float(energy)
-            forces = a.arrays.get(forces_key) if forces_key else old.forces
+            forces = value(a, forces_key, "arrays") if forces_key else old.forces
             if forces is not None:
                 forces = np.asarray(forces, dtype=float)
                 if forces.shape != (len(a), 3):
                     raise StructureFileError(f"forces have shape {forces.shape}, expected ({len(a)}, 3)")
                 res["forces"] = forces
             if virial_key:
-                stress = _virial_to_stress(a.info[virial_key], a) if virial_key in a.info else None
+                virial = value(a, virial_key, "info")
+                stress = None if virial is None else _virial_to_stress(virial, a)
             elif stress_key:
-                stress = a.info.get(stress_key)
+                stress = value(a, stress_key, "info")
             else:
                 stress = old.stress
             if stress is not None:

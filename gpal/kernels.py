@@ -172,10 +172,10 @@ class Kernel(BaseEstimator):
     _hyperparameter_names: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
-        # the registry model files name kernels by (kernel_from_dict): every class with
-        # its own constructor (abstract bases such as CosineKernel have none)
+        # the registry model files name kernels by (kernel_from_dict): every subclass but
+        # the abstract bases (``_abstract = True`` in their class body, e.g. CosineKernel)
         super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__:
+        if not cls.__dict__.get("_abstract", False):
             register(_KERNEL_TYPES, cls, "kernel")
 
     # -- parameters: get_params / set_params are scikit-learn's BaseEstimator's -------
@@ -257,14 +257,17 @@ class Kernel(BaseEstimator):
         """
         params = {}
         for key, value in self.get_params().items():
-            if isinstance(value, str):
+            if value is None or isinstance(value, (str, bool)):
                 params[key] = value
             elif isinstance(value, (tuple, list, np.ndarray)):
                 params[key] = [float(v) for v in value]
             elif isinstance(value, numbers.Integral):
                 params[key] = int(value)
-            else:
+            elif isinstance(value, numbers.Real):
                 params[key] = float(value)
+            else:
+                raise TypeError(f"{type(self).__name__} parameter {key}={value!r} cannot be saved: a kernel's "
+                                "parameters are numbers, strings, booleans, None or lists of numbers")
         return {"type": type(self).__name__, "params": params}
 
     # -- to implement ----------------------------------------------------------------
@@ -315,6 +318,8 @@ class CosineKernel(Kernel):
     (``"signal_variance"`` plus at most one shape hyperparameter) and implement
     ``_shape_param()`` and ``_validate()``.
     """
+
+    _abstract = True
 
     _kind: int = -1
 

@@ -85,6 +85,13 @@ def test_compare_kernels_checks_its_arguments_before_fitting():
         gpal.compare_kernels(train, train, candidates=[], progress=False, plot=None)
     with pytest.raises(gpal.MissingLabelsError, match="test"):
         gpal.compare_kernels(train, unlabelled, progress=False, plot=None)
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    energy_only = [a.copy() for a in train]
+    for a, b in zip(energy_only, train):
+        a.calc = SinglePointCalculator(a, energy=b.get_potential_energy())
+    with pytest.raises(ValueError, match="no test frame has force labels"):
+        gpal.compare_kernels(train, energy_only, progress=False, plot=None)
     with pytest.raises(ValueError, match=r"sizes must be fractions"):
         gpal.compare_kernels(train, train, sizes=(0.0, 1.0), progress=False, plot=None)
     with pytest.raises(TypeError, match=r"kernels\[0\] is not a gpal kernel"):

@@ -355,3 +355,16 @@ def test_a_delta_model_shared_by_threads_gives_each_its_own_answer(lj_model):
 
     with ThreadPoolExecutor(4) as ex:
         assert max(ex.map(err, range(200))) < 1e-10
+
+
+def test_a_model_file_builds_only_an_ase_calculator_class_as_its_baseline(tmp_path, lj_model):
+    """A model file names its baseline: loading it never calls anything but an ASE
+    calculator class (a file naming a function is refused before anything is called)."""
+    path = lj_model.save(tmp_path / "m.npz")
+    arrays, meta = read_model_file(path)
+    meta["baseline"] = {"factory": "os:getcwd", "kwargs": {}}
+    save_model(tmp_path / "bad.npz", arrays, {k: v for k, v in meta.items() if k not in ("format", "digests")})
+    with pytest.raises(BaselineError, match="os:getcwd is not an ASE calculator class"):
+        gpal.load(tmp_path / "bad.npz")
+    with pytest.raises(BaselineError, match="not an ASE calculator class"):
+        fixed(baseline="os:getcwd").fit(cu_frames(2, seed=3))

@@ -84,3 +84,27 @@ def test_labelled_copies_positions_and_labels_only():
     np.testing.assert_array_equal(b.get_stress(), np.ones(6))
     c = labelled(a, energy=2.0, bare=False)
     assert c.info["tag"] == "kept?" and set(c.calc.results) == {"energy", "free_energy"}
+
+
+def test_relabel_takes_the_standard_names_from_where_ase_put_them(tmp_path):
+    """--energy-key energy / --forces-key forces name labels ASE's reader moved into the
+    calculator; frames labelled in info/arrays write back as extended XYZ."""
+    from ase.io import write
+
+    from gpal.io import write_frames
+
+    a = cu_frames(1, seed=3)[0]
+    b = a.copy()
+    b.calc = None
+    b.info["energy"] = a.get_potential_energy()
+    b.arrays["forces"] = a.get_forces().copy()
+    write(tmp_path / "std.xyz", b, format="extxyz")
+    back = read_frames(tmp_path / "std.xyz")
+    for keys in ({"energy_key": "energy"}, {"forces_key": "forces"}):
+        out = relabel_frames(back, **keys)
+        assert out[0].get_potential_energy() == pytest.approx(a.get_potential_energy())
+        np.testing.assert_allclose(out[0].get_forces(), a.get_forces())
+    out = relabel_frames([b])  # labels in info/arrays, in memory
+    write_frames(tmp_path / "out.xyz", out)
+    c = read_frames(tmp_path / "out.xyz")[0]
+    assert c.get_potential_energy() == pytest.approx(a.get_potential_energy())

@@ -63,3 +63,35 @@ def test_a_kernel_is_saved_and_loaded_through_the_registry(model, tmp_path):
     atoms = cu_frames(1, seed=73)[0]
     np.testing.assert_allclose(back.predict(atoms)["forces"], model.predict(atoms)["forces"], atol=1e-12)
     assert kernel_from_dict(model.kernel_.to_dict()).get_params() == model.kernel_.get_params()
+
+
+class TracedSquaredDot(SquaredDot):
+    """A subclass that only changes a method (no constructor of its own)."""
+
+    def __call__(self, X, Z=None, eval_gradient=False):
+        return super().__call__(X, Z, eval_gradient)
+
+
+def test_a_subclass_without_its_own_constructor_round_trips(tmp_path):
+    desc = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    model = SparseGP(desc, TracedSquaredDot(scale=50.0), n_sparse=10, hyperparameters="fixed").fit(
+        cu_frames(2, seed=74))
+    back = SparseGP.load(model.save(tmp_path / "t.npz"))
+    assert type(back.kernel_) is TracedSquaredDot
+
+
+class FlaggedDot(SquaredDot):
+    """A plugin whose parameters include a switch and an optional value."""
+
+    def __init__(self, scale=1.0, squared=True, cap=None, signal_variance=1.0,
+                 signal_variance_bounds=(1e-3, 1e5)):
+        super().__init__(scale, signal_variance, signal_variance_bounds)
+        self.squared, self.cap = squared, cap
+
+
+def test_kernel_parameters_none_and_bool_are_saved_as_given():
+    d = FlaggedDot(scale=2.0).to_dict()
+    assert d["params"]["squared"] is True and d["params"]["cap"] is None
+    assert kernel_from_dict(d).get_params() == FlaggedDot(scale=2.0).get_params()
+    with pytest.raises(TypeError, match="FlaggedDot parameter cap=.* cannot be saved"):
+        FlaggedDot(cap=object()).to_dict()

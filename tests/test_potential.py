@@ -423,6 +423,20 @@ def test_corrupted_model_files(tmp_path, cu_model):
     junk.write_bytes(b"not a zip file at all")
     with pytest.raises(gpal.ModelFileError):
         gpal.load(junk)
+    # edit the metadata (a kernel's ζ), keep the arrays: its checksum finds it
+    import json
+
+    meta = json.loads(data["__metadata__"].tobytes())
+    data["alpha"] = data["alpha"] / 1.01
+    for edit, match in ((lambda m: m["kernel"]["params"].update(zeta=3), "metadata does not match"),
+                        (lambda m: m.update(format_version=True), "is not a format version"),
+                        (lambda m: m.update(format_version=99), "newer than this gpal reads")):
+        m = json.loads(json.dumps(meta))
+        edit(m)
+        data["__metadata__"] = np.frombuffer(json.dumps(m).encode(), dtype=np.uint8)
+        np.savez(tampered, **data)
+        with pytest.raises(gpal.ModelFileError, match=match):
+            gpal.load(tampered)
 
 
 def test_squared_exponential_kernel_fits(cu_train):
