@@ -209,7 +209,7 @@ def test_dask_local_cluster(tmp_path):
 def test_stopping_rule_ends_the_run(tmp_path):
     val = cu_frames(2, seed=19, size=(2, 2, 2))
     rule = StoppingRule(tolerance=50.0, patience=1, use="scale")
-    L = learner(tmp_path / "run", validation=val, stopping=rule, check_every=20)
+    L = learner(tmp_path / "run", validation=val, stopping=rule, check_every=20, md=MDSettings(temperature=600))
     summary = L.run(1000)
     assert summary.stopped_early and summary.steps < 1000
     assert rule.history and rule.history[-1].stop
@@ -229,7 +229,8 @@ def test_a_new_learner_does_not_take_over_another_run(tmp_path):
 def test_resume_keeps_the_stopping_rule_and_its_count(tmp_path):
     # every check passes (tolerance 50 eV/Å); patience 3 at checks every 20 steps
     L = learner(tmp_path / "run", stopping=StoppingRule(tolerance=50.0, patience=3, use="scale"),
-                check_every=20)
+                check_every=20, md=MDSettings(temperature=600), n_bootstrap=2,
+                trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False))
     L.run(50)
     streak = L.stopping._streak
     assert 1 <= streak < 3 and not L.stopping.history[-1].stop
@@ -504,11 +505,11 @@ def test_trigger_rate_cap_and_thresholds():
 
 def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
     rule = StoppingRule(tolerance=50.0, patience=1, use="conformal")
-    L = learner(tmp_path / "run", stopping=rule, check_every=20)
+    L = learner(tmp_path / "run", stopping=rule, check_every=20, md=MDSettings(temperature=600))
     summary = L.run(1000)
     assert summary.stopped_early and rule.history[-1].use == "conformal"
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
-    last = [r for r in records if r.get("event") == "stop_check"][-1]
+    last = [r for r in records if r.get("event") == "stop_check" and "bound" in r][-1]
     w = L.walkers[0].atoms
     p = L.model.predict(w, return_std=True, forces_std=True)
     raw = p["forces_std"]
@@ -940,3 +941,20 @@ def test_max_oracle_calls_cuts_a_batch_and_refuses_a_larger_bootstrap(tmp_path):
                 trigger=Trigger(threshold=0.0001, adaptive=False, every=1))
     summary = L.run(30)
     assert summary.oracle_calls == 5 and summary.stopped_early
+
+
+def test_a_stop_waits_for_labels_from_md_and_for_the_top_of_the_temperature_ramp(tmp_path):
+    """A stop certifies what the run samples: not on bootstrap frames alone, and not before
+    a rising temperature protocol has reached its top temperature."""
+    rule = StoppingRule(tolerance=50.0, patience=1, use="scale")  # every real check passes
+    L = learner(tmp_path / "run", stopping=rule, check_every=20, trigger=Trigger(threshold=10.0))
+    summary = L.run(200)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    deferred = [r["deferred"] for r in records if r.get("event") == "stop_check" and "deferred" in r]
+    assert not summary.stopped_early and summary.steps == 200 and not rule.history
+    assert any("K of 1200 K" in d for d in deferred)
+    L2 = learner(tmp_path / "run2", stopping=StoppingRule(tolerance=50.0, patience=1), check_every=20,
+                 trigger=Trigger(threshold=10.0), md=MDSettings(temperature=600))
+    L2.run(100)  # constant temperature, but only the bootstrap labelled: nothing to judge on
+    records = [json.loads(line) for line in open(tmp_path / "run2" / "log.jsonl")]
+    assert any("fewer than 4 labels from MD" in r.get("deferred", "") for r in records)

@@ -43,6 +43,10 @@ class Decision:
 class StoppingRule:
     """Stop active learning when the calibrated error bound stays under tolerance.
 
+    The active learner asks it only when a stop could be certified: with 4 labels from
+    MD to judge on (or validation frames) and, under a rising temperature protocol, once
+    the protocol is at its top temperature (``ActiveLearner._may_stop``).
+
     At each check the learner passes the largest calibrated bound over the frames the
     sampler visited since the last check (``q̂·σ`` for ``use="conformal"``, ``s·σ`` for
     ``use="scale"``; :meth:`compute_bound` makes it from a fitted calibrator). The rule

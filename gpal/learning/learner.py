@@ -962,7 +962,7 @@ class ActiveLearner:
         due = self.check_every and self.step % self.check_every == 0 and self.step
         if not due:
             return False
-        if self.stopping is not None and self._check_stop():
+        if self.stopping is not None and self._may_stop() and self._check_stop():
             return True
         return bool(self.targets is not None and self.targets.tolerance is not None and self._check_target_stop())
 
@@ -1206,6 +1206,24 @@ class ActiveLearner:
         self._log({"event": "validation", "step": self.step, **out})
         self._val_history.append((self.step, out["force_rmse"], self.oracle.n_calls))
         return out
+
+    def _may_stop(self) -> bool:
+        """Whether a stop could be certified now: the held-out frames must cover what the
+        run samples. Without validation frames, the calibration needs 4 labels from MD
+        (until then it holds the bootstrap frames, rattled copies of the start structure);
+        under a rising temperature protocol, the sampler must have reached its top
+        temperature (a model certain at 350 K of a ramp to 1200 K has not been tested
+        where the user asked it to go). Otherwise the check is logged as deferred."""
+        why = None
+        t = self.md.temperature
+        if isinstance(t, (tuple, list)) and t[1] > t[0] and self.step < max(self.ramp_steps - 1, 1):
+            T = self.md.temperature_at(self.step / max(self.ramp_steps - 1, 1))
+            why = f"the temperature protocol is at {T:.0f} K of {t[1]:g} K"
+        elif not self.validation and sum(r not in ("bootstrap", "initial") for r in self._reasons) < 4:
+            why = "fewer than 4 labels from MD to judge on (and no validation frames)"
+        if why is not None:
+            self._log({"event": "stop_check", "step": self.step, "deferred": why})
+        return why is None
 
     def _check_stop(self) -> bool:
         """Ask the stopping rule, with a bound and an error from disjoint frames.
