@@ -265,7 +265,8 @@ class EvidenceSelection:
     rows : list of dict
         One per candidate kernel, in the given order: ``kernel`` (repr after
         optimisation), ``log_marginal_likelihood``, ``noise`` (dict), ``at_bound`` (names
-        of hyperparameters stuck at a bound), ``fit_time`` (s).
+        of hyperparameters stuck at a bound), ``fit_time`` (s), ``l_max`` and ``sigma``
+        (Å) of the candidate's SOAP.
     best_index : int
     """
 
@@ -275,11 +276,12 @@ class EvidenceSelection:
 
     def __str__(self) -> str:
         w = max([len("kernel")] + [len(r["kernel"]) for r in self.rows])  # whole names, aligned
-        lines = [f"{'':2s}{'kernel':{w}s} {'log evidence':>14s} {'F noise':>9s}  at bound"]
+        lines = [f"{'':2s}{'kernel':{w}s} {'l_max':>5s} {'sigma':>5s} {'log evidence':>14s} {'F noise':>9s}  at bound"]
         for k, r in enumerate(self.rows):
             mark = "* " if k == self.best_index else "  "
+            soap = f"{r.get('l_max', '-')!s:>5s} {r.get('sigma', '-')!s:>5s}"
             lines.append(
-                f"{mark}{r['kernel']:{w}s} {r['log_marginal_likelihood']:14.2f} "
+                f"{mark}{r['kernel']:{w}s} {soap} {r['log_marginal_likelihood']:14.2f} "
                 f"{r['noise'].get('force', float('nan')):9.4g}  {', '.join(r['at_bound']) or '-'}"
             )
         return "\n".join(lines)
@@ -298,7 +300,11 @@ def select_kernel_by_evidence(
     """Fit ``model`` with each kernel and keep the one the training data prefer.
 
     Every candidate is fitted on the same ``frames`` with ``model``'s other settings
-    (descriptor, noises, sparse set size and selection, ``random_state``), its
+    (descriptor, noises, sparse set size and selection, ``random_state``; a template
+    without a descriptor lets each candidate choose its own SOAP l_max and width by the
+    evidence, as :meth:`SparseGP.fit` does, so the rows compare kernels each with their
+    best SOAP, shown in the table; give the template a descriptor to compare them at
+    one SOAP), its
     hyperparameters (and, with ``optimize_noise``, the label noises) are set by
     maximising the log marginal likelihood, and the candidate with the largest
     maximised log marginal likelihood wins. The targets (after the per-species energy
@@ -363,6 +369,8 @@ def select_kernel_by_evidence(
             "noise": dict(cand.noise_),
             "at_bound": _at_bound(cand.kernel_),
             "fit_time": time.perf_counter() - t0,
+            "l_max": getattr(cand.descriptor_, "l_max", None),
+            "sigma": getattr(cand.descriptor_, "sigma", None),
         })
         if progress:
             print(f"[gpal] {rows[-1]['kernel']}: log evidence {lml:.2f}", file=sys.stderr)

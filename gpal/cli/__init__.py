@@ -507,14 +507,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if descriptor is None:
             model.descriptor = _descriptor_from_args(args, frames)
         sel = select_kernel_by_evidence(model, frames, progress=True)
-        print(sel)
+        print(sel)  # (the winner's own SOAP search, on a subset of the frames, is not repeated here)
         model = sel.model
     else:
         model.fit(frames)
         if args.optimize:
             model.optimize_hyperparameters()
-    for line in _evidence_lines(getattr(model, "evidence_", None)):
-        print(line)
+        for line in _evidence_lines(getattr(model, "evidence_", None)):
+            print(line)
     path = model.save(args.output)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
