@@ -359,7 +359,14 @@ def select_kernel_by_evidence(
     rows, best, best_model = [], None, None
     for k, kernel in enumerate(kernels):
         t0 = time.perf_counter()
-        cand = SparseGP(**{**params, "kernel": kernel.clone() if hasattr(kernel, "clone") else kernel})
+        if (type(kernel) is NormalizedDotProduct and params.get("descriptor") is None
+                and params.get("hyperparameters") == "evidence"):
+            # its SOAP is chosen as SparseGP.fit chooses it for this ζ: with the signal
+            # variance free (a given kernel's stays as given while the SOAP is chosen)
+            cand = SparseGP(**{**params, "kernel": None})
+            cand._zetas = (int(kernel.zeta),)
+        else:
+            cand = SparseGP(**{**params, "kernel": kernel.clone() if hasattr(kernel, "clone") else kernel})
         cand.fit(frames)
         cand.optimize_hyperparameters(optimize_noise=optimize_noise)
         lml = float(cand.log_marginal_likelihood())

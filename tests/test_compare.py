@@ -96,3 +96,21 @@ def test_compare_kernels_checks_its_arguments_before_fitting():
         gpal.compare_kernels(train, train, sizes=(0.0, 1.0), progress=False, plot=None)
     with pytest.raises(TypeError, match=r"kernels\[0\] is not a gpal kernel"):
         gpal.select_kernel_by_evidence(SparseGP(n_sparse=10), train, ["foo"])
+
+
+def test_select_kernel_by_evidence_chooses_each_candidates_soap_as_fit_does():
+    """Without a descriptor each ζ gets the SOAP a default fit would choose for it, with
+    its signal variance free while choosing: the best row is the default fit's choice,
+    and a candidate's starting signal variance changes nothing (at a fixed 1e-4 or 1e4
+    the SOAP search picked l_max 6 or sigma 0.5 and a lower evidence)."""
+    frames = cu_frames(12, seed=31)
+    sel = gpal.select_kernel_by_evidence(SparseGP(n_sparse=30), frames,
+                                         [gpal.NormalizedDotProduct(zeta=z) for z in (2, 3, 4)])
+    ref = SparseGP(n_sparse=30).fit(frames)
+    ref.optimize_hyperparameters()
+    best = sel.rows[sel.best_index]
+    assert (sel.model.zeta_, best["l_max"], best["sigma"]) == (ref.zeta_, ref.descriptor_.l_max, ref.descriptor_.sigma)
+    assert best["log_marginal_likelihood"] == pytest.approx(float(ref.log_marginal_likelihood()), rel=1e-8)
+    start = gpal.select_kernel_by_evidence(SparseGP(n_sparse=30), frames, [
+        gpal.NormalizedDotProduct(zeta=2, signal_variance=s) for s in (1e-4, 1.0, 1e4)])
+    assert len({(r["l_max"], r["sigma"], round(r["log_marginal_likelihood"], 6)) for r in start.rows}) == 1

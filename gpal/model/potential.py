@@ -597,6 +597,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             # sparse environments only from _MIN_FRAMES_DESCRIPTOR_SEARCH frames on
             search = len(self.frames_) >= _MIN_FRAMES_DESCRIPTOR_SEARCH
             self._choose_hyperparameters(
+                zetas=getattr(self, "_zetas", None),  # (select_kernel_by_evidence: one ζ per candidate)
                 l_maxes=L_MAX_CANDIDATES if default else None,
                 sigmas=SIGMA_CANDIDATES if default and search else None, sparse_index=where,
                 search=search, warn_stacklevel=4)
