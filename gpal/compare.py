@@ -302,9 +302,10 @@ def select_kernel_by_evidence(
     Every candidate is fitted on the same ``frames`` with ``model``'s other settings
     (descriptor, noises, sparse set size and selection, ``random_state``; a template
     without a descriptor lets each candidate choose its own SOAP l_max and width by the
-    evidence, as :meth:`SparseGP.fit` does, so the rows compare kernels each with their
-    best SOAP, shown in the table; give the template a descriptor to compare them at
-    one SOAP), its
+    evidence, as :meth:`SparseGP.fit` does (for a ``NormalizedDotProduct`` with its
+    signal variance free; another kernel keeps its given variance while the SOAP is
+    chosen), so the rows compare kernels each with their best SOAP, shown in the table;
+    give the template a descriptor to compare them at one SOAP), its
     hyperparameters (and, with ``optimize_noise``, the label noises) are set by
     maximising the log marginal likelihood, and the candidate with the largest
     maximised log marginal likelihood wins. The targets (after the per-species energy
