@@ -55,7 +55,12 @@ and numba on both cores the same fits take 0.56-0.67 and 1.30 s (one thread
 everywhere: 0.65-0.75 and 1.40 s).
 
 Limits: BLAS thread counts are process-wide, so gpal calls running at the same time in
-several Python threads share the smallest request. Load that starts during a call is
+several Python threads share the smallest request; their numba loops do not see each
+other, so concurrent calls each take the free cores (``gpal.threads(1)`` around each
+call shares them out). numba's ``workqueue`` threading layer (used when neither OpenMP
+nor TBB is available, e.g. some macOS installs) allows one parallel launch at a time:
+call gpal from one Python thread there. On a machine shared by batch jobs, the load is
+the machine's, not only that of the cores this process may use. Load that starts during a call is
 seen at the next nested call (the descriptor of the next frame during a fit).
 
 Measured

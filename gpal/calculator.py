@@ -32,7 +32,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.outputs import Properties, all_outputs
 
-from ._validation import check_is_fitted
+from ._validation import check_is_fitted, check_number
 
 _ARRAY_CHANGES = tuple(k for k in all_changes if k not in ("cell", "pbc"))
 
@@ -87,11 +87,11 @@ class GPCalculator(Calculator):
     ):
         check_is_fitted(model)
         super().__init__(**kwargs)
-        if int(std_every) < 0:
-            raise ValueError(f"std_every must be >= 0, got {std_every}")
         self.model = model
-        self.std_every = int(std_every)
-        self.forces_std = int(forces_std) if not isinstance(forces_std, bool) else (1 if forces_std else 0)
+        self.std_every = check_number("std_every", std_every, low=0, integer=True)
+        self.forces_std = (int(forces_std) if isinstance(forces_std, bool)
+                           else check_number("forces_std (True, False or every how many evaluations)",
+                                             forces_std, low=0, integer=True))
         self.calibrated = calibrated
         self.record_std = record_std
         self.n_evaluations = 0

@@ -269,3 +269,16 @@ def test_nve_energy_conservation(model):
     dyn.run(400)
     etot = np.array(etot) / len(a)
     assert np.ptp(etot) < 1e-3
+
+
+@pytest.mark.parametrize("kw", [{"forces_std": -1}, {"forces_std": 2.5}, {"std_every": 0.5}, {"std_every": -1}])
+def test_calculator_options_that_would_be_ignored_are_refused(model, kw):
+    with pytest.raises(ValueError, match="must be an integer >= 0"):
+        GPCalculator(model, **kw)
+
+
+def test_warnings_point_at_the_callers_line(model):
+    a = cu(seed=2)
+    with pytest.warns(UserWarning, match="stores no calibration") as rec:
+        model.predict(a, calibrated=True)
+    assert rec[0].filename == __file__

@@ -98,7 +98,7 @@ def test_fit_info_validate_md(files, capsys):
     out_xyz = files / "md.xyz"
     assert main(["md", str(files / "calibrated.npz"), str(files / "start.xyz"), "-o", str(out_xyz),
                  "--steps", "20", "--interval", "5", "-q"]) == 0
-    assert "per-atom columns energies_std (eV) and forces_std (eV/Å), calibrated" in capsys.readouterr().out
+    assert "per-atom columns energies_std (eV) and forces_std (eV/Å), forces_std calibrated, energies_std raw" in capsys.readouterr().out
     traj = read(out_xyz, ":")
     assert len(traj) == 5
     header = out_xyz.read_text().splitlines()[1]
@@ -110,7 +110,7 @@ def test_fit_info_validate_md(files, capsys):
     for a in traj:
         assert a.arrays["energies_std"].shape == (32,) and a.arrays["forces_std"].shape == (32, 3)
         assert np.all(a.arrays["forces_std"] > 0)
-        assert "energies_std" not in a.info and a.info["gpal_std"] == "calibrated"
+        assert "energies_std" not in a.info and a.info["gpal_std"] == "forces_std calibrated, energies_std raw"
         assert a.get_forces().shape == (32, 3)
     assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
                  "--steps", "10", "--interval", "5", "-q"]) == 0

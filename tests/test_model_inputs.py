@@ -90,3 +90,15 @@ def test_residuals_read_labels_as_fit_does():
     np.testing.assert_allclose(res["force_std"], ref["force_std"][3 * n:], atol=1e-12)
     assert list(res["n_atoms"]) == [len(a) for a in full]
     json.dumps({k: v.tolist() for k, v in res.items()})  # plain numeric arrays
+
+
+def test_fit_reads_frames_from_a_generator(tmp_path):
+    """ase.io.iread and generator expressions: read once, by fit (not by its thread policy)."""
+    from ase.io import iread, write
+
+    frames = cuag_frames(3, seed=5)
+    write(tmp_path / "t.xyz", frames)
+    a = _model().fit(iread(str(tmp_path / "t.xyz")))
+    b = _model().fit(f for f in frames)
+    assert len(a.frames_) == len(b.frames_) == 3
+    assert a.predict(frames[0])["energy"] == pytest.approx(_model().fit(frames).predict(frames[0])["energy"], abs=1e-8)

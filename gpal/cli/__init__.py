@@ -601,7 +601,8 @@ def cmd_md(args: argparse.Namespace) -> int:
     else:
         dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
                        friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(args.seed))
-    std_kind = "calibrated" if calibrated else "raw"
+    # the stored calibration is of force stds: the local-energy stds stay raw
+    std_kind = "forces_std calibrated, energies_std raw" if calibrated else "raw"
     traj = Trajectory(str(out), "w") if kind == "traj" else None
     if kind == "extxyz":
         out.write_text("")
@@ -625,14 +626,15 @@ def cmd_md(args: argparse.Namespace) -> int:
                 record(k)
             bar.update(1)
             bar.set_postfix_str(f"T={atoms.get_temperature():.0f} K, max energies_std "
-                                f"{atoms.info.get('energies_std', np.zeros(1)).max():.3g} eV ({std_kind})",
+                                f"{atoms.info.get('energies_std', np.zeros(1)).max():.3g} eV",
                                 refresh=False)
     if traj is not None:
         traj.close()
     interval = calibrated and model.calibration_of("forces_std").conformal_q90 is not None
     what = ("extended XYZ; per-atom columns energies_std (eV) and forces_std (eV/Å), "
             f"{std_kind}" + (", and forces_interval90 (eV/Å, the 90 % conformal half-width)" if interval else "")
-            if kind == "extxyz" else "ASE trajectory; no uncertainties (use .xyz for them)")
+            if kind == "extxyz" else "ASE trajectory; energies_std and energy_std (eV, raw) in each frame's "
+            "info; forces_std only in .xyz")
     print(f"gpal: wrote {args.steps // args.interval + 1} frames to {out} ({what})")
     return 0
 

@@ -94,6 +94,8 @@ def _fit_size(model, frames=None, *args, **kwargs) -> int | None:
     The thread policy gives BLAS every free core from :data:`gpal._threads.SMALL_BLOCK`
     elements on (its QR and Gram products); the row passes inside lower it to one.
     """
+    if not isinstance(frames, (list, tuple)):  # a generator (ase.io.iread) is fit's to read once
+        return None
     try:
         n_obs = sum(1 + 3 * len(a) + 6 for a in frames)
         m = model.n_sparse
@@ -462,7 +464,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 "atoms are ignored and they are evaluated as an isolated cluster (a descriptor "
                 "with periodic=True respects each structure's pbc)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # (past the thread-policy wrapper)
             )
 
     def _check_params(self) -> None:
@@ -833,7 +835,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 warnings.warn(
                     "calibrated=True, but the model stores no calibration: the stds are the raw "
                     "ones (an active-learning run or `gpal validate --calibrate` stores one)",
-                    UserWarning, stacklevel=2)
+                    UserWarning, stacklevel=3)  # (past the thread-policy wrapper)
             self._apply_calibration(out, novelty)
         self._plus_baseline(atoms, out)
         return out
