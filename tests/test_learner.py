@@ -958,3 +958,22 @@ def test_a_stop_waits_for_labels_from_md_and_for_the_top_of_the_temperature_ramp
     L2.run(100)  # constant temperature, but only the bootstrap labelled: nothing to judge on
     records = [json.loads(line) for line in open(tmp_path / "run2" / "log.jsonl")]
     assert any("fewer than 4 labels from MD" in r.get("deferred", "") for r in records)
+
+
+def _verlet_factory(atoms, timestep, temperature_K, rng):
+    """Dynamics without set_temperature (a module-level MD factory)."""
+    from ase.md.verlet import VelocityVerlet
+
+    return VelocityVerlet(atoms, timestep)
+
+
+def test_md_protocol_fixes_a_ramp_only_with_md_steps_and_refuses_dynamics_that_cannot_follow_it(tmp_path):
+    with pytest.raises(ValueError, match="VelocityVerlet, which has no set_temperature"):
+        learner(tmp_path / "a", md=MDSettings(temperature=(300, 1200), factory=_verlet_factory))
+    learner(tmp_path / "b", md=MDSettings(temperature=600, factory=_verlet_factory))  # constant: fine
+    L = learner(tmp_path / "c")
+    L.run(0)  # the bootstrap only: no ramp is started
+    assert L.ramp_steps is None
+    R = ActiveLearner.resume(tmp_path / "c", progress=False)
+    R.run(40)
+    assert R.ramp_steps == 40

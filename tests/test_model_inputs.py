@@ -102,3 +102,19 @@ def test_fit_reads_frames_from_a_generator(tmp_path):
     b = _model().fit(f for f in frames)
     assert len(a.frames_) == len(b.frames_) == 3
     assert a.predict(frames[0])["energy"] == pytest.approx(_model().fit(frames).predict(frames[0])["energy"], abs=1e-8)
+
+
+def test_evidence_fit_of_slabs_periodic_in_two_directions():
+    """Frames periodic in some directions (a slab with vacuum) are handled one at a time
+    by the evidence search, as fully periodic ones (two frames failed before)."""
+    from ase.build import fcc111
+
+    from conftest import label
+
+    frames = []
+    for k in range(3):
+        a = fcc111("Cu", (2, 2, 3), vacuum=5.0)
+        a.positions += np.random.default_rng(k).normal(0, 0.05, a.positions.shape)
+        frames.append(label(a))
+    model = gpal.SparseGP(n_sparse=20).fit(frames)
+    assert np.isfinite(model.predict(frames[0])["energy"])

@@ -50,7 +50,7 @@ from ..exceptions import GpalError, MissingLabelsError, OracleError, Overlapping
 from ..io import append_frame, atomic_write, read_frames, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
-from .sampler import MDSettings, _Walker, blown_up, temperature_limit
+from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit
 from .settings import (
     FLAT_NAMES,
     GROUPS,
@@ -292,6 +292,7 @@ class ActiveLearner:
             self.model._check_params()
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
+        check_ramp_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
         check_sparse_budget(self.model, grow.max_sparse)
@@ -769,7 +770,7 @@ class ActiveLearner:
                           "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = steps
-        if self.ramp_steps is None:  # the temperature protocol spans the first run's steps
+        if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
             self.ramp_steps = self.total_steps
         try:
             return self._run(t_start)
@@ -1413,7 +1414,7 @@ class ActiveLearner:
         settings.update(overrides)
         self = cls(structures, oracle, model, run_dir=run_dir, md=md, trigger=trigger,
                    n_walkers=n_walkers, walker_executor=walker_executor, **settings)
-        self.ramp_steps = state.get("ramp_steps") or state["total_steps"]
+        self.ramp_steps = state.get("ramp_steps") or state["total_steps"] or None  # (0: no MD step yet)
         self.step = state["step"]
         self.total_steps = state["total_steps"]
         self.bootstrap_done = state["bootstrap_done"] and model.alpha_ is not None

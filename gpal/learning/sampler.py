@@ -60,6 +60,27 @@ class MDSettings:
 
 
 
+def check_ramp_factory(md: "MDSettings", atoms) -> None:
+    """A ValueError if ``md`` ramps the temperature with a ``factory`` whose dynamics cannot
+    change it (ASE's VelocityVerlet, Bussi, NoseHooverChainNVT and MTK integrators have no
+    ``set_temperature``: their MD would stay at the start temperature while the learner
+    labelled as if it followed the ramp)."""
+    t = md.temperature
+    if md.factory is None or atoms is None or not isinstance(t, (tuple, list)) or t[0] == t[1]:
+        return
+    from ase import units
+
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    trial = atoms.copy()
+    MaxwellBoltzmannDistribution(trial, temperature_K=max(float(t[0]), 1.0), rng=np.random.default_rng(0))
+    dyn = md.factory(trial, md.timestep * units.fs, float(t[0]), np.random.default_rng(0))
+    if not hasattr(dyn, "set_temperature"):
+        raise ValueError(f"MDSettings.factory makes a {type(dyn).__name__}, which has no set_temperature: it "
+                         f"cannot follow the temperature ramp {tuple(t)} K; give a constant temperature, or "
+                         "dynamics that can change it (Langevin, NPTBerendsen, ...)")
+
+
 def temperature_limit(max_temperature: float | None, temperature: float) -> float:
     """Kinetic temperature (K) beyond which an MD frame counts as a blow-up.
 

@@ -335,17 +335,17 @@ class _Evidence:
         plan = {}
         for c, (i, lm, kern) in enumerate(cands):
             plan.setdefault(i, {}).setdefault(lm, []).append((c, kern))
-        # frames without a cell go through in batches (one stacked system each)
+        # frames periodic in no direction go through in batches (one stacked system each)
         batches, cur, n_at = [], [], 0
         for k in fids:
             a = self.frames_[k]
-            if np.all(a.pbc) or n_at + len(a) > _BATCH_ATOMS:
+            if np.any(a.pbc) or n_at + len(a) > _BATCH_ATOMS:
                 if cur:
                     batches.append(cur)
                 cur, n_at = [], 0
             cur.append(k)
             n_at += len(a)
-            if np.all(a.pbc):
+            if np.any(a.pbc):
                 batches.append(cur)
                 cur, n_at = [], 0
         if cur:
