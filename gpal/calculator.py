@@ -98,21 +98,17 @@ class GPCalculator(Calculator):
         self._model_state = None
 
     def _model_key(self) -> tuple:
-        """What the model's predictions depend on, by identity (a fit, update, refit or
-        load replaces these arrays) and, for calibrated stds, the stored calibration."""
+        """What the model's predictions depend on: its fitted objects (a fit, update,
+        refit or load replaces them) and, for calibrated stds, the stored calibration."""
         m = self.model
-        key = (m.alpha_, m.sparse_X_, m.kernel_, m.descriptor_, getattr(m, "e0_", None))
-        if self.calibrated:
-            key += tuple((k, tuple(sorted(v.items()))) for k, v in sorted(m.calibration_.items()))
-        return key
+        objects = (m.alpha_, m.sparse_X_, m.kernel_, m.descriptor_, getattr(m, "e0_", None))
+        return objects, (str(m.calibration_) if self.calibrated else None)
 
     def _model_changed(self) -> bool:
-        old = self._model_state
-        if old is None:
+        if self._model_state is None:
             return False
-        new = self._model_key()
-        return len(new) != len(old) or any(
-            (a != b) if isinstance(a, tuple) else (a is not b) for a, b in zip(new, old))
+        (objects, cal), (old_objects, old_cal) = self._model_key(), self._model_state
+        return cal != old_cal or any(a is not b for a, b in zip(objects, old_objects))
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """Properties of ``atoms`` changed since the last calculation (ASE's check).
