@@ -571,6 +571,45 @@ def test_resume_keeps_the_temperature_protocol_and_takes_md_overrides(tmp_path):
     assert later and all(t == pytest.approx(1200.0) for t in later)  # the ramp is not re-stretched
 
 
+def test_resume_rebuilds_walkers_on_their_start_structures(tmp_path):
+    """Constraints, masses and initial magnetic moments of the start structures survive a resume."""
+    from ase.constraints import FixAtoms
+
+    s = start()
+    s.set_constraint(FixAtoms(indices=[0, 1]))
+    s.set_masses(s.get_masses() * 4)
+    s.set_initial_magnetic_moments([0.5] * len(s))
+    fixed = s.positions[[0, 1]].copy()
+    run = tmp_path / "run"
+    L = ActiveLearner([s, s.copy()], EMT(), small_model(), run_dir=run, progress=False, n_bootstrap=2,
+                      trigger=Trigger(threshold=10.0), md=MDSettings(temperature=600))
+    L.run(30)
+    before = [(w.atoms.positions.copy(), w.atoms.get_momenta().copy()) for w in L.walkers]
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    for w, (x, p) in zip(R.walkers, before):  # the saved state exactly, on the start structure
+        np.testing.assert_array_equal(w.atoms.positions, x)
+        np.testing.assert_array_equal(w.atoms.get_momenta(), p)
+        np.testing.assert_allclose(w.atoms.get_masses(), s.get_masses())
+        np.testing.assert_array_equal(w.atoms.get_initial_magnetic_moments(), 0.5)
+    R.run(60)
+    for w in R.walkers:
+        np.testing.assert_array_equal(w.atoms.positions[[0, 1]], fixed)
+
+
+def test_a_saved_walker_that_does_not_match_its_structure_is_refused(tmp_path):
+    from gpal.exceptions import GpalError
+
+    run = tmp_path / "run"
+    L = learner(run, n_bootstrap=2, trigger=Trigger(threshold=10.0))
+    L.run(10)
+    (run / "structures.xyz").unlink()
+    from gpal.io import write_frames
+
+    write_frames(run / "structures.xyz", [start().repeat((1, 1, 2))])
+    with pytest.raises(GpalError, match="walkers.npz, walker 0: a saved walker \\(32 atoms\\) does not match"):
+        ActiveLearner.resume(run, EMT(), progress=False)
+
+
 def test_oracle_timeout_is_per_label_not_per_batch():
     """Three 0.8 s labels on one worker with a 1.5 s timeout: queueing is not charged."""
     with ProcessPoolExecutor(1) as pool:

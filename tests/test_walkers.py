@@ -228,3 +228,50 @@ def test_walkers_on_an_executor_label_each_temperature_step(tmp_path):
     hot = [r["step"] for r in records(tmp_path / "run") if r.get("event") == "label" and r.get("reason") == "temperature"]
     assert hot == [40, 60, 80, 100]
     assert summary.oracle_calls_by_reason.get("temperature") == 4
+
+
+class _Inline:
+    """An executor that runs each segment at once, in this process."""
+
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+
+        f = Future()
+        f.set_result(fn(*args, **kwargs))
+        return f
+
+
+def test_walker_segments_keep_constraints_and_masses_and_record_each_frames_step(tmp_path, monkeypatch):
+    import gpal.learning.sampler as sampler
+    from ase.constraints import FixAtoms
+
+    s = start()
+    s.set_constraint(FixAtoms(indices=[0, 1]))
+    s.set_masses(s.get_masses() * 4)
+    fixed = s.positions[[0, 1]].copy()
+    built = []  # the masses of every walker the learner and the workers build
+    init = sampler._Walker.__init__
+
+    def spy(self, index, atoms, *args, **kwargs):
+        built.append(atoms.get_masses().copy())
+        return init(self, index, atoms, *args, **kwargs)
+
+    monkeypatch.setattr(sampler._Walker, "__init__", spy)
+    L = ActiveLearner([s, start().repeat((1, 2, 1))], "ase.calculators.emt:EMT", small_model(),
+                      run_dir=tmp_path / "run", progress=False, n_candidates=16, n_sparse_initial=20,
+                      sparse_per_label=4, optimize_every=0, walker_executor=_Inline(), check_every=20,
+                      trigger=Trigger(threshold=0.003, every=5), md=MDSettings(temperature=(300, 900)),
+                      random_state=3)
+    L.run(120)
+    assert len(built) > 4  # the workers' walkers too
+    heavy = [m for m in built if len(m) == len(s)]
+    assert heavy and all(np.allclose(m, s.get_masses()) for m in heavy)
+    np.testing.assert_array_equal(L.walkers[0].atoms.positions[[0, 1]], fixed)
+    # each labelled frame records its own walker's step: the step before its segment's end
+    ends = {(r["walker"], r["step_end"] - 1) for r in records(tmp_path / "run")
+            if r.get("event") == "segment" and r["candidate"] in ("uncertain", "rollback", "novel")}
+    labelled = [(a.info["gpal_walker"], a.info["gpal_step"]) for a in read(str(tmp_path / "run" / "train.xyz"), ":")
+                if a.info["gpal_reason"] in ("uncertain", "rollback")]
+    assert labelled and set(labelled) <= ends
+    label_events = [r for r in records(tmp_path / "run") if r.get("event") == "label" and "frame_steps" in r]
+    assert any(r["frame_steps"] != [r["step"]] * len(r["frame_steps"]) for r in label_events)

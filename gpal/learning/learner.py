@@ -50,7 +50,7 @@ from ..exceptions import GpalError, MissingLabelsError, OracleError, Overlapping
 from ..io import append_frame, atomic_write, read_frames, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
-from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit
+from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
 from .settings import (
     FLAT_NAMES,
     GROUPS,
@@ -167,6 +167,14 @@ class Summary:
         for key, val in self.validation.items():
             lines.append(f"  validation {key:<11}: {val:.4g} {units_.get(key, '(calibrated)')}")
         return "\n".join(lines)
+
+
+def _saved_walker(template: Atoms, saved, k: int) -> Atoms:
+    """Walker ``k`` of walkers.npz on a copy of its start structure ``template``."""
+    try:
+        return walker_atoms(template, *(saved[f"{x}_{k}"] for x in ("numbers", "positions", "momenta", "cell", "pbc")))
+    except ValueError as exc:
+        raise GpalError(f"walkers.npz, walker {k}: {exc}") from None
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -443,13 +451,16 @@ class ActiveLearner:
         self._write_json_atomic(self.run_dir / "state.json", state)
 
     # ------------------------------------------------------------------ labelling
-    def _label(self, frames: list[Atoms], reason: str, walkers: Sequence[int] | None = None) -> list[Atoms]:
+    def _label(self, frames: list[Atoms], reason: str, walkers: Sequence[int] | None = None,
+               steps: Sequence[int] | None = None) -> list[Atoms]:
+        """Label ``frames`` (each saved to train.xyz as it arrives); ``steps`` the MD step
+        of each frame (default: the learner's step)."""
         t0 = time.perf_counter()
         calls0 = self.oracle.n_calls
 
         def arrived(k: int, a: Atoms) -> None:
             self._add_force_squares([a])
-            a.info["gpal_step"] = self.step
+            a.info["gpal_step"] = int(self.step if steps is None else steps[k])
             a.info["gpal_reason"] = reason
             self._reasons.append(reason)
             if walkers is not None:
@@ -475,6 +486,7 @@ class ActiveLearner:
             )
         self._log({"event": "label", "step": self.step, "reason": reason, "n": len(good),
                    "walker": list(walkers) if walkers is not None else None,
+                   **({"frame_steps": [int(s) for s in steps]} if steps is not None else {}),
                    "oracle_calls": self.oracle.n_calls})
         return good
 
@@ -663,11 +675,7 @@ class ActiveLearner:
                 wrng = np.random.default_rng(seed + self.step)
                 T0 = self.md.temperature_at(0.0)
                 if positions is not None and f"positions_{k}" in positions:
-                    a = Atoms(
-                        numbers=positions[f"numbers_{k}"], positions=positions[f"positions_{k}"],
-                        cell=positions[f"cell_{k}"], pbc=positions[f"pbc_{k}"],
-                    )
-                    a.set_momenta(positions[f"momenta_{k}"])
+                    a = _saved_walker(s, positions, k)
                 else:
                     thermalize_momenta(a, temperature_K=T0, rng=wrng)
                     Stationary(a)
@@ -680,9 +688,7 @@ class ActiveLearner:
             T0 = self.md.temperature_at(self.step / max((self.ramp_steps or 1) - 1, 1))
             prev = saved.get(k)
             if positions is not None and f"positions_{k}" in positions and prev and prev["slot"] == slot:
-                a = Atoms(numbers=positions[f"numbers_{k}"], positions=positions[f"positions_{k}"],
-                          cell=positions[f"cell_{k}"], pbc=positions[f"pbc_{k}"])
-                a.set_momenta(positions[f"momenta_{k}"])
+                a = _saved_walker(self.targets.structures[prev["image"]], positions, k)
                 self.walkers.append(_Walker(k, a, self.md, wrng, GPCalculator(self.model, **calc_kw), T0))
                 self._explore[k] = dict(prev)
             else:
@@ -933,13 +939,14 @@ class ActiveLearner:
                 frames = frames[:max(0, self.max_oracle_calls - self.oracle.n_calls)]
             if not frames:
                 continue
-            batch = []
+            batch, at = [], []
             for w in frames:
                 a = w.atoms.copy()
                 a.calc = None
                 batch.append(a)
-                self._label_steps.setdefault(w.index, []).append(self.step if steps is None else steps[w.index])
-            good = self._label(batch, why, walkers=[w.index for w in frames])
+                at.append(self.step if steps is None else steps[w.index])
+                self._label_steps.setdefault(w.index, []).append(at[-1])
+            good = self._label(batch, why, walkers=[w.index for w in frames], steps=at)
             if self._hottest_label is not None:
                 temps = [T(w) for w in frames] if callable(T) else [T]
                 self._hottest_label = max([self._hottest_label] + [float(t) for t in temps])
@@ -1362,13 +1369,12 @@ class ActiveLearner:
             walkers = dict(np.load(run_dir / "walkers.npz", allow_pickle=False))
         explore = {int(k): v for k, v in state.get("explore_walkers", {}).items()}
         n_total = state.get("n_walkers_total", 0) - len(explore)  # the learner's own walkers
-        if n_total and walkers:
-            structures = [Atoms(numbers=walkers[f"numbers_{k}"], positions=walkers[f"positions_{k}"],
-                                cell=walkers[f"cell_{k}"], pbc=walkers[f"pbc_{k}"]) for k in range(n_total)]
+        structures = read_frames(run_dir / "structures.xyz")
+        n_walkers = state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1))
+        if n_total and walkers:  # each walker on a copy of its start structure (constraints, masses)
+            structures = [_saved_walker(structures[min(k // max(n_walkers, 1), len(structures) - 1)], walkers, k)
+                          for k in range(n_total)]
             n_walkers = 1
-        else:
-            structures = read_frames(run_dir / "structures.xyz")
-            n_walkers = state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1))
         settings = settings_from_state(state)  # grouped (this version) or flat (earlier ones)
         md = overrides.pop("md", None)
         if md is None:

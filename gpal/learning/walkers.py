@@ -177,8 +177,9 @@ def run_segment(task: dict) -> dict:
     ----------
     task : dict
         Built by the learner: ``model`` (bytes of :func:`model_to_bytes`) and
-        ``model_key``; the walker's ``walker`` index, ``numbers``, ``positions`` (Å,
-        (N, 3)), ``momenta`` (ASE units, (N, 3)), ``cell`` (Å, (3, 3)), ``pbc`` and
+        ``model_key``; the walker's ``walker`` index, ``atoms`` (its ase.Atoms
+        without calculator: species, pbc, constraints, masses, magnetic moments),
+        ``positions`` (Å, (N, 3)), ``momenta`` (ASE units, (N, 3)), ``cell`` (Å, (3, 3)) and
         ``good`` (its last good frame: positions, momenta, cell); ``start``/``end``
         (steps, end exclusive), ``ramp_steps``; ``md`` (MDSettings fields, the
         factory as an import path), ``trigger`` (Trigger fields); ``seed`` (list of
@@ -199,7 +200,7 @@ def run_segment(task: dict) -> dict:
         in eV); ``host``, ``pid``, ``wait`` and ``run`` (s), ``check_time`` (s).
     """
     from ..calculator import GPCalculator
-    from .sampler import MDSettings, _Walker, temperature_limit
+    from .sampler import MDSettings, _Walker, temperature_limit, walker_atoms
     from .state import _import
     from .trigger import Trigger
 
@@ -213,8 +214,8 @@ def run_segment(task: dict) -> dict:
     trig = (_import(task["trigger_class"]) if task.get("trigger_class") else Trigger)(**task["trigger"])
     start, end = int(task["start"]), int(task["end"])
     ramp = max(int(task["ramp_steps"]) - 1, 1)
-    atoms = Atoms(numbers=task["numbers"], positions=task["positions"], cell=task["cell"], pbc=task["pbc"])
-    atoms.set_momenta(task["momenta"])
+    atoms = walker_atoms(task["atoms"], task["atoms"].numbers, task["positions"], task["momenta"],
+                         task["cell"], task["atoms"].pbc)
     rng = np.random.default_rng([int(s) for s in task["seed"]])
     calc = GPCalculator(model, std_every=0, record_std=False)  # the trigger asks the model itself
     w = _Walker(int(task["walker"]), atoms, md, rng, calc, md.temperature_at(start / ramp))
@@ -345,7 +346,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
                  "good": w.good, "recent": []}
     return {
         "model": data, "model_key": key,
-        "walker": w.index, "numbers": w.atoms.numbers.copy(), "pbc": w.atoms.pbc.copy(),
+        "walker": w.index, "atoms": _bare(w.atoms),
         "positions": np.array(state["positions"]), "momenta": np.array(state["momenta"]),
         "cell": np.array(state["cell"]), "good": tuple(np.array(x) for x in state["good"]),
         "start": int(start), "end": int(end), "ramp_steps": int(L.ramp_steps),
@@ -358,6 +359,13 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "max_force": L.max_force, "max_temperature": L.max_temperature,
         "submitted": time.time(),
     }
+
+
+def _bare(atoms: Atoms) -> Atoms:
+    """A copy without calculator: what the worker rebuilds the walker on (constraints, masses)."""
+    a = atoms.copy()
+    a.calc = None
+    return a
 
 
 def _temperature(L: "ActiveLearner", step: int) -> float:
