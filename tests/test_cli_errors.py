@@ -141,7 +141,7 @@ CASES = [
                  id="config-negative-temperature"),
     pytest.param(["learn", "{d}/v_steps.toml"], "steps must be >= 0, got -5", id="config-negative-steps"),
     pytest.param(["learn", "{d}/v_workers.toml"], "workers must be >= 1, got 0", id="config-zero-workers"),
-    pytest.param(["learn", "{d}/v_boot0.toml"], "n_bootstrap must be >= 1 for a new model",
+    pytest.param(["learn", "{d}/v_boot0.toml"], "n_bootstrap must be >= 1 for a model that is not fitted yet",
                  id="config-zero-bootstrap"),
     pytest.param(["learn", "{d}/v_oracle.toml"], "cannot import oracle module 'nosuchmodule'",
                  id="config-oracle-import"),

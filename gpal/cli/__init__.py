@@ -240,9 +240,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .._validation import check_atoms, check_number
-    from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_sparse_budget, foreign_files
+    from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_budgets, foreign_files
     from ..learning.oracle import OracleSpec
-    from ..learning.settings import FLAT_NAMES, Bootstrap, ModelGrowth, group_flat
+    from ..learning.settings import FLAT_NAMES, group_flat
     from ..model import SparseGP
 
     if args.print_config:
@@ -283,7 +283,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
     check_number("[learner] n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
-    group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
+    groups = group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
     descriptor = None
     if cfg.get("descriptor"):
         from ..descriptors import SOAP
@@ -314,14 +314,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     else:
         model = SparseGP(descriptor, **model_cfg)
         model._check_params()
-        if learner_cfg.get("n_bootstrap", 1) < 1:
-            raise ConfigError("[learner] n_bootstrap must be >= 1 for a new model (the first labels "
-                              "make it); 0 only with [model] file")
-        n_boot = learner_cfg.get("n_bootstrap", Bootstrap.n_frames)
-        if learner_cfg.get("max_oracle_calls") is not None and learner_cfg["max_oracle_calls"] < n_boot:
-            raise ConfigError(f"[learner] max_oracle_calls ({learner_cfg['max_oracle_calls']}) is below "
-                              f"n_bootstrap ({n_boot}): the bootstrap alone would pass it")
-        check_sparse_budget(model, learner_cfg.get("max_sparse", ModelGrowth.max_sparse))
+    try:  # the learner's own check, before the run folder exists
+        check_budgets(model, groups)
+    except ValueError as exc:
+        raise ConfigError(f"[learner] {exc}") from None
     # the species every structure must have: the descriptor's, the fitted model's, or
     # else those of the start structure (the default descriptor is made from them)
     if descriptor is not None:

@@ -169,6 +169,25 @@ class Summary:
         return "\n".join(lines)
 
 
+def check_budgets(model, groups: dict) -> None:
+    """Refuse sparse and oracle budgets a run with ``model`` cannot keep (ValueError).
+
+    ``groups`` are the settings groups of :func:`gpal.learning.settings.group_flat`: a
+    model not fitted yet needs a bootstrap of at least one frame, within
+    ``max_oracle_calls``; the model's sparse set must fit in ``max_sparse``.
+    """
+    boot, orc = groups["bootstrap"], groups["oracle_settings"]
+    check_sparse_budget(model, groups["growth"].max_sparse)
+    if getattr(model, "alpha_", None) is not None:
+        return
+    if boot.n_frames < 1:
+        raise ValueError("n_bootstrap must be >= 1 for a model that is not fitted yet (the first "
+                         "labels make it; 0 only with a fitted model, e.g. [model] file), got 0")
+    if orc.max_calls is not None and orc.max_calls < boot.n_frames:
+        raise ValueError(f"max_oracle_calls ({orc.max_calls}) is below n_bootstrap ({boot.n_frames}): "
+                         "the bootstrap alone would pass it")
+
+
 def _saved_walker(template: Atoms, saved, k: int) -> Atoms:
     """Walker ``k`` of walkers.npz on a copy of its start structure ``template``."""
     try:
@@ -303,14 +322,7 @@ class ActiveLearner:
         check_ramp_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
-        check_sparse_budget(self.model, grow.max_sparse)
-        if boot.n_frames < 1 and getattr(self.model, "alpha_", None) is None:
-            raise ValueError("n_bootstrap must be >= 1 for a model that is not fitted yet (the first "
-                             "labels make it), got 0")
-        if (orc.max_calls is not None and getattr(self.model, "alpha_", None) is None
-                and orc.max_calls < boot.n_frames):
-            raise ValueError(f"max_oracle_calls ({orc.max_calls}) is below n_bootstrap ({boot.n_frames}): "
-                             "the bootstrap alone would pass it")
+        check_budgets(self.model, groups)
         # the groups hold the settings (the flat names below read and write them, and
         # state.json is generated from them); the resolved defaults are written back
         if boot.rattle is None:
