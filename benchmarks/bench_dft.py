@@ -89,6 +89,20 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 TEMPERATURE, TIMESTEP, FRICTION = 500.0, 0.5, 0.02
 DFT = {"xc": "PBE", "basis": "def2-SVP", "density_fit": True}
 MOLECULE = "CH3OH"
+# --system: the molecule (ase.build.molecule name), temperature (K) and time step (fs);
+# the time step is the one a user would take for AIMD of that molecule (0.5 fs with
+# hydrogen, 1 fs for the stiffest C-F stretch without it)
+SYSTEMS = {
+    "methanol": {"molecule": "CH3OH", "temperature": 500.0, "timestep": 0.5},
+    "cf4": {"molecule": "CF4", "temperature": 500.0, "timestep": 1.0},
+}
+
+
+def use_system(name: str) -> None:
+    """Set the module's molecule and protocol to ``SYSTEMS[name]``."""
+    global MOLECULE, TEMPERATURE, TIMESTEP
+    s = SYSTEMS[name]
+    MOLECULE, TEMPERATURE, TIMESTEP = s["molecule"], s["temperature"], s["timestep"]
 
 
 def aimd(steps: int, seed: int, *, verbose: bool = True) -> tuple[list, float]:
@@ -229,6 +243,8 @@ def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, thresho
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", choices=sorted(SYSTEMS), default="methanol",
+                   help="molecule and MD protocol (default: methanol, 500 K, 0.5 fs)")
     p.add_argument("--steps", type=int, default=1200, help="MD steps of the active learner")
     p.add_argument("--aimd-steps", type=int, default=None,
                    help="steps of the AIMD training trajectory (default: --steps)")
@@ -249,8 +265,11 @@ def main(argv=None):
                    help="the learner's model size (default: the learner's default model, 300)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick-curves", action="store_true", help="fewer AIMD prefix lengths")
-    p.add_argument("--run-dir", default=str(CACHE / "dft_run"))
+    p.add_argument("--run-dir", default=None, help="learner runs (default: benchmarks/.cache/dft_run[_SYSTEM])")
     args = p.parse_args(argv)
+    use_system(args.system)
+    if args.run_dir is None:
+        args.run_dir = str(CACHE / ("dft_run" if args.system == "methanol" else f"dft_run_{args.system}"))
     args.aimd_steps = args.aimd_steps or args.steps
     args.test_steps = args.test_steps or args.steps
     args.test_every = args.test_every or max(1, args.test_steps // 30)

@@ -88,7 +88,11 @@ def test_fit_info_validate_md(files, capsys):
     # (novelty_scale when the validation frames support a novelty term)
     assert {"scale", "noise_scale", "conformal_q90"} <= set(stored) <= {
         "scale", "noise_scale", "conformal_q90", "novelty_scale", "novelty_max"}
-    assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots)]) == 0
+    stamp = {p.name: p.read_bytes() for p in plots.iterdir()}
+    assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots)]) == 2
+    assert "(plots of an earlier run)" in capsys.readouterr().err  # nothing replaced unasked
+    assert {p.name: p.read_bytes() for p in plots.iterdir()} == stamp
+    assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots), "--overwrite"]) == 0
     assert "force stds raw (the model stores no calibration" in capsys.readouterr().out
     assert main(["info", str(files / "calibrated.npz")]) == 0
     assert f"forces_std scale {scale:.4g}" in capsys.readouterr().out

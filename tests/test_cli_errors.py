@@ -34,6 +34,9 @@ def bad(tmp_path_factory):
     (d / "many.toml").write_text('steps = "many"\n')
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
+    (d / "oldplots").mkdir()
+    (d / "oldplots" / "z_histogram.png").write_bytes(b"a plot of an earlier run")
+    (d / "curves.png").write_bytes(b"learning curves of an earlier run")
     np.savez(d / "other.npz", x=np.arange(3.0))
     (d / "text.npz").write_text("not a zip archive\n")
     run = d / "run"
@@ -120,6 +123,14 @@ CASES = [
                  id="validate-foreign-npz"),
     pytest.param(["info", "{d}/text.npz"], "text.npz is not a gpal model file (not an .npz archive, or truncated)",
                  id="info-text-file"),
+    pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "--plots", "{d}/oldplots"],
+                 "holds z_histogram.png (plots of an earlier run); give another --plots folder, --no-plots, "
+                 "or --overwrite", id="validate-earlier-plots"),
+    pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "--plots", "{d}/train.xyz"],
+                 "a file, not a folder", id="validate-plots-file"),
+    pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/curves.png"],
+                 "--plot {d}/curves.png: {d}/curves.png exists; give another name, or --overwrite",
+                 id="compare-earlier-plot"),
     pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/x.npz"],
                  "they need --calibrate", id="validate-output-without-calibrate"),
     pytest.param(["fit"], "the following arguments are required: train", id="fit-no-argument"),
@@ -217,7 +228,7 @@ def test_bad_input_is_one_line_and_exit_code_2(bad, argv, fragment, capsys, monk
     assert len(lines) == 1, captured.err
     assert lines[0].startswith(f"gpal{' ' + argv[0] if argv[0] != 'frobnicate' else ''}")
     assert ": error: " in lines[0]
-    assert fragment in lines[0]
+    assert fragment.format(d=bad) in lines[0]
     assert "Traceback" not in captured.err
     assert not any(bad.glob("v_*_run"))  # a bad configuration leaves no run folder behind
 

@@ -516,19 +516,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path, overwrite: bool, suffix: str | None = None) -> None:
+def _check_output(path, overwrite: bool, suffix: str | None = None, option: str = "-o") -> None:
     """A GpalError now (not after the work) if ``path`` (with ``suffix`` added when it has
     another) exists and ``overwrite`` is not given, or its folder is missing or not writable."""
     target = Path(path)
     if suffix and target.suffix != suffix:
         target = target.with_name(target.name + suffix)
     if target.exists() and not overwrite:
-        raise GpalError(f"-o {path}: {target} exists; give another name, or --overwrite to replace it")
+        raise GpalError(f"{option} {path}: {target} exists; give another name, or --overwrite to replace it")
     folder = target.expanduser().resolve().parent
     if not folder.is_dir():
-        raise GpalError(f"-o {path}: the folder {folder} does not exist")
+        raise GpalError(f"{option} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
-        raise GpalError(f"-o {path}: the folder {folder} is not writable")
+        raise GpalError(f"{option} {path}: the folder {folder} is not writable")
+
+
+VALIDATION_PLOTS = ("parity_forces.png", "parity_energy.png", "calibration_curve.png",
+                    "error_vs_uncertainty.png", "z_histogram.png")
+
+
+def _check_plots(folder: Path, names, overwrite: bool) -> None:
+    """A GpalError now (not after the work) if ``folder`` holds any of the plots ``names``
+    and ``overwrite`` is not given, or ``folder`` is a file."""
+    if folder.exists() and not folder.is_dir():
+        raise GpalError(f"--plots {folder}: a file, not a folder")
+    there = [n for n in names if (folder / n).exists()]
+    if there and not overwrite:
+        raise GpalError(f"--plots {folder}: holds {there[0]} (plots of an earlier run); give another "
+                        "--plots folder, --no-plots, or --overwrite to replace them")
 
 
 def _evidence_lines(table) -> list[str]:
@@ -650,6 +665,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise GpalError("give -o OUT.npz or --in-place, not both")
     if args.output:
         _check_output(args.output, args.overwrite, ".npz")
+    if not args.no_plots:  # plots of an earlier run are not replaced without asking
+        _check_plots(Path(args.plots), VALIDATION_PLOTS, args.overwrite)
     model = load(args.model)
     test = _read_labelled(args.test, args, "test frames")
     if args.calibrate:
@@ -793,6 +810,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Compare kernel and descriptor choices; print each table row as it is measured."""
     from ..compare import ComparisonTable, compare_kernels, default_candidates
 
+    if args.plot:
+        _check_output(args.plot, args.overwrite, option="--plot")
     train = _read_labelled(args.train, args, "training frames")
     test = _read_labelled(args.test, args, "test frames")
     widths = ComparisonTable.column_widths(names=[c.name for c in default_candidates()])
@@ -986,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recalibrate the force stds on these frames first (needs -o or --in-place)")
     s.add_argument("-o", "--output", metavar="OUT.npz", help="write the calibrated model here")
     s.add_argument("--in-place", action="store_true", help="overwrite MODEL with the calibrated model")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing -o file and earlier plots")
     s.add_argument("--raw", action="store_true", help="score raw stds even if the model stores a calibration")
     s.add_argument("--alpha", type=float, default=0.1, help="miscoverage level of the intervals")
     s.add_argument("--plots", default="validation_plots", metavar="DIR",
@@ -1002,7 +1021,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare-kernels", help="compare kernel and descriptor choices", parents=[labels])
     s.add_argument("train")
     s.add_argument("test")
-    s.add_argument("--plot", default="kernel_comparison.png")
+    s.add_argument("--plot", default="kernel_comparison.png",
+                   help="learning curves (PNG; default kernel_comparison.png; '' for none)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     s.set_defaults(func=cmd_compare)
 
