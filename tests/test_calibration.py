@@ -442,6 +442,23 @@ def test_two_term_calibrator_recovers_both_factors():
         TwoTermCalibrator().fit(err, -std, noise)
 
 
+def test_two_term_min_scale_keeps_the_learnable_std_from_shrinking():
+    rng = np.random.default_rng(1)
+    n = 4000
+    std = rng.uniform(0.05, 0.3, n)
+    noise = 0.1
+    small = rng.normal(0.0, np.sqrt((0.3 * std) ** 2 + noise**2))  # learnable part 0.3x too large
+    assert TwoTermCalibrator().fit(small, std, noise).scale_ == pytest.approx(0.3, rel=0.1)
+    held = TwoTermCalibrator(min_scale=1.0).fit(small, std, noise)
+    assert held.scale_ == pytest.approx(1.0) and held.noise_scale_ > 0
+    large = rng.normal(0.0, np.sqrt((2.0 * std) ** 2 + noise**2))  # too small: scaled up alike
+    assert TwoTermCalibrator(min_scale=1.0).fit(large, std, noise).scale_ == pytest.approx(
+        TwoTermCalibrator().fit(large, std, noise).scale_, rel=1e-4)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="min_scale must lie in"):
+            TwoTermCalibrator(min_scale=bad).fit(small, std, noise)
+
+
 def test_novelty_term_is_recovered_and_not_invented():
     """var = a σ² + b σ_n² + c ν: the third factor is found when the errors carry it,
     and is (near) zero when they do not; all-zero novelty is the two-term fit."""

@@ -287,6 +287,25 @@ def test_calibrated_trigger_compares_the_scaled_force_std(tmp_path):
     assert len(labels) == 1 and labels[0]["step"] == 25
 
 
+def test_a_calibration_on_bootstrap_frames_never_scales_the_learnable_std_down(tmp_path):
+    """Rattled copies of the start structure are closer to each other than MD frames: on
+    them alone (a Cu13 cluster, whose leave-one-out errors would scale the std by 0.9),
+    the stored scale is 1."""
+    from ase.cluster import Icosahedron
+
+    from gpal import calibration
+
+    L = ActiveLearner(Icosahedron("Cu", 2), EMT(), run_dir=tmp_path / "run", progress=False, random_state=0)
+    L.run(0)
+    loo = L.model.loo_residuals(list(range(len(L.model.frames_))))
+    frames = sorted(set(loo["force_frame"].tolist()))
+    half = np.isin(loo["force_frame"], frames[::2])  # the learner's calibration half
+    free = calibration.TwoTermCalibrator().fit(*(loo[k][half] for k in (
+        "force_error", "force_std", "force_noise", "force_novelty")))
+    assert free.scale_ < 0.95  # what the fit alone would store
+    assert L.model.calibration_["forces_std"]["scale"] == pytest.approx(1.0)
+
+
 def test_calibration_leaves_the_bootstrap_frames_out_also_after_resume(tmp_path):
     # the temperature rule labels at steps 7, 14, 22 and 29 (see the next test): 4 bootstrap
     # frames and 4 others. The model keeps bare copies of its frames, so which are bootstrap

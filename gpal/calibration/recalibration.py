@@ -91,9 +91,10 @@ class TwoTermCalibrator:
     everything the model cannot learn at its size. The two need not be off by the same
     factor: the floor is fitted on the training data, the learnable part grows where
     the model extrapolates. ``fit`` chooses ``a, b`` maximising the Gaussian likelihood
-    of the errors under ``N(0, a σ² + b σ_n²)`` (L-BFGS-B in log space, each factor
-    within [1e-2, 1e4]); ``scale_ = sqrt(a)``, ``noise_scale_ = sqrt(b)``. With
-    ``σ = 0`` it reduces to :class:`StdCalibrator` on the noise.
+    of the errors under ``N(0, a σ² + b σ_n²)`` (L-BFGS-B in log space, ``a`` within
+    [min_scale², 1e4], ``b`` within [1e-2, 1e4]); ``scale_ = sqrt(a)``,
+    ``noise_scale_ = sqrt(b)``. With ``σ = 0`` it reduces to :class:`StdCalibrator` on
+    the noise.
 
     With ``novelty`` (each error's environment novelty ν in [0, 1], the fraction of
     its prior variance the sparse set does not explain, ``SparseGP.predict``'s
@@ -108,6 +109,14 @@ class TwoTermCalibrator:
     labelled environments, whose ν sit at the jitter floor (~1e-8), would be applied to
     new ones a thousand times more novel.
 
+    Parameters
+    ----------
+    min_scale : float, default 0.1
+        The smallest ``scale_``. 1 when the errors come from frames closer to the
+        training data than the frames the std will judge (the active learner's rattled
+        bootstrap copies of its start structure): such errors may show the learnable
+        std too small, never too large.
+
     Attributes
     ----------
     scale_, noise_scale_ : float
@@ -117,6 +126,9 @@ class TwoTermCalibrator:
         The largest ν of the fit (None without the term).
     n_samples_ : int
     """
+
+    def __init__(self, min_scale: float = 0.1):
+        self.min_scale = min_scale
 
     def fit(self, error, std, noise, novelty=None) -> "TwoTermCalibrator":
         """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar).
@@ -158,8 +170,13 @@ class TwoTermCalibrator:
                 grad.append(np.mean(dv * nu) * c)
             return f, np.array(grad)
 
+        min_scale = float(self.min_scale)
+        if not (np.isfinite(min_scale) and 0 < min_scale <= 1):
+            raise ValueError(f"min_scale must lie in (0, 1], got {self.min_scale!r}")
         b0 = max(float(np.mean(e2) / np.mean(s2 + n2)), 1e-2)
-        x0, bounds = [np.log(b0), np.log(b0)], [(np.log(1e-2), np.log(1e4))] * 2
+        a_low = 2 * np.log(min_scale)
+        x0 = [max(np.log(b0), a_low), np.log(b0)]
+        bounds = [(a_low, np.log(1e4)), (np.log(1e-2), np.log(1e4))]
         if nu is not None:
             # c in units of the mean squared error per unit novelty, from 1e-10 to 1e10 of it
             c_unit = float(np.mean(e2)) / float(np.mean(nu)) if np.mean(e2) > 0 else 1.0
@@ -197,7 +214,7 @@ class TwoTermCalibrator:
                            novelty_scale=self.novelty_scale_, novelty_max=self.novelty_max_)
 
     def __repr__(self) -> str:
-        return (f"TwoTermCalibrator(scale_={getattr(self, 'scale_', None)}, "
+        return (f"TwoTermCalibrator(min_scale={self.min_scale}, scale_={getattr(self, 'scale_', None)}, "
                 f"noise_scale_={getattr(self, 'noise_scale_', None)}, "
                 f"novelty_scale_={getattr(self, 'novelty_scale_', None)})")
 

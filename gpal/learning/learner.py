@@ -1147,7 +1147,9 @@ class ActiveLearner:
         The learner's labels, each predicted by the model without it
         (:meth:`gpal.SparseGP.loo_residuals`), are split in two disjoint halves by
         frame (alternating in time; bootstrap frames left out once there are four
-        others). The *calibration* half fits the std of a new force label,
+        others; with fewer, the learnable std is never scaled down, since the bootstrap's
+        rattled copies of the start structure lie closer to each other than MD frames). The
+        *calibration* half fits the std of a new force label,
         ``sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² min(ν, novelty_max))``
         (:class:`gpal.calibration.TwoTermCalibrator`; σ the SoR force std, σ_n the force
         noise, ν the novelty of the atom's environment, capped at the largest ν of the
@@ -1175,7 +1177,8 @@ class ActiveLearner:
         # the model keeps bare copies, so why each was labelled comes from the learner's record
         reasons = self._reasons if len(self._reasons) == n else [""] * n
         idx = [i for i in range(n) if reasons[i] != "bootstrap"]
-        if len(idx) < 4:
+        rattled = len(idx) < 4  # mostly the bootstrap's rattled copies of the start structure
+        if rattled:
             idx = list(range(n))
         idx = idx[-40:]
         if len(idx) < 2:
@@ -1187,7 +1190,11 @@ class ActiveLearner:
         order = {f: k for k, f in enumerate(sorted(set(fr.tolist())))}
         half = np.array([order[f] % 2 for f in fr.tolist()])
         cal, judge = half == 0, half == 1
-        tt = calibration.TwoTermCalibrator().fit(err[cal], std[cal], noise[cal], nu[cal])
+        # rattled copies lie closer to each other than MD frames do: their errors may show
+        # the learnable std too small, never too large (a CF4 run with DFT labels otherwise
+        # shrank it tenfold after the bootstrap and never labelled again, at 3x its threshold)
+        tt = calibration.TwoTermCalibrator(min_scale=1.0 if rattled else 0.1).fit(
+            err[cal], std[cal], noise[cal], nu[cal])
         total = tt.transform(std, noise, nu)
         conf = calibration.SplitConformal(alpha=0.1).fit(err[cal], total[cal])
         zj = err[judge] / total[judge]
