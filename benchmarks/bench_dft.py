@@ -218,7 +218,7 @@ def needs(curve, f_al: float, n_calls: int) -> str | None:
 
 
 def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, threshold: float | None = None,
-          n_sparse: int | None = None):
+          n_sparse: int | None = None, random_state: int = 0):
     """The active learner with its defaults (a Δ-model over ``baseline`` if given).
 
     Returns (model, summary dict, wall time in s); with ``reuse`` a finished run in
@@ -242,7 +242,7 @@ def learn(steps: int, run_dir: Path, baseline=None, reuse: bool = False, thresho
         else SparseGP(n_sparse=n_sparse or 300, baseline=baseline),  # 300: the default
         run_dir=run_dir, md=MDSettings(temperature=TEMPERATURE, timestep=TIMESTEP, friction=FRICTION),
         trigger=Trigger() if threshold is None else Trigger(threshold=threshold, adaptive=False),
-        log_every=100, progress=False,
+        log_every=100, progress=False, random_state=random_state,
     )
     t0 = time.perf_counter()
     summary = learner.run(steps)
@@ -273,7 +273,8 @@ def main(argv=None):
                         "force-std threshold in eV/Å (Trigger(threshold=x, adaptive=False))")
     p.add_argument("--n-sparse", type=int, default=None,
                    help="the learner's model size (default: the learner's default model, 300)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the --only-aimd trajectory")
+    p.add_argument("--learner-seed", type=int, default=0, help="the learner's random_state (default 0)")
     p.add_argument("--quick-curves", action="store_true", help="fewer AIMD prefix lengths")
     p.add_argument("--run-dir", default=None, help="learner runs (default: benchmarks/.cache/dft_run[_SYSTEM])")
     args = p.parse_args(argv)
@@ -306,7 +307,7 @@ def main(argv=None):
     if args.only_learn:
         for name, baseline, threshold, run_dir in runs:
             model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold,
-                                   n_sparse=args.n_sparse)
+                                   n_sparse=args.n_sparse, random_state=args.learner_seed)
             print(f"{name}: {s['oracle_calls']} DFT calls, wall {wall:.0f} s, DFT {s['time_oracle']:.0f} s",
                   flush=True)
         return
@@ -327,7 +328,7 @@ def main(argv=None):
     results = []
     for name, baseline, threshold, run_dir in runs:
         model, s, wall = learn(args.steps, run_dir, baseline, reuse=args.reuse, threshold=threshold,
-                                   n_sparse=args.n_sparse)
+                               n_sparse=args.n_sparse, random_state=args.learner_seed)
         f_err, e_err = errors(model, test)
         results.append((name, baseline, s, f_err, e_err, len(model.sparse_X_)))
         print(f"\n{name}: {s['steps']} MD steps, {s['oracle_calls']} DFT calls "
