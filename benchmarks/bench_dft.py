@@ -72,6 +72,8 @@ the two AIMD runs side by side)::
     run                          DFT calls  force   energy  equal calls (AIMD/gpal)  AIMD, learner's size  AIMD, best case
     plain, defaults                    6    0.0104  0.15    0.0168 (1.61)            80-120 (13-20x)       120-160 (20-27x)
     plain, threshold 0.01              9    0.0076  0.09    0.0071 (0.93)            120-160 (13-18x)      120-160 (13-18x)
+    defaults, --learner-seed 1         9    0.0081  0.11    0.0071 (0.87)            120-160 (13-18x)      120-160 (13-18x)
+    defaults, --learner-seed 2         8    0.0077  0.11    0.0075 (0.98)            120-160 (15-20x)      120-160 (15-20x)
 
 Here a label is worth 13-27 AIMD steps and the 10x target is met against both fits.
 """
