@@ -28,10 +28,10 @@ Printed per system (targets in brackets):
 
 Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
 Cu-Ni), ``molecule`` (ethanol with GFN2-xTB; needs ``pip install tblite``) and ``cu``
-(pure EMT Cu, the development system, quick); and three held out, run only to check the
+(pure EMT Cu, the development system, quick); and four held out, run only to check the
 defaults on systems they were not developed on: ``interstitial`` (EMT Ni with a relaxed
-self-interstitial), ``alloy-agpd`` (random EMT Ag-Pd) and ``butane`` (trans-butane with
-GFN2-xTB). Their protocols are in ``SYSTEMS`` below.
+self-interstitial), ``alloy-agpd`` (random EMT Ag-Pd), ``butane`` (trans-butane with
+GFN2-xTB) and ``cf4`` (CF4 with GFN2-xTB, 1 fs steps). Their protocols are in ``SYSTEMS`` below.
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
@@ -164,6 +164,11 @@ def butane(rng):
     return molecule("trans-butane")
 
 
+def cf4(rng):
+    """Tetrafluoromethane (ase.build.molecule('CF4'), 5 atoms), no cell (held out)."""
+    return molecule("CF4")
+
+
 def emt():
     return EMT()
 
@@ -196,6 +201,10 @@ SYSTEMS = {
     "alloy-agpd": dict(
         build=agpd_alloy, oracle=emt, oracle_name="EMT",
         temperature=(300.0, 1000.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "cf4": dict(  # no hydrogen: 1 fs steps
+        build=cf4, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
+        temperature=(300.0, 800.0), timestep=1.0, steps=4000, quick_steps=400, stride=1,
     ),
     "butane": dict(
         build=butane, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
