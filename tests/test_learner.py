@@ -599,20 +599,25 @@ def test_resume_rebuilds_walkers_on_their_start_structures(tmp_path):
     s.set_masses(s.get_masses() * 4)
     s.set_initial_magnetic_moments([0.5] * len(s))
     fixed = s.positions[[0, 1]].copy()
+    small = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms, no constraint
     run = tmp_path / "run"
-    L = ActiveLearner([s, s.copy()], EMT(), small_model(), run_dir=run, progress=False, n_bootstrap=2,
-                      trigger=Trigger(threshold=10.0), md=MDSettings(temperature=600))
+    L = ActiveLearner([s, small], EMT(), small_model(), run_dir=run, progress=False, n_bootstrap=2,
+                      n_walkers=2, trigger=Trigger(threshold=10.0), md=MDSettings(temperature=600))
     L.run(30)
-    before = [(w.atoms.positions.copy(), w.atoms.get_momenta().copy()) for w in L.walkers]
-    R = ActiveLearner.resume(run, EMT(), progress=False)
-    for w, (x, p) in zip(R.walkers, before):  # the saved state exactly, on the start structure
-        np.testing.assert_array_equal(w.atoms.positions, x)
-        np.testing.assert_array_equal(w.atoms.get_momenta(), p)
-        np.testing.assert_allclose(w.atoms.get_masses(), s.get_masses())
-        np.testing.assert_array_equal(w.atoms.get_initial_magnetic_moments(), 0.5)
-    R.run(60)
-    for w in R.walkers:
-        np.testing.assert_array_equal(w.atoms.positions[[0, 1]], fixed)
+    for steps in (60, 90):  # resumed twice: the second from a state a resume wrote
+        before = [(w.atoms.positions.copy(), w.atoms.get_momenta().copy()) for w in L.walkers]
+        L = ActiveLearner.resume(run, EMT(), progress=False)
+        assert [len(w.atoms) for w in L.walkers] == [32, 32, 4, 4]
+        for w, (x, p) in zip(L.walkers, before):  # the saved state exactly, on its start structure
+            np.testing.assert_array_equal(w.atoms.positions, x)
+            np.testing.assert_array_equal(w.atoms.get_momenta(), p)
+        for w in L.walkers[:2]:
+            np.testing.assert_allclose(w.atoms.get_masses(), s.get_masses())
+            np.testing.assert_array_equal(w.atoms.get_initial_magnetic_moments(), 0.5)
+        assert [len(w.atoms.constraints) for w in L.walkers] == [1, 1, 0, 0]
+        L.run(steps)
+        for w in L.walkers[:2]:
+            np.testing.assert_array_equal(w.atoms.positions[[0, 1]], fixed)
 
 
 def test_a_saved_walker_that_does_not_match_its_structure_is_refused(tmp_path):

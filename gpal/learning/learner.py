@@ -1388,12 +1388,12 @@ class ActiveLearner:
             walkers = dict(np.load(run_dir / "walkers.npz", allow_pickle=False))
         explore = {int(k): v for k, v in state.get("explore_walkers", {}).items()}
         n_total = state.get("n_walkers_total", 0) - len(explore)  # the learner's own walkers
+        # the start structures; each walker is rebuilt on a copy of its own (constraints,
+        # masses, magnetic moments) at its saved state by _init_walkers below
         structures = read_frames(run_dir / "structures.xyz")
-        n_walkers = state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1))
-        if n_total and walkers:  # each walker on a copy of its start structure (constraints, masses)
-            structures = [_saved_walker(structures[min(k // max(n_walkers, 1), len(structures) - 1)], walkers, k)
-                          for k in range(n_total)]
-            n_walkers = 1
+        n_walkers = int(state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1)))
+        if n_total and len(structures) * n_walkers != n_total and n_total % len(structures) == 0:
+            n_walkers = n_total // len(structures)  # a state written by a resume of an earlier version
         settings = settings_from_state(state)  # grouped (this version) or flat (earlier ones)
         md = overrides.pop("md", None)
         if md is None:
