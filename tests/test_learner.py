@@ -1040,22 +1040,3 @@ def test_md_protocol_fixes_a_ramp_only_with_md_steps_and_refuses_dynamics_that_c
     R = ActiveLearner.resume(tmp_path / "c", progress=False)
     R.run(40)
     assert R.ramp_steps == 40
-
-
-def test_a_label_that_never_started_is_not_an_oracle_call():
-    """One worker held by a hanging label: the labels queued behind it time out before they
-    start; they are failures, not oracle calls."""
-    with ProcessPoolExecutor(1) as pool:
-        pool.submit(time.sleep, 0).result()  # a warm worker
-        oracle = gpal.Oracle(OracleSpec("_oracles:SlowEMT", {"delay": 4.0}), executor=pool, timeout=0.5, retries=0)
-        frames = [start() for _ in range(5)]
-        for k, a in enumerate(frames):
-            a.positions[0, 0] += 0.01 * k
-        labelled, failures = oracle.label(frames)
-        for p in pool._processes.values():  # do not wait for the sleepers
-            p.kill()
-    assert labelled == [None] * 5 and len(failures) == 5
-    started = [f for f in failures if f.reason.startswith("timed out")]
-    queued = [f for f in failures if f.reason.startswith("not started within 0.5 s")]
-    assert started and queued and len(started) + len(queued) == 5
-    assert oracle.n_calls == len(started)  # the queued ones cost nothing

@@ -316,13 +316,9 @@ class Oracle:
                         left = None if deadline is None else max(0.0, deadline - time.monotonic())
                         arrived(i, fut.result(timeout=left))
                     except cf.TimeoutError:
-                        if fut.cancel():  # still queued: the oracle never ran, no call made
-                            self.n_calls -= 1  # (the attempt counts against the retries)
-                            reasons[i] = (f"not started within {self.timeout} s (queued behind labels "
-                                          "that took longer)")
-                        else:
-                            reasons[i] = f"timed out after {self.timeout} s"
-                        log.warning("oracle on frame %d: %s (attempt %d)", i, reasons[i], attempts[i])
+                        fut.cancel()
+                        reasons[i] = f"timed out after {self.timeout} s"
+                        log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
                         again.append(i)
                     except Exception as exc:  # worker exceptions arrive re-raised here
                         reasons[i] = f"{type(exc).__name__}: {exc}"
