@@ -35,6 +35,7 @@ def bad(tmp_path_factory):
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
     (d / "oldplots").mkdir()
+    (d / "oldplots.png").mkdir()
     (d / "oldplots" / "z_histogram.png").write_bytes(b"a plot of an earlier run")
     (d / "curves.png").write_bytes(b"learning curves of an earlier run")
     np.savez(d / "other.npz", x=np.arange(3.0))
@@ -131,6 +132,10 @@ CASES = [
     pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/curves.png"],
                  "--plot {d}/curves.png: {d}/curves.png exists; give another name, or --overwrite",
                  id="compare-earlier-plot"),
+    pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/oldplots.png",
+                  "--overwrite"], "oldplots.png is a folder", id="compare-plot-folder"),
+    pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/curves"],
+                 "--plot {d}/curves.png: {d}/curves.png exists", id="compare-earlier-plot-no-suffix"),
     pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/x.npz"],
                  "they need --calibrate", id="validate-output-without-calibrate"),
     pytest.param(["fit"], "the following arguments are required: train", id="fit-no-argument"),

@@ -522,6 +522,8 @@ def _check_output(path, overwrite: bool, suffix: str | None = None, option: str 
     target = Path(path)
     if suffix and target.suffix != suffix:
         target = target.with_name(target.name + suffix)
+    if target.is_dir():
+        raise GpalError(f"{option} {path}: {target} is a folder; give a file name")
     if target.exists() and not overwrite:
         raise GpalError(f"{option} {path}: {target} exists; give another name, or --overwrite to replace it")
     folder = target.expanduser().resolve().parent
@@ -544,6 +546,11 @@ def _check_plots(folder: Path, names, overwrite: bool) -> None:
     if there and not overwrite:
         raise GpalError(f"--plots {folder}: holds {there[0]} (plots of an earlier run); give another "
                         "--plots folder, --no-plots, or --overwrite to replace them")
+    existing = folder.expanduser().resolve()
+    while not existing.exists():  # the folder, or the one it will be made in
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise GpalError(f"--plots {folder}: {existing} is not writable")
 
 
 def _evidence_lines(table) -> list[str]:
@@ -811,6 +818,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..compare import ComparisonTable, compare_kernels, default_candidates
 
     if args.plot:
+        if not Path(args.plot).suffix:  # (matplotlib would add it): the file checked is the file written
+            args.plot = f"{args.plot}.png"
         _check_output(args.plot, args.overwrite, option="--plot")
     train = _read_labelled(args.train, args, "training frames")
     test = _read_labelled(args.test, args, "test frames")
