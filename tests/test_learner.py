@@ -620,6 +620,38 @@ def test_resume_rebuilds_walkers_on_their_start_structures(tmp_path):
             np.testing.assert_array_equal(w.atoms.positions[[0, 1]], fixed)
 
 
+def test_resume_keeps_constraints_that_extended_xyz_cannot_hold(tmp_path):
+    from ase.constraints import FixAtoms, Hookean
+
+    s = start()
+    s.set_constraint([FixAtoms(indices=[0]), Hookean(1, 2, rt=2.7, k=5.0)])
+    L = ActiveLearner(s, EMT(), small_model(), run_dir=tmp_path / "run", progress=False, n_bootstrap=2,
+                      trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300))
+    L.run(10)
+    R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
+    kept = R.walkers[0].atoms.constraints
+    assert [type(c).__name__ for c in kept] == ["FixAtoms", "Hookean"]
+    assert kept[1].todict() == s.constraints[1].todict()
+
+    class Mine:  # a constraint of the user's own, without todict
+        def adjust_positions(self, atoms, new):
+            pass
+
+        def adjust_forces(self, atoms, forces):
+            pass
+
+        def get_removed_dof(self, atoms):
+            return 0
+
+        def index_shuffle(self, atoms, ind):
+            pass
+
+    t = start()
+    t.set_constraint(Mine())
+    with pytest.warns(UserWarning, match="a resumed run would lose it"):
+        ActiveLearner(t, EMT(), small_model(), run_dir=tmp_path / "other", progress=False)
+
+
 def test_a_saved_walker_that_does_not_match_its_structure_is_refused(tmp_path):
     from gpal.exceptions import GpalError
 

@@ -188,6 +188,34 @@ def check_budgets(model, groups: dict) -> None:
                          "the bootstrap alone would pass it")
 
 
+def _constraints_state(structures) -> list:
+    """Each structure's ASE constraints as JSON-able dicts (``todict``), for a resume (extended
+    XYZ keeps only FixAtoms and FixCartesian); None for a structure with one that cannot be
+    written so."""
+    from ..io import json_default
+
+    out = []
+    for a in structures:
+        try:
+            cons = [c.todict() for c in a.constraints]
+            json.dumps(cons, default=json_default)
+        except Exception:  # a constraint of the user's own without todict
+            cons = None
+        out.append(cons)
+    return out
+
+
+def _restore_constraints(structures, saved) -> None:
+    """Put the constraints of ``_constraints_state`` back on ``structures`` (in place)."""
+    from ase.constraints import dict2constraint
+
+    if not saved or len(saved) != len(structures):
+        return
+    for a, cons in zip(structures, saved):
+        if cons is not None:
+            a.set_constraint([dict2constraint(c) for c in cons])
+
+
 def _saved_walker(template: Atoms, saved, k: int) -> Atoms:
     """Walker ``k`` of walkers.npz on a copy of its start structure ``template``."""
     try:
@@ -306,6 +334,11 @@ class ActiveLearner:
         for k, a in enumerate(self.structures):
             check_atoms(a, what=f"structures[{k}]")
             a.calc = None
+        self._constraints = _constraints_state(self.structures)  # (state.json: for a resume)
+        for k, cons in enumerate(self._constraints):
+            if cons is None:
+                warnings.warn(f"structures[{k}] has a constraint that cannot be saved (no todict): a "
+                              "resumed run would lose it", UserWarning, stacklevel=2)
         if validation is not None and not isinstance(validation, Validation):
             validation = Validation(frames=validation)  # a list of labelled frames
         groups = group_flat({"bootstrap": bootstrap, "growth": growth, "oracle_settings": oracle_settings,
@@ -423,6 +456,7 @@ class ActiveLearner:
             "step": self.step,
             "total_steps": self.total_steps,
             "bootstrap_done": self.bootstrap_done,
+            "structure_constraints": self._constraints,
             "n_labelled": self.n_labelled,
             "model_frames": len(getattr(self.model, "frames_", [])),
             "oracle_calls": self.oracle.n_calls,
@@ -1391,6 +1425,7 @@ class ActiveLearner:
         # the start structures; each walker is rebuilt on a copy of its own (constraints,
         # masses, magnetic moments) at its saved state by _init_walkers below
         structures = read_frames(run_dir / "structures.xyz")
+        _restore_constraints(structures, state.get("structure_constraints"))
         n_walkers = int(state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1)))
         if n_total and len(structures) * n_walkers != n_total and n_total % len(structures) == 0:
             n_walkers = n_total // len(structures)  # a state written by a resume of an earlier version
