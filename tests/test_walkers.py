@@ -225,8 +225,9 @@ def test_walkers_on_an_executor_label_each_temperature_step(tmp_path):
     trig = Trigger(threshold=100.0, adaptive=False, novelty=1.0, every=5, max_labels=5)
     L = learner(tmp_path / "run", walker_executor=Inline(), n_walkers=1, trigger=trig)
     summary = L.run(100)
-    hot = [r["step"] for r in records(tmp_path / "run") if r.get("event") == "label" and r.get("reason") == "temperature"]
-    assert hot == [40, 60, 80, 100]
+    hot = [r for r in records(tmp_path / "run") if r.get("event") == "label" and r.get("reason") == "temperature"]
+    assert [r["step"] for r in hot] == [40, 60, 80, 100]
+    assert [r["frame_steps"] for r in hot] == [[39], [59], [79], [99]]  # the frame of each segment's last step
     assert summary.oracle_calls_by_reason.get("temperature") == 4
 
 

@@ -497,8 +497,8 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         if not (rollbacks or chosen) and L.walkers:
             w0 = L.walkers[0]
             hotter = L._hotter_than_labels(_temperature(L, steps[w0.index]), step=steps[w0.index])
-            if hotter:
-                cand_step[w0.index] = steps[w0.index]
+            if hotter:  # its frame is the one of its segment's last MD step
+                cand_step[w0.index] = steps[w0.index] - 1
         if L._label_round(lambda w: _temperature(L, steps[w.index]),
                           (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain"),
                            (hotter, "temperature")), steps=cand_step):
