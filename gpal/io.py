@@ -186,6 +186,32 @@ def json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def constraints_state(structures) -> list:
+    """Each structure's ASE constraints as JSON-able dicts (``todict``), for a resume (extended
+    XYZ keeps only FixAtoms and FixCartesian); None for a structure with one that cannot be
+    written so."""
+    out = []
+    for a in structures:
+        try:
+            cons = [c.todict() for c in a.constraints]
+            json.dumps(cons, default=json_default)
+        except Exception:  # a constraint of the user's own without todict
+            cons = None
+        out.append(cons)
+    return out
+
+
+def restore_constraints(structures, saved) -> None:
+    """Put the constraints of :func:`constraints_state` back on ``structures`` (in place)."""
+    from ase.constraints import dict2constraint
+
+    if not saved or len(saved) != len(structures):
+        return
+    for a, cons in zip(structures, saved):
+        if cons is not None:
+            a.set_constraint([dict2constraint(c) for c in cons])
+
+
 def read_model_file(path) -> tuple[dict, dict]:
     """Read and verify a model file; returns ``(arrays, metadata)``.
 

@@ -346,3 +346,19 @@ def test_a_resume_with_another_target_set_keeps_it_for_the_next_resume(tmp_path)
     again = ActiveLearner.resume(run, progress=False).targets
     assert again.quantity == "difference" and len(again.structures) == 3
     assert all(np.allclose(a.positions, b.positions) for a, b in zip(again.structures, new))
+
+
+def test_target_structures_keep_every_constraint_through_save_and_load(tmp_path):
+    """Exploring walkers start from the saved targets: a Hookean (which extended XYZ cannot
+    hold) comes back with them."""
+    from ase.constraints import FixAtoms, Hookean
+
+    a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    b = a.copy()
+    b.positions[0] += [0.2, 0.0, 0.0]
+    b.set_constraint([FixAtoms(indices=[3]), Hookean(0, 1, rt=2.7, k=4.0)])
+    d = TargetSet([a, b], quantity="energies").save(tmp_path)
+    json.dumps(d)  # the run state is JSON
+    back = TargetSet.load(json.loads(json.dumps(d)), tmp_path)
+    assert back.structures[0].constraints == []
+    assert [c.todict() for c in back.structures[1].constraints] == [c.todict() for c in b.constraints]

@@ -47,7 +47,7 @@ from .. import selection
 from .._validation import as_rng, check_atoms, check_number, frame_labels
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
-from ..io import append_frame, atomic_write, read_frames, write_frames
+from ..io import append_frame, atomic_write, constraints_state, read_frames, restore_constraints, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
@@ -188,34 +188,6 @@ def check_budgets(model, groups: dict) -> None:
                          "the bootstrap alone would pass it")
 
 
-def _constraints_state(structures) -> list:
-    """Each structure's ASE constraints as JSON-able dicts (``todict``), for a resume (extended
-    XYZ keeps only FixAtoms and FixCartesian); None for a structure with one that cannot be
-    written so."""
-    from ..io import json_default
-
-    out = []
-    for a in structures:
-        try:
-            cons = [c.todict() for c in a.constraints]
-            json.dumps(cons, default=json_default)
-        except Exception:  # a constraint of the user's own without todict
-            cons = None
-        out.append(cons)
-    return out
-
-
-def _restore_constraints(structures, saved) -> None:
-    """Put the constraints of ``_constraints_state`` back on ``structures`` (in place)."""
-    from ase.constraints import dict2constraint
-
-    if not saved or len(saved) != len(structures):
-        return
-    for a, cons in zip(structures, saved):
-        if cons is not None:
-            a.set_constraint([dict2constraint(c) for c in cons])
-
-
 def _saved_walker(template: Atoms, saved, k: int) -> Atoms:
     """Walker ``k`` of walkers.npz on a copy of its start structure ``template``."""
     try:
@@ -334,7 +306,7 @@ class ActiveLearner:
         for k, a in enumerate(self.structures):
             check_atoms(a, what=f"structures[{k}]")
             a.calc = None
-        self._constraints = _constraints_state(self.structures)  # (state.json: for a resume)
+        self._constraints = constraints_state(self.structures)  # (state.json: for a resume)
         for k, cons in enumerate(self._constraints):
             if cons is None:
                 warnings.warn(f"structures[{k}] has a constraint that cannot be saved (no todict): a "
@@ -1425,7 +1397,7 @@ class ActiveLearner:
         # the start structures; each walker is rebuilt on a copy of its own (constraints,
         # masses, magnetic moments) at its saved state by _init_walkers below
         structures = read_frames(run_dir / "structures.xyz")
-        _restore_constraints(structures, state.get("structure_constraints"))
+        restore_constraints(structures, state.get("structure_constraints"))
         n_walkers = int(state.get("n_walkers_per_structure", state.get("settings", {}).get("n_walkers", 1)))
         if n_total and len(structures) * n_walkers != n_total and n_total % len(structures) == 0:
             n_walkers = n_total // len(structures)  # a state written by a resume of an earlier version

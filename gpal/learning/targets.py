@@ -374,19 +374,22 @@ class TargetSet:
     def save(self, run_dir) -> dict:
         """Write the structures to ``run_dir/targets.xyz`` (when they are not there yet,
         e.g. a resume with another TargetSet) and return :meth:`to_dict`."""
-        from ..io import read_frames, write_frames
+        from ..io import constraints_state, read_frames, write_frames
 
         path = Path(run_dir) / "targets.xyz"
         if not path.exists() or not _same_structures(read_frames(path), self.structures):
             write_frames(path, self.structures)  # whole or not at all
-        return self.to_dict()
+        # every ASE constraint (extended XYZ keeps only FixAtoms and FixCartesian)
+        return {**self.to_dict(), "constraints": constraints_state(self.structures)}
 
     @classmethod
     def load(cls, d: dict, run_dir) -> "TargetSet":
         """The TargetSet a run saved with :meth:`save`."""
-        from ..io import read_frames
+        from ..io import read_frames, restore_constraints
 
-        return cls.from_dict(d, read_frames(Path(run_dir) / "targets.xyz"))
+        structures = read_frames(Path(run_dir) / "targets.xyz")
+        restore_constraints(structures, d.get("constraints"))
+        return cls.from_dict(d, structures)
 
     # ------------------------------------------------------------------ model side
     def add_to_sparse(self, model, max_sparse: int | None = None) -> int:
