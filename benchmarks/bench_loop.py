@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -699,12 +698,12 @@ def print_system(name, protocol, r):
               + f" eV/Å; AL / median {r['force_rmse_ratio_median_phase']:.2f}")
     bl = r.get("block_force_rmse")
     if bl:
-        print(f"    force RMSE by sixth of the ramp (AL / baseline): "
+        print("    force RMSE by sixth of the ramp (AL / baseline): "
               + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in zip(bl["al"], bl["baseline"]))
               + f"; MD labels per sixth of the run {r['labels_per_block']}")
     m = r.get("baseline_frames_to_match")
     if m:
-        print(f"    evenly spaced frames the baseline needs to match the AL force RMSE: "
+        print("    evenly spaced frames the baseline needs to match the AL force RMSE: "
               + (f"{m['frames']} ({m['frames'] / n:.2f}x the AL's oracle calls)" if m["frames"]
                  else f"more than {m['searched_up_to']}"))
     w = lab["window"]
