@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,14 +189,18 @@ def json_default(obj):
 
 def constraints_state(structures) -> list:
     """Each structure's ASE constraints as JSON-able dicts (``todict``), for a resume (extended
-    XYZ keeps only FixAtoms and FixCartesian); None for a structure with one that cannot be
-    written so."""
+    XYZ keeps only FixAtoms and FixCartesian); None for a structure with one that ASE's
+    ``dict2constraint`` cannot rebuild as the same class."""
+    from ase.constraints import dict2constraint
+
     out = []
     for a in structures:
         try:
             cons = [c.todict() for c in a.constraints]
-            json.dumps(cons, default=json_default)
-        except Exception:  # a constraint of the user's own without todict
+            back = [dict2constraint(c) for c in json.loads(json.dumps(cons, default=json_default))]
+            if [type(c) for c in back] != [type(c) for c in a.constraints]:
+                raise TypeError("rebuilt as another class")  # e.g. a subclass with its parent's todict
+        except Exception:  # a constraint of the user's own that ASE cannot rebuild
             cons = None
         out.append(cons)
     return out
@@ -207,9 +212,14 @@ def restore_constraints(structures, saved) -> None:
 
     if not saved or len(saved) != len(structures):
         return
-    for a, cons in zip(structures, saved):
-        if cons is not None:
+    for k, (a, cons) in enumerate(zip(structures, saved)):
+        if cons is None:
+            continue
+        try:
             a.set_constraint([dict2constraint(c) for c in cons])
+        except Exception as exc:  # (a state edited, or an ASE that no longer knows the class)
+            warnings.warn(f"structure {k}: its saved constraints cannot be rebuilt ({type(exc).__name__}: "
+                          f"{exc}); it keeps what the extended XYZ file holds", UserWarning, stacklevel=2)
 
 
 def read_model_file(path) -> tuple[dict, dict]:

@@ -633,7 +633,10 @@ def test_resume_keeps_constraints_that_extended_xyz_cannot_hold(tmp_path):
     assert [type(c).__name__ for c in kept] == ["FixAtoms", "Hookean"]
     assert kept[1].todict() == s.constraints[1].todict()
 
-    class Mine:  # a constraint of the user's own, without todict
+    class Mine:  # a constraint of the user's own, whose todict ASE cannot rebuild
+        def todict(self):
+            return {"name": "Mine", "kwargs": {}}
+
         def adjust_positions(self, atoms, new):
             pass
 
@@ -647,9 +650,13 @@ def test_resume_keeps_constraints_that_extended_xyz_cannot_hold(tmp_path):
             pass
 
     t = start()
-    t.set_constraint(Mine())
+    t.set_constraint([FixAtoms(indices=[0]), Mine()])
     with pytest.warns(UserWarning, match="a resumed run would lose it"):
-        ActiveLearner(t, EMT(), small_model(), run_dir=tmp_path / "other", progress=False)
+        L = ActiveLearner(t, EMT(), small_model(), run_dir=tmp_path / "other", progress=False, n_bootstrap=2,
+                          trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300))
+    L.run(5)
+    R = ActiveLearner.resume(tmp_path / "other", EMT(), progress=False)  # resumes, without it
+    assert [type(c).__name__ for c in R.walkers[0].atoms.constraints] in (["FixAtoms"], ["FixCartesian"])
 
 
 def test_a_saved_walker_that_does_not_match_its_structure_is_refused(tmp_path):

@@ -362,3 +362,21 @@ def test_target_structures_keep_every_constraint_through_save_and_load(tmp_path)
     back = TargetSet.load(json.loads(json.dumps(d)), tmp_path)
     assert back.structures[0].constraints == []
     assert [c.todict() for c in back.structures[1].constraints] == [c.todict() for c in b.constraints]
+
+
+def test_a_resume_with_fewer_target_images_restarts_an_explorer_whose_image_is_gone(tmp_path):
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    base = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    images = [base.copy() for _ in range(3)]
+    for k, b in enumerate(images):
+        b.positions[0, 0] += 0.1 * k
+    run = tmp_path / "run"
+    L = ActiveLearner(base, "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=10), run_dir=run,
+                      md=MDSettings(temperature=300), trigger=Trigger(threshold=10.0), n_bootstrap=2,
+                      progress=False, targets=TargetSet(images, quantity="barrier", explore=[2]))
+    L.run(10)
+    assert L._explore[1]["image"] == 2
+    R = ActiveLearner.resume(run, progress=False, targets=TargetSet(images[:2], quantity="barrier", explore=[1]))
+    assert R._explore[1]["image"] == 1 and R._explore[1]["start"] == 10  # started afresh on image 1
+    assert np.abs(R.walkers[1].atoms.positions - images[1].positions).max() < 1e-12
+    R.run(20)

@@ -276,3 +276,22 @@ def test_walker_segments_keep_constraints_and_masses_and_record_each_frames_step
     assert labelled and set(labelled) <= ends
     label_events = [r for r in records(tmp_path / "run") if r.get("event") == "label" and "frame_steps" in r]
     assert any(r["frame_steps"] != [r["step"]] * len(r["frame_steps"]) for r in label_events)
+
+
+def test_a_resumed_walker_run_labels_each_temperature_step_once(tmp_path):
+    """The temperature a walker's label records is its frame's: a resume reading the labels
+    back (gpal_step) does not label a reached temperature step again (a short ramp, where
+    one MD step is more than the rule's tolerance)."""
+    def make(run):
+        trig = Trigger(threshold=100.0, adaptive=False, novelty=1.0, every=5, max_labels=5, temperature_steps=2)
+        return learner(run, walker_executor=_Inline(), n_walkers=1, trigger=trig, check_every=3)
+
+    def hot(run):
+        return [r["frame_steps"] for r in records(run) if r.get("event") == "label" and r.get("reason") == "temperature"]
+
+    make(tmp_path / "ref").run(18)
+    L = make(tmp_path / "cut")
+    L.ramp_steps = 18  # the same ramp as the uninterrupted run, stopped half way
+    L.run(9)
+    ActiveLearner.resume(tmp_path / "cut", progress=False, walker_executor=_Inline()).run(18)
+    assert hot(tmp_path / "ref") == hot(tmp_path / "cut") and len(hot(tmp_path / "ref")) == 2

@@ -549,6 +549,8 @@ def _check_plots(folder: Path, names, overwrite: bool) -> None:
     existing = folder.expanduser().resolve()
     while not existing.exists():  # the folder, or the one it will be made in
         existing = existing.parent
+    if not existing.is_dir():
+        raise GpalError(f"--plots {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK):
         raise GpalError(f"--plots {folder}: {existing} is not writable")
 
@@ -818,6 +820,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..compare import ComparisonTable, compare_kernels, default_candidates
 
     if args.plot:
+        if args.plot.endswith(("/", os.sep)) or Path(args.plot).is_dir():
+            raise GpalError(f"--plot {args.plot}: a folder; give a file name")
         if not Path(args.plot).suffix:  # (matplotlib would add it): the file checked is the file written
             args.plot = f"{args.plot}.png"
         _check_output(args.plot, args.overwrite, option="--plot")

@@ -309,8 +309,9 @@ class ActiveLearner:
         self._constraints = constraints_state(self.structures)  # (state.json: for a resume)
         for k, cons in enumerate(self._constraints):
             if cons is None:
-                warnings.warn(f"structures[{k}] has a constraint that cannot be saved (no todict): a "
-                              "resumed run would lose it", UserWarning, stacklevel=2)
+                warnings.warn(f"structures[{k}] has a constraint that ASE cannot save and rebuild "
+                              "(todict / dict2constraint): a resumed run would lose it", UserWarning,
+                              stacklevel=2)
         if validation is not None and not isinstance(validation, Validation):
             validation = Validation(frames=validation)  # a list of labelled frames
         groups = group_flat({"bootstrap": bootstrap, "growth": growth, "oracle_settings": oracle_settings,
@@ -705,11 +706,18 @@ class ActiveLearner:
             wrng = np.random.default_rng(int(rng.integers(2**31)) + self.step)
             T0 = self.md.temperature_at(self.step / max((self.ramp_steps or 1) - 1, 1))
             prev = saved.get(k)
+            a = None
             if positions is not None and f"positions_{k}" in positions and prev and prev["slot"] == slot:
-                a = _saved_walker(self.targets.structures[prev["image"]], positions, k)
+                img = int(prev["image"])
+                if 0 <= img < len(self.targets.structures):
+                    try:  # (a resume with another TargetSet: its images may differ)
+                        a = _saved_walker(self.targets.structures[img], positions, k)
+                    except GpalError:
+                        a = None
+            if a is not None:
                 self.walkers.append(_Walker(k, a, self.md, wrng, GPCalculator(self.model, **calc_kw), T0))
                 self._explore[k] = dict(prev)
-            else:
+            else:  # new, or its target image is not in the TargetSet given on resume
                 self.walkers.append(self._explore_walker(k, slot, wrng, T0))
             k += 1
 
