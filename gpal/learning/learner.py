@@ -16,10 +16,13 @@ The loop (one round per MD step of every walker)::
 
 Everything a run produces lives in its run folder::
 
-    train.xyz     every labelled frame, appended the moment the oracle returns
+    train.xyz     every labelled frame, appended the moment the oracle returns; its info
+                  holds gpal_reason (bootstrap, uncertain, rollback, temperature, target,
+                  initial), gpal_step (the MD step of the frame) and gpal_walker
     log.jsonl     one JSON record per logged step / event (labels, rollbacks, failures)
     model.npz     the latest model checkpoint (gpal.load)
-    state.json    learner state for ``resume``; walkers.npz positions and momenta
+    state.json    learner state for ``resume`` (with the start structures' constraints);
+                  structures.xyz the start structures; walkers.npz positions and momenta
     summary.json  final summary; learning_curve.png and validation plots
 
 After a crash (even ``kill -9``) :meth:`ActiveLearner.resume` reloads the checkpoint and
