@@ -539,9 +539,8 @@ VALIDATION_PLOTS = ("parity_forces.png", "parity_energy.png", "calibration_curve
 
 def _check_plots(folder: Path, names, overwrite: bool) -> None:
     """A GpalError now (not after the work) if ``folder`` holds any of the plots ``names``
-    and ``overwrite`` is not given, or ``folder`` is a file."""
-    if folder.exists() and not folder.is_dir():
-        raise GpalError(f"--plots {folder}: a file, not a folder")
+    and ``overwrite`` is not given, or it (or the folder it would be made in) is a file or
+    not writable."""
     there = [n for n in names if (folder / n).exists()]
     if there and not overwrite:
         raise GpalError(f"--plots {folder}: holds {there[0]} (plots of an earlier run); give another "

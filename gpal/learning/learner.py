@@ -194,7 +194,8 @@ def check_budgets(model, groups: dict) -> None:
 def _saved_walker(template: Atoms, saved, k: int) -> Atoms:
     """Walker ``k`` of walkers.npz on a copy of its start structure ``template``."""
     try:
-        return walker_atoms(template, *(saved[f"{x}_{k}"] for x in ("numbers", "positions", "momenta", "cell", "pbc")))
+        return walker_atoms(template, saved[f"positions_{k}"], saved[f"momenta_{k}"], saved[f"cell_{k}"],
+                            numbers=saved[f"numbers_{k}"], pbc=saved[f"pbc_{k}"])
     except ValueError as exc:
         raise GpalError(f"walkers.npz, walker {k}: {exc}") from None
 

@@ -111,36 +111,39 @@ def blown_up(atoms, max_force: float, max_temperature: float) -> str | None:
     return None
 
 
-def walker_atoms(template, numbers, positions, momenta, cell, pbc):
+def walker_atoms(template, positions, momenta, cell, numbers=None, pbc=None):
     """A walker's saved state on a copy of its start structure.
 
     The copy keeps what the saved arrays do not hold (constraints, masses, initial
-    magnetic moments, charges, tags); ``numbers`` must match the template's.
+    magnetic moments, charges, tags).
 
     Parameters
     ----------
     template : ase.Atoms
         The walker's start structure.
-    numbers : array of int, shape (N,)
     positions, momenta : array, shape (N, 3)
         Å and ASE momentum units.
     cell : array, shape (3, 3)
         Å.
-    pbc : array of bool, shape (3,)
+    numbers : array of int, shape (N,), optional
+        The saved species, checked against the template's (ValueError if they differ).
+    pbc : array of bool, shape (3,), optional
+        Default: the template's.
 
     Returns
     -------
     ase.Atoms
-        Without a calculator.
+        Without a calculator (``Atoms.copy`` leaves it behind).
     """
-    numbers = np.asarray(numbers)
-    if len(template) != len(numbers) or not np.array_equal(template.numbers, numbers):
-        raise ValueError(f"a saved walker ({len(numbers)} atoms) does not match its start structure "
-                         f"({template.get_chemical_formula()})")
+    if numbers is not None:
+        numbers = np.asarray(numbers)
+        if len(template) != len(numbers) or not np.array_equal(template.numbers, numbers):
+            raise ValueError(f"a saved walker ({len(numbers)} atoms) does not match its start structure "
+                             f"({template.get_chemical_formula()})")
     a = template.copy()
-    a.calc = None
     a.set_cell(np.asarray(cell, dtype=float), scale_atoms=False)
-    a.pbc = np.asarray(pbc, dtype=bool)
+    if pbc is not None:
+        a.pbc = np.asarray(pbc, dtype=bool)
     a.set_positions(np.asarray(positions, dtype=float), apply_constraint=False)
     a.set_momenta(np.asarray(momenta, dtype=float), apply_constraint=False)
     return a

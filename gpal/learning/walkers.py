@@ -214,8 +214,7 @@ def run_segment(task: dict) -> dict:
     trig = (_import(task["trigger_class"]) if task.get("trigger_class") else Trigger)(**task["trigger"])
     start, end = int(task["start"]), int(task["end"])
     ramp = max(int(task["ramp_steps"]) - 1, 1)
-    atoms = walker_atoms(task["atoms"], task["atoms"].numbers, task["positions"], task["momenta"],
-                         task["cell"], task["atoms"].pbc)
+    atoms = walker_atoms(task["atoms"], task["positions"], task["momenta"], task["cell"])
     rng = np.random.default_rng([int(s) for s in task["seed"]])
     calc = GPCalculator(model, std_every=0, record_std=False)  # the trigger asks the model itself
     w = _Walker(int(task["walker"]), atoms, md, rng, calc, md.temperature_at(start / ramp))
@@ -346,7 +345,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
                  "good": w.good, "recent": []}
     return {
         "model": data, "model_key": key,
-        "walker": w.index, "atoms": _bare(w.atoms),
+        "walker": w.index, "atoms": w.atoms.copy(),  # (without its calculator)
         "positions": np.array(state["positions"]), "momenta": np.array(state["momenta"]),
         "cell": np.array(state["cell"]), "good": tuple(np.array(x) for x in state["good"]),
         "start": int(start), "end": int(end), "ramp_steps": int(L.ramp_steps),
@@ -359,13 +358,6 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "max_force": L.max_force, "max_temperature": L.max_temperature,
         "submitted": time.time(),
     }
-
-
-def _bare(atoms: Atoms) -> Atoms:
-    """A copy without calculator: what the worker rebuilds the walker on (constraints, masses)."""
-    a = atoms.copy()
-    a.calc = None
-    return a
 
 
 def _temperature(L: "ActiveLearner", step: int) -> float:
