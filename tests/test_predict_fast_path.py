@@ -2,10 +2,10 @@
 
 ``SparseGP.predict`` normalises the sparse rows once per model, forms kernel values,
 energies and the weighted gradient in one pass (``CosineKernel.prediction_terms``) and
-computes the local-energy variances by a blocked forward substitution with precomputed
-inverse blocks (``_LocalStdFactors``). Each is checked here against the direct
+computes the local-energy variances by triangular matrix products with precomputed
+per-species factors (``_LocalStdFactors``). Each is checked here against the direct
 formulas (kernel calls, triangular solves), on one- and two-species models, with the
-block and chunk sizes made small so that several blocks and chunks are exercised, and
+chunk size made small so that several chunks are exercised, and
 after the factorisation changes (new frames, new sparse points).
 """
 
@@ -71,8 +71,7 @@ def assert_matches(pred, ref, rtol_std=1e-8):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 7 sparse columns and chunks of 5 atoms: several of each per prediction."""
-    monkeypatch.setattr(potential, "_STD_BLOCK", 7)
+    """Chunks of 5 atoms: several per prediction."""
     monkeypatch.setattr(potential, "_STD_CHUNK", 5)
 
 
@@ -115,12 +114,12 @@ def test_one_species_md_cell_equals_the_direct_formulas(small_blocks):
         assert_matches(model.predict(cell, return_std=True), reference(model, cell))
 
 
-def test_default_block_sizes_on_a_saved_and_loaded_model(tmp_path):
+def test_default_chunk_size_on_a_saved_and_loaded_model(tmp_path):
     train = cu_frames(4, seed=9, size=(2, 2, 2))  # 128 environments
     model = SparseGP(soap_for(train), n_sparse=110, hyperparameters="fixed").fit(train)
     back = SparseGP.load(model.save(tmp_path / "m.npz"))
-    test = cu_frames(1, seed=10, size=(2, 2, 2))[0]
-    assert len(back.sparse_X_) > potential._STD_BLOCK
+    test = cu_frames(1, seed=10, size=(2, 2, 2))[0].repeat((3, 3, 1))  # 288 atoms
+    assert len(test) > potential._STD_CHUNK
     assert_matches(back.predict(test, return_std=True), reference(back, test))
 
 
