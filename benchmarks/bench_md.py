@@ -132,6 +132,38 @@ The same command on another 2-core machine (a new session, quiet: load average 0
 gpal is about as fast as above, but EMT and GAP are faster on this machine, so neither
 target is met here (<= 0.7x EMT, >= 60x GAP).
 
+Local stds by two triangular products per species (``_LocalStdFactors``: the explicit
+inverse of the species' block of L, and the Cholesky factor of the species' block of
+R_w⁻¹R_w⁻ᵀ), and the total-energy std by one BLAS trsv: the std terms of a 108-atom
+step 18 -> 14 µs/atom. This release (main) and the previous one (base, git e758e29) as two
+concurrent processes, ``--n-sparse 500 --sizes 3 10 --interleaved --load quiet --steps
+20 --steps-large 2 --nve-steps 0 --blocks 9 --no-gap`` (load average 0.2-0.8; CPU
+µs/atom/step, medians; EMT of each process)::
+
+    run  atoms  base   main   main/base  EMT (base / main)  gpal/EMT (base -> main)
+    1    108    72.0   64.5   0.90       93.9 / 92.3        0.77 -> 0.70
+    1    4000   62.4   55.9   0.90       92.5 / 89.6        0.67 -> 0.62
+    2    108    67.2   62.1   0.92       88.2 / 88.6        0.76 -> 0.70
+    2    4000   58.5   55.8   0.95       86.1 / 87.0        0.68 -> 0.64
+
+and this release with GAP in the same run (``--load both``, load average 1.0-1.1)::
+
+    machine  atoms  gpal   EMT   GAP   gpal/EMT  GAP/gpal
+    quiet    108    67.0   92.8  2519  0.72      38
+    quiet    4000   58.8   92.7  2409  0.63      41
+    busy     108    70.5   95.1  2569  0.74      36
+    busy     4000   58.4   94.2  2407  0.62      41
+
+Target <= 0.7x EMT: met at 4000 atoms, at the line at 108 (0.70-0.74). Target >= 60x
+GAP: not met (36-41x). What is left is at the speed of the hardware: per 108-atom step
+(µs/atom, one thread) the two kernel products (X Zᵀ and the weighted gradient, 2 x M x F
+= 252k multiply-adds) ~13-14, the two triangular products of the stds (M² = 250k) ~11,
+both at 18-23 G multiply-adds/s, which is one core's double-precision matrix-product
+speed; the SOAP expansion ~15 and back-pass ~9.5 (compiled); the rest (neighbour list,
+forces, stress, checks, ASE's step) ~8-10. 60x GAP would need ~40 µs/atom, less than the
+matrix products and the SOAP passes take together; with M = 500 sparse points the stds
+alone cost what a step without them costs in kernel products.
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
