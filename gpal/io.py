@@ -206,6 +206,18 @@ def constraints_state(structures) -> list:
     return out
 
 
+def savable_constraints(structures, what: str = "structures") -> list:
+    """:func:`constraints_state` of ``structures``, warning for each one whose constraint
+    ASE cannot save and rebuild (a resumed run would lose it)."""
+    state = constraints_state(structures)
+    for k, cons in enumerate(state):
+        if cons is None:
+            warnings.warn(f"{what}[{k}] has a constraint that ASE cannot save and rebuild "
+                          "(todict / dict2constraint): a resumed run would lose it", UserWarning,
+                          stacklevel=3)
+    return state
+
+
 def restore_constraints(structures, saved) -> None:
     """Put the constraints of :func:`constraints_state` back on ``structures`` (in place)."""
     from ase.constraints import dict2constraint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -362,6 +363,38 @@ def test_target_structures_keep_every_constraint_through_save_and_load(tmp_path)
     back = TargetSet.load(json.loads(json.dumps(d)), tmp_path)
     assert back.structures[0].constraints == []
     assert [c.todict() for c in back.structures[1].constraints] == [c.todict() for c in b.constraints]
+
+
+def test_a_target_constraint_that_cannot_be_saved_warns_at_construction():
+    """As a start structure's: exploring walkers start on the target images, and a
+    resume would lose a constraint ASE cannot rebuild."""
+    from ase.constraints import FixAtoms
+
+    class Mine:  # a constraint of the user's own, whose todict ASE cannot rebuild
+        def todict(self):
+            return {"name": "Mine", "kwargs": {}}
+
+        def adjust_positions(self, atoms, new):
+            pass
+
+        def adjust_forces(self, atoms, forces):
+            pass
+
+        def get_removed_dof(self, atoms):
+            return 0
+
+        def index_shuffle(self, atoms, ind):
+            pass
+
+    a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    b = a.copy()
+    b.set_constraint([FixAtoms(indices=[0]), Mine()])
+    with pytest.warns(UserWarning, match=r"target structures\[1\] has a constraint .* a resumed run would lose it"):
+        TargetSet([a, b], quantity="energies")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b.set_constraint(FixAtoms(indices=[0]))
+        TargetSet([a, b], quantity="energies")  # savable: no warning
 
 
 def test_a_resume_with_fewer_target_images_restarts_an_explorer_whose_image_is_gone(tmp_path):

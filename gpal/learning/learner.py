@@ -50,7 +50,7 @@ from .. import selection
 from .._validation import as_rng, check_atoms, check_number, frame_labels
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
-from ..io import append_frame, atomic_write, constraints_state, read_frames, restore_constraints, write_frames
+from ..io import append_frame, atomic_write, read_frames, restore_constraints, savable_constraints, write_frames
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
@@ -310,12 +310,7 @@ class ActiveLearner:
         for k, a in enumerate(self.structures):
             check_atoms(a, what=f"structures[{k}]")
             a.calc = None
-        self._constraints = constraints_state(self.structures)  # (state.json: for a resume)
-        for k, cons in enumerate(self._constraints):
-            if cons is None:
-                warnings.warn(f"structures[{k}] has a constraint that ASE cannot save and rebuild "
-                              "(todict / dict2constraint): a resumed run would lose it", UserWarning,
-                              stacklevel=2)
+        self._constraints = savable_constraints(self.structures)  # (state.json: for a resume)
         if validation is not None and not isinstance(validation, Validation):
             validation = Validation(frames=validation)  # a list of labelled frames
         groups = group_flat({"bootstrap": bootstrap, "growth": growth, "oracle_settings": oracle_settings,

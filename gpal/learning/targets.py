@@ -177,6 +177,9 @@ class TargetSet:
         for k, a in enumerate(self.structures):
             check_atoms(a, what=f"target structures[{k}]")
             a.calc = None
+        from ..io import savable_constraints
+
+        savable_constraints(self.structures, "target structures")  # exploring walkers start there
         if quantity not in TARGET_QUANTITIES:
             raise ValueError(f"Invalid target quantity {quantity!r}; choose from {TARGET_QUANTITIES}")
         self.quantity = quantity
