@@ -519,6 +519,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _check_output(path, overwrite: bool, suffix: str | None = None, option: str = "-o") -> None:
     """A GpalError now (not after the work) if ``path`` (with ``suffix`` added when it has
     another) exists and ``overwrite`` is not given, or its folder is missing or not writable."""
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
+        raise GpalError(f"{option} {path}: a folder; give a file name")
     target = Path(path)
     if suffix and target.suffix != suffix:
         target = target.with_name(target.name + suffix)
@@ -819,11 +821,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..compare import ComparisonTable, compare_kernels, default_candidates
 
     if args.plot:
-        if args.plot.endswith(("/", os.sep)) or Path(args.plot).is_dir():
-            raise GpalError(f"--plot {args.plot}: a folder; give a file name")
-        if not Path(args.plot).suffix:  # (matplotlib would add it): the file checked is the file written
-            args.plot = f"{args.plot}.png"
-        _check_output(args.plot, args.overwrite, option="--plot")
+        plot = args.plot
+        if not Path(plot).suffix and not plot.endswith(("/", os.sep)):
+            plot = f"{plot}.png"  # (matplotlib adds it): the file checked is the file written
+        _check_output(plot, args.overwrite, option="--plot")
+        args.plot = plot
     train = _read_labelled(args.train, args, "training frames")
     test = _read_labelled(args.test, args, "test frames")
     widths = ComparisonTable.column_widths(names=[c.name for c in default_candidates()])
