@@ -1079,3 +1079,61 @@ def test_md_protocol_fixes_a_ramp_only_with_md_steps_and_refuses_dynamics_that_c
     R = ActiveLearner.resume(tmp_path / "c", progress=False)
     R.run(40)
     assert R.ramp_steps == 40
+
+
+def _events(run_dir, name):
+    return [r for r in map(json.loads, open(Path(run_dir) / "log.jsonl")) if r.get("event") == name]
+
+
+def test_the_saved_model_is_one_fit_of_every_label(tmp_path):
+    """At the end of a run the model is fitted once more to every label: the sparse set is
+    picked again at its size and the hyperparameters re-chosen, as a fresh fit of the run's
+    labels with the model's settings would (the same model, to the last digit); a resume
+    with no new label does not fit again."""
+    from sklearn.base import clone
+
+    run = tmp_path / "run"
+    L = learner(run, n_bootstrap=2)
+    L.run(60)
+    final = _events(run, "final_fit")
+    labels = read(str(run / "train.xyz"), ":")
+    assert len(final) == 1 and final[0]["labels"] == len(labels) == L.n_labelled > 2
+    fresh = clone(L.model).set_params(n_sparse=final[0]["n_sparse"]).fit(labels)
+    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
+    np.testing.assert_array_equal(fresh.sparse_X_, L.model.sparse_X_)
+    np.testing.assert_allclose(L.model.predict(probe)["forces"], fresh.predict(probe)["forces"], rtol=0, atol=1e-12)
+    saved = gpal.load(run / "model.npz")
+    np.testing.assert_allclose(saved.predict(probe)["forces"], fresh.predict(probe)["forces"], rtol=0, atol=1e-12)
+    R = ActiveLearner.resume(run)
+    assert not R._final_fit_due()
+
+
+def test_a_certified_stop_keeps_the_model_it_judged(tmp_path):
+    """A stop by the stopping rule judged the model as it was: no final fit replaces it."""
+    run = tmp_path / "run"
+    L = learner(run, stopping=StoppingRule(tolerance=50.0, patience=1, use="scale"), check_every=10,
+                n_bootstrap=2, trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False),
+                md=MDSettings(temperature=600))
+    summary = L.run(200)
+    assert summary.stopped_early and L.n_labelled > 2
+    assert not _events(run, "final_fit")
+
+
+def test_a_failed_final_fit_keeps_the_run_model(tmp_path):
+    run = tmp_path / "run"
+    L = learner(run, n_bootstrap=2)
+    L.run(30)
+    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
+    before = L.model.predict(probe, return_std=True)
+
+    def broken_fit(frames):
+        L.model.sparse_X_ = None  # half-way through
+        raise ValueError("no fit")
+
+    L.model.fit = broken_fit
+    L._last_fit = 0  # a label since the last whole fit
+    L._final_fit()
+    after = L.model.predict(probe, return_std=True)
+    for key in ("energy", "forces", "energies_std"):
+        np.testing.assert_array_equal(after[key], before[key])
+    assert _events(run, "final_fit_failed")[-1]["reason"] == "no fit"
