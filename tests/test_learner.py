@@ -1137,3 +1137,65 @@ def test_a_failed_final_fit_keeps_the_run_model(tmp_path):
     for key in ("energy", "forces", "energies_std"):
         np.testing.assert_array_equal(after[key], before[key])
     assert _events(run, "final_fit_failed")[-1]["reason"] == "no fit"
+
+
+def test_the_final_fit_keeps_what_the_user_fixed(tmp_path):
+    """optimize_noise=False keeps the noises the first fit chose, a per-species n_sparse
+    stays per species, and a resume after a certified stop does not replace the model."""
+    from ase.calculators.emt import EMT as _EMT
+
+    run = tmp_path / "noise"
+    L = learner(run, n_bootstrap=2, optimize_noise=False, optimize_every=20)  # no scheduled refit
+    first = {}
+    bootstrap = L._bootstrap
+
+    def spy():
+        bootstrap()
+        first.update(L.model.noise_)
+
+    L._bootstrap = spy
+    L.run(60)
+    assert _events(run, "final_fit") and not _events(run, "hyperparameters")
+    assert L.model.noise_ == pytest.approx(first, rel=1e-12)
+
+    a = bulk("Cu", "fcc", a=3.75, cubic=True).repeat((2, 2, 1))
+    a.numbers[::4] = 47
+    model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP),
+                     n_sparse={"Cu": 20, "Ag": 10})
+    L = ActiveLearner(a, _EMT(), model, run_dir=tmp_path / "species", progress=False, n_bootstrap=2,
+                      trigger=Trigger(threshold=0.005), md=MDSettings(temperature=(300, 1200)), sparse_per_label=5)
+    L.run(40)
+    assert _events(tmp_path / "species", "final_fit")
+    z = L.model.sparse_species_
+    assert L.model.n_sparse == {"Cu": int(np.sum(z == 29)), "Ag": int(np.sum(z == 47))}
+
+    run = tmp_path / "certified"
+    L = learner(run, stopping=StoppingRule(tolerance=50.0, patience=1, use="scale"), check_every=10,
+                n_bootstrap=2, trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False),
+                md=MDSettings(temperature=600))
+    assert L.run(200).stopped_early
+    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
+    judged = L.model.predict(probe)["forces"]
+    R = ActiveLearner.resume(run)
+    with pytest.warns(UserWarning, match="no MD step is run"):
+        R.run(R.step - 1)
+    assert not _events(run, "final_fit")
+    np.testing.assert_array_equal(R.model.predict(probe)["forces"], judged)
+
+
+def test_an_interrupted_final_fit_leaves_the_model_whole(tmp_path):
+    run = tmp_path / "run"
+    L = learner(run, n_bootstrap=2)
+    L.run(30)
+    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
+    before = L.model.predict(probe)["forces"]
+
+    def interrupted_fit(frames):
+        L.model.sparse_X_ = L.model.sparse_X_[:3]  # half-way through
+        raise KeyboardInterrupt
+
+    L.model.fit = interrupted_fit
+    L._last_fit = 0
+    with pytest.raises(KeyboardInterrupt):
+        L._final_fit()
+    np.testing.assert_array_equal(L.model.predict(probe)["forces"], before)

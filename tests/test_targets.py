@@ -413,3 +413,22 @@ def test_a_resume_with_fewer_target_images_restarts_an_explorer_whose_image_is_g
     assert R._explore[1]["image"] == 1 and R._explore[1]["start"] == 10  # started afresh on image 1
     assert np.abs(R.walkers[1].atoms.positions - images[1].positions).max() < 1e-12
     R.run(20)
+
+
+def test_the_final_fit_puts_the_target_environments_back_in_the_sparse_set(tmp_path):
+    """The end-of-run fit picks the sparse set from labelled frames; the targets'
+    environments (added without a label) join it again, as after the bootstrap."""
+    images, _ = vacancy_path(3)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    ts = TargetSet(images, quantity="barrier", w_floor=0.0, min_reduction=0.0)
+    run = tmp_path / "run"
+    L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run,
+                      md=MDSettings(temperature=800), trigger=Trigger(threshold=10.0, every=5),
+                      n_bootstrap=2, check_every=20, progress=False, targets=ts)
+    L.run(30)
+    events = [json.loads(x).get("event") for x in open(run / "log.jsonl")]
+    assert "final_fit" in events and events.index("target_sparse") < events.index("final_fit")
+    assert events[events.index("final_fit") + 1:].count("target_sparse") == 1
+    X = np.vstack([L.model.descriptor_.create(a) for a in images])
+    gap = np.min(np.linalg.norm(L.model.sparse_X_[:, None, :] - X[None, :, :], axis=2), axis=1)
+    assert np.sum(gap < 1e-10) >= 3  # target environments are sparse points again

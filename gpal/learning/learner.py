@@ -50,7 +50,7 @@ from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import as_rng, check_atoms, check_number, frame_labels
+from .._validation import as_rng, check_atoms, check_number, frame_labels, species_number
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
 from ..io import append_frame, atomic_write, read_frames, restore_constraints, savable_constraints, write_frames
@@ -375,7 +375,7 @@ class ActiveLearner:
         self.total_steps = 0
         self.ramp_steps: int | None = None
         self._stopped = (False, "")
-        self._certified = False  # stopped by the stopping rule or a target tolerance
+        self._certified_at = -1  # labels when the stopping rule or a target tolerance stopped the run
         self._val_history: list = []
         self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
@@ -442,6 +442,7 @@ class ActiveLearner:
             "n_refresh": self.n_refresh,
             "last_optimization": self._last_opt,
             "last_whole_fit": self._last_fit,
+            "certified_labels": self._certified_at,
             "threshold": self.threshold_,
             "recent_uncertainty": self._recent_unc[-self.trigger.adapt_window:],
             "label_force_squares": self._force_sq,
@@ -556,11 +557,8 @@ class ActiveLearner:
         """Hyperparameters by the evidence, then a fresh calibration (the noise moved)."""
         self._last_opt = self.n_labelled
         evidence = getattr(self.model, "hyperparameters", "fixed") == "evidence"
-        if evidence and not self.optimize_noise and getattr(self.model, "noise_", None):
-            # the evidence re-chooses what is unset: the noises it chose first are kept
-            names = {"energy": "energy_noise", "force": "force_noise", "stress": "stress_noise"}
-            self.model.set_params(**{p: float(self.model.noise_[g]) for g, p in names.items()
-                                     if getattr(self.model, p) is None and g in self.model.noise_})
+        if evidence:
+            self._keep_noises()
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
@@ -581,6 +579,15 @@ class ActiveLearner:
         if self.bootstrap_done:
             self.calibrate()
 
+    def _keep_noises(self) -> None:
+        """Without ``optimize_noise`` the noises the first fit chose are kept: they become
+        the model's parameters (the evidence re-chooses only what is unset)."""
+        if self.optimize_noise or not getattr(self.model, "noise_", None):
+            return
+        names = {"energy": "energy_noise", "force": "force_noise", "stress": "stress_noise"}
+        self.model.set_params(**{p: float(self.model.noise_[g]) for g, p in names.items()
+                                 if getattr(self.model, p) is None and g in self.model.noise_})
+
     def _descriptor_free(self) -> bool:
         """The model's SOAP is gpal's default (the user gave none) and the labels are enough to choose it."""
         from ..model.defaults import _MIN_FRAMES_DESCRIPTOR_SEARCH
@@ -594,17 +601,25 @@ class ActiveLearner:
 
         The first fit chose on the bootstrap frames, too few to choose a descriptor
         (:data:`gpal.model.defaults._MIN_FRAMES_DESCRIPTOR_SEARCH`); this is the scheduled
-        refit that may. The sparse set keeps its size and is picked again from the
-        labelled frames in the chosen SOAP's features.
+        refit that may. The sparse set keeps its size (per species when ``n_sparse`` was
+        given per species) and is picked again from the labelled frames in the chosen
+        SOAP's features; a TargetSet's environments then join it again.
         """
         frames = read_frames(self.train_path)  # oracle labels (a baseline is subtracted by fit)
-        self.model.set_params(n_sparse=int(len(self.model.sparse_X_)))
+        asked, zsp = self.model.n_sparse, self.model.sparse_species_
+        if isinstance(asked, dict):  # per species, as the user gave it
+            size = {k: max(1, int(np.count_nonzero(zsp == species_number(k, "n_sparse")))) for k in asked}
+        else:
+            size = int(len(zsp))
+        self.model.set_params(n_sparse=size)
         self.model.fit(frames)
         self._last_fit = self.n_labelled
         d = self.model.descriptor_
         self._log({"event": event, "step": self.step, "labels": len(frames), "sigma": getattr(d, "sigma", None),
                    "l_max": getattr(d, "l_max", None), "n_sparse": int(len(self.model.sparse_X_)),
                    "kernel": repr(self.model.kernel_), "noise": getattr(self.model, "noise_", None)})
+        if self.targets is not None:  # the fit picks from labelled frames: the targets' points again
+            self._target_sparse()
 
     # ------------------------------------------------------------------ bootstrap
     def _candidates(self, rng) -> list[Atoms]:
@@ -812,6 +827,7 @@ class ActiveLearner:
                           "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = steps
+        self._stopped = (False, "")  # (a continued run reports its own stop)
         if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
             self.ramp_steps = self.total_steps
         try:
@@ -1033,11 +1049,12 @@ class ActiveLearner:
 
     def _final_fit_due(self) -> bool:
         """A model chosen by the evidence, with scheduled refits (``optimize_every``), that
-        has had labels since its last fit of every label, and no certificate to keep (a
-        stop by the stopping rule or a target tolerance was judged on the model as it is)."""
+        has had labels since its last fit of every label and since a stop by the stopping
+        rule or a target tolerance (a certificate judged on the model as it is, kept
+        through a resume)."""
         return (getattr(self.model, "hyperparameters", "fixed") == "evidence" and bool(self.optimize_every)
-                and getattr(self.model, "alpha_", None) is not None and self.n_labelled > self._last_fit
-                and not self._certified and self.train_path.exists())
+                and getattr(self.model, "alpha_", None) is not None
+                and self.n_labelled > max(self._last_fit, self._certified_at) and self.train_path.exists())
 
     def _final_fit(self) -> None:
         """The saved model: one fit of every label, as the scheduled evidence refits do.
@@ -1056,10 +1073,13 @@ class ActiveLearner:
         """
         before = dict(vars(self.model))
         try:
+            self._keep_noises()
             self._refit_by_evidence(event="final_fit")
-        except (GpalError, np.linalg.LinAlgError, ValueError) as exc:
+        except BaseException as exc:  # (an interrupt too: the user's model object stays whole)
             vars(self.model).clear()
             vars(self.model).update(before)
+            if not isinstance(exc, (GpalError, np.linalg.LinAlgError, ValueError)):
+                raise
             self._log({"event": "final_fit_failed", "step": self.step, "reason": str(exc)})
             return
         for w in self.walkers:
@@ -1160,7 +1180,7 @@ class ActiveLearner:
                    "stop": bool(stop)})
         if stop:
             self._stopped = (True, f"target std {res['max_std']:.3g} <= tolerance {self.targets.tolerance}")
-            self._certified = True
+            self._certified_at = self.n_labelled
             log.info("gpal: %s", self._stopped[1])
         return stop
 
@@ -1341,7 +1361,7 @@ class ActiveLearner:
         self._log({"event": "stop_check", **decision.to_dict()})
         if decision.stop:
             self._stopped = (True, decision.reason)
-            self._certified = True
+            self._certified_at = self.n_labelled
             log.info("gpal: %s", decision.reason)
         return decision.stop
 
@@ -1515,6 +1535,7 @@ class ActiveLearner:
         self.n_refresh = state.get("n_refresh", 0)
         self._last_opt = state.get("last_optimization", 0)
         self._last_fit = state.get("last_whole_fit", 0)
+        self._certified_at = state.get("certified_labels", -1)
         self.threshold_ = state["threshold"]
         self._recent_unc = list(state.get("recent_uncertainty", []))
         if "label_force_squares" in state:

@@ -178,8 +178,11 @@ class _LocalStdFactors:
     residual's error against a long-double refined solve is 1.0e-6 of itself with the
     explicit inverse, 4e-7 with a triangular solve and 6e-7 with the blocked
     substitution of the previous release, i.e. ~4e-15 of the prior variance for all
-    three, the rounding of the subtraction itself. Energies, forces and stress do not
-    use these factors.
+    three, the rounding of the subtraction itself. On badly conditioned models the
+    explicit inverses lose more: with a force noise of 1e-7 (cond(R_w) 1.4e8) the local
+    variance is 3.8e-5 from the long-double value, against 8.3e-6 for the previous
+    release's substitution and 1.9e-6 for plain triangular solves, always within 5e-14
+    of the prior variance. Energies, forces and stress do not use these factors.
 
     Attributes
     ----------
