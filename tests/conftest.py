@@ -73,3 +73,22 @@ def refit_without_frame(model, b):
     ref = SparseGPSolver().fit(sol.K_mm_, sol.K_nm_[keep], sol.y_[keep], sol.noise_std_[keep],
                                jitter=model.jitter)
     return ref, np.flatnonzero(~keep)
+
+
+class UnsavableConstraint:
+    """A constraint of a user's own, whose ``todict`` ASE's ``dict2constraint`` cannot rebuild."""
+
+    def todict(self):
+        return {"name": "UnsavableConstraint", "kwargs": {}}
+
+    def adjust_positions(self, atoms, new):
+        pass
+
+    def adjust_forces(self, atoms, forces):
+        pass
+
+    def get_removed_dof(self, atoms):
+        return 0
+
+    def index_shuffle(self, atoms, ind):
+        pass

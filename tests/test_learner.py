@@ -23,7 +23,7 @@ from gpal import SOAP, ActiveLearner, MDSettings, OracleSpec, SparseGP, Trigger
 from gpal.calibration import StoppingRule
 
 from _oracles import FlakyEMT, NaNCalculator, NoStressEMT
-from conftest import POLY, SMALL_SOAP, cu_frames
+from conftest import POLY, SMALL_SOAP, UnsavableConstraint, cu_frames
 
 pytestmark = pytest.mark.slow
 
@@ -633,24 +633,8 @@ def test_resume_keeps_constraints_that_extended_xyz_cannot_hold(tmp_path):
     assert [type(c).__name__ for c in kept] == ["FixAtoms", "Hookean"]
     assert kept[1].todict() == s.constraints[1].todict()
 
-    class Mine:  # a constraint of the user's own, whose todict ASE cannot rebuild
-        def todict(self):
-            return {"name": "Mine", "kwargs": {}}
-
-        def adjust_positions(self, atoms, new):
-            pass
-
-        def adjust_forces(self, atoms, forces):
-            pass
-
-        def get_removed_dof(self, atoms):
-            return 0
-
-        def index_shuffle(self, atoms, ind):
-            pass
-
     t = start()
-    t.set_constraint([FixAtoms(indices=[0]), Mine()])
+    t.set_constraint([FixAtoms(indices=[0]), UnsavableConstraint()])
     with pytest.warns(UserWarning, match="a resumed run would lose it"):
         L = ActiveLearner(t, EMT(), small_model(), run_dir=tmp_path / "other", progress=False, n_bootstrap=2,
                           trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300))

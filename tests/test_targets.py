@@ -13,7 +13,7 @@ from ase.build import bulk
 from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
 from gpal import TargetSet
 
-from conftest import POLY, SMALL_SOAP, label
+from conftest import POLY, SMALL_SOAP, UnsavableConstraint, label
 
 
 def vacancy_path(n_images=5):
@@ -370,25 +370,9 @@ def test_a_target_constraint_that_cannot_be_saved_warns_at_construction():
     resume would lose a constraint ASE cannot rebuild."""
     from ase.constraints import FixAtoms
 
-    class Mine:  # a constraint of the user's own, whose todict ASE cannot rebuild
-        def todict(self):
-            return {"name": "Mine", "kwargs": {}}
-
-        def adjust_positions(self, atoms, new):
-            pass
-
-        def adjust_forces(self, atoms, forces):
-            pass
-
-        def get_removed_dof(self, atoms):
-            return 0
-
-        def index_shuffle(self, atoms, ind):
-            pass
-
     a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
     b = a.copy()
-    b.set_constraint([FixAtoms(indices=[0]), Mine()])
+    b.set_constraint([FixAtoms(indices=[0]), UnsavableConstraint()])
     with pytest.warns(UserWarning, match=r"target structures\[1\] has a constraint .* a resumed run would lose it"):
         TargetSet([a, b], quantity="energies")
     with warnings.catch_warnings():
