@@ -1082,7 +1082,7 @@ def test_the_saved_model_is_one_fit_of_every_label(tmp_path):
     final = _events(run, "final_fit")
     labels = read(str(run / "train.xyz"), ":")
     assert len(final) == 1 and final[0]["labels"] == len(labels) == L.n_labelled > 2
-    fresh = clone(L.model).set_params(n_sparse=final[0]["n_sparse"]).fit(labels)
+    fresh = clone(L.model).set_params(n_sparse={29: final[0]["n_sparse"]}).fit(labels)
     probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
     np.testing.assert_array_equal(fresh.sparse_X_, L.model.sparse_X_)
     np.testing.assert_allclose(L.model.predict(probe)["forces"], fresh.predict(probe)["forces"], rtol=0, atol=1e-12)
@@ -1147,11 +1147,21 @@ def test_the_final_fit_keeps_what_the_user_fixed(tmp_path):
     model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP),
                      n_sparse={"Cu": 20, "Ag": 10})
     L = ActiveLearner(a, _EMT(), model, run_dir=tmp_path / "species", progress=False, n_bootstrap=2,
-                      trigger=Trigger(threshold=0.005), md=MDSettings(temperature=(300, 1200)), sparse_per_label=5)
+                      trigger=Trigger(threshold=0.005), md=MDSettings(temperature=(300, 1200)), sparse_per_label=5,
+                      max_sparse=40)
+    counts = []
+    final_fit = L._final_fit
+
+    def spy():
+        counts.append(np.bincount(L.model.sparse_species_, minlength=48)[[29, 47]].tolist())
+        final_fit()
+        counts.append(np.bincount(L.model.sparse_species_, minlength=48)[[29, 47]].tolist())
+
+    L._final_fit = spy
     L.run(40)
     assert _events(tmp_path / "species", "final_fit")
-    z = L.model.sparse_species_
-    assert L.model.n_sparse == {"Cu": int(np.sum(z == 29)), "Ag": int(np.sum(z == 47))}
+    assert counts[0] == counts[1] and sum(counts[1]) <= 40  # each species keeps its count
+    assert L.model.n_sparse == {"Cu": 20, "Ag": 10}  # the user's parameter, as given
 
     run = tmp_path / "certified"
     L = learner(run, stopping=StoppingRule(tolerance=50.0, patience=1, use="scale"), check_every=10,

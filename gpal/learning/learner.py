@@ -50,7 +50,7 @@ from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import as_rng, check_atoms, check_number, frame_labels, species_number
+from .._validation import as_rng, check_atoms, check_number, frame_labels
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
 from ..io import append_frame, atomic_write, read_frames, restore_constraints, savable_constraints, write_frames
@@ -343,6 +343,7 @@ class ActiveLearner:
         self.n_refresh = 0
         self._last_opt = 0
         self._last_fit = 0  # labels in the model's last fit of every label (see _finish)
+        self._target_points: list[int] = []  # species of the sparse points a TargetSet added
         self.validation = list(val.frames) if val.frames is not None else None
         for k, a in enumerate(self.validation or []):  # before any oracle call: they judge the run
             lab = frame_labels(a)
@@ -442,6 +443,7 @@ class ActiveLearner:
             "n_refresh": self.n_refresh,
             "last_optimization": self._last_opt,
             "last_whole_fit": self._last_fit,
+            "target_sparse_species": self._target_points,
             "certified_labels": self._certified_at,
             "threshold": self.threshold_,
             "recent_uncertainty": self._recent_unc[-self.trigger.adapt_window:],
@@ -601,25 +603,29 @@ class ActiveLearner:
 
         The first fit chose on the bootstrap frames, too few to choose a descriptor
         (:data:`gpal.model.defaults._MIN_FRAMES_DESCRIPTOR_SEARCH`); this is the scheduled
-        refit that may. The sparse set keeps its size (per species when ``n_sparse`` was
-        given per species) and is picked again from the labelled frames in the chosen
-        SOAP's features; a TargetSet's environments then join it again.
+        refit that may. The sparse set is picked again from the labelled frames in the
+        chosen SOAP's features with as many points of each species as the run's labelled
+        frames had given it (the target structures' points left out: a TargetSet's
+        environments then join it again), so it never outgrows ``max_sparse``. The
+        model's ``n_sparse`` parameter stays as the user gave it.
         """
         frames = read_frames(self.train_path)  # oracle labels (a baseline is subtracted by fit)
-        asked, zsp = self.model.n_sparse, self.model.sparse_species_
-        if isinstance(asked, dict):  # per species, as the user gave it
-            size = {k: max(1, int(np.count_nonzero(zsp == species_number(k, "n_sparse")))) for k in asked}
-        else:
-            size = int(len(zsp))
-        self.model.set_params(n_sparse=size)
-        self.model.fit(frames)
+        asked = self.model.n_sparse
+        species, counts = np.unique(self.model.sparse_species_, return_counts=True)
+        size = {int(z): int(n) - self._target_points.count(int(z)) for z, n in zip(species, counts)}
+        self.model.set_params(n_sparse={z: n for z, n in size.items() if n > 0})
+        try:
+            self.model.fit(frames)
+        finally:
+            self.model.set_params(n_sparse=asked)
+        self._target_points = []
+        if self.targets is not None:  # the fit picks from labelled frames: the targets' points again
+            self._target_sparse()
         self._last_fit = self.n_labelled
         d = self.model.descriptor_
         self._log({"event": event, "step": self.step, "labels": len(frames), "sigma": getattr(d, "sigma", None),
                    "l_max": getattr(d, "l_max", None), "n_sparse": int(len(self.model.sparse_X_)),
                    "kernel": repr(self.model.kernel_), "noise": getattr(self.model, "noise_", None)})
-        if self.targets is not None:  # the fit picks from labelled frames: the targets' points again
-            self._target_sparse()
 
     # ------------------------------------------------------------------ bootstrap
     def _candidates(self, rng) -> list[Atoms]:
@@ -1071,13 +1077,14 @@ class ActiveLearner:
         kept as it was: ``fit`` assigns new attributes rather than changing arrays in
         place, so the attributes it had are put back.
         """
-        before = dict(vars(self.model))
+        before, mine = dict(vars(self.model)), (self._last_fit, list(self._target_points))
         try:
             self._keep_noises()
             self._refit_by_evidence(event="final_fit")
         except BaseException as exc:  # (an interrupt too: the user's model object stays whole)
             vars(self.model).clear()
             vars(self.model).update(before)
+            self._last_fit, self._target_points = mine
             if not isinstance(exc, (GpalError, np.linalg.LinAlgError, ValueError)):
                 raise
             self._log({"event": "final_fit_failed", "step": self.step, "reason": str(exc)})
@@ -1141,6 +1148,8 @@ class ActiveLearner:
     def _target_sparse(self) -> None:
         """The target structures' environments join the sparse set (no oracle call)."""
         added = self.targets.add_to_sparse(self.model, self.max_sparse)
+        if added:  # (appended: their species, for the refits that pick the set again)
+            self._target_points += [int(z) for z in self.model.sparse_species_[-added:]]
         self._log({"event": "target_sparse", "step": self.step, "added": added,
                    "n_sparse": len(self.model.sparse_X_)})
 
@@ -1535,6 +1544,7 @@ class ActiveLearner:
         self.n_refresh = state.get("n_refresh", 0)
         self._last_opt = state.get("last_optimization", 0)
         self._last_fit = state.get("last_whole_fit", 0)
+        self._target_points = [int(z) for z in state.get("target_sparse_species", [])]
         self._certified_at = state.get("certified_labels", -1)
         self.threshold_ = state["threshold"]
         self._recent_unc = list(state.get("recent_uncertainty", []))
