@@ -1065,131 +1065,38 @@ def test_md_protocol_fixes_a_ramp_only_with_md_steps_and_refuses_dynamics_that_c
     assert R.ramp_steps == 40
 
 
+
 def _events(run_dir, name):
     return [r for r in map(json.loads, open(Path(run_dir) / "log.jsonl")) if r.get("event") == name]
 
 
-def test_the_saved_model_is_one_fit_of_every_label(tmp_path):
-    """At the end of a run the model is fitted once more to every label: the sparse set is
-    picked again at its size and the hyperparameters re-chosen, as a fresh fit of the run's
-    labels with the model's settings would (the same model, to the last digit); a resume
-    with no new label does not fit again."""
-    from sklearn.base import clone
-
-    run = tmp_path / "run"
-    L = learner(run, n_bootstrap=2)
-    L.run(60)
-    final = _events(run, "final_fit")
-    labels = read(str(run / "train.xyz"), ":")
-    assert len(final) == 1 and final[0]["labels"] == len(labels) == L.n_labelled > 2
-    fresh = clone(L.model).set_params(n_sparse={29: final[0]["n_sparse"]}).fit(labels)
-    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
-    np.testing.assert_array_equal(fresh.sparse_X_, L.model.sparse_X_)
-    np.testing.assert_allclose(L.model.predict(probe)["forces"], fresh.predict(probe)["forces"], rtol=0, atol=1e-12)
-    saved = gpal.load(run / "model.npz")
-    np.testing.assert_allclose(saved.predict(probe)["forces"], fresh.predict(probe)["forces"], rtol=0, atol=1e-12)
-    R = ActiveLearner.resume(run)
-    assert not R._final_fit_due()
-
-
-def test_a_certified_stop_keeps_the_model_it_judged(tmp_path):
-    """A stop by the stopping rule judged the model as it was: no final fit replaces it."""
-    run = tmp_path / "run"
-    L = learner(run, stopping=StoppingRule(tolerance=50.0, patience=1, use="scale"), check_every=10,
-                n_bootstrap=2, trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False),
-                md=MDSettings(temperature=600))
-    summary = L.run(200)
-    assert summary.stopped_early and L.n_labelled > 2
-    assert not _events(run, "final_fit")
-
-
-def test_a_failed_final_fit_keeps_the_run_model(tmp_path):
-    run = tmp_path / "run"
-    L = learner(run, n_bootstrap=2)
-    L.run(30)
-    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
-    before = L.model.predict(probe, return_std=True)
-
-    def broken_fit(frames):
-        L.model.sparse_X_ = None  # half-way through
-        raise ValueError("no fit")
-
-    L.model.fit = broken_fit
-    L._last_fit = 0  # a label since the last whole fit
-    L._final_fit()
-    after = L.model.predict(probe, return_std=True)
-    for key in ("energy", "forces", "energies_std"):
-        np.testing.assert_array_equal(after[key], before[key])
-    assert _events(run, "final_fit_failed")[-1]["reason"] == "no fit"
-
-
-def test_the_final_fit_keeps_what_the_user_fixed(tmp_path):
-    """optimize_noise=False keeps the noises the first fit chose, a per-species n_sparse
-    stays per species, and a resume after a certified stop does not replace the model."""
+def test_an_evidence_refit_keeps_each_species_sparse_count_and_the_users_n_sparse(tmp_path):
+    """The refit that may re-choose the SOAP picks the sparse set again from the labelled
+    frames with each species' count of the run: never above max_sparse (the per-species
+    floor of an integer n_sparse took a 39-point set to 44 for a limit of 40), no species
+    dropped, and the model's n_sparse stays the user's."""
     from ase.calculators.emt import EMT as _EMT
 
-    run = tmp_path / "noise"
-    L = learner(run, n_bootstrap=2, optimize_noise=False, optimize_every=20)  # no scheduled refit
-    first = {}
-    bootstrap = L._bootstrap
+    a = bulk("Cu", "fcc", a=3.75, cubic=True).repeat((2, 2, 2))
+    a.numbers[::8] = 47  # Cu28Ag4
+    for n_sparse in (30, {"Cu": 20, "Ag": 10}, {"Cu": 20}):
+        model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=n_sparse)
+        L = ActiveLearner(a, _EMT(), model, run_dir=tmp_path / f"run{len(str(n_sparse))}", progress=False,
+                          n_bootstrap=2, trigger=Trigger(threshold=0.005), md=MDSettings(temperature=(300, 1200)),
+                          sparse_per_label=5, max_sparse=40)
+        L.run(40)
+        before = np.bincount(L.model.sparse_species_, minlength=48)[[29, 47]].tolist()
+        L._refit_by_evidence()
+        after = np.bincount(L.model.sparse_species_, minlength=48)[[29, 47]].tolist()
+        assert after == before and sum(after) <= 40, n_sparse
+        assert L.model.n_sparse == n_sparse
+        assert _events(L.run_dir, "descriptor")[-1]["labels"] == L.n_labelled
 
-    def spy():
-        bootstrap()
-        first.update(L.model.noise_)
 
-    L._bootstrap = spy
-    L.run(60)
-    assert _events(run, "final_fit") and not _events(run, "hyperparameters")
-    assert L.model.noise_ == pytest.approx(first, rel=1e-12)
-
-    a = bulk("Cu", "fcc", a=3.75, cubic=True).repeat((2, 2, 1))
-    a.numbers[::4] = 47
-    model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP),
-                     n_sparse={"Cu": 20, "Ag": 10})
-    L = ActiveLearner(a, _EMT(), model, run_dir=tmp_path / "species", progress=False, n_bootstrap=2,
-                      trigger=Trigger(threshold=0.005), md=MDSettings(temperature=(300, 1200)), sparse_per_label=5,
-                      max_sparse=40)
-    counts = []
-    final_fit = L._final_fit
-
-    def spy():
-        counts.append(np.bincount(L.model.sparse_species_, minlength=48)[[29, 47]].tolist())
-        final_fit()
-        counts.append(np.bincount(L.model.sparse_species_, minlength=48)[[29, 47]].tolist())
-
-    L._final_fit = spy
-    L.run(40)
-    assert _events(tmp_path / "species", "final_fit")
-    assert counts[0] == counts[1] and sum(counts[1]) <= 40  # each species keeps its count
-    assert L.model.n_sparse == {"Cu": 20, "Ag": 10}  # the user's parameter, as given
-
-    run = tmp_path / "certified"
-    L = learner(run, stopping=StoppingRule(tolerance=50.0, patience=1, use="scale"), check_every=10,
+def test_a_continued_run_reports_its_own_stop(tmp_path):
+    L = learner(tmp_path / "run", stopping=StoppingRule(tolerance=50.0, patience=1, use="scale"), check_every=10,
                 n_bootstrap=2, trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False),
                 md=MDSettings(temperature=600))
     assert L.run(200).stopped_early
-    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
-    judged = L.model.predict(probe)["forces"]
-    R = ActiveLearner.resume(run)
-    with pytest.warns(UserWarning, match="no MD step is run"):
-        R.run(R.step - 1)
-    assert not _events(run, "final_fit")
-    np.testing.assert_array_equal(R.model.predict(probe)["forces"], judged)
-
-
-def test_an_interrupted_final_fit_leaves_the_model_whole(tmp_path):
-    run = tmp_path / "run"
-    L = learner(run, n_bootstrap=2)
-    L.run(30)
-    probe = cu_frames(1, seed=31, size=(2, 2, 2))[0]
-    before = L.model.predict(probe)["forces"]
-
-    def interrupted_fit(frames):
-        L.model.sparse_X_ = L.model.sparse_X_[:3]  # half-way through
-        raise KeyboardInterrupt
-
-    L.model.fit = interrupted_fit
-    L._last_fit = 0
-    with pytest.raises(KeyboardInterrupt):
-        L._final_fit()
-    np.testing.assert_array_equal(L.model.predict(probe)["forces"], before)
+    again = L.run(L.step + 5)  # no stop check in these steps
+    assert not again.stopped_early and again.stop_reason == ""

@@ -399,9 +399,11 @@ def test_a_resume_with_fewer_target_images_restarts_an_explorer_whose_image_is_g
     R.run(20)
 
 
-def test_the_final_fit_puts_the_target_environments_back_in_the_sparse_set(tmp_path):
-    """The end-of-run fit picks the sparse set from labelled frames; the targets'
-    environments (added without a label) join it again, as after the bootstrap."""
+
+def test_an_evidence_refit_puts_the_target_environments_back_without_growing(tmp_path):
+    """A refit picks the sparse set from labelled frames; the targets' environments (added
+    without a label) join it again, and are not counted twice: the set does not grow from
+    refit to refit."""
     images, _ = vacancy_path(3)
     soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
     ts = TargetSet(images, quantity="barrier", w_floor=0.0, min_reduction=0.0)
@@ -409,19 +411,14 @@ def test_the_final_fit_puts_the_target_environments_back_in_the_sparse_set(tmp_p
     L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run,
                       md=MDSettings(temperature=800), trigger=Trigger(threshold=10.0, every=5),
                       n_bootstrap=2, check_every=20, progress=False, targets=ts)
-    sizes = []
-    final_fit = L._final_fit
-
-    def spy():
-        sizes.append(len(L.model.sparse_X_))
-        final_fit()
-        sizes.append(len(L.model.sparse_X_))
-
-    L._final_fit = spy
     L.run(30)
+    sizes = [len(L.model.sparse_X_)]
+    for _ in range(3):
+        L._refit_by_evidence()
+        sizes.append(len(L.model.sparse_X_))
+    assert max(sizes[1:]) <= sizes[0]
     events = [json.loads(x).get("event") for x in open(run / "log.jsonl")]
-    assert "final_fit" in events and events[events.index("final_fit") - 1] == "target_sparse"
-    assert sizes[1] <= sizes[0]  # the targets' points are not counted twice
+    assert events[-1] == "descriptor" and events[-2] == "target_sparse"
     X = np.vstack([L.model.descriptor_.create(a) for a in images])
     gap = np.min(np.linalg.norm(L.model.sparse_X_[:, None, :] - X[None, :, :], axis=2), axis=1)
     assert np.sum(gap < 1e-10) >= 3  # target environments are sparse points again

@@ -13,9 +13,6 @@ The loop (one round per MD step of every walker)::
     schedule:   hyperparameters re-optimised every ``optimize_every`` labels;
                 checkpoint (model + learner state) every ``checkpoint_every`` labels;
                 stopping rule checked every ``check_every`` steps.
-    end:        one fit of every label (the sparse set picked again at its size, the
-                hyperparameters re-chosen), unless the stopping rule certified the
-                model as it is; calibration; model.npz and summary.json.
 
 Everything a run produces lives in its run folder::
 
@@ -342,7 +339,6 @@ class ActiveLearner:
         val.check_every = int(val.check_every)
         self.n_refresh = 0
         self._last_opt = 0
-        self._last_fit = 0  # labels in the model's last fit of every label (see _finish)
         self._target_points: list[int] = []  # species of the sparse points a TargetSet added
         self.validation = list(val.frames) if val.frames is not None else None
         for k, a in enumerate(self.validation or []):  # before any oracle call: they judge the run
@@ -376,7 +372,6 @@ class ActiveLearner:
         self.total_steps = 0
         self.ramp_steps: int | None = None
         self._stopped = (False, "")
-        self._certified_at = -1  # labels when the stopping rule or a target tolerance stopped the run
         self._val_history: list = []
         self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
@@ -442,9 +437,7 @@ class ActiveLearner:
             "rollbacks": self.rollbacks,
             "n_refresh": self.n_refresh,
             "last_optimization": self._last_opt,
-            "last_whole_fit": self._last_fit,
             "target_sparse_species": self._target_points,
-            "certified_labels": self._certified_at,
             "threshold": self.threshold_,
             "recent_uncertainty": self._recent_unc[-self.trigger.adapt_window:],
             "label_force_squares": self._force_sq,
@@ -523,7 +516,6 @@ class ActiveLearner:
         t0 = time.perf_counter()
         if self.model.alpha_ is None:
             self.model.fit(frames)
-            self._last_fit = self.n_labelled
         else:
             self.model.update(frames, n_sparse=self._new_sparse(len(frames)), sparse_selection="variance",
                               exact_frames=self.exact_frames)
@@ -598,7 +590,7 @@ class ActiveLearner:
                 and getattr(self.model, "descriptor", None) is None
                 and self.n_labelled >= _MIN_FRAMES_DESCRIPTOR_SEARCH and self.train_path.exists())
 
-    def _refit_by_evidence(self, event: str = "descriptor") -> None:
+    def _refit_by_evidence(self) -> None:
         """A whole evidence fit of every label: ζ, noises, SOAP l_max and width, sparse set.
 
         The first fit chose on the bootstrap frames, too few to choose a descriptor
@@ -621,9 +613,8 @@ class ActiveLearner:
         self._target_points = []
         if self.targets is not None:  # the fit picks from labelled frames: the targets' points again
             self._target_sparse()
-        self._last_fit = self.n_labelled
         d = self.model.descriptor_
-        self._log({"event": event, "step": self.step, "labels": len(frames), "sigma": getattr(d, "sigma", None),
+        self._log({"event": "descriptor", "step": self.step, "labels": len(frames), "sigma": getattr(d, "sigma", None),
                    "l_max": getattr(d, "l_max", None), "n_sparse": int(len(self.model.sparse_X_)),
                    "kernel": repr(self.model.kernel_), "noise": getattr(self.model, "noise_", None)})
 
@@ -662,7 +653,6 @@ class ActiveLearner:
         self.n_labelled = len(frames)
         self._add_force_squares(frames)
         self._last_opt = max(self.n_labelled, 1)
-        self._last_fit = self.n_labelled
         self._log({"event": "initial_frames", "n": len(frames), "oracle_calls": 0})
 
     def _bootstrap(self) -> None:
@@ -705,7 +695,6 @@ class ActiveLearner:
         t0 = time.perf_counter()
         if self.model.alpha_ is None:
             self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
-            self._last_fit = self.n_labelled
             if self.optimize_every and getattr(self.model, "hyperparameters", "fixed") != "evidence":
                 self._optimize()
             self._last_opt = max(self.n_labelled, 1)
@@ -1033,17 +1022,11 @@ class ActiveLearner:
         return bool(self.targets is not None and self.targets.tolerance is not None and self._check_target_stop())
 
     def _finish(self, t_start: float) -> Summary:
-        """Final fit, calibration and validation, checkpoint, summary.json and plots.
-
-        The final fit (:meth:`_final_fit`) where it is due; else a model whose older
-        frames see some sparse columns only projected is made exact.
-        """
-        t0 = time.perf_counter()
-        if self._final_fit_due():
-            self._final_fit()
-        elif self._n_projected():  # the saved model is exact
+        """Final calibration and validation, checkpoint, summary.json and plots."""
+        if self._n_projected():  # the saved model is exact
+            t0 = time.perf_counter()
             self.model.refit()
-        self._times["update"] += time.perf_counter() - t0
+            self._times["update"] += time.perf_counter() - t0
         self.calibrate()
         if self.validation:
             self.validate()
@@ -1052,46 +1035,6 @@ class ActiveLearner:
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
         self._plots()
         return summary
-
-    def _final_fit_due(self) -> bool:
-        """A model chosen by the evidence, with scheduled refits (``optimize_every``), that
-        has had labels since its last fit of every label and since a stop by the stopping
-        rule or a target tolerance (a certificate judged on the model as it is, kept
-        through a resume)."""
-        return (getattr(self.model, "hyperparameters", "fixed") == "evidence" and bool(self.optimize_every)
-                and getattr(self.model, "alpha_", None) is not None
-                and self.n_labelled > max(self._last_fit, self._certified_at) and self.train_path.exists())
-
-    def _final_fit(self) -> None:
-        """The saved model: one fit of every label, as the scheduled evidence refits do.
-
-        During the run the sparse set grows by the points the variance picks in each
-        new label, on top of the bootstrap's (rattled copies of the start structure),
-        and the hyperparameters are re-chosen on a geometric schedule. The final fit
-        picks the sparse set again, at the same size, from all labelled frames and
-        re-chooses the hyperparameters (and the SOAP, when the user gave none). Held-out
-        force RMSE, ``bench_loop`` seeds 0 / 1 / 2, refit of the same labels against the
-        run's model: Pt vacancy (8 labels) 0.00142 -> 0.00122, 0.00118 -> 0.00110,
-        0.00113 -> 0.00111 eV/Å; CuNi seed 0 (22 labels) 0.00758 -> 0.00767; ethanol seed
-        0 (58 labels) 0.0586 -> 0.0587. A failed fit is logged and the run's model is
-        kept as it was: ``fit`` assigns new attributes rather than changing arrays in
-        place, so the attributes it had are put back.
-        """
-        before, mine = dict(vars(self.model)), (self._last_fit, list(self._target_points))
-        try:
-            self._keep_noises()
-            self._refit_by_evidence(event="final_fit")
-        except BaseException as exc:  # (an interrupt too: the user's model object stays whole)
-            vars(self.model).clear()
-            vars(self.model).update(before)
-            self._last_fit, self._target_points = mine
-            if not isinstance(exc, (GpalError, np.linalg.LinAlgError, ValueError)):
-                raise
-            self._log({"event": "final_fit_failed", "step": self.step, "reason": str(exc)})
-            return
-        for w in self.walkers:
-            if w.atoms.calc is not None:
-                w.atoms.calc.reset()
 
     # ------------------------------------------------------------------ trigger
     def _check_walker(self, w: _Walker) -> float | None:
@@ -1189,7 +1132,6 @@ class ActiveLearner:
                    "stop": bool(stop)})
         if stop:
             self._stopped = (True, f"target std {res['max_std']:.3g} <= tolerance {self.targets.tolerance}")
-            self._certified_at = self.n_labelled
             log.info("gpal: %s", self._stopped[1])
         return stop
 
@@ -1370,7 +1312,6 @@ class ActiveLearner:
         self._log({"event": "stop_check", **decision.to_dict()})
         if decision.stop:
             self._stopped = (True, decision.reason)
-            self._certified_at = self.n_labelled
             log.info("gpal: %s", decision.reason)
         return decision.stop
 
@@ -1543,9 +1484,7 @@ class ActiveLearner:
         self.rollbacks = state["rollbacks"]
         self.n_refresh = state.get("n_refresh", 0)
         self._last_opt = state.get("last_optimization", 0)
-        self._last_fit = state.get("last_whole_fit", 0)
         self._target_points = [int(z) for z in state.get("target_sparse_species", [])]
-        self._certified_at = state.get("certified_labels", -1)
         self.threshold_ = state["threshold"]
         self._recent_unc = list(state.get("recent_uncertainty", []))
         if "label_force_squares" in state:
