@@ -154,7 +154,12 @@ and this release with GAP in the same run (``--load both``, load average 1.0-1.1
     busy     108    70.5   95.1  2569  0.74      36
     busy     4000   58.4   94.2  2407  0.62      41
 
-Target <= 0.7x EMT: met at 4000 atoms, at the line at 108 (0.70-0.74). Target >= 60x
+Later the same session the machine ran faster (EMT 56-59 µs/atom instead of 86-95),
+and gpal gained less than EMT: three runs of this release, ``--load quiet --blocks 9
+--no-gap``, gpal / EMT 47.2 / 58.7 (0.80), 45.2 / 57.5 (0.79), 44.5 / 58.0 (0.77) at
+108 atoms and 40.5 / 56.6 (0.72), 39.7 / 56.3 (0.71), 41.1 / 57.5 (0.72) at 4000.
+Target <= 0.7x EMT: met at 4000 atoms only while the machine ran slow (0.62-0.64), at
+the line at 108 then (0.70-0.74), missed on the fast machine (0.71-0.80). Target >= 60x
 GAP: not met (36-41x). What is left is at the speed of the hardware: per 108-atom step
 (µs/atom, one thread) the two kernel products (X Zᵀ and the weighted gradient, 2 x M x F
 = 252k multiply-adds) ~13-14, the two triangular products of the stds (M² = 250k) ~11,
