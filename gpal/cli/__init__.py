@@ -519,13 +519,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _check_output(path, overwrite: bool, suffix: str | None = None, option: str = "-o") -> None:
     """A GpalError now (not after the work) if ``path`` (with ``suffix`` added when it has
     another) exists and ``overwrite`` is not given, or its folder is missing or not writable."""
-    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
-        raise GpalError(f"{option} {path}: a folder; give a file name")
     target = Path(path)
     if suffix and target.suffix != suffix:
         target = target.with_name(target.name + suffix)
-    if target.is_dir():
-        raise GpalError(f"{option} {path}: {target} is a folder; give a file name")
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir() or target.is_dir():
+        raise GpalError(f"{option} {path}: a folder; give a file name")
     if target.exists() and not overwrite:
         raise GpalError(f"{option} {path}: {target} exists; give another name, or --overwrite to replace it")
     folder = target.expanduser().resolve().parent

@@ -551,8 +551,11 @@ class ActiveLearner:
         """Hyperparameters by the evidence, then a fresh calibration (the noise moved)."""
         self._last_opt = self.n_labelled
         evidence = getattr(self.model, "hyperparameters", "fixed") == "evidence"
-        if evidence:
-            self._keep_noises()
+        if evidence and not self.optimize_noise and getattr(self.model, "noise_", None):
+            # the evidence re-chooses what is unset: the noises it chose first are kept
+            names = {"energy": "energy_noise", "force": "force_noise", "stress": "stress_noise"}
+            self.model.set_params(**{p: float(self.model.noise_[g]) for g, p in names.items()
+                                     if getattr(self.model, p) is None and g in self.model.noise_})
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
@@ -572,15 +575,6 @@ class ActiveLearner:
             self._log({"event": "hyperparameters_failed", "step": self.step, "reason": str(exc)})
         if self.bootstrap_done:
             self.calibrate()
-
-    def _keep_noises(self) -> None:
-        """Without ``optimize_noise`` the noises the first fit chose are kept: they become
-        the model's parameters (the evidence re-chooses only what is unset)."""
-        if self.optimize_noise or not getattr(self.model, "noise_", None):
-            return
-        names = {"energy": "energy_noise", "force": "force_noise", "stress": "stress_noise"}
-        self.model.set_params(**{p: float(self.model.noise_[g]) for g, p in names.items()
-                                 if getattr(self.model, p) is None and g in self.model.noise_})
 
     def _descriptor_free(self) -> bool:
         """The model's SOAP is gpal's default (the user gave none) and the labels are enough to choose it."""
