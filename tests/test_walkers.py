@@ -295,3 +295,16 @@ def test_a_resumed_walker_run_labels_each_temperature_step_once(tmp_path):
     L.run(9)
     ActiveLearner.resume(tmp_path / "cut", progress=False, walker_executor=_Inline()).run(18)
     assert hot(tmp_path / "ref") == hot(tmp_path / "cut") and len(hot(tmp_path / "ref")) == 2
+
+
+def test_walkers_and_the_serial_loop_agree_on_a_stop_by_the_oracle_budget(tmp_path):
+    """A budget spent during the run stops it early in both modes; a run whose steps are
+    all made is not "stopped early" because its budget is also spent."""
+    trig = Trigger(threshold=1e-4, adaptive=False, every=1)
+    for mode, kw in (("serial", {}), ("walkers", {"walker_executor": _Inline()})):
+        L = learner(tmp_path / mode, n_walkers=1, max_oracle_calls=6, trigger=trig, **kw)
+        first = L.run(40)
+        assert first.oracle_calls == 6 and first.stopped_early, mode
+        assert "max_oracle_calls=6" in first.stop_reason, mode
+        again = L.run(L.step)  # no step left to make: nothing stops it
+        assert not again.stopped_early and again.stop_reason == "", mode
