@@ -28,6 +28,8 @@ cost of adding a training frame; use it for analysis, or every k-th step.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.outputs import Properties, all_outputs
@@ -46,8 +48,9 @@ class GPCalculator(Calculator):
 
     Parameters
     ----------
-    model : gpal.SparseGP
-        A fitted model.
+    model : gpal.SparseGP or path-like
+        A fitted model, or the path of one saved by :meth:`gpal.SparseGP.save`
+        (``.npz``), which is loaded.
     std_every : int, default 1
         Compute the local-energy std (``energies_std``, ``energy_std``) every
         ``std_every``-th evaluation; 0 never. Steps without it simply lack the keys.
@@ -85,6 +88,13 @@ class GPCalculator(Calculator):
         record_std: bool = False,
         **kwargs,
     ):
+        if isinstance(model, (str, os.PathLike)):
+            from .model import load
+
+            model = load(model)
+        if not hasattr(model, "predict"):
+            raise TypeError(f"model must be a fitted gpal.SparseGP or the path of a saved model (.npz), "
+                            f"got {type(model).__name__}")
         check_is_fitted(model)
         super().__init__(**kwargs)
         self.model = model

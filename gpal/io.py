@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import threading
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -99,6 +101,8 @@ def atomic_write(path, mode: str = "w"):
     the new file, never a cut one.
     """
     path = Path(path)
+    if not path.parent.is_dir():  # (open would name the temporary file instead)
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, mode) as fh:
@@ -428,6 +432,33 @@ def write_frames(path, frames) -> None:
 
     with atomic_write(path) as fh:
         write(fh, list(frames), format="extxyz")
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then deliver them.
+
+    For the few steps that must not be cut in two: a label the oracle has already
+    computed is written whole to ``train.xyz`` and counted before an interrupt stops the
+    run. Outside the main thread (where signals cannot be handled) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, lambda num, frame: received.append(num))
+        except (ValueError, OSError):  # (an embedding interpreter that owns its signals)
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):  # each signal once, in the order it came
+            signal.raise_signal(sig)
 
 
 def append_frame(path, atoms) -> None:

@@ -68,3 +68,10 @@ class NoStressEMT(Calculator):
         a = self.atoms.copy()
         a.calc = EMT()
         self.results = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
+
+
+class StrictEMT(EMT):
+    """EMT whose constructor takes no unknown keyword (as most calculators' do not)."""
+
+    def __init__(self, *, label=None):
+        super().__init__(label=label)

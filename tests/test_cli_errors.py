@@ -34,6 +34,9 @@ def bad(tmp_path_factory):
     (d / "many.toml").write_text('steps = "many"\n')
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
+    squeezed = bulk("Cu", "fcc", a=3.61, cubic=True)
+    squeezed.positions[1] = squeezed.positions[0] + [0.1, 0.0, 0.0]
+    write(d / "overlap.xyz", squeezed)
     (d / "oldplots").mkdir()
     (d / "oldplots.png").mkdir()
     (d / "oldplots" / "z_histogram.png").write_bytes(b"a plot of an earlier run")
@@ -68,6 +71,13 @@ def bad(tmp_path_factory):
         "twalkers": f'walker_workers = 2\n[targets]\nfile = "{d / "train.xyz"}"\n',
         "sindex": f'[structure]\nfile = "{d / "train.xyz"}"\nindex = "abc"\n',
         "maxcalls": "[learner]\nmax_oracle_calls = 2\n",
+        "okwargs": '[oracle]\nfactory = "_oracles:StrictEMT"\nkwargs = {methd = "x"}\n',
+        "oraise": '[oracle]\nfactory = "_oracles_broken:Calc"\n',
+        "maxT": "[md]\ntemperature = 1000.0\n[learner]\nmax_temperature = 100.0\n",
+        "nsp": '[model]\nn_sparse = {Au = 10}\n',
+        "rcut": "[descriptor]\nr_cut = -5.0\n",
+        "both": f'[structure]\nfile = "{d / "train.xyz"}"\nbulk = "Cu"\n',
+        "overlap": f'[structure]\nfile = "{d / "overlap.xyz"}"\n',
     }.items():
         (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
@@ -80,7 +90,7 @@ CASES = [
     pytest.param(["fit", "{d}/some.toml"], "is not a structure file ASE can read", id="fit-toml"),
     pytest.param(["fit", "{d}/train.xyz", "--zeta", "four"],
                  "argument --zeta: must be an integer >= 1 or 'auto', got 'four'", id="fit-zeta-four"),
-    pytest.param(["fit", "{d}/train.xyz", "--n-sparse", "-3"], "argument --n-sparse: must be > 0",
+    pytest.param(["fit", "{d}/train.xyz", "--n-sparse", "-3"], "argument --n-sparse: must be an integer > 0",
                  id="fit-negative-n-sparse"),
     pytest.param(["fit", "{d}/train.xyz", "--species", "Cu", "Xy"], "unknown chemical symbol(s) Xy",
                  id="fit-species"),
@@ -149,7 +159,7 @@ CASES = [
                  id="config-unknown-element"),
     pytest.param(["learn", "{d}/knee.toml"], "force_noise_knee must be > 0 (eV/Å), 'auto' or None",
                  id="config-model-knee"),
-    pytest.param(["learn", "{d}/noise.toml"], "force_noise must be > 0 or None, got -1.0",
+    pytest.param(["learn", "{d}/noise.toml"], "force_noise must be a finite number > 0 or None, got -1.0",
                  id="config-model-noise"),
     pytest.param(["ipi", "{d}/missing.npz", "--unix", "gpal-test"], "no model file at", id="ipi-missing-model"),
     pytest.param(["ipi", "{d}/model.npz"], "one of the arguments --unix --port is required",
@@ -206,6 +216,27 @@ CASES = [
     pytest.param(["learn", "{d}/v_maxcalls.toml"], "max_oracle_calls (2) is below n_bootstrap (4)",
                  id="config-max-calls"),
     pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),
+    pytest.param(["learn", "{d}/v_okwargs.toml"], "cannot build the oracle _oracles:StrictEMT(methd='x'): "
+                 "TypeError", id="config-oracle-kwargs"),
+    pytest.param(["learn", "{d}/v_oraise.toml"], "importing oracle module '_oracles_broken' failed: "
+                 "RuntimeError: licence server not reachable", id="config-oracle-import-raises"),
+    pytest.param(["learn", "{d}/v_maxT.toml"], "max_temperature (100 K) must be above the MD protocol's "
+                 "highest temperature (1000 K)", id="config-max-temperature"),
+    pytest.param(["learn", "{d}/v_nsp.toml"], "gives no sparse environment to the species of the structures (Cu)",
+                 id="config-n-sparse-species"),
+    pytest.param(["learn", "{d}/v_rcut.toml"], "r_cut must be larger than 1", id="config-negative-r-cut"),
+    pytest.param(["learn", "{d}/v_both.toml"], "[structure] file and bulk exclude each other",
+                 id="config-file-and-bulk"),
+    pytest.param(["learn", "{d}/v_overlap.toml"], "structures[0] has two atoms 0.100 Å apart",
+                 id="config-overlapping-start"),
+    pytest.param(["learn", "{d}/some.toml", "--print-config"], "--print-config prints the default "
+                 "configuration and reads no config file", id="print-config-with-file"),
+    pytest.param(["fit", "{d}/train.xyz", "--force-noise", "inf"], "argument --force-noise: must be a finite "
+                 "number > 0, got 'inf'", id="fit-infinite-noise"),
+    pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "--timestep", "inf"], "argument --timestep: must be "
+                 "a finite number > 0", id="md-infinite-timestep"),
+    pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/p.xyzzy"],
+                 "matplotlib cannot write .xyzzy files", id="compare-plot-format"),
     pytest.param(["learn", "--resume", "{d}/run", "--run-dir", "{d}/other"], "--resume continues RUN_DIR in place",
                  id="resume-with-run-dir"),
     pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "--temperature", "-100"],

@@ -1100,3 +1100,126 @@ def test_a_continued_run_reports_its_own_stop(tmp_path):
     assert L.run(200).stopped_early
     again = L.run(L.step + 5)  # no stop check in these steps
     assert not again.stopped_early and again.stop_reason == ""
+
+
+def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
+    """A wrong type, an oracle that cannot be built, a structure the model cannot take or
+    a blow-up limit under the protocol: one clear error when the learner is made."""
+    from gpal.exceptions import OracleError, OverlappingAtomsError, UnknownSpeciesError
+
+    a = start()
+    emt = "ase.calculators.emt:EMT"
+    squeezed = a.copy()
+    squeezed.positions[1] = squeezed.positions[0] + [0.1, 0.0, 0.0]
+    cases = [
+        (dict(structures="start.xyz"), TypeError, "structures must be an ase.Atoms or a list of them"),
+        (dict(structures=[]), ValueError, "structures is empty"),
+        (dict(trigger=0.05), TypeError, "trigger must be a gpal.Trigger or None, got float"),
+        (dict(model="model.npz"), TypeError, r"model must be a gpal.SparseGP .*gpal.load\(path\)"),
+        (dict(md={"temperature": 300}), TypeError, "md must be a gpal.MDSettings or None, got dict"),
+        (dict(validation=cu_frames(1)[0]), TypeError, "validation must be a list of labelled ase.Atoms"),
+        (dict(oracle="ase.calculators.emt:EMTT"), OracleError, "has no attribute 'EMTT'"),
+        (dict(oracle=EMT), TypeError, r"pass an instance, EMT\(\), or the string 'ase.calculators.emt:EMT'"),
+        (dict(oracle={"factory": "_oracles:StrictEMT", "kwargs": {"methd": 1}}), OracleError,
+         r"cannot build the oracle _oracles:StrictEMT\(methd=1\): TypeError"),
+        (dict(oracle="_oracles_broken:Calc"), OracleError, "importing oracle module '_oracles_broken' failed: "
+                                                           "RuntimeError: licence server not reachable"),
+        (dict(oracle="math:sqrt"), OracleError, "cannot build the oracle math:sqrt"),
+        (dict(model=SparseGP(SOAP(species=["Au"], periodic=True, weighting=POLY, **SMALL_SOAP))),
+         UnknownSpeciesError, "not defined for this model: Cu"),
+        (dict(structures=squeezed), OverlappingAtomsError, r"structures\[0\] has two atoms 0.100 Å apart"),
+        (dict(model=SparseGP(n_sparse={"Au": 10})), ValueError, "gives no sparse environment to the species"),
+        (dict(md=MDSettings(temperature=1000), max_temperature=100), ValueError,
+         r"max_temperature \(100 K\) must be above the MD protocol's highest temperature \(1000 K\)"),
+    ]
+    for k, (kw, exc, match) in enumerate(cases):
+        kw = {"structures": a, "oracle": emt, "model": None, **kw}
+        with pytest.raises(exc, match=match):
+            ActiveLearner(kw.pop("structures"), kw.pop("oracle"), kw.pop("model"), run_dir=tmp_path / f"r{k}",
+                          progress=False, **kw)
+    assert not list(tmp_path.iterdir())  # no run folder, no file
+
+
+def test_md_that_blows_up_at_every_step_stops_the_run_with_the_reason(tmp_path):
+    L = learner(tmp_path / "run", md=MDSettings(temperature=600, timestep=100.0))
+    with pytest.raises(gpal.GpalError, match=r"blew up on each of its last 50 MD steps.*time step 100 fs"):
+        L.run(200)
+    assert L.step < 60 and (tmp_path / "run" / "state.json").exists()
+
+
+def test_resume_refuses_a_run_whose_train_xyz_was_removed(tmp_path):
+    run = tmp_path / "run"
+    learner(run).run(20)
+    (run / "train.xyz").rename(tmp_path / "kept.xyz")
+    with pytest.raises(gpal.GpalError, match=r"train.xyz holds 0 labelled frames but the run had [1-9]"):
+        ActiveLearner.resume(run, EMT(), progress=False)
+    (tmp_path / "kept.xyz").rename(run / "train.xyz")  # put back: the run continues
+    assert ActiveLearner.resume(run, EMT(), progress=False).run(40).steps == 40
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_a_label_is_written_lets_it_finish_and_counts_it_once(tmp_path, monkeypatch, signum):
+    """Ctrl-C (or a SIGTERM handled as one, as gpal learn does) arriving while the third
+    label is written: that label, already paid for, is written whole and counted; the
+    resumed run neither asks for it again nor counts its call twice."""
+    import gpal.learning.learner as learner_module
+
+    real, n = learner_module.append_frame, [0]
+
+    def interrupted_append(path, atoms):
+        n[0] += 1
+        if n[0] == 3:
+            signal.raise_signal(signum)  # mid-write: before any byte of the frame
+        real(path, atoms)
+
+    def as_interrupt(num, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(learner_module, "append_frame", interrupted_append)
+    old = signal.signal(signal.SIGTERM, as_interrupt)
+    run = tmp_path / "run"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner(run).run(40)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    monkeypatch.setattr(learner_module, "append_frame", real)
+    state = json.loads((run / "state.json").read_text())
+    assert len(frames_in(run / "train.xyz")) == 3 == state["n_labelled"] == state["oracle_calls"]
+    summary = ActiveLearner.resume(run, EMT(), progress=False).run(40)
+    train = frames_in(run / "train.xyz")
+    assert summary.oracle_calls == summary.labelled_frames == len(train)
+    assert len({a.positions.round(8).tobytes() for a in train}) == len(train)  # none labelled twice
+
+
+def test_a_start_killed_before_its_state_was_written_can_be_started_again(tmp_path):
+    """The first checkpoint writes structures.xyz, then state.json: a kill between them
+    leaves the start structures and nothing else. The same learner starts again there;
+    another structure is refused, and that folder's file is left as it was."""
+    from gpal.io import write_frames
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_frames(run / "structures.xyz", [start()])
+    assert learner(run).run(20).steps == 20
+    other = tmp_path / "other"
+    other.mkdir()
+    moved = start()
+    moved.positions[0] += 0.05
+    write_frames(other / "structures.xyz", [moved])
+    before = (other / "structures.xyz").read_bytes()
+    with pytest.raises(gpal.GpalError, match="already holds structures.xyz but no run state"):
+        learner(other).run(20)
+    assert (other / "structures.xyz").read_bytes() == before and sorted(p.name for p in other.iterdir()) == [
+        "structures.xyz"]
+
+
+def test_resume_after_a_kill_that_cut_the_last_log_record(tmp_path):
+    run = tmp_path / "run"
+    learner(run).run(20)
+    data = (run / "log.jsonl").read_bytes()
+    (run / "log.jsonl").write_bytes(data[:data.rstrip(b"\n").rfind(b"\n") + 26])  # a record cut after 25 bytes
+    assert ActiveLearner.resume(run, EMT(), progress=False).run(40).steps == 40
+    records = [json.loads(line) for line in open(run / "log.jsonl")]  # every line a whole record
+    assert any(r.get("event") == "resume" for r in records)
+    assert len((run / "log.jsonl.partial").read_bytes().strip()) == 25

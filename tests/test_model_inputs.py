@@ -118,3 +118,34 @@ def test_evidence_fit_of_slabs_periodic_in_two_directions():
         frames.append(label(a))
     model = gpal.SparseGP(n_sparse=20).fit(frames)
     assert np.isfinite(model.predict(frames[0])["energy"])
+
+
+def test_wrong_constructor_arguments_are_named_when_fitting(tmp_path):
+    from conftest import cu_frames
+
+    frames = cu_frames(2)
+    for model, exc, match in [
+        (gpal.SparseGP(200), TypeError, r"descriptor must be a gpal descriptor .*SparseGP\(n_sparse=200\)"),
+        (gpal.SparseGP("soap"), TypeError, "descriptor must be a gpal descriptor such as gpal.SOAP"),
+        (gpal.SparseGP(kernel="rbf"), TypeError, "kernel must be a gpal kernel"),
+        (gpal.SparseGP(force_noise="0.05"), ValueError, "force_noise must be a finite number > 0 or None, got '0.05'"),
+    ]:
+        assert "SparseGP(" in repr(model)  # (a repr never fails, whatever was given)
+        with pytest.raises(exc, match=match):
+            model.fit(frames)
+    with pytest.raises(TypeError, match="Trigger.calibrated=.... must be True or False, got 'yes'"):
+        gpal.Trigger(calibrated="yes")
+
+
+def test_a_calculator_from_a_saved_model_path_and_a_save_into_a_missing_folder(tmp_path):
+    frames = cuag_frames(3)
+    model = _model().fit(frames)
+    path = model.save(tmp_path / "m.npz")
+    a = frames[0].copy()
+    a.calc = gpal.GPCalculator(str(path))
+    assert a.get_potential_energy() == pytest.approx(model.predict(frames[0])["energy"], abs=1e-10)
+    with pytest.raises(TypeError, match="model must be a fitted gpal.SparseGP or the path of a saved model"):
+        gpal.GPCalculator(3)
+    with pytest.raises(FileNotFoundError, match=r"the folder .*nodir does not exist"):
+        model.save(tmp_path / "nodir" / "m.npz")
+    assert not (tmp_path / "nodir").exists()

@@ -240,12 +240,16 @@ def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .._validation import check_atoms, check_number
-    from ..learning.learner import ActiveLearner, MDSettings, Trigger, check_budgets, foreign_files
+    from ..learning.learner import (ActiveLearner, MDSettings, Trigger, check_budgets, check_max_temperature,
+                                    check_start, foreign_files)
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, group_flat
     from ..model import SparseGP
 
     if args.print_config:
+        if args.config:
+            raise ConfigError(f"--print-config prints the default configuration and reads no config file "
+                              f"({args.config} was given); gpal learn --print-config > new.toml writes one to edit")
         sys.stdout.write(config.default_toml())
         return 0
     if args.resume:
@@ -275,7 +279,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                           "no frame would be labelled")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
-    oracle.resolve()  # an unimportable factory fails here, not on every label
+    oracle.check()  # an unimportable factory or wrong kwargs fail here, not on every label
     md = dict(cfg["md"])
     if isinstance(md.get("temperature"), list):
         md["temperature"] = tuple(md["temperature"])
@@ -335,6 +339,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise ConfigError(f"{what}: {exc}") from None
 
     check_species(structure, "[structure]")
+    check_start([structure], model)  # (min_distance, n_sparse's species) before the run folder exists
+    check_max_temperature(md, learner_cfg.get("max_temperature"))
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
@@ -823,6 +829,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not Path(plot).suffix and not plot.endswith(("/", os.sep)):
             plot = f"{plot}.png"  # (matplotlib adds it): the file checked is the file written
         _check_output(plot, args.overwrite, option="--plot")
+        fmt = Path(plot).suffix[1:].lower()
+        if fmt:
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            known = FigureCanvasBase.get_supported_filetypes()
+            if fmt not in known:  # (matplotlib would say so only after the whole comparison)
+                raise GpalError(f"--plot {plot}: matplotlib cannot write .{fmt} files (it writes "
+                                f"{', '.join(sorted(known))})")
         args.plot = plot
     train = _read_labelled(args.train, args, "training frames")
     test = _read_labelled(args.test, args, "test frames")
@@ -891,7 +905,7 @@ def _port(text: str) -> int:
 
 
 def _positive(kind):
-    """argparse type: a number (``kind``) > 0."""
+    """argparse type: a finite number (``kind``) > 0."""
     return _bounded(kind, strict=True)
 
 
@@ -911,8 +925,9 @@ def _bounded(kind, strict: bool):
                 raise argparse.ArgumentTypeError(
                     f"must be a positive {'integer' if kind is int else 'number'}, got {text!r}") from None
             raise argparse.ArgumentTypeError(f"must be {what} >= 0, got {text!r}") from None
-        if strict and not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if strict and not (value > 0 and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a finite number'} "
+                                             f"> 0, got {text!r}")
         if not strict and (not value >= 0 or value == float("inf")):
             finite = "an integer" if kind is int else "a finite number"
             raise argparse.ArgumentTypeError(f"must be {finite} >= 0, got {text!r}")
@@ -1135,6 +1150,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # settings that ask for more than the machine has (n_max 100000...)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: out of memory{': ' + _message(exc) if str(exc) else ''}; the settings ask "
+              "for more memory than this machine has (descriptor size, sparse points, memory_budget_gb)",
+              file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: still one line unless --verbose
         if args.verbose:

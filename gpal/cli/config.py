@@ -411,12 +411,16 @@ def load_config(path) -> tuple[dict, dict]:
         raise ConfigError(f"config file {path} does not exist" if not path.exists()
                           else f"config file {path} is not a file")
     try:
-        user = tomllib.loads(path.read_text())
+        user = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark some editors write)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not a text (TOML) file: {exc.reason}") from exc
     user = check_config(user, path)
+    built = sorted(set(user.get("structure", {})) & {"bulk", "crystal", "a", "cubic", "repeat"})
+    if "file" in user.get("structure", {}) and built:
+        raise ConfigError(f"{path}: [structure] file and {', '.join(built)} exclude each other: the "
+                          "structure is read from the file or built with ase.build.bulk, not both")
     return _merge(DEFAULT_LEARN, user), user
 
 

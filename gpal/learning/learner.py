@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -44,13 +45,15 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import as_rng, check_atoms, check_number, frame_labels
+from .._validation import as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
-from ..io import append_frame, atomic_write, read_frames, restore_constraints, savable_constraints, write_frames
+from ..io import (append_frame, atomic_write, interrupts_deferred, read_frames, restore_constraints,
+                  savable_constraints, write_frames)
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
@@ -69,6 +72,7 @@ from .settings import (
 from .state import (
     _calculator_spec,
     _drop_partial_frame,
+    _drop_partial_line,
     _import,
     _import_path,
     _json_default,
@@ -214,6 +218,40 @@ def _progress(total: int, initial: int, enabled: bool):
 #: Trigger.temperature_steps counts as reached (checks come every few MD steps, and the
 #: last one of a ramp may fall just short of its end temperature)
 _TEMPERATURE_STEP_TOL = 0.02
+# a walker that blows up on this many MD steps in a row, each time restarted from its last
+# good frame, cannot be integrated with the run's MD settings: the run stops and says so
+_MAX_BLOWUPS = 50
+
+
+def check_start(structures: list, model, validation: Sequence[Atoms] = ()) -> None:
+    """Raise before any oracle call or file for start structures ``model`` cannot take.
+
+    Species outside a fitted model's or a given descriptor's
+    (:class:`gpal.exceptions.UnknownSpeciesError`), atoms of a start structure closer than
+    the model's ``min_distance`` (:class:`gpal.exceptions.OverlappingAtomsError`), and
+    an ``n_sparse`` dict that names none of the structures' species (``ValueError``).
+    """
+    descriptor = getattr(model, "descriptor_", None) or model.descriptor
+    known = getattr(descriptor, "species_numbers_", None)  # a fitted model's, or a given descriptor's
+    for k, a in enumerate(list(structures) + list(validation)):
+        what = f"structures[{k}]" if k < len(structures) else f"validation frame {k - len(structures)}"
+        check_atoms(a, species=known, what=what)
+        if k < len(structures) and getattr(model, "min_distance", None):
+            check_min_distance(model._min_pair_distance(a), model.min_distance, what)
+    if isinstance(model.n_sparse, dict) and getattr(model, "alpha_", None) is None:
+        given = {species_number(k, "n_sparse") for k, v in model.n_sparse.items() if v}
+        present = {int(z) for a in structures for z in a.numbers}
+        if not given & present:
+            raise ValueError(f"n_sparse={model.n_sparse!r} gives no sparse environment to the species "
+                             f"of the structures ({', '.join(chemical_symbols[z] for z in sorted(present))})")
+
+
+def check_max_temperature(md: MDSettings, max_temperature: float | None) -> None:
+    """``ValueError`` if the blow-up limit ``max_temperature`` (K) is not above the protocol's top."""
+    hottest = max(md.temperature_at(0.0), md.temperature_at(1.0))
+    if max_temperature and max_temperature <= hottest:
+        raise ValueError(f"max_temperature ({max_temperature:g} K) must be above the MD protocol's "
+                         f"highest temperature ({hottest:g} K): every MD step there would count as a blow-up")
 
 
 class ActiveLearner:
@@ -306,12 +344,20 @@ class ActiveLearner:
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
+        if isinstance(structures, (str, os.PathLike)) or not all(isinstance(a, Atoms) for a in structures):
+            raise TypeError("structures must be an ase.Atoms or a list of them (ase.io.read(path, ':') "
+                            f"reads a file), got {type(structures).__name__}")
+        if not len(structures):
+            raise ValueError("structures is empty: give at least one start structure")
         self.structures = [a.copy() for a in structures]
         for k, a in enumerate(self.structures):
             check_atoms(a, what=f"structures[{k}]")
             a.calc = None
         self._constraints = savable_constraints(self.structures)  # (state.json: for a resume)
         if validation is not None and not isinstance(validation, Validation):
+            if isinstance(validation, Atoms) or not all(isinstance(a, Atoms) for a in validation):
+                raise TypeError("validation must be a list of labelled ase.Atoms (ase.io.read(path, ':')) "
+                                f"or a gpal.Validation, got {type(validation).__name__}")
             validation = Validation(frames=validation)  # a list of labelled frames
         groups = group_flat({"bootstrap": bootstrap, "growth": growth, "oracle_settings": oracle_settings,
                              "validation": validation, "run": run}, settings)
@@ -319,15 +365,23 @@ class ActiveLearner:
         boot, grow, orc, val, rs = (groups[k] for k in ("bootstrap", "growth", "oracle_settings",
                                                           "validation", "run"))
         self.oracle_spec = as_oracle_spec(oracle)
+        if isinstance(self.oracle_spec, OracleSpec):
+            self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
+        for name, value, kind in (("model", model, SparseGP), ("md", md, MDSettings), ("trigger", trigger, Trigger)):
+            if value is not None and not isinstance(value, kind):
+                hint = " (gpal.load(path) loads a saved model)" if name == "model" else ""
+                raise TypeError(f"{name} must be a gpal.{kind.__name__} or None, got {type(value).__name__}{hint}")
         self.model = model if model is not None else SparseGP(n_sparse=boot.n_sparse)
         if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
             self.model._check_params()
+        check_start(self.structures, self.model, list(val.frames or []))
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         check_ramp_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
         check_budgets(self.model, groups)
+        check_max_temperature(self.md, self.max_temperature)
         # the groups hold the settings (the flat names below read and write them, and
         # state.json is generated from them); the resolved defaults are written back
         if boot.rattle is None:
@@ -355,6 +409,7 @@ class ActiveLearner:
         self.bootstrap_done = False
         self.n_labelled = 0
         self.rollbacks = 0
+        self._blowups: dict[int, int] = {}  # walker index -> MD steps in a row that blew up
         self.threshold_ = None
         self._recent_unc: list[float] = []
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
@@ -479,14 +534,15 @@ class ActiveLearner:
         calls0 = self.oracle.n_calls
 
         def arrived(k: int, a: Atoms) -> None:
-            self._add_force_squares([a])
             a.info["gpal_step"] = int(self.step if steps is None else steps[k])
             a.info["gpal_reason"] = reason
-            self._reasons.append(reason)
             if walkers is not None:
                 a.info["gpal_walker"] = int(walkers[k])
-            append_frame(self.train_path, a)  # on disk the moment it arrives
-            self.n_labelled += 1
+            with interrupts_deferred():  # a label paid for is written whole and counted, then Ctrl-C
+                self._add_force_squares([a])
+                self._reasons.append(reason)
+                append_frame(self.train_path, a)  # on disk the moment it arrives
+                self.n_labelled += 1
 
         try:
             labelled, failures = self.oracle.label(frames, on_label=arrived)
@@ -807,6 +863,8 @@ class ActiveLearner:
         if not self._owns_run_dir and self.run_dir.is_dir():
             # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
             ours = sorted((RUN_FILES - {"config.toml"}) & {p.name for p in self.run_dir.iterdir()})
+            if ours and self._own_unfinished_start(ours):
+                ours = []  # this learner's own start, killed before its state was written: start again
             if ours:
                 raise GpalError(f"{self.run_dir} already holds {', '.join(ours)} but no run state (state.json): "
                                 "give a new or empty run_dir (nothing there is replaced)")
@@ -830,6 +888,30 @@ class ActiveLearner:
             self.checkpoint(model=False)
             self._log({"event": "interrupted", "step": self.step})
             raise
+
+    def _own_unfinished_start(self, names: list[str]) -> bool:
+        """Whether the run files ``names`` in the run folder are only what the first
+        checkpoint writes before ``state.json`` (the start structures and validation
+        frames), holding exactly this learner's: a start killed before its first label,
+        which this run may write again."""
+        if not set(names) <= {"structures.xyz", "validation.xyz"} or "structures.xyz" not in names:
+            return False
+        try:
+            for name, mine in (("structures.xyz", self.structures), ("validation.xyz", self.validation or [])):
+                if name not in names:
+                    continue
+                theirs = read_frames(self.run_dir / name)
+                if len(theirs) != len(mine) or not all(
+                        np.array_equal(a.numbers, b.numbers) and np.array_equal(a.pbc, b.pbc)
+                        and np.allclose(a.positions, b.positions, rtol=0, atol=1e-8)
+                        and np.allclose(a.cell.array, b.cell.array, rtol=0, atol=1e-8)
+                        for a, b in zip(theirs, mine)):
+                    return False
+        except GpalError:  # (unreadable: not this learner's)
+            return False
+        for name in names:
+            (self.run_dir / name).unlink()
+        return True
 
     def _run(self, t_start: float) -> Summary:
         """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
@@ -900,6 +982,7 @@ class ActiveLearner:
                 reason = self._blown_up(w, T)
             except OverlappingAtomsError as exc:
                 reason = str(exc)
+            self._count_blowups(w.index, reason, T)
             if reason is not None:
                 if self._roll_back(w, T, reason):
                     rollbacks.append(w)
@@ -944,6 +1027,21 @@ class ActiveLearner:
         if self.trigger.capped(self._label_steps.get(w.index, []), step):
             return []
         return [w]
+
+    def _count_blowups(self, index: int, reason: str | None, T: float) -> None:
+        """Count walker ``index``'s MD steps in a row that blew up (``reason``, else None);
+        at :data:`_MAX_BLOWUPS` save the run and raise :class:`GpalError`: every restart
+        from the last good frame blows up again, so the MD settings are at fault."""
+        n = self._blowups.get(index, 0) + 1 if reason is not None else 0
+        self._blowups[index] = n
+        if n >= _MAX_BLOWUPS:
+            self.checkpoint(model=False)
+            limit = (f"max_temperature {self.max_temperature:g} K" if self.max_temperature
+                     else "the default limits")
+            raise GpalError(
+                f"walker {index} blew up on each of its last {n} MD steps, each time restarted from its "
+                f"last good frame (last: {reason}): the MD cannot run with time step {self.md.timestep:g} fs "
+                f"at {T:.0f} K and {limit}; change the MD settings and start a new run in another run_dir")
 
     def _roll_back(self, w: _Walker, T: float, reason: str) -> bool:
         """Restore walker ``w``'s last good frame with fresh momenta; True if it is to be labelled.
@@ -1354,7 +1452,10 @@ class ActiveLearner:
             return
         with open(log_path) as fh:
             for line in fh:
-                rec = json.loads(line)
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # (a line a kill cut short: not a record)
+                    continue
                 if rec.get("event") == "label":
                     steps.append(rec["step"])
                     calls.append(rec["oracle_calls"])
@@ -1492,7 +1593,13 @@ class ActiveLearner:
         self.oracle.n_calls = state["oracle_calls"]
         self.oracle.n_failures = state["oracle_failures"]
         cut = _drop_partial_frame(run_dir / "train.xyz")
+        _drop_partial_line(run_dir / "log.jsonl")
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
+        held = max(int(state.get("n_labelled", 0)), len(model.frames_) if model.alpha_ is not None else 0)
+        if len(labelled) < held:  # (labels are written before the state and the model that count them)
+            raise GpalError(f"{run_dir / 'train.xyz'} holds {len(labelled)} labelled frames but the run had "
+                            f"{held}: it was removed or cut after the run wrote it; put the run's train.xyz "
+                            "back to resume")
         self.n_labelled = len(labelled)
         if "label_force_squares" in state:  # labels since the checkpoint join the force scale
             self._add_force_squares(labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):])

@@ -70,6 +70,9 @@ class OracleSpec:
             obj = importlib.import_module(module)
         except ImportError as exc:
             raise OracleError(f"cannot import oracle module {module!r}: {exc}") from exc
+        except Exception as exc:  # the module itself failed (a licence check, a bad install...)
+            raise OracleError(f"importing oracle module {module!r} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
         for part in name.split("."):
             try:
                 obj = getattr(obj, part)
@@ -78,6 +81,29 @@ class OracleSpec:
         if not callable(obj):
             raise OracleError(f"oracle factory {self.factory!r} is not callable")
         return obj
+
+    def check(self):
+        """Build the calculator once, here and now, and return it (kept for this process).
+
+        A typo in ``kwargs``, a factory that is not a calculator or a calculator that
+        cannot start raises :class:`gpal.OracleError` before any run folder is written,
+        instead of failing every label of the run.
+        """
+        key = self.key()
+        if key in _WORKER_CALCS:
+            return _WORKER_CALCS[key]
+        factory = self.resolve()
+        try:
+            calc = factory(**self.kwargs)
+        except Exception as exc:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+            raise OracleError(f"cannot build the oracle {self.factory}({args}): "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if not (hasattr(calc, "get_potential_energy") or hasattr(calc, "calculate")):
+            raise OracleError(f"the oracle factory {self.factory!r} returned a {type(calc).__name__}, "
+                              "not an ASE calculator")
+        _WORKER_CALCS[key] = calc
+        return calc
 
     def key(self) -> str:
         return f"{self.factory}|{sorted(self.kwargs.items())!r}"
@@ -94,6 +120,9 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
         return OracleSpec(obj)
     if isinstance(obj, dict):
         return OracleSpec(obj["factory"], dict(obj.get("kwargs", {})))
+    if isinstance(obj, type):
+        raise TypeError(f"the oracle is the class {obj.__name__}, not a calculator: pass an instance, "
+                        f"{obj.__name__}(), or the string '{obj.__module__}:{obj.__qualname__}'")
     if hasattr(obj, "get_potential_energy") or hasattr(obj, "calculate"):
         return obj  # a live calculator, used in this process only
     raise TypeError(f"cannot use {type(obj).__name__} as an oracle")

@@ -129,6 +129,29 @@ def _drop_partial_frame(path: Path) -> int:
     return len(data) - end
 
 
+def _drop_partial_line(path: Path) -> int:
+    """Cut an unfinished last line off ``log.jsonl`` (a kill while it was appended), so
+    that the records the resumed run appends start on a line of their own; the cut text
+    is kept in ``log.jsonl.partial``. Returns the number of bytes cut."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # after the last complete line (0: none)
+    if end == len(data):
+        return 0
+    with open(path.with_name(path.name + ".partial"), "ab") as fh:
+        fh.write(data[end:] + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    with open(path, "r+b") as fh:
+        fh.truncate(end)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("resume: %s ended with an unfinished line (%d bytes); moved to %s.partial",
+                path, len(data) - end, path.name)
+    return len(data) - end
+
+
 def _same_frame(a: Atoms, b: Atoms, tol: float = 1e-6) -> bool:
     """Same atoms at the same positions (train.xyz keeps 8 decimals)."""
     return (len(a) == len(b) and np.array_equal(a.numbers, b.numbers)

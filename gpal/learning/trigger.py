@@ -141,6 +141,10 @@ class Trigger:
     def __post_init__(self):
         if self.quantity not in _TRIGGER_QUANTITIES:
             raise ValueError(f"Invalid trigger quantity {self.quantity!r}; choose from {_TRIGGER_QUANTITIES}")
+        for name in ("calibrated", "adaptive", "relative_to_noise"):
+            value = getattr(self, name)
+            if not (isinstance(value, (bool, np.bool_)) or (name == "calibrated" and value is None)):
+                raise TypeError(f"Trigger({name}=...) must be True or False, got {value!r}")
         if self.quantity == "energies_std":
             if self.calibrated:
                 raise ValueError("Trigger(calibrated=True) needs quantity='forces_std' (the "

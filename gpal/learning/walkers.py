@@ -455,7 +455,11 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         t1 = time.perf_counter()
         rollbacks, uncertain, novel = [], [], []
         for w, r in zip(active, results):
+            start = steps[w.index]
             take_state(w, r)
+            blown = {rb["step"]: rb["reason"] for rb in r["rollbacks"]}
+            for s in range(start, steps[w.index]):  # the segment's steps, in order
+                L._count_blowups(w.index, blown.get(s), _temperature(L, s))
             for rb in r["rollbacks"]:
                 L.rollbacks += 1
                 L._log({"event": "rollback", "step": rb["step"], "walker": w.index, "reason": rb["reason"],

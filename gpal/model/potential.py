@@ -63,8 +63,8 @@ from .._validation import (
     frame_labels,
     species_number,
 )
-from ..descriptors import SOAP, pair_forces, pair_stress
-from ..kernels import CosineKernel, NormalizedDotProduct
+from ..descriptors import SOAP, Descriptor, pair_forces, pair_stress
+from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
 from ..selection import greedy_select
 from ..sparse_gp import SparseGPSolver
 from .. import baseline as _baseline
@@ -413,8 +413,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if fitted:
                 return f"{self.noise_[name]:.3g}"
             given = getattr(self, name + "_noise")
-            return "auto" if given is None and self.hyperparameters == "evidence" else (
-                f"{DEFAULT_NOISE[name] if given is None else given:.3g}")
+            if given is None:
+                return "auto" if self.hyperparameters == "evidence" else f"{DEFAULT_NOISE[name]:.3g}"
+            return f"{given:.3g}" if isinstance(given, (int, float, np.number)) else repr(given)  # (fit refuses it)
 
         kernel = self.kernel_ if fitted else (
             "auto" if self.kernel is None and self.hyperparameters == "evidence" else self.kernel)
@@ -463,6 +464,14 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         Called by :meth:`fit`, and by an active learner before its first oracle call, so
         a bad setting never costs a label.
         """
+        if self.descriptor is not None and not isinstance(self.descriptor, Descriptor):
+            hint = (f" (the first positional argument is the descriptor: SparseGP(n_sparse={self.descriptor!r}))"
+                    if isinstance(self.descriptor, (int, np.integer)) else "")
+            raise TypeError(f"descriptor must be a gpal descriptor such as gpal.SOAP(...) or None, "
+                            f"got {type(self.descriptor).__name__} {self.descriptor!r}{hint}")
+        if self.kernel is not None and not isinstance(self.kernel, Kernel):
+            raise TypeError(f"kernel must be a gpal kernel such as gpal.NormalizedDotProduct(zeta=4) or "
+                            f"None, got {type(self.kernel).__name__} {self.kernel!r}")
         if self.sparse_selection not in _SPARSE_SELECTIONS:
             raise ValueError(
                 f"Invalid sparse_selection {self.sparse_selection!r}; "
@@ -477,9 +486,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 f"{_HYPERPARAMETER_MODES}"
             )
         for name in ("energy_noise", "force_noise", "stress_noise"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
+            check_number(name, getattr(self, name), low=0, strict=True, none=True)
         self._budget_bytes()  # a bad memory_budget_gb
         if isinstance(self.n_sparse, dict):
             for key, size in self.n_sparse.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from .._threads import policy as _thread_policy
 from .._validation import (
@@ -51,6 +52,10 @@ class _SparseSet:
             for key, val in n_sparse.items():
                 z = species_number(key, "n_sparse")
                 counts[z] = min(int(val), avail.get(z, 0))
+            if not any(counts.values()):
+                names = ", ".join(chemical_symbols[int(z)] for z in present)
+                raise ValueError(f"n_sparse={n_sparse!r} gives no sparse environment to the species of "
+                                 f"the training frames ({names})")
             return counts
         n_sparse = int(n_sparse)
         if n_sparse < len(present):
