@@ -235,6 +235,8 @@ CASES = [
                  "number > 0, got 'inf'", id="fit-infinite-noise"),
     pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "--timestep", "inf"], "argument --timestep: must be "
                  "a finite number > 0", id="md-infinite-timestep"),
+    pytest.param(["fit", "{d}/train.xyz", "--species", "Au", "-o", "{d}/au.npz"], "not defined for this model: Cu (Z=29)",
+                 id="fit-species-before-fitting"),
     pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/p.xyzzy"],
                  "matplotlib cannot write .xyzzy files", id="compare-plot-format"),
     pytest.param(["learn", "--resume", "{d}/run", "--run-dir", "{d}/other"], "--resume continues RUN_DIR in place",

@@ -1223,3 +1223,57 @@ def test_resume_after_a_kill_that_cut_the_last_log_record(tmp_path):
     records = [json.loads(line) for line in open(run / "log.jsonl")]  # every line a whole record
     assert any(r.get("event") == "resume" for r in records)
     assert len((run / "log.jsonl.partial").read_bytes().strip()) == 25
+
+
+def test_one_learner_at_a_time_resumes_or_runs_a_run_folder(tmp_path):
+    """A batch job requeued while the old one still runs: while one process runs (or
+    resumes) a run folder, another's resume or run is refused before it reads or repairs
+    anything; a learner resumed before someone else continued the run is refused too."""
+    import fcntl
+
+    run = tmp_path / "run"
+    learner(run).run(20)
+    with open(run / "run.lock", "a") as other:  # another process at work there
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(gpal.GpalError, match="another gpal process is running or resuming the run"):
+            ActiveLearner.resume(run, EMT(), progress=False)
+    early = ActiveLearner.resume(run, EMT(), progress=False)
+    late = ActiveLearner.resume(run, EMT(), progress=False)  # (resuming twice in a notebook is fine)
+    assert late.run(40).steps == 40
+    with pytest.raises(gpal.GpalError, match="was continued elsewhere since this learner last saved or resumed"):
+        early.run(60)
+    assert late.run(60).steps == 60  # the one that ran goes on
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
+    """gpal learn's worker processes: Ctrl-C ignored (the learner stops the pool), and a
+    parent killed by SIGKILL takes its workers with it."""
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from concurrent.futures import ProcessPoolExecutor
+        from gpal.learning.oracle import worker_initializer
+
+        def probe(_):
+            return os.getpid(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+        pool = ProcessPoolExecutor(2, initializer=worker_initializer, initargs=(os.getpid(),))
+        found = set(pool.map(probe, range(8)))
+        print(" ".join(str(pid) for pid, _ in found), all(ign for _, ign in found), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: as kill -9
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    *pids, ignored = proc.stdout.split()
+    assert pids and ignored == "True"
+
+    def running(pid):  # (a zombie waiting for a reaper has ended)
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + 20
+    while time.time() < deadline and any(running(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(running(p) for p in pids)

@@ -196,7 +196,9 @@ def _resume(args: argparse.Namespace) -> int:
     if int(cfg.get("workers", 1)) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        executor = ProcessPoolExecutor(int(cfg["workers"]))
+        from ..learning.oracle import worker_initializer
+
+        executor = ProcessPoolExecutor(int(cfg["workers"]), initializer=worker_initializer, initargs=(os.getpid(),))
     walkers = _walker_executor(cfg)
 
     def resumed():
@@ -389,7 +391,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if n_workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        executor = ProcessPoolExecutor(n_workers)
+        from ..learning.oracle import worker_initializer
+
+        executor = ProcessPoolExecutor(n_workers, initializer=worker_initializer, initargs=(os.getpid(),))
     walkers = _walker_executor(cfg)
 
     def started():
@@ -475,6 +479,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     given on the command line is kept.
     """
     from ..kernels import NormalizedDotProduct, SquaredExponential
+    from .._validation import check_atoms
     from ..model import SparseGP
 
     if args.kernel == "se" and args.zeta is not None:
@@ -502,6 +507,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from .. import baseline as _baseline
 
         _baseline.make_baseline(args.baseline, args.baseline_kwargs)
+    model._check_params()
+    if descriptor is not None:  # (a --species list that leaves out a species of the frames)
+        for k, a in enumerate(frames):
+            check_atoms(a, species=descriptor.species_numbers_, what=f"training frame {k}")
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
     if auto:
         from ..compare import select_kernel_by_evidence

@@ -24,6 +24,7 @@ Everything a run produces lives in its run folder::
     state.json    learner state for ``resume`` (with the start structures' constraints);
                   structures.xyz the start structures; walkers.npz positions and momenta
     summary.json  final summary; learning_curve.png and validation plots
+    run.lock      held by the one process that runs (or is resuming) the run
 
 After a crash (even ``kill -9``) :meth:`ActiveLearner.resume` reloads the checkpoint and
 adds every label in train.xyz that the checkpointed model had not seen yet: no label is
@@ -85,9 +86,41 @@ from .trigger import Trigger
 log = logging.getLogger(__name__)
 
 #: the files a run writes into its folder (``gpal learn`` adds ``config.toml``)
-RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz", "structures.xyz",
+RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz", "structures.xyz", "run.lock",
                        "validation.xyz", "targets.xyz", "log.jsonl", "summary.json", "model.npz",
                        "walkers.npz", "learning_curve.png"})
+
+
+def _lock_run_dir(run_dir: Path):
+    """Hold ``run_dir/run.lock`` (an advisory POSIX lock, released when the process ends,
+    however it ends): one process at a time runs or resumes a run. Returns the open file
+    (None where the platform has no ``fcntl``); :class:`GpalError` if another holds it."""
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX: no lock)
+        return None
+    fh = open(run_dir / "run.lock", "a")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise GpalError(f"another gpal process is running or resuming the run in {run_dir} (it holds "
+                        f"{run_dir / 'run.lock'}); wait for it to end, or stop it first") from None
+    return fh
+
+
+def _stamp(path: Path):
+    """What tells one version of a file from another here: (modification time in ns, size)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _unlock_run_dir(fh) -> None:
+    if fh is not None:
+        fh.close()  # (closing releases the lock)
 
 
 def foreign_files(run_dir: Path) -> list[str]:
@@ -416,6 +449,8 @@ class ActiveLearner:
         self._reasons: list[str] = []  # why each line of train.xyz was labelled, in its order
         self._last_failures: list = []  # of the last labelling (named when nothing could be labelled)
         self._owns_run_dir = False  # True once this learner has run there, or resumed it
+        self._lock = None  # run.lock, held while this learner runs (_lock_run_dir)
+        self._state_stamp = None  # state.json as this learner last wrote or read it (_stamp)
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
@@ -524,6 +559,7 @@ class ActiveLearner:
         if self._walker_steps:  # walkers run as tasks (gpal.learning.walkers): each one's own step
             state["walker_steps"] = {str(k): v for k, v in self._walker_steps.items()}
         self._write_json_atomic(self.run_dir / "state.json", state)
+        self._state_stamp = _stamp(self.run_dir / "state.json")
 
     # ------------------------------------------------------------------ labelling
     def _label(self, frames: list[Atoms], reason: str, walkers: Sequence[int] | None = None,
@@ -862,7 +898,7 @@ class ActiveLearner:
                             "continues it, or give another run_dir for a new run")
         if not self._owns_run_dir and self.run_dir.is_dir():
             # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
-            ours = sorted((RUN_FILES - {"config.toml"}) & {p.name for p in self.run_dir.iterdir()})
+            ours = sorted((RUN_FILES - {"config.toml", "run.lock"}) & {p.name for p in self.run_dir.iterdir()})
             if ours and self._own_unfinished_start(ours):
                 ours = []  # this learner's own start, killed before its state was written: start again
             if ours:
@@ -873,6 +909,12 @@ class ActiveLearner:
             warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
                           "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_run_dir(self.run_dir)
+        if self._owns_run_dir and self._state_stamp != _stamp(self.run_dir / "state.json"):
+            _unlock_run_dir(self._lock)
+            self._lock = None
+            raise GpalError(f"the run in {self.run_dir} was continued elsewhere since this learner last "
+                            "saved or resumed it; ActiveLearner.resume it again to continue from there")
         self.total_steps = steps
         self._stopped = (False, "")  # (a continued run reports its own stop)
         if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
@@ -888,6 +930,9 @@ class ActiveLearner:
             self.checkpoint(model=False)
             self._log({"event": "interrupted", "step": self.step})
             raise
+        finally:
+            _unlock_run_dir(self._lock)
+            self._lock = None
 
     def _own_unfinished_start(self, names: list[str]) -> bool:
         """Whether the run files ``names`` in the run folder are only what the first
@@ -1495,12 +1540,23 @@ class ActiveLearner:
             (``run=RunSettings(...)``) replaces the stored group whole, except that a
             :class:`Validation` without frames or stopping rule keeps the run's.
         """
-        from ..model import load
-
         run_dir = Path(run_dir)
         state_path = run_dir / "state.json"
         if not state_path.exists():
             raise GpalError(f"{run_dir} has no state.json: nothing to resume")
+        lock = _lock_run_dir(run_dir)  # while the state is read and train.xyz repaired
+        try:
+            learner = cls._resume(run_dir, state_path, oracle, executor, walker_executor, overrides)
+        finally:
+            _unlock_run_dir(lock)
+        learner._state_stamp = _stamp(state_path)  # (run() checks that nobody ran it since)
+        return learner
+
+    @classmethod
+    def _resume(cls, run_dir: Path, state_path: Path, oracle, executor, walker_executor,
+                overrides: dict) -> "ActiveLearner":
+        from ..model import load
+
         try:
             state = json.loads(state_path.read_text())
         except json.JSONDecodeError as exc:

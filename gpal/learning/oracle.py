@@ -21,6 +21,8 @@ import concurrent.futures as cf
 import contextlib
 import importlib
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +128,25 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
     if hasattr(obj, "get_potential_energy") or hasattr(obj, "calculate"):
         return obj  # a live calculator, used in this process only
     raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
+
+
+def worker_initializer(parent: int) -> None:
+    """Start-up of gpal's own worker processes (``gpal learn`` with ``workers`` or
+    ``walker_workers``): Ctrl-C is the parent's to handle (it stops the pool), and on
+    Linux a worker ends when its parent dies, even by SIGKILL, instead of living on."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the handler gpal learn gave the parent)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # (the parent ``parent``, its pid, died before the request took effect)
+            os._exit(1)
 
 
 # per-process cache, so a worker builds its calculator once

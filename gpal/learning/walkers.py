@@ -572,6 +572,9 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"))
+        from .oracle import worker_initializer
+
+        pool = ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=worker_initializer, initargs=(os.getpid(),))
         return pool, pool.shutdown
     return None, lambda: None
