@@ -1129,6 +1129,7 @@ def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
          UnknownSpeciesError, "not defined for this model: Cu"),
         (dict(structures=squeezed), OverlappingAtomsError, r"structures\[0\] has two atoms 0.100 Å apart"),
         (dict(model=SparseGP(n_sparse={"Au": 10})), ValueError, "gives no sparse environment to the species"),
+        (dict(structures=bulk("Cu", "fcc", a=3.61)), ValueError, r"structures\[0\] has one atom: MD cannot sample it"),
         (dict(md=MDSettings(temperature=1000), max_temperature=100), ValueError,
          r"max_temperature \(100 K\) must be above the MD protocol's highest temperature \(1000 K\)"),
     ]

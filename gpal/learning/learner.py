@@ -269,6 +269,9 @@ def check_start(structures: list, model, validation: Sequence[Atoms] = ()) -> No
     for k, a in enumerate(list(structures) + list(validation)):
         what = f"structures[{k}]" if k < len(structures) else f"validation frame {k - len(structures)}"
         check_atoms(a, species=known, what=what)
+        if k < len(structures) and len(a) < 2:
+            raise ValueError(f"{what} has one atom: MD cannot sample it (its motion is the whole "
+                             "cell's); give a supercell, e.g. atoms.repeat((3, 3, 3)), or a molecule")
         if k < len(structures) and getattr(model, "min_distance", None):
             check_min_distance(model._min_pair_distance(a), model.min_distance, what)
     if isinstance(model.n_sparse, dict) and getattr(model, "alpha_", None) is None:
