@@ -426,6 +426,17 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
     return out
 
 
+def frames_bytes(frames) -> bytes:
+    """The bytes :func:`write_frames` writes for ``frames`` (extended XYZ, UTF-8)."""
+    from io import StringIO
+
+    from ase.io import write
+
+    buf = StringIO()
+    write(buf, list(frames), format="extxyz")
+    return buf.getvalue().encode()
+
+
 def write_frames(path, frames) -> None:
     """Write frames with their labels to extended XYZ (atomically: whole or not at all)."""
     from ase.io import write

@@ -1102,6 +1102,12 @@ def test_a_continued_run_reports_its_own_stop(tmp_path):
     assert not again.stopped_early and again.stop_reason == ""
 
 
+def test_start_structures_and_validation_frames_may_come_from_a_generator(tmp_path):
+    L = ActiveLearner((a for a in [start()]), EMT(), small_model(), run_dir=tmp_path / "run", progress=False,
+                      validation=(a for a in cu_frames(3, seed=9, size=(2, 2, 2))))
+    assert len(L.structures) == 1 and len(L.validation) == 3
+
+
 def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
     """A wrong type, an oracle that cannot be built, a structure the model cannot take or
     a blow-up limit under the protocol: one clear error when the learner is made."""
@@ -1230,14 +1236,22 @@ def test_one_learner_at_a_time_resumes_or_runs_a_run_folder(tmp_path):
     """A batch job requeued while the old one still runs: while one process runs (or
     resumes) a run folder, another's resume or run is refused before it reads or repairs
     anything; a learner resumed before someone else continued the run is refused too."""
-    import fcntl
+    from gpal.learning.learner import run_dir_in_use
 
     run = tmp_path / "run"
     learner(run).run(20)
-    with open(run / "run.lock", "a") as other:  # another process at work there
-        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not run_dir_in_use(run)
+    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX); print(1, flush=True); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", hold, str(run / "run.lock")], stdout=subprocess.PIPE, text=True)
+    try:  # another process at work there
+        assert other.stdout.readline().strip() == "1"
+        assert run_dir_in_use(run)
         with pytest.raises(gpal.GpalError, match="another gpal process is running or resuming the run"):
             ActiveLearner.resume(run, EMT(), progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    assert not run_dir_in_use(run)  # (the lock ends with its process)
     early = ActiveLearner.resume(run, EMT(), progress=False)
     late = ActiveLearner.resume(run, EMT(), progress=False)  # (resuming twice in a notebook is fine)
     assert late.run(40).steps == 40
@@ -1248,22 +1262,31 @@ def test_one_learner_at_a_time_resumes_or_runs_a_run_folder(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
-    """gpal learn's worker processes: Ctrl-C ignored (the learner stops the pool), and a
-    parent killed by SIGKILL takes its workers with it."""
+    """gpal learn's worker processes: Ctrl-C ignored (the learner stops the pool), they
+    outlive the thread that started them, any start method, and a parent killed by
+    SIGKILL takes them with it."""
     script = textwrap.dedent("""
-        import os, signal, sys
+        import multiprocessing, os, signal, sys, threading
         from concurrent.futures import ProcessPoolExecutor
         from gpal.learning.oracle import worker_initializer
 
         def probe(_):
             return os.getpid(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
-        pool = ProcessPoolExecutor(2, initializer=worker_initializer, initargs=(os.getpid(),))
-        found = set(pool.map(probe, range(8)))
-        print(" ".join(str(pid) for pid, _ in found), all(ign for _, ign in found), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: as kill -9
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                     initializer=worker_initializer) as fs:  # (Python 3.14's default)
+                assert fs.submit(probe, 0).result()[1]
+            pool = ProcessPoolExecutor(2, initializer=worker_initializer)
+            t = threading.Thread(target=lambda: pool.submit(probe, 0).result())  # workers started from a thread
+            t.start()
+            t.join()  # ... that ends: they stay
+            found = set(pool.map(probe, range(8)))
+            print(" ".join(str(pid) for pid, _ in found), all(ign for _, ign in found), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: as kill -9
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    (tmp_path / "pool.py").write_text(script)
+    proc = subprocess.run([sys.executable, str(tmp_path / "pool.py")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     *pids, ignored = proc.stdout.split()
     assert pids and ignored == "True"
@@ -1278,3 +1301,34 @@ def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
     while time.time() < deadline and any(running(p) for p in pids):
         time.sleep(0.1)
     assert not any(running(p) for p in pids)
+
+
+def _no_calculator_of_its_own(key):
+    from gpal.learning.oracle import _cached_calculator
+
+    return _cached_calculator(key) is None
+
+
+def test_a_forked_worker_builds_its_own_oracle_calculator_and_a_fitted_models_run_resumes(tmp_path):
+    """The calculator the learner builds to check its oracle stays in the learner's
+    process (a forked worker builds its own: a calculator holding threads or pipes does
+    not survive a fork); a run with a fitted model interrupted before its frames were
+    written to train.xyz resumes."""
+    import multiprocessing
+
+    spec = OracleSpec("ase.calculators.emt:EMT")
+    spec.check()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as ex:
+        assert ex.submit(_no_calculator_of_its_own, spec.key()).result()
+    model = small_model().fit(cu_frames(4, size=(2, 2, 2)))
+    L = ActiveLearner(start(), EMT(), model, run_dir=tmp_path / "run", progress=False,
+                      trigger=Trigger(threshold=0.005), md=MDSettings(temperature=(300, 1200)))
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    model.training_frames = interrupted  # Ctrl-C while the model's frames are written out
+    with pytest.raises(KeyboardInterrupt):
+        L.run(10)
+    R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
+    assert R.run(10).steps == 10 and R.n_labelled >= 4

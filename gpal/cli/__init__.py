@@ -198,7 +198,7 @@ def _resume(args: argparse.Namespace) -> int:
 
         from ..learning.oracle import worker_initializer
 
-        executor = ProcessPoolExecutor(int(cfg["workers"]), initializer=worker_initializer, initargs=(os.getpid(),))
+        executor = ProcessPoolExecutor(int(cfg["workers"]), initializer=worker_initializer)
     walkers = _walker_executor(cfg)
 
     def resumed():
@@ -243,7 +243,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from . import config
     from .._validation import check_atoms, check_number
     from ..learning.learner import (ActiveLearner, MDSettings, Trigger, check_budgets, check_max_temperature,
-                                    check_start, foreign_files)
+                                    check_start, foreign_files, run_dir_in_use)
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, group_flat
     from ..model import SparseGP
@@ -358,6 +358,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if run_dir.exists() and not run_dir.is_dir():
         raise GpalError(f"run folder {run_dir} is a file")
     if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir_in_use(run_dir):  # (moving a live run's folder aside would split it in two)
+            raise GpalError(f"a gpal process is running the run in {run_dir}; stop it first, or give "
+                            "another run_dir")
         if args.overwrite:
             old = _move_aside(run_dir)
             print(f"gpal: moved the previous run folder {run_dir} to {old} (nothing deleted)")
@@ -393,7 +396,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
         from ..learning.oracle import worker_initializer
 
-        executor = ProcessPoolExecutor(n_workers, initializer=worker_initializer, initargs=(os.getpid(),))
+        executor = ProcessPoolExecutor(n_workers, initializer=worker_initializer)
     walkers = _walker_executor(cfg)
 
     def started():

@@ -34,6 +34,7 @@ lost and none is asked for twice.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from .. import selection
 from .._validation import as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
-from ..io import (append_frame, atomic_write, interrupts_deferred, read_frames, restore_constraints,
+from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, write_frames)
 from ..model import SparseGP
 from .oracle import Oracle, OracleSpec, as_oracle_spec
@@ -92,21 +93,42 @@ RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz"
 
 
 def _lock_run_dir(run_dir: Path):
-    """Hold ``run_dir/run.lock`` (an advisory POSIX lock, released when the process ends,
-    however it ends): one process at a time runs or resumes a run. Returns the open file
-    (None where the platform has no ``fcntl``); :class:`GpalError` if another holds it."""
+    """Hold ``run_dir/run.lock``: one process at a time runs or resumes a run.
+
+    A POSIX record lock (``lockf``): it belongs to this process (worker processes it
+    forks do not inherit it) and ends with it, however it ends. Returns the open file,
+    or None where the platform or the file system has no such locks (then with a
+    warning); :class:`GpalError` if another process holds it.
+    """
     try:
         import fcntl
     except ImportError:  # (not POSIX: no lock)
         return None
     fh = open(run_dir / "run.lock", "a")
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
         fh.close()
-        raise GpalError(f"another gpal process is running or resuming the run in {run_dir} (it holds "
-                        f"{run_dir / 'run.lock'}); wait for it to end, or stop it first") from None
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            raise GpalError(f"another gpal process is running or resuming the run in {run_dir} (it holds "
+                            f"{run_dir / 'run.lock'}); wait for it to end, or stop it first") from None
+        warnings.warn(f"{run_dir} has no file locks ({exc.strerror}): gpal cannot tell whether another "
+                      "process runs there; make sure none does", UserWarning, stacklevel=3)
+        return None
     return fh
+
+
+def run_dir_in_use(run_dir: Path) -> bool:
+    """Whether another process holds ``run_dir``'s lock (a run going on there)."""
+    if not (Path(run_dir) / "run.lock").exists():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _unlock_run_dir(_lock_run_dir(Path(run_dir)))
+    except GpalError:
+        return True
+    return False
 
 
 def _stamp(path: Path):
@@ -380,6 +402,8 @@ class ActiveLearner:
     ):
         if isinstance(structures, Atoms):
             structures = [structures]
+        if not isinstance(structures, (str, os.PathLike)):
+            structures = list(structures)  # (a generator, ase.io.iread, a tuple...)
         if isinstance(structures, (str, os.PathLike)) or not all(isinstance(a, Atoms) for a in structures):
             raise TypeError("structures must be an ase.Atoms or a list of them (ase.io.read(path, ':') "
                             f"reads a file), got {type(structures).__name__}")
@@ -391,7 +415,9 @@ class ActiveLearner:
             a.calc = None
         self._constraints = savable_constraints(self.structures)  # (state.json: for a resume)
         if validation is not None and not isinstance(validation, Validation):
-            if isinstance(validation, Atoms) or not all(isinstance(a, Atoms) for a in validation):
+            if not isinstance(validation, (Atoms, str, os.PathLike)):
+                validation = list(validation)  # (a generator is read once)
+            if isinstance(validation, (Atoms, str, os.PathLike)) or not all(isinstance(a, Atoms) for a in validation):
                 raise TypeError("validation must be a list of labelled ase.Atoms (ase.io.read(path, ':')) "
                                 f"or a gpal.Validation, got {type(validation).__name__}")
             validation = Validation(frames=validation)  # a list of labelled frames
@@ -895,29 +921,20 @@ class ActiveLearner:
         """
         t_start = time.perf_counter()
         steps = check_number("steps", steps, low=0, integer=True)
-        if not self._owns_run_dir and (self.run_dir / "state.json").exists():
-            # another learner's run: continuing it silently would mix its labels into this one
-            raise GpalError(f"{self.run_dir} already holds a run; ActiveLearner.resume({str(self.run_dir)!r}) "
-                            "continues it, or give another run_dir for a new run")
-        if not self._owns_run_dir and self.run_dir.is_dir():
-            # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
-            ours = sorted((RUN_FILES - {"config.toml", "run.lock"}) & {p.name for p in self.run_dir.iterdir()})
-            if ours and self._own_unfinished_start(ours):
-                ours = []  # this learner's own start, killed before its state was written: start again
-            if ours:
-                raise GpalError(f"{self.run_dir} already holds {', '.join(ours)} but no run state (state.json): "
-                                "give a new or empty run_dir (nothing there is replaced)")
-        self._owns_run_dir = True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        had_lock_file = (self.run_dir / "run.lock").exists()
+        self._lock = _lock_run_dir(self.run_dir)  # before anything there is read or written
+        try:
+            self._check_run_dir()
+        except BaseException:
+            _unlock_run_dir(self._lock)
+            self._lock = None
+            if not had_lock_file:  # (a folder refused is left as it was)
+                (self.run_dir / "run.lock").unlink(missing_ok=True)
+            raise
         if steps < self.step:
             warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
                           "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_run_dir(self.run_dir)
-        if self._owns_run_dir and self._state_stamp != _stamp(self.run_dir / "state.json"):
-            _unlock_run_dir(self._lock)
-            self._lock = None
-            raise GpalError(f"the run in {self.run_dir} was continued elsewhere since this learner last "
-                            "saved or resumed it; ActiveLearner.resume it again to continue from there")
         self.total_steps = steps
         self._stopped = (False, "")  # (a continued run reports its own stop)
         if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
@@ -937,28 +954,38 @@ class ActiveLearner:
             _unlock_run_dir(self._lock)
             self._lock = None
 
+    def _check_run_dir(self) -> None:
+        """Refuse a run folder this learner may not write: another learner's run, the
+        user's files, or a run continued elsewhere since this learner last saved it."""
+        if self._owns_run_dir:
+            if self._state_stamp != _stamp(self.run_dir / "state.json"):
+                raise GpalError(f"the run in {self.run_dir} was continued elsewhere since this learner last "
+                                "saved or resumed it; ActiveLearner.resume it again to continue from there")
+            return
+        if (self.run_dir / "state.json").exists():
+            # another learner's run: continuing it silently would mix its labels into this one
+            raise GpalError(f"{self.run_dir} already holds a run; ActiveLearner.resume({str(self.run_dir)!r}) "
+                            "continues it, or give another run_dir for a new run")
+        if not self._owns_run_dir and self.run_dir.is_dir():
+            # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
+            ours = sorted((RUN_FILES - {"config.toml", "run.lock"}) & {p.name for p in self.run_dir.iterdir()})
+            if ours and self._own_unfinished_start(ours):
+                ours = []  # this learner's own start, killed before its state was written: start again
+            if ours:
+                raise GpalError(f"{self.run_dir} already holds {', '.join(ours)} but no run state (state.json): "
+                                "give a new or empty run_dir (nothing there is replaced)")
+        self._owns_run_dir = True
+
     def _own_unfinished_start(self, names: list[str]) -> bool:
         """Whether the run files ``names`` in the run folder are only what the first
         checkpoint writes before ``state.json`` (the start structures and validation
-        frames), holding exactly this learner's: a start killed before its first label,
-        which this run may write again."""
+        frames), byte for byte as this learner writes them: a start killed before its
+        first label, which this run continues (nothing there is rewritten)."""
         if not set(names) <= {"structures.xyz", "validation.xyz"} or "structures.xyz" not in names:
             return False
-        try:
-            for name, mine in (("structures.xyz", self.structures), ("validation.xyz", self.validation or [])):
-                if name not in names:
-                    continue
-                theirs = read_frames(self.run_dir / name)
-                if len(theirs) != len(mine) or not all(
-                        np.array_equal(a.numbers, b.numbers) and np.array_equal(a.pbc, b.pbc)
-                        and np.allclose(a.positions, b.positions, rtol=0, atol=1e-8)
-                        and np.allclose(a.cell.array, b.cell.array, rtol=0, atol=1e-8)
-                        for a, b in zip(theirs, mine)):
-                    return False
-        except GpalError:  # (unreadable: not this learner's)
-            return False
-        for name in names:
-            (self.run_dir / name).unlink()
+        for name, mine in (("structures.xyz", self.structures), ("validation.xyz", self.validation or [])):
+            if name in names and (self.run_dir / name).read_bytes() != frames_bytes(mine):
+                return False
         return True
 
     def _run(self, t_start: float) -> Summary:
@@ -1654,8 +1681,8 @@ class ActiveLearner:
         cut = _drop_partial_frame(run_dir / "train.xyz")
         _drop_partial_line(run_dir / "log.jsonl")
         labelled = read_frames(run_dir / "train.xyz") if (run_dir / "train.xyz").exists() else []
-        held = max(int(state.get("n_labelled", 0)), len(model.frames_) if model.alpha_ is not None else 0)
-        if len(labelled) < held:  # (labels are written before the state and the model that count them)
+        held = int(state.get("n_labelled", 0))
+        if len(labelled) < held:  # (labels are written before the state that counts them)
             raise GpalError(f"{run_dir / 'train.xyz'} holds {len(labelled)} labelled frames but the run had "
                             f"{held}: it was removed or cut after the run wrote it; put the run's train.xyz "
                             "back to resume")

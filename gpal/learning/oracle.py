@@ -22,7 +22,6 @@ import contextlib
 import importlib
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,9 +90,9 @@ class OracleSpec:
         cannot start raises :class:`gpal.OracleError` before any run folder is written,
         instead of failing every label of the run.
         """
-        key = self.key()
-        if key in _WORKER_CALCS:
-            return _WORKER_CALCS[key]
+        calc = _cached_calculator(self.key())
+        if calc is not None:
+            return calc
         factory = self.resolve()
         try:
             calc = factory(**self.kwargs)
@@ -104,7 +103,7 @@ class OracleSpec:
         if not (hasattr(calc, "get_potential_energy") or hasattr(calc, "calculate")):
             raise OracleError(f"the oracle factory {self.factory!r} returned a {type(calc).__name__}, "
                               "not an ASE calculator")
-        _WORKER_CALCS[key] = calc
+        _WORKER_CALCS[self.key()] = (os.getpid(), calc)
         return calc
 
     def key(self) -> str:
@@ -130,27 +129,46 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
     raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
 
 
-def worker_initializer(parent: int) -> None:
+def worker_initializer() -> None:
     """Start-up of gpal's own worker processes (``gpal learn`` with ``workers`` or
-    ``walker_workers``): Ctrl-C is the parent's to handle (it stops the pool), and on
-    Linux a worker ends when its parent dies, even by SIGKILL, instead of living on."""
+    ``walker_workers``): Ctrl-C is the parent's to handle (it stops the pool), and a
+    worker ends when the process that started it dies, even by SIGKILL, instead of
+    living on (a daemon thread watches for the worker being handed to another parent;
+    any start method, any thread of the parent)."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the handler gpal learn gave the parent)
-    if sys.platform.startswith("linux"):
-        import ctypes
+    parent = os.getppid()
 
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:  # (the parent ``parent``, its pid, died before the request took effect)
-            os._exit(1)
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL)
+        os._exit(1)  # orphaned: the learner is gone, nothing will collect this worker's results
+
+    threading.Thread(target=watch, name="gpal-parent-watch", daemon=True).start()
 
 
-# per-process cache, so a worker builds its calculator once
-_WORKER_CALCS: dict[str, Any] = {}
+_PARENT_POLL = 1.0  # s between a worker's checks that its parent lives
+
+# per-process cache, so a process builds its calculator once: key -> (pid, calculator);
+# an entry a forked worker inherits from its parent is not its own and is not used
+_WORKER_CALCS: dict[str, tuple[int, Any]] = {}
+
+
+def _cached_calculator(key: str):
+    pid, calc = _WORKER_CALCS.get(key, (None, None))
+    return calc if pid == os.getpid() else None
+
+
+def _calculator(spec: "OracleSpec"):
+    """This process's calculator for ``spec`` (built once)."""
+    calc = _cached_calculator(spec.key())
+    if calc is None:
+        calc = spec.make()
+        _WORKER_CALCS[spec.key()] = (os.getpid(), calc)
+    return calc
 
 
 def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False) -> dict:
@@ -192,10 +210,7 @@ def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
 
 def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads, fresh=False):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
-    key = spec.key()
-    calc = _WORKER_CALCS.get(key)
-    if calc is None:
-        calc = _WORKER_CALCS[key] = spec.make()
+    calc = _calculator(spec)
     with _thread_limit(threads):
         t0 = time.perf_counter()
         out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh)
@@ -269,6 +284,8 @@ class Oracle:
         self.n_calls = 0
         self.n_failures = 0
         self.wall_time = 0.0
+        if executor is not None and isinstance(self.calculator, OracleSpec):
+            _WORKER_CALCS.pop(self.calculator.key(), None)  # (its check's calculator: the workers build their own)
         if executor is not None and not isinstance(self.calculator, OracleSpec):
             raise ValueError(
                 "a live calculator cannot be sent to an executor; give the oracle as "
@@ -292,7 +309,7 @@ class Oracle:
     def _run_local(self, atoms: Atoms, fresh: bool = False) -> dict:
         calc = self.calculator
         if self.is_spec:
-            calc = _WORKER_CALCS.get(calc.key()) or _WORKER_CALCS.setdefault(calc.key(), calc.make())
+            calc = _calculator(calc)
         t0 = time.perf_counter()
         out = _compute(calc, *self._args(atoms), fresh=fresh)
         out["wall_time"] = time.perf_counter() - t0
