@@ -79,14 +79,15 @@ def k_mm(model) -> np.ndarray:
     return K
 
 
-def ivr_select(model, pool, start, n_pick):
+def ivr_select(model, pool, start, n_pick, target=None):
     """Greedy integrated variance reduction of the pool's force predictions (SoR weights).
 
     With whitened weights v (prior N(0, I)) a frame's force rows are ``B = K_fm L^-T``
     (L the Cholesky factor of K_mm) and the posterior precision is ``I + Σ BᵀB / σ²``.
     Adding frame c lowers the pool's summed force variance ``tr(P⁻¹ S)``,
     ``S = mean over the pool of BᵀB``, by ``tr(A⁻¹ G S Gᵀ)`` with ``G = B_c P⁻¹`` and
-    ``A = σ² I + G B_cᵀ``.
+    ``A = σ² I + G B_cᵀ``. With ``target`` (frames), the variance is integrated over
+    those frames instead of the candidates ``pool``.
     """
     K = k_mm(model)
     L = np.linalg.cholesky(K + 1e-8 * np.trace(K) / len(K) * np.eye(len(K)))
@@ -98,7 +99,10 @@ def ivr_select(model, pool, start, n_pick):
     Bp = np.array([rows(a) for a in pool])
     C, r, M = Bp.shape
     s2 = model.noise_["force"] ** 2
-    S = np.einsum("cim,cin->mn", Bp, Bp) / C
+    if target is None:
+        S = np.einsum("cim,cin->mn", Bp, Bp) / C
+    else:
+        S = sum(b.T @ b for b in map(rows, target)) / len(target)
     P = np.eye(M)
     for a in start:
         b = rows(a)

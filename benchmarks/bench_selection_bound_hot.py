@@ -8,7 +8,7 @@ trajectory A's distribution. This script generates, with bench_loop's own oracle
 * from H_s alone: evenly spaced (offsets 0.25/0.5/0.75), greedy information gain, greedy
   IVR (S.ivr_select: variance integrated over the candidate pool itself) and IVR->A
   (candidates from H_s, variance integrated over the pool of trajectory A, i.e. the test
-  distribution);
+  distribution: ``S.ivr_select(..., target=A)``);
 * from the union pool A + H_s: information gain, IVR (over the union) and IVR->A;
 
 each fitted exactly as bench_selection_bound (``gpal.SparseGP(n_sparse=M).fit(frames)``)
@@ -57,7 +57,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import scipy.linalg as sl  # noqa: E402
 
 import bench_loop as B  # noqa: E402
 import bench_selection_bound as S  # noqa: E402
@@ -66,43 +65,6 @@ import gpal  # noqa: E402
 from gpal import selection  # noqa: E402
 
 HOT_SEEDS = {1.25: 30000, 1.5: 40000}
-
-
-def ivr_select_target(model, cands, target, start, n_pick):
-    """S.ivr_select with the integrated variance taken over ``target`` (not the candidates)."""
-    K = S.k_mm(model)
-    L = np.linalg.cholesky(K + 1e-8 * np.trace(K) / len(K) * np.eye(len(K)))
-
-    def rows(a):
-        F = model.observation_rows(a).forces.reshape(-1, len(K))
-        return sl.solve_triangular(L, F.T, lower=True).T
-
-    M = len(K)
-    Sm = np.zeros((M, M))
-    for a in target:
-        b = rows(a)
-        Sm += b.T @ b
-    Sm /= len(target)
-    Bp = np.array([rows(a) for a in cands])
-    C, r, _ = Bp.shape
-    s2 = model.noise_["force"] ** 2
-    P = np.eye(M)
-    for a in start:
-        b = rows(a)
-        P += b.T @ b / s2
-    Pinv = np.linalg.inv(P)
-    chosen: list[int] = []
-    for _ in range(n_pick):
-        G = (Bp.reshape(-1, M) @ Pinv).reshape(C, r, M)
-        GS = (G.reshape(-1, M) @ Sm).reshape(C, r, M)
-        A = s2 * np.eye(r)[None] + np.einsum("cim,cjm->cij", G, Bp)
-        H = np.einsum("cim,cjm->cij", GS, G)
-        red = np.array([np.trace(np.linalg.solve(A[c], H[c])) for c in range(C)])
-        red[chosen] = -np.inf
-        c = int(np.argmax(red))
-        chosen.append(c)
-        Pinv -= G[c].T @ np.linalg.solve(A[c], G[c])
-    return chosen
 
 
 def design_model(best, desc, M, start, pool, seed=0):
@@ -218,7 +180,7 @@ def main(argv=None):
         print(f"    ({tag} IVR picks {time.perf_counter() - t0:.0f} s; pool positions {sorted(c)})", flush=True)
         ev(f"{tag} IVR", hstart + [hpool[i] for i in c], ref)
         t0 = time.perf_counter()
-        c = ivr_select_target(mh, hpool, pool, hstart, n - 2)
+        c = S.ivr_select(mh, hpool, hstart, n - 2, target=pool)
         print(f"    ({tag} IVR->A picks {time.perf_counter() - t0:.0f} s; pool positions {sorted(c)})", flush=True)
         ev(f"{tag} IVR->A", hstart + [hpool[i] for i in c], ref)
         del mh
@@ -228,7 +190,7 @@ def main(argv=None):
         ev(f"A+{tag} info gain", start + [upool[i] for i in picks], ref, where(picks, len(pool)))
         c = S.ivr_select(mu, upool, start, n - 2)
         ev(f"A+{tag} IVR", start + [upool[i] for i in c], ref, where(c, len(pool)))
-        c = ivr_select_target(mu, upool, pool, start, n - 2)
+        c = S.ivr_select(mu, upool, start, n - 2, target=pool)
         ev(f"A+{tag} IVR->A", start + [upool[i] for i in c], ref, where(c, len(pool)))
         del mu
 
