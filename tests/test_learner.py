@@ -1217,6 +1217,14 @@ def test_a_start_killed_before_its_state_was_written_can_be_started_again(tmp_pa
     before = (other / "structures.xyz").read_bytes()
     with pytest.raises(gpal.GpalError, match="already holds structures.xyz but no run state"):
         learner(other).run(20)
+    from gpal import TargetSet  # with a target set, its structures are written before state.json too
+
+    targets = TargetSet([start()], quantity="energies", n_sparse=5, explore=0)
+    aimed = tmp_path / "aimed"
+    aimed.mkdir()
+    write_frames(aimed / "structures.xyz", [start()])
+    write_frames(aimed / "targets.xyz", targets.structures)
+    assert learner(aimed, targets=targets).run(20).steps == 20
     assert (other / "structures.xyz").read_bytes() == before and sorted(p.name for p in other.iterdir()) == [
         "structures.xyz"]
 
@@ -1252,6 +1260,18 @@ def test_one_learner_at_a_time_resumes_or_runs_a_run_folder(tmp_path):
         other.kill()
         other.wait()
     assert not run_dir_in_use(run)  # (the lock ends with its process)
+    from gpal.learning.learner import _lock_run_dir, _unlock_run_dir
+
+    held = _lock_run_dir(run)  # a learner of this process at work there (in a thread, say)
+    try:
+        assert run_dir_in_use(run)
+        with pytest.raises(gpal.GpalError, match="another learner of this process is running or resuming"):
+            ActiveLearner.resume(run, EMT(), progress=False)
+        probe = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        outside = subprocess.run([sys.executable, "-c", probe, str(run / "run.lock")], capture_output=True)
+        assert outside.returncode != 0  # ... and the refusals left this process's lock in place
+    finally:
+        _unlock_run_dir(held)
     early = ActiveLearner.resume(run, EMT(), progress=False)
     late = ActiveLearner.resume(run, EMT(), progress=False)  # (resuming twice in a notebook is fine)
     assert late.run(40).steps == 40
@@ -1274,14 +1294,14 @@ def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
             return os.getpid(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
         if __name__ == "__main__":
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
-                                     initializer=worker_initializer) as fs:  # (Python 3.14's default)
-                assert fs.submit(probe, 0).result()[1]
-            pool = ProcessPoolExecutor(2, initializer=worker_initializer)
+            me = (os.getpid(),)
+            fs = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                     initializer=worker_initializer, initargs=me)  # (Python 3.14's default)
+            pool = ProcessPoolExecutor(2, initializer=worker_initializer, initargs=me)
             t = threading.Thread(target=lambda: pool.submit(probe, 0).result())  # workers started from a thread
             t.start()
             t.join()  # ... that ends: they stay
-            found = set(pool.map(probe, range(8)))
+            found = set(pool.map(probe, range(8))) | {fs.submit(probe, 0).result()}
             print(" ".join(str(pid) for pid, _ in found), all(ign for _, ign in found), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: as kill -9
     """)

@@ -198,7 +198,7 @@ def _resume(args: argparse.Namespace) -> int:
 
         from ..learning.oracle import worker_initializer
 
-        executor = ProcessPoolExecutor(int(cfg["workers"]), initializer=worker_initializer)
+        executor = ProcessPoolExecutor(int(cfg["workers"]), initializer=worker_initializer, initargs=(os.getpid(),))
     walkers = _walker_executor(cfg)
 
     def resumed():
@@ -396,7 +396,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
         from ..learning.oracle import worker_initializer
 
-        executor = ProcessPoolExecutor(n_workers, initializer=worker_initializer)
+        executor = ProcessPoolExecutor(n_workers, initializer=worker_initializer, initargs=(os.getpid(),))
     walkers = _walker_executor(cfg)
 
     def started():

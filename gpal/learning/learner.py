@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -92,34 +92,50 @@ RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz"
                        "walkers.npz", "learning_curve.png"})
 
 
+# run folders this process holds (real path -> open run.lock or None): a POSIX record
+# lock belongs to the process, so a second learner of the same process must be refused
+# here, and its run.lock never opened and closed again (closing would release the lock)
+_HELD: dict[str, Any] = {}
+
+
 def _lock_run_dir(run_dir: Path):
-    """Hold ``run_dir/run.lock``: one process at a time runs or resumes a run.
+    """Hold ``run_dir/run.lock``: one learner at a time runs or resumes a run.
 
     A POSIX record lock (``lockf``): it belongs to this process (worker processes it
-    forks do not inherit it) and ends with it, however it ends. Returns the open file,
-    or None where the platform or the file system has no such locks (then with a
-    warning); :class:`GpalError` if another process holds it.
+    forks do not inherit it) and ends with it, however it ends; within the process a
+    registry refuses a second learner. Returns what :func:`_unlock_run_dir` takes; a
+    platform or file system without such locks gives a warning and the registry only.
+    :class:`GpalError` if another process or another learner here holds the folder.
     """
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        raise GpalError(f"another learner of this process is running or resuming the run in {run_dir}; "
+                        "let it end first")
+    fh = None
     try:
         import fcntl
-    except ImportError:  # (not POSIX: no lock)
-        return None
-    fh = open(run_dir / "run.lock", "a")
-    try:
-        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        fh.close()
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            raise GpalError(f"another gpal process is running or resuming the run in {run_dir} (it holds "
-                            f"{run_dir / 'run.lock'}); wait for it to end, or stop it first") from None
-        warnings.warn(f"{run_dir} has no file locks ({exc.strerror}): gpal cannot tell whether another "
-                      "process runs there; make sure none does", UserWarning, stacklevel=3)
-        return None
-    return fh
+    except ImportError:  # (not POSIX: the registry only)
+        fcntl = None
+    if fcntl is not None:
+        fh = open(run_dir / "run.lock", "a")
+        try:
+            fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.close()
+            fh = None
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise GpalError(f"another gpal process is running or resuming the run in {run_dir} (it holds "
+                                f"{run_dir / 'run.lock'}); wait for it to end, or stop it first") from None
+            warnings.warn(f"{run_dir} has no file locks ({exc.strerror}): gpal cannot tell whether another "
+                          "process runs there; make sure none does", UserWarning, stacklevel=3)
+    _HELD[key] = fh
+    return key, fh
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
-    """Whether another process holds ``run_dir``'s lock (a run going on there)."""
+    """Whether a learner holds ``run_dir`` (a run going on there), in this process or another."""
+    if os.path.realpath(run_dir) in _HELD:
+        return True
     if not (Path(run_dir) / "run.lock").exists():
         return False
     try:
@@ -140,9 +156,13 @@ def _stamp(path: Path):
     return st.st_mtime_ns, st.st_size
 
 
-def _unlock_run_dir(fh) -> None:
-    if fh is not None:
-        fh.close()  # (closing releases the lock)
+def _unlock_run_dir(lock) -> None:
+    """Release what :func:`_lock_run_dir` returned (None: nothing)."""
+    if lock is not None:
+        key, fh = lock
+        _HELD.pop(key, None)
+        if fh is not None:
+            fh.close()  # (closing releases the lock)
 
 
 def foreign_files(run_dir: Path) -> list[str]:
@@ -978,12 +998,14 @@ class ActiveLearner:
 
     def _own_unfinished_start(self, names: list[str]) -> bool:
         """Whether the run files ``names`` in the run folder are only what the first
-        checkpoint writes before ``state.json`` (the start structures and validation
-        frames), byte for byte as this learner writes them: a start killed before its
+        checkpoint writes before ``state.json`` (the start structures, validation frames
+        and target structures), byte for byte as this learner writes them: a start killed before its
         first label, which this run continues (nothing there is rewritten)."""
-        if not set(names) <= {"structures.xyz", "validation.xyz"} or "structures.xyz" not in names:
+        if not set(names) <= {"structures.xyz", "validation.xyz", "targets.xyz"} or "structures.xyz" not in names:
             return False
-        for name, mine in (("structures.xyz", self.structures), ("validation.xyz", self.validation or [])):
+        targets = self.targets.structures if self.targets is not None else []
+        for name, mine in (("structures.xyz", self.structures), ("validation.xyz", self.validation or []),
+                           ("targets.xyz", targets)):
             if name in names and (self.run_dir / name).read_bytes() != frames_bytes(mine):
                 return False
         return True

@@ -129,12 +129,15 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
     raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
 
 
-def worker_initializer() -> None:
+def worker_initializer(learner: int | None = None) -> None:
     """Start-up of gpal's own worker processes (``gpal learn`` with ``workers`` or
-    ``walker_workers``): Ctrl-C is the parent's to handle (it stops the pool), and a
-    worker ends when the process that started it dies, even by SIGKILL, instead of
-    living on (a daemon thread watches for the worker being handed to another parent;
-    any start method, any thread of the parent)."""
+    ``walker_workers``): Ctrl-C is the learner's to handle (it stops the pool), and a
+    worker ends when the learner dies, even by SIGKILL, instead of living on.
+
+    A daemon thread watches for the worker being handed to another parent, and for the
+    learner process (pid ``learner``, given as ``initargs=(os.getpid(),)``) being gone:
+    under forkserver the worker's parent is the fork server, which outlives the learner.
+    """
     import signal
     import threading
 
@@ -142,10 +145,30 @@ def worker_initializer() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the handler gpal learn gave the parent)
     parent = os.getppid()
 
+    def orphaned() -> bool:
+        if os.getppid() != parent:
+            return True
+        if learner is None:
+            return False
+        try:
+            os.kill(learner, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # (its pid now belongs to another user's process)
+            return True
+        try:  # a learner killed but not yet reaped by its own parent is a zombie: gone too
+            with open(f"/proc/{learner}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):  # (no /proc: not Linux)
+            return False
+
+    if orphaned():  # (the learner died while this worker started)
+        os._exit(1)
+
     def watch():
-        while os.getppid() == parent:
+        while not orphaned():
             time.sleep(_PARENT_POLL)
-        os._exit(1)  # orphaned: the learner is gone, nothing will collect this worker's results
+        os._exit(1)  # the learner is gone: nothing will collect this worker's results
 
     threading.Thread(target=watch, name="gpal-parent-watch", daemon=True).start()
 

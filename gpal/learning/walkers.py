@@ -575,6 +575,6 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
         from .oracle import worker_initializer
 
         pool = ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker_initializer)
+                                   initializer=worker_initializer, initargs=(os.getpid(),))
         return pool, pool.shutdown
     return None, lambda: None
