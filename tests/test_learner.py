@@ -1352,3 +1352,20 @@ def test_a_forked_worker_builds_its_own_oracle_calculator_and_a_fitted_models_ru
         L.run(10)
     R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
     assert R.run(10).steps == 10 and R.n_labelled >= 4
+
+
+def test_oracle_threads_of_a_thread_pool_each_build_their_calculator(tmp_path):
+    """A calculator is rarely thread-safe: labels computed on a thread-pool executor (or
+    a multi-threaded dask worker) must not share one (they mixed up frames' results)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpal.learning.oracle import Oracle
+
+    frames = cu_frames(6, seed=4, size=(2, 2, 2))
+    with ThreadPoolExecutor(3) as ex:
+        labelled, failures = Oracle(OracleSpec("_oracles:SlowEMT", {"delay": 0.1}), executor=ex).label(frames)
+    assert not failures
+    for a, b in zip(labelled, frames):
+        ref = b.copy()
+        ref.calc = EMT()
+        assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-10)

@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +104,7 @@ class OracleSpec:
         if not (hasattr(calc, "get_potential_energy") or hasattr(calc, "calculate")):
             raise OracleError(f"the oracle factory {self.factory!r} returned a {type(calc).__name__}, "
                               "not an ASE calculator")
-        _WORKER_CALCS[self.key()] = (os.getpid(), calc)
+        _WORKER_CALCS[_slot(self.key())] = (os.getpid(), calc)
         return calc
 
     def key(self) -> str:
@@ -139,7 +140,6 @@ def worker_initializer(learner: int | None = None) -> None:
     under forkserver the worker's parent is the fork server, which outlives the learner.
     """
     import signal
-    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the handler gpal learn gave the parent)
@@ -177,20 +177,27 @@ _PARENT_POLL = 1.0  # s between a worker's checks that its parent lives
 
 # per-process cache, so a process builds its calculator once: key -> (pid, calculator);
 # an entry a forked worker inherits from its parent is not its own and is not used
-_WORKER_CALCS: dict[str, tuple[int, Any]] = {}
+_WORKER_CALCS: dict[tuple[str, int], tuple[int, Any]] = {}
+
+
+def _slot(key: str) -> tuple[str, int]:
+    """The cache slot of ``key`` for this thread: a calculator is rarely thread-safe, so
+    the threads of a thread-pool executor (or of a multi-threaded dask worker) each
+    build their own."""
+    return key, threading.get_ident()
 
 
 def _cached_calculator(key: str):
-    pid, calc = _WORKER_CALCS.get(key, (None, None))
+    pid, calc = _WORKER_CALCS.get(_slot(key), (None, None))
     return calc if pid == os.getpid() else None
 
 
 def _calculator(spec: "OracleSpec"):
-    """This process's calculator for ``spec`` (built once)."""
+    """This process's (and thread's) calculator for ``spec`` (built once)."""
     calc = _cached_calculator(spec.key())
     if calc is None:
         calc = spec.make()
-        _WORKER_CALCS[spec.key()] = (os.getpid(), calc)
+        _WORKER_CALCS[_slot(spec.key())] = (os.getpid(), calc)
     return calc
 
 
@@ -308,7 +315,7 @@ class Oracle:
         self.n_failures = 0
         self.wall_time = 0.0
         if executor is not None and isinstance(self.calculator, OracleSpec):
-            _WORKER_CALCS.pop(self.calculator.key(), None)  # (its check's calculator: the workers build their own)
+            _WORKER_CALCS.pop(_slot(self.calculator.key()), None)  # (its check's calculator: the workers build their own)
         if executor is not None and not isinstance(self.calculator, OracleSpec):
             raise ValueError(
                 "a live calculator cannot be sent to an executor; give the oracle as "
