@@ -194,11 +194,9 @@ def _resume(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
             cfg = {k: stored_cfg[k] for k in ("workers", "walker_workers", "walker_scheduler") if k in stored_cfg}
     if int(cfg.get("workers", 1)) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+        from ..learning.oracle import worker_pool
 
-        from ..learning.oracle import worker_initializer
-
-        executor = ProcessPoolExecutor(int(cfg["workers"]), initializer=worker_initializer, initargs=(os.getpid(),))
+        executor = worker_pool(int(cfg["workers"]))
     walkers = _walker_executor(cfg)
 
     def resumed():
@@ -392,11 +390,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     executor = None
     n_workers = int(cfg.get("workers", 1))
     if n_workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
+        from ..learning.oracle import worker_pool
 
-        from ..learning.oracle import worker_initializer
-
-        executor = ProcessPoolExecutor(n_workers, initializer=worker_initializer, initargs=(os.getpid(),))
+        executor = worker_pool(n_workers)
     walkers = _walker_executor(cfg)
 
     def started():

@@ -85,13 +85,15 @@ class OracleSpec:
         return obj
 
     def check(self):
-        """Build the calculator once, here and now, and return it (kept for this process).
+        """Build the calculator once, here and now, and return it (kept for this process
+        and thread, which reuse it for their labels).
 
         A typo in ``kwargs``, a factory that is not a calculator or a calculator that
         cannot start raises :class:`gpal.OracleError` before any run folder is written,
         instead of failing every label of the run.
         """
-        calc = _cached_calculator(self.key())
+        key = self.key()
+        calc = _cached_calculator(key)
         if calc is not None:
             return calc
         factory = self.resolve()
@@ -104,7 +106,7 @@ class OracleSpec:
         if not (hasattr(calc, "get_potential_energy") or hasattr(calc, "calculate")):
             raise OracleError(f"the oracle factory {self.factory!r} returned a {type(calc).__name__}, "
                               "not an ASE calculator")
-        _WORKER_CALCS[_slot(self.key())] = (os.getpid(), calc)
+        _WORKER_CALCS[_slot(key)] = (os.getpid(), calc)
         return calc
 
     def key(self) -> str:
@@ -192,13 +194,11 @@ def _cached_calculator(key: str):
     return calc if pid == os.getpid() else None
 
 
-def _calculator(spec: "OracleSpec"):
-    """This process's (and thread's) calculator for ``spec`` (built once)."""
-    calc = _cached_calculator(spec.key())
-    if calc is None:
-        calc = spec.make()
-        _WORKER_CALCS[_slot(spec.key())] = (os.getpid(), calc)
-    return calc
+def worker_pool(n: int, mp_context=None):
+    """A process pool of ``n`` gpal workers (:func:`worker_initializer`: they leave
+    Ctrl-C to this process and end with it)."""
+    return cf.ProcessPoolExecutor(int(n), mp_context=mp_context, initializer=worker_initializer,
+                                  initargs=(os.getpid(),))
 
 
 def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False) -> dict:
@@ -240,7 +240,7 @@ def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
 
 def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads, fresh=False):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
-    calc = _calculator(spec)
+    calc = spec.check()
     with _thread_limit(threads):
         t0 = time.perf_counter()
         out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh)
@@ -339,7 +339,7 @@ class Oracle:
     def _run_local(self, atoms: Atoms, fresh: bool = False) -> dict:
         calc = self.calculator
         if self.is_spec:
-            calc = _calculator(calc)
+            calc = calc.check()
         t0 = time.perf_counter()
         out = _compute(calc, *self._args(atoms), fresh=fresh)
         out["wall_time"] = time.perf_counter() - t0

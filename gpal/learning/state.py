@@ -113,20 +113,7 @@ def _drop_partial_frame(path: Path) -> int:
     end = _complete_frames_end(data)
     if not data[end:].strip():
         return 0
-    with open(path.with_name(path.name + ".partial"), "ab") as fh:
-        fh.write(data[end:] + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    if end == 0:
-        path.unlink()
-    else:
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-            fh.flush()
-            os.fsync(fh.fileno())
-    log.warning("resume: %s ended with an incomplete frame (%d bytes, a crash while it was "
-                "written); moved to %s.partial", path, len(data) - end, path.name)
-    return len(data) - end
+    return _move_tail(path, data, end, "an incomplete frame (a crash while it was written)")
 
 
 def _drop_partial_line(path: Path) -> int:
@@ -139,16 +126,25 @@ def _drop_partial_line(path: Path) -> int:
     end = data.rfind(b"\n") + 1  # after the last complete line (0: none)
     if end == len(data):
         return 0
+    return _move_tail(path, data, end, "an unfinished line")
+
+
+def _move_tail(path: Path, data: bytes, end: int, what: str) -> int:
+    """Move ``data[end:]``, the end of ``path``'s content ``data``, to ``path.partial``
+    (appended, synced) and cut ``path`` there (removed if nothing is left); returns the
+    number of bytes moved."""
     with open(path.with_name(path.name + ".partial"), "ab") as fh:
         fh.write(data[end:] + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
-    with open(path, "r+b") as fh:
-        fh.truncate(end)
-        fh.flush()
-        os.fsync(fh.fileno())
-    log.warning("resume: %s ended with an unfinished line (%d bytes); moved to %s.partial",
-                path, len(data) - end, path.name)
+    if end == 0:
+        path.unlink()
+    else:
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
+    log.warning("resume: %s ended with %s, %d bytes; moved to %s.partial", path, what, len(data) - end, path.name)
     return len(data) - end
 
 

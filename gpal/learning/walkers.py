@@ -570,11 +570,9 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
         return client.get_executor(), client.close
     if workers and int(workers) > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        from .oracle import worker_initializer
+        from .oracle import worker_pool
 
-        pool = ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker_initializer, initargs=(os.getpid(),))
+        pool = worker_pool(int(workers), multiprocessing.get_context("spawn"))
         return pool, pool.shutdown
     return None, lambda: None
