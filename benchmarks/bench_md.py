@@ -184,17 +184,21 @@ import os
 import sys
 
 
-def _set_threads() -> int:
-    n = 1
+def _set_threads() -> int | None:
+    """Set the thread variables from ``--threads N`` (default 1); ``--threads default``
+    sets none: every library keeps its default and gpal its threading policy."""
+    n = "1"
     argv = sys.argv[1:]
     for k, arg in enumerate(argv):
         if arg == "--threads" and k + 1 < len(argv):
-            n = int(argv[k + 1])
+            n = argv[k + 1]
         elif arg.startswith("--threads="):
-            n = int(arg.split("=", 1)[1])
+            n = arg.split("=", 1)[1]
+    if n == "default":
+        return None
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(n)
-    return n
+        os.environ[var] = str(int(n))
+    return int(n)
 
 
 if __name__ == "__main__":
@@ -467,6 +471,18 @@ def speed_section(args, model, gap_xml) -> None:
               "(expand, kernel, backward recomputing the pair terms).")
     print("  gpal: GPCalculator(model, std_every=1): energy, forces, stress and local-energy "
           "stds every step; EMT and GAP: energy and forces (what VelocityVerlet asks).")
+    print("\n=== The same blocks, wall µs/atom/step (what a user waits; with --threads default "
+          "gpal may use more than one core, EMT and GAP (quippy) use one) ===")
+    rows = []
+    for (mode, n), (r, load) in results.items():
+        g = r["gpal (stds every step)"]
+        e = r["ASE EMT"]
+        q = r.get("GAP (quippy)")
+        rows.append([mode, n, f"{g['wall']:.1f}", f"{g['cpu'] / g['wall']:.2f}",
+                     f"{e['wall']:.1f}", f"{q['wall']:.0f}" if q else "-",
+                     f"{g['wall'] / e['wall']:.2f}", f"{q['wall'] / g['wall']:.0f}" if q else "-"])
+    print(table(["machine", "atoms", "gpal wall", "gpal CPU/wall", "EMT wall", "GAP wall",
+                 "gpal/EMT wall", "GAP/gpal wall"], rows))
 
 
 def nve(atoms, calc, steps: int) -> dict:
@@ -546,7 +562,9 @@ def main(argv=None) -> None:
                              "on 6 of 7 bench_loop runs checked (the Pt vacancy: 4), and a "
                              "zeta-2 model predicts without stds through its quadratic form")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1",
+                        help="threads of every library (default 1); 'default': none set, "
+                             "gpal's threading policy, the libraries' own defaults")
     args = parser.parse_args(argv)
     if args.zeta is not None:
         import bench_fit_predict
@@ -562,7 +580,7 @@ def main(argv=None) -> None:
     have_gap, why = (False, "--no-gap given") if args.no_gap else gap_available()
     print("gpal MD benchmark")
     print(f"  gpal {gpal.__version__}; threads OMP/OPENBLAS/NUMBA="
-          f"{os.environ.get('OMP_NUM_THREADS')}; cpus {os.cpu_count()}; load average "
+          f"{os.environ.get('OMP_NUM_THREADS', 'not set (gpal policy)')}; cpus {os.cpu_count()}; load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if not have_gap:
         print(f"  GAP part skipped: {why}")

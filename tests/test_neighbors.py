@@ -137,3 +137,28 @@ def test_errors():
         neighbor_list(np.zeros((2, 3)), None, False, 0.0)
     with pytest.raises(ValueError):
         neighbor_list(np.zeros((2, 2)), None, False, 1.0)
+
+
+def test_a_cutoff_far_beyond_the_cell_is_refused_at_once():
+    # r_cut 1e6 Å on a 4-atom fcc cell would scan ~(2e6 / 3.6)³ periodic images
+    import time
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="is the cutoff"):
+        neighbor_list(atoms.positions, atoms.cell.array, True, 1e6)
+    assert time.perf_counter() - t < 5
+    # the largest cutoff of ordinary use still runs (the images of a tiny cell)
+    i, j, D = neighbor_list(atoms.positions, atoms.cell.array, True, 12.0)
+    assert len(i) > 4 * 500
+
+
+def test_the_work_guard_leaves_a_million_atoms_of_a_metal_alone():
+    # a 10⁶-atom fcc cell (side 227 Å) at a 7 Å cutoff: 32 bins per direction, reach 1
+    from gpal.descriptors.neighbors import MAX_CANDIDATE_PAIRS, _check_work
+
+    n_bins, reach, pbc = np.array([32, 32, 32]), np.array([1, 1, 1]), np.ones(3, bool)
+    _check_work(10**6, n_bins, reach, pbc, 7.0)  # ~8e8 candidate pairs: no error
+    assert 27 * 10**6 * (10**6 / 32**3) < MAX_CANDIDATE_PAIRS / 10
+    # an isolated molecule searches its own atoms only
+    _check_work(10**4, np.ones(3, int), np.ones(3, int), np.zeros(3, bool), 1e6)

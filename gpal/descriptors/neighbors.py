@@ -33,6 +33,10 @@ from ..exceptions import InvalidPositionsError, MissingCellError
 __all__ = ["neighbor_list"]
 
 _MAX_BINS_PER_ATOM = 8
+#: most candidate pairs (atoms x atoms of the bins within reach, images included) a
+#: search may visit: ~10 minutes of one core and, for a dense system, tens of GB of
+#: pairs; 10⁶ atoms of a metal at a 7 Å cutoff visit ~10⁹
+MAX_CANDIDATE_PAIRS = 5e10
 
 
 @_thread_policy()
@@ -191,6 +195,7 @@ def _pairs(pos, cell, pbc, cutoff):
             span = frac[:, d].max() - lo[d]
             width[d] = span / n_bins[d] if span > 0 else 1.0
             reach[d] = 1
+    _check_work(n_atoms, n_bins, reach, pbc, cutoff)
     shift_cart = np.ascontiguousarray(cell)
     counts = np.zeros(n_atoms, dtype=np.int64)
     bin_of, order, bin_start = _bin_atoms(frac, lo, width, n_bins)
@@ -245,6 +250,23 @@ def _pairs(pos, cell, pbc, cutoff):
             True,
         )
     return i_out, j_out, D_out, S_out, offsets
+
+
+def _check_work(n_atoms: int, n_bins, reach, pbc, cutoff: float) -> None:
+    """Raise ValueError before a search that would visit more than
+    :data:`MAX_CANDIDATE_PAIRS` candidate pairs (a cutoff far larger than the cell
+    scans ~(2 cutoff / height)³ periodic images: r_cut 10⁶ Å for a 10 Å cell would run
+    for years instead of failing)."""
+    stencil = 1.0
+    for d in range(3):
+        stencil *= min(2 * int(reach[d]) + 1, int(n_bins[d])) if not pbc[d] else 2 * int(reach[d]) + 1
+    work = float(n_atoms) * stencil * (float(n_atoms) / float(np.prod(n_bins)))
+    if work > MAX_CANDIDATE_PAIRS:
+        raise ValueError(
+            f"a neighbour cutoff of {cutoff:g} Å for {n_atoms} atoms would search ~{work:.1e} "
+            f"atom pairs (more than {MAX_CANDIDATE_PAIRS:.0e}; periodic images of the cell "
+            f"within the cutoff: {'x'.join(str(2 * int(r) + 1) for r, p in zip(reach, pbc) if p) or 'none'}); "
+            "is the cutoff (r_cut) in Å?")
 
 
 @numba.njit(cache=True)
