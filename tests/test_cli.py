@@ -446,3 +446,54 @@ def test_a_default_written_out_is_no_change_of_configuration():
     changed = copy.deepcopy(printed)
     changed["trigger"]["every"] = 7
     assert config.config_difference(started, changed) == "[trigger] every (20 in the run, 7 in the config)"
+
+
+def test_a_second_learn_of_a_folder_being_prepared_is_refused_at_once(tmp_path):
+    """gpal learn holds the run folder from before it writes config.toml: a second
+    gpal learn of the folder while the first labels its validation trajectory is refused
+    in one line, makes no oracle call and changes no file there."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from _subprocess import ROOT, TESTS
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+run_dir = "{run}"
+steps = 10
+[structure]
+bulk = "Cu"
+repeat = [2, 2, 2]
+[oracle]
+factory = "_oracles:SlowEMT"
+kwargs = {{delay = 0.5}}
+[descriptor]
+r_cut = 4.0
+n_max = 3
+l_max = 2
+[validation]
+steps = 40
+every = 20
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "gpal.cli", "learn", str(cfg), "-q"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "config.toml").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert (run / "config.toml").exists(), first.stderr.read() if first.poll() is not None else ""
+        before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None  # (the first was still labelling its validation frames)
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"gpal learn: error: a gpal process is running the run in {run}; stop it first, or give "
+            "another run_dir"], second.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    finally:
+        first.kill()
+        first.wait()

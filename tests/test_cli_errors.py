@@ -317,3 +317,24 @@ def test_a_bad_model_setting_costs_no_oracle_call(bad, capsys, monkeypatch):
         assert _run(["learn", str(bad / f"{name}.toml")]) == 2
         assert len(capsys.readouterr().err.splitlines()) == 1
         assert not (bad / f"{name}_run" / "train.xyz").exists()
+
+
+def test_a_warning_reached_from_several_places_is_shown_once(capsys):
+    """One text once per command, however many code paths raise it (a learner's fits and
+    predictions reached the periodic=False warning six times)."""
+    import warnings
+
+    from gpal.cli import _one_line_warnings
+
+    def here():
+        warnings.warn("the same advice", UserWarning)
+
+    def there():
+        warnings.warn("the same advice", UserWarning)
+
+    with _one_line_warnings("gpal learn"):
+        here()
+        there()
+        warnings.warn("other advice", UserWarning)
+    assert capsys.readouterr().err.splitlines() == [
+        "gpal learn: warning: the same advice", "gpal learn: warning: other advice"]

@@ -1280,6 +1280,37 @@ def test_one_learner_at_a_time_resumes_or_runs_a_run_folder(tmp_path):
     assert late.run(60).steps == 60  # the one that ran goes on
 
 
+def test_a_reserved_run_folder_is_handed_to_one_learner_and_held_to_the_end(tmp_path):
+    """reserve_run_dir (gpal learn's hold on a folder it prepares): the learner it builds
+    adopts the lock for its run and resume, a second learner of the process is refused
+    while the first holds it, and no other process gets the folder until the block ends."""
+    from gpal.learning.learner import reserve_run_dir, run_dir_in_use
+
+    run = tmp_path / "run"
+    run.mkdir()
+    probe = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+
+    def outside_can_lock():
+        return subprocess.run([sys.executable, "-c", probe, str(run / "run.lock")], capture_output=True).returncode == 0
+
+    with reserve_run_dir(run):
+        assert run_dir_in_use(run) and not outside_can_lock()
+        assert learner(run).run(20).steps == 20
+        assert not outside_can_lock()  # (the learner's run gave the lock back to the reservation)
+        resumed = ActiveLearner.resume(run, EMT(), progress=False)
+        assert resumed.run(30).steps == 30
+        from gpal.learning.learner import _lock_run_dir, _unlock_run_dir
+
+        adopted = _lock_run_dir(run)  # a learner of this process running there now
+        try:
+            with pytest.raises(gpal.GpalError, match="another learner of this process"):
+                ActiveLearner.resume(run, EMT(), progress=False)
+        finally:
+            _unlock_run_dir(adopted)
+        assert not outside_can_lock()
+    assert not run_dir_in_use(run) and outside_can_lock()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
     """gpal learn's worker processes: Ctrl-C ignored (the learner stops the pool), they

@@ -159,7 +159,7 @@ def _load_state(run_dir: Path) -> dict:
 
 def _resume(args: argparse.Namespace) -> int:
     from . import config
-    from ..learning.learner import ActiveLearner
+    from ..learning.learner import ActiveLearner, reserve_run_dir
 
     run_dir = Path(args.resume)
     args.run_dir_used = run_dir
@@ -208,7 +208,13 @@ def _resume(args: argparse.Namespace) -> int:
                             "state this gpal version can resume") from exc
         return learner, (steps if steps is not None else learner.total_steps)
 
-    return _learn_and_report(resumed, executor, run_dir, walkers[1])
+    try:
+        with reserve_run_dir(run_dir):  # (a second --resume of the folder stops here, not after its set-up)
+            return _learn_and_report(resumed, executor, run_dir, walkers[1])
+    except BaseException:
+        if executor is not None:  # (the reservation refused: _learn_and_report never ran)
+            executor.shutdown()
+        raise
 
 
 def _walker_executor(cfg: dict):
@@ -241,7 +247,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from . import config
     from .._validation import check_atoms, check_number
     from ..learning.learner import (ActiveLearner, MDSettings, Trigger, check_budgets, check_max_temperature,
-                                    check_start, foreign_files, run_dir_in_use)
+                                    check_start, foreign_files, reserve_run_dir, run_dir_in_use)
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, group_flat
     from ..model import SparseGP
@@ -382,6 +388,17 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
                                   f"({diff}); use --overwrite to move it aside")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with reserve_run_dir(run_dir):  # (from here to the end of the run: one gpal learn per folder)
+        if (run_dir / "state.json").exists():  # a run started there since the checks above
+            raise GpalError(f"{run_dir} already holds a run; use --resume {run_dir}")
+        return _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learner_cfg, run_dir)
+
+
+def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learner_cfg, run_dir) -> int:
+    """The new-run part of ``gpal learn`` that writes into the (locked) run folder."""
+    from . import config
+    from ..learning.learner import ActiveLearner
+
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
     validation = None
     if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
@@ -1101,9 +1118,16 @@ def _message(exc: BaseException) -> str:
 
 @contextmanager
 def _one_line_warnings(prog: str):
-    """Show Python warnings as ``gpal <cmd>: warning: ...`` lines."""
+    """Show Python warnings as ``gpal <cmd>: warning: ...`` lines, each text once per
+    command (Python's own filter shows a warning once per place in the code, and a
+    learner's fits and predictions reach the same warning from several places)."""
+    seen = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        text = f"{prog}: warning: {' '.join(str(message).split())}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show

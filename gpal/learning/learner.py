@@ -33,6 +33,7 @@ lost and none is asked for twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -96,6 +97,29 @@ RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz"
 # lock belongs to the process, so a second learner of the same process must be refused
 # here, and its run.lock never opened and closed again (closing would release the lock)
 _HELD: dict[str, Any] = {}
+# folders held by a caller preparing a run there (reserve_run_dir): the next learner of
+# this process adopts the lock instead of taking it; the keys of those adopted now
+_RESERVED: set[str] = set()
+_ADOPTED: set[str] = set()
+_ADOPTED_LOCK = object()  # the file handle _lock_run_dir returns for an adopted lock
+
+
+@contextlib.contextmanager
+def reserve_run_dir(run_dir: Path):
+    """Hold ``run_dir/run.lock`` while a run is prepared there and then run.
+
+    ``gpal learn`` writes ``config.toml`` and labels validation frames before it builds
+    the learner: without the lock a second ``gpal learn`` of the same folder could do
+    the same meanwhile. Within the block, one learner at a time of this process adopts
+    the lock (its run() and resume() take it and give it back without releasing it).
+    """
+    lock = _lock_run_dir(run_dir)
+    _RESERVED.add(lock[0])
+    try:
+        yield
+    finally:
+        _RESERVED.discard(lock[0])
+        _unlock_run_dir(lock)
 
 
 def _lock_run_dir(run_dir: Path):
@@ -108,6 +132,9 @@ def _lock_run_dir(run_dir: Path):
     :class:`GpalError` if another process or another learner here holds the folder.
     """
     key = os.path.realpath(run_dir)
+    if key in _RESERVED and key not in _ADOPTED:  # (held for this learner by reserve_run_dir)
+        _ADOPTED.add(key)
+        return key, _ADOPTED_LOCK
     if key in _HELD:
         raise GpalError(f"another learner of this process is running or resuming the run in {run_dir}; "
                         "let it end first")
@@ -160,6 +187,9 @@ def _unlock_run_dir(lock) -> None:
     """Release what :func:`_lock_run_dir` returned (None: nothing)."""
     if lock is not None:
         key, fh = lock
+        if fh is _ADOPTED_LOCK:  # (the reservation keeps holding it)
+            _ADOPTED.discard(key)
+            return
         _HELD.pop(key, None)
         if fh is not None:
             fh.close()  # (closing releases the lock)
