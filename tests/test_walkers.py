@@ -308,3 +308,25 @@ def test_walkers_and_the_serial_loop_agree_on_a_stop_by_the_oracle_budget(tmp_pa
         assert "max_oracle_calls=6" in first.stop_reason, mode
         again = L.run(L.step)  # no step left to make: nothing stops it
         assert not again.stopped_early and again.stop_reason == "", mode
+
+
+def test_a_walker_run_stopped_by_blow_ups_leaves_no_segment_queued(tmp_path):
+    """The blow-up limit ends a walker run with its reason; the segments it had already
+    submitted (the next round's, run while the learner judged) are cancelled, not left
+    to run on an executor that may serve other work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    submitted = []
+
+    class Tracking(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            f = super().submit(fn, *args, **kwargs)
+            submitted.append(f)
+            return f
+
+    with Tracking(1) as ex:  # (one worker: the other walkers' segments wait in its queue)
+        L = learner(tmp_path / "run", walker_executor=ex, md=MDSettings(temperature=600, timestep=100.0))
+        with pytest.raises(GpalError, match="blew up on each of its last 50 MD steps"):
+            L.run(400)
+        queued = [f for f in submitted if not f.running() and not f.done()]
+        assert not queued and len(submitted) > 4

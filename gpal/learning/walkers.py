@@ -446,97 +446,104 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         steps[w.index] = int(r["step_end"])
 
     pending = None
-    while pending is not None or runnable():
-        rnd, active, futures, t0 = pending if pending is not None else submit()
-        results = collect_speculating(active, futures) if speculate else collect(futures)
-        pending = None
-        md_wall = time.perf_counter() - t0
-        L._times["md"] += md_wall
-        t1 = time.perf_counter()
-        rollbacks, uncertain, novel = [], [], []
-        for w, r in zip(active, results):
-            start = steps[w.index]
-            take_state(w, r)
-            blown = {rb["step"]: rb["reason"] for rb in r["rollbacks"]}
-            for s in range(start, steps[w.index]):  # the segment's steps, in order
-                L._count_blowups(w.index, blown.get(s), _temperature(L, s))
-            for rb in r["rollbacks"]:
-                L.rollbacks += 1
-                L._log({"event": "rollback", "step": rb["step"], "walker": w.index, "reason": rb["reason"],
-                        "labelled": rb["labelled"]})
-            for c in r["checks"]:
-                L._log({"event": "check", "walker": w.index, **c})
-                L.threshold_ = c["threshold"]
-            L.n_checks += len(r["checks"])
-            L._recent_unc.extend(r["recent"])
-            cand = r["candidate"]
-            L._log({"event": "segment", "round": rnd, "walker": w.index, "host": r["host"],
-                    "pid": r["pid"], "wait": r["wait"], "run": r["run"], "steps": r["summary"]["steps"],
-                    "step_start": r["step_start"], "step_end": r["step_end"], "check_time": r["check_time"],
-                    "candidate": None if cand is None else cand["kind"], **{
-                        k: v for k, v in r["summary"].items() if k != "steps"}})
-            if cand is not None:
-                {"rollback": rollbacks, "uncertain": uncertain, "novel": novel}[cand["kind"]].append((w, cand))
-        del L._recent_unc[: -4 * L.trigger.adapt_window]
-        if overlap and runnable():  # the next segments run on the old model meanwhile
-            pending = submit()
-        for w, cand in novel:  # sparse refresh and judgement on the learner's model
-            L.step = cand["step"]
-            u = L._check_walker(w)
-            snap["changed"] = True
-            if u is not None:
-                uncertain.append((w, {"kind": "uncertain", "step": cand["step"], "uncertainty": u}))
-            else:
-                w.keep_if_good(_temperature(L, cand["step"]))
-        L.step = min(steps.values())
-        cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
-        chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
-        # a walker's frame is the one of its segment's last MD step, at that step's temperature
-        # (as in the serial loop, and as a resume reads it back from gpal_step)
-        last = {w.index: max(steps[w.index] - 1, 0) for w in L.walkers}
-        hotter = []  # Trigger.temperature_steps: the first walker's frame, once per round
-        if not (rollbacks or chosen) and L.walkers:
-            w0 = L.walkers[0]
-            hotter = L._hotter_than_labels(_temperature(L, last[w0.index]), step=last[w0.index])
-            if hotter:
-                cand_step[w0.index] = last[w0.index]
-        if L._label_round(lambda w: _temperature(L, last[w.index]),
-                          (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain"),
-                           (hotter, "temperature")), steps=cand_step):
-            snap["changed"] = True
-        chosen = chosen + hotter
-        # the learner's share of the round (walkers idle unless overlapping): judging
-        # novel frames, choosing, labelling, updating
-        L._log({"event": "round", "round": rnd, "step": L.step, "walkers": len(active),
-                "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
-                "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
-        if rollbacks or chosen or rnd % max(1, L.log_every // max(seg, 1)) == 0:
-            w0 = L.walkers[0].atoms
-            L._log({"step": L.step, "round": rnd, "temperature": w0.get_temperature(),
-                    "target_T": _temperature(L, steps[L.walkers[0].index]),
-                    "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
-                    "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
-                    "n_sparse": len(L.model.sparse_X_)})
-        prog.update(L.step - prog.n)
-        prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
-        if L.stopping is not None and L.check_every and L.step // L.check_every > checked:
-            checked = L.step // L.check_every
-            snap["changed"] = True  # (calibration)
-            if L._may_stop() and L._check_stop():
-                break
-        if time.perf_counter() - L._last_checkpoint > L.checkpoint_seconds:
-            L.checkpoint()
-        if spec:
-            if snap["changed"] or not runnable():
-                drop_spec()
-            else:  # nothing labelled: the segments started meanwhile are the next round
-                L._round += 1
-                nxt = [w for w in L.walkers if steps[w.index] < L.total_steps]
-                futs = [spec.pop(w.index, None) or ex.submit(
-                    run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
-                                       snap["data"], snap["key"])) for w in nxt]
-                drop_spec()
-                pending = (L._round, nxt, futs, time.perf_counter())
+    try:
+        while pending is not None or runnable():
+            rnd, active, futures, t0 = pending if pending is not None else submit()
+            results = collect_speculating(active, futures) if speculate else collect(futures)
+            pending = None
+            md_wall = time.perf_counter() - t0
+            L._times["md"] += md_wall
+            t1 = time.perf_counter()
+            rollbacks, uncertain, novel = [], [], []
+            for w, r in zip(active, results):
+                start = steps[w.index]
+                take_state(w, r)
+                blown = {rb["step"]: rb["reason"] for rb in r["rollbacks"]}
+                for s in range(start, steps[w.index]):  # the segment's steps, in order
+                    L._count_blowups(w.index, blown.get(s), _temperature(L, s))
+                for rb in r["rollbacks"]:
+                    L.rollbacks += 1
+                    L._log({"event": "rollback", "step": rb["step"], "walker": w.index, "reason": rb["reason"],
+                            "labelled": rb["labelled"]})
+                for c in r["checks"]:
+                    L._log({"event": "check", "walker": w.index, **c})
+                    L.threshold_ = c["threshold"]
+                L.n_checks += len(r["checks"])
+                L._recent_unc.extend(r["recent"])
+                cand = r["candidate"]
+                L._log({"event": "segment", "round": rnd, "walker": w.index, "host": r["host"],
+                        "pid": r["pid"], "wait": r["wait"], "run": r["run"], "steps": r["summary"]["steps"],
+                        "step_start": r["step_start"], "step_end": r["step_end"], "check_time": r["check_time"],
+                        "candidate": None if cand is None else cand["kind"], **{
+                            k: v for k, v in r["summary"].items() if k != "steps"}})
+                if cand is not None:
+                    {"rollback": rollbacks, "uncertain": uncertain, "novel": novel}[cand["kind"]].append((w, cand))
+            del L._recent_unc[: -4 * L.trigger.adapt_window]
+            if overlap and runnable():  # the next segments run on the old model meanwhile
+                pending = submit()
+            for w, cand in novel:  # sparse refresh and judgement on the learner's model
+                L.step = cand["step"]
+                u = L._check_walker(w)
+                snap["changed"] = True
+                if u is not None:
+                    uncertain.append((w, {"kind": "uncertain", "step": cand["step"], "uncertainty": u}))
+                else:
+                    w.keep_if_good(_temperature(L, cand["step"]))
+            L.step = min(steps.values())
+            cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
+            chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
+            # a walker's frame is the one of its segment's last MD step, at that step's temperature
+            # (as in the serial loop, and as a resume reads it back from gpal_step)
+            last = {w.index: max(steps[w.index] - 1, 0) for w in L.walkers}
+            hotter = []  # Trigger.temperature_steps: the first walker's frame, once per round
+            if not (rollbacks or chosen) and L.walkers:
+                w0 = L.walkers[0]
+                hotter = L._hotter_than_labels(_temperature(L, last[w0.index]), step=last[w0.index])
+                if hotter:
+                    cand_step[w0.index] = last[w0.index]
+            if L._label_round(lambda w: _temperature(L, last[w.index]),
+                              (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain"),
+                               (hotter, "temperature")), steps=cand_step):
+                snap["changed"] = True
+            chosen = chosen + hotter
+            # the learner's share of the round (walkers idle unless overlapping): judging
+            # novel frames, choosing, labelling, updating
+            L._log({"event": "round", "round": rnd, "step": L.step, "walkers": len(active),
+                    "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
+                    "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
+            if rollbacks or chosen or rnd % max(1, L.log_every // max(seg, 1)) == 0:
+                w0 = L.walkers[0].atoms
+                L._log({"step": L.step, "round": rnd, "temperature": w0.get_temperature(),
+                        "target_T": _temperature(L, steps[L.walkers[0].index]),
+                        "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
+                        "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
+                        "n_sparse": len(L.model.sparse_X_)})
+            prog.update(L.step - prog.n)
+            prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
+            if L.stopping is not None and L.check_every and L.step // L.check_every > checked:
+                checked = L.step // L.check_every
+                snap["changed"] = True  # (calibration)
+                if L._may_stop() and L._check_stop():
+                    break
+            if time.perf_counter() - L._last_checkpoint > L.checkpoint_seconds:
+                L.checkpoint()
+            if spec:
+                if snap["changed"] or not runnable():
+                    drop_spec()
+                else:  # nothing labelled: the segments started meanwhile are the next round
+                    L._round += 1
+                    nxt = [w for w in L.walkers if steps[w.index] < L.total_steps]
+                    futs = [spec.pop(w.index, None) or ex.submit(
+                        run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
+                                           snap["data"], snap["key"])) for w in nxt]
+                    drop_spec()
+                    pending = (L._round, nxt, futs, time.perf_counter())
+    except BaseException:  # (a blow-up limit, a failed segment, Ctrl-C: no segment of this run
+        drop_spec()        #  left queued on the executor, whose other work may go on)
+        if pending is not None:
+            for f in pending[2]:
+                f.cancel()
+        raise
     drop_spec()
     if pending is not None:  # stopped while segments ran: their MD stands, their frames wait
         for w, r in zip(pending[1], collect(pending[2])):
