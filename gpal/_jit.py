@@ -158,9 +158,17 @@ def _prediction_pass(C, alpha, kind, p, s2):
     K = np.empty((n, m))
     energy = np.empty(n)
     rowdot = np.empty(n)
+    _prediction_pass_into(C, alpha, kind, p, s2, K, energy, rowdot)
+    return K, energy, rowdot
+
+
+@numba.njit(cache=True)
+def _prediction_pass_into(C, alpha, kind, p, s2, K, energy, rowdot):
+    """:func:`_prediction_pass` into given outputs ``K`` (n, m), ``energy`` and ``rowdot`` (n,)."""
+    n, m = C.shape
     if kind == KIND_DOT:
         _prediction_pass_dot(C, alpha, int(p), s2, K, energy, rowdot)
-        return K, energy, rowdot
+        return
     for i in range(n):
         se = 0.0
         sd = 0.0
@@ -174,7 +182,6 @@ def _prediction_pass(C, alpha, kind, p, s2):
             sd += w * c
         energy[i] = se
         rowdot[i] = sd
-    return K, energy, rowdot
 
 
 # ----------------------------------------------------------------------------- arrays

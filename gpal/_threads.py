@@ -385,6 +385,32 @@ class limited:
         return False
 
 
+#: fewest rows per numba thread for which a row-parallel BLAS pass pays (a parallel
+#: launch costs ~10-20 µs; a 30-row chunk of a 500-point kernel product ~100 µs)
+MIN_ROWS_PER_THREAD = 32
+
+
+def row_chunks(n_rows: int) -> int:
+    """Chunks for a row-parallel BLAS pass (:mod:`gpal._rows_jit`) of ``n_rows`` rows.
+
+    The numba threads in force, inside a gpal call whose BLAS runs one thread (the
+    pass calls BLAS from each numba thread: with BLAS's own threads as well they
+    would oversubscribe), with at least :data:`MIN_ROWS_PER_THREAD` rows each; 1
+    (the serial path) otherwise: outside gpal's calls, with the policy off, with one
+    thread, or where the passes cannot run.
+    """
+    stack = getattr(_LOCAL, "limits", None)
+    if not stack or stack[-1][1] != 1 or _DISABLED:
+        return 1
+    numba = _numba()
+    n = min(numba.get_num_threads() if numba is not None else 1, n_rows // MIN_ROWS_PER_THREAD)
+    if n <= 1:
+        return 1
+    from . import _rows_jit
+
+    return n if _rows_jit.available() else 1
+
+
 _NUMBA: list = []  # [numba module or None] once looked up
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from . import _jit
+from . import _jit, _threads
 from ._registry import register
 
 # pairs per BLAS product in CosineKernel.contract_rows: 128 pairs x 3 x 500 sparse
@@ -540,12 +540,20 @@ class CosineKernel(Kernel):
         ``G = signal_variance / |x| * (W Ẑ - rowsum(W ∘ C) x̂)``.
         """
         s2 = float(self.signal_variance)
-        C = Xh @ Zh.T
-        K, energy, rowdot = _jit._prediction_pass(
-            C, np.ascontiguousarray(alpha, dtype=np.float64), self._kind,
-            float(self._shape_param()), s2,
-        )
-        G = C @ Zh  # C now holds the weights alpha_m f'(c_nm)
+        alpha = np.ascontiguousarray(alpha, dtype=np.float64)
+        chunks = _threads.row_chunks(len(Xh))
+        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._rows_jit)
+            from . import _rows_jit
+
+            n, m = len(Xh), len(Zh)
+            K, energy, rowdot, G = np.empty((n, m)), np.empty(n), np.empty(n), np.empty(Xh.shape)
+            _rows_jit.prediction_terms_rows(np.ascontiguousarray(Xh), np.ascontiguousarray(Zh), alpha,
+                                            self._kind, float(self._shape_param()), s2, K, energy,
+                                            rowdot, G, chunks)
+        else:
+            C = Xh @ Zh.T
+            K, energy, rowdot = _jit._prediction_pass(C, alpha, self._kind, float(self._shape_param()), s2)
+            G = C @ Zh  # C now holds the weights alpha_m f'(c_nm)
         G -= rowdot[:, None] * Xh
         G *= (s2 * self._inverse_norms(xn))[:, None]
         return K, energy, G

@@ -251,3 +251,85 @@ def test_a_prediction_without_stds_keeps_no_kernel_rows():
         energies = model._e0_of(cell.numbers).astype(float)
         assert model._fused_terms(cell, energies, keep_k=False)[2] == []
         assert len(model._fused_terms(cell, energies.copy(), keep_k=True)[2]) == 1
+
+
+# ---------------------------------------------------------------- row-parallel passes
+@pytest.fixture
+def row_chunks(monkeypatch):
+    """The row-parallel passes (gpal._rows_jit) in 3 chunks of rows, whatever the threads
+    here (numba runs the chunks one after another on one thread)."""
+    import gpal._threads
+    from gpal import _rows_jit
+
+    if not _rows_jit.available():
+        pytest.skip("scipy's cython BLAS cannot be bound here")
+    monkeypatch.setattr(gpal._threads, "row_chunks", lambda n: min(3, n))
+
+
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(zeta=3),
+                                    SquaredExponential(length_scale=0.4)])
+def test_row_parallel_prediction_equals_the_direct_formulas(small_blocks, row_chunks, kernel):
+    train = cuag_frames(5, seed=3)
+    model = SparseGP(soap_for(train), kernel, n_sparse=30, hyperparameters="fixed").fit(train)
+    big = cuag_frames(1, seed=11)[0].repeat((2, 1, 1))  # 16 atoms: chunks of 2-3 per species
+    assert_matches(model.predict(big, return_std=True), reference(model, big))
+    cell = cu_frames(1, seed=8, size=(2, 2, 2))[0]  # one species, 32 atoms: 3 uneven chunks
+    train = cu_frames(4, seed=7)
+    model = SparseGP(soap_for(train), n_sparse=25, hyperparameters="fixed").fit(train)
+    assert_matches(model.predict(cell, return_std=True), reference(model, cell))
+
+
+def test_row_parallel_passes_equal_numpy_for_any_split():
+    """gpal._rows_jit against numpy: odd sizes, more chunks than rows, blocks of rows."""
+    from gpal import _jit, _rows_jit
+
+    assert _rows_jit.available()  # (scipy always has cython_blas; a failed binding or self-test shows here)
+    rng = np.random.default_rng(4)
+    for n, m, F, chunks, block in [(7, 13, 5, 3, 2), (2, 9, 4, 5, 4), (33, 40, 17, 2, 7), (1, 1, 3, 1, 1)]:
+        Xh, _ = _jit._normalize_rows(rng.normal(size=(n, F)))
+        Zh, _ = _jit._normalize_rows(rng.normal(size=(m, F)))
+        alpha = rng.normal(size=m)
+        for kind, p in [(_jit.KIND_DOT, 4.0), (_jit.KIND_SE, 0.5)]:
+            K, e, d, G = np.empty((n, m)), np.empty(n), np.empty(n), np.empty((n, F))
+            _rows_jit.prediction_terms_rows(Xh, Zh, alpha, kind, p, 1.3, K, e, d, G, chunks)
+            C = Xh @ Zh.T
+            K0, e0, d0 = _jit._prediction_pass(C, alpha, kind, p, 1.3)
+            np.testing.assert_allclose(K, K0, rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(d, d0, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(G, C @ Zh, rtol=1e-12, atol=1e-14)
+        A = rng.normal(size=(m, m))
+        L = np.asfortranarray(np.tril(A) + m * np.eye(m))
+        U = np.asfortranarray(np.triu(A) + m * np.eye(m))
+        Kz = rng.normal(size=(n, m))
+        q, sor, parts = np.empty(n), np.full(n, -1.0), np.zeros((chunks, m))
+        _rows_jit.std_terms_rows(Kz, L, U, True, q, sor, parts, chunks, block)
+        Wt = L @ Kz.T
+        np.testing.assert_allclose(q, (Wt**2).sum(0), rtol=1e-12)
+        np.testing.assert_allclose(sor, ((U @ Wt) ** 2).sum(0), rtol=1e-12)
+        np.testing.assert_allclose(parts.sum(0), Wt.sum(1), rtol=1e-12, atol=1e-12)
+        sor[:] = -1.0
+        _rows_jit.std_terms_rows(Kz, L, U, False, q, sor, np.zeros((chunks, m)), chunks, block)
+        assert np.all(sor == -1.0)  # (left as it was)
+
+
+def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):
+    """Row-parallel passes call BLAS from every numba thread: only inside a gpal call
+    whose BLAS runs one thread, never outside gpal's calls or with one numba thread."""
+    import numba
+
+    from gpal import _threads
+
+    assert _threads.row_chunks(10_000) == 1  # outside any gpal call
+    with _threads.threads(1), _threads.limited():
+        assert _threads.row_chunks(10_000) == 1
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one numba thread here")
+    monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
+    with _threads.threads(2), _threads.limited():
+        from gpal import _rows_jit
+
+        assert _threads.row_chunks(10_000) == (2 if _rows_jit.available() else 1)
+        assert _threads.row_chunks(40) == 1  # (fewer than 32 rows per thread)
+    with _threads.threads(2), _threads.limited(size=10**8):  # BLAS on 2 threads: serial passes
+        assert _threads.row_chunks(10_000) == 1
