@@ -209,3 +209,45 @@ def std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
                     if m % 2:
                         a0 += buf[r, m - 1] * buf[r, m - 1]
                     sor[s + r] = a0 + a1
+
+
+@numba.njit(cache=True, parallel=True)
+def quadratic_terms_rows(Xh, A, Zh, with_k, s2, q, G, K, n_chunks):
+    """``NormalizedDotProduct._quadratic`` (and the kernel rows of ``quadratic_rows``)
+    before their row scalings, by chunks of rows: ``G_r = X̂_r A`` (dgemm, ``A``
+    symmetric), ``q_r = rowsum(G_r ∘ X̂_r)``, and with ``with_k`` ``K_r = s2 (X̂_r Ẑᵀ)²``.
+
+    Parameters
+    ----------
+    Xh : ndarray (n, F), C-contiguous; A : ndarray (F, F), symmetric, C-contiguous
+    Zh : ndarray (m, F), C-contiguous (any shape when not ``with_k``)
+    with_k : bool
+    s2 : float
+    q : ndarray (n,); G : ndarray (n, F); K : ndarray (n, m) (unused without ``with_k``)
+    n_chunks : int
+    """
+    n, F = Xh.shape
+    m = Zh.shape[0]
+    for ch in numba.prange(n_chunks):
+        r0 = ch * n // n_chunks
+        r1 = (ch + 1) * n // n_chunks
+        rb = r1 - r0
+        if rb <= 0:
+            continue
+        # row-major G_r (rb, F) = X̂_r A is column-major G_rᵀ (F, rb) = Aᵀ X̂_rᵀ = A X̂_rᵀ
+        _gemm(78, 78, F, rb, F, A, F, Xh[r0:r1], F, G[r0:r1], F)
+        for r in range(r0, r1):
+            a0 = 0.0
+            a1 = 0.0
+            for f in range(0, F - 1, 2):
+                a0 += G[r, f] * Xh[r, f]
+                a1 += G[r, f + 1] * Xh[r, f + 1]
+            if F % 2:
+                a0 += G[r, F - 1] * Xh[r, F - 1]
+            q[r] = a0 + a1
+        if with_k:
+            Kr = K[r0:r1]
+            _gemm(84, 78, m, rb, F, Zh, F, Xh[r0:r1], F, Kr, m)
+            for r in range(rb):
+                for j in range(m):
+                    Kr[r, j] = s2 * (Kr[r, j] * Kr[r, j])

@@ -817,8 +817,16 @@ class NormalizedDotProduct(CosineKernel):
         if A.shape != (F, F):
             raise ValueError(f"A must have shape ({F}, {F}), got {A.shape}")
         s2 = float(self.signal_variance)
-        G = Xh @ A
-        q = np.einsum("ij,ij->i", G, Xh)
+        chunks = _threads.row_chunks(len(Xh))
+        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._rows_jit)
+            from . import _rows_jit
+
+            G, q = np.empty(Xh.shape), np.empty(len(Xh))
+            _rows_jit.quadratic_terms_rows(np.ascontiguousarray(Xh), np.ascontiguousarray(A), Xh, False, s2,
+                                           q, G, G, chunks)
+        else:
+            G = Xh @ A
+            q = np.einsum("ij,ij->i", G, Xh)
         G -= q[:, None] * Xh
         G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
         return s2 * q, G
@@ -842,6 +850,19 @@ class NormalizedDotProduct(CosineKernel):
         """
         X = _as_matrix(X, "X")
         Xh, xn = _jit._normalize_rows(X)
+        F = Xh.shape[1]
+        chunks = _threads.row_chunks(len(Xh))
+        if chunks > 1 and A.shape == (F, F):  # by chunks of rows on numba's threads (gpal._rows_jit)
+            from . import _rows_jit
+
+            s2 = float(self.signal_variance)
+            n, m = len(Xh), len(Z_unit)
+            G, q, K = np.empty(Xh.shape), np.empty(n), np.empty((n, m))
+            _rows_jit.quadratic_terms_rows(Xh, np.ascontiguousarray(A), np.ascontiguousarray(Z_unit), True, s2,
+                                           q, G, K, chunks)
+            G -= q[:, None] * Xh
+            G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
+            return K, s2 * q, G
         energy, G = self._quadratic(Xh, xn, A)
         K = Xh @ Z_unit.T
         K *= K

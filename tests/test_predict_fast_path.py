@@ -333,3 +333,38 @@ def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):
         assert _threads.row_chunks(40) == 1  # (fewer than 32 rows per thread)
     with _threads.threads(2), _threads.limited(size=10**8):  # BLAS on 2 threads: serial passes
         assert _threads.row_chunks(10_000) == 1
+
+
+def test_row_parallel_zeta_2_quadratic_form_with_and_without_stds(small_blocks, row_chunks):
+    """ζ = 2 through its quadratic form (F = 40 < 50 sparse rows) by chunks of rows:
+    with stds (quadratic_rows) and without (quadratic_terms), equal to the direct formulas."""
+    train = cu_frames(8, seed=4)
+    model = SparseGP(soap_for(train), NormalizedDotProduct(zeta=2), n_sparse=50,
+                     hyperparameters="fixed").fit(train)
+    assert model._prediction_quadratic()[29] is not None
+    cell = cu_frames(1, seed=12, size=(2, 2, 2))[0]
+    ref = reference(model, cell)
+    # (scipy's BLAS here, numpy's in the reference: kernel rows equal to ~1e-16, and a
+    # std of 5e-4 against a prior of 1 loses 7 digits to the variance subtraction)
+    assert_matches(model.predict(cell, return_std=True), ref, rtol_std=1e-7)
+    _plain_terms(model.predict(cell), ref)
+
+
+def test_row_parallel_quadratic_pass_equals_numpy():
+    from gpal import _jit, _rows_jit
+
+    assert _rows_jit.available()
+    rng = np.random.default_rng(5)
+    for n, m, F, chunks in [(7, 13, 5, 3), (2, 9, 4, 5), (33, 40, 17, 2)]:
+        Xh, _ = _jit._normalize_rows(rng.normal(size=(n, F)))
+        Zh, _ = _jit._normalize_rows(rng.normal(size=(m, F)))
+        B = rng.normal(size=(F, F))
+        A = np.ascontiguousarray(B + B.T)
+        q, G, K = np.empty(n), np.empty((n, F)), np.full((n, m), -1.0)
+        _rows_jit.quadratic_terms_rows(Xh, A, Zh, True, 0.7, q, G, K, chunks)
+        np.testing.assert_allclose(G, Xh @ A, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(q, np.einsum("ij,ij->i", Xh @ A, Xh), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(K, 0.7 * (Xh @ Zh.T) ** 2, rtol=1e-12, atol=1e-15)
+        K[:] = -1.0
+        _rows_jit.quadratic_terms_rows(Xh, A, Zh, False, 0.7, q, G, K, chunks)
+        assert np.all(K == -1.0)
