@@ -169,13 +169,49 @@ forces, stress, checks, ASE's step) ~8-10. 60x GAP would need ~40 µs/atom, less
 matrix products and the SOAP passes take together; with M = 500 sparse points the stds
 alone cost what a step without them costs in kernel products.
 
+Row-parallel BLAS passes (``gpal._rows_jit``). With gpal's default threading on a quiet
+machine the SOAP passes ran on every core, but the kernel products and the stds'
+triangular products (about 18 µs/atom of a 108-atom step) ran on one, because gpal keeps
+BLAS to one thread inside a prediction. They now run by chunks of atoms on numba's
+threads, each thread calling one-thread BLAS (scipy's ``cython_blas``). With one thread
+nothing changes. ``--threads default`` sets no thread variable: gpal's policy chooses
+(both cores when quiet, one beside the busy process), and quippy and EMT run on one
+core. The tables report wall time per step, what a user waits for; EMT and GAP are each
+timed in their own run. 2 cores, load average 1.1-1.7 (``--n-sparse 500 --sizes 3 10
+--interleaved --load both --steps 60 --steps-large 3 --nve-steps 0 --blocks 7``)::
+
+    threads   machine  atoms  gpal wall  gpal CPU/wall  EMT   GAP   gpal/EMT  GAP/gpal
+    default   quiet    108    30.6       1.98           57.3  1893  0.53      62
+    default   quiet    4000   24.9       1.88           58.8  1782  0.42      71
+    default   busy     108    46.4       0.99           59.0  1923  0.79      41
+    default   busy     4000   41.1       1.00           59.7  1778  0.69      43
+    1         quiet    108    45.1       1.00           56.9  1890  0.79      42
+    1         quiet    4000   41.9       1.00           58.6  1770  0.72      42
+    1         busy     108    46.5       1.00           57.9  1895  0.80      41
+    1         busy     4000   42.0       1.00           58.8  1767  0.71      42
+
+Before the row-parallel passes, in the same kind of run (``--steps 20``), the default
+on a quiet machine was 37.3 / 31.7 µs/atom wall (gpal/EMT 0.65 / 0.55, GAP/gpal 50 /
+56), with CPU/wall 1.97 / 1.65: the second numba thread spun while BLAS ran on one core.
+Per core (one thread), the targets are still missed (gpal/EMT 0.79-0.80 at 108 atoms and
+0.71-0.72 at 4000; GAP/gpal 41-42). On a quiet 2-core machine, in what a user waits for,
+both are met: gpal/EMT 0.53 / 0.42 and GAP/gpal 62 / 71. A ζ = 2 model (``--zeta 2
+--no-std-row --no-gap``, ``--steps 100 --steps-large 4``), stds every step, default
+threading: quiet 28.8 / 23.0 µs/atom wall (gpal/EMT 0.49 / 0.39); busy 44.0 / 39.9 (0.74
+/ 0.69); one thread 42.1 / 38.7 (0.74 / 0.68). Three of four runs with ``--steps 20``
+(about 0.5 s of gpal MD in all at 108 atoms) gave 42.5-46.8 µs/atom at 108 atoms with
+CPU/wall 1.26-1.32, the second thread mostly idle; the fourth gave 29.9, and runs with
+``--steps 100`` 28.8-31.4. The cause of the slow short runs was not found: quote runs
+with blocks of 60 steps or more.
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
     PYTHONPATH=. python benchmarks/bench_md.py --quick    # smoke run (~1-2 min)
     PYTHONPATH=. python benchmarks/bench_md.py --no-gap --nve-steps 5000
 
-``--threads`` (default 1) sets OMP/OpenBLAS/MKL/NUMBA threads before numpy is imported.
+``--threads`` (default 1) sets OMP/OpenBLAS/MKL/NUMBA threads before numpy is imported;
+``--threads default`` sets none (gpal's threading policy, the libraries' defaults).
 """
 
 from __future__ import annotations

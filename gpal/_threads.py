@@ -24,6 +24,10 @@ runs under :func:`limited`, which while the call runs
   matrix (whose QR and Gram products gain from the cores: a 30,000 x 1,000 QR took
   1.7 s on two threads against 2.9 s on one); the row passes and evidence steps
   inside such a fit lower BLAS to one thread again;
+* inside a call whose BLAS runs one thread, lets a prediction's kernel products and
+  local-std triangular products run by chunks of atoms on numba's threads, each thread
+  calling one-thread BLAS (:func:`row_chunks`, :mod:`gpal._rows_jit`): the cores are
+  used without a second thread pool;
 * only ever lowers the counts in force: limits the user set before the call are kept,
   and a nested call can drop cores that became busy meanwhile but never add any;
 * restores the previous counts on return.
