@@ -170,14 +170,16 @@ def test_user_limits_are_kept(fit_probe, frames):
 def test_small_predictions_use_one_blas_thread(frames, monkeypatch):
     model = _model().fit(frames)
     seen = []
-    # the local-std triangular solve (once per prediction)
-    orig = type(model.solver_)._sor_factor_whitened
+    # the local-std triangular products (once per species and prediction)
+    from gpal.model.potential import _LocalStdFactors
 
-    def sor_factor_whitened(self, P):
+    orig = _LocalStdFactors.terms
+
+    def terms(self, *args, **kwargs):
         seen.append(_probe())
-        return orig(self, P)
+        return orig(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(model.solver_), "_sor_factor_whitened", sor_factor_whitened)
+    monkeypatch.setattr(_LocalStdFactors, "terms", terms)
     monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
     if _blas_threads() < 2:
         pytest.skip("BLAS already runs one thread")
