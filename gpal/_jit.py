@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
 
 KIND_DOT = 0
 KIND_SE = 1
@@ -403,3 +404,185 @@ def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial, c0):
                 virial[a, 1, j] += g[j] * v1
             for j in range(m):
                 virial[a, 2, j] += g[j] * v2
+
+# ----------------------------------------------------------------------------- row-parallel BLAS
+# The passes of gpal._row_blas (see there): numba threads over chunks of rows, each calling
+# BLAS through scipy's cython_blas, bound to these symbol names by gpal._row_blas.available()
+# before any of them runs (here, in this file, so that numba's cache, which looks at the
+# time stamp of the file a function is defined in, sees every change of what they inline).
+_VP = types.voidptr
+_dgemm = types.ExternalFunction("gpal_cython_blas_dgemm", types.void(*([_VP] * 13)))
+_dtrmm = types.ExternalFunction("gpal_cython_blas_dtrmm", types.void(*([_VP] * 11)))
+
+
+@numba.njit(cache=True)
+def _gemm(ta, tb, m, n, k, A, lda, B, ldb, C, ldc):
+    """Column-major ``C (m, n) = op(A) op(B)`` (Fortran BLAS dgemm, beta 0)."""
+    ch = np.empty(2, np.uint8)
+    ch[0] = ta
+    ch[1] = tb
+    ints = np.empty(6, np.int32)
+    ints[0] = m
+    ints[1] = n
+    ints[2] = k
+    ints[3] = lda
+    ints[4] = ldb
+    ints[5] = ldc
+    sc = np.empty(2)
+    sc[0] = 1.0
+    sc[1] = 0.0
+    _dgemm(ch[0:].ctypes, ch[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+           sc[0:].ctypes, A.ctypes, ints[3:].ctypes, B.ctypes, ints[4:].ctypes, sc[1:].ctypes,
+           C.ctypes, ints[5:].ctypes)
+
+
+@numba.njit(cache=True)
+def _trmm_left(uplo, m, n, T, B):
+    """Column-major ``B (m, n) := T B`` for a triangular ``T`` (m, m) (Fortran dtrmm)."""
+    ch = np.empty(4, np.uint8)
+    ch[0] = 76  # side 'L'
+    ch[1] = uplo
+    ch[2] = 78  # 'N'
+    ch[3] = 78  # non-unit diagonal
+    ints = np.empty(4, np.int32)
+    ints[0] = m
+    ints[1] = n
+    ints[2] = m
+    ints[3] = m
+    one = np.ones(1)
+    _dtrmm(ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, ints[0:].ctypes,
+           ints[1:].ctypes, one.ctypes, T.ctypes, ints[2:].ctypes, B.ctypes, ints[3:].ctypes)
+
+
+@numba.njit(cache=True, parallel=True)
+def _prediction_terms_rows(Xh, Zh, alpha, kind, p, s2, K, energy, rowdot, G, n_chunks):
+    """``CosineKernel._terms`` before its last two row scalings, by chunks of rows.
+
+    For the rows ``r`` of each chunk: ``C = X̂_r Ẑᵀ`` (dgemm), the pass of
+    :func:`gpal._jit._prediction_pass_into` (``K_r``, ``energy_r``, ``rowdot_r``; ``C``
+    becomes the weights ``W``), then ``G_r = W Ẑ`` (dgemm).
+
+    Parameters
+    ----------
+    Xh : ndarray (n, F), C-contiguous; Zh : ndarray (m, F), C-contiguous
+    alpha : ndarray (m,)
+    kind, p, s2 : the kernel's kind code, shape parameter and signal variance
+    K : ndarray (n, m); energy, rowdot : ndarray (n,); G : ndarray (n, F)
+        Outputs, C-contiguous.
+    n_chunks : int
+    """
+    n, F = Xh.shape
+    m = Zh.shape[0]
+    for ch in numba.prange(n_chunks):
+        r0 = ch * n // n_chunks
+        r1 = (ch + 1) * n // n_chunks
+        rb = r1 - r0
+        if rb <= 0:
+            continue
+        C = np.empty((rb, m))
+        # row-major C (rb, m) = X̂_r Ẑᵀ is column-major Cᵀ (m, rb) = Ẑ X̂_rᵀ
+        _gemm(84, 78, m, rb, F, Zh, F, Xh[r0:r1], F, C, m)
+        _prediction_pass_into(C, alpha, kind, p, s2, K[r0:r1], energy[r0:r1], rowdot[r0:r1])
+        # row-major G_r (rb, F) = W Ẑ is column-major G_rᵀ (F, rb) = Ẑᵀ Wᵀ
+        _gemm(78, 78, F, rb, m, Zh, F, C, m, G[r0:r1], F)
+
+
+@numba.njit(cache=True, parallel=True)
+def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
+    """``_LocalStdFactors.terms`` by chunks of rows: ``q = |L⁻¹k|²``, ``sor = |U L⁻¹k|²``
+    of each row ``k`` of ``Kz`` and each chunk's ``Σ L⁻¹k`` in ``wsum_parts[chunk]``.
+
+    Parameters
+    ----------
+    Kz : ndarray (n, m), C-contiguous kernel rows
+    Linv, U : ndarray (m, m), Fortran order: lower- and upper-triangular factors
+    with_sor : bool
+        False: ``sor`` is left as it is.
+    q, sor : ndarray (n,); wsum_parts : ndarray (n_chunks, m), zeros
+    n_chunks : int
+    block : int
+        Rows per triangular product within a chunk (they stay in cache).
+    """
+    n, m = Kz.shape
+    for ch in numba.prange(n_chunks):
+        r0 = ch * n // n_chunks
+        r1 = (ch + 1) * n // n_chunks
+        if r1 <= r0:
+            continue
+        buf = np.empty((min(block, r1 - r0), m))
+        ws = wsum_parts[ch]
+        for s in range(r0, r1, block):
+            rb = min(s + block, r1) - s
+            for r in range(rb):
+                for j in range(m):
+                    buf[r, j] = Kz[s + r, j]
+            # row-major buf (rb, m) is column-major (m, rb): its columns are the rows k
+            _trmm_left(76, m, rb, Linv, buf)  # 'L': lower
+            for r in range(rb):
+                a0 = 0.0
+                a1 = 0.0
+                for j in range(0, m - 1, 2):
+                    v0 = buf[r, j]
+                    v1 = buf[r, j + 1]
+                    a0 += v0 * v0
+                    a1 += v1 * v1
+                    ws[j] += v0
+                    ws[j + 1] += v1
+                if m % 2:
+                    v0 = buf[r, m - 1]
+                    a0 += v0 * v0
+                    ws[m - 1] += v0
+                q[s + r] = a0 + a1
+            if with_sor:
+                _trmm_left(85, m, rb, U, buf)  # 'U': upper
+                for r in range(rb):
+                    a0 = 0.0
+                    a1 = 0.0
+                    for j in range(0, m - 1, 2):
+                        a0 += buf[r, j] * buf[r, j]
+                        a1 += buf[r, j + 1] * buf[r, j + 1]
+                    if m % 2:
+                        a0 += buf[r, m - 1] * buf[r, m - 1]
+                    sor[s + r] = a0 + a1
+
+
+@numba.njit(cache=True, parallel=True)
+def _quadratic_terms_rows(Xh, A, Zh, with_k, s2, q, G, K, n_chunks):
+    """``NormalizedDotProduct._quadratic`` (and the kernel rows of ``quadratic_rows``)
+    before their row scalings, by chunks of rows: ``G_r = X̂_r A`` (dgemm, ``A``
+    symmetric), ``q_r = rowsum(G_r ∘ X̂_r)``, and with ``with_k`` ``K_r = s2 (X̂_r Ẑᵀ)²``.
+
+    Parameters
+    ----------
+    Xh : ndarray (n, F), C-contiguous; A : ndarray (F, F), symmetric, C-contiguous
+    Zh : ndarray (m, F), C-contiguous (any shape when not ``with_k``)
+    with_k : bool
+    s2 : float
+    q : ndarray (n,); G : ndarray (n, F); K : ndarray (n, m) (unused without ``with_k``)
+    n_chunks : int
+    """
+    n, F = Xh.shape
+    m = Zh.shape[0]
+    for ch in numba.prange(n_chunks):
+        r0 = ch * n // n_chunks
+        r1 = (ch + 1) * n // n_chunks
+        rb = r1 - r0
+        if rb <= 0:
+            continue
+        # row-major G_r (rb, F) = X̂_r A is column-major G_rᵀ (F, rb) = Aᵀ X̂_rᵀ = A X̂_rᵀ
+        _gemm(78, 78, F, rb, F, A, F, Xh[r0:r1], F, G[r0:r1], F)
+        for r in range(r0, r1):
+            a0 = 0.0
+            a1 = 0.0
+            for f in range(0, F - 1, 2):
+                a0 += G[r, f] * Xh[r, f]
+                a1 += G[r, f + 1] * Xh[r, f + 1]
+            if F % 2:
+                a0 += G[r, F - 1] * Xh[r, F - 1]
+            q[r] = a0 + a1
+        if with_k:
+            Kr = K[r0:r1]
+            _gemm(84, 78, m, rb, F, Zh, F, Xh[r0:r1], F, Kr, m)
+            for r in range(rb):
+                for j in range(m):
+                    Kr[r, j] = s2 * (Kr[r, j] * Kr[r, j])

@@ -26,7 +26,7 @@ runs under :func:`limited`, which while the call runs
   inside such a fit lower BLAS to one thread again;
 * inside a call whose BLAS runs one thread, lets a prediction's kernel products and
   local-std triangular products run by chunks of atoms on numba's threads, each thread
-  calling one-thread BLAS (:func:`row_chunks`, :mod:`gpal._rows_jit`): the cores are
+  calling one-thread BLAS (:func:`row_chunks`, :mod:`gpal._row_blas`): the cores are
   used without a second thread pool;
 * only ever lowers the counts in force: limits the user set before the call are kept,
   and a nested call can drop cores that became busy meanwhile but never add any;
@@ -395,7 +395,7 @@ MIN_ROWS_PER_THREAD = 32
 
 
 def row_chunks(n_rows: int) -> int:
-    """Chunks for a row-parallel BLAS pass (:mod:`gpal._rows_jit`) of ``n_rows`` rows.
+    """Chunks for a row-parallel BLAS pass (:mod:`gpal._row_blas`) of ``n_rows`` rows.
 
     The numba threads in force, inside a gpal call whose BLAS runs one thread (the
     pass calls BLAS from each numba thread: with BLAS's own threads as well they
@@ -410,9 +410,14 @@ def row_chunks(n_rows: int) -> int:
     n = min(numba.get_num_threads() if numba is not None else 1, n_rows // MIN_ROWS_PER_THREAD)
     if n <= 1:
         return 1
-    from . import _rows_jit
+    # every BLAS library gpal sees at one thread (a library it does not control, or one
+    # whose count changed under it, would run threads of its own in each numba thread)
+    libs = _blas_libraries()
+    if not libs or any(lib.num_threads != 1 for lib in libs):
+        return 1
+    from . import _row_blas
 
-    return n if _rows_jit.available() else 1
+    return n if _row_blas.available() else 1
 
 
 _NUMBA: list = []  # [numba module or None] once looked up

@@ -542,14 +542,11 @@ class CosineKernel(Kernel):
         s2 = float(self.signal_variance)
         alpha = np.ascontiguousarray(alpha, dtype=np.float64)
         chunks = _threads.row_chunks(len(Xh))
-        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._rows_jit)
-            from . import _rows_jit
+        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
+            from . import _row_blas
 
-            n, m = len(Xh), len(Zh)
-            K, energy, rowdot, G = np.empty((n, m)), np.empty(n), np.empty(n), np.empty(Xh.shape)
-            _rows_jit.prediction_terms_rows(np.ascontiguousarray(Xh), np.ascontiguousarray(Zh), alpha,
-                                            self._kind, float(self._shape_param()), s2, K, energy,
-                                            rowdot, G, chunks)
+            K, energy, rowdot, G = _row_blas.prediction_terms(Xh, Zh, alpha, self._kind,
+                                                             float(self._shape_param()), s2, chunks)
         else:
             C = Xh @ Zh.T
             K, energy, rowdot = _jit._prediction_pass(C, alpha, self._kind, float(self._shape_param()), s2)
@@ -818,12 +815,10 @@ class NormalizedDotProduct(CosineKernel):
             raise ValueError(f"A must have shape ({F}, {F}), got {A.shape}")
         s2 = float(self.signal_variance)
         chunks = _threads.row_chunks(len(Xh))
-        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._rows_jit)
-            from . import _rows_jit
+        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
+            from . import _row_blas
 
-            G, q = np.empty(Xh.shape), np.empty(len(Xh))
-            _rows_jit.quadratic_terms_rows(np.ascontiguousarray(Xh), np.ascontiguousarray(A), Xh, False, s2,
-                                           q, G, G, chunks)
+            q, G, _ = _row_blas.quadratic_terms(Xh, A, None, s2, chunks)
         else:
             G = Xh @ A
             q = np.einsum("ij,ij->i", G, Xh)
@@ -851,15 +846,15 @@ class NormalizedDotProduct(CosineKernel):
         X = _as_matrix(X, "X")
         Xh, xn = _jit._normalize_rows(X)
         F = Xh.shape[1]
+        Z_unit = np.asarray(Z_unit, dtype=np.float64)
+        if Z_unit.ndim != 2 or Z_unit.shape[1] != F:
+            raise ValueError(f"Z_unit must have shape (m, {F}), got {Z_unit.shape}")
         chunks = _threads.row_chunks(len(Xh))
-        if chunks > 1 and A.shape == (F, F):  # by chunks of rows on numba's threads (gpal._rows_jit)
-            from . import _rows_jit
+        if chunks > 1 and np.shape(A) == (F, F):  # by chunks of rows on numba's threads (gpal._row_blas)
+            from . import _row_blas
 
             s2 = float(self.signal_variance)
-            n, m = len(Xh), len(Z_unit)
-            G, q, K = np.empty(Xh.shape), np.empty(n), np.empty((n, m))
-            _rows_jit.quadratic_terms_rows(Xh, np.ascontiguousarray(A), np.ascontiguousarray(Z_unit), True, s2,
-                                           q, G, K, chunks)
+            q, G, K = _row_blas.quadratic_terms(Xh, A, Z_unit, s2, chunks)
             G -= q[:, None] * Xh
             G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
             return K, s2 * q, G

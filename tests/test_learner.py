@@ -1308,6 +1308,18 @@ def test_a_reserved_run_folder_is_handed_to_one_learner_and_held_to_the_end(tmp_
         finally:
             _unlock_run_dir(adopted)
         assert not outside_can_lock()
+        with pytest.raises(gpal.GpalError, match="another learner of this process"):
+            with reserve_run_dir(run):  # a second reservation (nested, or another thread's)
+                pass
+        import threading
+
+        other = []  # a learner of another thread may not take the folder this one prepares
+        t = threading.Thread(target=lambda: other.append(pytest.raises(gpal.GpalError, learner(run).run, 40)))
+        t.start()
+        t.join()
+        assert other and "another learner of this process" in str(other[0].value)
+        # the reservation still stands for this thread's learner
+        assert ActiveLearner.resume(run, EMT(), progress=False).run(40).steps == 40
     assert not run_dir_in_use(run) and outside_can_lock()
 
 

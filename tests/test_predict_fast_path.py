@@ -256,13 +256,12 @@ def test_a_prediction_without_stds_keeps_no_kernel_rows():
 # ---------------------------------------------------------------- row-parallel passes
 @pytest.fixture
 def row_chunks(monkeypatch):
-    """The row-parallel passes (gpal._rows_jit) in 3 chunks of rows, whatever the threads
+    """The row-parallel passes (gpal._row_blas) in 3 chunks of rows, whatever the threads
     here (numba runs the chunks one after another on one thread)."""
     import gpal._threads
-    from gpal import _rows_jit
+    from gpal import _row_blas
 
-    if not _rows_jit.available():
-        pytest.skip("scipy's cython BLAS cannot be bound here")
+    assert _row_blas.available()
     monkeypatch.setattr(gpal._threads, "row_chunks", lambda n: min(3, n))
 
 
@@ -280,37 +279,47 @@ def test_row_parallel_prediction_equals_the_direct_formulas(small_blocks, row_ch
 
 
 def test_row_parallel_passes_equal_numpy_for_any_split():
-    """gpal._rows_jit against numpy: odd sizes, more chunks than rows, blocks of rows."""
-    from gpal import _jit, _rows_jit
+    """gpal._row_blas against numpy: odd sizes, more chunks than rows, blocks of rows,
+    inputs of other dtypes and orders (converted, as the serial path converts them)."""
+    from gpal import _jit, _row_blas
 
-    assert _rows_jit.available()  # (scipy always has cython_blas; a failed binding or self-test shows here)
+    assert _row_blas.available()  # (scipy always has cython_blas; a failed binding or self-test shows here)
     rng = np.random.default_rng(4)
     for n, m, F, chunks, block in [(7, 13, 5, 3, 2), (2, 9, 4, 5, 4), (33, 40, 17, 2, 7), (1, 1, 3, 1, 1)]:
         Xh, _ = _jit._normalize_rows(rng.normal(size=(n, F)))
         Zh, _ = _jit._normalize_rows(rng.normal(size=(m, F)))
         alpha = rng.normal(size=m)
+        C = Xh @ Zh.T
         for kind, p in [(_jit.KIND_DOT, 4.0), (_jit.KIND_SE, 0.5)]:
-            K, e, d, G = np.empty((n, m)), np.empty(n), np.empty(n), np.empty((n, F))
-            _rows_jit.prediction_terms_rows(Xh, Zh, alpha, kind, p, 1.3, K, e, d, G, chunks)
-            C = Xh @ Zh.T
-            K0, e0, d0 = _jit._prediction_pass(C, alpha, kind, p, 1.3)
-            np.testing.assert_allclose(K, K0, rtol=1e-13, atol=1e-15)
-            np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-14)
-            np.testing.assert_allclose(d, d0, rtol=1e-12, atol=1e-14)
-            np.testing.assert_allclose(G, C @ Zh, rtol=1e-12, atol=1e-14)
+            K0, e0, d0 = _jit._prediction_pass(C.copy(), alpha, kind, p, 1.3)
+            for X_in, Z_in in [(Xh, Zh), (np.asfortranarray(Xh), Zh[::-1][::-1].T.copy().T)]:
+                K, e, d, G = _row_blas.prediction_terms(X_in, Z_in, alpha, kind, p, 1.3, chunks)
+                np.testing.assert_allclose(K, K0, rtol=1e-13, atol=1e-15)
+                np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(d, d0, rtol=1e-12, atol=1e-14)
+                W = C.copy()
+                _jit._prediction_pass(W, alpha, kind, p, 1.3)
+                np.testing.assert_allclose(G, W @ Zh, rtol=1e-12, atol=1e-14)
         A = rng.normal(size=(m, m))
-        L = np.asfortranarray(np.tril(A) + m * np.eye(m))
-        U = np.asfortranarray(np.triu(A) + m * np.eye(m))
+        L, U = np.tril(A) + m * np.eye(m), np.triu(A) + m * np.eye(m)
         Kz = rng.normal(size=(n, m))
-        q, sor, parts = np.empty(n), np.full(n, -1.0), np.zeros((chunks, m))
-        _rows_jit.std_terms_rows(Kz, L, U, True, q, sor, parts, chunks, block)
         Wt = L @ Kz.T
-        np.testing.assert_allclose(q, (Wt**2).sum(0), rtol=1e-12)
-        np.testing.assert_allclose(sor, ((U @ Wt) ** 2).sum(0), rtol=1e-12)
-        np.testing.assert_allclose(parts.sum(0), Wt.sum(1), rtol=1e-12, atol=1e-12)
-        sor[:] = -1.0
-        _rows_jit.std_terms_rows(Kz, L, U, False, q, sor, np.zeros((chunks, m)), chunks, block)
-        assert np.all(sor == -1.0)  # (left as it was)
+        for Kz_in in (Kz, Kz.astype(np.float32).astype(np.float64), np.asfortranarray(Kz)):
+            q, sor, wsum = _row_blas.std_terms(Kz_in, L, U, True, chunks, block)
+            Wt = L @ Kz_in.T
+            np.testing.assert_allclose(q, (Wt**2).sum(0), rtol=1e-12)
+            np.testing.assert_allclose(sor, ((U @ Wt) ** 2).sum(0), rtol=1e-12)
+            np.testing.assert_allclose(wsum, Wt.sum(1), rtol=1e-12, atol=1e-12)
+        q, sor, _ = _row_blas.std_terms(Kz, L, U, False, chunks, block)
+        assert np.all(sor == 0.0)
+    with pytest.raises(ValueError, match="Zh must have shape"):
+        _row_blas.prediction_terms(np.ones((3, 4)), np.ones((2, 5)), np.ones(2), 0, 2.0, 1.0, 2)
+    with pytest.raises(ValueError, match="Linv and U must have shape"):
+        _row_blas.std_terms(np.ones((3, 4)), np.eye(3), np.eye(4), True, 2)
+    # float32 input is read as float64 values, not as raw float32 memory
+    X32 = rng.random((5, 4)).astype(np.float32)
+    K, *_ = _row_blas.prediction_terms(X32, X32, np.ones(5), _jit.KIND_DOT, 1.0, 1.0, 2)
+    np.testing.assert_allclose(K, X32.astype(float) @ X32.astype(float).T, rtol=1e-12)
 
 
 def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):
@@ -327,10 +336,12 @@ def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):
         pytest.skip("one numba thread here")
     monkeypatch.setattr(_threads, "_busy_cores", lambda: 0.0)
     with _threads.threads(2), _threads.limited():
-        from gpal import _rows_jit
-
-        assert _threads.row_chunks(10_000) == (2 if _rows_jit.available() else 1)
+        assert _threads.row_chunks(10_000) == 2
         assert _threads.row_chunks(40) == 1  # (fewer than 32 rows per thread)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(2, user_api="blas"):  # BLAS's count raised under gpal's call
+            assert _threads.row_chunks(10_000) == 1
     with _threads.threads(2), _threads.limited(size=10**8):  # BLAS on 2 threads: serial passes
         assert _threads.row_chunks(10_000) == 1
 
@@ -351,20 +362,35 @@ def test_row_parallel_zeta_2_quadratic_form_with_and_without_stds(small_blocks, 
 
 
 def test_row_parallel_quadratic_pass_equals_numpy():
-    from gpal import _jit, _rows_jit
+    from gpal import _jit, _row_blas
 
-    assert _rows_jit.available()
+    assert _row_blas.available()
     rng = np.random.default_rng(5)
     for n, m, F, chunks in [(7, 13, 5, 3), (2, 9, 4, 5), (33, 40, 17, 2)]:
         Xh, _ = _jit._normalize_rows(rng.normal(size=(n, F)))
         Zh, _ = _jit._normalize_rows(rng.normal(size=(m, F)))
         B = rng.normal(size=(F, F))
-        A = np.ascontiguousarray(B + B.T)
-        q, G, K = np.empty(n), np.empty((n, F)), np.full((n, m), -1.0)
-        _rows_jit.quadratic_terms_rows(Xh, A, Zh, True, 0.7, q, G, K, chunks)
+        A = B + B.T
+        q, G, K = _row_blas.quadratic_terms(Xh, A, Zh, 0.7, chunks)
         np.testing.assert_allclose(G, Xh @ A, rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(q, np.einsum("ij,ij->i", Xh @ A, Xh), rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(K, 0.7 * (Xh @ Zh.T) ** 2, rtol=1e-12, atol=1e-15)
-        K[:] = -1.0
-        _rows_jit.quadratic_terms_rows(Xh, A, Zh, False, 0.7, q, G, K, chunks)
-        assert np.all(K == -1.0)
+        q2, G2, K2 = _row_blas.quadratic_terms(Xh, A, None, 0.7, chunks)
+        assert K2 is None and np.array_equal(G2, G) and np.array_equal(q2, q)
+    with pytest.raises(ValueError, match="Zh must have shape"):
+        _row_blas.quadratic_terms(np.ones((3, 4)), np.eye(4), np.ones((2, 5)), 1.0, 2)
+
+
+def test_the_row_passes_bind_blas_in_a_fresh_process_before_their_first_call():
+    """A fresh process whose numba cache is warm calls a pass first thing: the wrapper
+    binds the BLAS symbols (a pass called before the binding would crash)."""
+    from _subprocess import run_python
+
+    code = """
+        import numpy as np
+        from gpal import _row_blas
+        q, G, K = _row_blas.quadratic_terms(np.eye(3), np.eye(3), np.eye(3), 1.0, 2)
+        print(float(G.sum()), float(K.sum()))
+    """
+    assert run_python(code).split() == ["3.0", "3.0"]
+    assert run_python(code).split() == ["3.0", "3.0"]  # (the second from numba's cache)

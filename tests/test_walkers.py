@@ -330,3 +330,45 @@ def test_a_walker_run_stopped_by_blow_ups_leaves_no_segment_queued(tmp_path):
             L.run(400)
         queued = [f for f in submitted if not f.running() and not f.done()]
         assert not queued and len(submitted) > 4
+
+
+def test_a_walker_run_stopped_by_a_failed_segment_or_ctrl_c_leaves_no_segment_queued(tmp_path, monkeypatch):
+    """The round's other segments, queued behind a failed one (or waited for when Ctrl-C
+    comes), are cancelled: gpal learn's pool shutdown then does not wait for them."""
+    import signal
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gpal.learning.walkers as walkers
+
+    real = walkers.run_segment
+
+    class Tracking(ThreadPoolExecutor):
+        submitted: list = []
+
+        def submit(self, fn, *args, **kwargs):
+            f = super().submit(fn, *args, **kwargs)
+            self.submitted.append(f)
+            return f
+
+    for k, first in enumerate(["fail", "interrupt"]):
+        calls = []
+
+        def segment(task, first=first, calls=calls):
+            calls.append(1)
+            if len(calls) == 1:
+                if first == "fail":
+                    raise RuntimeError("segment failed on its worker")
+                threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+            time.sleep(0.3)
+            return real(task)
+
+        monkeypatch.setattr(walkers, "run_segment", segment)
+        Tracking.submitted = []
+        with Tracking(1) as ex:
+            L = learner(tmp_path / f"run{k}", walker_executor=ex)
+            with pytest.raises((GpalError, KeyboardInterrupt)):
+                L.run(200)
+            assert len(Tracking.submitted) == 4
+            assert not [f for f in Tracking.submitted if not f.running() and not f.done()], first

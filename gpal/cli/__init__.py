@@ -193,28 +193,23 @@ def _resume(args: argparse.Namespace) -> int:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
             cfg = {k: stored_cfg[k] for k in ("workers", "walker_workers", "walker_scheduler") if k in stored_cfg}
-    if int(cfg.get("workers", 1)) > 1:
-        from ..learning.oracle import worker_pool
+    with reserve_run_dir(run_dir):  # (a second --resume of the folder stops here, before its set-up)
+        if int(cfg.get("workers", 1)) > 1:
+            from ..learning.oracle import worker_pool
 
-        executor = worker_pool(int(cfg["workers"]))
-    walkers = _walker_executor(cfg)
+            executor = worker_pool(int(cfg["workers"]))
+        walkers = _walker_executor(cfg)
 
-    def resumed():
-        try:
-            learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet,
-                                           walker_executor=walkers[0])
-        except KeyError as exc:
-            raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
-                            "state this gpal version can resume") from exc
-        return learner, (steps if steps is not None else learner.total_steps)
+        def resumed():
+            try:
+                learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet,
+                                               walker_executor=walkers[0])
+            except KeyError as exc:
+                raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
+                                "state this gpal version can resume") from exc
+            return learner, (steps if steps is not None else learner.total_steps)
 
-    try:
-        with reserve_run_dir(run_dir):  # (a second --resume of the folder stops here, not after its set-up)
-            return _learn_and_report(resumed, executor, run_dir, walkers[1])
-    except BaseException:
-        if executor is not None:  # (the reservation refused: _learn_and_report never ran)
-            executor.shutdown()
-        raise
+        return _learn_and_report(resumed, executor, run_dir, walkers[1])
 
 
 def _walker_executor(cfg: dict):

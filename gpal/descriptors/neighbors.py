@@ -37,6 +37,10 @@ _MAX_BINS_PER_ATOM = 8
 #: search may visit: ~10 minutes of one core and, for a dense system, tens of GB of
 #: pairs; 10⁶ atoms of a metal at a 7 Å cutoff visit ~10⁹
 MAX_CANDIDATE_PAIRS = 5e10
+#: most candidate neighbours per atom: a 20 Å cutoff in a dense metal visits ~2e4, a
+#: 12 Å cutoff in a one-atom cell ~1e3; an isolated system whose cutoff spans it visits
+#: all its atoms (2e5 atoms: 4e10 pairs, terabytes)
+MAX_CANDIDATES_PER_ATOM = 1e5
 
 
 @_thread_policy()
@@ -254,17 +258,18 @@ def _pairs(pos, cell, pbc, cutoff):
 
 def _check_work(n_atoms: int, n_bins, reach, pbc, cutoff: float) -> None:
     """Raise ValueError before a search that would visit more than
-    :data:`MAX_CANDIDATE_PAIRS` candidate pairs (a cutoff far larger than the cell
+    :data:`MAX_CANDIDATE_PAIRS` candidate pairs, or :data:`MAX_CANDIDATES_PER_ATOM` per
+    atom (a cutoff far larger than the cell
     scans ~(2 cutoff / height)³ periodic images: r_cut 10⁶ Å for a 10 Å cell would run
     for years instead of failing)."""
     stencil = 1.0
     for d in range(3):
         stencil *= min(2 * int(reach[d]) + 1, int(n_bins[d])) if not pbc[d] else 2 * int(reach[d]) + 1
     work = float(n_atoms) * stencil * (float(n_atoms) / float(np.prod(n_bins)))
-    if work > MAX_CANDIDATE_PAIRS:
+    if work > MAX_CANDIDATE_PAIRS or work > MAX_CANDIDATES_PER_ATOM * n_atoms:
         raise ValueError(
             f"a neighbour cutoff of {cutoff:g} Å for {n_atoms} atoms would search ~{work:.1e} "
-            f"atom pairs (more than {MAX_CANDIDATE_PAIRS:.0e}; periodic images of the cell "
+            f"atom pairs (at most {MAX_CANDIDATE_PAIRS:.0e}, and {MAX_CANDIDATES_PER_ATOM:.0e} per atom; periodic images of the cell "
             f"within the cutoff: {'x'.join(str(2 * int(r) + 1) for r, p in zip(reach, pbc) if p) or 'none'}); "
             "is the cutoff (r_cut) in Å?")
 

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -99,7 +100,7 @@ RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz"
 _HELD: dict[str, Any] = {}
 # folders held by a caller preparing a run there (reserve_run_dir): the next learner of
 # this process adopts the lock instead of taking it; the keys of those adopted now
-_RESERVED: set[str] = set()
+_RESERVED: dict[str, int] = {}  # key -> the Python thread that reserved it
 _ADOPTED: set[str] = set()
 _ADOPTED_LOCK = object()  # the file handle _lock_run_dir returns for an adopted lock
 
@@ -110,19 +111,21 @@ def reserve_run_dir(run_dir: Path):
 
     ``gpal learn`` writes ``config.toml`` and labels validation frames before it builds
     the learner: without the lock a second ``gpal learn`` of the same folder could do
-    the same meanwhile. Within the block, one learner at a time of this process adopts
-    the lock (its run() and resume() take it and give it back without releasing it).
+    the same meanwhile. Within the block, one learner at a time, in the thread that
+    reserved the folder, adopts the lock (its run() and resume() take it and give it
+    back without releasing it); a second reservation of the folder, in any thread of
+    this process or another process, is refused.
     """
-    lock = _lock_run_dir(run_dir)
-    _RESERVED.add(lock[0])
+    lock = _lock_run_dir(run_dir, adopt=False)
+    _RESERVED[lock[0]] = threading.get_ident()
     try:
         yield
     finally:
-        _RESERVED.discard(lock[0])
+        _RESERVED.pop(lock[0], None)
         _unlock_run_dir(lock)
 
 
-def _lock_run_dir(run_dir: Path):
+def _lock_run_dir(run_dir: Path, adopt: bool = True):
     """Hold ``run_dir/run.lock``: one learner at a time runs or resumes a run.
 
     A POSIX record lock (``lockf``): it belongs to this process (worker processes it
@@ -132,8 +135,8 @@ def _lock_run_dir(run_dir: Path):
     :class:`GpalError` if another process or another learner here holds the folder.
     """
     key = os.path.realpath(run_dir)
-    if key in _RESERVED and key not in _ADOPTED:  # (held for this learner by reserve_run_dir)
-        _ADOPTED.add(key)
+    if adopt and _RESERVED.get(key) == threading.get_ident() and key not in _ADOPTED:
+        _ADOPTED.add(key)  # (held for this learner by reserve_run_dir, in this thread)
         return key, _ADOPTED_LOCK
     if key in _HELD:
         raise GpalError(f"another learner of this process is running or resuming the run in {run_dir}; "
@@ -982,14 +985,14 @@ class ActiveLearner:
             if not had_lock_file:  # (a folder refused is left as it was)
                 (self.run_dir / "run.lock").unlink(missing_ok=True)
             raise
-        if steps < self.step:
-            warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
-                          "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
-        self.total_steps = steps
-        self._stopped = (False, "")  # (a continued run reports its own stop)
-        if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
-            self.ramp_steps = self.total_steps
         try:
+            if steps < self.step:
+                warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
+                              "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
+            self.total_steps = steps
+            self._stopped = (False, "")  # (a continued run reports its own stop)
+            if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
+                self.ramp_steps = self.total_steps
             return self._run(t_start)
         except (KeyboardInterrupt, SystemError) as exc:
             if interrupt_in(exc) is None:

@@ -395,6 +395,13 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             return False
         return True
 
+    issued: list = []  # futures of this run's segments not yet seen done (cancelled on a stop)
+
+    def issue(task):
+        f = ex.submit(run_segment, task)
+        issued.append(f)
+        return f
+
     def submit():
         if snap["changed"]:
             snap["data"] = model_to_bytes(L.model)
@@ -402,8 +409,8 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             snap["changed"] = False
         active = [w for w in L.walkers if steps[w.index] < L.total_steps]
         L._round += 1
-        futures = [ex.submit(run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
-                                                snap["data"], snap["key"])) for w in active]
+        futures = [issue(_task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
+                               snap["data"], snap["key"])) for w in active]
         return L._round, active, futures, time.perf_counter()
 
     def collect(futures) -> list:
@@ -431,8 +438,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 results[w.index] = r = collect([f])[0]
                 if r["candidate"] is None and r["step_end"] < L.total_steps:
                     end = min(r["step_end"] + seg, L.total_steps)
-                    spec[w.index] = ex.submit(run_segment, _task(L, w, r["step_end"], end, snap["data"],
-                                                                 snap["key"], state=r))
+                    spec[w.index] = issue(_task(L, w, r["step_end"], end, snap["data"], snap["key"], state=r))
         return [results[w.index] for w in active]
 
     def drop_spec() -> None:
@@ -450,6 +456,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         while pending is not None or runnable():
             rnd, active, futures, t0 = pending if pending is not None else submit()
             results = collect_speculating(active, futures) if speculate else collect(futures)
+            issued[:] = [f for f in issued if not f.done()]
             pending = None
             md_wall = time.perf_counter() - t0
             L._times["md"] += md_wall
@@ -533,16 +540,15 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 else:  # nothing labelled: the segments started meanwhile are the next round
                     L._round += 1
                     nxt = [w for w in L.walkers if steps[w.index] < L.total_steps]
-                    futs = [spec.pop(w.index, None) or ex.submit(
-                        run_segment, _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
-                                           snap["data"], snap["key"])) for w in nxt]
+                    futs = [spec.pop(w.index, None) or issue(
+                        _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
+                              snap["data"], snap["key"])) for w in nxt]
                     drop_spec()
                     pending = (L._round, nxt, futs, time.perf_counter())
     except BaseException:  # (a blow-up limit, a failed segment, Ctrl-C: no segment of this run
         drop_spec()        #  left queued on the executor, whose other work may go on)
-        if pending is not None:
-            for f in pending[2]:
-                f.cancel()
+        for f in issued:
+            f.cancel()
         raise
     drop_spec()
     if pending is not None:  # stopped while segments ran: their MD stands, their frames wait

@@ -230,14 +230,10 @@ class _LocalStdFactors:
         n, m = Kz.shape
         q, sor, wsum = np.empty(n), np.zeros(n), np.zeros(m)
         chunks = _threads.row_chunks(n)
-        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._rows_jit)
-            from .. import _rows_jit
+        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
+            from .. import _row_blas
 
-            parts = np.zeros((chunks, m))
-            _rows_jit.std_terms_rows(np.ascontiguousarray(Kz, dtype=np.float64), np.asfortranarray(Linv),
-                                     np.asfortranarray(U), bool(with_sor), q, sor, parts, chunks,
-                                     _STD_CHUNK)
-            return q, sor, parts.sum(axis=0)
+            return _row_blas.std_terms(Kz, Linv, U, with_sor, chunks, _STD_CHUNK)
         for s in range(0, n, _STD_CHUNK):
             # (n_chunk, m) rows -> their transpose, Fortran order: trmm's right-hand side
             Wt = _dtrmm(1.0, Linv, Kz[s:s + _STD_CHUNK].T, side=0, lower=1)  # L_cc⁻¹ k_cᵀ
