@@ -1,4 +1,6 @@
-"""Numba leaf routines behind :mod:`gpal.kernels`.
+"""Numba leaf routines behind :mod:`gpal.kernels` (and the row-parallel passes of
+:mod:`gpal._row_blas`, which call BLAS from numba's threads; call them only through
+that module, which binds the BLAS symbols first).
 
 Everything here is a small function of plain arrays and scalars, compiled with
 ``@numba.njit(cache=True)`` and *without* fastmath: these values feed Cholesky
