@@ -418,6 +418,12 @@ _dtrmm = types.ExternalFunction("gpal_cython_blas_dtrmm", types.void(*([_VP] * 1
 
 
 @numba.njit(cache=True)
+def _chunk_rows(ch, n, n_chunks):
+    """Rows ``r0:r1`` of chunk ``ch`` of ``n`` rows cut into ``n_chunks`` near-equal chunks."""
+    return ch * n // n_chunks, (ch + 1) * n // n_chunks
+
+
+@numba.njit(cache=True)
 def _gemm(ta, tb, m, n, k, A, lda, B, ldb, C, ldc):
     """Column-major ``C (m, n) = op(A) op(B)`` (Fortran BLAS dgemm, beta 0)."""
     ch = np.empty(2, np.uint8)
@@ -476,8 +482,7 @@ def _prediction_terms_rows(Xh, Zh, alpha, kind, p, s2, K, energy, rowdot, G, n_c
     n, F = Xh.shape
     m = Zh.shape[0]
     for ch in numba.prange(n_chunks):
-        r0 = ch * n // n_chunks
-        r1 = (ch + 1) * n // n_chunks
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
         rb = r1 - r0
         if rb <= 0:
             continue
@@ -507,8 +512,7 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
     """
     n, m = Kz.shape
     for ch in numba.prange(n_chunks):
-        r0 = ch * n // n_chunks
-        r1 = (ch + 1) * n // n_chunks
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
         if r1 <= r0:
             continue
         buf = np.empty((min(block, r1 - r0), m))
@@ -566,8 +570,7 @@ def _quadratic_terms_rows(Xh, A, Zh, with_k, s2, q, G, K, n_chunks):
     n, F = Xh.shape
     m = Zh.shape[0]
     for ch in numba.prange(n_chunks):
-        r0 = ch * n // n_chunks
-        r1 = (ch + 1) * n // n_chunks
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
         rb = r1 - r0
         if rb <= 0:
             continue
