@@ -67,7 +67,7 @@ class ComparisonTable:
     COLUMNS = (
         ("name", "candidate", "{}"),
         ("energy_rmse", "E RMSE meV/atom", "{:.3g}"),
-        ("force_rmse", "F RMSE eV/Å", "{:.4f}"),
+        ("force_rmse", "F RMSE eV/Å", "{:.4g}"),  # (significant digits: 6.9e-4 and 7.4e-4 differ)
         ("force_nll", "F NLL", "{:.3f}"),
         ("force_zms", "F ZMS", "{:.2f}"),
         ("fit_time", "fit s", "{:.2f}"),

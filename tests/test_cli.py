@@ -179,6 +179,13 @@ def test_fit_keeps_what_the_user_sets(files, capsys):
     m = gpal.load(model)
     assert m.kernel_.zeta == 4 and m.descriptor_.l_max == 4
     assert m.noise_["force"] == pytest.approx(0.07) and m.noise_["energy"] == pytest.approx(0.003)
+    # --zeta keeps ζ only: the signal variance is the evidence's, not the kernel's default 1;
+    # --optimize keeps a noise given (it replaced --force-noise 0.07 before)
+    assert m.kernel_.signal_variance != 1.0
+    again = files / "optimized.npz"
+    assert main(["fit", str(files / "train.xyz"), "-o", str(again), "--n-sparse", "40", "--zeta", "4",
+                 "--l-max", "4", "--force-noise", "0.07", "--optimize"]) == 0
+    assert gpal.load(again).noise_["force"] == pytest.approx(0.07)
 
 
 def test_fit_zeta_auto_keeps_the_largest_evidence(files, capsys):
@@ -327,7 +334,7 @@ temperature = 600.0
     cfg.write_text(text)
     assert main(["learn", str(cfg), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "oracle calls" in out
+    assert "oracle calls" in out and "41 validation" in out and "cost none" not in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 60
     # the validation trajectory's calls as made: its start and each of its 40 MD steps
@@ -423,11 +430,13 @@ def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatc
     printed_before_return = []
 
     def fake_compare(train, test, *, plot, progress, on_row):
+        rows = []
         for k, name in enumerate(("dot ζ=2", "SE")):
-            on_row({"name": name, "energy_rmse": 1.0 + k, "force_rmse": 0.01, "force_nll": -2.0,
-                    "force_zms": 1.1, "fit_time": 0.5, "predict_us_per_atom": 100.0})
+            rows.append({"name": name, "energy_rmse": 1.0 + k, "force_rmse": 0.00074 - 0.00005 * k,
+                         "force_nll": -2.0, "force_zms": 1.1, "fit_time": 0.5, "predict_us_per_atom": 100.0})
+            on_row(rows[-1])
             printed_before_return.append(capsys.readouterr().out)
-        return None
+        return gpal.compare.ComparisonTable(rows, {})
 
     monkeypatch.setattr(gpal.compare, "compare_kernels", fake_compare)
     assert main(["compare-kernels", str(files / "train.xyz"), str(files / "test.xyz"), "-q",
@@ -435,6 +444,8 @@ def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatc
     first, second = printed_before_return
     assert first.splitlines()[0].startswith("candidate") and "F RMSE eV/Å" in first
     assert first.splitlines()[-1].startswith("dot ζ=2") and second.strip().startswith("SE")
+    assert "0.00074 " in first and "0.00069 " in second  # (four significant digits, not four decimals)
+    assert "gpal: lowest force RMSE: SE (0.00069 eV/Å)" in capsys.readouterr().out
 
 
 def test_a_default_written_out_is_no_change_of_configuration():

@@ -338,3 +338,8 @@ def test_a_warning_reached_from_several_places_is_shown_once(capsys):
         warnings.warn("other advice", UserWarning)
     assert capsys.readouterr().err.splitlines() == [
         "gpal learn: warning: the same advice", "gpal learn: warning: other advice"]
+
+
+def test_python_dash_m_gpal_is_the_gpal_command():
+    proc = subprocess.run([sys.executable, "-m", "gpal", "--version"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("gpal ")

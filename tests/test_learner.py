@@ -215,6 +215,20 @@ def test_stopping_rule_ends_the_run(tmp_path):
     assert rule.history and rule.history[-1].stop
 
 
+def test_the_summary_says_when_the_stopping_rule_was_never_judged(tmp_path):
+    """Under a temperature ramp every check before its top is deferred: a run that ends
+    at the top says its rule was never judged, and why, instead of nothing."""
+    rule = StoppingRule(tolerance=50.0, patience=1, use="scale")
+    L = learner(tmp_path / "run", stopping=rule, check_every=10, md=MDSettings(temperature=(300, 1200)))
+    summary = L.run(40)
+    assert not summary.stopped_early and summary.stop_checks["judged"] == 0
+    assert summary.stop_checks["deferred"] >= 3
+    line = next(x for x in str(summary).splitlines() if "stopping rule" in x)
+    assert "never judged" in line and "the temperature protocol is at" in line
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_checks"]["judged"] == 0
+    assert "validation frames given cost none" in str(summary)  # (no validation calls counted)
+
+
 def test_a_new_learner_does_not_take_over_another_run(tmp_path):
     L = learner(tmp_path / "run")
     L.run(20)

@@ -29,8 +29,8 @@ from conftest import POLY, SMALL_SOAP, cu_frames
 def _learner(tmp_path, **kw):
     start = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
     model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30)
-    return ActiveLearner(start, EMT(), model, run_dir=tmp_path / "run", md=MDSettings(temperature=600),
-                         trigger=Trigger(threshold=0.01), **kw)
+    kw.setdefault("trigger", Trigger(threshold=0.01))
+    return ActiveLearner(start, EMT(), model, run_dir=tmp_path / "run", md=MDSettings(temperature=600), **kw)
 
 
 def test_groups_and_flat_names_set_the_same_fields(tmp_path):
@@ -91,6 +91,33 @@ class EveryCheck(Trigger):
         capped = self.capped(label_steps, step)
         return {"uncertainty": float(prediction["forces_std"].max()), "threshold": 0.0, "base_threshold": 0.0,
                 "label": not capped, "capped": capped}
+
+
+class LimitNotAField(Trigger):
+    """A rule with a setting of its own set in __init__, not declared as a field."""
+
+    def __init__(self, limit=0.002, **kw):
+        super().__init__(**kw)
+        self.limit = limit
+
+
+@dataclasses.dataclass
+class LimitField(Trigger):
+    """The same setting as a dataclass field: stored, and rebuilt on resume."""
+
+    limit: float = 0.002
+
+
+def test_a_trigger_setting_that_would_not_survive_resume_is_refused(tmp_path):
+    """A run stores a trigger by its dataclass fields: a subclass setting that is not a
+    field came back as its default after resume and on walker workers; now refused."""
+    with pytest.raises(TypeError, match=r"LimitNotAField has settings that are not dataclass fields \(limit\)"):
+        _learner(tmp_path, trigger=LimitNotAField(limit=0.0005), progress=False)
+    assert not (tmp_path / "run").exists()
+    L = _learner(tmp_path, trigger=LimitField(limit=0.0005, every=10), n_bootstrap=2, progress=False)
+    L.run(10)
+    R = ActiveLearner.resume(tmp_path / "run", progress=False)
+    assert type(R.trigger) is LimitField and R.trigger.limit == 0.0005 and R.trigger.every == 10
 
 
 def test_a_trigger_rule_is_one_method_and_survives_resume(tmp_path):

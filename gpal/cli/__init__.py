@@ -533,8 +533,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model = sel.model
     else:
         model.fit(frames)
-        if args.optimize:
-            model.optimize_hyperparameters()
+        noise_given = any(getattr(args, f"{k}_noise") is not None for k in ("energy", "force", "stress"))
+        if args.optimize or isinstance(args.zeta, int):
+            # a kernel given as --zeta N keeps ζ; its signal variance is still the evidence's
+            # (SparseGP keeps a given kernel whole); a noise given is kept, with --optimize too
+            model.optimize_hyperparameters(optimize_noise=not noise_given)
         for line in _evidence_lines(getattr(model, "evidence_", None)):
             print(line)
     path = model.save(args.output)
@@ -866,7 +869,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     def show(row: dict) -> None:
         print(ComparisonTable.format_row(row, widths), flush=True)
 
-    compare_kernels(train, test, plot=args.plot, progress=not args.quiet, on_row=show)
+    table = compare_kernels(train, test, plot=args.plot, progress=not args.quiet, on_row=show)
+    best = table.best()
+    print(f"gpal: lowest force RMSE: {best['name']} ({best['force_rmse']:.4g} eV/Å)")
     if args.plot:
         print(f"gpal: learning curves in {args.plot}")
     return 0
@@ -999,7 +1004,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kernel", choices=("dot", "se"), default="dot")
     s.add_argument("--zeta", type=_zeta, default=None,
                    help="exponent of the dot-product kernel (default: 2, 3 or 4, whichever the "
-                        "evidence prefers, with l_max, signal variance and the unset noises), or "
+                        "evidence prefers, with l_max, signal variance and the unset noises; a "
+                        "number given keeps ζ, the signal variance and unset noises are still the "
+                        "evidence's), or "
                         "'auto': the one of 1, 2, 3, 4, 6 with the largest log marginal likelihood "
                         "(hyperparameters and noises optimised for each)")
     s.add_argument("--length-scale", type=_positive(float), default=None, help="of the SE kernel (default 0.5)")
@@ -1010,7 +1017,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eV/Å (default: chosen by the evidence)")
     s.add_argument("--stress-noise", type=_positive(float), default=None,
                    help="eV/Å^3 (default: chosen by the evidence)")
-    s.add_argument("--optimize", action="store_true", help="optimise hyperparameters (marginal likelihood)")
+    s.add_argument("--optimize", action="store_true",
+                   help="optimise the kernel's hyperparameters and the noises not given (marginal "
+                        "likelihood; with a noise given, only the kernel's)")
     s.add_argument("--baseline", metavar="MODULE:NAME",
                    help="Δ-learning: an ASE calculator under the GP, e.g. tblite.ase:TBLite")
     s.add_argument("--baseline-kwargs", type=_json_object, metavar="JSON",

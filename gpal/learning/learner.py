@@ -84,7 +84,7 @@ from .state import (
     _model_spec,
     _same_frame,
 )
-from .trigger import Trigger
+from .trigger import Trigger, check_storable
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +252,16 @@ class Summary:
     calibration: dict = field(default_factory=dict)
     time_check: float = 0.0
     time_calibration: float = 0.0
+    stop_checks: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         why = ", ".join(f"{v} {k}" for k, v in self.oracle_calls_by_reason.items() if v)
+        free = "" if self.oracle_calls_by_reason.get("validation") else "; validation frames given cost none"
         lines = [
             "gpal active learning summary",
             f"  MD steps (per walker) : {self.steps}",
             f"  oracle calls          : {self.oracle_calls} ({why or 'none'}; "
-            f"{self.oracle_failures} failed); validation frames cost none",
+            f"{self.oracle_failures} failed){free}",
             f"  labelled frames       : {self.labelled_frames}",
             f"  rollbacks             : {self.rollbacks}",
             f"  sparse refreshes      : {self.sparse_refreshes} (novel environments added without the oracle)",
@@ -270,6 +272,13 @@ class Summary:
         ]
         if self.stopped_early:
             lines.append(f"  stopped early         : {self.stop_reason}")
+        sc = self.stop_checks
+        if sc and not self.stopped_early:
+            if sc.get("judged"):
+                lines.append(f"  stopping rule         : judged {sc['judged']} times, not met")
+            else:
+                lines.append(f"  stopping rule         : never judged ({sc.get('deferred', 0)} checks deferred; "
+                             f"the last because {sc.get('last_deferred') or 'no check was due'})")
         c = self.calibration
         if c:
             lines.append(
@@ -494,6 +503,7 @@ class ActiveLearner:
         self.md = md or MDSettings()
         check_ramp_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
+        check_storable(self.trigger)  # (its settings must survive resume and walker workers)
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
         check_budgets(self.model, groups)
         check_max_temperature(self.md, self.max_temperature)
@@ -1563,7 +1573,30 @@ class ActiveLearner:
             calibration=dict(getattr(self, "_calibration", {})),
             time_check=self._times.get("check", 0.0),
             time_calibration=self._times.get("calibration", 0.0),
+            stop_checks=self._stop_checks() if self.stopping is not None else {},
         )
+
+    def _stop_checks(self) -> dict:
+        """The stopping rule's checks of the whole run (log.jsonl): ``judged``,
+        ``deferred`` and the reason of the last deferral."""
+        out = {"judged": 0, "deferred": 0, "last_deferred": ""}
+        try:
+            with open(self.run_dir / "log.jsonl") as fh:
+                for line in fh:
+                    if '"stop_check"' not in line:
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:  # (a damaged line: the log readers skip it)
+                        continue
+                    if rec.get("deferred"):
+                        out["deferred"] += 1
+                        out["last_deferred"] = rec["deferred"]
+                    else:
+                        out["judged"] += 1
+        except OSError:
+            pass
+        return out
 
     def _plots(self) -> None:
         """learning_curve.png: validation error (if any) and oracle calls against MD step."""

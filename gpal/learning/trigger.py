@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,8 +23,9 @@ class Trigger:
     """When a walker's frame goes to the oracle.
 
     The loop asks one method, :meth:`judge` (in the learner and on walker workers); a new
-    trigger rule is a subclass that overrides it (it is saved by import path and rebuilt
-    on resume and on workers). The default rule: every ``every`` MD steps each walker's
+    trigger rule is a subclass that overrides it (it is saved by import path and its
+    dataclass fields, and rebuilt from them on resume and on workers: declare the
+    subclass's own settings as fields of a ``@dataclass``). The default rule: every ``every`` MD steps each walker's
     current frame is judged:
 
     1. **Novelty** (no oracle call). Environments whose ``novelty`` (the fraction of
@@ -292,3 +294,15 @@ class Trigger:
         return len(recent) >= self.max_labels
 
 
+def check_storable(trigger: Trigger) -> None:
+    """Raise ``TypeError`` for a trigger whose settings would not survive a resume or a
+    walker worker: a run stores a trigger as its class path and its dataclass fields, so
+    an attribute that is not a field (a subclass's own ``__init__`` argument) would come
+    back as the class default, silently."""
+    fields = {f.name for f in dataclasses.fields(trigger)}
+    extra = sorted(k for k in vars(trigger) if k not in fields)
+    if extra:
+        name = type(trigger).__name__
+        raise TypeError(f"the trigger {name} has settings that are not dataclass fields ({', '.join(extra)}): a run "
+                        f"stores a trigger by its fields (for resume and walker workers), so they would be lost; "
+                        f"declare them as fields of a @dataclass class {name}(Trigger)")
