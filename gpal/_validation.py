@@ -184,11 +184,18 @@ def check_frames(frames, what="frames") -> list:
     for k, atoms in enumerate(frames):
         check_atoms(atoms, what=f"{what}[{k}]")
         if frame_labels(atoms).empty:
+            info = sorted(str(key) for key in atoms.info)
+            arrays = sorted(set(atoms.arrays) - {"numbers", "positions"})
+            hint = ""
+            if info or arrays:  # labels under other names (GAP's dft_energy, dft_forces, ...)
+                hint = (f" Its info keys: {', '.join(info) or 'none'}; per-atom arrays: {', '.join(arrays) or 'none'}: "
+                        "labels under other names are read with --energy-key/--forces-key/--stress-key/"
+                        "--virial-key (gpal fit, validate) or gpal.io.relabel_frames.")
             raise MissingLabelsError(
                 f"{what}[{k}] ({atoms.get_chemical_formula()}) has no energy, forces or "
                 "stress. Label it with the oracle first (atoms.calc = ...; "
                 "atoms.get_potential_energy()), or read it from an extxyz file that has "
-                "labels."
+                f"labels.{hint}"
             )
     return frames
 

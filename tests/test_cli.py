@@ -157,7 +157,11 @@ def test_fit_reads_gap_style_label_keys(tmp_path, capsys):
 
     # without the keys the frames carry no labels at all
     assert main(["fit", str(gap), "-o", str(tmp_path / "m.npz")]) == 2
-    assert "no energy, forces or stress" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no energy, forces or stress" in err and err.count("\n") == 1
+    # ... and the error names the keys the labels are under, and the options that read them
+    assert "info keys: config_type, dft_energy, dft_virial; per-atom arrays: dft_forces" in err
+    assert "--energy-key/--forces-key" in err
     assert main(["fit", str(gap), "-o", str(tmp_path / "m.npz"), "--energy-key", "dft_energy",
                  "--forces-key", "dft_forces", "--virial-key", "dft_virial", "--n-sparse", "20",
                  *SMALL, "--sigma", "0.4", "--species", "Cu,Ag,Au"]) == 0
@@ -212,6 +216,9 @@ class _FakeLearner:
     def run(self, steps):
         (self.kwargs["run_dir"] / "state.json").write_text(json.dumps({"step": steps}))
         return f"fake summary: {steps} steps"
+
+    def count_oracle_calls(self, reason, n):
+        pass
 
 
 @pytest.fixture
@@ -508,3 +515,20 @@ every = 20
     finally:
         first.kill()
         first.wait()
+
+
+def test_an_unset_validation_temperature_follows_the_md_protocol(tmp_path, fake_learner, monkeypatch):
+    """[validation] without a temperature runs at the hottest temperature of [md], not at a
+    fixed 1000 K (a validation hotter or colder than the run judges it elsewhere)."""
+    import gpal.cli
+
+    seen = []
+    monkeypatch.setattr(gpal.cli, "_validation_frames", lambda structure, oracle, cfg: seen.append(cfg) or ([], 0))
+    for k, (md, val, expected) in enumerate([("temperature = 700.0", "", 700.0),
+                                             ("temperature = [300.0, 800.0]", "", 800.0),
+                                             ("temperature = 700.0", "temperature = 500.0", 500.0)]):
+        cfg = tmp_path / f"c{k}.toml"
+        cfg.write_text(f'run_dir = "{tmp_path / f"run{k}"}"\nsteps = 5\n[md]\n{md}\n'
+                       f"[validation]\nsteps = 40\nevery = 20\n{val}\n")
+        assert main(["learn", str(cfg), "-q"]) == 0
+        assert seen[-1]["temperature"] == expected

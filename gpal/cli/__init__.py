@@ -285,6 +285,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if isinstance(md.get("temperature"), list):
         md["temperature"] = tuple(md["temperature"])
     md = MDSettings(**md)
+    if cfg.get("validation") and "temperature" not in user.get("validation", {}):
+        # an unset [validation] temperature follows the run's protocol to its hottest point
+        t = md.temperature
+        cfg["validation"]["temperature"] = float(max(t) if isinstance(t, tuple) else t)
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
     check_number("[learner] n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)

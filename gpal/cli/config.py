@@ -258,7 +258,7 @@ def schema() -> dict:
         "validation": _static(
             ("steps", (int,), _MISSING, "MD steps of the oracle validation trajectory (0: none)"),
             ("every", (int,), _MISSING, "label every this many steps of it"),
-            ("temperature", (float,), _MISSING, "Langevin temperature, K"),
+            ("temperature", (float,), _MISSING, "Langevin temperature, K (unset: the hottest of [md] temperature)"),
             ("timestep", (float,), _MISSING, "fs"),
             ("seed", (int,), _MISSING, "random seed (independent of the learner's)"),
         ),
