@@ -57,9 +57,12 @@ class GPCalculator(Calculator):
     forces_std : bool or int, default False
         Also compute ``forces_std`` and ``stress_std``: True every evaluation, an int
         k every k-th evaluation.
-    calibrated : bool, default False
+    calibrated : bool or None, default None
         Report stds multiplied by the model's recalibration factors
-        (:meth:`gpal.SparseGP.set_calibration`).
+        (:meth:`gpal.SparseGP.set_calibration`). None: calibrated when the model
+        stores a calibration (a model from an active-learning run, or after ``gpal
+        validate --calibrate``), raw otherwise, as ``gpal md`` reports them. The raw
+        force stds of a learner's model are several times too small.
     record_std : bool, default False
         Also copy the uncertainty results into ``atoms.info`` (keys ``energies_std``,
         ``energy_std``, ``forces_std``, ``stress_std``; stale ones are removed at each
@@ -84,7 +87,7 @@ class GPCalculator(Calculator):
         *,
         std_every: int = 1,
         forces_std: bool | int = False,
-        calibrated: bool = False,
+        calibrated: bool | None = None,
         record_std: bool = False,
         **kwargs,
     ):
@@ -102,6 +105,8 @@ class GPCalculator(Calculator):
         self.forces_std = (int(forces_std) if isinstance(forces_std, bool)
                            else check_number("forces_std (True, False or every how many evaluations)",
                                              forces_std, low=0, integer=True))
+        if calibrated is not None and not isinstance(calibrated, (bool, np.bool_)):
+            raise TypeError(f"calibrated must be True, False or None, got {calibrated!r}")
         self.calibrated = calibrated
         self.record_std = record_std
         self.n_evaluations = 0
@@ -112,7 +117,14 @@ class GPCalculator(Calculator):
         refit or load replaces them) and, for calibrated stds, the stored calibration."""
         m = self.model
         objects = (m.alpha_, m.sparse_X_, m.kernel_, m.descriptor_, getattr(m, "e0_", None))
-        return objects, (str(m.calibration_) if self.calibrated else None)
+        return objects, (str(m.calibration_) if self._calibrated() else None)
+
+    def _calibrated(self) -> bool:
+        """Whether stds are reported calibrated now (``calibrated=None``: if the model
+        stores a calibration)."""
+        if self.calibrated is None:
+            return bool(getattr(self.model, "calibration_", None))
+        return bool(self.calibrated)
 
     def _model_changed(self) -> bool:
         if self._model_state is None:
@@ -157,7 +169,7 @@ class GPCalculator(Calculator):
             return_std=want_std,
             forces_std=want_fstd,
             stress_std=want_fstd,
-            calibrated=self.calibrated,
+            calibrated=self._calibrated(),
         )
         self.n_evaluations += 1
         self.results = res
@@ -193,7 +205,7 @@ class GPCalculator(Calculator):
                 return_std=True,
                 forces_std=key in ("forces_std", "stress_std", "forces_interval90"),
                 stress_std=key == "stress_std",
-                calibrated=self.calibrated,
+                calibrated=self._calibrated(),
             )
             for k in _STD_KEYS:
                 if k in res:

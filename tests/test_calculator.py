@@ -282,3 +282,27 @@ def test_warnings_point_at_the_callers_line(model):
     with pytest.warns(UserWarning, match="stores no calibration") as rec:
         model.predict(a, calibrated=True)
     assert rec[0].filename == __file__
+
+
+def test_stds_are_calibrated_by_default_when_the_model_stores_a_calibration(model):
+    """calibrated=None (the default): a learner's model (with a stored calibration) gives
+    its calibrated stds, as gpal md does, and a model without one its raw stds, silently."""
+    import copy
+    import warnings
+
+    from gpal.calibration import Calibration
+
+    a = cu(seed=8)
+    raw = model.predict(a, return_std=True, forces_std=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "stores no calibration" warning)
+        a.calc = GPCalculator(model, forces_std=True)
+        np.testing.assert_allclose(a.calc.get_uncertainty(a, "forces_std"), raw["forces_std"], rtol=1e-12)
+    m = copy.deepcopy(model).set_calibration(forces_std=Calibration(scale=3.0))
+    b = cu(seed=8)
+    b.calc = GPCalculator(m, forces_std=True)
+    np.testing.assert_allclose(b.calc.get_uncertainty(b, "forces_std"), 3 * raw["forces_std"], rtol=1e-10)
+    b.calc = GPCalculator(m, forces_std=True, calibrated=False)
+    np.testing.assert_allclose(b.calc.get_uncertainty(b, "forces_std"), raw["forces_std"], rtol=1e-12)
+    with pytest.raises(TypeError, match="calibrated must be True, False or None"):
+        GPCalculator(m, calibrated="yes")
