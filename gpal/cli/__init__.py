@@ -592,16 +592,20 @@ def _evidence_lines(table) -> list[str]:
     if not table:
         return []
     lines = ["gpal: hyperparameters chosen by the evidence (log marginal likelihood, larger is better):"]
+    n_rank = next((r.get("n_frames") for r in table if "ranking_log_marginal_likelihood" not in r), None)
     for r in table:
         noise = r.get("noise") or {}
         lm = f" l_max {r['l_max']}" if r.get("l_max") is not None else ""
         lm += f" sigma {r['sigma']:g}" if r.get("sigma") is not None else ""
+        value = f"log ML {r['log_marginal_likelihood']:.6g}"
         if "ranking_log_marginal_likelihood" in r:  # ranked on some frames, refitted on all
-            lm += f" (ranked by {r['ranking_log_marginal_likelihood']:.6g})"
+            on = f" on {n_rank} frames" if n_rank is not None else ""
+            value = (f"log ML {r['ranking_log_marginal_likelihood']:.6g}{on} (refitted on all {r.get('n_frames')} "
+                     f"frames: {r['log_marginal_likelihood']:.6g})")
         elif r.get("n_frames") is not None:
-            lm += f" (on {r['n_frames']} frames)"
+            value += f" on {r['n_frames']} frames"
         lines.append(
-            f"  {'*' if r.get('selected') else ' '} zeta {r.get('zeta')}{lm}: log ML {r['log_marginal_likelihood']:.6g}, "
+            f"  {'*' if r.get('selected') else ' '} zeta {r.get('zeta')}{lm}: {value}, "
             f"signal variance {r.get('signal_variance', float('nan')):.4g}, noise energy "
             f"{noise.get('energy', float('nan')):.3g} eV/atom, force {noise.get('force', float('nan')):.3g} eV/Å")
     return lines
