@@ -636,7 +636,7 @@ def test_calibrated_prediction_gives_the_conformal_90_interval(cu_model):
     np.testing.assert_allclose(calc.get_uncertainty(a, "forces_interval90"), expected, rtol=1e-12)
     assert "forces_interval90" not in ase_calc.all_outputs
     b = frame.copy()
-    b.calc = GPCalculator(model)  # not calibrated: no interval, and a clear error
+    b.calc = GPCalculator(model, calibrated=False)  # raw stds: no interval, and a clear error
     with pytest.raises(ValueError, match="calibrated=True"):
         b.calc.get_uncertainty(b, "forces_interval90")
 

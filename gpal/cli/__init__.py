@@ -175,6 +175,8 @@ def _resume(args: argparse.Namespace) -> int:
             old = config.check_config(tomllib.loads(stored.read_text()), stored)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
+        if "temperature" not in user.get("validation", {}) and "temperature" in old.get("validation", {}):
+            cfg["validation"]["temperature"] = old["validation"]["temperature"]  # (unset: the run's own)
         diff = config.config_difference(old, cfg)
         if diff is not None:
             raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
@@ -285,10 +287,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if isinstance(md.get("temperature"), list):
         md["temperature"] = tuple(md["temperature"])
     md = MDSettings(**md)
-    if cfg.get("validation") and "temperature" not in user.get("validation", {}):
-        # an unset [validation] temperature follows the run's protocol to its hottest point
-        t = md.temperature
-        cfg["validation"]["temperature"] = float(max(t) if isinstance(t, tuple) else t)
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
     check_number("[learner] n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)

@@ -421,7 +421,12 @@ def load_config(path) -> tuple[dict, dict]:
     if "file" in user.get("structure", {}) and built:
         raise ConfigError(f"{path}: [structure] file and {', '.join(built)} exclude each other: the "
                           "structure is read from the file or built with ase.build.bulk, not both")
-    return _merge(DEFAULT_LEARN, user), user
+    cfg = _merge(DEFAULT_LEARN, user)
+    if "temperature" not in user.get("validation", {}):
+        # an unset [validation] temperature follows the run's protocol to its hottest point
+        t = cfg["md"]["temperature"]
+        cfg["validation"]["temperature"] = float(max(t) if isinstance(t, (list, tuple)) else t)
+    return cfg, user
 
 
 def config_difference(old: dict, new: dict, ignore=("run_dir",) + RESUMABLE) -> str | None:
