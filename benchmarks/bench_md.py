@@ -201,8 +201,11 @@ threading: quiet 28.8 / 23.0 µs/atom wall (gpal/EMT 0.49 / 0.39); busy 44.0 / 3
 / 0.69); one thread 42.1 / 38.7 (0.74 / 0.68). Three of four runs with ``--steps 20``
 (about 0.5 s of gpal MD in all at 108 atoms) gave 42.5-46.8 µs/atom at 108 atoms with
 CPU/wall 1.26-1.32, the second thread mostly idle; the fourth gave 29.9, and runs with
-``--steps 100`` 28.8-31.4. The cause of the slow short runs was not found: quote runs
-with blocks of 60 steps or more.
+``--steps 100`` 28.8-31.4. The cause, caught later in a probe of the same step: the
+thread policy samples the machine's runnable tasks at most once a second, and a sample
+that meets another task runnable for a moment (3 runnable, 2 of them gpal's) holds the
+next second to one thread; in 2 of 11 fresh processes it fell on the first second of
+MD. Quote runs with blocks of 60 steps or more.
 
 Run::
 
