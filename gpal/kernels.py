@@ -806,25 +806,36 @@ class NormalizedDotProduct(CosineKernel):
         G : ndarray of shape (n, n_features)
         """
         X = _as_matrix(X, "X")
-        return self._quadratic(*_jit._normalize_rows(X), A)
+        return self._quadratic(*_jit._normalize_rows(X), A)[:2]
 
-    def _quadratic(self, Xh, xn, A) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`quadratic_terms` from unit rows ``Xh`` and their norms ``xn``."""
+    def _quadratic(self, Xh, xn, A, Z_unit=None):
+        """``(energy, G, K)`` of :meth:`quadratic_terms` from unit rows ``Xh`` and their
+        norms ``xn``; with unit sparse rows ``Z_unit`` also the kernel rows ``K = s
+        (X̂Ẑᵀ)²`` (:meth:`quadratic_rows`), else ``K`` None."""
         F = Xh.shape[1]
-        if A.shape != (F, F):
-            raise ValueError(f"A must have shape ({F}, {F}), got {A.shape}")
+        if np.shape(A) != (F, F):
+            raise ValueError(f"A must have shape ({F}, {F}), got {np.shape(A)}")
+        if Z_unit is not None:
+            Z_unit = np.asarray(Z_unit, dtype=np.float64)
+            if Z_unit.ndim != 2 or Z_unit.shape[1] != F:
+                raise ValueError(f"Z_unit must have shape (m, {F}), got {Z_unit.shape}")
         s2 = float(self.signal_variance)
         chunks = _threads.row_chunks(len(Xh))
         if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from . import _row_blas
 
-            q, G, _ = _row_blas.quadratic_terms(Xh, A, None, s2, chunks)
+            q, G, K = _row_blas.quadratic_terms(Xh, A, Z_unit, s2, chunks)
         else:
             G = Xh @ A
             q = np.einsum("ij,ij->i", G, Xh)
+            K = None
+            if Z_unit is not None:
+                K = Xh @ Z_unit.T
+                K *= K
+                K *= s2
         G -= q[:, None] * Xh
         G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
-        return s2 * q, G
+        return s2 * q, G, K
 
     def quadratic_rows(self, X, Z_unit, A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(K, energy, G)`` as :meth:`prediction_terms` gives them, for ζ = 2 with the
@@ -844,24 +855,7 @@ class NormalizedDotProduct(CosineKernel):
         G : ndarray of shape (n, n_features)
         """
         X = _as_matrix(X, "X")
-        Xh, xn = _jit._normalize_rows(X)
-        F = Xh.shape[1]
-        Z_unit = np.asarray(Z_unit, dtype=np.float64)
-        if Z_unit.ndim != 2 or Z_unit.shape[1] != F:
-            raise ValueError(f"Z_unit must have shape (m, {F}), got {Z_unit.shape}")
-        chunks = _threads.row_chunks(len(Xh))
-        if chunks > 1 and np.shape(A) == (F, F):  # by chunks of rows on numba's threads (gpal._row_blas)
-            from . import _row_blas
-
-            s2 = float(self.signal_variance)
-            q, G, K = _row_blas.quadratic_terms(Xh, A, Z_unit, s2, chunks)
-            G -= q[:, None] * Xh
-            G *= (2.0 * s2 * self._inverse_norms(xn))[:, None]
-            return K, s2 * q, G
-        energy, G = self._quadratic(Xh, xn, A)
-        K = Xh @ Z_unit.T
-        K *= K
-        K *= float(self.signal_variance)
+        energy, G, K = self._quadratic(*_jit._normalize_rows(X), A, Z_unit)
         return K, energy, G
 
     def __repr__(self) -> str:
