@@ -243,7 +243,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .._validation import check_atoms, check_number
-    from ..learning.learner import (ActiveLearner, MDSettings, Trigger, check_budgets, check_max_temperature,
+    from ..learning.learner import (MDSettings, Trigger, check_budgets, check_max_temperature,
                                     check_start, foreign_files, reserve_run_dir, run_dir_in_use)
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, group_flat
