@@ -186,6 +186,8 @@ def test_fit_keeps_what_the_user_sets(files, capsys):
     # --zeta keeps ζ only: the signal variance is the evidence's, not the kernel's default 1;
     # --optimize keeps a noise given (it replaced --force-noise 0.07 before)
     assert m.kernel_.signal_variance != 1.0
+    assert m.evidence_ is None  # (no table of the model before the optimisation is kept)
+    assert "gpal: maximised by the marginal likelihood: NormalizedDotProduct(zeta=4" in capsys.readouterr().out
     again = files / "optimized.npz"
     assert main(["fit", str(files / "train.xyz"), "-o", str(again), "--n-sparse", "40", "--zeta", "4",
                  "--l-max", "4", "--force-noise", "0.07", "--optimize"]) == 0

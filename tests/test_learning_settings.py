@@ -215,3 +215,24 @@ def test_blow_up_limit_follows_the_temperature_of_the_step(tmp_path):
     assert L._blown_up(w, 600.0) is None  # not for its end (2300 K)
     L.max_temperature = 2500.0  # a limit the user sets holds at every step
     assert L._blown_up(w, 300.0) is None
+
+
+@dataclasses.dataclass
+class WithCache(Trigger):
+    """A cache set in __post_init__ and a field that is not an __init__ argument: both
+    are rebuilt from the stored fields, so the trigger is accepted and resumes."""
+
+    margin: float = 0.1
+    derived: float = dataclasses.field(init=False, default=0.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.derived = 2 * self.margin
+        self._cache = {"margin": self.margin}
+
+
+def test_a_trigger_with_caches_and_init_false_fields_is_stored_and_resumed(tmp_path):
+    L = _learner(tmp_path, trigger=WithCache(margin=0.3, every=10), n_bootstrap=2, progress=False)
+    L.run(10)
+    R = ActiveLearner.resume(tmp_path / "run", progress=False)
+    assert type(R.trigger) is WithCache and R.trigger.margin == 0.3 and R.trigger.derived == 0.6

@@ -263,7 +263,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if args.config:
         cfg, user = config.load_config(args.config)
     else:
-        cfg = copy.deepcopy(config.DEFAULT_LEARN)
+        cfg = config.fill_validation(copy.deepcopy(config.DEFAULT_LEARN))
     if args.steps is not None:
         cfg["steps"] = args.steps
     if args.run_dir:
@@ -380,6 +380,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 old_cfg = tomllib.loads(stored.read_text())
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
+            if "temperature" not in user.get("validation", {}) and "temperature" in old_cfg.get("validation", {}):
+                cfg["validation"]["temperature"] = old_cfg["validation"]["temperature"]  # (unset: the start's own)
             diff = config.config_difference(old_cfg, cfg, ignore=("run_dir", "steps"))
             if diff is not None:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
@@ -535,13 +537,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model = sel.model
     else:
         model.fit(frames)
-        noise_given = any(getattr(args, f"{k}_noise") is not None for k in ("energy", "force", "stress"))
-        if args.optimize or isinstance(args.zeta, int):
-            # a kernel given as --zeta N keeps ζ; its signal variance is still the evidence's
-            # (SparseGP keeps a given kernel whole); a noise given is kept, with --optimize too
-            model.optimize_hyperparameters(optimize_noise=not noise_given)
         for line in _evidence_lines(getattr(model, "evidence_", None)):
             print(line)
+        if args.optimize or isinstance(args.zeta, int):
+            # a kernel given as --zeta N keeps ζ; its signal variance and the noises not
+            # given are still the evidence's, now maximised together (SparseGP keeps a given
+            # kernel whole); a noise given is kept, with --optimize too
+            from ..model.defaults import _GROUP_NAMES, NOISE_BOUNDS
+
+            present = model._noise_layout()[0]
+            bounds = ["fixed" if getattr(args, f"{_GROUP_NAMES[g]}_noise") is not None
+                      else NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
+            model.optimize_hyperparameters(noise_bounds=bounds)
+            model.evidence_ = None  # (the table above ranked the model before this optimisation)
+            noise = ", ".join(f"{g} {v:.3g}" for g, v in model.noise_.items())
+            print(f"gpal: maximised by the marginal likelihood: {model.kernel_!r}, noises {noise}; "
+                  f"log ML {model.log_marginal_likelihood_value_:.6g}")
     path = model.save(args.output)
     print(f"gpal: wrote {path} ({model!r})")
     return 0

@@ -59,7 +59,7 @@ DEFAULT_LEARN = {
     "trigger": {},
     "model": {"n_sparse": 300},
     "learner": {"n_walkers": 1, "random_state": 0},
-    "validation": {"steps": 0, "temperature": 1000.0, "every": 40, "seed": 123, "timestep": 1.0},
+    "validation": {"steps": 0, "every": 40, "seed": 123, "timestep": 1.0},  # temperature: fill_validation
 }
 
 #: ActiveLearner parameters the command line fills from elsewhere (not from [learner])
@@ -421,12 +421,17 @@ def load_config(path) -> tuple[dict, dict]:
     if "file" in user.get("structure", {}) and built:
         raise ConfigError(f"{path}: [structure] file and {', '.join(built)} exclude each other: the "
                           "structure is read from the file or built with ase.build.bulk, not both")
-    cfg = _merge(DEFAULT_LEARN, user)
-    if "temperature" not in user.get("validation", {}):
-        # an unset [validation] temperature follows the run's protocol to its hottest point
+    return fill_validation(_merge(DEFAULT_LEARN, user)), user
+
+
+def fill_validation(cfg: dict) -> dict:
+    """Give an unset ``[validation] temperature`` the hottest temperature of ``[md]`` (the
+    run's protocol at its hottest point); returns ``cfg``."""
+    val = cfg.setdefault("validation", {})
+    if "temperature" not in val:
         t = cfg["md"]["temperature"]
-        cfg["validation"]["temperature"] = float(max(t) if isinstance(t, (list, tuple)) else t)
-    return cfg, user
+        val["temperature"] = float(max(t) if isinstance(t, (list, tuple)) else t)
+    return cfg
 
 
 def config_difference(old: dict, new: dict, ignore=("run_dir",) + RESUMABLE) -> str | None:

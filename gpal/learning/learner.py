@@ -84,7 +84,7 @@ from .state import (
     _model_spec,
     _same_frame,
 )
-from .trigger import Trigger, check_storable
+from .trigger import Trigger, check_storable, trigger_state
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,8 @@ class Summary:
 
     def __str__(self) -> str:
         why = ", ".join(f"{v} {k}" for k, v in self.oracle_calls_by_reason.items() if v)
-        free = "" if self.oracle_calls_by_reason.get("validation") else "; validation frames given cost none"
+        free = ("; the validation frames given cost none"
+                if self.validation and not self.oracle_calls_by_reason.get("validation") else "")
         lines = [
             "gpal active learning summary",
             f"  MD steps (per walker) : {self.steps}",
@@ -276,9 +277,11 @@ class Summary:
         if sc and not self.stopped_early:
             if sc.get("judged"):
                 lines.append(f"  stopping rule         : judged {sc['judged']} times, not met")
+            elif sc.get("deferred"):
+                lines.append(f"  stopping rule         : never judged ({sc['deferred']} checks deferred; "
+                             f"the last because {sc.get('last_deferred')})")
             else:
-                lines.append(f"  stopping rule         : never judged ({sc.get('deferred', 0)} checks deferred; "
-                             f"the last because {sc.get('last_deferred') or 'no check was due'})")
+                lines.append("  stopping rule         : never judged (no check was due)")
         c = self.calibration
         if c:
             lines.append(
@@ -628,7 +631,7 @@ class ActiveLearner:
             "calibration": getattr(self, "_calibration", {}),
             "n_walkers_total": len(self.walkers),
             "times": self._times,
-            "trigger": asdict(self.trigger),
+            "trigger": trigger_state(self.trigger),
             "trigger_class": _import_path(type(self.trigger)),  # a Trigger subclass: its own judge
             "trigger_has_class": type(self.trigger) is not Trigger,
             "md": {k: v for k, v in asdict(self.md).items() if k != "factory"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -294,15 +295,37 @@ class Trigger:
         return len(recent) >= self.max_labels
 
 
+def trigger_state(trigger: Trigger) -> dict:
+    """What a run stores of a trigger (with its class path): its ``__init__`` fields,
+    from which resume and walker workers rebuild it (``type(trigger)(**state)``)."""
+    return {f.name: getattr(trigger, f.name) for f in dataclasses.fields(trigger) if f.init}
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(np.all(a == b))
+    except Exception:  # (values that do not compare: treat as different)
+        return False
+
+
 def check_storable(trigger: Trigger) -> None:
     """Raise ``TypeError`` for a trigger whose settings would not survive a resume or a
-    walker worker: a run stores a trigger as its class path and its dataclass fields, so
-    an attribute that is not a field (a subclass's own ``__init__`` argument) would come
-    back as the class default, silently."""
-    fields = {f.name for f in dataclasses.fields(trigger)}
-    extra = sorted(k for k in vars(trigger) if k not in fields)
+    walker worker: a run rebuilds a trigger from its class and :func:`trigger_state`,
+    so an attribute the rebuilt trigger lacks or holds differently (a subclass's own
+    ``__init__`` argument that is not a dataclass field) would come back as its
+    default, silently. Caches a rebuild recomputes (set in ``__post_init__``, or a
+    ``functools.cached_property``) pass."""
+    cls = type(trigger)
+    try:
+        rebuilt = cls(**trigger_state(trigger))
+    except TypeError as exc:
+        raise TypeError(f"the trigger {cls.__name__} cannot be rebuilt from its dataclass fields ({exc}); a run "
+                        "stores a trigger by its fields (for resume and walker workers)") from None
+    mine, theirs = vars(trigger), vars(rebuilt)
+    extra = sorted(k for k, v in mine.items()
+                   if not isinstance(getattr(cls, k, None), functools.cached_property)
+                   and (k not in theirs or not _same(v, theirs[k])))
     if extra:
-        name = type(trigger).__name__
-        raise TypeError(f"the trigger {name} has settings that are not dataclass fields ({', '.join(extra)}): a run "
-                        f"stores a trigger by its fields (for resume and walker workers), so they would be lost; "
-                        f"declare them as fields of a @dataclass class {name}(Trigger)")
+        raise TypeError(f"the trigger {cls.__name__} has settings that are not dataclass fields ({', '.join(extra)}): a "
+                        f"run stores a trigger by its fields (for resume and walker workers), so they would be lost; "
+                        f"declare them as fields of a @dataclass class {cls.__name__}(Trigger)")

@@ -59,6 +59,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ..exceptions import GpalError, OverlappingAtomsError
 from ..model import SparseGP
 from .sampler import blown_up
+from .trigger import trigger_state
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import ActiveLearner
@@ -349,7 +350,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "positions": np.array(state["positions"]), "momenta": np.array(state["momenta"]),
         "cell": np.array(state["cell"]), "good": tuple(np.array(x) for x in state["good"]),
         "start": int(start), "end": int(end), "ramp_steps": int(L.ramp_steps),
-        "md": md, "trigger": asdict(L.trigger), "trigger_class": _import_path(type(L.trigger)),
+        "md": md, "trigger": trigger_state(L.trigger), "trigger_class": _import_path(type(L.trigger)),
         "seed": [int(base), int(w.index), int(start)],
         "recent": (list(L._recent_unc) + list(state["recent"]))[-4 * L.trigger.adapt_window:],
         "label_steps": list(L._label_steps.get(w.index, [])),
