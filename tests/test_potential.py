@@ -699,3 +699,18 @@ def test_observation_rows_are_the_linear_map_from_weights_to_predictions(cu_mode
     np.testing.assert_allclose(rows.forces @ cu_model.alpha_, pred["forces"], atol=1e-10)
     np.testing.assert_allclose(rows.stress @ cu_model.alpha_, pred["stress"], atol=1e-12)
     np.testing.assert_allclose(cu_model.local_kernel(frame).sum(axis=0), rows.energy, rtol=1e-12)
+
+
+def test_fit_with_progress_shows_its_passes_and_fits_the_same(capsys):
+    """fit(progress=True): bars on stderr over the frame passes (descriptors, the
+    evidence's rankings, kernel rows), cleared when done; the same model as without."""
+    frames = cu_frames(4, seed=21, size=(2, 2, 2))
+    quiet = SparseGP(n_sparse=20).fit(frames)
+    assert capsys.readouterr().err == ""
+    shown = SparseGP(n_sparse=20).fit(frames, progress=True)
+    err = capsys.readouterr().err
+    assert "descriptors" in err and "evidence of" in err
+    assert not getattr(shown, "_fit_progress")  # (off again after the fit)
+    np.testing.assert_array_equal(shown.alpha_, quiet.alpha_)
+    fixed = SparseGP(n_sparse=20, hyperparameters="fixed").fit(frames, progress=True)
+    assert "kernel rows" in capsys.readouterr().err and fixed.alpha_ is not None

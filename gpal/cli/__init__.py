@@ -532,11 +532,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         if descriptor is None:
             model.descriptor = _descriptor_from_args(args, frames)
-        sel = select_kernel_by_evidence(model, frames, progress=True)
+        sel = select_kernel_by_evidence(model, frames, progress=not args.quiet)
         print(sel)  # (the winner's own SOAP search, on a subset of the frames, is not repeated here)
         model = sel.model
     else:
-        model.fit(frames)
+        model.fit(frames, progress=not args.quiet)
         for line in _evidence_lines(getattr(model, "evidence_", None)):
             print(line)
         if args.optimize or isinstance(args.zeta, int):
@@ -1037,6 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--optimize", action="store_true",
                    help="optimise the kernel's hyperparameters and the noises not given (marginal "
                         "likelihood; with a noise given, only the kernel's)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     s.add_argument("--baseline", metavar="MODULE:NAME",
                    help="Δ-learning: an ASE calculator under the GP, e.g. tblite.ase:TBLite")
     s.add_argument("--baseline-kwargs", type=_json_object, metavar="JSON",

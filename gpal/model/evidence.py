@@ -355,7 +355,7 @@ class _Evidence:
         for k in fids:
             offset[k] = start
             start += slices[k].stop - slices[k].start
-        for batch in batches:
+        for batch in self._bar(batches, f"evidence of {len(cands)} candidate(s)"):
             group = [self.frames_[k] for k in batch]
             for i, by_l in plan.items():
                 ds = [descs[i].derivatives(a) for a in group]

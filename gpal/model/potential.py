@@ -514,7 +514,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
 
     @_thread_policy(_fit_size)
-    def fit(self, frames) -> "SparseGP":
+    def fit(self, frames, progress: bool = False) -> "SparseGP":
         """Fit to labelled frames.
 
         Parameters
@@ -523,6 +523,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             Each with at least one of energy, forces or stress, as ``ase.io.read``
             returns them from an extxyz file (or with a finished calculator attached).
             Molecules simply carry no stress.
+        progress : bool, default False
+            Progress bars (tqdm, on stderr) over the passes through the frames: the
+            descriptors, each ranking of the evidence's candidates, the kernel rows.
 
         With ``hyperparameters="evidence"``, what the user left unset is chosen by the
         maximised log marginal likelihood of these frames (type-II maximum likelihood,
@@ -553,6 +556,14 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         UserWarning
             A chosen noise or signal variance sits at a bound of its range.
         """
+        self._fit_progress = bool(progress)
+        try:
+            return self._fit_frames(frames)
+        finally:
+            self._fit_progress = False
+
+    def _fit_frames(self, frames) -> "SparseGP":
+        """The work of :meth:`fit`."""
         self._check_params()
         frames = check_frames(frames)
         self.descriptor_ = self.descriptor if self.descriptor is not None else (
@@ -582,10 +593,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 "their local energies are the prior (zero, with baseline e0 = 0) until frames "
                 "containing them are added",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # (past _fit_frames and fit)
             )
 
-        X_list = [self.descriptor_.create(a) for a in self.frames_]
+        X_list = [self.descriptor_.create(a) for a in self._bar(self.frames_, "descriptors", len(self.frames_))]
         for a, X in zip(self.frames_, X_list):
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
         Z, zsp, where = self._select_sparse(
@@ -605,7 +616,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 zetas=getattr(self, "_zetas", None),  # (select_kernel_by_evidence: one ζ per candidate)
                 l_maxes=L_MAX_CANDIDATES if default else None,
                 sigmas=SIGMA_CANDIDATES if default and search else None, sparse_index=where,
-                search=search, warn_stacklevel=4)
+                search=search, warn_stacklevel=5)
             return self
         self._fit_solver(self._k_mm(Z, zsp))
         return self

@@ -56,6 +56,17 @@ class ObservationRows:
 class _Rows:
     """SparseGP's kernel blocks: K_mm, local-energy rows, energy/force/stress rows of frames."""
 
+    def _bar(self, iterable, desc: str, total: int | None = None):
+        """``iterable`` with a progress bar on stderr while a ``fit(..., progress=True)``
+        runs (tqdm; the bar is cleared when done), else ``iterable`` itself."""
+        if not getattr(self, "_fit_progress", False) or (total is not None and total <= 1):
+            return iterable  # (one frame at a time, as a blocked fit passes them, gets no bar)
+        import sys
+
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, unit="frame")
+
     # ------------------------------------------------------------------ kernel blocks
     def _k_mm(self, Z, zsp, kernel=None) -> np.ndarray:
         kernel = kernel or self.kernel_
@@ -220,7 +231,7 @@ class _Rows:
         Returns K (n_obs, M) and, with ``eval_gradient``, dK (n_obs, M, d).
         """
         rows, drows = [], []
-        for a in frames:
+        for a in self._bar(frames, "kernel rows", total=len(frames)):
             out = self._derivative_rows(a, Z, zsp, kernel=kernel, eval_gradient=eval_gradient)
             rows.append(self._in_observation_order(a, out[:3]))
             if eval_gradient:
