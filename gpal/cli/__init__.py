@@ -175,9 +175,7 @@ def _resume(args: argparse.Namespace) -> int:
             old = config.check_config(tomllib.loads(stored.read_text()), stored)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
-        if "temperature" not in user.get("validation", {}) and "temperature" in old.get("validation", {}):
-            cfg["validation"]["temperature"] = old["validation"]["temperature"]  # (unset: the run's own)
-        diff = config.config_difference(old, cfg)
+        diff = config.config_difference(old, config.keep_stored(cfg, user, old))
         if diff is not None:
             raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
                               f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
@@ -380,9 +378,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 old_cfg = tomllib.loads(stored.read_text())
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
-            if "temperature" not in user.get("validation", {}) and "temperature" in old_cfg.get("validation", {}):
-                cfg["validation"]["temperature"] = old_cfg["validation"]["temperature"]  # (unset: the start's own)
-            diff = config.config_difference(old_cfg, cfg, ignore=("run_dir", "steps"))
+            diff = config.config_difference(old_cfg, config.keep_stored(cfg, user, old_cfg),
+                                            ignore=("run_dir", "steps"))
             if diff is not None:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
                                   f"({diff}); use --overwrite to move it aside")

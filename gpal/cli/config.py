@@ -424,6 +424,17 @@ def load_config(path) -> tuple[dict, dict]:
     return fill_validation(_merge(DEFAULT_LEARN, user)), user
 
 
+def keep_stored(cfg: dict, user: dict, stored: dict) -> dict:
+    """``cfg`` compared with a run's ``stored`` configuration: a key derived from others
+    when unset (``[validation] temperature``, :func:`fill_validation`) and unset in the
+    ``user``'s file takes the run's stored value, whatever the derivation gives now (a
+    run of an earlier gpal stored another). Returns ``cfg``."""
+    old = stored.get("validation", {})
+    if "temperature" not in user.get("validation", {}) and "temperature" in old:
+        cfg.setdefault("validation", {})["temperature"] = old["temperature"]
+    return cfg
+
+
 def fill_validation(cfg: dict) -> dict:
     """Give an unset ``[validation] temperature`` the hottest temperature of ``[md]`` (the
     run's protocol at its hottest point); returns ``cfg``."""

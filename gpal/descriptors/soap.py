@@ -540,19 +540,17 @@ class SOAP(Descriptor):
             raise ValueError(f"sigma must be positive, got sigma={self.sigma}.")
         if not isinstance(self.periodic, (bool, np.bool_)):
             raise ValueError(f"periodic must be True or False, got {self.periodic!r}.")
-        if self.r_cut is not None:  # (before the weighting, whose r0 is often r_cut itself)
-            r_cut = _number(self.r_cut, "r_cut")
+        def checked(r_cut):
             if r_cut <= 1:
                 raise ValueError("r_cut must be larger than 1 Å for the GTO radial basis, "
                                  f"got r_cut={r_cut}.")
+            return r_cut
+
+        # a given r_cut before the weighting (whose r0 is often r_cut itself)
+        r_cut = None if self.r_cut is None else checked(_number(self.r_cut, "r_cut"))
         self._weighting = _check_weighting(self.weighting)
-        if self.r_cut is None:
-            r_cut = _infer_r_cut(self._weighting)
-        if r_cut <= 1:
-            raise ValueError(
-                "r_cut must be larger than 1 Å for the GTO radial basis, "
-                f"got r_cut={r_cut}."
-            )
+        if r_cut is None:
+            r_cut = checked(_infer_r_cut(self._weighting))
         self.r_cut_ = r_cut
         self.sigma_ = sigma
         n, L = int(self.n_max), int(self.l_max)

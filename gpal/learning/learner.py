@@ -1032,7 +1032,7 @@ class ActiveLearner:
             # another learner's run: continuing it silently would mix its labels into this one
             raise GpalError(f"{self.run_dir} already holds a run; ActiveLearner.resume({str(self.run_dir)!r}) "
                             "continues it, or give another run_dir for a new run")
-        if not self._owns_run_dir and self.run_dir.is_dir():
+        if self.run_dir.is_dir():
             # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
             ours = sorted((RUN_FILES - {"config.toml", "run.lock"}) & {p.name for p in self.run_dir.iterdir()})
             if ours and self._own_unfinished_start(ours):
@@ -1583,23 +1583,32 @@ class ActiveLearner:
         """The stopping rule's checks of the whole run (log.jsonl): ``judged``,
         ``deferred`` and the reason of the last deferral."""
         out = {"judged": 0, "deferred": 0, "last_deferred": ""}
-        try:
-            with open(self.run_dir / "log.jsonl") as fh:
-                for line in fh:
-                    if '"stop_check"' not in line:
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:  # (a damaged line: the log readers skip it)
-                        continue
-                    if rec.get("deferred"):
-                        out["deferred"] += 1
-                        out["last_deferred"] = rec["deferred"]
-                    else:
-                        out["judged"] += 1
-        except OSError:
-            pass
+        for rec in self._log_records("stop_check"):
+            if rec.get("deferred"):
+                out["deferred"] += 1
+                out["last_deferred"] = rec["deferred"]
+            else:
+                out["judged"] += 1
         return out
+
+    def _log_records(self, event: str):
+        """The records of ``log.jsonl`` whose ``event`` is ``event``, in order (a line a
+        kill cut short is not a record; no log yet: none)."""
+        tag = f'"event": "{event}"'
+        try:
+            fh = open(self.run_dir / "log.jsonl")
+        except OSError:
+            return
+        with fh:
+            for line in fh:
+                if tag not in line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("event") == event:
+                    yield rec
 
     def _plots(self) -> None:
         """learning_curve.png: validation error (if any) and oracle calls against MD step."""
@@ -1613,18 +1622,9 @@ class ActiveLearner:
                                             title="force RMSE on the validation set")
             return
         steps, calls = [], []
-        log_path = self.run_dir / "log.jsonl"
-        if not log_path.exists():
-            return
-        with open(log_path) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # (a line a kill cut short: not a record)
-                    continue
-                if rec.get("event") == "label":
-                    steps.append(rec["step"])
-                    calls.append(rec["oracle_calls"])
+        for rec in self._log_records("label"):
+            steps.append(rec["step"])
+            calls.append(rec["oracle_calls"])
         if not steps:
             return
         fig = calibration._new_figure(figsize=(5.5, 4.0))  # no pyplot, no backend change
