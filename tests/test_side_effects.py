@@ -35,6 +35,7 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
         (tmp / "log.jsonl").write_text("\\n".join(json.dumps(
             {{"event": "label", "step": s, "oracle_calls": k}}) for k, s in enumerate([3, 9, 20])))
         fake = SimpleNamespace(run_dir=tmp, _val_history=[], step=30, stopping=None)
+        fake._log_records = lambda event: ActiveLearner._log_records(fake, event)
         ActiveLearner._plots(fake)
         print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
     """)
