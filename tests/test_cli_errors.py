@@ -340,6 +340,23 @@ def test_a_warning_reached_from_several_places_is_shown_once(capsys):
         "gpal learn: warning: the same advice", "gpal learn: warning: other advice"]
 
 
+def test_a_warning_during_a_progress_bar_gets_its_own_line(capsys):
+    """compare-kernels printed a hyperparameter-bound warning into the middle of its bar."""
+    import warnings
+
+    from tqdm import tqdm
+
+    from gpal.cli import _one_line_warnings
+
+    with _one_line_warnings("gpal compare-kernels"):
+        with tqdm(total=2, file=sys.stderr, mininterval=0) as bar:
+            bar.update(1)
+            warnings.warn("a bound was reached", UserWarning)
+            bar.update(1)
+    shown = [line.split("\r")[-1] for line in capsys.readouterr().err.split("\n")]
+    assert "gpal compare-kernels: warning: a bound was reached" in shown
+
+
 def test_python_dash_m_gpal_is_the_gpal_command():
     proc = subprocess.run([sys.executable, "-m", "gpal", "--version"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("gpal ")

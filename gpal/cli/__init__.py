@@ -1139,14 +1139,18 @@ def _message(exc: BaseException) -> str:
 def _one_line_warnings(prog: str):
     """Show Python warnings as ``gpal <cmd>: warning: ...`` lines, each text once per
     command (Python's own filter shows a warning once per place in the code, and a
-    learner's fits and predictions reach the same warning from several places)."""
+    learner's fits and predictions reach the same warning from several places). A line
+    goes through ``tqdm.write``, which lifts any progress bar on the terminal above it
+    instead of printing into the middle of the bar."""
+    from tqdm import tqdm
+
     seen = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = f"{prog}: warning: {' '.join(str(message).split())}"
         if text not in seen:
             seen.add(text)
-            print(text, file=sys.stderr)
+            tqdm.write(text, file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show
