@@ -36,7 +36,10 @@ runs under :func:`limited`, which while the call runs
 in this process's affinity mask less the cores other processes keep busy right now:
 the number of runnable tasks on the machine (``/proc/loadavg``, 4th field) less this
 process's own runnable threads (``/proc/self/task/*/stat``), median of three samples,
-looked at no more than once per :data:`LOAD_REFRESH` second. Not ``os.getloadavg()``: a
+looked at no more than once per :data:`LOAD_REFRESH` second. A rise is believed only
+when a second look, :data:`LOAD_CONFIRM` s later, still sees it: a task runnable for a
+moment (a shell, a short system job) once held a whole second of MD to one thread. A
+fall is believed at once. Not ``os.getloadavg()``: a
 one-minute average lags a minute behind a job starting or ending, and it counts gpal's
 own threads of the last minute (a two-thread fit on an idle two-core machine raises it
 to 2, which would read as busy). Off Linux the load is not seen and ``n`` = the cores.
@@ -116,6 +119,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 SMALL_BLOCK = 4_000_000
 #: seconds between two looks at the machine's load
 LOAD_REFRESH = 1.0
+#: seconds after a look that saw more busy cores until the look that confirms them
+LOAD_CONFIRM = 0.1
 
 _BLAS_LIBS: list | None = None
 _BLAS_LOCK = threading.Lock()
@@ -123,7 +128,7 @@ _BLAS_REQUESTS: list[int] = []  # limits of the gpal calls running now (all Pyth
 _BLAS_ORIGINAL: list[int] = []  # BLAS thread counts before the first of them
 _USER_THREADS: int | None = None  # set_threads()
 _LOCAL = threading.local()  # .override: the threads() context of this Python thread
-_LOAD_CACHE: dict[str, float] = {"time": -1e300, "busy": 0.0}
+_LOAD_CACHE: dict[str, float] = {"time": -1e300, "busy": 0.0, "rise": -1.0}
 _LOAD_LOCK = threading.Lock()
 _DISABLED = False  # _policy_disabled(): benchmarks only
 
@@ -228,21 +233,32 @@ def _busy_cores() -> float:
     Three samples of the number of runnable tasks (``/proc/loadavg``) less this process's
     own runnable threads (``/proc/self/task/*/stat``); the median. An instantaneous count,
     not the load average, which lags by a minute and counts gpal's own past threads.
+    A look that sees more busy cores than the value in force is held as a candidate
+    (``rise``) and the value kept; the look :data:`LOAD_CONFIRM` s later adopts the
+    smaller of the two counts if it still sees a rise. A look that sees fewer adopts
+    them at once.
     """
     now = time.monotonic()
     with _LOAD_LOCK:
-        if now - _LOAD_CACHE["time"] < LOAD_REFRESH:
-            return _LOAD_CACHE["busy"]
+        cache = _LOAD_CACHE
+        rising = cache["rise"] >= 0
+        if now - cache["time"] < (LOAD_CONFIRM if rising else LOAD_REFRESH):
+            return cache["busy"]
         samples = []
         for _ in range(3):
             got = _runnable_tasks()
             if got is None:
                 break
             samples.append(max(0, got[0] - got[1]))
-        busy = float(sorted(samples)[len(samples) // 2]) if samples else 0.0
-        _LOAD_CACHE["time"] = now
-        _LOAD_CACHE["busy"] = busy
-        return busy
+        seen = float(sorted(samples)[len(samples) // 2]) if samples else 0.0
+        cache["time"] = now
+        if seen <= cache["busy"]:
+            cache["busy"], cache["rise"] = seen, -1.0
+        elif rising:  # confirmed
+            cache["busy"], cache["rise"] = min(seen, cache["rise"]), -1.0
+        else:
+            cache["rise"] = seen
+        return cache["busy"]
 
 
 def default_threads() -> int:

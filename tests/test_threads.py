@@ -218,7 +218,33 @@ def test_a_busy_process_is_seen():
     finally:
         busy.kill()
         busy.wait()
-        _threads._LOAD_CACHE["time"] = -1e300
+        _threads._LOAD_CACHE.update(time=-1e300, busy=0.0, rise=-1.0)
+
+
+def test_a_moment_of_load_is_not_believed_but_lasting_load_is(monkeypatch):
+    """A task runnable for a moment held a second of MD to one thread; a rise now needs a
+    second look LOAD_CONFIRM s later, and a fall is taken at once."""
+    clock = [1000.0]
+    tasks = [(1, 1)]  # (runnable on the machine, runnable of ours)
+    monkeypatch.setattr(_threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_threads, "_runnable_tasks", lambda: tasks[0])
+    monkeypatch.setattr(_threads, "_LOAD_CACHE", {"time": -1e300, "busy": 0.0, "rise": -1.0})
+
+    def look(after, runnable):
+        clock[0] += after
+        tasks[0] = (runnable + 1, 1)
+        return _threads._busy_cores()
+
+    assert look(0, 0) == 0.0
+    assert look(1.5, 1) == 0.0  # a rise, held
+    assert look(0.05, 0) == 0.0  # not yet time for the second look
+    assert look(0.06, 0) == 0.0  # the second look: gone, a moment of load
+    assert look(1.5, 2) == 0.0
+    assert look(0.2, 2) == 2.0  # still there: believed
+    assert look(0.5, 0) == 2.0  # within LOAD_REFRESH: kept
+    assert look(0.6, 0) == 0.0  # a fall: at once
+    assert look(1.5, 3) == 0.0
+    assert look(0.2, 1) == 1.0  # confirmed, by the smaller count
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux /proc only")
