@@ -75,3 +75,25 @@ class StrictEMT(EMT):
 
     def __init__(self, *, label=None):
         super().__init__(label=label)
+
+
+class MomentProbe(EMT):
+    """EMT whose ``energy`` is ``sum(initial magnetic moments) + 100 sum(initial charges)``
+    of the frame it was given: what a spin-polarised or charged reference starts from."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results["energy"] = float(atoms.get_initial_magnetic_moments().sum()
+                                       + 100 * atoms.get_initial_charges().sum())
+
+
+class DiesOnMovedFrames(EMT):
+    """EMT whose process ends at once (as a segfaulting or out-of-memory-killed DFT code)
+    on frames whose first atom is not at the origin."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import os
+
+        if abs(atoms.positions[0]).max() > 1e-3:
+            os._exit(139)
+        super().calculate(atoms, properties, system_changes)

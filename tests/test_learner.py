@@ -946,6 +946,109 @@ def test_max_sparse_bounds_the_sparse_set_of_every_label(tmp_path):
     assert L.n_labelled > 5 and len(L.model.sparse_X_) == 40
 
 
+class FailsAfterBootstrapThenKilled(EMT):
+    """EMT for the 4 bootstrap labels, then two failed calls (an SCF that stopped
+    converging), then a kill on the next call."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        self.n += 1
+        if self.n > 6:
+            raise Killed
+        if self.n > 4:
+            raise RuntimeError("SCF did not converge (simulated)")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_failed_oracle_calls_are_on_disk_before_a_kill(tmp_path):
+    """A failed label added nothing to the model, so nothing saved the calls it cost; a kill
+    then lost them from the run's count (and from max_oracle_calls)."""
+    run = tmp_path / "run"
+    L = learner(run, FailsAfterBootstrapThenKilled(), oracle_retries=0,
+                trigger=Trigger(threshold=1e-6, adaptive=False, every=2))
+    with pytest.raises(Killed):
+        L.run(200)
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    assert (R.oracle.n_calls, R.oracle.n_failures) == (6, 2)
+    assert sum(R._calls.values()) == 6
+
+
+def test_a_label_that_cannot_be_written_stops_the_run_and_is_not_asked_again(tmp_path, monkeypatch):
+    """A write error (a full disk) was taken for the oracle's failure: the frame was labelled
+    again and reached the model without reaching train.xyz."""
+    import errno
+
+    import gpal.learning.learner as learner_module
+
+    run = tmp_path / "run"
+    calls = []
+
+    class Counted(EMT):
+        def calculate(self, *args, **kwargs):
+            calls.append(1)
+            super().calculate(*args, **kwargs)
+
+    real = learner_module.append_frame
+
+    def full_disk(path, atoms):
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, atoms)
+
+    monkeypatch.setattr(learner_module, "append_frame", full_disk)
+    L = learner(run, Counted(), oracle_retries=2)
+    with pytest.raises(OSError, match="No space left"):
+        L.run(20)
+    assert len(calls) == 3 and L.oracle.n_failures == 0  # not asked again
+    assert len(frames_in(run / "train.xyz")) == L.n_labelled == 2
+    monkeypatch.setattr(learner_module, "append_frame", real)
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    R.run(20)
+    assert len(frames_in(run / "train.xyz")) == len(R.model.frames_) == R.n_labelled
+
+
+def test_initial_magnetic_moments_and_charges_reach_the_oracle():
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = bulk("Cu", "fcc", a=3.61, cubic=True)
+    a.set_initial_magnetic_moments([1.0, 2.0, 0.0, 0.5])
+    a.set_initial_charges([0.0, 0.0, 0.25, 0.0])
+    plain = bulk("Cu", "fcc", a=3.61, cubic=True)
+    for executor in (None, ThreadPoolExecutor(1)):
+        oracle = gpal.Oracle("_oracles:MomentProbe", executor=executor)
+        got, failures = oracle.label([a, plain])
+        assert not failures
+        assert [g.get_potential_energy() for g in got] == [3.5 + 25.0, 0.0]
+        if executor is not None:
+            executor.shutdown()
+
+
+def test_a_worker_that_dies_stops_the_run_with_everything_saved(tmp_path):
+    """A worker killed (a segfault, the out-of-memory killer) broke the pool; the retry's
+    submit raised out of the oracle, with no failure recorded and the calls not saved."""
+    import multiprocessing
+
+    run = tmp_path / "run"
+    frames = [bulk("Cu", "fcc", a=3.61, cubic=True) for _ in range(3)]
+    frames[1].positions += 0.1  # the worker dies on this one
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        oracle = gpal.Oracle("_oracles:DiesOnMovedFrames", executor=pool, retries=2)
+        with pytest.raises(gpal.exceptions.OracleError, match="worker processes stopped") as err:
+            oracle.label(frames)
+    assert err.value.labelled[0] is not None and err.value.labelled[1] is None
+    assert oracle.n_failures == len(err.value.failures) == 2
+    assert oracle.n_calls <= 3  # nothing resubmitted to the broken pool
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        L = learner(run, "_oracles:DiesOnMovedFrames", executor=pool)
+        with pytest.raises(gpal.exceptions.OracleError, match="Everything so far is saved"):
+            L.run(20)
+    state = json.loads((run / "state.json").read_text())
+    assert state["oracle_calls"] == L.oracle.n_calls > 0 and state["oracle_failures"] > 0
+
+
 def test_an_oracle_without_stress_labels_periodic_frames(tmp_path):
     """Energy and forces only (the calculator implements no stress): the frames are
     labelled without stress."""

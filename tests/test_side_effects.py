@@ -52,12 +52,12 @@ def test_oracle_worker_limits_blas_during_the_calculation_only():
     a = bulk("Cu", "fcc", a=3.6, cubic=True)
     spec = OracleSpec("_oracles:ThreadProbe")
     before_env, before = dict(os.environ), _blas_threads()
-    args = (a.numbers, a.positions, a.cell.array, a.pbc, False)
+    args = (a.numbers, a.positions, a.cell.array, a.pbc, False, {})
     if before < 2:
         pytest.skip("BLAS already runs one thread")
     assert _label_task(spec, *args, 1)["energy"] == 1.0
     assert _blas_threads() == before and dict(os.environ) == before_env
-    moved = (a.numbers, a.positions + 0.01, a.cell.array, a.pbc, False)  # no cached result
+    moved = (a.numbers, a.positions + 0.01, a.cell.array, a.pbc, False, {})  # no cached result
     assert _label_task(spec, *moved, 0)["energy"] == float(before)  # 0: no limit
 
 

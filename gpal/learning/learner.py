@@ -59,7 +59,7 @@ from ..exceptions import GpalError, MissingLabelsError, OracleError, Overlapping
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, write_frames)
 from ..model import SparseGP
-from .oracle import Oracle, OracleSpec, as_oracle_spec
+from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
 from .settings import (
     FLAT_NAMES,
@@ -670,13 +670,16 @@ class ActiveLearner:
             if walkers is not None:
                 a.info["gpal_walker"] = int(walkers[k])
             with interrupts_deferred():  # a label paid for is written whole and counted, then Ctrl-C
+                append_frame(self.train_path, a)  # on disk the moment it arrives (a write error stops the run)
                 self._add_force_squares([a])
                 self._reasons.append(reason)
-                append_frame(self.train_path, a)  # on disk the moment it arrives
                 self.n_labelled += 1
 
+        broken = None
         try:
             labelled, failures = self.oracle.label(frames, on_label=arrived)
+        except BrokenOracleError as exc:  # no more labels from this oracle: save, then say so
+            broken, labelled, failures = exc, exc.labelled, exc.failures
         finally:
             self._times["oracle"] += time.perf_counter() - t0
             self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
@@ -684,13 +687,14 @@ class ActiveLearner:
         self._last_failures = failures
         for f in failures:
             self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts})
-        if failures and self.on_oracle_failure == "stop":
-            self.checkpoint()
-            raise OracleError(
-                f"oracle failed on {len(failures)} frame(s) at step {self.step}: "
-                f"{failures[0].reason}. Everything so far is saved in {self.run_dir}; "
-                "fix the oracle and resume."
-            )
+        if broken is not None or (failures and self.on_oracle_failure == "stop"):
+            self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
+            what = broken if broken is not None else \
+                f"oracle failed on {len(failures)} frame(s) at step {self.step}: {failures[0].reason}"
+            raise OracleError(f"{what}. Everything so far is saved in {self.run_dir}; fix the oracle "
+                              "and resume.")
+        if failures:  # the calls they cost are counted on disk before anything else can fail
+            self.checkpoint(model=False)
         self._log({"event": "label", "step": self.step, "reason": reason, "n": len(good),
                    "walker": list(walkers) if walkers is not None else None,
                    **({"frame_steps": [int(s) for s in steps]} if steps is not None else {}),

@@ -201,13 +201,22 @@ def worker_pool(n: int, mp_context=None):
                                   initargs=(os.getpid(),))
 
 
-def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False) -> dict:
+#: per-atom arrays of a frame that reach the oracle with it: the initial magnetic moments
+#: and charges a spin-polarised or charged reference calculation starts from
+_ORACLE_ARRAYS = ("initial_magmoms", "initial_charges")
+
+
+def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False,
+             arrays: dict | None = None) -> dict:
     """Energy, forces (and stress) of one frame; ``fresh`` (a retry) first clears what the
     calculator kept from its last evaluation, so the same frame is computed again rather
-    than read back from ASE's cache of the failed attempt."""
+    than read back from ASE's cache of the failed attempt. ``arrays``: the frame's
+    :data:`_ORACLE_ARRAYS` it has."""
     if fresh and hasattr(calc, "reset"):
         calc.reset()
     atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    for name, values in (arrays or {}).items():
+        atoms.set_array(name, values)
     atoms.calc = calc
     out = {
         "energy": float(atoms.get_potential_energy()),
@@ -238,12 +247,12 @@ def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=int(threads))
 
 
-def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, threads, fresh=False):
+def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, arrays, threads, fresh=False):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
     calc = spec.check()
     with _thread_limit(threads):
         t0 = time.perf_counter()
-        out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh)
+        out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
         out["wall_time"] = time.perf_counter() - t0
     return out
 
@@ -255,6 +264,18 @@ class LabelFailure:
     index: int
     reason: str
     attempts: int
+
+
+class BrokenOracleError(OracleError):
+    """The executor's workers died: nothing more can be labelled with it.
+
+    ``labelled`` and ``failures`` are what :meth:`Oracle.label` would have returned.
+    """
+
+    def __init__(self, message: str, labelled: list, failures: list):
+        super().__init__(message)
+        self.labelled = labelled
+        self.failures = failures
 
 
 def _check_finite(res: dict) -> None:
@@ -334,6 +355,7 @@ class Oracle:
             atoms.cell.array.copy(),
             atoms.pbc.copy(),
             want_stress,
+            {k: atoms.arrays[k].copy() for k in _ORACLE_ARRAYS if k in atoms.arrays},
         )
 
     def _run_local(self, atoms: Atoms, fresh: bool = False) -> dict:
@@ -341,7 +363,8 @@ class Oracle:
         if self.is_spec:
             calc = calc.check()
         t0 = time.perf_counter()
-        out = _compute(calc, *self._args(atoms), fresh=fresh)
+        numbers, positions, cell, pbc, want_stress, arrays = self._args(atoms)
+        out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
         out["wall_time"] = time.perf_counter() - t0
         return out
 
@@ -378,9 +401,17 @@ class Oracle:
         labelled: list[Atoms | None] = [None] * len(frames)
         attempts = [0] * len(frames)
         reasons: dict[int, str] = {}
+        broken = None  # the executor's workers died (cf.BrokenExecutor)
+
+        def failed(i: int, exc: BaseException, retry: bool = True) -> None:
+            reasons[i] = f"{type(exc).__name__}: {exc}"
+            log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
+            if retry and getattr(exc, "retryable", True):
+                again.append(i)
 
         def arrived(i: int, res: dict) -> None:
-            _check_finite(res)
+            # on_label (the learner's write to disk) runs outside the oracle's try: its
+            # errors (a full disk) stop the labelling, they are not the oracle's failures
             labelled[i] = self._labelled(frames[i], res)
             if on_label is not None:
                 on_label(i, labelled[i])
@@ -393,39 +424,60 @@ class Oracle:
                     attempts[i] += 1
                     self.n_calls += 1
                     try:
-                        arrived(i, self._run_local(frames[i], fresh=attempts[i] > 1))
+                        res = self._run_local(frames[i], fresh=attempts[i] > 1)
+                        _check_finite(res)
                     except Exception as exc:  # the oracle is foreign code: any failure is logged
-                        reasons[i] = f"{type(exc).__name__}: {exc}"
-                        log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
-                        if getattr(exc, "retryable", True):
-                            again.append(i)
+                        failed(i, exc)
+                        continue
+                    arrived(i, res)
             else:
                 futures = {}
-                for i in todo:
-                    attempts[i] += 1
-                    self.n_calls += 1
-                    futures[i] = self.executor.submit(
-                        _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task,
-                        attempts[i] > 1,
-                    )
-                for (i, fut), deadline in zip(futures.items(), self._deadlines(len(futures))):
-                    try:
-                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                        arrived(i, fut.result(timeout=left))
-                    except cf.TimeoutError:
-                        fut.cancel()
-                        reasons[i] = f"timed out after {self.timeout} s"
-                        log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
-                        again.append(i)
-                    except Exception as exc:  # worker exceptions arrive re-raised here
-                        reasons[i] = f"{type(exc).__name__}: {exc}"
-                        log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
-                        if getattr(exc, "retryable", True):
+                try:
+                    for i in todo:
+                        try:
+                            fut = self.executor.submit(
+                                _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task,
+                                attempts[i] > 0,
+                            )
+                        except cf.BrokenExecutor as exc:
+                            broken = exc
+                            reasons[i] = f"{type(exc).__name__}: {exc}"
+                            break
+                        attempts[i] += 1
+                        self.n_calls += 1
+                        futures[i] = fut
+                    for (i, fut), deadline in zip(futures.items(), self._deadlines(len(futures))):
+                        try:
+                            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                            res = fut.result(timeout=left)
+                            _check_finite(res)
+                        except cf.TimeoutError:
+                            fut.cancel()
+                            reasons[i] = f"timed out after {self.timeout} s"
+                            log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
                             again.append(i)
-            todo = [i for i in again if attempts[i] <= self.retries]
+                            continue
+                        except cf.BrokenExecutor as exc:  # a worker died (a crash, an out-of-memory kill)
+                            broken = exc
+                            failed(i, exc, retry=False)
+                            continue
+                        except Exception as exc:  # worker exceptions arrive re-raised here
+                            failed(i, exc)
+                            continue
+                        arrived(i, res)
+                except BaseException:  # on_label failed, or Ctrl-C: what is queued is not wanted
+                    for fut in futures.values():
+                        fut.cancel()
+                    raise
+            todo = [] if broken is not None else [i for i in again if attempts[i] <= self.retries]
         failures = []
         for i in range(len(frames)):
             if labelled[i] is None:
                 self.n_failures += 1
                 failures.append(LabelFailure(i, reasons.get(i, "unknown"), attempts[i]))
+        if broken is not None:
+            raise BrokenOracleError(
+                f"the oracle's worker processes stopped ({type(broken).__name__}: {str(broken).rstrip('.')}): a worker "
+                f"crashed or was killed (out of memory?); {len(failures)} of {len(frames)} frame(s) "
+                "not labelled", labelled, failures)
         return labelled, failures
