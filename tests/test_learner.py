@@ -518,6 +518,11 @@ def test_trigger_rate_cap_and_thresholds():
     assert Trigger(threshold=0.1).base_threshold(model, scale=5.0) == pytest.approx(0.1)
     assert Trigger(threshold=2.0, relative_to_noise=True).base_threshold(model) == pytest.approx(
         2.0 * model.noise_["force"])
+    # a multiple of the same calibrated noise as the automatic threshold's
+    assert Trigger(threshold=0.5, relative_to_noise=True, threshold_min=0.0).base_threshold(
+        model, scale=3.0) == pytest.approx(Trigger(threshold_min=0.0).base_threshold(model, scale=3.0))
+    assert Trigger(threshold=2.0, relative_to_noise=True, calibrated=False).base_threshold(
+        model, scale=3.0) == pytest.approx(2.0 * model.noise_["force"])
     assert trig.adaptive_level([]) == 0.0
     assert trig.adaptive_level([1.0, 3.0]) == pytest.approx(1.2 * 2.0)
     # the ceiling: a quarter of the RMS label force caps the automatic base and the adaptive

@@ -49,7 +49,7 @@ class Trigger:
          calibrated force noise ``noise_scale x force_noise``, the error the model cannot
          learn away at its size (a label then carries at least
          ``½ log(1 + noise_ratio²)`` nats on that component); a number is eV/Å (with
-         ``relative_to_noise``, a multiple of the force noise);
+         ``relative_to_noise``, a multiple of the same calibrated force noise);
        * with ``adaptive``, ``(1 + adapt_margin) x`` the mean ``u`` of the last
          ``adapt_window`` unlabelled checks since the model last changed
          (VASP-style): only frames clearly more uncertain than what the current model
@@ -195,8 +195,10 @@ class Trigger:
         """
         # with a force_noise_knee, the RMS noise of the labels' force components
         noise = model.noise_["energy"] if self.quantity == "energies_std" else model.typical_force_noise()
+        if self.calibrated:  # the noise as the calibrated std compared with it sees it
+            noise *= scale
         if self.threshold is None:
-            thr = self.noise_ratio * noise * (scale if self.calibrated else 1.0)
+            thr = self.noise_ratio * noise
         elif self.relative_to_noise:
             thr = self.threshold * noise
         else:
