@@ -1054,6 +1054,16 @@ def test_a_worker_that_dies_stops_the_run_with_everything_saved(tmp_path):
     assert state["oracle_calls"] == L.oracle.n_calls > 0 and state["oracle_failures"] > 0
 
 
+def test_a_model_seeded_by_a_generator_runs_and_resumes(tmp_path):
+    """Its checkpoint json-dumped the Generator and failed; it is stored as None, as in model files."""
+    model = small_model()
+    model.set_params(random_state=np.random.default_rng(0))
+    run = tmp_path / "run"
+    ActiveLearner(start(), EMT(), model, run_dir=run, progress=False).run(10)
+    assert json.loads((run / "state.json").read_text())["model"]["random_state"] is None
+    assert ActiveLearner.resume(run, EMT(), progress=False).run(20).steps == 20
+
+
 def test_an_oracle_without_stress_labels_periodic_frames(tmp_path):
     """Energy and forces only (the calculator implements no stress): the frames are
     labelled without stress."""

@@ -37,6 +37,8 @@ def _model_spec(model: SparseGP) -> dict:
     """The model's constructor settings as JSON (descriptor and kernel by their params)."""
     params = model.get_params(deep=False)
     spec = {k: v for k, v in params.items() if k not in ("descriptor", "kernel")}
+    if not isinstance(spec.get("random_state"), (int, type(None))):  # a Generator: not storable (as in model files)
+        spec["random_state"] = None
     spec["descriptor"] = None if params["descriptor"] is None else params["descriptor"].get_params()
     spec["kernel"] = None if params["kernel"] is None else params["kernel"].to_dict()
     if params.get("baseline") is not None:  # a Δ-model's baseline: its import path and kwargs
