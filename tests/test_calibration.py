@@ -239,6 +239,48 @@ def test_conformal_quantile_is_finite_sample_exact():
     assert (2 * stats.norm.cdf(naive) - 1).mean() < 0.89
 
 
+def test_two_term_conformal_scores_each_frame_in_a_calibrator_of_the_other_frames():
+    from gpal.calibration import TwoTermCalibrator, fit_two_term_conformal
+
+    rng = np.random.default_rng(3)
+    frame = np.repeat([7, 2, 9, 4, 5], 6)  # frame labels in any order
+    s, sn, nu = rng.uniform(0.02, 0.3, 30), np.full(30, 0.05), rng.uniform(0, 0.2, 30)
+    e = rng.normal(size=30) * np.hypot(1.5 * s, sn)
+    cal, conf = fit_two_term_conformal(e, s, sn, nu, frame, alpha=0.2)
+    ref = TwoTermCalibrator().fit(e, s, sn, nu)
+    assert (cal.scale_, cal.noise_scale_) == (ref.scale_, ref.noise_scale_)
+    fold = np.isin(frame, [4, 7])  # the sorted frames 2, 4, 5, 7, 9 alternate
+    total = np.empty(30)
+    for k in (False, True):
+        other = TwoTermCalibrator().fit(e[fold != k], s[fold != k], sn[fold != k], nu[fold != k])
+        total[fold == k] = other.transform(s[fold == k], sn[fold == k], nu[fold == k])
+    assert conf.quantile_ == SplitConformal(0.2).fit(e, total).quantile_
+    one = fit_two_term_conformal(e[:6], s[:6], sn[:6], nu[:6], frame[:6], alpha=0.2)[1]  # in-sample
+    assert one.quantile_ == SplitConformal(0.2).fit(e[:6], ref.fit(e[:6], s[:6], sn[:6], nu[:6])
+                                                     .transform(s[:6], sn[:6], nu[:6])).quantile_
+
+
+def test_two_term_conformal_bound_covers_new_errors():
+    """The quantile of scores measured in the calibrator fitted on them under-covers (0.891
+    for 90 % bounds from 40 errors of 10 frames, in this Monte Carlo); cross-fitted, 0.92."""
+    from gpal.calibration import fit_two_term_conformal
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        s, sn = rng.uniform(0.01, 0.3, n), np.full(n, 0.05)
+        sd = np.hypot(1.7 * s, 1.2 * sn)  # the calibrator's own model of the errors
+        return rng.normal(size=n) * sd, s, sn, sd
+
+    coverage = []
+    for _ in range(200):
+        e, s, sn, _ = draw(40)
+        cal, conf = fit_two_term_conformal(e, s, sn, np.zeros(40), np.repeat(np.arange(10), 4))
+        _, s_new, sn_new, sd_new = draw(200)  # the exact coverage of each new error's bound
+        coverage.append(np.mean(2 * stats.norm.cdf(conf.quantile_ * cal.transform(s_new, sn_new) / sd_new) - 1))
+    assert np.mean(coverage) >= 0.897  # (sd of the mean 0.0034)
+
+
 def test_conformal_too_few_samples_gives_inf_with_warning():
     e, s = gaussian_data(5, seed=11)
     with pytest.warns(UserWarning, match="too few"):

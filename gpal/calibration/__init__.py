@@ -47,7 +47,13 @@ from .metrics import (  # noqa: F401
     force_metrics,
     uncertainty_metrics,
 )
-from .recalibration import Calibration, SplitConformal, StdCalibrator, TwoTermCalibrator  # noqa: F401
+from .recalibration import (  # noqa: F401
+    Calibration,
+    SplitConformal,
+    StdCalibrator,
+    TwoTermCalibrator,
+    fit_two_term_conformal,
+)
 from .stopping import STOPPING_BOUNDS, Decision, StoppingRule  # noqa: F401
 from .plots import (  # noqa: F401
     _new_figure,
@@ -68,6 +74,7 @@ __all__ = [
     "StdCalibrator",
     "TwoTermCalibrator",
     "SplitConformal",
+    "fit_two_term_conformal",
     "Decision",
     "StoppingRule",
     "plot_parity",

@@ -726,14 +726,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise GpalError(f"{args.calibrate}: no frame has force labels; the calibration is of force stds")
         # the same calibration as the active learner stores: the std of a new force label
         # sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² ν), and a conformal quantile
-        # in its units
-        noise = val["force_noise"]  # per component: a model with a force_noise_knee
-        nu = val["force_novelty"]
-        cal = calibration.TwoTermCalibrator().fit(val["force_error"], val["force_std"], noise, nu)
-        total = cal.transform(val["force_std"], noise, nu)
-        conf = calibration.SplitConformal(alpha=args.alpha).fit(val["force_error"], total)
+        # in its units, from scores each measured in a calibrator fitted on other frames
+        terms = (val["force_error"], val["force_std"], val["force_noise"], val["force_novelty"],
+                 val["force_frame"])  # (noise per component: a model with a force_noise_knee)
+        cal, conf = calibration.fit_two_term_conformal(*terms, alpha=args.alpha)
         # stored: the 90 % quantile, the one the learner's stopping rule reads
-        q90 = conf if args.alpha == 0.1 else calibration.SplitConformal(alpha=0.1).fit(val["force_error"], total)
+        q90 = conf if args.alpha == 0.1 else calibration.fit_two_term_conformal(*terms, alpha=0.1)[1]
         model.set_calibration(forces_std=dataclasses.replace(cal.calibration(), conformal_q90=q90.quantile_))
         path = model.save(args.model if args.in_place else args.output)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "

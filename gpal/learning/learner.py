@@ -1469,11 +1469,10 @@ class ActiveLearner:
         # rattled copies lie closer to each other than MD frames do: their errors may show
         # the learnable std too small, never too large (a CF4 run with DFT labels otherwise
         # shrank it tenfold after the bootstrap and never labelled again, at 3x its threshold)
-        tt = calibration.TwoTermCalibrator(min_scale=1.0 if rattled else 0.1).fit(
-            err[cal], std[cal], noise[cal], nu[cal])
-        total = tt.transform(std, noise, nu)
-        conf = calibration.SplitConformal(alpha=0.1).fit(err[cal], total[cal])
-        zj = err[judge] / total[judge]
+        # the quantile from scores each measured in a calibrator fitted on other frames
+        tt, conf = calibration.fit_two_term_conformal(err[cal], std[cal], noise[cal], nu[cal], fr[cal],
+                                                      alpha=0.1, min_scale=1.0 if rattled else 0.1)
+        zj = err[judge] / tt.transform(std[judge], noise[judge], nu[judge])
         out = {
             "scale": tt.scale_,
             "noise_scale": tt.noise_scale_,
