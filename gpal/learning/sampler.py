@@ -70,10 +70,10 @@ def check_ramp_factory(md: "MDSettings", atoms) -> None:
         return
     from ase import units
 
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     trial = atoms.copy()
-    MaxwellBoltzmannDistribution(trial, temperature_K=max(float(t[0]), 1.0), rng=np.random.default_rng(0))
+    thermalize_momenta(trial, temperature_K=max(float(t[0]), 1.0), rng=np.random.default_rng(0))
     dyn = md.factory(trial, md.timestep * units.fs, float(t[0]), np.random.default_rng(0))
     if not hasattr(dyn, "set_temperature"):
         raise ValueError(f"MDSettings.factory makes a {type(dyn).__name__}, which has no set_temperature: it "
