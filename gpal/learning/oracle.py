@@ -3,8 +3,10 @@
 An oracle is any ASE calculator. To run it in other processes (a process pool, a dask
 cluster) gpal never ships a live calculator (many cannot be pickled, and those that can
 carry state): it ships an :class:`OracleSpec`, an import path plus keyword arguments,
-and each worker builds (and keeps) its own calculator. Results come back as plain
-arrays.
+and each worker builds (and keeps) its own calculator. A frame travels as its numbers,
+positions, cell, periodicity and, where it has them, initial magnetic moments and
+charges (what a spin-polarised or charged reference calculation starts from); results
+come back as plain arrays.
 
 Failures are part of life with quantum chemistry codes. :class:`Oracle` turns an
 exception, a timeout or a non-finite result into a logged :class:`LabelFailure` and
