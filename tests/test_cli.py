@@ -269,6 +269,14 @@ def test_learn_never_writes_into_a_folder_of_the_users(tmp_path, capsys, fake_le
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("gpal did not write" in err or "current folder" in err), err
     assert {p.name: p.read_text() for p in proj.iterdir()} == mine
+    data = tmp_path / "mydata"  # not a run: --overwrite does not move it aside either
+    data.mkdir()
+    (data / "results.csv").write_text("1,2\n")
+    for argv in (["learn", "--run-dir", str(data), "--overwrite", "-q"],
+                 ["learn", "--run-dir", str(proj), "--overwrite", "-q"]):
+        assert main(argv) == 2
+        assert "no gpal run" in capsys.readouterr().err
+    assert (data / "results.csv").read_text() == "1,2\n" and len(list(tmp_path.iterdir())) == 2
     assert not fake_learner.calls
     start = tmp_path / "start"  # an unfinished start: gpal's config.toml only
     assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0

@@ -1064,6 +1064,16 @@ def test_a_model_seeded_by_a_generator_runs_and_resumes(tmp_path):
     assert ActiveLearner.resume(run, EMT(), progress=False).run(20).steps == 20
 
 
+def test_a_new_run_is_refused_in_a_folder_of_the_users(tmp_path, monkeypatch):
+    """The README: run_dir = "." in a project folder is refused (the API wrote its run there)."""
+    (tmp_path / "analysis.py").write_text("print(1)\n")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(gpal.exceptions.GpalError, match="files gpal did not write"):
+        learner(".").run(5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.py", "data"]
+
+
 def test_an_oracle_without_stress_labels_periodic_frames(tmp_path):
     """Energy and forces only (the calculator implements no stress): the frames are
     labelled without stress."""

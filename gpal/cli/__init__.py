@@ -360,6 +360,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
         if run_dir_in_use(run_dir):  # (moving a live run's folder aside would split it in two)
             raise GpalError(f"a gpal process is running the run in {run_dir}; stop it first, or give "
                             "another run_dir")
+        stored = run_dir / "config.toml"  # (gpal's copy of a run's configuration, or the user's file)
+        gpal_config = stored.is_file() and stored.read_text(errors="replace").startswith(config.TOML_HEADER)
+        is_run = (run_dir / "state.json").exists() or gpal_config
+        theirs = foreign_files(run_dir) + (["config.toml"] if stored.exists() and not gpal_config else [])
+        if args.overwrite and theirs and not is_run:  # the user's folder, not a run
+            raise GpalError(f"run folder {run_dir} holds files gpal did not write ({', '.join(theirs[:5])}"
+                            f"{', ...' if len(theirs) > 5 else ''}) and no gpal run: --overwrite moves only a "
+                            "run folder aside; set run_dir (or --run-dir) to a new or empty folder")
         if args.overwrite:
             old = _move_aside(run_dir)
             print(f"gpal: moved the previous run folder {run_dir} to {old} (nothing deleted)")
@@ -367,10 +375,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise GpalError(f"{run_dir} already holds a run; use --resume {run_dir}, or --overwrite "
                             "to move it aside and start afresh")
         else:  # only an unfinished start of gpal's own may be continued in place
-            stored = run_dir / "config.toml"
-            others = foreign_files(run_dir)
-            if others or not stored.exists() or not stored.read_text().startswith(config.TOML_HEADER):
-                theirs = others or sorted(p.name for p in run_dir.iterdir())
+            if theirs or not is_run:
+                theirs = theirs or sorted(p.name for p in run_dir.iterdir())
                 raise GpalError(f"run folder {run_dir} holds files gpal did not write ({', '.join(theirs[:5])}"
                                 f"{', ...' if len(theirs) > 5 else ''}); a run needs a new or empty folder: "
                                 "set run_dir (or --run-dir)")

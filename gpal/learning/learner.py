@@ -1037,7 +1037,11 @@ class ActiveLearner:
             raise GpalError(f"{self.run_dir} already holds a run; ActiveLearner.resume({str(self.run_dir)!r}) "
                             "continues it, or give another run_dir for a new run")
         if self.run_dir.is_dir():
-            # a new run writes train.xyz, model.npz, log.jsonl...: never into the user's files
+            # a new run writes train.xyz, model.npz, log.jsonl...: never beside the user's files
+            theirs = foreign_files(self.run_dir)
+            if theirs:
+                raise GpalError(f"{self.run_dir} holds files gpal did not write ({', '.join(theirs[:5])}"
+                                f"{', ...' if len(theirs) > 5 else ''}); a new run needs a new or empty run_dir")
             ours = sorted((RUN_FILES - {"config.toml", "run.lock"}) & {p.name for p in self.run_dir.iterdir()})
             if ours and self._own_unfinished_start(ours):
                 ours = []  # this learner's own start, killed before its state was written: start again
