@@ -542,3 +542,28 @@ def test_an_unset_validation_temperature_follows_the_md_protocol(tmp_path, fake_
                        f"[validation]\nsteps = 40\nevery = 20\n{val}\n")
         assert main(["learn", str(cfg), "-q"]) == 0
         assert seen[-1]["temperature"] == expected
+
+
+def test_resume_of_a_run_its_stopping_rule_ended_says_so_and_labels_nothing(tmp_path, capsys):
+    """It continued the MD with more oracle calls, and its summary said the rule was not met."""
+    from ase.build import bulk
+
+    from conftest import POLY, SMALL_SOAP
+
+    run = tmp_path / "run"
+    model = gpal.SparseGP(gpal.SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30)
+    L = gpal.ActiveLearner(bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)), "ase.calculators.emt:EMT",
+                           model, run_dir=run, progress=False, check_every=10, n_bootstrap=2,
+                           validation=cu_frames(2, seed=19, size=(2, 2, 2)),
+                           md=gpal.MDSettings(temperature=600),
+                           stopping=gpal.calibration.StoppingRule(tolerance=50.0, patience=1, use="scale"))
+    first = L.run(400)
+    assert first.stopped_early
+    assert main(["learn", "--resume", str(run), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"the stopping rule ended this run at step {first.steps - 1}; nothing to continue" in out
+    assert f"judged 1 time, met at step {first.steps - 1}" in out
+    again = json.loads((run / "summary.json").read_text())
+    assert (again["steps"], again["oracle_calls"]) == (first.steps, first.oracle_calls)
+    assert main(["learn", "--resume", str(run), "--steps", str(first.steps + 15), "-q"]) == 0  # as asked
+    assert json.loads((run / "summary.json").read_text())["steps"] > first.steps

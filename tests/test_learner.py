@@ -224,9 +224,23 @@ def test_the_summary_says_when_the_stopping_rule_was_never_judged(tmp_path):
     assert not summary.stopped_early and summary.stop_checks["judged"] == 0
     assert summary.stop_checks["deferred"] >= 3
     line = next(x for x in str(summary).splitlines() if "stopping rule" in x)
-    assert "never judged" in line and "the temperature protocol is at" in line
+    assert "never judged" in line and "checks deferred; the last because" in line
+    reasons = [r["deferred"] for r in L._log_records("stop_check")]
+    assert reasons[0].startswith("the temperature protocol is at")  # (the last step: too few MD labels)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stop_checks"]["judged"] == 0
     assert "cost none" not in str(summary)  # (no validation frames given, none counted)
+
+
+def test_a_ramp_over_the_run_is_judged_at_its_last_step(tmp_path):
+    """The README: the ramp spans the first run, so the rule is first judged at its last
+    step; with checks every 100 steps only, a run(150) never reached the ramp's top."""
+    val = cu_frames(2, seed=19, size=(2, 2, 2))
+    rule = StoppingRule(tolerance=50.0, patience=2, use="scale")
+    L = learner(tmp_path / "run", validation=val, stopping=rule, check_every=100,
+                md=MDSettings(temperature=(300, 1200)))
+    summary = L.run(150)
+    assert (summary.stop_checks["judged"], summary.stop_checks["deferred"]) == (1, 1)
+    assert [d.step for d in rule.history] == [149]
 
 
 def test_a_new_learner_does_not_take_over_another_run(tmp_path):
@@ -245,7 +259,7 @@ def test_resume_keeps_the_stopping_rule_and_its_count(tmp_path):
     L = learner(tmp_path / "run", stopping=StoppingRule(tolerance=50.0, patience=3, use="scale"),
                 check_every=20, md=MDSettings(temperature=600), n_bootstrap=2,
                 trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False))
-    L.run(50)
+    L.run(41)  # checks at steps 20 and 40 (the last)
     streak = L.stopping._streak
     assert 1 <= streak < 3 and not L.stopping.history[-1].stop
     R = ActiveLearner.resume(tmp_path / "run")  # the run's oracle is rebuilt (EMT)
@@ -1240,8 +1254,10 @@ def test_a_continued_run_reports_its_own_stop(tmp_path):
                 n_bootstrap=2, trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False),
                 md=MDSettings(temperature=600))
     assert L.run(200).stopped_early
-    again = L.run(L.step + 5)  # no stop check in these steps
-    assert not again.stopped_early and again.stop_reason == ""
+    again = L.run(L.step + 5)  # judged at its last step: met, but the run was not ended early
+    assert not again.stopped_early and len(L.stopping.history) >= 2 and L.stopping.history[-1].stop
+    line = next(x for x in str(again).splitlines() if "stopping rule" in x)
+    assert f"met at step {L.step - 1}" in line
 
 
 def test_start_structures_and_validation_frames_may_come_from_a_generator(tmp_path):

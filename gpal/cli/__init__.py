@@ -207,6 +207,11 @@ def _resume(args: argparse.Namespace) -> int:
             except KeyError as exc:
                 raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
                                 "state this gpal version can resume") from exc
+            met = learner._stop_checks()["met_at"] if learner.stopping is not None else None
+            if steps is None and met is not None and met == learner.step - 1 < learner.total_steps - 1:
+                print(f"gpal: the stopping rule ended this run at step {met}; nothing to continue "
+                      "(--steps N continues it anyway)")
+                return learner, learner.step
             return learner, (steps if steps is not None else learner.total_steps)
 
         return _learn_and_report(resumed, executor, run_dir, walkers[1])

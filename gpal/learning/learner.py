@@ -275,8 +275,11 @@ class Summary:
             lines.append(f"  stopped early         : {self.stop_reason}")
         sc = self.stop_checks
         if sc and not self.stopped_early:
-            if sc.get("judged"):
-                lines.append(f"  stopping rule         : judged {sc['judged']} times, not met")
+            judged = f"judged {sc.get('judged')} time{'' if sc.get('judged') == 1 else 's'}"
+            if sc.get("met_at") is not None:  # met at the run's last step, or by an earlier session
+                lines.append(f"  stopping rule         : {judged}, met at step {sc['met_at']}")
+            elif sc.get("judged"):
+                lines.append(f"  stopping rule         : {judged}, not met")
             elif sc.get("deferred"):
                 lines.append(f"  stopping rule         : never judged ({sc['deferred']} checks deferred; "
                              f"the last because {sc.get('last_deferred')})")
@@ -1256,8 +1259,10 @@ class ActiveLearner:
         })
 
     def _should_stop(self) -> bool:
-        """The stopping rule and the target's tolerance, every ``check_every`` steps."""
-        due = self.check_every and self.step % self.check_every == 0 and self.step
+        """The stopping rule and the target's tolerance, every ``check_every`` steps and at
+        the run's last step (where a temperature ramp over the run reaches its top)."""
+        last = self.step == self.total_steps - 1
+        due = self.check_every and self.step and (self.step % self.check_every == 0 or last)
         if not due:
             return False
         if self.stopping is not None and self._may_stop() and self._check_stop():
@@ -1576,7 +1581,7 @@ class ActiveLearner:
             time_md=self._times["md"],
             time_oracle=self._times["oracle"],
             time_update=self._times["update"],
-            stopped_early=self._stopped[0],
+            stopped_early=self._stopped[0] and self.step < self.total_steps,  # (a rule met at the last step: not early)
             stop_reason=self._stopped[1],
             validation=val,
             oracle_calls_by_reason=dict(self._calls),
@@ -1588,14 +1593,17 @@ class ActiveLearner:
 
     def _stop_checks(self) -> dict:
         """The stopping rule's checks of the whole run (log.jsonl): ``judged``,
-        ``deferred`` and the reason of the last deferral."""
-        out = {"judged": 0, "deferred": 0, "last_deferred": ""}
+        ``deferred``, the reason of the last deferral and ``met_at``, the step of the last
+        check that found the rule met (None if none did)."""
+        out = {"judged": 0, "deferred": 0, "last_deferred": "", "met_at": None}
         for rec in self._log_records("stop_check"):
             if rec.get("deferred"):
                 out["deferred"] += 1
                 out["last_deferred"] = rec["deferred"]
             else:
                 out["judged"] += 1
+                if rec.get("stop"):
+                    out["met_at"] = rec.get("step")
         return out
 
     def _log_records(self, event: str):
@@ -1692,8 +1700,9 @@ class ActiveLearner:
         if oracle is None:
             spec = state.get("oracle") or state.get("oracle_rebuilt")
             if spec is None:
-                raise GpalError("this run's oracle was a live calculator that gpal cannot rebuild; "
-                                "pass it as oracle= (Python) or resume from a TOML config")
+                raise GpalError(f"this run's oracle was a live calculator that gpal cannot rebuild; resume "
+                                f"it in Python with ActiveLearner.resume({str(run_dir)!r}, oracle=...) (a run "
+                                "whose oracle is an import path, OracleSpec or TOML [oracle], resumes anywhere)")
             oracle = OracleSpec(**spec)
         if (run_dir / "model.npz").exists():
             model = load(run_dir / "model.npz")

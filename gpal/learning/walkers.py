@@ -528,7 +528,8 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                         "n_sparse": len(L.model.sparse_X_)})
             prog.update(L.step - prog.n)
             prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
-            if L.stopping is not None and L.check_every and L.step // L.check_every > checked:
+            last = L.step >= L.total_steps and L.step % L.check_every if L.check_every else False
+            if L.stopping is not None and L.check_every and (L.step // L.check_every > checked or last):
                 checked = L.step // L.check_every
                 snap["changed"] = True  # (calibration)
                 if L._may_stop() and L._check_stop():
