@@ -172,6 +172,7 @@ def compare_kernels(
     from tqdm.auto import tqdm
 
     from ._validation import check_frames, frame_labels
+    from .exceptions import UnknownSpeciesError
 
     candidates = default_candidates() if candidates is None else list(candidates)
     if not candidates:
@@ -186,7 +187,10 @@ def compare_kernels(
     check_frames(test, what="test")
     if not any(frame_labels(a).forces is not None for a in test):
         raise ValueError("no test frame has force labels: compare_kernels measures force errors")
-    species = sorted({int(z) for a in train + test for z in a.numbers})
+    species = sorted({int(z) for a in train for z in a.numbers})
+    unseen = sorted({int(z) for a in test for z in a.numbers} - set(species))
+    if unseen:  # (no model of the training frames can predict them)
+        raise UnknownSpeciesError(unseen, species)
     periodic = True  # each structure's pbc decides
     rows, curves = [], {}
     bar = tqdm(total=len(candidates) * len(sizes), desc="compare-kernels", disable=not progress,

@@ -50,6 +50,9 @@ def bad(tmp_path_factory):
     (d / "element.toml").write_text('[structure]\nbulk = "Xx"\n')
     (d / "knee.toml").write_text('run_dir = "knee_run"\n[model]\nforce_noise_knee = "sometimes"\n')
     (d / "noise.toml").write_text('run_dir = "noise_run"\n[model]\nforce_noise = -1.0\n')
+    (d / "mevnoise.toml").write_text('run_dir = "mevnoise_run"\n[model]\nforce_noise = 50\n')
+    (d / "crystal.toml").write_text('run_dir = "crystal_run"\n[structure]\ncrystal = "fccc"\n')
+    (d / "smallrcut.toml").write_text('run_dir = "smallrcut_run"\n[descriptor]\nr_cut = 0.5\n')
     nostate.mkdir()
     (nostate / "state.json").write_text('{"total_steps": 3}')
     # bad values a type check lets through: each must fail before the run folder exists
@@ -107,6 +110,14 @@ CASES = [
                  id="validate-missing-model"),
     pytest.param(["validate", "{d}/model.npz", "{d}/missing.xyz"], "missing.xyz: No such file",
                  id="validate-missing-test"),
+    pytest.param(["validate", "{d}/missing.npz", "{d}/train.xyz", "--plots", "{d}/oldplots"], "no model file at",
+                 id="validate-missing-model-before-old-plots"),
+    pytest.param(["learn", "{d}/crystal.toml"], "[structure] bulk 'Cu', crystal 'fccc': Unknown structure",
+                 id="config-crystal"),
+    pytest.param(["learn", "{d}/mevnoise.toml"], "mevnoise.toml: [model] force_noise = 50 eV/Å is above 5 eV/Å",
+                 id="config-noise-in-mev"),
+    pytest.param(["learn", "{d}/smallrcut.toml"], "[descriptor] r_cut must be larger than 1 Å",
+                 id="config-small-r-cut"),
     pytest.param(["info", "{d}/missing.npz"], "no model file at", id="info-missing"),
     pytest.param(["compare-kernels", "{d}/missing.xyz", "{d}/train.xyz"], "missing.xyz: No such file",
                  id="compare-missing"),

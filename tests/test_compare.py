@@ -114,3 +114,13 @@ def test_select_kernel_by_evidence_chooses_each_candidates_soap_as_fit_does():
     start = gpal.select_kernel_by_evidence(SparseGP(n_sparse=30), frames, [
         gpal.NormalizedDotProduct(zeta=2, signal_variance=s) for s in (1e-4, 1.0, 1e4)])
     assert len({(r["l_max"], r["sigma"], round(r["log_marginal_likelihood"], 6)) for r in start.rows}) == 1
+
+
+def test_test_frames_with_a_species_no_training_frame_has_are_refused():
+    """It scored Au at the prior (force z² 2e5) and named a winner; gpal validate refuses the same."""
+    from conftest import cu_frames, cuag_frames
+
+    from gpal.exceptions import UnknownSpeciesError
+
+    with pytest.raises(UnknownSpeciesError, match="Ag"):
+        compare_kernels(cu_frames(3), cuag_frames(2), progress=False)

@@ -1088,6 +1088,16 @@ def test_a_new_run_is_refused_in_a_folder_of_the_users(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.py", "data"]
 
 
+def test_a_start_structure_in_the_wrong_length_unit_is_refused_before_any_oracle_call(tmp_path):
+    """A lattice constant in pm isolated every atom; the run labelled frames of zero force
+    and failed in its calibration."""
+    a = start()
+    a.set_cell(a.cell * 100, scale_atoms=True)
+    with pytest.raises(ValueError, match="no two atoms are within the cutoff r_cut = 4 Å"):
+        ActiveLearner(a, EMT(), small_model(), run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_oracle_without_stress_labels_periodic_frames(tmp_path):
     """Energy and forces only (the calculator implements no stress): the frames are
     labelled without stress."""

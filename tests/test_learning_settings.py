@@ -149,6 +149,11 @@ def test_flat_names_are_views_of_the_groups(tmp_path):
     (lambda: MDSettings(temperature=(300.0, -5.0)), "temperature must be a finite number >= 0 K"),
     (lambda: MDSettings(temperature=float("nan")), "temperature must be a finite number"),
     (lambda: MDSettings(friction=-0.1), "friction must be a finite number >= 0"),
+    # a value in another unit: seconds, eV, 1/ps
+    (lambda: MDSettings(timestep=1e-15), "the time step is in femtoseconds"),
+    (lambda: MDSettings(temperature=0.025), "temperatures are in Kelvin"),
+    (lambda: MDSettings(temperature=(0.0, 0.1)), "temperatures are in Kelvin"),
+    (lambda: MDSettings(friction=5.0), "the friction is in 1/fs"),
     (lambda: Bootstrap(n_frames=-1), "n_bootstrap must be an integer >= 0"),
     (lambda: Bootstrap(n_candidates=2.5), "n_candidates must be an integer >= 1"),
     (lambda: Bootstrap(rattle=-0.1), "rattle must be a finite number >= 0 Å"),

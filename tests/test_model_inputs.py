@@ -129,6 +129,8 @@ def test_wrong_constructor_arguments_are_named_when_fitting(tmp_path):
         (gpal.SparseGP("soap"), TypeError, "descriptor must be a gpal descriptor such as gpal.SOAP"),
         (gpal.SparseGP(kernel="rbf"), TypeError, "kernel must be a gpal kernel"),
         (gpal.SparseGP(force_noise="0.05"), ValueError, "force_noise must be a finite number > 0 or None, got '0.05'"),
+        (gpal.SparseGP(force_noise=50), ValueError, "force_noise = 50 eV/Å is above 5 eV/Å.*it is in eV/Å"),
+        (gpal.SparseGP(energy_noise=2.0), ValueError, "energy_noise = 2 eV/atom is above 1 eV/atom"),
     ]:
         assert "SparseGP(" in repr(model)  # (a repr never fails, whatever was given)
         with pytest.raises(exc, match=match):

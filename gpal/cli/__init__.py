@@ -76,7 +76,11 @@ def _structure(spec: dict):
     if "repeat" in spec and (len(spec["repeat"]) != 3 or any(
             not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in spec["repeat"])):
         raise ConfigError(f"[structure] repeat must be three integers >= 1, got {spec['repeat']}")
-    atoms = bulk(spec["bulk"], spec.get("crystal", "fcc"), a=spec.get("a"), cubic=spec.get("cubic", True))
+    try:
+        atoms = bulk(spec["bulk"], spec.get("crystal", "fcc"), a=spec.get("a"), cubic=spec.get("cubic", True))
+    except (ValueError, KeyError, RuntimeError) as exc:  # (ASE: "Unknown structure: fccc.", a missing a)
+        raise ConfigError(f"[structure] bulk {spec['bulk']!r}, crystal {spec.get('crystal', 'fcc')!r}: "
+                          f"{_message(exc)}") from None
     return atoms.repeat(tuple(spec.get("repeat", [1, 1, 1])))
 
 
@@ -302,11 +306,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
         for key, value in (("r_cut", 5.0), ("n_max", 8), ("l_max", 6), ("sigma", 0.5)):
             d.setdefault(key, value)  # gpal's defaults (gpal learn --print-config)
         d.setdefault("weighting", {"function": "poly", "r0": d["r_cut"], "c": 1, "m": 1})
-        descriptor = SOAP(
-            species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
-            periodic=d.pop("periodic", True),  # each structure's pbc decides
-            **d,
-        )
+        try:
+            descriptor = SOAP(
+                species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
+                periodic=d.pop("periodic", True),  # each structure's pbc decides
+                **d,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[descriptor] {_message(exc)}") from None
     model_cfg = dict(cfg["model"])
     # the command line makes the model: [learner] n_sparse_initial is its size unless
     # [model] n_sparse says otherwise
@@ -725,12 +732,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise GpalError("-o/--in-place write a calibrated model: they need --calibrate VAL.xyz")
     if args.output and args.in_place:
         raise GpalError("give -o OUT.npz or --in-place, not both")
+    model = load(args.model)  # (the inputs first: a missing model is the error to report)
+    test = _read_labelled(args.test, args, "test frames")
     if args.output:
         _check_output(args.output, args.overwrite, ".npz")
     if not args.no_plots:  # plots of an earlier run are not replaced without asking
         _check_plots(Path(args.plots), VALIDATION_PLOTS, args.overwrite)
-    model = load(args.model)
-    test = _read_labelled(args.test, args, "test frames")
     if args.calibrate:
         val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
         if not val["force_error"].size:
@@ -870,6 +877,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Compare kernel and descriptor choices; print each table row as it is measured."""
     from ..compare import ComparisonTable, compare_kernels, default_candidates
 
+    train = _read_labelled(args.train, args, "training frames")  # (the inputs first)
+    test = _read_labelled(args.test, args, "test frames")
     if args.plot:
         plot = args.plot
         if not Path(plot).suffix and not plot.endswith(("/", os.sep)):
@@ -884,8 +893,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise GpalError(f"--plot {plot}: matplotlib cannot write .{fmt} files (it writes "
                                 f"{', '.join(sorted(known))})")
         args.plot = plot
-    train = _read_labelled(args.train, args, "training frames")
-    test = _read_labelled(args.test, args, "test frames")
     widths = ComparisonTable.column_widths(names=[c.name for c in default_candidates()])
     print(ComparisonTable.header(widths), flush=True)
 

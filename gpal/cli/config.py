@@ -382,6 +382,13 @@ def _check_semantics(path, cfg: dict) -> None:
                 cls(**merged)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}: [{section}] {exc}") from exc
+    if "model" in cfg:
+        from ..model import SparseGP
+
+        try:
+            SparseGP(**{k: v for k, v in cfg["model"].items() if k != "file"})._check_params()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [model] {exc}") from exc
 
 
 # --------------------------------------------------------------------------- loading

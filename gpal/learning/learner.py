@@ -364,12 +364,25 @@ def check_start(structures: list, model, validation: Sequence[Atoms] = ()) -> No
                              "cell's); give a supercell, e.g. atoms.repeat((3, 3, 3)), or a molecule")
         if k < len(structures) and getattr(model, "min_distance", None):
             check_min_distance(model._min_pair_distance(a), model.min_distance, what)
+        if k < len(structures):
+            _check_neighbours(a, getattr(descriptor, "r_cut", None) or 5.0, what)
     if isinstance(model.n_sparse, dict) and getattr(model, "alpha_", None) is None:
         given = {species_number(k, "n_sparse") for k, v in model.n_sparse.items() if v}
         present = {int(z) for a in structures for z in a.numbers}
         if not given & present:
             raise ValueError(f"n_sparse={model.n_sparse!r} gives no sparse environment to the species "
                              f"of the structures ({', '.join(chemical_symbols[z] for z in sorted(present))})")
+
+
+def _check_neighbours(atoms: Atoms, r_cut: float, what: str) -> None:
+    """``ValueError`` if no two atoms of ``atoms`` are within ``r_cut`` Å: every environment
+    would be empty (lengths in pm or bohr, a lattice constant in the wrong unit)."""
+    from ..descriptors.neighbors import neighbor_list
+
+    if not len(neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, float(r_cut))[0]):
+        raise ValueError(f"{what}: no two atoms are within the cutoff r_cut = {r_cut:g} Å of each other, so "
+                         "every SOAP environment is empty and there is nothing to learn; are the positions "
+                         "and cell in Å?")
 
 
 def check_max_temperature(md: MDSettings, max_temperature: float | None) -> None:
@@ -1494,7 +1507,8 @@ class ActiveLearner:
             "judge_zms": float(np.mean(zj**2)),
             "judge_coverage90": float(np.mean(np.abs(zj) <= 1.6448536269514722)),
         }
-        self.model.set_calibration(forces_std=dataclasses.replace(tt.calibration(), conformal_q90=out["conformal_q90"]))
+        q90 = out["conformal_q90"] if out["conformal_q90"] > 0 else None  # (0: errors all zero, no bound)
+        self.model.set_calibration(forces_std=dataclasses.replace(tt.calibration(), conformal_q90=q90))
         self._times["calibration"] += time.perf_counter() - t0
         self._log({"event": "calibration", "step": self.step, **out})
         self._calibration = out
@@ -1550,7 +1564,7 @@ class ActiveLearner:
         val = self.validate() if self.validation else {}
         error = val.get("force_rmse", cal.get("judge_force_rmse"))
         c = self.model.calibration_.get("forces_std", {})
-        factor = c.get("conformal_q90", np.inf) if self.stopping.use == "conformal" else 1.0
+        factor = (c.get("conformal_q90") or np.inf) if self.stopping.use == "conformal" else 1.0
         bound = 0.0
         for w in self.walkers:
             fstd = self.model.predict(w.atoms, forces_std=True, calibrated=True)["forces_std"]

@@ -491,8 +491,13 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 f"Invalid hyperparameters {self.hyperparameters!r}; choose from "
                 f"{_HYPERPARAMETER_MODES}"
             )
-        for name in ("energy_noise", "force_noise", "stress_noise"):
-            check_number(name, getattr(self, name), low=0, strict=True, none=True)
+        # above these no label says anything: a noise in meV (force_noise = 50) fails here
+        for name, unit, most in (("energy_noise", "eV/atom", 1.0), ("force_noise", "eV/Å", 5.0),
+                                 ("stress_noise", "eV/Å^3", 1.0)):
+            value = check_number(name, getattr(self, name), low=0, strict=True, none=True)
+            if value is not None and value > most:
+                raise ValueError(f"{name} = {value:g} {unit} is above {most:g} {unit}, larger than the labels "
+                                 f"themselves; it is in {unit} (e.g. 50 meV is 0.05)")
         self._budget_bytes()  # a bad memory_budget_gb
         if isinstance(self.n_sparse, dict):
             for key, size in self.n_sparse.items():
