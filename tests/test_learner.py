@@ -156,6 +156,16 @@ def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
     assert not frames_in(tmp_path / "run" / "train.xyz")  # nothing wrong was written
 
 
+def test_an_oracle_that_cannot_label_the_system_is_asked_once_not_for_every_bootstrap_frame(tmp_path):
+    """A species the oracle lacks failed on each of the bootstrap frames (8 calls, 8 warnings)."""
+    L = learner(tmp_path / "run", NaNCalculator(), oracle_retries=1)  # on_oracle_failure="skip"
+    with pytest.raises(gpal.OracleError, match="failed on the run's first frame .*non-finite.*resume"):
+        L.run(10)
+    assert L.oracle.n_calls == 2  # the first frame and its retry
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert (state["oracle_calls"], state["oracle_failures"]) == (2, 1)
+
+
 def test_hanging_oracle_times_out(tmp_path):
     with ProcessPoolExecutor(2) as pool:
         spec = OracleSpec("_oracles:SlowEMT", {"delay": 60.0})

@@ -887,7 +887,16 @@ class ActiveLearner:
         todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]
         done = len(chosen) - len(todo)
         self._log({"event": "bootstrap", "n": len(chosen), "already_labelled": done})
-        labelled = self._label(todo, "bootstrap") if todo else []
+        labelled = []
+        if todo and not have:  # the run's first oracle call, alone: an oracle that cannot label
+            # this system (a species it lacks, a wrong setting) fails once, not on every frame
+            labelled = self._label(todo[:1], "bootstrap")
+            if not labelled:
+                raise OracleError(f"the oracle failed on the run's first frame ({self._last_failures[0].reason}), "
+                                  "so the other bootstrap frames were not sent to it. Everything so far is saved "
+                                  f"in {self.run_dir}; fix the oracle and resume.")
+            todo = todo[1:]
+        labelled += self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
             failures = self._last_failures
