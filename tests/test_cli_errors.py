@@ -371,3 +371,18 @@ def test_a_warning_during_a_progress_bar_gets_its_own_line(capsys):
 def test_python_dash_m_gpal_is_the_gpal_command():
     proc = subprocess.run([sys.executable, "-m", "gpal", "--version"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("gpal ")
+
+
+def test_ctrl_c_before_the_run_folder_is_known_claims_nothing_saved(tmp_path, capsys, monkeypatch):
+    """It said 'progress is saved, continue with: gpal learn --resume RUN_DIR' with no run anywhere."""
+    from gpal.cli import config, main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config, "load_config", interrupted)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("steps = 3\n")
+    assert main(["learn", str(cfg), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "before the run started; nothing to resume" in err and "RUN_DIR" not in err

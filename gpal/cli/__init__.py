@@ -1204,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 128 + sig
         run_dir = getattr(args, "run_dir_used", None) or getattr(args, "resume", None) or getattr(args, "run_dir", None)
-        if run_dir and not (Path(run_dir) / "state.json").exists():
+        if not run_dir or not (Path(run_dir) / "state.json").exists():
             print(f"{prog}: interrupted by {sig.name} before the run started; nothing to resume",
                   file=sys.stderr)
         else:
