@@ -567,3 +567,27 @@ def test_resume_of_a_run_its_stopping_rule_ended_says_so_and_labels_nothing(tmp_
     assert (again["steps"], again["oracle_calls"]) == (first.steps, first.oracle_calls)
     assert main(["learn", "--resume", str(run), "--steps", str(first.steps + 15), "-q"]) == 0  # as asked
     assert json.loads((run / "summary.json").read_text())["steps"] > first.steps
+
+
+def test_a_calibration_on_frames_without_forces_warns(tmp_path, capsys):
+    """Perfect cells (forces zero by symmetry) put both scales at their floor: the 90 % interval
+    was 2e-7 eV/Å on MD frames whose errors reached 0.8 eV/Å, without a word."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from conftest import POLY, SMALL_SOAP
+
+    model = gpal.SparseGP(gpal.SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30,
+                          hyperparameters="fixed").fit(cu_frames(4, seed=1, size=(2, 2, 2)))
+    model.save(tmp_path / "m.npz")
+    eos = []
+    for a0 in (3.5, 3.55, 3.6, 3.65, 3.7):
+        a = bulk("Cu", "fcc", a=a0, cubic=True).repeat((2, 2, 2))
+        a.calc = EMT()
+        a.get_forces()
+        eos.append(a)
+    write(tmp_path / "eos.xyz", eos)
+    write(tmp_path / "test.xyz", cu_frames(2, seed=2, size=(2, 2, 2)))
+    assert main(["validate", str(tmp_path / "m.npz"), str(tmp_path / "test.xyz"), "--calibrate",
+                 str(tmp_path / "eos.xyz"), "-o", str(tmp_path / "c.npz"), "--no-plots"]) == 0
+    assert "the errors there are far below the model's stds" in capsys.readouterr().err

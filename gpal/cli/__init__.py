@@ -750,7 +750,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cal, conf = calibration.fit_two_term_conformal(*terms, alpha=args.alpha)
         # stored: the 90 % quantile, the one the learner's stopping rule reads
         q90 = conf if args.alpha == 0.1 else calibration.fit_two_term_conformal(*terms, alpha=0.1)[1]
-        model.set_calibration(forces_std=dataclasses.replace(cal.calibration(), conformal_q90=q90.quantile_))
+        if cal.scale_ <= 0.1 * (1 + 1e-6) and cal.noise_scale_ <= 0.1 * (1 + 1e-6):
+            warnings.warn(f"{args.calibrate}: the errors there are far below the model's stds (both scales at "
+                          "their lower bound 0.1; forces near zero, e.g. perfect crystals?): the calibrated stds "
+                          "will be too small for other frames; calibrate on frames like those the model will "
+                          "see (MD frames)", UserWarning, stacklevel=1)
+        model.set_calibration(forces_std=dataclasses.replace(
+            cal.calibration(), conformal_q90=q90.quantile_ if q90.quantile_ > 0 else None))
         path = model.save(args.model if args.in_place else args.output)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, novelty scale {cal.novelty_scale_:.3g} eV/Å, "
