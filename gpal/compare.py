@@ -68,8 +68,8 @@ class ComparisonTable:
         ("name", "candidate", "{}"),
         ("energy_rmse", "E RMSE meV/atom", "{:.3g}"),
         ("force_rmse", "F RMSE eV/Å", "{:.4g}"),  # (significant digits: 6.9e-4 and 7.4e-4 differ)
-        ("force_nll", "F NLL", "{:.3f}"),
-        ("force_zms", "F ZMS", "{:.2f}"),
+        ("force_nll", "F NLL", "{:.4g}"),
+        ("force_zms", "F ZMS", "{:.3g}"),  # (bounded widths: a z² of 2e5 broke the columns)
         ("fit_time", "fit s", "{:.2f}"),
         ("predict_us_per_atom", "predict µs/atom", "{:.0f}"),
     )
@@ -204,10 +204,14 @@ def compare_kernels(
             sub = train[: max(1, int(round(frac * len(train))))]
             bar.set_postfix_str(f"{cand.name}, {len(sub)} frames", refresh=True)
             t0 = time.perf_counter()
-            model = SparseGP(desc, cand.kernel, n_sparse=n_sparse).fit(sub)
-            if optimize:
-                model.optimize_hyperparameters(optimize_noise=False)
+            with warnings.catch_warnings(record=True) as caught:  # said again with the candidate's name
+                warnings.simplefilter("always")
+                model = SparseGP(desc, cand.kernel, n_sparse=n_sparse).fit(sub)
+                if optimize:
+                    model.optimize_hyperparameters(optimize_noise=False)
             fit_time = time.perf_counter() - t0
+            for w in caught:
+                warnings.warn(f"{cand.name} ({len(sub)} frames): {w.message}", w.category, stacklevel=2)
             res = _evaluate(model, test)
             counts.append(len(sub))
             errs.append(res["force_rmse"])

@@ -124,3 +124,19 @@ def test_test_frames_with_a_species_no_training_frame_has_are_refused():
 
     with pytest.raises(UnknownSpeciesError, match="Ag"):
         compare_kernels(cu_frames(3), cuag_frames(2), progress=False)
+
+
+def test_a_fit_warning_names_its_candidate(monkeypatch):
+    """'signal_variance = 1e+03 (at its upper bound)' did not say of which candidate."""
+    import gpal.compare
+
+    real = gpal.compare.SparseGP.fit
+
+    def fit(self, frames, *args, **kwargs):
+        warnings.warn("a bound was reached", UserWarning)
+        return real(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(gpal.compare.SparseGP, "fit", fit)
+    cand = Candidate("dot ζ=2", NormalizedDotProduct(zeta=2), dict(SMALL_SOAP))
+    with pytest.warns(UserWarning, match=r"^dot ζ=2 \(3 frames\): a bound was reached$"):
+        compare_kernels(cu_frames(3), cu_frames(2, seed=5), [cand], n_sparse=20, sizes=(1.0,), progress=False)
