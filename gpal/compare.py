@@ -139,7 +139,7 @@ def compare_kernels(
     n_sparse: int = 200,
     sizes=(0.25, 0.5, 1.0),
     optimize: bool = True,
-    plot: str | None = "kernel_comparison.png",
+    plot: str | None = None,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> ComparisonTable:
@@ -157,8 +157,11 @@ def compare_kernels(
         the largest.
     optimize : bool, default True
         Optimise the kernel's hyperparameters (log marginal likelihood) for each fit.
-    plot : str or None
-        Path of a learning-curve PNG (force RMSE against training-set size).
+    plot : str or None, default None
+        Path of a learning-curve PNG (force RMSE against training-set size), written
+        (and replaced) there; None writes no file (the curves are in the returned
+        table; ``gpal compare-kernels`` writes ``kernel_comparison.png`` and asks before
+        replacing one).
     progress : bool, default True
         A progress bar (tqdm, on stderr) over the fits.
     on_row : callable, optional
