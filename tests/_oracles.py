@@ -97,3 +97,17 @@ class DiesOnMovedFrames(EMT):
         if abs(atoms.positions[0]).max() > 1e-3:
             os._exit(139)
         super().calculate(atoms, properties, system_changes)
+
+
+class ShortForcesEMT(EMT):
+    """EMT whose every third result lacks the last atom's force (a parser that dropped a line)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.n = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.n += 1
+        if self.n % 3 == 0:
+            self.results["forces"] = self.results["forces"][:-1]

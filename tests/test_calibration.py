@@ -260,6 +260,20 @@ def test_two_term_conformal_scores_each_frame_in_a_calibrator_of_the_other_frame
                                                      .transform(s[:6], sn[:6], nu[:6])).quantile_
 
 
+def test_two_term_conformal_with_a_fold_of_perfect_cells_takes_in_sample_scores():
+    """Frames 0 and 2 with zero errors put their fold's calibrator at its floor, which made the
+    cross-fitted quantile 18.6 against 1.9."""
+    from gpal.calibration import TwoTermCalibrator, fit_two_term_conformal
+
+    rng = np.random.default_rng(0)
+    frame = np.repeat(np.arange(4), 48)
+    s, sn, nu = rng.uniform(0.02, 0.3, 192), np.full(192, 0.05), np.zeros(192)
+    e = rng.normal(size=192) * np.hypot(1.5 * s, sn) * (frame % 2)  # frames 0 and 2: perfect cells
+    cal, conf = fit_two_term_conformal(e, s, sn, nu, frame)
+    ref = TwoTermCalibrator().fit(e, s, sn, nu)
+    assert conf.quantile_ == SplitConformal(0.1).fit(e, ref.transform(s, sn, nu)).quantile_ < 3
+
+
 def test_two_term_conformal_bound_covers_new_errors():
     """The quantile of scores measured in the calibrator fitted on them under-covers (0.891
     for 90 % bounds from 40 errors of 10 frames, in this Monte Carlo); cross-fitted, 0.92."""

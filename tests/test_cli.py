@@ -267,16 +267,21 @@ def test_learn_never_writes_into_a_folder_of_the_users(tmp_path, capsys, fake_le
                  ["learn", "--run-dir", ".", "--overwrite", "-q"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and ("gpal did not write" in err or "current folder" in err), err
+        assert err.count("\n") == 1 and any(m in err for m in ("gpal did not write", "current folder", "no gpal run")), err
     assert {p.name: p.read_text() for p in proj.iterdir()} == mine
     data = tmp_path / "mydata"  # not a run: --overwrite does not move it aside either
     data.mkdir()
     (data / "results.csv").write_text("1,2\n")
+    named = tmp_path / "named"  # the user's files under names gpal also writes
+    named.mkdir()
+    (named / "train.xyz").write_text("my labels\n")
     for argv in (["learn", "--run-dir", str(data), "--overwrite", "-q"],
-                 ["learn", "--run-dir", str(proj), "--overwrite", "-q"]):
+                 ["learn", "--run-dir", str(proj), "--overwrite", "-q"],
+                 ["learn", "--run-dir", str(named), "--overwrite", "-q"]):
         assert main(argv) == 2
         assert "no gpal run" in capsys.readouterr().err
-    assert (data / "results.csv").read_text() == "1,2\n" and len(list(tmp_path.iterdir())) == 2
+    assert (data / "results.csv").read_text() == "1,2\n" and len(list(tmp_path.iterdir())) == 3
+    assert (named / "train.xyz").read_text() == "my labels\n"
     assert not fake_learner.calls
     start = tmp_path / "start"  # an unfinished start: gpal's config.toml only
     assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0
@@ -561,7 +566,8 @@ def test_resume_of_a_run_its_stopping_rule_ended_says_so_and_labels_nothing(tmp_
     assert first.stopped_early
     assert main(["learn", "--resume", str(run), "-q"]) == 0
     out = capsys.readouterr().out
-    assert f"the stopping rule ended this run at step {first.steps - 1}; nothing to continue" in out
+    assert f"this run ended at step {first.steps} of 400 (stop: calibrated bound" in out
+    assert "nothing to continue" in out
     assert f"judged 1 time, met at step {first.steps - 1}" in out
     again = json.loads((run / "summary.json").read_text())
     assert (again["steps"], again["oracle_calls"]) == (first.steps, first.oracle_calls)

@@ -120,6 +120,17 @@ def test_oracle_failures_are_logged_and_skipped(tmp_path):
     assert len(frames_in(tmp_path / "run" / "train.xyz")) == summary.labelled_frames
 
 
+def test_a_result_of_the_wrong_shape_is_the_oracles_failure(tmp_path):
+    """Forces missing an atom crashed the train.xyz writer, with the calls not counted."""
+    from _oracles import ShortForcesEMT
+
+    L = learner(tmp_path / "run", ShortForcesEMT(), oracle_retries=0)
+    summary = L.run(60)
+    fails = [r for r in L._log_records("oracle_failure")]
+    assert fails and all("forces of shape (31, 3), expected (32, 3)" in r["reason"] for r in fails)
+    assert summary.oracle_calls == summary.labelled_frames + summary.oracle_failures
+
+
 def test_oracle_retry_recovers(tmp_path):
     L = learner(tmp_path / "run", FlakyEMT(fail_every=4), oracle_retries=2)
     summary = L.run(60)
@@ -156,14 +167,31 @@ def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
     assert not frames_in(tmp_path / "run" / "train.xyz")  # nothing wrong was written
 
 
-def test_an_oracle_that_cannot_label_the_system_is_asked_once_not_for_every_bootstrap_frame(tmp_path):
+def test_an_oracle_that_cannot_label_the_system_is_not_asked_for_every_bootstrap_frame(tmp_path):
     """A species the oracle lacks failed on each of the bootstrap frames (8 calls, 8 warnings)."""
     L = learner(tmp_path / "run", NaNCalculator(), oracle_retries=1)  # on_oracle_failure="skip"
-    with pytest.raises(gpal.OracleError, match="failed on the run's first frame .*non-finite.*resume"):
+    with pytest.raises(gpal.OracleError, match="failed on the run's first 2 frames .*non-finite.*resume"):
         L.run(10)
-    assert L.oracle.n_calls == 2  # the first frame and its retry
+    assert L.oracle.n_calls == 4  # two frames, each with its retry
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert (state["oracle_calls"], state["oracle_failures"]) == (2, 1)
+    assert (state["oracle_calls"], state["oracle_failures"]) == (4, 2)
+
+
+def test_one_bootstrap_frame_the_oracle_cannot_label_is_skipped(tmp_path):
+    """Stopping at the first failed frame left a run that could never start."""
+    class FailsOnTheFirstFrame(EMT):
+        first = None
+
+        def calculate(self, atoms=None, *args, **kwargs):
+            key = atoms.positions.round(6).tobytes()
+            if self.first in (None, key):
+                self.first = key
+                raise RuntimeError("SCF did not converge (simulated)")
+            super().calculate(atoms, *args, **kwargs)
+
+    L = learner(tmp_path / "run", FailsOnTheFirstFrame(), oracle_retries=0)
+    L.run(10)
+    assert L.n_labelled == 3 and L.oracle.n_failures == 1 and L.oracle.n_calls == 4
 
 
 def test_hanging_oracle_times_out(tmp_path):

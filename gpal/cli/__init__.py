@@ -211,10 +211,9 @@ def _resume(args: argparse.Namespace) -> int:
             except KeyError as exc:
                 raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
                                 "state this gpal version can resume") from exc
-            met = learner._stop_checks()["met_at"] if learner.stopping is not None else None
-            if steps is None and met is not None and met == learner.step - 1 < learner.total_steps - 1:
-                print(f"gpal: the stopping rule ended this run at step {met}; nothing to continue "
-                      "(--steps N continues it anyway)")
+            if steps is None and learner.stopped_early_:
+                print(f"gpal: this run ended at step {learner.step} of {learner.total_steps} ("
+                      f"{learner.stopped_early_}); nothing to continue (--steps N continues it anyway)")
                 return learner, learner.step
             return learner, (steps if steps is not None else learner.total_steps)
 
@@ -376,10 +375,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         gpal_config = stored.is_file() and stored.read_text(errors="replace").startswith(config.TOML_HEADER)
         is_run = (run_dir / "state.json").exists() or gpal_config
         theirs = foreign_files(run_dir) + (["config.toml"] if stored.exists() and not gpal_config else [])
-        if args.overwrite and theirs and not is_run:  # the user's folder, not a run
-            raise GpalError(f"run folder {run_dir} holds files gpal did not write ({', '.join(theirs[:5])}"
-                            f"{', ...' if len(theirs) > 5 else ''}) and no gpal run: --overwrite moves only a "
-                            "run folder aside; set run_dir (or --run-dir) to a new or empty folder")
+        if args.overwrite and not is_run:  # the user's folder (files named as gpal's too), not a run
+            names = sorted(p.name for p in run_dir.iterdir())
+            raise GpalError(f"run folder {run_dir} holds {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} "
+                            "and no gpal run (state.json, or gpal's config.toml): --overwrite moves only a run "
+                            "folder aside; set run_dir (or --run-dir) to a new or empty folder")
         if args.overwrite:
             old = _move_aside(run_dir)
             print(f"gpal: moved the previous run folder {run_dir} to {old} (nothing deleted)")

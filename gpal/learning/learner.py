@@ -341,6 +341,9 @@ def _progress(total: int, initial: int, enabled: bool):
 #: Trigger.temperature_steps counts as reached (checks come every few MD steps, and the
 #: last one of a ramp may fall just short of its end temperature)
 _TEMPERATURE_STEP_TOL = 0.02
+# frames of a new run sent to an oracle in this process, one at a time, before the run stops
+# because none could be labelled (an oracle that cannot label the system at all)
+_FIRST_FRAMES = 2
 # a walker that blows up on this many MD steps in a row, each time restarted from its last
 # good frame, cannot be integrated with the run's MD settings: the run stops and says so
 _MAX_BLOWUPS = 50
@@ -573,6 +576,7 @@ class ActiveLearner:
         self.total_steps = 0
         self.ramp_steps: int | None = None
         self._stopped = (False, "")
+        self.stopped_early_ = None  # (a resumed run: why it had ended before its total, if it had)
         self._val_history: list = []
         self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
@@ -669,6 +673,8 @@ class ActiveLearner:
             state["explore_walkers"] = {str(k): v for k, v in self._explore.items()}
         if self._walker_steps:  # walkers run as tasks (gpal.learning.walkers): each one's own step
             state["walker_steps"] = {str(k): v for k, v in self._walker_steps.items()}
+        if self._stopped[0] and self.step < self.total_steps:  # ended early (a stopping rule, the call budget)
+            state["stopped_early"] = self._stopped[1]
         self._write_json_atomic(self.run_dir / "state.json", state)
         self._state_stamp = _stamp(self.run_dir / "state.json")
 
@@ -691,14 +697,26 @@ class ActiveLearner:
                 self._reasons.append(reason)
                 self.n_labelled += 1
 
+        def counted() -> None:
+            self._times["oracle"] += time.perf_counter() - t0
+            self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
+
         broken = None
         try:
             labelled, failures = self.oracle.label(frames, on_label=arrived)
         except BrokenOracleError as exc:  # no more labels from this oracle: save, then say so
+            counted()
             broken, labelled, failures = exc, exc.labelled, exc.failures
-        finally:
-            self._times["oracle"] += time.perf_counter() - t0
-            self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
+        except Exception:  # a label could not be written (a full disk): the calls made are saved if they can be
+            counted()
+            with contextlib.suppress(Exception):
+                self.checkpoint(model=False)
+            raise
+        except BaseException:  # Ctrl-C: run() saves
+            counted()
+            raise
+        else:
+            counted()
         good = [a for a in labelled if a is not None]
         self._last_failures = failures
         for f in failures:
@@ -888,14 +906,20 @@ class ActiveLearner:
         done = len(chosen) - len(todo)
         self._log({"event": "bootstrap", "n": len(chosen), "already_labelled": done})
         labelled = []
-        if todo and not have:  # the run's first oracle call, alone: an oracle that cannot label
-            # this system (a species it lacks, a wrong setting) fails once, not on every frame
-            labelled = self._label(todo[:1], "bootstrap")
-            if not labelled:
-                raise OracleError(f"the oracle failed on the run's first frame ({self._last_failures[0].reason}), "
-                                  "so the other bootstrap frames were not sent to it. Everything so far is saved "
-                                  f"in {self.run_dir}; fix the oracle and resume.")
-            todo = todo[1:]
+        if not have and self.oracle.executor is None:
+            # the run's first oracle calls one frame at a time (as in this process they run
+            # anyway) until one is labelled: an oracle that cannot label this system (a
+            # species it lacks, a wrong setting) is asked _FIRST_FRAMES times, not for every
+            # frame; a frame it cannot label among good ones is skipped as any other
+            tried = 0
+            while todo and not labelled:
+                labelled = self._label(todo[:1], "bootstrap")
+                todo, tried = todo[1:], tried + 1
+                if not labelled and tried == _FIRST_FRAMES and todo:
+                    raise OracleError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
+                                      f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
+                                      f"sent to it. Everything so far is saved in {self.run_dir}; fix the oracle "
+                                      "and resume.")
         labelled += self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
@@ -1835,6 +1859,7 @@ class ActiveLearner:
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled - self._reasons.count("initial"))
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         self._explore = explore
+        self.stopped_early_ = state.get("stopped_early")  # why the run ended before its total, if it did
         self._owns_run_dir = True
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)

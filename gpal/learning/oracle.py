@@ -280,9 +280,17 @@ class BrokenOracleError(OracleError):
         self.failures = failures
 
 
-def _check_finite(res: dict) -> None:
-    for k in ("energy", "forces", "stress"):
-        if k in res and not np.all(np.isfinite(res[k])):
+def _check_result(res: dict, n_atoms: int) -> None:
+    """An :class:`OracleError` (a failure of the oracle, retried as any) for a result of the
+    wrong shape (a parser that dropped a line) or with non-finite values."""
+    shapes = {"energy": [()], "forces": [(n_atoms, 3)], "stress": [(6,), (3, 3)]}
+    for k, allowed in shapes.items():
+        if k not in res:
+            continue
+        if np.shape(res[k]) not in allowed:
+            raise OracleError(f"oracle returned {k} of shape {np.shape(res[k])}, expected "
+                              f"{' or '.join(str(a) for a in allowed)} for {n_atoms} atoms")
+        if not np.all(np.isfinite(res[k])):
             raise OracleError(f"oracle returned non-finite {k}")
 
 
@@ -427,7 +435,7 @@ class Oracle:
                     self.n_calls += 1
                     try:
                         res = self._run_local(frames[i], fresh=attempts[i] > 1)
-                        _check_finite(res)
+                        _check_result(res, len(frames[i]))
                     except Exception as exc:  # the oracle is foreign code: any failure is logged
                         failed(i, exc)
                         continue
@@ -452,7 +460,7 @@ class Oracle:
                         try:
                             left = None if deadline is None else max(0.0, deadline - time.monotonic())
                             res = fut.result(timeout=left)
-                            _check_finite(res)
+                            _check_result(res, len(frames[i]))
                         except cf.TimeoutError:
                             fut.cancel()
                             reasons[i] = f"timed out after {self.timeout} s"
@@ -474,12 +482,13 @@ class Oracle:
             todo = [] if broken is not None else [i for i in again if attempts[i] <= self.retries]
         failures = []
         for i in range(len(frames)):
-            if labelled[i] is None:
+            if labelled[i] is None and attempts[i]:  # (a frame a broken pool never took is no failure)
                 self.n_failures += 1
                 failures.append(LabelFailure(i, reasons.get(i, "unknown"), attempts[i]))
         if broken is not None:
+            missing = sum(a is None for a in labelled)
             raise BrokenOracleError(
                 f"the oracle's worker processes stopped ({type(broken).__name__}: {str(broken).rstrip('.')}): a worker "
-                f"crashed or was killed (out of memory?); {len(failures)} of {len(frames)} frame(s) "
+                f"crashed or was killed (out of memory?); {missing} of {len(frames)} frame(s) "
                 "not labelled", labelled, failures)
         return labelled, failures

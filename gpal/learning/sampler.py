@@ -51,12 +51,12 @@ class MDSettings:
         self.friction = check_number("friction", self.friction, low=0, unit="1/fs")
         # values in another unit (s, eV, 1/ps) fail here rather than as an MD that does not move
         # or blows up
-        if not 0.01 <= self.timestep <= 100:
-            raise ValueError(f"timestep = {self.timestep:g} fs is outside 0.01-100 fs: the time step is in "
+        if not 1e-3 <= self.timestep <= 100:
+            raise ValueError(f"timestep = {self.timestep:g} fs is outside 0.001-100 fs: the time step is in "
                              "femtoseconds (1 fs = 1e-15 s)")
-        if max(np.atleast_1d(self.temperature)) < 1:
-            raise ValueError(f"temperature = {self.temperature} K: the MD would not move; temperatures are "
-                             "in Kelvin (kT = 0.025 eV is 290 K)")
+        if 0 < max(np.atleast_1d(self.temperature)) < 1:  # (0 K: a quench, as given)
+            raise ValueError(f"temperature = {self.temperature} K, below 1 K; temperatures are in Kelvin "
+                             "(kT = 0.025 eV is 290 K)")
         if self.friction > 1:
             raise ValueError(f"friction = {self.friction:g} 1/fs relaxes the velocities in under 1 fs; the "
                              "friction is in 1/fs (0.02 1/fs = 20 1/ps)")
