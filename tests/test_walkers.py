@@ -310,6 +310,20 @@ def test_walkers_and_the_serial_loop_agree_on_a_stop_by_the_oracle_budget(tmp_pa
         assert not again.stopped_early and again.stop_reason == "", mode
 
 
+def test_walkers_and_the_serial_loop_judge_the_stopping_rule_at_the_last_step(tmp_path):
+    """A ramp over run(N) reaches its top at the last step, where checks every check_every
+    steps never looked."""
+    from gpal.calibration import StoppingRule
+
+    val = cu_frames(2, seed=19, size=(2, 1, 1))
+    for mode, kw in (("serial", {}), ("walkers", {"walker_executor": _Inline()})):
+        rule = StoppingRule(tolerance=50.0, patience=3, use="scale")
+        L = learner(tmp_path / mode, n_walkers=1, stopping=rule, validation=val, **kw)  # checks every 20
+        summary = L.run(50)
+        assert summary.stop_checks["judged"] == 1 and len(rule.history) == 1, mode
+        assert summary.steps == 50 and not summary.stopped_early, mode
+
+
 def test_a_walker_run_stopped_by_blow_ups_leaves_no_segment_queued(tmp_path):
     """The blow-up limit ends a walker run with its reason; the segments it had already
     submitted (the next round's, run while the learner judged) are cancelled, not left
