@@ -213,7 +213,12 @@ def test_missing_baseline_module_on_load_is_one_line(tmp_path, lj_model):
 
     from gpal.cli import main
 
-    assert main(["info", str(tmp_path / "missing.npz")]) == 2
+    from ase.io import write
+
+    write(tmp_path / "start.xyz", cu_frames(1)[0])
+    assert main(["md", str(tmp_path / "missing.npz"), str(tmp_path / "start.xyz"), "-o",
+                 str(tmp_path / "md.xyz")]) == 2  # cannot predict
+    assert main(["info", str(tmp_path / "missing.npz")]) == 0  # shows what the file needs
 
 
 @pytest.mark.parametrize("bad, kwargs, match", [
@@ -368,3 +373,44 @@ def test_a_model_file_builds_only_an_ase_calculator_class_as_its_baseline(tmp_pa
         gpal.load(tmp_path / "bad.npz")
     with pytest.raises(BaselineError, match="not an ASE calculator class"):
         fixed(baseline="os:getcwd").fit(cu_frames(2, seed=3))
+
+
+def test_a_baseline_without_stress_is_refused_before_the_first_oracle_call(tmp_path):
+    """The oracle's labels of a periodic cell hold stress, so the baseline must give one; it
+    was found out after the bootstrap's four oracle calls."""
+    from ase.build import bulk
+    from ase.calculators.calculator import Calculator
+
+    class NoStress(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": 0.0, "forces": np.zeros((len(self.atoms), 3))}
+
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=20,
+                     baseline=NoStress())
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    with pytest.raises(BaselineError, match="gives no stress, which this periodic frame needs"):
+        gpal.ActiveLearner(cell, EMT(), model, run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_gpal_info_shows_a_delta_model_whose_baseline_module_is_missing(tmp_path, monkeypatch, capsys):
+    """info is where a user looks up what a file needs; it failed with the import error."""
+    import sys
+
+    from gpal.cli import main
+
+    (tmp_path / "tmpbase.py").write_text("from ase.calculators.lj import LennardJones as LJ\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=20,
+                     baseline="tmpbase:LJ", hyperparameters="fixed").fit(cu_frames(2))
+    path = model.save(tmp_path / "delta.npz")
+    (tmp_path / "tmpbase.py").unlink()
+    monkeypatch.delitem(sys.modules, "tmpbase")
+    with pytest.raises(BaselineError, match="cannot import baseline module 'tmpbase'"):
+        gpal.load(path)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "baseline    : tmpbase:LJ" in out and "not buildable here" in out and "species     : Cu" in out

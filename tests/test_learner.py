@@ -170,7 +170,7 @@ def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
 def test_an_oracle_that_cannot_label_the_system_is_not_asked_for_every_bootstrap_frame(tmp_path):
     """A species the oracle lacks failed on each of the bootstrap frames (8 calls, 8 warnings)."""
     L = learner(tmp_path / "run", NaNCalculator(), oracle_retries=1)  # on_oracle_failure="skip"
-    with pytest.raises(gpal.OracleError, match="failed on the run's first 2 frames .*non-finite.*resume"):
+    with pytest.raises(gpal.OracleError, match="failed on the run.s first 2 frames .*non-finite.*ActiveLearner.resume"):
         L.run(10)
     assert L.oracle.n_calls == 4  # two frames, each with its retry
     state = json.loads((tmp_path / "run" / "state.json").read_text())

@@ -62,7 +62,12 @@ def _structure(spec: dict):
                 raise ConfigError(f"[structure] index must be an integer or an ASE slice such as \"-1\" or "
                                   f"\"0:10\", got {spec['index']!r}")
         try:
-            return read_frames(spec["file"], index=index)[0]
+            frames = read_frames(spec["file"], index=index)
+            if len(frames) > 1:  # (it took the first and said nothing)
+                raise ConfigError(f"[structure] index {spec['index']!r} selects {len(frames)} frames of "
+                                  f"{spec['file']}; gpal learn starts from one structure (give one index; "
+                                  "ActiveLearner takes several start structures in Python)")
+            return frames[0]
         except StructureFileError:
             n = len(read_frames(spec["file"]))  # readable as a whole: the index is the problem
             raise ConfigError(f"[structure] index {index} is out of range: {spec['file']} holds "
@@ -351,7 +356,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise ConfigError(f"{what}: {exc}") from None
 
     check_species(structure, "[structure]")
-    check_start([structure], model)  # (min_distance, n_sparse's species) before the run folder exists
+    check_start([structure], model, oracle=oracle)  # (min_distance, n_sparse's species...) before the run folder exists
     check_max_temperature(md, learner_cfg.get("max_temperature"))
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
@@ -827,11 +832,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model file: species, descriptor, kernel, noises, calibration, data."""
     from ase.data import chemical_symbols
 
+    from ..exceptions import BaselineError
     from ..io import read_model_file
     from ..model import load
 
     _, meta = read_model_file(args.model)
-    model = load(args.model)
+    unbuilt = None
+    try:
+        model = load(args.model)
+    except BaselineError as exc:  # (what the file holds is still worth showing)
+        from ..model import SparseGP
+
+        model, unbuilt = SparseGP._load(args.model, build_baseline=False), _message(exc)
     sym = [chemical_symbols[int(z)] for z in model.species_]
     d = model.descriptor_.get_params()
     w = d.get("weighting") or {}
@@ -846,6 +858,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if spec:  # a Δ-model: predictions are this calculator plus the GP
         print(f"  baseline    : {spec['factory']} {json.dumps(spec.get('kwargs') or {})} (predictions "
               "add it to the GP's; e0, kernel and noises describe the residual)")
+        if unbuilt:
+            print(f"                not buildable here, so the model cannot predict here: {unbuilt}")
     nz = model.noise_
     print(f"  noises      : energy {nz['energy']:.4g} eV/atom, force {nz['force']:.4g} eV/Å, "
           f"stress {nz['stress']:.4g} eV/Å^3")

@@ -349,13 +349,16 @@ _FIRST_FRAMES = 2
 _MAX_BLOWUPS = 50
 
 
-def check_start(structures: list, model, validation: Sequence[Atoms] = ()) -> None:
+def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracle=None) -> None:
     """Raise before any oracle call or file for start structures ``model`` cannot take.
 
     Species outside a fitted model's or a given descriptor's
     (:class:`gpal.exceptions.UnknownSpeciesError`), atoms of a start structure closer than
-    the model's ``min_distance`` (:class:`gpal.exceptions.OverlappingAtomsError`), and
-    an ``n_sparse`` dict that names none of the structures' species (``ValueError``).
+    the model's ``min_distance`` (:class:`gpal.exceptions.OverlappingAtomsError`), no two
+    atoms within the cutoff and an ``n_sparse`` dict that names none of the structures'
+    species (``ValueError``), and, given the ``oracle``, a Δ-model's baseline without the
+    stress its labels of a periodic structure will need
+    (:class:`gpal.exceptions.BaselineError`).
     """
     descriptor = getattr(model, "descriptor_", None) or model.descriptor
     known = getattr(descriptor, "species_numbers_", None)  # a fitted model's, or a given descriptor's
@@ -369,12 +372,30 @@ def check_start(structures: list, model, validation: Sequence[Atoms] = ()) -> No
             check_min_distance(model._min_pair_distance(a), model.min_distance, what)
         if k < len(structures):
             _check_neighbours(a, getattr(descriptor, "r_cut", None) or 5.0, what)
+    if oracle is not None:
+        _check_baseline_stress(model, oracle, structures)
     if isinstance(model.n_sparse, dict) and getattr(model, "alpha_", None) is None:
         given = {species_number(k, "n_sparse") for k, v in model.n_sparse.items() if v}
         present = {int(z) for a in structures for z in a.numbers}
         if not given & present:
             raise ValueError(f"n_sparse={model.n_sparse!r} gives no sparse environment to the species "
                              f"of the structures ({', '.join(chemical_symbols[z] for z in sorted(present))})")
+
+
+def _check_baseline_stress(model, oracle, structures) -> None:
+    """A Δ-model's baseline that gives no stress, where the oracle's labels of a periodic
+    start structure will hold one: :class:`gpal.exceptions.BaselineError` now, not after
+    the bootstrap's oracle calls."""
+    from .. import baseline as _baseline
+
+    periodic = [a for a in structures if np.all(a.pbc) and a.cell.volume > 1e-6]
+    if getattr(model, "baseline", None) is None or not periodic:
+        return
+    calc = oracle.resolve() if isinstance(oracle, OracleSpec) else oracle
+    if "stress" not in getattr(calc, "implemented_properties", ()):
+        return  # (labels without stress ask the baseline for none)
+    base = getattr(model, "baseline_", None) or _baseline.make_baseline(model.baseline, model.baseline_kwargs)
+    _baseline.baseline_labels(base, periodic[0], stress=True)
 
 
 def _check_neighbours(atoms: Atoms, r_cut: float, what: str) -> None:
@@ -520,7 +541,7 @@ class ActiveLearner:
         self.model = model if model is not None else SparseGP(n_sparse=boot.n_sparse)
         if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
             self.model._check_params()
-        check_start(self.structures, self.model, list(val.frames or []))
+        check_start(self.structures, self.model, list(val.frames or []), oracle=self.oracle_spec)
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         check_ramp_factory(self.md, self.structures[0] if self.structures else None)
@@ -725,8 +746,7 @@ class ActiveLearner:
             self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
             what = broken if broken is not None else \
                 f"oracle failed on {len(failures)} frame(s) at step {self.step}: {failures[0].reason}"
-            raise OracleError(f"{what}. Everything so far is saved in {self.run_dir}; fix the oracle "
-                              "and resume.")
+            raise OracleError(f"{what}. {self._fix_and_resume()}")
         if failures:  # the calls they cost are counted on disk before anything else can fail
             self.checkpoint(model=False)
         self._log({"event": "label", "step": self.step, "reason": reason, "n": len(good),
@@ -734,6 +754,13 @@ class ActiveLearner:
                    **({"frame_steps": [int(s) for s in steps]} if steps is not None else {}),
                    "oracle_calls": self.oracle.n_calls})
         return good
+
+    def _fix_and_resume(self) -> str:
+        """What a run stopped by its oracle's failures says to do next."""
+        return (f"Everything so far is saved in {self.run_dir}: once the oracle works (its program, "
+                f"licence or resources), resume (gpal learn --resume {self.run_dir}); with other oracle "
+                f"settings, resume in Python (ActiveLearner.resume({str(self.run_dir)!r}, oracle=...)) or start "
+                "a new run (gpal learn --overwrite)")
 
     def _add_to_model(self, frames: list[Atoms]) -> None:
         if not frames:
@@ -918,8 +945,7 @@ class ActiveLearner:
                 if not labelled and tried == _FIRST_FRAMES and todo:
                     raise OracleError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
                                       f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
-                                      f"sent to it. Everything so far is saved in {self.run_dir}; fix the oracle "
-                                      "and resume.")
+                                      f"sent to it. {self._fix_and_resume()}")
         labelled += self._label(todo, "bootstrap") if todo else []
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:

@@ -99,6 +99,13 @@ class _Files:
         gpal.ModelFileError
             Missing, truncated, tampered or incompatible file.
         """
+        return cls._load(path)
+
+    @classmethod
+    def _load(cls, path, build_baseline: bool = True) -> "SparseGP":
+        """:meth:`load`; without ``build_baseline`` a Δ-model's baseline is left unbuilt
+        (``baseline_`` None: ``gpal info`` shows what a file holds when its baseline's
+        module is missing here)."""
         from ..exceptions import ModelFileError
         from ..io import read_model_file
         from ..kernels import kernel_from_dict
@@ -173,6 +180,9 @@ class _Files:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc
+        if not build_baseline:
+            self.baseline_ = None
+            return self
         try:
             self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
         except _baseline.BaselineError as exc:
