@@ -154,6 +154,12 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path):
                       n_bootstrap=2, check_every=20, progress=False, targets=ts)
     s = L.run(30)
     assert s.oracle_calls_by_reason.get("target", 0) >= 1  # the trigger alone never fires at 10 eV/Å
+    # the summary gives the target under the final model (it was only in log.jsonl)
+    res = ts.predict(L.model, L._force_std_scale())
+    assert s.target["value"] == pytest.approx(list(res["value"])) and s.target["unit"] == "eV"
+    line = next(x for x in str(s).splitlines() if x.startswith("  target "))
+    assert f"{res['labels'][0]} = {res['value'][0]:.4g} ± {res['std'][0]:.2g} eV" in line
+    assert json.loads((run / "summary.json").read_text())["target"]["labels"] == list(res["labels"])
     records = [json.loads(line) for line in open(run / "log.jsonl")]
     events = [r.get("event") for r in records]
     assert "target_weight" in events and "target_sparse" in events and "target_stop_check" in events

@@ -253,6 +253,7 @@ class Summary:
     time_check: float = 0.0
     time_calibration: float = 0.0
     stop_checks: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         why = ", ".join(f"{v} {k}" for k, v in self.oracle_calls_by_reason.items() if v)
@@ -285,6 +286,12 @@ class Summary:
                              f"the last because {sc.get('last_deferred')})")
             else:
                 lines.append("  stopping rule         : never judged (no check was due)")
+        t = self.target
+        if t:  # a TargetSet's quantities under the final model, calibrated stds
+            shown = [f"{name} = {v:.4g} ± {e:.2g} {t['unit']}"
+                     for name, v, e in zip(t["labels"], t["value"], t["std"])]
+            more = f" (and {len(shown) - 3} more in summary.json)" if len(shown) > 3 else ""
+            lines.append(f"  target                : {'; '.join(shown[:3])}{more}")
         c = self.calibration
         if c:
             lines.append(
@@ -1662,7 +1669,17 @@ class ActiveLearner:
             time_check=self._times.get("check", 0.0),
             time_calibration=self._times.get("calibration", 0.0),
             stop_checks=self._stop_checks() if self.stopping is not None else {},
+            target=self._target_summary(),
         )
+
+    def _target_summary(self) -> dict:
+        """The TargetSet's quantities, their calibrated stds and unit (empty without targets)."""
+        if self.targets is None:
+            return {}
+        res = self.targets.predict(self.model, self._force_std_scale())
+        unit = "eV/Å" if self.targets.quantity == "forces" else "eV"
+        return {"labels": list(res["labels"]), "value": np.asarray(res["value"]).tolist(),
+                "std": np.asarray(res["std"]).tolist(), "unit": unit}
 
     def _stop_checks(self) -> dict:
         """The stopping rule's checks of the whole run (log.jsonl): ``judged``,
