@@ -192,6 +192,8 @@ def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch)
 
     sch = config.schema()["targets"]
     assert set(sch) == set(inspect.signature(TargetSet.from_file).parameters) - {"cls"}
+    # every setting of a TargetSet but its structures has a key (exponent and window had none)
+    assert set(inspect.signature(TargetSet).parameters) - {"structures"} <= set(sch)
     images, _ = vacancy_path(3)
     write_frames(tmp_path / "neb.xyz", images)
     cfg = tmp_path / "c.toml"

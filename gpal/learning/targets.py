@@ -295,7 +295,9 @@ class TargetSet:
         pair: list | None = None,
         tolerance: float | None = None,
         w_floor: float = 0.2,
+        exponent: float = 1.0,
         min_reduction: float = 0.1,
+        window: int = 5,
         n_sparse: int = 20,
         label_structures: bool = False,
         explore: int | list = 1,
@@ -319,8 +321,12 @@ class TargetSet:
             Stop when the calibrated target std is under it, eV (eV/Å for forces).
         w_floor : float, default 0.2
             Lowest exploration weight.
+        exponent : float, default 1.0
+            Of the weight's schedule, w = w_floor + (1 − w_floor) min(u/u₀, 1) ** exponent.
         min_reduction : float, default 0.1
             Label a frame the trigger passed over when (1 − w) × (share of target variance removed) reaches it.
+        window : int, default 5
+            Checked frames whose mean largest calibrated force std is the schedule's u.
         n_sparse : int, default 20
             Environments of each target structure added to the sparse set at the start.
         label_structures : bool, default False
@@ -342,7 +348,8 @@ class TargetSet:
         except Exception as exc:  # ASE raises many kinds for unreadable files
             raise GpalError(f"cannot read target structures from {path}: {exc}") from exc
         return cls(frames, quantity=quantity, atoms=atoms, pair=pair, tolerance=tolerance,
-                   w_floor=w_floor, min_reduction=min_reduction, n_sparse=n_sparse,
+                   w_floor=w_floor, exponent=exponent, min_reduction=min_reduction, window=window,
+                   n_sparse=n_sparse,
                    label_structures=label_structures, explore=explore, restart_every=restart_every)
 
     def to_dict(self) -> dict:
