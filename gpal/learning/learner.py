@@ -778,14 +778,19 @@ class ActiveLearner:
         else:
             self.model.update(frames, n_sparse=self._new_sparse(len(frames)), sparse_selection="variance",
                               exact_frames=self.exact_frames)
-        if self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1):
-            self._optimize()
+        optimized = self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1)
+        if optimized:
+            self._optimize()  # (calibrates)
         elif (self._n_projected()
               and self.n_labelled >= 1.5 * max(self._last_opt, 1)):
             # no hyperparameter schedule: projected columns made exact on the same geometric one
             self._last_opt = self.n_labelled
             self.model.refit()
         self._times["update"] += time.perf_counter() - t0
+        if not optimized and self.bootstrap_done:
+            # the trigger compares calibrated stds: a calibration of the previous model, whose
+            # frames have just been joined by these, may hold its threshold far off
+            self.calibrate()
         for w in self.walkers:
             w.atoms.calc.reset()
         # the adaptive level restarts from the updated model's uncertainty: the next
