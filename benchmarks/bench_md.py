@@ -205,7 +205,14 @@ CPU/wall 1.26-1.32, the second thread mostly idle; the fourth gave 29.9, and run
 thread policy samples the machine's runnable tasks at most once a second, and a sample
 that meets another task runnable for a moment (3 runnable, 2 of them gpal's) holds the
 next second to one thread; in 2 of 11 fresh processes it fell on the first second of
-MD. Quote runs with blocks of 60 steps or more.
+MD. Since the policy believes a rise in busy cores only when a second look 0.1 s later
+still sees it, nine fresh processes of the same short run (``--steps 20``) all used both
+cores: CPU/wall 1.95-2.01, 31.0-33.0 µs/atom (gpal/EMT 0.52-0.53).
+
+This release, ``--threads default``, ``--load both --steps 60 --blocks 7`` with GAP (load
+average 0.1-1.0), wall µs/atom/step: quiet 33.2 / 26.3 (gpal/EMT 0.55 / 0.43, GAP/gpal 59 /
+70), busy 48.9 / 44.8 (0.81 / 0.72, 40 / 42); a second quiet run (``--steps 100``) 32.1 /
+25.9 (0.54 / 0.43, 61 / 71). Per core the targets stay missed, as above.
 
 Run::
 
