@@ -725,26 +725,19 @@ class ActiveLearner:
                 self._reasons.append(reason)
                 self.n_labelled += 1
 
-        def counted() -> None:
-            self._times["oracle"] += time.perf_counter() - t0
-            self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
-
         broken = None
         try:
-            labelled, failures = self.oracle.label(frames, on_label=arrived)
+            try:
+                labelled, failures = self.oracle.label(frames, on_label=arrived)
+            finally:  # (the calls made are counted whatever happened; on Ctrl-C run() saves them)
+                self._times["oracle"] += time.perf_counter() - t0
+                self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
         except BrokenOracleError as exc:  # no more labels from this oracle: save, then say so
-            counted()
             broken, labelled, failures = exc, exc.labelled, exc.failures
         except Exception:  # a label could not be written (a full disk): the calls made are saved if they can be
-            counted()
             with contextlib.suppress(Exception):
                 self.checkpoint(model=False)
             raise
-        except BaseException:  # Ctrl-C: run() saves
-            counted()
-            raise
-        else:
-            counted()
         good = [a for a in labelled if a is not None]
         self._last_failures = failures
         for f in failures:
