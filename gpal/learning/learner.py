@@ -1516,11 +1516,15 @@ class ActiveLearner:
         (:class:`gpal.calibration.TwoTermCalibrator`; σ the SoR force std, σ_n the force
         noise, ν the novelty of the atom's environment, capped at the largest ν of the
         fit), and the 90 % split-conformal
-        quantile of the errors in units of that std; the *judging* half, used for
+        quantile of the errors in units of that std (each frame's scores measured in a
+        calibration fitted on the half's other frames:
+        :func:`gpal.calibration.fit_two_term_conformal`); the *judging* half, used for
         neither, gives the held-out force RMSE and the calibrated mean z² and 90 %
         coverage that the stopping rule and the log report. The result is stored in
         the model (``calibration_["forces_std"]``, used by ``predict(calibrated=True)``).
-        At most the 40 most recent frames are used: the cost is
+        The learner calls it after the bootstrap and after every model update (the
+        trigger's calibrated stds follow the model), at stop checks and at the end of a
+        run. At most the 40 most recent frames are used: the cost is
         O(frames x rows x n_sparse²), about one refactorisation.
 
         Returns
