@@ -424,6 +424,19 @@ def _chunk_rows(ch, n, n_chunks):
 
 
 @numba.njit(cache=True)
+def _row_dot(a, b, r, n):
+    """``Σ_j a[r, j] b[r, j]`` over ``j < n``, in two accumulators (the row passes' reductions)."""
+    a0 = 0.0
+    a1 = 0.0
+    for j in range(0, n - 1, 2):
+        a0 += a[r, j] * b[r, j]
+        a1 += a[r, j + 1] * b[r, j + 1]
+    if n % 2:
+        a0 += a[r, n - 1] * b[r, n - 1]
+    return a0 + a1
+
+
+@numba.njit(cache=True)
 def _gemm(ta, tb, m, n, k, A, lda, B, ldb, C, ldc):
     """Column-major ``C (m, n) = op(A) op(B)`` (Fortran BLAS dgemm, beta 0)."""
     ch = np.empty(2, np.uint8)
@@ -542,14 +555,7 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
             if with_sor:
                 _trmm_left(85, m, rb, U, buf)  # 'U': upper
                 for r in range(rb):
-                    a0 = 0.0
-                    a1 = 0.0
-                    for j in range(0, m - 1, 2):
-                        a0 += buf[r, j] * buf[r, j]
-                        a1 += buf[r, j + 1] * buf[r, j + 1]
-                    if m % 2:
-                        a0 += buf[r, m - 1] * buf[r, m - 1]
-                    sor[s + r] = a0 + a1
+                    sor[s + r] = _row_dot(buf, buf, r, m)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -577,14 +583,7 @@ def _quadratic_terms_rows(Xh, A, Zh, with_k, s2, q, G, K, n_chunks):
         # row-major G_r (rb, F) = X̂_r A is column-major G_rᵀ (F, rb) = Aᵀ X̂_rᵀ = A X̂_rᵀ
         _gemm(78, 78, F, rb, F, A, F, Xh[r0:r1], F, G[r0:r1], F)
         for r in range(r0, r1):
-            a0 = 0.0
-            a1 = 0.0
-            for f in range(0, F - 1, 2):
-                a0 += G[r, f] * Xh[r, f]
-                a1 += G[r, f + 1] * Xh[r, f + 1]
-            if F % 2:
-                a0 += G[r, F - 1] * Xh[r, F - 1]
-            q[r] = a0 + a1
+            q[r] = _row_dot(G, Xh, r, F)
         if with_k:
             Kr = K[r0:r1]
             _gemm(84, 78, m, rb, F, Zh, F, Xh[r0:r1], F, Kr, m)
