@@ -403,4 +403,11 @@ def select_kernel_by_evidence(
             UserWarning,
             stacklevel=2,
         )
+    if getattr(best_model, "_zetas", None) is not None:
+        # the winner's ζ becomes its kernel parameter (signal variance free from the fitted
+        # value, as chosen), so get_params, clone, a saved file and select_hyperparameters
+        # keep it instead of choosing ζ again
+        (zeta,) = best_model._zetas
+        del best_model._zetas
+        best_model.kernel = NormalizedDotProduct(zeta=zeta, signal_variance=float(best_model.kernel_.signal_variance))
     return EvidenceSelection(best_model, rows, best)

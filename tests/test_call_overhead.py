@@ -103,9 +103,9 @@ def test_bad_input_still_raises_through_the_calculator(model):
     with pytest.raises(UnknownSpeciesError, match="Au"):
         bad.get_forces()
     bad = a.copy()
-    bad.positions[1] = bad.positions[0] + [0.1, 0.0, 0.0]
+    bad.positions[1] = bad.positions[0] + [0.06, 0.08, 0.0]
     bad.calc = calc
-    with pytest.raises(OverlappingAtomsError):
+    with pytest.raises(OverlappingAtomsError, match=r"0\.100 Å apart"):
         bad.get_forces()
     bad = a.copy()
     bad.cell = None  # periodic boundaries without a cell

@@ -140,3 +140,20 @@ def test_a_fit_warning_names_its_candidate(monkeypatch):
     cand = Candidate("dot ζ=2", NormalizedDotProduct(zeta=2), dict(SMALL_SOAP))
     with pytest.warns(UserWarning, match=r"^dot ζ=2 \(3 frames\): a bound was reached$"):
         compare_kernels(cu_frames(3), cu_frames(2, seed=5), [cand], n_sparse=20, sizes=(1.0,), progress=False)
+
+
+def test_the_evidence_winner_remembers_its_zeta():
+    """A winner whose SOAP was chosen as fit chooses it (no descriptor given) keeps its ζ
+    as its kernel parameter: get_params, clone + fit and select_hyperparameters keep it."""
+    from sklearn.base import clone
+
+    train = cu_frames(4, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = gpal.select_kernel_by_evidence(SparseGP(n_sparse=10, random_state=0), train,
+                                             [NormalizedDotProduct(zeta=1), NormalizedDotProduct(zeta=6)])
+        w = sel.model
+        z = w.zeta_
+        assert z in (1, 6) and w.get_params()["kernel"].zeta == z
+        assert w.select_hyperparameters().zeta_ == z
+        assert clone(w).fit(train).zeta_ == z

@@ -325,8 +325,12 @@ def test_the_chosen_model_is_the_one_its_soap_gives_on_all_frames(frames, auto_m
 def test_a_given_descriptor_keeps_its_sigma(frames):
     desc = soap_for(frames)
     model = quiet_fit(SparseGP(desc, n_sparse=30), frames)
-    assert model.descriptor_ is desc
+    assert model.descriptor_ is not desc and model.descriptor_.get_params() == desc.get_params()
     assert {r["sigma"] for r in model.evidence_} == {desc.sigma}
+    e = model.predict(frames[0])["energy"]
+    desc.set_params(r_cut=3.0)  # the user's object changes after the fit: the model does not
+    model.set_params(descriptor__sigma=0.7)
+    assert model.predict(frames[0])["energy"] == e
     model = quiet_fit(SparseGP(n_sparse=30, hyperparameters="fixed"), frames)
     assert model.descriptor_.sigma == 0.5 and model.descriptor_.l_max == 6
 

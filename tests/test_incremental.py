@@ -7,11 +7,14 @@ set), and the descriptor-derivative kernel rows for the SOAP-adjoint ones.
 
 from __future__ import annotations
 
+import copy
 import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from gpal import SparseGP
 from gpal.descriptors import SOAP
@@ -316,3 +319,58 @@ def test_windowed_updates_then_refit_equal_exact_updates(alloy, tmp_path):
             proj.update(alloy[8:9], n_sparse=2, exact_frames=bad)
     with pytest.raises(ValueError, match="exact_frames"):
         proj.add_sparse_environments(alloy[8], 2, exact_frames=-2)
+
+
+def test_update_fits_the_reference_energy_of_a_species_first_labelled():
+    """A species in the descriptor but in no energy-labelled frame has e0 = 0 until its
+    first labels arrive; update then fits every e0 again (DFT-like per-atom offsets
+    would otherwise be left to the GP) and the model equals a refactorisation."""
+    def offset(frames):
+        out = []
+        for a in frames:
+            b = a.copy()
+            e = a.get_potential_energy() - 1000.0 * np.sum(a.numbers == 29) - 1500.0 * np.sum(a.numbers == 47)
+            b.calc = SinglePointCalculator(b, energy=e, forces=a.get_forces(), stress=a.get_stress())
+            out.append(b)
+        return out
+
+    cu = offset(cu_frames(3, seed=1))
+    soap = SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    with pytest.warns(UserWarning, match="species Ag are in the descriptor but in no training frame"):
+        model = SparseGP(soap, n_sparse=15, hyperparameters="fixed").fit(cu)
+    assert model.e0_[47] == 0.0
+    alloy = offset(cuag_frames(3, seed=2))
+    model.update(alloy, n_sparse=8)
+    both = cu + alloy
+    fresh = SparseGP(soap, n_sparse=15, hyperparameters="fixed").fit(both)
+    np.testing.assert_allclose([model.e0_[29], model.e0_[47]], [fresh.e0_[29], fresh.e0_[47]], rtol=1e-12)
+    assert model.e0_[47] < -1400  # the offset, not the prior's zero
+    test = offset(cuag_frames(1, seed=9))[0]
+    exact = copy.deepcopy(model).refit()
+    np.testing.assert_allclose(model.predict(test)["energy"], exact.predict(test)["energy"], rtol=1e-10)
+    def err(m):
+        return abs(m.predict(test)["energy"] - test.get_potential_energy()) / len(test)
+    assert err(model) < 1.5 * err(fresh)  # as good as a fit from scratch
+    # later updates with the species already seen keep the incremental path
+    e0 = dict(model.e0_)
+    model.update(offset(cuag_frames(1, seed=4)))
+    assert model.e0_ == e0
+
+
+@pytest.mark.parametrize("method", ["variance", "fps", "random"])
+def test_new_sparse_points_skip_duplicates_among_themselves(method):
+    """A perfect (strained) crystal has one environment: any method adds it once."""
+    from ase.build import bulk
+
+    train = cu_frames(3, seed=12)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    model = SparseGP(soap, n_sparse=10, hyperparameters="fixed", random_state=0).fit(train)
+    crystal = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 2))
+    crystal.calc = EMT()
+    labelled = crystal.copy()
+    labelled.calc = SinglePointCalculator(labelled, energy=crystal.get_potential_energy(),
+                                          forces=crystal.get_forces(), stress=crystal.get_stress())
+    m = len(model.sparse_X_)
+    model.update([labelled], n_sparse=4, sparse_selection=method)
+    assert len(model.sparse_X_) == m + 1
+    assert model.add_sparse_environments(crystal, 4, sparse_selection=method) == 0

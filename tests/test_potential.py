@@ -400,6 +400,14 @@ def test_a_loaded_model_has_the_constructor_parameters_it_was_saved_with(tmp_pat
     # so a clone of the loaded model chooses its descriptor afresh, e.g. for new species
     new = clone(loaded).fit(cuag_frames(2, seed=44))
     assert set(new.species_.tolist()) == {29, 47}
+    # a numpy integer seed is kept (as an int); a previous evidence fit's log evidence is
+    # not carried into a refit with fixed hyperparameters
+    model = SparseGP(n_sparse=10, random_state=np.int64(3)).fit(frames)
+    assert model.log_marginal_likelihood_value_ is not None
+    model.set_params(hyperparameters="fixed").fit(frames[:2])
+    assert getattr(model, "log_marginal_likelihood_value_", None) is None
+    loaded = gpal.load(model.save(tmp_path / "seeded.npz"))
+    assert loaded.random_state == 3 and type(loaded.random_state) is int
 
 
 def test_corrupted_model_files(tmp_path, cu_model):

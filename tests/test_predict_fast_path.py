@@ -88,6 +88,27 @@ def test_two_species_prediction_equals_the_direct_formulas(small_blocks, kernel)
     assert_matches(model.predict(big, return_std=True), reference(model, big))
 
 
+def test_one_species_frame_of_a_two_species_model(small_blocks):
+    """A frame of one species takes the total-energy variance from that species' factor
+    (``_var_sor_of_sum``): equal to the plain formula, also after an update leaves the
+    species' columns non-contiguous."""
+    train = cuag_frames(4, seed=5)
+    model = SparseGP(soap_for(train), n_sparse=20, hyperparameters="fixed").fit(train)
+    for symbol in ("Cu", "Ag"):
+        pure = cu_frames(1, seed=8, size=(2, 2, 2))[0]
+        pure.symbols[:] = symbol
+        pure.set_cell(pure.cell * (1.13 if symbol == "Ag" else 1.0), scale_atoms=True)
+        assert_matches(model.predict(pure, return_std=True), reference(model, pure))
+    model.update(cuag_frames(2, seed=6), n_sparse=6)
+    assert assert_matches(model.predict(pure, return_std=True), reference(model, pure)) is None
+    # the shortcut and the general trsv agree on the same sums
+    exp, dE, kb = model._fused_terms(pure, np.zeros(len(pure)), keep_k=True)
+    _, _, wsum = model._local_variance_terms(kb, len(pure))
+    assert len(kb) == 1
+    np.testing.assert_allclose(model._var_sor_of_sum(wsum, kb), model._var_sor_whitened(wsum),
+                               rtol=1e-10)
+
+
 def test_stds_follow_new_frames_and_new_sparse_points(small_blocks):
     """The cached factors are rebuilt when the factorisation changes; sparse points
     added later leave a species' columns non-contiguous (the general path)."""

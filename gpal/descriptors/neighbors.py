@@ -527,6 +527,18 @@ def _max_displacement(a, b):
 
 
 @numba.njit(cache=True)
+def min_length(D):
+    """Shortest row length of ``D`` (n, 3) (inf for no rows): the closest pair of a
+    frame's pair vectors in one pass, without the (n,) array of norms."""
+    m = np.inf
+    for k in range(D.shape[0]):
+        d = D[k, 0] * D[k, 0] + D[k, 1] * D[k, 1] + D[k, 2] * D[k, 2]
+        if d < m:
+            m = d
+    return math.sqrt(m)
+
+
+@numba.njit(cache=True)
 def _filter_pairs(pos, cell, ci, cj, cS, coff, cutoff):
     """Candidate pairs (ci, cj, cS; CSR offsets coff) with ``|D| <= cutoff`` now.
 

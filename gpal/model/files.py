@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 
 import numpy as np
 from ase import Atoms
@@ -53,7 +54,9 @@ class _Files:
         }
         for name, value in self.solver_._to_arrays().items():
             arrays["solver_" + name] = value
-        rs = self.random_state if isinstance(self.random_state, (int, type(None))) else None
+        # a seed (Python or numpy integer) is kept; a Generator or RandomState cannot be stored
+        rs = (int(self.random_state) if isinstance(self.random_state, numbers.Integral)
+              and not isinstance(self.random_state, bool) else None)
         meta = {
             "gpal_version": __version__,
             "descriptor": self.descriptor_.to_dict(),

@@ -166,29 +166,32 @@ class _SparseSet:
                 dmin[r] = np.sqrt(np.clip(2 - 2 * cos.max(axis=1), 0, None))
         if method == "random":
             rng = as_rng(self.random_state)
-            cand = np.flatnonzero(dmin > 1e-3)
-            idx = rng.choice(cand, size=min(n_new, len(cand)), replace=False) if len(cand) else cand
+            order = rng.permutation(len(X))
         elif method == "fps":
-            idx = selection.farthest_point_sampling_from(Xn, min(n_new, len(Xn)), dmin, metric="euclidean")
-            idx = idx[dmin[idx] > 1e-3] if len(idx) else idx
-        else:  # variance, greedy with exclusion of near-duplicates
+            # a pick at distance <= 1e-3 from the sparse set and the earlier picks means
+            # every candidate left is a near-duplicate: stop there
+            order, dist = selection.farthest_point_sampling_from(
+                Xn, min(n_new, len(Xn)), dmin, metric="euclidean", return_distances=True)
+            order = order[dist > 1e-3]
+        else:  # variance
             K = self._k_xm(X, numbers, self.sparse_X_, self.sparse_species_)
             var = self.solver_.predict_var(K, self.kernel_.diag(X))
             order = np.argsort(-var, kind="stable")
-            chosen = []
-            for i in order:
-                if len(chosen) >= n_new:
-                    break
-                if dmin[i] <= 1e-3:
+        # greedily in that order, skipping near-duplicates (cosine distance <= 1e-3) of the
+        # sparse set and of the environments already taken, of the same species
+        chosen = []
+        for i in order:
+            if len(chosen) >= n_new:
+                break
+            if dmin[i] <= 1e-3:
+                continue
+            if chosen:
+                cos = Xn[chosen] @ Xn[i]
+                same = numbers[chosen] == numbers[i]
+                if np.any(same & (np.sqrt(np.clip(2 - 2 * cos, 0, None)) <= 1e-3)):
                     continue
-                if chosen:
-                    cos = Xn[chosen] @ Xn[i]
-                    same = numbers[chosen] == numbers[i]
-                    if np.any(same & (np.sqrt(np.clip(2 - 2 * cos, 0, None)) <= 1e-3)):
-                        continue
-                chosen.append(i)
-            idx = np.array(chosen, dtype=np.int64)
-        idx = np.asarray(idx, dtype=np.int64)
+            chosen.append(i)
+        idx = np.array(chosen, dtype=np.int64)
         return X[idx], numbers[idx].astype(np.int64)
 
     def _add_sparse(self, Znew, zspnew, exact_frames: int | None = None):
