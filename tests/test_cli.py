@@ -597,3 +597,25 @@ def test_a_calibration_on_frames_without_forces_warns(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "m.npz"), str(tmp_path / "test.xyz"), "--calibrate",
                  str(tmp_path / "eos.xyz"), "-o", str(tmp_path / "c.npz"), "--no-plots"]) == 0
     assert "the errors there are far below the model's stds" in capsys.readouterr().err
+
+
+def test_the_stored_config_of_a_run_from_a_structure_file_is_valid_input(tmp_path):
+    """gpal learn stores the effective configuration; with [structure] file it held the
+    built structure's defaults beside the file, which its own check then refused."""
+    cu_frames(1)[0].write(tmp_path / "start.xyz")
+    user = tmp_path / "c.toml"
+    user.write_text(f'run_dir = "{tmp_path / "r1"}"\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n')
+    cfg, _ = config.load_config(user)
+    assert set(cfg["structure"]) <= {"file", "index"}
+    stored = tmp_path / "stored.toml"
+    stored.write_text(config.to_toml(cfg))
+    assert config.load_config(stored)[0] == cfg
+    # a run folder's copy written by an earlier release (the defaults beside the file)
+    old = dict(cfg, structure={**cfg["structure"], "bulk": "Cu", "crystal": "fcc", "cubic": True,
+                               "repeat": [3, 3, 3]})
+    stored.write_text(config.to_toml(old))
+    assert config.load_config(stored)[0] == cfg
+    # a user's own file with both is still refused
+    user.write_text(user.read_text() + 'bulk = "Cu"\n')
+    with pytest.raises(config.ConfigError, match="exclude each other"):
+        config.load_config(user)

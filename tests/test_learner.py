@@ -1334,6 +1334,8 @@ def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
         (dict(oracle=EMT), TypeError, r"pass an instance, EMT\(\), or the string 'ase.calculators.emt:EMT'"),
         (dict(oracle={"factory": "_oracles:StrictEMT", "kwargs": {"methd": 1}}), OracleError,
          r"cannot build the oracle _oracles:StrictEMT\(methd=1\): TypeError"),
+        (dict(oracle={"factory": "ase.calculators.emt:EMT", "kwargs": {"asap_cutof": True}}), OracleError,
+         r"has no keyword 'asap_cutof' \(did you mean 'asap_cutoff'\?\)"),
         (dict(oracle="_oracles_broken:Calc"), OracleError, "importing oracle module '_oracles_broken' failed: "
                                                            "RuntimeError: licence server not reachable"),
         (dict(oracle="math:sqrt"), OracleError, "cannot build the oracle math:sqrt"),

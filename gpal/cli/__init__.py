@@ -181,7 +181,7 @@ def _resume(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir} has no config.toml to compare {args.config} with; "
                               "resume without a config (--steps N sets the length)")
         try:
-            old = config.check_config(tomllib.loads(stored.read_text()), stored)
+            old = config.without_built_defaults(config.check_config(tomllib.loads(stored.read_text()), stored))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
         diff = config.config_difference(old, config.keep_stored(cfg, user, old))

@@ -424,11 +424,28 @@ def load_config(path) -> tuple[dict, dict]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not a text (TOML) file: {exc.reason}") from exc
     user = check_config(user, path)
-    built = sorted(set(user.get("structure", {})) & {"bulk", "crystal", "a", "cubic", "repeat"})
+    if path.read_text(encoding="utf-8-sig").startswith(TOML_HEADER):
+        # a run folder's own copy: earlier releases stored the built structure's defaults
+        # beside a [structure] file; they never applied
+        user = without_built_defaults(user)
+    built = sorted(set(user.get("structure", {})) & set(_BUILT_STRUCTURE_KEYS))
     if "file" in user.get("structure", {}) and built:
         raise ConfigError(f"{path}: [structure] file and {', '.join(built)} exclude each other: the "
                           "structure is read from the file or built with ase.build.bulk, not both")
-    return fill_validation(_merge(DEFAULT_LEARN, user)), user
+    # the built structure's defaults do not apply to a structure read from a file (and the
+    # config stored in the run folder must be valid input again)
+    return fill_validation(without_built_defaults(_merge(DEFAULT_LEARN, user))), user
+
+
+_BUILT_STRUCTURE_KEYS = ("bulk", "crystal", "a", "cubic", "repeat")
+
+
+def without_built_defaults(cfg: dict) -> dict:
+    """``cfg`` without the keys of a built structure when ``[structure] file`` is given."""
+    if "file" in cfg.get("structure", {}):
+        cfg = {**cfg, "structure": {k: v for k, v in cfg["structure"].items()
+                                    if k not in _BUILT_STRUCTURE_KEYS}}
+    return cfg
 
 
 def keep_stored(cfg: dict, user: dict, stored: dict) -> dict:

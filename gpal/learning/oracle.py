@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import difflib
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -99,6 +101,12 @@ class OracleSpec:
         if calc is not None:
             return calc
         factory = self.resolve()
+        misspelt = _misspelt_keywords(factory, self.kwargs)
+        if misspelt:
+            key, close = misspelt[0]
+            raise OracleError(f"the oracle {self.factory} has no keyword {key!r} (did you mean "
+                              f"{close!r}?): an ASE calculator keeps unknown keywords without a word, "
+                              "so the run would label with its default instead")
         try:
             calc = factory(**self.kwargs)
         except Exception as exc:
@@ -116,6 +124,40 @@ class OracleSpec:
 
     def to_dict(self) -> dict:
         return {"factory": self.factory, "kwargs": dict(self.kwargs)}
+
+
+def _misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
+    """``(keyword, known keyword)`` for each of ``kwargs`` that an ASE calculator class does
+    not know but that is one typo from one it knows.
+
+    ASE's ``Calculator`` stores any keyword in ``parameters``; EMT, TBLite and most others
+    then ignore an unknown one (``TBLite(methd="GFN1-xTB")`` runs GFN2-xTB). The known
+    keywords are the class's ``default_parameters`` and its ``__init__`` arguments (over
+    its bases). Classes without ``default_parameters`` (VASP, which takes any INCAR key)
+    and keywords unlike every known one are left alone: only a near-miss is a typo.
+    """
+    params = getattr(factory, "default_parameters", None)
+    if not isinstance(factory, type) or not isinstance(params, dict) or not params:
+        return []
+    known = set(params)
+    for cls in factory.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):
+            continue
+        known.update(p.name for p in sig.parameters.values()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    known.discard("self")
+    out = []
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+            if close:
+                out.append((key, close[0]))
+    return out
 
 
 def as_oracle_spec(obj) -> OracleSpec | Any:
