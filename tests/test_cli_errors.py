@@ -106,6 +106,8 @@ CASES = [
                  "missing.xyz: No such file or directory", id="md-missing-start"),
     pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/md.pdb"],
                  "write extended XYZ (.xyz, .extxyz", id="md-output-format"),
+    pytest.param(["md", "{d}/model.npz", "{d}/train.xyz", "-o", "{d}/md.xyz", "--temperature", "0.05"],
+                 "--temperature 0.05 K, below 1 K; temperatures are in Kelvin", id="md-temperature-unit"),
     pytest.param(["validate", "{d}/missing.npz", "{d}/train.xyz"], "no model file at",
                  id="validate-missing-model"),
     pytest.param(["validate", "{d}/model.npz", "{d}/missing.xyz"], "missing.xyz: No such file",

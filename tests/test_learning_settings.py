@@ -188,6 +188,14 @@ def test_learner_refuses_bad_counts_before_any_oracle_call(tmp_path):
         _learner(tmp_path, n_bootstrap=0)
     with pytest.raises(ValueError, match=r"max_sparse \(10\) is below the model's n_sparse \(30\)"):
         _learner(tmp_path, max_sparse=10)
+    # a force threshold meant in meV/Å could never fire before the blow-up limit
+    with pytest.raises(ValueError, match="trigger threshold = 50 eV/Å is not below the blow-up force limit"):
+        _learner(tmp_path, trigger=Trigger(threshold=50))
+    with pytest.raises(ValueError, match="threshold_min = 12 eV/Å is not below .* max_force = 9 eV/Å"):
+        _learner(tmp_path, trigger=Trigger(threshold_min=12), max_force=9.0)
+    _learner(tmp_path, trigger=Trigger(threshold=50, relative_to_noise=True))  # a multiple of the noise
+    with pytest.warns(UserWarning, match=r"a step given in ps \(0.002 ps = 2 fs\) should be 2"):
+        MDSettings(timestep=0.002)
     L = _learner(tmp_path)
     with pytest.raises(ValueError, match="steps must be an integer >= 0"):
         L.run(-5)

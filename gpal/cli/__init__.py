@@ -255,6 +255,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from . import config
     from .._validation import check_atoms, check_number
     from ..learning.learner import (MDSettings, Trigger, check_budgets, check_max_temperature,
+                                    check_trigger_threshold,
                                     check_start, foreign_files, reserve_run_dir, run_dir_in_use)
     from ..learning.oracle import OracleSpec
     from ..learning.settings import FLAT_NAMES, group_flat
@@ -358,6 +359,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     check_species(structure, "[structure]")
     check_start([structure], model, oracle=oracle)  # (min_distance, n_sparse's species...) before the run folder exists
     check_max_temperature(md, learner_cfg.get("max_temperature"))
+    check_trigger_threshold(trigger, learner_cfg.get("max_force", 20.0))
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
@@ -669,6 +671,12 @@ def cmd_md(args: argparse.Namespace) -> int:
     from ..io import read_frames
     from ..model import load
 
+    from ..learning.sampler import MDSettings
+
+    try:  # the unit checks gpal learn makes (a temperature below 1 K, a time step in ps...)
+        MDSettings(temperature=args.temperature, timestep=args.timestep)
+    except ValueError as exc:
+        raise GpalError(str(exc).replace("temperature =", "--temperature").replace("timestep =", "--timestep")) from None
     out = Path(args.output)
     kind = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}.get(out.suffix.lower())
     if kind is None:

@@ -424,6 +424,20 @@ def check_max_temperature(md: MDSettings, max_temperature: float | None) -> None
                          f"highest temperature ({hottest:g} K): every MD step there would count as a blow-up")
 
 
+def check_trigger_threshold(trigger, max_force: float) -> None:
+    """``ValueError`` if a force-std threshold in eV/Å is not below the blow-up force limit
+    ``max_force``: no frame could be labelled for its uncertainty before it counted as a
+    blow-up (a threshold meant in meV/Å, 50 for 0.05 eV/Å)."""
+    if getattr(trigger, "quantity", None) != "forces_std" or getattr(trigger, "relative_to_noise", False):
+        return
+    for name in ("threshold", "threshold_min"):
+        value = getattr(trigger, name, None)
+        if value is not None and value >= max_force:
+            raise ValueError(f"trigger {name} = {value:g} eV/Å is not below the blow-up force limit "
+                             f"max_force = {max_force:g} eV/Å, so it could never fire; thresholds are in "
+                             "eV/Å (50 meV/Å is 0.05)")
+
+
 class ActiveLearner:
     """On-the-fly active learning of a gpal SparseGP.
 
@@ -557,6 +571,7 @@ class ActiveLearner:
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
         check_budgets(self.model, groups)
         check_max_temperature(self.md, self.max_temperature)
+        check_trigger_threshold(self.trigger, self.max_force)
         # the groups hold the settings (the flat names below read and write them, and
         # state.json is generated from them); the resolved defaults are written back
         if boot.rattle is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,6 +56,10 @@ class MDSettings:
         if not 1e-3 <= self.timestep <= 100:
             raise ValueError(f"timestep = {self.timestep:g} fs is outside 0.001-100 fs: the time step is in "
                              "femtoseconds (1 fs = 1e-15 s)")
+        if self.timestep < 0.05:
+            warnings.warn(f"timestep = {self.timestep:g} fs: the time step is in femtoseconds; a step "
+                          f"given in ps ({self.timestep:g} ps = {1000 * self.timestep:g} fs) should be "
+                          f"{1000 * self.timestep:g}", UserWarning, stacklevel=3)
         if 0 < max(np.atleast_1d(self.temperature)) < 1:  # (0 K: a quench, as given)
             raise ValueError(f"temperature = {self.temperature} K, below 1 K; temperatures are in Kelvin "
                              "(kT = 0.025 eV is 290 K)")
