@@ -279,6 +279,10 @@ def test_a_ramp_over_the_run_is_judged_at_its_last_step(tmp_path):
     summary = L.run(150)
     assert (summary.stop_checks["judged"], summary.stop_checks["deferred"]) == (1, 1)
     assert [d.step for d in rule.history] == [149]
+    # the next run's first scheduled check (step 200) is too close to the last one (149)
+    # to count as another of the rule's consecutive checks: the next is at 300
+    summary = L.run(1000)
+    assert [d.step for d in rule.history] == [149, 300] and summary.stopped_early
 
 
 def test_a_new_learner_does_not_take_over_another_run(tmp_path):

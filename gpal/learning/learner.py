@@ -425,17 +425,19 @@ def check_max_temperature(md: MDSettings, max_temperature: float | None) -> None
 
 
 def check_trigger_threshold(trigger, max_force: float) -> None:
-    """``ValueError`` if a force-std threshold in eV/Å is not below the blow-up force limit
-    ``max_force``: no frame could be labelled for its uncertainty before it counted as a
-    blow-up (a threshold meant in meV/Å, 50 for 0.05 eV/Å)."""
+    """Warn if a force-std threshold in eV/Å is not below the blow-up force limit
+    ``max_force``: no frame can then be labelled for its uncertainty before it counts as
+    a blow-up (a threshold meant in meV/Å, 50 for 0.05 eV/Å; on purpose, a run that
+    labels only its bootstrap and temperature steps)."""
     if getattr(trigger, "quantity", None) != "forces_std" or getattr(trigger, "relative_to_noise", False):
         return
     for name in ("threshold", "threshold_min"):
         value = getattr(trigger, name, None)
         if value is not None and value >= max_force:
-            raise ValueError(f"trigger {name} = {value:g} eV/Å is not below the blow-up force limit "
-                             f"max_force = {max_force:g} eV/Å, so it could never fire; thresholds are in "
-                             "eV/Å (50 meV/Å is 0.05)")
+            warnings.warn(f"trigger {name} = {value:g} eV/Å is not below the blow-up force limit "
+                          f"max_force = {max_force:g} eV/Å: no frame will be labelled for its "
+                          "uncertainty; thresholds are in eV/Å (50 meV/Å is 0.05)", UserWarning, stacklevel=3)
+            return
 
 
 class ActiveLearner:
@@ -1357,7 +1359,7 @@ class ActiveLearner:
         due = self.check_every and self.step and (self.step % self.check_every == 0 or last)
         if not due:
             return False
-        if self.stopping is not None and self._may_stop() and self._check_stop():
+        if self.stopping is not None and not self._judged_recently() and self._may_stop() and self._check_stop():
             return True
         return bool(self.targets is not None and self.targets.tolerance is not None and self._check_target_stop())
 
@@ -1614,6 +1616,13 @@ class ActiveLearner:
         self._log({"event": "validation", "step": self.step, **out})
         self._val_history.append((self.step, out["force_rmse"], self.oracle.n_calls))
         return out
+
+    def _judged_recently(self) -> bool:
+        """Whether the stopping rule judged a step fewer than ``check_every`` steps ago: the
+        last step of one ``run`` and the first scheduled step of the next are nearly the
+        same frame and must not count as two of the rule's consecutive checks."""
+        prev = self.stopping._previous_step() if self.stopping is not None else None
+        return prev is not None and self.step - prev < self.check_every
 
     def _may_stop(self) -> bool:
         """Whether a stop could be certified now: the held-out frames must cover what the

@@ -532,7 +532,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             if L.stopping is not None and L.check_every and (L.step // L.check_every > checked or last):
                 checked = L.step // L.check_every
                 snap["changed"] = True  # (calibration)
-                if L._may_stop() and L._check_stop():
+                if not L._judged_recently() and L._may_stop() and L._check_stop():
                     break
             if time.perf_counter() - L._last_checkpoint > L.checkpoint_seconds:
                 L.checkpoint()
