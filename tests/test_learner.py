@@ -161,6 +161,24 @@ def test_a_retry_computes_the_frame_again():
     assert np.isfinite(labelled[0].get_forces()).all()
 
 
+def test_a_frame_after_a_failed_one_gets_a_reset_calculator(caplog):
+    # EMT fails on Si half set up (no neighbour list); the next frame's first attempt
+    # must not inherit that state (it failed with "'EMT' object has no attribute 'nl'")
+    si = start().copy()
+    si.symbols[:] = "Si"
+    oracle = gpal.Oracle(EMT(), retries=1)
+    with caplog.at_level("WARNING", logger="gpal"):
+        labelled, failures = oracle.label([si], first=3)  # (the retry resets, and fails again)
+        assert labelled[0] is None and "frame 3 (attempt 2)" in caplog.text
+        si.rattle(0.01, seed=1)
+        labelled, failures = oracle.label([si])  # the same failure, named as such
+        assert labelled[0] is None and "No EMT-potential for Si" in failures[0].reason
+        labelled, failures = oracle.label([start()])
+    assert labelled[0] is not None and not failures
+    assert oracle.n_calls == 5  # Si twice and twice, Cu once
+    assert "AttributeError" not in caplog.text
+
+
 def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
     with pytest.raises(gpal.OracleError, match="non-finite"):
         learner(tmp_path / "run", NaNCalculator(), on_oracle_failure="stop", oracle_retries=0).run(10)

@@ -725,7 +725,7 @@ class ActiveLearner:
 
     # ------------------------------------------------------------------ labelling
     def _label(self, frames: list[Atoms], reason: str, walkers: Sequence[int] | None = None,
-               steps: Sequence[int] | None = None) -> list[Atoms]:
+               steps: Sequence[int] | None = None, first: int = 0) -> list[Atoms]:
         """Label ``frames`` (each saved to train.xyz as it arrives); ``steps`` the MD step
         of each frame (default: the learner's step)."""
         t0 = time.perf_counter()
@@ -745,7 +745,7 @@ class ActiveLearner:
         broken = None
         try:
             try:
-                labelled, failures = self.oracle.label(frames, on_label=arrived)
+                labelled, failures = self.oracle.label(frames, on_label=arrived, first=first)
             finally:  # (the calls made are counted whatever happened; on Ctrl-C run() saves them)
                 self._times["oracle"] += time.perf_counter() - t0
                 self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
@@ -962,7 +962,7 @@ class ActiveLearner:
             # frame; a frame it cannot label among good ones is skipped as any other
             tried = 0
             while todo and not labelled:
-                labelled = self._label(todo[:1], "bootstrap")
+                labelled = self._label(todo[:1], "bootstrap", first=tried)
                 todo, tried = todo[1:], tried + 1
                 if not labelled and tried == _FIRST_FRAMES and todo:
                     raise OracleError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "

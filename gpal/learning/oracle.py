@@ -387,6 +387,7 @@ class Oracle:
         self.n_calls = 0
         self.n_failures = 0
         self.wall_time = 0.0
+        self._failed_last = False  # the last local call failed: reset the calculator first
         if executor is not None and isinstance(self.calculator, OracleSpec):
             _WORKER_CALCS.pop(_slot(self.calculator.key()), None)  # (its check's calculator: the workers build their own)
         if executor is not None and not isinstance(self.calculator, OracleSpec):
@@ -432,7 +433,8 @@ class Oracle:
         t0 = time.monotonic()
         return [t0 + self.timeout * (1 + k // workers) for k in range(n)]
 
-    def label(self, frames: list[Atoms], on_label=None) -> tuple[list[Atoms | None], list[LabelFailure]]:
+    def label(self, frames: list[Atoms], on_label=None, *,
+              first: int = 0) -> tuple[list[Atoms | None], list[LabelFailure]]:
         """Label ``frames`` (concurrently when an executor is set).
 
         Parameters
@@ -441,6 +443,9 @@ class Oracle:
         on_label : callable, optional
             ``on_label(index, labelled_atoms)`` is called as each label arrives, before
             the others are waited for (the learner writes it to disk there).
+        first : int, default 0
+            Number of the first frame in warnings (frames sent one call at a time are
+            told apart).
 
         Returns
         -------
@@ -457,7 +462,7 @@ class Oracle:
 
         def failed(i: int, exc: BaseException, retry: bool = True) -> None:
             reasons[i] = f"{type(exc).__name__}: {exc}"
-            log.warning("oracle failed on frame %d (attempt %d): %s", i, attempts[i], reasons[i])
+            log.warning("oracle failed on frame %d (attempt %d): %s", first + i, attempts[i], reasons[i])
             if retry and getattr(exc, "retryable", True):
                 again.append(i)
 
@@ -476,11 +481,15 @@ class Oracle:
                     attempts[i] += 1
                     self.n_calls += 1
                     try:
-                        res = self._run_local(frames[i], fresh=attempts[i] > 1)
+                        # after any failure the calculator is reset first: a failed call can
+                        # leave it half set up (EMT without its neighbour list)
+                        res = self._run_local(frames[i], fresh=attempts[i] > 1 or self._failed_last)
                         _check_result(res, len(frames[i]))
                     except Exception as exc:  # the oracle is foreign code: any failure is logged
+                        self._failed_last = True
                         failed(i, exc)
                         continue
+                    self._failed_last = False
                     arrived(i, res)
             else:
                 futures = {}
