@@ -1324,8 +1324,17 @@ def test_a_continued_run_reports_its_own_stop(tmp_path):
                 n_bootstrap=2, trigger=Trigger(threshold=0.001, every=2, max_labels=10, adaptive=False),
                 md=MDSettings(temperature=600))
     assert L.run(200).stopped_early
-    again = L.run(L.step + 5)  # judged at its last step: met, but the run was not ended early
-    assert not again.stopped_early and len(L.stopping.history) >= 2 and L.stopping.history[-1].stop
+    met = L.stopping.history[-1].step
+    # 5 steps more: too close to the last judged check to be judged again (it would count
+    # as another consecutive check); the rule stays met, and this run was not ended early
+    again = L.run(L.step + 5)
+    assert not again.stopped_early and len(L.stopping.history) == 1
+    line = next(x for x in str(again).splitlines() if "stopping rule" in x)
+    assert f"met at step {met}" in line
+    assert L.run(L.step + 15).stopped_early  # judged again 10 steps after the last check
+    # a run whose last step is the next check: judged there, met, but not ended early
+    again = L.run(L.stopping.history[-1].step + 11)
+    assert not again.stopped_early and len(L.stopping.history) == 3 and L.stopping.history[-1].stop
     line = next(x for x in str(again).splitlines() if "stopping rule" in x)
     assert f"met at step {L.step - 1}" in line
 
