@@ -7,6 +7,8 @@ numerical code behind it can assume clean input.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +125,17 @@ def _det3(cell: np.ndarray) -> float:
     """Determinant of a 3x3 cell matrix (the signed volume, Å^3), without LAPACK."""
     (a, b, c), (d, e, f), (g, h, i) = cell.tolist()
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the function that calls this one: the
+    first caller outside the gpal package (a user's line, whatever gpal functions and
+    thread-policy wrappers lie between)."""
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_min_distance(distances, min_distance: float, what="atoms") -> None:

@@ -116,6 +116,10 @@ def test_fit_info_validate_md(files, capsys):
         assert np.all(a.arrays["forces_std"] > 0)
         assert "energies_std" not in a.info and a.info["gpal_std"] == "forces_std calibrated, energies_std raw"
         assert a.get_forces().shape == (32, 3)
+    # its frames hold the model's predictions: validated (or fitted) as labels, they warn
+    capsys.readouterr()
+    main(["validate", str(files / "calibrated.npz"), str(out_xyz), "--no-plots"])
+    assert "warning: 5 of the 5 test frames in" in capsys.readouterr().err
     assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
                  "--steps", "10", "--interval", "5", "-q"]) == 0
     assert len(read(files / "md.traj", ":")) == 3

@@ -535,3 +535,16 @@ def test_from_dscribe_and_to_dscribe_give_the_same_features(weighting):
     with pytest.raises(ValueError, match="average="):
         SOAP.from_dscribe(DscribeSOAP(species=["Cu"], r_cut=3.8, n_max=4, l_max=3, average="inner",
                                       periodic=True))
+
+
+def test_a_cutoff_in_another_unit_is_one_clear_error():
+    """r_cut = 50 (Bohr, or a typo) makes the GTO overlap singular to working precision:
+    one ValueError naming the unit, not a LinAlgWarning per angular channel."""
+    import warnings
+
+    from ase.build import bulk
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"singular to working precision.*is r_cut in Å"):
+            SOAP(["Cu"], r_cut=50.0, n_max=8, l_max=6).create(bulk("Cu", cubic=True))

@@ -722,3 +722,17 @@ def test_fit_with_progress_shows_its_passes_and_fits_the_same(capsys):
     np.testing.assert_array_equal(shown.alpha_, quiet.alpha_)
     fixed = SparseGP(n_sparse=20, hyperparameters="fixed").fit(frames, progress=True)
     assert "kernel rows" in capsys.readouterr().err and fixed.alpha_ is not None
+
+
+def test_warnings_point_at_the_users_line():
+    """A warning from inside fit or predict (past gpal's own calls and thread-policy
+    wrappers) names the caller's file and line, not gpal's."""
+    frames = cu_frames(2, seed=5)
+    soap = SOAP(species=["Cu", "Ag"], periodic=False, **SMALL_SOAP)  # Ag in no frame; pbc ignored
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)
+        model.predict(frames[0])
+    texts = [str(w.message) for w in caught]
+    assert any("periodic=False" in t for t in texts) and any("in no training frame" in t for t in texts)
+    assert {w.filename for w in caught} == {__file__}

@@ -467,7 +467,13 @@ def _read_labelled(path, args, what: str) -> list:
         frames = relabel_frames(frames, source=str(path), **keys)
     from .._validation import check_frames
 
-    return check_frames(frames, what=f"{what} {path}")
+    frames = check_frames(frames, what=f"{what} {path}")
+    predicted = sum("gpal_std" in a.info for a in frames)  # (what gpal md writes)
+    if predicted and not any(keys.values()):
+        warnings.warn(f"{predicted} of the {len(frames)} {what} in {path} were written by gpal md: their "
+                      "energies and forces are a model's predictions, not oracle labels", UserWarning,
+                      stacklevel=1)
+    return frames
 
 
 def _descriptor_from_args(args, frames):

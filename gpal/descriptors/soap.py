@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -402,7 +403,15 @@ def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndar
         # overlap of r^l e^{-a r^2} functions:
         # Gamma(l + 3/2) / (2 (a_i + a_j)^{l + 3/2})
         s = 0.5 * gamma(ell + 1.5) * np.add.outer(al, al) ** (-ell - 1.5)
-        b = scipy.linalg.sqrtm(scipy.linalg.inv(s))
+        with warnings.catch_warnings():
+            # (from r_cut ~20-30 Å on the overlap is singular to working precision: the
+            # basis would be noise, so it is an error, once, not a LinAlgWarning per l)
+            warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+            try:
+                b = scipy.linalg.sqrtm(scipy.linalg.inv(s))
+            except scipy.linalg.LinAlgWarning as exc:
+                raise ValueError(f"the GTO radial basis for r_cut={r_cut} Å, n_max={n_max} is singular to "
+                                 f"working precision ({exc}); is r_cut in Å? (lower n_max or r_cut)") from None
         if np.iscomplexobj(b):
             if np.abs(b.imag).max() > 1e-10 * np.abs(b.real).max():
                 raise ValueError(

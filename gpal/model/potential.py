@@ -64,6 +64,7 @@ from .._validation import (
     check_number,
     frame_labels,
     species_number,
+    user_stacklevel,
 )
 from ..descriptors import SOAP, Descriptor, pair_forces, pair_stress
 from ..descriptors.neighbors import min_length
@@ -463,7 +464,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 "atoms are ignored and they are evaluated as an isolated cluster (a descriptor "
                 "with periodic=True respects each structure's pbc)",
                 UserWarning,
-                stacklevel=4,  # (past the thread-policy wrapper)
+                stacklevel=user_stacklevel(),
             )
 
     def _check_params(self) -> None:
@@ -603,7 +604,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 "their local energies are the prior (zero, with baseline e0 = 0) until frames "
                 "containing them are added",
                 UserWarning,
-                stacklevel=3,  # (past _fit_frames and fit)
+                stacklevel=user_stacklevel(),
             )
 
         X_list = [self.descriptor_.create(a) for a in self._bar(self.frames_, "descriptors", len(self.frames_))]
