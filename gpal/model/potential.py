@@ -1366,6 +1366,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         hyperparameter refit) makes the model exact again; the number of points added
         this way is ``solver_.n_projected_``.
 
+        With ``e0="fit"``, frames bringing the first energy labels of a species (one in
+        the descriptor but in no energy-labelled frame so far, whose reference energy was
+        0) fit every species' reference energy again on all frames, which changes every
+        stored energy target: that update refactorises from all frames once, as
+        :meth:`refit` does.
+
         Parameters
         ----------
         frames : list of ase.Atoms
