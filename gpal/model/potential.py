@@ -582,6 +582,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self.kernel_ = (self.kernel if self.kernel is not None else NormalizedDotProduct(zeta=4)).clone()
         self.evidence_ = None
         self.__dict__.pop("log_marginal_likelihood_value_", None)  # a previous fit's choice
+        self.__dict__.pop("_e0_seen", None)  # (update's record of the frames seen so far)
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
