@@ -28,10 +28,11 @@ Printed per system (targets in brackets):
 
 Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
 Cu-Ni), ``molecule`` (ethanol with GFN2-xTB; needs ``pip install tblite``) and ``cu``
-(pure EMT Cu, the development system, quick); and four held out, run only to check the
+(pure EMT Cu, the development system, quick); and six held out, run only to check the
 defaults on systems they were not developed on: ``interstitial`` (EMT Ni with a relaxed
 self-interstitial), ``alloy-agpd`` (random EMT Ag-Pd), ``butane`` (trans-butane with
-GFN2-xTB) and ``cf4`` (CF4 with GFN2-xTB, 1 fs steps). Their protocols are in ``SYSTEMS`` below.
+GFN2-xTB), ``cf4`` (CF4 with GFN2-xTB, 1 fs steps), ``au-surface`` (an EMT Au(111) slab
+with an adatom) and ``methanol`` (GFN2-xTB). Their protocols are in ``SYSTEMS`` below.
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
@@ -168,6 +169,30 @@ def cf4(rng):
     return molecule("CF4")
 
 
+def au_adatom_surface(rng):
+    """Au(111) slab (ase.build.fcc111('Au', size=(3, 3, 4), vacuum=8, periodic=True): 36
+    atoms, 3x3 surface cell, 4 layers, 16 Å of vacuum, periodic in all three directions)
+    with one Au adatom put 2.3 Å above an fcc hollow of the top layer, the slab and adatom
+    relaxed with EMT (BFGS, fmax 0.01 eV/Å; the user's preparation, not counted): 37 atoms
+    (held out)."""
+    from ase.build import add_adsorbate, fcc111
+    from ase.optimize import BFGS
+
+    atoms = fcc111("Au", size=(3, 3, 4), vacuum=8.0, periodic=True)
+    add_adsorbate(atoms, "Au", 2.3, "fcc")
+    atoms.positions[-1, :2] += rng.normal(0.0, 0.05, 2)
+    atoms.calc = EMT()
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
+    atoms.calc = None
+    atoms.info.pop("adsorbate_info", None)  # a dict extxyz cannot write (warns on every frame)
+    return atoms
+
+
+def methanol(rng):
+    """Methanol (ase.build.molecule('CH3OH'), 6 atoms), no cell (held out)."""
+    return molecule("CH3OH")
+
+
 def emt():
     return EMT()
 
@@ -208,6 +233,14 @@ SYSTEMS = {
     "butane": dict(
         build=butane, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
         temperature=(300.0, 700.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
+    ),
+    "au-surface": dict(
+        build=au_adatom_surface, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 900.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "methanol": dict(
+        build=methanol, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
+        temperature=(300.0, 800.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
     ),
     "cu": dict(
         build=cu_bulk, oracle=emt, oracle_name="EMT",
