@@ -303,6 +303,20 @@ def test_a_ramp_over_the_run_is_judged_at_its_last_step(tmp_path):
     assert [d.step for d in rule.history] == [149, 300] and summary.stopped_early
 
 
+def test_stop_checks_repeated_after_a_kill_count_once(tmp_path):
+    """A run killed after its last checkpoint logs the checks past it again when resumed;
+    the summary counts the timeline the run continued, not both."""
+    L = learner(tmp_path / "run", stopping=StoppingRule(tolerance=50.0, patience=3, use="scale"))
+    (tmp_path / "run").mkdir()
+    for step, stop in [(20, False), (40, False), (60, True)]:  # before the kill
+        L._log({"event": "stop_check", "step": step, "stop": stop})
+    L._log({"event": "stop_check", "step": 10, "deferred": "fewer than 4 labels"})  # resumed at step 0
+    for step in (20, 40):  # made again; the kill's step 60 was not reached again
+        L._log({"event": "stop_check", "step": step, "stop": False})
+    assert L._stop_checks() == {"judged": 2, "deferred": 1, "last_deferred": "fewer than 4 labels",
+                                "met_at": None}
+
+
 def test_a_new_learner_does_not_take_over_another_run(tmp_path):
     L = learner(tmp_path / "run")
     L.run(20)

@@ -1712,7 +1712,15 @@ class ActiveLearner:
         ``deferred``, the reason of the last deferral and ``met_at``, the step of the last
         check that found the rule met (None if none did)."""
         out = {"judged": 0, "deferred": 0, "last_deferred": "", "met_at": None}
+        kept: list = []
         for rec in self._log_records("stop_check"):
+            # a step at or before one already logged: the run was resumed from an earlier
+            # checkpoint after a kill, and the checks logged past that point were made again
+            # (or never will be): only the timeline the run continued counts
+            while kept and kept[-1].get("step", -1) >= rec.get("step", -1):
+                kept.pop()
+            kept.append(rec)
+        for rec in kept:
             if rec.get("deferred"):
                 out["deferred"] += 1
                 out["last_deferred"] = rec["deferred"]
