@@ -682,7 +682,8 @@ def cmd_md(args: argparse.Namespace) -> int:
     try:  # the unit checks gpal learn makes (a temperature below 1 K, a time step in ps...)
         MDSettings(temperature=args.temperature, timestep=args.timestep)
     except ValueError as exc:
-        raise GpalError(str(exc).replace("temperature =", "--temperature").replace("timestep =", "--timestep")) from None
+        raise GpalError(str(exc).replace("temperature =", "--temperature")
+                        .replace("timestep =", "--timestep")) from None
     out = Path(args.output)
     kind = {".xyz": "extxyz", ".extxyz": "extxyz", ".traj": "traj"}.get(out.suffix.lower())
     if kind is None:

@@ -53,7 +53,8 @@ from ase.data import chemical_symbols
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number
+from .._validation import (as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number,
+                           user_stacklevel)
 from ..calculator import GPCalculator
 from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
@@ -436,7 +437,8 @@ def check_trigger_threshold(trigger, max_force: float) -> None:
         if value is not None and value >= max_force:
             warnings.warn(f"trigger {name} = {value:g} eV/Å is not below the blow-up force limit "
                           f"max_force = {max_force:g} eV/Å: no frame will be labelled for its "
-                          "uncertainty; thresholds are in eV/Å (50 meV/Å is 0.05)", UserWarning, stacklevel=3)
+                          "uncertainty; thresholds are in eV/Å (50 meV/Å is 0.05)", UserWarning,
+                          stacklevel=user_stacklevel())
             return
 
 

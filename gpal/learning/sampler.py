@@ -11,7 +11,7 @@ import numpy as np
 from ase import units
 from ase.md.langevin import Langevin
 
-from .._validation import check_number
+from .._validation import check_number, user_stacklevel
 from ..exceptions import OverlappingAtomsError
 
 
@@ -59,7 +59,7 @@ class MDSettings:
         if self.timestep < 0.05:
             warnings.warn(f"timestep = {self.timestep:g} fs: the time step is in femtoseconds; a step "
                           f"given in ps ({self.timestep:g} ps = {1000 * self.timestep:g} fs) should be "
-                          f"{1000 * self.timestep:g}", UserWarning, stacklevel=3)
+                          f"{1000 * self.timestep:g}", UserWarning, stacklevel=user_stacklevel())
         if 0 < max(np.atleast_1d(self.temperature)) < 1:  # (0 K: a quench, as given)
             raise ValueError(f"temperature = {self.temperature} K, below 1 K; temperatures are in Kelvin "
                              "(kT = 0.025 eV is 290 K)")
