@@ -736,3 +736,24 @@ def test_warnings_point_at_the_users_line():
     texts = [str(w.message) for w in caught]
     assert any("periodic=False" in t for t in texts) and any("in no training frame" in t for t in texts)
     assert {w.filename for w in caught} == {__file__}
+
+
+def test_score_and_scikit_learn_model_selection():
+    """score is the R² of the force components; cross_val_score and GridSearchCV use it
+    (fit(X, y=None) as scikit-learn calls it)."""
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    frames = cu_frames(6, seed=21)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    model = SparseGP(soap, n_sparse=15, hyperparameters="fixed").fit(frames[:4])
+    F = np.concatenate([a.get_forces().ravel() for a in frames[4:]])
+    P = np.concatenate([model.predict(a)["forces"].ravel() for a in frames[4:]])
+    r2 = 1 - np.sum((F - P) ** 2) / np.sum((F - F.mean()) ** 2)
+    assert model.score(frames[4:]) == pytest.approx(r2, rel=1e-12) and 0.5 < r2 < 1
+    scores = cross_val_score(SparseGP(soap, n_sparse=15, hyperparameters="fixed"), frames, cv=3)
+    assert scores.shape == (3,) and np.all(scores > 0.5)
+    grid = GridSearchCV(SparseGP(soap, n_sparse=15, hyperparameters="fixed"),
+                        {"kernel": [NormalizedDotProduct(zeta=2), NormalizedDotProduct(zeta=4)]}, cv=3).fit(frames)
+    assert grid.best_params_["kernel"].zeta in (2, 4) and grid.best_estimator_.score(frames) > 0.5
+    with pytest.raises(TypeError, match="y must be None"):
+        SparseGP(soap).fit(frames, np.zeros(6))

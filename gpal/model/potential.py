@@ -522,7 +522,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
 
     @_thread_policy(_fit_size)
-    def fit(self, frames, progress: bool = False) -> "SparseGP":
+    def fit(self, frames, y=None, *, progress: bool = False) -> "SparseGP":
         """Fit to labelled frames.
 
         Parameters
@@ -531,6 +531,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             Each with at least one of energy, forces or stress, as ``ase.io.read``
             returns them from an extxyz file (or with a finished calculator attached).
             Molecules simply carry no stress.
+        y : None
+            Unused: the labels are in the frames (scikit-learn's ``fit(X, y)``, so that
+            ``cross_val_score`` and ``GridSearchCV`` can call it).
         progress : bool, default False
             Progress bars (tqdm, on stderr) over the passes through the frames: the
             descriptors, each ranking of the evidence's candidates, the kernel rows.
@@ -564,6 +567,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         UserWarning
             A chosen noise or signal variance sits at a bound of its range.
         """
+        if y is not None:
+            raise TypeError("SparseGP.fit takes the labels from the frames (energy, forces, stress); "
+                            f"y must be None, got {type(y).__name__}")
         self._fit_progress = bool(progress)
         try:
             return self._fit_frames(frames)
@@ -1088,6 +1094,49 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             return 0.0
         v = _dtrsv(self.solver_.R_w_.T, np.ascontiguousarray(w, dtype=np.float64), trans=0, lower=1)
         return float(np.dot(v, v))
+
+    def score(self, frames, y=None) -> float:
+        """R² of the force components of labelled ``frames`` (scikit-learn's regressor score).
+
+        ``1 - Σ (F - F_pred)² / Σ (F - mean F)²`` over every force component of the
+        frames with forces (:func:`sklearn.metrics.r2_score`); of the energies per atom
+        when no frame has forces. What ``cross_val_score(model, frames)`` and
+        ``GridSearchCV`` maximise unless given another ``scoring``.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            Labelled as for :meth:`fit`.
+        y : None
+            Unused (the labels are in the frames).
+
+        Returns
+        -------
+        float
+        """
+        from sklearn.metrics import r2_score
+
+        if y is not None:
+            raise TypeError(f"SparseGP.score takes the labels from the frames; y must be None, got {type(y).__name__}")
+        check_is_fitted(self)
+        frames = check_frames(frames)
+        f_true, f_pred, e_true, e_pred = [], [], [], []
+        for a in frames:
+            lab = frame_labels(a)
+            if lab.forces is None and lab.energy is None:
+                continue
+            pred = self.predict(a)
+            if lab.forces is not None:
+                f_true.append(np.ravel(lab.forces))
+                f_pred.append(np.ravel(pred["forces"]))
+            if lab.energy is not None:
+                e_true.append(lab.energy / len(a))
+                e_pred.append(pred["energy"] / len(a))
+        if f_true:
+            return float(r2_score(np.concatenate(f_true), np.concatenate(f_pred)))
+        if len(e_true) < 2:
+            raise ValueError("score needs forces, or energies of at least 2 frames")
+        return float(r2_score(e_true, e_pred))
 
     def residuals(self, frames, *, calibrated: bool = False) -> dict:
         """Prediction errors and stds on labelled frames (one evaluation per frame).
