@@ -317,6 +317,33 @@ def test_stop_checks_repeated_after_a_kill_count_once(tmp_path):
                                 "met_at": None}
 
 
+def test_run_again_after_an_interrupt_in_a_model_update(tmp_path, monkeypatch):
+    """A notebook's Kernel > Interrupt landing inside a model update leaves the model in
+    memory cut short; run() again continues from the run folder (as resume does) and
+    never saves the broken model over the good one."""
+    L = learner(tmp_path / "run")
+    L.run(20)
+    saved = (tmp_path / "run" / "model.npz").read_bytes()
+    original = SparseGP.update
+
+    def cut_short(self, *a, **k):  # half an update: the weights already overwritten
+        self.alpha_ = np.full_like(self.alpha_, np.nan)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SparseGP, "update", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        L.run(200)
+    assert (tmp_path / "run" / "model.npz").read_bytes() == saved
+    L.checkpoint()  # (a checkpoint by hand keeps the saved model too)
+    assert (tmp_path / "run" / "model.npz").read_bytes() == saved
+    monkeypatch.setattr(SparseGP, "update", original)
+    summary = L.run(200)
+    assert summary.steps == 200 and np.all(np.isfinite(L.model.alpha_))
+    labels = frames_in(tmp_path / "run" / "train.xyz")
+    assert len(L.model.frames_) == len(labels) == summary.labelled_frames
+    assert summary.oracle_calls == len(labels)
+
+
 def test_a_new_learner_does_not_take_over_another_run(tmp_path):
     L = learner(tmp_path / "run")
     L.run(20)

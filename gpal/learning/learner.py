@@ -623,6 +623,7 @@ class ActiveLearner:
         self.total_steps = 0
         self.ramp_steps: int | None = None
         self._stopped = (False, "")
+        self._interrupted = False  # run() was interrupted: it reloads from the run folder first
         self.stopped_early_ = None  # (a resumed run: why it had ended before its total, if it had)
         self._val_history: list = []
         self.targets = targets  # gpal.TargetSet or None
@@ -659,7 +660,9 @@ class ActiveLearner:
         as it is (after an interrupt, which may have cut a model update short).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if model and self.model.alpha_ is not None:
+        if model and self.model.alpha_ is not None and not self._interrupted:
+            # (after an interrupt the model in memory may be an update cut short: the
+            # saved one stands until run() has reloaded the learner from the run folder)
             self.model.save(self.run_dir / "model.npz")
         self._last_checkpoint = time.perf_counter()
         arrays = {}
@@ -1102,6 +1105,8 @@ class ActiveLearner:
                 (self.run_dir / "run.lock").unlink(missing_ok=True)
             raise
         try:
+            if self._interrupted:
+                self._reload()
             if steps < self.step:
                 warnings.warn(f"run({steps}): the run has already made {self.step} steps; steps is a "
                               "total, not an increment, so no MD step is run", UserWarning, stacklevel=2)
@@ -1115,13 +1120,29 @@ class ActiveLearner:
                 raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
                 #        with the KeyboardInterrupt in its cause/context chain)
             # not the model: the interrupt may have cut an update short. The last model
-            # saved stands; resume adds the labels of train.xyz it has not seen.
+            # saved stands; resume adds the labels of train.xyz it has not seen, and so
+            # does this learner's next run() (_reload)
+            self._interrupted = True
             self.checkpoint(model=False)
             self._log({"event": "interrupted", "step": self.step})
             raise
         finally:
             _unlock_run_dir(self._lock)
             self._lock = None
+
+    def _reload(self) -> None:
+        """After an interrupted :meth:`run`: become what :meth:`resume` of the run folder
+        gives (the saved model, the labels of train.xyz it has not seen, the saved
+        walkers and state), with this learner's oracle and executors. The interrupt may
+        have cut a model update short (a notebook's second ``run`` then continued with a
+        broken model and saved it over the good one)."""
+        fresh = type(self)._resume(self.run_dir, self.run_dir / "state.json", self.oracle_spec,
+                                   self.oracle.executor, self.walker_executor, {})
+        lock, progress = self._lock, self.progress  # (progress is not part of the saved state)
+        self.__dict__.update(fresh.__dict__)
+        self._lock, self.progress = lock, progress
+        self._state_stamp = _stamp(self.run_dir / "state.json")
+        log.info("gpal: continuing after an interrupt from the run folder's saved state")
 
     def _check_run_dir(self) -> None:
         """Refuse a run folder this learner may not write: another learner's run, the
