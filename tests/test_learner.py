@@ -179,6 +179,14 @@ def test_a_frame_after_a_failed_one_gets_a_reset_calculator(caplog):
     assert "AttributeError" not in caplog.text
 
 
+def test_the_summary_names_calls_that_left_no_label(tmp_path):
+    L = learner(tmp_path / "run", NaNOnceEMT(), n_bootstrap=2)
+    summary = L.run(10)  # the first bootstrap call returns NaN forces; its retry labels the frame
+    assert summary.oracle_calls == summary.labelled_frames + 1 and summary.oracle_failures == 0
+    assert summary.oracle_calls_unlabelled == 1
+    assert "; 1 left no label: failed attempts, or cut off by an interrupt or kill)" in str(summary)
+
+
 def test_nan_oracle_stops_cleanly_when_asked(tmp_path):
     with pytest.raises(gpal.OracleError, match="non-finite"):
         learner(tmp_path / "run", NaNCalculator(), on_oracle_failure="stop", oracle_retries=0).run(10)

@@ -230,6 +230,9 @@ class Summary:
     recorded with :meth:`ActiveLearner.count_oracle_calls`); a user's validation frames
     cost none. ``oracle_failures`` counts frames that could not be labelled after every
     attempt (a failed attempt that a retry recovered is a call, not a failure).
+    ``oracle_calls_unlabelled`` counts the calls (validation excepted) that left no label
+    in ``train.xyz``: failed attempts, and calls cut off by an interrupt or a kill (paid
+    for, their result never written).
     ``calibration`` holds the leave-one-frame-out calibration (:meth:`ActiveLearner.calibrate`);
     ``validation`` the errors on the user's validation frames, if any. Times are
     cumulative over the run and its resumes, except ``wall_time`` (this session).
@@ -255,16 +258,19 @@ class Summary:
     time_calibration: float = 0.0
     stop_checks: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
+    oracle_calls_unlabelled: int = 0
 
     def __str__(self) -> str:
         why = ", ".join(f"{v} {k}" for k, v in self.oracle_calls_by_reason.items() if v)
+        unlabelled = (f"; {self.oracle_calls_unlabelled} left no label: failed attempts, or cut off by an "
+                      "interrupt or kill" if self.oracle_calls_unlabelled else "")
         free = ("; the validation frames given cost none"
                 if self.validation and not self.oracle_calls_by_reason.get("validation") else "")
         lines = [
             "gpal active learning summary",
             f"  MD steps (per walker) : {self.steps}",
             f"  oracle calls          : {self.oracle_calls} ({why or 'none'}; "
-            f"{self.oracle_failures} failed){free}",
+            f"{self.oracle_failures} failed{unlabelled}){free}",
             f"  labelled frames       : {self.labelled_frames}",
             f"  rollbacks             : {self.rollbacks}",
             f"  sparse refreshes      : {self.sparse_refreshes} (novel environments added without the oracle)",
@@ -1719,6 +1725,7 @@ class ActiveLearner:
             time_calibration=self._times.get("calibration", 0.0),
             stop_checks=self._stop_checks() if self.stopping is not None else {},
             target=self._target_summary(),
+            oracle_calls_unlabelled=max(self.oracle.n_calls - (self.n_labelled - self._reasons.count("initial")), 0),
         )
 
     def _target_summary(self) -> dict:
