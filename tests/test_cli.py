@@ -623,3 +623,48 @@ def test_the_stored_config_of_a_run_from_a_structure_file_is_valid_input(tmp_pat
     user.write_text(user.read_text() + 'bulk = "Cu"\n')
     with pytest.raises(config.ConfigError, match="exclude each other"):
         config.load_config(user)
+
+
+def test_resume_compares_a_structure_file_by_what_it_holds(tmp_path, capsys, monkeypatch):
+    """A run folder moved to another node and resumed with the file given by another path
+    continues; another structure under the run's file name is refused."""
+    from ase.build import bulk
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    start = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    start.rattle(0.02, seed=3)
+    write(work / "start.xyz", start)
+    text = """
+run_dir = "run"
+steps = 20
+[structure]
+file = "start.xyz"
+[descriptor]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+[model]
+n_sparse = 20
+"""
+    (work / "c.toml").write_text(text)
+    assert main(["learn", "c.toml", "-q"]) == 0
+    node2 = tmp_path / "node2"
+    node2.mkdir()
+    import shutil
+
+    shutil.copytree(work / "run", node2 / "run")
+    monkeypatch.chdir(node2)
+    absolute = node2 / "abs.toml"
+    absolute.write_text(text.replace('"start.xyz"', f'"{work / "start.xyz"}"'))
+    capsys.readouterr()
+    assert main(["learn", str(absolute), "--resume", "run", "--steps", "30", "-q"]) == 0
+    write(node2 / "start.xyz", bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2)))  # another structure
+    (node2 / "rel.toml").write_text(text)
+    assert main(["learn", "rel.toml", "--resume", "run", "--steps", "40", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds another structure than the run's start" in err
+    (node2 / "gone.toml").write_text(text.replace('"start.xyz"', '"gone.xyz"'))  # not on this node
+    assert main(["learn", "gone.toml", "--resume", "run", "--steps", "40", "-q"]) == 0
+    assert "the run continues from its own start structure" in capsys.readouterr().err

@@ -47,6 +47,28 @@ _STD_UNITS = {"energies_std": "eV", "forces_std": "eV/Å"}
 
 
 # --------------------------------------------------------------------------- helpers
+def _same_start_structure(spec: dict, run_dir: Path, config_path) -> None:
+    """On resume: the config's ``[structure] file`` must hold the run's start structure
+    (``structures.xyz`` in the run folder); one that cannot be read here is only noted."""
+    from ..io import read_frames
+
+    try:
+        given = _structure(spec)
+    except (GpalError, OSError) as exc:
+        warnings.warn(f"{config_path}: [structure] file {spec['file']!r} cannot be read here ({_message(exc)}); "
+                      f"the run continues from its own start structure in {run_dir / 'structures.xyz'}",
+                      UserWarning, stacklevel=1)
+        return
+    stored = read_frames(run_dir / "structures.xyz")[0]
+    same = (len(given) == len(stored) and np.array_equal(given.numbers, stored.numbers)
+            and np.allclose(given.cell.array, stored.cell.array, atol=1e-6)
+            and np.allclose(given.positions, stored.positions, atol=1e-6))
+    if not same:
+        raise ConfigError(f"{config_path}: [structure] file {spec['file']!r} holds another structure than the "
+                          f"run's start ({run_dir / 'structures.xyz'}); a resumed run cannot change it (or "
+                          "start a new run with --run-dir)")
+
+
 def _structure(spec: dict):
     from ase.build import bulk
 
@@ -184,7 +206,15 @@ def _resume(args: argparse.Namespace) -> int:
             old = config.without_built_defaults(config.check_config(tomllib.loads(stored.read_text()), stored))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
-        diff = config.config_difference(old, config.keep_stored(cfg, user, old))
+        new = config.keep_stored(cfg, user, old)
+        if "file" in old.get("structure", {}) and "file" in new.get("structure", {}):
+            # a structure file is compared by what it holds, not by its path (a run folder
+            # moved to another node, a path given absolute): the run continues from its
+            # own copy, structures.xyz
+            _same_start_structure(new["structure"], run_dir, args.config)
+            old = {**old, "structure": {k: v for k, v in old["structure"].items() if k not in ("file", "index")}}
+            new = {**new, "structure": {k: v for k, v in new["structure"].items() if k not in ("file", "index")}}
+        diff = config.config_difference(old, new)
         if diff is not None:
             raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
                               f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
