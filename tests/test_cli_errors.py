@@ -68,6 +68,7 @@ def bad(tmp_path_factory):
         "seed": "[learner]\nrandom_state = -1\n", "lattice": '[structure]\nbulk = "Cu"\na = -3.6\n',
         "targets": '[targets]\nfile = "nowhere.xyz"\n', "maxsp": "[learner]\nmax_sparse = 5\n",
         "index": '[structure]\nfile = "train.xyz"\nindex = 99\n',
+        "sfile": '[structure]\nfile = "nowhere.xyz"\n',
         "mseed": "[model]\nrandom_state = -1\n", "mbase": '[model]\nbaseline = "nomod:X"\n',
         "mfile": f'[structure]\nbulk = "Au"\n[model]\nfile = "{d / "model.npz"}"\n',
         "tspecies": f'[targets]\nfile = "{d / "gold.xyz"}"\n',
@@ -213,6 +214,8 @@ CASES = [
     pytest.param(["learn", "{d}/v_maxsp.toml"], "max_sparse (5) is below the model's n_sparse",
                  id="config-max-sparse"),
     pytest.param(["learn", "{d}/v_index.toml"], "[structure] index 99 is out of range", id="config-index"),
+    pytest.param(["learn", "{d}/v_sfile.toml"], "[structure] file 'nowhere.xyz': no such file (a relative path "
+                 "is read from the working directory", id="config-structure-file"),
     pytest.param(["learn", "{d}/v_mseed.toml"], "random_state must be an integer >= 0", id="config-model-seed"),
     pytest.param(["learn", "{d}/v_mbase.toml"], "cannot import baseline module 'nomod'", id="config-baseline"),
     pytest.param(["learn", "{d}/v_mfile.toml"], "[structure]: The following species are not defined for this "

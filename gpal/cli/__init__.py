@@ -75,6 +75,9 @@ def _structure(spec: dict):
     from ..io import read_frames
 
     if "file" in spec:
+        if not Path(spec["file"]).exists():
+            where = "" if Path(spec["file"]).is_absolute() else f" (a relative path is read from the working directory, {Path.cwd()})"
+            raise ConfigError(f"[structure] file {spec['file']!r}: no such file{where}")
         index = spec.get("index", 0)
         if isinstance(index, str):  # ASE's index syntax: "-1", "0:10", "::2"
             from ase.io.formats import string2index
