@@ -352,6 +352,19 @@ def test_run_again_after_an_interrupt_in_a_model_update(tmp_path, monkeypatch):
     assert summary.oracle_calls == len(labels)
 
 
+def test_a_train_xyz_that_cannot_be_written_stops_before_any_call(tmp_path, monkeypatch):
+    import os
+
+    L = learner(tmp_path / "run", n_bootstrap=2)
+    L.run(10)
+    calls = L.oracle.n_calls
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).endswith("train.xyz") else real(p, mode))
+    with pytest.raises(gpal.GpalError, match="train.xyz is not writable, so a label paid for could not be saved"):
+        L.run(200)
+    assert L.oracle.n_calls == calls
+
+
 def test_a_new_learner_does_not_take_over_another_run(tmp_path):
     L = learner(tmp_path / "run")
     L.run(20)

@@ -1111,6 +1111,11 @@ class ActiveLearner:
                 (self.run_dir / "run.lock").unlink(missing_ok=True)
             raise
         try:
+            for name in ("train.xyz", "log.jsonl"):  # (appended to) before any call is paid for
+                path = self.run_dir / name
+                if path.exists() and not os.access(path, os.W_OK):
+                    raise GpalError(f"{path} is not writable, so a label paid for could not be saved; "
+                                    "give it write permission and run again")
             if self._interrupted:
                 self._reload()
             if steps < self.step:
