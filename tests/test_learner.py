@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -323,13 +324,22 @@ def test_stop_checks_repeated_after_a_kill_count_once(tmp_path):
         L._log({"event": "stop_check", "step": step, "stop": False})
     assert L._stop_checks() == {"judged": 2, "deferred": 1, "last_deferred": "fewer than 4 labels",
                                 "met_at": None}
+    # killed again after checks at 60 and 80, resumed at step 50, ended before its next check
+    for step in (60, 80):
+        L._log({"event": "stop_check", "step": step, "stop": True})
+    L._log({"event": "resume", "step": 50})
+    assert L._stop_checks()["judged"] == 2 and L._stop_checks()["met_at"] is None
 
 
 def test_run_again_after_an_interrupt_in_a_model_update(tmp_path, monkeypatch):
     """A notebook's Kernel > Interrupt landing inside a model update leaves the model in
     memory cut short; run() again continues from the run folder (as resume does) and
     never saves the broken model over the good one."""
-    L = learner(tmp_path / "run")
+    @dataclasses.dataclass
+    class LocalTrigger(Trigger):  # a notebook's own rule (not importable: kept from memory)
+        pass
+
+    L = learner(tmp_path / "run", trigger=LocalTrigger(threshold=0.005))
     L.run(20)
     saved = (tmp_path / "run" / "model.npz").read_bytes()
     original = SparseGP.update
@@ -345,8 +355,10 @@ def test_run_again_after_an_interrupt_in_a_model_update(tmp_path, monkeypatch):
     L.checkpoint()  # (a checkpoint by hand keeps the saved model too)
     assert (tmp_path / "run" / "model.npz").read_bytes() == saved
     monkeypatch.setattr(SparseGP, "update", original)
+    L.log_every = 7  # a setting changed after the interrupt holds
     summary = L.run(200)
     assert summary.steps == 200 and np.all(np.isfinite(L.model.alpha_))
+    assert L.log_every == 7 and type(L.trigger) is LocalTrigger
     labels = frames_in(tmp_path / "run" / "train.xyz")
     assert len(L.model.frames_) == len(labels) == summary.labelled_frames
     assert summary.oracle_calls == len(labels)

@@ -1147,8 +1147,14 @@ class ActiveLearner:
         walkers and state), with this learner's oracle and executors. The interrupt may
         have cut a model update short (a notebook's second ``run`` then continued with a
         broken model and saved it over the good one)."""
+        # this learner's own settings, as they are now (a Trigger subclass or an MD factory
+        # of the notebook's, values changed since the interrupt); the rest from the folder
+        live = {name: dataclasses.replace(group) for name, group in self._groups.items()}
+        live.update(md=self.md, trigger=self.trigger)
+        if self.targets is not None:
+            live["targets"] = self.targets
         fresh = type(self)._resume(self.run_dir, self.run_dir / "state.json", self.oracle_spec,
-                                   self.oracle.executor, self.walker_executor, {})
+                                   self.oracle.executor, self.walker_executor, live)
         lock, progress = self._lock, self.progress  # (progress is not part of the saved state)
         self.__dict__.update(fresh.__dict__)
         self._lock, self.progress = lock, progress
@@ -1748,13 +1754,14 @@ class ActiveLearner:
         check that found the rule met (None if none did)."""
         out = {"judged": 0, "deferred": 0, "last_deferred": "", "met_at": None}
         kept: list = []
-        for rec in self._log_records("stop_check"):
-            # a step at or before one already logged: the run was resumed from an earlier
-            # checkpoint after a kill, and the checks logged past that point were made again
-            # (or never will be): only the timeline the run continued counts
+        for rec in self._log_records(("stop_check", "resume")):
+            # a resume from a checkpoint at step S (after a kill or an interrupt): the checks
+            # logged at S and after belong to a timeline the run did not continue (those it
+            # makes again are logged again); so does a check at or before one already kept
             while kept and kept[-1].get("step", -1) >= rec.get("step", -1):
                 kept.pop()
-            kept.append(rec)
+            if rec.get("event") == "stop_check":
+                kept.append(rec)
         for rec in kept:
             if rec.get("deferred"):
                 out["deferred"] += 1
@@ -1765,23 +1772,24 @@ class ActiveLearner:
                     out["met_at"] = rec.get("step")
         return out
 
-    def _log_records(self, event: str):
-        """The records of ``log.jsonl`` whose ``event`` is ``event``, in order (a line a
-        kill cut short is not a record; no log yet: none)."""
-        tag = f'"event": "{event}"'
+    def _log_records(self, event: str | tuple):
+        """The records of ``log.jsonl`` whose ``event`` is ``event`` (or one of a tuple of
+        them), in order (a line a kill cut short is not a record; no log yet: none)."""
+        events = (event,) if isinstance(event, str) else tuple(event)
+        tags = [f'"event": "{e}"' for e in events]
         try:
             fh = open(self.run_dir / "log.jsonl")
         except OSError:
             return
         with fh:
             for line in fh:
-                if tag not in line:
+                if not any(tag in line for tag in tags):
                     continue
                 try:
                     rec = json.loads(line)
                 except ValueError:
                     continue
-                if rec.get("event") == event:
+                if rec.get("event") in events:
                     yield rec
 
     def _plots(self) -> None:

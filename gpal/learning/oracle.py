@@ -133,12 +133,20 @@ def _misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
     ASE's ``Calculator`` stores any keyword in ``parameters``; EMT, TBLite and most others
     then ignore an unknown one (``TBLite(methd="GFN1-xTB")`` runs GFN2-xTB). The known
     keywords are the class's ``default_parameters`` and its ``__init__`` arguments (over
-    its bases). Classes without ``default_parameters`` (VASP, which takes any INCAR key)
-    and keywords unlike every known one are left alone: only a near-miss is a typo.
+    its bases). Classes without ``default_parameters`` (VASP, which takes any INCAR key),
+    calculators that write an input file (ASE's ``FileIOCalculator``: Gromacs lists some of
+    its ``.mdp`` keys only) and keywords unlike every known one are left alone: only a
+    near-miss is a typo.
     """
     params = getattr(factory, "default_parameters", None)
     if not isinstance(factory, type) or not isinstance(params, dict) or not params:
         return []
+    from ase.calculators import calculator as ase_calc
+
+    file_io = tuple(c for c in (getattr(ase_calc, "FileIOCalculator", None),
+                                getattr(ase_calc, "GenericFileIOCalculator", None)) if c is not None)
+    if file_io and issubclass(factory, file_io):
+        return []  # (their keywords go to an input file: default_parameters lists only some)
     known = set(params)
     for cls in factory.__mro__:
         init = cls.__dict__.get("__init__")
