@@ -16,6 +16,7 @@ from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .exceptions import (
+    GpalError,
     InvalidPositionsError,
     MissingCellError,
     MissingLabelsError,
@@ -154,8 +155,10 @@ def frame_labels(atoms: Atoms) -> Labels:
 
     Labels are taken from ``atoms.calc.results`` (what ``ase.io.read`` of an extxyz file
     and a finished calculation provide) and else from ``atoms.info['energy']``,
-    ``atoms.arrays['forces']`` and ``atoms.info['stress']``. Nothing is computed:
-    a live calculator is never called.
+    ``atoms.arrays['forces']`` and ``atoms.info['stress']``, or, without a stress, a
+    virial as GAP's files give it, ``atoms.info['virial']`` (eV; 3x3, 9 or Voigt 6
+    numbers; stress = -virial / volume). Nothing is computed: a live calculator is never
+    called.
     """
     results = {}
     if atoms.calc is not None and getattr(atoms.calc, "results", None):
@@ -163,6 +166,13 @@ def frame_labels(atoms: Atoms) -> Labels:
     energy = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
     forces = results.get("forces", atoms.arrays.get("forces"))
     stress = results.get("stress", atoms.info.get("stress"))
+    if stress is None and atoms.info.get("virial") is not None:  # (GAP's key: ASE leaves it in info)
+        from .io import _virial_to_stress
+
+        try:
+            stress = _virial_to_stress(atoms.info["virial"], atoms)
+        except (ValueError, GpalError) as exc:
+            raise MissingLabelsError(f"info 'virial': {exc}") from None
     n = len(atoms)
     if energy is not None:
         energy = float(energy)

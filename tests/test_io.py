@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
 from ase.stress import voigt_6_to_full_3x3_stress
 
+import gpal
 from gpal import StructureFileError
 from gpal.io import read_frames, relabel_frames
 
@@ -108,3 +110,29 @@ def test_relabel_takes_the_standard_names_from_where_ase_put_them(tmp_path):
     write_frames(tmp_path / "out.xyz", out)
     c = read_frames(tmp_path / "out.xyz")[0]
     assert c.get_potential_energy() == pytest.approx(a.get_potential_energy())
+
+
+def test_a_gap_style_virial_in_the_info_line_is_read_as_stress(tmp_path):
+    """GAP's files carry energy= and virial="..." in the info line; ASE leaves the virial
+    in atoms.info. It is a stress label (stress = -virial / volume) without any key given."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gpal._validation import frame_labels
+
+    frames = []
+    for k in range(3):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        b = a.copy()
+        b.info["energy"] = a.get_potential_energy()
+        b.arrays["forces"] = a.get_forces()
+        b.info["virial"] = (-a.get_stress(voigt=False) * a.get_volume()).ravel()  # 9 numbers
+        frames.append((a, b))
+    ase.io.write(tmp_path / "gap.xyz", [b for _, b in frames])
+    back = ase.io.read(tmp_path / "gap.xyz", ":")
+    for (a, _), c in zip(frames, back):
+        np.testing.assert_allclose(frame_labels(c).stress, a.get_stress(), atol=1e-10)
+    model = gpal.SparseGP(n_sparse=10, hyperparameters="fixed").fit(back)
+    assert np.count_nonzero(model.obs_group_ == 2) == 6 * len(back)  # six stress rows per frame

@@ -1068,7 +1068,8 @@ def _label_key_options() -> argparse.ArgumentParser:
     g.add_argument("--forces-key", metavar="KEY", help="per-atom array of the forces (eV/Å)")
     g.add_argument("--stress-key", metavar="KEY", help="info key of the stress (eV/Å^3, ASE sign, Voigt or 3x3)")
     g.add_argument("--virial-key", metavar="KEY",
-                   help="info key of the virial (eV, 3x3 or 9 numbers); stress = -virial/volume")
+                   help="info key of the virial (eV, 3x3, 9 or Voigt 6 numbers); stress = -virial/volume "
+                        "(GAP's own key, virial, is read without this option)")
     return p
 
 
