@@ -206,7 +206,11 @@ def check_frames(frames, what="frames") -> list:
         raise ValueError(f"{what}: no frames given")
     for k, atoms in enumerate(frames):
         check_atoms(atoms, what=f"{what}[{k}]")
-        if frame_labels(atoms).empty:
+        try:
+            labels = frame_labels(atoms)
+        except MissingLabelsError as exc:  # (which frame: a file's frame k)
+            raise MissingLabelsError(f"{what}[{k}]: {exc}") from None
+        if labels.empty:
             info = sorted(str(key) for key in atoms.info)
             arrays = sorted(set(atoms.arrays) - {"numbers", "positions"})
             hint = ""

@@ -136,3 +136,15 @@ def test_a_gap_style_virial_in_the_info_line_is_read_as_stress(tmp_path):
         np.testing.assert_allclose(frame_labels(c).stress, a.get_stress(), atol=1e-10)
     model = gpal.SparseGP(n_sparse=10, hyperparameters="fixed").fit(back)
     assert np.count_nonzero(model.obs_group_ == 2) == 6 * len(back)  # six stress rows per frame
+
+
+def test_a_bad_label_names_its_frame(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gpal.exceptions import MissingLabelsError
+
+    frames = cu_frames(3, seed=4)
+    bad = frames[2].copy()
+    bad.calc = SinglePointCalculator(bad, energy=1.0, forces=np.zeros((len(bad) - 1, 3)))
+    with pytest.raises(MissingLabelsError, match=r"frames\[2\]: forces have shape \(\d+, 3\), expected"):
+        gpal.SparseGP(n_sparse=5, hyperparameters="fixed").fit(frames[:2] + [bad])

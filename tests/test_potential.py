@@ -757,3 +757,27 @@ def test_score_and_scikit_learn_model_selection():
     assert grid.best_params_["kernel"].zeta in (2, 4) and grid.best_estimator_.score(frames) > 0.5
     with pytest.raises(TypeError, match="y must be None"):
         SparseGP(soap).fit(frames, np.zeros(6))
+
+
+def test_labels_that_cannot_be_right_as_given_warn():
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = cu_frames(3, seed=31)
+    forces_only = []
+    virial_as_stress = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, forces=a.get_forces())
+        forces_only.append(b)
+        c = a.copy()
+        c.calc = SinglePointCalculator(c, energy=a.get_potential_energy(), forces=a.get_forces(),
+                                       stress=-a.get_stress() * a.get_volume())  # a virial, eV
+        virial_as_stress.append(c)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    with pytest.warns(UserWarning, match="no training frame has an energy label"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(forces_only)
+    with pytest.warns(UserWarning, match=r"a stress label of .* GPa\): stress is in eV/Å\^3"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(virial_as_stress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)  # plausible: no warning

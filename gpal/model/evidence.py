@@ -573,7 +573,8 @@ class _Evidence:
             warnings.warn(
                 "hyperparameters chosen by the evidence sit at a bound of their range: "
                 + "; ".join(at_bound) + ". The evidence would move them further; set the "
-                "value explicitly to fix it.",
+                "value explicitly to fix it (several at once: check that the labels agree in "
+                "units, e.g. energies in eV with forces in eV/Å).",
                 UserWarning,
                 stacklevel=warn_stacklevel,
             )

@@ -133,6 +133,25 @@ _STD_CHUNK = 256
 _QUADRATIC_MAX_FEATURES = 1024  # largest F whose ζ = 2 quadratic form A (F, F) is kept
 
 
+#: a stress label beyond this (eV/Å^3; 160 GPa) is most likely a virial (eV) or another unit
+_STRESS_IMPLAUSIBLE = 1.0
+
+
+def _warn_implausible_labels(labels) -> None:
+    """Warn (once, naming the cause) for training labels that cannot be right as given:
+    no energy at all (absolute energies are then undetermined: e0 = 0), or a stress
+    beyond 160 GPa (a virial in eV, or GPa, given as eV/Å^3)."""
+    if all(lab.energy is None for lab in labels):
+        warnings.warn("no training frame has an energy label: forces and stress are learned, but "
+                      "energies only up to a constant per species (e0 = 0 eV)", UserWarning,
+                      stacklevel=user_stacklevel())
+    stress = [np.abs(lab.stress).max() for lab in labels if lab.stress is not None]
+    if stress and max(stress) > _STRESS_IMPLAUSIBLE:
+        warnings.warn(f"a stress label of {max(stress):.3g} eV/Å^3 ({160.2 * max(stress):.0f} GPa): "
+                      "stress is in eV/Å^3 (ASE's sign); a virial (eV) is -stress x volume "
+                      "(--virial-key)", UserWarning, stacklevel=user_stacklevel())
+
+
 def _residual_and_novelty(kdiag: np.ndarray, q: np.ndarray):
     """The DTC residual ``k(x,x) - k K_mm⁻¹ kᵀ`` (>= 0 in exact arithmetic, so rounding
     below zero is clipped) and its fraction of the prior variance, the novelty in [0, 1]."""
@@ -593,6 +612,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
         self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        _warn_implausible_labels(labels)
         labels = self._minus_baseline(frames, labels)
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         self.force_noise_knee_ = self._fit_knee(labels)
