@@ -391,6 +391,18 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
                           | {k for a in frames if a.calc is not None for k in (getattr(a.calc, "results", None) or {})})
             raise StructureFileError(f"{source}: no frame has the {where} key {key!r} "
                                      f"(its {where} keys and labels: {', '.join(seen) or 'none'})")
+    if not (stress_key or virial_key):
+        # GAP/QUIP files carry the reference under one prefix (REF_energy, REF_forces,
+        # REF_virial) beside a model's energy/forces/stress: a prefix's stress or virial
+        # left unread would be replaced by the standard (perhaps a model's) stress
+        prefixes = {key[: -len(suffix)] for key, suffix in ((energy_key, "energy"), (forces_key, "forces"))
+                    if key and key.endswith(suffix) and len(key) > len(suffix)}
+        unread = sorted({p + name for p in prefixes for name in ("virial", "stress")
+                         if any(a.info.get(p + name) is not None for a in frames)})
+        if unread:
+            warnings.warn(f"{source}: {', '.join(unread)} is in the frames but not read (give --virial-key or "
+                          "--stress-key, or virial_key=/stress_key=): the stress labels are the standard "
+                          "stress, if any", UserWarning, stacklevel=2)
     out = []
     for k, a in enumerate(frames):
         try:

@@ -148,3 +148,19 @@ def test_a_bad_label_names_its_frame(tmp_path):
     bad.calc = SinglePointCalculator(bad, energy=1.0, forces=np.zeros((len(bad) - 1, 3)))
     with pytest.raises(MissingLabelsError, match=r"frames\[2\]: forces have shape \(\d+, 3\), expected"):
         gpal.SparseGP(n_sparse=5, hyperparameters="fixed").fit(frames[:2] + [bad])
+
+
+def test_a_prefixed_virial_left_unread_warns():
+    frames = cu_frames(2, seed=6)
+    for a in frames:
+        a.info["REF_energy"] = a.get_potential_energy()
+        a.arrays["REF_forces"] = a.get_forces()
+        a.info["REF_virial"] = (-a.get_stress(voigt=False) * a.get_volume()).ravel()
+    with pytest.warns(UserWarning, match="REF_virial is in the frames but not read"):
+        relabel_frames(frames, energy_key="REF_energy", forces_key="REF_forces")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = relabel_frames(frames, energy_key="REF_energy", forces_key="REF_forces", virial_key="REF_virial")
+    np.testing.assert_allclose(out[0].get_stress(), frames[0].get_stress(), atol=1e-10)

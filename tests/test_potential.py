@@ -778,6 +778,8 @@ def test_labels_that_cannot_be_right_as_given_warn():
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(forces_only)
     with pytest.warns(UserWarning, match=r"a stress label of .* GPa\): stress is in eV/Å\^3"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(virial_as_stress)
+    with pytest.warns(UserWarning, match=r"frames\[3\] repeats frames\[1\]"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames + [frames[1]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)  # plausible: no warning

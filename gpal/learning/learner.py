@@ -886,7 +886,9 @@ class ActiveLearner:
         size = {int(z): int(n) - self._target_points.count(int(z)) for z, n in zip(species, counts)}
         self.model.set_params(n_sparse={z: n for z, n in size.items() if n > 0})
         try:
-            self.model.fit(frames)
+            with warnings.catch_warnings():  # (a rollback may label a frame the run labelled before)
+                warnings.filterwarnings("ignore", message=r"frames\[\d+\] repeats")
+                self.model.fit(frames)
         finally:
             self.model.set_params(n_sparse=asked)
         self._target_points = []

@@ -137,10 +137,19 @@ _QUADRATIC_MAX_FEATURES = 1024  # largest F whose ζ = 2 quadratic form A (F, F)
 _STRESS_IMPLAUSIBLE = 1.0
 
 
-def _warn_implausible_labels(labels) -> None:
+def _warn_implausible_labels(labels, frames) -> None:
     """Warn (once, naming the cause) for training labels that cannot be right as given:
-    no energy at all (absolute energies are then undetermined: e0 = 0), or a stress
-    beyond 160 GPa (a virial in eV, or GPa, given as eV/Å^3)."""
+    no energy at all (absolute energies are then undetermined: e0 = 0), a stress beyond
+    160 GPa (a virial in eV, or GPa, given as eV/Å^3), or the same frame twice (a file
+    concatenated twice counts its labels double)."""
+    seen: dict = {}
+    for k, a in enumerate(frames):
+        key = (a.numbers.tobytes(), a.positions.tobytes(), a.cell.array.tobytes())
+        if key in seen:
+            warnings.warn(f"frames[{k}] repeats frames[{seen[key]}] (same atoms, positions and cell): "
+                          "its labels count twice", UserWarning, stacklevel=user_stacklevel())
+            break
+        seen[key] = k
     if all(lab.energy is None for lab in labels):
         warnings.warn("no training frame has an energy label: forces and stress are learned, but "
                       "energies only up to a constant per species (e0 = 0 eV)", UserWarning,
@@ -612,7 +621,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
         self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
-        _warn_implausible_labels(labels)
+        _warn_implausible_labels(labels, frames)
         labels = self._minus_baseline(frames, labels)
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         self.force_noise_knee_ = self._fit_knee(labels)
