@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.calculators.emt import EMT
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import voigt_6_to_full_3x3_stress
@@ -778,6 +779,17 @@ def test_labels_that_cannot_be_right_as_given_warn():
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(forces_only)
     with pytest.warns(UserWarning, match=r"a stress label of .* GPa\): stress is in eV/Å\^3"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(virial_as_stress)
+    from ase.constraints import FixAtoms
+
+    fixed = []
+    for a in frames:
+        b = a.copy()
+        b.set_constraint(FixAtoms(indices=[0, 1]))
+        b.calc = EMT()
+        b.calc = SinglePointCalculator(b, energy=b.get_potential_energy(), forces=b.get_forces())  # zeroed
+        fixed.append(b)
+    with pytest.warns(UserWarning, match=r"frames\[0\]: the forces of its 2 fixed atoms \(FixAtoms\) are all zero"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(fixed)
     with pytest.warns(UserWarning, match=r"frames\[3\] repeats frames\[1\]"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames + [frames[1]])
     with warnings.catch_warnings():

@@ -142,6 +142,15 @@ def _warn_implausible_labels(labels, frames) -> None:
     no energy at all (absolute energies are then undetermined: e0 = 0), a stress beyond
     160 GPa (a virial in eV, or GPa, given as eV/Å^3), or the same frame twice (a file
     concatenated twice counts its labels double)."""
+    from ase.constraints import FixAtoms
+
+    for k, (a, lab) in enumerate(zip(frames, labels)):
+        fixed = [i for c in a.constraints if isinstance(c, FixAtoms) for i in np.atleast_1d(c.get_indices())]
+        if fixed and lab.forces is not None and not np.any(lab.forces[fixed]):
+            warnings.warn(f"frames[{k}]: the forces of its {len(fixed)} fixed atoms (FixAtoms) are all zero, as "
+                          "ASE's get_forces() returns them; as labels they are wrong (the oracle's forces are "
+                          "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
+            break
     seen: dict = {}
     for k, a in enumerate(frames):
         key = (a.numbers.tobytes(), a.positions.tobytes(), a.cell.array.tobytes())
