@@ -71,6 +71,12 @@ def test_fit_info_validate_md(files, capsys):
     out = capsys.readouterr().out
     assert "force stds calibrated (raw x " in out
     assert "force RMSE" in out and "eV/Å" in out and "meV/atom" in out and "force ZMS" in out
+    # the test frames carry stress: its RMSE, in GPa, from the same predictions
+    test_frames = read(files / "test.xyz", ":")
+    ref = gpal.load(model)
+    s_err = np.concatenate([ref.predict(a)["stress"] - a.get_stress() for a in test_frames])
+    line = next(x for x in out.splitlines() if x.startswith("stress RMSE"))
+    assert float(line.split()[2]) == pytest.approx(160.21766 * np.sqrt(np.mean(s_err ** 2)), rel=1e-3)
     # the coverage of the stored 90 % interval (forces_interval90) on the test frames
     cal_model = gpal.load(files / "calibrated.npz")
     test_frames = read(files / "test.xyz", ":")

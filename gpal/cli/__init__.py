@@ -849,6 +849,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ("force Spearman(|error|, std)", metrics["spearman"], ""),
         ("force ENCE", metrics["ence"], ""),
     ]
+    if res["stress_error"].size:  # frames with a stress label
+        s_rmse = float(np.sqrt(np.mean(res["stress_error"] ** 2)))
+        rows.insert(2, ("stress RMSE", 160.21766 * s_rmse, "GPa"))
     q90 = model.calibration_of("forces_std").conformal_q90 if calibrated else None
     if q90 is not None:  # the interval predict(..., calibrated=True) gives: forces_interval90
         rows.append(("force coverage, 90 % conformal", float(np.mean(np.abs(err) <= q90 * std)),

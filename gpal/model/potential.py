@@ -1194,10 +1194,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             label component (eV/Å, :meth:`force_label_noise`; with a baseline, at the
             label minus the baseline), ``force_novelty`` (n_comp,) the novelty of each
             component's atom (``predict``'s ``novelty``), ``force_frame`` (n_comp,);
-            ``n_atoms`` (n_frames,).
+            ``stress_error`` (6 n_s,) eV/Å^3, the Voigt components of the frames with a
+            stress label (3D-periodic); ``n_atoms`` (n_frames,).
         """
         out = {k: [] for k in ("energy_error", "energy_std", "energy_frame", "force_error", "force_std",
-                               "force_noise", "force_novelty", "force_frame")}
+                               "force_noise", "force_novelty", "force_frame", "stress_error")}
         n = []
         for i, a in enumerate(frames):
             lab = frame_labels(a)
@@ -1207,6 +1208,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 out["energy_error"].append([(p["energy"] - lab.energy) / len(a)])
                 out["energy_std"].append([p["energy_std"] / len(a)])
                 out["energy_frame"].append([i])
+            if lab.stress is not None and "stress" in p:
+                out["stress_error"].append(p["stress"] - lab.stress)
             if lab.forces is None:
                 continue
             F = lab.forces
