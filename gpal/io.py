@@ -389,8 +389,12 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
         if key and not any(value(a, key, where) is not None for a in frames):
             seen = sorted({k for a in frames for k in getattr(a, where)} - {"numbers", "positions"}
                           | {k for a in frames if a.calc is not None for k in (getattr(a.calc, "results", None) or {})})
+            other = "arrays" if where == "info" else "info"
+            there = any(getattr(a, other).get(key) is not None for a in frames)
+            kind = "forces are per-atom arrays" if where == "arrays" else "energy, stress and virial are info keys"
+            hint = f"; {key!r} is an {other} key: {kind}" if there else ""
             raise StructureFileError(f"{source}: no frame has the {where} key {key!r} "
-                                     f"(its {where} keys and labels: {', '.join(seen) or 'none'})")
+                                     f"(its {where} keys and labels: {', '.join(seen) or 'none'}){hint}")
     if not (stress_key or virial_key):
         # GAP/QUIP files carry the reference under one prefix (REF_energy, REF_forces,
         # REF_virial) beside a model's energy/forces/stress: a prefix's stress or virial

@@ -103,8 +103,13 @@ def test_fit_info_validate_md(files, capsys):
     assert main(["info", str(files / "calibrated.npz")]) == 0
     assert f"forces_std scale {scale:.4g}" in capsys.readouterr().out
 
-    # md writes extended XYZ with per-atom std columns, not header entries
-    write(files / "start.xyz", cu_frames(1, seed=4, size=(2, 2, 2)))
+    # md writes extended XYZ with per-atom std columns, not header entries (and keeps the
+    # start's FixAtoms, which it honours, as extxyz's move_mask)
+    from ase.constraints import FixAtoms
+
+    start = cu_frames(1, seed=4, size=(2, 2, 2))[0]
+    start.set_constraint(FixAtoms(indices=[0, 5]))
+    write(files / "start.xyz", start)
     out_xyz = files / "md.xyz"
     assert main(["md", str(files / "calibrated.npz"), str(files / "start.xyz"), "-o", str(out_xyz),
                  "--steps", "20", "--interval", "5", "-q"]) == 0
@@ -122,6 +127,8 @@ def test_fit_info_validate_md(files, capsys):
         assert np.all(a.arrays["forces_std"] > 0)
         assert "energies_std" not in a.info and a.info["gpal_std"] == "forces_std calibrated, energies_std raw"
         assert a.get_forces().shape == (32, 3)
+        assert [c.get_indices().tolist() for c in a.constraints] == [[0, 5]]
+        np.testing.assert_array_equal(a.positions[[0, 5]], traj[0].positions[[0, 5]])
     # its frames hold the model's predictions: validated (or fitted) as labels, they warn
     capsys.readouterr()
     main(["validate", str(files / "calibrated.npz"), str(out_xyz), "--no-plots"])

@@ -164,3 +164,11 @@ def test_a_prefixed_virial_left_unread_warns():
         warnings.simplefilter("error")
         out = relabel_frames(frames, energy_key="REF_energy", forces_key="REF_forces", virial_key="REF_virial")
     np.testing.assert_allclose(out[0].get_stress(), frames[0].get_stress(), atol=1e-10)
+
+
+def test_a_forces_key_found_in_the_info_says_so():
+    frames = cu_frames(2, seed=8)
+    for a in frames:
+        a.info["REF_forces"] = a.get_forces().ravel()  # a flat 3N vector in the info line
+    with pytest.raises(StructureFileError, match="'REF_forces' is an info key: forces are per-atom arrays"):
+        relabel_frames(frames, forces_key="REF_forces")

@@ -690,6 +690,7 @@ def _md_frame(model, atoms, calibrated: bool, info: dict):
     b = labelled(atoms, energy=p["energy"], forces=p["forces"], energies=p["energies"],
                  stress=p.get("stress"))
     b.set_momenta(atoms.get_momenta())
+    b.set_constraint([c.copy() for c in atoms.constraints])  # (extxyz writes FixAtoms as move_mask)
     b.arrays["energies_std"] = np.asarray(p["energies_std"], dtype=float)
     b.arrays["forces_std"] = np.asarray(p["forces_std"], dtype=float)
     if "forces_interval90" in p:  # a calibrated model with a conformal quantile
