@@ -790,6 +790,26 @@ def test_labels_that_cannot_be_right_as_given_warn():
         fixed.append(b)
     with pytest.warns(UserWarning, match=r"frames\[0\]: the forces of its 2 fixed atoms \(FixAtoms\) are all zero"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(fixed)
+    # energies in meV with forces in eV/Å: consecutive frames' energy changes are 1000x the
+    # forces' work (consistent labels: about 1)
+    same_cell = []
+    for k in range(5):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        a.get_forces()  # (labels: the calculator's results)
+        same_cell.append(a)
+    from gpal.model.potential import _energy_work_ratio
+
+    plain = [gpal._validation.frame_labels(a) for a in same_cell]
+    assert 0.8 < _energy_work_ratio(same_cell, plain) < 1.25
+    in_mev = []
+    for a in same_cell:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=1000 * a.get_potential_energy(), forces=a.get_forces())
+        in_mev.append(b)
+    with pytest.warns(UserWarning, match=r"the energy labels change .*x as much as the forces' work"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(in_mev)
     with pytest.warns(UserWarning, match=r"frames\[3\] repeats frames\[1\]"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames + [frames[1]])
     with warnings.catch_warnings():

@@ -151,6 +151,11 @@ def _warn_implausible_labels(labels, frames) -> None:
                           "ASE's get_forces() returns them; as labels they are wrong (the oracle's forces are "
                           "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
             break
+    ratio = _energy_work_ratio(frames, labels)
+    if ratio is not None and not 0.2 < ratio < 5.0:
+        warnings.warn(f"the energy labels change {ratio:.3g}x as much as the forces' work between similar "
+                      "frames (a median over consecutive frame pairs; 1 if consistent): energies and forces "
+                      "in different units? (gpal takes eV and eV/Å)", UserWarning, stacklevel=user_stacklevel())
     seen: dict = {}
     for k, a in enumerate(frames):
         key = (a.numbers.tobytes(), a.positions.tobytes(), a.cell.array.tobytes())
@@ -168,6 +173,33 @@ def _warn_implausible_labels(labels, frames) -> None:
         warnings.warn(f"a stress label of {max(stress):.3g} eV/Å^3 ({160.2 * max(stress):.0f} GPa): "
                       "stress is in eV/Å^3 (ASE's sign); a virial (eV) is -stress x volume "
                       "(--virial-key)", UserWarning, stacklevel=user_stacklevel())
+
+
+def _energy_work_ratio(frames, labels, max_step: float = 0.3) -> float | None:
+    """Median over consecutive frame pairs (same atoms and cell, every atom within
+    ``max_step`` Å, minimum image) of ``ΔE / W``, ``W = -½ Σ (F_a + F_b)·(r_b - r_a)`` the
+    forces' work by the trapezoid rule (exact for a quadratic energy); None with fewer
+    than 3 pairs whose work is above 1 meV. Energies and forces in the same units give
+    about 1; energies in meV with forces in eV/Å about 1000."""
+    from ase.geometry import find_mic
+
+    ratios, prev = [], None
+    for a, lab in zip(frames, labels):
+        if lab.energy is None or lab.forces is None:
+            prev = None
+            continue
+        if prev is not None:
+            b, lb = prev
+            if (len(a) == len(b) and np.array_equal(a.numbers, b.numbers) and np.array_equal(a.pbc, b.pbc)
+                    and np.allclose(a.cell.array, b.cell.array)):
+                d = a.positions - b.positions
+                if a.pbc.any():
+                    d = find_mic(d, a.cell, a.pbc)[0]
+                work = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
+                if np.abs(d).max() < max_step and abs(work) > 1e-3:
+                    ratios.append((lab.energy - lb.energy) / work)
+        prev = (a, lab)
+    return float(np.median(ratios)) if len(ratios) >= 3 else None
 
 
 def _residual_and_novelty(kdiag: np.ndarray, q: np.ndarray):
