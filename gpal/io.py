@@ -401,7 +401,7 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
         # left unread would be replaced by the standard (perhaps a model's) stress
         prefixes = {key[: -len(suffix)] for key, suffix in ((energy_key, "energy"), (forces_key, "forces"))
                     if key and key.endswith(suffix) and len(key) > len(suffix)}
-        unread = sorted({p + name for p in prefixes for name in ("virial", "stress")
+        unread = sorted({p + name for p in prefixes for name in ("virial", "virials", "stress")
                          if any(a.info.get(p + name) is not None for a in frames)})
         if unread:
             warnings.warn(f"{source}: {', '.join(unread)} is in the frames but not read (give --virial-key or "

@@ -172,3 +172,12 @@ def test_a_forces_key_found_in_the_info_says_so():
         a.info["REF_forces"] = a.get_forces().ravel()  # a flat 3N vector in the info line
     with pytest.raises(StructureFileError, match="'REF_forces' is an info key: forces are per-atom arrays"):
         relabel_frames(frames, forces_key="REF_forces")
+
+
+def test_a_prefixed_virials_key_as_mace_names_it_warns_too():
+    frames = cu_frames(2, seed=7)
+    for a in frames:
+        a.info["REF_energy"] = a.get_potential_energy()
+        a.info["REF_virials"] = (-a.get_stress(voigt=False) * a.get_volume()).ravel()
+    with pytest.warns(UserWarning, match="REF_virials is in the frames but not read"):
+        relabel_frames(frames, energy_key="REF_energy")

@@ -777,7 +777,7 @@ def test_labels_that_cannot_be_right_as_given_warn():
     soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
     with pytest.warns(UserWarning, match="no training frame has an energy label"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(forces_only)
-    with pytest.warns(UserWarning, match=r"a stress label of .* GPa\): stress is in eV/Å\^3"):
+    with pytest.warns(UserWarning, match=r"a stress label of .* GPa, tensile or shear above 160 GPa.*\): stress is in eV/Å\^3"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(virial_as_stress)
     from ase.constraints import FixAtoms
 
@@ -790,6 +790,14 @@ def test_labels_that_cannot_be_right_as_given_warn():
         fixed.append(b)
     with pytest.warns(UserWarning, match=r"frames\[0\]: the forces of its 2 fixed atoms \(FixAtoms\) are all zero"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(fixed)
+    # a real stress of a compressed cell (-300 GPa) is no virial
+    squeezed = bulk("Cu", "fcc", a=2.9, cubic=True)
+    squeezed.calc = EMT()
+    squeezed.get_stress()
+    assert squeezed.get_stress()[:3].max() < -1.5  # eV/Å^3: beyond 240 GPa of compression
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpal.model.potential._warn_implausible_labels([gpal._validation.frame_labels(squeezed)], [squeezed])
     # energies in meV with forces in eV/Å: consecutive frames' energy changes are 1000x the
     # forces' work (consistent labels: about 1)
     same_cell = []
@@ -810,6 +818,21 @@ def test_labels_that_cannot_be_right_as_given_warn():
         in_mev.append(b)
     with pytest.warns(UserWarning, match=r"the energy labels change .*x as much as the forces' work"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(in_mev)
+
+    def relabelled(force_factor):
+        out = []
+        for a in same_cell:
+            b = a.copy()
+            b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=force_factor * a.get_forces())
+            out.append(b)
+        return [gpal._validation.frame_labels(b) for b in out], out
+
+    labels_bohr, per_bohr = relabelled(0.529177)  # forces in eV/bohr
+    assert 1.6 < _energy_work_ratio(per_bohr, labels_bohr) < 2.2
+    with pytest.warns(UserWarning, match="forces per bohr give 1.9"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(per_bohr)
+    with pytest.warns(UserWarning, match=r"forces with the wrong sign \(an energy gradient\)"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(relabelled(-1.0)[1])
     with pytest.warns(UserWarning, match=r"frames\[3\] repeats frames\[1\]"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames + [frames[1]])
     with warnings.catch_warnings():

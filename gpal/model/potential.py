@@ -135,6 +135,9 @@ _QUADRATIC_MAX_FEATURES = 1024  # largest F whose ζ = 2 quadratic form A (F, F)
 
 #: a stress label beyond this (eV/Å^3; 160 GPa) is most likely a virial (eV) or another unit
 _STRESS_IMPLAUSIBLE = 1.0
+#: consistent labels give ΔE / work of 0.81-1.26 on valid MD (EMT metals, xTB molecules,
+#: every 1-100 steps, 300-1500 K); forces per bohr give 1.88, kJ/mol with kcal/mol/Å 4.2
+_ENERGY_WORK_RANGE = (0.6, 1.6)
 
 
 def _warn_implausible_labels(labels, frames) -> None:
@@ -152,10 +155,15 @@ def _warn_implausible_labels(labels, frames) -> None:
                           "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
             break
     ratio = _energy_work_ratio(frames, labels)
-    if ratio is not None and not 0.2 < ratio < 5.0:
+    if ratio is not None and ratio < 0:
+        warnings.warn(f"the energy labels change opposite to the forces' work between similar frames (ratio "
+                      f"{ratio:.3g}, a median over consecutive frame pairs; 1 if consistent): forces with the "
+                      "wrong sign (an energy gradient)?", UserWarning, stacklevel=user_stacklevel())
+    elif ratio is not None and not _ENERGY_WORK_RANGE[0] < ratio < _ENERGY_WORK_RANGE[1]:
         warnings.warn(f"the energy labels change {ratio:.3g}x as much as the forces' work between similar "
                       "frames (a median over consecutive frame pairs; 1 if consistent): energies and forces "
-                      "in different units? (gpal takes eV and eV/Å)", UserWarning, stacklevel=user_stacklevel())
+                      "in different units? (gpal takes eV and eV/Å; forces per bohr give 1.9)", UserWarning,
+                      stacklevel=user_stacklevel())
     seen: dict = {}
     for k, a in enumerate(frames):
         key = (a.numbers.tobytes(), a.positions.tobytes(), a.cell.array.tobytes())
@@ -168,11 +176,16 @@ def _warn_implausible_labels(labels, frames) -> None:
         warnings.warn("no training frame has an energy label: forces and stress are learned, but "
                       "energies only up to a constant per species (e0 = 0 eV)", UserWarning,
                       stacklevel=user_stacklevel())
-    stress = [np.abs(lab.stress).max() for lab in labels if lab.stress is not None]
-    if stress and max(stress) > _STRESS_IMPLAUSIBLE:
-        warnings.warn(f"a stress label of {max(stress):.3g} eV/Å^3 ({160.2 * max(stress):.0f} GPa): "
-                      "stress is in eV/Å^3 (ASE's sign); a virial (eV) is -stress x volume "
-                      "(--virial-key)", UserWarning, stacklevel=user_stacklevel())
+    # a virial read as a stress is -stress x volume: large and tensile-looking on the
+    # compressed cells where real stresses are large (and compressive: 300 GPa exists)
+    tensile = [max(lab.stress[:3].max(), np.abs(lab.stress[3:]).max()) for lab in labels if lab.stress is not None]
+    compressive = [-lab.stress[:3].min() for lab in labels if lab.stress is not None]
+    if (tensile and max(tensile) > _STRESS_IMPLAUSIBLE) or (compressive and max(compressive) > 6 * _STRESS_IMPLAUSIBLE):
+        worst = max(max(tensile), max(compressive))
+        warnings.warn(f"a stress label of {worst:.3g} eV/Å^3 ({160.2 * worst:.0f} GPa, tensile or shear above "
+                      "160 GPa, or compressive above 1 TPa): stress is in eV/Å^3 (ASE's sign: tension "
+                      "positive); a virial (eV) is -stress x volume (--virial-key)", UserWarning,
+                      stacklevel=user_stacklevel())
 
 
 def _energy_work_ratio(frames, labels, max_step: float = 0.3) -> float | None:
