@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,6 +226,96 @@ def check_frames(frames, what="frames") -> list:
                 f"labels.{hint}"
             )
     return frames
+
+
+#: a stress label beyond this (eV/Å^3; 160 GPa) is most likely a virial (eV) or another unit
+_STRESS_IMPLAUSIBLE = 1.0
+#: consistent labels give ΔE / work of 0.81-1.26 on valid MD (EMT metals, xTB molecules,
+#: every 1-100 steps, 300-1500 K); forces per bohr give 1.88, kJ/mol with kcal/mol/Å 4.2
+_ENERGY_WORK_RANGE = (0.6, 1.6)
+
+
+def warn_implausible_labels(frames, labels) -> None:
+    """Warn, once per cause, for training labels (``frame_labels`` of ``frames``) that
+    cannot be right as given: fixed atoms (FixAtoms) with the all-zero forces ASE's
+    ``get_forces()`` gives them; energies that change opposite to, or far more or less
+    than, the forces' work between consecutive similar frames (:func:`energy_work_ratio`:
+    forces of the wrong sign, energies and forces in different units); the same frame
+    twice; no energy label at all (energies then undetermined up to e0); a stress that
+    reads as a virial (tensile or shear above 160 GPa, compressive above 1 TPa)."""
+    from ase.constraints import FixAtoms
+
+    for k, (a, lab) in enumerate(zip(frames, labels)):
+        fixed = [i for c in a.constraints if isinstance(c, FixAtoms) for i in np.atleast_1d(c.get_indices())]
+        if fixed and lab.forces is not None and not np.any(lab.forces[fixed]):
+            warnings.warn(f"frames[{k}]: the forces of its {len(fixed)} fixed atoms (FixAtoms) are all zero, as "
+                          "ASE's get_forces() returns them; as labels they are wrong (the oracle's forces are "
+                          "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
+            break
+    ratio = energy_work_ratio(frames, labels)
+    if ratio is not None and ratio < 0:
+        warnings.warn(f"the energy labels change opposite to the forces' work between similar frames (ratio "
+                      f"{ratio:.3g}, a median over consecutive frame pairs; 1 if consistent): forces with the "
+                      "wrong sign (an energy gradient)?", UserWarning, stacklevel=user_stacklevel())
+    elif ratio is not None and not _ENERGY_WORK_RANGE[0] < ratio < _ENERGY_WORK_RANGE[1]:
+        warnings.warn(f"the energy labels change {ratio:.3g}x as much as the forces' work between similar "
+                      "frames (a median over consecutive frame pairs; 1 if consistent): energies and forces "
+                      "in different units? (gpal takes eV and eV/Å; forces per bohr give 1.9)", UserWarning,
+                      stacklevel=user_stacklevel())
+    seen: dict = {}
+    for k, a in enumerate(frames):
+        key = (a.numbers.tobytes(), a.positions.tobytes(), a.cell.array.tobytes())
+        if key in seen:
+            warnings.warn(f"frames[{k}] repeats frames[{seen[key]}] (same atoms, positions and cell): "
+                          "its labels count twice", UserWarning, stacklevel=user_stacklevel())
+            break
+        seen[key] = k
+    if all(lab.energy is None for lab in labels):
+        warnings.warn("no training frame has an energy label: forces and stress are learned, but "
+                      "energies only up to a constant per species (e0 = 0 eV)", UserWarning,
+                      stacklevel=user_stacklevel())
+    # a virial read as a stress is -stress x volume: large and tensile-looking on the
+    # compressed cells where real stresses are large (and compressive: 300 GPa exists)
+    for lab in labels:
+        if lab.stress is None:
+            continue
+        tensile = max(lab.stress[:3].max(), np.abs(lab.stress[3:]).max())
+        compressive = -lab.stress[:3].min()
+        worst = (tensile if tensile > _STRESS_IMPLAUSIBLE
+                 else compressive if compressive > 6 * _STRESS_IMPLAUSIBLE else 0.0)
+        if worst:
+            warnings.warn(f"a stress label of {worst:.3g} eV/Å^3 ({160.2 * worst:.0f} GPa, tensile or shear above "
+                          "160 GPa, or compressive above 1 TPa): stress is in eV/Å^3 (ASE's sign: tension "
+                          "positive); a virial (eV) is -stress x volume (--virial-key)", UserWarning,
+                          stacklevel=user_stacklevel())
+            break
+
+
+def energy_work_ratio(frames, labels, max_step: float = 0.3) -> float | None:
+    """Median over consecutive frame pairs (same atoms and cell, every atom within
+    ``max_step`` Å, minimum image) of ``ΔE / W``, ``W = -½ Σ (F_a + F_b)·(r_b - r_a)`` the
+    forces' work by the trapezoid rule (exact for a quadratic energy); None with fewer
+    than 3 pairs whose work is above 1 meV. Energies and forces in the same units give
+    about 1; energies in meV with forces in eV/Å about 1000."""
+    from ase.geometry import find_mic
+
+    ratios, prev = [], None
+    for a, lab in zip(frames, labels):
+        if lab.energy is None or lab.forces is None:
+            prev = None
+            continue
+        if prev is not None:
+            b, lb = prev
+            if (len(a) == len(b) and np.array_equal(a.numbers, b.numbers) and np.array_equal(a.pbc, b.pbc)
+                    and np.allclose(a.cell.array, b.cell.array)):
+                d = a.positions - b.positions
+                if a.pbc.any():
+                    d = find_mic(d, a.cell, a.pbc)[0]
+                work = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
+                if np.abs(d).max() < max_step and abs(work) > 1e-3:
+                    ratios.append((lab.energy - lb.energy) / work)
+        prev = (a, lab)
+    return float(np.median(ratios)) if len(ratios) >= 3 else None
 
 
 def check_is_fitted(estimator, attribute="alpha_") -> None:

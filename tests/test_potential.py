@@ -797,7 +797,7 @@ def test_labels_that_cannot_be_right_as_given_warn():
     assert squeezed.get_stress()[:3].max() < -1.5  # eV/Å^3: beyond 240 GPa of compression
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        gpal.model.potential._warn_implausible_labels([gpal._validation.frame_labels(squeezed)], [squeezed])
+        gpal._validation.warn_implausible_labels([squeezed], [gpal._validation.frame_labels(squeezed)])
     # energies in meV with forces in eV/Å: consecutive frames' energy changes are 1000x the
     # forces' work (consistent labels: about 1)
     same_cell = []
@@ -807,7 +807,7 @@ def test_labels_that_cannot_be_right_as_given_warn():
         a.calc = EMT()
         a.get_forces()  # (labels: the calculator's results)
         same_cell.append(a)
-    from gpal.model.potential import _energy_work_ratio
+    from gpal._validation import energy_work_ratio as _energy_work_ratio
 
     plain = [gpal._validation.frame_labels(a) for a in same_cell]
     assert 0.8 < _energy_work_ratio(same_cell, plain) < 1.25

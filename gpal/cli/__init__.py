@@ -59,11 +59,10 @@ def _same_start_structure(spec: dict, run_dir: Path, config_path) -> None:
                       f"the run continues from its own start structure in {run_dir / 'structures.xyz'}",
                       UserWarning, stacklevel=1)
         return
+    from ..learning.state import _same_frame
+
     stored = read_frames(run_dir / "structures.xyz")[0]
-    same = (len(given) == len(stored) and np.array_equal(given.numbers, stored.numbers)
-            and np.allclose(given.cell.array, stored.cell.array, atol=1e-6)
-            and np.allclose(given.positions, stored.positions, atol=1e-6))
-    if not same:
+    if not (_same_frame(given, stored) and np.allclose(given.cell.array, stored.cell.array, atol=1e-6)):
         raise ConfigError(f"{config_path}: [structure] file {spec['file']!r} holds another structure than the "
                           f"run's start ({run_dir / 'structures.xyz'}); a resumed run cannot change it (or "
                           "start a new run with --run-dir)")
