@@ -229,6 +229,8 @@ def test_walkers_on_an_executor_label_each_temperature_step(tmp_path):
     assert [r["step"] for r in hot] == [40, 60, 80, 100]
     assert [r["frame_steps"] for r in hot] == [[39], [59], [79], [99]]  # the frame of each segment's last step
     assert summary.oracle_calls_by_reason.get("temperature") == 4
+    # the workers' checks are timed as a part of the MD time (the summary printed 0.0)
+    assert 0 < summary.time_check <= summary.time_md
 
 
 class _Inline:

@@ -461,6 +461,11 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             pending = None
             md_wall = time.perf_counter() - t0
             L._times["md"] += md_wall
+            # the checks' share of the round's wall time (workers time their own checks)
+            ran = sum(r["run"] for r in results)
+            if ran > 0:
+                L._times["check"] = L._times.get("check", 0.0) + md_wall * min(
+                    1.0, sum(r["check_time"] for r in results) / ran)
             t1 = time.perf_counter()
             rollbacks, uncertain, novel = [], [], []
             for w, r in zip(active, results):
