@@ -30,7 +30,13 @@ runs under :func:`limited`, which while the call runs
   used without a second thread pool;
 * only ever lowers the counts in force: limits the user set before the call are kept,
   and a nested call can drop cores that became busy meanwhile but never add any;
-* restores the previous counts on return.
+* restores the previous counts on return, the OpenMP runtime's too: numba's ``omp``
+  layer sets the calling thread's OpenMP thread count (``omp_set_num_threads``) when it
+  launches a loop, and other libraries on the same runtime (tblite's xTB links the same
+  ``libgomp``) would then run that many threads after gpal's call, against the user's
+  ``OMP_NUM_THREADS``: a GFN1-xTB baseline inside a prediction took 126 ms instead of
+  1.9 ms beside two busy processes. A baseline calculator that a prediction or fit
+  calls (:func:`user_code`) runs with the user's OpenMP count too.
 
 ``n`` is the user's :func:`set_threads` / :func:`threads` value, or by default the cores
 in this process's affinity mask less the cores other processes keep busy right now:
@@ -131,6 +137,8 @@ _LOCAL = threading.local()  # .override: the threads() context of this Python th
 _LOAD_CACHE: dict[str, float] = {"time": -1e300, "busy": 0.0, "rise": -1.0}
 _LOAD_LOCK = threading.Lock()
 _DISABLED = False  # _policy_disabled(): benchmarks only
+_OMP_LIBS: list | None = None  # OpenMP runtimes' controllers, once numba's pool has run
+_OMP_BEFORE: dict | None = None  # {path: threads} of the runtimes loaded before gpal's first call
 
 
 def available_cores() -> int:
@@ -350,22 +358,27 @@ class limited:
     each model evaluation of an MD step does (``predict`` calling the descriptor).
     """
 
-    __slots__ = ("size", "_numba_old", "_blas", "_active")
+    __slots__ = ("size", "_numba_old", "_blas", "_active", "_outer")
 
     def __init__(self, size: int | None = None):
         self.size = size
         self._numba_old = None  # numba's count to restore, if this call lowered it
         self._blas = None  # this call's BLAS request, if it made one
         self._active = False  # this call is on the thread's stack of limits
+        self._outer = False  # the thread's outermost gpal call: restores OpenMP's count
 
     def __enter__(self) -> None:
         if _DISABLED:
             return None
-        n = default_threads()
-        blas = n if self.size is not None and self.size >= SMALL_BLOCK else 1
         stack = getattr(_LOCAL, "limits", None)
         if stack is None:
             stack = _LOCAL.limits = []
+        if not stack and not getattr(_LOCAL, "outer", False):
+            # before numba is touched: starting its pool may set OpenMP's count already
+            _LOCAL.outer = self._outer = True
+            _omp_enter()
+        n = default_threads()
+        blas = n if self.size is not None and self.size >= SMALL_BLOCK else 1
         numba = _numba()
         if stack and n >= stack[-1][0] and blas >= stack[-1][1]:
             # the enclosing call's limits are in force and no higher: nothing to lower
@@ -382,6 +395,9 @@ class limited:
             self._blas = blas
         except BaseException:
             self._restore()
+            if self._outer:
+                self._outer = _LOCAL.outer = False
+                _omp_exit()
             raise
         if stack:
             n, blas = min(n, stack[-1][0]), min(blas, stack[-1][1])
@@ -402,7 +418,92 @@ class limited:
             _LOCAL.limits.pop()
             self._active = False
         self._restore()
+        if self._outer:
+            self._outer = _LOCAL.outer = False
+            _omp_exit()
         return False
+
+
+# ------------------------------------------------------------------ OpenMP runtimes
+def _omp_initial() -> int:
+    """An OpenMP runtime's first thread count: ``OMP_NUM_THREADS`` (its first entry) or
+    the cores of the affinity mask."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else available_cores()
+
+
+def _omp_scan() -> list:
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        return list(ThreadpoolController().select(user_api="openmp").lib_controllers)
+    except (ImportError, OSError, RuntimeError, AttributeError):
+        return []
+
+
+def _omp_libraries() -> list | None:
+    """The OpenMP runtimes loaded once numba has launched a loop on its ``omp`` layer
+    ([] on another layer), found once; None before numba's first parallel launch."""
+    global _OMP_LIBS
+    if _OMP_LIBS is None:
+        numba = _numba()
+        try:
+            layer = numba.threading_layer() if numba is not None else None
+        except ValueError:  # no parallel launch yet
+            return None
+        _OMP_LIBS = _omp_scan() if layer == "omp" else []
+    return _OMP_LIBS
+
+
+def _omp_user_values(libs: list) -> list[int]:
+    """The user's thread count of each runtime: as seen before gpal's first call, or the
+    runtime's first count for one loaded since (by numba)."""
+    before = _OMP_BEFORE or {}
+    return [before.get(lib.filepath, _omp_initial()) for lib in libs]
+
+
+def _omp_enter() -> None:
+    """At a thread's outermost gpal call: note the user's OpenMP counts."""
+    global _OMP_BEFORE
+    libs = _omp_libraries()
+    if libs is None:
+        if _OMP_BEFORE is None:  # once per process, before numba runs anything
+            _OMP_BEFORE = {lib.filepath: lib.num_threads for lib in _omp_scan()}
+        _LOCAL.omp_user = None
+    else:
+        _LOCAL.omp_user = [lib.num_threads for lib in libs]
+
+
+def _omp_set(libs: list, values: list[int]) -> list[int]:
+    """Set each runtime's count for this thread; returns the counts it had."""
+    now = [lib.num_threads for lib in libs]
+    for lib, want, had in zip(libs, values, now):
+        if want != had:
+            lib.set_num_threads(want)
+    return now
+
+
+def _omp_exit() -> None:
+    """At the end of a thread's outermost gpal call: give OpenMP its user counts back."""
+    libs = _omp_libraries()
+    if libs:
+        _omp_set(libs, getattr(_LOCAL, "omp_user", None) or _omp_user_values(libs))
+    _LOCAL.omp_user = None
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[None]:
+    """Run the user's code (a baseline calculator) from inside a gpal call with the
+    user's OpenMP thread counts, not those numba's loops left."""
+    libs = None if _DISABLED or not getattr(_LOCAL, "outer", False) else _omp_libraries()
+    if not libs:
+        yield
+        return
+    had = _omp_set(libs, getattr(_LOCAL, "omp_user", None) or _omp_user_values(libs))
+    try:
+        yield
+    finally:
+        _omp_set(libs, had)
 
 
 #: fewest rows per numba thread for which a row-parallel BLAS pass pays (a parallel

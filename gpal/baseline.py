@@ -34,6 +34,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from . import _threads
 from .exceptions import BaselineError
 
 __all__ = ["ZeroBaseline", "make_baseline", "baseline_spec", "baseline_labels"]
@@ -200,7 +201,7 @@ def baseline_labels(calc, atoms: Atoms, *, stress: bool = False) -> dict[str, An
     """
     a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     name = type(calc).__name__
-    with _lock_of(calc):  # an ASE calculator keeps state: one evaluation at a time
+    with _lock_of(calc), _threads.user_code():  # one evaluation at a time; the user's OpenMP threads
         return _evaluate(calc, a, name, stress)
 
 

@@ -267,3 +267,45 @@ def test_own_busy_threads_are_counted_as_own():
         worker.join()
     assert min(own) >= 1  # the reading thread itself
     assert max(own) >= 2  # and the worker, at least once
+
+
+def test_openmp_threads_are_the_users_after_a_call_and_inside_a_baseline():
+    """numba's ``omp`` layer sets the calling thread's OpenMP count when it launches a
+    loop; a library on the same runtime (tblite's xTB: a GFN1 baseline went from 1.9 to
+    126 ms per call beside two busy processes) then ran numba's count of threads against
+    OMP_NUM_THREADS=1. After gpal's calls, and inside the baseline a prediction calls,
+    every OpenMP runtime has the user's count again."""
+    out = _run("""
+        import numba
+        from threadpoolctl import threadpool_info
+        from ase.calculators.emt import EMT
+        import gpal
+        from conftest import POLY, SMALL_SOAP, cu_frames
+
+        def omp():
+            return sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "openmp"})
+
+        class Probe(EMT):  # a baseline that notes the OpenMP counts it runs with
+            seen = []
+
+            def calculate(self, *args, **kwargs):
+                Probe.seen.append(tuple(omp()))
+                super().calculate(*args, **kwargs)
+
+        soap = gpal.SOAP(["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+        frames = cu_frames(3, seed=1)
+        with gpal.threads(2):
+            m = gpal.SparseGP(soap, gpal.NormalizedDotProduct(zeta=2), n_sparse=10, baseline=Probe()).fit(frames)
+            after_fit = omp()
+            m.predict(frames[0], return_std=True)
+        import json
+        print(json.dumps([numba.threading_layer(), numba.config.NUMBA_NUM_THREADS, after_fit, omp(),
+                          sorted(set(Probe.seen))]))
+    """, OMP_NUM_THREADS="1")
+    import json
+
+    layer, pool, after_fit, after, seen = json.loads(out.strip().splitlines()[-1])
+    if layer != "omp" or pool < 2:
+        pytest.skip(f"numba's threading layer {layer} with {pool} threads sets no OpenMP count above 1")
+    assert after_fit == [1] and after == [1]
+    assert seen == [[1]]
