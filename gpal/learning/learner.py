@@ -948,7 +948,7 @@ class ActiveLearner:
         rng = as_rng(self.random_state)
         pending_path = self.run_dir / "bootstrap.xyz"
         if pending_path.exists():
-            chosen = read_frames(pending_path)
+            pool = read_frames(pending_path)
         else:
             cands = self._candidates(rng)
             desc = self.model.descriptor if self.model.descriptor is not None else None
@@ -957,31 +957,41 @@ class ActiveLearner:
 
                 desc = default_descriptor(self.structures)
             Xs = [desc.create(a) for a in cands]
+            # in FPS order, the bootstrap frames and as many spares: a spare replaces a
+            # frame the oracle could not label (an SCF that did not converge), so the
+            # calibration still starts from n_bootstrap frames (with one fewer a water
+            # run at 500 K never labelled again, its raw force std 100x too small)
             idx = selection.frame_farthest_point_sampling(
-                Xs, min(self.n_bootstrap, len(cands)), random_state=rng
+                Xs, min(2 * self.n_bootstrap, len(cands)), random_state=rng
             )
-            chosen = [cands[i] for i in idx]
-            write_frames(pending_path, chosen)  # whole or absent: a kill cannot cut it
+            pool = [cands[i] for i in idx]
+            write_frames(pending_path, pool)  # whole or absent: a kill cannot cut it
         have = read_frames(self.train_path) if self.train_path.exists() else []
         # by positions, not by count: a frame whose label failed is not in train.xyz
-        todo = [c for c in chosen if not any(_same_frame(c, a) for a in have)]
-        done = len(chosen) - len(todo)
-        self._log({"event": "bootstrap", "n": len(chosen), "already_labelled": done})
+        queue = [c for c in pool if not any(_same_frame(c, a) for a in have)]
+        done = len(pool) - len(queue)
+        need = max(0, min(self.n_bootstrap, len(pool)) - done)
+        self._log({"event": "bootstrap", "n": min(self.n_bootstrap, len(pool)), "already_labelled": done})
         labelled = []
-        if not have and self.oracle.executor is None:
+        if not have and self.oracle.executor is None and need:
             # the run's first oracle calls one frame at a time (as in this process they run
             # anyway) until one is labelled: an oracle that cannot label this system (a
             # species it lacks, a wrong setting) is asked _FIRST_FRAMES times, not for every
             # frame; a frame it cannot label among good ones is skipped as any other
             tried = 0
-            while todo and not labelled:
-                labelled = self._label(todo[:1], "bootstrap", first=tried)
-                todo, tried = todo[1:], tried + 1
-                if not labelled and tried == _FIRST_FRAMES and todo:
+            while queue and not labelled:
+                labelled = self._label(queue[:1], "bootstrap", first=tried)
+                queue, tried = queue[1:], tried + 1
+                if not labelled and tried == _FIRST_FRAMES and queue:
                     raise OracleError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
                                       f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
                                       f"sent to it. {self._fix_and_resume()}")
-        labelled += self._label(todo, "bootstrap") if todo else []
+            need -= len(labelled)
+        while need > 0 and queue:  # a frame that fails is replaced by the next spare
+            batch, queue = queue[:need], queue[need:]
+            got = self._label(batch, "bootstrap")
+            labelled += got
+            need -= len(got)
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
             failures = self._last_failures
