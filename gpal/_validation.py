@@ -400,3 +400,48 @@ def check_number(name: str, value, *, low: float = -np.inf, strict: bool = False
         bound = "" if low == -np.inf else f" {'>' if strict else '>='} {low:g}{unit and ' ' + unit}"
         raise ValueError(f"{name} must be {what}{bound}{' or None' if none else ''}, got {value!r}")
     return value
+
+
+def misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
+    """``(keyword, known keyword)`` for each of ``kwargs`` that an ASE calculator class does
+    not know but that is one typo from one it knows.
+
+    ASE's ``Calculator`` stores any keyword in ``parameters``; EMT, TBLite and most others
+    then ignore an unknown one (``TBLite(methd="GFN1-xTB")`` runs GFN2-xTB). The known
+    keywords are the class's ``default_parameters`` and its ``__init__`` arguments (over
+    its bases). Classes without ``default_parameters`` (VASP, which takes any INCAR key),
+    calculators that write an input file (ASE's ``FileIOCalculator``: Gromacs lists some of
+    its ``.mdp`` keys only) and keywords unlike every known one are left alone: only a
+    near-miss is a typo. Used for oracles and Δ-learning baselines.
+    """
+    import difflib
+    import inspect
+
+    params = getattr(factory, "default_parameters", None)
+    if not isinstance(factory, type) or not isinstance(params, dict) or not params:
+        return []
+    from ase.calculators import calculator as ase_calc
+
+    file_io = tuple(c for c in (getattr(ase_calc, "FileIOCalculator", None),
+                                getattr(ase_calc, "GenericFileIOCalculator", None)) if c is not None)
+    if file_io and issubclass(factory, file_io):
+        return []  # (their keywords go to an input file: default_parameters lists only some)
+    known = set(params)
+    for cls in factory.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):
+            continue
+        known.update(p.name for p in sig.parameters.values()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    known.discard("self")
+    out = []
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+            if close:
+                out.append((key, close[0]))
+    return out

@@ -35,6 +35,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _threads
+from ._validation import misspelt_keywords
 from .exceptions import BaselineError
 
 __all__ = ["ZeroBaseline", "make_baseline", "baseline_spec", "baseline_labels"]
@@ -131,6 +132,12 @@ def make_baseline(baseline, kwargs: dict | None = None):
             raise BaselineError("baseline_kwargs apply to an import path, not to a live calculator")
         return baseline
     factory = _calculator_class(path)
+    misspelt = misspelt_keywords(factory, kw)
+    if misspelt:
+        key, close = misspelt[0]
+        raise BaselineError(f"the baseline {path} has no keyword {key!r} (did you mean {close!r}?): an ASE "
+                            "calculator keeps unknown keywords without a word, so the model would learn "
+                            "against its default instead")
     try:
         return factory(**kw)
     except TypeError as exc:

@@ -227,6 +227,8 @@ def test_missing_baseline_module_on_load_is_one_line(tmp_path, lj_model):
     (3.0, None, "ASE calculator"),
     (None, {"a": 1}, "without a baseline"),
     (EMT(), {"a": 1}, "live calculator"),
+    # a typo ran the calculator's default silently (TBLite's GFN2 for methd="GFN1-xTB")
+    ("ase.calculators.lj:LennardJones", {"sigmaa": 2.3}, "no keyword 'sigmaa' .*did you mean 'sigma'"),
 ])
 def test_bad_baselines(train, bad, kwargs, match):
     with pytest.raises(BaselineError, match=match):
@@ -394,6 +396,25 @@ def test_a_baseline_without_stress_is_refused_before_the_first_oracle_call(tmp_p
     with pytest.raises(BaselineError, match="gives no stress, which this periodic frame needs"):
         gpal.ActiveLearner(cell, EMT(), model, run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_baseline_that_cannot_evaluate_the_start_is_refused_before_the_first_oracle_call(tmp_path):
+    """A molecule with an element the baseline lacks failed after the bootstrap's paid calls
+    (4 DFT labels of a run that could not go on)."""
+    from ase.build import molecule
+
+    model = SparseGP(SOAP(species=["H", "S"], periodic=False, weighting=POLY, **SMALL_SOAP), n_sparse=20,
+                     baseline="ase.calculators.emt:EMT")
+    calls = []
+
+    class Counting(EMT):
+        def calculate(self, *args, **kwargs):
+            calls.append(1)
+            super().calculate(*args, **kwargs)
+
+    with pytest.raises(BaselineError, match="No EMT-potential for S"):
+        gpal.ActiveLearner(molecule("SH2"), Counting(), model, run_dir=tmp_path / "run", progress=False)
+    assert not calls and not (tmp_path / "run").exists()
 
 
 def test_gpal_info_shows_a_delta_model_whose_baseline_module_is_missing(tmp_path, monkeypatch, capsys):

@@ -397,19 +397,20 @@ def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracl
 
 
 def _check_baseline_stress(model, oracle, structures) -> None:
-    """A Δ-model's baseline that gives no stress, where the oracle's labels of a periodic
-    start structure will hold one: :class:`gpal.exceptions.BaselineError` now, not after
-    the bootstrap's oracle calls."""
+    """A Δ-model's baseline that cannot evaluate the start structures (a species it lacks,
+    a charge it refuses) or gives no stress where the oracle's labels of a periodic start
+    structure will hold one: :class:`gpal.exceptions.BaselineError` now, not after the
+    bootstrap's oracle calls (one baseline evaluation per start structure)."""
     from .. import baseline as _baseline
 
-    periodic = [a for a in structures if np.all(a.pbc) and a.cell.volume > 1e-6]
-    if getattr(model, "baseline", None) is None or not periodic:
+    if getattr(model, "baseline", None) is None:
         return
     calc = oracle.resolve() if isinstance(oracle, OracleSpec) else oracle
-    if "stress" not in getattr(calc, "implemented_properties", ()):
-        return  # (labels without stress ask the baseline for none)
+    with_stress = "stress" in getattr(calc, "implemented_properties", ())
     base = getattr(model, "baseline_", None) or _baseline.make_baseline(model.baseline, model.baseline_kwargs)
-    _baseline.baseline_labels(base, periodic[0], stress=True)
+    for a in structures:
+        periodic = bool(np.all(a.pbc) and a.cell.volume > 1e-6)
+        _baseline.baseline_labels(base, a, stress=with_stress and periodic)
 
 
 def _check_neighbours(atoms: Atoms, r_cut: float, what: str) -> None:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import difflib
 import importlib
-import inspect
 import logging
 import os
 import threading
@@ -35,6 +33,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
+from .._validation import misspelt_keywords
 from ..exceptions import OracleError
 from ..io import labelled
 
@@ -83,7 +82,14 @@ class OracleSpec:
             try:
                 obj = getattr(obj, part)
             except AttributeError as exc:
-                raise OracleError(f"{module!r} has no attribute {name!r}") from exc
+                hint = ""
+                try:  # ASE calculators of other packages live in their ".ase" module (tblite.ase)
+                    if hasattr(importlib.import_module(f"{module}.ase"), name):
+                        hint = f" (did you mean '{module}.ase:{name}'?)"
+                except Exception:
+                    pass
+                raise OracleError(f"oracle factory {self.factory!r}: module {module!r} has no attribute "
+                                  f"{name!r}{hint}") from exc
         if not callable(obj):
             raise OracleError(f"oracle factory {self.factory!r} is not callable")
         return obj
@@ -101,7 +107,7 @@ class OracleSpec:
         if calc is not None:
             return calc
         factory = self.resolve()
-        misspelt = _misspelt_keywords(factory, self.kwargs)
+        misspelt = misspelt_keywords(factory, self.kwargs)
         if misspelt:
             key, close = misspelt[0]
             raise OracleError(f"the oracle {self.factory} has no keyword {key!r} (did you mean "
@@ -124,48 +130,6 @@ class OracleSpec:
 
     def to_dict(self) -> dict:
         return {"factory": self.factory, "kwargs": dict(self.kwargs)}
-
-
-def _misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
-    """``(keyword, known keyword)`` for each of ``kwargs`` that an ASE calculator class does
-    not know but that is one typo from one it knows.
-
-    ASE's ``Calculator`` stores any keyword in ``parameters``; EMT, TBLite and most others
-    then ignore an unknown one (``TBLite(methd="GFN1-xTB")`` runs GFN2-xTB). The known
-    keywords are the class's ``default_parameters`` and its ``__init__`` arguments (over
-    its bases). Classes without ``default_parameters`` (VASP, which takes any INCAR key),
-    calculators that write an input file (ASE's ``FileIOCalculator``: Gromacs lists some of
-    its ``.mdp`` keys only) and keywords unlike every known one are left alone: only a
-    near-miss is a typo.
-    """
-    params = getattr(factory, "default_parameters", None)
-    if not isinstance(factory, type) or not isinstance(params, dict) or not params:
-        return []
-    from ase.calculators import calculator as ase_calc
-
-    file_io = tuple(c for c in (getattr(ase_calc, "FileIOCalculator", None),
-                                getattr(ase_calc, "GenericFileIOCalculator", None)) if c is not None)
-    if file_io and issubclass(factory, file_io):
-        return []  # (their keywords go to an input file: default_parameters lists only some)
-    known = set(params)
-    for cls in factory.__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            continue
-        try:
-            sig = inspect.signature(init)
-        except (TypeError, ValueError):
-            continue
-        known.update(p.name for p in sig.parameters.values()
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    known.discard("self")
-    out = []
-    for key in kwargs:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
-            if close:
-                out.append((key, close[0]))
-    return out
 
 
 def as_oracle_spec(obj) -> OracleSpec | Any:
