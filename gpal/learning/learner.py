@@ -755,6 +755,11 @@ class ActiveLearner:
                 self.n_labelled += 1
 
         broken = None
+        # written ahead: a kill (SIGKILL, a node lost) during the calls leaves this as the
+        # log's last oracle record, from which a resume counts the calls it cut off
+        self._log({"event": "oracle_send", "step": self.step, "reason": reason, "frames": len(frames),
+                   "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
+                   "parallel": self.oracle.executor is not None})
         try:
             try:
                 labelled, failures = self.oracle.label(frames, on_label=arrived, first=first)
@@ -783,6 +788,40 @@ class ActiveLearner:
                    **({"frame_steps": [int(s) for s in steps]} if steps is not None else {}),
                    "oracle_calls": self.oracle.n_calls})
         return good
+
+    def _count_cut_calls(self, log_path: Path) -> None:
+        """On resume: the oracle calls a kill cut off. If the log's last record is an
+        ``oracle_send`` (nothing is logged while the calls run; an interrupt logs its own
+        record and saves its counts), the process died during those calls: they cost at
+        least the calls before them, the labels that arrived since, and the call that was
+        running (every frame's, when they went to an executor at once). The count only
+        ever rises."""
+        if not log_path.exists():
+            return
+        line = ""
+        with open(log_path, "rb") as fh:  # the last line only
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+            fh.seek(max(0, end - 4096))
+            tail = fh.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)
+            line = tail[-1]
+        if '"oracle_send"' not in line:
+            return
+        try:
+            last = json.loads(line)
+        except ValueError:
+            return
+        if last.get("event") != "oracle_send":
+            return
+        arrived = max(0, self.n_labelled - int(last["labelled"]))
+        running = max(int(last["frames"]) - arrived, 0) if last.get("parallel") else 1
+        least = int(last["oracle_calls"]) + (int(last["frames"]) if last.get("parallel") else arrived + running)
+        if least > self.oracle.n_calls:
+            reason = str(last.get("reason", "uncertain"))
+            self._calls[reason] = self._calls.get(reason, 0) + least - self.oracle.n_calls
+            log.info("resume: %d oracle call(s) cut off by the end of the last session",
+                     least - self.oracle.n_calls)
+            self.oracle.n_calls = least
 
     def _fix_and_resume(self) -> str:
         """What a run stopped by its oracle's failures says to do next."""
@@ -1990,6 +2029,7 @@ class ActiveLearner:
         self.oracle.n_calls += len(unseen)
         # every labelled frame but a fitted model's initial ones cost an oracle call
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled - self._reasons.count("initial"))
+        self._count_cut_calls(run_dir / "log.jsonl")
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         self._explore = explore
         self.stopped_early_ = state.get("stopped_early")  # why the run ended before its total, if it did
