@@ -111,3 +111,16 @@ class ShortForcesEMT(EMT):
         self.n += 1
         if self.n % 3 == 0:
             self.results["forces"] = self.results["forces"][:-1]
+
+
+class SlowWhenMarked(EMT):
+    """EMT that first sleeps ``delay`` s for a frame whose first atom sits at x = 0.123 Å."""
+
+    def __init__(self, delay: float = 3.0, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if atoms is not None and abs(atoms.positions[0, 0] - 0.123) < 1e-9:
+            time.sleep(self.delay)
+        super().calculate(atoms, properties, system_changes)

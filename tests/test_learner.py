@@ -240,6 +240,33 @@ def test_hanging_oracle_times_out(tmp_path):
             p.kill()
 
 
+def test_labels_from_an_executor_arrive_as_they_finish_and_survive_ctrl_c():
+    """Labels were taken in the order sent: three fast ones behind a slow one were not on
+    disk until it returned, and Ctrl-C meanwhile threw them away (paid, then paid again
+    on resume). Now each is handed over as it finishes."""
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [start() for _ in range(4)]
+    for k, a in enumerate(frames):
+        a.positions += np.random.default_rng(k).normal(0, 0.02, a.positions.shape)
+    frames[0].positions[0, 0] = 0.123  # the slow one, sent first
+    arrived = []
+    with ThreadPoolExecutor(2) as pool:
+        oracle = gpal.Oracle(OracleSpec("_oracles:SlowWhenMarked", {"delay": 4.0}), executor=pool, retries=0)
+        main = threading.main_thread().ident
+        timer = threading.Timer(1.5, lambda: signal.pthread_kill(main, signal.SIGINT))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            oracle.label(frames, on_label=lambda i, a: arrived.append(i))
+        waited = time.monotonic() - t0  # (the pool's exit then waits for the slow thread)
+        timer.cancel()
+    assert sorted(arrived) == [1, 2, 3] and waited < 3.5
+    assert oracle.n_calls == 4
+
+
 def test_blow_up_rolls_back_and_labels(tmp_path):
     L = learner(tmp_path / "run", max_force=0.3, trigger=Trigger(threshold=10.0))
     summary = L.run(40)

@@ -479,26 +479,49 @@ class Oracle:
                         attempts[i] += 1
                         self.n_calls += 1
                         futures[i] = fut
-                    for (i, fut), deadline in zip(futures.items(), self._deadlines(len(futures))):
-                        try:
-                            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                            res = fut.result(timeout=left)
-                            _check_result(res, len(frames[i]))
-                        except cf.TimeoutError:
-                            fut.cancel()
-                            reasons[i] = f"timed out after {self.timeout} s"
-                            log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
-                            again.append(i)
-                            continue
-                        except cf.BrokenExecutor as exc:  # a worker died (a crash, an out-of-memory kill)
-                            broken = exc
-                            failed(i, exc, retry=False)
-                            continue
-                        except Exception as exc:  # worker exceptions arrive re-raised here
-                            failed(i, exc)
-                            continue
-                        arrived(i, res)
-                except BaseException:  # on_label failed, or Ctrl-C: what is queued is not wanted
+                    # labels are taken as they finish, not in the order sent: a fast label
+                    # behind a slow one is on disk at once (a kill then lost it, paid for)
+                    deadline = dict(zip(futures, self._deadlines(len(futures))))
+                    pending = {fut: i for i, fut in futures.items()}
+                    while pending:
+                        soonest = min((deadline[i] for i in pending.values() if deadline[i] is not None),
+                                      default=None)
+                        wait = None if soonest is None else max(0.0, soonest - time.monotonic())
+                        done, _ = cf.wait(list(pending), timeout=wait, return_when=cf.FIRST_COMPLETED)
+                        for fut in sorted(done, key=pending.get):
+                            i = pending.pop(fut)
+                            try:
+                                res = fut.result()
+                                _check_result(res, len(frames[i]))
+                            except cf.BrokenExecutor as exc:  # a worker died (a crash, an out-of-memory kill)
+                                broken = exc
+                                failed(i, exc, retry=False)
+                                continue
+                            except Exception as exc:  # worker exceptions arrive re-raised here
+                                failed(i, exc)
+                                continue
+                            arrived(i, res)
+                        now = time.monotonic()
+                        for fut, i in list(pending.items()):
+                            if deadline[i] is not None and now >= deadline[i] and not fut.done():
+                                del pending[fut]
+                                fut.cancel()
+                                reasons[i] = f"timed out after {self.timeout} s"
+                                log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
+                                again.append(i)
+                except KeyboardInterrupt:  # Ctrl-C: labels already computed are paid for, keep them
+                    for fut in futures.values():
+                        fut.cancel()
+                    for i, fut in futures.items():
+                        if labelled[i] is None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                            try:
+                                res = fut.result()
+                                _check_result(res, len(frames[i]))
+                            except Exception:
+                                continue
+                            arrived(i, res)
+                    raise
+                except BaseException:  # on_label failed: what is queued is not wanted
                     for fut in futures.values():
                         fut.cancel()
                     raise
