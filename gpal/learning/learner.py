@@ -1510,7 +1510,7 @@ class ActiveLearner:
             return [w for w, _ in uncertain]
         frames = [w.atoms.copy() for w, _ in uncertain]
         if self.targets is not None:  # gpal.TargetSet: global gain mixed with the target's
-            keep, acq = self.targets.choose(self.model, frames)
+            keep, acq = self.targets.choose(self.model, frames, scale=self._force_std_scale())
             self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
                        "chosen": [uncertain[i][0].index for i in keep], "acquisition": acq,
                        "weight": self.targets.weight_})

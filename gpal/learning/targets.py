@@ -560,13 +560,18 @@ class TargetSet:
         return np.concatenate(rows), np.concatenate(noise), slice(1, 1 + 3 * n)
 
     @staticmethod
-    def _scores(solver, A, noise, fslice, T, total_var, force_noise):
-        """(IG of the force labels, share of target variance removed, mean and max force variance)."""
+    def _scores(solver, A, noise, fslice, T, total_var, force_noise, scale: float = 1.0):
+        """(IG of the force labels, share of target variance removed, mean and max force
+        variance), under the calibrated posterior: its learnable covariances are ``scale²``
+        times the model's (``total_var`` is calibrated too, :meth:`_total_var`); the
+        variances returned are the model's own (uncalibrated)."""
         C_ff = solver.cov_sor(A)
         var_f = np.clip(np.diag(C_ff)[fslice], 0.0, None)
-        ig = 0.5 * float(np.sum(np.log1p(var_f / force_noise**2)))
+        s2 = float(scale) ** 2
+        ig = 0.5 * float(np.sum(np.log1p(s2 * var_f / force_noise**2)))
+        C_ff *= s2
         C_ff[np.diag_indices_from(C_ff)] += noise**2
-        C_ft = solver.cov_sor(A, T)
+        C_ft = s2 * solver.cov_sor(A, T)
         try:
             W = np.linalg.solve(np.linalg.cholesky(C_ff), C_ft)
             removed = float(np.sum(W * W))
@@ -577,16 +582,20 @@ class TargetSet:
             return ig, min(max(rho, 0.0), 1.0), 0.0, 0.0
         return ig, min(max(rho, 0.0), 1.0), float(np.mean(var_f)), float(np.max(var_f))
 
-    def _total_var(self, model, solver, rows, resid) -> float:
-        return float(np.sum(np.clip(solver.var_sor(rows), 0.0, None)) + np.sum(resid))
+    def _total_var(self, model, solver, rows, resid, scale: float = 1.0) -> float:
+        """The target's total calibrated variance: ``scale²`` Σ learnable + Σ residual."""
+        return float(scale**2 * np.sum(np.clip(solver.var_sor(rows), 0.0, None)) + np.sum(resid))
 
-    def score_frames(self, model, frames) -> dict:
+    def score_frames(self, model, frames, scale: float = 1.0) -> dict:
         """Information gain and target variance reduction of each frame, one at a time.
 
         Parameters
         ----------
         model : gpal.SparseGP (fitted)
         frames : sequence of ase.Atoms
+        scale : float, default 1.0
+            The force-std recalibration factor: the learnable covariances are ``scale²``
+            times the model's.
 
         Returns
         -------
@@ -598,12 +607,12 @@ class TargetSet:
             largest one.
         """
         _, T, resid, _ = self._functionals(model)
-        total = self._total_var(model, model.solver_, T, resid)
+        total = self._total_var(model, model.solver_, T, resid, scale)
         out = {"information_gain": [], "reduction": [], "force_std": [], "force_std_max": []}
         f_noise = model.typical_force_noise()
         for a in frames:
             A, noise, fs = self._frame_rows(model, a)
-            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, f_noise)
+            ig, rho, vf, vmax = self._scores(model.solver_, A, noise, fs, T, total, f_noise, scale)
             out["information_gain"].append(ig)
             out["reduction"].append(rho)
             out["force_std"].append(math.sqrt(vf))
@@ -667,10 +676,10 @@ class TargetSet:
         """
         values, T, resid, _ = self._functionals(model)
         sor = np.clip(model.solver_.var_sor(T), 0.0, None)
-        total = float(np.sum(sor) + np.sum(resid))
+        total = float(scale**2 * np.sum(sor) + np.sum(resid))
         target_std = float(np.sqrt(scale**2 * sor + resid).max())
         A, noise, fs = self._frame_rows(model, atoms)
-        ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.typical_force_noise())
+        ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.typical_force_noise(), scale)
         u = scale * math.sqrt(vmax)
         w = self.update_weight(u, reference)
         known = self.tolerance is not None and target_std <= self.tolerance
@@ -691,7 +700,7 @@ class TargetSet:
         sor = np.clip(model.solver_.var_sor(T), 0.0, None)
         if self.tolerance is not None and float(np.sqrt(scale**2 * sor + resid).max()) <= self.tolerance:
             return None
-        total = float(np.sum(sor) + np.sum(resid))
+        total = float(scale**2 * np.sum(sor) + np.sum(resid))
         key = ("rows", self._key(model))
         if self._cache.get("rows_key") != key:
             self._cache["rows"] = [self._frame_rows(model, a) for a in self.structures]
@@ -701,7 +710,7 @@ class TargetSet:
         for k, rows in enumerate(self._cache["rows"]):
             if k in self.labelled_:
                 continue
-            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, f_noise)
+            _, rho, _, _ = self._scores(model.solver_, *rows, T, total, f_noise, scale)
             if rho > best_rho:
                 best, best_rho = k, rho
         if best is None or (1.0 - self.weight_) * best_rho < self.min_reduction:
@@ -709,7 +718,8 @@ class TargetSet:
         self.labelled_.append(best)
         return best
 
-    def choose(self, model, frames: Sequence[Atoms], *, keep: float = 0.25) -> tuple[list[int], list[float]]:
+    def choose(self, model, frames: Sequence[Atoms], *, keep: float = 0.25,
+               scale: float = 1.0) -> tuple[list[int], list[float]]:
         """Which of several uncertain frames to label: greedy targeted acquisition.
 
         Each pick maximises ``a = w · IG/IG_best + (1 − w) · ρ`` (IG_best: the best
@@ -717,7 +727,9 @@ class TargetSet:
         that already holds the earlier picks' labels (zero-valued rows in a copy of the
         factorisation: a variance does not depend on label values), as
         :func:`gpal.selection.greedy_select`, gpal's one greedy engine, does for all batches. Picks whose
-        acquisition is under ``keep`` times the first pick's are dropped.
+        acquisition is under ``keep`` times the first pick's are dropped. ``scale``: the
+        force-std recalibration factor (the learnable covariances are ``scale²`` times
+        the model's).
 
         Returns
         -------
@@ -732,8 +744,8 @@ class TargetSet:
         f_noise = model.typical_force_noise()
 
         def scores(idx):
-            total = self._total_var(model, solver, T, resid)
-            sc = [self._scores(solver, *rows[k], T, total, f_noise) for k in idx]
+            total = self._total_var(model, solver, T, resid, scale)
+            sc = [self._scores(solver, *rows[k], T, total, f_noise, scale) for k in idx]
             if not ig_best:  # the first round's best: later gains are on the same scale
                 ig_best.append(max(max(s[0] for s in sc), 1e-300))
             return [w * s[0] / ig_best[0] + (1.0 - w) * s[1] for s in sc]
