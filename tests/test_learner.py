@@ -1480,6 +1480,8 @@ def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
         (dict(oracle="ase.calculators.emt:EMTT"), OracleError,
          "oracle factory 'ase.calculators.emt:EMTT': module 'ase.calculators.emt' has no attribute 'EMTT'"),
         (dict(oracle=EMT), TypeError, r"pass an instance, EMT\(\), or the string 'ase.calculators.emt:EMT'"),
+        (dict(oracle={"factory": "ase.calculators.emt:EMT", "kwargs": {"asap_cutoff": print}}), TypeError,
+         "oracle's kwargs must be values a run folder can keep"),
         (dict(oracle={"factory": "_oracles:StrictEMT", "kwargs": {"methd": 1}}), OracleError,
          r"cannot build the oracle _oracles:StrictEMT\(methd=1\): TypeError"),
         (dict(oracle={"factory": "ase.calculators.emt:EMT", "kwargs": {"asap_cutof": True}}), OracleError,

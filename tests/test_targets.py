@@ -152,6 +152,13 @@ def test_choose_skips_a_duplicate_and_bad_settings_raise(fitted):
         TargetSet(images, quantity="difference")
     with pytest.raises(ValueError, match="atoms"):
         TargetSet(images, atoms=[99])
+    # were taken silently: atom 0 counted twice, 1.7 and True read as atom 1
+    with pytest.raises(ValueError, match="list an atom twice"):
+        TargetSet(images, atoms=[0, 0])
+    for bad in ([1.7], [True]):
+        with pytest.raises(ValueError, match="integer atom indices"):
+            TargetSet(images, atoms=bad)
+    assert TargetSet(images, atoms=np.array([2, 1])).atoms == [2, 1]
     with pytest.raises(ValueError, match="tolerance"):
         TargetSet(images, tolerance=-1)
 
@@ -443,3 +450,19 @@ def test_an_evidence_refit_puts_the_target_environments_back_without_growing(tmp
     X = np.vstack([L.model.descriptor_.create(a) for a in images])
     gap = np.min(np.linalg.norm(L.model.sparse_X_[:, None, :] - X[None, :, :], axis=2), axis=1)
     assert np.sum(gap < 1e-10) >= 3  # target environments are sparse points again
+
+
+def test_a_target_species_the_model_cannot_know_is_refused_before_any_call(tmp_path):
+    """Through the Python API a Ni target for a Cu run was found out after the bootstrap's
+    4 oracle calls (the CLI refused it at once)."""
+    import gpal
+    from ase.calculators.emt import EMT
+
+    images, _ = vacancy_path(3)
+    ni = [a.copy() for a in images]
+    for a in ni:
+        a.symbols[:] = "Ni"
+    with pytest.raises(gpal.UnknownSpeciesError, match=r"target structures\[0\]"):
+        ActiveLearner(images[0], EMT(), run_dir=tmp_path / "run", progress=False,
+                      targets=TargetSet(ni, quantity="barrier"))
+    assert not (tmp_path / "run").exists()

@@ -13,6 +13,7 @@ import pytest
 from ase.build import bulk
 from ase.io import read
 
+import gpal
 from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
 from gpal.exceptions import GpalError, ModelFileError
 from gpal.learning.walkers import judge_frame, model_from_bytes, model_to_bytes
@@ -166,6 +167,12 @@ def test_walker_keys_of_the_configuration_are_checked(tmp_path):
 def test_bad_walker_settings_are_refused(tmp_path):
     with pytest.raises(TypeError, match="walker_executor must be"):
         learner(tmp_path / "a", walker_executor=4)
+    # the class passed the check, paid the bootstrap, then failed in submit
+    with pytest.raises(TypeError, match="an executor instance.*not the class ProcessPoolExecutor"):
+        learner(tmp_path / "a", walker_executor=ProcessPoolExecutor)
+    with pytest.raises(TypeError, match="executor must be a concurrent.futures.Executor instance"):
+        gpal.learning.OracleSettings(executor=object())
+    assert not (tmp_path / "a").exists()
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         with pytest.raises(ValueError, match="spawn"):
             learner(tmp_path / "c", walker_executor=pool)

@@ -56,7 +56,8 @@ from .. import selection
 from .._validation import (as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number,
                            user_stacklevel)
 from ..calculator import GPCalculator
-from ..exceptions import GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, interrupt_in
+from ..exceptions import (GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, UnknownSpeciesError,
+                          interrupt_in)
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, write_frames)
 from ..model import SparseGP
@@ -566,6 +567,11 @@ class ActiveLearner:
         self.oracle_spec = as_oracle_spec(oracle)
         if isinstance(self.oracle_spec, OracleSpec):
             self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
+            try:  # the run folder keeps them (state.json) for resume and for worker processes
+                json.dumps(self.oracle_spec.kwargs, default=_json_default)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"the oracle's kwargs must be values a run folder can keep (numbers, strings, "
+                                f"lists, dicts): {exc}; pass a live calculator instead") from None
         for name, value, kind in (("model", model, SparseGP), ("md", md, MDSettings), ("trigger", trigger, Trigger)):
             if value is not None and not isinstance(value, kind):
                 hint = " (gpal.load(path) loads a saved model)" if name == "model" else ""
@@ -574,6 +580,19 @@ class ActiveLearner:
         if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
             self.model._check_params()
         check_start(self.structures, self.model, list(val.frames or []), oracle=self.oracle_spec)
+        if targets is not None and hasattr(targets, "structures"):
+            # a target species the model will not know: refused now, not after the bootstrap's calls
+            desc = getattr(self.model, "descriptor_", None) or self.model.descriptor
+            known = getattr(desc, "species_numbers_", None)
+            if known is None:
+                known = sorted({int(z) for a in self.structures for z in a.numbers})
+            for k, a in enumerate(targets.structures):
+                try:
+                    check_atoms(a, species=known, what=f"target structures[{k}]")
+                except UnknownSpeciesError as exc:
+                    exc.args = (f"target structures[{k}]: {exc} (the model learns the species of the start "
+                                "structures, or of its descriptor)",)
+                    raise
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         check_ramp_factory(self.md, self.structures[0] if self.structures else None)

@@ -160,6 +160,10 @@ class OracleSettings:
     max_calls: int | None = None
 
     def __post_init__(self):
+        ex = self.executor
+        if ex is not None and (isinstance(ex, type) or not callable(getattr(ex, "submit", None))):
+            what = f"the class {ex.__name__}" if isinstance(ex, type) else type(ex).__name__
+            raise TypeError(f"executor must be a concurrent.futures.Executor instance (with submit), got {what}")
         self.timeout = check_number("oracle_timeout", self.timeout, low=0, strict=True, none=True, unit="s")
         self.retries = check_number("oracle_retries", self.retries, low=0, integer=True)
         check_option("on_oracle_failure", self.on_failure, ("skip", "stop"))

@@ -185,9 +185,14 @@ class TargetSet:
         self.quantity = quantity
         n_min = min(len(a) for a in self.structures)
         if atoms is not None:
-            atoms = [int(i) for i in np.atleast_1d(atoms)]
+            given = list(np.atleast_1d(atoms))
+            if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in given):
+                raise ValueError(f"target atoms must be integer atom indices, got {given}")
+            atoms = [int(i) for i in given]
             if not atoms or min(atoms) < 0 or max(atoms) >= n_min:
                 raise ValueError(f"target atoms must be indices in [0, {n_min}), got {atoms}")
+            if len(set(atoms)) != len(atoms):
+                raise ValueError(f"target atoms list an atom twice: {atoms}")
         self.atoms = atoms
         if quantity == "difference":
             if pair is None or len(pair) != 2:

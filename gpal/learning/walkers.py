@@ -307,6 +307,9 @@ def run_segment(task: dict) -> dict:
 def check_walker_settings(learner: "ActiveLearner") -> None:
     """Refuse settings the walkers cannot run with on other processes (one-line errors)."""
     ex = learner.walker_executor
+    if isinstance(ex, type):  # ProcessPoolExecutor itself: its submit is a function, not a method
+        raise TypeError(f"walker_executor must be an executor instance, e.g. {ex.__name__}(2, mp_context=..."
+                        f"), not the class {ex.__name__}")
     if not callable(getattr(ex, "submit", None)):
         raise TypeError(f"walker_executor must be a concurrent.futures.Executor (with submit), "
                         f"got {type(ex).__name__}")
