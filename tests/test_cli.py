@@ -681,3 +681,23 @@ n_sparse = 20
     (node2 / "gone.toml").write_text(text.replace('"start.xyz"', '"gone.xyz"'))  # not on this node
     assert main(["learn", "gone.toml", "--resume", "run", "--steps", "40", "-q"]) == 0
     assert "the run continues from its own start structure" in capsys.readouterr().err
+
+
+def test_a_stopping_section_gives_the_learner_its_stopping_rule(tmp_path, fake_learner, capsys):
+    """The calibrated stop was Python-only (``[learner] stopping`` is no TOML value)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 10\n[stopping]\ntolerance = 0.05\npatience = 2\n')
+    assert main(["learn", str(cfg), "-q"]) == 0
+    rule = fake_learner.calls[-1]["stopping"]
+    assert isinstance(rule, gpal.calibration.StoppingRule)
+    assert (rule.tolerance, rule.patience, rule.use) == (0.05, 2, "conformal")
+    assert "[stopping]" in config.default_toml() and "# tolerance = <a number>" in config.default_toml()
+    for body, msg in (("patience = 2", "patience is set but tolerance is not"),
+                      ("tolerance = -1", "tolerance must be a positive"),
+                      ('tolerance = 0.1\nuse = "max"', "use must be one of"),
+                      ("tolerence = 0.1", "did you mean 'tolerance'")):
+        cfg.write_text(f'run_dir = "{tmp_path / "bad"}"\n[stopping]\n{body}\n')
+        assert main(["learn", str(cfg), "-q"]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert config.config_difference({"stopping": {"tolerance": 0.1}}, {"stopping": {"tolerance": 0.2}}) is None

@@ -198,6 +198,7 @@ def _resume(args: argparse.Namespace) -> int:
     args.run_dir_used = run_dir
     state = _load_state(run_dir)
     steps, executor = args.steps, None
+    overrides = {}
     if args.config:
         cfg, user = config.load_config(args.config)
         stored = run_dir / "config.toml"
@@ -222,6 +223,11 @@ def _resume(args: argparse.Namespace) -> int:
                               f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
         if steps is None and "steps" in user:
             steps = int(user["steps"])
+        if "stopping" in user and user["stopping"] != (state.get("stopping") and {
+                k: state["stopping"][k] for k in user["stopping"] if k in state["stopping"]}):
+            from ..calibration import StoppingRule  # a new or changed [stopping]: the rule starts afresh
+
+            overrides["stopping"] = StoppingRule(**user["stopping"]) if user["stopping"] else None
     if steps is not None and steps < int(state["step"]):
         given = f"--steps {steps}" if args.steps is not None else f"steps = {steps} in {args.config}"
         raise GpalError(f"{given} is below the {state['step']} steps this run has made: steps "
@@ -244,7 +250,7 @@ def _resume(args: argparse.Namespace) -> int:
         def resumed():
             try:
                 learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet,
-                                               walker_executor=walkers[0])
+                                               walker_executor=walkers[0], **overrides)
             except KeyError as exc:
                 raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
                                 "state this gpal version can resume") from exc
@@ -335,6 +341,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     learner_cfg = dict(cfg["learner"])
     check_number("[learner] n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
     groups = group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
+    if cfg.get("stopping"):  # [stopping] tolerance: the calibrated stop (checked by load_config)
+        from ..calibration import StoppingRule
+
+        learner_cfg["stopping"] = StoppingRule(**cfg["stopping"])
     descriptor = None
     if cfg.get("descriptor"):
         from ..descriptors import SOAP

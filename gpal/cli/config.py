@@ -28,6 +28,8 @@ top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
               (``steps = 0``: none)
 [targets]     learning aimed at a target (gpal.TargetSet.from_file): ``file``
               of structures (e.g. NEB images), ``quantity``, ``tolerance``; no file: none
+[stopping]    stop when the calibrated force bound is under ``tolerance`` (eV/Å;
+              gpal.StoppingRule); no tolerance: the run makes all its steps
 
 An unknown key or section, or a value of the wrong type, is a :class:`ConfigError`
 whose one-line message names the key and suggests the closest valid one.
@@ -65,7 +67,7 @@ DEFAULT_LEARN = {
 #: ActiveLearner parameters the command line fills from elsewhere (not from [learner])
 _LEARNER_SET_BY_CLI = ("model", "run_dir", "md", "trigger", "validation", "executor", "progress")
 #: keys that may change when a run is resumed with a configuration
-RESUMABLE = ("steps", "workers", "walker_workers", "walker_scheduler")
+RESUMABLE = ("steps", "workers", "walker_workers", "walker_scheduler", "stopping")
 
 _MISSING = object()
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -264,6 +266,14 @@ def schema() -> dict:
         ),
         "targets": _signature_keys(TargetSet.from_file, names=list(inspect.signature(TargetSet.from_file).parameters),
                                    docs_from=TargetSet.from_file),
+        "stopping": _static(
+            ("tolerance", (float,), _MISSING, "eV/Å: stop once the calibrated force bound on the walkers' "
+                                              "frames and the judged force RMSE stay under it"),
+            ("patience", (int,), _MISSING, "consecutive checks under tolerance (default 3)"),
+            ("use", (str,), _MISSING, "the bound: \"conformal\" (90 % conformal quantile × std, the default) "
+                                      "or \"scale\" (recalibrated std)"),
+            ("validation_tolerance", (float,), _MISSING, "eV/Å for the judged force RMSE (default: tolerance)"),
+        ),
     }
 
 
@@ -365,6 +375,17 @@ def _check_semantics(path, cfg: dict) -> None:
         if other:
             raise ConfigError(f"{path}: [model] file gives a fitted model, whose settings come with it; "
                               f"remove {other[0]}")
+    stopping = cfg.get("stopping", {})
+    if stopping:
+        if "tolerance" not in stopping:
+            raise ConfigError(f"{path}: [stopping] {sorted(stopping)[0]} is set but tolerance is not "
+                              "(eV/Å: the force bound to stop under)")
+        from ..calibration import StoppingRule
+
+        try:
+            StoppingRule(**stopping)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [stopping] {exc}") from None
     targets = cfg.get("targets", {})
     if targets and "file" not in targets:
         sch = schema()["targets"]
@@ -557,6 +578,8 @@ _SECTION_DOCS = {
                "(energies, forces, barrier, difference) and a tolerance for a target stop; no file: none",
     "validation": "an independent oracle MD trajectory for reported errors (steps = 0, the default: none; "
                   "every one of its oracle calls is counted; calibration needs none)",
+    "stopping": "stop learning when the calibrated force bound stays under tolerance (eV/Å; "
+                "gpal.StoppingRule; unset: the run makes all its steps); may change on --resume",
 }
 
 
