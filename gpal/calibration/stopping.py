@@ -47,10 +47,13 @@ class StoppingRule:
     MD to judge on (or validation frames) and, under a rising temperature protocol, once
     the protocol is at its top temperature (``ActiveLearner._may_stop``).
 
-    At each check the learner passes the largest calibrated bound over the frames the
-    sampler visited since the last check (``q̂·σ`` for ``use="conformal"``, ``s·σ`` for
-    ``use="scale"``; :meth:`compute_bound` makes it from a fitted calibrator). The rule
-    stops when
+    At each check the learner passes a calibrated bound on the frames its walkers are at
+    then (one frame per walker per check, not every frame since the last one): the
+    largest over those frames of the RMS over force components of the calibrated std of
+    a new force label times the conformal quantile (``q̂·σ``, ``use="conformal"``: the
+    90 % half-width) or of that std (``s·σ``, ``use="scale"``), in eV/Å; an RMS, so some
+    components of a frame are above it (:meth:`compute_bound` makes such a bound from a
+    fitted calibrator). The rule stops when
 
     - that bound was ``< tolerance`` at ``patience`` consecutive checks (a check at or
       above tolerance, or with an infinite bound, resets the count), and
