@@ -116,6 +116,19 @@ class PySCF(Calculator):
         self.n_scf_retries = 0
         self._dm = None  # previous density matrix, the next initial guess
 
+    def check_structure(self, atoms) -> None:
+        """Raise ``ValueError`` (one line) if ``atoms`` cannot have this charge and spin:
+        the electron count and the unpaired electrons (2S) must have the same parity. The
+        active learner asks before its first call (a charged water with spin 0 failed on
+        every label, each tried twice)."""
+        p = self.parameters
+        electrons = int(np.sum(atoms.numbers)) - int(p["charge"])
+        if electrons < 0 or (electrons - int(p["spin"])) % 2:
+            raise ValueError(
+                f"PySCF: {atoms.get_chemical_formula()} with charge {int(p['charge'])} has {electrons} electrons, "
+                f"which spin = {int(p['spin'])} (2S, unpaired electrons) cannot have: the two need the same "
+                f"parity (spin = {electrons % 2} for the lowest multiplicity)")
+
     # ---------------------------------------------------------------- helpers
     def _mol(self, atoms):
         from pyscf import gto
@@ -127,8 +140,10 @@ class PySCF(Calculator):
                 unit="Angstrom", basis=p["basis"], charge=int(p["charge"]), spin=int(p["spin"]),
                 verbose=int(p["verbose"]),
             )
-        except RuntimeError as exc:  # e.g. electron count and spin disagree
-            raise ValueError(f"PySCF cannot build this molecule: {exc}") from None
+        except RuntimeError as exc:  # e.g. electron count and spin disagree: the same on any retry
+            err = ValueError(f"PySCF cannot build this molecule: {' '.join(str(exc).split())}")
+            err.retryable = False
+            raise err from None
 
     def _method(self, mol, safer: bool):
         from pyscf import dft

@@ -109,3 +109,22 @@ def test_spec_runs_in_a_process_pool(reference):
     assert not failures
     assert remote[0].get_potential_energy() == pytest.approx(reference[0], abs=1e-6)
     np.testing.assert_allclose(remote[0].get_forces(), reference[1], atol=1e-5)
+
+
+def test_a_charge_and_spin_that_disagree_are_refused_before_any_call(tmp_path):
+    """A charged water with spin 0 failed on every label, each tried twice, with PySCF's
+    two-line message split across warnings."""
+    import gpal
+
+    calc = PySCF(charge=1, **FAST)
+    with pytest.raises(ValueError, match="has 9 electrons, which spin = 0 .*spin = 1"):
+        calc.check_structure(water())
+    PySCF(charge=1, spin=1, **FAST).check_structure(water())  # the doublet cation is fine
+    with pytest.raises(ValueError, match="has 9 electrons"):
+        gpal.ActiveLearner(water(), pyscf_oracle(charge=1, **FAST), run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    bad = water()
+    bad.calc = calc
+    with pytest.raises(ValueError, match="cannot build") as err:  # one line, and not worth a retry
+        bad.get_potential_energy()
+    assert "\n" not in str(err.value) and err.value.retryable is False

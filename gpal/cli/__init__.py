@@ -332,7 +332,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
                           "no frame would be labelled")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
-    oracle.check()  # an unimportable factory or wrong kwargs fail here, not on every label
+    calc = oracle.check()  # an unimportable factory or wrong kwargs fail here, not on every label
+    if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge and spin
+        calc.check_structure(structure)
     md = dict(cfg["md"])
     if isinstance(md.get("temperature"), list):
         md["temperature"] = tuple(md["temperature"])

@@ -566,7 +566,7 @@ class ActiveLearner:
                                                           "validation", "run"))
         self.oracle_spec = as_oracle_spec(oracle)
         if isinstance(self.oracle_spec, OracleSpec):
-            self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
+            calc = self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
             try:  # the run folder keeps them (state.json) for resume and for worker processes
                 json.dumps(self.oracle_spec.kwargs, default=_json_default)
             except (TypeError, ValueError) as exc:
@@ -580,6 +580,10 @@ class ActiveLearner:
         if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
             self.model._check_params()
         check_start(self.structures, self.model, list(val.frames or []), oracle=self.oracle_spec)
+        calc = calc if isinstance(self.oracle_spec, OracleSpec) else self.oracle_spec
+        if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge and spin
+            for a in self.structures:
+                calc.check_structure(a)
         if targets is not None and hasattr(targets, "structures"):
             # a target species the model will not know: refused now, not after the bootstrap's calls
             desc = getattr(self.model, "descriptor_", None) or self.model.descriptor

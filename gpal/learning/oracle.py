@@ -433,7 +433,7 @@ class Oracle:
         broken = None  # the executor's workers died (cf.BrokenExecutor)
 
         def failed(i: int, exc: BaseException, retry: bool = True) -> None:
-            reasons[i] = f"{type(exc).__name__}: {exc}"
+            reasons[i] = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line in logs and warnings
             log.warning("oracle failed on frame %d (attempt %d): %s", first + i, attempts[i], reasons[i])
             if retry and getattr(exc, "retryable", True):
                 again.append(i)
