@@ -402,30 +402,22 @@ def check_number(name: str, value, *, low: float = -np.inf, strict: bool = False
     return value
 
 
-def misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
-    """``(keyword, known keyword)`` for each of ``kwargs`` that an ASE calculator class does
-    not know but that is one typo from one it knows.
-
-    ASE's ``Calculator`` stores any keyword in ``parameters``; EMT, TBLite and most others
-    then ignore an unknown one (``TBLite(methd="GFN1-xTB")`` runs GFN2-xTB). The known
-    keywords are the class's ``default_parameters`` and its ``__init__`` arguments (over
-    its bases). Classes without ``default_parameters`` (VASP, which takes any INCAR key),
-    calculators that write an input file (ASE's ``FileIOCalculator``: Gromacs lists some of
-    its ``.mdp`` keys only) and keywords unlike every known one are left alone: only a
-    near-miss is a typo. Used for oracles and Δ-learning baselines.
-    """
-    import difflib
+def _known_keywords(factory) -> set | None:
+    """The keywords an ASE calculator class lists (``default_parameters`` and ``__init__``
+    arguments over its bases), or None where they cannot be known (no
+    ``default_parameters``, e.g. VASP, which takes any INCAR key; ASE's file-writing
+    calculators, whose ``default_parameters`` list only some of their input keys)."""
     import inspect
 
     params = getattr(factory, "default_parameters", None)
     if not isinstance(factory, type) or not isinstance(params, dict) or not params:
-        return []
+        return None
     from ase.calculators import calculator as ase_calc
 
     file_io = tuple(c for c in (getattr(ase_calc, "FileIOCalculator", None),
                                 getattr(ase_calc, "GenericFileIOCalculator", None)) if c is not None)
     if file_io and issubclass(factory, file_io):
-        return []  # (their keywords go to an input file: default_parameters lists only some)
+        return None
     known = set(params)
     for cls in factory.__mro__:
         init = cls.__dict__.get("__init__")
@@ -438,10 +430,46 @@ def misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
         known.update(p.name for p in sig.parameters.values()
                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     known.discard("self")
+    return known
+
+
+def misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
+    """``(keyword, known keyword)`` for each of ``kwargs`` that an ASE calculator class does
+    not know but that is one typo from one it knows.
+
+    ASE's ``Calculator`` stores any keyword in ``parameters``; EMT, TBLite and most others
+    then ignore an unknown one (``TBLite(methd="GFN1-xTB")`` runs GFN2-xTB). Classes whose
+    keywords cannot be known are left alone (:func:`_known_keywords`). Used for oracles
+    and Δ-learning baselines, which refuse these; :func:`unknown_keywords` names the rest.
+    """
+    import difflib
+
+    known = _known_keywords(factory)
     out = []
-    for key in kwargs:
+    for key in kwargs if known is not None else ():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
             if close:
                 out.append((key, close[0]))
     return out
+
+
+def unknown_keywords(factory, kwargs: dict) -> tuple[list[str], list[str]]:
+    """``(keywords of kwargs the class does not list, its parameters)``; empty
+    lists where they cannot be known. ``TBLite(mult=2)`` or ``spin=1`` are kept and
+    ignored (its keyword is ``multiplicity``): oracles and baselines warn with these."""
+    known = _known_keywords(factory)
+    if known is None:
+        return [], []
+    return [k for k in kwargs if k not in known], sorted(factory.default_parameters)
+
+
+def warn_unknown_keywords(factory, kwargs: dict, what: str) -> None:
+    """A ``UserWarning`` naming the keywords of ``kwargs`` that the calculator class
+    ``factory`` does not list (``what``: "the oracle ase.calculators.emt:EMT")."""
+    unknown, known = unknown_keywords(factory, kwargs)
+    if unknown:
+        listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        warnings.warn(f"{what} does not list the keyword(s) {', '.join(map(repr, unknown))} (its parameters: "
+                      f"{listed}); an ASE calculator keeps unknown keywords without using them",
+                      UserWarning, stacklevel=user_stacklevel())

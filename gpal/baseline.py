@@ -35,7 +35,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _threads
-from ._validation import misspelt_keywords
+from ._validation import misspelt_keywords, warn_unknown_keywords
 from .exceptions import BaselineError
 
 __all__ = ["ZeroBaseline", "make_baseline", "baseline_spec", "baseline_labels"]
@@ -138,6 +138,7 @@ def make_baseline(baseline, kwargs: dict | None = None):
         raise BaselineError(f"the baseline {path} has no keyword {key!r} (did you mean {close!r}?): an ASE "
                             "calculator keeps unknown keywords without a word, so the model would learn "
                             "against its default instead")
+    warn_unknown_keywords(factory, kw, f"the baseline {path}")
     try:
         return factory(**kw)
     except TypeError as exc:

@@ -435,3 +435,16 @@ def test_gpal_info_shows_a_delta_model_whose_baseline_module_is_missing(tmp_path
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "baseline    : tmpbase:LJ" in out and "not buildable here" in out and "species     : Cu" in out
+
+
+def test_a_keyword_the_baseline_or_oracle_does_not_list_warns(tmp_path):
+    """TBLite(mult=2) or spin=1 ran the singlet without a word (its keyword is multiplicity)."""
+    from ase.build import bulk
+
+    with pytest.warns(UserWarning, match=r"baseline ase.calculators.lj:LennardJones does not list the keyword\(s\) "
+                                         r"'radius' \(its parameters: epsilon, rc, ro, sigma, smooth\)"):
+        gpal.baseline.make_baseline("ase.calculators.lj:LennardJones", {"radius": 2.0})
+    with pytest.warns(UserWarning, match="the oracle ase.calculators.emt:EMT does not list the keyword.*'spin'"):
+        gpal.ActiveLearner(bulk("Cu", cubic=True).repeat(2), {"factory": "ase.calculators.emt:EMT",
+                                                              "kwargs": {"spin": 1}},
+                           run_dir=tmp_path / "run", progress=False)

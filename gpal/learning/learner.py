@@ -54,7 +54,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
 from .._validation import (as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number,
-                           user_stacklevel)
+                           user_stacklevel, warn_unknown_keywords)
 from ..calculator import GPCalculator
 from ..exceptions import (GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, UnknownSpeciesError,
                           interrupt_in)
@@ -567,6 +567,8 @@ class ActiveLearner:
         self.oracle_spec = as_oracle_spec(oracle)
         if isinstance(self.oracle_spec, OracleSpec):
             calc = self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
+            warn_unknown_keywords(self.oracle_spec.resolve(), self.oracle_spec.kwargs,
+                                  f"the oracle {self.oracle_spec.factory}")
             try:  # the run folder keeps them (state.json) for resume and for worker processes
                 json.dumps(self.oracle_spec.kwargs, default=_json_default)
             except (TypeError, ValueError) as exc:
