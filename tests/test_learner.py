@@ -1770,3 +1770,24 @@ def test_oracle_threads_of_a_thread_pool_each_build_their_calculator(tmp_path):
         ref = b.copy()
         ref.calc = EMT()
         assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-10)
+
+
+def test_a_bound_warning_of_the_bootstrap_fit_on_few_frames_is_logged_not_warned(tmp_path, monkeypatch, recwarn):
+    """On 2 correct water-trimer frames the first fit warned "signal_variance at its lower
+    bound ... check units": the run chooses again as labels arrive."""
+    import warnings as _w
+
+    L = learner(tmp_path / "run", n_bootstrap=2, trigger=Trigger(threshold=10.0))
+    real = L.model.fit
+
+    def fit(frames, *args, **kwargs):
+        out = real(frames, *args, **kwargs)
+        _w.warn("hyperparameters chosen by the evidence sit at a bound of their range: signal_variance = "
+                "0.001 eV² (at its lower bound).", UserWarning)
+        return out
+
+    monkeypatch.setattr(L.model, "fit", fit)
+    L.run(5)
+    assert not [w for w in recwarn if "sit at a bound" in str(w.message)]
+    logged = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["frames"] for r in logged if r.get("event") == "evidence_bound"] == [2]

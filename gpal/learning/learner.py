@@ -1064,7 +1064,16 @@ class ActiveLearner:
             raise OracleError(f"no bootstrap frame could be labelled{first}; see log.jsonl")
         t0 = time.perf_counter()
         if self.model.alpha_ is None:
-            self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
+            for w in caught:
+                # a few bootstrap frames often leave a hyperparameter at a bound (the run
+                # chooses again as labels arrive): logged, not warned, on fewer than 5 frames
+                if len(frames) < 5 and "sit at a bound of their range" in str(w.message):
+                    self._log({"event": "evidence_bound", "frames": len(frames), "message": str(w.message)})
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             if self.optimize_every and getattr(self.model, "hyperparameters", "fixed") != "evidence":
                 self._optimize()
             self._last_opt = max(self.n_labelled, 1)
