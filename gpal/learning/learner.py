@@ -364,6 +364,35 @@ _FIRST_FRAMES = 2
 _MAX_BLOWUPS = 50
 
 
+#: RMS displacement (Å) under which two frames of one batch ask the oracle the same question
+_SAME_FRAME_RMS = 0.02
+
+
+def _distinct_frames(frames: list, order: list[int]) -> list[int]:
+    """``order`` without the frames within :data:`_SAME_FRAME_RMS` Å RMS (minimum image) of
+    an earlier kept one with the same atoms and cell."""
+    kept: list[int] = []
+    for i in order:
+        a = frames[i]
+        same = False
+        for j in kept:
+            b = frames[j]
+            if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers) or \
+                    not np.allclose(a.cell.array, b.cell.array, atol=1e-6):
+                continue
+            d = a.positions - b.positions
+            if np.any(a.pbc) and abs(a.cell.volume) > 1e-9:
+                frac = d @ np.linalg.inv(a.cell.array)
+                frac -= np.round(frac) * a.pbc
+                d = frac @ a.cell.array
+            if np.sqrt(np.mean(np.sum(d * d, axis=1))) < _SAME_FRAME_RMS:
+                same = True
+                break
+        if not same:
+            kept.append(i)
+    return kept
+
+
 def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracle=None) -> None:
     """Raise before any oracle call or file for start structures ``model`` cannot take.
 
@@ -1538,19 +1567,23 @@ class ActiveLearner:
         One frame: it. Several: a label-free greedy batch by force information gain
         (:meth:`gpal.SparseGP.select_frames`; the variance needs no labels), keeping
         the picks whose information gain, given the earlier picks, is at least a
-        quarter of the first pick's: near-duplicates of a pick are not labelled twice.
+        quarter of the first pick's. That gain falls little for a copy of a pick when
+        the stds are near the label noise (a noisy label is worth repeating; the
+        oracle's is not), so a frame within :data:`_SAME_FRAME_RMS` Å RMS of a pick is
+        not labelled either.
         """
         if len(uncertain) <= 1:
             return [w for w, _ in uncertain]
         frames = [w.atoms.copy() for w, _ in uncertain]
         if self.targets is not None:  # gpal.TargetSet: global gain mixed with the target's
             keep, acq = self.targets.choose(self.model, frames, scale=self._force_std_scale())
+            keep = _distinct_frames(frames, keep)
             self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
                        "chosen": [uncertain[i][0].index for i in keep], "acquisition": acq,
                        "weight": self.targets.weight_})
             return [uncertain[i][0] for i in keep]
         picks, gains = self.model.select_frames(frames, len(frames), return_gains=True)
-        keep = [int(i) for i, g in zip(picks, gains) if g >= 0.25 * gains[0]]
+        keep = _distinct_frames(frames, [int(i) for i, g in zip(picks, gains) if g >= 0.25 * gains[0]])
         self._log({"event": "batch", "step": self.step, "candidates": [w.index for w, _ in uncertain],
                    "chosen": [uncertain[i][0].index for i in keep], "gains": gains})
         return [uncertain[i][0] for i in keep]
