@@ -395,3 +395,38 @@ def test_a_walker_run_stopped_by_a_failed_segment_or_ctrl_c_leaves_no_segment_qu
                 L.run(200)
             assert len(Tracking.submitted) == 4
             assert not [f for f in Tracking.submitted if not f.running() and not f.done()], first
+
+
+def test_a_round_that_waits_long_for_its_segments_says_so(tmp_path, monkeypatch, caplog):
+    """A dask cluster whose only worker died waited for ever without a word; a cancelled
+    segment was reported as one that "failed on its worker (CancelledError: )"."""
+    import logging
+    import threading
+    from concurrent.futures import Future
+
+    import gpal.learning.walkers as walkers_module
+
+    monkeypatch.setattr(walkers_module, "WAIT_NOTE", 0.2)
+
+    class Late:  # runs each segment after 0.5 s, in a thread
+        def submit(self, fn, *args, **kwargs):
+            f = Future()
+            threading.Timer(0.5, lambda: f.set_result(fn(*args, **kwargs))).start()
+            return f
+
+    L = learner(tmp_path / "run", walker_executor=Late(), n_walkers=1,
+                trigger=Trigger(threshold=100.0, adaptive=False, novelty=1.0, every=5, max_labels=5))
+    with caplog.at_level(logging.WARNING, logger="gpal.learning.walkers"):
+        L.run(40)
+    assert any("waiting" in r.getMessage() and "walker segment" in r.getMessage() for r in caplog.records)
+    assert any(r.get("event") == "waiting" for r in records(tmp_path / "run"))
+
+    class Cancelling:
+        def submit(self, fn, *args, **kwargs):
+            f = Future()
+            f.cancel()
+            return f
+
+    L = learner(tmp_path / "run2", walker_executor=Cancelling(), n_walkers=1)
+    with pytest.raises(GpalError, match="cancelled by its executor"):
+        L.run(40)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import io
+import logging
 import os
 import socket
 import threading
@@ -60,6 +61,8 @@ from ..exceptions import GpalError, OverlappingAtomsError
 from ..model import SparseGP
 from .sampler import blown_up
 from .trigger import trigger_state
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import ActiveLearner
@@ -419,11 +422,16 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
 
     def collect(futures) -> list:
         try:
+            _wait_noting(L, futures)
             return [f.result() for f in futures]
         except Exception as exc:
             for f in futures:
                 f.cancel()
             L.checkpoint()
+            if isinstance(exc, cf.CancelledError):
+                raise GpalError("a walker segment was cancelled by its executor (a dask scheduler that "
+                                f"stopped, or a pool shut down); the run is saved in {L.run_dir}: resume "
+                                "it") from exc
             raise GpalError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
                             f"the run is saved in {L.run_dir}: resume it") from exc
 
@@ -436,7 +444,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         index = {f: w for w, f in zip(active, futures)}
         results, todo = {}, set(futures)
         while todo:
-            done, todo = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+            done, todo = _wait_noting(L, todo, first=True)
             for f in done:
                 w = index[f]
                 results[w.index] = r = collect([f])[0]
@@ -565,6 +573,31 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         for w, r in zip(pending[1], collect(pending[2])):
             take_state(w, r)
         L.step = min(steps.values())
+
+
+#: seconds without a finished walker segment after which the learner says it is waiting
+WAIT_NOTE = 300.0
+
+
+def _wait_noting(L, futures, first: bool = False):
+    """``cf.wait`` for the segments (all, or the first with ``first``), with a warning and
+    a ``waiting`` log record each :data:`WAIT_NOTE` s that none finishes: a dask cluster
+    whose only worker died waits for a new one without a word. Returns ``cf.wait``'s."""
+    futures = set(futures)
+    t0 = time.monotonic()
+    while True:
+        # (a future cancelled outside an executor is done() but never done for cf.wait)
+        done = {f for f in futures if f.done()}
+        if done if first else len(done) == len(futures):
+            return done, futures - done
+        done, pending = cf.wait(futures - done, timeout=WAIT_NOTE,
+                                return_when=cf.FIRST_COMPLETED if first else cf.ALL_COMPLETED)
+        if done if first else not pending:
+            return done | {f for f in futures if f.done()}, {f for f in futures if not f.done()}
+        waited = time.monotonic() - t0
+        log.warning("waiting %.0f s for %d walker segment(s): is a worker running them (a dask "
+                    "cluster with no live worker waits for one)?", waited, len(pending))
+        L._log({"event": "waiting", "seconds": round(waited, 1), "segments": len(pending)})
 
 
 def local_walker_executor(workers: int | None = None, scheduler: str | None = None):
