@@ -525,9 +525,9 @@ r_cut = 4.0
 n_max = 3
 l_max = 2
 [validation]
-steps = 40
+steps = 200
 every = 20
-""")
+""")  # (10 validation labels of 0.5 s: the first is still at them when the second has started, even on a busy machine)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "gpal.cli", "learn", str(cfg), "-q"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
