@@ -124,3 +124,15 @@ class SlowWhenMarked(EMT):
         if atoms is not None and abs(atoms.positions[0, 0] - 0.123) < 1e-9:
             time.sleep(self.delay)
         super().calculate(atoms, properties, system_changes)
+
+
+class CountingEMT(EMT):
+    """EMT that counts its energy/force evaluations of distinct configurations."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.n_evaluations = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        self.n_evaluations += 1
+        super().calculate(atoms, properties, system_changes)

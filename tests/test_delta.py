@@ -405,16 +405,12 @@ def test_a_baseline_that_cannot_evaluate_the_start_is_refused_before_the_first_o
 
     model = SparseGP(SOAP(species=["H", "S"], periodic=False, weighting=POLY, **SMALL_SOAP), n_sparse=20,
                      baseline="ase.calculators.emt:EMT")
-    calls = []
+    from _oracles import CountingEMT
 
-    class Counting(EMT):
-        def calculate(self, *args, **kwargs):
-            calls.append(1)
-            super().calculate(*args, **kwargs)
-
+    oracle = CountingEMT()
     with pytest.raises(BaselineError, match="No EMT-potential for S"):
-        gpal.ActiveLearner(molecule("SH2"), Counting(), model, run_dir=tmp_path / "run", progress=False)
-    assert not calls and not (tmp_path / "run").exists()
+        gpal.ActiveLearner(molecule("SH2"), oracle, model, run_dir=tmp_path / "run", progress=False)
+    assert oracle.n_evaluations == 0 and not (tmp_path / "run").exists()
 
 
 def test_gpal_info_shows_a_delta_model_whose_baseline_module_is_missing(tmp_path, monkeypatch, capsys):

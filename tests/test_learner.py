@@ -23,7 +23,7 @@ import gpal
 from gpal import SOAP, ActiveLearner, MDSettings, OracleSpec, SparseGP, Trigger
 from gpal.calibration import StoppingRule
 
-from _oracles import FlakyEMT, NaNCalculator, NoStressEMT
+from _oracles import CountingEMT, FlakyEMT, NaNCalculator, NoStressEMT
 from conftest import POLY, SMALL_SOAP, UnsavableConstraint, cu_frames
 
 pytestmark = pytest.mark.slow
@@ -635,18 +635,6 @@ def test_bootstrap_strains_the_cell_only_when_the_sampler_may_change_it():
     own = ActiveLearner(start(), EMT(), md=MDSettings(factory=factory))._candidates(rng)
     strains = [np.abs(np.linalg.solve(start().cell.array, c.cell.array) - np.eye(3)).max() for c in own]
     assert 0.0 < max(strains) <= 2 * 0.05 / np.cbrt(start().get_volume() / len(start())) + 1e-12
-
-
-class CountingEMT(EMT):
-    """EMT that counts its energy/force evaluations of distinct configurations."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.n_evaluations = 0
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
-        self.n_evaluations += 1
-        super().calculate(atoms, properties, system_changes)
 
 
 def test_default_loop_counts_every_call_and_never_bursts(tmp_path):
@@ -1288,16 +1276,10 @@ def test_unlabelled_validation_frames_are_refused_before_any_oracle_call(tmp_pat
 
     frames = cu_frames(2, seed=1, size=(2, 2, 2))
     bare = frames[1].copy()  # positions only
-    calls = []
-
-    class Counting(EMT):
-        def calculate(self, *a, **k):
-            calls.append(1)
-            super().calculate(*a, **k)
-
+    counting = CountingEMT()
     with pytest.raises(MissingLabelsError, match="validation frame 1 has no energy"):
-        learner(tmp_path / "run", Counting(), validation=[frames[0], bare])
-    assert not calls
+        learner(tmp_path / "run", counting, validation=[frames[0], bare])
+    assert counting.n_evaluations == 0
 
 
 def test_a_trigger_subclass_that_cannot_be_imported_is_never_replaced_silently(tmp_path):
