@@ -701,3 +701,22 @@ def test_a_stopping_section_gives_the_learner_its_stopping_rule(tmp_path, fake_l
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert config.config_difference({"stopping": {"tolerance": 0.1}}, {"stopping": {"tolerance": 0.2}}) is None
+
+
+def test_resume_with_a_config_takes_its_stopping_section_whole(tmp_path, capsys):
+    """A resumed config without [stopping], or with keys left out, kept the run's rule."""
+    run = tmp_path / "run"
+    base = (f'run_dir = "{run}"\nsteps = 20\n[structure]\nrepeat = [2, 2, 2]\n'
+            "[descriptor]\nr_cut = 4.0\nn_max = 3\nl_max = 2\n[learner]\nn_bootstrap = 2\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(base + "[stopping]\ntolerance = 0.2\npatience = 5\n")
+    assert main(["learn", str(cfg), "-q"]) == 0
+    assert json.loads((run / "state.json").read_text())["stopping"]["patience"] == 5
+    cfg.write_text(base.replace("steps = 20", "steps = 25") + "[stopping]\ntolerance = 0.2\n")
+    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
+    assert "[stopping] now tolerance 0.2, patience 3" in capsys.readouterr().out
+    assert json.loads((run / "state.json").read_text())["stopping"]["patience"] == 3
+    cfg.write_text(base.replace("steps = 20", "steps = 30"))
+    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
+    assert "[stopping] removed" in capsys.readouterr().out
+    assert not json.loads((run / "state.json").read_text()).get("stopping")

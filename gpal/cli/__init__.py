@@ -223,11 +223,17 @@ def _resume(args: argparse.Namespace) -> int:
                               f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
         if steps is None and "steps" in user:
             steps = int(user["steps"])
-        if "stopping" in user and user["stopping"] != (state.get("stopping") and {
-                k: state["stopping"][k] for k in user["stopping"] if k in state["stopping"]}):
-            from ..calibration import StoppingRule  # a new or changed [stopping]: the rule starts afresh
+        # the config's [stopping] is the run's rule from here (none without one; unset keys
+        # their defaults): a new or changed rule starts its count afresh
+        from ..calibration import StoppingRule
 
-            overrides["stopping"] = StoppingRule(**user["stopping"]) if user["stopping"] else None
+        keys = ("tolerance", "patience", "use", "validation_tolerance")
+        want = StoppingRule(**user["stopping"]).state() if user.get("stopping") else None
+        had = state.get("stopping")
+        if (want and {k: want[k] for k in keys}) != (had and {k: had.get(k) for k in keys}):
+            overrides["stopping"] = StoppingRule(**user["stopping"]) if want else None
+            print(f"gpal: [stopping] {'now ' + ', '.join(f'{k} {want[k]}' for k in keys) if want else 'removed'} "
+                  f"(the run had {', '.join(f'{k} {had.get(k)}' for k in keys) if had else 'none'})")
     if steps is not None and steps < int(state["step"]):
         given = f"--steps {steps}" if args.steps is not None else f"steps = {steps} in {args.config}"
         raise GpalError(f"{given} is below the {state['step']} steps this run has made: steps "

@@ -566,23 +566,24 @@ class TargetSet:
 
     @staticmethod
     def _scores(solver, A, noise, fslice, T, total_var, force_noise, scale: float = 1.0):
-        """(IG of the force labels, share of target variance removed, mean and max force
-        variance), under the calibrated posterior: its learnable covariances are ``scale²``
-        times the model's (``total_var`` is calibrated too, :meth:`_total_var`); the
-        variances returned are the model's own (uncalibrated)."""
+        """(IG of the force labels, share of the target's calibrated variance removed, mean
+        and max force variance). The model's update with these labels (its own
+        covariances and noise) removes ``Tr(C_tf (C_ff + N)⁻¹ C_ft)`` of the learnable
+        variance, and the calibration scales what is left by ``scale²``: the calibrated
+        variance removed is ``scale²`` times that, of ``total_var`` (calibrated,
+        :meth:`_total_var`). The IG and the variances returned are the model's own."""
         C_ff = solver.cov_sor(A)
         var_f = np.clip(np.diag(C_ff)[fslice], 0.0, None)
         s2 = float(scale) ** 2
-        ig = 0.5 * float(np.sum(np.log1p(s2 * var_f / force_noise**2)))
-        C_ff *= s2
+        ig = 0.5 * float(np.sum(np.log1p(var_f / force_noise**2)))
         C_ff[np.diag_indices_from(C_ff)] += noise**2
-        C_ft = s2 * solver.cov_sor(A, T)
+        C_ft = solver.cov_sor(A, T)
         try:
             W = np.linalg.solve(np.linalg.cholesky(C_ff), C_ft)
             removed = float(np.sum(W * W))
         except np.linalg.LinAlgError:  # round-off only: C_ff holds the noise on its diagonal
             removed = float(np.sum(C_ft * (np.linalg.pinv(C_ff, hermitian=True) @ C_ft)))
-        rho = removed / total_var if total_var > 0 else 0.0
+        rho = s2 * removed / total_var if total_var > 0 else 0.0
         if not len(var_f):
             return ig, min(max(rho, 0.0), 1.0), 0.0, 0.0
         return ig, min(max(rho, 0.0), 1.0), float(np.mean(var_f)), float(np.max(var_f))
