@@ -1153,6 +1153,8 @@ def test_failed_oracle_calls_are_on_disk_before_a_kill(tmp_path):
     # request sent before it (a SIGKILL during a call went uncounted: 33 calls made, 32 reported)
     assert (R.oracle.n_calls, R.oracle.n_failures) == (7, 2)
     assert sum(R._calls.values()) == 7
+    # a second resume before any run (the first only looked) counts it too: it is on disk
+    assert ActiveLearner.resume(run, EMT(), progress=False).oracle.n_calls == 7
     summary = R.run(R.step + 1)
     assert summary.oracle_calls_unlabelled == 3  # 2 failed, 1 cut off
     again = ActiveLearner.resume(run, EMT(), progress=False)  # counted once, not at each resume

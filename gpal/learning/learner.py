@@ -811,12 +811,18 @@ class ActiveLearner:
         broken = None
         # written ahead: a kill (SIGKILL, a node lost) during the calls leaves this as the
         # log's last oracle record, from which a resume counts the calls it cut off
+        ex = self.oracle.executor
         self._log({"event": "oracle_send", "step": self.step, "reason": reason, "frames": len(frames),
                    "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
-                   "parallel": self.oracle.executor is not None})
+                   "parallel": ex is not None, "workers": getattr(ex, "_max_workers", None)})
         try:
             try:
                 labelled, failures = self.oracle.label(frames, on_label=arrived, first=first)
+            except (Exception, KeyboardInterrupt):  # not a kill: the counts in memory stand
+                self._log({"event": "oracle_return", "oracle_calls": self.oracle.n_calls})
+                raise
+            else:
+                self._log({"event": "oracle_return", "oracle_calls": self.oracle.n_calls})
             finally:  # (the calls made are counted whatever happened; on Ctrl-C run() saves them)
                 self._times["oracle"] += time.perf_counter() - t0
                 self._calls[reason] = self._calls.get(reason, 0) + self.oracle.n_calls - calls0
@@ -845,11 +851,11 @@ class ActiveLearner:
 
     def _count_cut_calls(self, log_path: Path) -> None:
         """On resume: the oracle calls a kill cut off. If the log's last record is an
-        ``oracle_send`` (nothing is logged while the calls run; an interrupt logs its own
-        record and saves its counts), the process died during those calls: they cost at
-        least the calls before them, the labels that arrived since, and the call that was
-        running (every frame's, when they went to an executor at once). The count only
-        ever rises."""
+        ``oracle_send`` (nothing is logged while the calls run, and ``oracle_return`` when
+        they end any other way), the process died during those calls: they cost at least
+        the calls before them, the labels that arrived since, and the calls that were
+        running (one, or on an executor as many as its workers). The count only ever
+        rises, and is written to ``state.json`` at once."""
         if not log_path.exists():
             return
         line = ""
@@ -868,14 +874,22 @@ class ActiveLearner:
         if last.get("event") != "oracle_send":
             return
         arrived = max(0, self.n_labelled - int(last["labelled"]))
-        running = max(int(last["frames"]) - arrived, 0) if last.get("parallel") else 1
-        least = int(last["oracle_calls"]) + (int(last["frames"]) if last.get("parallel") else arrived + running)
+        waiting = max(int(last["frames"]) - arrived, 0)
+        if last.get("parallel"):  # at most a worker's worth were running (the rest queued)
+            running = min(waiting, int(last.get("workers") or waiting))
+        else:
+            running = min(waiting, 1)
+        least = int(last["oracle_calls"]) + arrived + running
         if least > self.oracle.n_calls:
             reason = str(last.get("reason", "uncertain"))
             self._calls[reason] = self._calls.get(reason, 0) + least - self.oracle.n_calls
             log.info("resume: %d oracle call(s) cut off by the end of the last session",
                      least - self.oracle.n_calls)
             self.oracle.n_calls = least
+            state_path = log_path.parent / "state.json"  # (kept at once: a second resume sees it)
+            state = json.loads(state_path.read_text())
+            state["oracle_calls"], state["oracle_calls_by_reason"] = least, dict(self._calls)
+            self._write_json_atomic(state_path, state)
 
     def _fix_and_resume(self) -> str:
         """What a run stopped by its oracle's failures says to do next."""

@@ -511,7 +511,8 @@ class Oracle:
                                 again.append(i)
                 except KeyboardInterrupt:  # Ctrl-C: labels already computed are paid for, keep them
                     for fut in futures.values():
-                        fut.cancel()
+                        if not fut.cancelled() and fut.cancel():  # queued, never started: no call made
+                            self.n_calls -= 1
                     for i, fut in futures.items():
                         if labelled[i] is None and fut.done() and not fut.cancelled() and fut.exception() is None:
                             try:
@@ -523,7 +524,8 @@ class Oracle:
                     raise
                 except BaseException:  # on_label failed: what is queued is not wanted
                     for fut in futures.values():
-                        fut.cancel()
+                        if not fut.cancelled() and fut.cancel():  # queued, never started: no call made
+                            self.n_calls -= 1
                     raise
             todo = [] if broken is not None else [i for i in again if attempts[i] <= self.retries]
         failures = []
