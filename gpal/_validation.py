@@ -447,7 +447,7 @@ def misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
     known = _known_keywords(factory)
     out = []
     for key in kwargs if known is not None else ():
-        if key not in known:
+        if key not in known and not _compound(key, known):
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
             if close:
                 out.append((key, close[0]))
@@ -461,7 +461,12 @@ def unknown_keywords(factory, kwargs: dict) -> tuple[list[str], list[str]]:
     known = _known_keywords(factory)
     if known is None:
         return [], []
-    return [k for k in kwargs if k not in known], sorted(factory.default_parameters)
+    return [k for k in kwargs if k not in known and not _compound(k, known)], sorted(factory.default_parameters)
+
+
+def _compound(key: str, known: set) -> bool:
+    """A keyword built on a known one (TBLite reads ``alpb_solvation`` as ``solvation``)."""
+    return any(key.endswith("_" + k) or key.startswith(k + "_") for k in known)
 
 
 def warn_unknown_keywords(factory, kwargs: dict, what: str) -> None:
@@ -471,5 +476,6 @@ def warn_unknown_keywords(factory, kwargs: dict, what: str) -> None:
     if unknown:
         listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         warnings.warn(f"{what} does not list the keyword(s) {', '.join(map(repr, unknown))} (its parameters: "
-                      f"{listed}); an ASE calculator keeps unknown keywords without using them",
+                      f"{listed}); an ASE calculator keeps unknown keywords without using them (unless the "
+                      "class reads them itself)",
                       UserWarning, stacklevel=user_stacklevel())

@@ -444,3 +444,16 @@ def test_a_keyword_the_baseline_or_oracle_does_not_list_warns(tmp_path):
         gpal.ActiveLearner(bulk("Cu", cubic=True).repeat(2), {"factory": "ase.calculators.emt:EMT",
                                                               "kwargs": {"spin": 1}},
                            run_dir=tmp_path / "run", progress=False)
+
+
+def test_keywords_built_on_a_calculators_own_are_neither_refused_nor_warned(recwarn):
+    """TBLite reads alpb_solvation, gb_solvation, ... as its solvation keyword: gb_solvation
+    was refused as a typo of it, alpb_solvation warned as ignored."""
+    pytest.importorskip("tblite")
+    from gpal._validation import misspelt_keywords, unknown_keywords
+    from tblite.ase import TBLite
+
+    kw = {"gb_solvation": "water", "alpb_solvation": "water", "method": "GFN2-xTB"}
+    assert misspelt_keywords(TBLite, kw) == [] and unknown_keywords(TBLite, kw)[0] == []
+    assert misspelt_keywords(TBLite, {"methd": 1}) == [("methd", "method")]
+    assert unknown_keywords(TBLite, {"mult": 2})[0] == ["mult"]
