@@ -376,7 +376,16 @@ class limited:
         if not stack and not getattr(_LOCAL, "outer", False):
             # before numba is touched: starting its pool may set OpenMP's count already
             _LOCAL.outer = self._outer = True
-            _omp_enter()
+            try:
+                _omp_enter()
+                return self._enter(stack)
+            except BaseException:  # (Ctrl-C here): the thread's next call is its outermost again
+                self._outer = _LOCAL.outer = False
+                _omp_exit()
+                raise
+        return self._enter(stack)
+
+    def _enter(self, stack) -> None:
         n = default_threads()
         blas = n if self.size is not None and self.size >= SMALL_BLOCK else 1
         numba = _numba()
@@ -395,9 +404,6 @@ class limited:
             self._blas = blas
         except BaseException:
             self._restore()
-            if self._outer:
-                self._outer = _LOCAL.outer = False
-                _omp_exit()
             raise
         if stack:
             n, blas = min(n, stack[-1][0]), min(blas, stack[-1][1])

@@ -407,10 +407,18 @@ def test_lammps_minimize_raises_and_the_coupling_checks_its_inputs(model, tmp_pa
     assert gp.n_evaluations >= 2 and np.isfinite(lmp.get_thermo("pe"))
     x = lmp.numpy.extract_atom("x")
     tag = lmp.numpy.extract_atom("id")[: len(x)]
-    x[np.flatnonzero(tag == 2)[0]] = x[np.flatnonzero(tag == 1)[0]] + 0.01
+    moved = np.flatnonzero(tag == 2)[0]
+    kept = x[moved].copy()
+    x[moved] = x[np.flatnonzero(tag == 1)[0]] + 0.01
     with pytest.raises(gpal.OverlappingAtomsError):
         gp.minimize(ftol=1e-4, maxiter=5)
     assert np.isnan(lmp.get_thermo("pe"))
+    # the atom put back, the coupling evaluates again (fix halt's soft stop skipped every
+    # later run and minimization: 0 steps, no error)
+    lmp.numpy.extract_atom("x")[moved] = kept
+    n = gp.n_evaluations
+    gp.run(3)
+    assert gp.n_evaluations == n + 4 and np.isfinite(lmp.get_thermo("pe"))
     lmp.close()
 
     soap = gpal.SOAP(["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP)

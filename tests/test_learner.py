@@ -1791,3 +1791,8 @@ def test_a_batch_never_labels_two_copies_of_one_frame():
     other = start()
     other.positions += np.random.default_rng(1).normal(0, 0.05, other.positions.shape)
     assert _distinct_frames([a, copy_, wrapped, other], [1, 0, 2, 3]) == [1, 3]
+    slab = a.copy()  # periodic in x and y, no third cell vector
+    slab.pbc, slab.cell[2] = (True, True, False), 0.0
+    slab_wrapped = slab.copy()
+    slab_wrapped.positions[0] += slab.cell[0]
+    assert _distinct_frames([slab, slab_wrapped], [0, 1]) == [0]

@@ -234,6 +234,7 @@ class FixExternalCoupling:
         self.std_property = std_property
         self.calibrated = bool(getattr(model, "calibration_", None)) if calibrated is None else bool(calibrated)
         self.n_evaluations = 0
+        self._failed = False  # an evaluation failed: the next run/minimize re-arms LAMMPS first
         self.error: BaseException | None = None
         self.last: dict = {}
         lmp.commands_string(
@@ -249,9 +250,10 @@ class FixExternalCoupling:
         )
 
     def check_masses(self) -> None:
-        """Refuse a type whose LAMMPS mass is that of another element of ``species``
-        (types listed in another order than LAMMPS numbers them). Masses not set yet, or
-        near none of the symbols (isotopes, repartitioned hydrogens), are left alone.
+        """Refuse a type whose LAMMPS mass is that of another element of ``species`` and
+        more than 1 amu from its own (types listed in another order than LAMMPS numbers
+        them). Masses not set yet, near none of the symbols (isotopes, repartitioned
+        hydrogens) or within 1 amu of the symbol's (Co and Ni as 59 and 59) pass.
 
         Raises
         ------
@@ -269,7 +271,9 @@ class FixExternalCoupling:
             if t >= len(mass) or not mass[t] > 0:
                 continue
             closest = int(np.argmin(np.abs(atomic_masses[1:] - mass[t]))) + 1
-            if closest != atomic_numbers[sym] and closest in given:
+            own = abs(mass[t] - atomic_masses[atomic_numbers[sym]])
+            # (within 1 amu of its own mass: rounded masses of neighbours such as Co and Ni)
+            if closest != atomic_numbers[sym] and closest in given and own > 1.0:
                 raise ValueError(f"LAMMPS atom type {t} has the mass of {chemical_symbols[closest]} "
                                  f"({mass[t]:.3f}) but species maps it to {sym}: list the symbols in the "
                                  "order of the LAMMPS types")
@@ -331,6 +335,7 @@ class FixExternalCoupling:
             self.n_evaluations += 1
         except BaseException as exc:  # cannot propagate through LAMMPS' C stack
             self.error = exc
+            self._failed = True
             f[:] = 0.0
             lmp.fix_external_set_energy_global(fid, float("nan"))  # no stale energy for a minimizer
             lmp.fix_external_set_vector(fid, 2, 1.0)
@@ -342,9 +347,21 @@ class FixExternalCoupling:
             exc, self.error = self.error, None
             raise exc
 
+    def _rearm(self) -> None:
+        """After a failed evaluation: clear the failure flag ``f_ID[2]`` and the soft stop
+        ``fix halt ... error soft`` left (LAMMPS then skips every later run and
+        minimization: ``timer timeout off``, which also ends a ``timer timeout`` the user
+        set), and raise any exception not raised yet."""
+        if self._failed:
+            self._failed = False
+            self.lmp.fix_external_set_vector(self.fix_id, 2, 0.0)
+            self.lmp.command("timer timeout off")
+        self.check()
+
     def run(self, steps: int, *options: str) -> None:
         """``run steps [options]`` on the LAMMPS instance, then :meth:`check`."""
         self.check_masses()
+        self._rearm()
         self.lmp.command(" ".join(["run", str(int(steps)), *options]))
         self.check()
 
@@ -352,6 +369,7 @@ class FixExternalCoupling:
         """``minimize etol ftol maxiter maxeval`` (ftol in eV/Å), then :meth:`check`: a
         failed evaluation raises here (``fix halt`` does not stop a minimization)."""
         self.check_masses()
+        self._rearm()
         self.lmp.command(f"minimize {float(etol)!r} {float(ftol)!r} {int(maxiter)} {int(maxeval)}")
         self.check()
 

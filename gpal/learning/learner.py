@@ -50,6 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.geometry import find_mic
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
@@ -381,10 +382,8 @@ def _distinct_frames(frames: list, order: list[int]) -> list[int]:
                     not np.allclose(a.cell.array, b.cell.array, atol=1e-6):
                 continue
             d = a.positions - b.positions
-            if np.any(a.pbc) and abs(a.cell.volume) > 1e-9:
-                frac = d @ np.linalg.inv(a.cell.array)
-                frac -= np.round(frac) * a.pbc
-                d = frac @ a.cell.array
+            if np.any(a.pbc):  # minimum image, slabs with no third cell vector too
+                d = find_mic(d, a.cell, a.pbc)[0]
             if np.sqrt(np.mean(np.sum(d * d, axis=1))) < _SAME_FRAME_RMS:
                 same = True
                 break
@@ -1100,6 +1099,8 @@ class ActiveLearner:
             got = self._label(batch, "bootstrap")
             labelled += got
             need -= len(got)
+            if not got and not labelled and not have:  # the oracle labels none: no spare either
+                break
         frames = read_frames(self.train_path) if self.train_path.exists() else labelled
         if not frames:
             failures = self._last_failures

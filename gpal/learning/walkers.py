@@ -585,19 +585,22 @@ def _wait_noting(L, futures, first: bool = False):
     whose only worker died waits for a new one without a word. Returns ``cf.wait``'s."""
     futures = set(futures)
     t0 = time.monotonic()
+    note = t0 + WAIT_NOTE
     while True:
-        # (a future cancelled outside an executor is done() but never done for cf.wait)
+        # (a future cancelled outside its executor's worker, e.g. by a pool's shutdown, is
+        # done() but does not wake cf.wait: it is looked at every 2 s)
         done = {f for f in futures if f.done()}
         if done if first else len(done) == len(futures):
             return done, futures - done
-        done, pending = cf.wait(futures - done, timeout=WAIT_NOTE,
-                                return_when=cf.FIRST_COMPLETED if first else cf.ALL_COMPLETED)
-        if done if first else not pending:
-            return done | {f for f in futures if f.done()}, {f for f in futures if not f.done()}
-        waited = time.monotonic() - t0
-        log.warning("waiting %.0f s for %d walker segment(s): is a worker running them (a dask "
-                    "cluster with no live worker waits for one)?", waited, len(pending))
-        L._log({"event": "waiting", "seconds": round(waited, 1), "segments": len(pending)})
+        cf.wait(futures - done, timeout=max(0.0, min(2.0, note - time.monotonic())),
+                return_when=cf.FIRST_COMPLETED if first else cf.ALL_COMPLETED)
+        if time.monotonic() >= note and not any(f.done() for f in futures - done):
+            waited = time.monotonic() - t0
+            pending = len(futures) - len(done)
+            log.warning("waiting %.0f s for %d walker segment(s): is a worker running them (a dask "
+                        "cluster with no live worker waits for one)?", waited, pending)
+            L._log({"event": "waiting", "seconds": round(waited, 1), "segments": pending})
+            note = time.monotonic() + WAIT_NOTE
 
 
 def local_walker_executor(workers: int | None = None, scheduler: str | None = None):
