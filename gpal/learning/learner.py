@@ -593,6 +593,7 @@ class ActiveLearner:
         boot, grow, orc, val, rs = (groups[k] for k in ("bootstrap", "growth", "oracle_settings",
                                                           "validation", "run"))
         self.oracle_spec = as_oracle_spec(oracle)
+        calc = self.oracle_spec  # (a live calculator, or the one a spec builds)
         if isinstance(self.oracle_spec, OracleSpec):
             calc = self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
             warn_unknown_keywords(self.oracle_spec.resolve(), self.oracle_spec.kwargs,
@@ -610,7 +611,6 @@ class ActiveLearner:
         if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
             self.model._check_params()
         check_start(self.structures, self.model, list(val.frames or []), oracle=self.oracle_spec)
-        calc = calc if isinstance(self.oracle_spec, OracleSpec) else self.oracle_spec
         if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge and spin
             for a in self.structures:
                 calc.check_structure(a)
@@ -857,7 +857,6 @@ class ActiveLearner:
         rises, and is written to ``state.json`` at once."""
         if not log_path.exists():
             return
-        line = ""
         with open(log_path, "rb") as fh:  # the last line only
             fh.seek(0, os.SEEK_END)
             end = fh.tell()
