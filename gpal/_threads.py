@@ -325,7 +325,8 @@ def _blas_request(n: int) -> None:
 def _blas_release(n: int) -> None:
     """Withdraw a request made by :func:`_blas_request`."""
     with _BLAS_LOCK:
-        _BLAS_REQUESTS.remove(n)
+        if n in _BLAS_REQUESTS:  # (not there if the request was interrupted before it was made)
+            _BLAS_REQUESTS.remove(n)
         _set_blas(min(_BLAS_REQUESTS) if _BLAS_REQUESTS else None)
 
 
@@ -379,9 +380,10 @@ class limited:
             try:
                 _omp_enter()
                 return self._enter(stack)
-            except BaseException:  # (Ctrl-C here): the thread's next call is its outermost again
-                self._outer = _LOCAL.outer = False
-                _omp_exit()
+            except BaseException:  # (Ctrl-C here): undo what was taken, as __exit__ does
+                del stack[:]  # (the outermost call's entry, even if pushed before the interrupt)
+                self._active = False
+                self.__exit__()
                 raise
         return self._enter(stack)
 
@@ -399,9 +401,9 @@ class limited:
             if old > n:
                 numba.set_num_threads(n)
                 self._numba_old = old
+        self._blas = blas  # (set first: an interrupt inside the request still releases it)
         try:
             _blas_request(blas)
-            self._blas = blas
         except BaseException:
             self._restore()
             raise

@@ -136,3 +136,18 @@ class CountingEMT(EMT):
     def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
         self.n_evaluations += 1
         super().calculate(atoms, properties, system_changes)
+
+
+class StartsRecorded(EMT):
+    """EMT that notes each call it starts (class-wide, for thread pools), then sleeps."""
+
+    started: list = []
+
+    def __init__(self, delay: float = 2.5, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        StartsRecorded.started.append(time.monotonic())
+        time.sleep(self.delay)
+        super().calculate(atoms, properties, system_changes)

@@ -267,6 +267,26 @@ def test_labels_from_an_executor_arrive_as_they_finish_and_survive_ctrl_c():
     assert oracle.n_calls == 4
 
 
+def test_a_timed_out_label_that_never_started_is_not_counted():
+    """A task that reached its deadline while still queued (one worker, busy) was counted
+    as an oracle call: the run's count and its max_oracle_calls budget were overstated."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from _oracles import StartsRecorded
+
+    StartsRecorded.started.clear()
+    frames = [start() for _ in range(3)]
+    for k, a in enumerate(frames):
+        a.positions += np.random.default_rng(k).normal(0, 0.02, a.positions.shape)
+    with ThreadPoolExecutor(1) as pool:
+        oracle = gpal.Oracle(OracleSpec("_oracles:StartsRecorded", {"delay": 2.5}), executor=pool,
+                             timeout=1.0, retries=0)
+        labelled, failures = oracle.label(frames)
+        counted = oracle.n_calls
+    assert labelled == [None] * 3 and len(failures) == 3
+    assert counted == len(StartsRecorded.started) < 3
+
+
 def test_blow_up_rolls_back_and_labels(tmp_path):
     L = learner(tmp_path / "run", max_force=0.3, trigger=Trigger(threshold=10.0))
     summary = L.run(40)

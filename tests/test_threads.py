@@ -309,3 +309,25 @@ def test_openmp_threads_are_the_users_after_a_call_and_inside_a_baseline():
         pytest.skip(f"numba's threading layer {layer} with {pool} threads sets no OpenMP count above 1")
     assert after_fit == [1] and after == [1]
     assert seen == [[1]]
+
+
+def test_an_interrupt_while_a_call_sets_up_its_threads_leaves_nothing_behind(monkeypatch):
+    """A Ctrl-C inside ``limited.__enter__`` left the thread marked as inside a gpal call
+    (or its limits on the stack, a BLAS request in force): OpenMP counts were no longer
+    given back and BLAS stayed capped."""
+    real = _threads._blas_request
+
+    def interrupted(n):
+        real(n)  # taken, then Ctrl-C before the call records it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_threads, "_blas_request", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with _threads.limited():
+            pass
+    monkeypatch.setattr(_threads, "_blas_request", real)
+    assert not getattr(_threads._LOCAL, "outer", False) and not getattr(_threads._LOCAL, "limits", [])
+    assert _threads._BLAS_REQUESTS == []
+    with _threads.limited():
+        assert _threads._LOCAL.outer  # the next call is the outermost again
+    assert not _threads._LOCAL.outer

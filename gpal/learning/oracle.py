@@ -505,7 +505,8 @@ class Oracle:
                         for fut, i in list(pending.items()):
                             if deadline[i] is not None and now >= deadline[i] and not fut.done():
                                 del pending[fut]
-                                fut.cancel()
+                                if fut.cancel():  # still queued: it never ran, no call was made
+                                    self.n_calls -= 1
                                 reasons[i] = f"timed out after {self.timeout} s"
                                 log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
                                 again.append(i)
