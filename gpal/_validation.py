@@ -461,11 +461,13 @@ def unknown_keywords(factory, kwargs: dict) -> tuple[list[str], list[str]]:
     known = _known_keywords(factory)
     if known is None:
         return [], []
-    return [k for k in kwargs if k not in known and not _compound(k, known)], sorted(factory.default_parameters)
+    return [k for k in kwargs if k not in known], sorted(factory.default_parameters)
 
 
 def _compound(key: str, known: set) -> bool:
-    """A keyword built on a known one (TBLite reads ``alpb_solvation`` as ``solvation``)."""
+    """A keyword built on a known one (TBLite reads ``alpb_solvation`` as ``solvation``):
+    not refused as a typo of it, but warned as not listed (``albp_solvation`` would
+    otherwise pass without a word and label in the gas phase)."""
     return any(key.endswith("_" + k) or key.startswith(k + "_") for k in known)
 
 

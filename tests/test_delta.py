@@ -446,14 +446,16 @@ def test_a_keyword_the_baseline_or_oracle_does_not_list_warns(tmp_path):
                            run_dir=tmp_path / "run", progress=False)
 
 
-def test_keywords_built_on_a_calculators_own_are_neither_refused_nor_warned(recwarn):
+def test_keywords_built_on_a_calculators_own_are_warned_not_refused(recwarn):
     """TBLite reads alpb_solvation, gb_solvation, ... as its solvation keyword: gb_solvation
-    was refused as a typo of it, alpb_solvation warned as ignored."""
+    was refused as a typo of solvation. They are warned as not listed (the class may read
+    them itself), as a misspelt model (albp_solvation: the gas phase, silently) must be."""
     pytest.importorskip("tblite")
     from gpal._validation import misspelt_keywords, unknown_keywords
     from tblite.ase import TBLite
 
-    kw = {"gb_solvation": "water", "alpb_solvation": "water", "method": "GFN2-xTB"}
-    assert misspelt_keywords(TBLite, kw) == [] and unknown_keywords(TBLite, kw)[0] == []
+    kw = {"gb_solvation": "water", "albp_solvation": "water", "method": "GFN2-xTB"}
+    assert misspelt_keywords(TBLite, kw) == []
+    assert unknown_keywords(TBLite, kw)[0] == ["gb_solvation", "albp_solvation"]
     assert misspelt_keywords(TBLite, {"methd": 1}) == [("methd", "method")]
     assert unknown_keywords(TBLite, {"mult": 2})[0] == ["mult"]

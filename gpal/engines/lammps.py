@@ -66,6 +66,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -356,6 +357,9 @@ class FixExternalCoupling:
             self._failed = False
             self.lmp.fix_external_set_vector(self.fix_id, 2, 0.0)
             self.lmp.command("timer timeout off")
+            warnings.warn("after the failed gpal evaluation LAMMPS' timer timeout is off (fix halt's soft "
+                          "stop used it); set your own 'timer timeout' again if you had one",
+                          UserWarning, stacklevel=3)
         self.check()
 
     def run(self, steps: int, *options: str) -> None:
