@@ -291,14 +291,27 @@ def warn_implausible_labels(frames, labels) -> None:
             break
 
 
+def displacement(a: Atoms, b: Atoms) -> np.ndarray | None:
+    """``a.positions - b.positions``, (n_atoms, 3) Å, by the minimum image along periodic
+    directions (ASE's ``find_mic``: slabs without a third cell vector too); None unless
+    the two frames have the same atoms, pbc and cell."""
+    if (len(a) != len(b) or not np.array_equal(a.numbers, b.numbers) or not np.array_equal(a.pbc, b.pbc)
+            or not np.allclose(a.cell.array, b.cell.array, atol=1e-6)):
+        return None
+    d = a.positions - b.positions
+    if a.pbc.any():
+        from ase.geometry import find_mic
+
+        d = find_mic(d, a.cell, a.pbc)[0]
+    return d
+
+
 def energy_work_ratio(frames, labels, max_step: float = 0.3) -> float | None:
     """Median over consecutive frame pairs (same atoms and cell, every atom within
     ``max_step`` Å, minimum image) of ``ΔE / W``, ``W = -½ Σ (F_a + F_b)·(r_b - r_a)`` the
     forces' work by the trapezoid rule (exact for a quadratic energy); None with fewer
     than 3 pairs whose work is above 1 meV. Energies and forces in the same units give
     about 1; energies in meV with forces in eV/Å about 1000."""
-    from ase.geometry import find_mic
-
     ratios, prev = [], None
     for a, lab in zip(frames, labels):
         if lab.energy is None or lab.forces is None:
@@ -306,11 +319,8 @@ def energy_work_ratio(frames, labels, max_step: float = 0.3) -> float | None:
             continue
         if prev is not None:
             b, lb = prev
-            if (len(a) == len(b) and np.array_equal(a.numbers, b.numbers) and np.array_equal(a.pbc, b.pbc)
-                    and np.allclose(a.cell.array, b.cell.array)):
-                d = a.positions - b.positions
-                if a.pbc.any():
-                    d = find_mic(d, a.cell, a.pbc)[0]
+            d = displacement(a, b)
+            if d is not None:
                 work = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
                 if np.abs(d).max() < max_step and abs(work) > 1e-3:
                     ratios.append((lab.energy - lb.energy) / work)
@@ -452,6 +462,18 @@ def misspelt_keywords(factory, kwargs: dict) -> list[tuple[str, str]]:
             if close:
                 out.append((key, close[0]))
     return out
+
+
+def keyword_typo(factory, kwargs: dict, what: str, consequence: str) -> str | None:
+    """The one-line refusal of the first of ``kwargs`` that is a typo of a keyword the
+    calculator class ``factory`` lists (:func:`misspelt_keywords`), or None: ``what`` is
+    "the oracle module:Name", ``consequence`` what the default would do instead."""
+    misspelt = misspelt_keywords(factory, kwargs)
+    if not misspelt:
+        return None
+    key, close = misspelt[0]
+    return (f"{what} has no keyword {key!r} (did you mean {close!r}?): an ASE calculator keeps unknown "
+            f"keywords without a word, so {consequence}")
 
 
 def unknown_keywords(factory, kwargs: dict) -> tuple[list[str], list[str]]:

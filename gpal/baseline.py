@@ -35,7 +35,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _threads
-from ._validation import misspelt_keywords, warn_unknown_keywords
+from ._validation import keyword_typo, warn_unknown_keywords
 from .exceptions import BaselineError
 
 __all__ = ["ZeroBaseline", "make_baseline", "baseline_spec", "baseline_labels"]
@@ -132,12 +132,9 @@ def make_baseline(baseline, kwargs: dict | None = None):
             raise BaselineError("baseline_kwargs apply to an import path, not to a live calculator")
         return baseline
     factory = _calculator_class(path)
-    misspelt = misspelt_keywords(factory, kw)
-    if misspelt:
-        key, close = misspelt[0]
-        raise BaselineError(f"the baseline {path} has no keyword {key!r} (did you mean {close!r}?): an ASE "
-                            "calculator keeps unknown keywords without a word, so the model would learn "
-                            "against its default instead")
+    typo = keyword_typo(factory, kw, f"the baseline {path}", "the model would learn against its default instead")
+    if typo:
+        raise BaselineError(typo)
     warn_unknown_keywords(factory, kw, f"the baseline {path}")
     try:
         return factory(**kw)

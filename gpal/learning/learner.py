@@ -50,12 +50,11 @@ from typing import Any, Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
-from ase.geometry import find_mic
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
-from .._validation import (as_rng, check_atoms, check_min_distance, check_number, frame_labels, species_number,
-                           user_stacklevel, warn_unknown_keywords)
+from .._validation import (as_rng, check_atoms, check_min_distance, check_number, displacement, frame_labels,
+                           species_number, user_stacklevel, warn_unknown_keywords)
 from ..calculator import GPCalculator
 from ..exceptions import (GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, UnknownSpeciesError,
                           interrupt_in)
@@ -374,33 +373,24 @@ def _distinct_frames(frames: list, order: list[int]) -> list[int]:
     an earlier kept one with the same atoms and cell."""
     kept: list[int] = []
     for i in order:
-        a = frames[i]
-        same = False
-        for j in kept:
-            b = frames[j]
-            if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers) or \
-                    not np.allclose(a.cell.array, b.cell.array, atol=1e-6):
-                continue
-            d = a.positions - b.positions
-            if np.any(a.pbc):  # minimum image, slabs with no third cell vector too
-                d = find_mic(d, a.cell, a.pbc)[0]
-            if np.sqrt(np.mean(np.sum(d * d, axis=1))) < _SAME_FRAME_RMS:
-                same = True
-                break
-        if not same:
+        moved = (displacement(frames[i], frames[j]) for j in kept)
+        if not any(d is not None and np.sqrt(np.mean(np.sum(d * d, axis=1))) < _SAME_FRAME_RMS for d in moved):
             kept.append(i)
     return kept
 
 
-def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracle=None) -> None:
+def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracle=None,
+                targets: Sequence[Atoms] = ()) -> None:
     """Raise before any oracle call or file for start structures ``model`` cannot take.
 
     Species outside a fitted model's or a given descriptor's
-    (:class:`gpal.exceptions.UnknownSpeciesError`), atoms of a start structure closer than
+    (:class:`gpal.exceptions.UnknownSpeciesError`; for the ``targets`` structures, also
+    outside the start structures' when the model's descriptor is not given yet: the
+    default descriptor is made from them), atoms of a start structure closer than
     the model's ``min_distance`` (:class:`gpal.exceptions.OverlappingAtomsError`), no two
     atoms within the cutoff and an ``n_sparse`` dict that names none of the structures'
-    species (``ValueError``), and, given the ``oracle``, a Δ-model's baseline without the
-    stress its labels of a periodic structure will need
+    species (``ValueError``), and, given the ``oracle``, a Δ-model's baseline that cannot
+    evaluate the start structures or lacks the stress their labels will need
     (:class:`gpal.exceptions.BaselineError`).
     """
     descriptor = getattr(model, "descriptor_", None) or model.descriptor
@@ -415,8 +405,16 @@ def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracl
             check_min_distance(model._min_pair_distance(a), model.min_distance, what)
         if k < len(structures):
             _check_neighbours(a, getattr(descriptor, "r_cut", None) or 5.0, what)
+    for k, a in enumerate(targets):
+        try:
+            check_atoms(a, species=known if known is not None else
+                        sorted({int(z) for s in structures for z in s.numbers}), what=f"target structures[{k}]")
+        except UnknownSpeciesError as exc:
+            exc.args = (f"target structures[{k}]: {exc} (the model learns the species of the start "
+                        "structures, or of its descriptor)",)
+            raise
     if oracle is not None:
-        _check_baseline_stress(model, oracle, structures)
+        _check_baseline(model, oracle, structures)
     if isinstance(model.n_sparse, dict) and getattr(model, "alpha_", None) is None:
         given = {species_number(k, "n_sparse") for k, v in model.n_sparse.items() if v}
         present = {int(z) for a in structures for z in a.numbers}
@@ -425,7 +423,7 @@ def check_start(structures: list, model, validation: Sequence[Atoms] = (), oracl
                              f"of the structures ({', '.join(chemical_symbols[z] for z in sorted(present))})")
 
 
-def _check_baseline_stress(model, oracle, structures) -> None:
+def _check_baseline(model, oracle, structures) -> None:
     """A Δ-model's baseline that cannot evaluate the start structures (a species it lacks,
     a charge it refuses) or gives no stress where the oracle's labels of a periodic start
     structure will hold one: :class:`gpal.exceptions.BaselineError` now, not after the
@@ -610,23 +608,11 @@ class ActiveLearner:
         self.model = model if model is not None else SparseGP(n_sparse=boot.n_sparse)
         if hasattr(self.model, "_check_params"):  # a bad model setting fails before any oracle call
             self.model._check_params()
-        check_start(self.structures, self.model, list(val.frames or []), oracle=self.oracle_spec)
+        check_start(self.structures, self.model, list(val.frames or []), oracle=self.oracle_spec,
+                    targets=getattr(targets, "structures", ()))
         if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge and spin
             for a in self.structures:
                 calc.check_structure(a)
-        if targets is not None and hasattr(targets, "structures"):
-            # a target species the model will not know: refused now, not after the bootstrap's calls
-            desc = getattr(self.model, "descriptor_", None) or self.model.descriptor
-            known = getattr(desc, "species_numbers_", None)
-            if known is None:
-                known = sorted({int(z) for a in self.structures for z in a.numbers})
-            for k, a in enumerate(targets.structures):
-                try:
-                    check_atoms(a, species=known, what=f"target structures[{k}]")
-                except UnknownSpeciesError as exc:
-                    exc.args = (f"target structures[{k}]: {exc} (the model learns the species of the start "
-                                "structures, or of its descriptor)",)
-                    raise
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
         check_ramp_factory(self.md, self.structures[0] if self.structures else None)
@@ -848,28 +834,17 @@ class ActiveLearner:
                    "oracle_calls": self.oracle.n_calls})
         return good
 
-    def _count_cut_calls(self, log_path: Path) -> None:
-        """On resume: the oracle calls a kill cut off. If the log's last record is an
-        ``oracle_send`` (nothing is logged while the calls run, and ``oracle_return`` when
-        they end any other way), the process died during those calls: they cost at least
-        the calls before them, the labels that arrived since, and the calls that were
-        running (one, or on an executor as many as its workers). The count only ever
-        rises, and is written to ``state.json`` at once."""
-        if not log_path.exists():
-            return
-        with open(log_path, "rb") as fh:  # the last line only
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
-            fh.seek(max(0, end - 4096))
-            tail = fh.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)
-            line = tail[-1]
-        if '"oracle_send"' not in line:
-            return
-        try:
-            last = json.loads(line)
-        except ValueError:
-            return
-        if last.get("event") != "oracle_send":
+    def _count_cut_calls(self) -> None:
+        """On resume: the oracle calls a kill cut off. If the log's last ``oracle_send``
+        has no ``oracle_return`` after it (logged when the calls end any other way), the
+        process died during those calls: they cost at least the calls before them, the
+        labels that arrived since, and the calls that were running (one, or on an
+        executor as many as its workers). The count only ever rises, and is written to
+        ``state.json`` at once."""
+        last = None
+        for last in self._log_records(("oracle_send", "oracle_return")):
+            pass
+        if last is None or last["event"] != "oracle_send":
             return
         arrived = max(0, self.n_labelled - int(last["labelled"]))
         waiting = max(int(last["frames"]) - arrived, 0)
@@ -884,7 +859,7 @@ class ActiveLearner:
             log.info("resume: %d oracle call(s) cut off by the end of the last session",
                      least - self.oracle.n_calls)
             self.oracle.n_calls = least
-            state_path = log_path.parent / "state.json"  # (kept at once: a second resume sees it)
+            state_path = self.run_dir / "state.json"  # (kept at once: a second resume sees it)
             state = json.loads(state_path.read_text())
             state["oracle_calls"], state["oracle_calls_by_reason"] = least, dict(self._calls)
             self._write_json_atomic(state_path, state)
@@ -2110,7 +2085,7 @@ class ActiveLearner:
         self.oracle.n_calls += len(unseen)
         # every labelled frame but a fitted model's initial ones cost an oracle call
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled - self._reasons.count("initial"))
-        self._count_cut_calls(run_dir / "log.jsonl")
+        self._count_cut_calls()
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         self._explore = explore
         self.stopped_early_ = state.get("stopped_early")  # why the run ended before its total, if it did

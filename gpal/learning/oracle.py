@@ -33,7 +33,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from .._validation import misspelt_keywords
+from .._validation import keyword_typo
 from ..exceptions import OracleError
 from ..io import labelled
 
@@ -107,12 +107,10 @@ class OracleSpec:
         if calc is not None:
             return calc
         factory = self.resolve()
-        misspelt = misspelt_keywords(factory, self.kwargs)
-        if misspelt:
-            key, close = misspelt[0]
-            raise OracleError(f"the oracle {self.factory} has no keyword {key!r} (did you mean "
-                              f"{close!r}?): an ASE calculator keeps unknown keywords without a word, "
-                              "so the run would label with its default instead")
+        typo = keyword_typo(factory, self.kwargs, f"the oracle {self.factory}",
+                            "the run would label with its default instead")
+        if typo:
+            raise OracleError(typo)
         try:
             calc = factory(**self.kwargs)
         except Exception as exc:
@@ -465,6 +463,25 @@ class Oracle:
                     arrived(i, res)
             else:
                 futures = {}
+
+                def cancel_queued(fut) -> None:  # a task not started yet: no call was made for it
+                    if not fut.cancelled() and fut.cancel():
+                        self.n_calls -= 1
+
+                def take(i: int, fut) -> None:
+                    nonlocal broken
+                    try:
+                        res = fut.result()
+                        _check_result(res, len(frames[i]))
+                    except cf.BrokenExecutor as exc:  # a worker died (a crash, an out-of-memory kill)
+                        broken = exc
+                        failed(i, exc, retry=False)
+                        return
+                    except Exception as exc:  # worker exceptions arrive re-raised here
+                        failed(i, exc)
+                        return
+                    arrived(i, res)
+
                 try:
                     for i in todo:
                         try:
@@ -489,44 +506,22 @@ class Oracle:
                         wait = None if soonest is None else max(0.0, soonest - time.monotonic())
                         done, _ = cf.wait(list(pending), timeout=wait, return_when=cf.FIRST_COMPLETED)
                         for fut in sorted(done, key=pending.get):
-                            i = pending.pop(fut)
-                            try:
-                                res = fut.result()
-                                _check_result(res, len(frames[i]))
-                            except cf.BrokenExecutor as exc:  # a worker died (a crash, an out-of-memory kill)
-                                broken = exc
-                                failed(i, exc, retry=False)
-                                continue
-                            except Exception as exc:  # worker exceptions arrive re-raised here
-                                failed(i, exc)
-                                continue
-                            arrived(i, res)
+                            take(pending.pop(fut), fut)
                         now = time.monotonic()
                         for fut, i in list(pending.items()):
                             if deadline[i] is not None and now >= deadline[i] and not fut.done():
                                 del pending[fut]
-                                if fut.cancel():  # still queued: it never ran, no call was made
-                                    self.n_calls -= 1
+                                cancel_queued(fut)  # (still queued: it never ran)
                                 reasons[i] = f"timed out after {self.timeout} s"
                                 log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
                                 again.append(i)
-                except KeyboardInterrupt:  # Ctrl-C: labels already computed are paid for, keep them
+                except BaseException as exc:  # Ctrl-C, or on_label failed: what is queued is not wanted
                     for fut in futures.values():
-                        if not fut.cancelled() and fut.cancel():  # queued, never started: no call made
-                            self.n_calls -= 1
-                    for i, fut in futures.items():
-                        if labelled[i] is None and fut.done() and not fut.cancelled() and fut.exception() is None:
-                            try:
-                                res = fut.result()
-                                _check_result(res, len(frames[i]))
-                            except Exception:
-                                continue
-                            arrived(i, res)
-                    raise
-                except BaseException:  # on_label failed: what is queued is not wanted
-                    for fut in futures.values():
-                        if not fut.cancelled() and fut.cancel():  # queued, never started: no call made
-                            self.n_calls -= 1
+                        cancel_queued(fut)
+                    if isinstance(exc, KeyboardInterrupt):  # labels already computed are paid for: kept
+                        for i, fut in futures.items():
+                            if labelled[i] is None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                                take(i, fut)
                     raise
             todo = [] if broken is not None else [i for i in again if attempts[i] <= self.retries]
         failures = []

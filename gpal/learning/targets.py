@@ -571,7 +571,7 @@ class TargetSet:
         covariances and noise) removes ``Tr(C_tf (C_ff + N)⁻¹ C_ft)`` of the learnable
         variance, and the calibration scales what is left by ``scale²``: the calibrated
         variance removed is ``scale²`` times that, of ``total_var`` (calibrated,
-        :meth:`_total_var`). The IG and the variances returned are the model's own."""
+        :meth:`_calibrated_var`). The IG and the variances returned are the model's own."""
         C_ff = solver.cov_sor(A)
         var_f = np.clip(np.diag(C_ff)[fslice], 0.0, None)
         s2 = float(scale) ** 2
@@ -588,9 +588,13 @@ class TargetSet:
             return ig, min(max(rho, 0.0), 1.0), 0.0, 0.0
         return ig, min(max(rho, 0.0), 1.0), float(np.mean(var_f)), float(np.max(var_f))
 
-    def _total_var(self, model, solver, rows, resid, scale: float = 1.0) -> float:
-        """The target's total calibrated variance: ``scale²`` Σ learnable + Σ residual."""
-        return float(scale**2 * np.sum(np.clip(solver.var_sor(rows), 0.0, None)) + np.sum(resid))
+    @staticmethod
+    def _calibrated_var(solver, rows, resid, scale: float = 1.0) -> tuple[float, float]:
+        """(the target's total calibrated variance, ``scale²`` Σ learnable + Σ residual;
+        the largest calibrated std of its quantities)."""
+        sor = np.clip(solver.var_sor(rows), 0.0, None)
+        return float(scale**2 * np.sum(sor) + np.sum(resid)), float(np.sqrt(scale**2 * sor + resid).max())
+
 
     def score_frames(self, model, frames, scale: float = 1.0) -> dict:
         """Information gain and target variance reduction of each frame, one at a time.
@@ -613,7 +617,7 @@ class TargetSet:
             largest one.
         """
         _, T, resid, _ = self._functionals(model)
-        total = self._total_var(model, model.solver_, T, resid, scale)
+        total = self._calibrated_var(model.solver_, T, resid, scale)[0]
         out = {"information_gain": [], "reduction": [], "force_std": [], "force_std_max": []}
         f_noise = model.typical_force_noise()
         for a in frames:
@@ -681,9 +685,7 @@ class TargetSet:
             calibrated learnable force std, eV/Å), ``target_std`` (eV or eV/Å).
         """
         values, T, resid, _ = self._functionals(model)
-        sor = np.clip(model.solver_.var_sor(T), 0.0, None)
-        total = float(scale**2 * np.sum(sor) + np.sum(resid))
-        target_std = float(np.sqrt(scale**2 * sor + resid).max())
+        total, target_std = self._calibrated_var(model.solver_, T, resid, scale)
         A, noise, fs = self._frame_rows(model, atoms)
         ig, rho, _, vmax = self._scores(model.solver_, A, noise, fs, T, total, model.typical_force_noise(), scale)
         u = scale * math.sqrt(vmax)
@@ -703,10 +705,9 @@ class TargetSet:
         if not self.label_structures or self.weight_ is None:
             return None
         _, T, resid, _ = self._functionals(model)
-        sor = np.clip(model.solver_.var_sor(T), 0.0, None)
-        if self.tolerance is not None and float(np.sqrt(scale**2 * sor + resid).max()) <= self.tolerance:
+        total, target_std = self._calibrated_var(model.solver_, T, resid, scale)
+        if self.tolerance is not None and target_std <= self.tolerance:
             return None
-        total = float(scale**2 * np.sum(sor) + np.sum(resid))
         key = ("rows", self._key(model))
         if self._cache.get("rows_key") != key:
             self._cache["rows"] = [self._frame_rows(model, a) for a in self.structures]
@@ -750,7 +751,7 @@ class TargetSet:
         f_noise = model.typical_force_noise()
 
         def scores(idx):
-            total = self._total_var(model, solver, T, resid, scale)
+            total = self._calibrated_var(solver, T, resid, scale)[0]
             sc = [self._scores(solver, *rows[k], T, total, f_noise, scale) for k in idx]
             if not ig_best:  # the first round's best: later gains are on the same scale
                 ig_best.append(max(max(s[0] for s in sc), 1e-300))
