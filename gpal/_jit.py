@@ -234,6 +234,52 @@ def _apply_f(C, kind, p):
 
 
 @numba.njit(cache=True)
+def _dtc_tail(X, kdiag, d0, d1, q, sor):
+    """The local-energy stds of a prediction from the terms of its variance.
+
+    ``k(x,x)`` is ``kdiag[i]`` when ``kdiag`` has one entry per row of ``q``; otherwise
+    (a cosine kernel, whose diagonal is ``d1`` for a row of ``X`` with a non-zero norm and
+    ``d0`` for a zero row, :meth:`gpal.kernels.CosineKernel.diag`) it is read from ``X``.
+    The DTC residual ``r = max(k(x,x) - q, 0)`` (rounding below zero clipped) gives
+
+    Returns
+    -------
+    std : ndarray (n,)
+        ``sqrt(r + sor)``.
+    novelty : ndarray (n,)
+        ``r / k(x,x)`` clipped to [0, 1] (0 where ``k(x,x) <= 0``).
+    resid_sum : float
+        ``Σ r``, the Nyström part of the total energy's variance.
+    """
+    n = q.shape[0]
+    from_rows = kdiag.shape[0] != n
+    F = X.shape[1]
+    std = np.empty(n)
+    novelty = np.empty(n)
+    total = 0.0
+    for i in range(n):
+        if from_rows:
+            kd = d0
+            for f in range(F):  # the norm test of the kernel's diag: Σ x_f² > 0
+                if X[i, f] * X[i, f] > 0.0:
+                    kd = d1
+                    break
+        else:
+            kd = kdiag[i]
+        r = kd - q[i]
+        if r < 0.0:
+            r = 0.0
+        if kd > 0.0:
+            nv = r / kd
+            novelty[i] = 1.0 if nv > 1.0 else (0.0 if nv < 0.0 else nv)
+        else:
+            novelty[i] = 0.0
+        std[i] = np.sqrt(r + sor[i])
+        total += r
+    return std, novelty, total
+
+
+@numba.njit(cache=True)
 def _apply_fprime(C, kind, p):
     """Elementwise f'(C); C of shape (n, m)."""
     n, m = C.shape
@@ -508,17 +554,18 @@ def _prediction_terms_rows(Xh, Zh, alpha, kind, p, s2, K, energy, rowdot, G, n_c
 
 
 @numba.njit(cache=True, parallel=True)
-def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
-    """``_LocalStdFactors.terms`` by chunks of rows: ``q = |L⁻¹k|²``, ``sor = |U L⁻¹k|²``
-    of each row ``k`` of ``Kz`` and each chunk's ``Σ L⁻¹k`` in ``wsum_parts[chunk]``.
+def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, vsum_parts, n_chunks, block):
+    """``_LocalStdFactors.terms`` by chunks of rows: ``q = |w|²`` and ``sor = |v|²`` of
+    ``w = L⁻¹k`` and ``v = U w`` for each row ``k`` of ``Kz``, each chunk's ``Σ w`` in
+    ``wsum_parts[chunk]`` and ``Σ v`` in ``vsum_parts[chunk]``.
 
     Parameters
     ----------
     Kz : ndarray (n, m), C-contiguous kernel rows
     Linv, U : ndarray (m, m), Fortran order: lower- and upper-triangular factors
     with_sor : bool
-        False: ``sor`` is left as it is.
-    q, sor : ndarray (n,); wsum_parts : ndarray (n_chunks, m), zeros
+        False: ``sor`` and ``vsum_parts`` are left as they are.
+    q, sor : ndarray (n,); wsum_parts, vsum_parts : ndarray (n_chunks, m), zeros
     n_chunks : int
     block : int
         Rows per triangular product within a chunk (they stay in cache).
@@ -529,7 +576,6 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
         if r1 <= r0:
             continue
         buf = np.empty((min(block, r1 - r0), m))
-        ws = wsum_parts[ch]
         for s in range(r0, r1, block):
             rb = min(s + block, r1) - s
             for r in range(rb):
@@ -538,24 +584,30 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, n_chunks, block):
             # row-major buf (rb, m) is column-major (m, rb): its columns are the rows k
             _trmm_left(76, m, rb, Linv, buf)  # 'L': lower
             for r in range(rb):
-                a0 = 0.0
-                a1 = 0.0
-                for j in range(0, m - 1, 2):
-                    v0 = buf[r, j]
-                    v1 = buf[r, j + 1]
-                    a0 += v0 * v0
-                    a1 += v1 * v1
-                    ws[j] += v0
-                    ws[j + 1] += v1
-                if m % 2:
-                    v0 = buf[r, m - 1]
-                    a0 += v0 * v0
-                    ws[m - 1] += v0
-                q[s + r] = a0 + a1
+                q[s + r] = _row_square_and_add(buf, r, m, wsum_parts[ch])
             if with_sor:
                 _trmm_left(85, m, rb, U, buf)  # 'U': upper
                 for r in range(rb):
-                    sor[s + r] = _row_dot(buf, buf, r, m)
+                    sor[s + r] = _row_square_and_add(buf, r, m, vsum_parts[ch])
+
+
+@numba.njit(cache=True)
+def _row_square_and_add(a, r, m, acc):
+    """``Σ_j a[r, j]²`` over ``j < m`` (two accumulators), adding the row into ``acc``."""
+    a0 = 0.0
+    a1 = 0.0
+    for j in range(0, m - 1, 2):
+        v0 = a[r, j]
+        v1 = a[r, j + 1]
+        a0 += v0 * v0
+        a1 += v1 * v1
+        acc[j] += v0
+        acc[j + 1] += v1
+    if m % 2:
+        v0 = a[r, m - 1]
+        a0 += v0 * v0
+        acc[m - 1] += v0
+    return a0 + a1
 
 
 @numba.njit(cache=True, parallel=True)

@@ -78,10 +78,11 @@ def _self_test() -> bool:
     ok = ok and np.allclose(Gq, X @ A, **close) and np.allclose(Kq, 0.5 * C**2, **close)
     L = np.tril(rng.random((6, 6))) + 6 * np.eye(6)
     U = np.triu(rng.random((6, 6))) + 6 * np.eye(6)
-    q, sor, ws = std_terms(C, L, U, True, 2, 3)
+    q, sor, ws, vs = std_terms(C, L, U, True, 2, 3)
     Wt = L @ C.T
-    return bool(ok and np.allclose(q, (Wt**2).sum(0), **close)
-                and np.allclose(sor, ((U @ Wt) ** 2).sum(0), **close) and np.allclose(ws, Wt.sum(1), **close))
+    Vt = U @ Wt
+    return bool(ok and np.allclose(q, (Wt**2).sum(0), **close) and np.allclose(sor, (Vt**2).sum(0), **close)
+                and np.allclose(ws, Wt.sum(1), **close) and np.allclose(vs, Vt.sum(1), **close))
 
 
 def _rows(x, name: str, order: str = "C") -> np.ndarray:
@@ -173,9 +174,9 @@ def quadratic_terms(Xh, A, Zh, s2: float, n_chunks: int):
 
 
 def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256):
-    """``(q, sor, wsum)`` of :meth:`gpal.model.potential._LocalStdFactors.terms`:
-    ``q = |L⁻¹k|²`` and ``sor = |U L⁻¹k|²`` of each row ``k`` of ``Kz`` (``sor`` zero
-    without ``with_sor``) and ``wsum = Σ_k L⁻¹k``.
+    """``(q, sor, wsum, vsum)`` of :meth:`gpal.model.potential._LocalStdFactors.terms`:
+    ``q = |L⁻¹k|²`` and ``sor = |U L⁻¹k|²`` of each row ``k`` of ``Kz``, ``wsum = Σ_k
+    L⁻¹k`` and ``vsum = Σ_k U L⁻¹k`` (``sor`` and ``vsum`` zero without ``with_sor``).
 
     Parameters
     ----------
@@ -189,7 +190,7 @@ def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256):
 
     Returns
     -------
-    q : ndarray (n,); sor : ndarray (n,); wsum : ndarray (m,)
+    q : ndarray (n,); sor : ndarray (n,); wsum : ndarray (m,); vsum : ndarray (m,)
     """
     n_chunks = _ready(n_chunks)
     Kz = _rows(Kz, "Kz")
@@ -200,6 +201,7 @@ def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256):
     block = int(block)
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
-    q, sor, parts = np.empty(n), np.zeros(n), np.zeros((n_chunks, m))
-    _jit._std_terms_rows(Kz, Linv, U, bool(with_sor), q, sor, parts, n_chunks, block)
-    return q, sor, parts.sum(axis=0)
+    q, sor, parts = np.empty(n), np.zeros(n), np.zeros((2, n_chunks, m))
+    _jit._std_terms_rows(Kz, Linv, U, bool(with_sor), q, sor, parts[0], parts[1], n_chunks, block)
+    wsum, vsum = parts.sum(axis=1)
+    return q, sor, wsum, vsum

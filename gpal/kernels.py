@@ -413,10 +413,21 @@ class CosineKernel(Kernel):
         """
         self._validate()
         X = _as_matrix(X, "X")
-        self_cos = (np.einsum("ij,ij->i", X, X) > 0.0).astype(np.float64)
-        p = float(self._shape_param())
-        f = _jit._apply_f(self_cos[:, None], self._kind, p)[:, 0]
-        return float(self.signal_variance) * f
+        d0, d1 = self._diag_values()
+        return np.where(np.einsum("ij,ij->i", X, X) > 0.0, d1, d0)
+
+    def _diag_values(self) -> tuple[float, float]:
+        """``(k(0, 0), k(x, x))`` for a zero row and any other: ``signal_variance f(0)`` and
+        ``signal_variance f(1)``, the two values :meth:`diag` takes."""
+        key = (self._shape_param(), self.signal_variance)
+        last = self.__dict__.get("_diag_cache")
+        if last is not None and last[0] == key:  # (per MD step: the same hyperparameters)
+            return last[1]
+        f = _jit._apply_f(np.array([[0.0, 1.0]]), self._kind, float(key[0]))[0]
+        s2 = float(key[1])
+        values = (s2 * float(f[0]), s2 * float(f[1]))
+        self.__dict__["_diag_cache"] = (key, values)
+        return values
 
     def gradient_x(self, X, Z) -> np.ndarray:
         """Dense gradient ``G[n, m, :] = ∂k(x_n, z_m)/∂x_n`` (tests, small inputs).

@@ -212,3 +212,22 @@ def test_soap_fused_step_equals_expand_then_backward(monkeypatch, l_max, n_max):
     assert len(seen) > 1 and seen[0][0] == 0 and seen[-1][1] == len(atoms)
     np.testing.assert_array_equal(step.descriptor, exp.descriptor)
     np.testing.assert_allclose(step.dE, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+
+
+def test_fused_blocks_partition_the_centres_within_the_budget():
+    """Blocks are consecutive, cover every centre once, hold at most max(budget, largest
+    centre) pairs each, and each is as long as the budget allows (a greedy partition)."""
+    rng = np.random.default_rng(3)
+    for n, budget in [(1, 5), (7, 1), (40, 30), (40, 10**6), (25, 0)]:
+        counts = rng.integers(0, 12, size=n)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        blocks, max_pairs, nb_max, pairs_max = soap_module.jit.fused_blocks(offsets, budget)
+        cap = max(budget, int(counts.max()))
+        assert max_pairs == counts.max()
+        assert blocks[0, 0] == 0 and blocks[-1, 1] == n and np.all(blocks[1:, 0] == blocks[:-1, 1])
+        sizes = offsets[blocks[:, 1]] - offsets[blocks[:, 0]]
+        assert np.all(blocks[:, 1] > blocks[:, 0]) and np.all(sizes <= cap)
+        # greedy: the next centre would not have fitted
+        nxt = blocks[:-1, 1]
+        assert np.all(offsets[nxt + 1] - offsets[blocks[:-1, 0]] > cap)
+        assert nb_max == np.max(blocks[:, 1] - blocks[:, 0]) and pairs_max == sizes.max()

@@ -89,9 +89,9 @@ def test_two_species_prediction_equals_the_direct_formulas(small_blocks, kernel)
 
 
 def test_one_species_frame_of_a_two_species_model(small_blocks):
-    """A frame of one species takes the total-energy variance from that species' factor
-    (``_var_sor_of_sum``): equal to the plain formula, also after an update leaves the
-    species' columns non-contiguous."""
+    """A frame of one species takes the total-energy variance from the sum of its atoms'
+    projected rows (``_LocalStdFactors.terms``): equal to the plain formula, also after
+    an update leaves the species' columns non-contiguous."""
     train = cuag_frames(4, seed=5)
     model = SparseGP(soap_for(train), n_sparse=20, hyperparameters="fixed").fit(train)
     for symbol in ("Cu", "Ag"):
@@ -101,12 +101,14 @@ def test_one_species_frame_of_a_two_species_model(small_blocks):
         assert_matches(model.predict(pure, return_std=True), reference(model, pure))
     model.update(cuag_frames(2, seed=6), n_sparse=6)
     assert assert_matches(model.predict(pure, return_std=True), reference(model, pure)) is None
-    # the shortcut and the general trsv agree on the same sums
+    # the shortcut and the general trsv on the whole R_w agree on the same sums
     exp, dE, kb = model._fused_terms(pure, np.zeros(len(pure)), keep_k=True)
-    _, _, wsum = model._local_variance_terms(kb, len(pure))
+    _, _, sor_total = model._local_variance_terms(kb, len(pure))
     assert len(kb) == 1
-    np.testing.assert_allclose(model._var_sor_of_sum(wsum, kb), model._var_sor_whitened(wsum),
-                               rtol=1e-10)
+    (r, c, Kz), = kb
+    wsum = np.zeros(len(model.sparse_species_))
+    wsum[c] = model._local_std_factors().terms(Kz, int(model.sparse_species_[c[0]]))[2]
+    np.testing.assert_allclose(sor_total, model._var_sor_whitened(wsum), rtol=1e-10)
 
 
 def test_stds_follow_new_frames_and_new_sparse_points(small_blocks):
@@ -326,13 +328,14 @@ def test_row_parallel_passes_equal_numpy_for_any_split():
         Kz = rng.normal(size=(n, m))
         Wt = L @ Kz.T
         for Kz_in in (Kz, Kz.astype(np.float32).astype(np.float64), np.asfortranarray(Kz)):
-            q, sor, wsum = _row_blas.std_terms(Kz_in, L, U, True, chunks, block)
+            q, sor, wsum, vsum = _row_blas.std_terms(Kz_in, L, U, True, chunks, block)
             Wt = L @ Kz_in.T
             np.testing.assert_allclose(q, (Wt**2).sum(0), rtol=1e-12)
             np.testing.assert_allclose(sor, ((U @ Wt) ** 2).sum(0), rtol=1e-12)
             np.testing.assert_allclose(wsum, Wt.sum(1), rtol=1e-12, atol=1e-12)
-        q, sor, _ = _row_blas.std_terms(Kz, L, U, False, chunks, block)
-        assert np.all(sor == 0.0)
+            np.testing.assert_allclose(vsum, (U @ Wt).sum(1), rtol=1e-12, atol=1e-12)
+        q, sor, _, vsum = _row_blas.std_terms(Kz, L, U, False, chunks, block)
+        assert np.all(sor == 0.0) and np.all(vsum == 0.0)
     with pytest.raises(ValueError, match="Zh must have shape"):
         _row_blas.prediction_terms(np.ones((3, 4)), np.ones((2, 5)), np.ones(2), 0, 2.0, 1.0, 2)
     with pytest.raises(ValueError, match="Linv and U must have shape"):

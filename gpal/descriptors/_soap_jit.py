@@ -788,6 +788,34 @@ def pair_forces_kernel(g, center, neighbor, n_atoms):
     return out
 
 
+@numba.njit(cache=True)
+def pair_forces_stress_kernel(g, center, neighbor, vector, n_atoms, volume, with_stress):
+    """Forces of :func:`pair_forces_kernel` (g (P, 3)) and, with ``with_stress``, the Voigt
+    stress ``(1/V) sym(Σ_p g_p ⊗ vector_p)`` of ``pair_stress`` in the same pass."""
+    forces = np.zeros((n_atoms, 3))
+    w = np.zeros((3, 3))
+    for p in range(g.shape[0]):
+        i = center[p]
+        j = neighbor[p]
+        for a in range(3):
+            forces[j, a] -= g[p, a]
+            forces[i, a] += g[p, a]
+        if with_stress:
+            for a in range(3):
+                for b in range(3):
+                    w[a, b] += g[p, a] * vector[p, b]
+    stress = np.zeros(6)
+    if with_stress:
+        for k in range(6):
+            a, b = _VOIGT_A[k], _VOIGT_B[k]
+            stress[k] = 0.5 * (w[a, b] + w[b, a]) / volume
+    return forces, stress
+
+
+_VOIGT_A = np.array([0, 1, 2, 1, 0, 0])
+_VOIGT_B = np.array([0, 1, 2, 2, 2, 1])
+
+
 # ---------------------------------------------------------------------------------------
 # Pair-batched kernels (the fast path of ``SOAP.create``/``expand`` and ``backward``).
 #
@@ -1419,6 +1447,46 @@ def soap_backward_batched(
 # kernels); perm_store[offsets[i] - offsets[i0] + q] is the pair index of its q-th
 # gathered pair and sstart_store[i - i0] its species starts.
 # ---------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def fused_blocks(offsets, store_pairs):
+    """Blocks of consecutive centres for :meth:`gpal.descriptors.SOAP._fused_step`.
+
+    Each block ``(i0, i1)`` holds at most ``budget = max(store_pairs, largest centre's
+    pairs)`` pairs (at least one centre).
+
+    Returns
+    -------
+    blocks : ndarray (n_blocks, 2) of ``(i0, i1)``
+    max_pairs : int
+        Pairs of the centre with the most.
+    nb_max : int
+        Centres of the largest block.
+    pairs_max : int
+        Pairs of the block with the most.
+    """
+    N = offsets.shape[0] - 1
+    max_pairs = 0
+    for a in range(N):
+        max_pairs = max(max_pairs, offsets[a + 1] - offsets[a])
+    budget = max(max_pairs, store_pairs)
+    blocks = np.empty((N, 2), dtype=np.int64)
+    nb = 0
+    nb_max = 0
+    pairs_max = 0
+    i0 = 0
+    while i0 < N:
+        i1 = i0 + 1  # the last centre with offsets[i1] <= offsets[i0] + budget
+        while i1 < N and offsets[i1 + 1] <= offsets[i0] + budget:
+            i1 += 1
+        blocks[nb, 0] = i0
+        blocks[nb, 1] = i1
+        nb += 1
+        nb_max = max(nb_max, i1 - i0)
+        pairs_max = max(pairs_max, offsets[i1] - offsets[i0])
+        i0 = i1
+    return blocks[:nb], max_pairs, nb_max, pairs_max
+
+
 @numba.njit(cache=True)
 def stored_pair_size(L1, nk):
     """Doubles kept per pair by :func:`soap_create_stored`."""

@@ -769,24 +769,27 @@ class SOAP(Descriptor):
         )
 
     # --- atoms ---
-    def _prepare(self, atoms):
-        numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
-        pos = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)
-        cell = np.array(atoms.get_cell().array, dtype=np.float64)
-        if not np.all(np.isfinite(pos)):
-            raise InvalidPositionsError(
-                "Atomic positions contain NaN or infinite values."
-            )
-        if not np.all(np.isfinite(cell)):
-            raise InvalidPositionsError("The cell contains NaN or infinite values.")
-        known = set(self.species_numbers_.tolist())
-        unknown = set(numbers.tolist()) - known
-        if unknown:
-            raise UnknownSpeciesError(unknown, known)
-        volume = abs(float(np.linalg.det(cell)))
-        norms = np.linalg.norm(cell, axis=1)
-        if norms.min() == 0.0 or volume <= 1e-10 * float(np.prod(norms)):
-            volume = math.nan
+    def _prepare(self, atoms, checked: bool = False):
+        """Numbers, species indices, pairs (centre-sorted, CSR ``offsets``) and cell
+        volume (nan without a non-degenerate cell) of ``atoms``. ``checked``: the caller
+        has run :func:`gpal._validation.check_atoms` with this descriptor's species
+        (finite positions and cell, known species), which are then not checked again."""
+        numbers = np.asarray(atoms.numbers, dtype=np.int64)
+        # (read, never written: no copy; the pair cache copies what it keeps)
+        pos = np.ascontiguousarray(atoms.positions, dtype=np.float64)
+        cell = np.array(atoms.cell.array, dtype=np.float64)
+        if not checked:
+            if not np.all(np.isfinite(pos)):
+                raise InvalidPositionsError(
+                    "Atomic positions contain NaN or infinite values."
+                )
+            if not np.all(np.isfinite(cell)):
+                raise InvalidPositionsError("The cell contains NaN or infinite values.")
+            known = set(self.species_numbers_.tolist())
+            unknown = set(numbers.tolist()) - known
+            if unknown:
+                raise UnknownSpeciesError(unknown, known)
+        volume = self._cell_volume(cell)
         if self.periodic:
             pbc = np.asarray(atoms.get_pbc(), dtype=np.bool_)
             if pbc.any() and not math.isfinite(volume) and not periodic_vectors_ok(cell, pbc):
@@ -806,6 +809,21 @@ class SOAP(Descriptor):
             D = np.zeros((0, 3))
             offsets = np.zeros(1, np.int64)
         return numbers, spec, i, j, D, offsets, volume
+
+    def _cell_volume(self, cell: np.ndarray) -> float:
+        """``|det(cell)|`` (Å^3), nan for a zero cell vector or a volume below 1e-10 of
+        the product of the vector lengths (a degenerate cell); kept for the last cell
+        (consecutive MD steps at constant cell)."""
+        key = cell.tobytes()
+        last = getattr(self, "_last_volume", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        volume = abs(float(np.linalg.det(cell)))
+        norms = np.linalg.norm(cell, axis=1)
+        if norms.min() == 0.0 or volume <= 1e-10 * float(np.prod(norms)):
+            volume = math.nan
+        self._last_volume = (key, volume)
+        return volume
 
     def _n_chunks(self, n_atoms: int) -> int:
         return max(1, min(n_atoms, numba.get_num_threads() * _CHUNKS_PER_THREAD))
@@ -1050,7 +1068,7 @@ class SOAP(Descriptor):
         self._gmap = (L, (gc, gv))
         return self._gmap[1]
 
-    def _fused_step(self, atoms, block_gradient, check_vectors=None) -> _FusedStep:
+    def _fused_step(self, atoms, block_gradient, check_vectors=None, checked: bool = False) -> _FusedStep:
         """Descriptor of ``atoms`` and the adjoint of ``E = sum_i G[i] . X[i]``, block of
         centres by block of centres (the MD step's prediction path).
 
@@ -1070,8 +1088,11 @@ class SOAP(Descriptor):
         check_vectors : callable ``(vectors (n_pairs, 3)) -> None``, optional
             Called on the pair vectors before any SOAP work (e.g. a minimum-distance
             check that raises).
+        checked : bool, default False
+            The caller has checked ``atoms`` against this descriptor's species
+            (:func:`gpal._validation.check_atoms`).
         """
-        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms)
+        numbers, spec, i, j, D, offsets, volume = self._prepare(atoms, checked)
         if check_vectors is not None and len(D):
             check_vectors(D)
         N, F, S = len(spec), self._n_features, len(self.species_numbers_)
@@ -1082,11 +1103,8 @@ class SOAP(Descriptor):
             return _FusedStep(X, i, j, D, volume, out)
         gmap = self._gradient_map()
         PS = jit.stored_pair_size(L1, nk)
-        max_pairs = _max_pairs(offsets)
-        budget = max(max_pairs, _FUSED_STORE_BYTES // (8 * PS))
-        blocks = _fused_blocks(offsets, budget)
-        nb_max = max(i1 - i0 for i0, i1 in blocks)
-        pairs_max = max(int(offsets[i1] - offsets[i0]) for i0, i1 in blocks)
+        plan, max_pairs, nb_max, pairs_max = jit.fused_blocks(offsets, _FUSED_STORE_BYTES // (8 * PS))
+        blocks = plan.tolist()
         store = np.empty(max(pairs_max, 1) * PS)
         perm = np.empty(max(pairs_max, 1), dtype=np.int64)
         sstart = np.empty((nb_max, S + 1), dtype=np.int64)
@@ -1122,19 +1140,6 @@ class _FusedStep:
     vector: np.ndarray
     volume: float
     dE: np.ndarray
-
-
-def _fused_blocks(offsets, budget_pairs: int) -> list:
-    """Consecutive centre blocks ``(i0, i1)`` of at most ``budget_pairs`` pairs each
-    (at least one centre per block)."""
-    N = len(offsets) - 1
-    blocks, i0 = [], 0
-    while i0 < N:
-        i1 = int(np.searchsorted(offsets, offsets[i0] + budget_pairs, side="right")) - 1
-        i1 = min(max(i1, i0 + 1), N)
-        blocks.append((i0, i1))
-        i0 = i1
-    return blocks
 
 
 def _max_pairs(offsets) -> int:

@@ -37,6 +37,7 @@ so calibrate them (gpal.calibration) before trusting their scale.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -44,7 +45,6 @@ import numpy as np
 import scipy.linalg
 from ase import Atoms
 from scipy.linalg.blas import dtrmm as _dtrmm
-from scipy.linalg.blas import dtrmv as _dtrmv
 from scipy.linalg.blas import dtrsv as _dtrsv
 from scipy.linalg.blas import dsyrk as _dsyrk
 from scipy.linalg.lapack import dpotrf as _dpotrf
@@ -52,7 +52,7 @@ from scipy.linalg.lapack import dtrtri as _dtrtri
 from ase.data import chemical_symbols
 from sklearn.base import BaseEstimator, clone
 
-from .. import _threads
+from .. import _jit, _threads
 from .._threads import policy as _thread_policy
 from .._validation import (
     DEFAULT_MIN_DISTANCE,
@@ -68,6 +68,7 @@ from .._validation import (
     warn_implausible_labels,
 )
 from ..descriptors import SOAP, Descriptor, pair_forces, pair_stress
+from ..descriptors._soap_jit import pair_forces_stress_kernel as _forces_and_stress
 from ..descriptors.neighbors import min_length
 from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
 from ..selection import greedy_select
@@ -134,12 +135,7 @@ _STD_CHUNK = 256
 _QUADRATIC_MAX_FEATURES = 1024  # largest F whose ζ = 2 quadratic form A (F, F) is kept
 
 
-def _residual_and_novelty(kdiag: np.ndarray, q: np.ndarray):
-    """The DTC residual ``k(x,x) - k K_mm⁻¹ kᵀ`` (>= 0 in exact arithmetic, so rounding
-    below zero is clipped) and its fraction of the prior variance, the novelty in [0, 1]."""
-    resid = np.clip(kdiag - q, 0.0, None)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return resid, np.where(kdiag > 0, np.clip(resid / kdiag, 0.0, 1.0), 0.0)
+_NO_DIAG = np.zeros(0)  # _jit._dtc_tail's kdiag when it reads k(x,x) from the rows
 
 
 def _triangular_inverse(T: np.ndarray, lower: bool) -> np.ndarray:
@@ -225,14 +221,17 @@ class _LocalStdFactors:
         return k[0] is solver.L_mm_ and k[1] is solver.R_w_ and k[2] is sparse_species
 
     def terms(self, Kz: np.ndarray, z: int, with_sor: bool = True):
-        """``(|w|², |v|², Σ_i w_i)`` of the kernel rows ``Kz`` (n, len(c)) of species ``z``.
+        """``(|w|², |v|², Σ_i w_i, Σ_i v_i)`` of the kernel rows ``Kz`` (n, len(c)) of
+        species ``z``.
 
-        Returns arrays of shapes (n,), (n,) and (len(c),) (``w`` in the species' columns);
-        ``|v|²`` stays zero without ``with_sor`` (the Nyström part only).
+        Returns arrays of shapes (n,), (n,), (len(c),) and (len(c),) (``w`` and ``v`` in
+        the species' columns); ``|v|²`` and ``Σ v`` stay zero without ``with_sor`` (the
+        Nyström part only). ``|Σ_i v_i|²`` is the projected variance of the sum of the
+        rows' local energies (``U_c`` is linear: ``Σ_i U_c w_i = U_c Σ_i w_i``).
         """
         c, Linv, U = self.blocks[z]
         n, m = Kz.shape
-        q, sor, wsum = np.empty(n), np.zeros(n), np.zeros(m)
+        q, sor, wsum, vsum = np.empty(n), np.zeros(n), np.zeros(m), np.zeros(m)
         chunks = _threads.row_chunks(n)
         if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from .. import _row_blas
@@ -246,7 +245,8 @@ class _LocalStdFactors:
             if with_sor:
                 Vt = _dtrmm(1.0, U, Wt, side=0, lower=0, overwrite_b=1)
                 sor[s:s + _STD_CHUNK] = np.einsum("ij,ij->j", Vt, Vt)
-        return q, sor, wsum
+                vsum += Vt.sum(axis=1)
+        return q, sor, wsum, vsum
 
 
 class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
@@ -843,7 +843,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         need_novelty = (calibrated and forces_std and "forces_std" in self.calibration_
                         and self.calibration_of("forces_std").novelty_scale > 0)
         local = return_std or need_novelty
-        if self._use_fused_step():
+        fused = self._use_fused_step()
+        if fused:
             exp, dE, kblocks = self._fused_terms(atoms, energies, keep_k=local)
             X = exp.descriptor
         else:
@@ -854,7 +855,13 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             kblocks = []  # (atoms r, sparse columns c, K[r, c]) per species
             G = self._kernel_terms(X, numbers, energies, kblocks, 0, need_k=local)
             dE = exp.backward(G)
-        forces = pair_forces(dE, exp.center, exp.neighbor, N)
+        volume = float(exp.volume)
+        has_cell = math.isfinite(volume) and volume > 0 and bool(atoms.pbc.all())
+        if fused:  # pair_forces and pair_stress in one pass over the pairs
+            forces, stress = _forces_and_stress(dE, exp.center, exp.neighbor, exp.vector, N, volume, has_cell)
+        else:  # (a plugin descriptor's arrays, checked)
+            forces = pair_forces(dE, exp.center, exp.neighbor, N)
+            stress = pair_stress(dE, exp.vector, volume) if has_cell else None
         energy = float(energies.sum())
         out = {
             "energy": energy,
@@ -862,20 +869,16 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             "energies": energies,
             "forces": forces,
         }
-        has_cell = np.isfinite(exp.volume) and exp.volume > 0 and np.all(atoms.pbc)
         if has_cell:
-            out["stress"] = pair_stress(dE, exp.vector, exp.volume)
+            out["stress"] = stress
         novelty = None
         if local:
-            kdiag = self.kernel_.diag(X)
             # DTC: k(x,x) - k K_mm^-1 k + k Sigma k
-            q, sor, wsum = self._local_variance_terms(kblocks, N, with_sor=return_std)
-            resid, novelty = _residual_and_novelty(kdiag, q)
+            q, sor, sor_total = self._local_variance_terms(kblocks, N, with_sor=return_std)
+            std, novelty, resid_total = self._dtc_stds(X, q, sor)
         if return_std:
-            var_local = resid + sor
-            var_E = float(self._var_sor_of_sum(wsum, kblocks) + resid.sum())
-            out["energies_std"] = np.sqrt(var_local)
-            out["energy_std"] = float(np.sqrt(max(var_E, 0.0)))
+            out["energies_std"] = std
+            out["energy_std"] = float(np.sqrt(max(sor_total + resid_total, 0.0)))
             out["novelty"] = novelty
         if forces_std or stress_std:
             _, rowF, rowS = self._derivative_rows(atoms, Z, zsp)
@@ -917,14 +920,16 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """
         n = len(X)
         nums = numbers[i0:i0 + n]
-        species = np.unique(nums)
-        one = len(species) == 1  # one species: no row gathers or scatters
+        lo, hi = (int(nums.min()), int(nums.max())) if n else (0, -1)
+        one = lo == hi  # one species: no row gathers or scatters
         G = None if one else np.zeros(X.shape)
         quad = self._prediction_quadratic()
         for z, (c, Zc, ac) in self._prediction_sparse_rows().items():
-            if z not in species:
+            if z < lo or z > hi or (one and z != lo):
                 continue
             r = np.arange(n) if one else np.flatnonzero(nums == z)
+            if not len(r):
+                continue
             Xr = X if one else X[r]
             Kz = None
             A = quad.get(z)
@@ -966,7 +971,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         def check(D):
             check_min_distance(np.array([min_length(D)]), self.min_distance)
 
-        step = self.descriptor_._fused_step(atoms, block_gradient, check)
+        step = self.descriptor_._fused_step(atoms, block_gradient, check, checked=True)  # (predict's _check)
         merged = {}
         for r, c, Kz in parts:
             merged.setdefault(int(c[0]), (c, [], []))
@@ -1045,8 +1050,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``k K_mm⁻¹ kᵀ = |L⁻¹k|²`` of each atom (the Nyström part).
         sor : ndarray of shape (N,)
             ``k Σ kᵀ = |R_w⁻ᵀ L⁻¹ k|²`` (the projected posterior part).
-        wsum : ndarray of shape (M,)
-            ``L⁻¹ Σ_i k_i``, what the total-energy variance needs.
+        sor_total : float
+            ``|R_w⁻ᵀ L⁻¹ Σ_i k_i|²``, the projected variance of the total energy (0
+            without ``with_sor``).
         """
         sol = self.solver_
         fac = self._local_std_factors()
@@ -1060,28 +1066,31 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if with_sor:
                 V = sol._sor_factor_whitened(W.T)
                 sor = np.einsum("ms,ms->s", V, V)
-            return np.einsum("ms,ms->s", W, W), sor, W.sum(axis=1)
-        q, sor, wsum = np.zeros(N), np.zeros(N), np.zeros(M)
+            return (np.einsum("ms,ms->s", W, W), sor,
+                    self._var_sor_whitened(W.sum(axis=1)) if with_sor else 0.0)
+        q, sor = np.zeros(N), np.zeros(N)
+        if len(kblocks) == 1:
+            # one species: the total's projected variance is |Σ_i v_i|² (see terms), which
+            # the triangular products have just summed (a trsv on the whole (M, M) R_w,
+            # read from memory, took ~70 µs at M = 500 in an MD step)
+            r, c, Kz = kblocks[0]
+            q[r], sor[r], _, vsum = fac.terms(Kz, int(self.sparse_species_[c[0]]), with_sor)
+            return q, sor, float(np.dot(vsum, vsum))
+        wsum = np.zeros(M)
         for r, c, Kz in kblocks:
-            q[r], sor[r], wsum[c] = fac.terms(Kz, int(self.sparse_species_[c[0]]), with_sor)
-        return q, sor, wsum
+            q[r], sor[r], wsum[c], _ = fac.terms(Kz, int(self.sparse_species_[c[0]]), with_sor)
+        return q, sor, self._var_sor_whitened(wsum) if with_sor else 0.0
 
-    def _var_sor_of_sum(self, wsum: np.ndarray, kblocks) -> float:
-        """``|R_w⁻ᵀ wsum|²`` of :meth:`_local_variance_terms`' ``wsum`` (the total
-        energy's projected variance). When the atoms are all of one species, ``wsum`` is
-        zero outside its columns ``c`` and this is ``|U_c wsum_c|²`` with the species'
-        factor :class:`_LocalStdFactors` kept (one trmv on an (m, m) triangle the
-        local stds have just read, against a trsv on the whole (M, M) ``R_w`` read from
-        memory: 15-20 against ~70 µs at M = 500 in an MD step).
-        """
-        fac = self._local_std_factors()  # (cached: the local stds have just made it)
-        if len(kblocks) == 1 and fac.blocks is not None:
-            c = kblocks[0][1]
-            block = fac.blocks.get(int(self.sparse_species_[c[0]]))
-            if block is not None and len(block[0]) == len(c):
-                v = _dtrmv(block[2], np.ascontiguousarray(wsum[c], dtype=np.float64), lower=0)
-                return float(np.dot(v, v))
-        return self._var_sor_whitened(wsum)
+    def _dtc_stds(self, X, q: np.ndarray, sor: np.ndarray):
+        """``(std, novelty, Σ residual)`` of the local energies from their variance terms
+        (:func:`gpal._jit._dtc_tail`): ``k(x,x)`` from the two values of a cosine kernel's
+        diagonal, else from the kernel's :meth:`diag`."""
+        values = getattr(self.kernel_, "_diag_values", None)
+        if values is not None:
+            d0, d1 = values()
+            return _jit._dtc_tail(np.ascontiguousarray(X, dtype=np.float64), _NO_DIAG, d0, d1, q, sor)
+        kdiag = np.ascontiguousarray(self.kernel_.diag(X), dtype=np.float64)
+        return _jit._dtc_tail(np.zeros((0, 0)), kdiag, 0.0, 0.0, q, sor)
 
     def _var_sor_whitened(self, w: np.ndarray) -> float:
         """``|R_w⁻ᵀ w|²`` of one whitened row ``w`` (M,).
@@ -1206,7 +1215,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if len(r):
                 kblocks.append((r, c, self.kernel_(X[r], self.sparse_X_[c])))
         q = self._local_variance_terms(kblocks, len(numbers), with_sor=False)[0]
-        return _residual_and_novelty(self.kernel_.diag(X), q)[1]
+        return self._dtc_stds(X, q, np.zeros(len(q)))[1]
 
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
