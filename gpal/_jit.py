@@ -522,35 +522,69 @@ def _trmm_left(uplo, m, n, T, B):
 
 
 @numba.njit(cache=True, parallel=True)
-def _prediction_terms_rows(Xh, Zh, alpha, kind, p, s2, K, energy, rowdot, G, n_chunks):
-    """``CosineKernel._terms`` before its last two row scalings, by chunks of rows.
+def _prediction_terms_rows(X, norms, Zh, alpha, kind, p, s2, K, energy, G, n_chunks):
+    """``CosineKernel._terms`` by chunks of rows, from the raw rows or the unit ones.
 
-    For the rows ``r`` of each chunk: ``C = X̂_r Ẑᵀ`` (dgemm), the pass of
-    :func:`gpal._jit._prediction_pass_into` (``K_r``, ``energy_r``, ``rowdot_r``; ``C``
-    becomes the weights ``W``), then ``G_r = W Ẑ`` (dgemm).
+    For the rows ``r`` of each chunk: the unit rows ``X̂_r`` (``X_r / |X_r|`` when
+    ``norms`` is empty, as :func:`_normalize_rows` forms them; ``X_r`` itself, with
+    norms ``norms[r]``, otherwise), ``C = X̂_r Ẑᵀ`` (dgemm), the pass of
+    :func:`_prediction_pass_into` (``K_r``, ``energy_r``, ``rowdot_r``; ``C`` becomes
+    the weights ``W``), ``G_r = W Ẑ`` (dgemm) and its row scalings ``G_r = s2 / |x_r|
+    (G_r - rowdot_r X̂_r)`` while the chunk is in cache.
 
     Parameters
     ----------
-    Xh : ndarray (n, F), C-contiguous; Zh : ndarray (m, F), C-contiguous
+    X : ndarray (n, F), C-contiguous
+    norms : ndarray (n,) or (0,)
+    Zh : ndarray (m, F), C-contiguous unit sparse rows
     alpha : ndarray (m,)
     kind, p, s2 : the kernel's kind code, shape parameter and signal variance
-    K : ndarray (n, m); energy, rowdot : ndarray (n,); G : ndarray (n, F)
+    K : ndarray (n, m); energy : ndarray (n,); G : ndarray (n, F)
         Outputs, C-contiguous.
     n_chunks : int
     """
-    n, F = Xh.shape
+    n, F = X.shape
     m = Zh.shape[0]
+    unit = norms.shape[0] == n and n > 0
     for ch in numba.prange(n_chunks):
         r0, r1 = _chunk_rows(ch, n, n_chunks)
         rb = r1 - r0
         if rb <= 0:
             continue
+        Xh = np.empty((rb, F))
+        inv = np.zeros(rb)
+        for r in range(rb):
+            if unit:
+                nrm = norms[r0 + r]
+                for f in range(F):
+                    Xh[r, f] = X[r0 + r, f]
+            else:
+                t = 0.0
+                for f in range(F):
+                    t += X[r0 + r, f] * X[r0 + r, f]
+                nrm = np.sqrt(t)
+                if nrm > 0.0:
+                    a = 1.0 / nrm
+                    for f in range(F):
+                        Xh[r, f] = X[r0 + r, f] * a
+                else:
+                    for f in range(F):
+                        Xh[r, f] = 0.0
+            if nrm > 0.0:
+                inv[r] = 1.0 / nrm
         C = np.empty((rb, m))
+        rowdot = np.empty(rb)
         # row-major C (rb, m) = X̂_r Ẑᵀ is column-major Cᵀ (m, rb) = Ẑ X̂_rᵀ
-        _gemm(84, 78, m, rb, F, Zh, F, Xh[r0:r1], F, C, m)
-        _prediction_pass_into(C, alpha, kind, p, s2, K[r0:r1], energy[r0:r1], rowdot[r0:r1])
+        _gemm(84, 78, m, rb, F, Zh, F, Xh, F, C, m)
+        _prediction_pass_into(C, alpha, kind, p, s2, K[r0:r1], energy[r0:r1], rowdot)
         # row-major G_r (rb, F) = W Ẑ is column-major G_rᵀ (F, rb) = Ẑᵀ Wᵀ
-        _gemm(78, 78, F, rb, m, Zh, F, C, m, G[r0:r1], F)
+        Gr = G[r0:r1]
+        _gemm(78, 78, F, rb, m, Zh, F, C, m, Gr, F)
+        for r in range(rb):
+            d = rowdot[r]
+            sc = s2 * inv[r]
+            for f in range(F):
+                Gr[r, f] = (Gr[r, f] - d * Xh[r, f]) * sc
 
 
 @numba.njit(cache=True, parallel=True)

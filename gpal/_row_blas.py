@@ -67,15 +67,17 @@ def _self_test() -> bool:
     rng = np.random.default_rng(0)
     X, Z = rng.random((7, 5)), rng.random((6, 5))
     alpha = rng.random(6)
-    K, e, d, G = prediction_terms(X, Z, alpha, _jit.KIND_DOT, 2.0, 1.0, 2)
-    C = X @ Z.T
+    Xh = X / np.linalg.norm(X, axis=1)[:, None]
+    K, e, G = prediction_terms(Xh, Z, alpha, _jit.KIND_DOT, 2.0, 1.0, 2, norms=np.ones(len(X)))
+    C = Xh @ Z.T
     close = dict(rtol=1e-13, atol=0)
-    ok = (np.allclose(K, C**2, **close) and np.allclose(G, (2.0 * C * alpha) @ Z, **close)
-          and np.allclose(e, (C**2) @ alpha, **close))
+    W = 2.0 * C * alpha
+    ok = (np.allclose(K, C**2, **close) and np.allclose(e, (C**2) @ alpha, **close)
+          and np.allclose(G, W @ Z - (W * C).sum(1)[:, None] * Xh, rtol=1e-13, atol=1e-14))
     A = rng.random((5, 5))
     A = A + A.T
-    q, Gq, Kq = quadratic_terms(X, A, Z, 0.5, 2)
-    ok = ok and np.allclose(Gq, X @ A, **close) and np.allclose(Kq, 0.5 * C**2, **close)
+    q, Gq, Kq = quadratic_terms(Xh, A, Z, 0.5, 2)
+    ok = ok and np.allclose(Gq, Xh @ A, **close) and np.allclose(Kq, 0.5 * C**2, **close)
     L = np.tril(rng.random((6, 6))) + 6 * np.eye(6)
     U = np.triu(rng.random((6, 6))) + 6 * np.eye(6)
     q, sor, ws, vs = std_terms(C, L, U, True, 2, 3)
@@ -101,13 +103,13 @@ def _ready(n_chunks: int) -> int:
     return n_chunks
 
 
-def prediction_terms(Xh, Zh, alpha, kind: int, p: float, s2: float, n_chunks: int):
-    """``(K, energy, rowdot, G)`` of ``CosineKernel._terms`` before its row scalings.
+def prediction_terms(X, Zh, alpha, kind: int, p: float, s2: float, n_chunks: int, norms=None):
+    """``(K, energy, G)`` of :meth:`gpal.kernels.CosineKernel.prediction_terms`.
 
     Parameters
     ----------
-    Xh : array_like (n, F)
-        Unit descriptor rows.
+    X : array_like (n, F)
+        Raw descriptor rows; or, with ``norms``, the unit rows.
     Zh : array_like (m, F)
         Unit sparse rows.
     alpha : array_like (m,)
@@ -116,6 +118,8 @@ def prediction_terms(Xh, Zh, alpha, kind: int, p: float, s2: float, n_chunks: in
         signal variance.
     n_chunks : int
         Chunks of rows (numba's threads share them out).
+    norms : array_like (n,), optional
+        The norms of the raw rows when ``X`` holds the unit rows.
 
     Returns
     -------
@@ -123,21 +127,25 @@ def prediction_terms(Xh, Zh, alpha, kind: int, p: float, s2: float, n_chunks: in
         ``s2 f(X̂ Ẑᵀ)``.
     energy : ndarray (n,)
         ``K alpha``.
-    rowdot : ndarray (n,)
-        ``Σ_m alpha_m f'(c_nm) c_nm``.
     G : ndarray (n, F)
-        ``W Ẑ`` with ``W = alpha ∘ f'(X̂ Ẑᵀ)``.
+        ``Σ_m alpha_m ∂k(x_n, z_m)/∂x_n = s2/|x| (W Ẑ - rowsum(W ∘ X̂Ẑᵀ) x̂)`` with ``W =
+        alpha ∘ f'(X̂ Ẑᵀ)`` (zero for a zero row).
     """
     n_chunks = _ready(n_chunks)
-    Xh, Zh = _rows(Xh, "Xh"), _rows(Zh, "Zh")
+    X, Zh = _rows(X, "X"), _rows(Zh, "Zh")
     alpha = np.ascontiguousarray(alpha, dtype=np.float64)
-    (n, F), m = Xh.shape, len(Zh)
+    (n, F), m = X.shape, len(Zh)
     if Zh.shape[1] != F or alpha.shape != (m,):
         raise ValueError(f"Zh must have shape (m, {F}) and alpha (m,); got {Zh.shape} and {alpha.shape}")
-    K, energy, rowdot, G = np.empty((n, m)), np.empty(n), np.empty(n), np.empty((n, F))
-    _jit._prediction_terms_rows(Xh, Zh, alpha, int(kind), float(p), float(s2), K, energy, rowdot, G,
-                                n_chunks)
-    return K, energy, rowdot, G
+    if norms is None:
+        norms = np.zeros(0)
+    else:
+        norms = np.ascontiguousarray(norms, dtype=np.float64)
+        if norms.shape != (n,):
+            raise ValueError(f"norms must have shape ({n},), got {norms.shape}")
+    K, energy, G = np.empty((n, m)), np.empty(n), np.empty((n, F))
+    _jit._prediction_terms_rows(X, norms, Zh, alpha, int(kind), float(p), float(s2), K, energy, G, n_chunks)
+    return K, energy, G
 
 
 def quadratic_terms(Xh, A, Zh, s2: float, n_chunks: int):

@@ -540,28 +540,32 @@ class CosineKernel(Kernel):
                 f"Z_unit must have shape (m, {X.shape[1]}) and alpha (m,); got "
                 f"{Z_unit.shape} and {alpha.shape}"
             )
-        Xh, xn = _jit._normalize_rows(X)
-        return self._terms(Xh, xn, Z_unit, alpha)
+        return self._terms(X, None, Z_unit, alpha)
 
-    def _terms(self, Xh, xn, Zh, alpha):
-        """``(K, K @ alpha, G)`` from unit rows ``Xh`` (norms ``xn``) and unit ``Zh``.
+    def _terms(self, X, xn, Zh, alpha):
+        """``(K, K @ alpha, G)`` from the raw rows ``X`` (``xn`` None) or the unit rows
+        ``X`` with norms ``xn``, and unit ``Zh``.
 
         After the BLAS product ``C = X̂ Ẑᵀ`` one compiled pass forms ``K``, ``K alpha``
         and the weights ``W = alpha ∘ f'(C)`` in place of ``C``; then
-        ``G = signal_variance / |x| * (W Ẑ - rowsum(W ∘ C) x̂)``.
+        ``G = signal_variance / |x| * (W Ẑ - rowsum(W ∘ C) x̂)``. On several threads
+        (:mod:`gpal._row_blas`) each thread runs all of this on its chunk of rows, the
+        row normalisation and the scalings too, while the chunk is in cache.
         """
         s2 = float(self.signal_variance)
         alpha = np.ascontiguousarray(alpha, dtype=np.float64)
-        chunks = _threads.row_chunks(len(Xh))
+        chunks = _threads.row_chunks(len(X))
         if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from . import _row_blas
 
-            K, energy, rowdot, G = _row_blas.prediction_terms(Xh, Zh, alpha, self._kind,
-                                                             float(self._shape_param()), s2, chunks)
-        else:
-            C = Xh @ Zh.T
-            K, energy, rowdot = _jit._prediction_pass(C, alpha, self._kind, float(self._shape_param()), s2)
-            G = C @ Zh  # C now holds the weights alpha_m f'(c_nm)
+            return _row_blas.prediction_terms(X, Zh, alpha, self._kind, float(self._shape_param()), s2,
+                                              chunks, norms=xn)
+        Xh = X
+        if xn is None:
+            Xh, xn = _jit._normalize_rows(X)
+        C = Xh @ Zh.T
+        K, energy, rowdot = _jit._prediction_pass(C, alpha, self._kind, float(self._shape_param()), s2)
+        G = C @ Zh  # C now holds the weights alpha_m f'(c_nm)
         G -= rowdot[:, None] * Xh
         G *= (s2 * self._inverse_norms(xn))[:, None]
         return K, energy, G

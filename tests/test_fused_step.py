@@ -231,3 +231,24 @@ def test_fused_blocks_partition_the_centres_within_the_budget():
         nxt = blocks[:-1, 1]
         assert np.all(offsets[nxt + 1] - offsets[blocks[:-1, 0]] > cap)
         assert nb_max == np.max(blocks[:, 1] - blocks[:, 0]) and pairs_max == sizes.max()
+
+
+def test_forces_and_stress_in_one_pass_equal_pair_forces_and_pair_stress():
+    """The fused path's one pass over the pairs equals the public pair_forces and
+    pair_stress, for centre-sorted pairs and for pairs in any order."""
+    from gpal.descriptors import pair_forces, pair_stress
+
+    rng = np.random.default_rng(5)
+    n, P = 9, 60
+    center = np.sort(rng.integers(0, n, P))
+    for order in (np.arange(P), rng.permutation(P)):
+        c, nb = center[order].copy(), rng.integers(0, n, P)
+        g, v = rng.normal(size=(P, 3)), rng.normal(size=(P, 3))
+        F, S = soap_module.jit.pair_forces_stress_kernel(g, c, nb, v, n, 7.5, True)
+        np.testing.assert_allclose(F, pair_forces(g, c, nb, n), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(S, pair_stress(g, v, 7.5), rtol=1e-12, atol=1e-14)
+        F0, S0 = soap_module.jit.pair_forces_stress_kernel(g, c, nb, v, n, 7.5, False)
+        assert np.array_equal(F0, F) and np.all(S0 == 0)
+    F, S = soap_module.jit.pair_forces_stress_kernel(np.zeros((0, 3)), center[:0], center[:0],
+                                                     np.zeros((0, 3)), n, 7.5, True)
+    assert F.shape == (n, 3) and not F.any() and not S.any()

@@ -309,20 +309,23 @@ def test_row_parallel_passes_equal_numpy_for_any_split():
     assert _row_blas.available()  # (scipy always has cython_blas; a failed binding or self-test shows here)
     rng = np.random.default_rng(4)
     for n, m, F, chunks, block in [(7, 13, 5, 3, 2), (2, 9, 4, 5, 4), (33, 40, 17, 2, 7), (1, 1, 3, 1, 1)]:
-        Xh, _ = _jit._normalize_rows(rng.normal(size=(n, F)))
+        X = rng.normal(size=(n, F)) * rng.uniform(0.5, 3.0, size=(n, 1))
+        if n > 2:
+            X[1] = 0.0  # a zero row: zero gradient
+        Xh, xn = _jit._normalize_rows(X)
         Zh, _ = _jit._normalize_rows(rng.normal(size=(m, F)))
         alpha = rng.normal(size=m)
         C = Xh @ Zh.T
         for kind, p in [(_jit.KIND_DOT, 4.0), (_jit.KIND_SE, 0.5)]:
-            K0, e0, d0 = _jit._prediction_pass(C.copy(), alpha, kind, p, 1.3)
-            for X_in, Z_in in [(Xh, Zh), (np.asfortranarray(Xh), Zh[::-1][::-1].T.copy().T)]:
-                K, e, d, G = _row_blas.prediction_terms(X_in, Z_in, alpha, kind, p, 1.3, chunks)
+            W = C.copy()
+            K0, e0, d0 = _jit._prediction_pass(W, alpha, kind, p, 1.3)
+            G0 = (W @ Zh - d0[:, None] * Xh) * np.where(xn > 0, 1.3 / np.where(xn > 0, xn, 1), 0)[:, None]
+            for X_in, Z_in, norms in [(X, Zh, None), (np.asfortranarray(X), Zh[::-1][::-1].T.copy().T, None),
+                                      (Xh, Zh, xn)]:
+                K, e, G = _row_blas.prediction_terms(X_in, Z_in, alpha, kind, p, 1.3, chunks, norms=norms)
                 np.testing.assert_allclose(K, K0, rtol=1e-13, atol=1e-15)
                 np.testing.assert_allclose(e, e0, rtol=1e-12, atol=1e-14)
-                np.testing.assert_allclose(d, d0, rtol=1e-12, atol=1e-14)
-                W = C.copy()
-                _jit._prediction_pass(W, alpha, kind, p, 1.3)
-                np.testing.assert_allclose(G, W @ Zh, rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(G, G0, rtol=1e-12, atol=1e-13)
         A = rng.normal(size=(m, m))
         L, U = np.tril(A) + m * np.eye(m), np.triu(A) + m * np.eye(m)
         Kz = rng.normal(size=(n, m))
@@ -342,8 +345,10 @@ def test_row_parallel_passes_equal_numpy_for_any_split():
         _row_blas.std_terms(np.ones((3, 4)), np.eye(3), np.eye(4), True, 2)
     # float32 input is read as float64 values, not as raw float32 memory
     X32 = rng.random((5, 4)).astype(np.float32)
-    K, *_ = _row_blas.prediction_terms(X32, X32, np.ones(5), _jit.KIND_DOT, 1.0, 1.0, 2)
-    np.testing.assert_allclose(K, X32.astype(float) @ X32.astype(float).T, rtol=1e-12)
+    X64 = X32.astype(float)
+    K, *_ = _row_blas.prediction_terms(X32, X64, np.ones(5), _jit.KIND_DOT, 1.0, 1.0, 2,
+                                       norms=np.linalg.norm(X64, axis=1))
+    np.testing.assert_allclose(K, X64 @ X64.T, rtol=1e-12)
 
 
 def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):

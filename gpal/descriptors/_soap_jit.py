@@ -791,29 +791,65 @@ def pair_forces_kernel(g, center, neighbor, n_atoms):
 @numba.njit(cache=True)
 def pair_forces_stress_kernel(g, center, neighbor, vector, n_atoms, volume, with_stress):
     """Forces of :func:`pair_forces_kernel` (g (P, 3)) and, with ``with_stress``, the Voigt
-    stress ``(1/V) sym(Σ_p g_p ⊗ vector_p)`` of ``pair_stress`` in the same pass."""
+    stress (xx, yy, zz, yz, xz, xy) ``(1/V) sym(Σ_p g_p ⊗ vector_p)`` of ``pair_stress``.
+
+    A centre's own force is summed in registers over its run of consecutive pairs (the
+    pairs of gpal's lists are sorted by centre; any order gives the same sums), the
+    virial in nine scalar sums.
+    """
+    P = g.shape[0]
     forces = np.zeros((n_atoms, 3))
-    w = np.zeros((3, 3))
-    for p in range(g.shape[0]):
-        i = center[p]
-        j = neighbor[p]
-        for a in range(3):
-            forces[j, a] -= g[p, a]
-            forces[i, a] += g[p, a]
-        if with_stress:
-            for a in range(3):
-                for b in range(3):
-                    w[a, b] += g[p, a] * vector[p, b]
     stress = np.zeros(6)
+    if P == 0:
+        return forces, stress
+    c = center[0]
+    f0 = f1 = f2 = 0.0
+    for p in range(P):
+        i = center[p]
+        if i != c:
+            forces[c, 0] += f0
+            forces[c, 1] += f1
+            forces[c, 2] += f2
+            c = i
+            f0 = f1 = f2 = 0.0
+        j = neighbor[p]
+        g0 = g[p, 0]
+        g1 = g[p, 1]
+        g2 = g[p, 2]
+        f0 += g0
+        f1 += g1
+        f2 += g2
+        forces[j, 0] -= g0
+        forces[j, 1] -= g1
+        forces[j, 2] -= g2
+    forces[c, 0] += f0
+    forces[c, 1] += f1
+    forces[c, 2] += f2
     if with_stress:
-        for k in range(6):
-            a, b = _VOIGT_A[k], _VOIGT_B[k]
-            stress[k] = 0.5 * (w[a, b] + w[b, a]) / volume
+        w00 = w01 = w02 = w10 = w11 = w12 = w20 = w21 = w22 = 0.0
+        for p in range(P):
+            g0 = g[p, 0]
+            g1 = g[p, 1]
+            g2 = g[p, 2]
+            v0 = vector[p, 0]
+            v1 = vector[p, 1]
+            v2 = vector[p, 2]
+            w00 += g0 * v0
+            w01 += g0 * v1
+            w02 += g0 * v2
+            w10 += g1 * v0
+            w11 += g1 * v1
+            w12 += g1 * v2
+            w20 += g2 * v0
+            w21 += g2 * v1
+            w22 += g2 * v2
+        stress[0] = 0.5 * (w00 + w00) / volume
+        stress[1] = 0.5 * (w11 + w11) / volume
+        stress[2] = 0.5 * (w22 + w22) / volume
+        stress[3] = 0.5 * (w12 + w21) / volume
+        stress[4] = 0.5 * (w02 + w20) / volume
+        stress[5] = 0.5 * (w01 + w10) / volume
     return forces, stress
-
-
-_VOIGT_A = np.array([0, 1, 2, 1, 0, 0])
-_VOIGT_B = np.array([0, 1, 2, 2, 2, 1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -938,7 +938,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             elif A is not None and A.shape[0] < len(c):  # F < m: cheaper with kernel rows too
                 Kz, e, Gz = self.kernel_.quadratic_rows(Xr, Zc, A)
             elif isinstance(self.kernel_, CosineKernel):
-                Kz, e, Gz = self.kernel_.prediction_terms(Xr, Zc, ac)
+                # prediction_terms without its checks: the rows are the descriptor's own
+                # (float64, C order), the kernel the fitted one (checked by fit)
+                Kz, e, Gz = self.kernel_._terms(np.ascontiguousarray(Xr), None, Zc, ac)
             else:
                 Kz, Gz = self.kernel_.value_and_weighted_gradient(Xr, Zc, ac)
                 e = Kz @ ac
