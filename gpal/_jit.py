@@ -234,6 +234,27 @@ def _apply_f(C, kind, p):
 
 
 @numba.njit(cache=True)
+def frame_problem(pos, cell, numbers, allowed, check_species):
+    """What :func:`gpal._validation.check_atoms` would reject, in one pass: 1 for a
+    non-finite position, 2 for a non-finite cell, 3 (with ``check_species``) for an
+    atomic number outside the boolean table ``allowed``, else 0."""
+    for i in range(pos.shape[0]):
+        for a in range(3):
+            if not np.isfinite(pos[i, a]):
+                return 1
+    for i in range(3):
+        for a in range(3):
+            if not np.isfinite(cell[i, a]):
+                return 2
+    if check_species:
+        n = allowed.shape[0]
+        for z in numbers:
+            if z < 0 or z >= n or not allowed[z]:
+                return 3
+    return 0
+
+
+@numba.njit(cache=True)
 def _dtc_tail(X, kdiag, d0, d1, q, sor):
     """The local-energy stds of a prediction from the terms of its variance.
 

@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from . import _jit
 from .exceptions import (
     GpalError,
     InvalidPositionsError,
@@ -74,28 +75,43 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
     if len(atoms) == 0:
         raise ValueError(f"{what} contains no atoms")
     pos = atoms.positions
-    if not np.isfinite(pos).all():
-        bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
-        raise InvalidPositionsError(
-            f"{what} has non-finite positions at atom indices {bad[:10].tolist()}"
-        )
     cell = atoms.cell.array
-    if not np.isfinite(cell).all():
-        raise InvalidPositionsError(f"{what} has a non-finite cell")
-    if species is not None:
-        numbers = atoms.numbers
-        allowed = _species_table(tuple(int(z) for z in species))
-        lo, hi = int(numbers.min()), int(numbers.max())
-        if lo < 0 or hi >= len(allowed) or not allowed[numbers].all():
-            unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)
-            if unknown:
-                raise UnknownSpeciesError(unknown, species)
+    numbers = atoms.numbers
+    allowed = _NO_SPECIES if species is None else _species_table(tuple(int(z) for z in species))
+    # the usual arrays in one compiled pass (an MD step's check took ~65 µs in numpy
+    # calls, with the caches cold after the step's BLAS passes); numpy for the others
+    # and to name what is wrong
+    usual = (pos.dtype == np.float64 and cell.dtype == np.float64 and numbers.dtype == np.int64
+             and pos.ndim == 2 and pos.shape[1] == 3 and cell.shape == (3, 3)
+             and pos.flags.c_contiguous and cell.flags.c_contiguous and numbers.flags.c_contiguous)
+    if not usual or _jit.frame_problem(pos, cell, numbers, allowed, species is not None):
+        _check_arrays(pos, cell, numbers, species, allowed, what)
     if periodic and atoms.pbc.any() and abs(_det3(cell)) < 1e-6 and not periodic_vectors_ok(cell, atoms.pbc):
         raise MissingCellError(
             f"{what} has periodic boundaries (pbc {atoms.pbc.tolist()}) but its cell vectors "
             f"along them are missing or linearly dependent (cell {np.round(cell, 6).tolist()}). "
             "Set atoms.cell, or atoms.pbc = False for an isolated structure."
         )
+
+
+_NO_SPECIES = np.zeros(0, dtype=bool)
+
+
+def _check_arrays(pos, cell, numbers, species, allowed, what) -> None:
+    """The checks of :func:`check_atoms` on positions, cell and species, in numpy."""
+    if not np.isfinite(pos).all():
+        bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+        raise InvalidPositionsError(
+            f"{what} has non-finite positions at atom indices {bad[:10].tolist()}"
+        )
+    if not np.isfinite(cell).all():
+        raise InvalidPositionsError(f"{what} has a non-finite cell")
+    if species is not None:
+        lo, hi = int(numbers.min()), int(numbers.max())
+        if lo < 0 or hi >= len(allowed) or not allowed[numbers].all():
+            unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)
+            if unknown:
+                raise UnknownSpeciesError(unknown, species)
 
 
 def periodic_vectors_ok(cell, pbc) -> bool:

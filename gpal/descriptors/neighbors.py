@@ -368,27 +368,10 @@ def _search(
                         s2 = sz - wrap[j, 2] + wrap[i, 2]
                         if j == i and s0 == 0 and s1 == 0 and s2 == 0:
                             continue
-                        dx = (
-                            pos[j, 0]
-                            - pos[i, 0]
-                            + s0 * cell[0, 0]
-                            + s1 * cell[1, 0]
-                            + s2 * cell[2, 0]
-                        )
-                        dy = (
-                            pos[j, 1]
-                            - pos[i, 1]
-                            + s0 * cell[0, 1]
-                            + s1 * cell[1, 1]
-                            + s2 * cell[2, 1]
-                        )
-                        dz = (
-                            pos[j, 2]
-                            - pos[i, 2]
-                            + s0 * cell[0, 2]
-                            + s1 * cell[1, 2]
-                            + s2 * cell[2, 2]
-                        )
+                        # (the pair vector as _filter_pairs forms it from _shift_vectors)
+                        dx = (pos[j, 0] - pos[i, 0]) + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0])
+                        dy = (pos[j, 1] - pos[i, 1]) + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1])
+                        dz = (pos[j, 2] - pos[i, 2]) + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2])
                         if dx * dx + dy * dy + dz * dz <= cut2:
                             if fill:
                                 i_out[k] = i
@@ -438,7 +421,7 @@ class PairCache:
         self.skin = float(skin)
         # (key, positions of the last call)
         self._last = None
-        # (key, positions at the build, i, j, S, offsets) of the candidate list
+        # (key, positions at the build, i, j, S, offsets, S @ cell) of the candidate list
         self._list = None
         self.n_builds = 0
         self.n_reuses = 0
@@ -459,16 +442,17 @@ class PairCache:
         if entry is not None and entry[0] == key and _max_displacement(pos, entry[1]) <= half:
             self.n_reuses += 1
             self._last = (key, pos.copy())
-            return _filter_pairs(pos, cell, entry[2], entry[3], entry[4], entry[5],
+            return _filter_pairs(pos, entry[6], entry[2], entry[3], entry[4], entry[5],
                                  self.cutoff)  # candidates are in canonical order
         last = self._last
         self._last = (key, pos.copy())
         moved = _max_displacement(pos, last[1]) if last is not None and last[0] == key else -1.0
         if 0.0 < moved <= half:
             i, j, D, S, offsets = _canonical_order(*_pairs(pos, cell, pbc, self.cutoff + self.skin))
-            self._list = (key, pos.copy(), i, j, S, offsets)
+            shifts = _shift_vectors(S, cell)
+            self._list = (key, pos.copy(), i, j, S, offsets, shifts)
             self.n_builds += 1
-            return _filter_pairs(pos, cell, i, j, S, offsets, self.cutoff)
+            return _filter_pairs(pos, shifts, i, j, S, offsets, self.cutoff)
         return _canonical_order(*_pairs(pos, cell, pbc, self.cutoff))
 
 
@@ -539,50 +523,52 @@ def min_length(D):
 
 
 @numba.njit(cache=True)
-def _filter_pairs(pos, cell, ci, cj, cS, coff, cutoff):
-    """Candidate pairs (ci, cj, cS; CSR offsets coff) with ``|D| <= cutoff`` now.
+def _shift_vectors(S, cell):
+    """``S @ cell`` (n, 3) for integer image shifts ``S`` (n, 3), each component summed
+    as :func:`_search` sums it (so pair vectors from either are bit-identical)."""
+    out = np.empty((S.shape[0], 3))
+    for p in range(S.shape[0]):
+        s0 = S[p, 0]
+        s1 = S[p, 1]
+        s2 = S[p, 2]
+        for a in range(3):
+            out[p, a] = s0 * cell[0, a] + s1 * cell[1, a] + s2 * cell[2, a]
+    return out
 
-    D is evaluated exactly as :func:`_search` evaluates it.
+
+@numba.njit(cache=True)
+def _filter_pairs(pos, shifts, ci, cj, cS, coff, cutoff):
+    """Candidate pairs (ci, cj, cS; CSR offsets coff; their :func:`_shift_vectors`
+    ``shifts`` for the current cell) with ``|D| <= cutoff`` now.
+
+    D is evaluated exactly as :func:`_search` evaluates it. One pass without branches
+    on the distance test: every candidate is written at the next free row and the row
+    is kept by advancing past it.
     """
     n_atoms = coff.shape[0] - 1
     cut2 = cutoff * cutoff
     P = ci.shape[0]
-    keep = np.empty(P, dtype=np.bool_)
-    D = np.empty((P, 3))
     offsets = np.zeros(n_atoms + 1, dtype=np.int64)
+    i_out = np.empty(P, dtype=np.int64)
+    j_out = np.empty(P, dtype=np.int64)
+    D_out = np.empty((P, 3))
+    S_out = np.empty((P, 3), dtype=np.int64)
+    k = 0
     for a in range(n_atoms):
-        k = 0
         for p in range(coff[a], coff[a + 1]):
             i = ci[p]
             j = cj[p]
-            s0 = cS[p, 0]
-            s1 = cS[p, 1]
-            s2 = cS[p, 2]
-            dx = pos[j, 0] - pos[i, 0] + s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]
-            dy = pos[j, 1] - pos[i, 1] + s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]
-            dz = pos[j, 2] - pos[i, 2] + s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]
-            D[p, 0] = dx
-            D[p, 1] = dy
-            D[p, 2] = dz
-            keep[p] = dx * dx + dy * dy + dz * dz <= cut2
-            if keep[p]:
-                k += 1
-        offsets[a + 1] = offsets[a] + k
-    n = offsets[n_atoms]
-    i_out = np.empty(n, dtype=np.int64)
-    j_out = np.empty(n, dtype=np.int64)
-    D_out = np.empty((n, 3))
-    S_out = np.empty((n, 3), dtype=np.int64)
-    k = 0
-    for p in range(P):
-        if keep[p]:
-            i_out[k] = ci[p]
-            j_out[k] = cj[p]
-            D_out[k, 0] = D[p, 0]
-            D_out[k, 1] = D[p, 1]
-            D_out[k, 2] = D[p, 2]
+            dx = (pos[j, 0] - pos[i, 0]) + shifts[p, 0]
+            dy = (pos[j, 1] - pos[i, 1]) + shifts[p, 1]
+            dz = (pos[j, 2] - pos[i, 2]) + shifts[p, 2]
+            i_out[k] = i
+            j_out[k] = j
+            D_out[k, 0] = dx
+            D_out[k, 1] = dy
+            D_out[k, 2] = dz
             S_out[k, 0] = cS[p, 0]
             S_out[k, 1] = cS[p, 1]
             S_out[k, 2] = cS[p, 2]
-            k += 1
-    return i_out, j_out, D_out, S_out, offsets
+            k += np.int64(dx * dx + dy * dy + dz * dz <= cut2)
+        offsets[a + 1] = k
+    return i_out[:k], j_out[:k], D_out[:k], S_out[:k], offsets
