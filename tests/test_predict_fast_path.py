@@ -423,3 +423,58 @@ def test_the_row_passes_bind_blas_in_a_fresh_process_before_their_first_call():
     """
     assert run_python(code).split() == ["3.0", "3.0"]
     assert run_python(code).split() == ["3.0", "3.0"]  # (the second from numba's cache)
+
+
+def test_a_plugin_descriptors_rows_are_checked_and_float32_rows_read_as_float64():
+    """The two-pass path (any descriptor that is not exactly gpal's SOAP) checks the
+    plugin's rows: a NaN row (an atom alone, a mean over no neighbours) is an error, not
+    an atom with no uncertainty; float32 rows give the float64 prediction."""
+    from ase import Atoms
+
+    class NaNWhenAlone(SOAP):
+        def expand(self, atoms):
+            exp = super().expand(atoms)
+            exp.descriptor = exp.descriptor.copy()
+            exp.descriptor[np.diff(exp.offsets) == 0] = np.nan
+            return exp
+
+        def __sklearn_clone__(self):
+            return type(self)(**self.get_params())
+
+    class Float32Rows(NaNWhenAlone):
+        def expand(self, atoms):
+            exp = SOAP.expand(self, atoms)
+            exp.descriptor = exp.descriptor.astype(np.float32)
+            return exp
+
+    class RoundedRows(NaNWhenAlone):  # the same values, float64
+        def expand(self, atoms):
+            exp = SOAP.expand(self, atoms)
+            exp.descriptor = exp.descriptor.astype(np.float32).astype(np.float64)
+            return exp
+
+    train = cuag_frames(4, seed=3)
+    soap = soap_for(train)
+    model = SparseGP(NaNWhenAlone(**soap.get_params()), n_sparse=20, hyperparameters="fixed").fit(train)
+    assert not model._use_fused_step()
+    alone = Atoms("Cu3Ag2", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [20, 20, 20], [1.2, 1.3, 2.4]])
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(alone, return_std=True)
+    f32 = SparseGP(Float32Rows(**soap.get_params()), n_sparse=20, hyperparameters="fixed").fit(train)
+    ref = SparseGP(RoundedRows(**soap.get_params()), n_sparse=20, hyperparameters="fixed").fit(train)
+    test = cuag_frames(1, seed=17)[0]
+    got, want = f32.predict(test, return_std=True), ref.predict(test, return_std=True)
+    for key in ("energies", "forces", "energies_std"):  # (float32 norms: ~1e-8 relative)
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("change", [dict(zeta=2.5), dict(signal_variance=-1.0)])
+def test_kernel_hyperparameters_set_after_fit_are_checked_by_predict(change):
+    train = cuag_frames(3, seed=3)
+    model = SparseGP(soap_for(train), n_sparse=10, hyperparameters="fixed").fit(train)
+    test = cuag_frames(1, seed=11)[0]
+    model.predict(test, return_std=True)  # (the prediction caches are warm)
+    model.kernel_.set_params(**change)
+    for return_std in (False, True):
+        with pytest.raises(ValueError, match="zeta|signal_variance"):
+            model.predict(test, return_std=return_std)

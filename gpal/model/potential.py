@@ -844,6 +844,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                         and self.calibration_of("forces_std").novelty_scale > 0)
         local = return_std or need_novelty
         fused = self._use_fused_step()
+        if isinstance(self.kernel_, CosineKernel):
+            self.kernel_._validate()  # (hyperparameters set after fit: an error, not numbers)
         if fused:
             exp, dE, kblocks = self._fused_terms(atoms, energies, keep_k=local)
             X = exp.descriptor
@@ -853,7 +855,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 check_min_distance(np.array([min_length(exp.vector)]), self.min_distance)
             X = exp.descriptor
             kblocks = []  # (atoms r, sparse columns c, K[r, c]) per species
-            G = self._kernel_terms(X, numbers, energies, kblocks, 0, need_k=local)
+            G = self._kernel_terms(X, numbers, energies, kblocks, 0, need_k=local, own_rows=False)
             dE = exp.backward(G)
         volume = float(exp.volume)
         has_cell = math.isfinite(volume) and volume > 0 and bool(atoms.pbc.all())
@@ -908,7 +910,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """
         return getattr(self, "_fused_step", _FUSED_STEP) and type(self.descriptor_) is SOAP
 
-    def _kernel_terms(self, X, numbers, energies, kblocks, i0: int, need_k: bool = True) -> np.ndarray:
+    def _kernel_terms(self, X, numbers, energies, kblocks, i0: int, need_k: bool = True,
+                      own_rows: bool = True) -> np.ndarray:
         """Kernel rows, local energies and their gradient for the atoms ``i0 : i0 + len(X)``.
 
         Adds the local energies to ``energies[i0:]``, appends ``(r, c, K[r, c])`` (global
@@ -916,7 +919,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         = ``∂ε/∂x`` of each row. A ζ = 2 kernel takes energies and gradient from its
         quadratic form where that is cheaper (F < 2m without kernel rows, F < m with
         them). Without ``need_k`` (no local stds) ``kblocks`` stays as it is, and a ζ = 2
-        kernel forms no kernel rows at all.
+        kernel forms no kernel rows at all. ``own_rows``: ``X`` are gpal's SOAP rows
+        (float64, C order, finite), which a cosine kernel takes without checking them
+        again; a plugin descriptor's rows are checked (finite, converted to float64).
         """
         n = len(X)
         nums = numbers[i0:i0 + n]
@@ -937,10 +942,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 e, Gz = self.kernel_.quadratic_terms(Xr, A)
             elif A is not None and A.shape[0] < len(c):  # F < m: cheaper with kernel rows too
                 Kz, e, Gz = self.kernel_.quadratic_rows(Xr, Zc, A)
-            elif isinstance(self.kernel_, CosineKernel):
-                # prediction_terms without its checks: the rows are the descriptor's own
-                # (float64, C order), the kernel the fitted one (checked by fit)
+            elif isinstance(self.kernel_, CosineKernel) and own_rows:
+                # prediction_terms without its checks of the rows (predict has checked the
+                # kernel's hyperparameters)
                 Kz, e, Gz = self.kernel_._terms(np.ascontiguousarray(Xr), None, Zc, ac)
+            elif isinstance(self.kernel_, CosineKernel):
+                Kz, e, Gz = self.kernel_.prediction_terms(Xr, Zc, ac)
             else:
                 Kz, Gz = self.kernel_.value_and_weighted_gradient(Xr, Zc, ac)
                 e = Kz @ ac
@@ -1087,9 +1094,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """``(std, novelty, Σ residual)`` of the local energies from their variance terms
         (:func:`gpal._jit._dtc_tail`): ``k(x,x)`` from the two values of a cosine kernel's
         diagonal, else from the kernel's :meth:`diag`."""
-        values = getattr(self.kernel_, "_diag_values", None)
-        if values is not None:
-            d0, d1 = values()
+        if isinstance(self.kernel_, CosineKernel) and type(self.kernel_).diag is CosineKernel.diag:
+            d0, d1 = self.kernel_._diag_values()
             return _jit._dtc_tail(np.ascontiguousarray(X, dtype=np.float64), _NO_DIAG, d0, d1, q, sor)
         kdiag = np.ascontiguousarray(self.kernel_.diag(X), dtype=np.float64)
         return _jit._dtc_tail(np.zeros((0, 0)), kdiag, 0.0, 0.0, q, sor)
