@@ -522,27 +522,28 @@ MIN_ROWS_PER_THREAD = 32
 def row_chunks(n_rows: int) -> int:
     """Chunks for a row-parallel BLAS pass (:mod:`gpal._row_blas`) of ``n_rows`` rows.
 
-    The numba threads in force, inside a gpal call whose BLAS runs one thread (the
-    pass calls BLAS from each numba thread: with BLAS's own threads as well they
-    would oversubscribe), with at least :data:`MIN_ROWS_PER_THREAD` rows each; 1
-    (the serial path) otherwise: outside gpal's calls, with the policy off, with one
-    thread, or where the passes cannot run.
+    Inside a gpal call whose BLAS runs one thread (the pass calls BLAS from each numba
+    thread: with BLAS's own threads as well they would oversubscribe): the numba
+    threads in force, with at least :data:`MIN_ROWS_PER_THREAD` rows each, at least 1
+    (one chunk: the pass on the calling thread, its row scalings in cache, without the
+    serial path's temporaries). 0 (the serial numpy path) otherwise: outside gpal's
+    calls, with the policy off, with BLAS on more threads, or where the passes cannot
+    run.
     """
     stack = getattr(_LOCAL, "limits", None)
     if not stack or stack[-1][1] != 1 or _DISABLED:
-        return 1
-    numba = _numba()
-    n = min(numba.get_num_threads() if numba is not None else 1, n_rows // MIN_ROWS_PER_THREAD)
-    if n <= 1:
-        return 1
+        return 0
     # every BLAS library gpal sees at one thread (a library it does not control, or one
     # whose count changed under it, would run threads of its own in each numba thread)
     libs = _blas_libraries()
     if not libs or any(lib.num_threads != 1 for lib in libs):
-        return 1
+        return 0
     from . import _row_blas
 
-    return n if _row_blas.available() else 1
+    if not _row_blas.available():
+        return 0
+    numba = _numba()
+    return max(1, min(numba.get_num_threads() if numba is not None else 1, n_rows // MIN_ROWS_PER_THREAD))
 
 
 _NUMBA: list = []  # [numba module or None] once looked up

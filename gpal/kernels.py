@@ -555,7 +555,7 @@ class CosineKernel(Kernel):
         s2 = float(self.signal_variance)
         alpha = np.ascontiguousarray(alpha, dtype=np.float64)
         chunks = _threads.row_chunks(len(X))
-        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
+        if chunks:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from . import _row_blas
 
             return _row_blas.prediction_terms(X, Zh, alpha, self._kind, float(self._shape_param()), s2,
@@ -836,7 +836,7 @@ class NormalizedDotProduct(CosineKernel):
                 raise ValueError(f"Z_unit must have shape (m, {F}), got {Z_unit.shape}")
         s2 = float(self.signal_variance)
         chunks = _threads.row_chunks(len(Xh))
-        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
+        if chunks:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from . import _row_blas
 
             q, G, K = _row_blas.quadratic_terms(Xh, A, Z_unit, s2, chunks)

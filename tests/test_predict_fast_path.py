@@ -353,12 +353,13 @@ def test_row_parallel_passes_equal_numpy_for_any_split():
 
 def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):
     """Row-parallel passes call BLAS from every numba thread: only inside a gpal call
-    whose BLAS runs one thread, never outside gpal's calls or with one numba thread."""
+    whose BLAS runs one thread (one chunk with one numba thread), never outside gpal's
+    calls (0: the serial numpy path)."""
     import numba
 
     from gpal import _threads
 
-    assert _threads.row_chunks(10_000) == 1  # outside any gpal call
+    assert _threads.row_chunks(10_000) == 0  # outside any gpal call
     with _threads.threads(1), _threads.limited():
         assert _threads.row_chunks(10_000) == 1
     if numba.config.NUMBA_NUM_THREADS < 2:
@@ -370,9 +371,9 @@ def test_row_chunks_only_inside_a_one_thread_blas_call(monkeypatch):
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(2, user_api="blas"):  # BLAS's count raised under gpal's call
-            assert _threads.row_chunks(10_000) == 1
+            assert _threads.row_chunks(10_000) == 0
     with _threads.threads(2), _threads.limited(size=10**8):  # BLAS on 2 threads: serial passes
-        assert _threads.row_chunks(10_000) == 1
+        assert _threads.row_chunks(10_000) == 0
 
 
 def test_row_parallel_zeta_2_quadratic_form_with_and_without_stds(small_blocks, row_chunks):

@@ -233,7 +233,7 @@ class _LocalStdFactors:
         n, m = Kz.shape
         q, sor, wsum, vsum = np.empty(n), np.zeros(n), np.zeros(m), np.zeros(m)
         chunks = _threads.row_chunks(n)
-        if chunks > 1:  # the same by chunks of rows on numba's threads (gpal._row_blas)
+        if chunks:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from .. import _row_blas
 
             return _row_blas.std_terms(Kz, Linv, U, with_sor, chunks, _STD_CHUNK)
