@@ -300,11 +300,39 @@ def _blas_libraries() -> list:
     return _BLAS_LIBS
 
 
+_BLAS_GETTERS: list | None = None
+
+
+def _blas_counts() -> list[int]:
+    """Each BLAS library's thread count now (:func:`_blas_libraries`' order).
+
+    OpenBLAS's own ``openblas_get_num_threads``, bound once, where threadpoolctl finds it
+    (a ctypes call, ~0.1 µs; the controller's property ~0.4 µs warm and several times
+    that in an MD step, where it was asked twice per prediction); the controller's
+    property for other libraries.
+    """
+    global _BLAS_GETTERS
+    if _BLAS_GETTERS is None:
+        getters = []
+        for lib in _blas_libraries():
+            get = None
+            try:
+                if lib.internal_api == "openblas" and lib.threading_layer != "openmp":
+                    get = lib._get_symbol("openblas_get_num_threads")
+                    if get is not None and get() != lib.num_threads:
+                        get = None
+            except Exception:  # (another threadpoolctl: its property)
+                get = None
+            getters.append(get if get is not None else (lambda lib=lib: lib.num_threads))
+        _BLAS_GETTERS = getters
+    return [get() for get in _BLAS_GETTERS]
+
+
 def _set_blas(limit: int | None) -> None:
     """BLAS threads: min(the user's count before gpal's calls, limit); None restores it."""
-    for lib, original in zip(_blas_libraries(), _BLAS_ORIGINAL):
+    for lib, original, now in zip(_blas_libraries(), _BLAS_ORIGINAL, _blas_counts()):
         want = original if limit is None else min(original, limit)
-        if lib.num_threads != want:
+        if now != want:
             lib.set_num_threads(want)
 
 
@@ -317,7 +345,7 @@ def _blas_request(n: int) -> None:
     """
     with _BLAS_LOCK:
         if not _BLAS_REQUESTS:
-            _BLAS_ORIGINAL[:] = [lib.num_threads for lib in _blas_libraries()]
+            _BLAS_ORIGINAL[:] = _blas_counts()
         _BLAS_REQUESTS.append(n)
         _set_blas(min(_BLAS_REQUESTS))
 
@@ -535,15 +563,20 @@ def row_chunks(n_rows: int) -> int:
         return 0
     # every BLAS library gpal sees at one thread (a library it does not control, or one
     # whose count changed under it, would run threads of its own in each numba thread)
-    libs = _blas_libraries()
-    if not libs or any(lib.num_threads != 1 for lib in libs):
+    counts = _blas_counts()
+    if not counts or any(c != 1 for c in counts):
         return 0
-    from . import _row_blas
+    top = stack[-1]
+    memo = getattr(_LOCAL, "row_threads", None)
+    if memo is not None and memo[0] is top:  # (the call's second pass: looked at already)
+        n = memo[1]
+    else:
+        from . import _row_blas
 
-    if not _row_blas.available():
-        return 0
-    numba = _numba()
-    return max(1, min(numba.get_num_threads() if numba is not None else 1, n_rows // MIN_ROWS_PER_THREAD))
+        numba = _numba()
+        n = (numba.get_num_threads() if numba is not None else 1) if _row_blas.available() else 0
+        _LOCAL.row_threads = (top, n)
+    return max(1, min(n, n_rows // MIN_ROWS_PER_THREAD)) if n else 0
 
 
 _NUMBA: list = []  # [numba module or None] once looked up
