@@ -214,6 +214,39 @@ average 0.1-1.0), wall µs/atom/step: quiet 33.2 / 26.3 (gpal/EMT 0.55 / 0.43, G
 70), busy 48.9 / 44.8 (0.81 / 0.72, 40 / 42); a second quiet run (``--steps 100``) 32.1 /
 25.9 (0.54 / 0.43, 61 / 71). Per core the targets stay missed, as above.
 
+Glue of the step cut (a 108-atom step spent ~6.5 of ~33 µs/atom in single-threaded
+Python and numpy between the compiled passes, each call several times slower than in
+a warm loop because the passes have just flushed the caches): the local stds, novelty
+and total-energy std in one compiled pass (the total's projected variance from the sum
+of the rows the triangular products have already formed, not a trsv on R_w); forces
+and stress in one pass over the pairs; the kernel rows' normalisation and the
+gradient's row scalings inside the row-parallel pass; the atoms checked once, in one
+compiled pass; the cell volume kept per cell; the Verlet filter on stored shift
+vectors; BLAS thread counts read through OpenBLAS's own getter; one numba thread takes
+the row pass with one chunk. A machine slower than above (EMT 86-94 µs/atom, GAP
+2233-2886). The previous code (A, git 0ba1454) and this one (B) one after the other,
+twice, ``--sizes 3 --load both --steps 60 --blocks 3``, wall µs/atom/step at 108
+atoms::
+
+    run  load   A     B     gpal/EMT (A -> B)  GAP/gpal (A -> B)
+    1    quiet  48.0  40.0  0.53 -> 0.45       56 -> 64
+    2    quiet  45.4  40.9  0.49 -> 0.44       55 -> 63
+    1    busy   79.0  64.8  0.82 -> 0.72       37 -> 39
+    2    busy   71.2  62.7  0.76 -> 0.67       36 -> 41
+
+and this code (two runs, ``--sizes 3 10 --load both --steps 100 --steps-large 3
+--blocks 7``; the second after two more commits), wall µs/atom/step::
+
+    machine  atoms  gpal         EMT          GAP          gpal/EMT     GAP/gpal
+    quiet    108    39.3 / 41.5  92.2 / 91.7  2543 / 2540  0.43 / 0.45  65 / 61
+    quiet    4000   31.5 / 31.2  91.7 / 87.3  2426 / 2233  0.34 / 0.36  77 / 71
+    busy     108    65.3 / 57.2  97.0 / 87.8  2585 / 2434  0.67 / 0.65  40 / 43
+    busy     4000   55.5 / 51.8  94.0 / 86.6  2503 / 2244  0.59 / 0.60  45 / 43
+
+With gpal's default threading on a quiet 2-core machine both targets hold at both
+sizes; beside a busy process (gpal on one core) gpal/EMT is 0.65-0.72 at 108 atoms
+and 0.59-0.60 at 4000, and the GAP target is missed (39-45x).
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
