@@ -300,40 +300,59 @@ def _blas_libraries() -> list:
     return _BLAS_LIBS
 
 
-_BLAS_GETTERS: list | None = None
+_BLAS_ACCESS: list | None = None  # [(get, set)] per BLAS library, once bound
 
 
-def _blas_counts() -> list[int]:
-    """Each BLAS library's thread count now (:func:`_blas_libraries`' order).
+def _blas_access() -> list:
+    """``(get, set)`` of each BLAS library's thread count (:func:`_blas_libraries`' order).
 
-    OpenBLAS's own ``openblas_get_num_threads``, bound once, where threadpoolctl finds it
-    (a ctypes call, ~0.1 µs; the controller's property ~0.4 µs warm and several times
-    that in an MD step, where it was asked twice per prediction); the controller's
-    property for other libraries.
+    For OpenBLAS on its own threads, the library's ``openblas_get_num_threads`` and
+    ``openblas_set_num_threads``, bound once where threadpoolctl finds them:
+
+    - a ctypes call, ~0.1 µs, where threadpoolctl's property costs ~0.4 µs warm and
+      several times that in an MD step, which reads the counts four to six times;
+    - threadpoolctl (3.8) lets only one Python thread set OpenBLAS's count, the first
+      that sets it, for as long as it lives: through threadpoolctl, gpal's first call
+      took that control for good, and the limits of gpal's calls (and the user's own
+      ``threadpool_limits``) in every other thread were ignored, BLAS ran its threads
+      inside numba's, and the user's count was not restored after calls that overlapped
+      in two threads. gpal's own lock and requests (:func:`_blas_request`) order the
+      calls of several threads.
+
+    threadpoolctl's controller for other libraries, and for OpenBLAS on OpenMP (whose
+    counts are per thread).
     """
-    global _BLAS_GETTERS
-    if _BLAS_GETTERS is None:
-        getters = []
+    global _BLAS_ACCESS
+    if _BLAS_ACCESS is None:
+        access = []
         for lib in _blas_libraries():
-            get = None
+            get = put = None
             try:
                 if lib.internal_api == "openblas" and lib.threading_layer != "openmp":
                     get = lib._get_symbol("openblas_get_num_threads")
-                    if get is not None and get() != lib.num_threads:
-                        get = None
-            except Exception:  # (another threadpoolctl: its property)
-                get = None
-            getters.append(get if get is not None else (lambda lib=lib: lib.num_threads))
-        _BLAS_GETTERS = getters
-    return [get() for get in _BLAS_GETTERS]
+                    put = lib._get_symbol("openblas_set_num_threads")
+                    if get is None or put is None or get() != lib.num_threads:
+                        get = put = None
+            except Exception:  # (another threadpoolctl: its controller)
+                get = put = None
+            if get is None:
+                get, put = (lambda lib=lib: lib.num_threads), lib.set_num_threads
+            access.append((get, put))
+        _BLAS_ACCESS = access
+    return _BLAS_ACCESS
+
+
+def _blas_counts() -> list[int]:
+    """Each BLAS library's thread count now (:func:`_blas_libraries`' order)."""
+    return [get() for get, _ in _blas_access()]
 
 
 def _set_blas(limit: int | None) -> None:
     """BLAS threads: min(the user's count before gpal's calls, limit); None restores it."""
-    for lib, original, now in zip(_blas_libraries(), _BLAS_ORIGINAL, _blas_counts()):
+    for (get, put), original in zip(_blas_access(), _BLAS_ORIGINAL):
         want = original if limit is None else min(original, limit)
-        if now != want:
-            lib.set_num_threads(want)
+        if get() != want:
+            put(want)
 
 
 def _blas_request(n: int) -> None:

@@ -331,3 +331,50 @@ def test_an_interrupt_while_a_call_sets_up_its_threads_leaves_nothing_behind(mon
     with _threads.limited():
         assert _threads._LOCAL.outer  # the next call is the outermost again
     assert not _threads._LOCAL.outer
+
+
+def test_gpal_calls_in_several_python_threads_limit_blas_and_give_it_back():
+    """Calls in other Python threads limit BLAS too, and the user's count comes back
+    after calls that overlap in two threads (through threadpoolctl, gpal's first call
+    took threadpoolctl's one "controlling thread" of OpenBLAS: the other threads'
+    limits were ignored and the last call's restore was lost)."""
+    out = _run("""
+        import threading
+        from threadpoolctl import threadpool_info, threadpool_limits
+        import gpal
+        from gpal import _threads
+
+        def counts():
+            return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+        print("before", max(counts()))
+        main_in, worker_in, main_out = threading.Event(), threading.Event(), threading.Event()
+
+        def worker():  # enters after main and leaves last: its exit restores the count
+            main_in.wait()
+            with _threads.limited():
+                worker_in.set()
+                main_out.wait()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        with _threads.limited():
+            main_in.set()
+            worker_in.wait()
+        main_out.set()
+        t.join()
+        print("after", max(counts()))
+
+        def lone():
+            with _threads.limited():
+                print("worker", max(counts()))
+            with threadpool_limits(1, user_api="blas"):
+                print("user", max(counts()))
+
+        t = threading.Thread(target=lone)
+        t.start()
+        t.join()
+        print("end", max(counts()))
+    """, OPENBLAS_NUM_THREADS="2")
+    got = dict(line.split() for line in out.splitlines() if line.strip())
+    assert got == {"before": "2", "after": "2", "worker": "1", "user": "1", "end": "2"}, out
