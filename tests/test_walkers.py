@@ -411,7 +411,12 @@ def test_a_round_that_waits_long_for_its_segments_says_so(tmp_path, monkeypatch,
     class Late:  # runs each segment after 0.5 s, in a thread
         def submit(self, fn, *args, **kwargs):
             f = Future()
-            threading.Timer(0.5, lambda: f.set_result(fn(*args, **kwargs))).start()
+
+            def run():  # (as an executor does: a cancelled task is not run)
+                if f.set_running_or_notify_cancel():
+                    f.set_result(fn(*args, **kwargs))
+
+            threading.Timer(0.5, run).start()
             return f
 
     L = learner(tmp_path / "run", walker_executor=Late(), n_walkers=1,
