@@ -416,6 +416,20 @@ class CosineKernel(Kernel):
         d0, d1 = self._diag_values()
         return np.where(np.einsum("ij,ij->i", X, X) > 0.0, d1, d0)
 
+    def _f_derivatives(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(f'(C), f''(C))`` elementwise: the first two derivatives of the kernel's
+        function of the cosine (without the signal variance)."""
+        p = float(self._shape_param())
+        C = np.asarray(C, dtype=np.float64)
+        if self._kind == _jit.KIND_DOT:
+            z = int(p)
+            f1 = z * C ** (z - 1)
+            f2 = z * (z - 1) * C ** (z - 2) if z >= 2 else np.zeros_like(C)
+            return f1, f2
+        inv = 1.0 / (p * p)  # KIND_SE: f = exp((c - 1) / l²)
+        f = np.exp((C - 1.0) * inv)
+        return inv * f, inv * inv * f
+
     def _diag_values(self) -> tuple[float, float]:
         """``(k(0, 0), k(x, x))`` for a zero row and any other: ``signal_variance f(0)`` and
         ``signal_variance f(1)``, the two values :meth:`diag` takes."""

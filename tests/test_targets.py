@@ -462,3 +462,69 @@ def test_a_target_species_the_model_cannot_know_is_refused_before_any_call(tmp_p
         ActiveLearner(images[0], EMT(), run_dir=tmp_path / "run", progress=False,
                       targets=TargetSet(ni, quantity="barrier"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kernel", ["dot", "se"])
+def test_a_force_targets_prior_variance_equals_finite_differences_of_the_kernel(kernel):
+    """Var F_a = ∂²/∂h∂h' Σ_jk k(x_j(r + h e), x_k(r + h' e)) (same species), the prior
+    the force target's DTC residual subtracts from, against central differences of the
+    kernel sums of displaced copies; two species, a periodic cell."""
+    from gpal.kernels import NormalizedDotProduct, SquaredExponential
+    from gpal.learning.targets import _prior_force_variance
+
+    a = bulk("Cu", "fcc", a=3.61, cubic=True)
+    a.symbols[[1, 3]] = "Ag"
+    a = rattled(a, 4, 0.1)
+    k = NormalizedDotProduct(zeta=3, signal_variance=0.7) if kernel == "dot" else SquaredExponential(0.4)
+    model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP), k,
+                     n_sparse=6, hyperparameters="fixed").fit([label(a)])
+    got = _prior_force_variance(model, a, [0, 3])
+    h = 1e-4
+
+    def S(a1, a2):
+        X1, X2 = model.descriptor_.create(a1), model.descriptor_.create(a2)
+        return sum(float(np.sum(model.kernel_(X1[a1.numbers == z], X2[a2.numbers == z]))) for z in (29, 47))
+
+    want = []
+    for atom in (0, 3):
+        for c in range(3):
+            moved = {}
+            for s in (1, -1):
+                b = a.copy()
+                b.positions[atom, c] += s * h
+                moved[s] = b
+            want.append((S(moved[1], moved[1]) - S(moved[1], moved[-1]) - S(moved[-1], moved[1])
+                         + S(moved[-1], moved[-1])) / (4 * h * h))
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+    assert np.all(got > 0)
+
+
+def test_a_force_targets_std_has_its_dtc_residual():
+    """The force target's residual is its prior variance less what the sparse set
+    explains: about zero when every environment of the structure is a sparse point,
+    positive otherwise, and the std is sqrt(scale² SoR + residual)."""
+    images, hop = vacancy_path(3)
+    frames = [label(rattled(images[1], s, 0.05)) for s in range(2)]
+    target = rattled(images[1], 7, 0.08)
+    desc = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    few = SparseGP(desc, n_sparse=8, hyperparameters="fixed").fit(frames)
+    ts = TargetSet([target], quantity="forces", atoms=[hop, 5])
+    p = ts.predict(few, scale=1.5)
+    assert np.all(p["std_residual"] > 0.05 * p["std_learnable"])
+    np.testing.assert_allclose(p["std"] ** 2, p["std_learnable"] ** 2 + p["std_residual"] ** 2, rtol=1e-12)
+    # more sparse points explain more of it (a projection on a larger space); the
+    # environments of the target and of copies with the two atoms moved by ±0.05 Å span
+    # the force's derivative to second order: little is left (what the jitter leaves)
+    more = SparseGP(desc, n_sparse=40, hyperparameters="fixed").fit(frames)
+    assert np.all(ts.predict(more)["std_residual"] <= p["std_residual"] * (1 + 1e-9))
+    moved = [target]
+    for atom in (hop, 5):
+        for c in range(3):
+            for s in (-0.05, 0.05):
+                b = target.copy()
+                b.positions[atom, c] += s
+                moved.append(b)
+    dense = SparseGP(desc, n_sparse=10**4, jitter=1e-11, hyperparameters="fixed").fit(
+        frames + [label(b) for b in moved])
+    q = ts.predict(dense)
+    assert np.all(q["std_residual"] < 0.01 * p["std_residual"])
