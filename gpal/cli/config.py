@@ -282,10 +282,14 @@ def _where(section: str) -> str:
     return f"[{section}]" if section else "top level"
 
 
-def _unknown(path, what: str, name: str, valid, section: str = "") -> ConfigError:
+def _unknown(path, what: str, name: str, valid, section: str = "", top=()) -> ConfigError:
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "valid: " + ", ".join(valid)
+    lost = difflib.get_close_matches(name, sorted(top), n=1, cutoff=0.6) if section and not close else []
+    if lost:  # a top-level key written below a section header belongs to that section in TOML
+        hint = (f"{'it is' if lost[0] == name else f'did you mean {lost[0]!r}? that is'} a top-level key: "
+                f"write it above the first [section] (in TOML every key after [{section}] belongs to it)")
     if what == "section":
         hint = f"did you mean [{close[0]}]?" if close else "valid sections: " + ", ".join(f"[{v}]" for v in valid)
         return ConfigError(f"{path}: unknown section [{name}]; {hint}")
@@ -329,7 +333,7 @@ def check_config(user: dict, path="config") -> dict:
             sec = {}
             for key, val in value.items():
                 if key not in sch[name]:
-                    raise _unknown(path, "key", key, sch[name], section=name)
+                    raise _unknown(path, "key", key, sch[name], section=name, top=sch[""])
                 sec[key] = _check_value(path, name, sch[name][key], val)
             out[name] = sec
         elif isinstance(value, dict):
