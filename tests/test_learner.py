@@ -1465,6 +1465,16 @@ def test_start_structures_and_validation_frames_may_come_from_a_generator(tmp_pa
     assert len(L.structures) == 1 and len(L.validation) == 3
 
 
+def test_resume_of_a_folder_that_is_not_a_run_says_which(tmp_path):
+    from gpal.exceptions import GpalError
+
+    with pytest.raises(GpalError, match="no_run: no such run folder"):
+        ActiveLearner.resume(tmp_path / "no_run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GpalError, match="empty has no state.json: nothing to resume"):
+        ActiveLearner.resume(tmp_path / "empty")
+
+
 def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
     """A wrong type, an oracle that cannot be built, a structure the model cannot take or
     a blow-up limit under the protocol: one clear error when the learner is made."""
@@ -1477,6 +1487,7 @@ def test_wrong_arguments_fail_at_construction_before_any_file(tmp_path):
     cases = [
         (dict(structures="start.xyz"), TypeError, "structures must be an ase.Atoms or a list of them"),
         (dict(structures=[]), ValueError, "structures is empty"),
+        (dict(structures=[a, "x"]), TypeError, r"structures must be ase.Atoms; item 1 is a str"),
         (dict(trigger=0.05), TypeError, "trigger must be a gpal.Trigger or None, got float"),
         (dict(model="model.npz"), TypeError, r"model must be a gpal.SparseGP .*gpal.load\(path\)"),
         (dict(md={"temperature": 300}), TypeError, "md must be a gpal.MDSettings or None, got dict"),

@@ -568,9 +568,13 @@ class ActiveLearner:
             structures = [structures]
         if not isinstance(structures, (str, os.PathLike)):
             structures = list(structures)  # (a generator, ase.io.iread, a tuple...)
-        if isinstance(structures, (str, os.PathLike)) or not all(isinstance(a, Atoms) for a in structures):
+        if isinstance(structures, (str, os.PathLike)):
             raise TypeError("structures must be an ase.Atoms or a list of them (ase.io.read(path, ':') "
                             f"reads a file), got {type(structures).__name__}")
+        bad = [k for k, a in enumerate(structures) if not isinstance(a, Atoms)]
+        if bad:
+            raise TypeError(f"structures must be ase.Atoms; item {bad[0]} is a {type(structures[bad[0]]).__name__} "
+                            "(ase.io.read(path, ':') reads a file)")
         if not len(structures):
             raise ValueError("structures is empty: give at least one start structure")
         self.structures = [a.copy() for a in structures]
@@ -1953,6 +1957,8 @@ class ActiveLearner:
         """
         run_dir = Path(run_dir)
         state_path = run_dir / "state.json"
+        if not run_dir.is_dir():
+            raise GpalError(f"{run_dir}: no such run folder")
         if not state_path.exists():
             raise GpalError(f"{run_dir} has no state.json: nothing to resume")
         lock = _lock_run_dir(run_dir)  # while the state is read and train.xyz repaired
