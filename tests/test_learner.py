@@ -522,6 +522,42 @@ def test_a_calibration_on_bootstrap_frames_never_scales_the_learnable_std_down(t
     assert L.model.calibration_["forces_std"]["scale"] == pytest.approx(1.0)
 
 
+def test_the_energy_std_is_scaled_to_the_held_out_energy_errors():
+    """The learner's energy calibration: one factor with mean (error / (s raw))² = 1 on
+    the calibration half (raw: the frame's leave-one-out SoR std and its DTC residuals),
+    stored for energy_std only; none with fewer than 3 frames; at least 1 on rattled
+    bootstrap frames. The LOO residual is the frame's summed DTC residuals."""
+    from types import SimpleNamespace
+
+    frames = cu_frames(8, seed=3, rattle=0.12)
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP),
+                     n_sparse=30, hyperparameters="fixed").fit(frames)
+    loo = model.loo_residuals()
+    for b in (0, 5):
+        nu = model.novelty(frames[b])
+        kdiag = model.kernel_.diag(model.descriptor_.create(frames[b]))
+        np.testing.assert_allclose(loo["energy_residual"][b] * len(frames[b]), np.sqrt(np.sum(nu * kdiag)), rtol=1e-8)
+    raw = np.sqrt(loo["energy_std"] ** 2 + loo["energy_residual"] ** 2)
+    order = {f: k for k, f in enumerate(range(len(frames)))}
+    fake = SimpleNamespace(model=model)
+    out = ActiveLearner._calibrate_energy(fake, loo, order, rattled=False)
+    cal = np.arange(len(frames)) % 2 == 0
+    want = np.sqrt(np.mean((loo["energy_error"][cal] / raw[cal]) ** 2))
+    assert out["energy_scale"] == pytest.approx(want, rel=1e-12) and out["n_energy_calibration"] == 4
+    assert out["judge_energy_zms"] == pytest.approx(np.mean((loo["energy_error"][~cal] / (want * raw[~cal])) ** 2))
+    assert set(model.calibration_) == {"energy_std"}  # energies_std stays raw
+    test = cu_frames(1, seed=11, rattle=0.12)[0]
+    plain, scaled = model.predict(test, return_std=True), model.predict(test, return_std=True, calibrated=True)
+    assert scaled["energy_std"] == pytest.approx(want * plain["energy_std"], rel=1e-12)
+    np.testing.assert_array_equal(scaled["energies_std"], plain["energies_std"])
+    small = dict(loo, energy_error=0.1 * loo["energy_error"])  # a model 10x better than its raw std says
+    assert ActiveLearner._calibrate_energy(fake, small, order, rattled=False)["energy_scale"] == pytest.approx(0.1 * want)
+    assert ActiveLearner._calibrate_energy(fake, small, order, rattled=True)["energy_scale"] == 1.0  # (bootstrap)
+    few = {k: v[:5] for k, v in loo.items()}  # frames 0, 2, 4 in the calibration half: 3
+    assert ActiveLearner._calibrate_energy(fake, few, order, rattled=False)["n_energy_calibration"] == 3
+    assert ActiveLearner._calibrate_energy(fake, {k: v[:4] for k, v in loo.items()}, order, rattled=False) == {}
+
+
 def test_calibration_leaves_the_bootstrap_frames_out_also_after_resume(tmp_path):
     # the temperature rule labels at steps 7, 14, 22 and 29 (see the next test): 4 bootstrap
     # frames and 4 others. The model keeps bare copies of its frames, so which are bootstrap

@@ -31,8 +31,9 @@ atoms. The residual is the signal variance times each environment's novelty: wit
 large signal variance the evidence picks (10²-10³ eV²), it can be most of the energy
 std and make it far larger than the errors (a Pt(111) slab with an adatom, EMT labels:
 energy RMSE 1.5 meV against a mean ``energy_std`` of 31.5 meV, over 99 % of it the
-residual). Energy stds are not calibrated by the active learner (it calibrates force
-stds); use them to compare frames, not as error bars. (:meth:`gpal.TargetSet.predict` keeps the residual
+residual). The active learner stores one factor for ``energy_std`` fitted on held-out
+energy errors (:meth:`gpal.ActiveLearner.calibrate`), applied by ``calibrated=True``;
+``energies_std`` stay raw: use them to compare frames, not as error bars. (:meth:`gpal.TargetSet.predict` keeps the residual
 correlations too, and so gives a larger std for the same energy.) ``forces_std``/``stress_std`` (on request, they cost one
 explicit derivative pass) are the projected-process part of the force/stress
 variance, ``a^T Sigma a`` with ``a`` the force/stress row: they omit the residual term,
@@ -1220,6 +1221,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """
         check_is_fitted(self)
         self._check(atoms)
+        return self._novelty_terms(atoms)[0]
+
+    def _novelty_terms(self, atoms) -> tuple[np.ndarray, float]:
+        """``(novelty (n_atoms,), Σ_i residual_i)``: each environment's novelty and the
+        sum of their DTC residuals ``k(x,x) - k K_mm⁻¹ kᵀ`` (eV², the Nyström part of
+        ``predict``'s energy variance)."""
         X = self.descriptor_.create(atoms)
         numbers = atoms.numbers
         kblocks = []
@@ -1228,7 +1235,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if len(r):
                 kblocks.append((r, c, self.kernel_(X[r], self.sparse_X_[c])))
         q = self._local_variance_terms(kblocks, len(numbers), with_sor=False)[0]
-        return self._dtc_stds(X, q, np.zeros(len(q)))[1]
+        _, novelty, resid_total = self._dtc_stds(X, q, np.zeros(len(q)))
+        return novelty, resid_total
 
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
@@ -1358,13 +1366,16 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             (n_comp,) the :meth:`novelty` of each component's atom (its environment
             against the sparse set, which keeps the frame's own sparse points),
             ``energy_error`` (n_e,) and ``energy_std`` (n_e,) in eV/atom,
+            ``energy_residual`` (n_e,) the square root of the frame's summed DTC
+            residuals (the Nyström part of ``predict``'s ``energy_std``, against the
+            sparse set, which keeps the frame's own sparse points) in eV/atom,
             ``energy_frame`` (n_e,).
         """
         check_is_fitted(self)
         idx = range(len(self.frames_)) if frames is None else [int(i) for i in frames]
         sol = self.solver_
         out = {k: [] for k in ("force_error", "force_std", "force_frame", "force_noise", "force_novelty",
-                               "energy_error", "energy_std", "energy_frame")}
+                               "energy_error", "energy_std", "energy_residual", "energy_frame")}
         slices = self._frame_slices()
         for b in idx:
             rows = slices[b]
@@ -1396,7 +1407,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             out["force_std"].append(std[f])
             out["force_noise"].append(np.sqrt(lam[f]))
             out["force_frame"].append(np.full(int(f.sum()), b))
-            nu = np.repeat(self.novelty(self.frames_[b]), 3)
+            atom_nu, resid_total = self._novelty_terms(self.frames_[b])
+            nu = np.repeat(atom_nu, 3)
             if len(nu) != int(f.sum()):  # force rows are (atom, xyz) in order; else none
                 nu = np.zeros(int(f.sum()))
             out["force_novelty"].append(nu)
@@ -1405,6 +1417,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 n = len(self.frames_[b])
                 out["energy_error"].append(-r_loo[e] / n)
                 out["energy_std"].append(std[e] / n)
+                out["energy_residual"].append(np.full(int(e.sum()), math.sqrt(max(resid_total, 0.0)) / n))
                 out["energy_frame"].append(np.full(int(e.sum()), b))
         return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
 
