@@ -38,6 +38,22 @@ def test_help(cmd, capsys):
     assert "usage: gpal" in capsys.readouterr().out
 
 
+def test_info_and_md_name_an_energy_calibration(files, tmp_path, capsys):
+    """A model whose only calibration is the learner's energy_std factor: info shows it,
+    and md (its calculator calibrates by default) says energy_std is calibrated."""
+    model = tmp_path / "model.npz"
+    assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "20", *SMALL]) == 0
+    gpal.load(model).set_calibration(energy_std=0.1).save(tmp_path / "energy.npz")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "energy.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "energy_std scale 0.1 (energies_std raw)" in out and "calibration : none" not in out
+    write(tmp_path / "start.xyz", cu_frames(1, seed=4, size=(2, 2, 2))[0])
+    assert main(["md", str(tmp_path / "energy.npz"), str(tmp_path / "start.xyz"), "-o", str(tmp_path / "md.traj"),
+                 "--steps", "4", "--interval", "2", "-q"]) == 0
+    assert "(eV) in each frame's info, energy_std calibrated, energies_std raw" in capsys.readouterr().out
+
+
 def test_fit_info_validate_md(files, capsys):
     model = files / "model.npz"
     assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "60"]) == 0

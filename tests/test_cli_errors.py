@@ -30,6 +30,7 @@ def bad(tmp_path_factory):
     (d / "step.toml").write_text("step = 200\n")
     (d / "temprature.toml").write_text("[md]\ntemprature = 500\n")
     (d / "late_steps.toml").write_text('[oracle]\nfactory = "ase.calculators.emt:EMT"\nstpes = 100\n')
+    (d / "md_steps.toml").write_text('[md]\nsteps = 100\n')
     (d / "initial.toml").write_text("[model]\nn_sparse = 200\n[learner]\nn_sparse_initial = 100\n")
     (d / "otf.toml").write_text("[otf]\nthreshold = 0.1\n")
     (d / "many.toml").write_text('steps = "many"\n')
@@ -136,6 +137,9 @@ CASES = [
     pytest.param(["learn", "{d}/late_steps.toml"],
                  "unknown key 'stpes' in [oracle]; did you mean 'steps'? that is a top-level key: write it "
                  "above the first [section]", id="config-top-level-key-in-a-section"),
+    pytest.param(["learn", "{d}/md_steps.toml"],
+                 "unknown key 'steps' in [md]; it is a top-level key: write it above the first [section]",
+                 id="config-top-level-key-near-a-section-key"),
     pytest.param(["learn", "{d}/initial.toml"], "[learner] n_sparse_initial (100) and [model] n_sparse (200) "
                  "disagree", id="config-n-sparse-initial"),
     pytest.param(["learn", "{d}/otf.toml"], "unknown section [otf]; valid sections: [descriptor]",

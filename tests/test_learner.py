@@ -556,6 +556,7 @@ def test_the_energy_std_is_scaled_to_the_held_out_energy_errors():
     few = {k: v[:5] for k, v in loo.items()}  # frames 0, 2, 4 in the calibration half: 3
     assert ActiveLearner._calibrate_energy(fake, few, order, rattled=False)["n_energy_calibration"] == 3
     assert ActiveLearner._calibrate_energy(fake, {k: v[:4] for k, v in loo.items()}, order, rattled=False) == {}
+    assert "energy_std" not in model.calibration_  # (a factor of other frames is not kept)
 
 
 def test_calibration_leaves_the_bootstrap_frames_out_also_after_resume(tmp_path):

@@ -744,7 +744,7 @@ def cmd_md(args: argparse.Namespace) -> int:
     model = load(args.model)
     atoms = read_frames(args.start, index=-1)[0]
     model._check(atoms, what=f"{args.start} (the start frame)")  # species, cell: before any MD
-    calibrated = "forces_std" in model.calibration_ and not args.raw
+    calibrated = bool(model.calibration_) and not args.raw  # (as GPCalculator's default)
     atoms.calc = GPCalculator(model, calibrated=calibrated, record_std=True)
     thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     if args.ensemble == "nve":
@@ -752,8 +752,9 @@ def cmd_md(args: argparse.Namespace) -> int:
     else:
         dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
                        friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(args.seed))
-    # the stored calibration is of force stds: the local-energy stds stay raw
-    std_kind = "forces_std calibrated, energies_std raw" if calibrated else "raw"
+    # the learner calibrates force stds and the total energy's; local-energy stds stay raw
+    done = [k for k in ("forces_std", "energy_std") if calibrated and k in model.calibration_]
+    std_kind = (" and ".join(done) + " calibrated, energies_std raw") if done else "raw"
     traj = Trajectory(str(out), "w") if kind == "traj" else None
     if kind == "extxyz":
         out.write_text("")
@@ -781,11 +782,11 @@ def cmd_md(args: argparse.Namespace) -> int:
                                 refresh=False)
     if traj is not None:
         traj.close()
-    interval = calibrated and model.calibration_of("forces_std").conformal_q90 is not None
+    interval = "forces_std" in done and model.calibration_of("forces_std").conformal_q90 is not None
     what = ("extended XYZ; per-atom columns energies_std (eV) and forces_std (eV/Å), "
             f"{std_kind}" + (", and forces_interval90 (eV/Å, the 90 % conformal half-width)" if interval else "")
-            if kind == "extxyz" else "ASE trajectory; energies_std and energy_std (eV, raw) in each frame's "
-            "info; forces_std only in .xyz")
+            if kind == "extxyz" else "ASE trajectory; energies_std and energy_std (eV) in each frame's "
+            f"info, {std_kind}; forces_std only in .xyz")
     print(f"gpal: wrote {args.steps // args.interval + 1} frames to {out} ({what})")
     return 0
 
@@ -945,7 +946,10 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"novelty_scale {c.novelty_scale:.4g} eV/Å (calibrated std = sqrt((scale x raw)^2 + "
               f"(noise_scale x force noise)^2 + novelty_scale^2 x min(novelty, {c.novelty_max or 1.0:.3g}))); "
               f"90 % conformal quantile {q}")
-    else:
+    if "energy_std" in model.calibration_:
+        c = model.calibration_of("energy_std")
+        print(f"  calibration : energy_std scale {c.scale:.4g} (energies_std raw)")
+    if not model.calibration_:
         print("  calibration : none (stds are raw; gpal validate --calibrate stores one)")
     hp = meta.get("hyperparameters") or {}
     lines = _evidence_lines(hp.get("evidence"))

@@ -286,7 +286,8 @@ def _unknown(path, what: str, name: str, valid, section: str = "", top=()) -> Co
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "valid: " + ", ".join(valid)
-    lost = difflib.get_close_matches(name, sorted(top), n=1, cutoff=0.6) if section and not close else []
+    lost = [name] if section and name in top else (
+        difflib.get_close_matches(name, sorted(top), n=1, cutoff=0.6) if section and not close else [])
     if lost:  # a top-level key written below a section header belongs to that section in TOML
         hint = (f"{'it is' if lost[0] == name else f'did you mean {lost[0]!r}? that is'} a top-level key: "
                 f"write it above the first [section] (in TOML every key after [{section}] belongs to it)")

@@ -1772,18 +1772,17 @@ class ActiveLearner:
         form (SoR, noise, capped novelty) on the same 4-9 frames was closer on average
         but too small on two runs of five (mean z² 3.5 and 8.1). ``energies_std`` stays
         raw: local energies have no labels to check a calibration on. Never below 1 while
-        the frames are mostly the bootstrap's rattled copies; not stored with fewer than
-        3 calibration frames. Returns ``energy_scale``, ``n_energy_calibration`` and
+        the frames are mostly the bootstrap's rattled copies; with fewer than 3
+        calibration frames none is kept (an earlier one is removed). Returns ``energy_scale``, ``n_energy_calibration`` and
         ``judge_energy_zms`` (mean z² on the judging half).
         """
         err, std, res, fr = (loo["energy_error"], loo["energy_std"], loo["energy_residual"],
                              loo["energy_frame"])
-        if not len(err):
-            return {}
         raw = np.sqrt(std**2 + res**2)
         half = np.array([order.get(f, k) % 2 for k, f in enumerate(fr.tolist())])
         cal, judge = (half == 0) & (raw > 0), (half == 1) & (raw > 0)
-        if cal.sum() < 3:
+        if cal.sum() < 3:  # (a factor of other frames would go stale beside the forces' new one)
+            self.model.calibration_.pop("energy_std", None)
             return {}
         scale = float(np.sqrt(np.mean((err[cal] / raw[cal]) ** 2)))
         scale = min(max(scale, 1.0 if rattled else 1e-3), 1e3)

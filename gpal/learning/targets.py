@@ -438,7 +438,11 @@ class TargetSet:
             return self._cache["data"]
         Z = model.sparse_X_
         data = []
-        for a in self.structures:
+        # a force's prior variance depends on the kernel and descriptor, not the sparse set
+        priors = getattr(self, "_force_priors", None)  # ((kernel repr, descriptor), {structure: prior})
+        if priors is None or priors[0][0] != repr(model.kernel_) or priors[0][1] is not model.descriptor_:
+            priors = self._force_priors = ((repr(model.kernel_), model.descriptor_), {})
+        for k, a in enumerate(self.structures):
             model._check(a, what="target structure")
             X = model.descriptor_.create(a)
             sel = np.arange(len(a)) if self.atoms is None else np.asarray(self.atoms)
@@ -447,7 +451,9 @@ class TargetSet:
             if self.quantity == "forces":
                 f = model.observation_rows(a).forces
                 d["force_rows"] = f[sel].reshape(3 * len(sel), len(Z))
-                d["force_prior"] = _prior_force_variance(model, a, sel)
+                if k not in priors[1]:
+                    priors[1][k] = _prior_force_variance(model, a, sel)
+                d["force_prior"] = priors[1][k]
             data.append(d)
         self._cache = {"key": key, "data": data}
         return data
