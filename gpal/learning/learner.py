@@ -1767,14 +1767,15 @@ class ActiveLearner:
         half's frames (each frame's LOO SoR std and its residuals against the sparse set)
         is stored for ``energy_std``. The sparse set keeps a labelled frame's own sparse
         points, so its residuals are smaller than a new frame's and the factor errs on
-        the cautious side: measured on five slab runs, new frames' calibrated energy
-        stds 1.6-7x their errors, against 22-27x raw. A fit of the forces' three-term
+        the cautious side: measured on four slab runs, new frames' calibrated energy
+        stds 1.5-8x their errors, against 22-27x raw. A fit of the forces' three-term
         form (SoR, noise, capped novelty) on the same 4-9 frames was closer on average
         but too small on two runs of five (mean z² 3.5 and 8.1). ``energies_std`` stays
         raw: local energies have no labels to check a calibration on. Never below 1 while
         the frames are mostly the bootstrap's rattled copies; with fewer than 3
-        calibration frames none is kept (an earlier one is removed). Returns ``energy_scale``, ``n_energy_calibration`` and
-        ``judge_energy_zms`` (mean z² on the judging half).
+        calibration frames none is kept (an earlier one is removed). Returns
+        ``energy_scale``, ``n_energy_calibration`` and ``judge_energy_zms`` (mean z² on
+        the judging half).
         """
         err, std, res, fr = (loo["energy_error"], loo["energy_std"], loo["energy_residual"],
                              loo["energy_frame"])
