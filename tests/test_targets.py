@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_choose_skips_a_duplicate_and_bad_settings_raise(fitted):
 
 
 @pytest.mark.slow
-def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path):
+def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path, caplog):
     images, hop = vacancy_path(3)
     soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
     ts = TargetSet(images, quantity="barrier", w_floor=0.0, min_reduction=0.0, tolerance=1e-6)
@@ -168,8 +169,12 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path):
     L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run,
                       md=MDSettings(temperature=800), trigger=Trigger(threshold=10.0, every=5),
                       n_bootstrap=2, check_every=20, progress=False, targets=ts)
-    s = L.run(30)
+    with caplog.at_level(logging.WARNING):
+        s = L.run(30)
     assert s.oracle_calls_by_reason.get("target", 0) >= 1  # the trigger alone never fires at 10 eV/Å
+    # a tolerance under the residual (which labels cannot reduce) is named once
+    floor = [r for r in caplog.records if "which labels cannot reduce, is above its tolerance 1e-06" in r.getMessage()]
+    assert len(floor) == 1
     # the summary gives the target under the final model (it was only in log.jsonl)
     res = ts.predict(L.model, L._force_std_scale())
     assert s.target["value"] == pytest.approx(list(res["value"])) and s.target["unit"] == "eV"

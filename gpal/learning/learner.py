@@ -1627,6 +1627,14 @@ class ActiveLearner:
         if stop:
             self._stopped = (True, f"target std {res['max_std']:.3g} <= tolerance {self.targets.tolerance}")
             log.info("gpal: %s", self._stopped[1])
+        elif not getattr(self, "_target_floor_noted", False) and res["std_residual"].max() > self.targets.tolerance:
+            # the DTC residual is the part labels cannot reduce: this stop cannot fire
+            self._target_floor_noted = True
+            k = int(np.argmax(res["std_residual"]))
+            log.warning("gpal: the target's residual std %.3g (%s), which labels cannot reduce, is above "
+                        "its tolerance %g: the target stop cannot fire (raise the tolerance, or add the "
+                        "target structures' environments with more sparse points)",
+                        res["std_residual"][k], res["labels"][k], self.targets.tolerance)
         return stop
 
     def count_oracle_calls(self, reason: str, n: int) -> None:
