@@ -52,6 +52,11 @@ def test_info_and_md_name_an_energy_calibration(files, tmp_path, capsys):
     assert main(["md", str(tmp_path / "energy.npz"), str(tmp_path / "start.xyz"), "-o", str(tmp_path / "md.traj"),
                  "--steps", "4", "--interval", "2", "-q"]) == 0
     assert "(eV) in each frame's info, energy_std calibrated, energies_std raw" in capsys.readouterr().out
+    # a recalibration of the forces says the energy factor stays
+    assert main(["validate", str(tmp_path / "energy.npz"), str(files / "test.xyz"), "--no-plots",
+                 "--calibrate", str(files / "val.xyz"), "-o", str(tmp_path / "recal.npz")]) == 0
+    assert "(its energy_std factor 0.1, from the learner's labels, is kept)" in capsys.readouterr().out
+    assert set(gpal.load(tmp_path / "recal.npz").calibration_) == {"forces_std", "energy_std"}
 
 
 def test_fit_info_validate_md(files, capsys):

@@ -833,7 +833,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, novelty scale {cal.novelty_scale_:.3g} eV/Å, "
               f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
-              f"(of |error| / calibrated std); wrote {path}")
+              f"(of |error| / calibrated std); wrote {path}"
+              + ("" if "energy_std" not in model.calibration_ else
+                 f" (its energy_std factor {model.calibration_of('energy_std').scale:.3g}, from the "
+                 "learner's labels, is kept)"))
     calibrated = "forces_std" in model.calibration_ and not args.raw
     if calibrated:
         c = model.calibration_of("forces_std")
