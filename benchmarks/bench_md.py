@@ -234,18 +234,19 @@ atoms::
     1    busy   79.0  64.8  0.82 -> 0.72       37 -> 39
     2    busy   71.2  62.7  0.76 -> 0.67       36 -> 41
 
-and this code (two runs, ``--sizes 3 10 --load both --steps 100 --steps-large 3
---blocks 7``; the second after two more commits), wall µs/atom/step::
+and this code (three runs, ``--sizes 3 10 --load both --steps 100 --steps-large 3
+--blocks 7``; the second after two more commits, the third after four more, with the
+machine faster), wall µs/atom/step::
 
-    machine  atoms  gpal         EMT          GAP          gpal/EMT     GAP/gpal
-    quiet    108    39.3 / 41.5  92.2 / 91.7  2543 / 2540  0.43 / 0.45  65 / 61
-    quiet    4000   31.5 / 31.2  91.7 / 87.3  2426 / 2233  0.34 / 0.36  77 / 71
-    busy     108    65.3 / 57.2  97.0 / 87.8  2585 / 2434  0.67 / 0.65  40 / 43
-    busy     4000   55.5 / 51.8  94.0 / 86.6  2503 / 2244  0.59 / 0.60  45 / 43
+    machine  atoms  gpal              EMT               GAP               gpal/EMT          GAP/gpal
+    quiet    108    39.3 / 41.5 / 32.5  92.2 / 91.7 / 67.5  2543 / 2540 / 2124  0.43 / 0.45 / 0.48  65 / 61 / 65
+    quiet    4000   31.5 / 31.2 / 25.7  91.7 / 87.3 / 67.1  2426 / 2233 / 1946  0.34 / 0.36 / 0.38  77 / 71 / 76
+    busy     108    65.3 / 57.2 / 47.8  97.0 / 87.8 / 65.6  2585 / 2434 / 2098  0.67 / 0.65 / 0.73  40 / 43 / 44
+    busy     4000   55.5 / 51.8 / 44.3  94.0 / 86.6 / 65.2  2503 / 2244 / 1908  0.59 / 0.60 / 0.68  45 / 43 / 43
 
 With gpal's default threading on a quiet 2-core machine both targets hold at both
-sizes; beside a busy process (gpal on one core) gpal/EMT is 0.65-0.72 at 108 atoms
-and 0.59-0.60 at 4000, and the GAP target is missed (39-45x).
+sizes; beside a busy process (gpal on one core) gpal/EMT is 0.65-0.73 at 108 atoms
+and 0.59-0.68 at 4000, and the GAP target is missed (39-45x).
 
 Run::
 
