@@ -52,6 +52,8 @@ def test_info_and_md_name_an_energy_calibration(files, tmp_path, capsys):
     assert main(["md", str(tmp_path / "energy.npz"), str(tmp_path / "start.xyz"), "-o", str(tmp_path / "md.traj"),
                  "--steps", "4", "--interval", "2", "-q"]) == 0
     assert "(eV) in each frame's info, energy_std calibrated, energies_std raw" in capsys.readouterr().out
+    frames = read(tmp_path / "md.traj", ":")
+    assert len(frames) == 3 and all("energy_std" in a.info for a in frames)  # the start frame too
     # a recalibration of the forces says the energy factor stays
     assert main(["validate", str(tmp_path / "energy.npz"), str(files / "test.xyz"), "--no-plots",
                  "--calibrate", str(files / "val.xyz"), "-o", str(tmp_path / "recal.npz")]) == 0

@@ -770,6 +770,7 @@ def cmd_md(args: argparse.Namespace) -> int:
         with open(out, "a") as fh:
             write(fh, frame, format="extxyz")
 
+    atoms.get_potential_energy()  # (the start frame's results and stds, as every later frame has them)
     record(0)
     with _progress(args.steps, not args.quiet, "gpal md") as bar:
         for k in range(1, args.steps + 1):
