@@ -74,18 +74,8 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
         raise TypeError(f"{what} must be an ase.Atoms, got {type(atoms).__name__}")
     if len(atoms) == 0:
         raise ValueError(f"{what} contains no atoms")
-    pos = atoms.positions
     cell = atoms.cell.array
-    numbers = atoms.numbers
-    allowed = _NO_SPECIES if species is None else _species_table(tuple(int(z) for z in species))
-    # the usual arrays in one compiled pass (an MD step's check took ~65 µs in numpy
-    # calls, with the caches cold after the step's BLAS passes); numpy for the others
-    # and to name what is wrong
-    usual = (pos.dtype == np.float64 and cell.dtype == np.float64 and numbers.dtype == np.int64
-             and pos.ndim == 2 and pos.shape[1] == 3 and cell.shape == (3, 3)
-             and pos.flags.c_contiguous and cell.flags.c_contiguous and numbers.flags.c_contiguous)
-    if not usual or _jit.frame_problem(pos, cell, numbers, allowed, species is not None):
-        _check_arrays(pos, cell, numbers, species, allowed, what)
+    check_frame_arrays(atoms.positions, cell, atoms.numbers, species, what)
     if periodic and atoms.pbc.any() and abs(_det3(cell)) < 1e-6 and not periodic_vectors_ok(cell, atoms.pbc):
         raise MissingCellError(
             f"{what} has periodic boundaries (pbc {atoms.pbc.tolist()}) but its cell vectors "
@@ -97,8 +87,20 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
 _NO_SPECIES = np.zeros(0, dtype=bool)
 
 
-def _check_arrays(pos, cell, numbers, species, allowed, what) -> None:
-    """The checks of :func:`check_atoms` on positions, cell and species, in numpy."""
+def check_frame_arrays(pos, cell, numbers, species=None, what="atoms") -> None:
+    """Finite positions (n, 3) and cell (3, 3), and atomic ``numbers`` among ``species``
+    (None: any): :class:`InvalidPositionsError` or :class:`UnknownSpeciesError`.
+
+    The usual arrays (float64, int64, C order) in one compiled pass (an MD step's check
+    took ~65 µs in numpy calls, with the caches cold after the step's BLAS passes);
+    numpy for the others and to name what is wrong.
+    """
+    allowed = _NO_SPECIES if species is None else _species_table(tuple(int(z) for z in species))
+    usual = (pos.dtype == np.float64 and cell.dtype == np.float64 and numbers.dtype == np.int64
+             and pos.ndim == 2 and pos.shape[1] == 3 and cell.shape == (3, 3)
+             and pos.flags.c_contiguous and cell.flags.c_contiguous and numbers.flags.c_contiguous)
+    if usual and not _jit.frame_problem(pos, cell, numbers, allowed, species is not None):
+        return
     if not np.isfinite(pos).all():
         bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
         raise InvalidPositionsError(
@@ -106,7 +108,7 @@ def _check_arrays(pos, cell, numbers, species, allowed, what) -> None:
         )
     if not np.isfinite(cell).all():
         raise InvalidPositionsError(f"{what} has a non-finite cell")
-    if species is not None:
+    if species is not None and len(numbers):
         lo, hi = int(numbers.min()), int(numbers.max())
         if lo < 0 or hi >= len(allowed) or not allowed[numbers].all():
             unknown = set(np.unique(numbers).tolist()) - set(int(z) for z in species)

@@ -50,8 +50,8 @@ from scipy.special import gamma
 from . import _soap_jit as jit
 from .._threads import _blas_limit
 from .._threads import policy as _thread_policy
-from ..exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
-from .._validation import periodic_vectors_ok
+from ..exceptions import MissingCellError
+from .._validation import check_frame_arrays, periodic_vectors_ok
 from .base import Descriptor, PairDerivatives
 from .neighbors import PairCache
 
@@ -779,16 +779,7 @@ class SOAP(Descriptor):
         pos = np.ascontiguousarray(atoms.positions, dtype=np.float64)
         cell = np.array(atoms.cell.array, dtype=np.float64)
         if not checked:
-            if not np.all(np.isfinite(pos)):
-                raise InvalidPositionsError(
-                    "Atomic positions contain NaN or infinite values."
-                )
-            if not np.all(np.isfinite(cell)):
-                raise InvalidPositionsError("The cell contains NaN or infinite values.")
-            known = set(self.species_numbers_.tolist())
-            unknown = set(numbers.tolist()) - known
-            if unknown:
-                raise UnknownSpeciesError(unknown, known)
+            check_frame_arrays(pos, cell, numbers, self.species_numbers_)
         volume = self._cell_volume(cell)
         if self.periodic:
             pbc = np.asarray(atoms.get_pbc(), dtype=np.bool_)
