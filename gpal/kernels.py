@@ -417,18 +417,16 @@ class CosineKernel(Kernel):
         return np.where(np.einsum("ij,ij->i", X, X) > 0.0, d1, d0)
 
     def _f_derivatives(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(f'(C), f''(C))`` elementwise: the first two derivatives of the kernel's
-        function of the cosine (without the signal variance)."""
+        """``(f'(C), f''(C))`` elementwise for a 2-D ``C``: the first two derivatives of the
+        kernel's function of the cosine (without the signal variance); ``f'`` is the
+        compiled one the kernel's gradients use."""
         p = float(self._shape_param())
-        C = np.asarray(C, dtype=np.float64)
+        C = np.ascontiguousarray(C, dtype=np.float64)
+        f1 = _jit._apply_fprime(C, self._kind, p)
         if self._kind == _jit.KIND_DOT:
             z = int(p)
-            f1 = z * C ** (z - 1)
-            f2 = z * (z - 1) * C ** (z - 2) if z >= 2 else np.zeros_like(C)
-            return f1, f2
-        inv = 1.0 / (p * p)  # KIND_SE: f = exp((c - 1) / l²)
-        f = np.exp((C - 1.0) * inv)
-        return inv * f, inv * inv * f
+            return f1, (z * (z - 1) * C ** (z - 2) if z >= 2 else np.zeros_like(C))
+        return f1, f1 / (p * p)  # KIND_SE: f = exp((c - 1) / l²), f'' = f' / l²
 
     def _diag_values(self) -> tuple[float, float]:
         """``(k(0, 0), k(x, x))`` for a zero row and any other: ``signal_variance f(0)`` and
