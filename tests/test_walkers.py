@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -435,3 +436,46 @@ def test_a_round_that_waits_long_for_its_segments_says_so(tmp_path, monkeypatch,
     L = learner(tmp_path / "run2", walker_executor=Cancelling(), n_walkers=1)
     with pytest.raises(GpalError, match="cancelled by its executor"):
         L.run(40)
+
+
+def test_scheduler_probe_names_a_port_that_is_not_a_dask_scheduler():
+    """dask's Client (its timeout too) waited for ever on a port that accepts connections
+    but never speaks dask's protocol (the dashboard's HTTP port); a closed port took its
+    whole connect timeout. Both are now one clear error, and a port that writes first
+    (as a scheduler's handshake does) passes."""
+    import socket
+    import threading
+
+    from gpal.learning.walkers import _probe_scheduler
+
+    def serve(greeting):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+
+        def accept():
+            conn, _ = srv.accept()
+            if greeting:
+                conn.sendall(greeting)
+            time.sleep(1.5)
+            conn.close()
+            srv.close()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return srv.getsockname()[1]
+
+    silent = serve(b"")
+    t = time.monotonic()
+    with pytest.raises(GpalError, match="no dask handshake.*8787"):
+        _probe_scheduler(f"tcp://127.0.0.1:{silent}", timeout=0.5)
+    assert time.monotonic() - t < 1.4
+    _probe_scheduler(f"tcp://127.0.0.1:{serve(b'x' * 8)}", timeout=0.5)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # bound, then released: nothing listens there
+    with pytest.raises(GpalError, match="cannot connect"):
+        _probe_scheduler(f"tcp://127.0.0.1:{port}", timeout=0.5)
+    with pytest.raises(GpalError, match="no port"):
+        _probe_scheduler("tcp://somehost", timeout=0.5)
+    _probe_scheduler("tls://127.0.0.1:1", timeout=0.5)  # other schemes go to dask as given

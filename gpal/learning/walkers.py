@@ -603,6 +603,45 @@ def _wait_noting(L, futures, first: bool = False):
             note = time.monotonic() + WAIT_NOTE
 
 
+def _probe_scheduler(address: str, timeout: float = 10.0) -> None:
+    """Raise :class:`GpalError` unless a ``tcp://`` ``address`` answers as a dask scheduler.
+
+    dask's ``Client`` waits forever (its ``timeout`` too) on a port that accepts the
+    connection but never speaks dask's protocol, such as the dashboard's HTTP port
+    (8787). A scheduler writes its handshake as soon as a connection opens, so one
+    read says which it is. Other schemes (``tls://``, ``ucx://``, ...) go to dask as
+    given.
+    """
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]") or "localhost"
+    try:
+        port_no = int(port.split("/")[0])
+    except ValueError:
+        raise GpalError(f"walker_scheduler {address!r}: no port (a dask scheduler listens on "
+                        "tcp://host:8786 by default)") from None
+    try:
+        with socket.create_connection((host, port_no), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            try:
+                first = sock.recv(1)
+            except socket.timeout:
+                raise GpalError(f"walker_scheduler {address}: the port accepted a connection but "
+                                f"sent no dask handshake in {timeout:.0f} s; is it another service, "
+                                "such as the dashboard's HTTP port (8787)? A scheduler listens on "
+                                "8786 by default") from None
+    except GpalError:
+        raise
+    except OSError as exc:
+        raise GpalError(f"walker_scheduler {address}: cannot connect ({exc.strerror or exc}); "
+                        "is the dask scheduler running there?") from None
+    if not first:
+        raise GpalError(f"walker_scheduler {address}: the port closed the connection without a "
+                        "dask handshake; is a dask scheduler listening there?")
+
+
 def local_walker_executor(workers: int | None = None, scheduler: str | None = None):
     """The walker executor of ``gpal learn``'s ``walker_workers`` / ``walker_scheduler`` keys.
 
@@ -625,6 +664,7 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
         except ImportError as exc:
             raise GpalError("walker_scheduler needs dask.distributed (pip install "
                             "\"dask[distributed]\")") from exc
+        _probe_scheduler(scheduler)
         client = Client(scheduler)
         return client.get_executor(), client.close
     if workers and int(workers) > 1:
