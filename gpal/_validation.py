@@ -511,10 +511,19 @@ def _compound(key: str, known: set) -> bool:
     return any(key.endswith("_" + k) or key.startswith(k + "_") for k in known)
 
 
-def warn_unknown_keywords(factory, kwargs: dict, what: str) -> None:
+def warn_unknown_keywords(factory, kwargs: dict, what: str, calc=None) -> None:
     """A ``UserWarning`` naming the keywords of ``kwargs`` that the calculator class
-    ``factory`` does not list (``what``: "the oracle ase.calculators.emt:EMT")."""
+    ``factory`` does not list (``what``: "the oracle ase.calculators.emt:EMT").
+
+    With ``calc``, the calculator built from them, a keyword the class took out of its
+    ``**kwargs`` itself (not left in ``calc.parameters``, where ASE's ``Calculator``
+    keeps the ones nobody read) is not named: TBLite's ``alpb_solvation``, or a user's
+    class that pops its own keyword.
+    """
     unknown, known = unknown_keywords(factory, kwargs)
+    params = getattr(calc, "parameters", None)
+    if unknown and isinstance(params, dict):
+        unknown = [k for k in unknown if k in params]
     if unknown:
         listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         warnings.warn(f"{what} does not list the keyword(s) {', '.join(map(repr, unknown))} (its parameters: "

@@ -135,11 +135,12 @@ def make_baseline(baseline, kwargs: dict | None = None):
     typo = keyword_typo(factory, kw, f"the baseline {path}", "the model would learn against its default instead")
     if typo:
         raise BaselineError(typo)
-    warn_unknown_keywords(factory, kw, f"the baseline {path}")
     try:
-        return factory(**kw)
+        calc = factory(**kw)
     except TypeError as exc:
         raise BaselineError(f"cannot build baseline {path} with kwargs {kw}: {exc}") from None
+    warn_unknown_keywords(factory, kw, f"the baseline {path}", calc)
+    return calc
 
 
 def check_baseline(baseline, kwargs: dict | None = None) -> None:

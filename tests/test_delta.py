@@ -459,3 +459,37 @@ def test_keywords_built_on_a_calculators_own_are_warned_not_refused(recwarn):
     assert unknown_keywords(TBLite, kw)[0] == ["gb_solvation", "albp_solvation"]
     assert misspelt_keywords(TBLite, {"methd": 1}) == [("methd", "method")]
     assert unknown_keywords(TBLite, {"mult": 2})[0] == ["mult"]
+
+
+def test_a_keyword_the_calculator_reads_itself_is_not_warned(tmp_path):
+    """The unknown-keyword warning named keywords a calculator takes out of its own
+    ``**kwargs`` (TBLite's alpb_solvation, a user's class popping its keyword): a false
+    alarm. With the built calculator, only keywords left unread in its ``parameters``
+    are named; a misspelt one still is."""
+    import warnings
+
+    from ase.calculators.emt import EMT
+
+    class ScaledEMT(EMT):
+        def __init__(self, **kwargs):
+            self.scale = kwargs.pop("scale", 1.0)
+            super().__init__(**kwargs)
+
+    from gpal._validation import warn_unknown_keywords
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unknown_keywords(ScaledEMT, {"scale": 2.0}, "the oracle x:ScaledEMT", ScaledEMT(scale=2.0))
+    with pytest.warns(UserWarning, match="'scael'"):
+        warn_unknown_keywords(ScaledEMT, {"scael": 2.0}, "the oracle x:ScaledEMT", ScaledEMT(scael=2.0))
+    with pytest.warns(UserWarning, match="'scale'"):  # without the instance: named, as before
+        warn_unknown_keywords(ScaledEMT, {"scale": 2.0}, "the oracle x:ScaledEMT")
+    tblite = pytest.importorskip("tblite.ase")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpal.baseline.make_baseline("tblite.ase:TBLite", {"method": "GFN1-xTB", "alpb_solvation": "water",
+                                                           "verbosity": 0})
+    with pytest.warns(UserWarning, match="'albp_solvation'"):
+        gpal.baseline.make_baseline("tblite.ase:TBLite", {"method": "GFN1-xTB", "albp_solvation": "water",
+                                                           "verbosity": 0})
+    assert tblite

@@ -599,7 +599,7 @@ class ActiveLearner:
         if isinstance(self.oracle_spec, OracleSpec):
             calc = self.oracle_spec.check()  # a wrong factory or kwargs fails here, before any file is written
             warn_unknown_keywords(self.oracle_spec.resolve(), self.oracle_spec.kwargs,
-                                  f"the oracle {self.oracle_spec.factory}")
+                                  f"the oracle {self.oracle_spec.factory}", calc)
             try:  # the run folder keeps them (state.json) for resume and for worker processes
                 json.dumps(self.oracle_spec.kwargs, default=_json_default)
             except (TypeError, ValueError) as exc:
