@@ -38,5 +38,5 @@ from .model import SparseGP, load  # noqa: F401
 from ._threads import get_threads, set_threads, threads  # noqa: F401
 from .calculator import GPCalculator  # noqa: F401
 from .learning import ActiveLearner, MDSettings, Oracle, OracleSpec, TargetSet, Trigger  # noqa: F401
-from .compare import compare_kernels, select_kernel_by_evidence  # noqa: F401
+from .compare import compare_kernels, scorer, select_kernel_by_evidence  # noqa: F401
 from . import calibration, kernels, selection  # noqa: F401

@@ -760,6 +760,19 @@ def test_score_and_scikit_learn_model_selection():
     assert grid.best_params_["kernel"].zeta in (2, 4) and grid.best_estimator_.score(frames) > 0.5
     with pytest.raises(TypeError, match="y must be None"):
         SparseGP(soap).fit(frames, np.zeros(6))
+    # named scikit-learn scorers need a y and fail on frames; gpal.scorer reads the labels
+    rmse = np.sqrt(np.mean((F - P) ** 2))
+    assert gpal.scorer("force_rmse")(model, frames[4:]) == pytest.approx(-rmse, rel=1e-12)
+    assert gpal.scorer("force_r2")(model, frames[4:]) == pytest.approx(r2, rel=1e-12)
+    E = np.array([(model.predict(a)["energy"] - a.get_potential_energy()) / len(a) for a in frames[4:]])
+    assert gpal.scorer("energy_rmse")(model, frames[4:]) == pytest.approx(-np.sqrt(np.mean(E**2)), rel=1e-12)
+    S = np.concatenate([model.predict(a)["stress"] - a.get_stress() for a in frames[4:]])
+    assert gpal.scorer("stress_rmse")(model, frames[4:]) == pytest.approx(-np.sqrt(np.mean(S**2)), rel=1e-12)
+    scores = cross_val_score(SparseGP(soap, n_sparse=15, hyperparameters="fixed"), frames, cv=3,
+                             scoring=gpal.scorer("force_rmse"))
+    assert scores.shape == (3,) and np.all(scores < 0) and np.all(np.isfinite(scores))
+    with pytest.raises(ValueError, match="unknown metric 'rmse'; choose one of force_rmse"):
+        gpal.scorer("rmse")
 
 
 def test_labels_that_cannot_be_right_as_given_warn():

@@ -1125,7 +1125,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         ``1 - Σ (F - F_pred)² / Σ (F - mean F)²`` over every force component of the
         frames with forces (:func:`sklearn.metrics.r2_score`); of the energies per atom
         when no frame has forces. What ``cross_val_score(model, frames)`` and
-        ``GridSearchCV`` maximise unless given another ``scoring``.
+        ``GridSearchCV`` maximise unless given another ``scoring``: scikit-learn's
+        named scorers (``"r2"``, ``"neg_root_mean_squared_error"``) need a separate
+        ``y`` and fail on frames; :func:`gpal.scorer` makes ones that read the frames'
+        labels (``scoring=gpal.scorer("force_rmse")``, which separates models more
+        clearly than an R² close to 1).
 
         Parameters
         ----------
