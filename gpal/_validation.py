@@ -182,6 +182,7 @@ def frame_labels(atoms: Atoms) -> Labels:
     results = {}
     if atoms.calc is not None and getattr(atoms.calc, "results", None):
         results = atoms.calc.results
+        _check_results_current(atoms)
     energy = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
     forces = results.get("forces", atoms.arrays.get("forces"))
     stress = results.get("stress", atoms.info.get("stress"))
@@ -216,19 +217,56 @@ def frame_labels(atoms: Atoms) -> Labels:
     return Labels(energy, forces, stress)
 
 
+def _check_results_current(atoms: Atoms) -> None:
+    """Raise :class:`MissingLabelsError` if ``atoms.calc.results`` were computed for other
+    atoms, cell or positions than ``atoms`` now has (moved after the calculation: ASE
+    itself would compute them again, but read as labels they are stale). Positions that
+    differ by lattice vectors only (``atoms.wrap()`` after labelling) are the same frame."""
+    calc = atoms.calc
+    ref = getattr(calc, "atoms", None)
+    check = getattr(calc, "check_state", None)
+    if ref is None or check is None:
+        return
+    try:
+        changed = set(check(atoms)) & {"positions", "numbers", "cell", "pbc"}
+    except Exception:  # a calculator whose check_state needs more than ASE's
+        return
+    if not changed:
+        return
+    what = ""
+    if changed == {"positions"}:
+        d = displacement(atoms, ref)
+        moved = float(np.abs(d).max()) if d is not None and len(d) else 0.0
+        if moved <= 1e-6:
+            return
+        what = f" (atoms moved by up to {moved:.3g} Å)"
+    raise MissingLabelsError(
+        f"its calculator's results were computed before its {' and '.join(sorted(changed))} changed{what}: "
+        "stale labels (ASE would compute them again). Label the frame after changing it "
+        "(atoms.get_forces()), or set atoms.calc = None")
+
+
 def check_frames(frames, what="frames") -> list:
     """Return ``frames`` as a list of labelled :class:`ase.Atoms`, or raise."""
     if isinstance(frames, Atoms):
         frames = [frames]
+    if isinstance(frames, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what}: got the path {os.fsdecode(frames)!r}, not frames; read them first: "
+                        "ase.io.read(path, \":\") (all frames of the file)")
+    if frames is None or not hasattr(frames, "__iter__"):
+        raise TypeError(f"{what}: expected a list of labelled ase.Atoms, got {type(frames).__name__}")
     frames = list(frames)
     if not frames:
         raise ValueError(f"{what}: no frames given")
+    unread: dict[str, list] = {}  # label kind -> [key, frames without that label that hold it]
     for k, atoms in enumerate(frames):
         check_atoms(atoms, what=f"{what}[{k}]")
         try:
             labels = frame_labels(atoms)
         except MissingLabelsError as exc:  # (which frame: a file's frame k)
             raise MissingLabelsError(f"{what}[{k}]: {exc}") from None
+        for kind, key in _unread_label_keys(atoms, labels):
+            unread.setdefault(kind, [key, 0])[1] += 1
         if labels.empty:
             info = sorted(str(key) for key in atoms.info)
             arrays = sorted(set(atoms.arrays) - {"numbers", "positions"})
@@ -243,7 +281,52 @@ def check_frames(frames, what="frames") -> list:
                 "atoms.get_potential_energy()), or read it from an extxyz file that has "
                 f"labels.{hint}"
             )
+    for kind, (key, count) in unread.items():
+        opt = {"energy": "--energy-key", "forces": "--forces-key", "stress": "--stress-key"}[kind]
+        if "virial" in key.lower():
+            opt = "--virial-key"
+        warnings.warn(f"{what}: {count} of {len(frames)} frames have no {kind} label that gpal reads, but "
+                      f"hold {key!r}, which looks like one; it is not used. gpal reads the calculator's "
+                      f"results, info 'energy'/'stress'/'virial' and arrays 'forces': pass {opt} {key} "
+                      "(gpal fit, validate) or use gpal.io.relabel_frames", UserWarning,
+                      stacklevel=user_stacklevel())
     return frames
+
+
+def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
+    """``(kind, key)`` of a label gpal did not read but the frame seems to hold under
+    another name: per-atom (n, 3) arrays named like forces (``force``, ``dft_forces``)
+    when no forces were read, scalar info entries named like an energy, 3x3/6/9-number
+    info entries named like a stress or virial. Stds and gpal's own keys are skipped."""
+    out = []
+
+    def skip(key: str) -> bool:
+        low = key.lower()
+        return low.endswith("_std") or low.startswith("gpal") or "pred" in low
+
+    if labels.forces is None:
+        n = len(atoms)
+        for key, arr in atoms.arrays.items():
+            if "force" in key.lower() and not skip(key) and getattr(arr, "shape", None) == (n, 3):
+                out.append(("forces", key))
+                break
+    if labels.energy is None:
+        for key, val in atoms.info.items():
+            if "energ" in str(key).lower() and not skip(str(key)) and np.ndim(val) == 0:
+                try:
+                    float(val)
+                except (TypeError, ValueError):
+                    continue
+                out.append(("energy", str(key)))
+                break
+    if labels.stress is None and atoms.pbc.all():
+        for key, val in atoms.info.items():
+            low = str(key).lower()
+            if (("stress" in low or "virial" in low) and not skip(str(key)) and low != "virial"
+                    and np.size(val) in (6, 9)):
+                out.append(("stress", str(key)))
+                break
+    return out
 
 
 #: a stress label beyond this (eV/Å^3; 160 GPa) is most likely a virial (eV) or another unit

@@ -95,7 +95,11 @@ def scorer(metric: str = "force_rmse") -> Callable:
 
 @dataclass
 class Candidate:
-    """One model choice: a name, a kernel and SOAP settings (dscribe's names)."""
+    """One model choice: a name, a kernel and SOAP settings (dscribe's names).
+
+    :func:`compare_kernels` adds a smooth polynomial cutoff weighting to ``soap`` unless it
+    sets its own ``weighting`` (see there for the whole recipe of a row's model).
+    """
 
     name: str
     kernel: object
@@ -203,6 +207,17 @@ def compare_kernels(
 ) -> ComparisonTable:
     """Fit every candidate on ``train`` (and on growing subsets) and score it on ``test``.
 
+    Each row's model is, to reproduce it by hand::
+
+        soap = dict(cand.soap)
+        soap.setdefault("weighting", {"function": "poly", "r0": soap["r_cut"], "c": 1, "m": 1})
+        model = SparseGP(SOAP(species=<train's species>, periodic=True, **soap), cand.kernel,
+                         n_sparse=n_sparse).fit(train)
+        model.optimize_hyperparameters(optimize_noise=False)   # with optimize=True
+
+    (the smooth polynomial cutoff unless the candidate sets a ``weighting``;
+    ``periodic=True`` lets each frame's own ``pbc`` decide; the noises are the fit's).
+
     Parameters
     ----------
     train, test : list of ase.Atoms
@@ -251,7 +266,9 @@ def compare_kernels(
     species = sorted({int(z) for a in train for z in a.numbers})
     unseen = sorted({int(z) for a in test for z in a.numbers} - set(species))
     if unseen:  # (no model of the training frames can predict them)
-        raise UnknownSpeciesError(unseen, species)
+        raise UnknownSpeciesError(unseen, species, "the test frames hold {unknown}, which no training frame "
+                                  "has (the training frames hold {known}): no model fitted on them can "
+                                  "predict it; add training frames with it, or leave those test frames out")
     periodic = True  # each structure's pbc decides
     rows, curves = [], {}
     bar = tqdm(total=len(candidates) * len(sizes), desc="compare-kernels", disable=not progress,

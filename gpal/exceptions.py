@@ -32,7 +32,7 @@ class GpalError(Exception):
 class UnknownSpeciesError(GpalError, ValueError):
     """Atoms contain chemical species the descriptor or model was not built for."""
 
-    def __init__(self, unknown, known):
+    def __init__(self, unknown, known, message: str | None = None):
         from ase.data import chemical_symbols
 
         self.unknown = sorted(int(z) for z in unknown)
@@ -40,6 +40,7 @@ class UnknownSpeciesError(GpalError, ValueError):
         names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in self.unknown)
         known_names = ", ".join(chemical_symbols[z] for z in self.known)
         super().__init__(
+            message.format(unknown=names, known=known_names) if message else
             f"The following species are not defined for this model: {names}. "
             f"It knows: {known_names}."
         )

@@ -151,3 +151,98 @@ def test_a_calculator_from_a_saved_model_path_and_a_save_into_a_missing_folder(t
     with pytest.raises(FileNotFoundError, match=r"the folder .*nodir does not exist"):
         model.save(tmp_path / "nodir" / "m.npz")
     assert not (tmp_path / "nodir").exists()
+
+
+def test_results_of_a_frame_moved_after_its_calculation_are_refused():
+    """Labels were read from ``atoms.calc.results`` without asking whether they still
+    belong to the positions: a frame rattled after its EMT call trained on forces up to
+    0.9 eV/Å off. Now a clear error; a frame wrapped into its cell (positions moved by
+    lattice vectors) is the same frame and passes."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gpal._validation import check_frames
+    from gpal.exceptions import MissingLabelsError
+
+    a = bulk("Cu", "fcc", a=3.61, cubic=True)
+    a.rattle(0.05, seed=1)
+    a.calc = EMT()
+    a.get_forces()
+    check_frames([a])
+    w = a.copy()
+    w.calc = a.calc
+    w.positions[0] += a.cell[0]  # one atom outside the cell: the same frame
+    check_frames([w])
+    a.rattle(0.05, seed=2)
+    with pytest.raises(MissingLabelsError, match=r"frames\[0\]: .*positions changed \(atoms moved by up to .*stale"):
+        check_frames([a])
+    with pytest.raises(MissingLabelsError, match="stale"):
+        _model().fit([a])
+    b = bulk("Cu", "fcc", a=3.61, cubic=True)
+    b.calc = EMT()
+    b.get_potential_energy()
+    b.set_cell(b.cell * 1.01, scale_atoms=True)
+    with pytest.raises(MissingLabelsError, match="cell and positions changed"):
+        check_frames([b])
+
+
+def test_labels_under_an_unread_name_are_named_in_a_warning(tmp_path):
+    """An extxyz with its energy under 'energy' but forces under 'force' trained on the
+    energies alone, without a word (0 of 30 force labels used). A per-atom (n, 3) array
+    named like forces, an info energy or stress under another name now give one warning
+    naming the key; frames whose labels were read give none."""
+    import warnings
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.io import read, write
+
+    from gpal._validation import check_frames
+
+    frames = []
+    for k in range(3):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True)
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        b = a.copy()
+        b.info["energy"] = a.get_potential_energy()
+        b.arrays["dft_forces"] = a.get_forces()
+        b.info["dft_virial"] = -a.get_stress(voigt=False) * a.get_volume()
+        frames.append(b)
+    path = tmp_path / "f.xyz"
+    write(path, frames)
+    read_back = read(path, ":")
+    with pytest.warns(UserWarning) as rec:
+        check_frames(read_back)
+    text = " ".join(str(r.message) for r in rec)
+    assert "3 of 3 frames have no forces label" in text and "'dft_forces'" in text
+    assert "--forces-key dft_forces" in text and "no stress label" in text and "--virial-key dft_virial" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for b in read_back:
+            b.arrays["forces"] = b.arrays["dft_forces"]
+            b.info["stress"] = np.zeros(6)
+        check_frames(read_back)
+
+
+def test_fit_names_a_path_none_and_a_single_atoms():
+    """fit("train.xyz") said "frames[0] must be an ase.Atoms, got str" (the path's first
+    character); fit(None) raised Python's own "not iterable"; fit(read(path)) (the last
+    frame only) fitted one frame without a word."""
+    from pathlib import Path
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    with pytest.raises(TypeError, match=r"got the path 'train.xyz', not frames; read them first: ase.io.read\(path, \":\"\)"):
+        _model().fit("train.xyz")
+    with pytest.raises(TypeError, match="got the path"):
+        _model().fit(Path("train.xyz"))
+    with pytest.raises(TypeError, match="expected a list of labelled ase.Atoms, got NoneType"):
+        _model().fit(None)
+    a = bulk("Cu", "fcc", a=3.61, cubic=True)
+    a.rattle(0.05, seed=3)
+    a.calc = EMT()
+    a.get_forces()
+    with pytest.warns(UserWarning, match="fit got one ase.Atoms, not a list: fitting 1 frame"):
+        _model().fit(a)

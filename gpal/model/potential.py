@@ -586,6 +586,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     def _fit_frames(self, frames) -> "SparseGP":
         """The work of :meth:`fit`."""
         self._check_params()
+        if isinstance(frames, Atoms):
+            warnings.warn("fit got one ase.Atoms, not a list: fitting 1 frame (ase.io.read(path) reads "
+                          "the last frame of a file; ase.io.read(path, \":\") reads all)",
+                          UserWarning, stacklevel=user_stacklevel())
         frames = check_frames(frames)
         # a copy, as for the kernel: a later change to the user's descriptor object (or a
         # set_params of its parameters) must not change this fitted model
