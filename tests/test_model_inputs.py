@@ -246,3 +246,21 @@ def test_fit_names_a_path_none_and_a_single_atoms():
     a.get_forces()
     with pytest.warns(UserWarning, match="fit got one ase.Atoms, not a list: fitting 1 frame"):
         _model().fit(a)
+
+
+def test_save_does_not_replace_a_file_without_overwrite(tmp_path):
+    """model.save replaced an existing file without a word (the CLI refuses without
+    --overwrite); now FileExistsError, and the file is as it was."""
+    from conftest import cuag_frames
+
+    model = _model().fit(cuag_frames(3))
+    path = tmp_path / "mine.npz"
+    path.write_bytes(b"the user's own data")
+    with pytest.raises(FileExistsError, match=r"mine.npz exists; save\(..., overwrite=True\) replaces it"):
+        model.save(path)
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "mine")  # (.npz appended)
+    assert path.read_bytes() == b"the user's own data"
+    model.save(path, overwrite=True)
+    assert gpal.load(path).predict(cuag_frames(1, seed=9)[0])["energy"] == pytest.approx(
+        model.predict(cuag_frames(1, seed=9)[0])["energy"], rel=1e-12)

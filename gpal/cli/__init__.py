@@ -631,7 +631,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             noise = ", ".join(f"{g} {v:.3g}" for g, v in model.noise_.items())
             print(f"gpal: maximised by the marginal likelihood: {model.kernel_!r}, noises {noise}; "
                   f"log ML {model.log_marginal_likelihood_value_:.6g}")
-    path = model.save(args.output)
+    path = model.save(args.output, overwrite=True)  # (refused above without --overwrite)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
 
@@ -830,7 +830,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                           "see (MD frames)", UserWarning, stacklevel=1)
         model.set_calibration(forces_std=dataclasses.replace(
             cal.calibration(), conformal_q90=q90.quantile_ if q90.quantile_ > 0 else None))
-        path = model.save(args.model if args.in_place else args.output)
+        path = model.save(args.model if args.in_place else args.output, overwrite=True)  # (checked above)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, novelty scale {cal.novelty_scale_:.3g} eV/Å, "
               f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "

@@ -713,7 +713,7 @@ class ActiveLearner:
         if model and self.model.alpha_ is not None and not self._interrupted:
             # (after an interrupt the model in memory may be an update cut short: the
             # saved one stands until run() has reloaded the learner from the run folder)
-            self.model.save(self.run_dir / "model.npz")
+            self.model.save(self.run_dir / "model.npz", overwrite=True)
         self._last_checkpoint = time.perf_counter()
         arrays = {}
         for w in self.walkers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -23,12 +24,27 @@ class _Files:
     """SparseGP.save / SparseGP.load."""
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path):
-        """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path."""
+    def save(self, path, *, overwrite: bool = False):
+        """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file object
+            ``.npz`` is appended if missing.
+        overwrite : bool, default False
+            Replace an existing file (written under a temporary name, then renamed).
+            Without it an existing file raises ``FileExistsError`` and is left as it
+            is, as the CLI refuses without ``--overwrite``.
+        """
         from .. import __version__
-        from ..io import save_model
+        from ..io import _is_file_object, save_model
 
         check_is_fitted(self)
+        if not _is_file_object(path) and not overwrite:
+            target = Path(path)
+            target = target if target.suffix == ".npz" else target.with_name(target.name + ".npz")
+            if target.exists():
+                raise FileExistsError(f"{target} exists; save(..., overwrite=True) replaces it")
         frames = self.frames_
         nat = np.array([len(a) for a in frames], dtype=np.int64)
         labels = [frame_labels(a) for a in frames]

@@ -810,7 +810,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         atoms : ase.Atoms
         return_std : bool, default False
             Also return ``energies_std`` (DTC std of each local energy, eV, shape
-            (n_atoms,)), ``energy_std`` (eV) and ``novelty`` (n_atoms,): the fraction
+            (n_atoms,)), ``energy_std`` (eV; the residuals of the atoms counted as
+            independent, linear in atoms, so it grows as √N for N alike environments
+            where a repeated cell's error grows as N: compare it between frames of one
+            size; :class:`gpal.TargetSet` gives the all-pairs std) and ``novelty``
+            (n_atoms,): the fraction
             of each environment's prior variance that the sparse set does not explain,
             ``(k(x,x) - k K_mm⁻¹ kᵀ) / k(x,x)`` in [0, 1] (0: the environment is a
             sparse point; 1: unlike every sparse point of its species).
