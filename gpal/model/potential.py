@@ -786,6 +786,61 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self._e0_seen = (len(self.frames_) + len(new_frames), frozenset(seen.union(*labelled)))
         return any(not z <= seen for z in labelled)
 
+    def _e0_null(self):
+        """``(species, N)``: the directions of per-species counts that the energy-labelled
+        training frames' compositions leave undetermined (``N`` (k, n_species), rows of
+        the composition matrix's null space), or None where every composition is
+        determined (one species, compositions that vary, ``e0`` given). Cached per
+        fitted ``e0_``."""
+        cache = getattr(self, "_e0_null_cache", None)
+        if cache is not None and cache[0] is self.e0_:
+            return cache[1]
+        out = None
+        if isinstance(self.e0, str) and self.e0 == "fit" and len(self.species_) > 1:
+            rows = [[np.count_nonzero(a.numbers == z) for z in self.species_]
+                    for a in self.frames_ if frame_labels(a).energy is not None]
+            if rows:
+                A = np.array(rows, dtype=float)
+                _, sv, Vt = np.linalg.svd(A)
+                rank = int(np.sum(sv > 1e-10 * sv[0]))
+                if rank < len(self.species_):
+                    out = (np.asarray(self.species_), Vt[rank:])
+        self._e0_null_cache = (self.e0_, out)
+        return out
+
+    def _check_composition(self, numbers) -> None:
+        """Warn (once per model and composition) when ``numbers``' composition is not one
+        the training energies determine (:meth:`_e0_null`): with every frame of one
+        composition (an alloy learnt at Cu:Ni 1:1) the species' reference energies are
+        known only in that ratio, and a pure Cu cell's energy is off by as much as that
+        split is wrong, which no std includes."""
+        null = self._e0_null()
+        if null is None:
+            return
+        species, N = null
+        counts = np.array([np.count_nonzero(numbers == z) for z in species], dtype=float)
+        if np.abs(N @ counts).max() <= 1e-8 * max(counts.sum(), 1.0):
+            return
+        key = tuple(counts.astype(int))
+        warned = self.__dict__.setdefault("_e0_warned", set())
+        if key in warned:
+            return
+        warned.add(key)
+        from ase.data import chemical_symbols
+
+        comps = {tuple(np.count_nonzero(a.numbers == z) for z in species) for a in self.frames_
+                 if frame_labels(a).energy is not None}
+        def formula(comp):
+            return "".join(f"{chemical_symbols[z]}{int(c)}" for z, c in zip(species, comp) if c)
+
+        shown = ", ".join(formula(comp) for comp in sorted(comps)[:3]) + (", ..." if len(comps) > 3 else "")
+        here = formula(counts)
+        warnings.warn(f"the training energies do not determine the species' reference energies (e0) for "
+                      f"the composition {here}: every energy-labelled frame has the composition(s) {shown}, "
+                      "so this energy rests on an arbitrary split of e0 between the species, an error no "
+                      "std includes (forces and stress are not affected); add labelled frames of other "
+                      "compositions, or give e0 per species", UserWarning, stacklevel=user_stacklevel())
+
     def _e0_of(self, numbers) -> np.ndarray:
         table = np.zeros(max(self.e0_) + 1)
         for z, v in self.e0_.items():
@@ -850,6 +905,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         check_is_fitted(self)
         self._check(atoms)
         numbers = atoms.numbers
+        self._check_composition(numbers)
         N = len(numbers)
         Z, zsp = self.sparse_X_, self.sparse_species_
         energies = self._e0_of(numbers).astype(float)
