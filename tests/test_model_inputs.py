@@ -297,3 +297,22 @@ def test_a_composition_the_training_energies_do_not_determine_warns_once():
         model.predict(cell(0, 10))  # (said once per composition)
         _model().fit([cell(2, 0), cell(1, 1), cell(2, 2)]).predict(cell(0, 9))
         _model(e0={"Cu": -0.1, "Ag": 0.2}).fit([cell(2, s) for s in range(3)]).predict(cell(0, 9))
+
+
+def test_update_with_a_frame_the_model_holds_warns():
+    """fit warns for a frame given twice; update added a stored frame again without a word."""
+    import warnings
+
+    from conftest import cuag_frames
+
+    frames = cuag_frames(4)
+    model = _model().fit(frames[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.update(frames[2:3])
+    with pytest.warns(UserWarning, match=r"frames\[1\] repeats a frame the model already holds"):
+        again = frames[2].copy()
+        again.calc = frames[2].calc
+        model.update([frames[3], again])
+    with pytest.warns(UserWarning, match=r"frames\[0\] repeats"):
+        model.update([frames[0]])

@@ -154,6 +154,11 @@ def _triangular_inverse(T: np.ndarray, lower: bool) -> np.ndarray:
     return inv
 
 
+def _frame_key(a: Atoms) -> tuple:
+    """A frame's atoms, positions and cell as bytes (exact repeats)."""
+    return (a.numbers.tobytes(), np.ascontiguousarray(a.positions).tobytes(), a.cell.array.tobytes())
+
+
 class _LocalStdFactors:
     """What the local-energy variances of a fitted model need, precomputed once.
 
@@ -1557,6 +1562,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
+        self._warn_repeated(frames)
         labels = self._minus_baseline(frames, labels)
         new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         if n_sparse > 0:
@@ -1580,6 +1586,21 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self.alpha_ = self.solver_.alpha_
         self._enforce_budget()
         return self
+
+    def _warn_repeated(self, frames) -> None:
+        """Warn if one of ``frames`` repeats a stored training frame (same atoms,
+        positions and cell), as :meth:`fit` warns for repeats among its frames. The
+        stored frames' keys are kept and extended, so a call hashes its own frames."""
+        n, keys = getattr(self, "_frame_keys", (0, set()))
+        if n > len(self.frames_):
+            n, keys = 0, set()
+        keys.update(_frame_key(a) for a in self.frames_[n:])
+        self._frame_keys = (len(self.frames_), keys)
+        for k, a in enumerate(frames):
+            if _frame_key(a) in keys:
+                warnings.warn(f"frames[{k}] repeats a frame the model already holds (same atoms, positions "
+                              "and cell): its labels count twice", UserWarning, stacklevel=user_stacklevel())
+                return
 
     @_thread_policy()
     def refit(self) -> "SparseGP":
