@@ -233,13 +233,20 @@ def _check_results_current(atoms: Atoms) -> None:
         return
     if not changed:
         return
+    # (ASE compares exactly; rounding of a cell or of wrapped positions is the same frame)
+    if "cell" in changed and np.allclose(atoms.cell.array, ref.cell.array, rtol=0, atol=1e-8):
+        changed.discard("cell")
     what = ""
-    if changed == {"positions"}:
-        d = displacement(atoms, ref)
-        moved = float(np.abs(d).max()) if d is not None and len(d) else 0.0
-        if moved <= 1e-6:
-            return
-        what = f" (atoms moved by up to {moved:.3g} Å)"
+    if "positions" in changed and not changed & {"numbers", "pbc"}:
+        d = displacement(atoms, ref) if "cell" not in changed else None
+        if d is not None:
+            moved = float(np.abs(d).max()) if len(d) else 0.0
+            if moved <= 1e-6:
+                changed.discard("positions")
+            else:
+                what = f" (atoms moved by up to {moved:.3g} Å)"
+    if not changed:
+        return
     raise MissingLabelsError(
         f"its calculator's results were computed before its {' and '.join(sorted(changed))} changed{what}: "
         "stale labels (ASE would compute them again). Label the frame after changing it "
