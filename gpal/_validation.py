@@ -177,12 +177,12 @@ def frame_labels(atoms: Atoms) -> Labels:
     ``atoms.arrays['forces']`` and ``atoms.info['stress']``, or, without a stress, a
     virial as GAP's files give it, ``atoms.info['virial']`` (eV; 3x3, 9 or Voigt 6
     numbers; stress = -virial / volume). Nothing is computed: a live calculator is never
-    called.
+    called. Whether the results still belong to the frame's geometry is
+    :func:`check_results_current`'s question (:func:`check_frames` asks it).
     """
     results = {}
     if atoms.calc is not None and getattr(atoms.calc, "results", None):
         results = atoms.calc.results
-        _check_results_current(atoms)
     energy = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
     forces = results.get("forces", atoms.arrays.get("forces"))
     stress = results.get("stress", atoms.info.get("stress"))
@@ -217,40 +217,48 @@ def frame_labels(atoms: Atoms) -> Labels:
     return Labels(energy, forces, stress)
 
 
-def _check_results_current(atoms: Atoms) -> None:
-    """Raise :class:`MissingLabelsError` if ``atoms.calc.results`` were computed for other
-    atoms, cell or positions than ``atoms`` now has (moved after the calculation: ASE
-    itself would compute them again, but read as labels they are stale). Positions that
-    differ by lattice vectors only (``atoms.wrap()`` after labelling) are the same frame."""
+def check_results_current(atoms: Atoms) -> None:
+    """Raise :class:`MissingLabelsError` if ``atoms.calc.results`` were computed for
+    another geometry than ``atoms`` now has: other atoms, atoms moved relative to each
+    other, or another cell along directions periodic in both. ASE itself would compute
+    them again; read as labels they are stale (a frame rattled after its calculation,
+    one calculator shared by several frames).
+
+    The labels stay valid, and pass, for positions that differ by lattice vectors
+    (``atoms.wrap()``) or by one rigid translation (``center``, ``translate``), and for a
+    changed ``pbc`` or a cell along non-periodic directions (a molecule labelled in a
+    box and learnt as a cluster: the user's choice). Rounding (1e-5 Å: a cell or
+    positions stored in single precision) is the same frame. A few µs when nothing changed.
+    """
     calc = atoms.calc
     ref = getattr(calc, "atoms", None)
-    check = getattr(calc, "check_state", None)
-    if ref is None or check is None:
+    if ref is None or not getattr(calc, "results", None) or not isinstance(ref, Atoms):
         return
-    try:
-        changed = set(check(atoms)) & {"positions", "numbers", "cell", "pbc"}
-    except Exception:  # a calculator whose check_state needs more than ASE's
-        return
-    if not changed:
-        return
-    # (ASE compares exactly; rounding of a cell or of wrapped positions is the same frame)
-    if "cell" in changed and np.allclose(atoms.cell.array, ref.cell.array, rtol=0, atol=1e-8):
-        changed.discard("cell")
-    what = ""
-    if "positions" in changed and not changed & {"numbers", "pbc"}:
-        d = displacement(atoms, ref) if "cell" not in changed else None
-        if d is not None:
-            moved = float(np.abs(d).max()) if len(d) else 0.0
-            if moved <= 1e-6:
-                changed.discard("positions")
-            else:
-                what = f" (atoms moved by up to {moved:.3g} Å)"
-    if not changed:
-        return
+    pos, rpos = atoms.positions, ref.positions
+    if len(ref) != len(atoms) or not np.array_equal(atoms.numbers, ref.numbers):
+        changed, what = "atoms", ""
+    else:
+        both = np.asarray(atoms.pbc, bool) & np.asarray(ref.pbc, bool)
+        cell, rcell = atoms.cell.array, ref.cell.array
+        if np.array_equal(pos, rpos) and (not both.any() or np.array_equal(cell[both], rcell[both])):
+            return
+        if both.any() and not np.allclose(cell[both], rcell[both], rtol=0, atol=1e-5):
+            changed, what = "cell", ""
+        else:
+            from ase.geometry import find_mic
+
+            def mic(d):
+                return find_mic(d, cell, both)[0] if both.any() else d
+
+            d = mic(pos - rpos)
+            d = mic(d - d.mean(axis=0))  # (a rigid translation changes no label)
+            moved = float(np.abs(d).max())
+            if moved <= 1e-5:
+                return
+            changed, what = "positions", f" (atoms moved by up to {moved:.3g} Å relative to each other)"
     raise MissingLabelsError(
-        f"its calculator's results were computed before its {' and '.join(sorted(changed))} changed{what}: "
-        "stale labels (ASE would compute them again). Label the frame after changing it "
-        "(atoms.get_forces()), or set atoms.calc = None")
+        f"its calculator's results were computed before its {changed} changed{what}: stale labels "
+        "(ASE would compute them again). Label the frame after changing it (atoms.get_forces())")
 
 
 def check_frames(frames, what="frames") -> list:
@@ -260,15 +268,17 @@ def check_frames(frames, what="frames") -> list:
     if isinstance(frames, (str, bytes, os.PathLike)):
         raise TypeError(f"{what}: got the path {os.fsdecode(frames)!r}, not frames; read them first: "
                         "ase.io.read(path, \":\") (all frames of the file)")
-    if frames is None or not hasattr(frames, "__iter__"):
-        raise TypeError(f"{what}: expected a list of labelled ase.Atoms, got {type(frames).__name__}")
-    frames = list(frames)
+    try:
+        frames = list(frames)
+    except TypeError:
+        raise TypeError(f"{what}: expected a list of labelled ase.Atoms, got {type(frames).__name__}") from None
     if not frames:
         raise ValueError(f"{what}: no frames given")
     unread: dict[str, list] = {}  # label kind -> [key, frames without that label that hold it]
     for k, atoms in enumerate(frames):
         check_atoms(atoms, what=f"{what}[{k}]")
         try:
+            check_results_current(atoms)
             labels = frame_labels(atoms)
         except MissingLabelsError as exc:  # (which frame: a file's frame k)
             raise MissingLabelsError(f"{what}[{k}]: {exc}") from None

@@ -182,8 +182,33 @@ def test_results_of_a_frame_moved_after_its_calculation_are_refused():
     b.calc = EMT()
     b.get_potential_energy()
     b.set_cell(b.cell * 1.01, scale_atoms=True)
-    with pytest.raises(MissingLabelsError, match="cell and positions changed"):
+    with pytest.raises(MissingLabelsError, match="before its cell changed"):
         check_frames([b])
+    # the same labels: a rigid translation, a changed pbc, a cell along non-periodic
+    # directions (a molecule labelled in a box, learnt as a cluster), float32 rounding
+    c = bulk("Cu", "fcc", a=3.61, cubic=True)
+    c.rattle(0.05, seed=4)
+    c.calc = EMT()
+    c.get_forces()
+    c.translate([0.3, -2.0, 5.0])
+    check_frames([c])
+    c.cell = c.cell.array.astype(np.float32)
+    check_frames([c])
+    c.pbc = False
+    c.center(vacuum=6.0)
+    check_frames([c])
+    c.positions[0] += 0.01
+    with pytest.raises(MissingLabelsError, match=r"atoms moved by up to 0.0075 Å relative to each other"):
+        check_frames([c])
+    shared = [bulk("Cu", "fcc", a=3.61, cubic=True) for _ in range(2)]
+    shared[0].rattle(0.05, seed=5)
+    shared[1].rattle(0.05, seed=6)
+    calc = EMT()
+    for x in shared:  # one calculator for both: the first frame's results were the second's
+        x.calc = calc
+        x.get_forces()
+    with pytest.raises(MissingLabelsError, match=r"frames\[0\]: .*stale"):
+        check_frames(shared)
 
 
 def test_labels_under_an_unread_name_are_named_in_a_warning(tmp_path):

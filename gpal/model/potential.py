@@ -68,12 +68,14 @@ from .._validation import (
     check_is_fitted,
     check_min_distance,
     check_number,
+    check_results_current,
     frame_labels,
     species_number,
     user_stacklevel,
     warn_implausible_labels,
 )
 from ..descriptors import SOAP, Descriptor, pair_forces, pair_stress
+from ..exceptions import MissingLabelsError
 from ..descriptors._soap_jit import pair_forces_stress_kernel as _forces_and_stress
 from ..descriptors.neighbors import min_length
 from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
@@ -1260,6 +1262,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                                "force_noise", "force_novelty", "force_frame", "stress_error")}
         n = []
         for i, a in enumerate(frames):
+            try:
+                check_results_current(a)
+            except MissingLabelsError as exc:
+                raise MissingLabelsError(f"frames[{i}]: {exc}") from None
             lab = frame_labels(a)
             p = self.predict(a, return_std=True, forces_std=lab.forces is not None, calibrated=calibrated)
             n.append(len(a))
