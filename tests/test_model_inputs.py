@@ -314,7 +314,7 @@ def test_a_composition_the_training_energies_do_not_determine_warns_once():
         warnings.simplefilter("error")
         model.predict(cell(2, 9))  # the training ratio: determined
         model.predict(cell(2, 9).repeat((2, 1, 1)))
-    with pytest.warns(UserWarning, match=r"composition Cu4: every energy-labelled frame has the composition\(s\) "
+    with pytest.warns(UserWarning, match=r"composition Cu4: the energy-labelled frames have the composition\(s\) "
                                          r"Cu2Ag2.*no std includes"):
         model.predict(cell(0, 9))
     with warnings.catch_warnings():
@@ -322,6 +322,13 @@ def test_a_composition_the_training_energies_do_not_determine_warns_once():
         model.predict(cell(0, 10))  # (said once per composition)
         _model().fit([cell(2, 0), cell(1, 1), cell(2, 2)]).predict(cell(0, 9))
         _model(e0={"Cu": -0.1, "Ag": 0.2}).fit([cell(2, s) for s in range(3)]).predict(cell(0, 9))
+        # (review) frames of another composition added by update determine it: no warning
+        model.update([cell(0, 11)])
+        model.predict(cell(0, 12))
+        model.predict(cell(4, 12))
+    model.fit([cell(2, s) for s in range(4)])  # a new fit forgets what was said
+    with pytest.warns(UserWarning, match="composition Cu4:"):
+        model.predict(cell(0, 9))
 
 
 def test_update_with_a_frame_the_model_holds_warns():
@@ -341,3 +348,12 @@ def test_update_with_a_frame_the_model_holds_warns():
         model.update([frames[3], again])
     with pytest.warns(UserWarning, match=r"frames\[0\] repeats"):
         model.update([frames[0]])
+    more = cuag_frames(3, seed=5)
+    with pytest.warns(UserWarning, match=r"frames\[1\] repeats frames\[0\]"):
+        model.update([more[0], more[0]])
+    model.fit(more[:2])  # (review) a new fit: the old frames are no longer held
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.update([frames[0]])
+    with pytest.warns(UserWarning, match=r"frames\[0\] repeats a frame the model already holds"):
+        model.update([more[1]])

@@ -882,8 +882,10 @@ class ActiveLearner:
         if self.model.alpha_ is None:
             self.model.fit(frames)
         else:
-            self.model.update(frames, n_sparse=self._new_sparse(len(frames)), sparse_selection="variance",
-                              exact_frames=self.exact_frames)
+            with warnings.catch_warnings():  # (a rollback may label a frame the run labelled before)
+                warnings.filterwarnings("ignore", message=r"frames\[\d+\] repeats")
+                self.model.update(frames, n_sparse=self._new_sparse(len(frames)), sparse_selection="variance",
+                                  exact_frames=self.exact_frames)
         optimized = self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1)
         if optimized:
             self._optimize()  # (calibrates)
