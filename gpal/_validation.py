@@ -615,15 +615,26 @@ def warn_unknown_keywords(factory, kwargs: dict, what: str, calc=None) -> None:
     """A ``UserWarning`` naming the keywords of ``kwargs`` that the calculator class
     ``factory`` does not list (``what``: "the oracle ase.calculators.emt:EMT").
 
-    With ``calc``, the calculator built from them, a keyword the class took out of its
-    ``**kwargs`` itself (not left in ``calc.parameters``, where ASE's ``Calculator``
-    keeps the ones nobody read) is not named: TBLite's ``alpb_solvation``, or a user's
-    class that pops its own keyword.
+    With ``calc``, the calculator built from them, a keyword is not named when the
+    class took it out of its ``**kwargs`` (it is not in ``calc.parameters``, where ASE's
+    ``Calculator`` keeps the keywords nobody read) *and* turned it into a listed
+    parameter (one the user did not give now differs from its default): TBLite's
+    ``alpb_solvation="water"`` sets ``solvation``. A class that drops a keyword, or
+    keeps it somewhere gpal cannot see, is still named: a false alarm is cheaper than
+    a charge or solvent ignored without a word.
     """
     unknown, known = unknown_keywords(factory, kwargs)
     params = getattr(calc, "parameters", None)
-    if unknown and isinstance(params, dict):
-        unknown = [k for k in unknown if k in params]
+    defaults = getattr(factory, "default_parameters", None)
+    if unknown and isinstance(params, dict) and isinstance(defaults, dict):
+        def differs(key) -> bool:
+            try:
+                return bool(np.any(params[key] != defaults[key]))
+            except Exception:  # (values that do not compare: take them as changed)
+                return True
+
+        set_by_class = any(k in params and k not in kwargs and differs(k) for k in defaults)
+        unknown = [k for k in unknown if k in params or not set_by_class]
     if unknown:
         listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         warnings.warn(f"{what} does not list the keyword(s) {', '.join(map(repr, unknown))} (its parameters: "

@@ -461,30 +461,37 @@ def test_keywords_built_on_a_calculators_own_are_warned_not_refused(recwarn):
     assert unknown_keywords(TBLite, {"mult": 2})[0] == ["mult"]
 
 
-def test_a_keyword_the_calculator_reads_itself_is_not_warned(tmp_path):
-    """The unknown-keyword warning named keywords a calculator takes out of its own
-    ``**kwargs`` (TBLite's alpb_solvation, a user's class popping its keyword): a false
-    alarm. With the built calculator, only keywords left unread in its ``parameters``
-    are named; a misspelt one still is."""
+def test_a_keyword_the_calculator_turns_into_its_own_is_not_warned(tmp_path):
+    """The unknown-keyword warning named TBLite's alpb_solvation, which TBLite reads as
+    its solvation parameter: a false alarm. With the built calculator, a keyword that
+    is not left in ``calc.parameters`` and set a listed parameter is not named; one
+    that was dropped (a wrapper ignoring ``charge``) or misspelt still is."""
     import warnings
 
     from ase.calculators.emt import EMT
 
-    class ScaledEMT(EMT):
+    from gpal._validation import warn_unknown_keywords
+
+    class AsymptoticEMT(EMT):  # reads its own keyword into a listed parameter
         def __init__(self, **kwargs):
-            self.scale = kwargs.pop("scale", 1.0)
+            if kwargs.pop("no_cutoff", False):
+                kwargs["asap_cutoff"] = True
             super().__init__(**kwargs)
 
-    from gpal._validation import warn_unknown_keywords
+    class Dropping(EMT):  # throws its keywords away
+        def __init__(self, **kwargs):
+            super().__init__()
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_unknown_keywords(ScaledEMT, {"scale": 2.0}, "the oracle x:ScaledEMT", ScaledEMT(scale=2.0))
-    with pytest.warns(UserWarning, match="'scael'"):
-        warn_unknown_keywords(ScaledEMT, {"scael": 2.0}, "the oracle x:ScaledEMT", ScaledEMT(scael=2.0))
-    with pytest.warns(UserWarning, match="'scale'"):  # without the instance: named, as before
-        warn_unknown_keywords(ScaledEMT, {"scale": 2.0}, "the oracle x:ScaledEMT")
-    tblite = pytest.importorskip("tblite.ase")
+        warn_unknown_keywords(AsymptoticEMT, {"no_cutoff": True}, "the oracle x:A", AsymptoticEMT(no_cutoff=True))
+    with pytest.warns(UserWarning, match="'charge'"):
+        warn_unknown_keywords(Dropping, {"charge": 1}, "the oracle x:Dropping", Dropping(charge=1))
+    with pytest.warns(UserWarning, match="'no_cutof'"):
+        warn_unknown_keywords(AsymptoticEMT, {"no_cutof": True}, "the oracle x:A", AsymptoticEMT(no_cutof=True))
+    with pytest.warns(UserWarning, match="'no_cutoff'"):  # without the instance: named, as before
+        warn_unknown_keywords(AsymptoticEMT, {"no_cutoff": True}, "the oracle x:A")
+    pytest.importorskip("tblite.ase")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gpal.baseline.make_baseline("tblite.ase:TBLite", {"method": "GFN1-xTB", "alpb_solvation": "water",
@@ -492,4 +499,3 @@ def test_a_keyword_the_calculator_reads_itself_is_not_warned(tmp_path):
     with pytest.warns(UserWarning, match="'albp_solvation'"):
         gpal.baseline.make_baseline("tblite.ase:TBLite", {"method": "GFN1-xTB", "albp_solvation": "water",
                                                            "verbosity": 0})
-    assert tblite
