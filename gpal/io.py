@@ -238,6 +238,19 @@ def restore_constraints(structures, saved) -> None:
                           f"{exc}); it keeps what the extended XYZ file holds", UserWarning, stacklevel=2)
 
 
+def is_model_file(path) -> bool:
+    """Whether ``path`` is a gpal model archive (its metadata names gpal's format); reads
+    the metadata entry only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(_META_KEY + ".npy") as fh:
+            meta = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes().decode("utf-8"))
+        return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+    except Exception:  # (not a zip, no metadata entry, not JSON: not a model)
+        return False
+
+
 def read_model_file(path) -> tuple[dict, dict]:
     """Read and verify a model file; returns ``(arrays, metadata)``.
 

@@ -273,19 +273,28 @@ def test_fit_names_a_path_none_and_a_single_atoms():
         _model().fit(a)
 
 
-def test_save_does_not_replace_a_file_without_overwrite(tmp_path):
-    """model.save replaced an existing file without a word (the CLI refuses without
-    --overwrite); now FileExistsError, and the file is as it was."""
+def test_save_does_not_replace_a_file_that_is_not_a_model(tmp_path):
+    """model.save replaced any existing file without a word; now a file that is not a
+    gpal model raises FileExistsError and is left as it was, a model saved before is
+    replaced (a script run again), and overwrite=False/True refuse/replace any."""
     from conftest import cuag_frames
 
     model = _model().fit(cuag_frames(3))
     path = tmp_path / "mine.npz"
     path.write_bytes(b"the user's own data")
-    with pytest.raises(FileExistsError, match=r"mine.npz exists; save\(..., overwrite=True\) replaces it"):
+    with pytest.raises(FileExistsError, match=r"mine.npz exists and is not a gpal model; save\(..., "
+                                              r"overwrite=True\) replaces it"):
         model.save(path)
     with pytest.raises(FileExistsError):
         model.save(tmp_path / "mine")  # (.npz appended)
+    np.savez(tmp_path / "arrays.npz", x=np.arange(3))
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "arrays.npz")
     assert path.read_bytes() == b"the user's own data"
+    model.save(tmp_path / "model.npz")
+    model.save(tmp_path / "model.npz")  # again: a model replaces a model
+    with pytest.raises(FileExistsError, match=r"model.npz exists; save"):
+        model.save(tmp_path / "model.npz", overwrite=False)
     model.save(path, overwrite=True)
     assert gpal.load(path).predict(cuag_frames(1, seed=9)[0])["energy"] == pytest.approx(
         model.predict(cuag_frames(1, seed=9)[0])["energy"], rel=1e-12)

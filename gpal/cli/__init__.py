@@ -631,7 +631,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             noise = ", ".join(f"{g} {v:.3g}" for g, v in model.noise_.items())
             print(f"gpal: maximised by the marginal likelihood: {model.kernel_!r}, noises {noise}; "
                   f"log ML {model.log_marginal_likelihood_value_:.6g}")
-    path = model.save(args.output, overwrite=True)  # (refused above without --overwrite)
+    path = model.save(args.output, overwrite=args.overwrite or None)  # (checked above)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
 

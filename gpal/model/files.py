@@ -24,27 +24,29 @@ class _Files:
     """SparseGP.save / SparseGP.load."""
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path, *, overwrite: bool = False):
+    def save(self, path, *, overwrite: bool | None = None):
         """Save to one ``.npz`` file (no pickle); see :mod:`gpal.io`. Returns the path.
 
         Parameters
         ----------
         path : str, path-like or binary file object
             ``.npz`` is appended if missing.
-        overwrite : bool, default False
-            Replace an existing file (written under a temporary name, then renamed).
-            Without it an existing file raises ``FileExistsError`` and is left as it
-            is, as the CLI refuses without ``--overwrite``.
+        overwrite : bool or None, default None
+            Whether an existing file may be replaced (the new one is written under a
+            temporary name, then renamed over it). None: a gpal model may be (a script
+            run again saves its model again), any other file raises
+            ``FileExistsError`` and is left as it is; True: any file; False: none.
         """
         from .. import __version__
-        from ..io import _is_file_object, save_model
+        from ..io import _is_file_object, is_model_file, save_model
 
         check_is_fitted(self)
-        if not _is_file_object(path) and not overwrite:
+        if not _is_file_object(path) and overwrite is not True:
             target = Path(path)
             target = target if target.suffix == ".npz" else target.with_name(target.name + ".npz")
-            if target.exists():
-                raise FileExistsError(f"{target} exists; save(..., overwrite=True) replaces it")
+            if target.exists() and (overwrite is False or not is_model_file(target)):
+                what = "" if overwrite is False else " and is not a gpal model"
+                raise FileExistsError(f"{target} exists{what}; save(..., overwrite=True) replaces it")
         frames = self.frames_
         nat = np.array([len(a) for a in frames], dtype=np.int64)
         labels = [frame_labels(a) for a in frames]
