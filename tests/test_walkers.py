@@ -203,6 +203,9 @@ def test_dask_cluster_runs_walkers_on_both_workers_and_resumes(tmp_path):
     run = tmp_path / "run"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        from gpal.learning.walkers import _probe_scheduler
+
+        _probe_scheduler(cluster.scheduler_address, timeout=5.0)  # a real scheduler passes the probe
         L = learner(run, walker_executor=client.get_executor())
         L.run(40)
         segs = check_consistent(L, run, 40)
