@@ -822,6 +822,11 @@ def test_resume_after_an_interrupt_during_the_bootstrap(tmp_path):
     assert len(boot) == 4  # two before the interrupt, two after: none asked twice
     assert len({a.positions.tobytes() for a in boot}) == 4
     assert summary.steps == 60 and len(R.model.frames_) == len(train)
+    # the log counts every label train.xyz holds, the one of the interrupted batch too (it
+    # was on disk but had no label record: 19 logged against 20 frames after a resume)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert sum(r["n"] for r in records if r.get("event") == "label") == len(train)
+    assert [r["n"] for r in records if r.get("event") == "label" and r.get("interrupted")] == [1]
 
 
 def test_resume_keeps_the_temperature_protocol_and_takes_md_overrides(tmp_path):

@@ -785,6 +785,7 @@ class ActiveLearner:
         of each frame (default: the learner's step)."""
         t0 = time.perf_counter()
         calls0 = self.oracle.n_calls
+        written: list[int] = []  # the frames written to train.xyz, in order
 
         def arrived(k: int, a: Atoms) -> None:
             a.info["gpal_step"] = int(self.step if steps is None else steps[k])
@@ -796,6 +797,13 @@ class ActiveLearner:
                 self._add_force_squares([a])
                 self._reasons.append(reason)
                 self.n_labelled += 1
+                written.append(k)
+
+        def log_label(ks: Sequence[int], **extra) -> None:
+            self._log({"event": "label", "step": self.step, "reason": reason, "n": len(ks),
+                       "walker": [int(walkers[k]) for k in ks] if walkers is not None else None,
+                       **({"frame_steps": [int(steps[k]) for k in ks]} if steps is not None else {}),
+                       "oracle_calls": self.oracle.n_calls, **extra})
 
         broken = None
         # written ahead: a kill (SIGKILL, a node lost) during the calls leaves this as the
@@ -807,8 +815,12 @@ class ActiveLearner:
         try:
             try:
                 labelled, failures = self.oracle.label(frames, on_label=arrived, first=first)
-            except (Exception, KeyboardInterrupt):  # not a kill: the counts in memory stand
+            except (Exception, KeyboardInterrupt) as exc:  # not a kill: the counts in memory stand
                 self._log({"event": "oracle_return", "oracle_calls": self.oracle.n_calls})
+                if written and not isinstance(exc, BrokenOracleError):  # (those are logged below)
+                    # the labels on disk before Ctrl-C, SIGTERM or a write error: log.jsonl
+                    # counts them as train.xyz holds them
+                    log_label(written, interrupted=True)
                 raise
             else:
                 self._log({"event": "oracle_return", "oracle_calls": self.oracle.n_calls})
