@@ -125,7 +125,9 @@ def make_baseline(baseline, kwargs: dict | None = None):
         return None
     path, kw = _split(baseline, kwargs)
     if path is None:
-        if not (hasattr(baseline, "get_potential_energy") or hasattr(baseline, "calculate")):
+        from .learning.oracle import is_calculator
+
+        if not is_calculator(baseline):
             raise BaselineError(
                 f"baseline must be an ASE calculator or 'module:Name', got {type(baseline).__name__}")
         if kwargs:

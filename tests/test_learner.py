@@ -1869,3 +1869,38 @@ def test_a_batch_never_labels_two_copies_of_one_frame():
     slab_wrapped = slab.copy()
     slab_wrapped.positions[0] += slab.cell[0]
     assert _distinct_frames([slab, slab_wrapped], [0, 1]) == [0]
+
+
+class ExitingEMT(EMT):
+    """EMT whose 2nd evaluation calls sys.exit, as some code wrappers do on a failure."""
+
+    calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        ExitingEMT.calls += 1
+        if ExitingEMT.calls == 2:
+            sys.exit(3)
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_an_oracle_that_calls_sys_exit_or_is_not_a_calculator_is_refused(tmp_path, monkeypatch):
+    """A factory that called sys.exit ended `gpal learn` with exit code 0 and no word
+    (SystemExit is no Exception); "ase:Atoms" passed the calculator check (an Atoms has
+    get_potential_energy) and failed at every label. Both are now OracleErrors before
+    any run folder exists; a sys.exit during a label is that label's failure."""
+    import types
+
+    mod = types.ModuleType("exiting_oracle")
+    mod.Factory = lambda: sys.exit(2)
+    monkeypatch.setitem(sys.modules, "exiting_oracle", mod)
+    with pytest.raises(gpal.OracleError, match=r"cannot build the oracle exiting_oracle:Factory\(\): it called sys.exit\(2\)"):
+        learner(tmp_path / "a", "exiting_oracle:Factory")
+    with pytest.raises(gpal.OracleError, match="returned Atoms .*not an ASE calculator"):
+        learner(tmp_path / "b", "ase:Atoms")
+    with pytest.raises(TypeError, match="cannot use Atoms as an oracle"):
+        learner(tmp_path / "c", bulk("Cu"))
+    assert not any((tmp_path / d).exists() for d in "abc")
+    ExitingEMT.calls = 0
+    L = learner(tmp_path / "run", ExitingEMT())
+    L.run(10)  # the bootstrap's 2nd call exits: a failed label, replaced by a spare
+    assert ExitingEMT.calls > 4 and L.n_labelled >= 4

@@ -75,7 +75,7 @@ class OracleSpec:
             obj = importlib.import_module(module)
         except ImportError as exc:
             raise OracleError(f"cannot import oracle module {module!r}: {exc}") from exc
-        except Exception as exc:  # the module itself failed (a licence check, a bad install...)
+        except (Exception, SystemExit) as exc:  # the module itself failed (a licence check, a bad install...)
             raise OracleError(f"importing oracle module {module!r} failed: "
                               f"{type(exc).__name__}: {exc}") from exc
         for part in name.split("."):
@@ -113,13 +113,14 @@ class OracleSpec:
             raise OracleError(typo)
         try:
             calc = factory(**self.kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # (sys.exit in a factory: not gpal's exit)
             args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-            raise OracleError(f"cannot build the oracle {self.factory}({args}): "
-                              f"{type(exc).__name__}: {exc}") from exc
-        if not (hasattr(calc, "get_potential_energy") or hasattr(calc, "calculate")):
-            raise OracleError(f"the oracle factory {self.factory!r} returned a {type(calc).__name__}, "
-                              "not an ASE calculator")
+            why = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                   else f"{type(exc).__name__}: {exc}")
+            raise OracleError(f"cannot build the oracle {self.factory}({args}): {why}") from exc
+        if not is_calculator(calc):
+            raise OracleError(f"the oracle factory {self.factory!r} returned {type(calc).__name__} "
+                              "(an object that is not an ASE calculator)")
         _WORKER_CALCS[_slot(key)] = (os.getpid(), calc)
         return calc
 
@@ -141,9 +142,17 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
     if isinstance(obj, type):
         raise TypeError(f"the oracle is the class {obj.__name__}, not a calculator: pass an instance, "
                         f"{obj.__name__}(), or the string '{obj.__module__}:{obj.__qualname__}'")
-    if hasattr(obj, "get_potential_energy") or hasattr(obj, "calculate"):
+    if is_calculator(obj):
         return obj  # a live calculator, used in this process only
     raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
+
+
+def is_calculator(obj) -> bool:
+    """Whether ``obj`` can label frames as an ASE calculator: it computes
+    (``calculate``, ``get_potential_energy``) and is not itself a structure (an
+    ``ase.Atoms`` has ``get_potential_energy`` too)."""
+    return (not isinstance(obj, Atoms) and not isinstance(obj, type)
+            and (hasattr(obj, "calculate") or hasattr(obj, "get_potential_energy")))
 
 
 def worker_initializer(learner: int | None = None) -> None:
@@ -455,8 +464,8 @@ class Oracle:
                         # leave it half set up (EMT without its neighbour list)
                         res = self._run_local(frames[i], fresh=attempts[i] > 1 or self._failed_last)
                         _check_result(res, len(frames[i]))
-                    except Exception as exc:  # the oracle is foreign code: any failure is logged
-                        self._failed_last = True
+                    except (Exception, SystemExit) as exc:  # the oracle is foreign code: any failure
+                        self._failed_last = True  # is logged (sys.exit in it too: not gpal's exit)
                         failed(i, exc)
                         continue
                     self._failed_last = False
@@ -477,7 +486,7 @@ class Oracle:
                         broken = exc
                         failed(i, exc, retry=False)
                         return
-                    except Exception as exc:  # worker exceptions arrive re-raised here
+                    except (Exception, SystemExit) as exc:  # worker exceptions arrive re-raised here
                         failed(i, exc)
                         return
                     arrived(i, res)
