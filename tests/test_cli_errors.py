@@ -34,6 +34,7 @@ def bad(tmp_path_factory):
     (d / "initial.toml").write_text("[model]\nn_sparse = 200\n[learner]\nn_sparse_initial = 100\n")
     (d / "otf.toml").write_text("[otf]\nthreshold = 0.1\n")
     (d / "many.toml").write_text('steps = "many"\n')
+    (d / "huge.toml").write_text("steps = 99999999999999999999\n[learner]\nrandom_state = 1\n")
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
     squeezed = bulk("Cu", "fcc", a=3.61, cubic=True)
@@ -146,6 +147,8 @@ CASES = [
                  id="config-otf-section"),
     pytest.param(["learn", "{d}/many.toml"], 'many.toml: steps must be an integer, got "many" (MD steps',
                  id="config-wrong-type"),
+    pytest.param(["learn", "{d}/huge.toml"], "huge.toml: steps = 99999999999999999999 is beyond TOML's 64-bit "
+                 "integers", id="config-integer-beyond-64-bits"),
     pytest.param(["learn", "{d}/quantity.toml"], "[trigger] Invalid trigger quantity 'energy'",
                  id="config-trigger-quantity"),
     pytest.param(["learn", "{d}/pair.toml"], "[md] temperature must be a number or a pair",

@@ -300,6 +300,9 @@ def _unknown(path, what: str, name: str, valid, section: str = "", top=()) -> Co
 def _check_value(path, section: str, key: Key, value):
     """Return ``value`` normalised (ints accepted as floats), or raise ConfigError."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    where = f"[{section}] " if section else ""
+    if is_number and isinstance(value, int) and not -2**63 <= value < 2**63:
+        raise ConfigError(f"{path}: {where}{key.name} = {value} is beyond TOML's 64-bit integers")
     for kind in key.kinds:
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -311,7 +314,6 @@ def _check_value(path, section: str, key: Key, value):
             return value
     got = json.dumps(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
     unit = f" ({key.doc})" if key.doc else ""
-    where = f"[{section}] " if section else ""
     raise ConfigError(f"{path}: {where}{key.name} must be {key.describe_kinds()}, got {got}{unit}")
 
 
