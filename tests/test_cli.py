@@ -327,6 +327,17 @@ def test_learn_never_writes_into_a_folder_of_the_users(tmp_path, capsys, fake_le
     assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0
     (start / "state.json").unlink()
     assert main(["learn", "--steps", "3", "--run-dir", str(start), "-q"]) == 0
+    # a start that stopped at a bad value before it wrote anything but its config.toml:
+    # the corrected configuration (another one) starts there; with more written, it does not
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.toml").write_text(config.TOML_HEADER + "steps = 3\n[md]\ntemperature = 900.0\n")
+    assert main(["learn", "--steps", "3", "--run-dir", str(bare), "-q"]) == 0
+    (bare / "state.json").unlink()
+    (bare / "config.toml").write_text(config.TOML_HEADER + "steps = 3\n[md]\ntemperature = 900.0\n")
+    (bare / "log.jsonl").write_text("")
+    assert main(["learn", "--steps", "3", "--run-dir", str(bare), "-q"]) == 2
+    assert "unfinished start with another configuration" in capsys.readouterr().err
 
 
 def test_n_sparse_initial_sizes_the_model_the_command_line_makes(tmp_path, fake_learner):

@@ -34,6 +34,8 @@ def bad(tmp_path_factory):
     (d / "initial.toml").write_text("[model]\nn_sparse = 200\n[learner]\nn_sparse_initial = 100\n")
     (d / "otf.toml").write_text("[otf]\nthreshold = 0.1\n")
     (d / "many.toml").write_text('steps = "many"\n')
+    (d / "val_ts.toml").write_text("[validation]\nsteps = 20\ntimestep = 5000.0\n")
+    (d / "val_every.toml").write_text("[validation]\nsteps = 20\nevery = 0\n")
     (d / "huge.toml").write_text("steps = 99999999999999999999\n[learner]\nrandom_state = 1\n")
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
@@ -147,6 +149,10 @@ CASES = [
                  id="config-otf-section"),
     pytest.param(["learn", "{d}/many.toml"], 'many.toml: steps must be an integer, got "many" (MD steps',
                  id="config-wrong-type"),
+    pytest.param(["learn", "{d}/val_ts.toml"], "val_ts.toml: [validation] timestep = 5000 fs is outside 0.001-100 fs",
+                 id="config-validation-timestep-units"),
+    pytest.param(["learn", "{d}/val_every.toml"], "val_every.toml: [validation] every must be >= 1, got 0",
+                 id="config-validation-every"),
     pytest.param(["learn", "{d}/huge.toml"], "huge.toml: steps = 99999999999999999999 is beyond TOML's 64-bit "
                  "integers", id="config-integer-beyond-64-bits"),
     pytest.param(["learn", "{d}/quantity.toml"], "[trigger] Invalid trigger quantity 'energy'",

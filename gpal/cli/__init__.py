@@ -455,7 +455,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
             diff = config.config_difference(old_cfg, config.keep_stored(cfg, user, old_cfg),
                                             ignore=("run_dir", "steps"))
-            if diff is not None:
+            # a start that failed before it wrote anything but its configuration (a bad
+            # value found late) holds nothing to keep: the corrected configuration starts there
+            bare = {p.name for p in run_dir.iterdir()} <= {"config.toml", "run.lock"}
+            if diff is not None and not bare:
                 raise ConfigError(f"{run_dir} holds an unfinished start with another configuration "
                                   f"({diff}); use --overwrite to move it aside")
     run_dir.mkdir(parents=True, exist_ok=True)

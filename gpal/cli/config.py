@@ -403,6 +403,15 @@ def _check_semantics(path, cfg: dict) -> None:
     if targets.get("quantity", "energies") not in ("energies", "forces", "barrier", "difference"):
         raise ConfigError(f"{path}: [targets] quantity must be energies, forces, barrier or difference, "
                           f"got {json.dumps(targets['quantity'])}")
+    val = cfg.get("validation", {})
+    for key, low in (("steps", 0), ("every", 1), ("seed", 0)):
+        if key in val and val[key] < low:
+            raise ConfigError(f"{path}: [validation] {key} must be >= {low}, got {val[key]}")
+    if "temperature" in val or "timestep" in val:  # the oracle MD's units, checked as [md]'s
+        try:
+            MDSettings(**{k: val[k] for k in ("temperature", "timestep") if k in val})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [validation] {exc}") from exc
     for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
         if section in cfg:
             merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}
