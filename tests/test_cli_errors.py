@@ -36,6 +36,8 @@ def bad(tmp_path_factory):
     (d / "many.toml").write_text('steps = "many"\n')
     (d / "val_ts.toml").write_text("[validation]\nsteps = 20\ntimestep = 5000.0\n")
     (d / "val_every.toml").write_text("[validation]\nsteps = 20\nevery = 0\n")
+    (d / "tgt.toml").write_text(f'[targets]\nfile = "{d}/tgt.xyz"\nquantity = "difference"\npair = ["a", "b"]\n')
+    write(d / "tgt.xyz", [bulk("Cu", "fcc", a=3.61, cubic=True)] * 2)
     (d / "huge.toml").write_text("steps = 99999999999999999999\n[learner]\nrandom_state = 1\n")
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
@@ -153,6 +155,8 @@ CASES = [
                  id="config-validation-timestep-units"),
     pytest.param(["learn", "{d}/val_every.toml"], "val_every.toml: [validation] every must be >= 1, got 0",
                  id="config-validation-every"),
+    pytest.param(["learn", "{d}/tgt.toml"], "tgt.toml: [targets] pair must be two structure indices (integers), "
+                 "got ['a', 'b']", id="config-targets-named"),
     pytest.param(["learn", "{d}/huge.toml"], "huge.toml: steps = 99999999999999999999 is beyond TOML's 64-bit "
                  "integers", id="config-integer-beyond-64-bits"),
     pytest.param(["learn", "{d}/quantity.toml"], "[trigger] Invalid trigger quantity 'energy'",

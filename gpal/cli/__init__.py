@@ -414,7 +414,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
 
-        targets = TargetSet.from_file(**cfg["targets"])
+        try:
+            targets = TargetSet.from_file(**cfg["targets"])
+        except (TypeError, ValueError) as exc:  # (not a file's error: those name the file)
+            if isinstance(exc, StructureFileError):
+                raise
+            raise ConfigError(f"{args.config + ': ' if args.config else ''}[targets] {exc}") from None
         for k, a in enumerate(targets.structures):
             check_species(a, f"[targets] structure {k}")
         if cfg.get("walker_workers") or cfg.get("walker_scheduler"):

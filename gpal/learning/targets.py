@@ -200,7 +200,10 @@ class TargetSet:
         if quantity == "difference":
             if pair is None or len(pair) != 2:
                 raise ValueError("quantity='difference' needs pair=(i, j), two structure indices")
-            pair = (int(pair[0]), int(pair[1]))
+            try:
+                pair = (int(pair[0]), int(pair[1]))
+            except (TypeError, ValueError):
+                raise ValueError(f"pair must be two structure indices (integers), got {list(pair)!r}") from None
             if not all(0 <= p < len(self.structures) for p in pair) or pair[0] == pair[1]:
                 raise ValueError(f"pair must be two different indices in [0, {len(self.structures)}), "
                                  f"got {pair}")
@@ -215,10 +218,14 @@ class TargetSet:
         if not 0 <= float(min_reduction) <= 1:
             raise ValueError(f"min_reduction must be in [0, 1], got {min_reduction}")
         self.min_reduction = float(min_reduction)
-        if int(window) < 1 or int(n_sparse) < 0:
-            raise ValueError(f"need window >= 1 and n_sparse >= 0, got {window}, {n_sparse}")
+        if int(window) < 1:
+            raise ValueError(f"window must be >= 1 (labelled frames), got {window}")
+        if int(n_sparse) < 0:
+            raise ValueError(f"n_sparse must be >= 0 (sparse points from the target structures), got {n_sparse}")
         self.window = int(window)
         self.n_sparse = int(n_sparse)
+        if not 0 <= float(w_floor) <= 1:
+            raise ValueError(f"w_floor must be in [0, 1] (the exploration weight's floor), got {w_floor}")
         self.w_floor = float(w_floor)
         self.exponent = float(exponent)
         self.schedule_ = AcquisitionSchedule(1.0, self.w_floor, exponent=self.exponent)
