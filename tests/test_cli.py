@@ -754,3 +754,36 @@ def test_resume_with_a_config_takes_its_stopping_section_whole(tmp_path, capsys)
     assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
     assert "[stopping] removed" in capsys.readouterr().out
     assert not json.loads((run / "state.json").read_text()).get("stopping")
+
+
+def test_cli_review_findings(tmp_path, capsys, fake_learner, monkeypatch):
+    """From a review of the CLI: --overwrite on a symbolic link to a run moved the run
+    aside and then failed (the link left dangling); -v after the command was refused;
+    [trigger] ceiling could not be turned off from TOML; run_dir = "~/x" made a folder
+    named "~"; an empty config ran the demo without a word."""
+    import os
+
+    run = tmp_path / "run"
+    assert main(["learn", "--steps", "3", "--run-dir", str(run), "-q"]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    assert main(["learn", "--steps", "3", "--run-dir", str(link), "--overwrite", "-q"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert (run / "state.json").exists() and link.resolve() == run.resolve()
+    from gpal.cli import build_parser
+
+    assert build_parser().parse_args(["learn", "c.toml", "-v"]).verbose
+    assert not build_parser().parse_args(["learn", "c.toml"]).verbose
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('run_dir = "~/tilde_run"\nsteps = 3\n[trigger]\nceiling = false\n')
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["learn", str(cfg), "-q"]) == 0
+    assert (tmp_path / "home" / "tilde_run" / "config.toml").exists() and not (tmp_path / "~").exists()
+    assert fake_learner.calls[-1]["trigger"].ceiling is None
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing yet\n")
+    with pytest.warns(UserWarning, match="empty.toml sets no key"):
+        config.load_config(empty)
+    assert os.path.islink(link)

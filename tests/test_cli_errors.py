@@ -183,6 +183,7 @@ CASES = [
                  "{d}/train.xyz is a file, not a folder", id="validate-plots-under-a-file"),
     pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/newplots/"],
                  "a folder; give a file name", id="compare-plot-trailing-slash"),
+    pytest.param(["fit", "{d}/train.xyz", "-o", "."], "-o .: a folder; give a file name", id="fit-output-dot"),
     pytest.param(["fit", "{d}/train.xyz", "-o", "{d}/models/"], "-o {d}/models/: a folder; give a file name",
                  id="fit-output-trailing-slash"),
     pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/curves"],

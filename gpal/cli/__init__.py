@@ -152,6 +152,9 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
 
 def _move_aside(run_dir: Path) -> Path:
     """Rename ``run_dir`` to ``RUN_DIR.old-YYYYmmdd-HHMMSS`` (never deletes anything)."""
+    if run_dir.is_symlink():  # (moving its target would leave the link dangling, and no new run)
+        raise GpalError(f"--overwrite cannot move {run_dir} aside: it is a symbolic link (to "
+                        f"{os.readlink(run_dir)}); give the run folder itself, or a new run_dir")
     run_dir = run_dir.resolve()
     if run_dir == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(run_dir):
         raise GpalError(f"--overwrite cannot move {run_dir} aside: it is the current folder (or holds it); "
@@ -648,9 +651,11 @@ def _check_output(path, overwrite: bool, suffix: str | None = None, option: str 
     """A GpalError now (not after the work) if ``path`` (with ``suffix`` added when it has
     another) exists and ``overwrite`` is not given, or its folder is missing or not writable."""
     target = Path(path)
+    if str(path).endswith(("/", os.sep)) or not target.name or target.is_dir():
+        raise GpalError(f"{option} {path}: a folder; give a file name")
     if suffix and target.suffix != suffix:
         target = target.with_name(target.name + suffix)
-    if str(path).endswith(("/", os.sep)) or Path(path).is_dir() or target.is_dir():
+    if target.is_dir():
         raise GpalError(f"{option} {path}: a folder; give a file name")
     if target.exists() and not overwrite:
         raise GpalError(f"{option} {path}: {target} exists; give another name, or --overwrite to replace it")
@@ -1239,6 +1244,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--connect-timeout", type=_positive(float), default=30.0, metavar="SECONDS",
                    help="keep trying to reach i-PI this long (default 30)")
     s.set_defaults(func=cmd_ipi)
+    for command in sub.choices.values():  # (gpal learn c.toml -v as well as gpal -v learn c.toml)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log more; tracebacks of unexpected errors")
     return p
 
 

@@ -42,6 +42,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -344,6 +345,11 @@ def check_config(user: dict, path="config") -> dict:
         else:
             raise _unknown(path, "key", name, sch[""])
     _check_semantics(path, out)
+    # a shell expands ~ on the command line; in a file it would name a folder "~" here
+    for section, key in (("", "run_dir"), ("structure", "file"), ("targets", "file"), ("model", "file")):
+        where = out if not section else out.get(section, {})
+        if isinstance(where.get(key), str) and where[key].startswith("~"):
+            where[key] = os.path.expanduser(where[key])
     return out
 
 
@@ -461,6 +467,11 @@ def load_config(path) -> tuple[dict, dict]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not a text (TOML) file: {exc.reason}") from exc
     user = check_config(user, path)
+    if not user:
+        import warnings
+
+        warnings.warn(f"{path} sets no key: the run takes every default (the embedded EMT Cu demo); "
+                      "gpal learn --print-config shows the keys", UserWarning, stacklevel=2)
     if path.read_text(encoding="utf-8-sig").startswith(TOML_HEADER):
         # a run folder's own copy: earlier releases stored the built structure's defaults
         # beside a [structure] file; they never applied

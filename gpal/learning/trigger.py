@@ -97,7 +97,7 @@ class Trigger:
         ``"energies_std"``.
     ceiling : float or None, default 0.25
         Fraction of the RMS oracle force of the labels (eV/Å) above which the automatic
-        threshold and the adaptive level never go; None: no ceiling. A user's fixed
+        threshold and the adaptive level never go; None (``false`` in TOML): no ceiling. A user's fixed
         ``threshold`` is kept as given.
     every : int, default 20
         Steps between checks (blow-up checks run every step).
@@ -134,7 +134,7 @@ class Trigger:
     adapt_window: int = 10
     adapt_margin: float = 0.2
     threshold_min: float | None = None
-    ceiling: float | None = 0.25
+    ceiling: float | bool | None = 0.25  # False: none (TOML has no None)
     every: int = 20
     max_labels: int = 3
     window: int = 100
@@ -160,7 +160,9 @@ class Trigger:
         self.novelty = check_number("novelty", self.novelty, low=0, strict=True)
         if self.novelty > 1:
             raise ValueError(f"novelty must be in (0, 1], got {self.novelty}")
-        self.ceiling = check_number("trigger ceiling", self.ceiling, low=0, strict=True, none=True)
+        if self.ceiling is False:  # what a TOML configuration can say
+            self.ceiling = None
+        self.ceiling = check_number("ceiling", self.ceiling, low=0, strict=True, none=True)
         self.adapt_margin = check_number("adapt_margin", self.adapt_margin, low=0)
         self.threshold_min = check_number("threshold_min", self.threshold_min, low=0, none=True)
         if None not in (self.threshold, self.threshold_min) and self.threshold_min > self.threshold:
