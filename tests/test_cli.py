@@ -787,3 +787,19 @@ def test_cli_review_findings(tmp_path, capsys, fake_learner, monkeypatch):
     with pytest.warns(UserWarning, match="empty.toml sets no key"):
         config.load_config(empty)
     assert os.path.islink(link)
+
+
+def test_a_full_disk_names_the_run_folder_and_the_resume(tmp_path, capsys, fake_learner, monkeypatch):
+    """A full disk ended gpal learn with "[Errno 28] No space left on device" only."""
+    import errno
+
+    def run(self, steps):
+        (self.kwargs["run_dir"] / "state.json").write_text(json.dumps({"step": 1}))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fake_learner, "run", run)
+    run_dir = tmp_path / "run"
+    assert main(["learn", "--steps", "3", "--run-dir", str(run_dir), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the disk is full (the run folder {run_dir}): free space, then continue with " \
+        f"gpal learn --resume {run_dir}" in err

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -1337,7 +1338,14 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            run_dir = getattr(args, "run_dir_used", None) or getattr(args, "resume", None)
+            where = f" (the run folder {run_dir})" if run_dir else ""
+            hint = f"; the disk is full{where}" + (
+                f": free space, then continue with gpal learn --resume {run_dir}"
+                if run_dir and (Path(run_dir) / "state.json").exists() else "")
+        print(f"{prog}: error: {_message(exc)}{hint}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # settings that ask for more than the machine has (n_max 100000...)
         if args.verbose:
