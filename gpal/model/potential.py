@@ -156,9 +156,9 @@ def _triangular_inverse(T: np.ndarray, lower: bool) -> np.ndarray:
     return inv
 
 
-def _frame_key(a: Atoms) -> tuple:
-    """A frame's atoms, positions and cell as bytes (exact repeats)."""
-    return (a.numbers.tobytes(), np.ascontiguousarray(a.positions).tobytes(), a.cell.array.tobytes())
+def _frame_key(a: Atoms) -> int:
+    """A hash of a frame's atoms, positions and cell (exact repeats; 8 bytes kept a frame)."""
+    return hash((a.numbers.tobytes(), np.ascontiguousarray(a.positions).tobytes(), a.cell.array.tobytes()))
 
 
 class _LocalStdFactors:
@@ -808,8 +808,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             return None
         fr = self.frames_
         st = self.__dict__.get("_comp_state")
-        if (st is None or st["species"] is not self.species_ or len(fr) < st["n"]
-                or (st["n"] and fr[st["n"] - 1] is not st["last"])):
+        if st is None or st["species"] is not self.species_ or not self._frames_extend(st["n"], st["last"]):
             st = {"species": self.species_, "n": 0, "last": None, "comps": set(), "null": None,
                   "ok": {}, "warned": set()}
             self._comp_state = st
@@ -1609,13 +1608,19 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self._enforce_budget()
         return self
 
+    def _frames_extend(self, n: int, last) -> bool:
+        """Whether ``frames_`` still begins with the ``n`` frames a cache covered, the
+        last of them ``last`` (``update`` appends; ``fit`` and ``load`` replace them)."""
+        fr = self.frames_
+        return n <= len(fr) and (n == 0 or fr[n - 1] is last)
+
     def _warn_repeated(self, frames) -> None:
         """Warn if one of ``frames`` repeats a stored training frame (same atoms,
         positions and cell), as :meth:`fit` warns for repeats among its frames. The
         stored frames' keys are kept and extended, so a call hashes its own frames."""
         fr = self.frames_
         n, last, keys = getattr(self, "_frame_keys", (0, None, set()))
-        if n > len(fr) or (n and fr[n - 1] is not last):  # (replaced by a fit or a load)
+        if not self._frames_extend(n, last):
             n, keys = 0, set()
         keys.update(_frame_key(a) for a in fr[n:])
         self._frame_keys = (len(fr), fr[-1] if fr else None, keys)
