@@ -803,3 +803,34 @@ def test_a_full_disk_names_the_run_folder_and_the_resume(tmp_path, capsys, fake_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"the disk is full (the run folder {run_dir}): free space, then continue with " \
         f"gpal learn --resume {run_dir}" in err
+
+
+def test_a_validation_trajectory_whose_oracle_exits_is_an_oracle_error(monkeypatch):
+    """(review) sys.exit in the oracle during the [validation] trajectory ended gpal learn
+    with that exit code and no word; any other exception there read as a gpal bug."""
+    import sys
+    import types
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    import gpal
+    from gpal.cli import _validation_frames
+
+    class Exits(EMT):
+        def calculate(self, *args, **kwargs):
+            sys.exit(0)
+
+    class Fails(EMT):
+        def calculate(self, *args, **kwargs):
+            raise RuntimeError("SCF did not converge")
+
+    mod = types.ModuleType("val_oracles")
+    mod.Exits, mod.Fails = Exits, Fails
+    monkeypatch.setitem(sys.modules, "val_oracles", mod)
+    cfg = {"steps": 4, "every": 2, "temperature": 300.0, "timestep": 1.0}
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    with pytest.raises(gpal.OracleError, match=r"\[validation\] the oracle MD trajectory failed .*sys.exit\(0\)"):
+        _validation_frames(atoms, {"factory": "val_oracles:Exits"}, cfg)
+    with pytest.raises(gpal.OracleError, match="RuntimeError: SCF did not converge"):
+        _validation_frames(atoms, {"factory": "val_oracles:Fails"}, cfg)

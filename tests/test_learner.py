@@ -1904,3 +1904,17 @@ def test_an_oracle_that_calls_sys_exit_or_is_not_a_calculator_is_refused(tmp_pat
     L = learner(tmp_path / "run", ExitingEMT())
     L.run(10)  # the bootstrap's 2nd call exits: a failed label, replaced by a spare
     assert ExitingEMT.calls > 4 and L.n_labelled >= 4
+
+
+def test_a_stop_on_an_oracle_failure_logs_the_labels_it_wrote(tmp_path):
+    """(review) With on_oracle_failure="stop", the labels of the batch that arrived before
+    the failure were in train.xyz but had no label record in log.jsonl (2 frames, 1
+    record): the record is now written before the stop and its checkpoint."""
+    from _oracles import FlakyEMT
+
+    run = tmp_path / "run"
+    with pytest.raises(gpal.OracleError):
+        learner(run, FlakyEMT(fail_every=3), on_oracle_failure="stop", oracle_retries=0).run(10)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    logged = sum(r["n"] for r in records if r.get("event") == "label")
+    assert logged == len(frames_in(run / "train.xyz")) >= 2

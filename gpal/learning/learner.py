@@ -837,6 +837,8 @@ class ActiveLearner:
         self._last_failures = failures
         for f in failures:
             self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts})
+        # (before the checkpoints below and a stop: the labels on disk are in the log whatever follows)
+        log_label([k for k, a in enumerate(labelled) if a is not None])
         if broken is not None or (failures and self.on_oracle_failure == "stop"):
             self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
             what = broken if broken is not None else \
@@ -844,10 +846,6 @@ class ActiveLearner:
             raise OracleError(f"{what}. {self._fix_and_resume()}")
         if failures:  # the calls they cost are counted on disk before anything else can fail
             self.checkpoint(model=False)
-        self._log({"event": "label", "step": self.step, "reason": reason, "n": len(good),
-                   "walker": list(walkers) if walkers is not None else None,
-                   **({"frame_steps": [int(s) for s in steps]} if steps is not None else {}),
-                   "oracle_calls": self.oracle.n_calls})
         return good
 
     def _count_cut_calls(self) -> None:
