@@ -511,8 +511,8 @@ def check_number(name: str, value, *, low: float = -np.inf, strict: bool = False
                  none: bool = False, unit: str = ""):
     """``value`` checked against a lower bound (``> low`` if ``strict`` else ``>= low``).
 
-    ``integer`` asks for an integer (not a bool, within 64 bits) and returns an int,
-    otherwise a finite float; ``none`` lets None through. A ValueError (one line, naming ``name``) otherwise.
+    ``integer`` asks for an integer (not a bool) and returns an int, otherwise a finite
+    float; ``none`` lets None through. A ValueError (one line, naming ``name``) otherwise.
     """
     import numbers
 
@@ -522,8 +522,7 @@ def check_number(name: str, value, *, low: float = -np.inf, strict: bool = False
     ok = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
     if ok:
         value = int(value) if integer else float(value)
-        ok = ((-2**63 <= value < 2**63) if integer else bool(np.isfinite(value))) and (
-            value > low if strict else value >= low)
+        ok = (integer or bool(np.isfinite(value))) and (value > low if strict else value >= low)
     if not ok:
         what = "an integer" if integer else "a finite number"
         bound = "" if low == -np.inf else f" {'>' if strict else '>='} {low:g}{unit and ' ' + unit}"

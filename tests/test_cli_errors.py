@@ -38,6 +38,8 @@ def bad(tmp_path_factory):
     (d / "val_every.toml").write_text("[validation]\nsteps = 20\nevery = 0\n")
     (d / "tgt.toml").write_text(f'[targets]\nfile = "{d}/tgt.xyz"\nquantity = "difference"\npair = ["a", "b"]\n')
     write(d / "tgt.xyz", [bulk("Cu", "fcc", a=3.61, cubic=True)] * 2)
+    (d / "huge_list.toml").write_text("[structure]\nrepeat = [1, 1, 99999999999999999999]\n")
+    (d / "ceil_true.toml").write_text("[trigger]\nceiling = true\n")
     (d / "huge.toml").write_text("steps = 99999999999999999999\n[learner]\nrandom_state = 1\n")
     (d / "quantity.toml").write_text('[trigger]\nquantity = "energy"\n')
     (d / "pair.toml").write_text("[md]\ntemperature = [300, 600, 900]\n")
@@ -157,8 +159,12 @@ CASES = [
                  id="config-validation-every"),
     pytest.param(["learn", "{d}/tgt.toml"], "tgt.toml: [targets] pair must be two structure indices (integers), "
                  "got ['a', 'b']", id="config-targets-named"),
-    pytest.param(["learn", "{d}/huge.toml"], "huge.toml: steps = 99999999999999999999 is beyond TOML's 64-bit "
-                 "integers", id="config-integer-beyond-64-bits"),
+    pytest.param(["learn", "{d}/huge_list.toml"], "huge_list.toml: [structure] repeat = [1, 1, 99999999999999999999] "
+                 "holds an integer beyond TOML's 64 bits", id="config-integer-in-a-list-beyond-64-bits"),
+    pytest.param(["learn", "{d}/ceil_true.toml"], "[trigger] ceiling = true is not a setting: give a number, or false "
+                 "to turn it off", id="config-false-only-key"),
+    pytest.param(["learn", "{d}/huge.toml"], "huge.toml: steps = 99999999999999999999 holds an integer beyond TOML's "
+                 "64 bits", id="config-integer-beyond-64-bits"),
     pytest.param(["learn", "{d}/quantity.toml"], "[trigger] Invalid trigger quantity 'energy'",
                  id="config-trigger-quantity"),
     pytest.param(["learn", "{d}/pair.toml"], "[md] temperature must be a number or a pair",

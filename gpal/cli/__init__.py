@@ -1138,11 +1138,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="TOML configuration (default: the embedded EMT Cu demo)")
     s.add_argument("--print-config", action="store_true",
                    help="print the full default configuration (TOML, with units) and exit")
-    s.add_argument("--resume", metavar="RUN_DIR",
+    s.add_argument("--resume", metavar="RUN_DIR", type=os.path.expanduser,  # (--resume=~/x: no shell expansion)
                    help="continue the run in RUN_DIR, with the workers it was started with (with a config: only "
                         "steps and workers may change)")
     s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
-    s.add_argument("--run-dir", help="run folder (overrides the config)")
+    s.add_argument("--run-dir", type=os.path.expanduser, help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",
                    help="start afresh: an existing run folder is moved aside to RUN_DIR.old-<date>-<time>")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -1348,7 +1348,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             run_dir = getattr(args, "run_dir_used", None) or getattr(args, "resume", None)
             where = f" (the run folder {run_dir})" if run_dir else ""
-            hint = f"; the disk is full{where}" + (
+            hint = f"; the disk (or the quota) is full{where}" + (
                 f": free space, then continue with gpal learn --resume {run_dir}"
                 if run_dir and (Path(run_dir) / "state.json").exists() else "")
         print(f"{prog}: error: {_message(exc)}{hint}", file=sys.stderr)

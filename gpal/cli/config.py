@@ -85,7 +85,13 @@ class Key:
     doc: str = ""
 
     def describe_kinds(self) -> str:
+        if self.name in _FALSE_TURNS_OFF:  # (a bool in the signature: false is None, TOML has no None)
+            return " or ".join(_KIND_NAMES[k] for k in self.kinds if k is not bool) + " or false (off)"
         return " or ".join(_KIND_NAMES[k] for k in self.kinds)
+
+
+#: keys whose Python None (off) a TOML file writes as false
+_FALSE_TURNS_OFF = ("ceiling", "temperature_steps")
 
 
 # --------------------------------------------------------------------------- schema
@@ -302,8 +308,19 @@ def _check_value(path, section: str, key: Key, value):
     """Return ``value`` normalised (ints accepted as floats), or raise ConfigError."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     where = f"[{section}] " if section else ""
-    if is_number and isinstance(value, int) and not -2**63 <= value < 2**63:
-        raise ConfigError(f"{path}: {where}{key.name} = {value} is beyond TOML's 64-bit integers")
+
+    def too_big(v) -> bool:  # (Python's TOML reader takes any integer, in lists too)
+        if isinstance(v, (list, tuple)):
+            return any(too_big(x) for x in v)
+        if isinstance(v, dict):
+            return any(too_big(x) for x in v.values())
+        return isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63
+
+    if too_big(value):
+        raise ConfigError(f"{path}: {where}{key.name} = {json.dumps(value)} holds an integer beyond TOML's 64 bits")
+    if value is True and key.name in _FALSE_TURNS_OFF:
+        raise ConfigError(f"{path}: {where}{key.name} = true is not a setting: give a number, or false to turn "
+                          "it off")
     for kind in key.kinds:
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -414,10 +431,16 @@ def _check_semantics(path, cfg: dict) -> None:
         if key in val and val[key] < low:
             raise ConfigError(f"{path}: [validation] {key} must be >= {low}, got {val[key]}")
     if "temperature" in val or "timestep" in val:  # the oracle MD's units, checked as [md]'s
+        import warnings
+
         try:
-            MDSettings(**{k: val[k] for k in ("temperature", "timestep") if k in val})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                MDSettings(**{k: val[k] for k in ("temperature", "timestep") if k in val})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: [validation] {exc}") from exc
+        for w in caught:  # (said of [validation], not of [md])
+            warnings.warn(f"{path}: [validation] {w.message}", w.category, stacklevel=2)
     for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
         if section in cfg:
             merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}

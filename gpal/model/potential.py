@@ -43,6 +43,7 @@ so calibrate them (gpal.calibration) before trusting their scale.
 from __future__ import annotations
 
 import logging
+import hashlib
 import math
 import warnings
 from typing import Any
@@ -156,9 +157,13 @@ def _triangular_inverse(T: np.ndarray, lower: bool) -> np.ndarray:
     return inv
 
 
-def _frame_key(a: Atoms) -> int:
-    """A hash of a frame's atoms, positions and cell (exact repeats; 8 bytes kept a frame)."""
-    return hash((a.numbers.tobytes(), np.ascontiguousarray(a.positions).tobytes(), a.cell.array.tobytes()))
+def _frame_key(a: Atoms) -> bytes:
+    """An 8-byte digest of a frame's atoms, positions and cell (exact repeats; the same in
+    every process, unlike Python's ``hash``, so a pickled model's keys stay valid)."""
+    h = hashlib.blake2b(digest_size=8)
+    for arr in (a.numbers, a.positions, a.cell.array):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.digest()
 
 
 class _LocalStdFactors:
