@@ -792,6 +792,14 @@ def test_cli_review_findings(tmp_path, capsys, fake_learner, monkeypatch):
     empty.write_text("# nothing yet\n")
     with pytest.warns(UserWarning, match="empty.toml sets no key"):
         config.load_config(empty)
+    val = tmp_path / "val.toml"
+    val.write_text("[validation]\nsteps = 20\ntimestep = 0.01\n")
+    with pytest.warns(UserWarning, match=r"val.toml: \[validation\] timestep = 0.01 fs: the time step is in femtoseconds"):
+        config.load_config(val)
+    dated = tmp_path / "dated.toml"  # (a TOML date beside a huge integer: the message, not a crash)
+    dated.write_text("[oracle]\nkwargs = {d = 1979-05-27, n = 99999999999999999999}\n")
+    with pytest.raises(gpal.exceptions.ConfigError, match="1979-05-27.*beyond TOML's 64 bits"):
+        config.load_config(dated)
 
 
 def test_a_full_disk_names_the_run_folder_and_the_resume(tmp_path, capsys, fake_learner, monkeypatch):

@@ -372,7 +372,7 @@ def test_update_with_a_frame_the_model_holds_warns(tmp_path):
     import sys
 
     path = tmp_path / "model.pkl"
-    path.write_bytes(pickle.dumps((model, more[1])))
+    path.write_bytes(pickle.dumps((model, more[0])))  # (a frame the pickled keys cover)
     code = ("import pickle, sys, warnings; sys.path.insert(0, 'tests')\n"
             f"m, a = pickle.loads(open({str(path)!r}, 'rb').read())\n"
             "with warnings.catch_warnings(record=True) as w:\n"

@@ -143,17 +143,19 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     dyn = Langevin(a, cfg.get("timestep", 1.0) * units.fs, temperature_K=cfg["temperature"],
                    friction=0.02 / units.fs, fixcm=False, rng=rng)
     frames = []
-    try:
-        for _ in range(int(cfg["steps"]) // int(cfg["every"])):
+    for _ in range(int(cfg["steps"]) // int(cfg["every"])):
+        try:  # (the MD steps and the labels call the oracle)
             dyn.run(int(cfg["every"]))
+            energy, forces = a.get_potential_energy(), a.get_forces()
             stress = a.get_stress() if np.all(a.pbc) else None
-            frames.append(labelled(a, energy=a.get_potential_energy(), forces=a.get_forces(),
-                                   stress=stress, bare=False))
-    except (Exception, SystemExit) as exc:  # the oracle is foreign code (sys.exit in it: not gpal's exit)
-        from ..exceptions import OracleError
+        except (Exception, SystemExit) as exc:  # the oracle is foreign code (sys.exit in it: not gpal's exit)
+            from ..exceptions import OracleError
 
-        why = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-        raise OracleError(f"[validation] the oracle MD trajectory failed after {n_calls} oracle calls: {why}") from None
+            why = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                   else f"{type(exc).__name__}: {exc}")
+            raise OracleError(f"[validation] the oracle MD trajectory failed after {n_calls} oracle calls: "
+                              f"{why}") from None
+        frames.append(labelled(a, energy=energy, forces=forces, stress=stress, bare=False))
     return frames, n_calls
 
 

@@ -84,14 +84,14 @@ class Key:
     default: object = _MISSING
     doc: str = ""
 
-    def describe_kinds(self) -> str:
-        if self.name in _FALSE_TURNS_OFF:  # (a bool in the signature: false is None, TOML has no None)
+    def describe_kinds(self, section: str | None = None) -> str:
+        if (section, self.name) in _FALSE_TURNS_OFF:  # (a bool in the signature: false is None)
             return " or ".join(_KIND_NAMES[k] for k in self.kinds if k is not bool) + " or false (off)"
         return " or ".join(_KIND_NAMES[k] for k in self.kinds)
 
 
-#: keys whose Python None (off) a TOML file writes as false
-_FALSE_TURNS_OFF = ("ceiling", "temperature_steps")
+#: (section, key) whose Python None (off) a TOML file writes as false (TOML has no None)
+_FALSE_TURNS_OFF = (("trigger", "ceiling"), ("trigger", "temperature_steps"))
 
 
 # --------------------------------------------------------------------------- schema
@@ -317,8 +317,9 @@ def _check_value(path, section: str, key: Key, value):
         return isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63
 
     if too_big(value):
-        raise ConfigError(f"{path}: {where}{key.name} = {json.dumps(value)} holds an integer beyond TOML's 64 bits")
-    if value is True and key.name in _FALSE_TURNS_OFF:
+        raise ConfigError(f"{path}: {where}{key.name} = {json.dumps(value, default=str)} holds an integer beyond "
+                          "TOML's 64 bits")
+    if value is True and (section, key.name) in _FALSE_TURNS_OFF:
         raise ConfigError(f"{path}: {where}{key.name} = true is not a setting: give a number, or false to turn "
                           "it off")
     for kind in key.kinds:
@@ -332,7 +333,7 @@ def _check_value(path, section: str, key: Key, value):
             return value
     got = json.dumps(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
     unit = f" ({key.doc})" if key.doc else ""
-    raise ConfigError(f"{path}: {where}{key.name} must be {key.describe_kinds()}, got {got}{unit}")
+    raise ConfigError(f"{path}: {where}{key.name} must be {key.describe_kinds(section)}, got {got}{unit}")
 
 
 def check_config(user: dict, path="config") -> dict:
@@ -665,7 +666,7 @@ def default_toml() -> str:
             out.extend(_comment_lines(key.doc))
             value = defaults[section][name]
             if value is _MISSING:
-                out.append(f"# {name} = <{key.describe_kinds()}>")
+                out.append(f"# {name} = <{key.describe_kinds(section)}>")
             else:
                 out.append(f"{name} = {_fmt(list(value) if isinstance(value, tuple) else value)}")
 

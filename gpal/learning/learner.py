@@ -836,7 +836,9 @@ class ActiveLearner:
         good = [a for a in labelled if a is not None]
         self._last_failures = failures
         for f in failures:
-            self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts})
+            self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts,
+                       **({"walker": int(walkers[f.index])} if walkers is not None else {}),
+                       **({"frame_step": int(steps[f.index])} if steps is not None else {})})
         # (before the checkpoints below and a stop: the labels on disk are in the log whatever follows)
         log_label([k for k, a in enumerate(labelled) if a is not None])
         if broken is not None or (failures and self.on_oracle_failure == "stop"):
