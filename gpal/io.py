@@ -145,7 +145,7 @@ class _NamedFile:
         return "model snapshot"
 
 
-def save_model(path, arrays: dict, metadata: dict) -> Path:
+def save_model(path, arrays: dict, metadata: dict, overwrite: bool | None = None) -> Path:
     """Write ``arrays`` and JSON ``metadata`` to ``path`` (``.npz`` is appended if missing).
 
     ``path`` may also be a writable binary file object (``io.BytesIO``): the same
@@ -155,11 +155,17 @@ def save_model(path, arrays: dict, metadata: dict) -> Path:
     half-written model under the final name. The archive is not compressed: the
     arrays are mostly floats, which zlib shrinks by about 15 % at 20x the time (0.05
     against 1.1 s for a 42 MB model); the active learner writes one after every label.
+
+    ``overwrite``: as :meth:`gpal.SparseGP.save`'s (None replaces a gpal model and
+    refuses any other existing file).
     """
     if not _is_file_object(path):
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
+        if overwrite is not True and path.exists() and (overwrite is False or not is_model_file(path)):
+            what = "" if overwrite is False else " and is not a gpal model"
+            raise FileExistsError(f"{path} exists{what}; save(..., overwrite=True) replaces it")
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype == object:

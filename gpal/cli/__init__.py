@@ -150,11 +150,10 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
             stress = a.get_stress() if np.all(a.pbc) else None
         except (Exception, SystemExit) as exc:  # the oracle is foreign code (sys.exit in it: not gpal's exit)
             from ..exceptions import OracleError
+            from ..learning.oracle import failure_text
 
-            why = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
-                   else f"{type(exc).__name__}: {exc}")
             raise OracleError(f"[validation] the oracle MD trajectory failed after {n_calls} oracle calls: "
-                              f"{why}") from None
+                              f"{failure_text(exc)}") from None
         frames.append(labelled(a, energy=energy, forces=forces, stress=stress, bare=False))
     return frames, n_calls
 

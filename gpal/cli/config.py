@@ -45,6 +45,7 @@ import json
 import os
 import re
 import tomllib
+import warnings
 from pathlib import Path
 
 from ..exceptions import ConfigError
@@ -432,8 +433,6 @@ def _check_semantics(path, cfg: dict) -> None:
         if key in val and val[key] < low:
             raise ConfigError(f"{path}: [validation] {key} must be >= {low}, got {val[key]}")
     if "temperature" in val or "timestep" in val:  # the oracle MD's units, checked as [md]'s
-        import warnings
-
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -492,8 +491,6 @@ def load_config(path) -> tuple[dict, dict]:
         raise ConfigError(f"{path} is not a text (TOML) file: {exc.reason}") from exc
     user = check_config(user, path)
     if not user:
-        import warnings
-
         warnings.warn(f"{path} sets no key: the run takes every default (the embedded EMT Cu demo); "
                       "gpal learn --print-config shows the keys", UserWarning, stacklevel=2)
     if path.read_text(encoding="utf-8-sig").startswith(TOML_HEADER):

@@ -115,9 +115,7 @@ class OracleSpec:
             calc = factory(**self.kwargs)
         except (Exception, SystemExit) as exc:  # (sys.exit in a factory: not gpal's exit)
             args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-            why = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
-                   else f"{type(exc).__name__}: {exc}")
-            raise OracleError(f"cannot build the oracle {self.factory}({args}): {why}") from exc
+            raise OracleError(f"cannot build the oracle {self.factory}({args}): {failure_text(exc)}") from exc
         if not is_calculator(calc):
             raise OracleError(f"the oracle factory {self.factory!r} returned {type(calc).__name__} "
                               "(an object that is not an ASE calculator)")
@@ -145,6 +143,12 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
     if is_calculator(obj):
         return obj  # a live calculator, used in this process only
     raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying how a call of the oracle failed (a ``sys.exit`` in it named as such)."""
+    text = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
 
 
 def is_calculator(obj) -> bool:
@@ -440,7 +444,7 @@ class Oracle:
         broken = None  # the executor's workers died (cf.BrokenExecutor)
 
         def failed(i: int, exc: BaseException, retry: bool = True) -> None:
-            reasons[i] = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line in logs and warnings
+            reasons[i] = failure_text(exc)  # one line in logs and warnings
             log.warning("oracle failed on frame %d (attempt %d): %s", first + i, attempts[i], reasons[i])
             if retry and getattr(exc, "retryable", True):
                 again.append(i)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -38,15 +37,9 @@ class _Files:
             ``FileExistsError`` and is left as it is; True: any file; False: none.
         """
         from .. import __version__
-        from ..io import _is_file_object, is_model_file, save_model
+        from ..io import save_model
 
         check_is_fitted(self)
-        if not _is_file_object(path) and overwrite is not True:
-            target = Path(path)
-            target = target if target.suffix == ".npz" else target.with_name(target.name + ".npz")
-            if target.exists() and (overwrite is False or not is_model_file(target)):
-                what = "" if overwrite is False else " and is not a gpal model"
-                raise FileExistsError(f"{target} exists{what}; save(..., overwrite=True) replaces it")
         frames = self.frames_
         nat = np.array([len(a) for a in frames], dtype=np.int64)
         labels = [frame_labels(a) for a in frames]
@@ -109,7 +102,7 @@ class _Files:
         spec = _baseline.baseline_spec(self.baseline, self.baseline_kwargs)
         if spec is not None:  # Δ-model: the baseline as an import path and JSON kwargs
             meta["baseline"] = spec
-        return save_model(path, arrays, meta)
+        return save_model(path, arrays, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "SparseGP":
