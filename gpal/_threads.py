@@ -13,9 +13,10 @@ with one, a triangular solve 3.3 against 0.5 ms.
 
 Policy
 ------
-Every gpal computation (``SparseGP.fit``, ``update``, ``predict``,
-``optimize_hyperparameters``, ``select_frames``, the SOAP descriptor, neighbour lists)
-runs under :func:`limited`, which while the call runs
+Every gpal computation (``SparseGP.fit``, ``update``, ``predict``, ``loo_residuals``,
+``optimize_hyperparameters``, ``select_frames``, the SOAP descriptor, neighbour lists,
+the std calibrators' fits, frame selection, a ``TargetSet``'s covariances, the
+learner's calibration) runs under :func:`limited`, which while the call runs
 
 * gives numba's loops ``n`` threads (``numba.set_num_threads``, per Python thread) and
   BLAS one thread (threadpoolctl's library controllers), or ``n`` BLAS threads for a

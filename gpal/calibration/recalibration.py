@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .._threads import policy as _thread_policy
 from ..exceptions import NotFittedError
 from ._checks import _check_alpha, _check_error_std, _finite_array
 
@@ -29,6 +30,7 @@ class StdCalibrator:
     n_samples_ : int
     """
 
+    @_thread_policy()
     def fit(self, error, std) -> "StdCalibrator":
         """Fit on arrays of the same shape (error = prediction - reference, std > 0)."""
         e, s = _check_error_std(error, std)
@@ -130,6 +132,7 @@ class TwoTermCalibrator:
     def __init__(self, min_scale: float = 0.1):
         self.min_scale = min_scale
 
+    @_thread_policy()
     def fit(self, error, std, noise, novelty=None) -> "TwoTermCalibrator":
         """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar).
 

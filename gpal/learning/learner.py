@@ -53,6 +53,7 @@ from ase.data import chemical_symbols
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
+from .._threads import policy as _thread_policy
 from .._validation import (as_rng, check_atoms, check_min_distance, check_number, displacement, frame_labels,
                            species_number, user_stacklevel, warn_unknown_keywords)
 from ..calculator import GPCalculator
@@ -1694,6 +1695,7 @@ class ActiveLearner:
         return self._trigger_scales()["noise_scale"]
 
     # ------------------------------------------------------------------ calibration / stop
+    @_thread_policy()
     def calibrate(self) -> dict:
         """Calibrate the force std on leave-one-frame-out errors of the labels (no oracle call).
 

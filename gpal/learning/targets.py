@@ -71,6 +71,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .._threads import policy as _thread_policy
 from .._validation import check_atoms
 from ..selection import AcquisitionSchedule, greedy_select
 
@@ -417,6 +418,7 @@ class TargetSet:
         return cls.from_dict(d, structures)
 
     # ------------------------------------------------------------------ model side
+    @_thread_policy()
     def add_to_sparse(self, model, max_sparse: int | None = None) -> int:
         """Add the target structures' most uncertain environments to the model's sparse set.
 
@@ -528,6 +530,7 @@ class TargetSet:
             values.append(sum(w * energies[k] for k, w in c.items()))
         return np.array(values), np.array(rows), np.array(resid), labels
 
+    @_thread_policy()
     def predict(self, model, scale: float = 1.0) -> dict:
         """The target quantity and its calibrated uncertainty under ``model``.
 
@@ -560,6 +563,7 @@ class TargetSet:
         return {"value": values, "std": std, "std_learnable": scale * np.sqrt(sor),
                 "std_residual": np.sqrt(resid), "labels": labels, "max_std": float(std.max())}
 
+    @_thread_policy()
     def covariance(self, model, scale: float = 1.0) -> np.ndarray:
         """Calibrated joint posterior covariance of the structures' energies (eV²), (n, n).
 
@@ -617,6 +621,7 @@ class TargetSet:
         return float(scale**2 * np.sum(sor) + np.sum(resid)), float(np.sqrt(scale**2 * sor + resid).max())
 
 
+    @_thread_policy()
     def score_frames(self, model, frames, scale: float = 1.0) -> dict:
         """Information gain and target variance reduction of each frame, one at a time.
 
@@ -677,10 +682,12 @@ class TargetSet:
             return True
         return False
 
+    @_thread_policy()
     def reached(self, model, scale: float = 1.0) -> bool:
         """True when a tolerance is set and the calibrated target std is under it."""
         return self.tolerance is not None and self.predict(model, scale)["max_std"] <= self.tolerance
 
+    @_thread_policy()
     def consider(self, model, atoms: Atoms, *, uncertain: bool, scale: float = 1.0,
                  reference: float | None = None) -> dict:
         """Judge one checked frame: update w and say whether the target wants its label.
@@ -716,6 +723,7 @@ class TargetSet:
         return {"label": bool(label), "weight": w, "reduction": rho, "information_gain": ig,
                 "force_std": u, "target_std": target_std}
 
+    @_thread_policy()
     def pick_structure(self, model, scale: float = 1.0) -> int | None:
         """The target structure to label now (``label_structures``), or None.
 
@@ -746,6 +754,7 @@ class TargetSet:
         self.labelled_.append(best)
         return best
 
+    @_thread_policy()
     def choose(self, model, frames: Sequence[Atoms], *, keep: float = 0.25,
                scale: float = 1.0) -> tuple[list[int], list[float]]:
         """Which of several uncertain frames to label: greedy targeted acquisition.

@@ -1210,6 +1210,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         v = _dtrsv(self.solver_.R_w_.T, np.ascontiguousarray(w, dtype=np.float64), trans=0, lower=1)
         return float(np.dot(v, v))
 
+    @_thread_policy()
     def score(self, frames, y=None) -> float:
         """R² of the force components of labelled ``frames`` (scikit-learn's regressor score).
 
@@ -1257,6 +1258,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError("score needs forces, or energies of at least 2 frames")
         return float(r2_score(e_true, e_pred))
 
+    @_thread_policy()
     def residuals(self, frames, *, calibrated: bool = False) -> dict:
         """Prediction errors and stds on labelled frames (one evaluation per frame).
 
@@ -1311,6 +1313,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         res["n_atoms"] = np.array(n, dtype=int)
         return res
 
+    @_thread_policy()
     def novelty(self, atoms: Atoms) -> np.ndarray:
         """Novelty of each atom's environment, shape (n_atoms,), in [0, 1].
 
@@ -1337,6 +1340,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         _, novelty, resid_total = self._dtc_stds(X, q, np.zeros(len(q)))
         return novelty, resid_total
 
+    @_thread_policy()
     def predict_local_std(self, atoms: Atoms) -> np.ndarray:
         """DTC std (eV) of each atom's local energy; shape (n_atoms,)."""
         return self.predict(atoms, return_std=True)["energies_std"]
@@ -1435,6 +1439,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return out["forces_std"]
 
     # ------------------------------------------------------------------ cross-validation
+    @_thread_policy()
     def loo_residuals(self, frames=None) -> dict:
         """Leave-one-frame-out errors and stds of the training frames, from the factor.
 

@@ -310,6 +310,7 @@ class _Rows:
         return K_nm, np.concatenate(ys), np.concatenate(noises), np.concatenate(groups), np.concatenate(fidx)
 
     # ------------------------------------------------------------------ observation rows
+    @_thread_policy()
     def local_kernel(self, atoms: Atoms, X=None) -> np.ndarray:
         """Kernel of each atom's environment with the sparse set (zero across species).
 
@@ -326,6 +327,7 @@ class _Rows:
         X = self.descriptor_.create(atoms) if X is None else np.asarray(X, dtype=np.float64)
         return self._k_xm(X, atoms.numbers, self.sparse_X_, self.sparse_species_)
 
+    @_thread_policy()
     def observation_rows(self, atoms: Atoms) -> ObservationRows:
         """The rows of the linear map from the sparse weights ``alpha_`` to a frame's labels.
 

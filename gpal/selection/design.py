@@ -31,12 +31,14 @@ from typing import Callable
 import numpy as np
 
 from ._checks import _as_2d, _check_finite, _check_n_select, _check_noise, _check_variance
+from .._threads import policy as _thread_policy
 from .._validation import check_number
 
 __all__ = ["greedy_select", "information_gain", "LowRankCovariance", "greedy_batch",
            "greedy_batch_lowrank", "AcquisitionSchedule"]
 
 
+@_thread_policy()
 def greedy_select(
     n_candidates: int,
     n_select: int,
@@ -276,6 +278,7 @@ def _greedy_scalar(post, noise: np.ndarray, n_select: int, return_gains: bool):
     return (picks, gains) if return_gains else picks
 
 
+@_thread_policy()
 def greedy_batch(
     cov,
     noise_variance,
@@ -322,6 +325,7 @@ def greedy_batch(
     return _greedy_scalar(post, noise, n_select, return_gains)
 
 
+@_thread_policy()
 def greedy_batch_lowrank(
     A,
     noise_variance,

@@ -13,6 +13,7 @@ import numbers
 import numba
 import numpy as np
 
+from .._threads import policy as _thread_policy
 from ._checks import (
     RandomState,
     _as_2d,
@@ -198,6 +199,7 @@ def _resolve_start(start, n: int, random_state: RandomState) -> int:
     return start
 
 
+@_thread_policy()
 def farthest_point_sampling(
     X,
     n_select: int,
@@ -274,6 +276,7 @@ def farthest_point_sampling(
     return picks
 
 
+@_thread_policy()
 def farthest_point_sampling_from(
     X,
     n_select: int,
@@ -378,6 +381,7 @@ def _normalize_rows(X: np.ndarray, what: str) -> np.ndarray:
     return X / norms[:, None]
 
 
+@_thread_policy()
 def frame_farthest_point_sampling(
     frames_X,
     n_select: int,
@@ -484,6 +488,7 @@ def frame_farthest_point_sampling(
 # variance / information-gain ranking
 
 
+@_thread_policy()
 def cur_selection(
     X,
     n_select: int,
