@@ -347,6 +347,9 @@ def _check_weighting(weighting) -> dict | None:
         for key in ("c", "m", "d"):
             if key in out and out[key] < 0:
                 raise ValueError(f"Define {key} >= 0 in weighting.")
+        if func == "pow" and out["d"] == 0 and "w0" not in out:
+            raise ValueError("weighting 'pow' with d = 0 gives the centre (distance 0) an infinite "
+                             "weight: set d > 0 or w0.")
         if func in ("pow", "exp"):
             out["threshold"] = _number(
                 weighting.get("threshold", 1e-2), "weighting['threshold']"
@@ -408,7 +411,11 @@ def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndar
             # basis would be noise, so it is an error, once, not a LinAlgWarning per l)
             warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
             try:
-                b = scipy.linalg.sqrtm(scipy.linalg.inv(s))
+                # on one BLAS thread: the overlap is badly conditioned, and a summation
+                # order that followed the thread count changed the basis by ~5e-12, so a
+                # model saved after a two-thread fit predicted differently once loaded
+                with _blas_limit(1):
+                    b = scipy.linalg.sqrtm(scipy.linalg.inv(s))
             except scipy.linalg.LinAlgWarning as exc:
                 raise ValueError(f"the GTO radial basis for r_cut={r_cut} Å, n_max={n_max} is singular to "
                                  f"working precision ({exc}); is r_cut in Å? (lower n_max or r_cut)") from None

@@ -926,8 +926,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         -------
         dict
             ASE keys ``energy``, ``free_energy`` (float, eV), ``energies`` (n_atoms,),
-            ``forces`` (n_atoms, 3), ``stress`` (6,) when the frame has a 3D cell, and
-            the ``*_std`` keys requested, each a non-negative std of the same shape.
+            ``forces`` (n_atoms, 3), ``stress`` (6,) when the frame is periodic in all
+            three directions (none for a slab or a wire), and the ``*_std`` keys
+            requested, each a non-negative std of the same shape.
         """
         check_is_fitted(self)
         self._check(atoms)
