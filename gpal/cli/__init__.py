@@ -290,14 +290,18 @@ def _walker_executor(cfg: dict):
 def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     """Build a learner with ``make() -> (learner, steps)``, run it, print its summary.
 
-    The executor, if any, is shut down whatever happens (and the walkers' executor closed).
+    The oracle's worker pool, if any, is stopped whatever happens, without waiting for
+    an oracle call still running there: when the run ends (an interrupt, SIGTERM, an
+    error), the labels already computed are on disk, and a call still running (one
+    cut off, or timed out) has no run left to take its result (the walkers' executor is
+    closed too).
     """
     try:
         learner, steps = make()
         summary = learner.run(steps)
     finally:
         if executor is not None:
-            executor.shutdown()
+            executor.stop()
         if close_walkers is not None:
             close_walkers()
     print(summary)
