@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import secrets
 import signal
 import threading
 import warnings
@@ -95,24 +97,77 @@ def labelled(atoms, *, energy=None, forces=None, stress=None, energies=None, bar
 def atomic_write(path, mode: str = "w"):
     """Open ``path`` for writing so that it is either whole or untouched.
 
-    Writes go to ``path.tmp``; on success the data is flushed and fsynced and the file
-    renamed over ``path`` (atomic on POSIX); on an exception the temporary file is
-    removed and ``path`` keeps its old content. A kill at any moment leaves the old or
-    the new file, never a cut one.
+    Writes go to a temporary file of a name no other file has, ``.NAME.XXXXXXXX.tmp``
+    beside ``path`` (see :func:`temporary_name`); on success the data is flushed and
+    fsynced and the file renamed over ``path`` (atomic on POSIX); on any exception
+    (KeyboardInterrupt included) the temporary file is removed and ``path`` keeps its
+    old content. A kill at any moment leaves the old or the new file, never a cut one,
+    and never touches another file: a user's own ``NAME.tmp`` stays as it is, and two
+    processes writing ``path`` at once each write their own temporary file (the last
+    rename wins, whole).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; its folder must exist.
+    mode : {"w", "wb"}
+        Text or binary.
+
+    Yields
+    ------
+    file object
+        Open for writing in ``mode``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder of ``path`` does not exist.
     """
     path = Path(path)
     if not path.parent.is_dir():  # (open would name the temporary file instead)
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = None
     try:
-        with open(tmp, mode) as fh:
+        tmp, fd = _create_temporary(path)
+        with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+_TMP_PATTERN = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
+
+
+def temporary_name(name: str) -> str:
+    """A fresh name for :func:`atomic_write`'s temporary file of the file ``name``:
+    hidden, beside it, ``.NAME.XXXXXXXX.tmp`` with 8 random hex digits."""
+    return f".{name}.{secrets.token_hex(4)}.tmp"
+
+
+def temporary_of(name: str) -> str | None:
+    """The file whose :func:`atomic_write` temporary file ``name`` is (``.train.xyz.0a1b2c3d.tmp``
+    -> ``train.xyz``; one left by a kill mid-write), else None."""
+    m = _TMP_PATTERN.fullmatch(name)
+    return None if m is None else m.group("name")
+
+
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """Create a new, empty temporary file beside ``path`` (``O_EXCL``: never an existing
+    file); returns its path and an open descriptor. Its permissions follow the umask, as
+    those of a file opened with ``open(path, "w")`` do."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(temporary_name(path.name))
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:  # (a name taken: draw another)
+            continue
+    raise FileExistsError(f"cannot write {path}: no free temporary name beside it")
 
 
 def _metadata_digest(meta: dict) -> str:

@@ -151,3 +151,29 @@ class StartsRecorded(EMT):
         StartsRecorded.started.append(time.monotonic())
         time.sleep(self.delay)
         super().calculate(atoms, properties, system_changes)
+
+
+class FastThenHangs(EMT):
+    """EMT that labels the first configuration a process asks about at once; for any
+    other it first runs ``sleep delay`` as a child process (as a file-based calculator
+    runs a DFT code), after noting its own and the child's process ids in ``note_dir``."""
+
+    seen: list = []  # configurations asked about in this process
+
+    def __init__(self, note_dir: str = ".", delay: float = 300.0, **kwargs):
+        super().__init__(**kwargs)
+        self.note_dir, self.delay = note_dir, delay
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import os
+        import subprocess
+
+        key = atoms.positions.round(6).tobytes()
+        if key not in FastThenHangs.seen:
+            FastThenHangs.seen.append(key)
+        if FastThenHangs.seen.index(key) > 0:
+            child = subprocess.Popen(["sleep", str(self.delay)])
+            with open(os.path.join(self.note_dir, f"hangs-{os.getpid()}"), "w") as fh:
+                fh.write(f"{os.getpid()} {child.pid}\n")
+            child.wait()
+        super().calculate(atoms, properties, system_changes)

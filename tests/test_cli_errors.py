@@ -91,6 +91,10 @@ def bad(tmp_path_factory):
         "rcut": "[descriptor]\nr_cut = -5.0\n",
         "both": f'[structure]\nfile = "{d / "train.xyz"}"\nbulk = "Cu"\n',
         "overlap": f'[structure]\nfile = "{d / "overlap.xyz"}"\n',
+        "exactALL": '[learner]\nexact_frames = "ALL"\n', "exactneg": "[learner]\nexact_frames = -3\n",
+        "maxforce": "[learner]\nmax_force = -1.0\n", "optevery": "[learner]\noptimize_every = 0.5\n",
+        "otimeout": "[learner]\noracle_timeout = 0.0\n", "ckpt": "[learner]\ncheckpoint_every = 0\n",
+        "cands": "[learner]\nn_candidates = 2\n", "ofail": '[learner]\non_oracle_failure = "panic"\n',
     }.items():
         (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
@@ -147,7 +151,7 @@ CASES = [
     pytest.param(["learn", "{d}/md_steps.toml"],
                  "unknown key 'steps' in [md]; it is a top-level key: write it above the first [section]",
                  id="config-top-level-key-near-a-section-key"),
-    pytest.param(["learn", "{d}/initial.toml"], "[learner] n_sparse_initial (100) and [model] n_sparse (200) "
+    pytest.param(["learn", "{d}/initial.toml"], "{d}/initial.toml: [learner] n_sparse_initial (100) and [model] n_sparse (200) "
                  "disagree", id="config-n-sparse-initial"),
     pytest.param(["learn", "{d}/otf.toml"], "unknown section [otf]; valid sections: [descriptor]",
                  id="config-otf-section"),
@@ -207,19 +211,35 @@ CASES = [
     pytest.param(["ipi", "{d}/model.npz"], "one of the arguments --unix --port is required",
                  id="ipi-no-socket"),
     pytest.param(["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'", id="unknown-command"),
-    pytest.param(["learn", "{d}/v_walkers0.toml"], "[learner] n_walkers must be an integer >= 1, got 0",
-                 id="config-zero-walkers"),
+    pytest.param(["learn", "{d}/v_walkers0.toml"], "{d}/v_walkers0.toml: [learner] n_walkers must be an integer >= 1, "
+                 "got 0", id="config-zero-walkers"),
+    pytest.param(["learn", "{d}/v_exactALL.toml"], "{d}/v_exactALL.toml: [learner] exact_frames must be an integer "
+                 ">= 0, \"all\" or None, got 'ALL'", id="config-learner-exact-frames-text"),
+    pytest.param(["learn", "{d}/v_exactneg.toml"], "{d}/v_exactneg.toml: [learner] exact_frames must be an "
+                 "integer >= 0", id="config-learner-exact-frames-negative"),
+    pytest.param(["learn", "{d}/v_maxforce.toml"], "{d}/v_maxforce.toml: [learner] max_force must be a finite "
+                 "number > 0 eV/Å, got -1.0", id="config-learner-max-force"),
+    pytest.param(["learn", "{d}/v_optevery.toml"], "{d}/v_optevery.toml: [learner] optimize_every must be 0 "
+                 "(never) or a growth factor >= 1, got 0.5", id="config-learner-optimize-every"),
+    pytest.param(["learn", "{d}/v_otimeout.toml"], "{d}/v_otimeout.toml: [learner] oracle_timeout must be a "
+                 "finite number > 0 s", id="config-learner-oracle-timeout"),
+    pytest.param(["learn", "{d}/v_ckpt.toml"], "{d}/v_ckpt.toml: [learner] checkpoint_every must be an integer "
+                 ">= 1, got 0", id="config-learner-checkpoint-every"),
+    pytest.param(["learn", "{d}/v_cands.toml"], "{d}/v_cands.toml: [learner] n_candidates (2) must be >= "
+                 "n_bootstrap (4)", id="config-learner-candidates"),
+    pytest.param(["learn", "{d}/v_ofail.toml"], "{d}/v_ofail.toml: [learner] on_oracle_failure must be one of",
+                 id="config-learner-on-failure"),
     pytest.param(["learn", "{d}/v_timestep.toml"], "[md] timestep must be a finite number > 0 fs, got -1.0",
                  id="config-negative-timestep"),
     pytest.param(["learn", "{d}/v_coldtemp.toml"], "[md] temperature must be a finite number >= 0 K",
                  id="config-negative-temperature"),
     pytest.param(["learn", "{d}/v_steps.toml"], "steps must be >= 0, got -5", id="config-negative-steps"),
     pytest.param(["learn", "{d}/v_workers.toml"], "workers must be >= 1, got 0", id="config-zero-workers"),
-    pytest.param(["learn", "{d}/v_boot0.toml"], "n_bootstrap must be >= 1 for a model that is not fitted yet",
+    pytest.param(["learn", "{d}/v_boot0.toml"], "{d}/v_boot0.toml: [learner] n_bootstrap must be >= 1 for a model that is not fitted yet",
                  id="config-zero-bootstrap"),
     pytest.param(["learn", "{d}/v_oracle.toml"], "cannot import oracle module 'nosuchmodule'",
                  id="config-oracle-import"),
-    pytest.param(["learn", "{d}/v_retries.toml"], "oracle_retries must be an integer >= 0, got -1",
+    pytest.param(["learn", "{d}/v_retries.toml"], "{d}/v_retries.toml: [learner] oracle_retries must be an integer >= 0, got -1",
                  id="config-negative-retries"),
     pytest.param(["learn", "{d}/v_sparse.toml"], "n_sparse must be an integer >= 1, got -3",
                  id="config-negative-n-sparse"),
@@ -236,10 +256,10 @@ CASES = [
     pytest.param(["learn", "{d}/v_species.toml"], "not defined for this model: Cu (Z=29). It knows: Au",
                  id="config-descriptor-species"),
     pytest.param(["learn", "{d}/v_jitter.toml"], "jitter must be a finite number >= 0", id="config-jitter"),
-    pytest.param(["learn", "{d}/v_seed.toml"], "random_state must be an integer >= 0", id="config-seed"),
+    pytest.param(["learn", "{d}/v_seed.toml"], "{d}/v_seed.toml: [learner] random_state must be an integer >= 0", id="config-seed"),
     pytest.param(["learn", "{d}/v_lattice.toml"], "[structure] a must be > 0", id="config-lattice"),
     pytest.param(["learn", "{d}/v_targets.toml"], "nowhere.xyz", id="config-targets-file"),
-    pytest.param(["learn", "{d}/v_maxsp.toml"], "max_sparse (5) is below the model's n_sparse",
+    pytest.param(["learn", "{d}/v_maxsp.toml"], "{d}/v_maxsp.toml: [learner] max_sparse (5) is below the model's n_sparse",
                  id="config-max-sparse"),
     pytest.param(["learn", "{d}/v_index.toml"], "[structure] index 99 is out of range", id="config-index"),
     pytest.param(["learn", "{d}/v_sfile.toml"], "[structure] file 'nowhere.xyz': no such file (a relative path "
@@ -257,14 +277,14 @@ CASES = [
                  "dot-product kernel", id="fit-se-zeta"),
     pytest.param(["fit", "{d}/train.xyz", "--length-scale", "0.3"], "--length-scale is the SE kernel's",
                  id="fit-dot-length-scale"),
-    pytest.param(["learn", "{d}/v_maxcalls.toml"], "max_oracle_calls (2) is below n_bootstrap (4)",
+    pytest.param(["learn", "{d}/v_maxcalls.toml"], "{d}/v_maxcalls.toml: [learner] max_oracle_calls (2) is below n_bootstrap (4)",
                  id="config-max-calls"),
     pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),
     pytest.param(["learn", "{d}/v_okwargs.toml"], "cannot build the oracle _oracles:StrictEMT(methd='x'): "
                  "TypeError", id="config-oracle-kwargs"),
     pytest.param(["learn", "{d}/v_oraise.toml"], "importing oracle module '_oracles_broken' failed: "
                  "RuntimeError: licence server not reachable", id="config-oracle-import-raises"),
-    pytest.param(["learn", "{d}/v_maxT.toml"], "max_temperature (100 K) must be above the MD protocol's "
+    pytest.param(["learn", "{d}/v_maxT.toml"], "{d}/v_maxT.toml: [learner] max_temperature (100 K) must be above the MD protocol's "
                  "highest temperature (1000 K)", id="config-max-temperature"),
     pytest.param(["learn", "{d}/v_nsp.toml"], "gives no sparse environment to the species of the structures (Cu)",
                  id="config-n-sparse-species"),

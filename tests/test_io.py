@@ -181,3 +181,57 @@ def test_a_prefixed_virials_key_as_mace_names_it_warns_too():
         a.info["REF_virials"] = (-a.get_stress(voigt=False) * a.get_volume()).ravel()
     with pytest.warns(UserWarning, match="REF_virials is in the frames but not read"):
         relabel_frames(frames, energy_key="REF_energy")
+
+
+def test_a_users_file_named_as_the_old_temporary_survives_a_save(tmp_path):
+    """A save writes a temporary file of its own: ``model.npz.tmp`` of the user stays."""
+    model = gpal.SparseGP(n_sparse=5, hyperparameters="fixed").fit(cu_frames(2, seed=1))
+    theirs = tmp_path / "model.npz.tmp"
+    theirs.write_text("the user's notes")
+    model.save(tmp_path / "model.npz")
+    model.save(tmp_path / "model.npz")  # (and replacing the model)
+    assert theirs.read_text() == "the user's notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "model.npz.tmp"]
+    assert len(gpal.SparseGP.load(tmp_path / "model.npz").frames_) == 2
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_save_that_fails_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch, error):
+    model = gpal.SparseGP(n_sparse=5, hyperparameters="fixed").fit(cu_frames(2, seed=1))
+    model.save(tmp_path / "model.npz")
+    before = (tmp_path / "model.npz").read_bytes()
+
+    def cut(fh, **arrays):
+        fh.write(b"PK\x03\x04 half an archive")
+        raise error
+
+    monkeypatch.setattr(np, "savez", cut)
+    with pytest.raises(type(error)):
+        model.save(tmp_path / "model.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+    assert (tmp_path / "model.npz").read_bytes() == before
+
+
+def test_atomic_write_keeps_the_umask_permissions_and_fresh_names(tmp_path):
+    import os
+    import stat
+
+    from gpal.io import atomic_write, temporary_name, temporary_of
+
+    with atomic_write(tmp_path / "a.json") as fh:
+        fh.write("{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+    names = {temporary_name("train.xyz") for _ in range(20)}
+    assert len(names) == 20 and {temporary_of(n) for n in names} == {"train.xyz"}
+    assert temporary_of("train.xyz.tmp") is None and temporary_of(".train.xyz") is None
+
+
+def test_a_temporary_file_left_in_a_run_folder_is_the_runs(tmp_path):
+    """A kill mid-write leaves ``.NAME.XXXXXXXX.tmp`` of a run file: gpal's, not the user's."""
+    from gpal.learning.learner import foreign_files
+
+    for name in (".train.xyz.0a1b2c3d.tmp", "state.json.tmp", "notes.tmp", ".notes.0a1b2c3d.tmp"):
+        (tmp_path / name).write_text("")
+    assert foreign_files(tmp_path) == [".notes.0a1b2c3d.tmp", "notes.tmp"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -265,6 +266,62 @@ def test_labels_from_an_executor_arrive_as_they_finish_and_survive_ctrl_c():
         timer.cancel()
     assert sorted(arrived) == [1, 2, 3] and waited < 3.5
     assert oracle.n_calls == 4
+
+
+def test_gpals_pool_is_sent_a_call_only_when_a_worker_is_free_and_stops_at_once(tmp_path):
+    """All frames were sent to the pool at once: the calls a worker had not started yet
+    (in the pool's queue, where they cannot be cancelled) were counted as calls made on
+    Ctrl-C, and started afterwards. WorkerPool.stop ends a running call and the program
+    it started."""
+    import threading
+
+    from gpal.learning.oracle import worker_pool
+
+    frames = [start() for _ in range(3)]
+    for k, a in enumerate(frames):
+        a.positions += np.random.default_rng(k).normal(0, 0.02, a.positions.shape)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    arrived = []
+    main = threading.main_thread().ident
+
+    def interrupt_once_a_call_hangs():
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(notes.iterdir()):
+            time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    pool = worker_pool(1)
+    try:
+        oracle = gpal.Oracle(OracleSpec("_oracles:FastThenHangs", {"note_dir": str(notes), "delay": 300.0}),
+                             executor=pool, retries=0)
+        watcher = threading.Thread(target=interrupt_once_a_call_hangs)
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            oracle.label(frames, on_label=lambda i, a: arrived.append(i))
+        watcher.join()
+        t0 = time.time()
+        pool.stop()
+        took = time.time() - t0
+        pids = [int(p) for f in notes.iterdir() for p in f.read_text().split()]
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_running(p) for p in pids):
+            time.sleep(0.1)
+        left = [p for p in pids if _running(p)]
+    finally:
+        for pid in [int(p) for f in notes.iterdir() for p in f.read_text().split()]:
+            with contextlib.suppress(ProcessLookupError):  # (nothing of this test left running)
+                os.kill(pid, signal.SIGKILL)
+    assert arrived == [0] and oracle.n_calls == 2  # the first label, the call that hung; not the third
+    assert took < 10 and len(pids) == 2 and not left  # the worker and the program its call started
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its reaper has ended)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_timed_out_label_that_never_started_is_not_counted():
@@ -1057,6 +1114,78 @@ def test_cli_learn_checkpoints_and_exits_with_one_line_on_sigterm_and_sigint(tmp
     assert json.loads((run / "summary.json").read_text())["steps"] == state["step"] + 10
 
 
+def test_sigterm_keeps_the_labels_computed_and_stops_the_oracle_calls_still_running(tmp_path):
+    """gpal learn with workers = 2, SIGTERM while two calls (a DFT code each, here
+    ``sleep``) run in the workers: it waited for them to finish and then threw their
+    results away (and started the calls still queued). The labels computed before the
+    signal are in train.xyz and log.jsonl; the running calls, their workers and the
+    programs they started are stopped at once."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (tmp_path / "c.toml").write_text(textwrap.dedent(f"""
+        run_dir = "{tmp_path / 'run'}"
+        steps = 20
+        workers = 2
+        [structure]
+        bulk = "Cu"
+        crystal = "fcc"
+        a = 3.61
+        cubic = true
+        repeat = [1, 1, 1]
+        [oracle]
+        factory = "_oracles:FastThenHangs"
+        kwargs = {{note_dir = "{notes}", delay = 300.0}}
+        [model]
+        n_sparse = 10
+        [validation]
+        steps = 0
+    """))
+    run = tmp_path / "run"
+    env = dict(_gpal_env())
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env["PYTHONPATH"]])
+    proc = subprocess.Popen([sys.executable, "-m", "gpal.cli", "learn", str(tmp_path / "c.toml"), "-q"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def noted():  # the pids of the workers in a hanging call, and of the programs they started
+        return [int(p) for f in notes.iterdir() for p in f.read_text().split()]
+
+    def written():  # frames appended to train.xyz so far (read as text: one may be half written)
+        return (run / "train.xyz").read_text().count("Lattice=") if (run / "train.xyz").exists() else 0
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not (len(noted()) == 4 and written() == 2):
+            time.sleep(0.1)
+        assert len(noted()) == 4 and written() == 2, "two labels, then two hanging calls"
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("gpal learn waited for the oracle calls still running after SIGTERM")
+        took = time.time() - t0
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_running(p) for p in noted()):
+            time.sleep(0.1)
+        left = [p for p in noted() if _running(p)]
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in noted():  # (nothing of this test left running, whatever happened)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM and took < 30, err
+    assert err.strip().splitlines() == [f"gpal learn: interrupted by SIGTERM; progress is saved, continue with: "
+                                        f"gpal learn --resume {run}"]
+    assert len(frames_in(run / "train.xyz")) == 2
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    labels = [r for r in records if r["event"] == "label"]
+    assert [(r["n"], r.get("interrupted")) for r in labels] == [(2, True)]
+    state = json.loads((run / "state.json").read_text())
+    assert (state["n_labelled"], state["oracle_calls"]) == (2, 4)  # the two cut off are calls without a label
+    assert not left  # the workers and the programs their calls started
+
+
 class FailOnSecondConfigEMT(EMT):
     """EMT that fails on the second distinct configuration it is asked about."""
 
@@ -1748,8 +1877,11 @@ def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
         from concurrent.futures import ProcessPoolExecutor
         from gpal.learning.oracle import worker_initializer
 
-        def probe(_):
-            return os.getpid(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        def probe(_):  # Ctrl-C ignored; a process group of its own, out of the terminal's way
+            return os.getpid(), (signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+                                 and os.getpgid(0) == os.getpid()
+                                 and os.readlink("/proc/self/fd/0") == os.devnull
+                                 and signal.getsignal(signal.SIGTTOU) is signal.SIG_IGN)
 
         if __name__ == "__main__":
             me = (os.getpid(),)

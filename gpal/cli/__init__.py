@@ -290,14 +290,18 @@ def _walker_executor(cfg: dict):
 def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     """Build a learner with ``make() -> (learner, steps)``, run it, print its summary.
 
-    The executor, if any, is shut down whatever happens (and the walkers' executor closed).
+    The oracle's worker pool, if any, is stopped whatever happens, without waiting for
+    an oracle call still running there: when the run ends (an interrupt, SIGTERM, an
+    error), the labels already computed are on disk, and a call still running (one
+    cut off, or timed out) has no run left to take its result (the walkers' executor is
+    closed too).
     """
     try:
         learner, steps = make()
         summary = learner.run(steps)
     finally:
         if executor is not None:
-            executor.shutdown()
+            executor.stop()
         if close_walkers is not None:
             close_walkers()
     print(summary)
@@ -358,8 +362,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
     md = MDSettings(**md)
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
-    check_number("[learner] n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
-    groups = group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
+    src = f"{args.config}: " if args.config else ""  # (errors name the file, as load_config's do)
+    try:  # (load_config has checked a file's [learner]; these are the defaults' checks)
+        check_number("n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
+        groups = group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{src}[learner] {exc}") from None
     if cfg.get("stopping"):  # [stopping] tolerance: the calibrated stop (checked by load_config)
         from ..calibration import StoppingRule
 
@@ -385,7 +393,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     # [model] n_sparse says otherwise
     initial = learner_cfg.pop("n_sparse_initial", None)
     if initial is not None and "n_sparse" in user.get("model", {}) and initial != user["model"]["n_sparse"]:
-        raise ConfigError(f"[learner] n_sparse_initial ({initial}) and [model] n_sparse "
+        raise ConfigError(f"{src}[learner] n_sparse_initial ({initial}) and [model] n_sparse "
                           f"({user['model']['n_sparse']}) disagree: the model's size is [model] n_sparse")
     if initial is not None and "file" not in model_cfg:
         model_cfg["n_sparse"] = initial
@@ -400,7 +408,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     try:  # the learner's own check, before the run folder exists
         check_budgets(model, groups)
     except ValueError as exc:
-        raise ConfigError(f"[learner] {exc}") from None
+        raise ConfigError(f"{src}[learner] {exc}") from None
     # the species every structure must have: the descriptor's, the fitted model's, or
     # else those of the start structure (the default descriptor is made from them)
     if descriptor is not None:
@@ -419,7 +427,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     check_species(structure, "[structure]")
     check_start([structure], model, oracle=oracle)  # (min_distance, n_sparse's species...) before the run folder exists
-    check_max_temperature(md, learner_cfg.get("max_temperature"))
+    try:
+        check_max_temperature(md, learner_cfg.get("max_temperature"))
+    except ValueError as exc:
+        raise ConfigError(f"{src}[learner] {exc}") from None
     check_trigger_threshold(trigger, learner_cfg.get("max_force", 20.0))
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
@@ -430,7 +441,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:  # (not a file's error: those name the file)
             if isinstance(exc, StructureFileError):
                 raise
-            raise ConfigError(f"{args.config + ': ' if args.config else ''}[targets] {exc}") from None
+            raise ConfigError(f"{src}[targets] {exc}") from None
         for k, a in enumerate(targets.structures):
             check_species(a, f"[targets] structure {k}")
         if cfg.get("walker_workers") or cfg.get("walker_scheduler"):

@@ -441,6 +441,16 @@ def _check_semantics(path, cfg: dict) -> None:
             raise ConfigError(f"{path}: [validation] {exc}") from exc
         for w in caught:  # (said of [validation], not of [md])
             warnings.warn(f"{path}: [validation] {w.message}", w.category, stacklevel=2)
+    if "learner" in cfg:  # the learner's own checks of its settings (gpal.learning.settings)
+        from .._validation import check_number
+        from ..learning.settings import FLAT_NAMES, group_flat
+
+        learner = {**DEFAULT_LEARN.get("learner", {}), **cfg["learner"]}
+        try:
+            check_number("n_walkers", learner.get("n_walkers", 1), low=1, integer=True)
+            group_flat({}, {k: v for k, v in learner.items() if k in FLAT_NAMES})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [learner] {exc}") from None
     for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
         if section in cfg:
             merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}

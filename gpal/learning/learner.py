@@ -60,7 +60,7 @@ from ..calculator import GPCalculator
 from ..exceptions import (GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, UnknownSpeciesError,
                           interrupt_in)
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
-                  savable_constraints, write_frames)
+                  savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
 from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
@@ -202,9 +202,12 @@ def _unlock_run_dir(lock) -> None:
 
 
 def foreign_files(run_dir: Path) -> list[str]:
-    """Names in ``run_dir`` that no gpal run writes (atomic-write ``.tmp`` files count as theirs)."""
+    """Names in ``run_dir`` that no gpal run writes (the temporary files of an atomic write
+    of a run file, left by a kill, count as the run's: ``.train.xyz.0a1b2c3d.tmp``, and
+    ``train.xyz.tmp`` as earlier gpal versions named them)."""
     return sorted(p.name for p in Path(run_dir).iterdir()
-                  if p.name not in RUN_FILES and p.name.removesuffix(".tmp") not in RUN_FILES)
+                  if p.name not in RUN_FILES and p.name.removesuffix(".tmp") not in RUN_FILES
+                  and temporary_of(p.name) not in RUN_FILES)
 
 
 __all__ = ["ActiveLearner", "Trigger", "MDSettings", "Summary"]

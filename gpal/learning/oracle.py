@@ -164,6 +164,13 @@ def worker_initializer(learner: int | None = None) -> None:
     ``walker_workers``): Ctrl-C is the learner's to handle (it stops the pool), and a
     worker ends when the learner dies, even by SIGKILL, instead of living on.
 
+    Each worker leads a process group of its own, which the programs its oracle starts
+    (a DFT code run by a file-based ASE calculator) join: :meth:`WorkerPool.stop` ends
+    the worker and those programs together. Outside the terminal's foreground group, a
+    program reading or setting the terminal would be stopped (SIGTTIN, SIGTTOU): the
+    worker's standard input is ``/dev/null`` (an MPI launcher reads its own to pass it
+    on), and SIGTTOU is ignored.
+
     A daemon thread watches for the worker being handed to another parent, and for the
     learner process (pid ``learner``, given as ``initargs=(os.getpid(),)``) being gone:
     under forkserver the worker's parent is the fork server, which outlives the learner.
@@ -172,6 +179,13 @@ def worker_initializer(learner: int | None = None) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the handler gpal learn gave the parent)
+    with contextlib.suppress(AttributeError, OSError):  # (no process groups: not POSIX)
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # (kept by the programs it starts)
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     parent = os.getppid()
 
     def orphaned() -> bool:
@@ -221,11 +235,41 @@ def _cached_calculator(key: str):
     return calc if pid == os.getpid() else None
 
 
-def worker_pool(n: int, mp_context=None):
+class WorkerPool(cf.ProcessPoolExecutor):
+    """A process pool of gpal workers (:func:`worker_initializer`), which it can stop at
+    once: :meth:`stop`. Leaving a ``with`` block by an exception (Ctrl-C) stops it; a
+    normal exit waits for its tasks, as a ``ProcessPoolExecutor`` does."""
+
+    def stop(self) -> None:
+        """End the pool now: tasks not started are cancelled, and the workers, with the
+        programs their oracle calls started, get SIGTERM (a call still running is cut
+        off, its result never comes). Nothing is waited for but the workers' ends."""
+        import signal
+
+        for proc in list((getattr(self, "_processes", None) or {}).values()):  # (before shutdown clears it)
+            pid = proc.pid
+            try:
+                if hasattr(os, "killpg") and os.getpgid(pid) == pid:  # its own group: programs it started too
+                    os.killpg(pid, signal.SIGTERM)
+                else:
+                    os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):  # (ended meanwhile)
+                pass
+        self.shutdown(wait=True, cancel_futures=True)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.stop()
+            return False
+        return super().__exit__(exc_type, exc, tb)
+
+
+def worker_pool(n: int, mp_context=None) -> WorkerPool:
     """A process pool of ``n`` gpal workers (:func:`worker_initializer`: they leave
-    Ctrl-C to this process and end with it)."""
-    return cf.ProcessPoolExecutor(int(n), mp_context=mp_context, initializer=worker_initializer,
-                                  initargs=(os.getpid(),))
+    Ctrl-C to this process and end with it); :meth:`WorkerPool.stop` ends it without
+    waiting for the oracle calls running in it."""
+    return WorkerPool(int(n), mp_context=mp_context, initializer=worker_initializer,
+                      initargs=(os.getpid(),))
 
 
 #: per-atom arrays of a frame that reach the oracle with it: the initial magnetic moments
@@ -495,8 +539,19 @@ class Oracle:
                         return
                     arrived(i, res)
 
-                try:
-                    for i in todo:
+                # gpal's own pool is sent a call only when a worker is free for it: a call
+                # sent is a call running (its timeout counts from then), and a stop
+                # (Ctrl-C, SIGTERM) leaves none queued that would start afterwards
+                limit = int(self.executor._max_workers) if isinstance(self.executor, WorkerPool) else None
+                waiting = list(todo)  # frames not sent yet
+                pending: dict = {}  # future -> frame
+                deadline: dict = {}  # frame -> monotonic time, or None
+
+                def send(n: int) -> None:
+                    nonlocal broken
+                    sent = []
+                    while waiting and len(sent) < n and broken is None:
+                        i = waiting.pop(0)
                         try:
                             fut = self.executor.submit(
                                 _label_task, self.calculator, *self._args(frames[i]), self.threads_per_task,
@@ -509,11 +564,22 @@ class Oracle:
                         attempts[i] += 1
                         self.n_calls += 1
                         futures[i] = fut
-                    # labels are taken as they finish, not in the order sent: a fast label
-                    # behind a slow one is on disk at once (a kill then lost it, paid for)
-                    deadline = dict(zip(futures, self._deadlines(len(futures))))
-                    pending = {fut: i for i, fut in futures.items()}
-                    while pending:
+                        pending[fut] = i
+                        sent.append(i)
+                    if limit is None:  # all sent at once: each charged from when it could start
+                        deadline.update(zip(sent, self._deadlines(len(sent))))
+                    else:
+                        now = time.monotonic()
+                        deadline.update((i, None if self.timeout is None else now + self.timeout) for i in sent)
+
+                try:
+                    while True:
+                        if broken is None:
+                            send(len(waiting) if limit is None else limit - len(pending))
+                        if not pending:
+                            break
+                        # labels are taken as they finish, not in the order sent: a fast label
+                        # behind a slow one is on disk at once (a kill then lost it, paid for)
                         soonest = min((deadline[i] for i in pending.values() if deadline[i] is not None),
                                       default=None)
                         wait = None if soonest is None else max(0.0, soonest - time.monotonic())

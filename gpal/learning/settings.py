@@ -123,8 +123,9 @@ class ModelGrowth:
         if self.exact_frames is not None:
             try:
                 self.exact_frames = check_number("exact_frames", self.exact_frames, low=0, integer=True)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (or \"all\")") from None
+            except ValueError:
+                raise ValueError(f"exact_frames must be an integer >= 0, \"all\" or None, "
+                                 f"got {self.exact_frames!r}") from None
         for name in ("optimize_noise", "sparse_refresh"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
