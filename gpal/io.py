@@ -129,7 +129,8 @@ def atomic_write(path, mode: str = "w"):
     tmp = None
     try:
         tmp, fd = _create_temporary(path)
-        with os.fdopen(fd, mode) as fh:
+        os.close(fd)  # (opened again by name: the file object's name is the path, not a descriptor)
+        with open(tmp, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
