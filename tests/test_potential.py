@@ -853,3 +853,29 @@ def test_labels_that_cannot_be_right_as_given_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)  # plausible: no warning
+
+
+def test_molecules_in_a_vacuum_box_are_fitted_as_clusters():
+    """ase.build.molecule + center(vacuum=...): a cell, pbc all False. The evidence fit
+    stacks non-periodic frames and refused these ("frames with a cell are done one at a
+    time"); they are clusters, fitted as the same molecules without a cell are."""
+    from ase.build import molecule
+
+    boxed, bare = [], []
+    for k in range(3):
+        m = molecule("CH3OH")
+        m.center(vacuum=4.0)
+        m.rattle(0.05, seed=k)
+        m.calc = EMT()
+        m.get_forces()
+        boxed.append(m)
+        b = m.copy()
+        b.cell = None
+        b.calc = SinglePointCalculator(b, energy=m.get_potential_energy(), forces=m.get_forces())
+        bare.append(b)
+    assert not boxed[0].pbc.any() and boxed[0].cell.volume > 0
+    models = [SparseGP(n_sparse=12, random_state=0).fit(f) for f in (boxed, bare)]
+    assert models[0].zeta_ == models[1].zeta_
+    p, q = (m.predict(boxed[0], return_std=True) for m in models)
+    for key in ("energy", "forces", "energies_std"):
+        np.testing.assert_allclose(p[key], q[key], rtol=1e-8, atol=1e-10)

@@ -29,7 +29,7 @@ from .defaults import (
     _RANK_ROWS_PER_SPARSE,
 )
 
-#: frames without a cell are stacked up to this many atoms for the evidence's kernel rows
+#: non-periodic frames are stacked up to this many atoms for the evidence's kernel rows
 _BATCH_ATOMS = 256
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,15 @@ class _Evidence:
 
     @_thread_policy(lambda *a, **k: 0)  # one BLAS thread: blocks of pairs (gpal._threads)
     def _rows_for_batch(self, frames, Z, zsp, derivs, kernels, cols=None) -> list:
-        """:meth:`_rows_for_kernels` of several frames, as one system (frames without a cell).
+        """:meth:`_rows_for_kernels` of several frames, as one system (non-periodic frames).
 
         ``cols``: the feature columns of a smaller l_max (:func:`_l_max_subset`) the rows
         are for (None: all). The pair derivatives are used where they lie: per frame
         and centre species a slice (a copy only when that species' atoms are not
         contiguous), and a column subset gathered from ``dX`` a block of pairs at a
         time (:meth:`_cosine_rows`), not copied whole. Energy rows are summed per frame; a
-        frame with a 3D cell is done alone.
+        frame with any periodic direction is done alone (a frame's stress label is
+        kept only when it is periodic in all three).
 
         Returns
         -------
@@ -180,8 +181,9 @@ class _Evidence:
                     dX=np.ascontiguousarray(d.dX[:, :, cols])) for d in derivs]
             return [[self._derivative_rows(a, Z, zsp, derivs=d, kernel=k) for k in kernels]
                     for a, d in zip(frames, derivs)]
-        if len(frames) > 1 and any(np.isfinite(d.volume) and d.volume > 0 for d in derivs):
-            raise ValueError("frames with a cell are done one at a time")
+        if len(frames) > 1 and any(np.any(a.pbc) for a in frames):
+            # (a molecule in a box, pbc all False, batches: its cell carries no stress label)
+            raise ValueError("periodic frames are done one at a time")
         sizes = np.array([len(a) for a in frames])
         start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         numbers = np.concatenate([np.asarray(a.numbers) for a in frames])
