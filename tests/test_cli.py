@@ -615,11 +615,13 @@ def test_resume_of_a_run_its_stopping_rule_ended_says_so_and_labels_nothing(tmp_
                            stopping=gpal.calibration.StoppingRule(tolerance=50.0, patience=1, use="scale"))
     first = L.run(400)
     assert first.stopped_early
+    files = {p: (run / p).read_bytes() for p in ("summary.json", "state.json", "model.npz")}
     assert main(["learn", "--resume", str(run), "-q"]) == 0
+    assert {p: (run / p).read_bytes() for p in files} == files  # (it was written again, as not stopped)
     out = capsys.readouterr().out
     assert f"this run ended at step {first.steps} of 400 (stop: calibrated bound" in out
     assert "nothing to continue" in out
-    assert f"judged 1 time, met at step {first.steps - 1}" in out
+    assert f"stopped early         : {first.stop_reason}" in out  # the run's own summary
     again = json.loads((run / "summary.json").read_text())
     assert (again["steps"], again["oracle_calls"]) == (first.steps, first.oracle_calls)
     assert main(["learn", "--resume", str(run), "--steps", str(first.steps + 15), "-q"]) == 0  # as asked

@@ -533,3 +533,41 @@ def test_a_force_targets_std_has_its_dtc_residual():
         frames + [label(b) for b in moved])
     q = ts.predict(dense)
     assert np.all(q["std_residual"] < 0.01 * p["std_residual"])
+
+
+def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_path, capsys):
+    """A run stopped by its [targets] tolerance could not be continued: --steps ran to the
+    next check and stopped again, and a config with a tighter tolerance was refused. A
+    resume with nothing to run rewrote summary.json and state.json as not stopped."""
+    from ase.io import write
+
+    from gpal.cli import main
+
+    images, _ = vacancy_path(3)
+    write(tmp_path / "start.xyz", images[0])
+    write(tmp_path / "neb.xyz", images)
+    run = tmp_path / "run"
+
+    def config(tolerance):
+        path = tmp_path / f"c{tolerance}.toml"
+        path.write_text(f'run_dir = "{run}"\nsteps = 40\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n'
+                        "[md]\ntemperature = 600.0\n[model]\nn_sparse = 30\n"
+                        "[descriptor]\nn_max = 3\nl_max = 2\n"
+                        "[learner]\nn_bootstrap = 2\ncheck_every = 10\n"
+                        f'[targets]\nfile = "{tmp_path / "neb.xyz"}"\nquantity = "barrier"\n'
+                        f"tolerance = {tolerance}\n")
+        return str(path)
+
+    assert main(["learn", config(100.0), "-q"]) == 0
+    first = json.loads((run / "summary.json").read_text())
+    assert first["stopped_early"] and first["steps"] < 40
+    files = {p: (run / p).read_bytes() for p in ("summary.json", "state.json")}
+    capsys.readouterr()
+    assert main(["learn", "--resume", str(run), "-q"]) == 0  # nothing to run: the run's files stay
+    assert "nothing to continue" in capsys.readouterr().out
+    assert {p: (run / p).read_bytes() for p in files} == files
+    assert main(["learn", config(1e-6), "--resume", str(run), "-q"]) == 0
+    assert "[targets] tolerance now 1e-06 (the run had 100.0)" in capsys.readouterr().out
+    again = json.loads((run / "summary.json").read_text())
+    assert not again["stopped_early"] and again["steps"] == 40
+    assert json.loads((run / "state.json").read_text())["targets"]["tolerance"] == 1e-6

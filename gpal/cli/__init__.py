@@ -228,6 +228,11 @@ def _resume(args: argparse.Namespace) -> int:
             _same_start_structure(new["structure"], run_dir, args.config)
             old = {**old, "structure": {k: v for k, v in old["structure"].items() if k not in ("file", "index")}}
             new = {**new, "structure": {k: v for k, v in new["structure"].items() if k not in ("file", "index")}}
+        # [targets] tolerance may change, as [stopping] may: a stop criterion, not the
+        # targets themselves (a run stopped by its tolerance continues under a tighter one)
+        tolerances = [c.get("targets", {}).get("tolerance") for c in (old, new)]
+        old, new = ({**c, "targets": {k: v for k, v in c["targets"].items() if k != "tolerance"}}
+                    if "targets" in c else c for c in (old, new))
         diff = config.config_difference(old, new)
         if diff is not None:
             raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
@@ -245,6 +250,10 @@ def _resume(args: argparse.Namespace) -> int:
             overrides["stopping"] = StoppingRule(**user["stopping"]) if want else None
             print(f"gpal: [stopping] {'now ' + ', '.join(f'{k} {want[k]}' for k in keys) if want else 'removed'} "
                   f"(the run had {', '.join(f'{k} {had.get(k)}' for k in keys) if had else 'none'})")
+        had_tol = (state.get("targets") or {}).get("tolerance", tolerances[0])  # (as last resumed)
+        if state.get("targets") and tolerances[1] != had_tol:
+            overrides["target_tolerance"] = tolerances[1]
+            print(f"gpal: [targets] tolerance now {tolerances[1]} (the run had {had_tol})")
     if steps is not None and steps < int(state["step"]):
         given = f"--steps {steps}" if args.steps is not None else f"steps = {steps} in {args.config}"
         raise GpalError(f"{given} is below the {state['step']} steps this run has made: steps "
@@ -264,6 +273,8 @@ def _resume(args: argparse.Namespace) -> int:
             executor = worker_pool(int(cfg["workers"]))
         walkers = _walker_executor(cfg)
 
+        tolerance = overrides.pop("target_tolerance", _UNCHANGED)
+
         def resumed():
             try:
                 learner = ActiveLearner.resume(run_dir, executor=executor, progress=not args.quiet,
@@ -271,13 +282,34 @@ def _resume(args: argparse.Namespace) -> int:
             except KeyError as exc:
                 raise GpalError(f"{run_dir / 'state.json'} lacks the entry {exc.args[0]!r}: not a run "
                                 "state this gpal version can resume") from exc
-            if steps is None and learner.stopped_early_:
+            if tolerance is not _UNCHANGED and learner.targets is not None:
+                learner.targets.tolerance = None if tolerance is None else float(tolerance)
+            changed = "stopping" in overrides or tolerance is not _UNCHANGED
+            if steps is None and learner.stopped_early_ and not changed:
                 print(f"gpal: this run ended at step {learner.step} of {learner.total_steps} ("
-                      f"{learner.stopped_early_}); nothing to continue (--steps N continues it anyway)")
-                return learner, learner.step
+                      f"{learner.stopped_early_}); nothing to continue. --steps N runs on to step N, "
+                      "and stops again at a check where that still holds; a config with another "
+                      "[stopping] or [targets] tolerance changes it (gpal learn CONFIG --resume RUN_DIR)")
+                return learner, None
             return learner, (steps if steps is not None else learner.total_steps)
 
         return _learn_and_report(resumed, executor, run_dir, walkers[1])
+
+
+_UNCHANGED = object()
+
+
+def _stored_summary(run_dir: Path):
+    """The :class:`gpal.learning.learner.Summary` of ``run_dir/summary.json``, or None
+    (missing, unreadable or of other fields): a resume with nothing to run prints it and
+    leaves the run's files as they are."""
+    from ..learning.learner import Summary
+
+    try:
+        d = json.loads((Path(run_dir) / "summary.json").read_text())
+        return Summary(**{f.name: d[f.name] for f in dataclasses.fields(Summary) if f.name in d})
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _walker_executor(cfg: dict):
@@ -298,7 +330,9 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     """
     try:
         learner, steps = make()
-        summary = learner.run(steps)
+        summary = _stored_summary(run_dir) if steps is None else None
+        if summary is None:  # (nothing to run, and no summary: the run's own end again)
+            summary = learner.run(learner.step if steps is None else steps)
     finally:
         if executor is not None:
             executor.stop()
