@@ -2050,3 +2050,23 @@ def test_a_stop_on_an_oracle_failure_logs_the_labels_it_wrote(tmp_path):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     logged = sum(r["n"] for r in records if r.get("event") == "label")
     assert logged == len(frames_in(run / "train.xyz")) >= 2
+
+
+def test_a_calibration_inside_a_hyperparameter_refit_is_counted_once(tmp_path, monkeypatch):
+    """The refit's calibration was counted as a model update too: the summary's times
+    added up to more than the wall time."""
+    from gpal import SparseGP
+
+    real = SparseGP.loo_residuals
+    spent = []
+
+    def slow(self, *a, **k):  # (inside the time calibrate counts)
+        time.sleep(0.3)
+        spent.append(0.3)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(SparseGP, "loo_residuals", slow)
+    s = learner(tmp_path / "run", optimize_every=1).run(30)
+    assert len(spent) >= 3 and s.time_calibration >= sum(spent)
+    assert s.time_md + s.time_oracle + s.time_update + s.time_calibration <= s.wall_time
+    assert s.time_update < 0.3  # (a few tiny fits; every calibration slept 0.3 s)
