@@ -2070,3 +2070,18 @@ def test_a_calibration_inside_a_hyperparameter_refit_is_counted_once(tmp_path, m
     assert len(spent) >= 3 and s.time_calibration >= sum(spent)
     assert s.time_md + s.time_oracle + s.time_update + s.time_calibration <= s.wall_time
     assert s.time_update < 0.3  # (a few tiny fits; every calibration slept 0.3 s)
+
+
+def test_a_stopping_tolerance_above_the_blow_up_limit_warns(tmp_path):
+    """A tolerance meant in meV/Å (30 for 0.03 eV/Å) stopped the run at its first check
+    without a word (a trigger threshold that large warns)."""
+    import warnings
+
+    from gpal.calibration import StoppingRule
+
+    with pytest.warns(UserWarning, match=r"stopping tolerance = 30 eV/Å is not below the blow-up force limit"):
+        learner(tmp_path / "run", stopping=StoppingRule(tolerance=30.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner(tmp_path / "run2", stopping=StoppingRule(tolerance=0.03))
+    assert not [w for w in caught if "stopping tolerance" in str(w.message)]

@@ -470,6 +470,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
 
+        tfile = cfg["targets"]["file"]
+        if not Path(tfile).exists():
+            where = "" if Path(tfile).is_absolute() else f" (a relative path is read from the working directory, {Path.cwd()})"
+            raise ConfigError(f"[targets] file {tfile!r}: no such file{where}")
         try:
             targets = TargetSet.from_file(**cfg["targets"])
         except (TypeError, ValueError) as exc:  # (not a file's error: those name the file)
@@ -1397,7 +1401,11 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; the disk (or the quota) is full{where}" + (
                 f": free space, then continue with gpal learn --resume {run_dir}"
                 if run_dir and (Path(run_dir) / "state.json").exists() else "")
-        print(f"{prog}: error: {_message(exc)}{hint}", file=sys.stderr)
+        message = _message(exc)
+        config = getattr(args, "config", None)
+        if config and isinstance(exc, ConfigError) and message.startswith("["):
+            message = f"{config}: {message}"  # ("[section] key ..." of the config given)
+        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # settings that ask for more than the machine has (n_max 100000...)
         if args.verbose:

@@ -480,6 +480,17 @@ def check_trigger_threshold(trigger, max_force: float) -> None:
             return
 
 
+def check_stopping_tolerance(stopping, max_force: float) -> None:
+    """Warn if a stopping rule's tolerance (eV/Å) is not below the blow-up force limit
+    ``max_force``: every calibrated bound is then under it, and the run stops at its first
+    judged check (a tolerance meant in meV/Å, 30 for 0.03)."""
+    tol = getattr(stopping, "tolerance", None)
+    if tol is not None and tol >= max_force:
+        warnings.warn(f"stopping tolerance = {tol:g} eV/Å is not below the blow-up force limit max_force = "
+                      f"{max_force:g} eV/Å: the run stops at its first judged check; tolerances are in eV/Å "
+                      "(30 meV/Å is 0.03)", UserWarning, stacklevel=user_stacklevel())
+
+
 class ActiveLearner:
     """On-the-fly active learning of a gpal SparseGP.
 
@@ -630,6 +641,7 @@ class ActiveLearner:
         check_budgets(self.model, groups)
         check_max_temperature(self.md, self.max_temperature)
         check_trigger_threshold(self.trigger, self.max_force)
+        check_stopping_tolerance(self.stopping, self.max_force)
         # the groups hold the settings (the flat names below read and write them, and
         # state.json is generated from them); the resolved defaults are written back
         if boot.rattle is None:
