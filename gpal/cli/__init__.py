@@ -69,15 +69,21 @@ def _same_start_structure(spec: dict, run_dir: Path, config_path) -> None:
                           "start a new run with --run-dir)")
 
 
+def _check_file_exists(key: str, path: str) -> None:
+    """A config's file that is not there: one line naming the key (and, for a relative
+    path, the working directory it was read from)."""
+    if not Path(path).exists():
+        where = "" if Path(path).is_absolute() else f" (a relative path is read from the working directory, {Path.cwd()})"
+        raise ConfigError(f"{key} {path!r}: no such file{where}")
+
+
 def _structure(spec: dict):
     from ase.build import bulk
 
     from ..io import read_frames
 
     if "file" in spec:
-        if not Path(spec["file"]).exists():
-            where = "" if Path(spec["file"]).is_absolute() else f" (a relative path is read from the working directory, {Path.cwd()})"
-            raise ConfigError(f"[structure] file {spec['file']!r}: no such file{where}")
+        _check_file_exists("[structure] file", spec["file"])
         index = spec.get("index", 0)
         if isinstance(index, str):  # ASE's index syntax: "-1", "0:10", "::2"
             from ase.io.formats import string2index
@@ -396,12 +402,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     md = MDSettings(**md)
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
-    src = f"{args.config}: " if args.config else ""  # (errors name the file, as load_config's do)
     try:  # (load_config has checked a file's [learner]; these are the defaults' checks)
         check_number("n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
         groups = group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{src}[learner] {exc}") from None
+        raise ConfigError(f"[learner] {exc}") from None
     if cfg.get("stopping"):  # [stopping] tolerance: the calibrated stop (checked by load_config)
         from ..calibration import StoppingRule
 
@@ -427,7 +432,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     # [model] n_sparse says otherwise
     initial = learner_cfg.pop("n_sparse_initial", None)
     if initial is not None and "n_sparse" in user.get("model", {}) and initial != user["model"]["n_sparse"]:
-        raise ConfigError(f"{src}[learner] n_sparse_initial ({initial}) and [model] n_sparse "
+        raise ConfigError(f"[learner] n_sparse_initial ({initial}) and [model] n_sparse "
                           f"({user['model']['n_sparse']}) disagree: the model's size is [model] n_sparse")
     if initial is not None and "file" not in model_cfg:
         model_cfg["n_sparse"] = initial
@@ -442,7 +447,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     try:  # the learner's own check, before the run folder exists
         check_budgets(model, groups)
     except ValueError as exc:
-        raise ConfigError(f"{src}[learner] {exc}") from None
+        raise ConfigError(f"[learner] {exc}") from None
     # the species every structure must have: the descriptor's, the fitted model's, or
     # else those of the start structure (the default descriptor is made from them)
     if descriptor is not None:
@@ -464,22 +469,19 @@ def cmd_learn(args: argparse.Namespace) -> int:
     try:
         check_max_temperature(md, learner_cfg.get("max_temperature"))
     except ValueError as exc:
-        raise ConfigError(f"{src}[learner] {exc}") from None
+        raise ConfigError(f"[learner] {exc}") from None
     check_trigger_threshold(trigger, learner_cfg.get("max_force", 20.0))
     targets = None
     if cfg.get("targets", {}).get("file"):  # [targets]: learning aimed at a target
         from ..learning.targets import TargetSet
 
-        tfile = cfg["targets"]["file"]
-        if not Path(tfile).exists():
-            where = "" if Path(tfile).is_absolute() else f" (a relative path is read from the working directory, {Path.cwd()})"
-            raise ConfigError(f"[targets] file {tfile!r}: no such file{where}")
+        _check_file_exists("[targets] file", cfg["targets"]["file"])
         try:
             targets = TargetSet.from_file(**cfg["targets"])
         except (TypeError, ValueError) as exc:  # (not a file's error: those name the file)
             if isinstance(exc, StructureFileError):
                 raise
-            raise ConfigError(f"{src}[targets] {exc}") from None
+            raise ConfigError(f"[targets] {exc}") from None
         for k, a in enumerate(targets.structures):
             check_species(a, f"[targets] structure {k}")
         if cfg.get("walker_workers") or cfg.get("walker_scheduler"):
