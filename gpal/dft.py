@@ -22,6 +22,7 @@ skips the frame (``on_oracle_failure="skip"``).
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -41,6 +42,33 @@ class SCFConvergenceError(OracleError):
 
     #: gpal.Oracle does not retry: the safer settings were the retry
     retryable = False
+
+
+def _check_settings(p: dict) -> None:
+    """Check (and normalise in place) :class:`PySCF`'s settings: a charge of 2.5 ran as 2,
+    spin 1.5 as 1 and ``density_fit = "false"`` as density fitting, labels of a state or a
+    method nobody asked for."""
+    from ._validation import check_number
+
+    p["charge"] = check_number("PySCF charge", p["charge"], integer=True)
+    p["spin"] = check_number("PySCF spin (2S, unpaired electrons)", p["spin"], low=0, integer=True)
+    p["grid_level"] = check_number("PySCF grid_level", p["grid_level"], low=0, integer=True)
+    if p["grid_level"] > 9:
+        raise ValueError(f"PySCF grid_level must be 0-9, got {p['grid_level']}")
+    p["conv_tol"] = check_number("PySCF conv_tol", p["conv_tol"], low=0, strict=True, unit="Ha")
+    p["max_cycle"] = check_number("PySCF max_cycle", p["max_cycle"], low=1, integer=True)
+    p["threads"] = check_number("PySCF threads", p["threads"], low=1, integer=True, none=True)
+    p["verbose"] = check_number("PySCF verbose", p["verbose"], low=0, integer=True)
+    for key in ("density_fit", "reuse_guess"):
+        if not isinstance(p[key], (bool, np.bool_)):
+            raise ValueError(f"PySCF {key} must be true or false, got {p[key]!r}")
+        p[key] = bool(p[key])
+    if not isinstance(p["xc"], str):
+        raise ValueError(f"PySCF xc must be a functional's name, got {p['xc']!r}")
+    for key, none in (("basis", False), ("auxbasis", True)):
+        if not (isinstance(p[key], (str, dict)) or (none and p[key] is None)):
+            raise ValueError(f"PySCF {key} must be a basis set's name or a dict by element"
+                             f"{' or None' if none else ''}, got {p[key]!r}")
 
 
 class PySCF(Calculator):
@@ -110,9 +138,7 @@ class PySCF(Calculator):
             raise TypeError(
                 f"PySCF got unknown setting(s) {', '.join(unknown)}; valid: {', '.join(self.default_parameters)}")
         super().__init__(**kwargs)
-        p = self.parameters
-        if int(p["spin"]) < 0:
-            raise ValueError(f"spin (2S, unpaired electrons) must be >= 0, got {p['spin']}")
+        _check_settings(self.parameters)
         self.n_scf_retries = 0
         self._dm = None  # previous density matrix, the next initial guess
 
@@ -128,6 +154,29 @@ class PySCF(Calculator):
                 f"PySCF: {atoms.get_chemical_formula()} with charge {int(p['charge'])} has {electrons} electrons, "
                 f"which spin = {int(p['spin'])} (2S, unpaired electrons) cannot have: the two need the same "
                 f"parity (spin = {electrons % 2} for the lowest multiplicity)")
+        # the functional and the basis sets, by PySCF itself: a misspelt name failed on
+        # every label, each tried twice, after the run folder was made
+        from pyscf import gto
+        from pyscf.dft import libxc
+
+        try:
+            libxc.parse_xc(p["xc"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"PySCF: xc = {p['xc']!r} is not a functional PySCF knows "
+                             f"({' '.join(str(exc).split())})") from None
+        formula = atoms.get_chemical_formula()
+        for key in ("basis", "auxbasis"):
+            if p[key] is None or (key == "auxbasis" and not p["density_fit"]):
+                continue
+            for symbol in sorted(set(atoms.get_chemical_symbols())):
+                try:
+                    with warnings.catch_warnings():  # (its hint to install basis-set-exchange)
+                        warnings.simplefilter("ignore")
+                        gto.basis.load(p[key], symbol) if isinstance(p[key], str) else gto.M(
+                            atom=[(symbol, (0.0, 0.0, 0.0))], basis=p[key], spin=None, verbose=0)
+                except Exception as exc:  # (PySCF raises several kinds for a name it cannot find)
+                    raise ValueError(f"PySCF: {key} = {p[key]!r} has no functions for {symbol} (in "
+                                     f"{formula}): {type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
     # ---------------------------------------------------------------- helpers
     def _mol(self, atoms):

@@ -85,6 +85,8 @@ def bad(tmp_path_factory):
         "sindex": f'[structure]\nfile = "{d / "train.xyz"}"\nindex = "abc"\n',
         "maxcalls": "[learner]\nmax_oracle_calls = 2\n",
         "okwargs": '[oracle]\nfactory = "_oracles:StrictEMT"\nkwargs = {methd = "x"}\n',
+        # no factory: these went to the demo's EMT, which took them and labelled the run
+        "nofactory": '[oracle]\nkwargs = {xc = "PBE", basis = "sto-3g"}\n',
         "oraise": '[oracle]\nfactory = "_oracles_broken:Calc"\n',
         "maxT": "[md]\ntemperature = 1000.0\n[learner]\nmax_temperature = 100.0\n",
         "nsp": '[model]\nn_sparse = {Au = 10}\n',
@@ -282,6 +284,8 @@ CASES = [
     pytest.param(["learn", "{d}/v_maxcalls.toml"], "{d}/v_maxcalls.toml: [learner] max_oracle_calls (2) is below n_bootstrap (4)",
                  id="config-max-calls"),
     pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),
+    pytest.param(["learn", "{d}/v_nofactory.toml"], "{d}/v_nofactory.toml: [oracle] sets kwargs but no factory",
+                 id="config-oracle-without-factory"),
     pytest.param(["learn", "{d}/v_okwargs.toml"], "cannot build the oracle _oracles:StrictEMT(methd='x'): "
                  "TypeError", id="config-oracle-kwargs"),
     pytest.param(["learn", "{d}/v_oraise.toml"], "importing oracle module '_oracles_broken' failed: "

@@ -128,3 +128,21 @@ def test_a_charge_and_spin_that_disagree_are_refused_before_any_call(tmp_path):
     with pytest.raises(ValueError, match="cannot build") as err:  # one line, and not worth a retry
         bad.get_potential_energy()
     assert "\n" not in str(err.value) and err.value.retryable is False
+
+
+def test_an_unknown_functional_or_basis_is_refused_before_any_call(tmp_path):
+    """A misspelt xc or basis failed on every label, each tried twice, after the run
+    folder was made."""
+    import gpal
+
+    for kwargs, match in ((dict(xc="PBEE"), "xc = 'PBEE' is not a functional PySCF knows"),
+                          (dict(basis="sto-3gg"), "basis = 'sto-3gg' has no functions for H \\(in H2O\\)"),
+                          (dict(basis="sto-3g", auxbasis="nope"), "auxbasis = 'nope' has no functions")):
+        with pytest.raises(ValueError, match=match):
+            PySCF(**{**FAST, **kwargs}).check_structure(water())
+    with pytest.raises(ValueError, match="not a functional"):
+        gpal.ActiveLearner(water(), pyscf_oracle(xc="PBEE", basis="sto-3g"), run_dir=tmp_path / "run",
+                           progress=False)
+    assert not (tmp_path / "run").exists()
+    PySCF(**{**FAST, "basis": "6-31G*", "xc": "B3LYP"}).check_structure(water())
+    PySCF(**{**FAST, "basis": {"O": "sto-3g", "H": "sto-3g"}, "density_fit": False}).check_structure(water())

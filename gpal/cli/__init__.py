@@ -394,8 +394,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
     calc = oracle.check()  # an unimportable factory or wrong kwargs fail here, not on every label
-    if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge and spin
-        calc.check_structure(structure)
+    if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge, spin, xc, basis
+        try:
+            calc.check_structure(structure)
+        except ValueError as exc:
+            raise ConfigError(f"[oracle] {_message(exc)}") from None
     md = dict(cfg["md"])
     if isinstance(md.get("temperature"), list):
         md["temperature"] = tuple(md["temperature"])

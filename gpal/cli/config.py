@@ -394,6 +394,11 @@ def _check_semantics(path, cfg: dict) -> None:
     rep = cfg.get("structure", {}).get("repeat")
     if rep is not None and (len(rep) != 3 or not all(isinstance(x, int) and x > 0 for x in rep)):
         raise ConfigError(f"{path}: [structure] repeat must be three positive integers, got {json.dumps(rep)}")
+    oracle = cfg.get("oracle", {})
+    if oracle and "factory" not in oracle:  # (its kwargs went to the demo's EMT, which took them)
+        raise ConfigError(f"{path}: [oracle] sets {', '.join(sorted(oracle))} but no factory, the "
+                          "calculator to run (e.g. factory = \"gpal.dft:PySCF\"); without one the "
+                          "oracle is the demo's EMT")
     model = cfg.get("model", {})
     if "file" in model:  # a fitted model brings its settings: any other one would be ignored
         sch = schema()
