@@ -145,6 +145,25 @@ def make_baseline(baseline, kwargs: dict | None = None):
     return calc
 
 
+def picklable(calc):
+    """``calc``, or where it cannot be pickled (a calculator holding a library's state
+    after a calculation, as tblite's does) a new one of its class and settings
+    (:func:`baseline_spec`), without results. One that cannot be described is returned
+    as is (pickling it then fails with its own error)."""
+    import pickle
+
+    try:
+        pickle.dumps(calc)
+        return calc
+    except Exception:  # (any object's own refusal: TypeError, PicklingError, AttributeError...)
+        pass
+    try:
+        spec = baseline_spec(calc)
+        return make_baseline(spec["factory"], spec["kwargs"])
+    except BaselineError:
+        return calc
+
+
 def check_baseline(baseline, kwargs: dict | None = None) -> None:
     """Raise :class:`BaselineError` for a baseline :func:`make_baseline` would refuse,
     without building it (an import path is imported, its class not instantiated)."""

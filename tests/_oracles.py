@@ -177,3 +177,14 @@ class FastThenHangs(EMT):
                 fh.write(f"{os.getpid()} {child.pid}\n")
             child.wait()
         super().calculate(atoms, properties, system_changes)
+
+
+class HoldsALibraryHandle(EMT):
+    """EMT that keeps an object pickle refuses after its first calculation, as tblite's
+    calculator keeps its library's state."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import threading
+
+        super().calculate(atoms, properties, system_changes)
+        self._handle = threading.Lock()

@@ -499,3 +499,24 @@ def test_a_keyword_the_calculator_turns_into_its_own_is_not_warned(tmp_path):
     with pytest.warns(UserWarning, match="'albp_solvation'"):
         gpal.baseline.make_baseline("tblite.ase:TBLite", {"method": "GFN1-xTB", "albp_solvation": "water",
                                                            "verbosity": 0})
+
+
+def test_a_delta_model_whose_live_baseline_has_computed_can_be_copied_and_pickled(train, test_frame):
+    """tblite's calculator keeps its library's state after a calculation: copy.deepcopy and
+    pickle of a Δ-model failed once it had predicted (so did everything that copies one)."""
+    import copy
+    import pickle
+
+    from _oracles import HoldsALibraryHandle
+
+    live = HoldsALibraryHandle()
+    model = fixed(baseline=live).fit(train)
+    before = model.predict(test_frame, return_std=True)
+    with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+        pickle.dumps(live)  # (the calculator itself, as the user's: EMT's own lambda, and the lock)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(twin.baseline_) is HoldsALibraryHandle and twin.baseline is twin.baseline_
+        after = twin.predict(test_frame, return_std=True)
+        for key in before:
+            np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(before[key]))
+    assert model.baseline_ is live  # the model itself is left as it was

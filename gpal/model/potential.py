@@ -469,6 +469,22 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
         )
 
+    def __getstate__(self) -> dict:
+        """For pickle and ``copy.deepcopy``: a live baseline calculator that cannot be
+        pickled once it has computed (tblite's keeps its library state) is replaced by a
+        new one of the same class and settings (:func:`gpal.baseline.baseline_spec`),
+        without results; a deep copy of a Δ-model failed after its first prediction."""
+        state = dict(super().__getstate__())  # (object's is the model's own __dict__)
+        new = {}  # (the parameter and the fitted baseline are often one object: kept one)
+        for key in ("baseline", "baseline_"):
+            calc = state.get(key)
+            if calc is None or isinstance(calc, (str, dict)) or not hasattr(calc, "get_potential_energy"):
+                continue
+            if id(calc) not in new:
+                new[id(calc)] = _baseline.picklable(calc)
+            state[key] = new[id(calc)]
+        return state
+
     # ------------------------------------------------------------------ fit
     @property
     def species_(self) -> np.ndarray:
