@@ -188,3 +188,9 @@ class HoldsALibraryHandle(EMT):
 
         super().calculate(atoms, properties, system_changes)
         self._handle = threading.Lock()
+
+
+class ChargedEMT(EMT):
+    """EMT with a ``charge`` setting (ignored), as a DFT or xTB calculator has one."""
+
+    default_parameters = {**EMT.default_parameters, "charge": 0}

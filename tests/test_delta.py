@@ -520,3 +520,22 @@ def test_a_delta_model_whose_live_baseline_has_computed_can_be_copied_and_pickle
         for key in before:
             np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(before[key]))
     assert model.baseline_ is live  # the model itself is left as it was
+
+
+def test_an_oracle_and_a_baseline_of_different_charges_warn(tmp_path):
+    """NH4+ labelled with charge 1 over a neutral xTB baseline learnt the difference of two
+    states without a word (force errors 30x those with the charges matched)."""
+    import warnings
+
+    from gpal.learning.oracle import OracleSpec
+
+    start = cu_frames(1, seed=3)[0]
+    oracle = OracleSpec("_oracles:ChargedEMT", {"charge": 1})
+    for kwargs, warned in (({}, True), ({"charge": 1}, False), ({"charge": 0}, True)):
+        model = SparseGP(baseline="_oracles:ChargedEMT", baseline_kwargs=kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gpal.ActiveLearner(start, oracle, model, run_dir=tmp_path / f"r{len(kwargs)}{warned}", progress=False)
+        said = [str(w.message) for w in caught if "the baseline's" in str(w.message)]
+        assert bool(said) == warned, (kwargs, said)
+    assert said[0].startswith("the oracle's charge (1) and the baseline's (0) differ")
