@@ -7,7 +7,10 @@ runs on the machine affects both sides alike):
   (``benchmarks/_data.py``; SOAP r_cut 4.5 Å, n_max 6, l_max 4, sigma 0.5 Å; kernel
   ``NormalizedDotProduct(zeta=4)``), descriptors included;
 * ``predict``: ``model.predict(atoms, return_std=True)`` on one 108-atom frame (the mean
-  of ``--calls`` calls per repeat, an MD step's cost).
+  of ``--calls`` calls per repeat, an MD step's cost);
+* ``calibrate``: what the learner's calibration after each label computes, the
+  leave-one-frame-out residuals of 10 training frames and the two-term calibrator with
+  its cross-fitted conformal quantile.
 
 Each is timed in the modes given by ``--modes`` (default ``default,all,one``):
 
@@ -150,7 +153,15 @@ def main() -> None:
             model.predict(atoms, return_std=True)
         return args.calls
 
-    tasks = {"fit": fit, "predict": predict}
+    from gpal.calibration import fit_two_term_conformal
+
+    def calibrate():  # what ActiveLearner.calibrate does after each label (no oracle call)
+        loo = model.loo_residuals(range(min(len(train), 10)))
+        fit_two_term_conformal(loo["force_error"], loo["force_std"], loo["force_noise"],
+                               loo["force_novelty"], loo["force_frame"])
+        return 1
+
+    tasks = {"fit": fit, "predict": predict, "calibrate": calibrate}
     cpus = sorted(os.sched_getaffinity(0))
     print(f"gpal bench_threads: {len(train)} frames x 108 atoms, {args.n_sparse} sparse; "
           f"cpus available {cpus}; numba {numba.__version__} layer {numba.config.THREADING_LAYER!r}; "
@@ -168,13 +179,13 @@ def main() -> None:
             if proc is not None:
                 proc.kill()
                 proc.wait()
-    print(f"\nmedians of {args.repeats} repeats (fit: s per fit; predict: ms per call, return_std=True); "
+    print(f"\nmedians of {args.repeats} repeats (fit, calibrate: s per call; predict: ms per call, return_std=True); "
           "ratio = mode / one")
     print(f"{'phase':8s} {'task':8s} " + " ".join(f"{m:>16s}" for m in modes))
     for phase, times in results.items():
         for task in tasks:
             ref = statistics.median(times[(task, "one")])
-            scale = 1.0 if task == "fit" else 1e3
+            scale = 1e3 if task == "predict" else 1.0
             cells = []
             for m in modes:
                 med = statistics.median(times[(task, m)])
