@@ -1913,6 +1913,48 @@ def test_oracle_workers_leave_ctrl_c_to_the_parent_and_end_with_it(tmp_path):
     assert not any(running(p) for p in pids)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and process groups")
+def test_a_program_an_oracle_worker_started_ends_when_the_learners_job_is_killed(tmp_path):
+    """A worker leads its own process group, which the learner's job signals do not
+    reach: a DFT program it started ran on after kill -9 of the job (or a closed
+    terminal's SIGHUP) until the worker, finding the learner gone, ended its group."""
+    script = textwrap.dedent("""
+        import subprocess, time
+        from gpal.learning.oracle import worker_pool
+
+        def task():
+            p = subprocess.Popen(["sleep", "120"])  # (a file-based calculator's program)
+            print(p.pid, flush=True)
+            p.wait()
+
+        if __name__ == "__main__":
+            pool = worker_pool(1)
+            pool.submit(task)
+            time.sleep(60)
+    """)
+    (tmp_path / "job.py").write_text(script)
+    for sig in (signal.SIGKILL, signal.SIGHUP):
+        job = subprocess.Popen([sys.executable, str(tmp_path / "job.py")], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)  # (a shell job: a process group of its own)
+        program = int(job.stdout.readline())
+        os.killpg(job.pid, sig)
+        job.wait(timeout=30)
+
+        def running(pid):
+            try:
+                return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.time() + 20
+        while time.time() < deadline and running(program):
+            time.sleep(0.1)
+        alive = running(program)
+        if alive:
+            os.kill(program, signal.SIGKILL)
+        assert not alive, signal.Signals(sig).name
+
+
 def _no_calculator_of_its_own(key):
     from gpal.learning.oracle import _cached_calculator
 

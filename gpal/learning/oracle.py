@@ -166,7 +166,9 @@ def worker_initializer(learner: int | None = None) -> None:
 
     Each worker leads a process group of its own, which the programs its oracle starts
     (a DFT code run by a file-based ASE calculator) join: :meth:`WorkerPool.stop` ends
-    the worker and those programs together. Outside the terminal's foreground group, a
+    the worker and those programs together, and so does the worker itself when it finds
+    the learner gone (a signal to the learner's job, such as a closed terminal's SIGHUP,
+    no longer reaches this group; Ctrl-Z does not pause it either). Outside the terminal's foreground group, a
     program reading or setting the terminal would be stopped (SIGTTIN, SIGTTOU): the
     worker's standard input is ``/dev/null`` (an MPI launcher reads its own to pass it
     on), and SIGTTOU is ignored.
@@ -205,13 +207,23 @@ def worker_initializer(learner: int | None = None) -> None:
         except (OSError, IndexError):  # (no /proc: not Linux)
             return False
 
-    if orphaned():  # (the learner died while this worker started)
+    def leave():
+        # the learner is gone (killed, or its terminal closed): nothing will collect this
+        # worker's results, and the signals of its job no longer reach this group, so the
+        # programs the oracle started end with the worker (SIGTERM to the whole group,
+        # this process included)
+        with contextlib.suppress(AttributeError, OSError):
+            if os.getpgid(0) == os.getpid():
+                os.killpg(os.getpid(), signal.SIGTERM)
         os._exit(1)
+
+    if orphaned():  # (the learner died while this worker started)
+        leave()
 
     def watch():
         while not orphaned():
             time.sleep(_PARENT_POLL)
-        os._exit(1)  # the learner is gone: nothing will collect this worker's results
+        leave()
 
     threading.Thread(target=watch, name="gpal-parent-watch", daemon=True).start()
 
