@@ -57,6 +57,8 @@ def _check_settings(p: dict) -> None:
         raise ValueError(f"PySCF grid_level must be 0-9, got {p['grid_level']}")
     p["conv_tol"] = check_number("PySCF conv_tol", p["conv_tol"], low=0, strict=True, unit="Ha")
     p["max_cycle"] = check_number("PySCF max_cycle", p["max_cycle"], low=1, integer=True)
+    if p["threads"] == 0 and not isinstance(p["threads"], (bool, np.bool_)):
+        p["threads"] = None  # (0 left the process's setting, as None does: TOML has no null)
     p["threads"] = check_number("PySCF threads", p["threads"], low=1, integer=True, none=True)
     p["verbose"] = check_number("PySCF verbose", p["verbose"], low=0, integer=True)
     for key in ("density_fit", "reuse_guess"):
@@ -78,7 +80,8 @@ class PySCF(Calculator):
     ----------
     xc : str, default "PBE"
         Exchange-correlation functional, any name PySCF's libxc interface knows
-        ("PBE", "B3LYP", "PBE0", "wB97X-D"...).
+        ("PBE", "B3LYP", "PBE0", "wB97X-V"...; dispersion-corrected names need the
+        pyscf-dispersion package). Checked before the first label.
     basis : str, default "def2-SVP"
         Gaussian basis set name.
     charge : int, default 0
@@ -154,26 +157,33 @@ class PySCF(Calculator):
                 f"PySCF: {atoms.get_chemical_formula()} with charge {int(p['charge'])} has {electrons} electrons, "
                 f"which spin = {int(p['spin'])} (2S, unpaired electrons) cannot have: the two need the same "
                 f"parity (spin = {electrons % 2} for the lowest multiplicity)")
-        # the functional and the basis sets, by PySCF itself: a misspelt name failed on
-        # every label, each tried twice, after the run folder was made
-        from pyscf import gto
-        from pyscf.dft import libxc
+        # the functional and the basis sets, by PySCF itself: a misspelt name, or one PySCF
+        # lists but cannot run (wB97X-D; a -D3 without pyscf-dispersion), failed on every
+        # label, each tried twice, after the run folder was made
+        from pyscf import dft, gto
+
+        def quiet(make):
+            with warnings.catch_warnings():  # (its hint to install basis-set-exchange)
+                warnings.simplefilter("ignore")
+                return make()
+
+        def one_cycle():  # an H atom, one SCF cycle on the coarsest grid: ~0.02-0.3 s
+            mf = dft.UKS(gto.M(atom=[("H", (0.0, 0.0, 0.0))], basis="sto-3g", spin=1, verbose=0), xc=p["xc"])
+            mf.max_cycle, mf.grids.level, mf.verbose = 1, 0, 0
+            mf.kernel()
 
         try:
-            libxc.parse_xc(p["xc"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"PySCF: xc = {p['xc']!r} is not a functional PySCF knows "
-                             f"({' '.join(str(exc).split())})") from None
+            quiet(one_cycle)
+        except Exception as exc:  # (KeyError, NotImplementedError, RuntimeError: PySCF's own)
+            raise ValueError(f"PySCF: xc = {p['xc']!r} does not run in PySCF: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())}") from None
         formula = atoms.get_chemical_formula()
         for key in ("basis", "auxbasis"):
             if p[key] is None or (key == "auxbasis" and not p["density_fit"]):
                 continue
             for symbol in sorted(set(atoms.get_chemical_symbols())):
-                try:
-                    with warnings.catch_warnings():  # (its hint to install basis-set-exchange)
-                        warnings.simplefilter("ignore")
-                        gto.basis.load(p[key], symbol) if isinstance(p[key], str) else gto.M(
-                            atom=[(symbol, (0.0, 0.0, 0.0))], basis=p[key], spin=None, verbose=0)
+                try:  # (as the calculation builds it: gto.M knows more names than basis.load)
+                    quiet(lambda: gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=p[key], spin=None, verbose=0))
                 except Exception as exc:  # (PySCF raises several kinds for a name it cannot find)
                     raise ValueError(f"PySCF: {key} = {p[key]!r} has no functions for {symbol} (in "
                                      f"{formula}): {type(exc).__name__}: {' '.join(str(exc).split())}") from None

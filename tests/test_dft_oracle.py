@@ -135,14 +135,16 @@ def test_an_unknown_functional_or_basis_is_refused_before_any_call(tmp_path):
     folder was made."""
     import gpal
 
-    for kwargs, match in ((dict(xc="PBEE"), "xc = 'PBEE' is not a functional PySCF knows"),
+    for kwargs, match in ((dict(xc="PBEE"), "xc = 'PBEE' does not run in PySCF: KeyError"),
+                          (dict(xc="wB97X-D"), "xc = 'wB97X-D' does not run in PySCF: NotImplementedError"),
                           (dict(basis="sto-3gg"), "basis = 'sto-3gg' has no functions for H \\(in H2O\\)"),
                           (dict(basis="sto-3g", auxbasis="nope"), "auxbasis = 'nope' has no functions")):
         with pytest.raises(ValueError, match=match):
             PySCF(**{**FAST, **kwargs}).check_structure(water())
-    with pytest.raises(ValueError, match="not a functional"):
+    with pytest.raises(ValueError, match="does not run in PySCF"):
         gpal.ActiveLearner(water(), pyscf_oracle(xc="PBEE", basis="sto-3g"), run_dir=tmp_path / "run",
                            progress=False)
     assert not (tmp_path / "run").exists()
     PySCF(**{**FAST, "basis": "6-31G*", "xc": "B3LYP"}).check_structure(water())
+    PySCF(**{**FAST, "basis": "unc-def2-svp"}).check_structure(water())  # (a name basis.load refuses)
     PySCF(**{**FAST, "basis": {"O": "sto-3g", "H": "sto-3g"}, "density_fit": False}).check_structure(water())

@@ -35,3 +35,4 @@ def test_settings_of_the_right_kind_are_kept():
     p = calc.parameters
     assert (p["charge"], p["spin"], p["density_fit"]) == (-1, 2, False)
     assert type(p["charge"]) is int and type(p["density_fit"]) is bool
+    assert PySCF(threads=0).parameters["threads"] is None  # (0 left the process's setting, as None)
