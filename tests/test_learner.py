@@ -2127,3 +2127,17 @@ def test_a_stopping_tolerance_above_the_blow_up_limit_warns(tmp_path):
         warnings.simplefilter("always")
         learner(tmp_path / "run2", stopping=StoppingRule(tolerance=0.03))
     assert not [w for w in caught if "stopping tolerance" in str(w.message)]
+
+
+def test_temporary_files_a_kill_left_are_removed_when_the_run_continues(tmp_path):
+    """Each kill during a write left a new .NAME.XXXXXXXX.tmp (up to the model's size), and
+    nothing removed them; the user's own files in the folder stay."""
+    run = tmp_path / "run"
+    learner(run).run(10)
+    left = [".model.npz.0a1b2c3d.tmp", ".train.xyz.deadbeef.tmp", "state.json.tmp"]  # (the last: older gpal)
+    mine = ["notes.tmp", ".model.npz.tmp", "model.npz.bak"]
+    for name in left + mine:
+        (run / name).write_text("x")
+    ActiveLearner.resume(run, progress=False).run(20)
+    names = {p.name for p in run.iterdir()}
+    assert not names & set(left) and set(mine) <= names

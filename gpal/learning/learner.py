@@ -210,6 +210,19 @@ def foreign_files(run_dir: Path) -> list[str]:
                   and temporary_of(p.name) not in RUN_FILES)
 
 
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of run files that kills mid-write left
+    (``.train.xyz.0a1b2c3d.tmp``, and ``train.xyz.tmp`` of earlier gpal versions): each
+    kill left one more, of up to the model's size. Called with the run lock held, so no
+    gpal writer of this folder is using them; no other file is touched."""
+    for p in Path(run_dir).iterdir():
+        name = p.name
+        if name not in RUN_FILES and (temporary_of(name) in RUN_FILES
+                                      or (name.endswith(".tmp") and name[:-4] in RUN_FILES)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 __all__ = ["ActiveLearner", "Trigger", "MDSettings", "Summary"]
 
 
@@ -1281,6 +1294,7 @@ class ActiveLearner:
                 (self.run_dir / "run.lock").unlink(missing_ok=True)
             raise
         try:
+            _remove_stale_temporaries(self.run_dir)
             for name in ("train.xyz", "log.jsonl"):  # (appended to) before any call is paid for
                 path = self.run_dir / name
                 if path.exists() and not os.access(path, os.W_OK):
