@@ -520,6 +520,11 @@ def test_a_delta_model_whose_live_baseline_has_computed_can_be_copied_and_pickle
         for key in before:
             np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(before[key]))
     assert model.baseline_ is live  # the model itself is left as it was
+    from sklearn.base import clone
+
+    fresh = clone(model)  # (clone deep-copies each parameter: GridSearchCV, cross_val_score)
+    assert type(fresh.baseline) is HoldsALibraryHandle and fresh.baseline is not live
+    assert model.baseline is live and not hasattr(fresh, "baseline_")
 
 
 def test_an_oracle_and_a_baseline_of_different_charges_warn(tmp_path):

@@ -485,6 +485,21 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             state[key] = new[id(calc)]
         return state
 
+    def __sklearn_clone__(self):
+        """scikit-learn's ``clone`` (GridSearchCV, cross_val_score): a live baseline that
+        cannot be pickled after a calculation is given to the clone as a new one of its
+        class and settings (``clone`` deep-copies each parameter, which failed on
+        tblite's library state), as :meth:`__getstate__` does for copies."""
+        calc = self.baseline
+        swap = calc if calc is None or isinstance(calc, (str, dict)) else _baseline.picklable(calc)
+        if swap is calc:
+            return super().__sklearn_clone__()
+        self.baseline = swap  # (for the clone's parameters only; the model keeps its own)
+        try:
+            return super().__sklearn_clone__()
+        finally:
+            self.baseline = calc
+
     # ------------------------------------------------------------------ fit
     @property
     def species_(self) -> np.ndarray:
