@@ -129,8 +129,8 @@ def atomic_write(path, mode: str = "w"):
     tmp = None
     try:
         tmp, fd = _create_temporary(path)
-        os.close(fd)  # (opened again by name: the file object's name is the path, not a descriptor)
-        with open(tmp, mode) as fh:
+        # the descriptor O_EXCL made, under the path's name (os.fdopen would name it by number)
+        with open(tmp, mode, opener=lambda *_: fd) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -566,6 +566,10 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
     assert main(["learn", "--resume", str(run), "-q"]) == 0  # nothing to run: the run's files stay
     assert "nothing to continue" in capsys.readouterr().out
     assert {p: (run / p).read_bytes() for p in files} == files
+    (run / "summary.json").unlink()  # (a kill after the stop, before the summary): from the state
+    assert main(["learn", "--resume", str(run), "-q"]) == 0
+    assert "stopped early         : target std" in capsys.readouterr().out
+    assert (run / "state.json").read_bytes() == files["state.json"]
     assert main(["learn", config(1e-6), "--resume", str(run), "-q"]) == 0
     assert "[targets] tolerance now 1e-06 (the run had 100.0)" in capsys.readouterr().out
     again = json.loads((run / "summary.json").read_text())

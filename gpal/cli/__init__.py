@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
-from ..exceptions import ConfigError, GpalError, StructureFileError, interrupt_in
+from ..exceptions import ConfigError, GpalError, OracleError, StructureFileError, interrupt_in
 
 log = logging.getLogger("gpal")
 
@@ -336,9 +336,13 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     """
     try:
         learner, steps = make()
-        summary = _stored_summary(run_dir) if steps is None else None
-        if summary is None:  # (nothing to run, and no summary: the run's own end again)
-            summary = learner.run(learner.step if steps is None else steps)
+        if steps is None:  # nothing to run: the run's summary, its files left as they are
+            summary = _stored_summary(run_dir)
+            if summary is None:  # (none written: a kill after the stop) from its state
+                learner._stopped = (True, str(learner.stopped_early_))
+                summary = learner._summary(0.0)
+        else:
+            summary = learner.run(steps)
     finally:
         if executor is not None:
             executor.stop()
@@ -393,7 +397,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
                           "no frame would be labelled")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
-    calc = oracle.check()  # an unimportable factory or wrong kwargs fail here, not on every label
+    try:  # an unimportable factory or wrong kwargs fail here, not on every label
+        calc = oracle.check()
+    except OracleError as exc:
+        raise ConfigError(f"[oracle] {_message(exc)}") from None
     if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge, spin, xc, basis
         try:
             calc.check_structure(structure)

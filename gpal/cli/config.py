@@ -397,8 +397,8 @@ def _check_semantics(path, cfg: dict) -> None:
     oracle = cfg.get("oracle", {})
     if oracle and "factory" not in oracle:  # (its kwargs went to the demo's EMT, which took them)
         raise ConfigError(f"{path}: [oracle] sets {', '.join(sorted(oracle))} but no factory, the "
-                          "calculator to run (e.g. factory = \"gpal.dft:PySCF\"); without one the "
-                          "oracle is the demo's EMT")
+                          "calculator to run (e.g. factory = \"gpal.dft:PySCF\"; the demo's is "
+                          "\"ase.calculators.emt:EMT\"): without one, the kwargs went to the demo's EMT")
     model = cfg.get("model", {})
     if "file" in model:  # a fitted model brings its settings: any other one would be ignored
         sch = schema()

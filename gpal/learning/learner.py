@@ -520,13 +520,14 @@ def check_baseline_charge(oracle_calc, model) -> None:
 
 def check_stopping_tolerance(stopping, max_force: float) -> None:
     """Warn if a stopping rule's tolerance (eV/Å) is not below the blow-up force limit
-    ``max_force``: every calibrated bound is then under it, and the run stops at its first
+    ``max_force``: every calibrated bound is then under it, and the rule is met at every
     judged check (a tolerance meant in meV/Å, 30 for 0.03)."""
     tol = getattr(stopping, "tolerance", None)
     if tol is not None and tol >= max_force:
         warnings.warn(f"stopping tolerance = {tol:g} eV/Å is not below the blow-up force limit max_force = "
-                      f"{max_force:g} eV/Å: the run stops at its first judged check; tolerances are in eV/Å "
-                      "(30 meV/Å is 0.03)", UserWarning, stacklevel=user_stacklevel())
+                      f"{max_force:g} eV/Å: every judged check meets it, and the run stops after the first "
+                      f"{getattr(stopping, 'patience', 1)}; tolerances are in eV/Å (30 meV/Å is 0.03)",
+                      UserWarning, stacklevel=user_stacklevel())
 
 
 class ActiveLearner:
