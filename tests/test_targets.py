@@ -243,7 +243,8 @@ def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch)
     bad = tmp_path / "bad.toml"
     bad.write_text(f'run_dir = "{tmp_path / "run2"}"\n[targets]\nfile = "{tmp_path / "none.xyz"}"\n')
     assert main(["learn", str(bad), "-q"]) == 2
-    assert "target structure file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.toml: [targets] file" in err and "none.xyz': no such file" in err
 
 
 def test_pick_structure_takes_the_image_that_removes_most_and_never_twice(fitted):
