@@ -206,8 +206,13 @@ def foreign_files(run_dir: Path) -> list[str]:
     of a run file, left by a kill, count as the run's: ``.train.xyz.0a1b2c3d.tmp``, and
     ``train.xyz.tmp`` as earlier gpal versions named them)."""
     return sorted(p.name for p in Path(run_dir).iterdir()
-                  if p.name not in RUN_FILES and p.name.removesuffix(".tmp") not in RUN_FILES
-                  and temporary_of(p.name) not in RUN_FILES)
+                  if p.name not in RUN_FILES and not _run_temporary(p.name))
+
+
+def _run_temporary(name: str) -> bool:
+    """``name`` is the temporary file of an atomic write of a run file (``.train.xyz.0a1b2c3d.tmp``,
+    or ``train.xyz.tmp`` as earlier gpal versions named them)."""
+    return temporary_of(name) in RUN_FILES or (name.endswith(".tmp") and name[:-4] in RUN_FILES)
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
@@ -216,9 +221,7 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     kill left one more, of up to the model's size. Called with the run lock held, so no
     gpal writer of this folder is using them; no other file is touched."""
     for p in Path(run_dir).iterdir():
-        name = p.name
-        if name not in RUN_FILES and (temporary_of(name) in RUN_FILES
-                                      or (name.endswith(".tmp") and name[:-4] in RUN_FILES)):
+        if p.name not in RUN_FILES and _run_temporary(p.name):
             with contextlib.suppress(OSError):
                 p.unlink()
 
