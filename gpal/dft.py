@@ -21,6 +21,7 @@ skips the frame (``on_oracle_failure="skip"``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
@@ -42,6 +43,54 @@ class SCFConvergenceError(OracleError):
 
     #: gpal.Oracle does not retry: the safer settings were the retry
     retryable = False
+
+
+def _quietly(make):
+    """``make()`` without PySCF's warnings (its hint to install basis-set-exchange)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make()
+
+
+def _failure_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+@functools.lru_cache(maxsize=64)
+def _xc_failure(xc: str) -> str | None:
+    """Why ``xc`` does not run in PySCF, or None: one SCF cycle of an H atom on the
+    coarsest grid (0.02-1.5 s, once per process and functional)."""
+    from pyscf import dft, gto
+
+    def one_cycle():
+        mf = dft.UKS(gto.M(atom=[("H", (0.0, 0.0, 0.0))], basis="sto-3g", spin=1, verbose=0), xc=xc)
+        mf.max_cycle, mf.grids.level, mf.verbose = 1, 0, 0
+        mf.kernel()
+
+    try:
+        _quietly(one_cycle)
+    except Exception as exc:  # (KeyError, NotImplementedError, RuntimeError: PySCF's own)
+        return _failure_text(exc)
+    return None
+
+
+def _basis_failure(basis, symbol: str) -> str | None:
+    """Why ``basis`` has no functions for element ``symbol`` in PySCF, or None: built as
+    the calculation builds it (``gto.M`` knows more names than ``gto.basis.load``)."""
+    if isinstance(basis, str):
+        return _named_basis_failure(basis, symbol)
+    from pyscf import gto
+
+    try:
+        _quietly(lambda: gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=basis, spin=None, verbose=0))
+    except Exception as exc:  # (PySCF raises several kinds for a basis it cannot build)
+        return _failure_text(exc)
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _named_basis_failure(basis: str, symbol: str) -> str | None:
+    return _basis_failure({symbol: basis}, symbol)
 
 
 def _check_settings(p: dict) -> None:
@@ -159,34 +208,20 @@ class PySCF(Calculator):
                 f"parity (spin = {electrons % 2} for the lowest multiplicity)")
         # the functional and the basis sets, by PySCF itself: a misspelt name, or one PySCF
         # lists but cannot run (wB97X-D; a -D3 without pyscf-dispersion), failed on every
-        # label, each tried twice, after the run folder was made
-        from pyscf import dft, gto
-
-        def quiet(make):
-            with warnings.catch_warnings():  # (its hint to install basis-set-exchange)
-                warnings.simplefilter("ignore")
-                return make()
-
-        def one_cycle():  # an H atom, one SCF cycle on the coarsest grid: ~0.02-0.3 s
-            mf = dft.UKS(gto.M(atom=[("H", (0.0, 0.0, 0.0))], basis="sto-3g", spin=1, verbose=0), xc=p["xc"])
-            mf.max_cycle, mf.grids.level, mf.verbose = 1, 0, 0
-            mf.kernel()
-
-        try:
-            quiet(one_cycle)
-        except Exception as exc:  # (KeyError, NotImplementedError, RuntimeError: PySCF's own)
-            raise ValueError(f"PySCF: xc = {p['xc']!r} does not run in PySCF: {type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())}") from None
+        # label, each tried twice, after the run folder was made. Each verdict is kept for
+        # the process (several start structures, the CLI's check and the learner's)
+        failure = _xc_failure(p["xc"])
+        if failure:
+            raise ValueError(f"PySCF: xc = {p['xc']!r} does not run in PySCF: {failure}")
         formula = atoms.get_chemical_formula()
         for key in ("basis", "auxbasis"):
             if p[key] is None or (key == "auxbasis" and not p["density_fit"]):
                 continue
             for symbol in sorted(set(atoms.get_chemical_symbols())):
-                try:  # (as the calculation builds it: gto.M knows more names than basis.load)
-                    quiet(lambda: gto.M(atom=[(symbol, (0.0, 0.0, 0.0))], basis=p[key], spin=None, verbose=0))
-                except Exception as exc:  # (PySCF raises several kinds for a name it cannot find)
+                failure = _basis_failure(p[key], symbol)
+                if failure:
                     raise ValueError(f"PySCF: {key} = {p[key]!r} has no functions for {symbol} (in "
-                                     f"{formula}): {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+                                     f"{formula}): {failure}")
 
     # ---------------------------------------------------------------- helpers
     def _mol(self, atoms):

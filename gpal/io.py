@@ -128,6 +128,8 @@ def atomic_write(path, mode: str = "w"):
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     tmp = None
     try:
+        if mode not in ("w", "wb"):
+            raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
         tmp, fd = _create_temporary(path)
         # the descriptor O_EXCL made, under the path's name (os.fdopen would name it by number)
         with open(tmp, mode, opener=lambda *_: fd) as fh:

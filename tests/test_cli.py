@@ -624,6 +624,14 @@ def test_resume_of_a_run_its_stopping_rule_ended_says_so_and_labels_nothing(tmp_
     assert f"stopped early         : {first.stop_reason}" in out  # the run's own summary
     again = json.loads((run / "summary.json").read_text())
     assert (again["steps"], again["oracle_calls"]) == (first.steps, first.oracle_calls)
+    (run / "summary.json").unlink()  # (a kill after the stop): reported from the state, nothing written
+    log = (run / "log.jsonl").read_text()
+    assert main(["learn", "--resume", str(run), "-q"]) == 0
+    assert f"stopped early         : {first.stop_reason}" in capsys.readouterr().out
+    added = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text()[len(log):].splitlines()]
+    assert added == ["resume"] and not (run / "summary.json").exists()
+    assert {p: (run / p).read_bytes() for p in ("state.json", "model.npz")} == {
+        p: files[p] for p in ("state.json", "model.npz")}
     assert main(["learn", "--resume", str(run), "--steps", str(first.steps + 15), "-q"]) == 0  # as asked
     assert json.loads((run / "summary.json").read_text())["steps"] > first.steps
 

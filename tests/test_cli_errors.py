@@ -286,7 +286,7 @@ CASES = [
     pytest.param(["ipi", "{d}/model.npz", "--port", "70000"], "must be a port number 1-65535", id="ipi-port"),
     pytest.param(["learn", "{d}/v_nofactory.toml"], "{d}/v_nofactory.toml: [oracle] sets kwargs but no factory",
                  id="config-oracle-without-factory"),
-    pytest.param(["learn", "{d}/v_okwargs.toml"], "cannot build the oracle _oracles:StrictEMT(methd='x'): "
+    pytest.param(["learn", "{d}/v_okwargs.toml"], "{d}/v_okwargs.toml: [oracle] cannot build the oracle _oracles:StrictEMT(methd='x'): "
                  "TypeError", id="config-oracle-kwargs"),
     pytest.param(["learn", "{d}/v_oraise.toml"], "importing oracle module '_oracles_broken' failed: "
                  "RuntimeError: licence server not reachable", id="config-oracle-import-raises"),

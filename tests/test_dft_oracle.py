@@ -147,4 +147,10 @@ def test_an_unknown_functional_or_basis_is_refused_before_any_call(tmp_path):
     assert not (tmp_path / "run").exists()
     PySCF(**{**FAST, "basis": "6-31G*", "xc": "B3LYP"}).check_structure(water())
     PySCF(**{**FAST, "basis": "unc-def2-svp"}).check_structure(water())  # (a name basis.load refuses)
+    from gpal import dft
+
+    before = dft._xc_failure.cache_info().misses
+    for _ in range(3):  # (each start structure, the CLI's check and the learner's: one SCF)
+        PySCF(**{**FAST, "xc": "PBE0"}).check_structure(water())
+    assert dft._xc_failure.cache_info().misses == before + 1
     PySCF(**{**FAST, "basis": {"O": "sto-3g", "H": "sto-3g"}, "density_fit": False}).check_structure(water())

@@ -340,7 +340,7 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
             summary = _stored_summary(run_dir)
             if summary is None:  # (none written: a kill after the stop) from its state
                 learner._stopped = (True, str(learner.stopped_early_))
-                summary = learner._summary(0.0)
+                summary = learner._summary(0.0, record=False)
         else:
             summary = learner.run(steps)
     finally:
@@ -399,8 +399,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
     try:  # an unimportable factory or wrong kwargs fail here, not on every label
         calc = oracle.check()
-    except OracleError as exc:
-        raise ConfigError(f"[oracle] {_message(exc)}") from None
+    except OracleError as exc:  # (--verbose shows the factory's own traceback)
+        raise ConfigError(f"[oracle] {_message(exc)}") from exc
     if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge, spin, xc, basis
         try:
             calc.check_structure(structure)

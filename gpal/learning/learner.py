@@ -1883,8 +1883,9 @@ class ActiveLearner:
             out["judge_energy_zms"] = float(np.mean((err[judge] / (scale * raw[judge])) ** 2))
         return out
 
-    def validate(self) -> dict:
-        """Errors and calibration check on the user's validation frames (no oracle call)."""
+    def validate(self, record: bool = True) -> dict:
+        """Errors and calibration check on the user's validation frames (no oracle call);
+        ``record``: logged (``log.jsonl``) and kept for the learning curve."""
         if not self.validation:
             return {}
         res = self.model.residuals(self.validation, calibrated=True)
@@ -1897,8 +1898,9 @@ class ActiveLearner:
             "force_zms": float(np.mean(z**2)),
             "force_coverage90": float(np.mean(np.abs(z) <= 1.6448536269514722)),
         }
-        self._log({"event": "validation", "step": self.step, **out})
-        self._val_history.append((self.step, out["force_rmse"], self.oracle.n_calls))
+        if record:
+            self._log({"event": "validation", "step": self.step, **out})
+            self._val_history.append((self.step, out["force_rmse"], self.oracle.n_calls))
         return out
 
     def _judged_recently(self) -> bool:
@@ -1952,10 +1954,12 @@ class ActiveLearner:
             log.info("gpal: %s", decision.reason)
         return decision.stop
 
-    def _summary(self, wall) -> Summary:
+    def _summary(self, wall, record: bool = True) -> Summary:
+        """The run's :class:`Summary`; ``record=False`` writes nothing (a report of a
+        finished run, :func:`gpal.cli` on a resume with nothing to run)."""
         val = {}
         if self.validation:
-            v = self.validate()
+            v = self.validate(record=record)
             val = {k: v[k] for k in ("force_rmse", "energy_rmse_per_atom", "force_zms", "force_coverage90")}
         n_boot = self._reasons.count("bootstrap") if len(self._reasons) == self.n_labelled else \
             min(self.n_bootstrap, self.n_labelled)

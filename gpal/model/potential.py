@@ -494,11 +494,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         swap = calc if calc is None or isinstance(calc, (str, dict)) else _baseline.picklable(calc)
         if swap is calc:
             return super().__sklearn_clone__()
-        self.baseline = swap  # (for the clone's parameters only; the model keeps its own)
-        try:
-            return super().__sklearn_clone__()
-        finally:
-            self.baseline = calc
+        twin = object.__new__(type(self))  # (cloned in its place: the model is not touched,
+        twin.__dict__ = {**self.__dict__, "baseline": swap}  # so no other thread sees the swap)
+        return BaseEstimator.__sklearn_clone__(twin)
 
     # ------------------------------------------------------------------ fit
     @property
