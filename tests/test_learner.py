@@ -2141,3 +2141,20 @@ def test_temporary_files_a_kill_left_are_removed_when_the_run_continues(tmp_path
     ActiveLearner.resume(run, progress=False).run(20)
     names = {p.name for p in run.iterdir()}
     assert not names & set(left) and set(mine) <= names
+
+
+def test_the_default_rattle_follows_the_shortest_bond_of_a_periodic_cell(tmp_path):
+    """A periodic water box got the crystals' 0.05 Å rattle: a bootstrap frame with O–H
+    squeezed to 0.59 Å and forces of 97 eV/Å, a first model whose fitted force noise was
+    2.25 eV/Å, and 12 blow-ups in 2,000 steps of MD."""
+    from ase.build import bulk, molecule
+
+    from gpal.learning.learner import default_rattle
+
+    water = molecule("H2O")
+    water.cell, water.pbc = [4.0, 4.0, 4.0], True  # (a box of one molecule: its O-H bonds are the shortest)
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    assert default_rattle([cu]) == 0.05 and default_rattle([water]) == 0.02
+    assert default_rattle([molecule("CH4")]) == 0.02  # (not periodic: as before)
+    assert default_rattle([bulk("Si", "diamond", a=5.43)]) == pytest.approx(0.02 * 2.3513, rel=1e-3)
+    assert learner(tmp_path / "run").rattle == 0.05
