@@ -28,11 +28,12 @@ Printed per system (targets in brackets):
 
 Systems (``--system``): ``metal-defect`` (EMT Pt with a vacancy), ``alloy`` (random EMT
 Cu-Ni), ``molecule`` (ethanol with GFN2-xTB; needs ``pip install tblite``) and ``cu``
-(pure EMT Cu, the development system, quick); and six held out, run only to check the
+(pure EMT Cu, the development system, quick); and seven held out, run only to check the
 defaults on systems they were not developed on: ``interstitial`` (EMT Ni with a relaxed
 self-interstitial), ``alloy-agpd`` (random EMT Ag-Pd), ``butane`` (trans-butane with
 GFN2-xTB), ``cf4`` (CF4 with GFN2-xTB, 1 fs steps), ``au-surface`` (an EMT Au(111) slab
-with an adatom) and ``methanol`` (GFN2-xTB). Their protocols are in ``SYSTEMS`` below.
+with an adatom), ``methanol`` (GFN2-xTB) and ``water`` (a periodic box of 12 water
+molecules with GFN1-xTB, 330 K). Their protocols are in ``SYSTEMS`` below.
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
@@ -193,6 +194,43 @@ def methanol(rng):
     return molecule("CH3OH")
 
 
+def water_box(rng):
+    """12 water molecules packed at random in a cubic periodic box at 1.00 g/cm³ (L =
+    7.16 Å, O-O > 2.5 Å and other pairs > 1.7 Å apart), relaxed with GFN1-xTB (FIRE,
+    fmax 0.1 eV/Å, at most 200 steps; the user's preparation, not counted): 36 atoms, a
+    periodic molecular liquid (held out)."""
+    from ase import Atoms
+    from ase.geometry import get_distances
+    from ase.optimize import FIRE
+
+    n = 12
+    side = (n * 18.015 * 1.66054) ** (1 / 3)
+    w = molecule("H2O")
+    w.positions -= w.get_center_of_mass()
+    atoms = Atoms(cell=[side] * 3, pbc=True)
+    while len(atoms) < 3 * n:
+        m = w.copy()
+        m.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        m.translate(rng.uniform(0, side, 3))
+        if len(atoms):
+            d = get_distances(m.positions, atoms.positions, cell=atoms.cell, pbc=True)[1]
+            oo = np.outer(m.numbers == 8, atoms.numbers == 8)
+            if np.any(d[oo] < 2.5) or np.any(d[~oo] < 1.7):
+                continue
+        atoms += m
+    atoms.wrap()
+    atoms.calc = xtb_gfn1()
+    FIRE(atoms, logfile=None).run(fmax=0.1, steps=200)
+    atoms.calc = None
+    return atoms
+
+
+def xtb_gfn1():
+    from tblite.ase import TBLite
+
+    return TBLite(method="GFN1-xTB", verbosity=0)
+
+
 def emt():
     return EMT()
 
@@ -241,6 +279,10 @@ SYSTEMS = {
     "methanol": dict(
         build=methanol, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
         temperature=(300.0, 800.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
+    ),
+    "water": dict(
+        build=water_box, oracle=xtb_gfn1, oracle_name="GFN1-xTB (tblite)",
+        temperature=(330.0, 330.0), timestep=0.5, steps=2000, quick_steps=300, stride=1,
     ),
     "cu": dict(
         build=cu_bulk, oracle=emt, oracle_name="EMT",
