@@ -809,6 +809,13 @@ def test_trigger_rate_cap_and_thresholds():
         model, scale=3.0) == pytest.approx(2.0 * model.noise_["force"])
     assert trig.adaptive_level([]) == 0.0
     assert trig.adaptive_level([1.0, 3.0]) == pytest.approx(1.2 * 2.0)
+    # the level holds for adapt_window unlabelled checks after an update, then the base
+    # decides: a liquid's model, unsure of every frame alike, had stopped labelling
+    ten, eleven = [1.0] * trig.adapt_window, [1.0] * (trig.adapt_window + 1)
+    assert trig.adaptive_level(ten) == pytest.approx(1.2) and trig.adaptive_level(eleven) == 0.0
+    assert Trigger(adapt_expire=False).adaptive_level(eleven) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="adapt_expire must be True or False"):
+        Trigger(adapt_expire="yes")
     # the ceiling: a quarter of the RMS label force caps the automatic base and the adaptive
     # level (a model that calls everything noise, or is unsure of everything, still labels)
     noisy = Trigger(noise_ratio=1e3)

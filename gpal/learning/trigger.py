@@ -55,7 +55,12 @@ class Trigger:
          (VASP-style): only frames clearly more uncertain than what the current model
          has seen on the trajectory are labelled, since consecutive MD frames are
          nearly the same question. The first check after a model update only sets
-         this reference.
+         this reference. With ``adapt_expire`` the level holds for ``adapt_window``
+         unlabelled checks after an update; after them the base alone decides (a
+         model that stays above its base threshold on every frame of a stationary
+         trajectory, as in a liquid, is uncertain everywhere: the level, which follows
+         it, had left a water box at 12 labels and 2x the force error of evenly spaced
+         frames).
        Both parts are capped at the **ceiling** ``ceiling x`` the RMS force of the
        oracle's labels (forces_std only): whatever the fitted noise (which a model of
        a few frames may set near the forces themselves, treating everything as noise)
@@ -88,6 +93,7 @@ class Trigger:
     adaptive : bool, default True
     adapt_window : int, default 10
     adapt_margin : float, default 0.2
+    adapt_expire : bool, default True
     threshold_min : float, optional
         Floor of the threshold: by default 0.02 eV/Å under the automatic force threshold
         (``threshold=None``) and none under a given one (the lower
@@ -133,6 +139,7 @@ class Trigger:
     adaptive: bool = True
     adapt_window: int = 10
     adapt_margin: float = 0.2
+    adapt_expire: bool = True
     threshold_min: float | None = None
     ceiling: float | bool | None = 0.25  # False: none (TOML has no None)
     every: int = 20
@@ -168,7 +175,7 @@ class Trigger:
         if None not in (self.threshold, self.threshold_min) and self.threshold_min > self.threshold:
             raise ValueError(f"threshold_min ({self.threshold_min}) must not exceed the threshold "
                              f"({self.threshold})")
-        for name in ("relative_to_noise", "adaptive"):
+        for name in ("relative_to_noise", "adaptive", "adapt_expire"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"trigger {name} must be True or False, got {getattr(self, name)!r}")
         if self.recheck_temperature is not None:  # a configuration or run state of an earlier gpal
@@ -232,7 +239,7 @@ class Trigger:
 
     def adaptive_level(self, recent: Sequence[float]) -> float:
         """The adaptive part of the threshold: 0 before any history or if not adaptive."""
-        if not self.adaptive or not recent:
+        if not self.adaptive or not recent or (self.adapt_expire and len(recent) > self.adapt_window):
             return 0.0
         return (1.0 + self.adapt_margin) * float(np.mean(recent[-self.adapt_window:]))
 
