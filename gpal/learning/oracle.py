@@ -168,10 +168,10 @@ def worker_initializer(learner: int | None = None) -> None:
     (a DFT code run by a file-based ASE calculator) join: :meth:`WorkerPool.stop` ends
     the worker and those programs together, and so does the worker itself when it finds
     the learner gone (a signal to the learner's job, such as a closed terminal's SIGHUP,
-    no longer reaches this group; Ctrl-Z does not pause it either). Outside the terminal's foreground group, a
-    program reading or setting the terminal would be stopped (SIGTTIN, SIGTTOU): the
-    worker's standard input is ``/dev/null`` (an MPI launcher reads its own to pass it
-    on), and SIGTTOU is ignored.
+    no longer reaches this group; Ctrl-Z does not pause it either). Outside the
+    terminal's foreground group, a program reading or setting the terminal would be
+    stopped (SIGTTIN, SIGTTOU): the worker's standard input is ``/dev/null`` (an MPI
+    launcher reads its own to pass it on), and SIGTTOU is ignored.
 
     A daemon thread watches for the worker being handed to another parent, and for the
     learner process (pid ``learner``, given as ``initargs=(os.getpid(),)``) being gone:
