@@ -145,18 +145,16 @@ def make_baseline(baseline, kwargs: dict | None = None):
     return calc
 
 
-def picklable(calc):
-    """``calc``, or where it cannot be pickled (a calculator holding a library's state
-    after a calculation, as tblite's does) a new one of its class and settings
-    (:func:`baseline_spec`), without results. One that cannot be described is returned
-    as is (pickling it then fails with its own error)."""
-    import pickle
-
-    try:
-        pickle.dumps(calc)
+def without_results(calc):
+    """``calc``, or where it has computed a new one of its class and settings
+    (:func:`baseline_spec`, the description a saved model keeps), without results: what a
+    copy or clone of a model takes. A calculator keeps its last calculation, and some
+    keep state no copy can take with it (tblite's library state; EMT's lambda), so a
+    deep copy, pickle or scikit-learn clone of a Δ-model failed after its first
+    prediction. One that has not computed, or cannot be described, is returned as is.
+    """
+    if getattr(calc, "atoms", None) is None and not getattr(calc, "results", None):
         return calc
-    except Exception:  # (any object's own refusal: TypeError, PicklingError, AttributeError...)
-        pass
     try:
         spec = baseline_spec(calc)
         return make_baseline(spec["factory"], spec["kwargs"])

@@ -470,10 +470,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         )
 
     def __getstate__(self) -> dict:
-        """For pickle and ``copy.deepcopy``: a live baseline calculator that cannot be
-        pickled once it has computed (tblite's keeps its library state) is replaced by a
-        new one of the same class and settings (:func:`gpal.baseline.baseline_spec`),
-        without results; a deep copy of a Δ-model failed after its first prediction."""
+        """For pickle and ``copy.deepcopy``: a live baseline calculator that has computed
+        is replaced by a new one of the same class and settings, without results
+        (:func:`gpal.baseline.without_results`); a deep copy of a Δ-model failed after its
+        first prediction."""
         state = dict(super().__getstate__())  # (object's is the model's own __dict__)
         new = {}  # (the parameter and the fitted baseline are often one object: kept one)
         for key in ("baseline", "baseline_"):
@@ -481,17 +481,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if calc is None or isinstance(calc, (str, dict)) or not hasattr(calc, "get_potential_energy"):
                 continue
             if id(calc) not in new:
-                new[id(calc)] = _baseline.picklable(calc)
+                new[id(calc)] = _baseline.without_results(calc)
             state[key] = new[id(calc)]
         return state
 
     def __sklearn_clone__(self):
         """scikit-learn's ``clone`` (GridSearchCV, cross_val_score): a live baseline that
-        cannot be pickled after a calculation is given to the clone as a new one of its
-        class and settings (``clone`` deep-copies each parameter, which failed on
-        tblite's library state), as :meth:`__getstate__` does for copies."""
+        has computed is given to the clone as a new one of its class and settings
+        (``clone`` deep-copies each parameter, which failed on tblite's library state),
+        as :meth:`__getstate__` does for copies."""
         calc = self.baseline
-        swap = calc if calc is None or isinstance(calc, (str, dict)) else _baseline.picklable(calc)
+        swap = calc if calc is None or isinstance(calc, (str, dict)) else _baseline.without_results(calc)
         if swap is calc:
             return super().__sklearn_clone__()
         twin = object.__new__(type(self))  # (cloned in its place: the model is not touched,
