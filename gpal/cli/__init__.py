@@ -361,7 +361,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
                                     check_trigger_threshold,
                                     check_start, foreign_files, reserve_run_dir, run_dir_in_use)
     from ..learning.oracle import OracleSpec
-    from ..learning.settings import FLAT_NAMES, group_flat
     from ..model import SparseGP
 
     if args.print_config:
@@ -412,11 +411,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     md = MDSettings(**md)
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
-    try:  # (load_config has checked a file's [learner]; these are the defaults' checks)
-        check_number("n_walkers", learner_cfg.get("n_walkers", 1), low=1, integer=True)
-        groups = group_flat({}, {k: v for k, v in learner_cfg.items() if k in FLAT_NAMES})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[learner] {exc}") from None
+    groups = config.learner_groups(learner_cfg)  # (a file's [learner] was checked by load_config)
     if cfg.get("stopping"):  # [stopping] tolerance: the calibrated stop (checked by load_config)
         from ..calibration import StoppingRule
 

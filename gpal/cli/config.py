@@ -372,6 +372,20 @@ def check_config(user: dict, path="config") -> dict:
     return out
 
 
+def learner_groups(learner: dict, path=None) -> dict:
+    """The settings groups of a ``[learner]`` table (:func:`gpal.learning.settings.group_flat`),
+    checked by the learner's own rules; a :class:`ConfigError` naming ``[learner]`` (and
+    ``path``) otherwise."""
+    from .._validation import check_number
+    from ..learning.settings import FLAT_NAMES, group_flat
+
+    try:
+        check_number("n_walkers", learner.get("n_walkers", 1), low=1, integer=True)
+        return group_flat({}, {k: v for k, v in learner.items() if k in FLAT_NAMES})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{f'{path}: ' if path else ''}[learner] {exc}") from None
+
+
 def _check_semantics(path, cfg: dict) -> None:
     """Checks a type cannot express, run through the classes' own validation."""
     from ..learning.learner import MDSettings, Trigger
@@ -446,16 +460,8 @@ def _check_semantics(path, cfg: dict) -> None:
             raise ConfigError(f"{path}: [validation] {exc}") from exc
         for w in caught:  # (said of [validation], not of [md])
             warnings.warn(f"{path}: [validation] {w.message}", w.category, stacklevel=2)
-    if "learner" in cfg:  # the learner's own checks of its settings (gpal.learning.settings)
-        from .._validation import check_number
-        from ..learning.settings import FLAT_NAMES, group_flat
-
-        learner = {**DEFAULT_LEARN.get("learner", {}), **cfg["learner"]}
-        try:
-            check_number("n_walkers", learner.get("n_walkers", 1), low=1, integer=True)
-            group_flat({}, {k: v for k, v in learner.items() if k in FLAT_NAMES})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: [learner] {exc}") from None
+    if "learner" in cfg:
+        learner_groups({**DEFAULT_LEARN.get("learner", {}), **cfg["learner"]}, path)
     for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
         if section in cfg:
             merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}
