@@ -221,7 +221,7 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     kill left one more, of up to the model's size. Called with the run lock held, so no
     gpal writer of this folder is using them; no other file is touched."""
     for p in Path(run_dir).iterdir():
-        if p.name not in RUN_FILES and _run_temporary(p.name):
+        if _run_temporary(p.name):
             with contextlib.suppress(OSError):
                 p.unlink()
 
