@@ -1577,9 +1577,19 @@ def _verlet_factory(atoms, timestep, temperature_K, rng):
     return VelocityVerlet(atoms, timestep)
 
 
+def _forces_at_start_factory(atoms, timestep, temperature_K, rng):
+    """Dynamics that read the forces when they are made (as ASE's LangevinBAOAB does)."""
+    from ase.md.langevin import Langevin
+
+    atoms.get_forces()
+    return Langevin(atoms, timestep, temperature_K=temperature_K, friction=0.01, rng=rng)
+
+
 def test_md_protocol_fixes_a_ramp_only_with_md_steps_and_refuses_dynamics_that_cannot_follow_it(tmp_path):
     with pytest.raises(ValueError, match="VelocityVerlet, which has no set_temperature"):
         learner(tmp_path / "a", md=MDSettings(temperature=(300, 1200), factory=_verlet_factory))
+    # the check makes the dynamics on a copy of the start structure: one with a calculator
+    learner(tmp_path / "a2", md=MDSettings(temperature=(300, 1200), factory=_forces_at_start_factory))
     learner(tmp_path / "b", md=MDSettings(temperature=600, factory=_verlet_factory))  # constant: fine
     L = learner(tmp_path / "c")
     L.run(0)  # the bootstrap only: no ramp is started

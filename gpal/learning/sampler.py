@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 from ase import units
+from ase.calculators.calculator import Calculator, all_changes
 from ase.md.langevin import Langevin
 
 from .._validation import check_number, user_stacklevel
@@ -91,7 +92,14 @@ def check_ramp_factory(md: "MDSettings", atoms) -> None:
 
     trial = atoms.copy()
     thermalize_momenta(trial, temperature_K=max(float(t[0]), 1.0), rng=np.random.default_rng(0))
-    dyn = md.factory(trial, md.timestep * units.fs, float(t[0]), np.random.default_rng(0))
+    # (dynamics that need forces when they are made, e.g. ASE's LangevinBAOAB, get zeros:
+    # only the class of what the factory makes is looked at)
+    trial.calc = _ZeroCalculator()
+    try:
+        dyn = md.factory(trial, md.timestep * units.fs, float(t[0]), np.random.default_rng(0))
+    except Exception as exc:
+        raise ValueError(f"MDSettings.factory failed on a copy of the start structure ({type(exc).__name__}: "
+                         f"{exc})") from exc
     if not hasattr(dyn, "set_temperature"):
         raise ValueError(f"MDSettings.factory makes a {type(dyn).__name__}, which has no set_temperature: it "
                          f"cannot follow the temperature ramp {tuple(t)} K; give a constant temperature, or "
@@ -200,9 +208,14 @@ class _Walker:
         "Hot" is beyond 4 standard deviations of the canonical kinetic temperature,
         T (1 + 4 sqrt(2 / 3N)), so a frame on its way to a blow-up is not kept.
         """
-        n = max(len(self.atoms), 1)
-        if self.atoms.get_temperature() <= temperature * (1.0 + 4.0 * np.sqrt(2.0 / (3.0 * n))):
+        if not self.running_hot(temperature):
             self.good = self.snapshot()
+
+    def running_hot(self, temperature: float) -> bool:
+        """Whether the kinetic temperature is beyond 4 standard deviations of the
+        canonical one at ``temperature`` (K), T (1 + 4 sqrt(2 / 3N))."""
+        n = max(len(self.atoms), 1)
+        return bool(self.atoms.get_temperature() > temperature * (1.0 + 4.0 * np.sqrt(2.0 / (3.0 * n))))
 
     def restore(self, snap):
         pos, mom, cell = snap
