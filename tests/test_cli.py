@@ -362,7 +362,7 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
     import inspect
 
     assert {f.name for f in dataclasses.fields(gpal.Trigger)} == set(sch["trigger"])
-    assert {f.name for f in dataclasses.fields(gpal.MDSettings)} - {"factory"} == set(sch["md"])
+    assert {f.name for f in dataclasses.fields(gpal.MDSettings)} == set(sch["md"])  # factory: an import path
     assert set(gpal.SparseGP().get_params()) - {"descriptor", "kernel"} == set(sch["model"]) - {"file"}
     from gpal.learning.settings import FLAT_NAMES  # the settings groups' fields by their flat names
 
@@ -857,3 +857,50 @@ def test_a_validation_trajectory_whose_oracle_exits_is_an_oracle_error(monkeypat
         _validation_frames(atoms, {"factory": "val_oracles:Exits"}, cfg)
     with pytest.raises(gpal.OracleError, match="RuntimeError: SCF did not converge"):
         _validation_frames(atoms, {"factory": "val_oracles:Fails"}, cfg)
+
+
+def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(tmp_path, capsys, monkeypatch):
+    """``[md] factory`` (an NPT sampler from TOML) and ``[oracle] factory`` may name a module
+    beside the config; a module that does not import is one line naming the setting, and so
+    is a resume from a folder where the run's factory cannot be imported."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the folders gpal learn adds)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    name = f"user_md_{tmp_path.name.replace('-', '_')}"
+    (folder / f"{name}.py").write_text(
+        "from ase import units\n"
+        "from ase.calculators.emt import EMT\n"
+        "from ase.md.nptberendsen import NPTBerendsen\n"
+        "MADE = []\n"
+        "class MyEMT(EMT):\n"
+        "    pass\n"
+        "def npt(atoms, dt, T, rng):\n"
+        "    MADE.append(T)\n"
+        "    return NPTBerendsen(atoms, dt, temperature_K=T, pressure_au=0.0, taut=100 * units.fs,\n"
+        "                        taup=500 * units.fs, compressibility_au=1 / (140 * units.GPa))\n")
+    cfg = folder / "npt.toml"
+    text = (f'run_dir = "{tmp_path / "run"}"\nsteps = 30\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n'
+            f'[oracle]\nfactory = "{name}:MyEMT"\n[descriptor]\nr_cut = 4.0\nn_max = 4\nl_max = 3\n'
+            f'[model]\nn_sparse = 20\n[md]\ntemperature = [300.0, 600.0]\nfactory = "{name}:npt"\n')
+    cfg.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["learn", str(cfg), "-q"]) == 0
+    assert sys.modules[name].MADE  # the run's walker made its dynamics with the user's factory
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["md_factory"] == f"{name}:npt"
+    cells = {round(abs(a.cell.volume), 6) for a in read(tmp_path / "run" / "train.xyz", ":")}
+    assert len(cells) > 1  # strained bootstrap frames: the run knows its sampler changes the cell
+    capsys.readouterr()
+    bad = folder / "bad.toml"
+    bad.write_text(text.replace(f'"{name}:npt"', f'"{name}:nope"').replace('"run"', '"run2"'))
+    assert main(["learn", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"[md] factory '{name}:nope' cannot be imported" in err
+    # a resume where the module is not on the path: the setting named, exit 2
+    sys.path.remove(str(folder))
+    del sys.modules[name]
+    assert main(["learn", "--resume", str(tmp_path / "run"), "--steps", "40", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"this run's MD factory '{name}:npt' cannot be imported" in err

@@ -357,7 +357,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     """Active learning from a configuration (or the demo); --resume continues a run."""
     from . import config
     from .._validation import check_atoms, check_number
-    from ..learning.learner import (MDSettings, Trigger, check_budgets, check_max_temperature,
+    from ..learning.learner import (Trigger, check_budgets, check_max_temperature,
                                     check_trigger_threshold,
                                     check_start, foreign_files, reserve_run_dir, run_dir_in_use)
     from ..learning.oracle import OracleSpec
@@ -369,6 +369,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                               f"({args.config} was given); gpal learn --print-config > new.toml writes one to edit")
         sys.stdout.write(config.default_toml())
         return 0
+    config.add_import_folders(args.config)
     if args.resume:
         if args.run_dir or args.overwrite:
             raise GpalError("--resume continues RUN_DIR in place; --run-dir and --overwrite are for a new run")
@@ -405,10 +406,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
             calc.check_structure(structure)
         except ValueError as exc:
             raise ConfigError(f"[oracle] {_message(exc)}") from None
-    md = dict(cfg["md"])
-    if isinstance(md.get("temperature"), list):
-        md["temperature"] = tuple(md["temperature"])
-    md = MDSettings(**md)
+    try:
+        md = config.md_settings(**cfg["md"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[md] {exc}") from None
     trigger = Trigger(**cfg["trigger"])
     learner_cfg = dict(cfg["learner"])
     groups = config.learner_groups(learner_cfg)  # (a file's [learner] was checked by load_config)

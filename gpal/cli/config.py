@@ -254,7 +254,13 @@ def schema() -> dict:
             ("repeat", (list,), _MISSING, "supercell repetitions [nx, ny, nz]"),
         ),
         "oracle": _dataclass_keys(OracleSpec),
-        "md": _dataclass_keys(MDSettings),
+        "md": {
+            **_dataclass_keys(MDSettings),
+            "factory": Key("factory", (str,), _MISSING,
+                           "dynamics in place of Langevin, as \"module:function\" (function(atoms, "
+                           "timestep, temperature_K, rng) -> ASE dynamics, e.g. an NPT integrator); "
+                           "the module is looked up next to the config and in the current folder too"),
+        },
         "trigger": _dataclass_keys(Trigger),
         "model": {
             **_signature_keys(SparseGP.__init__, names=model_names, docs_from=SparseGP),
@@ -462,7 +468,7 @@ def _check_semantics(path, cfg: dict) -> None:
             warnings.warn(f"{path}: [validation] {w.message}", w.category, stacklevel=2)
     if "learner" in cfg:
         learner_groups({**DEFAULT_LEARN.get("learner", {}), **cfg["learner"]}, path)
-    for section, cls in (("trigger", Trigger), ("md", MDSettings), ("oracle", OracleSpec)):
+    for section, cls in (("trigger", Trigger), ("md", md_settings), ("oracle", OracleSpec)):
         if section in cfg:
             merged = {**DEFAULT_LEARN.get(section, {}), **cfg[section]}
             try:
@@ -476,6 +482,42 @@ def _check_semantics(path, cfg: dict) -> None:
             SparseGP(**{k: v for k, v in cfg["model"].items() if k != "file"})._check_params()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: [model] {exc}") from exc
+
+
+def md_settings(**md):
+    """:class:`gpal.MDSettings` of an ``[md]`` section: a ``[start, end]`` temperature as a
+    pair, a ``factory`` import path (``"module:function"``) imported (a ValueError if it
+    does not import or is not callable)."""
+    from ..exceptions import GpalError
+    from ..learning.learner import MDSettings
+    from ..learning.state import _import
+
+    if isinstance(md.get("temperature"), list):
+        md["temperature"] = tuple(md["temperature"])
+    if isinstance(md.get("factory"), str):
+        where = md["factory"]
+        if ":" not in where:
+            raise ValueError(f"factory must look like \"module:function\", got {json.dumps(where)}")
+        try:
+            md["factory"] = _import(where, "factory")
+        except GpalError as exc:
+            raise ValueError(str(exc)) from None
+        if not callable(md["factory"]):
+            raise ValueError(f"factory {where!r} is not callable")
+    return MDSettings(**md)
+
+
+def add_import_folders(config_path=None) -> None:
+    """Let ``"module:Name"`` settings (an oracle's or an MD factory) name a module of the
+    user's own, next to the config or in the current folder, as ``python -m`` would: both
+    folders are appended to ``sys.path`` (after the installed packages, which they never
+    shadow). Called by ``gpal learn`` before it reads a configuration."""
+    import sys
+
+    folders = [Path.cwd()] + ([Path(config_path).resolve().parent] if config_path else [])
+    for folder in folders:
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
 
 
 # --------------------------------------------------------------------------- loading

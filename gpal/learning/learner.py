@@ -2157,7 +2157,7 @@ class ActiveLearner:
         if md is None:
             md = MDSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["md"].items()})
             if state.get("md_factory"):
-                md.factory = _import(state["md_factory"])
+                md.factory = _import(state["md_factory"], "this run's MD factory")
             elif state.get("md_has_factory"):
                 raise GpalError("this run's MD factory is not importable (a lambda or a local "
                                 "function); pass md=MDSettings(..., factory=...) to resume")
@@ -2166,7 +2166,8 @@ class ActiveLearner:
             if not state.get("trigger_class") and state.get("trigger_has_class"):
                 raise GpalError("this run's Trigger subclass is not importable (defined in __main__ or "
                                 "locally); pass trigger=YourTrigger(...) to resume")
-            rule = _import(state["trigger_class"]) if state.get("trigger_class") else Trigger
+            rule = (_import(state["trigger_class"], "this run's Trigger class") if state.get("trigger_class")
+                    else Trigger)
             trigger = rule(**state["trigger"])
         if state.get("targets") and "targets" not in overrides:
             from .targets import TargetSet

@@ -23,13 +23,24 @@ def _import_path(obj) -> str | None:
     return f"{mod}:{name}"
 
 
-def _import(path: str):
+def _import(path: str, what: str | None = None):
+    """The object ``path`` (``"module:qualname"``) names. With ``what`` (e.g. "this run's MD
+    factory"), a module that does not import or a missing name is a :class:`gpal.GpalError`
+    that says which setting needs it and where Python looks for it."""
     import importlib
 
     mod, _, name = path.partition(":")
-    obj = importlib.import_module(mod)
-    for part in name.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(mod)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        if what is None:
+            raise
+        from ..exceptions import GpalError
+
+        raise GpalError(f"{what} {path!r} cannot be imported ({type(exc).__name__}: {exc}); run from the "
+                        "folder that holds its module, or add that folder to PYTHONPATH") from exc
     return obj
 
 
