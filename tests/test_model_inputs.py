@@ -4,6 +4,7 @@ numpy scalars, and frames that carry only some labels."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -381,3 +382,29 @@ def test_update_with_a_frame_the_model_holds_warns(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**__import__("os").environ, "PYTHONHASHSEED": "12345"})
     assert out.stdout.strip().endswith("True"), out.stderr[-500:]
+
+
+def test_an_n_sparse_dict_that_leaves_out_a_species_of_the_frames_warns():
+    """A species the frames hold but the dict does not name gets no sparse environment and
+    learns nothing: said, not silent."""
+    frames = cuag_frames(3, seed=1)
+    with pytest.warns(UserWarning, match="gives no count to Ag, which the training frames hold"):
+        model = _model(n_sparse={"Cu": 8}).fit(frames)
+    assert 47 not in set(model.sparse_species_.tolist())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _model(n_sparse={"Cu": 8, "Ag": 4}).fit(frames)
+
+
+def test_a_nested_descriptor_setting_of_a_model_without_a_descriptor_names_the_fix():
+    """GridSearchCV(SparseGP(), {"descriptor__r_cut": [4, 6]}): sklearn's set_params failed
+    with an AttributeError of NoneType; the model says to give a descriptor."""
+    model = gpal.SparseGP()
+    with pytest.raises(ValueError, match="descriptor is None .*give one"):
+        model.set_params(descriptor__r_cut=4.0)
+    with pytest.raises(ValueError, match="kernel is None"):
+        model.set_params(kernel__zeta=3)
+    soap = SOAP(species=["Cu"], r_cut=5.0, n_max=4, l_max=3)
+    model.set_params(descriptor=soap, descriptor__n_max=6)  # given together: fine
+    assert model.descriptor.n_max == 6
+    assert _model().set_params(descriptor__l_max=4).descriptor.l_max == 4

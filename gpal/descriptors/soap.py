@@ -468,7 +468,10 @@ class SOAP(Descriptor):
         All chemical species the descriptor will ever see (symbols or atomic numbers).
     r_cut : float or None
         Radial cutoff (Å), > 1. May be None when ``weighting`` has a function, in which
-        case it is inferred as dscribe does (``"poly"``: r0).
+        case it is inferred as dscribe does (``"poly"``: r0). With ``"poly"`` weighting
+        the neighbours are also bounded by ``r0`` (``cutoff_``): to change the cutoff,
+        change ``weighting["r0"]`` with ``r_cut`` (a grid over ``r_cut`` alone changes
+        only the radial basis).
     n_max : int
         Number of radial basis functions, >= 1.
     l_max : int

@@ -434,6 +434,21 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     # get_params / set_params / clone: scikit-learn's BaseEstimator (constructor arguments;
     # nested ``descriptor__r_cut``, ``kernel__zeta`` with deep=True)
 
+    def set_params(self, **params):
+        """scikit-learn's ``set_params``; a nested ``descriptor__*`` or ``kernel__*`` key of
+        a model whose descriptor or kernel is None (chosen from the data at fit) is a
+        ValueError that names what to give instead (sklearn's own error was an
+        AttributeError of NoneType)."""
+        for key in params:
+            outer, sep, inner = key.partition("__")
+            if sep and outer in ("descriptor", "kernel") and outer not in params and getattr(self, outer) is None:
+                example = ("descriptor=gpal.SOAP(species=[...], r_cut=5.0, n_max=8, l_max=6)" if outer == "descriptor"
+                           else "kernel=gpal.NormalizedDotProduct(zeta=2)")
+                raise ValueError(f"cannot set {key}: this model's {outer} is None (fit chooses it from the "
+                                 f"data); give one ({example}) and vary it, or put whole {outer} objects in "
+                                 "the grid")
+        return super().set_params(**params)
+
     def __repr__(self) -> str:
         fitted = self.alpha_ is not None
 
