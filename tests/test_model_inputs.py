@@ -408,3 +408,25 @@ def test_a_nested_descriptor_setting_of_a_model_without_a_descriptor_names_the_f
     model.set_params(descriptor=soap, descriptor__n_max=6)  # given together: fine
     assert model.descriptor.n_max == 6
     assert _model().set_params(descriptor__l_max=4).descriptor.l_max == 4
+
+
+def test_a_species_the_descriptor_knows_but_no_sparse_point_holds_warns_once_at_predict():
+    from ase.calculators.emt import EMT
+
+    frames = cuag_frames(3, seed=1)
+    cu_only = []
+    for a in frames:
+        b = a.copy()
+        b.numbers[:] = 29
+        b.calc = EMT()
+        b.calc = SinglePointCalculator(b, energy=b.get_potential_energy(), forces=b.get_forces(),
+                                       stress=b.get_stress())
+        cu_only.append(b)
+    with pytest.warns(UserWarning, match="Ag are in the descriptor but in no training frame"):
+        model = _model(e0={"Cu": -0.1, "Ag": 0.2}).fit(cu_only)
+    with pytest.warns(UserWarning, match="Ag: no sparse environment of this species"):
+        model.predict(frames[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(frames[1])  # once per model and species
+        model.predict(cu_only[0])
