@@ -855,6 +855,38 @@ def test_labels_that_cannot_be_right_as_given_warn():
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)  # plausible: no warning
 
 
+def test_stress_labels_with_the_pressures_sign_warn():
+    """A volume scan and shears labelled with the stress's sign flipped (the pressure's
+    convention some codes print): the energies change opposite to the stresses' work. The
+    evidence otherwise took the stress noise to 12 GPa without a word."""
+    from gpal._validation import frame_labels, stress_work_ratio, warn_implausible_labels
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(8):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+        strain = np.eye(3) + np.diag([0.01 * (k - 4)] * 3) + 0.004 * rng.uniform(-1, 1, (3, 3))
+        a.set_cell(a.cell.array @ strain, scale_atoms=True)
+        a.positions += rng.normal(0, 0.01, a.positions.shape)
+        a.calc = EMT()
+        a.get_stress()
+        frames.append(a)
+    labels = [frame_labels(a) for a in frames]
+    assert 0.8 < stress_work_ratio(frames, labels) < 1.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_implausible_labels(frames, labels)
+    flipped = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(),
+                                       stress=-a.get_stress())
+        flipped.append(b)
+    assert -1.25 < stress_work_ratio(flipped, [frame_labels(b) for b in flipped]) < -0.8
+    with pytest.warns(UserWarning, match=r"stress labels' work .* the pressure's sign"):
+        warn_implausible_labels(flipped, [frame_labels(b) for b in flipped])
+
+
 def test_molecules_in_a_vacuum_box_are_fitted_as_clusters():
     """ase.build.molecule + center(vacuum=...): a cell, pbc all False. The evidence fit
     stacks non-periodic frames and refused these ("frames with a cell are done one at a

@@ -968,9 +968,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             sparse point; 1: unlike every sparse point of its species).
         forces_std, stress_std : bool, default False
             Also return ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å^3:
-            the projected (SoR) std of the latent forces, i.e. the part that labels can
-            reduce. They need an explicit derivative pass (about the cost of one
-            training frame).
+            the projected (SoR) std of the latent forces and stress, i.e. the part that
+            labels can reduce. They need an explicit derivative pass (about the cost of
+            one training frame). ``stress_std`` stays raw under ``calibrated=True`` (a
+            run calibrates forces and energies only) and leaves out the stress noise: on
+            held-out NPT frames of a CuNi alloy its mean z² was 7 where the calibrated
+            force std's was 1.2.
         calibrated : bool, default False
             Report calibrated stds as stored by :meth:`set_calibration`: the raw std
             times ``scale``; for a calibration with a ``noise_scale`` (what the active
