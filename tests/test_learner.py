@@ -727,10 +727,27 @@ def test_bootstrap_rattle_default_depends_on_periodicity():
     mol = molecule("CH3OH")
     assert crystal.rattle == 0.05 and ActiveLearner(mol, EMT()).rattle == 0.02
     assert ActiveLearner(mol, EMT(), rattle=0.07).rattle == 0.07
-    # the candidates' displacements follow it (std of the factor in [0.3, 2] times rattle)
+    # the candidates' displacements follow it (std of the factor in [0.3, 1] times rattle at 300 K)
     rng = np.random.default_rng(0)
     shifts = [c.positions - mol.positions for c in ActiveLearner(mol, EMT())._candidates(rng)]
-    assert 0.3 * 0.02 < np.std(np.concatenate(shifts)) < 2.0 * 0.02
+    assert 0.3 * 0.02 < np.std(np.concatenate(shifts)) < 1.0 * 0.02
+
+
+def test_bootstrap_rattles_grow_with_the_protocols_temperature_range():
+    """Candidates' rattle factors span [0.3, sqrt(T_max / T_start)] within [1, 2]: at one
+    temperature none beyond the default rattle (FPS picks the largest, and a thermal start
+    structure rattled 2x gave bootstrap frames 12 thermal stds above a water box), up to
+    2x for a ramp to 4x the start temperature."""
+    from gpal.learning import MDSettings
+
+    def widest(md):
+        L = ActiveLearner(start(), EMT(), md=md)
+        shifts = [c.positions - start().positions for c in L._candidates(np.random.default_rng(0))]
+        return max(np.std(d) for d in shifts) / L.rattle
+
+    assert 0.85 < widest(MDSettings(temperature=300)) < 1.15  # (a std of 96 displacements)
+    assert 1.35 < widest(MDSettings(temperature=(300, 700))) < 1.75  # sqrt(7/3) = 1.53
+    assert 1.75 < widest(MDSettings(temperature=(300, 1500))) < 2.3
 
 
 def test_bootstrap_strains_the_cell_only_when_the_sampler_may_change_it():
@@ -2175,3 +2192,29 @@ def test_the_default_rattle_follows_the_shortest_bond_of_a_periodic_cell(tmp_pat
     assert default_rattle([molecule("CH4")]) == 0.02  # (not periodic: as before)
     assert default_rattle([bulk("Si", "diamond", a=5.43)]) == pytest.approx(0.02 * 2.3513, rel=1e-3)
     assert learner(tmp_path / "run").rattle == 0.05
+
+
+def test_a_walker_labelled_while_running_hot_restarts_from_its_last_good_frame(tmp_path):
+    """A model that heats its MD: the hot frame is labelled (it shows where the model is
+    wrong), then the walker starts again from its last good frame with thermal momenta, so
+    its next labels are not frames of the same runaway (a water box: labels 17-28 thermal
+    energy stds above the liquid before a blow-up at 1,506 K)."""
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300))
+    L.run(10)
+    w = L.walkers[0]
+    good_positions = w.good[0].copy()
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    MaxwellBoltzmannDistribution(w.atoms, temperature_K=3000, rng=np.random.default_rng(0))
+    w.atoms.positions += 0.01  # not the good frame
+    assert w.running_hot(300)
+    n = L.n_labelled
+    assert L._label_round(300, (([w], "uncertain"),))
+    assert L.n_labelled == n + 1
+    assert np.allclose(w.atoms.positions, good_positions)
+    assert not w.running_hot(300) and w.atoms.get_temperature() > 0
+    hot = _events(L.run_dir, "restart_hot")
+    assert len(hot) == 1 and hot[0]["temperature"] > 1500 and hot[0]["target_T"] == 300
+    cool = L.walkers[0]
+    assert not L._label_round(300, (([], "uncertain"),))  # nothing to label: nothing restarted
+    assert cool is w and len(_events(L.run_dir, "restart_hot")) == 1

@@ -1080,6 +1080,17 @@ class ActiveLearner:
 
     # ------------------------------------------------------------------ bootstrap
     def _candidates(self, rng) -> list[Atoms]:
+        """Rattled (and, under a sampler that changes the cell, strained) copies of the
+        start structures: displacements of std ``rattle`` times a factor in [0.3, top],
+        ``top`` the thermal amplitude's growth over the protocol, sqrt(T_max / T_start)
+        within [1, 2]: FPS picks the largest rattles, so a protocol that stays at one
+        temperature gets none larger than ``rattle`` (a water box at 330 K, GFN1-xTB,
+        with factors up to 2: bootstrap frames 2.5 eV, 12 thermal stds, above the liquid,
+        a force noise fitted twice as large, force RMSE 1.6x the evenly spaced baseline;
+        up to 1: 0.83x), and a ramp to 4x its start temperature gets rattles up to 2x."""
+        T0 = self.md.temperature_at(0.0)
+        T1 = max(T0, self.md.temperature_at(1.0))
+        top = float(np.clip(np.sqrt(T1 / T0), 1.0, 2.0)) if T0 > 0 else 2.0
         cands = []
         per = max(1, -(-self.n_candidates // len(self.structures)))  # at least n_candidates in all
         for s in self.structures:
@@ -1092,7 +1103,7 @@ class ActiveLearner:
                     strain = 2 * self.rattle / max(size, 1.0) * rng.uniform(-1, 1, (3, 3))
                     strain = 0.5 * (strain + strain.T)
                     a.set_cell(a.cell.array @ (np.eye(3) + strain), scale_atoms=True)
-                a.positions += rng.normal(0, self.rattle, a.positions.shape) * rng.uniform(0.3, 2.0)
+                a.positions += rng.normal(0, self.rattle, a.positions.shape) * rng.uniform(0.3, top)
                 cands.append(a)
         return cands
 
@@ -1585,7 +1596,22 @@ class ActiveLearner:
             done = True
             for w in self.walkers:
                 w.keep_if_good(T(w) if callable(T) else T)
+            for w in frames:
+                Tw = T(w) if callable(T) else T
+                if w.running_hot(Tw):
+                    self._restart_hot(w, Tw)
         return done
+
+    def _restart_hot(self, w: _Walker, T: float) -> None:
+        """Restart walker ``w``, just labelled while running hot, from its last good frame
+        with fresh momenta: its label taught the model where it went wrong; the frames
+        that follow on its hot trajectory lie off the sampled distribution."""
+        self._log({"event": "restart_hot", "step": self.step, "walker": w.index,
+                   "temperature": float(w.atoms.get_temperature()), "target_T": float(T)})
+        w.restore(w.good)
+        thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
+        Stationary(w.atoms)
+        w.dyn = w._make_dyn(T)
 
     def _log_step(self, T: float) -> None:
         w0 = self.walkers[0].atoms

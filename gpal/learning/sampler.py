@@ -77,6 +77,16 @@ class MDSettings:
         return float(self.temperature)
 
 
+class _ZeroCalculator(Calculator):
+    """Zero energy, forces and stress: what :func:`check_ramp_factory` gives a factory's atoms."""
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": 0.0, "free_energy": 0.0, "forces": np.zeros((len(self.atoms), 3)),
+                        "stress": np.zeros(6)}
+
 
 def check_ramp_factory(md: "MDSettings", atoms) -> None:
     """A ValueError if ``md`` ramps the temperature with a ``factory`` whose dynamics cannot
