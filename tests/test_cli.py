@@ -428,6 +428,13 @@ temperature = 600.0
     longer.write_text(text.replace("steps = 60", "steps = 90"))
     assert main(["learn", str(longer), "--resume", str(tmp_path / "run"), "-q"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 90
+    # a run that made all its steps: nothing to run, its files as they were
+    run = tmp_path / "run"
+    capsys.readouterr()
+    files = {p: (run / p).read_bytes() for p in ("summary.json", "state.json", "model.npz", "walkers.npz")}
+    assert main(["learn", "--resume", str(run), "-q"]) == 0
+    assert "this run has made all its 90 steps; nothing to continue" in capsys.readouterr().out
+    assert {p: (run / p).read_bytes() for p in files} == files
     # steps are a total: fewer than the run has made is refused, not silently ignored
     assert main(["learn", "--resume", str(tmp_path / "run"), "--steps", "50", "-q"]) == 2
     err = capsys.readouterr().err

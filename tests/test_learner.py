@@ -2218,3 +2218,42 @@ def test_a_walker_labelled_while_running_hot_restarts_from_its_last_good_frame(t
     cool = L.walkers[0]
     assert not L._label_round(300, (([], "uncertain"),))  # nothing to label: nothing restarted
     assert cool is w and len(_events(L.run_dir, "restart_hot")) == 1
+
+
+def test_checkpoints_are_spaced_by_their_cost_and_a_resume_adds_the_labels_the_model_file_lacks(
+        tmp_path, monkeypatch):
+    """A label's checkpoint (the model file grows with the labels) waits until 9x its last
+    duration has passed; every label is in train.xyz at once, and a run folder as a kill
+    would leave it between checkpoints resumes with all of them in its model."""
+    import shutil
+
+    from ase.calculators.calculator import all_changes
+
+    import gpal.learning.learner as learner_module
+
+    monkeypatch.setattr(learner_module, "_CHECKPOINT_SPACING", 1e9)  # only the first, then deferred
+    snapshots = []
+
+    class Snapshot(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            run = tmp_path / "run"
+            if (run / "train.xyz").exists() and len(frames_in(run / "train.xyz")) == 7 and not snapshots:
+                shutil.copytree(run, tmp_path / "killed")  # (the 8th label is being computed)
+                snapshots.append(1)
+
+    L = learner(tmp_path / "run", Snapshot(), trigger=Trigger(threshold=0.001, max_labels=10, adaptive=False),
+                checkpoint_seconds=1e9)
+    L.run(120)
+    assert snapshots and L.n_labelled > 8
+    killed = tmp_path / "killed"
+    (killed / "run.lock").unlink(missing_ok=True)
+    in_file = gpal.load(killed / "model.npz")
+    labelled = frames_in(killed / "train.xyz")
+    assert len(labelled) == 7 and len(in_file.frames_) < 7  # the model file lags the labels
+    R = ActiveLearner.resume(killed, oracle=EMT(), progress=False)
+    assert R.n_labelled == 7 == len(R.model.frames_)
+    assert R.oracle.n_calls == 8  # (the 8th, cut by the "kill", was made: counted, with no label)
+    monkeypatch.setattr(learner_module, "_CHECKPOINT_SPACING", 0.0)
+    R.run(130)
+    assert len(frames_in(killed / "train.xyz")) == R.n_labelled == len(R.model.frames_)

@@ -297,6 +297,10 @@ def _resume(args: argparse.Namespace) -> int:
                       "and stops again at a check where that still holds; a config with another "
                       "[stopping] or [targets] tolerance changes it (gpal learn CONFIG --resume RUN_DIR)")
                 return learner, None
+            if (steps is None or steps == learner.step) and learner.step >= learner.total_steps and not changed:
+                print(f"gpal: this run has made all its {learner.step} steps; nothing to continue (--steps N "
+                      "runs on to step N)")
+                return learner, None
             return learner, (steps if steps is not None else learner.total_steps)
 
         return _learn_and_report(resumed, executor, run_dir, walkers[1])
@@ -1198,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the full default configuration (TOML, with units) and exit")
     s.add_argument("--resume", metavar="RUN_DIR", type=os.path.expanduser,  # (--resume=~/x: no shell expansion)
                    help="continue the run in RUN_DIR, with the workers it was started with (with a config: only "
-                        "steps and workers may change)")
+                        "steps, workers, [stopping] and [targets] tolerance may change)")
     s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", type=os.path.expanduser, help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",
