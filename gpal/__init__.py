@@ -29,6 +29,7 @@ from .exceptions import (  # noqa: F401
     NotFittedError,
     OracleError,
     OverlappingAtomsError,
+    RunStoppedError,
     StructureFileError,
     UnknownSpeciesError,
 )

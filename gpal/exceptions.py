@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "StructureFileError",
     "BaselineError",
+    "RunStoppedError",
 ]
 
 
@@ -73,6 +74,17 @@ class NotFittedError(GpalError, _SklearnNotFittedError):
 
 class OracleError(GpalError, RuntimeError):
     """The oracle (a reference calculator) crashed, timed out or returned non-finite values."""
+
+
+class RunStoppedError(GpalError, RuntimeError):
+    """A run stopped by something outside its input (a worker process that crashed, an
+    oracle that keeps failing, an executor that stopped); everything so far is saved
+    and the run resumes. ``gpal learn`` exits with 1 on it, not 2 (bad input)."""
+
+
+class OracleStoppedError(OracleError, RunStoppedError):
+    """A run stopped by its oracle (its worker processes crashed, or it failed under
+    ``on_oracle_failure="stop"``): an :class:`OracleError` and a :class:`RunStoppedError`."""
 
 
 class ConfigError(GpalError, ValueError):

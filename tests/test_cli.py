@@ -911,3 +911,17 @@ def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(
     assert main(["learn", "--resume", str(tmp_path / "run"), "--steps", "40", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"this run's MD factory '{name}:npt' cannot be imported" in err
+
+
+def test_a_run_stopped_by_a_crashed_worker_exits_1_not_bad_inputs_2(tmp_path, capsys, fake_learner, monkeypatch):
+    """A batch script tells a typo (2, fix the input) from a crashed worker (1, resume)."""
+    def run(self, steps):
+        raise gpal.exceptions.OracleStoppedError("the oracle's worker processes stopped (...). Everything so far "
+                                                 "is saved in run: resume")
+
+    monkeypatch.setattr(fake_learner, "run", run)
+    assert main(["learn", "--steps", "3", "--run-dir", str(tmp_path / "run"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "worker processes stopped" in err
+    with pytest.raises(SystemExit, match="2"):  # bad input (argparse)
+        main(["learn", "--steps", "0", "-q"])

@@ -1443,8 +1443,9 @@ def test_a_worker_that_dies_stops_the_run_with_everything_saved(tmp_path):
     assert oracle.n_calls <= 3  # nothing resubmitted to the broken pool
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         L = learner(run, "_oracles:DiesOnMovedFrames", executor=pool)
-        with pytest.raises(gpal.exceptions.OracleError, match="Everything so far is saved"):
+        with pytest.raises(gpal.exceptions.OracleError, match="Everything so far is saved") as stopped:
             L.run(20)
+    assert isinstance(stopped.value, gpal.RunStoppedError)  # (gpal learn: exit 1, not bad input's 2)
     state = json.loads((run / "state.json").read_text())
     assert state["oracle_calls"] == L.oracle.n_calls > 0 and state["oracle_failures"] > 0
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
-from ..exceptions import ConfigError, GpalError, OracleError, StructureFileError, interrupt_in
+from ..exceptions import ConfigError, GpalError, OracleError, RunStoppedError, StructureFileError, interrupt_in
 
 log = logging.getLogger("gpal")
 
@@ -1418,7 +1418,7 @@ def main(argv: list[str] | None = None) -> int:
         if config and isinstance(exc, ConfigError) and message.startswith("["):
             message = f"{config}: {message}"  # ("[section] key ..." of the config given)
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunStoppedError) else 2  # (a crashed worker is no bad input)
     except MemoryError as exc:  # settings that ask for more than the machine has (n_max 100000...)
         if args.verbose:
             traceback.print_exc()

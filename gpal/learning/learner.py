@@ -57,8 +57,8 @@ from .._threads import policy as _thread_policy
 from .._validation import (as_rng, check_atoms, check_min_distance, check_number, displacement, frame_labels,
                            species_number, user_stacklevel, warn_unknown_keywords)
 from ..calculator import GPCalculator
-from ..exceptions import (GpalError, MissingLabelsError, OracleError, OverlappingAtomsError, UnknownSpeciesError,
-                          interrupt_in)
+from ..exceptions import (GpalError, MissingLabelsError, OracleError, OracleStoppedError, OverlappingAtomsError,
+                          UnknownSpeciesError, interrupt_in)
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
@@ -928,7 +928,7 @@ class ActiveLearner:
             self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
             what = broken if broken is not None else \
                 f"oracle failed on {len(failures)} frame(s) at step {self.step}: {failures[0].reason}"
-            raise OracleError(f"{what}. {self._fix_and_resume()}")
+            raise OracleStoppedError(f"{what}. {self._fix_and_resume()}")
         if failures:  # the calls they cost are counted on disk before anything else can fail
             self.checkpoint(model=False)
         return good

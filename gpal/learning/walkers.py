@@ -57,7 +57,7 @@ import numpy as np
 from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from ..exceptions import GpalError, OverlappingAtomsError
+from ..exceptions import GpalError, OverlappingAtomsError, RunStoppedError
 from ..model import SparseGP
 from .sampler import blown_up
 from .trigger import trigger_state
@@ -429,10 +429,10 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 f.cancel()
             L.checkpoint()
             if isinstance(exc, cf.CancelledError):
-                raise GpalError("a walker segment was cancelled by its executor (a dask scheduler that "
+                raise RunStoppedError("a walker segment was cancelled by its executor (a dask scheduler that "
                                 f"stopped, or a pool shut down); the run is saved in {L.run_dir}: resume "
                                 "it") from exc
-            raise GpalError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
+            raise RunStoppedError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
                             f"the run is saved in {L.run_dir}: resume it") from exc
 
     spec: dict = {}  # walker index -> its next segment, submitted on the same model
