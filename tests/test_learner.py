@@ -62,6 +62,7 @@ def test_run_writes_everything(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert any(r.get("event") == "label" for r in records)
     assert any("temperature" in r for r in records)
+    assert all(r["volume"] == pytest.approx(start().get_volume()) for r in records if "target_T" in r)
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
     assert "force_rmse" in summary.validation
     model = gpal.load(tmp_path / "run" / "model.npz")

@@ -1636,6 +1636,7 @@ class ActiveLearner:
             "energy": float(w0.get_potential_energy()), "threshold": self.threshold_,
             "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
             "n_sparse": len(self.model.sparse_X_),
+            **({"volume": float(w0.get_volume())} if w0.pbc.all() else {}),  # Å^3 (NPT: the cell moves)
         })
 
     def _should_stop(self) -> bool:
