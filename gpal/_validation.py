@@ -478,8 +478,9 @@ def stress_work_ratio(frames, labels, max_step: float = 0.3, max_strain: float =
             b, lb = prev  # (b first, then a)
             if len(a) == len(b) and np.array_equal(a.numbers, b.numbers):
                 deform = np.linalg.solve(b.cell.array, a.cell.array)  # a.cell = b.cell @ deform
-                eps = deform - np.eye(3)
-                strain = 0.5 * (eps + eps.T)
+                # Green-Lagrange (rows: r_a = r_b @ deform): zero for a rotation, which does
+                # no work (the symmetric part of deform - 1 is not: -θ²/2 on a stressed cell)
+                strain = 0.5 * (deform @ deform.T - np.eye(3))
                 if 1e-5 < np.abs(strain).max() < max_strain:
                     from ase.geometry import find_mic
 

@@ -23,6 +23,7 @@ __all__ = [
     "StructureFileError",
     "BaselineError",
     "RunStoppedError",
+    "OracleStoppedError",
 ]
 
 

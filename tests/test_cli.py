@@ -829,7 +829,7 @@ def test_a_full_disk_names_the_run_folder_and_the_resume(tmp_path, capsys, fake_
 
     monkeypatch.setattr(fake_learner, "run", run)
     run_dir = tmp_path / "run"
-    assert main(["learn", "--steps", "3", "--run-dir", str(run_dir), "-q"]) == 2
+    assert main(["learn", "--steps", "3", "--run-dir", str(run_dir), "-q"]) == 1  # (resume it, not bad input)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"the disk (or the quota) is full (the run folder {run_dir}): free space, then continue with " \
         f"gpal learn --resume {run_dir}" in err
@@ -872,7 +872,7 @@ def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(
     is a resume from a folder where the run's factory cannot be imported."""
     import sys
 
-    monkeypatch.setattr(sys, "path", list(sys.path))  # (the folders gpal learn adds)
+    before = list(sys.path)
     folder = tmp_path / "project"
     folder.mkdir()
     name = f"user_md_{tmp_path.name.replace('-', '_')}"
@@ -895,6 +895,7 @@ def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(
     monkeypatch.chdir(tmp_path)
     assert main(["learn", str(cfg), "-q"]) == 0
     assert sys.modules[name].MADE  # the run's walker made its dynamics with the user's factory
+    assert sys.path == before  # (the folders are the command's only)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["md_factory"] == f"{name}:npt"
     cells = {round(abs(a.cell.volume), 6) for a in read(tmp_path / "run" / "train.xyz", ":")}
@@ -906,7 +907,6 @@ def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"[md] factory '{name}:nope' cannot be imported" in err
     # a resume where the module is not on the path: the setting named, exit 2
-    sys.path.remove(str(folder))
     del sys.modules[name]
     assert main(["learn", "--resume", str(tmp_path / "run"), "--steps", "40", "-q"]) == 2
     err = capsys.readouterr().err

@@ -1609,6 +1609,16 @@ def test_md_protocol_fixes_a_ramp_only_with_md_steps_and_refuses_dynamics_that_c
         learner(tmp_path / "a", md=MDSettings(temperature=(300, 1200), factory=_verlet_factory))
     # the check makes the dynamics on a copy of the start structure: one with a calculator
     learner(tmp_path / "a2", md=MDSettings(temperature=(300, 1200), factory=_forces_at_start_factory))
+
+    def typo(atoms, timestep, temperature_K, rng):
+        from ase.md.langevin import Langevin
+
+        return Langevin(atoms, timestep, temp_K=temperature_K, friction=0.01)
+
+    for md in (MDSettings(temperature=300, factory=typo), MDSettings(temperature=(300, 600), factory=typo)):
+        with pytest.raises(ValueError, match="MDSettings.factory failed on a copy of the start structure"):
+            learner(tmp_path / "a3", md=md)
+    assert not (tmp_path / "a3").exists()
     learner(tmp_path / "b", md=MDSettings(temperature=600, factory=_verlet_factory))  # constant: fine
     L = learner(tmp_path / "c")
     L.run(0)  # the bootstrap only: no ramp is started
@@ -2217,9 +2227,13 @@ def test_a_walker_labelled_while_running_hot_restarts_from_its_last_good_frame(t
     assert not w.running_hot(300) and w.atoms.get_temperature() > 0
     hot = _events(L.run_dir, "restart_hot")
     assert len(hot) == 1 and hot[0]["temperature"] > 1500 and hot[0]["target_T"] == 300
-    cool = L.walkers[0]
-    assert not L._label_round(300, (([], "uncertain"),))  # nothing to label: nothing restarted
-    assert cool is w and len(_events(L.run_dir, "restart_hot")) == 1
+    # a walker labelled at its thermostat's temperature goes on from its own frame
+    w.atoms.positions += 0.01
+    MaxwellBoltzmannDistribution(w.atoms, temperature_K=300, rng=np.random.default_rng(1))
+    here = w.atoms.positions.copy()
+    assert not w.running_hot(300)
+    assert L._label_round(300, (([w], "uncertain"),))
+    assert np.array_equal(w.atoms.positions, here) and len(_events(L.run_dir, "restart_hot")) == 1
 
 
 def test_checkpoints_are_spaced_by_their_cost_and_a_resume_adds_the_labels_the_model_file_lacks(
@@ -2259,3 +2273,26 @@ def test_checkpoints_are_spaced_by_their_cost_and_a_resume_adds_the_labels_the_m
     monkeypatch.setattr(learner_module, "_CHECKPOINT_SPACING", 0.0)
     R.run(130)
     assert len(frames_in(killed / "train.xyz")) == R.n_labelled == len(R.model.frames_)
+
+
+def test_a_labels_checkpoint_waits_nine_times_the_last_checkpoints_duration(tmp_path):
+    """The spacing rule itself (default 9): a checkpoint that took long defers the next
+    label's, which comes at a label once enough time has passed; a scheduled refit is
+    saved at once."""
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300),
+                optimize_every=0)
+    L.run(10)
+    w = L.walkers[0]
+    model = tmp_path / "run" / "model.npz"
+
+    def label():
+        w.atoms.positions += 0.01
+        L._label_round(300, (([w], "uncertain"),))
+        return len(gpal.load(model).frames_)
+
+    n = L.n_labelled
+    L._checkpoint_cost, L._last_checkpoint = 10.0, time.perf_counter()  # 90 s to wait
+    assert label() == n and L._checkpoint_due  # deferred: the label is in train.xyz only
+    assert len(frames_in(tmp_path / "run" / "train.xyz")) == n + 1
+    L._last_checkpoint -= 91.0
+    assert label() == n + 2 and not L._checkpoint_due

@@ -424,6 +424,12 @@ def test_a_species_the_descriptor_knows_but_no_sparse_point_holds_warns_once_at_
         cu_only.append(b)
     with pytest.warns(UserWarning, match="Ag are in the descriptor but in no training frame"):
         model = _model(e0={"Cu": -0.1, "Ag": 0.2}).fit(cu_only)
+    twin = _model(e0={"Cu": -0.1, "Ag": 0.2}).fit(cu_only)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        twin.update(frames[:1], n_sparse=4)  # (adds the species: no warning that it lacks it)
+    assert not [w for w in caught if "no sparse environment" in str(w.message)]
+    assert 47 in set(twin.sparse_species_.tolist())
     with pytest.warns(UserWarning, match="Ag: no sparse environment of this species"):
         model.predict(frames[0])
     with warnings.catch_warnings():

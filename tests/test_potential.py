@@ -885,6 +885,17 @@ def test_stress_labels_with_the_pressures_sign_warn():
     assert -1.25 < stress_work_ratio(flipped, [frame_labels(b) for b in flipped]) < -0.8
     with pytest.warns(UserWarning, match=r"stress labels' work .* the pressure's sign"):
         warn_implausible_labels(flipped, [frame_labels(b) for b in flipped])
+    # rotated copies of a compressed cell: a rotation does no work (no strain, no warning)
+    rotated = []
+    for k in range(6):
+        a = bulk("Cu", "fcc", a=3.55, cubic=True).repeat((2, 2, 2))
+        a.rotate(4.0 * k, "z", rotate_cell=True)
+        a.calc = EMT()
+        a.get_stress()
+        rotated.append(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_implausible_labels(rotated, [frame_labels(a) for a in rotated])
 
 
 def test_molecules_in_a_vacuum_box_are_fitted_as_clusters():

@@ -297,7 +297,11 @@ def _resume(args: argparse.Namespace) -> int:
                       "and stops again at a check where that still holds; a config with another "
                       "[stopping] or [targets] tolerance changes it (gpal learn CONFIG --resume RUN_DIR)")
                 return learner, None
-            if (steps is None or steps == learner.step) and learner.step >= learner.total_steps and not changed:
+            done = _stored_summary(run_dir)  # (a run cut in its final refit, calibration or
+            # summary has made its steps too, but is not finished: run() finishes it)
+            if ((steps is None or steps == learner.step) and learner.step >= learner.total_steps and not changed
+                    and done is not None and (done.steps, done.labelled_frames) == (learner.step, learner.n_labelled)
+                    and not learner._resume_added):
                 print(f"gpal: this run has made all its {learner.step} steps; nothing to continue (--steps N "
                       "runs on to step N)")
                 return learner, None
@@ -358,7 +362,21 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    """Active learning from a configuration (or the demo); --resume continues a run."""
+    """Active learning from a configuration (or the demo); --resume continues a run. A
+    ``"module:Name"`` setting may name a module next to the config or in the working
+    folder, for the command's duration (:func:`config.add_import_folders`)."""
+    from . import config
+
+    added = config.add_import_folders(args.config)
+    try:
+        return _learn(args)
+    finally:
+        for folder in added:
+            if folder in sys.path:
+                sys.path.remove(folder)
+
+
+def _learn(args: argparse.Namespace) -> int:
     from . import config
     from .._validation import check_atoms, check_number
     from ..learning.learner import (Trigger, check_budgets, check_max_temperature,
@@ -373,7 +391,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
                               f"({args.config} was given); gpal learn --print-config > new.toml writes one to edit")
         sys.stdout.write(config.default_toml())
         return 0
-    config.add_import_folders(args.config)
     if args.resume:
         if args.run_dir or args.overwrite:
             raise GpalError("--resume continues RUN_DIR in place; --run-dir and --overwrite are for a new run")
@@ -1418,7 +1435,8 @@ def main(argv: list[str] | None = None) -> int:
         if config and isinstance(exc, ConfigError) and message.startswith("["):
             message = f"{config}: {message}"  # ("[section] key ..." of the config given)
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
-        return 1 if isinstance(exc, RunStoppedError) else 2  # (a crashed worker is no bad input)
+        # (a crashed worker or a full disk is no bad input: saved, resume it)
+        return 1 if isinstance(exc, RunStoppedError) or hint else 2
     except MemoryError as exc:  # settings that ask for more than the machine has (n_max 100000...)
         if args.verbose:
             traceback.print_exc()

@@ -507,17 +507,21 @@ def md_settings(**md):
     return MDSettings(**md)
 
 
-def add_import_folders(config_path=None) -> None:
+def add_import_folders(config_path=None) -> list[str]:
     """Let ``"module:Name"`` settings (an oracle's or an MD factory) name a module of the
     user's own, next to the config or in the current folder, as ``python -m`` would: both
     folders are appended to ``sys.path`` (after the installed packages, which they never
-    shadow). Called by ``gpal learn`` before it reads a configuration."""
+    shadow) and returned, for the caller to remove when its command ends. Called by
+    ``gpal learn`` before it reads a configuration."""
     import sys
 
+    added = []
     folders = [Path.cwd()] + ([Path(config_path).resolve().parent] if config_path else [])
-    for folder in folders:
-        if str(folder) not in sys.path:
-            sys.path.append(str(folder))
+    for folder in map(str, folders):
+        if folder not in sys.path:
+            sys.path.append(folder)
+            added.append(folder)
+    return added
 
 
 # --------------------------------------------------------------------------- loading

@@ -746,6 +746,7 @@ class ActiveLearner:
         self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0}
         self._last_checkpoint = time.perf_counter()
         self._checkpoint_due, self._checkpoint_cost = False, 0.0  # (s, of the last checkpoint)
+        self._resume_added = 0  # labels a resume added that the model file lacked
         self._calibration: dict = {}
         self.n_checks = 0
         self.walkers: list[_Walker] = []
@@ -938,22 +939,29 @@ class ActiveLearner:
         has no ``oracle_return`` after it (logged when the calls end any other way), the
         process died during those calls: they cost at least the calls before them, the
         labels that arrived since, and the calls that were running (one, or on an
-        executor as many as its workers). The count only ever rises, and is written to
+        executor as many as its workers). If it has one, the state may still lag the calls
+        (a label's checkpoint waits for its spacing): the return's own count, retries
+        included, is the least. The count only ever rises, and is written to
         ``state.json`` at once."""
-        last = None
+        last = send = None
         for last in self._log_records(("oracle_send", "oracle_return")):
-            pass
-        if last is None or last["event"] != "oracle_send":
+            send = last if last["event"] == "oracle_send" else send
+        if last is None:
             return
-        arrived = max(0, self.n_labelled - int(last["labelled"]))
-        waiting = max(int(last["frames"]) - arrived, 0)
-        if last.get("parallel"):  # at most a worker's worth were running (the rest queued)
-            running = min(waiting, int(last.get("workers") or waiting))
+        if last["event"] == "oracle_return":
+            # the calls ended and were logged, the state not written after them (a
+            # checkpoint waiting for its spacing): the return's count, retries included
+            least = int(last.get("oracle_calls", 0))
         else:
-            running = min(waiting, 1)
-        least = int(last["oracle_calls"]) + arrived + running
+            arrived = max(0, self.n_labelled - int(last["labelled"]))
+            waiting = max(int(last["frames"]) - arrived, 0)
+            if last.get("parallel"):  # at most a worker's worth were running (the rest queued)
+                running = min(waiting, int(last.get("workers") or waiting))
+            else:
+                running = min(waiting, 1)
+            least = int(last["oracle_calls"]) + arrived + running
         if least > self.oracle.n_calls:
-            reason = str(last.get("reason", "uncertain"))
+            reason = str((send or {}).get("reason", "uncertain"))
             self._calls[reason] = self._calls.get(reason, 0) + least - self.oracle.n_calls
             log.info("resume: %d oracle call(s) cut off by the end of the last session",
                      least - self.oracle.n_calls)
@@ -982,6 +990,7 @@ class ActiveLearner:
                 self.model.update(frames, n_sparse=self._new_sparse(len(frames)), sparse_selection="variance",
                                   exact_frames=self.exact_frames)
         optimized = self.optimize_every and self.n_labelled >= self.optimize_every * max(self._last_opt, 1)
+        refitted = bool(optimized)
         if optimized:
             self._optimize()  # (calibrates)
         elif (self._n_projected()
@@ -989,6 +998,7 @@ class ActiveLearner:
             # no hyperparameter schedule: projected columns made exact on the same geometric one
             self._last_opt = self.n_labelled
             self.model.refit()
+            refitted = True
         self._add_update_time(t0, cal0)
         if not optimized and self.bootstrap_done:
             # the trigger compares calibrated stds: a calibration of the previous model, whose
@@ -1007,8 +1017,9 @@ class ActiveLearner:
         # checkpoint after every label of a 32-atom EMT run took 0.25 -> 0.55 s over 180
         # labels; spaced, checkpoints stay under ~10 % of the wall time. Labels are in
         # train.xyz at once either way, and a resume adds those the model file lacks)
-        if self._checkpoint_due and (time.perf_counter() - self._last_checkpoint
-                                     >= _CHECKPOINT_SPACING * self._checkpoint_cost):
+        # A scheduled refit is saved at once (rare, and the state's schedule refers to it)
+        if refitted or (self._checkpoint_due and (time.perf_counter() - self._last_checkpoint
+                                                  >= _CHECKPOINT_SPACING * self._checkpoint_cost)):
             self.checkpoint()
 
     def _add_update_time(self, t0: float, cal0: float) -> None:
@@ -2274,6 +2285,7 @@ class ActiveLearner:
             self._add_force_squares(labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):])
         self._reasons = [str(a.info.get("gpal_reason", "uncertain")) for a in labelled]
         missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
+        self._resume_added = len(missing)
         if missing:
             model.update(missing, n_sparse=self._new_sparse(len(missing)), sparse_selection="variance",
                          exact_frames=self.exact_frames)

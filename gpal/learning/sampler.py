@@ -89,13 +89,16 @@ class _ZeroCalculator(Calculator):
 
 
 def check_ramp_factory(md: "MDSettings", atoms) -> None:
-    """A ValueError if ``md`` ramps the temperature with a ``factory`` whose dynamics cannot
-    change it (ASE's VelocityVerlet, Bussi, NoseHooverChainNVT and MTK integrators have no
-    ``set_temperature``: their MD would stay at the start temperature while the learner
-    labelled as if it followed the ramp)."""
+    """A ValueError if ``md``'s ``factory`` fails on a copy of ``atoms`` (one line naming
+    it, before any file or oracle call), or ramps the temperature with dynamics that
+    cannot change it (ASE's VelocityVerlet, Bussi, NoseHooverChainNVT and MTK
+    integrators have no ``set_temperature``: their MD would stay at the start
+    temperature while the learner labelled as if it followed the ramp)."""
     t = md.temperature
-    if md.factory is None or atoms is None or not isinstance(t, (tuple, list)) or t[0] == t[1]:
+    if md.factory is None or atoms is None:
         return
+    ramp = isinstance(t, (tuple, list)) and t[0] != t[1]
+    t = tuple(t) if isinstance(t, (tuple, list)) else (t, t)
     from ase import units
 
     from ase.md.velocitydistribution import thermalize_momenta
@@ -110,7 +113,7 @@ def check_ramp_factory(md: "MDSettings", atoms) -> None:
     except Exception as exc:
         raise ValueError(f"MDSettings.factory failed on a copy of the start structure ({type(exc).__name__}: "
                          f"{exc})") from exc
-    if not hasattr(dyn, "set_temperature"):
+    if ramp and not hasattr(dyn, "set_temperature"):
         raise ValueError(f"MDSettings.factory makes a {type(dyn).__name__}, which has no set_temperature: it "
                          f"cannot follow the temperature ramp {tuple(t)} K; give a constant temperature, or "
                          "dynamics that can change it (Langevin, NPTBerendsen, ...)")

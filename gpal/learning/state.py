@@ -39,8 +39,10 @@ def _import(path: str, what: str | None = None):
             raise
         from ..exceptions import GpalError
 
+        hint = ("; if the module is your own, an installed module of the same name may hide it: rename "
+                "yours" if isinstance(exc, AttributeError) else "")
         raise GpalError(f"{what} {path!r} cannot be imported ({type(exc).__name__}: {exc}); run from the "
-                        "folder that holds its module, or add that folder to PYTHONPATH") from exc
+                        f"folder that holds its module, or add that folder to PYTHONPATH{hint}") from exc
     return obj
 
 

@@ -521,7 +521,6 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     def _check(self, atoms, what="atoms"):
         periodic = self.descriptor_.periodic
         check_atoms(atoms, species=self.species_, periodic=periodic, what=what)
-        self._warn_unlearned_species(atoms)
         if not periodic and atoms.pbc.any():
             warnings.warn(
                 "the model's descriptor has periodic=False: the periodic boundaries of these "
@@ -1001,6 +1000,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """
         check_is_fitted(self)
         self._check(atoms)
+        self._warn_unlearned_species(atoms)  # (predict's own: update and growth add such species)
         numbers = atoms.numbers
         self._check_composition(numbers)
         N = len(numbers)
