@@ -1013,11 +1013,11 @@ class ActiveLearner:
             self.validate()
         if self.n_labelled % self.checkpoint_every < len(frames):
             self._checkpoint_due = True
-        # (the model file holds the observation rows, so it grows with the labels: a
-        # checkpoint after every label of a 32-atom EMT run took 0.25 -> 0.55 s over 180
-        # labels; spaced, checkpoints stay under ~10 % of the wall time. Labels are in
-        # train.xyz at once either way, and a resume adds those the model file lacks)
-        # A scheduled refit is saved at once (rare, and the state's schedule refers to it)
+        # The model file holds the observation rows and grows with the labels (a checkpoint
+        # after every label of a 32-atom EMT run took 0.25 -> 0.55 s over 180 labels):
+        # spaced, checkpoints stay under ~10 % of the wall time. Labels are in train.xyz at
+        # once either way, and a resume adds those the model file lacks. A scheduled refit
+        # is saved at once (rare, and the state's refit schedule refers to it).
         if refitted or (self._checkpoint_due and (time.perf_counter() - self._last_checkpoint
                                                   >= _CHECKPOINT_SPACING * self._checkpoint_cost)):
             self.checkpoint()
