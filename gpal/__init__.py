@@ -28,6 +28,7 @@ from .exceptions import (  # noqa: F401
     ModelFileError,
     NotFittedError,
     OracleError,
+    OracleStoppedError,
     OverlappingAtomsError,
     RunStoppedError,
     StructureFileError,

@@ -71,7 +71,9 @@ def check_atoms(atoms, *, species=None, periodic=None, what="atoms") -> None:
         degenerate cell.
     """
     if not isinstance(atoms, Atoms):
-        raise TypeError(f"{what} must be an ase.Atoms, got {type(atoms).__name__}")
+        raise TypeError(f"{what} must be an ase.Atoms, got {type(atoms).__name__}"
+                        + (" (one structure per call: [model.predict(a) for a in frames])"
+                           if isinstance(atoms, (list, tuple)) else ""))
     if len(atoms) == 0:
         raise ValueError(f"{what} contains no atoms")
     cell = atoms.cell.array

@@ -1,7 +1,7 @@
 """Compare kernel and descriptor choices on the same data.
 
 >>> table = gpal.compare_kernels(train, test)         # doctest: +SKIP
->>> table                                              # a table in a notebook or terminal
+>>> table               # shown as a table in a notebook or terminal  # doctest: +SKIP
 
 Each candidate is fitted on growing subsets of ``train`` (a learning curve) and on all of
 it; errors, negative log-likelihood of the forces and timings are measured on ``test``.

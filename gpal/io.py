@@ -394,7 +394,10 @@ def read_frames(path, index=":") -> list:
         frames = read(str(path), index=index)
     except UnknownFileTypeError as exc:
         raise StructureFileError(f"{path} is not a structure file ASE can read ({exc})") from exc
-    except (ValueError, OSError, IndexError, KeyError, StopIteration, UnicodeDecodeError) as exc:
+    except (IndexError, StopIteration) as exc:  # (StopIteration has no message)
+        raise StructureFileError(f"{path} has no frame {index!r} ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}"
+                                 "); frames count from 0, and index=':' reads them all") from exc
+    except (ValueError, OSError, KeyError, UnicodeDecodeError) as exc:
         raise StructureFileError(f"{path} cannot be read as frames ({type(exc).__name__}: {exc})") from exc
     return frames if isinstance(frames, list) else [frames]
 

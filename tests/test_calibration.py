@@ -134,6 +134,8 @@ def test_binned_rmse_rmv_caps_bins_and_handles_constant_std():
     e, s = gaussian_data(5, seed=3)
     rmv, rmse, count = binned_rmse_rmv(e, s, n_bins=10)
     assert rmv.shape == (5,) and count.sum() == 5
+    named = binned_rmse_rmv(np.full(10, 2.0), np.ones(10), n_bins=2)  # the names say which is which
+    assert np.allclose(named.rmse, 2.0) and np.allclose(named.rmv, 1.0)
     m = uncertainty_metrics(e, np.full(5, 0.5))
     assert np.isnan(
         m["spearman"]

@@ -567,3 +567,19 @@ def test_radial_basis_does_not_depend_on_blas_threads():
             soap.create(cu_rattled())
             bases.append(soap.betas_)
     np.testing.assert_array_equal(bases[0], bases[1])
+
+
+@pytest.mark.parametrize("module", ["gpal.descriptors.soap", "gpal.compare", "gpal.model.potential", "gpal._threads",
+                                    "gpal.learning.targets"])
+def test_docstring_examples_run(module):
+    """The ``>>>`` examples, in a namespace of their own (an example that uses a name it
+    did not import passed on the module's globals and failed for a user who pasted it)."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(module)
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in finder.find(mod, module, globs={}):
+        runner.run(test)
+    assert runner.failures == 0

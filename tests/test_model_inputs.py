@@ -436,3 +436,35 @@ def test_a_species_the_descriptor_knows_but_no_sparse_point_holds_warns_once_at_
         warnings.simplefilter("error")
         model.predict(frames[1])  # once per model and species
         model.predict(cu_only[0])
+
+
+def test_wrong_arguments_of_the_api_name_themselves(tmp_path):
+    """An API audit's probes: each gave an internal error (AttributeError, IndexError, a
+    StopIteration without a message) or was taken silently."""
+    from gpal.exceptions import StructureFileError
+    from gpal.io import read_frames, write_frames
+
+    frames = cuag_frames(3, seed=1)
+    model = _model().fit(frames)
+    soap = model.descriptor_
+    with pytest.raises(TypeError, match=r"one ase.Atoms, got list \(a list: \[soap.create\(a\)"):
+        soap.create(frames)
+    with pytest.raises(ValueError, match=r"a pair of species, e.g. \('Cu', 'Cu'\), got 'Cu'"):
+        soap.get_location("Cu")
+    with pytest.raises(TypeError, match="frames: expected a list of labelled ase.Atoms, got NoneType"):
+        model.residuals(None)
+    with pytest.raises(ValueError, match="index 100; the model has 3 training frames"):
+        model.loo_residuals([100])
+    with pytest.raises(ValueError, match="frames\\[\\] must be an integer >= 0, got -1"):
+        model.loo_residuals([-1])
+    with pytest.raises(ValueError, match="n_sparse must be an integer >= 0, got -3"):
+        model.update(frames[:1], n_sparse=-3)
+    with pytest.raises(ValueError, match="noise_bounds must be"):
+        model.optimize_hyperparameters(noise_bounds=(0.5, 0.1))
+    with pytest.raises(TypeError, match="predict\\(a\\) for a in frames"):
+        model.predict(frames)
+    with pytest.raises(TypeError, match="oracle kwargs must be a dict"):
+        gpal.OracleSpec("ase.calculators.emt:EMT", kwargs=[1])
+    write_frames(tmp_path / "f.xyz", frames)
+    with pytest.raises(StructureFileError, match="has no frame 100"):
+        read_frames(tmp_path / "f.xyz", index=100)

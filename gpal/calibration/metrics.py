@@ -7,6 +7,7 @@ deviation ``std`` (same shape, strictly positive), z = error / std.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -60,19 +61,39 @@ def _area_between(x: np.ndarray, g: np.ndarray) -> float:
     return float(np.sum(total))
 
 
-def binned_rmse_rmv(error, std, n_bins: int = 10):
+class BinnedErrors(NamedTuple):
+    """:func:`binned_rmse_rmv`'s result: the RMV (the plot's x) first, then the RMSE."""
+
+    rmv: np.ndarray
+    rmse: np.ndarray
+    count: np.ndarray
+
+
+def binned_rmse_rmv(error, std, n_bins: int = 10) -> BinnedErrors:
     """Equal-count bins of std: root mean variance vs root mean squared error per bin.
 
     Samples are sorted by std (stable) and split into ``min(n_bins, n)`` bins whose
     sizes differ by at most one (:func:`numpy.array_split`).
 
+    Parameters
+    ----------
+    error : array_like
+        ``prediction - reference``, any shape (flattened).
+    std : array_like, same shape as ``error``
+        Predicted standard deviations, same unit as ``error``.
+    n_bins : int, default 10
+
     Returns
     -------
-    rmv : ndarray of shape (n_bins,)
-        ``sqrt(mean std²)`` per bin.
-    rmse : ndarray of shape (n_bins,)
-        ``sqrt(mean error²)`` per bin.
-    count : ndarray of shape (n_bins,), int
+    BinnedErrors
+        A named tuple, in this order (RMV first, as the x of an RMV-RMSE plot; use the
+        names: ``b = binned_rmse_rmv(e, s); b.rmse``):
+
+        rmv : ndarray of shape (min(n_bins, n),)
+            ``sqrt(mean std²)`` per bin.
+        rmse : ndarray of shape (min(n_bins, n),)
+            ``sqrt(mean error²)`` per bin.
+        count : ndarray of shape (min(n_bins, n),), int
     """
     e, s = _check_error_std(error, std)
     n_bins = min(_check_positive_int("n_bins", n_bins), e.size)
@@ -81,7 +102,7 @@ def binned_rmse_rmv(error, std, n_bins: int = 10):
     rmv = np.array([math.sqrt(np.mean(s[g] ** 2)) for g in groups])
     rmse = np.array([math.sqrt(np.mean(e[g] ** 2)) for g in groups])
     count = np.array([g.size for g in groups], dtype=np.int64)
-    return rmv, rmse, count
+    return BinnedErrors(rmv, rmse, count)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

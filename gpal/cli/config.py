@@ -29,7 +29,7 @@ top level     ``run_dir``, ``steps`` (MD steps per walker, a total), ``workers``
 [targets]     learning aimed at a target (gpal.TargetSet.from_file): ``file``
               of structures (e.g. NEB images), ``quantity``, ``tolerance``; no file: none
 [stopping]    stop when the calibrated force bound is under ``tolerance`` (eV/Å;
-              gpal.StoppingRule); no tolerance: the run makes all its steps
+              gpal.calibration.StoppingRule); no tolerance: the run makes all its steps
 
 An unknown key or section, or a value of the wrong type, is a :class:`ConfigError`
 whose one-line message names the key and suggests the closest valid one.
@@ -694,7 +694,7 @@ _SECTION_DOCS = {
     "validation": "an independent oracle MD trajectory for reported errors (steps = 0, the default: none; "
                   "every one of its oracle calls is counted; calibration needs none)",
     "stopping": "stop learning when the calibrated force bound stays under tolerance (eV/Å; "
-                "gpal.StoppingRule; unset: the run makes all its steps); may change on --resume",
+                "gpal.calibration.StoppingRule; unset: the run makes all its steps); may change on --resume",
 }
 
 

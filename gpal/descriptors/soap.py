@@ -504,7 +504,9 @@ class SOAP(Descriptor):
 
     Examples
     --------
+    >>> import numpy as np
     >>> from ase.build import bulk
+    >>> from gpal.descriptors import SOAP, pair_forces
     >>> soap = SOAP(["Cu"], r_cut=5.0, n_max=8, l_max=6, sigma=0.5, periodic=True,
     ...             weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1})
     >>> atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
@@ -662,9 +664,11 @@ class SOAP(Descriptor):
             The columns of ``create``'s output that belong to the pair.
         """
         try:
+            if isinstance(species, str):  # ("Cu" unpacked as "C", "u")
+                raise TypeError
             s, t = species
         except (TypeError, ValueError):
-            raise ValueError(f"species must be a pair of species, got {species!r}") from None
+            raise ValueError(f"species must be a pair of species, e.g. ('Cu', 'Cu'), got {species!r}") from None
         s, t = sorted(self._species_index(x) for x in (s, t))
         n, L = self.n_max, self.l_max
         off = int(self._pair_off[s, t])
@@ -784,6 +788,10 @@ class SOAP(Descriptor):
         volume (nan without a non-degenerate cell) of ``atoms``. ``checked``: the caller
         has run :func:`gpal._validation.check_atoms` with this descriptor's species
         (finite positions and cell, known species), which are then not checked again."""
+        if not hasattr(atoms, "numbers") or not hasattr(atoms, "cell"):
+            raise TypeError(f"atoms must be one ase.Atoms, got {type(atoms).__name__}"
+                            + (" (a list: [soap.create(a) for a in frames])" if isinstance(atoms, (list, tuple))
+                               else ""))
         numbers = np.asarray(atoms.numbers, dtype=np.int64)
         # (read, never written: no copy; the pair cache copies what it keeps)
         pos = np.ascontiguousarray(atoms.positions, dtype=np.float64)

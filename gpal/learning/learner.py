@@ -663,7 +663,7 @@ class ActiveLearner:
                 validation = list(validation)  # (a generator is read once)
             if isinstance(validation, (Atoms, str, os.PathLike)) or not all(isinstance(a, Atoms) for a in validation):
                 raise TypeError("validation must be a list of labelled ase.Atoms (ase.io.read(path, ':')) "
-                                f"or a gpal.Validation, got {type(validation).__name__}")
+                                f"or a gpal.learning.Validation, got {type(validation).__name__}")
             validation = Validation(frames=validation)  # a list of labelled frames
         groups = group_flat({"bootstrap": bootstrap, "growth": growth, "oracle_settings": oracle_settings,
                              "validation": validation, "run": run}, settings)

@@ -58,6 +58,9 @@ class OracleSpec:
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.kwargs, dict):
+            raise TypeError(f"oracle kwargs must be a dict of the calculator's keyword arguments, got "
+                            f"{type(self.kwargs).__name__} {self.kwargs!r}")
         if ":" not in self.factory:
             raise ValueError(
                 f"oracle factory must look like 'module:Name' (e.g. "

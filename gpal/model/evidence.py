@@ -12,6 +12,7 @@ from .._threads import limited as _thread_limited
 from .._threads import policy as _thread_policy
 from .._validation import (
     check_is_fitted,
+    check_number,
 )
 from ..descriptors import SOAP
 from ..descriptors.soap import virial_stress
@@ -649,6 +650,15 @@ class _Evidence:
         present, groups, levels, scale = self._noise_layout()
         if noise_bounds is None:
             noise_bounds = [NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
+        else:  # (reversed bounds put every noise at one of them, silently)
+            pairs = [noise_bounds] if len(noise_bounds) == 2 and all(np.isscalar(b) for b in noise_bounds) \
+                else list(noise_bounds)
+            for b in pairs:
+                if isinstance(b, str):
+                    continue
+                low, high = (check_number("noise_bounds", x, low=0, strict=True) for x in b)
+                if not low < high:
+                    raise ValueError(f"noise_bounds must be (low, high) with 0 < low < high, got {tuple(b)!r}")
         cache, rows = {}, {}
 
         def build(theta_k):

@@ -622,6 +622,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             Progress bars (tqdm, on stderr) over the passes through the frames: the
             descriptors, each ranking of the evidence's candidates, the kernel rows.
 
+        Returns
+        -------
+        self
+
+        Warns
+        -----
+        UserWarning
+            A chosen noise or signal variance sits at a bound of its range.
+
+        Notes
+        -----
         With ``hyperparameters="evidence"``, what the user left unset is chosen by the
         maximised log marginal likelihood of these frames (type-II maximum likelihood,
         no validation data): for each candidate, its signal variance and the unset
@@ -641,15 +652,6 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         sigma 0.3 with the force noise at its bound and the loop never labelled).
         Cost at 20 frames (benchmarks/bench_defaults.py): 0.9-3.0x a fit with fixed
         hyperparameters.
-
-        Returns
-        -------
-        self
-
-        Warns
-        -----
-        UserWarning
-            A chosen noise or signal variance sits at a bound of its range.
         """
         if y is not None:
             raise TypeError("SparseGP.fit takes the labels from the frames (energy, forces, stress); "
@@ -1350,6 +1352,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``stress_error`` (6 n_s,) eV/Å^3, the Voigt components of the frames with a
             stress label (3D-periodic); ``n_atoms`` (n_frames,).
         """
+        frames = check_frames(frames)
         out = {k: [] for k in ("energy_error", "energy_std", "energy_frame", "force_error", "force_std",
                                "force_noise", "force_novelty", "force_frame", "stress_error")}
         n = []
@@ -1546,7 +1549,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``energy_frame`` (n_e,).
         """
         check_is_fitted(self)
-        idx = range(len(self.frames_)) if frames is None else [int(i) for i in frames]
+        n_frames = len(self.frames_)
+        idx = range(n_frames) if frames is None else [check_number("frames[]", i, low=0, integer=True)
+                                                       for i in frames]
+        if any(i >= n_frames for i in idx):
+            raise ValueError(f"frames holds index {max(idx)}; the model has {n_frames} training frames")
         sol = self.solver_
         out = {k: [] for k in ("force_error", "force_std", "force_frame", "force_noise", "force_novelty",
                                "energy_error", "energy_std", "energy_residual", "energy_frame")}
@@ -1658,6 +1665,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if sparse_selection not in choices:
             raise ValueError(f"Invalid sparse_selection {sparse_selection!r}; choose from {choices}")
         exact_frames = _check_exact_frames(exact_frames)
+        n_sparse = check_number("n_sparse", n_sparse, low=0, integer=True)
         frames = check_frames(frames)
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
