@@ -40,7 +40,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -54,6 +54,9 @@ from ..exceptions import MissingCellError
 from .._validation import check_frame_arrays, periodic_vectors_ok
 from .base import Descriptor, PairDerivatives
 from .neighbors import PairCache
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 __all__ = ["SOAP", "SOAPDerivatives", "SOAPExpansion", "pair_forces", "pair_stress"]
 
@@ -866,7 +869,7 @@ class SOAP(Descriptor):
         return C, X
 
     @_thread_policy()
-    def create(self, atoms) -> np.ndarray:
+    def create(self, atoms: Atoms) -> np.ndarray:
         """SOAP of every atom.
 
         Parameters
@@ -883,7 +886,7 @@ class SOAP(Descriptor):
         return X
 
     @_thread_policy()
-    def derivatives(self, atoms, dense: bool = False):
+    def derivatives(self, atoms: Atoms, dense: bool = False):
         """Descriptor and its analytic derivatives.
 
         Parameters
@@ -975,7 +978,7 @@ class SOAP(Descriptor):
             )
 
     @_thread_policy()
-    def expand(self, atoms) -> SOAPExpansion:
+    def expand(self, atoms: Atoms) -> SOAPExpansion:
         """Descriptor plus the expansion kept for :meth:`SOAPExpansion.backward`.
 
         Parameters

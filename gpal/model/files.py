@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
@@ -15,6 +17,9 @@ from .._validation import (
 )
 from ..descriptors import descriptor_from_dict
 from ..sparse_gp import SparseGPSolver
+
+if TYPE_CHECKING:
+    from .potential import SparseGP
 from .. import baseline as _baseline
 from .rows import _labelled_copy
 
@@ -204,7 +209,7 @@ class _Files:
         return self
 
 
-def load(path):
+def load(path: str | os.PathLike) -> SparseGP:
     """Load a model saved with :meth:`SparseGP.save` (``gpal.load``).
 
     Parameters

@@ -46,6 +46,7 @@ import logging
 import hashlib
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -606,7 +607,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
 
     @_thread_policy(_fit_size)
-    def fit(self, frames, y=None, *, progress: bool = False) -> "SparseGP":
+    def fit(self, frames: Sequence[Atoms], y: None = None, *, progress: bool = False) -> "SparseGP":
         """Fit to labelled frames.
 
         Parameters
@@ -1283,7 +1284,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return float(np.dot(v, v))
 
     @_thread_policy()
-    def score(self, frames, y=None) -> float:
+    def score(self, frames: Sequence[Atoms], y: None = None) -> float:
         """R² of the force components of labelled ``frames`` (scikit-learn's regressor score).
 
         ``1 - Σ (F - F_pred)² / Σ (F - mean F)²`` over every force component of the
@@ -1331,7 +1332,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return float(r2_score(e_true, e_pred))
 
     @_thread_policy()
-    def residuals(self, frames, *, calibrated: bool = False) -> dict:
+    def residuals(self, frames: Sequence[Atoms], *, calibrated: bool = False) -> dict:
         """Prediction errors and stds on labelled frames (one evaluation per frame).
 
         Labels are read as :meth:`fit` reads them (:func:`gpal._validation.frame_labels`:
@@ -1606,7 +1607,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     @_thread_policy()
     def update(
         self,
-        frames,
+        frames: Sequence[Atoms],
         *,
         n_sparse: int = 0,
         sparse_selection: str = "variance",
@@ -1743,7 +1744,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     @_thread_policy()
     def select_frames(
         self,
-        candidates,
+        candidates: Sequence[Atoms],
         n_select: int,
         *,
         labels=("energy", "forces", "stress"),
