@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -228,6 +229,10 @@ def test_one_bootstrap_frame_the_oracle_cannot_label_is_skipped(tmp_path):
     train = frames_in(tmp_path / "run" / "train.xyz")
     assert len(boot) == 8 and [next(i for i, b in enumerate(boot) if np.allclose(b.positions, a.positions))
                                 for a in train[:4]] == [1, 2, 3, 4]
+    failed = frames_in(tmp_path / "run" / "failed.xyz")  # the geometry, to try by hand
+    assert len(failed) == 1 and np.allclose(failed[0].positions, boot[0].positions)
+    assert "SCF did not converge" in failed[0].info["gpal_failure"]
+    assert failed[0].info["gpal_reason"] == "bootstrap"
 
 
 def test_hanging_oracle_times_out(tmp_path):
@@ -2296,3 +2301,22 @@ def test_a_labels_checkpoint_waits_nine_times_the_last_checkpoints_duration(tmp_
     assert len(frames_in(tmp_path / "run" / "train.xyz")) == n + 1
     L._last_checkpoint -= 91.0
     assert label() == n + 2 and not L._checkpoint_due
+
+
+def test_a_force_noise_near_the_forces_themselves_is_warned_once(tmp_path):
+    """A run whose model leaves much of the forces unexplained (8-atom diamond Si with
+    periodic GFN1-xTB: noise 0.37-0.40 of the RMS force) ended without a word."""
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300))
+    L.run(10)
+    L.n_labelled, L._force_sq = 16, [16.0 * 300, 300]  # RMS force component 4 eV/Å (a stand-in)
+    L.model.noise_["force"] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L._warn_unlearnable_forces()  # 12 %: fine
+    L.model.noise_["force"] = 2.0
+    with pytest.warns(UserWarning, match="force noise at 2 eV/Å, 50 % of the labels' RMS force component"):
+        L._warn_unlearnable_forces()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L._warn_unlearnable_forces()  # once
+    assert _events(L.run_dir, "unlearnable_forces")

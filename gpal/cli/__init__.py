@@ -105,8 +105,15 @@ def _structure(spec: dict):
                               f"{n} frame(s)") from None
     from ase.data import atomic_numbers
 
-    if spec["bulk"] not in atomic_numbers:  # (ASE would say only "missing entry")
-        raise ConfigError(f"[structure] bulk: unknown chemical symbol {spec['bulk']!r}")
+    from ase.symbols import string2symbols
+
+    try:  # a symbol, or a compound ase.build.bulk builds ("NaCl" with crystal = "rocksalt")
+        symbols = string2symbols(spec["bulk"])
+    except (ValueError, KeyError):
+        symbols = []
+    if not symbols or any(x not in atomic_numbers for x in symbols):  # (ASE would say only "missing entry")
+        raise ConfigError(f"[structure] bulk: unknown chemical symbol {spec['bulk']!r} (one element such as "
+                          "\"Cu\", or a compound such as \"NaCl\" with crystal = \"rocksalt\")")
     if spec.get("a") is not None and not spec["a"] > 0:
         raise ConfigError(f"[structure] a must be > 0 Å, got {spec['a']}")
     if "repeat" in spec and (len(spec["repeat"]) != 3 or any(
