@@ -925,3 +925,14 @@ def test_a_run_stopped_by_a_crashed_worker_exits_1_not_bad_inputs_2(tmp_path, ca
     assert err.count("\n") == 1 and "worker processes stopped" in err
     with pytest.raises(SystemExit, match="2"):  # bad input (argparse)
         main(["learn", "--steps", "0", "-q"])
+
+
+def test_a_compound_bulk_structure_from_the_config():
+    """[structure] bulk = "NaCl" with crystal = "rocksalt" (ase.build.bulk builds it) was
+    refused as an unknown chemical symbol."""
+    from gpal.cli import _structure
+
+    atoms = _structure({"bulk": "NaCl", "crystal": "rocksalt", "a": 5.64})
+    assert atoms.get_chemical_formula() == "Cl4Na4"
+    with pytest.raises(gpal.exceptions.ConfigError, match="unknown chemical symbol 'Xy'"):
+        _structure({"bulk": "Xy"})
