@@ -1367,7 +1367,7 @@ def _one_line_warnings(prog: str):
     command (Python's own filter shows a warning once per place in the code, and a
     learner's fits and predictions reach the same warning from several places). A line
     goes through ``tqdm.write``, which lifts any progress bar on the terminal above it
-    instead of printing into the middle of the bar."""
+    instead of printing into the middle of the bar; so do the log's warning lines."""
     from tqdm import tqdm
 
     seen = set()
@@ -1378,7 +1378,9 @@ def _one_line_warnings(prog: str):
             seen.add(text)
             tqdm.write(text, file=sys.stderr)
 
-    with warnings.catch_warnings():
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with warnings.catch_warnings(), logging_redirect_tqdm():  # (log lines too: "oracle failed on ...")
         warnings.showwarning = show
         yield
 
