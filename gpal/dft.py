@@ -347,6 +347,7 @@ def pyscf_oracle(
 
     Examples
     --------
+    >>> from gpal.dft import pyscf_oracle
     >>> spec = pyscf_oracle("PBE", "def2-SVP")
     >>> spec.factory
     'gpal.dft:PySCF'

@@ -394,6 +394,10 @@ def read_frames(path, index=":") -> list:
         frames = read(str(path), index=index)
     except UnknownFileTypeError as exc:
         raise StructureFileError(f"{path} is not a structure file ASE can read ({exc})") from exc
+    except RuntimeError as exc:  # (a generator's StopIteration: a file cut after its count line)
+        if not isinstance(exc.__cause__, StopIteration):
+            raise
+        raise StructureFileError(f"{path} ends inside a frame (cut while it was written?)") from exc
     except (IndexError, StopIteration) as exc:  # (StopIteration has no message)
         raise StructureFileError(f"{path} has no frame {index!r} ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}"
                                  "); frames count from 0, and index=':' reads them all") from exc

@@ -570,7 +570,7 @@ def test_radial_basis_does_not_depend_on_blas_threads():
 
 
 @pytest.mark.parametrize("module", ["gpal.descriptors.soap", "gpal.compare", "gpal.model.potential", "gpal._threads",
-                                    "gpal.learning.targets"])
+                                    "gpal.learning.targets", "gpal.dft", "gpal.kernels", "gpal.sparse_gp"])
 def test_docstring_examples_run(module):
     """The ``>>>`` examples, in a namespace of their own (an example that uses a name it
     did not import passed on the module's globals and failed for a user who pasted it)."""

@@ -2314,6 +2314,11 @@ def test_a_force_noise_near_the_forces_themselves_is_warned_once(tmp_path):
         warnings.simplefilter("error")
         L._warn_unlearnable_forces()  # 12 %: fine
     L.model.noise_["force"] = 2.0
+    L.model.set_params(force_noise=2.0)  # the user's own noise: no finding of the evidence
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L._warn_unlearnable_forces()
+    L.model.set_params(force_noise=None)
     with pytest.warns(UserWarning, match="force noise at 2 eV/Å, 50 % of the labels' RMS force component"):
         L._warn_unlearnable_forces()
     with warnings.catch_warnings():

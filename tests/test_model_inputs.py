@@ -461,6 +461,11 @@ def test_wrong_arguments_of_the_api_name_themselves(tmp_path):
         model.update(frames[:1], n_sparse=-3)
     with pytest.raises(ValueError, match="noise_bounds must be"):
         model.optimize_hyperparameters(noise_bounds=(0.5, 0.1))
+    model.optimize_hyperparameters(noise_bounds=(1e-6, np.inf))  # no upper bound: fine
+    n_groups = len(model._noise_layout()[0])  # per group, each kept ("fixed", as gpal fit passes them)
+    kept = dict(model.noise_)
+    model.optimize_hyperparameters(noise_bounds=["fixed"] * n_groups)
+    assert model.noise_ == kept
     with pytest.raises(TypeError, match="predict\\(a\\) for a in frames"):
         model.predict(frames)
     with pytest.raises(TypeError, match="oracle kwargs must be a dict"):

@@ -40,11 +40,12 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numba
 import numpy as np
 import scipy.linalg
+from ase import Atoms
 from scipy.special import gamma
 
 from . import _soap_jit as jit
@@ -54,9 +55,6 @@ from ..exceptions import MissingCellError
 from .._validation import check_frame_arrays, periodic_vectors_ok
 from .base import Descriptor, PairDerivatives
 from .neighbors import PairCache
-
-if TYPE_CHECKING:
-    from ase import Atoms
 
 __all__ = ["SOAP", "SOAPDerivatives", "SOAPExpansion", "pair_forces", "pair_stress"]
 

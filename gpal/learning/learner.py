@@ -25,6 +25,7 @@ Everything a run produces lives in its run folder::
                   structures.xyz the start structures; walkers.npz positions and momenta
     summary.json  final summary; learning_curve.png and validation plots
     run.lock      held by the one process that runs (or is resuming) the run
+    failed.xyz    the frames the oracle could not label, with the reason (if any)
 
 After a crash (even ``kill -9``) :meth:`ActiveLearner.resume` reloads the checkpoint and
 adds every label in train.xyz that the checkpointed model had not seen yet: no label is
@@ -927,14 +928,13 @@ class ActiveLearner:
             self._log({"event": "oracle_failure", "step": self.step, "reason": f.reason, "attempts": f.attempts,
                        **({"walker": int(walkers[f.index])} if walkers is not None else {}),
                        **({"frame_step": int(steps[f.index])} if steps is not None else {})})
-        if failures:  # the geometries the oracle could not label, to try by hand (never read back)
+        for f in failures:  # the geometries the oracle could not label, to try by hand (never read back)
             with contextlib.suppress(Exception):
-                for f in failures:
-                    a = frames[f.index].copy()
-                    a.calc = None
-                    a.info.update({"gpal_step": int(self.step if steps is None else steps[f.index]),
-                                   "gpal_reason": reason, "gpal_failure": str(f.reason)[:500]})
-                    append_frame(self.run_dir / "failed.xyz", a)
+                a = frames[f.index].copy()
+                a.calc = None
+                a.info.update({"gpal_step": int(self.step if steps is None else steps[f.index]),
+                               "gpal_reason": reason, "gpal_failure": " ".join(str(f.reason).split())[:500]})
+                append_frame(self.run_dir / "failed.xyz", a)
         # (before the checkpoints below and a stop: the labels on disk are in the log whatever follows)
         log_label([k for k, a in enumerate(labelled) if a is not None])
         if broken is not None or (failures and self.on_oracle_failure == "stop"):
@@ -1081,7 +1081,7 @@ class ActiveLearner:
             self.calibrate()
 
     def _warn_unlearnable_forces(self) -> None:
-        """Warn, once per learner, when the evidence puts the force noise above
+        """Warn, once per session of a learner, when the evidence puts the force noise above
         :data:`_UNLEARNED_FORCE_SHARE` of the labels' RMS force component (from 16 labels):
         the model leaves much of the forces unexplained and the run would end without a
         word (diamond Si in an 8-atom cell with periodic GFN1-xTB: 0.37-0.40, held-out force
@@ -1089,8 +1089,10 @@ class ActiveLearner:
         benchmark runs on EMT metals and xTB molecules and water 0.29)."""
         noise = getattr(self.model, "noise_", None) or {}
         total, n = self._force_sq
-        if self._warned_forces or "force" not in noise or n == 0 or self.n_labelled < 16:
-            return
+        fitted = getattr(self.model, "force_noise", None) is None and (
+            getattr(self.model, "hyperparameters", "fixed") == "evidence" or self.optimize_noise)
+        if self._warned_forces or not fitted or "force" not in noise or n == 0 or self.n_labelled < 16:
+            return  # (a force noise the user set, or never fitted, is no finding of the evidence)
         rms = float(np.sqrt(total / n))
         if rms > 0 and noise["force"] > _UNLEARNED_FORCE_SHARE * rms:
             self._warned_forces = True

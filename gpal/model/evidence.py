@@ -12,7 +12,6 @@ from .._threads import limited as _thread_limited
 from .._threads import policy as _thread_policy
 from .._validation import (
     check_is_fitted,
-    check_number,
 )
 from ..descriptors import SOAP
 from ..descriptors.soap import virial_stress
@@ -650,15 +649,14 @@ class _Evidence:
         present, groups, levels, scale = self._noise_layout()
         if noise_bounds is None:
             noise_bounds = [NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
-        else:  # (reversed bounds put every noise at one of them, silently)
-            pairs = [noise_bounds] if len(noise_bounds) == 2 and all(np.isscalar(b) for b in noise_bounds) \
-                else list(noise_bounds)
-            for b in pairs:
-                if isinstance(b, str):
+        elif not isinstance(noise_bounds, str):  # (reversed bounds put every noise at one of them, silently)
+            for b in ([noise_bounds] if _one_pair(noise_bounds) else list(noise_bounds)):
+                if isinstance(b, str):  # ("fixed": that group's noise is kept)
                     continue
-                low, high = (check_number("noise_bounds", x, low=0, strict=True) for x in b)
-                if not low < high:
-                    raise ValueError(f"noise_bounds must be (low, high) with 0 < low < high, got {tuple(b)!r}")
+                low, high = (float(x) for x in b)
+                if not 0 < low < high:
+                    raise ValueError(f"noise_bounds must be (low, high) with 0 < low < high (eV/atom, eV/Å, "
+                                     f"eV/Å^3 by group), got {tuple(b)!r}")
         cache, rows = {}, {}
 
         def build(theta_k):
@@ -693,8 +691,8 @@ class _Evidence:
         log.info("hyperparameters: %r noise %s lml %.6g", self.kernel_, self.noise_, res.log_marginal_likelihood)
         at_bound = []
         if optimize_noise:
-            nb = list(noise_bounds)
-            if len(nb) == 2 and all(np.isscalar(b) for b in nb):
+            nb = [noise_bounds] * len(present) if isinstance(noise_bounds, str) else list(noise_bounds)
+            if _one_pair(nb):
                 nb = [tuple(nb)] * len(present)
             for g, lev, b in zip(present, res.noise_levels, nb):
                 if not isinstance(b, str):
@@ -881,3 +879,12 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         x[free] = best.x
     value = negative(x[free])[0] if np.any(free) else negative(np.zeros(0))[0]
     return np.exp(x[:G]), float(np.exp(x[G])), float(-value)
+
+
+def _one_pair(bounds) -> bool:
+    """``bounds`` is one ``(low, high)`` pair for every group (two real numbers), not a
+    list of per-group entries (pairs, or "fixed")."""
+    import numbers
+
+    return (not isinstance(bounds, str) and len(bounds) == 2
+            and all(isinstance(b, numbers.Real) for b in bounds))
