@@ -27,10 +27,14 @@ import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .exceptions import ModelFileError, StructureFileError
+
+if TYPE_CHECKING:  # (this module imports ase where it uses it)
+    from ase import Atoms
 
 __all__ = ["save_model", "read_frames", "relabel_frames", "write_frames", "append_frame",
            "labelled", "atomic_write"]
@@ -372,8 +376,21 @@ def read_model_file(path) -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------------- frames
-def read_frames(path, index=":") -> list:
+def read_frames(path: str | os.PathLike, index: int | str | slice = ":") -> list[Atoms]:
     """Read frames (extxyz or anything ASE reads) as a list of Atoms.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A structure file; the format is ASE's guess from the name and content.
+    index : int, str or slice, default ":"
+        ASE's frame index: ``":"`` all frames, ``0`` the first, ``-1`` the last,
+        ``"0:10"`` or ``slice(0, 10)`` a range. A single index still gives a list.
+
+    Returns
+    -------
+    list of ase.Atoms
+        With their labels (energy, forces, stress) as ASE reads them, in file order.
 
     Raises
     ------
@@ -537,8 +554,17 @@ def frames_bytes(frames) -> bytes:
     return buf.getvalue().encode()
 
 
-def write_frames(path, frames) -> None:
-    """Write frames with their labels to extended XYZ (atomically: whole or not at all)."""
+def write_frames(path: str | os.PathLike, frames) -> None:
+    """Write frames with their labels to extended XYZ (atomically: whole or not at all).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file, replaced only once all frames are written (never left half written).
+    frames : iterable of ase.Atoms
+        Each with its calculator's results or info/arrays labels, written as ASE's
+        extxyz writer does (energy, forces, stress in eV, eV/Å, eV/Å^3).
+    """
     from ase.io import write
 
     with atomic_write(path) as fh:
@@ -572,10 +598,17 @@ def interrupts_deferred():
             signal.raise_signal(sig)
 
 
-def append_frame(path, atoms) -> None:
+def append_frame(path: str | os.PathLike, atoms: Atoms) -> None:
     """Append one labelled frame to an extxyz file and flush it to disk at once.
 
     Used by the active learner so that a label survives a crash the moment it arrives.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The extxyz file (created if absent).
+    atoms : ase.Atoms
+        One frame, with its labels.
     """
     from ase.io import write
 

@@ -1370,9 +1370,19 @@ class ActiveLearner:
     def run(self, steps: int) -> Summary:
         """Run (or continue) the loop until walker step ``steps`` (a total, not an increment).
 
+        Parameters
+        ----------
+        steps : int
+            MD steps per walker, counted from the run's start: ``run(5000)`` then
+            ``run(15000)`` makes 10,000 more. A temperature ramp spans the first call's
+            steps; later calls hold its top temperature. The run ends earlier when its
+            stopping rule, a target's tolerance or ``max_oracle_calls`` says so.
+
         Returns
         -------
         Summary
+            Every oracle call by reason, labels, rollbacks, calibration, stop reason and
+            times (also written to ``summary.json``; ``print`` shows it as a table).
         """
         t_start = time.perf_counter()
         steps = check_number("steps", steps, low=0, integer=True)
