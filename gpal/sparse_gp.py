@@ -1194,6 +1194,35 @@ class HyperparameterResult:
     n_runs: int
 
 
+def _group_noise_bounds(noise_bounds, n_groups: int) -> list:
+    """One entry per noise group from ``noise_bounds``: a ``(low, high)`` pair of floats
+    with 0 < low < high (high may be inf) or ``"fixed"``. Takes one pair for every group,
+    ``"fixed"`` for every group, or a list with one pair or ``"fixed"`` per group; a
+    ValueError otherwise (reversed bounds put every noise at one of them, silently)."""
+    if isinstance(noise_bounds, str):
+        if noise_bounds != "fixed":
+            raise ValueError(f"noise_bounds must be a pair, a list of pairs or 'fixed', got {noise_bounds!r}")
+        return ["fixed"] * n_groups
+    nb = list(noise_bounds)
+    if len(nb) == 2 and all(isinstance(b, numbers.Real) for b in nb):
+        nb = [tuple(nb)] * n_groups
+    elif len(nb) != n_groups:
+        raise ValueError(f"noise_bounds needs one (low, high) pair or 'fixed' per group ({n_groups})")
+    out = []
+    for b in nb:
+        if isinstance(b, str):
+            if b != "fixed":
+                raise ValueError(f"invalid noise bound {b!r}")
+            out.append(b)
+            continue
+        low, high = (float(x) for x in b)
+        if not 0 < low < high:
+            raise ValueError(f"noise_bounds must be (low, high) with 0 < low < high (eV/atom, eV/Å, eV/Å^3 "
+                             f"by group), got {tuple(b)!r}")
+        out.append((low, high))
+    return out
+
+
 def optimize_hyperparameters(
     build_blocks: Callable,
     y,
@@ -1269,31 +1298,15 @@ def optimize_hyperparameters(
     d = theta_k0.shape[0]
 
     # bounds of the full log vector [log noise levels (G), kernel θ (d)]
-    if isinstance(noise_bounds, str):
-        if noise_bounds != "fixed":
-            raise ValueError(
-                "noise_bounds must be a pair, a list of pairs or 'fixed', "
-                f"got {noise_bounds!r}"
-            )
-        nb = ["fixed"] * G
-    else:
-        nb = list(noise_bounds)
-        if len(nb) == 2 and all(isinstance(b, numbers.Real) for b in nb):
-            nb = [tuple(nb)] * G
-        elif len(nb) != G:
-            raise ValueError(
-                f"noise_bounds needs one (low, high) pair or 'fixed' per group ({G})"
-            )
+    nb = _group_noise_bounds(noise_bounds, G)
     free = np.ones(G + d, dtype=bool)
     lo = np.full(G + d, -np.inf)
     hi = np.full(G + d, np.inf)
     for g, b in enumerate(nb):
         if isinstance(b, str):
-            if b != "fixed":
-                raise ValueError(f"invalid noise bound {b!r}")
             free[g] = False
         else:
-            lo[g], hi[g] = np.log(float(b[0])), np.log(float(b[1]))
+            lo[g], hi[g] = np.log(b[0]), np.log(b[1])
     if kernel_bounds is not None:
         kb = np.asarray(kernel_bounds, dtype=np.float64).reshape(-1, 2)
         if kb.shape != (d, 2):

@@ -64,7 +64,7 @@ from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
 from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec
-from .sampler import MDSettings, _Walker, blown_up, check_ramp_factory, temperature_limit, walker_atoms
+from .sampler import MDSettings, _Walker, blown_up, check_md_factory, temperature_limit, walker_atoms
 from .settings import (
     FLAT_NAMES,
     GROUPS,
@@ -700,7 +700,7 @@ class ActiveLearner:
         check_baseline_charge(calc, self.model)
         self.run_dir = Path(run_dir)
         self.md = md or MDSettings()
-        check_ramp_factory(self.md, self.structures[0] if self.structures else None)
+        check_md_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
         check_storable(self.trigger)  # (its settings must survive resume and walker workers)
         self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
@@ -1635,11 +1635,7 @@ class ActiveLearner:
             self._explore[w.index]["restart"] = True
         self._log({"event": "rollback", "step": self.step, "walker": w.index, "reason": reason,
                    "labelled": not capped})
-        w.restore(w.good)
-        # fresh Maxwell-Boltzmann momenta: the old ones led into the blow-up
-        thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
-        Stationary(w.atoms)
-        w.dyn = w._make_dyn(T)
+        w.restart_from_good(T)  # (fresh momenta: the old ones led into the blow-up)
         return not capped
 
     def _label_round(self, T, groups, steps: dict | None = None) -> bool:
@@ -1682,10 +1678,7 @@ class ActiveLearner:
         that follow on its hot trajectory lie off the sampled distribution."""
         self._log({"event": "restart_hot", "step": self.step, "walker": w.index,
                    "temperature": float(w.atoms.get_temperature()), "target_T": float(T)})
-        w.restore(w.good)
-        thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
-        Stationary(w.atoms)
-        w.dyn = w._make_dyn(T)
+        w.restart_from_good(T)
 
     def _log_step(self, T: float) -> None:
         w0 = self.walkers[0].atoms

@@ -11,6 +11,7 @@ import numpy as np
 from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .._validation import check_number, user_stacklevel
 from ..exceptions import OverlappingAtomsError
@@ -78,7 +79,7 @@ class MDSettings:
 
 
 class _ZeroCalculator(Calculator):
-    """Zero energy, forces and stress: what :func:`check_ramp_factory` gives a factory's atoms."""
+    """Zero energy, forces and stress: what :func:`check_md_factory` gives a factory's atoms."""
 
     implemented_properties = ("energy", "free_energy", "forces", "stress")
 
@@ -88,7 +89,7 @@ class _ZeroCalculator(Calculator):
                         "stress": np.zeros(6)}
 
 
-def check_ramp_factory(md: "MDSettings", atoms) -> None:
+def check_md_factory(md: "MDSettings", atoms) -> None:
     """A ValueError if ``md``'s ``factory`` fails on a copy of ``atoms`` (one line naming
     it, before any file or oracle call), or ramps the temperature with dynamics that
     cannot change it (ASE's VelocityVerlet, Bussi, NoseHooverChainNVT and MTK
@@ -99,10 +100,6 @@ def check_ramp_factory(md: "MDSettings", atoms) -> None:
         return
     ramp = isinstance(t, (tuple, list)) and t[0] != t[1]
     t = tuple(t) if isinstance(t, (tuple, list)) else (t, t)
-    from ase import units
-
-    from ase.md.velocitydistribution import thermalize_momenta
-
     trial = atoms.copy()
     thermalize_momenta(trial, temperature_K=max(float(t[0]), 1.0), rng=np.random.default_rng(0))
     # (dynamics that need forces when they are made, e.g. ASE's LangevinBAOAB, get zeros:
@@ -229,6 +226,14 @@ class _Walker:
         canonical one at ``temperature`` (K), T (1 + 4 sqrt(2 / 3N))."""
         n = max(len(self.atoms), 1)
         return bool(self.atoms.get_temperature() > temperature * (1.0 + 4.0 * np.sqrt(2.0 / (3.0 * n))))
+
+    def restart_from_good(self, temperature: float) -> None:
+        """Go back to the last good frame with fresh Maxwell-Boltzmann momenta at
+        ``temperature`` (K) and new dynamics (after a blow-up, or a label of a hot frame)."""
+        self.restore(self.good)
+        thermalize_momenta(self.atoms, temperature_K=temperature, rng=self.rng)
+        Stationary(self.atoms)
+        self.dyn = self._make_dyn(temperature)
 
     def restore(self, snap):
         pos, mom, cell = snap

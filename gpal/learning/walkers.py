@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from ..exceptions import GpalError, OverlappingAtomsError, RunStoppedError
 from ..model import SparseGP
@@ -240,10 +239,7 @@ def run_segment(task: dict) -> dict:
         if reason is not None:
             capped = trig.capped(label_steps, step)
             rollbacks.append({"step": step, "reason": reason, "labelled": not capped})
-            w.restore(w.good)
-            thermalize_momenta(w.atoms, temperature_K=T, rng=w.rng)
-            Stationary(w.atoms)
-            w.dyn = w._make_dyn(T)
+            w.restart_from_good(T)
             if not capped:
                 candidate = {"kind": "rollback", "step": step}
             step += 1

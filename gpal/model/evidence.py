@@ -16,7 +16,7 @@ from .._validation import (
 from ..descriptors import SOAP
 from ..descriptors.soap import virial_stress
 from ..kernels import NormalizedDotProduct, _pair_rows_blocked
-from ..sparse_gp import SparseGPSolver, _jittered_cholesky
+from ..sparse_gp import SparseGPSolver, _jittered_cholesky, _group_noise_bounds
 from .defaults import (
     _E,
     _F,
@@ -649,14 +649,8 @@ class _Evidence:
         present, groups, levels, scale = self._noise_layout()
         if noise_bounds is None:
             noise_bounds = [NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
-        elif not isinstance(noise_bounds, str):  # (reversed bounds put every noise at one of them, silently)
-            for b in ([noise_bounds] if _one_pair(noise_bounds) else list(noise_bounds)):
-                if isinstance(b, str):  # ("fixed": that group's noise is kept)
-                    continue
-                low, high = (float(x) for x in b)
-                if not 0 < low < high:
-                    raise ValueError(f"noise_bounds must be (low, high) with 0 < low < high (eV/atom, eV/Å, "
-                                     f"eV/Å^3 by group), got {tuple(b)!r}")
+        else:
+            noise_bounds = _group_noise_bounds(noise_bounds, len(present))  # (checked before any work)
         cache, rows = {}, {}
 
         def build(theta_k):
@@ -691,10 +685,7 @@ class _Evidence:
         log.info("hyperparameters: %r noise %s lml %.6g", self.kernel_, self.noise_, res.log_marginal_likelihood)
         at_bound = []
         if optimize_noise:
-            nb = [noise_bounds] * len(present) if isinstance(noise_bounds, str) else list(noise_bounds)
-            if _one_pair(nb):
-                nb = [tuple(nb)] * len(present)
-            for g, lev, b in zip(present, res.noise_levels, nb):
+            for g, lev, b in zip(present, res.noise_levels, noise_bounds):
                 if not isinstance(b, str):
                     _noise_at_bound(_GROUP_NAMES[g], lev, b, at_bound)
         free = [h for h in kernel.hyperparameters if not h.fixed]
@@ -879,12 +870,3 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
         x[free] = best.x
     value = negative(x[free])[0] if np.any(free) else negative(np.zeros(0))[0]
     return np.exp(x[:G]), float(np.exp(x[G])), float(-value)
-
-
-def _one_pair(bounds) -> bool:
-    """``bounds`` is one ``(low, high)`` pair for every group (two real numbers), not a
-    list of per-group entries (pairs, or "fixed")."""
-    import numbers
-
-    return (not isinstance(bounds, str) and len(bounds) == 2
-            and all(isinstance(b, numbers.Real) for b in bounds))

@@ -541,8 +541,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             return
         cache = getattr(self, "_sparse_set_species", None)
         if cache is None or cache[0] is not zsp:
-            cache = (zsp, {int(z) for z in np.unique(zsp)}, set())
+            held = {int(z) for z in np.unique(zsp)}
+            # (the common case, every species of the descriptor held: nothing to look at per call)
+            cache = (zsp, held, set(), held.issuperset(int(z) for z in self.species_))
             self._sparse_set_species = cache
+        if cache[3]:
+            return
         missing = {int(z) for z in np.unique(atoms.numbers)} - cache[1] - cache[2]
         if missing:
             cache[2].update(missing)
