@@ -446,20 +446,27 @@ def energy_work_ratio(frames, labels, max_step: float = 0.3) -> float | None:
     forces' work by the trapezoid rule (exact for a quadratic energy); None with fewer
     than 3 pairs whose work is above 1 meV. Energies and forces in the same units give
     about 1; energies in meV with forces in eV/Å about 1000."""
-    ratios, prev = [], None
+    ratios = []
+    for b, lb, a, lab in _consecutive_labelled(frames, labels):
+        d = displacement(a, b)
+        if d is not None:
+            work = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
+            if np.abs(d).max() < max_step and abs(work) > 1e-3:
+                ratios.append((lab.energy - lb.energy) / work)
+    return float(np.median(ratios)) if len(ratios) >= 3 else None
+
+
+def _consecutive_labelled(frames, labels, stress: bool = False):
+    """``(b, labels_b, a, labels_a)`` of each consecutive pair of frames (b before a) that
+    both carry energy and forces (with ``stress``, a stress too, 3D-periodic)."""
+    prev = None
     for a, lab in zip(frames, labels):
-        if lab.energy is None or lab.forces is None:
+        if lab.energy is None or lab.forces is None or (stress and (lab.stress is None or not a.pbc.all())):
             prev = None
             continue
         if prev is not None:
-            b, lb = prev
-            d = displacement(a, b)
-            if d is not None:
-                work = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
-                if np.abs(d).max() < max_step and abs(work) > 1e-3:
-                    ratios.append((lab.energy - lb.energy) / work)
+            yield (*prev, a, lab)
         prev = (a, lab)
-    return float(np.median(ratios)) if len(ratios) >= 3 else None
 
 
 def stress_work_ratio(frames, labels, max_step: float = 0.3, max_strain: float = 0.05) -> float | None:
@@ -471,30 +478,26 @@ def stress_work_ratio(frames, labels, max_step: float = 0.3, max_strain: float =
     displacements beyond it (trapezoid rule); None with fewer than 3 such pairs. Labels in
     ASE's convention give about 1; a stress with the pressure's sign (positive under
     compression) gives about -1 on a volume scan."""
-    ratios, prev = [], None
-    for a, lab in zip(frames, labels):
-        if lab.energy is None or lab.stress is None or lab.forces is None or not a.pbc.all():
-            prev = None
-            continue
-        if prev is not None:
-            b, lb = prev  # (b first, then a)
-            if len(a) == len(b) and np.array_equal(a.numbers, b.numbers):
-                deform = np.linalg.solve(b.cell.array, a.cell.array)  # a.cell = b.cell @ deform
-                # Green-Lagrange (rows: r_a = r_b @ deform): zero for a rotation, which does
-                # no work (the symmetric part of deform - 1 is not: -θ²/2 on a stressed cell)
-                strain = 0.5 * (deform @ deform.T - np.eye(3))
-                if 1e-5 < np.abs(strain).max() < max_strain:
-                    from ase.geometry import find_mic
+    from ase.geometry import find_mic
 
-                    d = find_mic(a.positions - b.positions @ deform, a.cell, a.pbc)[0]
-                    if np.abs(d).max() < max_step:
-                        sig = [_voigt_matrix(x.stress) * abs(x_atoms.cell.volume)
-                               for x, x_atoms in ((lb, b), (lab, a))]
-                        w_s = 0.5 * float(np.sum((sig[0] + sig[1]) * strain))
-                        w_f = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
-                        if abs(w_s) > 1e-3 and abs(w_s) > abs(w_f):
-                            ratios.append((lab.energy - lb.energy) / (w_s + w_f))
-        prev = (a, lab)
+    ratios = []
+    for b, lb, a, lab in _consecutive_labelled(frames, labels, stress=True):
+        if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers):
+            continue
+        deform = np.linalg.solve(b.cell.array, a.cell.array)  # a.cell = b.cell @ deform
+        # Green-Lagrange (rows: r_a = r_b @ deform): zero for a rotation, which does no
+        # work (the symmetric part of deform - 1 is not: -θ²/2 on a stressed cell)
+        strain = 0.5 * (deform @ deform.T - np.eye(3))
+        if not 1e-5 < np.abs(strain).max() < max_strain:
+            continue
+        d = find_mic(a.positions - b.positions @ deform, a.cell, a.pbc)[0]
+        if np.abs(d).max() >= max_step:
+            continue
+        sig = [_voigt_matrix(x.stress) * abs(x_atoms.cell.volume) for x, x_atoms in ((lb, b), (lab, a))]
+        w_s = 0.5 * float(np.sum((sig[0] + sig[1]) * strain))
+        w_f = -0.5 * float(np.sum((lab.forces + lb.forces) * d))
+        if abs(w_s) > 1e-3 and abs(w_s) > abs(w_f):
+            ratios.append((lab.energy - lb.energy) / (w_s + w_f))
     return float(np.median(ratios)) if len(ratios) >= 3 else None
 
 
