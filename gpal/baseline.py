@@ -24,7 +24,6 @@ A model file whose baseline cannot be imported on load raises
 
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 import weakref
@@ -35,6 +34,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _threads
+from ._imports import MissingNameError, import_object
 from ._validation import keyword_typo, warn_unknown_keywords
 from .exceptions import BaselineError
 
@@ -57,20 +57,15 @@ class ZeroBaseline(Calculator):
 def _import(path: str):
     if not isinstance(path, str) or ":" not in path:
         raise BaselineError(f"baseline must look like 'module:Name' (e.g. 'tblite.ase:TBLite'), got {path!r}")
-    module, _, name = path.partition(":")
     try:
-        obj = importlib.import_module(module)
+        return import_object(path)
     except ImportError as exc:
         raise BaselineError(
-            f"cannot import baseline module {module!r} ({type(exc).__name__}: {exc}); "
+            f"cannot import baseline module {path.partition(':')[0]!r} ({type(exc).__name__}: {exc}); "
             f"install it to use this model"
         ) from None
-    for part in name.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise BaselineError(f"baseline module {module!r} has no attribute {name!r}") from None
-    return obj
+    except MissingNameError as exc:
+        raise BaselineError(f"baseline {exc}") from None
 
 
 def _calculator_class(path: str) -> type:

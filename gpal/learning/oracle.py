@@ -33,6 +33,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
+from .._imports import MissingNameError, import_object
 from .._validation import keyword_typo
 from ..exceptions import OracleError
 from ..io import labelled
@@ -75,24 +76,21 @@ class OracleSpec:
         """The factory itself (imported, not called), or :class:`gpal.OracleError`."""
         module, _, name = self.factory.partition(":")
         try:
-            obj = importlib.import_module(module)
+            obj = import_object(self.factory)
         except ImportError as exc:
             raise OracleError(f"cannot import oracle module {module!r}: {exc}") from exc
+        except MissingNameError as exc:
+            hint = ""
+            try:  # ASE calculators of other packages live in their ".ase" module (tblite.ase)
+                if hasattr(importlib.import_module(f"{module}.ase"), name):
+                    hint = f" (did you mean '{module}.ase:{name}'?)"
+            except Exception:
+                pass
+            raise OracleError(f"oracle factory {self.factory!r}: module {module!r} has no attribute "
+                              f"{name!r}{hint}") from exc
         except (Exception, SystemExit) as exc:  # the module itself failed (a licence check, a bad install...)
             raise OracleError(f"importing oracle module {module!r} failed: "
                               f"{type(exc).__name__}: {exc}") from exc
-        for part in name.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError as exc:
-                hint = ""
-                try:  # ASE calculators of other packages live in their ".ase" module (tblite.ase)
-                    if hasattr(importlib.import_module(f"{module}.ase"), name):
-                        hint = f" (did you mean '{module}.ase:{name}'?)"
-                except Exception:
-                    pass
-                raise OracleError(f"oracle factory {self.factory!r}: module {module!r} has no attribute "
-                                  f"{name!r}{hint}") from exc
         if not callable(obj):
             raise OracleError(f"oracle factory {self.factory!r} is not callable")
         return obj

@@ -27,13 +27,10 @@ def _import(path: str, what: str | None = None):
     """The object ``path`` (``"module:qualname"``) names. With ``what`` (e.g. "this run's MD
     factory"), a module that does not import or a missing name is a :class:`gpal.GpalError`
     that says which setting needs it and where Python looks for it."""
-    import importlib
+    from .._imports import import_object
 
-    mod, _, name = path.partition(":")
     try:
-        obj = importlib.import_module(mod)
-        for part in name.split("."):
-            obj = getattr(obj, part)
+        obj = import_object(path)
     except (ImportError, AttributeError) as exc:
         if what is None:
             raise
