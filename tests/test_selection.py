@@ -536,3 +536,35 @@ def test_greedy_select_refuses_what_it_cannot_do():
         greedy_select(3, 2, lambda i: np.full(len(i), np.nan), lambda i: None)
     with pytest.raises(ValueError, match=r"got shape \(1,\)"):
         greedy_select(3, 2, lambda i: np.ones(1), lambda i: None)
+
+
+def test_greedy_batch_survives_a_noise_below_round_off_of_a_used_up_rank():
+    # rank 3, all 30 picked: after the third pick the conditional variances are round-off,
+    # which can be negative beyond a noise of 1e-16 of the prior variance
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        A = rng.normal(size=(30, 3))
+        idx, gains = greedy_batch(A @ A.T, 1e-16, 30, return_gains=True)
+        assert sorted(idx.tolist()) == list(range(30))
+        assert np.all(np.isfinite(gains)) and np.all(gains >= 0)
+
+
+def test_greedy_select_keep_with_a_first_pick_of_zero_keeps_it_alone():
+    picks, values = greedy_select(4, 4, lambda idx: np.zeros(len(idx)), lambda i: None, keep=0.25)
+    assert picks.tolist() == [0] and values.tolist() == [0.0]
+
+
+def test_select_frames_warns_of_a_species_with_no_sparse_point():
+    from ase.build import bulk
+
+    from gpal import SOAP, SparseGP
+
+    from conftest import POLY, SMALL_SOAP, cu_frames
+
+    desc = SOAP(species=[29, 47], periodic=True, weighting=POLY, **SMALL_SOAP)
+    model = SparseGP(desc, n_sparse=30, random_state=0).fit(cu_frames(3, seed=21))
+    ag = bulk("Ag", cubic=True)
+    ag.rattle(0.2, seed=1)
+    with pytest.warns(UserWarning, match="Ag: no sparse environment.*select_frames scores its environments 0"):
+        picks, gains = model.select_frames(cu_frames(2, seed=22, rattle=0.05) + [ag], 3, return_gains=True)
+    assert gains[list(picks).index(2)] == 0.0  # what the warning is about

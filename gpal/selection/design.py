@@ -63,7 +63,8 @@ def greedy_select(
     keep : float >= 0 or None
         Stop early when a pick scores under ``keep`` times the first pick's score
         (e.g. 0.25: stop when what is left adds under a quarter of the first pick's
-        score; whether a near-duplicate falls under it depends on the score).
+        score; whether a near-duplicate falls under it depends on the score). A first
+        pick scoring 0 (or less) is kept alone: nothing after it can add more.
 
     Returns
     -------
@@ -87,7 +88,7 @@ def greedy_select(
                              f"got shape {s.shape}" + ("" if np.isfinite(s).all() else " with NaN or inf"))
         j = int(np.argmax(s))  # ties: lowest index (idx is sorted)
         i, v = int(idx[j]), float(s[j])
-        if keep is not None and picks and v < keep * values[0]:
+        if keep is not None and picks and (v < keep * values[0] or values[0] <= 0.0):
             break
         picks.append(i)
         values.append(v)
@@ -193,7 +194,9 @@ class _DensePosterior:
         return col
 
     def condition(self, i: int, noise_i: float, col: np.ndarray) -> None:
-        l = col / math.sqrt(col[i] + noise_i)  # noqa: E741
+        # the conditional variance cannot be negative; round-off makes it so once the
+        # covariance's rank is used up, and a noise below ~1e-15 of it no longer covers that
+        l = col / math.sqrt(max(col[i], 0.0) + noise_i)  # noqa: E741
         self._L[:, self._k] = l
         self._k += 1
         self.variance -= l * l
@@ -371,7 +374,7 @@ class AcquisitionSchedule:
         r = u / u₀,    w(u) = w_floor + (w_start - w_floor) · min(r, 1) ** exponent
 
     so w = w_start while the uncertainty is at (or above) its initial level, falls
-    toward w_floor as it shrinks, and is non-increasing in u's decrease. It follows the
+    toward w_floor as it shrinks (w never decreases as u grows). It follows the
     current uncertainty (w rises again if the sampler finds an uncertain region);
     ``exponent > 1`` keeps exploring longer, ``exponent < 1`` targets sooner.
 
