@@ -440,7 +440,7 @@ def test_stop_checks_repeated_after_a_kill_count_once(tmp_path):
     for step in (20, 40):  # made again; the kill's step 60 was not reached again
         L._log({"event": "stop_check", "step": step, "stop": False})
     assert L._stop_checks() == {"judged": 2, "deferred": 1, "last_deferred": "fewer than 4 labels",
-                                "met_at": None}
+                                "met_at": None, "last_reason": ""}
     # killed again after checks at 60 and 80, resumed at step 50, ended before its next check
     for step in (60, 80):
         L._log({"event": "stop_check", "step": step, "stop": True})
@@ -2241,6 +2241,33 @@ def test_a_walker_labelled_while_running_hot_restarts_from_its_last_good_frame(t
     assert np.array_equal(w.atoms.positions, here) and len(_events(L.run_dir, "restart_hot")) == 1
 
 
+def test_a_labelled_walker_goes_on_with_fresh_thermal_momenta(tmp_path):
+    """The label changes the model under the walker: the potential energy its frame loses in
+    the new model would heat it (a water box ran 90-100 K above its 330 K for 400 steps at
+    a label every ~40 steps). Its momenta are drawn again at the thermostat's temperature;
+    the other walkers and every position are left as they were."""
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=10.0), md=MDSettings(temperature=300), n_walkers=2)
+    L.run(10)
+    w, other = L.walkers
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    for k, a in enumerate((w.atoms, other.atoms)):
+        thermalize_momenta(a, temperature_K=420, rng=np.random.default_rng(k))  # warm, not hot
+    assert not w.running_hot(300)
+    here, p_w, p_other = w.atoms.positions.copy(), w.atoms.get_momenta().copy(), other.atoms.get_momenta().copy()
+    assert L._label_round(300, (([w], "uncertain"),))
+    assert np.array_equal(w.atoms.positions, here)
+    assert not np.allclose(w.atoms.get_momenta(), p_w)
+    assert np.allclose(w.atoms.get_momenta().sum(axis=0), 0.0, atol=1e-10)  # no drift
+    assert np.array_equal(other.atoms.get_momenta(), p_other)
+    # at 300 K: the mean kinetic temperature of many draws (32 atoms: one draw's std is 25 %)
+    temps = []
+    for _ in range(40):
+        w.refresh_momenta(300)
+        temps.append(w.atoms.get_temperature())
+    assert np.mean(temps) == pytest.approx(300 * (1 - 1 / 32), rel=0.06)  # (3N - 3 degrees after Stationary)
+
+
 def test_checkpoints_are_spaced_by_their_cost_and_a_resume_adds_the_labels_the_model_file_lacks(
         tmp_path, monkeypatch):
     """A label's checkpoint (the model file grows with the labels) waits until 9x its last
@@ -2325,3 +2352,46 @@ def test_a_force_noise_near_the_forces_themselves_is_warned_once(tmp_path):
         warnings.simplefilter("error")
         L._warn_unlearnable_forces()  # once
     assert _events(L.run_dir, "unlearnable_forces")
+
+
+def test_a_resumed_runs_curve_and_summary_cover_every_session(tmp_path):
+    val = cu_frames(2, seed=9, size=(2, 2, 2))
+    run = tmp_path / "run"
+    first = learner(run, validation=val, sparse_per_label=5).run(60)
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    val_steps = [r["step"] for r in records if r.get("event") == "validation"]
+    assert len(val_steps) == len(set(val_steps))  # the final validation is logged once
+    assert json.loads((run / "summary.json").read_text())["finished"] is True
+    again = ActiveLearner.resume(run, EMT())
+    again.total_steps = 120  # (as run(120) sets it) a session that continues the run...
+    again._supersede_summary()  # ...marks the earlier summary before its first step
+    old = json.loads((run / "summary.json").read_text())
+    assert old["finished"] is False and "from step 60" in old["superseded"]
+    assert "NOT FINISHED" in str(gpal.learning.learner.Summary(**old))
+    second = again.run(120)
+    assert json.loads((run / "summary.json").read_text())["finished"] is True
+    labels, errors, what = again._curve_data()  # the plot's data: both sessions, from the log
+    assert what == "force RMSE on the validation frames"
+    steps = [s for s, _ in errors]
+    assert steps[0] <= first.steps < steps[-1] and len(steps) == len(set(steps))
+    assert labels[-1][1] == second.oracle_calls
+    assert second.wall_time_total > second.wall_time and second.time_validation > 0
+
+
+def test_the_first_adaptive_check_after_an_update_labels_a_frame_above_the_ceiling():
+    """The first check after an update only sets the adaptive level, but a frame above the
+    ceiling is labelled whatever the level (ethanol: 0.66 eV/Å against a threshold of 0.02
+    was passed over as a reference)."""
+    model = SparseGP(small_model().descriptor, n_sparse=20).fit(cu_frames(3, seed=1, size=(2, 2, 2)))
+    trig = Trigger(adaptive=True)
+    n = 32
+    pred = {"forces_std": np.full((n, 3), 0.01)}
+    kw = dict(model=model, label_steps=[], step=5, force_rms=1.0)
+    pred["forces_std"][0, 0] = 0.2  # above the floor, under the ceiling 0.25 x 1 eV/Å
+    j = trig.judge(pred, recent=[], **kw)
+    assert j["reference"] and not j["label"]
+    pred["forces_std"][0, 0] = 0.3  # above the ceiling
+    j = trig.judge(pred, recent=[], **kw)
+    assert j["reference"] and j["label"]
+    j = trig.judge(pred, recent=[0.1], **kw)
+    assert not j["reference"] and j["label"]

@@ -254,3 +254,24 @@ def test_a_trigger_with_caches_and_init_false_fields_is_stored_and_resumed(tmp_p
     L.run(10)
     R = ActiveLearner.resume(tmp_path / "run", progress=False)
     assert type(R.trigger) is WithCache and R.trigger.margin == 0.3 and R.trigger.derived == 0.6
+
+
+def test_a_resume_keeps_an_expired_adaptive_level_expired(tmp_path):
+    # with adapt_expire the level is 0 once more than adapt_window unlabelled checks
+    # followed an update; the run state must say so, not bring back the last window's mean
+    L = _learner(tmp_path, trigger=Trigger(adaptive=True, adapt_expire=True))
+    L.run_dir.mkdir(parents=True)
+    L._recent_unc = [0.1 + 0.01 * k for k in range(L.trigger.adapt_window + 5)]
+    assert L.trigger.adaptive_level(L._recent_unc) == 0.0
+    L.checkpoint(model=False)
+    saved = json.loads((L.run_dir / "state.json").read_text())["recent_uncertainty"]
+    assert L.trigger.adaptive_level(saved) == 0.0
+    L._recent_unc = L._recent_unc[:3]  # not expired: the same mean after the round trip
+    L.checkpoint(model=False)
+    saved = json.loads((L.run_dir / "state.json").read_text())["recent_uncertainty"]
+    assert L.trigger.adaptive_level(saved) == pytest.approx(L.trigger.adaptive_level(L._recent_unc))
+
+
+def test_a_threshold_min_is_not_compared_with_a_threshold_relative_to_the_noise():
+    trig = Trigger(threshold=0.5, relative_to_noise=True, threshold_min=0.6)  # 0.5 x noise vs 0.6 eV/Å
+    assert trig.floor() == 0.6

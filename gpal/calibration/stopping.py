@@ -89,7 +89,7 @@ class StoppingRule:
                 "validation_tolerance", self.validation_tolerance
             )
         self._streak = 0
-        self._last_val: tuple[int, float] | None = None
+        self._last_val: tuple[int, float, str] | None = None  # step, error, what it is
         self._last_step: int | None = None  # of the last check (kept by from_state)
 
     def state(self) -> dict:
@@ -108,7 +108,8 @@ class StoppingRule:
                    validation_tolerance=state.get("validation_tolerance"))
         rule._streak = int(state.get("streak", 0))
         last = state.get("last_validation")
-        rule._last_val = None if last is None else (int(last[0]), float(last[1]))
+        rule._last_val = None if last is None else (int(last[0]), float(last[1]),
+                                                    str(last[2]) if len(last) > 2 else "validation error")
         rule._last_step = state.get("last_step")
         return rule
 
@@ -141,6 +142,7 @@ class StoppingRule:
         step: int,
         calibrated_bound_max: float,
         validation_error: float | None = None,
+        error_name: str = "validation error",
     ) -> Decision:
         """Record one check and decide.
 
@@ -153,6 +155,9 @@ class StoppingRule:
             under-sampled conformal quantile; never NaN or negative).
         validation_error : float or None
             Error on the held-out validation set at this step, if measured.
+        error_name : str, default "validation error"
+            What ``validation_error`` is, in the decision's reason (the active learner
+            without validation frames passes its leave-one-frame-out error).
 
         Returns
         -------
@@ -177,7 +182,7 @@ class StoppingRule:
                     "validation_error must be finite and non-negative, "
                     f"got {validation_error!r}"
                 )
-            self._last_val = (step, v)
+            self._last_val = (step, v, str(error_name))
 
         below = bound < self.tolerance
         self._streak = self._streak + 1 if below else 0
@@ -210,10 +215,10 @@ class StoppingRule:
                 stop = True
                 reason = f"stop: {head}; no validation error given"
             else:
-                vstep, v = self._last_val
+                vstep, v, name = self._last_val
                 stop = v < val_tol
                 rel = "<" if stop else ">="
-                tail = f"validation error {v:.6g} (step {vstep}) {rel} {val_tol:.6g}"
+                tail = f"{name} {v:.6g} (step {vstep}) {rel} {val_tol:.6g}"
                 reason = f"stop: {head} and {tail}" if stop else f"{head}, but {tail}"
         decision = Decision(
             step=step,

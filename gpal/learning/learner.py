@@ -257,7 +257,11 @@ class Summary:
     for, their result never written).
     ``calibration`` holds the leave-one-frame-out calibration (:meth:`ActiveLearner.calibrate`);
     ``validation`` the errors on the user's validation frames, if any. Times are
-    cumulative over the run and its resumes, except ``wall_time`` (this session).
+    seconds, cumulative over the run and its resumes, except ``wall_time`` (this
+    session); ``wall_time_total`` adds the earlier sessions' up to their last
+    checkpoint. ``finished`` is False, with ``superseded`` saying why, in a
+    ``summary.json`` whose run a later session continued (until that session writes
+    its own).
     """
 
     steps: int
@@ -281,6 +285,10 @@ class Summary:
     stop_checks: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     oracle_calls_unlabelled: int = 0
+    time_validation: float = 0.0
+    wall_time_total: float = 0.0
+    finished: bool = True
+    superseded: str = ""
 
     def __str__(self) -> str:
         why = ", ".join(f"{v} {k}" for k, v in self.oracle_calls_by_reason.items() if v)
@@ -296,11 +304,15 @@ class Summary:
             f"  labelled frames       : {self.labelled_frames}",
             f"  rollbacks             : {self.rollbacks}",
             f"  sparse refreshes      : {self.sparse_refreshes} (novel environments added without the oracle)",
-            f"  wall time             : {self.wall_time:.1f} s this session; cumulative: MD "
-            f"{self.time_md:.1f} (uncertainty checks {self.time_check:.1f}), oracle "
+            f"  wall time             : {self.wall_time:.1f} s this session"
+            + (f", {self.wall_time_total:.1f} s in all" if self.wall_time_total > self.wall_time + 0.05 else "")
+            + f"; cumulative: MD {self.time_md:.1f} (uncertainty checks {self.time_check:.1f}), oracle "
             f"{self.time_oracle:.1f}, model updates {self.time_update:.1f}, calibration "
-            f"{self.time_calibration:.1f}",
+            f"{self.time_calibration:.1f}" + (f", validation {self.time_validation:.1f}"
+                                             if self.time_validation else ""),
         ]
+        if not self.finished:
+            lines.insert(1, f"  NOT FINISHED          : {self.superseded}")
         if self.stopped_early:
             lines.append(f"  stopped early         : {self.stop_reason}")
         sc = self.stop_checks
@@ -309,7 +321,8 @@ class Summary:
             if sc.get("met_at") is not None:  # met at the run's last step, or by an earlier session
                 lines.append(f"  stopping rule         : {judged}, met at step {sc['met_at']}")
             elif sc.get("judged"):
-                lines.append(f"  stopping rule         : {judged}, not met")
+                last = f" (last: {sc['last_reason']})" if sc.get("last_reason") else ""
+                lines.append(f"  stopping rule         : {judged}, not met{last}")
             elif sc.get("deferred"):
                 lines.append(f"  stopping rule         : never judged ({sc['deferred']} checks deferred; "
                              f"the last because {sc.get('last_deferred')})")
@@ -747,7 +760,9 @@ class ActiveLearner:
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
-        self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0}
+        self._wall_before, self._session_start = 0.0, None  # s: earlier sessions' wall time; this one's start
+        self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0,
+                       "validation": 0.0}
         self._last_checkpoint = time.perf_counter()
         self._checkpoint_due, self._checkpoint_cost = False, 0.0  # (s, of the last checkpoint)
         self._resume_added = 0  # labels a resume added that the model file lacked
@@ -760,7 +775,6 @@ class ActiveLearner:
         self._stopped = (False, "")
         self._interrupted = False  # run() was interrupted: it reloads from the run folder first
         self.stopped_early_ = None  # (a resumed run: why it had ended before its total, if it had)
-        self._val_history: list = []
         self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
         self._walker_steps: dict[int, int] = {}  # each walker's own step (walker_executor)
@@ -830,13 +844,16 @@ class ActiveLearner:
             "last_optimization": self._last_opt,
             "target_sparse_species": self._target_points,
             "threshold": self.threshold_,
-            "recent_uncertainty": self._recent_unc[-self.trigger.adapt_window:],
+            # one more than the window: a level that expired (adapt_expire) stays expired
+            "recent_uncertainty": self._recent_unc[-(self.trigger.adapt_window + 1):],
             "label_force_squares": self._force_sq,
             "label_steps": {str(k): v[-self.trigger.max_labels:] for k, v in self._label_steps.items()},
             "oracle_calls_by_reason": self._calls,
             "calibration": getattr(self, "_calibration", {}),
             "n_walkers_total": len(self.walkers),
             "times": self._times,
+            "wall_time_total": self._wall_before + (time.perf_counter() - self._session_start
+                                                    if self._session_start is not None else 0.0),
             "trigger": trigger_state(self.trigger),
             "trigger_class": _import_path(type(self.trigger)),  # a Trigger subclass: its own judge
             "trigger_has_class": type(self.trigger) is not Trigger,
@@ -1491,6 +1508,9 @@ class ActiveLearner:
 
     def _run(self, t_start: float) -> Summary:
         """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
+        self._session_start = t_start
+        if self.total_steps > self.step:
+            self._supersede_summary()
         self._start()
         prog = _progress(self.total_steps, self.step, self.progress)
         if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.learning.walkers
@@ -1524,6 +1544,21 @@ class ActiveLearner:
                 prog.set_postfix_str(f"oracle calls {self.oracle.n_calls}", refresh=False)
         prog.close()
         return self._finish(t_start)
+
+    def _supersede_summary(self) -> None:
+        """Mark an earlier session's ``summary.json`` as not the run's last word: this
+        session continues the run, and a kill before its own summary would leave the old
+        one looking current."""
+        path = self.run_dir / "summary.json"
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(d, dict) and d.get("finished", True):
+            d["finished"] = False
+            d["superseded"] = (f"a later session continued this run from step {self.step}; this summary is of the "
+                               "session that ended there (state.json and log.jsonl have the run's progress)")
+            self._write_json_atomic(path, d)
 
     def _start(self) -> None:
         """The bootstrap labels and model (first run only), then the walkers."""
@@ -1644,6 +1679,14 @@ class ActiveLearner:
         ``T`` is the temperature (K) at which the walkers keep their frames as good, a
         number or a function of the walker; ``steps`` the MD step of each walker's frame
         (default: the learner's step). Returns whether anything was labelled.
+
+        A labelled walker goes on from its frame with fresh Maxwell-Boltzmann momenta:
+        the label changed the model under it, and the potential energy its frame loses
+        in the new model would otherwise heat it. At a label every ~40 steps against the
+        thermostat's 100-step time, a water box ran at 414-434 K for its first 400
+        steps (330 K asked) and its labels came from that hotter liquid. A momentum
+        draw leaves the canonical distribution of the positions as it is. A walker
+        labelled while running hot goes back to its last good frame instead.
         """
         done = False
         for frames, why in groups:
@@ -1670,6 +1713,8 @@ class ActiveLearner:
                 Tw = T(w) if callable(T) else T
                 if w.running_hot(Tw):
                     self._restart_hot(w, Tw)
+                else:  # the model changed under it: fresh thermal momenta (positions kept)
+                    w.refresh_momenta(Tw)
         return done
 
     def _restart_hot(self, w: _Walker, T: float) -> None:
@@ -1708,10 +1753,9 @@ class ActiveLearner:
             self.model.refit()
             self._times["update"] += time.perf_counter() - t0
         self.calibrate()
-        if self.validation:
-            self.validate()
+        val = self.validate() if self.validation else {}
         self.checkpoint()
-        summary = self._summary(time.perf_counter() - t_start)
+        summary = self._summary(time.perf_counter() - t_start, validation=val)
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
         self._plots()
         return summary
@@ -1737,7 +1781,7 @@ class ActiveLearner:
         self._times["check"] += time.perf_counter() - t0 - (self._times["update"] - upd0)  # (less a refresh)
         self._log({"event": "check", "step": self.step, "walker": w.index, "uncertainty": u,
                    "threshold": j["threshold"], "base_threshold": j["base_threshold"], "novel": refreshed,
-                   "label": j["label"], "capped": j["capped"]})
+                   "label": j["label"], "capped": j["capped"], **({"reference": True} if j.get("reference") else {})})
         if not (j["label"] or j["capped"]):
             self._recent_unc.append(u)
             del self._recent_unc[: -4 * trig.adapt_window]
@@ -1784,8 +1828,8 @@ class ActiveLearner:
         """Update the target weight on this checked frame; True to label it for the target."""
         capped = self.trigger.capped(self._label_steps.get(w.index, []), self.step)
         t0 = time.perf_counter()
-        ref = (self.trigger.base_threshold(self.model, self._force_noise_scale())
-               if self.trigger.quantity == "forces_std" else None)  # w = 1 at the trigger's level
+        ref = (self.trigger.level(self.model, (), self._force_noise_scale(), self._force_rms())[1]
+               if self.trigger.quantity == "forces_std" else None)  # w = 1 at the trigger's base level
         res = self.targets.consider(self.model, w.atoms, uncertain=u is not None or capped,
                                     scale=self._force_std_scale(), reference=ref)
         self._times["check"] += time.perf_counter() - t0
@@ -1997,6 +2041,7 @@ class ActiveLearner:
         ``record``: logged (``log.jsonl``) and kept for the learning curve."""
         if not self.validation:
             return {}
+        t0 = time.perf_counter()
         res = self.model.residuals(self.validation, calibrated=True)
         err, std, e_err = res["force_error"], res["force_std"], res["energy_error"]
         z = err / std
@@ -2007,9 +2052,9 @@ class ActiveLearner:
             "force_zms": float(np.mean(z**2)),
             "force_coverage90": float(np.mean(np.abs(z) <= 1.6448536269514722)),
         }
+        self._times["validation"] = self._times.get("validation", 0.0) + time.perf_counter() - t0
         if record:
-            self._log({"event": "validation", "step": self.step, **out})
-            self._val_history.append((self.step, out["force_rmse"], self.oracle.n_calls))
+            self._log({"event": "validation", "step": self.step, "oracle_calls": self.oracle.n_calls, **out})
         return out
 
     def _judged_recently(self) -> bool:
@@ -2056,19 +2101,21 @@ class ActiveLearner:
         for w in self.walkers:
             fstd = self.model.predict(w.atoms, forces_std=True, calibrated=True)["forces_std"]
             bound = max(bound, float(np.sqrt(np.mean(fstd**2)) * factor))
-        decision = self.stopping.update(self.step, bound, error)
+        name = "validation force RMSE" if "force_rmse" in val else "held-out force RMSE (leave-one-frame-out)"
+        decision = self.stopping.update(self.step, bound, error, error_name=name)
         self._log({"event": "stop_check", **decision.to_dict()})
         if decision.stop:
             self._stopped = (True, decision.reason)
             log.info("gpal: %s", decision.reason)
         return decision.stop
 
-    def _summary(self, wall, record: bool = True) -> Summary:
+    def _summary(self, wall, record: bool = True, validation: dict | None = None) -> Summary:
         """The run's :class:`Summary`; ``record=False`` writes nothing (a report of a
-        finished run, :func:`gpal.cli` on a resume with nothing to run)."""
+        finished run, :func:`gpal.cli` on a resume with nothing to run); ``validation``:
+        :meth:`validate`'s result on the final model, if already measured."""
         val = {}
         if self.validation:
-            v = self.validate(record=record)
+            v = validation or self.validate(record=record)
             val = {k: v[k] for k in ("force_rmse", "energy_rmse_per_atom", "force_zms", "force_coverage90")}
         n_boot = self._reasons.count("bootstrap") if len(self._reasons) == self.n_labelled else \
             min(self.n_bootstrap, self.n_labelled)
@@ -2094,6 +2141,8 @@ class ActiveLearner:
             stop_checks=self._stop_checks() if self.stopping is not None else {},
             target=self._target_summary(),
             oracle_calls_unlabelled=max(self.oracle.n_calls - (self.n_labelled - self._reasons.count("initial")), 0),
+            time_validation=self._times.get("validation", 0.0),
+            wall_time_total=self._wall_before + wall,
         )
 
     def _target_summary(self) -> dict:
@@ -2107,9 +2156,10 @@ class ActiveLearner:
 
     def _stop_checks(self) -> dict:
         """The stopping rule's checks of the whole run (log.jsonl): ``judged``,
-        ``deferred``, the reason of the last deferral and ``met_at``, the step of the last
-        check that found the rule met (None if none did)."""
-        out = {"judged": 0, "deferred": 0, "last_deferred": "", "met_at": None}
+        ``deferred``, the reason of the last deferral, ``met_at``, the step of the last
+        check that found the rule met (None if none did), and ``last_reason``, the last
+        judged check's decision."""
+        out = {"judged": 0, "deferred": 0, "last_deferred": "", "met_at": None, "last_reason": ""}
         kept: list = []
         for rec in self._log_records(("stop_check", "resume")):
             # a resume from a checkpoint at step S (after a kill or an interrupt): the checks
@@ -2125,6 +2175,7 @@ class ActiveLearner:
                 out["last_deferred"] = rec["deferred"]
             else:
                 out["judged"] += 1
+                out["last_reason"] = rec.get("reason", "")
                 if rec.get("stop"):
                     out["met_at"] = rec.get("step")
         return out
@@ -2149,30 +2200,58 @@ class ActiveLearner:
                 if rec.get("event") in events:
                     yield rec
 
+    def _curve_data(self) -> tuple[list, list, str]:
+        """The learning curve of the whole run from ``log.jsonl``: ``(step, oracle calls)``
+        of every label, ``(step, force RMSE)`` of every check (the last record of a step
+        logged twice), and what that RMSE is."""
+        def last_per_step(records, key):
+            out = {int(r["step"]): float(r[key]) for r in records
+                   if isinstance(r.get(key), (int, float)) and np.isfinite(r[key]) and r[key] > 0}
+            return sorted(out.items())
+
+        labels = [(r["step"], r["oracle_calls"]) for r in self._log_records("label")]
+        if self.validation:
+            return labels, last_per_step(self._log_records("validation"), "force_rmse"), \
+                "force RMSE on the validation frames"
+        return labels, last_per_step(self._log_records("calibration"), "judge_force_rmse"), \
+            "held-out force RMSE of the labels (leave-one-frame-out)"
+
     def _plots(self) -> None:
-        """learning_curve.png: validation error (if any) and oracle calls against MD step."""
+        """learning_curve.png from ``log.jsonl`` (every session of the run): the loop's
+        oracle calls and a force error against MD step. The error is the RMSE on the
+        user's validation frames, or without them the held-out force RMSE of the
+        calibration (leave-one-frame-out, on the judged half of the labels)."""
+        from matplotlib.ticker import MaxNLocator
+
         from .. import calibration
 
-        path = self.run_dir / "learning_curve.png"
-        if self._val_history:
-            st, err, calls = (np.array(v, float) for v in zip(*self._val_history))
-            tol = getattr(self.stopping, "tolerance", None)
-            calibration.plot_learning_curve(st, err, calls, path, tolerance=tol, units="eV/Å",
-                                            title="force RMSE on the validation set")
+        labels, errors, what = self._curve_data()
+        if not labels and not errors:
             return
-        steps, calls = [], []
-        for rec in self._log_records("label"):
-            steps.append(rec["step"])
-            calls.append(rec["oracle_calls"])
-        if not steps:
-            return
-        fig = calibration._new_figure(figsize=(5.5, 4.0))  # no pyplot, no backend change
+        fig = calibration._new_figure(figsize=(6.0, 4.2))  # no pyplot, no backend change
         ax = fig.add_subplot()
-        ax.step(steps + [self.step], calls + [calls[-1]], where="post")
-        ax.set_xlabel("MD step")
-        ax.set_ylabel("oracle calls (cumulative)")
-        ax.set_title("oracle calls during active learning")
-        fig.savefig(path, dpi=120)
+        ax.set_xlabel("MD step (per walker)")
+        if errors:
+            st, err = zip(*errors)
+            ax.plot(st, err, "o-", color="C0", ms=3, label=what)
+            ax.set_yscale("log")
+            tol = getattr(self.stopping, "tolerance", None)
+            if tol is not None:
+                ax.axhline(float(tol), color="C0", ls=":", lw=1, label="stopping tolerance")
+            ax.set_ylabel("force RMSE (eV/Å)", color="C0")
+        ax2 = ax.twinx() if errors else ax
+        if labels:
+            st, calls = (list(v) for v in zip(*labels))
+            ax2.step(st + [max(self.step, st[-1])], calls + [calls[-1]], where="post", color="C1",
+                     label="oracle calls of the loop")
+            ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax2.set_ylabel("oracle calls (cumulative)", color="C1")
+        handles = [h for a in ([ax] if ax2 is ax else [ax, ax2]) for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, loc="upper center", fontsize=8)
+        n_val = self._calls.get("validation", 0)
+        ax.set_title("active learning" + (f" ({n_val} more oracle calls made the validation frames)"
+                                          if n_val else ""), fontsize=10)
+        fig.savefig(self.run_dir / "learning_curve.png", dpi=120)
 
     # ------------------------------------------------------------------ resume
     @classmethod
@@ -2310,6 +2389,7 @@ class ActiveLearner:
         self._calls.update(state.get("oracle_calls_by_reason", {}))
         self._calibration = state.get("calibration", {})
         self._times.update(state["times"])
+        self._wall_before = float(state.get("wall_time_total", 0.0))
         self.oracle.n_calls = state["oracle_calls"]
         self.oracle.n_failures = state["oracle_failures"]
         cut = _drop_partial_frame(run_dir / "train.xyz")

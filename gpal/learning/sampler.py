@@ -235,6 +235,12 @@ class _Walker:
         Stationary(self.atoms)
         self.dyn = self._make_dyn(temperature)
 
+    def refresh_momenta(self, temperature: float) -> None:
+        """Fresh Maxwell-Boltzmann momenta at ``temperature`` (K), positions kept (after the
+        model changed under this walker)."""
+        thermalize_momenta(self.atoms, temperature_K=temperature, rng=self.rng)
+        Stationary(self.atoms)
+
     def restore(self, snap):
         pos, mom, cell = snap
         self.atoms.set_cell(cell)

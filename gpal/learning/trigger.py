@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 import dataclasses
 import functools
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,15 +48,17 @@ class Trigger:
 
        * the base: with ``threshold=None`` (the default) ``noise_ratio x`` the
          calibrated force noise ``noise_scale x force_noise``, the error the model cannot
-         learn away at its size (a label then carries at least
-         ``½ log(1 + noise_ratio²)`` nats on that component); a number is eV/Å (with
+         learn away at its size (in calibrated units a label's learnable std is then
+         ``noise_ratio`` times its noise; under the raw model that is
+         ``½ log(1 + noise_ratio²)`` nats on that component only when ``scale`` equals
+         ``noise_scale`` and there is no novelty term); a number is eV/Å (with
          ``relative_to_noise``, a multiple of the same calibrated force noise);
        * with ``adaptive``, ``(1 + adapt_margin) x`` the mean ``u`` of the last
          ``adapt_window`` unlabelled checks since the model last changed
          (VASP-style): only frames clearly more uncertain than what the current model
          has seen on the trajectory are labelled, since consecutive MD frames are
          nearly the same question. The first check after a model update only sets
-         this reference. With ``adapt_expire`` the level holds for ``adapt_window``
+         this reference (it labels only a frame above the ceiling). With ``adapt_expire`` the level holds for ``adapt_window``
          unlabelled checks after an update; after them the base alone decides (a
          model that stays above its base threshold on every frame of a stationary
          trajectory, as in a liquid, is uncertain everywhere: the level, which follows
@@ -172,7 +175,8 @@ class Trigger:
         self.ceiling = check_number("ceiling", self.ceiling, low=0, strict=True, none=True)
         self.adapt_margin = check_number("adapt_margin", self.adapt_margin, low=0)
         self.threshold_min = check_number("threshold_min", self.threshold_min, low=0, none=True)
-        if None not in (self.threshold, self.threshold_min) and self.threshold_min > self.threshold:
+        if (None not in (self.threshold, self.threshold_min) and not self.relative_to_noise
+                and self.threshold_min > self.threshold):  # (a relative threshold is not in eV/Å)
             raise ValueError(f"threshold_min ({self.threshold_min}) must not exceed the threshold "
                              f"({self.threshold})")
         for name in ("relative_to_noise", "adaptive", "adapt_expire"):
@@ -278,8 +282,9 @@ class Trigger:
         -------
         dict
             ``uncertainty``, ``threshold``, ``base_threshold`` (eV/Å of calibrated force
-            std, or eV for energies_std), ``label`` (after the rate cap) and ``capped``
-            (it would be labelled but the walker is at its cap).
+            std, or eV for energies_std), ``label`` (after the rate cap), ``capped``
+            (it would be labelled but the walker is at its cap) and ``reference`` (the
+            first adaptive check after an update: it labels only above the ceiling).
         """
         if self.quantity == "forces_std":
             scale = force_std_scale if self.calibrated else 1.0
@@ -294,11 +299,19 @@ class Trigger:
         else:
             u = float(np.max(prediction["energies_std"]))
             thr, base = self.level(model, recent)
-        reference = self.adaptive and not recent  # the first check only sets the level
-        label = u > thr and not reference
+        # the first check after an update only sets the adaptive level, unless its frame is
+        # above the ceiling, which is labelled whatever the recent level
+        reference = self.adaptive and not recent
+        label = u > thr and (not reference or u > self._ceiling(force_rms))
         capped = label and self.capped(label_steps, step)
         return {"uncertainty": u, "threshold": thr, "base_threshold": base,
-                "label": bool(label and not capped), "capped": bool(capped)}
+                "label": bool(label and not capped), "capped": bool(capped), "reference": bool(reference)}
+
+    def _ceiling(self, force_rms: float | None) -> float:
+        """The ceiling (eV/Å; the floor wins over it), inf without one."""
+        if self.ceiling is None or not force_rms or self.quantity != "forces_std":
+            return math.inf
+        return max(self.ceiling * float(force_rms), self.floor())
 
     def capped(self, label_steps: Sequence[int], step: int) -> bool:
         """True when a walker that labelled at ``label_steps`` may not label at ``step``."""

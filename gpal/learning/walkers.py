@@ -260,7 +260,7 @@ def run_segment(task: dict) -> dict:
         else:
             checks.append({"step": step, "uncertainty": j["uncertainty"], "threshold": j["threshold"],
                            "base_threshold": j["base_threshold"], "novel": 0, "label": j["label"],
-                           "capped": j["capped"]})
+                           "capped": j["capped"], **({"reference": True} if j.get("reference") else {})})
             if j["label"]:
                 candidate = {"kind": "uncertain", "step": step, "uncertainty": j["uncertainty"]}
             else:
