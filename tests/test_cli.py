@@ -51,7 +51,7 @@ def test_info_and_md_name_an_energy_calibration(files, tmp_path, capsys):
     write(tmp_path / "start.xyz", cu_frames(1, seed=4, size=(2, 2, 2))[0])
     assert main(["md", str(tmp_path / "energy.npz"), str(tmp_path / "start.xyz"), "-o", str(tmp_path / "md.traj"),
                  "--steps", "4", "--interval", "2", "-q"]) == 0
-    assert "(eV) in each frame's info, energy_std calibrated, energies_std raw" in capsys.readouterr().out
+    assert "(eV) in each frame's info, energy_std calibrated, forces_std and energies_std raw" in capsys.readouterr().out
     frames = read(tmp_path / "md.traj", ":")
     assert len(frames) == 3 and all("energy_std" in a.info for a in frames)  # the start frame too
     # a recalibration of the forces says the energy factor stays
@@ -136,7 +136,8 @@ def test_fit_info_validate_md(files, capsys):
     out_xyz = files / "md.xyz"
     assert main(["md", str(files / "calibrated.npz"), str(files / "start.xyz"), "-o", str(out_xyz),
                  "--steps", "20", "--interval", "5", "-q"]) == 0
-    assert "per-atom columns energies_std (eV) and forces_std (eV/Å), forces_std calibrated, energies_std raw" in capsys.readouterr().out
+    assert ("per-atom columns energies_std (eV) and forces_std (eV/Å), the total energy_std (eV) in each "
+            "frame's info, forces_std calibrated, energy_std and energies_std raw") in capsys.readouterr().out
     traj = read(out_xyz, ":")
     assert len(traj) == 5
     header = out_xyz.read_text().splitlines()[1]
@@ -148,7 +149,8 @@ def test_fit_info_validate_md(files, capsys):
     for a in traj:
         assert a.arrays["energies_std"].shape == (32,) and a.arrays["forces_std"].shape == (32, 3)
         assert np.all(a.arrays["forces_std"] > 0)
-        assert "energies_std" not in a.info and a.info["gpal_std"] == "forces_std calibrated, energies_std raw"
+        assert "energies_std" not in a.info and a.info["gpal_std"] == "forces_std calibrated, energy_std and energies_std raw"
+        assert a.info["energy_std"] > 0  # the total energy's, as the note says
         assert a.get_forces().shape == (32, 3)
         assert [c.get_indices().tolist() for c in a.constraints] == [[0, 5]]
         np.testing.assert_array_equal(a.positions[[0, 5]], traj[0].positions[[0, 5]])
@@ -936,3 +938,16 @@ def test_a_compound_bulk_structure_from_the_config():
     assert atoms.get_chemical_formula() == "Cl4Na4"
     with pytest.raises(gpal.exceptions.ConfigError, match="unknown chemical symbol 'Xy'"):
         _structure({"bulk": "Xy"})
+
+
+def test_fit_of_a_runs_training_set_defaults_to_the_learners_sparse_count():
+    """A run's train.xyz refitted with the plain default (200) was 2.5-5x worse than the
+    run's own model (838-1020 sparse points): gpal fit takes the learner's count."""
+    from gpal.cli import _learner_sparse_count
+
+    frames = cu_frames(6)
+    assert _learner_sparse_count(frames) == 200
+    for a, why in zip(frames, ["bootstrap"] * 4 + ["uncertain", "temperature"]):
+        a.info["gpal_reason"] = why
+    assert _learner_sparse_count(frames) == 300 + 20 * 2
+    assert _learner_sparse_count(frames * 200) == 2000

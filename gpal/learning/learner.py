@@ -760,6 +760,7 @@ class ActiveLearner:
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
+        self._boot_bar = None  # tqdm over the bootstrap's labels, while they are made
         self._wall_before, self._session_start = 0.0, None  # s: earlier sessions' wall time; this one's start
         self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0,
                        "validation": 0.0}
@@ -904,12 +905,22 @@ class ActiveLearner:
                 self._reasons.append(reason)
                 self.n_labelled += 1
                 written.append(k)
+            if self._boot_bar is not None:
+                self._boot_bar.update(1)
 
         def log_label(ks: Sequence[int], **extra) -> None:
             self._log({"event": "label", "step": self.step, "reason": reason, "n": len(ks),
                        "walker": [int(walkers[k]) for k in ks] if walkers is not None else None,
                        **({"frame_steps": [int(steps[k]) for k in ks]} if steps is not None else {}),
                        "oracle_calls": self.oracle.n_calls, **extra})
+
+        def attempt_failed(k: int, attempt: int, error: str) -> None:
+            at = int(self.step if steps is None else steps[k])
+            who = f", walker {int(walkers[k])}" if walkers is not None else ""
+            log.warning("the oracle failed on the %s frame of step %d%s (attempt %d): %s",
+                        reason, at, who, attempt, error)
+            self._log({"event": "oracle_attempt_failed", "step": at, "reason": reason, "attempt": attempt,
+                       "walker": int(walkers[k]) if walkers is not None else None, "error": error})
 
         broken = None
         # written ahead: a kill (SIGKILL, a node lost) during the calls leaves this as the
@@ -920,7 +931,8 @@ class ActiveLearner:
                    "parallel": ex is not None, "workers": getattr(ex, "_max_workers", None)})
         try:
             try:
-                labelled, failures = self.oracle.label(frames, on_label=arrived, first=first)
+                labelled, failures = self.oracle.label(frames, on_label=arrived, first=first,
+                                                       on_failure=attempt_failed)
             except (Exception, KeyboardInterrupt) as exc:  # not a kill: the counts in memory stand
                 self._log({"event": "oracle_return", "oracle_calls": self.oracle.n_calls})
                 if written and not isinstance(exc, BrokenOracleError):  # (those are logged below)
@@ -1564,7 +1576,17 @@ class ActiveLearner:
         """The bootstrap labels and model (first run only), then the walkers."""
         if not self.bootstrap_done:
             self.checkpoint()
-            self._bootstrap()
+            from tqdm.auto import tqdm
+
+            # a bar over the bootstrap labels (a DFT oracle: minutes each, before the MD bar)
+            self._boot_bar = tqdm(total=self.n_bootstrap, desc="gpal bootstrap", unit="label",
+                                  disable=not self.progress or self.model.alpha_ is not None,
+                                  file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 30.0)
+            try:
+                self._bootstrap()
+            finally:
+                self._boot_bar.close()
+                self._boot_bar = None
             if self.targets is not None:
                 self._target_sparse()
             self.calibrate()
@@ -1612,11 +1634,12 @@ class ActiveLearner:
         self._times["md"] += time.perf_counter() - t0 - (self._times["update"] - upd0)
         return uncertain, rollbacks, targeted
 
-    def _hotter_than_labels(self, T: float, step: int | None = None) -> list:
+    def _hotter_than_labels(self, T: float, steps: dict | None = None) -> list:
         """``[walker]`` to label because ``T`` (K) has reached a step of
         ``Trigger.temperature_steps`` above the hottest labelled temperature; ``[]``
-        otherwise. ``step``: the first walker's step (default the learner's), for its
-        label cap."""
+        otherwise. The walker is the one with the fewest labels among those under their
+        label cap (with several structures, not always the first). ``steps``: each
+        walker's step (default the learner's), for its cap."""
         n = self.trigger.temperature_steps
         if n is None or not self.walkers:
             return []
@@ -1634,11 +1657,11 @@ class ActiveLearner:
             self._hottest_label = max([self.md.temperature_at(s / ramp) for s in steps] or [T0])
         if self._hottest_label >= T0 + k * span / n - tol:  # labelled there already
             return []
-        w = self.walkers[0]
-        step = self.step if step is None else int(step)
-        if self.trigger.capped(self._label_steps.get(w.index, []), step):
+        free = [w for w in self.walkers if not self.trigger.capped(
+            self._label_steps.get(w.index, []), self.step if steps is None else int(steps[w.index]))]
+        if not free:
             return []
-        return [w]
+        return [min(free, key=lambda w: len(self._label_steps.get(w.index, [])))]  # (ties: the first)
 
     def _count_blowups(self, index: int, reason: str | None, T: float) -> None:
         """Count walker ``index``'s MD steps in a row that blew up (``reason``, else None);
@@ -2249,8 +2272,10 @@ class ActiveLearner:
         handles = [h for a in ([ax] if ax2 is ax else [ax, ax2]) for h in a.get_legend_handles_labels()[0]]
         ax.legend(handles=handles, loc="upper center", fontsize=8)
         n_val = self._calls.get("validation", 0)
-        ax.set_title("active learning" + (f" ({n_val} more oracle calls made the validation frames)"
-                                          if n_val else ""), fontsize=10)
+        t = self.md.temperature
+        ramp = f", {t[0]:g} → {t[1]:g} K" if isinstance(t, (tuple, list)) and t[0] != t[1] else ""
+        ax.set_title(f"active learning{ramp}" + (f" ({n_val} more oracle calls made the validation frames)"
+                                                  if n_val else ""), fontsize=10)
         fig.savefig(self.run_dir / "learning_curve.png", dpi=120)
 
     # ------------------------------------------------------------------ resume

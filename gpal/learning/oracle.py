@@ -473,8 +473,8 @@ class Oracle:
         t0 = time.monotonic()
         return [t0 + self.timeout * (1 + k // workers) for k in range(n)]
 
-    def label(self, frames: list[Atoms], on_label=None, *,
-              first: int = 0) -> tuple[list[Atoms | None], list[LabelFailure]]:
+    def label(self, frames: list[Atoms], on_label=None, *, first: int = 0,
+              on_failure=None) -> tuple[list[Atoms | None], list[LabelFailure]]:
         """Label ``frames`` (concurrently when an executor is set).
 
         Parameters
@@ -486,6 +486,10 @@ class Oracle:
         first : int, default 0
             Number of the first frame in warnings (frames sent one call at a time are
             told apart).
+        on_failure : callable, optional
+            ``on_failure(index, attempt, reason)`` for each failed attempt, retried or
+            not, in place of this method's own warning (the learner logs and warns with
+            the frame's MD step and walker).
 
         Returns
         -------
@@ -502,7 +506,10 @@ class Oracle:
 
         def failed(i: int, exc: BaseException, retry: bool = True) -> None:
             reasons[i] = failure_text(exc)  # one line in logs and warnings
-            log.warning("oracle failed on frame %d (attempt %d): %s", first + i, attempts[i], reasons[i])
+            if on_failure is not None:
+                on_failure(i, attempts[i], reasons[i])
+            else:
+                log.warning("oracle failed on frame %d (attempt %d): %s", first + i, attempts[i], reasons[i])
             if retry and getattr(exc, "retryable", True):
                 again.append(i)
 

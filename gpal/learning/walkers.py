@@ -515,12 +515,12 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             # a walker's frame is the one of its segment's last MD step, at that step's temperature
             # (as in the serial loop, and as a resume reads it back from gpal_step)
             last = {w.index: max(steps[w.index] - 1, 0) for w in L.walkers}
-            hotter = []  # Trigger.temperature_steps: the first walker's frame, once per round
+            hotter = []  # Trigger.temperature_steps: one walker's frame, once per round
             if not (rollbacks or chosen) and L.walkers:
                 w0 = L.walkers[0]
-                hotter = L._hotter_than_labels(_temperature(L, last[w0.index]), step=last[w0.index])
-                if hotter:
-                    cand_step[w0.index] = last[w0.index]
+                hotter = L._hotter_than_labels(_temperature(L, last[w0.index]), steps=last)
+                for w in hotter:
+                    cand_step[w.index] = last[w.index]
             if L._label_round(lambda w: _temperature(L, last[w.index]),
                               (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain"),
                                (hotter, "temperature")), steps=cand_step):
