@@ -82,6 +82,12 @@ def test_fit_info_validate_md(files, capsys):
     assert "calibration : none" in out
     assert "sparse      : 60 environments (Cu 60)" in out and "training    : 6 frames, 192 atoms" in out
 
+    # the model's own training frames as a test set: said so (their errors are fit residuals)
+    assert main(["validate", str(model), str(files / "train.xyz"), "--no-plots"]) == 0
+    assert "6 of the 6 test frames in" in capsys.readouterr().err
+    assert main(["validate", str(model), str(files / "test.xyz"), "--no-plots"]) == 0
+    assert "training frames" not in capsys.readouterr().err
+
     # --calibrate never overwrites the input model silently
     before = model.read_bytes()
     assert main(["validate", str(model), str(files / "test.xyz"), "--calibrate", str(files / "val.xyz")]) == 2

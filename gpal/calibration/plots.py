@@ -131,7 +131,8 @@ def plot_calibration_curve(error, std, path, *, title: str | None = None) -> Pat
 def plot_error_vs_uncertainty(
     error, std, path, *, n_bins: int = 10, units: str = "", title: str | None = None
 ) -> Path:
-    """Binned RMSE vs RMV (equal-count std bins) with the ideal y = x line, log-log.
+    """Binned RMSE vs RMV (equal-count std bins) with the ideal y = x line, log-log when
+    the values span a decade or more, else linear from 0.
 
     Returns
     -------
@@ -154,12 +155,12 @@ def plot_error_vs_uncertainty(
     ax.plot(
         rmv, np.where(pos, rmse, np.nan), "o-", ms=4, label=f"binned (ENCE {ence:.3f})"
     )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    from matplotlib.ticker import NullFormatter
-
-    for axis in (ax.xaxis, ax.yaxis):  # minor labels overlap when the data span < 1 decade
-        axis.set_minor_formatter(NullFormatter())
+    if hi / lo >= 10:  # log axes over a decade or more; linear below (a log axis spanning
+        ax.set_xscale("log")  # less than a decade had one labelled tick, or overlapping ones)
+        ax.set_yscale("log")
+    else:
+        ax.set_xlim(0, hi * 1.1)
+        ax.set_ylim(0, hi * 1.1)
     u = f" ({units})" if units else ""
     ax.set_xlabel(f"RMV = sqrt(mean σ²){u}")
     ax.set_ylabel(f"RMSE{u}")
@@ -172,7 +173,8 @@ def plot_error_vs_uncertainty(
 def plot_z_histogram(
     error, std, path, *, bins: int = 50, title: str | None = None
 ) -> Path:
-    """Histogram of z = error/std with the standard normal density overlaid.
+    """Histogram of z = error/std with the standard normal density overlaid (|z| beyond
+    the 99.5 % quantile, or 4, is drawn in the edge bins; the legend says how many).
 
     Returns
     -------
@@ -184,13 +186,15 @@ def plot_z_histogram(
     fig = _new_figure()
     ax = fig.add_subplot()
     lim = max(4.0, float(np.quantile(np.abs(z), 0.995)))
+    beyond = int(np.count_nonzero(np.abs(z) > lim))
     ax.hist(
         np.clip(z, -lim, lim),
         bins=bins,
         range=(-lim, lim),
         density=True,
         alpha=0.6,
-        label=f"z (ZMS {np.mean(z**2):.3g})",
+        label=f"z (ZMS {np.mean(z**2):.3g})"
+        + (f"; {beyond} with |z| up to {np.abs(z).max():.3g} in the edge bins" if beyond else ""),
     )
     grid = np.linspace(-lim, lim, 400)
     ax.plot(grid, stats.norm.pdf(grid), "k-", lw=1.2, label="N(0, 1)")

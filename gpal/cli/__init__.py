@@ -630,6 +630,22 @@ def _read_labelled(path, args, what: str) -> list:
     return frames
 
 
+def _warn_training_frames(model, frames, path, what: str) -> None:
+    """Warn when some of ``frames`` are the model's own training frames (same species,
+    cell and positions): errors there are fit residuals, several times smaller than on
+    new frames (a run's train.xyz given to validate: 3x)."""
+    from ..learning.state import _same_frame
+
+    held = {}
+    for a in getattr(model, "frames_", None) or []:
+        held.setdefault((len(a), a.get_chemical_formula()), []).append(a)
+    same = sum(any(_same_frame(a, b) and np.allclose(a.cell.array, b.cell.array)
+                   for b in held.get((len(a), a.get_chemical_formula()), [])) for a in frames)
+    if same:
+        warnings.warn(f"{same} of the {len(frames)} {what} in {path} are the model's own training frames: their "
+                      "errors are fit residuals, not the errors of new frames", UserWarning, stacklevel=1)
+
+
 def _descriptor_from_args(args, frames):
     """A SOAP from the --r-cut/--n-max/--l-max/--sigma/--species options, or None (default)."""
     opts = (args.r_cut, args.n_max, args.l_max, args.sigma, args.species)
@@ -945,8 +961,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _check_output(args.output, args.overwrite, ".npz")
     if not args.no_plots:  # plots of an earlier run are not replaced without asking
         _check_plots(Path(args.plots), VALIDATION_PLOTS, args.overwrite)
+    _warn_training_frames(model, test, args.test, "test frames")  # (after the errors of bad input)
     if args.calibrate:
-        val = model.residuals(_read_labelled(args.calibrate, args, "calibration frames"))
+        cal_frames = _read_labelled(args.calibrate, args, "calibration frames")
+        _warn_training_frames(model, cal_frames, args.calibrate, "calibration frames")
+        val = model.residuals(cal_frames)
         if not val["force_error"].size:
             raise GpalError(f"{args.calibrate}: no frame has force labels; the calibration is of force stds")
         # the same calibration as the active learner stores: the std of a new force label

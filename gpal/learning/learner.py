@@ -342,9 +342,21 @@ class Summary:
                 f"{c['judge_force_rmse']:.4g} eV/Å, mean z² {c['judge_zms']:.3g}, 90 % coverage "
                 f"{c['judge_coverage90']:.3f}"
             )
-        units_ = {"force_rmse": "eV/Å", "force_mae": "eV/Å", "energy_rmse_per_atom": "eV/atom"}
+            if "energy_scale" in c:
+                zms = f", on other frames mean z² {c['judge_energy_zms']:.3g}" if "judge_energy_zms" in c else ""
+                lines.append(f"  energy calibration    : energy_std x {c['energy_scale']:.3g} on "
+                             f"{c['n_energy_calibration']} frames{zms} (energies_std raw)")
+            else:
+                lines.append("  energy calibration    : none (fewer than 3 frames to fit it on): energy_std raw, "
+                             "usually many times the error")
+        shown = {"force_rmse": ("validation force RMSE", "eV/Å", 1.0),
+                 "force_mae": ("validation force MAE", "eV/Å", 1.0),
+                 "energy_rmse_per_atom": ("validation energy RMSE", "meV/atom", 1e3),
+                 "force_zms": ("validation force z²", "(mean, calibrated stds)", 1.0),
+                 "force_coverage90": ("validation coverage", "(|z| ≤ 1.645, calibrated stds)", 1.0)}
         for key, val in self.validation.items():
-            lines.append(f"  validation {key:<11}: {val:.4g} {units_.get(key, '(calibrated)')}")
+            name, unit, factor = shown.get(key, (f"validation {key}", "", 1.0))
+            lines.append(f"  {name:<22}: {val * factor:.4g} {unit}".rstrip())
         return "\n".join(lines)
 
 

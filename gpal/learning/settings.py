@@ -38,6 +38,8 @@ class Bootstrap:
         against as many evenly spaced oracle-MD frames 1.04-1.14x with strained
         bootstrap frames, 0.87-1.03x without; energy 1.34-2.26x and 1.04-1.75x).
     n_candidates : int, default 64
+        Rattled and strained copies of the start structures from which farthest-point
+        sampling picks the bootstrap frames.
     rattle : float, optional
         Å, std of the candidates' random displacements, times a factor in [0.3, f],
         f = sqrt(T_max / T_start) of the MD protocol within [1, 2] (thermal amplitudes
@@ -156,7 +158,10 @@ class OracleSettings:
         task either: a timed-out calculation keeps its worker until it returns, and
         labels waiting for that worker can time out too.
     retries : int, default 1
+        Further attempts at a frame whose oracle call failed (each is an oracle call).
     on_failure : {"skip", "stop"}, default "skip"
+        A frame no attempt labelled: "skip" goes on without it (it is in failed.xyz),
+        "stop" saves the run and stops it.
     max_calls : int, optional
         Stop the run when this many oracle calls have been made (bootstrap included); a
         batch of labels is cut to what is left (retries of a failed label can still pass it).
@@ -220,8 +225,12 @@ class RunSettings:
     checkpoint_seconds : float, default 60
         Also when this much wall time has passed since the last checkpoint.
     log_every : int, default 10
+        MD steps between the step records of log.jsonl (every label is logged too).
     progress : bool, default True
+        A tqdm progress bar on stderr.
     random_state : int, default 0
+        Seed of the bootstrap candidates and of the walkers' momenta and thermostats
+        (the model's sparse selection has its own, ``[model] random_state``).
     max_force : float, default 20
         eV/Å; a larger predicted force counts as an MD blow-up (rolled back).
     max_temperature : float, optional

@@ -87,17 +87,27 @@ class Trigger:
         (only sums of local energies are observed), so it fires on defects and
         molecules unless adaptive.
     threshold : float or None, default None
+        Base threshold, eV/Å of calibrated learnable force std (eV for
+        ``"energies_std"``); None: ``noise_ratio`` x the calibrated force noise.
     noise_ratio : float, default 0.5
+        The automatic base threshold as a multiple of the calibrated force noise.
     relative_to_noise : bool, default False
+        Read ``threshold`` as a multiple of the calibrated force noise, not eV/Å.
     calibrated : bool, optional
         Multiply the force std by the learner's recalibration factor (1 until the
         first calibration); default True for ``"forces_std"``.
     novelty : float, default 0.05
         Stage-1 threshold in (0, 1]; 1 never refreshes.
     adaptive : bool, default True
+        Also require the frame to be above ``(1 + adapt_margin)`` x the mean uncertainty
+        of the recent unlabelled checks (stage 2).
     adapt_window : int, default 10
+        Unlabelled checks the adaptive level averages over.
     adapt_margin : float, default 0.2
+        Fraction above the recent mean a frame's uncertainty must be.
     adapt_expire : bool, default True
+        The adaptive level holds for ``adapt_window`` unlabelled checks after an update,
+        then the base threshold alone decides.
     threshold_min : float, optional
         Floor of the threshold: by default 0.02 eV/Å under the automatic force threshold
         (``threshold=None``) and none under a given one (the lower
@@ -112,6 +122,7 @@ class Trigger:
     every : int, default 20
         Steps between checks (blow-up checks run every step).
     max_labels, window : int, default 3 and 100
+        At most ``max_labels`` labels per walker in any ``window`` MD steps.
     temperature_steps : int or None, default 4
         Under a rising temperature protocol ``T0 -> T1``, the span is cut in this many
         equal steps; when the sampler's temperature reaches the top of a step,
