@@ -711,6 +711,8 @@ def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     two.run(30)
     walkers = [r["walker"] for r in _events(tmp_path / "two", "label") if r.get("reason") == "temperature"]
     assert walkers == [[0], [1], [0], [1]]
+    steps = [json.loads(line) for line in open(tmp_path / "two" / "log.jsonl") if '"target_T"' in line]
+    assert steps and all(len(r["walker_temperatures"]) == 2 for r in steps)
     for bad in (0, 2.5, True, -1):
         with pytest.raises(ValueError, match="temperature_steps"):
             Trigger(temperature_steps=bad)

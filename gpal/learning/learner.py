@@ -1768,6 +1768,9 @@ class ActiveLearner:
             "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
             "n_sparse": len(self.model.sparse_X_),
             **({"volume": float(w0.get_volume())} if w0.pbc.all() else {}),  # Å^3 (NPT: the cell moves)
+            # (several walkers: each one's kinetic temperature, K, so a slab that melts shows)
+            **({"walker_temperatures": [round(float(w.atoms.get_temperature()), 1) for w in self.walkers]}
+               if len(self.walkers) > 1 else {}),
         })
 
     def _should_stop(self) -> bool:
