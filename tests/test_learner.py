@@ -2409,3 +2409,15 @@ def test_the_first_adaptive_check_after_an_update_is_a_reference_and_says_so():
     assert j["reference"] and not j["label"]
     j = trig.judge(pred, recent=[0.1], **kw)
     assert not j["reference"] and j["label"]
+
+
+def test_a_summary_says_why_a_judged_rule_was_not_met_and_how_a_ramp_defers_it():
+    from gpal.learning.learner import Summary
+
+    reason = "calibrated bound 0.0149 (conformal) < tolerance 0.05: 1 consecutive check(s), patience 3"
+    s = Summary(steps=2000, oracle_calls=22, oracle_failures=0, labelled_frames=22, bootstrap_frames=4,
+                rollbacks=0, sparse_refreshes=0, wall_time=40.0, time_md=20.0, time_oracle=1.0, time_update=9.0,
+                stop_checks={"judged": 1, "deferred": 19, "met_at": None, "last_reason": reason,
+                             "last_deferred": "the temperature protocol is at 880 K of 900 K"})
+    text = str(s)
+    assert f"judged 1 time, not met (last: {reason})" in text and "gpal learn --resume" in text

@@ -322,7 +322,10 @@ class Summary:
                 lines.append(f"  stopping rule         : {judged}, met at step {sc['met_at']}")
             elif sc.get("judged"):
                 last = f" (last: {sc['last_reason']})" if sc.get("last_reason") else ""
-                lines.append(f"  stopping rule         : {judged}, not met{last}")
+                ramp = ("; under a temperature ramp it is judged from the top temperature on: continue the run "
+                        "(gpal learn --resume RUN_DIR --steps N, or run(N)) to let it stop"
+                        if "temperature protocol" in sc.get("last_deferred", "") else "")
+                lines.append(f"  stopping rule         : {judged}, not met{last}{ramp}")
             elif sc.get("deferred"):
                 lines.append(f"  stopping rule         : never judged ({sc['deferred']} checks deferred; "
                              f"the last because {sc.get('last_deferred')})")
