@@ -146,6 +146,10 @@ def test_oracle_retry_recovers(tmp_path):
     failed = _events(tmp_path / "run", "oracle_attempt_failed")
     assert len(failed) == summary.oracle_calls - summary.labelled_frames
     assert all("SCF did not converge" in r["error"] and r["attempt"] >= 1 and "step" in r for r in failed)
+    # without validation frames the learning curve shows the labels' held-out error
+    labels, errors, what = L._curve_data()
+    assert what.startswith("held-out force RMSE") and errors and all(e > 0 for _, e in errors)
+    assert [c for _, c in labels] == sorted(c for _, c in labels)
 
 
 class NaNOnceEMT(EMT):
