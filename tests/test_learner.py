@@ -717,6 +717,12 @@ def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     assert walkers == [[0], [1], [0], [1]]
     steps = [json.loads(line) for line in open(tmp_path / "two" / "log.jsonl") if '"target_T"' in line]
     assert steps and all(len(r["walker_temperatures"]) == 2 for r in steps)
+    # more walkers (6) than labelled frames when the first step is due (4)
+    six = ActiveLearner([start(), vac], EMT(), small_model(), run_dir=tmp_path / "six", progress=False,
+                        trigger=trig, md=MDSettings(temperature=(300, 1200)), sparse_refresh=False, n_walkers=3)
+    six.run(30)
+    walkers = [r["walker"] for r in _events(tmp_path / "six", "label") if r.get("reason") == "temperature"]
+    assert walkers == [[0], [1], [2], [3]]
     for bad in (0, 2.5, True, -1):
         with pytest.raises(ValueError, match="temperature_steps"):
             Trigger(temperature_steps=bad)
@@ -2425,3 +2431,33 @@ def test_a_summary_says_why_a_judged_rule_was_not_met_and_how_a_ramp_defers_it()
                              "last_deferred": "the temperature protocol is at 880 K of 900 K"})
     text = str(s)
     assert f"judged 1 time, not met (last: {reason})" in text and "gpal learn --resume" in text
+
+
+def test_the_learning_curve_after_a_kill_follows_the_timeline_the_run_continued(tmp_path):
+    run = tmp_path / "run"
+    val = cu_frames(2, seed=9, size=(2, 2, 2))
+    trig = Trigger(threshold=1e-4, adaptive=False, every=5, max_labels=20)
+    L = learner(run, validation=val, trigger=trig, sparse_refresh=False)
+    L.run(40)
+    saved = {n: (run / n).read_bytes() for n in ("state.json", "model.npz", "walkers.npz")}
+    L.run(100)  # labels and validations a kill at step 100 leaves beyond the step-40 checkpoint
+    for n, b in saved.items():
+        (run / n).write_bytes(b)
+    (run / "summary.json").unlink()
+    (run / "run.lock").unlink(missing_ok=True)
+    R = ActiveLearner.resume(run, EMT(), progress=False)
+    R.run(100)
+    labels, errors, _ = R._curve_data()
+    for points in (labels, errors):
+        st = [s for s, _ in points]
+        assert st == sorted(st) and st[-1] > 40
+    assert [c for _, c in labels] == sorted(c for _, c in labels)
+    assert labels[-1][1] == R.oracle.n_calls  # the left timeline's calls were paid: counted
+
+
+def test_wall_time_total_adds_every_run_of_one_learner(tmp_path):
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=10.0))
+    first = L.run(10)
+    second = L.run(20)
+    # (the first session's whole time, its plots after its summary too)
+    assert second.wall_time_total >= first.wall_time_total + second.wall_time

@@ -159,6 +159,7 @@ def plot_error_vs_uncertainty(
         ax.set_xscale("log")  # less than a decade had one labelled tick, or overlapping ones)
         ax.set_yscale("log")
     else:
+        ax.lines[-1].set_ydata(rmse)  # (a bin of RMSE 0 has a place on a linear axis)
         ax.set_xlim(0, hi * 1.1)
         ax.set_ylim(0, hi * 1.1)
     u = f" ({units})" if units else ""

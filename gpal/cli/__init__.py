@@ -727,9 +727,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if n_sparse is None:
         n_sparse = _learner_sparse_count(frames)
         if n_sparse != 200:
-            print(f"gpal: --n-sparse {n_sparse}: these frames come from an active-learning run, whose model "
-                  "has 300 sparse environments and 20 more per label after the bootstrap (the plain default "
-                  "200 fits such a set 2.5-5x worse); give --n-sparse to choose")
+            print(f"gpal: --n-sparse {n_sparse}: these frames come from an active-learning run, and the "
+                  "learner's default growth (300 sparse environments, 20 more per label after the bootstrap) "
+                  "gives that many (the plain default 200 fitted such sets 2.5-5x worse); give --n-sparse to "
+                  "choose, e.g. the run model's count (gpal info)")
     model = SparseGP(
         descriptor, kernel, n_sparse=n_sparse, energy_noise=args.energy_noise,
         force_noise=args.force_noise, stress_noise=args.stress_noise,

@@ -324,7 +324,7 @@ class Summary:
                 last = f" (last: {sc['last_reason']})" if sc.get("last_reason") else ""
                 ramp = ("; under a temperature ramp it is judged from the top temperature on: continue the run "
                         "(gpal learn --resume RUN_DIR --steps N, or run(N)) to let it stop"
-                        if "temperature protocol" in sc.get("last_deferred", "") else "")
+                        if sc.get("judged") == 1 and "temperature protocol" in sc.get("last_deferred", "") else "")
                 lines.append(f"  stopping rule         : {judged}, not met{last}{ramp}")
             elif sc.get("deferred"):
                 lines.append(f"  stopping rule         : never judged ({sc['deferred']} checks deferred; "
@@ -1470,6 +1470,9 @@ class ActiveLearner:
             self._log({"event": "interrupted", "step": self.step})
             raise
         finally:
+            if self._session_start is not None:  # a later run() of this learner adds to it
+                self._wall_before += time.perf_counter() - self._session_start
+                self._session_start = None
             _unlock_run_dir(self._lock)
             self._lock = None
 
@@ -1536,9 +1539,9 @@ class ActiveLearner:
     def _run(self, t_start: float) -> Summary:
         """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
         self._session_start = t_start
-        if self.total_steps > self.step:
-            self._supersede_summary()
         self._start()
+        if self.total_steps > self.step:  # (after the start's checkpoint: the run has moved on)
+            self._supersede_summary()
         prog = _progress(self.total_steps, self.step, self.progress)
         if self.walker_executor is not None:  # the walkers' MD as tasks: gpal.learning.walkers
             from .walkers import run_rounds
@@ -1595,6 +1598,7 @@ class ActiveLearner:
 
             # a bar over the bootstrap labels (a DFT oracle: minutes each, before the MD bar)
             self._boot_bar = tqdm(total=self.n_bootstrap, desc="gpal bootstrap", unit="label",
+                                  initial=min(self._reasons.count("bootstrap"), self.n_bootstrap),
                                   disable=not self.progress or self.model.alpha_ is not None,
                                   file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 30.0)
             try:
@@ -1667,16 +1671,21 @@ class ActiveLearner:
             return []
         if self._hottest_label is None:  # first call of this process (also after a resume)
             ramp = max((self.ramp_steps or 1) - 1, 1)
-            steps = [int(a.info.get("gpal_step", 0)) for a in read_frames(self.train_path)] \
+            at = [int(a.info.get("gpal_step", 0)) for a in read_frames(self.train_path)] \
                 if self.train_path.exists() else []
-            self._hottest_label = max([self.md.temperature_at(s / ramp) for s in steps] or [T0])
+            self._hottest_label = max([self.md.temperature_at(s / ramp) for s in at] or [T0])
         if self._hottest_label >= T0 + k * span / n - tol:  # labelled there already
             return []
         free = [w for w in self.walkers if not self.trigger.capped(
             self._label_steps.get(w.index, []), self.step if steps is None else int(steps[w.index]))]
         if not free:
             return []
-        return [min(free, key=lambda w: len(self._label_steps.get(w.index, [])))]  # (ties: the first)
+        # each walker's labels over the whole run (train.xyz; read only when a step is due)
+        counts: dict = {}
+        for a in read_frames(self.train_path) if self.train_path.exists() else []:
+            if a.info.get("gpal_walker") is not None:
+                counts[int(a.info["gpal_walker"])] = counts.get(int(a.info["gpal_walker"]), 0) + 1
+        return [min(free, key=lambda w: counts.get(w.index, 0))]  # (ties: the first)
 
     def _count_blowups(self, index: int, reason: str | None, T: float) -> None:
         """Count walker ``index``'s MD steps in a row that blew up (``reason``, else None);
@@ -1724,7 +1733,10 @@ class ActiveLearner:
         thermostat's 100-step time, a water box ran at 414-434 K for its first 400
         steps (330 K asked) and its labels came from that hotter liquid. A momentum
         draw leaves the canonical distribution of the positions as it is. A walker
-        labelled while running hot goes back to its last good frame instead.
+        labelled while running hot goes back to its last good frame instead. Dynamics
+        from an MD factory are left as they are (they may keep their own velocities and
+        a barostat's state, as ASE's NPT does, which a draw would not reach and a
+        rebuild would reset).
         """
         done = False
         for frames, why in groups:
@@ -1751,7 +1763,7 @@ class ActiveLearner:
                 Tw = T(w) if callable(T) else T
                 if w.running_hot(Tw):
                     self._restart_hot(w, Tw)
-                else:  # the model changed under it: fresh thermal momenta (positions kept)
+                elif self.md.factory is None:  # the model changed under it: fresh thermal momenta
                     w.refresh_momenta(Tw)
         return done
 
@@ -2244,18 +2256,23 @@ class ActiveLearner:
     def _curve_data(self) -> tuple[list, list, str]:
         """The learning curve of the whole run from ``log.jsonl``: ``(step, oracle calls)``
         of every label, ``(step, force RMSE)`` of every check (the last record of a step
-        logged twice), and what that RMSE is."""
-        def last_per_step(records, key):
-            out = {int(r["step"]): float(r[key]) for r in records
-                   if isinstance(r.get(key), (int, float)) and np.isfinite(r[key]) and r[key] > 0}
-            return sorted(out.items())
-
-        labels = [(r["step"], r["oracle_calls"]) for r in self._log_records("label")]
-        if self.validation:
-            return labels, last_per_step(self._log_records("validation"), "force_rmse"), \
-                "force RMSE on the validation frames"
-        return labels, last_per_step(self._log_records("calibration"), "judge_force_rmse"), \
-            "held-out force RMSE of the labels (leave-one-frame-out)"
+        logged twice), and what that RMSE is. After a resume, the records a kill left
+        beyond the checkpoint's step are dropped (the run went on from the checkpoint)."""
+        error_event = "validation" if self.validation else "calibration"
+        key = "force_rmse" if self.validation else "judge_force_rmse"
+        labels, errors = [], {}
+        for r in self._log_records(("label", error_event, "resume")):
+            step = int(r.get("step", 0))
+            if r["event"] == "resume":  # from a checkpoint at this step: what the log holds after
+                labels = [x for x in labels if x[0] <= step]  # it is a timeline the run left (a kill)
+                errors = {k: v for k, v in errors.items() if k <= step}
+            elif r["event"] == "label":
+                labels.append((step, int(r["oracle_calls"])))  # (calls: all paid, left timelines too)
+            elif isinstance(r.get(key), (int, float)) and np.isfinite(r[key]) and r[key] > 0:
+                errors[step] = float(r[key])
+        what = ("force RMSE on the validation frames" if self.validation
+                else "held-out force RMSE of the labels (leave-one-frame-out)")
+        return labels, sorted(errors.items()), what
 
     def _plots(self) -> None:
         """learning_curve.png from ``log.jsonl`` (every session of the run): the loop's
