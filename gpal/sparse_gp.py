@@ -1365,7 +1365,7 @@ def optimize_hyperparameters(
             best = res
     full = unpack(best.x)
     return HyperparameterResult(
-        noise_levels=np.exp(full[:G]),
+        noise_levels=np.where(free[:G], np.exp(full[:G]), levels0),  # a fixed level as given
         kernel_theta=full[G:],
         log_marginal_likelihood=float(-best.fun),
         optimize_result=best,

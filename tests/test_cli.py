@@ -957,3 +957,18 @@ def test_fit_of_a_runs_training_set_defaults_to_the_learners_sparse_count():
         a.info["gpal_reason"] = why
     assert _learner_sparse_count(frames) == 300 + 20 * 2
     assert _learner_sparse_count(frames * 200) == 2000
+
+
+def test_other_packages_deprecation_warnings_are_not_gpal_warning_lines(capsys):
+    """matplotlib under a newer pyparsing warns of deprecations at import; a user cannot act
+    on them, and they made a bad input's one error line three."""
+    import warnings
+
+    from gpal.cli import _one_line_warnings
+
+    with _one_line_warnings("gpal learn"):
+        warnings.warn_explicit("old API", DeprecationWarning, "/site-packages/matplotlib/_mathtext.py", 1)
+        warnings.warn_explicit("a real one", UserWarning, "/site-packages/matplotlib/x.py", 1)
+        warnings.warn_explicit("gpal's own", DeprecationWarning, "/src/gpal/learning/settings.py", 1)
+    err = capsys.readouterr().err
+    assert "old API" not in err and "a real one" in err and "gpal's own" in err

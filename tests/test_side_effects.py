@@ -34,8 +34,10 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
                                       tmp / "curves.png")
         (tmp / "log.jsonl").write_text("\\n".join(json.dumps(
             {{"event": "label", "step": s, "oracle_calls": k}}) for k, s in enumerate([3, 9, 20])))
-        fake = SimpleNamespace(run_dir=tmp, _val_history=[], step=30, stopping=None)
+        fake = SimpleNamespace(run_dir=tmp, step=30, stopping=None, validation=None, _calls={{}},
+                               md=SimpleNamespace(temperature=(300, 900)))
         fake._log_records = lambda event: ActiveLearner._log_records(fake, event)
+        fake._curve_data = lambda: ActiveLearner._curve_data(fake)
         ActiveLearner._plots(fake)
         print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
     """)

@@ -1423,6 +1423,9 @@ def _one_line_warnings(prog: str):
     seen = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)) and \
+                "gpal" not in Path(str(filename)).parts:
+            return  # between other packages (matplotlib under a newer pyparsing): not the user's to act on
         text = f"{prog}: warning: {' '.join(str(message).split())}"
         if text not in seen:
             seen.add(text)

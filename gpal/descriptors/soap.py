@@ -416,6 +416,12 @@ def gto_basis(r_cut: float, n_max: int, l_max: int) -> tuple[np.ndarray, np.ndar
                 # order that followed the thread count changed the basis by ~5e-12, so a
                 # model saved after a two-thread fit predicted differently once loaded
                 with _blas_limit(1):
+                    # LAPACK's reciprocal condition estimate of the overlap (1-norm), checked
+                    # here: only scipy >= 1.17's inv warns of it itself
+                    lu, _, info = scipy.linalg.lapack.dgetrf(s)
+                    rcond = scipy.linalg.lapack.dgecon(lu, np.abs(s).sum(axis=0).max())[0] if info == 0 else 0.0
+                    if not rcond >= np.finfo(float).eps:
+                        raise scipy.linalg.LinAlgWarning(f"the overlap's reciprocal condition number is {rcond:.3g}")
                     b = scipy.linalg.sqrtm(scipy.linalg.inv(s))
             except scipy.linalg.LinAlgWarning as exc:
                 raise ValueError(f"the GTO radial basis for r_cut={r_cut} Å, n_max={n_max} is singular to "

@@ -869,4 +869,6 @@ def _maximise_evidence(K_mm, K_nm, y, groups, scale, levels0, noise_bounds, rati
             raise np.linalg.LinAlgError("the evidence could not be evaluated (Cholesky failed)")
         x[free] = best.x
     value = negative(x[free])[0] if np.any(free) else negative(np.zeros(0))[0]
-    return np.exp(x[:G]), float(np.exp(x[G])), float(-value)
+    # a fixed level as given (exp(log(0.07)) is 0.07000000000000005)
+    levels = np.where(free[:G], np.exp(x[:G]), np.asarray(levels0, dtype=float))
+    return levels, float(np.exp(x[G])), float(-value)
