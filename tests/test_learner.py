@@ -2248,9 +2248,9 @@ def test_a_walker_labelled_while_running_hot_restarts_from_its_last_good_frame(t
     L.run(10)
     w = L.walkers[0]
     good_positions = w.good[0].copy()
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
-    MaxwellBoltzmannDistribution(w.atoms, temperature_K=3000, rng=np.random.default_rng(0))
+    thermalize_momenta(w.atoms, temperature_K=3000, rng=np.random.default_rng(0))
     w.atoms.positions += 0.01  # not the good frame
     assert w.running_hot(300)
     n = L.n_labelled
@@ -2262,7 +2262,7 @@ def test_a_walker_labelled_while_running_hot_restarts_from_its_last_good_frame(t
     assert len(hot) == 1 and hot[0]["temperature"] > 1500 and hot[0]["target_T"] == 300
     # a walker labelled at its thermostat's temperature goes on from its own frame
     w.atoms.positions += 0.01
-    MaxwellBoltzmannDistribution(w.atoms, temperature_K=300, rng=np.random.default_rng(1))
+    thermalize_momenta(w.atoms, temperature_K=300, rng=np.random.default_rng(1))
     here = w.atoms.positions.copy()
     assert not w.running_hot(300)
     assert L._label_round(300, (([w], "uncertain"),))

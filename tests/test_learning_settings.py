@@ -218,7 +218,7 @@ def test_exact_frames_default_all_and_range():
 
 def test_blow_up_limit_follows_the_temperature_of_the_step(tmp_path):
     import numpy as np
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     from gpal.learning.sampler import temperature_limit
 
@@ -227,8 +227,7 @@ def test_blow_up_limit_follows_the_temperature_of_the_step(tmp_path):
     L = _learner(tmp_path, progress=False)
     L.run(1)  # the bootstrap makes a model and the walkers
     w = L.walkers[0]
-    MaxwellBoltzmannDistribution(w.atoms, temperature_K=2000.0, rng=np.random.default_rng(0),
-                                 force_temp=True)
+    thermalize_momenta(w.atoms, temperature_K=2000.0, rng=np.random.default_rng(0), exact_temperature=True)
     assert "> 1400 K" in L._blown_up(w, 300.0)  # hot for the start of the ramp
     assert L._blown_up(w, 600.0) is None  # not for its end (2300 K)
     L.max_temperature = 2500.0  # a limit the user sets holds at every step
