@@ -2105,7 +2105,7 @@ class ActiveLearner:
             "force_zms": float(np.mean(z**2)),
             "force_coverage90": float(np.mean(np.abs(z) <= 1.6448536269514722)),
         }
-        self._times["validation"] = self._times.get("validation", 0.0) + time.perf_counter() - t0
+        self._times["validation"] += time.perf_counter() - t0
         if record:
             self._log({"event": "validation", "step": self.step, "oracle_calls": self.oracle.n_calls, **out})
         return out
@@ -2194,7 +2194,7 @@ class ActiveLearner:
             stop_checks=self._stop_checks() if self.stopping is not None else {},
             target=self._target_summary(),
             oracle_calls_unlabelled=max(self.oracle.n_calls - (self.n_labelled - self._reasons.count("initial")), 0),
-            time_validation=self._times.get("validation", 0.0),
+            time_validation=self._times["validation"],
             wall_time_total=self._wall_before + wall,
         )
 
