@@ -278,7 +278,7 @@ def fake_learner(monkeypatch):
 
     _FakeLearner.calls = []
     monkeypatch.setattr(gpal.learning.learner, "ActiveLearner", _FakeLearner)
-    monkeypatch.setattr(gpal.cli, "_validation_frames", lambda *args: [])
+    monkeypatch.setattr(gpal.cli, "_validation_frames", lambda *args, **kw: [])
     return _FakeLearner
 
 
@@ -604,7 +604,8 @@ def test_an_unset_validation_temperature_follows_the_md_protocol(tmp_path, fake_
     import gpal.cli
 
     seen = []
-    monkeypatch.setattr(gpal.cli, "_validation_frames", lambda structure, oracle, cfg: seen.append(cfg) or ([], 0))
+    monkeypatch.setattr(gpal.cli, "_validation_frames",
+                        lambda structure, oracle, cfg, progress=True: seen.append(cfg) or ([], 0))
     for k, (md, val, expected) in enumerate([("temperature = 700.0", "", 700.0),
                                              ("temperature = [300.0, 800.0]", "", 800.0),
                                              ("temperature = 700.0", "temperature = 500.0", 500.0)]):

@@ -127,8 +127,9 @@ def _structure(spec: dict):
     return atoms.repeat(tuple(spec.get("repeat", [1, 1, 1])))
 
 
-def _validation_frames(structure, oracle_spec, cfg: dict):
-    """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled.
+def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True):
+    """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled
+    (a progress bar over its MD steps with ``progress``).
 
     Returns the frames and the number of oracle evaluations the trajectory made.
     """
@@ -156,18 +157,23 @@ def _validation_frames(structure, oracle_spec, cfg: dict):
     dyn = Langevin(a, cfg.get("timestep", 1.0) * units.fs, temperature_K=cfg["temperature"],
                    friction=0.02 / units.fs, fixcm=False, rng=rng)
     frames = []
-    for _ in range(int(cfg["steps"]) // int(cfg["every"])):
+    n_blocks, every = int(cfg["steps"]) // int(cfg["every"]), int(cfg["every"])
+    bar = _progress(n_blocks * every, progress, "gpal validation trajectory")
+    for _ in range(n_blocks):
         try:  # (the MD steps and the labels call the oracle)
-            dyn.run(int(cfg["every"]))
+            dyn.run(every)
+            bar.update(every)
             energy, forces = a.get_potential_energy(), a.get_forces()
             stress = a.get_stress() if np.all(a.pbc) else None
         except (Exception, SystemExit) as exc:  # the oracle is foreign code (sys.exit in it: not gpal's exit)
             from ..exceptions import OracleError
             from ..learning.oracle import failure_text
 
+            bar.close()
             raise OracleError(f"[validation] the oracle MD trajectory failed after {n_calls} oracle calls: "
                               f"{failure_text(exc)}") from None
         frames.append(labelled(a, energy=energy, forces=forces, stress=stress, bare=False))
+    bar.close()
     return frames, n_calls
 
 
@@ -578,7 +584,8 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     validation = None
     if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
         print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
-        validation, n_validation_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"])
+        validation, n_validation_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"],
+                                                            progress=not args.quiet)
     executor = None
     n_workers = int(cfg.get("workers", 1))
     if n_workers > 1:
