@@ -478,6 +478,15 @@ def test_plots_write_png(tmp_path):
         assert p.exists() and _is_png(p)
     with pytest.raises(ValueError):
         plot_learning_curve([0, 1], [0.5], [1, 2], tmp_path / "x.png")
+    # the learner's form: calls at their own steps (one per label), errors possibly none yet
+    for st, err in (([10, 40], [0.2, 0.1]), ([], [])):
+        p = plot_learning_curve(st, err, [4, 5, 7], tmp_path / f"lc{len(st)}.png", call_steps=[0, 20, 35],
+                                error_label="held-out", last_step=50)
+        assert _is_png(p)
+    with pytest.raises(ValueError):
+        plot_learning_curve([], [], [], tmp_path / "x.png", call_steps=[])
+    with pytest.raises(ValueError):
+        plot_learning_curve([1], [0.1], [4, 5], tmp_path / "x.png", call_steps=[0])
 
 
 def test_two_term_calibrator_recovers_both_factors():

@@ -148,7 +148,7 @@ def test_oracle_retry_recovers(tmp_path):
     assert all("SCF did not converge" in r["error"] and r["attempt"] >= 1 and "step" in r for r in failed)
     # without validation frames the learning curve shows the labels' held-out error
     labels, errors, what = L._curve_data()
-    assert what.startswith("held-out force RMSE") and errors and all(e > 0 for _, e in errors)
+    assert what.startswith("force RMSE, held-out labels") and errors and all(e > 0 for _, e in errors)
     assert [c for _, c in labels] == sorted(c for _, c in labels)
 
 
@@ -2399,7 +2399,7 @@ def test_a_resumed_runs_curve_and_summary_cover_every_session(tmp_path):
     second = again.run(120)
     assert json.loads((run / "summary.json").read_text())["finished"] is True
     labels, errors, what = again._curve_data()  # the plot's data: both sessions, from the log
-    assert what == "force RMSE on the validation frames"
+    assert what == "force RMSE, validation frames"
     steps = [s for s, _ in errors]
     assert steps[0] <= first.steps < steps[-1] and len(steps) == len(set(steps))
     assert labels[-1][1] == second.oracle_calls

@@ -216,48 +216,75 @@ def plot_learning_curve(
     tolerance: float | None = None,
     units: str = "",
     title: str | None = None,
+    call_steps=None,
+    error_label: str = "validation error",
+    last_step: float | None = None,
+    error_name: str | None = None,
 ) -> Path:
-    """Validation error (log scale) and cumulative oracle calls against learner step.
+    """An error (log scale) and the cumulative oracle calls against MD step.
 
     Parameters
     ----------
-    steps, val_error, oracle_calls : array_like of shape (n_checks,)
+    steps, val_error : array_like of shape (n_checks,)
+        Where the error was measured and its value (may be empty when ``call_steps``
+        gives the calls).
+    oracle_calls : array_like
+        Cumulative oracle calls, at ``steps`` or, if given, at ``call_steps`` (same
+        length as the array it pairs with).
     path : str or path-like
     tolerance : float, optional
         Drawn as a horizontal line.
+    units : str
+        Of the error, e.g. "eV/Å".
+    title : str, optional
+    call_steps : array_like, optional
+        Steps of the oracle-call counts when they are not the error's (the active
+        learner: one per label).
+    error_label : str, default "validation error"
+        What the error is, in the legend.
+    last_step : float, optional
+        The calls' step line runs on to here (the run's last step).
+    error_name : str, optional
+        The error axis' name (default: ``error_label``).
 
     Returns
     -------
     pathlib.Path
     """
+    from matplotlib.ticker import MaxNLocator
+
     st = _finite_array("steps", steps).ravel()
     ve = _finite_array("val_error", val_error).ravel()
     oc = _finite_array("oracle_calls", oracle_calls).ravel()
-    if not (st.size == ve.size == oc.size) or st.size == 0:
+    cs = st if call_steps is None else _finite_array("call_steps", call_steps).ravel()
+    if st.size != ve.size or cs.size != oc.size or (ve.size == 0 and oc.size == 0) or (
+            call_steps is None and st.size == 0):
         raise ValueError(
-            f"steps, val_error and oracle_calls must have the same non-zero length, "
-            f"got {st.size}, {ve.size}, {oc.size}"
+            f"steps and val_error, and the calls and their steps, must have the same lengths, and not all be "
+            f"empty; got {st.size}, {ve.size}, {oc.size} calls at {cs.size} steps"
         )
     if np.any(ve < 0):
         raise ValueError("val_error must be non-negative")
-    fig = _new_figure(figsize=(5.5, 4.0))
+    fig = _new_figure(figsize=(6.0, 4.2))
     ax = fig.add_subplot()
-    ax.plot(st, ve, "o-", color="C0", ms=4, label="validation error")
-    if tolerance is not None:
-        ax.axhline(float(tolerance), color="C0", ls=":", lw=1, label="tolerance")
-    if np.all(ve > 0):
-        ax.set_yscale("log")
-    u = f" ({units})" if units else ""
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"validation error{u}", color="C0")
-    ax2 = ax.twinx()
-    ax2.step(st, oc, where="post", color="C1", label="oracle calls")
-    ax2.set_ylabel("oracle calls (cumulative)", color="C1")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(
-        lines[0] + lines2[0], lines[1] + lines2[1], loc="upper center", fontsize=8
-    )
+    ax.set_xlabel("MD step (per walker)")
+    if ve.size:
+        ax.plot(st, ve, "o-", color="C0", ms=3, label=error_label)
+        if tolerance is not None:
+            ax.axhline(float(tolerance), color="C0", ls=":", lw=1, label="tolerance")
+        if np.all(ve > 0):
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{error_name or error_label}{f' ({units})' if units else ''}", color="C0")
+    ax2 = ax.twinx() if ve.size else ax
+    if oc.size:
+        x, y = list(cs), list(oc)
+        if last_step is not None and last_step > x[-1]:
+            x, y = x + [last_step], y + [y[-1]]
+        ax2.step(x, y, where="post", color="C1", label="oracle calls")
+        ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.set_ylabel("oracle calls (cumulative)", color="C1")
+    handles = [h for a in ([ax] if ax2 is ax else [ax, ax2]) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="upper center", fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     return _save(fig, path)

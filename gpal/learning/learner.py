@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -1669,23 +1670,22 @@ class ActiveLearner:
         k = min(int(np.floor((T - T0 + tol) / span * n)), n)  # the highest step reached
         if k < 1:
             return []
+        labels = None  # train.xyz, read only when needed (once per process, then per step due)
         if self._hottest_label is None:  # first call of this process (also after a resume)
             ramp = max((self.ramp_steps or 1) - 1, 1)
-            at = [int(a.info.get("gpal_step", 0)) for a in read_frames(self.train_path)] \
-                if self.train_path.exists() else []
-            self._hottest_label = max([self.md.temperature_at(s / ramp) for s in at] or [T0])
+            labels = read_frames(self.train_path) if self.train_path.exists() else []
+            self._hottest_label = max([self.md.temperature_at(int(a.info.get("gpal_step", 0)) / ramp)
+                                       for a in labels] or [T0])
         if self._hottest_label >= T0 + k * span / n - tol:  # labelled there already
             return []
         free = [w for w in self.walkers if not self.trigger.capped(
             self._label_steps.get(w.index, []), self.step if steps is None else int(steps[w.index]))]
         if not free:
             return []
-        # each walker's labels over the whole run (train.xyz; read only when a step is due)
-        counts: dict = {}
-        for a in read_frames(self.train_path) if self.train_path.exists() else []:
-            if a.info.get("gpal_walker") is not None:
-                counts[int(a.info["gpal_walker"])] = counts.get(int(a.info["gpal_walker"]), 0) + 1
-        return [min(free, key=lambda w: counts.get(w.index, 0))]  # (ties: the first)
+        if labels is None:
+            labels = read_frames(self.train_path) if self.train_path.exists() else []
+        counts = Counter(int(a.info["gpal_walker"]) for a in labels if a.info.get("gpal_walker") is not None)
+        return [min(free, key=lambda w: counts[w.index])]  # each walker's labels over the run (ties: the first)
 
     def _count_blowups(self, index: int, reason: str | None, T: float) -> None:
         """Count walker ``index``'s MD steps in a row that blew up (``reason``, else None);
@@ -2270,8 +2270,8 @@ class ActiveLearner:
                 labels.append((step, int(r["oracle_calls"])))  # (calls: all paid, left timelines too)
             elif isinstance(r.get(key), (int, float)) and np.isfinite(r[key]) and r[key] > 0:
                 errors[step] = float(r[key])
-        what = ("force RMSE on the validation frames" if self.validation
-                else "held-out force RMSE of the labels (leave-one-frame-out)")
+        what = ("force RMSE, validation frames" if self.validation
+                else "force RMSE, held-out labels (leave-one-frame-out)")
         return labels, sorted(errors.items()), what
 
     def _plots(self) -> None:
@@ -2279,39 +2279,20 @@ class ActiveLearner:
         oracle calls and a force error against MD step. The error is the RMSE on the
         user's validation frames, or without them the held-out force RMSE of the
         calibration (leave-one-frame-out, on the judged half of the labels)."""
-        from matplotlib.ticker import MaxNLocator
-
         from .. import calibration
 
         labels, errors, what = self._curve_data()
         if not labels and not errors:
             return
-        fig = calibration._new_figure(figsize=(6.0, 4.2))  # no pyplot, no backend change
-        ax = fig.add_subplot()
-        ax.set_xlabel("MD step (per walker)")
-        if errors:
-            st, err = zip(*errors)
-            ax.plot(st, err, "o-", color="C0", ms=3, label=what)
-            ax.set_yscale("log")
-            tol = getattr(self.stopping, "tolerance", None)
-            if tol is not None:
-                ax.axhline(float(tol), color="C0", ls=":", lw=1, label="stopping tolerance")
-            ax.set_ylabel("force RMSE (eV/Å)", color="C0")
-        ax2 = ax.twinx() if errors else ax
-        if labels:
-            st, calls = (list(v) for v in zip(*labels))
-            ax2.step(st + [max(self.step, st[-1])], calls + [calls[-1]], where="post", color="C1",
-                     label="oracle calls of the loop")
-            ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
-            ax2.set_ylabel("oracle calls (cumulative)", color="C1")
-        handles = [h for a in ([ax] if ax2 is ax else [ax, ax2]) for h in a.get_legend_handles_labels()[0]]
-        ax.legend(handles=handles, loc="upper center", fontsize=8)
-        n_val = self._calls.get("validation", 0)
-        t = self.md.temperature
+        t, n_val = self.md.temperature, self._calls.get("validation", 0)
         ramp = f", {t[0]:g} → {t[1]:g} K" if isinstance(t, (tuple, list)) and t[0] != t[1] else ""
-        ax.set_title(f"active learning{ramp}" + (f" ({n_val} more oracle calls made the validation frames)"
-                                                  if n_val else ""), fontsize=10)
-        fig.savefig(self.run_dir / "learning_curve.png", dpi=120)
+        (st, err), (call_st, calls) = ([list(v) for v in zip(*x)] if x else ([], []) for x in (errors, labels))
+        calibration.plot_learning_curve(
+            st, err, calls, self.run_dir / "learning_curve.png", call_steps=call_st, error_label=what,
+            error_name="force RMSE",
+            units="eV/Å", tolerance=getattr(self.stopping, "tolerance", None), last_step=self.step,
+            title=f"active learning{ramp}" + (f" ({n_val} more oracle calls made the validation frames)"
+                                              if n_val else ""))
 
     # ------------------------------------------------------------------ resume
     @classmethod

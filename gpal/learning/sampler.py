@@ -231,8 +231,7 @@ class _Walker:
         """Go back to the last good frame with fresh Maxwell-Boltzmann momenta at
         ``temperature`` (K) and new dynamics (after a blow-up, or a label of a hot frame)."""
         self.restore(self.good)
-        thermalize_momenta(self.atoms, temperature_K=temperature, rng=self.rng)
-        Stationary(self.atoms)
+        self.refresh_momenta(temperature)
         self.dyn = self._make_dyn(temperature)
 
     def refresh_momenta(self, temperature: float) -> None:
