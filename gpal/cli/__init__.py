@@ -692,14 +692,16 @@ def _json_object(text: str) -> dict:
 
 
 def _learner_sparse_count(frames) -> int:
-    """200, or for frames an active-learning run labelled (``gpal_reason`` in their info) the
-    sparse count its default growth gives: 300 + 20 per label after the bootstrap, at most
-    2000 (:class:`gpal.learning.settings.Bootstrap` and ``ModelGrowth``)."""
+    """SparseGP's default (200), or for frames an active-learning run labelled
+    (``gpal_reason`` in their info) the sparse count its default growth gives: 300 + 20 per
+    label after the bootstrap, at most 2000 (:class:`gpal.learning.settings.Bootstrap` and
+    ``ModelGrowth``)."""
     from ..learning.settings import Bootstrap, ModelGrowth
+    from ..model import SparseGP
 
     reasons = [a.info.get("gpal_reason") for a in frames]
     if not any(reasons):
-        return 200
+        return SparseGP().n_sparse
     g = ModelGrowth()
     after = sum(1 for r in reasons if r and r not in ("bootstrap", "initial"))
     return min(Bootstrap().n_sparse + g.sparse_per_label * after, g.max_sparse)
@@ -733,7 +735,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     n_sparse = args.n_sparse
     if n_sparse is None:
         n_sparse = _learner_sparse_count(frames)
-        if n_sparse != 200:
+        if n_sparse != SparseGP().n_sparse:
             print(f"gpal: --n-sparse {n_sparse}: these frames come from an active-learning run, and the "
                   "learner's default growth (300 sparse environments, 20 more per label after the bootstrap) "
                   "gives that many (the plain default 200 fitted such sets 2.5-5x worse); give --n-sparse to "
