@@ -190,7 +190,24 @@ class Kernel(BaseEstimator):
         return clone(self)
 
     def clone_with_theta(self, theta) -> "Kernel":
-        """A clone whose non-fixed hyperparameters are ``exp(theta)``."""
+        """A clone whose non-fixed hyperparameters are ``exp(theta)``.
+
+        Parameters
+        ----------
+        theta : array_like of shape (n_dims,)
+            Log of the non-fixed hyperparameters, in :attr:`theta` order
+            (``signal_variance``, eV², first unless it is fixed).
+
+        Returns
+        -------
+        Kernel
+            A new kernel of the same type; ``self`` is unchanged.
+
+        Raises
+        ------
+        ValueError
+            ``theta`` does not have :attr:`n_dims` entries.
+        """
         new = self.clone()
         new.theta = theta
         return new
@@ -280,16 +297,66 @@ class Kernel(BaseEstimator):
         raise NotImplementedError
 
     def gradient_x(self, X, Z) -> np.ndarray:  # pragma: no cover
-        """``G[n, m, :] = ∂k(x_n, z_m)/∂x_n``, shape (n, m, n_features)."""
+        """``G[n, m, :] = ∂k(x_n, z_m)/∂x_n``, shape (n, m, n_features).
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Descriptor rows.
+        Z : array_like of shape (m, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n, m, n_features)
+            In kernel units (eV², those of ``signal_variance``) per descriptor unit.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, here: a kernel implements it.
+        """
         raise NotImplementedError
 
     def diag(self, X) -> np.ndarray:
-        """``k(x_n, x_n)``, shape (n,) (generic: one row at a time)."""
+        """``k(x_n, x_n)``, shape (n,) (generic: one row at a time).
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Descriptor rows.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Prior variances, eV² (the units of ``signal_variance``).
+        """
         X = np.asarray(X, dtype=np.float64)
         return np.array([self(X[i:i + 1], X[i:i + 1])[0, 0] for i in range(len(X))])
 
     def value_and_weighted_gradient(self, X, Z, alpha) -> tuple[np.ndarray, np.ndarray]:
-        """``(K, Σ_m alpha_m ∂k(x_n, z_m)/∂x_n)``: the kernel rows and what forces need."""
+        """``(K, Σ_m alpha_m ∂k(x_n, z_m)/∂x_n)``: the kernel rows and what forces need.
+
+        Generic form, through the dense :meth:`gradient_x` (an (n, m, n_features)
+        array); ``alpha``'s shape is not checked here.
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Descriptor rows.
+        Z : array_like of shape (m, n_features)
+            Sparse rows.
+        alpha : array_like of shape (m,)
+            Weights of the sparse rows (``K @ alpha``: local energies, eV, for a
+            model's weights).
+
+        Returns
+        -------
+        K : ndarray of shape (n, m)
+            Kernel rows, eV².
+        G : ndarray of shape (n, n_features)
+            ``∂(K @ alpha)_n / ∂x_n``, the local energies' gradient with respect to the
+            descriptor rows.
+        """
         return self(X, Z), np.einsum("nmf,m->nf", self.gradient_x(X, Z), np.asarray(alpha, dtype=np.float64))
 
     def contract_gradient(self, X, Z, center, dX, eval_gradient: bool = False):
@@ -298,6 +365,33 @@ class Kernel(BaseEstimator):
         The building block of training force and stress rows. The generic form supports
         ``eval_gradient`` only for the signal variance (an overall factor); other
         hyperparameters need the kernel's own form (as CosineKernel has).
+
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Descriptor rows of the atoms of a frame.
+        Z : array_like of shape (m, n_features)
+            Sparse (inducing) rows.
+        center : array_like of int, shape (n_pairs,)
+            Row of ``X`` each pair derivative belongs to.
+        dX : array_like of shape (n_pairs, 3, n_features)
+            ``dX[p]`` = derivative of ``X[center[p]]`` with respect to pair vector
+            ``p``, 1/Å.
+        eval_gradient : bool, default False
+            Also return the derivative with respect to ``theta`` (log space).
+
+        Returns
+        -------
+        out : ndarray of shape (n_pairs, 3, m)
+            eV²/Å (kernel units per Å).
+        out_gradient : ndarray of shape (n_pairs, 3, m, n_dims)
+            ``d out / d theta``; only when ``eval_gradient`` is True.
+
+        Raises
+        ------
+        NotImplementedError
+            ``eval_gradient`` with a non-fixed hyperparameter other than
+            ``signal_variance`` (and whatever :meth:`gradient_x` raises).
         """
         G = self.gradient_x(X, Z)
         out = np.einsum("pmf,paf->pam", G[np.asarray(center)], np.asarray(dX, dtype=np.float64))
@@ -490,10 +584,30 @@ class CosineKernel(Kernel):
         The prediction path needs both; this normalises the rows and forms the cosines
         once.
 
+        Parameters
+        ----------
+        X : array_like of shape (n, n_features)
+            Raw descriptor rows.
+        Z : array_like of shape (m, n_features)
+            Sparse rows (raw; normalised here).
+        alpha : array_like of shape (m,)
+            Weights of the sparse rows (``K @ alpha``: local energies, eV, for a
+            model's weights).
+
         Returns
         -------
         K : ndarray of shape (n, m)
+            Kernel rows, eV².
         G : ndarray of shape (n, n_features)
+            ``Σ_m alpha_m ∂k(x_n, z_m)/∂x_n``.
+
+        Raises
+        ------
+        ValueError
+            ``alpha`` is not of shape (m,), ``X`` or ``Z`` is not 2-D, finite, or of the
+            same number of features, or a hyperparameter is invalid.
+        TypeError
+            ``X`` or ``Z`` is not a real numeric array.
         """
         X, Xh, xn, Z, Zh, zn = self._prepare(X, Z)
         alpha = np.asarray(alpha, dtype=np.float64)

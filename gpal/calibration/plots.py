@@ -107,9 +107,29 @@ def plot_parity(
 def plot_calibration_curve(error, std, path, *, title: str | None = None) -> Path:
     """Observed vs expected coverage of central Gaussian intervals (ideal: diagonal).
 
+    The legend gives the miscalibration area between the curve and the diagonal
+    (:func:`gpal.calibration.calibration_curve`, 100 levels from 0.01 to 0.99).
+
+    Parameters
+    ----------
+    error : array_like, any shape (flattened)
+        ``prediction - reference``, e.g. force components in eV/Å.
+    std : array_like, same shape as ``error``
+        Predicted stds, same unit, > 0.
+    path : str or path-like
+        PNG file to write.
+    title : str, optional
+
     Returns
     -------
     pathlib.Path
+        ``path``, written.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, ``error`` is empty, a value is NaN or infinite, or a std is not
+        strictly positive.
     """
     expected, observed = calibration_curve(error, std)
     area = _area_between(expected, observed - expected)
@@ -134,9 +154,33 @@ def plot_error_vs_uncertainty(
     """Binned RMSE vs RMV (equal-count std bins) with the ideal y = x line, log-log when
     the values span a decade or more, else linear from 0.
 
+    The legend gives the ENCE, ``mean(|RMV - RMSE| / RMV)`` over the bins
+    (:func:`gpal.calibration.binned_rmse_rmv`).
+
+    Parameters
+    ----------
+    error : array_like, any shape (flattened)
+        ``prediction - reference``, e.g. force components in eV/Å.
+    std : array_like, same shape as ``error``
+        Predicted stds, same unit, > 0.
+    path : str or path-like
+        PNG file to write.
+    n_bins : int, default 10
+        Bins of equal count (at most one per sample).
+    units : str, default ""
+        Of ``error`` and ``std``, for the axis labels, e.g. ``"eV/Å"``.
+    title : str, optional
+
     Returns
     -------
     pathlib.Path
+        ``path``, written.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, ``error`` is empty, a value is NaN or infinite, a std is not
+        strictly positive, or ``n_bins`` is not an integer >= 1.
     """
     rmv, rmse, count = binned_rmse_rmv(error, std, n_bins)
     ence = float(np.mean(np.abs(rmv - rmse) / rmv))
@@ -177,9 +221,31 @@ def plot_z_histogram(
     """Histogram of z = error/std with the standard normal density overlaid (|z| beyond
     the 99.5 % quantile, or 4, is drawn in the edge bins; the legend says how many).
 
+    The histogram spans ``±max(4, 99.5 % quantile of |z|)``; the legend also gives
+    the ZMS, ``mean(z²)`` (1 when calibrated).
+
+    Parameters
+    ----------
+    error : array_like, any shape (flattened)
+        ``prediction - reference``, e.g. force components in eV/Å.
+    std : array_like, same shape as ``error``
+        Predicted stds, same unit, > 0.
+    path : str or path-like
+        PNG file to write.
+    bins : int, default 50
+        Number of histogram bins.
+    title : str, optional
+
     Returns
     -------
     pathlib.Path
+        ``path``, written.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, ``error`` is empty, a value is NaN or infinite, a std is not
+        strictly positive, or ``bins`` is not an integer >= 1.
     """
     e, s = _check_error_std(error, std)
     bins = _check_positive_int("bins", bins)

@@ -32,7 +32,27 @@ class StdCalibrator:
 
     @_thread_policy()
     def fit(self, error, std) -> "StdCalibrator":
-        """Fit on arrays of the same shape (error = prediction - reference, std > 0)."""
+        """Fit on arrays of the same shape (error = prediction - reference, std > 0).
+
+        Parameters
+        ----------
+        error : array_like, any shape (flattened)
+            Held-out errors ``prediction - reference``, e.g. force components in eV/Å or
+            energies in eV.
+        std : array_like, same shape as ``error``
+            Predicted stds of the same quantities, same unit as ``error``, > 0.
+
+        Returns
+        -------
+        self
+            With ``scale_`` (dimensionless) and ``n_samples_`` (``error.size``) set.
+
+        Raises
+        ------
+        ValueError
+            Shapes differ, ``error`` is empty, a value is NaN or infinite, or a std is
+            not strictly positive.
+        """
         e, s = _check_error_std(error, std)
         self.scale_ = float(np.sqrt(np.mean((e / s) ** 2)))
         self.n_samples_ = int(e.size)
@@ -45,7 +65,25 @@ class StdCalibrator:
             )
 
     def transform(self, std) -> np.ndarray:
-        """Calibrated std, ``scale_ * std`` (same shape)."""
+        """Calibrated std, ``scale_ * std`` (same shape).
+
+        Parameters
+        ----------
+        std : array_like, any shape
+            Raw predicted stds (>= 0, finite), e.g. eV/Å for forces.
+
+        Returns
+        -------
+        ndarray of the shape of ``std``
+            In the unit of ``std``.
+
+        Raises
+        ------
+        NotFittedError
+            :meth:`fit` (or :meth:`from_dict` with a scale) has not set ``scale_``.
+        ValueError
+            ``std`` holds NaN, infinite or negative values.
+        """
         self._check_fitted()
         s = _finite_array("std", std)
         if np.any(s < 0):
@@ -53,7 +91,23 @@ class StdCalibrator:
         return self.scale_ * s
 
     def bound(self, std) -> np.ndarray:
-        """Calibrated bound ``scale_ * std`` (:class:`StoppingRule`, use="scale")."""
+        """Calibrated bound ``scale_ * std`` (:class:`StoppingRule`, use="scale").
+
+        Parameters
+        ----------
+        std : array_like, any shape
+            Raw predicted stds (>= 0, finite).
+
+        Returns
+        -------
+        ndarray of the shape of ``std``
+            The same as :meth:`transform`, in the unit of ``std``.
+
+        Raises
+        ------
+        NotFittedError, ValueError
+            As :meth:`transform`.
+        """
         return self.transform(std)
 
     def to_dict(self) -> dict:
@@ -69,7 +123,24 @@ class StdCalibrator:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StdCalibrator":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            ``{"class": "StdCalibrator", "scale": float or None, "n_samples": int or
+            None}``; with ``"scale"`` None the result is not fitted.
+
+        Returns
+        -------
+        StdCalibrator
+
+        Raises
+        ------
+        ValueError
+            ``d`` is not a dict with ``"class": "StdCalibrator"``, or its scale is not a
+            finite number > 0.
+        """
         if not isinstance(d, dict) or d.get("class") != "StdCalibrator":
             raise ValueError(f"not a StdCalibrator dict: {d!r}")
         obj = cls()
@@ -137,6 +208,32 @@ class TwoTermCalibrator:
         """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar).
 
         ``novelty`` (n,) in [0, 1], optional: also fit the novelty term (see the class).
+
+        Parameters
+        ----------
+        error : array_like of shape (n,)
+            Held-out errors ``prediction - label`` (flattened), e.g. force components in
+            eV/Å.
+        std : array_like of shape (n,)
+            Learnable (projected) std σ of each prediction, >= 0, unit of ``error``.
+        noise : float or array_like broadcastable to shape (n,)
+            Label noise std σ_n, > 0, unit of ``error``.
+        novelty : array_like of shape (n,), optional
+            Environment novelty ν in [0, 1]. Ignored (no novelty term) when None or when
+            no ν is > 0.
+
+        Returns
+        -------
+        self
+            With ``scale_``, ``noise_scale_``, ``novelty_scale_``, ``novelty_max_`` and
+            ``n_samples_`` set.
+
+        Raises
+        ------
+        ValueError
+            Shapes differ, ``error`` is empty, a value is NaN or infinite, a std is
+            negative, a noise is not > 0, a novelty lies outside [0, 1], or
+            ``min_scale`` is not in (0, 1].
         """
         import scipy.optimize
 
@@ -201,7 +298,31 @@ class TwoTermCalibrator:
         return self
 
     def transform(self, std, noise, novelty=0.0) -> np.ndarray:
-        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² min(ν, novelty_max_))``."""
+        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² min(ν, novelty_max_))``.
+
+        Parameters
+        ----------
+        std : array_like
+            Learnable std σ (>= 0, finite), e.g. force components in eV/Å.
+        noise : float or array_like
+            Label noise std σ_n, same unit, broadcast against ``std`` (not checked).
+        novelty : float or array_like, default 0.0
+            Environment novelty ν in [0, 1], broadcast against ``std`` (not checked);
+            used only when ``novelty_scale_`` > 0.
+
+        Returns
+        -------
+        ndarray
+            Of the shape of ``std`` (broadcast with ``noise`` and ``novelty``), in the
+            unit of ``std``; ``scale_ * std`` when both other factors are 0.
+
+        Raises
+        ------
+        NotFittedError
+            Not fitted yet.
+        ValueError
+            ``std`` holds NaN, infinite or negative values.
+        """
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
         std = _finite_array("std", std)
@@ -245,7 +366,27 @@ class SplitConformal:
         self.alpha = _check_alpha(alpha)
 
     def fit(self, error, std) -> "SplitConformal":
-        """Fit on arrays of the same shape (error = prediction - reference, std > 0)."""
+        """Fit on arrays of the same shape (error = prediction - reference, std > 0).
+
+        Parameters
+        ----------
+        error : array_like, any shape (flattened)
+            Calibration errors ``prediction - reference`` (e.g. eV/Å for forces).
+        std : array_like, same shape as ``error``
+            Predicted stds, same unit, > 0.
+
+        Returns
+        -------
+        self
+            With ``quantile_`` (in units of ``std``; ``inf`` when the n samples are too
+            few, with a ``UserWarning``) and ``n_samples_`` set.
+
+        Raises
+        ------
+        ValueError
+            Shapes differ, ``error`` is empty, a value is NaN or infinite, or a std is
+            not strictly positive.
+        """
         e, s = _check_error_std(error, std)
         scores = np.sort(np.abs(e / s))
         n = scores.size
@@ -273,7 +414,26 @@ class SplitConformal:
             )
 
     def bound(self, std) -> np.ndarray:
-        """Half-width of the interval, ``quantile_ * std`` (same shape)."""
+        """Half-width of the interval, ``quantile_ * std`` (same shape).
+
+        Parameters
+        ----------
+        std : array_like, any shape
+            Predicted stds (>= 0, finite), in the units the scores were fitted in.
+
+        Returns
+        -------
+        ndarray of the shape of ``std``
+            In the unit of ``std`` (``inf`` where ``quantile_`` is infinite, NaN where
+            it is infinite and the std is 0).
+
+        Raises
+        ------
+        NotFittedError
+            Not fitted yet.
+        ValueError
+            ``std`` holds NaN, infinite or negative values.
+        """
         self._check_fitted()
         s = _finite_array("std", std)
         if np.any(s < 0):
@@ -281,7 +441,26 @@ class SplitConformal:
         return self.quantile_ * s
 
     def interval(self, pred, std) -> tuple[np.ndarray, np.ndarray]:
-        """``(pred - q̂·std, pred + q̂·std)``, each of the shape of ``pred``."""
+        """``(pred - q̂·std, pred + q̂·std)``, each of the shape of ``pred``.
+
+        Parameters
+        ----------
+        pred : array_like
+            Predictions (finite), e.g. force components in eV/Å.
+        std : array_like, same shape as ``pred``
+            Their predicted stds (>= 0), same unit.
+
+        Returns
+        -------
+        lower, upper : ndarray of the shape of ``pred``
+
+        Raises
+        ------
+        NotFittedError
+            Not fitted yet.
+        ValueError
+            NaN or infinite values, a negative std, or shapes that differ.
+        """
         p = _finite_array("pred", pred)
         b = self.bound(std)
         if b.shape != p.shape:
@@ -304,7 +483,25 @@ class SplitConformal:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SplitConformal":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            ``{"class": "SplitConformal", "alpha": float, "quantile": float, "inf" or
+            None, "n_samples": int or None}``; with ``"quantile"`` None the result is
+            not fitted.
+
+        Returns
+        -------
+        SplitConformal
+
+        Raises
+        ------
+        ValueError
+            ``d`` is not a dict with ``"class": "SplitConformal"``, ``alpha`` is not in
+            (0, 1), or the quantile is NaN or negative.
+        """
         if not isinstance(d, dict) or d.get("class") != "SplitConformal":
             raise ValueError(f"not a SplitConformal dict: {d!r}")
         obj = cls(alpha=d["alpha"])
@@ -383,7 +580,28 @@ class Calibration:
 
     def apply(self, std, noise=0.0, novelty=0.0) -> np.ndarray:
         """Calibrated std (shape of ``std``) from the raw ``std``, the label noise ``noise``
-        and the environments' ``novelty`` (both broadcast against ``std``)."""
+        and the environments' ``novelty`` (both broadcast against ``std``).
+
+        No input is checked (the calibrators' ``transform`` check ``std``).
+
+        Parameters
+        ----------
+        std : array_like
+            Raw std of the output, e.g. forces (n_atoms, 3) in eV/Å.
+        noise : float or array_like, default 0.0
+            Label noise std σ_n of the output, same unit; used when ``noise_scale`` or
+            ``novelty_scale`` is not 0.
+        novelty : float or array_like, default 0.0
+            Novelty ν in [0, 1] of each atom's environment (e.g. shape (n_atoms, 1)
+            against forces); used only when ``novelty_scale`` is not 0.
+
+        Returns
+        -------
+        ndarray
+            Calibrated std in the unit of ``std``: ``scale * std`` (shape of ``std``)
+            when ``noise_scale`` and ``novelty_scale`` are 0, else the shape ``std``,
+            ``noise`` (and ``novelty``) broadcast to.
+        """
         s = np.asarray(std, dtype=float)
         if self.noise_scale == 0.0 and self.novelty_scale == 0.0:
             return self.scale * s
@@ -413,7 +631,27 @@ class Calibration:
 
         Files written by gpal 0.1's ``gpal validate --calibrate`` hold ``conformal``, the
         quantile of ``|error| / raw std``; it is converted to calibrated units
-        (``conformal / scale``).
+        (``conformal / scale``) when the dict has neither ``conformal_q90`` nor
+        ``noise_scale``.
+
+        Parameters
+        ----------
+        d : Calibration, dict or number
+            A :class:`Calibration` (returned as it is), a dict with keys among
+            ``scale``, ``noise_scale``, ``conformal_q90``, ``novelty_scale``,
+            ``novelty_max`` (and the old ``conformal``), or a number, the ``scale``
+            (not a bool).
+
+        Returns
+        -------
+        Calibration
+
+        Raises
+        ------
+        TypeError
+            ``d`` is none of these (a bool included).
+        ValueError
+            Unknown keys, or values out of range (:class:`Calibration`'s parameters).
         """
         if isinstance(d, Calibration):
             return d

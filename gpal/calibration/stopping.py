@@ -103,7 +103,29 @@ class StoppingRule:
 
     @classmethod
     def from_state(cls, state: dict) -> "StoppingRule":
-        """The rule :meth:`state` described, with its count of consecutive passing checks."""
+        """The rule :meth:`state` described, with its count of consecutive passing checks.
+
+        Parameters
+        ----------
+        state : dict
+            :meth:`state`'s form: ``tolerance``, ``patience`` and ``use`` (required);
+            ``validation_tolerance``, ``streak`` (default 0), ``last_validation``
+            (``[step, error]`` or ``[step, error, name]``, default None) and
+            ``last_step`` (default None) optional.
+
+        Returns
+        -------
+        StoppingRule
+            With an empty :attr:`history`; the next :meth:`update` must come at a step
+            after ``last_step``.
+
+        Raises
+        ------
+        KeyError
+            A required key is missing.
+        ValueError
+            Invalid settings (as the constructor).
+        """
         rule = cls(tolerance=state["tolerance"], patience=state["patience"], use=state["use"],
                    validation_tolerance=state.get("validation_tolerance"))
         rule._streak = int(state.get("streak", 0))
@@ -128,6 +150,28 @@ class StoppingRule:
 
         ``calibrator`` must be a :class:`SplitConformal` when ``use="conformal"`` and a
         :class:`StdCalibrator` when ``use="scale"``.
+
+        Parameters
+        ----------
+        std_max : float
+            The largest raw std over the sampled frames (>= 0), e.g. eV/Å for forces.
+        calibrator : SplitConformal or StdCalibrator
+            Fitted on stds of the kind ``std_max`` is.
+
+        Returns
+        -------
+        float
+            ``calibrator.bound(std_max)``: ``quantile_ * std_max`` or
+            ``scale_ * std_max``, in the unit of ``std_max`` (``inf`` for an infinite
+            conformal quantile); what :meth:`update` takes as ``calibrated_bound_max``.
+
+        Raises
+        ------
+        ValueError
+            ``calibrator`` is not of the class ``use`` needs, or ``std_max`` is NaN,
+            infinite or negative.
+        NotFittedError
+            ``calibrator`` is not fitted.
         """
         expected = SplitConformal if self.use == "conformal" else StdCalibrator
         if not isinstance(calibrator, expected):

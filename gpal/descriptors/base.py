@@ -90,7 +90,26 @@ class PairExpansion:
         return self.descriptor.shape[0]
 
     def backward(self, G) -> np.ndarray:
-        """``dE/dvector`` of shape (n_pairs, 3) for ``E = Σ_i G[i] · X[i]``, G of shape (n_atoms, n_features)."""
+        """``dE/dvector`` of shape (n_pairs, 3) for ``E = Σ_i G[i] · X[i]``, G of shape (n_atoms, n_features).
+
+        Parameters
+        ----------
+        G : array_like of shape (n_atoms, n_features)
+            ``dE/dX`` of each atom's descriptor row (eV per descriptor unit for an
+            energy, e.g. a kernel's weighted gradient).
+
+        Returns
+        -------
+        ndarray of shape (n_pairs, 3)
+            ``dE/dvector[p] = dX[p] · G[center[p]]``, eV/Å for an energy in eV; forces
+            and stress follow by :func:`gpal.descriptors.pair_forces` and
+            :func:`gpal.descriptors.pair_stress`.
+
+        Raises
+        ------
+        ValueError
+            ``G`` is not of the descriptor's shape (n_atoms, n_features).
+        """
         G = np.asarray(G, dtype=np.float64)
         if G.shape != self.descriptor.shape:
             raise ValueError(f"G must have shape {self.descriptor.shape} (n_atoms, n_features), got {G.shape}.")
@@ -115,15 +134,63 @@ class Descriptor(BaseEstimator):
         register(_REGISTRY, cls, "descriptor")
 
     def create(self, atoms) -> np.ndarray:
-        """Descriptor rows, ndarray of shape (n_atoms, n_features)."""
+        """Descriptor rows, ndarray of shape (n_atoms, n_features).
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            One structure (positions in Å); its species among ``species_numbers_``.
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_features)
+            Row i describes atom i's environment within the cutoff.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, here: a subclass implements it.
+        """
         raise NotImplementedError
 
     def derivatives(self, atoms) -> PairDerivatives:
-        """Descriptor rows and their pair derivatives (:class:`PairDerivatives`)."""
+        """Descriptor rows and their pair derivatives (:class:`PairDerivatives`).
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            One structure (positions in Å).
+
+        Returns
+        -------
+        PairDerivatives
+            ``descriptor`` (n_atoms, n_features), the neighbour pairs (``center``,
+            ``neighbor``, ``vector`` in Å, ``offsets``), ``dX`` (n_pairs, 3,
+            n_features) in 1/Å, ``volume`` (Å³, nan without a cell) and ``numbers``.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, here: a subclass implements it.
+        """
         raise NotImplementedError
 
     def expand(self, atoms):
-        """Forward pass of a prediction; by default the pair derivatives themselves."""
+        """Forward pass of a prediction; by default the pair derivatives themselves.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            One structure (positions in Å).
+
+        Returns
+        -------
+        PairExpansion
+            Here :meth:`derivatives`' arrays (the descriptor rows, pairs and ``dX``),
+            whose :meth:`PairExpansion.backward` contracts ``dX``; a subclass may
+            return its own expansion with a ``backward`` of the same signature (SOAP's
+            adjoint pass).
+        """
         return PairExpansion.from_derivatives(self.derivatives(atoms))
 
     def to_dict(self) -> dict:
@@ -138,6 +205,17 @@ def descriptor_types() -> list[str]:
 
 def descriptor_from_dict(d: dict) -> Descriptor:
     """Rebuild a descriptor from :meth:`Descriptor.to_dict` output.
+
+    Parameters
+    ----------
+    d : dict
+        ``{"type": class name, "params": {...}}``; a dict without ``"type"`` is read as
+        a ``"SOAP"``.
+
+    Returns
+    -------
+    Descriptor
+        ``cls(**d["params"])`` of the registered class named ``d["type"]``.
 
     Raises
     ------

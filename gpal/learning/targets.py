@@ -386,7 +386,30 @@ class TargetSet:
 
     @classmethod
     def from_dict(cls, d: dict, structures) -> "TargetSet":
-        """Inverse of :meth:`to_dict` (with the structures)."""
+        """Inverse of :meth:`to_dict` (with the structures).
+
+        Parameters
+        ----------
+        d : dict
+            :meth:`to_dict`'s form; only ``quantity`` is required, a missing setting
+            takes the constructor's default except ``explore``, which defaults to 0
+            here (no exploring walkers).
+        structures : ase.Atoms or sequence of ase.Atoms
+            The target structures (saved apart from ``d``).
+
+        Returns
+        -------
+        TargetSet
+            With the settings and the schedule state (labelled structures, reference,
+            weight, recent uncertainties) of ``d``.
+
+        Raises
+        ------
+        KeyError
+            ``d`` has no ``quantity``.
+        ValueError
+            Invalid settings or structures (as the constructor).
+        """
         t = cls(structures, quantity=d["quantity"], atoms=d.get("atoms"), pair=d.get("pair"),
                 tolerance=d.get("tolerance"), w_floor=d.get("w_floor", 0.2), exponent=d.get("exponent", 1.0),
                 min_reduction=d.get("min_reduction", 0.1), window=d.get("window", 5),
@@ -402,7 +425,19 @@ class TargetSet:
 
     def save(self, run_dir) -> dict:
         """Write the structures to ``run_dir/targets.xyz`` (when they are not there yet,
-        e.g. a resume with another TargetSet) and return :meth:`to_dict`."""
+        e.g. a resume with another TargetSet) and return :meth:`to_dict`.
+
+        Parameters
+        ----------
+        run_dir : str or path-like
+            An existing run directory.
+
+        Returns
+        -------
+        dict
+            :meth:`to_dict` plus ``constraints``, the structures' ASE constraints (extended
+            XYZ keeps only some of them); :meth:`load` takes it back.
+        """
         from ..io import constraints_state, read_frames, write_frames
 
         path = Path(run_dir) / "targets.xyz"
@@ -413,7 +448,21 @@ class TargetSet:
 
     @classmethod
     def load(cls, d: dict, run_dir) -> "TargetSet":
-        """The TargetSet a run saved with :meth:`save`."""
+        """The TargetSet a run saved with :meth:`save`.
+
+        Parameters
+        ----------
+        d : dict
+            What :meth:`save` returned.
+        run_dir : str or path-like
+            The run directory holding ``targets.xyz``.
+
+        Returns
+        -------
+        TargetSet
+            As :meth:`from_dict`, the structures read from ``run_dir/targets.xyz`` with
+            their constraints restored.
+        """
         from ..io import read_frames, restore_constraints
 
         structures = read_frames(Path(run_dir) / "targets.xyz")
@@ -427,6 +476,22 @@ class TargetSet:
 
         No oracle call: a sparse point only lets the model resolve that environment's
         local energy; the labels decide its value. Returns the number added.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+            Changed in place (:meth:`gpal.SparseGP.add_sparse_environments`,
+            ``sparse_selection="variance"``).
+        max_sparse : int, optional
+            Cap on the size of the model's whole sparse set: each structure adds at most
+            ``min(n_sparse, max_sparse - current size)``, and none once the cap is
+            reached. None: ``n_sparse`` per structure.
+
+        Returns
+        -------
+        int
+            Environments added over all structures (near-duplicates of sparse points are
+            skipped, so possibly fewer than asked).
         """
         added = 0
         for a in self.structures:
@@ -572,6 +637,18 @@ class TargetSet:
 
         Learnable part ``scale² · r_a Σ r_bᵀ`` plus the DTC residual; for any pair,
         ``var(E_a − E_b) = C_aa + C_bb − 2 C_ab``.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+        scale : float, default 1.0
+            Recalibration factor of the learnable (SoR) std.
+
+        Returns
+        -------
+        ndarray of shape (n_structures, n_structures)
+            eV². The energies are those of ``atoms`` (the sum of their local energies)
+            when it is set, whatever ``quantity`` is.
         """
         data = self._structure_data(model)
         R = np.array([d["row"] for d in data])
@@ -663,6 +740,24 @@ class TargetSet:
 
         ``reference`` (eV/Å, e.g. the trigger's threshold) is the uncertainty at and
         above which w = 1; None keeps the schedule's (the first value fed, unless set).
+
+        Parameters
+        ----------
+        force_std : float
+            The frame's largest calibrated learnable force std, eV/Å.
+        reference : float, optional
+            eV/Å; replaces the schedule's reference when > 0 (else ignored).
+
+        Returns
+        -------
+        float
+            The exploration weight w in [w_floor, 1] (also ``weight_``), from the mean u
+            of the last ``window`` values fed. 1 while no reference is set and u <= 0.
+
+        Raises
+        ------
+        ValueError
+            u is not finite, or negative once a reference is set.
         """
         self._recent_u.append(float(force_std))
         del self._recent_u[: -self.window]
@@ -687,7 +782,20 @@ class TargetSet:
 
     @_thread_policy()
     def reached(self, model, scale: float = 1.0) -> bool:
-        """True when a tolerance is set and the calibrated target std is under it."""
+        """True when a tolerance is set and the calibrated target std is under it.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+        scale : float, default 1.0
+            Recalibration factor of the learnable (SoR) std (:meth:`predict`).
+
+        Returns
+        -------
+        bool
+            ``predict(model, scale)["max_std"] <= tolerance`` (eV, eV/Å for forces);
+            False without a tolerance.
+        """
         return self.tolerance is not None and self.predict(model, scale)["max_std"] <= self.tolerance
 
     @_thread_policy()
@@ -735,6 +843,21 @@ class TargetSet:
         The not yet labelled structure whose labels would remove the largest share ρ of
         the target's variance, if ``(1 − w) · ρ ≥ min_reduction`` and the target is not
         yet known to its tolerance. It is marked as labelled.
+
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+        scale : float, default 1.0
+            The force-std recalibration factor (the learnable covariances are
+            ``scale²`` times the model's).
+
+        Returns
+        -------
+        int or None
+            An index into :attr:`structures`, appended to ``labelled_``. None when
+            ``label_structures`` is off, no weight w has been computed yet
+            (:meth:`update_weight`), the target std is at or under its tolerance, or no
+            structure passes the test.
         """
         if not self.label_structures or self.weight_ is None:
             return None
@@ -773,10 +896,22 @@ class TargetSet:
         force-std recalibration factor (the learnable covariances are ``scale²`` times
         the model's).
 
+        Parameters
+        ----------
+        model : gpal.SparseGP (fitted)
+            Not changed (the picks condition a copy of its solver).
+        frames : sequence of ase.Atoms
+            The candidate frames.
+        keep : float, default 0.25
+            Picking stops at the first pick whose acquisition is under ``keep`` times the
+            first pick's (and after the first pick when that one's is <= 0).
+        scale : float, default 1.0
+
         Returns
         -------
         (list of int, list of float)
-            Positions in ``frames`` in pick order, and their acquisition values.
+            Positions in ``frames`` in pick order, and their acquisition values. w is
+            ``weight_``, 1 before the first :meth:`update_weight`.
         """
         w = 1.0 if self.weight_ is None else self.weight_
         _, T, resid, _ = self._functionals(model)

@@ -63,6 +63,22 @@ def default_descriptor(frames) -> SOAP:
     the cutoff, which MD needs for energy conservation. ``periodic=True`` whatever the
     frames: each structure's own ``pbc`` decides, so a model fitted on molecules treats a
     periodic cell as periodic, and one fitted on crystals treats a cluster as a cluster.
+
+    Parameters
+    ----------
+    frames : iterable of ase.Atoms
+        The structures the descriptor will see; only their species are read.
+
+    Returns
+    -------
+    SOAP
+        ``species`` the sorted atomic numbers found in ``frames``, ``r_cut = 5.0`` Å,
+        ``sigma = 0.5`` Å, ``weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1}``.
+
+    Raises
+    ------
+    ValueError
+        ``frames`` holds no atoms (a SOAP needs at least one species).
     """
     species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
     periodic = True

@@ -428,7 +428,25 @@ class AcquisitionSchedule:
         return u
 
     def weight(self, uncertainty: float) -> float:
-        """w for a given global uncertainty (needs a reference; does not record)."""
+        """w for a given global uncertainty (needs a reference; does not record).
+
+        Parameters
+        ----------
+        uncertainty : float
+            Global uncertainty u >= 0, in the unit of ``reference`` (e.g. eV/Å for a
+            force std).
+
+        Returns
+        -------
+        float
+            ``w_floor + (w_start - w_floor) · min(u / reference, 1) ** exponent``, in
+            [w_floor, w_start].
+
+        Raises
+        ------
+        ValueError
+            ``uncertainty`` is negative or not finite, or no reference is set yet.
+        """
         u = self._check_u(uncertainty)
         if self.reference is None:
             raise ValueError(
@@ -438,7 +456,27 @@ class AcquisitionSchedule:
         return self.w_floor + (self.w_start - self.w_floor) * r**self.exponent
 
     def update(self, uncertainty: float) -> float:
-        """Record a new global uncertainty and return the weight to use now."""
+        """Record a new global uncertainty and return the weight to use now.
+
+        The first call sets ``reference`` to its uncertainty when none was given; every
+        call appends ``{"uncertainty", "ratio", "weight"}`` to :attr:`history`.
+
+        Parameters
+        ----------
+        uncertainty : float
+            Global uncertainty u >= 0 (e.g. eV/Å for a force std).
+
+        Returns
+        -------
+        float
+            :meth:`weight` of ``uncertainty``, in [w_floor, w_start].
+
+        Raises
+        ------
+        ValueError
+            ``uncertainty`` is negative or not finite, or 0 when it would become the
+            reference.
+        """
         u = self._check_u(uncertainty)
         if self.reference is None:
             if u == 0:

@@ -566,9 +566,25 @@ def random_selection(
 ) -> np.ndarray:
     """``n_select`` distinct indices in ``range(n_samples)``, uniformly at random.
 
+    Parameters
+    ----------
+    n_samples : int
+        Number of candidates, >= 0.
+    n_select : int
+        ``0 <= n_select <= n_samples``.
+    random_state : int, numpy.random.Generator or None
+        Seed or generator (:func:`numpy.random.default_rng`); None: fresh entropy.
+
     Returns
     -------
     ndarray of shape (n_select,), int64
+        In the order drawn (not sorted).
+
+    Raises
+    ------
+    ValueError
+        ``n_samples`` is not a non-negative integer, or ``n_select`` is not an integer
+        in [0, n_samples].
     """
     if (
         isinstance(n_samples, (bool, np.bool_))
