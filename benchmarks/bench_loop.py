@@ -484,7 +484,7 @@ def fit_like(learner, frames, *, match_sparse=True, model=None):
 # --------------------------------------------------------------------------- metrics
 def evaluate(model, frames):
     """Force/energy errors and force z-scores (raw and calibrated) on labelled frames."""
-    f_err, f_std_raw, f_std_cal, e_err, f_int = [], [], [], [], []
+    f_err, f_std_raw, f_std_cal, e_err, f_int, f_num = [], [], [], [], [], []
     has_cal = bool(getattr(model, "calibration_", None))  # without one, calibrated == raw
     for a in frames:
         raw = model.predict(a, return_std=True, forces_std=True, calibrated=False)
@@ -492,6 +492,7 @@ def evaluate(model, frames):
         f_err.append((raw["forces"] - a.get_forces()).ravel())
         f_std_raw.append(raw["forces_std"].ravel())
         f_std_cal.append(cal["forces_std"].ravel())
+        f_num.append(np.repeat(a.numbers, 3))
         if "forces_interval90" in cal:
             f_int.append(cal["forces_interval90"].ravel())
         e_err.append((raw["energy"] - a.get_potential_energy()) / len(a))
@@ -508,6 +509,10 @@ def evaluate(model, frames):
         z = err / np.maximum(np.concatenate(stds), 1e-12)
         out[f"z2_mean_{tag}"] = float(np.mean(z**2))
         out[f"coverage90_{tag}"] = float(np.mean(np.abs(z) <= Z90))
+        num = np.concatenate(f_num)  # per species: a shared calibration is honest on average only
+        out[f"z2_by_species_{tag}"] = {str(s): float(np.mean(z[num == s] ** 2)) for s in np.unique(num)}
+        out[f"coverage90_by_species_{tag}"] = {str(s): float(np.mean(np.abs(z[num == s]) <= Z90))
+                                               for s in np.unique(num)}
     # the 90 % interval gpal gives (predict(..., calibrated=True)["forces_interval90"], what
     # its conformal stopping bound uses): the split-conformal quantile of the learner's own
     # held-out errors, in calibrated stds, times the calibrated std
@@ -790,6 +795,12 @@ def print_system(name, protocol, r):
         z2, cov = al[f"z2_mean_{tag}"], al[f"coverage90_{tag}"]
         print(f"    force z {tag:<10}: mean z² {z2:.3g} [0.8-1.25: {verdict(0.8 <= z2 <= 1.25)}]  "
               f"|z|<=1.645 {cov:.3f} [0.87-0.93: {verdict(0.87 <= cov <= 0.93)}]")
+        by = al.get(f"z2_by_species_{tag}", {})
+        if len(by) > 1:
+            from ase.data import chemical_symbols
+            print("      by species: " + ", ".join(
+                f"{chemical_symbols[int(s)]} z² {v:.3g} |z|<=1.645 {al[f'coverage90_by_species_{tag}'][s]:.3f}"
+                for s, v in by.items()))
     if al.get("coverage90_conformal") is not None:
         cov = al["coverage90_conformal"]
         print(f"    conformal 90 % interval (±{al['conformal_q90']:.3g} calibrated stds): coverage {cov:.3f}"

@@ -15,6 +15,10 @@ from ._checks import _check_alpha, _check_error_std, _finite_array
 
 __all__ = ["Calibration", "StdCalibrator", "TwoTermCalibrator", "SplitConformal", "fit_two_term_conformal"]
 
+#: Prior weight, in errors, of a species factor of 1 (:class:`TwoTermCalibrator`):
+#: 60 force components, those of 20 atoms
+SPECIES_PRIOR_COUNT = 60
+
 
 class StdCalibrator:
     """Rescale predicted std by one factor s fitted on held-out errors.
@@ -182,6 +186,15 @@ class TwoTermCalibrator:
     labelled environments, whose ν sit at the jitter floor (~1e-8), would be applied to
     new ones a thousand times more novel.
 
+    With ``species`` (each error's atomic number) holding two or more species, a factor
+    per species multiplies that std: ``f_s² = (Σ_s z² + n0) / (n_s + n0)``, the mean
+    squared z-score of the species' n_s errors in the shared fit, shrunk towards 1 by
+    :data:`SPECIES_PRIOR_COUNT` errors' worth of a prior (a rare species with few errors
+    keeps a factor near 1). One set of shared factors fits the errors of all species
+    together, and their z² is 1 on average, not per species: on a water run (GFN1-xTB,
+    12 molecules) the held-out z² of the calibrated force stds was 0.90 for H and 1.25
+    for O (coverage of ±1.645 stds 0.918 and 0.859).
+
     Parameters
     ----------
     min_scale : float, default 0.1
@@ -197,6 +210,9 @@ class TwoTermCalibrator:
         0 unless fitted with ``novelty``.
     novelty_max_ : float or None
         The largest ν of the fit (None without the term).
+    species_scale_ : dict or None
+        ``{atomic number: factor}`` (fitted with ``species`` of two or more species;
+        else None). Not below 1 when ``min_scale`` is 1.
     n_samples_ : int
     """
 
@@ -204,7 +220,7 @@ class TwoTermCalibrator:
         self.min_scale = min_scale
 
     @_thread_policy()
-    def fit(self, error, std, noise, novelty=None) -> "TwoTermCalibrator":
+    def fit(self, error, std, noise, novelty=None, species=None) -> "TwoTermCalibrator":
         """Fit on ``error`` (n,), learnable ``std`` (n,) >= 0 and ``noise`` (n,) > 0 (or scalar).
 
         ``novelty`` (n,) in [0, 1], optional: also fit the novelty term (see the class).
@@ -221,12 +237,15 @@ class TwoTermCalibrator:
         novelty : array_like of shape (n,), optional
             Environment novelty ν in [0, 1]. Ignored (no novelty term) when None or when
             no ν is > 0.
+        species : array_like of int, shape (n,), optional
+            Atomic number of each error's atom (0: unknown, no factor). With two or more
+            species, a factor per species is fitted (see the class).
 
         Returns
         -------
         self
-            With ``scale_``, ``noise_scale_``, ``novelty_scale_``, ``novelty_max_`` and
-            ``n_samples_`` set.
+            With ``scale_``, ``noise_scale_``, ``novelty_scale_``, ``novelty_max_``,
+            ``species_scale_`` and ``n_samples_`` set.
 
         Raises
         ------
@@ -294,11 +313,27 @@ class TwoTermCalibrator:
         if nu is not None and best.x[2] > c_low + 1e-6:
             self.novelty_scale_ = float(np.sqrt(np.exp(best.x[2])))
             self.novelty_max_ = float(nu.max())
+        self.species_scale_ = None
+        if species is not None:
+            sp = np.asarray(species).ravel()
+            if sp.shape != e.shape or not np.issubdtype(sp.dtype, np.integer):
+                raise ValueError(f"species must be integers of the shape of error {e.shape}, got "
+                                 f"{sp.dtype} {sp.shape}")
+            known = np.unique(sp[sp > 0])
+            if len(known) > 1:
+                z2 = e2 / self.calibration().apply(s, n, 0.0 if nu is None else nu) ** 2
+                low = 1.0 if min_scale >= 1 else 0.0
+                self.species_scale_ = {}
+                for z in known.tolist():
+                    k = sp == z
+                    f2 = (float(np.sum(z2[k])) + SPECIES_PRIOR_COUNT) / (int(k.sum()) + SPECIES_PRIOR_COUNT)
+                    self.species_scale_[int(z)] = max(float(np.sqrt(f2)), low)
         self.n_samples_ = int(e.size)
         return self
 
-    def transform(self, std, noise, novelty=0.0) -> np.ndarray:
-        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² min(ν, novelty_max_))``.
+    def transform(self, std, noise, novelty=0.0, species=None) -> np.ndarray:
+        """Calibrated std ``sqrt((scale_ σ)² + (noise_scale_ σ_n)² + novelty_scale_² min(ν, novelty_max_))``,
+        times the species' factor.
 
         Parameters
         ----------
@@ -309,12 +344,16 @@ class TwoTermCalibrator:
         novelty : float or array_like, default 0.0
             Environment novelty ν in [0, 1], broadcast against ``std`` (not checked);
             used only when ``novelty_scale_`` > 0.
+        species : array_like of int, optional
+            Atomic numbers, broadcast against ``std``; used only with ``species_scale_``
+            (a species without a factor, or None: factor 1).
 
         Returns
         -------
         ndarray
-            Of the shape of ``std`` (broadcast with ``noise`` and ``novelty``), in the
-            unit of ``std``; ``scale_ * std`` when both other factors are 0.
+            Of the shape of ``std`` (broadcast with ``noise``, ``novelty`` and
+            ``species``), in the unit of ``std``; ``scale_ * std`` when the other
+            factors are 0 (and 1).
 
         Raises
         ------
@@ -328,14 +367,15 @@ class TwoTermCalibrator:
         std = _finite_array("std", std)
         if np.any(std < 0):
             raise ValueError("std must be non-negative")
-        return self.calibration().apply(std, noise, novelty)
+        return self.calibration().apply(std, noise, novelty, species)
 
     def calibration(self) -> "Calibration":
         """The fitted factors as the :class:`Calibration` a model stores."""
         if not hasattr(self, "scale_"):
             raise NotFittedError("This TwoTermCalibrator is not fitted yet; call fit first.")
         return Calibration(scale=self.scale_, noise_scale=self.noise_scale_,
-                           novelty_scale=self.novelty_scale_, novelty_max=self.novelty_max_)
+                           novelty_scale=self.novelty_scale_, novelty_max=self.novelty_max_,
+                           species_scale=getattr(self, "species_scale_", None))
 
     def __repr__(self) -> str:
         return (f"TwoTermCalibrator(min_scale={self.min_scale}, scale_={getattr(self, 'scale_', None)}, "
@@ -532,6 +572,7 @@ class Calibration:
     one-factor :class:`StdCalibrator`). ``conformal_q90`` is the split-conformal 90 % quantile of
     ``|error| / calibrated`` (:class:`SplitConformal` on calibrated stds), the factor a
     stopping rule with ``use="conformal"`` puts on the calibrated std; None if not measured.
+    ``species_scale`` multiplies the calibrated std of an atom by its species' factor.
 
     The one form in which gpal stores a calibration: ``SparseGP.set_calibration``, the
     model file, the active learner and ``gpal validate --calibrate`` all read and write it
@@ -551,6 +592,9 @@ class Calibration:
         None: no cap.
     conformal_q90 : float or None
         In units of the calibrated std (> 0).
+    species_scale : dict or None
+        ``{atomic number: factor > 0}`` (keys may be str, as in JSON); a species
+        without one has factor 1. Stored as a sorted tuple of pairs.
     """
 
     scale: float = 1.0
@@ -558,6 +602,7 @@ class Calibration:
     conformal_q90: float | None = None
     novelty_scale: float = 0.0
     novelty_max: float | None = None
+    species_scale: tuple | None = None
 
     def __post_init__(self):
         for name, value, low in (("scale", self.scale, "> 0"), ("noise_scale", self.noise_scale, ">= 0"),
@@ -577,8 +622,19 @@ class Calibration:
             if not (isinstance(m, (int, float, np.floating)) and 0 < m <= 1):
                 raise ValueError(f"Calibration novelty_max must be in (0, 1] or None, got {m!r}")
             object.__setattr__(self, "novelty_max", float(m))
+        f = self.species_scale
+        if f is not None:
+            pairs = f.items() if isinstance(f, dict) else f
+            try:
+                table = sorted((int(z), float(v)) for z, v in pairs)
+            except (TypeError, ValueError):
+                raise ValueError(f"Calibration species_scale must map atomic numbers to factors, got {f!r}") from None
+            if not all(0 < z <= 118 and math.isfinite(v) and v > 0 for z, v in table):
+                raise ValueError(f"Calibration species_scale needs atomic numbers 1-118 and finite factors > 0, "
+                                 f"got {f!r}")
+            object.__setattr__(self, "species_scale", tuple(table) or None)
 
-    def apply(self, std, noise=0.0, novelty=0.0) -> np.ndarray:
+    def apply(self, std, noise=0.0, novelty=0.0, species=None) -> np.ndarray:
         """Calibrated std (shape of ``std``) from the raw ``std``, the label noise ``noise``
         and the environments' ``novelty`` (both broadcast against ``std``).
 
@@ -594,6 +650,9 @@ class Calibration:
         novelty : float or array_like, default 0.0
             Novelty ν in [0, 1] of each atom's environment (e.g. shape (n_atoms, 1)
             against forces); used only when ``novelty_scale`` is not 0.
+        species : array_like of int, optional
+            Atomic number of each atom (e.g. shape (n_atoms, 1) against forces); used
+            only with ``species_scale`` (None: factor 1).
 
         Returns
         -------
@@ -604,18 +663,27 @@ class Calibration:
         """
         s = np.asarray(std, dtype=float)
         if self.noise_scale == 0.0 and self.novelty_scale == 0.0:
-            return self.scale * s
-        var = (self.scale * s) ** 2 + (self.noise_scale * np.asarray(noise, dtype=float)) ** 2
-        if self.novelty_scale:
-            nu = np.asarray(novelty, dtype=float)
-            if self.novelty_max is not None:
-                nu = np.minimum(nu, self.novelty_max)
-            var = var + self.novelty_scale**2 * nu
-        return np.sqrt(var)
+            out = self.scale * s
+        else:
+            var = (self.scale * s) ** 2 + (self.noise_scale * np.asarray(noise, dtype=float)) ** 2
+            if self.novelty_scale:
+                nu = np.asarray(novelty, dtype=float)
+                if self.novelty_max is not None:
+                    nu = np.minimum(nu, self.novelty_max)
+                var = var + self.novelty_scale**2 * nu
+            out = np.sqrt(var)
+        if self.species_scale and species is not None:
+            sp = np.asarray(species)
+            factor = np.ones(sp.shape)
+            for z, f in self.species_scale:
+                factor[sp == z] = f
+            out = out * factor
+        return out
 
     def to_dict(self) -> dict:
         """JSON-able dict (keys ``scale``, ``noise_scale``; ``conformal_q90`` if measured,
-        ``novelty_scale`` if not 0, ``novelty_max`` if set)."""
+        ``novelty_scale`` if not 0, ``novelty_max`` if set, ``species_scale`` as
+        ``{"29": factor, ...}`` if set)."""
         out = {"scale": self.scale, "noise_scale": self.noise_scale}
         if self.conformal_q90 is not None:
             out["conformal_q90"] = self.conformal_q90
@@ -623,6 +691,8 @@ class Calibration:
             out["novelty_scale"] = self.novelty_scale
         if self.novelty_max is not None:
             out["novelty_max"] = self.novelty_max
+        if self.species_scale:
+            out["species_scale"] = {str(z): f for z, f in self.species_scale}
         return out
 
     @classmethod
@@ -639,7 +709,7 @@ class Calibration:
         d : Calibration, dict or number
             A :class:`Calibration` (returned as it is), a dict with keys among
             ``scale``, ``noise_scale``, ``conformal_q90``, ``novelty_scale``,
-            ``novelty_max`` (and the old ``conformal``), or a number, the ``scale``
+            ``novelty_max``, ``species_scale`` (and the old ``conformal``), or a number, the ``scale``
             (not a bool).
 
         Returns
@@ -662,15 +732,15 @@ class Calibration:
         d = dict(d)
         if "conformal" in d and "conformal_q90" not in d and "noise_scale" not in d:
             d["conformal_q90"] = d.pop("conformal") / d.get("scale", 1.0)
-        unknown = set(d) - {"scale", "noise_scale", "conformal_q90", "novelty_scale", "novelty_max"}
+        unknown = set(d) - {"scale", "noise_scale", "conformal_q90", "novelty_scale", "novelty_max", "species_scale"}
         if unknown:
             raise ValueError(f"unknown calibration keys {sorted(unknown)}; "
-                             "known: scale, noise_scale, conformal_q90, novelty_scale, novelty_max")
+                             "known: scale, noise_scale, conformal_q90, novelty_scale, novelty_max, species_scale")
         return cls(**d)
 
 
 def fit_two_term_conformal(error, std, noise, novelty, frame, alpha: float = 0.1,
-                           min_scale: float = 0.1) -> tuple[TwoTermCalibrator, SplitConformal]:
+                           min_scale: float = 0.1, species=None) -> tuple[TwoTermCalibrator, SplitConformal]:
     """A :class:`TwoTermCalibrator` of force-component errors and a conformal quantile in
     its calibrated stds, the quantile from scores the calibrator was not fitted on.
 
@@ -699,6 +769,9 @@ def fit_two_term_conformal(error, std, noise, novelty, frame, alpha: float = 0.1
     alpha : float, default 0.1
     min_scale : float, default 0.1
         :class:`TwoTermCalibrator`'s lower bound of the std scale.
+    species : array_like of int, shape (n,), optional
+        Atomic number of each component's atom: with two or more species, the
+        calibrators (the one returned and the folds') fit a factor per species.
 
     Returns
     -------
@@ -711,18 +784,22 @@ def fit_two_term_conformal(error, std, noise, novelty, frame, alpha: float = 0.1
     if not (e.shape == s.shape == n.shape == nu.shape == fr.shape):
         raise ValueError(f"error, std, noise, novelty and frame must have the same shape, got "
                          f"{e.shape}, {s.shape}, {n.shape}, {nu.shape} and {fr.shape}")
-    calibrator = TwoTermCalibrator(min_scale=min_scale).fit(e, s, n, nu)
+    sp = None if species is None else np.asarray(species).ravel()
+    if sp is not None and sp.shape != e.shape:
+        raise ValueError(f"species must have the shape of error {e.shape}, got {sp.shape}")
+    calibrator = TwoTermCalibrator(min_scale=min_scale).fit(e, s, n, nu, sp)
     frames = np.unique(fr)
-    total = calibrator.transform(s, n, nu)
+    total = calibrator.transform(s, n, nu, sp)
     if len(frames) > 1:
         fold = np.isin(fr, frames[1::2])
         crossed = total.copy()
         for k in (False, True):
             fit_on, score = fold != k, fold == k
-            other = TwoTermCalibrator(min_scale=min_scale).fit(e[fit_on], s[fit_on], n[fit_on], nu[fit_on])
+            other = TwoTermCalibrator(min_scale=min_scale).fit(e[fit_on], s[fit_on], n[fit_on], nu[fit_on],
+                                                               None if sp is None else sp[fit_on])
             if other.scale_ <= min_scale * (1 + 1e-6) and other.noise_scale_ <= 0.1 * (1 + 1e-6):
                 break  # a fold of errors far below the stds (perfect cells): the other fold's scores blow up
-            crossed[score] = other.transform(s[score], n[score], nu[score])
+            crossed[score] = other.transform(s[score], n[score], nu[score], None if sp is None else sp[score])
         else:
             total = crossed
     return calibrator, SplitConformal(alpha=alpha).fit(e, total)

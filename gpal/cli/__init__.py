@@ -955,6 +955,8 @@ def cmd_md(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- validate
 def cmd_validate(args: argparse.Namespace) -> int:
     """Errors and calibration metrics on a test set (optionally recalibrate first)."""
+    from ase.data import chemical_symbols
+
     from .. import calibration
     from ..model import load
 
@@ -983,9 +985,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         # in its units, from scores each measured in a calibrator fitted on other frames
         terms = (val["force_error"], val["force_std"], val["force_noise"], val["force_novelty"],
                  val["force_frame"])  # (noise per component: a model with a force_noise_knee)
-        cal, conf = calibration.fit_two_term_conformal(*terms, alpha=args.alpha)
+        species = val["force_species"]
+        cal, conf = calibration.fit_two_term_conformal(*terms, alpha=args.alpha, species=species)
         # stored: the 90 % quantile, the one the learner's stopping rule reads
-        q90 = conf if args.alpha == 0.1 else calibration.fit_two_term_conformal(*terms, alpha=0.1)[1]
+        q90 = conf if args.alpha == 0.1 else calibration.fit_two_term_conformal(*terms, alpha=0.1,
+                                                                                 species=species)[1]
         if cal.scale_ <= 0.1 * (1 + 1e-6) and cal.noise_scale_ <= 0.1 * (1 + 1e-6):
             warnings.warn(f"{args.calibrate}: the errors there are far below the model's stds (both scales at "
                           "their lower bound 0.1; forces near zero, e.g. perfect crystals?): the calibrated stds "
@@ -996,7 +1000,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         path = model.save(args.model if args.in_place else args.output, overwrite=True)  # (checked above)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, novelty scale {cal.novelty_scale_:.3g} eV/Å, "
-              f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
+              + "".join(f"{chemical_symbols[z]} x {f:.3f}, " for z, f in (cal.species_scale_ or {}).items())
+              + f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
               f"(of |error| / calibrated std); wrote {path}"
               + ("" if "energy_std" not in model.calibration_ else
                  f" (its energy_std factor {model.calibration_of('energy_std').scale:.3g}, from the "
@@ -1005,7 +1010,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if calibrated:
         c = model.calibration_of("forces_std")
         std_kind = f"calibrated (raw x {c.scale:.3g}, noise x {c.noise_scale:.3g}" + (
-            f", novelty term {c.novelty_scale:.3g} eV/Å)" if c.novelty_scale else ")")
+            f", novelty term {c.novelty_scale:.3g} eV/Å" if c.novelty_scale else "") + "".join(
+            f", {chemical_symbols[z]} x {f:.3g}" for z, f in (c.species_scale or {}).items()) + ")"
     else:
         std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
     from .._validation import frame_labels

@@ -1980,7 +1980,8 @@ class ActiveLearner:
         ``sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² min(ν, novelty_max))``
         (:class:`gpal.calibration.TwoTermCalibrator`; σ the SoR force std, σ_n the force
         noise, ν the novelty of the atom's environment, capped at the largest ν of the
-        fit), and the 90 % split-conformal
+        fit), times a factor per species where the frames hold several (each species'
+        mean z² shrunk towards 1), and the 90 % split-conformal
         quantile of the errors in units of that std (each frame's scores measured in a
         calibration fitted on the half's other frames:
         :func:`gpal.calibration.fit_two_term_conformal`); the *judging* half, used for
@@ -1997,7 +1998,8 @@ class ActiveLearner:
         Returns
         -------
         dict
-            ``scale``, ``noise_scale``, ``novelty_scale`` (eV/Å), ``novelty_max``, ``conformal_q90``
+            ``scale``, ``noise_scale``, ``novelty_scale`` (eV/Å), ``novelty_max``,
+            ``species_scale`` ({atomic number as str: factor}, empty for one species), ``conformal_q90``
             (in calibrated stds),
             ``n_calibration``/``n_judge`` (frames), ``judge_force_rmse`` (eV/Å),
             ``judge_zms``, ``judge_coverage90``, and with 3 or more calibration frames
@@ -2022,6 +2024,7 @@ class ActiveLearner:
         err, std, fr = loo["force_error"], loo["force_std"], loo["force_frame"]
         noise = loo["force_noise"]  # per component (a force_noise_knee varies it)
         nu = loo["force_novelty"]
+        sp = loo["force_species"]
         order = {f: k for k, f in enumerate(sorted(set(fr.tolist())))}
         half = np.array([order[f] % 2 for f in fr.tolist()])
         cal, judge = half == 0, half == 1
@@ -2030,13 +2033,15 @@ class ActiveLearner:
         # shrank it tenfold after the bootstrap and never labelled again, at 3x its threshold)
         # the quantile from scores each measured in a calibrator fitted on other frames
         tt, conf = calibration.fit_two_term_conformal(err[cal], std[cal], noise[cal], nu[cal], fr[cal],
-                                                      alpha=0.1, min_scale=1.0 if rattled else 0.1)
-        zj = err[judge] / tt.transform(std[judge], noise[judge], nu[judge])
+                                                      alpha=0.1, min_scale=1.0 if rattled else 0.1,
+                                                      species=sp[cal])
+        zj = err[judge] / tt.transform(std[judge], noise[judge], nu[judge], sp[judge])
         out = {
             "scale": tt.scale_,
             "noise_scale": tt.noise_scale_,
             "novelty_scale": tt.novelty_scale_,
             "novelty_max": tt.novelty_max_,
+            "species_scale": {str(z): f for z, f in (tt.species_scale_ or {}).items()},
             "conformal_q90": float(conf.quantile_),
             "n_calibration": int(len(set(fr[cal].tolist()))),
             "n_judge": int(len(set(fr[judge].tolist()))),

@@ -990,7 +990,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             which is what a prediction error against the oracle is measured against;
             with a ``novelty_scale`` also ``+ novelty_scale² min(novelty, novelty_max)``
             of the atom under the root (the error the projected std cannot see, for
-            environments away from the sparse points).
+            environments away from the sparse points); with ``species_scale``, all that
+            times the factor of the atom's species (a species whose held-out errors
+            the shared factors under- or overstate).
             When the stored force calibration has a split-conformal quantile
             (``conformal_q90``, which the active learner and ``gpal validate --calibrate`` store),
             ``forces_std=True`` also returns ``forces_interval90`` (n_atoms, 3), eV/Å:
@@ -1072,7 +1074,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                     "calibrated=True, but the model stores no calibration: the stds are the raw "
                     "ones (an active-learning run or `gpal validate --calibrate` stores one)",
                     UserWarning, stacklevel=3)  # (past the thread-policy wrapper)
-            self._apply_calibration(out, novelty)
+            self._apply_calibration(out, novelty, numbers)
         self._plus_baseline(atoms, out)
         return out
 
@@ -1355,13 +1357,14 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             z-scores stay finite), ``force_noise`` (n_comp,) the noise std of each
             label component (eV/Å, :meth:`force_label_noise`; with a baseline, at the
             label minus the baseline), ``force_novelty`` (n_comp,) the novelty of each
-            component's atom (``predict``'s ``novelty``), ``force_frame`` (n_comp,);
+            component's atom (``predict``'s ``novelty``), ``force_species`` (n_comp,)
+            the atomic number of each component's atom, ``force_frame`` (n_comp,);
             ``stress_error`` (6 n_s,) eV/Å^3, the Voigt components of the frames with a
             stress label (3D-periodic); ``n_atoms`` (n_frames,).
         """
         frames = check_frames(frames)
         out = {k: [] for k in ("energy_error", "energy_std", "energy_frame", "force_error", "force_std",
-                               "force_noise", "force_novelty", "force_frame", "stress_error")}
+                               "force_noise", "force_novelty", "force_species", "force_frame", "stress_error")}
         n = []
         for i, a in enumerate(frames):
             try:
@@ -1383,12 +1386,13 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             out["force_error"].append((p["forces"] - F).ravel())
             out["force_std"].append(np.maximum(p["forces_std"].ravel(), 1e-12))
             out["force_novelty"].append(np.repeat(p["novelty"], 3))
+            out["force_species"].append(np.repeat(a.numbers, 3))
             out["force_frame"].append(np.full(F.size, i))
             if getattr(self, "force_noise_knee_", None) is not None and getattr(self, "baseline_", None) is not None:
                 F = F - _baseline.baseline_labels(self.baseline_, a)["forces"]
             out["force_noise"].append(self.force_label_noise(F).ravel())
         res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
-        for k in ("energy_frame", "force_frame"):
+        for k in ("energy_frame", "force_frame", "force_species"):
             res[k] = res[k].astype(int)
         res["n_atoms"] = np.array(n, dtype=int)
         return res
@@ -1485,9 +1489,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         f = self.obs_group_ == _F
         return float(np.sqrt(np.mean(self.solver_.noise_std_[f] ** 2))) if np.any(f) else float(self.noise_["force"])
 
-    def _apply_calibration(self, out: dict, novelty=None) -> None:
+    def _apply_calibration(self, out: dict, novelty=None, numbers=None) -> None:
         """Calibrate the std outputs in ``out`` in place; ``novelty`` (n_atoms,) is each
-        atom's environment novelty, needed by a force calibration with a novelty term."""
+        atom's environment novelty, needed by a force calibration with a novelty term, and
+        ``numbers`` (n_atoms,) the atoms' atomic numbers, needed by one with species
+        factors."""
         noise = {"forces_std": "force", "stress_std": "stress"}
         for key in self.calibration_:
             if key in out:
@@ -1502,20 +1508,26 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                     if novelty is None:
                         raise ValueError("this force calibration has a novelty term: pass the atoms' novelty")
                     nu = np.asarray(novelty, dtype=float).reshape(-1, 1)
-                out[key] = cal.apply(out[key], level, nu)
+                species = None
+                if key == "forces_std" and cal.species_scale:
+                    if numbers is None:
+                        raise ValueError("this force calibration has species factors: pass the atoms' numbers")
+                    species = np.asarray(numbers).reshape(-1, 1)
+                out[key] = cal.apply(out[key], level, nu, species)
                 if key == "forces_std" and cal.conformal_q90 is not None:
                     # half-width of the 90 % split-conformal interval of each force label
                     out["forces_interval90"] = cal.conformal_q90 * out[key]
 
-    def calibrated_force_std(self, forces_std, novelty=None) -> np.ndarray:
+    def calibrated_force_std(self, forces_std, novelty=None, numbers=None) -> np.ndarray:
         """Calibrated std of a force label from raw (SoR) ``forces_std`` (n_atoms, 3), eV/Å.
 
         ``novelty`` (n_atoms,): the atoms' environment novelty (``predict``'s
-        ``novelty``), needed when the stored calibration has a novelty term. Without a
+        ``novelty``), needed when the stored calibration has a novelty term; ``numbers``
+        (n_atoms,): their atomic numbers, needed when it has species factors. Without a
         stored force calibration this is the raw std itself.
         """
         out = {"forces_std": np.asarray(forces_std, dtype=float)}
-        self._apply_calibration(out, novelty)
+        self._apply_calibration(out, novelty, numbers)
         return out["forces_std"]
 
     # ------------------------------------------------------------------ cross-validation
@@ -1549,6 +1561,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             each component (eV/Å, :meth:`force_label_noise`), ``force_novelty``
             (n_comp,) the :meth:`novelty` of each component's atom (its environment
             against the sparse set, which keeps the frame's own sparse points),
+            ``force_species`` (n_comp,) the atomic number of each component's atom,
             ``energy_error`` (n_e,) and ``energy_std`` (n_e,) in eV/atom,
             ``energy_residual`` (n_e,) the square root of the frame's summed DTC
             residuals (the Nyström part of ``predict``'s ``energy_std``, against the
@@ -1563,7 +1576,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError(f"frames holds index {max(idx)}; the model has {n_frames} training frames")
         sol = self.solver_
         out = {k: [] for k in ("force_error", "force_std", "force_frame", "force_noise", "force_novelty",
-                               "energy_error", "energy_std", "energy_residual", "energy_frame")}
+                               "force_species", "energy_error", "energy_std", "energy_residual", "energy_frame")}
         slices = self._frame_slices()
         for b in idx:
             rows = slices[b]
@@ -1597,9 +1610,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             out["force_frame"].append(np.full(int(f.sum()), b))
             atom_nu, resid_total = self._novelty_terms(self.frames_[b])
             nu = np.repeat(atom_nu, 3)
+            species = np.repeat(self.frames_[b].numbers, 3)
             if len(nu) != int(f.sum()):  # force rows are (atom, xyz) in order; else none
                 nu = np.zeros(int(f.sum()))
+                species = np.zeros(int(f.sum()), dtype=int)  # (0: no species factor)
             out["force_novelty"].append(nu)
+            out["force_species"].append(species)
             e = group == _E
             if np.any(e):
                 n = len(self.frames_[b])
