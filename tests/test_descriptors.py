@@ -539,6 +539,24 @@ def test_from_dscribe_and_to_dscribe_give_the_same_features(weighting):
                                       periodic=True))
 
 
+def test_the_keyword_arguments_of_a_dscribe_soap_build_gpals():
+    kw = dict(species=["Cu", "Au"], r_cut=3.8, n_max=4, l_max=3, sigma=0.7, rbf="gto", periodic=True,
+              weighting={"function": "poly", "r0": 3.8, "c": 1, "m": 1}, average="off",
+              compression={"mode": "off", "species_weighting": None}, sparse=False, dtype="float64")
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms.numbers[[1, 5]] = 79
+    atoms.positions += np.random.default_rng(2).normal(0, 0.05, atoms.positions.shape)
+    ours = SOAP(**kw)
+    np.testing.assert_allclose(ours.create(atoms), DscribeSOAP(**kw).create(atoms), rtol=1e-10, atol=1e-14)
+    assert SOAP(**ours.get_params()).get_params() == ours.get_params()  # (dscribe-only names left out)
+    for bad in (dict(rbf="polynomial"), dict(average="inner"), dict(compression={"mode": "mu2"}),
+                dict(compression={"mode": "off", "species_weighting": {"Cu": 2.0, "Au": 1.0}}),
+                dict(sparse=True), dict(dtype="float32")):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=f"gpal's SOAP computes dscribe's .*got {name}="):
+            SOAP(**{**kw, **bad})
+
+
 def test_a_cutoff_in_another_unit_is_one_clear_error():
     """r_cut = 50 (Bohr, or a typo) makes the GTO overlap singular to working precision:
     one ValueError naming the unit, not a LinAlgWarning per angular channel."""

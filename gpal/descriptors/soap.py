@@ -500,6 +500,12 @@ class SOAP(Descriptor):
         * ``{"function": "exp", "r0", "c", "d"}``: ``c / (d + exp(-r/r0))``;
         * and/or ``"w0"``: the weight of the central atom's own density (overrides the
           function there).
+    rbf, average, compression, sparse, dtype : optional
+        dscribe's other settings, accepted so that the keyword arguments of a
+        ``dscribe.descriptors.SOAP`` call build gpal's: only the values gpal computes
+        (``"gto"``, ``"off"``, no compression (None or ``{"mode": "off"}``), dense
+        rows (False), ``"float64"``) are taken, any other is a ValueError that says so.
+        They are not parameters of the descriptor (``get_params`` leaves them out).
 
     Attributes
     ----------
@@ -535,7 +541,14 @@ class SOAP(Descriptor):
         sigma: float = 1.0,
         periodic: bool = False,
         weighting: dict | None = None,
+        *,
+        rbf: str = "gto",
+        average: str = "off",
+        compression: dict | None = None,
+        sparse: bool = False,
+        dtype: str = "float64",
     ):
+        _check_dscribe_settings(rbf, average, compression, sparse, dtype)
         self.species = species
         self.r_cut = r_cut
         self.n_max = n_max
@@ -1156,6 +1169,23 @@ class _FusedStep:
     vector: np.ndarray
     volume: float
     dE: np.ndarray
+
+
+def _check_dscribe_settings(rbf, average, compression, sparse, dtype) -> None:
+    """ValueError for a dscribe SOAP setting other than what gpal's SOAP computes."""
+    mode = compression.get("mode", "off") if isinstance(compression, dict) else compression
+    extra = set(compression) - {"mode", "species_weighting"} if isinstance(compression, dict) else set()
+    weighted = isinstance(compression, dict) and compression.get("species_weighting") is not None
+    wrong = [f"{name}={value!r}" for name, value, ok in (
+        ("rbf", rbf, rbf == "gto"), ("average", average, average == "off"),
+        ("compression", compression, mode in (None, "off") and not extra and not weighted),
+        ("sparse", sparse, sparse is False or sparse is np.False_),
+        ("dtype", dtype, dtype in ("float64", np.float64)),
+    ) if not ok]
+    if wrong:
+        raise ValueError(f"gpal's SOAP computes dscribe's rbf='gto', average='off', no compression, dense "
+                         f"float64 rows; got {', '.join(wrong)} (SOAP.to_dscribe(...) gives dscribe's own "
+                         "descriptor with any of them)")
 
 
 def _max_pairs(offsets) -> int:
