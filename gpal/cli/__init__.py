@@ -1117,8 +1117,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         q = "not measured" if c.conformal_q90 is None else f"{c.conformal_q90:.4g}"
         print(f"  calibration : forces_std scale {c.scale:.4g}, noise_scale {c.noise_scale:.4g}, "
               f"novelty_scale {c.novelty_scale:.4g} eV/Å (calibrated std = sqrt((scale x raw)^2 + "
-              f"(noise_scale x force noise)^2 + novelty_scale^2 x min(novelty, {c.novelty_max or 1.0:.3g}))); "
-              f"90 % conformal quantile {q}")
+              f"(noise_scale x force noise)^2 + novelty_scale^2 x min(novelty, {c.novelty_max or 1.0:.3g}))"
+              + (" x the species' factor: " + ", ".join(f"{chemical_symbols[z]} {f:.4g}" for z, f in c.species_scale)
+                 if c.species_scale else "") + f"); 90 % conformal quantile {q}")
     if "energy_std" in model.calibration_:
         c = model.calibration_of("energy_std")
         print(f"  calibration : energy_std scale {c.scale:.4g} (energies_std raw)")
