@@ -51,7 +51,8 @@ def test_species_factors_make_each_species_honest_and_are_shrunk_by_their_count(
     # never scales a species down
     assert TwoTermCalibrator().fit(e, s, sn, species=np.full(len(e), 29)).species_scale_ is None
     assert TwoTermCalibrator().fit(e, s, sn, species=np.where(sp == 1, 0, 8)).species_scale_ is None
-    assert min(TwoTermCalibrator(min_scale=1.0).fit(e, s, sn, species=sp).species_scale_.values()) >= 1.0
+    held = TwoTermCalibrator(min_scale=1.0).fit(0.5 * e, s, sn, species=sp)  # errors half the std
+    assert held.scale_ == pytest.approx(1.0) and min(held.species_scale_.values()) * held.scale_ >= 1.0
     with pytest.raises(ValueError, match="species must be integers"):
         TwoTermCalibrator().fit(e, s, sn, species=sp[:10])
 
@@ -144,3 +145,39 @@ def test_the_learner_stores_and_logs_species_factors(tmp_path):
     assert dict(stored.species_scale) == {int(z): f for z, f in out["species_scale"].items()}
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r for r in logged if r.get("event") == "calibration"][-1]["species_scale"] == out["species_scale"]
+
+
+def test_gpal_validate_calibrates_and_reports_a_two_species_model(tmp_path, capsys):
+    from ase.io import write
+
+    from gpal.cli import main
+
+    model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP),
+                     n_sparse=20, hyperparameters="fixed").fit(cuag_frames(4, seed=5))
+    path = model.save(tmp_path / "m.npz")
+    write(tmp_path / "cal.xyz", cuag_frames(6, seed=6))
+    write(tmp_path / "test.xyz", cuag_frames(2, seed=7))
+    assert main(["validate", str(path), str(tmp_path / "test.xyz"), "--calibrate", str(tmp_path / "cal.xyz"),
+                 "-o", str(tmp_path / "cal.npz"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    factors = dict(gpal.load(tmp_path / "cal.npz").calibration_of("forces_std").species_scale)
+    assert set(factors) == {29, 47}
+    assert f"Cu x {factors[29]:.3f}" in out and f"Ag x {factors[47]:.3g}" in out
+    assert main(["validate", str(tmp_path / "cal.npz"), str(tmp_path / "test.xyz"), "--no-plots"]) == 0
+    assert f"Ag x {factors[47]:.3g}" in capsys.readouterr().out
+
+
+def test_species_factors_are_checked_against_the_stds_and_the_output():
+    c = Calibration(scale=2.0, species_scale={8: 1.5})
+    std = np.full((3, 3), 0.1)  # three atoms: per atom, not per xyz column
+    np.testing.assert_allclose(c.apply(std, species=np.array([8, 1, 1])),
+                               [[0.3] * 3, [0.2] * 3, [0.2] * 3], rtol=1e-15)
+    with pytest.raises(ValueError, match="do not match stds"):
+        c.apply(std, species=np.array([8, 1]))
+    model = SparseGP(SOAP(species=["Cu", "Ag"], periodic=True, weighting=POLY, **SMALL_SOAP),
+                     n_sparse=10, hyperparameters="fixed").fit(cuag_frames(2, seed=1))
+    with pytest.raises(ValueError, match="species factors calibrate forces_std only"):
+        model.set_calibration(energy_std=Calibration(species_scale={29: 2.0}))
+    model.set_calibration(forces_std=c)
+    with pytest.raises(ValueError, match="forces_std must have shape"):
+        model.calibrated_force_std(np.ones(24), numbers=np.full(8, 29))

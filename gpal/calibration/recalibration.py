@@ -212,7 +212,8 @@ class TwoTermCalibrator:
         The largest ν of the fit (None without the term).
     species_scale_ : dict or None
         ``{atomic number: factor}`` (fitted with ``species`` of two or more species;
-        else None). Not below 1 when ``min_scale`` is 1.
+        else None). Not below ``min_scale / scale_``: the learnable std's effective
+        scale ``scale_ x factor`` stays at least ``min_scale``.
     n_samples_ : int
     """
 
@@ -322,7 +323,7 @@ class TwoTermCalibrator:
             known = np.unique(sp[sp > 0])
             if len(known) > 1:
                 z2 = e2 / self.calibration().apply(s, n, 0.0 if nu is None else nu) ** 2
-                low = 1.0 if min_scale >= 1 else 0.0
+                low = min_scale / self.scale_  # (the scale of the learnable part stays >= min_scale)
                 self.species_scale_ = {}
                 for z in known.tolist():
                     k = sp == z
@@ -380,7 +381,8 @@ class TwoTermCalibrator:
     def __repr__(self) -> str:
         return (f"TwoTermCalibrator(min_scale={self.min_scale}, scale_={getattr(self, 'scale_', None)}, "
                 f"noise_scale_={getattr(self, 'noise_scale_', None)}, "
-                f"novelty_scale_={getattr(self, 'novelty_scale_', None)})")
+                f"novelty_scale_={getattr(self, 'novelty_scale_', None)}, "
+                f"species_scale_={getattr(self, 'species_scale_', None)})")
 
 
 class SplitConformal:
@@ -651,8 +653,14 @@ class Calibration:
             Novelty ν in [0, 1] of each atom's environment (e.g. shape (n_atoms, 1)
             against forces); used only when ``novelty_scale`` is not 0.
         species : array_like of int, optional
-            Atomic number of each atom (e.g. shape (n_atoms, 1) against forces); used
-            only with ``species_scale`` (None: factor 1).
+            Atomic number of each atom, shape (n_atoms,) or (n_atoms, 1) against forces
+            (n_atoms, 3), or one per component (the shape of the stds); used only with
+            ``species_scale`` (None: factor 1).
+
+        Raises
+        ------
+        ValueError
+            ``species`` that match the stds neither per atom nor per component.
 
         Returns
         -------
@@ -674,6 +682,15 @@ class Calibration:
             out = np.sqrt(var)
         if self.species_scale and species is not None:
             sp = np.asarray(species)
+            if sp.ndim < out.ndim and sp.shape == out.shape[:sp.ndim]:  # per atom against (n_atoms, 3)
+                sp = sp.reshape(sp.shape + (1,) * (out.ndim - sp.ndim))
+            try:
+                fits = np.broadcast_shapes(sp.shape, out.shape) == out.shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(f"species of shape {np.shape(species)} do not match stds of shape {out.shape} "
+                                 "(give one atomic number per atom, or per component)")
             factor = np.ones(sp.shape)
             for z, f in self.species_scale:
                 factor[sp == z] = f

@@ -1011,7 +1011,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         c = model.calibration_of("forces_std")
         std_kind = f"calibrated (raw x {c.scale:.3g}, noise x {c.noise_scale:.3g}" + (
             f", novelty term {c.novelty_scale:.3g} eV/Å" if c.novelty_scale else "") + "".join(
-            f", {chemical_symbols[z]} x {f:.3g}" for z, f in (c.species_scale or {}).items()) + ")"
+            f", {chemical_symbols[z]} x {f:.3g}" for z, f in (c.species_scale or ())) + ")"
     else:
         std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
     from .._validation import frame_labels

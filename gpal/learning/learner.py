@@ -345,6 +345,9 @@ class Summary:
                 f"(leave-one-frame-out); on {c['n_judge']} other frames: force RMSE "
                 f"{c['judge_force_rmse']:.4g} eV/Å, mean z² {c['judge_zms']:.3g}, 90 % coverage "
                 f"{c['judge_coverage90']:.3f}"
+                + ("; species factors " + ", ".join(f"{chemical_symbols[int(z)]} {f:.3g}"
+                                                    for z, f in c["species_scale"].items())
+                   if c.get("species_scale") else "")
             )
             if "energy_scale" in c:
                 zms = f", on other frames mean z² {c['judge_energy_zms']:.3g}" if "judge_energy_zms" in c else ""

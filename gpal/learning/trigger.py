@@ -42,7 +42,10 @@ class Trigger:
        novelty term, ``max sqrt((scale σ)² + novelty_scale² min(ν, novelty_max))`` over
        the atoms' components (ν the atom's novelty: the residual of environments below the
        novelty threshold, which stage 1 leaves out of the sparse set, is part of the
-       error too). The frame is labelled when ``u``
+       error too). The calibration's factors per species (``species_scale``, fitted on
+       the whole std of a label) are not part of ``u``: they scale the stds a model
+       reports and the stopping bound, while ``u`` and its threshold stay on the
+       shared factors. The frame is labelled when ``u``
        exceeds the threshold, the larger of
 
        * the base: with ``threshold=None`` (the default) ``noise_ratio x`` the

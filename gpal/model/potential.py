@@ -1449,7 +1449,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         for key, val in calibrations.items():
             if not key.endswith("_std"):
                 raise ValueError(f"calibration keys name std outputs (e.g. forces_std), got {key!r}")
-            self.calibration_[key] = Calibration.from_dict(val).to_dict()
+            cal = Calibration.from_dict(val)
+            if cal.species_scale and key != "forces_std":
+                raise ValueError(f"species factors calibrate forces_std only, not {key}")
+            self.calibration_[key] = cal.to_dict()
         return self
 
     def calibration_of(self, output: str = "forces_std"):
@@ -1527,6 +1530,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         stored force calibration this is the raw std itself.
         """
         out = {"forces_std": np.asarray(forces_std, dtype=float)}
+        if numbers is not None and out["forces_std"].shape != (len(numbers), 3):
+            raise ValueError(f"forces_std must have shape ({len(numbers)}, 3) for {len(numbers)} atoms, "
+                             f"got {out['forces_std'].shape}")
         self._apply_calibration(out, novelty, numbers)
         return out["forces_std"]
 
@@ -1611,9 +1617,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             atom_nu, resid_total = self._novelty_terms(self.frames_[b])
             nu = np.repeat(atom_nu, 3)
             species = np.repeat(self.frames_[b].numbers, 3)
-            if len(nu) != int(f.sum()):  # force rows are (atom, xyz) in order; else none
-                nu = np.zeros(int(f.sum()))
-                species = np.zeros(int(f.sum()), dtype=int)  # (0: no species factor)
+            if len(nu) != int(f.sum()):  # (force rows are every atom's xyz, in order: frame_labels
+                nu = np.zeros(int(f.sum()))  # checks the shape; a guard, 0: no species factor)
+                species = np.zeros(int(f.sum()), dtype=int)
             out["force_novelty"].append(nu)
             out["force_species"].append(species)
             e = group == _E
