@@ -431,12 +431,15 @@ def test_a_ramp_over_the_run_is_judged_at_its_last_step(tmp_path):
     rule = StoppingRule(tolerance=50.0, patience=2, use="scale")
     L = learner(tmp_path / "run", validation=val, stopping=rule, check_every=100,
                 md=MDSettings(temperature=(300, 1200)))
-    summary = L.run(150)
+    with pytest.warns(UserWarning, match=r"cannot end this run early: .* its last step \(150\); continue"):
+        summary = L.run(150)
     assert (summary.stop_checks["judged"], summary.stop_checks["deferred"]) == (1, 1)
     assert [d.step for d in rule.history] == [149]
     # the next run's first scheduled check (step 200) is too close to the last one (149)
     # to count as another of the rule's consecutive checks: the next is at 300
-    summary = L.run(1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (past the ramp's top: the rule can stop it, no warning)
+        summary = L.run(1000)
     assert [d.step for d in rule.history] == [149, 300] and summary.stopped_early
 
 

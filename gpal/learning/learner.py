@@ -1461,6 +1461,7 @@ class ActiveLearner:
             self._stopped = (False, "")  # (a continued run reports its own stop)
             if self.ramp_steps is None and steps > self.step:  # the protocol spans the first run with MD steps
                 self.ramp_steps = self.total_steps
+            self._warn_unstoppable(steps)
             return self._run(t_start)
         except (KeyboardInterrupt, SystemError) as exc:
             if interrupt_in(exc) is None:
@@ -2124,6 +2125,19 @@ class ActiveLearner:
         same frame and must not count as two of the rule's consecutive checks."""
         prev = self.stopping._previous_step() if self.stopping is not None else None
         return prev is not None and self.step - prev < self.check_every
+
+    def _warn_unstoppable(self, steps: int) -> None:
+        """Warn when a stopping rule cannot end this ``run(steps)`` early: under a rising
+        temperature protocol it is judged from the top temperature on (:meth:`_may_stop`),
+        which a ramp over the run reaches at its last step."""
+        t = self.md.temperature
+        if (self.stopping is None or not isinstance(t, (tuple, list)) or not t[1] > t[0]
+                or steps <= self.step or steps > self.ramp_steps):
+            return
+        warnings.warn(f"the stopping rule cannot end this run early: under the temperature ramp {t[0]:g} -> "
+                      f"{t[1]:g} K it is judged from the top temperature on, which the run reaches at its last "
+                      f"step ({self.ramp_steps}); continue the run to let it stop (run(N) with N > "
+                      f"{self.ramp_steps}, or gpal learn --resume RUN_DIR --steps N)", UserWarning, stacklevel=3)
 
     def _may_stop(self) -> bool:
         """Whether a stop could be certified now: the held-out frames must cover what the
