@@ -320,6 +320,10 @@ def test_to_dict_round_trips():
     assert SplitConformal.from_dict(SplitConformal(0.05).to_dict()).alpha == 0.05
     with pytest.raises(ValueError):
         SplitConformal.from_dict(StdCalibrator().to_dict())
+    fitted = StdCalibrator().fit(e, s).to_dict()
+    for n in (None, 0, 2.5, True):  # (a KeyError or TypeError before)
+        with pytest.raises(ValueError, match="needs n_samples, an integer >= 1"):
+            StdCalibrator.from_dict({**fitted, "n_samples": n})
 
 
 # --------------------------------------------------------------------------------------

@@ -142,8 +142,8 @@ class StdCalibrator:
         Raises
         ------
         ValueError
-            ``d`` is not a dict with ``"class": "StdCalibrator"``, or its scale is not a
-            finite number > 0.
+            ``d`` is not a dict with ``"class": "StdCalibrator"``, its scale is not a
+            finite number > 0, or a scale comes without an integer ``n_samples`` >= 1.
         """
         if not isinstance(d, dict) or d.get("class") != "StdCalibrator":
             raise ValueError(f"not a StdCalibrator dict: {d!r}")
@@ -152,8 +152,11 @@ class StdCalibrator:
             scale = float(d["scale"])
             if not (np.isfinite(scale) and scale > 0):
                 raise ValueError(f"invalid scale {d['scale']!r}")
+            n = d.get("n_samples")
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ValueError(f"a fitted StdCalibrator dict needs n_samples, an integer >= 1, got {n!r}")
             obj.scale_ = scale
-            obj.n_samples_ = int(d["n_samples"])
+            obj.n_samples_ = int(n)
         return obj
 
     def __repr__(self) -> str:

@@ -223,7 +223,7 @@ def descriptor_from_dict(d: dict) -> Descriptor:
         A malformed dict, or a type no registered class has (the known ones are listed).
     """
     if not isinstance(d, dict) or "params" not in d:
-        raise ValueError("a descriptor dict needs the keys 'type' and 'params'")
+        raise ValueError("a descriptor dict needs the key 'params' (and 'type', which defaults to 'SOAP')")
     name = d.get("type", "SOAP")
     cls = _REGISTRY.get(name)
     if cls is None:
