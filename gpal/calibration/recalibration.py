@@ -759,6 +759,15 @@ class Calibration:
         return cls(**d)
 
 
+def species_factors_text(factors, fmt: str = ".3g", sep: str = " x ") -> str:
+    """``"Cu x 1.03, Ag x 0.97"``: the species factors ``factors`` (a dict or pairs of
+    atomic number, as int or str, and factor) by chemical symbol; "" for none."""
+    from ase.data import chemical_symbols
+
+    pairs = factors.items() if isinstance(factors, dict) else (factors or ())
+    return ", ".join(f"{chemical_symbols[int(z)]}{sep}{f:{fmt}}" for z, f in pairs)
+
+
 def fit_two_term_conformal(error, std, noise, novelty, frame, alpha: float = 0.1,
                            min_scale: float = 0.1, species=None) -> tuple[TwoTermCalibrator, SplitConformal]:
     """A :class:`TwoTermCalibrator` of force-component errors and a conformal quantile in

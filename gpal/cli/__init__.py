@@ -955,9 +955,8 @@ def cmd_md(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- validate
 def cmd_validate(args: argparse.Namespace) -> int:
     """Errors and calibration metrics on a test set (optionally recalibrate first)."""
-    from ase.data import chemical_symbols
-
     from .. import calibration
+    from ..calibration.recalibration import species_factors_text
     from ..model import load
 
     if args.calibrate and not (args.output or args.in_place):
@@ -1000,7 +999,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         path = model.save(args.model if args.in_place else args.output, overwrite=True)  # (checked above)
         print(f"gpal: calibrated on {args.calibrate}: force-std scale {cal.scale_:.3f}, noise scale "
               f"{cal.noise_scale_:.3f}, novelty scale {cal.novelty_scale_:.3g} eV/Å, "
-              + "".join(f"{chemical_symbols[z]} x {f:.3f}, " for z, f in (cal.species_scale_ or {}).items())
+              + (species_factors_text(cal.species_scale_, ".3f") + ", " if cal.species_scale_ else "")
               + f"{100 * (1 - args.alpha):.0f} % conformal quantile {conf.quantile_:.3f} "
               f"(of |error| / calibrated std); wrote {path}"
               + ("" if "energy_std" not in model.calibration_ else
@@ -1010,8 +1009,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if calibrated:
         c = model.calibration_of("forces_std")
         std_kind = f"calibrated (raw x {c.scale:.3g}, noise x {c.noise_scale:.3g}" + (
-            f", novelty term {c.novelty_scale:.3g} eV/Å" if c.novelty_scale else "") + "".join(
-            f", {chemical_symbols[z]} x {f:.3g}" for z, f in (c.species_scale or ())) + ")"
+            f", novelty term {c.novelty_scale:.3g} eV/Å" if c.novelty_scale else "") + (
+            ", " + species_factors_text(c.species_scale) if c.species_scale else "") + ")"
     else:
         std_kind = "raw" + ("" if args.raw else " (the model stores no calibration; see --calibrate)")
     from .._validation import frame_labels
@@ -1075,6 +1074,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model file: species, descriptor, kernel, noises, calibration, data."""
     from ase.data import chemical_symbols
 
+    from ..calibration.recalibration import species_factors_text
     from ..exceptions import BaselineError
     from ..io import read_model_file
     from ..model import load
@@ -1118,7 +1118,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  calibration : forces_std scale {c.scale:.4g}, noise_scale {c.noise_scale:.4g}, "
               f"novelty_scale {c.novelty_scale:.4g} eV/Å (calibrated std = sqrt((scale x raw)^2 + "
               f"(noise_scale x force noise)^2 + novelty_scale^2 x min(novelty, {c.novelty_max or 1.0:.3g}))"
-              + (" x the species' factor: " + ", ".join(f"{chemical_symbols[z]} {f:.4g}" for z, f in c.species_scale)
+              + (" x the species' factor: " + species_factors_text(c.species_scale, ".4g", " ")
                  if c.species_scale else "") + f"); 90 % conformal quantile {q}")
     if "energy_std" in model.calibration_:
         c = model.calibration_of("energy_std")

@@ -55,6 +55,7 @@ from ase.data import chemical_symbols
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from .. import selection
+from ..calibration.recalibration import species_factors_text
 from .._threads import policy as _thread_policy
 from .._validation import (as_rng, check_atoms, check_min_distance, check_number, displacement, frame_labels,
                            species_number, user_stacklevel, warn_unknown_keywords)
@@ -345,8 +346,7 @@ class Summary:
                 f"(leave-one-frame-out); on {c['n_judge']} other frames: force RMSE "
                 f"{c['judge_force_rmse']:.4g} eV/Å, mean z² {c['judge_zms']:.3g}, 90 % coverage "
                 f"{c['judge_coverage90']:.3f}"
-                + ("; species factors " + ", ".join(f"{chemical_symbols[int(z)]} {f:.3g}"
-                                                    for z, f in c["species_scale"].items())
+                + ("; species factors " + species_factors_text(c["species_scale"], sep=" ")
                    if c.get("species_scale") else "")
             )
             if "energy_scale" in c:
@@ -2126,13 +2126,17 @@ class ActiveLearner:
         prev = self.stopping._previous_step() if self.stopping is not None else None
         return prev is not None and self.step - prev < self.check_every
 
+    def _ramp_rises(self) -> bool:
+        """Whether the MD temperature protocol is a rising ramp ``(T_start, T_end)``."""
+        t = self.md.temperature
+        return isinstance(t, (tuple, list)) and t[1] > t[0]
+
     def _warn_unstoppable(self, steps: int) -> None:
         """Warn when a stopping rule cannot end this ``run(steps)`` early: under a rising
         temperature protocol it is judged from the top temperature on (:meth:`_may_stop`),
         which a ramp over the run reaches at its last step."""
         t = self.md.temperature
-        if (self.stopping is None or not isinstance(t, (tuple, list)) or not t[1] > t[0]
-                or steps <= self.step or steps > self.ramp_steps):
+        if self.stopping is None or not self._ramp_rises() or steps <= self.step or steps > self.ramp_steps:
             return
         warnings.warn(f"the stopping rule cannot end this run early: under the temperature ramp {t[0]:g} -> "
                       f"{t[1]:g} K it is judged from the top temperature on, which the run reaches at its last "
@@ -2148,7 +2152,7 @@ class ActiveLearner:
         where the user asked it to go). Otherwise the check is logged as deferred."""
         why = None
         t = self.md.temperature
-        if isinstance(t, (tuple, list)) and t[1] > t[0] and self.step < max(self.ramp_steps - 1, 1):
+        if self._ramp_rises() and self.step < max(self.ramp_steps - 1, 1):
             T = self.md.temperature_at(self.step / max(self.ramp_steps - 1, 1))
             why = f"the temperature protocol is at {T:.0f} K of {t[1]:g} K"
         elif not self.validation and sum(r not in ("bootstrap", "initial") for r in self._reasons) < 4:

@@ -1515,7 +1515,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 if key == "forces_std" and cal.species_scale:
                     if numbers is None:
                         raise ValueError("this force calibration has species factors: pass the atoms' numbers")
-                    species = np.asarray(numbers).reshape(-1, 1)
+                    species = numbers  # (per atom: apply puts them against the xyz columns)
                 out[key] = cal.apply(out[key], level, nu, species)
                 if key == "forces_std" and cal.conformal_q90 is not None:
                     # half-width of the 90 % split-conformal interval of each force label
