@@ -305,6 +305,13 @@ def test_conformal_too_few_samples_gives_inf_with_warning():
     d = conf.to_dict()
     json.dumps(d, allow_nan=False)
     assert SplitConformal.from_dict(d).quantile_ == math.inf
+    # nothing is bounded, a zero std included (inf * 0 is NaN, which a stopping check refuses)
+    np.testing.assert_array_equal(conf.bound([0.0, 0.5]), [math.inf, math.inf])
+    lower, upper = conf.interval([1.0, 2.0], [0.0, 0.5])
+    assert np.all(lower == -math.inf) and np.all(upper == math.inf)
+    rule = StoppingRule(tolerance=0.1, use="conformal")
+    assert rule.compute_bound(0.0, conf) == math.inf
+    assert not rule.update(1, rule.compute_bound(0.0, conf)).stop
 
 
 def test_to_dict_round_trips():

@@ -469,8 +469,8 @@ class SplitConformal:
         Returns
         -------
         ndarray of the shape of ``std``
-            In the unit of ``std`` (``inf`` where ``quantile_`` is infinite, NaN where
-            it is infinite and the std is 0).
+            In the unit of ``std``; ``inf`` everywhere when ``quantile_`` is infinite
+            (too few scores for the level: nothing is bounded, a zero std included).
 
         Raises
         ------
@@ -483,6 +483,8 @@ class SplitConformal:
         s = _finite_array("std", std)
         if np.any(s < 0):
             raise ValueError("std must be non-negative")
+        if np.isinf(self.quantile_):  # (inf * 0 would be NaN)
+            return np.full(s.shape, np.inf)
         return self.quantile_ * s
 
     def interval(self, pred, std) -> tuple[np.ndarray, np.ndarray]:
