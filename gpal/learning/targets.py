@@ -782,7 +782,7 @@ class TargetSet:
 
     @_thread_policy()
     def reached(self, model, scale: float = 1.0) -> bool:
-        """True when a tolerance is set and the calibrated target std is under it.
+        """True when a tolerance is set and the calibrated target std is at or under it.
 
         Parameters
         ----------
