@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import gpal.descriptors.soap as soap_module
 import gpal.model.potential as potential
 from gpal import SOAP, SparseGP
 from gpal.descriptors import pair_forces, pair_stress
@@ -106,13 +107,40 @@ def test_one_species_frame_of_a_two_species_model(small_blocks):
     model.update(cuag_frames(2, seed=6), n_sparse=6)
     assert assert_matches(model.predict(pure, return_std=True), reference(model, pure)) is None
     # the shortcut and the general trsv on the whole R_w agree on the same sums
-    exp, dE, kb = model._fused_terms(pure, np.zeros(len(pure)), keep_k=True)
-    _, _, sor_total = model._local_variance_terms(kb, len(pure))
-    assert len(kb) == 1
-    (r, c, Kz), = kb
+    exp, dE, terms = model._fused_terms(pure, np.zeros(len(pure)), keep_k=True)
+    _, _, sor_total = terms.result()
+    assert len(terms.sums) == 1
+    (c, wsum_c, _), = terms.sums.values()
     wsum = np.zeros(len(model.sparse_species_))
-    wsum[c] = model._local_std_factors().terms(Kz, int(model.sparse_species_[c[0]]))[2]
+    wsum[c] = wsum_c
     np.testing.assert_allclose(sor_total, model._var_sor_whitened(wsum), rtol=1e-10)
+
+
+def test_stds_summed_block_by_block_equal_the_direct_formulas(small_blocks, monkeypatch):
+    """The fused path takes each block of atoms' kernel rows into the variance terms as
+    the block is done (``_VarianceTerms``: no (n_atoms, M) kernel matrix): with several
+    blocks, two species and species interleaved in the frame, the local stds, the
+    total's std and the novelty equal the direct formulas, and a prediction that needs
+    the novelty alone (a calibration with a novelty term) gets the same novelty."""
+    size = soap_module.jit.stored_pair_size(SMALL_SOAP["l_max"] + 1, SMALL_SOAP["n_max"])
+    monkeypatch.setattr(soap_module, "_FUSED_STORE_BYTES", 60 * 8 * size)  # ~2 atoms a block
+    train = cuag_frames(5, seed=3)
+    model = SparseGP(soap_for(train), n_sparse=30, hyperparameters="fixed").fit(train)
+    big = cuag_frames(1, seed=11)[0].repeat((2, 1, 1))
+    assert len(set(big.numbers[:4])) == 2  # species interleaved across blocks
+    added = []
+    add = potential._VarianceTerms.add
+    monkeypatch.setattr(potential._VarianceTerms, "add",
+                        lambda self, r, c, Kz: (added.append(len(r)), add(self, r, c, Kz))[1])
+    pred = model.predict(big, return_std=True)
+    ref = reference(model, big)
+    assert_matches(pred, ref)
+    assert len(added) >= 6 and sum(added) == len(big)
+    _, _, terms = model._fused_terms(big, np.zeros(len(big)), keep_k=True, with_sor=False)
+    q, sor, total = terms.result()
+    assert not sor.any() and total == 0.0
+    kdiag = model.kernel_.diag(model.descriptor_.create(big))
+    np.testing.assert_allclose((kdiag - q) / kdiag, ref["novelty"], rtol=0, atol=1e-10)
 
 
 def test_stds_follow_new_frames_and_new_sparse_points(small_blocks):
@@ -268,7 +296,7 @@ def test_zeta_2_with_stds_uses_the_quadratic_form_where_features_are_fewer(small
 
 
 def test_a_prediction_without_stds_keeps_no_kernel_rows():
-    """Without stds no kernel blocks are kept or merged, for a kernel with a quadratic
+    """Without stds no kernel blocks are kept or summed, for a kernel with a quadratic
     form (ζ = 2) and one without (ζ = 4): the MD step pays for none."""
     train = cu_frames(4, seed=7)
     cell = cu_frames(1, seed=8, size=(2, 2, 2))[0]
@@ -277,7 +305,7 @@ def test_a_prediction_without_stds_keeps_no_kernel_rows():
                          hyperparameters="fixed").fit(train)
         energies = model._e0_of(cell.numbers).astype(float)
         assert model._fused_terms(cell, energies, keep_k=False)[2] == []
-        assert len(model._fused_terms(cell, energies.copy(), keep_k=True)[2]) == 1
+        assert len(model._fused_terms(cell, energies.copy(), keep_k=True)[2].sums) == 1
 
 
 # ---------------------------------------------------------------- row-parallel passes
