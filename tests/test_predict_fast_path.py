@@ -117,25 +117,31 @@ def test_one_species_frame_of_a_two_species_model(small_blocks):
 
 
 def test_stds_summed_block_by_block_equal_the_direct_formulas(small_blocks, monkeypatch):
-    """The fused path takes each block of atoms' kernel rows into the variance terms as
-    the block is done (``_VarianceTerms``: no (n_atoms, M) kernel matrix): with several
-    blocks, two species and species interleaved in the frame, the local stds, the
-    total's std and the novelty equal the direct formulas, and a prediction that needs
-    the novelty alone (a calibration with a novelty term) gets the same novelty."""
+    """The fused path takes each block of atoms' kernel rows into buffers of bounded
+    size (``_VarianceTerms``: no (n_atoms, M) kernel matrix), whose variance terms are
+    summed buffer by buffer: with several blocks, buffers that fill within a block, two
+    species and species interleaved in the frame, the local stds, the total's std and
+    the novelty equal the direct formulas, and a prediction that needs the novelty
+    alone (a calibration with a novelty term) gets the same novelty."""
     size = soap_module.jit.stored_pair_size(SMALL_SOAP["l_max"] + 1, SMALL_SOAP["n_max"])
     monkeypatch.setattr(soap_module, "_FUSED_STORE_BYTES", 60 * 8 * size)  # ~2 atoms a block
+    monkeypatch.setattr(potential, "_VARIANCE_BUFFER_BYTES", 3 * 8 * 16)  # 3 rows of 14 or 16 columns
     train = cuag_frames(5, seed=3)
     model = SparseGP(soap_for(train), n_sparse=30, hyperparameters="fixed").fit(train)
+    assert sorted(np.unique(model.sparse_species_, return_counts=True)[1]) == [14, 16]
     big = cuag_frames(1, seed=11)[0].repeat((2, 1, 1))
     assert len(set(big.numbers[:4])) == 2  # species interleaved across blocks
-    added = []
-    add = potential._VarianceTerms.add
+    added, flushed = [], []
+    add, flush = potential._VarianceTerms.add, potential._VarianceTerms._flush
     monkeypatch.setattr(potential._VarianceTerms, "add",
                         lambda self, r, c, Kz: (added.append(len(r)), add(self, r, c, Kz))[1])
+    monkeypatch.setattr(potential._VarianceTerms, "_flush",
+                        lambda self, z: (flushed.append(self.buffers[z][3]), flush(self, z))[1])
     pred = model.predict(big, return_std=True)
     ref = reference(model, big)
     assert_matches(pred, ref)
     assert len(added) >= 6 and sum(added) == len(big)
+    assert max(flushed) == 3 and sum(flushed) == len(big) and len([f for f in flushed if f]) >= 5
     _, _, terms = model._fused_terms(big, np.zeros(len(big)), keep_k=True, with_sor=False)
     q, sor, total = terms.result()
     assert not sor.any() and total == 0.0

@@ -142,6 +142,9 @@ _FUSED_STEP = True
 
 #: atoms per chunk of the local-energy stds' triangular products (a chunk's rows in cache)
 _STD_CHUNK = 256
+#: bytes of kernel rows per species that a prediction holds for the local stds
+#: (:class:`_VarianceTerms`): their triangular products run per buffer of this size
+_VARIANCE_BUFFER_BYTES = 32 << 20
 _QUADRATIC_MAX_FEATURES = 1024  # largest F whose ζ = 2 quadratic form A (F, F) is kept
 
 
@@ -181,7 +184,7 @@ class _LocalStdFactors:
     an upper-triangular ``U_c`` with ``U_cᵀ U_c = S_cc`` (its Cholesky factor; the R of
     a QR of ``(R_w⁻¹[c, :])ᵀ`` if ``S_cc``, whose condition number is that of ``R_w``
     squared, is too ill-conditioned for Cholesky), so both are one triangular
-    matrix product (BLAS trmm) over the atoms of the species (of a block of atoms on
+    matrix product (BLAS trmm) over the atoms of the species (of a buffer of atoms on
     the fused path, :class:`_VarianceTerms`): ``|L_cc⁻¹ k_c|²`` and
     ``|U_c w_c|²``, m²/2 multiply-adds each for the species' m sparse points, at the
     speed of a matrix product. This holds for any order of the sparse columns
@@ -270,31 +273,63 @@ class _LocalStdFactors:
 
 
 class _VarianceTerms:
-    """The terms of :meth:`SparseGP._local_variance_terms`, summed block of atoms by block.
+    """The terms of :meth:`SparseGP._local_variance_terms`, from kernel rows handed in
+    block of atoms by block, in a buffer of bounded size.
 
     The fused prediction path hands each block's kernel rows (per species) to
-    :meth:`add` as the block is done, so the local stds need no (n_atoms, M) kernel
-    matrix: a 4,000-atom cell with 500 sparse points held 16 MB of kernel rows and a
-    16 MB merged copy of them (8 kB per atom at M = 500, 32 kB at M = 2,000); now one
-    block's rows, in cache when their triangular products run. Measured (4,000-atom Cu
-    cell, 500 sparse points, one / two threads, two rounds each of two runs): predict
-    with stds 129-133 → 122-125 and 82-85 → 70-77 µs/atom, its peak of traced memory
-    56.8 → 37.2 MB; the 108-atom cell (one block) unchanged. Equal to
+    :meth:`add` as the block is done. They are copied into a per-species buffer of at
+    most :data:`_VARIANCE_BUFFER_BYTES` (and the species' atoms), whose triangular
+    products run when it is full and at :meth:`result`: a cell whose kernel rows fit
+    the buffer (4,000 atoms at M = 500: 16 MB) gets one pass over all its rows, as the
+    merged blocks had, and a larger one a pass per buffer, so a prediction's memory for
+    the stds stays bounded (the merged blocks and their pieces were 8 kB per atom at M =
+    500, 32 kB at M = 2,000: 3.2 GB for 100,000 atoms). Measured (Cu, 500 sparse points,
+    against the merged blocks): peak traced memory of a predict with stds 51.0 → 47.6 MB
+    at 4,000 atoms and 209 → 129 MB at 16,384; at 4,000 atoms, quiet, one / two threads
+    109 → 95 and 68 → 58 µs/atom (medians of two rounds), the MD step beside a busy
+    process 116 / 108 / 104 → 109 / 105 / 91 µs/atom (three pairs of runs); the 108-atom
+    cell (one block) unchanged. Passes per block of ~150 atoms instead (no buffer) made
+    that busy MD step 5-8 % slower than the merged blocks (each pass reads both
+    triangular factors again). Equal to
     :meth:`SparseGP._local_variance_terms` of the merged blocks up to the order of sums
-    (``Σ_i w_i``, ``Σ_i v_i`` by block). Only for factors that are block-diagonal by
+    (``Σ_i w_i``, ``Σ_i v_i`` by buffer). Only for factors that are block-diagonal by
     species (every gpal fit).
     """
 
-    def __init__(self, model: "SparseGP", fac: _LocalStdFactors, n_atoms: int, with_sor: bool):
+    def __init__(self, model: "SparseGP", fac: _LocalStdFactors, numbers: np.ndarray, with_sor: bool):
         self.model, self.fac, self.with_sor = model, fac, with_sor
-        self.q, self.sor = np.zeros(n_atoms), np.zeros(n_atoms)
-        self.sums: dict = {}  # species -> [c, Σ w, Σ v] over the atoms added
+        self.numbers = numbers
+        self.q, self.sor = np.zeros(len(numbers)), np.zeros(len(numbers))
+        self.sums: dict = {}  # species -> [c, Σ w, Σ v] over the atoms done
+        self.buffers: dict = {}  # species -> [c, rows buffer, atom indices buffer, rows held]
 
     def add(self, r: np.ndarray, c: np.ndarray, Kz: np.ndarray) -> None:
         """Kernel rows ``Kz`` (len(r), len(c)) of atoms ``r``, all of the species whose
         sparse columns are ``c``."""
         z = int(self.model.sparse_species_[c[0]])
-        self.q[r], self.sor[r], wsum, vsum = self.fac.terms(Kz, z, self.with_sor)
+        b = self.buffers.get(z)
+        if b is None:
+            n_z = int(np.count_nonzero(self.numbers == z))
+            cap = max(min(n_z, _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
+            b = self.buffers[z] = [c, np.empty((cap, len(c))), np.empty(cap, dtype=np.int64), 0]
+        s = 0
+        while s < len(r):
+            cap, held = len(b[2]), b[3]
+            k = min(cap - held, len(r) - s)
+            b[1][held:held + k] = Kz[s:s + k]
+            b[2][held:held + k] = r[s:s + k]
+            b[3] = held + k
+            s += k
+            if b[3] == cap:
+                self._flush(z)
+
+    def _flush(self, z: int) -> None:
+        c, rows, idx, held = self.buffers[z]
+        if not held:
+            return
+        r = idx[:held]
+        self.q[r], self.sor[r], wsum, vsum = self.fac.terms(rows[:held], z, self.with_sor)
+        self.buffers[z][3] = 0
         e = self.sums.get(z)
         if e is None:
             self.sums[z] = [c, wsum, vsum]
@@ -304,6 +339,8 @@ class _VarianceTerms:
 
     def result(self) -> tuple:
         """``(q, sor, sor_total)`` as :meth:`SparseGP._local_variance_terms` returns them."""
+        for z in self.buffers:
+            self._flush(z)
         if not self.with_sor or not self.sums:
             return self.q, self.sor, 0.0
         if len(self.sums) == 1:  # one species: |Σ_i v_i|² (see _LocalStdFactors.terms)
@@ -1197,8 +1234,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
 
         Returns ``(step, dE, terms)``. With ``keep_k`` (what the local stds need)
         ``terms`` is a :class:`_VarianceTerms` that took each block's kernel rows as the
-        block was done (``with_sor``: the projected part too), so no (n_atoms, M) kernel
-        matrix is formed; when the factors are not block-diagonal by species (not for a
+        block was done (``with_sor``: the projected part too) into buffers of bounded
+        size; when the factors are not block-diagonal by species (not for a
         gpal fit) it is the kernel blocks merged per species, as the two-pass path forms
         them for :meth:`_local_variance_terms`. Without ``keep_k``, ``[]``.
         """
@@ -1208,7 +1245,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if keep_k:
             fac = self._local_std_factors()
             if fac.blocks is not None:
-                acc = _VarianceTerms(self, fac, len(numbers), with_sor)
+                acc = _VarianceTerms(self, fac, numbers, with_sor)
 
         def block_gradient(i0, i1, Xb):
             if acc is None:
