@@ -1138,7 +1138,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         novelty = None
         if local:
             # DTC: k(x,x) - k K_mm^-1 k + k Sigma k
-            if isinstance(kblocks, _VarianceTerms):  # (the fused path's, summed block by block)
+            if isinstance(kblocks, _VarianceTerms):  # (the fused path's, summed buffer by buffer)
                 q, sor, sor_total = kblocks.result()
             else:
                 q, sor, sor_total = self._local_variance_terms(kblocks, N, with_sor=return_std)
@@ -1251,7 +1251,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if acc is None:
                 return self._kernel_terms(Xb, numbers, energies, parts, i0, need_k=keep_k)
             G = self._kernel_terms(Xb, numbers, energies, parts, i0, need_k=True)
-            for r, c, Kz in parts:  # the block's rows, while they are in cache
+            for r, c, Kz in parts:  # the block's rows into the bounded buffers
                 acc.add(r, c, Kz)
             parts.clear()
             return G
