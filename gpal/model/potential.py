@@ -289,8 +289,8 @@ class _VarianceTerms:
     109 → 95 and 68 → 58 µs/atom (medians of two rounds), the MD step beside a busy
     process 116 / 108 / 104 → 109 / 105 / 91 µs/atom (three pairs of runs); the 108-atom
     cell (one block) unchanged. Passes per block of ~150 atoms instead (no buffer) made
-    that busy MD step 5-8 % slower than the merged blocks (each pass reads both
-    triangular factors again). Equal to
+    that busy MD step slower than the merged blocks in 4 of 5 alternating pairs (median
+    6 %; each pass reads both triangular factors again). Equal to
     :meth:`SparseGP._local_variance_terms` of the merged blocks up to the order of sums
     (``Σ_i w_i``, ``Σ_i v_i`` by buffer). Only for factors that are block-diagonal by
     species (every gpal fit).
