@@ -131,17 +131,23 @@ def test_stds_summed_block_by_block_equal_the_direct_formulas(small_blocks, monk
     assert sorted(np.unique(model.sparse_species_, return_counts=True)[1]) == [14, 16]
     big = cuag_frames(1, seed=11)[0].repeat((2, 1, 1))
     assert len(set(big.numbers[:4])) == 2  # species interleaved across blocks
-    added, flushed = [], []
-    add, flush = potential._VarianceTerms.add, potential._VarianceTerms._flush
+    added, passes = [], []
+    add, run_terms = potential._VarianceTerms.add, potential._VarianceTerms._terms
     monkeypatch.setattr(potential._VarianceTerms, "add",
                         lambda self, r, c, Kz: (added.append(len(r)), add(self, r, c, Kz))[1])
-    monkeypatch.setattr(potential._VarianceTerms, "_flush",
-                        lambda self, z: (flushed.append(self.buffers[z][3]), flush(self, z))[1])
+    monkeypatch.setattr(potential._VarianceTerms, "_terms",
+                        lambda self, z, c, r, Kz: (passes.append(len(r)), run_terms(self, z, c, r, Kz))[1])
     pred = model.predict(big, return_std=True)
     ref = reference(model, big)
     assert_matches(pred, ref)
     assert len(added) >= 6 and sum(added) == len(big)
-    assert max(flushed) == 3 and sum(flushed) == len(big) and len([f for f in flushed if f]) >= 5
+    assert max(passes) == 3 and sum(passes) == len(big) and len(passes) >= 5
+    # the two-pass path's merged blocks go through the same terms (pieces of a buffer each)
+    passes.clear()
+    model._fused_step = False
+    assert_matches(model.predict(big, return_std=True), ref)
+    assert max(passes) == 3 and sum(passes) == len(big)
+    del model._fused_step
     _, _, terms = model._fused_terms(big, np.zeros(len(big)), keep_k=True, with_sor=False)
     q, sor, total = terms.result()
     assert not sor.any() and total == 0.0
@@ -311,7 +317,8 @@ def test_a_prediction_without_stds_keeps_no_kernel_rows():
                          hyperparameters="fixed").fit(train)
         energies = model._e0_of(cell.numbers).astype(float)
         assert model._fused_terms(cell, energies, keep_k=False)[2] == []
-        assert len(model._fused_terms(cell, energies.copy(), keep_k=True)[2].sums) == 1
+        terms = model._fused_terms(cell, energies.copy(), keep_k=True)[2]
+        assert len(terms.sums) == 1 and not terms.buffers  # (one block: its rows run as they are)
 
 
 # ---------------------------------------------------------------- row-parallel passes

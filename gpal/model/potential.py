@@ -288,7 +288,7 @@ class _VarianceTerms:
     at 4,000 atoms and 209 → 129 MB at 16,384; at 4,000 atoms, quiet, one / two threads
     109 → 95 and 68 → 58 µs/atom (medians of two rounds), the MD step beside a busy
     process 116 / 108 / 104 → 109 / 105 / 91 µs/atom (three pairs of runs); the 108-atom
-    cell (one block) unchanged. Passes per block of ~150 atoms instead (no buffer) made
+    cell (one block, whose rows run as they are) unchanged. Passes per block of ~150 atoms instead (no buffer) made
     that busy MD step slower than the merged blocks in 4 of 5 alternating pairs (median
     6 %; each pass reads both triangular factors again). Equal to
     :meth:`SparseGP._local_variance_terms` of the merged blocks up to the order of sums
@@ -296,40 +296,42 @@ class _VarianceTerms:
     species (every gpal fit).
     """
 
-    def __init__(self, model: "SparseGP", fac: _LocalStdFactors, numbers: np.ndarray, with_sor: bool):
-        self.model, self.fac, self.with_sor = model, fac, with_sor
-        self.numbers = numbers
-        self.q, self.sor = np.zeros(len(numbers)), np.zeros(len(numbers))
+    def __init__(self, model: "SparseGP", fac: _LocalStdFactors, n_atoms: int, with_sor: bool,
+                 counts: dict):
+        self.model, self.fac, self.with_sor, self.counts = model, fac, with_sor, counts
+        self.q, self.sor = np.zeros(n_atoms), np.zeros(n_atoms)
         self.sums: dict = {}  # species -> [c, Σ w, Σ v] over the atoms done
-        self.buffers: dict = {}  # species -> [c, rows buffer, atom indices buffer, rows held]
+        self.buffers: dict = {}  # species -> _RowBuffer
 
     def add(self, r: np.ndarray, c: np.ndarray, Kz: np.ndarray) -> None:
         """Kernel rows ``Kz`` (len(r), len(c)) of atoms ``r``, all of the species whose
-        sparse columns are ``c``."""
+        sparse columns are ``c``. A buffer holds the species' atoms (``counts[z]``), at
+        most :data:`_VARIANCE_BUFFER_BYTES` of rows; a piece that fills it by itself (a
+        species whose rows come in one block, as in a 108-atom cell, or the merged
+        blocks of :meth:`SparseGP._local_variance_terms`) runs without being copied."""
         z = int(self.model.sparse_species_[c[0]])
+        cap = max(min(int(self.counts[z]), _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
         b = self.buffers.get(z)
-        if b is None:
-            n_z = int(np.count_nonzero(self.numbers == z))
-            cap = max(min(n_z, _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
-            b = self.buffers[z] = [c, np.empty((cap, len(c))), np.empty(cap, dtype=np.int64), 0]
         s = 0
         while s < len(r):
-            cap, held = len(b[2]), b[3]
-            k = min(cap - held, len(r) - s)
-            b[1][held:held + k] = Kz[s:s + k]
-            b[2][held:held + k] = r[s:s + k]
-            b[3] = held + k
-            s += k
-            if b[3] == cap:
+            if (b is None or not b.held) and len(r) - s >= cap:  # a whole buffer's rows as they are
+                self._terms(z, c, r[s:s + cap], Kz[s:s + cap])
+                s += cap
+                continue
+            if b is None:
+                b = self.buffers[z] = _RowBuffer(cap, c)
+            s += b.take(r[s:], Kz[s:])
+            if b.full:
                 self._flush(z)
 
     def _flush(self, z: int) -> None:
-        c, rows, idx, held = self.buffers[z]
-        if not held:
-            return
-        r = idx[:held]
-        self.q[r], self.sor[r], wsum, vsum = self.fac.terms(rows[:held], z, self.with_sor)
-        self.buffers[z][3] = 0
+        b = self.buffers[z]
+        if b.held:
+            self._terms(z, b.cols, b.atoms[:b.held], b.rows[:b.held])
+            b.held = 0
+
+    def _terms(self, z: int, c: np.ndarray, r: np.ndarray, Kz: np.ndarray) -> None:
+        self.q[r], self.sor[r], wsum, vsum = self.fac.terms(Kz, z, self.with_sor)
         e = self.sums.get(z)
         if e is None:
             self.sums[z] = [c, wsum, vsum]
@@ -343,13 +345,38 @@ class _VarianceTerms:
             self._flush(z)
         if not self.with_sor or not self.sums:
             return self.q, self.sor, 0.0
-        if len(self.sums) == 1:  # one species: |Σ_i v_i|² (see _LocalStdFactors.terms)
+        if len(self.sums) == 1:
+            # one species: the total's projected variance is |Σ_i v_i|² (see
+            # _LocalStdFactors.terms), which the triangular products have summed (a trsv on
+            # the whole (M, M) R_w, read from memory, took ~70 µs at M = 500 in an MD step)
             (_, _, vsum), = self.sums.values()
             return self.q, self.sor, float(np.dot(vsum, vsum))
         wsum = np.zeros(len(self.model.sparse_species_))
         for c, ws, _ in self.sums.values():
             wsum[c] = ws
         return self.q, self.sor, self.model._var_sor_whitened(wsum)
+
+
+class _RowBuffer:
+    """Kernel rows of one species held for :class:`_VarianceTerms`: ``rows`` (cap, m) in
+    the species' sparse columns ``cols`` (m,), their atoms' indices ``atoms`` (cap,), the
+    first ``held`` in use."""
+
+    def __init__(self, cap: int, cols: np.ndarray):
+        self.cols, self.held = cols, 0
+        self.rows, self.atoms = np.empty((cap, len(cols))), np.empty(cap, dtype=np.int64)
+
+    @property
+    def full(self) -> bool:
+        return self.held == len(self.atoms)
+
+    def take(self, r: np.ndarray, Kz: np.ndarray) -> int:
+        """Copy as many of the rows ``Kz`` (atoms ``r``) as fit; returns how many."""
+        k = min(len(self.atoms) - self.held, len(r))
+        self.rows[self.held:self.held + k] = Kz[:k]
+        self.atoms[self.held:self.held + k] = r[:k]
+        self.held += k
+        return k
 
 
 class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
@@ -1245,7 +1272,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if keep_k:
             fac = self._local_std_factors()
             if fac.blocks is not None:
-                acc = _VarianceTerms(self, fac, numbers, with_sor)
+                acc = _VarianceTerms(self, fac, len(numbers), with_sor,
+                                     dict(zip(*np.unique(numbers, return_counts=True))))
 
         def block_gradient(i0, i1, Xb):
             if acc is None:
@@ -1358,18 +1386,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 sor = np.einsum("ms,ms->s", V, V)
             return (np.einsum("ms,ms->s", W, W), sor,
                     self._var_sor_whitened(W.sum(axis=1)) if with_sor else 0.0)
-        q, sor = np.zeros(N), np.zeros(N)
-        if len(kblocks) == 1:
-            # one species: the total's projected variance is |Σ_i v_i|² (see terms), which
-            # the triangular products have just summed (a trsv on the whole (M, M) R_w,
-            # read from memory, took ~70 µs at M = 500 in an MD step)
-            r, c, Kz = kblocks[0]
-            q[r], sor[r], _, vsum = fac.terms(Kz, int(self.sparse_species_[c[0]]), with_sor)
-            return q, sor, float(np.dot(vsum, vsum))
-        wsum = np.zeros(M)
+        terms = _VarianceTerms(self, fac, N, with_sor,
+                               {int(self.sparse_species_[c[0]]): len(r) for r, c, _ in kblocks})
         for r, c, Kz in kblocks:
-            q[r], sor[r], wsum[c], _ = fac.terms(Kz, int(self.sparse_species_[c[0]]), with_sor)
-        return q, sor, self._var_sor_whitened(wsum) if with_sor else 0.0
+            terms.add(r, c, Kz)
+        return terms.result()
 
     def _dtc_stds(self, X, q: np.ndarray, sor: np.ndarray):
         """``(std, novelty, Σ residual)`` of the local energies from their variance terms
