@@ -681,6 +681,58 @@ def test_a_fitted_model_starts_the_run_with_its_frames_and_no_bootstrap_label(tm
     assert len(frames_in(tmp_path / "run" / "train.xyz")) == len(R.model.frames_) == again.labelled_frames
 
 
+def test_a_continued_model_counts_its_labels_at_the_temperatures_they_were_made_at(tmp_path):
+    # labels carry the sampler temperature (K) in train.xyz, in the model and in its file;
+    # a run continuing the model on the same system over the same ramp owes no temperature
+    # label (they were all re-made, its frames counting at T0), one over a hotter ramp only
+    # those above, and one on another system all of them
+    trig = Trigger(threshold=100.0, adaptive=False, every=1, max_labels=5)
+    first = learner(tmp_path / "first", trigger=trig, sparse_refresh=False)
+    first.run(30)  # 300 -> 1200 K: temperature labels at steps 7, 14, 22, 29
+    train = frames_in(tmp_path / "first" / "train.xyz")
+    ramp = {a.info["gpal_step"]: a.info["gpal_temperature"] for a in train if a.info["gpal_reason"] == "temperature"}
+    assert ramp == {s: pytest.approx(300 + 900 * s / 29) for s in (7, 14, 22, 29)}
+    assert all(a.info["gpal_temperature"] == 300 for a in train if a.info["gpal_reason"] == "bootstrap")
+    path = tmp_path / "model.npz"
+    first.model.save(path)
+    loaded = SparseGP.load(path)
+    assert ([a.info.get("gpal_temperature") for a in loaded.frames_]
+            == [a.info["gpal_temperature"] for a in train] == [a.info.get("gpal_temperature")
+                                                              for a in loaded.training_frames()])
+    same = ActiveLearner(start(), EMT(), loaded, run_dir=tmp_path / "same", progress=False, trigger=trig,
+                         md=MDSettings(temperature=(300, 1200)), sparse_refresh=False)
+    assert same.run(30).oracle_calls == 0
+    # 300 -> 1800 K in 4 steps of 375 K (within 30 K): 1200 K is labelled, so only the
+    # steps past 1395 K (step 22, 1438 K) and 1770 K (step 29) are due
+    hotter = ActiveLearner(start(), EMT(), SparseGP.load(path), run_dir=tmp_path / "hotter", progress=False,
+                           trigger=trig, md=MDSettings(temperature=(300, 1800)), sparse_refresh=False)
+    hotter.run(30)
+    hot = [r["step"] for r in _events(tmp_path / "hotter", "label") if r.get("reason") == "temperature"]
+    assert hot == [22, 29]
+    # after a resume the hottest label is read back from train.xyz
+    R = ActiveLearner.resume(tmp_path / "same", progress=False)
+    assert R.run(40).oracle_calls == 0
+    # a system the model has not seen hot (a vacancy in the cell) is labelled along the ramp
+    vac = start()
+    del vac[0]
+    other = ActiveLearner(vac, EMT(), SparseGP.load(path), run_dir=tmp_path / "vacancy", progress=False,
+                          trigger=trig, md=MDSettings(temperature=(300, 1200)), sparse_refresh=False)
+    other.run(30)
+    hot = [r["step"] for r in _events(tmp_path / "vacancy", "label") if r.get("reason") == "temperature"]
+    assert hot == [7, 14, 22, 29]
+    # a model without temperatures (fitted on frames of unknown origin) counts its frames at
+    # T0: the whole ramp is relabelled, as test_a_fitted_model_starts_the_run... shows;
+    # a temperature that is not one is refused, naming the frame
+    bad = train[0].copy()
+    bad.calc = train[0].calc
+    bad.info["gpal_temperature"] = "hot"
+    with pytest.raises(ValueError, match=r"frames\[1\]: info\['gpal_temperature'\] must be a temperature"):
+        small_model().fit([train[1], bad])
+    bad.info["gpal_temperature"] = -5.0
+    with pytest.raises(ValueError, match="gpal_temperature"):
+        loaded.update([bad])
+
+
 def test_a_rising_temperature_labels_each_temperature_step(tmp_path):
     # a threshold no std reaches: only the temperature rule labels. Ramp 300 -> 1200 K over
     # 30 steps (T = 300 + 900 s / 29), 4 steps of 225 K: 525, 750, 975 and 1200 K, each

@@ -65,6 +65,7 @@ from ..exceptions import (GpalError, MissingLabelsError, OracleError, OracleStop
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
+from ..model.rows import TEMPERATURE_KEY, frame_temperature
 from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec
 from .sampler import MDSettings, _Walker, blown_up, check_md_factory, temperature_limit, walker_atoms
 from .settings import (
@@ -511,6 +512,12 @@ def _check_neighbours(atoms: Atoms, r_cut: float, what: str) -> None:
                          "and cell in Å?")
 
 
+def _system_key(a: Atoms) -> tuple:
+    """What makes two frames frames of one system: atoms, species counts, periodicity."""
+    z, n = np.unique(a.numbers, return_counts=True)
+    return len(a), tuple(z.tolist()), tuple(n.tolist()), tuple(bool(p) for p in a.pbc)
+
+
 def check_max_temperature(md: MDSettings, max_temperature: float | None) -> None:
     """``ValueError`` if the blow-up limit ``max_temperature`` (K) is not above the protocol's top."""
     hottest = max(md.temperature_at(0.0), md.temperature_at(1.0))
@@ -601,8 +608,9 @@ class ActiveLearner:
         Settings of the model to learn (it is fitted on the bootstrap data). Default
         ``SparseGP(n_sparse=...)`` with gpal's default descriptor. A model already
         fitted is continued: its training frames become the run's initial data
-        (written to ``train.xyz`` with reason ``"initial"``, the oracle's labels) and
-        no bootstrap label is made.
+        (written to ``train.xyz`` with reason ``"initial"``, the oracle's labels, and
+        the temperature each was labelled at if an active learner made it) and no
+        bootstrap label is made.
     run_dir : str or Path, default "gpal_run"
     md : MDSettings, optional
     trigger : Trigger, optional
@@ -778,6 +786,7 @@ class ActiveLearner:
         self._state_stamp = None  # state.json as this learner last wrote or read it (_stamp)
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
+        self._systems: set | None = None  # the start structures' _system_key, see _label_temperature
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
         self._boot_bar = None  # tqdm over the bootstrap's labels, while they are made
         self._wall_before, self._session_start = 0.0, None  # s: earlier sessions' wall time; this one's start
@@ -915,6 +924,9 @@ class ActiveLearner:
 
         def arrived(k: int, a: Atoms) -> None:
             a.info["gpal_step"] = int(self.step if steps is None else steps[k])
+            # kept by the model with the frame, so a run that continues the model counts
+            # the label at its temperature (_hotter_than_labels)
+            a.info[TEMPERATURE_KEY] = self._temperature_of_step(a.info["gpal_step"])
             a.info["gpal_reason"] = reason
             if walkers is not None:
                 a.info["gpal_walker"] = int(walkers[k])
@@ -1658,6 +1670,32 @@ class ActiveLearner:
         self._times["md"] += time.perf_counter() - t0 - (self._times["update"] - upd0)
         return uncertain, rollbacks, targeted
 
+    def _temperature_of_step(self, step: int) -> float:
+        """The MD protocol's temperature (K) at walker step ``step`` of this run's ramp."""
+        return self.md.temperature_at(step / max((self.ramp_steps or 1) - 1, 1))
+
+    def _label_temperature(self, a: Atoms) -> float:
+        """The temperature (K) at which label ``a`` (a frame of ``train.xyz``) counts for
+        :meth:`_hotter_than_labels`: the one stored with it (``gpal_temperature``), or
+        its step's on this run's ramp (frames of an earlier release).
+
+        A continued model's frame (reason ``initial``) counts at its stored temperature
+        only if it is a frame of a system this run samples (the atoms, species counts and
+        periodicity of a start structure): a run repeating a ramp the model has learned
+        owes no temperature label, while a new system (a vacancy after the bulk, a slab,
+        a cluster), which the model has not seen hot, is labelled along the ramp. Other
+        continued frames, and those without a temperature, count at ``T0``.
+        """
+        step = int(a.info.get("gpal_step", 0))
+        if TEMPERATURE_KEY not in a.info:
+            return self._temperature_of_step(step)
+        if a.info.get("gpal_reason") == "initial":
+            if self._systems is None:
+                self._systems = {_system_key(s) for s in self.structures}
+            if _system_key(a) not in self._systems:
+                return self._temperature_of_step(step)
+        return frame_temperature(a)
+
     def _hotter_than_labels(self, T: float, steps: dict | None = None) -> list:
         """``[walker]`` to label because ``T`` (K) has reached a step of
         ``Trigger.temperature_steps`` above the hottest labelled temperature; ``[]``
@@ -1676,10 +1714,8 @@ class ActiveLearner:
             return []
         labels = None  # train.xyz, read only when needed (once per process, then per step due)
         if self._hottest_label is None:  # first call of this process (also after a resume)
-            ramp = max((self.ramp_steps or 1) - 1, 1)
             labels = read_frames(self.train_path) if self.train_path.exists() else []
-            self._hottest_label = max([self.md.temperature_at(int(a.info.get("gpal_step", 0)) / ramp)
-                                       for a in labels] or [T0])
+            self._hottest_label = max([self._label_temperature(a) for a in labels] or [T0])
         if self._hottest_label >= T0 + k * span / n - tol:  # labelled there already
             return []
         free = [w for w in self.walkers if not self.trigger.capped(

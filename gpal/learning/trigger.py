@@ -132,7 +132,10 @@ class Trigger:
         ``T0 + k (T1 - T0) / temperature_steps`` (within 2 % of the span), and no frame
         has been labelled at that temperature or hotter, the first walker's frame is
         labelled, whatever the uncertainty says (reason ``"temperature"``; counted and
-        rate-capped like any label; the bootstrap counts as ``T0``). The calibration that
+        rate-capped like any label; the bootstrap counts as ``T0``, and the frames of a
+        continued model of the run's own system at the temperatures an active learner
+        labelled them at, which the model keeps with them, other frames at ``T0``: a
+        run repeating a ramp the model has learned owes none). The calibration that
         turns stds into expected errors was measured on the labels; hotter MD is outside
         what it has seen, and a model that looks certain there may just be extrapolating
         its calibration (Pt vacancy, EMT, 300-1400 K: without these labels the loop's

@@ -21,7 +21,7 @@ from ..sparse_gp import SparseGPSolver
 if TYPE_CHECKING:
     from .potential import SparseGP
 from .. import baseline as _baseline
-from .rows import _labelled_copy
+from .rows import TEMPERATURE_KEY, _labelled_copy
 
 
 class _Files:
@@ -67,6 +67,8 @@ class _Files:
             "frame_stress": np.array(
                 [lab.stress if lab.stress is not None else np.full(6, np.nan) for lab in labels]
             ),
+            # K, NaN where not labelled by an active learner (absent in earlier files)
+            "frame_temperature": np.array([a.info.get(TEMPERATURE_KEY, np.nan) for a in frames], dtype=float),
         }
         for name, value in self.solver_._to_arrays().items():
             arrays["solver_" + name] = value
@@ -194,6 +196,9 @@ class _Files:
                     None if np.isnan(s).all() else s.copy(),
                 )
                 frames.append(_labelled_copy(a, lab))
+                T = arrays["frame_temperature"][k] if "frame_temperature" in arrays else np.nan
+                if np.isfinite(T):
+                    frames[-1].info[TEMPERATURE_KEY] = float(T)
             self.frames_ = frames
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, ModelFileError):

@@ -84,7 +84,7 @@ from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
 from ..selection import greedy_select
 from ..sparse_gp import SparseGPSolver
 from .. import baseline as _baseline
-from .rows import _labelled_copy
+from .rows import TEMPERATURE_KEY, _labelled_copy, frame_temperature
 from .defaults import (
     _E,
     _F,
@@ -800,6 +800,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
+            frame_temperature(a, what=f"frames[{k}]")
         self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
         warn_implausible_labels(frames, labels)
         labels = self._minus_baseline(frames, labels)
@@ -1823,6 +1824,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):
             self._check(a, what=f"frames[{k}]")
+            frame_temperature(a, what=f"frames[{k}]")
             check_min_distance(self._min_pair_distance(a), self.min_distance, "training frame")
         self._warn_repeated(frames)
         labels = self._minus_baseline(frames, labels)
@@ -2054,6 +2056,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 f = None if f is None else f + b["forces"]
                 st = None if st is None else st + b["stress"]
             out.append(labelled(a, energy=e, forces=f, stress=st))
+            if TEMPERATURE_KEY in a.info:  # the temperature an active learner labelled it at
+                out[-1].info[TEMPERATURE_KEY] = a.info[TEMPERATURE_KEY]
         return out
 
     def _plus_baseline(self, atoms, out: dict) -> None:

@@ -29,11 +29,44 @@ from .defaults import (
 _SPLIT_MIN_PRODUCT = 1e8
 
 
+#: ``Atoms.info`` key of the sampler temperature (K) at which the active learner labelled a
+#: frame; a model keeps it with its training frames (and in its file), so a run that
+#: continues the model knows how hot its labels already are
+TEMPERATURE_KEY = "gpal_temperature"
+
+
+def frame_temperature(atoms: Atoms, what: str = "atoms") -> float | None:
+    """``atoms.info["gpal_temperature"]`` (K) as a float, None when absent; ``what``
+    names the frame in the error.
+
+    Raises
+    ------
+    ValueError
+        The value is not a finite number >= 0.
+    """
+    T = atoms.info.get(TEMPERATURE_KEY)
+    if T is None:
+        return None
+    try:
+        T = float(T)
+    except (TypeError, ValueError):
+        T = float("nan")
+    if not (np.isfinite(T) and T >= 0):
+        raise ValueError(f"{what}: info[{TEMPERATURE_KEY!r}] must be a temperature in K (a finite number >= 0), "
+                         f"got {atoms.info.get(TEMPERATURE_KEY)!r}")
+    return T
+
+
 def _labelled_copy(atoms: Atoms, labels: Labels) -> Atoms:
-    """A bare copy of ``atoms`` carrying only its labels (in a SinglePointCalculator)."""
+    """A bare copy of ``atoms`` carrying only its labels (in a SinglePointCalculator)
+    and, if it has one, the temperature it was labelled at (``info["gpal_temperature"]``, K)."""
     from ..io import labelled
 
-    return labelled(atoms, energy=labels.energy, forces=labels.forces, stress=labels.stress)
+    out = labelled(atoms, energy=labels.energy, forces=labels.forces, stress=labels.stress)
+    T = frame_temperature(atoms)
+    if T is not None:
+        out.info[TEMPERATURE_KEY] = T
+    return out
 
 
 @dataclass(frozen=True)
