@@ -33,7 +33,9 @@ defaults on systems they were not developed on: ``interstitial`` (EMT Ni with a 
 self-interstitial), ``alloy-agpd`` (random EMT Ag-Pd), ``butane`` (trans-butane with
 GFN2-xTB), ``cf4`` (CF4 with GFN2-xTB, 1 fs steps), ``au-surface`` (an EMT Au(111) slab
 with an adatom), ``methanol`` (GFN2-xTB) and ``water`` (a periodic box of 12 water
-molecules with GFN1-xTB, 330 K). Their protocols are in ``SYSTEMS`` below.
+molecules with GFN1-xTB, 330 K); and two added after them to check a rule about cells of
+100 atoms or more, ``cu-divacancy`` (EMT Cu with two neighbouring vacancies) and
+``au100-slab`` (a 112-atom EMT Au(100) slab). Their protocols are in ``SYSTEMS`` below.
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
@@ -153,6 +155,26 @@ def ni_interstitial(rng):
     BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
     atoms.calc = None
     return atoms
+
+
+def cu_divacancy(rng):
+    """Cu fcc 3x3x3 cubic (108 sites, a = 3.61 Å) without two nearest-neighbour atoms: 106
+    atoms (held out: added after the defaults, to check them on a defect they were not
+    developed on)."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+    i = int(rng.integers(len(atoms)))
+    d = atoms.get_distances(i, range(len(atoms)), mic=True)
+    d[i] = np.inf
+    del atoms[[i, int(np.argmin(d))]]
+    return atoms
+
+
+def au100_slab(rng):
+    """Au(100) slab, ase.build.fcc100('Au', size=(4, 4, 7), vacuum=8, periodic=True): 112
+    atoms, both surfaces free (held out: added after the defaults)."""
+    from ase.build import fcc100
+
+    return fcc100("Au", size=(4, 4, 7), vacuum=8.0, periodic=True)
 
 
 def agpd_alloy(rng):
@@ -283,6 +305,15 @@ SYSTEMS = {
     "water": dict(
         build=water_box, oracle=xtb_gfn1, oracle_name="GFN1-xTB (tblite)",
         temperature=(330.0, 330.0), timestep=0.5, steps=2000, quick_steps=300, stride=1,
+    ),
+    # held out, added later: one-species cells of >= 100 atoms with defects
+    "cu-divacancy": dict(
+        build=cu_divacancy, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1100.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "au100-slab": dict(
+        build=au100_slab, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 900.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
     ),
     "cu": dict(
         build=cu_bulk, oracle=emt, oracle_name="EMT",
