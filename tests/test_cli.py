@@ -61,6 +61,21 @@ def test_info_and_md_name_an_energy_calibration(files, tmp_path, capsys):
     assert set(gpal.load(tmp_path / "recal.npz").calibration_) == {"forces_std", "energy_std"}
 
 
+def test_info_says_at_what_temperatures_an_active_learner_labelled_the_frames(tmp_path, capsys):
+    # gpal fit of a run's train.xyz keeps each label's gpal_temperature (K), gpal info shows
+    # their range (a run continuing the model counts them there)
+    frames = cu_frames(4, seed=1, size=(2, 2, 2))
+    for a, T in zip(frames[1:], (300.0, 612.5, 900.0)):
+        a.info["gpal_temperature"] = T
+    write(tmp_path / "train.xyz", frames)
+    model = tmp_path / "model.npz"
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(model), "--n-sparse", "30"] + SMALL) == 0
+    assert [a.info.get("gpal_temperature") for a in gpal.load(model).frames_] == [None, 300.0, 612.5, 900.0]
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    assert "training    : 4 frames, 128 atoms; 3 labelled by an active learner at 300-900 K\n" in capsys.readouterr().out
+
+
 def test_fit_info_validate_md(files, capsys):
     model = files / "model.npz"
     assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "60"]) == 0
@@ -80,7 +95,7 @@ def test_fit_info_validate_md(files, capsys):
     assert starred.search(out)
     assert re.search(r"noises      : energy \S+ eV/atom, force \S+ eV/Å, stress \S+ eV/Å\^3", out)
     assert "calibration : none" in out
-    assert "sparse      : 60 environments (Cu 60)" in out and "training    : 6 frames, 192 atoms" in out
+    assert "sparse      : 60 environments (Cu 60)" in out and "training    : 6 frames, 192 atoms\n" in out
 
     # the model's own training frames as a test set: said so (their errors are fit residuals)
     assert main(["validate", str(model), str(files / "train.xyz"), "--no-plots"]) == 0

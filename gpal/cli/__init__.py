@@ -1111,7 +1111,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  sparse      : {len(model.sparse_X_)} environments ({', '.join(f'{s} {c}' for s, c in per.items())}) "
           f"x {model.sparse_X_.shape[1]} features")
     nat = sum(len(a) for a in model.frames_)
-    print(f"  training    : {len(model.frames_)} frames, {nat} atoms")
+    from ..model.rows import TEMPERATURE_KEY
+
+    temps = [a.info[TEMPERATURE_KEY] for a in model.frames_ if TEMPERATURE_KEY in a.info]
+    hot = (f"; {len(temps)} labelled by an active learner at {min(temps):.0f}-{max(temps):.0f} K"
+           if temps else "")
+    print(f"  training    : {len(model.frames_)} frames, {nat} atoms{hot}")
     if "forces_std" in model.calibration_:
         c = model.calibration_of("forces_std")
         q = "not measured" if c.conformal_q90 is None else f"{c.conformal_q90:.4g}"
