@@ -1354,7 +1354,7 @@ class ActiveLearner:
         saved, self._explore = self._explore, {}
         for slot in range(self.targets.n_explore if self.targets is not None else 0):
             wrng = np.random.default_rng(int(rng.integers(2**31)) + self.step)
-            T0 = self.md.temperature_at(self.step / max((self.ramp_steps or 1) - 1, 1))
+            T0 = self._temperature_of_step(self.step)
             prev = saved.get(k)
             a = None
             if positions is not None and f"positions_{k}" in positions and prev and prev["slot"] == slot:
@@ -1568,7 +1568,7 @@ class ActiveLearner:
             if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
                 break
-            T = self.md.temperature_at(self.step / max(self.ramp_steps - 1, 1))
+            T = self._temperature_of_step(self.step)
             check = self.step % self.trigger.every == 0
             uncertain, rollbacks, targeted = self._md_step(T, check)
             chosen = self._choose(uncertain)
@@ -2189,7 +2189,7 @@ class ActiveLearner:
         why = None
         t = self.md.temperature
         if self._ramp_rises() and self.step < max(self.ramp_steps - 1, 1):
-            T = self.md.temperature_at(self.step / max(self.ramp_steps - 1, 1))
+            T = self._temperature_of_step(self.step)
             why = f"the temperature protocol is at {T:.0f} K of {t[1]:g} K"
         elif not self.validation and sum(r not in ("bootstrap", "initial") for r in self._reasons) < 4:
             why = "fewer than 4 labels from MD to judge on (and no validation frames)"

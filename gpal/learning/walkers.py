@@ -363,10 +363,6 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
     }
 
 
-def _temperature(L: "ActiveLearner", step: int) -> float:
-    return L.md.temperature_at(step / max(L.ramp_steps - 1, 1))
-
-
 def run_rounds(L: "ActiveLearner", prog) -> None:
     """The learner's loop with the walkers on ``L.walker_executor`` (see the module doc).
 
@@ -480,7 +476,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 take_state(w, r)
                 blown = {rb["step"]: rb["reason"] for rb in r["rollbacks"]}
                 for s in range(start, steps[w.index]):  # the segment's steps, in order
-                    L._count_blowups(w.index, blown.get(s), _temperature(L, s))
+                    L._count_blowups(w.index, blown.get(s), L._temperature_of_step(s))
                 for rb in r["rollbacks"]:
                     L.rollbacks += 1
                     L._log({"event": "rollback", "step": rb["step"], "walker": w.index, "reason": rb["reason"],
@@ -508,7 +504,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 if u is not None:
                     uncertain.append((w, {"kind": "uncertain", "step": cand["step"], "uncertainty": u}))
                 else:
-                    w.keep_if_good(_temperature(L, cand["step"]))
+                    w.keep_if_good(L._temperature_of_step(cand["step"]))
             L.step = min(steps.values())
             cand_step = {w.index: c["step"] for w, c in rollbacks + uncertain}
             chosen = L._choose([(w, c["uncertainty"]) for w, c in uncertain])
@@ -518,10 +514,10 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             hotter = []  # Trigger.temperature_steps: one walker's frame, once per round
             if not (rollbacks or chosen) and L.walkers:
                 w0 = L.walkers[0]
-                hotter = L._hotter_than_labels(_temperature(L, last[w0.index]), steps=last)
+                hotter = L._hotter_than_labels(L._temperature_of_step(last[w0.index]), steps=last)
                 for w in hotter:
                     cand_step[w.index] = last[w.index]
-            if L._label_round(lambda w: _temperature(L, last[w.index]),
+            if L._label_round(lambda w: L._temperature_of_step(last[w.index]),
                               (([w for w, _ in rollbacks], "rollback"), (chosen, "uncertain"),
                                (hotter, "temperature")), steps=cand_step):
                 snap["changed"] = True
@@ -534,7 +530,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             if rollbacks or chosen or rnd % max(1, L.log_every // max(seg, 1)) == 0:
                 w0 = L.walkers[0].atoms
                 L._log({"step": L.step, "round": rnd, "temperature": w0.get_temperature(),
-                        "target_T": _temperature(L, steps[L.walkers[0].index]),
+                        "target_T": L._temperature_of_step(steps[L.walkers[0].index]),
                         "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
                         "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
                         "n_sparse": len(L.model.sparse_X_)})
