@@ -2053,8 +2053,12 @@ def test_a_program_an_oracle_worker_started_ends_when_the_learners_job_is_killed
     reach: a DFT program it started ran on after kill -9 of the job (or a closed
     terminal's SIGHUP) until the worker, finding the learner gone, ended its group."""
     script = textwrap.dedent("""
-        import subprocess, time
+        import signal, subprocess, time
         from gpal.learning.oracle import worker_pool
+
+        # a job in a terminal, which a SIGHUP ends (the test's runner may ignore SIGHUP, as
+        # under nohup, and a child inherits that)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
         def task():
             p = subprocess.Popen(["sleep", "120"])  # (a file-based calculator's program)
