@@ -786,7 +786,6 @@ class ActiveLearner:
         self._state_stamp = None  # state.json as this learner last wrote or read it (_stamp)
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
-        self._systems: set | None = None  # the start structures' _system_key, see _label_temperature
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
         self._boot_bar = None  # tqdm over the bootstrap's labels, while they are made
         self._wall_before, self._session_start = 0.0, None  # s: earlier sessions' wall time; this one's start
@@ -1674,26 +1673,24 @@ class ActiveLearner:
         """The MD protocol's temperature (K) at walker step ``step`` of this run's ramp."""
         return self.md.temperature_at(step / max((self.ramp_steps or 1) - 1, 1))
 
-    def _label_temperature(self, a: Atoms) -> float:
+    def _label_temperature(self, a: Atoms, systems: set) -> float:
         """The temperature (K) at which label ``a`` (a frame of ``train.xyz``) counts for
         :meth:`_hotter_than_labels`: the one stored with it (``gpal_temperature``), or
         its step's on this run's ramp (frames of an earlier release).
 
         A continued model's frame (reason ``initial``) counts at its stored temperature
         only if it is a frame of a system this run samples (the atoms, species counts and
-        periodicity of a start structure): a run repeating a ramp the model has learned
-        owes no temperature label, while a new system (a vacancy after the bulk, a slab,
-        a cluster), which the model has not seen hot, is labelled along the ramp. Other
-        continued frames, and those without a temperature, count at ``T0``.
+        periodicity of a start structure: ``systems``, their :func:`_system_key`): a run
+        repeating a ramp the model has learned owes no temperature label, while a new
+        system (a vacancy after the bulk, a slab, a cluster), which the model has not
+        seen hot, is labelled along the ramp. Other continued frames, and those without
+        a temperature, count at ``T0``.
         """
         step = int(a.info.get("gpal_step", 0))
         if TEMPERATURE_KEY not in a.info:
             return self._temperature_of_step(step)
-        if a.info.get("gpal_reason") == "initial":
-            if self._systems is None:
-                self._systems = {_system_key(s) for s in self.structures}
-            if _system_key(a) not in self._systems:
-                return self._temperature_of_step(step)
+        if a.info.get("gpal_reason") == "initial" and _system_key(a) not in systems:
+            return self._temperature_of_step(step)
         return frame_temperature(a)
 
     def _hotter_than_labels(self, T: float, steps: dict | None = None) -> list:
@@ -1715,7 +1712,8 @@ class ActiveLearner:
         labels = None  # train.xyz, read only when needed (once per process, then per step due)
         if self._hottest_label is None:  # first call of this process (also after a resume)
             labels = read_frames(self.train_path) if self.train_path.exists() else []
-            self._hottest_label = max([self._label_temperature(a) for a in labels] or [T0])
+            systems = {_system_key(s) for s in self.structures}
+            self._hottest_label = max([self._label_temperature(a, systems) for a in labels] or [T0])
         if self._hottest_label >= T0 + k * span / n - tol:  # labelled there already
             return []
         free = [w for w in self.walkers if not self.trigger.capped(

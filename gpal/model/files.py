@@ -183,9 +183,11 @@ class _Files:
             for k, n in enumerate(arrays["frame_natoms"]):
                 sl = slice(start, start + int(n))
                 start += int(n)
+                T = arrays["frame_temperature"][k] if "frame_temperature" in arrays else np.nan
                 a = Atoms(
                     numbers=arrays["frame_numbers"][sl], positions=arrays["frame_positions"][sl],
                     cell=arrays["frame_cells"][k], pbc=arrays["frame_pbc"][k],
+                    info={TEMPERATURE_KEY: float(T)} if np.isfinite(T) else None,
                 )
                 e = arrays["frame_energy"][k]
                 f = arrays["frame_forces"][sl]
@@ -196,9 +198,6 @@ class _Files:
                     None if np.isnan(s).all() else s.copy(),
                 )
                 frames.append(_labelled_copy(a, lab))
-                T = arrays["frame_temperature"][k] if "frame_temperature" in arrays else np.nan
-                if np.isfinite(T):
-                    frames[-1].info[TEMPERATURE_KEY] = float(T)
             self.frames_ = frames
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, ModelFileError):

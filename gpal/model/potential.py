@@ -84,7 +84,7 @@ from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
 from ..selection import greedy_select
 from ..sparse_gp import SparseGPSolver
 from .. import baseline as _baseline
-from .rows import TEMPERATURE_KEY, _labelled_copy, frame_temperature
+from .rows import _labelled_copy, frame_temperature
 from .defaults import (
     _E,
     _F,
@@ -297,7 +297,7 @@ class _VarianceTerms:
     """
 
     def __init__(self, model: "SparseGP", fac: _LocalStdFactors, n_atoms: int, with_sor: bool,
-                 counts: dict):
+                 counts):  # counts[z]: atoms of species z (a dict, or np.bincount of the numbers)
         self.model, self.fac, self.with_sor, self.counts = model, fac, with_sor, counts
         self.q, self.sor = np.zeros(n_atoms), np.zeros(n_atoms)
         self.sums: dict = {}  # species -> [c, Σ w, Σ v] over the atoms done
@@ -1273,8 +1273,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if keep_k:
             fac = self._local_std_factors()
             if fac.blocks is not None:
-                acc = _VarianceTerms(self, fac, len(numbers), with_sor,
-                                     dict(zip(*np.unique(numbers, return_counts=True))))
+                acc = _VarianceTerms(self, fac, len(numbers), with_sor, np.bincount(numbers))
 
         def block_gradient(i0, i1, Xb):
             if acc is None:
@@ -2040,10 +2039,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
 
         A Δ-model stores the residuals (labels − baseline) in ``frames_``; here the
         baseline's energy, forces and stress are added back. Without a baseline the
-        labels are ``frames_``'s.
+        labels are ``frames_``'s. Each keeps the temperature an active learner labelled
+        it at (``info["gpal_temperature"]``, K), if it has one.
         """
-        from ..io import labelled
-
         check_is_fitted(self)
         calc = getattr(self, "baseline_", None)
         out = []
@@ -2055,9 +2053,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 e = None if e is None else e + b["energy"]
                 f = None if f is None else f + b["forces"]
                 st = None if st is None else st + b["stress"]
-            out.append(labelled(a, energy=e, forces=f, stress=st))
-            if TEMPERATURE_KEY in a.info:  # the temperature an active learner labelled it at
-                out[-1].info[TEMPERATURE_KEY] = a.info[TEMPERATURE_KEY]
+            out.append(_labelled_copy(a, Labels(e, f, st)))
         return out
 
     def _plus_baseline(self, atoms, out: dict) -> None:
