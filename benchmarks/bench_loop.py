@@ -35,7 +35,9 @@ GFN2-xTB), ``cf4`` (CF4 with GFN2-xTB, 1 fs steps), ``au-surface`` (an EMT Au(11
 with an adatom), ``methanol`` (GFN2-xTB) and ``water`` (a periodic box of 12 water
 molecules with GFN1-xTB, 330 K); and two added after them to check a rule about cells of
 100 atoms or more, ``cu-divacancy`` (EMT Cu with two neighbouring vacancies) and
-``au100-slab`` (a 112-atom EMT Au(100) slab). Their protocols are in ``SYSTEMS`` below.
+``au100-slab`` (a 112-atom EMT Au(100) slab); and two of kinds not covered before,
+``alloy-cunipd`` (a random EMT Cu-Ni-Pd alloy, three species) and ``pyridine`` (an
+aromatic ring with GFN2-xTB). Their protocols are in ``SYSTEMS`` below.
 Oracle trajectories are cached as extxyz under ``--cache-dir`` (gitignored), keyed by
 everything that changes them, so reruns only pay for the learner.
 
@@ -187,6 +189,21 @@ def butane(rng):
     return molecule("trans-butane")
 
 
+def cunipd_alloy(rng):
+    """Random Cu36Ni36Pd36 fcc 3x3x3 cubic, 108 atoms, three species, Vegard a = (3.61 +
+    3.52 + 3.89) / 3 Å (held out: added after the defaults, a first alloy of three species)."""
+    atoms = bulk("Cu", "fcc", a=(3.61 + 3.52 + 3.89) / 3, cubic=True).repeat(3)
+    numbers = np.repeat([atomic_numbers[s] for s in ("Cu", "Ni", "Pd")], len(atoms) // 3)
+    atoms.numbers = rng.permutation(numbers)
+    return atoms
+
+
+def pyridine(rng):
+    """Pyridine (ase.build.molecule('C5H5N'), 11 atoms), no cell (held out: added after the
+    defaults, a first aromatic ring and three species)."""
+    return molecule("C5H5N")
+
+
 def cf4(rng):
     """Tetrafluoromethane (ase.build.molecule('CF4'), 5 atoms), no cell (held out)."""
     return molecule("CF4")
@@ -314,6 +331,15 @@ SYSTEMS = {
     "au100-slab": dict(
         build=au100_slab, oracle=emt, oracle_name="EMT",
         temperature=(300.0, 900.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    # held out, added later: kinds not covered above (three species; an aromatic ring)
+    "alloy-cunipd": dict(
+        build=cunipd_alloy, oracle=emt, oracle_name="EMT",
+        temperature=(300.0, 1100.0), timestep=2.0, steps=5000, quick_steps=500, stride=2,
+    ),
+    "pyridine": dict(
+        build=pyridine, oracle=xtb, oracle_name="GFN2-xTB (tblite)",
+        temperature=(300.0, 800.0), timestep=0.5, steps=4000, quick_steps=400, stride=1,
     ),
     "cu": dict(
         build=cu_bulk, oracle=emt, oracle_name="EMT",
