@@ -374,3 +374,49 @@ def test_new_sparse_points_skip_duplicates_among_themselves(method):
     model.update([labelled], n_sparse=4, sparse_selection=method)
     assert len(model.sparse_X_) == m + 1
     assert model.add_sparse_environments(crystal, 4, sparse_selection=method) == 0
+
+
+def test_species_quota_shares_like_a_fit():
+    from gpal.model.sparse_set import _species_quota
+
+    equal = np.repeat([28, 29, 46], 36)
+    assert _species_quota(20, equal) == {28: 6, 29: 7, 46: 7}  # a tie gives way in species order
+    # proportional, a rare species at least half an equal share, none beyond what it has
+    assert _species_quota(20, np.repeat([29, 47], [100, 4])) == {29: 16, 47: 4}
+    assert _species_quota(20, np.repeat([1, 8], [24, 12])) == {1: 13, 8: 7}
+    assert _species_quota(20, np.repeat([1, 6, 8], [6, 2, 1])) == {1: 6, 6: 2, 8: 1}
+    assert sum(_species_quota(1, equal).values()) == 1  # fewer points than species
+    assert _species_quota(0, equal) == {}
+
+
+def _cunipd(n, seed):
+    """``n`` rattled 32-atom Cu16Ni8Pd8 cells labelled by EMT."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Cu", "fcc", a=3.67, cubic=True).repeat(2)
+        a.numbers = rng.permutation(np.repeat([29, 28, 46], [16, 8, 8]))
+        a.positions += rng.normal(0, 0.1, a.positions.shape)
+        a.calc = EMT()
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(),
+                                       stress=a.get_stress())
+        out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("method", ["variance", "fps"])
+def test_update_shares_new_sparse_points_among_species(method):
+    """A label's new sparse points follow the species' shares of its environments (Cu 10,
+    Ni 5, Pd 5 of 20 for Cu16Ni8Pd8), whatever the variances of the species say."""
+    frames = _cunipd(3, seed=3)
+    model = SparseGP(_soap(frames), NormalizedDotProduct(zeta=2), n_sparse=12,
+                     hyperparameters="fixed", random_state=0).fit(frames[:2])
+    m = len(model.sparse_X_)
+    model.update(frames[2:], n_sparse=20, sparse_selection=method)
+    z, n = np.unique(model.sparse_species_[m:], return_counts=True)
+    assert dict(zip(z.tolist(), n.tolist())) == {28: 5, 29: 10, 46: 5}
+    # the points are still the method's choice within each species: for "variance",
+    # the species' most uncertain environments under the model before the update

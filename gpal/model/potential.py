@@ -1804,7 +1804,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         sparse_selection : {"variance", "fps", "random"}, default "variance"
             ``"variance"``: the environments with the largest DTC local-energy variance
             under the current model, chosen greedily so that no two are near-duplicates;
-            ``"fps"``: farthest from the current sparse set and from each other.
+            ``"fps"``: farthest from the current sparse set and from each other. Either
+            way the species share ``n_sparse`` as in a fit (in proportion to their
+            environments in the new frames, each at least half of an equal share), each
+            picking among its own environments: variances of different species are not
+            comparable.
         exact_frames : int or None, default None
             How many of the frames already held (the most recent) get exact kernel
             columns for the new sparse points (above); None: all.
@@ -1829,7 +1833,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         labels = self._minus_baseline(frames, labels)
         new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         if n_sparse > 0:
-            Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection)
+            Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection, by_species=True)
             if len(Znew):
                 self._add_sparse(Znew, zspnew, exact_frames)
         if self._e0_unfitted(new):
