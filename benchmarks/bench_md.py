@@ -9,7 +9,11 @@ What it measures:
    * gpal ``GPCalculator(model, std_every=0)`` (no stds),
    * GAP through quippy's ``Potential`` (same SOAP settings and number of sparse points;
      skipped with a message when quippy-ase is not installed),
-   * ASE's EMT (the oracle that labelled the data).
+   * ASE's EMT (the oracle that labelled the data),
+   * with ``--interleaved --flare-python PATH``: FLARE's sparse GP with local-energy
+     uncertainties (B2 of the same r_cut, n_max and l_max, a dot-product kernel of the same
+     power, the same sparse count), run by ``_flare_worker.py`` in the Python environment
+     where FLARE is built (a separate process: its CPU time is added to the block's).
    gpal computes energy, forces and stress every step (one evaluation per step); GAP and
    EMT compute only what VelocityVerlet asks for (energy and forces).
 2. NVE energy conservation: 108-atom fcc Cu, momenta drawn at 300 K, 1 fs, 2000 steps on
@@ -285,6 +289,7 @@ if __name__ == "__main__":
     _set_threads()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -317,6 +322,67 @@ def start_cell(repeat: int, seed: int, temperature: float = 300.0):
     return atoms
 
 
+class FlareWorker:
+    """FLARE in its own Python environment (``--flare-python``), as an ASE calculator.
+
+    Starts ``_flare_worker.py`` with that interpreter (one thread: ``OMP_NUM_THREADS=1``
+    for the child only), which fits a FLARE sparse GP to the same training frames and
+    settings (B2 with the same cutoff, n_max and l_max, a normalised dot-product kernel of
+    the same power, the same number of sparse environments) and answers one JSON line
+    per prediction. :meth:`calculator` returns an ASE calculator whose ``external_cpu``
+    counts the worker's CPU seconds (``md_speed_interleaved`` adds them to its own).
+    """
+
+    def __init__(self, python: str, train, n_sparse: int, power: int):
+        import subprocess
+        import tempfile
+
+        from ase.io import write
+
+        self.tmp = tempfile.NamedTemporaryFile(suffix=".extxyz", delete=False)
+        self.tmp.close()
+        write(self.tmp.name, train, format="extxyz")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        cmd = [python, str(Path(__file__).resolve().parent / "_flare_worker.py"), self.tmp.name,
+               str(n_sparse), str(R_CUT_FLARE[0]), str(R_CUT_FLARE[1]), str(R_CUT_FLARE[2]), str(power)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the FLARE worker ({python}) exited with code {self.proc.wait()}")
+        self.info = json.loads(line)
+
+    def ask(self, atoms) -> dict:
+        req = {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+               "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def calculator(self):
+        from ase.calculators.calculator import Calculator, all_changes
+
+        worker = self
+
+        class FlareCalculator(Calculator):
+            implemented_properties = ["energy", "free_energy", "forces", "stress"]
+            external_cpu = 0.0
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                r = worker.ask(self.atoms)
+                self.external_cpu += r["cpu"]
+                self.results = {"energy": r["energy"], "free_energy": r["energy"],
+                                "forces": np.array(r["forces"]), "stress": np.array(r["stress"])}
+
+        return FlareCalculator()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        os.unlink(self.tmp.name)
+
+
+R_CUT_FLARE = [5.0, 8, 6]  # r_cut, n_max, l_max: bench_fit_predict's SOAP, set in main()
 TWO_PASS = "gpal two-pass (stds)"
 NO_STDS = "gpal (no stds)"
 
@@ -466,9 +532,12 @@ def md_speed_interleaved(atoms, makers: dict, steps: dict, blocks: int, warmup: 
     for b in range(blocks):
         for name in names[b % len(names):] + names[: b % len(names)]:
             k = steps[name]
+            calc = runs[name].atoms.calc
+            x0 = getattr(calc, "external_cpu", 0.0)  # a calculator computing in another process
             c0, t0 = time.process_time(), time.perf_counter()
             runs[name].run(k)
-            cpu[name].append(1e6 * (time.process_time() - c0) / k / n)
+            x = getattr(calc, "external_cpu", 0.0) - x0
+            cpu[name].append(1e6 * (time.process_time() - c0 + x) / k / n)
             wall[name].append(1e6 * (time.perf_counter() - t0) / k / n)
     return {name: {"cpu": float(np.median(cpu[name])), "wall": float(np.median(wall[name])),
                    "cpu_blocks": cpu[name]} for name in makers}
@@ -489,8 +558,12 @@ class BusyLoad:
         self.proc.wait()
 
 
-def speed_section(args, model, gap_xml) -> None:
-    """Interleaved MD timing of gpal (stds every step), EMT and GAP; quiet and/or loaded."""
+FLARE = "FLARE (local unc.)"
+
+
+def speed_section(args, model, gap_xml, flare=None) -> None:
+    """Interleaved MD timing of gpal (stds every step), EMT, GAP and FLARE (``flare``: a
+    :class:`FlareWorker`); quiet and/or loaded."""
     from contextlib import nullcontext
 
     def makers(n):
@@ -504,6 +577,8 @@ def speed_section(args, model, gap_xml) -> None:
             from quippy.potential import Potential
 
             out["GAP (quippy)"] = lambda: Potential(param_filename=gap_xml)
+        if flare is not None:
+            out[FLARE] = flare.calculator
         return out
 
     modes = {"quiet": ["quiet"], "busy": ["busy"], "both": ["quiet", "busy"]}[args.load]
@@ -515,8 +590,9 @@ def speed_section(args, model, gap_xml) -> None:
             big = n > 500
             mk = makers(n)
             steps = {name: (args.steps_large if big else args.steps) for name in mk}
-            if "GAP (quippy)" in mk:
-                steps["GAP (quippy)"] = 1 if big else max(1, args.steps // 10)
+            for slow in ("GAP (quippy)", FLARE):
+                if slow in mk:
+                    steps[slow] = 1 if big else max(1, args.steps // 10)
             blocks = args.blocks_large if big else args.blocks
             with (BusyLoad() if mode == "busy" else nullcontext()):
                 load = os.getloadavg()[0]
@@ -532,6 +608,9 @@ def speed_section(args, model, gap_xml) -> None:
         q = r.get("GAP (quippy)", {}).get("cpu")
         row = [mode, n, f"{load:.1f}", f"{g:.1f}", f"{e:.1f}",
                f"{q:.0f}" if q else "-", f"{g / e:.2f}", f"{q / g:.0f}" if q else "-"]
+        if flare is not None:
+            fl = r[FLARE]["cpu"]
+            row += [f"{fl:.0f}", f"{fl / g:.0f}"]
         if args.ab:
             t = r[TWO_PASS]["cpu"]
             row[4:4] = [f"{t:.1f}", f"{g / t:.2f}"]
@@ -541,6 +620,8 @@ def speed_section(args, model, gap_xml) -> None:
         rows.append(row)
     head = ["machine", "atoms", "load avg", "gpal", "EMT", "GAP", "gpal/EMT (target <= 0.7)",
             "GAP/gpal (target >= 60)"]
+    if flare is not None:
+        head += ["FLARE", "FLARE/gpal"]
     if args.ab:
         head[4:4] = ["gpal two-pass", "gpal/two-pass"]
     if args.no_std_row:
@@ -551,6 +632,11 @@ def speed_section(args, model, gap_xml) -> None:
               "(expand, kernel, backward recomputing the pair terms).")
     print("  gpal: GPCalculator(model, std_every=1): energy, forces, stress and local-energy "
           "stds every step; EMT and GAP: energy and forces (what VelocityVerlet asks).")
+    if flare is not None:
+        print("  FLARE: its SGP_Calculator (energy, forces, stress and local-energy uncertainties "
+              "every step) in its own process, one thread; its CPU time is the worker's "
+              f"plus this process's (the JSON exchange); {flare.info['n_sparse']} sparse environments of "
+              f"{flare.info['n_frames']} frames, fitted in {flare.info['fit_s']:.0f} s.")
     print("\n=== The same blocks, wall µs/atom/step (what a user waits; with --threads default "
           "gpal may use more than one core, EMT and GAP (quippy) use one) ===")
     rows = []
@@ -561,8 +647,10 @@ def speed_section(args, model, gap_xml) -> None:
         rows.append([mode, n, f"{g['wall']:.1f}", f"{g['cpu'] / g['wall']:.2f}",
                      f"{e['wall']:.1f}", f"{q['wall']:.0f}" if q else "-",
                      f"{g['wall'] / e['wall']:.2f}", f"{q['wall'] / g['wall']:.0f}" if q else "-"])
+        if flare is not None:
+            rows[-1] += [f"{r[FLARE]['wall']:.0f}", f"{r[FLARE]['wall'] / g['wall']:.0f}"]
     print(table(["machine", "atoms", "gpal wall", "gpal CPU/wall", "EMT wall", "GAP wall",
-                 "gpal/EMT wall", "GAP/gpal wall"], rows))
+                 "gpal/EMT wall", "GAP/gpal wall"] + (["FLARE wall", "FLARE/gpal wall"] if flare else []), rows))
 
 
 def nve(atoms, calc, steps: int) -> dict:
@@ -613,6 +701,11 @@ def main(argv=None) -> None:
                              "lattice, so the run equilibrates near half of it)")
     parser.add_argument("--no-nve-reference", action="store_true", help="skip the EMT NVE run")
     parser.add_argument("--no-gap", action="store_true", help="skip GAP even if installed")
+    parser.add_argument("--flare-python", default=None,
+                        help="with --interleaved: also time FLARE, built in the Python "
+                             "environment of this interpreter (its sparse GP with local "
+                             "uncertainties, the same descriptor sizes, kernel power and "
+                             "sparse count, one thread; see _flare_worker.py)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 10 training frames, n_sparse 50, 864-atom large cell, "
                              "few steps, 300 NVE steps")
@@ -693,7 +786,19 @@ def main(argv=None) -> None:
     if args.profile:
         stage_profile(model, args.sizes, args.profile_reps, args.seed)
     if args.interleaved:
-        speed_section(args, model, gap_xml)
+        flare = None
+        if args.flare_python:
+            import bench_fit_predict
+
+            R_CUT_FLARE[:] = [bench_fit_predict.R_CUT, bench_fit_predict.N_MAX, bench_fit_predict.L_MAX]
+            flare = FlareWorker(args.flare_python, train, args.n_sparse, bench_fit_predict.ZETA)
+            print(f"  FLARE model: {flare.info['n_sparse']} sparse environments, fitted in "
+                  f"{flare.info['fit_s']:.0f} s (worker {args.flare_python})")
+        try:
+            speed_section(args, model, gap_xml, flare)
+        finally:
+            if flare is not None:
+                flare.close()
         if args.nve_steps <= 0:
             print(f"\nTotal benchmark time {time.perf_counter() - t_start:.0f} s")
             return

@@ -88,7 +88,9 @@ class ModelGrowth:
     Parameters
     ----------
     sparse_per_label : int, default 20
-        New sparse environments taken from each labelled frame (its most uncertain).
+        New sparse environments taken from each labelled frame: its most uncertain of
+        each species, the species sharing them in proportion to their atoms (each at
+        least half of an equal share), as a fit shares its sparse set.
     optimize_every : float, default 1.5
         Re-choose hyperparameters by the evidence whenever the number of labels has grown
         by this factor since the last time (a geometric schedule: the total cost stays
