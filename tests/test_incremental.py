@@ -421,3 +421,25 @@ def test_update_shares_new_sparse_points_among_species(method):
     assert len(new) == 20
     assert {z: int(np.count_nonzero(new == z)) >= k for z, k in ((29, 5), (28, 3), (46, 3))} == \
         {29: True, 28: True, 46: True}
+
+
+@pytest.mark.parametrize("method", ["variance", "random"])
+def test_species_minimum_changes_nothing_where_no_species_is_starved(method):
+    """Where one order already takes every environment (a small molecule's label, n_new >=
+    atoms) or there is one species, the species minimum adds the same points in the same
+    order: the model is the one the single order gave. ("fps" by species runs each
+    species' own farthest-first order, not the one over all species.)"""
+    frames = _cunipd(3, seed=4)
+    model = SparseGP(_soap(frames), NormalizedDotProduct(zeta=2), n_sparse=12,
+                     hyperparameters="fixed", random_state=0).fit(frames[:2])
+    for n_new in (32, 40):  # every environment of the 32-atom frame
+        Z1, z1 = model._choose_new_sparse(frames[2:], n_new, method, by_species=True)
+        Z0, z0 = model._choose_new_sparse(frames[2:], n_new, method, by_species=False)
+        np.testing.assert_array_equal(z1, z0)
+        np.testing.assert_array_equal(Z1, Z0)
+    cu = cu_frames(3, seed=12)
+    one = SparseGP(_soap(cu), NormalizedDotProduct(zeta=2), n_sparse=6, hyperparameters="fixed",
+                   random_state=0).fit(cu[:2])
+    Z1, _ = one._choose_new_sparse(cu[2:], 5, method, by_species=True)
+    Z0, _ = one._choose_new_sparse(cu[2:], 5, method, by_species=False)
+    np.testing.assert_array_equal(Z1, Z0)

@@ -246,6 +246,10 @@ class _SparseSet:
                 if limited:
                     quota[int(numbers[i])] -= 1
         idx = np.array(chosen, dtype=np.int64)
+        if by_species:  # in the method's order, as one order would have added the same points
+            rank = np.empty(len(X), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            idx = idx[np.argsort(rank[idx], kind="stable")]
         return X[idx], numbers[idx].astype(np.int64)
 
     def _add_sparse(self, Znew, zspnew, exact_frames: int | None = None):
