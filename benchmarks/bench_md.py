@@ -68,6 +68,21 @@ passes alone (~60) are at or above 0.7x EMT (~55-80 in these runs) and above the
 centres forming X, the kernel gradient and the backward while the radial and angular
 terms are in cache (no recomputation, ~20 µs/atom).
 
+FLARE beside gpal, EMT and GAP (``--flare-python``; FLARE commit 3fd0431 built from source,
+its ``SGP_Calculator`` with local uncertainties, kernel power 4 as gpal's zeta, one thread),
+``--n-sparse 500 --sizes 3 10 --interleaved --load both --steps 100 --steps-large 3 --blocks
+7 --threads default --nve-steps 0``, CPU µs/atom/step (medians of 7 blocks; 3 at 4,000
+atoms)::
+
+    machine  atoms  gpal   EMT    GAP   FLARE  gpal/EMT  GAP/gpal  FLARE/gpal
+    quiet      108  77.2  104.7  2811   4122   0.74      36        53
+    quiet     4000  61.7  100.7  2596   7638   0.61      42        124
+    busy       108  62.7  105.9  2804   4286   0.59      45        68
+    busy      4000  56.7  103.3  2604   7523   0.55      46        133
+
+In wall time (gpal on both cores when quiet) FLARE/gpal is 107 / 242 quiet and 68 / 120
+busy. FLARE's cost per atom grows from the 108- to the 4,000-atom cell; gpal's falls.
+
 The fused MD step (issue 15, item 3). ``SparseGP.predict`` now runs the SOAP passes
 block of centres by block of centres (~8 MB of kept pair terms, ~150 centres of this
 cell): the expansion keeps each pair's radial functions, their gradients and the
