@@ -13,6 +13,24 @@ SMALL_SOAP = dict(r_cut=4.0, n_max=4, l_max=3, sigma=0.5)
 POLY = {"function": "poly", "r0": 4.0, "c": 1, "m": 1}
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in every test, as in a terminal. A test run started
+    in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+    installs no handler: the tests that send themselves Ctrl-C failed and the next one
+    waited forever for it."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def label(atoms: Atoms, stress: bool = True) -> Atoms:
     """Return a copy of ``atoms`` labelled by EMT (energy, forces, optionally stress)."""
     a = atoms.copy()
