@@ -342,13 +342,13 @@ class FlareWorker:
 
     Starts ``_flare_worker.py`` with that interpreter (one thread: ``OMP_NUM_THREADS=1``
     for the child only), which fits a FLARE sparse GP to the same training frames and
-    settings (B2 with the same cutoff, n_max and l_max, a normalised dot-product kernel of
+    settings (B2 with the ``soap`` (r_cut, n_max, l_max) given, a normalised dot-product kernel of
     the same power, the same number of sparse environments) and answers one JSON line
     per prediction. :meth:`calculator` returns an ASE calculator whose ``external_cpu``
     counts the worker's CPU seconds (``md_speed_interleaved`` adds them to its own).
     """
 
-    def __init__(self, python: str, train, n_sparse: int, power: int):
+    def __init__(self, python: str, train, n_sparse: int, soap: tuple, power: int):
         import subprocess
         import tempfile
 
@@ -359,7 +359,7 @@ class FlareWorker:
         write(self.tmp.name, train, format="extxyz")
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         cmd = [python, str(Path(__file__).resolve().parent / "_flare_worker.py"), self.tmp.name,
-               str(n_sparse), str(R_CUT_FLARE[0]), str(R_CUT_FLARE[1]), str(R_CUT_FLARE[2]), str(power)]
+               str(n_sparse), *(str(x) for x in soap), str(power)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if not line:
@@ -397,7 +397,6 @@ class FlareWorker:
         os.unlink(self.tmp.name)
 
 
-R_CUT_FLARE = [5.0, 8, 6]  # r_cut, n_max, l_max: bench_fit_predict's SOAP, set in main()
 TWO_PASS = "gpal two-pass (stds)"
 NO_STDS = "gpal (no stds)"
 
@@ -805,8 +804,8 @@ def main(argv=None) -> None:
         if args.flare_python:
             import bench_fit_predict
 
-            R_CUT_FLARE[:] = [bench_fit_predict.R_CUT, bench_fit_predict.N_MAX, bench_fit_predict.L_MAX]
-            flare = FlareWorker(args.flare_python, train, args.n_sparse, bench_fit_predict.ZETA)
+            soap = (bench_fit_predict.R_CUT, bench_fit_predict.N_MAX, bench_fit_predict.L_MAX)
+            flare = FlareWorker(args.flare_python, train, args.n_sparse, soap, bench_fit_predict.ZETA)
             print(f"  FLARE model: {flare.info['n_sparse']} sparse environments, fitted in "
                   f"{flare.info['fit_s']:.0f} s (worker {args.flare_python})")
         try:

@@ -36,19 +36,20 @@ def _species_rows(X_list, numbers_list, z) -> np.ndarray:
     return out
 
 
-def _species_quota(n: int, numbers: np.ndarray) -> dict:
-    """How ``n`` new sparse points are shared among the species of ``numbers``.
+def _shares(n: int, avail: np.ndarray) -> np.ndarray:
+    """A fit's sparse counts for species with ``avail`` environments each: in proportion,
+    each at least half of an equal share, none more than it has (may total more than n)."""
+    floor = int(np.ceil(n / (2 * len(avail))))
+    return np.minimum(np.maximum(floor, np.rint(n * avail / avail.sum()).astype(np.int64)), avail)
 
-    The rule of a fit's sparse set (:meth:`_SparseSet._sparse_counts`): in proportion to
-    each species' number of environments, each species present at least half of an
-    equal share, none more than it has; the largest shares give way until the total is
-    at most ``n``.
-    """
+
+def _species_quota(n: int, numbers: np.ndarray) -> dict:
+    """How ``n`` new sparse points are shared among the species of ``numbers``: a fit's
+    shares (:func:`_shares`), the largest giving way until the total is at most ``n``."""
     z, avail = np.unique(np.asarray(numbers), return_counts=True)
     if n <= 0 or len(z) == 0:
         return {}
-    floor = int(np.ceil(n / (2 * len(z))))
-    quota = np.minimum(np.maximum(floor, np.rint(n * avail / avail.sum()).astype(np.int64)), avail)
+    quota = _shares(n, avail)
     while quota.sum() > n:
         quota[np.argmax(quota)] -= 1
     return {int(k): int(q) for k, q in zip(z, quota)}
@@ -89,16 +90,11 @@ class _SparseSet:
             raise ValueError(
                 f"n_sparse={n_sparse} is smaller than the number of species ({len(present)})"
             )
-        total = sum(avail[int(z)] for z in present)
         # proportional to the number of environments, but every species present gets at
         # least half of an equal share: a rare species would otherwise get a handful of
         # sparse points and its forces would be poor however much data arrives
-        floor = int(np.ceil(n_sparse / (2 * len(present))))
-        counts = {}
-        for z in present:
-            share = max(floor, int(round(n_sparse * avail[int(z)] / total)))
-            counts[int(z)] = min(share, avail[int(z)])
-        return counts
+        shares = _shares(n_sparse, np.array([avail[int(z)] for z in present], dtype=np.int64))
+        return {int(z): int(k) for z, k in zip(present, shares)}
 
     def _select_sparse(self, X_list, numbers_list, n_sparse, method, exclude=None,
                        return_index: bool = False):
