@@ -418,9 +418,14 @@ def stage_profile(model, sizes, reps: int, seed: int) -> None:
     forces and stress from the pair gradients, local stds, and the whole ``predict``.
     Fused: the block loop's SOAP expansion (``soap_create_stored``), kernel terms and
     back-pass (``soap_backward_stored``), the rest of the step (neighbour list, forces,
-    stress, local stds...), and the whole ``predict``. Medians of ``reps`` calls on a
+    stress, local stds...), and the whole ``predict``. Dense floor: the four BLAS
+    products a prediction with stds cannot do without at this sparse-set size (kernel
+    dot products and weighted gradient, n x F x M each; the stds' ``L⁻¹ k`` and ``U w``,
+    triangular, n x M² / 2 each), alone, on the model's rows and factors. Medians of ``reps`` calls on a
     slightly rattled cell (a new geometry each call, the Verlet list reused).
     """
+    from scipy.linalg.blas import dtrmm
+
     from gpal.descriptors import _soap_jit as sjit
     from gpal.descriptors import pair_forces, pair_stress
 
@@ -434,6 +439,9 @@ def stage_profile(model, sizes, reps: int, seed: int) -> None:
         old = {k: [] for k in ("expand", "kernel", "backward", "forces+stress", "stds",
                                "predict")}
         new = {k: [] for k in ("create", "kernel", "backward", "rest", "predict")}
+        floor = []  # the dense algebra alone (see the docstring)
+        fac = model._local_std_factors()
+        _, Linv, U = fac.blocks[int(model.sparse_species_[c[0]])]
         clock = time.process_time
         timers = {"create": 0.0, "backward": 0.0, "kernel": 0.0}
 
@@ -477,8 +485,16 @@ def stage_profile(model, sizes, reps: int, seed: int) -> None:
                 sjit.soap_create_stored = originals["create"]
                 sjit.soap_backward_stored = originals["backward"]
                 del model._kernel_terms
+            X = np.ascontiguousarray(exp.descriptor)
+            t9 = clock()
+            Kf = X @ Zc.T  # kernel rows' dot products, then the weighted gradient's product
+            Kf @ Zc
+            Wt = dtrmm(1.0, Linv, Kf.T, side=0, lower=1)  # the stds' two triangular products
+            dtrmm(1.0, U, Wt, side=0, lower=0, overwrite_b=1)
+            t10 = clock()
             if k == 0:
                 continue  # warm-up
+            floor.append(1e6 * (t10 - t9) / n)
             for key, a, b in [("expand", t0, t1), ("kernel", t1, t2), ("backward", t2, t3),
                               ("forces+stress", t3, t4), ("stds", t4, t5), ("predict", t5, t6)]:
                 old[key].append(1e6 * (b - a) / n)
@@ -492,6 +508,7 @@ def stage_profile(model, sizes, reps: int, seed: int) -> None:
         rows.append(["fused", n, f"{med['create']:.1f}", f"{med['kernel']:.1f}",
                      f"{med['backward']:.1f}", "-", "-", f"{med['predict']:.1f}",
                      f"rest {med['rest']:.1f}"])
+        rows.append(["dense floor", n, "-", "-", "-", "-", "-", f"{np.median(floor):.1f}", "-"])
         print(f"  profile {n} atoms done", flush=True)
     print("\n=== One prediction with local stds, per stage, CPU µs/atom (medians) ===")
     print(table(["path", "atoms", "SOAP expansion", "kernel terms", "SOAP back-pass",
@@ -499,7 +516,10 @@ def stage_profile(model, sizes, reps: int, seed: int) -> None:
     print("  two-pass: expand (with the neighbour list), kernel, backward (recomputing each "
           "pair's radial and angular terms), forces/stress and stds timed separately.\n"
           "  fused: the block loop's expansion (keeping the pair terms), kernel terms and "
-          "back-pass; rest = neighbour list, forces, stress, local stds, bookkeeping.")
+          "back-pass; rest = neighbour list, forces, stress, local stds, bookkeeping.\n"
+          "  dense floor: only the BLAS products any prediction with stds at this sparse-set "
+          "size needs (X Zᵀ and K Z, n x F x M each; the stds' two triangular products, "
+          "n x M²/2 each), on the model's own factors.")
 
 
 def md_speed(atoms, calc, steps: int, warmup: int) -> dict:
