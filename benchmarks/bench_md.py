@@ -818,6 +818,10 @@ def main(argv=None) -> None:
         yield "ASE EMT", EMT
 
     if args.profile:
+        if args.threads != "1":
+            print("  note: the profile's CPU times are one thread's only with --threads 1 (the "
+                  "default); with more, the waiting of idle threads is counted too (a 108-atom "
+                  "predict measured ~10x its one-thread CPU time with --threads default)")
         stage_profile(model, args.sizes, args.profile_reps, args.seed)
     if args.interleaved:
         flare = None
