@@ -601,3 +601,25 @@ def test_docstring_examples_run(module):
     for test in finder.find(mod, module, globs={}):
         runner.run(test)
     assert runner.failures == 0
+
+
+def test_vectorised_exp_is_within_one_ulp_of_numpy():
+    """The radial basis' exponentials (gpal's own loop, 2^n from the bits of a rounded
+    float): within 1 ulp of numpy's exp on [-700, 0], at the ends of the reduced range
+    and of the exponent field, and clamped below -700."""
+    from gpal.descriptors._soap_jit import _exp_nonpositive
+
+    ln2 = np.log(2.0)
+    x = np.concatenate([
+        -np.random.default_rng(3).random(20000) * 700.0,
+        [0.0, -0.0, -1e-300, -0.5 * ln2, -0.5 * ln2 - 1e-12, -ln2, -1.5 * ln2, -700.0, -699.999],
+        -np.arange(1, 1010) * ln2,  # every exponent the range reaches: exact powers of two
+    ])
+    out, bits = np.empty_like(x), np.empty(len(x), dtype=np.int64)
+    _exp_nonpositive(x, out, bits)
+    ref = np.exp(x)
+    assert np.max(np.abs(out - ref) / ref) <= 1.0001 * np.finfo(float).eps
+    low = np.array([-700.0001, -800.0, -1e6])
+    out, bits = np.empty(3), np.empty(3, dtype=np.int64)
+    _exp_nonpositive(low, out, bits)
+    np.testing.assert_array_equal(out, np.exp(-700.0))

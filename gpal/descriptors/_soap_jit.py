@@ -158,23 +158,31 @@ _LN2_HI = (
 _LN2_LO = 1.90821492927058770002e-10
 # 1.5 * 2^52: (t + _ROUND) - _ROUND rounds t to the nearest integer
 _ROUND = 6755399441055744.0
+_ROUND_BITS = 0x4338000000000000  # the bits of _ROUND (1.5 x 2^52)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"contract"})
 def _exp_nonpositive(x, out, ibits):
-    """out[k] = exp(x[k]) for x[k] <= 0, in a loop LLVM can vectorise (no libm call).
+    """out[k] = exp(x[k]) for x[k] <= 0, in loops LLVM vectorises (no libm call).
 
     exp(x) = 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (|r| <= 0.347,
     Cody-Waite), e^r by its Taylor series to degree 13 (truncation < 1e-17), 2^n built
     from its exponent bits. Accurate to 1 ulp for x >= -700; arguments below -700 are
     clamped (exp < 1e-304). ``ibits`` is int64 scratch of the same length; ``x`` and
     ``out`` must be different arrays (in place, the loop does not vectorise).
+
+    n is read from the bits of ``t = x / ln 2 + 1.5 x 2^52`` (its low mantissa bits
+    hold n) instead of converting a float to int64, which AVX2 has no vector
+    instruction for: with it the first loop ran scalar (1.8-2.8 ns per exp; 1.3 now,
+    the multiply-adds contracted to FMAs).
     """
     fbits = ibits.view(np.float64)
     m = x.shape[0]
     for k in range(m):
         v = max(x[k], -700.0)
-        nf = (v * _LOG2E + _ROUND) - _ROUND
+        t = v * _LOG2E + _ROUND
+        nf = t - _ROUND
+        fbits[k] = t
         r = (v - nf * _LN2_HI) - nf * _LN2_LO
         p = 1.0 / 6227020800.0
         p = p * r + 1.0 / 479001600.0
@@ -191,7 +199,8 @@ def _exp_nonpositive(x, out, ibits):
         p = p * r + 1.0
         p = p * r + 1.0
         out[k] = p
-        ibits[k] = (np.int64(nf) + 1023) << 52
+    for k in range(m):
+        ibits[k] = (ibits[k] - _ROUND_BITS + 1023) << 52
     for k in range(m):
         out[k] *= fbits[k]
 
