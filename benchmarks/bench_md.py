@@ -420,9 +420,10 @@ def stage_profile(model, sizes, reps: int, seed: int) -> None:
     back-pass (``soap_backward_stored``), the rest of the step (neighbour list, forces,
     stress, local stds...), and the whole ``predict``. Dense floor: the four BLAS
     products a prediction with stds cannot do without at this sparse-set size (kernel
-    dot products and weighted gradient, n x F x M each; the stds' ``L⁻¹ k`` and ``U w``,
-    triangular, n x M² / 2 each), alone, on the model's rows and factors. Medians of ``reps`` calls on a
-    slightly rattled cell (a new geometry each call, the Verlet list reused).
+    dot products and weighted gradient, n x F x M each; the stds' ``L⁻¹ k`` and
+    ``U w``, triangular, n x M² / 2 each), alone, on the model's rows and factors.
+    Medians of ``reps`` calls on a slightly rattled cell (a new geometry each call, the
+    Verlet list reused).
     """
     from scipy.linalg.blas import dtrmm
 

@@ -613,7 +613,7 @@ def test_vectorised_exp_is_within_one_ulp_of_numpy():
     x = np.concatenate([
         -np.random.default_rng(3).random(20000) * 700.0,
         [0.0, -0.0, -1e-300, -0.5 * ln2, -0.5 * ln2 - 1e-12, -ln2, -1.5 * ln2, -700.0, -699.999],
-        -np.arange(1, 1010) * ln2,  # every exponent the range reaches: exact powers of two
+        -np.arange(1, 1010) * ln2,  # next to every power of two the range reaches
     ])
     out, bits = np.empty_like(x), np.empty(len(x), dtype=np.int64)
     _exp_nonpositive(x, out, bits)
