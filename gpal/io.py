@@ -578,6 +578,10 @@ def interrupts_deferred():
     For the few steps that must not be cut in two: a label the oracle has already
     computed is written whole to ``train.xyz`` and counted before an interrupt stops the
     run. Outside the main thread (where signals cannot be handled) it does nothing.
+
+    Every signal that came is delivered, each once, SIGTERM last: a handler that raises
+    (Ctrl-C's ``KeyboardInterrupt``) does not swallow the signals after it, and a
+    SIGTERM that came with a Ctrl-C still ends the process as a SIGTERM would.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -594,8 +598,17 @@ def interrupts_deferred():
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        for sig in dict.fromkeys(received):  # each signal once, in the order it came
-            signal.raise_signal(sig)
+        _raise_signals(sorted(set(received), key=lambda sig: sig == signal.SIGTERM))
+
+
+def _raise_signals(sigs: list) -> None:
+    """Raise each signal of ``sigs`` in turn, the next in a ``finally`` of the one before
+    (so that one whose handler raises does not skip the rest)."""
+    if sigs:
+        try:
+            signal.raise_signal(sigs[0])
+        finally:
+            _raise_signals(sigs[1:])
 
 
 def append_frame(path: str | os.PathLike, atoms: Atoms) -> None:

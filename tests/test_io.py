@@ -235,3 +235,44 @@ def test_a_temporary_file_left_in_a_run_folder_is_the_runs(tmp_path):
     for name in (".train.xyz.0a1b2c3d.tmp", "state.json.tmp", "notes.tmp", ".notes.0a1b2c3d.tmp"):
         (tmp_path / name).write_text("")
     assert foreign_files(tmp_path) == [".notes.0a1b2c3d.tmp", "notes.tmp"]
+
+
+_BOTH_SIGNALS = """
+import os, signal, sys
+from gpal.io import interrupts_deferred
+mode, order = sys.argv[1], sys.argv[2]
+if mode == "raising":  # gpal learn's: SIGTERM raised as an interrupt that names it
+    def on_term(num, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    signal.signal(signal.SIGTERM, on_term)
+try:
+    with interrupts_deferred():
+        for name in order.split(","):
+            os.kill(os.getpid(), getattr(signal, name))
+        print("block done", flush=True)
+except KeyboardInterrupt as exc:
+    print("interrupt", exc.args, "after", exc.__context__ is not None, flush=True)
+    sys.exit(3)
+print("went on", flush=True)
+"""
+
+
+@pytest.mark.parametrize("order", ["SIGINT,SIGTERM", "SIGTERM,SIGINT"])
+@pytest.mark.parametrize("mode", ["default", "raising"])
+def test_a_ctrl_c_and_a_sigterm_held_together_are_both_delivered(tmp_path, mode, order):
+    """Both signals arriving while a label is written: after the block neither is lost
+    (before, SIGINT's KeyboardInterrupt left the loop and the SIGTERM was dropped: the
+    process went on); SIGTERM comes last, so the process ends as SIGTERM ends it."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "both.py"
+    script.write_text(_BOTH_SIGNALS)
+    proc = subprocess.run([sys.executable, str(script), mode, order], capture_output=True, text=True,
+                          timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "block done" in proc.stdout and "went on" not in proc.stdout, proc.stdout + proc.stderr
+    if mode == "default":
+        assert proc.returncode == -signal.SIGTERM, proc.stdout + proc.stderr
+    else:  # the SIGTERM's interrupt, raised while Ctrl-C's propagated
+        assert proc.returncode == 3 and "interrupt ('SIGTERM',) after True" in proc.stdout, proc.stdout
