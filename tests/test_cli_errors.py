@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -430,6 +431,30 @@ def test_a_warning_during_a_progress_bar_gets_its_own_line(capsys):
 def test_python_dash_m_gpal_is_the_gpal_command():
     proc = subprocess.run([sys.executable, "-m", "gpal", "--version"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("gpal ")
+
+
+def test_ctrl_c_while_gpal_loads_is_one_line_and_exit_code_130(tmp_path):
+    """The console command, interrupted 0.3 s after it started, while numba, scipy and ASE
+    still load (~1-2 s): one line and 130, as later (it was a 10-45 line traceback: the
+    console script imported the package before gpal.cli.main's own handler)."""
+    import signal
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["gpal"] == "_gpal_command:main"
+    # what the installed script runs: import the entry module, call its main
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, _gpal_command; sys.exit(_gpal_command.main())",
+                             "learn", "--run-dir", str(tmp_path / "run"), "-q"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["gpal: interrupted"] and out == ""
+    assert not (tmp_path / "run").exists()
 
 
 def test_ctrl_c_before_the_run_folder_is_known_claims_nothing_saved(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,22 @@
+"""The ``gpal`` console command.
+
+It lives outside the ``gpal`` package so that a Ctrl-C while gpal and its libraries
+load (~1-2 s: numba, scipy, ASE) ends in one line and exit code 130, as a Ctrl-C
+later does, instead of a traceback: the console script imports this module first,
+and the package inside the ``try`` below.
+"""
+
+import sys
+
+
+def main() -> int:
+    """Import gpal's command line and run it (:func:`gpal.cli.main`)."""
+    try:
+        from gpal.cli import main as gpal_main
+
+        return gpal_main()
+    except KeyboardInterrupt:  # (gpal_main handles its own; this is one before it began)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print("gpal: interrupted", file=sys.stderr)
+        return 130
