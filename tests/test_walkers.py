@@ -482,3 +482,20 @@ def test_scheduler_probe_names_a_port_that_is_not_a_dask_scheduler():
     with pytest.raises(GpalError, match="no port"):
         _probe_scheduler("tcp://somehost", timeout=0.5)
     _probe_scheduler("tls://127.0.0.1:1", timeout=0.5)  # other schemes go to dask as given
+
+
+def test_gpal_learns_walker_pool_does_not_wait_for_a_segment_left_running():
+    """``walker_workers``' pool, closed when a run ends, ends a task still running (a
+    speculative segment, or the other walkers' when one blew up) instead of waiting
+    for it: their results have no run left to take them."""
+    from gpal.learning.walkers import local_walker_executor
+
+    pool, close = local_walker_executor(2)
+    busy = pool.submit(time.sleep, 60)
+    pool.submit(abs, 1).result(timeout=120)  # the pool's workers are up
+    deadline = time.monotonic() + 60
+    while not busy.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    close()
+    assert time.monotonic() - t0 < 20  # (shutdown waited the task's 60 s)

@@ -657,7 +657,10 @@ class ActiveLearner:
         the model, ending at its first frame that crosses the trigger; one batch is then
         chosen across all walkers' frames, labelled and added, and the next round starts
         on the updated model. Default: the walkers step in this process. Not with
-        ``targets``.
+        ``targets``. The executor stays the caller's: when a run ends (its steps made,
+        a stop, a walker that blew up, Ctrl-C) segments still queued are cancelled, but a
+        segment already running finishes there and its result is dropped (``gpal learn``'s
+        ``walker_workers`` pool ends it instead).
     **settings
         Any field of the groups by its flat name, e.g. ``n_bootstrap=8``,
         ``oracle_timeout=600``, ``max_oracle_calls=50``, ``random_state=1``

@@ -648,7 +648,8 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
     Returns
     -------
     (executor, close) : (concurrent.futures.Executor or None, callable)
-        ``close()`` shuts the pool down or closes the dask client.
+        ``close()`` stops the pool (:meth:`gpal.learning.oracle.WorkerPool.stop`: a
+        segment still running is ended, not waited for) or closes the dask client.
     """
     if scheduler:
         try:
@@ -665,5 +666,7 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
         from .oracle import worker_pool
 
         pool = worker_pool(int(workers), multiprocessing.get_context("spawn"))
-        return pool, pool.shutdown
+        # a segment still running when the run ends (a speculative one, or its walkers'
+        # when another blew up) has no run left to take its result: not waited for
+        return pool, pool.stop
     return None, lambda: None
