@@ -499,3 +499,42 @@ def test_gpal_learns_walker_pool_does_not_wait_for_a_segment_left_running():
     t0 = time.monotonic()
     close()
     assert time.monotonic() - t0 < 20  # (shutdown waited the task's 60 s)
+
+
+def test_a_workers_warnings_are_shown_by_the_learner_once(tmp_path):
+    """A segment on another process returns its warnings instead of printing them there
+    (its prints bypassed gpal learn's one-line warnings, 6 raw lines in the audit's run)
+    and the learner shows each once; a model warns of periodic=False once, not at every
+    prediction (8 times in a serial run)."""
+    import warnings
+
+    from gpal.learning.walkers import _digest, _task, relay_warnings, run_segment
+
+    model = SparseGP(SOAP(species=["Cu"], periodic=False, weighting=POLY, **SMALL_SOAP), n_sparse=20)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        L = learner(tmp_path / "run", n_walkers=1, sparse_refresh=False)
+        L.model = model
+        L.run_dir.mkdir(parents=True)
+        L._bootstrap()
+        L.calibrate()
+        L._init_walkers()
+        for _ in range(3):
+            L._check_walker(L.walkers[0])
+    periodic = [w for w in shown if "periodic=False" in str(w.message)]
+    assert len(periodic) == 1
+    data = model_to_bytes(L.model)
+    L.ramp_steps = 100  # (as run(100) sets it)
+    task = _task(L, L.walkers[0], 0, 10, data, _digest(data))
+    task["learner_pid"] = -1  # as on a worker process
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        results = [run_segment(task) for _ in range(2)]
+    assert shown == []  # recorded there, not printed
+    assert [m for _, m in results[0]["warnings"] if "periodic=False" in m] == [str(periodic[0].message)]
+    seen = set()
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        for r in results + results:
+            relay_warnings(seen, r["warnings"])
+    assert [(w.category, str(w.message)) for w in shown] == [(UserWarning, str(periodic[0].message))]

@@ -809,6 +809,7 @@ class ActiveLearner:
         self.targets = targets  # gpal.TargetSet or None
         self.walker_executor = walker_executor  # gpal.learning.walkers: MD segments as tasks
         self._walker_steps: dict[int, int] = {}  # each walker's own step (walker_executor)
+        self._relayed_warnings: set = set()  # workers' warnings shown (walkers.relay_warnings)
         # exploring walkers (TargetSet(explore=...)): walker index -> slot, target
         # structure it started from, step of that start
         self._explore: dict[int, dict] = {}

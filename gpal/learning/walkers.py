@@ -50,6 +50,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -174,6 +175,54 @@ def judge_frame(model: SparseGP, atoms: Atoms, trigger: "Trigger", *, recent, la
 
 # ---------------------------------------------------------------------- the task
 def run_segment(task: dict) -> dict:
+    """Run one walker's MD segment (:func:`_run_segment`, whose docstring says what
+    ``task`` holds and what comes back).
+
+    On a process other than the learner's (``task["learner_pid"]``) the warnings the
+    segment raises are not printed there but returned, each once, in ``warnings``
+    (``[category, message]`` pairs) for the learner to show once per run
+    (:func:`relay_warnings`): a worker's own prints bypass ``gpal learn``'s one-line
+    warnings and repeated once per segment.
+    """
+    if task.get("learner_pid", os.getpid()) == os.getpid():
+        return _run_segment(task)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _run_segment(task)
+    seen: dict = {}
+    for w in caught:
+        cat = w.category
+        seen.setdefault((f"{cat.__module__}.{cat.__qualname__}", str(w.message)), None)
+    out["warnings"] = [list(k) for k in seen]
+    return out
+
+
+def relay_warnings(seen: set, pairs) -> None:
+    """Warn here of a worker's ``[category, message]`` pairs (:func:`run_segment`), each
+    that ``seen`` does not hold yet (it is added). A category that is not Python's or
+    gpal's is shown as a ``UserWarning``."""
+    import builtins
+    import importlib
+
+    for name, message in pairs:
+        if (name, message) in seen:
+            continue
+        seen.add((name, message))
+        module, _, qual = name.rpartition(".")
+        cat = None
+        if module == "builtins":
+            cat = getattr(builtins, qual, None)
+        elif module == "gpal" or module.startswith("gpal."):
+            try:
+                cat = getattr(importlib.import_module(module), qual, None)
+            except ImportError:
+                cat = None
+        if not (isinstance(cat, type) and issubclass(cat, Warning)):
+            cat = UserWarning
+        warnings.warn(message, cat, stacklevel=2)
+
+
+def _run_segment(task: dict) -> dict:
     """Run one walker's MD segment on a model snapshot (the task a worker runs).
 
     Parameters
@@ -360,6 +409,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "force_rms": L._force_rms(), "sparse_refresh": L.sparse_refresh, "max_sparse": L.max_sparse,
         "max_force": L.max_force, "max_temperature": L.max_temperature,
         "submitted": time.time(),
+        "learner_pid": os.getpid(),
     }
 
 
@@ -472,6 +522,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             t1 = time.perf_counter()
             rollbacks, uncertain, novel = [], [], []
             for w, r in zip(active, results):
+                relay_warnings(L._relayed_warnings, r.get("warnings", ()))
                 start = steps[w.index]
                 take_state(w, r)
                 blown = {rb["step"]: rb["reason"] for rb in r["rollbacks"]}
@@ -563,6 +614,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     drop_spec()
     if pending is not None:  # stopped while segments ran: their MD stands, their frames wait
         for w, r in zip(pending[1], collect(pending[2])):
+            relay_warnings(L._relayed_warnings, r.get("warnings", ()))
             take_state(w, r)
         L.step = min(steps.values())
 

@@ -633,7 +633,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     def _check(self, atoms, what="atoms"):
         periodic = self.descriptor_.periodic
         check_atoms(atoms, species=self.species_, periodic=periodic, what=what)
-        if not periodic and atoms.pbc.any():
+        if not periodic and atoms.pbc.any() and not self.__dict__.get("_warned_periodic"):
+            self._warned_periodic = True  # (once per model: every MD step would repeat it)
             warnings.warn(
                 "the model's descriptor has periodic=False: the periodic boundaries of these "
                 "atoms are ignored and they are evaluated as an isolated cluster (a descriptor "
