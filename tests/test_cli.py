@@ -551,6 +551,22 @@ def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatc
     assert "gpal: lowest force RMSE: SE (0.00069 eV/Å)" in capsys.readouterr().out
 
 
+def test_compare_kernels_with_an_unknown_test_species_prints_only_the_error(files, tmp_path, capsys):
+    """The table's header was printed above the one-line error."""
+    from ase.calculators.emt import EMT
+
+    frames = cu_frames(2, seed=4, size=(2, 2, 2))
+    for a in frames:
+        a.numbers[0] = 28  # Ni, in no training frame
+        a.calc = EMT()
+        a.get_forces()
+    write(tmp_path / "test_ni.xyz", frames)
+    assert main(["compare-kernels", str(files / "train.xyz"), str(tmp_path / "test_ni.xyz"), "-q",
+                 "--plot", ""]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and "Ni (Z=28)" in err
+
+
 def test_a_default_written_out_is_no_change_of_configuration():
     """Resuming with `gpal learn --print-config` output (every default written out) is not a
     change; a real change is named with both values."""

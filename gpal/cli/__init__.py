@@ -1166,9 +1166,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                 f"{', '.join(sorted(known))})")
         args.plot = plot
     widths = ComparisonTable.column_widths(names=[c.name for c in default_candidates()])
-    print(ComparisonTable.header(widths), flush=True)
+    started = []
 
     def show(row: dict) -> None:
+        if not started:  # the header with the first row: not above an input error
+            print(ComparisonTable.header(widths), flush=True)
+            started.append(True)
         print(ComparisonTable.format_row(row, widths), flush=True)
 
     table = compare_kernels(train, test, plot=args.plot, progress=not args.quiet, on_row=show)
