@@ -959,6 +959,24 @@ def test_conformal_stopping_rule_uses_the_conformal_bound(tmp_path):
     assert last["validation_error"] == pytest.approx(L._calibration["judge_force_rmse"])
 
 
+def test_a_run_ends_with_hyperparameters_chosen_on_all_its_labels(tmp_path):
+    """Labels added since the schedule's last choice get one more at the end of the run
+    (its saved model is the evidence's for every label), calibrated after it; a run the
+    stopping rule ended keeps the model it judged (test above)."""
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=0.001), check_every=0, optimize_every=3)
+    L.run(60)  # (the schedule: 4 bootstrap labels, then 12)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    chosen = [r for r in records if r.get("event") == "hyperparameters"]
+    assert 4 < L.n_labelled < 12 and L._last_opt == L.n_labelled
+    assert chosen[-1]["step"] == 60 and chosen[-1]["kernel"] == repr(L.model.kernel_)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["last_optimization"] == L.n_labelled
+    # the stored calibration is the final model's: a fresh one on it gives the same
+    stored = dict(L.model.calibration_["forces_std"])
+    L.calibrate()
+    assert L.model.calibration_["forces_std"]["scale"] == pytest.approx(stored["scale"], rel=1e-9)
+
+
 class InterruptingEMT(EMT):
     """EMT that is interrupted (as by Ctrl-C) at its ``n``-th evaluation."""
 

