@@ -1850,10 +1850,10 @@ class ActiveLearner:
         hyperparameters are the evidence's for all its labels (not when the stopping
         rule or the targets' tolerance ended the run: their bound is the judged model's,
         and that model is the one saved). Measured on the
-        benchmark's runs (bench_loop, defaults; the 12 runs of four multi-species
-        systems, three seeds each): held-out force RMSE lower in 7 and higher in 5
-        (worst force ratio against the evenly spaced baseline 1.18 -> 1.08), energy RMSE
-        lower in 8, for 13-81 s more per run on one core.
+        benchmark's runs (bench_loop, defaults, six systems, three seeds each): held-out
+        force RMSE lower in 12 of 18, higher in 5 (worst force ratio against the evenly
+        spaced baseline 1.23 -> 1.08), energy RMSE lower in 12, for 2-81 s more per run
+        on one core.
         """
         certified = self._stopped[0] and not self._stopped[1].startswith("max_oracle_calls")
         chosen = bool(self.optimize_every and self.bootstrap_done and self.n_labelled > self._last_opt
