@@ -977,6 +977,46 @@ def test_a_run_ends_with_hyperparameters_chosen_on_all_its_labels(tmp_path):
     assert L.model.calibration_["forces_std"]["scale"] == pytest.approx(stored["scale"], rel=1e-9)
 
 
+def test_a_run_the_stopping_rule_ended_keeps_its_judged_model_after_a_resume(tmp_path):
+    """The rule judged the model at its last labels: neither the run's end nor a resume
+    that runs no further step (run(step), gpal learn --resume --steps <its step>) makes
+    a last hyperparameter choice over it (the resumed learner had lost the stop)."""
+    rule = StoppingRule(tolerance=50.0, patience=1, use="conformal")
+    L = learner(tmp_path / "run", stopping=rule, check_every=20, md=MDSettings(temperature=600),
+                optimize_every=3)
+    assert L.run(1000).stopped_early
+    assert L.n_labelled > L._last_opt  # (a last choice would have been due)
+    kernel, noise = repr(L.model.kernel_), dict(L.model.noise_)
+
+    def choices():
+        return [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")
+                if '"hyperparameters"' in line]
+
+    n = len(choices())
+    R = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
+    R.run(R.step)
+    assert len(choices()) == n and repr(R.model.kernel_) == kernel and R.model.noise_ == noise
+
+
+def test_refits_of_projected_columns_do_not_postpone_the_hyperparameter_schedule(tmp_path, monkeypatch):
+    """With optimize_every = 2 and projected columns, the refit that makes them exact (at
+    1.5x) had moved the schedule's count, so no choice came before the run's end."""
+    at = []
+    real = ActiveLearner._optimize
+
+    def recording(self):
+        at.append(self.n_labelled)
+        real(self)
+
+    monkeypatch.setattr(ActiveLearner, "_optimize", recording)
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=0.001), check_every=0, optimize_every=2,
+                exact_frames=1)
+    L.run(300)
+    assert L.n_labelled >= 9
+    # 4 bootstrap labels: the first choice at 8 labels (before, 1.5x refits moved it on)
+    assert any(8 <= k < L.n_labelled for k in at), (at, L.n_labelled)
+
+
 class InterruptingEMT(EMT):
     """EMT that is interrupted (as by Ctrl-C) at its ``n``-th evaluation."""
 
