@@ -434,9 +434,9 @@ def test_python_dash_m_gpal_is_the_gpal_command():
 
 
 def test_ctrl_c_while_gpal_loads_is_one_line_and_exit_code_130(tmp_path):
-    """The console command, interrupted 0.3 s after it started, while numba, scipy and ASE
-    still load (~1-2 s): one line and 130, as later (it was a 10-45 line traceback: the
-    console script imported the package before gpal.cli.main's own handler)."""
+    """The console command, interrupted as it starts loading gpal (numba, scipy and ASE:
+    ~1-2 s): one line and 130, as later (it was a 10-45 line traceback: the console
+    script imported the package before gpal.cli.main's own handler)."""
     import signal
     import tomllib
     from pathlib import Path
@@ -444,12 +444,15 @@ def test_ctrl_c_while_gpal_loads_is_one_line_and_exit_code_130(tmp_path):
     root = Path(__file__).resolve().parents[1]
     scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["gpal"] == "_gpal_command:main"
-    # what the installed script runs: import the entry module, call its main
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, _gpal_command; sys.exit(_gpal_command.main())",
-                             "learn", "--run-dir", str(tmp_path / "run"), "-q"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # what the installed script runs: import the entry module, call its main (which
+    # imports gpal), here after a line that says it is about to
+    entry = ("import sys, _gpal_command; sys.stderr.write('starting\\n'); sys.stderr.flush(); "
+             "sys.exit(_gpal_command.main())")
+    proc = subprocess.Popen([sys.executable, "-c", entry, "learn", "--run-dir", str(tmp_path / "run"), "-q"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.3)
+    assert proc.stderr.readline() == "starting\n"
+    time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err

@@ -526,7 +526,7 @@ def test_a_workers_warnings_are_shown_by_the_learner_once(tmp_path):
     data = model_to_bytes(L.model)
     L.ramp_steps = 100  # (as run(100) sets it)
     task = _task(L, L.walkers[0], 0, 10, data, _digest(data))
-    task["learner_pid"] = -1  # as on a worker process
+    task["learner"] = ["another-host", os.getpid()]  # as on a worker process
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         results = [run_segment(task) for _ in range(2)]
@@ -538,3 +538,21 @@ def test_a_workers_warnings_are_shown_by_the_learner_once(tmp_path):
         for r in results + results:
             relay_warnings(seen, r["warnings"])
     assert [(w.category, str(w.message)) for w in shown] == [(UserWarning, str(periodic[0].message))]
+
+
+def test_a_relayed_warning_keeps_the_nearest_category_the_learner_knows():
+    """A library's own warning class arrives as the nearest of Python's or gpal's bases
+    (so ``-W ignore::RuntimeWarning`` still matches it), never as a bare UserWarning."""
+    import warnings
+
+    from gpal.learning.walkers import _known_category, relay_warnings
+
+    class LibraryWarning(RuntimeWarning):
+        pass
+
+    assert _known_category(LibraryWarning) == "builtins.RuntimeWarning"
+    assert _known_category(UserWarning) == "builtins.UserWarning"
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        relay_warnings(set(), [[_known_category(LibraryWarning), "overflow"], ["nowhere.Odd", "odd"]])
+    assert [(w.category, str(w.message)) for w in shown] == [(RuntimeWarning, "overflow"), (UserWarning, "odd")]

@@ -178,23 +178,38 @@ def run_segment(task: dict) -> dict:
     """Run one walker's MD segment (:func:`_run_segment`, whose docstring says what
     ``task`` holds and what comes back).
 
-    On a process other than the learner's (``task["learner_pid"]``) the warnings the
-    segment raises are not printed there but returned, each once, in ``warnings``
-    (``[category, message]`` pairs) for the learner to show once per run
-    (:func:`relay_warnings`): a worker's own prints bypass ``gpal learn``'s one-line
-    warnings and repeated once per segment.
+    In the main thread of a process other than the learner's (``task["learner"]``:
+    its host and pid), e.g. a worker of ``gpal learn``'s ``walker_workers`` pool, the
+    warnings the segment raises are not printed there but returned, each once, in
+    ``warnings`` (``[category, message]`` pairs; the category is the nearest of Python's
+    or gpal's in its class's bases) for the learner to show once per run
+    (:func:`relay_warnings`): a worker's own prints bypassed ``gpal learn``'s one-line
+    warnings and repeated once per segment. Elsewhere (the learner's own process, or a
+    worker's thread, where catching them would change the warnings state the other
+    threads share) they are printed as they come.
     """
-    if task.get("learner_pid", os.getpid()) == os.getpid():
+    here = [socket.gethostname(), os.getpid()]
+    if list(task.get("learner", here)) == here or threading.current_thread() is not threading.main_thread():
         return _run_segment(task)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # (each text once per place, as Python shows them)
         out = _run_segment(task)
     seen: dict = {}
     for w in caught:
-        cat = w.category
-        seen.setdefault((f"{cat.__module__}.{cat.__qualname__}", str(w.message)), None)
+        seen.setdefault((_known_category(w.category), str(w.message)), None)
     out["warnings"] = [list(k) for k in seen]
     return out
+
+
+def _known_category(cat: type) -> str:
+    """``module.Name`` of the nearest class among ``cat``'s bases (itself first) that is
+    Python's or gpal's, which the learner can import (``builtins.UserWarning`` if none)."""
+    for c in cat.__mro__:
+        module = getattr(c, "__module__", "")
+        if module == "builtins" or module == "gpal" or module.startswith("gpal."):
+            if isinstance(c, type) and issubclass(c, Warning):
+                return f"{module}.{c.__qualname__}"
+    return "builtins.UserWarning"
 
 
 def relay_warnings(seen: set, pairs) -> None:
@@ -409,7 +424,7 @@ def _task(L: "ActiveLearner", w, start: int, end: int, data: bytes, key: str, st
         "force_rms": L._force_rms(), "sparse_refresh": L.sparse_refresh, "max_sparse": L.max_sparse,
         "max_force": L.max_force, "max_temperature": L.max_temperature,
         "submitted": time.time(),
-        "learner_pid": os.getpid(),
+        "learner": [socket.gethostname(), os.getpid()],
     }
 
 

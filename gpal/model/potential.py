@@ -602,6 +602,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         (:func:`gpal.baseline.without_results`); a deep copy of a Δ-model failed after its
         first prediction."""
         state = dict(super().__getstate__())  # (object's is the model's own __dict__)
+        state.pop("_warned_periodic", None)  # (a copy in another session warns again)
         new = {}  # (the parameter and the fitted baseline are often one object: kept one)
         for key in ("baseline", "baseline_"):
             calc = state.get(key)
