@@ -1045,10 +1045,8 @@ class ActiveLearner:
             log.info("resume: %d oracle call(s) cut off by the end of the last session",
                      least - self.oracle.n_calls)
             self.oracle.n_calls = least
-            state_path = self.run_dir / "state.json"  # (kept at once: a second resume sees it)
-            state = json.loads(state_path.read_text())
-            state["oracle_calls"], state["oracle_calls_by_reason"] = least, dict(self._calls)
-            self._write_json_atomic(state_path, state)
+            # (kept at once: a second resume sees it)
+            self._patch_state(oracle_calls=least, oracle_calls_by_reason=dict(self._calls))
 
     def _fix_and_resume(self) -> str:
         """What a run stopped by its oracle's failures says to do next."""
@@ -1851,11 +1849,16 @@ class ActiveLearner:
         end makes no last hyperparameter choice (:meth:`_finish`), also after a kill and
         resume, so the saved model is the one judged (kept in ``state.json`` at once)."""
         self._certified_labels = self.n_labelled
+        if (self.run_dir / "state.json").exists():
+            self._patch_state(certified_labels=self._certified_labels)
+
+    def _patch_state(self, **fields) -> None:
+        """Set ``fields`` in the run's ``state.json`` now (atomically), before the next
+        checkpoint writes the whole state."""
         path = self.run_dir / "state.json"
-        if path.exists():
-            state = json.loads(path.read_text())
-            state["certified_labels"] = self._certified_labels
-            self._write_json_atomic(path, state)
+        state = json.loads(path.read_text())
+        state.update(fields)
+        self._write_json_atomic(path, state)
 
     def _finish(self, t_start: float) -> Summary:
         """A last hyperparameter choice, final calibration and validation, checkpoint,

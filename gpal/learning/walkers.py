@@ -216,8 +216,7 @@ def relay_warnings(seen: set, pairs) -> None:
     """Warn here of a worker's ``[category, message]`` pairs (:func:`run_segment`), each
     that ``seen`` does not hold yet (it is added). A category that is not Python's or
     gpal's is shown as a ``UserWarning``."""
-    import builtins
-    import importlib
+    from .._imports import import_object
 
     for name, message in pairs:
         if (name, message) in seen:
@@ -225,12 +224,10 @@ def relay_warnings(seen: set, pairs) -> None:
         seen.add((name, message))
         module, _, qual = name.rpartition(".")
         cat = None
-        if module == "builtins":
-            cat = getattr(builtins, qual, None)
-        elif module == "gpal" or module.startswith("gpal."):
+        if module in ("builtins", "gpal") or module.startswith("gpal."):  # (nothing else is imported)
             try:
-                cat = getattr(importlib.import_module(module), qual, None)
-            except ImportError:
+                cat = import_object(f"{module}:{qual}")
+            except (ValueError, ImportError, AttributeError):  # (a worker of another gpal version)
                 cat = None
         if not (isinstance(cat, type) and issubclass(cat, Warning)):
             cat = UserWarning
