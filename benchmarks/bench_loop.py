@@ -558,6 +558,11 @@ def evaluate(model, frames):
         "force_rmse": float(np.sqrt(np.mean(err**2))),
         "force_mae": float(np.mean(np.abs(err))),
         "energy_rmse_per_atom": float(np.sqrt(np.mean(np.square(e_err)))),
+        # the RMSE split into the mean error (an offset of every frame of the test
+        # trajectory's composition, which no force, relative energy or MD sees) and the
+        # spread about it (what relative energies see): rmse² = mean² + std²
+        "energy_mean_error_per_atom": float(np.mean(e_err)),
+        "energy_error_std_per_atom": float(np.std(e_err)),
         "reference_force_rms": float(np.sqrt(np.mean(np.concatenate(
             [a.get_forces().ravel() for a in frames]) ** 2))),
         "calibration_stored": dict(getattr(model, "calibration_", {}) or {}),
@@ -823,6 +828,12 @@ def print_system(name, protocol, r):
     print(f"    energy RMSE  AL {1e3 * al['energy_rmse_per_atom']:.3f}  baseline "
           f"{1e3 * b['energy_rmse_per_atom']:.3f} meV/atom  AL/baseline {r['energy_rmse_ratio']:.2f}  "
           f"[<= 1: {verdict(r['energy_rmse_ratio'] <= 1.0)}]")
+    if "energy_error_std_per_atom" in al:
+        print(f"      as mean error (offset) and spread: AL {1e3 * al['energy_mean_error_per_atom']:+.3f} "
+              f"and {1e3 * al['energy_error_std_per_atom']:.3f}, baseline "
+              f"{1e3 * b['energy_mean_error_per_atom']:+.3f} and {1e3 * b['energy_error_std_per_atom']:.3f} "
+              f"meV/atom; spread AL/baseline "
+              f"{al['energy_error_std_per_atom'] / max(b['energy_error_std_per_atom'], 1e-300):.2f}")
     print(f"    baseline: {r['baseline_frames']} frames evenly from a {protocol['steps']}-step oracle MD "
           f"trajectory (seed {protocol['seed_trajectory_A']}), which itself needed "
           f"{protocol['steps']} oracle calls; {r['baseline_fit']['n_sparse']} sparse points "
