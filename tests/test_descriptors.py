@@ -445,6 +445,42 @@ def test_species_symbols_or_numbers_and_params():
     assert "SOAP(" in repr(a)
 
 
+def test_a_parameter_set_as_an_attribute_rebuilds_the_descriptor():
+    """``soap.n_max = 8`` (scikit-learn's habit of plain attribute assignment) gives the
+    features of a descriptor built with it, as ``set_params`` does; a refused value is a
+    ValueError that leaves the descriptor as it was. (The compiled kernels read the
+    basis tables: stale ones crashed the process or gave features of the old setting.)"""
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    soap = SOAP(["Cu"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5, periodic=True)
+    for name, value in (("n_max", 6), ("l_max", 2), ("r_cut", 3.5), ("sigma", 0.4), ("n_max", 3)):
+        setattr(soap, name, value)
+        fresh = SOAP(**{**soap.get_params(), name: value})
+        assert soap.get_params()[name] == value
+        assert soap.get_number_of_features() == fresh.get_number_of_features()
+        np.testing.assert_array_equal(soap.create(atoms), fresh.create(atoms))
+    assert soap.cutoff_ == SOAP(["Cu"], r_cut=3.5, n_max=3, l_max=2, sigma=0.4).cutoff_
+    before = soap.create(atoms)
+    with pytest.raises(ValueError, match="n_max"):
+        soap.n_max = 0
+    with pytest.raises(ValueError, match="sigma"):
+        soap.set_params(l_max=4, sigma=-1.0)
+    assert soap.n_max == 3 and soap.l_max == 2
+    np.testing.assert_array_equal(soap.create(atoms), before)
+    np.testing.assert_allclose(soap.create(atoms), dscribe_twin(soap).create(atoms), rtol=1e-8, atol=1e-12)
+
+
+def test_scikit_learn_estimator_checks_of_init():
+    """No attribute but the parameters set by ``__init__`` (scikit-learn's
+    ``check_no_attributes_set_in_init``), for the descriptor and the model."""
+    from sklearn.utils.estimator_checks import check_no_attributes_set_in_init
+
+    from gpal import SparseGP
+
+    check_no_attributes_set_in_init("SOAP", SOAP(["Cu"], r_cut=4.0, n_max=4, l_max=3))
+    check_no_attributes_set_in_init("SparseGP", SparseGP())
+
+
 def test_isolated_and_empty_systems():
     soap = SOAP(["Cu"], **SMALL)
     atoms = Atoms("Cu", positions=[[0, 0, 0]])

@@ -76,6 +76,10 @@ _DERIVATIVE_BLOCK_BYTES = 64e6
 _FUSED_STORE_BYTES = 8 << 20
 
 
+# the constructor arguments that the built state (basis, tables, layout) follows from
+_PARAMETERS = frozenset({"species", "r_cut", "n_max", "l_max", "sigma", "periodic", "weighting"})
+
+
 # --- results ---
 @dataclass
 class SOAPDerivatives(PairDerivatives):
@@ -549,6 +553,7 @@ class SOAP(Descriptor):
         dtype: str = "float64",
     ):
         _check_dscribe_settings(rbf, average, compression, sparse, dtype)
+        object.__setattr__(self, "_ready", False)  # (parameters set below do not rebuild one by one)
         self.species = species
         self.r_cut = r_cut
         self.n_max = n_max
@@ -557,10 +562,58 @@ class SOAP(Descriptor):
         self.periodic = periodic
         self.weighting = weighting
         self._setup()
+        object.__setattr__(self, "_ready", True)
 
     # --- parameters ---
+    def __setattr__(self, name: str, value) -> None:
+        """A parameter set on a built descriptor (``soap.l_max = 4``) rebuilds what follows
+        from it (radial basis, tables, feature layout), as :meth:`set_params` does; a value
+        SOAP refuses is a ValueError and leaves the descriptor as it was. (Without this the
+        compiled kernels read tables of the old shape: wrong features, or a crash.)"""
+        if name not in _PARAMETERS or not self.__dict__.get("_ready", False):
+            object.__setattr__(self, name, value)
+            return
+        old = self.__dict__.get(name)
+        object.__setattr__(self, name, value)
+        try:
+            self._setup()
+        except Exception:
+            object.__setattr__(self, name, old)
+            self._setup()
+            raise
+
+    @property
+    def species_numbers_(self) -> np.ndarray:
+        """Sorted atomic numbers, ndarray of shape (n_species,) (dscribe's order)."""
+        return self._species_numbers
+
+    @property
+    def r_cut_(self) -> float:
+        """The radial basis's cutoff in use (Å): ``r_cut``, or the one the weighting implies."""
+        return self._r_cut_used
+
+    @property
+    def sigma_(self) -> float:
+        """Width of the Gaussian atomic densities in use (Å)."""
+        return self._sigma_used
+
+    @property
+    def alphas_(self) -> np.ndarray:
+        """GTO exponents (Å⁻²), ndarray of shape (l_max + 1, n_max) (:func:`gto_basis`)."""
+        return self._alphas
+
+    @property
+    def betas_(self) -> np.ndarray:
+        """GTO orthonormalisation coefficients, ndarray of shape (l_max + 1, n_max, n_max)."""
+        return self._betas
+
+    @property
+    def cutoff_(self) -> float:
+        """Neighbour cutoff actually used (Å) (see the class docstring)."""
+        return self._cutoff
+
     def _setup(self) -> None:
-        self.species_numbers_ = _parse_species(self.species)
+        self._species_numbers = _parse_species(self.species)
         for name in ("n_max", "l_max"):
             v = getattr(self, name)
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
@@ -592,10 +645,10 @@ class SOAP(Descriptor):
         self._weighting = _check_weighting(self.weighting)
         if r_cut is None:
             r_cut = checked(_infer_r_cut(self._weighting))
-        self.r_cut_ = r_cut
-        self.sigma_ = sigma
+        self._r_cut_used = r_cut
+        self._sigma_used = sigma
         n, L = int(self.n_max), int(self.l_max)
-        self.alphas_, self.betas_ = gto_basis(r_cut, n, L)
+        self._alphas, self._betas = gto_basis(r_cut, n, L)
 
         # Gaussian-density projection: A = -alpha eta / (eta + alpha),
         # B = pi^{3/2} eta^{-3/2} beta (1 + alpha/eta)^{-(l + 3/2)}
@@ -638,7 +691,7 @@ class SOAP(Descriptor):
         cutoff = r_cut + pad
         if func == "poly":
             cutoff = min(cutoff, w["r0"])
-        self.cutoff_ = float(cutoff)
+        self._cutoff = float(cutoff)
         self._pair_cache = PairCache(self.cutoff_)
 
         # feature layout
@@ -747,7 +800,11 @@ class SOAP(Descriptor):
         unknown = set(params) - set(valid)
         if unknown:
             raise ValueError(f"Invalid parameter(s) {sorted(unknown)} for SOAP. Valid parameters are: {sorted(valid)}")
-        self.__init__(**{**valid, **params})
+        try:
+            self.__init__(**{**valid, **params})
+        except Exception:  # (a refused value leaves the descriptor as it was)
+            self.__init__(**valid)
+            raise
         return self
 
     @classmethod

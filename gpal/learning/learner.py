@@ -844,7 +844,7 @@ class ActiveLearner:
         """
         t0 = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if model and self.model.alpha_ is not None and not self._interrupted:
+        if model and getattr(self.model, "alpha_", None) is not None and not self._interrupted:
             # (after an interrupt the model in memory may be an update cut short: the
             # saved one stands until run() has reloaded the learner from the run folder)
             self.model.save(self.run_dir / "model.npz", overwrite=True)
@@ -1059,7 +1059,7 @@ class ActiveLearner:
         if not frames:
             return
         t0, cal0 = time.perf_counter(), self._times["calibration"]
-        if self.model.alpha_ is None:
+        if getattr(self.model, "alpha_", None) is None:
             self.model.fit(frames)
         else:
             with warnings.catch_warnings():  # (a rollback may label a frame the run labelled before)
@@ -1109,7 +1109,7 @@ class ActiveLearner:
     def _new_sparse(self, n_frames: int) -> int:
         """Sparse points a label of ``n_frames`` frames adds: ``sparse_per_label`` each,
         within ``max_sparse``."""
-        held = len(self.model.sparse_X_) if self.model.alpha_ is not None else 0
+        held = len(self.model.sparse_X_) if getattr(self.model, "alpha_", None) is not None else 0
         return max(0, min(self.sparse_per_label * n_frames, self.max_sparse - held))
 
     def _n_projected(self) -> int:
@@ -1257,7 +1257,7 @@ class ActiveLearner:
         self._log({"event": "initial_frames", "n": len(frames), "oracle_calls": 0})
 
     def _bootstrap(self) -> None:
-        if self.model.alpha_ is not None:  # a model fitted before the run: no bootstrap labels
+        if getattr(self.model, "alpha_", None) is not None:  # a model fitted before the run: no bootstrap labels
             if not self.train_path.exists():
                 self._adopt_model_frames()
                 self.bootstrap_done = True
@@ -1320,7 +1320,7 @@ class ActiveLearner:
             first = f" (the first failure: {failures[0].reason})" if failures else ""
             raise OracleError(f"no bootstrap frame could be labelled{first}; see log.jsonl")
         t0, cal0 = time.perf_counter(), self._times["calibration"]
-        if self.model.alpha_ is None:
+        if getattr(self.model, "alpha_", None) is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
@@ -1622,7 +1622,7 @@ class ActiveLearner:
             # a bar over the bootstrap labels (a DFT oracle: minutes each, before the MD bar)
             self._boot_bar = tqdm(total=self.n_bootstrap, desc="gpal bootstrap", unit="label",
                                   initial=min(self._reasons.count("bootstrap"), self.n_bootstrap),
-                                  disable=not self.progress or self.model.alpha_ is not None,
+                                  disable=not self.progress or getattr(self.model, "alpha_", None) is not None,
                                   file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 30.0)
             try:
                 self._bootstrap()
@@ -2523,7 +2523,7 @@ class ActiveLearner:
         self.ramp_steps = state.get("ramp_steps") or state["total_steps"] or None  # (0: no MD step yet)
         self.step = state["step"]
         self.total_steps = state["total_steps"]
-        self.bootstrap_done = state["bootstrap_done"] and model.alpha_ is not None
+        self.bootstrap_done = state["bootstrap_done"] and getattr(model, "alpha_", None) is not None
         self.rollbacks = state["rollbacks"]
         self.n_refresh = state.get("n_refresh", 0)
         self._last_opt = state.get("last_optimization", 0)
@@ -2555,7 +2555,7 @@ class ActiveLearner:
         if "label_force_squares" in state:  # labels since the checkpoint join the force scale
             self._add_force_squares(labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):])
         self._reasons = [str(a.info.get("gpal_reason", "uncertain")) for a in labelled]
-        missing = labelled[len(model.frames_):] if model.alpha_ is not None else []
+        missing = labelled[len(model.frames_):] if getattr(model, "alpha_", None) is not None else []
         self._resume_added = len(missing)
         if missing:
             model.update(missing, n_sparse=self._new_sparse(len(missing)), sparse_selection="variance",

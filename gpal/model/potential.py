@@ -536,11 +536,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self.baseline = baseline
         self.baseline_kwargs = baseline_kwargs
         self.force_noise_knee = force_noise_knee
-        self.alpha_ = None
 
     def __sklearn_is_fitted__(self) -> bool:
-        """For ``sklearn.utils.validation.check_is_fitted`` (``alpha_`` exists unfitted)."""
-        return self.alpha_ is not None
+        """For ``sklearn.utils.validation.check_is_fitted``: ``alpha_`` exists once fitted (a
+        model that failed in ``fit`` may hold it as None)."""
+        return getattr(self, "alpha_", None) is not None
 
     # ------------------------------------------------------------------ params
     # get_params / set_params / clone: scikit-learn's BaseEstimator (constructor arguments;
@@ -562,7 +562,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return super().set_params(**params)
 
     def __repr__(self) -> str:
-        fitted = self.alpha_ is not None
+        fitted = self.__sklearn_is_fitted__()
 
         def noise(name):
             if fitted:
