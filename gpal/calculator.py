@@ -40,6 +40,11 @@ _ARRAY_CHANGES = tuple(k for k in all_changes if k not in ("cell", "pbc"))
 
 __all__ = ["GPCalculator"]
 
+# keywords of ase.calculators.calculator.Calculator's constructor that GPCalculator passes
+# on; GPCalculator has no ``parameters`` of its own
+_ASE_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
+_OWN_KEYWORDS = ("std_every", "forces_std", "calibrated", "record_std")
+
 _STD_KEYS = ("energies_std", "energy_std", "forces_std", "stress_std", "forces_interval90")
 
 
@@ -70,7 +75,9 @@ class GPCalculator(Calculator):
         evaluation) so that trajectories and extxyz files keep them. Off by default: the
         user's ``atoms`` then only gain what any ASE calculator gives them.
     **kwargs
-        Passed to :class:`ase.calculators.calculator.Calculator`.
+        ``restart``, ``ignore_bad_restart_file``, ``label``, ``atoms``, ``directory``:
+        passed to :class:`ase.calculators.calculator.Calculator`. Any other keyword (a
+        misspelt ``std_evry=5``) is a TypeError: ASE would keep it without a word.
 
     Attributes
     ----------
@@ -100,6 +107,14 @@ class GPCalculator(Calculator):
             raise TypeError(f"model must be a fitted gpal.SparseGP or the path of a saved model (.npz), "
                             f"got {type(model).__name__}")
         check_is_fitted(model)
+        unknown = [k for k in kwargs if k not in _ASE_KEYWORDS]
+        if unknown:  # (ASE's Calculator keeps any keyword in ``parameters`` without a word)
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], _OWN_KEYWORDS + _ASE_KEYWORDS, n=1, cutoff=0.6)
+            raise TypeError(f"GPCalculator got an unexpected keyword argument {unknown[0]!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else
+                               f"; its keywords: {', '.join(_OWN_KEYWORDS + _ASE_KEYWORDS)}"))
         super().__init__(**kwargs)
         self.model = model
         self.std_every = check_number("std_every", std_every, low=0, integer=True)

@@ -277,6 +277,17 @@ def test_calculator_options_that_would_be_ignored_are_refused(model, kw):
         GPCalculator(model, **kw)
 
 
+def test_a_misspelt_keyword_is_refused_not_kept(model):
+    """ASE's Calculator keeps any keyword in ``parameters``: ``std_evry=5`` was accepted
+    and ignored (stds still every step). Only ASE's own constructor keywords pass."""
+    with pytest.raises(TypeError, match="'std_evry' .*did you mean 'std_every'"):
+        GPCalculator(model, std_evry=5)
+    with pytest.raises(TypeError, match="'calibrate' .*did you mean 'calibrated'"):
+        GPCalculator(model, calibrate=False)
+    calc = GPCalculator(model, label="gp", directory=".")
+    assert calc.label == "gp" and calc.parameters == {}
+
+
 def test_warnings_point_at_the_callers_line(model):
     a = cu(seed=2)
     with pytest.warns(UserWarning, match="stores no calibration") as rec:
