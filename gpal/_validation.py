@@ -197,17 +197,17 @@ def frame_labels(atoms: Atoms) -> Labels:
             raise MissingLabelsError(f"info 'virial': {exc}") from None
     n = len(atoms)
     if energy is not None:
-        energy = float(energy)
+        energy = _label_number(energy, "energy")
         if not np.isfinite(energy):
             raise MissingLabelsError("frame energy is not finite")
     if forces is not None:
-        forces = np.asarray(forces, dtype=float)
+        forces = _label_array(forces, "forces")
         if forces.shape != (n, 3):
             raise MissingLabelsError(f"forces have shape {forces.shape}, expected ({n}, 3)")
         if not np.all(np.isfinite(forces)):
             raise MissingLabelsError("frame forces contain non-finite values")
     if stress is not None:
-        stress = np.asarray(stress, dtype=float)
+        stress = _label_array(stress, "stress")
         if stress.shape == (3, 3):
             stress = full_3x3_to_voigt_6_stress(stress)
         if stress.shape != (6,):
@@ -217,6 +217,33 @@ def frame_labels(atoms: Atoms) -> Labels:
         if not np.all(atoms.pbc) or abs(atoms.cell.volume) < 1e-6:
             stress = None  # stress of a non-periodic frame carries no information
     return Labels(energy, forces, stress)
+
+
+def _label_number(value, what: str) -> float:
+    """A label that must be one real number (eV): a MissingLabelsError otherwise (a
+    string, a bool, an array of several values), which the callers name the frame in."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise MissingLabelsError(f"frame {what} is {value!r}, not a number (eV)")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise MissingLabelsError(f"frame {what} is {value!r}, not a number (eV)") from None
+    if arr.size != 1:
+        raise MissingLabelsError(f"frame {what} holds {arr.size} values, expected one number (eV)")
+    return float(arr.reshape(()))
+
+
+def _label_array(value, what: str) -> np.ndarray:
+    """A label array of real numbers: a MissingLabelsError for text or booleans in it."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":  # (strings, objects, booleans: not labels)
+        try:
+            arr = np.asarray(value, dtype=float) if arr.dtype.kind == "O" else None
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None:
+            raise MissingLabelsError(f"frame {what} is not an array of numbers: {str(value)[:40]!r}")
+    return np.asarray(arr, dtype=float)
 
 
 def check_results_current(atoms: Atoms) -> None:

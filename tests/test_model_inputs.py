@@ -75,6 +75,23 @@ def _only(a, *, energy=False, forces=False, as_info=False):
     return b
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("energy", "abc", "energy is 'abc', not a number"),
+    ("energy", True, "energy is True, not a number"),
+    ("energy", np.array([1.0, 2.0]), "energy holds 2 values"),
+    ("stress", "x", "stress is not an array of numbers"),
+])
+def test_a_label_that_is_not_a_number_is_named_with_its_frame(key, value, message):
+    """Text, a bool or several values as a label: a MissingLabelsError naming the frame
+    (was a bare float() ValueError, or True taken as 1 eV)."""
+    from gpal.exceptions import MissingLabelsError
+
+    frames = [_only(a, as_info=True) for a in cuag_frames(3)]
+    frames[2].info[key] = value
+    with pytest.raises(MissingLabelsError, match=r"frames\[2\]: frame " + message):
+        _model().fit(frames)
+
+
 def test_residuals_read_labels_as_fit_does():
     """Energy-only, forces-only and info-labelled frames: residuals gives an entry per
     label present, equal to the errors of the full frames."""
