@@ -1619,6 +1619,16 @@ def test_a_new_run_is_refused_in_a_folder_of_the_users(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.py", "data"]
 
 
+def test_a_run_dir_that_is_a_file_is_refused_when_the_learner_is_made(tmp_path):
+    """A file as run_dir: a GpalError from the constructor (was a bare FileExistsError
+    from mkdir at run(), after the learner was set up); the file is not touched."""
+    path = tmp_path / "notes.txt"
+    path.write_text("mine\n")
+    with pytest.raises(gpal.exceptions.GpalError, match="notes.txt' is a file, not a folder"):
+        learner(path)
+    assert path.read_text() == "mine\n"
+
+
 def test_a_start_structure_in_the_wrong_length_unit_is_refused_before_any_oracle_call(tmp_path):
     """A lattice constant in pm isolated every atom; the run labelled frames of zero force
     and failed in its calibration."""

@@ -742,6 +742,9 @@ class ActiveLearner:
                 calc.check_structure(a)
         check_baseline_charge(calc, self.model)
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():  # (mkdir at run() raised a bare FileExistsError)
+            raise GpalError(f"run_dir {str(run_dir)!r} is a file, not a folder; give the path of a new folder "
+                            "or of an earlier run's")
         self.md = md or MDSettings()
         check_md_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
