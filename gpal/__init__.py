@@ -42,3 +42,16 @@ from .calculator import GPCalculator  # noqa: F401
 from .learning import ActiveLearner, MDSettings, Oracle, OracleSpec, TargetSet, Trigger  # noqa: F401
 from .compare import compare_kernels, scorer, select_kernel_by_evidence  # noqa: F401
 from . import calibration, kernels, selection  # noqa: F401
+
+# ``from gpal import *``: the entry points above, not the submodules that importing them
+# binds (``io`` would shadow Python's own)
+__all__ = [
+    "SOAP", "NormalizedDotProduct", "SquaredExponential", "SparseGP", "load", "GPCalculator",
+    "ActiveLearner", "MDSettings", "Oracle", "OracleSpec", "TargetSet", "Trigger",
+    "compare_kernels", "scorer", "select_kernel_by_evidence",
+    "get_threads", "set_threads", "threads",
+    "calibration", "kernels", "selection",
+    "BaselineError", "ConfigError", "GpalError", "InvalidPositionsError", "MissingCellError",
+    "MissingLabelsError", "ModelFileError", "NotFittedError", "OracleError", "OracleStoppedError",
+    "OverlappingAtomsError", "RunStoppedError", "StructureFileError", "UnknownSpeciesError",
+]

@@ -72,3 +72,18 @@ def test_import_gpal_leaves_the_environment_and_matplotlib_alone():
         print(dict(os.environ) == before, "matplotlib" in sys.modules)
     """)
     assert out.split() == ["True", "False"]
+
+
+def test_a_star_import_binds_the_entry_points_not_the_submodules():
+    """``import io; from gpal import *`` left ``io`` bound to gpal.io (no ``__all__``)."""
+    import gpal
+
+    ns: dict = {}
+    exec("import io\nfrom gpal import *", ns)
+    import io
+
+    assert ns["io"] is io
+    assert {"SparseGP", "SOAP", "ActiveLearner", "GPCalculator", "load", "GpalError"} <= set(ns)
+    assert not {"model", "calculator", "compare", "baseline", "exceptions", "descriptors"} & set(ns)
+    assert all(hasattr(gpal, name) for name in gpal.__all__)
+
