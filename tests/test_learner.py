@@ -1629,6 +1629,18 @@ def test_a_run_dir_that_is_a_file_is_refused_when_the_learner_is_made(tmp_path):
     assert path.read_text() == "mine\n"
 
 
+def test_a_calibration_from_the_bootstrap_frames_alone_is_said_so(tmp_path):
+    """A run that labels no MD frame (its model certain throughout) calibrates on the
+    bootstrap's rattled copies: its summary and a warning say that MD frames did not
+    check it (the summary showed a judged coverage of 0.95 that MD frames missed)."""
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=10.0))
+    with pytest.warns(UserWarning, match="rests on the bootstrap's rattled copies .* not checked on MD frames"):
+        summary = L.run(10)
+    assert summary.oracle_calls_by_reason == {"bootstrap": summary.oracle_calls, "uncertain": 0, "rollback": 0}
+    assert summary.calibration["on_bootstrap_frames"] is True
+    assert "calibration caveat    : rests on the bootstrap" in str(summary)
+
+
 def test_a_start_structure_in_the_wrong_length_unit_is_refused_before_any_oracle_call(tmp_path):
     """A lattice constant in pm isolated every atom; the run labelled frames of zero force
     and failed in its calibration."""

@@ -350,6 +350,8 @@ class Summary:
                 + ("; species factors " + species_factors_text(c["species_scale"], sep=" ")
                    if c.get("species_scale") else "")
             )
+            if c.get("on_bootstrap_frames"):
+                lines.append(f"  calibration caveat    : {_BOOTSTRAP_CALIBRATION}")
             if "energy_scale" in c:
                 zms = f", on other frames mean z² {c['judge_energy_zms']:.3g}" if "judge_energy_zms" in c else ""
                 lines.append(f"  energy calibration    : energy_std x {c['energy_scale']:.3g} on "
@@ -366,6 +368,13 @@ class Summary:
             name, unit, factor = shown.get(key, (f"validation {key}", "", 1.0))
             lines.append(f"  {name:<22}: {val * factor:.4g} {unit}".rstrip())
         return "\n".join(lines)
+
+
+# what a summary says of a calibration the bootstrap's frames alone gave (ActiveLearner.calibrate)
+_BOOTSTRAP_CALIBRATION = (
+    "rests on the bootstrap's rattled copies of the start structure only (fewer than 4 MD frames were "
+    "labelled), so it is not checked on MD frames, whose errors may be larger than its stds say: check "
+    "it on a few oracle-labelled MD frames (validation frames, or gpal validate)")
 
 
 def check_budgets(model, groups: dict) -> None:
@@ -1894,6 +1903,9 @@ class ActiveLearner:
         if projected or not chosen:
             self.calibrate()
         val = self.validate() if self.validation else {}
+        if self._calibration.get("on_bootstrap_frames") and not self.validation:
+            warnings.warn(f"this run's force-std calibration {_BOOTSTRAP_CALIBRATION}", UserWarning,
+                          stacklevel=user_stacklevel())
         self.checkpoint()
         summary = self._summary(time.perf_counter() - t_start, validation=val)
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
@@ -2136,6 +2148,8 @@ class ActiveLearner:
             "judge_force_rmse": float(np.sqrt(np.mean(err[judge] ** 2))),
             "judge_zms": float(np.mean(zj**2)),
             "judge_coverage90": float(np.mean(np.abs(zj) <= 1.6448536269514722)),
+            # fewer than 4 MD labels: fitted and judged on the bootstrap's rattled copies
+            "on_bootstrap_frames": bool(rattled),
         }
         q90 = out["conformal_q90"] if out["conformal_q90"] > 0 else None  # (0: errors all zero, no bound)
         self.model.set_calibration(forces_std=dataclasses.replace(tt.calibration(), conformal_q90=q90))
