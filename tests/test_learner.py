@@ -602,8 +602,8 @@ def test_a_calibration_on_bootstrap_frames_never_scales_the_learnable_std_down(t
 
 
 def test_the_energy_std_is_scaled_to_the_held_out_energy_errors():
-    """The learner's energy calibration: one factor with mean (error / (s raw))² = 1 on
-    the calibration half (raw: the frame's leave-one-out SoR std and its DTC residuals),
+    """The learner's energy calibration: one factor, the 90 % upper confidence bound of
+    the s with mean (error / (s raw))² = 1 on the calibration half (raw: the frame's leave-one-out SoR std and its DTC residuals),
     stored for energy_std only; none with fewer than 3 frames; at least 1 on rattled
     bootstrap frames. The LOO residual is the frame's summed DTC residuals."""
     from types import SimpleNamespace
@@ -621,8 +621,9 @@ def test_the_energy_std_is_scaled_to_the_held_out_energy_errors():
     fake = SimpleNamespace(model=model)
     out = ActiveLearner._calibrate_energy(fake, loo, order, rattled=False)
     cal = np.arange(len(frames)) % 2 == 0
-    want = np.sqrt(np.mean((loo["energy_error"][cal] / raw[cal]) ** 2))
-    assert out["energy_scale"] == pytest.approx(want, rel=1e-12) and out["n_energy_calibration"] == 4
+    # the 90 % upper bound of the scale from 4 frames: sum z² / χ²_4(0.1), χ²_4(0.1) = 1.0636
+    want = np.sqrt(np.sum((loo["energy_error"][cal] / raw[cal]) ** 2) / 1.0636232167792)
+    assert out["energy_scale"] == pytest.approx(want, rel=1e-10) and out["n_energy_calibration"] == 4
     assert out["judge_energy_zms"] == pytest.approx(np.mean((loo["energy_error"][~cal] / (want * raw[~cal])) ** 2))
     assert set(model.calibration_) == {"energy_std"}  # energies_std stays raw
     test = cu_frames(1, seed=11, rattle=0.12)[0]
