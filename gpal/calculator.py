@@ -35,6 +35,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.outputs import Properties, all_outputs
 
 from ._validation import check_is_fitted, check_number
+from .model import SparseGP
 
 _ARRAY_CHANGES = tuple(k for k in all_changes if k not in ("cell", "pbc"))
 
@@ -91,7 +92,7 @@ class GPCalculator(Calculator):
 
     def __init__(
         self,
-        model,
+        model: SparseGP | str | os.PathLike,
         *,
         std_every: int = 1,
         forces_std: bool | int = False,

@@ -17,9 +17,11 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
+from ase import Atoms
 
 from .calibration import uncertainty_metrics
 from .descriptors import SOAP
@@ -195,12 +197,12 @@ def _evaluate(model, test):
 
 
 def compare_kernels(
-    train,
-    test,
+    train: Sequence[Atoms],
+    test: Sequence[Atoms],
     candidates: list[Candidate] | None = None,
     *,
     n_sparse: int = 200,
-    sizes=(0.25, 0.5, 1.0),
+    sizes: Sequence[float] = (0.25, 0.5, 1.0),
     optimize: bool = True,
     plot: str | None = None,
     progress: bool = True,
@@ -378,8 +380,8 @@ class EvidenceSelection:
 
 def select_kernel_by_evidence(
     model: SparseGP,
-    frames,
-    kernels=None,
+    frames: Sequence[Atoms],
+    kernels: Sequence | None = None,
     *,
     optimize_noise: bool = True,
     progress: bool = False,

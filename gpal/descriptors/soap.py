@@ -40,6 +40,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numba
@@ -538,7 +539,7 @@ class SOAP(Descriptor):
 
     def __init__(
         self,
-        species,
+        species: Sequence[str | int],
         r_cut: float | None,
         n_max: int,
         l_max: int,

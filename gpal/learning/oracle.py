@@ -124,9 +124,13 @@ class OracleSpec:
         return calc
 
     def key(self) -> str:
+        """The spec as one string (factory and sorted keywords): equal for equal oracles,
+        what the worker processes cache their calculator under."""
         return f"{self.factory}|{sorted(self.kwargs.items())!r}"
 
     def to_dict(self) -> dict:
+        """``{"factory": "module:Name", "kwargs": {...}}``, JSON-able: what a run's
+        ``state.json`` keeps to make the oracle again on resume."""
         return {"factory": self.factory, "kwargs": dict(self.kwargs)}
 
 

@@ -72,6 +72,8 @@ class MDSettings:
             raise TypeError(f"factory must be callable, got {type(self.factory).__name__}")
 
     def temperature_at(self, frac: float) -> float:
+        """Temperature (K) at the fraction ``frac`` of the ramp (clipped to [0, 1]): linear
+        from ``temperature[0]`` to ``temperature[1]``, or the constant temperature."""
         if isinstance(self.temperature, (tuple, list)):
             t0, t1 = self.temperature
             return float(t0 + (t1 - t0) * min(max(frac, 0.0), 1.0))

@@ -76,6 +76,7 @@ from ase import Atoms
 
 from .._threads import policy as _thread_policy
 from .._validation import check_atoms
+from ..model import SparseGP
 from ..selection import AcquisitionSchedule, greedy_select
 
 __all__ = ["TargetSet", "TARGET_QUANTITIES"]
@@ -268,7 +269,7 @@ class TargetSet:
         """The number of exploring walkers (``explore``)."""
         return self.explore if isinstance(self.explore, int) else len(self.explore)
 
-    def explore_start(self, model, slot: int) -> int:
+    def explore_start(self, model: SparseGP, slot: int) -> int:
         """The target structure exploring walker ``slot`` (0 ≤ slot < n_explore) starts from.
 
         Parameters
@@ -471,7 +472,7 @@ class TargetSet:
 
     # ------------------------------------------------------------------ model side
     @_thread_policy()
-    def add_to_sparse(self, model, max_sparse: int | None = None) -> int:
+    def add_to_sparse(self, model: SparseGP, max_sparse: int | None = None) -> int:
         """Add the target structures' most uncertain environments to the model's sparse set.
 
         No oracle call: a sparse point only lets the model resolve that environment's
@@ -599,7 +600,7 @@ class TargetSet:
         return np.array(values), np.array(rows), np.array(resid), labels
 
     @_thread_policy()
-    def predict(self, model, scale: float = 1.0) -> dict:
+    def predict(self, model: SparseGP, scale: float = 1.0) -> dict:
         """The target quantity and its calibrated uncertainty under ``model``.
 
         Parameters
@@ -632,7 +633,7 @@ class TargetSet:
                 "std_residual": np.sqrt(resid), "labels": labels, "max_std": float(std.max())}
 
     @_thread_policy()
-    def covariance(self, model, scale: float = 1.0) -> np.ndarray:
+    def covariance(self, model: SparseGP, scale: float = 1.0) -> np.ndarray:
         """Calibrated joint posterior covariance of the structures' energies (eV²), (n, n).
 
         Learnable part ``scale² · r_a Σ r_bᵀ`` plus the DTC residual; for any pair,
@@ -702,7 +703,7 @@ class TargetSet:
 
 
     @_thread_policy()
-    def score_frames(self, model, frames, scale: float = 1.0) -> dict:
+    def score_frames(self, model: SparseGP, frames, scale: float = 1.0) -> dict:
         """Information gain and target variance reduction of each frame, one at a time.
 
         Parameters

@@ -502,8 +502,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
 
     def __init__(
         self,
-        descriptor: SOAP | None = None,
-        kernel=None,
+        descriptor: Descriptor | None = None,
+        kernel: Kernel | None = None,
         *,
         energy_noise: float | None = None,
         force_noise: float | None = None,
@@ -513,7 +513,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         e0: str | dict = "fit",
         min_distance: float = DEFAULT_MIN_DISTANCE,
         jitter: float = 1e-8,
-        random_state=0,
+        random_state: int | np.random.Generator | None = 0,
         hyperparameters: str = "evidence",
         memory_budget_gb: float | None = None,
         baseline: str | dict | None = None,
