@@ -218,6 +218,30 @@ def test_an_oracle_that_cannot_label_the_system_is_not_asked_for_every_bootstrap
     assert (state["oracle_calls"], state["oracle_failures"]) == (4, 2)
 
 
+def test_an_oracle_that_fails_on_every_frame_after_its_first_labels_stops_the_run(tmp_path):
+    """on_oracle_failure = "skip" passes a frame the oracle cannot label, not an oracle
+    that labels none any more: 3 failed frames in a row stop the run as a broken oracle
+    does (gpal learn: exit 1; the run ran to its end with exit 0, every label it asked
+    for failing twice)."""
+    class FailsAfter(EMT):
+        n = 0
+
+        def calculate(self, atoms=None, *args, **kwargs):
+            FailsAfter.n += 1
+            if FailsAfter.n > 6:
+                raise RuntimeError("SCF did not converge (simulated)")
+            super().calculate(atoms, *args, **kwargs)
+
+    L = learner(tmp_path / "run", FailsAfter(), oracle_retries=1)
+    with pytest.raises(gpal.OracleStoppedError, match="failed on the last 3 frames in a row, each after 2 attempt"):
+        L.run(400)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["oracle_failures"] == 3 and state["oracle_calls"] == 6 + 6
+    assert len(frames_in(tmp_path / "run" / "train.xyz")) == 6
+    resumed = ActiveLearner.resume(tmp_path / "run", EMT(), progress=False)
+    assert resumed.run(resumed.step + 40).labelled_frames >= 6  # (a fixed oracle: the run goes on)
+
+
 def test_one_bootstrap_frame_the_oracle_cannot_label_is_skipped(tmp_path):
     """Stopping at the first failed frame left a run that could never start."""
     class FailsOnTheFirstFrame(EMT):

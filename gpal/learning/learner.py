@@ -370,6 +370,10 @@ class Summary:
         return "\n".join(lines)
 
 
+# frames in a row the oracle may fail on (each after its retries) before a run with
+# on_oracle_failure = "skip" stops as for a broken oracle (exit 1 from gpal learn)
+_FAILED_IN_ROW = 3
+
 # what a summary says of a calibration the bootstrap's frames alone gave (ActiveLearner.calibrate)
 _BOOTSTRAP_CALIBRATION = (
     "rests on the bootstrap's rattled copies of the start structure only (fewer than 4 MD frames were "
@@ -798,6 +802,7 @@ class ActiveLearner:
         self._force_sq = [0.0, 0]  # sum of squared oracle forces of the labels, components
         self._reasons: list[str] = []  # why each line of train.xyz was labelled, in its order
         self._last_failures: list = []  # of the last labelling (named when nothing could be labelled)
+        self._failed_in_row = 0  # frames the oracle failed on since its last label (this session)
         self._owns_run_dir = False  # True once this learner has run there, or resumed it
         self._lock = None  # run.lock, held while this learner runs (_lock_run_dir)
         self._state_stamp = None  # state.json as this learner last wrote or read it (_stamp)
@@ -1016,10 +1021,17 @@ class ActiveLearner:
                 append_frame(self.run_dir / "failed.xyz", a)
         # (before the checkpoints below and a stop: the labels on disk are in the log whatever follows)
         log_label([k for k, a in enumerate(labelled) if a is not None])
-        if broken is not None or (failures and self.on_oracle_failure == "stop"):
+        self._failed_in_row = 0 if good else self._failed_in_row + len(failures)
+        in_row = failures and self._failed_in_row >= _FAILED_IN_ROW
+        if broken is not None or (failures and self.on_oracle_failure == "stop") or in_row:
             self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
             what = broken if broken is not None else \
                 f"oracle failed on {len(failures)} frame(s) at step {self.step}: {failures[0].reason}"
+            if in_row and broken is None and self.on_oracle_failure != "stop":
+                what = (f"oracle failed on the last {self._failed_in_row} frames in a row, each after "
+                        f"{failures[0].attempts} attempt(s) (the last at step {self.step}: {failures[0].reason}); "
+                        "on_oracle_failure = \"skip\" goes on past a frame it cannot label, not past an oracle "
+                        "that labels none")
             raise OracleStoppedError(f"{what}. {self._fix_and_resume()}")
         if failures:  # the calls they cost are counted on disk before anything else can fail
             self.checkpoint(model=False)

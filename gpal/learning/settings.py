@@ -163,7 +163,8 @@ class OracleSettings:
         Further attempts at a frame whose oracle call failed (each is an oracle call).
     on_failure : {"skip", "stop"}, default "skip"
         A frame no attempt labelled: "skip" goes on without it (it is in failed.xyz),
-        "stop" saves the run and stops it.
+        "stop" saves the run and stops it. With "skip" the run still stops, as "stop"
+        does, when the oracle fails on 3 frames in a row with no label between them.
     max_calls : int, optional
         Stop the run when this many oracle calls have been made (bootstrap included); a
         batch of labels is cut to what is left (retries of a failed label can still pass it).
