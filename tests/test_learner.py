@@ -242,6 +242,23 @@ def test_an_oracle_that_fails_on_every_frame_after_its_first_labels_stops_the_ru
     assert resumed.run(resumed.step + 40).labelled_frames >= 6  # (a fixed oracle: the run goes on)
 
 
+def test_bootstrap_candidates_keep_the_models_min_distance(tmp_path):
+    """A large rattle (0.3 Å on Cu) put two atoms 0.35 Å apart in a bootstrap frame: its
+    label was paid for, then the fit refused it, and every resume failed the same way.
+    Such copies are drawn again; a rattle that keeps making them is refused by name."""
+    from gpal.learning.learner import _pair_distances
+
+    L = learner(tmp_path / "run", rattle=0.3)
+    cands = L._candidates(np.random.default_rng(0))
+    assert len(cands) >= L.n_candidates
+    assert all(not len(_pair_distances(a, L.model.min_distance)) for a in cands)
+    big = ActiveLearner(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3), EMT(), small_model(), rattle=5.0,
+                        run_dir=tmp_path / "big", progress=False)
+    with pytest.raises(ValueError, match=r"rattle = 5 Å put two atoms closer than the model's min_distance = 0.5 Å"):
+        big.run(5)
+    assert not frames_in(tmp_path / "big" / "train.xyz")
+
+
 def test_one_bootstrap_frame_the_oracle_cannot_label_is_skipped(tmp_path):
     """Stopping at the first failed frame left a run that could never start."""
     class FailsOnTheFirstFrame(EMT):

@@ -370,6 +370,19 @@ class Summary:
         return "\n".join(lines)
 
 
+# draws of a bootstrap candidate with atoms too close before the rattle is refused
+_REDRAWS = 20
+
+
+def _pair_distances(atoms: Atoms, cutoff: float) -> np.ndarray:
+    """The pair distances of ``atoms`` under ``cutoff`` (Å)."""
+    from ..descriptors.neighbors import neighbor_list
+
+    _, _, D = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    r = np.linalg.norm(D, axis=1)
+    return r[r < cutoff]
+
+
 # frames in a row the oracle may fail on (each after its retries) before a run with
 # on_oracle_failure = "skip" stops as for a broken oracle (exit 1 from gpal learn)
 _FAILED_IN_ROW = 3
@@ -1247,17 +1260,29 @@ class ActiveLearner:
         top = float(np.clip(np.sqrt(T1 / T0), 1.0, 2.0)) if T0 > 0 else 2.0
         cands = []
         per = max(1, -(-self.n_candidates // len(self.structures)))  # at least n_candidates in all
+        # a copy with atoms closer than the model's min_distance is drawn again: its label
+        # would be paid for and then refused by the fit, at every resume too
+        closest = float(getattr(self.model, "min_distance", 0.0) or 0.0)
         for s in self.structures:
             for _ in range(per):
-                a = s.copy()
-                # strain only if the sampler may change the cell (the default Langevin
-                # keeps it: strained labels would be off the sampled distribution)
-                if np.all(a.pbc) and self.md.factory is not None:
-                    size = np.cbrt(abs(a.cell.volume) / max(len(a), 1))
-                    strain = 2 * self.rattle / max(size, 1.0) * rng.uniform(-1, 1, (3, 3))
-                    strain = 0.5 * (strain + strain.T)
-                    a.set_cell(a.cell.array @ (np.eye(3) + strain), scale_atoms=True)
-                a.positions += rng.normal(0, self.rattle, a.positions.shape) * rng.uniform(0.3, top)
+                for _draw in range(_REDRAWS):
+                    a = s.copy()
+                    # strain only if the sampler may change the cell (the default Langevin
+                    # keeps it: strained labels would be off the sampled distribution)
+                    if np.all(a.pbc) and self.md.factory is not None:
+                        size = np.cbrt(abs(a.cell.volume) / max(len(a), 1))
+                        strain = 2 * self.rattle / max(size, 1.0) * rng.uniform(-1, 1, (3, 3))
+                        strain = 0.5 * (strain + strain.T)
+                        a.set_cell(a.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+                    a.positions += rng.normal(0, self.rattle, a.positions.shape) * rng.uniform(0.3, top)
+                    if not closest or not len(_pair_distances(a, closest)):
+                        break
+                else:
+                    raise ValueError(
+                        f"the bootstrap's rattle = {self.rattle:g} Å put two atoms closer than the model's "
+                        f"min_distance = {closest:g} Å in {_REDRAWS} copies of a start structure in a row: lower "
+                        "rattle ([learner] rattle in a config; its default is 2 % of the shortest interatomic "
+                        "distance)")
                 cands.append(a)
         return cands
 
