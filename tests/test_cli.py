@@ -636,7 +636,7 @@ def test_an_unset_validation_temperature_follows_the_md_protocol(tmp_path, fake_
 
     seen = []
     monkeypatch.setattr(gpal.cli, "_validation_frames",
-                        lambda structure, oracle, cfg, progress=True: seen.append(cfg) or ([], 0))
+                        lambda structure, oracle, cfg, progress=True, path=None: seen.append(cfg) or ([], 0))
     for k, (md, val, expected) in enumerate([("temperature = 700.0", "", 700.0),
                                              ("temperature = [300.0, 800.0]", "", 800.0),
                                              ("temperature = 700.0", "temperature = 500.0", 500.0)]):
@@ -905,6 +905,52 @@ def test_a_validation_trajectory_whose_oracle_exits_is_an_oracle_error(monkeypat
         _validation_frames(atoms, {"factory": "val_oracles:Exits"}, cfg)
     with pytest.raises(gpal.OracleError, match="RuntimeError: SCF did not converge"):
         _validation_frames(atoms, {"factory": "val_oracles:Fails"}, cfg)
+
+
+def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_trajectory_goes_on(tmp_path, monkeypatch):
+    """A Ctrl-C in the validation trajectory lost every label it had paid for (the run
+    folder held only config.toml), and the next start labelled them all again. Each
+    frame is appended to validation_trajectory.xyz as it arrives; the next start goes on
+    from the last one, and the calls made after it (cut off) still count."""
+    import sys
+    import types
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gpal.cli import _validation_frames
+
+    class Counted(EMT):
+        calls = 0
+        stop_at = None
+
+        def calculate(self, *args, **kwargs):
+            Counted.calls += 1
+            if Counted.calls == Counted.stop_at:
+                raise KeyboardInterrupt
+            super().calculate(*args, **kwargs)
+
+    mod = types.ModuleType("val_counted")
+    mod.Counted = Counted
+    monkeypatch.setitem(sys.modules, "val_counted", mod)
+    cfg = {"steps": 40, "every": 10, "temperature": 300.0, "timestep": 1.0}
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    path = tmp_path / "validation_trajectory.xyz"
+    Counted.stop_at = 25  # in the third block: two frames labelled, 4 calls after them
+    with pytest.raises(KeyboardInterrupt):
+        _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
+    kept = read(path, ":")
+    assert len(kept) == 2 and Counted.calls == 25
+    Counted.stop_at = None
+    frames, n_calls = _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
+    assert len(frames) == 4 and n_calls == Counted.calls  # (the call Ctrl-C cut off counts too)
+    for a, b in zip(frames[:2], kept):  # the first two are the labels paid for, not new ones
+        np.testing.assert_array_equal(a.positions, b.positions)
+        assert a.get_potential_energy() == b.get_potential_energy()
+    assert all("gpal_oracle_calls" not in a.info for a in frames)
+    assert len(read(path, ":")) == 4
+    again, calls = _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
+    assert len(again) == 4 and calls == n_calls == Counted.calls  # (all on disk: no call)
 
 
 def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(tmp_path, capsys, monkeypatch):

@@ -21,6 +21,7 @@ import argparse
 import copy
 import dataclasses
 import errno
+import contextlib
 import json
 import logging
 import os
@@ -127,9 +128,36 @@ def _structure(spec: dict):
     return atoms.repeat(tuple(spec.get("repeat", [1, 1, 1])))
 
 
-def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True):
+VALIDATION_TRAJECTORY = "validation_trajectory.xyz"
+
+
+def _validation_done(path: Path) -> list:
+    """The labelled frames of an earlier start's validation trajectory in ``path`` (none
+    if absent); a frame a kill cut off mid-write is dropped, and the file rewritten
+    without it."""
+    from ase.io import iread
+
+    from ..io import write_frames
+
+    if not path.exists():
+        return []
+    frames = []
+    try:
+        for a in iread(str(path), index=":", format="extxyz"):
+            frames.append(a)
+    except Exception:  # (a frame cut off mid-write: the frames before it are whole)
+        write_frames(path, frames)
+    return [a for a in frames if "gpal_oracle_calls" in a.info]
+
+
+def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True, path: Path | None = None):
     """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled
     (a progress bar over its MD steps with ``progress``).
+
+    With ``path``, each labelled frame is appended to it as it arrives (with its momenta
+    and the oracle calls so far), and a trajectory an interrupt or kill cut off there is
+    continued from its last frame (the Langevin noise after it is drawn afresh: another
+    continuation of the same trajectory), not labelled again.
 
     Returns the frames and the number of oracle evaluations the trajectory made.
     """
@@ -137,7 +165,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True)
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
 
-    from ..io import labelled
+    from ..io import append_frame, atomic_write, labelled
     from ..learning.oracle import OracleSpec
 
     calc = OracleSpec(**oracle_spec).make()
@@ -150,30 +178,61 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True)
         return evaluate(*args, **kwargs)
 
     calc.calculate = counted
-    rng = np.random.default_rng(cfg.get("seed", 123))
-    a = structure.copy()
-    a.calc = calc
-    thermalize_momenta(a, temperature_K=cfg["temperature"], rng=rng)
+    n_blocks, every = int(cfg["steps"]) // int(cfg["every"]), int(cfg["every"])
+    frames = _validation_done(path) if path is not None else []
+    frames = frames[:n_blocks]
+    cut = path.with_suffix(".calls.json") if path is not None else None
+    cut_calls = 0  # calls an interrupt cut off after the last labelled frame, counted then
+    if cut is not None and cut.exists():
+        with contextlib.suppress(ValueError, OSError, TypeError, KeyError):
+            cut_calls = int(json.loads(cut.read_text())["oracle_calls"])
+    n_calls = max(int(frames[-1].info["gpal_oracle_calls"]) if frames else 0, cut_calls)
+    seed = int(cfg.get("seed", 123))
+    # a continued trajectory draws its noise afresh, from a seed of its own
+    rng = np.random.default_rng([seed, len(frames)] if n_calls else seed)
+    if frames:  # an earlier start's labels: go on from its last frame
+        a = frames[-1].copy()
+        a.calc = calc
+        a.set_momenta(frames[-1].get_momenta())
+        print(f"gpal: continuing the validation trajectory from its {len(frames)} labelled frames "
+              f"({n_calls} oracle calls so far) in {path}")
+    else:
+        a = structure.copy()
+        a.calc = calc
+        thermalize_momenta(a, temperature_K=cfg["temperature"], rng=rng)
     dyn = Langevin(a, cfg.get("timestep", 1.0) * units.fs, temperature_K=cfg["temperature"],
                    friction=0.02 / units.fs, fixcm=False, rng=rng)
-    frames = []
-    n_blocks, every = int(cfg["steps"]) // int(cfg["every"]), int(cfg["every"])
     bar = _progress(n_blocks * every, progress, "gpal validation trajectory")
-    for _ in range(n_blocks):
+    bar.update(len(frames) * every)
+    for _ in range(len(frames), n_blocks):
         try:  # (the MD steps and the labels call the oracle)
             dyn.run(every)
             bar.update(every)
             energy, forces = a.get_potential_energy(), a.get_forces()
             stress = a.get_stress() if np.all(a.pbc) else None
-        except (Exception, SystemExit) as exc:  # the oracle is foreign code (sys.exit in it: not gpal's exit)
+        except BaseException as exc:
+            if cut is not None and n_calls:  # (the calls since the last frame count on a restart)
+                with contextlib.suppress(OSError), atomic_write(cut) as fh:
+                    json.dump({"oracle_calls": n_calls}, fh)
+            if not isinstance(exc, (Exception, SystemExit)):  # an interrupt: gpal learn says what is kept
+                raise
+            # the oracle is foreign code (sys.exit in it: not gpal's exit)
             from ..exceptions import OracleError
             from ..learning.oracle import failure_text
 
             bar.close()
             raise OracleError(f"[validation] the oracle MD trajectory failed after {n_calls} oracle calls: "
                               f"{failure_text(exc)}") from None
-        frames.append(labelled(a, energy=energy, forces=forces, stress=stress, bare=False))
+        frame = labelled(a, energy=energy, forces=forces, stress=stress, bare=False)
+        if path is not None:  # on disk the moment it arrives, with what continues the trajectory
+            kept = frame.copy()  # (with the momenta)
+            kept.calc = frame.calc
+            kept.info["gpal_oracle_calls"] = n_calls
+            append_frame(path, kept)
+        frames.append(frame)
     bar.close()
+    for f in frames:
+        f.info.pop("gpal_oracle_calls", None)
     return frames, n_calls
 
 
@@ -585,7 +644,8 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
         print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
         validation, n_validation_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"],
-                                                            progress=not args.quiet)
+                                                            progress=not args.quiet,
+                                                            path=run_dir / VALIDATION_TRAJECTORY)
     executor = None
     n_workers = int(cfg.get("workers", 1))
     if n_workers > 1:
@@ -1493,7 +1553,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 128 + sig
         run_dir = getattr(args, "run_dir_used", None) or getattr(args, "resume", None) or getattr(args, "run_dir", None)
-        if not run_dir or not (Path(run_dir) / "state.json").exists():
+        if run_dir and (Path(run_dir) / VALIDATION_TRAJECTORY).exists() and not (Path(run_dir) / "state.json").exists():
+            print(f"{prog}: interrupted by {sig.name} while labelling the validation trajectory; its labels are "
+                  f"saved in {Path(run_dir) / VALIDATION_TRAJECTORY}: the same command continues it",
+                  file=sys.stderr)
+        elif not run_dir or not (Path(run_dir) / "state.json").exists():
             print(f"{prog}: interrupted by {sig.name} before the run started; nothing to resume",
                   file=sys.stderr)
         else:

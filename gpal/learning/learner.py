@@ -98,7 +98,8 @@ log = logging.getLogger(__name__)
 #: the files a run writes into its folder (``gpal learn`` adds ``config.toml``)
 RUN_FILES = frozenset({"config.toml", "state.json", "train.xyz", "bootstrap.xyz", "structures.xyz", "run.lock",
                        "validation.xyz", "targets.xyz", "log.jsonl", "summary.json", "model.npz",
-                       "walkers.npz", "learning_curve.png", "failed.xyz"})
+                       "walkers.npz", "learning_curve.png", "failed.xyz", "validation_trajectory.xyz",
+                       "validation_trajectory.calls.json"})
 
 
 # run folders this process holds (real path -> open run.lock or None): a POSIX record
@@ -1586,7 +1587,9 @@ class ActiveLearner:
             if theirs:
                 raise GpalError(f"{self.run_dir} holds files gpal did not write ({', '.join(theirs[:5])}"
                                 f"{', ...' if len(theirs) > 5 else ''}); a new run needs a new or empty run_dir")
-            ours = sorted((RUN_FILES - {"config.toml", "run.lock"}) & {p.name for p in self.run_dir.iterdir()})
+            ours = sorted((RUN_FILES - {"config.toml", "run.lock", "validation_trajectory.xyz",
+                                        "validation_trajectory.calls.json"})  # (gpal learn's, before the run)
+                          & {p.name for p in self.run_dir.iterdir()})
             if ours and self._own_unfinished_start(ours):
                 ours = []  # this learner's own start, killed before its state was written: start again
             if ours:
