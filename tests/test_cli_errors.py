@@ -98,6 +98,7 @@ def bad(tmp_path_factory):
         "maxforce": "[learner]\nmax_force = -1.0\n", "optevery": "[learner]\noptimize_every = 0.5\n",
         "otimeout": "[learner]\noracle_timeout = 0.0\n", "ckpt": "[learner]\ncheckpoint_every = 0\n",
         "cands": "[learner]\nn_candidates = 2\n", "ofail": '[learner]\non_oracle_failure = "panic"\n',
+        "vbudget": "[learner]\nmax_oracle_calls = 20\n[validation]\nsteps = 40\nevery = 10\n",
     }.items():
         (d / f"v_{name}.toml").write_text(f'run_dir = "v_{name}_run"\n' + text)
     return d
@@ -232,6 +233,7 @@ CASES = [
                  "n_bootstrap (4)", id="config-learner-candidates"),
     pytest.param(["learn", "{d}/v_ofail.toml"], "{d}/v_ofail.toml: [learner] on_oracle_failure must be one of",
                  id="config-learner-on-failure"),
+    pytest.param(["learn", "{d}/v_vbudget.toml"], "{d}/v_vbudget.toml: [learner] max_oracle_calls = 20 counts the validation trajectory's ~41 oracle calls", id="validation-over-budget"),
     pytest.param(["learn", "{d}/v_timestep.toml"], "[md] timestep must be a finite number > 0 fs, got -1.0",
                  id="config-negative-timestep"),
     pytest.param(["learn", "{d}/v_coldtemp.toml"], "[md] temperature must be a finite number >= 0 K",

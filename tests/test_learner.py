@@ -1782,6 +1782,13 @@ def test_max_oracle_calls_cuts_a_batch_and_refuses_a_larger_bootstrap(tmp_path):
                 trigger=Trigger(threshold=0.0001, adaptive=False, every=1))
     summary = L.run(30)
     assert summary.oracle_calls == 5 and summary.stopped_early
+    # a validation trajectory's calls (gpal learn counts them) come out of the same budget
+    V = learner(tmp_path / "c", max_oracle_calls=7, n_walkers=4,
+                trigger=Trigger(threshold=0.0001, adaptive=False, every=1))
+    V.count_oracle_calls("validation", 2)
+    summary = V.run(30)
+    assert summary.oracle_calls == 7 and summary.oracle_calls_by_reason["validation"] == 2
+    assert V.oracle.n_calls == 5 and summary.stopped_early
 
 
 def test_a_stop_waits_for_labels_from_md_and_for_the_top_of_the_temperature_ramp(tmp_path):

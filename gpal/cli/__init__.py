@@ -488,6 +488,13 @@ def _learn(args: argparse.Namespace) -> int:
     if val_cfg.get("steps", 0) > 0 and val_cfg.get("every", 1) > val_cfg["steps"]:
         raise ConfigError(f"[validation] every ({val_cfg['every']}) must be <= steps ({val_cfg['steps']}): "
                           "no frame would be labelled")
+    budget = cfg.get("learner", {}).get("max_oracle_calls")
+    if budget is not None and val_cfg.get("steps", 0) > 0:  # (the validation trajectory's calls count)
+        need = int(val_cfg["steps"]) + 1 + int(cfg.get("learner", {}).get("n_bootstrap", 4))
+        if int(budget) < need:
+            raise ConfigError(f"[learner] max_oracle_calls = {budget} counts the validation trajectory's "
+                              f"~{int(val_cfg['steps']) + 1} oracle calls ([validation] steps = {val_cfg['steps']}) "
+                              f"and leaves less than the bootstrap's: raise it to at least {need}, or shorten [validation]")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
     try:  # an unimportable factory or wrong kwargs fail here, not on every label

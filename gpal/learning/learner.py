@@ -1623,7 +1623,7 @@ class ActiveLearner:
 
             run_rounds(self, prog)
         while self.walker_executor is None and self.step < self.total_steps:
-            if self.max_oracle_calls is not None and self.oracle.n_calls >= self.max_oracle_calls:
+            if self.max_oracle_calls is not None and self._budget_calls() >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
                 break
             T = self._temperature_of_step(self.step)
@@ -1838,7 +1838,7 @@ class ActiveLearner:
         done = False
         for frames, why in groups:
             if self.max_oracle_calls is not None:  # a batch never goes past the budget
-                frames = frames[:max(0, self.max_oracle_calls - self.oracle.n_calls)]
+                frames = frames[:max(0, self.max_oracle_calls - self._budget_calls())]
             if not frames:
                 continue
             batch, at = [], []
@@ -2064,10 +2064,15 @@ class ActiveLearner:
                         res["std_residual"][k], res["labels"][k], self.targets.tolerance)
         return stop
 
+    def _budget_calls(self) -> int:
+        """The oracle calls ``max_oracle_calls`` counts: the learner's, and those recorded
+        with :meth:`count_oracle_calls` (a validation trajectory's)."""
+        return self.oracle.n_calls + int(self._calls.get("validation", 0))
+
     def count_oracle_calls(self, reason: str, n: int) -> None:
         """Record oracle calls made for this run outside the learner (e.g. ``"validation"``:
         an oracle MD trajectory labelled to build validation frames), so the summary
-        counts every call. Only ``"validation"`` is accepted."""
+        counts every call, and ``max_oracle_calls`` too. Only ``"validation"`` is accepted."""
         if reason != "validation":
             raise ValueError(f"reason must be 'validation', got {reason!r}")
         if int(n) < 0:

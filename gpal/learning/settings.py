@@ -166,8 +166,9 @@ class OracleSettings:
         "stop" saves the run and stops it. With "skip" the run still stops, as "stop"
         does, when the oracle fails on 3 frames in a row with no label between them.
     max_calls : int, optional
-        Stop the run when this many oracle calls have been made (bootstrap included); a
-        batch of labels is cut to what is left (retries of a failed label can still pass it).
+        Stop the run when this many oracle calls have been made (bootstrap included, and
+        a validation trajectory's calls that ``gpal learn`` counts); a batch of labels is
+        cut to what is left (retries of a failed label can still pass it).
     """
 
     executor: Any = field(default=None, metadata={"state": False})
