@@ -814,6 +814,29 @@ def test_resume_with_a_config_takes_its_stopping_section_whole(tmp_path, capsys)
     assert not json.loads((run / "state.json").read_text()).get("stopping")
 
 
+def test_the_run_folders_config_is_kept_current_and_an_edit_of_it_is_refused(tmp_path, capsys):
+    """A run's config.toml said steps = 20 after a resume to 25, and resuming with it then
+    refused its own count; an edit of it (a hotter ramp) was taken as the config to
+    compare with and accepted without a word, the run keeping its old settings."""
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'run_dir = "{run}"\nsteps = 20\n[structure]\nrepeat = [2, 2, 2]\n'
+                   "[descriptor]\nr_cut = 4.0\nn_max = 3\nl_max = 2\n[learner]\nn_bootstrap = 2\n")
+    assert main(["learn", str(cfg), "-q"]) == 0
+    assert main(["learn", "--resume", str(run), "--steps", "25", "-q"]) == 0
+    stored = run / "config.toml"
+    assert tomllib.loads(stored.read_text())["steps"] == 25
+    capsys.readouterr()
+    assert main(["learn", str(stored), "--resume", str(run), "-q"]) == 0  # (its own count: nothing to run)
+    stored.write_text(stored.read_text() + "# a note of mine\n")  # (a comment is no edit)
+    assert main(["learn", str(stored), "--resume", str(run), "-q"]) == 0
+    stored.write_text(stored.read_text().replace("friction = 0.02", "friction = 0.5", 1))
+    assert main(["learn", str(stored), "--resume", str(run), "--steps", "30", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.toml was edited after gpal wrote it" in err
+    assert json.loads((run / "state.json").read_text())["step"] == 25
+
+
 def test_cli_review_findings(tmp_path, capsys, fake_learner, monkeypatch):
     """From a review of the CLI: --overwrite on a symbolic link to a run moved the run
     aside and then failed (the link left dangling); -v after the command was refused;

@@ -312,6 +312,7 @@ steps = 0
     assert main(["learn", str(cfg), "-q"]) == 0
     back = gpal.load(tmp_path / "run" / "model.npz")
     assert back.baseline == "ase.calculators.lj:LennardJones" and back.baseline_kwargs == LJ
+    capsys.readouterr()  # (the run above may warn of a calibration on bootstrap frames alone)
     bad = tmp_path / "bad.toml"
     bad.write_text(cfg.read_text().replace("ase.calculators.lj:LennardJones", "gpal_nope:Calc")
                    .replace(str(tmp_path / "run"), str(tmp_path / "run2")))

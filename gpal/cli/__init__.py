@@ -294,8 +294,14 @@ def _resume(args: argparse.Namespace) -> int:
         if not stored.exists():
             raise ConfigError(f"{run_dir} has no config.toml to compare {args.config} with; "
                               "resume without a config (--steps N sets the length)")
+        text = stored.read_text()
+        if config.stored_copy_edited(text):  # (the run keeps what it started with: state.json)
+            raise ConfigError(f"{stored} was edited after gpal wrote it (its sha256 line no longer matches): "
+                              "undo the edit; it is the run's record that --resume compares a config with, and "
+                              "the run keeps the settings it started with; a resume takes "
+                              f"{', '.join(config.RESUMABLE)} from a config file of your own")
         try:
-            old = config.without_built_defaults(config.check_config(tomllib.loads(stored.read_text()), stored))
+            old = config.without_built_defaults(config.check_config(tomllib.loads(text), stored))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{stored} is not valid TOML: {exc}") from exc
         new = config.keep_stored(cfg, user, old)
@@ -377,9 +383,30 @@ def _resume(args: argparse.Namespace) -> int:
                 print(f"gpal: this run has made all its {learner.step} steps; nothing to continue (--steps N "
                       "runs on to step N)")
                 return learner, None
+            if steps is not None:  # the run's record says the run's new length
+                _record_steps(run_dir / "config.toml", steps)
             return learner, (steps if steps is not None else learner.total_steps)
 
         return _learn_and_report(resumed, executor, run_dir, walkers[1])
+
+
+def _record_steps(stored: Path, steps: int) -> None:
+    """Set ``steps`` in a run folder's own ``config.toml`` (a resume with more steps made
+    it stale: resuming with that file then refused its smaller count). An edited copy or
+    one that does not parse is left alone."""
+    from . import config
+    from ..io import atomic_write
+
+    try:
+        text = stored.read_text()
+        cfg = tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError):
+        return
+    if not text.startswith(config.TOML_HEADER) or config.stored_copy_edited(text) or cfg.get("steps") == steps:
+        return
+    cfg["steps"] = int(steps)
+    with contextlib.suppress(OSError), atomic_write(stored) as fh:
+        fh.write(config.to_toml(cfg))
 
 
 _UNCHANGED = object()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import json
 import os
@@ -670,15 +671,40 @@ def _fmt(value) -> str:
 TOML_HEADER = "# gpal learn: the configuration of this run"
 
 
+_DIGEST = "# gpal's copy, checked on resume: edit a config of your own instead; sha256 "
+
+
 def to_toml(cfg: dict) -> str:
-    """A configuration as TOML (comment: :data:`TOML_HEADER`); :func:`tomllib.loads` reads
-    it back equal."""
+    """A configuration as TOML (comments: :data:`TOML_HEADER`, then the SHA-256 of the
+    rest, which :func:`stored_copy_edited` checks); :func:`tomllib.loads` reads it back
+    equal."""
     top = [f"{k} = {_fmt(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
-    out = [TOML_HEADER] + top
+    out = top
     for name, sec in cfg.items():
         if isinstance(sec, dict):
             out += ["", f"[{name}]"] + [f"{k} = {_fmt(v)}" for k, v in sec.items()]
-    return "\n".join(out) + "\n"
+    body = "\n".join(out) + "\n"
+    return f"{TOML_HEADER}\n{_DIGEST}{_settings_digest(tomllib.loads(body))}\n{body}"
+
+
+def _settings_digest(cfg: dict) -> str:
+    """SHA-256 of the settings (not of the text: comments and layout may change)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+def stored_copy_edited(text: str) -> bool:
+    """Whether the settings in a run folder's ``config.toml`` (:func:`to_toml`'s text) were
+    edited since gpal wrote it: they no longer have the SHA-256 its second line states
+    (a comment added is no edit). A copy of an earlier release (no such line) cannot
+    tell: False, as is a copy that does not parse (its reader says so)."""
+    lines = text.split("\n", 2)
+    if len(lines) < 3 or lines[0] != TOML_HEADER or not lines[1].startswith(_DIGEST):
+        return False
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False
+    return _settings_digest(cfg) != lines[1][len(_DIGEST):].strip()
 
 
 _SECTION_DOCS = {
