@@ -837,6 +837,28 @@ def test_the_run_folders_config_is_kept_current_and_an_edit_of_it_is_refused(tmp
     assert json.loads((run / "state.json").read_text())["step"] == 25
 
 
+def test_a_run_its_budget_stopped_goes_on_under_a_larger_one(tmp_path, capsys):
+    """--resume of a run max_oracle_calls ended said "--steps N runs on", which ran no step
+    (the budget still held), and a config raising the budget was refused."""
+    run = tmp_path / "run"
+    base = (f'run_dir = "{run}"\nsteps = 40\n[structure]\nrepeat = [2, 2, 2]\n'
+            "[descriptor]\nr_cut = 4.0\nn_max = 3\nl_max = 2\n[trigger]\nthreshold = 0.001\nadaptive = false\n"
+            "[learner]\nn_bootstrap = 2\nmax_oracle_calls = 4\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(base)
+    assert main(["learn", str(cfg), "-q"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["stopped_early"] == "max_oracle_calls=4 reached" and state["oracle_calls"] == 4
+    capsys.readouterr()
+    assert main(["learn", "--resume", str(run), "-q"]) == 0
+    assert "A config with a larger [learner] max_oracle_calls continues it" in capsys.readouterr().out
+    cfg.write_text(base.replace("max_oracle_calls = 4", "max_oracle_calls = 6"))
+    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
+    assert "[learner] max_oracle_calls now 6 (the run had 4)" in capsys.readouterr().out
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 40 and 4 <= state["oracle_calls"] <= 6 and not state.get("stopped_early")
+
+
 def test_cli_review_findings(tmp_path, capsys, fake_learner, monkeypatch):
     """From a review of the CLI: --overwrite on a symbolic link to a run moved the run
     aside and then failed (the link left dangling); -v after the command was refused;

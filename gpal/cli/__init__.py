@@ -317,10 +317,19 @@ def _resume(args: argparse.Namespace) -> int:
         tolerances = [c.get("targets", {}).get("tolerance") for c in (old, new)]
         old, new = ({**c, "targets": {k: v for k, v in c["targets"].items() if k != "tolerance"}}
                     if "targets" in c else c for c in (old, new))
+        # [learner] max_oracle_calls may change too: a run its budget stopped goes on under a larger one
+        budgets = [c.get("learner", {}).get("max_oracle_calls") for c in (old, new)]
+        old, new = ({**c, "learner": {k: v for k, v in c["learner"].items() if k != "max_oracle_calls"}}
+                    if "learner" in c else c for c in (old, new))
         diff = config.config_difference(old, new)
         if diff is not None:
             raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
-                              f"{' and '.join(config.RESUMABLE)} can (or start a new run with --run-dir)")
+                              f"{' and '.join(config.RESUMABLE)} and [learner] max_oracle_calls can (or start "
+                              "a new run with --run-dir)")
+        had_budget = state.get("groups", {}).get("oracle_settings", {}).get("max_calls", budgets[0])
+        if budgets[1] != had_budget:
+            overrides["max_oracle_calls"] = budgets[1]
+            print(f"gpal: [learner] max_oracle_calls now {budgets[1]} (the run had {had_budget})")
         if steps is None and "steps" in user:
             steps = int(user["steps"])
         # the config's [stopping] is the run's rule from here (none without one; unset keys
@@ -368,12 +377,16 @@ def _resume(args: argparse.Namespace) -> int:
                                 "state this gpal version can resume") from exc
             if tolerance is not _UNCHANGED and learner.targets is not None:
                 learner.targets.tolerance = None if tolerance is None else float(tolerance)
-            changed = "stopping" in overrides or tolerance is not _UNCHANGED
+            changed = "stopping" in overrides or "max_oracle_calls" in overrides or tolerance is not _UNCHANGED
             if steps is None and learner.stopped_early_ and not changed:
+                budget = "max_oracle_calls" in str(learner.stopped_early_)
                 print(f"gpal: this run ended at step {learner.step} of {learner.total_steps} ("
-                      f"{learner.stopped_early_}); nothing to continue. --steps N runs on to step N, "
-                      "and stops again at a check where that still holds; a config with another "
-                      "[stopping] or [targets] tolerance changes it (gpal learn CONFIG --resume RUN_DIR)")
+                      f"{learner.stopped_early_}); nothing to continue. "
+                      + ("A config with a larger [learner] max_oracle_calls continues it (gpal learn CONFIG "
+                         "--resume RUN_DIR; --steps N runs on to step N)" if budget else
+                         "--steps N runs on to step N, and stops again at a check where that still holds; a "
+                         "config with another [stopping] or [targets] tolerance changes it (gpal learn CONFIG "
+                         "--resume RUN_DIR)"))
                 return learner, None
             done = _stored_summary(run_dir)  # (a run cut in its final refit, calibration or
             # summary has made its steps too, but is not finished: run() finishes it)
