@@ -859,6 +859,31 @@ def test_a_run_its_budget_stopped_goes_on_under_a_larger_one(tmp_path, capsys):
     assert state["step"] == 40 and 4 <= state["oracle_calls"] <= 6 and not state.get("stopped_early")
 
 
+def test_a_resume_from_elsewhere_finds_the_oracle_module_beside_the_run_folder(tmp_path, capsys, monkeypatch):
+    """gpal learn proj/c.toml --run-dir proj/run, then --resume proj/run from the same
+    folder: the oracle module beside the config was not found, and the error gave no hint."""
+    import sys
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "my_oracle_mod.py").write_text("from ase.calculators.emt import EMT as Mine\n")
+    (proj / "c.toml").write_text('steps = 10\n[structure]\nrepeat = [2, 2, 2]\n[descriptor]\nr_cut = 4.0\n'
+                                 'n_max = 3\nl_max = 2\n[learner]\nn_bootstrap = 2\n[oracle]\n'
+                                 'factory = "my_oracle_mod:Mine"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["learn", "proj/c.toml", "--run-dir", "proj/run", "-q"]) == 0
+    monkeypatch.delitem(sys.modules, "my_oracle_mod")
+    assert main(["learn", "--resume", "proj/run", "--steps", "20", "-q"]) == 0
+    monkeypatch.delitem(sys.modules, "my_oracle_mod")
+    (tmp_path / "elsewhere").mkdir()
+    (proj / "run").rename(tmp_path / "elsewhere" / "run")
+    capsys.readouterr()
+    assert main(["learn", "--resume", "elsewhere/run", "--steps", "30", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot import oracle module 'my_oracle_mod'" in err
+    assert "run from the folder that holds it, or add that folder to PYTHONPATH" in err
+
+
 def test_cli_review_findings(tmp_path, capsys, fake_learner, monkeypatch):
     """From a review of the CLI: --overwrite on a symbolic link to a run moved the run
     aside and then failed (the link left dangling); -v after the command was refused;

@@ -479,7 +479,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     folder, for the command's duration (:func:`config.add_import_folders`)."""
     from . import config
 
-    added = config.add_import_folders(args.config)
+    # (a resumed run's own modules: beside its config, or, without one, beside its run folder,
+    # where a config that made it usually sits)
+    added = config.add_import_folders(args.config or (Path(args.resume) if args.resume else None))
     try:
         return _learn(args)
     finally:

@@ -510,10 +510,11 @@ def md_settings(**md):
 
 def add_import_folders(config_path=None) -> list[str]:
     """Let ``"module:Name"`` settings (an oracle's or an MD factory) name a module of the
-    user's own, next to the config or in the current folder, as ``python -m`` would: both
-    folders are appended to ``sys.path`` (after the installed packages, which they never
-    shadow) and returned, for the caller to remove when its command ends. Called by
-    ``gpal learn`` before it reads a configuration."""
+    user's own, next to the config (or next to the run folder ``--resume`` gives) or in
+    the current folder, as ``python -m`` would: both folders are appended to ``sys.path``
+    (after the installed packages, which they never shadow) and returned, for the caller
+    to remove when its command ends. Called by ``gpal learn`` before it reads a
+    configuration."""
     import sys
 
     added = []

@@ -78,7 +78,11 @@ class OracleSpec:
         try:
             obj = import_object(self.factory)
         except ImportError as exc:
-            raise OracleError(f"cannot import oracle module {module!r}: {exc}") from exc
+            own = isinstance(exc, ModuleNotFoundError) and exc.name == module.split(".")[0]
+            hint = ("; a module of your own is found in the current folder or beside the config (gpal "
+                    "learn: beside the run folder on --resume): run from the folder that holds it, or add "
+                    "that folder to PYTHONPATH" if own else "")
+            raise OracleError(f"cannot import oracle module {module!r}: {exc}{hint}") from exc
         except MissingNameError as exc:
             hint = ""
             try:  # ASE calculators of other packages live in their ".ase" module (tblite.ase)
