@@ -276,7 +276,7 @@ class _FakeLearner:
 
     def __init__(self, structure, oracle, model, **kwargs):
         self.kwargs = kwargs
-        _FakeLearner.calls.append({**kwargs, "model": model})
+        _FakeLearner.calls.append({**kwargs, "model": model, "structure": structure})
 
     def run(self, steps):
         (self.kwargs["run_dir"] / "state.json").write_text(json.dumps({"step": steps}))
@@ -403,6 +403,17 @@ def test_print_config_is_the_full_schema_and_round_trips(tmp_path, capsys, fake_
     assert kwargs["model"].descriptor is None
     assert kwargs["n_walkers"] == config.DEFAULT_LEARN["learner"]["n_walkers"]
     assert kwargs["random_state"] == config.DEFAULT_LEARN["learner"]["random_state"]
+    # the printed file's natural edits: another [model] n_sparse (n_sparse_initial was
+    # written out beside it and disagreed), a [structure] file (the built keys clashed)
+    from ase.build import bulk
+
+    write(tmp_path / "start.xyz", bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2)))
+    edited = cfg.read_text().replace("\nn_sparse = 300\n", "\nn_sparse = 500\n", 1).replace(
+        "# file = <a string>", f'file = "{tmp_path / "start.xyz"}"', 1)
+    assert edited.count("n_sparse = 500") == 1 and f'file = "{tmp_path / "start.xyz"}"' in edited
+    cfg.write_text(edited.replace(f'run_dir = "{tmp_path / "run"}"', f'run_dir = "{tmp_path / "edited"}"'))
+    assert main(["learn", str(cfg), "-q"]) == 0
+    assert fake_learner.calls[-1]["model"].n_sparse == 500 and len(fake_learner.calls[-1]["structure"]) == 32
 
 
 def test_learn_with_config_and_resume(tmp_path, capsys):

@@ -750,7 +750,13 @@ def default_toml() -> str:
     sch = schema()
     defaults = _effective_defaults()
     out = ["# gpal learn configuration: every key, with its default (gpal learn --print-config).",
-           "# Keys that are commented out have no default; remove the '#' to set them.", ""]
+           "# Keys that are commented out have no default, or one that follows another setting",
+           "# (the built [structure] keys give way to a file; n_sparse_initial follows [model]",
+           "# n_sparse); remove the '#' to set them.", ""]
+
+    # keys whose default follows another setting: written commented, so that setting that
+    # one (a [structure] file, [model] n_sparse) in the printed file does not clash with them
+    follows = {("structure", k) for k in _BUILT_STRUCTURE_KEYS} | {("learner", "n_sparse_initial")}
 
     def emit(section: str):
         for name, key in sch[section].items():
@@ -759,7 +765,8 @@ def default_toml() -> str:
             if value is _MISSING:
                 out.append(f"# {name} = <{key.describe_kinds(section)}>")
             else:
-                out.append(f"{name} = {_fmt(list(value) if isinstance(value, tuple) else value)}")
+                mark = "# " if (section, name) in follows else ""
+                out.append(f"{mark}{name} = {_fmt(list(value) if isinstance(value, tuple) else value)}")
 
     emit("")
     for section in sch:
