@@ -475,3 +475,15 @@ def test_ctrl_c_before_the_run_folder_is_known_claims_nothing_saved(tmp_path, ca
     assert main(["learn", str(cfg), "-q"]) == 130
     err = capsys.readouterr().err
     assert "before the run started; nothing to resume" in err and "RUN_DIR" not in err
+
+
+def test_an_empty_run_dir_is_refused_not_taken_as_the_current_folder(tmp_path, capsys, monkeypatch):
+    from gpal.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text('run_dir = ""\nsteps = 5\n')
+    assert main(["learn", "c.toml", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "c.toml: run_dir is empty: give a path" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+

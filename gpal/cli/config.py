@@ -374,6 +374,8 @@ def check_config(user: dict, path="config") -> dict:
     # a shell expands ~ on the command line; in a file it would name a folder "~" here
     for section, key in (("", "run_dir"), ("structure", "file"), ("targets", "file"), ("model", "file")):
         where = out if not section else out.get(section, {})
+        if isinstance(where.get(key), str) and not where[key].strip():  # ("" was taken as the current folder)
+            raise ConfigError(f"{path}: {f'[{section}] ' if section else ''}{key} is empty: give a path")
         if isinstance(where.get(key), str) and where[key].startswith("~"):
             where[key] = os.path.expanduser(where[key])
     return out
