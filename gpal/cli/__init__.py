@@ -18,10 +18,10 @@ on stderr, ``gpal <command>: error: <what is wrong>``; Ctrl-C ends it with exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import errno
-import contextlib
 import json
 import logging
 import os
