@@ -234,6 +234,7 @@ CASES = [
     pytest.param(["learn", "{d}/v_ofail.toml"], "{d}/v_ofail.toml: [learner] on_oracle_failure must be one of",
                  id="config-learner-on-failure"),
     pytest.param(["learn", "{d}/v_vbudget.toml"], "{d}/v_vbudget.toml: [learner] max_oracle_calls = 20 counts the validation trajectory's ~41 oracle calls", id="validation-over-budget"),
+    pytest.param(["learn", "a.toml", "b.toml"], "gpal learn: error: unrecognized arguments: b.toml", id="stray-argument"),
     pytest.param(["learn", "{d}/v_timestep.toml"], "[md] timestep must be a finite number > 0 fs, got -1.0",
                  id="config-negative-timestep"),
     pytest.param(["learn", "{d}/v_coldtemp.toml"], "[md] temperature must be a finite number >= 0 K",

@@ -1397,6 +1397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gpal {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more; tracebacks of unexpected errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.commands = sub.choices  # (each command's parser: main() reports its stray arguments)
     labels = _label_key_options()
 
     s = sub.add_parser("learn", help="active learning (no argument: the embedded EMT Cu demo)",
@@ -1574,7 +1575,9 @@ def _one_line_warnings(prog: str):
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse errors exit with 2)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # (argparse's own error named "gpal", not the command that got them)
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"gpal {args.command}: %(levelname)s: %(message)s"
                         + (" [%(name)s]" if args.verbose else ""))
