@@ -801,6 +801,8 @@ class ActiveLearner:
             if lab.energy is None or lab.forces is None:
                 raise MissingLabelsError(f"validation frame {k} has no {'energy' if lab.energy is None else 'forces'} "
                                          "label; validation frames need energy and forces (labelled by the oracle)")
+        if getattr(self.model, "alpha_", None) is None:  # a rattle the bootstrap cannot use: refused now,
+            self._candidates(as_rng(self.random_state))  # before the run folder holds a run
         self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
         if orc.timeout is not None and orc.executor is None:
             warnings.warn(f"oracle_timeout={orc.timeout:g} s is not applied without an oracle executor "
