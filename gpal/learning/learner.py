@@ -1088,8 +1088,12 @@ class ActiveLearner:
             # (kept at once: a second resume sees it)
             self._patch_state(oracle_calls=least, oracle_calls_by_reason=dict(self._calls))
 
-    def _fix_and_resume(self) -> str:
-        """What a run stopped by its oracle's failures says to do next."""
+    def _fix_and_resume(self, short: bool = False) -> str:
+        """What a run stopped by its oracle's failures says to do next (``short``: only how
+        to resume once the oracle works)."""
+        if short:
+            return (f"resume once it works (gpal learn --resume {self.run_dir}, or "
+                    f"ActiveLearner.resume({str(self.run_dir)!r}, oracle=...))")
         return (f"Everything so far is saved in {self.run_dir}: once the oracle works (its program, "
                 f"licence or resources), resume (gpal learn --resume {self.run_dir}); with other oracle "
                 f"settings, resume in Python (ActiveLearner.resume({str(self.run_dir)!r}, oracle=...)) or start "
@@ -1357,7 +1361,10 @@ class ActiveLearner:
                 if not labelled and tried == _FIRST_FRAMES and queue:
                     raise OracleError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
                                       f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
-                                      f"sent to it. {self._fix_and_resume()}")
+                                      "sent to it, and nothing is labelled yet. If the oracle cannot label this "
+                                      "system (its species, charge or settings), start a new run with another "
+                                      "(gpal learn --overwrite, or a new run_dir); if it failed for a passing "
+                                      f"cause (its program, licence or resources), {self._fix_and_resume(short=True)}")
             need -= len(labelled)
         while need > 0 and queue:  # a frame that fails is replaced by the next spare
             batch, queue = queue[:need], queue[need:]
