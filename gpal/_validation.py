@@ -234,8 +234,12 @@ def _label_number(value, what: str) -> float:
 
 
 def _label_array(value, what: str) -> np.ndarray:
-    """A label array of real numbers: a MissingLabelsError for text or booleans in it."""
-    arr = np.asarray(value)
+    """A label array of real numbers: a MissingLabelsError for text or booleans in it, or
+    rows of unequal length."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # (ragged rows)
+        raise MissingLabelsError(f"frame {what} is not an array of numbers: {str(value)[:40]!r}") from None
     if arr.dtype.kind not in "iuf":  # (strings, objects, booleans: not labels)
         try:
             arr = np.asarray(value, dtype=float) if arr.dtype.kind == "O" else None

@@ -841,11 +841,14 @@ def test_the_run_folders_config_is_kept_current_and_an_edit_of_it_is_refused(tmp
     assert main(["learn", str(stored), "--resume", str(run), "-q"]) == 0  # (its own count: nothing to run)
     stored.write_text(stored.read_text() + "# a note of mine\n")  # (a comment is no edit)
     assert main(["learn", str(stored), "--resume", str(run), "-q"]) == 0
+    assert main(["learn", "--resume", str(run), "--steps", "27", "-q"]) == 0
+    assert "# a note of mine" in stored.read_text() and tomllib.loads(stored.read_text())["steps"] == 27
     stored.write_text(stored.read_text().replace("friction = 0.02", "friction = 0.5", 1))
+    capsys.readouterr()
     assert main(["learn", str(stored), "--resume", str(run), "--steps", "30", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.toml was edited after gpal wrote it" in err
-    assert json.loads((run / "state.json").read_text())["step"] == 25
+    assert json.loads((run / "state.json").read_text())["step"] == 27
 
 
 def test_a_run_its_budget_stopped_goes_on_under_a_larger_one(tmp_path, capsys):
@@ -868,6 +871,10 @@ def test_a_run_its_budget_stopped_goes_on_under_a_larger_one(tmp_path, capsys):
     assert "[learner] max_oracle_calls now 6 (the run had 4)" in capsys.readouterr().out
     state = json.loads((run / "state.json").read_text())
     assert state["step"] == 40 and 4 <= state["oracle_calls"] <= 6 and not state.get("stopped_early")
+    # the run's own copy now says 6: resuming with it keeps the larger budget
+    assert tomllib.loads((run / "config.toml").read_text())["learner"]["max_oracle_calls"] == 6
+    assert main(["learn", str(run / "config.toml"), "--resume", str(run), "--steps", "50", "-q"]) == 0
+    assert "max_oracle_calls now" not in capsys.readouterr().out
 
 
 def test_a_resume_from_elsewhere_finds_the_oracle_module_beside_the_run_folder(tmp_path, capsys, monkeypatch):
@@ -1032,6 +1039,10 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     assert len(read(path, ":")) == 4
     again, calls = _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
     assert len(again) == 4 and calls == n_calls == Counted.calls  # (all on disk: no call)
+    # the labels of another start (here: another structure) are not continued, nor replaced
+    with pytest.raises(gpal.ConfigError, match="holds the validation labels of another start"):
+        _validation_frames(atoms.repeat(2), {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
+    assert len(read(path, ":")) == 4
 
 
 def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(tmp_path, capsys, monkeypatch):

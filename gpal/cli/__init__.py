@@ -22,6 +22,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -179,7 +180,17 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
 
     calc.calculate = counted
     n_blocks, every = int(cfg["steps"]) // int(cfg["every"]), int(cfg["every"])
+    # what the trajectory follows from: a file of another start (structure, oracle, MD) is not continued
+    key = hashlib.sha256(json.dumps({
+        "numbers": structure.numbers.tolist(), "positions": np.round(structure.positions, 6).tolist(),
+        "cell": np.round(structure.cell.array, 6).tolist(), "pbc": structure.pbc.tolist(),
+        "oracle": oracle_spec, **{k: cfg.get(k) for k in ("temperature", "timestep", "every", "seed")},
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
     frames = _validation_done(path) if path is not None else []
+    if any(a.info.get("gpal_validation_key") != key for a in frames):
+        raise ConfigError(f"{path} holds the validation labels of another start (its structure, oracle or "
+                          "[validation] settings differ): --overwrite moves the folder aside (nothing is "
+                          "deleted), or give a new run_dir")
     frames = frames[:n_blocks]
     cut = path.with_suffix(".calls.json") if path is not None else None
     cut_calls = 0  # calls an interrupt cut off after the last labelled frame, counted then
@@ -228,11 +239,13 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
             kept = frame.copy()  # (with the momenta)
             kept.calc = frame.calc
             kept.info["gpal_oracle_calls"] = n_calls
+            kept.info["gpal_validation_key"] = key
             append_frame(path, kept)
         frames.append(frame)
     bar.close()
     for f in frames:
         f.info.pop("gpal_oracle_calls", None)
+        f.info.pop("gpal_validation_key", None)
     return frames, n_calls
 
 
@@ -299,7 +312,8 @@ def _resume(args: argparse.Namespace) -> int:
             raise ConfigError(f"{stored} was edited after gpal wrote it (its sha256 line no longer matches): "
                               "undo the edit; it is the run's record that --resume compares a config with, and "
                               "the run keeps the settings it started with; a resume takes "
-                              f"{', '.join(config.RESUMABLE)} from a config file of your own")
+                              f"{', '.join(config.RESUMABLE)}, [targets] tolerance and [learner] "
+                              "max_oracle_calls from a config file of your own")
         try:
             old = config.without_built_defaults(config.check_config(tomllib.loads(text), stored))
         except tomllib.TOMLDecodeError as exc:
@@ -383,7 +397,7 @@ def _resume(args: argparse.Namespace) -> int:
                 print(f"gpal: this run ended at step {learner.step} of {learner.total_steps} ("
                       f"{learner.stopped_early_}); nothing to continue. "
                       + ("A config with a larger [learner] max_oracle_calls continues it (gpal learn CONFIG "
-                         "--resume RUN_DIR; --steps N runs on to step N)" if budget else
+                         "--resume RUN_DIR)" if budget else
                          "--steps N runs on to step N, and stops again at a check where that still holds; a "
                          "config with another [stopping] or [targets] tolerance changes it (gpal learn CONFIG "
                          "--resume RUN_DIR)"))
@@ -396,17 +410,23 @@ def _resume(args: argparse.Namespace) -> int:
                 print(f"gpal: this run has made all its {learner.step} steps; nothing to continue (--steps N "
                       "runs on to step N)")
                 return learner, None
-            if steps is not None:  # the run's record says the run's new length
-                _record_steps(run_dir / "config.toml", steps)
+            recorded = {"steps": steps} if steps is not None else {}
+            if "max_oracle_calls" in overrides:
+                recorded["max_oracle_calls"] = overrides["max_oracle_calls"]
+            if recorded:  # the run's record says what it now runs with
+                _record_resumed(run_dir / "config.toml", **recorded)
             return learner, (steps if steps is not None else learner.total_steps)
 
         return _learn_and_report(resumed, executor, run_dir, walkers[1])
 
 
-def _record_steps(stored: Path, steps: int) -> None:
-    """Set ``steps`` in a run folder's own ``config.toml`` (a resume with more steps made
-    it stale: resuming with that file then refused its smaller count). An edited copy or
-    one that does not parse is left alone."""
+def _record_resumed(stored: Path, **changes) -> None:
+    """Write the settings a resume changed (``steps``, ``max_oracle_calls``: ``[learner]``)
+    into a run folder's own ``config.toml``, line by line, so the user's comments stay, and
+    its sha256 line with them (a resume with more steps, or a larger budget, left them stale:
+    resuming with that file then refused its own count, or restored the old budget). A
+    copy that was edited, has no sha256 line (an earlier release's) or does not parse is
+    left alone."""
     from . import config
     from ..io import atomic_write
 
@@ -415,11 +435,44 @@ def _record_steps(stored: Path, steps: int) -> None:
         cfg = tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError):
         return
-    if not text.startswith(config.TOML_HEADER) or config.stored_copy_edited(text) or cfg.get("steps") == steps:
+    lines = text.split("\n")
+    if (len(lines) < 3 or lines[0] != config.TOML_HEADER or not lines[1].startswith(config._DIGEST)
+            or config.stored_copy_edited(text)):
         return
-    cfg["steps"] = int(steps)
+    want = {("", "steps"): changes["steps"]} if "steps" in changes else {}
+    if "max_oracle_calls" in changes:
+        want[("learner", "max_oracle_calls")] = changes["max_oracle_calls"]
+    for (section, key), value in want.items():
+        where = cfg if not section else cfg.setdefault(section, {})
+        if value is None:
+            where.pop(key, None)
+        else:
+            where[key] = value
+        # the section's lines: from its header (the top: line 2) to the next header
+        start = 2 if not section else next((i + 1 for i, ln in enumerate(lines) if ln.strip() == f"[{section}]"), None)
+        if start is None:
+            lines += ["", f"[{section}]"]
+            start = len(lines)
+        end = next((i for i in range(start, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        at = next((i for i in range(start, end) if lines[i].split("=", 1)[0].strip() == key), None)
+        if at is not None:
+            if value is None:
+                del lines[at]
+            else:
+                lines[at] = f"{key} = {config._fmt(value)}"
+        elif value is not None:
+            lines.insert(start, f"{key} = {config._fmt(value)}")
+    body = "\n".join(lines[2:])
+    try:
+        ok = tomllib.loads(body) == cfg
+    except tomllib.TOMLDecodeError:
+        ok = False
+    if not ok:  # (a layout the line edit did not follow: the copy is written anew)
+        new_text = config.to_toml(cfg)
+    else:
+        new_text = "\n".join([lines[0], config._DIGEST + config._settings_digest(cfg), body])
     with contextlib.suppress(OSError), atomic_write(stored) as fh:
-        fh.write(config.to_toml(cfg))
+        fh.write(new_text)
 
 
 _UNCHANGED = object()
@@ -532,11 +585,13 @@ def _learn(args: argparse.Namespace) -> int:
                           "no frame would be labelled")
     budget = cfg.get("learner", {}).get("max_oracle_calls")
     if budget is not None and val_cfg.get("steps", 0) > 0:  # (the validation trajectory's calls count)
-        need = int(val_cfg["steps"]) + 1 + int(cfg.get("learner", {}).get("n_bootstrap", 4))
+        # its calls, the bootstrap's (none for a fitted [model] file) and one label of MD
+        boot = 0 if cfg.get("model", {}).get("file") else int(cfg.get("learner", {}).get("n_bootstrap", 4))
+        need = int(val_cfg["steps"]) + 1 + boot + 1
         if int(budget) < need:
             raise ConfigError(f"[learner] max_oracle_calls = {budget} counts the validation trajectory's "
                               f"~{int(val_cfg['steps']) + 1} oracle calls ([validation] steps = {val_cfg['steps']}) "
-                              f"and leaves less than the bootstrap's: raise it to at least {need}, or shorten [validation]")
+                              f"and leaves no label of MD: raise it to at least {need}, or shorten [validation]")
     structure = _structure(cfg["structure"])
     oracle = OracleSpec(cfg["oracle"]["factory"], dict(cfg["oracle"].get("kwargs", {})))
     try:  # an unimportable factory or wrong kwargs fail here, not on every label
@@ -691,6 +746,10 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
     validation = None
     if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
+        # the learner's own checks (a rattle its bootstrap cannot use, ...) before a validation
+        # label is paid for: a learner built and dropped (it writes nothing)
+        ActiveLearner(structure, oracle, copy.deepcopy(model), run_dir=run_dir, md=md, trigger=trigger,
+                      progress=False, targets=copy.deepcopy(targets), **learner_cfg)
         print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
         validation, n_validation_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"],
                                                             progress=not args.quiet,
@@ -1408,7 +1467,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the full default configuration (TOML, with units) and exit")
     s.add_argument("--resume", metavar="RUN_DIR", type=os.path.expanduser,  # (--resume=~/x: no shell expansion)
                    help="continue the run in RUN_DIR, with the workers it was started with (with a config: only "
-                        "steps, workers, [stopping] and [targets] tolerance may change)")
+                        "steps, workers, [stopping], [targets] tolerance and [learner] max_oracle_calls may "
+                        "change)")
     s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", type=os.path.expanduser, help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",

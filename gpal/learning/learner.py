@@ -1037,7 +1037,9 @@ class ActiveLearner:
                 append_frame(self.run_dir / "failed.xyz", a)
         # (before the checkpoints below and a stop: the labels on disk are in the log whatever follows)
         log_label([k for k, a in enumerate(labelled) if a is not None])
-        self._failed_in_row = 0 if good else self._failed_in_row + len(failures)
+        # (after the bootstrap: its failed frames are replaced by spares, and a bootstrap that
+        # labels nothing has an error of its own)
+        self._failed_in_row = 0 if good or not self.bootstrap_done else self._failed_in_row + len(failures)
         in_row = failures and self._failed_in_row >= _FAILED_IN_ROW
         if broken is not None or (failures and self.on_oracle_failure == "stop") or in_row:
             self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
