@@ -6,14 +6,34 @@ later does, instead of a traceback: the console script imports this module first
 and the package inside the ``try`` below.
 """
 
+import signal
 import sys
 
 
 def main() -> int:
     """Import gpal's command line and run it (:func:`gpal.cli.main`)."""
-    try:
-        from gpal.cli import main as gpal_main
+    interrupted = []
 
+    def on_sigint(signum, frame):  # (only while gpal loads: this process's own entry point)
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        try:
+            from gpal.cli import main as gpal_main
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    except BaseException as exc:
+        # a Ctrl-C inside a C extension's import can surface as its ImportError (numpy's
+        # "PyCapsule_Import could not import module 'datetime'"): still an interrupt
+        if not (isinstance(exc, KeyboardInterrupt) or interrupted):
+            raise
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print("gpal: interrupted", file=sys.stderr)
+        return 130
+    try:
         return gpal_main()
     except KeyboardInterrupt:  # (gpal_main handles its own; this is one before it began)
         if sys.stderr.isatty():
