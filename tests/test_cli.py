@@ -285,6 +285,9 @@ class _FakeLearner:
     def count_oracle_calls(self, reason, n):
         pass
 
+    def _take_validation(self, frames):
+        pass
+
 
 @pytest.fixture
 def fake_learner(monkeypatch):

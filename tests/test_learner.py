@@ -246,12 +246,10 @@ def test_bootstrap_candidates_keep_the_models_min_distance(tmp_path):
     """A large rattle (0.3 Å on Cu) put two atoms 0.35 Å apart in a bootstrap frame: its
     label was paid for, then the fit refused it, and every resume failed the same way.
     Such copies are drawn again; a rattle that keeps making them is refused by name."""
-    from gpal.learning.learner import _pair_distances
-
     L = learner(tmp_path / "run", rattle=0.3)
     cands = L._candidates(np.random.default_rng(0))
     assert len(cands) >= L.n_candidates
-    assert all(not len(_pair_distances(a, L.model.min_distance)) for a in cands)
+    assert all(not np.any(L.model._min_pair_distance(a) < L.model.min_distance) for a in cands)
     with pytest.raises(ValueError, match=r"rattle = 5 Å put two atoms closer than the model's min_distance = 0.5 Å"):
         ActiveLearner(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3), EMT(), small_model(), rattle=5.0,
                       run_dir=tmp_path / "big", progress=False)  # (refused before the folder holds a run)

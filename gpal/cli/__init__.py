@@ -744,16 +744,6 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     from ..learning.learner import ActiveLearner
 
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
-    validation = None
-    if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
-        # the learner's own checks (a rattle its bootstrap cannot use, ...) before a validation
-        # label is paid for: a learner built and dropped (it writes nothing)
-        ActiveLearner(structure, oracle, copy.deepcopy(model), run_dir=run_dir, md=md, trigger=trigger,
-                      progress=False, targets=copy.deepcopy(targets), **learner_cfg)
-        print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
-        validation, n_validation_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"],
-                                                            progress=not args.quiet,
-                                                            path=run_dir / VALIDATION_TRAJECTORY)
     executor = None
     n_workers = int(cfg.get("workers", 1))
     if n_workers > 1:
@@ -763,6 +753,8 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     walkers = _walker_executor(cfg)
 
     def started():
+        # the learner first: its own checks (a rattle its bootstrap cannot use, ...) come
+        # before a validation label is paid for
         learner = ActiveLearner(
             structure,
             oracle,
@@ -770,15 +762,18 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
             run_dir=run_dir,
             md=md,
             trigger=trigger,
-            validation=validation,
             executor=executor,
             progress=not args.quiet,
             targets=targets,
             walker_executor=walkers[0],
             **learner_cfg,
         )
-        if validation is not None:  # the oracle MD behind them: every call counts
-            learner.count_oracle_calls("validation", n_validation_calls)
+        if cfg.get("validation") and cfg["validation"].get("steps", 0) > 0:
+            print(f"gpal: labelling an independent validation trajectory ({cfg['validation']['steps']} steps)")
+            validation, n_calls = _validation_frames(structure, cfg["oracle"], cfg["validation"],
+                                                     progress=not args.quiet, path=run_dir / VALIDATION_TRAJECTORY)
+            learner._take_validation(validation)
+            learner.count_oracle_calls("validation", n_calls)  # (the oracle MD behind them: every call counts)
         return learner, int(cfg["steps"])
 
     return _learn_and_report(started, executor, run_dir, walkers[1])

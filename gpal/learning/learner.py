@@ -375,15 +375,6 @@ class Summary:
 _REDRAWS = 20
 
 
-def _pair_distances(atoms: Atoms, cutoff: float) -> np.ndarray:
-    """The pair distances of ``atoms`` under ``cutoff`` (Å)."""
-    from ..descriptors.neighbors import neighbor_list
-
-    _, _, D = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    r = np.linalg.norm(D, axis=1)
-    return r[r < cutoff]
-
-
 # frames in a row the oracle may fail on (each after its retries) before a run with
 # on_oracle_failure = "skip" stops as for a broken oracle (exit 1 from gpal learn)
 _FAILED_IN_ROW = 3
@@ -795,12 +786,8 @@ class ActiveLearner:
         self._last_refit = 0  # labels at the last refit of projected columns (no choice)
         self._certified_labels = -1  # labels when the stopping rule or target tolerance ended the run
         self._target_points: list[int] = []  # species of the sparse points a TargetSet added
-        self.validation = list(val.frames) if val.frames is not None else None
-        for k, a in enumerate(self.validation or []):  # before any oracle call: they judge the run
-            lab = frame_labels(a)
-            if lab.energy is None or lab.forces is None:
-                raise MissingLabelsError(f"validation frame {k} has no {'energy' if lab.energy is None else 'forces'} "
-                                         "label; validation frames need energy and forces (labelled by the oracle)")
+        self.validation = None
+        self._take_validation(val.frames)
         if getattr(self.model, "alpha_", None) is None:  # a rattle the bootstrap cannot use: refused now,
             self._candidates(as_rng(self.random_state))  # before the run folder holds a run
         self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
@@ -1284,7 +1271,7 @@ class ActiveLearner:
                         strain = 0.5 * (strain + strain.T)
                         a.set_cell(a.cell.array @ (np.eye(3) + strain), scale_atoms=True)
                     a.positions += rng.normal(0, self.rattle, a.positions.shape) * rng.uniform(0.3, top)
-                    if not closest or not len(_pair_distances(a, closest)):
+                    if not closest or not np.any(self.model._min_pair_distance(a) < closest):
                         break
                 else:
                     raise ValueError(
@@ -1634,7 +1621,7 @@ class ActiveLearner:
 
             run_rounds(self, prog)
         while self.walker_executor is None and self.step < self.total_steps:
-            if self.max_oracle_calls is not None and self._budget_calls() >= self.max_oracle_calls:
+            if self.max_oracle_calls is not None and self._total_calls() >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
                 break
             T = self._temperature_of_step(self.step)
@@ -1849,7 +1836,7 @@ class ActiveLearner:
         done = False
         for frames, why in groups:
             if self.max_oracle_calls is not None:  # a batch never goes past the budget
-                frames = frames[:max(0, self.max_oracle_calls - self._budget_calls())]
+                frames = frames[:max(0, self.max_oracle_calls - self._total_calls())]
             if not frames:
                 continue
             batch, at = [], []
@@ -2075,9 +2062,22 @@ class ActiveLearner:
                         res["std_residual"][k], res["labels"][k], self.targets.tolerance)
         return stop
 
-    def _budget_calls(self) -> int:
-        """The oracle calls ``max_oracle_calls`` counts: the learner's, and those recorded
-        with :meth:`count_oracle_calls` (a validation trajectory's)."""
+    def _take_validation(self, frames) -> None:
+        """Hold ``frames`` (labelled, or None) as the run's validation frames; each needs an
+        energy and forces (before any oracle call: they judge the run). ``gpal learn``
+        hands its validation trajectory's frames here once the learner is built."""
+        frames = list(frames) if frames is not None else None
+        for k, a in enumerate(frames or []):
+            lab = frame_labels(a)
+            if lab.energy is None or lab.forces is None:
+                raise MissingLabelsError(f"validation frame {k} has no {'energy' if lab.energy is None else 'forces'} "
+                                         "label; validation frames need energy and forces (labelled by the oracle)")
+        self.validation = frames
+
+    def _total_calls(self) -> int:
+        """Every oracle call of the run: the learner's, and those recorded with
+        :meth:`count_oracle_calls` (a validation trajectory's); what ``max_oracle_calls``
+        and the summary count."""
         return self.oracle.n_calls + int(self._calls.get("validation", 0))
 
     def count_oracle_calls(self, reason: str, n: int) -> None:
@@ -2364,7 +2364,7 @@ class ActiveLearner:
             min(self.n_bootstrap, self.n_labelled)
         return Summary(
             steps=self.step,
-            oracle_calls=self.oracle.n_calls + self._calls.get("validation", 0),
+            oracle_calls=self._total_calls(),
             oracle_failures=self.oracle.n_failures,
             labelled_frames=self.n_labelled,
             bootstrap_frames=n_boot,

@@ -451,7 +451,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     def runnable() -> bool:
         if not any(steps[w.index] < L.total_steps for w in L.walkers):
             return False  # (every step made: a run that ends with its budget is not stopped early)
-        if L.max_oracle_calls is not None and L._budget_calls() >= L.max_oracle_calls:
+        if L.max_oracle_calls is not None and L._total_calls() >= L.max_oracle_calls:
             L._stopped = (True, f"max_oracle_calls={L.max_oracle_calls} reached")
             return False
         return True
