@@ -1106,7 +1106,15 @@ def test_a_run_stopped_by_a_crashed_worker_exits_1_not_bad_inputs_2(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "worker processes stopped" in err
     with pytest.raises(SystemExit, match="2"):  # bad input (argparse)
-        main(["learn", "--steps", "0", "-q"])
+        main(["learn", "--steps", "-1", "-q"])
+
+
+def test_steps_0_is_the_same_on_the_command_line_as_in_a_config(tmp_path, capsys, fake_learner):
+    """``steps = 0`` in a config runs the bootstrap alone; ``--steps 0`` was refused as
+    not positive."""
+    assert main(["learn", "--steps", "0", "--run-dir", str(tmp_path / "run"), "-q"]) == 0
+    assert "fake summary: 0 steps" in capsys.readouterr().out
+    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["steps"] == 0
 
 
 def test_a_compound_bulk_structure_from_the_config():

@@ -1464,7 +1464,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR, with the workers it was started with (with a config: only "
                         "steps, workers, [stopping], [targets] tolerance and [learner] max_oracle_calls may "
                         "change)")
-    s.add_argument("--steps", type=_positive(int), help="MD steps per walker, a total (overrides the config)")
+    s.add_argument("--steps", type=_non_negative(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", type=os.path.expanduser, help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",
                    help="start afresh: an existing run folder is moved aside to RUN_DIR.old-<date>-<time>")
