@@ -828,6 +828,33 @@ def test_resume_with_a_config_takes_its_stopping_section_whole(tmp_path, capsys)
     assert not json.loads((run / "state.json").read_text()).get("stopping")
 
 
+def test_a_resume_records_its_stopping_rule_in_the_run_folders_config(tmp_path, capsys):
+    """A resume with another [stopping] left the run's config.toml with the old rule, and
+    resuming with that copy later restored it."""
+    run = tmp_path / "run"
+    base = (f'run_dir = "{run}"\nsteps = 20\n[structure]\nrepeat = [2, 2, 2]\n'
+            "[descriptor]\nr_cut = 4.0\nn_max = 3\nl_max = 2\n[learner]\nn_bootstrap = 2\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(base + "[stopping]\ntolerance = 0.2\npatience = 5\n")
+    assert main(["learn", str(cfg), "-q"]) == 0
+    stored = run / "config.toml"
+    stored.write_text(stored.read_text() + "# my note\n")
+    cfg.write_text(base.replace("steps = 20", "steps = 25") + '[stopping]\ntolerance = 0.3\nuse = "scale"\n')
+    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
+    assert "[stopping] now tolerance 0.3, patience 3" in capsys.readouterr().out
+    text = stored.read_text()
+    assert "# my note" in text and not config.stored_copy_edited(text)
+    assert tomllib.loads(text)["stopping"] == {"tolerance": 0.3, "use": "scale"}
+    assert main(["learn", str(stored), "--resume", str(run), "--steps", "30", "-q"]) == 0
+    assert "[stopping]" not in capsys.readouterr().out  # (the same rule: nothing changed)
+    state = json.loads((run / "state.json").read_text())
+    assert (state["stopping"]["tolerance"], state["stopping"]["use"]) == (0.3, "scale")
+    cfg.write_text(base.replace("steps = 20", "steps = 35"))
+    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
+    assert "[stopping] removed" in capsys.readouterr().out
+    assert not tomllib.loads(stored.read_text()).get("stopping")
+
+
 def test_the_run_folders_config_is_kept_current_and_an_edit_of_it_is_refused(tmp_path, capsys):
     """A run's config.toml said steps = 20 after a resume to 25, and resuming with it then
     refused its own count; an edit of it (a hotter ramp) was taken as the config to

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tomllib
 import warnings
 
 import numpy as np
@@ -576,3 +577,5 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
     again = json.loads((run / "summary.json").read_text())
     assert not again["stopped_early"] and again["steps"] == 40
     assert json.loads((run / "state.json").read_text())["targets"]["tolerance"] == 1e-6
+    # the run's own config.toml says so: resuming with it keeps the new tolerance
+    assert tomllib.loads((run / "config.toml").read_text())["targets"]["tolerance"] == 1e-6

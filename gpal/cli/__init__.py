@@ -413,6 +413,10 @@ def _resume(args: argparse.Namespace) -> int:
             recorded = {"steps": steps} if steps is not None else {}
             if "max_oracle_calls" in overrides:
                 recorded["max_oracle_calls"] = overrides["max_oracle_calls"]
+            if "stopping" in overrides:  # (the config's section, whole: keys left out are defaults)
+                recorded["stopping"] = dict(user.get("stopping") or {})
+            if tolerance is not _UNCHANGED and learner.targets is not None:
+                recorded["target_tolerance"] = tolerance
             if recorded:  # the run's record says what it now runs with
                 _record_resumed(run_dir / "config.toml", **recorded)
             return learner, (steps if steps is not None else learner.total_steps)
@@ -421,10 +425,12 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _record_resumed(stored: Path, **changes) -> None:
-    """Write the settings a resume changed (``steps``, ``max_oracle_calls``: ``[learner]``)
-    into a run folder's own ``config.toml``, line by line, so the user's comments stay, and
-    its sha256 line with them (a resume with more steps, or a larger budget, left them stale:
-    resuming with that file then refused its own count, or restored the old budget). A
+    """Write the settings a resume changed (``steps``, ``max_oracle_calls``: ``[learner]``,
+    ``stopping``: the whole ``[stopping]`` section, ``target_tolerance``: ``[targets]
+    tolerance``) into a run folder's own ``config.toml``, line by line, so the user's
+    comments stay, and its sha256 line with them (a resume with more steps, a larger
+    budget or another stopping rule left them stale: resuming with that file then refused
+    its own count, or restored the old budget or rule). A
     copy that was edited, has no sha256 line (an earlier release's) or does not parse is
     left alone."""
     from . import config
@@ -442,6 +448,12 @@ def _record_resumed(stored: Path, **changes) -> None:
     want = {("", "steps"): changes["steps"]} if "steps" in changes else {}
     if "max_oracle_calls" in changes:
         want[("learner", "max_oracle_calls")] = changes["max_oracle_calls"]
+    if "stopping" in changes:
+        had = cfg.get("stopping", {})
+        for key in [*had, *(k for k in changes["stopping"] if k not in had)]:
+            want[("stopping", key)] = changes["stopping"].get(key)
+    if "target_tolerance" in changes:
+        want[("targets", "tolerance")] = changes["target_tolerance"]
     for (section, key), value in want.items():
         where = cfg if not section else cfg.setdefault(section, {})
         if value is None:
