@@ -1075,6 +1075,40 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     assert len(read(path, ":")) == 4
 
 
+def test_a_kill_in_the_validation_trajectory_loses_no_count_of_a_slow_oracles_calls(tmp_path, monkeypatch):
+    """A kill (SIGKILL: no handler runs) after a labelled frame lost the count of every
+    call made since (up to [validation] every of them). The count is on disk before each
+    call, at most once per interval (a slow oracle: every call)."""
+    import json
+    import sys
+    import types
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    import gpal.cli
+    from gpal.cli import _validation_frames
+
+    path = tmp_path / "validation_trajectory.xyz"
+    seen = []
+
+    class Watched(EMT):  # what a kill during this call would leave on disk
+        def calculate(self, *args, **kwargs):
+            cut = path.with_suffix(".calls.json")
+            seen.append(json.loads(cut.read_text())["oracle_calls"] if cut.exists() else None)
+            super().calculate(*args, **kwargs)
+
+    mod = types.ModuleType("val_watched")
+    mod.Watched = Watched
+    monkeypatch.setitem(sys.modules, "val_watched", mod)
+    monkeypatch.setattr(gpal.cli, "_CALLS_NOTE_INTERVAL", 0.0)  # (each call as slow as the interval)
+    cfg = {"steps": 20, "every": 10, "temperature": 300.0, "timestep": 1.0}
+    frames, n_calls = _validation_frames(bulk("Cu", "fcc", a=3.61, cubic=True), {"factory": "val_watched:Watched"},
+                                         cfg, progress=False, path=path)
+    assert len(frames) == 2 and n_calls == len(seen) > 20
+    assert seen == list(range(1, n_calls + 1))
+
+
 def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(tmp_path, capsys, monkeypatch):
     """``[md] factory`` (an NPT sampler from TOML) and ``[oracle] factory`` may name a module
     beside the config; a module that does not import is one line naming the setting, and so

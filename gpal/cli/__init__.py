@@ -151,13 +151,18 @@ def _validation_done(path: Path) -> list:
     return [a for a in frames if "gpal_oracle_calls" in a.info]
 
 
+#: seconds between writes of the validation trajectory's call count (before a call)
+_CALLS_NOTE_INTERVAL = 1.0
+
+
 def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True, path: Path | None = None):
     """An independent oracle MD trajectory (other seed), every ``every``-th frame labelled
     (a progress bar over its MD steps with ``progress``).
 
     With ``path``, each labelled frame is appended to it as it arrives (with its momenta
-    and the oracle calls so far), and a trajectory an interrupt or kill cut off there is
-    continued from its last frame (the Langevin noise after it is drawn afresh: another
+    and the oracle calls so far), the calls since in ``PATH.calls.json`` (before the call,
+    at most once per :data:`_CALLS_NOTE_INTERVAL` s, and on an interrupt), and a
+    trajectory an interrupt or kill cut off there is continued from its last frame (the Langevin noise after it is drawn afresh: another
     continuation of the same trajectory), not labelled again.
 
     Returns the frames and the number of oracle evaluations the trajectory made.
@@ -172,10 +177,17 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     calc = OracleSpec(**oracle_spec).make()
     n_calls = 0
     evaluate = calc.calculate
+    noted = -np.inf  # when the count was last written to the cut-off file
 
     def counted(*args, **kwargs):  # every evaluation of the oracle is a call to count
-        nonlocal n_calls
+        nonlocal n_calls, noted
         n_calls += 1
+        if cut is not None and time.monotonic() - noted >= _CALLS_NOTE_INTERVAL:
+            # the count, on disk before the call: a kill (no handler runs) loses the count
+            # of at most the last interval's calls, and none of a slow oracle's
+            with contextlib.suppress(OSError), atomic_write(cut) as fh:
+                json.dump({"oracle_calls": n_calls}, fh)
+            noted = time.monotonic()
         return evaluate(*args, **kwargs)
 
     calc.calculate = counted
