@@ -281,6 +281,38 @@ def test_invariance_rotation_translation_permutation(cuag_model):
     np.testing.assert_allclose(r["energies_std"], p["energies_std"][perm], atol=1e-10)
 
 
+def test_a_fit_with_stress_labels_does_not_depend_on_the_orientation_of_its_cells():
+    """Rotating every training frame (cell, positions, force and stress labels) gave
+    another model (forces 7e-4 eV/Å apart at a test force RMSE of 4e-3): the six Voigt
+    stress components had one noise each, so shear weighed half of what a rotated cell
+    gives it. Noise sigma/sqrt(2) on the shear makes the likelihood the tensor's
+    Frobenius norm."""
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    train, test = cu_frames(5, seed=1), cu_frames(2, seed=50)
+    # shear labels well above their noise (0.002 eV/Å^3): the weighting matters
+    assert min(np.abs(a.get_stress()[3:]).max() for a in train) > 3 * 0.002
+    R = Rotation.from_euler("xyz", [0.3, 1.1, -0.6]).as_matrix()
+    turned = []
+    for a in train:
+        b = a.copy()
+        b.set_cell(a.cell.array @ R.T)
+        b.positions = a.positions @ R.T
+        S = R @ voigt_6_to_full_3x3_stress(a.get_stress()) @ R.T
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces() @ R.T,
+                                       stress=full_3x3_to_voigt_6_stress(S))
+        turned.append(b)
+    kw = dict(descriptor=SOAP(species=[29], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=30,
+              hyperparameters="fixed", stress_noise=0.002)
+    A, B = SparseGP(**kw).fit(train), SparseGP(**kw).fit(turned)
+    for a in test:
+        p, q = A.predict(a, return_std=True), B.predict(a, return_std=True)
+        assert abs(p["energy"] - q["energy"]) < 1e-8
+        np.testing.assert_allclose(q["forces"], p["forces"], atol=1e-8)
+        np.testing.assert_allclose(q["energies_std"], p["energies_std"], atol=1e-9)
+    np.testing.assert_allclose(B.stress_label_noise(), [0.002] * 3 + [0.002 / np.sqrt(2)] * 3, rtol=1e-15)
+
+
 def test_stds_nonnegative_and_grow_away_from_data(cu_model):
     near = cu_frames(1, seed=31)[0]
     far = bulk("Cu", "fcc", a=3.1, cubic=True).repeat((1, 1, 2))  # 14 % compressed

@@ -667,7 +667,7 @@ class TargetSet:
         noise = [np.array([model.noise_["energy"] * math.sqrt(n)]), np.full(3 * n, model.typical_force_noise())]
         if obs.stress is not None:
             rows.append(obs.stress)
-            noise.append(np.full(6, model.noise_["stress"]))
+            noise.append(model.stress_label_noise())
         return np.concatenate(rows), np.concatenate(noise), slice(1, 1 + 3 * n)
 
     @staticmethod

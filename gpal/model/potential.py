@@ -108,6 +108,11 @@ from .rows import ObservationRows, _Rows  # noqa: F401
 from .sparse_set import _SparseSet, _check_exact_frames
 
 
+#: a stress label's noise std per Voigt component, in units of ``stress_noise``
+#: (:meth:`SparseGP.stress_label_noise`)
+_STRESS_NOISE_SCALE = np.array([1.0, 1.0, 1.0, 0.5 ** 0.5, 0.5 ** 0.5, 0.5 ** 0.5])
+
+
 def _fit_size(model, frames=None, *args, **kwargs) -> int | None:
     """Elements of a fit's stacked (observations x sparse points) matrix, at most.
 
@@ -404,7 +409,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     force_noise : float or None, default None
         Force-component noise, eV/Å (``None``: as above, from 0.05).
     stress_noise : float or None, default None
-        Stress-component noise, eV/Å^3 (``None``: as above, from 0.005).
+        Stress noise, eV/Å^3, of the diagonal components; the shear components get it
+        over sqrt(2) (:meth:`stress_label_noise`: the fit does not depend on the cell's
+        orientation). ``None``: as above, from 0.005.
     force_noise_knee : float, "auto" or None, default None
         A force noise that grows with the force: the components of an atom whose
         label force has magnitude ``|F_i|`` get the noise
@@ -1611,6 +1618,19 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         fac = np.sqrt(1.0 + np.sum(F**2, axis=1) / knee**2)
         return self.noise_["force"] * np.repeat(fac[:, None], 3, axis=1)
 
+    def stress_label_noise(self) -> np.ndarray:
+        """Noise std (eV/Å^3) of each Voigt component (xx, yy, zz, yz, xz, xy) of a stress label, (6,).
+
+        ``stress_noise`` on the diagonal and ``stress_noise / sqrt(2)`` on the three shear
+        components: a shear component stands for two entries of the symmetric tensor, so
+        the label's likelihood is that of iid noise ``stress_noise`` on the tensor's
+        entries (its Frobenius norm), the same in every orientation of the cell. (Equal
+        noise on the six components weights the shear half as much as a rotation of the
+        same cell does; a fit with stress labels then depended on the orientation of its
+        training cells, by up to ~16 % of its force error.)
+        """
+        return self.noise_["stress"] * _STRESS_NOISE_SCALE
+
     def typical_force_noise(self) -> float:
         """RMS noise std (eV/Å) of the training force components: ``force_noise`` without a knee."""
         if getattr(self, "force_noise_knee_", None) is None:
@@ -1630,6 +1650,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 if key == "forces_std" and "forces" in out and getattr(self, "force_noise_knee_", None) is not None:
                     # with a force_noise_knee: the std of a new label at the predicted force
                     level = self.force_label_noise(out["forces"]).reshape(np.shape(out[key]))
+                elif key == "stress_std":
+                    level = self.stress_label_noise()
                 else:
                     level = self.noise_[noise[key]] if key in noise else 0.0
                 nu = 0.0
@@ -1999,7 +2021,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 "forces": (F_rows, self.force_label_noise((F_rows @ self.alpha_).reshape(n, 3)).ravel()),
             }
             if np.all(a.pbc):
-                block["stress"] = (s_rows, np.full(6, self.noise_["stress"]))
+                block["stress"] = (s_rows, self.stress_label_noise())
             for names, rows, noise in ((labels, add_rows, add_noise), (score, score_rows, score_noise)):
                 use = [g for g in ("energy", "forces", "stress") if g in names and g in block]
                 rows.append(np.concatenate([block[g][0] for g in use]) if use else np.zeros((0, len(Z))))

@@ -244,7 +244,8 @@ class _Rows:
         """The labels of one frame in observation order: [(group, y, noise std)].
 
         Energy (baselines subtracted; noise ``energy_noise * sqrt(n_atoms)``), then the
-        force components (noise :meth:`force_label_noise`), then the stress. Every routine that stacks rows follows this.
+        force components (noise :meth:`force_label_noise`), then the stress (noise
+        :meth:`stress_label_noise`). Every routine that stacks rows follows this.
         """
         lab = frame_labels(atoms)
         n = len(atoms)
@@ -255,7 +256,7 @@ class _Rows:
         if lab.forces is not None:
             out.append((_F, lab.forces.ravel(), self.force_label_noise(lab.forces).ravel()))
         if lab.stress is not None:
-            out.append((_S, lab.stress, np.full(6, self.noise_["stress"])))
+            out.append((_S, lab.stress, self.stress_label_noise()))
         return out
 
     def _stacked_rows(self, frames, Z, zsp, kernel=None, eval_gradient=False):
