@@ -175,7 +175,9 @@ def frame_labels(atoms: Atoms) -> Labels:
     """Read energy, forces and stress of a labelled frame.
 
     Labels are taken from ``atoms.calc.results`` (what ``ase.io.read`` of an extxyz file
-    and a finished calculation provide) and else from ``atoms.info['energy']``,
+    and a finished calculation provide) and else from ``atoms.info['energy']``
+    (``free_energy`` before ``energy`` wherever a frame has both: with electronic
+    smearing the forces are the free energy's gradient),
     ``atoms.arrays['forces']`` and ``atoms.info['stress']``, or, without a stress, a
     virial as GAP's files give it, ``atoms.info['virial']`` (eV; 3x3, 9 or Voigt 6
     numbers; stress = -virial / volume). Nothing is computed: a live calculator is never
@@ -185,7 +187,11 @@ def frame_labels(atoms: Atoms) -> Labels:
     results = {}
     if atoms.calc is not None and getattr(atoms.calc, "results", None):
         results = atoms.calc.results
-    energy = results.get("energy", results.get("free_energy", atoms.info.get("energy")))
+    # the free energy before the energy: with electronic smearing (DFT of metals) the forces
+    # are its gradient, and ``energy`` is its extrapolation to zero smearing
+    energy = results.get("free_energy")
+    if energy is None:
+        energy = results.get("energy", atoms.info.get("free_energy", atoms.info.get("energy")))
     forces = results.get("forces", atoms.arrays.get("forces"))
     stress = results.get("stress", atoms.info.get("stress"))
     if stress is None and atoms.info.get("virial") is not None:  # (GAP's key: ASE leaves it in info)

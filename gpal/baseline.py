@@ -247,6 +247,9 @@ def _evaluate(calc, a: Atoms, name: str, stress: bool) -> dict[str, Any]:
     try:
         energy = float(calc.get_potential_energy(a))
         forces = np.array(calc.get_forces(a), dtype=float)
+        free = (getattr(calc, "results", None) or {}).get("free_energy")
+        if free is not None:  # (smearing: the energy the forces are the gradient of, as for labels)
+            energy = float(free)
         out = {"energy": energy, "forces": forces}
         if stress:
             try:

@@ -83,8 +83,8 @@ class MomentProbe(EMT):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        self.results["energy"] = float(atoms.get_initial_magnetic_moments().sum()
-                                       + 100 * atoms.get_initial_charges().sum())
+        self.results["energy"] = self.results["free_energy"] = float(
+            atoms.get_initial_magnetic_moments().sum() + 100 * atoms.get_initial_charges().sum())
 
 
 class DiesOnMovedFrames(EMT):

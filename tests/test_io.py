@@ -276,3 +276,34 @@ def test_a_ctrl_c_and_a_sigterm_held_together_are_both_delivered(tmp_path, mode,
         assert proc.returncode == -signal.SIGTERM, proc.stdout + proc.stderr
     else:  # the SIGTERM's interrupt, raised while Ctrl-C's propagated
         assert proc.returncode == 3 and "interrupt ('SIGTERM',) after True" in proc.stdout, proc.stdout
+
+
+def test_the_free_energy_is_the_energy_label_where_a_frame_has_both(tmp_path):
+    """With electronic smearing (DFT of metals) ASE calculators give ``energy`` (extrapolated
+    to zero smearing) and ``free_energy`` (whose gradient the forces are); gpal learned
+    ``energy``, inconsistent with the forces by the smearing's T*S."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gpal._validation import frame_labels
+    from gpal.learning.oracle import _compute
+
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.calc = SinglePointCalculator(a, energy=-1.0, free_energy=-1.25, forces=np.zeros((4, 3)))
+    assert frame_labels(a).energy == -1.25
+    ase.io.write(tmp_path / "f.xyz", a)  # (extxyz keeps both; the file's frame labels the same)
+    assert frame_labels(ase.io.read(tmp_path / "f.xyz")).energy == -1.25
+    b = a.copy()
+    b.info["energy"], b.info["free_energy"] = -1.0, -1.25
+    assert frame_labels(b).energy == -1.25
+
+    class Smeared(EMT):  # a reference code with smearing: free energy = energy - T*S
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["free_energy"] = self.results["energy"] - 0.1
+
+    c = bulk("Cu", "fcc", a=3.6, cubic=True)
+    out = _compute(Smeared(), c.numbers, c.positions, c.cell, c.pbc, want_stress=True)
+    c.calc = EMT()
+    assert out["energy"] == pytest.approx(c.get_potential_energy() - 0.1, abs=1e-12)

@@ -172,7 +172,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     from ase.md.velocitydistribution import thermalize_momenta
 
     from ..io import append_frame, atomic_write, labelled
-    from ..learning.oracle import OracleSpec
+    from ..learning.oracle import OracleSpec, label_energy
 
     calc = OracleSpec(**oracle_spec).make()
     n_calls = 0
@@ -231,7 +231,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
         try:  # (the MD steps and the labels call the oracle)
             dyn.run(every)
             bar.update(every)
-            energy, forces = a.get_potential_energy(), a.get_forces()
+            energy, forces = label_energy(a), a.get_forces()
             stress = a.get_stress() if np.all(a.pbc) else None
         except BaseException as exc:
             if cut is not None and n_calls:  # (the calls since the last frame count on a restart)

@@ -298,6 +298,15 @@ def worker_pool(n: int, mp_context=None) -> WorkerPool:
 _ORACLE_ARRAYS = ("initial_magmoms", "initial_charges")
 
 
+def label_energy(atoms) -> float:
+    """The energy label (eV) of ``atoms`` from its calculator: the free energy where the
+    calculator gives one (smeared DFT), the energy whose gradient its forces are
+    (``energy`` is then the extrapolation to zero smearing), else the energy."""
+    energy = atoms.get_potential_energy()
+    free = (getattr(atoms.calc, "results", None) or {}).get("free_energy")
+    return float(energy if free is None else free)
+
+
 def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False,
              arrays: dict | None = None) -> dict:
     """Energy, forces (and stress) of one frame; ``fresh`` (a retry) first clears what the
@@ -311,7 +320,7 @@ def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = Fal
         atoms.set_array(name, values)
     atoms.calc = calc
     out = {
-        "energy": float(atoms.get_potential_energy()),
+        "energy": label_energy(atoms),
         "forces": np.array(atoms.get_forces(), dtype=float),
     }
     # stress where the calculator has one: a calculator of energy and forces only labels
