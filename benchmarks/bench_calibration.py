@@ -466,13 +466,14 @@ def run(args, seed):
                 continue
             title = f"{base} {variant} ({param})" if param else f"{base} {variant}"
             written.append(cal.plot_calibration_curve(err_e, std, plot_dir / f"calibration_curve_{tag}.png",
-                                                      title=title))
+                                                      title=title, overwrite=True))
             written.append(cal.plot_error_vs_uncertainty(err_e, std, plot_dir / f"error_vs_uncertainty_{tag}.png",
-                                                         units="eV/Å", title=title))
-            written.append(cal.plot_z_histogram(err_e, std, plot_dir / f"z_histogram_{tag}.png", title=title))
+                                                         units="eV/Å", title=title, overwrite=True))
+            written.append(cal.plot_z_histogram(err_e, std, plot_dir / f"z_histogram_{tag}.png", title=title,
+                                                overwrite=True))
         written.append(cal.plot_parity(E["true"], E["pred"], plot_dir / "parity_forces.png",
                                        label="force component", units="eV/Å",
-                                       title=f"EMT Cu {args.eval_T:g} K eval"))
+                                       title=f"EMT Cu {args.eval_T:g} K eval", overwrite=True))
         print(f"\nplots ({len(written)}): {plot_dir.relative_to(CACHE_DIR.parent.parent)}/ "
               + ", ".join(p.name for p in written))
     r = {v: (param, m) for b, v, param, m, _ in rows if b == "SoR"}

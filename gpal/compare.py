@@ -14,10 +14,12 @@ hyperparameters and noises (type-II maximum likelihood).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -207,6 +209,7 @@ def compare_kernels(
     plot: str | None = None,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
+    overwrite: bool | None = None,
 ) -> ComparisonTable:
     """Fit every candidate on ``train`` (and on growing subsets) and score it on ``test``.
 
@@ -234,10 +237,13 @@ def compare_kernels(
     optimize : bool, default True
         Optimise the kernel's hyperparameters (log marginal likelihood) for each fit.
     plot : str or None, default None
-        Path of a learning-curve PNG (force RMSE against training-set size), written
-        (and replaced) there; None writes no file (the curves are in the returned
-        table; ``gpal compare-kernels`` writes ``kernel_comparison.png`` and asks before
-        replacing one).
+        Path of a learning-curve PNG (force RMSE against training-set size; another
+        format if its suffix names one matplotlib writes); None writes no file (the
+        curves are in the returned table; ``gpal compare-kernels`` writes
+        ``kernel_comparison.png``). An existing file is replaced only if it is a gpal
+        plot (a cell run again), else ``FileExistsError`` before any fit.
+    overwrite : bool or None, default None
+        True: ``plot`` replaces whatever file is there; False: no existing file.
     progress : bool, default True
         A progress bar (tqdm, on stderr) over the fits.
     on_row : callable, optional
@@ -259,11 +265,10 @@ def compare_kernels(
     sizes = sorted(float(f) for f in sizes)
     if not sizes or not all(0 < f <= 1 for f in sizes):
         raise ValueError(f"sizes must be fractions of the training set in (0, 1], got {sizes}")
-    train, test = list(train), list(test)
-    if not train or not test:
-        raise ValueError("compare_kernels needs non-empty train and test sets")
-    check_frames(train, what="train")  # unlabelled frames fail here, before any fit
-    check_frames(test, what="test")
+    # (a path, an Atoms, unlabelled or no frames fail here, before any fit)
+    train, test = check_frames(train, what="train"), check_frames(test, what="test")
+    if plot:
+        _check_plot_path(plot, overwrite)
     if not any(frame_labels(a).forces is not None for a in test):
         raise ValueError("no test frame has force labels: compare_kernels measures force errors")
     species = sorted({int(z) for a in train for z in a.numbers})
@@ -305,13 +310,23 @@ def compare_kernels(
     bar.close()
     table = ComparisonTable(rows, curves)
     if plot:
-        _plot_learning_curves(curves, plot)
+        _plot_learning_curves(curves, plot, overwrite)
     return table
 
 
-def _plot_learning_curves(curves: dict, path) -> None:
+def _check_plot_path(path, overwrite) -> None:
+    """FileExistsError now, not after the fits, for a ``plot`` path :func:`_save` would refuse."""
+    from .calibration import is_gpal_plot
+
+    p = Path(os.fspath(path))
+    if overwrite is not True and p.exists() and (overwrite is False or not is_gpal_plot(p)):
+        what = "" if overwrite is False else " and is not a plot gpal wrote"
+        raise FileExistsError(f"plot: {p} exists{what}; overwrite=True replaces it")
+
+
+def _plot_learning_curves(curves: dict, path, overwrite=None) -> None:
     """PNG of force RMSE against training frames, one line per candidate."""
-    from .calibration import _new_figure  # no pyplot, no backend change
+    from .calibration import _new_figure, _save  # no pyplot, no backend change
 
     fig = _new_figure(figsize=(5.5, 4.0))
     ax = fig.add_subplot()
@@ -323,7 +338,7 @@ def _plot_learning_curves(curves: dict, path) -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("learning curves")
-    fig.savefig(path, dpi=120)
+    _save(fig, path, overwrite)
 
 
 # --------------------------------------------------------------------------------------

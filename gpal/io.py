@@ -16,6 +16,7 @@ Training data are kept as extended XYZ, exactly as ASE writes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import re
 import secrets
 import signal
 import threading
+import time
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -218,9 +220,10 @@ def save_model(path, arrays: dict, metadata: dict, overwrite: bool | None = None
     arrays are mostly floats, which zlib shrinks by about 15 % at 20x the time (0.05
     against 1.1 s for a 42 MB model); the active learner writes one after every label.
 
-    ``overwrite``: as :meth:`gpal.SparseGP.save`'s (None replaces a gpal model and
-    refuses any other existing file).
+    ``overwrite``: as :meth:`gpal.SparseGP.save`'s (None keeps a gpal model it replaces
+    as ``NAME.old-YYYYmmdd-HHMMSS.npz`` and refuses any other existing file).
     """
+    kept = None
     if not _is_file_object(path):
         path = Path(path)
         if path.suffix != ".npz":
@@ -228,6 +231,8 @@ def save_model(path, arrays: dict, metadata: dict, overwrite: bool | None = None
         if overwrite is not True and path.exists() and (overwrite is False or not is_model_file(path)):
             what = "" if overwrite is False else " and is not a gpal model"
             raise FileExistsError(f"{path} exists{what}; save(..., overwrite=True) replaces it")
+        if overwrite is None and path.exists():  # a model saved before: kept under a name of its own
+            kept = _keep_copy(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype == object:
@@ -242,9 +247,44 @@ def save_model(path, arrays: dict, metadata: dict, overwrite: bool | None = None
     if _is_file_object(path):  # a binary file object (io.BytesIO): a model snapshot in memory
         np.savez(path, **arrays, **{_META_KEY: blob})
         return path
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, **arrays, **{_META_KEY: blob})
+    try:
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, **arrays, **{_META_KEY: blob})
+    except BaseException:
+        if kept is not None:  # (the old model is still at path: its second name goes)
+            with contextlib.suppress(OSError):
+                kept.unlink()
+        raise
+    if kept is not None:
+        from ._validation import user_stacklevel
+
+        warnings.warn(f"{path} held a gpal model, kept as {kept.name} (nothing deleted); "
+                      "save(..., overwrite=True) replaces a model without a copy", UserWarning,
+                      stacklevel=user_stacklevel())
     return path
+
+
+def _keep_copy(path: Path) -> Path:
+    """A second name for ``path``, ``NAME.old-YYYYmmdd-HHMMSS[-k].npz`` beside it (a hard
+    link where the file system has them, else a copy): the file stays when ``path`` is
+    replaced."""
+    import shutil
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    k = 0
+    while True:
+        kept = path.with_name(f"{path.stem}.old-{stamp}{f'-{k}' if k else ''}{path.suffix}")
+        try:
+            os.link(path, kept)
+            return kept
+        except FileExistsError:
+            k += 1
+        except OSError:
+            if kept.exists():
+                k += 1
+                continue
+            shutil.copy2(path, kept)
+            return kept
 
 
 def json_default(obj):
@@ -554,19 +594,25 @@ def frames_bytes(frames) -> bytes:
     return buf.getvalue().encode()
 
 
-def write_frames(path: str | os.PathLike, frames) -> None:
+def write_frames(path: str | os.PathLike, frames, *, overwrite: bool = False) -> None:
     """Write frames with their labels to extended XYZ (atomically: whole or not at all).
 
     Parameters
     ----------
     path : str or path-like
-        The file, replaced only once all frames are written (never left half written).
+        The file, written only once all frames are (never left half written).
     frames : iterable of ase.Atoms
         Each with its calculator's results or info/arrays labels, written as ASE's
-        extxyz writer does (energy, forces, stress in eV, eV/Å, eV/Å^3).
+        extxyz writer does (energy, forces, stress in eV, eV/Å, eV/Å^3; positions and
+        forces with 8 decimals).
+    overwrite : bool, default False
+        Whether an existing file is replaced; if not, ``FileExistsError`` and the file
+        is left as it is.
     """
     from ase.io import write
 
+    if not overwrite and Path(path).exists():
+        raise FileExistsError(f"{path} exists; write_frames(..., overwrite=True) replaces it")
     with atomic_write(path) as fh:
         write(fh, list(frames), format="extxyz")
 

@@ -546,7 +546,7 @@ def test_compare_kernels_prints_each_row_when_measured(files, capsys, monkeypatc
 
     printed_before_return = []
 
-    def fake_compare(train, test, *, plot, progress, on_row):
+    def fake_compare(train, test, *, plot, progress, on_row, overwrite):
         rows = []
         for k, name in enumerate(("dot ζ=2", "SE")):
             rows.append({"name": name, "energy_rmse": 1.0 + k, "force_rmse": 0.00074 - 0.00005 * k,
@@ -630,14 +630,17 @@ every = 20
         while not (run / "config.toml").exists() and time.time() < deadline:
             time.sleep(0.1)
         assert (run / "config.toml").exists(), first.stderr.read() if first.poll() is not None else ""
-        before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+        def files():  # (but the first's own count of its oracle calls)
+            return {p.name: p.stat().st_mtime_ns for p in run.iterdir() if "calls.json" not in p.name}
+
+        before = files()
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert first.poll() is None  # (the first was still labelling its validation frames)
         assert second.returncode == 2
         assert second.stderr.splitlines() == [
             f"gpal learn: error: a gpal process is running the run in {run}; stop it first, or give "
             "another run_dir"], second.stderr
-        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+        assert files() == before
     finally:
         first.kill()
         first.wait()
@@ -1075,10 +1078,10 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     assert len(read(path, ":")) == 4
 
 
-def test_a_kill_in_the_validation_trajectory_loses_no_count_of_a_slow_oracles_calls(tmp_path, monkeypatch):
+def test_a_kill_in_the_validation_trajectory_loses_no_count_of_its_oracle_calls(tmp_path, monkeypatch):
     """A kill (SIGKILL: no handler runs) after a labelled frame lost the count of every
     call made since (up to [validation] every of them). The count is on disk before each
-    call, at most once per interval (a slow oracle: every call)."""
+    call; the file goes once the trajectory is done (its last frame has the count)."""
     import json
     import sys
     import types
@@ -1101,12 +1104,12 @@ def test_a_kill_in_the_validation_trajectory_loses_no_count_of_a_slow_oracles_ca
     mod = types.ModuleType("val_watched")
     mod.Watched = Watched
     monkeypatch.setitem(sys.modules, "val_watched", mod)
-    monkeypatch.setattr(gpal.cli, "_CALLS_NOTE_INTERVAL", 0.0)  # (each call as slow as the interval)
     cfg = {"steps": 20, "every": 10, "temperature": 300.0, "timestep": 1.0}
     frames, n_calls = _validation_frames(bulk("Cu", "fcc", a=3.61, cubic=True), {"factory": "val_watched:Watched"},
                                          cfg, progress=False, path=path)
     assert len(frames) == 2 and n_calls == len(seen) > 20
     assert seen == list(range(1, n_calls + 1))
+    assert not path.with_suffix(".calls.json").exists() and read(path, -1).info["gpal_oracle_calls"] == n_calls
 
 
 def test_an_md_factory_and_an_oracle_of_the_users_own_module_next_to_the_config(tmp_path, capsys, monkeypatch):
@@ -1168,6 +1171,25 @@ def test_a_run_stopped_by_a_crashed_worker_exits_1_not_bad_inputs_2(tmp_path, ca
     assert err.count("\n") == 1 and "worker processes stopped" in err
     with pytest.raises(SystemExit, match="2"):  # bad input (argparse)
         main(["learn", "--steps", "-1", "-q"])
+
+
+def test_a_run_folder_made_unwritable_mid_run_is_exit_1_with_the_resume_line(tmp_path, capsys, fake_learner,
+                                                                             monkeypatch):
+    """A run whose folder became read-only (a quota, a chmod) stopped with exit 2, bad
+    input, and no word of resuming; the disk-full case said both."""
+    import errno
+
+    def run(self, steps):
+        (self.kwargs["run_dir"] / "state.json").write_text(json.dumps({"step": 3}))
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.kwargs["run_dir"] / "log.jsonl"))
+
+    monkeypatch.setattr(fake_learner, "run", run)
+    run_dir = tmp_path / "run"
+    assert main(["learn", "--steps", "5", "--run-dir", str(run_dir), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "log.jsonl: Permission denied" in err
+    assert f"is not writable (any more): everything written so far is kept; make it writable, then continue " \
+           f"with gpal learn --resume {run_dir}" in err
 
 
 def test_steps_0_is_the_same_on_the_command_line_as_in_a_config(tmp_path, capsys, fake_learner):

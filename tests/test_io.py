@@ -189,7 +189,7 @@ def test_a_users_file_named_as_the_old_temporary_survives_a_save(tmp_path):
     theirs = tmp_path / "model.npz.tmp"
     theirs.write_text("the user's notes")
     model.save(tmp_path / "model.npz")
-    model.save(tmp_path / "model.npz")  # (and replacing the model)
+    model.save(tmp_path / "model.npz", overwrite=True)  # (and replacing the model)
     assert theirs.read_text() == "the user's notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "model.npz.tmp"]
     assert len(gpal.SparseGP.load(tmp_path / "model.npz").frames_) == 2
@@ -307,3 +307,45 @@ def test_the_free_energy_is_the_energy_label_where_a_frame_has_both(tmp_path):
     out = _compute(Smeared(), c.numbers, c.positions, c.cell, c.pbc, want_stress=True)
     c.calc = EMT()
     assert out["energy"] == pytest.approx(c.get_potential_energy() - 0.1, abs=1e-12)
+
+
+def test_writers_replace_only_what_gpal_wrote(tmp_path):
+    """save, the plot functions, compare_kernels(plot=) and write_frames replaced any file
+    at their path without a word (a user's figure1.png, a frames file)."""
+    from gpal.calibration import is_gpal_plot, plot_parity, plot_z_histogram
+    from gpal.io import write_frames
+
+    rng = np.random.default_rng(0)
+    err, std = rng.normal(size=50), np.ones(50)
+    mine = tmp_path / "figure1.png"
+    mine.write_bytes(b"\x89PNG\r\n\x1a\n a figure of the user's")
+    with pytest.raises(FileExistsError, match="figure1.png exists and is not a plot gpal wrote"):
+        plot_parity(err, err + 0.1, mine, units="eV/Å")
+    assert mine.read_bytes().endswith(b"a figure of the user's")
+    plot_parity(err, err + 0.1, mine, units="eV/Å", overwrite=True)
+    assert is_gpal_plot(mine)
+    plot_z_histogram(err, std, mine)  # (gpal's own plot: a cell run again replaces it)
+    with pytest.raises(FileExistsError, match="figure1.png exists; overwrite=True"):
+        plot_z_histogram(err, std, mine, overwrite=False)
+    plot_z_histogram(err, std, tmp_path / "curve")  # (the path as given: no .png added)
+    assert is_gpal_plot(tmp_path / "curve") and not (tmp_path / "curve.png").exists()
+
+    frames = cu_frames(2)
+    out = tmp_path / "frames.xyz"
+    out.write_text("my notes\n")
+    with pytest.raises(FileExistsError, match="frames.xyz exists; write_frames"):
+        write_frames(out, frames)
+    assert out.read_text() == "my notes\n"
+    write_frames(out, frames, overwrite=True)
+    assert len(ase.io.read(out, ":")) == 2
+
+
+def test_compare_kernels_refuses_a_users_plot_file_before_any_fit(tmp_path):
+    mine = tmp_path / "figure1.png"
+    mine.write_bytes(b"mine")
+    frames = cu_frames(3)
+    with pytest.raises(FileExistsError, match="plot: .*figure1.png exists and is not a plot gpal wrote"):
+        gpal.compare_kernels(frames[:2], frames[2:], plot=str(mine), progress=False)
+    assert mine.read_bytes() == b"mine"
+    with pytest.raises(TypeError, match="train: got the path 'train.xyz', not frames"):
+        gpal.compare_kernels("train.xyz", frames, progress=False)

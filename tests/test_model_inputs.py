@@ -294,7 +294,8 @@ def test_fit_names_a_path_none_and_a_single_atoms():
 def test_save_does_not_replace_a_file_that_is_not_a_model(tmp_path):
     """model.save replaced any existing file without a word; now a file that is not a
     gpal model raises FileExistsError and is left as it was, a model saved before is
-    replaced (a script run again), and overwrite=False/True refuse/replace any."""
+    replaced (a script run again) and kept under a second name (it was replaced without
+    a copy), and overwrite=False/True refuse/replace any."""
     from conftest import cuag_frames
 
     model = _model().fit(cuag_frames(3))
@@ -310,7 +311,15 @@ def test_save_does_not_replace_a_file_that_is_not_a_model(tmp_path):
         model.save(tmp_path / "arrays.npz")
     assert path.read_bytes() == b"the user's own data"
     model.save(tmp_path / "model.npz")
-    model.save(tmp_path / "model.npz")  # again: a model replaces a model
+    first = (tmp_path / "model.npz").read_bytes()
+    other = _model().fit(cuag_frames(2, seed=4))
+    with pytest.warns(UserWarning, match=r"model.npz held a gpal model, kept as model.old-\d{8}-\d{6}.npz"):
+        other.save(tmp_path / "model.npz")  # again: a model replaces a model, which is kept
+    kept, = tmp_path.glob("model.old-*.npz")
+    assert kept.read_bytes() == first and len(gpal.load(tmp_path / "model.npz").frames_) == 2
+    with pytest.warns(UserWarning, match=r"kept as model.old-\d{8}-\d{6}(-1)?.npz"):
+        other.save(tmp_path / "model.npz")  # (a second copy in the same second: a name of its own)
+    assert len(list(tmp_path.glob("model.old-*.npz"))) == 2
     with pytest.raises(FileExistsError, match=r"model.npz exists; save"):
         model.save(tmp_path / "model.npz", overwrite=False)
     model.save(path, overwrite=True)

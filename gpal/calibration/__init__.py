@@ -57,6 +57,8 @@ from .recalibration import (  # noqa: F401
 from .stopping import STOPPING_BOUNDS, Decision, StoppingRule  # noqa: F401
 from .plots import (  # noqa: F401
     _new_figure,
+    _save,
+    is_gpal_plot,
     plot_calibration_curve,
     plot_error_vs_uncertainty,
     plot_learning_curve,

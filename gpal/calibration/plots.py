@@ -25,9 +25,38 @@ def _new_figure(figsize=(4.5, 4.0)):
     return fig
 
 
-def _save(fig, path) -> Path:
+#: the PNG text entry gpal's plots carry: a file with it is gpal's to replace
+_SOFTWARE = "gpal"
+
+
+def is_gpal_plot(path) -> bool:
+    """True if ``path`` is a PNG file a gpal plot function wrote (its ``Software`` text
+    entry, within the header chunks before the image data)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    head = head.split(b"IDAT", 1)[0]
+    return b"tEXtSoftware\x00" + _SOFTWARE.encode() in head
+
+
+def _save(fig, path, overwrite: bool | None = None) -> Path:
+    """Write ``fig`` to ``path`` (PNG, or the format its suffix names) whole (a temporary file, renamed). An existing
+    file is replaced if gpal wrote it (:func:`is_gpal_plot`: a notebook cell run again)
+    or with ``overwrite=True``; any other file (or any with ``overwrite=False``) raises
+    ``FileExistsError`` and is left as it is."""
+    from ..io import atomic_write
+
     path = Path(os.fspath(path))
-    fig.savefig(path, dpi=120, format="png")
+    if overwrite is not True and path.exists() and (overwrite is False or not is_gpal_plot(path)):
+        what = "" if overwrite is False else " and is not a plot gpal wrote"
+        raise FileExistsError(f"{path} exists{what}; overwrite=True replaces it")
+    fmt = path.suffix[1:].lower() or "png"  # (the path as given: no suffix added)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format=fmt, **({"metadata": {"Software": _SOFTWARE}} if fmt == "png" else {}))
     return path
 
 
@@ -40,6 +69,7 @@ def plot_parity(
     label: str = "",
     units: str = "",
     title: str | None = None,
+    overwrite: bool | None = None,
 ) -> Path:
     """Parity plot (predicted vs reference) with the y = x line, RMSE and MAE.
 
@@ -47,12 +77,15 @@ def plot_parity(
     ----------
     true, pred : array_like of the same shape (flattened)
     path : str or path-like
-        PNG file to write.
+        PNG file to write. An existing file is replaced if a gpal plot function wrote
+        it, else ``FileExistsError`` (``overwrite=True``: replaced whatever it is).
     std : array_like, optional
         Predicted std; drawn as error bars.
     label, units : str
         Axis label and units, e.g. ``"force component"``, ``"eV/Å"``.
     title : str, optional
+    overwrite : bool or None, default None
+        Whether an existing ``path`` is replaced (see ``path``).
 
     Returns
     -------
@@ -101,10 +134,10 @@ def plot_parity(
     ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
-def plot_calibration_curve(error, std, path, *, title: str | None = None) -> Path:
+def plot_calibration_curve(error, std, path, *, title: str | None = None, overwrite: bool | None = None) -> Path:
     """Observed vs expected coverage of central Gaussian intervals (ideal: diagonal).
 
     The legend gives the miscalibration area between the curve and the diagonal
@@ -117,8 +150,11 @@ def plot_calibration_curve(error, std, path, *, title: str | None = None) -> Pat
     std : array_like, same shape as ``error``
         Predicted stds, same unit, > 0.
     path : str or path-like
-        PNG file to write.
+        PNG file to write. An existing file is replaced if a gpal plot function wrote
+        it, else ``FileExistsError`` (``overwrite=True``: replaced whatever it is).
     title : str, optional
+    overwrite : bool or None, default None
+        Whether an existing ``path`` is replaced (see ``path``).
 
     Returns
     -------
@@ -145,11 +181,12 @@ def plot_calibration_curve(error, std, path, *, title: str | None = None) -> Pat
     ax.legend(loc="upper left", fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
 def plot_error_vs_uncertainty(
-    error, std, path, *, n_bins: int = 10, units: str = "", title: str | None = None
+    error, std, path, *, n_bins: int = 10, units: str = "", title: str | None = None,
+    overwrite: bool | None = None,
 ) -> Path:
     """Binned RMSE vs RMV (equal-count std bins) with the ideal y = x line, log-log when
     the values span a decade or more, else linear from 0.
@@ -164,12 +201,15 @@ def plot_error_vs_uncertainty(
     std : array_like, same shape as ``error``
         Predicted stds, same unit, > 0.
     path : str or path-like
-        PNG file to write.
+        PNG file to write. An existing file is replaced if a gpal plot function wrote
+        it, else ``FileExistsError`` (``overwrite=True``: replaced whatever it is).
     n_bins : int, default 10
         Bins of equal count (at most one per sample).
     units : str, default ""
         Of ``error`` and ``std``, for the axis labels, e.g. ``"eV/Å"``.
     title : str, optional
+    overwrite : bool or None, default None
+        Whether an existing ``path`` is replaced (see ``path``).
 
     Returns
     -------
@@ -212,11 +252,11 @@ def plot_error_vs_uncertainty(
     ax.legend(loc="upper left", fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
 def plot_z_histogram(
-    error, std, path, *, bins: int = 50, title: str | None = None
+    error, std, path, *, bins: int = 50, title: str | None = None, overwrite: bool | None = None,
 ) -> Path:
     """Histogram of z = error/std with the standard normal density overlaid (|z| beyond
     the 99.5 % quantile, or 4, is drawn in the edge bins; the legend says how many).
@@ -231,10 +271,13 @@ def plot_z_histogram(
     std : array_like, same shape as ``error``
         Predicted stds, same unit, > 0.
     path : str or path-like
-        PNG file to write.
+        PNG file to write. An existing file is replaced if a gpal plot function wrote
+        it, else ``FileExistsError`` (``overwrite=True``: replaced whatever it is).
     bins : int, default 50
         Number of histogram bins.
     title : str, optional
+    overwrite : bool or None, default None
+        Whether an existing ``path`` is replaced (see ``path``).
 
     Returns
     -------
@@ -270,7 +313,7 @@ def plot_z_histogram(
     ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
 def plot_learning_curve(
@@ -286,6 +329,7 @@ def plot_learning_curve(
     error_label: str = "validation error",
     last_step: float | None = None,
     error_name: str | None = None,
+    overwrite: bool | None = None,
 ) -> Path:
     """An error (log scale) and the cumulative oracle calls against MD step.
 
@@ -298,11 +342,15 @@ def plot_learning_curve(
         Cumulative oracle calls, at ``steps`` or, if given, at ``call_steps`` (same
         length as the array it pairs with).
     path : str or path-like
+        PNG file to write. An existing file is replaced if a gpal plot function wrote
+        it, else ``FileExistsError`` (``overwrite=True``: replaced whatever it is).
     tolerance : float, optional
         Drawn as a horizontal line.
     units : str
         Of the error, e.g. "eV/Å".
     title : str, optional
+    overwrite : bool or None, default None
+        Whether an existing ``path`` is replaced (see ``path``).
     call_steps : array_like, optional
         Steps of the oracle-call counts when they are not the error's (the active
         learner: one per label).
@@ -353,4 +401,4 @@ def plot_learning_curve(
     ax.legend(handles=handles, loc="upper center", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)

@@ -147,12 +147,24 @@ def _validation_done(path: Path) -> list:
         for a in iread(str(path), index=":", format="extxyz"):
             frames.append(a)
     except Exception:  # (a frame cut off mid-write: the frames before it are whole)
-        write_frames(path, frames)
+        write_frames(path, frames, overwrite=True)
     return [a for a in frames if "gpal_oracle_calls" in a.info]
 
 
-#: seconds between writes of the validation trajectory's call count (before a call)
-_CALLS_NOTE_INTERVAL = 1.0
+def _note_calls(path: Path, n_calls: int) -> None:
+    """Write ``{"oracle_calls": n_calls}`` to ``path`` whole (a temporary file renamed over
+    it, without fsync: ~50 µs, once per oracle call; what a killed process wrote stays, a
+    power cut may lose the last counts)."""
+    from ..io import temporary_name
+
+    tmp = path.with_name(temporary_name(path.name))
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps({"oracle_calls": int(n_calls)}))
+        os.replace(tmp, path)
+    except OSError:  # (the count is a record; the labels are what must not be lost)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True, path: Path | None = None):
@@ -160,8 +172,8 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     (a progress bar over its MD steps with ``progress``).
 
     With ``path``, each labelled frame is appended to it as it arrives (with its momenta
-    and the oracle calls so far), the calls since in ``PATH.calls.json`` (before the call,
-    at most once per :data:`_CALLS_NOTE_INTERVAL` s, and on an interrupt), and a
+    and the oracle calls so far), the count of calls in ``PATH.calls.json`` before each
+    call (a kill loses none; the file goes once the trajectory is done), and a
     trajectory an interrupt or kill cut off there is continued from its last frame (the Langevin noise after it is drawn afresh: another
     continuation of the same trajectory), not labelled again.
 
@@ -171,23 +183,17 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
 
-    from ..io import append_frame, atomic_write, labelled
+    from ..io import append_frame, labelled
     from ..learning.oracle import OracleSpec, label_energy
 
     calc = OracleSpec(**oracle_spec).make()
     n_calls = 0
     evaluate = calc.calculate
-    noted = -np.inf  # when the count was last written to the cut-off file
-
     def counted(*args, **kwargs):  # every evaluation of the oracle is a call to count
-        nonlocal n_calls, noted
+        nonlocal n_calls
         n_calls += 1
-        if cut is not None and time.monotonic() - noted >= _CALLS_NOTE_INTERVAL:
-            # the count, on disk before the call: a kill (no handler runs) loses the count
-            # of at most the last interval's calls, and none of a slow oracle's
-            with contextlib.suppress(OSError), atomic_write(cut) as fh:
-                json.dump({"oracle_calls": n_calls}, fh)
-            noted = time.monotonic()
+        if cut is not None:  # the count, on disk before the call: a kill (no handler runs) loses none
+            _note_calls(cut, n_calls)
         return evaluate(*args, **kwargs)
 
     calc.calculate = counted
@@ -234,9 +240,6 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
             energy, forces = label_energy(a), a.get_forces()
             stress = a.get_stress() if np.all(a.pbc) else None
         except BaseException as exc:
-            if cut is not None and n_calls:  # (the calls since the last frame count on a restart)
-                with contextlib.suppress(OSError), atomic_write(cut) as fh:
-                    json.dump({"oracle_calls": n_calls}, fh)
             if not isinstance(exc, (Exception, SystemExit)):  # an interrupt: gpal learn says what is kept
                 raise
             # the oracle is foreign code (sys.exit in it: not gpal's exit)
@@ -255,6 +258,9 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
             append_frame(path, kept)
         frames.append(frame)
     bar.close()
+    if cut is not None:  # (every call is counted in the last frame's info now)
+        with contextlib.suppress(OSError):
+            cut.unlink()
     for f in frames:
         f.info.pop("gpal_oracle_calls", None)
         f.info.pop("gpal_validation_key", None)
@@ -1240,6 +1246,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.no_plots:
         return 0
     out = Path(args.plots)
+    names = ["parity_forces.png", "parity_energy.png", "calibration_curve.png", "error_vs_uncertainty.png",
+             "z_histogram.png"]
+    theirs = [n for n in names if (out / n).exists() and not calibration.is_gpal_plot(out / n)]
+    if theirs:  # (gpal's own plots there are replaced: the same command run again)
+        raise GpalError(f"{out / theirs[0]} exists and is not a plot gpal wrote: nothing replaced; give "
+                        "--plots another folder (or --no-plots)")
     out.mkdir(parents=True, exist_ok=True)
     f_true = np.concatenate([frame_labels(test[i]).forces.ravel() for i in np.unique(res["force_frame"])])
     tag = "calibrated" if calibrated else "raw"
@@ -1361,7 +1373,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             started.append(True)
         print(ComparisonTable.format_row(row, widths), flush=True)
 
-    table = compare_kernels(train, test, plot=args.plot, progress=not args.quiet, on_row=show)
+    table = compare_kernels(train, test, plot=args.plot, progress=not args.quiet, on_row=show,
+                            overwrite=True)  # (--plot checked above: --overwrite or a new file)
     best = table.best()
     print(f"gpal: lowest force RMSE: {best['name']} ({best['force_rmse']:.4g} eV/Å)")
     if args.plot:
@@ -1711,6 +1724,11 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; the disk (or the quota) is full{where}" + (
                 f": free space, then continue with gpal learn --resume {run_dir}"
                 if run_dir and (Path(run_dir) / "state.json").exists() else "")
+        elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            run_dir = getattr(args, "run_dir_used", None) or getattr(args, "resume", None)
+            if run_dir and (Path(run_dir) / "state.json").exists():  # (a run that had started: not bad input)
+                hint = (f"; the run folder {run_dir} is not writable (any more): everything written so far "
+                        f"is kept; make it writable, then continue with gpal learn --resume {run_dir}")
         message = _message(exc)
         config = getattr(args, "config", None)
         if config and isinstance(exc, ConfigError) and message.startswith("["):

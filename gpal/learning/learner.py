@@ -881,9 +881,9 @@ class ActiveLearner:
             with atomic_write(self.run_dir / "walkers.npz", "wb") as fh:
                 np.savez(fh, **arrays)
         if not (self.run_dir / "structures.xyz").exists():
-            write_frames(self.run_dir / "structures.xyz", self.structures)
+            write_frames(self.run_dir / "structures.xyz", self.structures, overwrite=True)
         if self.validation and not (self.run_dir / "validation.xyz").exists():
-            write_frames(self.run_dir / "validation.xyz", self.validation)
+            write_frames(self.run_dir / "validation.xyz", self.validation, overwrite=True)
         state = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -1294,7 +1294,7 @@ class ActiveLearner:
         for a in frames:
             a.info["gpal_step"] = 0
             a.info["gpal_reason"] = "initial"
-        write_frames(self.train_path, frames)  # whole or absent
+        write_frames(self.train_path, frames, overwrite=True)  # whole or absent
         self._reasons = ["initial"] * len(frames)
         self.n_labelled = len(frames)
         self._add_force_squares(frames)
@@ -1330,7 +1330,7 @@ class ActiveLearner:
                 Xs, min(2 * self.n_bootstrap, len(cands)), random_state=rng
             )
             pool = [cands[i] for i in idx]
-            write_frames(pending_path, pool)  # whole or absent: a kill cannot cut it
+            write_frames(pending_path, pool, overwrite=True)  # whole or absent: a kill cannot cut it
         have = read_frames(self.train_path) if self.train_path.exists() else []
         # by positions, not by count: a frame whose label failed is not in train.xyz
         queue = [c for c in pool if not any(_same_frame(c, a) for a in have)]
@@ -2479,7 +2479,7 @@ class ActiveLearner:
         (st, err), (call_st, calls) = ([list(v) for v in zip(*x)] if x else ([], []) for x in (errors, labels))
         calibration.plot_learning_curve(
             st, err, calls, self.run_dir / "learning_curve.png", call_steps=call_st, error_label=what,
-            error_name="force RMSE",
+            error_name="force RMSE", overwrite=True,
             units="eV/Å", tolerance=getattr(self.stopping, "tolerance", None), last_step=self.step,
             title=f"active learning{ramp}" + (f" ({n_val} more oracle calls made the validation frames)"
                                               if n_val else ""))

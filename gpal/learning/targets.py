@@ -443,7 +443,7 @@ class TargetSet:
 
         path = Path(run_dir) / "targets.xyz"
         if not path.exists() or not _same_structures(read_frames(path), self.structures):
-            write_frames(path, self.structures)  # whole or not at all
+            write_frames(path, self.structures, overwrite=True)  # whole or not at all
         # every ASE constraint (extended XYZ keeps only FixAtoms and FixCartesian)
         return {**self.to_dict(), "constraints": constraints_state(self.structures)}
 

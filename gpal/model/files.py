@@ -37,9 +37,11 @@ class _Files:
             ``.npz`` is appended if missing.
         overwrite : bool or None, default None
             Whether an existing file may be replaced (the new one is written under a
-            temporary name, then renamed over it). None: a gpal model may be (a script
-            run again saves its model again), any other file raises
-            ``FileExistsError`` and is left as it is; True: any file; False: none.
+            temporary name, then renamed over it). None: a gpal model is (a script run
+            again saves its model again), the old one kept beside it as
+            ``NAME.old-YYYYmmdd-HHMMSS.npz`` with a ``UserWarning`` (nothing is lost);
+            any other file raises ``FileExistsError`` and is left as it is. True: any
+            file is replaced, without a copy. False: none is.
         """
         from .. import __version__
         from ..io import save_model
