@@ -153,8 +153,9 @@ def _validation_done(path: Path) -> list:
 
 def _note_calls(path: Path, n_calls: int) -> None:
     """Write ``{"oracle_calls": n_calls}`` to ``path`` whole (a temporary file renamed over
-    it, without fsync: ~50 µs, once per oracle call; what a killed process wrote stays, a
-    power cut may lose the last counts)."""
+    it, without fsync: ~0.3 ms, once per oracle call, beside EMT's ~4 ms on 32 atoms and a
+    DFT code's seconds; what a killed process wrote stays, a power cut may lose the last
+    counts)."""
     from ..io import temporary_name
 
     tmp = path.with_name(temporary_name(path.name))
