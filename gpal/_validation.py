@@ -445,6 +445,12 @@ def warn_implausible_labels(frames, labels) -> None:
         warnings.warn("no training frame has an energy label: forces and stress are learned, but "
                       "energies only up to a constant per species (e0 = 0 eV)", UserWarning,
                       stacklevel=user_stacklevel())
+    if all(lab.stress is None for lab in labels) and any(np.all(a.pbc) for a in frames):
+        # (a measured fixed-cell Cu fit: stress errors 5-8x the stresses themselves, unsaid)
+        warnings.warn("no training frame has a stress label: the model's stress (how the energy changes "
+                      "with the cell) is not learned, and its stress predictions (NPT MD, cell "
+                      "relaxation) can be wrong by many times their size; label stress (ASE: "
+                      "atoms.get_stress()) to learn it", UserWarning, stacklevel=user_stacklevel())
     # a virial read as a stress is -stress x volume: large and tensile-looking on the
     # compressed cells where real stresses are large (and compressive: 300 GPa exists)
     for lab in labels:

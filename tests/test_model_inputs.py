@@ -499,3 +499,31 @@ def test_wrong_arguments_of_the_api_name_themselves(tmp_path):
     write_frames(tmp_path / "f.xyz", frames)
     with pytest.raises(StructureFileError, match="has no frame 100"):
         read_frames(tmp_path / "f.xyz", index=100)
+
+
+def test_a_soap_without_weighting_and_frames_without_stress_are_said_at_fit():
+    """A SOAP built the dscribe way (no weighting) cut every neighbour off abruptly at
+    r_cut + 3.7 sigma (an energy jump of 1.5 meV/atom in fcc Cu as the 12th shell crossed
+    it), and a periodic fit without stress labels predicted stresses 5-8x too large;
+    neither was said."""
+    frames = cuag_frames(3)
+    bare = [SinglePointCalculator(a, energy=a.get_potential_energy(), forces=a.get_forces()) for a in frames]
+    no_stress = []
+    for a, calc in zip(frames, bare):
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, **calc.results)
+        no_stress.append(b)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gpal.SparseGP(SOAP(species=[29, 47], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True),
+                      n_sparse=10, hyperparameters="fixed").fit(no_stress)
+    said = [str(w.message) for w in caught]
+    assert any("the descriptor has no weighting" in m and "at 5.86 Å (r_cut + 3.7 sigma)" in m for m in said), said
+    assert any("no training frame has a stress label" in m for m in said), said
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        poly = {"function": "poly", "r0": 4.0, "c": 1, "m": 1}
+        gpal.SparseGP(SOAP(species=[29, 47], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True, weighting=poly),
+                      n_sparse=10, hyperparameters="fixed").fit(frames)  # (smooth, stress labels: neither)
+    said = [str(w.message) for w in caught]
+    assert not any("no weighting" in m or "stress label" in m for m in said), said

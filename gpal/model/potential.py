@@ -803,6 +803,15 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             default_descriptor(frames)
         )
         self.kernel_ = (self.kernel if self.kernel is not None else NormalizedDotProduct(zeta=4)).clone()
+        if isinstance(self.descriptor_, SOAP) and self.descriptor_.weighting is None:
+            d = self.descriptor_
+            warnings.warn(
+                f"the descriptor has no weighting: a neighbour counts until its Gaussian has decayed to "
+                f"1e-3, at {d.cutoff_:.2f} Å (r_cut + {(d.cutoff_ - d.r_cut) / d.sigma:.1f} sigma), and is "
+                "dropped there abruptly, so energies and forces jump when an atom crosses it (1.5 meV/atom "
+                "in fcc Cu): weighting={'function': 'poly', 'r0': r_cut, 'c': 1, 'm': 1} (gpal's default "
+                "descriptor) takes every neighbour smoothly to zero at r_cut", UserWarning,
+                stacklevel=user_stacklevel())
         self.evidence_ = None
         self.__dict__.pop("log_marginal_likelihood_value_", None)  # a previous fit's choice
         self.__dict__.pop("_e0_seen", None)  # (update's record of the frames seen so far)
