@@ -527,3 +527,13 @@ def test_a_soap_without_weighting_and_frames_without_stress_are_said_at_fit():
                       n_sparse=10, hyperparameters="fixed").fit(frames)  # (smooth, stress labels: neither)
     said = [str(w.message) for w in caught]
     assert not any("no weighting" in m or "stress label" in m for m in said), said
+
+
+def test_repr_shows_the_settings_that_are_not_the_defaults():
+    """A plain model, a Δ-model and an n_sparse=100 model printed the same."""
+    plain = repr(gpal.SparseGP())
+    assert plain == "SparseGP(kernel=auto, energy_noise=auto, force_noise=auto, stress_noise=auto)"
+    delta = repr(gpal.SparseGP(n_sparse=100, baseline="lj"))
+    assert delta.endswith(", n_sparse=100, baseline='lj')")
+    soap = SOAP(species=[29], r_cut=4.0, n_max=3, l_max=2, periodic=True)
+    assert f"descriptor={soap!r}" in repr(gpal.SparseGP(soap))

@@ -1247,24 +1247,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.no_plots:
         return 0
     out = Path(args.plots)
-    names = ["parity_forces.png", "parity_energy.png", "calibration_curve.png", "error_vs_uncertainty.png",
-             "z_histogram.png"]
-    theirs = [n for n in names if (out / n).exists() and not calibration.is_gpal_plot(out / n)]
-    if theirs:  # (gpal's own plots there are replaced: the same command run again)
-        raise GpalError(f"{out / theirs[0]} exists and is not a plot gpal wrote: nothing replaced; give "
-                        "--plots another folder (or --no-plots)")
     out.mkdir(parents=True, exist_ok=True)
     f_true = np.concatenate([frame_labels(test[i]).forces.ravel() for i in np.unique(res["force_frame"])])
     tag = "calibrated" if calibrated else "raw"
-    calibration.plot_parity(f_true, f_true + err, out / "parity_forces.png", label="force component", units="eV/Å")
+    # (the files were checked before the work: _check_plots, --overwrite)
+    calibration.plot_parity(f_true, f_true + err, out / "parity_forces.png", label="force component", units="eV/Å",
+                            overwrite=True)
     if len(n_e):
         calibration.plot_parity(e_true_per_atom, e_pred_per_atom, out / "parity_energy.png", label="energy",
-                                units="eV/atom")
+                                units="eV/atom", overwrite=True)
     calibration.plot_calibration_curve(err, std, out / "calibration_curve.png",
-                                       title=f"force-std calibration ({tag} stds)")
+                                       title=f"force-std calibration ({tag} stds)", overwrite=True)
     calibration.plot_error_vs_uncertainty(err, std, out / "error_vs_uncertainty.png", units="eV/Å",
-                                          title=f"force error vs {tag} std")
-    calibration.plot_z_histogram(err, std, out / "z_histogram.png", title=f"z = force error / {tag} std")
+                                          title=f"force error vs {tag} std", overwrite=True)
+    calibration.plot_z_histogram(err, std, out / "z_histogram.png", title=f"z = force error / {tag} std",
+                                 overwrite=True)
     print(f"gpal: plots in {out}/")
     return 0
 

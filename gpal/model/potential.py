@@ -42,6 +42,7 @@ so calibrate them (gpal.calibration) before trusting their scale.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import hashlib
 import math
@@ -111,6 +112,16 @@ from .sparse_set import _SparseSet, _check_exact_frames
 #: a stress label's noise std per Voigt component, in units of ``stress_noise``
 #: (:meth:`SparseGP.stress_label_noise`)
 _STRESS_NOISE_SCALE = np.array([1.0, 1.0, 1.0, 0.5 ** 0.5, 0.5 ** 0.5, 0.5 ** 0.5])
+
+
+def _same_setting(value, default) -> bool:
+    """True if a constructor setting is its default (None, numbers, strings; an object is not)."""
+    if value is default:
+        return True
+    try:
+        return bool(value == default) and type(value) is type(default)
+    except (TypeError, ValueError):
+        return False
 
 
 def _fit_size(model, frames=None, *args, **kwargs) -> int | None:
@@ -598,9 +609,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                     f"ζ={r['zeta']}" + (f" l_max={r['l_max']}" if several_l else "")
                     + (f" sigma={r['sigma']:g}" if several_s else "")
                     + f": {lml(r):.1f}" + ("*" if r.get("selected") else "") for r in table) + ")"
+        # the other settings given, where they are not the defaults (a Δ-model, another
+        # descriptor or n_sparse printed as the plain model did)
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        given = "".join(
+            f", {k}={getattr(self, k)!r}" for k in defaults
+            if k not in ("kernel", "energy_noise", "force_noise", "stress_noise")
+            and not _same_setting(getattr(self, k, defaults[k]), defaults[k]))
         return (
             f"SparseGP(kernel={kernel if isinstance(kernel, str) else repr(kernel)}, energy_noise={noise('energy')}, "
-            f"force_noise={noise('force')}, stress_noise={noise('stress')}{tail})"
+            f"force_noise={noise('force')}, stress_noise={noise('stress')}{given}{tail})"
         )
 
     def __getstate__(self) -> dict:
