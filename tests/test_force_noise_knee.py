@@ -39,7 +39,7 @@ def expected_noise(model, frames):
         F = a.get_forces()
         fac = np.sqrt(1.0 + np.sum(F**2, axis=1) / model.force_noise_knee_**2)
         out.append(np.repeat(model.noise_["force"] * fac, 3))
-        out.append(np.full(6, model.noise_["stress"]))
+        out.append(model.noise_["stress"] * np.array([1, 1, 1, 0.5 ** 0.5, 0.5 ** 0.5, 0.5 ** 0.5]))  # (shear: σ/√2)
     return np.concatenate(out)
 
 

@@ -18,7 +18,8 @@ from conftest import cuag_frames
 
 
 def _model(**kw):
-    soap = SOAP(species=["Cu", "Ag"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5, periodic=True)
+    soap = SOAP(species=["Cu", "Ag"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5, periodic=True,
+                weighting={"function": "poly", "r0": 4.0, "c": 1, "m": 1})
     kw.setdefault("n_sparse", 12)
     return gpal.SparseGP(soap, NormalizedDotProduct(zeta=2), hyperparameters="fixed", **kw)
 
