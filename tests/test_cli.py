@@ -1078,6 +1078,49 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     assert len(read(path, ":")) == 4
 
 
+def test_an_interrupted_validation_trajectory_goes_on_from_its_last_step(tmp_path, monkeypatch):
+    """A trajectory cut off between labelled frames went on from the last frame: the
+    steps after it (up to [validation] every - 1, each a DFT call) were paid again. It goes
+    on from the last step made (PATH.calls.json), computing only that step's forces again."""
+    import json
+    import sys
+    import types
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gpal.cli import _validation_frames
+
+    path = tmp_path / "validation_trajectory.xyz"
+    record = []
+
+    class Cut(EMT):
+        calls = 0
+        stop_at = None
+
+        def calculate(self, *args, **kwargs):
+            Cut.calls += 1
+            if Cut.calls == Cut.stop_at:
+                record.append(json.loads(path.with_suffix(".calls.json").read_text()))
+                raise KeyboardInterrupt
+            super().calculate(*args, **kwargs)
+
+    mod = types.ModuleType("val_cut")
+    mod.Cut = Cut
+    monkeypatch.setitem(sys.modules, "val_cut", mod)
+    cfg = {"steps": 40, "every": 10, "temperature": 300.0, "timestep": 1.0}
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    Cut.stop_at = 25  # call 1: step 0's forces; call k: step k - 1's, so step 24's is cut off
+    with pytest.raises(KeyboardInterrupt):
+        _validation_frames(atoms, {"factory": "val_cut:Cut"}, cfg, progress=False, path=path)
+    assert record[0]["step"] == 23 and record[0]["oracle_calls"] == 25 and len(read(path, ":")) == 2
+    Cut.stop_at = None
+    frames, n_calls = _validation_frames(atoms, {"factory": "val_cut:Cut"}, cfg, progress=False, path=path)
+    # step 23's forces again, then steps 24-40: 18 calls (from the last frame: 21)
+    assert len(frames) == 4 and Cut.calls == 25 + 18 and n_calls == Cut.calls
+    assert not path.with_suffix(".calls.json").exists()
+
+
 def test_a_kill_in_the_validation_trajectory_loses_no_count_of_its_oracle_calls(tmp_path, monkeypatch):
     """A kill (SIGKILL: no handler runs) after a labelled frame lost the count of every
     call made since (up to [validation] every of them). The count is on disk before each

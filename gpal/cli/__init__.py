@@ -151,19 +151,18 @@ def _validation_done(path: Path) -> list:
     return [a for a in frames if "gpal_oracle_calls" in a.info]
 
 
-def _note_calls(path: Path, n_calls: int) -> None:
-    """Write ``{"oracle_calls": n_calls}`` to ``path`` whole (a temporary file renamed over
-    it, without fsync: ~0.3 ms, once per oracle call, beside EMT's ~4 ms on 32 atoms and a
-    DFT code's seconds; what a killed process wrote stays, a power cut may lose the last
-    counts)."""
+def _note_calls(path: Path, record: dict) -> None:
+    """Write the JSON ``record`` to ``path`` whole (a temporary file renamed over it,
+    without fsync: ~0.3 ms, beside EMT's ~4 ms per call on 32 atoms and a DFT code's
+    seconds; what a killed process wrote stays, a power cut may lose the last records)."""
     from ..io import temporary_name
 
     tmp = path.with_name(temporary_name(path.name))
     try:
         with open(tmp, "w") as fh:
-            fh.write(json.dumps({"oracle_calls": int(n_calls)}))
+            fh.write(json.dumps(record))
         os.replace(tmp, path)
-    except OSError:  # (the count is a record; the labels are what must not be lost)
+    except OSError:  # (a record; the labels are what must not be lost)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
 
@@ -173,10 +172,12 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     (a progress bar over its MD steps with ``progress``).
 
     With ``path``, each labelled frame is appended to it as it arrives (with its momenta
-    and the oracle calls so far), the count of calls in ``PATH.calls.json`` before each
-    call (a kill loses none; the file goes once the trajectory is done), and a
-    trajectory an interrupt or kill cut off there is continued from its last frame (the Langevin noise after it is drawn afresh: another
-    continuation of the same trajectory), not labelled again.
+    and the oracle calls so far), and ``PATH.calls.json`` holds the count of oracle calls
+    (written before each call) and the last MD step made (its positions and momenta,
+    written after each step); it goes once the trajectory is done. A trajectory an
+    interrupt or kill cut off goes on from that step (its Langevin noise drawn afresh:
+    another continuation of the same trajectory): only the forces of that step are
+    computed again, and no call is left uncounted.
 
     Returns the frames and the number of oracle evaluations the trajectory made.
     """
@@ -188,16 +189,6 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     from ..learning.oracle import OracleSpec, label_energy
 
     calc = OracleSpec(**oracle_spec).make()
-    n_calls = 0
-    evaluate = calc.calculate
-    def counted(*args, **kwargs):  # every evaluation of the oracle is a call to count
-        nonlocal n_calls
-        n_calls += 1
-        if cut is not None:  # the count, on disk before the call: a kill (no handler runs) loses none
-            _note_calls(cut, n_calls)
-        return evaluate(*args, **kwargs)
-
-    calc.calculate = counted
     n_blocks, every = int(cfg["steps"]) // int(cfg["every"]), int(cfg["every"])
     # what the trajectory follows from: a file of another start (structure, oracle, MD) is not continued
     key = hashlib.sha256(json.dumps({
@@ -212,32 +203,67 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
                           "deleted), or give a new run_dir")
     frames = frames[:n_blocks]
     cut = path.with_suffix(".calls.json") if path is not None else None
-    cut_calls = 0  # calls an interrupt cut off after the last labelled frame, counted then
+    record: dict = {}  # what PATH.calls.json holds: calls so far, and the last step made
     if cut is not None and cut.exists():
-        with contextlib.suppress(ValueError, OSError, TypeError, KeyError):
-            cut_calls = int(json.loads(cut.read_text())["oracle_calls"])
-    n_calls = max(int(frames[-1].info["gpal_oracle_calls"]) if frames else 0, cut_calls)
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            record = json.loads(cut.read_text())
+            record = record if isinstance(record, dict) else {}
+    n_calls = int(frames[-1].info["gpal_oracle_calls"]) if frames else 0
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        n_calls = max(n_calls, int(record["oracle_calls"]))
+    step = len(frames) * every  # MD steps made
+    start = None  # the last step made after the last frame, if the record has it
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        if record["key"] == key and step < int(record["step"]) <= n_blocks * every:
+            start = (int(record["step"]), np.array(record["positions"], dtype=float),
+                     np.array(record["momenta"], dtype=float))
+            if start[1].shape != (len(structure), 3) or start[2].shape != (len(structure), 3):
+                start = None
     seed = int(cfg.get("seed", 123))
     # a continued trajectory draws its noise afresh, from a seed of its own
-    rng = np.random.default_rng([seed, len(frames)] if n_calls else seed)
-    if frames:  # an earlier start's labels: go on from its last frame
-        a = frames[-1].copy()
-        a.calc = calc
-        a.set_momenta(frames[-1].get_momenta())
-        print(f"gpal: continuing the validation trajectory from its {len(frames)} labelled frames "
-              f"({n_calls} oracle calls so far) in {path}")
+    rng = np.random.default_rng([seed, start[0] if start else step] if n_calls else seed)
+    if frames or start:  # an earlier start's labels or steps: go on from the last
+        a = frames[-1].copy() if frames else structure.copy()
+        if start:
+            step, a.positions = start[0], start[1]
+        a.set_momenta(start[2] if start else frames[-1].get_momenta())
+        print(f"gpal: continuing the validation trajectory from step {step} ({len(frames)} labelled frames, "
+              f"{n_calls} oracle calls so far) in {path}")
     else:
         a = structure.copy()
-        a.calc = calc
         thermalize_momenta(a, temperature_K=cfg["temperature"], rng=rng)
+    a.calc = calc
+    first = step
+    evaluate = calc.calculate
+
+    def note() -> None:
+        _note_calls(cut, {"oracle_calls": n_calls, "key": key, "step": record.get("step", first),
+                          "positions": record.get("positions"), "momenta": record.get("momenta")})
+
+    def counted(*args, **kwargs):  # every evaluation of the oracle is a call to count
+        nonlocal n_calls
+        n_calls += 1
+        if cut is not None:  # the count, on disk before the call: a kill (no handler runs) loses none
+            note()
+        return evaluate(*args, **kwargs)
+
+    calc.calculate = counted
     dyn = Langevin(a, cfg.get("timestep", 1.0) * units.fs, temperature_K=cfg["temperature"],
                    friction=0.02 / units.fs, fixcm=False, rng=rng)
+    if cut is not None:
+        def made() -> None:  # after each step: where the trajectory goes on from
+            record.update(step=first + dyn.nsteps, positions=a.positions.tolist(), momenta=a.get_momenta().tolist())
+            note()
+
+        dyn.attach(made, interval=1)
     bar = _progress(n_blocks * every, progress, "gpal validation trajectory")
-    bar.update(len(frames) * every)
-    for _ in range(len(frames), n_blocks):
+    bar.update(step)
+    while len(frames) < n_blocks:
         try:  # (the MD steps and the labels call the oracle)
-            dyn.run(every)
-            bar.update(every)
+            target = (len(frames) + 1) * every
+            dyn.run(target - (first + dyn.nsteps))
+            bar.update(target - step)
+            step = target
             energy, forces = label_energy(a), a.get_forces()
             stress = a.get_stress() if np.all(a.pbc) else None
         except BaseException as exc:
