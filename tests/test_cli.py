@@ -813,7 +813,8 @@ def test_a_stopping_section_gives_the_learner_its_stopping_rule(tmp_path, fake_l
 
 
 def test_resume_with_a_config_takes_its_stopping_section_whole(tmp_path, capsys):
-    """A resumed config without [stopping], or with keys left out, kept the run's rule."""
+    """A resumed config without [stopping], or with keys left out, kept the run's rule;
+    and the run's config.toml kept the old rule, which resuming with that copy restored."""
     run = tmp_path / "run"
     base = (f'run_dir = "{run}"\nsteps = 20\n[structure]\nrepeat = [2, 2, 2]\n'
             "[descriptor]\nr_cut = 4.0\nn_max = 3\nl_max = 2\n[learner]\nn_bootstrap = 2\n")
@@ -821,31 +822,13 @@ def test_resume_with_a_config_takes_its_stopping_section_whole(tmp_path, capsys)
     cfg.write_text(base + "[stopping]\ntolerance = 0.2\npatience = 5\n")
     assert main(["learn", str(cfg), "-q"]) == 0
     assert json.loads((run / "state.json").read_text())["stopping"]["patience"] == 5
-    cfg.write_text(base.replace("steps = 20", "steps = 25") + "[stopping]\ntolerance = 0.2\n")
-    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
-    assert "[stopping] now tolerance 0.2, patience 3" in capsys.readouterr().out
-    assert json.loads((run / "state.json").read_text())["stopping"]["patience"] == 3
-    cfg.write_text(base.replace("steps = 20", "steps = 30"))
-    assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
-    assert "[stopping] removed" in capsys.readouterr().out
-    assert not json.loads((run / "state.json").read_text()).get("stopping")
-
-
-def test_a_resume_records_its_stopping_rule_in_the_run_folders_config(tmp_path, capsys):
-    """A resume with another [stopping] left the run's config.toml with the old rule, and
-    resuming with that copy later restored it."""
-    run = tmp_path / "run"
-    base = (f'run_dir = "{run}"\nsteps = 20\n[structure]\nrepeat = [2, 2, 2]\n'
-            "[descriptor]\nr_cut = 4.0\nn_max = 3\nl_max = 2\n[learner]\nn_bootstrap = 2\n")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(base + "[stopping]\ntolerance = 0.2\npatience = 5\n")
-    assert main(["learn", str(cfg), "-q"]) == 0
     stored = run / "config.toml"
     stored.write_text(stored.read_text() + "# my note\n")
     cfg.write_text(base.replace("steps = 20", "steps = 25") + '[stopping]\ntolerance = 0.3\nuse = "scale"\n')
     assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
     assert "[stopping] now tolerance 0.3, patience 3" in capsys.readouterr().out
-    text = stored.read_text()
+    assert json.loads((run / "state.json").read_text())["stopping"]["patience"] == 3
+    text = stored.read_text()  # the run's copy says so, the user's comment kept
     assert "# my note" in text and not config.stored_copy_edited(text)
     assert tomllib.loads(text)["stopping"] == {"tolerance": 0.3, "use": "scale"}
     assert main(["learn", str(stored), "--resume", str(run), "--steps", "30", "-q"]) == 0
@@ -855,6 +838,7 @@ def test_a_resume_records_its_stopping_rule_in_the_run_folders_config(tmp_path, 
     cfg.write_text(base.replace("steps = 20", "steps = 35"))
     assert main(["learn", str(cfg), "--resume", str(run), "-q"]) == 0
     assert "[stopping] removed" in capsys.readouterr().out
+    assert not json.loads((run / "state.json").read_text()).get("stopping")
     assert not tomllib.loads(stored.read_text()).get("stopping")
 
 
@@ -1032,7 +1016,8 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     """A Ctrl-C in the validation trajectory lost every label it had paid for (the run
     folder held only config.toml), and the next start labelled them all again. Each
     frame is appended to validation_trajectory.xyz as it arrives; the next start goes on
-    from the last one, and the calls made after it (cut off) still count."""
+    from the last step made, and the calls made after the last frame still count."""
+    import json
     import sys
     import types
 
@@ -1057,14 +1042,19 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     cfg = {"steps": 40, "every": 10, "temperature": 300.0, "timestep": 1.0}
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
     path = tmp_path / "validation_trajectory.xyz"
-    Counted.stop_at = 25  # in the third block: two frames labelled, 4 calls after them
+    Counted.stop_at = 25  # call 1: step 0's forces, call k: step k - 1's; step 24's is cut off
     with pytest.raises(KeyboardInterrupt):
         _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
     kept = read(path, ":")
     assert len(kept) == 2 and Counted.calls == 25
+    record = json.loads(path.with_suffix(".calls.json").read_text())
+    assert record["step"] == 23 and record["oracle_calls"] == 25  # (the last step made, the calls)
     Counted.stop_at = None
     frames, n_calls = _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
     assert len(frames) == 4 and n_calls == Counted.calls  # (the call Ctrl-C cut off counts too)
+    # it went on from step 23 (its forces again, then steps 24-40: 18 calls), not from the
+    # last frame at step 20 (21 calls: the steps since it, each a DFT call, paid again)
+    assert Counted.calls == 25 + 18 and not path.with_suffix(".calls.json").exists()
     for a, b in zip(frames[:2], kept):  # the first two are the labels paid for, not new ones
         np.testing.assert_array_equal(a.positions, b.positions)
         assert a.get_potential_energy() == b.get_potential_energy()
@@ -1076,49 +1066,6 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     with pytest.raises(gpal.ConfigError, match="holds the validation labels of another start"):
         _validation_frames(atoms.repeat(2), {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
     assert len(read(path, ":")) == 4
-
-
-def test_an_interrupted_validation_trajectory_goes_on_from_its_last_step(tmp_path, monkeypatch):
-    """A trajectory cut off between labelled frames went on from the last frame: the
-    steps after it (up to [validation] every - 1, each a DFT call) were paid again. It goes
-    on from the last step made (PATH.calls.json), computing only that step's forces again."""
-    import json
-    import sys
-    import types
-
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-
-    from gpal.cli import _validation_frames
-
-    path = tmp_path / "validation_trajectory.xyz"
-    record = []
-
-    class Cut(EMT):
-        calls = 0
-        stop_at = None
-
-        def calculate(self, *args, **kwargs):
-            Cut.calls += 1
-            if Cut.calls == Cut.stop_at:
-                record.append(json.loads(path.with_suffix(".calls.json").read_text()))
-                raise KeyboardInterrupt
-            super().calculate(*args, **kwargs)
-
-    mod = types.ModuleType("val_cut")
-    mod.Cut = Cut
-    monkeypatch.setitem(sys.modules, "val_cut", mod)
-    cfg = {"steps": 40, "every": 10, "temperature": 300.0, "timestep": 1.0}
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    Cut.stop_at = 25  # call 1: step 0's forces; call k: step k - 1's, so step 24's is cut off
-    with pytest.raises(KeyboardInterrupt):
-        _validation_frames(atoms, {"factory": "val_cut:Cut"}, cfg, progress=False, path=path)
-    assert record[0]["step"] == 23 and record[0]["oracle_calls"] == 25 and len(read(path, ":")) == 2
-    Cut.stop_at = None
-    frames, n_calls = _validation_frames(atoms, {"factory": "val_cut:Cut"}, cfg, progress=False, path=path)
-    # step 23's forces again, then steps 24-40: 18 calls (from the last frame: 21)
-    assert len(frames) == 4 and Cut.calls == 25 + 18 and n_calls == Cut.calls
-    assert not path.with_suffix(".calls.json").exists()
 
 
 def test_a_kill_in_the_validation_trajectory_loses_no_count_of_its_oracle_calls(tmp_path, monkeypatch):
