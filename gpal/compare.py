@@ -232,7 +232,8 @@ def compare_kernels(
         Default :func:`default_candidates`.
     n_sparse : int, default 200
     sizes : sequence of float in (0, 1]
-        Fractions of ``train`` for the learning curve; the table's row is the fit on
+        Fractions of ``train`` for the learning curve (fractions that round to the same
+        number of frames are one fit); the table's row is the fit on
         the largest.
     optimize : bool, default True
         Optimise the kernel's hyperparameters (log marginal likelihood) for each fit.
@@ -279,15 +280,17 @@ def compare_kernels(
                                   "predict it; add training frames with it, or leave those test frames out")
     periodic = True  # each structure's pbc decides
     rows, curves = [], {}
-    bar = tqdm(total=len(candidates) * len(sizes), desc="compare-kernels", disable=not progress,
+    # the training-set sizes (fractions that round to the same count: one fit, one point)
+    counts_of = sorted({max(1, int(round(frac * len(train)))) for frac in sizes})
+    bar = tqdm(total=len(candidates) * len(counts_of), desc="compare-kernels", disable=not progress,
                leave=False, dynamic_ncols=True)
     for k, cand in enumerate(candidates):
         soap = dict(cand.soap)
         soap.setdefault("weighting", {"function": "poly", "r0": soap["r_cut"], "c": 1, "m": 1})
         desc = SOAP(species=species, periodic=periodic, **soap)
         counts, errs = [], []
-        for frac in sizes:
-            sub = train[: max(1, int(round(frac * len(train))))]
+        for size in counts_of:
+            sub = train[:size]
             bar.set_postfix_str(f"{cand.name}, {len(sub)} frames", refresh=True)
             t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:  # said again with the candidate's name
@@ -336,6 +339,12 @@ def _plot_learning_curves(curves: dict, path, overwrite=None) -> None:
     ax.set_ylabel("force RMSE on test (eV/Å)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    sizes = sorted({int(v) for n, _ in curves.values() for v in n})
+    ax.set_xticks(sizes)  # (the sizes fitted, as plain numbers: not 2×10⁰)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
     ax.set_title("learning curves")
     _save(fig, path, overwrite)

@@ -157,3 +157,18 @@ def test_the_evidence_winner_remembers_its_zeta():
         assert z in (1, 6) and w.get_params()["kernel"].zeta == z
         assert w.select_hyperparameters().zeta_ == z
         assert clone(w).fit(train).zeta_ == z
+
+
+def test_fractions_that_round_to_the_same_size_are_one_fit(tmp_path):
+    """With one training frame the three default fractions were three fits of it, drawn
+    as three points on top of each other."""
+    from conftest import cu_frames
+
+    frames = cu_frames(3, seed=2)
+    cand = [gpal.compare.Candidate("dot ζ=2", gpal.NormalizedDotProduct(zeta=2),
+                                   dict(r_cut=4.0, n_max=3, l_max=2, sigma=0.5))]
+    table = gpal.compare_kernels(frames[:1], frames[1:], cand, n_sparse=10, optimize=False, progress=False,
+                                 plot=str(tmp_path / "curve.png"))
+    n, err = table.curves["dot ζ=2"]
+    assert n.tolist() == [1] and len(err) == 1
+    assert gpal.calibration.is_gpal_plot(tmp_path / "curve.png")
