@@ -176,6 +176,14 @@ class ComparisonTable:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def best(self, key: str = "force_rmse") -> dict:
+        """The row (a dict: ``name``, ``kernel``, errors, times) with the smallest ``key``.
+
+        Parameters
+        ----------
+        key : str, default "force_rmse"
+            A column where smaller is better: ``force_rmse`` (eV/Å), ``energy_rmse``
+            (meV/atom), ``force_nll``, ``fit_time`` (s), ``predict_us_per_atom``.
+        """
         return min(self.rows, key=lambda r: r[key])
 
 

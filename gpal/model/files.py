@@ -117,6 +117,16 @@ class _Files:
     def load(cls, path) -> "SparseGP":
         """Load a model written by :meth:`save`.
 
+        Parameters
+        ----------
+        path : str, path-like or binary file object
+            The ``.npz`` file (no pickle is read).
+
+        Returns
+        -------
+        SparseGP
+            Fitted, predicting as the saved model did (to the last bit).
+
         Raises
         ------
         gpal.ModelFileError

@@ -1509,6 +1509,14 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         ``atoms.arrays["forces"]``); a frame without an energy adds no energy entry, a
         frame without forces no force components.
 
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+            Labelled frames (energy, forces, stress as :meth:`fit` reads them).
+        calibrated : bool, default False
+            The stds as ``predict(..., calibrated=True)`` gives them (the stored
+            calibration applied), else raw.
+
         Returns
         -------
         dict
