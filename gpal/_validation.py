@@ -418,14 +418,16 @@ def warn_implausible_labels(frames, labels) -> None:
                           "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
             break
     ratio = energy_work_ratio(frames, labels)
-    if ratio is not None and ratio < 0:
+    if ratio is not None and -_ENERGY_WORK_RANGE[1] < ratio < -_ENERGY_WORK_RANGE[0]:
         warnings.warn(f"the energy labels change opposite to the forces' work between similar frames (ratio "
                       f"{ratio:.3g}, a median over consecutive frame pairs; 1 if consistent): forces with the "
                       "wrong sign (an energy gradient)?", UserWarning, stacklevel=user_stacklevel())
-    elif ratio is not None and not _ENERGY_WORK_RANGE[0] < ratio < _ENERGY_WORK_RANGE[1]:
+    elif ratio is not None and not _ENERGY_WORK_RANGE[0] < abs(ratio) < _ENERGY_WORK_RANGE[1]:
+        # (a large ratio of either sign: energies of two frames in different units swamp the work)
         warnings.warn(f"the energy labels change {ratio:.3g}x as much as the forces' work between similar "
                       "frames (a median over consecutive frame pairs; 1 if consistent): energies and forces "
-                      "in different units? (gpal takes eV and eV/Å; forces per bohr give 1.9)", UserWarning,
+                      "in different units, or frames whose energies are in different units (eV beside meV or "
+                      "kcal/mol)? (gpal takes eV and eV/Å; forces per bohr give 1.9)", UserWarning,
                       stacklevel=user_stacklevel())
     ratio = stress_work_ratio(frames, labels)
     if ratio is not None and not _STRESS_WORK_RANGE[0] < ratio < _STRESS_WORK_RANGE[1]:

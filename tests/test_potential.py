@@ -880,6 +880,15 @@ def test_labels_that_cannot_be_right_as_given_warn():
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(per_bohr)
     with pytest.warns(UserWarning, match=r"forces with the wrong sign \(an energy gradient\)"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(relabelled(-1.0)[1])
+    # every other frame's energy in meV: the ratios' median is large, of either sign (a
+    # negative one was said as forces of the wrong sign)
+    mixed = [a if k % 2 else b for k, (a, b) in enumerate(zip(same_cell, in_mev))]
+    assert abs(_energy_work_ratio(mixed, [gpal._validation.frame_labels(b) for b in mixed])) > 10
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(mixed)
+    said = " ".join(str(w.message) for w in caught)
+    assert "frames whose energies are in different units" in said and "wrong sign" not in said
     with pytest.warns(UserWarning, match=r"frames\[3\] repeats frames\[1\]"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames + [frames[1]])
     with warnings.catch_warnings():
