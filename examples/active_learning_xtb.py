@@ -7,7 +7,9 @@
 # bursts are all left to the learner; only the MD protocol is given (a temperature ramp
 # 300 -> 800 K, 0.5 fs steps for the hydrogens). The same run is the molecule of
 # `benchmarks/bench_loop.py` (about 50 oracle calls over 4000 steps; held-out force
-# RMSE about 0.06-0.08 eV/Å against an RMS force of about 1 eV/Å).
+# RMSE about 0.06-0.08 eV/Å against an RMS force of about 1 eV/Å). Start it with
+# `OMP_NUM_THREADS=1` on a busy machine: tblite's OpenMP threads then make each xTB call
+# hundreds of times slower (0.8 s against 2 ms for one water molecule).
 
 # %%
 import sys

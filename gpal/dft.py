@@ -272,6 +272,12 @@ class PySCF(Calculator):
         atoms = self.atoms
         if np.any(atoms.pbc):
             raise ValueError("gpal.dft.PySCF computes molecules only: set atoms.pbc = False")
+        try:  # (the learner asks first; a calculator used directly, or by gpal.Oracle, asks here:
+            # libxc's bare KeyError for a misspelt functional was retried as a failed SCF)
+            self.check_structure(atoms)
+        except ValueError as exc:
+            exc.retryable = False
+            raise
         from pyscf.data.nist import BOHR, HARTREE2EV
 
         threads = self.parameters["threads"]

@@ -545,3 +545,25 @@ def test_an_oracle_and_a_baseline_of_different_charges_warn(tmp_path):
         said = [str(w.message) for w in caught if "the baseline's" in str(w.message)]
         assert bool(said) == warned, (kwargs, said)
     assert said[0].startswith("the oracle's charge (1) and the baseline's (0) differ")
+
+
+def test_a_baseline_that_fails_on_a_training_frame_names_it(train):
+    """fit said only 'baseline ... failed', not which of many frames."""
+    from ase.calculators.calculator import Calculator
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    class TooClose(Calculator):
+        implemented_properties = ["energy", "forces", "stress"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            super().calculate(atoms, properties, system_changes)
+            if len(self.atoms) != len(train[0]):
+                raise RuntimeError("not this one")
+            self.results = {"energy": 0.0, "forces": np.zeros((len(self.atoms), 3)), "stress": np.zeros(6)}
+
+    odd = train[1].repeat((1, 1, 2))
+    odd.calc = SinglePointCalculator(odd, energy=2 * train[1].get_potential_energy(),
+                                     forces=np.tile(train[1].get_forces(), (2, 1)), stress=train[1].get_stress())
+    with pytest.raises(BaselineError, match=r"frames\[2\] \(Cu\d+\): baseline TooClose failed: RuntimeError: "
+                                            "not this one"):
+        fixed(baseline=TooClose()).fit(train[:2] + [odd])

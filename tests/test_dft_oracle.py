@@ -87,7 +87,7 @@ def test_open_shell_charge_and_bad_settings():
     assert np.isfinite(e_radical) and anion.get_potential_energy() != pytest.approx(e_radical, abs=1e-3)
     bad = water()
     bad.calc = PySCF(spin=1, **FAST)  # 10 electrons cannot have one unpaired
-    with pytest.raises(ValueError, match="cannot build"):
+    with pytest.raises(ValueError, match="10 electrons, which spin = 1"):
         bad.get_potential_energy()
     with pytest.raises(TypeError, match="unknown setting"):
         PySCF(functional="PBE")
@@ -125,7 +125,7 @@ def test_a_charge_and_spin_that_disagree_are_refused_before_any_call(tmp_path):
     assert not (tmp_path / "run").exists()
     bad = water()
     bad.calc = calc
-    with pytest.raises(ValueError, match="cannot build") as err:  # one line, and not worth a retry
+    with pytest.raises(ValueError, match="has 9 electrons") as err:  # one line, and not worth a retry
         bad.get_potential_energy()
     assert "\n" not in str(err.value) and err.value.retryable is False
 
@@ -154,3 +154,12 @@ def test_an_unknown_functional_or_basis_is_refused_before_any_call(tmp_path):
         PySCF(**{**FAST, "xc": "PBE0"}).check_structure(water())
     assert dft._xc_failure.cache_info().misses == before + 1
     PySCF(**{**FAST, "basis": {"O": "sto-3g", "H": "sto-3g"}, "density_fit": False}).check_structure(water())
+    # used directly (ASE) or by gpal.Oracle, the calculator asks too: libxc's bare
+    # KeyError was raised on the first energy, and retried by gpal.Oracle as a failed SCF
+    a = water()
+    a.calc = PySCF(**{**FAST, "xc": "PBEE"})
+    with pytest.raises(ValueError, match="xc = 'PBEE' does not run in PySCF"):
+        a.get_potential_energy()
+    oracle = gpal.Oracle(pyscf_oracle(xc="PBEE", basis="sto-3g"), retries=1)
+    got, failures = oracle.label([water()])
+    assert got == [None] and failures[0].attempts == 1 and "does not run in PySCF" in failures[0].reason

@@ -78,7 +78,7 @@ from .._validation import (
     warn_implausible_labels,
 )
 from ..descriptors import SOAP, Descriptor, pair_forces, pair_stress
-from ..exceptions import MissingLabelsError
+from ..exceptions import BaselineError, MissingLabelsError
 from ..descriptors._soap_jit import pair_forces_stress_kernel as _forces_and_stress
 from ..descriptors.neighbors import min_length
 from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
@@ -2089,8 +2089,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if calc is None:
             return labels
         out = []
-        for a, lab in zip(frames, labels):
-            b = _baseline.baseline_labels(calc, a, stress=lab.stress is not None)
+        for k, (a, lab) in enumerate(zip(frames, labels)):
+            try:
+                b = _baseline.baseline_labels(calc, a, stress=lab.stress is not None)
+            except BaselineError as exc:  # (which frame: a large training set's frame k)
+                raise BaselineError(f"frames[{k}] ({a.get_chemical_formula()}): {exc}") from exc
             out.append(Labels(
                 None if lab.energy is None else lab.energy - b["energy"],
                 None if lab.forces is None else lab.forces - b["forces"],
