@@ -44,9 +44,10 @@ def is_gpal_plot(path) -> bool:
 
 
 def _save(fig, path, overwrite: bool | None = None) -> Path:
-    """Write ``fig`` to ``path`` (PNG, or the format its suffix names) whole (a temporary file, renamed). An existing
-    file is replaced if gpal wrote it (:func:`is_gpal_plot`: a notebook cell run again)
-    or with ``overwrite=True``; any other file (or any with ``overwrite=False``) raises
+    """Write ``fig`` to ``path`` whole (a temporary file, renamed): PNG, or the format its
+    suffix names if matplotlib writes it (``.pdf``, ``.svg``). An existing file is
+    replaced if gpal wrote it (:func:`is_gpal_plot`: a notebook cell run again) or with
+    ``overwrite=True``; any other file (or any with ``overwrite=False``) raises
     ``FileExistsError`` and is left as it is."""
     from ..io import atomic_write
 
@@ -54,7 +55,9 @@ def _save(fig, path, overwrite: bool | None = None) -> Path:
     if overwrite is not True and path.exists() and (overwrite is False or not is_gpal_plot(path)):
         what = "" if overwrite is False else " and is not a plot gpal wrote"
         raise FileExistsError(f"{path} exists{what}; overwrite=True replaces it")
-    fmt = path.suffix[1:].lower() or "png"  # (the path as given: no suffix added)
+    fmt = path.suffix[1:].lower()  # (the path as given: no suffix added)
+    if fmt not in fig.canvas.get_supported_filetypes():
+        fmt = "png"
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=120, format=fmt, **({"metadata": {"Software": _SOFTWARE}} if fmt == "png" else {}))
     return path
