@@ -14,12 +14,10 @@ hyperparameters and noises (type-II maximum likelihood).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -276,8 +274,10 @@ def compare_kernels(
         raise ValueError(f"sizes must be fractions of the training set in (0, 1], got {sizes}")
     # (a path, an Atoms, unlabelled or no frames fail here, before any fit)
     train, test = check_frames(train, what="train"), check_frames(test, what="test")
-    if plot:
-        _check_plot_path(plot, overwrite)
+    if plot:  # (a file it may not replace: now, not after the fits)
+        from .calibration import _check_replace
+
+        _check_replace(plot, overwrite, what="plot: ")
     if not any(frame_labels(a).forces is not None for a in test):
         raise ValueError("no test frame has force labels: compare_kernels measures force errors")
     species = sorted({int(z) for a in train for z in a.numbers})
@@ -323,16 +323,6 @@ def compare_kernels(
     if plot:
         _plot_learning_curves(curves, plot, overwrite)
     return table
-
-
-def _check_plot_path(path, overwrite) -> None:
-    """FileExistsError now, not after the fits, for a ``plot`` path :func:`_save` would refuse."""
-    from .calibration import is_gpal_plot
-
-    p = Path(os.fspath(path))
-    if overwrite is not True and p.exists() and (overwrite is False or not is_gpal_plot(p)):
-        what = "" if overwrite is False else " and is not a plot gpal wrote"
-        raise FileExistsError(f"plot: {p} exists{what}; overwrite=True replaces it")
 
 
 def _plot_learning_curves(curves: dict, path, overwrite=None) -> None:

@@ -56,6 +56,7 @@ from .recalibration import (  # noqa: F401
 )
 from .stopping import STOPPING_BOUNDS, Decision, StoppingRule  # noqa: F401
 from .plots import (  # noqa: F401
+    _check_replace,
     _new_figure,
     _save,
     is_gpal_plot,

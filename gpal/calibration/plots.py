@@ -43,6 +43,16 @@ def is_gpal_plot(path) -> bool:
     return b"tEXtSoftware\x00" + _SOFTWARE.encode() in head
 
 
+def _check_replace(path, overwrite: bool | None, what: str = "") -> Path:
+    """``path`` as a Path; ``FileExistsError`` if it exists and may not be replaced: a
+    file no gpal plot function wrote (``overwrite=None``), any (``False``)."""
+    path = Path(os.fspath(path))
+    if overwrite is not True and path.exists() and (overwrite is False or not is_gpal_plot(path)):
+        why = "" if overwrite is False else " and is not a plot gpal wrote"
+        raise FileExistsError(f"{what}{path} exists{why}; overwrite=True replaces it")
+    return path
+
+
 def _save(fig, path, overwrite: bool | None = None) -> Path:
     """Write ``fig`` to ``path`` whole (a temporary file, renamed): PNG, or the format its
     suffix names if matplotlib writes it (``.pdf``, ``.svg``). An existing file is
@@ -51,10 +61,7 @@ def _save(fig, path, overwrite: bool | None = None) -> Path:
     ``FileExistsError`` and is left as it is."""
     from ..io import atomic_write
 
-    path = Path(os.fspath(path))
-    if overwrite is not True and path.exists() and (overwrite is False or not is_gpal_plot(path)):
-        what = "" if overwrite is False else " and is not a plot gpal wrote"
-        raise FileExistsError(f"{path} exists{what}; overwrite=True replaces it")
+    path = _check_replace(path, overwrite)
     fmt = path.suffix[1:].lower()  # (the path as given: no suffix added)
     if fmt not in fig.canvas.get_supported_filetypes():
         fmt = "png"
