@@ -392,6 +392,55 @@ _STRESS_IMPLAUSIBLE = 1.0
 _ENERGY_WORK_RANGE = (0.6, 1.6)
 
 
+#: energy units a frame's label may have been given in by mistake, as factors of eV
+_ENERGY_UNITS = {"meV": 1000.0, "kcal/mol": 23.0605, "kJ/mol": 96.4853, "hartree": 1 / 27.2114,
+                 "Ry": 1 / 13.6057}
+
+
+def mixed_energy_units(frames, labels) -> tuple | None:
+    """``(unit, indices)`` if the frames of one composition fall into two groups whose
+    energies per atom differ by a unit's factor (eV against ``unit``, the ``indices``
+    the frames of the minority group), else None.
+
+    Frames of the same composition have energies per atom within a fraction of an eV
+    of each other; a block of them in kcal/mol or meV sits a factor 23 or 1000 away.
+    Both groups must be tight (spread under 5 % of the gap), the gap over 1 eV/atom
+    and the ratio of their medians within 3 % of the unit's factor, so energies near
+    zero (EMT's) and hot frames are not taken for it.
+    """
+    groups: dict = {}
+    for k, (a, lab) in enumerate(zip(frames, labels)):
+        if lab.energy is not None:
+            groups.setdefault(np.bincount(a.numbers).tobytes(), []).append(k)
+    for idx in groups.values():
+        if len(idx) < 4:
+            continue
+        e = np.array([labels[k].energy / len(frames[k]) for k in idx])
+        order = np.argsort(e)
+        gaps = np.diff(e[order])
+        cut = int(np.argmax(gaps)) + 1
+        lo, hi = order[:cut], order[cut:]
+        gap = float(gaps[cut - 1])
+        if gap < 1.0:  # eV/atom: (a unit's factor on DFT or xTB energies opens far more)
+            continue
+        spread = max(float(np.ptp(e[lo])), float(np.ptp(e[hi])))
+        if spread > 0.05 * gap:
+            continue
+        m_lo, m_hi = float(np.median(e[lo])), float(np.median(e[hi]))
+        if m_lo == 0 or m_hi == 0 or np.sign(m_lo) != np.sign(m_hi):
+            continue
+        ratio = max(abs(m_lo), abs(m_hi)) / min(abs(m_lo), abs(m_hi))
+        big = hi if abs(m_hi) > abs(m_lo) else lo
+        small = lo if big is hi else hi
+        for unit, factor in _ENERGY_UNITS.items():
+            f = factor if factor > 1 else 1 / factor
+            if abs(ratio / f - 1) < 0.03:
+                # the minority group is the one in the other unit
+                odd = big if len(big) <= len(small) else small
+                return unit, sorted(int(idx[j]) for j in odd)
+    return None
+
+
 #: consistent stress labels gave a median ΔE / work of 0.63-0.89 over strained and
 #: rattled CuNi cells (strains up to 5 %, the trapezoid rule is rough there); the
 #: pressure's sign -1.0 to -1.8; a stress in other units is caught as implausible first
@@ -417,6 +466,13 @@ def warn_implausible_labels(frames, labels) -> None:
                           "ASE's get_forces() returns them; as labels they are wrong (the oracle's forces are "
                           "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
             break
+    mixed = mixed_energy_units(frames, labels)
+    if mixed is not None:
+        unit, odd = mixed
+        shown = ", ".join(f"frames[{k}]" for k in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        warnings.warn(f"the energies per atom of one composition fall into two groups a factor of eV to {unit} "
+                      f"apart: {shown} look like energies in another unit than the rest ({len(odd)} of the "
+                      "composition's frames); gpal takes eV", UserWarning, stacklevel=user_stacklevel())
     ratio = energy_work_ratio(frames, labels)
     if ratio is not None and -_ENERGY_WORK_RANGE[1] < ratio < -_ENERGY_WORK_RANGE[0]:
         warnings.warn(f"the energy labels change opposite to the forces' work between similar frames (ratio "

@@ -963,3 +963,35 @@ def test_molecules_in_a_vacuum_box_are_fitted_as_clusters():
     p, q = (m.predict(boxed[0], return_std=True) for m in models)
     for key in ("energy", "forces", "energies_std"):
         np.testing.assert_allclose(p[key], q[key], rtol=1e-8, atol=1e-10)
+
+
+def test_a_block_of_frames_in_other_energy_units_is_named():
+    """Six frames in eV and six in kcal/mol (two files joined) gave only the warning of an
+    energy noise at its upper bound; each block alone is self-consistent, so the work
+    ratio of consecutive frames does not see it."""
+    from gpal._validation import frame_labels, mixed_energy_units
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(12):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True)
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        e = -3.5 * len(a) + rng.normal(0, 0.02)  # DFT-like energies per atom
+        scale = 23.0605 if k >= 8 else 1.0  # the last 4 in kcal/mol
+        a.calc = SinglePointCalculator(a, energy=scale * e, forces=rng.normal(0, 0.1, (len(a), 3)))
+        frames.append(a)
+    labels = [frame_labels(a) for a in frames]
+    assert mixed_energy_units(frames, labels) == ("kcal/mol", [8, 9, 10, 11])
+    with pytest.warns(UserWarning, match=r"kcal/mol apart: frames\[8\], frames\[9\], frames\[10\], frames\[11\] "
+                                         "look like energies in another unit"):
+        from gpal._validation import warn_implausible_labels
+
+        warn_implausible_labels(frames, labels)
+    # EMT-like energies near zero, a hot group and a cold one, a second composition: nothing
+    for f in frames[8:]:
+        f.calc.results["energy"] /= 23.0605
+    assert mixed_energy_units(frames, [frame_labels(a) for a in frames]) is None
+    near_zero = [a.copy() for a in frames]
+    for k, a in enumerate(near_zero):
+        a.calc = SinglePointCalculator(a, energy=(0.01 if k < 6 else 0.2306) * len(a), forces=np.zeros((len(a), 3)))
+    assert mixed_energy_units(near_zero, [frame_labels(a) for a in near_zero]) is None
