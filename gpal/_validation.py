@@ -171,6 +171,15 @@ def check_min_distance(distances, min_distance: float, what="atoms") -> None:
             )
 
 
+def energy_label(results, default=None):
+    """The energy a frame is labelled with from ``results`` (a calculator's results or an
+    ``info`` dict): ``free_energy`` where there is one, else ``energy``, else ``default``.
+    With electronic smearing (DFT of metals) the forces are the free energy's gradient,
+    and ``energy`` is its extrapolation to zero smearing."""
+    energy = results.get("free_energy")
+    return results.get("energy", default) if energy is None else energy
+
+
 def frame_labels(atoms: Atoms) -> Labels:
     """Read energy, forces and stress of a labelled frame.
 
@@ -187,11 +196,7 @@ def frame_labels(atoms: Atoms) -> Labels:
     results = {}
     if atoms.calc is not None and getattr(atoms.calc, "results", None):
         results = atoms.calc.results
-    # the free energy before the energy: with electronic smearing (DFT of metals) the forces
-    # are its gradient, and ``energy`` is its extrapolation to zero smearing
-    energy = results.get("free_energy")
-    if energy is None:
-        energy = results.get("energy", atoms.info.get("free_energy", atoms.info.get("energy")))
+    energy = energy_label(results, energy_label(atoms.info))
     forces = results.get("forces", atoms.arrays.get("forces"))
     stress = results.get("stress", atoms.info.get("stress"))
     if stress is None and atoms.info.get("virial") is not None:  # (GAP's key: ASE leaves it in info)

@@ -35,7 +35,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import _threads
 from ._imports import MissingNameError, import_object
-from ._validation import keyword_typo, warn_unknown_keywords
+from ._validation import energy_label, keyword_typo, warn_unknown_keywords
 from .exceptions import BaselineError
 
 __all__ = ["ZeroBaseline", "make_baseline", "baseline_spec", "baseline_labels"]
@@ -245,11 +245,10 @@ def _lock_of(calc) -> threading.Lock:
 
 def _evaluate(calc, a: Atoms, name: str, stress: bool) -> dict[str, Any]:
     try:
-        energy = float(calc.get_potential_energy(a))
+        energy = calc.get_potential_energy(a)
         forces = np.array(calc.get_forces(a), dtype=float)
-        free = (getattr(calc, "results", None) or {}).get("free_energy")
-        if free is not None:  # (smearing: the energy the forces are the gradient of, as for labels)
-            energy = float(free)
+        # (the free energy where it has one, as for labels: _validation.energy_label)
+        energy = float(energy_label(getattr(calc, "results", None) or {}, energy))
         out = {"energy": energy, "forces": forces}
         if stress:
             try:

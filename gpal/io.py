@@ -228,9 +228,7 @@ def save_model(path, arrays: dict, metadata: dict, overwrite: bool | None = None
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        if overwrite is not True and path.exists() and (overwrite is False or not is_model_file(path)):
-            what = "" if overwrite is False else " and is not a gpal model"
-            raise FileExistsError(f"{path} exists{what}; save(..., overwrite=True) replaces it")
+        check_replace(path, overwrite, is_model_file, "a gpal model", how="save(..., overwrite=True)")
         if overwrite is None and path.exists():  # a model saved before: kept under a name of its own
             kept = _keep_copy(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
@@ -264,27 +262,46 @@ def save_model(path, arrays: dict, metadata: dict, overwrite: bool | None = None
     return path
 
 
-def _keep_copy(path: Path) -> Path:
-    """A second name for ``path``, ``NAME.old-YYYYmmdd-HHMMSS[-k].npz`` beside it (a hard
-    link where the file system has them, else a copy): the file stays when ``path`` is
-    replaced."""
-    import shutil
-
+def aside_names(path: Path, keep_suffix: bool = True):
+    """Names beside ``path`` for a copy of it kept aside, in order:
+    ``STEM.old-YYYYmmdd-HHMMSS[-k]SUFFIX`` (a replaced model), or with ``keep_suffix=False``
+    ``NAME.old-YYYYmmdd-HHMMSS[-k]`` (a run folder moved aside)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, "")
     k = 0
     while True:
-        kept = path.with_name(f"{path.stem}.old-{stamp}{f'-{k}' if k else ''}{path.suffix}")
+        yield path.with_name(f"{stem}.old-{stamp}{f'-{k}' if k else ''}{suffix}")
+        k += 1
+
+
+def _keep_copy(path: Path) -> Path:
+    """A second name for ``path`` (:func:`aside_names`; a hard link where the file system
+    has them, else a copy): the file stays when ``path`` is replaced."""
+    import shutil
+
+    for kept in aside_names(path):
+        if kept.exists():
+            continue
         try:
             os.link(path, kept)
-            return kept
         except FileExistsError:
-            k += 1
+            continue
         except OSError:
-            if kept.exists():
-                k += 1
-                continue
             shutil.copy2(path, kept)
-            return kept
+        return kept
+
+
+def check_replace(path, overwrite: bool | None, ours=None, what: str = "", how: str = "overwrite=True",
+                  prefix: str = "") -> Path:
+    """``path`` as a Path, or ``FileExistsError`` (``path`` left as it is) if it exists and
+    may not be replaced: with ``overwrite=None`` a file ``ours(path)`` does not claim
+    (``what`` it is not, e.g. "a gpal model"), with ``False`` (or no ``ours``) any file;
+    ``True`` replaces anything. ``how``: what the message says replaces it."""
+    path = Path(os.fspath(path))
+    if overwrite is not True and path.exists() and (overwrite is False or ours is None or not ours(path)):
+        why = f" and is not {what}" if overwrite is None and ours is not None else ""
+        raise FileExistsError(f"{prefix}{path} exists{why}; {how} replaces it")
+    return path
 
 
 def json_default(obj):
@@ -611,8 +628,7 @@ def write_frames(path: str | os.PathLike, frames, *, overwrite: bool = False) ->
     """
     from ase.io import write
 
-    if not overwrite and Path(path).exists():
-        raise FileExistsError(f"{path} exists; write_frames(..., overwrite=True) replaces it")
+    check_replace(path, bool(overwrite), how="write_frames(..., overwrite=True)")
     with atomic_write(path) as fh:
         write(fh, list(frames), format="extxyz")
 

@@ -3,7 +3,6 @@ no backend change)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +45,9 @@ def is_gpal_plot(path) -> bool:
 def _check_replace(path, overwrite: bool | None, what: str = "") -> Path:
     """``path`` as a Path; ``FileExistsError`` if it exists and may not be replaced: a
     file no gpal plot function wrote (``overwrite=None``), any (``False``)."""
-    path = Path(os.fspath(path))
-    if overwrite is not True and path.exists() and (overwrite is False or not is_gpal_plot(path)):
-        why = "" if overwrite is False else " and is not a plot gpal wrote"
-        raise FileExistsError(f"{what}{path} exists{why}; overwrite=True replaces it")
-    return path
+    from ..io import check_replace
+
+    return check_replace(path, overwrite, is_gpal_plot, "a plot gpal wrote", prefix=what)
 
 
 def _save(fig, path, overwrite: bool | None = None) -> Path:

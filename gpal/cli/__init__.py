@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import tomllib
 import traceback
 import warnings
@@ -303,12 +302,9 @@ def _move_aside(run_dir: Path) -> Path:
     if run_dir == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(run_dir):
         raise GpalError(f"--overwrite cannot move {run_dir} aside: it is the current folder (or holds it); "
                         "give run_dir a folder of its own")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
-    k = 1
-    while target.exists():
-        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{k}")
-        k += 1
+    from ..io import aside_names
+
+    target = next(t for t in aside_names(run_dir, keep_suffix=False) if not t.exists())
     run_dir.rename(target)
     return target
 

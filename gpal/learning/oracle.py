@@ -299,12 +299,12 @@ _ORACLE_ARRAYS = ("initial_magmoms", "initial_charges")
 
 
 def label_energy(atoms) -> float:
-    """The energy label (eV) of ``atoms`` from its calculator: the free energy where the
-    calculator gives one (smeared DFT), the energy whose gradient its forces are
-    (``energy`` is then the extrapolation to zero smearing), else the energy."""
+    """The energy label (eV) of ``atoms`` from its calculator, computed if need be:
+    :func:`gpal._validation.energy_label` of its results (the free energy where it has one)."""
+    from .._validation import energy_label
+
     energy = atoms.get_potential_energy()
-    free = (getattr(atoms.calc, "results", None) or {}).get("free_energy")
-    return float(energy if free is None else free)
+    return float(energy_label(getattr(atoms.calc, "results", None) or {}, energy))
 
 
 def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = False,
