@@ -171,9 +171,9 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     (a progress bar over its MD steps with ``progress``).
 
     With ``path``, each labelled frame is appended to it as it arrives (with its momenta
-    and the oracle calls so far), and ``PATH.calls.json`` holds the count of oracle calls
-    (written before each call) and the last MD step made (its positions and momenta,
-    written after each step); it goes once the trajectory is done. A trajectory an
+    and the oracle calls so far), and ``PATH.calls.json`` holds, written before each oracle
+    call, the count of calls and the last MD step made (its positions and momenta); it
+    goes once the trajectory is done. A trajectory an
     interrupt or kill cut off goes on from that step (its Langevin noise drawn afresh:
     another continuation of the same trajectory): only the forces of that step are
     computed again, and no call is left uncounted.
@@ -250,9 +250,9 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     dyn = Langevin(a, cfg.get("timestep", 1.0) * units.fs, temperature_K=cfg["temperature"],
                    friction=0.02 / units.fs, fixcm=False, rng=rng)
     if cut is not None:
-        def made() -> None:  # after each step: where the trajectory goes on from
+        def made() -> None:  # after each step: where the trajectory goes on from (written with
+            # the count before the next step's call: one write per call, a kill redoes no step)
             record.update(step=first + dyn.nsteps, positions=a.positions.tolist(), momenta=a.get_momenta().tolist())
-            note()
 
         dyn.attach(made, interval=1)
     bar = _progress(n_blocks * every, progress, "gpal validation trajectory")
