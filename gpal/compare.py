@@ -343,6 +343,9 @@ def _plot_learning_curves(curves: dict, path, overwrite=None) -> None:
     ax.set_xticks(sizes)  # (the sizes fitted, as plain numbers: not 2×10⁰)
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
+    from .calibration.plots import _plain_log_ticks
+
+    _plain_log_ticks(ax.yaxis, [v for _, e in curves.values() for v in e])
     ax.legend(fontsize=8)
     ax.set_title("learning curves")
     _save(fig, path, overwrite)

@@ -500,6 +500,31 @@ def test_plots_write_png(tmp_path):
         plot_learning_curve([1], [0.1], [4, 5], tmp_path / "x.png", call_steps=[0])
 
 
+def test_log_axis_labels_are_plain_numbers(monkeypatch, tmp_path):
+    """A log axis spanning a decade or two is labelled with plain numbers, and its minor
+    ticks not at all (matplotlib's scientific minor labels ran together: 2×10⁻³3×10⁻³...)."""
+    from gpal.calibration import plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, overwrite=None: (figs.append(fig), save(fig, path, overwrite))[1])
+    rng = np.random.default_rng(3)
+    std = np.exp(rng.uniform(np.log(1.5e-3), np.log(1e-2), 400))
+    plot_error_vs_uncertainty(rng.normal(0.0, 2 * std), std, tmp_path / "evu.png", units="eV/Å")
+    plot_learning_curve([10, 20, 30], [0.03, 0.012, 0.009], [4, 6, 7], tmp_path / "lc.png")
+    for fig, axes in ((figs[0], ("xaxis", "yaxis")), (figs[1], ("yaxis",))):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        for name in axes:
+            axis = getattr(ax, name)
+            lo, hi = sorted(axis.get_view_interval())
+            shown = [(t.get_loc(), t.label1.get_text()) for t in axis.get_major_ticks() + axis.get_minor_ticks()
+                     if lo <= t.get_loc() <= hi and t.label1.get_visible() and t.label1.get_text()]
+            assert len(shown) >= 2, (name, shown)
+            for loc, text in shown:
+                assert float(text) == pytest.approx(loc, rel=1e-9), (name, text)
+
+
 def test_two_term_calibrator_recovers_both_factors():
     rng = np.random.default_rng(0)
     n = 20000

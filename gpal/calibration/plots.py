@@ -28,6 +28,22 @@ def _new_figure(figsize=(4.5, 4.0)):
 _SOFTWARE = "gpal"
 
 
+def _plain_log_ticks(axis, values) -> None:
+    """Label a log ``axis`` as plain numbers (``0.002``) at 1, 2 and 5 times the powers
+    of ten (at the powers alone where ``values`` span more than three decades), and
+    its minor ticks not at all: matplotlib labels the minor ticks of a log axis
+    spanning one or two decades in scientific notation, which ran together
+    (``2×10⁻³3×10⁻³4×10⁻³``)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    wide = v.size and v.max() > 1e3 * v.min()
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def is_gpal_plot(path) -> bool:
     """True if ``path`` is a PNG file a gpal plot function wrote (its ``Software`` text
     entry, within the header chunks before the image data)."""
@@ -249,6 +265,8 @@ def plot_error_vs_uncertainty(
     if hi / lo >= 10:  # log axes over a decade or more; linear below (a log axis spanning
         ax.set_xscale("log")  # less than a decade had one labelled tick, or overlapping ones)
         ax.set_yscale("log")
+        _plain_log_ticks(ax.xaxis, [lo / 1.5, hi * 1.5])
+        _plain_log_ticks(ax.yaxis, [lo / 1.5, hi * 1.5])
     else:
         ax.lines[-1].set_ydata(rmse)  # (a bin of RMSE 0 has a place on a linear axis)
         ax.set_xlim(0, hi * 1.1)
@@ -395,6 +413,7 @@ def plot_learning_curve(
             ax.axhline(float(tolerance), color="C0", ls=":", lw=1, label="tolerance")
         if np.all(ve > 0):
             ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis, ve)
         ax.set_ylabel(f"{error_name or error_label}{f' ({units})' if units else ''}", color="C0")
     ax2 = ax.twinx() if ve.size else ax
     if oc.size:
