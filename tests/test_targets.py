@@ -136,6 +136,31 @@ def test_weight_follows_the_schedule_and_is_reported_on_change():
     assert back.schedule_.reference == 0.2 and back.weight_ == 1.0 and back.quantity == "barrier"
 
 
+def test_a_barrier_with_image_0_highest_keeps_the_std_of_the_next_highest_image(fitted):
+    """The barrier's image of highest predicted energy is sought after image 0: with image 0
+    highest it was E[0] - E[0] = 0 ± 0, and a target stop fired on any model."""
+    model, images, _ = fitted
+    path = images[2:]  # from the saddle on: downhill
+    e = [model.predict(a)["energy"] for a in path]
+    assert e[0] > max(e[1:])
+    ts = TargetSet(path, quantity="barrier", tolerance=1e-9)
+    res = ts.predict(model)
+    j = 1 + int(np.argmax(e[1:]))
+    assert res["labels"] == [f"E[{j}]-E[0]"]
+    assert res["value"][0] == pytest.approx(e[j] - e[0], abs=1e-9)
+    assert res["std"][0] > 1e-4 and not ts.reached(model)
+    # images of one path: the same atoms in the same order (a 31- and a 30-atom image refused)
+    with pytest.raises(ValueError, match="images of one path"):
+        TargetSet([images[0], images[1][:-1]], quantity="barrier")
+    swapped = images[1].copy()
+    swapped.numbers[3] = 28
+    with pytest.raises(ValueError, match="structure 1 .*differs"):
+        TargetSet([images[0], swapped], quantity="barrier")
+    with pytest.raises(ValueError, match="not the same species"):
+        TargetSet([images[0], swapped], quantity="energies", atoms=[3])
+    TargetSet([images[0], swapped], quantity="difference", pair=(0, 1))  # (compositions may differ)
+
+
 def test_choose_skips_a_duplicate_and_bad_settings_raise(fitted):
     model, images, _ = fitted
     ts = TargetSet(images, quantity="barrier")
@@ -190,14 +215,20 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path, caplog):
     R = ActiveLearner.resume(run, progress=False)
     assert isinstance(R.targets, TargetSet) and R.targets.schedule_.reference == ts.schedule_.reference
     # two uncertain walkers: the targeted acquisition chooses; a tolerance above the
-    # target std stops the run at the first stop check
+    # target std stops the run at the first stop check with 4 labels from MD (the first,
+    # with 2, is deferred: the target stop waits for the global rule's evidence)
     run2 = tmp_path / "run2"
     L2 = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run2,
                        md=MDSettings(temperature=300), trigger=Trigger(threshold=1e-4, every=5, adaptive=False),
                        n_bootstrap=2, check_every=10, progress=False, n_walkers=2,
                        targets=TargetSet(images, quantity="barrier", tolerance=100.0))
     s2 = L2.run(50)
-    assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 11
+    assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 21
+    log2 = [json.loads(line) for line in open(run2 / "log.jsonl")]
+    assert any(r.get("event") == "stop_check" and r["step"] == 10 and "fewer than 4 labels from MD" in r["deferred"]
+               for r in log2)
+    assert [r["step"] for r in log2 if r.get("event") == "target_stop_check"] == [20]
+    assert s2.labelled_frames - s2.bootstrap_frames >= 4
     batches = [json.loads(line) for line in open(run2 / "log.jsonl") if '"batch"' in line]
     assert batches and all("acquisition" in b and b["chosen"] for b in batches)
 
@@ -552,17 +583,17 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
 
     def config(tolerance):
         path = tmp_path / f"c{tolerance}.toml"
-        path.write_text(f'run_dir = "{run}"\nsteps = 40\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n'
+        path.write_text(f'run_dir = "{run}"\nsteps = 200\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n'
                         "[md]\ntemperature = 600.0\n[model]\nn_sparse = 30\n"
                         "[descriptor]\nn_max = 3\nl_max = 2\n"
-                        "[learner]\nn_bootstrap = 2\ncheck_every = 10\n"
+                        "[learner]\nn_bootstrap = 2\ncheck_every = 10\n[trigger]\nthreshold = 1e-4\n"
                         f'[targets]\nfile = "{tmp_path / "neb.xyz"}"\nquantity = "barrier"\n'
                         f"tolerance = {tolerance}\n")
         return str(path)
 
     assert main(["learn", config(100.0), "-q"]) == 0
     first = json.loads((run / "summary.json").read_text())
-    assert first["stopped_early"] and first["steps"] < 40
+    assert first["stopped_early"] and first["steps"] < 200
     files = {p: (run / p).read_bytes() for p in ("summary.json", "state.json")}
     capsys.readouterr()
     assert main(["learn", "--resume", str(run), "-q"]) == 0  # nothing to run: the run's files stay
@@ -575,7 +606,7 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
     assert main(["learn", config(1e-6), "--resume", str(run), "-q"]) == 0
     assert "[targets] tolerance now 1e-06 (the run had 100.0)" in capsys.readouterr().out
     again = json.loads((run / "summary.json").read_text())
-    assert not again["stopped_early"] and again["steps"] == 40
+    assert not again["stopped_early"] and again["steps"] == 200
     assert json.loads((run / "state.json").read_text())["targets"]["tolerance"] == 1e-6
     # the run's own config.toml says so: resuming with it keeps the new tolerance
     assert tomllib.loads((run / "config.toml").read_text())["targets"]["tolerance"] == 1e-6

@@ -73,6 +73,7 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
 
 from .._threads import policy as _thread_policy
 from .._validation import check_atoms
@@ -96,11 +97,15 @@ class TargetSet:
     quantity : {"energies", "forces", "barrier", "difference"}, default "energies"
         ``"energies"``: the energy of each structure (eV); ``"forces"``: every force
         component of each structure (eV/Å); ``"barrier"``: ``E(image_max) − E(image_0)``
-        (eV), image_max the structure of highest predicted energy (chosen again at every
-        evaluation); ``"difference"``: ``E(pair[0]) − E(pair[1])`` (eV).
+        (eV), image_max the structure of highest predicted energy after image 0 (chosen
+        again at every evaluation; the barrier is negative, with the std of that
+        difference, while every other image is predicted below image 0), the
+        structures the images of one path (the same atoms in the same order);
+        ``"difference"``: ``E(pair[0]) − E(pair[1])`` (eV).
     atoms : sequence of int, optional
-        Atom indices (the same in every structure): energies become the sum of these
-        atoms' local energies, forces those of these atoms. Default: all atoms.
+        Atom indices (the same atoms, of the same species, in every structure): energies
+        become the sum of these atoms' local energies, forces those of these atoms.
+        Default: all atoms.
     pair : (int, int), optional
         The two structures of ``quantity="difference"``.
     tolerance : float, optional
@@ -202,6 +207,18 @@ class TargetSet:
             if len(set(atoms)) != len(atoms):
                 raise ValueError(f"target atoms list an atom twice: {atoms}")
         self.atoms = atoms
+        nums = [a.numbers for a in self.structures]
+        if quantity == "barrier" and any(len(n) != len(nums[0]) or np.any(n != nums[0]) for n in nums[1:]):
+            k = next(k for k, n in enumerate(nums) if len(n) != len(nums[0]) or np.any(n != nums[0]))
+            raise ValueError(f"quantity='barrier' needs the images of one path, the same atoms in the same "
+                             f"order; target structure {k} ({self.structures[k].get_chemical_formula()}, "
+                             f"{len(nums[k])} atoms) differs from structure 0 "
+                             f"({self.structures[0].get_chemical_formula()}, {len(nums[0])} atoms)")
+        if atoms is not None and any(np.any(n[atoms] != nums[0][atoms]) for n in nums[1:]):
+            k = next(k for k, n in enumerate(nums) if np.any(n[atoms] != nums[0][atoms]))
+            raise ValueError(f"target atoms {atoms} are not the same species in every structure: structure "
+                             f"{k} has {[chemical_symbols[z] for z in nums[k][atoms]]}, structure 0 "
+                             f"{[chemical_symbols[z] for z in nums[0][atoms]]}")
         if quantity == "difference":
             if pair is None or len(pair) != 2:
                 raise ValueError("quantity='difference' needs pair=(i, j), two structure indices")
@@ -582,11 +599,11 @@ class TargetSet:
             coeffs = [{k: 1.0} for k in range(len(data))]
             labels = [f"E[{k}]" for k in range(len(data))]
         else:
-            if self.quantity == "barrier":
-                a, b = int(np.argmax(energies)), 0
+            if self.quantity == "barrier":  # the highest image after image 0 (its own
+                a, b = 1 + int(np.argmax(energies[1:])), 0  # difference would be 0 ± 0)
             else:
                 a, b = self.pair
-            coeffs = [{a: 1.0, b: -1.0}] if a != b else [{a: 0.0}]
+            coeffs = [{a: 1.0, b: -1.0}]
             labels = [f"E[{a}]-E[{b}]"]
         rows, values, resid = [], [], []
         for c in coeffs:
