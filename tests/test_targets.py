@@ -161,6 +161,22 @@ def test_a_barrier_with_image_0_highest_keeps_the_std_of_the_next_highest_image(
     TargetSet([images[0], swapped], quantity="difference", pair=(0, 1))  # (compositions may differ)
 
 
+def test_the_ramp_warning_says_a_target_tolerance_may_still_end_the_run(tmp_path):
+    """Under a ramp gpal warned that no rule could end the run early, and the target's
+    tolerance then did, at 345 K of 1200 K: it is judged at the target structures."""
+    from gpal.calibration import StoppingRule
+
+    images, _ = vacancy_path(3)
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    L = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=tmp_path / "run",
+                      md=MDSettings(temperature=(300, 1200)), stopping=StoppingRule(tolerance=0.05),
+                      progress=False, targets=TargetSet(images, quantity="barrier", tolerance=0.02))
+    L.ramp_steps = 2000
+    with pytest.warns(UserWarning, match=r"cannot end this run early: .*; the target's tolerance, judged at the "
+                                         r"target structures, may end it at any temperature"):
+        L._warn_unstoppable(2000)
+
+
 def test_choose_skips_a_duplicate_and_bad_settings_raise(fitted):
     model, images, _ = fitted
     ts = TargetSet(images, quantity="barrier")
@@ -215,20 +231,15 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path, caplog):
     R = ActiveLearner.resume(run, progress=False)
     assert isinstance(R.targets, TargetSet) and R.targets.schedule_.reference == ts.schedule_.reference
     # two uncertain walkers: the targeted acquisition chooses; a tolerance above the
-    # target std stops the run at the first stop check with 4 labels from MD (the first,
-    # with 2, is deferred: the target stop waits for the global rule's evidence)
+    # target std stops the run at the first stop check (judged at the target structures,
+    # it does not wait for labels from MD as the global rule does)
     run2 = tmp_path / "run2"
     L2 = ActiveLearner(images[0], "ase.calculators.emt:EMT", SparseGP(soap, n_sparse=30), run_dir=run2,
                        md=MDSettings(temperature=300), trigger=Trigger(threshold=1e-4, every=5, adaptive=False),
                        n_bootstrap=2, check_every=10, progress=False, n_walkers=2,
                        targets=TargetSet(images, quantity="barrier", tolerance=100.0))
     s2 = L2.run(50)
-    assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 21
-    log2 = [json.loads(line) for line in open(run2 / "log.jsonl")]
-    assert any(r.get("event") == "stop_check" and r["step"] == 10 and "fewer than 4 labels from MD" in r["deferred"]
-               for r in log2)
-    assert [r["step"] for r in log2 if r.get("event") == "target_stop_check"] == [20]
-    assert s2.labelled_frames - s2.bootstrap_frames >= 4
+    assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 11
     batches = [json.loads(line) for line in open(run2 / "log.jsonl") if '"batch"' in line]
     assert batches and all("acquisition" in b and b["chosen"] for b in batches)
 
@@ -583,17 +594,17 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
 
     def config(tolerance):
         path = tmp_path / f"c{tolerance}.toml"
-        path.write_text(f'run_dir = "{run}"\nsteps = 200\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n'
+        path.write_text(f'run_dir = "{run}"\nsteps = 40\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n'
                         "[md]\ntemperature = 600.0\n[model]\nn_sparse = 30\n"
                         "[descriptor]\nn_max = 3\nl_max = 2\n"
-                        "[learner]\nn_bootstrap = 2\ncheck_every = 10\n[trigger]\nthreshold = 1e-4\n"
+                        "[learner]\nn_bootstrap = 2\ncheck_every = 10\n"
                         f'[targets]\nfile = "{tmp_path / "neb.xyz"}"\nquantity = "barrier"\n'
                         f"tolerance = {tolerance}\n")
         return str(path)
 
     assert main(["learn", config(100.0), "-q"]) == 0
     first = json.loads((run / "summary.json").read_text())
-    assert first["stopped_early"] and first["steps"] < 200
+    assert first["stopped_early"] and first["steps"] < 40
     files = {p: (run / p).read_bytes() for p in ("summary.json", "state.json")}
     capsys.readouterr()
     assert main(["learn", "--resume", str(run), "-q"]) == 0  # nothing to run: the run's files stay
@@ -606,7 +617,7 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
     assert main(["learn", config(1e-6), "--resume", str(run), "-q"]) == 0
     assert "[targets] tolerance now 1e-06 (the run had 100.0)" in capsys.readouterr().out
     again = json.loads((run / "summary.json").read_text())
-    assert not again["stopped_early"] and again["steps"] == 200
+    assert not again["stopped_early"] and again["steps"] == 40
     assert json.loads((run / "state.json").read_text())["targets"]["tolerance"] == 1e-6
     # the run's own config.toml says so: resuming with it keeps the new tolerance
     assert tomllib.loads((run / "config.toml").read_text())["targets"]["tolerance"] == 1e-6

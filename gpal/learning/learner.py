@@ -1885,20 +1885,18 @@ class ActiveLearner:
 
     def _should_stop(self) -> bool:
         """The stopping rule and the target's tolerance, every ``check_every`` steps and at
-        the run's last step (where a temperature ramp over the run reaches its top). Both
-        wait for the same evidence (:meth:`_may_stop`): the target's std is scaled by the
-        force calibration, which is no better tested than the global rule's."""
+        the run's last step (where a temperature ramp over the run reaches its top). The
+        target's tolerance is judged at the target structures themselves, so it does not
+        wait for the ramp's top or for labels from MD (:meth:`_may_stop`) as the global
+        rule does: while the calibration rests on the bootstrap frames its scale is never
+        below 1 (:meth:`calibrate`), so the target's std is not shrunk by it."""
         last = self.step == self.total_steps - 1
         due = self.check_every and self.step and (self.step % self.check_every == 0 or last)
         if not due:
             return False
-        rule = self.stopping is not None and not self._judged_recently()
-        target = self.targets is not None and self.targets.tolerance is not None
-        if not (rule or target) or not self._may_stop():
-            return False
-        if rule and self._check_stop():
+        if self.stopping is not None and not self._judged_recently() and self._may_stop() and self._check_stop():
             return True
-        return bool(target and self._check_target_stop())
+        return bool(self.targets is not None and self.targets.tolerance is not None and self._check_target_stop())
 
     def _record_certified(self) -> None:
         """The stopping rule or the targets' tolerance ended the run at these labels: its
@@ -2305,16 +2303,15 @@ class ActiveLearner:
         temperature protocol it is judged from the top temperature on (:meth:`_may_stop`),
         which a ramp over the run reaches at its last step."""
         t = self.md.temperature
-        target = self.targets is not None and self.targets.tolerance is not None
-        if (self.stopping is None and not target) or not self._ramp_rises() or steps <= self.step \
-                or steps > self.ramp_steps:
+        if self.stopping is None or not self._ramp_rises() or steps <= self.step or steps > self.ramp_steps:
             return
-        what = ("the stopping rule" if not target else "the target's tolerance" if self.stopping is None
-                else "the stopping rule and the target's tolerance")
-        warnings.warn(f"{what} cannot end this run early: under the temperature ramp {t[0]:g} -> "
+        target = self.targets is not None and self.targets.tolerance is not None
+        warnings.warn(f"the stopping rule cannot end this run early: under the temperature ramp {t[0]:g} -> "
                       f"{t[1]:g} K it is judged from the top temperature on, which the run reaches at its last "
                       f"step ({self.ramp_steps}); continue the run to let it stop (run(N) with N > "
-                      f"{self.ramp_steps}, or gpal learn --resume RUN_DIR --steps N)", UserWarning, stacklevel=3)
+                      f"{self.ramp_steps}, or gpal learn --resume RUN_DIR --steps N)"
+                      + ("; the target's tolerance, judged at the target structures, may end it at any "
+                         "temperature" if target else ""), UserWarning, stacklevel=3)
 
     def _may_stop(self) -> bool:
         """Whether a stop could be certified now: the held-out frames must cover what the
