@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import os
 import signal
 import subprocess
@@ -1678,6 +1679,29 @@ def test_a_calibration_from_the_bootstrap_frames_alone_is_said_so(tmp_path):
     assert summary.oracle_calls_by_reason == {"bootstrap": summary.oracle_calls, "uncertain": 0, "rollback": 0}
     assert summary.calibration["on_bootstrap_frames"] is True
     assert "calibration caveat    : rests on the bootstrap" in str(summary)
+
+
+def test_a_small_cells_calibration_never_scales_the_std_down_and_says_so(tmp_path, capsys):
+    """A 2-atom hcp cell with the defaults: its calibration half (2 frames, 12 force
+    components) fitted the learnable std's scale to its lower bound 0.1 with no word, and
+    new frames' mean z² came to 8.8. Below 48 components the std is not scaled down, and
+    the summary and a warning say how little it rests on."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from gpal.cli import main
+
+    write(tmp_path / "hcp.xyz", bulk("Ni", "hcp", a=2.49, c=4.07))
+    (tmp_path / "c.toml").write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 300\n'
+                                     f'[structure]\nfile = "{tmp_path / "hcp.xyz"}"\n')
+    assert main(["learn", str(tmp_path / "c.toml"), "-q"]) == 0
+    c = json.loads((tmp_path / "run" / "summary.json").read_text())["calibration"]
+    assert c["scale"] >= 1.0 and not c["on_bootstrap_frames"]
+    assert c["n_calibration_components"] < 48
+    out = capsys.readouterr()
+    assert "calibration caveat    : rests on" in out.out
+    assert re.search(r"warning: this run's force-std calibration rests on \d+ force components \(fewer than 48: "
+                     r"small cells\)", out.err)
 
 
 def test_a_start_structure_in_the_wrong_length_unit_is_refused_before_any_oracle_call(tmp_path):

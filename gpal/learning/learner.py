@@ -353,6 +353,8 @@ class Summary:
             )
             if c.get("on_bootstrap_frames"):
                 lines.append(f"  calibration caveat    : {_BOOTSTRAP_CALIBRATION}")
+            elif c.get("n_calibration_components", _MIN_CALIBRATION_COMPONENTS) < _MIN_CALIBRATION_COMPONENTS:
+                lines.append(f"  calibration caveat    : {_few_components_text(c['n_calibration_components'])}")
             if "energy_scale" in c:
                 zms = f", on other frames mean z² {c['judge_energy_zms']:.3g}" if "judge_energy_zms" in c else ""
                 lines.append(f"  energy calibration    : energy_std x {c['energy_scale']:.3g} on "
@@ -384,6 +386,17 @@ _BOOTSTRAP_CALIBRATION = (
     "rests on the bootstrap's rattled copies of the start structure only (fewer than 4 MD frames were "
     "labelled), so it is not checked on MD frames, whose errors may be larger than its stds say: check "
     "it on a few oracle-labelled MD frames (validation frames, or gpal validate)")
+
+#: force components the calibration half must hold before the learnable std may be scaled
+#: down (16 atoms' forces): a 2-atom hcp cell's 2 frames (12 components) fitted the scale
+#: to its lower bound 0.1, and new frames' mean z² came to 8.8
+_MIN_CALIBRATION_COMPONENTS = 48
+
+
+def _few_components_text(n: int) -> str:
+    return (f"rests on {n} force components (fewer than {_MIN_CALIBRATION_COMPONENTS}: small cells), so the "
+            "stds are never scaled below the raw ones and may still be too small: check them on a few "
+            "oracle-labelled MD frames (validation frames, or gpal validate)")
 
 
 def check_budgets(model, groups: dict) -> None:
@@ -1948,6 +1961,11 @@ class ActiveLearner:
         if self._calibration.get("on_bootstrap_frames") and not self.validation:
             warnings.warn(f"this run's force-std calibration {_BOOTSTRAP_CALIBRATION}", UserWarning,
                           stacklevel=user_stacklevel())
+        elif (self._calibration.get("n_calibration_components", _MIN_CALIBRATION_COMPONENTS)
+              < _MIN_CALIBRATION_COMPONENTS and not self.validation):
+            warnings.warn("this run's force-std calibration "
+                          f"{_few_components_text(self._calibration['n_calibration_components'])}",
+                          UserWarning, stacklevel=user_stacklevel())
         self.checkpoint()
         summary = self._summary(time.perf_counter() - t_start, validation=val)
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
@@ -2135,7 +2153,9 @@ class ActiveLearner:
         (:meth:`gpal.SparseGP.loo_residuals`), are split in two disjoint halves by
         frame (alternating in time; bootstrap frames left out once there are four
         others; with fewer, the learnable std is never scaled down, since the bootstrap's
-        rattled copies of the start structure lie closer to each other than MD frames). The
+        rattled copies of the start structure lie closer to each other than MD frames;
+        nor while the calibration half holds fewer than 48 force components, a small
+        cell's few frames). The
         *calibration* half fits the std of a new force label,
         ``sqrt((scale σ)² + (noise_scale σ_n)² + novelty_scale² min(ν, novelty_max))``
         (:class:`gpal.calibration.TwoTermCalibrator`; σ the SoR force std, σ_n the force
@@ -2161,7 +2181,8 @@ class ActiveLearner:
             ``scale``, ``noise_scale``, ``novelty_scale`` (eV/Å), ``novelty_max``,
             ``species_scale`` ({atomic number as str: factor}, empty for one species), ``conformal_q90``
             (in calibrated stds),
-            ``n_calibration``/``n_judge`` (frames), ``judge_force_rmse`` (eV/Å),
+            ``n_calibration``/``n_judge`` (frames), ``n_calibration_components``,
+            ``judge_force_rmse`` (eV/Å),
             ``judge_zms``, ``judge_coverage90``, and with 3 or more calibration frames
             with energies ``energy_scale``, ``n_energy_calibration``,
             ``judge_energy_zms``; empty with fewer than 2 frames.
@@ -2192,9 +2213,10 @@ class ActiveLearner:
         # the learnable std too small, never too large (a CF4 run with DFT labels otherwise
         # shrank it tenfold after the bootstrap and never labelled again, at 3x its threshold)
         # the quantile from scores each measured in a calibrator fitted on other frames
-        tt, conf = calibration.fit_two_term_conformal(err[cal], std[cal], noise[cal], nu[cal], fr[cal],
-                                                      alpha=0.1, min_scale=1.0 if rattled else 0.1,
-                                                      species=sp[cal])
+        n_comp = int(np.count_nonzero(cal))  # (too few components to shrink the std on: small cells)
+        tt, conf = calibration.fit_two_term_conformal(
+            err[cal], std[cal], noise[cal], nu[cal], fr[cal], alpha=0.1,
+            min_scale=1.0 if rattled or n_comp < _MIN_CALIBRATION_COMPONENTS else 0.1, species=sp[cal])
         zj = err[judge] / tt.transform(std[judge], noise[judge], nu[judge], sp[judge])
         out = {
             "scale": tt.scale_,
@@ -2210,6 +2232,7 @@ class ActiveLearner:
             "judge_coverage90": float(np.mean(np.abs(zj) <= 1.6448536269514722)),
             # fewer than 4 MD labels: fitted and judged on the bootstrap's rattled copies
             "on_bootstrap_frames": bool(rattled),
+            "n_calibration_components": n_comp,
         }
         q90 = out["conformal_q90"] if out["conformal_q90"] > 0 else None  # (0: errors all zero, no bound)
         self.model.set_calibration(forces_std=dataclasses.replace(tt.calibration(), conformal_q90=q90))
