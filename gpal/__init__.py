@@ -20,6 +20,7 @@ from . import _numba_cache  # noqa: F401
 
 from .exceptions import (  # noqa: F401
     BaselineError,
+    BaselineStoppedError,
     ConfigError,
     GpalError,
     InvalidPositionsError,
@@ -51,7 +52,7 @@ __all__ = [
     "compare_kernels", "scorer", "select_kernel_by_evidence",
     "get_threads", "set_threads", "threads",
     "calibration", "kernels", "selection",
-    "BaselineError", "ConfigError", "GpalError", "InvalidPositionsError", "MissingCellError",
+    "BaselineError", "BaselineStoppedError", "ConfigError", "GpalError", "InvalidPositionsError", "MissingCellError",
     "MissingLabelsError", "ModelFileError", "NotFittedError", "OracleError", "OracleStoppedError",
     "OverlappingAtomsError", "RunStoppedError", "StructureFileError", "UnknownSpeciesError",
 ]

@@ -152,9 +152,13 @@ def without_results(calc):
         return calc
     try:
         spec = baseline_spec(calc)
-        return make_baseline(spec["factory"], spec["kwargs"])
+        fresh = make_baseline(spec["factory"], spec["kwargs"])
     except BaselineError:
         return calc
+    entry = _REBUILT.get(id(calc))
+    if entry is not None and entry[0]() is calc:  # (its description was checked on it)
+        _remember_rebuilt(fresh)
+    return fresh
 
 
 def check_baseline(baseline, kwargs: dict | None = None) -> None:
@@ -202,12 +206,68 @@ def baseline_spec(baseline, kwargs: dict | None = None) -> dict | None:
             f"cannot save the baseline {path}: its keyword arguments are not JSON ({exc}); "
             "give the baseline as 'module:Name' with JSON baseline_kwargs"
         ) from None
+    if not isinstance(baseline, (str, dict)) and not hasattr(baseline, "factory"):
+        _check_rebuilds(baseline, path, kw)
     return {"factory": path, "kwargs": kw}
 
 
-def baseline_labels(calc, atoms: Atoms, *, stress: bool = False) -> dict[str, Any]:
+#: live baselines whose description ``Class(**parameters)`` was checked to rebuild them:
+#: ``id -> (weak reference, )`` (a calculator without weak references is not remembered)
+_REBUILT: dict = {}
+
+
+def _remember_rebuilt(calc) -> None:
+    try:
+        _REBUILT[id(calc)] = (weakref.ref(calc, lambda _, k=id(calc): _REBUILT.pop(k, None)),)
+    except TypeError:
+        pass
+
+
+def _check_rebuilds(calc, path: str, kw: dict) -> None:
+    """``BaselineError`` unless ``Class(**parameters)`` rebuilds the live calculator
+    ``calc``, which is what a saved model (and a copy, pickle or clone of one) holds.
+
+    ASE's convention keeps a calculator's settings in ``parameters``, but not every
+    calculator follows it: ``TIP3P(rc=4.0)`` has empty ``parameters`` and came back
+    from a save with rc 5.0 (a test energy 0.156 eV off, no word), and
+    ``SumCalculator(calcs)`` saved but could not be loaded. The class is built from the
+    description; once the calculator has computed, the rebuilt one computes its last
+    structure again and must give the same energy (relative 1e-8). A calculator passes
+    once (remembered by identity), so the cost is one extra evaluation per live
+    baseline."""
+    entry = _REBUILT.get(id(calc))
+    if entry is not None and entry[0]() is calc:
+        return
+    name = type(calc).__name__
+    advice = ("its settings are not all in its `parameters`; give the baseline as 'module:Name' with JSON "
+              "baseline_kwargs (for a combination of calculators, a class of your own in a module that "
+              "builds it)")
+    try:
+        fresh = make_baseline(path, kw)
+    except BaselineError as exc:
+        raise BaselineError(f"cannot save or copy the baseline {name}: {name}(**parameters) does not "
+                            f"rebuild it ({exc}); {advice}") from None
+    atoms, res = getattr(calc, "atoms", None), getattr(calc, "results", None) or {}
+    if atoms is None or "energy" not in res:
+        return  # (not computed yet: checked at its first save or copy after it has)
+    a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    try:
+        with _threads.user_code():
+            e = float(fresh.get_potential_energy(a))
+    except Exception as exc:  # the baseline is foreign code
+        raise BaselineError(f"cannot save or copy the baseline {name}: {name}(**parameters) fails on the "
+                            f"structure it last computed ({type(exc).__name__}: {exc}); {advice}") from None
+    e0 = float(res["energy"])
+    if not abs(e - e0) <= 1e-8 * max(abs(e0), 1.0):
+        raise BaselineError(f"cannot save or copy the baseline {name}: {name}(**parameters) gives {e:.6f} eV "
+                            f"on the structure it last computed, where it gave {e0:.6f} eV; {advice}")
+    _remember_rebuilt(calc)
+
+
+def baseline_labels(calc, atoms: Atoms, *, stress: bool | str = False) -> dict[str, Any]:
     """Energy (eV), per-atom energies (n_atoms,), forces (n_atoms, 3) and, when asked,
-    stress (6,) eV/Å^3 of the baseline on a bare copy of ``atoms``.
+    stress (6,) eV/Å^3 of the baseline on a bare copy of ``atoms`` (``stress="optional"``:
+    no ``"stress"`` key where the baseline has none, instead of the error).
 
     ``energies`` come from the calculator when it offers them, otherwise the energy is
     shared equally between the atoms (only their sum, the energy, is physical).
@@ -254,7 +314,9 @@ def _evaluate(calc, a: Atoms, name: str, stress: bool) -> dict[str, Any]:
             try:
                 out["stress"] = np.array(calc.get_stress(a), dtype=float).reshape(-1)
             except (PropertyNotImplementedError, NotImplementedError):
-                raise BaselineError(f"baseline {name} gives no stress, which this periodic frame needs") from None
+                if stress != "optional":
+                    raise BaselineError(f"baseline {name} gives no stress, which this periodic frame "
+                                        "needs") from None
         energies = None
         if "energies" in getattr(calc, "implemented_properties", ()):
             try:

@@ -23,6 +23,7 @@ __all__ = [
     "StructureFileError",
     "BaselineError",
     "RunStoppedError",
+    "BaselineStoppedError",
     "OracleStoppedError",
 ]
 
@@ -98,6 +99,13 @@ class StructureFileError(GpalError, ValueError):
 
 class BaselineError(GpalError, ValueError):
     """A Δ-model's baseline calculator cannot be imported, built, saved or evaluated."""
+
+
+class BaselineStoppedError(BaselineError, RunStoppedError):
+    """An active-learning run stopped because its baseline failed on a frame of the run
+    (not on the start structures, which are checked before any oracle call): a
+    :class:`BaselineError` and a :class:`RunStoppedError` (saved; ``gpal learn`` exits
+    with 1 and the resume command)."""
 
 
 def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:

@@ -194,3 +194,47 @@ class ChargedEMT(EMT):
     """EMT with a ``charge`` setting (ignored), as a DFT or xTB calculator has one."""
 
     default_parameters = {**EMT.default_parameters, "charge": 0}
+
+
+class ScaledEMT(EMT):
+    """EMT times ``scale``, a setting kept as an attribute, not in ``parameters`` (as ASE's
+    TIP3P keeps its cutoff): ``ScaledEMT(**parameters)`` does not rebuild it."""
+
+    def __init__(self, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        for k in ("energy", "free_energy", "energies", "forces", "stress"):
+            if k in self.results:
+                self.results[k] = self.results[k] * self.scale
+
+
+class FailsAfterEMT(EMT):
+    """EMT that raises from its ``fail_after + 1``-th call on (a licence that runs out)."""
+
+    def __init__(self, fail_after: int = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.parameters["fail_after"] = fail_after
+        self.n = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        self.n += 1
+        if self.n > self.parameters["fail_after"]:
+            raise RuntimeError(f"licence server unreachable (call {self.n})")
+        super().calculate(atoms, properties, system_changes)
+
+
+class RefusesLargeCellsEMT(EMT):
+    """EMT that raises on a cell of more than ``max_volume`` Å^3 per atom (a baseline that
+    fails on some frames only)."""
+
+    def __init__(self, max_volume: float = 13.0, **kwargs):
+        super().__init__(**kwargs)
+        self.parameters["max_volume"] = max_volume
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if atoms is not None and atoms.get_volume() / len(atoms) > self.parameters["max_volume"]:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(atoms, properties, system_changes)

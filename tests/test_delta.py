@@ -567,3 +567,156 @@ def test_a_baseline_that_fails_on_a_training_frame_names_it(train):
     with pytest.raises(BaselineError, match=r"frames\[2\] \(Cu\d+\): baseline TooClose failed: RuntimeError: "
                                             "not this one"):
         fixed(baseline=TooClose()).fit(train[:2] + [odd])
+
+
+def test_a_live_baseline_its_parameters_do_not_rebuild_is_refused_at_save_and_copied_as_is(tmp_path, train,
+                                                                                            test_frame):
+    """ASE's TIP3P(rc=4.0) keeps rc outside ``parameters``: a Δ-model over it was saved as
+    TIP3P() and loaded with rc 5.0 (a test energy 0.156 eV off), and so were its copies;
+    a SumCalculator saved and could not be loaded."""
+    import copy
+    import pickle
+
+    from ase.calculators.mixing import SumCalculator
+    from sklearn.base import clone
+
+    from _oracles import ScaledEMT
+
+    live = ScaledEMT(scale=0.5)
+    model = fixed(baseline=live).fit(train)
+    before = model.predict(test_frame)
+    with pytest.raises(BaselineError, match=r"ScaledEMT\(\*\*parameters\) gives .* where it gave"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+        pickle.dumps(model)  # (EMT's state after a calculation: no pickle, rather than a wrong baseline)
+    for twin in (copy.deepcopy(model), clone(model).fit(train)):
+        assert twin.baseline_.scale == 0.5
+        np.testing.assert_allclose(twin.predict(test_frame)["energy"], before["energy"], rtol=0, atol=1e-9)
+    # the same class with its setting given as keyword arguments saves and loads exactly
+    ok = fixed(baseline="_oracles:ScaledEMT", baseline_kwargs={"scale": 0.5}).fit(train)
+    ok.save(tmp_path / "ok.npz")
+    assert gpal.load(tmp_path / "ok.npz").predict(test_frame)["energy"] == pytest.approx(
+        ok.predict(test_frame)["energy"], abs=1e-10)
+    summed = fixed(baseline=SumCalculator([EMT(), LennardJones(**LJ)])).fit(train)
+    with pytest.raises(BaselineError, match=r"SumCalculator\(\*\*parameters\) does not rebuild it"):
+        summed.save(tmp_path / "s.npz")
+    # an active learner saves its model at every checkpoint: refused before any oracle call
+    from ase.build import bulk
+
+    from _oracles import CountingEMT
+
+    oracle = CountingEMT()
+    with pytest.raises(BaselineError, match="does not rebuild it"):
+        gpal.ActiveLearner(bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)), oracle,
+                           fixed(baseline=SumCalculator([EMT(), LennardJones(**LJ)])),
+                           run_dir=tmp_path / "run", progress=False)
+    assert getattr(oracle, "n", 0) == 0 and not (tmp_path / "run").exists()
+
+
+def test_a_baseline_without_stress_predicts_energy_and_forces_of_a_periodic_cell(train, test_frame):
+    """Fitted on frames without stress, a Δ-model over a baseline without stress could not
+    predict anything of a periodic cell (predict and MD raised: no stress)."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.verlet import VelocityVerlet
+
+    from _oracles import NoStressEMT
+
+    frames = []
+    for a in train:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces())
+        frames.append(b)
+    model = fixed(baseline=NoStressEMT()).fit(frames)
+    out = model.predict(test_frame, return_std=True, forces_std=True, stress_std=True)
+    assert "stress" not in out and "stress_std" not in out
+    ref = test_frame.copy()
+    ref.calc = EMT()
+    # (the baseline is the oracle: nothing left to learn)
+    assert out["energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(out["forces"], ref.get_forces(), rtol=0, atol=1e-6)
+    md = test_frame.copy()
+    md.calc = gpal.GPCalculator(model)
+    VelocityVerlet(md, 1.0 * 0.09822694788464063).run(3)  # (1 fs)
+    with pytest.raises(PropertyNotImplementedError):
+        md.get_stress()
+
+
+def test_a_baseline_in_other_units_is_named_at_fit(train):
+    """A baseline in kcal/mol (23x) was taken without a word; so was one worse than none."""
+    with pytest.warns(UserWarning, match=r"leaves residual forces larger than the labels' own \(2[0-9.]+x"):
+        fixed(baseline="_oracles:ScaledEMT", baseline_kwargs={"scale": 23.06}).fit(train)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            fixed(baseline="_oracles:ScaledEMT", baseline_kwargs={"scale": 0.9}).fit(train)
+        except UserWarning as w:
+            assert "residual forces" not in str(w)
+
+
+def test_a_baseline_failing_mid_run_stops_the_run_saved_for_a_resume(tmp_path):
+    """A baseline that stopped working mid-run ended gpal learn as bad input (exit 2), with
+    no log event, no resume line, and state.json behind the log."""
+    from ase.build import bulk
+
+    from gpal.exceptions import BaselineStoppedError, RunStoppedError
+
+    model = SparseGP(soap(), n_sparse=30, hyperparameters="fixed",
+                     baseline="_oracles:FailsAfterEMT", baseline_kwargs={"fail_after": 40})
+    run = tmp_path / "run"
+    L = gpal.ActiveLearner(bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)), EMT(), model, run_dir=run,
+                           md=gpal.MDSettings(temperature=600), n_bootstrap=2, check_every=10, progress=False)
+    with pytest.raises(BaselineStoppedError, match=r"licence server unreachable .*\(at MD step \d+\).*"
+                                                   r"gpal learn --resume") as info:
+        L.run(400)
+    assert isinstance(info.value, RunStoppedError)
+    events = [json.loads(line) for line in open(run / "log.jsonl")]
+    assert events[-1]["event"] == "baseline_failed" and events[-1]["step"] == L.step
+    assert json.loads((run / "state.json").read_text())["step"] == L.step
+    R = gpal.ActiveLearner.resume(run, progress=False)  # (a new baseline: its count starts again)
+    assert R.step == L.step and len(R.model.frames_) >= 2
+
+
+def test_gpal_commands_find_a_baseline_module_in_the_working_folder(tmp_path, monkeypatch, train, test_frame):
+    """gpal learn finds a "module:Name" baseline beside it; validate, md and fit did not."""
+    import sys
+
+    from ase.io import write
+
+    from gpal.cli import main
+
+    (tmp_path / "mybase_here.py").write_text("from ase.calculators.emt import EMT\n\n\nclass Half(EMT):\n"
+                                             "    pass\n")
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "test.xyz", [test_frame])
+    assert "mybase_here" not in sys.modules and str(tmp_path) not in sys.path
+    assert main(["fit", "train.xyz", "-o", "m.npz", "-q", "--baseline", "mybase_here:Half"]) == 0
+    assert main(["validate", "m.npz", "test.xyz", "--no-plots"]) == 0
+    assert str(tmp_path) not in sys.path  # (for the command's duration only)
+    sys.modules.pop("mybase_here", None)
+
+
+def test_gpal_md_leaves_no_file_when_its_start_fails(tmp_path, lj_model, train, capsys):
+    """gpal md made its output file before the first evaluation: a start the baseline failed
+    on left an empty file, which the next run (with a good start) refused to replace."""
+    from ase.io import write
+
+    from gpal.cli import main
+
+    model = fixed(baseline="_oracles:RefusesLargeCellsEMT").fit(train)
+    model.save(tmp_path / "m.npz")
+    big = train[0].copy()
+    big.set_cell(big.cell * 1.2, scale_atoms=True)
+    write(tmp_path / "big.xyz", big)
+    write(tmp_path / "good.xyz", train[0])
+    out = tmp_path / "md.xyz"
+    assert main(["md", str(tmp_path / "m.npz"), str(tmp_path / "big.xyz"), "-o", str(out), "--steps", "2",
+                 "-q"]) == 2
+    assert "SCF did not converge" in capsys.readouterr().err and not out.exists()
+    assert main(["md", str(tmp_path / "m.npz"), str(tmp_path / "good.xyz"), "-o", str(out), "--steps", "2",
+                 "-q"]) == 0
+    assert out.stat().st_size > 0

@@ -39,7 +39,8 @@ import numpy as np
 
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
-from ..exceptions import ConfigError, GpalError, OracleError, RunStoppedError, StructureFileError, interrupt_in
+from ..exceptions import (BaselineError, ConfigError, GpalError, OracleError, RunStoppedError, StructureFileError,
+                          interrupt_in)
 
 log = logging.getLogger("gpal")
 
@@ -577,6 +578,12 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     print(summary)
     print(f"gpal: model, training set, log and plots are in {run_dir}/")
     return 0
+
+
+def _config_module():
+    from . import config
+
+    return config
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -1127,6 +1134,8 @@ def cmd_md(args: argparse.Namespace) -> int:
     done = [k for k in ("forces_std", "energy_std") if calibrated and k in model.calibration_]
     raw = [k for k in ("forces_std", "energy_std") if k not in done] + ["energies_std"]
     std_kind = (" and ".join(done) + " calibrated, " + " and ".join(raw) + " raw") if done else "raw"
+    atoms.get_potential_energy()  # (the start frame's results and stds, as every later frame has them;
+    #                                before the output file is made: a start that fails leaves none)
     traj = Trajectory(str(out), "w") if kind == "traj" else None
     if kind == "extxyz":
         out.write_text("")
@@ -1145,13 +1154,19 @@ def cmd_md(args: argparse.Namespace) -> int:
         with open(out, "a") as fh:
             write(fh, frame, format="extxyz")
 
-    atoms.get_potential_energy()  # (the start frame's results and stds, as every later frame has them)
     record(0)
+    written = 1
     with _progress(args.steps, not args.quiet, "gpal md") as bar:
         for k in range(1, args.steps + 1):
-            dyn.run(1)
+            try:
+                dyn.run(1)
+            except BaselineError as exc:  # (a Δ-model's baseline failing on a frame of the run)
+                if traj is not None:
+                    traj.close()
+                raise BaselineError(f"{exc} (at MD step {k}; the {written} frames before it are in {out})") from exc
             if k % args.interval == 0:
                 record(k)
+                written += 1
             bar.update(1)
             fstd = shown.get("forces_std")
             bar.set_postfix_str(f"T={atoms.get_temperature():.0f} K" + (
@@ -1294,7 +1309,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ase.data import chemical_symbols
 
     from ..calibration.recalibration import species_factors_text
-    from ..exceptions import BaselineError
     from ..io import read_model_file
     from ..model import load
 
@@ -1696,6 +1710,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"gpal {args.command}"
     learn = args.command == "learn" and threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if learn else None
+    # a model's "module:Name" baseline (or a plugin) may live in the working folder, as
+    # `gpal learn` finds it there (which also adds the config's folder, for its duration)
+    added = [] if args.command == "learn" else _config_module().add_import_folders()
     try:
         with _one_line_warnings(prog):
             return int(args.func(args) or 0)
@@ -1772,4 +1789,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if learn:
             signal.signal(signal.SIGTERM, old_term)
+        for folder in added:
+            if folder in sys.path:
+                sys.path.remove(folder)
 

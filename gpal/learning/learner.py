@@ -60,8 +60,9 @@ from .._threads import policy as _thread_policy
 from .._validation import (as_rng, check_atoms, check_min_distance, check_number, displacement, frame_labels,
                            species_number, user_stacklevel, warn_unknown_keywords)
 from ..calculator import GPCalculator
-from ..exceptions import (GpalError, MissingLabelsError, OracleError, OracleStoppedError, OverlappingAtomsError,
-                          UnknownSpeciesError, interrupt_in)
+from ..exceptions import (BaselineError, BaselineStoppedError, GpalError, MissingLabelsError, OracleError,
+                          OracleStoppedError, OverlappingAtomsError, RunStoppedError, UnknownSpeciesError,
+                          interrupt_in)
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
@@ -530,6 +531,10 @@ def _check_baseline(model, oracle, structures) -> None:
     for a in structures:
         periodic = bool(np.all(a.pbc) and a.cell.volume > 1e-6)
         _baseline.baseline_labels(base, a, stress=with_stress and periodic)
+    # a live calculator must be describable: the run saves the model at every checkpoint
+    # (and a description that does not rebuild it, TIP3P(rc=4.0) or a SumCalculator, is refused now)
+    live = not isinstance(model.baseline, (str, dict)) and not hasattr(model.baseline, "factory")
+    _baseline.baseline_spec(base) if live else _baseline.baseline_spec(model.baseline, model.baseline_kwargs)
 
 
 def _check_neighbours(atoms: Atoms, r_cut: float, what: str) -> None:
@@ -1542,6 +1547,18 @@ class ActiveLearner:
                 self.ramp_steps = self.total_steps
             self._warn_unstoppable(steps)
             return self._run(t_start)
+        except BaselineError as exc:
+            if isinstance(exc, RunStoppedError):
+                raise
+            # a Δ-model's baseline failed on a frame of the run (the start structures were
+            # checked before any call): saved as after an interrupt; a resume continues
+            # once the baseline works on such frames
+            self._interrupted = True
+            self.checkpoint(model=False)
+            self._log({"event": "baseline_failed", "step": self.step, "error": str(exc)})
+            raise BaselineStoppedError(
+                f"{exc} (at MD step {self.step}); the run is saved in {self.run_dir}: make the baseline work "
+                f"on such frames, then continue with gpal learn --resume {self.run_dir}") from exc
         except (KeyboardInterrupt, SystemError) as exc:
             if interrupt_in(exc) is None:
                 raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
