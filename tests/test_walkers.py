@@ -163,6 +163,31 @@ def test_walker_keys_of_the_configuration_are_checked(tmp_path):
             check_config(bad)
     assert config_difference({"walker_workers": 2}, {"walker_scheduler": "tcp://h:1"}) is None  # resumable
     assert "walker_workers" in default_toml() and "walker_scheduler" in default_toml()
+    # 20,000 walkers ran no segment in 40 s and hung gpal learn's shutdown after a SIGTERM
+    with pytest.raises(ConfigError, match=r"\[learner\] n_walkers must be <= 1024, got 20000"):
+        check_config({"learner": {"n_walkers": 20000}})
+    with pytest.raises(ValueError, match="n_walkers must be <= 1024"):
+        learner(tmp_path / "big", n_walkers=1025)
+
+
+def test_a_scheduler_that_does_not_answer_is_refused_before_the_run_folder(tmp_path, capsys):
+    """The address was probed after config.toml and run.lock were written, and its error
+    line did not name the config file as every other configuration error does."""
+    import socket
+
+    from gpal.cli import main
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'run_dir = "{tmp_path / "run"}"\nsteps = 20\nwalker_scheduler = "tcp://127.0.0.1:{port}"\n'
+                   '[structure]\nbulk = "Cu"\n')
+    assert main(["learn", str(cfg), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gpal learn: error: {cfg}: walker_scheduler tcp://127.0.0.1:{port}: "
+                                               "cannot connect")
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_walker_settings_are_refused(tmp_path):
@@ -193,9 +218,43 @@ def test_a_failing_segment_saves_the_run(tmp_path):
             return f
 
     L = learner(tmp_path / "run", walker_executor=Broken())
-    with pytest.raises(GpalError, match="worker lost.*resume"):
+    with pytest.raises(GpalError, match="worker lost.*continue with gpal learn --resume"):
         L.run(20)
     assert (tmp_path / "run" / "state.json").exists()
+
+
+def test_a_pool_that_breaks_between_rounds_stops_the_run_saved(tmp_path):
+    """A walker worker process that died broke the pool: the next round's submit raised
+    BrokenProcessPool, which gpal learn reported as "a bug in gpal?" (exit 1, no resume
+    line), though the run was saved and resumed with every label once."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from gpal.exceptions import RunStoppedError
+
+    class BreaksAfterOneRound(ThreadPoolExecutor):
+        n = 0
+
+        def submit(self, fn, *args, **kwargs):
+            BreaksAfterOneRound.n += 1
+            if BreaksAfterOneRound.n > 4:  # (4 walkers: the second round)
+                raise BrokenProcessPool("A child process terminated abruptly")
+            return super().submit(fn, *args, **kwargs)
+
+    with BreaksAfterOneRound(1) as ex:
+        L = learner(tmp_path / "run", walker_executor=ex)
+        with pytest.raises(RunStoppedError, match=r"refused a segment \(BrokenProcessPool: .*did a worker "
+                                                  r"process die\?\); the run is saved .*gpal learn --resume"):
+            L.run(200)
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == L.step > 0
+    R = ActiveLearner.resume(tmp_path / "run", progress=False)
+    R.run(60)
+    check_consistent(R, tmp_path / "run", 60)
+    # the step records are the serial loop's: target_T of the recorded step, each walker's temperature
+    steps = [r for r in records(tmp_path / "run") if "target_T" in r and "round" in r]
+    assert steps and all(len(r["walker_temperatures"]) == 4 and len(r["walker_steps"]) == 4 and "volume" in r
+                         and min(r["walker_steps"]) == r["step"]
+                         and r["target_T"] == pytest.approx(R._temperature_of_step(r["step"])) for r in steps)
 
 
 def test_dask_cluster_runs_walkers_on_both_workers_and_resumes(tmp_path):
@@ -206,9 +265,16 @@ def test_dask_cluster_runs_walkers_on_both_workers_and_resumes(tmp_path):
         from gpal.learning.walkers import _probe_scheduler
 
         _probe_scheduler(cluster.scheduler_address, timeout=5.0)  # a real scheduler passes the probe
-        L = learner(run, walker_executor=client.get_executor())
+        ex = client.get_executor()
+        tasks, submit = [], ex.submit
+        ex.submit = lambda fn, task: (tasks.append(task), submit(fn, task))[1]
+        L = learner(run, walker_executor=ex)
         L.run(40)
         segs = check_consistent(L, run, 40)
+        # the model is scattered to the cluster once per change and each task names it (its
+        # bytes in every task were a copy per walker per round: dask's "large graph" warnings)
+        assert tasks and all(type(t["model"]).__name__ == "Future" for t in tasks)
+        assert len({t["model"].key for t in tasks}) == len({t["model_key"] for t in tasks})
         pids = {r["pid"] for r in segs}
         workers = set(client.run(os.getpid).values())  # the two worker processes
         assert len(pids) == 2 and pids == workers  # segments ran on both workers

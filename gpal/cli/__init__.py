@@ -750,6 +750,13 @@ def _learn(args: argparse.Namespace) -> int:
         if cfg.get("walker_workers") or cfg.get("walker_scheduler"):
             raise ConfigError("[targets] cannot run with walker_workers or walker_scheduler (the target "
                               "weight follows every checked frame); run the walkers in the learner's process")
+    if cfg.get("walker_scheduler"):  # (before the run folder is touched: an address that answers)
+        from ..learning.walkers import _probe_scheduler
+
+        try:
+            _probe_scheduler(cfg["walker_scheduler"])
+        except GpalError as exc:
+            raise ConfigError(f"{args.config + ': ' if args.config else ''}{exc}") from None
     run_dir = Path(cfg["run_dir"])
     args.run_dir_used = run_dir
     if run_dir.exists() and not run_dir.is_dir():
@@ -1533,8 +1540,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the full default configuration (TOML, with units) and exit")
     s.add_argument("--resume", metavar="RUN_DIR", type=os.path.expanduser,  # (--resume=~/x: no shell expansion)
                    help="continue the run in RUN_DIR, with the workers it was started with (with a config: only "
-                        "steps, workers, [stopping], [targets] tolerance and [learner] max_oracle_calls may "
-                        "change)")
+                        "steps, workers, walker_workers, walker_scheduler (a new address), [stopping], [targets] "
+                        "tolerance and [learner] max_oracle_calls may change)")
     s.add_argument("--steps", type=_non_negative(int), help="MD steps per walker, a total (overrides the config)")
     s.add_argument("--run-dir", type=os.path.expanduser, help="run folder (overrides the config)")
     s.add_argument("--overwrite", action="store_true",

@@ -385,11 +385,11 @@ def learner_groups(learner: dict, path=None) -> dict:
     """The settings groups of a ``[learner]`` table (:func:`gpal.learning.settings.group_flat`),
     checked by the learner's own rules; a :class:`ConfigError` naming ``[learner]`` (and
     ``path``) otherwise."""
-    from .._validation import check_number
+    from ..learning.learner import check_n_walkers
     from ..learning.settings import FLAT_NAMES, group_flat
 
     try:
-        check_number("n_walkers", learner.get("n_walkers", 1), low=1, integer=True)
+        check_n_walkers(learner.get("n_walkers", 1))
         return group_flat({}, {k: v for k, v in learner.items() if k in FLAT_NAMES})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{f'{path}: ' if path else ''}[learner] {exc}") from None

@@ -554,6 +554,21 @@ def _system_key(a: Atoms) -> tuple:
     return len(a), tuple(z.tolist()), tuple(n.tolist()), tuple(bool(p) for p in a.pbc)
 
 
+#: the most MD walkers per start structure: each is a task every round, judged by the one
+#: learner (20,000 held 0.73 GB and ran no segment in 40 s, and a SIGTERM then left
+#: gpal learn hung in the process pool's shutdown; 2,000 stopped at once)
+MAX_WALKERS = 1024
+
+
+def check_n_walkers(n) -> int:
+    """``n_walkers`` as an int in [1, :data:`MAX_WALKERS`]; a one-line ValueError otherwise."""
+    n = check_number("n_walkers", n, low=1, integer=True)
+    if n > MAX_WALKERS:
+        raise ValueError(f"n_walkers must be <= {MAX_WALKERS}, got {n}: each walker's MD is a task of every "
+                         "round that the one learner judges; for more sampling run several learners")
+    return n
+
+
 def check_max_temperature(md: MDSettings, max_temperature: float | None) -> None:
     """``ValueError`` if the blow-up limit ``max_temperature`` (K) is not above the protocol's top."""
     hottest = max(md.temperature_at(0.0), md.temperature_at(1.0))
@@ -785,7 +800,7 @@ class ActiveLearner:
         check_md_factory(self.md, self.structures[0] if self.structures else None)
         self.trigger = trigger or Trigger()
         check_storable(self.trigger)  # (its settings must survive resume and walker workers)
-        self.n_walkers = check_number("n_walkers", n_walkers, low=1, integer=True)
+        self.n_walkers = check_n_walkers(n_walkers)
         check_budgets(self.model, groups)
         check_max_temperature(self.md, self.max_temperature)
         check_trigger_threshold(self.trigger, self.max_force)
@@ -1900,10 +1915,13 @@ class ActiveLearner:
                    "temperature": float(w.atoms.get_temperature()), "target_T": float(T)})
         w.restart_from_good(T)
 
-    def _log_step(self, T: float) -> None:
+    def _log_step(self, T: float, **extra) -> None:
+        """The step record of ``log.jsonl``: walker 0's temperature and energy, the protocol's
+        ``target_T`` (K) at :attr:`step`, counts; ``extra`` fields added (the walker
+        executor's round and each walker's own step)."""
         w0 = self.walkers[0].atoms
         self._log({
-            "step": self.step, "temperature": w0.get_temperature(), "target_T": T,
+            "step": self.step, **extra, "temperature": w0.get_temperature(), "target_T": T,
             "energy": float(w0.get_potential_energy()), "threshold": self.threshold_,
             "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
             "n_sparse": len(self.model.sparse_X_),

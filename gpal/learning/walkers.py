@@ -457,9 +457,16 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         return True
 
     issued: list = []  # futures of this run's segments not yet seen done (cancelled on a stop)
+    client = _dask_client(ex)  # (a dask executor: the model goes to the cluster once per change)
+    resume = f"the run is saved in {L.run_dir}: continue with gpal learn --resume {L.run_dir}"
 
     def issue(task):
-        f = ex.submit(run_segment, task)
+        try:
+            f = ex.submit(run_segment, task)
+        except Exception as exc:  # a pool whose worker died (BrokenProcessPool), a closed client
+            L.checkpoint()
+            raise RunStoppedError(f"the walker executor refused a segment ({type(exc).__name__}: {exc}; did a "
+                                  f"worker process die?); {resume}") from exc
         issued.append(f)
         return f
 
@@ -467,11 +474,14 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         if snap["changed"]:
             snap["data"] = model_to_bytes(L.model)
             snap["key"] = _digest(snap["data"])
+            # with dask, one copy scattered to the cluster, which each task names: the bytes in
+            # every task (a copy per walker per round, 61 MB at 46 labels) were a "large graph"
+            snap["ref"] = snap["data"] if client is None else client.scatter(snap["data"], hash=False)
             snap["changed"] = False
         active = [w for w in L.walkers if steps[w.index] < L.total_steps]
         L._round += 1
         futures = [issue(_task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
-                               snap["data"], snap["key"])) for w in active]
+                               snap["ref"], snap["key"])) for w in active]
         return L._round, active, futures, time.perf_counter()
 
     def collect(futures) -> list:
@@ -484,10 +494,9 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             L.checkpoint()
             if isinstance(exc, cf.CancelledError):
                 raise RunStoppedError("a walker segment was cancelled by its executor (a dask scheduler that "
-                                f"stopped, or a pool shut down); the run is saved in {L.run_dir}: resume "
-                                "it") from exc
+                                      f"stopped, or a pool shut down); {resume}") from exc
             raise RunStoppedError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
-                            f"the run is saved in {L.run_dir}: resume it") from exc
+                                  f"{resume}") from exc
 
     spec: dict = {}  # walker index -> its next segment, submitted on the same model
 
@@ -504,7 +513,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 results[w.index] = r = collect([f])[0]
                 if r["candidate"] is None and r["step_end"] < L.total_steps:
                     end = min(r["step_end"] + seg, L.total_steps)
-                    spec[w.index] = issue(_task(L, w, r["step_end"], end, snap["data"], snap["key"], state=r))
+                    spec[w.index] = issue(_task(L, w, r["step_end"], end, snap["ref"], snap["key"], state=r))
         return [results[w.index] for w in active]
 
     def drop_spec() -> None:
@@ -591,12 +600,10 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                     "md_wall": md_wall, "learner_wall": time.perf_counter() - t1,
                     "candidates": len(rollbacks) + len(uncertain), "labelled": len(rollbacks) + len(chosen)})
             if rollbacks or chosen or rnd % max(1, L.log_every // max(seg, 1)) == 0:
-                w0 = L.walkers[0].atoms
-                L._log({"step": L.step, "round": rnd, "temperature": w0.get_temperature(),
-                        "target_T": L._temperature_of_step(steps[L.walkers[0].index]),
-                        "energy": float(w0.get_potential_energy()), "threshold": L.threshold_,
-                        "oracle_calls": L.oracle.n_calls, "labelled": L.n_labelled,
-                        "n_sparse": len(L.model.sparse_X_)})
+                # the serial loop's record (target_T of the learner's step, the slowest
+                # walker's); each walker is at its own step, which walker_steps gives
+                L._log_step(L._temperature_of_step(L.step), round=rnd,
+                            walker_steps=[int(steps[w.index]) for w in L.walkers])
             prog.update(L.step - prog.n)
             prog.set_postfix_str(f"oracle calls {L.oracle.n_calls}", refresh=False)
             last = L.step >= L.total_steps and L.step % L.check_every if L.check_every else False
@@ -615,7 +622,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                     nxt = [w for w in L.walkers if steps[w.index] < L.total_steps]
                     futs = [spec.pop(w.index, None) or issue(
                         _task(L, w, steps[w.index], min(steps[w.index] + seg, L.total_steps),
-                              snap["data"], snap["key"])) for w in nxt]
+                              snap["ref"], snap["key"])) for w in nxt]
                     drop_spec()
                     pending = (L._round, nxt, futs, time.perf_counter())
     except BaseException:  # (a blow-up limit, a failed segment, Ctrl-C: no segment of this run
@@ -629,6 +636,12 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             relay_warnings(L._relayed_warnings, r.get("warnings", ()))
             take_state(w, r)
         L.step = min(steps.values())
+
+
+def _dask_client(ex):
+    """The dask client behind a walker executor (``client.get_executor()``), else None."""
+    client = getattr(ex, "_client", None)
+    return client if client is not None and type(client).__module__.startswith("distributed") else None
 
 
 #: seconds without a finished walker segment after which the learner says it is waiting
