@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, FileIOCalculator, all_changes
 from ase.calculators.emt import EMT
 
 
@@ -238,3 +238,43 @@ class RefusesLargeCellsEMT(EMT):
         if atoms is not None and atoms.get_volume() / len(atoms) > self.parameters["max_volume"]:
             raise RuntimeError("SCF did not converge")
         super().calculate(atoms, properties, system_changes)
+
+
+_FILE_EMT_PROGRAM = """
+import json, time
+from ase import Atoms
+from ase.calculators.emt import EMT
+d = json.load(open("calc.in"))
+time.sleep(0.1)
+a = Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+a.calc = EMT()
+json.dump({"energy": a.get_potential_energy(), "forces": a.get_forces().tolist()}, open("calc.out", "w"))
+"""
+
+
+class FileEMT(FileIOCalculator):
+    """EMT run as a program that reads ``calc.in`` and writes ``calc.out`` in the
+    calculator's directory (fixed file names, as a DFT code's)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, **kwargs):
+        import shlex
+        import sys
+
+        super().__init__(command=f"{shlex.quote(sys.executable)} -c {shlex.quote(_FILE_EMT_PROGRAM)}", **kwargs)
+
+    def write_input(self, atoms, properties=None, system_changes=None):
+        import json
+
+        super().write_input(atoms, properties, system_changes)
+        with open(f"{self.directory}/calc.in", "w") as fh:
+            json.dump({"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+                       "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}, fh)
+
+    def read_results(self):
+        import json
+
+        with open(f"{self.directory}/calc.out") as fh:
+            d = json.load(fh)
+        self.results = {"energy": d["energy"], "free_energy": d["energy"], "forces": np.array(d["forces"])}

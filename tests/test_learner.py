@@ -2674,3 +2674,28 @@ def test_wall_time_total_adds_every_run_of_one_learner(tmp_path):
     second = L.run(20)
     # (the first session's whole time, its plots after its summary too)
     assert second.wall_time_total >= first.wall_time_total + second.wall_time
+
+
+def test_file_based_oracles_on_workers_run_in_folders_of_their_own(tmp_path):
+    """A file-based calculator (a DFT code's fixed input and output names) built on each
+    worker shared its folder: 3 workers labelled 4 of 6 frames with another frame's
+    energy, with no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpal.learning.oracle import Oracle, OracleSpec
+
+    frames = []
+    for s in range(6):
+        a = start()
+        a.rattle(0.05, seed=s)
+        frames.append(a)
+    with ThreadPoolExecutor(3) as ex:
+        out, failures = Oracle(OracleSpec("_oracles:FileEMT", {"directory": str(tmp_path / "dft")}),
+                               executor=ex).label(frames)
+    assert not failures and len(out) == 6
+    for a, b in zip(frames, out):
+        ref = a.copy()
+        ref.calc = EMT()
+        assert b.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+    folders = sorted(p.name for p in (tmp_path / "dft").iterdir())
+    assert len(folders) >= 2 and all(f.startswith(f"gpal-worker-{os.getpid()}-") for f in folders)

@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,13 +100,15 @@ class OracleSpec:
             raise OracleError(f"oracle factory {self.factory!r} is not callable")
         return obj
 
-    def check(self):
+    def check(self, worker: bool = False):
         """Build the calculator once, here and now, and return it (kept for this process
         and thread, which reuse it for their labels).
 
         A typo in ``kwargs``, a factory that is not a calculator or a calculator that
         cannot start raises :class:`gpal.OracleError` before any run folder is written,
-        instead of failing every label of the run.
+        instead of failing every label of the run. ``worker``: built for an executor's
+        worker (:func:`_label_task`), a file-based calculator gets a folder of its own
+        (:func:`_own_directory`).
         """
         key = self.key()
         calc = _cached_calculator(key)
@@ -124,6 +127,8 @@ class OracleSpec:
         if not is_calculator(calc):
             raise OracleError(f"the oracle factory {self.factory!r} returned {type(calc).__name__} "
                               "(an object that is not an ASE calculator)")
+        if worker:
+            _own_directory(calc)
         _WORKER_CALCS[_slot(key)] = (os.getpid(), calc)
         return calc
 
@@ -348,9 +353,30 @@ def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=int(threads))
 
 
+def _own_directory(calc) -> None:
+    """Give a file-based ASE calculator (``FileIOCalculator``, ``GenericFileIOCalculator``:
+    a DFT code's input and output files) built for a worker the folder
+    ``<its directory>/gpal-worker-<pid>`` (``-<thread id>`` off the process's main
+    thread): such codes write fixed file names, and workers sharing one folder read each
+    other's outputs (3 workers, a file-based EMT: 4 of 6 labels were another frame's
+    energy, with no error). Other calculators are left as they are."""
+    from ase.calculators.calculator import FileIOCalculator
+
+    try:
+        from ase.calculators.genericfileio import GenericFileIOCalculator
+    except ImportError:  # (an ASE without it)
+        GenericFileIOCalculator = FileIOCalculator
+    if not isinstance(calc, (FileIOCalculator, GenericFileIOCalculator)):
+        return
+    main = threading.current_thread() is threading.main_thread()
+    tag = f"gpal-worker-{os.getpid()}" + ("" if main else f"-{threading.get_ident()}")
+    base = calc.directory
+    calc.directory = type(base)(Path(base) / tag) if isinstance(base, (str, Path)) else str(Path(str(base)) / tag)
+
+
 def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, arrays, threads, fresh=False):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
-    calc = spec.check()
+    calc = spec.check(worker=True)
     with _thread_limit(threads):
         t0 = time.perf_counter()
         out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
