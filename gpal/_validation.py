@@ -12,6 +12,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 
+import ase
 import numpy as np
 from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -149,13 +150,17 @@ def _det3(cell: np.ndarray) -> float:
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
+#: the folders of gpal's and ASE's code: a warning points past them, at the user's line
+_NOT_USER_CODE = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], ase))
+
+
 def user_stacklevel() -> int:
     """``stacklevel`` for a ``warnings.warn`` in the function that calls this one: the
-    first caller outside the gpal package (a user's line, whatever gpal functions and
-    thread-policy wrappers lie between)."""
-    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    first caller outside the gpal and ASE packages (a user's line, whatever gpal
+    functions, thread-policy wrappers and ASE calls lie between: a warning of a
+    ``GPCalculator`` evaluation pointed into ASE's calculator.py)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(pkg):
+    while frame is not None and frame.f_code.co_filename.startswith(_NOT_USER_CODE):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -2699,3 +2699,33 @@ def test_file_based_oracles_on_workers_run_in_folders_of_their_own(tmp_path):
         assert b.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
     folders = sorted(p.name for p in (tmp_path / "dft").iterdir())
     assert len(folders) >= 2 and all(f.startswith(f"gpal-worker-{os.getpid()}-") for f in folders)
+
+
+def test_work_without_a_bar_is_announced_on_stderr(tmp_path, capsys):
+    """After the bootstrap bar and after the MD bar a large cell's first fit and last
+    hyperparameter choice ran with no output (42 s and 97 s at 2,048 atoms)."""
+    small = ActiveLearner(start(), EMT(), SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP),
+                                                     n_sparse=30),
+                          run_dir=tmp_path / "run", progress=True, trigger=Trigger(threshold=1e-4),
+                          optimize_every=10.0)  # (the schedule's next choice after 40 labels: one at the end)
+    small.run(100)
+    err = capsys.readouterr().err
+    assert "gpal: fitting the first model to the 4 bootstrap labels..." in err
+    assert re.search(r"gpal: the last hyperparameter choice, on all \d+ labels, and the calibration\.\.\.", err)
+
+
+def test_a_rare_species_calibration_is_named_in_the_summary(tmp_path):
+    """2 Au atoms among 108: Au's factor rested on 36 force components, pulled halfway to
+    1 by its prior, and new frames' Au mean z² came to 2.3, with no word."""
+    from ase.build import bulk
+
+    cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    cell.numbers[:1] = 79  # one Au among 32
+    model = SparseGP(SOAP(species=["Cu", "Au"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=40)
+    L = ActiveLearner(cell, EMT(), model, run_dir=tmp_path / "run", progress=False, trigger=Trigger(threshold=1e-4),
+                      md=MDSettings(temperature=600))
+    with pytest.warns(UserWarning, match=r"species factor of Au \(\d+\) rests on fewer than 60 force components"):
+        summary = L.run(300)
+    counts = summary.calibration["species_components"]
+    assert counts["79"] < 60 <= counts["29"]
+    assert "calibration caveat    : the species factor of Au (" in str(summary)

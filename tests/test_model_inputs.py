@@ -366,6 +366,15 @@ def test_a_composition_the_training_energies_do_not_determine_warns_once():
     model.fit([cell(2, s) for s in range(4)])  # a new fit forgets what was said
     with pytest.warns(UserWarning, match="composition Cu4:"):
         model.predict(cell(0, 9))
+    # through ASE (GPCalculator): the warning points at the user's line, not into ASE
+    import gpal
+
+    model.fit([cell(2, s) for s in range(4)])
+    a = cell(0, 9)
+    a.calc = gpal.GPCalculator(model)
+    with pytest.warns(UserWarning, match="composition Cu4:") as caught:
+        a.get_potential_energy()
+    assert caught[0].filename == __file__
 
 
 def test_update_with_a_frame_the_model_holds_warns(tmp_path):

@@ -356,6 +356,9 @@ class Summary:
                 lines.append(f"  calibration caveat    : {_BOOTSTRAP_CALIBRATION}")
             elif c.get("n_calibration_components", _MIN_CALIBRATION_COMPONENTS) < _MIN_CALIBRATION_COMPONENTS:
                 lines.append(f"  calibration caveat    : {_few_components_text(c['n_calibration_components'])}")
+            rare = _rare_species_text(c.get("species_components") or {})
+            if rare and not c.get("on_bootstrap_frames"):
+                lines.append(f"  calibration caveat    : {rare}")
             if "energy_scale" in c:
                 zms = f", on other frames mean z² {c['judge_energy_zms']:.3g}" if "judge_energy_zms" in c else ""
                 lines.append(f"  energy calibration    : energy_std x {c['energy_scale']:.3g} on "
@@ -392,6 +395,25 @@ _BOOTSTRAP_CALIBRATION = (
 #: down (16 atoms' forces): a 2-atom hcp cell's 2 frames (12 components) fitted the scale
 #: to its lower bound 0.1, and new frames' mean z² came to 8.8
 _MIN_CALIBRATION_COMPONENTS = 48
+
+
+def _rare_species_text(counts: dict) -> str:
+    """The summary's caveat for species whose calibration factor rests on fewer force
+    components than its prior's weight (:data:`gpal.calibration.recalibration.SPECIES_PRIOR_COUNT`),
+    "" for none: such a factor is pulled toward 1, and a rare species' stds may be too
+    small (2 Au atoms among 108: Au's 36 components gave a factor of 1.91, and new
+    frames' Au mean z² came to 2.3, coverage 0.74; its neighbours' stds were too small too)."""
+    from ase.data import chemical_symbols
+
+    from ..calibration.recalibration import SPECIES_PRIOR_COUNT
+
+    few = [(chemical_symbols[int(z)], n) for z, n in counts.items() if n < SPECIES_PRIOR_COUNT]
+    if not few:
+        return ""
+    names = ", ".join(f"{s} ({n})" for s, n in few)
+    return (f"the species factor of {names} rests on fewer than {SPECIES_PRIOR_COUNT} force components, so it is "
+            "pulled toward 1 and its stds (and its neighbours') may be too small: check them on frames "
+            "with more of it (gpal validate)")
 
 
 def _few_components_text(n: int) -> str:
@@ -1402,6 +1424,7 @@ class ActiveLearner:
             raise OracleError(f"no bootstrap frame could be labelled{first}; see log.jsonl")
         t0, cal0 = time.perf_counter(), self._times["calibration"]
         if getattr(self.model, "alpha_", None) is None:
+            self._note(f"fitting the first model to the {len(frames)} bootstrap labels")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 self.model.fit(frames)  # with hyperparameters="evidence" the fit chooses them
@@ -1708,6 +1731,15 @@ class ActiveLearner:
                                "session that ended there (state.json and log.jsonl have the run's progress)")
             self._write_json_atomic(path, d)
 
+    def _note(self, what: str) -> None:
+        """A line on stderr, with progress on, before work that shows no bar (a large cell's
+        first fit or last hyperparameter choice: 42 s and 97 s of silence at 2,048 atoms,
+        after the bars had ended)."""
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"gpal: {what}...", file=sys.stderr)
+
     def _start(self) -> None:
         """The bootstrap labels and model (first run only), then the walkers."""
         if not self.bootstrap_done:
@@ -1982,6 +2014,7 @@ class ActiveLearner:
         chosen = bool(self.optimize_every and self.bootstrap_done and self.n_labelled > self._last_opt
                       and self.n_labelled != self._certified_labels)
         if chosen:
+            self._note(f"the last hyperparameter choice, on all {self.n_labelled} labels, and the calibration")
             t0, cal0 = time.perf_counter(), self._times["calibration"]
             self._optimize()  # (calibrates)
             self._add_update_time(t0, cal0)
@@ -2001,6 +2034,9 @@ class ActiveLearner:
             warnings.warn("this run's force-std calibration "
                           f"{_few_components_text(self._calibration['n_calibration_components'])}",
                           UserWarning, stacklevel=user_stacklevel())
+        rare = _rare_species_text(self._calibration.get("species_components") or {})
+        if rare and not self._calibration.get("on_bootstrap_frames") and not self.validation:
+            warnings.warn(f"this run's force-std calibration: {rare}", UserWarning, stacklevel=user_stacklevel())
         self.checkpoint()
         summary = self._summary(time.perf_counter() - t_start, validation=val)
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
@@ -2268,6 +2304,9 @@ class ActiveLearner:
             # fewer than 4 MD labels: fitted and judged on the bootstrap's rattled copies
             "on_bootstrap_frames": bool(rattled),
             "n_calibration_components": n_comp,
+            # per species (several): the components its factor rests on, a rare species' few
+            "species_components": ({str(z): int(c) for z, c in zip(*np.unique(sp[cal], return_counts=True))}
+                                   if tt.species_scale_ else {}),
         }
         q90 = out["conformal_q90"] if out["conformal_q90"] > 0 else None  # (0: errors all zero, no bound)
         self.model.set_calibration(forces_std=dataclasses.replace(tt.calibration(), conformal_q90=q90))
