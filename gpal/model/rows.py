@@ -187,35 +187,11 @@ class _Rows:
         their features.
         """
         desc = self.descriptor_ if derivs is None else None
-        numbers = atoms.numbers
-        N, M = len(numbers), len(Z)
-        e_row, f_rows, s_rows = np.zeros(M), np.zeros((N, 3, M)), np.zeros((6, M))
-        cols = {int(z): np.flatnonzero(zsp == z) for z in np.unique(numbers)}
-        cols = {z: c for z, c in cols.items() if len(c)}
-        acc, volume = {}, np.nan
-        blocks = desc.derivative_blocks(atoms) if derivs is None else [(0, len(numbers), derivs)]
+        rows = _BlockRows(atoms.numbers, zsp, len(Z))
+        blocks = desc.derivative_blocks(atoms) if derivs is None else [(0, len(atoms), derivs)]
         for i0, i1, d in blocks:
-            volume = d.volume
-            nb = numbers[i0:i1]
-            center_z = numbers[d.center]
-            for z, c in cols.items():
-                here = nb == z
-                if not np.any(here):
-                    continue
-                e_row[c] += kernel(d.descriptor[here], Z[c]).sum(axis=0)
-                p = center_z == z
-                if not np.any(p):  # isolated atoms: energy rows only
-                    continue
-                if z not in acc:
-                    acc[z] = (np.zeros((N, 3, len(c))), np.zeros((3, 3, len(c))))
-                self._contract_rows(kernel, d.descriptor, Z[c], d, p, numbers, N, desc,
-                                    first=i0, out=acc[z])
-        has_cell = np.isfinite(volume) and volume > 0
-        for z, (rows_f, virial) in acc.items():
-            f_rows[:, :, cols[z]] = rows_f
-            if has_cell:
-                s_rows[:, cols[z]] = virial_stress(virial, volume)
-        return e_row, f_rows, s_rows
+            rows.add(self, kernel, Z, i0, i1, d, desc)
+        return rows.result()
 
     @staticmethod
     def _contract_rows(kernel, X, Zc, d, p, numbers, N, descriptor=None, first=0, out=None):
@@ -380,3 +356,46 @@ class _Rows:
         self._check(atoms)
         e, f, s = self._derivative_rows(atoms, self.sparse_X_, self.sparse_species_)
         return ObservationRows(e, f, s if bool(np.all(atoms.pbc)) else None)
+
+
+class _BlockRows:
+    """A cosine kernel's energy (M,), force (N, 3, M) and stress (6, M) rows of one frame,
+    summed block of centres by block (:meth:`RowsMixin._blocked_rows`, and the evidence
+    candidates' rows of a large periodic frame: one pass over the descriptor's
+    derivative blocks for several kernels and ``l_max`` subsets)."""
+
+    def __init__(self, numbers, zsp, M: int):
+        self.numbers, self.N, self.M = numbers, len(numbers), M
+        cols = {int(z): np.flatnonzero(zsp == z) for z in np.unique(numbers)}
+        self.cols = {z: c for z, c in cols.items() if len(c)}
+        self.e_row = np.zeros(M)
+        self.acc, self.volume = {}, np.nan
+
+    def add(self, model, kernel, Z, i0: int, i1: int, d, desc=None) -> None:
+        """Add the block of centres ``i0 : i1`` with derivatives ``d``;
+        ``desc``: the descriptor that made them (per-species column groups), or None."""
+        self.volume = d.volume
+        numbers = self.numbers
+        nb = numbers[i0:i1]
+        center_z = numbers[d.center]
+        for z, c in self.cols.items():
+            here = nb == z
+            if not np.any(here):
+                continue
+            self.e_row[c] += kernel(d.descriptor[here], Z[c]).sum(axis=0)
+            p = center_z == z
+            if not np.any(p):  # isolated atoms: energy rows only
+                continue
+            if z not in self.acc:
+                self.acc[z] = (np.zeros((self.N, 3, len(c))), np.zeros((3, 3, len(c))))
+            model._contract_rows(kernel, d.descriptor, Z[c], d, p, numbers, self.N, desc, first=i0,
+                                 out=self.acc[z])
+
+    def result(self) -> tuple:
+        f_rows, s_rows = np.zeros((self.N, 3, self.M)), np.zeros((6, self.M))
+        has_cell = np.isfinite(self.volume) and self.volume > 0
+        for z, (rows_f, virial) in self.acc.items():
+            f_rows[:, :, self.cols[z]] = rows_f
+            if has_cell:
+                s_rows[:, self.cols[z]] = virial_stress(virial, self.volume)
+        return self.e_row, f_rows, s_rows
