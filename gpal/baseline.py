@@ -16,7 +16,7 @@ The baseline is any ASE calculator, given as
 * a live calculator, e.g. ``SparseGP(baseline=TBLite(method="GFN1-xTB"))``: usable at
   once; saving the model needs its class to be importable as ``module:Name`` and its
   ``parameters`` (the ASE convention for a calculator's settings) to be JSON, so that
-  ``Class(**parameters)`` rebuilds it on load.
+  ``Class(**parameters)`` rebuilds it on load (checked: :func:`baseline_spec`).
 
 A model file whose baseline cannot be imported on load raises
 :class:`gpal.exceptions.BaselineError` with a one-line message naming the module.

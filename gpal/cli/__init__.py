@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
+from .config import add_import_folders
 from ..exceptions import (BaselineError, ConfigError, GpalError, OracleError, RunStoppedError, StructureFileError,
                           interrupt_in)
 
@@ -578,12 +579,6 @@ def _learn_and_report(make, executor, run_dir, close_walkers=None) -> int:
     print(summary)
     print(f"gpal: model, training set, log and plots are in {run_dir}/")
     return 0
-
-
-def _config_module():
-    from . import config
-
-    return config
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -1719,7 +1714,7 @@ def main(argv: list[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if learn else None
     # a model's "module:Name" baseline (or a plugin) may live in the working folder, as
     # `gpal learn` finds it there (which also adds the config's folder, for its duration)
-    added = [] if args.command == "learn" else _config_module().add_import_folders()
+    added = [] if args.command == "learn" else add_import_folders()
     try:
         with _one_line_warnings(prog):
             return int(args.func(args) or 0)

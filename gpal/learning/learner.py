@@ -555,8 +555,10 @@ def _check_baseline(model, oracle, structures) -> None:
         _baseline.baseline_labels(base, a, stress=with_stress and periodic)
     # a live calculator must be describable: the run saves the model at every checkpoint
     # (and a description that does not rebuild it, TIP3P(rc=4.0) or a SumCalculator, is refused now)
-    live = not isinstance(model.baseline, (str, dict)) and not hasattr(model.baseline, "factory")
-    _baseline.baseline_spec(base) if live else _baseline.baseline_spec(model.baseline, model.baseline_kwargs)
+    if isinstance(model.baseline, (str, dict)) or hasattr(model.baseline, "factory"):
+        _baseline.baseline_spec(model.baseline, model.baseline_kwargs)
+    else:  # a live calculator: checked on the start structure it has just computed
+        _baseline.baseline_spec(base)
 
 
 def _check_neighbours(atoms: Atoms, r_cut: float, what: str) -> None:

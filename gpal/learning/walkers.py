@@ -476,7 +476,12 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             snap["key"] = _digest(snap["data"])
             # with dask, one copy scattered to the cluster, which each task names: the bytes in
             # every task (a copy per walker per round, 61 MB at 46 labels) were a "large graph"
-            snap["ref"] = snap["data"] if client is None else client.scatter(snap["data"], hash=False)
+            try:
+                snap["ref"] = snap["data"] if client is None else client.scatter(snap["data"], hash=False)
+            except Exception as exc:  # (a scheduler that stopped)
+                L.checkpoint()
+                raise RunStoppedError(f"the dask client could not send the model ({type(exc).__name__}: {exc}); "
+                                      f"{resume}") from exc
             snap["changed"] = False
         active = [w for w in L.walkers if steps[w.index] < L.total_steps]
         L._round += 1
