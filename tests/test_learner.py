@@ -2729,3 +2729,34 @@ def test_a_rare_species_calibration_is_named_in_the_summary(tmp_path):
     counts = summary.calibration["species_components"]
     assert counts["79"] < 60 <= counts["29"]
     assert "calibration caveat    : the species factor of Au (" in str(summary)
+
+
+def test_a_program_run_by_the_oracle_gets_its_own_folder_in_the_learners_process_too(tmp_path):
+    """A Vasp-like calculator (a plain Calculator subclass with write_input) shared one
+    folder between workers; and a single process wrote its files over the user's."""
+    from gpal.learning.oracle import OracleSpec
+
+    for factory in ("_oracles:FileEMT", "_oracles:WritesInputEMT"):
+        calc = OracleSpec(factory, {"directory": str(tmp_path / "dft")}).check()
+        assert calc.directory == str(tmp_path / "dft" / f"gpal-worker-{os.getpid()}")
+    emt = OracleSpec("ase.calculators.emt:EMT", {}).check()  # (no program: left as it is, no folder made)
+    assert emt.directory == "."
+
+
+def test_stale_output_is_a_failed_label_not_a_copy_of_the_last(tmp_path):
+    """A program that exited without writing its output was read back as the previous
+    frame's: 8 of 17 labels of a run were copies of an earlier frame's (3.3 eV off)."""
+    from gpal.learning.oracle import Oracle, OracleSpec
+
+    frames = []
+    for s in range(5):
+        a = start()
+        a.rattle(0.05, seed=s)
+        frames.append(a)
+    out, failures = Oracle(OracleSpec("_oracles:StaleOutputEMT", {}), retries=1).label(frames)
+    assert failures and all("stale output" in f.reason for f in failures)
+    assert sum(b is not None for b in out) >= 2
+    for b in (b for b in out if b is not None):
+        ref = b.copy()
+        ref.calc = EMT()
+        assert b.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)

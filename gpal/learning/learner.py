@@ -850,7 +850,8 @@ class ActiveLearner:
         self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
         if orc.timeout is not None and orc.executor is None:
             warnings.warn(f"oracle_timeout={orc.timeout:g} s is not applied without an oracle executor "
-                          "(the oracle runs in this process, where nothing can stop it)", UserWarning, stacklevel=2)
+                          "(the oracle runs in this process, where nothing can stop it): use an executor, or workers >= 2 "
+                          "with gpal learn", UserWarning, stacklevel=2)
         # run state
         self.step = 0
         self.bootstrap_done = False

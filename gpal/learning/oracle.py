@@ -100,15 +100,14 @@ class OracleSpec:
             raise OracleError(f"oracle factory {self.factory!r} is not callable")
         return obj
 
-    def check(self, worker: bool = False):
+    def check(self):
         """Build the calculator once, here and now, and return it (kept for this process
         and thread, which reuse it for their labels).
 
         A typo in ``kwargs``, a factory that is not a calculator or a calculator that
         cannot start raises :class:`gpal.OracleError` before any run folder is written,
-        instead of failing every label of the run. ``worker``: built for an executor's
-        worker (:func:`_label_task`), a file-based calculator gets a folder of its own
-        (:func:`_own_directory`).
+        instead of failing every label of the run. A calculator with a ``directory`` (a
+        file-based DFT code's) gets a folder of its own in it (:func:`_own_directory`).
         """
         key = self.key()
         calc = _cached_calculator(key)
@@ -127,8 +126,7 @@ class OracleSpec:
         if not is_calculator(calc):
             raise OracleError(f"the oracle factory {self.factory!r} returned {type(calc).__name__} "
                               "(an object that is not an ASE calculator)")
-        if worker:
-            _own_directory(calc)
+        _own_directory(calc)
         _WORKER_CALCS[_slot(key)] = (os.getpid(), calc)
         return calc
 
@@ -328,6 +326,7 @@ def _compute(calc, numbers, positions, cell, pbc, want_stress, fresh: bool = Fal
         "energy": label_energy(atoms),
         "forces": np.array(atoms.get_forces(), dtype=float),
     }
+    _check_not_stale(calc, positions, out)
     # stress where the calculator has one: a calculator of energy and forces only labels
     # the frame without it (the model then learns no stress from that frame)
     if want_stress and "stress" in getattr(calc, "implemented_properties", ("stress",)):
@@ -354,29 +353,68 @@ def _thread_limit(threads: int | None) -> contextlib.AbstractContextManager:
 
 
 def _own_directory(calc) -> None:
-    """Give a file-based ASE calculator (``FileIOCalculator``, ``GenericFileIOCalculator``:
-    a DFT code's input and output files) built for a worker the folder
-    ``<its directory>/gpal-worker-<pid>`` (``-<thread id>`` off the process's main
-    thread): such codes write fixed file names, and workers sharing one folder read each
+    """Give a file-based calculator built from an oracle spec the folder
+    ``<its directory>/gpal-worker-<pid>`` (``-<thread id>`` off the process's main thread).
+
+    File-based DFT codes (ASE's ``FileIOCalculator`` and ``GenericFileIOCalculator``,
+    but also ``Vasp`` and ``CP2K``, plain ``Calculator`` subclasses) write fixed file
+    names in it: workers sharing one folder read each
     other's outputs (3 workers, a file-based EMT: 4 of 6 labels were another frame's
-    energy, with no error). Other calculators are left as they are."""
+    energy, with no error), and a single process wrote ``calc.out`` over a user's file
+    of that name in the working folder. A calculator that writes no file is not
+    affected: only a calculator that runs a program (``FileIOCalculator``,
+    ``GenericFileIOCalculator``, or one with a ``command``, ``profile`` or
+    ``write_input``) is moved, since ASE makes the folder at the first calculation;
+    one whose ``directory`` cannot be set is left as it is."""
+    base = getattr(calc, "directory", None)
+    if not isinstance(base, (str, os.PathLike)) or not _runs_a_program(calc):
+        return
+    main = threading.current_thread() is threading.main_thread()
+    tag = f"gpal-worker-{os.getpid()}" + ("" if main else f"-{threading.get_ident()}")
+    if Path(base).name.startswith("gpal-worker-"):
+        return  # (already its own)
+    try:
+        calc.directory = type(base)(Path(base) / tag) if isinstance(base, (str, Path)) else str(Path(base) / tag)
+    except (AttributeError, TypeError):  # (a read-only property)
+        pass
+
+
+def _runs_a_program(calc) -> bool:
+    """Whether ``calc`` writes input files and runs a program in its ``directory``."""
     from ase.calculators.calculator import FileIOCalculator
 
     try:
         from ase.calculators.genericfileio import GenericFileIOCalculator
     except ImportError:  # (an ASE without it)
         GenericFileIOCalculator = FileIOCalculator
-    if not isinstance(calc, (FileIOCalculator, GenericFileIOCalculator)):
-        return
-    main = threading.current_thread() is threading.main_thread()
-    tag = f"gpal-worker-{os.getpid()}" + ("" if main else f"-{threading.get_ident()}")
-    base = calc.directory
-    calc.directory = type(base)(Path(base) / tag) if isinstance(base, (str, Path)) else str(Path(str(base)) / tag)
+    return isinstance(calc, (FileIOCalculator, GenericFileIOCalculator)) or any(
+        hasattr(calc, name) for name in ("command", "profile", "write_input"))
+
+
+#: the last result of each calculator (by id): positions digest, energy, forces
+_LAST_RESULT: dict = {}
+
+
+def _check_not_stale(calc, positions, out: dict) -> None:
+    """An :class:`OracleError` (retried, then the frame skipped) when a calculator returns,
+    for other positions, bit for bit the energy and forces of its previous call: a
+    file-based code that exited without writing its output (an ``mpirun`` that hid a
+    crashed rank, a killed run leaving the old output file) is read back as the last
+    frame's results. With a stand-in code that did so on every third call, 8 of 17
+    labels of a run were copies of an earlier frame's (energy off by up to 3.3 eV)."""
+    key = id(calc)
+    pos = np.ascontiguousarray(positions, dtype=float).tobytes()
+    last = _LAST_RESULT.get(key)
+    if last is not None and last[0] != pos and last[1] == out["energy"] and np.any(out["forces"]) \
+            and np.array_equal(last[2], out["forces"]):  # (kept as the last: a retry is judged alike)
+        raise OracleError("the oracle returned, for new positions, exactly the energy and forces of its previous "
+                          "call: stale output (a program that exited without writing its results?)")
+    _LAST_RESULT[key] = (pos, out["energy"], out["forces"])
 
 
 def _label_task(spec: OracleSpec, numbers, positions, cell, pbc, want_stress, arrays, threads, fresh=False):
     """Worker entry point: build (or reuse) the calculator and compute plain arrays."""
-    calc = spec.check(worker=True)
+    calc = spec.check()
     with _thread_limit(threads):
         t0 = time.perf_counter()
         out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
