@@ -352,13 +352,7 @@ class Summary:
                 + ("; species factors " + species_factors_text(c["species_scale"], sep=" ")
                    if c.get("species_scale") else "")
             )
-            if c.get("on_bootstrap_frames"):
-                lines.append(f"  calibration caveat    : {_BOOTSTRAP_CALIBRATION}")
-            elif c.get("n_calibration_components", _MIN_CALIBRATION_COMPONENTS) < _MIN_CALIBRATION_COMPONENTS:
-                lines.append(f"  calibration caveat    : {_few_components_text(c['n_calibration_components'])}")
-            rare = _rare_species_text(c.get("species_components") or {})
-            if rare and not c.get("on_bootstrap_frames"):
-                lines.append(f"  calibration caveat    : {rare}")
+            lines += [f"  calibration caveat    : {text}" for text, _ in _calibration_caveats(c)]
             if "energy_scale" in c:
                 zms = f", on other frames mean z² {c['judge_energy_zms']:.3g}" if "judge_energy_zms" in c else ""
                 lines.append(f"  energy calibration    : energy_std x {c['energy_scale']:.3g} on "
@@ -414,6 +408,22 @@ def _rare_species_text(counts: dict) -> str:
     return (f"the species factor of {names} rests on fewer than {SPECIES_PRIOR_COUNT} force components, so it is "
             "pulled toward 1 and its stds (and its neighbours') may be too small: check them on frames "
             "with more of it (gpal validate)")
+
+
+def _calibration_caveats(c: dict) -> list[tuple[str, str]]:
+    """What a force calibration (:meth:`ActiveLearner.calibrate`'s record) rests on too
+    little of: ``(the summary's caveat, the end of run's warning)`` for each of the
+    bootstrap's rattled frames only, a small cell's few components, a rare species."""
+    out = []
+    if c.get("on_bootstrap_frames"):
+        out.append((_BOOTSTRAP_CALIBRATION, f"this run's force-std calibration {_BOOTSTRAP_CALIBRATION}"))
+    elif c.get("n_calibration_components", _MIN_CALIBRATION_COMPONENTS) < _MIN_CALIBRATION_COMPONENTS:
+        text = _few_components_text(c["n_calibration_components"])
+        out.append((text, f"this run's force-std calibration {text}"))
+    rare = _rare_species_text(c.get("species_components") or {})
+    if rare and not c.get("on_bootstrap_frames"):
+        out.append((rare, f"this run's force-std calibration: {rare}"))
+    return out
 
 
 def _few_components_text(n: int) -> str:
@@ -1594,9 +1604,7 @@ class ActiveLearner:
             # a Δ-model's baseline failed on a frame of the run (the start structures were
             # checked before any call): saved as after an interrupt; a resume continues
             # once the baseline works on such frames
-            self._interrupted = True
-            self.checkpoint(model=False)
-            self._log({"event": "baseline_failed", "step": self.step, "error": str(exc)})
+            self._save_interrupted("baseline_failed", error=str(exc))
             raise BaselineStoppedError(
                 f"{exc} (at MD step {self.step}); the run is saved in {self.run_dir}: make the baseline work "
                 f"on such frames, then continue with gpal learn --resume {self.run_dir}") from exc
@@ -1604,12 +1612,7 @@ class ActiveLearner:
             if interrupt_in(exc) is None:
                 raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
                 #        with the KeyboardInterrupt in its cause/context chain)
-            # not the model: the interrupt may have cut an update short. The last model
-            # saved stands; resume adds the labels of train.xyz it has not seen, and so
-            # does this learner's next run() (_reload)
-            self._interrupted = True
-            self.checkpoint(model=False)
-            self._log({"event": "interrupted", "step": self.step})
+            self._save_interrupted("interrupted")
             raise
         finally:
             if self._session_start is not None:  # a later run() of this learner adds to it
@@ -1617,6 +1620,14 @@ class ActiveLearner:
                 self._session_start = None
             _unlock_run_dir(self._lock)
             self._lock = None
+
+    def _save_interrupted(self, event: str, **fields) -> None:
+        """A run cut short (an interrupt, a baseline that failed): not the model, which the
+        cut may have left mid-update. The last model saved stands; resume adds the labels
+        of train.xyz it has not seen, and so does this learner's next run() (:meth:`_reload`)."""
+        self._interrupted = True
+        self.checkpoint(model=False)
+        self._log({"event": event, "step": self.step, **fields})
 
     def _reload(self) -> None:
         """After an interrupted :meth:`run`: become what :meth:`resume` of the run folder
@@ -2029,17 +2040,8 @@ class ActiveLearner:
         if projected or not chosen:
             self.calibrate()
         val = self.validate() if self.validation else {}
-        if self._calibration.get("on_bootstrap_frames") and not self.validation:
-            warnings.warn(f"this run's force-std calibration {_BOOTSTRAP_CALIBRATION}", UserWarning,
-                          stacklevel=user_stacklevel())
-        elif (self._calibration.get("n_calibration_components", _MIN_CALIBRATION_COMPONENTS)
-              < _MIN_CALIBRATION_COMPONENTS and not self.validation):
-            warnings.warn("this run's force-std calibration "
-                          f"{_few_components_text(self._calibration['n_calibration_components'])}",
-                          UserWarning, stacklevel=user_stacklevel())
-        rare = _rare_species_text(self._calibration.get("species_components") or {})
-        if rare and not self._calibration.get("on_bootstrap_frames") and not self.validation:
-            warnings.warn(f"this run's force-std calibration: {rare}", UserWarning, stacklevel=user_stacklevel())
+        for _, warning in ([] if self.validation else _calibration_caveats(self._calibration)):
+            warnings.warn(warning, UserWarning, stacklevel=user_stacklevel())
         self.checkpoint()
         summary = self._summary(time.perf_counter() - t_start, validation=val)
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))

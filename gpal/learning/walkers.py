@@ -458,15 +458,19 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
 
     issued: list = []  # futures of this run's segments not yet seen done (cancelled on a stop)
     client = _dask_client(ex)  # (a dask executor: the model goes to the cluster once per change)
-    resume = f"the run is saved in {L.run_dir}: continue with gpal learn --resume {L.run_dir}"
+
+    def stopped(what: str) -> RunStoppedError:
+        """The run saved, and the error that says so (with the command that resumes it)."""
+        L.checkpoint()
+        return RunStoppedError(f"{what}; the run is saved in {L.run_dir}: continue with gpal learn --resume "
+                               f"{L.run_dir}")
 
     def issue(task):
         try:
             f = ex.submit(run_segment, task)
         except Exception as exc:  # a pool whose worker died (BrokenProcessPool), a closed client
-            L.checkpoint()
-            raise RunStoppedError(f"the walker executor refused a segment ({type(exc).__name__}: {exc}; did a "
-                                  f"worker process die?); {resume}") from exc
+            raise stopped(f"the walker executor refused a segment ({type(exc).__name__}: {exc}; did a worker "
+                          "process die?)") from exc
         issued.append(f)
         return f
 
@@ -479,9 +483,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
             try:
                 snap["ref"] = snap["data"] if client is None else client.scatter(snap["data"], hash=False)
             except Exception as exc:  # (a scheduler that stopped)
-                L.checkpoint()
-                raise RunStoppedError(f"the dask client could not send the model ({type(exc).__name__}: {exc}); "
-                                      f"{resume}") from exc
+                raise stopped(f"the dask client could not send the model ({type(exc).__name__}: {exc})") from exc
             snap["changed"] = False
         active = [w for w in L.walkers if steps[w.index] < L.total_steps]
         L._round += 1
@@ -496,12 +498,10 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         except Exception as exc:
             for f in futures:
                 f.cancel()
-            L.checkpoint()
             if isinstance(exc, cf.CancelledError):
-                raise RunStoppedError("a walker segment was cancelled by its executor (a dask scheduler that "
-                                      f"stopped, or a pool shut down); {resume}") from exc
-            raise RunStoppedError(f"a walker segment failed on its worker ({type(exc).__name__}: {exc}); "
-                                  f"{resume}") from exc
+                raise stopped("a walker segment was cancelled by its executor (a dask scheduler that stopped, "
+                              "or a pool shut down)") from exc
+            raise stopped(f"a walker segment failed on its worker ({type(exc).__name__}: {exc})") from exc
 
     spec: dict = {}  # walker index -> its next segment, submitted on the same model
 

@@ -388,7 +388,7 @@ class _Evidence:
                                 d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
                                 dX=np.ascontiguousarray(d.dX[:, :, cols]))
                             for c, kern in ck:
-                                acc_rows[(lm, c)].add(self, kern, Zs[(i, lm)], i0, i1, dd,
+                                acc_rows[(lm, c)].add(kern, Zs[(i, lm)], i0, i1, dd,
                                                       descs[i] if cols is None else None)
                         del d
                     for lm, ck in by_l.items():

@@ -190,7 +190,7 @@ class _Rows:
         rows = _BlockRows(atoms.numbers, zsp, len(Z))
         blocks = desc.derivative_blocks(atoms) if derivs is None else [(0, len(atoms), derivs)]
         for i0, i1, d in blocks:
-            rows.add(self, kernel, Z, i0, i1, d, desc)
+            rows.add(kernel, Z, i0, i1, d, desc)
         return rows.result()
 
     @staticmethod
@@ -371,7 +371,7 @@ class _BlockRows:
         self.e_row = np.zeros(M)
         self.acc, self.volume = {}, np.nan
 
-    def add(self, model, kernel, Z, i0: int, i1: int, d, desc=None) -> None:
+    def add(self, kernel, Z, i0: int, i1: int, d, desc=None) -> None:
         """Add the block of centres ``i0 : i1`` with derivatives ``d``;
         ``desc``: the descriptor that made them (per-species column groups), or None."""
         self.volume = d.volume
@@ -388,7 +388,7 @@ class _BlockRows:
                 continue
             if z not in self.acc:
                 self.acc[z] = (np.zeros((self.N, 3, len(c))), np.zeros((3, 3, len(c))))
-            model._contract_rows(kernel, d.descriptor, Z[c], d, p, numbers, self.N, desc, first=i0,
+            _Rows._contract_rows(kernel, d.descriptor, Z[c], d, p, numbers, self.N, desc, first=i0,
                                  out=self.acc[z])
 
     def result(self) -> tuple:
