@@ -304,3 +304,76 @@ class StaleOutputEMT(EMT):
             return
         super().calculate(atoms, properties, system_changes)
         self.previous = {k: np.copy(v) for k, v in self.results.items()}
+
+
+class HangsOnce(EMT):
+    """EMT that hangs ``delay`` s in the first calculation of any process, the one that
+    creates the file ``marker``: a DFT code stuck once, fine when run again."""
+
+    def __init__(self, marker: str, delay: float = 60.0, **kwargs):
+        super().__init__(**kwargs)
+        self.marker, self.delay = marker, delay
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import os
+
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            time.sleep(self.delay)
+        super().calculate(atoms, properties, system_changes)
+
+
+class SleepingProgram(FileIOCalculator):
+    """A file-based calculator whose program writes its pid to ``program.pid`` in the
+    calculator's directory and then never finishes (``sleep``): a hung DFT code."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, **kwargs):
+        super().__init__(command="echo $$ > program.pid; exec sleep 120", **kwargs)
+
+    def read_results(self):  # (never reached: the program does not end)
+        raise RuntimeError("no output")
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (ended, not yet reaped)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+class CastepLikeEMT(EMT):
+    """EMT with the attributes by which ASE's ``Castep`` runs its program: the command in
+    ``_castep_command`` and its folder in ``_directory`` (not ``directory``)."""
+
+    def __init__(self, directory: str = "CASTEP", castep_command: str = "castep", **kwargs):
+        import os
+
+        super().__init__(**kwargs)
+        self._castep_command = castep_command
+        self._directory = os.path.abspath(directory)
+
+
+class MagmomEMT(EMT):
+    """EMT plus 0.1 eV per unit of the frame's total initial magnetic moment: a label
+    that depends on the moments the oracle was given, as a spin-polarised DFT one does."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        shift = 0.1 * float(np.sum(self.atoms.get_initial_magnetic_moments()))
+        self.results["energy"] += shift
+        self.results["free_energy"] += shift

@@ -2741,6 +2741,8 @@ def test_a_program_run_by_the_oracle_gets_its_own_folder_in_the_learners_process
         assert calc.directory == str(tmp_path / "dft" / f"gpal-worker-{os.getpid()}")
     emt = OracleSpec("ase.calculators.emt:EMT", {}).check()  # (no program: left as it is, no folder made)
     assert emt.directory == "."
+    castep = OracleSpec("_oracles:CastepLikeEMT", {"directory": str(tmp_path / "cx")}).check()  # (its folder:
+    assert castep._directory == str(tmp_path / "cx" / f"gpal-worker-{os.getpid()}")  # _directory, which was shared)
 
 
 def test_stale_output_is_a_failed_label_not_a_copy_of_the_last(tmp_path):

@@ -417,10 +417,7 @@ def _resume(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML: {exc}") from exc
             cfg = {k: stored_cfg[k] for k in ("workers", "walker_workers", "walker_scheduler") if k in stored_cfg}
     with reserve_run_dir(run_dir):  # (a second --resume of the folder stops here, before its set-up)
-        if int(cfg.get("workers", 1)) > 1:
-            from ..learning.oracle import worker_pool
-
-            executor = worker_pool(int(cfg["workers"]))
+        executor = _oracle_pool(cfg, ((state.get("groups") or {}).get("oracle_settings") or {}).get("timeout"))
         walkers = _walker_executor(cfg)
 
         tolerance = overrides.pop("target_tolerance", _UNCHANGED)
@@ -544,6 +541,18 @@ def _stored_summary(run_dir: Path):
         return Summary(**{f.name: d[f.name] for f in dataclasses.fields(Summary) if f.name in d})
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _oracle_pool(cfg: dict, timeout):
+    """The oracle's worker pool of ``gpal learn``: ``workers`` processes when > 1, and one
+    when ``[learner] oracle_timeout`` is set (a call in this process cannot be stopped;
+    one in a worker is, with the program it runs); None otherwise."""
+    n = int(cfg.get("workers", 1))
+    if n <= 1 and timeout is None:
+        return None
+    from ..learning.oracle import worker_pool
+
+    return worker_pool(max(n, 1))
 
 
 def _walker_executor(cfg: dict):
@@ -806,12 +815,7 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     from ..learning.learner import ActiveLearner
 
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
-    executor = None
-    n_workers = int(cfg.get("workers", 1))
-    if n_workers > 1:
-        from ..learning.oracle import worker_pool
-
-        executor = worker_pool(n_workers)
+    executor = _oracle_pool(cfg, learner_cfg.get("oracle_timeout"))
     walkers = _walker_executor(cfg)
 
     def started():

@@ -14,7 +14,8 @@
     checkpointed form.
 :mod:`gpal.learning.oracle`
     :class:`Oracle`: labels frames with any ASE calculator, in this process or an executor,
-    with retries, per-label timeouts and failures recorded.
+    with retries, per-label timeouts and failures recorded; :func:`worker_pool`, gpal's
+    own process pool, whose calls a timeout stops.
 :mod:`gpal.learning.walkers`
     Walkers' MD as tasks on an executor (process pool, dask), one label-free batch per
     round (``ActiveLearner(walker_executor=...)``).
@@ -22,7 +23,7 @@
     :class:`TargetSet`: what a run should get right (NEB images, a barrier, chosen atoms).
 """
 
-from .oracle import LabelFailure, Oracle, OracleSpec  # noqa: F401
+from .oracle import LabelFailure, Oracle, OracleSpec, WorkerPool, worker_pool  # noqa: F401
 from .learner import ActiveLearner, Summary  # noqa: F401
 from .sampler import MDSettings  # noqa: F401
 from .settings import Bootstrap, ModelGrowth, OracleSettings, RunSettings, Validation  # noqa: F401
@@ -30,4 +31,4 @@ from .trigger import Trigger  # noqa: F401
 from .targets import TargetSet  # noqa: F401
 
 __all__ = ["ActiveLearner", "MDSettings", "Trigger", "Summary", "Bootstrap", "ModelGrowth", "OracleSettings",
-           "Validation", "RunSettings", "Oracle", "OracleSpec", "LabelFailure", "TargetSet"]
+           "Validation", "RunSettings", "Oracle", "OracleSpec", "LabelFailure", "TargetSet", "WorkerPool", "worker_pool"]

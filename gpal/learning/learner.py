@@ -67,7 +67,7 @@ from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
 from ..model.rows import TEMPERATURE_KEY, frame_temperature
-from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec
+from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec, pool_threads
 from .sampler import MDSettings, _Walker, blown_up, check_md_factory, temperature_limit, walker_atoms
 from .settings import (
     FLAT_NAMES,
@@ -857,11 +857,13 @@ class ActiveLearner:
         self._take_validation(val.frames)
         if getattr(self.model, "alpha_", None) is None:  # a rattle the bootstrap cannot use: refused now,
             self._candidates(as_rng(self.random_state))  # before the run folder holds a run
-        self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries)
+        self.oracle = Oracle(self.oracle_spec, executor=orc.executor, timeout=orc.timeout, retries=orc.retries,
+                             threads_per_task=pool_threads(orc.executor))
         if orc.timeout is not None and orc.executor is None:
             warnings.warn(f"oracle_timeout={orc.timeout:g} s is not applied without an oracle executor "
-                          "(the oracle runs in this process, where nothing can stop it): use an executor, or workers >= 2 "
-                          "with gpal learn", UserWarning, stacklevel=2)
+                          "(the oracle runs in this process, where nothing can stop it): give "
+                          "executor=gpal.learning.worker_pool(1), a worker process that a timed-out call is "
+                          "stopped with (gpal learn does this itself)", UserWarning, stacklevel=2)
         # run state
         self.step = 0
         self.bootstrap_done = False

@@ -259,10 +259,47 @@ def _cached_calculator(key: str):
     return calc if pid == os.getpid() else None
 
 
-class WorkerPool(cf.ProcessPoolExecutor):
-    """A process pool of gpal workers (:func:`worker_initializer`), which it can stop at
-    once: :meth:`stop`. Leaving a ``with`` block by an exception (Ctrl-C) stops it; a
-    normal exit waits for its tasks, as a ``ProcessPoolExecutor`` does."""
+class WorkerPool(cf.Executor):
+    """A process pool of gpal workers (:func:`worker_initializer`) that it can stop at
+    once (:meth:`stop`) and replace by a fresh one (:meth:`restart`).
+
+    A ``concurrent.futures.ProcessPoolExecutor`` cannot stop a task it has started: an
+    oracle call that hangs (a DFT code that never converges, a licence server that does
+    not answer) keeps its worker until it returns, and the calls queued behind it wait
+    too. :class:`Oracle` therefore restarts a WorkerPool after a timed-out call, once
+    the calls still running on the other workers have ended: the hung worker is killed
+    with the programs it started (its process group) and the next call runs on a new
+    worker. Leaving a ``with`` block by an exception (Ctrl-C) stops the pool; a normal
+    exit waits for its tasks, as a ``ProcessPoolExecutor`` does.
+
+    Parameters
+    ----------
+    max_workers : int
+        Worker processes.
+    mp_context : multiprocessing context, optional
+        Their start method (default: Python's).
+    """
+
+    def __init__(self, max_workers: int, mp_context=None):
+        self._max_workers = int(max_workers)
+        self._pool = self._new_pool(mp_context)
+        self._mp_context = self._pool._mp_context  # (what check_walker_settings reads)
+        self.restarts = 0
+
+    def _new_pool(self, mp_context) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self._max_workers, mp_context=mp_context,
+                                      initializer=worker_initializer, initargs=(os.getpid(),))
+
+    @property
+    def _processes(self) -> dict:
+        """The current pool's worker processes, by pid (empty before the first task)."""
+        return dict(getattr(self._pool, "_processes", None) or {})
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def stop(self) -> None:
         """End the pool now: tasks not started are cancelled, and the workers, with the
@@ -270,8 +307,7 @@ class WorkerPool(cf.ProcessPoolExecutor):
         off, its result never comes). Nothing is waited for but the workers' ends."""
         import signal
 
-        for proc in list((getattr(self, "_processes", None) or {}).values()):  # (before shutdown clears it)
-            pid = proc.pid
+        for pid in self._processes:  # (before shutdown clears them)
             try:
                 if hasattr(os, "killpg") and os.getpgid(pid) == pid:  # its own group: programs it started too
                     os.killpg(pid, signal.SIGTERM)
@@ -279,7 +315,15 @@ class WorkerPool(cf.ProcessPoolExecutor):
                     os.kill(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):  # (ended meanwhile)
                 pass
-        self.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def restart(self) -> None:
+        """:meth:`stop` this pool's workers and go on with new ones (same size and start
+        method): what a hung call held is freed. Futures of the old workers' calls never
+        complete normally (they get ``BrokenProcessPool``)."""
+        self.stop()
+        self._pool = self._new_pool(self._mp_context)
+        self.restarts += 1
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
@@ -290,10 +334,22 @@ class WorkerPool(cf.ProcessPoolExecutor):
 
 def worker_pool(n: int, mp_context=None) -> WorkerPool:
     """A process pool of ``n`` gpal workers (:func:`worker_initializer`: they leave
-    Ctrl-C to this process and end with it); :meth:`WorkerPool.stop` ends it without
-    waiting for the oracle calls running in it."""
-    return WorkerPool(int(n), mp_context=mp_context, initializer=worker_initializer,
-                      initargs=(os.getpid(),))
+    Ctrl-C to this process and end with it). :meth:`WorkerPool.stop` ends it without
+    waiting for the oracle calls running in it, and an :class:`Oracle` with a timeout
+    restarts it after a call that timed out (the call is stopped, with the program it
+    ran), which no other executor allows."""
+    return WorkerPool(int(n), mp_context=mp_context)
+
+
+def pool_threads(executor) -> int:
+    """BLAS and OpenMP threads of each oracle call in ``executor``: for gpal's own
+    :class:`WorkerPool`, the cores this process may use shared among its workers (at
+    least 1: one worker on 2 cores computes with 2); 1 in any other executor, whose
+    workers gpal does not know the node of."""
+    if not isinstance(executor, WorkerPool):
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // executor._max_workers)
 
 
 #: per-atom arrays of a frame that reach the oracle with it: the initial magnetic moments
@@ -365,12 +421,18 @@ def _own_directory(calc) -> None:
     affected: only a calculator that runs a program (``FileIOCalculator``,
     ``GenericFileIOCalculator``, or one with a ``command``, ``profile`` or
     ``write_input``) is moved, since ASE makes the folder at the first calculation;
-    one whose ``directory`` cannot be set is left as it is."""
+    one whose ``directory`` cannot be set is left as it is. ASE's ``Castep`` keeps its
+    folder in ``_directory``: that is the one moved."""
+    main = threading.current_thread() is threading.main_thread()
+    tag = f"gpal-worker-{os.getpid()}" + ("" if main else f"-{threading.get_ident()}")
+    castep = getattr(calc, "_castep_command", None) is not None  # (ASE's Castep: its folder is _directory)
+    if castep and isinstance(getattr(calc, "_directory", None), str):
+        if not Path(calc._directory).name.startswith("gpal-worker-"):
+            calc._directory = str(Path(calc._directory) / tag)
+        return
     base = getattr(calc, "directory", None)
     if not isinstance(base, (str, os.PathLike)) or not _runs_a_program(calc):
         return
-    main = threading.current_thread() is threading.main_thread()
-    tag = f"gpal-worker-{os.getpid()}" + ("" if main else f"-{threading.get_ident()}")
     if Path(base).name.startswith("gpal-worker-"):
         return  # (already its own)
     try:
@@ -388,7 +450,52 @@ def _runs_a_program(calc) -> bool:
     except ImportError:  # (an ASE without it)
         GenericFileIOCalculator = FileIOCalculator
     return isinstance(calc, (FileIOCalculator, GenericFileIOCalculator)) or any(
-        hasattr(calc, name) for name in ("command", "profile", "write_input"))
+        hasattr(calc, name) for name in ("command", "profile", "write_input", "_castep_command"))
+
+
+def _process_children() -> dict[int, list[int]]:
+    """``{pid: [its children's pids]}`` of the processes this one can see (Linux's
+    ``/proc``; empty elsewhere)."""
+    kids: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return kids
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                stat = fh.read()
+        except OSError:  # (ended meanwhile)
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()  # (after the command name, which may hold spaces)
+        if len(fields) > 1:
+            kids.setdefault(int(fields[1]), []).append(int(name))
+    return kids
+
+
+def _child_processes() -> set[int]:
+    """The pids of this process's children (empty where ``/proc`` is not)."""
+    return set(_process_children().get(os.getpid(), ()))
+
+
+def _end_process_trees(pids) -> None:
+    """SIGTERM to the processes ``pids`` and all their descendants (the shell ASE starts a
+    program through, and the program)."""
+    import signal
+
+    kids = _process_children()
+    todo, seen = list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(kids.get(pid, ()))
+    for pid in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
 
 
 #: the last result of each calculator (by id): positions digest, energy, forces
@@ -507,6 +614,7 @@ class Oracle:
         self.stress = stress
         self.n_calls = 0
         self.n_failures = 0
+        self.n_restarts = 0  # of a WorkerPool executor, after calls that timed out
         self.wall_time = 0.0
         self._failed_last = False  # the last local call failed: reset the calculator first
         if executor is not None and isinstance(self.calculator, OracleSpec):
@@ -538,13 +646,23 @@ class Oracle:
             calc = calc.check()
         t0 = time.perf_counter()
         numbers, positions, cell, pbc, want_stress, arrays = self._args(atoms)
-        out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
+        before = _child_processes() if _runs_a_program(calc) else None
+        try:
+            out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
+        except KeyboardInterrupt:  # Ctrl-C, or gpal learn's SIGTERM: the program this call
+            if before is not None:  # started (a DFT code) ends too, not left running alone
+                _end_process_trees(_child_processes() - before)
+            raise
         out["wall_time"] = time.perf_counter() - t0
         return out
 
     def _labelled(self, atoms: Atoms, res: dict) -> Atoms:
         self.wall_time += res.pop("wall_time", 0.0)
-        return labelled(atoms, energy=res["energy"], forces=res["forces"], stress=res.get("stress"))
+        out = labelled(atoms, energy=res["energy"], forces=res["forces"], stress=res.get("stress"))
+        for name in _ORACLE_ARRAYS:  # (what the label was computed from: in train.xyz with it)
+            if name in atoms.arrays:
+                out.set_array(name, atoms.arrays[name].copy())
+        return out
 
     def _deadlines(self, n: int) -> list[float | None]:
         """Per-task deadlines: a task queued behind others is not charged their time."""
@@ -602,6 +720,7 @@ class Oracle:
                 on_label(i, labelled[i])
 
         todo = list(range(len(frames)))
+        hung = 0  # calls of gpal's own pool that timed out while running (restart() stops them)
         while todo:
             again = []
             if self.executor is None:
@@ -622,9 +741,11 @@ class Oracle:
             else:
                 futures = {}
 
-                def cancel_queued(fut) -> None:  # a task not started yet: no call was made for it
+                def cancel_queued(fut) -> bool:  # a task not started yet: no call was made for it
                     if not fut.cancelled() and fut.cancel():
                         self.n_calls -= 1
+                        return True
+                    return False
 
                 def take(i: int, fut) -> None:
                     nonlocal broken
@@ -675,7 +796,11 @@ class Oracle:
 
                 try:
                     while True:
-                        if broken is None:
+                        if hung and not pending and broken is None:  # the other calls have ended: the hung
+                            self.executor.restart()  # ones are stopped, with the programs they ran
+                            hung = 0
+                            self.n_restarts += 1
+                        if broken is None and not hung:  # (none sent meanwhile: it would wait for them)
                             send(len(waiting) if limit is None else limit - len(pending))
                         if not pending:
                             break
@@ -691,10 +816,9 @@ class Oracle:
                         for fut, i in list(pending.items()):
                             if deadline[i] is not None and now >= deadline[i] and not fut.done():
                                 del pending[fut]
-                                cancel_queued(fut)  # (still queued: it never ran)
-                                reasons[i] = f"timed out after {self.timeout} s"
-                                log.warning("oracle timed out on frame %d (attempt %d)", i, attempts[i])
-                                again.append(i)
+                                if not cancel_queued(fut) and limit is not None:  # running in a worker
+                                    hung += 1  # of gpal's own pool, which can stop it
+                                failed(i, TimeoutError(f"timed out after {self.timeout:g} s"))
                 except BaseException as exc:  # Ctrl-C, or on_label failed: what is queued is not wanted
                     for fut in futures.values():
                         cancel_queued(fut)

@@ -154,11 +154,15 @@ class OracleSettings:
         Not saved: give it again on resume.
     timeout : float, optional
         Seconds per label in an ``executor``, counted from when the label could start
-        (queueing behind the executor's other labels is not charged). Without an
-        executor the oracle runs in the learner's process, where nothing can stop it: the
-        timeout is then not applied (the learner warns). Python cannot stop a running
-        task either: a timed-out calculation keeps its worker until it returns, and
-        labels waiting for that worker can time out too.
+        (queueing behind the executor's other labels is not charged); a timed-out call is
+        a failed attempt (retried, logged). In gpal's own pool
+        (:func:`gpal.learning.worker_pool`, what ``gpal learn`` uses, with one worker
+        when ``workers`` is 1) the call is stopped with the program it runs: no label is
+        sent while it hangs, and once the other running calls have ended the pool's
+        workers are replaced (:meth:`~gpal.learning.oracle.WorkerPool.restart`). Any
+        other executor cannot stop a task: the call keeps its worker until it returns.
+        Without an executor the oracle runs in the learner's process, where nothing can
+        stop it: the timeout is then not applied (the learner warns).
     retries : int, default 1
         Further attempts at a frame whose oracle call failed (each is an oracle call).
     on_failure : {"skip", "stop"}, default "skip"
