@@ -102,10 +102,11 @@ class BaselineError(GpalError, ValueError):
 
 
 class BaselineStoppedError(BaselineError, RunStoppedError):
-    """An active-learning run stopped because its baseline failed on a frame of the run
-    (not on the start structures, which are checked before any oracle call): a
-    :class:`BaselineError` and a :class:`RunStoppedError` (saved; ``gpal learn`` exits
-    with 1 and the resume command)."""
+    """A run stopped because its baseline failed on a frame of the run (not on the start
+    structures, which are checked first): a :class:`BaselineError` and a
+    :class:`RunStoppedError`. An active-learning run is saved (``gpal learn`` exits with 1
+    and the resume command); ``gpal md`` keeps the frames before it, ``gpal ipi`` the
+    evaluations made (both exit with 1)."""
 
 
 def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:

@@ -80,6 +80,7 @@ def bad(tmp_path_factory):
         "index": '[structure]\nfile = "train.xyz"\nindex = 99\n',
         "sfile": '[structure]\nfile = "nowhere.xyz"\n',
         "mseed": "[model]\nrandom_state = -1\n", "mbase": '[model]\nbaseline = "nomod:X"\n',
+        "mbasekw": '[model]\nbaseline = "ase.calculators.lj:LennardJones"\nbaseline_kwargs = {sigmaa = 2.3}\n',
         "mfile": f'[structure]\nbulk = "Au"\n[model]\nfile = "{d / "model.npz"}"\n',
         "tspecies": f'[targets]\nfile = "{d / "gold.xyz"}"\n',
         "twalkers": f'walker_workers = 2\n[targets]\nfile = "{d / "train.xyz"}"\n',
@@ -273,6 +274,9 @@ CASES = [
                  "is read from the working directory", id="config-structure-file"),
     pytest.param(["learn", "{d}/v_mseed.toml"], "random_state must be an integer >= 0", id="config-model-seed"),
     pytest.param(["learn", "{d}/v_mbase.toml"], "cannot import baseline module 'nomod'", id="config-baseline"),
+    pytest.param(["learn", "{d}/v_mbasekw.toml"], "{d}/v_mbasekw.toml: [model] the baseline "
+                 "ase.calculators.lj:LennardJones has no keyword 'sigmaa' (did you mean 'sigma'?)",
+                 id="config-baseline-keyword"),
     pytest.param(["learn", "{d}/v_mfile.toml"], "[structure]: The following species are not defined for this "
                  "model: Au", id="config-model-file-species"),
     pytest.param(["learn", "{d}/v_tspecies.toml"], "{d}/v_tspecies.toml: [targets] structure 0: The following species",

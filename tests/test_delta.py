@@ -720,3 +720,36 @@ def test_gpal_md_leaves_no_file_when_its_start_fails(tmp_path, lj_model, train, 
     assert main(["md", str(tmp_path / "m.npz"), str(tmp_path / "good.xyz"), "-o", str(out), "--steps", "2",
                  "-q"]) == 0
     assert out.stat().st_size > 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_baseline_failing_mid_md_or_in_ipi_is_a_stopped_run_not_bad_input(tmp_path, train, capsys):
+    """gpal md and gpal ipi exited 2 (bad input) when the baseline failed on a frame of
+    the run, after the start had passed: now 1, with the frames kept named."""
+    import uuid
+
+    from ase.io import read, write
+    from test_engines import _fake_ipi_server
+
+    from gpal.cli import main
+
+    model = fixed(baseline="_oracles:FailsAfterEMT", baseline_kwargs={"fail_after": 6}).fit(train)
+    model.save(tmp_path / "m.npz")
+    write(tmp_path / "start.xyz", train[0])
+    out = tmp_path / "md.xyz"
+    assert main(["md", str(tmp_path / "m.npz"), str(tmp_path / "start.xyz"), "-o", str(out), "--steps", "20",
+                 "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "licence server unreachable" in err[0] and "(at MD step " in err[0]
+    assert len(read(out, ":")) >= 1
+    failing = fixed(baseline="_oracles:FailsAfterEMT", baseline_kwargs={"fail_after": 0})
+    failing.baseline_kwargs = {"fail_after": 10**6}
+    failing.fit(train)
+    failing.baseline_kwargs = {"fail_after": 0}  # (what the workers rebuild: fails at once)
+    path = failing.save(tmp_path / "f.npz")
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, False, True)  # (reset by gpal ipi's exit: the warning filtered above)
+    assert main(["ipi", str(path), "--unix", name, "--connect-timeout", "5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "licence server unreachable" in err[-1] and "after 0 evaluations" in err[-1]
+    t.join(10)

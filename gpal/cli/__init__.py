@@ -40,8 +40,8 @@ import numpy as np
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
 from .config import add_import_folders
-from ..exceptions import (BaselineError, ConfigError, GpalError, OracleError, RunStoppedError, StructureFileError,
-                          interrupt_in)
+from ..exceptions import (BaselineError, BaselineStoppedError, ConfigError, GpalError, OracleError, RunStoppedError,
+                          StructureFileError, interrupt_in)
 
 log = logging.getLogger("gpal")
 
@@ -732,7 +732,12 @@ def _learn(args: argparse.Namespace) -> int:
             raise ConfigError(f"{what}: {exc}") from None
 
     check_species(structure, "[structure]")
-    check_start([structure], model, oracle=oracle)  # (min_distance, n_sparse's species...) before the run folder exists
+    try:  # (min_distance, n_sparse's species, the baseline...) before the run folder exists
+        check_start([structure], model, oracle=oracle)
+    except BaselineError as exc:
+        if "file" in model_cfg:  # (a fitted model's baseline: not a key of this config)
+            raise
+        raise ConfigError(f"[model] {exc}") from None
     try:
         check_max_temperature(md, learner_cfg.get("max_temperature"))
     except ValueError as exc:
@@ -1169,7 +1174,9 @@ def cmd_md(args: argparse.Namespace) -> int:
             except BaselineError as exc:  # (a Δ-model's baseline failing on a frame of the run)
                 if traj is not None:
                     traj.close()
-                raise BaselineError(f"{exc} (at MD step {k}; the {written} frames before it are in {out})") from exc
+                # (the start structure passed: a failure mid-run is no bad input, exit 1)
+                raise BaselineStoppedError(f"{exc} (at MD step {k}; the {written} frames before it are in "
+                                           f"{out})") from exc
             if k % args.interval == 0:
                 record(k)
                 written += 1
@@ -1437,7 +1444,11 @@ def cmd_ipi(args: argparse.Namespace) -> int:
                        calibrated=False if args.raw else None, forces_std=args.forces_std,
                        connect_timeout=args.connect_timeout)
     print(f"gpal ipi: serving {args.model} to i-PI at {client.address}", file=sys.stderr)
-    n = client.run()
+    try:
+        n = client.run()
+    except BaselineError as exc:  # (on a structure of i-PI's run: no bad input of this command, exit 1)
+        raise BaselineStoppedError(f"{exc} (after {client.n_evaluations} evaluations; i-PI's run is left "
+                                   "waiting for these forces)") from exc
     if client.ended_by != "EXIT":  # i-PI says EXIT when its run ends or it is stopped
         print(f"gpal ipi: error: i-PI at {client.address} closed the connection without its EXIT message "
               f"after {n} evaluations (it crashed or was killed?)", file=sys.stderr)
