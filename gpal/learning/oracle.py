@@ -576,7 +576,10 @@ class Oracle:
         Where specs run: a ``ProcessPoolExecutor``, a dask ``Client.get_executor()``...
         Default: in this process.
     timeout : float, optional
-        Seconds one label may take (enforced only in an executor).
+        Seconds one label may take (enforced only in an executor). A call past it is a
+        failed attempt; in a :class:`WorkerPool` it is also stopped, with the program it
+        runs (the pool is restarted once its other running calls have ended, and no call
+        is sent meanwhile); another executor's worker keeps running it.
     retries : int, default 1
         Extra attempts after a failure.
     threads_per_task : int, default 1
