@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -753,3 +754,4 @@ def test_a_baseline_failing_mid_md_or_in_ipi_is_a_stopped_run_not_bad_input(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert "licence server unreachable" in err[-1] and "after 0 evaluations" in err[-1]
     t.join(10)
+    Path(f"/tmp/ipi_{name}").unlink(missing_ok=True)  # (the reset server thread did not get to it)
