@@ -998,3 +998,41 @@ def test_a_block_of_frames_in_other_energy_units_is_named():
     for k, a in enumerate(near_zero):
         a.calc = SinglePointCalculator(a, energy=(0.01 if k < 6 else 0.2306) * len(a), forces=np.zeros((len(a), 3)))
     assert mixed_energy_units(near_zero, [frame_labels(a) for a in near_zero]) is None
+
+
+def test_consistent_labels_of_rattled_slabs_raise_no_unit_warning():
+    """Independently rattled copies of small EMT slabs (consistent labels): the median of
+    the pairs' ΔE / work was 0.13-0.43 on a Cu(111) slab and warned of energies and forces
+    in different units (and -0.65, of forces of the wrong sign, at 0.02 Å on other seeds). The slope over
+    the pairs, said only when the pairs agree, does not; energies in meV and forces of the
+    wrong sign on the same frames still warn."""
+    from ase.build import fcc111
+
+    from gpal._validation import energy_work_ratio, frame_labels, warn_implausible_labels
+
+    for amp, seeds in ((0.05, range(5)), (0.02, range(100, 106))):
+        frames = []
+        for k in seeds:
+            a = fcc111("Cu", (2, 2, 3), vacuum=5, a=3.61)
+            a.rattle(amp, seed=k)
+            a.calc = EMT()
+            a.get_forces()
+            frames.append(a)
+        labels = [frame_labels(a) for a in frames]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warn_implausible_labels(frames, labels)
+        if amp < 0.05:
+            continue  # (its work is above 1 meV on too few pairs for a verdict either way)
+        ratio, agree = energy_work_ratio(frames, labels, agreement=True)
+        assert 0.4 < ratio < 0.6 and agree < 0.75  # (outside the range, but the pairs disagree)
+        for e_factor, f_factor, said in ((1000.0, 1.0, "x as much as the forces' work"),
+                                         (1.0, -1.0, "opposite to the forces' work")):
+            bad = []
+            for a in frames:
+                b = a.copy()
+                b.calc = SinglePointCalculator(b, energy=e_factor * a.get_potential_energy(),
+                                               forces=f_factor * a.get_forces())
+                bad.append(b)
+            with pytest.warns(UserWarning, match=said):
+                warn_implausible_labels(bad, [frame_labels(b) for b in bad])
