@@ -215,6 +215,9 @@ class GPCalculator(Calculator):
             raise ValueError(f"Unknown uncertainty {key!r}; choose from {_STD_KEYS}")
         if atoms is None:
             atoms = self.atoms
+        if atoms is None:  # (ASE's get_property would fail deep in predict)
+            raise ValueError("this GPCalculator has no structure yet: pass atoms "
+                             "(calc.get_uncertainty(atoms)), or calculate a structure first")
         self.get_property("energy", atoms)
         if key not in self.results:
             res = self.model.predict(

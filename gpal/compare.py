@@ -435,7 +435,8 @@ def select_kernel_by_evidence(
     frames : list of ase.Atoms
         Labelled training frames.
     kernels : sequence of kernels, optional
-        Default: ``NormalizedDotProduct(zeta=z)`` for z = 1, 2, 3, 4, 6.
+        Default: ``NormalizedDotProduct(zeta=z)`` for z = 1, 2, 3, 4, 6, their signal
+        variance free within ``SparseGP.fit``'s own range (1e-3 to 1e5).
     optimize_noise : bool, default True
         Also maximise over the energy/force/stress noise levels (recommended for a
         deterministic oracle: the noises then measure how far the model family is from
@@ -461,8 +462,10 @@ def select_kernel_by_evidence(
     frames = list(frames)
     if not frames:
         raise ValueError("select_kernel_by_evidence needs at least one training frame")
-    if kernels is None:
-        kernels = [NormalizedDotProduct(zeta=z) for z in (1, 2, 3, 4, 6)]
+    if kernels is None:  # (the signal variance free over fit's own range, not the kernel's default one)
+        from .model.defaults import SIGNAL_VARIANCE_BOUNDS
+
+        kernels = [NormalizedDotProduct(zeta=z, signal_variance_bounds=SIGNAL_VARIANCE_BOUNDS) for z in (1, 2, 3, 4, 6)]
     kernels = list(kernels)
     if not kernels:
         raise ValueError("kernels is empty")
@@ -513,4 +516,8 @@ def select_kernel_by_evidence(
         (zeta,) = best_model._zetas
         del best_model._zetas
         best_model.kernel = NormalizedDotProduct(zeta=zeta, signal_variance=float(best_model.kernel_.signal_variance))
+    elif hasattr(best_model.kernel_, "clone"):
+        # the optimised kernel becomes the parameter too (its signal variance was the
+        # candidate's starting value): a clone refitted, or the saved file, is this model
+        best_model.kernel = best_model.kernel_.clone()
     return EvidenceSelection(best_model, rows, best)

@@ -296,8 +296,11 @@ def check_replace(path, overwrite: bool | None, ours=None, what: str = "", how: 
     """``path`` as a Path, or ``FileExistsError`` (``path`` left as it is) if it exists and
     may not be replaced: with ``overwrite=None`` a file ``ours(path)`` does not claim
     (``what`` it is not, e.g. "a gpal model"), with ``False`` (or no ``ours``) any file;
-    ``True`` replaces anything. ``how``: what the message says replaces it."""
+    ``True`` replaces any file. ``how``: what the message says replaces it.
+    ``IsADirectoryError`` for a folder, whatever ``overwrite`` says."""
     path = Path(os.fspath(path))
+    if path.is_dir():  # (no overwrite replaces a folder: the write would fail naming a temporary file)
+        raise IsADirectoryError(f"{prefix}{path} is a folder, not a file name: give the file's name")
     if overwrite is not True and path.exists() and (overwrite is False or ours is None or not ours(path)):
         why = f" and is not {what}" if overwrite is None and ours is not None else ""
         raise FileExistsError(f"{prefix}{path} exists{why}; {how} replaces it")
@@ -389,8 +392,10 @@ def read_model_file(path) -> tuple[dict, dict]:
         path = _NamedFile(path)
     else:
         path = Path(path)
-        if not path.exists() and path.with_name(path.name + ".npz").exists():
-            path = path.with_name(path.name + ".npz")
+        npz_path = path.with_name(path.name + ".npz")  # (what save(path) wrote, path without .npz)
+        if npz_path.exists() and (not path.exists() or (path.is_file() and not zipfile.is_zipfile(path)
+                                                         and zipfile.is_zipfile(npz_path))):
+            path = npz_path
         if not path.exists():
             raise ModelFileError(f"no model file at {path}")
     if not zipfile.is_zipfile(path.fh if isinstance(path, _NamedFile) else path):
@@ -398,7 +403,9 @@ def read_model_file(path) -> tuple[dict, dict]:
     try:
         with np.load(path.fh if isinstance(path, _NamedFile) else path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
+        # (a flipped bit in the zip directory: an unknown compression or zip version is
+        # NotImplementedError, the "encrypted" flag RuntimeError)
         raise ModelFileError(
             f"{path} is not a readable gpal model (truncated or corrupted .npz): {exc}"
         ) from exc

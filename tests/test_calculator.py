@@ -192,6 +192,10 @@ def test_std_every_controls_cost(model):
 
     with pytest.raises(PropertyNotImplementedError, match="periodic in all three directions"):
         slab.calc.get_uncertainty(slab, "stress_std")
+    fresh = GPCalculator(model)  # (nothing calculated yet: a TypeError from deep in predict)
+    with pytest.raises(ValueError, match="has no structure yet: pass atoms"):
+        fresh.get_uncertainty(key="forces_std")
+    assert fresh.get_uncertainty(cu(seed=5), "forces_std").shape == (len(a), 3)
 
 
 @pytest.mark.parametrize("dynamics", ["verlet", "langevin", "npt"])

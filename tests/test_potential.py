@@ -478,6 +478,26 @@ def test_corrupted_model_files(tmp_path, cu_model):
         np.savez(tampered, **data)
         with pytest.raises(gpal.ModelFileError, match=match):
             gpal.load(tampered)
+    # one bit flipped in the zip directory: a zip version or compression method zipfile
+    # does not know (NotImplementedError), or the "encrypted" flag (RuntimeError), escaped
+    # gpal.load as a traceback
+    entry = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"__metadata__"))
+    for offset, bit in ((6, 0x80), (8, 0x01), (10, 0x01)):
+        flipped = bytearray(raw)
+        flipped[entry + offset] ^= bit
+        bad = tmp_path / "flipped.npz"
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(gpal.ModelFileError, match="not a readable gpal model"):
+            gpal.load(bad)
+    # save("name") writes name.npz: load("name") reads it though a file "name" is there
+    cu_model.save(tmp_path / "named")
+    (tmp_path / "named").write_text("my notes")
+    assert gpal.load(tmp_path / "named").predict(cu_frames(1, seed=3)[0])["energy"] == pytest.approx(
+        cu_model.predict(cu_frames(1, seed=3)[0])["energy"])
+    (tmp_path / "folder.npz").mkdir()  # (overwrite=True was offered, then failed naming a temporary file)
+    for overwrite in (None, True):
+        with pytest.raises(IsADirectoryError, match="folder.npz is a folder, not a file name"):
+            cu_model.save(tmp_path / "folder.npz", overwrite=overwrite)
 
 
 def test_squared_exponential_kernel_fits(cu_train):
