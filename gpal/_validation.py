@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -332,6 +333,8 @@ def check_frames(frames, what="frames") -> list:
         except MissingLabelsError as exc:  # (which frame: a file's frame k)
             raise MissingLabelsError(f"{what}[{k}]: {exc}") from None
         for kind, key in _unread_label_keys(atoms, labels):
+            if _warned_before(atoms, kind, key):  # (the same frames checked again: the CLI's read, then fit)
+                continue
             unread.setdefault(kind, [key, 0])[1] += 1
         if labels.empty:
             info = sorted(str(key) for key in atoms.info)
@@ -348,15 +351,48 @@ def check_frames(frames, what="frames") -> list:
                 f"labels.{hint}"
             )
     for kind, (key, count) in unread.items():
-        opt = {"energy": "--energy-key", "forces": "--forces-key", "stress": "--stress-key"}[kind]
+        opt = {"energy": "--energy-key", "forces": "--forces-key", "stress": "--stress-key"}[kind.split()[0]]
         if "virial" in key.lower():
             opt = "--virial-key"
+        if kind.endswith("beside"):  # a reference under a prefix beside labels gpal reads
+            kind = kind.split()[0]
+            warnings.warn(f"{what}: {count} of {len(frames)} frames hold {key!r} beside the {kind} gpal reads, "
+                          f"and it differs from them: in a GAP/QUIP evaluation file the standard {kind} are a "
+                          f"model's predictions and {key!r} the reference. gpal reads the standard {kind}; pass "
+                          f"{opt} {key} (gpal fit, validate; gpal.io.relabel_frames) to read {key!r}",
+                          UserWarning, stacklevel=user_stacklevel())
+            continue
         warnings.warn(f"{what}: {count} of {len(frames)} frames have no {kind} label that gpal reads, but "
                       f"hold {key!r}, which looks like one; it is not used. gpal reads the calculator's "
                       f"results, info 'energy'/'stress'/'virial' and arrays 'forces': pass {opt} {key} "
                       "(gpal fit, validate) or use gpal.io.relabel_frames", UserWarning,
                       stacklevel=user_stacklevel())
     return frames
+
+
+#: frames whose unread label keys were warned of: {id: (weak reference, {(kind, key)})}
+_WARNED_UNREAD: dict = {}
+
+
+def _warned_before(atoms: Atoms, kind: str, key: str) -> bool:
+    """Whether :func:`check_frames` warned of ``key`` on this very frame object already
+    (and note it now): the same frames are checked when read and again when fitted."""
+    import weakref
+
+    entry = _WARNED_UNREAD.get(id(atoms))
+    if entry is None or entry[0]() is not atoms:
+        ident = id(atoms)
+        entry = (weakref.ref(atoms, lambda _, i=ident: _WARNED_UNREAD.pop(i, None)), set())
+        _WARNED_UNREAD[ident] = entry
+    seen = (kind, key) in entry[1]
+    entry[1].add((kind, key))
+    return seen
+
+
+#: a reference label's key under a prefix (lower case): REF_energy, dft_forces,
+#: DFT_total_energy, qm_force, reference_energy, target_forces...
+_REFERENCE_KEY = {kind: re.compile(r"(ref|reference|dft|qm|target|true)[_-]?(total[_-]?)?" + tail)
+                  for kind, tail in (("energy", "energy"), ("forces", "forces?"))}
 
 
 def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
@@ -369,6 +405,25 @@ def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
     def skip(key: str) -> bool:
         low = key.lower()
         return low.endswith("_std") or low.startswith("gpal") or "pred" in low
+
+    # a reference under a prefix (GAP/QUIP's REF_energy/REF_forces, dft_...) beside
+    # standard labels that differ from it: in an evaluation file those are a model's
+    if labels.forces is not None:
+        for key, arr in atoms.arrays.items():
+            if (_REFERENCE_KEY["forces"].fullmatch(key.lower()) and getattr(arr, "shape", None) == labels.forces.shape
+                    and not np.allclose(arr, labels.forces, rtol=1e-10, atol=1e-12)):
+                out.append(("forces beside", key))
+                break
+    if labels.energy is not None:
+        for key, val in atoms.info.items():
+            if _REFERENCE_KEY["energy"].fullmatch(str(key).lower()) and np.ndim(val) == 0:
+                try:
+                    differs = not np.isclose(float(val), labels.energy, rtol=1e-12, atol=1e-12)
+                except (TypeError, ValueError):
+                    continue
+                if differs:
+                    out.append(("energy beside", str(key)))
+                    break
 
     if labels.forces is None:
         n = len(atoms)

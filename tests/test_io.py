@@ -349,3 +349,41 @@ def test_compare_kernels_refuses_a_users_plot_file_before_any_fit(tmp_path):
     assert mine.read_bytes() == b"mine"
     with pytest.raises(TypeError, match="train: got the path 'train.xyz', not frames"):
         gpal.compare_kernels("train.xyz", frames, progress=False)
+
+
+def test_a_reference_beside_other_labels_is_named_once_per_frame():
+    """A GAP/QUIP evaluation file: energy=/forces= are a model's predictions, REF_energy
+    and REF_forces the reference. gpal validate scored the old model's forces (0.30 eV/Å
+    against 0.0023 with the reference) and gpal fit trained on them, with no word; given
+    --energy-key alone, the predicted forces were mixed in silently. Now each is named,
+    once for the same frames, and nothing is said when the reference is read."""
+    import warnings
+
+    from gpal._validation import check_frames
+    from gpal.io import labelled
+
+    ref = cu_frames(3, seed=21)
+    evaluation = []
+    for k, a in enumerate(ref):
+        b = labelled(a, energy=a.get_potential_energy() + 0.05, forces=a.get_forces() + 0.3)
+        b.info["REF_energy"] = a.get_potential_energy()
+        b.arrays["REF_forces"] = a.get_forces().copy()
+        evaluation.append(b)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_frames(evaluation, what="test.xyz")
+        check_frames(evaluation)  # (the same frames again, as fit and validate check them)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2 and all(m.startswith("test.xyz: 3 of 3 frames hold 'REF_") for m in said)
+    assert any("pass --forces-key REF_forces" in m for m in said)
+    assert any("pass --energy-key REF_energy" in m for m in said)
+    with pytest.warns(UserWarning, match="hold 'REF_forces' beside the forces gpal reads"):
+        check_frames(relabel_frames(evaluation, energy_key="REF_energy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_frames(relabel_frames(evaluation, energy_key="REF_energy", forces_key="REF_forces"))
+        same = [labelled(a, energy=a.get_potential_energy(), forces=a.get_forces()) for a in ref]
+        for b, a in zip(same, ref):  # (a copy of the labels under REF_ names: nothing to say)
+            b.info["REF_energy"] = a.get_potential_energy()
+            b.arrays["REF_forces"] = a.get_forces().copy()
+        check_frames(same)
