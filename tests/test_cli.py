@@ -1227,3 +1227,30 @@ def test_other_packages_deprecation_warnings_are_not_gpal_warning_lines(capsys):
         warnings.warn_explicit("gpal's own", DeprecationWarning, "/src/gpal/learning/settings.py", 1)
     err = capsys.readouterr().err
     assert "old API" not in err and "a real one" in err and "gpal's own" in err
+
+
+def test_gpal_md_blowing_up_is_a_stopped_run_and_a_second_run_on_its_file_is_refused(files, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """MD that blew up mid-run exited 2 (bad input) with no step, no word of the frames kept
+    and advice (min_distance) gpal md has no option for; two gpal md given one -o both
+    passed the up-front check, the second emptied the first's file and both wrote into it
+    (exit 0 twice, an unreadable file)."""
+    model = tmp_path / "one.npz"
+    one = tmp_path / "one.xyz"
+    write(one, read(files / "train.xyz", 0))
+    assert main(["fit", str(one), "-o", str(model), "--n-sparse", "10", "--zeta", "2", *SMALL, "-q"]) == 0
+    out = tmp_path / "hot.xyz"
+    capsys.readouterr()
+    assert main(["md", str(model), str(one), "-o", str(out), "--temperature", "20000", "--timestep", "2",
+                 "--steps", "3000", "--interval", "20", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the MD blew up at step " in err[0] and "min_distance" not in err[0]
+    kept = read(out, ":")
+    assert f"the {len(kept)} frames before it are in {out}" in err[0]
+    import gpal.cli
+
+    made = tmp_path / "made.xyz"
+    monkeypatch.setattr(gpal.cli, "_check_output", lambda path, overwrite: made.write_text("the other run's\n"))
+    assert main(["md", str(model), str(one), "-o", str(made), "--steps", "2", "-q"]) == 2
+    assert "was made meanwhile by another process" in capsys.readouterr().err
+    assert made.read_text() == "the other run's\n"

@@ -199,6 +199,9 @@ def test_the_oracle_gets_the_frames_magnetic_moments_and_train_xyz_keeps_them(tm
     assert len(train) >= 4
     from ase.calculators.emt import EMT
 
+    got, _ = gpal.Oracle(OracleSpec("_oracles:MagmomEMT")).label([atoms])  # (in memory: labels readable)
+    assert np.array_equal(got[0].get_initial_magnetic_moments(), moments)
+    assert got[0].get_potential_energy() == pytest.approx(train[0].get_potential_energy(), abs=10.0)
     for frame in train:
         assert np.array_equal(frame.get_initial_magnetic_moments(), moments)
         bare = frame.copy()

@@ -23,9 +23,11 @@ import copy
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -40,8 +42,8 @@ import numpy as np
 from .. import __version__
 from .config import DEFAULT_LEARN  # noqa: F401  (kept importable from here)
 from .config import add_import_folders
-from ..exceptions import (BaselineError, BaselineStoppedError, ConfigError, GpalError, OracleError, RunStoppedError,
-                          StructureFileError, interrupt_in)
+from ..exceptions import (BaselineError, BaselineStoppedError, ConfigError, GpalError, InvalidPositionsError,
+                          OracleError, OverlappingAtomsError, RunStoppedError, StructureFileError, interrupt_in)
 
 log = logging.getLogger("gpal")
 
@@ -1011,8 +1013,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             present = model._noise_layout()[0]
             bounds = ["fixed" if getattr(args, f"{_GROUP_NAMES[g]}_noise") is not None
                       else NOISE_BOUNDS[_GROUP_NAMES[g]] for g in present]
-            model.optimize_hyperparameters(noise_bounds=bounds)
-            model.evidence_ = None  # (the table above ranked the model before this optimisation)
+            model.optimize_hyperparameters(noise_bounds=bounds)  # (it drops the table above: another model's)
             noise = ", ".join(f"{g} {v:.3g}" for g, v in model.noise_.items())
             print(f"gpal: maximised by the marginal likelihood: {model.kernel_!r}, noises {noise}; "
                   f"log ML {model.log_marginal_likelihood_value_:.6g}")
@@ -1033,7 +1034,7 @@ def _check_output(path, overwrite: bool, suffix: str | None = None, option: str 
         raise GpalError(f"{option} {path}: a folder; give a file name")
     if target.exists() and not overwrite:
         raise GpalError(f"{option} {path}: {target} exists; give another name, or --overwrite to replace it")
-    folder = target.expanduser().resolve().parent
+    folder = target.resolve().parent  # (no ~ expansion: the writer makes none, a shell's is done)
     if not folder.is_dir():
         raise GpalError(f"{option} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -1052,7 +1053,7 @@ def _check_plots(folder: Path, names, overwrite: bool) -> None:
     if there and not overwrite:
         raise GpalError(f"--plots {folder}: holds {there[0]} (plots of an earlier run); give another "
                         "--plots folder, --no-plots, or --overwrite to replace them")
-    existing = folder.expanduser().resolve()
+    existing = folder.resolve()
     while not existing.exists():  # the folder, or the one it will be made in
         existing = existing.parent
     if not existing.is_dir():
@@ -1147,9 +1148,14 @@ def cmd_md(args: argparse.Namespace) -> int:
     std_kind = (" and ".join(done) + " calibrated, " + " and ".join(raw) + " raw") if done else "raw"
     atoms.get_potential_energy()  # (the start frame's results and stds, as every later frame has them;
     #                                before the output file is made: a start that fails leaves none)
+    try:  # made here, exclusively without --overwrite: a second gpal md given the same -o
+        #      since the check above (it emptied this one's file, and both wrote into it) stops
+        with open(out, "w" if args.overwrite else "x"):
+            pass
+    except FileExistsError:
+        raise GpalError(f"-o {out} was made meanwhile by another process (a second gpal md?); "
+                        "give another name, or --overwrite") from None
     traj = Trajectory(str(out), "w") if kind == "traj" else None
-    if kind == "extxyz":
-        out.write_text("")
 
     shown = {}  # the last written frame's largest force std, for the progress bar
 
@@ -1162,8 +1168,17 @@ def cmd_md(args: argparse.Namespace) -> int:
             "temperature_K": float(atoms.get_temperature()), "gpal_std": std_kind,
         })
         shown["forces_std"] = float(np.max(frame.arrays["forces_std"]))
-        with open(out, "a") as fh:
-            write(fh, frame, format="extxyz")
+        text = io.StringIO()
+        write(text, frame, format="extxyz")
+        data = text.getvalue().encode()
+        with open(out, "ab") as fh:  # whole frames only: Ctrl-C or a full disk mid-frame is undone
+            end = fh.tell()
+            try:
+                fh.write(data)
+                fh.flush()
+            except BaseException:
+                fh.truncate(end)
+                raise
 
     record(0)
     written = 1
@@ -1177,6 +1192,13 @@ def cmd_md(args: argparse.Namespace) -> int:
                 # (the start structure passed: a failure mid-run is no bad input, exit 1)
                 raise BaselineStoppedError(f"{exc} (at MD step {k}; the {written} frames before it are in "
                                            f"{out})") from exc
+            except (OverlappingAtomsError, InvalidPositionsError) as exc:  # the dynamics blew up
+                if traj is not None:
+                    traj.close()
+                what = re.sub(r"^atoms (has|have) ", "", str(exc)).split(" (set min_distance")[0]
+                raise RunStoppedError(f"the MD blew up at step {k} of {args.steps}: {what} (a time step or "
+                                      f"temperature beyond what the model holds: --timestep, --temperature); "
+                                      f"the {written} frames before it are in {out}") from None
             if k % args.interval == 0:
                 record(k)
                 written += 1
@@ -1384,7 +1406,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print("  " + line)
     elif hp:
         lml = hp.get("log_marginal_likelihood")
-        given = "every hyperparameter given" if hp.get("mode") == "evidence" else f"mode {hp.get('mode')!r}"
+        given = ("every hyperparameter given, or maximised after the fit (optimize_hyperparameters)"
+                 if hp.get("mode") == "evidence" else f"mode {hp.get('mode')!r}")
         print(f"  evidence    : none ({given}"
               + ("" if lml is None else f"; log marginal likelihood {lml:.6g}") + ")")
     return 0

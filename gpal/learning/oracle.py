@@ -661,11 +661,15 @@ class Oracle:
 
     def _labelled(self, atoms: Atoms, res: dict) -> Atoms:
         self.wall_time += res.pop("wall_time", 0.0)
-        out = labelled(atoms, energy=res["energy"], forces=res["forces"], stress=res.get("stress"))
-        for name in _ORACLE_ARRAYS:  # (what the label was computed from: in train.xyz with it)
-            if name in atoms.arrays:
-                out.set_array(name, atoms.arrays[name].copy())
-        return out
+        kept = {name: atoms.arrays[name].copy() for name in _ORACLE_ARRAYS if name in atoms.arrays}
+        if not kept:
+            return labelled(atoms, energy=res["energy"], forces=res["forces"], stress=res.get("stress"))
+        # what the label was computed from goes with it (into train.xyz), set before the
+        # labels: a calculator's results are stale once the initial moments change
+        bare = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        for name, values in kept.items():
+            bare.set_array(name, values)
+        return labelled(bare, energy=res["energy"], forces=res["forces"], stress=res.get("stress"), bare=False)
 
     def _deadlines(self, n: int) -> list[float | None]:
         """Per-task deadlines: a task queued behind others is not charged their time."""

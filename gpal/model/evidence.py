@@ -698,6 +698,9 @@ class _Evidence:
         else:
             res.noise_levels = levels
         self.kernel_ = kernel
+        # fit's table of candidates ranked other hyperparameters than these: a saved model
+        # and gpal info showed its signal variance, noises and evidence as the model's
+        self.evidence_ = None
         self.solver_ = SparseGPSolver().fit(
             K_mm, K_nm, self.solver_.y_, res.noise_levels[groups] * scale, jitter=self.jitter
         )
