@@ -1079,7 +1079,6 @@ def test_a_kill_in_the_validation_trajectory_loses_no_count_of_its_oracle_calls(
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    import gpal.cli
     from gpal.cli import _validation_frames
 
     path = tmp_path / "validation_trajectory.xyz"
@@ -1254,3 +1253,25 @@ def test_gpal_md_blowing_up_is_a_stopped_run_and_a_second_run_on_its_file_is_ref
     assert main(["md", str(model), str(one), "-o", str(made), "--steps", "2", "-q"]) == 2
     assert "was made meanwhile by another process" in capsys.readouterr().err
     assert made.read_text() == "the other run's\n"
+
+
+def test_a_species_the_model_lacks_is_named_with_its_file_and_frame(files, tmp_path, capsys):
+    """gpal validate, md and fit said only 'The following species are not defined for this
+    model: Ni', with no file, frame or option (fit --species Ni: '... Cu ... It knows: Ni')."""
+    model = tmp_path / "cu.npz"
+    assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "10", "--zeta", "2", *SMALL,
+                 "-q"]) == 0
+    ni = read(files / "test.xyz", ":")
+    for a in ni:
+        a.numbers[:] = 28
+    write(tmp_path / "ni.xyz", ni)
+    capsys.readouterr()
+    for args, where in ((["validate", str(model), str(tmp_path / "ni.xyz"), "--no-plots"], "ni.xyz frame 0: "),
+                        (["md", str(model), str(tmp_path / "ni.xyz"), "-o", str(tmp_path / "md.xyz")],
+                         "ni.xyz (the start frame): "),
+                        (["fit", str(files / "train.xyz"), "-o", str(tmp_path / "ni.npz"), "--species", "Ni",
+                          *SMALL], "train.xyz frame 0: ")):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and where in err[0] and "species are not defined for this model" in err[0]
+    assert err[0].endswith("(given with --species)")

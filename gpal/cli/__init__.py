@@ -990,7 +990,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model._check_params()
     if descriptor is not None:  # (a --species list that leaves out a species of the frames)
         for k, a in enumerate(frames):
-            check_atoms(a, species=descriptor.species_numbers_, what=f"training frame {k}")
+            with _species_named(f"{args.train} frame {k}", "given with --species" if args.species else ""):
+                check_atoms(a, species=descriptor.species_numbers_, what=f"training frame {k}")
     print(f"gpal: fitting {len(frames)} frames ({sum(len(a) for a in frames)} atoms)...", file=sys.stderr)
     if auto:
         from ..compare import select_kernel_by_evidence
@@ -1020,6 +1021,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = model.save(args.output, overwrite=args.overwrite or None)  # (checked above)
     print(f"gpal: wrote {path} ({model!r})")
     return 0
+
+
+@contextmanager
+def _species_named(where: str, known_how: str = ""):
+    """An UnknownSpeciesError raised inside, prefixed with ``where`` (a file and frame)."""
+    from ..exceptions import UnknownSpeciesError
+
+    try:
+        yield
+    except UnknownSpeciesError as exc:
+        exc.args = (f"{where}: {exc}" + (f" ({known_how})" if known_how else ""),)
+        raise
 
 
 def _check_output(path, overwrite: bool, suffix: str | None = None, option: str = "-o") -> None:
@@ -1133,7 +1146,8 @@ def cmd_md(args: argparse.Namespace) -> int:
     _check_output(out, args.overwrite)
     model = load(args.model)
     atoms = read_frames(args.start, index=-1)[0]
-    model._check(atoms, what=f"{args.start} (the start frame)")  # species, cell: before any MD
+    with _species_named(f"{args.start} (the start frame)"):
+        model._check(atoms, what=f"{args.start} (the start frame)")  # species, cell: before any MD
     calibrated = bool(model.calibration_) and not args.raw  # (as GPCalculator's default)
     atoms.calc = GPCalculator(model, calibrated=calibrated, record_std=True)
     thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
@@ -1234,6 +1248,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise GpalError("give -o OUT.npz or --in-place, not both")
     model = load(args.model)  # (the inputs first: a missing model is the error to report)
     test = _read_labelled(args.test, args, "test frames")
+    from .._validation import check_atoms
+
+    for k, a in enumerate(test):  # (a species the model lacks: named with its file and frame)
+        with _species_named(f"{args.test} frame {k}"):
+            check_atoms(a, species=model.species_)
     if args.output:
         _check_output(args.output, args.overwrite, ".npz")
     if not args.no_plots:  # plots of an earlier run are not replaced without asking
