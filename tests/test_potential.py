@@ -1056,3 +1056,28 @@ def test_consistent_labels_of_rattled_slabs_raise_no_unit_warning():
                 bad.append(b)
             with pytest.warns(UserWarning, match=said):
                 warn_implausible_labels(bad, [frame_labels(b) for b in bad])
+
+
+def test_an_energy_noise_far_above_the_forces_is_said():
+    """Bulk cells beside Cu(111) slabs, a coarse SOAP: the evidence took the energy noise to
+    0.14 eV/atom (39 Å times the force noise), the model let the energy labels go (slab
+    energies 47 meV/atom off, the surface energy 26 % low) and nothing was said. With the
+    energy noise given nothing is said; the bulk cells alone say nothing either."""
+    from ase.build import fcc111
+
+    from conftest import label
+
+    bulk_cells = cu_frames(4, seed=1, size=(2, 2, 2))
+    slabs = []
+    for k in range(4):
+        s = fcc111("Cu", (2, 2, 3), vacuum=5, a=3.61)
+        s.rattle(0.05, seed=k)
+        slabs.append(label(s))
+    soap = SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP)
+    with pytest.warns(UserWarning, match=r"energy noise of .* Å times the force noise"):
+        SparseGP(soap, n_sparse=100).fit(bulk_cells + slabs)
+    for frames, kw in ((bulk_cells + slabs, {"energy_noise": 0.001}), (bulk_cells, {})):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            SparseGP(soap, n_sparse=100, **kw).fit(frames)
+        assert not [w for w in caught if "times the force noise" in str(w.message)]

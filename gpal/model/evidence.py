@@ -602,6 +602,8 @@ class _Evidence:
                 UserWarning,
                 stacklevel=warn_stacklevel,
             )
+        if "energy" in names and noise_bounds[names.index("energy")] != "fixed":  # (chosen, not given)
+            _warn_loose_energies(noise, warn_stacklevel + 1)
 
     @_thread_policy()
     def select_hyperparameters(self, *, zetas=None) -> "SparseGP":
@@ -725,7 +727,34 @@ class _Evidence:
                 UserWarning,
                 stacklevel=3,
             )
+        if optimize_noise and _E in present and not isinstance(noise_bounds[present.index(_E)], str):
+            _warn_loose_energies(self.noise_, 4)
         return self
+
+
+#: an energy noise (eV/atom) above this many Å times the force noise (eV/Å) is said
+#: (_warn_loose_energies): 0.02-0.2 Å on gpal's benchmark runs (EMT metals, xTB molecules);
+#: 38 Å on bulk beside slabs with a coarse SOAP, whose slab energies were 47 meV/atom off
+_LOOSE_ENERGY_LENGTH = 3.0
+
+
+def _warn_loose_energies(noise: dict, stacklevel: int) -> None:
+    """Warn when the chosen energy noise is far above what the force noise implies: an
+    energy error grows from force errors over displacements of an Å or so, so an energy
+    noise of many Å times the force noise means the model lets the energy labels go
+    (a descriptor too coarse for their differences, bulk beside surfaces, or energies
+    that do not belong to the forces)."""
+    e, f = noise.get("energy"), noise.get("force")
+    if e is None or f is None or not f > 0 or e <= _LOOSE_ENERGY_LENGTH * f:
+        return
+    warnings.warn(
+        f"the evidence chose an energy noise of {e:.3g} eV/atom, {e / f:.0f} Å times the force noise "
+        f"({f:.3g} eV/Å): the model fits the energy labels far more loosely than the forces, and "
+        "energies (relative energies of different structures, e.g. surface energies) can be off by "
+        "about that much per atom. Likely causes: a descriptor too coarse for these structures' energy "
+        "differences (raise n_max / l_max, or use gpal's default descriptor), or energy labels that "
+        "do not belong to the forces (another method, smearing); energy_noise=... fixes the noise",
+        UserWarning, stacklevel=stacklevel)
 
 
 def _noise_at_bound(name: str, level: float, bounds, at_bound: list) -> None:
