@@ -602,8 +602,9 @@ class _Evidence:
                 UserWarning,
                 stacklevel=warn_stacklevel,
             )
-        if "energy" in names and noise_bounds[names.index("energy")] != "fixed":  # (chosen, not given)
-            _warn_loose_energies(noise, warn_stacklevel + 1)
+        chosen = {nm for nm, b in zip(names, noise_bounds) if b != "fixed"}  # (not given)
+        _warn_loose_energies({k: v for k, v in noise.items() if k != "energy" or k in chosen},
+                             warn_stacklevel + 1, stress="stress" in chosen)
 
     @_thread_policy()
     def select_hyperparameters(self, *, zetas=None) -> "SparseGP":
@@ -727,8 +728,10 @@ class _Evidence:
                 UserWarning,
                 stacklevel=3,
             )
-        if optimize_noise and _E in present and not isinstance(noise_bounds[present.index(_E)], str):
-            _warn_loose_energies(self.noise_, 4)
+        if optimize_noise:
+            free = {g for g, b in zip(present, noise_bounds) if not isinstance(b, str)}
+            noise = {k: v for k, v in self.noise_.items() if k != "energy" or _E in free}
+            _warn_loose_energies(noise, 4, stress=_S in free)
         return self
 
 
@@ -738,22 +741,40 @@ class _Evidence:
 _LOOSE_ENERGY_LENGTH = 3.0
 
 
-def _warn_loose_energies(noise: dict, stacklevel: int) -> None:
-    """Warn when the chosen energy noise is far above what the force noise implies: an
-    energy error grows from force errors over displacements of an Å or so, so an energy
-    noise of many Å times the force noise means the model lets the energy labels go
-    (a descriptor too coarse for their differences, bulk beside surfaces, or energies
-    that do not belong to the forces)."""
-    e, f = noise.get("energy"), noise.get("force")
-    if e is None or f is None or not f > 0 or e <= _LOOSE_ENERGY_LENGTH * f:
+#: a stress noise (eV/Å^3) above this many Å^-2 times the force noise (eV/Å) is said:
+#: 0.02-0.1 on gpal's runs; 39 with the stress labels' sign flipped (the pressure's),
+#: which took the stress noise to 13 GPa
+_LOOSE_STRESS_PER_AREA = 1.0
+
+
+def _warn_loose_energies(noise: dict, stacklevel: int, stress: bool = False) -> None:
+    """Warn when the chosen energy noise (or, with ``stress``, the stress noise) is far
+    above what the force noise implies: an energy error grows from force errors over
+    displacements of an Å or so, so an energy noise of many Å times the force noise means
+    the model lets the energy labels go (a descriptor too coarse for their differences,
+    bulk beside surfaces, energies that do not belong to the forces, or stresses that
+    contradict them); a stress noise of many Å^-2 times the force noise, stress labels
+    the energies and forces contradict (the pressure's sign, a virial)."""
+    e, f, st = noise.get("energy"), noise.get("force"), noise.get("stress")
+    if f is None or not f > 0:
+        return
+    if stress and st is not None and st > _LOOSE_STRESS_PER_AREA * f:
+        warnings.warn(
+            f"the evidence chose a stress noise of {st:.3g} eV/Å^3 ({160.2 * st:.3g} GPa), {st / f:.0f} Å^-2 "
+            f"times the force noise ({f:.3g} eV/Å): the energies and forces contradict the stress labels. "
+            "The pressure's sign (positive under compression, as some codes print it; gpal takes ASE's "
+            "stress, negative under compression), a virial (eV) or another unit? stress_noise=... fixes the "
+            "noise, not the labels", UserWarning, stacklevel=stacklevel)
+    if e is None or e <= _LOOSE_ENERGY_LENGTH * f:
         return
     warnings.warn(
         f"the evidence chose an energy noise of {e:.3g} eV/atom, {e / f:.0f} Å times the force noise "
         f"({f:.3g} eV/Å): the model fits the energy labels far more loosely than the forces, and "
         "energies (relative energies of different structures, e.g. surface energies) can be off by "
         "about that much per atom. Likely causes: a descriptor too coarse for these structures' energy "
-        "differences (raise n_max / l_max, or use gpal's default descriptor), or energy labels that "
-        "do not belong to the forces (another method, smearing); energy_noise=... fixes the noise",
+        "differences (raise n_max / l_max, or use gpal's default descriptor), energy labels that "
+        "do not belong to the forces (another method, smearing), or stress labels that contradict them; "
+        "energy_noise=... fixes the noise",
         UserWarning, stacklevel=stacklevel)
 
 
