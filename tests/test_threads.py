@@ -139,17 +139,23 @@ def test_quiet_machine_uses_every_core_and_busy_cores_are_left(fit_probe, frames
 
 @pytest.mark.skipif(_threads.available_cores() < 2, reason="needs 2 cores")
 def test_a_large_fit_gives_its_factorisation_every_core_and_its_rows_one(fit_probe, frames, monkeypatch):
-    from gpal.model import evidence
+    from gpal.model import evidence, rows
 
     cores = _quiet_machine(monkeypatch)
-    seen_rows = []  # inside the row passes of the evidence fit (blocks of pairs)
-    orig = evidence._Evidence._cosine_rows
+    seen_rows = []  # inside the row passes of the evidence fit (blocks of pairs; a periodic
+    #                 frame's derivative blocks, _BlockRows, since the search streams them)
 
-    def cosine_rows(self, *a, **k):
-        seen_rows.append(_probe())
-        return orig(self, *a, **k)
+    def probed(owner, name):
+        orig = getattr(owner, name)
 
-    monkeypatch.setattr(evidence._Evidence, "_cosine_rows", cosine_rows)
+        def wrapped(*a, **k):
+            seen_rows.append(_probe())
+            return orig(*a, **k)
+
+        monkeypatch.setattr(owner, name, wrapped)
+
+    probed(evidence._Evidence, "_cosine_rows")
+    probed(rows._BlockRows, "add")
     monkeypatch.setattr(_threads, "SMALL_BLOCK", 100)  # these 3 frames count as a large fit
     _model().fit(frames)
     assert fit_probe[-1] == (cores, cores)
@@ -409,6 +415,7 @@ def test_learning_steps_outside_fit_and_predict_run_one_blas_thread(frames, monk
         monkeypatch.setattr(owner, name, wrapped)
 
     probe(scipy.linalg, "cho_factor", "loo_residuals")
+    probe(scipy.linalg, "cholesky", "loo_residuals")  # (a frame of more observations than sparse points)
     probe(scipy.optimize, "minimize", "calibrator")
     probe(design, "_make_posterior", "greedy_batch")
     probe(np.linalg, "svd", "cur_selection")

@@ -381,16 +381,17 @@ class _Evidence:
                     a = group[0]
                     acc_rows = {(lm, c): _BlockRows(a.numbers, self.sparse_species_, len(Zs[(i, lm)]))
                                 for lm, ck in by_l.items() for c, _ in ck}
-                    for i0, i1, d in descs[i].derivative_blocks(a):
-                        for lm, ck in by_l.items():
-                            cols = _l_max_subset(descs[i], lm) if lm is not None and lm != L else None
-                            dd = d if cols is None else dataclasses.replace(
-                                d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
-                                dX=np.ascontiguousarray(d.dX[:, :, cols]))
-                            for c, kern in ck:
-                                acc_rows[(lm, c)].add(kern, Zs[(i, lm)], i0, i1, dd,
-                                                      descs[i] if cols is None else None)
-                        del d
+                    with _thread_limited(0):  # one BLAS thread: blocks of pairs between numba's loops
+                        for i0, i1, d in descs[i].derivative_blocks(a):  # (as _rows_for_batch)
+                            for lm, ck in by_l.items():
+                                cols = _l_max_subset(descs[i], lm) if lm is not None and lm != L else None
+                                dd = d if cols is None else dataclasses.replace(
+                                    d, descriptor=np.ascontiguousarray(d.descriptor[:, cols]),
+                                    dX=np.ascontiguousarray(d.dX[:, :, cols]))
+                                for c, kern in ck:
+                                    acc_rows[(lm, c)].add(kern, Zs[(i, lm)], i0, i1, dd,
+                                                          descs[i] if cols is None else None)
+                            del d
                     for lm, ck in by_l.items():
                         take(batch[0], a, ck, [acc_rows.pop((lm, c)).result() for c, _ in ck])
                     continue
