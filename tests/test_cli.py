@@ -1275,3 +1275,31 @@ def test_a_species_the_model_lacks_is_named_with_its_file_and_frame(files, tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and where in err[0] and "species are not defined for this model" in err[0]
     assert err[0].endswith("(given with --species)")
+
+
+def test_validate_says_an_in_sample_calibration_and_leaves_no_stale_energy_plot(files, tmp_path, capsys):
+    """--calibrate test.xyz on the test set itself reported a mean z² of 1.000 with no
+    word; --overwrite on a forces-only test set left an earlier run's parity_energy.png
+    beside the new plots."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    model = tmp_path / "m.npz"
+    assert main(["fit", str(files / "train.xyz"), "-o", str(model), "--n-sparse", "20", "--zeta", "2", *SMALL,
+                 "-q"]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(model), str(files / "test.xyz"), "--calibrate", str(files / "test.xyz"),
+                 "-o", str(tmp_path / "c.npz"), "--no-plots"]) == 0
+    assert "are the test frames" in capsys.readouterr().err
+    plots = tmp_path / "plots"
+    assert main(["validate", str(model), str(files / "test.xyz"), "--plots", str(plots)]) == 0
+    assert (plots / "parity_energy.png").exists()
+    forces_only = []
+    for a in read(files / "test.xyz", ":"):
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, forces=a.get_forces())
+        forces_only.append(b)
+    write(tmp_path / "forces.xyz", forces_only)
+    capsys.readouterr()
+    assert main(["validate", str(model), str(tmp_path / "forces.xyz"), "--plots", str(plots), "--overwrite"]) == 0
+    assert not (plots / "parity_energy.png").exists() and (plots / "parity_forces.png").exists()
+    assert "removed" in capsys.readouterr().err

@@ -873,6 +873,13 @@ def _read_labelled(path, args, what: str) -> list:
     return frames
 
 
+def _same_frames(a: list, b: list) -> bool:
+    """Whether two lists of frames hold the same structures (numbers, cell, positions)."""
+    return len(a) == len(b) and all(
+        len(x) == len(y) and np.array_equal(x.numbers, y.numbers) and np.allclose(x.cell.array, y.cell.array)
+        and np.allclose(x.positions, y.positions) for x, y in zip(a, b))
+
+
 def _warn_training_frames(model, frames, path, what: str) -> None:
     """Warn when some of ``frames`` are the model's own training frames (same species,
     cell and positions): errors there are fit residuals, several times smaller than on
@@ -1261,6 +1268,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.calibrate:
         cal_frames = _read_labelled(args.calibrate, args, "calibration frames")
         _warn_training_frames(model, cal_frames, args.calibrate, "calibration frames")
+        if _same_frames(cal_frames, test):
+            warnings.warn(f"the calibration frames {args.calibrate} are the test frames {args.test}: the "
+                          "calibrated metrics below are in-sample (a mean z² of 1 by construction); calibrate "
+                          "on other frames than those that judge it", UserWarning, stacklevel=1)
         val = model.residuals(cal_frames)
         if not val["force_error"].size:
             raise GpalError(f"{args.calibrate}: no frame has force labels; the calibration is of force stds")
@@ -1347,6 +1358,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if len(n_e):
         calibration.plot_parity(e_true_per_atom, e_pred_per_atom, out / "parity_energy.png", label="energy",
                                 units="eV/atom", overwrite=True)
+    elif (out / "parity_energy.png").exists():  # an earlier run's, beside this run's plots (--overwrite)
+        (out / "parity_energy.png").unlink()
+        print(f"gpal: removed {out / 'parity_energy.png'}, an earlier run's: these test frames have no energy "
+              "labels", file=sys.stderr)
     calibration.plot_calibration_curve(err, std, out / "calibration_curve.png",
                                        title=f"force-std calibration ({tag} stds)", overwrite=True)
     calibration.plot_error_vs_uncertainty(err, std, out / "error_vs_uncertainty.png", units="eV/Å",
