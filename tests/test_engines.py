@@ -162,12 +162,14 @@ def test_cli_ipi_without_server_is_one_line(model, tmp_path, capsys):
 
 
 def _fake_ipi_server(name: str, send_exit: bool, ask_forces: bool, greeting: bytes | None = b"STATUS",
-                     close_at_getforce: bool = False):
+                     close_at_getforce: bool = False, outcome: list | None = None):
     """A one-step i-PI stand-in on a UNIX socket (ASE's protocol, in a thread): STATUS,
     POSDATA of a 32-atom Cu cell, optionally GETFORCE, then EXIT or a bare close.
     ``greeting``: its first message (None: silent until the client gives up; other
     bytes: a server that is not i-PI); ``close_at_getforce``: it dies right after asking
-    for the forces."""
+    for the forces; ``outcome``: POSDATA and GETFORCE go in one send, as i-PI 3.3 sends
+    them, then it reads until the client's end and appends "end" (an orderly close) or
+    the error's name (a reset) to ``outcome``."""
     import socket
     import threading
 
@@ -194,9 +196,22 @@ def _fake_ipi_server(name: str, send_exit: bool, ask_forces: bool, greeting: byt
             return
         c.sendall(b"STATUS".ljust(12))
         c.recv(12)
-        c.sendall(b"POSDATA".ljust(12))
-        c.sendall((a.cell.array.T / bohr).tobytes() + (np.linalg.inv(a.cell.array).T * bohr).tobytes())
-        c.sendall(np.array([len(a)], np.int32).tobytes() + (a.positions / bohr).tobytes())
+        c.sendall(b"POSDATA".ljust(12) + (a.cell.array.T / bohr).tobytes()
+                  + (np.linalg.inv(a.cell.array).T * bohr).tobytes()
+                  + np.array([len(a)], np.int32).tobytes() + (a.positions / bohr).tobytes()
+                  + (b"GETFORCE".ljust(12) if outcome is not None else b""))
+        if outcome is not None:
+            c.settimeout(20)
+            try:
+                while c.recv(4096):
+                    pass
+                outcome.append("end")
+            except OSError as exc:
+                outcome.append(type(exc).__name__)
+            c.close()
+            srv.close()
+            os.unlink(path)
+            return
         if close_at_getforce:
             c.sendall(b"STATUS".ljust(12))
             c.recv(12)
@@ -270,44 +285,6 @@ def test_ipi_client_names_a_server_that_dies_while_it_answers_or_is_not_ipi(mode
     t.join(10)
 
 
-def _request_then_listen(name: str, outcome: list):
-    """A stand-in for i-PI 3.3 on a UNIX socket (a thread): STATUS, then POSDATA of a
-    32-atom Cu cell and GETFORCE in one send, as i-PI sends them; then it reads until the
-    client's end, recording "end" (an orderly close) or the error (a reset)."""
-    import socket
-    import threading
-
-    path = f"/tmp/ipi_{name}"
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(path)
-    srv.listen(1)
-
-    def serve():
-        c, _ = srv.accept()
-        bohr = units.Bohr
-        a = _start(3)
-        c.sendall(b"STATUS".ljust(12))
-        c.recv(12)
-        c.sendall(b"POSDATA".ljust(12) + (a.cell.array.T / bohr).tobytes()
-                  + (np.linalg.inv(a.cell.array).T * bohr).tobytes()
-                  + np.array([len(a)], np.int32).tobytes() + (a.positions / bohr).tobytes()
-                  + b"GETFORCE".ljust(12))
-        c.settimeout(20)
-        try:
-            while c.recv(4096):
-                pass
-            outcome.append("end")
-        except OSError as exc:
-            outcome.append(type(exc).__name__)
-        c.close()
-        srv.close()
-        os.unlink(path)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return t
-
-
 def test_a_client_that_leaves_mid_request_ends_its_connection_in_order(model):
     """gpal closed its socket with i-PI's GETFORCE unread (a model error, SIGTERM,
     IPIClient.close): the kernel reset the connection, which killed i-PI 3.3's polling
@@ -317,7 +294,7 @@ def test_a_client_that_leaves_mid_request_ends_its_connection_in_order(model):
 
     name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
     outcome = []
-    t = _request_then_listen(name, outcome)
+    t = _fake_ipi_server(name, False, False, outcome=outcome)
     client = IPIClient(model, unixsocket=name, connect_timeout=5)
     steps = client.irun()
     next(steps)  # the structure evaluated, GETFORCE not read yet
