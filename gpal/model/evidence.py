@@ -737,13 +737,15 @@ class _Evidence:
 
 
 #: an energy noise (eV/atom) above this many Å times the force noise (eV/Å) is said
-#: (_warn_loose_energies): 0.02-0.2 Å on gpal's benchmark runs (EMT metals, xTB molecules);
-#: 38 Å on bulk beside slabs with a coarse SOAP, whose slab energies were 47 meV/atom off
+#: (_warn_loose_energies): 0.12 Å on the random-alloy benchmark run's model, 0.02-1.1 Å on
+#: the Δ-learning audit's models; 39 Å on bulk beside slabs with a coarse SOAP, whose slab
+#: energies were 47 meV/atom off
 _LOOSE_ENERGY_LENGTH = 3.0
 
 
 #: a stress noise (eV/Å^3) above this many Å^-2 times the force noise (eV/Å) is said:
-#: 0.02-0.1 on gpal's benchmark runs; 39 with the stress labels' sign flipped (the
+#: 0.02 on the random-alloy benchmark run's model, 0.02-0.1 on the Δ-learning audit's
+#: models; 39 with the stress labels' sign flipped (the
 #: pressure's), which took the stress noise to 13 GPa; 15-67 in the test suite's tiny
 #: learner runs (8-atom cells, n_max 4, l_max 3), whose stresses are that far off
 _LOOSE_STRESS_PER_AREA = 1.0
