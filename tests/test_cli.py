@@ -51,7 +51,7 @@ def test_info_and_md_name_an_energy_calibration(files, tmp_path, capsys):
     write(tmp_path / "start.xyz", cu_frames(1, seed=4, size=(2, 2, 2))[0])
     assert main(["md", str(tmp_path / "energy.npz"), str(tmp_path / "start.xyz"), "-o", str(tmp_path / "md.traj"),
                  "--steps", "4", "--interval", "2", "-q"]) == 0
-    assert "(eV) in each frame's info, energy_std calibrated, forces_std and energies_std raw" in capsys.readouterr().out
+    assert "(eV), step, time_fs and temperature_K in each frame's info, energy_std calibrated, forces_std and energies_std raw" in capsys.readouterr().out
     frames = read(tmp_path / "md.traj", ":")
     assert len(frames) == 3 and all("energy_std" in a.info for a in frames)  # the start frame too
     # a recalibration of the forces says the energy factor stays
@@ -181,7 +181,10 @@ def test_fit_info_validate_md(files, capsys):
     assert "warning: 5 of the 5 test frames in" in capsys.readouterr().err
     assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
                  "--steps", "10", "--interval", "5", "-q"]) == 0
-    assert len(read(files / "md.traj", ":")) == 3
+    traj = read(files / "md.traj", ":")
+    assert len(traj) == 3
+    assert [a.info["step"] for a in traj] == [0, 5, 10]  # (the .xyz frames' step, time and temperature)
+    assert traj[1].info["time_fs"] == pytest.approx(5.0) and traj[1].info["temperature_K"] > 0
 
 
 def test_outputs_are_replaced_only_when_asked(files, tmp_path, capsys):

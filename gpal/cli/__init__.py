@@ -1181,13 +1181,13 @@ def cmd_md(args: argparse.Namespace) -> int:
     shown = {}  # the last written frame's largest force std, for the progress bar
 
     def record(step: int):
-        if traj is not None:
+        meta = {"step": step, "time_fs": step * args.timestep,
+                "temperature_K": float(atoms.get_temperature()), "gpal_std": std_kind}
+        if traj is not None:  # (the .traj frames carry them too, as the .xyz ones do)
+            atoms.info.update(meta)
             traj.write(atoms)
             return
-        frame = _md_frame(model, atoms, calibrated, {
-            "step": step, "time_fs": step * args.timestep,
-            "temperature_K": float(atoms.get_temperature()), "gpal_std": std_kind,
-        })
+        frame = _md_frame(model, atoms, calibrated, meta)
         shown["forces_std"] = float(np.max(frame.arrays["forces_std"]))
         text = io.StringIO()
         write(text, frame, format="extxyz")
@@ -1233,8 +1233,8 @@ def cmd_md(args: argparse.Namespace) -> int:
     interval = "forces_std" in done and model.calibration_of("forces_std").conformal_q90 is not None
     what = ("extended XYZ; per-atom columns energies_std (eV) and forces_std (eV/Å), the total "
             f"energy_std (eV) in each frame's info, {std_kind}" + (", and forces_interval90 (eV/Å, the 90 % conformal half-width)" if interval else "")
-            if kind == "extxyz" else "ASE trajectory; energies_std and energy_std (eV) in each frame's "
-            f"info, {std_kind}; forces_std only in .xyz")
+            if kind == "extxyz" else "ASE trajectory; energies_std and energy_std (eV), step, time_fs and "
+            f"temperature_K in each frame's info, {std_kind}; forces_std only in .xyz")
     print(f"gpal: wrote {args.steps // args.interval + 1} frames to {out} ({what})")
     return 0
 
