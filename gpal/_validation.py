@@ -332,10 +332,10 @@ def check_frames(frames, what="frames") -> list:
             labels = frame_labels(atoms)
         except MissingLabelsError as exc:  # (which frame: a file's frame k)
             raise MissingLabelsError(f"{what}[{k}]: {exc}") from None
-        for kind, key in _unread_label_keys(atoms, labels):
+        for kind, key, beside in _unread_label_keys(atoms, labels):
             if _warned_before(atoms, kind, key):  # (the same frames checked again: the CLI's read, then fit)
                 continue
-            unread.setdefault(kind, [key, 0])[1] += 1
+            unread.setdefault((kind, beside), [key, 0])[1] += 1
         if labels.empty:
             info = sorted(str(key) for key in atoms.info)
             arrays = sorted(set(atoms.arrays) - {"numbers", "positions"})
@@ -350,12 +350,11 @@ def check_frames(frames, what="frames") -> list:
                 "atoms.get_potential_energy()), or read it from an extxyz file that has "
                 f"labels.{hint}"
             )
-    for kind, (key, count) in unread.items():
-        opt = {"energy": "--energy-key", "forces": "--forces-key", "stress": "--stress-key"}[kind.split()[0]]
+    for (kind, beside), (key, count) in unread.items():
+        opt = {"energy": "--energy-key", "forces": "--forces-key", "stress": "--stress-key"}[kind]
         if "virial" in key.lower():
             opt = "--virial-key"
-        if kind.endswith("beside"):  # a reference under a prefix beside labels gpal reads
-            kind = kind.split()[0]
+        if beside:  # a reference under a prefix beside labels gpal reads
             warnings.warn(f"{what}: {count} of {len(frames)} frames hold {key!r} beside the {kind} gpal reads, "
                           f"and it differs from them: in a GAP/QUIP evaluation file the standard {kind} are a "
                           f"model's predictions and {key!r} the reference. gpal reads the standard {kind}; pass "
@@ -395,11 +394,13 @@ _REFERENCE_KEY = {kind: re.compile(r"(ref|reference|dft|qm|target|true)[_-]?(tot
                   for kind, tail in (("energy", "energy"), ("forces", "forces?"))}
 
 
-def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
-    """``(kind, key)`` of a label gpal did not read but the frame seems to hold under
-    another name: per-atom (n, 3) arrays named like forces (``force``, ``dft_forces``)
-    when no forces were read, scalar info entries named like an energy, 3x3/6/9-number
-    info entries named like a stress or virial. Stds and gpal's own keys are skipped."""
+def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str, bool]]:
+    """``(kind, key, beside)`` of a label gpal did not read but the frame seems to hold
+    under another name: per-atom (n, 3) arrays named like forces (``force``,
+    ``dft_forces``) when no forces were read, scalar info entries named like an energy,
+    3x3/6/9-number info entries named like a stress or virial; and (``beside`` True) a
+    reference under a prefix (``REF_forces``) that differs from the labels gpal read.
+    Stds and gpal's own keys are skipped."""
     out = []
 
     def skip(key: str) -> bool:
@@ -412,7 +413,7 @@ def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
         for key, arr in atoms.arrays.items():
             if (_REFERENCE_KEY["forces"].fullmatch(key.lower()) and getattr(arr, "shape", None) == labels.forces.shape
                     and not np.allclose(arr, labels.forces, rtol=1e-10, atol=1e-12)):
-                out.append(("forces beside", key))
+                out.append(("forces", key, True))
                 break
     if labels.energy is not None:
         for key, val in atoms.info.items():
@@ -422,14 +423,14 @@ def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
                 except (TypeError, ValueError):
                     continue
                 if differs:
-                    out.append(("energy beside", str(key)))
+                    out.append(("energy", str(key), True))
                     break
 
     if labels.forces is None:
         n = len(atoms)
         for key, arr in atoms.arrays.items():
             if "force" in key.lower() and not skip(key) and getattr(arr, "shape", None) == (n, 3):
-                out.append(("forces", key))
+                out.append(("forces", key, False))
                 break
     if labels.energy is None:
         for key, val in atoms.info.items():
@@ -438,14 +439,14 @@ def _unread_label_keys(atoms: Atoms, labels) -> list[tuple[str, str]]:
                     float(val)
                 except (TypeError, ValueError):
                     continue
-                out.append(("energy", str(key)))
+                out.append(("energy", str(key), False))
                 break
     if labels.stress is None and atoms.pbc.all():
         for key, val in atoms.info.items():
             low = str(key).lower()
             if (("stress" in low or "virial" in low) and not skip(str(key)) and low != "virial"
                     and np.size(val) in (6, 9)):
-                out.append(("stress", str(key)))
+                out.append(("stress", str(key), False))
                 break
     return out
 

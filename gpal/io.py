@@ -393,8 +393,7 @@ def read_model_file(path) -> tuple[dict, dict]:
     else:
         path = Path(path)
         npz_path = path.with_name(path.name + ".npz")  # (what save(path) wrote, path without .npz)
-        if npz_path.exists() and (not path.exists() or (path.is_file() and not zipfile.is_zipfile(path)
-                                                         and zipfile.is_zipfile(npz_path))):
+        if npz_path.exists() and not is_model_file(path) and (not path.exists() or is_model_file(npz_path)):
             path = npz_path
         if not path.exists():
             raise ModelFileError(f"no model file at {path}")
@@ -680,10 +679,12 @@ def _raise_signals(sigs: list) -> None:
             _raise_signals(sigs[1:])
 
 
-def append_frame(path: str | os.PathLike, atoms: Atoms) -> None:
-    """Append one labelled frame to an extxyz file and flush it to disk at once.
+def append_frame(path: str | os.PathLike, atoms: Atoms, *, sync: bool = True) -> None:
+    """Append one labelled frame to an extxyz file, whole or not at all, and flush it.
 
-    Used by the active learner so that a label survives a crash the moment it arrives.
+    Used by the active learner so that a label survives a crash the moment it arrives,
+    and by ``gpal md``. An exception while writing (Ctrl-C, a full disk) cuts the file
+    back to where it was: a cut frame made the whole file unreadable.
 
     Parameters
     ----------
@@ -691,10 +692,17 @@ def append_frame(path: str | os.PathLike, atoms: Atoms) -> None:
         The extxyz file (created if absent).
     atoms : ase.Atoms
         One frame, with its labels.
+    sync : bool, default True
+        Also ``fsync`` it to disk (a label paid for); ``gpal md``'s frames are only flushed.
     """
-    from ase.io import write
-
-    with open(path, "a") as fh:
-        write(fh, atoms, format="extxyz")
-        fh.flush()
-        os.fsync(fh.fileno())
+    data = frames_bytes([atoms])
+    with open(path, "ab") as fh:
+        end = fh.tell()
+        try:
+            fh.write(data)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        except BaseException:
+            fh.truncate(end)
+            raise

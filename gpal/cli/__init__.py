@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -873,13 +872,6 @@ def _read_labelled(path, args, what: str) -> list:
     return frames
 
 
-def _same_frames(a: list, b: list) -> bool:
-    """Whether two lists of frames hold the same structures (numbers, cell, positions)."""
-    return len(a) == len(b) and all(
-        len(x) == len(y) and np.array_equal(x.numbers, y.numbers) and np.allclose(x.cell.array, y.cell.array)
-        and np.allclose(x.positions, y.positions) for x, y in zip(a, b))
-
-
 def _warn_training_frames(model, frames, path, what: str) -> None:
     """Warn when some of ``frames`` are the model's own training frames (same species,
     cell and positions): errors there are fit residuals, several times smaller than on
@@ -1030,6 +1022,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blowup_text(exc: Exception) -> str:
+    """What a structure check found on a frame of a run's MD (two atoms too close, positions
+    not finite), without the check's own setting, which the MD commands do not take."""
+    return re.sub(r"^atoms (has|have) ", "", str(exc)).split(" (set min_distance")[0]
+
+
 @contextmanager
 def _species_named(where: str, known_how: str = ""):
     """An UnknownSpeciesError raised inside, prefixed with ``where`` (a file and frame)."""
@@ -1129,13 +1127,13 @@ def _md_frame(model, atoms, calibrated: bool, info: dict):
 def cmd_md(args: argparse.Namespace) -> int:
     """Run MD on a model; write extxyz frames with per-atom stds (or an ASE .traj)."""
     from ase import units
-    from ase.io import Trajectory, write
+    from ase.io import Trajectory
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     from ..calculator import GPCalculator
-    from ..io import read_frames
+    from ..io import append_frame, read_frames
     from ..model import load
 
     from ..learning.sampler import MDSettings
@@ -1189,17 +1187,7 @@ def cmd_md(args: argparse.Namespace) -> int:
             return
         frame = _md_frame(model, atoms, calibrated, meta)
         shown["forces_std"] = float(np.max(frame.arrays["forces_std"]))
-        text = io.StringIO()
-        write(text, frame, format="extxyz")
-        data = text.getvalue().encode()
-        with open(out, "ab") as fh:  # whole frames only: Ctrl-C or a full disk mid-frame is undone
-            end = fh.tell()
-            try:
-                fh.write(data)
-                fh.flush()
-            except BaseException:
-                fh.truncate(end)
-                raise
+        append_frame(out, frame, sync=False)  # (whole frames only: Ctrl-C or a full disk mid-frame is undone)
 
     record(0)
     written = 1
@@ -1216,9 +1204,8 @@ def cmd_md(args: argparse.Namespace) -> int:
             except (OverlappingAtomsError, InvalidPositionsError) as exc:  # the dynamics blew up
                 if traj is not None:
                     traj.close()
-                what = re.sub(r"^atoms (has|have) ", "", str(exc)).split(" (set min_distance")[0]
-                raise RunStoppedError(f"the MD blew up at step {k} of {args.steps}: {what} (a time step or "
-                                      f"temperature beyond what the model holds: --timestep, --temperature); "
+                raise RunStoppedError(f"the MD blew up at step {k} of {args.steps}: {_blowup_text(exc)} (a time "
+                                      "step or temperature beyond what the model holds: --timestep, --temperature); "
                                       f"the {written} frames before it are in {out}") from None
             if k % args.interval == 0:
                 record(k)
@@ -1268,7 +1255,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.calibrate:
         cal_frames = _read_labelled(args.calibrate, args, "calibration frames")
         _warn_training_frames(model, cal_frames, args.calibrate, "calibration frames")
-        if _same_frames(cal_frames, test):
+        from ..learning.state import _same_frame
+
+        if len(cal_frames) == len(test) and all(map(_same_frame, cal_frames, test)):
             warnings.warn(f"the calibration frames {args.calibrate} are the test frames {args.test}: the "
                           "calibrated metrics below are in-sample (a mean z² of 1 by construction); calibrate "
                           "on other frames than those that judge it", UserWarning, stacklevel=1)
@@ -1509,10 +1498,9 @@ def cmd_ipi(args: argparse.Namespace) -> int:
         raise BaselineStoppedError(f"{exc} (after {client.n_evaluations} evaluations; i-PI waits for "
                                    "another client)") from exc
     except (OverlappingAtomsError, InvalidPositionsError) as exc:  # i-PI's dynamics blew up
-        what = re.sub(r"^atoms (has|have) ", "", str(exc)).split(" (set min_distance")[0]
-        raise RunStoppedError(f"i-PI's MD blew up at its structure {client.n_evaluations + 1}: {what} (a time "
-                              "step or temperature beyond what the model holds: i-PI's input); i-PI waits for "
-                              "another client") from None
+        raise RunStoppedError(f"i-PI's MD blew up at its structure {client.n_evaluations + 1}: "
+                              f"{_blowup_text(exc)} (a time step or temperature beyond what the model holds: "
+                              "i-PI's input); i-PI waits for another client") from None
     finally:
         client.close()  # (what i-PI sent is read first: a reset connection hung i-PI 3.3)
     if client.ended_by != "EXIT":  # i-PI says EXIT when its run ends or it is stopped

@@ -604,7 +604,7 @@ class _Evidence:
                 stacklevel=warn_stacklevel,
             )
         chosen = {nm for nm, b in zip(names, noise_bounds) if b != "fixed"}  # (not given)
-        _warn_loose_energies({k: v for k, v in noise.items() if k != "energy" or k in chosen},
+        _warn_loose_noise({k: v for k, v in noise.items() if k != "energy" or k in chosen},
                              warn_stacklevel + 1, stress="stress" in chosen)
 
     @_thread_policy()
@@ -732,12 +732,12 @@ class _Evidence:
         if optimize_noise:
             free = {g for g, b in zip(present, noise_bounds) if not isinstance(b, str)}
             noise = {k: v for k, v in self.noise_.items() if k != "energy" or _E in free}
-            _warn_loose_energies(noise, 4, stress=_S in free)
+            _warn_loose_noise(noise, 4, stress=_S in free)
         return self
 
 
 #: an energy noise (eV/atom) above this many Å times the force noise (eV/Å) is said
-#: (_warn_loose_energies): 0.12 Å on the random-alloy benchmark run's model, 0.02-1.1 Å on
+#: (_warn_loose_noise): 0.12 Å on the random-alloy benchmark run's model, 0.02-1.1 Å on
 #: the Δ-learning audit's models; 39 Å on bulk beside slabs with a coarse SOAP, whose slab
 #: energies were 47 meV/atom off
 _LOOSE_ENERGY_LENGTH = 3.0
@@ -751,7 +751,7 @@ _LOOSE_ENERGY_LENGTH = 3.0
 _LOOSE_STRESS_PER_AREA = 1.0
 
 
-def _warn_loose_energies(noise: dict, stacklevel: int, stress: bool = False) -> None:
+def _warn_loose_noise(noise: dict, stacklevel: int, stress: bool = False) -> None:
     """Warn when the chosen energy noise (or, with ``stress``, the stress noise) is far
     above what the force noise implies: an energy error grows from force errors over
     displacements of an Å or so, so an energy noise of many Å times the force noise means
