@@ -11,12 +11,18 @@ import sys
 
 
 def main() -> int:
-    """Import gpal's command line and run it (:func:`gpal.cli.main`)."""
+    """Import gpal's command line and run it (:func:`gpal.cli.main`).
+
+    A Ctrl-C while gpal loads is held until the import ends (an interrupt raised inside
+    the import machinery can leave a traceback of its module locks behind), then ends
+    the command with one line and 130; a second Ctrl-C interrupts at once.
+    """
     interrupted = []
 
     def on_sigint(signum, frame):  # (only while gpal loads: this process's own entry point)
         interrupted.append(signum)
-        raise KeyboardInterrupt
+        if len(interrupted) > 1:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -29,14 +35,17 @@ def main() -> int:
         # "PyCapsule_Import could not import module 'datetime'"): still an interrupt
         if not (isinstance(exc, KeyboardInterrupt) or interrupted):
             raise
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print("gpal: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+    if interrupted:
+        return _interrupted()
     try:
         return gpal_main()
     except KeyboardInterrupt:  # (gpal_main handles its own; this is one before it began)
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print("gpal: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print("gpal: interrupted", file=sys.stderr)
+    return 130

@@ -467,6 +467,32 @@ def test_ctrl_c_while_gpal_loads_is_one_line_and_exit_code_130(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_ctrl_c_while_gpal_loads_waits_for_the_import_a_second_one_does_not(monkeypatch, capsys):
+    """An interrupt raised inside the import machinery left a traceback of its module locks
+    under load: the first Ctrl-C is held until the import ends; a second is not held."""
+    import builtins
+    import signal
+
+    import _gpal_command
+
+    for presses, expect_imported in ((1, True), (2, False)):
+        done = []
+        real_import = builtins.__import__
+
+        def importing(name, *args, _presses=presses, _done=done, **kwargs):
+            if name == "gpal.cli":
+                for _ in range(_presses):
+                    signal.raise_signal(signal.SIGINT)
+                _done.append(name)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", importing)
+        assert _gpal_command.main() == 130
+        monkeypatch.setattr(builtins, "__import__", real_import)
+        assert bool(done) is expect_imported
+        assert capsys.readouterr().err.splitlines() == ["gpal: interrupted"]
+
+
 def test_ctrl_c_before_the_run_folder_is_known_claims_nothing_saved(tmp_path, capsys, monkeypatch):
     """It said 'progress is saved, continue with: gpal learn --resume RUN_DIR' with no run anywhere."""
     from gpal.cli import config, main
