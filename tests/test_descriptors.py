@@ -659,3 +659,15 @@ def test_vectorised_exp_is_within_one_ulp_of_numpy():
     out, bits = np.empty(3), np.empty(3, dtype=np.int64)
     _exp_nonpositive(low, out, bits)
     np.testing.assert_array_equal(out, np.exp(-700.0))
+
+
+def test_soap_takes_a_dscribe_keyword_call_without_r_cut():
+    """dscribe infers r_cut from the weighting when it is not given; gpal.SOAP made it a
+    required argument, so the same keyword call was a TypeError."""
+    w = {"function": "pow", "r0": 3.0, "c": 1.0, "d": 1.0, "m": 4, "threshold": 1e-2}
+    a = SOAP(species=["Cu"], n_max=3, l_max=2, weighting=w, periodic=True)
+    b = SOAP(species=["Cu"], r_cut=a.r_cut_, n_max=3, l_max=2, weighting=w, periodic=True)
+    atoms = bulk("Cu", "fcc", a=3.6)
+    assert np.array_equal(a.create(atoms), b.create(atoms))
+    with pytest.raises(ValueError, match="n_max is required"):
+        SOAP(species=["Cu"], r_cut=4.0, l_max=2)

@@ -478,16 +478,17 @@ class SOAP(Descriptor):
     ----------
     species : sequence of str or int
         All chemical species the descriptor will ever see (symbols or atomic numbers).
-    r_cut : float or None
+    r_cut : float or None, default None
         Radial cutoff (Å), > 1. May be None when ``weighting`` has a function, in which
         case it is inferred as dscribe does (``"poly"``: r0). With ``"poly"`` weighting
         the neighbours are also bounded by ``r0`` (``cutoff_``): to change the cutoff,
         change ``weighting["r0"]`` with ``r_cut`` (a grid over ``r_cut`` alone changes
         only the radial basis).
     n_max : int
-        Number of radial basis functions, >= 1.
+        Number of radial basis functions, >= 1 (required; keyword default None as in
+        dscribe's signature).
     l_max : int
-        Maximum degree of the spherical harmonics, 0 <= l_max <= 20.
+        Required. Maximum degree of the spherical harmonics, 0 <= l_max <= 20.
     sigma : float, default 1.0
         Width (Å) of the Gaussian atomic densities.
     periodic : bool, default False
@@ -540,9 +541,9 @@ class SOAP(Descriptor):
     def __init__(
         self,
         species: Sequence[str | int],
-        r_cut: float | None,
-        n_max: int,
-        l_max: int,
+        r_cut: float | None = None,
+        n_max: int | None = None,
+        l_max: int | None = None,
         sigma: float = 1.0,
         periodic: bool = False,
         weighting: dict | None = None,
@@ -617,6 +618,8 @@ class SOAP(Descriptor):
         self._species_numbers = _parse_species(self.species)
         for name in ("n_max", "l_max"):
             v = getattr(self, name)
+            if v is None:
+                raise ValueError(f"{name} is required (an integer), as in dscribe's SOAP.")
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {v!r}.")
         if self.n_max < 1:
