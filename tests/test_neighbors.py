@@ -162,3 +162,26 @@ def test_the_work_guard_leaves_a_million_atoms_of_a_metal_alone():
     assert 27 * 10**6 * (10**6 / 32**3) < MAX_CANDIDATE_PAIRS / 10
     # an isolated molecule searches its own atoms only
     _check_work(10**4, np.ones(3, int), np.ones(3, int), np.zeros(3, bool), 1e6)
+
+
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, True, False)])
+def test_a_skewed_setting_of_a_cell_gives_the_pairs_of_its_reduced_cell(pbc):
+    """The same lattice written with b' = b - 9a, c' = c + 4a + 11b was refused ('would
+    search ~5.8e+05 atom pairs ... is the cutoff in Å?'): its images were counted along
+    the skewed vectors. The pairs, with shifts in the cell's own vectors, are ASE's."""
+    from ase.geometry import cellpar_to_cell
+
+    from gpal.descriptors import SOAP
+
+    rng = np.random.default_rng(1)
+    a = Atoms("Cu3Au", cell=cellpar_to_cell([4.6, 5.1, 5.4, 55, 60, 50]), pbc=pbc,
+              scaled_positions=rng.random((4, 3)))
+    b = a.copy()
+    op = np.array([[1, 0, 0], [-9, 1, 0], [4, 11, 1]]) if all(pbc) else np.array([[1, 0, 0], [-40, 1, 0], [0, 0, 1]])
+    b.set_cell(op @ a.cell.array, scale_atoms=False)
+    i, j, D, S = neighbor_list(b.positions, b.cell.array, b.pbc, 5.0, return_shifts=True)
+    ai, aj, aS = ase_neighbor_list("ijS", b, 5.0)
+    assert sorted(zip(i, j, map(tuple, S))) == sorted(zip(ai, aj, map(tuple, aS)))
+    assert np.allclose(D, b.positions[j] - b.positions[i] + S @ b.cell.array, atol=1e-12)
+    soap = SOAP(species=["Cu", "Au"], r_cut=5.0, n_max=4, l_max=3, sigma=0.5, periodic=True)
+    assert np.allclose(soap.create(a), soap.create(b), rtol=0, atol=1e-12)

@@ -22,6 +22,7 @@ output is sorted by ``i`` and race-free.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -149,8 +150,51 @@ def _basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return basis
 
 
+#: orthogonality defect (product of the periodic cell vectors' lengths over their volume
+#: or area) beyond which the search runs in a reduced cell: a Minkowski-reduced cell has
+#: at most ~1.41 (fcc's primitive cell), a skewed setting of the same lattice (a = a1,
+#: b = b1 - 9 a1, ...) can have 100s, and its images along each vector run into the
+#: thousands although the pairs are the same
+_MAX_DEFECT = 1.5
+
+
 def _pairs(pos, cell, pbc, cutoff):
-    """Internal: (i, j, D, S, offsets) with CSR offsets of each centre's pairs."""
+    """Internal: (i, j, D, S, offsets) with CSR offsets of each centre's pairs.
+
+    A strongly skewed cell is searched as its Minkowski-reduced equivalent (the same
+    lattice: the same pairs); shifts are given back in the cell's own vectors, and the
+    pair vectors are evaluated with them as :func:`_filter_pairs` evaluates them.
+    """
+    op = _reduction(cell.tobytes(), pbc.tobytes()) if pbc.any() and pos.shape[0] else None
+    if op is None:
+        return _search_pairs(pos, cell, pbc, cutoff)
+    i, j, _, S, offsets = _search_pairs(pos, op.astype(np.float64) @ cell, pbc, cutoff)
+    S = np.ascontiguousarray(S @ op)
+    D = (pos[j] - pos[i]) + _shift_vectors(S, cell)
+    return i, j, D, S, offsets
+
+
+@functools.lru_cache(maxsize=8)
+def _reduction(cell_bytes: bytes, pbc_bytes: bytes):
+    """The integer matrix ``op`` (3, 3) with ``op @ cell`` the Minkowski-reduced cell, or
+    None when the cell is reduced enough (orthogonality defect <= :data:`_MAX_DEFECT`)."""
+    cell = np.frombuffer(cell_bytes, dtype=np.float64).reshape(3, 3)
+    pbc = np.frombuffer(pbc_bytes, dtype=np.bool_)
+    vecs = cell[pbc]
+    gram = np.linalg.det(vecs @ vecs.T)
+    if not gram > 0:
+        return None  # (degenerate: _basis says so)
+    if np.prod(np.linalg.norm(vecs, axis=1)) / math.sqrt(gram) <= _MAX_DEFECT:
+        return None
+    from ase.geometry import minkowski_reduce
+
+    _, op = minkowski_reduce(cell, pbc)
+    op = np.asarray(op, dtype=np.int64)
+    return None if np.array_equal(op, np.eye(3, dtype=np.int64)) else op
+
+
+def _search_pairs(pos, cell, pbc, cutoff):
+    """:func:`_pairs` in the cell as given."""
     n_atoms = pos.shape[0]
     if n_atoms == 0:
         e = np.zeros(0, dtype=np.int64)
