@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 import re
 import tomllib
@@ -1306,3 +1307,18 @@ def test_validate_says_an_in_sample_calibration_and_leaves_no_stale_energy_plot(
     assert main(["validate", str(model), str(tmp_path / "forces.xyz"), "--plots", str(plots), "--overwrite"]) == 0
     assert not (plots / "parity_energy.png").exists() and (plots / "parity_forces.png").exists()
     assert "removed" in capsys.readouterr().err
+
+
+def test_an_oracle_failing_on_the_first_frames_exits_1_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    """The run's first frames all failing exited 2 (bad input), while the README (and the
+    message: 'resume once it works') treat an oracle that keeps failing as exit 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('steps = 5\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n'
+                   '[oracle]\nfactory = "_oracles:NaNCalculator"\n')
+    assert main(["learn", str(cfg), "-q"]) == 1
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # (after a warning line for each failed attempt)
+    assert err.count("error:") == 1 and "failed on the run's first 2 frames" in last and "--resume" in last
+    assert (tmp_path / "gpal_run" / "state.json").exists()

@@ -1418,7 +1418,7 @@ class ActiveLearner:
                 labelled = self._label(queue[:1], "bootstrap", first=tried)
                 queue, tried = queue[1:], tried + 1
                 if not labelled and tried == _FIRST_FRAMES and queue:
-                    raise OracleError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
+                    raise OracleStoppedError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
                                       f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
                                       "sent to it, and nothing is labelled yet. If the oracle cannot label this "
                                       "system (its species, charge or settings), start a new run with another "
