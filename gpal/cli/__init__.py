@@ -382,7 +382,8 @@ def _resume(args: argparse.Namespace) -> int:
         diff = config.config_difference(old, new)
         if diff is not None:
             raise ConfigError(f"{args.config}: a resumed run cannot change {diff}; only "
-                              f"{' and '.join(config.RESUMABLE)} and [learner] max_oracle_calls can (or start "
+                              f"{', '.join(config.RESUMABLE)}, [targets] tolerance and [learner] max_oracle_calls "
+                              "can (or start "
                               "a new run with --run-dir)")
         had_budget = state.get("groups", {}).get("oracle_settings", {}).get("max_calls", budgets[0])
         if budgets[1] != had_budget:

@@ -259,7 +259,9 @@ def schema() -> dict:
             **_dataclass_keys(MDSettings),
             "factory": Key("factory", (str,), _MISSING,
                            "dynamics in place of Langevin, as \"module:function\" (function(atoms, "
-                           "timestep, temperature_K, rng) -> ASE dynamics, e.g. an NPT integrator); "
+                           "timestep, temperature_K, rng) -> ASE dynamics, e.g. an NPT integrator; "
+                           "timestep in ASE time units, [md] timestep * ase.units.fs: pass it on as "
+                           "it is); "
                            "the module is looked up next to the config and in the current folder too"),
         },
         "trigger": _dataclass_keys(Trigger),
