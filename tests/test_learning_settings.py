@@ -274,3 +274,24 @@ def test_a_resume_keeps_an_expired_adaptive_level_expired(tmp_path):
 def test_a_threshold_min_is_not_compared_with_a_threshold_relative_to_the_noise():
     trig = Trigger(threshold=0.5, relative_to_noise=True, threshold_min=0.6)  # 0.5 x noise vs 0.6 eV/Å
     assert trig.floor() == 0.6
+
+
+def test_a_flat_keyword_contradicting_a_group_given_too_is_refused(tmp_path):
+    """n_bootstrap=8 with bootstrap=Bootstrap(n_frames=6) silently took 8. A flat keyword
+    for a field the group leaves at its default (or sets to the same value) still sets it."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gpal import ActiveLearner
+    from gpal.learning import Bootstrap
+
+    with pytest.raises(TypeError, match=r"n_bootstrap=8 and bootstrap=Bootstrap\(n_frames=6\): give one"):
+        ActiveLearner(bulk("Cu", cubic=True), EMT(), run_dir=tmp_path / "a", n_bootstrap=8,
+                      bootstrap=Bootstrap(n_frames=6))
+    assert not (tmp_path / "a").exists()
+    L = ActiveLearner(bulk("Cu", cubic=True), EMT(), run_dir=tmp_path / "b", n_bootstrap=6,
+                      bootstrap=Bootstrap(n_candidates=32))
+    assert (L.n_bootstrap, L.n_candidates) == (6, 32)
+    L = ActiveLearner(bulk("Cu", cubic=True), EMT(), run_dir=tmp_path / "c", n_bootstrap=6,
+                      bootstrap=Bootstrap(n_frames=6))
+    assert L.n_bootstrap == 6

@@ -310,8 +310,32 @@ def group_flat(groups: dict, flat: dict) -> dict:
         if given is not None and not isinstance(given, cls):
             raise TypeError(f"{name} must be a gpal.learning.{cls.__name__}, got {type(given).__name__}")
         updates = {fld: flat[k] for k, (g, fld) in FLAT_NAMES.items() if g == name and k in flat}
+        if given is not None:
+            _refuse_clashes(name, given, updates)
         out[name] = dataclasses.replace(given or cls(), **updates)
     return out
+
+
+def _refuse_clashes(name: str, given, updates: dict) -> None:
+    """A flat keyword that contradicts a field the user set in a group object given too
+    (``n_bootstrap=8, bootstrap=Bootstrap(n_frames=4)``) is a TypeError; one that only
+    sets a field the group leaves at its default, or to the same value, is not."""
+    defaults = {f.name: f.default for f in dataclasses.fields(given)
+                if f.default is not dataclasses.MISSING}
+    flat_of = {fld: k for k, (g, fld) in FLAT_NAMES.items() if g == name}
+    for fld, value in updates.items():
+        have = getattr(given, fld)
+        if _same(have, value) or (fld in defaults and _same(have, defaults[fld])):
+            continue
+        raise TypeError(f"ActiveLearner got {flat_of[fld]}={value!r} and {name}="
+                        f"{type(given).__name__}({fld}={have!r}): give one of them")
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a is b or a == b)
+    except Exception:  # (arrays, frames: compared by identity)
+        return a is b
 
 
 def _state_fields(obj) -> dict:
