@@ -1100,3 +1100,27 @@ def test_stress_labels_of_the_pressures_sign_on_independent_frames_are_said():
         warnings.simplefilter("always")
         SparseGP(soap, n_sparse=60).fit(cu_frames(8, seed=31, size=(2, 2, 2)))
     assert not [w for w in caught if "times the force noise" in str(w.message)]
+
+
+def test_a_fitted_descriptor_changed_after_the_fit_is_named(tmp_path):
+    """model.descriptor_.l_max = 3 after the fit gave 'Zh must have shape (m, 84) and
+    alpha (m,); got (50, 105)', with nothing of why."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gpal import SOAP, SparseGP
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(3):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True)
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        a.calc = EMT()
+        a.get_forces()
+        frames.append(a)
+    m = SparseGP(SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=3, sigma=0.5, periodic=True), n_sparse=8,
+                 hyperparameters="fixed").fit(frames)
+    m.descriptor_.l_max = 2
+    for call in (m.predict, m.novelty):
+        with pytest.raises(ValueError, match=r"descriptor \(model.descriptor_\) was changed after the fit"):
+            call(frames[0])

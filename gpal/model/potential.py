@@ -694,6 +694,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 stacklevel=user_stacklevel(),
             )
 
+    def _check_descriptor_unchanged(self) -> None:
+        """A ValueError when the fitted descriptor's features no longer match the sparse
+        points' (``model.descriptor_.l_max = 3`` after the fit: the kernel's shape error
+        said nothing of why)."""
+        n = self.descriptor_.get_number_of_features()
+        if n != self.sparse_X_.shape[1]:
+            raise ValueError(
+                f"the model's descriptor gives {n} features and its sparse points have "
+                f"{self.sparse_X_.shape[1]}: the fitted descriptor (model.descriptor_) was changed "
+                "after the fit; set descriptor settings with set_params(descriptor__...) and fit again")
+
     def _warn_unlearned_species(self, atoms, scores: bool = False) -> None:
         """Warn, once per model and species, of atoms whose species the descriptor knows
         but the sparse set does not: nothing of theirs is learned (a SOAP listing Ag, no
@@ -1183,6 +1194,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             requested, each a non-negative std of the same shape.
         """
         check_is_fitted(self)
+        self._check_descriptor_unchanged()
         self._check(atoms)
         self._warn_unlearned_species(atoms)  # (predict's own: update and growth add such species)
         numbers = atoms.numbers
@@ -1602,6 +1614,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         ``novelty`` without the forces, the stds and the baseline.
         """
         check_is_fitted(self)
+        self._check_descriptor_unchanged()
         self._check(atoms)
         return self._novelty_terms(atoms)[0]
 
