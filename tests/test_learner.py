@@ -2423,11 +2423,12 @@ def test_a_stopping_tolerance_above_the_blow_up_limit_warns(tmp_path):
 
 def test_temporary_files_a_kill_left_are_removed_when_the_run_continues(tmp_path):
     """Each kill during a write left a new .NAME.XXXXXXXX.tmp (up to the model's size), and
-    nothing removed them; the user's own files in the folder stay."""
+    nothing removed them; the user's own files in the folder stay, config.toml.tmp too
+    (it was deleted as the temporary name of earlier gpal versions)."""
     run = tmp_path / "run"
     learner(run).run(10)
-    left = [".model.npz.0a1b2c3d.tmp", ".train.xyz.deadbeef.tmp", "state.json.tmp"]  # (the last: older gpal)
-    mine = ["notes.tmp", ".model.npz.tmp", "model.npz.bak"]
+    left = [".model.npz.0a1b2c3d.tmp", ".train.xyz.deadbeef.tmp"]
+    mine = ["notes.tmp", ".model.npz.tmp", "model.npz.bak", "config.toml.tmp", "train.xyz.tmp"]
     for name in left + mine:
         (run / name).write_text("x")
     ActiveLearner.resume(run, progress=False).run(20)

@@ -223,11 +223,12 @@ def _run_temporary(name: str) -> bool:
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the temporary files of run files that kills mid-write left
-    (``.train.xyz.0a1b2c3d.tmp``, and ``train.xyz.tmp`` of earlier gpal versions): each
-    kill left one more, of up to the model's size. Called with the run lock held, so no
-    gpal writer of this folder is using them; no other file is touched."""
+    (``.train.xyz.0a1b2c3d.tmp``): each kill left one more, of up to the model's size.
+    Called with the run lock held, so no gpal writer of this folder is using them; no
+    other file is touched, not even ``train.xyz.tmp`` (earlier gpal versions' name, and
+    a name a user may give a file of their own)."""
     for p in Path(run_dir).iterdir():
-        if _run_temporary(p.name):
+        if temporary_of(p.name) in RUN_FILES:
             with contextlib.suppress(OSError):
                 p.unlink()
 
