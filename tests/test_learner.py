@@ -2763,3 +2763,23 @@ def test_stale_output_is_a_failed_label_not_a_copy_of_the_last(tmp_path):
         ref = b.copy()
         ref.calc = EMT()
         assert b.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+
+
+def test_the_learning_curve_is_drawn_before_the_summary_marks_the_run_finished(tmp_path, monkeypatch):
+    """A kill after summary.json was written and before learning_curve.png left a run that
+    a resume called finished ('nothing to continue'), without its plot for good."""
+    run = tmp_path / "run"
+    write = ActiveLearner._write_json_atomic
+
+    def killed_at_the_summary(self, path, data):
+        if Path(path).name == "summary.json":
+            raise KeyboardInterrupt
+        return write(self, path, data)
+
+    monkeypatch.setattr(ActiveLearner, "_write_json_atomic", killed_at_the_summary)
+    with pytest.raises(KeyboardInterrupt):
+        learner(run).run(10)
+    assert (run / "learning_curve.png").exists() and not (run / "summary.json").exists()
+    monkeypatch.setattr(ActiveLearner, "_write_json_atomic", write)
+    ActiveLearner.resume(run, progress=False).run(10)
+    assert (run / "summary.json").exists()

@@ -2047,8 +2047,9 @@ class ActiveLearner:
             warnings.warn(warning, UserWarning, stacklevel=user_stacklevel())
         self.checkpoint()
         summary = self._summary(time.perf_counter() - t_start, validation=val)
+        self._plots()  # (before summary.json, which marks the run finished: a kill between them
+        # left a run that a resume called finished, without its learning curve)
         self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
-        self._plots()
         return summary
 
     # ------------------------------------------------------------------ trigger
