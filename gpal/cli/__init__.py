@@ -821,7 +821,10 @@ def _start_run(args, cfg, structure, oracle, model, md, trigger, targets, learne
     from . import config
     from ..learning.learner import ActiveLearner
 
-    (run_dir / "config.toml").write_text(config.to_toml(cfg))
+    from ..io import atomic_write
+
+    with atomic_write(run_dir / "config.toml") as fh:  # (a kill mid-write: no cut config.toml
+        fh.write(config.to_toml(cfg))  # that neither a start nor a resume can take)
     executor = _oracle_pool(cfg, learner_cfg.get("oracle_timeout"))
     walkers = _walker_executor(cfg)
 
