@@ -2783,3 +2783,65 @@ def test_the_learning_curve_is_drawn_before_the_summary_marks_the_run_finished(t
     monkeypatch.setattr(ActiveLearner, "_write_json_atomic", write)
     ActiveLearner.resume(run, progress=False).run(10)
     assert (run / "summary.json").exists()
+
+
+def test_a_kill_between_two_calls_of_a_batch_counts_no_call_cut_off(tmp_path, monkeypatch):
+    """A SIGKILL right after the 2nd bootstrap label was written (the 3rd call not begun)
+    was counted as a call cut off: 8 calls reported for 7 made. Calls made in the
+    learner's process are logged as they start."""
+    import gpal.learning.learner as learner_module
+
+    run = tmp_path / "run"
+    counting = _CountingEMT()
+    real, writes = learner_module.append_frame, []
+
+    def append_then_killed(path, atoms, *args, **kwargs):
+        real(path, atoms, *args, **kwargs)
+        writes.append(path)
+        if len(writes) == 2:
+            raise Killed
+
+    monkeypatch.setattr(learner_module, "append_frame", append_then_killed)
+    with pytest.raises(Killed):
+        learner(run, counting, n_bootstrap=4).run(10)
+    monkeypatch.setattr(learner_module, "append_frame", real)
+    R = ActiveLearner.resume(run, counting, progress=False)
+    assert counting.calls == 2 and R.oracle.n_calls == 2
+    summary = R.run(R.step + 1)
+    assert summary.oracle_calls == counting.calls and summary.oracle_calls_unlabelled == 0
+
+
+class _CountingEMT(EMT):
+    """EMT that counts its calls (in this process)."""
+
+    calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        type(self).calls += 1
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_a_resume_killed_before_its_first_checkpoint_does_not_count_labels_twice(tmp_path, monkeypatch):
+    """A kill during a call with the checkpoint behind train.xyz, then a kill of the resume
+    before it wrote its state: the next resume counted the labels after the checkpoint twice
+    (10 calls and 3 without a label reported for 8 made)."""
+    class KilledOnCall(EMT):
+        calls = 0
+        kill_at = 0
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            type(self).calls += 1
+            if type(self).calls == type(self).kill_at:
+                raise Killed
+            super().calculate(atoms, properties, system_changes)
+
+    run = tmp_path / "run"
+    KilledOnCall.kill_at = 3  # two bootstrap labels on disk, a kill inside the 3rd call
+    with pytest.raises(Killed):
+        learner(run, KilledOnCall(), n_bootstrap=4).run(10)
+    state = json.loads((run / "state.json").read_text())
+    assert len(frames_in(run / "train.xyz")) == 2 and state["n_labelled"] == 0  # (the checkpoint lags)
+    first = ActiveLearner.resume(run, EMT(), progress=False)  # (a resume killed before it checkpoints)
+    assert first.oracle.n_calls == 3
+    second = ActiveLearner.resume(run, EMT(), progress=False)
+    assert second.oracle.n_calls == 3 and sum(second._calls.values()) == 3

@@ -1057,11 +1057,16 @@ class ActiveLearner:
         ex = self.oracle.executor
         self._log({"event": "oracle_send", "step": self.step, "reason": reason, "frames": len(frames),
                    "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
-                   "parallel": ex is not None, "workers": getattr(ex, "_max_workers", None)})
+                   "parallel": ex is not None, "workers": getattr(ex, "_max_workers", None),
+                   **({} if ex is not None else {"call_records": True})})
+
+        def call_started(k: int, attempt: int) -> None:  # (in this process: each call is logged ahead)
+            self._log({"event": "oracle_call", "attempt": attempt})
+
         try:
             try:
                 labelled, failures = self.oracle.label(frames, on_label=arrived, first=first,
-                                                       on_failure=attempt_failed)
+                                                       on_failure=attempt_failed, on_start=call_started)
             except (Exception, KeyboardInterrupt) as exc:  # not a kill: the counts in memory stand
                 self._log({"event": "oracle_return", "oracle_calls": self.oracle.n_calls})
                 if written and not isinstance(exc, BrokenOracleError):  # (those are logged below)
@@ -1123,14 +1128,24 @@ class ActiveLearner:
         included, is the least. The count only ever rises, and is written to
         ``state.json`` at once."""
         last = send = None
-        for last in self._log_records(("oracle_send", "oracle_return")):
-            send = last if last["event"] == "oracle_send" else send
+        started = 0  # calls logged as started since the last send (calls made in this process)
+        for rec in self._log_records(("oracle_send", "oracle_return", "oracle_call")):
+            if rec["event"] == "oracle_call":
+                started += 1
+                continue
+            last = rec
+            if rec["event"] == "oracle_send":
+                send, started = rec, 0
         if last is None:
             return
         if last["event"] == "oracle_return":
             # the calls ended and were logged, the state not written after them (a
             # checkpoint waiting for its spacing): the return's count, retries included
             least = int(last.get("oracle_calls", 0))
+        elif last.get("call_records"):
+            # calls made one at a time, each logged as it started: exactly those (a kill
+            # between two calls of a batch cut none off)
+            least = int(last["oracle_calls"]) + started
         else:
             arrived = max(0, self.n_labelled - int(last["labelled"]))
             waiting = max(int(last["frames"]) - arrived, 0)
@@ -1145,8 +1160,11 @@ class ActiveLearner:
             log.info("resume: %d oracle call(s) cut off by the end of the last session",
                      least - self.oracle.n_calls)
             self.oracle.n_calls = least
-            # (kept at once: a second resume sees it)
-            self._patch_state(oracle_calls=least, oracle_calls_by_reason=dict(self._calls))
+            # kept at once, so that a second resume sees it: without the calls of the labels
+            # the state does not count yet (n_labelled), which every resume adds again
+            n_unseen, unseen_by_reason = self._unseen_calls
+            self._patch_state(oracle_calls=least - n_unseen, oracle_calls_by_reason={
+                r: c - unseen_by_reason.get(r, 0) for r, c in self._calls.items()})
 
     def _fix_and_resume(self, short: bool = False) -> str:
         """What a run stopped by its oracle's failures says to do next (``short``: only how
@@ -2758,10 +2776,13 @@ class ActiveLearner:
             log.info("resume: added %d labelled frames the checkpoint had not seen", len(missing))
         unseen = labelled[min(state.get("n_labelled", len(labelled)), len(labelled)):]
         unseen = [a for a in unseen if a.info.get("gpal_reason") != "initial"]  # no oracle call
+        unseen_by_reason: dict[str, int] = {}
         for a in unseen:  # labelled after the checkpoint: their calls are not in its counts
             reason = a.info.get("gpal_reason", "uncertain")
             self._calls[reason] = self._calls.get(reason, 0) + 1
+            unseen_by_reason[reason] = unseen_by_reason.get(reason, 0) + 1
         self.oracle.n_calls += len(unseen)
+        self._unseen_calls = (len(unseen), unseen_by_reason)
         # every labelled frame but a fitted model's initial ones cost an oracle call
         self.oracle.n_calls = max(self.oracle.n_calls, self.n_labelled - self._reasons.count("initial"))
         self._count_cut_calls()

@@ -680,7 +680,7 @@ class Oracle:
         return [t0 + self.timeout * (1 + k // workers) for k in range(n)]
 
     def label(self, frames: list[Atoms], on_label=None, *, first: int = 0,
-              on_failure=None) -> tuple[list[Atoms | None], list[LabelFailure]]:
+              on_failure=None, on_start=None) -> tuple[list[Atoms | None], list[LabelFailure]]:
         """Label ``frames`` (concurrently when an executor is set).
 
         Parameters
@@ -696,6 +696,10 @@ class Oracle:
             ``on_failure(index, attempt, reason)`` for each failed attempt, retried or
             not, in place of this method's own warning (the learner logs and warns with
             the frame's MD step and walker).
+        on_start : callable, optional
+            ``on_start(index, attempt)`` just before each call made in this process (no
+            executor): the learner logs it, so a resume after a kill knows whether a call
+            was running.
 
         Returns
         -------
@@ -733,6 +737,8 @@ class Oracle:
             if self.executor is None:
                 for i in todo:
                     attempts[i] += 1
+                    if on_start is not None:
+                        on_start(i, attempts[i])
                     self.n_calls += 1
                     try:
                         # after any failure the calculator is reset first: a failed call can
