@@ -698,7 +698,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         """A ValueError when the fitted descriptor's features no longer match the sparse
         points' (``model.descriptor_.l_max = 3`` after the fit: the kernel's shape error
         said nothing of why)."""
-        n = self.descriptor_.get_number_of_features()
+        features = getattr(self.descriptor_, "get_number_of_features", None)  # (a plugin may not say)
+        n = features() if features is not None else self.sparse_X_.shape[1]
         if n != self.sparse_X_.shape[1]:
             raise ValueError(
                 f"the model's descriptor gives {n} features and its sparse points have "
