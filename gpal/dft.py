@@ -360,10 +360,14 @@ def pyscf_oracle(
     """
     from .learning.oracle import OracleSpec
 
-    kwargs = {"xc": xc, "basis": basis, "charge": int(charge), "spin": int(spin),
-              "density_fit": bool(density_fit), "threads": threads, **settings}
+    kwargs = {"xc": xc, "basis": basis, "charge": charge, "spin": spin,
+              "density_fit": density_fit, "threads": threads, **settings}
     unknown = sorted(set(kwargs) - set(PySCF.default_parameters))
     if unknown:
         raise TypeError(f"pyscf_oracle got unknown setting(s) {', '.join(unknown)}; "
                         f"valid: {', '.join(PySCF.default_parameters)}")
-    return OracleSpec("gpal.dft:PySCF", kwargs)
+    # checked here as PySCF checks them (int(1.5) and bool("false") made a spec of a state
+    # or a method nobody asked for), and kept in their checked form
+    full = {**PySCF.default_parameters, **kwargs}
+    _check_settings(full)
+    return OracleSpec("gpal.dft:PySCF", {k: full[k] for k in kwargs})

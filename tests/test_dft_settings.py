@@ -36,3 +36,14 @@ def test_settings_of_the_right_kind_are_kept():
     assert (p["charge"], p["spin"], p["density_fit"]) == (-1, 2, False)
     assert type(p["charge"]) is int and type(p["density_fit"]) is bool
     assert PySCF(threads=0).parameters["threads"] is None  # (0 left the process's setting, as None)
+
+
+@pytest.mark.parametrize("kw", [dict(charge=1.5), dict(spin=1.7), dict(density_fit="false"), dict(charge="1")])
+def test_pyscf_oracle_refuses_what_pyscf_refuses(kw):
+    """pyscf_oracle made int(1.5), int(1.7), bool("false") of them before the checks: a spec
+    of a charge, spin or method nobody asked for (PySCF(...) and [oracle] kwargs refuse)."""
+    from gpal.dft import pyscf_oracle
+
+    with pytest.raises(ValueError, match="PySCF (charge|spin|density_fit)"):
+        pyscf_oracle("PBE", "sto-3g", **kw)
+    assert pyscf_oracle("PBE", "sto-3g", charge=1, spin=1).kwargs["charge"] == 1
