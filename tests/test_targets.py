@@ -159,6 +159,10 @@ def test_a_barrier_with_image_0_highest_keeps_the_std_of_the_next_highest_image(
     with pytest.raises(ValueError, match="not the same species"):
         TargetSet([images[0], swapped], quantity="energies", atoms=[3])
     TargetSet([images[0], swapped], quantity="difference", pair=(0, 1))  # (compositions may differ)
+    cluster = images[1].copy()  # (an image with pbc=False gave a barrier of 8.55 eV, unsaid)
+    cluster.pbc = False
+    with pytest.raises(ValueError, match=r"same periodicity; target structure 1 has pbc=\[False"):
+        TargetSet([images[0], cluster], quantity="barrier")
 
 
 def test_the_ramp_warning_says_a_target_tolerance_may_still_end_the_run(tmp_path):

@@ -214,6 +214,11 @@ class TargetSet:
                              f"order; target structure {k} ({self.structures[k].get_chemical_formula()}, "
                              f"{len(nums[k])} atoms) differs from structure 0 "
                              f"({self.structures[0].get_chemical_formula()}, {len(nums[0])} atoms)")
+        if quantity == "barrier" and any(np.any(a.pbc != self.structures[0].pbc) for a in self.structures[1:]):
+            k = next(k for k, a in enumerate(self.structures) if np.any(a.pbc != self.structures[0].pbc))
+            raise ValueError(f"quantity='barrier' needs the images of one path, with the same periodicity; "
+                             f"target structure {k} has pbc={self.structures[k].pbc.tolist()}, structure 0 "
+                             f"pbc={self.structures[0].pbc.tolist()}")
         if atoms is not None and any(np.any(n[atoms] != nums[0][atoms]) for n in nums[1:]):
             k = next(k for k, n in enumerate(nums) if np.any(n[atoms] != nums[0][atoms]))
             raise ValueError(f"target atoms {atoms} are not the same species in every structure: structure "
