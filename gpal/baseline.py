@@ -270,7 +270,8 @@ def baseline_labels(calc, atoms: Atoms, *, stress: bool | str = False) -> dict[s
     no ``"stress"`` key where the baseline has none, instead of the error).
 
     ``energies`` come from the calculator when it offers them, otherwise the energy is
-    shared equally between the atoms (only their sum, the energy, is physical).
+    shared equally between the atoms (only their sum, the energy, is physical), and
+    ``energies_split`` (bool) says which.
     ASE calculators cache their results, so asking twice for the same positions costs
     one calculation.
 
@@ -327,9 +328,11 @@ def _evaluate(calc, a: Atoms, name: str, stress: bool) -> dict[str, Any]:
         raise
     except Exception as exc:  # the baseline is foreign code
         raise BaselineError(f"baseline {name} failed: {type(exc).__name__}: {exc}") from exc
-    if energies is None or energies.shape != (len(a),):
+    split = energies is None or energies.shape != (len(a),)
+    if split:  # (the total's equal share: no local energies of the baseline's own)
         energies = np.full(len(a), energy / max(len(a), 1))
     out["energies"] = energies
+    out["energies_split"] = split
     for k, v in out.items():
         if not np.all(np.isfinite(v)):
             raise BaselineError(f"baseline {name} returned non-finite {k}")

@@ -625,3 +625,28 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
     assert json.loads((run / "state.json").read_text())["targets"]["tolerance"] == 1e-6
     # the run's own config.toml says so: resuming with it keeps the new tolerance
     assert tomllib.loads((run / "config.toml").read_text())["targets"]["tolerance"] == 1e-6
+
+
+def test_target_atoms_with_a_baseline_without_local_energies_are_refused():
+    """A Δ-model whose baseline gives only a total energy (xTB, DFT codes) made a target
+    over some atoms of the baseline's equal share per atom: no physical quantity."""
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.calculators.emt import EMT
+
+    class TotalOnly(Calculator):
+        implemented_properties = ["energy", "forces", "stress"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            ref = atoms.copy()
+            ref.calc = EMT()
+            self.results = {"energy": 0.5 * ref.get_potential_energy(), "forces": 0.5 * ref.get_forces(),
+                            "stress": 0.5 * ref.get_stress()}
+
+    images, hop = vacancy_path()
+    frames = [label(rattled(images[0], s, 0.08)) for s in range(3)]
+    model = SparseGP(SOAP(species=["Cu"], periodic=True, weighting=POLY, **SMALL_SOAP), n_sparse=20,
+                     hyperparameters="fixed", baseline=TotalOnly()).fit(frames)
+    with pytest.raises(ValueError, match=r"target atoms \[\d+\] need local energies.*TotalOnly"):
+        TargetSet(images, quantity="barrier", atoms=[hop]).predict(model)
+    assert np.isfinite(TargetSet(images, quantity="barrier").predict(model)["value"][0])

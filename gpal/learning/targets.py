@@ -569,6 +569,15 @@ class TargetSet:
     def _energies(self, model) -> np.ndarray:
         """Predicted energies (eV) of the structures (selected atoms' local energies)."""
         out = []
+        calc = getattr(model, "baseline_", None)
+        if self.atoms is not None and calc is not None:
+            from ..baseline import baseline_labels
+
+            if baseline_labels(calc, self.structures[0])["energies_split"]:
+                raise ValueError(
+                    f"target atoms {self.atoms} need local energies, and the model's baseline "
+                    f"({type(calc).__name__}) gives only a total energy (its share per atom would be "
+                    "total / n_atoms); give the target without atoms= (whole structures)")
         for a in self.structures:
             e = model.predict(a)["energies"]
             out.append(float(e.sum() if self.atoms is None else e[self.atoms].sum()))
