@@ -246,6 +246,16 @@ def test_learner_with_targets_labels_logs_stops_and_resumes(tmp_path, caplog):
     assert s2.stopped_early and "target std" in s2.stop_reason and s2.steps == 11
     batches = [json.loads(line) for line in open(run2 / "log.jsonl") if '"batch"' in line]
     assert batches and all("acquisition" in b and b["chosen"] for b in batches)
+    # resumed under a looser tolerance it already meets: judged at once, no MD, no label
+    # (it ran MD to its next check and paid for a label there); under the same one it runs
+    # on to its next check
+    calls = s2.oracle_calls
+    R2 = ActiveLearner.resume(run2, progress=False)
+    R2.targets.tolerance = 200.0
+    s3 = R2.run(50)
+    assert s3.steps == 11 and s3.oracle_calls == calls and "target std" in s3.stop_reason
+    s4 = ActiveLearner.resume(run2, progress=False).run(50)
+    assert s4.steps == 21 and "target std" in s4.stop_reason
 
 
 def test_toml_targets_section_builds_a_target_set(tmp_path, capsys, monkeypatch):

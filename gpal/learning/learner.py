@@ -1716,6 +1716,8 @@ class ActiveLearner:
         """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
         self._session_start = t_start
         self._start()
+        if self._target_met_under_a_new_tolerance():
+            return self._finish(t_start)
         if self.total_steps > self.step:  # (after the start's checkpoint: the run has moved on)
             self._supersede_summary()
         prog = _progress(self.total_steps, self.step, self.progress)
@@ -1750,6 +1752,18 @@ class ActiveLearner:
                 prog.set_postfix_str(f"oracle calls {self.oracle.n_calls}", refresh=False)
         prog.close()
         return self._finish(t_start)
+
+    def _target_met_under_a_new_tolerance(self) -> bool:
+        """A run its target's tolerance ended, resumed under another tolerance, is judged
+        at once (a looser one it already meets ran MD to the next check and paid for
+        labels there); under the same tolerance it runs on to the next check, as
+        ``--steps N`` asks."""
+        stopped = str(getattr(self, "stopped_early_", None) or "")
+        if not (stopped.startswith("target std") and self.targets is not None and self.bootstrap_done
+                and self.targets.tolerance is not None
+                and self.targets.tolerance != getattr(self, "_saved_tolerance", self.targets.tolerance)):
+            return False
+        return self._check_target_stop()
 
     def _supersede_summary(self) -> None:
         """Mark an earlier session's ``summary.json`` as not the run's last word: this
@@ -2789,6 +2803,7 @@ class ActiveLearner:
         self._log({"event": "resume", "step": self.step, "added_frames": len(missing), "partial_frame_bytes": cut})
         self._explore = explore
         self.stopped_early_ = state.get("stopped_early")  # why the run ended before its total, if it did
+        self._saved_tolerance = (state.get("targets") or {}).get("tolerance")  # (the one it stopped under)
         self._owns_run_dir = True
         if self.bootstrap_done:
             self._init_walkers(positions=walkers if walkers else None)
