@@ -68,16 +68,24 @@ def test_barrier_variance_is_the_joint_posterior_of_the_two_energies(fitted):
     p = ts.predict(model)
     assert p["labels"] == [f"E[{a}]-E[0]"]
     np.testing.assert_allclose(p["value"][0], e[a] - e[0], rtol=1e-10, atol=1e-9)
-    np.testing.assert_allclose(p["std"][0] ** 2, C[a, a] + C[0, 0] - 2 * C[a, 0], rtol=1e-6)
+    # the label noise of each frame's energy as the model fits it: energy_noise² per atom
+    s2, N = model.noise_["energy"] ** 2, len(images[0])
+    assert s2 > 0
+    np.testing.assert_allclose(p["std_noise"][0] ** 2, 2 * N * s2, rtol=1e-12)
+    np.testing.assert_allclose(p["std"][0] ** 2, C[a, a] + C[0, 0] - 2 * C[a, 0] + 2 * N * s2, rtol=1e-6)
     np.testing.assert_allclose(ts.covariance(model), C, rtol=1e-6, atol=1e-12)
     # the calibration factor scales the learnable part only
     p2 = ts.predict(model, scale=2.0)
-    np.testing.assert_allclose(p2["std"] ** 2, 4 * p["std_learnable"] ** 2 + p["std_residual"] ** 2)
+    np.testing.assert_allclose(p2["std"] ** 2, 4 * p["std_learnable"] ** 2 + p["std_residual"] ** 2
+                               + p["std_noise"] ** 2)
     # an explicit difference and the energies agree with the same covariance
     d = TargetSet(images, quantity="difference", pair=(2, 1)).predict(model)
-    np.testing.assert_allclose(d["std"][0] ** 2, C[2, 2] + C[1, 1] - 2 * C[2, 1], rtol=1e-6)
+    np.testing.assert_allclose(d["std"][0] ** 2, C[2, 2] + C[1, 1] - 2 * C[2, 1] + 2 * N * s2, rtol=1e-6)
     en = TargetSet(images, quantity="energies").predict(model)
-    np.testing.assert_allclose(en["std"] ** 2, np.diag(C), rtol=1e-6)
+    np.testing.assert_allclose(en["std"] ** 2, np.diag(C) + N * s2, rtol=1e-6)
+    # of some atoms: their share of the noise
+    hop = TargetSet(images, quantity="barrier", atoms=[0, 1]).predict(model)
+    np.testing.assert_allclose(hop["std_noise"][0] ** 2, 2 * 2 * s2, rtol=1e-12)
 
 
 def test_reduction_equals_the_variance_removed_by_a_real_update(fitted):
@@ -611,7 +619,7 @@ def test_gpal_learn_resumes_a_run_its_target_stopped_under_a_new_tolerance(tmp_p
         path.write_text(f'run_dir = "{run}"\nsteps = 40\n[structure]\nfile = "{tmp_path / "start.xyz"}"\n'
                         "[md]\ntemperature = 600.0\n[model]\nn_sparse = 30\n"
                         "[descriptor]\nn_max = 3\nl_max = 2\n"
-                        "[learner]\nn_bootstrap = 2\ncheck_every = 10\n"
+                        "[learner]\nn_bootstrap = 6\ncheck_every = 10\n"
                         f'[targets]\nfile = "{tmp_path / "neb.xyz"}"\nquantity = "barrier"\n'
                         f"tolerance = {tolerance}\n")
         return str(path)
