@@ -668,3 +668,35 @@ def test_target_atoms_with_a_baseline_without_local_energies_are_refused():
     with pytest.raises(ValueError, match=r"target atoms \[\d+\] need local energies.*TotalOnly"):
         TargetSet(images, quantity="barrier", atoms=[hop]).predict(model)
     assert np.isfinite(TargetSet(images, quantity="barrier").predict(model)["value"][0])
+
+
+def test_an_exploring_walker_whose_frames_the_oracle_cannot_label_stops(tmp_path):
+    """A target structure the oracle could not label (another cell size than it takes):
+    the walker exploring from it kept feeding frames among other walkers' labels, 18 of 29
+    calls failing, and the run said nothing. After 3 failures in a row it stops, with a
+    warning, and stays stopped on resume."""
+    from ase.calculators.emt import EMT
+
+    class RefusesFullCells(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            if atoms is not None and len(atoms) == 32:
+                raise RuntimeError("cannot label 32-atom cells")
+            super().calculate(atoms, properties, system_changes)
+
+    images, _ = vacancy_path(3)
+    full = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    ts = TargetSet([full, images[0]], quantity="difference", pair=(1, 0), explore=[0])
+    run = tmp_path / "run"
+    L = ActiveLearner(images[0], RefusesFullCells(), SparseGP(SOAP(["Cu"], periodic=True, weighting=POLY,
+                                                                   **SMALL_SOAP), n_sparse=30),
+                      run_dir=run, md=MDSettings(temperature=600), targets=ts, progress=False,
+                      trigger=Trigger(threshold=1e-4, every=5, adaptive=False), oracle_retries=0)
+    with pytest.warns(UserWarning, match="walker exploring from target structure 0.*that walker stops"):
+        s = L.run(120)
+    records = [json.loads(line) for line in open(run / "log.jsonl")]
+    retired = [r for r in records if r.get("event") == "explore_retired"]
+    assert len(retired) == 1 and retired[0]["failures_in_row"] == 3
+    failed_after = [r for r in records if r.get("event") == "oracle_failure" and r["step"] > retired[0]["step"]]
+    assert not failed_after and s.oracle_failures == 3
+    R = ActiveLearner.resume(run, RefusesFullCells(), progress=False)
+    assert len(R.walkers) == len(L.walkers) and R._explore[retired[0]["walker"]]["retired"]

@@ -977,7 +977,8 @@ class ActiveLearner:
             "label_steps": {str(k): v[-self.trigger.max_labels:] for k, v in self._label_steps.items()},
             "oracle_calls_by_reason": self._calls,
             "calibration": getattr(self, "_calibration", {}),
-            "n_walkers_total": len(self.walkers),
+            # (a retired exploring walker is in explore_walkers, not in self.walkers)
+            "n_walkers_total": len(self.walkers) + sum(bool(e.get("retired")) for e in self._explore.values()),
             "times": self._times,
             "wall_time_total": self._wall_before + (time.perf_counter() - self._session_start
                                                     if self._session_start is not None else 0.0),
@@ -1104,6 +1105,8 @@ class ActiveLearner:
         # labels nothing has an error of its own)
         self._failed_in_row = 0 if good or not self.bootstrap_done else self._failed_in_row + len(failures)
         in_row = failures and self._failed_in_row >= _FAILED_IN_ROW
+        if walkers is not None and self._explore:
+            self._retire_unlabelable_explorers(walkers, labelled, failures)
         if broken is not None or (failures and self.on_oracle_failure == "stop") or in_row:
             self.checkpoint()  # (labels that arrived and are not in the model reach it on resume)
             what = broken if broken is not None else \
@@ -1508,12 +1511,41 @@ class ActiveLearner:
                         a = _saved_walker(self.targets.structures[img], positions, k)
                     except GpalError:
                         a = None
-            if a is not None:
+            if prev and prev.get("retired") and prev["slot"] == slot:
+                self._explore[k] = dict(prev)  # (the oracle could not label its region: it stays stopped)
+            elif a is not None:
                 self.walkers.append(_Walker(k, a, self.md, wrng, GPCalculator(self.model, **calc_kw), T0))
                 self._explore[k] = dict(prev)
             else:  # new, or its target image is not in the TargetSet given on resume
                 self.walkers.append(self._explore_walker(k, slot, wrng, T0))
             k += 1
+
+    def _retire_unlabelable_explorers(self, walkers, labelled, failures) -> None:
+        """An exploring walker whose frames the oracle failed on :data:`_FAILED_IN_ROW` times
+        in a row (each after its retries) stops, with a warning: its region is one the
+        oracle cannot label (a target structure of another size or charge than it takes),
+        and its frames, among other walkers' labels, kept the run going with most of its
+        calls failing (18 of 29 in a run whose second target the oracle could not label)."""
+        counts = self.__dict__.setdefault("_explore_failed", {})
+        for k, a in enumerate(labelled):
+            if a is not None:
+                counts.pop(int(walkers[k]), None)
+        for f in failures:
+            w = int(walkers[f.index])
+            if w in self._explore:
+                counts[w] = counts.get(w, 0) + 1
+        for w, n in list(counts.items()):
+            if n < _FAILED_IN_ROW or w not in self._explore or self._explore[w].get("retired"):
+                continue
+            self._explore[w]["retired"] = True
+            self.walkers = [x for x in self.walkers if x.index != w]
+            img = self._explore[w].get("image")
+            self._log({"event": "explore_retired", "step": self.step, "walker": w, "structure": img,
+                       "failures_in_row": n})
+            warnings.warn(f"the oracle failed on {n} frames in a row of the walker exploring from target "
+                          f"structure {img} (the last: {failures[-1].reason}); that walker stops, as the oracle "
+                          "cannot label its region: check that the oracle takes that target structure",
+                          UserWarning, stacklevel=user_stacklevel())
 
     def _explore_walker(self, k: int, slot: int, rng, T: float) -> _Walker:
         """Walker ``k`` started from a target structure (TargetSet(explore=...)), thermal momenta at ``T`` K."""
