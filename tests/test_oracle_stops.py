@@ -207,3 +207,65 @@ def test_the_oracle_gets_the_frames_magnetic_moments_and_train_xyz_keeps_them(tm
         bare = frame.copy()
         bare.calc = EMT()
         assert frame.get_potential_energy() == pytest.approx(bare.get_potential_energy() + 0.1 * moments.sum())
+
+
+class _LooseFutures:
+    """An executor whose futures, like dask's ClientExecutor's, never say they are running:
+    ``cancel()`` succeeds on a call that runs on (and is paid for)."""
+
+    def __init__(self):
+        self._threads = []
+
+    def submit(self, fn, *args, **kwargs):
+        import concurrent.futures as cf
+
+        fut = cf.Future()
+
+        def run():
+            try:
+                res = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 (handed to the future)
+                if not fut.cancelled():
+                    fut.set_exception(exc)
+                return
+            if not fut.cancelled():
+                fut.set_result(res)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return fut
+
+
+def test_a_timed_out_call_on_an_executor_whose_futures_cancel_while_running_stays_counted(tmp_path):
+    """On dask the timed-out call was 'cancelled' (its future's cancel() succeeded while the
+    task ran on) and subtracted from the count: 1 call counted for 2 made."""
+    from gpal.learning.oracle import Oracle, OracleSpec
+
+    ex = _LooseFutures()
+    o = Oracle(OracleSpec("_oracles:HangsOnce", {"marker": str(tmp_path / "hung"), "delay": 3.0}),
+               executor=ex, timeout=0.5, retries=1)
+    a = bulk("Cu", cubic=True)
+    a.rattle(0.05, seed=1)
+    labelled, failures = o.label([a])
+    assert labelled[0] is not None and not failures
+    assert o.n_calls == 2  # the timed-out call ran (and finishes on its worker), then the retry
+    for t in ex._threads:
+        t.join(10)
+
+
+def test_an_executor_that_stops_between_calls_stops_the_labelling_not_the_process(tmp_path):
+    """A dask client closed mid-run: its submit raised ClosedClientError straight out of
+    run(); the learner's 'worker processes stopped ... resume' path takes it now."""
+    from gpal.learning.oracle import BrokenOracleError, Oracle
+
+    class ClosedClientError(Exception):
+        pass
+
+    class Closed:
+        def submit(self, *args, **kwargs):
+            raise ClosedClientError("Client is closed")
+
+    o = Oracle(OracleSpec("ase.calculators.emt:EMT"), executor=Closed())
+    with pytest.raises(BrokenOracleError, match="ClosedClientError: Client is closed"):
+        o.label([bulk("Cu", cubic=True)])

@@ -67,7 +67,7 @@ from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
 from ..model.rows import TEMPERATURE_KEY, frame_temperature
-from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec, pool_threads
+from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec, executor_workers, pool_threads
 from .sampler import MDSettings, _Walker, blown_up, check_md_factory, temperature_limit, walker_atoms
 from .settings import (
     FLAT_NAMES,
@@ -1058,7 +1058,7 @@ class ActiveLearner:
         ex = self.oracle.executor
         self._log({"event": "oracle_send", "step": self.step, "reason": reason, "frames": len(frames),
                    "oracle_calls": self.oracle.n_calls, "labelled": self.n_labelled,
-                   "parallel": ex is not None, "workers": getattr(ex, "_max_workers", None),
+                   "parallel": ex is not None, "workers": executor_workers(ex) if ex is not None else None,
                    **({} if ex is not None else {"call_records": True})})
 
         def call_started(k: int, attempt: int) -> None:  # (in this process: each call is logged ahead)

@@ -341,6 +341,28 @@ def worker_pool(n: int, mp_context=None) -> WorkerPool:
     return WorkerPool(int(n), mp_context=mp_context)
 
 
+def executor_workers(executor) -> int | None:
+    """How many calls ``executor`` runs at once: a concurrent.futures pool's
+    ``_max_workers``, a dask ``ClientExecutor``'s threads over its workers; None if it
+    does not say."""
+    n = getattr(executor, "_max_workers", None)
+    if n:
+        return int(n)
+    client = getattr(executor, "_client", None)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            return max(1, int(sum(client.nthreads().values())))
+    return None
+
+
+def _executor_stopped(exc: BaseException) -> bool:
+    """``exc``, raised by an executor's ``submit``, says the executor has stopped (a dask
+    client closed, a pool shut down) rather than a fault of the call."""
+    name = type(exc).__name__
+    return name in ("ClosedClientError", "CancelledError") or (
+        isinstance(exc, RuntimeError) and "after shutdown" in str(exc))
+
+
 def pool_threads(executor) -> int:
     """BLAS and OpenMP threads of each oracle call in ``executor``: for gpal's own
     :class:`WorkerPool`, the cores this process may use shared among its workers (at
@@ -675,7 +697,7 @@ class Oracle:
         """Per-task deadlines: a task queued behind others is not charged their time."""
         if self.timeout is None:
             return [None] * n
-        workers = max(1, int(getattr(self.executor, "_max_workers", 0) or 1))
+        workers = executor_workers(self.executor) or 1
         t0 = time.monotonic()
         return [t0 + self.timeout * (1 + k // workers) for k in range(n)]
 
@@ -754,10 +776,16 @@ class Oracle:
             else:
                 futures = {}
 
-                def cancel_queued(fut) -> bool:  # a task not started yet: no call was made for it
+                # a concurrent.futures pool cancels only a task not started yet: no call was
+                # made for it. Other executors' futures (dask's) may cancel a task that runs
+                # on, and was paid for: it stays counted
+                exact = isinstance(self.executor, (cf.ProcessPoolExecutor, cf.ThreadPoolExecutor, WorkerPool))
+
+                def cancel_queued(fut) -> bool:
                     if not fut.cancelled() and fut.cancel():
-                        self.n_calls -= 1
-                        return True
+                        if exact:
+                            self.n_calls -= 1
+                        return exact
                     return False
 
                 def take(i: int, fut) -> None:
@@ -768,6 +796,11 @@ class Oracle:
                     except cf.BrokenExecutor as exc:  # a worker died (a crash, an out-of-memory kill)
                         broken = exc
                         failed(i, exc, retry=False)
+                        return
+                    except cf.CancelledError as exc:  # cancelled by its executor, not by gpal (a
+                        # dask client closed): the executor has stopped, not the oracle
+                        broken = cf.BrokenExecutor(f"a call was cancelled by its executor ({exc or 'stopped'})")
+                        failed(i, broken, retry=False)
                         return
                     except (Exception, SystemExit) as exc:  # worker exceptions arrive re-raised here
                         failed(i, exc)
@@ -794,6 +827,13 @@ class Oracle:
                             )
                         except cf.BrokenExecutor as exc:
                             broken = exc
+                            reasons[i] = f"{type(exc).__name__}: {exc}"
+                            break
+                        except Exception as exc:  # an executor that stopped otherwise (a dask
+                            # client closed: ClosedClientError): no more labels from it
+                            if not _executor_stopped(exc):
+                                raise
+                            broken = cf.BrokenExecutor(f"{type(exc).__name__}: {exc}")
                             reasons[i] = f"{type(exc).__name__}: {exc}"
                             break
                         attempts[i] += 1
