@@ -478,10 +478,13 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
         if snap["changed"]:
             snap["data"] = model_to_bytes(L.model)
             snap["key"] = _digest(snap["data"])
-            # with dask, one copy scattered to the cluster, which each task names: the bytes in
-            # every task (a copy per walker per round, 61 MB at 46 labels) were a "large graph"
+            # with dask, scattered to the cluster, which each task names: the bytes in every task
+            # (a copy per walker per round, 61 MB at 46 labels) were a "large graph". On every
+            # worker (each loads the model anyway): with one copy, the death of the worker
+            # holding it lost the data for good and stopped the run
             try:
-                snap["ref"] = snap["data"] if client is None else client.scatter(snap["data"], hash=False)
+                snap["ref"] = snap["data"] if client is None else client.scatter(snap["data"], hash=False,
+                                                                                  broadcast=True)
             except Exception as exc:  # (a scheduler that stopped)
                 raise stopped(f"the dask client could not send the model ({type(exc).__name__}: {exc})") from exc
             snap["changed"] = False
@@ -500,7 +503,7 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
                 f.cancel()
             if isinstance(exc, cf.CancelledError):
                 raise stopped("a walker segment was cancelled by its executor (a dask scheduler that stopped, "
-                              "or a pool shut down)") from exc
+                              "data lost with a worker, or a pool shut down)") from exc
             raise stopped(f"a walker segment failed on its worker ({type(exc).__name__}: {exc})") from exc
 
     spec: dict = {}  # walker index -> its next segment, submitted on the same model
