@@ -622,3 +622,30 @@ def test_a_relayed_warning_keeps_the_nearest_category_the_learner_knows():
         warnings.simplefilter("always")
         relay_warnings(set(), [[_known_category(LibraryWarning), "overflow"], ["nowhere.Odd", "odd"]])
     assert [(w.category, str(w.message)) for w in shown] == [(RuntimeWarning, "overflow"), (UserWarning, "odd")]
+
+
+def test_a_dask_client_whose_scheduler_has_gone_closes_without_its_tracebacks(capsys):
+    """gpal learn printed ~35 lines of distributed's reconnect traceback before its one-line
+    error when the scheduler died; the loggers are silenced for the close only."""
+    import logging
+
+    from gpal.learning.walkers import _close_quietly
+
+    log = logging.getLogger("distributed.client")
+    before = log.level
+    seen = []
+
+    class Gone:
+        def close(self):
+            log.error("Traceback (most recent call last): CommClosedError")
+            seen.append("closed")
+            raise OSError("scheduler gone")
+
+    handler = logging.StreamHandler()
+    logging.getLogger().addHandler(handler)
+    try:
+        _close_quietly(Gone())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert seen == ["closed"] and "CommClosedError" not in capsys.readouterr().err
+    assert log.level == before

@@ -43,6 +43,7 @@ and the MD steps it made.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import io
 import logging
@@ -719,6 +720,25 @@ def _probe_scheduler(address: str, timeout: float = 10.0) -> None:
                         "dask handshake; is a dask scheduler listening there?")
 
 
+def _close_quietly(client) -> None:
+    """Close a dask client without the tracebacks distributed logs when its scheduler has
+    gone (a CommClosedError from the client's reconnect, 35 lines on ``gpal learn``'s
+    stderr before its one-line error): its loggers are silenced for the close only."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.client", "distributed.comm",
+                                               "distributed.core", "distributed.batched")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        with contextlib.suppress(Exception):
+            client.close()
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def local_walker_executor(workers: int | None = None, scheduler: str | None = None):
     """The walker executor of ``gpal learn``'s ``walker_workers`` / ``walker_scheduler`` keys.
 
@@ -744,7 +764,7 @@ def local_walker_executor(workers: int | None = None, scheduler: str | None = No
                             "\"dask[distributed]\")") from exc
         _probe_scheduler(scheduler)
         client = Client(scheduler)
-        return client.get_executor(), client.close
+        return client.get_executor(), lambda: _close_quietly(client)
     if workers and int(workers) > 1:
         import multiprocessing
 
