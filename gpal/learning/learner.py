@@ -1440,12 +1440,13 @@ class ActiveLearner:
                 labelled = self._label(queue[:1], "bootstrap", first=tried)
                 queue, tried = queue[1:], tried + 1
                 if not labelled and tried == _FIRST_FRAMES and queue:
-                    raise OracleStoppedError(f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
-                                      f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
-                                      "sent to it, and nothing is labelled yet. If the oracle cannot label this "
-                                      "system (its species, charge or settings), start a new run with another "
-                                      "(gpal learn --overwrite, or a new run_dir); if it failed for a passing "
-                                      f"cause (its program, licence or resources), {self._fix_and_resume(short=True)}")
+                    raise OracleStoppedError(
+                        f"the oracle failed on the run's first {_FIRST_FRAMES} frames (the last: "
+                        f"{self._last_failures[0].reason}), so the other bootstrap frames were not "
+                        "sent to it, and nothing is labelled yet. If the oracle cannot label this "
+                        "system (its species, charge or settings), start a new run with another "
+                        "(gpal learn --overwrite, or a new run_dir); if it failed for a passing "
+                        f"cause (its program, licence or resources), {self._fix_and_resume(short=True)}")
             need -= len(labelled)
         while need > 0 and queue:  # a frame that fails is replaced by the next spare
             batch, queue = queue[:need], queue[need:]
@@ -2219,11 +2220,13 @@ class ActiveLearner:
         """Stop when the calibrated std of the target quantity is under its tolerance.
 
         An energy quantity (a barrier, a difference, energies) waits for the energy
-        calibration (:meth:`_calibrate_energy`, three calibration frames with energies),
-        and its learnable std is scaled by the larger of the force and the energy factor
-        (:meth:`_target_std_scale`): scaled by the force factor alone, a Cu vacancy hop's
-        barrier (EMT, 31 atoms, tolerance 0.05 eV) stopped on 5-7 labels with errors 3.5
-        and 3.2 times its std in two runs of five (one 52 meV, above the tolerance)."""
+        calibration (:meth:`_calibrate_energy`, three calibration frames with energies);
+        its learnable std is scaled by the larger of the force and the energy factor
+        (:meth:`_target_std_scale`), and its std holds the label noise of the oracle's
+        energies as the model fits them (:meth:`TargetSet._noise_variance`). Without these,
+        a Cu vacancy hop's barrier (EMT, 31 atoms, tolerance 0.05 eV) stopped on 5-7
+        labels with errors 3.5 and 3.2 times its std in two runs of five (one 52 meV,
+        above the tolerance)."""
         if self.stopping is None:  # else _check_stop has just calibrated
             self.calibrate()
         res = self.targets.predict(self.model, self._target_std_scale())
