@@ -1124,3 +1124,30 @@ def test_a_fitted_descriptor_changed_after_the_fit_is_named(tmp_path):
     for call in (m.predict, m.novelty):
         with pytest.raises(ValueError, match=r"descriptor \(model.descriptor_\) was changed after the fit"):
             call(frames[0])
+
+
+def test_an_atom_with_an_all_zero_descriptor_is_warned_of_once():
+    """weighting w0 = 0 and an atom without neighbours: std 0 and novelty 0, as if known,
+    with nothing said."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    from gpal import SOAP, SparseGP
+
+    w = {"function": "pow", "r0": 3.0, "c": 1.0, "d": 1.0, "m": 4, "threshold": 1e-2, "w0": 0.0}
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(3):
+        a = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+        a.positions += rng.normal(0, 0.05, (4, 3))
+        a.calc = EMT()
+        a.get_forces()
+        frames.append(a)
+    m = SparseGP(SOAP(["Cu"], n_max=3, l_max=2, weighting=w), n_sparse=6, hyperparameters="fixed").fit(frames)
+    far = Atoms("Cu2", positions=[[0, 0, 0], [20, 0, 0]])
+    with pytest.warns(UserWarning, match="2 atom.*all-zero descriptor"):
+        m.predict(far, return_std=True)
+    import warnings as _w
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        m.predict(far, return_std=True)  # (once per model)

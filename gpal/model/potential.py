@@ -694,6 +694,23 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
                 stacklevel=user_stacklevel(),
             )
 
+    def _warn_zero_descriptors(self, X) -> None:
+        """Warn, once per model, of atoms whose descriptor is all zero: with a weighting of
+        ``w0 = 0`` (the centre left out) an atom without neighbours within the cutoff has
+        none, and the kernel gives it the energy e0 with a std of 0, as if it were known.
+        Looked for only with such a weighting (a scan of X each prediction otherwise)."""
+        w = getattr(self.descriptor_, "weighting", None)
+        if not (isinstance(w, dict) and w.get("w0") == 0) or self.__dict__.get("_warned_zero_rows"):
+            return
+        n = int(np.count_nonzero(~np.asarray(X).any(axis=1)))
+        if n:
+            self._warned_zero_rows = True
+            warnings.warn(
+                f"{n} atom(s) have no neighbour within the cutoff and, with weighting w0 = 0, an "
+                "all-zero descriptor: the model gives them the reference energy e0 with a std of "
+                "0, although nothing like them was learned (give w0 > 0 to describe isolated "
+                "atoms, or e0 as the isolated atoms' energies)", UserWarning, stacklevel=user_stacklevel())
+
     def _check_descriptor_unchanged(self) -> None:
         """A ValueError when the fitted descriptor's features no longer match the sparse
         points' (``model.descriptor_.l_max = 3`` after the fit: the kernel's shape error
@@ -1245,6 +1262,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             else:
                 q, sor, sor_total = self._local_variance_terms(kblocks, N, with_sor=return_std)
             std, novelty, resid_total = self._dtc_stds(X, q, sor)
+            self._warn_zero_descriptors(X)
         if return_std:
             out["energies_std"] = std
             out["energy_std"] = float(np.sqrt(max(sor_total + resid_total, 0.0)))
