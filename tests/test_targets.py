@@ -700,3 +700,28 @@ def test_an_exploring_walker_whose_frames_the_oracle_cannot_label_stops(tmp_path
     assert not failed_after and s.oracle_failures == 3
     R = ActiveLearner.resume(run, RefusesFullCells(), progress=False)
     assert len(R.walkers) == len(L.walkers) and R._explore[retired[0]["walker"]]["retired"]
+
+
+def test_a_target_structure_the_oracle_cannot_label_is_said(tmp_path):
+    """TargetSet(label_structures=True, explore=0): a target structure whose label failed
+    was marked as done without a word beyond the oracle's own failure warning."""
+    from ase.calculators.emt import EMT
+
+    class RefusesFullCells(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+            if atoms is not None and len(atoms) == 32:
+                raise RuntimeError("cannot label 32-atom cells")
+            super().calculate(atoms, properties, system_changes)
+
+    images, _ = vacancy_path(3)
+    full = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    ts = TargetSet([full, images[0]], quantity="difference", pair=(1, 0), label_structures=True, explore=0)
+    run = tmp_path / "run"
+    L = ActiveLearner(images[0], RefusesFullCells(), SparseGP(SOAP(["Cu"], periodic=True, weighting=POLY,
+                                                                   **SMALL_SOAP), n_sparse=30),
+                      run_dir=run, md=MDSettings(temperature=600), targets=ts, progress=False,
+                      trigger=Trigger(threshold=10.0, every=5, adaptive=False), oracle_retries=0)
+    with pytest.warns(UserWarning, match="could not label target structure 0 .*cannot label 32-atom cells"):
+        L.run(60)
+    events = [json.loads(line).get("event") for line in open(run / "log.jsonl")]
+    assert events.count("target_structure_failed") == 1

@@ -2213,6 +2213,12 @@ class ActiveLearner:
         if k is None:
             return []
         good = self._label([self.targets.structures[k].copy()], "target")
+        if not good:  # (each target structure is asked once: it was marked as done silently)
+            reason = self._last_failures[0].reason if self._last_failures else "no label"
+            self._log({"event": "target_structure_failed", "step": self.step, "structure": k})
+            warnings.warn(f"the oracle could not label target structure {k} ({reason}); it is not asked "
+                          "again, and the target's std there rests on the MD frames' labels alone",
+                          UserWarning, stacklevel=user_stacklevel())
         self._add_to_model(good)
         return good
 
