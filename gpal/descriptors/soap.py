@@ -485,10 +485,10 @@ class SOAP(Descriptor):
         change ``weighting["r0"]`` with ``r_cut`` (a grid over ``r_cut`` alone changes
         only the radial basis).
     n_max : int
-        Number of radial basis functions, >= 1 (required; keyword default None as in
-        dscribe's signature).
+        Number of radial basis functions, >= 1. Required (the keyword's default None
+        follows dscribe's signature).
     l_max : int
-        Required. Maximum degree of the spherical harmonics, 0 <= l_max <= 20.
+        Maximum degree of the spherical harmonics, 0 <= l_max <= 20. Required.
     sigma : float, default 1.0
         Width (Å) of the Gaussian atomic densities.
     periodic : bool, default False
