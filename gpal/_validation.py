@@ -516,6 +516,52 @@ def mixed_energy_units(frames, labels) -> tuple | None:
 _STRESS_WORK_RANGE = (0.25, 4.0)
 
 
+#: a frame's energy per atom this far (eV/atom) from the median of its composition's
+#: frames, and 20 robust spreads, is named: frames of one composition lie within a
+#: fraction of an eV per atom (a bond broken in ethanol: 0.45), and one energy with
+#: another reference (+1000 eV on a 32-atom Cu frame) moved the fitted e0 and every
+#: energy of the model by 2.6 eV/atom without a word
+_ENERGY_OUTLIER = 1.0
+
+
+def energy_outliers(frames, labels, only=None) -> list[tuple[int, float, float, int]]:
+    """``(index, energy per atom, the composition's median, its frames)`` of the frames
+    whose energy per atom lies :data:`_ENERGY_OUTLIER` eV/atom and 20 robust spreads
+    (1.4826 MAD) from the median of the frames of the same composition (at least 4),
+    among ``only`` (indices; default all). The groups use the last 200 frames of each
+    composition, so a model's update is not charged for its whole training set."""
+    groups: dict = {}
+    for k, (a, lab) in enumerate(zip(frames, labels)):
+        if lab.energy is not None and len(a):
+            groups.setdefault(np.bincount(a.numbers).tobytes(), []).append(k)
+    wanted = None if only is None else set(int(k) for k in only)
+    out = []
+    for idx in groups.values():
+        idx = idx[-200:]
+        if len(idx) < 4 or (wanted is not None and not wanted & set(idx)):
+            continue
+        e = np.array([labels[k].energy / len(frames[k]) for k in idx])
+        med = float(np.median(e))
+        spread = 1.4826 * float(np.median(np.abs(e - med)))
+        for k, v in zip(idx, e):
+            if (wanted is None or k in wanted) and abs(v - med) > max(_ENERGY_OUTLIER, 20.0 * spread):
+                out.append((int(k), float(v), med, len(idx)))
+    return out
+
+
+def warn_energy_outliers(frames, labels, only=None, offset: int = 0) -> None:
+    """One warning naming the frames of :func:`energy_outliers` (up to 5), as
+    ``frames[k - offset]`` (an update names its own frames after the stored ones)."""
+    odd = energy_outliers(frames, labels, only)
+    if not odd:
+        return
+    shown = "; ".join(f"frames[{k - offset}] {v:.4g} eV/atom against a median of {m:.4g} over {n} frames of its "
+                      "composition" for k, v, m, n in odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
+    warnings.warn(f"energy labels far from the other frames of their composition: {shown}. An energy with "
+                  "another reference or a wrong value moves the fitted e0 and every energy the model predicts; "
+                  "check those frames' energies", UserWarning, stacklevel=user_stacklevel())
+
+
 def warn_implausible_labels(frames, labels) -> None:
     """Warn, once per cause, for training labels (``frame_labels`` of ``frames``) that
     cannot be right as given: fixed atoms (FixAtoms) with the all-zero forces ASE's
@@ -542,6 +588,8 @@ def warn_implausible_labels(frames, labels) -> None:
         warnings.warn(f"the energies per atom of one composition fall into two groups a factor of eV to {unit} "
                       f"apart: {shown} look like energies in another unit than the rest ({len(odd)} of the "
                       "composition's frames); gpal takes eV", UserWarning, stacklevel=user_stacklevel())
+    else:
+        warn_energy_outliers(frames, labels)
     ratio, agree = energy_work_ratio(frames, labels, agreement=True)
     if ratio is not None and agree < _ENERGY_WORK_AGREEMENT:
         ratio = None  # (pairs that disagree: the trapezoid rule's noise, no unit or sign error)
@@ -563,13 +611,23 @@ def warn_implausible_labels(frames, labels) -> None:
                       "ASE's sign and units? (eV/Å^3, tension positive, σ = (1/V) ∂E/∂ε; the pressure's "
                       "sign, positive under compression, gives -1)", UserWarning, stacklevel=user_stacklevel())
     seen: dict = {}
+    copies: dict = {}  # first index -> later indices of the same frame
     for k, a in enumerate(frames):
         key = (a.numbers.tobytes(), a.positions.tobytes(), a.cell.array.tobytes())
         if key in seen:
-            warnings.warn(f"frames[{k}] repeats frames[{seen[key]}] (same atoms, positions and cell): "
-                          "its labels count twice", UserWarning, stacklevel=user_stacklevel())
-            break
-        seen[key] = k
+            copies.setdefault(seen[key], []).append(k)
+        else:
+            seen[key] = k
+    if copies:  # (one warning: the first frame repeated, how often, and how many others are)
+        first, later = next(iter(copies.items()))
+        more = sum(len(v) for v in copies.values()) - len(later)
+        who = (f"frames[{later[0]}] repeats" if len(later) == 1 else
+               f"{', '.join(f'frames[{k}]' for k in later[:5])}{', ...' if len(later) > 5 else ''} "
+               f"({len(later)} frames) repeat")
+        warnings.warn(f"{who} frames[{first}] (same atoms, positions and cell): its labels count "
+                      + ("twice" if len(later) == 1 else f"{len(later) + 1} times")
+                      + (f"; {more} more repeat(s) of other frames" if more else ""),
+                      UserWarning, stacklevel=user_stacklevel())
     if all(lab.energy is None for lab in labels):
         warnings.warn("no training frame has an energy label: forces and stress are learned, but "
                       "energies only up to a constant per species (e0 = 0 eV)", UserWarning,

@@ -547,3 +547,40 @@ def test_repr_shows_the_settings_that_are_not_the_defaults():
     assert delta.endswith(", n_sparse=100, baseline='lj')")
     soap = SOAP(species=[29], r_cut=4.0, n_max=3, l_max=2, periodic=True)
     assert f"descriptor={soap!r}" in repr(gpal.SparseGP(soap))
+
+
+def test_an_energy_far_from_its_compositions_frames_is_named_in_fit_and_update():
+    """+1000 eV on one 32-atom frame (another reference, a wrong value) moved e0 and every
+    energy the model predicts by 2.6 eV/atom (2.8 through update), and no warning named it."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gpal import SOAP, SparseGP
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(8):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        frames.append(a)
+    bad = frames[5].copy()
+    bad.calc = SinglePointCalculator(bad, energy=frames[5].get_potential_energy() + 1000.0,
+                                     forces=frames[5].get_forces())
+    soap = SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True,
+                weighting={"function": "poly", "r0": 4.0, "c": 1, "m": 1})
+    with pytest.warns(UserWarning, match=r"frames\[5\] .* eV/atom against a median of .* over 8 frames"):
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames[:5] + [bad] + frames[6:])
+    model = SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames[:5] + frames[6:])
+    moved = bad.copy()  # (not a repeat of frames[5])
+    moved.positions[0] += 0.01
+    moved.calc = SinglePointCalculator(moved, energy=bad.get_potential_energy(), forces=bad.get_forces())
+    with pytest.warns(UserWarning, match=r"frames\[1\] .* eV/atom against a median of .* over 9 frames"):
+        model.update([frames[5], moved])
+    with warnings.catch_warnings(record=True) as caught:  # plausible energies: not named
+        warnings.simplefilter("always")
+        SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)
+    assert not [w for w in caught if "energy labels far from" in str(w.message)]

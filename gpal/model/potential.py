@@ -75,6 +75,7 @@ from .._validation import (
     frame_labels,
     species_number,
     user_stacklevel,
+    warn_energy_outliers,
     warn_implausible_labels,
 )
 from ..descriptors import SOAP, Descriptor, pair_forces, pair_stress
@@ -1952,6 +1953,11 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         self._warn_repeated(frames)
         labels = self._minus_baseline(frames, labels)
         new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
+        # an energy far from the stored frames of its composition (another reference, a
+        # wrong value): one such update took a model's energies 2.8 eV/atom off, unsaid
+        stored = self.frames_[-200:]
+        warn_energy_outliers(stored + new, [frame_labels(a) for a in stored] + list(labels),
+                             only=range(len(stored), len(stored) + len(new)), offset=len(stored))
         if n_sparse > 0:
             Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection, by_species=True)
             if len(Znew):
