@@ -584,3 +584,31 @@ def test_an_energy_far_from_its_compositions_frames_is_named_in_fit_and_update()
         warnings.simplefilter("always")
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames)
     assert not [w for w in caught if "energy labels far from" in str(w.message)]
+
+
+def test_a_fit_that_explains_little_of_the_forces_says_so():
+    """n_sparse=2 on ten Cu frames: the evidence put the force noise near the forces'
+    own size, and the model predicted forces no better than zero, unsaid."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gpal import SOAP, SparseGP
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for _ in range(10):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
+        a.positions += rng.normal(0, 0.15, a.positions.shape)
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        frames.append(a)
+    soap = SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True,
+                weighting={"function": "poly", "r0": 4.0, "c": 1, "m": 1})
+    with pytest.warns(UserWarning, match=r"leaves much of the forces unexplained \(2 sparse points for 160"):
+        SparseGP(soap, n_sparse=2).fit(frames)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(soap, n_sparse=60).fit(frames)
+    assert not [w for w in caught if "unexplained" in str(w.message)]
