@@ -612,3 +612,17 @@ def test_a_fit_that_explains_little_of_the_forces_says_so():
         warnings.simplefilter("always")
         SparseGP(soap, n_sparse=60).fit(frames)
     assert not [w for w in caught if "unexplained" in str(w.message)]
+
+
+def test_a_noise_far_below_any_oracles_precision_is_warned_of():
+    """force_noise=1e-8 with the rest chosen by the evidence took the energy noise and the
+    signal variance to their bounds (energies 0.56 eV/atom off), with nothing said of why."""
+    from gpal import SparseGP
+
+    frames = cuag_frames(3, seed=2)
+    with pytest.warns(UserWarning, match=r"force_noise = 1e-08 eV/Å is far below any oracle's precision"):
+        SparseGP(n_sparse=10, force_noise=1e-8, hyperparameters="fixed").fit(frames)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(n_sparse=10, force_noise=1e-3, hyperparameters="fixed").fit(frames)
+    assert not [w for w in caught if "precision" in str(w.message)]

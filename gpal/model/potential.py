@@ -785,6 +785,16 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             if value is not None and value > most:
                 raise ValueError(f"{name} = {value:g} {unit} is above {most:g} {unit}, larger than the labels "
                                  f"themselves; it is in {unit} (e.g. 50 meV is 0.05)")
+            # far below the evidence's own floor: the fit must reproduce the labels to that
+            # (force_noise=1e-8 took the other hyperparameters to their bounds: energies 0.56
+            # eV/atom off, unsaid)
+            floor = NOISE_BOUNDS[name.split("_")[0]][0]
+            if value is not None and value < 0.01 * floor and not self.__dict__.get(f"_warned_tiny_{name}"):
+                self.__dict__[f"_warned_tiny_{name}"] = True
+                warnings.warn(f"{name} = {value:g} {unit} is far below any oracle's precision (the evidence "
+                              f"never goes below {floor:g}): the fit must reproduce the labels to that, which "
+                              "can drive the other hyperparameters to their bounds and the stds to nothing; "
+                              "give about the labels' precision", UserWarning, stacklevel=user_stacklevel())
         self._budget_bytes()  # a bad memory_budget_gb
         if isinstance(self.n_sparse, dict):
             for key, size in self.n_sparse.items():
