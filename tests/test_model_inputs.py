@@ -549,29 +549,43 @@ def test_repr_shows_the_settings_that_are_not_the_defaults():
     assert f"descriptor={soap!r}" in repr(gpal.SparseGP(soap))
 
 
-def test_an_energy_far_from_its_compositions_frames_is_named_in_fit_and_update():
-    """+1000 eV on one 32-atom frame (another reference, a wrong value) moved e0 and every
-    energy the model predicts by 2.6 eV/atom (2.8 through update), and no warning named it."""
+def _rattled_cu(n: int, sigma: float, seed: int) -> list:
+    """``n`` rattled 16-atom Cu cells (Å std ``sigma``) with EMT labels as single points."""
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from gpal import SOAP, SparseGP
-
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     frames = []
-    for _ in range(8):
+    for _ in range(n):
         a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
-        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        a.positions += rng.normal(0, sigma, a.positions.shape)
         a.calc = EMT()
         e, f = a.get_potential_energy(), a.get_forces()
         a.calc = SinglePointCalculator(a, energy=e, forces=f)
         frames.append(a)
+    return frames
+
+
+def _small_cu_soap():
+    from gpal import SOAP
+
+    return SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True,
+                weighting={"function": "poly", "r0": 4.0, "c": 1, "m": 1})
+
+
+def test_an_energy_far_from_its_compositions_frames_is_named_in_fit_and_update():
+    """+1000 eV on one 32-atom frame (another reference, a wrong value) moved e0 and every
+    energy the model predicts by 2.6 eV/atom (2.8 through update), and no warning named it."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gpal import SparseGP
+
+    frames = _rattled_cu(8, 0.05, seed=0)
     bad = frames[5].copy()
     bad.calc = SinglePointCalculator(bad, energy=frames[5].get_potential_energy() + 1000.0,
                                      forces=frames[5].get_forces())
-    soap = SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True,
-                weighting={"function": "poly", "r0": 4.0, "c": 1, "m": 1})
+    soap = _small_cu_soap()
     with pytest.warns(UserWarning, match=r"frames\[5\] .* eV/atom against a median of .* over 8 frames"):
         SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames[:5] + [bad] + frames[6:])
     model = SparseGP(soap, n_sparse=10, hyperparameters="fixed").fit(frames[:5] + frames[6:])
@@ -589,23 +603,10 @@ def test_an_energy_far_from_its_compositions_frames_is_named_in_fit_and_update()
 def test_a_fit_that_explains_little_of_the_forces_says_so():
     """n_sparse=2 on ten Cu frames: the evidence put the force noise near the forces'
     own size, and the model predicted forces no better than zero, unsaid."""
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
+    from gpal import SparseGP
 
-    from gpal import SOAP, SparseGP
-
-    rng = np.random.default_rng(1)
-    frames = []
-    for _ in range(10):
-        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
-        a.positions += rng.normal(0, 0.15, a.positions.shape)
-        a.calc = EMT()
-        e, f = a.get_potential_energy(), a.get_forces()
-        a.calc = SinglePointCalculator(a, energy=e, forces=f)
-        frames.append(a)
-    soap = SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5, periodic=True,
-                weighting={"function": "poly", "r0": 4.0, "c": 1, "m": 1})
+    frames = _rattled_cu(10, 0.15, seed=1)
+    soap = _small_cu_soap()
     with pytest.warns(UserWarning, match=r"leaves much of the forces unexplained \(2 sparse points for 160"):
         SparseGP(soap, n_sparse=2).fit(frames)
     with warnings.catch_warnings(record=True) as caught:

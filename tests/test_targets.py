@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.emt import EMT
 
 from gpal import SOAP, ActiveLearner, MDSettings, SparseGP, Trigger
 from gpal import TargetSet
@@ -670,21 +671,21 @@ def test_target_atoms_with_a_baseline_without_local_energies_are_refused():
     assert np.isfinite(TargetSet(images, quantity="barrier").predict(model)["value"][0])
 
 
+class RefusesFullCells(EMT):
+    """EMT that cannot label 32-atom cells (a target structure the oracle does not take)."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        if atoms is not None and len(atoms) == 32:
+            raise RuntimeError("cannot label 32-atom cells")
+        super().calculate(atoms, properties, system_changes)
+
+
 def test_an_exploring_walker_whose_frames_the_oracle_cannot_label_stops(tmp_path):
     """A target structure the oracle could not label (another cell size than it takes):
     the walker exploring from it kept feeding frames among other walkers' labels, 18 of 29
     calls failing, and the run said nothing. After 3 failures in a row it stops, with a
     warning, and stays stopped on resume."""
-    from ase.calculators.emt import EMT
-
-    class RefusesFullCells(EMT):
-        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
-            if atoms is not None and len(atoms) == 32:
-                raise RuntimeError("cannot label 32-atom cells")
-            super().calculate(atoms, properties, system_changes)
-
-    images, _ = vacancy_path(3)
-    full = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    images, full = vacancy_path(3)[0], bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
     ts = TargetSet([full, images[0]], quantity="difference", pair=(1, 0), explore=[0])
     run = tmp_path / "run"
     L = ActiveLearner(images[0], RefusesFullCells(), SparseGP(SOAP(["Cu"], periodic=True, weighting=POLY,
@@ -705,16 +706,7 @@ def test_an_exploring_walker_whose_frames_the_oracle_cannot_label_stops(tmp_path
 def test_a_target_structure_the_oracle_cannot_label_is_said(tmp_path):
     """TargetSet(label_structures=True, explore=0): a target structure whose label failed
     was marked as done without a word beyond the oracle's own failure warning."""
-    from ase.calculators.emt import EMT
-
-    class RefusesFullCells(EMT):
-        def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
-            if atoms is not None and len(atoms) == 32:
-                raise RuntimeError("cannot label 32-atom cells")
-            super().calculate(atoms, properties, system_changes)
-
-    images, _ = vacancy_path(3)
-    full = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    images, full = vacancy_path(3)[0], bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
     ts = TargetSet([full, images[0]], quantity="difference", pair=(1, 0), label_structures=True, explore=0)
     run = tmp_path / "run"
     L = ActiveLearner(images[0], RefusesFullCells(), SparseGP(SOAP(["Cu"], periodic=True, weighting=POLY,
