@@ -559,7 +559,8 @@ def warn_energy_outliers(frames, labels, only=None, offset: int = 0) -> None:
                       "composition" for k, v, m, n in odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
     warnings.warn(f"energy labels far from the other frames of their composition: {shown}. An energy with "
                   "another reference or a wrong value moves the fitted e0 and every energy the model predicts; "
-                  "check those frames' energies", UserWarning, stacklevel=user_stacklevel())
+                  "check those frames' energies (a frame that is truly that far, a squeezed molecule, is "
+                  "right to be there)", UserWarning, stacklevel=user_stacklevel())
 
 
 def warn_implausible_labels(frames, labels) -> None:
