@@ -466,7 +466,7 @@ _ENERGY_UNITS = {"meV": 1000.0, "kcal/mol": 23.0605, "kJ/mol": 96.4853, "hartree
                  "Ry": 1 / 13.6057}
 
 
-def mixed_energy_units(frames, labels) -> tuple | None:
+def mixed_energy_units(frames, labels, entries=None) -> tuple | None:
     """``(unit, indices)`` if the frames of one composition fall into two groups whose
     energies per atom differ by a unit's factor (eV against ``unit``, the ``indices``
     the frames of the minority group), else None.
@@ -475,16 +475,14 @@ def mixed_energy_units(frames, labels) -> tuple | None:
     of each other; a block of them in kcal/mol or meV sits a factor 23 or 1000 away.
     Both groups must be tight (spread under 5 % of the gap), the gap over 1 eV/atom
     and the ratio of their medians within 3 % of the unit's factor, so energies near
-    zero (EMT's) and hot frames are not taken for it.
+    zero (EMT's) and hot frames are not taken for it. ``entries``: the frames'
+    :func:`energy_entries`, if already at hand.
     """
-    groups: dict = {}
-    for k, (a, lab) in enumerate(zip(frames, labels)):
-        if lab.energy is not None:
-            groups.setdefault(np.bincount(a.numbers).tobytes(), []).append(k)
-    for idx in groups.values():
+    entries = energy_entries(frames, labels) if entries is None else entries
+    for idx in _composition_groups(entries).values():
         if len(idx) < 4:
             continue
-        e = np.array([labels[k].energy / len(frames[k]) for k in idx])
+        e = np.array([entries[k][1] for k in idx])
         order = np.argsort(e)
         gaps = np.diff(e[order])
         cut = int(np.argmax(gaps)) + 1
@@ -524,23 +522,34 @@ _STRESS_WORK_RANGE = (0.25, 4.0)
 _ENERGY_OUTLIER = 1.0
 
 
-def energy_outliers(frames, labels, only=None) -> list[tuple[int, float, float, int]]:
-    """``(index, energy per atom, the composition's median, its frames)`` of the frames
-    whose energy per atom lies :data:`_ENERGY_OUTLIER` eV/atom and 20 robust spreads
-    (1.4826 MAD) from the median of the frames of the same composition (at least 4),
-    among ``only`` (indices; default all). The groups use the last 200 frames of each
-    composition, so a model's update is not charged for its whole training set."""
+def energy_entries(frames, labels) -> list[tuple[bytes, float | None]]:
+    """Each frame's ``(composition key, energy per atom or None)``, eV/atom."""
+    return [(np.bincount(a.numbers).tobytes(), lab.energy / len(a) if lab.energy is not None and len(a) else None)
+            for a, lab in zip(frames, labels)]
+
+
+def _composition_groups(entries) -> dict:
+    """Composition key -> indices of the entries with an energy (:func:`energy_entries`)."""
     groups: dict = {}
-    for k, (a, lab) in enumerate(zip(frames, labels)):
-        if lab.energy is not None and len(a):
-            groups.setdefault(np.bincount(a.numbers).tobytes(), []).append(k)
+    for k, (key, e) in enumerate(entries):
+        if e is not None:
+            groups.setdefault(key, []).append(k)
+    return groups
+
+
+def energy_outliers(entries, only=None) -> list[tuple[int, float, float, int]]:
+    """``(index, energy per atom, the composition's median, its frames)`` of the entries
+    (:func:`energy_entries`) whose energy per atom lies :data:`_ENERGY_OUTLIER` eV/atom
+    and 20 robust spreads (1.4826 MAD) from the median of the entries of the same
+    composition (at least 4), among ``only`` (indices; default all). The groups use the
+    last 200 entries of each composition."""
     wanted = None if only is None else set(int(k) for k in only)
     out = []
-    for idx in groups.values():
+    for idx in _composition_groups(entries).values():
         idx = idx[-200:]
         if len(idx) < 4 or (wanted is not None and not wanted & set(idx)):
             continue
-        e = np.array([labels[k].energy / len(frames[k]) for k in idx])
+        e = np.array([entries[k][1] for k in idx])
         med = float(np.median(e))
         spread = 1.4826 * float(np.median(np.abs(e - med)))
         for k, v in zip(idx, e):
@@ -549,10 +558,10 @@ def energy_outliers(frames, labels, only=None) -> list[tuple[int, float, float, 
     return out
 
 
-def warn_energy_outliers(frames, labels, only=None, offset: int = 0) -> None:
+def warn_energy_outliers(entries, only=None, offset: int = 0) -> None:
     """One warning naming the frames of :func:`energy_outliers` (up to 5), as
     ``frames[k - offset]`` (an update names its own frames after the stored ones)."""
-    odd = energy_outliers(frames, labels, only)
+    odd = energy_outliers(entries, only)
     if not odd:
         return
     shown = "; ".join(f"frames[{k - offset}] {v:.4g} eV/atom against a median of {m:.4g} over {n} frames of its "
@@ -582,7 +591,8 @@ def warn_implausible_labels(frames, labels) -> None:
                           "ASE's get_forces() returns them; as labels they are wrong (the oracle's forces are "
                           "get_forces(apply_constraint=False))", UserWarning, stacklevel=user_stacklevel())
             break
-    mixed = mixed_energy_units(frames, labels)
+    entries = energy_entries(frames, labels)
+    mixed = mixed_energy_units(frames, labels, entries)
     if mixed is not None:
         unit, odd = mixed
         shown = ", ".join(f"frames[{k}]" for k in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
@@ -590,7 +600,7 @@ def warn_implausible_labels(frames, labels) -> None:
                       f"apart: {shown} look like energies in another unit than the rest ({len(odd)} of the "
                       "composition's frames); gpal takes eV", UserWarning, stacklevel=user_stacklevel())
     else:
-        warn_energy_outliers(frames, labels)
+        warn_energy_outliers(entries)
     ratio, agree = energy_work_ratio(frames, labels, agreement=True)
     if ratio is not None and agree < _ENERGY_WORK_AGREEMENT:
         ratio = None  # (pairs that disagree: the trapezoid rule's noise, no unit or sign error)

@@ -66,6 +66,7 @@ from ..exceptions import (BaselineError, BaselineStoppedError, GpalError, Missin
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
+from ..model.defaults import UNEXPLAINED_FORCE_SHARE
 from ..model.rows import TEMPERATURE_KEY, frame_temperature
 from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec, executor_workers, pool_threads
 from .sampler import MDSettings, _Walker, blown_up, check_md_factory, temperature_limit, walker_atoms
@@ -485,9 +486,6 @@ _MAX_BLOWUPS = 50
 #: has passed since it (checkpoints at most ~10 % of the wall time; with a slow oracle,
 #: every label)
 _CHECKPOINT_SPACING = 9.0
-#: a fitted force noise above this share of the labels' RMS force component is warned
-#: (ActiveLearner._warn_unlearnable_forces)
-_UNLEARNED_FORCE_SHARE = 0.35
 
 
 #: RMS displacement (Å) under which two frames of one batch ask the oracle the same question
@@ -906,6 +904,8 @@ class ActiveLearner:
         # exploring walkers (TargetSet(explore=...)): walker index -> slot, target
         # structure it started from, step of that start
         self._explore: dict[int, dict] = {}
+        self._explore_failed: dict[int, int] = {}  # exploring walker -> its frames' failures in a row
+        self._saved_tolerance = None  # (a resumed run: the target tolerance its state holds)
         self._round = 0
         if walker_executor is not None:
             from .walkers import check_walker_settings
@@ -1273,7 +1273,7 @@ class ActiveLearner:
 
     def _warn_unlearnable_forces(self) -> None:
         """Warn, once per session of a learner, when the evidence puts the force noise above
-        :data:`_UNLEARNED_FORCE_SHARE` of the labels' RMS force component (from 16 labels):
+        :data:`UNEXPLAINED_FORCE_SHARE` of the labels' RMS force component (from 16 labels):
         the model leaves much of the forces unexplained and the run would end without a
         word (diamond Si in an 8-atom cell with periodic GFN1-xTB: 0.37-0.40, held-out force
         RMSE 0.51 eV/Å of an RMS force of 0.75; NaCl with it 0.01-0.02; the worst of 127
@@ -1285,7 +1285,7 @@ class ActiveLearner:
         if self._warned_forces or not fitted or "force" not in noise or n == 0 or self.n_labelled < 16:
             return  # (a force noise the user set, or never fitted, is no finding of the evidence)
         rms = float(np.sqrt(total / n))
-        if rms > 0 and noise["force"] > _UNLEARNED_FORCE_SHARE * rms:
+        if rms > 0 and noise["force"] > UNEXPLAINED_FORCE_SHARE * rms:
             self._warned_forces = True
             message = (f"the evidence puts the force noise at {noise['force']:.3g} eV/Å, "
                        f"{100 * noise['force'] / rms:.0f} % of the labels' RMS force component ({rms:.3g} eV/Å): "
@@ -1527,7 +1527,7 @@ class ActiveLearner:
         oracle cannot label (a target structure of another size or charge than it takes),
         and its frames, among other walkers' labels, kept the run going with most of its
         calls failing (18 of 29 in a run whose second target the oracle could not label)."""
-        counts = self.__dict__.setdefault("_explore_failed", {})
+        counts = self._explore_failed
         for k, a in enumerate(labelled):
             if a is not None:
                 counts.pop(int(walkers[k]), None)
@@ -1791,10 +1791,10 @@ class ActiveLearner:
         at once (a looser one it already meets ran MD to the next check and paid for
         labels there); under the same tolerance it runs on to the next check, as
         ``--steps N`` asks."""
-        stopped = str(getattr(self, "stopped_early_", None) or "")
+        stopped = str(self.stopped_early_ or "")
         if not (stopped.startswith("target std") and self.targets is not None and self.bootstrap_done
                 and self.targets.tolerance is not None
-                and self.targets.tolerance != getattr(self, "_saved_tolerance", self.targets.tolerance)):
+                and self.targets.tolerance != self._saved_tolerance):
             return False
         return self._check_target_stop()
 

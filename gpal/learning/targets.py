@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -266,6 +267,7 @@ class TargetSet:
         self._recent_u: list[float] = []
         self._logged_weight: float | None = None
         self._cache: dict = {}
+        self._split_checked = None  # (a weak reference to the baseline whose local energies were checked)
 
     @staticmethod
     def _check_explore(explore, n: int) -> int | list[int]:
@@ -570,14 +572,17 @@ class TargetSet:
         """Predicted energies (eV) of the structures (selected atoms' local energies)."""
         out = []
         calc = getattr(model, "baseline_", None)
-        if self.atoms is not None and calc is not None:
+        checked = self._split_checked() if self._split_checked is not None else None
+        if self.atoms is not None and calc is not None and checked is not calc:
             from ..baseline import baseline_labels
 
+            # (once per baseline: each target prediction would otherwise pay a baseline call)
             if baseline_labels(calc, self.structures[0])["energies_split"]:
                 raise ValueError(
                     f"target atoms {self.atoms} need local energies, and the model's baseline "
                     f"({type(calc).__name__}) gives only a total energy (its share per atom would be "
                     "total / n_atoms); give the target without atoms= (whole structures)")
+            self._split_checked = weakref.ref(calc)
         for a in self.structures:
             e = model.predict(a)["energies"]
             out.append(float(e.sum() if self.atoms is None else e[self.atoms].sum()))

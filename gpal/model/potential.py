@@ -74,6 +74,7 @@ from .._validation import (
     check_results_current,
     frame_labels,
     species_number,
+    energy_entries,
     user_stacklevel,
     warn_energy_outliers,
     warn_implausible_labels,
@@ -99,6 +100,7 @@ from .defaults import (
     SIGMA_CANDIDATES,
     _MIN_FRAMES_DESCRIPTOR_SEARCH,
     NOISE_BOUNDS,
+    UNEXPLAINED_FORCE_SHARE,
     ZETA_CANDIDATES,
     default_descriptor,
 )
@@ -953,8 +955,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return self
 
     def _warn_unexplained_forces(self, labels) -> None:
-        """Warn when the evidence puts the force noise above 35 % of the labels' RMS force
-        component (from 8 frames with forces): the model leaves much of the forces
+        """Warn when the evidence puts the force noise above :data:`UNEXPLAINED_FORCE_SHARE`
+        of the labels' RMS force component (from 8 frames with forces): the model leaves much of the forces
         unexplained. ``n_sparse=2`` on ten 32-atom Cu frames fitted 0.49 eV/Å against an
         RMS of 1.06 and predicted forces no better than zero, with no word; the learner's
         own check (its runs: at most 0.29 over 127 benchmark runs) waits for 16 labels."""
@@ -963,7 +965,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             return
         rms = float(np.sqrt(np.mean(np.concatenate([f.ravel() for f in F]) ** 2)))
         noise = float(self.noise_.get("force", 0.0))
-        if not (rms > 0 and noise > 0.35 * rms):
+        if not (rms > 0 and noise > UNEXPLAINED_FORCE_SHARE * rms):
             return
         n_env = sum(len(a) for a in self.frames_)
         warnings.warn(
@@ -1988,9 +1990,9 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         new = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
         # an energy far from the stored frames of its composition (another reference, a
         # wrong value): one such update took a model's energies 2.8 eV/atom off, unsaid
-        stored = self.frames_[-200:]
-        warn_energy_outliers(stored + new, [frame_labels(a) for a in stored] + list(labels),
-                             only=range(len(stored), len(stored) + len(new)), offset=len(stored))
+        stored = self._stored_energy_entries()[-2000:]  # (a bounded look-back, per label)
+        warn_energy_outliers(stored + energy_entries(new, labels), only=range(len(stored), len(stored) + len(new)),
+                             offset=len(stored))
         if n_sparse > 0:
             Znew, zspnew = self._choose_new_sparse(new, int(n_sparse), sparse_selection, by_species=True)
             if len(Znew):
@@ -2018,6 +2020,18 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         last of them ``last`` (``update`` appends; ``fit`` and ``load`` replace them)."""
         fr = self.frames_
         return n <= len(fr) and (n == 0 or fr[n - 1] is last)
+
+    def _stored_energy_entries(self) -> list:
+        """The stored frames' :func:`gpal._validation.energy_entries`, kept and extended as
+        ``_warn_repeated`` keeps its keys, so an update reads the labels of its own frames
+        only."""
+        fr = self.frames_
+        n, last, entries = getattr(self, "_energy_entries", (0, None, []))
+        if not self._frames_extend(n, last):
+            n, entries = 0, []
+        entries = entries + energy_entries(fr[n:], [frame_labels(a) for a in fr[n:]])
+        self._energy_entries = (len(fr), fr[-1] if fr else None, entries)
+        return entries
 
     def _warn_repeated(self, frames) -> None:
         """Warn if one of ``frames`` repeats a stored training frame (same atoms,
