@@ -478,6 +478,19 @@ def test_corrupted_model_files(tmp_path, cu_model):
         np.savez(tampered, **data)
         with pytest.raises(gpal.ModelFileError, match=match):
             gpal.load(tampered)
+    # a null where a table belongs, in a file written by a script with its checksum made
+    # anew: an AttributeError escaped gpal.load
+    from gpal.io import _metadata_digest
+
+    for key in ("noise", "calibration", "hyperparameters"):
+        m = json.loads(json.dumps(meta))
+        m[key] = None
+        m.pop("metadata_digest", None)
+        m["metadata_digest"] = _metadata_digest(m)
+        data["__metadata__"] = np.frombuffer(json.dumps(m).encode(), dtype=np.uint8)
+        np.savez(tampered, **data)
+        with pytest.raises(gpal.ModelFileError, match="inconsistent model file"):
+            gpal.load(tampered)
     # one bit flipped in the zip directory: a zip version or compression method zipfile
     # does not know (NotImplementedError), or the "encrypted" flag (RuntimeError), escaped
     # gpal.load as a traceback

@@ -211,7 +211,7 @@ class _Files:
                 )
                 frames.append(_labelled_copy(a, lab))
             self.frames_ = frames
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"{path}: inconsistent model file ({type(exc).__name__}: {exc})") from exc

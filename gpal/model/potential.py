@@ -868,9 +868,17 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if y is not None:
             raise TypeError("SparseGP.fit takes the labels from the frames (energy, forces, stress); "
                             f"y must be None, got {type(y).__name__}")
+        # a fit that fails (bad frames, an interrupt) leaves the model as it was: fitted
+        # attributes are replaced, never changed in place, so the old ones come back whole
+        # (an old alpha_ with a new e0_ had predicted 304 eV for a 0.73 eV frame)
+        before = dict(self.__dict__)
         self._fit_progress = bool(progress)
         try:
             return self._fit_frames(frames)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         finally:
             self._fit_progress = False
 
