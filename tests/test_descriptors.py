@@ -12,6 +12,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.stress import full_3x3_to_voigt_6_stress
 from dscribe.descriptors import SOAP as DscribeSOAP
 
+import gpal
 from gpal.descriptors import SOAP, pair_forces, pair_stress
 from gpal.exceptions import InvalidPositionsError, MissingCellError, UnknownSpeciesError
 
@@ -186,8 +187,32 @@ def test_poly_r0_beyond_padded_cutoff():
 
 def test_r_cut_inferred_from_poly_weighting():
     soap = SOAP(["Cu"], r_cut=None, n_max=3, l_max=2, periodic=True, weighting=POLY)
-    assert soap.get_params()["r_cut"] == POLY["r0"]
+    assert soap.r_cut_ == POLY["r0"]
     assert_matches_dscribe(soap, cu_rattled())
+
+
+def test_inferred_r_cut_follows_the_weighting_through_set_params_and_clone():
+    """An r_cut the weighting implies stays None in get_params, so set_params of the
+    weighting, clone, and a GridSearchCV grid over descriptor__weighting move it with the
+    weighting, as an attribute assignment does; a given r_cut stays as given."""
+    from sklearn.base import clone
+
+    w5, w4 = {**POLY, "r0": 5.0}, {**POLY, "r0": 4.5}
+    fresh = SOAP(["Cu"], r_cut=None, n_max=3, l_max=2, periodic=True, weighting=w4)
+    soap = SOAP(["Cu"], r_cut=None, n_max=3, l_max=2, periodic=True, weighting=w5)
+    assert soap.get_params()["r_cut"] is None
+    soap.set_params(l_max=3)
+    soap.set_params(weighting=w4, l_max=2)
+    assert soap.r_cut_ == fresh.r_cut_ == 4.5
+    assert clone(SOAP(["Cu"], r_cut=None, n_max=3, l_max=2, periodic=True,
+                      weighting=w5)).set_params(weighting=w4).r_cut_ == 4.5
+    model = gpal.SparseGP(SOAP(["Cu"], r_cut=None, n_max=3, l_max=2, periodic=True, weighting=w5))
+    assert clone(model).set_params(descriptor__weighting=w4).descriptor.r_cut_ == 4.5
+    a = cu_rattled()
+    np.testing.assert_array_equal(soap.create(a), fresh.create(a))
+    given = SOAP(["Cu"], r_cut=5.0, n_max=3, l_max=2, periodic=True, weighting=w5)
+    assert given.set_params(weighting=w4).r_cut_ == 5.0
+    assert repr(fresh).startswith("SOAP(species=[29], r_cut=None,")
 
 
 # --- derivatives ---

@@ -1389,7 +1389,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"gpal model {args.model} (format {meta['format']} v{meta['format_version']}, "
           f"written by gpal {meta.get('gpal_version')})")
     print(f"  species     : {', '.join(sym)}")
-    print(f"  descriptor  : SOAP r_cut {d['r_cut']:g} Å, n_max {d['n_max']}, l_max {d['l_max']}, "
+    print(f"  descriptor  : SOAP r_cut {model.descriptor_.r_cut_:g} Å, n_max {d['n_max']}, l_max {d['l_max']}, "
           f"sigma {d['sigma']:g} Å, {'periodic (each structure pbc)' if d['periodic'] else 'non-periodic (pbc ignored)'}{weighting}")
     print(f"  kernel      : {model.kernel_!r}")
     spec = meta.get("baseline")

@@ -776,15 +776,18 @@ class SOAP(Descriptor):
         return np.sort(np.concatenate(cols))
 
     def get_params(self, deep: bool = True) -> dict:
-        """Constructor arguments as resolved (JSON-serialisable; scikit-learn's protocol).
+        """Constructor arguments (JSON-serialisable; scikit-learn's protocol).
 
-        ``r_cut`` and ``sigma`` are the values in use (an inferred cutoff included) and
-        ``species`` are atomic numbers, so ``SOAP(**soap.get_params())`` is the same
-        descriptor. ``deep`` is accepted for scikit-learn (SOAP has no sub-estimators).
+        ``species`` are atomic numbers and ``sigma`` a float, so ``SOAP(**soap.get_params())``
+        is the same descriptor. ``r_cut`` is None when the weighting implies it (the
+        value in use is ``r_cut_``), so that a later ``set_params(weighting=...)``, a
+        ``clone`` or a grid over ``descriptor__weighting`` moves it with the weighting
+        (a resolved number had kept the first weighting's cutoff). ``deep`` is accepted
+        for scikit-learn (SOAP has no sub-estimators).
         """
         return {
             "species": [int(z) for z in self.species_numbers_],
-            "r_cut": float(self.r_cut_),
+            "r_cut": None if self.r_cut is None else float(self.r_cut_),
             "n_max": int(self.n_max),
             "l_max": int(self.l_max),
             "sigma": float(self.sigma_),
@@ -847,7 +850,7 @@ class SOAP(Descriptor):
         from dscribe.descriptors import SOAP as DscribeSOAP
 
         p = self.get_params()
-        settings = dict(species=p["species"], r_cut=p["r_cut"], n_max=p["n_max"], l_max=p["l_max"],
+        settings = dict(species=p["species"], r_cut=float(self.r_cut_), n_max=p["n_max"], l_max=p["l_max"],
                         sigma=p["sigma"], rbf="gto", periodic=p["periodic"], weighting=p["weighting"],
                         compression={"mode": "off"}, average="off")
         return DscribeSOAP(**{**settings, **kwargs})
@@ -858,7 +861,7 @@ class SOAP(Descriptor):
     def __repr__(self) -> str:
         p = self.get_params()
         return (
-            f"SOAP(species={p['species']}, r_cut={p['r_cut']:g}, n_max={p['n_max']}, "
+            f"SOAP(species={p['species']}, r_cut={'None' if p['r_cut'] is None else format(p['r_cut'], 'g')}, n_max={p['n_max']}, "
             f"l_max={p['l_max']}, sigma={p['sigma']:g}, periodic={p['periodic']}, "
             f"weighting={p['weighting']})"
         )
