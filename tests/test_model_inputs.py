@@ -297,7 +297,7 @@ def test_save_does_not_replace_a_file_that_is_not_a_model(tmp_path):
     gpal model raises FileExistsError and is left as it was, a model saved before is
     replaced (a script run again) and kept under a second name (it was replaced without
     a copy), and overwrite=False/True refuse/replace any."""
-    from conftest import cuag_frames, label
+    from conftest import cuag_frames
 
     model = _model().fit(cuag_frames(3))
     path = tmp_path / "mine.npz"
@@ -381,7 +381,7 @@ def test_update_with_a_frame_the_model_holds_warns(tmp_path):
     """fit warns for a frame given twice; update added a stored frame again without a word."""
     import warnings
 
-    from conftest import cuag_frames, label
+    from conftest import cuag_frames
 
     frames = cuag_frames(4)
     model = _model().fit(frames[:2])

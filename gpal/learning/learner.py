@@ -66,7 +66,7 @@ from ..exceptions import (BaselineError, BaselineStoppedError, GpalError, Missin
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
-from ..model.defaults import UNEXPLAINED_FORCE_SHARE
+from ..model.defaults import unexplained_forces
 from ..model.rows import TEMPERATURE_KEY, frame_temperature
 from .oracle import BrokenOracleError, Oracle, OracleSpec, as_oracle_spec, executor_workers, pool_threads
 from .sampler import MDSettings, _Walker, blown_up, check_md_factory, temperature_limit, walker_atoms
@@ -1284,12 +1284,10 @@ class ActiveLearner:
             getattr(self.model, "hyperparameters", "fixed") == "evidence" or self.optimize_noise)
         if self._warned_forces or not fitted or "force" not in noise or n == 0 or self.n_labelled < 16:
             return  # (a force noise the user set, or never fitted, is no finding of the evidence)
-        rms = float(np.sqrt(total / n))
-        if rms > 0 and noise["force"] > UNEXPLAINED_FORCE_SHARE * rms:
+        start = unexplained_forces(float(noise["force"]), float(np.sqrt(total / n)))
+        if start is not None:
             self._warned_forces = True
-            message = (f"the evidence puts the force noise at {noise['force']:.3g} eV/Å, "
-                       f"{100 * noise['force'] / rms:.0f} % of the labels' RMS force component ({rms:.3g} eV/Å): "
-                       "the model leaves much of the forces unexplained (an oracle surface beyond a local model "
+            message = (f"{start} (an oracle surface beyond a local model "
                        "of this cutoff, e.g. a cell too small for the oracle's electronic structure; noisy "
                        "labels; energies and forces in other units)")
             self._log({"event": "unlearnable_forces", "step": self.step, "message": message})

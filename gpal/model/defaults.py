@@ -48,6 +48,18 @@ _UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å^3"}
 #: (diamond Si, 8 atoms, periodic GFN1-xTB: 0.37-0.40; n_sparse=2 on Cu: 0.46; the
 #: worst of 127 benchmark runs on EMT metals, xTB molecules and water: 0.29)
 UNEXPLAINED_FORCE_SHARE = 0.35
+
+
+def unexplained_forces(force_noise: float, rms_force: float) -> str | None:
+    """The start of the warning :meth:`gpal.SparseGP.fit` and the active learner give when
+    the evidence's force noise (eV/Å) exceeds :data:`UNEXPLAINED_FORCE_SHARE` of the
+    labels' RMS force component (eV/Å); None below it. Each caller adds its own likely
+    causes."""
+    if not (rms_force > 0 and force_noise > UNEXPLAINED_FORCE_SHARE * rms_force):
+        return None
+    return (f"the evidence puts the force noise at {force_noise:.3g} eV/Å, {100 * force_noise / rms_force:.0f} % "
+            f"of the labels' RMS force component ({rms_force:.3g} eV/Å): the model leaves much of the forces "
+            "unexplained")
 #: memory (GB) a model may hold in observation rows when ``memory_budget_gb`` is None
 DEFAULT_MEMORY_BUDGET_GB = 2.0
 #: new sparse points up to which stored frames get their new kernel columns from the

@@ -100,7 +100,7 @@ from .defaults import (
     SIGMA_CANDIDATES,
     _MIN_FRAMES_DESCRIPTOR_SEARCH,
     NOISE_BOUNDS,
-    UNEXPLAINED_FORCE_SHARE,
+    unexplained_forces,
     ZETA_CANDIDATES,
     default_descriptor,
 )
@@ -972,14 +972,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if len(F) < 8:
             return
         rms = float(np.sqrt(np.mean(np.concatenate([f.ravel() for f in F]) ** 2)))
-        noise = float(self.noise_.get("force", 0.0))
-        if not (rms > 0 and noise > UNEXPLAINED_FORCE_SHARE * rms):
+        start = unexplained_forces(float(self.noise_.get("force", 0.0)), rms)
+        if start is None:
             return
         n_env = sum(len(a) for a in self.frames_)
         warnings.warn(
-            f"the evidence puts the force noise at {noise:.3g} eV/Å, {100 * noise / rms:.0f} % of the labels' "
-            f"RMS force component ({rms:.3g} eV/Å): the model leaves much of the forces unexplained "
-            f"({len(self.sparse_X_)} sparse points for {n_env} environments: too few? a descriptor too "
+            f"{start} ({len(self.sparse_X_)} sparse points for {n_env} environments: too few? a descriptor too "
             "coarse for these labels; labels beyond a local model of this cutoff; energies and forces in "
             "other units)", UserWarning, stacklevel=user_stacklevel())
 
