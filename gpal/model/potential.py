@@ -1706,6 +1706,10 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         Each key names a std output (``forces_std``, ``energies_std``, ``energy_std``,
         ``stress_std``); its value is a :class:`gpal.calibration.Calibration`, its dict
         form, or a number (a scale), applied when ``predict(..., calibrated=True)``.
+        A ``conformal_q90`` multiplies the *calibrated* std (``forces_interval90``):
+        fit :class:`gpal.calibration.SplitConformal` on the stds the stored calibration
+        gives (``StdCalibrator.transform`` of the raw ones), not on the raw stds, whose
+        quantile is ``scale`` times larger.
 
         Raises
         ------
