@@ -287,15 +287,34 @@ def compare_kernels(
                                   "has (the training frames hold {known}): no model fitted on them can "
                                   "predict it; add training frames with it, or leave those test frames out")
     periodic = True  # each structure's pbc decides
+    names = [c.name for c in candidates]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # (the curves are keyed by name: one would replace the other)
+        raise ValueError(f"candidate names must differ: {', '.join(map(repr, twice))} given more than once")
+    descs = []  # (each candidate's SOAP built now: a bad setting fails before any fit)
+    for cand in candidates:
+        if not isinstance(cand.soap, dict):
+            raise ValueError(f"candidate {cand.name!r}: soap must be a dict of SOAP settings (dscribe's names), "
+                             f"got {type(cand.soap).__name__}")
+        soap = dict(cand.soap)
+        own = sorted({"species", "periodic"} & set(soap))
+        if own:
+            raise ValueError(f"candidate {cand.name!r}: soap sets {', '.join(own)}, which compare_kernels sets "
+                             "itself (the training frames' species; each frame's pbc)")
+        if "weighting" not in soap:
+            if soap.get("r_cut") is None:
+                raise ValueError(f"candidate {cand.name!r}: soap needs r_cut (Å), or a weighting that implies it")
+            soap["weighting"] = {"function": "poly", "r0": soap["r_cut"], "c": 1, "m": 1}
+        try:
+            descs.append(SOAP(species=species, periodic=periodic, **soap))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"candidate {cand.name!r}: {exc}") from None
     rows, curves = [], {}
     # the training-set sizes (fractions that round to the same count: one fit, one point)
     counts_of = sorted({max(1, int(round(frac * len(train)))) for frac in sizes})
     bar = tqdm(total=len(candidates) * len(counts_of), desc="compare-kernels", disable=not progress,
                leave=False, dynamic_ncols=True)
-    for k, cand in enumerate(candidates):
-        soap = dict(cand.soap)
-        soap.setdefault("weighting", {"function": "poly", "r0": soap["r_cut"], "c": 1, "m": 1})
-        desc = SOAP(species=species, periodic=periodic, **soap)
+    for k, (cand, desc) in enumerate(zip(candidates, descs)):
         counts, errs = [], []
         for size in counts_of:
             sub = train[:size]
@@ -447,7 +466,10 @@ def select_kernel_by_evidence(
     Returns
     -------
     EvidenceSelection
-        ``.model`` is the fitted winner; ``.rows`` the evidences of all candidates.
+        ``.model`` is the fitted winner, its chosen kernel (and, with
+        ``optimize_noise``, its chosen noises) set as its parameters, so a clone
+        refitted on ``frames`` is the same model; ``.rows`` the evidences of all
+        candidates.
 
     Warns
     -----
@@ -520,4 +542,9 @@ def select_kernel_by_evidence(
         # the optimised kernel becomes the parameter too (its signal variance was the
         # candidate's starting value): a clone refitted, or the saved file, is this model
         best_model.kernel = best_model.kernel_.clone()
+    if optimize_noise:
+        # so are the noises the evidence chose (a clone, a cross-validation or a refit of
+        # the saved file had evaluated the template's noises instead)
+        for group, value in best_model.noise_.items():
+            setattr(best_model, f"{group}_noise", float(value))
     return EvidenceSelection(best_model, rows, best)

@@ -72,6 +72,19 @@ def test_select_kernel_by_evidence_picks_the_largest_evidence():
     # the saved file showed a signal variance 1 and another evidence as the model's
     assert sel.model.evidence_ is None
     assert "log evidence" in str(sel)
+    # a template that gives noises: the optimised ones become the winner's parameters too
+    # (a clone had been refitted with the template's 0.05 eV/Å where the winner held 0.09)
+    given = SparseGP(desc, n_sparse=20, random_state=0, energy_noise=0.01, force_noise=0.5, stress_noise=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = gpal.select_kernel_by_evidence(given, train, [NormalizedDotProduct(zeta=2)])
+        again = clone(sel.model).fit(train)
+    assert sel.model.noise_["force"] < 0.25  # (moved far from the given 0.5)
+    for group, value in sel.model.noise_.items():
+        assert getattr(sel.model, f"{group}_noise") == value
+        assert again.noise_[group] == pytest.approx(value, rel=1e-12)
+    assert again.log_marginal_likelihood() == pytest.approx(sel.model.log_marginal_likelihood(), rel=1e-7)
+    assert given.force_noise == 0.5  # (the template is not changed)
 
 
 def test_select_kernel_by_evidence_warns_at_a_bound_and_rejects_bad_input():
@@ -184,3 +197,29 @@ def test_fractions_that_round_to_the_same_size_are_one_fit(tmp_path):
     n, err = table.curves["dot ζ=2"]
     assert n.tolist() == [1] and len(err) == 1
     assert gpal.calibration.is_gpal_plot(tmp_path / "curve.png")
+
+
+def test_compare_kernels_refuses_candidates_it_cannot_tell_apart_or_build():
+    """Two candidates of one name (the second's learning curve had replaced the first's
+    without a word), and SOAP settings that fail: one-line ValueErrors naming the
+    candidate, before any fit (a bare KeyError 'r_cut', or SOAP's 'multiple values for
+    keyword argument species')."""
+    train, test = cu_frames(3, seed=1), cu_frames(1, seed=2)
+    dot = NormalizedDotProduct(zeta=2)
+    bad = [
+        ([Candidate("x", dot, dict(SMALL_SOAP)), Candidate("x", NormalizedDotProduct(zeta=1), dict(SMALL_SOAP))],
+         "names must differ: 'x'"),
+        ([Candidate("a", dot, {"n_max": 3, "l_max": 2})], "candidate 'a': soap needs r_cut"),
+        ([Candidate("a", dot, {**SMALL_SOAP, "species": ["Cu"]})], "candidate 'a': soap sets species"),
+        ([Candidate("a", dot, {**SMALL_SOAP, "periodic": False})], "candidate 'a': soap sets periodic"),
+        ([Candidate("a", dot, {**SMALL_SOAP, "l_max": -1})], "candidate 'a': l_max cannot be negative"),
+        ([Candidate("a", dot, {**SMALL_SOAP, "nmax": 3})], "candidate 'a':.*nmax"),
+        ([Candidate("a", dot, [("r_cut", 4.0)])], "candidate 'a': soap must be a dict"),
+    ]
+    for cands, match in bad:
+        with pytest.raises(ValueError, match=match):
+            compare_kernels(train, test, cands, n_sparse=10, progress=False)
+    # a weighting that implies the cutoff is enough
+    table = compare_kernels(train, test, [Candidate("w", dot, {"n_max": 3, "l_max": 2, "weighting": POLY})],
+                            n_sparse=10, sizes=(1.0,), optimize=False, progress=False)
+    assert len(table.rows) == 1

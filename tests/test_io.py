@@ -329,6 +329,21 @@ def test_writers_replace_only_what_gpal_wrote(tmp_path):
         plot_z_histogram(err, std, mine, overwrite=False)
     plot_z_histogram(err, std, tmp_path / "curve")  # (the path as given: no .png added)
     assert is_gpal_plot(tmp_path / "curve") and not (tmp_path / "curve.png").exists()
+    # a cell run again with a vector format: gpal's own file ("cc.pdf exists and is not a
+    # plot gpal wrote" had been raised for the file written one line before)
+    for suffix in ("pdf", "svg", "eps"):
+        vec = tmp_path / f"cc.{suffix}"
+        plot_z_histogram(err, std, vec)
+        assert is_gpal_plot(vec)
+        plot_z_histogram(err, std, vec)
+        theirs = tmp_path / f"theirs.{suffix}"
+        theirs.write_bytes(vec.read_bytes().replace(b"gpal", b"mine"))
+        assert not is_gpal_plot(theirs)
+    plot_z_histogram(err, std, tmp_path / "z.jpg")  # (a bitmap format without gpal's mark)
+    with pytest.raises(FileExistsError, match=r"z.jpg exists and is not a plot gpal can recognise \(it marks "
+                                              r"the PNG, PDF, SVG, EPS, PS files it writes, not JPG\)"):
+        plot_z_histogram(err, std, tmp_path / "z.jpg")
+    plot_z_histogram(err, std, tmp_path / "z.jpg", overwrite=True)
 
     frames = cu_frames(2)
     out = tmp_path / "frames.xyz"

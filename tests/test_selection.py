@@ -496,6 +496,9 @@ def test_select_frames_bad_input():
         model.select_frames(pool, 0)
     with pytest.raises(ValueError, match="n_select"):
         model.select_frames(pool, len(pool) + 1)
+    with pytest.raises(ValueError, match="n_select must be an integer"):  # (2.7 had picked 2 frames)
+        model.select_frames(pool, 2.7)
+    assert len(model.select_frames(pool, np.int64(2))) == 2
     with pytest.raises(ValueError, match="unknown or no labels"):
         model.select_frames(pool, 1, labels=("energy", "charges"))
     with pytest.raises(ValueError, match="empty"):

@@ -3,6 +3,8 @@ no backend change)."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +47,37 @@ def _plain_log_ticks(axis, values) -> None:
 
 
 def is_gpal_plot(path) -> bool:
-    """True if ``path`` is a PNG file a gpal plot function wrote (its ``Software`` text
-    entry, within the header chunks before the image data)."""
+    """True if ``path`` is a file a gpal plot function wrote: a PNG with its ``Software``
+    text entry (within the header chunks before the image data), or a PDF, SVG, EPS or
+    PS file whose creator is gpal (the formats whose metadata gpal writes; see
+    :func:`_save`)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4096)
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(size - 4096, 0))
+            tail = fh.read()
     except OSError:
         return False
-    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return False
-    head = head.split(b"IDAT", 1)[0]
-    return b"tEXtSoftware\x00" + _SOFTWARE.encode() in head
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"tEXtSoftware\x00" + _SOFTWARE.encode() in head.split(b"IDAT", 1)[0]
+    if head.startswith(b"%PDF-"):  # (the document information dictionary: near the end)
+        mark = b"/Creator (" + _SOFTWARE.encode() + b")"
+        return mark in tail or mark in head
+    if head.startswith(b"%!PS"):
+        return b"%%Creator: " + _SOFTWARE.encode() + b"\n" in head
+    if b"<svg" in head:
+        return re.search(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + _SOFTWARE.encode() + rb"</dc:title>",
+                         head) is not None
+    return False
+
+
+#: formats whose files carry gpal's mark (:func:`is_gpal_plot`) and its metadata key
+_MARKS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "eps": "Creator", "ps": "Creator"}
+#: the other formats matplotlib's Agg canvas writes (no mark: replaced only with overwrite=True)
+_SAVE_FORMATS = {"png", "pdf", "svg", "svgz", "eps", "ps", "pgf", "jpg", "jpeg", "tif", "tiff", "webp", "gif",
+                 "raw", "rgba", "avif"}
 
 
 def _check_replace(path, overwrite: bool | None, what: str = "") -> Path:
@@ -63,23 +85,30 @@ def _check_replace(path, overwrite: bool | None, what: str = "") -> Path:
     file no gpal plot function wrote (``overwrite=None``), any (``False``)."""
     from ..io import check_replace
 
-    return check_replace(path, overwrite, is_gpal_plot, "a plot gpal wrote", prefix=what)
+    fmt = Path(os.fspath(path)).suffix[1:].lower()
+    marked = fmt in _MARKS or fmt not in _SAVE_FORMATS  # (an unknown suffix is written as PNG)
+    return check_replace(path, overwrite, is_gpal_plot,
+                         "a plot gpal wrote" if marked else
+                         f"a plot gpal can recognise (it marks the {', '.join(f.upper() for f in _MARKS)} files "
+                         f"it writes, not {fmt.upper()})", prefix=what)
 
 
 def _save(fig, path, overwrite: bool | None = None) -> Path:
     """Write ``fig`` to ``path`` whole (a temporary file, renamed): PNG, or the format its
     suffix names if matplotlib writes it (``.pdf``, ``.svg``). An existing file is
-    replaced if gpal wrote it (:func:`is_gpal_plot`: a notebook cell run again) or with
-    ``overwrite=True``; any other file (or any with ``overwrite=False``) raises
-    ``FileExistsError`` and is left as it is."""
+    replaced if gpal wrote it (:func:`is_gpal_plot`: a notebook cell run again; gpal
+    marks PNG, PDF, SVG, EPS and PS files, not the bitmap formats, which need
+    ``overwrite=True`` to be replaced) or with ``overwrite=True``; any other file (or
+    any with ``overwrite=False``) raises ``FileExistsError`` and is left as it is."""
     from ..io import atomic_write
 
     path = _check_replace(path, overwrite)
     fmt = path.suffix[1:].lower()  # (the path as given: no suffix added)
     if fmt not in fig.canvas.get_supported_filetypes():
         fmt = "png"
+    key = _MARKS.get(fmt)
     with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, dpi=120, format=fmt, **({"metadata": {"Software": _SOFTWARE}} if fmt == "png" else {}))
+        fig.savefig(fh, dpi=120, format=fmt, **({"metadata": {key: _SOFTWARE}} if key else {}))
     return path
 
 

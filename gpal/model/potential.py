@@ -2155,7 +2155,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         frames = list(candidates)
         if not frames:
             raise ValueError("candidates is empty")
-        n_select = int(n_select)
+        n_select = check_number("n_select", n_select, low=1, integer=True)  # (2.7 had picked 2)
         if not 1 <= n_select <= len(frames):
             raise ValueError(f"n_select must be in [1, {len(frames)}], got {n_select}")
         labels = (labels,) if isinstance(labels, str) else labels  # one name as a string
