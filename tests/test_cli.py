@@ -1308,6 +1308,18 @@ def test_validate_says_an_in_sample_calibration_and_leaves_no_stale_energy_plot(
     assert main(["validate", str(model), str(tmp_path / "forces.xyz"), "--plots", str(plots), "--overwrite"]) == 0
     assert not (plots / "parity_energy.png").exists() and (plots / "parity_forces.png").exists()
     assert "removed" in capsys.readouterr().err
+    # a file of that name the user made is neither removed nor replaced, --overwrite or not
+    # ('gpal: removed .../parity_energy.png, an earlier run's')
+    for name in ("parity_energy.png", "parity_forces.png"):
+        mine = plots / name
+        mine.write_bytes(b"my own energy figure")
+        for extra in ([], ["--overwrite"]):
+            assert main(["validate", str(model), str(tmp_path / "forces.xyz"), "--plots", str(plots), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.endswith(f"holds {name}, which gpal did not write; give another --plots folder or "
+                                "--no-plots (--overwrite replaces earlier gpal plots only)"), err
+            assert mine.read_bytes() == b"my own energy figure"
+        mine.unlink()
 
 
 def test_an_oracle_failing_on_the_first_frames_exits_1_and_the_run_resumes(tmp_path, capsys, monkeypatch):

@@ -49,7 +49,11 @@ def bad(tmp_path_factory):
     write(d / "overlap.xyz", squeezed)
     (d / "oldplots").mkdir()
     (d / "oldplots.png").mkdir()
-    (d / "oldplots" / "z_histogram.png").write_bytes(b"a plot of an earlier run")
+    from gpal.calibration import plot_z_histogram
+
+    plot_z_histogram(np.arange(1.0, 9.0), np.ones(8), d / "oldplots" / "z_histogram.png")  # an earlier run's
+    (d / "mine").mkdir()
+    (d / "mine" / "parity_energy.png").write_bytes(b"a figure of the user's")
     (d / "curves.png").write_bytes(b"learning curves of an earlier run")
     np.savez(d / "other.npz", x=np.arange(3.0))
     (d / "text.npz").write_text("not a zip archive\n")
@@ -187,6 +191,9 @@ CASES = [
     pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "--plots", "{d}/oldplots"],
                  "holds z_histogram.png (plots of an earlier run); give another --plots folder, --no-plots, "
                  "or --overwrite", id="validate-earlier-plots"),
+    pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "--plots", "{d}/mine", "--overwrite"],
+                 "holds parity_energy.png, which gpal did not write; give another --plots folder or --no-plots",
+                 id="validate-users-plot-name"),
     pytest.param(["validate", "{d}/model.npz", "{d}/train.xyz", "--plots", "{d}/train.xyz"],
                  "a file, not a folder", id="validate-plots-file"),
     pytest.param(["compare-kernels", "{d}/train.xyz", "{d}/train.xyz", "--plot", "{d}/curves.png"],

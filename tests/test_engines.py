@@ -255,6 +255,28 @@ def test_ipi_client_tells_an_end_from_a_crash(model, send_exit, ask_forces, ende
     t.join(10)
 
 
+def test_ipi_client_takes_the_socket_files_path_as_its_name(model, capsys):
+    """``gpal ipi --unix /tmp/ipi_NAME`` (the file the help names) connected to
+    /tmp/ipi_/tmp/ipi_NAME and said no server was there; a socket file elsewhere, which
+    ASE's client cannot reach, is one line, exit 2."""
+    from gpal.engines.ipi import IPIClient
+
+    name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
+    t = _fake_ipi_server(name, True, True)
+    client = IPIClient(model, _start(3), unixsocket=f"/tmp/ipi_{name}", connect_timeout=5)
+    assert client.address == f"UNIX socket {name!r}"
+    assert client.run() == 1 and client.ended_by == "EXIT"
+    t.join(10)
+    with pytest.raises(ValueError, match="give i-PI's socket NAME"):
+        IPIClient(model, unixsocket="/scratch/ipi.sock", connect_timeout=0.1)
+    capsys.readouterr()
+    assert main(["ipi", str(model.save(f"/tmp/gpal-{name}.npz")), "--unix", "/scratch/ipi.sock",
+                 "--connect-timeout", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    os.unlink(f"/tmp/gpal-{name}.npz")
+    assert len(err) == 1 and "give i-PI's socket NAME" in err[0]
+
+
 def test_ipi_client_names_a_server_that_dies_while_it_answers_or_is_not_ipi(model, tmp_path, capsys):
     """A server that closes while gpal sends the forces (BrokenPipeError, and ``gpal ipi``
     exited 141 silently), one that never speaks (it waited for ever), one that speaks

@@ -1068,10 +1068,17 @@ VALIDATION_PLOTS = ("parity_forces.png", "parity_energy.png", "calibration_curve
 
 
 def _check_plots(folder: Path, names, overwrite: bool) -> None:
-    """A GpalError now (not after the work) if ``folder`` holds any of the plots ``names``
-    and ``overwrite`` is not given, or it (or the folder it would be made in) is a file or
-    not writable."""
+    """A GpalError now (not after the work) if ``folder`` holds a file of one of the plot
+    ``names`` that gpal did not write (whatever ``overwrite`` says: it replaces earlier
+    plots only), or one of gpal's plots and ``overwrite`` is not given, or it (or the
+    folder it would be made in) is a file or not writable."""
+    from ..calibration import is_gpal_plot
+
     there = [n for n in names if (folder / n).exists()]
+    theirs = [n for n in there if not is_gpal_plot(folder / n)]
+    if theirs:  # (--overwrite had replaced, or removed, a user's parity_energy.png)
+        raise GpalError(f"--plots {folder}: holds {theirs[0]}, which gpal did not write; give another --plots "
+                        "folder or --no-plots (--overwrite replaces earlier gpal plots only)")
     if there and not overwrite:
         raise GpalError(f"--plots {folder}: holds {there[0]} (plots of an earlier run); give another "
                         "--plots folder, --no-plots, or --overwrite to replace them")
@@ -1351,7 +1358,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if len(n_e):
         calibration.plot_parity(e_true_per_atom, e_pred_per_atom, out / "parity_energy.png", label="energy",
                                 units="eV/atom", overwrite=True)
-    elif (out / "parity_energy.png").exists():  # an earlier run's, beside this run's plots (--overwrite)
+    elif calibration.is_gpal_plot(out / "parity_energy.png"):  # an earlier run's, beside this run's plots (--overwrite)
         (out / "parity_energy.png").unlink()
         print(f"gpal: removed {out / 'parity_energy.png'}, an earlier run's: these test frames have no energy "
               "labels", file=sys.stderr)
@@ -1712,7 +1719,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "uncertainty as JSON extras (energies_std, energy_std, novelty).")
     s.add_argument("model")
     where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--unix", metavar="NAME", help="i-PI's UNIX socket <address> (file /tmp/ipi_NAME)")
+    where.add_argument("--unix", metavar="NAME", help="i-PI's UNIX socket <address> (file /tmp/ipi_NAME; its path is taken too)")
     where.add_argument("--port", type=_port, help="i-PI's INET port (1-65535)")
     s.add_argument("--host", help="i-PI's host for --port (default localhost)")
     s.add_argument("--template", metavar="STRUCTURE",

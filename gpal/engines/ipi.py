@@ -149,6 +149,22 @@ class _Client(SocketClient):
         super().close()
 
 
+def _socket_name(unixsocket: str | None) -> str | None:
+    """The NAME of i-PI's socket file ``/tmp/ipi_NAME`` (ASE's client adds the prefix): the
+    name as given, or taken from the file's path (``--unix /tmp/ipi_NAME`` had connected to
+    ``/tmp/ipi_/tmp/ipi_NAME`` and said no server was there); a ValueError for a path
+    elsewhere, which ASE's client cannot reach."""
+    if unixsocket is None:
+        return None
+    name = os.fspath(unixsocket)
+    if name.startswith("/tmp/ipi_") and len(name) > len("/tmp/ipi_"):
+        return name[len("/tmp/ipi_"):]
+    if "/" in name:
+        raise ValueError(f"unixsocket {name!r}: give i-PI's socket NAME (its <address>), whose file is "
+                         "/tmp/ipi_NAME; a socket file elsewhere cannot be reached (ASE's client adds that prefix)")
+    return name
+
+
 class IPIClient:
     """Serve a fitted gpal model to an i-PI server.
 
@@ -162,7 +178,8 @@ class IPIClient:
         a model of one species.
     unixsocket : str, optional
         Name of i-PI's UNIX socket (``<address>`` of an ``<ffsocket mode='unix'>``;
-        the file is ``/tmp/ipi_NAME``). Without it, connect over INET to ``host:port``.
+        the file is ``/tmp/ipi_NAME``, which is also taken). Without it, connect over
+        INET to ``host:port``.
     host : str, default "localhost"
     port : int, optional
         INET port (i-PI's ``<port>``); default ASE's 31415.
@@ -238,6 +255,7 @@ class IPIClient:
         self._template_checked = False
         self.n_evaluations = 0
         self.ended_by = None  # "EXIT" (i-PI ended the run) or "disconnect" (the socket closed)
+        unixsocket = _socket_name(unixsocket)
         self.address = f"UNIX socket {unixsocket!r}" if unixsocket else f"{host}:{port or 31415}"
         self._client = self._connect(host, port, unixsocket, float(connect_timeout), timeout, log)
 
