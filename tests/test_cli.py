@@ -453,6 +453,12 @@ temperature = 600.0
     assert summary["steps"] == 60
     # the validation trajectory's calls as made: its start and each of its 40 MD steps
     assert summary["oracle_calls_by_reason"]["validation"] == 41
+    # the log's records count the learner's own calls; the validation ones are an event
+    # (every record said 7 where the summary said 128, with no word of the difference)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(e["n"], e["validation_calls"]) for e in log if e.get("event") == "validation_calls"] == [(41, 41)]
+    last = [e["oracle_calls"] for e in log if "oracle_calls" in e][-1]
+    assert last + 41 == summary["oracle_calls"]
     # a second start in the same folder refuses; resume continues
     assert main(["learn", str(cfg), "-q"]) == 2
     assert "already holds a run" in capsys.readouterr().err

@@ -534,6 +534,22 @@ def test_run_again_after_an_interrupt_in_a_model_update(tmp_path, monkeypatch):
     labels = frames_in(tmp_path / "run" / "train.xyz")
     assert len(L.model.frames_) == len(labels) == summary.labelled_frames
     assert summary.oracle_calls == len(labels)
+    # another error in an update (no memory): the label is in train.xyz, not in the model
+    # (restored as it was); run() again took it from the run folder (it had gone on from
+    # memory, and the run's model.npz ended a label short of its summary)
+
+    def no_memory(self, *a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(SparseGP, "_observations", no_memory)
+    with pytest.raises(MemoryError):
+        L.run(600)
+    monkeypatch.undo()
+    assert len(frames_in(tmp_path / "run" / "train.xyz")) == len(L.model.frames_) + 1
+    summary = L.run(700)
+    labels = frames_in(tmp_path / "run" / "train.xyz")
+    assert len(L.model.frames_) == len(labels) == summary.labelled_frames
+    assert len(gpal.load(tmp_path / "run" / "model.npz").frames_) == len(labels)
 
 
 def test_a_train_xyz_that_cannot_be_written_stops_before_any_call(tmp_path, monkeypatch):

@@ -881,6 +881,7 @@ class ActiveLearner:
         self._label_steps: dict[int, list[int]] = {}
         self._hottest_label: float | None = None  # K, see _hotter_than_labels
         self._calls = {"bootstrap": 0, "uncertain": 0, "rollback": 0}
+        self._validation_unlogged = 0  # validation calls counted, not yet logged (count_oracle_calls)
         self._boot_bar = None  # tqdm over the bootstrap's labels, while they are made
         self._wall_before, self._session_start = 0.0, None  # s: earlier sessions' wall time; this one's start
         self._times = {"md": 0.0, "check": 0.0, "oracle": 0.0, "update": 0.0, "calibration": 0.0,
@@ -1662,9 +1663,17 @@ class ActiveLearner:
                 f"on such frames, then continue with gpal learn --resume {self.run_dir}") from exc
         except (KeyboardInterrupt, SystemError) as exc:
             if interrupt_in(exc) is None:
+                self._interrupted = True  # (as below)
                 raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
                 #        with the KeyboardInterrupt in its cause/context chain)
             self._save_interrupted("interrupted")
+            raise
+        except Exception:
+            # any other error out of the loop (a MemoryError in a model update) may leave
+            # the model in memory without a label train.xyz holds: the next run() continues
+            # from the run folder, as after an interrupt (it had gone on from memory, and
+            # the run's model.npz ended a label short of its summary)
+            self._interrupted = True
             raise
         finally:
             if self._session_start is not None:  # a later run() of this learner adds to it
@@ -1747,6 +1756,10 @@ class ActiveLearner:
         """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
         self._session_start = t_start
         self._start()
+        n_val = getattr(self, "_validation_unlogged", 0)
+        if n_val:
+            self._log({"event": "validation_calls", "n": n_val, "validation_calls": self._calls.get("validation", 0)})
+            self._validation_unlogged = 0
         if self._target_met_under_a_new_tolerance():
             return self._finish(t_start)
         if self.total_steps > self.step:  # (after the start's checkpoint: the run has moved on)
@@ -2284,6 +2297,9 @@ class ActiveLearner:
         if int(n) < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         self._calls["validation"] = self._calls.get("validation", 0) + int(n)
+        # logged as the run starts (a log before the run's state would make the folder no
+        # run's): the log's other records count the learner's own calls
+        self._validation_unlogged = getattr(self, "_validation_unlogged", 0) + int(n)
 
     def _add_force_squares(self, frames) -> None:
         """Add the oracle forces of labelled ``frames`` to the running RMS (frames without forces add nothing)."""

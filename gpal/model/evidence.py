@@ -19,6 +19,7 @@ from ..descriptors.soap import virial_stress
 from ..kernels import CosineKernel, NormalizedDotProduct, _pair_rows_blocked
 from ..sparse_gp import SparseGPSolver, _jittered_cholesky, _group_noise_bounds
 from .rows import _BlockRows
+from ._atomic import restoring
 from .defaults import (
     _E,
     _F,
@@ -608,6 +609,7 @@ class _Evidence:
                              warn_stacklevel + 1, stress="stress" in chosen)
 
     @_thread_policy()
+    @restoring
     def select_hyperparameters(self, *, zetas=None) -> "SparseGP":
         """Re-choose, by the evidence, what the user left unset; keep the sparse set.
 
@@ -640,6 +642,7 @@ class _Evidence:
         return self
 
     @_thread_policy()
+    @restoring
     def optimize_hyperparameters(
         self, *, optimize_noise: bool = True, n_restarts: int = 0, noise_bounds=None
     ) -> "SparseGP":

@@ -106,6 +106,7 @@ from .defaults import (
 )
 
 log = logging.getLogger(__name__)
+from ._atomic import restoring
 from .evidence import _Evidence
 from .files import _Files
 from .rows import ObservationRows, _Rows  # noqa: F401
@@ -818,6 +819,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError(f"force_noise_knee must be > 0 (eV/Å), 'auto' or None, got {knee!r}")
 
     @_thread_policy(_fit_size)
+    @restoring
     def fit(self, frames: Sequence[Atoms], y: None = None, *, progress: bool = False) -> "SparseGP":
         """Fit to labelled frames.
 
@@ -868,17 +870,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if y is not None:
             raise TypeError("SparseGP.fit takes the labels from the frames (energy, forces, stress); "
                             f"y must be None, got {type(y).__name__}")
-        # a fit that fails (bad frames, an interrupt) leaves the model as it was: fitted
-        # attributes are replaced, never changed in place, so the old ones come back whole
-        # (an old alpha_ with a new e0_ had predicted 304 eV for a 0.73 eV frame)
-        before = dict(self.__dict__)
+        # (a fit that fails, bad frames or an interrupt, leaves the model as it was:
+        # gpal.model._atomic; an old alpha_ with a new e0_ had predicted 304 eV for a 0.73
+        # eV frame)
         self._fit_progress = bool(progress)
         try:
             return self._fit_frames(frames)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            raise
         finally:
             self._fit_progress = False
 
@@ -1923,6 +1920,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
 
     # ------------------------------------------------------------------ update
     @_thread_policy()
+    @restoring
     def update(
         self,
         frames: Sequence[Atoms],
@@ -2064,6 +2062,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             own[key] = k
 
     @_thread_policy()
+    @restoring
     def refit(self) -> "SparseGP":
         """Recompute every training frame's kernel rows and refactorise.
 

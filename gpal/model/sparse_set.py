@@ -16,6 +16,7 @@ from .._validation import (
     user_stacklevel,
 )
 from ..sparse_gp import _jittered_cholesky
+from ._atomic import restoring
 
 
 def _species_rows(X_list, numbers_list, z) -> np.ndarray:
@@ -136,6 +137,7 @@ class _SparseSet:
         return np.concatenate(Z), np.concatenate(zsp)
 
     @_thread_policy()
+    @restoring
     def add_sparse_environments(self, atoms, n_sparse: int, *, sparse_selection: str = "variance",
                                 exact_frames: int | None = None) -> int:
         """Add environments of (unlabelled) ``atoms`` to the sparse set; no label needed.
