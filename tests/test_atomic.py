@@ -139,3 +139,72 @@ def test_a_method_cut_short_leaves_the_model_as_it_was(case, tmp_path, monkeypat
     twin.update(more)
     _close(model, twin, probe)
     assert len(model.frames_) == len(twin.frames_) and model.solver_.n_obs_ == twin.solver_.n_obs_
+
+
+def test_set_calibration_stores_all_or_nothing():
+    """A refused calibration among several had left the ones before it stored."""
+    model = _model().fit(cuag_frames(4, seed=3))
+    with pytest.raises(ValueError):
+        model.set_calibration(forces_std=1.7, energy_std=-2.0)
+    assert model.calibration_ == {}
+    model.set_calibration(forces_std=1.7, energy_std=2.0)
+    assert set(model.calibration_) == {"forces_std", "energy_std"}
+
+
+def test_a_setting_changed_since_the_fit_is_named_by_update_and_nothing_is_added(tmp_path):
+    """set_params(memory_budget_gb="lots") then update: the frames went in, then the
+    ValueError (a retry added them twice); min_distance="x" was a bare TypeError."""
+    model = _model().fit(cuag_frames(4, seed=3))
+    new = cuag_frames(2, seed=8)
+    for name, value in (("memory_budget_gb", "lots"), ("min_distance", "x")):
+        good = getattr(model, name)
+        model.set_params(**{name: value})
+        with pytest.raises(ValueError, match=name):
+            model.update(new)
+        assert len(model.frames_) == 4
+        model.set_params(**{name: good})
+    model.update(new)
+    assert len(model.frames_) == 6
+
+
+def test_add_sparse_environments_checks_its_arguments():
+    """2.5 had added 2, "3" 3, -1 nothing, and "bogus" had taken the variance order."""
+    model = _model().fit(cuag_frames(4, seed=3))
+    atoms = cuag_frames(1, seed=8)[0]
+    for n in (2.5, "3", -1):
+        with pytest.raises(ValueError, match="n_sparse must be an integer"):
+            model.add_sparse_environments(atoms, n)
+    with pytest.raises(ValueError, match="Invalid sparse_selection 'bogus'"):
+        model.add_sparse_environments(atoms, 2, sparse_selection="bogus")
+    assert len(model.sparse_X_) == 16
+    assert model.add_sparse_environments(atoms, np.int64(2)) == 2
+
+
+def test_a_saved_delta_model_keeps_the_baseline_it_was_fitted_with(tmp_path, monkeypatch):
+    """set_params(baseline=None) on a fitted Δ-model, then save: the file held no baseline,
+    and the reloaded model predicted 0.33 eV where the model gave 0.66 (its baseline is
+    used until the next fit)."""
+    import os
+    import sys
+
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    sys.modules.pop("_oracles", None)
+    frames = cuag_frames(4, seed=3)
+    probe = cuag_frames(1, seed=9)[0]
+    model = _model(baseline="_oracles:ScaledEMT", baseline_kwargs={"scale": 0.5}).fit(frames)
+    e = model.predict(probe)["energy"]
+    model.set_params(baseline=None, baseline_kwargs=None)
+    assert model.predict(probe)["energy"] == e
+    again = gpal.load(model.save(tmp_path / "m.npz"))
+    assert again.predict(probe)["energy"] == pytest.approx(e, rel=1e-12)
+    assert again.baseline == "_oracles:ScaledEMT" and again.baseline_kwargs == {"scale": 0.5}
+    # a live calculator: the file describes it, as before
+    from ase.calculators.emt import EMT
+
+    live = _model(baseline=EMT()).fit(frames)
+    e = live.predict(probe)["energy"]
+    live.set_params(baseline=None)
+    assert gpal.load(live.save(tmp_path / "live.npz")).predict(probe)["energy"] == pytest.approx(e, rel=1e-12)
+    # the next fit uses the new setting
+    assert model.fit(frames).baseline_ is None
+    assert gpal.load(model.save(tmp_path / "m2.npz", overwrite=True)).baseline is None

@@ -743,10 +743,10 @@ def test_a_baseline_failing_mid_md_or_in_ipi_is_a_stopped_run_not_bad_input(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "licence server unreachable" in err[0] and "(at MD step " in err[0]
     assert len(read(out, ":")) >= 1
-    failing = fixed(baseline="_oracles:FailsAfterEMT", baseline_kwargs={"fail_after": 0})
-    failing.baseline_kwargs = {"fail_after": 10**6}
-    failing.fit(train)
-    failing.baseline_kwargs = {"fail_after": 0}  # (what the workers rebuild: fails at once)
+    failing = fixed(baseline="_oracles:FailsAfterEMT", baseline_kwargs={"fail_after": 10**6}).fit(train)
+    # the file's recipe of the baseline (what gpal ipi rebuilds) fails at once (a file
+    # keeps the baseline the fit used, whatever set_params says since)
+    failing._baseline_fitted = ("_oracles:FailsAfterEMT", {"fail_after": 0})
     path = failing.save(tmp_path / "f.npz")
     name = f"gpal-fake-{uuid.uuid4().hex[:8]}"
     t = _fake_ipi_server(name, False, True)  # (reset by gpal ipi's exit: the warning filtered above)

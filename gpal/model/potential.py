@@ -423,6 +423,16 @@ class _RowBuffer:
         return k
 
 
+def _baseline_fitted(baseline, kwargs):
+    """What a model file keeps of the baseline a fit used (:meth:`SparseGP.save`), kept
+    apart from the parameters, which ``set_params`` may change before the next fit: the
+    recipe (an import path or spec and its keyword arguments), or ``"live"`` for a
+    calculator object (``baseline_`` itself; not held twice, for copies)."""
+    if baseline is None or isinstance(baseline, (str, dict)) or hasattr(baseline, "factory"):
+        return (baseline, None if kwargs is None else dict(kwargs))
+    return "live"
+
+
 class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
     """Sparse Gaussian-process interatomic potential on SOAP environments.
 
@@ -910,6 +920,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             self._check(a, what=f"frames[{k}]")
             frame_temperature(a, what=f"frames[{k}]")
         self.baseline_ = _baseline.make_baseline(self.baseline, self.baseline_kwargs)
+        self._baseline_fitted = _baseline_fitted(self.baseline, self.baseline_kwargs)
         warn_implausible_labels(frames, labels)
         labels = self._minus_baseline(frames, labels, check=True)
         self.frames_ = [_labelled_copy(a, lab) for a, lab in zip(frames, labels)]
@@ -1717,13 +1728,15 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         from ..calibration import Calibration
 
         check_is_fitted(self)
+        checked = {}  # (all checked before any is stored: a refused one had left the others set)
         for key, val in calibrations.items():
             if not key.endswith("_std"):
                 raise ValueError(f"calibration keys name std outputs (e.g. forces_std), got {key!r}")
             cal = Calibration.from_dict(val)
             if cal.species_scale and key != "forces_std":
                 raise ValueError(f"species factors calibrate forces_std only, not {key}")
-            self.calibration_[key] = cal.to_dict()
+            checked[key] = cal.to_dict()
+        self.calibration_.update(checked)
         return self
 
     def calibration_of(self, output: str = "forces_std"):
@@ -1987,6 +2000,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             raise ValueError(f"Invalid sparse_selection {sparse_selection!r}; choose from {choices}")
         exact_frames = _check_exact_frames(exact_frames)
         n_sparse = check_number("n_sparse", n_sparse, low=0, integer=True)
+        self._check_params()  # (settings changed since the fit: min_distance="x" was a bare TypeError)
         frames = check_frames(frames)
         labels = [frame_labels(a) for a in frames]
         for k, a in enumerate(frames):

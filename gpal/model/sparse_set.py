@@ -165,9 +165,14 @@ class _SparseSet:
             Number of environments added (near-duplicates of existing ones are skipped).
         """
         check_is_fitted(self)
+        # (as update checks them: 2.5 had added 2, "3" 3, -1 nothing, "bogus" the variance order)
+        n_sparse = check_number("n_sparse", n_sparse, low=0, integer=True)
+        choices = ("variance", "fps", "random")
+        if sparse_selection not in choices:
+            raise ValueError(f"Invalid sparse_selection {sparse_selection!r}; choose from {choices}")
         self._check(atoms)
         exact_frames = _check_exact_frames(exact_frames)
-        Znew, zspnew = self._choose_new_sparse([atoms], int(n_sparse), sparse_selection)
+        Znew, zspnew = self._choose_new_sparse([atoms], n_sparse, sparse_selection)
         if len(Znew):
             self._add_sparse(Znew, zspnew, exact_frames)
             self.alpha_ = self.solver_.alpha_
