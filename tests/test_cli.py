@@ -1328,6 +1328,27 @@ def test_validate_says_an_in_sample_calibration_and_leaves_no_stale_energy_plot(
         mine.unlink()
 
 
+def test_a_session_its_oracle_stopped_leaves_its_summary_and_learning_curve(tmp_path, capsys, monkeypatch):
+    """A first session stopped by its oracle (exit 1, 'everything is saved') had left
+    model and state but neither summary.json nor learning_curve.png, which the README
+    promises of the last session; now both, the summary not finished, saying why."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('steps = 200\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n[model]\nn_sparse = 30\n'
+                   '[descriptor]\nr_cut = 4.0\nn_max = 4\nl_max = 3\nsigma = 0.5\n'
+                   '[trigger]\nthreshold = 0.001\n'
+                   '[learner]\non_oracle_failure = "stop"\n'
+                   '[oracle]\nfactory = "_oracles:FailsAfterEMT"\nkwargs = {fail_after = 6}\n')
+    assert main(["learn", str(cfg), "-q"]) == 1
+    assert "licence server unreachable" in capsys.readouterr().err
+    run = tmp_path / "gpal_run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] is False and "licence server unreachable" in summary["superseded"]
+    assert summary["labelled_frames"] >= 4 and summary["steps"] < 200
+    assert (run / "learning_curve.png").exists()
+
+
 def test_an_oracle_failing_on_the_first_frames_exits_1_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     """The run's first frames all failing exited 2 (bad input), while the README (and the
     message: 'resume once it works') treat an oracle that keeps failing as exit 1."""

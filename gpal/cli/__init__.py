@@ -622,6 +622,9 @@ def _learn(args: argparse.Namespace) -> int:
         if args.config:
             raise ConfigError(f"--print-config prints the default configuration and reads no config file "
                               f"({args.config} was given); gpal learn --print-config > new.toml writes one to edit")
+        if args.resume:  # (it had printed the defaults as if they were the run's)
+            raise ConfigError(f"--print-config prints the default configuration, not a run's (gpal learn keeps "
+                              f"a run's in {Path(args.resume) / 'config.toml'})")
         sys.stdout.write(config.default_toml())
         return 0
     if args.resume:
@@ -1456,6 +1459,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     test = _read_labelled(args.test, args, "test frames")
     if args.plot:
         plot = args.plot
+        if Path(plot).is_dir():  # (adir.png had been written beside the folder adir)
+            raise GpalError(f"--plot {plot}: a folder; give a file name (e.g. {Path(plot) / 'kernels.png'})")
         if not Path(plot).suffix and not plot.endswith(("/", os.sep)):
             plot = f"{plot}.png"  # (matplotlib adds it): the file checked is the file written
         _check_output(plot, args.overwrite, option="--plot")

@@ -1668,6 +1668,10 @@ class ActiveLearner:
                 #        with the KeyboardInterrupt in its cause/context chain)
             self._save_interrupted("interrupted")
             raise
+        except RunStoppedError as exc:  # (an oracle, a worker, an executor that stopped the run)
+            self._write_stopped_summary(t_start, exc)
+            self._interrupted = True  # (as below)
+            raise
         except Exception:
             # any other error out of the loop (a MemoryError in a model update) may leave
             # the model in memory without a label train.xyz holds: the next run() continues
@@ -1681,6 +1685,21 @@ class ActiveLearner:
                 self._session_start = None
             _unlock_run_dir(self._lock)
             self._lock = None
+
+    def _write_stopped_summary(self, t_start: float, exc: BaseException) -> None:
+        """``summary.json`` and the learning curve of a session that something outside its
+        input stopped (the README promises both of the last session; a first session
+        stopped by its oracle had left neither), ``finished`` False with the reason; a
+        resume continues the run. Best effort: the stop's own error is what is raised."""
+        try:
+            summary = self._summary(time.perf_counter() - t_start, record=False)
+            summary.finished = False
+            summary.superseded = (f"stopped at step {self.step} of {self.total_steps}: {exc}; the run is saved "
+                                  "and a resume continues it")
+            self._plots()
+            self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
+        except Exception as err:  # (no model yet, a plot that fails: the summary is not worth a second error)
+            log.info("no summary of the stopped session: %s", err)
 
     def _save_interrupted(self, event: str, **fields) -> None:
         """A run cut short (an interrupt, a baseline that failed): not the model, which the
