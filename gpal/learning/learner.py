@@ -268,7 +268,9 @@ class Summary:
     session); ``wall_time_total`` adds the earlier sessions' up to their last
     checkpoint. ``finished`` is False, with ``superseded`` saying why, in a
     ``summary.json`` whose run a later session continued (until that session writes
-    its own).
+    its own), and in that of a session something outside its input stopped (a
+    :class:`gpal.exceptions.RunStoppedError`: an oracle that keeps failing, a crashed
+    worker).
     """
 
     steps: int
