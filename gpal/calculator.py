@@ -69,7 +69,8 @@ class GPCalculator(Calculator):
         stores a calibration (a model from an active-learning run, or after ``gpal
         validate --calibrate``), raw otherwise, as ``gpal md`` reports them. The raw
         force stds of a learner's model are several times too small. ``stress_std``
-        is raw either way (:meth:`gpal.SparseGP.predict`).
+        is raw either way unless the model stores a ``stress_std`` calibration of the
+        user's (:meth:`gpal.SparseGP.predict`).
     record_std : bool, default False
         Also copy the uncertainty results into ``atoms.info`` (keys ``energies_std``,
         ``energy_std``, ``forces_std``, ``stress_std``; stale ones are removed at each

@@ -598,6 +598,8 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
                     from ase.stress import full_3x3_to_voigt_6_stress
 
                     stress = full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
+                if stress.shape != (6,):  # (a (5,) label was written on, to fail only in a fit)
+                    raise StructureFileError(f"stress has shape {stress.shape}, expected (6,) (Voigt) or (3, 3)")
                 res["stress"] = stress
             b = labelled(a, bare=False, **res)
         except (ValueError, TypeError) as exc:

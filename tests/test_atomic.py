@@ -5,6 +5,7 @@ and later updates that give what they give on a model that never saw the failure
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import numpy as np
@@ -148,6 +149,11 @@ def test_set_calibration_stores_all_or_nothing():
         model.set_calibration(forces_std=1.7, energy_std=-2.0)
     assert model.calibration_ == {}
     model.set_calibration(forces_std=1.7, energy_std=2.0)
+    assert set(model.calibration_) == {"forces_std", "energy_std"}
+    # a key no std output has (a typo was kept, and calibrated=True never used it)
+    for key, hint in (("force_std", " (did you mean 'forces_std'?)"), ("bogus_std", "")):
+        with pytest.raises(ValueError, match="calibration keys name std outputs .*" + re.escape(f"got {key!r}{hint}")):
+            model.set_calibration(**{key: 3.0})
     assert set(model.calibration_) == {"forces_std", "energy_std"}
 
 

@@ -327,6 +327,10 @@ def test_to_dict_round_trips():
     assert SplitConformal.from_dict(SplitConformal(0.05).to_dict()).alpha == 0.05
     with pytest.raises(ValueError):
         SplitConformal.from_dict(StdCalibrator().to_dict())
+    conf = SplitConformal(0.1).fit(e, s).to_dict()
+    for bad in ({"n_samples": None}, {"quantile": "x"}):  # (a TypeError before)
+        with pytest.raises(ValueError, match="invalid SplitConformal dict"):
+            SplitConformal.from_dict({**conf, **bad})
     fitted = StdCalibrator().fit(e, s).to_dict()
     for n in (None, 0, 2.5, True):  # (a KeyError or TypeError before)
         with pytest.raises(ValueError, match="needs n_samples, an integer >= 1"):

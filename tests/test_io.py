@@ -59,6 +59,9 @@ def test_relabel_refuses_typos_and_both_stress_keys():
         relabel_frames(frames, forces_key="ref_forces", source="x.xyz")
     with pytest.raises(StructureFileError, match="not both"):
         relabel_frames(frames, stress_key="a", virial_key="b")
+    frames[0].info["REF_stress"] = np.arange(5.0) * 1e-3  # (written on; it failed only in a fit)
+    with pytest.raises(StructureFileError, match=r"x.xyz frame 0: stress has shape \(5,\), expected \(6,\)"):
+        relabel_frames(frames, stress_key="REF_stress", source="x.xyz")
 
 
 def test_read_frames_errors_name_the_file(tmp_path):

@@ -137,8 +137,8 @@ def uncertainty_metrics(error, std, *, alpha: float = 0.1, n_bins: int = 10) -> 
         ``coverage`` = fraction with |z| <= Φ⁻¹(1 - α/2), and ``alpha``;
         ``spearman`` = Spearman ρ(|e|, σ) (NaN if either is constant or n < 2);
         ``ence`` = mean over bins of |RMV_b - RMSE_b| / RMV_b (Levi et al. 2022);
-        ``bin_rmv``, ``bin_rmse``, ``bin_count``: ndarrays of shape (n_bins,) of
-        :func:`binned_rmse_rmv`.
+        ``bin_rmv``, ``bin_rmse``, ``bin_count``: ndarrays of shape
+        (min(n_bins, n),) of :func:`binned_rmse_rmv` (no bin is empty).
     """
     e, s = _check_error_std(error, std)
     alpha = _check_alpha(alpha)

@@ -554,11 +554,16 @@ class SplitConformal:
         obj = cls(alpha=d["alpha"])
         q = d.get("quantile")
         if q is not None:
-            q = float("inf") if q == "inf" else float(q)
+            try:  # (an n_samples of None was a TypeError)
+                q = float("inf") if q == "inf" else float(q)
+                n = int(d["n_samples"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"invalid SplitConformal dict (quantile {d.get('quantile')!r}, n_samples "
+                                 f"{d.get('n_samples')!r}): a fitted one has a number of each") from None
             if np.isnan(q) or q < 0:
                 raise ValueError(f"invalid quantile {d['quantile']!r}")
             obj.quantile_ = q
-            obj.n_samples_ = int(d["n_samples"])
+            obj.n_samples_ = n
         return obj
 
     def __repr__(self) -> str:

@@ -2401,7 +2401,10 @@ class ActiveLearner:
             (in calibrated stds),
             ``n_calibration``/``n_judge`` (frames), ``n_calibration_components``,
             ``judge_force_rmse`` (eV/Å),
-            ``judge_zms``, ``judge_coverage90``, and with 3 or more calibration frames
+            ``judge_zms``, ``judge_coverage90``, ``on_bootstrap_frames`` (whether the
+            calibration frames are the bootstrap's: no other labels yet),
+            ``species_components`` ({atomic number as str: force components of the
+            species in the calibration}), and with 3 or more calibration frames
             with energies ``energy_scale``, ``n_energy_calibration``,
             ``judge_energy_zms``; empty with fewer than 2 frames.
         """

@@ -300,11 +300,18 @@ class TargetSet:
         ----------
         model : gpal.SparseGP (fitted)
             Ranks the images of a barrier by their predicted energies.
+        slot : int
+            Which exploring walker, 0 ≤ slot < :attr:`n_explore`.
 
         Returns
         -------
         int
             An index into :attr:`structures`.
+
+        Raises
+        ------
+        ValueError
+            ``slot`` out of that range.
         """
         if not 0 <= slot < self.n_explore:
             raise ValueError(f"slot must be in [0, {self.n_explore}), got {slot}")

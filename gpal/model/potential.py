@@ -423,6 +423,10 @@ class _RowBuffer:
         return k
 
 
+#: the std outputs of :meth:`SparseGP.predict` a calibration may be stored for
+_STD_OUTPUTS = ("forces_std", "energies_std", "energy_std", "stress_std")
+
+
 def _baseline_fitted(baseline, kwargs):
     """What a model file keeps of the baseline a fit used (:meth:`SparseGP.save`), kept
     apart from the parameters, which ``set_params`` may change before the next fit: the
@@ -1230,10 +1234,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             Also return ``forces_std`` (n_atoms, 3) eV/Å and ``stress_std`` (6,) eV/Å^3:
             the projected (SoR) std of the latent forces and stress, i.e. the part that
             labels can reduce. They need an explicit derivative pass (about the cost of
-            one training frame). ``stress_std`` stays raw under ``calibrated=True`` (a
-            run calibrates forces and energies only) and leaves out the stress noise: on
-            held-out NPT frames of a CuNi alloy its mean z² was 7 where the calibrated
-            force std's was 1.2.
+            one training frame). ``stress_std`` stays raw under ``calibrated=True``
+            unless a ``stress_std`` calibration was stored with :meth:`set_calibration`
+            (an active-learning run and ``gpal validate --calibrate`` calibrate forces and
+            energies only), and the raw one leaves out the stress noise: on held-out NPT
+            frames of a CuNi alloy its mean z² was 7 where the calibrated force std's was
+            1.2.
         calibrated : bool, default False
             Report calibrated stds as stored by :meth:`set_calibration`: the raw std
             times ``scale``; for a calibration with a ``noise_scale`` (what the active
@@ -1730,8 +1736,12 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         check_is_fitted(self)
         checked = {}  # (all checked before any is stored: a refused one had left the others set)
         for key, val in calibrations.items():
-            if not key.endswith("_std"):
-                raise ValueError(f"calibration keys name std outputs (e.g. forces_std), got {key!r}")
+            if key not in _STD_OUTPUTS:  # (force_std=3.0, a typo, was kept and never applied)
+                import difflib
+
+                close = difflib.get_close_matches(str(key), _STD_OUTPUTS, n=1)
+                raise ValueError(f"calibration keys name std outputs ({', '.join(_STD_OUTPUTS)}), got {key!r}"
+                                 + (f" (did you mean {close[0]!r}?)" if close else ""))
             cal = Calibration.from_dict(val)
             if cal.species_scale and key != "forces_std":
                 raise ValueError(f"species factors calibrate forces_std only, not {key}")
