@@ -608,6 +608,21 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
     return out
 
 
+def _writable(frames) -> list:
+    """``frames`` as extended XYZ takes them: a frame whose ``info`` holds a dict (ASE's
+    ``adsorbate_info`` of a slab built with ``add_adsorbate``), which the writer skips
+    with a warning at every write (9 per run), is written without it (a shallow copy)."""
+    out = []
+    for a in frames:
+        if any(isinstance(v, dict) for v in a.info.values()):
+            b = a.copy()
+            b.calc = a.calc  # (its labels)
+            b.info = {k: v for k, v in a.info.items() if not isinstance(v, dict)}
+            a = b
+        out.append(a)
+    return out
+
+
 def frames_bytes(frames) -> bytes:
     """The bytes :func:`write_frames` writes for ``frames`` (extended XYZ, UTF-8)."""
     from io import StringIO
@@ -615,7 +630,7 @@ def frames_bytes(frames) -> bytes:
     from ase.io import write
 
     buf = StringIO()
-    write(buf, list(frames), format="extxyz")
+    write(buf, _writable(frames), format="extxyz")
     return buf.getvalue().encode()
 
 
@@ -638,7 +653,7 @@ def write_frames(path: str | os.PathLike, frames, *, overwrite: bool = False) ->
 
     check_replace(path, bool(overwrite), how="write_frames(..., overwrite=True)")
     with atomic_write(path) as fh:
-        write(fh, list(frames), format="extxyz")
+        write(fh, _writable(list(frames)), format="extxyz")
 
 
 @contextmanager

@@ -546,6 +546,19 @@ def test_an_oracle_and_a_baseline_of_different_charges_warn(tmp_path):
         said = [str(w.message) for w in caught if "the baseline's" in str(w.message)]
         assert bool(said) == warned, (kwargs, said)
     assert said[0].startswith("the oracle's charge (1) and the baseline's (0) differ")
+    # a charge given as initial charges reaches the oracle, not the baseline: said (it was not)
+    charged = start.copy()
+    q = np.zeros(len(charged))
+    q[0] = 1.0
+    charged.set_initial_charges(q)
+    for structure, warned in ((charged, True), (start, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gpal.ActiveLearner(structure, EMT(), SparseGP(baseline="_oracles:ChargedEMT"),
+                               run_dir=tmp_path / f"q{warned}", progress=False)
+        said = [str(w.message) for w in caught if "initial charges" in str(w.message)]
+        assert len(said) == int(warned)
+        assert all("the oracle gets them with each frame, the Δ-model's baseline does not" in m for m in said)
 
 
 def test_a_baseline_that_fails_on_a_training_frame_names_it(train):

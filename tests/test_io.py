@@ -405,3 +405,26 @@ def test_a_reference_beside_other_labels_is_named_once_per_frame():
             b.info["REF_energy"] = a.get_potential_energy()
             b.arrays["REF_forces"] = a.get_forces().copy()
         check_frames(same)
+
+
+def test_frames_with_a_dict_in_info_write_without_a_warning_and_keep_their_labels(tmp_path):
+    """A slab built with ase's add_adsorbate carries info['adsorbate_info'], a dict the
+    extxyz writer skips with a warning at every write (9 per run of such a slab)."""
+    import warnings
+
+    from ase.build import add_adsorbate, fcc111
+
+    from gpal.io import labelled, write_frames
+
+    slab = fcc111("Cu", (2, 2, 2), vacuum=5.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")
+    assert isinstance(slab.info["adsorbate_info"], dict)
+    frame = labelled(slab, energy=-1.5, forces=np.ones((len(slab), 3)), bare=False)
+    frame.info["gpal_reason"] = "uncertain"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_frames(tmp_path / "s.xyz", [frame])
+    back = ase.io.read(tmp_path / "s.xyz")
+    assert back.get_potential_energy() == -1.5 and np.all(back.get_forces() == 1.0)
+    assert back.info["gpal_reason"] == "uncertain"
+    assert "adsorbate_info" in frame.info  # (the frame given is not changed)

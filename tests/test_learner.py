@@ -1727,7 +1727,30 @@ def test_a_small_cells_calibration_never_scales_the_std_down_and_says_so(tmp_pat
     out = capsys.readouterr()
     assert "calibration caveat    : rests on" in out.out
     assert re.search(r"warning: this run's force-std calibration rests on \d+ force components \(fewer than 48: "
-                     r"small cells\)", out.err)
+                     r"a small cell or molecule\)", out.err)
+
+
+def test_a_calibration_on_few_md_frames_never_scales_the_std_down(tmp_path, monkeypatch):
+    """A run's first MD calibration (4 MD labels: 2 frames in its half, 192 components of a
+    32-atom cell) fitted the learnable std's scale to its bound 0.1, and the trigger never
+    fired again; from 4 frames in the half (8 MD labels) it may shrink."""
+    from gpal import calibration
+
+    seen = []
+    real = calibration.fit_two_term_conformal
+
+    def spy(*args, **kwargs):
+        seen.append((len(set(np.asarray(args[4]).tolist())), kwargs["min_scale"]))
+        return real(*args, **kwargs)
+
+    L = learner(tmp_path / "run", trigger=Trigger(threshold=1e-6, threshold_min=1e-6, adaptive=False, every=5,
+                                                  max_labels=100, ceiling=None))
+    monkeypatch.setattr(calibration, "fit_two_term_conformal", spy)
+    L.run(60)
+    md = [(n, m) for n, m in seen if n]
+    assert any(n < 4 for n, _ in md)  # (learner._MIN_CALIBRATION_FRAMES)
+    assert all(m == 1.0 for n, m in md if n < 4)
+    assert any(m == 0.1 for n, m in md if n >= 4)
 
 
 def test_a_start_structure_in_the_wrong_length_unit_is_refused_before_any_oracle_call(tmp_path):
@@ -2759,6 +2782,17 @@ def test_a_rare_species_calibration_is_named_in_the_summary(tmp_path):
     counts = summary.calibration["species_components"]
     assert counts["79"] < 60 <= counts["29"]
     assert "calibration caveat    : the species factor of Au (" in str(summary)
+
+
+def test_a_rare_species_caveat_stays_on_a_bootstrap_calibration():
+    """1 Ni in 31 Cu with no MD label: the rare-species caveat was dropped where the
+    calibration rests on least (the bootstrap's frames; Ni's mean z² on MD frames 8.0)."""
+    from gpal.learning.learner import _calibration_caveats
+
+    c = {"on_bootstrap_frames": True, "species_components": {"28": 6, "29": 186}}
+    said = [text for text, _ in _calibration_caveats(c)]
+    assert len(said) == 2 and said[0].startswith("rests on the bootstrap's rattled copies")
+    assert said[1].startswith("the species factor of Ni (")
 
 
 def test_a_program_run_by_the_oracle_gets_its_own_folder_in_the_learners_process_too(tmp_path):

@@ -385,7 +385,7 @@ _FAILED_IN_ROW = 3
 
 # what a summary says of a calibration the bootstrap's frames alone gave (ActiveLearner.calibrate)
 _BOOTSTRAP_CALIBRATION = (
-    "rests on the bootstrap's rattled copies of the start structure only (fewer than 4 MD frames were "
+    "rests on the bootstrap's rattled copies of the start structure(s) only (fewer than 4 MD frames were "
     "labelled), so it is not checked on MD frames, whose errors may be larger than its stds say: check "
     "it on a few oracle-labelled MD frames (validation frames, or gpal validate)")
 
@@ -393,6 +393,12 @@ _BOOTSTRAP_CALIBRATION = (
 #: down (16 atoms' forces): a 2-atom hcp cell's 2 frames (12 components) fitted the scale
 #: to its lower bound 0.1, and new frames' mean z² came to 8.8
 _MIN_CALIBRATION_COMPONENTS = 48
+#: and the frames it must hold (a frame's components are correlated, not independent
+#: checks): a sheared 32-atom Al cell's first MD calibration, 2 frames and 192 components,
+#: fitted the scale to 0.1 (it had been 2.3-2.7 on the bootstrap), the trigger's
+#: uncertainty fell 20-fold, no label came in the remaining 400 steps, and new frames' mean
+#: z² was 1.7; no benchmark run's scale ever went below 1
+_MIN_CALIBRATION_FRAMES = 4
 
 
 def _rare_species_text(counts: dict) -> str:
@@ -425,13 +431,14 @@ def _calibration_caveats(c: dict) -> list[tuple[str, str]]:
         text = _few_components_text(c["n_calibration_components"])
         out.append((text, f"this run's force-std calibration {text}"))
     rare = _rare_species_text(c.get("species_components") or {})
-    if rare and not c.get("on_bootstrap_frames"):
+    if rare:  # (on the bootstrap's frames too, where it rests on least: 1 Ni in 31 Cu had z² 8 on MD frames)
         out.append((rare, f"this run's force-std calibration: {rare}"))
     return out
 
 
 def _few_components_text(n: int) -> str:
-    return (f"rests on {n} force components (fewer than {_MIN_CALIBRATION_COMPONENTS}: small cells), so the "
+    return (f"rests on {n} force components (fewer than {_MIN_CALIBRATION_COMPONENTS}: a small cell or "
+            "molecule), so the "
             "stds are never scaled below the raw ones and may still be too small: check them on a few "
             "oracle-labelled MD frames (validation frames, or gpal validate)")
 
@@ -643,17 +650,32 @@ def default_rattle(structures) -> float:
     return float(np.clip(0.02 * shortest, 0.02, 0.05))
 
 
-def check_baseline_charge(oracle_calc, model) -> None:
+def check_baseline_charge(oracle_calc, model, structures=()) -> None:
     """Warn if a Δ-model's baseline and the oracle are set to different total charges
     (their ``charge`` settings, None or absent read as 0): the model would learn the
     difference between two states (NH4+ with PySCF over neutral GFN2-xTB: force errors
     0.24 eV/Å against 0.008 with the charges matched). Spin is not compared: codes count
-    it differently (PySCF's 2S, xTB's multiplicity)."""
+    it differently (PySCF's 2S, xTB's multiplicity). Also warn if a start structure
+    carries initial charges or magnetic moments, which the oracle gets with each frame
+    and the baseline does not (it is given numbers, positions and cell): NH4+ charged that
+    way gave the GFN1-xTB baseline -138.8 eV for -129.9 with the charge, with no word."""
     from ..baseline import baseline_spec
 
     baseline = getattr(model, "baseline", None)
     if baseline is None or oracle_calc is None:
         return
+    for a in structures:
+        q = a.arrays.get("initial_charges")
+        m = a.arrays.get("initial_magmoms")
+        given = [what for what, v in (("initial charges", q), ("initial magnetic moments", m))
+                 if v is not None and np.any(v)]
+        if given:
+            warnings.warn(f"the start structure {a.get_chemical_formula()} has {' and '.join(given)}: the oracle gets "
+                          "them with each frame, the Δ-model's baseline does not (gpal gives it numbers, positions "
+                          "and cell); give the baseline its charge and spin as settings (baseline_kwargs, e.g. "
+                          "{'charge': 1} for xTB), or it learns the difference between two states",
+                          UserWarning, stacklevel=user_stacklevel())
+            break
     try:
         spec = baseline_spec(baseline, getattr(model, "baseline_kwargs", None))
     except Exception:  # (a baseline that cannot be described: nothing to compare)
@@ -826,7 +848,7 @@ class ActiveLearner:
         if callable(getattr(calc, "check_structure", None)):  # e.g. gpal.dft.PySCF: charge and spin
             for a in self.structures:
                 calc.check_structure(a)
-        check_baseline_charge(calc, self.model)
+        check_baseline_charge(calc, self.model, self.structures)
         self.run_dir = Path(run_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():  # (mkdir at run() raised a bare FileExistsError)
             raise GpalError(f"run_dir {str(run_dir)!r} is a file, not a folder; give the path of a new folder "
@@ -2442,9 +2464,11 @@ class ActiveLearner:
         # shrank it tenfold after the bootstrap and never labelled again, at 3x its threshold)
         # the quantile from scores each measured in a calibrator fitted on other frames
         n_comp = int(np.count_nonzero(cal))  # (too few components to shrink the std on: small cells)
+        few = (n_comp < _MIN_CALIBRATION_COMPONENTS  # (or too few frames: a run's first MD labels)
+               or len(set(fr[cal].tolist())) < _MIN_CALIBRATION_FRAMES)
         tt, conf = calibration.fit_two_term_conformal(
             err[cal], std[cal], noise[cal], nu[cal], fr[cal], alpha=0.1,
-            min_scale=1.0 if rattled or n_comp < _MIN_CALIBRATION_COMPONENTS else 0.1, species=sp[cal])
+            min_scale=1.0 if rattled or few else 0.1, species=sp[cal])
         zj = err[judge] / tt.transform(std[judge], noise[judge], nu[judge], sp[judge])
         out = {
             "scale": tt.scale_,
