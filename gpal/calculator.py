@@ -12,8 +12,10 @@ one model evaluation; ASE's own caching (``check_state``) serves repeated proper
 requests at the same positions.
 
 Uncertainty keys (``energies_std``, ``energy_std``, ``forces_std``, ``stress_std``) are
-non-negative standard deviations with the shape of the property they describe. They
-are kept in ``results``; the calculator changes nothing else. With ``record_std=True``
+non-negative standard deviations with the shape of the property they describe (with a
+stored conformal quantile, ``forces_interval90`` too, eV/Å). They are kept in
+``results``, with ``novelty`` (n_atoms,) beside the local-energy stds (as
+:meth:`gpal.SparseGP.predict` returns it); the calculator changes nothing else. With ``record_std=True``
 (opt-in) they are also copied into the ``atoms.info`` of the atoms being calculated, so
 that trajectory and extxyz writers keep them. They are left out of
 :meth:`export_properties`, which ASE restricts to its standard property names.
@@ -73,8 +75,9 @@ class GPCalculator(Calculator):
         user's (:meth:`gpal.SparseGP.predict`).
     record_std : bool, default False
         Also copy the uncertainty results into ``atoms.info`` (keys ``energies_std``,
-        ``energy_std``, ``forces_std``, ``stress_std``; stale ones are removed at each
-        evaluation) so that trajectories and extxyz files keep them. Off by default: the
+        ``energy_std``, ``forces_std``, ``stress_std``, ``forces_interval90``; stale ones
+        are removed at each evaluation; those :meth:`get_uncertainty` computes are
+        added) so that trajectories and extxyz files keep them. Off by default: the
         user's ``atoms`` then only gain what any ASE calculator gives them.
     **kwargs
         ``restart``, ``ignore_bad_restart_file``, ``label``, ``atoms``, ``directory``:
@@ -126,7 +129,9 @@ class GPCalculator(Calculator):
         if calibrated is not None and not isinstance(calibrated, (bool, np.bool_)):
             raise TypeError(f"calibrated must be True, False or None, got {calibrated!r}")
         self.calibrated = calibrated
-        self.record_std = record_std
+        if not isinstance(record_std, (bool, np.bool_)):  # ('no' had turned recording on)
+            raise TypeError(f"record_std must be True or False, got {record_std!r}")
+        self.record_std = bool(record_std)
         self.n_evaluations = 0
         self._model_state = None
 
@@ -231,6 +236,8 @@ class GPCalculator(Calculator):
             for k in _STD_KEYS:
                 if k in res:
                     self.results[k] = res[k]
+                    if self.record_std:  # (as calculate records them: they had stayed out of info)
+                        atoms.info[k] = res[k]
         if key == "stress_std" and key not in self.results:
             raise PropertyNotImplementedError("stress_std needs a cell periodic in all three directions "
                                               f"(pbc {atoms.pbc.tolist()}), as stress does")

@@ -150,6 +150,15 @@ def test_record_std_keeps_only_fresh_stds(model):
     a.positions[0, 0] += 0.01
     a.get_forces()  # second evaluation: no forces_std, and the stale one is gone
     assert "forces_std" not in a.info and a.info["energies_std"].shape == (len(a),)
+    # what get_uncertainty computes is recorded too (it had stayed out of info)
+    b = cu(seed=8)
+    b.calc = GPCalculator(model, record_std=True, std_every=0)
+    b.get_potential_energy()
+    assert "energies_std" not in b.info
+    fstd = b.calc.get_uncertainty(b, "forces_std")
+    np.testing.assert_array_equal(b.info["forces_std"], fstd)
+    with pytest.raises(TypeError, match="record_std must be True or False, got 'no'"):
+        GPCalculator(model, record_std="no")  # (it had turned recording on)
 
 
 def test_properties_export_and_files_keep_stds(model, tmp_path):

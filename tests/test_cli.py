@@ -180,6 +180,19 @@ def test_fit_info_validate_md(files, capsys):
     capsys.readouterr()
     main(["validate", str(files / "calibrated.npz"), str(out_xyz), "--no-plots"])
     assert "warning: 5 of the 5 test frames in" in capsys.readouterr().err
+    # the last state is written when the steps are no multiple of the interval (steps 21-25
+    # of 25 at interval 10 were lost); an overlapping start frame is named by its file
+    assert main(["md", str(files / "calibrated.npz"), str(files / "start.xyz"), "-o", str(out_xyz),
+                 "--steps", "7", "--interval", "5", "--overwrite", "-q"]) == 0
+    assert "wrote 3 frames" in capsys.readouterr().out
+    assert [a.info["step"] for a in read(out_xyz, ":")] == [0, 5, 7]
+    start.positions[1] = start.positions[0] + [0.3, 0.0, 0.0]
+    write(files / "overlap.xyz", start)
+    assert main(["md", str(files / "calibrated.npz"), str(files / "overlap.xyz"), "-o", str(files / "o.xyz"),
+                 "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{files / 'overlap.xyz'} (the start frame): two atoms 0.300 Å apart" in err[0]
+    assert "min_distance" not in err[0] and not (files / "o.xyz").exists()
     assert main(["md", str(model), str(files / "start.xyz"), "-o", str(files / "md.traj"),
                  "--steps", "10", "--interval", "5", "-q"]) == 0
     traj = read(files / "md.traj", ":")

@@ -1169,18 +1169,24 @@ def cmd_md(args: argparse.Namespace) -> int:
         model._check(atoms, what=f"{args.start} (the start frame)")  # species, cell: before any MD
     calibrated = bool(model.calibration_) and not args.raw  # (as GPCalculator's default)
     atoms.calc = GPCalculator(model, calibrated=calibrated, record_std=True)
-    thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
+    # one generator: the momenta and then the thermostat's noise (two of the same seed had made
+    # the first Langevin kick the momenta's own draw, rescaled)
+    rng = np.random.default_rng(args.seed)
+    thermalize_momenta(atoms, temperature_K=args.temperature, rng=rng)
     if args.ensemble == "nve":
         dyn = VelocityVerlet(atoms, args.timestep * units.fs)
     else:
         dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
-                       friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(args.seed))
+                       friction=0.02 / units.fs, fixcm=False, rng=rng)
     # the learner calibrates force stds and the total energy's; local-energy stds stay raw
     done = [k for k in ("forces_std", "energy_std") if calibrated and k in model.calibration_]
     raw = [k for k in ("forces_std", "energy_std") if k not in done] + ["energies_std"]
     std_kind = (" and ".join(done) + " calibrated, " + " and ".join(raw) + " raw") if done else "raw"
-    atoms.get_potential_energy()  # (the start frame's results and stds, as every later frame has them;
-    #                                before the output file is made: a start that fails leaves none)
+    try:  # (the start frame's results and stds, as every later frame has them; before the
+        #      output file is made: a start that fails leaves none)
+        atoms.get_potential_energy()
+    except (OverlappingAtomsError, InvalidPositionsError) as exc:  # (named: the file, not "atoms")
+        raise type(exc)(f"{args.start} (the start frame): {_blowup_text(exc)}") from None
     try:  # made here, exclusively without --overwrite: a second gpal md given the same -o
         #      since the check above (it emptied this one's file, and both wrote into it) stops
         with open(out, "w" if args.overwrite else "x"):
@@ -1221,8 +1227,8 @@ def cmd_md(args: argparse.Namespace) -> int:
                 raise RunStoppedError(f"the MD blew up at step {k} of {args.steps}: {_blowup_text(exc)} (a time "
                                       "step or temperature beyond what the model holds: --timestep, --temperature); "
                                       f"the {written} frames before it are in {out}") from None
-            if k % args.interval == 0:
-                record(k)
+            if k % args.interval == 0 or k == args.steps:  # (and the last state: 25 steps at
+                record(k)  # interval 10 had lost steps 21-25, with no way to continue from them)
                 written += 1
             bar.update(1)
             fstd = shown.get("forces_std")
@@ -1236,7 +1242,7 @@ def cmd_md(args: argparse.Namespace) -> int:
             f"energy_std (eV) in each frame's info, {std_kind}" + (", and forces_interval90 (eV/Å, the 90 % conformal half-width)" if interval else "")
             if kind == "extxyz" else "ASE trajectory; energies_std and energy_std (eV), step, time_fs and "
             f"temperature_K in each frame's info, {std_kind}; forces_std only in .xyz")
-    print(f"gpal: wrote {args.steps // args.interval + 1} frames to {out} ({what})")
+    print(f"gpal: wrote {written} frames to {out} ({what})")
     return 0
 
 
@@ -1683,7 +1689,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timestep", type=_positive(float), default=1.0, help="fs (default 1)")
     s.add_argument("--ensemble", choices=("nvt", "nve"), default="nvt", help="default nvt")
     s.add_argument("--interval", type=_positive(int), default=10,
-                   help="write every this many steps (default 10)")
+                   help="write every this many steps, and the last (default 10)")
     s.add_argument("--seed", type=_non_negative(int), default=0, help="random seed (default 0)")
     s.add_argument("--raw", action="store_true", help="raw stds even if the model stores a calibration")
     s.add_argument("-q", "--quiet", action="store_true")
