@@ -87,6 +87,7 @@ from ..kernels import CosineKernel, Kernel, NormalizedDotProduct
 from ..selection import greedy_select
 from ..sparse_gp import SparseGPSolver
 from .. import baseline as _baseline
+from ._atomic import restoring
 from .rows import _labelled_copy, frame_temperature
 from .defaults import (
     _E,
@@ -106,7 +107,6 @@ from .defaults import (
 )
 
 log = logging.getLogger(__name__)
-from ._atomic import restoring
 from .evidence import _Evidence
 from .files import _Files
 from .rows import ObservationRows, _Rows  # noqa: F401
