@@ -470,6 +470,8 @@ temperature = 600.0
     # (every record said 7 where the summary said 128, with no word of the difference)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(e["n"], e["validation_calls"]) for e in log if e.get("event") == "validation_calls"] == [(41, 41)]
+    events = [e.get("event") for e in log]  # (logged once the run's state is on disk, before its first call:
+    assert events.index("validation_calls") < events.index("oracle_call")  # a kill in the bootstrap lost it)
     last = [e["oracle_calls"] for e in log if "oracle_calls" in e][-1]
     assert last + 41 == summary["oracle_calls"]
     # a second start in the same folder refuses; resume continues

@@ -690,6 +690,8 @@ def test_a_baseline_failing_mid_run_stops_the_run_saved_for_a_resume(tmp_path):
     events = [json.loads(line) for line in open(run / "log.jsonl")]
     assert events[-1]["event"] == "baseline_failed" and events[-1]["step"] == L.step
     assert json.loads((run / "state.json").read_text())["step"] == L.step
+    summary = json.loads((run / "summary.json").read_text())  # (as for the other stops)
+    assert summary["finished"] is False and "licence server unreachable" in summary["superseded"]
     R = gpal.ActiveLearner.resume(run, progress=False)  # (a new baseline: its count starts again)
     assert R.step == L.step and len(R.model.frames_) >= 2
 

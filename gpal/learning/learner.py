@@ -1682,9 +1682,11 @@ class ActiveLearner:
             # checked before any call): saved as after an interrupt; a resume continues
             # once the baseline works on such frames
             self._save_interrupted("baseline_failed", error=str(exc))
-            raise BaselineStoppedError(
+            stopped = BaselineStoppedError(
                 f"{exc} (at MD step {self.step}); the run is saved in {self.run_dir}: make the baseline work "
-                f"on such frames, then continue with gpal learn --resume {self.run_dir}") from exc
+                f"on such frames, then continue with gpal learn --resume {self.run_dir}")
+            self._write_stopped_summary(t_start, stopped)  # (as for the other stops)
+            raise stopped from exc
         except (KeyboardInterrupt, SystemError) as exc:
             if interrupt_in(exc) is None:
                 self._interrupted = True  # (as below)
@@ -1710,6 +1712,14 @@ class ActiveLearner:
             _unlock_run_dir(self._lock)
             self._lock = None
 
+    def _log_validation_calls(self) -> None:
+        """The ``validation_calls`` event of the calls :meth:`count_oracle_calls` recorded
+        and the log does not hold yet (the log's other records count the learner's own)."""
+        if self._validation_unlogged:
+            self._log({"event": "validation_calls", "n": self._validation_unlogged,
+                       "validation_calls": self._calls.get("validation", 0)})
+            self._validation_unlogged = 0
+
     def _write_stopped_summary(self, t_start: float, exc: BaseException) -> None:
         """``summary.json`` and the learning curve of a session that something outside its
         input stopped (the README promises both of the last session; a first session
@@ -1718,8 +1728,7 @@ class ActiveLearner:
         try:
             summary = self._summary(time.perf_counter() - t_start, record=False)
             summary.finished = False
-            summary.superseded = (f"stopped at step {self.step} of {self.total_steps}: {exc}; the run is saved "
-                                  "and a resume continues it")
+            summary.superseded = f"stopped at step {self.step} of {self.total_steps}: {exc}"
             self._plots()
             self._write_json_atomic(self.run_dir / "summary.json", asdict(summary))
         except Exception as err:  # (no model yet, a plot that fails: the summary is not worth a second error)
@@ -1799,10 +1808,7 @@ class ActiveLearner:
         """Bootstrap (once), then MD steps with labels where the trigger fires, then finish."""
         self._session_start = t_start
         self._start()
-        n_val = getattr(self, "_validation_unlogged", 0)
-        if n_val:
-            self._log({"event": "validation_calls", "n": n_val, "validation_calls": self._calls.get("validation", 0)})
-            self._validation_unlogged = 0
+        self._log_validation_calls()  # (a run past its bootstrap already: logged here)
         if self._target_met_under_a_new_tolerance():
             return self._finish(t_start)
         if self.total_steps > self.step:  # (after the start's checkpoint: the run has moved on)
@@ -1880,6 +1886,7 @@ class ActiveLearner:
         """The bootstrap labels and model (first run only), then the walkers."""
         if not self.bootstrap_done:
             self.checkpoint()
+            self._log_validation_calls()  # (once the run's state is on disk, before the bootstrap's calls)
             from tqdm.auto import tqdm
 
             # a bar over the bootstrap labels (a DFT oracle: minutes each, before the MD bar)
