@@ -656,6 +656,26 @@ def write_frames(path: str | os.PathLike, frames, *, overwrite: bool = False) ->
         write(fh, _writable(list(frames)), format="extxyz")
 
 
+#: signals whose handler raised KeyboardInterrupt (``gpal learn``'s SIGTERM), noted in case
+#: Python discarded the exception: one raised while a finalizer (``__del__``) runs is
+#: printed as "Exception ignored" and lost, and the run had gone on to exit 0
+_STOPS_PENDING: list = []
+
+
+def note_stop(signum: int) -> None:
+    """Note a signal that stops the run (called by the handler that raises for it)."""
+    _STOPS_PENDING.append(int(signum))
+
+
+def stop_pending() -> int | None:
+    """The noted stop signal that no handled interrupt has taken yet (and forget it), or None."""
+    if not _STOPS_PENDING:
+        return None
+    signum = _STOPS_PENDING[-1]
+    _STOPS_PENDING.clear()
+    return signum
+
+
 @contextmanager
 def interrupts_deferred():
     """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then deliver them.

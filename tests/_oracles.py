@@ -377,3 +377,33 @@ class MagmomEMT(EMT):
         shift = 0.1 * float(np.sum(self.atoms.get_initial_magnetic_moments()))
         self.results["energy"] += shift
         self.results["free_energy"] += shift
+
+
+class _SignalsInFinalizer:
+    """An object whose finalizer sends this process SIGTERM and then sleeps: the signal's
+    handler runs inside ``__del__``, where Python discards what it raises."""
+
+    def __del__(self):
+        import os
+        import signal
+        import time
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+
+class TermInFinalizerEMT(EMT):
+    """EMT whose ``at_call``-th calculation drops a :class:`_SignalsInFinalizer` (a
+    SIGTERM that arrives while a finalizer runs)."""
+
+    def __init__(self, at_call: int = 6, **kwargs):
+        super().__init__(**kwargs)
+        self.parameters["at_call"] = at_call
+        self.n = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.n += 1
+        if self.n == self.parameters["at_call"]:
+            dropped = _SignalsInFinalizer()
+            del dropped

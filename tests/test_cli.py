@@ -1364,6 +1364,30 @@ def test_a_session_its_oracle_stopped_leaves_its_summary_and_learning_curve(tmp_
     assert (run / "learning_curve.png").exists()
 
 
+def test_a_sigterm_whose_interrupt_a_finalizer_discards_still_stops_the_run(tmp_path, capsys, monkeypatch):
+    """SIGTERM while a finalizer (__del__) ran: Python printed "Exception ignored" for the
+    handler's KeyboardInterrupt, and the run went on to its end and exit 0. The signal is
+    noted and the learner stops at its next MD step (exit 143), resumable."""
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('steps = 300\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n[model]\nn_sparse = 30\n'
+                   '[descriptor]\nr_cut = 4.0\nn_max = 4\nl_max = 3\nsigma = 0.5\n'
+                   '[trigger]\nthreshold = 0.001\n'
+                   '[oracle]\nfactory = "_oracles:TermInFinalizerEMT"\nkwargs = {at_call = 6}\n')
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["learn", str(cfg), "-q"]) == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    state = json.loads((tmp_path / "gpal_run" / "state.json").read_text())
+    assert state["step"] < 300
+    assert main(["learn", "--resume", str(tmp_path / "gpal_run"), "-q"]) == 0
+    assert json.loads((tmp_path / "gpal_run" / "summary.json").read_text())["steps"] == 300
+
+
 def test_an_oracle_failing_on_the_first_frames_exits_1_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     """The run's first frames all failing exited 2 (bad input), while the README (and the
     message: 'resume once it works') treat an oracle that keeps failing as exit 1."""

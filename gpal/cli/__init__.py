@@ -1747,8 +1747,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate_as_interrupt(signum, frame):
-    """SIGTERM during ``gpal learn``: unwind like Ctrl-C, so the learner checkpoints."""
+    """SIGTERM during ``gpal learn``: unwind like Ctrl-C, so the learner checkpoints. The
+    signal is noted too (:func:`gpal.io.note_stop`): raised while a finalizer runs, the
+    exception is discarded by Python, and the learner stops at its next MD step instead."""
+    from ..io import note_stop
+
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends at once
+    note_stop(signal.SIGTERM)
     raise KeyboardInterrupt(signal.SIGTERM)
 
 

@@ -64,6 +64,7 @@ from ..exceptions import (BaselineError, BaselineStoppedError, GpalError, Missin
                           OracleStoppedError, OverlappingAtomsError, RunStoppedError, UnknownSpeciesError,
                           interrupt_in)
 from ..io import (append_frame, atomic_write, frames_bytes, interrupts_deferred, read_frames, restore_constraints,
+                  stop_pending,
                   savable_constraints, temporary_of, write_frames)
 from ..model import SparseGP
 from ..model.defaults import unexplained_forces
@@ -1692,6 +1693,7 @@ class ActiveLearner:
                 self._interrupted = True  # (as below)
                 raise  # (an interrupt inside a numba-compiled call arrives as a SystemError
                 #        with the KeyboardInterrupt in its cause/context chain)
+            stop_pending()  # (taken: a later run() of this learner is not stopped by it)
             self._save_interrupted("interrupted")
             raise
         except RunStoppedError as exc:  # (an oracle, a worker, an executor that stopped the run)
@@ -1819,6 +1821,9 @@ class ActiveLearner:
 
             run_rounds(self, prog)
         while self.walker_executor is None and self.step < self.total_steps:
+            signum = stop_pending()
+            if signum is not None:  # (its KeyboardInterrupt was lost in a finalizer)
+                raise KeyboardInterrupt(signum)
             if self.max_oracle_calls is not None and self._total_calls() >= self.max_oracle_calls:
                 self._stopped = (True, f"max_oracle_calls={self.max_oracle_calls} reached")
                 break

@@ -59,6 +59,7 @@ import numpy as np
 from ase import Atoms
 
 from ..exceptions import GpalError, OverlappingAtomsError, RunStoppedError
+from ..io import stop_pending
 from ..model import SparseGP
 from .sampler import blown_up
 from .trigger import trigger_state
@@ -450,6 +451,9 @@ def run_rounds(L: "ActiveLearner", prog) -> None:
     snap = {"data": None, "key": None, "changed": True}
 
     def runnable() -> bool:
+        signum = stop_pending()
+        if signum is not None:  # (a stop signal whose KeyboardInterrupt a finalizer discarded)
+            raise KeyboardInterrupt(signum)
         if not any(steps[w.index] < L.total_steps for w in L.walkers):
             return False  # (every step made: a run that ends with its budget is not stopped early)
         if L.max_oracle_calls is not None and L._total_calls() >= L.max_oracle_calls:
