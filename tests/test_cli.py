@@ -1343,18 +1343,24 @@ def test_validate_says_an_in_sample_calibration_and_leaves_no_stale_energy_plot(
         mine.unlink()
 
 
+def _small_cu_run(tmp_path, monkeypatch, steps: int, extra: str):
+    """A gpal learn config of a small Cu run in ``tmp_path`` (the working folder, with
+    tests/_oracles importable), ``extra`` TOML appended; its path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(f'steps = {steps}\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n[model]\nn_sparse = 30\n'
+                   '[descriptor]\nr_cut = 4.0\nn_max = 4\nl_max = 3\nsigma = 0.5\n'
+                   '[trigger]\nthreshold = 0.001\n' + extra)
+    return cfg
+
+
 def test_a_session_its_oracle_stopped_leaves_its_summary_and_learning_curve(tmp_path, capsys, monkeypatch):
     """A first session stopped by its oracle (exit 1, 'everything is saved') had left
     model and state but neither summary.json nor learning_curve.png, which the README
     promises of the last session; now both, the summary not finished, saying why."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(os.path.dirname(__file__))
-    cfg = tmp_path / "f.toml"
-    cfg.write_text('steps = 200\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n[model]\nn_sparse = 30\n'
-                   '[descriptor]\nr_cut = 4.0\nn_max = 4\nl_max = 3\nsigma = 0.5\n'
-                   '[trigger]\nthreshold = 0.001\n'
-                   '[learner]\non_oracle_failure = "stop"\n'
-                   '[oracle]\nfactory = "_oracles:FailsAfterEMT"\nkwargs = {fail_after = 6}\n')
+    cfg = _small_cu_run(tmp_path, monkeypatch, 200, '[learner]\non_oracle_failure = "stop"\n'
+                        '[oracle]\nfactory = "_oracles:FailsAfterEMT"\nkwargs = {fail_after = 6}\n')
     assert main(["learn", str(cfg), "-q"]) == 1
     assert "licence server unreachable" in capsys.readouterr().err
     run = tmp_path / "gpal_run"
@@ -1370,13 +1376,8 @@ def test_a_sigterm_whose_interrupt_a_finalizer_discards_still_stops_the_run(tmp_
     noted and the learner stops at its next MD step (exit 143), resumable."""
     import signal
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(os.path.dirname(__file__))
-    cfg = tmp_path / "f.toml"
-    cfg.write_text('steps = 300\n[structure]\nbulk = "Cu"\nrepeat = [2, 2, 2]\n[model]\nn_sparse = 30\n'
-                   '[descriptor]\nr_cut = 4.0\nn_max = 4\nl_max = 3\nsigma = 0.5\n'
-                   '[trigger]\nthreshold = 0.001\n'
-                   '[oracle]\nfactory = "_oracles:TermInFinalizerEMT"\nkwargs = {at_call = 6}\n')
+    cfg = _small_cu_run(tmp_path, monkeypatch, 300,
+                        '[oracle]\nfactory = "_oracles:TermInFinalizerEMT"\nkwargs = {at_call = 6}\n')
     before = signal.getsignal(signal.SIGTERM)
     try:
         assert main(["learn", str(cfg), "-q"]) == 128 + signal.SIGTERM
