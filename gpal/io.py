@@ -538,6 +538,13 @@ def relabel_frames(frames, *, energy_key: str | None = None, forces_key: str | N
 
     if stress_key and virial_key:
         raise StructureFileError("give a stress key or a virial key, not both")
+    from ase import Atoms
+
+    if isinstance(frames, (str, os.PathLike)):  # (an AttributeError of str before)
+        raise TypeError(f"relabel_frames takes frames, not the path {str(frames)!r}: read it first "
+                        "(gpal.io.read_frames(path) or ase.io.read(path, ':'))")
+    if isinstance(frames, Atoms):
+        raise TypeError("relabel_frames takes a list of ase.Atoms; one Atoms given: pass [atoms]")
     frames = list(frames)
 
     def value(a, key, where):
@@ -651,6 +658,12 @@ def write_frames(path: str | os.PathLike, frames, *, overwrite: bool = False) ->
     """
     from ase.io import write
 
+    from ase import Atoms
+
+    if isinstance(frames, Atoms) or isinstance(path, (list, tuple)) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError("write_frames(path, frames) takes a file path and a list of ase.Atoms"
+                        + (" (one Atoms given: pass [atoms])" if isinstance(frames, Atoms) else
+                           f" (got {type(path).__name__} as the path)"))
     check_replace(path, bool(overwrite), how="write_frames(..., overwrite=True)")
     with atomic_write(path) as fh:
         write(fh, _writable(list(frames)), format="extxyz")

@@ -428,3 +428,25 @@ def test_frames_with_a_dict_in_info_write_without_a_warning_and_keep_their_label
     assert back.get_potential_energy() == -1.5 and np.all(back.get_forces() == 1.0)
     assert back.info["gpal_reason"] == "uncertain"
     assert "adsorbate_info" in frame.info  # (the frame given is not changed)
+
+
+def test_first_mistakes_with_paths_and_single_frames_say_what_to_pass(tmp_path):
+    """A single Atoms, or a path where frames go (or frames where a path goes), gave an
+    AttributeError ('Atom' object has no attribute 'info', 'str' object ...) or a pathlib
+    TypeError; predict on a path said only that it wanted an ase.Atoms."""
+    from gpal.io import write_frames
+
+    frames = cu_frames(2)
+    with pytest.raises(TypeError, match=r"one Atoms given: pass \[atoms\]"):
+        write_frames(tmp_path / "a.xyz", frames[0])
+    with pytest.raises(TypeError, match="got list as the path"):
+        write_frames(frames, tmp_path / "a.xyz")
+    with pytest.raises(TypeError, match="read it first"):
+        relabel_frames(str(tmp_path / "a.xyz"), energy_key="energy")
+    with pytest.raises(TypeError, match=r"one Atoms given: pass \[atoms\]"):
+        relabel_frames(frames[0], energy_key="energy")
+    model = gpal.SparseGP(n_sparse=10, hyperparameters="fixed").fit(frames)
+    with pytest.raises(TypeError, match=r"the path 'train.xyz'\? read the structure first"):
+        model.predict("train.xyz")
+    with pytest.raises(TypeError, match="give an ASE calculator instance"):
+        gpal.ActiveLearner(frames[0], None, run_dir=tmp_path / "run")

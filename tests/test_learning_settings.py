@@ -155,6 +155,9 @@ def test_flat_names_are_views_of_the_groups(tmp_path):
     (lambda: MDSettings(temperature=0.025), "temperatures are in Kelvin"),
     (lambda: MDSettings(temperature=(0.0, 0.1)), "temperatures are in Kelvin"),
     (lambda: MDSettings(timestep=1e-4), "outside 0.001-100 fs"),
+    # ASE's own way to write a step (0.0982 fs run without a word)
+    (lambda: MDSettings(timestep=__import__("ase").units.fs), "is 1 * ase.units.fs, a step in ASE's time unit; MDSettings takes femtoseconds: timestep=1 "),
+    (lambda: MDSettings(timestep=2 * __import__("ase").units.fs), "is 2 * ase.units.fs"),
     (lambda: MDSettings(friction=5.0), "the friction is in 1/fs"),
     (lambda: Bootstrap(n_frames=-1), "n_bootstrap must be an integer >= 0"),
     (lambda: Bootstrap(n_candidates=2.5), "n_candidates must be an integer >= 1"),

@@ -659,3 +659,28 @@ def test_failed_refit_leaves_the_model_as_it_was(tmp_path, hyperparameters):
     assert len(m.frames_) == len(train)
     again = gpal.load(m.save(tmp_path / "m.npz"))
     assert again.predict(train[0])["energy"] == before["energy"]
+
+
+def test_bulk_frames_that_lost_their_periodic_boundaries_are_named():
+    """3 of 8 bulk frames read without pbc were fitted as clusters with bare surfaces, their
+    bulk labels kept (force RMSE 0.019 eV/Å against 0.0011), with no word; a cluster or a
+    molecule in a box is no such frame."""
+    from ase.build import molecule
+    from ase.cluster import Icosahedron
+
+    from conftest import cu_frames
+
+    frames = cu_frames(6, seed=5, size=(2, 2, 2))
+    for a in frames[:2]:
+        a.pbc = False
+    with pytest.warns(UserWarning, match=r"frames\[0\], frames\[1\]: no periodic boundaries, but the atoms fill "
+                                         r"the cell to its faces"):
+        gpal.SparseGP(n_sparse=20, hyperparameters="fixed").fit(frames)
+    from gpal._validation import _fills_its_cell
+
+    cluster = Icosahedron("Cu", 2)
+    cluster.center(vacuum=4.0)
+    methanol = molecule("CH3OH")
+    methanol.center(vacuum=1.0)
+    assert not _fills_its_cell(cluster) and not _fills_its_cell(methanol) and not _fills_its_cell(molecule("H2O"))
+    assert not _fills_its_cell(cu_frames(1, seed=5, size=(2, 2, 2))[0])  # (periodic)

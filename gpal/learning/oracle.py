@@ -154,7 +154,8 @@ def as_oracle_spec(obj) -> OracleSpec | Any:
                         f"{obj.__name__}(), or the string '{obj.__module__}:{obj.__qualname__}'")
     if is_calculator(obj):
         return obj  # a live calculator, used in this process only
-    raise TypeError(f"cannot use {type(obj).__name__} as an oracle")
+    raise TypeError(f"cannot use {type(obj).__name__} as an oracle: give an ASE calculator instance (e.g. "
+                    "EMT()), its import path 'module:Name', or gpal.OracleSpec('module:Name', {...})")
 
 
 def failure_text(exc: BaseException) -> str:

@@ -58,6 +58,11 @@ class MDSettings:
         if not 1e-3 <= self.timestep <= 100:
             raise ValueError(f"timestep = {self.timestep:g} fs is outside 0.001-100 fs: the time step is in "
                              "femtoseconds (1 fs = 1e-15 s)")
+        n_fs = self.timestep / units.fs  # (n * ase.units.fs, ASE's own way to write a step)
+        if 1 <= round(n_fs) <= 20 and abs(n_fs - round(n_fs)) < 1e-9:
+            raise ValueError(f"timestep = {self.timestep:g} is {round(n_fs)} * ase.units.fs, a step in ASE's "
+                             f"time unit; MDSettings takes femtoseconds: timestep={round(n_fs)} (it had run a "
+                             f"{self.timestep:g} fs step, 10x shorter, without a word)")
         if self.timestep < 0.05:
             warnings.warn(f"timestep = {self.timestep:g} fs: the time step is in femtoseconds; a step "
                           f"given in ps ({self.timestep:g} ps = {1000 * self.timestep:g} fs) should be "
