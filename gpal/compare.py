@@ -25,6 +25,7 @@ from ase import Atoms
 
 from .calibration import uncertainty_metrics
 from .descriptors import SOAP
+from .descriptors.soap import poly_weighting
 from .kernels import NormalizedDotProduct, SquaredExponential
 from .model import SparseGP
 
@@ -304,7 +305,7 @@ def compare_kernels(
         if "weighting" not in soap:
             if soap.get("r_cut") is None:
                 raise ValueError(f"candidate {cand.name!r}: soap needs r_cut (Å), or a weighting that implies it")
-            soap["weighting"] = {"function": "poly", "r0": soap["r_cut"], "c": 1, "m": 1}
+            soap["weighting"] = poly_weighting(soap["r_cut"])
         try:
             descs.append(SOAP(species=species, periodic=periodic, **soap))
         except (TypeError, ValueError) as exc:

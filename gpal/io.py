@@ -656,9 +656,8 @@ def write_frames(path: str | os.PathLike, frames, *, overwrite: bool = False) ->
         Whether an existing file is replaced; if not, ``FileExistsError`` and the file
         is left as it is.
     """
-    from ase.io import write
-
     from ase import Atoms
+    from ase.io import write
 
     if isinstance(frames, Atoms) or isinstance(path, (list, tuple)) or not isinstance(path, (str, os.PathLike)):
         raise TypeError("write_frames(path, frames) takes a file path and a list of ase.Atoms"

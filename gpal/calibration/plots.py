@@ -75,9 +75,6 @@ def is_gpal_plot(path) -> bool:
 
 #: formats whose files carry gpal's mark (:func:`is_gpal_plot`) and its metadata key
 _MARKS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "eps": "Creator", "ps": "Creator"}
-#: the other formats matplotlib's Agg canvas writes (no mark: replaced only with overwrite=True)
-_SAVE_FORMATS = {"png", "pdf", "svg", "svgz", "eps", "ps", "pgf", "jpg", "jpeg", "tif", "tiff", "webp", "gif",
-                 "raw", "rgba", "avif"}
 
 
 def _check_replace(path, overwrite: bool | None, what: str = "") -> Path:
@@ -85,8 +82,11 @@ def _check_replace(path, overwrite: bool | None, what: str = "") -> Path:
     file no gpal plot function wrote (``overwrite=None``), any (``False``)."""
     from ..io import check_replace
 
+    from matplotlib.backend_bases import FigureCanvasBase
+
     fmt = Path(os.fspath(path)).suffix[1:].lower()
-    marked = fmt in _MARKS or fmt not in _SAVE_FORMATS  # (an unknown suffix is written as PNG)
+    # (a suffix matplotlib does not write is written as PNG, marked)
+    marked = fmt in _MARKS or fmt not in FigureCanvasBase.get_supported_filetypes()
     return check_replace(path, overwrite, is_gpal_plot,
                          "a plot gpal wrote" if marked else
                          f"a plot gpal can recognise (it marks the {', '.join(f.upper() for f in _MARKS)} files "

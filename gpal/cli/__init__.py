@@ -686,11 +686,12 @@ def _learn(args: argparse.Namespace) -> int:
     descriptor = None
     if cfg.get("descriptor"):
         from ..descriptors import SOAP
+        from ..descriptors.soap import poly_weighting
 
         d = dict(cfg["descriptor"])
         for key, value in (("r_cut", 5.0), ("n_max", 8), ("l_max", 6), ("sigma", 0.5)):
             d.setdefault(key, value)  # gpal's defaults (gpal learn --print-config)
-        d.setdefault("weighting", {"function": "poly", "r0": d["r_cut"], "c": 1, "m": 1})
+        d.setdefault("weighting", poly_weighting(d["r_cut"]))
         try:
             descriptor = SOAP(
                 species=d.pop("species", sorted(set(structure.get_chemical_symbols()))),
@@ -903,6 +904,7 @@ def _descriptor_from_args(args, frames):
     from ase.data import atomic_numbers
 
     from ..descriptors import SOAP
+    from ..descriptors.soap import poly_weighting
 
     if args.species:
         species = [s for item in args.species for s in item.replace(",", " ").split()]
@@ -918,7 +920,7 @@ def _descriptor_from_args(args, frames):
         l_max=6 if args.l_max is None else args.l_max,
         sigma=0.5 if args.sigma is None else args.sigma,
         periodic=True,  # each frame's pbc decides
-        weighting={"function": "poly", "r0": r_cut, "c": 1, "m": 1},
+        weighting=poly_weighting(r_cut),
     )
 
 

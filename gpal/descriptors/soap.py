@@ -305,6 +305,13 @@ def _number(value, name: str) -> float:
     return value
 
 
+def poly_weighting(r0) -> dict:
+    """gpal's smooth cutoff: dscribe's ``poly`` weighting (c = 1, m = 1), which takes every
+    neighbour's weight smoothly to zero at ``r0`` (Å), the weighting of gpal's default
+    descriptor and of every SOAP the command line and :func:`gpal.compare_kernels` build."""
+    return {"function": "poly", "r0": r0, "c": 1, "m": 1}
+
+
 def _check_weighting(weighting) -> dict | None:
     """Validated copy of the weighting dict (floats), or None."""
     if weighting is None:

@@ -2361,7 +2361,7 @@ class ActiveLearner:
         self._calls["validation"] = self._calls.get("validation", 0) + int(n)
         # logged as the run starts (a log before the run's state would make the folder no
         # run's): the log's other records count the learner's own calls
-        self._validation_unlogged = getattr(self, "_validation_unlogged", 0) + int(n)
+        self._validation_unlogged += int(n)
 
     def _add_force_squares(self, frames) -> None:
         """Add the oracle forces of labelled ``frames`` to the running RMS (frames without forces add nothing)."""
@@ -2476,8 +2476,8 @@ class ActiveLearner:
         # shrank it tenfold after the bootstrap and never labelled again, at 3x its threshold)
         # the quantile from scores each measured in a calibrator fitted on other frames
         n_comp = int(np.count_nonzero(cal))  # (too few components to shrink the std on: small cells)
-        few = (n_comp < _MIN_CALIBRATION_COMPONENTS  # (or too few frames: a run's first MD labels)
-               or len(set(fr[cal].tolist())) < _MIN_CALIBRATION_FRAMES)
+        n_frames = len(set(fr[cal].tolist()))
+        few = n_comp < _MIN_CALIBRATION_COMPONENTS or n_frames < _MIN_CALIBRATION_FRAMES  # (a run's first MD labels)
         tt, conf = calibration.fit_two_term_conformal(
             err[cal], std[cal], noise[cal], nu[cal], fr[cal], alpha=0.1,
             min_scale=1.0 if rattled or few else 0.1, species=sp[cal])
@@ -2489,7 +2489,7 @@ class ActiveLearner:
             "novelty_max": tt.novelty_max_,
             "species_scale": {str(z): f for z, f in (tt.species_scale_ or {}).items()},
             "conformal_q90": float(conf.quantile_),
-            "n_calibration": int(len(set(fr[cal].tolist()))),
+            "n_calibration": n_frames,
             "n_judge": int(len(set(fr[judge].tolist()))),
             "judge_force_rmse": float(np.sqrt(np.mean(err[judge] ** 2))),
             "judge_zms": float(np.mean(zj**2)),

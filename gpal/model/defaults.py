@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..descriptors import SOAP
+from ..descriptors.soap import poly_weighting
 
 __all__ = ["ZETA_CANDIDATES", "L_MAX_CANDIDATES", "SIGMA_CANDIDATES", "SIGNAL_VARIANCE_BOUNDS", "DEFAULT_NOISE", "NOISE_BOUNDS",
            "DEFAULT_MEMORY_BUDGET_GB", "default_descriptor"]
@@ -106,5 +107,5 @@ def default_descriptor(frames) -> SOAP:
         l_max=6,
         sigma=0.5,
         periodic=periodic,
-        weighting={"function": "poly", "r0": 5.0, "c": 1, "m": 1},
+        weighting=poly_weighting(5.0),
     )
