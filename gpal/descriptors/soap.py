@@ -1215,7 +1215,7 @@ class SOAP(Descriptor):
             for i0, i1 in blocks:
                 n_chunks = self._n_chunks(i1 - i0)
                 jit.soap_create_stored(
-                    D, nbr_spec, offsets, spec, S, A, BT, self._BAT, wtype, wpar, w_zero,
+                    D, nbr_spec, offsets, spec, S, A, BT, wtype, wpar, w_zero,
                     self._w_zero, self._self0, *self._layout_args, max_pairs, i0, i1,
                     store, perm, sstart, C, X, n_chunks,
                 )  # fmt: skip
@@ -1223,7 +1223,7 @@ class SOAP(Descriptor):
                 if G.shape != (i1 - i0, F):
                     raise ValueError(f"block_gradient returned shape {G.shape}, expected {(i1 - i0, F)}")
                 jit.soap_backward_stored(
-                    offsets, i0, i1, self._prel, self._pair_off, self._tri, max_pairs,
+                    offsets, i0, i1, self._prel, self._pair_off, self._tri, max_pairs, A, BT,
                     store, perm, sstart, *gmap, C, G, out, n_chunks,
                 )  # fmt: skip
         return _FusedStep(X, i, j, D, volume, out)
