@@ -482,6 +482,7 @@ def _pair_rows(D, b, C, W, scale, center, neighbor, vector, rows_f, virial, c0):
 _VP = types.voidptr
 _dgemm = types.ExternalFunction("gpal_cython_blas_dgemm", types.void(*([_VP] * 13)))
 _dtrmm = types.ExternalFunction("gpal_cython_blas_dtrmm", types.void(*([_VP] * 11)))
+_strmm = types.ExternalFunction("gpal_cython_blas_strmm", types.void(*([_VP] * 11)))
 
 
 @numba.njit(cache=True)
@@ -539,6 +540,24 @@ def _trmm_left(uplo, m, n, T, B):
     ints[3] = m
     one = np.ones(1)
     _dtrmm(ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, ints[0:].ctypes,
+           ints[1:].ctypes, one.ctypes, T.ctypes, ints[2:].ctypes, B.ctypes, ints[3:].ctypes)
+
+
+@numba.njit(cache=True)
+def _strmm_left(uplo, m, n, T, B):
+    """:func:`_trmm_left` in single precision (Fortran strmm; ``T``, ``B`` float32)."""
+    ch = np.empty(4, np.uint8)
+    ch[0] = 76  # side 'L'
+    ch[1] = uplo
+    ch[2] = 78  # 'N'
+    ch[3] = 78  # non-unit diagonal
+    ints = np.empty(4, np.int32)
+    ints[0] = m
+    ints[1] = n
+    ints[2] = m
+    ints[3] = m
+    one = np.ones(1, np.float32)
+    _strmm(ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, ints[0:].ctypes,
            ints[1:].ctypes, one.ctypes, T.ctypes, ints[2:].ctypes, B.ctypes, ints[3:].ctypes)
 
 
@@ -612,12 +631,14 @@ def _prediction_terms_rows(X, norms, Zh, alpha, kind, p, s2, K, energy, G, n_chu
 def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, vsum_parts, n_chunks, block):
     """``_LocalStdFactors.terms`` by chunks of rows: ``q = |w|²`` and ``sor = |v|²`` of
     ``w = L⁻¹k`` and ``v = U w`` for each row ``k`` of ``Kz``, each chunk's ``Σ w`` in
-    ``wsum_parts[chunk]`` and ``Σ v`` in ``vsum_parts[chunk]``.
+    ``wsum_parts[chunk]`` and ``Σ v`` in ``vsum_parts[chunk]``. ``v`` in single
+    precision (see ``_LocalStdFactors``), its squares and sums in double.
 
     Parameters
     ----------
     Kz : ndarray (n, m), C-contiguous kernel rows
-    Linv, U : ndarray (m, m), Fortran order: lower- and upper-triangular factors
+    Linv, U : ndarray (m, m), Fortran order: lower- and upper-triangular factors (``U``
+        float32)
     with_sor : bool
         False: ``sor`` and ``vsum_parts`` are left as they are.
     q, sor : ndarray (n,); wsum_parts, vsum_parts : ndarray (n_chunks, m), zeros
@@ -631,6 +652,7 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, vsum_parts, n_chu
         if r1 <= r0:
             continue
         buf = np.empty((min(block, r1 - r0), m))
+        buf_u = np.empty((min(block, r1 - r0) if with_sor else 0, m), np.float32)
         for s in range(r0, r1, block):
             rb = min(s + block, r1) - s
             for r in range(rb):
@@ -641,25 +663,29 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, vsum_parts, n_chu
             for r in range(rb):
                 q[s + r] = _row_square_and_add(buf, r, m, wsum_parts[ch])
             if with_sor:
-                _trmm_left(85, m, rb, U, buf)  # 'U': upper
                 for r in range(rb):
-                    sor[s + r] = _row_square_and_add(buf, r, m, vsum_parts[ch])
+                    for j in range(m):
+                        buf_u[r, j] = buf[r, j]
+                _strmm_left(85, m, rb, U, buf_u)  # 'U': upper
+                for r in range(rb):
+                    sor[s + r] = _row_square_and_add(buf_u, r, m, vsum_parts[ch])
 
 
 @numba.njit(cache=True)
 def _row_square_and_add(a, r, m, acc):
-    """``Σ_j a[r, j]²`` over ``j < m`` (two accumulators), adding the row into ``acc``."""
+    """``Σ_j a[r, j]²`` over ``j < m`` (two accumulators, double precision), adding the
+    row into ``acc``."""
     a0 = 0.0
     a1 = 0.0
     for j in range(0, m - 1, 2):
-        v0 = a[r, j]
-        v1 = a[r, j + 1]
+        v0 = np.float64(a[r, j])
+        v1 = np.float64(a[r, j + 1])
         a0 += v0 * v0
         a1 += v1 * v1
         acc[j] += v0
         acc[j + 1] += v1
     if m % 2:
-        v0 = a[r, m - 1]
+        v0 = np.float64(a[r, m - 1])
         a0 += v0 * v0
         acc[m - 1] += v0
     return a0 + a1

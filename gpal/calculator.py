@@ -21,9 +21,10 @@ that trajectory and extxyz writers keep them. They are left out of
 :meth:`export_properties`, which ASE restricts to its standard property names.
 
 Cost of the uncertainty: the local-energy std reuses the (n_atoms x n_sparse) kernel
-block of the energy and adds two products with factors precomputed once per model
-(about 2 n_sparse² flops per atom): measured ~15 µs/atom at 500 sparse points, ~15 % of
-the MD step (benchmarks/bench_md.py), so it is computed every step by default
+block of the energy and adds two triangular products with factors precomputed once per
+model (about 2 n_sparse² flops per atom, the second in single precision): measured ~7
+µs/atom at 500 sparse points on one core, ~18 % of the MD step (benchmarks/bench_md.py,
+108-atom Cu), so it is computed every step by default
 (``std_every=1``). ``forces_std=True`` needs an explicit derivative pass, about the
 cost of adding a training frame; use it for analysis, or every k-th step.
 """

@@ -59,7 +59,13 @@ def reference(model, atoms) -> dict:
     }
 
 
-def assert_matches(pred, ref, rtol_std=1e-8):
+# The projected part of a local variance, |U w|², is formed in single precision
+# (potential._LocalStdFactors): stds are held to ~1e-6 of themselves (measured ≤ 2.1e-6
+# on a Cu model), not to the rounding of double precision.
+STD_RTOL = 1e-5
+
+
+def assert_matches(pred, ref, rtol_std=STD_RTOL):
     scale = np.abs(ref["forces"]).max()
     np.testing.assert_allclose(pred["energies"], ref["energies"], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(pred["forces"], ref["forces"], rtol=0, atol=1e-10 * scale)
@@ -113,7 +119,7 @@ def test_one_species_frame_of_a_two_species_model(small_blocks):
     (c, wsum_c, _), = terms.sums.values()
     wsum = np.zeros(len(model.sparse_species_))
     wsum[c] = wsum_c
-    np.testing.assert_allclose(sor_total, model._var_sor_whitened(wsum), rtol=1e-10)
+    np.testing.assert_allclose(sor_total, model._var_sor_whitened(wsum), rtol=STD_RTOL)
 
 
 def test_stds_summed_block_by_block_equal_the_direct_formulas(small_blocks, monkeypatch):
@@ -379,9 +385,10 @@ def test_row_parallel_passes_equal_numpy_for_any_split():
             q, sor, wsum, vsum = _row_blas.std_terms(Kz_in, L, U, True, chunks, block)
             Wt = L @ Kz_in.T
             np.testing.assert_allclose(q, (Wt**2).sum(0), rtol=1e-12)
-            np.testing.assert_allclose(sor, ((U @ Wt) ** 2).sum(0), rtol=1e-12)
+            np.testing.assert_allclose(sor, ((U @ Wt) ** 2).sum(0), rtol=STD_RTOL)
             np.testing.assert_allclose(wsum, Wt.sum(1), rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(vsum, (U @ Wt).sum(1), rtol=1e-12, atol=1e-12)
+            V = U @ Wt
+            np.testing.assert_allclose(vsum, V.sum(1), rtol=0, atol=STD_RTOL * np.abs(V).sum(1).max())
         q, sor, _, vsum = _row_blas.std_terms(Kz, L, U, False, chunks, block)
         assert np.all(sor == 0.0) and np.all(vsum == 0.0)
     with pytest.raises(ValueError, match="Zh must have shape"):
@@ -430,9 +437,7 @@ def test_row_parallel_zeta_2_quadratic_form_with_and_without_stds(small_blocks, 
     assert model._prediction_quadratic()[29] is not None
     cell = cu_frames(1, seed=12, size=(2, 2, 2))[0]
     ref = reference(model, cell)
-    # (scipy's BLAS here, numpy's in the reference: kernel rows equal to ~1e-16, and a
-    # std of 5e-4 against a prior of 1 loses 7 digits to the variance subtraction)
-    assert_matches(model.predict(cell, return_std=True), ref, rtol_std=1e-7)
+    assert_matches(model.predict(cell, return_std=True), ref)
     _plain_terms(model.predict(cell), ref)
 
 
