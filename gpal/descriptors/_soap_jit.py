@@ -1195,6 +1195,38 @@ def _batch_scratch(max_pairs, L1, nk, S):
     )
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _primitive_to_radial(ct, BT, c):
+    """c[s, lm, n] = sum_k B[l, n, k] ct[s, lm, k] (BT[l, k, n] = B[l, n, k])."""
+    S = ct.shape[0]
+    nk = ct.shape[2]
+    L1 = BT.shape[0]
+    for s in range(S):
+        for ell in range(L1):
+            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
+                if nk == 8:  # the default n_max: the sums in registers
+                    v0 = ct[s, lm, 0]
+                    v1 = ct[s, lm, 1]
+                    v2 = ct[s, lm, 2]
+                    v3 = ct[s, lm, 3]
+                    v4 = ct[s, lm, 4]
+                    v5 = ct[s, lm, 5]
+                    v6 = ct[s, lm, 6]
+                    v7 = ct[s, lm, 7]
+                    for nn in range(8):
+                        c[s, lm, nn] = (
+                            BT[ell, 0, nn] * v0 + BT[ell, 1, nn] * v1 + BT[ell, 2, nn] * v2
+                            + BT[ell, 3, nn] * v3 + BT[ell, 4, nn] * v4 + BT[ell, 5, nn] * v5
+                            + BT[ell, 6, nn] * v6 + BT[ell, 7, nn] * v7
+                        )  # fmt: skip
+                    continue
+                for nn in range(nk):
+                    acc = 0.0
+                    for k in range(nk):
+                        acc += BT[ell, k, nn] * ct[s, lm, k]
+                    c[s, lm, nn] = acc
+
+
 @numba.njit(cache=True, parallel=True)
 def soap_create_batched(
     vec,
@@ -1204,7 +1236,6 @@ def soap_create_batched(
     n_species,
     A,
     BT,
-    BAT,
     wtype,
     wpar,
     w_zero,
@@ -1222,10 +1253,16 @@ def soap_create_batched(
     X_out,
     n_chunks,
 ):
-    """Descriptor X (N, F) and coefficients C (N, S, L2, n) (as :func:`soap_create`)."""
+    """Descriptor X (N, F) and coefficients C (N, S, L2, n) (as :func:`soap_create`).
+
+    Sums in the primitive Gaussian basis of the radial functions and transforms once
+    per centre, as :func:`soap_create_stored` (see there): per pair only the
+    exponentials and the harmonics.
+    """
     N = offsets.shape[0] - 1
     L1 = BT.shape[0]
     L = L1 - 1
+    L2 = L1 * L1
     nk = BT.shape[1]
     S = n_species
     bounds = _chunks(N, n_chunks)
@@ -1233,24 +1270,39 @@ def soap_create_batched(
         (perm, sstart, geo, args, ex, ibits, R, Qd, Y, dY, Q, Qz, Qr, Am, Bm) = (
             _batch_scratch(max_pairs, L1, nk, S)
         )
+        wY = np.empty_like(Y)
+        ct = np.empty((S, L2, nk))
         M = np.empty((nk, nk))
         for i in range(bounds[ch], bounds[ch + 1]):
             c = C_out[i]
-            c[:] = 0.0
-            si = center_spec[i]
-            for k in range(nk):
-                c[si, 0, k] += w_self * self0[k]
+            ct[:] = 0.0
             p0 = offsets[i]
             n = offsets[i + 1] - p0
             if n > 0:
                 _gather_centre(
                     vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
                 )
-                _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, False)
+                m = L1 * nk * n
+                argv = args[:m].reshape((L1 * nk, n))
+                r2 = geo[3]
+                for lk in range(L1 * nk):
+                    a = A[lk]
+                    row = argv[lk]
+                    for q in range(n):
+                        row[q] = a * r2[q]
+                _exp_nonpositive(args[:m], ex[:m], ibits[:m])
                 _batch_harmonics(
                     n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False
                 )
-                _batch_coefficients(c, sstart, R, Y, L1)
+                w = geo[4]
+                for lm in range(L2):
+                    for q in range(n):
+                        wY[lm, q] = w[q] * Y[lm, q]
+                _batch_coefficients(ct, sstart, ex[:m].reshape((L1, nk, n)), wY, L1)
+            _primitive_to_radial(ct, BT, c)
+            si = center_spec[i]
+            for k in range(nk):
+                c[si, 0, k] += w_self * self0[k]
             _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
 
 
@@ -1566,38 +1618,6 @@ def _stored_views(store, base, n, L1, nk):
     o += L1 * nk * n
     Y = store[o:o + L2 * n].reshape((L2, n))
     return geo, E, Y
-
-
-@numba.njit(cache=True, fastmath=_FM)
-def _primitive_to_radial(ct, BT, c):
-    """c[s, lm, n] = sum_k B[l, n, k] ct[s, lm, k] (BT[l, k, n] = B[l, n, k])."""
-    S = ct.shape[0]
-    nk = ct.shape[2]
-    L1 = BT.shape[0]
-    for s in range(S):
-        for ell in range(L1):
-            for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                if nk == 8:  # the default n_max: the sums in registers
-                    v0 = ct[s, lm, 0]
-                    v1 = ct[s, lm, 1]
-                    v2 = ct[s, lm, 2]
-                    v3 = ct[s, lm, 3]
-                    v4 = ct[s, lm, 4]
-                    v5 = ct[s, lm, 5]
-                    v6 = ct[s, lm, 6]
-                    v7 = ct[s, lm, 7]
-                    for nn in range(8):
-                        c[s, lm, nn] = (
-                            BT[ell, 0, nn] * v0 + BT[ell, 1, nn] * v1 + BT[ell, 2, nn] * v2
-                            + BT[ell, 3, nn] * v3 + BT[ell, 4, nn] * v4 + BT[ell, 5, nn] * v5
-                            + BT[ell, 6, nn] * v6 + BT[ell, 7, nn] * v7
-                        )  # fmt: skip
-                    continue
-                for nn in range(nk):
-                    acc = 0.0
-                    for k in range(nk):
-                        acc += BT[ell, k, nn] * ct[s, lm, k]
-                    c[s, lm, nn] = acc
 
 
 @numba.njit(cache=True, fastmath=_FM)

@@ -950,7 +950,7 @@ class SOAP(Descriptor):
                 else:
                     A, BT, wtype, wpar, w_zero = self._radial_args
                     jit.soap_create_batched(
-                        D, spec[j], offsets, spec, S, A, BT, self._BAT, wtype, wpar,
+                        D, spec[j], offsets, spec, S, A, BT, wtype, wpar,
                         w_zero, self._w_zero, self._self0, *self._layout_args,
                         _max_pairs(offsets), C, X, self._n_chunks(N),
                     )  # fmt: skip
