@@ -526,8 +526,9 @@ def _gemm(ta, tb, m, n, k, A, lda, B, ldb, C, ldc):
 
 
 @numba.njit(cache=True)
-def _trmm_left(uplo, m, n, T, B):
-    """Column-major ``B (m, n) := T B`` for a triangular ``T`` (m, m) (Fortran dtrmm)."""
+def _trmm_codes(uplo, m, n):
+    """The character and integer arguments of a left triangular product (side 'L', no
+    transpose, non-unit diagonal; ``m``, ``n``, ``lda = ldb = m``)."""
     ch = np.empty(4, np.uint8)
     ch[0] = 76  # side 'L'
     ch[1] = uplo
@@ -538,6 +539,13 @@ def _trmm_left(uplo, m, n, T, B):
     ints[1] = n
     ints[2] = m
     ints[3] = m
+    return ch, ints
+
+
+@numba.njit(cache=True)
+def _trmm_left(uplo, m, n, T, B):
+    """Column-major ``B (m, n) := T B`` for a triangular ``T`` (m, m) (Fortran dtrmm)."""
+    ch, ints = _trmm_codes(uplo, m, n)
     one = np.ones(1)
     _dtrmm(ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, ints[0:].ctypes,
            ints[1:].ctypes, one.ctypes, T.ctypes, ints[2:].ctypes, B.ctypes, ints[3:].ctypes)
@@ -546,16 +554,7 @@ def _trmm_left(uplo, m, n, T, B):
 @numba.njit(cache=True)
 def _strmm_left(uplo, m, n, T, B):
     """:func:`_trmm_left` in single precision (Fortran strmm; ``T``, ``B`` float32)."""
-    ch = np.empty(4, np.uint8)
-    ch[0] = 76  # side 'L'
-    ch[1] = uplo
-    ch[2] = 78  # 'N'
-    ch[3] = 78  # non-unit diagonal
-    ints = np.empty(4, np.int32)
-    ints[0] = m
-    ints[1] = n
-    ints[2] = m
-    ints[3] = m
+    ch, ints = _trmm_codes(uplo, m, n)
     one = np.ones(1, np.float32)
     _strmm(ch[0:].ctypes, ch[1:].ctypes, ch[2:].ctypes, ch[3:].ctypes, ints[0:].ctypes,
            ints[1:].ctypes, one.ctypes, T.ctypes, ints[2:].ctypes, B.ctypes, ints[3:].ctypes)

@@ -1227,6 +1227,42 @@ def _primitive_to_radial(ct, BT, c):
                     c[s, lm, nn] = acc
 
 
+@numba.njit(cache=True, fastmath=_FM)
+def _primitive_sums(n, geo, A, args, E, ibits, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am,
+                    Bm, wY, sstart, ct):
+    """ct[s, lm, k] += sum over the n gathered pairs (``geo``) of species s of w E[l, k]
+    Y[lm]: the exponentials into ``E`` (flat, [l, k, q], length L1 nk n), the harmonics
+    into ``Y`` (L2, >= n); ``args``, ``ibits``, ``wY`` and the harmonics' recurrence
+    arrays are scratch (see :func:`_batch_harmonics`)."""
+    L1 = shK.shape[0]
+    nk = ct.shape[2]
+    m = L1 * nk * n
+    argv = args[:m].reshape((L1 * nk, n))
+    r2 = geo[3]
+    for lk in range(L1 * nk):
+        a = A[lk]
+        row = argv[lk]
+        for q in range(n):
+            row[q] = a * r2[q]
+    _exp_nonpositive(args[:m], E, ibits[:m])
+    _batch_harmonics(n, geo, L1 - 1, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False)
+    w = geo[4]
+    for lm in range(L1 * L1):
+        for q in range(n):
+            wY[lm, q] = w[q] * Y[lm, q]
+    _batch_coefficients(ct, sstart, E.reshape((L1, nk, n)), wY, L1)
+
+
+@numba.njit(cache=True)
+def _centre_row(ct, BT, c, si, w_self, self0, prel, pair_off, tri, M, x):
+    """One centre's coefficients ``c`` from its primitive sums ``ct`` (plus the centre's own
+    term, species ``si``) and its descriptor row ``x``."""
+    _primitive_to_radial(ct, BT, c)
+    for k in range(c.shape[2]):
+        c[si, 0, k] += w_self * self0[k]
+    _power_spectrum_row(c, prel, pair_off, tri, M, x)
+
+
 @numba.njit(cache=True, parallel=True)
 def soap_create_batched(
     vec,
@@ -1261,7 +1297,6 @@ def soap_create_batched(
     """
     N = offsets.shape[0] - 1
     L1 = BT.shape[0]
-    L = L1 - 1
     L2 = L1 * L1
     nk = BT.shape[1]
     S = n_species
@@ -1282,28 +1317,11 @@ def soap_create_batched(
                 _gather_centre(
                     vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
                 )
-                m = L1 * nk * n
-                argv = args[:m].reshape((L1 * nk, n))
-                r2 = geo[3]
-                for lk in range(L1 * nk):
-                    a = A[lk]
-                    row = argv[lk]
-                    for q in range(n):
-                        row[q] = a * r2[q]
-                _exp_nonpositive(args[:m], ex[:m], ibits[:m])
-                _batch_harmonics(
-                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False
-                )
-                w = geo[4]
-                for lm in range(L2):
-                    for q in range(n):
-                        wY[lm, q] = w[q] * Y[lm, q]
-                _batch_coefficients(ct, sstart, ex[:m].reshape((L1, nk, n)), wY, L1)
-            _primitive_to_radial(ct, BT, c)
-            si = center_spec[i]
-            for k in range(nk):
-                c[si, 0, k] += w_self * self0[k]
-            _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
+                _primitive_sums(
+                    n, geo, A, args, ex[:L1 * nk * n], ibits, shK, shQmm, shC1, shC2, Y, dY,
+                    Q, Qz, Qr, Am, Bm, wY, sstart, ct,
+                )  # fmt: skip
+            _centre_row(ct, BT, c, center_spec[i], w_self, self0, prel, pair_off, tri, M, X_out[i])
 
 
 @numba.njit(cache=True, fastmath=_FM, inline="always")
@@ -1676,7 +1694,6 @@ def soap_create_stored(
     of centres, as :func:`soap_create_batched`, keeping each pair's exponentials and
     harmonics (see above)."""
     L1 = BT.shape[0]
-    L = L1 - 1
     L2 = L1 * L1
     nk = BT.shape[1]
     S = n_species
@@ -1710,28 +1727,11 @@ def soap_create_stored(
                     vec, nbr_spec, p0, p0 + n, S, perm_store[o:o + n], sstart, geo,
                     wtype, wpar, w_zero,
                 )  # fmt: skip
-                m = L1 * nk * n
-                argv = args[:m].reshape((L1 * nk, n))
-                r2 = geo[3]
-                for lk in range(L1 * nk):
-                    a = A[lk]
-                    row = argv[lk]
-                    for q in range(n):
-                        row[q] = a * r2[q]
-                _exp_nonpositive(args[:m], E, ibits[:m])
-                _batch_harmonics(
-                    n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False
-                )
-                w = geo[4]
-                for lm in range(L2):
-                    for q in range(n):
-                        wY[lm, q] = w[q] * Y[lm, q]
-                _batch_coefficients(ct, sstart, E.reshape((L1, nk, n)), wY, L1)
-            _primitive_to_radial(ct, BT, c)
-            si = center_spec[i]
-            for k in range(nk):
-                c[si, 0, k] += w_self * self0[k]
-            _power_spectrum_row(c, prel, pair_off, tri, M, X_out[i])
+                _primitive_sums(
+                    n, geo, A, args, E, ibits, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am,
+                    Bm, wY, sstart, ct,
+                )  # fmt: skip
+            _centre_row(ct, BT, c, center_spec[i], w_self, self0, prel, pair_off, tri, M, X_out[i])
 
 
 @numba.njit(cache=True, fastmath=_FM)
