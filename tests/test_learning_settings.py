@@ -54,6 +54,9 @@ def test_unknown_settings_and_wrong_group_types_are_refused(tmp_path):
         _learner(tmp_path, n_boostrap=3)
     with pytest.raises(TypeError, match="bootstrap must be a gpal.learning.Bootstrap"):
         _learner(tmp_path, bootstrap=ModelGrowth())
+    # an MD setting given flat is named with where it goes, not listed among unknown names
+    with pytest.raises(TypeError, match=r"md=gpal.MDSettings\(temperature=500, timestep=2.0\)"):
+        _learner(tmp_path, temperature=500, timestep=2.0)
 
 
 def test_a_list_of_frames_is_the_validation_group(tmp_path):

@@ -301,6 +301,12 @@ def group_flat(groups: dict, flat: dict) -> dict:
         An unknown keyword (the known ones are listed).
     """
     unknown = sorted(set(flat) - set(FLAT_NAMES))
+    from .sampler import MDSettings
+
+    md_fields = [k for k in unknown if k in {f.name for f in dataclasses.fields(MDSettings)}]
+    if md_fields:  # (the MD of the run is its own argument, not a group of flat names)
+        given = ", ".join(f"{k}={flat[k]!r}" for k in md_fields)
+        raise TypeError(f"ActiveLearner got {', '.join(md_fields)}: the MD settings go in md=gpal.MDSettings({given})")
     if unknown:
         raise TypeError(f"ActiveLearner got unknown settings {unknown}; settings are grouped in "
                         f"{', '.join(GROUPS)} (flat names: {', '.join(sorted(FLAT_NAMES))})")
