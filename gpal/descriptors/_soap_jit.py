@@ -1227,13 +1227,34 @@ def _primitive_to_radial(ct, BT, c):
                     c[s, lm, nn] = acc
 
 
+@numba.njit(cache=True)
+def _create_scratch(max_pairs, L1, nk, S):
+    """Per-thread scratch of the two expansion passes (:func:`soap_create_batched`,
+    :func:`soap_create_stored`): ``(args, ibits, Q, Qz, Qr, dY, Am, Bm, wY, ct, M)`` for
+    :func:`_primitive_sums` and :func:`_centre_row` (no harmonic gradients)."""
+    Pm = max(max_pairs, 1)
+    one = np.empty((1, 1, 1))
+    return (
+        np.empty(L1 * nk * Pm),  # args
+        np.empty(L1 * nk * Pm, dtype=np.int64),  # ibits
+        np.empty((L1, L1, Pm)),  # Q
+        one,  # Qz
+        one,  # Qr
+        one,  # dY
+        np.empty((L1, Pm)),  # Am
+        np.empty((L1, Pm)),  # Bm
+        np.empty((L1 * L1, Pm)),  # wY
+        np.empty((S, L1 * L1, nk)),  # ct
+        np.empty((nk, nk)),  # M
+    )
+
+
 @numba.njit(cache=True, fastmath=_FM)
-def _primitive_sums(n, geo, A, args, E, ibits, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am,
-                    Bm, wY, sstart, ct):
+def _primitive_sums(n, geo, A, E, Y, sstart, shK, shQmm, shC1, shC2, scratch):
     """ct[s, lm, k] += sum over the n gathered pairs (``geo``) of species s of w E[l, k]
-    Y[lm]: the exponentials into ``E`` (flat, [l, k, q], length L1 nk n), the harmonics
-    into ``Y`` (L2, >= n); ``args``, ``ibits``, ``wY`` and the harmonics' recurrence
-    arrays are scratch (see :func:`_batch_harmonics`)."""
+    Y[lm] (``ct`` of ``scratch``, :func:`_create_scratch`): the exponentials into ``E``
+    (flat, [l, k, q], length L1 nk n), the harmonics into ``Y`` (L2, >= n)."""
+    args, ibits, Q, Qz, Qr, dY, Am, Bm, wY, ct, _ = scratch
     L1 = shK.shape[0]
     nk = ct.shape[2]
     m = L1 * nk * n
@@ -1254,9 +1275,10 @@ def _primitive_sums(n, geo, A, args, E, ibits, shK, shQmm, shC1, shC2, Y, dY, Q,
 
 
 @numba.njit(cache=True)
-def _centre_row(ct, BT, c, si, w_self, self0, prel, pair_off, tri, M, x):
-    """One centre's coefficients ``c`` from its primitive sums ``ct`` (plus the centre's own
-    term, species ``si``) and its descriptor row ``x``."""
+def _centre_row(BT, c, si, w_self, self0, prel, pair_off, tri, x, scratch):
+    """One centre's coefficients ``c`` from its primitive sums (``ct`` of ``scratch``) plus
+    the centre's own term (species ``si``), and its descriptor row ``x``."""
+    ct, M = scratch[9], scratch[10]
     _primitive_to_radial(ct, BT, c)
     for k in range(c.shape[2]):
         c[si, 0, k] += w_self * self0[k]
@@ -1297,31 +1319,28 @@ def soap_create_batched(
     """
     N = offsets.shape[0] - 1
     L1 = BT.shape[0]
-    L2 = L1 * L1
     nk = BT.shape[1]
     S = n_species
     bounds = _chunks(N, n_chunks)
     for ch in numba.prange(n_chunks):
-        (perm, sstart, geo, args, ex, ibits, R, Qd, Y, dY, Q, Qz, Qr, Am, Bm) = (
-            _batch_scratch(max_pairs, L1, nk, S)
-        )
-        wY = np.empty_like(Y)
-        ct = np.empty((S, L2, nk))
-        M = np.empty((nk, nk))
+        Pm = max(max_pairs, 1)
+        perm = np.empty(Pm, dtype=np.int64)
+        sstart = np.empty(S + 1, dtype=np.int64)
+        geo = np.empty((6, Pm))
+        ex = np.empty(L1 * nk * Pm)
+        Y = np.empty((L1 * L1, Pm))
+        scratch = _create_scratch(max_pairs, L1, nk, S)
         for i in range(bounds[ch], bounds[ch + 1]):
             c = C_out[i]
-            ct[:] = 0.0
+            scratch[9][:] = 0.0  # ct
             p0 = offsets[i]
             n = offsets[i + 1] - p0
             if n > 0:
                 _gather_centre(
                     vec, nbr_spec, p0, p0 + n, S, perm, sstart, geo, wtype, wpar, w_zero
                 )
-                _primitive_sums(
-                    n, geo, A, args, ex[:L1 * nk * n], ibits, shK, shQmm, shC1, shC2, Y, dY,
-                    Q, Qz, Qr, Am, Bm, wY, sstart, ct,
-                )  # fmt: skip
-            _centre_row(ct, BT, c, center_spec[i], w_self, self0, prel, pair_off, tri, M, X_out[i])
+                _primitive_sums(n, geo, A, ex[:L1 * nk * n], Y, sstart, shK, shQmm, shC1, shC2, scratch)
+            _centre_row(BT, c, center_spec[i], w_self, self0, prel, pair_off, tri, X_out[i], scratch)
 
 
 @numba.njit(cache=True, fastmath=_FM, inline="always")
@@ -1694,29 +1713,17 @@ def soap_create_stored(
     of centres, as :func:`soap_create_batched`, keeping each pair's exponentials and
     harmonics (see above)."""
     L1 = BT.shape[0]
-    L2 = L1 * L1
     nk = BT.shape[1]
     S = n_species
     PS = stored_pair_size(L1, nk)
     P0 = offsets[i0]
     bounds = _chunks(i1 - i0, n_chunks)
     for ch in numba.prange(n_chunks):
-        Pm = max(max_pairs, 1)
-        args = np.empty(L1 * nk * Pm)
-        ibits = np.empty(L1 * nk * Pm, dtype=np.int64)
-        Q = np.empty((L1, L1, Pm))
-        Qz = np.empty((1, 1, 1))  # no harmonic gradients
-        Qr = np.empty((1, 1, 1))
-        dY = np.empty((1, 1, 1))
-        Am = np.empty((L1, Pm))
-        Bm = np.empty((L1, Pm))
-        wY = np.empty((L2, Pm))
-        ct = np.empty((S, L2, nk))
-        M = np.empty((nk, nk))
+        scratch = _create_scratch(max_pairs, L1, nk, S)
         for b in range(bounds[ch], bounds[ch + 1]):
             i = i0 + b
             c = C_out[b]
-            ct[:] = 0.0
+            scratch[9][:] = 0.0  # ct
             p0 = offsets[i]
             n = offsets[i + 1] - p0
             sstart = sstart_store[b]
@@ -1727,11 +1734,8 @@ def soap_create_stored(
                     vec, nbr_spec, p0, p0 + n, S, perm_store[o:o + n], sstart, geo,
                     wtype, wpar, w_zero,
                 )  # fmt: skip
-                _primitive_sums(
-                    n, geo, A, args, E, ibits, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am,
-                    Bm, wY, sstart, ct,
-                )  # fmt: skip
-            _centre_row(ct, BT, c, center_spec[i], w_self, self0, prel, pair_off, tri, M, X_out[i])
+                _primitive_sums(n, geo, A, E, Y, sstart, shK, shQmm, shC1, shC2, scratch)
+            _centre_row(BT, c, center_spec[i], w_self, self0, prel, pair_off, tri, X_out[i], scratch)
 
 
 @numba.njit(cache=True, fastmath=_FM)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._validation import check_number, check_option
+from .sampler import MDSettings
 
 __all__ = ["Bootstrap", "ModelGrowth", "OracleSettings", "RunSettings", "Validation", "FLAT_NAMES",
            "group_flat", "settings_state", "settings_from_state"]
@@ -301,8 +302,6 @@ def group_flat(groups: dict, flat: dict) -> dict:
         An unknown keyword (the known ones are listed).
     """
     unknown = sorted(set(flat) - set(FLAT_NAMES))
-    from .sampler import MDSettings
-
     md_fields = [k for k in unknown if k in {f.name for f in dataclasses.fields(MDSettings)}]
     if md_fields:  # (the MD of the run is its own argument, not a group of flat names)
         given = ", ".join(f"{k}={flat[k]!r}" for k in md_fields)
