@@ -969,6 +969,22 @@ def _radial8(n, L1, exv, BT, BAT, w, dwr, R, Qd, grad):
 
 
 @numba.njit(cache=True, fastmath=_FM)
+def _batch_exponentials(n, geo, A, args, E, ibits):
+    """E[l, k, q] = exp(A[l, k] r2[q]) of n gathered pairs (``geo[3]`` = r²), into the
+    flat ``E`` (length L1 nk n, laid out [l, k, q] with stride n); ``args``, ``ibits``
+    (>= L1 nk n) are scratch."""
+    m = E.shape[0]
+    argv = args[:m].reshape((m // n, n))
+    r2 = geo[3]
+    for lk in range(m // n):
+        a = A[lk]
+        row = argv[lk]
+        for q in range(n):
+            row[q] = a * r2[q]
+    _exp_nonpositive(args[:m], E, ibits[:m])
+
+
+@numba.njit(cache=True, fastmath=_FM)
 def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
     """R[l, k, q] (and Qd if grad) of n gathered pairs; see the module docstring.
 
@@ -978,17 +994,10 @@ def _batch_radial(n, geo, A, BT, BAT, args, ex, ibits, R, Qd, grad):
     L1 = BT.shape[0]
     nk = BT.shape[1]
     m = L1 * nk * n
-    argv = args[:m].reshape((L1 * nk, n))
     exv = ex[:m].reshape((L1 * nk, n))
-    r2 = geo[3]
     w = geo[4]
     dwr = geo[5]
-    for lk in range(L1 * nk):
-        a = A[lk]
-        row = argv[lk]
-        for q in range(n):
-            row[q] = a * r2[q]
-    _exp_nonpositive(args[:m], ex[:m], ibits[:m])
+    _batch_exponentials(n, geo, A, args, ex[:m], ibits)
     if nk == 8:  # the default n_max: the k sums in registers, one pass per (l, n)
         _radial8(n, L1, exv, BT, BAT, w, dwr, R, Qd, grad)
         return
@@ -1257,15 +1266,7 @@ def _primitive_sums(n, geo, A, E, Y, sstart, shK, shQmm, shC1, shC2, scratch):
     args, ibits, Q, Qz, Qr, dY, Am, Bm, wY, ct, _ = scratch
     L1 = shK.shape[0]
     nk = ct.shape[2]
-    m = L1 * nk * n
-    argv = args[:m].reshape((L1 * nk, n))
-    r2 = geo[3]
-    for lk in range(L1 * nk):
-        a = A[lk]
-        row = argv[lk]
-        for q in range(n):
-            row[q] = a * r2[q]
-    _exp_nonpositive(args[:m], E, ibits[:m])
+    _batch_exponentials(n, geo, A, args, E, ibits)
     _batch_harmonics(n, geo, L1 - 1, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False)
     w = geo[4]
     for lm in range(L1 * L1):
