@@ -5,8 +5,10 @@ that module, which binds the BLAS symbols first).
 Everything here is a small function of plain arrays and scalars, compiled with
 ``@numba.njit(cache=True)`` and *without* fastmath: these values feed Cholesky
 factorisations and variance subtractions, where reassociation and flush-to-zero are not
-safe. No argument checking happens here; the public wrappers in :mod:`gpal.kernels`
-hand in C-contiguous float64 arrays of consistent shapes.
+safe. The one exception is :func:`_row_square_and_add`, a plain sum of squares whose
+order is arbitrary anyway (reassociation into vector lanes only: no flush-to-zero, no
+other flag). No argument checking happens here; the public wrappers in
+:mod:`gpal.kernels` hand in C-contiguous float64 arrays of consistent shapes.
 
 The kernels are functions of the cosine ``c = x̂·ẑ`` of two descriptor rows,
 ``k = signal_variance * f(c)``. A kernel *kind* is an integer code so that one compiled
@@ -670,24 +672,16 @@ def _std_terms_rows(Kz, Linv, U, with_sor, q, sor, wsum_parts, vsum_parts, n_chu
                     sor[s + r] = _row_square_and_add(buf_u, r, m, vsum_parts[ch])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def _row_square_and_add(a, r, m, acc):
-    """``Σ_j a[r, j]²`` over ``j < m`` (two accumulators, double precision), adding the
-    row into ``acc``."""
-    a0 = 0.0
-    a1 = 0.0
-    for j in range(0, m - 1, 2):
-        v0 = np.float64(a[r, j])
-        v1 = np.float64(a[r, j + 1])
-        a0 += v0 * v0
-        a1 += v1 * v1
-        acc[j] += v0
-        acc[j + 1] += v1
-    if m % 2:
-        v0 = np.float64(a[r, m - 1])
-        a0 += v0 * v0
-        acc[m - 1] += v0
-    return a0 + a1
+    """``Σ_j a[r, j]²`` over ``j < m`` (double precision, the sum reassociated into
+    vector lanes), adding the row into ``acc``."""
+    t = 0.0
+    for j in range(m):
+        v = np.float64(a[r, j])
+        t += v * v
+        acc[j] += v
+    return t
 
 
 @numba.njit(cache=True, parallel=True)
