@@ -1256,8 +1256,8 @@ def _batch_harmonics(n, geo, L, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm
 
 
 @numba.njit(cache=True, fastmath=_FM)
-def _batch_coefficients(c, sstart, R, Y, L1):
-    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] Y[lm, q].
+def _batch_coefficients(c, sstart, R, Y, w, L1):
+    """c[s, lm, k] += sum over the pairs q of species s of R[l, k, q] w[q] Y[lm, q].
 
     The sums run over 1-D C-contiguous slices indexed from 0 (a 2-D slice of R has
     unknown strides, and a loop from q0 over whole rows keeps numba's negative-index
@@ -1275,6 +1275,7 @@ def _batch_coefficients(c, sstart, R, Y, L1):
         for ell in range(L1):
             for lm in range(ell * ell, (ell + 1) * (ell + 1)):
                 Yr = Y[lm, q0:q1]
+                wr = w[q0:q1]
                 for kb in range(0, n8, 8):
                     R0 = R[ell, kb, q0:q1]
                     R1 = R[ell, kb + 1, q0:q1]
@@ -1293,7 +1294,7 @@ def _batch_coefficients(c, sstart, R, Y, L1):
                     a6 = 0.0
                     a7 = 0.0
                     for q in range(m):
-                        yv = Yr[q]
+                        yv = Yr[q] * wr[q]
                         a0 += R0[q] * yv
                         a1 += R1[q] * yv
                         a2 += R2[q] * yv
@@ -1314,7 +1315,7 @@ def _batch_coefficients(c, sstart, R, Y, L1):
                     Rk = R[ell, k, q0:q1]
                     a0 = 0.0
                     for q in range(m):
-                        a0 += Rk[q] * Yr[q]
+                        a0 += Rk[q] * (Yr[q] * wr[q])
                     c[s, lm, k] += a0
 
 
@@ -1377,7 +1378,7 @@ def _primitive_to_radial(ct, BT, c):
 @numba.njit(cache=True)
 def _create_scratch(max_pairs, L1, nk, S):
     """Per-thread scratch of the two expansion passes (:func:`soap_create_batched`,
-    :func:`soap_create_stored`): ``(args, ibits, Q, Qz, Qr, dY, Am, Bm, wY, ct, M)`` for
+    :func:`soap_create_stored`): ``(args, ibits, Q, Qz, Qr, dY, Am, Bm, ct, M)`` for
     :func:`_primitive_sums` and :func:`_centre_row` (no harmonic gradients)."""
     Pm = max(max_pairs, 1)
     one = np.empty((1, 1, 1))
@@ -1390,7 +1391,6 @@ def _create_scratch(max_pairs, L1, nk, S):
         one,  # dY
         np.empty((L1, Pm)),  # Am
         np.empty((L1, Pm)),  # Bm
-        np.empty((L1 * L1, Pm)),  # wY
         np.empty((S, L1 * L1, nk)),  # ct
         np.empty((nk, nk)),  # M
     )
@@ -1401,23 +1401,19 @@ def _primitive_sums(n, geo, A, E, Y, sstart, shK, shQmm, shC1, shC2, scratch):
     """ct[s, lm, k] += sum over the n gathered pairs (``geo``) of species s of w E[l, k]
     Y[lm] (``ct`` of ``scratch``, :func:`_create_scratch`): the exponentials into ``E``
     (flat, [l, k, q], length L1 nk n), the harmonics into ``Y`` (L2, >= n)."""
-    args, ibits, Q, Qz, Qr, dY, Am, Bm, wY, ct, _ = scratch
+    args, ibits, Q, Qz, Qr, dY, Am, Bm, ct, _ = scratch
     L1 = shK.shape[0]
     nk = ct.shape[2]
     _batch_exponentials(n, geo, A, args, E, ibits)
     _batch_harmonics(n, geo, L1 - 1, shK, shQmm, shC1, shC2, Y, dY, Q, Qz, Qr, Am, Bm, False)
-    w = geo[4]
-    for lm in range(L1 * L1):
-        for q in range(n):
-            wY[lm, q] = w[q] * Y[lm, q]
-    _batch_coefficients(ct, sstart, E.reshape((L1, nk, n)), wY, L1)
+    _batch_coefficients(ct, sstart, E.reshape((L1, nk, n)), Y, geo[4], L1)
 
 
 @numba.njit(cache=True)
 def _centre_row(BT, c, si, w_self, self0, prel, pair_off, tri, x, scratch):
     """One centre's coefficients ``c`` from its primitive sums (``ct`` of ``scratch``) plus
     the centre's own term (species ``si``), and its descriptor row ``x``."""
-    ct, M = scratch[9], scratch[10]
+    ct, M = scratch[8], scratch[9]
     _primitive_to_radial(ct, BT, c)
     for k in range(c.shape[2]):
         c[si, 0, k] += w_self * self0[k]
@@ -1471,7 +1467,7 @@ def soap_create_batched(
         scratch = _create_scratch(max_pairs, L1, nk, S)
         for i in range(bounds[ch], bounds[ch + 1]):
             c = C_out[i]
-            scratch[9][:] = 0.0  # ct
+            scratch[8][:] = 0.0  # ct
             p0 = offsets[i]
             n = offsets[i + 1] - p0
             if n > 0:
@@ -1865,7 +1861,7 @@ def soap_create_stored(
         for b in range(bounds[ch], bounds[ch + 1]):
             i = i0 + b
             c = C_out[b]
-            scratch[9][:] = 0.0  # ct
+            scratch[8][:] = 0.0  # ct
             p0 = offsets[i]
             n = offsets[i + 1] - p0
             sstart = sstart_store[b]

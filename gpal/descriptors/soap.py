@@ -926,11 +926,17 @@ class SOAP(Descriptor):
         return volume
 
     def _n_chunks(self, n_atoms: int) -> int:
-        return max(1, min(n_atoms, numba.get_num_threads() * _CHUNKS_PER_THREAD))
+        threads = numba.get_num_threads()
+        if threads == 1:  # nothing to balance: one chunk, one set of scratch arrays
+            return 1
+        return max(1, min(n_atoms, threads * _CHUNKS_PER_THREAD))
 
     @staticmethod
     def _dynamic():
-        """Dynamic scheduling of the prange chunks (robust when a core is busy)."""
+        """Dynamic scheduling of the prange chunks (robust when a core is busy); nothing
+        on one numba thread (setting the chunk size costs ~10 µs a call)."""
+        if numba.get_num_threads() == 1:
+            return contextlib.nullcontext()
         return numba.parallel_chunksize(1)
 
     def _run_create(self, spec, j, D, offsets, reference: bool = False):
