@@ -69,12 +69,13 @@ _GAUSS_THRESHOLD = 1e-3
 _CHUNKS_PER_THREAD = 16
 # pair derivatives held at once by SOAP.derivative_blocks (the rows of a large cell)
 _DERIVATIVE_BLOCK_BYTES = 64e6
-# bytes of kept pair terms per block of centres of SOAP._fused_step: 8 MB, ~150 centres
-# of fcc Cu at n_max 8, l_max 6, r_cut 5 Å (1.3 kB per pair, 42 pairs per centre), so
-# the kernel's products have enough rows for BLAS; measured (108 and 4,000 atoms, 500
-# sparse points, one thread, CPU with 2 MB L2 and a large L3): 4 MB blocks 5-20 %
-# slower (products of fewer rows), 16 MB the same within the noise
-_FUSED_STORE_BYTES = 8 << 20
+# bytes of kept pair terms per block of centres of SOAP._fused_step: 16 MB, ~450 centres
+# of fcc Cu at n_max 8, l_max 6, r_cut 5 Å (0.9 kB per pair, 42 pairs per centre), so
+# the kernel's products have enough rows for BLAS and the per-block Python is paid
+# seldom; measured (4,000 atoms, 500 sparse points, 2 MB L2 and a large L3): one thread
+# 30.2 / 29.3 / 28.7 / 28.7 µs/atom for 4 / 8 / 16 / 32 MB, two threads (wall) 16.3 ->
+# 15.8 µs/atom for 8 -> 16 MB; a 108-atom cell is one block either way
+_FUSED_STORE_BYTES = 16 << 20
 
 
 # the constructor arguments that the built state (basis, tables, layout) follows from
