@@ -191,8 +191,8 @@ def test_default_chunk_size_on_a_saved_and_loaded_model(tmp_path):
     train = cu_frames(4, seed=9, size=(2, 2, 2))  # 128 environments
     model = SparseGP(soap_for(train), n_sparse=110, hyperparameters="fixed").fit(train)
     back = SparseGP.load(model.save(tmp_path / "m.npz"))
-    test = cu_frames(1, seed=10, size=(2, 2, 2))[0].repeat((3, 3, 1))  # 288 atoms
-    assert len(test) > potential._STD_CHUNK
+    test = cu_frames(1, seed=10, size=(2, 2, 2))[0].repeat((6, 6, 1))  # 1,152 atoms
+    assert len(test) > potential._std_chunk(len(back.sparse_X_))
     assert_matches(back.predict(test, return_std=True), reference(back, test))
 
 
