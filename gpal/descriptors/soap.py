@@ -1205,7 +1205,7 @@ class SOAP(Descriptor):
         N, F, S = len(spec), self._n_features, len(self.species_numbers_)
         L1, nk = self.l_max + 1, self.n_max
         X = np.empty((N, F))
-        out = np.zeros((len(i), 3))
+        out = np.empty((len(i), 3))  # (every pair's row is written by its centre's back-pass)
         if not N:
             return _FusedStep(X, i, j, D, volume, out)
         gmap = self._gradient_map()
