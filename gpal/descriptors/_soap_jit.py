@@ -297,7 +297,10 @@ def _power_spectrum_row(c, prel, pair_off, tri, M, out):
 # transform to the primitive basis, with each 8-row of an operand in registers and the
 # 8 updates written out. The loops over a runtime n_max of 8 ran 1.6-1.9x slower (each
 # (lm, a) entered a vector loop with its overlap checks and remainder). Same sums in
-# another order (rounding at the 1e-16 relative level).
+# another order (rounding at the 1e-16 relative level). They repeat the general
+# functions' loops with a literal 8 throughout: sharing the feature-block loops with them
+# through helpers of a runtime size made the adjoint and the power spectrum 1.4-1.5x
+# slower again.
 # ---------------------------------------------------------------------------------------
 @numba.njit(cache=True, fastmath=_FM, inline="always")
 def _vecmat8_add(M, X, s, lm, H, hs):
