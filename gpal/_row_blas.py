@@ -104,7 +104,7 @@ def _ready(n_chunks: int) -> int:
     return n_chunks
 
 
-def prediction_terms(X, Zh, alpha, kind: int, p: float, s2: float, n_chunks: int, norms=None):
+def prediction_terms(X, Zh, alpha, kind: int, p: float, s2: float, n_chunks: int, norms=None, K=None):
     """``(K, energy, G)`` of :meth:`gpal.kernels.CosineKernel.prediction_terms`.
 
     Parameters
@@ -121,11 +121,14 @@ def prediction_terms(X, Zh, alpha, kind: int, p: float, s2: float, n_chunks: int
         Chunks of rows (numba's threads share them out).
     norms : array_like (n,), optional
         The norms of the raw rows when ``X`` holds the unit rows.
+    K : ndarray (n, m), optional
+        Where to write the kernel rows (C-contiguous float64, e.g. rows of a buffer that
+        keeps them); a new array if not given.
 
     Returns
     -------
     K : ndarray (n, m)
-        ``s2 f(X̂ Ẑᵀ)``.
+        ``s2 f(X̂ Ẑᵀ)`` (the given ``K``, if any).
     energy : ndarray (n,)
         ``K alpha``.
     G : ndarray (n, F)
@@ -144,7 +147,12 @@ def prediction_terms(X, Zh, alpha, kind: int, p: float, s2: float, n_chunks: int
         norms = np.ascontiguousarray(norms, dtype=np.float64)
         if norms.shape != (n,):
             raise ValueError(f"norms must have shape ({n},), got {norms.shape}")
-    K, energy, G = np.empty((n, m)), np.empty(n), np.empty((n, F))
+    if K is None:
+        K = np.empty((n, m))
+    elif not (isinstance(K, np.ndarray) and K.shape == (n, m) and K.dtype == np.float64
+              and K.flags.c_contiguous and K.flags.writeable):
+        raise ValueError(f"K must be a writeable C-contiguous float64 array of shape {(n, m)}")
+    energy, G = np.empty(n), np.empty((n, F))
     _jit._prediction_terms_rows(X, norms, Zh, alpha, int(kind), float(p), float(s2), K, energy, G, n_chunks)
     return K, energy, G
 

@@ -668,9 +668,10 @@ class CosineKernel(Kernel):
             )
         return self._terms(X, None, Z_unit, alpha)
 
-    def _terms(self, X, xn, Zh, alpha):
+    def _terms(self, X, xn, Zh, alpha, K=None):
         """``(K, K @ alpha, G)`` from the raw rows ``X`` (``xn`` None) or the unit rows
-        ``X`` with norms ``xn``, and unit ``Zh``.
+        ``X`` with norms ``xn``, and unit ``Zh``. On the row-parallel path the kernel rows
+        are written into ``K`` if given (the serial path returns rows of its own).
 
         After the BLAS product ``C = X̂ Ẑᵀ`` one compiled pass forms ``K``, ``K alpha``
         and the weights ``W = alpha ∘ f'(C)`` in place of ``C``; then
@@ -685,7 +686,7 @@ class CosineKernel(Kernel):
             from . import _row_blas
 
             return _row_blas.prediction_terms(X, Zh, alpha, self._kind, float(self._shape_param()), s2,
-                                              chunks, norms=xn)
+                                              chunks, norms=xn, K=K)
         Xh = X
         if xn is None:
             Xh, xn = _jit._normalize_rows(X)

@@ -161,6 +161,30 @@ def test_stds_summed_block_by_block_equal_the_direct_formulas(small_blocks, monk
     np.testing.assert_allclose((kdiag - q) / kdiag, ref["novelty"], rtol=0, atol=1e-10)
 
 
+def test_kernel_rows_written_into_the_buffer_equal_the_direct_formulas(small_blocks, row_chunks, monkeypatch):
+    """A one-species frame in several blocks whose rows all go to one buffer: the kernel
+    writes each block's rows into the buffer's free rows (no copy), and a block that does
+    not fit the rows left is copied as before (on the row-parallel path; the serial one
+    always copies); the stds equal the direct formulas."""
+    size = soap_module.jit.stored_pair_size(SMALL_SOAP["l_max"] + 1, SMALL_SOAP["n_max"])
+    monkeypatch.setattr(soap_module, "_FUSED_STORE_BYTES", 100 * 8 * size)  # a few atoms a block
+    train = cu_frames(4, seed=9, size=(2, 2, 2))
+    model = SparseGP(soap_for(train), n_sparse=40, hyperparameters="fixed").fit(train)
+    cell = cu_frames(1, seed=10, size=(2, 2, 2))[0].repeat((2, 1, 1))  # 64 atoms
+    kept = []
+    take = potential._RowBuffer.take
+    monkeypatch.setattr(potential._RowBuffer, "take",
+                        lambda self, r, Kz: (kept.append(self.in_place(Kz)), take(self, r, Kz))[1])
+    assert_matches(model.predict(cell, return_std=True), reference(model, cell))
+    assert len(kept) >= 3 and all(kept)  # every block written in place
+    # a buffer of 9 rows (blocks of 4-5 atoms): blocks that fit the rows left are written
+    # in place, the others copied
+    monkeypatch.setattr(potential, "_VARIANCE_BUFFER_BYTES", 9 * 8 * 40)
+    kept.clear()
+    assert_matches(model.predict(cell, return_std=True), reference(model, cell))
+    assert any(kept) and not all(kept)
+
+
 def test_stds_follow_new_frames_and_new_sparse_points(small_blocks):
     """The cached factors are rebuilt when the factorisation changes; sparse points
     added later leave a species' columns non-contiguous (the general path)."""

@@ -393,6 +393,19 @@ class _VarianceTerms:
             if b.full:
                 self._flush(z)
 
+    def rows_for(self, z: int, c: np.ndarray, n: int) -> np.ndarray | None:
+        """Where the kernel may write the next ``n`` rows of species ``z`` (sparse columns
+        ``c``) so that :meth:`add` keeps them without a copy: rows of the species' buffer,
+        if they go there and fit; None otherwise (a piece that runs as it is, or one that
+        would fill the buffer part way)."""
+        cap = max(min(int(self.counts[z]), _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
+        b = self.buffers.get(z)
+        if (b is None or not b.held) and n >= cap:
+            return None
+        if b is None:
+            b = self.buffers[z] = _RowBuffer(cap, c)
+        return b.free_rows(n)
+
     def _flush(self, z: int) -> None:
         b = self.buffers[z]
         if b.held:
@@ -434,18 +447,37 @@ class _RowBuffer:
     def __init__(self, cap: int, cols: np.ndarray):
         self.cols, self.held = cols, 0
         self.rows, self.atoms = np.empty((cap, len(cols))), np.empty(cap, dtype=np.int64)
+        self._given = None  # the view free_rows last gave
 
     @property
     def full(self) -> bool:
         return self.held == len(self.atoms)
 
     def take(self, r: np.ndarray, Kz: np.ndarray) -> int:
-        """Copy as many of the rows ``Kz`` (atoms ``r``) as fit; returns how many."""
+        """Copy as many of the rows ``Kz`` (atoms ``r``) as fit; returns how many. Rows
+        written in place into the view :meth:`free_rows` gave are not copied."""
         k = min(len(self.atoms) - self.held, len(r))
-        self.rows[self.held:self.held + k] = Kz[:k]
+        if not self.in_place(Kz):
+            self.rows[self.held:self.held + k] = Kz[:k]
+        self._given = None
         self.atoms[self.held:self.held + k] = r[:k]
         self.held += k
         return k
+
+    def in_place(self, Kz: np.ndarray) -> bool:
+        """Whether ``Kz`` starts at the free rows :meth:`free_rows` gave (the kernel wrote
+        them there)."""
+        g = self._given
+        return (g is not None and len(Kz) <= len(g)
+                and Kz.__array_interface__["data"][0] == g.__array_interface__["data"][0])
+
+    def free_rows(self, n: int) -> np.ndarray | None:
+        """The next ``n`` free rows (a view), where the kernel can write rows that
+        :meth:`take` then keeps without a copy; None if fewer are free."""
+        if self.held + n > len(self.atoms):
+            return None
+        self._given = self.rows[self.held:self.held + n]
+        return self._given
 
 
 #: the std outputs of :meth:`SparseGP.predict` a calibration may be stored for
@@ -1377,7 +1409,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         return getattr(self, "_fused_step", _FUSED_STEP) and type(self.descriptor_) is SOAP
 
     def _kernel_terms(self, X, numbers, energies, kblocks, i0: int, need_k: bool = True,
-                      own_rows: bool = True) -> np.ndarray:
+                      own_rows: bool = True, k_rows=None) -> np.ndarray:
         """Kernel rows, local energies and their gradient for the atoms ``i0 : i0 + len(X)``.
 
         Adds the local energies to ``energies[i0:]``, appends ``(r, c, K[r, c])`` (global
@@ -1388,6 +1420,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         kernel forms no kernel rows at all. ``own_rows``: ``X`` are gpal's SOAP rows
         (float64, C order, finite), which a cosine kernel takes without checking them
         again; a plugin descriptor's rows are checked (finite, converted to float64).
+        ``k_rows(z, c, n)``, if given, may return where the kernel rows of a one-species
+        block are to be written (a buffer's rows: :meth:`_VarianceTerms.rows_for`).
         """
         n = len(X)
         nums = numbers[i0:i0 + n]
@@ -1411,7 +1445,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
             elif isinstance(self.kernel_, CosineKernel) and own_rows:
                 # prediction_terms without its checks of the rows (predict has checked the
                 # kernel's hyperparameters)
-                Kz, e, Gz = self.kernel_._terms(np.ascontiguousarray(Xr), None, Zc, ac)
+                out = k_rows(z, c, n) if one and k_rows is not None else None
+                Kz, e, Gz = self.kernel_._terms(np.ascontiguousarray(Xr), None, Zc, ac, K=out)
             elif isinstance(self.kernel_, CosineKernel):
                 Kz, e, Gz = self.kernel_.prediction_terms(Xr, Zc, ac)
             else:
@@ -1451,7 +1486,7 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         def block_gradient(i0, i1, Xb):
             if acc is None:
                 return self._kernel_terms(Xb, numbers, energies, parts, i0, need_k=keep_k)
-            G = self._kernel_terms(Xb, numbers, energies, parts, i0, need_k=True)
+            G = self._kernel_terms(Xb, numbers, energies, parts, i0, need_k=True, k_rows=acc.rows_for)
             for r, c, Kz in parts:  # the block's rows into the bounded buffers
                 acc.add(r, c, Kz)
             parts.clear()
