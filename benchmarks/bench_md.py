@@ -267,6 +267,24 @@ With gpal's default threading on a quiet 2-core machine both targets hold at bot
 sizes; beside a busy process (gpal on one core) gpal/EMT is 0.65-0.73 at 108 atoms
 and 0.59-0.68 at 4000, and the GAP target is missed (39-45x).
 
+Per core (``--threads 1 --steps 40 --steps-large 2 --blocks 9 --nve-steps 0``), CPU
+µs/atom/step at 108 / 4000 atoms, later releases: the fused SOAP passes summed in the
+primitive Gaussian basis and the stds' projected product in single precision took
+44.5 / 37.6 to 39.7 / 33.7 (GAP/gpal 42 / 47 -> 47 / 53). Then the per-centre 8x8
+products with each 8-row in registers (power spectrum, its adjoint, the radial
+transform), the default poly weighting without pow calls, the stds' row sums of squares
+vectorised, one chunk on one numba thread, 16 MB blocks of kept pair terms, chunks of up
+to 1,024 atoms for the stds' triangular products and a one-species block's kernel rows
+written straight into the stds' buffer: 35.3 / 30.0 quiet and 34.7 / 29.7 beside a busy
+process (gpal/EMT 0.61 / 0.55 and 0.60 / 0.54; GAP/gpal 53 / 59 and 54 / 59; a second
+run 53 / 57 and 53 / 59). ``--profile``-style timers of the 108-atom step on one thread
+(ms): SOAP expansion 0.86, kernel terms 0.85, stds 0.65, back-pass 0.73, the rest ~0.55
+(the neighbour filter, forces and stress, ~0.4 of Python, numpy and numba dispatch);
+the four dense products run at this core's BLAS speed (~0.3 ms of it OpenBLAS packing
+the constant operands each call) and the back-pass's sums at ~80 % of its AVX2
+multiply-add rate, so 60x GAP per core (~3.1 ms a step) is not in reach of these
+passes.
+
 Run::
 
     PYTHONPATH=. python benchmarks/bench_md.py            # full run, ~2 min (+2 min to fit GAP)
