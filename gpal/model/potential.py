@@ -396,8 +396,8 @@ class _VarianceTerms:
     def rows_for(self, z: int, c: np.ndarray, n: int) -> np.ndarray | None:
         """Where the kernel may write the next ``n`` rows of species ``z`` (sparse columns
         ``c``) so that :meth:`add` keeps them without a copy: rows of the species' buffer,
-        if they go there and fit; None otherwise (a piece that runs as it is, or one that
-        would fill the buffer part way)."""
+        if they go there and fit the rows left; None otherwise (a piece that runs as it
+        is, or one larger than the rows left, which :meth:`add` copies in parts)."""
         cap = max(min(int(self.counts[z]), _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
         b = self.buffers.get(z)
         if (b is None or not b.held) and n >= cap:
