@@ -303,8 +303,9 @@ def _power_spectrum_row(c, prel, pair_off, tri, M, out):
 # slower again.
 # ---------------------------------------------------------------------------------------
 @numba.njit(cache=True, fastmath=_FM, inline="always")
-def _vecmat8_add(M, X, s, lm, H, hs):
-    """H[hs, lm, j] += sum_k X[s, lm, k] M[k, j] (M (8, 8))."""
+def _vecmat8(M, X, s, lm, H, hs, add):
+    """H[hs, lm, j] (+)= sum_k X[s, lm, k] M[k, j] (M (8, 8)): added with ``add``,
+    assigned otherwise (a literal at each call)."""
     v0 = X[s, lm, 0]
     v1 = X[s, lm, 1]
     v2 = X[s, lm, 2]
@@ -314,10 +315,14 @@ def _vecmat8_add(M, X, s, lm, H, hs):
     v6 = X[s, lm, 6]
     v7 = X[s, lm, 7]
     for j in range(8):
-        H[hs, lm, j] += (
+        v = (
             v0 * M[0, j] + v1 * M[1, j] + v2 * M[2, j] + v3 * M[3, j]
             + v4 * M[4, j] + v5 * M[5, j] + v6 * M[6, j] + v7 * M[7, j]
         )  # fmt: skip
+        if add:
+            H[hs, lm, j] += v
+        else:
+            H[hs, lm, j] = v
 
 
 @numba.njit(cache=True, fastmath=_FM)
@@ -386,7 +391,7 @@ def _fold_gradient8(g, c, prel, pair_off, tri, Gm, h):
                             Gm[a, b] = v
                             Gm[b, a] = v
                     for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        _vecmat8_add(Gm, c, s, lm, h, s)
+                        _vecmat8(Gm, c, s, lm, h, s, True)
                 else:
                     # h_t += c_s G, then h_s += c_t Gᵀ (G transposed in place)
                     base = off + ell * 64
@@ -394,14 +399,14 @@ def _fold_gradient8(g, c, prel, pair_off, tri, Gm, h):
                         for b in range(8):
                             Gm[a, b] = pre * g[base + a * 8 + b]
                     for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        _vecmat8_add(Gm, c, s, lm, h, t)
+                        _vecmat8(Gm, c, s, lm, h, t, True)
                     for a in range(8):
                         for b in range(a + 1, 8):
                             v = Gm[a, b]
                             Gm[a, b] = Gm[b, a]
                             Gm[b, a] = v
                     for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                        _vecmat8_add(Gm, c, t, lm, h, s)
+                        _vecmat8(Gm, c, t, lm, h, s, True)
 
 
 @numba.njit(cache=True, fastmath=_FM)
@@ -413,9 +418,7 @@ def _radial_to_primitive8(h, B, A, ht, ha):
         for ell in range(L1):
             Bl = B[ell]
             for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                for k in range(8):
-                    ht[s, lm, k] = 0.0
-                _vecmat8_add(Bl, h, s, lm, ht, s)
+                _vecmat8(Bl, h, s, lm, ht, s, False)
                 for k in range(8):
                     ha[s, lm, k] = A[ell * 8 + k] * ht[s, lm, k]
 
@@ -1356,20 +1359,7 @@ def _primitive_to_radial(ct, BT, c):
         for ell in range(L1):
             for lm in range(ell * ell, (ell + 1) * (ell + 1)):
                 if nk == 8:  # the default n_max: the sums in registers
-                    v0 = ct[s, lm, 0]
-                    v1 = ct[s, lm, 1]
-                    v2 = ct[s, lm, 2]
-                    v3 = ct[s, lm, 3]
-                    v4 = ct[s, lm, 4]
-                    v5 = ct[s, lm, 5]
-                    v6 = ct[s, lm, 6]
-                    v7 = ct[s, lm, 7]
-                    for nn in range(8):
-                        c[s, lm, nn] = (
-                            BT[ell, 0, nn] * v0 + BT[ell, 1, nn] * v1 + BT[ell, 2, nn] * v2
-                            + BT[ell, 3, nn] * v3 + BT[ell, 4, nn] * v4 + BT[ell, 5, nn] * v5
-                            + BT[ell, 6, nn] * v6 + BT[ell, 7, nn] * v7
-                        )  # fmt: skip
+                    _vecmat8(BT[ell], ct, s, lm, c, s, False)
                     continue
                 for nn in range(nk):
                     acc = 0.0

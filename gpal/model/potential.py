@@ -379,7 +379,7 @@ class _VarianceTerms:
         species whose rows come in one block, as in a 108-atom cell, or the merged
         blocks of :meth:`SparseGP._local_variance_terms`) runs without being copied."""
         z = int(self.model.sparse_species_[c[0]])
-        cap = max(min(int(self.counts[z]), _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
+        cap = self._cap(z, c)
         b = self.buffers.get(z)
         s = 0
         while s < len(r):
@@ -393,12 +393,16 @@ class _VarianceTerms:
             if b.full:
                 self._flush(z)
 
+    def _cap(self, z: int, c: np.ndarray) -> int:
+        """Rows of species ``z``'s buffer: its atoms, at most :data:`_VARIANCE_BUFFER_BYTES`."""
+        return max(min(int(self.counts[z]), _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
+
     def rows_for(self, z: int, c: np.ndarray, n: int) -> np.ndarray | None:
         """Where the kernel may write the next ``n`` rows of species ``z`` (sparse columns
         ``c``) so that :meth:`add` keeps them without a copy: rows of the species' buffer,
         if they go there and fit the rows left; None otherwise (a piece that runs as it
         is, or one larger than the rows left, which :meth:`add` copies in parts)."""
-        cap = max(min(int(self.counts[z]), _VARIANCE_BUFFER_BYTES // (8 * len(c))), 1)
+        cap = self._cap(z, c)
         b = self.buffers.get(z)
         if (b is None or not b.held) and n >= cap:
             return None
