@@ -190,7 +190,7 @@ def quadratic_terms(Xh, A, Zh, s2: float, n_chunks: int):
     return q, G, (K if with_k else None)
 
 
-def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256):
+def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256, overwrite: bool = False):
     """``(q, sor, wsum, vsum)`` of :meth:`gpal.model.potential._LocalStdFactors.terms`:
     ``q = |L⁻¹k|²`` and ``sor = |U L⁻¹k|²`` of each row ``k`` of ``Kz``, ``wsum = Σ_k
     L⁻¹k`` and ``vsum = Σ_k U L⁻¹k`` (``sor`` and ``vsum`` zero without ``with_sor``).
@@ -206,6 +206,9 @@ def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256):
     n_chunks : int
     block : int, default 256
         Rows per triangular product within a chunk (they stay in cache).
+    overwrite : bool, default False
+        True: the products may run on the rows of ``Kz`` themselves (C-contiguous
+        float64, not needed after), which then hold ``L⁻¹k``; no copy of them.
 
     Returns
     -------
@@ -222,6 +225,7 @@ def std_terms(Kz, Linv, U, with_sor: bool, n_chunks: int, block: int = 256):
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     q, sor, parts = np.empty(n), np.zeros(n), np.zeros((2, n_chunks, m))
-    _jit._std_terms_rows(Kz, Linv, U, bool(with_sor), q, sor, parts[0], parts[1], n_chunks, block)
+    _jit._std_terms_rows(Kz, Linv, U, bool(with_sor), q, sor, parts[0], parts[1], n_chunks, block,
+                         bool(overwrite) and Kz.flags.writeable)
     wsum, vsum = parts.sum(axis=1)
     return q, sor, wsum, vsum

@@ -298,6 +298,26 @@ def test_jit_elementwise_vs_reference():
         assert_allclose(dparam(C, _jit.KIND_SE, ell), fd, rtol=1e-7, atol=1e-9)
 
 
+def test_jit_prediction_pass_vs_reference():
+    # the one-pass ζ <= 4 loop and the passes by powers (ζ > 4), against numpy; ζ <= 4 bit
+    # for bit equal to the element-wise powers of _ipow (a row length not a multiple of 4)
+    rng = np.random.default_rng(5)
+    C0 = rng.uniform(-1.0, 1.0, size=(3, 11))
+    alpha = rng.normal(size=11)
+    for zeta in (1, 2, 3, 4, 5, 6):
+        C = C0.copy()
+        K, e, d = _jit._prediction_pass(C, alpha, _jit.KIND_DOT, float(zeta), 1.7)
+        W = zeta * C0 ** (zeta - 1) * alpha
+        assert_allclose(K, 1.7 * C0**zeta, rtol=1e-14, atol=1e-16)
+        assert_allclose(C, W, rtol=1e-14, atol=1e-16)
+        assert_allclose(e, (1.7 * C0**zeta) @ alpha, rtol=1e-13, atol=1e-15)
+        assert_allclose(d, (W * C0).sum(1), rtol=1e-13, atol=1e-15)
+        if zeta <= 4:
+            f = np.vectorize(lambda c: _jit._ipow(c, zeta))(C0)
+            fp = np.vectorize(lambda c: _jit._ipow(c, zeta - 1))(C0)
+            assert np.array_equal(K, 1.7 * f) and np.array_equal(C, (zeta * fp) * alpha)
+
+
 def test_jit_kernel_matrix_and_pairs():
     rng = np.random.default_rng(4)
     Xh = unit(rng.normal(size=(4, 3)))

@@ -413,8 +413,20 @@ def test_row_parallel_passes_equal_numpy_for_any_split():
             np.testing.assert_allclose(wsum, Wt.sum(1), rtol=1e-12, atol=1e-12)
             V = U @ Wt
             np.testing.assert_allclose(vsum, V.sum(1), rtol=0, atol=STD_RTOL * np.abs(V).sum(1).max())
+            # on the rows themselves (overwrite): the same numbers, and the rows end as L⁻¹k
+            for with_sor in (True, False):
+                Kw = np.array(Kz_in, order="C")
+                got = _row_blas.std_terms(Kw, L, U, with_sor, chunks, block, overwrite=True)
+                ref = _row_blas.std_terms(Kz_in, L, U, with_sor, chunks, block)
+                for a, b in zip(got, ref):
+                    np.testing.assert_array_equal(a, b)
+                np.testing.assert_allclose(Kw, Wt.T, rtol=1e-12, atol=1e-12 * np.abs(Wt).max())
         q, sor, _, vsum = _row_blas.std_terms(Kz, L, U, False, chunks, block)
         assert np.all(sor == 0.0) and np.all(vsum == 0.0)
+        Kr = Kz[::-1][::-1]  # (a read-only input is copied, not written)
+        Kr.flags.writeable = False
+        _row_blas.std_terms(Kr, L, U, True, chunks, block, overwrite=True)
+        np.testing.assert_array_equal(Kr, Kz)
     with pytest.raises(ValueError, match="Zh must have shape"):
         _row_blas.prediction_terms(np.ones((3, 4)), np.ones((2, 5)), np.ones(2), 0, 2.0, 1.0, 2)
     with pytest.raises(ValueError, match="Linv and U must have shape"):

@@ -310,9 +310,10 @@ class _LocalStdFactors:
         k = self.key
         return k[0] is solver.L_mm_ and k[1] is solver.R_w_ and k[2] is sparse_species
 
-    def terms(self, Kz: np.ndarray, z: int, with_sor: bool = True):
+    def terms(self, Kz: np.ndarray, z: int, with_sor: bool = True, overwrite: bool = False):
         """``(|w|², |v|², Σ_i w_i, Σ_i v_i)`` of the kernel rows ``Kz`` (n, len(c)) of
-        species ``z``.
+        species ``z``; with ``overwrite`` the products may run on the rows ``Kz``
+        themselves (not needed after), without a copy.
 
         Returns arrays of shapes (n,), (n,), (len(c),) and (len(c),) (``w`` and ``v`` in
         the species' columns); ``|v|²`` and ``Σ v`` stay zero without ``with_sor`` (the
@@ -326,11 +327,11 @@ class _LocalStdFactors:
         if chunks:  # the same by chunks of rows on numba's threads (gpal._row_blas)
             from .. import _row_blas
 
-            return _row_blas.std_terms(Kz, Linv, U, with_sor, chunks, _std_chunk(m))
+            return _row_blas.std_terms(Kz, Linv, U, with_sor, chunks, _std_chunk(m), overwrite=overwrite)
         step = _std_chunk(m)
         for s in range(0, n, step):
             # (n_chunk, m) rows -> their transpose, Fortran order: trmm's right-hand side
-            Wt = _dtrmm(1.0, Linv, Kz[s:s + step].T, side=0, lower=1)  # L_cc⁻¹ k_cᵀ
+            Wt = _dtrmm(1.0, Linv, Kz[s:s + step].T, side=0, lower=1, overwrite_b=overwrite)  # L_cc⁻¹ k_cᵀ
             q[s:s + step] = np.einsum("ij,ij->j", Wt, Wt)
             wsum += Wt.sum(axis=1)
             if with_sor:  # (single precision: see the class docstring)
@@ -366,8 +367,11 @@ class _VarianceTerms:
     """
 
     def __init__(self, model: "SparseGP", fac: _LocalStdFactors, n_atoms: int, with_sor: bool,
-                 counts):  # counts[z]: atoms of species z (a dict, or np.bincount of the numbers)
+                 counts, overwrite: bool = False):
+        # counts[z]: atoms of species z (a dict, or np.bincount of the numbers); overwrite:
+        # the kernel rows handed to add are not needed after (the products may run on them)
         self.model, self.fac, self.with_sor, self.counts = model, fac, with_sor, counts
+        self.overwrite = overwrite
         self.q, self.sor = np.zeros(n_atoms), np.zeros(n_atoms)
         self.sums: dict = {}  # species -> [c, Σ w, Σ v] over the atoms done
         self.buffers: dict = {}  # species -> _RowBuffer
@@ -417,7 +421,7 @@ class _VarianceTerms:
             b.held = 0
 
     def _terms(self, z: int, c: np.ndarray, r: np.ndarray, Kz: np.ndarray) -> None:
-        self.q[r], self.sor[r], wsum, vsum = self.fac.terms(Kz, z, self.with_sor)
+        self.q[r], self.sor[r], wsum, vsum = self.fac.terms(Kz, z, self.with_sor, self.overwrite)
         e = self.sums.get(z)
         if e is None:
             self.sums[z] = [c, wsum, vsum]
@@ -1485,7 +1489,8 @@ class SparseGP(_Rows, _SparseSet, _Evidence, _Files, BaseEstimator):
         if keep_k:
             fac = self._local_std_factors()
             if fac.blocks is not None:
-                acc = _VarianceTerms(self, fac, len(numbers), with_sor, np.bincount(numbers))
+                # (each block's kernel rows are used by the stds only: overwrite)
+                acc = _VarianceTerms(self, fac, len(numbers), with_sor, np.bincount(numbers), overwrite=True)
 
         def block_gradient(i0, i1, Xb):
             if acc is None:
