@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.emt import EMT
 
 import gpal
 from gpal import ActiveLearner, MDSettings, OracleSpec, SparseGP, SOAP, Trigger
@@ -269,3 +270,33 @@ def test_an_executor_that_stops_between_calls_stops_the_labelling_not_the_proces
     o = Oracle(OracleSpec("ase.calculators.emt:EMT"), executor=Closed())
     with pytest.raises(BrokenOracleError, match="ClosedClientError: Client is closed"):
         o.label([bulk("Cu", cubic=True)])
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["this-process", "executor"])
+def test_a_ctrl_c_just_after_a_call_returns_acts_after_its_label_is_handed_on(monkeypatch, parallel):
+    """Ctrl-C (or gpal learn's SIGTERM) in the ms between the oracle's return and the
+    label's write lost a label paid for; now it is held until on_label (the learner's
+    write to train.xyz) has run, then ends the labelling, and the next frame is not sent."""
+    import concurrent.futures as cf
+
+    from gpal.learning import oracle as oracle_mod
+
+    check = oracle_mod._check_result
+
+    def interrupted_check(res, n):  # the first statement after the call: Ctrl-C arrives
+        signal.raise_signal(signal.SIGINT)
+        return check(res, n)
+
+    monkeypatch.setattr(oracle_mod, "_check_result", interrupted_check)
+    got = []
+    pool = cf.ThreadPoolExecutor(1) if parallel else None
+    try:
+        oracle = gpal.Oracle(OracleSpec("ase.calculators.emt:EMT") if parallel else EMT(),
+                             executor=pool, retries=0)
+        with pytest.raises(KeyboardInterrupt):
+            oracle.label(frames(1 if parallel else 2), on_label=lambda i, a: got.append((i, a.get_potential_energy())))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    assert [i for i, _ in got] == [0] and np.isfinite(got[0][1])
+    assert oracle.n_calls == 1

@@ -37,7 +37,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from .._imports import MissingNameError, import_object
 from .._validation import keyword_typo
 from ..exceptions import OracleError
-from ..io import labelled
+from ..io import interrupts_deferred, labelled
 
 log = logging.getLogger(__name__)
 
@@ -666,7 +666,10 @@ class Oracle:
             {k: atoms.arrays[k].copy() for k in _ORACLE_ARRAYS if k in atoms.arrays},
         )
 
-    def _run_local(self, atoms: Atoms, fresh: bool = False) -> dict:
+    def _run_local(self, atoms: Atoms, fresh: bool = False, held: contextlib.ExitStack | None = None) -> dict:
+        """One call in this process. ``held``: from the moment the call returns, Ctrl-C
+        and SIGTERM are held (:func:`gpal.io.interrupts_deferred`, entered on ``held``)
+        until the stack closes, so that a label computed is handed on whole."""
         calc = self.calculator
         if self.is_spec:
             calc = calc.check()
@@ -675,6 +678,8 @@ class Oracle:
         before = _child_processes() if _runs_a_program(calc) else None
         try:
             out = _compute(calc, numbers, positions, cell, pbc, want_stress, fresh, arrays)
+            if held is not None:  # (the first statement after the return: the label is paid for)
+                held.enter_context(interrupts_deferred())
         except KeyboardInterrupt:  # Ctrl-C, or gpal learn's SIGTERM: the program this call
             if before is not None:  # started (a DFT code) ends too, not left running alone
                 _end_process_trees(_child_processes() - before)
@@ -763,17 +768,21 @@ class Oracle:
                     if on_start is not None:
                         on_start(i, attempts[i])
                     self.n_calls += 1
-                    try:
-                        # after any failure the calculator is reset first: a failed call can
-                        # leave it half set up (EMT without its neighbour list)
-                        res = self._run_local(frames[i], fresh=attempts[i] > 1 or self._failed_last)
-                        _check_result(res, len(frames[i]))
-                    except (Exception, SystemExit) as exc:  # the oracle is foreign code: any failure
-                        self._failed_last = True  # is logged (sys.exit in it too: not gpal's exit)
-                        failed(i, exc)
-                        continue
-                    self._failed_last = False
-                    arrived(i, res)
+                    # a Ctrl-C or SIGTERM from the call's return until its label is handed on
+                    # (on_label: written to disk) acts after that, not on a label paid for
+                    with contextlib.ExitStack() as held:
+                        try:
+                            # after any failure the calculator is reset first: a failed call can
+                            # leave it half set up (EMT without its neighbour list)
+                            res = self._run_local(frames[i], fresh=attempts[i] > 1 or self._failed_last,
+                                                  held=held)
+                            _check_result(res, len(frames[i]))
+                        except (Exception, SystemExit) as exc:  # the oracle is foreign code: any failure
+                            self._failed_last = True  # is logged (sys.exit in it too: not gpal's exit)
+                            failed(i, exc)
+                            continue
+                        self._failed_last = False
+                        arrived(i, res)
             else:
                 futures = {}
 
@@ -865,7 +874,8 @@ class Oracle:
                         wait = None if soonest is None else max(0.0, soonest - time.monotonic())
                         done, _ = cf.wait(list(pending), timeout=wait, return_when=cf.FIRST_COMPLETED)
                         for fut in sorted(done, key=pending.get):
-                            take(pending.pop(fut), fut)
+                            with interrupts_deferred():  # (a label that came is handed on whole)
+                                take(pending.pop(fut), fut)
                         now = time.monotonic()
                         for fut, i in list(pending.items()):
                             if deadline[i] is not None and now >= deadline[i] and not fut.done():
