@@ -6,6 +6,7 @@ import copy
 import os
 import json
 import re
+import signal
 import tomllib
 import warnings
 
@@ -1088,6 +1089,25 @@ def test_validation_labels_are_on_disk_as_they_arrive_and_an_interrupted_traject
     assert len(read(path, ":")) == 4
     again, calls = _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)
     assert len(again) == 4 and calls == n_calls == Counted.calls  # (all on disk: no call)
+    # a Ctrl-C while a call's count is written, before the call: the count was one too many
+    import gpal.cli as cli
+
+    path2 = tmp_path / "second.xyz"
+    write_count = cli._note_calls
+    notes = []
+
+    def interrupted_note(p, rec):
+        notes.append(rec["oracle_calls"])
+        if len(notes) == 6:  # (the count of call 6)
+            signal.raise_signal(signal.SIGINT)
+        write_count(p, rec)
+
+    monkeypatch.setattr(cli, "_note_calls", interrupted_note)
+    Counted.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        _validation_frames(atoms, {"factory": "val_counted:Counted"}, cfg, progress=False, path=path2)
+    assert Counted.calls == 5 and notes[-2:] == [6, 5]
+    assert json.loads(path2.with_suffix(".calls.json").read_text())["oracle_calls"] == 5
     # the labels of another start (here: another structure) are not continued, nor replaced
     with pytest.raises(gpal.ConfigError, match="holds the validation labels of another start"):
         _validation_frames(atoms.repeat(2), {"factory": "val_counted:Counted"}, cfg, progress=False, path=path)

@@ -179,7 +179,9 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     goes once the trajectory is done. A trajectory an
     interrupt or kill cut off goes on from that step (its Langevin noise drawn afresh:
     another continuation of the same trajectory): only the forces of that step are
-    computed again, and no call is left uncounted.
+    computed again, and no call is left uncounted. A Ctrl-C or SIGTERM that comes while
+    the count is written (before the call) takes it back: only a kill (no handler runs)
+    there counts a call not made.
 
     Returns the frames and the number of oracle evaluations the trajectory made.
     """
@@ -187,7 +189,7 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
 
-    from ..io import append_frame, labelled
+    from ..io import append_frame, interrupts_deferred, labelled
     from ..learning.oracle import OracleSpec, label_energy
 
     calc = OracleSpec(**oracle_spec).make()
@@ -246,7 +248,14 @@ def _validation_frames(structure, oracle_spec, cfg: dict, progress: bool = True,
         nonlocal n_calls
         n_calls += 1
         if cut is not None:  # the count, on disk before the call: a kill (no handler runs) loses none
-            note()
+            try:  # (a Ctrl-C or SIGTERM while it is written acts after the write)
+                with interrupts_deferred():
+                    note()
+            except KeyboardInterrupt:  # came before the call: the count on disk is taken back
+                n_calls -= 1
+                with interrupts_deferred():
+                    note()
+                raise
         return evaluate(*args, **kwargs)
 
     calc.calculate = counted
