@@ -380,30 +380,35 @@ class MagmomEMT(EMT):
 
 
 class _SignalsInFinalizer:
-    """An object whose finalizer sends this process SIGTERM and then sleeps: the signal's
-    handler runs inside ``__del__``, where Python discards what it raises."""
+    """An object whose finalizer sends this process a signal (SIGTERM by default) and
+    then sleeps: the signal's handler runs inside ``__del__``, where Python discards what
+    it raises."""
+
+    def __init__(self, name: str = "SIGTERM"):
+        self.name = name
 
     def __del__(self):
         import os
         import signal
         import time
 
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, self.name))
         time.sleep(0.2)
 
 
 class TermInFinalizerEMT(EMT):
     """EMT whose ``at_call``-th calculation drops a :class:`_SignalsInFinalizer` (a
-    SIGTERM that arrives while a finalizer runs)."""
+    SIGTERM, or the signal named by ``sig``, that arrives while a finalizer runs)."""
 
-    def __init__(self, at_call: int = 6, **kwargs):
+    def __init__(self, at_call: int = 6, sig: str = "SIGTERM", **kwargs):
         super().__init__(**kwargs)
         self.parameters["at_call"] = at_call
+        self.parameters["sig"] = sig
         self.n = 0
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         self.n += 1
         if self.n == self.parameters["at_call"]:
-            dropped = _SignalsInFinalizer()
+            dropped = _SignalsInFinalizer(self.parameters["sig"])
             del dropped

@@ -1390,19 +1390,20 @@ def test_a_session_its_oracle_stopped_leaves_its_summary_and_learning_curve(tmp_
     assert (run / "learning_curve.png").exists()
 
 
-def test_a_sigterm_whose_interrupt_a_finalizer_discards_still_stops_the_run(tmp_path, capsys, monkeypatch):
-    """SIGTERM while a finalizer (__del__) ran: Python printed "Exception ignored" for the
-    handler's KeyboardInterrupt, and the run went on to its end and exit 0. The signal is
-    noted and the learner stops at its next MD step (exit 143), resumable."""
-    import signal
-
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_sigterm_whose_interrupt_a_finalizer_discards_still_stops_the_run(tmp_path, capsys, monkeypatch, sig):
+    """SIGTERM (or Ctrl-C) while a finalizer (__del__) ran: Python printed "Exception
+    ignored" for the handler's KeyboardInterrupt, and the run went on to its end and exit
+    0. The signal is noted and the learner stops at its next MD step (exit 143, 130),
+    resumable; Python's own Ctrl-C handler is back in place after gpal learn."""
     cfg = _small_cu_run(tmp_path, monkeypatch, 300,
-                        '[oracle]\nfactory = "_oracles:TermInFinalizerEMT"\nkwargs = {at_call = 6}\n')
+                        f'[oracle]\nfactory = "_oracles:TermInFinalizerEMT"\nkwargs = {{at_call = 6, sig = "{sig}"}}\n')
     before = signal.getsignal(signal.SIGTERM)
     try:
-        assert main(["learn", str(cfg), "-q"]) == 128 + signal.SIGTERM
+        assert main(["learn", str(cfg), "-q"]) == 128 + getattr(signal, sig)
     finally:
         signal.signal(signal.SIGTERM, before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     state = json.loads((tmp_path / "gpal_run" / "state.json").read_text())
     assert state["step"] < 300
     assert main(["learn", "--resume", str(tmp_path / "gpal_run"), "-q"]) == 0

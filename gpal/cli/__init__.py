@@ -1768,6 +1768,17 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt(signal.SIGTERM)
 
 
+def _interrupt_noted(signum, frame):
+    """Ctrl-C during ``gpal learn``: Python's KeyboardInterrupt, with the signal noted as
+    well (:func:`gpal.io.note_stop`), as :func:`_terminate_as_interrupt` does for SIGTERM:
+    raised while a finalizer runs, the exception is discarded by Python, and the learner
+    stops at its next MD step instead."""
+    from ..io import note_stop
+
+    note_stop(signal.SIGINT)
+    raise KeyboardInterrupt
+
+
 # --------------------------------------------------------------------------- main
 def _message(exc: BaseException) -> str:
     """One line describing ``exc``."""
@@ -1821,6 +1832,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C (a kill mid-message reset it, and i-PI 3.3's polling thread died: i-PI hung)
     terminate = args.command in ("learn", "ipi") and threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if terminate else None
+    # (Ctrl-C noted too, where Python's own handler is in place: not one a host program set)
+    note_int = (args.command == "learn" and terminate
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if note_int:
+        signal.signal(signal.SIGINT, _interrupt_noted)
     # a model's "module:Name" baseline (or a plugin) may live in the working folder, as
     # `gpal learn` finds it there (which also adds the config's folder, for its duration)
     added = [] if args.command == "learn" else add_import_folders()
@@ -1900,6 +1916,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if terminate:
             signal.signal(signal.SIGTERM, old_term)
+        if note_int:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         for folder in added:
             if folder in sys.path:
                 sys.path.remove(folder)
