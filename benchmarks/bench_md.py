@@ -283,7 +283,15 @@ run 53 / 57 and 53 / 59). ``--profile``-style timers of the 108-atom step on one
 the four dense products run at this core's BLAS speed (~0.3 ms of it OpenBLAS packing
 the constant operands each call) and the back-pass's sums at ~80 % of its AVX2
 multiply-add rate, so 60x GAP per core (~3.1 ms a step) is not in reach of these
-passes.
+passes. Then the kernel's pass over the cosines in one pass per row for zeta <= 4 and the
+stds' triangular products on the kernel rows themselves (no copy): 35.2 / 31.0 and
+35.0 / 32.1 quiet, 35.2 / 29.4 and 35.7 / 32.0 busy over two runs, against 36.0 / 32.9
+and 35.8 / 30.1 for the previous release in the same session (GAP/gpal 54 / 55-57 quiet,
+53 / 56-60 busy; gpal/EMT 0.61 / 0.56). Timed in the same harness, the passes alone
+(each repeated on its own inputs, caches warm) sum to ~2.84 ms of a 108-atom step's
+~3.14 ms in them: run in sequence, each finds part of its operands evicted by the one
+before (the kept pair terms, 4 MB at 108 atoms, and the factors exceed the 2 MB L2);
+running the stds after the back-pass instead did not help (measured).
 
 Run::
 
