@@ -6,9 +6,10 @@ Everything here is a small function of plain arrays and scalars, compiled with
 ``@numba.njit(cache=True)`` and *without* fastmath: these values feed Cholesky
 factorisations and variance subtractions, where reassociation and flush-to-zero are not
 safe. The one exception is :func:`_row_square_and_add` (and
-:func:`_row_square_add_single`), a plain sum of squares whose order is arbitrary anyway (reassociation into vector lanes only: no flush-to-zero, no
-other flag). No argument checking happens here; the public wrappers in
-:mod:`gpal.kernels` hand in C-contiguous float64 arrays of consistent shapes.
+:func:`_row_square_add_single`), a plain sum of squares whose order is arbitrary anyway
+(reassociation into vector lanes only: no flush-to-zero, no other flag). No argument
+checking happens here; the public wrappers in :mod:`gpal.kernels` hand in C-contiguous
+float64 arrays of consistent shapes.
 
 The kernels are functions of the cosine ``c = x̂·ẑ`` of two descriptor rows,
 ``k = signal_variance * f(c)``. A kernel *kind* is an integer code so that one compiled

@@ -1918,6 +1918,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, old_term)
         if note_int:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if terminate:  # (a signal noted and not taken, e.g. during the validation trajectory,
+            from ..io import stop_pending  # is this command's: it stops no later run)
+
+            stop_pending()
         for folder in added:
             if folder in sys.path:
                 sys.path.remove(folder)
