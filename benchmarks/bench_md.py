@@ -291,7 +291,12 @@ and 35.8 / 30.1 for the previous release in the same session (GAP/gpal 54 / 55-5
 (each repeated on its own inputs, caches warm) sum to ~2.84 ms of a 108-atom step's
 ~3.14 ms in them: run in sequence, each finds part of its operands evicted by the one
 before (the kept pair terms, 4 MB at 108 atoms, and the factors exceed the 2 MB L2);
-running the stds after the back-pass instead did not help (measured).
+running the stds after the back-pass instead did not help (measured). The 4000-atom
+figure moves by up to ~10 % between runs: a gpal step that follows EMT, GAP or half a
+second of idle time takes 126-146 ms at 4000 atoms against 115-120 for the next ones
+(no page faults; the core's clock and caches), and ``--steps-large 2`` puts one such
+step in every pair; with ``--steps-large 4`` the same code gave 30.5 quiet and 29.6 busy
+(GAP/gpal 58 / 59).
 
 Run::
 
