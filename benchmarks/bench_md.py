@@ -289,7 +289,7 @@ stds' triangular products on the kernel rows themselves (no copy): 35.2 / 31.0 a
 and 35.8 / 30.1 for the previous release in the same session (GAP/gpal 54 / 55-57 quiet,
 53 / 56-60 busy; gpal/EMT 0.61 / 0.56). Timed in the same harness, the passes alone
 (each repeated on its own inputs, caches warm) sum to ~2.84 ms of a 108-atom step's
-~3.14 ms in them: run in sequence, each finds part of its operands evicted by the one
+~3.08 ms in them: run in sequence, each finds part of its operands evicted by the one
 before (the kept pair terms, 4 MB at 108 atoms, and the factors exceed the 2 MB L2);
 running the stds after the back-pass instead did not help (measured). The 4000-atom
 figure moves by up to ~10 % between runs: a gpal step that follows EMT, GAP or half a
