@@ -110,102 +110,49 @@ def _ipow_row(c, n, result, base):
 
 
 @numba.njit(cache=True, inline="always")
-def _power_and_lower(c, zeta):
-    """``(c**zeta, c**(zeta - 1))`` for ``zeta`` 1-4, by the same products as
-    :func:`_ipow` (bit for bit)."""
+def _power_and_lower(c, j, zeta, fz, fp):
+    """``(c[j]**zeta, c[j]**(zeta - 1))``: for ``zeta`` 1-4 from the same products as
+    :func:`_ipow` (bit for bit), for larger ``zeta`` read from the rows ``fz``, ``fp``
+    that :func:`_ipow_row` filled."""
+    if zeta > 4:
+        return fz[j], fp[j]
+    x = c[j]
     if zeta == 4:
-        q = c * c
-        return q * q, c * q
+        q = x * x
+        return q * q, x * q
     if zeta == 2:
-        return c * c, c
+        return x * x, x
     if zeta == 3:
-        q = c * c
-        return c * q, q
-    return c, 1.0
+        q = x * x
+        return x * q, q
+    return x, 1.0
 
 
 @numba.njit(cache=True)
 def _prediction_pass_dot(C, alpha, zeta, s2, K, energy, rowdot):
-    """:func:`_prediction_pass` for ``KIND_DOT``: the same values per element (powers by
-    :func:`_ipow` or :func:`_ipow_row`), the row sums in four interleaved partial sums (a
-    serial sum waits on each addition; the order changes the sums at the rounding level
-    only).
+    """:func:`_prediction_pass` for ``KIND_DOT``: the same values per element (powers as
+    :func:`_ipow` forms them), the row sums in four interleaved partial sums (a serial
+    sum waits on each addition; the order changes the sums at the rounding level only).
 
-    For ζ <= 4 (the default is 4) one pass per row, four elements at a time with both
-    powers from shared products (:func:`_power_and_lower`): 79 -> 52 µs for 108 x 500
-    cosines, one thread, equal bit for bit to the passes by powers, which larger ζ take.
+    One pass per row, four elements at a time. For ζ <= 4 (the default is 4) both
+    powers come from shared products inside the pass (:func:`_power_and_lower`): 79 ->
+    52 µs for 108 x 500 cosines, one thread, where the powers were passes of their own;
+    a larger ζ takes them from passes by powers over the row first (:func:`_ipow_row`;
+    ``_ipow`` per element inside the pass was 1.7x slower).
     """
     n, m = C.shape
     m4 = m - m % 4
-    if zeta <= 4:
-        z = float(zeta)
-        for i in range(n):
-            c = C[i]
-            Ki = K[i]
-            e0 = 0.0
-            e1 = 0.0
-            e2 = 0.0
-            e3 = 0.0
-            d0 = 0.0
-            d1 = 0.0
-            d2 = 0.0
-            d3 = 0.0
-            for j in range(0, m4, 4):
-                c0 = c[j]
-                c1 = c[j + 1]
-                c2 = c[j + 2]
-                c3 = c[j + 3]
-                f0, g0 = _power_and_lower(c0, zeta)
-                f1, g1 = _power_and_lower(c1, zeta)
-                f2, g2 = _power_and_lower(c2, zeta)
-                f3, g3 = _power_and_lower(c3, zeta)
-                k0 = s2 * f0
-                k1 = s2 * f1
-                k2 = s2 * f2
-                k3 = s2 * f3
-                Ki[j] = k0
-                Ki[j + 1] = k1
-                Ki[j + 2] = k2
-                Ki[j + 3] = k3
-                w0 = (z * g0) * alpha[j]
-                w1 = (z * g1) * alpha[j + 1]
-                w2 = (z * g2) * alpha[j + 2]
-                w3 = (z * g3) * alpha[j + 3]
-                c[j] = w0
-                c[j + 1] = w1
-                c[j + 2] = w2
-                c[j + 3] = w3
-                e0 += k0 * alpha[j]
-                e1 += k1 * alpha[j + 1]
-                e2 += k2 * alpha[j + 2]
-                e3 += k3 * alpha[j + 3]
-                d0 += w0 * c0
-                d1 += w1 * c1
-                d2 += w2 * c2
-                d3 += w3 * c3
-            for j in range(m4, m):
-                c0 = c[j]
-                f0, g0 = _power_and_lower(c0, zeta)
-                k0 = s2 * f0
-                Ki[j] = k0
-                w0 = (z * g0) * alpha[j]
-                c[j] = w0
-                e0 += k0 * alpha[j]
-                d0 += w0 * c0
-            energy[i] = (e0 + e1) + (e2 + e3)
-            rowdot[i] = (d0 + d1) + (d2 + d3)
-        return
-    fz = np.empty(m)
-    fp = np.empty(m)
-    base = np.empty(m)
+    z = float(zeta)
+    big = zeta > 4
+    fz = np.empty(m if big else 0)
+    fp = np.empty(m if big else 0)
+    base = np.empty(m if big else 0)
     for i in range(n):
         c = C[i]
-        _ipow_row(c, zeta, fz, base)
-        _ipow_row(c, zeta - 1, fp, base)
         Ki = K[i]
-        for j in range(m):
-            Ki[j] = s2 * fz[j]
-            fp[j] = (zeta * fp[j]) * alpha[j]
+        if big:
+            _ipow_row(c, zeta, fz, base)
+            _ipow_row(c, zeta - 1, fp, base)
         e0 = 0.0
         e1 = 0.0
         e2 = 0.0
@@ -215,21 +162,49 @@ def _prediction_pass_dot(C, alpha, zeta, s2, K, energy, rowdot):
         d2 = 0.0
         d3 = 0.0
         for j in range(0, m4, 4):
-            e0 += Ki[j] * alpha[j]
-            e1 += Ki[j + 1] * alpha[j + 1]
-            e2 += Ki[j + 2] * alpha[j + 2]
-            e3 += Ki[j + 3] * alpha[j + 3]
-            d0 += fp[j] * c[j]
-            d1 += fp[j + 1] * c[j + 1]
-            d2 += fp[j + 2] * c[j + 2]
-            d3 += fp[j + 3] * c[j + 3]
+            c0 = c[j]
+            c1 = c[j + 1]
+            c2 = c[j + 2]
+            c3 = c[j + 3]
+            f0, g0 = _power_and_lower(c, j, zeta, fz, fp)
+            f1, g1 = _power_and_lower(c, j + 1, zeta, fz, fp)
+            f2, g2 = _power_and_lower(c, j + 2, zeta, fz, fp)
+            f3, g3 = _power_and_lower(c, j + 3, zeta, fz, fp)
+            k0 = s2 * f0
+            k1 = s2 * f1
+            k2 = s2 * f2
+            k3 = s2 * f3
+            Ki[j] = k0
+            Ki[j + 1] = k1
+            Ki[j + 2] = k2
+            Ki[j + 3] = k3
+            w0 = (z * g0) * alpha[j]
+            w1 = (z * g1) * alpha[j + 1]
+            w2 = (z * g2) * alpha[j + 2]
+            w3 = (z * g3) * alpha[j + 3]
+            c[j] = w0
+            c[j + 1] = w1
+            c[j + 2] = w2
+            c[j + 3] = w3
+            e0 += k0 * alpha[j]
+            e1 += k1 * alpha[j + 1]
+            e2 += k2 * alpha[j + 2]
+            e3 += k3 * alpha[j + 3]
+            d0 += w0 * c0
+            d1 += w1 * c1
+            d2 += w2 * c2
+            d3 += w3 * c3
         for j in range(m4, m):
-            e0 += Ki[j] * alpha[j]
-            d0 += fp[j] * c[j]
+            c0 = c[j]
+            f0, g0 = _power_and_lower(c, j, zeta, fz, fp)
+            k0 = s2 * f0
+            Ki[j] = k0
+            w0 = (z * g0) * alpha[j]
+            c[j] = w0
+            e0 += k0 * alpha[j]
+            d0 += w0 * c0
         energy[i] = (e0 + e1) + (e2 + e3)
         rowdot[i] = (d0 + d1) + (d2 + d3)
-        for j in range(m):
-            c[j] = fp[j]
 
 
 @numba.njit(cache=True)
